@@ -1,0 +1,162 @@
+//! The C ABI between the host and an extension library.
+//!
+//! Rust has no stable ABI, so nothing but integers, byte buffers and `extern "C"` function
+//! pointers crosses the library boundary. The layouts here are `#[repr(C)]` and versioned by
+//! [`ABI_VERSION`]; every byte buffer is borrowed for the duration of the call that passes it
+//! (each side frees what it allocated, so ownership never crosses).
+//!
+//! The host reads the `u32` at the start of the exported [`DESCRIPTOR_SYMBOL`] before anything
+//! else: that field keeps its place in every ABI version, so a mismatch is reported with both
+//! versions instead of misreading the rest of the struct.
+
+use std::ffi::c_void;
+
+/// Version of the layouts in this module. Bump it on any change to them or to the meaning of
+/// a call, a status code or a [`crate::wire`] type.
+pub const ABI_VERSION: u32 = 1;
+
+/// Name of the static every extension library exports (see [`crate::export_extension!`]).
+pub const DESCRIPTOR_SYMBOL: &str = "EXTENSION_DESCRIPTOR";
+
+/// A borrowed byte buffer: valid for `len` bytes at `ptr` while the call that passes it runs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RawSlice {
+    pub ptr: *const u8,
+    pub len: usize,
+}
+
+impl RawSlice {
+    pub const EMPTY: RawSlice = RawSlice { ptr: std::ptr::null(), len: 0 };
+
+    /// Borrows `bytes` for a call.
+    pub const fn new(bytes: &[u8]) -> Self {
+        RawSlice { ptr: bytes.as_ptr(), len: bytes.len() }
+    }
+
+    /// Views the buffer, refusing a null pointer with a non-zero length and lengths no
+    /// allocation can have.
+    ///
+    /// # Safety
+    /// Unless `ptr` is null, it must point to `len` readable bytes that stay valid and unchanged
+    /// for `'a`.
+    pub unsafe fn as_bytes<'a>(self) -> Option<&'a [u8]> {
+        if self.ptr.is_null() {
+            return (self.len == 0).then_some(&[]);
+        }
+        if self.len > isize::MAX as usize {
+            return None;
+        }
+        // SAFETY: non-null, length within isize::MAX, and validity for 'a is the caller's contract.
+        Some(unsafe { std::slice::from_raw_parts(self.ptr, self.len) })
+    }
+}
+
+/// Who sends or receives a message inside one extension's namespace. Frames are numbered
+/// from 1; the constants below are reserved.
+pub type Peer = u64;
+/// The extension's main half.
+pub const PEER_MAIN: Peer = 0;
+/// The host itself (its console and test harness act as a renderer through it).
+pub const PEER_HOST: Peer = u64::MAX - 1;
+/// Every half of the extension in the receiving process (broadcast fan-out).
+pub const PEER_ALL: Peer = u64::MAX;
+
+/// Kinds of [`RawMessage`].
+pub mod kind {
+    pub const BROADCAST: u32 = 1;
+    pub const INVOKE: u32 = 2;
+    pub const REPLY: u32 = 3;
+    pub const CANCEL: u32 = 4;
+}
+
+/// Status codes returned by calls across the boundary, and carried by replies.
+pub mod status {
+    pub const OK: u32 = 0;
+    /// A pointer, length or encoded value was invalid.
+    pub const INVALID: u32 = 1;
+    /// The instance key names nothing (never existed, or already destroyed).
+    pub const UNKNOWN_INSTANCE: u32 = 2;
+    /// The extension is deactivating or inactive: nothing is routed to or from it.
+    pub const DEACTIVATED: u32 = 3;
+    /// Code on the other side panicked; the panic was caught.
+    pub const PANICKED: u32 = 4;
+    /// The origin or target half does not exist (a closed frame, for example).
+    pub const NO_SUCH_PEER: u32 = 5;
+    /// The receiver's queue is full.
+    pub const BUSY: u32 = 6;
+}
+
+/// One IPC message crossing the boundary. For host-to-extension calls `origin` has been
+/// stamped by the host; for extension-to-host calls the host checks it against the instance.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RawMessage {
+    /// One of [`kind`].
+    pub kind: u32,
+    /// For replies: [`status::OK`] or an [`crate::InvokeErrorKind`] code; otherwise 0.
+    pub status: u32,
+    pub origin: Peer,
+    pub target: Peer,
+    /// Chosen by the invoking half, unique among its pending requests.
+    pub request_id: u64,
+    /// UTF-8 channel name.
+    pub channel: RawSlice,
+    /// MessagePack value (for error replies: a [`crate::wire::ErrorPayload`]).
+    pub payload: RawSlice,
+}
+
+/// What the host gives every instance: plain functions plus the instance's key, which the host
+/// uses to know who is calling (an unknown key is refused, never trusted).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct HostVTable {
+    pub abi_version: u32,
+    /// Routes a message from the instance's half `message.origin`. Returns a [`status`] code.
+    pub send: unsafe extern "C" fn(key: u64, message: *const RawMessage) -> u32,
+    /// Finishes the control command numbered `completion` with a MessagePack
+    /// [`crate::wire::Completion`].
+    pub complete: unsafe extern "C" fn(key: u64, completion: u64, result: RawSlice),
+    /// Forwards a tracing event; `level` is 1 (error) to 5 (trace).
+    pub log: unsafe extern "C" fn(key: u64, level: u32, target: RawSlice, message: RawSlice),
+}
+
+/// An instance of an extension inside one process, as the extension library sees it.
+pub type InstancePtr = *mut c_void;
+
+/// The static an extension library exports under [`DESCRIPTOR_SYMBOL`].
+#[repr(C)]
+#[derive(Debug)]
+pub struct Descriptor {
+    /// Always first, in every ABI version.
+    pub abi_version: u32,
+    /// 1 when the library was built with debug assertions, 0 otherwise.
+    pub debug_build: u32,
+    /// UTF-8 extension name (static data).
+    pub name: RawSlice,
+    /// UTF-8 semver version (static data).
+    pub version: RawSlice,
+    /// UTF-8 version of the `extension-api` crate the library was built with (static data).
+    pub api_version: RawSlice,
+    /// Starts an instance: its runtime thread, nothing of the author's code. `config` is a
+    /// MessagePack [`crate::wire::InstanceConfig`]. Returns null on failure.
+    pub instantiate:
+        unsafe extern "C" fn(host: *const HostVTable, key: u64, config: RawSlice) -> InstancePtr,
+    /// Runs a MessagePack [`crate::wire::Control`] command; it answers through
+    /// [`HostVTable::complete`].
+    pub control: unsafe extern "C" fn(instance: InstancePtr, command: RawSlice) -> u32,
+    /// Queues a message for the instance's halves. Never runs author code on the calling thread.
+    pub deliver: unsafe extern "C" fn(instance: InstancePtr, message: *const RawMessage) -> u32,
+    /// Stops everything the instance runs and frees it. The pointer is dead afterwards.
+    pub destroy: unsafe extern "C" fn(instance: InstancePtr) -> u32,
+}
+
+// SAFETY: every pointer in a Descriptor points to immutable static data or code.
+unsafe impl Sync for Descriptor {}
+// SAFETY: as above; nothing in it is tied to a thread.
+unsafe impl Send for Descriptor {}
+
+/// Makes a [`RawSlice`] of static string data, for descriptors built in `const` context.
+pub const fn static_str(s: &'static str) -> RawSlice {
+    RawSlice::new(s.as_bytes())
+}

@@ -1,0 +1,130 @@
+//! Errors an extension author sees.
+
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+
+/// Why an `invoke` did not produce the handler's value. It keeps its kind, a message, and
+/// (for [`InvokeErrorKind::Handler`]) the handler's own error value.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("invoke on channel `{channel}` failed ({kind}): {message}")]
+pub struct InvokeError {
+    pub kind: InvokeErrorKind,
+    pub channel: String,
+    pub message: String,
+    data: Option<Vec<u8>>,
+}
+
+impl InvokeError {
+    pub fn new(kind: InvokeErrorKind, channel: impl Into<String>, message: impl Into<String>) -> Self {
+        InvokeError { kind, channel: channel.into(), message: message.into(), data: None }
+    }
+
+    /// Rebuilds an error from an error reply (the host does this for its own requests).
+    pub fn from_wire(kind: InvokeErrorKind, channel: impl Into<String>, payload: crate::wire::ErrorPayload) -> Self {
+        InvokeError { kind, channel: channel.into(), message: payload.message, data: payload.data }
+    }
+
+    /// The handler's error value, when it returned one, decoded as `E`.
+    /// `None` when there is none; `Some(Err(_))` when it does not decode as `E`.
+    pub fn data<E: DeserializeOwned>(&self) -> Option<Result<E, rmp_serde::decode::Error>> {
+        self.data.as_deref().map(rmp_serde::from_slice)
+    }
+
+    /// The handler's error value as raw MessagePack.
+    pub fn raw_data(&self) -> Option<&[u8]> {
+        self.data.as_deref()
+    }
+}
+
+/// Every way an invoke can fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub enum InvokeErrorKind {
+    /// Nothing handles the channel (or, for exposed functions, the function is not exposed).
+    NoHandler,
+    /// The handler returned an error; see [`InvokeError::data`].
+    Handler,
+    /// The handler panicked.
+    Panicked,
+    /// No reply within the timeout.
+    Timeout,
+    /// The extension was deactivated (or is deactivating) before the reply.
+    Deactivated,
+    /// The frame involved was closed before the reply.
+    FrameClosed,
+    /// The connection to the process running the other side was lost.
+    ConnectionLost,
+    /// The request or reply value could not be serialized.
+    Serialize,
+    /// The request or reply value did not decode as the expected type.
+    Deserialize,
+}
+
+impl InvokeErrorKind {
+    /// Wire code carried in a reply's status field (never 0, which means success).
+    pub const fn code(self) -> u32 {
+        match self {
+            InvokeErrorKind::NoHandler => 100,
+            InvokeErrorKind::Handler => 101,
+            InvokeErrorKind::Panicked => 102,
+            InvokeErrorKind::Timeout => 103,
+            InvokeErrorKind::Deactivated => 104,
+            InvokeErrorKind::FrameClosed => 105,
+            InvokeErrorKind::ConnectionLost => 106,
+            InvokeErrorKind::Serialize => 107,
+            InvokeErrorKind::Deserialize => 108,
+        }
+    }
+
+    /// The kind for a wire code, `None` for a code no version of the ABI defines.
+    pub const fn from_code(code: u32) -> Option<Self> {
+        Some(match code {
+            100 => InvokeErrorKind::NoHandler,
+            101 => InvokeErrorKind::Handler,
+            102 => InvokeErrorKind::Panicked,
+            103 => InvokeErrorKind::Timeout,
+            104 => InvokeErrorKind::Deactivated,
+            105 => InvokeErrorKind::FrameClosed,
+            106 => InvokeErrorKind::ConnectionLost,
+            107 => InvokeErrorKind::Serialize,
+            108 => InvokeErrorKind::Deserialize,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for InvokeErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            InvokeErrorKind::NoHandler => "no handler",
+            InvokeErrorKind::Handler => "handler error",
+            InvokeErrorKind::Panicked => "handler panicked",
+            InvokeErrorKind::Timeout => "timed out",
+            InvokeErrorKind::Deactivated => "extension deactivated",
+            InvokeErrorKind::FrameClosed => "frame closed",
+            InvokeErrorKind::ConnectionLost => "connection lost",
+            InvokeErrorKind::Serialize => "value failed to serialize",
+            InvokeErrorKind::Deserialize => "value failed to deserialize",
+        })
+    }
+}
+
+/// Why a local IPC call (`broadcast`, `listen`, `handle`) was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IpcError {
+    #[error("cannot serialize the value for channel `{channel}`: {reason}")]
+    Serialize { channel: String, reason: String },
+    #[error("channel `{channel}` already has a handler; dispose it before registering another")]
+    AlreadyHandled { channel: String },
+    #[error("the extension is not active (deactivated, or the frame was closed): `{operation}` refused")]
+    Deactivated { operation: &'static str },
+    #[error("the host refused the message on channel `{channel}` (status {status})")]
+    Refused { channel: String, status: u32 },
+    #[error("{0}")]
+    NoContext(&'static str),
+}
+
+/// The error type of `activate`: anything that can be displayed.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

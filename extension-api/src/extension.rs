@@ -1,0 +1,68 @@
+//! The traits an author implements, and the macro that exports them.
+
+use std::future::Future;
+
+use crate::error::BoxError;
+use crate::ipc::{Main, Renderer};
+
+/// The main half of an extension: runs in the host process, once.
+///
+/// `activate` builds the half's state from its IPC handle; `deactivate` consumes it. Whatever
+/// `activate` registered or spawned through the handle is removed after `deactivate` anyway.
+pub trait MainExtension: Sized + Send + 'static {
+    fn activate(ipc: Main) -> impl Future<Output = Result<Self, BoxError>> + Send;
+
+    fn deactivate(self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// The renderer half of an extension: runs once in every open frame.
+pub trait RendererExtension: Sized + Send + 'static {
+    fn activate(ipc: Renderer) -> impl Future<Output = Result<Self, BoxError>> + Send;
+
+    fn deactivate(self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// The renderer half of an extension that has none.
+pub struct NoRenderer;
+
+impl RendererExtension for NoRenderer {
+    async fn activate(_: Renderer) -> Result<Self, BoxError> {
+        Ok(NoRenderer)
+    }
+}
+
+/// Exports an extension from a `cdylib` crate: the one descriptor symbol the host looks for.
+/// The name and version default to the crate's `CARGO_PKG_NAME` and `CARGO_PKG_VERSION`.
+///
+/// ```ignore
+/// extension_api::export_extension!(main = HelloMain, renderer = HelloRenderer);
+/// extension_api::export_extension!(name = "hello", main = HelloMain, renderer = HelloRenderer);
+/// ```
+#[macro_export]
+macro_rules! export_extension {
+    (main = $main:ty, renderer = $renderer:ty $(,)?) => {
+        $crate::export_extension!(
+            name = env!("CARGO_PKG_NAME"),
+            main = $main,
+            renderer = $renderer,
+        );
+    };
+    (main = $main:ty $(,)?) => {
+        $crate::export_extension!(main = $main, renderer = $crate::NoRenderer);
+    };
+    (name = $name:expr, main = $main:ty $(, renderer = $renderer:ty)? $(,)?) => {
+        $crate::export_extension!(@export $name, $main, ($($renderer)?));
+    };
+    (@export $name:expr, $main:ty, ()) => {
+        $crate::export_extension!(@export $name, $main, ($crate::NoRenderer));
+    };
+    (@export $name:expr, $main:ty, ($renderer:ty)) => {
+        #[unsafe(no_mangle)]
+        pub static EXTENSION_DESCRIPTOR: $crate::abi::Descriptor =
+            $crate::__private::descriptor::<$main, $renderer>($name, env!("CARGO_PKG_VERSION"));
+    };
+}

@@ -1,0 +1,553 @@
+//! The IPC handles an extension's halves use: [`Main`] in the host, [`Renderer`] in every frame.
+//! Both reach only their own extension's namespace; nothing here can name another extension.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::oneshot;
+
+use crate::abi::{self, PEER_ALL, PEER_HOST, PEER_MAIN, Peer};
+use crate::channel::{EventChannelName, RequestChannelName};
+use crate::error::{InvokeError, InvokeErrorKind, IpcError};
+use crate::runtime::context::{self, HalfRef};
+use crate::runtime::{HandlerFn, ListenerFn, RawEvent, Reply, Shared};
+use crate::wire::ErrorPayload;
+
+/// How long an `invoke` waits for its reply unless told otherwise.
+pub const DEFAULT_INVOKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A frame (renderer context) number, unique for the host's lifetime of the frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
+pub struct FrameId(pub u64);
+
+impl fmt::Display for FrameId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "frame {}", self.0)
+    }
+}
+
+/// Who sent an event or a request. The host stamps it; a sender cannot choose it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Sender {
+    /// The extension's main half.
+    Main,
+    /// The extension's renderer half in this frame.
+    Frame(FrameId),
+    /// The host itself: its dev console or a test harness acting as a renderer.
+    Host,
+}
+
+impl Sender {
+    /// The sender a wire peer number stands for.
+    pub fn from_peer(peer: Peer) -> Sender {
+        match peer {
+            PEER_MAIN => Sender::Main,
+            PEER_HOST => Sender::Host,
+            frame => Sender::Frame(FrameId(frame)),
+        }
+    }
+}
+
+impl fmt::Display for Sender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Sender::Main => f.write_str("main"),
+            Sender::Frame(frame) => frame.fmt(f),
+            Sender::Host => f.write_str("host"),
+        }
+    }
+}
+
+/// A broadcast as a listener receives it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event<T> {
+    pub sender: Sender,
+    pub value: T,
+}
+
+/// What a handler learns about a request besides its value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RequestMeta {
+    pub sender: Sender,
+}
+
+/// Removes a listener or handler. Disposing twice is harmless; dropping a `Disposer` without
+/// calling [`Disposer::dispose`] keeps the registration (everything is removed on deactivate).
+pub struct Disposer {
+    shared: Weak<Shared>,
+    peer: Peer,
+    registration: Registration,
+    disposed: AtomicBool,
+}
+
+enum Registration {
+    Listener { channel: String, id: u64 },
+    Handler { channel: String, id: u64 },
+}
+
+impl Disposer {
+    pub fn dispose(&self) {
+        if self.disposed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Some(shared) = self.shared.upgrade() else { return };
+        let removed = {
+            let mut state = shared.state();
+            let Some(half) = state.halves.get_mut(&self.peer) else { return };
+            match &self.registration {
+                Registration::Listener { channel, id } => {
+                    let list = half.listeners.get_mut(channel);
+                    let removed = list.and_then(|list| {
+                        list.iter().position(|(each, _)| each == id).map(|at| list.remove(at).1)
+                    });
+                    if half.listeners.get(channel).is_some_and(Vec::is_empty) {
+                        half.listeners.remove(channel);
+                    }
+                    removed.map(|listener| Box::new(listener) as Box<dyn Send>)
+                }
+                Registration::Handler { channel, id } => {
+                    if half.handlers.get(channel).is_some_and(|(each, _)| each == id) {
+                        half.handlers.remove(channel).map(|handler| Box::new(handler) as Box<dyn Send>)
+                    } else {
+                        None
+                    }
+                }
+            }
+        };
+        // Dropped outside the lock: it may run the author's destructors.
+        drop(removed);
+    }
+
+    /// Whether `dispose` has been called.
+    pub fn is_disposed(&self) -> bool {
+        self.disposed.load(Ordering::Acquire)
+    }
+}
+
+impl fmt::Debug for Disposer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (what, channel) = match &self.registration {
+            Registration::Listener { channel, .. } => ("listener", channel),
+            Registration::Handler { channel, .. } => ("handler", channel),
+        };
+        f.debug_struct("Disposer")
+            .field("what", &what)
+            .field("channel", channel)
+            .field("disposed", &self.is_disposed())
+            .finish()
+    }
+}
+
+/// The part shared by [`Main`] and [`Renderer`]: one half of one instance.
+#[derive(Clone)]
+struct HalfHandle {
+    shared: Weak<Shared>,
+    peer: Peer,
+}
+
+impl HalfHandle {
+    fn shared(&self, operation: &'static str) -> Result<Arc<Shared>, IpcError> {
+        self.shared.upgrade().ok_or(IpcError::Deactivated { operation })
+    }
+
+    fn listen<T, C, F>(&self, channel: C, listener: F) -> Result<Disposer, IpcError>
+    where
+        T: DeserializeOwned + 'static,
+        C: EventChannelName<T>,
+        F: Fn(Event<T>) + Send + Sync + 'static,
+    {
+        let shared = self.shared("listen")?;
+        let channel = channel.channel_name().to_owned();
+        let weak = self.shared.clone();
+        let wrapped: ListenerFn = Arc::new(move |event: &RawEvent<'_>| {
+            match rmp_serde::from_slice::<T>(event.payload) {
+                Ok(value) => listener(Event { sender: event.sender, value }),
+                Err(error) => {
+                    if let Some(shared) = weak.upgrade() {
+                        shared.decode_failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::warn!(
+                        channel = %event.channel,
+                        "listener not called: the value does not decode as {}: {error}",
+                        std::any::type_name::<T>()
+                    );
+                }
+            }
+        });
+        let id = shared.next_id();
+        let mut state = shared.state();
+        let half = state.halves.get_mut(&self.peer).ok_or(IpcError::Deactivated { operation: "listen" })?;
+        half.listeners.entry(channel.clone()).or_default().push((id, wrapped));
+        Ok(Disposer {
+            shared: self.shared.clone(),
+            peer: self.peer,
+            registration: Registration::Listener { channel, id },
+            disposed: AtomicBool::new(false),
+        })
+    }
+
+    fn broadcast<T, C>(&self, channel: C, value: &T) -> Result<(), IpcError>
+    where
+        T: Serialize + ?Sized,
+        C: EventChannelName<T>,
+    {
+        let channel = channel.channel_name();
+        let payload = rmp_serde::to_vec_named(value)
+            .map_err(|error| IpcError::Serialize { channel: channel.to_owned(), reason: error.to_string() })?;
+        let shared = self.shared("broadcast")?;
+        match shared.send(abi::kind::BROADCAST, 0, self.peer, PEER_ALL, 0, channel, &payload) {
+            abi::status::OK => Ok(()),
+            abi::status::DEACTIVATED | abi::status::NO_SUCH_PEER => {
+                Err(IpcError::Deactivated { operation: "broadcast" })
+            }
+            status => Err(IpcError::Refused { channel: channel.to_owned(), status }),
+        }
+    }
+
+    fn handle<Req, Resp, E, C, F, Fut>(&self, channel: C, handler: F) -> Result<Disposer, IpcError>
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + 'static,
+        E: Serialize + fmt::Display + 'static,
+        C: RequestChannelName<Req, Resp>,
+        F: Fn(Req, RequestMeta) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, E>> + Send + 'static,
+    {
+        let shared = self.shared("handle")?;
+        let channel = channel.channel_name().to_owned();
+        let name = channel.clone();
+        let wrapped: HandlerFn = Arc::new(move |payload: Vec<u8>, sender| {
+            let request = rmp_serde::from_slice::<Req>(&payload);
+            let future = request.map(|request| handler(request, RequestMeta { sender }));
+            let name = name.clone();
+            Box::pin(async move {
+                let future = future.map_err(|error| {
+                    let message = format!(
+                        "the request on `{name}` does not decode as {}: {error}",
+                        std::any::type_name::<Req>()
+                    );
+                    (InvokeErrorKind::Deserialize, ErrorPayload { message, data: None })
+                })?;
+                match future.await {
+                    Ok(response) => rmp_serde::to_vec_named(&response).map_err(|error| {
+                        let message = format!("the reply on `{name}` cannot be serialized: {error}");
+                        (InvokeErrorKind::Serialize, ErrorPayload { message, data: None })
+                    }),
+                    Err(error) => Err((
+                        InvokeErrorKind::Handler,
+                        ErrorPayload { message: error.to_string(), data: rmp_serde::to_vec_named(&error).ok() },
+                    )),
+                }
+            })
+        });
+        let id = shared.next_id();
+        let mut state = shared.state();
+        let half = state.halves.get_mut(&self.peer).ok_or(IpcError::Deactivated { operation: "handle" })?;
+        if half.handlers.contains_key(&channel) {
+            return Err(IpcError::AlreadyHandled { channel });
+        }
+        half.handlers.insert(channel.clone(), (id, wrapped));
+        Ok(Disposer {
+            shared: self.shared.clone(),
+            peer: self.peer,
+            registration: Registration::Handler { channel, id },
+            disposed: AtomicBool::new(false),
+        })
+    }
+
+    async fn invoke<Req, Resp, C>(
+        &self,
+        target: Peer,
+        channel: C,
+        value: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, InvokeError>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+        C: RequestChannelName<Req, Resp>,
+    {
+        let channel = channel.channel_name();
+        let payload = rmp_serde::to_vec_named(value)
+            .map_err(|error| InvokeError::new(InvokeErrorKind::Serialize, channel, error.to_string()))?;
+        let reply = self.invoke_raw(target, channel, &payload, timeout).await?;
+        rmp_serde::from_slice(&reply).map_err(|error| {
+            let message = format!("the reply does not decode as {}: {error}", std::any::type_name::<Resp>());
+            InvokeError::new(InvokeErrorKind::Deserialize, channel, message)
+        })
+    }
+
+    async fn invoke_raw(
+        &self,
+        target: Peer,
+        channel: &str,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>, InvokeError> {
+        let deactivated = || InvokeError::new(InvokeErrorKind::Deactivated, channel, "the extension is not active");
+        let shared = self.shared.upgrade().ok_or_else(deactivated)?;
+        let request_id = shared.next_id();
+        let (sender, receiver) = oneshot::channel();
+        {
+            let mut state = shared.state();
+            let half = state.halves.get_mut(&self.peer).ok_or_else(deactivated)?;
+            half.pending.insert(request_id, sender);
+        }
+        let mut guard = PendingGuard { shared: self.shared.clone(), peer: self.peer, target, request_id, channel, armed: true };
+        let status = shared.send(abi::kind::INVOKE, 0, self.peer, target, request_id, channel, payload);
+        // Not kept alive while waiting: deactivation must be able to free the instance.
+        drop(shared);
+        if status != abi::status::OK {
+            guard.forget();
+            let kind = match status {
+                abi::status::NO_SUCH_PEER => InvokeErrorKind::FrameClosed,
+                _ => InvokeErrorKind::Deactivated,
+            };
+            return Err(InvokeError::new(kind, channel, format!("the host refused the request (status {status})")));
+        }
+        let outcome = tokio::time::timeout(timeout, receiver).await;
+        match outcome {
+            // Dropping the guard cancels the request on the handling side.
+            Err(_) => Err(InvokeError::new(InvokeErrorKind::Timeout, channel, format!("no reply within {timeout:?}"))),
+            Ok(Err(_)) => {
+                guard.armed = false;
+                let kind = if self.peer == PEER_MAIN { InvokeErrorKind::Deactivated } else { InvokeErrorKind::FrameClosed };
+                Err(InvokeError::new(kind, channel, "the invoking half was shut down"))
+            }
+            Ok(Ok(Reply { status, payload })) => {
+                guard.armed = false;
+                if status == abi::status::OK {
+                    return Ok(payload);
+                }
+                let kind = InvokeErrorKind::from_code(status).unwrap_or(InvokeErrorKind::ConnectionLost);
+                match rmp_serde::from_slice::<ErrorPayload>(&payload) {
+                    Ok(error) => Err(InvokeError::from_wire(kind, channel, error)),
+                    Err(error) => Err(InvokeError::new(kind, channel, format!("(undecodable error payload: {error})"))),
+                }
+            }
+        }
+    }
+
+    fn spawn<F>(&self, future: F) -> Result<tokio::task::JoinHandle<F::Output>, IpcError>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let shared = self.shared("spawn")?;
+        let id = shared.next_id();
+        let weak = self.shared.clone();
+        let peer = self.peer;
+        let scoped = context::scope(HalfRef { shared: weak.clone(), peer }, future);
+        let mut state = shared.state();
+        let half = state.halves.get_mut(&peer).ok_or(IpcError::Deactivated { operation: "spawn" })?;
+        // Spawned under the lock, so the task cannot finish (and unregister) before it is registered.
+        let task = shared.runtime.spawn(async move {
+            let output = scoped.await;
+            if let Some(shared) = weak.upgrade()
+                && let Some(half) = shared.state().halves.get_mut(&peer)
+            {
+                half.tasks.remove(&id);
+            }
+            output
+        });
+        half.tasks.insert(id, task.abort_handle());
+        Ok(task)
+    }
+}
+
+/// Removes a pending invoke and cancels it on the handling side unless disarmed.
+struct PendingGuard<'a> {
+    shared: Weak<Shared>,
+    peer: Peer,
+    target: Peer,
+    request_id: u64,
+    channel: &'a str,
+    armed: bool,
+}
+
+impl PendingGuard<'_> {
+    fn forget(&mut self) {
+        self.armed = false;
+        if let Some(shared) = self.shared.upgrade()
+            && let Some(half) = shared.state().halves.get_mut(&self.peer)
+        {
+            half.pending.remove(&self.request_id);
+        }
+    }
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        self.forget();
+        if let Some(shared) = self.shared.upgrade() {
+            shared.send(abi::kind::CANCEL, 0, self.peer, self.target, self.request_id, self.channel, &[]);
+        }
+    }
+}
+
+/// The main half's IPC: listen and broadcast, and handle requests from renderers.
+///
+/// Cheap to clone. Reachable from anywhere in the main half's code with [`Main::get`].
+#[derive(Clone)]
+pub struct Main {
+    half: HalfHandle,
+}
+
+impl Main {
+    pub(crate) fn new(shared: Weak<Shared>, peer: Peer) -> Main {
+        Main { half: HalfHandle { shared, peer } }
+    }
+
+    /// The main half of this extension, from anywhere in its code (Lens's `getInstance()`).
+    /// Fails when the extension is not active in this process.
+    pub fn get() -> Result<Main, IpcError> {
+        let shared = context::instance()
+            .ok_or(IpcError::NoContext("Main::get(): the extension's main half is not active in this process"))?;
+        let alive = shared.upgrade().is_some_and(|shared| shared.state().halves.contains_key(&PEER_MAIN));
+        if !alive {
+            return Err(IpcError::NoContext("Main::get(): the extension's main half is not active"));
+        }
+        Ok(Main::new(shared, PEER_MAIN))
+    }
+
+    /// Calls `listener` for every broadcast on `channel` from main or any frame (including this
+    /// half's own broadcasts). A value that does not decode as `T` skips this listener (and is
+    /// logged with the channel and the decode error); other listeners still run.
+    pub fn listen<T, C, F>(&self, channel: C, listener: F) -> Result<Disposer, IpcError>
+    where
+        T: DeserializeOwned + 'static,
+        C: EventChannelName<T>,
+        F: Fn(Event<T>) + Send + Sync + 'static,
+    {
+        self.half.listen(channel, listener)
+    }
+
+    /// Sends `value` to every listener of `channel` in main and in every open frame, once each.
+    pub fn broadcast<T, C>(&self, channel: C, value: &T) -> Result<(), IpcError>
+    where
+        T: Serialize + ?Sized,
+        C: EventChannelName<T>,
+    {
+        self.half.broadcast(channel, value)
+    }
+
+    /// Answers renderers' `invoke`s on `channel`. One handler per channel: a second `handle`
+    /// is [`IpcError::AlreadyHandled`] until the first is disposed. An `Err(e)` reaches the
+    /// caller as [`InvokeErrorKind::Handler`] with `e`'s text and `e` itself as data.
+    pub fn handle<Req, Resp, E, C, F, Fut>(&self, channel: C, handler: F) -> Result<Disposer, IpcError>
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + 'static,
+        E: Serialize + fmt::Display + 'static,
+        C: RequestChannelName<Req, Resp>,
+        F: Fn(Req, RequestMeta) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, E>> + Send + 'static,
+    {
+        self.half.handle(channel, handler)
+    }
+
+    /// Spawns a task that belongs to the main half: it is aborted on deactivate, and
+    /// [`Main::get`] works inside it.
+    pub fn spawn<F>(&self, future: F) -> Result<tokio::task::JoinHandle<F::Output>, IpcError>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.half.spawn(future)
+    }
+}
+
+/// A renderer half's IPC, in one frame: listen and broadcast, and invoke main's handlers.
+///
+/// Cheap to clone. Reachable from anywhere in the renderer half's code with
+/// [`Renderer::current`].
+#[derive(Clone)]
+pub struct Renderer {
+    half: HalfHandle,
+}
+
+impl Renderer {
+    pub(crate) fn new(shared: Weak<Shared>, peer: Peer) -> Renderer {
+        Renderer { half: HalfHandle { shared, peer } }
+    }
+
+    /// The renderer half whose code is running: inside `activate`, listeners, and tasks
+    /// started with [`Renderer::spawn`]. Several frames can run in one process, so this is
+    /// per task, not per process.
+    pub fn current() -> Result<Renderer, IpcError> {
+        match context::current() {
+            Some(HalfRef { shared, peer }) if peer != PEER_MAIN => Ok(Renderer::new(shared, peer)),
+            _ => Err(IpcError::NoContext(
+                "Renderer::current(): not running in a renderer half (use the handle given to activate, or spawn with Renderer::spawn)",
+            )),
+        }
+    }
+
+    /// The frame this renderer half runs in.
+    pub fn frame(&self) -> FrameId {
+        FrameId(self.half.peer)
+    }
+
+    /// See [`Main::listen`].
+    pub fn listen<T, C, F>(&self, channel: C, listener: F) -> Result<Disposer, IpcError>
+    where
+        T: DeserializeOwned + 'static,
+        C: EventChannelName<T>,
+        F: Fn(Event<T>) + Send + Sync + 'static,
+    {
+        self.half.listen(channel, listener)
+    }
+
+    /// See [`Main::broadcast`].
+    pub fn broadcast<T, C>(&self, channel: C, value: &T) -> Result<(), IpcError>
+    where
+        T: Serialize + ?Sized,
+        C: EventChannelName<T>,
+    {
+        self.half.broadcast(channel, value)
+    }
+
+    /// Asks main's handler on `channel`, waiting at most [`DEFAULT_INVOKE_TIMEOUT`].
+    /// Dropping the future cancels the request (main's handler task is aborted).
+    pub async fn invoke<Req, Resp, C>(&self, channel: C, value: &Req) -> Result<Resp, InvokeError>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+        C: RequestChannelName<Req, Resp>,
+    {
+        self.half.invoke(PEER_MAIN, channel, value, DEFAULT_INVOKE_TIMEOUT).await
+    }
+
+    /// [`Renderer::invoke`] with its own timeout.
+    pub async fn invoke_with_timeout<Req, Resp, C>(
+        &self,
+        channel: C,
+        value: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, InvokeError>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+        C: RequestChannelName<Req, Resp>,
+    {
+        self.half.invoke(PEER_MAIN, channel, value, timeout).await
+    }
+
+    /// Spawns a task that belongs to this frame's renderer half: aborted when the frame
+    /// closes or the extension is deactivated; [`Renderer::current`] works inside it.
+    pub fn spawn<F>(&self, future: F) -> Result<tokio::task::JoinHandle<F::Output>, IpcError>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.half.spawn(future)
+    }
+}

@@ -1,0 +1,50 @@
+//! # extension-api
+//!
+//! Everything an extension author needs: implement [`MainExtension`] (runs in the host) and
+//! [`RendererExtension`] (runs once per frame), export them with [`export_extension!`], and
+//! talk between the halves with [`Main`] and [`Renderer`]:
+//!
+//! - events: `listen(channel, f)` returns a [`Disposer`]; `broadcast(channel, value)` reaches
+//!   every listener of the extension in main and in every frame;
+//! - requests: main `handle`s a channel, a renderer `invoke`s it and gets the value or an
+//!   [`InvokeError`] that keeps its kind;
+//! - typed channels ([`EventChannel`], [`RequestChannel`]) declared once, checked everywhere.
+//!
+//! Each extension lives in its own namespace: nothing in this crate can name another
+//! extension. Values cross as MessagePack (named fields), so they are copied, never shared.
+//!
+//! ```ignore
+//! use extension_api::{export_extension, BoxError, Main, MainExtension, NoRenderer};
+//!
+//! struct Hello;
+//!
+//! impl MainExtension for Hello {
+//!     async fn activate(ipc: Main) -> Result<Self, BoxError> {
+//!         ipc.handle("greet", |name: String, _| async move { Ok::<_, String>(format!("hello, {name}")) })?;
+//!         Ok(Hello)
+//!     }
+//! }
+//!
+//! export_extension!(main = Hello);
+//! ```
+//!
+//! The modules [`abi`] and [`wire`] are the contract with the host; authors never use them.
+
+pub mod abi;
+mod channel;
+mod error;
+mod extension;
+mod ipc;
+mod runtime;
+pub mod wire;
+
+pub use channel::{EventChannel, EventChannelName, RequestChannel, RequestChannelName};
+pub use error::{BoxError, InvokeError, InvokeErrorKind, IpcError};
+pub use extension::{MainExtension, NoRenderer, RendererExtension};
+pub use ipc::{DEFAULT_INVOKE_TIMEOUT, Disposer, Event, FrameId, Main, Renderer, RequestMeta, Sender};
+
+/// Used by [`export_extension!`]; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::runtime::export::descriptor;
+}

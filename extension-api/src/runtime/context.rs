@@ -1,0 +1,47 @@
+//! Which half's code is running right now, so `Main::get()` and `Renderer::current()` work
+//! from anywhere in that half's code without threading a handle through every function.
+
+use std::future::Future;
+use std::sync::{RwLock, Weak};
+
+use crate::abi::Peer;
+use crate::runtime::Shared;
+
+#[derive(Clone)]
+pub(crate) struct HalfRef {
+    pub(crate) shared: Weak<Shared>,
+    pub(crate) peer: Peer,
+}
+
+tokio::task_local! {
+    static CURRENT: HalfRef;
+}
+
+/// The instance running in this process. One library copy hosts at most one instance at a
+/// time (the host loads every extension from its own copy), so a static is exact.
+static INSTANCE: RwLock<Option<Weak<Shared>>> = RwLock::new(None);
+
+pub(crate) fn set_instance(shared: Option<Weak<Shared>>) {
+    if let Ok(mut slot) = INSTANCE.write() {
+        *slot = shared;
+    }
+}
+
+pub(crate) fn instance() -> Option<Weak<Shared>> {
+    INSTANCE.read().ok().and_then(|slot| slot.clone())
+}
+
+/// The half whose code is running on this task, if any.
+pub(crate) fn current() -> Option<HalfRef> {
+    CURRENT.try_with(Clone::clone).ok()
+}
+
+/// Runs `fut` as code of `half`.
+pub(crate) fn scope<F: Future>(half: HalfRef, fut: F) -> impl Future<Output = F::Output> {
+    CURRENT.scope(half, fut)
+}
+
+/// Runs `f` synchronously as code of `half`.
+pub(crate) fn sync_scope<R>(half: HalfRef, f: impl FnOnce() -> R) -> R {
+    CURRENT.sync_scope(half, f)
+}

@@ -1,0 +1,124 @@
+//! The `extern "C"` functions a descriptor points at. Every one of them catches panics: no
+//! unwind ever crosses the library boundary.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use futures_util::future::BoxFuture;
+
+use crate::abi::{self, ABI_VERSION, Descriptor, HostVTable, InstancePtr, RawMessage, RawSlice, static_str};
+use crate::error::BoxError;
+use crate::extension::{MainExtension, RendererExtension};
+use crate::ipc::{Main, Renderer};
+use crate::runtime::instance::{Envelope, Factory, Instance};
+use crate::runtime::logging;
+use crate::runtime::state::Deactivator;
+use crate::wire::{Control, InstanceConfig};
+
+/// The descriptor for an extension with main half `M` and renderer half `R`.
+/// Used by [`crate::export_extension!`]; not meant to be called directly.
+pub const fn descriptor<M: MainExtension, R: RendererExtension>(
+    name: &'static str,
+    version: &'static str,
+) -> Descriptor {
+    Descriptor {
+        abi_version: ABI_VERSION,
+        debug_build: cfg!(debug_assertions) as u32,
+        name: static_str(name),
+        version: static_str(version),
+        api_version: static_str(env!("CARGO_PKG_VERSION")),
+        instantiate: instantiate::<M, R>,
+        control,
+        deliver,
+        destroy,
+    }
+}
+
+fn activate_main<M: MainExtension>(ipc: Main) -> BoxFuture<'static, Result<Deactivator, BoxError>> {
+    Box::pin(async move {
+        let main = M::activate(ipc).await?;
+        let deactivator: Deactivator = Box::new(move || Box::pin(main.deactivate()));
+        Ok(deactivator)
+    })
+}
+
+fn activate_renderer<R: RendererExtension>(
+    ipc: Renderer,
+) -> BoxFuture<'static, Result<Deactivator, BoxError>> {
+    Box::pin(async move {
+        let renderer = R::activate(ipc).await?;
+        let deactivator: Deactivator = Box::new(move || Box::pin(renderer.deactivate()));
+        Ok(deactivator)
+    })
+}
+
+unsafe extern "C" fn instantiate<M: MainExtension, R: RendererExtension>(
+    host: *const HostVTable,
+    key: u64,
+    config: RawSlice,
+) -> InstancePtr {
+    let started = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the host passes a pointer to its vtable, which lives as long as the host
+        // process; null is refused by `as_ref`.
+        let host = *unsafe { host.as_ref() }?;
+        if host.abi_version != ABI_VERSION {
+            return None;
+        }
+        // SAFETY: the host keeps `config` valid for this call.
+        let config = unsafe { config.as_bytes() }?;
+        let config: InstanceConfig = rmp_serde::from_slice(config).ok()?;
+        logging::install(host, key, config.max_log_level);
+        let factory = Factory { activate_main: activate_main::<M>, activate_renderer: activate_renderer::<R> };
+        let instance = Instance::start(host, key, config, factory).ok()?;
+        Some(Box::into_raw(Box::new(instance)).cast())
+    }));
+    started.ok().flatten().unwrap_or(std::ptr::null_mut())
+}
+
+unsafe extern "C" fn control(instance: InstancePtr, command: RawSlice) -> u32 {
+    catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the host only passes pointers it got from `instantiate` and has not destroyed.
+        let Some(instance) = (unsafe { instance.cast::<Instance>().as_ref() }) else {
+            return abi::status::INVALID;
+        };
+        // SAFETY: the host keeps `command` valid for this call.
+        let Some(bytes) = (unsafe { command.as_bytes() }) else {
+            return abi::status::INVALID;
+        };
+        match rmp_serde::from_slice::<Control>(bytes) {
+            Ok(command) => {
+                instance.control(command);
+                abi::status::OK
+            }
+            Err(_) => abi::status::INVALID,
+        }
+    }))
+    .unwrap_or(abi::status::PANICKED)
+}
+
+unsafe extern "C" fn deliver(instance: InstancePtr, message: *const RawMessage) -> u32 {
+    catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the host only passes pointers it got from `instantiate` and has not destroyed.
+        let Some(instance) = (unsafe { instance.cast::<Instance>().as_ref() }) else {
+            return abi::status::INVALID;
+        };
+        // SAFETY: the host keeps `message` and its buffers valid for this call.
+        match unsafe { Envelope::copy_from(message) } {
+            Some(envelope) => instance.shared.enqueue(envelope),
+            None => abi::status::INVALID,
+        }
+    }))
+    .unwrap_or(abi::status::PANICKED)
+}
+
+unsafe extern "C" fn destroy(instance: InstancePtr) -> u32 {
+    catch_unwind(AssertUnwindSafe(|| {
+        if instance.is_null() {
+            return abi::status::INVALID;
+        }
+        // SAFETY: the pointer came from `Box::into_raw` in `instantiate`, and the host calls
+        // `destroy` once, after its last `control` or `deliver` on it.
+        let instance = unsafe { Box::from_raw(instance.cast::<Instance>()) };
+        if instance.destroy() { abi::status::OK } else { abi::status::BUSY }
+    }))
+    .unwrap_or(abi::status::PANICKED)
+}

@@ -1,0 +1,462 @@
+//! One running instance of an extension in this process: its own tokio runtime on its own
+//! thread (shared by the main half and every in-process renderer half, so an in-process invoke
+//! never hops threads), its mailbox, and its routing tables.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use tokio::sync::mpsc;
+
+use crate::abi::{self, HostVTable, PEER_ALL, PEER_MAIN, Peer, RawMessage, RawSlice};
+use crate::error::BoxError;
+use crate::ipc::{Main, Renderer, Sender};
+use crate::runtime::context::{self, HalfRef};
+use crate::runtime::panic_message;
+use crate::runtime::state::{Deactivator, Half, RawEvent, Reply, State};
+use crate::wire::{Completion, Control, ErrorPayload, InstanceConfig, InstanceSnapshot};
+use crate::InvokeErrorKind;
+
+/// How long `destroy` waits for the runtime thread to finish dropping tasks.
+const DESTROY_WAIT: Duration = Duration::from_secs(5);
+
+/// Creates the author's halves; the export macro fills it with the author's types.
+#[derive(Clone, Copy)]
+pub struct Factory {
+    pub(crate) activate_main: fn(Main) -> BoxFuture<'static, Result<Deactivator, BoxError>>,
+    pub(crate) activate_renderer:
+        fn(Renderer) -> BoxFuture<'static, Result<Deactivator, BoxError>>,
+}
+
+/// A message queued for the dispatcher, owned (the host's buffers are only borrowed).
+pub(crate) struct Envelope {
+    kind: u32,
+    status: u32,
+    origin: Peer,
+    target: Peer,
+    request_id: u64,
+    channel: String,
+    payload: Vec<u8>,
+}
+
+impl Envelope {
+    /// Copies a message out of the host's buffers; `None` if they are not valid.
+    ///
+    /// # Safety
+    /// `message` must be null or point to a valid `RawMessage` whose slices satisfy
+    /// [`RawSlice::as_bytes`] for the duration of this call.
+    pub(crate) unsafe fn copy_from(message: *const RawMessage) -> Option<Envelope> {
+        // SAFETY: null-checked by `as_ref`; validity is the caller's contract.
+        let message = unsafe { message.as_ref() }?;
+        // SAFETY: the slices are valid for this call (caller's contract).
+        let channel = unsafe { message.channel.as_bytes() }?;
+        // SAFETY: as above.
+        let payload = unsafe { message.payload.as_bytes() }?;
+        Some(Envelope {
+            kind: message.kind,
+            status: message.status,
+            origin: message.origin,
+            target: message.target,
+            request_id: message.request_id,
+            channel: std::str::from_utf8(channel).ok()?.to_owned(),
+            payload: payload.to_vec(),
+        })
+    }
+}
+
+/// Everything the halves of an instance share. Handles hold it weakly, so a handle leaked past
+/// deactivation finds nothing and fails cleanly.
+pub(crate) struct Shared {
+    host: HostVTable,
+    key: u64,
+    pub(crate) name: String,
+    pub(crate) runtime: tokio::runtime::Handle,
+    mailbox: mpsc::UnboundedSender<Envelope>,
+    state: Mutex<State>,
+    factory: Factory,
+    next_id: AtomicU64,
+    pub(crate) decode_failures: AtomicU64,
+    pub(crate) listener_panics: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
+        // Author code never runs under this lock, so a poisoned lock only means a panic in our
+        // own bookkeeping; the tables are still consistent enough to keep going.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Hands a message to the host for routing; returns its status code.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn send(
+        &self,
+        kind: u32,
+        status: u32,
+        origin: Peer,
+        target: Peer,
+        request_id: u64,
+        channel: &str,
+        payload: &[u8],
+    ) -> u32 {
+        let message = RawMessage {
+            kind,
+            status,
+            origin,
+            target,
+            request_id,
+            channel: RawSlice::new(channel.as_bytes()),
+            payload: RawSlice::new(payload),
+        };
+        // SAFETY: `send` is the host's function for this ABI version (checked at instantiate),
+        // and `message` with its borrowed buffers outlives the call.
+        unsafe { (self.host.send)(self.key, &message) }
+    }
+
+    pub(crate) fn send_error(
+        &self,
+        origin: Peer,
+        target: Peer,
+        request_id: u64,
+        channel: &str,
+        kind: InvokeErrorKind,
+        payload: &ErrorPayload,
+    ) {
+        let bytes = rmp_serde::to_vec_named(payload).unwrap_or_default();
+        self.send(abi::kind::REPLY, kind.code(), origin, target, request_id, channel, &bytes);
+    }
+
+    fn complete(&self, completion: u64, result: &Completion) {
+        let bytes = match rmp_serde::to_vec_named(result) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::error!("cannot encode a completion: {error}");
+                return;
+            }
+        };
+        // SAFETY: the host's function for this ABI version; `bytes` outlives the call.
+        unsafe { (self.host.complete)(self.key, completion, RawSlice::new(&bytes)) }
+    }
+
+    fn half_ref(self: &Arc<Self>, peer: Peer) -> HalfRef {
+        HalfRef { shared: Arc::downgrade(self), peer }
+    }
+
+    pub(crate) fn snapshot(&self) -> InstanceSnapshot {
+        let state = self.state();
+        let mut halves: Vec<_> = state.halves.iter().map(|(peer, half)| half.snapshot(*peer)).collect();
+        halves.sort_by_key(|half| half.peer);
+        InstanceSnapshot {
+            halves,
+            // The dispatcher is ours, not the extension's.
+            tasks: self.runtime.metrics().num_alive_tasks().saturating_sub(1),
+            decode_failures: self.decode_failures.load(Ordering::Relaxed),
+            listener_panics: self.listener_panics.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Queues a message from the host. Never runs author code on the calling thread.
+    pub(crate) fn enqueue(&self, envelope: Envelope) -> u32 {
+        match self.mailbox.send(envelope) {
+            Ok(()) => abi::status::OK,
+            Err(_) => abi::status::DEACTIVATED,
+        }
+    }
+
+    fn dispatch(self: &Arc<Self>, envelope: Envelope) {
+        match envelope.kind {
+            abi::kind::BROADCAST => self.dispatch_broadcast(&envelope),
+            abi::kind::INVOKE => self.dispatch_invoke(envelope),
+            abi::kind::REPLY => {
+                let sender = self
+                    .state()
+                    .halves
+                    .get_mut(&envelope.target)
+                    .and_then(|half| half.pending.remove(&envelope.request_id));
+                if let Some(sender) = sender {
+                    // The invoker may have given up meanwhile; then nobody wants the reply.
+                    let _ = sender.send(Reply { status: envelope.status, payload: envelope.payload });
+                }
+            }
+            abi::kind::CANCEL => {
+                let running = self
+                    .state()
+                    .halves
+                    .get_mut(&envelope.target)
+                    .and_then(|half| half.running.remove(&(envelope.origin, envelope.request_id)));
+                if let Some(abort) = running {
+                    abort.abort();
+                }
+            }
+            other => tracing::warn!("dropping a message of unknown kind {other}"),
+        }
+    }
+
+    fn dispatch_broadcast(self: &Arc<Self>, envelope: &Envelope) {
+        let mut targets = Vec::new();
+        {
+            let state = self.state();
+            for (peer, half) in &state.halves {
+                if envelope.target != PEER_ALL && envelope.target != *peer {
+                    continue;
+                }
+                if let Some(listeners) = half.listeners.get(&envelope.channel) {
+                    targets.push((*peer, listeners.iter().map(|(_, f)| f.clone()).collect::<Vec<_>>()));
+                }
+            }
+        }
+        // Main first, then frames in order: deterministic for tests and for authors.
+        targets.sort_by_key(|(peer, _)| *peer);
+        let event = RawEvent {
+            sender: Sender::from_peer(envelope.origin),
+            channel: &envelope.channel,
+            payload: &envelope.payload,
+        };
+        for (peer, listeners) in targets {
+            for listener in listeners {
+                let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    context::sync_scope(self.half_ref(peer), || listener(&event))
+                }));
+                if let Err(panic) = outcome {
+                    self.listener_panics.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        channel = %envelope.channel,
+                        "a listener panicked: {}",
+                        panic_message(panic.as_ref())
+                    );
+                }
+            }
+        }
+    }
+
+    fn dispatch_invoke(self: &Arc<Self>, envelope: Envelope) {
+        let Envelope { origin, target, request_id, channel, payload, .. } = envelope;
+        let mut state = self.state();
+        let handler = state.halves.get(&target).and_then(|half| half.handlers.get(&channel));
+        let Some((_, handler)) = handler else {
+            drop(state);
+            let side = if target == PEER_MAIN { "main".to_owned() } else { format!("frame {target}") };
+            let payload = ErrorPayload { message: format!("no handler for channel `{channel}` in {side}"), data: None };
+            self.send_error(target, origin, request_id, &channel, InvokeErrorKind::NoHandler, &payload);
+            return;
+        };
+        let future = handler(payload, Sender::from_peer(origin));
+        let weak = Arc::downgrade(self);
+        let scoped = context::scope(self.half_ref(target), AssertUnwindSafe(future).catch_unwind());
+        // Spawned under the state lock: the task cannot remove its `running` entry before the
+        // entry exists.
+        let task = self.runtime.spawn(async move {
+            let outcome = scoped.await;
+            let Some(shared) = weak.upgrade() else { return };
+            if let Some(half) = shared.state().halves.get_mut(&target) {
+                half.running.remove(&(origin, request_id));
+            }
+            match outcome {
+                Ok(Ok(bytes)) => {
+                    shared.send(abi::kind::REPLY, abi::status::OK, target, origin, request_id, &channel, &bytes);
+                }
+                Ok(Err((kind, payload))) => shared.send_error(target, origin, request_id, &channel, kind, &payload),
+                Err(panic) => {
+                    let message = panic_message(panic.as_ref());
+                    tracing::error!(%channel, "a handler panicked: {message}");
+                    let payload = ErrorPayload { message: format!("the handler panicked: {message}"), data: None };
+                    shared.send_error(target, origin, request_id, &channel, InvokeErrorKind::Panicked, &payload);
+                }
+            }
+        });
+        if let Some(half) = state.halves.get_mut(&target) {
+            half.running.insert((origin, request_id), task.abort_handle());
+        }
+    }
+
+    /// Runs a control command from the host.
+    fn control(self: &Arc<Self>, command: Control) {
+        let completion = command.completion();
+        match command {
+            Control::Inspect { .. } => {
+                // Answered on the calling thread, so inspect works even while the extension's
+                // own thread is blocked.
+                self.complete(completion, &Completion::Inspected(self.snapshot()));
+            }
+            Control::ActivateMain { .. } => self.spawn_activation(completion, PEER_MAIN),
+            Control::OpenFrame { frame, .. } => self.spawn_activation(completion, frame),
+            Control::DeactivateMain { timeout_ms, .. } => {
+                self.spawn_deactivation(completion, PEER_MAIN, timeout_ms)
+            }
+            Control::CloseFrame { frame, timeout_ms, .. } => {
+                self.spawn_deactivation(completion, frame, timeout_ms)
+            }
+        }
+    }
+
+    fn spawn_activation(self: &Arc<Self>, completion: u64, peer: Peer) {
+        let shared = self.clone();
+        self.runtime.spawn(async move {
+            if shared.state().halves.insert(peer, Half::default()).is_some() {
+                tracing::warn!("half {peer} was activated twice; starting it afresh");
+            }
+            let weak = Arc::downgrade(&shared);
+            let activation = if peer == PEER_MAIN {
+                (shared.factory.activate_main)(Main::new(weak, peer))
+            } else {
+                (shared.factory.activate_renderer)(Renderer::new(weak, peer))
+            };
+            let outcome =
+                context::scope(shared.half_ref(peer), AssertUnwindSafe(activation).catch_unwind()).await;
+            let result = match outcome {
+                Ok(Ok(user)) => {
+                    if let Some(half) = shared.state().halves.get_mut(&peer) {
+                        half.user = Some(user);
+                    }
+                    Completion::Done
+                }
+                Ok(Err(error)) => {
+                    shared.remove_half(peer);
+                    Completion::Failed { reason: error_chain(error.as_ref()) }
+                }
+                Err(panic) => {
+                    shared.remove_half(peer);
+                    Completion::Panicked { message: panic_message(panic.as_ref()) }
+                }
+            };
+            shared.complete(completion, &result);
+        });
+    }
+
+    fn spawn_deactivation(self: &Arc<Self>, completion: u64, peer: Peer, timeout_ms: u64) {
+        let shared = self.clone();
+        self.runtime.spawn(async move {
+            // Invokes this half is waiting on can never be answered now.
+            let pending = shared
+                .state()
+                .halves
+                .get_mut(&peer)
+                .map(|half| std::mem::take(&mut half.pending))
+                .unwrap_or_default();
+            let kind = if peer == PEER_MAIN { InvokeErrorKind::Deactivated } else { InvokeErrorKind::FrameClosed };
+            for (_, sender) in pending {
+                let payload = ErrorPayload { message: format!("{kind} before the reply arrived"), data: None };
+                let bytes = rmp_serde::to_vec_named(&payload).unwrap_or_default();
+                let _ = sender.send(Reply { status: kind.code(), payload: bytes });
+            }
+            let user = shared.state().halves.get_mut(&peer).and_then(|half| half.user.take());
+            let result = match user {
+                None => Completion::Done,
+                Some(deactivate) => {
+                    let run = context::scope(shared.half_ref(peer), AssertUnwindSafe(deactivate()).catch_unwind());
+                    match tokio::time::timeout(Duration::from_millis(timeout_ms), run).await {
+                        Ok(Ok(())) => Completion::Done,
+                        Ok(Err(panic)) => Completion::Panicked { message: panic_message(panic.as_ref()) },
+                        Err(_) => Completion::TimedOut { timeout_ms },
+                    }
+                }
+            };
+            shared.remove_half(peer);
+            shared.complete(completion, &result);
+        });
+    }
+
+    fn remove_half(&self, peer: Peer) {
+        let half = self.state().halves.remove(&peer);
+        // Dropped outside the lock: dropping listeners and tasks may run author destructors.
+        if let Some(half) = half {
+            half.shut_down();
+        }
+    }
+}
+
+/// The message of an error and of its sources, joined.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The instance as the host holds it (through an opaque pointer).
+pub(crate) struct Instance {
+    pub(crate) shared: Arc<Shared>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    finished: std::sync::mpsc::Receiver<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Instance {
+    pub(crate) fn start(host: HostVTable, key: u64, config: InstanceConfig, factory: Factory) -> std::io::Result<Instance> {
+        let thread_name = format!("ext:{}", config.name);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name(thread_name.clone())
+            .build()?;
+        let (mailbox, inbox) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            host,
+            key,
+            name: config.name,
+            runtime: runtime.handle().clone(),
+            mailbox,
+            state: Mutex::new(State::default()),
+            factory,
+            next_id: AtomicU64::new(1),
+            decode_failures: AtomicU64::new(0),
+            listener_panics: AtomicU64::new(0),
+        });
+        let (shutdown, shutdown_signal) = tokio::sync::oneshot::channel::<()>();
+        let (finished_tx, finished) = std::sync::mpsc::channel();
+        let dispatcher_shared = shared.clone();
+        let thread = std::thread::Builder::new().name(thread_name).spawn(move || {
+            runtime.block_on(async move {
+                tokio::spawn(dispatch_loop(dispatcher_shared, inbox));
+                // Either a signal or the sender dropped: both mean stop.
+                let _ = shutdown_signal.await;
+            });
+            // Drops every task still alive (the extension's and ours) on this thread.
+            runtime.shutdown_timeout(Duration::from_millis(500));
+            let _ = finished_tx.send(());
+        })?;
+        context::set_instance(Some(Arc::downgrade(&shared)));
+        Ok(Instance { shared, shutdown: Some(shutdown), finished, thread: Some(thread) })
+    }
+
+    pub(crate) fn control(&self, command: Control) {
+        self.shared.control(command);
+    }
+
+    /// Stops the runtime (every task the extension spawned dies) and waits for its thread.
+    /// Returns false if the thread did not finish in time (author code blocking it).
+    pub(crate) fn destroy(mut self) -> bool {
+        context::set_instance(None);
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        let finished = self.finished.recv_timeout(DESTROY_WAIT).is_ok();
+        if let Some(thread) = self.thread.take() {
+            if finished {
+                let _ = thread.join();
+            } else {
+                tracing::error!(
+                    "the runtime thread of `{}` is still blocked after {:?}; abandoning it",
+                    self.shared.name,
+                    DESTROY_WAIT
+                );
+            }
+        }
+        finished
+    }
+}
+
+async fn dispatch_loop(shared: Arc<Shared>, mut inbox: mpsc::UnboundedReceiver<Envelope>) {
+    while let Some(envelope) = inbox.recv().await {
+        shared.dispatch(envelope);
+    }
+}

@@ -1,0 +1,23 @@
+//! The library side of an instance: the per-extension runtime, the routing tables of its
+//! halves, and the glue the export macro points the descriptor at. Nothing here is part of
+//! the author-facing API.
+
+pub(crate) mod context;
+pub mod export;
+mod instance;
+pub(crate) mod logging;
+mod state;
+
+pub(crate) use instance::Shared;
+pub(crate) use state::{HandlerFn, ListenerFn, RawEvent, Reply};
+
+/// Text of a caught panic payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_owned()
+    }
+}

@@ -1,0 +1,81 @@
+//! The routing tables of one instance: per half, its listeners, handlers, pending invokes,
+//! running handler tasks and spawned tasks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use tokio::task::AbortHandle;
+use tokio::sync::oneshot;
+
+use crate::abi::Peer;
+use crate::ipc::Sender;
+use crate::wire::{ErrorPayload, HalfSnapshot};
+use crate::InvokeErrorKind;
+
+/// A broadcast as a listener sees it before decoding.
+pub(crate) struct RawEvent<'a> {
+    pub(crate) sender: Sender,
+    pub(crate) channel: &'a str,
+    pub(crate) payload: &'a [u8],
+}
+
+pub(crate) type ListenerFn = Arc<dyn Fn(&RawEvent<'_>) + Send + Sync>;
+
+/// What a handler produces: the encoded reply, or an error kind with its payload.
+pub(crate) type HandlerResult = Result<Vec<u8>, (InvokeErrorKind, ErrorPayload)>;
+pub(crate) type HandlerFn =
+    Arc<dyn Fn(Vec<u8>, Sender) -> BoxFuture<'static, HandlerResult> + Send + Sync>;
+
+/// The answer to a pending invoke: a status (0 or an error code) and its payload.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub(crate) status: u32,
+    pub(crate) payload: Vec<u8>,
+}
+
+/// The author's object for a half, type-erased: all we can do with it is deactivate it.
+pub(crate) type Deactivator = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
+
+#[derive(Default)]
+pub(crate) struct Half {
+    pub(crate) listeners: HashMap<String, Vec<(u64, ListenerFn)>>,
+    pub(crate) handlers: HashMap<String, (u64, HandlerFn)>,
+    pub(crate) pending: HashMap<u64, oneshot::Sender<Reply>>,
+    /// Handler tasks in flight, by (origin, request id), so a cancel can stop them.
+    pub(crate) running: HashMap<(Peer, u64), AbortHandle>,
+    pub(crate) tasks: HashMap<u64, AbortHandle>,
+    pub(crate) user: Option<Deactivator>,
+}
+
+impl Half {
+    pub(crate) fn snapshot(&self, peer: Peer) -> HalfSnapshot {
+        let mut handlers: Vec<String> = self.handlers.keys().cloned().collect();
+        handlers.sort();
+        HalfSnapshot {
+            peer,
+            listeners: self
+                .listeners
+                .iter()
+                .filter(|(_, list)| !list.is_empty())
+                .map(|(channel, list)| (channel.clone(), list.len()))
+                .collect(),
+            handlers,
+            pending_requests: self.pending.len(),
+            running_handlers: self.running.len(),
+            tasks: self.tasks.len(),
+        }
+    }
+
+    /// Stops everything the half runs. Pending invokes see their sender dropped.
+    pub(crate) fn shut_down(self) {
+        for abort in self.running.values().chain(self.tasks.values()) {
+            abort.abort();
+        }
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    pub(crate) halves: HashMap<Peer, Half>,
+}

@@ -1,0 +1,96 @@
+//! Plain data exchanged between the host and an extension, encoded as MessagePack with named
+//! fields. No I/O and no behaviour lives here: the same types travel over a function call in
+//! process and over a socket to a child process.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::abi::Peer;
+
+/// What the host tells an instance when it starts it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstanceConfig {
+    /// The extension's name, for thread names and log records.
+    pub name: String,
+    /// Most verbose level the host will print: 0 off, 1 error ... 5 trace.
+    pub max_log_level: u32,
+}
+
+/// A lifecycle or query command from the host. Each carries the number the instance answers
+/// with through `HostVTable::complete`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Control {
+    /// Run the main half's `activate`.
+    ActivateMain { completion: u64 },
+    /// Run the main half's `deactivate`, bounded by `timeout_ms`.
+    DeactivateMain { completion: u64, timeout_ms: u64 },
+    /// Create the renderer half for `frame` and run its `activate`.
+    OpenFrame { completion: u64, frame: Peer },
+    /// Run the renderer half's `deactivate` for `frame` (bounded), then drop everything it had.
+    CloseFrame { completion: u64, frame: Peer, timeout_ms: u64 },
+    /// Report listeners, handlers, pending requests and tasks.
+    Inspect { completion: u64 },
+}
+
+impl Control {
+    pub fn completion(&self) -> u64 {
+        match self {
+            Control::ActivateMain { completion }
+            | Control::DeactivateMain { completion, .. }
+            | Control::OpenFrame { completion, .. }
+            | Control::CloseFrame { completion, .. }
+            | Control::Inspect { completion } => *completion,
+        }
+    }
+}
+
+/// The answer to a [`Control`] command.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum Completion {
+    Done,
+    /// The author's code returned an error.
+    Failed { reason: String },
+    /// The author's code panicked.
+    Panicked { message: String },
+    /// The author's code did not finish within the timeout.
+    TimedOut { timeout_ms: u64 },
+    Inspected(InstanceSnapshot),
+}
+
+/// The payload of an error reply: the kind travels in the message's status field.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorPayload {
+    pub message: String,
+    /// The handler's structured error, as MessagePack.
+    #[serde(with = "serde_bytes", default)]
+    pub data: Option<Vec<u8>>,
+}
+
+/// What an instance reports about itself.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct InstanceSnapshot {
+    pub halves: Vec<HalfSnapshot>,
+    /// Tasks alive on the instance's runtime, the instance's own dispatcher excluded.
+    pub tasks: usize,
+    /// Listener calls skipped because the value did not decode as the listener's type.
+    pub decode_failures: u64,
+    /// Listener calls that panicked.
+    pub listener_panics: u64,
+}
+
+/// One half (main, or the renderer half of one frame) of an instance.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct HalfSnapshot {
+    pub peer: Peer,
+    /// Number of listeners per channel.
+    pub listeners: BTreeMap<String, usize>,
+    /// Channels with a registered handler.
+    pub handlers: Vec<String>,
+    /// Invokes this half is waiting on.
+    pub pending_requests: usize,
+    /// Requests this half is handling right now.
+    pub running_handlers: usize,
+    /// Tasks spawned through the half's handle and still alive.
+    pub tasks: usize,
+}

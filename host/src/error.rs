@@ -1,0 +1,43 @@
+//! The host's typed errors. Each message says what was refused and why.
+
+use std::path::PathBuf;
+
+/// Why a library could not be loaded. Nothing else in the host is affected.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot load `{path}`: the file does not exist")]
+    NotFound { path: PathBuf },
+    #[error("cannot load `{path}`: {reason}")]
+    Unreadable { path: PathBuf, reason: String },
+    #[error("cannot load `{path}`: it is not a shared library ({reason})")]
+    NotALibrary { path: PathBuf, reason: String },
+    #[error(
+        "cannot load `{path}`: it exports no `{symbol}` symbol, so it is not an extension (was it built with `extension_api::export_extension!`?)"
+    )]
+    MissingDescriptor { path: PathBuf, symbol: &'static str },
+    #[error(
+        "cannot load `{path}`: it was built for extension ABI version {found}, but this host speaks version {expected}; rebuild it against a matching `extension-api`"
+    )]
+    AbiMismatch { path: PathBuf, expected: u32, found: u32 },
+    #[error("cannot load `{path}`: its metadata is invalid: {reason}")]
+    InvalidMetadata { path: PathBuf, reason: String },
+    #[error("cannot load `{path}`: an extension named `{name}` is already loaded (from `{existing}`); uninstall it first")]
+    DuplicateName { path: PathBuf, name: String, existing: PathBuf },
+}
+
+/// Why a lifecycle or IPC call on the host was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum HostError {
+    #[error("no extension named `{0}` is loaded")]
+    UnknownExtension(String),
+    #[error("extension `{name}` is {state}; {operation} needs it {needed}")]
+    WrongState { name: String, state: String, operation: &'static str, needed: &'static str },
+    #[error("extension `{name}` failed to activate: {reason}")]
+    ActivationFailed { name: String, reason: String },
+    #[error("no frame {0} is open")]
+    UnknownFrame(u64),
+    #[error("cannot serialize the value for channel `{channel}`: {reason}")]
+    Serialize { channel: String, reason: String },
+    #[error("extension `{name}` refused the message (status {status})")]
+    Refused { name: String, status: u32 },
+}

@@ -1,0 +1,63 @@
+//! What the host lets an embedder watch: extension log records and broadcasts.
+
+use extension_api::Sender;
+use extension_api::abi::Peer;
+use serde::Serialize;
+
+/// A tracing event emitted inside an extension, as the host received it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LogRecord {
+    pub extension: String,
+    /// "ERROR", "WARN", "INFO", "DEBUG" or "TRACE".
+    pub level: String,
+    /// The module path (tracing target) inside the extension.
+    pub target: String,
+    pub message: String,
+}
+
+impl LogRecord {
+    pub(crate) fn new(extension: &str, level: u32, target: &str, message: &str) -> LogRecord {
+        let level = match level {
+            1 => "ERROR",
+            2 => "WARN",
+            3 => "INFO",
+            4 => "DEBUG",
+            _ => "TRACE",
+        };
+        LogRecord { extension: extension.to_owned(), level: level.to_owned(), target: target.to_owned(), message: message.to_owned() }
+    }
+
+    /// Re-emits the record through the host's own tracing, under target `extension`, so the
+    /// host's filter (`RUST_LOG=extension=debug`, say) applies.
+    pub(crate) fn emit(&self) {
+        let (name, module, message) = (&self.extension, &self.target, &self.message);
+        match self.level.as_str() {
+            "ERROR" => tracing::error!(target: "extension", extension = %name, module = %module, "{message}"),
+            "WARN" => tracing::warn!(target: "extension", extension = %name, module = %module, "{message}"),
+            "INFO" => tracing::info!(target: "extension", extension = %name, module = %module, "{message}"),
+            "DEBUG" => tracing::debug!(target: "extension", extension = %name, module = %module, "{message}"),
+            _ => tracing::trace!(target: "extension", extension = %name, module = %module, "{message}"),
+        }
+    }
+}
+
+/// A broadcast seen by the host on its way to the extension's listeners.
+#[derive(Debug, Clone)]
+pub struct ObservedBroadcast {
+    pub extension: String,
+    pub(crate) sender: Peer,
+    pub channel: String,
+    /// The value as MessagePack.
+    pub payload: Vec<u8>,
+}
+
+impl ObservedBroadcast {
+    pub fn sender(&self) -> Sender {
+        Sender::from_peer(self.sender)
+    }
+
+    /// The value decoded as `T`.
+    pub fn value<T: serde::de::DeserializeOwned>(&self) -> Result<T, rmp_serde::decode::Error> {
+        rmp_serde::from_slice(&self.payload)
+    }
+}

@@ -1,0 +1,19 @@
+//! # The extension host
+//!
+//! Loads extension libraries built against `extension-api`, runs their lifecycle (load,
+//! activate, deactivate, uninstall), opens frames for their renderer halves, and routes every
+//! extension's IPC inside its own namespace. See `ARCHITECTURE.md` at the repository root.
+
+mod error;
+mod events;
+mod host;
+mod library;
+mod link;
+
+pub use error::{HostError, LoadError};
+pub use events::{LogRecord, ObservedBroadcast};
+pub use host::{DeactivateReport, ExtensionSnapshot, ExtensionState, Host, HostConfig, HostSnapshot};
+pub use library::{LibraryInfo, check};
+
+pub use extension_api::wire::{HalfSnapshot, InstanceSnapshot};
+pub use extension_api::{FrameId, InvokeError, InvokeErrorKind, Sender};
