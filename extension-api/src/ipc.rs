@@ -260,36 +260,37 @@ impl HalfHandle {
         })
     }
 
-    async fn invoke<Req, Resp, C>(
+    /// Sends the request now (so requests leave in call order) and returns the wait for its
+    /// reply. The future owns everything it needs: the value is not borrowed past this call.
+    fn invoke<Req, Resp, C>(
         &self,
         target: Peer,
         channel: C,
         value: &Req,
         timeout: Duration,
-    ) -> Result<Resp, InvokeError>
+    ) -> impl Future<Output = Result<Resp, InvokeError>> + Send + 'static
     where
         Req: Serialize + ?Sized,
-        Resp: DeserializeOwned,
+        Resp: DeserializeOwned + Send + 'static,
         C: RequestChannelName<Req, Resp>,
     {
-        let channel = channel.channel_name();
-        let payload = rmp_serde::to_vec_named(value)
-            .map_err(|error| InvokeError::new(InvokeErrorKind::Serialize, channel, error.to_string()))?;
-        let reply = self.invoke_raw(target, channel, &payload, timeout).await?;
-        rmp_serde::from_slice(&reply).map_err(|error| {
-            let message = format!("the reply does not decode as {}: {error}", std::any::type_name::<Resp>());
-            InvokeError::new(InvokeErrorKind::Deserialize, channel, message)
-        })
+        let channel = channel.channel_name().to_owned();
+        let started = rmp_serde::to_vec_named(value)
+            .map_err(|error| InvokeError::new(InvokeErrorKind::Serialize, &channel, error.to_string()))
+            .and_then(|payload| self.start_invoke(target, channel, &payload));
+        async move {
+            let request = started?;
+            let channel = request.guard.channel.clone();
+            let reply = request.wait(timeout).await?;
+            rmp_serde::from_slice(&reply).map_err(|error| {
+                let message = format!("the reply does not decode as {}: {error}", std::any::type_name::<Resp>());
+                InvokeError::new(InvokeErrorKind::Deserialize, channel, message)
+            })
+        }
     }
 
-    async fn invoke_raw(
-        &self,
-        target: Peer,
-        channel: &str,
-        payload: &[u8],
-        timeout: Duration,
-    ) -> Result<Vec<u8>, InvokeError> {
-        let deactivated = || InvokeError::new(InvokeErrorKind::Deactivated, channel, "the extension is not active");
+    fn start_invoke(&self, target: Peer, channel: String, payload: &[u8]) -> Result<PendingInvoke, InvokeError> {
+        let deactivated = || InvokeError::new(InvokeErrorKind::Deactivated, channel.as_str(), "the extension is not active");
         let shared = self.shared.upgrade().ok_or_else(deactivated)?;
         let request_id = shared.next_id();
         let (sender, receiver) = oneshot::channel();
@@ -298,41 +299,18 @@ impl HalfHandle {
             let half = state.halves.get_mut(&self.peer).ok_or_else(deactivated)?;
             half.pending.insert(request_id, sender);
         }
+        let status = shared.send(abi::kind::INVOKE, 0, self.peer, target, request_id, &channel, payload);
         let mut guard = PendingGuard { shared: self.shared.clone(), peer: self.peer, target, request_id, channel, armed: true };
-        let status = shared.send(abi::kind::INVOKE, 0, self.peer, target, request_id, channel, payload);
-        // Not kept alive while waiting: deactivation must be able to free the instance.
-        drop(shared);
         if status != abi::status::OK {
             guard.forget();
             let kind = match status {
                 abi::status::NO_SUCH_PEER => InvokeErrorKind::FrameClosed,
                 _ => InvokeErrorKind::Deactivated,
             };
-            return Err(InvokeError::new(kind, channel, format!("the host refused the request (status {status})")));
+            return Err(InvokeError::new(kind, guard.channel.as_str(), format!("the host refused the request (status {status})")));
         }
-        let outcome = tokio::time::timeout(timeout, receiver).await;
-        match outcome {
-            // Dropping the guard cancels the request on the handling side.
-            Err(_) => Err(InvokeError::new(InvokeErrorKind::Timeout, channel, format!("no reply within {timeout:?}"))),
-            Ok(Err(_)) => {
-                guard.armed = false;
-                let kind = if self.peer == PEER_MAIN { InvokeErrorKind::Deactivated } else { InvokeErrorKind::FrameClosed };
-                Err(InvokeError::new(kind, channel, "the invoking half was shut down"))
-            }
-            Ok(Ok(Reply { status, payload })) => {
-                guard.armed = false;
-                if status == abi::status::OK {
-                    return Ok(payload);
-                }
-                let kind = InvokeErrorKind::from_code(status).unwrap_or(InvokeErrorKind::ConnectionLost);
-                match rmp_serde::from_slice::<ErrorPayload>(&payload) {
-                    Ok(error) => Err(InvokeError::from_wire(kind, channel, error)),
-                    Err(error) => Err(InvokeError::new(kind, channel, format!("(undecodable error payload: {error})"))),
-                }
-            }
-        }
+        Ok(PendingInvoke { guard, receiver })
     }
-
     fn spawn<F>(&self, future: F) -> Result<tokio::task::JoinHandle<F::Output>, IpcError>
     where
         F: Future + Send + 'static,
@@ -360,17 +338,51 @@ impl HalfHandle {
     }
 }
 
+/// An invoke that was sent and awaits its reply.
+struct PendingInvoke {
+    guard: PendingGuard,
+    receiver: oneshot::Receiver<Reply>,
+}
+
+impl PendingInvoke {
+    async fn wait(mut self, timeout: Duration) -> Result<Vec<u8>, InvokeError> {
+        let channel = self.guard.channel.as_str();
+        let outcome = tokio::time::timeout(timeout, &mut self.receiver).await;
+        match outcome {
+            // Dropping the armed guard cancels the request on the handling side.
+            Err(_) => Err(InvokeError::new(InvokeErrorKind::Timeout, channel, format!("no reply within {timeout:?}"))),
+            Ok(Err(_)) => {
+                self.guard.armed = false;
+                let kind =
+                    if self.guard.peer == PEER_MAIN { InvokeErrorKind::Deactivated } else { InvokeErrorKind::FrameClosed };
+                Err(InvokeError::new(kind, channel, "the invoking half was shut down"))
+            }
+            Ok(Ok(Reply { status, payload })) => {
+                self.guard.armed = false;
+                if status == abi::status::OK {
+                    return Ok(payload);
+                }
+                let kind = InvokeErrorKind::from_code(status).unwrap_or(InvokeErrorKind::ConnectionLost);
+                match rmp_serde::from_slice::<ErrorPayload>(&payload) {
+                    Ok(error) => Err(InvokeError::from_wire(kind, channel, error)),
+                    Err(error) => Err(InvokeError::new(kind, channel, format!("(undecodable error payload: {error})"))),
+                }
+            }
+        }
+    }
+}
+
 /// Removes a pending invoke and cancels it on the handling side unless disarmed.
-struct PendingGuard<'a> {
+struct PendingGuard {
     shared: Weak<Shared>,
     peer: Peer,
     target: Peer,
     request_id: u64,
-    channel: &'a str,
+    channel: String,
     armed: bool,
 }
 
-impl PendingGuard<'_> {
+impl PendingGuard {
     fn forget(&mut self) {
         self.armed = false;
         if let Some(shared) = self.shared.upgrade()
@@ -381,14 +393,14 @@ impl PendingGuard<'_> {
     }
 }
 
-impl Drop for PendingGuard<'_> {
+impl Drop for PendingGuard {
     fn drop(&mut self) {
         if !self.armed {
             return;
         }
         self.forget();
         if let Some(shared) = self.shared.upgrade() {
-            shared.send(abi::kind::CANCEL, 0, self.peer, self.target, self.request_id, self.channel, &[]);
+            shared.send(abi::kind::CANCEL, 0, self.peer, self.target, self.request_id, &self.channel, &[]);
         }
     }
 }
@@ -516,29 +528,36 @@ impl Renderer {
     }
 
     /// Asks main's handler on `channel`, waiting at most [`DEFAULT_INVOKE_TIMEOUT`].
-    /// Dropping the future cancels the request (main's handler task is aborted).
-    pub async fn invoke<Req, Resp, C>(&self, channel: C, value: &Req) -> Result<Resp, InvokeError>
+    ///
+    /// The request is sent by this call, not when the future is first polled, so requests and
+    /// broadcasts leave in the order they are made. Dropping the future cancels the request
+    /// (main's handler task is aborted).
+    pub fn invoke<Req, Resp, C>(
+        &self,
+        channel: C,
+        value: &Req,
+    ) -> impl Future<Output = Result<Resp, InvokeError>> + Send + 'static
     where
         Req: Serialize + ?Sized,
-        Resp: DeserializeOwned,
+        Resp: DeserializeOwned + Send + 'static,
         C: RequestChannelName<Req, Resp>,
     {
-        self.half.invoke(PEER_MAIN, channel, value, DEFAULT_INVOKE_TIMEOUT).await
+        self.half.invoke(PEER_MAIN, channel, value, DEFAULT_INVOKE_TIMEOUT)
     }
 
     /// [`Renderer::invoke`] with its own timeout.
-    pub async fn invoke_with_timeout<Req, Resp, C>(
+    pub fn invoke_with_timeout<Req, Resp, C>(
         &self,
         channel: C,
         value: &Req,
         timeout: Duration,
-    ) -> Result<Resp, InvokeError>
+    ) -> impl Future<Output = Result<Resp, InvokeError>> + Send + 'static
     where
         Req: Serialize + ?Sized,
-        Resp: DeserializeOwned,
+        Resp: DeserializeOwned + Send + 'static,
         C: RequestChannelName<Req, Resp>,
     {
-        self.half.invoke(PEER_MAIN, channel, value, timeout).await
+        self.half.invoke(PEER_MAIN, channel, value, timeout)
     }
 
     /// Spawns a task that belongs to this frame's renderer half: aborted when the frame

@@ -1,0 +1,168 @@
+//! The dev console of `host run --console`: one command per stdin line, answers on stdout.
+
+use std::time::Duration;
+
+use extension_host::Host;
+use extension_host::FrameId;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const HELP: &str = "\
+commands:
+  list                              extensions and their state
+  frames                            open frames
+  load PATH                         load a library
+  activate NAME | deactivate NAME | uninstall NAME
+  open | close FRAME | reload FRAME frames
+  broadcast NAME CHANNEL JSON       broadcast into NAME's namespace, as the host
+  invoke NAME CHANNEL JSON          invoke NAME's main handler, as the host
+  inspect [NAME]                    the inspect snapshot, as JSON
+  watch on|off                      print every broadcast the host routes
+  quit";
+
+/// Reads commands until `quit` or end of input.
+pub async fn run(host: &Host) {
+    println!("console ready (type `help`)");
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut watcher: Option<tokio::task::JoinHandle<()>> = None;
+    loop {
+        let line = match lines.next_line().await {
+            Ok(Some(line)) => line,
+            Ok(None) => break,
+            Err(error) => {
+                println!("error: cannot read stdin: {error}");
+                break;
+            }
+        };
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if line == "quit" || line == "exit" {
+            break;
+        }
+        if let Some(mode) = line.strip_prefix("watch ") {
+            if let Some(task) = watcher.take() {
+                task.abort();
+            }
+            if mode.trim() == "on" {
+                watcher = Some(tokio::spawn(watch(host.broadcasts())));
+            }
+            println!("ok");
+            continue;
+        }
+        match execute(host, line).await {
+            Ok(output) => println!("{output}"),
+            Err(error) => println!("error: {error}"),
+        }
+    }
+    if let Some(task) = watcher {
+        task.abort();
+    }
+    println!("console closed");
+}
+
+async fn watch(mut broadcasts: tokio::sync::broadcast::Receiver<extension_host::ObservedBroadcast>) {
+    loop {
+        match broadcasts.recv().await {
+            Ok(event) => {
+                let value = msgpack_to_json(&event.payload);
+                println!("event {} {} from {}: {value}", event.extension, event.channel, event.sender());
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                println!("event (missed {missed} broadcasts: the console is slower than the traffic)");
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Splits `NAME CHANNEL JSON` (the JSON may contain spaces).
+fn name_channel_json(rest: &str) -> Result<(&str, &str, Vec<u8>), String> {
+    let mut parts = rest.splitn(3, ' ');
+    let (Some(name), Some(channel)) = (parts.next(), parts.next()) else {
+        return Err("expected NAME CHANNEL JSON".into());
+    };
+    let json = parts.next().unwrap_or("null");
+    let value: serde_json::Value = serde_json::from_str(json).map_err(|error| format!("the value is not JSON: {error}"))?;
+    let payload = rmp_serde::to_vec_named(&value).map_err(|error| format!("cannot encode the value: {error}"))?;
+    Ok((name, channel, payload))
+}
+
+fn frame_arg(rest: &str) -> Result<FrameId, String> {
+    rest.trim().parse().map(FrameId).map_err(|_| format!("`{rest}` is not a frame number"))
+}
+
+async fn execute(host: &Host, line: &str) -> Result<String, String> {
+    let (command, rest) = line.split_once(' ').unwrap_or((line, ""));
+    let rest = rest.trim();
+    let text = |error: &dyn std::fmt::Display| error.to_string();
+    match command {
+        "help" => Ok(HELP.to_owned()),
+        "list" => {
+            let snapshot = host.inspect().await;
+            let lines: Vec<String> = snapshot
+                .extensions
+                .iter()
+                .map(|e| format!("{} {} {}", e.info.name, e.info.version, e.state))
+                .collect();
+            Ok(if lines.is_empty() { "no extensions".into() } else { lines.join("\n") })
+        }
+        "frames" => {
+            let frames: Vec<String> = host.frames().iter().map(|frame| frame.0.to_string()).collect();
+            Ok(format!("frames: {}", frames.join(" ")))
+        }
+        "load" => host.load(rest).map(|info| format!("loaded {} {}", info.name, info.version)).map_err(|e| text(&e)),
+        "activate" => host.activate(rest).await.map(|()| format!("activated {rest}")).map_err(|e| text(&e)),
+        "deactivate" => host
+            .deactivate(rest)
+            .await
+            .map(|report| {
+                if report.problems.is_empty() {
+                    format!("deactivated {rest}")
+                } else {
+                    format!("deactivated {rest} (problems: {})", report.problems.join("; "))
+                }
+            })
+            .map_err(|e| text(&e)),
+        "uninstall" => host.uninstall(rest).await.map(|()| format!("uninstalled {rest}")).map_err(|e| text(&e)),
+        "open" => Ok(format!("opened frame {}", host.open_frame().await.0)),
+        "close" => {
+            let frame = frame_arg(rest)?;
+            host.close_frame(frame).await.map(|()| format!("closed frame {}", frame.0)).map_err(|e| text(&e))
+        }
+        "reload" => {
+            let frame = frame_arg(rest)?;
+            host.reload_frame(frame).await.map(|()| format!("reloaded frame {}", frame.0)).map_err(|e| text(&e))
+        }
+        "broadcast" => {
+            let (name, channel, payload) = name_channel_json(rest)?;
+            host.broadcast_raw(name, channel, &payload).map(|()| "ok".to_owned()).map_err(|e| text(&e))
+        }
+        "invoke" => {
+            let (name, channel, payload) = name_channel_json(rest)?;
+            match host.invoke_raw(name, channel, &payload, Duration::from_secs(10)).await {
+                Ok(reply) => Ok(format!("reply: {}", msgpack_to_json(&reply))),
+                Err(error) => Err(format!("{:?}: {}", error.kind, error.message)),
+            }
+        }
+        "inspect" => {
+            let snapshot = host.inspect().await;
+            let json = if rest.is_empty() {
+                serde_json::to_string(&snapshot)
+            } else {
+                let extension = snapshot.extension(rest).ok_or_else(|| format!("no extension named `{rest}` is loaded"))?;
+                serde_json::to_string(extension)
+            };
+            json.map_err(|e| text(&e))
+        }
+        other => Err(format!("unknown command `{other}` (type `help`)")),
+    }
+}
+
+/// A MessagePack value as JSON text (binary as a byte array, integer map keys as strings).
+fn msgpack_to_json(bytes: &[u8]) -> String {
+    match rmp_serde::from_slice::<rmpv::Value>(bytes) {
+        Ok(value) => serde_json::to_string(&value).unwrap_or_else(|_| value.to_string()),
+        Err(error) => format!("<undecodable MessagePack: {error}>"),
+    }
+}
