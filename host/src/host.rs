@@ -1,6 +1,7 @@
 //! The host: which extensions are loaded, their lifecycle, and the frames they render in.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -450,26 +451,45 @@ impl Host {
         }
     }
 
-    /// Invokes main's handler on `channel`, as the host acting as a renderer.
-    pub async fn invoke<Req, Resp>(&self, name: &str, channel: &str, value: &Req, timeout: Duration) -> Result<Resp, InvokeError>
+    /// Invokes main's handler on `channel`, as the host acting as a renderer. The request is
+    /// sent by this call; the future waits for the reply (dropping it cancels the request).
+    pub fn invoke<Req, Resp>(
+        &self,
+        name: &str,
+        channel: &str,
+        value: &Req,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Resp, InvokeError>> + Send + 'static + use<Req, Resp>
     where
         Req: Serialize + ?Sized,
-        Resp: DeserializeOwned,
+        Resp: DeserializeOwned + Send + 'static,
     {
-        let payload = rmp_serde::to_vec_named(value)
-            .map_err(|error| InvokeError::new(InvokeErrorKind::Serialize, channel, error.to_string()))?;
-        let reply = self.invoke_raw(name, channel, &payload, timeout).await?;
-        rmp_serde::from_slice(&reply).map_err(|error| {
-            InvokeError::new(InvokeErrorKind::Deserialize, channel, format!("the reply does not decode as {}: {error}", std::any::type_name::<Resp>()))
-        })
+        let channel_name = channel.to_owned();
+        let sent = rmp_serde::to_vec_named(value)
+            .map_err(|error| InvokeError::new(InvokeErrorKind::Serialize, channel, error.to_string()))
+            .map(|payload| self.invoke_raw(name, channel, &payload, timeout));
+        async move {
+            let reply = sent?.await?;
+            rmp_serde::from_slice(&reply).map_err(|error| {
+                let message = format!("the reply does not decode as {}: {error}", std::any::type_name::<Resp>());
+                InvokeError::new(InvokeErrorKind::Deserialize, channel_name, message)
+            })
+        }
     }
 
     /// [`Host::invoke`] with MessagePack bytes in and out.
-    pub async fn invoke_raw(&self, name: &str, channel: &str, payload: &[u8], timeout: Duration) -> Result<Vec<u8>, InvokeError> {
-        let link = self
+    pub fn invoke_raw(
+        &self,
+        name: &str,
+        channel: &str,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Vec<u8>, InvokeError>> + Send + 'static + use<> {
+        let sent = self
             .active_link(name)
-            .map_err(|error| InvokeError::new(InvokeErrorKind::Deactivated, channel, error.to_string()))?;
-        link.host_invoke(channel, payload, timeout).await
+            .map_err(|error| InvokeError::new(InvokeErrorKind::Deactivated, channel, error.to_string()))
+            .map(|link| link.host_invoke(channel, payload, timeout));
+        async move { sent?.await }
     }
 
     /// A snapshot of every extension and frame.

@@ -17,3 +17,4 @@ pub use library::{LibraryInfo, check};
 
 pub use extension_api::wire::{HalfSnapshot, InstanceSnapshot};
 pub use extension_api::{FrameId, InvokeError, InvokeErrorKind, Sender};
+pub use tracing::level_filters::LevelFilter;

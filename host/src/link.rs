@@ -226,7 +226,6 @@ impl Link {
     /// Blocks (bounded by the library's own wait); call it off the async threads.
     pub(crate) fn destroy(&self) -> u32 {
         self.stop_routing();
-        self.unregister();
         let taken = self.instance.write().unwrap_or_else(PoisonError::into_inner).take();
         let status = match taken {
             // SAFETY: the pointer came from `instantiate`, was taken out under the write lock so
@@ -234,6 +233,8 @@ impl Link {
             Some(InstancePtr(pointer)) => unsafe { (self.descriptor.destroy)(pointer) },
             None => abi::status::OK,
         };
+        // Unregistered last, so what the extension logs while its tasks are dropped still arrives.
+        self.unregister();
         // Whatever was still waiting can never be answered now.
         self.fail_pending(|_, _| true, InvokeErrorKind::Deactivated);
         status
@@ -380,12 +381,18 @@ impl Link {
         })
     }
 
-    /// Invokes main's handler on `channel` from the host and waits for the reply.
-    pub(crate) async fn host_invoke(&self, channel: &str, payload: &[u8], timeout: Duration) -> Result<Vec<u8>, InvokeError> {
+    /// Invokes main's handler on `channel` from the host. The request is sent by this call
+    /// (so host requests and broadcasts leave in call order); the future waits for the reply
+    /// and cancels the request if dropped first.
+    pub(crate) fn host_invoke(
+        self: Arc<Self>,
+        channel: &str,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> impl std::future::Future<Output = Result<Vec<u8>, InvokeError>> + Send + 'static + use<> {
         let request_id = self.core.next_request.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = oneshot::channel();
         lock(&self.core.waiters).insert((self.key, request_id), sender);
-        let mut guard = HostRequestGuard { link: self, request_id, armed: true };
         let status = if self.routing.load(Ordering::Acquire) {
             self.route_invoke(&RawMessage {
                 kind: abi::kind::INVOKE,
@@ -399,21 +406,27 @@ impl Link {
         } else {
             abi::status::DEACTIVATED
         };
-        if status != abi::status::OK {
-            guard.armed = false;
-            lock(&self.core.waiters).remove(&(self.key, request_id));
-            return Err(InvokeError::new(InvokeErrorKind::Deactivated, channel, format!("`{}` is not active", self.name)));
-        }
-        let reply = match tokio::time::timeout(timeout, receiver).await {
-            Err(_) => return Err(InvokeError::new(InvokeErrorKind::Timeout, channel, format!("no reply within {timeout:?}"))),
-            Ok(Err(_)) => {
-                guard.armed = false;
-                return Err(InvokeError::new(InvokeErrorKind::Deactivated, channel, "the extension went away"));
+        let channel = channel.to_owned();
+        let mut guard = HostRequestGuard { link: self, request_id, armed: status == abi::status::OK };
+        async move {
+            if !guard.armed {
+                lock(&guard.link.core.waiters).remove(&(guard.link.key, request_id));
+                let message = format!("`{}` is not active", guard.link.name);
+                return Err(InvokeError::new(InvokeErrorKind::Deactivated, channel, message));
             }
-            Ok(Ok(reply)) => reply,
-        };
-        guard.armed = false;
-        decode_reply(channel, reply)
+            let reply = match tokio::time::timeout(timeout, receiver).await {
+                Err(_) => {
+                    return Err(InvokeError::new(InvokeErrorKind::Timeout, channel, format!("no reply within {timeout:?}")));
+                }
+                Ok(Err(_)) => {
+                    guard.disarm();
+                    return Err(InvokeError::new(InvokeErrorKind::Deactivated, channel, "the extension went away"));
+                }
+                Ok(Ok(reply)) => reply,
+            };
+            guard.disarm();
+            decode_reply(&channel, reply)
+        }
     }
 }
 
@@ -430,13 +443,19 @@ pub(crate) fn decode_reply(channel: &str, reply: HostReply) -> Result<Vec<u8>, I
 }
 
 /// Cancels a host request that was given up (timeout, or the future dropped).
-struct HostRequestGuard<'a> {
-    link: &'a Link,
+struct HostRequestGuard {
+    link: Arc<Link>,
     request_id: u64,
     armed: bool,
 }
 
-impl Drop for HostRequestGuard<'_> {
+impl HostRequestGuard {
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for HostRequestGuard {
     fn drop(&mut self) {
         if !self.armed {
             return;

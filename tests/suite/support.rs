@@ -1,0 +1,145 @@
+//! Shared test plumbing: building the extension libraries once, starting hosts, and waiting
+//! for what extensions report (always on an event, with a generous failsafe deadline).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use extension_host::{Host, HostConfig, LogRecord, ObservedBroadcast};
+use probe_protocol::Pong;
+use tokio::sync::broadcast::Receiver;
+
+/// Every crate the suite loads or runs, built once per test run.
+const CRATES: &[&str] = &[
+    "host",
+    "hello",
+    "hello-twin",
+    "probe",
+    "probe-twin",
+    "cycler",
+    "fail-activate",
+    "panic-activate",
+    "no-descriptor",
+    "wrong-abi",
+    "reload-v1",
+    "reload-v2",
+];
+
+/// Only a guard against a hung test: nothing waits for it to pass.
+pub const FAILSAFE: Duration = Duration::from_secs(20);
+
+/// The directory holding the built libraries and the `host` binary (the test's own profile).
+pub fn artifacts() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let exe = std::env::current_exe().expect("the test binary has a path");
+        // target/<profile>/deps/suite-<hash>
+        let dir = exe.parent().and_then(Path::parent).expect("the test binary sits in target/<profile>/deps").to_owned();
+        let profile = match dir.file_name().and_then(|name| name.to_str()) {
+            Some("debug") | None => "dev".to_owned(),
+            Some(other) => other.to_owned(),
+        };
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let mut command = Command::new(cargo);
+        command.current_dir(env!("CARGO_MANIFEST_DIR")).args(["build", "--quiet", "--profile", &profile]);
+        for name in CRATES {
+            command.args(["-p", name]);
+        }
+        let status = command.status().expect("cargo runs");
+        assert!(status.success(), "building the extension libraries failed");
+        dir
+    })
+}
+
+/// Path of the built library of crate `name`.
+pub fn library(name: &str) -> PathBuf {
+    let file = format!(
+        "{}{}{}",
+        std::env::consts::DLL_PREFIX,
+        name.replace('-', "_"),
+        std::env::consts::DLL_SUFFIX
+    );
+    artifacts().join(file)
+}
+
+pub fn host_binary() -> PathBuf {
+    artifacts().join(format!("host{}", std::env::consts::EXE_SUFFIX))
+}
+
+pub fn config() -> HostConfig {
+    HostConfig {
+        activate_timeout: Duration::from_secs(10),
+        deactivate_timeout: Duration::from_millis(500),
+        max_log_level: tracing_level(),
+    }
+}
+
+fn tracing_level() -> extension_host::LevelFilter {
+    extension_host::LevelFilter::INFO
+}
+
+/// A host with the given crates loaded and activated.
+pub async fn host_with(crates: &[&str]) -> Host {
+    let host = Host::new(config());
+    for name in crates {
+        let info = host.load(library(name)).expect("the library loads");
+        host.activate(&info.name).await.expect("the extension activates");
+    }
+    host
+}
+
+/// Waits for a log record of `extension` matching `matches`.
+pub async fn wait_log(logs: &mut Receiver<LogRecord>, extension: &str, matches: impl Fn(&str) -> bool) -> LogRecord {
+    let found = tokio::time::timeout(FAILSAFE, async {
+        loop {
+            match logs.recv().await {
+                Ok(record) if record.extension == extension && matches(&record.message) => return record,
+                Ok(_) => {}
+                Err(error) => panic!("log stream ended: {error}"),
+            }
+        }
+    });
+    found.await.unwrap_or_else(|_| panic!("no matching log record from `{extension}`"))
+}
+
+/// Collects the next `count` pongs of `extension` (ignoring other traffic).
+pub async fn pongs(broadcasts: &mut Receiver<ObservedBroadcast>, extension: &str, count: usize) -> Vec<Pong> {
+    let collected = tokio::time::timeout(FAILSAFE, async {
+        let mut pongs = Vec::new();
+        while pongs.len() < count {
+            match broadcasts.recv().await {
+                Ok(seen) if seen.extension == extension && seen.channel == probe_protocol::PONG.name() => {
+                    pongs.push(seen.value::<Pong>().expect("a pong decodes"));
+                }
+                Ok(_) => {}
+                Err(error) => panic!("broadcast stream ended: {error}"),
+            }
+        }
+        pongs
+    });
+    collected.await.unwrap_or_else(|_| panic!("fewer than {count} pongs from `{extension}`"))
+}
+
+/// Pongs `count` times with tag `barrier`, then returns every pong seen before them: with
+/// per-sender order, nothing sent before the barrier can arrive after it.
+pub async fn pongs_until_barrier(
+    host: &Host,
+    broadcasts: &mut Receiver<ObservedBroadcast>,
+    extension: &str,
+    halves: usize,
+) -> Vec<Pong> {
+    host.broadcast(extension, probe_protocol::PING.name(), &probe_protocol::Ping { tag: "barrier".into() })
+        .expect("the barrier is sent");
+    let mut seen = Vec::new();
+    let mut barriers = 0;
+    while barriers < halves {
+        let pong = pongs(broadcasts, extension, 1).await.remove(0);
+        if pong.tag == "barrier" {
+            barriers += 1;
+        } else {
+            seen.push(pong);
+        }
+    }
+    seen
+}
