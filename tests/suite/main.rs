@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod frames;
+mod ipc;
 mod lifecycle;
 mod loading;
 mod support;

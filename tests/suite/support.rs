@@ -121,25 +121,24 @@ pub async fn pongs(broadcasts: &mut Receiver<ObservedBroadcast>, extension: &str
     collected.await.unwrap_or_else(|_| panic!("fewer than {count} pongs from `{extension}`"))
 }
 
-/// Pongs `count` times with tag `barrier`, then returns every pong seen before them: with
-/// per-sender order, nothing sent before the barrier can arrive after it.
-pub async fn pongs_until_barrier(
+/// Collects exactly `expected` pongs of `extension`, then pings `barrier` (answered by
+/// `halves` halves) and checks that nothing else arrives first: a duplicate or stray delivery
+/// caused by the earlier traffic would have been sent before the barrier.
+pub async fn expect_pongs(
     host: &Host,
     broadcasts: &mut Receiver<ObservedBroadcast>,
     extension: &str,
+    expected: usize,
     halves: usize,
 ) -> Vec<Pong> {
+    let collected = pongs(broadcasts, extension, expected).await;
     host.broadcast(extension, probe_protocol::PING.name(), &probe_protocol::Ping { tag: "barrier".into() })
         .expect("the barrier is sent");
-    let mut seen = Vec::new();
     let mut barriers = 0;
     while barriers < halves {
         let pong = pongs(broadcasts, extension, 1).await.remove(0);
-        if pong.tag == "barrier" {
-            barriers += 1;
-        } else {
-            seen.push(pong);
-        }
+        assert_eq!(pong.tag, "barrier", "an unexpected pong arrived after the {expected} expected ones");
+        barriers += 1;
     }
-    seen
+    collected
 }

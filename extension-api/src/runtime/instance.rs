@@ -237,18 +237,35 @@ impl Shared {
 
     fn dispatch_invoke(self: &Arc<Self>, envelope: Envelope) {
         let Envelope { origin, target, request_id, channel, payload, .. } = envelope;
-        let mut state = self.state();
-        let handler = state.halves.get(&target).and_then(|half| half.handlers.get(&channel));
-        let Some((_, handler)) = handler else {
-            drop(state);
+        let handler = {
+            let state = self.state();
+            state.halves.get(&target).and_then(|half| half.handlers.get(&channel)).map(|(_, handler)| handler.clone())
+        };
+        let Some(handler) = handler else {
             let side = if target == PEER_MAIN { "main".to_owned() } else { format!("frame {target}") };
             let payload = ErrorPayload { message: format!("no handler for channel `{channel}` in {side}"), data: None };
             self.send_error(target, origin, request_id, &channel, InvokeErrorKind::NoHandler, &payload);
             return;
         };
-        let future = handler(payload, Sender::from_peer(origin));
+        // Author code (the handler's synchronous part) runs outside the state lock: it may
+        // register, dispose or broadcast.
+        let started = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            context::sync_scope(self.half_ref(target), || handler(payload, Sender::from_peer(origin)))
+        }));
+        let future = match started {
+            Ok(future) => future,
+            Err(panic) => {
+                let message = panic_message(panic.as_ref());
+                tracing::error!(%channel, "a handler panicked: {message}");
+                let payload = ErrorPayload { message: format!("the handler panicked: {message}"), data: None };
+                self.send_error(target, origin, request_id, &channel, InvokeErrorKind::Panicked, &payload);
+                return;
+            }
+        };
         let weak = Arc::downgrade(self);
         let scoped = context::scope(self.half_ref(target), AssertUnwindSafe(future).catch_unwind());
+        let mut state = self.state();
+        let Some(half) = state.halves.get_mut(&target) else { return };
         // Spawned under the state lock: the task cannot remove its `running` entry before the
         // entry exists.
         let task = self.runtime.spawn(async move {
@@ -270,9 +287,7 @@ impl Shared {
                 }
             }
         });
-        if let Some(half) = state.halves.get_mut(&target) {
-            half.running.insert((origin, request_id), task.abort_handle());
-        }
+        half.running.insert((origin, request_id), task.abort_handle());
     }
 
     /// Runs a control command from the host.
