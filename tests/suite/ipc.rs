@@ -7,7 +7,7 @@ use extension_api::InvokeErrorKind;
 use extension_host::Host;
 use probe_protocol::*;
 
-use crate::support::{self, FAILSAFE, expect_pongs, pongs, wait_log};
+use crate::support::{self, FAILSAFE, expect_pongs, pongs, wait_log, wait_logs};
 
 /// A host running `crates`, with `frames` frames open.
 async fn host_with_frames(crates: &[&str], frames: usize) -> Host {
@@ -216,9 +216,8 @@ async fn deactivating_with_requests_in_flight_fails_them_all() {
     assert_eq!(host.inspect().await.extension("probe").unwrap().pending_requests, 3);
     host.deactivate("probe").await.unwrap();
     assert_eq!(from_host.await.unwrap_err().kind, InvokeErrorKind::Deactivated);
-    for frame in [1, 2] {
-        wait_log(&mut logs, "probe", |m| m == format!("frame:{frame} hang ended: Deactivated")).await;
-    }
+    let ended = ["frame:1 hang ended: Deactivated".to_owned(), "frame:2 hang ended: Deactivated".to_owned()];
+    wait_logs(&mut logs, "probe", &ended).await;
 }
 
 #[tokio::test]
@@ -230,8 +229,8 @@ async fn closing_a_frame_fails_its_requests_and_cancels_their_handlers() {
         wait_log(&mut logs, "probe", |m| m == "hang handler started").await;
     }
     host.close_frame(extension_host::FrameId(1)).await.unwrap();
-    wait_log(&mut logs, "probe", |m| m == "frame:1 hang ended: FrameClosed").await;
-    wait_log(&mut logs, "probe", |m| m == "hang handler dropped").await;
+    let ended = ["frame:1 hang ended: FrameClosed".to_owned(), "hang handler dropped".to_owned()];
+    wait_logs(&mut logs, "probe", &ended).await;
     let snapshot = host.inspect().await;
     let probe = snapshot.extension("probe").unwrap();
     assert_eq!(probe.pending_requests, 1, "frame 2's request is still waiting");

@@ -128,20 +128,23 @@ async fn a_task_spawned_with_plain_tokio_is_gone_after_deactivate() {
 #[tokio::test]
 async fn two_hundred_cycles_leave_no_threads_tasks_or_registrations_behind() {
     let host = Host::new(support::config());
+    let mut logs = host.logs();
     host.load(library("cycler")).unwrap();
     host.open_frame().await;
     assert_eq!(threads_named("ext:cycler"), 0);
     let mut first = None;
     for cycle in 0..200 {
         host.activate("cycler").await.unwrap();
-        if cycle == 0 || cycle == 199 {
-            host.invoke::<_, ()>("cycler", SPAWN_TICKER.name(), &(), FAILSAFE).await.unwrap();
+        // A plain tokio task per cycle, which logs when it is dropped.
+        host.invoke::<_, ()>("cycler", SPAWN_TICKER.name(), &(), FAILSAFE).await.unwrap();
+        if cycle % 50 == 0 || cycle == 199 {
             let snapshot = host.inspect().await;
             let instance = snapshot.extension("cycler").unwrap().instance.clone().unwrap();
             assert_eq!(threads_named("ext:cycler"), 1, "one runtime thread while active");
+            assert!(instance.tasks >= 1, "the ticker is alive");
             match &first {
-                None => first = Some(instance),
-                Some(first) => assert_eq!(&instance, first, "cycle {cycle} looks like the first"),
+                None => first = Some(instance.halves),
+                Some(first) => assert_eq!(&instance.halves, first, "cycle {cycle} has exactly the first cycle's registrations"),
             }
         }
         host.deactivate("cycler").await.unwrap();
@@ -150,6 +153,12 @@ async fn two_hundred_cycles_leave_no_threads_tasks_or_registrations_behind() {
     let snapshot = host.inspect().await;
     let cycler = snapshot.extension("cycler").unwrap();
     assert!(cycler.instance.is_none() && cycler.pending_requests == 0);
+    // Every one of the 200 tasks was dropped by its deactivation (logged before it returned).
+    let mut dropped = 0;
+    while let Ok(record) = logs.try_recv() {
+        dropped += usize::from(record.message == "ticker dropped");
+    }
+    assert_eq!(dropped, 200);
 }
 
 #[tokio::test]

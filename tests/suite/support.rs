@@ -103,6 +103,25 @@ pub async fn wait_log(logs: &mut Receiver<LogRecord>, extension: &str, matches: 
     found.await.unwrap_or_else(|_| panic!("no matching log record from `{extension}`"))
 }
 
+/// Waits for log records of `extension` with each of the `expected` messages, in any order.
+pub async fn wait_logs(logs: &mut Receiver<LogRecord>, extension: &str, expected: &[String]) {
+    let mut missing: std::collections::BTreeSet<&str> = expected.iter().map(String::as_str).collect();
+    let found = tokio::time::timeout(FAILSAFE, async {
+        while !missing.is_empty() {
+            match logs.recv().await {
+                Ok(record) if record.extension == extension => {
+                    missing.remove(record.message.as_str());
+                }
+                Ok(_) => {}
+                Err(error) => panic!("log stream ended: {error}"),
+            }
+        }
+    });
+    if found.await.is_err() {
+        panic!("missing log records from `{extension}`: {missing:?}");
+    }
+}
+
 /// Collects the next `count` pongs of `extension` (ignoring other traffic).
 pub async fn pongs(broadcasts: &mut Receiver<ObservedBroadcast>, extension: &str, count: usize) -> Vec<Pong> {
     let collected = tokio::time::timeout(FAILSAFE, async {
