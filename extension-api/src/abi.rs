@@ -27,11 +27,17 @@ pub struct RawSlice {
 }
 
 impl RawSlice {
-    pub const EMPTY: RawSlice = RawSlice { ptr: std::ptr::null(), len: 0 };
+    pub const EMPTY: RawSlice = RawSlice {
+        ptr: std::ptr::null(),
+        len: 0,
+    };
 
     /// Borrows `bytes` for a call.
     pub const fn new(bytes: &[u8]) -> Self {
-        RawSlice { ptr: bytes.as_ptr(), len: bytes.len() }
+        RawSlice {
+            ptr: bytes.as_ptr(),
+            len: bytes.len(),
+        }
     }
 
     /// Views the buffer, refusing a null pointer with a non-zero length and lengths no
@@ -140,8 +146,7 @@ pub struct Descriptor {
     pub api_version: RawSlice,
     /// Starts an instance: its runtime thread, nothing of the author's code. `config` is a
     /// MessagePack [`crate::wire::InstanceConfig`]. Returns null on failure.
-    pub instantiate:
-        unsafe extern "C" fn(host: *const HostVTable, key: u64, config: RawSlice) -> InstancePtr,
+    pub instantiate: unsafe extern "C" fn(host: *const HostVTable, key: u64, config: RawSlice) -> InstancePtr,
     /// Runs a MessagePack [`crate::wire::Control`] command; it answers through
     /// [`HostVTable::complete`].
     pub control: unsafe extern "C" fn(instance: InstancePtr, command: RawSlice) -> u32,

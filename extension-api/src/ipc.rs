@@ -98,13 +98,14 @@ impl Disposer {
         let Some(shared) = self.shared.upgrade() else { return };
         let removed = {
             let mut state = shared.state();
-            let Some(half) = state.halves.get_mut(&self.peer) else { return };
+            let Some(half) = state.halves.get_mut(&self.peer) else {
+                return;
+            };
             match &self.registration {
                 Registration::Listener { channel, id } => {
                     let list = half.listeners.get_mut(channel);
-                    let removed = list.and_then(|list| {
-                        list.iter().position(|(each, _)| each == id).map(|at| list.remove(at).1)
-                    });
+                    let removed =
+                        list.and_then(|list| list.iter().position(|(each, _)| each == id).map(|at| list.remove(at).1));
                     if half.listeners.get(channel).is_some_and(Vec::is_empty) {
                         half.listeners.remove(channel);
                     }
@@ -112,7 +113,9 @@ impl Disposer {
                 }
                 Registration::Handler { channel, id } => {
                     if half.handlers.get(channel).is_some_and(|(each, _)| each == id) {
-                        half.handlers.remove(channel).map(|handler| Box::new(handler) as Box<dyn Send>)
+                        half.handlers
+                            .remove(channel)
+                            .map(|handler| Box::new(handler) as Box<dyn Send>)
                     } else {
                         None
                     }
@@ -164,24 +167,31 @@ impl HalfHandle {
         let shared = self.shared("listen")?;
         let channel = channel.channel_name().to_owned();
         let weak = self.shared.clone();
-        let wrapped: ListenerFn = Arc::new(move |event: &RawEvent<'_>| {
-            match rmp_serde::from_slice::<T>(event.payload) {
-                Ok(value) => listener(Event { sender: event.sender, value }),
-                Err(error) => {
-                    if let Some(shared) = weak.upgrade() {
-                        shared.decode_failures.fetch_add(1, Ordering::Relaxed);
+        let wrapped: ListenerFn =
+            Arc::new(
+                move |event: &RawEvent<'_>| match rmp_serde::from_slice::<T>(event.payload) {
+                    Ok(value) => listener(Event {
+                        sender: event.sender,
+                        value,
+                    }),
+                    Err(error) => {
+                        if let Some(shared) = weak.upgrade() {
+                            shared.decode_failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                        tracing::warn!(
+                            channel = %event.channel,
+                            "listener not called: the value does not decode as {}: {error}",
+                            std::any::type_name::<T>()
+                        );
                     }
-                    tracing::warn!(
-                        channel = %event.channel,
-                        "listener not called: the value does not decode as {}: {error}",
-                        std::any::type_name::<T>()
-                    );
-                }
-            }
-        });
+                },
+            );
         let id = shared.next_id();
         let mut state = shared.state();
-        let half = state.halves.get_mut(&self.peer).ok_or(IpcError::Deactivated { operation: "listen" })?;
+        let half = state
+            .halves
+            .get_mut(&self.peer)
+            .ok_or(IpcError::Deactivated { operation: "listen" })?;
         half.listeners.entry(channel.clone()).or_default().push((id, wrapped));
         Ok(Disposer {
             shared: self.shared.clone(),
@@ -197,15 +207,20 @@ impl HalfHandle {
         C: EventChannelName<T>,
     {
         let channel = channel.channel_name();
-        let payload = rmp_serde::to_vec_named(value)
-            .map_err(|error| IpcError::Serialize { channel: channel.to_owned(), reason: error.to_string() })?;
+        let payload = rmp_serde::to_vec_named(value).map_err(|error| IpcError::Serialize {
+            channel: channel.to_owned(),
+            reason: error.to_string(),
+        })?;
         let shared = self.shared("broadcast")?;
         match shared.send(abi::kind::BROADCAST, 0, self.peer, PEER_ALL, 0, channel, &payload) {
             abi::status::OK => Ok(()),
             abi::status::DEACTIVATED | abi::status::NO_SUCH_PEER => {
                 Err(IpcError::Deactivated { operation: "broadcast" })
             }
-            status => Err(IpcError::Refused { channel: channel.to_owned(), status }),
+            status => Err(IpcError::Refused {
+                channel: channel.to_owned(),
+                status,
+            }),
         }
     }
 
@@ -240,14 +255,20 @@ impl HalfHandle {
                     }),
                     Err(error) => Err((
                         InvokeErrorKind::Handler,
-                        ErrorPayload { message: error.to_string(), data: rmp_serde::to_vec_named(&error).ok() },
+                        ErrorPayload {
+                            message: error.to_string(),
+                            data: rmp_serde::to_vec_named(&error).ok(),
+                        },
                     )),
                 }
             })
         });
         let id = shared.next_id();
         let mut state = shared.state();
-        let half = state.halves.get_mut(&self.peer).ok_or(IpcError::Deactivated { operation: "handle" })?;
+        let half = state
+            .halves
+            .get_mut(&self.peer)
+            .ok_or(IpcError::Deactivated { operation: "handle" })?;
         if half.handlers.contains_key(&channel) {
             return Err(IpcError::AlreadyHandled { channel });
         }
@@ -283,14 +304,23 @@ impl HalfHandle {
             let channel = request.guard.channel.clone();
             let reply = request.wait(timeout).await?;
             rmp_serde::from_slice(&reply).map_err(|error| {
-                let message = format!("the reply does not decode as {}: {error}", std::any::type_name::<Resp>());
+                let message = format!(
+                    "the reply does not decode as {}: {error}",
+                    std::any::type_name::<Resp>()
+                );
                 InvokeError::new(InvokeErrorKind::Deserialize, channel, message)
             })
         }
     }
 
     fn start_invoke(&self, target: Peer, channel: String, payload: &[u8]) -> Result<PendingInvoke, InvokeError> {
-        let deactivated = || InvokeError::new(InvokeErrorKind::Deactivated, channel.as_str(), "the extension is not active");
+        let deactivated = || {
+            InvokeError::new(
+                InvokeErrorKind::Deactivated,
+                channel.as_str(),
+                "the extension is not active",
+            )
+        };
         let shared = self.shared.upgrade().ok_or_else(deactivated)?;
         let request_id = shared.next_id();
         let (sender, receiver) = oneshot::channel();
@@ -300,14 +330,25 @@ impl HalfHandle {
             half.pending.insert(request_id, sender);
         }
         let status = shared.send(abi::kind::INVOKE, 0, self.peer, target, request_id, &channel, payload);
-        let mut guard = PendingGuard { shared: self.shared.clone(), peer: self.peer, target, request_id, channel, armed: true };
+        let mut guard = PendingGuard {
+            shared: self.shared.clone(),
+            peer: self.peer,
+            target,
+            request_id,
+            channel,
+            armed: true,
+        };
         if status != abi::status::OK {
             guard.forget();
             let kind = match status {
                 abi::status::NO_SUCH_PEER => InvokeErrorKind::FrameClosed,
                 _ => InvokeErrorKind::Deactivated,
             };
-            return Err(InvokeError::new(kind, guard.channel.as_str(), format!("the host refused the request (status {status})")));
+            return Err(InvokeError::new(
+                kind,
+                guard.channel.as_str(),
+                format!("the host refused the request (status {status})"),
+            ));
         }
         Ok(PendingInvoke { guard, receiver })
     }
@@ -320,9 +361,18 @@ impl HalfHandle {
         let id = shared.next_id();
         let weak = self.shared.clone();
         let peer = self.peer;
-        let scoped = context::scope(HalfRef { shared: weak.clone(), peer }, future);
+        let scoped = context::scope(
+            HalfRef {
+                shared: weak.clone(),
+                peer,
+            },
+            future,
+        );
         let mut state = shared.state();
-        let half = state.halves.get_mut(&peer).ok_or(IpcError::Deactivated { operation: "spawn" })?;
+        let half = state
+            .halves
+            .get_mut(&peer)
+            .ok_or(IpcError::Deactivated { operation: "spawn" })?;
         // Spawned under the lock, so the task cannot finish (and unregister) before it is registered.
         let task = shared.runtime.spawn(async move {
             let output = scoped.await;
@@ -350,11 +400,18 @@ impl PendingInvoke {
         let outcome = tokio::time::timeout(timeout, &mut self.receiver).await;
         match outcome {
             // Dropping the armed guard cancels the request on the handling side.
-            Err(_) => Err(InvokeError::new(InvokeErrorKind::Timeout, channel, format!("no reply within {timeout:?}"))),
+            Err(_) => Err(InvokeError::new(
+                InvokeErrorKind::Timeout,
+                channel,
+                format!("no reply within {timeout:?}"),
+            )),
             Ok(Err(_)) => {
                 self.guard.armed = false;
-                let kind =
-                    if self.guard.peer == PEER_MAIN { InvokeErrorKind::Deactivated } else { InvokeErrorKind::FrameClosed };
+                let kind = if self.guard.peer == PEER_MAIN {
+                    InvokeErrorKind::Deactivated
+                } else {
+                    InvokeErrorKind::FrameClosed
+                };
                 Err(InvokeError::new(kind, channel, "the invoking half was shut down"))
             }
             Ok(Ok(Reply { status, payload })) => {
@@ -365,7 +422,11 @@ impl PendingInvoke {
                 let kind = InvokeErrorKind::from_code(status).unwrap_or(InvokeErrorKind::ConnectionLost);
                 match rmp_serde::from_slice::<ErrorPayload>(&payload) {
                     Ok(error) => Err(InvokeError::from_wire(kind, channel, error)),
-                    Err(error) => Err(InvokeError::new(kind, channel, format!("(undecodable error payload: {error})"))),
+                    Err(error) => Err(InvokeError::new(
+                        kind,
+                        channel,
+                        format!("(undecodable error payload: {error})"),
+                    )),
                 }
             }
         }
@@ -400,7 +461,15 @@ impl Drop for PendingGuard {
         }
         self.forget();
         if let Some(shared) = self.shared.upgrade() {
-            shared.send(abi::kind::CANCEL, 0, self.peer, self.target, self.request_id, &self.channel, &[]);
+            shared.send(
+                abi::kind::CANCEL,
+                0,
+                self.peer,
+                self.target,
+                self.request_id,
+                &self.channel,
+                &[],
+            );
         }
     }
 }
@@ -415,17 +484,24 @@ pub struct Main {
 
 impl Main {
     pub(crate) fn new(shared: Weak<Shared>, peer: Peer) -> Main {
-        Main { half: HalfHandle { shared, peer } }
+        Main {
+            half: HalfHandle { shared, peer },
+        }
     }
 
     /// The main half of this extension, from anywhere in its code (Lens's `getInstance()`).
     /// Fails when the extension is not active in this process.
     pub fn get() -> Result<Main, IpcError> {
-        let shared = context::instance()
-            .ok_or(IpcError::NoContext("Main::get(): the extension's main half is not active in this process"))?;
-        let alive = shared.upgrade().is_some_and(|shared| shared.state().halves.contains_key(&PEER_MAIN));
+        let shared = context::instance().ok_or(IpcError::NoContext(
+            "Main::get(): the extension's main half is not active in this process",
+        ))?;
+        let alive = shared
+            .upgrade()
+            .is_some_and(|shared| shared.state().halves.contains_key(&PEER_MAIN));
         if !alive {
-            return Err(IpcError::NoContext("Main::get(): the extension's main half is not active"));
+            return Err(IpcError::NoContext(
+                "Main::get(): the extension's main half is not active",
+            ));
         }
         Ok(Main::new(shared, PEER_MAIN))
     }
@@ -488,7 +564,9 @@ pub struct Renderer {
 
 impl Renderer {
     pub(crate) fn new(shared: Weak<Shared>, peer: Peer) -> Renderer {
-        Renderer { half: HalfHandle { shared, peer } }
+        Renderer {
+            half: HalfHandle { shared, peer },
+        }
     }
 
     /// The renderer half whose code is running: inside `activate`, listeners, and tasks

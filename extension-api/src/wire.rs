@@ -28,7 +28,11 @@ pub enum Control {
     /// Create the renderer half for `frame` and run its `activate`.
     OpenFrame { completion: u64, frame: Peer },
     /// Run the renderer half's `deactivate` for `frame` (bounded), then drop everything it had.
-    CloseFrame { completion: u64, frame: Peer, timeout_ms: u64 },
+    CloseFrame {
+        completion: u64,
+        frame: Peer,
+        timeout_ms: u64,
+    },
     /// Report listeners, handlers, pending requests and tasks.
     Inspect { completion: u64 },
 }
@@ -50,11 +54,17 @@ impl Control {
 pub enum Completion {
     Done,
     /// The author's code returned an error.
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
     /// The author's code panicked.
-    Panicked { message: String },
+    Panicked {
+        message: String,
+    },
     /// The author's code did not finish within the timeout.
-    TimedOut { timeout_ms: u64 },
+    TimedOut {
+        timeout_ms: u64,
+    },
     Inspected(InstanceSnapshot),
 }
 

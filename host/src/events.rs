@@ -24,7 +24,12 @@ impl LogRecord {
             4 => "DEBUG",
             _ => "TRACE",
         };
-        LogRecord { extension: extension.to_owned(), level: level.to_owned(), target: target.to_owned(), message: message.to_owned() }
+        LogRecord {
+            extension: extension.to_owned(),
+            level: level.to_owned(),
+            target: target.to_owned(),
+            message: message.to_owned(),
+        }
     }
 
     /// Re-emits the record through the host's own tracing, under target `extension`, so the

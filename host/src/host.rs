@@ -166,7 +166,13 @@ impl Host {
         }
         extensions.insert(
             info.name.clone(),
-            Entry { library, state: ExtensionState::Loaded, last_problem: None, link: None, frame_errors: BTreeMap::new() },
+            Entry {
+                library,
+                state: ExtensionState::Loaded,
+                last_problem: None,
+                link: None,
+                frame_errors: BTreeMap::new(),
+            },
         );
         tracing::info!(extension = %info.name, version = %info.version, path = %path.display(), "loaded");
         Ok(info)
@@ -176,7 +182,10 @@ impl Host {
     pub fn load_dir(&self, dir: impl AsRef<Path>) -> std::io::Result<Vec<(PathBuf, Result<LibraryInfo, LoadError>)>> {
         let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
             .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-            .filter(|path| path.extension().is_some_and(|ext| ext == std::env::consts::DLL_EXTENSION))
+            .filter(|path| {
+                path.extension()
+                    .is_some_and(|ext| ext == std::env::consts::DLL_EXTENSION)
+            })
             .collect();
         paths.sort();
         Ok(paths.into_iter().map(|path| (path.clone(), self.load(&path))).collect())
@@ -214,7 +223,9 @@ impl Host {
 
     fn active_link(&self, name: &str) -> Result<Arc<Link>, HostError> {
         let extensions = lock(&self.inner.extensions);
-        let entry = extensions.get(name).ok_or_else(|| HostError::UnknownExtension(name.to_owned()))?;
+        let entry = extensions
+            .get(name)
+            .ok_or_else(|| HostError::UnknownExtension(name.to_owned()))?;
         match (&entry.state, &entry.link) {
             (ExtensionState::Active, Some(link)) => Ok(link.clone()),
             (state, _) => Err(HostError::WrongState {
@@ -232,7 +243,9 @@ impl Host {
         let _operation = self.inner.operations.lock().await;
         let descriptor = {
             let mut extensions = lock(&self.inner.extensions);
-            let entry = extensions.get_mut(name).ok_or_else(|| HostError::UnknownExtension(name.to_owned()))?;
+            let entry = extensions
+                .get_mut(name)
+                .ok_or_else(|| HostError::UnknownExtension(name.to_owned()))?;
             match entry.state {
                 ExtensionState::Loaded | ExtensionState::Inactive | ExtensionState::Failed(_) => {}
                 ref state => {
@@ -254,7 +267,9 @@ impl Host {
             Err(error) => return Err(self.fail_activation(name, error.to_string())),
         };
         let timeout = self.inner.config.activate_timeout;
-        let outcome = link.control(|completion| Control::ActivateMain { completion }, timeout).await;
+        let outcome = link
+            .control(|completion| Control::ActivateMain { completion }, timeout)
+            .await;
         if let Some(reason) = completion_problem("activate", outcome) {
             destroy(link).await;
             return Err(self.fail_activation(name, reason));
@@ -274,7 +289,10 @@ impl Host {
     fn fail_activation(&self, name: &str, reason: String) -> HostError {
         tracing::warn!(extension = %name, "activation failed: {reason}");
         self.set_state(name, ExtensionState::Failed(reason.clone()));
-        HostError::ActivationFailed { name: name.to_owned(), reason }
+        HostError::ActivationFailed {
+            name: name.to_owned(),
+            reason,
+        }
     }
 
     /// Deactivates: stops routing to the extension, runs every half's `deactivate` (bounded by
@@ -288,7 +306,9 @@ impl Host {
     async fn deactivate_locked(&self, name: &str) -> Result<DeactivateReport, HostError> {
         let link = {
             let mut extensions = lock(&self.inner.extensions);
-            let entry = extensions.get_mut(name).ok_or_else(|| HostError::UnknownExtension(name.to_owned()))?;
+            let entry = extensions
+                .get_mut(name)
+                .ok_or_else(|| HostError::UnknownExtension(name.to_owned()))?;
             match (&entry.state, entry.link.take()) {
                 (ExtensionState::Active, Some(link)) => {
                     entry.state = ExtensionState::Deactivating;
@@ -316,7 +336,13 @@ impl Host {
         }
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let outcome = link
-            .control(|completion| Control::DeactivateMain { completion, timeout_ms: millis(left) }, left + GRACE)
+            .control(
+                |completion| Control::DeactivateMain {
+                    completion,
+                    timeout_ms: millis(left),
+                },
+                left + GRACE,
+            )
             .await;
         if let Some(problem) = completion_problem("main deactivate", outcome) {
             report.problems.push(problem);
@@ -344,7 +370,9 @@ impl Host {
         if self.state(name) == Some(ExtensionState::Active) {
             self.deactivate_locked(name).await?;
         }
-        lock(&self.inner.extensions).remove(name).ok_or_else(|| HostError::UnknownExtension(name.to_owned()))?;
+        lock(&self.inner.extensions)
+            .remove(name)
+            .ok_or_else(|| HostError::UnknownExtension(name.to_owned()))?;
         tracing::info!(extension = %name, "uninstalled");
         Ok(())
     }
@@ -411,11 +439,24 @@ impl Host {
         // Routable before `activate` runs: a renderer may broadcast from its activate.
         link.add_frame(frame);
         let timeout = self.inner.config.activate_timeout;
-        let outcome = link.control(|completion| Control::OpenFrame { completion, frame }, timeout).await;
-        let Some(problem) = completion_problem("renderer activate", outcome) else { return };
+        let outcome = link
+            .control(|completion| Control::OpenFrame { completion, frame }, timeout)
+            .await;
+        let Some(problem) = completion_problem("renderer activate", outcome) else {
+            return;
+        };
         link.remove_frame(frame);
         // Drop whatever the half got to register before it failed.
-        let _ = link.control(|completion| Control::CloseFrame { completion, frame, timeout_ms: 0 }, GRACE).await;
+        let _ = link
+            .control(
+                |completion| Control::CloseFrame {
+                    completion,
+                    frame,
+                    timeout_ms: 0,
+                },
+                GRACE,
+            )
+            .await;
         tracing::warn!(extension = %name, frame, "{problem}");
         if let Some(entry) = lock(&self.inner.extensions).get_mut(name) {
             entry.frame_errors.insert(frame, problem);
@@ -427,18 +468,30 @@ impl Host {
         if !link.remove_frame(frame) {
             return None;
         }
-        link.fail_pending(|origin, target| origin == frame || target == frame, InvokeErrorKind::FrameClosed);
+        link.fail_pending(
+            |origin, target| origin == frame || target == frame,
+            InvokeErrorKind::FrameClosed,
+        );
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let outcome = link
-            .control(|completion| Control::CloseFrame { completion, frame, timeout_ms: millis(left) }, left + GRACE)
+            .control(
+                |completion| Control::CloseFrame {
+                    completion,
+                    frame,
+                    timeout_ms: millis(left),
+                },
+                left + GRACE,
+            )
             .await;
         completion_problem(&format!("renderer deactivate in frame {frame}"), outcome)
     }
 
     /// Broadcasts `value` on `channel` into the extension's namespace, as the host.
     pub fn broadcast<T: Serialize + ?Sized>(&self, name: &str, channel: &str, value: &T) -> Result<(), HostError> {
-        let payload = rmp_serde::to_vec_named(value)
-            .map_err(|error| HostError::Serialize { channel: channel.to_owned(), reason: error.to_string() })?;
+        let payload = rmp_serde::to_vec_named(value).map_err(|error| HostError::Serialize {
+            channel: channel.to_owned(),
+            reason: error.to_string(),
+        })?;
         self.broadcast_raw(name, channel, &payload)
     }
 
@@ -447,7 +500,10 @@ impl Host {
         let link = self.active_link(name)?;
         match link.host_broadcast(channel, payload) {
             extension_api::abi::status::OK => Ok(()),
-            status => Err(HostError::Refused { name: name.to_owned(), status }),
+            status => Err(HostError::Refused {
+                name: name.to_owned(),
+                status,
+            }),
         }
     }
 
@@ -471,7 +527,10 @@ impl Host {
         async move {
             let reply = sent?.await?;
             rmp_serde::from_slice(&reply).map_err(|error| {
-                let message = format!("the reply does not decode as {}: {error}", std::any::type_name::<Resp>());
+                let message = format!(
+                    "the reply does not decode as {}: {error}",
+                    std::any::type_name::<Resp>()
+                );
                 InvokeError::new(InvokeErrorKind::Deserialize, channel_name, message)
             })
         }
@@ -503,7 +562,10 @@ impl Host {
                     last_problem: entry.last_problem.clone(),
                     frames: entry.link.as_ref().map(|link| link.frames()).unwrap_or_default(),
                     frame_errors: entry.frame_errors.clone(),
-                    pending_requests: entry.link.as_ref().map_or(0, |link| self.inner.core.pending_for(link.key)),
+                    pending_requests: entry
+                        .link
+                        .as_ref()
+                        .map_or(0, |link| self.inner.core.pending_for(link.key)),
                     instance: None,
                 };
                 (snapshot, entry.link.clone())
@@ -512,14 +574,19 @@ impl Host {
         let mut extensions = Vec::with_capacity(entries.len());
         for (mut snapshot, link) in entries {
             if let Some(link) = link {
-                let outcome = link.control(|completion| Control::Inspect { completion }, INSPECT_TIMEOUT).await;
+                let outcome = link
+                    .control(|completion| Control::Inspect { completion }, INSPECT_TIMEOUT)
+                    .await;
                 if let Ok(Completion::Inspected(instance)) = outcome {
                     snapshot.instance = Some(instance);
                 }
             }
             extensions.push(snapshot);
         }
-        HostSnapshot { extensions, frames: lock(&self.inner.frames).iter().copied().collect() }
+        HostSnapshot {
+            extensions,
+            frames: lock(&self.inner.frames).iter().copied().collect(),
+        }
     }
 
     /// Closes every frame and deactivates every extension.

@@ -81,7 +81,9 @@ pub(crate) struct Link {
 }
 
 static LINKS: RwLock<Option<HashMap<u64, Arc<Link>>>> = RwLock::new(None);
-static COMPLETIONS: Mutex<Option<HashMap<(u64, u64), oneshot::Sender<Completion>>>> = Mutex::new(None);
+/// Control commands awaiting their completion: (instance key, completion number) -> waiter.
+type Completions = HashMap<(u64, u64), oneshot::Sender<Completion>>;
+static COMPLETIONS: Mutex<Option<Completions>> = Mutex::new(None);
 static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
 static NEXT_COMPLETION: AtomicU64 = AtomicU64::new(1);
 
@@ -93,7 +95,12 @@ static HOST_VTABLE: HostVTable = HostVTable {
 };
 
 fn find(key: u64) -> Option<Arc<Link>> {
-    LINKS.read().unwrap_or_else(PoisonError::into_inner).as_ref()?.get(&key).cloned()
+    LINKS
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_ref()?
+        .get(&key)
+        .cloned()
 }
 
 /// Why an instance could not be started.
@@ -129,8 +136,15 @@ impl Link {
             core,
         });
         // Registered first: the instance may log while it starts.
-        LINKS.write().unwrap_or_else(PoisonError::into_inner).get_or_insert_with(HashMap::new).insert(key, link.clone());
-        let config = InstanceConfig { name: name.to_owned(), max_log_level };
+        LINKS
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert_with(HashMap::new)
+            .insert(key, link.clone());
+        let config = InstanceConfig {
+            name: name.to_owned(),
+            max_log_level,
+        };
         let config = rmp_serde::to_vec_named(&config).map_err(|_| InstantiateError)?;
         // SAFETY: `instantiate` comes from a descriptor whose ABI version matched; the vtable is
         // a static and `config` outlives the call.
@@ -150,19 +164,33 @@ impl Link {
     }
 
     pub(crate) fn has_frame(&self, frame: Peer) -> bool {
-        self.frames.read().unwrap_or_else(PoisonError::into_inner).contains(&frame)
+        self.frames
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&frame)
     }
 
     pub(crate) fn add_frame(&self, frame: Peer) {
-        self.frames.write().unwrap_or_else(PoisonError::into_inner).insert(frame);
+        self.frames
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(frame);
     }
 
     pub(crate) fn remove_frame(&self, frame: Peer) -> bool {
-        self.frames.write().unwrap_or_else(PoisonError::into_inner).remove(&frame)
+        self.frames
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&frame)
     }
 
     pub(crate) fn frames(&self) -> Vec<Peer> {
-        self.frames.read().unwrap_or_else(PoisonError::into_inner).iter().copied().collect()
+        self.frames
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .copied()
+            .collect()
     }
 
     /// Stops routing from and to the instance (the first step of deactivation).
@@ -188,7 +216,9 @@ impl Link {
     ) -> Result<Completion, ControlError> {
         let completion = NEXT_COMPLETION.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = oneshot::channel();
-        lock(&COMPLETIONS).get_or_insert_with(HashMap::new).insert((self.key, completion), sender);
+        lock(&COMPLETIONS)
+            .get_or_insert_with(HashMap::new)
+            .insert((self.key, completion), sender);
         let forget = || {
             if let Some(map) = lock(&COMPLETIONS).as_mut() {
                 map.remove(&(self.key, completion));
@@ -245,8 +275,11 @@ impl Link {
     pub(crate) fn fail_pending(&self, matches: impl Fn(Peer, Peer) -> bool, kind: InvokeErrorKind) {
         let failed: Vec<((u64, Peer, u64), Peer)> = {
             let mut pending = lock(&self.core.pending);
-            let keys: Vec<_> =
-                pending.iter().filter(|((key, origin, _), target)| *key == self.key && matches(*origin, **target)).map(|(k, t)| (*k, *t)).collect();
+            let keys: Vec<_> = pending
+                .iter()
+                .filter(|((key, origin, _), target)| *key == self.key && matches(*origin, **target))
+                .map(|(k, t)| (*k, *t))
+                .collect();
             for (k, _) in &keys {
                 pending.remove(k);
             }
@@ -268,10 +301,19 @@ impl Link {
     }
 
     fn reply_error(&self, from: Peer, to: Peer, request_id: u64, channel: &str, kind: InvokeErrorKind, message: &str) {
-        let payload = ErrorPayload { message: message.to_owned(), data: None };
+        let payload = ErrorPayload {
+            message: message.to_owned(),
+            data: None,
+        };
         let bytes = rmp_serde::to_vec_named(&payload).unwrap_or_default();
         if to == PEER_HOST {
-            self.wake_waiter(request_id, HostReply { status: kind.code(), payload: bytes });
+            self.wake_waiter(
+                request_id,
+                HostReply {
+                    status: kind.code(),
+                    payload: bytes,
+                },
+            );
             return;
         }
         self.deliver(&RawMessage {
@@ -321,7 +363,13 @@ impl Link {
                 if message.target == PEER_HOST {
                     // SAFETY: the payload is valid for this call (the library's contract).
                     let payload = unsafe { message.payload.as_bytes() }.unwrap_or_default().to_vec();
-                    self.wake_waiter(message.request_id, HostReply { status: message.status, payload });
+                    self.wake_waiter(
+                        message.request_id,
+                        HostReply {
+                            status: message.status,
+                            payload,
+                        },
+                    );
                     return abi::status::OK;
                 }
                 self.deliver(message)
@@ -338,7 +386,10 @@ impl Link {
     }
 
     fn route_broadcast(&self, message: &RawMessage) -> u32 {
-        let message = RawMessage { target: PEER_ALL, ..*message };
+        let message = RawMessage {
+            target: PEER_ALL,
+            ..*message
+        };
         let status = self.deliver(&message);
         if self.core.broadcasts.receiver_count() > 0 {
             // SAFETY: the buffers are valid for this call (the library's contract).
@@ -407,7 +458,11 @@ impl Link {
             abi::status::DEACTIVATED
         };
         let channel = channel.to_owned();
-        let mut guard = HostRequestGuard { link: self, request_id, armed: status == abi::status::OK };
+        let mut guard = HostRequestGuard {
+            link: self,
+            request_id,
+            armed: status == abi::status::OK,
+        };
         async move {
             if !guard.armed {
                 lock(&guard.link.core.waiters).remove(&(guard.link.key, request_id));
@@ -416,11 +471,19 @@ impl Link {
             }
             let reply = match tokio::time::timeout(timeout, receiver).await {
                 Err(_) => {
-                    return Err(InvokeError::new(InvokeErrorKind::Timeout, channel, format!("no reply within {timeout:?}")));
+                    return Err(InvokeError::new(
+                        InvokeErrorKind::Timeout,
+                        channel,
+                        format!("no reply within {timeout:?}"),
+                    ));
                 }
                 Ok(Err(_)) => {
                     guard.disarm();
-                    return Err(InvokeError::new(InvokeErrorKind::Deactivated, channel, "the extension went away"));
+                    return Err(InvokeError::new(
+                        InvokeErrorKind::Deactivated,
+                        channel,
+                        "the extension went away",
+                    ));
                 }
                 Ok(Ok(reply)) => reply,
             };
@@ -438,7 +501,11 @@ pub(crate) fn decode_reply(channel: &str, reply: HostReply) -> Result<Vec<u8>, I
     let kind = InvokeErrorKind::from_code(reply.status).unwrap_or(InvokeErrorKind::ConnectionLost);
     match rmp_serde::from_slice::<ErrorPayload>(&reply.payload) {
         Ok(error) => Err(InvokeError::from_wire(kind, channel, error)),
-        Err(error) => Err(InvokeError::new(kind, channel, format!("(undecodable error payload: {error})"))),
+        Err(error) => Err(InvokeError::new(
+            kind,
+            channel,
+            format!("(undecodable error payload: {error})"),
+        )),
     }
 }
 
@@ -478,15 +545,19 @@ impl Drop for HostRequestGuard {
 
 unsafe extern "C" fn host_send(key: u64, message: *const RawMessage) -> u32 {
     catch_unwind(AssertUnwindSafe(|| {
-        let Some(link) = find(key) else { return abi::status::UNKNOWN_INSTANCE };
+        let Some(link) = find(key) else {
+            return abi::status::UNKNOWN_INSTANCE;
+        };
         // SAFETY: null is refused by `as_ref`; otherwise the library passes a message valid for
         // this call. Its slices are checked where they are read.
-        let Some(message) = (unsafe { message.as_ref() }) else { return abi::status::INVALID };
+        let Some(message) = (unsafe { message.as_ref() }) else {
+            return abi::status::INVALID;
+        };
         // SAFETY: as above: valid for this call, or refused as a null/oversized slice.
         let channel = unsafe { message.channel.as_bytes() };
         // SAFETY: as above.
         let payload = unsafe { message.payload.as_bytes() };
-        if !channel.is_some_and(|c| std::str::from_utf8(c).is_ok()) || payload.is_none() {
+        if channel.is_none_or(|c| std::str::from_utf8(c).is_err()) || payload.is_none() {
             return abi::status::INVALID;
         }
         link.route(message)
@@ -496,12 +567,15 @@ unsafe extern "C" fn host_send(key: u64, message: *const RawMessage) -> u32 {
 
 unsafe extern "C" fn host_complete(key: u64, completion: u64, result: RawSlice) {
     let _ = catch_unwind(AssertUnwindSafe(|| {
-        let waiter = lock(&COMPLETIONS).as_mut().and_then(|map| map.remove(&(key, completion)));
+        let waiter = lock(&COMPLETIONS)
+            .as_mut()
+            .and_then(|map| map.remove(&(key, completion)));
         let Some(waiter) = waiter else { return };
         // SAFETY: the library keeps `result` valid for this call; null/oversized is refused.
         let bytes = unsafe { result.as_bytes() }.unwrap_or_default();
-        let completion = rmp_serde::from_slice::<Completion>(bytes)
-            .unwrap_or_else(|error| Completion::Failed { reason: format!("undecodable completion: {error}") });
+        let completion = rmp_serde::from_slice::<Completion>(bytes).unwrap_or_else(|error| Completion::Failed {
+            reason: format!("undecodable completion: {error}"),
+        });
         let _ = waiter.send(completion);
     }));
 }
@@ -511,8 +585,15 @@ unsafe extern "C" fn host_log(key: u64, level: u32, target: RawSlice, message: R
         let Some(link) = find(key) else { return };
         // SAFETY: the library keeps both buffers valid for this call; invalid ones are refused.
         let (target, message) = unsafe { (target.as_bytes(), message.as_bytes()) };
-        let (Some(target), Some(message)) = (target, message) else { return };
-        let record = LogRecord::new(&link.name, level, &String::from_utf8_lossy(target), &String::from_utf8_lossy(message));
+        let (Some(target), Some(message)) = (target, message) else {
+            return;
+        };
+        let record = LogRecord::new(
+            &link.name,
+            level,
+            &String::from_utf8_lossy(target),
+            &String::from_utf8_lossy(message),
+        );
         record.emit();
         let _ = link.core.logs.send(record);
     }));

@@ -13,8 +13,14 @@ async fn a_frame_opened_later_gets_the_renderer_halves_of_active_extensions() {
     let mut logs = host.logs();
     let frame = host.open_frame().await;
     assert_eq!(frame, FrameId(1));
-    wait_log(&mut logs, "hello", |m| m == "main got `initialize` from frame 1: renderer-1").await;
-    wait_log(&mut logs, "hello", |m| m == "frame 1 got: Hello, renderer-1! (from hello's main)").await;
+    wait_log(&mut logs, "hello", |m| {
+        m == "main got `initialize` from frame 1: renderer-1"
+    })
+    .await;
+    wait_log(&mut logs, "hello", |m| {
+        m == "frame 1 got: Hello, renderer-1! (from hello's main)"
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -25,9 +31,13 @@ async fn an_extension_activated_later_starts_in_every_open_frame() {
     host.load(support::library("probe")).unwrap();
     host.activate("probe").await.unwrap();
     let mut seen = host.broadcasts();
-    host.broadcast("probe", PING.name(), &Ping { tag: "hello".into() }).unwrap();
+    host.broadcast("probe", PING.name(), &Ping { tag: "hello".into() })
+        .unwrap();
     let pongs = expect_pongs(&host, &mut seen, "probe", 3, 3).await;
-    assert_eq!(pongs.iter().map(|p| p.side.as_str()).collect::<BTreeSet<_>>(), BTreeSet::from(["main", "frame:1", "frame:2"]));
+    assert_eq!(
+        pongs.iter().map(|p| p.side.as_str()).collect::<BTreeSet<_>>(),
+        BTreeSet::from(["main", "frame:1", "frame:2"])
+    );
     let snapshot = host.inspect().await;
     assert_eq!(snapshot.extension("probe").unwrap().frames, vec![1, 2]);
 }
@@ -36,20 +46,50 @@ async fn an_extension_activated_later_starts_in_every_open_frame() {
 async fn reloading_a_frame_restarts_its_renderers_and_keeps_main_registrations() {
     let host = support::host_with(&["probe"]).await;
     let frame = host.open_frame().await;
-    host.invoke::<_, bool>("probe", REHANDLE.name(), &(), FAILSAFE).await.unwrap();
-    let before = host.inspect().await.extension("probe").unwrap().instance.clone().unwrap();
+    host.invoke::<_, bool>("probe", REHANDLE.name(), &(), FAILSAFE)
+        .await
+        .unwrap();
+    let before = host
+        .inspect()
+        .await
+        .extension("probe")
+        .unwrap()
+        .instance
+        .clone()
+        .unwrap();
 
     // Disposing in the renderer changes its registrations; a reload starts it afresh.
     host.broadcast("probe", DISPOSE_RENDERER_PING.name(), &()).unwrap();
     host.reload_frame(frame).await.unwrap();
-    let after = host.inspect().await.extension("probe").unwrap().instance.clone().unwrap();
-    assert_eq!(after.halves, before.halves, "main untouched, renderer back to its activate state");
+    let after = host
+        .inspect()
+        .await
+        .extension("probe")
+        .unwrap()
+        .instance
+        .clone()
+        .unwrap();
+    assert_eq!(
+        after.halves, before.halves,
+        "main untouched, renderer back to its activate state"
+    );
 
     let mut seen = host.broadcasts();
-    host.broadcast("probe", PING.name(), &Ping { tag: "after-reload".into() }).unwrap();
+    host.broadcast(
+        "probe",
+        PING.name(),
+        &Ping {
+            tag: "after-reload".into(),
+        },
+    )
+    .unwrap();
     let pongs = expect_pongs(&host, &mut seen, "probe", 2, 2).await;
     let sides: BTreeSet<_> = pongs.iter().map(|p| p.side.as_str()).collect();
-    assert_eq!(sides, BTreeSet::from(["main", "frame:1"]), "exactly once each: {pongs:?}");
+    assert_eq!(
+        sides,
+        BTreeSet::from(["main", "frame:1"]),
+        "exactly once each: {pongs:?}"
+    );
 }
 
 #[tokio::test]
@@ -60,7 +100,14 @@ async fn closing_a_frame_removes_its_renderer_halves() {
     host.close_frame(second).await.unwrap();
     assert_eq!(host.frames(), vec![FrameId(1)]);
     let mut seen = host.broadcasts();
-    host.broadcast("probe", PING.name(), &Ping { tag: "after-close".into() }).unwrap();
+    host.broadcast(
+        "probe",
+        PING.name(),
+        &Ping {
+            tag: "after-close".into(),
+        },
+    )
+    .unwrap();
     let pongs = expect_pongs(&host, &mut seen, "probe", 2, 2).await;
     let sides: BTreeSet<_> = pongs.iter().map(|p| p.side.as_str()).collect();
     assert_eq!(sides, BTreeSet::from(["main", "frame:1"]));

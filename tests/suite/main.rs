@@ -3,9 +3,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod console;
 mod frames;
 mod ipc;
 mod lifecycle;
 mod loading;
 mod support;
-

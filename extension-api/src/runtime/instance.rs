@@ -11,6 +11,7 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 
+use crate::InvokeErrorKind;
 use crate::abi::{self, HostVTable, PEER_ALL, PEER_MAIN, Peer, RawMessage, RawSlice};
 use crate::error::BoxError;
 use crate::ipc::{Main, Renderer, Sender};
@@ -18,7 +19,6 @@ use crate::runtime::context::{self, HalfRef};
 use crate::runtime::panic_message;
 use crate::runtime::state::{Deactivator, Half, RawEvent, Reply, State};
 use crate::wire::{Completion, Control, ErrorPayload, InstanceConfig, InstanceSnapshot};
-use crate::InvokeErrorKind;
 
 /// How long `destroy` waits for the runtime thread to finish dropping tasks.
 const DESTROY_WAIT: Duration = Duration::from_secs(5);
@@ -27,8 +27,7 @@ const DESTROY_WAIT: Duration = Duration::from_secs(5);
 #[derive(Clone, Copy)]
 pub struct Factory {
     pub(crate) activate_main: fn(Main) -> BoxFuture<'static, Result<Deactivator, BoxError>>,
-    pub(crate) activate_renderer:
-        fn(Renderer) -> BoxFuture<'static, Result<Deactivator, BoxError>>,
+    pub(crate) activate_renderer: fn(Renderer) -> BoxFuture<'static, Result<Deactivator, BoxError>>,
 }
 
 /// A message queued for the dispatcher, owned (the host's buffers are only borrowed).
@@ -129,7 +128,15 @@ impl Shared {
         payload: &ErrorPayload,
     ) {
         let bytes = rmp_serde::to_vec_named(payload).unwrap_or_default();
-        self.send(abi::kind::REPLY, kind.code(), origin, target, request_id, channel, &bytes);
+        self.send(
+            abi::kind::REPLY,
+            kind.code(),
+            origin,
+            target,
+            request_id,
+            channel,
+            &bytes,
+        );
     }
 
     fn complete(&self, completion: u64, result: &Completion) {
@@ -145,7 +152,10 @@ impl Shared {
     }
 
     fn half_ref(self: &Arc<Self>, peer: Peer) -> HalfRef {
-        HalfRef { shared: Arc::downgrade(self), peer }
+        HalfRef {
+            shared: Arc::downgrade(self),
+            peer,
+        }
     }
 
     pub(crate) fn snapshot(&self) -> InstanceSnapshot {
@@ -181,7 +191,10 @@ impl Shared {
                     .and_then(|half| half.pending.remove(&envelope.request_id));
                 if let Some(sender) = sender {
                     // The invoker may have given up meanwhile; then nobody wants the reply.
-                    let _ = sender.send(Reply { status: envelope.status, payload: envelope.payload });
+                    let _ = sender.send(Reply {
+                        status: envelope.status,
+                        payload: envelope.payload,
+                    });
                 }
             }
             abi::kind::CANCEL => {
@@ -236,15 +249,40 @@ impl Shared {
     }
 
     fn dispatch_invoke(self: &Arc<Self>, envelope: Envelope) {
-        let Envelope { origin, target, request_id, channel, payload, .. } = envelope;
+        let Envelope {
+            origin,
+            target,
+            request_id,
+            channel,
+            payload,
+            ..
+        } = envelope;
         let handler = {
             let state = self.state();
-            state.halves.get(&target).and_then(|half| half.handlers.get(&channel)).map(|(_, handler)| handler.clone())
+            state
+                .halves
+                .get(&target)
+                .and_then(|half| half.handlers.get(&channel))
+                .map(|(_, handler)| handler.clone())
         };
         let Some(handler) = handler else {
-            let side = if target == PEER_MAIN { "main".to_owned() } else { format!("frame {target}") };
-            let payload = ErrorPayload { message: format!("no handler for channel `{channel}` in {side}"), data: None };
-            self.send_error(target, origin, request_id, &channel, InvokeErrorKind::NoHandler, &payload);
+            let side = if target == PEER_MAIN {
+                "main".to_owned()
+            } else {
+                format!("frame {target}")
+            };
+            let payload = ErrorPayload {
+                message: format!("no handler for channel `{channel}` in {side}"),
+                data: None,
+            };
+            self.send_error(
+                target,
+                origin,
+                request_id,
+                &channel,
+                InvokeErrorKind::NoHandler,
+                &payload,
+            );
             return;
         };
         // Author code (the handler's synchronous part) runs outside the state lock: it may
@@ -257,15 +295,27 @@ impl Shared {
             Err(panic) => {
                 let message = panic_message(panic.as_ref());
                 tracing::error!(%channel, "a handler panicked: {message}");
-                let payload = ErrorPayload { message: format!("the handler panicked: {message}"), data: None };
-                self.send_error(target, origin, request_id, &channel, InvokeErrorKind::Panicked, &payload);
+                let payload = ErrorPayload {
+                    message: format!("the handler panicked: {message}"),
+                    data: None,
+                };
+                self.send_error(
+                    target,
+                    origin,
+                    request_id,
+                    &channel,
+                    InvokeErrorKind::Panicked,
+                    &payload,
+                );
                 return;
             }
         };
         let weak = Arc::downgrade(self);
         let scoped = context::scope(self.half_ref(target), AssertUnwindSafe(future).catch_unwind());
         let mut state = self.state();
-        let Some(half) = state.halves.get_mut(&target) else { return };
+        let Some(half) = state.halves.get_mut(&target) else {
+            return;
+        };
         // Spawned under the state lock: the task cannot remove its `running` entry before the
         // entry exists.
         let task = self.runtime.spawn(async move {
@@ -276,14 +326,32 @@ impl Shared {
             }
             match outcome {
                 Ok(Ok(bytes)) => {
-                    shared.send(abi::kind::REPLY, abi::status::OK, target, origin, request_id, &channel, &bytes);
+                    shared.send(
+                        abi::kind::REPLY,
+                        abi::status::OK,
+                        target,
+                        origin,
+                        request_id,
+                        &channel,
+                        &bytes,
+                    );
                 }
                 Ok(Err((kind, payload))) => shared.send_error(target, origin, request_id, &channel, kind, &payload),
                 Err(panic) => {
                     let message = panic_message(panic.as_ref());
                     tracing::error!(%channel, "a handler panicked: {message}");
-                    let payload = ErrorPayload { message: format!("the handler panicked: {message}"), data: None };
-                    shared.send_error(target, origin, request_id, &channel, InvokeErrorKind::Panicked, &payload);
+                    let payload = ErrorPayload {
+                        message: format!("the handler panicked: {message}"),
+                        data: None,
+                    };
+                    shared.send_error(
+                        target,
+                        origin,
+                        request_id,
+                        &channel,
+                        InvokeErrorKind::Panicked,
+                        &payload,
+                    );
                 }
             }
         });
@@ -301,12 +369,8 @@ impl Shared {
             }
             Control::ActivateMain { .. } => self.spawn_activation(completion, PEER_MAIN),
             Control::OpenFrame { frame, .. } => self.spawn_activation(completion, frame),
-            Control::DeactivateMain { timeout_ms, .. } => {
-                self.spawn_deactivation(completion, PEER_MAIN, timeout_ms)
-            }
-            Control::CloseFrame { frame, timeout_ms, .. } => {
-                self.spawn_deactivation(completion, frame, timeout_ms)
-            }
+            Control::DeactivateMain { timeout_ms, .. } => self.spawn_deactivation(completion, PEER_MAIN, timeout_ms),
+            Control::CloseFrame { frame, timeout_ms, .. } => self.spawn_deactivation(completion, frame, timeout_ms),
         }
     }
 
@@ -322,8 +386,7 @@ impl Shared {
             } else {
                 (shared.factory.activate_renderer)(Renderer::new(weak, peer))
             };
-            let outcome =
-                context::scope(shared.half_ref(peer), AssertUnwindSafe(activation).catch_unwind()).await;
+            let outcome = context::scope(shared.half_ref(peer), AssertUnwindSafe(activation).catch_unwind()).await;
             let result = match outcome {
                 Ok(Ok(user)) => {
                     if let Some(half) = shared.state().halves.get_mut(&peer) {
@@ -333,11 +396,15 @@ impl Shared {
                 }
                 Ok(Err(error)) => {
                     shared.remove_half(peer);
-                    Completion::Failed { reason: error_chain(error.as_ref()) }
+                    Completion::Failed {
+                        reason: error_chain(error.as_ref()),
+                    }
                 }
                 Err(panic) => {
                     shared.remove_half(peer);
-                    Completion::Panicked { message: panic_message(panic.as_ref()) }
+                    Completion::Panicked {
+                        message: panic_message(panic.as_ref()),
+                    }
                 }
             };
             shared.complete(completion, &result);
@@ -354,11 +421,21 @@ impl Shared {
                 .get_mut(&peer)
                 .map(|half| std::mem::take(&mut half.pending))
                 .unwrap_or_default();
-            let kind = if peer == PEER_MAIN { InvokeErrorKind::Deactivated } else { InvokeErrorKind::FrameClosed };
+            let kind = if peer == PEER_MAIN {
+                InvokeErrorKind::Deactivated
+            } else {
+                InvokeErrorKind::FrameClosed
+            };
             for (_, sender) in pending {
-                let payload = ErrorPayload { message: format!("{kind} before the reply arrived"), data: None };
+                let payload = ErrorPayload {
+                    message: format!("{kind} before the reply arrived"),
+                    data: None,
+                };
                 let bytes = rmp_serde::to_vec_named(&payload).unwrap_or_default();
-                let _ = sender.send(Reply { status: kind.code(), payload: bytes });
+                let _ = sender.send(Reply {
+                    status: kind.code(),
+                    payload: bytes,
+                });
             }
             let user = shared.state().halves.get_mut(&peer).and_then(|half| half.user.take());
             let result = match user {
@@ -367,7 +444,9 @@ impl Shared {
                     let run = context::scope(shared.half_ref(peer), AssertUnwindSafe(deactivate()).catch_unwind());
                     match tokio::time::timeout(Duration::from_millis(timeout_ms), run).await {
                         Ok(Ok(())) => Completion::Done,
-                        Ok(Err(panic)) => Completion::Panicked { message: panic_message(panic.as_ref()) },
+                        Ok(Err(panic)) => Completion::Panicked {
+                            message: panic_message(panic.as_ref()),
+                        },
                         Err(_) => Completion::TimedOut { timeout_ms },
                     }
                 }
@@ -407,7 +486,12 @@ pub(crate) struct Instance {
 }
 
 impl Instance {
-    pub(crate) fn start(host: HostVTable, key: u64, config: InstanceConfig, factory: Factory) -> std::io::Result<Instance> {
+    pub(crate) fn start(
+        host: HostVTable,
+        key: u64,
+        config: InstanceConfig,
+        factory: Factory,
+    ) -> std::io::Result<Instance> {
         let thread_name = format!("ext:{}", config.name);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -440,7 +524,12 @@ impl Instance {
             let _ = finished_tx.send(());
         })?;
         context::set_instance(Some(Arc::downgrade(&shared)));
-        Ok(Instance { shared, shutdown: Some(shutdown), finished, thread: Some(thread) })
+        Ok(Instance {
+            shared,
+            shutdown: Some(shutdown),
+            finished,
+            thread: Some(thread),
+        })
     }
 
     pub(crate) fn control(&self, command: Control) {

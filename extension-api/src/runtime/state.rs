@@ -5,13 +5,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
-use tokio::task::AbortHandle;
 use tokio::sync::oneshot;
+use tokio::task::AbortHandle;
 
+use crate::InvokeErrorKind;
 use crate::abi::Peer;
 use crate::ipc::Sender;
 use crate::wire::{ErrorPayload, HalfSnapshot};
-use crate::InvokeErrorKind;
 
 /// A broadcast as a listener sees it before decoding.
 pub(crate) struct RawEvent<'a> {
@@ -24,8 +24,7 @@ pub(crate) type ListenerFn = Arc<dyn Fn(&RawEvent<'_>) + Send + Sync>;
 
 /// What a handler produces: the encoded reply, or an error kind with its payload.
 pub(crate) type HandlerResult = Result<Vec<u8>, (InvokeErrorKind, ErrorPayload)>;
-pub(crate) type HandlerFn =
-    Arc<dyn Fn(Vec<u8>, Sender) -> BoxFuture<'static, HandlerResult> + Send + Sync>;
+pub(crate) type HandlerFn = Arc<dyn Fn(Vec<u8>, Sender) -> BoxFuture<'static, HandlerResult> + Send + Sync>;
 
 /// The answer to a pending invoke: a status (0 or an error code) and its payload.
 #[derive(Debug)]

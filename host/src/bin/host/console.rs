@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use extension_host::Host;
 use extension_host::FrameId;
+use extension_host::Host;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const HELP: &str = "\
@@ -66,7 +66,12 @@ async fn watch(mut broadcasts: tokio::sync::broadcast::Receiver<extension_host::
         match broadcasts.recv().await {
             Ok(event) => {
                 let value = msgpack_to_json(&event.payload);
-                println!("event {} {} from {}: {value}", event.extension, event.channel, event.sender());
+                println!(
+                    "event {} {} from {}: {value}",
+                    event.extension,
+                    event.channel,
+                    event.sender()
+                );
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                 println!("event (missed {missed} broadcasts: the console is slower than the traffic)");
@@ -83,13 +88,17 @@ fn name_channel_json(rest: &str) -> Result<(&str, &str, Vec<u8>), String> {
         return Err("expected NAME CHANNEL JSON".into());
     };
     let json = parts.next().unwrap_or("null");
-    let value: serde_json::Value = serde_json::from_str(json).map_err(|error| format!("the value is not JSON: {error}"))?;
+    let value: serde_json::Value =
+        serde_json::from_str(json).map_err(|error| format!("the value is not JSON: {error}"))?;
     let payload = rmp_serde::to_vec_named(&value).map_err(|error| format!("cannot encode the value: {error}"))?;
     Ok((name, channel, payload))
 }
 
 fn frame_arg(rest: &str) -> Result<FrameId, String> {
-    rest.trim().parse().map(FrameId).map_err(|_| format!("`{rest}` is not a frame number"))
+    rest.trim()
+        .parse()
+        .map(FrameId)
+        .map_err(|_| format!("`{rest}` is not a frame number"))
 }
 
 async fn execute(host: &Host, line: &str) -> Result<String, String> {
@@ -105,14 +114,25 @@ async fn execute(host: &Host, line: &str) -> Result<String, String> {
                 .iter()
                 .map(|e| format!("{} {} {}", e.info.name, e.info.version, e.state))
                 .collect();
-            Ok(if lines.is_empty() { "no extensions".into() } else { lines.join("\n") })
+            Ok(if lines.is_empty() {
+                "no extensions".into()
+            } else {
+                lines.join("\n")
+            })
         }
         "frames" => {
             let frames: Vec<String> = host.frames().iter().map(|frame| frame.0.to_string()).collect();
             Ok(format!("frames: {}", frames.join(" ")))
         }
-        "load" => host.load(rest).map(|info| format!("loaded {} {}", info.name, info.version)).map_err(|e| text(&e)),
-        "activate" => host.activate(rest).await.map(|()| format!("activated {rest}")).map_err(|e| text(&e)),
+        "load" => host
+            .load(rest)
+            .map(|info| format!("loaded {} {}", info.name, info.version))
+            .map_err(|e| text(&e)),
+        "activate" => host
+            .activate(rest)
+            .await
+            .map(|()| format!("activated {rest}"))
+            .map_err(|e| text(&e)),
         "deactivate" => host
             .deactivate(rest)
             .await
@@ -124,19 +144,31 @@ async fn execute(host: &Host, line: &str) -> Result<String, String> {
                 }
             })
             .map_err(|e| text(&e)),
-        "uninstall" => host.uninstall(rest).await.map(|()| format!("uninstalled {rest}")).map_err(|e| text(&e)),
+        "uninstall" => host
+            .uninstall(rest)
+            .await
+            .map(|()| format!("uninstalled {rest}"))
+            .map_err(|e| text(&e)),
         "open" => Ok(format!("opened frame {}", host.open_frame().await.0)),
         "close" => {
             let frame = frame_arg(rest)?;
-            host.close_frame(frame).await.map(|()| format!("closed frame {}", frame.0)).map_err(|e| text(&e))
+            host.close_frame(frame)
+                .await
+                .map(|()| format!("closed frame {}", frame.0))
+                .map_err(|e| text(&e))
         }
         "reload" => {
             let frame = frame_arg(rest)?;
-            host.reload_frame(frame).await.map(|()| format!("reloaded frame {}", frame.0)).map_err(|e| text(&e))
+            host.reload_frame(frame)
+                .await
+                .map(|()| format!("reloaded frame {}", frame.0))
+                .map_err(|e| text(&e))
         }
         "broadcast" => {
             let (name, channel, payload) = name_channel_json(rest)?;
-            host.broadcast_raw(name, channel, &payload).map(|()| "ok".to_owned()).map_err(|e| text(&e))
+            host.broadcast_raw(name, channel, &payload)
+                .map(|()| "ok".to_owned())
+                .map_err(|e| text(&e))
         }
         "invoke" => {
             let (name, channel, payload) = name_channel_json(rest)?;
@@ -150,7 +182,9 @@ async fn execute(host: &Host, line: &str) -> Result<String, String> {
             let json = if rest.is_empty() {
                 serde_json::to_string(&snapshot)
             } else {
-                let extension = snapshot.extension(rest).ok_or_else(|| format!("no extension named `{rest}` is loaded"))?;
+                let extension = snapshot
+                    .extension(rest)
+                    .ok_or_else(|| format!("no extension named `{rest}` is loaded"))?;
                 serde_json::to_string(extension)
             };
             json.map_err(|e| text(&e))

@@ -11,7 +11,11 @@ use extension_host::{Host, HostConfig};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "host", version, about = "A Lens-style extension host: loads extension libraries and runs their IPC.")]
+#[command(
+    name = "host",
+    version,
+    about = "A Lens-style extension host: loads extension libraries and runs their IPC."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -39,9 +43,7 @@ enum Command {
         inspect: bool,
     },
     /// Validate a library and print its metadata, or what is wrong with it.
-    Check {
-        library: PathBuf,
-    },
+    Check { library: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -52,7 +54,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { library } => check(&library),
-        Command::Run { paths, frames, duration, console, inspect } => {
+        Command::Run {
+            paths,
+            frames,
+            duration,
+            console,
+            inspect,
+        } => {
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(runtime) => runtime,
                 Err(error) => {
@@ -73,7 +81,10 @@ fn check(path: &std::path::Path) -> ExitCode {
             println!("  version:       {}", info.version);
             println!("  abi version:   {}", info.abi_version);
             println!("  extension-api: {}", info.api_version);
-            println!("  build:         {}", if info.debug_build { "debug" } else { "release" });
+            println!(
+                "  build:         {}",
+                if info.debug_build { "debug" } else { "release" }
+            );
             ExitCode::SUCCESS
         }
         Err(error) => {
