@@ -81,6 +81,7 @@ pub struct RequestMeta {
 pub struct Disposer {
     shared: Weak<Shared>,
     peer: Peer,
+    generation: u64,
     registration: Registration,
     disposed: AtomicBool,
 }
@@ -98,7 +99,7 @@ impl Disposer {
         let Some(shared) = self.shared.upgrade() else { return };
         let removed = {
             let mut state = shared.state();
-            let Some(half) = state.halves.get_mut(&self.peer) else {
+            let Some(half) = state.half_mut(self.peer, self.generation) else {
                 return;
             };
             match &self.registration {
@@ -146,14 +147,34 @@ impl fmt::Debug for Disposer {
     }
 }
 
-/// The part shared by [`Main`] and [`Renderer`]: one half of one instance.
+/// The part shared by [`Main`] and [`Renderer`]: one half (one generation of it) of one
+/// instance.
 #[derive(Clone)]
 struct HalfHandle {
     shared: Weak<Shared>,
     peer: Peer,
+    generation: u64,
 }
 
 impl HalfHandle {
+    fn from_ref(half: HalfRef) -> HalfHandle {
+        HalfHandle {
+            shared: half.shared,
+            peer: half.peer,
+            generation: half.generation,
+        }
+    }
+
+    fn disposer(&self, registration: Registration) -> Disposer {
+        Disposer {
+            shared: self.shared.clone(),
+            peer: self.peer,
+            generation: self.generation,
+            registration,
+            disposed: AtomicBool::new(false),
+        }
+    }
+
     fn shared(&self, operation: &'static str) -> Result<Arc<Shared>, IpcError> {
         self.shared.upgrade().ok_or(IpcError::Deactivated { operation })
     }
@@ -189,16 +210,10 @@ impl HalfHandle {
         let id = shared.next_id();
         let mut state = shared.state();
         let half = state
-            .halves
-            .get_mut(&self.peer)
+            .half_mut(self.peer, self.generation)
             .ok_or(IpcError::Deactivated { operation: "listen" })?;
         half.listeners.entry(channel.clone()).or_default().push((id, wrapped));
-        Ok(Disposer {
-            shared: self.shared.clone(),
-            peer: self.peer,
-            registration: Registration::Listener { channel, id },
-            disposed: AtomicBool::new(false),
-        })
+        Ok(self.disposer(Registration::Listener { channel, id }))
     }
 
     fn broadcast<T, C>(&self, channel: C, value: &T) -> Result<(), IpcError>
@@ -212,6 +227,10 @@ impl HalfHandle {
             reason: error.to_string(),
         })?;
         let shared = self.shared("broadcast")?;
+        // A handle kept from a closed (or reloaded) frame must not speak for the new half.
+        if shared.state().half_mut(self.peer, self.generation).is_none() {
+            return Err(IpcError::Deactivated { operation: "broadcast" });
+        }
         match shared.send(abi::kind::BROADCAST, 0, self.peer, PEER_ALL, 0, channel, &payload) {
             abi::status::OK => Ok(()),
             abi::status::DEACTIVATED | abi::status::NO_SUCH_PEER => {
@@ -266,19 +285,13 @@ impl HalfHandle {
         let id = shared.next_id();
         let mut state = shared.state();
         let half = state
-            .halves
-            .get_mut(&self.peer)
+            .half_mut(self.peer, self.generation)
             .ok_or(IpcError::Deactivated { operation: "handle" })?;
         if half.handlers.contains_key(&channel) {
             return Err(IpcError::AlreadyHandled { channel });
         }
         half.handlers.insert(channel.clone(), (id, wrapped));
-        Ok(Disposer {
-            shared: self.shared.clone(),
-            peer: self.peer,
-            registration: Registration::Handler { channel, id },
-            disposed: AtomicBool::new(false),
-        })
+        Ok(self.disposer(Registration::Handler { channel, id }))
     }
 
     /// Sends the request now (so requests leave in call order) and returns the wait for its
@@ -326,13 +339,14 @@ impl HalfHandle {
         let (sender, receiver) = oneshot::channel();
         {
             let mut state = shared.state();
-            let half = state.halves.get_mut(&self.peer).ok_or_else(deactivated)?;
+            let half = state.half_mut(self.peer, self.generation).ok_or_else(deactivated)?;
             half.pending.insert(request_id, sender);
         }
         let status = shared.send(abi::kind::INVOKE, 0, self.peer, target, request_id, &channel, payload);
         let mut guard = PendingGuard {
             shared: self.shared.clone(),
             peer: self.peer,
+            generation: self.generation,
             target,
             request_id,
             channel,
@@ -360,24 +374,24 @@ impl HalfHandle {
         let shared = self.shared("spawn")?;
         let id = shared.next_id();
         let weak = self.shared.clone();
-        let peer = self.peer;
+        let (peer, generation) = (self.peer, self.generation);
         let scoped = context::scope(
             HalfRef {
                 shared: weak.clone(),
                 peer,
+                generation,
             },
             future,
         );
         let mut state = shared.state();
         let half = state
-            .halves
-            .get_mut(&peer)
+            .half_mut(peer, generation)
             .ok_or(IpcError::Deactivated { operation: "spawn" })?;
         // Spawned under the lock, so the task cannot finish (and unregister) before it is registered.
         let task = shared.runtime.spawn(async move {
             let output = scoped.await;
             if let Some(shared) = weak.upgrade()
-                && let Some(half) = shared.state().halves.get_mut(&peer)
+                && let Some(half) = shared.state().half_mut(peer, generation)
             {
                 half.tasks.remove(&id);
             }
@@ -437,6 +451,7 @@ impl PendingInvoke {
 struct PendingGuard {
     shared: Weak<Shared>,
     peer: Peer,
+    generation: u64,
     target: Peer,
     request_id: u64,
     channel: String,
@@ -447,7 +462,7 @@ impl PendingGuard {
     fn forget(&mut self) {
         self.armed = false;
         if let Some(shared) = self.shared.upgrade()
-            && let Some(half) = shared.state().halves.get_mut(&self.peer)
+            && let Some(half) = shared.state().half_mut(self.peer, self.generation)
         {
             half.pending.remove(&self.request_id);
         }
@@ -483,27 +498,26 @@ pub struct Main {
 }
 
 impl Main {
-    pub(crate) fn new(shared: Weak<Shared>, peer: Peer) -> Main {
+    pub(crate) fn new(half: HalfRef) -> Main {
         Main {
-            half: HalfHandle { shared, peer },
+            half: HalfHandle::from_ref(half),
         }
     }
 
     /// The main half of this extension, from anywhere in its code (Lens's `getInstance()`).
     /// Fails when the extension is not active in this process.
     pub fn get() -> Result<Main, IpcError> {
-        let shared = context::instance().ok_or(IpcError::NoContext(
-            "Main::get(): the extension's main half is not active in this process",
-        ))?;
-        let alive = shared
+        let not_active = IpcError::NoContext("Main::get(): the extension's main half is not active in this process");
+        let shared = context::instance().ok_or(not_active.clone())?;
+        let generation = shared
             .upgrade()
-            .is_some_and(|shared| shared.state().halves.contains_key(&PEER_MAIN));
-        if !alive {
-            return Err(IpcError::NoContext(
-                "Main::get(): the extension's main half is not active",
-            ));
-        }
-        Ok(Main::new(shared, PEER_MAIN))
+            .and_then(|shared| shared.state().halves.get(&PEER_MAIN).map(|half| half.generation))
+            .ok_or(not_active)?;
+        Ok(Main::new(HalfRef {
+            shared,
+            peer: PEER_MAIN,
+            generation,
+        }))
     }
 
     /// Calls `listener` for every broadcast on `channel` from main or any frame (including this
@@ -563,9 +577,9 @@ pub struct Renderer {
 }
 
 impl Renderer {
-    pub(crate) fn new(shared: Weak<Shared>, peer: Peer) -> Renderer {
+    pub(crate) fn new(half: HalfRef) -> Renderer {
         Renderer {
-            half: HalfHandle { shared, peer },
+            half: HalfHandle::from_ref(half),
         }
     }
 
@@ -574,7 +588,7 @@ impl Renderer {
     /// per task, not per process.
     pub fn current() -> Result<Renderer, IpcError> {
         match context::current() {
-            Some(HalfRef { shared, peer }) if peer != PEER_MAIN => Ok(Renderer::new(shared, peer)),
+            Some(half) if half.peer != PEER_MAIN => Ok(Renderer::new(half)),
             _ => Err(IpcError::NoContext(
                 "Renderer::current(): not running in a renderer half (use the handle given to activate, or spawn with Renderer::spawn)",
             )),

@@ -237,9 +237,7 @@ impl Host {
         }
     }
 
-    /// Activates the main half, then the renderer half in every open frame. A failure leaves
-    /// the extension [`ExtensionState::Failed`] with the reason, and the host running.
-    pub async fn activate(&self, name: &str) -> Result<(), HostError> {
+    async fn activate_now(&self, name: &str) -> Result<(), HostError> {
         let _operation = self.inner.operations.lock().await;
         let descriptor = {
             let mut extensions = lock(&self.inner.extensions);
@@ -286,6 +284,69 @@ impl Host {
         Ok(())
     }
 
+    /// Activates the main half, then the renderer half in every open frame. A failure leaves
+    /// the extension [`ExtensionState::Failed`] with the reason, and the host running.
+    ///
+    /// Like every lifecycle call, it runs to completion even if the returned future is dropped.
+    pub async fn activate(&self, name: &str) -> Result<(), HostError> {
+        let name = name.to_owned();
+        self.detached(|host| async move { host.activate_now(&name).await })
+            .await
+    }
+
+    /// Deactivates: stops routing to the extension, runs every half's `deactivate` (bounded by
+    /// the configured timeout), then drops everything it registered, spawned or had pending.
+    /// When this returns, no code of the extension runs any more.
+    pub async fn deactivate(&self, name: &str) -> Result<DeactivateReport, HostError> {
+        let name = name.to_owned();
+        self.detached(|host| async move { host.deactivate_now(&name).await })
+            .await
+    }
+
+    /// Deactivates (if active) and forgets the extension. Its library stays mapped, but the
+    /// name is free: loading a rebuilt library runs the new code.
+    pub async fn uninstall(&self, name: &str) -> Result<(), HostError> {
+        let name = name.to_owned();
+        self.detached(|host| async move { host.uninstall_now(&name).await })
+            .await
+    }
+
+    /// Opens an in-process frame; every active extension's renderer half starts in it.
+    pub async fn open_frame(&self) -> FrameId {
+        self.detached(|host| async move { host.open_frame_now().await }).await
+    }
+
+    /// Closes a frame: its renderer halves are deactivated and dropped; requests involving it
+    /// fail with [`InvokeErrorKind::FrameClosed`].
+    pub async fn close_frame(&self, frame: FrameId) -> Result<(), HostError> {
+        self.detached(move |host| async move { host.close_frame_now(frame).await })
+            .await
+    }
+
+    /// Reloads a frame: its renderer halves are closed and started afresh. Main-side
+    /// registrations are untouched.
+    pub async fn reload_frame(&self, frame: FrameId) -> Result<(), HostError> {
+        self.detached(move |host| async move { host.reload_frame_now(frame).await })
+            .await
+    }
+
+    /// Runs a lifecycle operation as its own task: dropping the caller's future must not leave
+    /// an extension half-activated or half-deactivated.
+    async fn detached<T, F>(&self, operation: impl FnOnce(Host) -> F) -> T
+    where
+        T: Send + 'static,
+        F: Future<Output = T> + Send + 'static,
+    {
+        match tokio::spawn(operation(self.clone())).await {
+            Ok(value) => value,
+            Err(error) => match error.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                // Cancelled only when the runtime itself shuts down, which drops us too.
+                Err(_) => std::future::pending().await,
+            },
+        }
+    }
+
     fn fail_activation(&self, name: &str, reason: String) -> HostError {
         tracing::warn!(extension = %name, "activation failed: {reason}");
         self.set_state(name, ExtensionState::Failed(reason.clone()));
@@ -295,10 +356,7 @@ impl Host {
         }
     }
 
-    /// Deactivates: stops routing to the extension, runs every half's `deactivate` (bounded by
-    /// the configured timeout), then drops everything it registered, spawned or had pending.
-    /// When this returns, no code of the extension runs any more.
-    pub async fn deactivate(&self, name: &str) -> Result<DeactivateReport, HostError> {
+    async fn deactivate_now(&self, name: &str) -> Result<DeactivateReport, HostError> {
         let _operation = self.inner.operations.lock().await;
         self.deactivate_locked(name).await
     }
@@ -363,9 +421,7 @@ impl Host {
         Ok(report)
     }
 
-    /// Deactivates (if active) and forgets the extension. Its library stays mapped, but the
-    /// name is free: loading a rebuilt library runs the new code.
-    pub async fn uninstall(&self, name: &str) -> Result<(), HostError> {
+    async fn uninstall_now(&self, name: &str) -> Result<(), HostError> {
         let _operation = self.inner.operations.lock().await;
         if self.state(name) == Some(ExtensionState::Active) {
             self.deactivate_locked(name).await?;
@@ -377,8 +433,7 @@ impl Host {
         Ok(())
     }
 
-    /// Opens an in-process frame; every active extension's renderer half starts in it.
-    pub async fn open_frame(&self) -> FrameId {
+    async fn open_frame_now(&self) -> FrameId {
         let _operation = self.inner.operations.lock().await;
         let frame = self.inner.next_frame.fetch_add(1, Ordering::Relaxed);
         lock(&self.inner.frames).insert(frame);
@@ -386,9 +441,7 @@ impl Host {
         FrameId(frame)
     }
 
-    /// Closes a frame: its renderer halves are deactivated and dropped; requests involving it
-    /// fail with [`InvokeErrorKind::FrameClosed`].
-    pub async fn close_frame(&self, frame: FrameId) -> Result<(), HostError> {
+    async fn close_frame_now(&self, frame: FrameId) -> Result<(), HostError> {
         let _operation = self.inner.operations.lock().await;
         if !lock(&self.inner.frames).remove(&frame.0) {
             return Err(HostError::UnknownFrame(frame.0));
@@ -397,9 +450,7 @@ impl Host {
         Ok(())
     }
 
-    /// Reloads a frame: its renderer halves are closed and started afresh. Main-side
-    /// registrations are untouched.
-    pub async fn reload_frame(&self, frame: FrameId) -> Result<(), HostError> {
+    async fn reload_frame_now(&self, frame: FrameId) -> Result<(), HostError> {
         let _operation = self.inner.operations.lock().await;
         if !lock(&self.inner.frames).contains(&frame.0) {
             return Err(HostError::UnknownFrame(frame.0));
@@ -446,6 +497,11 @@ impl Host {
             return;
         };
         link.remove_frame(frame);
+        // Requests the half made (or got) before it failed can never complete now.
+        link.fail_pending(
+            |origin, target| origin == frame || target == frame,
+            InvokeErrorKind::FrameClosed,
+        );
         // Drop whatever the half got to register before it failed.
         let _ = link
             .control(

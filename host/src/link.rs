@@ -125,6 +125,11 @@ impl Link {
         core: Arc<Core>,
         max_log_level: u32,
     ) -> Result<Arc<Link>, InstantiateError> {
+        let config = InstanceConfig {
+            name: name.to_owned(),
+            max_log_level,
+        };
+        let config = rmp_serde::to_vec_named(&config).map_err(|_| InstantiateError)?;
         let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
         let link = Arc::new(Link {
             key,
@@ -141,11 +146,6 @@ impl Link {
             .unwrap_or_else(PoisonError::into_inner)
             .get_or_insert_with(HashMap::new)
             .insert(key, link.clone());
-        let config = InstanceConfig {
-            name: name.to_owned(),
-            max_log_level,
-        };
-        let config = rmp_serde::to_vec_named(&config).map_err(|_| InstantiateError)?;
         // SAFETY: `instantiate` comes from a descriptor whose ABI version matched; the vtable is
         // a static and `config` outlives the call.
         let pointer = unsafe { (descriptor.instantiate)(&HOST_VTABLE, key, RawSlice::new(&config)) };
@@ -195,6 +195,9 @@ impl Link {
 
     /// Stops routing from and to the instance (the first step of deactivation).
     pub(crate) fn stop_routing(&self) {
+        // Under the pending lock: a request either was recorded before (and is failed by the
+        // caller's `fail_pending`), or sees routing stopped. None slips in between.
+        let _pending = lock(&self.core.pending);
         self.routing.store(false, Ordering::Release);
     }
 
@@ -219,18 +222,13 @@ impl Link {
         lock(&COMPLETIONS)
             .get_or_insert_with(HashMap::new)
             .insert((self.key, completion), sender);
-        let forget = || {
-            if let Some(map) = lock(&COMPLETIONS).as_mut() {
-                map.remove(&(self.key, completion));
-            }
+        // Removes the waiter however this ends: answered, refused, timed out or dropped.
+        let _waiter = CompletionGuard {
+            key: self.key,
+            completion,
         };
-        let bytes = match rmp_serde::to_vec_named(&command(completion)) {
-            Ok(bytes) => bytes,
-            Err(_) => {
-                forget();
-                return Err(ControlError::Refused(abi::status::INVALID));
-            }
-        };
+        let bytes =
+            rmp_serde::to_vec_named(&command(completion)).map_err(|_| ControlError::Refused(abi::status::INVALID))?;
         let status = {
             let instance = self.instance.read().unwrap_or_else(PoisonError::into_inner);
             match *instance {
@@ -240,15 +238,11 @@ impl Link {
             }
         };
         if status != abi::status::OK {
-            forget();
             return Err(ControlError::Refused(status));
         }
         match tokio::time::timeout(timeout, receiver).await {
             Ok(Ok(completion)) => Ok(completion),
-            _ => {
-                forget();
-                Err(ControlError::TimedOut(timeout))
-            }
+            _ => Err(ControlError::TimedOut(timeout)),
         }
     }
 
@@ -355,10 +349,15 @@ impl Link {
                 self.route_invoke(message)
             }
             abi::kind::REPLY => {
-                let known = lock(&self.core.pending).remove(&(self.key, message.target, message.request_id));
-                // Only the half the request went to may answer it; a late or forged reply is dropped.
-                if known != Some(message.origin) {
-                    return abi::status::OK;
+                // Only the half the request went to may answer it; a late or forged reply is dropped
+                // without disturbing the real request.
+                {
+                    let mut pending = lock(&self.core.pending);
+                    let key = (self.key, message.target, message.request_id);
+                    if pending.get(&key) != Some(&message.origin) {
+                        return abi::status::OK;
+                    }
+                    pending.remove(&key);
                 }
                 if message.target == PEER_HOST {
                     // SAFETY: the payload is valid for this call (the library's contract).
@@ -408,7 +407,14 @@ impl Link {
 
     fn route_invoke(&self, message: &RawMessage) -> u32 {
         let key = (self.key, message.origin, message.request_id);
-        lock(&self.core.pending).insert(key, message.target);
+        {
+            let mut pending = lock(&self.core.pending);
+            // Checked under the lock `stop_routing` takes: see there.
+            if !self.routing.load(Ordering::Acquire) {
+                return abi::status::DEACTIVATED;
+            }
+            pending.insert(key, message.target);
+        }
         let status = self.deliver(message);
         if status != abi::status::OK {
             lock(&self.core.pending).remove(&key);
@@ -458,6 +464,9 @@ impl Link {
             abi::status::DEACTIVATED
         };
         let channel = channel.to_owned();
+        if status != abi::status::OK {
+            lock(&self.core.waiters).remove(&(self.key, request_id));
+        }
         let mut guard = HostRequestGuard {
             link: self,
             request_id,
@@ -465,7 +474,6 @@ impl Link {
         };
         async move {
             if !guard.armed {
-                lock(&guard.link.core.waiters).remove(&(guard.link.key, request_id));
                 let message = format!("`{}` is not active", guard.link.name);
                 return Err(InvokeError::new(InvokeErrorKind::Deactivated, channel, message));
             }
@@ -506,6 +514,20 @@ pub(crate) fn decode_reply(channel: &str, reply: HostReply) -> Result<Vec<u8>, I
             channel,
             format!("(undecodable error payload: {error})"),
         )),
+    }
+}
+
+/// Forgets a control command's waiter when its wait ends, however it ends.
+struct CompletionGuard {
+    key: u64,
+    completion: u64,
+}
+
+impl Drop for CompletionGuard {
+    fn drop(&mut self) {
+        if let Some(map) = lock(&COMPLETIONS).as_mut() {
+            map.remove(&(self.key, self.completion));
+        }
     }
 }
 

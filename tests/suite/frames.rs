@@ -113,3 +113,47 @@ async fn closing_a_frame_removes_its_renderer_halves() {
     assert_eq!(sides, BTreeSet::from(["main", "frame:1"]));
     assert!(host.close_frame(second).await.is_err(), "closing twice is refused");
 }
+
+#[tokio::test]
+async fn a_handle_leaked_from_a_closed_half_cannot_speak_for_its_successor() {
+    let host = support::host_with(&["probe"]).await;
+    let frame = host.open_frame().await;
+    let mut seen = host.broadcasts();
+    host.broadcast("probe", LEAK_HANDLE.name(), &()).unwrap();
+    // The frame reloads under the same number: the leaked handle belongs to the old half.
+    host.reload_frame(frame).await.unwrap();
+    host.broadcast("probe", USE_LEAKED.name(), &()).unwrap();
+    let pongs = expect_pongs(&host, &mut seen, "probe", 1, 2).await;
+    assert_eq!(
+        (pongs[0].side.as_str(), pongs[0].tag.as_str()),
+        ("frame:1", "leaked:refused")
+    );
+
+    // Across a deactivation the library's statics survive, the old instance does not.
+    host.deactivate("probe").await.unwrap();
+    host.activate("probe").await.unwrap();
+    host.broadcast("probe", USE_LEAKED.name(), &()).unwrap();
+    let pongs = expect_pongs(&host, &mut seen, "probe", 1, 2).await;
+    assert_eq!(pongs[0].tag, "leaked:refused");
+}
+
+#[tokio::test]
+async fn a_lifecycle_call_runs_to_completion_even_if_its_caller_gives_up() {
+    let host = support::host_with(&["probe"]).await;
+    host.open_frame().await;
+    host.invoke::<_, ()>("probe", DEACTIVATE_BEHAVIOUR.name(), "hang", FAILSAFE)
+        .await
+        .unwrap();
+    // The caller stops waiting long before the (bounded) hanging deactivate ends.
+    let gave_up = tokio::time::timeout(std::time::Duration::from_millis(1), host.deactivate("probe")).await;
+    assert!(gave_up.is_err());
+    // Lifecycle calls are serialised: this waits for that deactivation, then activates cleanly.
+    host.activate("probe").await.unwrap();
+    let snapshot = host.inspect().await;
+    let probe = snapshot.extension("probe").unwrap();
+    assert_eq!(probe.frames, vec![1]);
+    assert!(
+        probe.last_problem.as_deref().unwrap().contains("did not finish within"),
+        "{probe:?}"
+    );
+}

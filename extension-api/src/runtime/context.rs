@@ -7,10 +7,13 @@ use std::sync::{RwLock, Weak};
 use crate::abi::Peer;
 use crate::runtime::Shared;
 
+/// One half of one instance. A frame reloaded under the same number gets a new generation,
+/// so a handle kept from before the reload does not attach to the new half.
 #[derive(Clone)]
 pub(crate) struct HalfRef {
     pub(crate) shared: Weak<Shared>,
     pub(crate) peer: Peer,
+    pub(crate) generation: u64,
 }
 
 tokio::task_local! {

@@ -36,7 +36,9 @@ pub const fn descriptor<M: MainExtension, R: RendererExtension>(
 fn activate_main<M: MainExtension>(ipc: Main) -> BoxFuture<'static, Result<Deactivator, BoxError>> {
     Box::pin(async move {
         let main = M::activate(ipc).await?;
-        let deactivator: Deactivator = Box::new(move || Box::pin(main.deactivate()));
+        // `deactivate()` is called inside the future, so a panic in its synchronous part is
+        // caught with the rest of it.
+        let deactivator: Deactivator = Box::new(move || Box::pin(async move { main.deactivate().await }));
         Ok(deactivator)
     })
 }
@@ -44,7 +46,7 @@ fn activate_main<M: MainExtension>(ipc: Main) -> BoxFuture<'static, Result<Deact
 fn activate_renderer<R: RendererExtension>(ipc: Renderer) -> BoxFuture<'static, Result<Deactivator, BoxError>> {
     Box::pin(async move {
         let renderer = R::activate(ipc).await?;
-        let deactivator: Deactivator = Box::new(move || Box::pin(renderer.deactivate()));
+        let deactivator: Deactivator = Box::new(move || Box::pin(async move { renderer.deactivate().await }));
         Ok(deactivator)
     })
 }

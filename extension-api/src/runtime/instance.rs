@@ -151,10 +151,11 @@ impl Shared {
         unsafe { (self.host.complete)(self.key, completion, RawSlice::new(&bytes)) }
     }
 
-    fn half_ref(self: &Arc<Self>, peer: Peer) -> HalfRef {
+    fn half_ref(self: &Arc<Self>, peer: Peer, generation: u64) -> HalfRef {
         HalfRef {
             shared: Arc::downgrade(self),
             peer,
+            generation,
         }
     }
 
@@ -220,21 +221,22 @@ impl Shared {
                     continue;
                 }
                 if let Some(listeners) = half.listeners.get(&envelope.channel) {
-                    targets.push((*peer, listeners.iter().map(|(_, f)| f.clone()).collect::<Vec<_>>()));
+                    let listeners: Vec<_> = listeners.iter().map(|(_, f)| f.clone()).collect();
+                    targets.push((*peer, half.generation, listeners));
                 }
             }
         }
         // Main first, then frames in order: deterministic for tests and for authors.
-        targets.sort_by_key(|(peer, _)| *peer);
+        targets.sort_by_key(|(peer, _, _)| *peer);
         let event = RawEvent {
             sender: Sender::from_peer(envelope.origin),
             channel: &envelope.channel,
             payload: &envelope.payload,
         };
-        for (peer, listeners) in targets {
+        for (peer, generation, listeners) in targets {
             for listener in listeners {
                 let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    context::sync_scope(self.half_ref(peer), || listener(&event))
+                    context::sync_scope(self.half_ref(peer, generation), || listener(&event))
                 }));
                 if let Err(panic) = outcome {
                     self.listener_panics.fetch_add(1, Ordering::Relaxed);
@@ -259,13 +261,12 @@ impl Shared {
         } = envelope;
         let handler = {
             let state = self.state();
-            state
-                .halves
-                .get(&target)
-                .and_then(|half| half.handlers.get(&channel))
-                .map(|(_, handler)| handler.clone())
+            state.halves.get(&target).and_then(|half| {
+                let (_, handler) = half.handlers.get(&channel)?;
+                Some((handler.clone(), half.generation))
+            })
         };
-        let Some(handler) = handler else {
+        let Some((handler, generation)) = handler else {
             let side = if target == PEER_MAIN {
                 "main".to_owned()
             } else {
@@ -288,7 +289,9 @@ impl Shared {
         // Author code (the handler's synchronous part) runs outside the state lock: it may
         // register, dispose or broadcast.
         let started = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            context::sync_scope(self.half_ref(target), || handler(payload, Sender::from_peer(origin)))
+            context::sync_scope(self.half_ref(target, generation), || {
+                handler(payload, Sender::from_peer(origin))
+            })
         }));
         let future = match started {
             Ok(future) => future,
@@ -311,9 +314,23 @@ impl Shared {
             }
         };
         let weak = Arc::downgrade(self);
-        let scoped = context::scope(self.half_ref(target), AssertUnwindSafe(future).catch_unwind());
+        let scoped = context::scope(
+            self.half_ref(target, generation),
+            AssertUnwindSafe(future).catch_unwind(),
+        );
         let mut state = self.state();
-        let Some(half) = state.halves.get_mut(&target) else {
+        let Some(half) = state.half_mut(target, generation) else {
+            drop(state);
+            let kind = if target == PEER_MAIN {
+                InvokeErrorKind::Deactivated
+            } else {
+                InvokeErrorKind::FrameClosed
+            };
+            let payload = ErrorPayload {
+                message: format!("{kind} before the handler started"),
+                data: None,
+            };
+            self.send_error(target, origin, request_id, &channel, kind, &payload);
             return;
         };
         // Spawned under the state lock: the task cannot remove its `running` entry before the
@@ -321,7 +338,7 @@ impl Shared {
         let task = self.runtime.spawn(async move {
             let outcome = scoped.await;
             let Some(shared) = weak.upgrade() else { return };
-            if let Some(half) = shared.state().halves.get_mut(&target) {
+            if let Some(half) = shared.state().half_mut(target, generation) {
                 half.running.remove(&(origin, request_id));
             }
             match outcome {
@@ -374,34 +391,53 @@ impl Shared {
         }
     }
 
+    /// Starts a half afresh (a new generation) and runs its `activate` in a task the half owns,
+    /// so closing the half before activation finishes stops it.
     fn spawn_activation(self: &Arc<Self>, completion: u64, peer: Peer) {
+        let generation = self.next_id();
+        let replaced = self.state().halves.insert(peer, Half::new(generation));
+        if let Some(old) = replaced {
+            tracing::warn!("half {peer} was activated again while running; the old one is shut down");
+            old.shut_down();
+        }
+        let half = self.half_ref(peer, generation);
+        let activation = if peer == PEER_MAIN {
+            (self.factory.activate_main)(Main::new(half.clone()))
+        } else {
+            (self.factory.activate_renderer)(Renderer::new(half.clone()))
+        };
+        let scoped = context::scope(half, AssertUnwindSafe(activation).catch_unwind());
         let shared = self.clone();
-        self.runtime.spawn(async move {
-            if shared.state().halves.insert(peer, Half::default()).is_some() {
-                tracing::warn!("half {peer} was activated twice; starting it afresh");
-            }
-            let weak = Arc::downgrade(&shared);
-            let activation = if peer == PEER_MAIN {
-                (shared.factory.activate_main)(Main::new(weak, peer))
-            } else {
-                (shared.factory.activate_renderer)(Renderer::new(weak, peer))
-            };
-            let outcome = context::scope(shared.half_ref(peer), AssertUnwindSafe(activation).catch_unwind()).await;
-            let result = match outcome {
+        let mut state = self.state();
+        // Spawned under the lock, so the task cannot finish before its handle is stored.
+        let task = self.runtime.spawn(async move {
+            let result = match scoped.await {
                 Ok(Ok(user)) => {
-                    if let Some(half) = shared.state().halves.get_mut(&peer) {
-                        half.user = Some(user);
+                    let mut state = shared.state();
+                    match state.half_mut(peer, generation) {
+                        Some(half) => {
+                            half.user = Some(user);
+                            half.activation = None;
+                            Completion::Done
+                        }
+                        None => {
+                            drop(state);
+                            // The half was closed meanwhile: nothing to keep (dropped unlocked).
+                            drop(user);
+                            Completion::Failed {
+                                reason: "the half was closed while it activated".into(),
+                            }
+                        }
                     }
-                    Completion::Done
                 }
                 Ok(Err(error)) => {
-                    shared.remove_half(peer);
+                    shared.remove_half(peer, generation);
                     Completion::Failed {
                         reason: error_chain(error.as_ref()),
                     }
                 }
                 Err(panic) => {
-                    shared.remove_half(peer);
+                    shared.remove_half(peer, generation);
                     Completion::Panicked {
                         message: panic_message(panic.as_ref()),
                     }
@@ -409,18 +445,25 @@ impl Shared {
             };
             shared.complete(completion, &result);
         });
+        if let Some(half) = state.half_mut(peer, generation) {
+            half.activation = Some(task.abort_handle());
+        }
     }
 
+    /// Runs a half's `deactivate` (bounded), then drops the half: the generation is fixed now,
+    /// so a late deactivation never removes a half opened after it.
     fn spawn_deactivation(self: &Arc<Self>, completion: u64, peer: Peer, timeout_ms: u64) {
+        let Some(generation) = self.state().halves.get(&peer).map(|half| half.generation) else {
+            self.complete(completion, &Completion::Done);
+            return;
+        };
         let shared = self.clone();
         self.runtime.spawn(async move {
             // Invokes this half is waiting on can never be answered now.
-            let pending = shared
-                .state()
-                .halves
-                .get_mut(&peer)
-                .map(|half| std::mem::take(&mut half.pending))
-                .unwrap_or_default();
+            let (pending, user) = match shared.state().half_mut(peer, generation) {
+                Some(half) => (std::mem::take(&mut half.pending), half.user.take()),
+                None => Default::default(),
+            };
             let kind = if peer == PEER_MAIN {
                 InvokeErrorKind::Deactivated
             } else {
@@ -437,11 +480,11 @@ impl Shared {
                     payload: bytes,
                 });
             }
-            let user = shared.state().halves.get_mut(&peer).and_then(|half| half.user.take());
             let result = match user {
                 None => Completion::Done,
                 Some(deactivate) => {
-                    let run = context::scope(shared.half_ref(peer), AssertUnwindSafe(deactivate()).catch_unwind());
+                    let half = shared.half_ref(peer, generation);
+                    let run = context::scope(half, AssertUnwindSafe(deactivate()).catch_unwind());
                     match tokio::time::timeout(Duration::from_millis(timeout_ms), run).await {
                         Ok(Ok(())) => Completion::Done,
                         Ok(Err(panic)) => Completion::Panicked {
@@ -451,14 +494,19 @@ impl Shared {
                     }
                 }
             };
-            shared.remove_half(peer);
+            shared.remove_half(peer, generation);
             shared.complete(completion, &result);
         });
     }
 
-    fn remove_half(&self, peer: Peer) {
-        let half = self.state().halves.remove(&peer);
-        // Dropped outside the lock: dropping listeners and tasks may run author destructors.
+    fn remove_half(&self, peer: Peer, generation: u64) {
+        let mut state = self.state();
+        let half = match state.halves.get(&peer) {
+            Some(half) if half.generation == generation => state.halves.remove(&peer),
+            _ => None,
+        };
+        drop(state);
+        // Shut down outside the lock: dropping listeners and tasks may run author destructors.
         if let Some(half) = half {
             half.shut_down();
         }
@@ -481,7 +529,9 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 pub(crate) struct Instance {
     pub(crate) shared: Arc<Shared>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    finished: std::sync::mpsc::Receiver<()>,
+    /// Behind a mutex only so `Instance` is `Sync`: the host may call `control`/`deliver` from
+    /// any thread, and only `destroy` (which owns the instance) reads it.
+    finished: Mutex<std::sync::mpsc::Receiver<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -527,7 +577,7 @@ impl Instance {
         Ok(Instance {
             shared,
             shutdown: Some(shutdown),
-            finished,
+            finished: Mutex::new(finished),
             thread: Some(thread),
         })
     }
@@ -543,7 +593,12 @@ impl Instance {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
-        let finished = self.finished.recv_timeout(DESTROY_WAIT).is_ok();
+        let finished = self
+            .finished
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .recv_timeout(DESTROY_WAIT)
+            .is_ok();
         if let Some(thread) = self.thread.take() {
             if finished {
                 let _ = thread.join();

@@ -36,8 +36,8 @@ pub(crate) struct Reply {
 /// The author's object for a half, type-erased: all we can do with it is deactivate it.
 pub(crate) type Deactivator = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
 
-#[derive(Default)]
 pub(crate) struct Half {
+    pub(crate) generation: u64,
     pub(crate) listeners: HashMap<String, Vec<(u64, ListenerFn)>>,
     pub(crate) handlers: HashMap<String, (u64, HandlerFn)>,
     pub(crate) pending: HashMap<u64, oneshot::Sender<Reply>>,
@@ -45,9 +45,24 @@ pub(crate) struct Half {
     pub(crate) running: HashMap<(Peer, u64), AbortHandle>,
     pub(crate) tasks: HashMap<u64, AbortHandle>,
     pub(crate) user: Option<Deactivator>,
+    /// The task running the half's `activate`, aborted if the half goes away first.
+    pub(crate) activation: Option<AbortHandle>,
 }
 
 impl Half {
+    pub(crate) fn new(generation: u64) -> Half {
+        Half {
+            generation,
+            listeners: HashMap::new(),
+            handlers: HashMap::new(),
+            pending: HashMap::new(),
+            running: HashMap::new(),
+            tasks: HashMap::new(),
+            user: None,
+            activation: None,
+        }
+    }
+
     pub(crate) fn snapshot(&self, peer: Peer) -> HalfSnapshot {
         let mut handlers: Vec<String> = self.handlers.keys().cloned().collect();
         handlers.sort();
@@ -66,9 +81,15 @@ impl Half {
         }
     }
 
-    /// Stops everything the half runs. Pending invokes see their sender dropped.
+    /// Stops everything the half runs. Pending invokes see their sender dropped. Call it
+    /// outside the state lock: what it drops may run author destructors.
     pub(crate) fn shut_down(self) {
-        for abort in self.running.values().chain(self.tasks.values()) {
+        for abort in self
+            .running
+            .values()
+            .chain(self.tasks.values())
+            .chain(self.activation.iter())
+        {
             abort.abort();
         }
     }
@@ -77,4 +98,11 @@ impl Half {
 #[derive(Default)]
 pub(crate) struct State {
     pub(crate) halves: HashMap<Peer, Half>,
+}
+
+impl State {
+    /// The half `peer`, if it is still generation `generation`.
+    pub(crate) fn half_mut(&mut self, peer: Peer, generation: u64) -> Option<&mut Half> {
+        self.halves.get_mut(&peer).filter(|half| half.generation == generation)
+    }
 }
