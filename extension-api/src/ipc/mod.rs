@@ -1,0 +1,252 @@
+//! The IPC handles an extension's halves use: [`Main`] in the host, [`Renderer`] in every frame.
+//! Both reach only their own extension's namespace; nothing here can name another extension.
+
+mod disposer;
+mod half;
+
+pub use disposer::Disposer;
+pub(crate) use half::HalfHandle;
+
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::abi::{PEER_HOST, PEER_MAIN, Peer};
+use crate::channel::{EventChannelName, RequestChannelName};
+use crate::error::{InvokeError, IpcError};
+use crate::runtime::context::{self, HalfRef};
+
+/// How long an `invoke` waits for its reply unless told otherwise.
+pub const DEFAULT_INVOKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A frame (renderer context) number, unique for the host's lifetime of the frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
+pub struct FrameId(pub u64);
+
+impl fmt::Display for FrameId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "frame {}", self.0)
+    }
+}
+
+/// Who sent an event or a request. The host stamps it; a sender cannot choose it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Sender {
+    /// The extension's main half.
+    Main,
+    /// The extension's renderer half in this frame.
+    Frame(FrameId),
+    /// The host itself: its dev console or a test harness acting as a renderer.
+    Host,
+}
+
+impl Sender {
+    /// The sender a wire peer number stands for.
+    pub fn from_peer(peer: Peer) -> Sender {
+        match peer {
+            PEER_MAIN => Sender::Main,
+            PEER_HOST => Sender::Host,
+            frame => Sender::Frame(FrameId(frame)),
+        }
+    }
+}
+
+impl fmt::Display for Sender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Sender::Main => f.write_str("main"),
+            Sender::Frame(frame) => frame.fmt(f),
+            Sender::Host => f.write_str("host"),
+        }
+    }
+}
+
+/// A broadcast as a listener receives it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event<T> {
+    pub sender: Sender,
+    pub value: T,
+}
+
+/// What a handler learns about a request besides its value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RequestMeta {
+    pub sender: Sender,
+}
+
+/// The main half's IPC: listen and broadcast, and handle requests from renderers.
+///
+/// Cheap to clone. Reachable from anywhere in the main half's code with [`Main::get`].
+#[derive(Clone)]
+pub struct Main {
+    half: HalfHandle,
+}
+
+impl Main {
+    pub(crate) fn new(half: HalfRef) -> Main {
+        Main {
+            half: HalfHandle::from_ref(half),
+        }
+    }
+
+    /// The main half of this extension, from anywhere in its code (Lens's `getInstance()`).
+    /// Fails when the extension is not active in this process.
+    pub fn get() -> Result<Main, IpcError> {
+        let not_active = IpcError::NoContext("Main::get(): the extension's main half is not active in this process");
+        let shared = context::instance().ok_or(not_active.clone())?;
+        let generation = shared
+            .upgrade()
+            .and_then(|shared| shared.state().halves.get(&PEER_MAIN).map(|half| half.generation))
+            .ok_or(not_active)?;
+        Ok(Main::new(HalfRef {
+            shared,
+            peer: PEER_MAIN,
+            generation,
+        }))
+    }
+
+    /// Calls `listener` for every broadcast on `channel` from main or any frame (including this
+    /// half's own broadcasts). A value that does not decode as `T` skips this listener (and is
+    /// logged with the channel and the decode error); other listeners still run.
+    pub fn listen<T, C, F>(&self, channel: C, listener: F) -> Result<Disposer, IpcError>
+    where
+        T: DeserializeOwned + 'static,
+        C: EventChannelName<T>,
+        F: Fn(Event<T>) + Send + Sync + 'static,
+    {
+        self.half.listen(channel, listener)
+    }
+
+    /// Sends `value` to every listener of `channel` in main and in every open frame, once each.
+    pub fn broadcast<T, C>(&self, channel: C, value: &T) -> Result<(), IpcError>
+    where
+        T: Serialize + ?Sized,
+        C: EventChannelName<T>,
+    {
+        self.half.broadcast(channel, value)
+    }
+
+    /// Answers renderers' `invoke`s on `channel`. One handler per channel: a second `handle`
+    /// is [`IpcError::AlreadyHandled`] until the first is disposed. An `Err(e)` reaches the
+    /// caller as [`InvokeErrorKind::Handler`] with `e`'s text and `e` itself as data.
+    pub fn handle<Req, Resp, E, C, F, Fut>(&self, channel: C, handler: F) -> Result<Disposer, IpcError>
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + 'static,
+        E: Serialize + fmt::Display + 'static,
+        C: RequestChannelName<Req, Resp>,
+        F: Fn(Req, RequestMeta) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, E>> + Send + 'static,
+    {
+        self.half.handle(channel, handler)
+    }
+
+    /// Spawns a task that belongs to the main half: it is aborted on deactivate, and
+    /// [`Main::get`] works inside it.
+    pub fn spawn<F>(&self, future: F) -> Result<tokio::task::JoinHandle<F::Output>, IpcError>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.half.spawn(future)
+    }
+}
+
+/// A renderer half's IPC, in one frame: listen and broadcast, and invoke main's handlers.
+///
+/// Cheap to clone. Reachable from anywhere in the renderer half's code with
+/// [`Renderer::current`].
+#[derive(Clone)]
+pub struct Renderer {
+    half: HalfHandle,
+}
+
+impl Renderer {
+    pub(crate) fn new(half: HalfRef) -> Renderer {
+        Renderer {
+            half: HalfHandle::from_ref(half),
+        }
+    }
+
+    /// The renderer half whose code is running: inside `activate`, listeners, and tasks
+    /// started with [`Renderer::spawn`]. Several frames can run in one process, so this is
+    /// per task, not per process.
+    pub fn current() -> Result<Renderer, IpcError> {
+        match context::current() {
+            Some(half) if half.peer != PEER_MAIN => Ok(Renderer::new(half)),
+            _ => Err(IpcError::NoContext(
+                "Renderer::current(): not running in a renderer half (use the handle given to activate, or spawn with Renderer::spawn)",
+            )),
+        }
+    }
+
+    /// The frame this renderer half runs in.
+    pub fn frame(&self) -> FrameId {
+        FrameId(self.half.peer)
+    }
+
+    /// See [`Main::listen`].
+    pub fn listen<T, C, F>(&self, channel: C, listener: F) -> Result<Disposer, IpcError>
+    where
+        T: DeserializeOwned + 'static,
+        C: EventChannelName<T>,
+        F: Fn(Event<T>) + Send + Sync + 'static,
+    {
+        self.half.listen(channel, listener)
+    }
+
+    /// See [`Main::broadcast`].
+    pub fn broadcast<T, C>(&self, channel: C, value: &T) -> Result<(), IpcError>
+    where
+        T: Serialize + ?Sized,
+        C: EventChannelName<T>,
+    {
+        self.half.broadcast(channel, value)
+    }
+
+    /// Asks main's handler on `channel`, waiting at most [`DEFAULT_INVOKE_TIMEOUT`].
+    ///
+    /// The request is sent by this call, not when the future is first polled, so requests and
+    /// broadcasts leave in the order they are made. Dropping the future cancels the request
+    /// (main's handler task is aborted).
+    pub fn invoke<Req, Resp, C>(
+        &self,
+        channel: C,
+        value: &Req,
+    ) -> impl Future<Output = Result<Resp, InvokeError>> + Send + 'static
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned + Send + 'static,
+        C: RequestChannelName<Req, Resp>,
+    {
+        self.half.invoke(PEER_MAIN, channel, value, DEFAULT_INVOKE_TIMEOUT)
+    }
+
+    /// [`Renderer::invoke`] with its own timeout.
+    pub fn invoke_with_timeout<Req, Resp, C>(
+        &self,
+        channel: C,
+        value: &Req,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Resp, InvokeError>> + Send + 'static
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned + Send + 'static,
+        C: RequestChannelName<Req, Resp>,
+    {
+        self.half.invoke(PEER_MAIN, channel, value, timeout)
+    }
+
+    /// Spawns a task that belongs to this frame's renderer half: aborted when the frame
+    /// closes or the extension is deactivated; [`Renderer::current`] works inside it.
+    pub fn spawn<F>(&self, future: F) -> Result<tokio::task::JoinHandle<F::Output>, IpcError>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.half.spawn(future)
+    }
+}
