@@ -74,6 +74,10 @@ pub mod kind {
     pub const INVOKE: u32 = 2;
     pub const REPLY: u32 = 3;
     pub const CANCEL: u32 = 4;
+    /// A renderer half asks main to sequence a store write (payload: `wire::StoreWrite`).
+    pub const STORE_WRITE: u32 = 5;
+    /// Main publishes a sequenced store write to every replica (payload: `wire::StoreUpdate`).
+    pub const STORE_UPDATE: u32 = 6;
 }
 
 /// Status codes returned by calls across the boundary, and carried by replies.

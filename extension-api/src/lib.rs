@@ -41,10 +41,28 @@ pub mod wire;
 pub use channel::{EventChannel, EventChannelName, RequestChannel, RequestChannelName};
 pub use error::{BoxError, InvokeError, InvokeErrorKind, IpcError};
 pub use extension::{MainExtension, NoRenderer, RendererExtension};
-pub use ipc::{DEFAULT_INVOKE_TIMEOUT, Disposer, Event, FrameId, Main, Renderer, RequestMeta, Sender};
+pub use ipc::{
+    DEFAULT_INVOKE_TIMEOUT, Disposer, Event, FrameId, Main, Renderer, RequestMeta, STORE_VALUE_LIMIT, Sender, Store,
+    StoreChange, StoreError, StoreKey, StoreKeyName,
+};
 
-/// Used by [`export_extension!`]; not part of the API.
+/// Typed functions main exposes to renderers: put it on a trait of `async fn`s. See
+/// the `extension-api-macros` crate for what it generates.
+pub use extension_api_macros::exposed;
+
+/// Used by [`export_extension!`] and [`exposed`]; not part of the API.
 #[doc(hidden)]
 pub mod __private {
     pub use crate::runtime::export::descriptor;
+
+    /// The error type of exposed functions' handlers: they cannot fail (their failures are
+    /// `InvokeError`s: panics, timeouts, ...).
+    #[derive(Debug, serde::Serialize)]
+    pub enum Never {}
+
+    impl std::fmt::Display for Never {
+        fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match *self {}
+        }
+    }
 }

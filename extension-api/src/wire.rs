@@ -103,4 +103,34 @@ pub struct HalfSnapshot {
     pub running_handlers: usize,
     /// Tasks spawned through the half's handle and still alive.
     pub tasks: usize,
+    /// Keys in the half's store replica, and the last sequence number it applied.
+    pub store_keys: usize,
+    pub store_seq: u64,
+    /// Store watchers.
+    pub watchers: usize,
+}
+
+/// A store write a renderer half asks main to sequence.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StoreWrite {
+    /// Chosen by the writer, to recognise its own write when it comes back sequenced.
+    pub write_id: u64,
+    pub key: String,
+    /// The new MessagePack value; `None` deletes the key.
+    #[serde(with = "serde_bytes", default)]
+    pub value: Option<Vec<u8>>,
+}
+
+/// A write as main sequenced it: every replica applies updates in `seq` order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StoreUpdate {
+    /// 1 for the first write of an activation, then +1 per write.
+    pub seq: u64,
+    pub key: String,
+    #[serde(with = "serde_bytes", default)]
+    pub old: Option<Vec<u8>>,
+    #[serde(with = "serde_bytes", default)]
+    pub new: Option<Vec<u8>>,
+    pub writer: Peer,
+    pub write_id: u64,
 }

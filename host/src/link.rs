@@ -342,11 +342,30 @@ impl Link {
         match message.kind {
             abi::kind::BROADCAST => self.route_broadcast(message),
             abi::kind::INVOKE => {
-                // Renderer halves invoke main. (Main invoking a frame is the next protocol step.)
+                // A renderer half invokes main; main invokes one open frame.
+                let to_main = message.origin != PEER_MAIN && message.target == PEER_MAIN;
+                let to_frame = message.origin == PEER_MAIN && message.target != PEER_MAIN;
+                if !to_main && !to_frame {
+                    return abi::status::INVALID;
+                }
+                if to_frame && !self.origin_is_valid(message.target) {
+                    return abi::status::NO_SUCH_PEER;
+                }
+                self.route_invoke(message)
+            }
+            abi::kind::STORE_WRITE => {
+                // A renderer half's write goes to main, which sequences it.
                 if message.origin == PEER_MAIN || message.target != PEER_MAIN {
                     return abi::status::INVALID;
                 }
-                self.route_invoke(message)
+                self.deliver(message)
+            }
+            abi::kind::STORE_UPDATE => {
+                // Only main sequences writes; an update reaches every replica.
+                if message.origin != PEER_MAIN {
+                    return abi::status::INVALID;
+                }
+                self.deliver(&RawMessage { target: PEER_ALL, ..*message })
             }
             abi::kind::REPLY => {
                 // Only the half the request went to may answer it; a late or forged reply is dropped

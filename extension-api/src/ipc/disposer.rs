@@ -1,39 +1,58 @@
-//! Disposers: what `listen`, `handle` and `watch` return.
+//! Disposers: what `listen`, `handle`, `watch` and `expose` return.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Weak;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::abi::Peer;
 use crate::runtime::Shared;
 
-/// Removes a listener or handler. Disposing twice is harmless; dropping a `Disposer` without
-/// calling [`Disposer::dispose`] keeps the registration (everything is removed on deactivate).
+/// Removes a registration (a listener, a handler, a store watcher, or a group of them).
+/// Disposing twice is harmless; dropping a `Disposer` without calling [`Disposer::dispose`]
+/// keeps the registration (everything is removed on deactivate anyway).
 pub struct Disposer {
-    pub(crate) shared: Weak<Shared>,
-    pub(crate) peer: Peer,
-    pub(crate) generation: u64,
-    pub(crate) registration: Registration,
-    pub(crate) disposed: AtomicBool,
+    target: Target,
+    disposed: AtomicBool,
 }
 
+enum Target {
+    One { shared: Weak<Shared>, peer: Peer, generation: u64, registration: Registration },
+    Group(Vec<Disposer>),
+}
+
+#[derive(Debug)]
 pub(crate) enum Registration {
     Listener { channel: String, id: u64 },
     Handler { channel: String, id: u64 },
+    Watcher { id: u64 },
 }
 
 impl Disposer {
+    pub(crate) fn new(shared: Weak<Shared>, peer: Peer, generation: u64, registration: Registration) -> Disposer {
+        Disposer { target: Target::One { shared, peer, generation, registration }, disposed: AtomicBool::new(false) }
+    }
+
+    /// One disposer for several registrations (exposed functions use it for their handlers).
+    pub fn group(disposers: Vec<Disposer>) -> Disposer {
+        Disposer { target: Target::Group(disposers), disposed: AtomicBool::new(false) }
+    }
+
     pub fn dispose(&self) {
         if self.disposed.swap(true, Ordering::AcqRel) {
             return;
         }
-        let Some(shared) = self.shared.upgrade() else { return };
-        let removed = {
-            let mut state = shared.state();
-            let Some(half) = state.half_mut(self.peer, self.generation) else {
+        let (shared, peer, generation, registration) = match &self.target {
+            Target::Group(disposers) => {
+                disposers.iter().for_each(Disposer::dispose);
                 return;
-            };
-            match &self.registration {
+            }
+            Target::One { shared, peer, generation, registration } => (shared, *peer, *generation, registration),
+        };
+        let Some(shared) = shared.upgrade() else { return };
+        let removed: Option<Box<dyn Send>> = {
+            let mut state = shared.state();
+            let Some(half) = state.half_mut(peer, generation) else { return };
+            match registration {
                 Registration::Listener { channel, id } => {
                     let list = half.listeners.get_mut(channel);
                     let removed =
@@ -45,12 +64,14 @@ impl Disposer {
                 }
                 Registration::Handler { channel, id } => {
                     if half.handlers.get(channel).is_some_and(|(each, _)| each == id) {
-                        half.handlers
-                            .remove(channel)
-                            .map(|handler| Box::new(handler) as Box<dyn Send>)
+                        half.handlers.remove(channel).map(|handler| Box::new(handler) as Box<dyn Send>)
                     } else {
                         None
                     }
+                }
+                Registration::Watcher { id } => {
+                    let at = half.watchers.iter().position(|watcher| watcher.id == *id);
+                    at.map(|at| Box::new(half.watchers.remove(at)) as Box<dyn Send>)
                 }
             }
         };
@@ -66,14 +87,11 @@ impl Disposer {
 
 impl fmt::Debug for Disposer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (what, channel) = match &self.registration {
-            Registration::Listener { channel, .. } => ("listener", channel),
-            Registration::Handler { channel, .. } => ("handler", channel),
+        let mut debug = f.debug_struct("Disposer");
+        match &self.target {
+            Target::One { registration, .. } => debug.field("registration", registration),
+            Target::Group(disposers) => debug.field("group", disposers),
         };
-        f.debug_struct("Disposer")
-            .field("what", &what)
-            .field("channel", channel)
-            .field("disposed", &self.is_disposed())
-            .finish()
+        debug.field("disposed", &self.is_disposed()).finish()
     }
 }

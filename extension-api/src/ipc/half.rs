@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -39,13 +39,7 @@ impl HalfHandle {
     }
 
     pub(crate) fn disposer(&self, registration: Registration) -> Disposer {
-        Disposer {
-            shared: self.shared.clone(),
-            peer: self.peer,
-            generation: self.generation,
-            registration,
-            disposed: AtomicBool::new(false),
-        }
+        Disposer::new(self.shared.clone(), self.peer, self.generation, registration)
     }
 
     pub(crate) fn shared(&self, operation: &'static str) -> Result<Arc<Shared>, IpcError> {
@@ -175,7 +169,7 @@ impl HalfHandle {
         channel: C,
         value: &Req,
         timeout: Duration,
-    ) -> impl Future<Output = Result<Resp, InvokeError>> + Send + 'static
+    ) -> impl Future<Output = Result<Resp, InvokeError>> + Send + 'static + use<Req, Resp, C>
     where
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned + Send + 'static,

@@ -3,8 +3,10 @@
 
 mod disposer;
 mod half;
+pub(crate) mod store;
 
 pub use disposer::Disposer;
+pub use store::{STORE_VALUE_LIMIT, Store, StoreChange, StoreError, StoreKey, StoreKeyName};
 pub(crate) use half::HalfHandle;
 
 use std::fmt;
@@ -144,6 +146,40 @@ impl Main {
         self.half.handle(channel, handler)
     }
 
+    /// The extension's store, from main's replica (main sequences every write).
+    pub fn store(&self) -> Store {
+        Store::new(self.half.clone())
+    }
+
+    /// The frames where this extension's renderer half is open, in order.
+    pub fn frames(&self) -> Vec<FrameId> {
+        let Ok(shared) = self.half.shared("frames") else { return Vec::new() };
+        let state = shared.state();
+        let mut frames: Vec<FrameId> =
+            state.halves.keys().filter(|peer| **peer != PEER_MAIN).map(|peer| FrameId(*peer)).collect();
+        frames.sort();
+        frames
+    }
+
+    /// Asks the renderer half in `frame` (its handler on `channel`) and waits at most
+    /// `timeout`. A frame that is closed or closing answers [`InvokeErrorKind::FrameClosed`].
+    ///
+    /// [`InvokeErrorKind::FrameClosed`]: crate::InvokeErrorKind::FrameClosed
+    pub fn invoke_frame<Req, Resp, C>(
+        &self,
+        frame: FrameId,
+        channel: C,
+        value: &Req,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Resp, InvokeError>> + Send + 'static + use<Req, Resp, C>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned + Send + 'static,
+        C: RequestChannelName<Req, Resp>,
+    {
+        self.half.invoke(frame.0, channel, value, timeout)
+    }
+
     /// Spawns a task that belongs to the main half: it is aborted on deactivate, and
     /// [`Main::get`] works inside it.
     pub fn spawn<F>(&self, future: F) -> Result<tokio::task::JoinHandle<F::Output>, IpcError>
@@ -216,7 +252,7 @@ impl Renderer {
         &self,
         channel: C,
         value: &Req,
-    ) -> impl Future<Output = Result<Resp, InvokeError>> + Send + 'static
+    ) -> impl Future<Output = Result<Resp, InvokeError>> + Send + 'static + use<Req, Resp, C>
     where
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned + Send + 'static,
@@ -231,13 +267,31 @@ impl Renderer {
         channel: C,
         value: &Req,
         timeout: Duration,
-    ) -> impl Future<Output = Result<Resp, InvokeError>> + Send + 'static
+    ) -> impl Future<Output = Result<Resp, InvokeError>> + Send + 'static + use<Req, Resp, C>
     where
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned + Send + 'static,
         C: RequestChannelName<Req, Resp>,
     {
         self.half.invoke(PEER_MAIN, channel, value, timeout)
+    }
+
+    /// Answers main's [`Main::invoke_frame`] on `channel` in this frame. See [`Main::handle`].
+    pub fn handle<Req, Resp, E, C, F, Fut>(&self, channel: C, handler: F) -> Result<Disposer, IpcError>
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + 'static,
+        E: Serialize + fmt::Display + 'static,
+        C: RequestChannelName<Req, Resp>,
+        F: Fn(Req, RequestMeta) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, E>> + Send + 'static,
+    {
+        self.half.handle(channel, handler)
+    }
+
+    /// The extension's store, from this frame's replica.
+    pub fn store(&self) -> Store {
+        Store::new(self.half.clone())
     }
 
     /// Spawns a task that belongs to this frame's renderer half: aborted when the frame

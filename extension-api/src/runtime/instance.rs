@@ -77,6 +77,8 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     factory: Factory,
     next_id: AtomicU64,
+    /// Held while a store write is sequenced and published, so updates leave in order.
+    pub(crate) store_order: Mutex<()>,
     pub(crate) decode_failures: AtomicU64,
     pub(crate) listener_panics: AtomicU64,
 }
@@ -184,6 +186,8 @@ impl Shared {
         match envelope.kind {
             abi::kind::BROADCAST => self.dispatch_broadcast(&envelope),
             abi::kind::INVOKE => self.dispatch_invoke(envelope),
+            abi::kind::STORE_WRITE => self.dispatch_store_write(envelope.origin, &envelope.payload),
+            abi::kind::STORE_UPDATE => self.dispatch_store_update(&envelope.payload),
             abi::kind::REPLY => {
                 let sender = self
                     .state()
@@ -395,7 +399,17 @@ impl Shared {
     /// so closing the half before activation finishes stops it.
     fn spawn_activation(self: &Arc<Self>, completion: u64, peer: Peer) {
         let generation = self.next_id();
-        let replaced = self.state().halves.insert(peer, Half::new(generation));
+        let replaced = {
+            let mut state = self.state();
+            let mut half = Half::new(generation);
+            // A frame starts with main's current store: the snapshot is there before `activate`.
+            if peer != PEER_MAIN
+                && let Some(main) = state.halves.get(&PEER_MAIN)
+            {
+                half.replica = main.replica.clone();
+            }
+            state.halves.insert(peer, half)
+        };
         if let Some(old) = replaced {
             tracing::warn!("half {peer} was activated again while running; the old one is shut down");
             old.shut_down();
@@ -557,6 +571,7 @@ impl Instance {
             state: Mutex::new(State::default()),
             factory,
             next_id: AtomicU64::new(1),
+            store_order: Mutex::new(()),
             decode_failures: AtomicU64::new(0),
             listener_panics: AtomicU64::new(0),
         });

@@ -7,9 +7,10 @@ pub mod export;
 mod instance;
 pub(crate) mod logging;
 mod state;
+mod store;
 
 pub(crate) use instance::Shared;
-pub(crate) use state::{HandlerFn, ListenerFn, RawEvent, Reply};
+pub(crate) use state::{HandlerFn, ListenerFn, RawEvent, Replica, Reply, Watcher};
 
 /// Text of a caught panic payload.
 pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {

@@ -1,7 +1,7 @@
 //! The routing tables of one instance: per half, its listeners, handlers, pending invokes,
 //! running handler tasks and spawned tasks.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
@@ -10,7 +10,7 @@ use tokio::task::AbortHandle;
 
 use crate::InvokeErrorKind;
 use crate::abi::Peer;
-use crate::ipc::Sender;
+use crate::ipc::{Sender, StoreChange, StoreError};
 use crate::wire::{ErrorPayload, HalfSnapshot};
 
 /// A broadcast as a listener sees it before decoding.
@@ -33,6 +33,20 @@ pub(crate) struct Reply {
     pub(crate) payload: Vec<u8>,
 }
 
+/// A store watcher: `key` `None` watches every key.
+pub(crate) struct Watcher {
+    pub(crate) id: u64,
+    pub(crate) key: Option<String>,
+    pub(crate) callback: Arc<dyn Fn(&StoreChange) + Send + Sync>,
+}
+
+/// A half's copy of the extension's store, and the last sequence number applied to it.
+#[derive(Clone, Default)]
+pub(crate) struct Replica {
+    pub(crate) values: BTreeMap<String, Vec<u8>>,
+    pub(crate) seq: u64,
+}
+
 /// The author's object for a half, type-erased: all we can do with it is deactivate it.
 pub(crate) type Deactivator = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
 
@@ -47,6 +61,10 @@ pub(crate) struct Half {
     pub(crate) user: Option<Deactivator>,
     /// The task running the half's `activate`, aborted if the half goes away first.
     pub(crate) activation: Option<AbortHandle>,
+    pub(crate) replica: Replica,
+    pub(crate) watchers: Vec<Watcher>,
+    /// Store writes this (renderer) half sent to main and waits to see sequenced.
+    pub(crate) store_pending: HashMap<u64, oneshot::Sender<Result<(), StoreError>>>,
 }
 
 impl Half {
@@ -60,6 +78,9 @@ impl Half {
             tasks: HashMap::new(),
             user: None,
             activation: None,
+            replica: Replica::default(),
+            watchers: Vec::new(),
+            store_pending: HashMap::new(),
         }
     }
 
@@ -78,6 +99,9 @@ impl Half {
             pending_requests: self.pending.len(),
             running_handlers: self.running.len(),
             tasks: self.tasks.len(),
+            store_keys: self.replica.values.len(),
+            store_seq: self.replica.seq,
+            watchers: self.watchers.len(),
         }
     }
 

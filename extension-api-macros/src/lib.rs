@@ -1,0 +1,221 @@
+//! `#[exposed]`: turns a trait of `async fn`s into functions main exposes and renderers call
+//! through a generated, typed client. Use it through `extension_api::exposed`.
+//!
+//! For `trait Config` it generates:
+//! - the trait itself, its methods returning `Send` futures (implement them with `async fn`);
+//! - `ConfigClient`, whose methods take the same arguments and return
+//!   `Result<R, extension_api::InvokeError>`;
+//! - `expose_config(&main, implementation) -> Result<Disposer, IpcError>`.
+//!
+//! Each method travels on the reserved channel `expose:Config.method`, its arguments as a
+//! tuple. No channel string appears in the author's code.
+
+use proc_macro::TokenStream;
+use proc_macro2::{Span, TokenStream as TokenStream2};
+use quote::{format_ident, quote};
+use syn::spanned::Spanned;
+use syn::{FnArg, Ident, ItemTrait, Pat, ReturnType, TraitItem, Type, parse_macro_input};
+
+/// See the crate documentation.
+#[proc_macro_attribute]
+pub fn exposed(attribute: TokenStream, item: TokenStream) -> TokenStream {
+    if !attribute.is_empty() {
+        let error = syn::Error::new(Span::call_site(), "`#[exposed]` takes no arguments");
+        return error.to_compile_error().into();
+    }
+    let input = parse_macro_input!(item as ItemTrait);
+    match expand(input) {
+        Ok(tokens) => tokens.into(),
+        Err(error) => error.to_compile_error().into(),
+    }
+}
+
+struct Method {
+    name: Ident,
+    arguments: Vec<(Ident, Type)>,
+    output: Type,
+    docs: Vec<syn::Attribute>,
+}
+
+fn expand(input: ItemTrait) -> syn::Result<TokenStream2> {
+    if !input.generics.params.is_empty() {
+        return Err(syn::Error::new(input.generics.span(), "an `#[exposed]` trait cannot be generic"));
+    }
+    let mut methods = Vec::new();
+    for item in &input.items {
+        let TraitItem::Fn(function) = item else {
+            return Err(syn::Error::new(item.span(), "an `#[exposed]` trait can only contain `async fn` methods"));
+        };
+        methods.push(method(function)?);
+    }
+    let vis = &input.vis;
+    let trait_name = &input.ident;
+    let trait_attrs = &input.attrs;
+    let client = format_ident!("{}Client", trait_name);
+    let expose_fn = format_ident!("expose_{}", snake_case(&trait_name.to_string()));
+    let trait_methods = methods.iter().map(|m| {
+        let Method { name, arguments, output, docs } = m;
+        let args = arguments.iter().map(|(arg, ty)| quote! { #arg: #ty });
+        quote! {
+            #(#docs)*
+            fn #name(&self, #(#args),*) -> impl ::core::future::Future<Output = #output> + ::core::marker::Send;
+        }
+    });
+    let client_methods = methods.iter().map(|m| {
+        let Method { name, arguments, output, docs } = m;
+        let channel = format!("expose:{trait_name}.{name}");
+        let args = arguments.iter().map(|(arg, ty)| quote! { #arg: #ty });
+        let names = arguments.iter().map(|(arg, _)| arg);
+        let types = arguments.iter().map(|(_, ty)| ty);
+        quote! {
+            #(#docs)*
+            pub fn #name(&self, #(#args),*) -> impl ::core::future::Future<
+                Output = ::core::result::Result<#output, ::extension_api::InvokeError>,
+            > + ::core::marker::Send + 'static {
+                self.renderer.invoke_with_timeout::<(#(#types,)*), #output, &str>(
+                    #channel,
+                    &(#(#names,)*),
+                    self.timeout,
+                )
+            }
+        }
+    });
+    let registrations = methods.iter().map(|m| {
+        let Method { name, arguments, output, .. } = m;
+        let channel = format!("expose:{trait_name}.{name}");
+        let names: Vec<_> = arguments.iter().map(|(arg, _)| arg).collect();
+        let types = arguments.iter().map(|(_, ty)| ty);
+        quote! {
+            {
+                let implementation = implementation.clone();
+                let registered = main.handle::<(#(#types,)*), #output, ::extension_api::__private::Never, &str, _, _>(
+                    #channel,
+                    move |(#(#names,)*), _meta| {
+                        let implementation = implementation.clone();
+                        async move {
+                            ::core::result::Result::Ok(
+                                #trait_name::#name(&*implementation, #(#names),*).await,
+                            )
+                        }
+                    },
+                );
+                match registered {
+                    ::core::result::Result::Ok(disposer) => disposers.push(disposer),
+                    ::core::result::Result::Err(error) => {
+                        ::extension_api::Disposer::group(disposers).dispose();
+                        return ::core::result::Result::Err(error);
+                    }
+                }
+            }
+        }
+    });
+    let client_doc = format!("Calls the functions of [`{trait_name}`] that main exposes, from a renderer half.");
+    let expose_doc = format!(
+        "Exposes `implementation` as main's [`{trait_name}`]: renderers call it through [`{client}`]. \
+         Fails if it is already exposed; dispose the returned disposer to withdraw it (calls then \
+         fail with `InvokeErrorKind::NoHandler`)."
+    );
+    Ok(quote! {
+        #(#trait_attrs)*
+        #vis trait #trait_name: ::core::marker::Send + ::core::marker::Sync + 'static {
+            #(#trait_methods)*
+        }
+
+        #[doc = #client_doc]
+        #[derive(Clone)]
+        #vis struct #client {
+            renderer: ::extension_api::Renderer,
+            timeout: ::core::time::Duration,
+        }
+
+        impl #client {
+            /// A client calling through `renderer`, waiting [`extension_api::DEFAULT_INVOKE_TIMEOUT`] per call.
+            pub fn new(renderer: &::extension_api::Renderer) -> Self {
+                Self { renderer: renderer.clone(), timeout: ::extension_api::DEFAULT_INVOKE_TIMEOUT }
+            }
+
+            /// The same client with another per-call timeout.
+            pub fn with_timeout(mut self, timeout: ::core::time::Duration) -> Self {
+                self.timeout = timeout;
+                self
+            }
+
+            #(#client_methods)*
+        }
+
+        #[doc = #expose_doc]
+        #vis fn #expose_fn<T: #trait_name>(
+            main: &::extension_api::Main,
+            implementation: T,
+        ) -> ::core::result::Result<::extension_api::Disposer, ::extension_api::IpcError> {
+            let implementation = ::std::sync::Arc::new(implementation);
+            let mut disposers = ::std::vec::Vec::new();
+            #(#registrations)*
+            ::core::result::Result::Ok(::extension_api::Disposer::group(disposers))
+        }
+    })
+}
+
+fn method(function: &syn::TraitItemFn) -> syn::Result<Method> {
+    let signature = &function.sig;
+    if signature.asyncness.is_none() {
+        return Err(syn::Error::new(
+            signature.fn_token.span(),
+            "exposed functions are called across processes, so they must be `async fn`",
+        ));
+    }
+    if !signature.generics.params.is_empty() {
+        return Err(syn::Error::new(signature.generics.span(), "an exposed function cannot be generic"));
+    }
+    if function.default.is_some() {
+        return Err(syn::Error::new(function.span(), "an exposed function cannot have a default body"));
+    }
+    let mut inputs = signature.inputs.iter();
+    match inputs.next() {
+        Some(FnArg::Receiver(receiver)) if receiver.reference.is_some() && receiver.mutability.is_none() => {}
+        Some(other) => {
+            return Err(syn::Error::new(
+                other.span(),
+                "an exposed function takes `&self` (the implementation is shared by concurrent calls)",
+            ));
+        }
+        None => return Err(syn::Error::new(signature.span(), "an exposed function takes `&self`")),
+    }
+    let mut arguments = Vec::new();
+    for input in inputs {
+        let FnArg::Typed(typed) = input else {
+            return Err(syn::Error::new(input.span(), "`self` may only be the first argument"));
+        };
+        let Pat::Ident(pattern) = &*typed.pat else {
+            return Err(syn::Error::new(typed.pat.span(), "name each argument of an exposed function with a plain identifier"));
+        };
+        if let Type::Reference(reference) = &*typed.ty {
+            return Err(syn::Error::new(
+                reference.span(),
+                "arguments of exposed functions are copied across the boundary: take them by value (for example `String` instead of `&str`)",
+            ));
+        }
+        arguments.push((pattern.ident.clone(), (*typed.ty).clone()));
+    }
+    let output = match &signature.output {
+        ReturnType::Default => syn::parse_quote!(()),
+        ReturnType::Type(_, ty) => (**ty).clone(),
+    };
+    let docs = function.attrs.iter().filter(|attr| attr.path().is_ident("doc")).cloned().collect();
+    Ok(Method { name: signature.ident.clone(), arguments, output, docs })
+}
+
+fn snake_case(name: &str) -> String {
+    let mut out = String::new();
+    for (index, character) in name.chars().enumerate() {
+        if character.is_uppercase() {
+            if index > 0 {
+                out.push('_');
+            }
+            out.extend(character.to_lowercase());
+        } else {
+            out.push(character);
+        }
+    }
+    out
+}

@@ -1,0 +1,271 @@
+//! The store: key-value state shared by main and every frame of one extension.
+//!
+//! Main sequences every write; every replica (main's and one per frame) applies the writes in
+//! that order, so all converge. `get` reads the local replica synchronously; `set` and
+//! `delete` resolve once the write is sequenced and applied to the local replica (so a
+//! renderer reads its own writes after awaiting them). A frame holds the current snapshot
+//! before its renderer half's `activate` runs. The store is cleared on deactivate.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{HalfHandle, Sender};
+use crate::abi::{self, PEER_MAIN, Peer};
+use crate::error::IpcError;
+use crate::ipc::Disposer;
+use crate::ipc::disposer::Registration;
+use crate::runtime::Watcher;
+use crate::wire::StoreWrite;
+
+/// Largest encoded value a store key may hold.
+pub const STORE_VALUE_LIMIT: usize = 1 << 20;
+
+/// How long a renderer's `set` waits for main to sequence it.
+const STORE_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A store key whose value has type `T`, declared once and used by both halves.
+pub struct StoreKey<T> {
+    name: &'static str,
+    _value: PhantomData<fn(T) -> T>,
+}
+
+impl<T> StoreKey<T> {
+    pub const fn new(name: &'static str) -> Self {
+        StoreKey { name, _value: PhantomData }
+    }
+    pub const fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+impl<T> Clone for StoreKey<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for StoreKey<T> {}
+
+/// Anything that names a store key holding `T`: a [`StoreKey<T>`] or a `&str`.
+pub trait StoreKeyName<T: ?Sized> {
+    fn key_name(&self) -> &str;
+}
+
+impl<T> StoreKeyName<T> for StoreKey<T> {
+    fn key_name(&self) -> &str {
+        self.name
+    }
+}
+
+impl<T: ?Sized> StoreKeyName<T> for &str {
+    fn key_name(&self) -> &str {
+        self
+    }
+}
+
+/// Why a store operation was refused. Nothing was written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("cannot store `{key}`: the value cannot be serialized: {reason}")]
+    Serialize { key: String, reason: String },
+    #[error("cannot store `{key}`: the value is {size} bytes encoded, over the {limit}-byte limit")]
+    TooLarge { key: String, size: usize, limit: usize },
+    #[error("the value of `{key}` does not decode as {expected}: {reason}")]
+    Decode { key: String, expected: &'static str, reason: String },
+    #[error("the store is gone: the extension is not active or the frame was closed")]
+    Deactivated,
+    #[error("main did not sequence the write of `{key}` within {timeout:?}")]
+    TimedOut { key: String, timeout: Duration },
+}
+
+/// One applied write, as a watcher sees it on its replica.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreChange {
+    pub key: String,
+    /// Who wrote it.
+    pub writer: Sender,
+    /// Its place in main's order of writes.
+    pub seq: u64,
+    pub(crate) old: Option<Vec<u8>>,
+    pub(crate) new: Option<Vec<u8>>,
+}
+
+impl StoreChange {
+    /// The value before the write (`None` if the key was absent).
+    pub fn old_value<T: DeserializeOwned>(&self) -> Result<Option<T>, StoreError> {
+        decode(&self.key, self.old.as_deref())
+    }
+
+    /// The value after the write (`None` if it deleted the key).
+    pub fn new_value<T: DeserializeOwned>(&self) -> Result<Option<T>, StoreError> {
+        decode(&self.key, self.new.as_deref())
+    }
+
+    /// Whether the write deleted the key.
+    pub fn is_delete(&self) -> bool {
+        self.new.is_none()
+    }
+}
+
+fn decode<T: DeserializeOwned>(key: &str, bytes: Option<&[u8]>) -> Result<Option<T>, StoreError> {
+    bytes
+        .map(|bytes| {
+            rmp_serde::from_slice(bytes).map_err(|error| StoreError::Decode {
+                key: key.to_owned(),
+                expected: std::any::type_name::<T>(),
+                reason: error.to_string(),
+            })
+        })
+        .transpose()
+}
+
+/// A half's view of the extension's store. Get it with `Main::store()` or
+/// `Renderer::store()`; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    half: HalfHandle,
+}
+
+impl Store {
+    pub(crate) fn new(half: HalfHandle) -> Store {
+        Store { half }
+    }
+
+    /// The value of `key` in this half's replica.
+    pub fn get<T, K>(&self, key: K) -> Result<Option<T>, StoreError>
+    where
+        T: DeserializeOwned,
+        K: StoreKeyName<T>,
+    {
+        let key = key.key_name();
+        let shared = self.half.shared.upgrade().ok_or(StoreError::Deactivated)?;
+        let bytes = {
+            let mut state = shared.state();
+            let half = state.half_mut(self.half.peer, self.half.generation).ok_or(StoreError::Deactivated)?;
+            half.replica.values.get(key).cloned()
+        };
+        decode(key, bytes.as_deref())
+    }
+
+    /// The keys in this half's replica, in order.
+    pub fn keys(&self) -> Vec<String> {
+        self.with_replica(|replica| replica.values.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    /// The last write (in main's order) this replica has applied; 0 before any.
+    pub fn seq(&self) -> u64 {
+        self.with_replica(|replica| replica.seq).unwrap_or_default()
+    }
+
+    fn with_replica<R>(&self, f: impl FnOnce(&crate::runtime::Replica) -> R) -> Option<R> {
+        let shared = self.half.shared.upgrade()?;
+        let mut state = shared.state();
+        state.half_mut(self.half.peer, self.half.generation).map(|half| f(&half.replica))
+    }
+
+    /// Sets `key` to `value`. A value that cannot be serialized, or is over
+    /// [`STORE_VALUE_LIMIT`], is refused here, and nothing is written. The write is sent by this
+    /// call; the future resolves once it is sequenced and applied to this half's replica.
+    pub fn set<T, K>(&self, key: K, value: &T) -> impl Future<Output = Result<(), StoreError>> + Send + 'static + use<T, K>
+    where
+        T: Serialize + ?Sized,
+        K: StoreKeyName<T>,
+    {
+        let key = key.key_name().to_owned();
+        let encoded = rmp_serde::to_vec_named(value)
+            .map_err(|error| StoreError::Serialize { key: key.clone(), reason: error.to_string() })
+            .and_then(|bytes| match bytes.len() {
+                size if size > STORE_VALUE_LIMIT => Err(StoreError::TooLarge { key: key.clone(), size, limit: STORE_VALUE_LIMIT }),
+                _ => Ok(bytes),
+            });
+        let sent = encoded.and_then(|bytes| self.write(key, Some(bytes)));
+        async move { sent?.await }
+    }
+
+    /// Deletes `key`. Resolves like [`Store::set`].
+    pub fn delete(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send + 'static + use<> {
+        let sent = self.write(key.to_owned(), None);
+        async move { sent?.await }
+    }
+
+    /// Sends a write; returns what waits for it to be applied here.
+    fn write(
+        &self,
+        key: String,
+        value: Option<Vec<u8>>,
+    ) -> Result<impl Future<Output = Result<(), StoreError>> + Send + 'static + use<>, StoreError> {
+        let shared = self.half.shared.upgrade().ok_or(StoreError::Deactivated)?;
+        let (peer, generation) = (self.half.peer, self.half.generation);
+        if peer == PEER_MAIN {
+            // Main is the sequencer: applied to its replica now.
+            shared.sequence_write(PEER_MAIN, 0, key, value)?;
+            return Ok(futures_util::future::Either::Left(std::future::ready(Ok(()))));
+        }
+        let write_id = shared.next_id();
+        let (done, applied) = tokio::sync::oneshot::channel();
+        {
+            let mut state = shared.state();
+            let half = state.half_mut(peer, generation).ok_or(StoreError::Deactivated)?;
+            half.store_pending.insert(write_id, done);
+        }
+        let write = StoreWrite { write_id, key: key.clone(), value };
+        let bytes = rmp_serde::to_vec_named(&write)
+            .map_err(|error| StoreError::Serialize { key: key.clone(), reason: error.to_string() })?;
+        let status = shared.send(abi::kind::STORE_WRITE, 0, peer, PEER_MAIN, 0, "", &bytes);
+        if status != abi::status::OK {
+            if let Some(half) = shared.state().half_mut(peer, generation) {
+                half.store_pending.remove(&write_id);
+            }
+            return Err(StoreError::Deactivated);
+        }
+        let weak = self.half.shared.clone();
+        Ok(futures_util::future::Either::Right(async move {
+            match tokio::time::timeout(STORE_WRITE_TIMEOUT, applied).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(StoreError::Deactivated),
+                Err(_) => {
+                    if let Some(shared) = weak.upgrade()
+                        && let Some(half) = shared.state().half_mut(peer, generation)
+                    {
+                        half.store_pending.remove(&write_id);
+                    }
+                    Err(StoreError::TimedOut { key, timeout: STORE_WRITE_TIMEOUT })
+                }
+            }
+        }))
+    }
+
+    /// Calls `watcher` once for every write to `key` applied to this replica that changes it.
+    pub fn watch(&self, key: &str, watcher: impl Fn(&StoreChange) + Send + Sync + 'static) -> Result<Disposer, IpcError> {
+        self.add_watcher(Some(key.to_owned()), Arc::new(watcher))
+    }
+
+    /// Calls `watcher` once for every write applied to this replica that changes a value.
+    pub fn watch_all(&self, watcher: impl Fn(&StoreChange) + Send + Sync + 'static) -> Result<Disposer, IpcError> {
+        self.add_watcher(None, Arc::new(watcher))
+    }
+
+    fn add_watcher(
+        &self,
+        key: Option<String>,
+        callback: Arc<dyn Fn(&StoreChange) + Send + Sync>,
+    ) -> Result<Disposer, IpcError> {
+        let shared = self.half.shared("watch")?;
+        let id = shared.next_id();
+        let mut state = shared.state();
+        let half =
+            state.half_mut(self.half.peer, self.half.generation).ok_or(IpcError::Deactivated { operation: "watch" })?;
+        half.watchers.push(Watcher { id, key, callback });
+        Ok(self.half.disposer(Registration::Watcher { id }))
+    }
+}
+
+/// The peer a store update names as its writer, for watchers.
+pub(crate) fn writer(peer: Peer) -> Sender {
+    Sender::from_peer(peer)
+}

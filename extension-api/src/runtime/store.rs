@@ -1,0 +1,118 @@
+//! The store's replication inside an instance: main sequences writes and publishes them; every
+//! replica applies them in sequence order and notifies its watchers.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, PoisonError};
+
+use crate::abi::{self, PEER_ALL, PEER_MAIN, Peer};
+use crate::ipc::{StoreChange, StoreError, store};
+use crate::runtime::Shared;
+use crate::runtime::context;
+use crate::runtime::panic_message;
+use crate::wire::{StoreUpdate, StoreWrite};
+
+impl Shared {
+    /// Applies a write to main's replica, gives it the next sequence number, and publishes it.
+    /// Sequencing and publishing happen under one lock, so updates leave in `seq` order.
+    pub(crate) fn sequence_write(
+        &self,
+        writer: Peer,
+        write_id: u64,
+        key: String,
+        value: Option<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        let _order = self.store_order.lock().unwrap_or_else(PoisonError::into_inner);
+        let update = {
+            let mut state = self.state();
+            let main = state.halves.get_mut(&PEER_MAIN).ok_or(StoreError::Deactivated)?;
+            let old = match &value {
+                Some(bytes) => main.replica.values.insert(key.clone(), bytes.clone()),
+                None => main.replica.values.remove(&key),
+            };
+            main.replica.seq += 1;
+            StoreUpdate { seq: main.replica.seq, key, old, new: value, writer, write_id }
+        };
+        let bytes = rmp_serde::to_vec_named(&update)
+            .map_err(|error| StoreError::Serialize { key: update.key.clone(), reason: error.to_string() })?;
+        // Broadcast to every replica, main's included (main only notifies its watchers).
+        let status = self.send(abi::kind::STORE_UPDATE, 0, PEER_MAIN, PEER_ALL, 0, "", &bytes);
+        if status != abi::status::OK {
+            tracing::debug!("store update {} not published (status {status})", update.seq);
+        }
+        Ok(())
+    }
+
+    /// Main's side of a renderer's write.
+    pub(crate) fn dispatch_store_write(&self, origin: Peer, payload: &[u8]) {
+        match rmp_serde::from_slice::<StoreWrite>(payload) {
+            Ok(write) => {
+                if let Err(error) = self.sequence_write(origin, write.write_id, write.key, write.value) {
+                    tracing::warn!("a store write from {origin} was dropped: {error}");
+                }
+            }
+            Err(error) => tracing::warn!("dropping an undecodable store write: {error}"),
+        }
+    }
+
+    /// Applies a sequenced write to every replica in this instance and notifies watchers.
+    pub(crate) fn dispatch_store_update(self: &Arc<Self>, payload: &[u8]) {
+        let update = match rmp_serde::from_slice::<StoreUpdate>(payload) {
+            Ok(update) => update,
+            Err(error) => {
+                tracing::warn!("dropping an undecodable store update: {error}");
+                return;
+            }
+        };
+        let changed = update.old != update.new;
+        let mut notify = Vec::new();
+        let mut resolved = None;
+        {
+            let mut state = self.state();
+            for (peer, half) in state.halves.iter_mut() {
+                if *peer != PEER_MAIN {
+                    // A frame opened after this write holds it in its snapshot already.
+                    if update.seq <= half.replica.seq {
+                        continue;
+                    }
+                    if update.seq != half.replica.seq + 1 {
+                        tracing::error!("frame {peer} missed store writes {}..{}", half.replica.seq + 1, update.seq);
+                    }
+                    match &update.new {
+                        Some(bytes) => half.replica.values.insert(update.key.clone(), bytes.clone()),
+                        None => half.replica.values.remove(&update.key),
+                    };
+                    half.replica.seq = update.seq;
+                }
+                if *peer == update.writer {
+                    resolved = half.store_pending.remove(&update.write_id);
+                }
+                if changed {
+                    let watchers = half
+                        .watchers
+                        .iter()
+                        .filter(|watcher| watcher.key.as_ref().is_none_or(|key| *key == update.key))
+                        .map(|watcher| watcher.callback.clone());
+                    notify.extend(watchers.map(|callback| (*peer, half.generation, callback)));
+                }
+            }
+        }
+        if let Some(done) = resolved {
+            let _ = done.send(Ok(()));
+        }
+        notify.sort_by_key(|(peer, _, _)| *peer);
+        let change = StoreChange {
+            key: update.key,
+            writer: store::writer(update.writer),
+            seq: update.seq,
+            old: update.old,
+            new: update.new,
+        };
+        for (peer, generation, callback) in notify {
+            let half = context::HalfRef { shared: Arc::downgrade(self), peer, generation };
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| context::sync_scope(half, || callback(&change))));
+            if let Err(panic) = outcome {
+                tracing::error!(key = %change.key, "a store watcher panicked: {}", panic_message(panic.as_ref()));
+            }
+        }
+    }
+}
