@@ -365,7 +365,10 @@ impl Link {
                 if message.origin != PEER_MAIN {
                     return abi::status::INVALID;
                 }
-                self.deliver(&RawMessage { target: PEER_ALL, ..*message })
+                self.deliver(&RawMessage {
+                    target: PEER_ALL,
+                    ..*message
+                })
             }
             abi::kind::REPLY => {
                 // Only the half the request went to may answer it; a late or forged reply is dropped
@@ -404,11 +407,7 @@ impl Link {
     }
 
     fn route_broadcast(&self, message: &RawMessage) -> u32 {
-        let message = RawMessage {
-            target: PEER_ALL,
-            ..*message
-        };
-        let status = self.deliver(&message);
+        // Observers first, so they see a broadcast before anything its listeners send back.
         if self.core.broadcasts.receiver_count() > 0 {
             // SAFETY: the buffers are valid for this call (the library's contract).
             let (channel, payload) = unsafe { (message.channel.as_bytes(), message.payload.as_bytes()) };
@@ -421,7 +420,10 @@ impl Link {
                 });
             }
         }
-        status
+        self.deliver(&RawMessage {
+            target: PEER_ALL,
+            ..*message
+        })
     }
 
     fn route_invoke(&self, message: &RawMessage) -> u32 {

@@ -11,6 +11,10 @@ struct Console {
     child: Child,
     stdin: ChildStdin,
     stdout: Lines<BufReader<ChildStdout>>,
+    /// The last command sent and the output seen since, for failure messages.
+    last: String,
+    seen: Vec<String>,
+    transcript: Vec<String>,
 }
 
 impl Console {
@@ -30,7 +34,14 @@ impl Console {
             .unwrap();
         let stdin = child.stdin.take().unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut console = Console { child, stdin, stdout };
+        let mut console = Console {
+            child,
+            stdin,
+            stdout,
+            last: String::new(),
+            seen: Vec::new(),
+            transcript: Vec::new(),
+        };
         console.expect(|line| line.starts_with("console ready")).await;
         console
     }
@@ -38,20 +49,34 @@ impl Console {
     /// Sends a command and returns the first output line matching `matches`.
     async fn ask(&mut self, command: &str, matches: impl Fn(&str) -> bool) -> String {
         self.stdin.write_all(format!("{command}\n").as_bytes()).await.unwrap();
+        self.transcript.push(format!("> {command}"));
+        self.last = command.to_owned();
         self.expect(matches).await
     }
 
     async fn expect(&mut self, matches: impl Fn(&str) -> bool) -> String {
+        self.seen.clear();
+        let (stdout, seen, transcript) = (&mut self.stdout, &mut self.seen, &mut self.transcript);
         let found = tokio::time::timeout(FAILSAFE, async {
             loop {
-                match self.stdout.next_line().await.unwrap() {
+                let line = stdout.next_line().await.unwrap();
+                if let Some(line) = &line {
+                    transcript.push(line.clone());
+                }
+                match line {
                     Some(line) if matches(&line) => return line,
-                    Some(_) => {}
+                    Some(line) => seen.push(line),
                     None => panic!("the host exited"),
                 }
             }
         });
-        found.await.expect("the console answers")
+        match found.await {
+            Ok(line) => line,
+            Err(_) => panic!(
+                "no expected answer to `{}`; transcript: {:#?}",
+                self.last, self.transcript
+            ),
+        }
     }
 }
 
@@ -86,15 +111,23 @@ async fn the_console_drives_the_lifecycle_frames_and_ipc() {
 
     // Broadcast as a renderer and watch the extension answer, from main and the frame.
     console.ask("watch on", |l| l == "ok").await;
+    // The answer and the events print concurrently: gather all three, in any order.
     console
         .ask(r#"broadcast probe ping {"tag":"from-console"}"#, |l| l == "ok")
         .await;
-    let pong = console.expect(|l| l.starts_with("event probe pong from main")).await;
+    let mut lines = std::mem::take(&mut console.seen);
+    let has = |lines: &[String], prefix: &str| lines.iter().any(|l| l.starts_with(prefix));
+    while !has(&lines, "event probe pong from main") || !has(&lines, "event probe pong from frame 1") {
+        lines.push(console.expect(|l| l.starts_with("event probe pong")).await);
+    }
+    let pong = lines
+        .iter()
+        .find(|l| l.starts_with("event probe pong from main"))
+        .unwrap();
     assert!(
         pong.contains(r#""tag":"from-console""#) && pong.contains(r#""sender":"host""#),
         "{pong}"
     );
-    console.expect(|l| l.starts_with("event probe pong from frame 1")).await;
     console.ask("watch off", |l| l == "ok").await;
 
     // Frames.

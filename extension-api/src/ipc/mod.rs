@@ -6,8 +6,8 @@ mod half;
 pub(crate) mod store;
 
 pub use disposer::Disposer;
-pub use store::{STORE_VALUE_LIMIT, Store, StoreChange, StoreError, StoreKey, StoreKeyName};
 pub(crate) use half::HalfHandle;
+pub use store::{STORE_VALUE_LIMIT, Store, StoreChange, StoreError, StoreKey, StoreKeyName};
 
 use std::fmt;
 use std::future::Future;
@@ -153,10 +153,16 @@ impl Main {
 
     /// The frames where this extension's renderer half is open, in order.
     pub fn frames(&self) -> Vec<FrameId> {
-        let Ok(shared) = self.half.shared("frames") else { return Vec::new() };
+        let Ok(shared) = self.half.shared("frames") else {
+            return Vec::new();
+        };
         let state = shared.state();
-        let mut frames: Vec<FrameId> =
-            state.halves.keys().filter(|peer| **peer != PEER_MAIN).map(|peer| FrameId(*peer)).collect();
+        let mut frames: Vec<FrameId> = state
+            .halves
+            .keys()
+            .filter(|peer| **peer != PEER_MAIN)
+            .map(|peer| FrameId(*peer))
+            .collect();
         frames.sort();
         frames
     }

@@ -30,10 +30,19 @@ impl Shared {
                 None => main.replica.values.remove(&key),
             };
             main.replica.seq += 1;
-            StoreUpdate { seq: main.replica.seq, key, old, new: value, writer, write_id }
+            StoreUpdate {
+                seq: main.replica.seq,
+                key,
+                old,
+                new: value,
+                writer,
+                write_id,
+            }
         };
-        let bytes = rmp_serde::to_vec_named(&update)
-            .map_err(|error| StoreError::Serialize { key: update.key.clone(), reason: error.to_string() })?;
+        let bytes = rmp_serde::to_vec_named(&update).map_err(|error| StoreError::Serialize {
+            key: update.key.clone(),
+            reason: error.to_string(),
+        })?;
         // Broadcast to every replica, main's included (main only notifies its watchers).
         let status = self.send(abi::kind::STORE_UPDATE, 0, PEER_MAIN, PEER_ALL, 0, "", &bytes);
         if status != abi::status::OK {
@@ -75,7 +84,11 @@ impl Shared {
                         continue;
                     }
                     if update.seq != half.replica.seq + 1 {
-                        tracing::error!("frame {peer} missed store writes {}..{}", half.replica.seq + 1, update.seq);
+                        tracing::error!(
+                            "frame {peer} missed store writes {}..{}",
+                            half.replica.seq + 1,
+                            update.seq
+                        );
                     }
                     match &update.new {
                         Some(bytes) => half.replica.values.insert(update.key.clone(), bytes.clone()),
@@ -108,8 +121,13 @@ impl Shared {
             new: update.new,
         };
         for (peer, generation, callback) in notify {
-            let half = context::HalfRef { shared: Arc::downgrade(self), peer, generation };
-            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| context::sync_scope(half, || callback(&change))));
+            let half = context::HalfRef {
+                shared: Arc::downgrade(self),
+                peer,
+                generation,
+            };
+            let outcome =
+                std::panic::catch_unwind(AssertUnwindSafe(|| context::sync_scope(half, || callback(&change))));
             if let Err(panic) = outcome {
                 tracing::error!(key = %change.key, "a store watcher panicked: {}", panic_message(panic.as_ref()));
             }
