@@ -4,8 +4,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod console;
+mod exposed;
 mod frames;
+mod gluon;
 mod ipc;
 mod lifecycle;
 mod loading;
+mod store;
 mod support;

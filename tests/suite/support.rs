@@ -15,6 +15,7 @@ const CRATES: &[&str] = &[
     "host",
     "hello",
     "hello-twin",
+    "gluon",
     "probe",
     "probe-twin",
     "cycler",

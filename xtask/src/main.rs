@@ -32,8 +32,9 @@ enum Task {
     Ci,
 }
 
-/// The sample extensions the demo runs: `hello` and its twin with the same channel names.
-const SAMPLES: &[&str] = &["hello", "hello-twin"];
+/// The sample extensions the demo runs: `hello` and its twin with the same channel names,
+/// and `gluon` (exposed functions, the store, main-to-frame requests).
+const SAMPLES: &[&str] = &["hello", "hello-twin", "gluon"];
 
 fn main() -> Result<()> {
     match Cli::parse().command {
