@@ -19,7 +19,7 @@ pub struct InstanceConfig {
 
 /// A lifecycle or query command from the host. Each carries the number the instance answers
 /// with through `HostVTable::complete`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Control {
     /// Run the main half's `activate`.
     ActivateMain { completion: u64 },
@@ -35,6 +35,13 @@ pub enum Control {
     },
     /// Report listeners, handlers, pending requests and tasks.
     Inspect { completion: u64 },
+    /// Tell main which frames its renderer half is open in (for `Main::frames`).
+    SetFrames { completion: u64, frames: Vec<Peer> },
+    /// Ask main for its store replica (to seed an instance in another process).
+    StoreSnapshot { completion: u64 },
+    /// Seed the store replica of an instance that has no main half (a renderer process), before
+    /// its first frame opens.
+    SeedStore { completion: u64, snapshot: StoreSnapshot },
 }
 
 impl Control {
@@ -44,7 +51,10 @@ impl Control {
             | Control::DeactivateMain { completion, .. }
             | Control::OpenFrame { completion, .. }
             | Control::CloseFrame { completion, .. }
-            | Control::Inspect { completion } => *completion,
+            | Control::Inspect { completion }
+            | Control::SetFrames { completion, .. }
+            | Control::StoreSnapshot { completion }
+            | Control::SeedStore { completion, .. } => *completion,
         }
     }
 }
@@ -66,6 +76,14 @@ pub enum Completion {
         timeout_ms: u64,
     },
     Inspected(InstanceSnapshot),
+    StoreSnapshot(StoreSnapshot),
+}
+
+/// A store replica at one point of main's sequence.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StoreSnapshot {
+    pub values: BTreeMap<String, serde_bytes::ByteBuf>,
+    pub seq: u64,
 }
 
 /// The payload of an error reply: the kind travels in the message's status field.

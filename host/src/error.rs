@@ -49,6 +49,8 @@ pub enum HostError {
     UnknownFrame(u64),
     #[error("cannot serialize the value for channel `{channel}`: {reason}")]
     Serialize { channel: String, reason: String },
+    #[error("a child process could not be started: {0}")]
+    ChildProcess(String),
     #[error("extension `{name}` refused the message (status {status})")]
     Refused { name: String, status: u32 },
 }

@@ -4,15 +4,21 @@
 //! activate, deactivate, uninstall), opens frames for their renderer halves, and routes every
 //! extension's IPC inside its own namespace. See `ARCHITECTURE.md` at the repository root.
 
+mod core;
+mod endpoint;
 mod error;
 mod events;
 mod host;
 mod library;
 mod link;
+pub mod remote;
 
 pub use error::{HostError, LoadError};
 pub use events::{LogRecord, ObservedBroadcast};
-pub use host::{DeactivateReport, ExtensionSnapshot, ExtensionState, Host, HostConfig, HostSnapshot};
+pub use host::{
+    CrashBudget, DeactivateReport, ExtensionSnapshot, ExtensionState, FrameKind, FrameSnapshot, Host, HostConfig,
+    HostSnapshot,
+};
 pub use library::{LibraryInfo, check};
 
 pub use extension_api::wire::{HalfSnapshot, InstanceSnapshot};

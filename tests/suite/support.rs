@@ -79,6 +79,9 @@ pub fn config() -> HostConfig {
         activate_timeout: Duration::from_secs(10),
         deactivate_timeout: Duration::from_millis(500),
         max_log_level: tracing_level(),
+        // Child processes run the real `host` binary (the test binary is not one).
+        child_program: host_binary(),
+        ..HostConfig::default()
     }
 }
 

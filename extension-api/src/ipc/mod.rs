@@ -156,13 +156,8 @@ impl Main {
         let Ok(shared) = self.half.shared("frames") else {
             return Vec::new();
         };
-        let state = shared.state();
-        let mut frames: Vec<FrameId> = state
-            .halves
-            .keys()
-            .filter(|peer| **peer != PEER_MAIN)
-            .map(|peer| FrameId(*peer))
-            .collect();
+        // The host keeps this list: frames may run in other processes.
+        let mut frames: Vec<FrameId> = shared.state().frames.iter().map(|peer| FrameId(*peer)).collect();
         frames.sort();
         frames
     }

@@ -388,6 +388,23 @@ impl Shared {
                 // own thread is blocked.
                 self.complete(completion, &Completion::Inspected(self.snapshot()));
             }
+            Control::SetFrames { frames, .. } => {
+                self.state().frames = frames;
+                self.complete(completion, &Completion::Done);
+            }
+            Control::StoreSnapshot { .. } => {
+                let answer = match self.store_snapshot() {
+                    Some(snapshot) => Completion::StoreSnapshot(snapshot),
+                    None => Completion::Failed {
+                        reason: "no main half in this instance".into(),
+                    },
+                };
+                self.complete(completion, &answer);
+            }
+            Control::SeedStore { snapshot, .. } => {
+                self.seed_store(snapshot);
+                self.complete(completion, &Completion::Done);
+            }
             Control::ActivateMain { .. } => self.spawn_activation(completion, PEER_MAIN),
             Control::OpenFrame { frame, .. } => self.spawn_activation(completion, frame),
             Control::DeactivateMain { timeout_ms, .. } => self.spawn_deactivation(completion, PEER_MAIN, timeout_ms),
@@ -402,11 +419,13 @@ impl Shared {
         let replaced = {
             let mut state = self.state();
             let mut half = Half::new(generation);
-            // A frame starts with main's current store: the snapshot is there before `activate`.
-            if peer != PEER_MAIN
-                && let Some(main) = state.halves.get(&PEER_MAIN)
-            {
-                half.replica = main.replica.clone();
+            // A frame starts with the current store: the snapshot is there before `activate`.
+            if peer != PEER_MAIN {
+                if let Some(main) = state.halves.get(&PEER_MAIN) {
+                    half.replica = main.replica.clone();
+                } else if let Some(replica) = &state.process_replica {
+                    half.replica = replica.clone();
+                }
             }
             state.halves.insert(peer, half)
         };

@@ -122,6 +122,13 @@ impl Half {
 #[derive(Default)]
 pub(crate) struct State {
     pub(crate) halves: HashMap<Peer, Half>,
+    /// Frames where the extension's renderer half is open, in any process (host-maintained).
+    pub(crate) frames: Vec<Peer>,
+    /// In an instance without a main half: the process's replica, which frames opened here
+    /// start from. `None` until the host seeds it.
+    pub(crate) process_replica: Option<Replica>,
+    /// Store updates that arrived before the seed or out of order, by sequence number.
+    pub(crate) stash: BTreeMap<u64, crate::wire::StoreUpdate>,
 }
 
 impl State {

@@ -6,10 +6,12 @@ use std::sync::{Arc, PoisonError};
 
 use crate::abi::{self, PEER_ALL, PEER_MAIN, Peer};
 use crate::ipc::{StoreChange, StoreError, store};
+use crate::runtime::Replica;
 use crate::runtime::Shared;
 use crate::runtime::context;
 use crate::runtime::panic_message;
-use crate::wire::{StoreUpdate, StoreWrite};
+use crate::wire::{StoreSnapshot, StoreUpdate, StoreWrite};
+use serde_bytes::ByteBuf;
 
 impl Shared {
     /// Applies a write to main's replica, gives it the next sequence number, and publishes it.
@@ -63,20 +65,76 @@ impl Shared {
         }
     }
 
+    /// Main's replica as a snapshot, taken between two sequenced writes.
+    pub(crate) fn store_snapshot(&self) -> Option<StoreSnapshot> {
+        let _order = self.store_order.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = self.state();
+        let main = state.halves.get(&PEER_MAIN)?;
+        let values = main
+            .replica
+            .values
+            .iter()
+            .map(|(key, value)| (key.clone(), ByteBuf::from(value.clone())))
+            .collect();
+        Some(StoreSnapshot {
+            values,
+            seq: main.replica.seq,
+        })
+    }
+
+    /// Seeds the process replica of an instance without main, then applies what arrived early.
+    pub(crate) fn seed_store(self: &Arc<Self>, snapshot: StoreSnapshot) {
+        let early = {
+            let mut state = self.state();
+            let values = snapshot
+                .values
+                .into_iter()
+                .map(|(key, value)| (key, value.into_vec()))
+                .collect();
+            state.process_replica = Some(Replica {
+                values,
+                seq: snapshot.seq,
+            });
+            std::mem::take(&mut state.stash)
+        };
+        for (_, update) in early {
+            self.apply_store_update(update);
+        }
+    }
+
     /// Applies a sequenced write to every replica in this instance and notifies watchers.
     pub(crate) fn dispatch_store_update(self: &Arc<Self>, payload: &[u8]) {
-        let update = match rmp_serde::from_slice::<StoreUpdate>(payload) {
-            Ok(update) => update,
-            Err(error) => {
-                tracing::warn!("dropping an undecodable store update: {error}");
-                return;
-            }
-        };
+        match rmp_serde::from_slice::<StoreUpdate>(payload) {
+            Ok(update) => self.apply_store_update(update),
+            Err(error) => tracing::warn!("dropping an undecodable store update: {error}"),
+        }
+    }
+
+    fn apply_store_update(self: &Arc<Self>, update: StoreUpdate) {
         let changed = update.old != update.new;
         let mut notify = Vec::new();
         let mut resolved = None;
         {
             let mut state = self.state();
+            let state = &mut *state;
+            if !state.halves.contains_key(&PEER_MAIN) {
+                // This process's replica, which frames opened here start from. Until the host
+                // seeds it, and whenever a write is missing, updates wait in order.
+                match &mut state.process_replica {
+                    Some(replica) if update.seq <= replica.seq => {}
+                    Some(replica) if update.seq == replica.seq + 1 => {
+                        match &update.new {
+                            Some(bytes) => replica.values.insert(update.key.clone(), bytes.clone()),
+                            None => replica.values.remove(&update.key),
+                        };
+                        replica.seq = update.seq;
+                    }
+                    _ => {
+                        state.stash.insert(update.seq, update);
+                        return;
+                    }
+                }
+            }
             for (peer, half) in state.halves.iter_mut() {
                 if *peer != PEER_MAIN {
                     // A frame opened after this write holds it in its snapshot already.

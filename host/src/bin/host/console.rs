@@ -12,7 +12,8 @@ commands:
   frames                            open frames
   load PATH                         load a library
   activate NAME | deactivate NAME | uninstall NAME
-  open | close FRAME | reload FRAME frames
+  open [child] | close FRAME | reload FRAME     frames (`open child`: in a renderer process)
+  isolate NAME on|off               run NAME's main half in its own process from its next activation
   broadcast NAME CHANNEL JSON       broadcast into NAME's namespace, as the host
   invoke NAME CHANNEL JSON          invoke NAME's main handler, as the host
   inspect [NAME]                    the inspect snapshot, as JSON
@@ -149,7 +150,23 @@ async fn execute(host: &Host, line: &str) -> Result<String, String> {
             .await
             .map(|()| format!("uninstalled {rest}"))
             .map_err(|e| text(&e)),
+        "open" if rest == "child" => host
+            .open_child_frame()
+            .await
+            .map(|frame| format!("opened frame {} in a renderer process", frame.0))
+            .map_err(|e| text(&e)),
         "open" => Ok(format!("opened frame {}", host.open_frame().await.0)),
+        "isolate" => {
+            let (name, mode) = rest.split_once(' ').ok_or("expected NAME on|off")?;
+            let isolated = match mode.trim() {
+                "on" => true,
+                "off" => false,
+                other => return Err(format!("expected on or off, not `{other}`")),
+            };
+            host.set_isolated(name, isolated)
+                .map(|()| format!("{name} isolated: {isolated}"))
+                .map_err(|e| text(&e))
+        }
         "close" => {
             let frame = frame_arg(rest)?;
             host.close_frame(frame)

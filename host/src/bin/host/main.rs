@@ -29,9 +29,15 @@ enum Command {
         /// Extension libraries, or directories of them.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
-        /// Frames to open at start.
+        /// In-process frames to open at start.
         #[arg(long, default_value_t = 1)]
         frames: u32,
+        /// Frames to open at start in renderer processes of their own.
+        #[arg(long, default_value_t = 0)]
+        child_frames: u32,
+        /// Run this extension's main half in a child process of its own (repeatable).
+        #[arg(long = "isolate", value_name = "NAME")]
+        isolated: Vec<String>,
         /// Stop after this many seconds (fractions allowed).
         #[arg(long)]
         duration: Option<f64>,
@@ -44,6 +50,14 @@ enum Command {
     },
     /// Validate a library and print its metadata, or what is wrong with it.
     Check { library: PathBuf },
+    /// Serve as a child process of a host (started by the host itself).
+    #[command(hide = true)]
+    Child {
+        #[arg(long)]
+        socket: PathBuf,
+        #[arg(long)]
+        token: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -54,9 +68,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { library } => check(&library),
+        Command::Child { socket, token } => extension_host::remote::child::run(&socket, &token),
         Command::Run {
             paths,
             frames,
+            child_frames,
+            isolated,
             duration,
             console,
             inspect,
@@ -68,7 +85,15 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            runtime.block_on(run(paths, frames, duration, console, inspect))
+            let options = RunOptions {
+                frames,
+                child_frames,
+                isolated,
+                duration,
+                console,
+                inspect,
+            };
+            runtime.block_on(run(paths, options))
         }
     }
 }
@@ -94,7 +119,24 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-async fn run(paths: Vec<PathBuf>, frames: u32, duration: Option<f64>, console: bool, inspect: bool) -> ExitCode {
+struct RunOptions {
+    frames: u32,
+    child_frames: u32,
+    isolated: Vec<String>,
+    duration: Option<f64>,
+    console: bool,
+    inspect: bool,
+}
+
+async fn run(paths: Vec<PathBuf>, options: RunOptions) -> ExitCode {
+    let RunOptions {
+        frames,
+        child_frames,
+        isolated,
+        duration,
+        console,
+        inspect,
+    } = options;
     let host = Host::new(HostConfig::default());
     let mut names = Vec::new();
     for path in &paths {
@@ -116,6 +158,11 @@ async fn run(paths: Vec<PathBuf>, frames: u32, duration: Option<f64>, console: b
             }
         }
     }
+    for name in &isolated {
+        if let Err(error) = host.set_isolated(name, true) {
+            tracing::error!("--isolate {name}: {error}");
+        }
+    }
     for name in &names {
         if let Err(error) = host.activate(name).await {
             tracing::error!("{error}");
@@ -124,6 +171,12 @@ async fn run(paths: Vec<PathBuf>, frames: u32, duration: Option<f64>, console: b
     for _ in 0..frames {
         let frame = host.open_frame().await;
         tracing::info!("opened {frame}");
+    }
+    for _ in 0..child_frames {
+        match host.open_child_frame().await {
+            Ok(frame) => tracing::info!("opened {frame} in a renderer process"),
+            Err(error) => tracing::error!("{error}"),
+        }
     }
     if console {
         console::run(&host).await;

@@ -1,0 +1,109 @@
+//! How a host is set up.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tracing::level_filters::LevelFilter;
+
+/// How the host bounds the code it runs, and how it starts child processes.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// Longest an extension's `activate` (main or renderer) may take.
+    pub activate_timeout: Duration,
+    /// Longest an extension's `deactivate` (all halves together) may take; then everything it
+    /// had is dropped anyway.
+    pub deactivate_timeout: Duration,
+    /// Most verbose level extensions forward; defaults to the host's own tracing level.
+    pub max_log_level: LevelFilter,
+    /// The program started for child processes (renderer processes, isolated extensions),
+    /// followed by `child_args`, then `child --socket PATH --token TOKEN`. The `host` binary
+    /// is such a program; an embedding application can dispatch that subcommand to
+    /// [`crate::remote::child::run`]. Defaults to the running executable.
+    pub child_program: PathBuf,
+    pub child_args: Vec<OsString>,
+    /// How many crashes of one child process (a frame's, or an isolated extension's) the host
+    /// restarts within a window; past that it leaves it stopped, with the reason.
+    pub crash_budget: CrashBudget,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            activate_timeout: Duration::from_secs(10),
+            deactivate_timeout: Duration::from_secs(5),
+            max_log_level: LevelFilter::current(),
+            child_program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("host")),
+            child_args: Vec::new(),
+            crash_budget: CrashBudget::default(),
+        }
+    }
+}
+
+/// At most `crashes` restarts within `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CrashBudget {
+    pub crashes: u32,
+    pub window: Duration,
+}
+
+impl Default for CrashBudget {
+    fn default() -> Self {
+        CrashBudget {
+            crashes: 3,
+            window: Duration::from_secs(300),
+        }
+    }
+}
+
+/// When something crashed, to hold it to its budget.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CrashLog {
+    crashes: Vec<Instant>,
+}
+
+impl CrashLog {
+    /// Records a crash now; true if a restart is still within `budget`.
+    pub(crate) fn record(&mut self, budget: CrashBudget) -> bool {
+        let now = Instant::now();
+        self.crashes.retain(|at| now.duration_since(*at) < budget.window);
+        self.crashes.push(now);
+        self.crashes.len() <= budget.crashes as usize
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        self.crashes.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_allows_its_crashes_then_refuses() {
+        let budget = CrashBudget {
+            crashes: 2,
+            window: Duration::from_secs(60),
+        };
+        let mut log = CrashLog::default();
+        assert!(log.record(budget));
+        assert!(log.record(budget));
+        assert!(!log.record(budget));
+        assert_eq!(log.count(), 3);
+    }
+
+    #[test]
+    fn old_crashes_leave_the_window() {
+        let budget = CrashBudget {
+            crashes: 1,
+            window: Duration::ZERO,
+        };
+        let mut log = CrashLog::default();
+        assert!(log.record(budget));
+        assert!(
+            log.record(budget),
+            "the first crash is already outside a zero-length window"
+        );
+    }
+}

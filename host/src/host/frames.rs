@@ -1,0 +1,268 @@
+//! Frames: opening, closing and reloading them, starting and stopping renderer halves in them,
+//! and restarting a renderer process that crashed. Every function here runs under the host's
+//! operation lock.
+
+use std::sync::Arc;
+
+use extension_api::abi::{PEER_MAIN, Peer};
+use extension_api::wire::{Completion, Control};
+use extension_api::{FrameId, InvokeErrorKind};
+
+use super::config::CrashLog;
+use super::{Frame, FrameKind, GRACE, Host, completion_problem, level_number, millis, tell_frames};
+use crate::core::lock;
+use crate::endpoint::Endpoint;
+use crate::error::HostError;
+use crate::link::Link;
+use crate::remote::{Connection, Role};
+
+impl Host {
+    pub(super) async fn open_frame_locked(&self, kind: FrameKind) -> Result<FrameId, HostError> {
+        let frame = self.inner.next_frame.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let process = match kind {
+            FrameKind::InProcess => None,
+            FrameKind::ChildProcess => Some(self.spawn_child(Role::Frame(frame)).await?),
+        };
+        let entry = Frame {
+            kind,
+            process,
+            crashes: CrashLog::default(),
+            restarts: 0,
+            problem: None,
+        };
+        lock(&self.inner.frames).insert(frame, entry);
+        self.start_renderers(frame).await;
+        Ok(FrameId(frame))
+    }
+
+    pub(super) async fn close_frame_locked(&self, frame: Peer) -> Result<(), HostError> {
+        let entry = lock(&self.inner.frames)
+            .remove(&frame)
+            .ok_or(HostError::UnknownFrame(frame))?;
+        self.stop_renderers(frame).await;
+        if let Some(process) = entry.process {
+            process.retire().await;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn reload_frame_locked(&self, frame: Peer) -> Result<(), HostError> {
+        if !lock(&self.inner.frames).contains_key(&frame) {
+            return Err(HostError::UnknownFrame(frame));
+        }
+        self.stop_renderers(frame).await;
+        self.start_renderers(frame).await;
+        Ok(())
+    }
+
+    async fn start_renderers(&self, frame: Peer) {
+        for (name, link) in self.active_links() {
+            self.open_renderer(&name, &link, frame).await;
+            tell_frames(&link).await;
+        }
+    }
+
+    async fn stop_renderers(&self, frame: Peer) {
+        let deadline = tokio::time::Instant::now() + self.inner.config.deactivate_timeout;
+        for (name, link) in self.active_links() {
+            if let Some(problem) = self.close_renderer(&link, frame, deadline).await {
+                tracing::warn!(extension = %name, frame, "{problem}");
+            }
+            if let Some(entry) = lock(&self.inner.extensions).get_mut(&name) {
+                entry.frame_errors.remove(&frame);
+            }
+            tell_frames(&link).await;
+        }
+    }
+
+    /// The endpoint that will run `name`'s renderer half in `frame`: the main half's for an
+    /// in-process frame, a new instance in the renderer process for a child-process frame.
+    async fn renderer_endpoint(&self, name: &str, link: &Arc<Link>, frame: Peer) -> Result<Arc<Endpoint>, String> {
+        let (kind, process) = {
+            let frames = lock(&self.inner.frames);
+            let entry = frames.get(&frame).ok_or("the frame is closed")?;
+            (entry.kind, entry.process.clone())
+        };
+        let main = link.endpoint_of(PEER_MAIN).ok_or("the main half is gone")?;
+        if kind == FrameKind::InProcess {
+            return Ok(main);
+        }
+        let process = process
+            .filter(|process| !process.is_closed())
+            .ok_or("the frame's renderer process is not running")?;
+        let path = lock(&self.inner.extensions)
+            .get(name)
+            .map(|entry| entry.library.info.path.clone())
+            .ok_or("the extension was uninstalled")?;
+        let config = &self.inner.config;
+        let level = level_number(config.max_log_level);
+        let endpoint = Endpoint::start_remote(link, &process, &path, level, config.activate_timeout)
+            .await
+            .map_err(|error| error.to_string())?;
+        link.add_endpoint(endpoint.clone());
+        // The renderer process's replica starts from main's, before any frame opens there.
+        let snapshot = main
+            .control(
+                |completion| Control::StoreSnapshot { completion },
+                config.activate_timeout,
+            )
+            .await;
+        let seeded = match snapshot {
+            Ok(Completion::StoreSnapshot(snapshot)) => {
+                endpoint
+                    .control(
+                        |completion| Control::SeedStore { completion, snapshot },
+                        config.activate_timeout,
+                    )
+                    .await
+            }
+            Ok(other) => Ok(other),
+            Err(error) => Err(error),
+        };
+        if let Some(problem) = completion_problem("seeding the store", seeded) {
+            endpoint.destroy().await;
+            link.remove_endpoint(endpoint.key);
+            return Err(problem);
+        }
+        Ok(endpoint)
+    }
+
+    pub(super) async fn open_renderer(&self, name: &str, link: &Arc<Link>, frame: Peer) {
+        let endpoint = match self.renderer_endpoint(name, link, frame).await {
+            Ok(endpoint) => endpoint,
+            Err(problem) => {
+                self.record_frame_error(name, frame, format!("renderer could not start: {problem}"));
+                return;
+            }
+        };
+        // Routable before `activate` runs: a renderer may broadcast from its activate.
+        endpoint.place(frame);
+        let timeout = self.inner.config.activate_timeout;
+        let outcome = endpoint
+            .control(|completion| Control::OpenFrame { completion, frame }, timeout)
+            .await;
+        let Some(problem) = completion_problem("renderer activate", outcome) else {
+            return;
+        };
+        endpoint.unplace(frame);
+        // Requests the half made (or got) before it failed can never complete now.
+        link.fail_pending(
+            |origin, target| origin == frame || target == frame,
+            InvokeErrorKind::FrameClosed,
+            &problem,
+        );
+        // Drop whatever the half got to register before it failed.
+        let _ = endpoint
+            .control(
+                |completion| Control::CloseFrame {
+                    completion,
+                    frame,
+                    timeout_ms: 0,
+                },
+                GRACE,
+            )
+            .await;
+        if is_frame_instance(&endpoint, frame) {
+            endpoint.destroy().await;
+            link.remove_endpoint(endpoint.key);
+        }
+        self.record_frame_error(name, frame, problem);
+    }
+
+    fn record_frame_error(&self, name: &str, frame: Peer, problem: String) {
+        tracing::warn!(extension = %name, frame, "{problem}");
+        if let Some(entry) = lock(&self.inner.extensions).get_mut(name) {
+            entry.frame_errors.insert(frame, problem);
+        }
+    }
+
+    /// Closes one renderer half; returns what went wrong, if anything.
+    pub(super) async fn close_renderer(
+        &self,
+        link: &Link,
+        frame: Peer,
+        deadline: tokio::time::Instant,
+    ) -> Option<String> {
+        let endpoint = link.endpoint_of(frame)?;
+        endpoint.unplace(frame);
+        link.fail_pending(
+            |origin, target| origin == frame || target == frame,
+            InvokeErrorKind::FrameClosed,
+            "the frame closed before the reply",
+        );
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let outcome = endpoint
+            .control(
+                |completion| Control::CloseFrame {
+                    completion,
+                    frame,
+                    timeout_ms: millis(left),
+                },
+                left + GRACE,
+            )
+            .await;
+        if is_frame_instance(&endpoint, frame) {
+            endpoint.destroy().await;
+            link.remove_endpoint(endpoint.key);
+        }
+        completion_problem(&format!("renderer deactivate in frame {frame}"), outcome)
+    }
+
+    /// A renderer process ended unexpectedly: its renderer halves are gone (their requests
+    /// already failed with `ConnectionLost`). It is restarted while the crash budget allows.
+    pub(super) async fn frame_crashed(&self, frame: Peer, process: &Arc<Connection>, reason: &str) {
+        let restart = {
+            let mut frames = lock(&self.inner.frames);
+            let Some(entry) = frames.get_mut(&frame) else { return };
+            if !entry
+                .process
+                .as_ref()
+                .is_some_and(|current| Arc::ptr_eq(current, process))
+            {
+                return;
+            }
+            entry.process = None;
+            let restart = entry.crashes.record(self.inner.config.crash_budget);
+            entry.problem = Some(if restart {
+                format!("restarted after a crash: {reason}")
+            } else {
+                let window = self.inner.config.crash_budget.window;
+                format!(
+                    "crashed {} times within {window:?}; stopped. Last: {reason}",
+                    entry.crashes.count()
+                )
+            });
+            restart
+        };
+        tracing::error!(frame, restart, "the frame's renderer process crashed: {reason}");
+        for (_, link) in self.active_links() {
+            tell_frames(&link).await;
+        }
+        if !restart {
+            return;
+        }
+        match self.spawn_child(Role::Frame(frame)).await {
+            Ok(process) => {
+                if let Some(entry) = lock(&self.inner.frames).get_mut(&frame) {
+                    entry.process = Some(process);
+                    entry.restarts += 1;
+                }
+                self.start_renderers(frame).await;
+            }
+            Err(error) => {
+                tracing::error!(frame, "the renderer process could not be restarted: {error}");
+                if let Some(entry) = lock(&self.inner.frames).get_mut(&frame) {
+                    entry.problem = Some(format!("could not restart after a crash: {error}"));
+                }
+            }
+        }
+    }
+}
+
+/// Whether `endpoint` is the instance a renderer process runs for this one frame (as opposed
+/// to the main half's instance, which outlives its frames).
+fn is_frame_instance(endpoint: &Endpoint, frame: Peer) -> bool {
+    endpoint
+        .connection()
+        .is_some_and(|connection| connection.role == Role::Frame(frame))
+}

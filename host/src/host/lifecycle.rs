@@ -1,0 +1,226 @@
+//! Activation, deactivation, uninstall, and what happens when an isolated extension's process
+//! crashes. Every function here runs under the host's operation lock.
+
+use std::sync::Arc;
+
+use extension_api::InvokeErrorKind;
+use extension_api::abi::PEER_MAIN;
+use extension_api::wire::Control;
+
+use super::{DeactivateReport, ExtensionState, GRACE, Host, completion_problem, level_number, millis, tell_frames};
+use crate::core::lock;
+use crate::endpoint::Endpoint;
+use crate::error::HostError;
+use crate::link::Link;
+use crate::remote::{Connection, Role};
+
+impl Host {
+    pub(super) async fn activate_locked(&self, name: &str) -> Result<(), HostError> {
+        let (descriptor, path, isolated) = {
+            let mut extensions = lock(&self.inner.extensions);
+            let entry = extensions
+                .get_mut(name)
+                .ok_or_else(|| HostError::UnknownExtension(name.to_owned()))?;
+            match entry.state {
+                ExtensionState::Loaded | ExtensionState::Inactive | ExtensionState::Failed(_) => {}
+                ref state => {
+                    return Err(HostError::WrongState {
+                        name: name.to_owned(),
+                        state: state.to_string(),
+                        operation: "activate",
+                        needed: "loaded, inactive or failed",
+                    });
+                }
+            }
+            entry.state = ExtensionState::Activating;
+            entry.frame_errors.clear();
+            (
+                entry.library.descriptor,
+                entry.library.info.path.clone(),
+                entry.isolated,
+            )
+        };
+        let config = &self.inner.config;
+        let level = level_number(config.max_log_level);
+        let link = Link::new(name, self.inner.core.clone());
+        let (main, process) = if isolated {
+            let process = match self.spawn_child(Role::Isolated(name.to_owned())).await {
+                Ok(process) => process,
+                Err(error) => return Err(self.fail_activation(name, error.to_string())),
+            };
+            match Endpoint::start_remote(&link, &process, &path, level, config.activate_timeout).await {
+                Ok(main) => (main, Some(process)),
+                Err(error) => {
+                    process.retire().await;
+                    return Err(self.fail_activation(name, error.to_string()));
+                }
+            }
+        } else {
+            match Endpoint::start_local(&link, descriptor, level) {
+                Ok(main) => (main, None),
+                Err(error) => return Err(self.fail_activation(name, error.to_string())),
+            }
+        };
+        main.place(PEER_MAIN);
+        link.add_endpoint(main.clone());
+        let outcome = main
+            .control(
+                |completion| Control::ActivateMain { completion },
+                config.activate_timeout,
+            )
+            .await;
+        if let Some(reason) = completion_problem("activate", outcome) {
+            teardown(&link, process.as_ref()).await;
+            return Err(self.fail_activation(name, reason));
+        }
+        if let Some(entry) = lock(&self.inner.extensions).get_mut(name) {
+            entry.link = Some(link.clone());
+            entry.process = process;
+        }
+        let frames: Vec<u64> = lock(&self.inner.frames).keys().copied().collect();
+        for frame in frames {
+            self.open_renderer(name, &link, frame).await;
+        }
+        tell_frames(&link).await;
+        self.set_state(name, ExtensionState::Active);
+        tracing::info!(extension = %name, isolated, "activated");
+        Ok(())
+    }
+
+    fn fail_activation(&self, name: &str, reason: String) -> HostError {
+        tracing::warn!(extension = %name, "activation failed: {reason}");
+        self.set_state(name, ExtensionState::Failed(reason.clone()));
+        HostError::ActivationFailed {
+            name: name.to_owned(),
+            reason,
+        }
+    }
+
+    pub(super) async fn deactivate_locked(&self, name: &str) -> Result<DeactivateReport, HostError> {
+        let (link, process) = {
+            let mut extensions = lock(&self.inner.extensions);
+            let entry = extensions
+                .get_mut(name)
+                .ok_or_else(|| HostError::UnknownExtension(name.to_owned()))?;
+            match (&entry.state, entry.link.take()) {
+                (ExtensionState::Active, Some(link)) => {
+                    entry.state = ExtensionState::Deactivating;
+                    (link, entry.process.take())
+                }
+                (state, link) => {
+                    entry.link = link;
+                    return Err(HostError::WrongState {
+                        name: name.to_owned(),
+                        state: state.to_string(),
+                        operation: "deactivate",
+                        needed: "active",
+                    });
+                }
+            }
+        };
+        link.stop_routing();
+        link.fail_pending(
+            |_, _| true,
+            InvokeErrorKind::Deactivated,
+            "the extension was deactivated before the reply",
+        );
+        let deadline = tokio::time::Instant::now() + self.inner.config.deactivate_timeout;
+        let mut report = DeactivateReport::default();
+        for frame in link.frames() {
+            if let Some(problem) = self.close_renderer(&link, frame, deadline).await {
+                report.problems.push(problem);
+            }
+        }
+        if let Some(main) = link.endpoint_of(PEER_MAIN) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let outcome = main
+                .control(
+                    |completion| Control::DeactivateMain {
+                        completion,
+                        timeout_ms: millis(left),
+                    },
+                    left + GRACE,
+                )
+                .await;
+            if let Some(problem) = completion_problem("main deactivate", outcome) {
+                report.problems.push(problem);
+            }
+        }
+        teardown(&link, process.as_ref()).await;
+        if let Some(entry) = lock(&self.inner.extensions).get_mut(name) {
+            entry.state = ExtensionState::Inactive;
+            entry.frame_errors.clear();
+            if !report.problems.is_empty() {
+                entry.last_problem = Some(report.problems.join("; "));
+            }
+        }
+        if report.problems.is_empty() {
+            tracing::info!(extension = %name, "deactivated");
+        } else {
+            tracing::warn!(extension = %name, problems = ?report.problems, "deactivated, with problems; everything was cleaned up");
+        }
+        Ok(report)
+    }
+
+    pub(super) async fn uninstall_locked(&self, name: &str) -> Result<(), HostError> {
+        if self.state(name) == Some(ExtensionState::Active) {
+            self.deactivate_locked(name).await?;
+        }
+        lock(&self.inner.extensions)
+            .remove(name)
+            .ok_or_else(|| HostError::UnknownExtension(name.to_owned()))?;
+        tracing::info!(extension = %name, "uninstalled");
+        Ok(())
+    }
+
+    /// An isolated extension's process ended unexpectedly: its main half is gone. Everything
+    /// else it ran is dropped, and it is activated again while the crash budget allows.
+    pub(super) async fn extension_crashed(&self, name: &str, process: &Arc<Connection>, reason: &str) {
+        let (link, restart) = {
+            let mut extensions = lock(&self.inner.extensions);
+            let Some(entry) = extensions.get_mut(name) else { return };
+            let ours = entry
+                .process
+                .as_ref()
+                .is_some_and(|current| Arc::ptr_eq(current, process));
+            if !ours || entry.state != ExtensionState::Active {
+                return;
+            }
+            entry.process = None;
+            let restart = entry.crashes.record(self.inner.config.crash_budget);
+            let crashes = entry.crashes.count();
+            entry.last_problem = Some(format!("crashed: {reason}"));
+            entry.state = if restart {
+                ExtensionState::Inactive
+            } else {
+                let window = self.inner.config.crash_budget.window;
+                ExtensionState::Failed(format!(
+                    "crashed {crashes} times within {window:?}; stopped. Last: {reason}"
+                ))
+            };
+            (entry.link.take(), restart)
+        };
+        tracing::error!(extension = %name, restart, "the extension's process crashed: {reason}");
+        if let Some(link) = link {
+            link.stop_routing();
+            link.fail_pending(|_, _| true, InvokeErrorKind::ConnectionLost, reason);
+            teardown(&link, None).await;
+        }
+        if restart && let Err(error) = self.activate_locked(name).await {
+            tracing::error!(extension = %name, "restart after a crash failed: {error}");
+        }
+    }
+}
+
+/// Destroys every instance of the extension, then its process if it has one.
+async fn teardown(link: &Link, process: Option<&Arc<Connection>>) {
+    for endpoint in link.endpoints() {
+        if !endpoint.destroy().await {
+            tracing::error!(extension = %link.name, "an instance did not stop in time and was abandoned");
+        }
+        link.remove_endpoint(endpoint.key);
+    }
+    if let Some(process) = process {
+        process.retire().await;
+    }
+}

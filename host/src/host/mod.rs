@@ -1,0 +1,512 @@
+//! The host: which extensions are loaded, their lifecycle, and the frames they render in.
+
+mod config;
+mod frames;
+mod lifecycle;
+mod snapshot;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use extension_api::abi::PEER_MAIN;
+use extension_api::wire::{Completion, Control, InstanceSnapshot};
+use extension_api::{FrameId, InvokeError, InvokeErrorKind};
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::broadcast;
+use tracing::level_filters::LevelFilter;
+
+pub use config::{CrashBudget, HostConfig};
+pub use snapshot::{DeactivateReport, ExtensionSnapshot, ExtensionState, FrameKind, FrameSnapshot, HostSnapshot};
+
+use crate::core::{Core, lock};
+use crate::endpoint::ControlError;
+use crate::error::{HostError, LoadError};
+use crate::events::{LogRecord, ObservedBroadcast};
+use crate::library::{self, Library, LibraryInfo};
+use crate::link::Link;
+use crate::remote::{Connection, Role};
+use config::CrashLog;
+
+struct Entry {
+    library: Library,
+    state: ExtensionState,
+    last_problem: Option<String>,
+    link: Option<Arc<Link>>,
+    frame_errors: BTreeMap<u64, String>,
+    isolated: bool,
+    /// The isolated extension's process, while it runs.
+    process: Option<Arc<Connection>>,
+    crashes: CrashLog,
+}
+
+struct Frame {
+    kind: FrameKind,
+    /// The renderer process of a child-process frame, while it runs.
+    process: Option<Arc<Connection>>,
+    crashes: CrashLog,
+    restarts: u32,
+    problem: Option<String>,
+}
+
+struct Inner {
+    config: HostConfig,
+    core: Arc<Core>,
+    extensions: Mutex<BTreeMap<String, Entry>>,
+    frames: Mutex<BTreeMap<u64, Frame>>,
+    next_frame: AtomicU64,
+    /// Lifecycle operations run one at a time.
+    operations: tokio::sync::Mutex<()>,
+}
+
+/// An extension host. Cheap to clone; all clones are the same host.
+#[derive(Clone)]
+pub struct Host {
+    inner: Arc<Inner>,
+}
+
+impl Default for Host {
+    fn default() -> Self {
+        Host::new(HostConfig::default())
+    }
+}
+
+impl Host {
+    pub fn new(config: HostConfig) -> Host {
+        Host {
+            inner: Arc::new(Inner {
+                config,
+                core: Arc::new(Core::new()),
+                extensions: Mutex::new(BTreeMap::new()),
+                frames: Mutex::new(BTreeMap::new()),
+                next_frame: AtomicU64::new(1),
+                operations: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    fn weak(&self) -> Weak<Inner> {
+        Arc::downgrade(&self.inner)
+    }
+
+    fn from_weak(inner: &Weak<Inner>) -> Option<Host> {
+        inner.upgrade().map(|inner| Host { inner })
+    }
+
+    /// Loads and validates a library. Nothing of the extension runs until [`Host::activate`].
+    pub fn load(&self, path: impl AsRef<Path>) -> Result<LibraryInfo, LoadError> {
+        let path = path.as_ref();
+        let library = library::load(path)?;
+        let info = library.info.clone();
+        let mut extensions = lock(&self.inner.extensions);
+        if let Some(existing) = extensions.get(&info.name) {
+            return Err(LoadError::DuplicateName {
+                path: path.to_owned(),
+                name: info.name,
+                existing: existing.library.info.path.clone(),
+            });
+        }
+        extensions.insert(
+            info.name.clone(),
+            Entry {
+                library,
+                state: ExtensionState::Loaded,
+                last_problem: None,
+                link: None,
+                frame_errors: BTreeMap::new(),
+                isolated: false,
+                process: None,
+                crashes: CrashLog::default(),
+            },
+        );
+        tracing::info!(extension = %info.name, version = %info.version, path = %path.display(), "loaded");
+        Ok(info)
+    }
+
+    /// Loads every shared library (`.so`, `.dylib`, `.dll`) in `dir`, in name order.
+    pub fn load_dir(&self, dir: impl AsRef<Path>) -> std::io::Result<Vec<(PathBuf, Result<LibraryInfo, LoadError>)>> {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|path| {
+                path.extension()
+                    .is_some_and(|ext| ext == std::env::consts::DLL_EXTENSION)
+            })
+            .collect();
+        paths.sort();
+        Ok(paths.into_iter().map(|path| (path.clone(), self.load(&path))).collect())
+    }
+
+    /// Runs the extension's main half (and its halves for in-process frames) in a child
+    /// process of its own from its next activation, so that a crash, abort or exit in it cannot
+    /// take the host down.
+    pub fn set_isolated(&self, name: &str, isolated: bool) -> Result<(), HostError> {
+        let mut extensions = lock(&self.inner.extensions);
+        let entry = extensions
+            .get_mut(name)
+            .ok_or_else(|| HostError::UnknownExtension(name.to_owned()))?;
+        match entry.state {
+            ExtensionState::Activating | ExtensionState::Active | ExtensionState::Deactivating => {
+                Err(HostError::WrongState {
+                    name: name.to_owned(),
+                    state: entry.state.to_string(),
+                    operation: "changing isolation",
+                    needed: "not running",
+                })
+            }
+            _ => {
+                entry.isolated = isolated;
+                Ok(())
+            }
+        }
+    }
+
+    pub fn state(&self, name: &str) -> Option<ExtensionState> {
+        lock(&self.inner.extensions).get(name).map(|entry| entry.state.clone())
+    }
+
+    /// Names of the loaded extensions.
+    pub fn extensions(&self) -> Vec<String> {
+        lock(&self.inner.extensions).keys().cloned().collect()
+    }
+
+    /// Open frames, in order.
+    pub fn frames(&self) -> Vec<FrameId> {
+        lock(&self.inner.frames).keys().map(|id| FrameId(*id)).collect()
+    }
+
+    /// Extension log records, as they arrive.
+    pub fn logs(&self) -> broadcast::Receiver<LogRecord> {
+        self.inner.core.logs.subscribe()
+    }
+
+    /// Every broadcast, of every extension, as the host routes it.
+    pub fn broadcasts(&self) -> broadcast::Receiver<ObservedBroadcast> {
+        self.inner.core.broadcasts.subscribe()
+    }
+
+    fn set_state(&self, name: &str, state: ExtensionState) {
+        if let Some(entry) = lock(&self.inner.extensions).get_mut(name) {
+            entry.state = state;
+        }
+    }
+
+    fn active_link(&self, name: &str) -> Result<Arc<Link>, HostError> {
+        let extensions = lock(&self.inner.extensions);
+        let entry = extensions
+            .get(name)
+            .ok_or_else(|| HostError::UnknownExtension(name.to_owned()))?;
+        match (&entry.state, &entry.link) {
+            (ExtensionState::Active, Some(link)) => Ok(link.clone()),
+            (state, _) => Err(HostError::WrongState {
+                name: name.to_owned(),
+                state: state.to_string(),
+                operation: "this",
+                needed: "active",
+            }),
+        }
+    }
+
+    fn active_links(&self) -> Vec<(String, Arc<Link>)> {
+        lock(&self.inner.extensions)
+            .iter()
+            .filter(|(_, entry)| entry.state == ExtensionState::Active)
+            .filter_map(|(name, entry)| entry.link.clone().map(|link| (name.clone(), link)))
+            .collect()
+    }
+
+    /// Runs a lifecycle operation as its own task, one at a time: dropping the caller's future
+    /// must not leave an extension half-activated or half-deactivated.
+    async fn operation<T, F>(&self, operation: impl FnOnce(Host) -> F + Send + 'static) -> T
+    where
+        T: Send + 'static,
+        F: Future<Output = T> + Send + 'static,
+    {
+        let host = self.clone();
+        let task = tokio::spawn(async move {
+            let _operation = host.inner.operations.lock().await;
+            operation(host.clone()).await
+        });
+        match task.await {
+            Ok(value) => value,
+            Err(error) => match error.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                // Cancelled only when the runtime itself shuts down, which drops us too.
+                Err(_) => std::future::pending().await,
+            },
+        }
+    }
+
+    /// Activates the main half, then the renderer half in every open frame. A failure leaves
+    /// the extension [`ExtensionState::Failed`] with the reason, and the host running.
+    ///
+    /// Like every lifecycle call, it runs to completion even if the returned future is dropped.
+    pub async fn activate(&self, name: &str) -> Result<(), HostError> {
+        let name = name.to_owned();
+        self.operation(|host| async move { host.activate_locked(&name).await })
+            .await
+    }
+
+    /// Deactivates: stops routing to the extension, runs every half's `deactivate` (bounded by
+    /// the configured timeout), then drops everything it registered, spawned or had pending.
+    /// When this returns, no code of the extension runs any more.
+    pub async fn deactivate(&self, name: &str) -> Result<DeactivateReport, HostError> {
+        let name = name.to_owned();
+        self.operation(|host| async move { host.deactivate_locked(&name).await })
+            .await
+    }
+
+    /// Deactivates (if active) and forgets the extension. Its library stays mapped, but the
+    /// name is free: loading a rebuilt library runs the new code.
+    pub async fn uninstall(&self, name: &str) -> Result<(), HostError> {
+        let name = name.to_owned();
+        self.operation(|host| async move { host.uninstall_locked(&name).await })
+            .await
+    }
+
+    /// Opens an in-process frame; every active extension's renderer half starts in it.
+    pub async fn open_frame(&self) -> FrameId {
+        self.operation(|host| async move { host.open_frame_locked(FrameKind::InProcess).await })
+            .await
+            .unwrap_or(FrameId(0))
+    }
+
+    /// Opens a frame in a renderer process of its own; every active extension's renderer half
+    /// starts there. If that process crashes, the frame restarts (within the crash budget).
+    pub async fn open_child_frame(&self) -> Result<FrameId, HostError> {
+        self.operation(|host| async move { host.open_frame_locked(FrameKind::ChildProcess).await })
+            .await
+    }
+
+    /// Closes a frame: its renderer halves are deactivated and dropped; requests involving it
+    /// fail with [`InvokeErrorKind::FrameClosed`].
+    pub async fn close_frame(&self, frame: FrameId) -> Result<(), HostError> {
+        self.operation(move |host| async move { host.close_frame_locked(frame.0).await })
+            .await
+    }
+
+    /// Reloads a frame: its renderer halves are closed and started afresh. Main-side
+    /// registrations are untouched.
+    pub async fn reload_frame(&self, frame: FrameId) -> Result<(), HostError> {
+        self.operation(move |host| async move { host.reload_frame_locked(frame.0).await })
+            .await
+    }
+
+    /// Broadcasts `value` on `channel` into the extension's namespace, as the host.
+    pub fn broadcast<T: Serialize + ?Sized>(&self, name: &str, channel: &str, value: &T) -> Result<(), HostError> {
+        let payload = rmp_serde::to_vec_named(value).map_err(|error| HostError::Serialize {
+            channel: channel.to_owned(),
+            reason: error.to_string(),
+        })?;
+        self.broadcast_raw(name, channel, &payload)
+    }
+
+    /// [`Host::broadcast`] with an already encoded MessagePack value.
+    pub fn broadcast_raw(&self, name: &str, channel: &str, payload: &[u8]) -> Result<(), HostError> {
+        let link = self.active_link(name)?;
+        match link.host_broadcast(channel, payload) {
+            extension_api::abi::status::OK => Ok(()),
+            status => Err(HostError::Refused {
+                name: name.to_owned(),
+                status,
+            }),
+        }
+    }
+
+    /// Invokes main's handler on `channel`, as the host acting as a renderer. The request is
+    /// sent by this call; the future waits for the reply (dropping it cancels the request).
+    pub fn invoke<Req, Resp>(
+        &self,
+        name: &str,
+        channel: &str,
+        value: &Req,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Resp, InvokeError>> + Send + 'static + use<Req, Resp>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned + Send + 'static,
+    {
+        let channel_name = channel.to_owned();
+        let sent = rmp_serde::to_vec_named(value)
+            .map_err(|error| InvokeError::new(InvokeErrorKind::Serialize, channel, error.to_string()))
+            .map(|payload| self.invoke_raw(name, channel, &payload, timeout));
+        async move {
+            let reply = sent?.await?;
+            rmp_serde::from_slice(&reply).map_err(|error| {
+                let message = format!(
+                    "the reply does not decode as {}: {error}",
+                    std::any::type_name::<Resp>()
+                );
+                InvokeError::new(InvokeErrorKind::Deserialize, channel_name, message)
+            })
+        }
+    }
+
+    /// [`Host::invoke`] with MessagePack bytes in and out.
+    pub fn invoke_raw(
+        &self,
+        name: &str,
+        channel: &str,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Vec<u8>, InvokeError>> + Send + 'static + use<> {
+        let sent = self
+            .active_link(name)
+            .map_err(|error| InvokeError::new(InvokeErrorKind::Deactivated, channel, error.to_string()))
+            .map(|link| link.host_invoke(channel, payload, timeout));
+        async move { sent?.await }
+    }
+
+    /// A snapshot of every extension and frame.
+    pub async fn inspect(&self) -> HostSnapshot {
+        let entries: Vec<(ExtensionSnapshot, Option<Arc<Link>>)> = lock(&self.inner.extensions)
+            .values()
+            .map(|entry| {
+                let snapshot = ExtensionSnapshot {
+                    info: entry.library.info.clone(),
+                    state: entry.state.clone(),
+                    isolated: entry.isolated,
+                    pid: entry
+                        .process
+                        .as_ref()
+                        .filter(|process| !process.is_closed())
+                        .map(|process| process.pid),
+                    crashes: entry.crashes.count(),
+                    last_problem: entry.last_problem.clone(),
+                    frames: entry.link.as_ref().map(|link| link.frames()).unwrap_or_default(),
+                    frame_errors: entry.frame_errors.clone(),
+                    pending_requests: entry.link.as_ref().map_or(0, |link| link.pending_requests()),
+                    instance: None,
+                };
+                (snapshot, entry.link.clone())
+            })
+            .collect();
+        let mut extensions = Vec::with_capacity(entries.len());
+        for (mut snapshot, link) in entries {
+            if let Some(link) = link {
+                snapshot.instance = Some(inspect_link(&link).await);
+            }
+            extensions.push(snapshot);
+        }
+        let frames = lock(&self.inner.frames)
+            .iter()
+            .map(|(id, frame)| FrameSnapshot {
+                id: *id,
+                kind: frame.kind,
+                pid: frame
+                    .process
+                    .as_ref()
+                    .filter(|process| !process.is_closed())
+                    .map(|process| process.pid),
+                restarts: frame.restarts,
+                problem: frame.problem.clone(),
+            })
+            .collect();
+        HostSnapshot { extensions, frames }
+    }
+
+    /// Closes every frame and deactivates every extension.
+    pub async fn shutdown(&self) {
+        for frame in self.frames() {
+            let _ = self.close_frame(frame).await;
+        }
+        for (name, _) in self.active_links() {
+            let _ = self.deactivate(&name).await;
+        }
+    }
+}
+
+/// Every instance of the extension's report, merged (its halves may run in several processes).
+async fn inspect_link(link: &Link) -> InstanceSnapshot {
+    let mut merged = InstanceSnapshot::default();
+    for endpoint in link.endpoints() {
+        let outcome = endpoint
+            .control(|completion| Control::Inspect { completion }, INSPECT_TIMEOUT)
+            .await;
+        if let Ok(Completion::Inspected(instance)) = outcome {
+            merged.halves.extend(instance.halves);
+            merged.tasks += instance.tasks;
+            merged.decode_failures += instance.decode_failures;
+            merged.listener_panics += instance.listener_panics;
+        }
+    }
+    merged.halves.sort_by_key(|half| half.peer);
+    merged
+}
+
+/// Extra time the host waits beyond a timeout it handed to the extension, so the extension's
+/// own (more informative) timeout report arrives first.
+const GRACE: Duration = Duration::from_millis(500);
+const INSPECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn level_number(level: LevelFilter) -> u32 {
+    match level.into_level() {
+        None => 0,
+        Some(tracing::Level::ERROR) => 1,
+        Some(tracing::Level::WARN) => 2,
+        Some(tracing::Level::INFO) => 3,
+        Some(tracing::Level::DEBUG) => 4,
+        Some(tracing::Level::TRACE) => 5,
+    }
+}
+
+/// What went wrong with a lifecycle step, in words; `None` if it completed.
+fn completion_problem(step: &str, outcome: Result<Completion, ControlError>) -> Option<String> {
+    match outcome {
+        Ok(Completion::Done) => None,
+        Ok(Completion::Failed { reason }) => Some(format!("{step} returned an error: {reason}")),
+        Ok(Completion::Panicked { message }) => Some(format!("{step} panicked: {message}")),
+        Ok(Completion::TimedOut { timeout_ms }) => Some(format!("{step} did not finish within {timeout_ms} ms")),
+        Ok(other) => Some(format!("{step} got an unexpected answer: {other:?}")),
+        Err(error) => Some(format!("{step}: {error}")),
+    }
+}
+
+/// Tells main which frames its renderer half runs in (for `Main::frames`).
+async fn tell_frames(link: &Link) {
+    if let Some(main) = link.endpoint_of(PEER_MAIN) {
+        let frames = link.frames();
+        let _ = main
+            .control(|completion| Control::SetFrames { completion, frames }, INSPECT_TIMEOUT)
+            .await;
+    }
+}
+
+impl Host {
+    /// Starts a child process for `role`; its unexpected end is handled as a crash.
+    async fn spawn_child(&self, role: Role) -> Result<Arc<Connection>, HostError> {
+        let weak = self.weak();
+        let on_lost = Box::new(move |connection: Arc<Connection>, reason: String| {
+            if let Some(host) = Host::from_weak(&weak) {
+                tokio::spawn(host.on_child_lost(connection, reason));
+            }
+        });
+        let config = &self.inner.config;
+        Connection::spawn(&config.child_program, &config.child_args, role, on_lost)
+            .await
+            .map_err(|error| HostError::ChildProcess(error.to_string()))
+    }
+
+    /// Boxed: restarting after a crash starts a child whose loss comes back here.
+    fn on_child_lost(&self, connection: Arc<Connection>, reason: String) -> BoxFuture<'static, ()> {
+        let host = self.clone();
+        Box::pin(async move {
+            let role = connection.role.clone();
+            host.operation(move |host| async move {
+                match role {
+                    Role::Frame(frame) => host.frame_crashed(frame, &connection, &reason).await,
+                    Role::Isolated(name) => host.extension_crashed(&name, &connection, &reason).await,
+                }
+            })
+            .await;
+        })
+    }
+}

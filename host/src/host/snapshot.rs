@@ -1,0 +1,107 @@
+//! What the host reports about itself: states and inspect snapshots.
+
+use std::collections::BTreeMap;
+
+use extension_api::wire::InstanceSnapshot;
+use serde::Serialize;
+
+use crate::library::LibraryInfo;
+
+/// Where an extension is in its lifecycle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", content = "reason", rename_all = "lowercase")]
+pub enum ExtensionState {
+    /// Loaded and validated, never activated.
+    Loaded,
+    Activating,
+    Active,
+    Deactivating,
+    /// Deactivated; can be activated again.
+    Inactive,
+    /// Activation failed (returned an error, panicked or timed out), or its isolated process
+    /// crashed past its budget; can be activated again.
+    Failed(String),
+}
+
+impl std::fmt::Display for ExtensionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExtensionState::Loaded => f.write_str("loaded"),
+            ExtensionState::Activating => f.write_str("activating"),
+            ExtensionState::Active => f.write_str("active"),
+            ExtensionState::Deactivating => f.write_str("deactivating"),
+            ExtensionState::Inactive => f.write_str("inactive"),
+            ExtensionState::Failed(reason) => write!(f, "failed: {reason}"),
+        }
+    }
+}
+
+/// What deactivation ran into. Everything is cleaned up regardless.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DeactivateReport {
+    /// Each half whose `deactivate` panicked or overran its time, and how.
+    pub problems: Vec<String>,
+}
+
+/// Where a frame's renderer halves run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FrameKind {
+    /// In the process of each extension's main half.
+    InProcess,
+    /// In a renderer process of its own.
+    ChildProcess,
+}
+
+/// Everything the host knows about one extension.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExtensionSnapshot {
+    pub info: LibraryInfo,
+    pub state: ExtensionState,
+    /// Whether its main half runs in a child process of its own.
+    pub isolated: bool,
+    /// That process, while it runs.
+    pub pid: Option<u32>,
+    /// Crashes of its process within the crash budget's window.
+    pub crashes: usize,
+    /// What went wrong last (a failed deactivation, a crash), even if the state is fine now.
+    pub last_problem: Option<String>,
+    /// Frames where its renderer half is running.
+    pub frames: Vec<u64>,
+    /// Frames where its renderer half failed to activate, with the reason.
+    pub frame_errors: BTreeMap<u64, String>,
+    /// Requests of this extension in flight through the host.
+    pub pending_requests: usize,
+    /// What its instances report (listeners, handlers, tasks; every process merged).
+    pub instance: Option<InstanceSnapshot>,
+}
+
+/// One frame.
+#[derive(Debug, Clone, Serialize)]
+pub struct FrameSnapshot {
+    pub id: u64,
+    pub kind: FrameKind,
+    /// Its renderer process, while it runs.
+    pub pid: Option<u32>,
+    /// How often its process was restarted after a crash.
+    pub restarts: u32,
+    /// The last crash, or why it stays stopped.
+    pub problem: Option<String>,
+}
+
+/// The whole host at one moment.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostSnapshot {
+    pub extensions: Vec<ExtensionSnapshot>,
+    pub frames: Vec<FrameSnapshot>,
+}
+
+impl HostSnapshot {
+    pub fn extension(&self, name: &str) -> Option<&ExtensionSnapshot> {
+        self.extensions.iter().find(|extension| extension.info.name == name)
+    }
+
+    pub fn frame(&self, id: u64) -> Option<&FrameSnapshot> {
+        self.frames.iter().find(|frame| frame.id == id)
+    }
+}

@@ -1,0 +1,255 @@
+//! The child's end of a connection: the `host child` subcommand. It loads the libraries the
+//! host names, runs their instances, and relays their calls to the host. When the connection
+//! ends (the host exited, crashed or was killed), the child exits at once: no orphans.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::OnceLock;
+
+use extension_api::abi::{self, Descriptor, HostVTable, RawMessage, RawSlice};
+use extension_api::wire::{Completion, InstanceConfig};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+use super::protocol::{self, MAX_PACKET, OwnedMessage, PROTOCOL_VERSION, Packet};
+
+/// Packets to the host, from any thread (extension threads call the vtable below).
+static OUTBOX: OnceLock<mpsc::UnboundedSender<Packet>> = OnceLock::new();
+
+static CHILD_VTABLE: HostVTable = HostVTable {
+    abi_version: abi::ABI_VERSION,
+    send: child_send,
+    complete: child_complete,
+    log: child_log,
+};
+
+/// An instance pointer a library gave this child.
+#[derive(Clone, Copy)]
+struct InstancePtr(*mut c_void);
+
+// SAFETY: instances are built for use from any thread (`control`/`deliver` only queue work);
+// `destroy` is called once, after the instance is removed from the table.
+unsafe impl Send for InstancePtr {}
+
+struct Instance {
+    descriptor: &'static Descriptor,
+    pointer: InstancePtr,
+}
+
+/// Runs the child until the host goes away. Returns only on a startup failure.
+pub fn run(socket: &Path, token: &str) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("child: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(socket, token)) {
+        Ok(()) => {
+            // The host is gone: nothing of ours may outlive it, and no destructor should run
+            // extension code now.
+            std::process::exit(0)
+        }
+        Err(error) => {
+            eprintln!("child: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(socket: &Path, token: &str) -> Result<(), String> {
+    let stream = UnixStream::connect(socket)
+        .await
+        .map_err(|e| format!("cannot connect to {socket:?}: {e}"))?;
+    let codec = LengthDelimitedCodec::builder().max_frame_length(MAX_PACKET).new_codec();
+    let mut framed = Framed::new(stream, codec);
+    let hello = Packet::Hello {
+        protocol: PROTOCOL_VERSION,
+        token: token.to_owned(),
+        pid: std::process::id(),
+    };
+    let bytes = protocol::encode(&hello).map_err(|e| e.to_string())?;
+    framed
+        .send(bytes::Bytes::from(bytes))
+        .await
+        .map_err(|e| e.to_string())?;
+    match framed.next().await {
+        Some(Ok(bytes)) => match protocol::decode(&bytes) {
+            Ok(Packet::Welcome { .. }) => {}
+            other => return Err(format!("the host did not welcome us: {other:?}")),
+        },
+        _ => return Err("the host closed the connection during the handshake".into()),
+    }
+    let (mut sink, mut stream) = framed.split();
+    let (outbox, mut queue) = mpsc::unbounded_channel::<Packet>();
+    let _ = OUTBOX.set(outbox.clone());
+    tokio::spawn(async move {
+        while let Some(packet) = queue.recv().await {
+            let Ok(bytes) = protocol::encode(&packet) else { continue };
+            if sink.send(bytes::Bytes::from(bytes)).await.is_err() {
+                std::process::exit(0);
+            }
+        }
+    });
+    let mut instances: HashMap<u64, Instance> = HashMap::new();
+    while let Some(Ok(bytes)) = stream.next().await {
+        match protocol::decode(&bytes) {
+            Ok(packet) => handle(packet, &mut instances, &outbox),
+            Err(error) => tracing::error!("child: ignoring a malformed packet from the host: {error}"),
+        }
+    }
+    Ok(())
+}
+
+fn handle(packet: Packet, instances: &mut HashMap<u64, Instance>, outbox: &mpsc::UnboundedSender<Packet>) {
+    match packet {
+        Packet::Load {
+            key,
+            name,
+            path,
+            max_log_level,
+        } => {
+            let answer = match start(key, &name, &path, max_log_level) {
+                Ok(instance) => {
+                    instances.insert(key, instance);
+                    Packet::Loaded { key }
+                }
+                Err(reason) => Packet::LoadFailed { key, reason },
+            };
+            let _ = outbox.send(answer);
+        }
+        Packet::Control { key, command } => {
+            let completion = command.completion();
+            let status = match (instances.get(&key), rmp_serde::to_vec_named(&command)) {
+                // SAFETY: the pointer is live until `Destroy` removes it; `bytes` outlives the call.
+                (Some(instance), Ok(bytes)) => unsafe {
+                    (instance.descriptor.control)(instance.pointer.0, RawSlice::new(&bytes))
+                },
+                _ => abi::status::UNKNOWN_INSTANCE,
+            };
+            if status != abi::status::OK {
+                let result = Completion::Failed {
+                    reason: format!("the instance refused the command (status {status})"),
+                };
+                let _ = outbox.send(Packet::Complete {
+                    key,
+                    completion,
+                    result,
+                });
+            }
+        }
+        Packet::Message { key, message } => {
+            if let Some(instance) = instances.get(&key) {
+                // SAFETY: as above; the message's buffers outlive the call.
+                unsafe { (instance.descriptor.deliver)(instance.pointer.0, &message.raw()) };
+            }
+        }
+        Packet::Destroy { key } => {
+            let outbox = outbox.clone();
+            match instances.remove(&key) {
+                Some(Instance { descriptor, pointer }) => {
+                    tokio::task::spawn_blocking(move || {
+                        let pointer = pointer;
+                        // SAFETY: removed from the table, so this is the last use of the pointer.
+                        unsafe { (descriptor.destroy)(pointer.0) };
+                        let _ = outbox.send(Packet::Destroyed { key });
+                    });
+                }
+                None => {
+                    let _ = outbox.send(Packet::Destroyed { key });
+                }
+            }
+        }
+        other => tracing::error!("child: ignoring an unexpected packet from the host: {other:?}"),
+    }
+}
+
+fn start(key: u64, name: &str, path: &Path, max_log_level: u32) -> Result<Instance, String> {
+    let library = crate::library::load(path).map_err(|error| error.to_string())?;
+    if library.info.name != name {
+        return Err(format!(
+            "`{}` now holds extension `{}`, not `{name}`",
+            path.display(),
+            library.info.name
+        ));
+    }
+    let config = rmp_serde::to_vec_named(&InstanceConfig {
+        name: name.to_owned(),
+        max_log_level,
+    })
+    .map_err(|error| error.to_string())?;
+    let descriptor = library.descriptor;
+    // SAFETY: the descriptor's ABI version matched in `load`; the vtable is a static and
+    // `config` outlives the call.
+    let pointer = unsafe { (descriptor.instantiate)(&CHILD_VTABLE, key, RawSlice::new(&config)) };
+    if pointer.is_null() {
+        return Err("the library could not start an instance".into());
+    }
+    Ok(Instance {
+        descriptor,
+        pointer: InstancePtr(pointer),
+    })
+}
+
+fn post(packet: Packet) -> u32 {
+    match OUTBOX.get().map(|outbox| outbox.send(packet)) {
+        Some(Ok(())) => abi::status::OK,
+        _ => abi::status::DEACTIVATED,
+    }
+}
+
+unsafe extern "C" fn child_send(key: u64, message: *const RawMessage) -> u32 {
+    catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: null is refused; otherwise the library passes a message valid for this call.
+        let Some(message) = (unsafe { message.as_ref() }) else {
+            return abi::status::INVALID;
+        };
+        // SAFETY: its buffers are valid for this call; invalid ones are refused by `copy`.
+        match unsafe { OwnedMessage::copy(message) } {
+            Some(message) => post(Packet::Message { key, message }),
+            None => abi::status::INVALID,
+        }
+    }))
+    .unwrap_or(abi::status::PANICKED)
+}
+
+unsafe extern "C" fn child_complete(key: u64, completion: u64, result: RawSlice) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the library keeps `result` valid for this call; invalid is refused.
+        let bytes = unsafe { result.as_bytes() }.unwrap_or_default();
+        let result = rmp_serde::from_slice::<Completion>(bytes).unwrap_or_else(|error| Completion::Failed {
+            reason: format!("undecodable completion: {error}"),
+        });
+        post(Packet::Complete {
+            key,
+            completion,
+            result,
+        });
+    }));
+}
+
+unsafe extern "C" fn child_log(key: u64, level: u32, target: RawSlice, message: RawSlice) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the library keeps both buffers valid for this call; invalid ones are refused.
+        let (target, message) = unsafe { (target.as_bytes(), message.as_bytes()) };
+        let (Some(target), Some(message)) = (target, message) else {
+            return;
+        };
+        let (target, message) = (
+            String::from_utf8_lossy(target).into_owned(),
+            String::from_utf8_lossy(message).into_owned(),
+        );
+        post(Packet::Log {
+            key,
+            level,
+            target,
+            message,
+        });
+    }));
+}

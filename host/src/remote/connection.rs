@@ -1,0 +1,404 @@
+//! The host's end of a child connection: spawning the child, the handshake, and validating
+//! everything it sends. The host trusts no child: a packet that is oversized, malformed,
+//! unexpected, or names an instance key not given to this connection closes the connection
+//! (and ends the child), with the reason logged; nothing else is affected.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::hash::{BuildHasher, Hasher};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use extension_api::abi::{self, RawMessage};
+use extension_api::wire::Control;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+use super::protocol::{self, MAX_PACKET, OwnedMessage, PROTOCOL_VERSION, Packet};
+use crate::core::lock;
+use crate::endpoint::{self, Endpoint};
+
+/// What a child process is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// The renderer process of a child-process frame.
+    Frame(u64),
+    /// The process of an isolated extension.
+    Isolated(String),
+}
+
+/// Why a child could not be started.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SpawnError {
+    #[error("cannot start the child process `{program}`: {reason}")]
+    Start { program: PathBuf, reason: String },
+    #[error("the child process did not complete the handshake: {0}")]
+    Handshake(String),
+}
+
+/// Called once when a connection is lost unexpectedly (the child crashed, exited, or broke
+/// the protocol), with the reason.
+pub(crate) type OnLost = Box<dyn Fn(Arc<Connection>, String) + Send + Sync>;
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+const DESTROY_TIMEOUT: Duration = Duration::from_secs(6);
+
+pub(crate) struct Connection {
+    pub(crate) role: Role,
+    pub(crate) pid: u32,
+    outbox: mpsc::UnboundedSender<Packet>,
+    endpoints: Mutex<HashMap<u64, Weak<Endpoint>>>,
+    loads: Mutex<HashMap<u64, oneshot::Sender<Result<(), String>>>>,
+    destroys: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    closed: AtomicBool,
+    /// Set before the host ends the child on purpose: its end is then no crash.
+    retiring: AtomicBool,
+    child: Mutex<Option<tokio::process::Child>>,
+    on_lost: OnLost,
+}
+
+fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder().max_frame_length(MAX_PACKET).new_codec()
+}
+
+/// A token the child must present, so nothing else can take its place on the socket.
+fn token() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    hasher.write_u32(std::process::id());
+    let high = hasher.finish();
+    let low = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    format!("{high:016x}{low:016x}")
+}
+
+/// Words for how a child process ended.
+pub(crate) fn describe_exit(status: std::process::ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        return format!("exited with status {code}");
+    }
+    match status.signal() {
+        Some(signal) => {
+            let name = match signal {
+                6 => " (SIGABRT)",
+                9 => " (SIGKILL)",
+                11 => " (SIGSEGV)",
+                15 => " (SIGTERM)",
+                _ => "",
+            };
+            format!("killed by signal {signal}{name}")
+        }
+        None => "ended".to_owned(),
+    }
+}
+
+impl Connection {
+    /// Starts `program prefix_args... child --socket PATH --token TOKEN` and completes the
+    /// handshake.
+    pub(crate) async fn spawn(
+        program: &Path,
+        prefix_args: &[OsString],
+        role: Role,
+        on_lost: OnLost,
+    ) -> Result<Arc<Connection>, SpawnError> {
+        static SOCKETS: AtomicU64 = AtomicU64::new(0);
+        let start_error = |reason: String| SpawnError::Start {
+            program: program.to_owned(),
+            reason,
+        };
+        let dir = std::env::temp_dir().join(format!("extension-host-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| start_error(e.to_string()))?;
+        let socket = dir.join(format!("child-{}.sock", SOCKETS.fetch_add(1, Ordering::Relaxed)));
+        let _ = std::fs::remove_file(&socket);
+        let listener =
+            UnixListener::bind(&socket).map_err(|e| start_error(format!("cannot listen on {socket:?}: {e}")))?;
+        let token = token();
+        let mut child = tokio::process::Command::new(program)
+            .args(prefix_args)
+            .arg("child")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--token")
+            .arg(&token)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| start_error(e.to_string()))?;
+        let pid = child.id().unwrap_or_default();
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted.map_err(|e| SpawnError::Handshake(e.to_string())),
+            status = child.wait() => Err(SpawnError::Handshake(match status {
+                Ok(status) => format!("the child {} before connecting", describe_exit(status)),
+                Err(error) => error.to_string(),
+            })),
+            _ = tokio::time::sleep(HANDSHAKE_TIMEOUT) => Err(SpawnError::Handshake(format!("no connection within {HANDSHAKE_TIMEOUT:?}"))),
+        };
+        let _ = std::fs::remove_file(&socket);
+        let (stream, _) = accepted?;
+        let mut framed = Framed::new(stream, codec());
+        let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, framed.next()).await;
+        let bytes = match hello {
+            Ok(Some(Ok(bytes))) => bytes,
+            Ok(Some(Err(error))) => return Err(SpawnError::Handshake(error.to_string())),
+            Ok(None) => return Err(SpawnError::Handshake("the child closed the connection".into())),
+            Err(_) => return Err(SpawnError::Handshake(format!("no hello within {HANDSHAKE_TIMEOUT:?}"))),
+        };
+        match protocol::decode(&bytes) {
+            Ok(Packet::Hello {
+                protocol,
+                token: presented,
+                ..
+            }) => {
+                if protocol != PROTOCOL_VERSION {
+                    return Err(SpawnError::Handshake(format!(
+                        "the child speaks protocol version {protocol}, this host speaks {PROTOCOL_VERSION}"
+                    )));
+                }
+                if presented != token {
+                    return Err(SpawnError::Handshake("the child presented the wrong token".into()));
+                }
+            }
+            Ok(other) => return Err(SpawnError::Handshake(format!("expected a hello, got {other:?}"))),
+            Err(error) => return Err(SpawnError::Handshake(format!("malformed hello: {error}"))),
+        }
+        let welcome = protocol::encode(&Packet::Welcome {
+            protocol: PROTOCOL_VERSION,
+        })
+        .map_err(|e| SpawnError::Handshake(e.to_string()))?;
+        framed
+            .send(bytes::Bytes::from(welcome))
+            .await
+            .map_err(|e| SpawnError::Handshake(e.to_string()))?;
+
+        let (mut sink, mut stream) = framed.split();
+        let (outbox, mut queue) = mpsc::unbounded_channel::<Packet>();
+        let connection = Arc::new(Connection {
+            role,
+            pid,
+            outbox,
+            endpoints: Mutex::new(HashMap::new()),
+            loads: Mutex::new(HashMap::new()),
+            destroys: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+            retiring: AtomicBool::new(false),
+            child: Mutex::new(Some(child)),
+            on_lost,
+        });
+        tokio::spawn(async move {
+            while let Some(packet) = queue.recv().await {
+                let Ok(bytes) = protocol::encode(&packet) else { continue };
+                if sink.send(bytes::Bytes::from(bytes)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let reader = connection.clone();
+        tokio::spawn(async move {
+            let reason = loop {
+                match stream.next().await {
+                    Some(Ok(bytes)) => {
+                        if let Err(violation) = reader.receive(&bytes) {
+                            break format!("protocol violation: {violation}");
+                        }
+                    }
+                    Some(Err(error)) => break format!("unreadable frame: {error}"),
+                    None => break "the connection closed".to_owned(),
+                }
+            };
+            reader.lost(reason).await;
+        });
+        Ok(connection)
+    }
+
+    /// Handles one packet from the child; an error is a protocol violation.
+    fn receive(&self, bytes: &[u8]) -> Result<(), String> {
+        let packet = protocol::decode(bytes).map_err(|error| format!("malformed packet: {error}"))?;
+        match packet {
+            Packet::Message { key, message } => {
+                let endpoint = self.endpoint(key)?;
+                if let Some(link) = endpoint.link.upgrade() {
+                    link.route(&endpoint, &message.raw());
+                }
+            }
+            Packet::Complete {
+                key,
+                completion,
+                result,
+            } => {
+                self.endpoint(key)?;
+                endpoint::complete(key, completion, result);
+            }
+            Packet::Log {
+                key,
+                level,
+                target,
+                message,
+            } => {
+                let endpoint = self.endpoint(key)?;
+                endpoint::forward_log(&endpoint, level, &target, &message);
+            }
+            Packet::Loaded { key } => self.finish_load(key, Ok(()))?,
+            Packet::LoadFailed { key, reason } => self.finish_load(key, Err(reason))?,
+            Packet::Destroyed { key } => {
+                if let Some(done) = lock(&self.destroys).remove(&key) {
+                    let _ = done.send(());
+                }
+            }
+            other => return Err(format!("a child may not send {}", packet_name(&other))),
+        }
+        Ok(())
+    }
+
+    /// The endpoint behind `key`, which must have been given to this connection.
+    fn endpoint(&self, key: u64) -> Result<Arc<Endpoint>, String> {
+        let found = lock(&self.endpoints).get(&key).and_then(Weak::upgrade);
+        found.ok_or_else(|| format!("instance key {key} does not belong to this connection"))
+    }
+
+    fn finish_load(&self, key: u64, result: Result<(), String>) -> Result<(), String> {
+        match lock(&self.loads).remove(&key) {
+            Some(waiter) => {
+                let _ = waiter.send(result);
+                Ok(())
+            }
+            None => Err(format!("an unrequested load answer for key {key}")),
+        }
+    }
+
+    /// The connection broke: every instance behind it is gone.
+    async fn lost(self: &Arc<Self>, reason: String) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let expected = self.retiring.load(Ordering::Acquire);
+        let child = lock(&self.child).take();
+        let ended = match child {
+            Some(mut child) => {
+                let _ = child.start_kill();
+                match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
+                    Ok(Ok(status)) => describe_exit(status),
+                    _ => "did not end".to_owned(),
+                }
+            }
+            None => "ended".to_owned(),
+        };
+        let reason = format!("{reason}; the child process (pid {}) {ended}", self.pid);
+        if !expected {
+            tracing::warn!(role = ?self.role, "child connection lost: {reason}");
+        }
+        let endpoints: Vec<Arc<Endpoint>> = lock(&self.endpoints).drain().filter_map(|(_, e)| e.upgrade()).collect();
+        for endpoint in endpoints {
+            endpoint::fail_completions(endpoint.key, &reason);
+            if let Some(link) = endpoint.link.upgrade() {
+                link.lose_endpoint(&endpoint, &reason);
+            }
+        }
+        lock(&self.loads).clear();
+        lock(&self.destroys).clear();
+        if !expected {
+            (self.on_lost)(self.clone(), reason);
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn register(&self, key: u64, endpoint: Weak<Endpoint>) {
+        lock(&self.endpoints).insert(key, endpoint);
+    }
+
+    pub(crate) fn unregister(&self, key: u64) {
+        lock(&self.endpoints).remove(&key);
+    }
+
+    fn send(&self, packet: Packet) -> u32 {
+        if self.is_closed() || self.outbox.send(packet).is_err() {
+            return abi::status::DEACTIVATED;
+        }
+        abi::status::OK
+    }
+
+    pub(crate) fn deliver(&self, key: u64, message: &RawMessage) -> u32 {
+        // SAFETY: `message` comes from a routing call, whose buffers are valid for its duration.
+        match unsafe { OwnedMessage::copy(message) } {
+            Some(message) => self.send(Packet::Message { key, message }),
+            None => abi::status::INVALID,
+        }
+    }
+
+    pub(crate) fn control(&self, key: u64, command: Control) -> u32 {
+        self.send(Packet::Control { key, command })
+    }
+
+    pub(crate) async fn load(
+        &self,
+        key: u64,
+        name: &str,
+        path: &Path,
+        max_log_level: u32,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let (done, loaded) = oneshot::channel();
+        lock(&self.loads).insert(key, done);
+        let packet = Packet::Load {
+            key,
+            name: name.to_owned(),
+            path: path.to_owned(),
+            max_log_level,
+        };
+        if self.send(packet) != abi::status::OK {
+            lock(&self.loads).remove(&key);
+            return Err("the child process is gone".into());
+        }
+        match tokio::time::timeout(timeout, loaded).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err("the child process went away while loading".into()),
+            Err(_) => {
+                lock(&self.loads).remove(&key);
+                Err(format!("the child did not load the library within {timeout:?}"))
+            }
+        }
+    }
+
+    /// Tells the child to destroy the instance; true once it confirms.
+    pub(crate) async fn destroy(&self, key: u64) -> bool {
+        let (done, destroyed) = oneshot::channel();
+        lock(&self.destroys).insert(key, done);
+        if self.send(Packet::Destroy { key }) != abi::status::OK {
+            lock(&self.destroys).remove(&key);
+            return false;
+        }
+        let confirmed = matches!(tokio::time::timeout(DESTROY_TIMEOUT, destroyed).await, Ok(Ok(())));
+        lock(&self.destroys).remove(&key);
+        confirmed
+    }
+
+    /// Ends the child on purpose (its frame closed, its extension deactivated).
+    pub(crate) async fn retire(self: &Arc<Self>) {
+        self.retiring.store(true, Ordering::Release);
+        self.lost("retired by the host".to_owned()).await;
+    }
+}
+
+fn packet_name(packet: &Packet) -> &'static str {
+    match packet {
+        Packet::Hello { .. } => "Hello",
+        Packet::Welcome { .. } => "Welcome",
+        Packet::Load { .. } => "Load",
+        Packet::Loaded { .. } => "Loaded",
+        Packet::LoadFailed { .. } => "LoadFailed",
+        Packet::Control { .. } => "Control",
+        Packet::Complete { .. } => "Complete",
+        Packet::Message { .. } => "Message",
+        Packet::Log { .. } => "Log",
+        Packet::Destroy { .. } => "Destroy",
+        Packet::Destroyed { .. } => "Destroyed",
+    }
+}

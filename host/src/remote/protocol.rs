@@ -1,0 +1,159 @@
+//! The protocol between the host and a child process (a renderer process, or an isolated
+//! extension's process): plain data, no I/O. Each packet is one MessagePack value (named
+//! fields) in a length-delimited frame; the child's `Hello` and the host's `Welcome` come first.
+
+use std::path::PathBuf;
+
+use extension_api::abi::{Peer, RawMessage, RawSlice};
+use extension_api::wire::{Completion, Control};
+use serde::{Deserialize, Serialize};
+
+/// Bump on any change to [`Packet`].
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest packet either side accepts; a longer length prefix closes the connection.
+pub const MAX_PACKET: usize = 16 << 20;
+
+/// Everything that travels on a child connection. `key` is an instance key the host assigned
+/// to this connection: the host refuses any other.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Packet {
+    /// Child to host, first: the protocol it speaks and the token it was started with.
+    Hello { protocol: u32, token: String, pid: u32 },
+    /// Host to child: the handshake succeeded.
+    Welcome { protocol: u32 },
+    /// Host to child: load the library at `path` and start an instance of it under `key`.
+    Load {
+        key: u64,
+        name: String,
+        path: PathBuf,
+        max_log_level: u32,
+    },
+    /// Child to host: the instance runs.
+    Loaded { key: u64 },
+    /// Child to host: the library could not be loaded or started.
+    LoadFailed { key: u64, reason: String },
+    /// Host to child: a lifecycle or query command for the instance.
+    Control { key: u64, command: Control },
+    /// Child to host: the answer to a command.
+    Complete {
+        key: u64,
+        completion: u64,
+        result: Completion,
+    },
+    /// Either way: an IPC message of the instance (to it, or from one of its halves).
+    Message { key: u64, message: OwnedMessage },
+    /// Child to host: a tracing event of the instance.
+    Log {
+        key: u64,
+        level: u32,
+        target: String,
+        message: String,
+    },
+    /// Host to child: stop the instance and forget it.
+    Destroy { key: u64 },
+    /// Child to host: the instance is gone.
+    Destroyed { key: u64 },
+}
+
+/// A [`RawMessage`] that owns its buffers, for the socket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OwnedMessage {
+    pub kind: u32,
+    pub status: u32,
+    pub origin: Peer,
+    pub target: Peer,
+    pub request_id: u64,
+    pub channel: String,
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+}
+
+impl OwnedMessage {
+    /// Copies a borrowed message; `None` if its buffers are invalid.
+    ///
+    /// # Safety
+    /// The slices of `message` must be valid for this call (or null with length 0).
+    pub unsafe fn copy(message: &RawMessage) -> Option<OwnedMessage> {
+        // SAFETY: the caller's contract.
+        let channel = unsafe { message.channel.as_bytes() }?;
+        // SAFETY: the caller's contract.
+        let payload = unsafe { message.payload.as_bytes() }?;
+        Some(OwnedMessage {
+            kind: message.kind,
+            status: message.status,
+            origin: message.origin,
+            target: message.target,
+            request_id: message.request_id,
+            channel: String::from_utf8(channel.to_vec()).ok()?,
+            payload: payload.to_vec(),
+        })
+    }
+
+    /// Borrows it as a [`RawMessage`] for one call.
+    pub fn raw(&self) -> RawMessage {
+        RawMessage {
+            kind: self.kind,
+            status: self.status,
+            origin: self.origin,
+            target: self.target,
+            request_id: self.request_id,
+            channel: RawSlice::new(self.channel.as_bytes()),
+            payload: RawSlice::new(&self.payload),
+        }
+    }
+}
+
+/// Encodes a packet for the wire.
+pub fn encode(packet: &Packet) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    rmp_serde::to_vec_named(packet)
+}
+
+/// Decodes a packet from the wire; any malformed or unknown packet is an error.
+pub fn decode(bytes: &[u8]) -> Result<Packet, rmp_serde::decode::Error> {
+    rmp_serde::from_slice(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packets_round_trip() {
+        let message = OwnedMessage {
+            kind: 2,
+            status: 0,
+            origin: 3,
+            target: 0,
+            request_id: u64::MAX,
+            channel: "ch".into(),
+            payload: vec![0, 1, 255],
+        };
+        for packet in [
+            Packet::Hello {
+                protocol: PROTOCOL_VERSION,
+                token: "t".into(),
+                pid: 7,
+            },
+            Packet::Message {
+                key: 9,
+                message: message.clone(),
+            },
+            Packet::Control {
+                key: 1,
+                command: Control::Inspect { completion: 4 },
+            },
+        ] {
+            assert_eq!(decode(&encode(&packet).unwrap()).unwrap(), packet);
+        }
+        assert_eq!(OwnedMessage::clone(&message), message);
+    }
+
+    #[test]
+    fn garbage_is_refused() {
+        assert!(decode(b"\xc1\xc1\xc1").is_err());
+        assert!(decode(&[]).is_err());
+        let unknown = rmp_serde::to_vec_named(&("NoSuchPacket", 1)).unwrap();
+        assert!(decode(&unknown).is_err());
+    }
+}
