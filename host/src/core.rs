@@ -8,7 +8,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use extension_api::abi::Peer;
 use tokio::sync::{broadcast, oneshot};
 
-use crate::events::{LogRecord, ObservedBroadcast};
+use crate::events::{HostEvent, LogRecord, ObservedBroadcast};
 
 /// Locks a mutex, tolerating poisoning: host bookkeeping stays usable after a panic elsewhere.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -30,6 +30,7 @@ pub(crate) struct Core {
     pub(crate) next_request: AtomicU64,
     pub(crate) logs: broadcast::Sender<LogRecord>,
     pub(crate) broadcasts: broadcast::Sender<ObservedBroadcast>,
+    pub(crate) events: broadcast::Sender<HostEvent>,
 }
 
 impl Core {
@@ -40,6 +41,7 @@ impl Core {
             next_request: AtomicU64::new(1),
             logs: broadcast::channel(4096).0,
             broadcasts: broadcast::channel(4096).0,
+            events: broadcast::channel(256).0,
         }
     }
 

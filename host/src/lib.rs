@@ -14,7 +14,7 @@ mod link;
 pub mod remote;
 
 pub use error::{HostError, LoadError};
-pub use events::{LogRecord, ObservedBroadcast};
+pub use events::{HostEvent, LogRecord, ObservedBroadcast};
 pub use host::{
     CrashBudget, DeactivateReport, ExtensionSnapshot, ExtensionState, FrameKind, FrameSnapshot, Host, HostConfig,
     HostSnapshot,

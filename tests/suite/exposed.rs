@@ -3,16 +3,15 @@
 use extension_host::FrameId;
 use probe_protocol::*;
 
-use crate::support::{self, FAILSAFE, expect_pongs};
+use crate::support::{self, FAILSAFE, Transport, expect_pongs};
 
 fn calc_pongs(pongs: &[Pong]) -> Vec<&str> {
     pongs.iter().map(|pong| pong.tag.as_str()).collect()
 }
 
-#[tokio::test]
-async fn exposed_functions_are_typed_intact_and_withdrawable() {
+async fn exposed_functions_are_typed_intact_and_withdrawable(transport: Transport) {
     let host = support::host_with(&["probe"]).await;
-    host.open_frame().await;
+    support::open_frames(&host, transport, 1).await;
     let mut seen = host.broadcasts();
     host.broadcast("probe", CALC_TEST.name(), &()).unwrap();
     let pongs = expect_pongs(&host, &mut seen, "probe", 1, 2).await;
@@ -47,11 +46,10 @@ async fn exposed_functions_are_typed_intact_and_withdrawable() {
     );
 }
 
-#[tokio::test]
-async fn main_asks_one_frame_and_gets_its_answer_or_a_typed_error() {
+async fn main_asks_one_frame_and_gets_its_answer_or_a_typed_error(transport: Transport) {
     let host = support::host_with(&["probe"]).await;
-    host.open_frame().await;
-    host.open_frame().await;
+    support::open_frames(&host, transport, 1).await;
+    support::open_frames(&host, transport, 1).await;
     let frames: Vec<u64> = host.invoke("probe", MAIN_FRAMES.name(), &(), FAILSAFE).await.unwrap();
     assert_eq!(frames, vec![1, 2]);
     let ask = |frame: u64, channel: &str, timeout_ms: u64| {
@@ -80,3 +78,8 @@ async fn main_asks_one_frame_and_gets_its_answer_or_a_typed_error() {
     let frames: Vec<u64> = host.invoke("probe", MAIN_FRAMES.name(), &(), FAILSAFE).await.unwrap();
     assert_eq!(frames, vec![1]);
 }
+
+conformance!(
+    exposed_functions_are_typed_intact_and_withdrawable,
+    main_asks_one_frame_and_gets_its_answer_or_a_typed_error,
+);

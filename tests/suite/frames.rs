@@ -5,13 +5,12 @@ use std::collections::BTreeSet;
 use extension_host::FrameId;
 use probe_protocol::*;
 
-use crate::support::{self, FAILSAFE, expect_pongs, wait_log};
+use crate::support::{self, FAILSAFE, Transport, expect_pongs, wait_log};
 
-#[tokio::test]
-async fn a_frame_opened_later_gets_the_renderer_halves_of_active_extensions() {
+async fn a_frame_opened_later_gets_the_renderer_halves_of_active_extensions(transport: Transport) {
     let host = support::host_with(&["hello"]).await;
     let mut logs = host.logs();
-    let frame = host.open_frame().await;
+    let frame = support::open_frame(&host, transport).await;
     assert_eq!(frame, FrameId(1));
     wait_log(&mut logs, "hello", |m| {
         m == "main got `initialize` from frame 1: renderer-1"
@@ -23,11 +22,10 @@ async fn a_frame_opened_later_gets_the_renderer_halves_of_active_extensions() {
     .await;
 }
 
-#[tokio::test]
-async fn an_extension_activated_later_starts_in_every_open_frame() {
+async fn an_extension_activated_later_starts_in_every_open_frame(transport: Transport) {
     let host = support::host_with(&[]).await;
-    host.open_frame().await;
-    host.open_frame().await;
+    support::open_frames(&host, transport, 1).await;
+    support::open_frames(&host, transport, 1).await;
     host.load(support::library("probe")).unwrap();
     host.activate("probe").await.unwrap();
     let mut seen = host.broadcasts();
@@ -42,10 +40,9 @@ async fn an_extension_activated_later_starts_in_every_open_frame() {
     assert_eq!(snapshot.extension("probe").unwrap().frames, vec![1, 2]);
 }
 
-#[tokio::test]
-async fn reloading_a_frame_restarts_its_renderers_and_keeps_main_registrations() {
+async fn reloading_a_frame_restarts_its_renderers_and_keeps_main_registrations(transport: Transport) {
     let host = support::host_with(&["probe"]).await;
-    let frame = host.open_frame().await;
+    let frame = support::open_frame(&host, transport).await;
     host.invoke::<_, bool>("probe", REHANDLE.name(), &(), FAILSAFE)
         .await
         .unwrap();
@@ -92,11 +89,10 @@ async fn reloading_a_frame_restarts_its_renderers_and_keeps_main_registrations()
     );
 }
 
-#[tokio::test]
-async fn closing_a_frame_removes_its_renderer_halves() {
+async fn closing_a_frame_removes_its_renderer_halves(transport: Transport) {
     let host = support::host_with(&["probe"]).await;
-    host.open_frame().await;
-    let second = host.open_frame().await;
+    support::open_frames(&host, transport, 1).await;
+    let second = support::open_frame(&host, transport).await;
     host.close_frame(second).await.unwrap();
     assert_eq!(host.frames(), vec![FrameId(1)]);
     let mut seen = host.broadcasts();
@@ -157,3 +153,10 @@ async fn a_lifecycle_call_runs_to_completion_even_if_its_caller_gives_up() {
         "{probe:?}"
     );
 }
+
+conformance!(
+    a_frame_opened_later_gets_the_renderer_halves_of_active_extensions,
+    an_extension_activated_later_starts_in_every_open_frame,
+    reloading_a_frame_restarts_its_renderers_and_keeps_main_registrations,
+    closing_a_frame_removes_its_renderer_halves,
+);

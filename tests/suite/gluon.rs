@@ -6,14 +6,13 @@ use std::time::Duration;
 
 use extension_api::InvokeErrorKind;
 
-use crate::support::{self, FAILSAFE, wait_logs};
+use crate::support::{self, FAILSAFE, Transport, wait_logs};
 
-#[tokio::test]
-async fn the_reference_examples_work_from_every_frame() {
+async fn the_reference_examples_work_from_every_frame(transport: Transport) {
     let host = support::host_with(&["gluon"]).await;
     let mut logs = host.logs();
-    host.open_frame().await;
-    host.open_frame().await;
+    support::open_frames(&host, transport, 1).await;
+    support::open_frames(&host, transport, 1).await;
     let expected: Vec<String> = [1, 2]
         .iter()
         .flat_map(|frame| {
@@ -45,3 +44,5 @@ async fn the_reference_examples_work_from_every_frame() {
     assert_eq!(error.kind, InvokeErrorKind::NoHandler);
     let _ = Duration::ZERO;
 }
+
+conformance!(the_reference_examples_work_from_every_frame,);

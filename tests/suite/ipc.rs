@@ -4,19 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use extension_api::InvokeErrorKind;
-use extension_host::Host;
 use probe_protocol::*;
 
-use crate::support::{self, FAILSAFE, expect_pongs, pongs, wait_log, wait_logs};
-
-/// A host running `crates`, with `frames` frames open.
-async fn host_with_frames(crates: &[&str], frames: usize) -> Host {
-    let host = support::host_with(crates).await;
-    for _ in 0..frames {
-        host.open_frame().await;
-    }
-    host
-}
+use crate::support::{self, FAILSAFE, Transport, expect_pongs, host_with_frames, pongs, wait_log, wait_logs};
 
 fn sides(pongs: &[Pong]) -> BTreeSet<String> {
     pongs.iter().map(|pong| pong.side.clone()).collect()
@@ -28,9 +18,8 @@ fn all_sides(frames: u64) -> BTreeSet<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn namespaces_are_isolated_for_every_combination_of_sides() {
-    let host = host_with_frames(&["probe", "probe-twin"], 2).await;
+async fn namespaces_are_isolated_for_every_combination_of_sides(transport: Transport) {
+    let host = host_with_frames(transport, &["probe", "probe-twin"], 2).await;
     let mut seen = host.broadcasts();
     // From the host, from main, and from each frame of `probe`: every half of `probe` answers,
     // and `probe-twin` (same code, same channel names) hears nothing.
@@ -95,16 +84,15 @@ async fn namespaces_are_isolated_for_every_combination_of_sides() {
 
 #[tokio::test]
 async fn hello_and_its_twin_answer_only_for_themselves() {
-    let host = host_with_frames(&["hello", "hello-twin"], 1).await;
+    let host = host_with_frames(Transport::InProcess, &["hello", "hello-twin"], 1).await;
     let hello: String = host.invoke("hello", "greet", "a", FAILSAFE).await.unwrap();
     let twin: String = host.invoke("hello-twin", "greet", "a", FAILSAFE).await.unwrap();
     assert_eq!(hello, "Hello, a! (from hello's main)");
     assert_eq!(twin, "Hello, a! (from hello-twin's main)");
 }
 
-#[tokio::test]
-async fn each_broadcast_reaches_each_listener_exactly_once_with_three_frames() {
-    let host = host_with_frames(&["probe"], 3).await;
+async fn each_broadcast_reaches_each_listener_exactly_once_with_three_frames(transport: Transport) {
+    let host = host_with_frames(transport, &["probe"], 3).await;
     let mut seen = host.broadcasts();
     for round in 0..5 {
         host.broadcast(
@@ -136,9 +124,8 @@ async fn each_broadcast_reaches_each_listener_exactly_once_with_three_frames() {
     assert!(counts.values().all(|&count| count == 1), "{counts:?}");
 }
 
-#[tokio::test]
-async fn messages_from_one_sender_arrive_in_send_order() {
-    let host = host_with_frames(&["probe"], 2).await;
+async fn messages_from_one_sender_arrive_in_send_order(transport: Transport) {
+    let host = host_with_frames(transport, &["probe"], 2).await;
     // From the host: broadcasts and invokes interleaved, invokes not awaited until the end.
     let mut replies = Vec::new();
     for n in 0..90u32 {
@@ -173,9 +160,8 @@ async fn messages_from_one_sender_arrive_in_send_order() {
     assert_eq!(log[90..], expected[..]);
 }
 
-#[tokio::test]
-async fn every_invoke_error_kind_keeps_its_kind_and_message() {
-    let host = host_with_frames(&["probe"], 1).await;
+async fn every_invoke_error_kind_keeps_its_kind_and_message(transport: Transport) {
+    let host = host_with_frames(transport, &["probe"], 1).await;
     let invoke =
         |channel: &str, value: &dyn erased::Value| host.invoke_raw("probe", channel, &value.encode(), FAILSAFE);
 
@@ -278,9 +264,8 @@ async fn dropping_an_invoke_cancels_it() {
     assert_eq!(host.inspect().await.extension("probe").unwrap().pending_requests, 0);
 }
 
-#[tokio::test]
-async fn deactivating_with_requests_in_flight_fails_them_all() {
-    let host = host_with_frames(&["probe"], 2).await;
+async fn deactivating_with_requests_in_flight_fails_them_all(transport: Transport) {
+    let host = host_with_frames(transport, &["probe"], 2).await;
     let mut logs = host.logs();
     let from_host = host.invoke::<_, ()>("probe", HANG.name(), &(), FAILSAFE);
     host.broadcast("probe", START_HANG.name(), &()).unwrap();
@@ -297,9 +282,8 @@ async fn deactivating_with_requests_in_flight_fails_them_all() {
     wait_logs(&mut logs, "probe", &ended).await;
 }
 
-#[tokio::test]
-async fn closing_a_frame_fails_its_requests_and_cancels_their_handlers() {
-    let host = host_with_frames(&["probe"], 2).await;
+async fn closing_a_frame_fails_its_requests_and_cancels_their_handlers(transport: Transport) {
+    let host = host_with_frames(transport, &["probe"], 2).await;
     let mut logs = host.logs();
     host.broadcast("probe", START_HANG.name(), &()).unwrap();
     for _ in 0..2 {
@@ -318,9 +302,8 @@ async fn closing_a_frame_fails_its_requests_and_cancels_their_handlers() {
     assert_eq!(probe.instance.as_ref().unwrap().halves.len(), 2, "main and frame 2");
 }
 
-#[tokio::test]
-async fn a_listener_of_the_wrong_type_is_skipped_and_reported_while_others_run() {
-    let host = host_with_frames(&["probe"], 2).await;
+async fn a_listener_of_the_wrong_type_is_skipped_and_reported_while_others_run(transport: Transport) {
+    let host = host_with_frames(transport, &["probe"], 2).await;
     let mut logs = host.logs();
     let mut seen = host.broadcasts();
     host.broadcast("probe", TYPED, "a string").unwrap();
@@ -348,9 +331,8 @@ async fn a_listener_of_the_wrong_type_is_skipped_and_reported_while_others_run()
     );
 }
 
-#[tokio::test]
-async fn disposers_remove_exactly_their_registration_and_are_idempotent() {
-    let host = host_with_frames(&["probe"], 2).await;
+async fn disposers_remove_exactly_their_registration_and_are_idempotent(transport: Transport) {
+    let host = host_with_frames(transport, &["probe"], 2).await;
     let mut seen = host.broadcasts();
     host.broadcast("probe", DISPOSE_RENDERER_PING.name(), &()).unwrap();
     host.broadcast(
@@ -475,3 +457,14 @@ mod erased {
         }
     }
 }
+
+conformance!(
+    namespaces_are_isolated_for_every_combination_of_sides,
+    each_broadcast_reaches_each_listener_exactly_once_with_three_frames,
+    messages_from_one_sender_arrive_in_send_order,
+    every_invoke_error_kind_keeps_its_kind_and_message,
+    deactivating_with_requests_in_flight_fails_them_all,
+    closing_a_frame_fails_its_requests_and_cancels_their_handlers,
+    a_listener_of_the_wrong_type_is_skipped_and_reported_while_others_run,
+    disposers_remove_exactly_their_registration_and_are_idempotent,
+);

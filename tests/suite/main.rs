@@ -3,7 +3,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[macro_use]
+mod support;
+
 mod console;
+mod crashes;
 mod exposed;
 mod frames;
 mod gluon;
@@ -11,4 +15,3 @@ mod ipc;
 mod lifecycle;
 mod loading;
 mod store;
-mod support;

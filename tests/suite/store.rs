@@ -6,16 +6,12 @@ use std::collections::BTreeMap;
 use probe_protocol::*;
 use proptest::prelude::*;
 
-use crate::support::{self, FAILSAFE, pongs, wait_log};
+use crate::support::{self, FAILSAFE, Transport, pongs, wait_log};
 
 const SIDES: [&str; 4] = ["main", "frame:1", "frame:2", "frame:3"];
 
-async fn host_with_frames(frames: usize) -> extension_host::Host {
-    let host = support::host_with(&["probe"]).await;
-    for _ in 0..frames {
-        host.open_frame().await;
-    }
-    host
+async fn host_with_frames(transport: Transport, frames: usize) -> extension_host::Host {
+    support::host_with_frames(transport, &["probe"], frames).await
 }
 
 /// Sends `ops` (side index, key index, value or delete) without waiting in between, then waits
@@ -68,29 +64,45 @@ fn check_converged(dumps: &[ReplicaDump], writes: usize) {
     }
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+/// Random interleavings of writes and deletes from main and three frames.
+fn converge(transport: Transport, ops: &[(usize, u8, Option<i64>)]) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let host = host_with_frames(transport, 3).await;
+        let dumps = run_ops(&host, ops).await;
+        check_converged(&dumps, ops.len());
+        host.shutdown().await;
+    });
+}
 
-    /// Random interleavings of writes and deletes from main and three frames.
+fn operations() -> impl Strategy<Value = Vec<(usize, u8, Option<i64>)>> {
+    prop::collection::vec((0usize..4, 0u8..3, prop::option::of(-3i64..3)), 1..40)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
     #[test]
-    fn replicas_converge_in_mains_order(ops in prop::collection::vec((0usize..4, 0u8..3, prop::option::of(-3i64..3)), 1..40)) {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(async {
-            let host = host_with_frames(3).await;
-            let dumps = run_ops(&host, &ops).await;
-            check_converged(&dumps, ops.len());
-        });
+    fn replicas_converge_in_mains_order_in_process(ops in operations()) {
+        converge(Transport::InProcess, &ops);
+    }
+
+    #[test]
+    fn replicas_converge_in_mains_order_across_processes(ops in operations()) {
+        converge(Transport::ChildProcess, &ops);
     }
 }
 
-#[tokio::test]
-async fn a_frame_has_the_snapshot_before_its_activate_runs() {
+async fn a_frame_has_the_snapshot_before_its_activate_runs(transport: Transport) {
     let host = support::host_with(&["probe"]).await;
     let mut logs = host.logs();
     host.invoke::<_, ()>("probe", SET_PRESET.name(), "dark mode", FAILSAFE)
         .await
         .unwrap();
-    host.open_frame().await;
+    support::open_frames(&host, transport, 1).await;
     wait_log(&mut logs, "probe", |m| {
         m == r#"frame:1 activated with preset=Ok(Some("dark mode"))"#
     })
@@ -119,9 +131,8 @@ async fn values_that_cannot_be_stored_are_refused_at_the_call() {
     );
 }
 
-#[tokio::test]
-async fn the_store_is_cleared_on_deactivate() {
-    let host = host_with_frames(3).await;
+async fn the_store_is_cleared_on_deactivate(transport: Transport) {
+    let host = host_with_frames(transport, 3).await;
     let dumps = run_ops(&host, &[(0, 0, Some(1)), (2, 1, Some(2))]).await;
     assert_eq!(dumps[0].values.len(), 2);
     host.deactivate("probe").await.unwrap();
@@ -135,9 +146,8 @@ async fn the_store_is_cleared_on_deactivate() {
     );
 }
 
-#[tokio::test]
-async fn a_write_that_changes_nothing_notifies_no_one() {
-    let host = host_with_frames(3).await;
+async fn a_write_that_changes_nothing_notifies_no_one(transport: Transport) {
+    let host = host_with_frames(transport, 3).await;
     // Setting the same value twice and deleting a missing key: three writes, one change.
     let dumps = run_ops(&host, &[(1, 0, Some(5)), (3, 0, Some(5)), (0, 2, None)]).await;
     check_converged(&dumps, 3);
@@ -150,3 +160,9 @@ async fn a_write_that_changes_nothing_notifies_no_one() {
         "whichever was sequenced first: {writer}"
     );
 }
+
+conformance!(
+    a_frame_has_the_snapshot_before_its_activate_runs,
+    the_store_is_cleared_on_deactivate,
+    a_write_that_changes_nothing_notifies_no_one,
+);

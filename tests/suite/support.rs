@@ -25,6 +25,7 @@ const CRATES: &[&str] = &[
     "wrong-abi",
     "reload-v1",
     "reload-v2",
+    "rogue-child",
 ];
 
 /// Only a guard against a hung test: nothing waits for it to pass.
@@ -87,6 +88,58 @@ pub fn config() -> HostConfig {
 
 fn tracing_level() -> extension_host::LevelFilter {
     extension_host::LevelFilter::INFO
+}
+
+/// Where the frames of a conformance test run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    InProcess,
+    ChildProcess,
+}
+
+/// Opens `count` frames of the transport's kind.
+pub async fn open_frames(host: &Host, transport: Transport, count: usize) {
+    for _ in 0..count {
+        open_frame(host, transport).await;
+    }
+}
+
+/// Opens one frame of the transport's kind.
+pub async fn open_frame(host: &Host, transport: Transport) -> extension_host::FrameId {
+    match transport {
+        Transport::InProcess => host.open_frame().await,
+        Transport::ChildProcess => host.open_child_frame().await.expect("a renderer process starts"),
+    }
+}
+
+/// A host running `crates`, with `frames` frames of the transport's kind open.
+pub async fn host_with_frames(transport: Transport, crates: &[&str], frames: usize) -> Host {
+    let host = host_with(crates).await;
+    open_frames(&host, transport, frames).await;
+    host
+}
+
+/// Runs each named `async fn name(transport: Transport)` twice: with in-process frames and
+/// with frames in renderer processes. One conformance suite, two transports.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod in_process {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(crate::support::Transport::InProcess).await
+                }
+            )*
+        }
+        mod child_process {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(crate::support::Transport::ChildProcess).await
+                }
+            )*
+        }
+    };
 }
 
 /// A host with the given crates loaded and activated.

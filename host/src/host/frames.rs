@@ -13,6 +13,7 @@ use super::{Frame, FrameKind, GRACE, Host, completion_problem, level_number, mil
 use crate::core::lock;
 use crate::endpoint::Endpoint;
 use crate::error::HostError;
+use crate::events::HostEvent;
 use crate::link::Link;
 use crate::remote::{Connection, Role};
 
@@ -235,6 +236,11 @@ impl Host {
             restart
         };
         tracing::error!(frame, restart, "the frame's renderer process crashed: {reason}");
+        self.publish(HostEvent::FrameCrashed {
+            frame,
+            reason: reason.to_owned(),
+            restarting: restart,
+        });
         for (_, link) in self.active_links() {
             tell_frames(&link).await;
         }
@@ -248,6 +254,7 @@ impl Host {
                     entry.restarts += 1;
                 }
                 self.start_renderers(frame).await;
+                self.publish(HostEvent::FrameRestarted { frame });
             }
             Err(error) => {
                 tracing::error!(frame, "the renderer process could not be restarted: {error}");

@@ -11,6 +11,7 @@ use super::{DeactivateReport, ExtensionState, GRACE, Host, completion_problem, l
 use crate::core::lock;
 use crate::endpoint::Endpoint;
 use crate::error::HostError;
+use crate::events::HostEvent;
 use crate::link::Link;
 use crate::remote::{Connection, Role};
 
@@ -201,13 +202,23 @@ impl Host {
             (entry.link.take(), restart)
         };
         tracing::error!(extension = %name, restart, "the extension's process crashed: {reason}");
+        self.publish(HostEvent::ExtensionCrashed {
+            extension: name.to_owned(),
+            reason: reason.to_owned(),
+            restarting: restart,
+        });
         if let Some(link) = link {
             link.stop_routing();
             link.fail_pending(|_, _| true, InvokeErrorKind::ConnectionLost, reason);
             teardown(&link, None).await;
         }
-        if restart && let Err(error) = self.activate_locked(name).await {
-            tracing::error!(extension = %name, "restart after a crash failed: {error}");
+        if restart {
+            match self.activate_locked(name).await {
+                Ok(()) => self.publish(HostEvent::ExtensionRestarted {
+                    extension: name.to_owned(),
+                }),
+                Err(error) => tracing::error!(extension = %name, "restart after a crash failed: {error}"),
+            }
         }
     }
 }

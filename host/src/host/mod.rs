@@ -27,7 +27,7 @@ pub use snapshot::{DeactivateReport, ExtensionSnapshot, ExtensionState, FrameKin
 use crate::core::{Core, lock};
 use crate::endpoint::ControlError;
 use crate::error::{HostError, LoadError};
-use crate::events::{LogRecord, ObservedBroadcast};
+use crate::events::{HostEvent, LogRecord, ObservedBroadcast};
 use crate::library::{self, Library, LibraryInfo};
 use crate::link::Link;
 use crate::remote::{Connection, Role};
@@ -182,6 +182,15 @@ impl Host {
     /// Extension log records, as they arrive.
     pub fn logs(&self) -> broadcast::Receiver<LogRecord> {
         self.inner.core.logs.subscribe()
+    }
+
+    /// Crashes and restarts of child processes, as they happen.
+    pub fn events(&self) -> broadcast::Receiver<HostEvent> {
+        self.inner.core.events.subscribe()
+    }
+
+    fn publish(&self, event: HostEvent) {
+        let _ = self.inner.core.events.send(event);
     }
 
     /// Every broadcast, of every extension, as the host routes it.

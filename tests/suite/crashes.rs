@@ -1,0 +1,338 @@
+//! Crash containment: renderer processes and isolated extensions that die, misbehave, or
+//! outlive their host.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use extension_api::InvokeErrorKind;
+use extension_host::{CrashBudget, ExtensionState, Host, HostEvent};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use probe_protocol::*;
+use tokio::sync::broadcast::Receiver;
+
+use crate::support::{self, FAILSAFE, expect_pongs, library, wait_log, wait_logs};
+
+/// Waits for the next host event matching `matches`.
+async fn wait_event(events: &mut Receiver<HostEvent>, matches: impl Fn(&HostEvent) -> bool) -> HostEvent {
+    let found = tokio::time::timeout(FAILSAFE, async {
+        loop {
+            match events.recv().await {
+                Ok(event) if matches(&event) => return event,
+                Ok(_) => {}
+                Err(error) => panic!("event stream ended: {error}"),
+            }
+        }
+    });
+    found.await.expect("the host reports the event")
+}
+
+fn sigkill(pid: u32) {
+    kill(Pid::from_raw(i32::try_from(pid).unwrap()), Signal::SIGKILL).unwrap();
+}
+
+/// Whether a process is gone (or a zombie nobody has reaped yet).
+fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+async fn frame_pid(host: &Host, frame: u64) -> u32 {
+    host.inspect()
+        .await
+        .frame(frame)
+        .and_then(|frame| frame.pid)
+        .expect("the frame has a renderer process")
+}
+
+#[tokio::test]
+async fn a_renderer_process_killed_mid_invokes_fails_them_fast_and_comes_back() {
+    let host = support::host_with(&["probe"]).await;
+    support::open_frames(&host, support::Transport::ChildProcess, 2).await;
+    let mut logs = host.logs();
+    let mut events = host.events();
+    // In flight: main waiting on frame 2, and both frames waiting on main.
+    let ask = AskFrame {
+        frame: 2,
+        channel: "frame-hang".into(),
+        timeout_ms: 60_000,
+    };
+    let main_to_frame = host.invoke::<_, String>("probe", ASK_FRAME.name(), &ask, FAILSAFE);
+    host.broadcast("probe", START_HANG.name(), &()).unwrap();
+    wait_logs(&mut logs, "probe", &["hang handler started".to_owned()]).await;
+    wait_logs(&mut logs, "probe", &["hang handler started".to_owned()]).await;
+    let old_pid = frame_pid(&host, 2).await;
+
+    sigkill(old_pid);
+    assert_eq!(main_to_frame.await.unwrap(), "ConnectionLost");
+    // Frame 2's request to main was cancelled: its handler is dropped.
+    wait_log(&mut logs, "probe", |m| m == "hang handler dropped").await;
+    let crashed = wait_event(&mut events, |e| matches!(e, HostEvent::FrameCrashed { frame: 2, .. })).await;
+    let HostEvent::FrameCrashed { reason, restarting, .. } = crashed else {
+        unreachable!()
+    };
+    assert!(
+        restarting && reason.contains("killed by signal 9 (SIGKILL)"),
+        "{reason}"
+    );
+    wait_event(&mut events, |e| *e == HostEvent::FrameRestarted { frame: 2 }).await;
+
+    // Back, with a new process, and everything answers again exactly once per half.
+    let snapshot = host.inspect().await;
+    let frame = snapshot.frame(2).unwrap();
+    assert_eq!(frame.restarts, 1);
+    assert_ne!(frame.pid, Some(old_pid));
+    let mut seen = host.broadcasts();
+    host.broadcast("probe", PING.name(), &Ping { tag: "after".into() })
+        .unwrap();
+    let pongs = expect_pongs(&host, &mut seen, "probe", 3, 3).await;
+    let sides: BTreeSet<_> = pongs.iter().map(|p| p.side.as_str()).collect();
+    assert_eq!(sides, BTreeSet::from(["main", "frame:1", "frame:2"]));
+    host.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_renderer_that_overflows_its_stack_takes_only_its_process_down() {
+    let host = support::host_with(&["probe", "hello"]).await;
+    let frame = support::open_frame(&host, support::Transport::ChildProcess).await;
+    let mut events = host.events();
+    host.broadcast(
+        "probe",
+        CRASH_FRAME.name(),
+        &Relay {
+            side: "frame:1".into(),
+            tag: "stack-overflow".into(),
+        },
+    )
+    .unwrap();
+    let crashed = wait_event(&mut events, |e| matches!(e, HostEvent::FrameCrashed { .. })).await;
+    assert!(
+        matches!(
+            crashed,
+            HostEvent::FrameCrashed {
+                frame: 1,
+                restarting: true,
+                ..
+            }
+        ),
+        "{crashed:?}"
+    );
+    let greeting: String = host.invoke("hello", "greet", "survivor", FAILSAFE).await.unwrap();
+    assert!(greeting.contains("survivor"));
+    wait_event(&mut events, |e| *e == HostEvent::FrameRestarted { frame: frame.0 }).await;
+    host.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_crashing_isolated_extension_is_restarted_within_its_budget_and_harms_no_one() {
+    let mut config = support::config();
+    config.crash_budget = CrashBudget {
+        crashes: 2,
+        window: Duration::from_secs(300),
+    };
+    let host = Host::new(config);
+    let mut events = host.events();
+    for name in ["probe", "hello"] {
+        host.load(library(name)).unwrap();
+    }
+    host.set_isolated("probe", true).unwrap();
+    for name in ["probe", "hello"] {
+        host.activate(name).await.unwrap();
+    }
+    host.open_frame().await;
+    let first_pid = host
+        .inspect()
+        .await
+        .extension("probe")
+        .unwrap()
+        .pid
+        .expect("isolated in its own process");
+    assert_ne!(first_pid, std::process::id());
+
+    for (round, (mode, how)) in [
+        ("segfault", "SIGSEGV"),
+        ("abort", "SIGABRT"),
+        ("exit", "exited with status 3"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let error = host
+            .invoke::<_, ()>("probe", CRASH.name(), mode, FAILSAFE)
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind, InvokeErrorKind::ConnectionLost, "{mode}: {error}");
+        let crashed = wait_event(&mut events, |e| matches!(e, HostEvent::ExtensionCrashed { .. })).await;
+        let HostEvent::ExtensionCrashed { reason, restarting, .. } = crashed else {
+            unreachable!()
+        };
+        assert!(reason.contains(how), "{mode}: {reason}");
+        // The host and the other extension never noticed.
+        let greeting: String = host.invoke("hello", "greet", mode, FAILSAFE).await.unwrap();
+        assert!(greeting.contains(mode));
+        if round < 2 {
+            assert!(restarting, "crash {} is within the budget", round + 1);
+            wait_event(&mut events, |e| matches!(e, HostEvent::ExtensionRestarted { .. })).await;
+            let snapshot = host.inspect().await;
+            let probe = snapshot.extension("probe").unwrap();
+            assert_eq!(probe.state, ExtensionState::Active);
+            assert_eq!(probe.frames, vec![1], "its renderer half is back in the frame");
+            let calls: Vec<String> = host.invoke("probe", SEQ_LOG.name(), &(), FAILSAFE).await.unwrap();
+            assert!(calls.is_empty(), "restarted fresh");
+        } else {
+            assert!(!restarting, "the third crash exceeds the budget of two");
+        }
+    }
+    let state = host.state("probe").unwrap();
+    assert!(
+        matches!(&state, ExtensionState::Failed(reason) if reason.contains("crashed 3 times")),
+        "{state:?}"
+    );
+    assert_eq!(host.inspect().await.extension("probe").unwrap().pid, None);
+    host.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_endless_loop_in_an_isolated_handler_times_out_and_deactivation_ends_it() {
+    let host = Host::new(support::config());
+    for name in ["probe", "hello"] {
+        host.load(library(name)).unwrap();
+    }
+    host.set_isolated("probe", true).unwrap();
+    for name in ["probe", "hello"] {
+        host.activate(name).await.unwrap();
+    }
+    let pid = host.inspect().await.extension("probe").unwrap().pid.unwrap();
+    let error = host
+        .invoke::<_, ()>("probe", CRASH.name(), "spin", Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind, InvokeErrorKind::Timeout);
+    let greeting: String = host.invoke("hello", "greet", "still", FAILSAFE).await.unwrap();
+    assert!(greeting.contains("still"));
+    host.deactivate("probe").await.unwrap();
+    assert!(gone(pid), "the spinning process was ended with its extension");
+}
+
+/// A host whose child processes are the rogue fixture, misbehaving as `mode`.
+fn rogue_host(mode: &str) -> Host {
+    let mut config = support::config();
+    config.child_program = support::artifacts().join("rogue-child");
+    config.child_args = vec![mode.into()];
+    config.crash_budget = CrashBudget {
+        crashes: 0,
+        window: Duration::from_secs(300),
+    };
+    Host::new(config)
+}
+
+#[tokio::test]
+async fn a_rogue_handshake_is_refused() {
+    for (mode, expected) in [("version", "protocol version 999"), ("token", "wrong token")] {
+        let host = rogue_host(mode);
+        let error = host.open_child_frame().await.unwrap_err();
+        assert!(error.to_string().contains(expected), "{mode}: {error}");
+        assert!(host.frames().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_rogue_child_is_cut_off_and_nothing_it_sent_is_delivered() {
+    for (mode, expected) in [
+        ("garbage", "malformed packet"),
+        ("oversized", "frame size too big"),
+        ("forged", "does not belong to this connection"),
+    ] {
+        let host = rogue_host(mode);
+        host.load(library("probe")).unwrap();
+        host.activate("probe").await.unwrap();
+        let mut events = host.events();
+        let mut seen = host.broadcasts();
+        let frame = host.open_child_frame().await.unwrap();
+        let crashed = wait_event(&mut events, |e| matches!(e, HostEvent::FrameCrashed { .. })).await;
+        let HostEvent::FrameCrashed { reason, restarting, .. } = crashed else {
+            unreachable!()
+        };
+        assert!(reason.contains(expected) && !restarting, "{mode}: {reason}");
+        let problem = host.inspect().await.frame(frame.0).unwrap().problem.clone().unwrap();
+        assert!(problem.contains("stopped"), "{mode}: {problem}");
+        // The host goes on; the forged ping reached no one (only main answers the barrier).
+        assert!(expect_pongs(&host, &mut seen, "probe", 0, 1).await.is_empty());
+        host.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn killing_the_host_leaves_no_child_processes() {
+    let mut host = tokio::process::Command::new(support::host_binary())
+        .args([
+            "run",
+            "--console",
+            "--frames",
+            "0",
+            "--child-frames",
+            "2",
+            "--isolate",
+            "probe",
+        ])
+        .arg(library("probe"))
+        .arg(library("hello"))
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut stdin = host.stdin.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(host.stdout.take().unwrap()).lines();
+    stdin.write_all(b"inspect\n").await.unwrap();
+    let snapshot = tokio::time::timeout(FAILSAFE, async {
+        loop {
+            let line = lines.next_line().await.unwrap().expect("the host answers");
+            if line.starts_with('{') {
+                return serde_json::from_str::<serde_json::Value>(&line).unwrap();
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let mut children: Vec<u32> = snapshot["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["pid"].as_u64())
+        .map(|p| p as u32)
+        .collect();
+    children.extend(
+        snapshot["extensions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["pid"].as_u64())
+            .map(|p| p as u32),
+    );
+    assert_eq!(
+        children.len(),
+        3,
+        "two renderer processes and one isolated extension: {snapshot}"
+    );
+    assert!(children.iter().all(|pid| !gone(*pid)));
+
+    sigkill(host.id().unwrap());
+    let _ = host.wait().await;
+    // Each child sees its connection close and exits on its own.
+    tokio::time::timeout(FAILSAFE, async {
+        while !children.iter().all(|pid| gone(*pid)) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("no child outlives the host");
+}
