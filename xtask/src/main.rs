@@ -1,7 +1,7 @@
 //! Project automation, run as `cargo xtask <command>` (an alias in `.cargo/config.toml`).
 //!
-//! - `demo`: builds the sample extensions and the host, then runs the host with them, two
-//!   frames open, for a few seconds: the IPC working, in the log.
+//! - `demo`: builds the sample extensions and the host, then runs the host with them for a few
+//!   seconds, one frame in process and one in a renderer process: the IPC working, in the log.
 //! - `test`: the whole test suite (`cargo test --workspace`).
 //! - `ci`: what CI runs: formatting, clippy with warnings denied, the test suite.
 
@@ -61,7 +61,15 @@ fn demo(seconds: f64) -> Result<()> {
             .join(format!("host{}", std::env::consts::EXE_SUFFIX)),
     );
     host.current_dir(workspace_root());
-    host.args(["run", "--frames", "2", "--duration", &seconds.to_string()]);
+    host.args([
+        "run",
+        "--frames",
+        "1",
+        "--child-frames",
+        "1",
+        "--duration",
+        &seconds.to_string(),
+    ]);
     for sample in SAMPLES {
         let file = format!(
             "{}{}{}",
