@@ -3,6 +3,7 @@
 //! - `demo`: builds the sample extensions and the host, then runs the host with them for a few
 //!   seconds, one frame in process and one in a renderer process: the IPC working, in the log.
 //! - `test`: the whole test suite (`cargo test --workspace`).
+//! - `bench`: builds in release and runs the benchmark table (`BENCHMARKS.md`).
 //! - `ci`: what CI runs: formatting, clippy with warnings denied, the test suite.
 
 use std::path::{Path, PathBuf};
@@ -28,6 +29,12 @@ enum Task {
     },
     /// Run the whole test suite.
     Test,
+    /// Build in release and run the benchmarks; prints the table and writes BENCHMARKS.md.
+    Bench {
+        /// Fewer iterations: a quick, noisier look.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Run everything CI checks: fmt, clippy (warnings denied), tests.
     Ci,
 }
@@ -40,6 +47,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Task::Demo { seconds } => demo(seconds),
         Task::Test => cargo(&["test", "--workspace"]),
+        Task::Bench { quick } => bench(quick),
         Task::Ci => {
             cargo(&["fmt", "--all", "--", "--check"])?;
             cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
@@ -83,6 +91,29 @@ fn demo(seconds: f64) -> Result<()> {
         host.env("RUST_LOG", "info");
     }
     run(&mut host)
+}
+
+/// What the benchmarks load, besides their runner.
+const BENCH_CRATES: &[&str] = &["host", "bench", "hello", "hello-twin", "gluon", "probe", "ipc-bench"];
+
+fn bench(quick: bool) -> Result<()> {
+    let mut build = vec!["build", "--release"];
+    for name in BENCH_CRATES {
+        build.extend(["-p", name]);
+    }
+    cargo(&build)?;
+    let release = target_dir().join("release");
+    let mut runner = Command::new(release.join(format!("ipc-bench{}", std::env::consts::EXE_SUFFIX)));
+    runner
+        .current_dir(workspace_root())
+        .arg("--artifacts")
+        .arg(&release)
+        .arg("--out")
+        .arg(workspace_root().join("BENCHMARKS.md"));
+    if quick {
+        runner.arg("--quick");
+    }
+    run(&mut runner)
 }
 
 fn workspace_root() -> PathBuf {

@@ -1,0 +1,549 @@
+//! `ipc-bench`: measures our IPC against baselines measured in the same run, and prints (and
+//! writes) the table. Run it through `cargo xtask bench`, which builds everything in release.
+//!
+//! Ratios, not absolute times, are the point: these machines are shared and noisy, so each
+//! row is compared with its baseline measured moments apart, and medians of several rounds
+//! are quoted.
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use extension_host::{Host, HostConfig, LevelFilter};
+use serde::{Deserialize, Serialize};
+
+#[derive(Parser)]
+struct Cli {
+    /// Where the release builds of `host` and the extension libraries are.
+    #[arg(long)]
+    artifacts: Option<PathBuf>,
+    /// Where to write the table (Markdown).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Fewer iterations (for a quick look; the figures are noisier).
+    #[arg(long)]
+    quick: bool,
+    /// Internal: the echo peer of the raw socket baseline.
+    #[arg(long, hide = true)]
+    echo_server: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Run {
+    kind: String,
+    frame: u64,
+    count: u64,
+    size: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Outcome {
+    kind: String,
+    side: String,
+    count: u64,
+    nanos: u64,
+    failures: u64,
+}
+
+const ROUNDS: usize = 5;
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if let Some(socket) = cli.echo_server {
+        return echo_server(&socket);
+    }
+    let artifacts = match cli.artifacts {
+        Some(path) => path,
+        None => std::env::current_exe()?
+            .parent()
+            .context("the binary has a directory")?
+            .to_owned(),
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let report = runtime.block_on(measure(&artifacts, cli.quick))?;
+    println!("{report}");
+    if let Some(out) = cli.out {
+        std::fs::write(&out, &report).with_context(|| format!("cannot write {}", out.display()))?;
+        println!("(written to {})", out.display());
+    }
+    Ok(())
+}
+
+fn library(artifacts: &Path, name: &str) -> PathBuf {
+    artifacts.join(format!(
+        "{}{}{}",
+        std::env::consts::DLL_PREFIX,
+        name.replace('-', "_"),
+        std::env::consts::DLL_SUFFIX
+    ))
+}
+
+fn config(artifacts: &Path) -> HostConfig {
+    HostConfig {
+        child_program: artifacts.join("host"),
+        max_log_level: LevelFilter::WARN,
+        ..HostConfig::default()
+    }
+}
+
+/// A host running the bench extension with four frames of one kind.
+async fn bench_host(artifacts: &Path, child_frames: bool) -> Result<Host> {
+    let host = Host::new(config(artifacts));
+    host.load(library(artifacts, "bench"))?;
+    host.activate("bench").await?;
+    for _ in 0..4 {
+        if child_frames {
+            host.open_child_frame().await?;
+        } else {
+            host.open_frame().await;
+        }
+    }
+    Ok(host)
+}
+
+/// Asks frame `frame`'s renderer to run `kind` and waits for its outcome.
+async fn run(host: &Host, kind: &str, frame: u64, count: u64, size: usize) -> Result<Outcome> {
+    let mut results = host.broadcasts();
+    host.broadcast(
+        "bench",
+        "bench-run",
+        &Run {
+            kind: kind.into(),
+            frame,
+            count,
+            size,
+        },
+    )?;
+    let wait = async {
+        loop {
+            let seen = results.recv().await?;
+            if seen.channel == "bench-result" {
+                let outcome: Outcome = seen.value()?;
+                if outcome.kind == kind {
+                    return anyhow::Ok(outcome);
+                }
+            }
+        }
+    };
+    let outcome = tokio::time::timeout(Duration::from_secs(600), wait)
+        .await
+        .context("the run did not finish")??;
+    if outcome.failures > 0 {
+        bail!("{kind}: {} of {} calls failed", outcome.failures, outcome.count);
+    }
+    Ok(outcome)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Median nanoseconds per operation over the rounds.
+async fn per_op(host: &Host, kind: &str, frame: u64, count: u64, size: usize) -> Result<f64> {
+    run(host, kind, frame, count.min(1000), size).await?; // warm-up
+    let mut samples = Vec::new();
+    for _ in 0..ROUNDS {
+        let outcome = run(host, kind, frame, count, size).await?;
+        samples.push(outcome.nanos as f64 / outcome.count as f64);
+    }
+    Ok(median(samples))
+}
+
+/// Broadcast fan-out: main sends `count` events; all five listeners must receive them all.
+async fn fan_out(host: &Host, count: u64) -> Result<f64> {
+    let mut samples = Vec::new();
+    for _ in 0..ROUNDS {
+        let mut results = host.broadcasts();
+        let start = Instant::now();
+        host.broadcast(
+            "bench",
+            "bench-run",
+            &Run {
+                kind: "fan-out".into(),
+                frame: 0,
+                count,
+                size: 0,
+            },
+        )?;
+        let mut done = 0;
+        while done < 5 {
+            let seen = tokio::time::timeout(Duration::from_secs(600), results.recv()).await??;
+            if seen.channel == "bench-result" && seen.value::<Outcome>()?.kind == "fan-out" {
+                done += 1;
+            }
+        }
+        let deliveries = (count * 5) as f64;
+        samples.push(deliveries / start.elapsed().as_secs_f64());
+    }
+    Ok(median(samples))
+}
+
+/// The raw Unix-socket ping-pong of `size` bytes with a child process, per round trip.
+fn raw_socket_round_trip(count: u64, size: usize) -> Result<f64> {
+    let dir = std::env::temp_dir().join(format!("ipc-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("echo.sock");
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .arg("--echo-server")
+        .arg(&path)
+        .spawn()?;
+    let (mut stream, _) = listener.accept()?;
+    let message = vec![7u8; size];
+    let mut reply = vec![0u8; size];
+    let mut ping = |stream: &mut UnixStream| -> Result<()> {
+        stream.write_all(&(size as u32).to_be_bytes())?;
+        stream.write_all(&message)?;
+        let mut length = [0u8; 4];
+        stream.read_exact(&mut length)?;
+        stream.read_exact(&mut reply)?;
+        Ok(())
+    };
+    for _ in 0..count.min(1000) {
+        ping(&mut stream)?;
+    }
+    let mut samples = Vec::new();
+    for _ in 0..ROUNDS {
+        let start = Instant::now();
+        for _ in 0..count {
+            ping(&mut stream)?;
+        }
+        samples.push(start.elapsed().as_nanos() as f64 / count as f64);
+    }
+    drop(stream);
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&path);
+    Ok(median(samples))
+}
+
+fn echo_server(socket: &Path) -> Result<()> {
+    let mut stream = UnixStream::connect(socket)?;
+    let mut buffer = Vec::new();
+    loop {
+        let mut length = [0u8; 4];
+        if stream.read_exact(&mut length).is_err() {
+            return Ok(());
+        }
+        buffer.resize(u32::from_be_bytes(length) as usize, 0);
+        stream.read_exact(&mut buffer)?;
+        stream.write_all(&length)?;
+        stream.write_all(&buffer)?;
+    }
+}
+
+/// Node.js `child_process.fork` IPC with `serialization: 'advanced'`, per round trip.
+fn node_round_trip(count: u64, size: usize) -> Option<f64> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("node/ipc.js");
+    let output = std::process::Command::new("node")
+        .arg(script)
+        .arg(count.to_string())
+        .arg(size.to_string())
+        .output()
+        .ok()?;
+    #[derive(Deserialize)]
+    struct NodeResult {
+        ns_per_op: f64,
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str::<NodeResult>(text.trim())
+        .ok()
+        .map(|result| result.ns_per_op)
+}
+
+/// Bytes on the wire for one request packet of a `size`-byte payload (what the raw socket
+/// baseline sends, so both move the same bytes).
+fn packet_bytes(size: usize) -> usize {
+    #[derive(Serialize)]
+    struct Payload {
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    }
+    let payload = rmp_serde::to_vec_named(&Payload { bytes: vec![7; size] }).unwrap_or_default();
+    let message = extension_host::remote::protocol::OwnedMessage {
+        kind: 2,
+        status: 0,
+        origin: 1,
+        target: 0,
+        request_id: 1,
+        channel: "echo".into(),
+        payload,
+    };
+    extension_host::remote::protocol::encode(&extension_host::remote::protocol::Packet::Message { key: 1, message })
+        .map(|bytes| bytes.len())
+        .unwrap_or(size)
+}
+
+fn rss_kib() -> u64 {
+    rss_of("self")
+}
+
+fn rss_of(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|line| line.starts_with("VmRSS:"))
+                .and_then(|line| line.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn micros(nanos: f64) -> String {
+    format!("{:.2} µs", nanos / 1000.0)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0))
+        })
+        .unwrap_or(0);
+    format!(
+        "{cpu}, {cores} cores, {:.0} GiB memory, Linux {}",
+        memory as f64 / 1048576.0,
+        std::env::consts::ARCH
+    )
+}
+
+async fn measure(artifacts: &Path, quick: bool) -> Result<String> {
+    let scale = if quick { 10 } else { 1 };
+    let mut out = String::new();
+    let line = |out: &mut String, text: String| {
+        eprintln!("{text}");
+        out.push_str(&text);
+        out.push('\n');
+    };
+    line(&mut out, "# Benchmarks".into());
+    line(&mut out, String::new());
+    line(
+        &mut out,
+        format!(
+            "Machine: {}. Medians of {ROUNDS} rounds; every ratio compares two rows measured in the same run.",
+            machine()
+        ),
+    );
+    line(&mut out, "Regenerate with `cargo xtask bench`.".into());
+    line(&mut out, String::new());
+
+    let local = bench_host(artifacts, false).await?;
+    let remote = bench_host(artifacts, true).await?;
+
+    // 1-3: round trips of a small value.
+    let ours_local = per_op(&local, "invoke", 1, 20_000 / scale, 16).await?;
+    let tokio_baseline = per_op(&local, "baseline", 1, 20_000 / scale, 16).await?;
+    let ours_remote = per_op(&remote, "invoke", 1, 5_000 / scale, 16).await?;
+    let raw_socket =
+        tokio::task::spawn_blocking(move || raw_socket_round_trip(5_000 / scale, packet_bytes(16))).await??;
+    let node = node_round_trip(5_000 / scale, 16);
+    line(&mut out, "## Invoke round trip (16-byte value)".into());
+    line(&mut out, String::new());
+    line(
+        &mut out,
+        "| path | per round trip | against its baseline | target | Node.js IPC / ours |".into(),
+    );
+    line(&mut out, "| --- | --- | --- | --- | --- |".into());
+    let speedup = |ours: f64| {
+        node.map(|node| format!("{:.1}x faster", node / ours))
+            .unwrap_or_else(|| "node not found".into())
+    };
+    line(
+        &mut out,
+        format!(
+            "| in-process invoke | {} | {:.2}x bare tokio round trip ({}) | ≤ 1.5x | {} |",
+            micros(ours_local),
+            ours_local / tokio_baseline,
+            micros(tokio_baseline),
+            speedup(ours_local)
+        ),
+    );
+    line(
+        &mut out,
+        format!(
+            "| child-process invoke | {} | {:.2}x raw Unix-socket ping-pong ({}) | ≤ 1.3x | {} |",
+            micros(ours_remote),
+            ours_remote / raw_socket,
+            micros(raw_socket),
+            speedup(ours_remote)
+        ),
+    );
+    match node {
+        Some(node) => line(
+            &mut out,
+            format!(
+                "| Node.js `fork` IPC (`serialization: 'advanced'`) | {} | | | |",
+                micros(node)
+            ),
+        ),
+        None => line(
+            &mut out,
+            "| Node.js IPC | skipped: `node` is not on PATH | | | |".into(),
+        ),
+    }
+    line(&mut out, String::new());
+
+    // 4: throughput.
+    let pipelined_local = per_op(&local, "pipelined", 1, 100_000 / scale, 16).await?;
+    let pipelined_remote = per_op(&remote, "pipelined", 1, 50_000 / scale, 16).await?;
+    let fan_local = fan_out(&local, 100_000 / scale).await?;
+    let fan_remote = fan_out(&remote, 50_000 / scale).await?;
+    line(&mut out, "## Throughput (16-byte values)".into());
+    line(&mut out, String::new());
+    line(
+        &mut out,
+        "| what | in process | across processes | target (in process) |".into(),
+    );
+    line(&mut out, "| --- | --- | --- | --- |".into());
+    line(
+        &mut out,
+        format!(
+            "| pipelined invokes | {:.0}/s | {:.0}/s | > 1,000,000/s |",
+            1e9 / pipelined_local,
+            1e9 / pipelined_remote
+        ),
+    );
+    line(
+        &mut out,
+        format!(
+            "| broadcast deliveries (main + 4 frames listening) | {fan_local:.0}/s | {fan_remote:.0}/s | > 1,000,000/s |"
+        ),
+    );
+    line(&mut out, String::new());
+
+    // 5: payload sizes.
+    line(
+        &mut out,
+        "## Payload sizes (invoke round trip, the value goes both ways)".into(),
+    );
+    line(&mut out, String::new());
+    line(
+        &mut out,
+        "| size | in process | MB/s | across processes | MB/s |".into(),
+    );
+    line(&mut out, "| --- | --- | --- | --- | --- |".into());
+    for (label, size, count) in [
+        ("16 B", 16, 5_000),
+        ("1 KiB", 1024, 5_000),
+        ("64 KiB", 65_536, 1_000),
+        ("1 MiB", 1 << 20, 100),
+    ] {
+        let count = (count / scale).max(10);
+        let here = per_op(&local, "invoke", 1, count, size).await?;
+        let there = per_op(&remote, "invoke", 1, count, size).await?;
+        let rate = |nanos: f64| (2 * size) as f64 / nanos * 1e3;
+        line(
+            &mut out,
+            format!(
+                "| {label} | {} | {:.0} | {} | {:.0} |",
+                micros(here),
+                rate(here),
+                micros(there),
+                rate(there)
+            ),
+        );
+    }
+    line(&mut out, String::new());
+    local.shutdown().await;
+    let renderer_rss: Vec<u64> = remote
+        .inspect()
+        .await
+        .frames
+        .iter()
+        .filter_map(|frame| frame.pid)
+        .map(|pid| rss_of(&pid.to_string()))
+        .collect();
+    remote.shutdown().await;
+
+    // 6-7: lifecycle and memory.
+    let host = Host::new(config(artifacts));
+    host.load(library(artifacts, "hello"))?;
+    let cycle = |count: u64| {
+        let host = host.clone();
+        async move {
+            let start = Instant::now();
+            for _ in 0..count {
+                host.activate("hello").await?;
+                host.deactivate("hello").await?;
+            }
+            anyhow::Ok(start.elapsed().as_secs_f64() * 1e3 / count as f64)
+        }
+    };
+    let per_cycle = cycle(100).await?;
+    let rss_100 = rss_kib();
+    cycle(9_900 / scale).await?;
+    let rss_10k = rss_kib();
+    line(&mut out, "## Lifecycle and memory".into());
+    line(&mut out, String::new());
+    line(&mut out, "| what | figure |".into());
+    line(&mut out, "| --- | --- |".into());
+    line(
+        &mut out,
+        format!("| activate + deactivate cycle (`hello`, no frames) | {per_cycle:.3} ms |"),
+    );
+    line(&mut out, format!("| host RSS after 100 cycles | {rss_100} KiB |"));
+    line(
+        &mut out,
+        format!(
+            "| host RSS after {} cycles | {rss_10k} KiB ({:+} KiB) |",
+            100 + 9_900 / scale,
+            rss_10k as i64 - rss_100 as i64
+        ),
+    );
+
+    let names = ["hello", "hello-twin", "gluon", "probe", "bench"];
+    let memory = Host::new(config(artifacts));
+    for name in names {
+        memory.load(library(artifacts, name))?;
+    }
+    let before = rss_kib();
+    for name in names {
+        memory.activate(name).await?;
+    }
+    let active = rss_kib();
+    for _ in 0..20 {
+        memory.open_frame().await;
+    }
+    let framed = rss_kib();
+    memory.shutdown().await;
+    line(
+        &mut out,
+        format!(
+            "| per active extension (main half, no frames; mean of {}) | {} KiB |",
+            names.len(),
+            (active.saturating_sub(before)) / names.len() as u64
+        ),
+    );
+    line(
+        &mut out,
+        format!(
+            "| per idle in-process frame ({} renderer halves each; mean of 20) | {} KiB |",
+            names.len(),
+            framed.saturating_sub(active) / 20
+        ),
+    );
+    if !renderer_rss.is_empty() {
+        let mean = renderer_rss.iter().sum::<u64>() / renderer_rss.len() as u64;
+        line(
+            &mut out,
+            format!("| per renderer process (one extension, idle) | {mean} KiB RSS |"),
+        );
+    }
+    Ok(out)
+}
