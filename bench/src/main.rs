@@ -57,10 +57,7 @@ fn main() -> Result<()> {
     }
     let artifacts = match cli.artifacts {
         Some(path) => path,
-        None => std::env::current_exe()?
-            .parent()
-            .context("the binary has a directory")?
-            .to_owned(),
+        None => std::env::current_exe()?.parent().context("the binary has a directory")?.to_owned(),
     };
     let runtime = tokio::runtime::Runtime::new()?;
     let report = runtime.block_on(measure(&artifacts, cli.quick))?;
@@ -82,11 +79,7 @@ fn library(artifacts: &Path, name: &str) -> PathBuf {
 }
 
 fn config(artifacts: &Path) -> HostConfig {
-    HostConfig {
-        child_program: artifacts.join("host"),
-        max_log_level: LevelFilter::WARN,
-        ..HostConfig::default()
-    }
+    HostConfig { child_program: artifacts.join("host"), max_log_level: LevelFilter::WARN, ..HostConfig::default() }
 }
 
 /// A host running the bench extension with four frames of one kind.
@@ -107,16 +100,7 @@ async fn bench_host(artifacts: &Path, child_frames: bool) -> Result<Host> {
 /// Asks frame `frame`'s renderer to run `kind` and waits for its outcome.
 async fn run(host: &Host, kind: &str, frame: u64, count: u64, size: usize) -> Result<Outcome> {
     let mut results = host.broadcasts();
-    host.broadcast(
-        "bench",
-        "bench-run",
-        &Run {
-            kind: kind.into(),
-            frame,
-            count,
-            size,
-        },
-    )?;
+    host.broadcast("bench", "bench-run", &Run { kind: kind.into(), frame, count, size })?;
     let wait = async {
         loop {
             let seen = results.recv().await?;
@@ -128,9 +112,7 @@ async fn run(host: &Host, kind: &str, frame: u64, count: u64, size: usize) -> Re
             }
         }
     };
-    let outcome = tokio::time::timeout(Duration::from_secs(600), wait)
-        .await
-        .context("the run did not finish")??;
+    let outcome = tokio::time::timeout(Duration::from_secs(600), wait).await.context("the run did not finish")??;
     if outcome.failures > 0 {
         bail!("{kind}: {} of {} calls failed", outcome.failures, outcome.count);
     }
@@ -159,16 +141,7 @@ async fn fan_out(host: &Host, count: u64) -> Result<f64> {
     for _ in 0..ROUNDS {
         let mut results = host.broadcasts();
         let start = Instant::now();
-        host.broadcast(
-            "bench",
-            "bench-run",
-            &Run {
-                kind: "fan-out".into(),
-                frame: 0,
-                count,
-                size: 0,
-            },
-        )?;
+        host.broadcast("bench", "bench-run", &Run { kind: "fan-out".into(), frame: 0, count, size: 0 })?;
         let mut done = 0;
         while done < 5 {
             let seen = tokio::time::timeout(Duration::from_secs(600), results.recv()).await??;
@@ -189,10 +162,7 @@ fn raw_socket_round_trip(count: u64, size: usize) -> Result<f64> {
     let path = dir.join("echo.sock");
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
-    let mut child = std::process::Command::new(std::env::current_exe()?)
-        .arg("--echo-server")
-        .arg(&path)
-        .spawn()?;
+    let mut child = std::process::Command::new(std::env::current_exe()?).arg("--echo-server").arg(&path).spawn()?;
     let (mut stream, _) = listener.accept()?;
     let message = vec![7u8; size];
     let mut reply = vec![0u8; size];
@@ -239,20 +209,14 @@ fn echo_server(socket: &Path) -> Result<()> {
 /// Node.js `child_process.fork` IPC with `serialization: 'advanced'`, per round trip.
 fn node_round_trip(count: u64, size: usize) -> Option<f64> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("node/ipc.js");
-    let output = std::process::Command::new("node")
-        .arg(script)
-        .arg(count.to_string())
-        .arg(size.to_string())
-        .output()
-        .ok()?;
+    let output =
+        std::process::Command::new("node").arg(script).arg(count.to_string()).arg(size.to_string()).output().ok()?;
     #[derive(Deserialize)]
     struct NodeResult {
         ns_per_op: f64,
     }
     let text = String::from_utf8_lossy(&output.stdout);
-    serde_json::from_str::<NodeResult>(text.trim())
-        .ok()
-        .map(|result| result.ns_per_op)
+    serde_json::from_str::<NodeResult>(text.trim()).ok().map(|result| result.ns_per_op)
 }
 
 /// Bytes on the wire for one request packet of a `size`-byte payload (what the raw socket
@@ -311,16 +275,10 @@ fn machine() -> String {
     let memory = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|info| {
-            info.lines()
-                .next()
-                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0))
+            info.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0))
         })
         .unwrap_or(0);
-    format!(
-        "{cpu}, {cores} cores, {:.0} GiB memory, Linux {}",
-        memory as f64 / 1048576.0,
-        std::env::consts::ARCH
-    )
+    format!("{cpu}, {cores} cores, {:.0} GiB memory, Linux {}", memory as f64 / 1048576.0, std::env::consts::ARCH)
 }
 
 async fn measure(artifacts: &Path, quick: bool) -> Result<String> {
@@ -355,15 +313,10 @@ async fn measure(artifacts: &Path, quick: bool) -> Result<String> {
     let node = node_round_trip(5_000 / scale, 16);
     line(&mut out, "## Invoke round trip (16-byte value)".into());
     line(&mut out, String::new());
-    line(
-        &mut out,
-        "| path | per round trip | against its baseline | target | Node.js IPC / ours |".into(),
-    );
+    line(&mut out, "| path | per round trip | against its baseline | target | Node.js IPC / ours |".into());
     line(&mut out, "| --- | --- | --- | --- | --- |".into());
-    let speedup = |ours: f64| {
-        node.map(|node| format!("{:.1}x faster", node / ours))
-            .unwrap_or_else(|| "node not found".into())
-    };
+    let speedup =
+        |ours: f64| node.map(|node| format!("{:.1}x faster", node / ours)).unwrap_or_else(|| "node not found".into());
     line(
         &mut out,
         format!(
@@ -385,17 +338,10 @@ async fn measure(artifacts: &Path, quick: bool) -> Result<String> {
         ),
     );
     match node {
-        Some(node) => line(
-            &mut out,
-            format!(
-                "| Node.js `fork` IPC (`serialization: 'advanced'`) | {} | | | |",
-                micros(node)
-            ),
-        ),
-        None => line(
-            &mut out,
-            "| Node.js IPC | skipped: `node` is not on PATH | | | |".into(),
-        ),
+        Some(node) => {
+            line(&mut out, format!("| Node.js `fork` IPC (`serialization: 'advanced'`) | {} | | | |", micros(node)))
+        }
+        None => line(&mut out, "| Node.js IPC | skipped: `node` is not on PATH | | | |".into()),
     }
     line(&mut out, String::new());
 
@@ -406,10 +352,7 @@ async fn measure(artifacts: &Path, quick: bool) -> Result<String> {
     let fan_remote = fan_out(&remote, 50_000 / scale).await?;
     line(&mut out, "## Throughput (16-byte values)".into());
     line(&mut out, String::new());
-    line(
-        &mut out,
-        "| what | in process | across processes | target (in process) |".into(),
-    );
+    line(&mut out, "| what | in process | across processes | target (in process) |".into());
     line(&mut out, "| --- | --- | --- | --- |".into());
     line(
         &mut out,
@@ -428,35 +371,20 @@ async fn measure(artifacts: &Path, quick: bool) -> Result<String> {
     line(&mut out, String::new());
 
     // 5: payload sizes.
-    line(
-        &mut out,
-        "## Payload sizes (invoke round trip, the value goes both ways)".into(),
-    );
+    line(&mut out, "## Payload sizes (invoke round trip, the value goes both ways)".into());
     line(&mut out, String::new());
-    line(
-        &mut out,
-        "| size | in process | MB/s | across processes | MB/s |".into(),
-    );
+    line(&mut out, "| size | in process | MB/s | across processes | MB/s |".into());
     line(&mut out, "| --- | --- | --- | --- | --- |".into());
-    for (label, size, count) in [
-        ("16 B", 16, 5_000),
-        ("1 KiB", 1024, 5_000),
-        ("64 KiB", 65_536, 1_000),
-        ("1 MiB", 1 << 20, 100),
-    ] {
+    for (label, size, count) in
+        [("16 B", 16, 5_000), ("1 KiB", 1024, 5_000), ("64 KiB", 65_536, 1_000), ("1 MiB", 1 << 20, 100)]
+    {
         let count = (count / scale).max(10);
         let here = per_op(&local, "invoke", 1, count, size).await?;
         let there = per_op(&remote, "invoke", 1, count, size).await?;
         let rate = |nanos: f64| (2 * size) as f64 / nanos * 1e3;
         line(
             &mut out,
-            format!(
-                "| {label} | {} | {:.0} | {} | {:.0} |",
-                micros(here),
-                rate(here),
-                micros(there),
-                rate(there)
-            ),
+            format!("| {label} | {} | {:.0} | {} | {:.0} |", micros(here), rate(here), micros(there), rate(there)),
         );
     }
     line(&mut out, String::new());
@@ -493,10 +421,7 @@ async fn measure(artifacts: &Path, quick: bool) -> Result<String> {
     line(&mut out, String::new());
     line(&mut out, "| what | figure |".into());
     line(&mut out, "| --- | --- |".into());
-    line(
-        &mut out,
-        format!("| activate + deactivate cycle (`hello`, no frames) | {per_cycle:.3} ms |"),
-    );
+    line(&mut out, format!("| activate + deactivate cycle (`hello`, no frames) | {per_cycle:.3} ms |"));
     line(&mut out, format!("| host RSS after 100 cycles | {rss_100} KiB |"));
     line(
         &mut out,
@@ -540,10 +465,7 @@ async fn measure(artifacts: &Path, quick: bool) -> Result<String> {
     );
     if !renderer_rss.is_empty() {
         let mean = renderer_rss.iter().sum::<u64>() / renderer_rss.len() as u64;
-        line(
-            &mut out,
-            format!("| per renderer process (one extension, idle) | {mean} KiB RSS |"),
-        );
+        line(&mut out, format!("| per renderer process (one extension, idle) | {mean} KiB RSS |"));
     }
     Ok(out)
 }

@@ -39,18 +39,12 @@ struct Method {
 
 fn expand(input: ItemTrait) -> syn::Result<TokenStream2> {
     if !input.generics.params.is_empty() {
-        return Err(syn::Error::new(
-            input.generics.span(),
-            "an `#[exposed]` trait cannot be generic",
-        ));
+        return Err(syn::Error::new(input.generics.span(), "an `#[exposed]` trait cannot be generic"));
     }
     let mut methods = Vec::new();
     for item in &input.items {
         let TraitItem::Fn(function) = item else {
-            return Err(syn::Error::new(
-                item.span(),
-                "an `#[exposed]` trait can only contain `async fn` methods",
-            ));
+            return Err(syn::Error::new(item.span(), "an `#[exposed]` trait can only contain `async fn` methods"));
         };
         methods.push(method(function)?);
     }
@@ -60,12 +54,7 @@ fn expand(input: ItemTrait) -> syn::Result<TokenStream2> {
     let client = format_ident!("{}Client", trait_name);
     let expose_fn = format_ident!("expose_{}", snake_case(&trait_name.to_string()));
     let trait_methods = methods.iter().map(|m| {
-        let Method {
-            name,
-            arguments,
-            output,
-            docs,
-        } = m;
+        let Method { name, arguments, output, docs } = m;
         let args = arguments.iter().map(|(arg, ty)| quote! { #arg: #ty });
         quote! {
             #(#docs)*
@@ -73,12 +62,7 @@ fn expand(input: ItemTrait) -> syn::Result<TokenStream2> {
         }
     });
     let client_methods = methods.iter().map(|m| {
-        let Method {
-            name,
-            arguments,
-            output,
-            docs,
-        } = m;
+        let Method { name, arguments, output, docs } = m;
         let channel = format!("expose:{trait_name}.{name}");
         let args = arguments.iter().map(|(arg, ty)| quote! { #arg: #ty });
         let names = arguments.iter().map(|(arg, _)| arg);
@@ -97,12 +81,7 @@ fn expand(input: ItemTrait) -> syn::Result<TokenStream2> {
         }
     });
     let registrations = methods.iter().map(|m| {
-        let Method {
-            name,
-            arguments,
-            output,
-            ..
-        } = m;
+        let Method { name, arguments, output, .. } = m;
         let channel = format!("expose:{trait_name}.{name}");
         let names: Vec<_> = arguments.iter().map(|(arg, _)| arg).collect();
         let types = arguments.iter().map(|(_, ty)| ty);
@@ -186,16 +165,10 @@ fn method(function: &syn::TraitItemFn) -> syn::Result<Method> {
         ));
     }
     if !signature.generics.params.is_empty() {
-        return Err(syn::Error::new(
-            signature.generics.span(),
-            "an exposed function cannot be generic",
-        ));
+        return Err(syn::Error::new(signature.generics.span(), "an exposed function cannot be generic"));
     }
     if function.default.is_some() {
-        return Err(syn::Error::new(
-            function.span(),
-            "an exposed function cannot have a default body",
-        ));
+        return Err(syn::Error::new(function.span(), "an exposed function cannot have a default body"));
     }
     let mut inputs = signature.inputs.iter();
     match inputs.next() {
@@ -231,18 +204,8 @@ fn method(function: &syn::TraitItemFn) -> syn::Result<Method> {
         ReturnType::Default => syn::parse_quote!(()),
         ReturnType::Type(_, ty) => (**ty).clone(),
     };
-    let docs = function
-        .attrs
-        .iter()
-        .filter(|attr| attr.path().is_ident("doc"))
-        .cloned()
-        .collect();
-    Ok(Method {
-        name: signature.ident.clone(),
-        arguments,
-        output,
-        docs,
-    })
+    let docs = function.attrs.iter().filter(|attr| attr.path().is_ident("doc")).cloned().collect();
+    Ok(Method { name: signature.ident.clone(), arguments, output, docs })
 }
 
 fn snake_case(name: &str) -> String {

@@ -27,17 +27,11 @@ pub struct RawSlice {
 }
 
 impl RawSlice {
-    pub const EMPTY: RawSlice = RawSlice {
-        ptr: std::ptr::null(),
-        len: 0,
-    };
+    pub const EMPTY: RawSlice = RawSlice { ptr: std::ptr::null(), len: 0 };
 
     /// Borrows `bytes` for a call.
     pub const fn new(bytes: &[u8]) -> Self {
-        RawSlice {
-            ptr: bytes.as_ptr(),
-            len: bytes.len(),
-        }
+        RawSlice { ptr: bytes.as_ptr(), len: bytes.len() }
     }
 
     /// Views the buffer, refusing a null pointer with a non-zero length and lengths no
@@ -95,6 +89,8 @@ pub mod status {
     pub const NO_SUCH_PEER: u32 = 5;
     /// The receiver's queue is full.
     pub const BUSY: u32 = 6;
+    /// The message is larger than the transport carries.
+    pub const TOO_LARGE: u32 = 7;
 }
 
 /// One IPC message crossing the boundary. For host-to-extension calls `origin` has been

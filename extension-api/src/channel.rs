@@ -20,10 +20,7 @@ pub struct EventChannel<T> {
 
 impl<T> EventChannel<T> {
     pub const fn new(name: &'static str) -> Self {
-        EventChannel {
-            name,
-            _value: PhantomData,
-        }
+        EventChannel { name, _value: PhantomData }
     }
     pub const fn name(&self) -> &'static str {
         self.name
@@ -45,10 +42,7 @@ pub struct RequestChannel<Req, Resp> {
 
 impl<Req, Resp> RequestChannel<Req, Resp> {
     pub const fn new(name: &'static str) -> Self {
-        RequestChannel {
-            name,
-            _types: PhantomData,
-        }
+        RequestChannel { name, _types: PhantomData }
     }
     pub const fn name(&self) -> &'static str {
         self.name

@@ -17,22 +17,12 @@ pub struct InvokeError {
 
 impl InvokeError {
     pub fn new(kind: InvokeErrorKind, channel: impl Into<String>, message: impl Into<String>) -> Self {
-        InvokeError {
-            kind,
-            channel: channel.into(),
-            message: message.into(),
-            data: None,
-        }
+        InvokeError { kind, channel: channel.into(), message: message.into(), data: None }
     }
 
     /// Rebuilds an error from an error reply (the host does this for its own requests).
     pub fn from_wire(kind: InvokeErrorKind, channel: impl Into<String>, payload: crate::wire::ErrorPayload) -> Self {
-        InvokeError {
-            kind,
-            channel: channel.into(),
-            message: payload.message,
-            data: payload.data,
-        }
+        InvokeError { kind, channel: channel.into(), message: payload.message, data: payload.data }
     }
 
     /// The handler's error value, when it returned one, decoded as `E`.

@@ -38,9 +38,29 @@ impl RendererExtension for NoRenderer {
 /// Exports an extension from a `cdylib` crate: the one descriptor symbol the host looks for.
 /// The name and version default to the crate's `CARGO_PKG_NAME` and `CARGO_PKG_VERSION`.
 ///
-/// ```ignore
-/// extension_api::export_extension!(main = HelloMain, renderer = HelloRenderer);
+/// `export_extension!(main = M)` exports a main half only; `export_extension!(main = M,
+/// renderer = R)` both; `export_extension!(name = "n", main = M, renderer = R)` also sets the
+/// name.
+///
+/// ```
+/// use extension_api::{BoxError, Main, MainExtension, Renderer, RendererExtension};
+///
+/// struct HelloMain;
+/// impl MainExtension for HelloMain {
+///     async fn activate(_: Main) -> Result<Self, BoxError> {
+///         Ok(HelloMain)
+///     }
+/// }
+///
+/// struct HelloRenderer;
+/// impl RendererExtension for HelloRenderer {
+///     async fn activate(_: Renderer) -> Result<Self, BoxError> {
+///         Ok(HelloRenderer)
+///     }
+/// }
+///
 /// extension_api::export_extension!(name = "hello", main = HelloMain, renderer = HelloRenderer);
+/// assert_eq!(EXTENSION_DESCRIPTOR.abi_version, extension_api::abi::ABI_VERSION);
 /// ```
 #[macro_export]
 macro_rules! export_extension {

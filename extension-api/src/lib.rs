@@ -13,8 +13,8 @@
 //! Each extension lives in its own namespace: nothing in this crate can name another
 //! extension. Values cross as MessagePack (named fields), so they are copied, never shared.
 //!
-//! ```ignore
-//! use extension_api::{export_extension, BoxError, Main, MainExtension, NoRenderer};
+//! ```
+//! use extension_api::{export_extension, BoxError, Main, MainExtension};
 //!
 //! struct Hello;
 //!

@@ -28,11 +28,7 @@ pub enum Control {
     /// Create the renderer half for `frame` and run its `activate`.
     OpenFrame { completion: u64, frame: Peer },
     /// Run the renderer half's `deactivate` for `frame` (bounded), then drop everything it had.
-    CloseFrame {
-        completion: u64,
-        frame: Peer,
-        timeout_ms: u64,
-    },
+    CloseFrame { completion: u64, frame: Peer, timeout_ms: u64 },
     /// Report listeners, handlers, pending requests and tasks.
     Inspect { completion: u64 },
     /// Tell main which frames its renderer half is open in (for `Main::frames`).

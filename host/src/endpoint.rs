@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
@@ -34,13 +34,8 @@ unsafe impl Send for InstancePtr {}
 unsafe impl Sync for InstancePtr {}
 
 enum Transport {
-    Local {
-        descriptor: &'static Descriptor,
-        instance: RwLock<Option<InstancePtr>>,
-    },
-    Remote {
-        connection: Arc<Connection>,
-    },
+    Local { descriptor: &'static Descriptor, instance: RwLock<Option<InstancePtr>> },
+    Remote { connection: Arc<Connection> },
 }
 
 /// One instance of an extension, in this process or in a child.
@@ -50,6 +45,8 @@ pub(crate) struct Endpoint {
     /// The halves that run here: main and/or frames.
     peers: RwLock<BTreeSet<Peer>>,
     transport: Transport,
+    /// Set once `destroy` starts: nothing more is sent to the instance.
+    destroyed: AtomicBool,
 }
 
 /// Why an endpoint could not be started.
@@ -77,12 +74,8 @@ static COMPLETIONS: Mutex<Option<Completions>> = Mutex::new(None);
 static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
 static NEXT_COMPLETION: AtomicU64 = AtomicU64::new(1);
 
-static HOST_VTABLE: HostVTable = HostVTable {
-    abi_version: abi::ABI_VERSION,
-    send: host_send,
-    complete: host_complete,
-    log: host_log,
-};
+static HOST_VTABLE: HostVTable =
+    HostVTable { abi_version: abi::ABI_VERSION, send: host_send, complete: host_complete, log: host_log };
 
 /// A fresh instance key, unique in this process (and so on every connection).
 pub(crate) fn next_key() -> u64 {
@@ -90,19 +83,12 @@ pub(crate) fn next_key() -> u64 {
 }
 
 fn find_local(key: u64) -> Option<Arc<Endpoint>> {
-    LOCAL
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .as_ref()?
-        .get(&key)
-        .cloned()
+    LOCAL.read().unwrap_or_else(PoisonError::into_inner).as_ref()?.get(&key).cloned()
 }
 
 /// Finishes a control command; used for local and remote completions alike.
 pub(crate) fn complete(key: u64, completion: u64, result: Completion) {
-    let waiter = lock(&COMPLETIONS)
-        .as_mut()
-        .and_then(|map| map.remove(&(key, completion)));
+    let waiter = lock(&COMPLETIONS).as_mut().and_then(|map| map.remove(&(key, completion)));
     if let Some(waiter) = waiter {
         let _ = waiter.send(result);
     }
@@ -118,9 +104,7 @@ pub(crate) fn fail_completions(key: u64, reason: &str) {
         None => Vec::new(),
     };
     for waiter in waiting {
-        let _ = waiter.send(Completion::Failed {
-            reason: reason.to_owned(),
-        });
+        let _ = waiter.send(Completion::Failed { reason: reason.to_owned() });
     }
 }
 
@@ -131,19 +115,14 @@ impl Endpoint {
         descriptor: &'static Descriptor,
         max_log_level: u32,
     ) -> Result<Arc<Endpoint>, StartError> {
-        let config = InstanceConfig {
-            name: link.name.clone(),
-            max_log_level,
-        };
+        let config = InstanceConfig { name: link.name.clone(), max_log_level };
         let config = rmp_serde::to_vec_named(&config).map_err(|_| StartError::Refused)?;
         let endpoint = Arc::new(Endpoint {
             key: next_key(),
             link: Arc::downgrade(link),
             peers: RwLock::new(BTreeSet::new()),
-            transport: Transport::Local {
-                descriptor,
-                instance: RwLock::new(None),
-            },
+            transport: Transport::Local { descriptor, instance: RwLock::new(None) },
+            destroyed: AtomicBool::new(false),
         });
         // Registered first: the instance may log while it starts.
         LOCAL
@@ -176,15 +155,11 @@ impl Endpoint {
             key: next_key(),
             link: Arc::downgrade(link),
             peers: RwLock::new(BTreeSet::new()),
-            transport: Transport::Remote {
-                connection: connection.clone(),
-            },
+            transport: Transport::Remote { connection: connection.clone() },
+            destroyed: AtomicBool::new(false),
         });
         connection.register(endpoint.key, Arc::downgrade(&endpoint));
-        match connection
-            .load(endpoint.key, &link.name, path, max_log_level, timeout)
-            .await
-        {
+        match connection.load(endpoint.key, &link.name, path, max_log_level, timeout).await {
             Ok(()) => Ok(endpoint),
             Err(reason) => {
                 connection.unregister(endpoint.key);
@@ -200,10 +175,7 @@ impl Endpoint {
     }
 
     pub(crate) fn hosts(&self, peer: Peer) -> bool {
-        self.peers
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains(&peer)
+        self.peers.read().unwrap_or_else(PoisonError::into_inner).contains(&peer)
     }
 
     pub(crate) fn place(&self, peer: Peer) {
@@ -215,12 +187,7 @@ impl Endpoint {
     }
 
     pub(crate) fn peers(&self) -> Vec<Peer> {
-        self.peers
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .copied()
-            .collect()
+        self.peers.read().unwrap_or_else(PoisonError::into_inner).iter().copied().collect()
     }
 
     /// The child process this endpoint runs in, if any.
@@ -233,6 +200,9 @@ impl Endpoint {
 
     /// Hands a message to the instance; returns a status code.
     pub(crate) fn deliver(&self, message: &RawMessage) -> u32 {
+        if self.destroyed.load(Ordering::Acquire) {
+            return abi::status::DEACTIVATED;
+        }
         match &self.transport {
             Transport::Local { descriptor, instance } => {
                 let instance = instance.read().unwrap_or_else(PoisonError::into_inner);
@@ -255,15 +225,13 @@ impl Endpoint {
     ) -> Result<Completion, ControlError> {
         let completion = NEXT_COMPLETION.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = oneshot::channel();
-        lock(&COMPLETIONS)
-            .get_or_insert_with(HashMap::new)
-            .insert((self.key, completion), sender);
+        lock(&COMPLETIONS).get_or_insert_with(HashMap::new).insert((self.key, completion), sender);
         // Removes the waiter however this ends: answered, refused, timed out or dropped.
-        let _waiter = CompletionGuard {
-            key: self.key,
-            completion,
-        };
+        let _waiter = CompletionGuard { key: self.key, completion };
         let command = command(completion);
+        if self.destroyed.load(Ordering::Acquire) {
+            return Err(ControlError::Refused(abi::status::DEACTIVATED));
+        }
         let status = match &self.transport {
             Transport::Local { descriptor, instance } => {
                 let bytes =
@@ -289,6 +257,9 @@ impl Endpoint {
     /// Stops the instance for good: every task of the extension is dropped (its thread joined,
     /// or its process told to). Returns false if it did not stop cleanly in time.
     pub(crate) async fn destroy(self: &Arc<Self>) -> bool {
+        if self.destroyed.swap(true, Ordering::AcqRel) {
+            return true;
+        }
         let stopped = match &self.transport {
             Transport::Local { descriptor, instance } => {
                 let taken = instance.write().unwrap_or_else(PoisonError::into_inner).take();
@@ -378,9 +349,8 @@ unsafe extern "C" fn host_complete(key: u64, completion: u64, result: RawSlice) 
     let _ = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: the library keeps `result` valid for this call; null/oversized is refused.
         let bytes = unsafe { result.as_bytes() }.unwrap_or_default();
-        let result = rmp_serde::from_slice::<Completion>(bytes).unwrap_or_else(|error| Completion::Failed {
-            reason: format!("undecodable completion: {error}"),
-        });
+        let result = rmp_serde::from_slice::<Completion>(bytes)
+            .unwrap_or_else(|error| Completion::Failed { reason: format!("undecodable completion: {error}") });
         complete(key, completion, result);
     }));
 }
@@ -393,11 +363,6 @@ unsafe extern "C" fn host_log(key: u64, level: u32, target: RawSlice, message: R
         let (Some(target), Some(message)) = (target, message) else {
             return;
         };
-        forward_log(
-            &endpoint,
-            level,
-            &String::from_utf8_lossy(target),
-            &String::from_utf8_lossy(message),
-        );
+        forward_log(&endpoint, level, &String::from_utf8_lossy(target), &String::from_utf8_lossy(message));
     }));
 }

@@ -24,11 +24,7 @@ pub enum LoadError {
     #[error(
         "cannot load `{path}`: an extension named `{name}` is already loaded (from `{existing}`); uninstall it first"
     )]
-    DuplicateName {
-        path: PathBuf,
-        name: String,
-        existing: PathBuf,
-    },
+    DuplicateName { path: PathBuf, name: String, existing: PathBuf },
 }
 
 /// Why a lifecycle or IPC call on the host was refused.
@@ -37,12 +33,7 @@ pub enum HostError {
     #[error("no extension named `{0}` is loaded")]
     UnknownExtension(String),
     #[error("extension `{name}` is {state}; {operation} needs it {needed}")]
-    WrongState {
-        name: String,
-        state: String,
-        operation: &'static str,
-        needed: &'static str,
-    },
+    WrongState { name: String, state: String, operation: &'static str, needed: &'static str },
     #[error("extension `{name}` failed to activate: {reason}")]
     ActivationFailed { name: String, reason: String },
     #[error("no frame {0} is open")]

@@ -72,19 +72,11 @@ impl ObservedBroadcast {
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum HostEvent {
     /// An isolated extension's process ended unexpectedly.
-    ExtensionCrashed {
-        extension: String,
-        reason: String,
-        restarting: bool,
-    },
+    ExtensionCrashed { extension: String, reason: String, restarting: bool },
     /// It was activated again after a crash.
     ExtensionRestarted { extension: String },
     /// A child-process frame's renderer process ended unexpectedly.
-    FrameCrashed {
-        frame: u64,
-        reason: String,
-        restarting: bool,
-    },
+    FrameCrashed { frame: u64, reason: String, restarting: bool },
     /// Its renderer process was started again and its renderer halves reopened.
     FrameRestarted { frame: u64 },
 }

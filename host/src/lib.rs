@@ -11,6 +11,7 @@ mod events;
 mod host;
 mod library;
 mod link;
+mod private_dir;
 pub mod remote;
 
 pub use error::{HostError, LoadError};

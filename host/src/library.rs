@@ -5,12 +5,12 @@
 //! once its thread-local destructors may be registered).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use extension_api::abi::{ABI_VERSION, DESCRIPTOR_SYMBOL, Descriptor, RawSlice};
 use serde::Serialize;
 
 use crate::error::LoadError;
+use crate::private_dir::PrivateDir;
 
 /// What a library says about itself.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -34,41 +34,33 @@ pub(crate) struct Library {
 /// Loads and validates the extension library at `path`.
 pub(crate) fn load(path: &Path) -> Result<Library, LoadError> {
     check_file(path)?;
-    let copy = private_copy(path)?;
+    // A copy under a name the dynamic loader has never seen in this process, in a private
+    // directory: loading a rebuilt library at the same path runs the new code.
+    let unreadable = |error: std::io::Error| LoadError::Unreadable { path: path.to_owned(), reason: error.to_string() };
+    let dir = PrivateDir::create().map_err(unreadable)?;
+    let copy = dir.path().join(path.file_name().unwrap_or(std::ffi::OsStr::new("extension")));
+    std::fs::copy(path, &copy).map_err(unreadable)?;
     // SAFETY: loading a library runs its initialisers. We only load files the embedder asked
     // for; an extension is trusted code in process (isolation is what child processes are for).
     let opened = unsafe { libloading::Library::new(&copy) };
-    // The mapping outlives the file; the copy served only to give the loader a fresh name.
-    let _ = std::fs::remove_file(&copy);
-    let library = opened.map_err(|error| LoadError::NotALibrary {
-        path: path.to_owned(),
-        reason: error.to_string(),
-    })?;
+    // The mapping outlives the file: the copy served only to give the loader a fresh name.
+    drop(dir);
+    let library =
+        opened.map_err(|error| LoadError::NotALibrary { path: path.to_owned(), reason: error.to_string() })?;
     // Never unmapped: leaked for the life of the process.
     let library: &'static libloading::Library = Box::leak(Box::new(library));
     // SAFETY: we only take the symbol's address here; it is not dereferenced until checked.
-    let symbol = unsafe { library.get::<*const u32>(DESCRIPTOR_SYMBOL.as_bytes()) }.map_err(|_| {
-        LoadError::MissingDescriptor {
-            path: path.to_owned(),
-            symbol: DESCRIPTOR_SYMBOL,
-        }
-    })?;
+    let symbol = unsafe { library.get::<*const u32>(DESCRIPTOR_SYMBOL.as_bytes()) }
+        .map_err(|_| LoadError::MissingDescriptor { path: path.to_owned(), symbol: DESCRIPTOR_SYMBOL })?;
     let address: *const u32 = *symbol;
     if address.is_null() {
-        return Err(LoadError::MissingDescriptor {
-            path: path.to_owned(),
-            symbol: DESCRIPTOR_SYMBOL,
-        });
+        return Err(LoadError::MissingDescriptor { path: path.to_owned(), symbol: DESCRIPTOR_SYMBOL });
     }
     // SAFETY: the symbol is an exported static of at least 4 bytes in every ABI version: its
     // first field is the ABI version, which is all we read before the version is known.
     let found = unsafe { address.read_unaligned() };
     if found != ABI_VERSION {
-        return Err(LoadError::AbiMismatch {
-            path: path.to_owned(),
-            expected: ABI_VERSION,
-            found,
-        });
+        return Err(LoadError::AbiMismatch { path: path.to_owned(), expected: ABI_VERSION, found });
     }
     // SAFETY: the version matches, so the static has this version's `Descriptor` layout, and
     // it lives as long as the (never unmapped) library.
@@ -80,23 +72,14 @@ pub(crate) fn load(path: &Path) -> Result<Library, LoadError> {
 fn check_file(path: &Path) -> Result<(), LoadError> {
     let metadata = std::fs::metadata(path).map_err(|error| match error.kind() {
         std::io::ErrorKind::NotFound => LoadError::NotFound { path: path.to_owned() },
-        _ => LoadError::Unreadable {
-            path: path.to_owned(),
-            reason: error.to_string(),
-        },
+        _ => LoadError::Unreadable { path: path.to_owned(), reason: error.to_string() },
     })?;
     if !metadata.is_file() {
-        return Err(LoadError::NotALibrary {
-            path: path.to_owned(),
-            reason: "it is not a regular file".into(),
-        });
+        return Err(LoadError::NotALibrary { path: path.to_owned(), reason: "it is not a regular file".into() });
     }
     let mut magic = [0u8; 4];
     let read = std::fs::File::open(path).and_then(|mut file| std::io::Read::read(&mut file, &mut magic));
-    let read = read.map_err(|error| LoadError::Unreadable {
-        path: path.to_owned(),
-        reason: error.to_string(),
-    })?;
+    let read = read.map_err(|error| LoadError::Unreadable { path: path.to_owned(), reason: error.to_string() })?;
     if cfg!(target_os = "linux") && (read < 4 || magic != *b"\x7fELF") {
         return Err(LoadError::NotALibrary {
             path: path.to_owned(),
@@ -106,29 +89,8 @@ fn check_file(path: &Path) -> Result<(), LoadError> {
     Ok(())
 }
 
-/// Copies the library to a name the dynamic loader has never seen in this process.
-fn private_copy(path: &Path) -> Result<PathBuf, LoadError> {
-    static COPIES: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir().join(format!("extension-host-{}", std::process::id()));
-    let unreadable = |error: std::io::Error| LoadError::Unreadable {
-        path: path.to_owned(),
-        reason: error.to_string(),
-    };
-    std::fs::create_dir_all(&dir).map_err(unreadable)?;
-    let file_name = path
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let copy = dir.join(format!("{}-{file_name}", COPIES.fetch_add(1, Ordering::Relaxed)));
-    std::fs::copy(path, &copy).map_err(unreadable)?;
-    Ok(copy)
-}
-
 fn read_info(path: &Path, descriptor: &'static Descriptor) -> Result<LibraryInfo, LoadError> {
-    let invalid = |reason: String| LoadError::InvalidMetadata {
-        path: path.to_owned(),
-        reason,
-    };
+    let invalid = |reason: String| LoadError::InvalidMetadata { path: path.to_owned(), reason };
     let text = |slice: RawSlice, what: &str| -> Result<String, LoadError> {
         // SAFETY: descriptor strings point to the library's static data, mapped forever.
         let bytes = unsafe { slice.as_bytes() }.ok_or_else(|| invalid(format!("the {what} pointer is invalid")))?;
@@ -136,9 +98,7 @@ fn read_info(path: &Path, descriptor: &'static Descriptor) -> Result<LibraryInfo
     };
     let name = text(descriptor.name, "name")?;
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        return Err(invalid(format!(
-            "the name `{name}` must be non-empty ASCII letters, digits, `-` or `_`"
-        )));
+        return Err(invalid(format!("the name `{name}` must be non-empty ASCII letters, digits, `-` or `_`")));
     }
     let version = text(descriptor.version, "version")?;
     let version = semver::Version::parse(&version)

@@ -38,10 +38,7 @@ impl Link {
     }
 
     pub(crate) fn add_endpoint(&self, endpoint: Arc<Endpoint>) {
-        self.endpoints
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(endpoint);
+        self.endpoints.write().unwrap_or_else(PoisonError::into_inner).push(endpoint);
     }
 
     pub(crate) fn remove_endpoint(&self, key: u64) -> Option<Arc<Endpoint>> {
@@ -56,22 +53,20 @@ impl Link {
 
     /// The endpoint where `peer` runs.
     pub(crate) fn endpoint_of(&self, peer: Peer) -> Option<Arc<Endpoint>> {
-        self.endpoints
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .find(|e| e.hosts(peer))
-            .cloned()
+        self.endpoints.read().unwrap_or_else(PoisonError::into_inner).iter().find(|e| e.hosts(peer)).cloned()
+    }
+
+    /// Stops routing to `peer` at `endpoint` (a frame closing), under the pending lock: see
+    /// `route_invoke`.
+    pub(crate) fn unplace(&self, endpoint: &Endpoint, peer: Peer) {
+        let _pending = lock(&self.core.pending);
+        endpoint.unplace(peer);
     }
 
     /// Frames where the renderer half runs, in any process.
     pub(crate) fn frames(&self) -> Vec<Peer> {
-        let mut frames: Vec<Peer> = self
-            .endpoints()
-            .iter()
-            .flat_map(|endpoint| endpoint.peers())
-            .filter(|peer| *peer != PEER_MAIN)
-            .collect();
+        let mut frames: Vec<Peer> =
+            self.endpoints().iter().flat_map(|endpoint| endpoint.peers()).filter(|peer| *peer != PEER_MAIN).collect();
         frames.sort();
         frames
     }
@@ -112,10 +107,7 @@ impl Link {
     }
 
     fn deliver_everywhere(&self, message: &RawMessage) -> u32 {
-        let message = RawMessage {
-            target: PEER_ALL,
-            ..*message
-        };
+        let message = RawMessage { target: PEER_ALL, ..*message };
         for endpoint in self.endpoints() {
             endpoint.deliver(&message);
         }
@@ -155,19 +147,10 @@ impl Link {
     }
 
     fn reply_error(&self, from: Peer, to: Peer, request_id: u64, kind: InvokeErrorKind, message: &str) {
-        let payload = ErrorPayload {
-            message: message.to_owned(),
-            data: None,
-        };
+        let payload = ErrorPayload { message: message.to_owned(), data: None };
         let bytes = rmp_serde::to_vec_named(&payload).unwrap_or_default();
         if to == PEER_HOST {
-            self.wake_waiter(
-                request_id,
-                HostReply {
-                    status: kind.code(),
-                    payload: bytes,
-                },
-            );
+            self.wake_waiter(request_id, HostReply { status: kind.code(), payload: bytes });
             return;
         }
         self.deliver_to(
@@ -238,13 +221,7 @@ impl Link {
                 if message.target == PEER_HOST {
                     // SAFETY: the payload is valid for this call (the sender's contract).
                     let payload = unsafe { message.payload.as_bytes() }.unwrap_or_default().to_vec();
-                    self.wake_waiter(
-                        message.request_id,
-                        HostReply {
-                            status: message.status,
-                            payload,
-                        },
-                    );
+                    self.wake_waiter(message.request_id, HostReply { status: message.status, payload });
                     return abi::status::OK;
                 }
                 self.deliver_to(message.target, message)
@@ -339,11 +316,7 @@ impl Link {
         if status != abi::status::OK {
             lock(&self.core.waiters).remove(&(self.id, request_id));
         }
-        let mut guard = HostRequestGuard {
-            link: self,
-            request_id,
-            armed: status == abi::status::OK,
-        };
+        let mut guard = HostRequestGuard { link: self, request_id, armed: status == abi::status::OK };
         async move {
             if !guard.armed {
                 let message = format!("`{}` is not active", guard.link.name);
@@ -359,11 +332,7 @@ impl Link {
                 }
                 Ok(Err(_)) => {
                     guard.disarm();
-                    return Err(InvokeError::new(
-                        InvokeErrorKind::Deactivated,
-                        channel,
-                        "the extension went away",
-                    ));
+                    return Err(InvokeError::new(InvokeErrorKind::Deactivated, channel, "the extension went away"));
                 }
                 Ok(Ok(reply)) => reply,
             };
@@ -381,11 +350,7 @@ pub(crate) fn decode_reply(channel: &str, reply: HostReply) -> Result<Vec<u8>, I
     let kind = InvokeErrorKind::from_code(reply.status).unwrap_or(InvokeErrorKind::ConnectionLost);
     match rmp_serde::from_slice::<ErrorPayload>(&reply.payload) {
         Ok(error) => Err(InvokeError::from_wire(kind, channel, error)),
-        Err(error) => Err(InvokeError::new(
-            kind,
-            channel,
-            format!("(undecodable error payload: {error})"),
-        )),
+        Err(error) => Err(InvokeError::new(kind, channel, format!("(undecodable error payload: {error})"))),
     }
 }
 

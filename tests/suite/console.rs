@@ -34,14 +34,8 @@ impl Console {
             .unwrap();
         let stdin = child.stdin.take().unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut console = Console {
-            child,
-            stdin,
-            stdout,
-            last: String::new(),
-            seen: Vec::new(),
-            transcript: Vec::new(),
-        };
+        let mut console =
+            Console { child, stdin, stdout, last: String::new(), seen: Vec::new(), transcript: Vec::new() };
         console.expect(|line| line.starts_with("console ready")).await;
         console
     }
@@ -72,10 +66,7 @@ impl Console {
         });
         match found.await {
             Ok(line) => line,
-            Err(_) => panic!(
-                "no expected answer to `{}`; transcript: {:#?}",
-                self.last, self.transcript
-            ),
+            Err(_) => panic!("no expected answer to `{}`; transcript: {:#?}", self.last, self.transcript),
         }
     }
 }
@@ -89,62 +80,37 @@ async fn the_console_drives_the_lifecycle_frames_and_ipc() {
     assert_eq!(console.ask("frames", |l| l.starts_with("frames:")).await, "frames: 1");
 
     // Acting as a renderer: invoke with JSON, see replies and typed errors.
-    let reply = console
-        .ask(r#"invoke hello greet "console""#, |l| {
-            l.starts_with("reply") || l.starts_with("error")
-        })
-        .await;
+    let reply =
+        console.ask(r#"invoke hello greet "console""#, |l| l.starts_with("reply") || l.starts_with("error")).await;
     assert_eq!(reply, r#"reply: "Hello, console! (from hello's main)""#);
     let error = console.ask("invoke probe fail 3", |l| l.starts_with("error")).await;
     assert_eq!(error, "error: Handler: probe error 3: asked to fail");
-    let error = console
-        .ask("invoke probe nothing-here null", |l| l.starts_with("error"))
-        .await;
-    assert!(
-        error.starts_with("error: NoHandler: no handler for channel `nothing-here`"),
-        "{error}"
-    );
-    let error = console
-        .ask("invoke probe echo {not json", |l| l.starts_with("error"))
-        .await;
+    let error = console.ask("invoke probe nothing-here null", |l| l.starts_with("error")).await;
+    assert!(error.starts_with("error: NoHandler: no handler for channel `nothing-here`"), "{error}");
+    let error = console.ask("invoke probe echo {not json", |l| l.starts_with("error")).await;
     assert!(error.starts_with("error: the value is not JSON"), "{error}");
 
     // Broadcast as a renderer and watch the extension answer, from main and the frame.
     console.ask("watch on", |l| l == "ok").await;
     // The answer and the events print concurrently: gather all three, in any order.
-    console
-        .ask(r#"broadcast probe ping {"tag":"from-console"}"#, |l| l == "ok")
-        .await;
+    console.ask(r#"broadcast probe ping {"tag":"from-console"}"#, |l| l == "ok").await;
     let mut lines = std::mem::take(&mut console.seen);
     let has = |lines: &[String], prefix: &str| lines.iter().any(|l| l.starts_with(prefix));
     while !has(&lines, "event probe pong from main") || !has(&lines, "event probe pong from frame 1") {
         lines.push(console.expect(|l| l.starts_with("event probe pong")).await);
     }
-    let pong = lines
-        .iter()
-        .find(|l| l.starts_with("event probe pong from main"))
-        .unwrap();
-    assert!(
-        pong.contains(r#""tag":"from-console""#) && pong.contains(r#""sender":"host""#),
-        "{pong}"
-    );
+    let pong = lines.iter().find(|l| l.starts_with("event probe pong from main")).unwrap();
+    assert!(pong.contains(r#""tag":"from-console""#) && pong.contains(r#""sender":"host""#), "{pong}");
     console.ask("watch off", |l| l == "ok").await;
 
     // Frames.
     assert_eq!(console.ask("open", |l| l.starts_with("opened")).await, "opened frame 2");
     assert_eq!(console.ask("frames", |l| l.starts_with("frames:")).await, "frames: 1 2");
     assert_eq!(
-        console
-            .ask("reload 2", |l| l.starts_with("reloaded") || l.starts_with("error"))
-            .await,
+        console.ask("reload 2", |l| l.starts_with("reloaded") || l.starts_with("error")).await,
         "reloaded frame 2"
     );
-    assert_eq!(
-        console
-            .ask("close 2", |l| l.starts_with("closed") || l.starts_with("error"))
-            .await,
-        "closed frame 2"
-    );
+    assert_eq!(console.ask("close 2", |l| l.starts_with("closed") || l.starts_with("error")).await, "closed frame 2");
     let error = console.ask("close 2", |l| l.starts_with("error")).await;
     assert_eq!(error, "error: no frame 2 is open");
 
@@ -153,37 +119,20 @@ async fn the_console_drives_the_lifecycle_frames_and_ipc() {
     let snapshot: serde_json::Value = serde_json::from_str(&inspect).unwrap();
     assert_eq!(snapshot["state"]["state"], "active");
     assert_eq!(snapshot["instance"]["halves"][0]["listeners"]["ping"], 1);
-    assert_eq!(
-        console.ask("deactivate probe", |l| l.contains("probe")).await,
-        "deactivated probe"
-    );
+    assert_eq!(console.ask("deactivate probe", |l| l.contains("probe")).await, "deactivated probe");
     let inspect = console.ask("inspect probe", |l| l.starts_with('{')).await;
     let snapshot: serde_json::Value = serde_json::from_str(&inspect).unwrap();
     assert_eq!(snapshot["state"]["state"], "inactive");
     assert!(snapshot["instance"].is_null());
     let error = console.ask("invoke probe echo null", |l| l.starts_with("error")).await;
     assert!(error.starts_with("error: Deactivated"), "{error}");
-    assert_eq!(
-        console.ask("activate probe", |l| l.contains("probe")).await,
-        "activated probe"
-    );
-    assert_eq!(
-        console.ask("uninstall hello", |l| l.contains("hello")).await,
-        "uninstalled hello"
-    );
-    assert_eq!(
-        console
-            .ask("list", |l| l.contains("active") || l == "no extensions")
-            .await,
-        "probe 0.1.0 active"
-    );
+    assert_eq!(console.ask("activate probe", |l| l.contains("probe")).await, "activated probe");
+    assert_eq!(console.ask("uninstall hello", |l| l.contains("hello")).await, "uninstalled hello");
+    assert_eq!(console.ask("list", |l| l.contains("active") || l == "no extensions").await, "probe 0.1.0 active");
     let error = console.ask("frobnicate", |l| l.starts_with("error")).await;
     assert_eq!(error, "error: unknown command `frobnicate` (type `help`)");
 
     console.ask("quit", |l| l == "console closed").await;
-    let status = tokio::time::timeout(FAILSAFE, console.child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = tokio::time::timeout(FAILSAFE, console.child.wait()).await.unwrap().unwrap();
     assert!(status.success());
 }

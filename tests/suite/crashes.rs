@@ -35,19 +35,12 @@ fn sigkill(pid: u32) {
 fn gone(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
     }
 }
 
 async fn frame_pid(host: &Host, frame: u64) -> u32 {
-    host.inspect()
-        .await
-        .frame(frame)
-        .and_then(|frame| frame.pid)
-        .expect("the frame has a renderer process")
+    host.inspect().await.frame(frame).and_then(|frame| frame.pid).expect("the frame has a renderer process")
 }
 
 #[tokio::test]
@@ -57,11 +50,7 @@ async fn a_renderer_process_killed_mid_invokes_fails_them_fast_and_comes_back() 
     let mut logs = host.logs();
     let mut events = host.events();
     // In flight: main waiting on frame 2, and both frames waiting on main.
-    let ask = AskFrame {
-        frame: 2,
-        channel: "frame-hang".into(),
-        timeout_ms: 60_000,
-    };
+    let ask = AskFrame { frame: 2, channel: "frame-hang".into(), timeout_ms: 60_000 };
     let main_to_frame = host.invoke::<_, String>("probe", ASK_FRAME.name(), &ask, FAILSAFE);
     host.broadcast("probe", START_HANG.name(), &()).unwrap();
     wait_logs(&mut logs, "probe", &["hang handler started".to_owned()]).await;
@@ -73,13 +62,8 @@ async fn a_renderer_process_killed_mid_invokes_fails_them_fast_and_comes_back() 
     // Frame 2's request to main was cancelled: its handler is dropped.
     wait_log(&mut logs, "probe", |m| m == "hang handler dropped").await;
     let crashed = wait_event(&mut events, |e| matches!(e, HostEvent::FrameCrashed { frame: 2, .. })).await;
-    let HostEvent::FrameCrashed { reason, restarting, .. } = crashed else {
-        unreachable!()
-    };
-    assert!(
-        restarting && reason.contains("killed by signal 9 (SIGKILL)"),
-        "{reason}"
-    );
+    let HostEvent::FrameCrashed { reason, restarting, .. } = crashed else { unreachable!() };
+    assert!(restarting && reason.contains("killed by signal 9 (SIGKILL)"), "{reason}");
     wait_event(&mut events, |e| *e == HostEvent::FrameRestarted { frame: 2 }).await;
 
     // Back, with a new process, and everything answers again exactly once per half.
@@ -88,8 +72,7 @@ async fn a_renderer_process_killed_mid_invokes_fails_them_fast_and_comes_back() 
     assert_eq!(frame.restarts, 1);
     assert_ne!(frame.pid, Some(old_pid));
     let mut seen = host.broadcasts();
-    host.broadcast("probe", PING.name(), &Ping { tag: "after".into() })
-        .unwrap();
+    host.broadcast("probe", PING.name(), &Ping { tag: "after".into() }).unwrap();
     let pongs = expect_pongs(&host, &mut seen, "probe", 3, 3).await;
     let sides: BTreeSet<_> = pongs.iter().map(|p| p.side.as_str()).collect();
     assert_eq!(sides, BTreeSet::from(["main", "frame:1", "frame:2"]));
@@ -101,27 +84,10 @@ async fn a_renderer_that_overflows_its_stack_takes_only_its_process_down() {
     let host = support::host_with(&["probe", "hello"]).await;
     let frame = support::open_frame(&host, support::Transport::ChildProcess).await;
     let mut events = host.events();
-    host.broadcast(
-        "probe",
-        CRASH_FRAME.name(),
-        &Relay {
-            side: "frame:1".into(),
-            tag: "stack-overflow".into(),
-        },
-    )
-    .unwrap();
+    host.broadcast("probe", CRASH_FRAME.name(), &Relay { side: "frame:1".into(), tag: "stack-overflow".into() })
+        .unwrap();
     let crashed = wait_event(&mut events, |e| matches!(e, HostEvent::FrameCrashed { .. })).await;
-    assert!(
-        matches!(
-            crashed,
-            HostEvent::FrameCrashed {
-                frame: 1,
-                restarting: true,
-                ..
-            }
-        ),
-        "{crashed:?}"
-    );
+    assert!(matches!(crashed, HostEvent::FrameCrashed { frame: 1, restarting: true, .. }), "{crashed:?}");
     let greeting: String = host.invoke("hello", "greet", "survivor", FAILSAFE).await.unwrap();
     assert!(greeting.contains("survivor"));
     wait_event(&mut events, |e| *e == HostEvent::FrameRestarted { frame: frame.0 }).await;
@@ -131,10 +97,7 @@ async fn a_renderer_that_overflows_its_stack_takes_only_its_process_down() {
 #[tokio::test]
 async fn a_crashing_isolated_extension_is_restarted_within_its_budget_and_harms_no_one() {
     let mut config = support::config();
-    config.crash_budget = CrashBudget {
-        crashes: 2,
-        window: Duration::from_secs(300),
-    };
+    config.crash_budget = CrashBudget { crashes: 2, window: Duration::from_secs(300) };
     let host = Host::new(config);
     let mut events = host.events();
     for name in ["probe", "hello"] {
@@ -145,32 +108,16 @@ async fn a_crashing_isolated_extension_is_restarted_within_its_budget_and_harms_
         host.activate(name).await.unwrap();
     }
     host.open_frame().await;
-    let first_pid = host
-        .inspect()
-        .await
-        .extension("probe")
-        .unwrap()
-        .pid
-        .expect("isolated in its own process");
+    let first_pid = host.inspect().await.extension("probe").unwrap().pid.expect("isolated in its own process");
     assert_ne!(first_pid, std::process::id());
 
-    for (round, (mode, how)) in [
-        ("segfault", "SIGSEGV"),
-        ("abort", "SIGABRT"),
-        ("exit", "exited with status 3"),
-    ]
-    .into_iter()
-    .enumerate()
+    for (round, (mode, how)) in
+        [("segfault", "SIGSEGV"), ("abort", "SIGABRT"), ("exit", "exited with status 3")].into_iter().enumerate()
     {
-        let error = host
-            .invoke::<_, ()>("probe", CRASH.name(), mode, FAILSAFE)
-            .await
-            .unwrap_err();
+        let error = host.invoke::<_, ()>("probe", CRASH.name(), mode, FAILSAFE).await.unwrap_err();
         assert_eq!(error.kind, InvokeErrorKind::ConnectionLost, "{mode}: {error}");
         let crashed = wait_event(&mut events, |e| matches!(e, HostEvent::ExtensionCrashed { .. })).await;
-        let HostEvent::ExtensionCrashed { reason, restarting, .. } = crashed else {
-            unreachable!()
-        };
+        let HostEvent::ExtensionCrashed { reason, restarting, .. } = crashed else { unreachable!() };
         assert!(reason.contains(how), "{mode}: {reason}");
         // The host and the other extension never noticed.
         let greeting: String = host.invoke("hello", "greet", mode, FAILSAFE).await.unwrap();
@@ -189,10 +136,7 @@ async fn a_crashing_isolated_extension_is_restarted_within_its_budget_and_harms_
         }
     }
     let state = host.state("probe").unwrap();
-    assert!(
-        matches!(&state, ExtensionState::Failed(reason) if reason.contains("crashed 3 times")),
-        "{state:?}"
-    );
+    assert!(matches!(&state, ExtensionState::Failed(reason) if reason.contains("crashed 3 times")), "{state:?}");
     assert_eq!(host.inspect().await.extension("probe").unwrap().pid, None);
     host.shutdown().await;
 }
@@ -208,10 +152,7 @@ async fn an_endless_loop_in_an_isolated_handler_times_out_and_deactivation_ends_
         host.activate(name).await.unwrap();
     }
     let pid = host.inspect().await.extension("probe").unwrap().pid.unwrap();
-    let error = host
-        .invoke::<_, ()>("probe", CRASH.name(), "spin", Duration::from_millis(200))
-        .await
-        .unwrap_err();
+    let error = host.invoke::<_, ()>("probe", CRASH.name(), "spin", Duration::from_millis(200)).await.unwrap_err();
     assert_eq!(error.kind, InvokeErrorKind::Timeout);
     let greeting: String = host.invoke("hello", "greet", "still", FAILSAFE).await.unwrap();
     assert!(greeting.contains("still"));
@@ -224,10 +165,7 @@ fn rogue_host(mode: &str) -> Host {
     let mut config = support::config();
     config.child_program = support::artifacts().join("rogue-child");
     config.child_args = vec![mode.into()];
-    config.crash_budget = CrashBudget {
-        crashes: 0,
-        window: Duration::from_secs(300),
-    };
+    config.crash_budget = CrashBudget { crashes: 0, window: Duration::from_secs(300) };
     Host::new(config)
 }
 
@@ -255,9 +193,7 @@ async fn a_rogue_child_is_cut_off_and_nothing_it_sent_is_delivered() {
         let mut seen = host.broadcasts();
         let frame = host.open_child_frame().await.unwrap();
         let crashed = wait_event(&mut events, |e| matches!(e, HostEvent::FrameCrashed { .. })).await;
-        let HostEvent::FrameCrashed { reason, restarting, .. } = crashed else {
-            unreachable!()
-        };
+        let HostEvent::FrameCrashed { reason, restarting, .. } = crashed else { unreachable!() };
         assert!(reason.contains(expected) && !restarting, "{mode}: {reason}");
         let problem = host.inspect().await.frame(frame.0).unwrap().problem.clone().unwrap();
         assert!(problem.contains("stopped"), "{mode}: {problem}");
@@ -270,16 +206,7 @@ async fn a_rogue_child_is_cut_off_and_nothing_it_sent_is_delivered() {
 #[tokio::test]
 async fn killing_the_host_leaves_no_child_processes() {
     let mut host = tokio::process::Command::new(support::host_binary())
-        .args([
-            "run",
-            "--console",
-            "--frames",
-            "0",
-            "--child-frames",
-            "2",
-            "--isolate",
-            "probe",
-        ])
+        .args(["run", "--console", "--frames", "0", "--child-frames", "2", "--isolate", "probe"])
         .arg(library("probe"))
         .arg(library("hello"))
         .env("RUST_LOG", "warn")
@@ -303,26 +230,11 @@ async fn killing_the_host_leaves_no_child_processes() {
     })
     .await
     .unwrap();
-    let mut children: Vec<u32> = snapshot["frames"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|f| f["pid"].as_u64())
-        .map(|p| p as u32)
-        .collect();
-    children.extend(
-        snapshot["extensions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|e| e["pid"].as_u64())
-            .map(|p| p as u32),
-    );
-    assert_eq!(
-        children.len(),
-        3,
-        "two renderer processes and one isolated extension: {snapshot}"
-    );
+    let mut children: Vec<u32> =
+        snapshot["frames"].as_array().unwrap().iter().filter_map(|f| f["pid"].as_u64()).map(|p| p as u32).collect();
+    children
+        .extend(snapshot["extensions"].as_array().unwrap().iter().filter_map(|e| e["pid"].as_u64()).map(|p| p as u32));
+    assert_eq!(children.len(), 3, "two renderer processes and one isolated extension: {snapshot}");
     assert!(children.iter().all(|pid| !gone(*pid)));
 
     sigkill(host.id().unwrap());

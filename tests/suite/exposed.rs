@@ -16,34 +16,21 @@ async fn exposed_functions_are_typed_intact_and_withdrawable(transport: Transpor
     host.broadcast("probe", CALC_TEST.name(), &()).unwrap();
     let pongs = expect_pongs(&host, &mut seen, "probe", 1, 2).await;
     // `false`, `0`, `""`, `[]` and `None` arrive intact; a panic is an error, not `null`.
-    assert_eq!(
-        calc_pongs(&pongs),
-        ["calc:add=42;falsy-intact=true;calls=2;explode=Panicked"]
-    );
+    assert_eq!(calc_pongs(&pongs), ["calc:add=42;falsy-intact=true;calls=2;explode=Panicked"]);
 
     // Withdrawn: every call is `NoHandler`, never a silent default.
-    host.invoke::<_, ()>("probe", SET_CALCULATOR.name(), &false, FAILSAFE)
-        .await
-        .unwrap();
+    host.invoke::<_, ()>("probe", SET_CALCULATOR.name(), &false, FAILSAFE).await.unwrap();
     host.broadcast("probe", CALC_TEST.name(), &()).unwrap();
     let pongs = expect_pongs(&host, &mut seen, "probe", 1, 2).await;
-    assert_eq!(
-        calc_pongs(&pongs),
-        ["calc:add=NoHandler;falsy-intact=NoHandler;calls=NoHandler;explode=NoHandler"]
-    );
+    assert_eq!(calc_pongs(&pongs), ["calc:add=NoHandler;falsy-intact=NoHandler;calls=NoHandler;explode=NoHandler"]);
 
     // Exposed again, then gone with deactivation and back with re-activation (fresh state).
-    host.invoke::<_, ()>("probe", SET_CALCULATOR.name(), &true, FAILSAFE)
-        .await
-        .unwrap();
+    host.invoke::<_, ()>("probe", SET_CALCULATOR.name(), &true, FAILSAFE).await.unwrap();
     host.deactivate("probe").await.unwrap();
     host.activate("probe").await.unwrap();
     host.broadcast("probe", CALC_TEST.name(), &()).unwrap();
     let pongs = expect_pongs(&host, &mut seen, "probe", 1, 2).await;
-    assert_eq!(
-        calc_pongs(&pongs),
-        ["calc:add=42;falsy-intact=true;calls=2;explode=Panicked"]
-    );
+    assert_eq!(calc_pongs(&pongs), ["calc:add=42;falsy-intact=true;calls=2;explode=Panicked"]);
 }
 
 async fn main_asks_one_frame_and_gets_its_answer_or_a_typed_error(transport: Transport) {
@@ -53,20 +40,12 @@ async fn main_asks_one_frame_and_gets_its_answer_or_a_typed_error(transport: Tra
     let frames: Vec<u64> = host.invoke("probe", MAIN_FRAMES.name(), &(), FAILSAFE).await.unwrap();
     assert_eq!(frames, vec![1, 2]);
     let ask = |frame: u64, channel: &str, timeout_ms: u64| {
-        let ask = AskFrame {
-            frame,
-            channel: channel.to_owned(),
-            timeout_ms,
-        };
+        let ask = AskFrame { frame, channel: channel.to_owned(), timeout_ms };
         host.invoke::<_, String>("probe", ASK_FRAME.name(), &ask, FAILSAFE)
     };
     assert_eq!(ask(2, "frame-info", 5_000).await.unwrap(), "frame:2");
     assert_eq!(ask(1, "frame-info", 5_000).await.unwrap(), "frame:1");
-    assert_eq!(
-        ask(7, "frame-info", 5_000).await.unwrap(),
-        "FrameClosed",
-        "never opened"
-    );
+    assert_eq!(ask(7, "frame-info", 5_000).await.unwrap(), "FrameClosed", "never opened");
     assert_eq!(ask(1, "no-such-handler", 5_000).await.unwrap(), "NoHandler");
     assert_eq!(ask(1, "frame-hang", 50).await.unwrap(), "Timeout");
 

@@ -12,14 +12,8 @@ async fn a_frame_opened_later_gets_the_renderer_halves_of_active_extensions(tran
     let mut logs = host.logs();
     let frame = support::open_frame(&host, transport).await;
     assert_eq!(frame, FrameId(1));
-    wait_log(&mut logs, "hello", |m| {
-        m == "main got `initialize` from frame 1: renderer-1"
-    })
-    .await;
-    wait_log(&mut logs, "hello", |m| {
-        m == "frame 1 got: Hello, renderer-1! (from hello's main)"
-    })
-    .await;
+    wait_log(&mut logs, "hello", |m| m == "main got `initialize` from frame 1: renderer-1").await;
+    wait_log(&mut logs, "hello", |m| m == "frame 1 got: Hello, renderer-1! (from hello's main)").await;
 }
 
 async fn an_extension_activated_later_starts_in_every_open_frame(transport: Transport) {
@@ -29,8 +23,7 @@ async fn an_extension_activated_later_starts_in_every_open_frame(transport: Tran
     host.load(support::library("probe")).unwrap();
     host.activate("probe").await.unwrap();
     let mut seen = host.broadcasts();
-    host.broadcast("probe", PING.name(), &Ping { tag: "hello".into() })
-        .unwrap();
+    host.broadcast("probe", PING.name(), &Ping { tag: "hello".into() }).unwrap();
     let pongs = expect_pongs(&host, &mut seen, "probe", 3, 3).await;
     assert_eq!(
         pongs.iter().map(|p| p.side.as_str()).collect::<BTreeSet<_>>(),
@@ -43,50 +36,20 @@ async fn an_extension_activated_later_starts_in_every_open_frame(transport: Tran
 async fn reloading_a_frame_restarts_its_renderers_and_keeps_main_registrations(transport: Transport) {
     let host = support::host_with(&["probe"]).await;
     let frame = support::open_frame(&host, transport).await;
-    host.invoke::<_, bool>("probe", REHANDLE.name(), &(), FAILSAFE)
-        .await
-        .unwrap();
-    let before = host
-        .inspect()
-        .await
-        .extension("probe")
-        .unwrap()
-        .instance
-        .clone()
-        .unwrap();
+    host.invoke::<_, bool>("probe", REHANDLE.name(), &(), FAILSAFE).await.unwrap();
+    let before = host.inspect().await.extension("probe").unwrap().instance.clone().unwrap();
 
     // Disposing in the renderer changes its registrations; a reload starts it afresh.
     host.broadcast("probe", DISPOSE_RENDERER_PING.name(), &()).unwrap();
     host.reload_frame(frame).await.unwrap();
-    let after = host
-        .inspect()
-        .await
-        .extension("probe")
-        .unwrap()
-        .instance
-        .clone()
-        .unwrap();
-    assert_eq!(
-        after.halves, before.halves,
-        "main untouched, renderer back to its activate state"
-    );
+    let after = host.inspect().await.extension("probe").unwrap().instance.clone().unwrap();
+    assert_eq!(after.halves, before.halves, "main untouched, renderer back to its activate state");
 
     let mut seen = host.broadcasts();
-    host.broadcast(
-        "probe",
-        PING.name(),
-        &Ping {
-            tag: "after-reload".into(),
-        },
-    )
-    .unwrap();
+    host.broadcast("probe", PING.name(), &Ping { tag: "after-reload".into() }).unwrap();
     let pongs = expect_pongs(&host, &mut seen, "probe", 2, 2).await;
     let sides: BTreeSet<_> = pongs.iter().map(|p| p.side.as_str()).collect();
-    assert_eq!(
-        sides,
-        BTreeSet::from(["main", "frame:1"]),
-        "exactly once each: {pongs:?}"
-    );
+    assert_eq!(sides, BTreeSet::from(["main", "frame:1"]), "exactly once each: {pongs:?}");
 }
 
 async fn closing_a_frame_removes_its_renderer_halves(transport: Transport) {
@@ -96,14 +59,7 @@ async fn closing_a_frame_removes_its_renderer_halves(transport: Transport) {
     host.close_frame(second).await.unwrap();
     assert_eq!(host.frames(), vec![FrameId(1)]);
     let mut seen = host.broadcasts();
-    host.broadcast(
-        "probe",
-        PING.name(),
-        &Ping {
-            tag: "after-close".into(),
-        },
-    )
-    .unwrap();
+    host.broadcast("probe", PING.name(), &Ping { tag: "after-close".into() }).unwrap();
     let pongs = expect_pongs(&host, &mut seen, "probe", 2, 2).await;
     let sides: BTreeSet<_> = pongs.iter().map(|p| p.side.as_str()).collect();
     assert_eq!(sides, BTreeSet::from(["main", "frame:1"]));
@@ -120,10 +76,7 @@ async fn a_handle_leaked_from_a_closed_half_cannot_speak_for_its_successor() {
     host.reload_frame(frame).await.unwrap();
     host.broadcast("probe", USE_LEAKED.name(), &()).unwrap();
     let pongs = expect_pongs(&host, &mut seen, "probe", 1, 2).await;
-    assert_eq!(
-        (pongs[0].side.as_str(), pongs[0].tag.as_str()),
-        ("frame:1", "leaked:refused")
-    );
+    assert_eq!((pongs[0].side.as_str(), pongs[0].tag.as_str()), ("frame:1", "leaked:refused"));
 
     // Across a deactivation the library's statics survive, the old instance does not.
     host.deactivate("probe").await.unwrap();
@@ -137,9 +90,7 @@ async fn a_handle_leaked_from_a_closed_half_cannot_speak_for_its_successor() {
 async fn a_lifecycle_call_runs_to_completion_even_if_its_caller_gives_up() {
     let host = support::host_with(&["probe"]).await;
     host.open_frame().await;
-    host.invoke::<_, ()>("probe", DEACTIVATE_BEHAVIOUR.name(), "hang", FAILSAFE)
-        .await
-        .unwrap();
+    host.invoke::<_, ()>("probe", DEACTIVATE_BEHAVIOUR.name(), "hang", FAILSAFE).await.unwrap();
     // The caller stops waiting long before the (bounded) hanging deactivate ends.
     let gave_up = tokio::time::timeout(std::time::Duration::from_millis(1), host.deactivate("probe")).await;
     assert!(gave_up.is_err());
@@ -148,10 +99,7 @@ async fn a_lifecycle_call_runs_to_completion_even_if_its_caller_gives_up() {
     let snapshot = host.inspect().await;
     let probe = snapshot.extension("probe").unwrap();
     assert_eq!(probe.frames, vec![1]);
-    assert!(
-        probe.last_problem.as_deref().unwrap().contains("did not finish within"),
-        "{probe:?}"
-    );
+    assert!(probe.last_problem.as_deref().unwrap().contains("did not finish within"), "{probe:?}");
 }
 
 conformance!(

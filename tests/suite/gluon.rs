@@ -28,19 +28,10 @@ async fn the_reference_examples_work_from_every_frame(transport: Transport) {
     wait_logs(&mut logs, "gluon", &expected).await;
 
     // The exposed functions travel on reserved channels the host can call too.
-    let lines: Vec<String> = host
-        .invoke("gluon", "expose:Logger.lines", &(), FAILSAFE)
-        .await
-        .unwrap();
-    assert_eq!(
-        lines,
-        vec!["Message from frame 1!".to_owned(), "Message from frame 2!".to_owned()]
-    );
+    let lines: Vec<String> = host.invoke("gluon", "expose:Logger.lines", &(), FAILSAFE).await.unwrap();
+    assert_eq!(lines, vec!["Message from frame 1!".to_owned(), "Message from frame 2!".to_owned()]);
     // Unknown functions are an error, never a silent `null`.
-    let error = host
-        .invoke::<_, ()>("gluon", "expose:Logger.erase", &(), FAILSAFE)
-        .await
-        .unwrap_err();
+    let error = host.invoke::<_, ()>("gluon", "expose:Logger.erase", &(), FAILSAFE).await.unwrap_err();
     assert_eq!(error.kind, InvokeErrorKind::NoHandler);
     let _ = Duration::ZERO;
 }

@@ -13,9 +13,7 @@ fn sides(pongs: &[Pong]) -> BTreeSet<String> {
 }
 
 fn all_sides(frames: u64) -> BTreeSet<String> {
-    std::iter::once("main".to_owned())
-        .chain((1..=frames).map(|f| format!("frame:{f}")))
-        .collect()
+    std::iter::once("main".to_owned()).chain((1..=frames).map(|f| format!("frame:{f}"))).collect()
 }
 
 async fn namespaces_are_isolated_for_every_combination_of_sides(transport: Transport) {
@@ -23,24 +21,9 @@ async fn namespaces_are_isolated_for_every_combination_of_sides(transport: Trans
     let mut seen = host.broadcasts();
     // From the host, from main, and from each frame of `probe`: every half of `probe` answers,
     // and `probe-twin` (same code, same channel names) hears nothing.
-    host.broadcast(
-        "probe",
-        PING.name(),
-        &Ping {
-            tag: "from-host".into(),
-        },
-    )
-    .unwrap();
+    host.broadcast("probe", PING.name(), &Ping { tag: "from-host".into() }).unwrap();
     for side in ["main", "frame:1", "frame:2"] {
-        host.broadcast(
-            "probe",
-            RELAY_PING.name(),
-            &Relay {
-                side: side.into(),
-                tag: format!("from-{side}"),
-            },
-        )
-        .unwrap();
+        host.broadcast("probe", RELAY_PING.name(), &Relay { side: side.into(), tag: format!("from-{side}") }).unwrap();
     }
     let probe = expect_pongs(&host, &mut seen, "probe", 12, 3).await;
     let mut by_tag: BTreeMap<String, Vec<Pong>> = BTreeMap::new();
@@ -52,10 +35,7 @@ async fn namespaces_are_isolated_for_every_combination_of_sides(transport: Trans
         assert_eq!(pongs.len(), 3, "each half once for {tag}: {pongs:?}");
         assert_eq!(sides(pongs), all_sides(2));
         let sender = tag.trim_start_matches("from-").replace("frame:", "frame ");
-        assert!(
-            pongs.iter().all(|pong| pong.sender == sender),
-            "stamped sender for {tag}: {pongs:?}"
-        );
+        assert!(pongs.iter().all(|pong| pong.sender == sender), "stamped sender for {tag}: {pongs:?}");
     }
     // The twin saw none of it: its only pongs are for its own barrier.
     let mut twin_seen = host.broadcasts();
@@ -95,24 +75,10 @@ async fn each_broadcast_reaches_each_listener_exactly_once_with_three_frames(tra
     let host = host_with_frames(transport, &["probe"], 3).await;
     let mut seen = host.broadcasts();
     for round in 0..5 {
-        host.broadcast(
-            "probe",
-            PING.name(),
-            &Ping {
-                tag: format!("host-{round}"),
-            },
-        )
-        .unwrap();
+        host.broadcast("probe", PING.name(), &Ping { tag: format!("host-{round}") }).unwrap();
         for side in ["main", "frame:2"] {
-            host.broadcast(
-                "probe",
-                RELAY_PING.name(),
-                &Relay {
-                    side: side.into(),
-                    tag: format!("{side}-{round}"),
-                },
-            )
-            .unwrap();
+            host.broadcast("probe", RELAY_PING.name(), &Relay { side: side.into(), tag: format!("{side}-{round}") })
+                .unwrap();
         }
     }
     let pongs = expect_pongs(&host, &mut seen, "probe", 60, 4).await;
@@ -138,22 +104,14 @@ async fn messages_from_one_sender_arrive_in_send_order(transport: Transport) {
     for reply in replies {
         reply.await.unwrap();
     }
-    let expected: Vec<String> = (0..90)
-        .map(|n| {
-            if n % 3 == 0 {
-                format!("event:{n}")
-            } else {
-                format!("invoke:{n}")
-            }
-        })
-        .collect();
+    let expected: Vec<String> =
+        (0..90).map(|n| if n % 3 == 0 { format!("event:{n}") } else { format!("invoke:{n}") }).collect();
     let log: Vec<String> = host.invoke("probe", SEQ_LOG.name(), &(), FAILSAFE).await.unwrap();
     assert_eq!(log, expected);
 
     // From a renderer (frame 2), the same pattern.
     let mut seen = host.broadcasts();
-    host.broadcast("probe", RENDERER_SEQ.name(), &RendererSeq { frame: 2, count: 90 })
-        .unwrap();
+    host.broadcast("probe", RENDERER_SEQ.name(), &RendererSeq { frame: 2, count: 90 }).unwrap();
     let done = pongs(&mut seen, "probe", 1).await;
     assert_eq!(done[0].tag, "seq-done failed=0");
     let log: Vec<String> = host.invoke("probe", SEQ_LOG.name(), &(), FAILSAFE).await.unwrap();
@@ -167,25 +125,14 @@ async fn every_invoke_error_kind_keeps_its_kind_and_message(transport: Transport
 
     let error = invoke("nobody-handles-this", &()).await.unwrap_err();
     assert_eq!(error.kind, InvokeErrorKind::NoHandler);
-    assert!(
-        error
-            .message
-            .contains("no handler for channel `nobody-handles-this` in main"),
-        "{error}"
-    );
+    assert!(error.message.contains("no handler for channel `nobody-handles-this` in main"), "{error}");
     assert_eq!(error.channel, "nobody-handles-this");
 
     let error = invoke(FAIL.name(), &7u32).await.unwrap_err();
     assert_eq!(error.kind, InvokeErrorKind::Handler);
     assert_eq!(error.message, "probe error 7: asked to fail");
     let data: ProbeError = error.data().unwrap().unwrap();
-    assert_eq!(
-        data,
-        ProbeError {
-            code: 7,
-            detail: "asked to fail".into()
-        }
-    );
+    assert_eq!(data, ProbeError { code: 7, detail: "asked to fail".into() });
 
     let error = invoke(PANIC.name(), &()).await.unwrap_err();
     assert_eq!(error.kind, InvokeErrorKind::Panicked);
@@ -194,33 +141,18 @@ async fn every_invoke_error_kind_keeps_its_kind_and_message(transport: Transport
     // A request value of the wrong type is refused by the handler's decoding.
     let error = invoke(ECHO.name(), &"not an Awkward").await.unwrap_err();
     assert_eq!(error.kind, InvokeErrorKind::Deserialize);
-    assert!(
-        error.message.contains("does not decode as probe_protocol::Awkward"),
-        "{error}"
-    );
+    assert!(error.message.contains("does not decode as probe_protocol::Awkward"), "{error}");
 
     // A reply of the wrong type is refused by the caller's decoding.
-    let error = host
-        .invoke::<_, String>("probe", SEQ_INVOKE.name(), &5u32, FAILSAFE)
-        .await
-        .unwrap_err();
+    let error = host.invoke::<_, String>("probe", SEQ_INVOKE.name(), &5u32, FAILSAFE).await.unwrap_err();
     assert_eq!(error.kind, InvokeErrorKind::Deserialize);
-    assert!(
-        error.message.contains("does not decode as alloc::string::String"),
-        "{error}"
-    );
+    assert!(error.message.contains("does not decode as alloc::string::String"), "{error}");
 
-    let error = host
-        .invoke::<_, ()>("probe", ECHO.name(), &Unserializable, FAILSAFE)
-        .await
-        .unwrap_err();
+    let error = host.invoke::<_, ()>("probe", ECHO.name(), &Unserializable, FAILSAFE).await.unwrap_err();
     assert_eq!(error.kind, InvokeErrorKind::Serialize);
     assert!(error.message.contains("refuses to be serialized"), "{error}");
     let error = host.broadcast("probe", PING.name(), &Unserializable).unwrap_err();
-    assert!(
-        error.to_string().contains("channel `ping`") && error.to_string().contains("refuses"),
-        "{error}"
-    );
+    assert!(error.to_string().contains("channel `ping`") && error.to_string().contains("refuses"), "{error}");
 
     // Renderer to main, nobody handling: each frame reports NoHandler.
     let mut seen = host.broadcasts();
@@ -229,12 +161,7 @@ async fn every_invoke_error_kind_keeps_its_kind_and_message(transport: Transport
 
     // Still healthy after all of that.
     let value = awkward();
-    assert_eq!(
-        host.invoke::<_, Awkward>("probe", ECHO.name(), &value, FAILSAFE)
-            .await
-            .unwrap(),
-        value
-    );
+    assert_eq!(host.invoke::<_, Awkward>("probe", ECHO.name(), &value, FAILSAFE).await.unwrap(), value);
 }
 
 #[tokio::test]
@@ -275,10 +202,7 @@ async fn deactivating_with_requests_in_flight_fails_them_all(transport: Transpor
     assert_eq!(host.inspect().await.extension("probe").unwrap().pending_requests, 3);
     host.deactivate("probe").await.unwrap();
     assert_eq!(from_host.await.unwrap_err().kind, InvokeErrorKind::Deactivated);
-    let ended = [
-        "frame:1 hang ended: Deactivated".to_owned(),
-        "frame:2 hang ended: Deactivated".to_owned(),
-    ];
+    let ended = ["frame:1 hang ended: Deactivated".to_owned(), "frame:2 hang ended: Deactivated".to_owned()];
     wait_logs(&mut logs, "probe", &ended).await;
 }
 
@@ -290,10 +214,7 @@ async fn closing_a_frame_fails_its_requests_and_cancels_their_handlers(transport
         wait_log(&mut logs, "probe", |m| m == "hang handler started").await;
     }
     host.close_frame(extension_host::FrameId(1)).await.unwrap();
-    let ended = [
-        "frame:1 hang ended: FrameClosed".to_owned(),
-        "hang handler dropped".to_owned(),
-    ];
+    let ended = ["frame:1 hang ended: FrameClosed".to_owned(), "hang handler dropped".to_owned()];
     wait_logs(&mut logs, "probe", &ended).await;
     let snapshot = host.inspect().await;
     let probe = snapshot.extension("probe").unwrap();
@@ -311,69 +232,32 @@ async fn a_listener_of_the_wrong_type_is_skipped_and_reported_while_others_run(t
     assert!(typed.iter().all(|pong| pong.tag == "typed-string"), "{typed:?}");
     let warning = wait_log(&mut logs, "probe", |m| m.contains("listener not called")).await;
     assert_eq!(warning.level, "WARN");
-    assert!(
-        warning.message.contains("channel=typed") || warning.message.contains("typed"),
-        "{warning:?}"
-    );
+    assert!(warning.message.contains("channel=typed") || warning.message.contains("typed"), "{warning:?}");
     assert!(warning.message.contains("does not decode as u32"), "{warning:?}");
     // Nothing else pongs on `typed`: the u32 listeners were not called.
     expect_pongs(&host, &mut seen, "probe", 0, 3).await;
     let snapshot = host.inspect().await;
-    assert_eq!(
-        snapshot
-            .extension("probe")
-            .unwrap()
-            .instance
-            .as_ref()
-            .unwrap()
-            .decode_failures,
-        2
-    );
+    assert_eq!(snapshot.extension("probe").unwrap().instance.as_ref().unwrap().decode_failures, 2);
 }
 
 async fn disposers_remove_exactly_their_registration_and_are_idempotent(transport: Transport) {
     let host = host_with_frames(transport, &["probe"], 2).await;
     let mut seen = host.broadcasts();
     host.broadcast("probe", DISPOSE_RENDERER_PING.name(), &()).unwrap();
-    host.broadcast(
-        "probe",
-        PING.name(),
-        &Ping {
-            tag: "after-renderer-dispose".into(),
-        },
-    )
-    .unwrap();
+    host.broadcast("probe", PING.name(), &Ping { tag: "after-renderer-dispose".into() }).unwrap();
     let pongs = expect_pongs(&host, &mut seen, "probe", 1, 1).await;
     assert_eq!(sides(&pongs), BTreeSet::from(["main".to_owned()]), "{pongs:?}");
 
-    host.invoke::<_, ()>("probe", DISPOSE_MAIN_PING.name(), &(), FAILSAFE)
-        .await
-        .unwrap();
+    host.invoke::<_, ()>("probe", DISPOSE_MAIN_PING.name(), &(), FAILSAFE).await.unwrap();
     let snapshot = host.inspect().await;
     let instance = snapshot.extension("probe").unwrap().instance.as_ref().unwrap();
-    assert!(
-        instance.halves.iter().all(|half| !half.listeners.contains_key("ping")),
-        "{instance:?}"
-    );
-    assert!(
-        instance
-            .halves
-            .iter()
-            .all(|half| half.listeners.get("relay-ping") == Some(&1)),
-        "others stay"
-    );
+    assert!(instance.halves.iter().all(|half| !half.listeners.contains_key("ping")), "{instance:?}");
+    assert!(instance.halves.iter().all(|half| half.listeners.get("relay-ping") == Some(&1)), "others stay");
 
     // Handlers: a second `handle` is refused; dispose frees the channel.
     let refused: String = host.invoke("probe", HANDLE_TWICE.name(), &(), FAILSAFE).await.unwrap();
-    assert_eq!(
-        refused,
-        "channel `echo` already has a handler; dispose it before registering another"
-    );
-    assert!(
-        host.invoke::<_, bool>("probe", REHANDLE.name(), &(), FAILSAFE)
-            .await
-            .unwrap()
-    );
+    assert_eq!(refused, "channel `echo` already has a handler; dispose it before registering another");
+    assert!(host.invoke::<_, bool>("probe", REHANDLE.name(), &(), FAILSAFE).await.unwrap());
     let value = awkward();
     let echoed: Awkward = host.invoke("probe", ECHO.name(), &value, FAILSAFE).await.unwrap();
     assert_eq!(echoed, value);
@@ -413,28 +297,13 @@ async fn awkward_values_round_trip_intact() {
     struct OlderVersion {
         id: u32,
     }
-    let absent: WithOptional = host
-        .invoke("probe", ECHO_OPTIONAL.name(), &OlderVersion { id: 1 }, FAILSAFE)
-        .await
-        .unwrap();
+    let absent: WithOptional =
+        host.invoke("probe", ECHO_OPTIONAL.name(), &OlderVersion { id: 1 }, FAILSAFE).await.unwrap();
     assert_eq!(absent, WithOptional { id: 1, note: None });
     let none = WithOptional { id: 2, note: None };
-    assert_eq!(
-        host.invoke::<_, WithOptional>("probe", ECHO_OPTIONAL.name(), &none, FAILSAFE)
-            .await
-            .unwrap(),
-        none
-    );
-    let some = WithOptional {
-        id: 3,
-        note: Some(String::new()),
-    };
-    assert_eq!(
-        host.invoke::<_, WithOptional>("probe", ECHO_OPTIONAL.name(), &some, FAILSAFE)
-            .await
-            .unwrap(),
-        some
-    );
+    assert_eq!(host.invoke::<_, WithOptional>("probe", ECHO_OPTIONAL.name(), &none, FAILSAFE).await.unwrap(), none);
+    let some = WithOptional { id: 3, note: Some(String::new()) };
+    assert_eq!(host.invoke::<_, WithOptional>("probe", ECHO_OPTIONAL.name(), &some, FAILSAFE).await.unwrap(), some);
 }
 
 /// A value whose serialization fails.

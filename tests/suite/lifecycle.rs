@@ -27,14 +27,7 @@ async fn full_lifecycle_with_reactivation_and_uninstall() {
 
     host.activate("probe").await.unwrap();
     assert_eq!(host.state("probe"), Some(ExtensionState::Active));
-    let first = host
-        .inspect()
-        .await
-        .extension("probe")
-        .unwrap()
-        .instance
-        .clone()
-        .unwrap();
+    let first = host.inspect().await.extension("probe").unwrap().instance.clone().unwrap();
     assert!(first.halves[0].handlers.contains(&"echo".to_owned()));
 
     let error = host.activate("probe").await.unwrap_err();
@@ -46,39 +39,20 @@ async fn full_lifecycle_with_reactivation_and_uninstall() {
     let snapshot = host.inspect().await;
     let probe = snapshot.extension("probe").unwrap();
     assert!(probe.instance.is_none() && probe.pending_requests == 0 && probe.frames.is_empty());
-    let error = host
-        .invoke::<_, ()>("probe", SEQ_LOG.name(), &(), FAILSAFE)
-        .await
-        .unwrap_err();
+    let error = host.invoke::<_, ()>("probe", SEQ_LOG.name(), &(), FAILSAFE).await.unwrap_err();
     assert_eq!(error.kind, extension_api::InvokeErrorKind::Deactivated);
-    assert!(matches!(
-        host.deactivate("probe").await,
-        Err(HostError::WrongState { .. })
-    ));
+    assert!(matches!(host.deactivate("probe").await, Err(HostError::WrongState { .. })));
 
     host.activate("probe").await.unwrap();
-    let again = host
-        .inspect()
-        .await
-        .extension("probe")
-        .unwrap()
-        .instance
-        .clone()
-        .unwrap();
-    assert_eq!(
-        again.halves, first.halves,
-        "re-activation starts clean: same registrations, not doubled"
-    );
+    let again = host.inspect().await.extension("probe").unwrap().instance.clone().unwrap();
+    assert_eq!(again.halves, first.halves, "re-activation starts clean: same registrations, not doubled");
     let log: Vec<String> = host.invoke("probe", SEQ_LOG.name(), &(), FAILSAFE).await.unwrap();
     assert!(log.is_empty());
 
     host.uninstall("probe").await.unwrap();
     assert_eq!(host.state("probe"), None);
     assert!(host.extensions().is_empty());
-    assert!(matches!(
-        host.activate("probe").await,
-        Err(HostError::UnknownExtension(_))
-    ));
+    assert!(matches!(host.activate("probe").await, Err(HostError::UnknownExtension(_))));
 }
 
 #[tokio::test]
@@ -86,31 +60,15 @@ async fn an_activation_error_leaves_it_failed_with_the_reason() {
     let host = support::host_with(&["hello"]).await;
     host.load(library("fail-activate")).unwrap();
     let error = host.activate("fail-activate").await.unwrap_err();
-    let HostError::ActivationFailed { reason, .. } = &error else {
-        panic!("{error:?}")
-    };
-    assert!(
-        reason.contains("cannot reach the settings database: connection refused"),
-        "{reason}"
-    );
+    let HostError::ActivationFailed { reason, .. } = &error else { panic!("{error:?}") };
+    assert!(reason.contains("cannot reach the settings database: connection refused"), "{reason}");
     assert!(matches!(host.state("fail-activate"), Some(ExtensionState::Failed(r)) if r == *reason));
-    assert!(
-        host.inspect()
-            .await
-            .extension("fail-activate")
-            .unwrap()
-            .instance
-            .is_none()
-    );
+    assert!(host.inspect().await.extension("fail-activate").unwrap().instance.is_none());
     // The host and the other extension are fine; the failed one can be retried.
     let greeting: String = host.invoke("hello", "greet", "still here", FAILSAFE).await.unwrap();
     assert!(greeting.starts_with("Hello, still here"));
     assert!(host.activate("fail-activate").await.is_err());
-    assert_eq!(
-        threads_named("ext:fail-activ"),
-        0,
-        "the failed instance's thread is gone"
-    );
+    assert_eq!(threads_named("ext:fail-activ"), 0, "the failed instance's thread is gone");
 }
 
 #[tokio::test]
@@ -119,10 +77,7 @@ async fn an_activation_panic_is_caught_and_reported() {
     let mut logs = host.logs();
     host.load(library("panic-activate")).unwrap();
     let error = host.activate("panic-activate").await.unwrap_err();
-    assert!(
-        error.to_string().contains("activate panicked: boom in activate"),
-        "{error}"
-    );
+    assert!(error.to_string().contains("activate panicked: boom in activate"), "{error}");
     assert!(matches!(host.state("panic-activate"), Some(ExtensionState::Failed(_))));
     // The panic message went through the extension's panic hook to the host's log.
     let record = wait_log(&mut logs, "panic-activate", |m| m.contains("boom in activate")).await;
@@ -134,26 +89,13 @@ async fn an_activation_panic_is_caught_and_reported() {
 #[tokio::test]
 async fn a_panicking_deactivate_is_reported_and_everything_is_cleaned_up() {
     let host = support::host_with(&["probe"]).await;
-    host.invoke::<_, ()>("probe", DEACTIVATE_BEHAVIOUR.name(), "panic", FAILSAFE)
-        .await
-        .unwrap();
+    host.invoke::<_, ()>("probe", DEACTIVATE_BEHAVIOUR.name(), "panic", FAILSAFE).await.unwrap();
     let report = host.deactivate("probe").await.unwrap();
     assert_eq!(report.problems.len(), 1, "{report:?}");
-    assert!(
-        report.problems[0].contains("panicked: probe panics in deactivate"),
-        "{report:?}"
-    );
+    assert!(report.problems[0].contains("panicked: probe panics in deactivate"), "{report:?}");
     assert_eq!(host.state("probe"), Some(ExtensionState::Inactive));
     let snapshot = host.inspect().await;
-    assert!(
-        snapshot
-            .extension("probe")
-            .unwrap()
-            .last_problem
-            .as_deref()
-            .unwrap()
-            .contains("panicked")
-    );
+    assert!(snapshot.extension("probe").unwrap().last_problem.as_deref().unwrap().contains("panicked"));
     host.activate("probe").await.unwrap();
     let log: Vec<String> = host.invoke("probe", SEQ_LOG.name(), &(), FAILSAFE).await.unwrap();
     assert!(log.is_empty());
@@ -163,17 +105,10 @@ async fn a_panicking_deactivate_is_reported_and_everything_is_cleaned_up() {
 async fn a_hanging_deactivate_is_bounded_and_its_tasks_still_die() {
     let host = support::host_with(&["probe"]).await;
     let mut logs = host.logs();
-    host.invoke::<_, ()>("probe", SPAWN_TICKER.name(), &(), FAILSAFE)
-        .await
-        .unwrap();
-    host.invoke::<_, ()>("probe", DEACTIVATE_BEHAVIOUR.name(), "hang", FAILSAFE)
-        .await
-        .unwrap();
+    host.invoke::<_, ()>("probe", SPAWN_TICKER.name(), &(), FAILSAFE).await.unwrap();
+    host.invoke::<_, ()>("probe", DEACTIVATE_BEHAVIOUR.name(), "hang", FAILSAFE).await.unwrap();
     let report = host.deactivate("probe").await.unwrap();
-    assert!(
-        report.problems.iter().any(|p| p.contains("did not finish within")),
-        "{report:?}"
-    );
+    assert!(report.problems.iter().any(|p| p.contains("did not finish within")), "{report:?}");
     assert_eq!(host.state("probe"), Some(ExtensionState::Inactive));
     wait_log(&mut logs, "probe", |m| m == "ticker dropped").await;
 }
@@ -182,18 +117,8 @@ async fn a_hanging_deactivate_is_bounded_and_its_tasks_still_die() {
 async fn a_task_spawned_with_plain_tokio_is_gone_after_deactivate() {
     let host = support::host_with(&["probe"]).await;
     let mut logs = host.logs();
-    host.invoke::<_, ()>("probe", SPAWN_TICKER.name(), &(), FAILSAFE)
-        .await
-        .unwrap();
-    let tasks = host
-        .inspect()
-        .await
-        .extension("probe")
-        .unwrap()
-        .instance
-        .as_ref()
-        .unwrap()
-        .tasks;
+    host.invoke::<_, ()>("probe", SPAWN_TICKER.name(), &(), FAILSAFE).await.unwrap();
+    let tasks = host.inspect().await.extension("probe").unwrap().instance.as_ref().unwrap().tasks;
     assert!(tasks >= 1, "the ticker runs: {tasks} tasks");
     host.deactivate("probe").await.unwrap();
     // Logged while the runtime dropped it, before `deactivate` returned.
@@ -211,9 +136,7 @@ async fn two_hundred_cycles_leave_no_threads_tasks_or_registrations_behind() {
     for cycle in 0..200 {
         host.activate("cycler").await.unwrap();
         // A plain tokio task per cycle, which logs when it is dropped.
-        host.invoke::<_, ()>("cycler", SPAWN_TICKER.name(), &(), FAILSAFE)
-            .await
-            .unwrap();
+        host.invoke::<_, ()>("cycler", SPAWN_TICKER.name(), &(), FAILSAFE).await.unwrap();
         if cycle % 50 == 0 || cycle == 199 {
             let snapshot = host.inspect().await;
             let instance = snapshot.extension("cycler").unwrap().instance.clone().unwrap();
@@ -221,19 +144,14 @@ async fn two_hundred_cycles_leave_no_threads_tasks_or_registrations_behind() {
             assert!(instance.tasks >= 1, "the ticker is alive");
             match &first {
                 None => first = Some(instance.halves),
-                Some(first) => assert_eq!(
-                    &instance.halves, first,
-                    "cycle {cycle} has exactly the first cycle's registrations"
-                ),
+                Some(first) => {
+                    assert_eq!(&instance.halves, first, "cycle {cycle} has exactly the first cycle's registrations")
+                }
             }
         }
         host.deactivate("cycler").await.unwrap();
     }
-    assert_eq!(
-        threads_named("ext:cycler"),
-        0,
-        "no runtime thread survives deactivation"
-    );
+    assert_eq!(threads_named("ext:cycler"), 0, "no runtime thread survives deactivation");
     let snapshot = host.inspect().await;
     let cycler = snapshot.extension("cycler").unwrap();
     assert!(cycler.instance.is_none() && cycler.pending_requests == 0);
@@ -305,10 +223,7 @@ async fn a_blocked_extension_does_not_stall_the_host_or_the_others() {
     let greeting: String = host.invoke("hello", "greet", "neighbour", FAILSAFE).await.unwrap();
     assert!(greeting.contains("neighbour"));
     let snapshot = host.inspect().await;
-    assert_eq!(
-        snapshot.extension("probe").unwrap().instance.as_ref().unwrap().halves[0].running_handlers,
-        1
-    );
+    assert_eq!(snapshot.extension("probe").unwrap().instance.as_ref().unwrap().halves[0].running_handlers, 1);
     std::os::unix::net::UnixStream::connect(&socket).unwrap();
     assert_eq!(blocked.await.unwrap(), "unblocked");
 }
@@ -319,17 +234,8 @@ async fn wrong_state_calls_are_refused_with_the_state() {
     host.load(library("hello")).unwrap();
     let error = host.deactivate("hello").await.unwrap_err();
     assert!(error.to_string().contains("is loaded"), "{error}");
-    assert!(matches!(
-        host.deactivate("nope").await,
-        Err(HostError::UnknownExtension(_))
-    ));
-    assert!(matches!(
-        host.broadcast("hello", "x", &1),
-        Err(HostError::WrongState { .. })
-    ));
-    assert!(matches!(
-        host.close_frame(extension_host::FrameId(42)).await,
-        Err(HostError::UnknownFrame(42))
-    ));
+    assert!(matches!(host.deactivate("nope").await, Err(HostError::UnknownExtension(_))));
+    assert!(matches!(host.broadcast("hello", "x", &1), Err(HostError::WrongState { .. })));
+    assert!(matches!(host.close_frame(extension_host::FrameId(42)).await, Err(HostError::UnknownFrame(42))));
     let _ = Duration::ZERO;
 }

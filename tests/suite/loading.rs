@@ -35,31 +35,17 @@ fn a_truncated_elf_file_is_refused_with_the_loader_reason() {
 #[test]
 fn a_library_without_a_descriptor_is_not_an_extension() {
     let error = check(&library("no-descriptor")).unwrap_err();
-    assert!(
-        matches!(
-            error,
-            LoadError::MissingDescriptor {
-                symbol: "EXTENSION_DESCRIPTOR",
-                ..
-            }
-        ),
-        "{error:?}"
-    );
+    assert!(matches!(error, LoadError::MissingDescriptor { symbol: "EXTENSION_DESCRIPTOR", .. }), "{error:?}");
     assert!(error.to_string().contains("export_extension!"), "{error}");
 }
 
 #[test]
 fn a_wrong_abi_version_names_both_versions() {
     let error = check(&library("wrong-abi")).unwrap_err();
-    let LoadError::AbiMismatch { expected, found, .. } = error else {
-        panic!("{error:?}")
-    };
+    let LoadError::AbiMismatch { expected, found, .. } = error else { panic!("{error:?}") };
     assert_eq!((expected, found), (extension_api::abi::ABI_VERSION, 999));
     let text = check(&library("wrong-abi")).unwrap_err().to_string();
-    assert!(
-        text.contains("version 999") && text.contains(&format!("version {expected}")),
-        "{text}"
-    );
+    assert!(text.contains("version 999") && text.contains(&format!("version {expected}")), "{text}");
 }
 
 #[test]
@@ -74,10 +60,7 @@ fn metadata_of_a_valid_library() {
 async fn a_duplicate_name_is_refused_and_the_first_keeps_working() {
     let host = support::host_with(&["hello"]).await;
     let error = host.load(library("hello")).unwrap_err();
-    assert!(
-        matches!(&error, LoadError::DuplicateName { name, .. } if name == "hello"),
-        "{error:?}"
-    );
+    assert!(matches!(&error, LoadError::DuplicateName { name, .. } if name == "hello"), "{error:?}");
     assert!(error.to_string().contains("already loaded"), "{error}");
     let greeting: String = host.invoke("hello", "greet", "you", support::FAILSAFE).await.unwrap();
     assert_eq!(greeting, "Hello, you! (from hello's main)");
@@ -97,30 +80,18 @@ async fn bad_libraries_leave_the_host_running() {
 
 #[test]
 fn the_check_command_explains_in_plain_words() {
-    let output = std::process::Command::new(support::host_binary())
-        .args(["check"])
-        .arg(library("wrong-abi"))
-        .output()
-        .unwrap();
+    let output =
+        std::process::Command::new(support::host_binary()).args(["check"]).arg(library("wrong-abi")).output().unwrap();
     assert!(!output.status.success());
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        stdout.contains("ABI version 999") && stdout.contains("rebuild"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("ABI version 999") && stdout.contains("rebuild"), "{stdout}");
 
-    let output = std::process::Command::new(support::host_binary())
-        .arg("check")
-        .arg(library("hello"))
-        .output()
-        .unwrap();
+    let output =
+        std::process::Command::new(support::host_binary()).arg("check").arg(library("hello")).output().unwrap();
     assert!(output.status.success());
     let stdout = String::from_utf8_lossy(&output.stdout);
     let build = if cfg!(debug_assertions) { "debug" } else { "release" };
-    assert!(
-        stdout.contains("name:          hello") && stdout.contains(&format!("build:         {build}")),
-        "{stdout}"
-    );
+    assert!(stdout.contains("name:          hello") && stdout.contains(&format!("build:         {build}")), "{stdout}");
 }
 
 /// A fresh directory under the system temp dir, unique to the call.

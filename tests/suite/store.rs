@@ -19,11 +19,7 @@ async fn host_with_frames(transport: Transport, frames: usize) -> extension_host
 async fn run_ops(host: &extension_host::Host, ops: &[(usize, u8, Option<i64>)]) -> Vec<ReplicaDump> {
     let mut seen = host.broadcasts();
     for (side, key, value) in ops {
-        let op = StoreOp {
-            side: SIDES[*side].to_owned(),
-            key: format!("k{key}"),
-            value: *value,
-        };
+        let op = StoreOp { side: SIDES[*side].to_owned(), key: format!("k{key}"), value: *value };
         host.broadcast("probe", STORE_OP.name(), &op).unwrap();
     }
     for pong in pongs(&mut seen, "probe", ops.len()).await {
@@ -39,11 +35,7 @@ fn check_converged(dumps: &[ReplicaDump], writes: usize) {
     let main = &dumps[0];
     assert_eq!(main.seq, writes as u64, "main sequenced every write");
     // Watchers saw each change once, in sequence order.
-    assert!(
-        main.history.windows(2).all(|pair| pair[0].0 < pair[1].0),
-        "{:?}",
-        main.history
-    );
+    assert!(main.history.windows(2).all(|pair| pair[0].0 < pair[1].0), "{:?}", main.history);
     // Replaying the changes in main's order gives the final values.
     let mut replay = BTreeMap::new();
     for (_, key, value, _) in &main.history {
@@ -56,20 +48,13 @@ fn check_converged(dumps: &[ReplicaDump], writes: usize) {
     for replica in &dumps[1..] {
         assert_eq!(replica.values, main.values, "{} converged", replica.side);
         assert_eq!(replica.seq, main.seq, "{} applied every write", replica.side);
-        assert_eq!(
-            replica.history, main.history,
-            "{} saw the same changes in the same order",
-            replica.side
-        );
+        assert_eq!(replica.history, main.history, "{} saw the same changes in the same order", replica.side);
     }
 }
 
 /// Random interleavings of writes and deletes from main and three frames.
 fn converge(transport: Transport, ops: &[(usize, u8, Option<i64>)]) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let host = host_with_frames(transport, 3).await;
         let dumps = run_ops(&host, ops).await;
@@ -99,23 +84,15 @@ proptest! {
 async fn a_frame_has_the_snapshot_before_its_activate_runs(transport: Transport) {
     let host = support::host_with(&["probe"]).await;
     let mut logs = host.logs();
-    host.invoke::<_, ()>("probe", SET_PRESET.name(), "dark mode", FAILSAFE)
-        .await
-        .unwrap();
+    host.invoke::<_, ()>("probe", SET_PRESET.name(), "dark mode", FAILSAFE).await.unwrap();
     support::open_frames(&host, transport, 1).await;
-    wait_log(&mut logs, "probe", |m| {
-        m == r#"frame:1 activated with preset=Ok(Some("dark mode"))"#
-    })
-    .await;
+    wait_log(&mut logs, "probe", |m| m == r#"frame:1 activated with preset=Ok(Some("dark mode"))"#).await;
 }
 
 #[tokio::test]
 async fn values_that_cannot_be_stored_are_refused_at_the_call() {
     let host = support::host_with(&["probe"]).await;
-    let refusals: Vec<String> = host
-        .invoke("probe", STORE_REFUSALS.name(), &(), FAILSAFE)
-        .await
-        .unwrap();
+    let refusals: Vec<String> = host.invoke("probe", STORE_REFUSALS.name(), &(), FAILSAFE).await.unwrap();
     assert!(
         refusals[0].contains("cannot store `big`") && refusals[0].contains("over the 1048576-byte limit"),
         "{refusals:?}"
@@ -125,10 +102,7 @@ async fn values_that_cannot_be_stored_are_refused_at_the_call() {
         "{refusals:?}"
     );
     let dumps: Vec<ReplicaDump> = host.invoke("probe", STORE_DUMP.name(), &(), FAILSAFE).await.unwrap();
-    assert!(
-        dumps[0].values.is_empty() && dumps[0].seq == 0,
-        "nothing was written: {dumps:?}"
-    );
+    assert!(dumps[0].values.is_empty() && dumps[0].seq == 0, "nothing was written: {dumps:?}");
 }
 
 async fn the_store_is_cleared_on_deactivate(transport: Transport) {
@@ -138,12 +112,7 @@ async fn the_store_is_cleared_on_deactivate(transport: Transport) {
     host.deactivate("probe").await.unwrap();
     host.activate("probe").await.unwrap();
     let dumps: Vec<ReplicaDump> = host.invoke("probe", STORE_DUMP.name(), &(), FAILSAFE).await.unwrap();
-    assert!(
-        dumps
-            .iter()
-            .all(|dump| dump.values.is_empty() && dump.seq == 0 && dump.history.is_empty()),
-        "{dumps:?}"
-    );
+    assert!(dumps.iter().all(|dump| dump.values.is_empty() && dump.seq == 0 && dump.history.is_empty()), "{dumps:?}");
 }
 
 async fn a_write_that_changes_nothing_notifies_no_one(transport: Transport) {
@@ -155,10 +124,7 @@ async fn a_write_that_changes_nothing_notifies_no_one(transport: Transport) {
     assert_eq!(history.len(), 1, "{history:?}");
     let (_, key, value, writer) = &history[0];
     assert_eq!((key.as_str(), *value), ("k0", Some(5)));
-    assert!(
-        writer == "frame 1" || writer == "frame 3",
-        "whichever was sequenced first: {writer}"
-    );
+    assert!(writer == "frame 1" || writer == "frame 3", "whichever was sequenced first: {writer}");
 }
 
 conformance!(

@@ -37,20 +37,15 @@ pub fn artifacts() -> &'static Path {
     BUILT.get_or_init(|| {
         let exe = std::env::current_exe().expect("the test binary has a path");
         // target/<profile>/deps/suite-<hash>
-        let dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("the test binary sits in target/<profile>/deps")
-            .to_owned();
+        let dir =
+            exe.parent().and_then(Path::parent).expect("the test binary sits in target/<profile>/deps").to_owned();
         let profile = match dir.file_name().and_then(|name| name.to_str()) {
             Some("debug") | None => "dev".to_owned(),
             Some(other) => other.to_owned(),
         };
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let mut command = Command::new(cargo);
-        command
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["build", "--quiet", "--profile", &profile]);
+        command.current_dir(env!("CARGO_MANIFEST_DIR")).args(["build", "--quiet", "--profile", &profile]);
         for name in CRATES {
             command.args(["-p", name]);
         }
@@ -62,12 +57,7 @@ pub fn artifacts() -> &'static Path {
 
 /// Path of the built library of crate `name`.
 pub fn library(name: &str) -> PathBuf {
-    let file = format!(
-        "{}{}{}",
-        std::env::consts::DLL_PREFIX,
-        name.replace('-', "_"),
-        std::env::consts::DLL_SUFFIX
-    );
+    let file = format!("{}{}{}", std::env::consts::DLL_PREFIX, name.replace('-', "_"), std::env::consts::DLL_SUFFIX);
     artifacts().join(file)
 }
 
@@ -163,9 +153,7 @@ pub async fn wait_log(logs: &mut Receiver<LogRecord>, extension: &str, matches: 
             }
         }
     });
-    found
-        .await
-        .unwrap_or_else(|_| panic!("no matching log record from `{extension}`"))
+    found.await.unwrap_or_else(|_| panic!("no matching log record from `{extension}`"))
 }
 
 /// Waits for log records of `extension` with each of the `expected` messages, in any order.
@@ -202,9 +190,7 @@ pub async fn pongs(broadcasts: &mut Receiver<ObservedBroadcast>, extension: &str
         }
         pongs
     });
-    collected
-        .await
-        .unwrap_or_else(|_| panic!("fewer than {count} pongs from `{extension}`"))
+    collected.await.unwrap_or_else(|_| panic!("fewer than {count} pongs from `{extension}`"))
 }
 
 /// Collects exactly `expected` pongs of `extension`, then pings `barrier` (answered by
@@ -218,19 +204,12 @@ pub async fn expect_pongs(
     halves: usize,
 ) -> Vec<Pong> {
     let collected = pongs(broadcasts, extension, expected).await;
-    host.broadcast(
-        extension,
-        probe_protocol::PING.name(),
-        &probe_protocol::Ping { tag: "barrier".into() },
-    )
-    .expect("the barrier is sent");
+    host.broadcast(extension, probe_protocol::PING.name(), &probe_protocol::Ping { tag: "barrier".into() })
+        .expect("the barrier is sent");
     let mut barriers = 0;
     while barriers < halves {
         let pong = pongs(broadcasts, extension, 1).await.remove(0);
-        assert_eq!(
-            pong.tag, "barrier",
-            "an unexpected pong arrived after the {expected} expected ones"
-        );
+        assert_eq!(pong.tag, "barrier", "an unexpected pong arrived after the {expected} expected ones");
         barriers += 1;
     }
     collected

@@ -63,28 +63,12 @@ fn demo(seconds: f64) -> Result<()> {
     }
     cargo(&build)?;
     let target = target_dir();
-    let mut host = Command::new(
-        target
-            .join("debug")
-            .join(format!("host{}", std::env::consts::EXE_SUFFIX)),
-    );
+    let mut host = Command::new(target.join("debug").join(format!("host{}", std::env::consts::EXE_SUFFIX)));
     host.current_dir(workspace_root());
-    host.args([
-        "run",
-        "--frames",
-        "1",
-        "--child-frames",
-        "1",
-        "--duration",
-        &seconds.to_string(),
-    ]);
+    host.args(["run", "--frames", "1", "--child-frames", "1", "--duration", &seconds.to_string()]);
     for sample in SAMPLES {
-        let file = format!(
-            "{}{}{}",
-            std::env::consts::DLL_PREFIX,
-            sample.replace('-', "_"),
-            std::env::consts::DLL_SUFFIX
-        );
+        let file =
+            format!("{}{}{}", std::env::consts::DLL_PREFIX, sample.replace('-', "_"), std::env::consts::DLL_SUFFIX);
         host.arg(target.join("debug").join(file));
     }
     if std::env::var_os("RUST_LOG").is_none() {
@@ -117,16 +101,11 @@ fn bench(quick: bool) -> Result<()> {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_owned)
-        .unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_owned).unwrap_or_default()
 }
 
 fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
 }
 
 fn cargo(args: &[&str]) -> Result<()> {

@@ -16,12 +16,7 @@ pub struct Disposer {
 }
 
 enum Target {
-    One {
-        shared: Weak<Shared>,
-        peer: Peer,
-        generation: u64,
-        registration: Registration,
-    },
+    One { shared: Weak<Shared>, peer: Peer, generation: u64, registration: Registration },
     Group(Vec<Disposer>),
 }
 
@@ -34,23 +29,12 @@ pub(crate) enum Registration {
 
 impl Disposer {
     pub(crate) fn new(shared: Weak<Shared>, peer: Peer, generation: u64, registration: Registration) -> Disposer {
-        Disposer {
-            target: Target::One {
-                shared,
-                peer,
-                generation,
-                registration,
-            },
-            disposed: AtomicBool::new(false),
-        }
+        Disposer { target: Target::One { shared, peer, generation, registration }, disposed: AtomicBool::new(false) }
     }
 
     /// One disposer for several registrations (exposed functions use it for their handlers).
     pub fn group(disposers: Vec<Disposer>) -> Disposer {
-        Disposer {
-            target: Target::Group(disposers),
-            disposed: AtomicBool::new(false),
-        }
+        Disposer { target: Target::Group(disposers), disposed: AtomicBool::new(false) }
     }
 
     pub fn dispose(&self) {
@@ -62,12 +46,7 @@ impl Disposer {
                 disposers.iter().for_each(Disposer::dispose);
                 return;
             }
-            Target::One {
-                shared,
-                peer,
-                generation,
-                registration,
-            } => (shared, *peer, *generation, registration),
+            Target::One { shared, peer, generation, registration } => (shared, *peer, *generation, registration),
         };
         let Some(shared) = shared.upgrade() else { return };
         let removed: Option<Box<dyn Send>> = {
@@ -87,9 +66,7 @@ impl Disposer {
                 }
                 Registration::Handler { channel, id } => {
                     if half.handlers.get(channel).is_some_and(|(each, _)| each == id) {
-                        half.handlers
-                            .remove(channel)
-                            .map(|handler| Box::new(handler) as Box<dyn Send>)
+                        half.handlers.remove(channel).map(|handler| Box::new(handler) as Box<dyn Send>)
                     } else {
                         None
                     }

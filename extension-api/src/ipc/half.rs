@@ -31,11 +31,7 @@ pub(crate) struct HalfHandle {
 
 impl HalfHandle {
     pub(crate) fn from_ref(half: HalfRef) -> HalfHandle {
-        HalfHandle {
-            shared: half.shared,
-            peer: half.peer,
-            generation: half.generation,
-        }
+        HalfHandle { shared: half.shared, peer: half.peer, generation: half.generation }
     }
 
     pub(crate) fn disposer(&self, registration: Registration) -> Disposer {
@@ -56,29 +52,22 @@ impl HalfHandle {
         let channel = channel.channel_name().to_owned();
         let weak = self.shared.clone();
         let wrapped: ListenerFn =
-            Arc::new(
-                move |event: &RawEvent<'_>| match rmp_serde::from_slice::<T>(event.payload) {
-                    Ok(value) => listener(Event {
-                        sender: event.sender,
-                        value,
-                    }),
-                    Err(error) => {
-                        if let Some(shared) = weak.upgrade() {
-                            shared.decode_failures.fetch_add(1, Ordering::Relaxed);
-                        }
-                        tracing::warn!(
-                            channel = %event.channel,
-                            "listener not called: the value does not decode as {}: {error}",
-                            std::any::type_name::<T>()
-                        );
+            Arc::new(move |event: &RawEvent<'_>| match rmp_serde::from_slice::<T>(event.payload) {
+                Ok(value) => listener(Event { sender: event.sender, value }),
+                Err(error) => {
+                    if let Some(shared) = weak.upgrade() {
+                        shared.decode_failures.fetch_add(1, Ordering::Relaxed);
                     }
-                },
-            );
+                    tracing::warn!(
+                        channel = %event.channel,
+                        "listener not called: the value does not decode as {}: {error}",
+                        std::any::type_name::<T>()
+                    );
+                }
+            });
         let id = shared.next_id();
         let mut state = shared.state();
-        let half = state
-            .half_mut(self.peer, self.generation)
-            .ok_or(IpcError::Deactivated { operation: "listen" })?;
+        let half = state.half_mut(self.peer, self.generation).ok_or(IpcError::Deactivated { operation: "listen" })?;
         half.listeners.entry(channel.clone()).or_default().push((id, wrapped));
         Ok(self.disposer(Registration::Listener { channel, id }))
     }
@@ -89,10 +78,8 @@ impl HalfHandle {
         C: EventChannelName<T>,
     {
         let channel = channel.channel_name();
-        let payload = rmp_serde::to_vec_named(value).map_err(|error| IpcError::Serialize {
-            channel: channel.to_owned(),
-            reason: error.to_string(),
-        })?;
+        let payload = rmp_serde::to_vec_named(value)
+            .map_err(|error| IpcError::Serialize { channel: channel.to_owned(), reason: error.to_string() })?;
         let shared = self.shared("broadcast")?;
         // A handle kept from a closed (or reloaded) frame must not speak for the new half.
         if shared.state().half_mut(self.peer, self.generation).is_none() {
@@ -103,10 +90,7 @@ impl HalfHandle {
             abi::status::DEACTIVATED | abi::status::NO_SUCH_PEER => {
                 Err(IpcError::Deactivated { operation: "broadcast" })
             }
-            status => Err(IpcError::Refused {
-                channel: channel.to_owned(),
-                status,
-            }),
+            status => Err(IpcError::Refused { channel: channel.to_owned(), status }),
         }
     }
 
@@ -128,10 +112,8 @@ impl HalfHandle {
             let name = name.clone();
             Box::pin(async move {
                 let future = future.map_err(|error| {
-                    let message = format!(
-                        "the request on `{name}` does not decode as {}: {error}",
-                        std::any::type_name::<Req>()
-                    );
+                    let message =
+                        format!("the request on `{name}` does not decode as {}: {error}", std::any::type_name::<Req>());
                     (InvokeErrorKind::Deserialize, ErrorPayload { message, data: None })
                 })?;
                 match future.await {
@@ -141,19 +123,14 @@ impl HalfHandle {
                     }),
                     Err(error) => Err((
                         InvokeErrorKind::Handler,
-                        ErrorPayload {
-                            message: error.to_string(),
-                            data: rmp_serde::to_vec_named(&error).ok(),
-                        },
+                        ErrorPayload { message: error.to_string(), data: rmp_serde::to_vec_named(&error).ok() },
                     )),
                 }
             })
         });
         let id = shared.next_id();
         let mut state = shared.state();
-        let half = state
-            .half_mut(self.peer, self.generation)
-            .ok_or(IpcError::Deactivated { operation: "handle" })?;
+        let half = state.half_mut(self.peer, self.generation).ok_or(IpcError::Deactivated { operation: "handle" })?;
         if half.handlers.contains_key(&channel) {
             return Err(IpcError::AlreadyHandled { channel });
         }
@@ -184,23 +161,15 @@ impl HalfHandle {
             let channel = request.guard.channel.clone();
             let reply = request.wait(timeout).await?;
             rmp_serde::from_slice(&reply).map_err(|error| {
-                let message = format!(
-                    "the reply does not decode as {}: {error}",
-                    std::any::type_name::<Resp>()
-                );
+                let message = format!("the reply does not decode as {}: {error}", std::any::type_name::<Resp>());
                 InvokeError::new(InvokeErrorKind::Deserialize, channel, message)
             })
         }
     }
 
     fn start_invoke(&self, target: Peer, channel: String, payload: &[u8]) -> Result<PendingInvoke, InvokeError> {
-        let deactivated = || {
-            InvokeError::new(
-                InvokeErrorKind::Deactivated,
-                channel.as_str(),
-                "the extension is not active",
-            )
-        };
+        let deactivated =
+            || InvokeError::new(InvokeErrorKind::Deactivated, channel.as_str(), "the extension is not active");
         let shared = self.shared.upgrade().ok_or_else(deactivated)?;
         let request_id = shared.next_id();
         let (sender, receiver) = oneshot::channel();
@@ -242,18 +211,9 @@ impl HalfHandle {
         let id = shared.next_id();
         let weak = self.shared.clone();
         let (peer, generation) = (self.peer, self.generation);
-        let scoped = context::scope(
-            HalfRef {
-                shared: weak.clone(),
-                peer,
-                generation,
-            },
-            future,
-        );
+        let scoped = context::scope(HalfRef { shared: weak.clone(), peer, generation }, future);
         let mut state = shared.state();
-        let half = state
-            .half_mut(peer, generation)
-            .ok_or(IpcError::Deactivated { operation: "spawn" })?;
+        let half = state.half_mut(peer, generation).ok_or(IpcError::Deactivated { operation: "spawn" })?;
         // Spawned under the lock, so the task cannot finish (and unregister) before it is registered.
         let task = shared.runtime.spawn(async move {
             let output = scoped.await;
@@ -281,11 +241,7 @@ impl PendingInvoke {
         let outcome = tokio::time::timeout(timeout, &mut self.receiver).await;
         match outcome {
             // Dropping the armed guard cancels the request on the handling side.
-            Err(_) => Err(InvokeError::new(
-                InvokeErrorKind::Timeout,
-                channel,
-                format!("no reply within {timeout:?}"),
-            )),
+            Err(_) => Err(InvokeError::new(InvokeErrorKind::Timeout, channel, format!("no reply within {timeout:?}"))),
             Ok(Err(_)) => {
                 self.guard.armed = false;
                 let kind = if self.guard.peer == PEER_MAIN {
@@ -303,11 +259,7 @@ impl PendingInvoke {
                 let kind = InvokeErrorKind::from_code(status).unwrap_or(InvokeErrorKind::ConnectionLost);
                 match rmp_serde::from_slice::<ErrorPayload>(&payload) {
                     Ok(error) => Err(InvokeError::from_wire(kind, channel, error)),
-                    Err(error) => Err(InvokeError::new(
-                        kind,
-                        channel,
-                        format!("(undecodable error payload: {error})"),
-                    )),
+                    Err(error) => Err(InvokeError::new(kind, channel, format!("(undecodable error payload: {error})"))),
                 }
             }
         }
@@ -343,15 +295,7 @@ impl Drop for PendingGuard {
         }
         self.forget();
         if let Some(shared) = self.shared.upgrade() {
-            shared.send(
-                abi::kind::CANCEL,
-                0,
-                self.peer,
-                self.target,
-                self.request_id,
-                &self.channel,
-                &[],
-            );
+            shared.send(abi::kind::CANCEL, 0, self.peer, self.target, self.request_id, &self.channel, &[]);
         }
     }
 }

@@ -89,9 +89,7 @@ pub struct Main {
 
 impl Main {
     pub(crate) fn new(half: HalfRef) -> Main {
-        Main {
-            half: HalfHandle::from_ref(half),
-        }
+        Main { half: HalfHandle::from_ref(half) }
     }
 
     /// The main half of this extension, from anywhere in its code (Lens's `getInstance()`).
@@ -103,11 +101,7 @@ impl Main {
             .upgrade()
             .and_then(|shared| shared.state().halves.get(&PEER_MAIN).map(|half| half.generation))
             .ok_or(not_active)?;
-        Ok(Main::new(HalfRef {
-            shared,
-            peer: PEER_MAIN,
-            generation,
-        }))
+        Ok(Main::new(HalfRef { shared, peer: PEER_MAIN, generation }))
     }
 
     /// Calls `listener` for every broadcast on `channel` from main or any frame (including this
@@ -203,9 +197,7 @@ pub struct Renderer {
 
 impl Renderer {
     pub(crate) fn new(half: HalfRef) -> Renderer {
-        Renderer {
-            half: HalfHandle::from_ref(half),
-        }
+        Renderer { half: HalfHandle::from_ref(half) }
     }
 
     /// The renderer half whose code is running: inside `activate`, listeners, and tasks

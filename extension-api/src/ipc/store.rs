@@ -36,10 +36,7 @@ pub struct StoreKey<T> {
 
 impl<T> StoreKey<T> {
     pub const fn new(name: &'static str) -> Self {
-        StoreKey {
-            name,
-            _value: PhantomData,
-        }
+        StoreKey { name, _value: PhantomData }
     }
     pub const fn name(&self) -> &'static str {
         self.name
@@ -79,11 +76,7 @@ pub enum StoreError {
     #[error("cannot store `{key}`: the value is {size} bytes encoded, over the {limit}-byte limit")]
     TooLarge { key: String, size: usize, limit: usize },
     #[error("the value of `{key}` does not decode as {expected}: {reason}")]
-    Decode {
-        key: String,
-        expected: &'static str,
-        reason: String,
-    },
+    Decode { key: String, expected: &'static str, reason: String },
     #[error("the store is gone: the extension is not active or the frame was closed")]
     Deactivated,
     #[error("main did not sequence the write of `{key}` within {timeout:?}")]
@@ -153,9 +146,7 @@ impl Store {
         let shared = self.half.shared.upgrade().ok_or(StoreError::Deactivated)?;
         let bytes = {
             let mut state = shared.state();
-            let half = state
-                .half_mut(self.half.peer, self.half.generation)
-                .ok_or(StoreError::Deactivated)?;
+            let half = state.half_mut(self.half.peer, self.half.generation).ok_or(StoreError::Deactivated)?;
             half.replica.values.get(key).cloned()
         };
         decode(key, bytes.as_deref())
@@ -163,8 +154,7 @@ impl Store {
 
     /// The keys in this half's replica, in order.
     pub fn keys(&self) -> Vec<String> {
-        self.with_replica(|replica| replica.values.keys().cloned().collect())
-            .unwrap_or_default()
+        self.with_replica(|replica| replica.values.keys().cloned().collect()).unwrap_or_default()
     }
 
     /// The last write (in main's order) this replica has applied; 0 before any.
@@ -175,9 +165,7 @@ impl Store {
     fn with_replica<R>(&self, f: impl FnOnce(&crate::runtime::Replica) -> R) -> Option<R> {
         let shared = self.half.shared.upgrade()?;
         let mut state = shared.state();
-        state
-            .half_mut(self.half.peer, self.half.generation)
-            .map(|half| f(&half.replica))
+        state.half_mut(self.half.peer, self.half.generation).map(|half| f(&half.replica))
     }
 
     /// Sets `key` to `value`. A value that cannot be serialized, or is over
@@ -194,16 +182,11 @@ impl Store {
     {
         let key = key.key_name().to_owned();
         let encoded = rmp_serde::to_vec_named(value)
-            .map_err(|error| StoreError::Serialize {
-                key: key.clone(),
-                reason: error.to_string(),
-            })
+            .map_err(|error| StoreError::Serialize { key: key.clone(), reason: error.to_string() })
             .and_then(|bytes| match bytes.len() {
-                size if size > STORE_VALUE_LIMIT => Err(StoreError::TooLarge {
-                    key: key.clone(),
-                    size,
-                    limit: STORE_VALUE_LIMIT,
-                }),
+                size if size > STORE_VALUE_LIMIT => {
+                    Err(StoreError::TooLarge { key: key.clone(), size, limit: STORE_VALUE_LIMIT })
+                }
                 _ => Ok(bytes),
             });
         let sent = encoded.and_then(|bytes| self.write(key, Some(bytes)));
@@ -236,15 +219,9 @@ impl Store {
             let half = state.half_mut(peer, generation).ok_or(StoreError::Deactivated)?;
             half.store_pending.insert(write_id, done);
         }
-        let write = StoreWrite {
-            write_id,
-            key: key.clone(),
-            value,
-        };
-        let bytes = rmp_serde::to_vec_named(&write).map_err(|error| StoreError::Serialize {
-            key: key.clone(),
-            reason: error.to_string(),
-        })?;
+        let write = StoreWrite { write_id, key: key.clone(), value };
+        let bytes = rmp_serde::to_vec_named(&write)
+            .map_err(|error| StoreError::Serialize { key: key.clone(), reason: error.to_string() })?;
         let status = shared.send(abi::kind::STORE_WRITE, 0, peer, PEER_MAIN, 0, "", &bytes);
         if status != abi::status::OK {
             if let Some(half) = shared.state().half_mut(peer, generation) {
@@ -263,10 +240,7 @@ impl Store {
                     {
                         half.store_pending.remove(&write_id);
                     }
-                    Err(StoreError::TimedOut {
-                        key,
-                        timeout: STORE_WRITE_TIMEOUT,
-                    })
+                    Err(StoreError::TimedOut { key, timeout: STORE_WRITE_TIMEOUT })
                 }
             }
         }))
@@ -294,9 +268,8 @@ impl Store {
         let shared = self.half.shared("watch")?;
         let id = shared.next_id();
         let mut state = shared.state();
-        let half = state
-            .half_mut(self.half.peer, self.half.generation)
-            .ok_or(IpcError::Deactivated { operation: "watch" })?;
+        let half =
+            state.half_mut(self.half.peer, self.half.generation).ok_or(IpcError::Deactivated { operation: "watch" })?;
         half.watchers.push(Watcher { id, key, callback });
         Ok(self.half.disposer(Registration::Watcher { id }))
     }

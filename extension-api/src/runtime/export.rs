@@ -67,10 +67,7 @@ unsafe extern "C" fn instantiate<M: MainExtension, R: RendererExtension>(
         let config = unsafe { config.as_bytes() }?;
         let config: InstanceConfig = rmp_serde::from_slice(config).ok()?;
         logging::install(host, key, config.max_log_level);
-        let factory = Factory {
-            activate_main: activate_main::<M>,
-            activate_renderer: activate_renderer::<R>,
-        };
+        let factory = Factory { activate_main: activate_main::<M>, activate_renderer: activate_renderer::<R> };
         let instance = Instance::start(host, key, config, factory).ok()?;
         Some(Box::into_raw(Box::new(instance)).cast())
     }));
@@ -121,11 +118,7 @@ unsafe extern "C" fn destroy(instance: InstancePtr) -> u32 {
         // SAFETY: the pointer came from `Box::into_raw` in `instantiate`, and the host calls
         // `destroy` once, after its last `control` or `deliver` on it.
         let instance = unsafe { Box::from_raw(instance.cast::<Instance>()) };
-        if instance.destroy() {
-            abi::status::OK
-        } else {
-            abi::status::BUSY
-        }
+        if instance.destroy() { abi::status::OK } else { abi::status::BUSY }
     }))
     .unwrap_or(abi::status::PANICKED)
 }

@@ -130,15 +130,7 @@ impl Shared {
         payload: &ErrorPayload,
     ) {
         let bytes = rmp_serde::to_vec_named(payload).unwrap_or_default();
-        self.send(
-            abi::kind::REPLY,
-            kind.code(),
-            origin,
-            target,
-            request_id,
-            channel,
-            &bytes,
-        );
+        self.send(abi::kind::REPLY, kind.code(), origin, target, request_id, channel, &bytes);
     }
 
     fn complete(&self, completion: u64, result: &Completion) {
@@ -154,11 +146,7 @@ impl Shared {
     }
 
     fn half_ref(self: &Arc<Self>, peer: Peer, generation: u64) -> HalfRef {
-        HalfRef {
-            shared: Arc::downgrade(self),
-            peer,
-            generation,
-        }
+        HalfRef { shared: Arc::downgrade(self), peer, generation }
     }
 
     pub(crate) fn snapshot(&self) -> InstanceSnapshot {
@@ -196,10 +184,7 @@ impl Shared {
                     .and_then(|half| half.pending.remove(&envelope.request_id));
                 if let Some(sender) = sender {
                     // The invoker may have given up meanwhile; then nobody wants the reply.
-                    let _ = sender.send(Reply {
-                        status: envelope.status,
-                        payload: envelope.payload,
-                    });
+                    let _ = sender.send(Reply { status: envelope.status, payload: envelope.payload });
                 }
             }
             abi::kind::CANCEL => {
@@ -255,14 +240,7 @@ impl Shared {
     }
 
     fn dispatch_invoke(self: &Arc<Self>, envelope: Envelope) {
-        let Envelope {
-            origin,
-            target,
-            request_id,
-            channel,
-            payload,
-            ..
-        } = envelope;
+        let Envelope { origin, target, request_id, channel, payload, .. } = envelope;
         let handler = {
             let state = self.state();
             state.halves.get(&target).and_then(|half| {
@@ -271,69 +249,33 @@ impl Shared {
             })
         };
         let Some((handler, generation)) = handler else {
-            let side = if target == PEER_MAIN {
-                "main".to_owned()
-            } else {
-                format!("frame {target}")
-            };
-            let payload = ErrorPayload {
-                message: format!("no handler for channel `{channel}` in {side}"),
-                data: None,
-            };
-            self.send_error(
-                target,
-                origin,
-                request_id,
-                &channel,
-                InvokeErrorKind::NoHandler,
-                &payload,
-            );
+            let side = if target == PEER_MAIN { "main".to_owned() } else { format!("frame {target}") };
+            let payload = ErrorPayload { message: format!("no handler for channel `{channel}` in {side}"), data: None };
+            self.send_error(target, origin, request_id, &channel, InvokeErrorKind::NoHandler, &payload);
             return;
         };
         // Author code (the handler's synchronous part) runs outside the state lock: it may
         // register, dispose or broadcast.
         let started = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            context::sync_scope(self.half_ref(target, generation), || {
-                handler(payload, Sender::from_peer(origin))
-            })
+            context::sync_scope(self.half_ref(target, generation), || handler(payload, Sender::from_peer(origin)))
         }));
         let future = match started {
             Ok(future) => future,
             Err(panic) => {
                 let message = panic_message(panic.as_ref());
                 tracing::error!(%channel, "a handler panicked: {message}");
-                let payload = ErrorPayload {
-                    message: format!("the handler panicked: {message}"),
-                    data: None,
-                };
-                self.send_error(
-                    target,
-                    origin,
-                    request_id,
-                    &channel,
-                    InvokeErrorKind::Panicked,
-                    &payload,
-                );
+                let payload = ErrorPayload { message: format!("the handler panicked: {message}"), data: None };
+                self.send_error(target, origin, request_id, &channel, InvokeErrorKind::Panicked, &payload);
                 return;
             }
         };
         let weak = Arc::downgrade(self);
-        let scoped = context::scope(
-            self.half_ref(target, generation),
-            AssertUnwindSafe(future).catch_unwind(),
-        );
+        let scoped = context::scope(self.half_ref(target, generation), AssertUnwindSafe(future).catch_unwind());
         let mut state = self.state();
         let Some(half) = state.half_mut(target, generation) else {
             drop(state);
-            let kind = if target == PEER_MAIN {
-                InvokeErrorKind::Deactivated
-            } else {
-                InvokeErrorKind::FrameClosed
-            };
-            let payload = ErrorPayload {
-                message: format!("{kind} before the handler started"),
-                data: None,
-            };
+            let kind = if target == PEER_MAIN { InvokeErrorKind::Deactivated } else { InvokeErrorKind::FrameClosed };
+            let payload = ErrorPayload { message: format!("{kind} before the handler started"), data: None };
             self.send_error(target, origin, request_id, &channel, kind, &payload);
             return;
         };
@@ -347,32 +289,14 @@ impl Shared {
             }
             match outcome {
                 Ok(Ok(bytes)) => {
-                    shared.send(
-                        abi::kind::REPLY,
-                        abi::status::OK,
-                        target,
-                        origin,
-                        request_id,
-                        &channel,
-                        &bytes,
-                    );
+                    shared.send(abi::kind::REPLY, abi::status::OK, target, origin, request_id, &channel, &bytes);
                 }
                 Ok(Err((kind, payload))) => shared.send_error(target, origin, request_id, &channel, kind, &payload),
                 Err(panic) => {
                     let message = panic_message(panic.as_ref());
                     tracing::error!(%channel, "a handler panicked: {message}");
-                    let payload = ErrorPayload {
-                        message: format!("the handler panicked: {message}"),
-                        data: None,
-                    };
-                    shared.send_error(
-                        target,
-                        origin,
-                        request_id,
-                        &channel,
-                        InvokeErrorKind::Panicked,
-                        &payload,
-                    );
+                    let payload = ErrorPayload { message: format!("the handler panicked: {message}"), data: None };
+                    shared.send_error(target, origin, request_id, &channel, InvokeErrorKind::Panicked, &payload);
                 }
             }
         });
@@ -395,9 +319,7 @@ impl Shared {
             Control::StoreSnapshot { .. } => {
                 let answer = match self.store_snapshot() {
                     Some(snapshot) => Completion::StoreSnapshot(snapshot),
-                    None => Completion::Failed {
-                        reason: "no main half in this instance".into(),
-                    },
+                    None => Completion::Failed { reason: "no main half in this instance".into() },
                 };
                 self.complete(completion, &answer);
             }
@@ -457,23 +379,17 @@ impl Shared {
                             drop(state);
                             // The half was closed meanwhile: nothing to keep (dropped unlocked).
                             drop(user);
-                            Completion::Failed {
-                                reason: "the half was closed while it activated".into(),
-                            }
+                            Completion::Failed { reason: "the half was closed while it activated".into() }
                         }
                     }
                 }
                 Ok(Err(error)) => {
                     shared.remove_half(peer, generation);
-                    Completion::Failed {
-                        reason: error_chain(error.as_ref()),
-                    }
+                    Completion::Failed { reason: error_chain(error.as_ref()) }
                 }
                 Err(panic) => {
                     shared.remove_half(peer, generation);
-                    Completion::Panicked {
-                        message: panic_message(panic.as_ref()),
-                    }
+                    Completion::Panicked { message: panic_message(panic.as_ref()) }
                 }
             };
             shared.complete(completion, &result);
@@ -497,21 +413,11 @@ impl Shared {
                 Some(half) => (std::mem::take(&mut half.pending), half.user.take()),
                 None => Default::default(),
             };
-            let kind = if peer == PEER_MAIN {
-                InvokeErrorKind::Deactivated
-            } else {
-                InvokeErrorKind::FrameClosed
-            };
+            let kind = if peer == PEER_MAIN { InvokeErrorKind::Deactivated } else { InvokeErrorKind::FrameClosed };
             for (_, sender) in pending {
-                let payload = ErrorPayload {
-                    message: format!("{kind} before the reply arrived"),
-                    data: None,
-                };
+                let payload = ErrorPayload { message: format!("{kind} before the reply arrived"), data: None };
                 let bytes = rmp_serde::to_vec_named(&payload).unwrap_or_default();
-                let _ = sender.send(Reply {
-                    status: kind.code(),
-                    payload: bytes,
-                });
+                let _ = sender.send(Reply { status: kind.code(), payload: bytes });
             }
             let result = match user {
                 None => Completion::Done,
@@ -520,9 +426,7 @@ impl Shared {
                     let run = context::scope(half, AssertUnwindSafe(deactivate()).catch_unwind());
                     match tokio::time::timeout(Duration::from_millis(timeout_ms), run).await {
                         Ok(Ok(())) => Completion::Done,
-                        Ok(Err(panic)) => Completion::Panicked {
-                            message: panic_message(panic.as_ref()),
-                        },
+                        Ok(Err(panic)) => Completion::Panicked { message: panic_message(panic.as_ref()) },
                         Err(_) => Completion::TimedOut { timeout_ms },
                     }
                 }
@@ -576,10 +480,8 @@ impl Instance {
         factory: Factory,
     ) -> std::io::Result<Instance> {
         let thread_name = format!("ext:{}", config.name);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .thread_name(thread_name.clone())
-            .build()?;
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().thread_name(thread_name.clone()).build()?;
         let (mailbox, inbox) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             host,
@@ -608,12 +510,7 @@ impl Instance {
             let _ = finished_tx.send(());
         })?;
         context::set_instance(Some(Arc::downgrade(&shared)));
-        Ok(Instance {
-            shared,
-            shutdown: Some(shutdown),
-            finished: Mutex::new(finished),
-            thread: Some(thread),
-        })
+        Ok(Instance { shared, shutdown: Some(shutdown), finished: Mutex::new(finished), thread: Some(thread) })
     }
 
     pub(crate) fn control(&self, command: Control) {
@@ -627,12 +524,7 @@ impl Instance {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
-        let finished = self
-            .finished
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .recv_timeout(DESTROY_WAIT)
-            .is_ok();
+        let finished = self.finished.lock().unwrap_or_else(PoisonError::into_inner).recv_timeout(DESTROY_WAIT).is_ok();
         if let Some(thread) = self.thread.take() {
             if finished {
                 let _ = thread.join();

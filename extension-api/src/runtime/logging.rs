@@ -27,10 +27,7 @@ pub(crate) fn install(host: HostVTable, key: u64, max_level: u32) {
         let subscriber = tracing_subscriber::registry().with(Forward);
         let _ = tracing::subscriber::set_global_default(subscriber);
         std::panic::set_hook(Box::new(|info| {
-            let location = info
-                .location()
-                .map(|l| format!(" at {}:{}", l.file(), l.line()))
-                .unwrap_or_default();
+            let location = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
             let message = crate::runtime::panic_message(info.payload());
             forward(1, "panic", &format!("panicked{location}: {message}"));
         }));
@@ -76,11 +73,7 @@ impl<S: Subscriber> Layer<S> for Forward {
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
         let mut text = Text::default();
         event.record(&mut text);
-        forward(
-            level_number(event.metadata().level()),
-            event.metadata().target(),
-            &text.finish(),
-        );
+        forward(level_number(event.metadata().level()), event.metadata().target(), &text.finish());
     }
 }
 

@@ -6,7 +6,7 @@ pub(crate) mod context;
 pub mod export;
 mod instance;
 pub(crate) mod logging;
-mod state;
+pub(crate) mod state;
 mod store;
 
 pub(crate) use instance::Shared;

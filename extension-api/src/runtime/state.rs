@@ -108,12 +108,7 @@ impl Half {
     /// Stops everything the half runs. Pending invokes see their sender dropped. Call it
     /// outside the state lock: what it drops may run author destructors.
     pub(crate) fn shut_down(self) {
-        for abort in self
-            .running
-            .values()
-            .chain(self.tasks.values())
-            .chain(self.activation.iter())
-        {
+        for abort in self.running.values().chain(self.tasks.values()).chain(self.activation.iter()) {
             abort.abort();
         }
     }

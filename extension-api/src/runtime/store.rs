@@ -10,6 +10,7 @@ use crate::runtime::Replica;
 use crate::runtime::Shared;
 use crate::runtime::context;
 use crate::runtime::panic_message;
+use crate::runtime::state::State;
 use crate::wire::{StoreSnapshot, StoreUpdate, StoreWrite};
 use serde_bytes::ByteBuf;
 
@@ -32,19 +33,10 @@ impl Shared {
                 None => main.replica.values.remove(&key),
             };
             main.replica.seq += 1;
-            StoreUpdate {
-                seq: main.replica.seq,
-                key,
-                old,
-                new: value,
-                writer,
-                write_id,
-            }
+            StoreUpdate { seq: main.replica.seq, key, old, new: value, writer, write_id }
         };
-        let bytes = rmp_serde::to_vec_named(&update).map_err(|error| StoreError::Serialize {
-            key: update.key.clone(),
-            reason: error.to_string(),
-        })?;
+        let bytes = rmp_serde::to_vec_named(&update)
+            .map_err(|error| StoreError::Serialize { key: update.key.clone(), reason: error.to_string() })?;
         // Broadcast to every replica, main's included (main only notifies its watchers).
         let status = self.send(abi::kind::STORE_UPDATE, 0, PEER_MAIN, PEER_ALL, 0, "", &bytes);
         if status != abi::status::OK {
@@ -70,36 +62,23 @@ impl Shared {
         let _order = self.store_order.lock().unwrap_or_else(PoisonError::into_inner);
         let state = self.state();
         let main = state.halves.get(&PEER_MAIN)?;
-        let values = main
-            .replica
-            .values
-            .iter()
-            .map(|(key, value)| (key.clone(), ByteBuf::from(value.clone())))
-            .collect();
-        Some(StoreSnapshot {
-            values,
-            seq: main.replica.seq,
-        })
+        let values =
+            main.replica.values.iter().map(|(key, value)| (key.clone(), ByteBuf::from(value.clone()))).collect();
+        Some(StoreSnapshot { values, seq: main.replica.seq })
     }
 
     /// Seeds the process replica of an instance without main, then applies what arrived early.
     pub(crate) fn seed_store(self: &Arc<Self>, snapshot: StoreSnapshot) {
-        let early = {
+        let (ready, effects) = {
             let mut state = self.state();
-            let values = snapshot
-                .values
-                .into_iter()
-                .map(|(key, value)| (key, value.into_vec()))
-                .collect();
-            state.process_replica = Some(Replica {
-                values,
-                seq: snapshot.seq,
-            });
-            std::mem::take(&mut state.stash)
+            let values = snapshot.values.into_iter().map(|(key, value)| (key, value.into_vec())).collect();
+            state.process_replica = Some(Replica { values, seq: snapshot.seq });
+            // What arrived early and now fits, in order; the rest waits.
+            let ready = drain_stash(&mut state);
+            let effects = apply_to_halves(&mut state, &ready);
+            (ready, effects)
         };
-        for (_, update) in early {
-            self.apply_store_update(update);
-        }
+        self.notify(ready, effects);
     }
 
     /// Applies a sequenced write to every replica in this instance and notifies watchers.
@@ -111,84 +90,115 @@ impl Shared {
     }
 
     fn apply_store_update(self: &Arc<Self>, update: StoreUpdate) {
-        let changed = update.old != update.new;
-        let mut notify = Vec::new();
-        let mut resolved = None;
-        {
+        // Ordering and application happen under one lock hold, whichever thread seeds or
+        // applies: no update can slip between a seed and the stash it drains.
+        let (ready, effects) = {
             let mut state = self.state();
-            let state = &mut *state;
-            if !state.halves.contains_key(&PEER_MAIN) {
+            let ready = if state.halves.contains_key(&PEER_MAIN) {
+                // Main's replica was written when main sequenced the write.
+                vec![update]
+            } else {
                 // This process's replica, which frames opened here start from. Until the host
                 // seeds it, and whenever a write is missing, updates wait in order.
-                match &mut state.process_replica {
-                    Some(replica) if update.seq <= replica.seq => {}
-                    Some(replica) if update.seq == replica.seq + 1 => {
-                        match &update.new {
-                            Some(bytes) => replica.values.insert(update.key.clone(), bytes.clone()),
-                            None => replica.values.remove(&update.key),
-                        };
-                        replica.seq = update.seq;
-                    }
-                    _ => {
-                        state.stash.insert(update.seq, update);
-                        return;
-                    }
-                }
-            }
-            for (peer, half) in state.halves.iter_mut() {
-                if *peer != PEER_MAIN {
-                    // A frame opened after this write holds it in its snapshot already.
-                    if update.seq <= half.replica.seq {
-                        continue;
-                    }
-                    if update.seq != half.replica.seq + 1 {
-                        tracing::error!(
-                            "frame {peer} missed store writes {}..{}",
-                            half.replica.seq + 1,
-                            update.seq
-                        );
-                    }
-                    match &update.new {
-                        Some(bytes) => half.replica.values.insert(update.key.clone(), bytes.clone()),
-                        None => half.replica.values.remove(&update.key),
-                    };
-                    half.replica.seq = update.seq;
-                }
-                if *peer == update.writer {
-                    resolved = half.store_pending.remove(&update.write_id);
-                }
-                if changed {
-                    let watchers = half
-                        .watchers
-                        .iter()
-                        .filter(|watcher| watcher.key.as_ref().is_none_or(|key| *key == update.key))
-                        .map(|watcher| watcher.callback.clone());
-                    notify.extend(watchers.map(|callback| (*peer, half.generation, callback)));
-                }
-            }
-        }
-        if let Some(done) = resolved {
-            let _ = done.send(Ok(()));
-        }
-        notify.sort_by_key(|(peer, _, _)| *peer);
-        let change = StoreChange {
-            key: update.key,
-            writer: store::writer(update.writer),
-            seq: update.seq,
-            old: update.old,
-            new: update.new,
-        };
-        for (peer, generation, callback) in notify {
-            let half = context::HalfRef {
-                shared: Arc::downgrade(self),
-                peer,
-                generation,
+                state.stash.insert(update.seq, update);
+                drain_stash(&mut state)
             };
-            let outcome =
-                std::panic::catch_unwind(AssertUnwindSafe(|| context::sync_scope(half, || callback(&change))));
-            if let Err(panic) = outcome {
-                tracing::error!(key = %change.key, "a store watcher panicked: {}", panic_message(panic.as_ref()));
+            let effects = apply_to_halves(&mut state, &ready);
+            (ready, effects)
+        };
+        self.notify(ready, effects);
+    }
+
+    /// Resolves the writers' pending `set`s and calls the watchers, outside the lock.
+    fn notify(self: &Arc<Self>, updates: Vec<StoreUpdate>, effects: Vec<Effects>) {
+        for (update, effects) in updates.into_iter().zip(effects) {
+            if let Some(done) = effects.resolved {
+                let _ = done.send(Ok(()));
+            }
+            let change = StoreChange {
+                key: update.key,
+                writer: store::writer(update.writer),
+                seq: update.seq,
+                old: update.old,
+                new: update.new,
+            };
+            for (peer, generation, callback) in effects.watchers {
+                let half = context::HalfRef { shared: Arc::downgrade(self), peer, generation };
+                let outcome =
+                    std::panic::catch_unwind(AssertUnwindSafe(|| context::sync_scope(half, || callback(&change))));
+                if let Err(panic) = outcome {
+                    tracing::error!(key = %change.key, "a store watcher panicked: {}", panic_message(panic.as_ref()));
+                }
             }
         }
     }
+}
+
+/// What applying one update asks for once the lock is released.
+struct Effects {
+    resolved: Option<tokio::sync::oneshot::Sender<Result<(), StoreError>>>,
+    watchers: Vec<(Peer, u64, Arc<dyn Fn(&StoreChange) + Send + Sync>)>,
+}
+
+/// Applies, to the process replica, every stashed update that follows it without a gap, and
+/// returns them in order. Nothing applies before the seed.
+fn drain_stash(state: &mut State) -> Vec<StoreUpdate> {
+    let mut ready = Vec::new();
+    let Some(replica) = state.process_replica.as_mut() else { return ready };
+    while let Some((&seq, _)) = state.stash.first_key_value() {
+        if seq <= replica.seq {
+            state.stash.pop_first();
+            continue;
+        }
+        if seq != replica.seq + 1 {
+            break;
+        }
+        let Some((_, update)) = state.stash.pop_first() else { break };
+        match &update.new {
+            Some(bytes) => replica.values.insert(update.key.clone(), bytes.clone()),
+            None => replica.values.remove(&update.key),
+        };
+        replica.seq = update.seq;
+        ready.push(update);
+    }
+    ready
+}
+
+/// Applies updates, in order, to the frame halves' replicas, and collects what to notify.
+fn apply_to_halves(state: &mut State, updates: &[StoreUpdate]) -> Vec<Effects> {
+    let mut all = Vec::with_capacity(updates.len());
+    for update in updates {
+        let mut effects = Effects { resolved: None, watchers: Vec::new() };
+        let changed = update.old != update.new;
+        for (peer, half) in state.halves.iter_mut() {
+            if *peer != PEER_MAIN {
+                // A frame opened after this write holds it in its snapshot already.
+                if update.seq <= half.replica.seq {
+                    continue;
+                }
+                if update.seq != half.replica.seq + 1 {
+                    tracing::error!("frame {peer} missed store writes {}..{}", half.replica.seq + 1, update.seq);
+                }
+                match &update.new {
+                    Some(bytes) => half.replica.values.insert(update.key.clone(), bytes.clone()),
+                    None => half.replica.values.remove(&update.key),
+                };
+                half.replica.seq = update.seq;
+            }
+            if *peer == update.writer {
+                effects.resolved = half.store_pending.remove(&update.write_id);
+            }
+            if changed {
+                let watchers = half
+                    .watchers
+                    .iter()
+                    .filter(|watcher| watcher.key.as_ref().is_none_or(|key| *key == update.key))
+                    .map(|watcher| (*peer, half.generation, watcher.callback.clone()));
+                effects.watchers.extend(watchers);
+            }
+        }
+        effects.watchers.sort_by_key(|(peer, _, _)| *peer);
+        all.push(effects);
+    }
+    all
 }

@@ -49,10 +49,7 @@ pub struct CrashBudget {
 
 impl Default for CrashBudget {
     fn default() -> Self {
-        CrashBudget {
-            crashes: 3,
-            window: Duration::from_secs(300),
-        }
+        CrashBudget { crashes: 3, window: Duration::from_secs(300) }
     }
 }
 
@@ -82,10 +79,7 @@ mod tests {
 
     #[test]
     fn the_budget_allows_its_crashes_then_refuses() {
-        let budget = CrashBudget {
-            crashes: 2,
-            window: Duration::from_secs(60),
-        };
+        let budget = CrashBudget { crashes: 2, window: Duration::from_secs(60) };
         let mut log = CrashLog::default();
         assert!(log.record(budget));
         assert!(log.record(budget));
@@ -95,15 +89,9 @@ mod tests {
 
     #[test]
     fn old_crashes_leave_the_window() {
-        let budget = CrashBudget {
-            crashes: 1,
-            window: Duration::ZERO,
-        };
+        let budget = CrashBudget { crashes: 1, window: Duration::ZERO };
         let mut log = CrashLog::default();
         assert!(log.record(budget));
-        assert!(
-            log.record(budget),
-            "the first crash is already outside a zero-length window"
-        );
+        assert!(log.record(budget), "the first crash is already outside a zero-length window");
     }
 }

@@ -24,22 +24,14 @@ impl Host {
             FrameKind::InProcess => None,
             FrameKind::ChildProcess => Some(self.spawn_child(Role::Frame(frame)).await?),
         };
-        let entry = Frame {
-            kind,
-            process,
-            crashes: CrashLog::default(),
-            restarts: 0,
-            problem: None,
-        };
+        let entry = Frame { kind, process, crashes: CrashLog::default(), restarts: 0, problem: None };
         lock(&self.inner.frames).insert(frame, entry);
         self.start_renderers(frame).await;
         Ok(FrameId(frame))
     }
 
     pub(super) async fn close_frame_locked(&self, frame: Peer) -> Result<(), HostError> {
-        let entry = lock(&self.inner.frames)
-            .remove(&frame)
-            .ok_or(HostError::UnknownFrame(frame))?;
+        let entry = lock(&self.inner.frames).remove(&frame).ok_or(HostError::UnknownFrame(frame))?;
         self.stop_renderers(frame).await;
         if let Some(process) = entry.process {
             process.retire().await;
@@ -88,9 +80,8 @@ impl Host {
         if kind == FrameKind::InProcess {
             return Ok(main);
         }
-        let process = process
-            .filter(|process| !process.is_closed())
-            .ok_or("the frame's renderer process is not running")?;
+        let process =
+            process.filter(|process| !process.is_closed()).ok_or("the frame's renderer process is not running")?;
         let path = lock(&self.inner.extensions)
             .get(name)
             .map(|entry| entry.library.info.path.clone())
@@ -102,19 +93,11 @@ impl Host {
             .map_err(|error| error.to_string())?;
         link.add_endpoint(endpoint.clone());
         // The renderer process's replica starts from main's, before any frame opens there.
-        let snapshot = main
-            .control(
-                |completion| Control::StoreSnapshot { completion },
-                config.activate_timeout,
-            )
-            .await;
+        let snapshot = main.control(|completion| Control::StoreSnapshot { completion }, config.activate_timeout).await;
         let seeded = match snapshot {
             Ok(Completion::StoreSnapshot(snapshot)) => {
                 endpoint
-                    .control(
-                        |completion| Control::SeedStore { completion, snapshot },
-                        config.activate_timeout,
-                    )
+                    .control(|completion| Control::SeedStore { completion, snapshot }, config.activate_timeout)
                     .await
             }
             Ok(other) => Ok(other),
@@ -139,30 +122,15 @@ impl Host {
         // Routable before `activate` runs: a renderer may broadcast from its activate.
         endpoint.place(frame);
         let timeout = self.inner.config.activate_timeout;
-        let outcome = endpoint
-            .control(|completion| Control::OpenFrame { completion, frame }, timeout)
-            .await;
+        let outcome = endpoint.control(|completion| Control::OpenFrame { completion, frame }, timeout).await;
         let Some(problem) = completion_problem("renderer activate", outcome) else {
             return;
         };
-        endpoint.unplace(frame);
+        link.unplace(&endpoint, frame);
         // Requests the half made (or got) before it failed can never complete now.
-        link.fail_pending(
-            |origin, target| origin == frame || target == frame,
-            InvokeErrorKind::FrameClosed,
-            &problem,
-        );
+        link.fail_pending(|origin, target| origin == frame || target == frame, InvokeErrorKind::FrameClosed, &problem);
         // Drop whatever the half got to register before it failed.
-        let _ = endpoint
-            .control(
-                |completion| Control::CloseFrame {
-                    completion,
-                    frame,
-                    timeout_ms: 0,
-                },
-                GRACE,
-            )
-            .await;
+        let _ = endpoint.control(|completion| Control::CloseFrame { completion, frame, timeout_ms: 0 }, GRACE).await;
         if is_frame_instance(&endpoint, frame) {
             endpoint.destroy().await;
             link.remove_endpoint(endpoint.key);
@@ -185,7 +153,7 @@ impl Host {
         deadline: tokio::time::Instant,
     ) -> Option<String> {
         let endpoint = link.endpoint_of(frame)?;
-        endpoint.unplace(frame);
+        link.unplace(&endpoint, frame);
         link.fail_pending(
             |origin, target| origin == frame || target == frame,
             InvokeErrorKind::FrameClosed,
@@ -193,14 +161,7 @@ impl Host {
         );
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let outcome = endpoint
-            .control(
-                |completion| Control::CloseFrame {
-                    completion,
-                    frame,
-                    timeout_ms: millis(left),
-                },
-                left + GRACE,
-            )
+            .control(|completion| Control::CloseFrame { completion, frame, timeout_ms: millis(left) }, left + GRACE)
             .await;
         if is_frame_instance(&endpoint, frame) {
             endpoint.destroy().await;
@@ -215,11 +176,7 @@ impl Host {
         let restart = {
             let mut frames = lock(&self.inner.frames);
             let Some(entry) = frames.get_mut(&frame) else { return };
-            if !entry
-                .process
-                .as_ref()
-                .is_some_and(|current| Arc::ptr_eq(current, process))
-            {
+            if !entry.process.as_ref().is_some_and(|current| Arc::ptr_eq(current, process)) {
                 return;
             }
             entry.process = None;
@@ -228,19 +185,12 @@ impl Host {
                 format!("restarted after a crash: {reason}")
             } else {
                 let window = self.inner.config.crash_budget.window;
-                format!(
-                    "crashed {} times within {window:?}; stopped. Last: {reason}",
-                    entry.crashes.count()
-                )
+                format!("crashed {} times within {window:?}; stopped. Last: {reason}", entry.crashes.count())
             });
             restart
         };
         tracing::error!(frame, restart, "the frame's renderer process crashed: {reason}");
-        self.publish(HostEvent::FrameCrashed {
-            frame,
-            reason: reason.to_owned(),
-            restarting: restart,
-        });
+        self.publish(HostEvent::FrameCrashed { frame, reason: reason.to_owned(), restarting: restart });
         for (_, link) in self.active_links() {
             tell_frames(&link).await;
         }
@@ -269,7 +219,5 @@ impl Host {
 /// Whether `endpoint` is the instance a renderer process runs for this one frame (as opposed
 /// to the main half's instance, which outlives its frames).
 fn is_frame_instance(endpoint: &Endpoint, frame: Peer) -> bool {
-    endpoint
-        .connection()
-        .is_some_and(|connection| connection.role == Role::Frame(frame))
+    endpoint.connection().is_some_and(|connection| connection.role == Role::Frame(frame))
 }

@@ -19,9 +19,7 @@ impl Host {
     pub(super) async fn activate_locked(&self, name: &str) -> Result<(), HostError> {
         let (descriptor, path, isolated) = {
             let mut extensions = lock(&self.inner.extensions);
-            let entry = extensions
-                .get_mut(name)
-                .ok_or_else(|| HostError::UnknownExtension(name.to_owned()))?;
+            let entry = extensions.get_mut(name).ok_or_else(|| HostError::UnknownExtension(name.to_owned()))?;
             match entry.state {
                 ExtensionState::Loaded | ExtensionState::Inactive | ExtensionState::Failed(_) => {}
                 ref state => {
@@ -35,11 +33,7 @@ impl Host {
             }
             entry.state = ExtensionState::Activating;
             entry.frame_errors.clear();
-            (
-                entry.library.descriptor,
-                entry.library.info.path.clone(),
-                entry.isolated,
-            )
+            (entry.library.descriptor, entry.library.info.path.clone(), entry.isolated)
         };
         let config = &self.inner.config;
         let level = level_number(config.max_log_level);
@@ -64,12 +58,7 @@ impl Host {
         };
         main.place(PEER_MAIN);
         link.add_endpoint(main.clone());
-        let outcome = main
-            .control(
-                |completion| Control::ActivateMain { completion },
-                config.activate_timeout,
-            )
-            .await;
+        let outcome = main.control(|completion| Control::ActivateMain { completion }, config.activate_timeout).await;
         if let Some(reason) = completion_problem("activate", outcome) {
             teardown(&link, process.as_ref()).await;
             return Err(self.fail_activation(name, reason));
@@ -91,18 +80,13 @@ impl Host {
     fn fail_activation(&self, name: &str, reason: String) -> HostError {
         tracing::warn!(extension = %name, "activation failed: {reason}");
         self.set_state(name, ExtensionState::Failed(reason.clone()));
-        HostError::ActivationFailed {
-            name: name.to_owned(),
-            reason,
-        }
+        HostError::ActivationFailed { name: name.to_owned(), reason }
     }
 
     pub(super) async fn deactivate_locked(&self, name: &str) -> Result<DeactivateReport, HostError> {
         let (link, process) = {
             let mut extensions = lock(&self.inner.extensions);
-            let entry = extensions
-                .get_mut(name)
-                .ok_or_else(|| HostError::UnknownExtension(name.to_owned()))?;
+            let entry = extensions.get_mut(name).ok_or_else(|| HostError::UnknownExtension(name.to_owned()))?;
             match (&entry.state, entry.link.take()) {
                 (ExtensionState::Active, Some(link)) => {
                     entry.state = ExtensionState::Deactivating;
@@ -120,11 +104,7 @@ impl Host {
             }
         };
         link.stop_routing();
-        link.fail_pending(
-            |_, _| true,
-            InvokeErrorKind::Deactivated,
-            "the extension was deactivated before the reply",
-        );
+        link.fail_pending(|_, _| true, InvokeErrorKind::Deactivated, "the extension was deactivated before the reply");
         let deadline = tokio::time::Instant::now() + self.inner.config.deactivate_timeout;
         let mut report = DeactivateReport::default();
         for frame in link.frames() {
@@ -135,13 +115,7 @@ impl Host {
         if let Some(main) = link.endpoint_of(PEER_MAIN) {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let outcome = main
-                .control(
-                    |completion| Control::DeactivateMain {
-                        completion,
-                        timeout_ms: millis(left),
-                    },
-                    left + GRACE,
-                )
+                .control(|completion| Control::DeactivateMain { completion, timeout_ms: millis(left) }, left + GRACE)
                 .await;
             if let Some(problem) = completion_problem("main deactivate", outcome) {
                 report.problems.push(problem);
@@ -167,9 +141,7 @@ impl Host {
         if self.state(name) == Some(ExtensionState::Active) {
             self.deactivate_locked(name).await?;
         }
-        lock(&self.inner.extensions)
-            .remove(name)
-            .ok_or_else(|| HostError::UnknownExtension(name.to_owned()))?;
+        lock(&self.inner.extensions).remove(name).ok_or_else(|| HostError::UnknownExtension(name.to_owned()))?;
         tracing::info!(extension = %name, "uninstalled");
         Ok(())
     }
@@ -180,10 +152,7 @@ impl Host {
         let (link, restart) = {
             let mut extensions = lock(&self.inner.extensions);
             let Some(entry) = extensions.get_mut(name) else { return };
-            let ours = entry
-                .process
-                .as_ref()
-                .is_some_and(|current| Arc::ptr_eq(current, process));
+            let ours = entry.process.as_ref().is_some_and(|current| Arc::ptr_eq(current, process));
             if !ours || entry.state != ExtensionState::Active {
                 return;
             }
@@ -195,9 +164,7 @@ impl Host {
                 ExtensionState::Inactive
             } else {
                 let window = self.inner.config.crash_budget.window;
-                ExtensionState::Failed(format!(
-                    "crashed {crashes} times within {window:?}; stopped. Last: {reason}"
-                ))
+                ExtensionState::Failed(format!("crashed {crashes} times within {window:?}; stopped. Last: {reason}"))
             };
             (entry.link.take(), restart)
         };
@@ -214,9 +181,7 @@ impl Host {
         }
         if restart {
             match self.activate_locked(name).await {
-                Ok(()) => self.publish(HostEvent::ExtensionRestarted {
-                    extension: name.to_owned(),
-                }),
+                Ok(()) => self.publish(HostEvent::ExtensionRestarted { extension: name.to_owned() }),
                 Err(error) => tracing::error!(extension = %name, "restart after a crash failed: {error}"),
             }
         }

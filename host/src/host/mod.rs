@@ -64,6 +64,20 @@ struct Inner {
     operations: tokio::sync::Mutex<()>,
 }
 
+impl Drop for Inner {
+    /// A host dropped without `shutdown` still ends its child processes.
+    fn drop(&mut self) {
+        let frames = self.frames.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for process in frames.values().filter_map(|frame| frame.process.as_ref()) {
+            process.kill_now();
+        }
+        let extensions = self.extensions.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for process in extensions.values().filter_map(|entry| entry.process.as_ref()) {
+            process.kill_now();
+        }
+    }
+}
+
 /// An extension host. Cheap to clone; all clones are the same host.
 #[derive(Clone)]
 pub struct Host {
@@ -132,10 +146,7 @@ impl Host {
     pub fn load_dir(&self, dir: impl AsRef<Path>) -> std::io::Result<Vec<(PathBuf, Result<LibraryInfo, LoadError>)>> {
         let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
             .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-            .filter(|path| {
-                path.extension()
-                    .is_some_and(|ext| ext == std::env::consts::DLL_EXTENSION)
-            })
+            .filter(|path| path.extension().is_some_and(|ext| ext == std::env::consts::DLL_EXTENSION))
             .collect();
         paths.sort();
         Ok(paths.into_iter().map(|path| (path.clone(), self.load(&path))).collect())
@@ -146,9 +157,7 @@ impl Host {
     /// take the host down.
     pub fn set_isolated(&self, name: &str, isolated: bool) -> Result<(), HostError> {
         let mut extensions = lock(&self.inner.extensions);
-        let entry = extensions
-            .get_mut(name)
-            .ok_or_else(|| HostError::UnknownExtension(name.to_owned()))?;
+        let entry = extensions.get_mut(name).ok_or_else(|| HostError::UnknownExtension(name.to_owned()))?;
         match entry.state {
             ExtensionState::Activating | ExtensionState::Active | ExtensionState::Deactivating => {
                 Err(HostError::WrongState {
@@ -206,9 +215,7 @@ impl Host {
 
     fn active_link(&self, name: &str) -> Result<Arc<Link>, HostError> {
         let extensions = lock(&self.inner.extensions);
-        let entry = extensions
-            .get(name)
-            .ok_or_else(|| HostError::UnknownExtension(name.to_owned()))?;
+        let entry = extensions.get(name).ok_or_else(|| HostError::UnknownExtension(name.to_owned()))?;
         match (&entry.state, &entry.link) {
             (ExtensionState::Active, Some(link)) => Ok(link.clone()),
             (state, _) => Err(HostError::WrongState {
@@ -256,8 +263,7 @@ impl Host {
     /// Like every lifecycle call, it runs to completion even if the returned future is dropped.
     pub async fn activate(&self, name: &str) -> Result<(), HostError> {
         let name = name.to_owned();
-        self.operation(|host| async move { host.activate_locked(&name).await })
-            .await
+        self.operation(|host| async move { host.activate_locked(&name).await }).await
     }
 
     /// Deactivates: stops routing to the extension, runs every half's `deactivate` (bounded by
@@ -265,16 +271,14 @@ impl Host {
     /// When this returns, no code of the extension runs any more.
     pub async fn deactivate(&self, name: &str) -> Result<DeactivateReport, HostError> {
         let name = name.to_owned();
-        self.operation(|host| async move { host.deactivate_locked(&name).await })
-            .await
+        self.operation(|host| async move { host.deactivate_locked(&name).await }).await
     }
 
     /// Deactivates (if active) and forgets the extension. Its library stays mapped, but the
     /// name is free: loading a rebuilt library runs the new code.
     pub async fn uninstall(&self, name: &str) -> Result<(), HostError> {
         let name = name.to_owned();
-        self.operation(|host| async move { host.uninstall_locked(&name).await })
-            .await
+        self.operation(|host| async move { host.uninstall_locked(&name).await }).await
     }
 
     /// Opens an in-process frame; every active extension's renderer half starts in it.
@@ -287,30 +291,25 @@ impl Host {
     /// Opens a frame in a renderer process of its own; every active extension's renderer half
     /// starts there. If that process crashes, the frame restarts (within the crash budget).
     pub async fn open_child_frame(&self) -> Result<FrameId, HostError> {
-        self.operation(|host| async move { host.open_frame_locked(FrameKind::ChildProcess).await })
-            .await
+        self.operation(|host| async move { host.open_frame_locked(FrameKind::ChildProcess).await }).await
     }
 
     /// Closes a frame: its renderer halves are deactivated and dropped; requests involving it
     /// fail with [`InvokeErrorKind::FrameClosed`].
     pub async fn close_frame(&self, frame: FrameId) -> Result<(), HostError> {
-        self.operation(move |host| async move { host.close_frame_locked(frame.0).await })
-            .await
+        self.operation(move |host| async move { host.close_frame_locked(frame.0).await }).await
     }
 
     /// Reloads a frame: its renderer halves are closed and started afresh. Main-side
     /// registrations are untouched.
     pub async fn reload_frame(&self, frame: FrameId) -> Result<(), HostError> {
-        self.operation(move |host| async move { host.reload_frame_locked(frame.0).await })
-            .await
+        self.operation(move |host| async move { host.reload_frame_locked(frame.0).await }).await
     }
 
     /// Broadcasts `value` on `channel` into the extension's namespace, as the host.
     pub fn broadcast<T: Serialize + ?Sized>(&self, name: &str, channel: &str, value: &T) -> Result<(), HostError> {
-        let payload = rmp_serde::to_vec_named(value).map_err(|error| HostError::Serialize {
-            channel: channel.to_owned(),
-            reason: error.to_string(),
-        })?;
+        let payload = rmp_serde::to_vec_named(value)
+            .map_err(|error| HostError::Serialize { channel: channel.to_owned(), reason: error.to_string() })?;
         self.broadcast_raw(name, channel, &payload)
     }
 
@@ -319,10 +318,7 @@ impl Host {
         let link = self.active_link(name)?;
         match link.host_broadcast(channel, payload) {
             extension_api::abi::status::OK => Ok(()),
-            status => Err(HostError::Refused {
-                name: name.to_owned(),
-                status,
-            }),
+            status => Err(HostError::Refused { name: name.to_owned(), status }),
         }
     }
 
@@ -346,10 +342,7 @@ impl Host {
         async move {
             let reply = sent?.await?;
             rmp_serde::from_slice(&reply).map_err(|error| {
-                let message = format!(
-                    "the reply does not decode as {}: {error}",
-                    std::any::type_name::<Resp>()
-                );
+                let message = format!("the reply does not decode as {}: {error}", std::any::type_name::<Resp>());
                 InvokeError::new(InvokeErrorKind::Deserialize, channel_name, message)
             })
         }
@@ -379,11 +372,7 @@ impl Host {
                     info: entry.library.info.clone(),
                     state: entry.state.clone(),
                     isolated: entry.isolated,
-                    pid: entry
-                        .process
-                        .as_ref()
-                        .filter(|process| !process.is_closed())
-                        .map(|process| process.pid),
+                    pid: entry.process.as_ref().filter(|process| !process.is_closed()).map(|process| process.pid),
                     crashes: entry.crashes.count(),
                     last_problem: entry.last_problem.clone(),
                     frames: entry.link.as_ref().map(|link| link.frames()).unwrap_or_default(),
@@ -406,11 +395,7 @@ impl Host {
             .map(|(id, frame)| FrameSnapshot {
                 id: *id,
                 kind: frame.kind,
-                pid: frame
-                    .process
-                    .as_ref()
-                    .filter(|process| !process.is_closed())
-                    .map(|process| process.pid),
+                pid: frame.process.as_ref().filter(|process| !process.is_closed()).map(|process| process.pid),
                 restarts: frame.restarts,
                 problem: frame.problem.clone(),
             })
@@ -433,9 +418,7 @@ impl Host {
 async fn inspect_link(link: &Link) -> InstanceSnapshot {
     let mut merged = InstanceSnapshot::default();
     for endpoint in link.endpoints() {
-        let outcome = endpoint
-            .control(|completion| Control::Inspect { completion }, INSPECT_TIMEOUT)
-            .await;
+        let outcome = endpoint.control(|completion| Control::Inspect { completion }, INSPECT_TIMEOUT).await;
         if let Ok(Completion::Inspected(instance)) = outcome {
             merged.halves.extend(instance.halves);
             merged.tasks += instance.tasks;
@@ -483,9 +466,7 @@ fn completion_problem(step: &str, outcome: Result<Completion, ControlError>) -> 
 async fn tell_frames(link: &Link) {
     if let Some(main) = link.endpoint_of(PEER_MAIN) {
         let frames = link.frames();
-        let _ = main
-            .control(|completion| Control::SetFrames { completion, frames }, INSPECT_TIMEOUT)
-            .await;
+        let _ = main.control(|completion| Control::SetFrames { completion, frames }, INSPECT_TIMEOUT).await;
     }
 }
 

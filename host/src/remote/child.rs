@@ -19,14 +19,10 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use super::protocol::{self, MAX_PACKET, OwnedMessage, PROTOCOL_VERSION, Packet};
 
 /// Packets to the host, from any thread (extension threads call the vtable below).
-static OUTBOX: OnceLock<mpsc::UnboundedSender<Packet>> = OnceLock::new();
+static OUTBOX: OnceLock<mpsc::UnboundedSender<bytes::Bytes>> = OnceLock::new();
 
-static CHILD_VTABLE: HostVTable = HostVTable {
-    abi_version: abi::ABI_VERSION,
-    send: child_send,
-    complete: child_complete,
-    log: child_log,
-};
+static CHILD_VTABLE: HostVTable =
+    HostVTable { abi_version: abi::ABI_VERSION, send: child_send, complete: child_complete, log: child_log };
 
 /// An instance pointer a library gave this child.
 #[derive(Clone, Copy)]
@@ -64,21 +60,12 @@ pub fn run(socket: &Path, token: &str) -> ExitCode {
 }
 
 async fn serve(socket: &Path, token: &str) -> Result<(), String> {
-    let stream = UnixStream::connect(socket)
-        .await
-        .map_err(|e| format!("cannot connect to {socket:?}: {e}"))?;
+    let stream = UnixStream::connect(socket).await.map_err(|e| format!("cannot connect to {socket:?}: {e}"))?;
     let codec = LengthDelimitedCodec::builder().max_frame_length(MAX_PACKET).new_codec();
     let mut framed = Framed::new(stream, codec);
-    let hello = Packet::Hello {
-        protocol: PROTOCOL_VERSION,
-        token: token.to_owned(),
-        pid: std::process::id(),
-    };
+    let hello = Packet::Hello { protocol: PROTOCOL_VERSION, token: token.to_owned(), pid: std::process::id() };
     let bytes = protocol::encode(&hello).map_err(|e| e.to_string())?;
-    framed
-        .send(bytes::Bytes::from(bytes))
-        .await
-        .map_err(|e| e.to_string())?;
+    framed.send(bytes::Bytes::from(bytes)).await.map_err(|e| e.to_string())?;
     match framed.next().await {
         Some(Ok(bytes)) => match protocol::decode(&bytes) {
             Ok(Packet::Welcome { .. }) => {}
@@ -87,12 +74,12 @@ async fn serve(socket: &Path, token: &str) -> Result<(), String> {
         _ => return Err("the host closed the connection during the handshake".into()),
     }
     let (mut sink, mut stream) = framed.split();
-    let (outbox, mut queue) = mpsc::unbounded_channel::<Packet>();
-    let _ = OUTBOX.set(outbox.clone());
+    let (outbox, mut queue) = mpsc::unbounded_channel::<bytes::Bytes>();
+    let _ = OUTBOX.set(outbox);
     tokio::spawn(async move {
-        while let Some(packet) = queue.recv().await {
-            let Ok(bytes) = protocol::encode(&packet) else { continue };
-            if sink.send(bytes::Bytes::from(bytes)).await.is_err() {
+        while let Some(bytes) = queue.recv().await {
+            if sink.send(bytes).await.is_err() {
+                // The host is gone.
                 std::process::exit(0);
             }
         }
@@ -100,21 +87,16 @@ async fn serve(socket: &Path, token: &str) -> Result<(), String> {
     let mut instances: HashMap<u64, Instance> = HashMap::new();
     while let Some(Ok(bytes)) = stream.next().await {
         match protocol::decode(&bytes) {
-            Ok(packet) => handle(packet, &mut instances, &outbox),
+            Ok(packet) => handle(packet, &mut instances),
             Err(error) => tracing::error!("child: ignoring a malformed packet from the host: {error}"),
         }
     }
     Ok(())
 }
 
-fn handle(packet: Packet, instances: &mut HashMap<u64, Instance>, outbox: &mpsc::UnboundedSender<Packet>) {
+fn handle(packet: Packet, instances: &mut HashMap<u64, Instance>) {
     match packet {
-        Packet::Load {
-            key,
-            name,
-            path,
-            max_log_level,
-        } => {
+        Packet::Load { key, name, path, max_log_level } => {
             let answer = match start(key, &name, &path, max_log_level) {
                 Ok(instance) => {
                     instances.insert(key, instance);
@@ -122,7 +104,7 @@ fn handle(packet: Packet, instances: &mut HashMap<u64, Instance>, outbox: &mpsc:
                 }
                 Err(reason) => Packet::LoadFailed { key, reason },
             };
-            let _ = outbox.send(answer);
+            post(answer);
         }
         Packet::Control { key, command } => {
             let completion = command.completion();
@@ -134,14 +116,9 @@ fn handle(packet: Packet, instances: &mut HashMap<u64, Instance>, outbox: &mpsc:
                 _ => abi::status::UNKNOWN_INSTANCE,
             };
             if status != abi::status::OK {
-                let result = Completion::Failed {
-                    reason: format!("the instance refused the command (status {status})"),
-                };
-                let _ = outbox.send(Packet::Complete {
-                    key,
-                    completion,
-                    result,
-                });
+                let result =
+                    Completion::Failed { reason: format!("the instance refused the command (status {status})") };
+                post(Packet::Complete { key, completion, result });
             }
         }
         Packet::Message { key, message } => {
@@ -151,18 +128,17 @@ fn handle(packet: Packet, instances: &mut HashMap<u64, Instance>, outbox: &mpsc:
             }
         }
         Packet::Destroy { key } => {
-            let outbox = outbox.clone();
             match instances.remove(&key) {
                 Some(Instance { descriptor, pointer }) => {
                     tokio::task::spawn_blocking(move || {
                         let pointer = pointer;
                         // SAFETY: removed from the table, so this is the last use of the pointer.
                         unsafe { (descriptor.destroy)(pointer.0) };
-                        let _ = outbox.send(Packet::Destroyed { key });
+                        post(Packet::Destroyed { key });
                     });
                 }
                 None => {
-                    let _ = outbox.send(Packet::Destroyed { key });
+                    post(Packet::Destroyed { key });
                 }
             }
         }
@@ -173,17 +149,10 @@ fn handle(packet: Packet, instances: &mut HashMap<u64, Instance>, outbox: &mpsc:
 fn start(key: u64, name: &str, path: &Path, max_log_level: u32) -> Result<Instance, String> {
     let library = crate::library::load(path).map_err(|error| error.to_string())?;
     if library.info.name != name {
-        return Err(format!(
-            "`{}` now holds extension `{}`, not `{name}`",
-            path.display(),
-            library.info.name
-        ));
+        return Err(format!("`{}` now holds extension `{}`, not `{name}`", path.display(), library.info.name));
     }
-    let config = rmp_serde::to_vec_named(&InstanceConfig {
-        name: name.to_owned(),
-        max_log_level,
-    })
-    .map_err(|error| error.to_string())?;
+    let config = rmp_serde::to_vec_named(&InstanceConfig { name: name.to_owned(), max_log_level })
+        .map_err(|error| error.to_string())?;
     let descriptor = library.descriptor;
     // SAFETY: the descriptor's ABI version matched in `load`; the vtable is a static and
     // `config` outlives the call.
@@ -191,14 +160,17 @@ fn start(key: u64, name: &str, path: &Path, max_log_level: u32) -> Result<Instan
     if pointer.is_null() {
         return Err("the library could not start an instance".into());
     }
-    Ok(Instance {
-        descriptor,
-        pointer: InstancePtr(pointer),
-    })
+    Ok(Instance { descriptor, pointer: InstancePtr(pointer) })
 }
 
 fn post(packet: Packet) -> u32 {
-    match OUTBOX.get().map(|outbox| outbox.send(packet)) {
+    // Encoded here, so an oversized packet is refused to its sender instead of breaking the
+    // connection for every instance in this process.
+    let Ok(bytes) = protocol::encode(&packet) else { return abi::status::INVALID };
+    if bytes.len() > MAX_PACKET {
+        return abi::status::TOO_LARGE;
+    }
+    match OUTBOX.get().map(|outbox| outbox.send(bytes::Bytes::from(bytes))) {
         Some(Ok(())) => abi::status::OK,
         _ => abi::status::DEACTIVATED,
     }
@@ -223,14 +195,9 @@ unsafe extern "C" fn child_complete(key: u64, completion: u64, result: RawSlice)
     let _ = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: the library keeps `result` valid for this call; invalid is refused.
         let bytes = unsafe { result.as_bytes() }.unwrap_or_default();
-        let result = rmp_serde::from_slice::<Completion>(bytes).unwrap_or_else(|error| Completion::Failed {
-            reason: format!("undecodable completion: {error}"),
-        });
-        post(Packet::Complete {
-            key,
-            completion,
-            result,
-        });
+        let result = rmp_serde::from_slice::<Completion>(bytes)
+            .unwrap_or_else(|error| Completion::Failed { reason: format!("undecodable completion: {error}") });
+        post(Packet::Complete { key, completion, result });
     }));
 }
 
@@ -241,15 +208,8 @@ unsafe extern "C" fn child_log(key: u64, level: u32, target: RawSlice, message: 
         let (Some(target), Some(message)) = (target, message) else {
             return;
         };
-        let (target, message) = (
-            String::from_utf8_lossy(target).into_owned(),
-            String::from_utf8_lossy(message).into_owned(),
-        );
-        post(Packet::Log {
-            key,
-            level,
-            target,
-            message,
-        });
+        let (target, message) =
+            (String::from_utf8_lossy(target).into_owned(), String::from_utf8_lossy(message).into_owned());
+        post(Packet::Log { key, level, target, message });
     }));
 }

@@ -3,7 +3,7 @@
 //! unexpected, or names an instance key not given to this connection closes the connection
 //! (and ends the child), with the reason logged; nothing else is affected.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::hash::{BuildHasher, Hasher};
 use std::os::unix::process::ExitStatusExt;
@@ -23,6 +23,7 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use super::protocol::{self, MAX_PACKET, OwnedMessage, PROTOCOL_VERSION, Packet};
 use crate::core::lock;
 use crate::endpoint::{self, Endpoint};
+use crate::private_dir::PrivateDir;
 
 /// What a child process is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,8 +53,12 @@ const DESTROY_TIMEOUT: Duration = Duration::from_secs(6);
 pub(crate) struct Connection {
     pub(crate) role: Role,
     pub(crate) pid: u32,
-    outbox: mpsc::UnboundedSender<Packet>,
+    /// Encoded packets for the writer task (encoded by the sender, so size limits are checked
+    /// where the error can be reported).
+    outbox: mpsc::UnboundedSender<bytes::Bytes>,
     endpoints: Mutex<HashMap<u64, Weak<Endpoint>>>,
+    /// Keys this connection had: late packets for them are dropped, not violations.
+    retired: Mutex<HashSet<u64>>,
     loads: Mutex<HashMap<u64, oneshot::Sender<Result<(), String>>>>,
     destroys: Mutex<HashMap<u64, oneshot::Sender<()>>>,
     closed: AtomicBool,
@@ -107,15 +112,10 @@ impl Connection {
         role: Role,
         on_lost: OnLost,
     ) -> Result<Arc<Connection>, SpawnError> {
-        static SOCKETS: AtomicU64 = AtomicU64::new(0);
-        let start_error = |reason: String| SpawnError::Start {
-            program: program.to_owned(),
-            reason,
-        };
-        let dir = std::env::temp_dir().join(format!("extension-host-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| start_error(e.to_string()))?;
-        let socket = dir.join(format!("child-{}.sock", SOCKETS.fetch_add(1, Ordering::Relaxed)));
-        let _ = std::fs::remove_file(&socket);
+        let start_error = |reason: String| SpawnError::Start { program: program.to_owned(), reason };
+        // Removed (with the socket) however this ends.
+        let dir = PrivateDir::create().map_err(|e| start_error(format!("cannot create a private directory: {e}")))?;
+        let socket = dir.path().join("child.sock");
         let listener =
             UnixListener::bind(&socket).map_err(|e| start_error(format!("cannot listen on {socket:?}: {e}")))?;
         let token = token();
@@ -139,7 +139,7 @@ impl Connection {
             })),
             _ = tokio::time::sleep(HANDSHAKE_TIMEOUT) => Err(SpawnError::Handshake(format!("no connection within {HANDSHAKE_TIMEOUT:?}"))),
         };
-        let _ = std::fs::remove_file(&socket);
+        drop(dir);
         let (stream, _) = accepted?;
         let mut framed = Framed::new(stream, codec());
         let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, framed.next()).await;
@@ -150,11 +150,7 @@ impl Connection {
             Err(_) => return Err(SpawnError::Handshake(format!("no hello within {HANDSHAKE_TIMEOUT:?}"))),
         };
         match protocol::decode(&bytes) {
-            Ok(Packet::Hello {
-                protocol,
-                token: presented,
-                ..
-            }) => {
+            Ok(Packet::Hello { protocol, token: presented, .. }) => {
                 if protocol != PROTOCOL_VERSION {
                     return Err(SpawnError::Handshake(format!(
                         "the child speaks protocol version {protocol}, this host speaks {PROTOCOL_VERSION}"
@@ -167,22 +163,18 @@ impl Connection {
             Ok(other) => return Err(SpawnError::Handshake(format!("expected a hello, got {other:?}"))),
             Err(error) => return Err(SpawnError::Handshake(format!("malformed hello: {error}"))),
         }
-        let welcome = protocol::encode(&Packet::Welcome {
-            protocol: PROTOCOL_VERSION,
-        })
-        .map_err(|e| SpawnError::Handshake(e.to_string()))?;
-        framed
-            .send(bytes::Bytes::from(welcome))
-            .await
+        let welcome = protocol::encode(&Packet::Welcome { protocol: PROTOCOL_VERSION })
             .map_err(|e| SpawnError::Handshake(e.to_string()))?;
+        framed.send(bytes::Bytes::from(welcome)).await.map_err(|e| SpawnError::Handshake(e.to_string()))?;
 
         let (mut sink, mut stream) = framed.split();
-        let (outbox, mut queue) = mpsc::unbounded_channel::<Packet>();
+        let (outbox, mut queue) = mpsc::unbounded_channel::<bytes::Bytes>();
         let connection = Arc::new(Connection {
             role,
             pid,
             outbox,
             endpoints: Mutex::new(HashMap::new()),
+            retired: Mutex::new(HashSet::new()),
             loads: Mutex::new(HashMap::new()),
             destroys: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
@@ -190,10 +182,13 @@ impl Connection {
             child: Mutex::new(Some(child)),
             on_lost,
         });
+        let writer = Arc::downgrade(&connection);
         tokio::spawn(async move {
-            while let Some(packet) = queue.recv().await {
-                let Ok(bytes) = protocol::encode(&packet) else { continue };
-                if sink.send(bytes::Bytes::from(bytes)).await.is_err() {
+            while let Some(bytes) = queue.recv().await {
+                if let Err(error) = sink.send(bytes).await {
+                    if let Some(connection) = writer.upgrade() {
+                        connection.lost(format!("cannot write to the child: {error}")).await;
+                    }
                     break;
                 }
             }
@@ -221,27 +216,21 @@ impl Connection {
         let packet = protocol::decode(bytes).map_err(|error| format!("malformed packet: {error}"))?;
         match packet {
             Packet::Message { key, message } => {
-                let endpoint = self.endpoint(key)?;
-                if let Some(link) = endpoint.link.upgrade() {
+                if let Some(endpoint) = self.endpoint(key)?
+                    && let Some(link) = endpoint.link.upgrade()
+                {
                     link.route(&endpoint, &message.raw());
                 }
             }
-            Packet::Complete {
-                key,
-                completion,
-                result,
-            } => {
-                self.endpoint(key)?;
-                endpoint::complete(key, completion, result);
+            Packet::Complete { key, completion, result } => {
+                if self.endpoint(key)?.is_some() {
+                    endpoint::complete(key, completion, result);
+                }
             }
-            Packet::Log {
-                key,
-                level,
-                target,
-                message,
-            } => {
-                let endpoint = self.endpoint(key)?;
-                endpoint::forward_log(&endpoint, level, &target, &message);
+            Packet::Log { key, level, target, message } => {
+                if let Some(endpoint) = self.endpoint(key)? {
+                    endpoint::forward_log(&endpoint, level, &target, &message);
+                }
             }
             Packet::Loaded { key } => self.finish_load(key, Ok(()))?,
             Packet::LoadFailed { key, reason } => self.finish_load(key, Err(reason))?,
@@ -255,10 +244,16 @@ impl Connection {
         Ok(())
     }
 
-    /// The endpoint behind `key`, which must have been given to this connection.
-    fn endpoint(&self, key: u64) -> Result<Arc<Endpoint>, String> {
-        let found = lock(&self.endpoints).get(&key).and_then(Weak::upgrade);
-        found.ok_or_else(|| format!("instance key {key} does not belong to this connection"))
+    /// The endpoint behind `key`, which must have been given to this connection; `None` for a
+    /// key it had (a late packet of a destroyed instance, which is dropped).
+    fn endpoint(&self, key: u64) -> Result<Option<Arc<Endpoint>>, String> {
+        if let Some(endpoint) = lock(&self.endpoints).get(&key) {
+            return Ok(endpoint.upgrade());
+        }
+        if lock(&self.retired).contains(&key) {
+            return Ok(None);
+        }
+        Err(format!("instance key {key} does not belong to this connection"))
     }
 
     fn finish_load(&self, key: u64, result: Result<(), String>) -> Result<(), String> {
@@ -267,6 +262,7 @@ impl Connection {
                 let _ = waiter.send(result);
                 Ok(())
             }
+            None if lock(&self.retired).contains(&key) => Ok(()),
             None => Err(format!("an unrequested load answer for key {key}")),
         }
     }
@@ -278,31 +274,39 @@ impl Connection {
         }
         let expected = self.retiring.load(Ordering::Acquire);
         let child = lock(&self.child).take();
-        let ended = match child {
-            Some(mut child) => {
-                let _ = child.start_kill();
-                match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
-                    Ok(Ok(status)) => describe_exit(status),
-                    _ => "did not end".to_owned(),
-                }
+        if let Some(mut child) = child {
+            let _ = child.start_kill();
+            // Everything waiting on the child fails now; how it ended is reported after.
+            self.fail_everything(&reason);
+            let ended = match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
+                Ok(Ok(status)) => describe_exit(status),
+                _ => "did not end".to_owned(),
+            };
+            let reason = format!("{reason}; the child process (pid {}) {ended}", self.pid);
+            if !expected {
+                tracing::warn!(role = ?self.role, "child connection lost: {reason}");
+                (self.on_lost)(self.clone(), reason);
             }
-            None => "ended".to_owned(),
-        };
-        let reason = format!("{reason}; the child process (pid {}) {ended}", self.pid);
-        if !expected {
-            tracing::warn!(role = ?self.role, "child connection lost: {reason}");
         }
+    }
+
+    fn fail_everything(&self, reason: &str) {
         let endpoints: Vec<Arc<Endpoint>> = lock(&self.endpoints).drain().filter_map(|(_, e)| e.upgrade()).collect();
         for endpoint in endpoints {
-            endpoint::fail_completions(endpoint.key, &reason);
+            endpoint::fail_completions(endpoint.key, reason);
             if let Some(link) = endpoint.link.upgrade() {
-                link.lose_endpoint(&endpoint, &reason);
+                link.lose_endpoint(&endpoint, reason);
             }
         }
         lock(&self.loads).clear();
         lock(&self.destroys).clear();
-        if !expected {
-            (self.on_lost)(self.clone(), reason);
+    }
+
+    /// Ends the child now, without waiting (the host is being dropped).
+    pub(crate) fn kill_now(&self) {
+        self.retiring.store(true, Ordering::Release);
+        if let Some(child) = lock(&self.child).as_mut() {
+            let _ = child.start_kill();
         }
     }
 
@@ -316,13 +320,22 @@ impl Connection {
 
     pub(crate) fn unregister(&self, key: u64) {
         lock(&self.endpoints).remove(&key);
+        lock(&self.retired).insert(key);
     }
 
     fn send(&self, packet: Packet) -> u32 {
-        if self.is_closed() || self.outbox.send(packet).is_err() {
+        if self.is_closed() {
             return abi::status::DEACTIVATED;
         }
-        abi::status::OK
+        let Ok(bytes) = protocol::encode(&packet) else { return abi::status::INVALID };
+        if bytes.len() > MAX_PACKET {
+            tracing::warn!(role = ?self.role, "refused to send a {}-byte packet (the limit is {MAX_PACKET})", bytes.len());
+            return abi::status::TOO_LARGE;
+        }
+        match self.outbox.send(bytes::Bytes::from(bytes)) {
+            Ok(()) => abi::status::OK,
+            Err(_) => abi::status::DEACTIVATED,
+        }
     }
 
     pub(crate) fn deliver(&self, key: u64, message: &RawMessage) -> u32 {
@@ -347,12 +360,7 @@ impl Connection {
     ) -> Result<(), String> {
         let (done, loaded) = oneshot::channel();
         lock(&self.loads).insert(key, done);
-        let packet = Packet::Load {
-            key,
-            name: name.to_owned(),
-            path: path.to_owned(),
-            max_log_level,
-        };
+        let packet = Packet::Load { key, name: name.to_owned(), path: path.to_owned(), max_log_level };
         if self.send(packet) != abi::status::OK {
             lock(&self.loads).remove(&key);
             return Err("the child process is gone".into());
@@ -362,6 +370,8 @@ impl Connection {
             Ok(Err(_)) => Err("the child process went away while loading".into()),
             Err(_) => {
                 lock(&self.loads).remove(&key);
+                // If it does load after all, it must not run unowned.
+                self.send(Packet::Destroy { key });
                 Err(format!("the child did not load the library within {timeout:?}"))
             }
         }

@@ -23,12 +23,7 @@ pub enum Packet {
     /// Host to child: the handshake succeeded.
     Welcome { protocol: u32 },
     /// Host to child: load the library at `path` and start an instance of it under `key`.
-    Load {
-        key: u64,
-        name: String,
-        path: PathBuf,
-        max_log_level: u32,
-    },
+    Load { key: u64, name: String, path: PathBuf, max_log_level: u32 },
     /// Child to host: the instance runs.
     Loaded { key: u64 },
     /// Child to host: the library could not be loaded or started.
@@ -36,20 +31,11 @@ pub enum Packet {
     /// Host to child: a lifecycle or query command for the instance.
     Control { key: u64, command: Control },
     /// Child to host: the answer to a command.
-    Complete {
-        key: u64,
-        completion: u64,
-        result: Completion,
-    },
+    Complete { key: u64, completion: u64, result: Completion },
     /// Either way: an IPC message of the instance (to it, or from one of its halves).
     Message { key: u64, message: OwnedMessage },
     /// Child to host: a tracing event of the instance.
-    Log {
-        key: u64,
-        level: u32,
-        target: String,
-        message: String,
-    },
+    Log { key: u64, level: u32, target: String, message: String },
     /// Host to child: stop the instance and forget it.
     Destroy { key: u64 },
     /// Child to host: the instance is gone.
@@ -130,19 +116,9 @@ mod tests {
             payload: vec![0, 1, 255],
         };
         for packet in [
-            Packet::Hello {
-                protocol: PROTOCOL_VERSION,
-                token: "t".into(),
-                pid: 7,
-            },
-            Packet::Message {
-                key: 9,
-                message: message.clone(),
-            },
-            Packet::Control {
-                key: 1,
-                command: Control::Inspect { completion: 4 },
-            },
+            Packet::Hello { protocol: PROTOCOL_VERSION, token: "t".into(), pid: 7 },
+            Packet::Message { key: 9, message: message.clone() },
+            Packet::Control { key: 1, command: Control::Inspect { completion: 4 } },
         ] {
             assert_eq!(decode(&encode(&packet).unwrap()).unwrap(), packet);
         }

@@ -59,10 +59,7 @@ impl Logger for Log {
     }
 
     async fn lines(&self) -> Vec<String> {
-        self.lines
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.lines.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 }
 
@@ -70,27 +67,11 @@ pub struct GluonMain;
 
 impl MainExtension for GluonMain {
     async fn activate(ipc: Main) -> Result<Self, BoxError> {
-        ipc.store()
-            .set(
-                CONFIG,
-                &Config {
-                    env: "production".into(),
-                },
-            )
-            .await?;
-        expose_logger(
-            &ipc,
-            Log {
-                lines: Mutex::new(Vec::new()),
-                store: ipc.store(),
-            },
-        )?;
+        ipc.store().set(CONFIG, &Config { env: "production".into() }).await?;
+        expose_logger(&ipc, Log { lines: Mutex::new(Vec::new()), store: ipc.store() })?;
         ipc.handle(GET_CONFIG, |(), _| async {
             let main = Main::get().map_err(|error| error.to_string())?;
-            main.store()
-                .get(CONFIG)
-                .map_err(|error| error.to_string())?
-                .ok_or_else(|| "no config".to_owned())
+            main.store().get(CONFIG).map_err(|error| error.to_string())?.ok_or_else(|| "no config".to_owned())
         })?;
         ipc.listen(READY, |event: Event<()>| {
             let (Ok(main), Sender::Frame(frame)) = (Main::get(), event.sender) else {
@@ -120,15 +101,10 @@ impl RendererExtension for GluonRenderer {
         }
         ipc.store().watch(LOG_LINES.name(), move |change| {
             if let Ok(Some(lines)) = change.new_value::<u64>() {
-                tracing::info!(
-                    "{frame} saw the log grow to {lines} lines (written by {})",
-                    change.writer
-                );
+                tracing::info!("{frame} saw the log grow to {lines} lines (written by {})", change.writer);
             }
         })?;
-        ipc.handle(TITLE, move |(), _| async move {
-            Ok::<_, String>(format!("Window {}", frame.0))
-        })?;
+        ipc.handle(TITLE, move |(), _| async move { Ok::<_, String>(format!("Window {}", frame.0)) })?;
         let logger = LoggerClient::new(&ipc);
         ipc.spawn(async move {
             let Ok(renderer) = Renderer::current() else { return };

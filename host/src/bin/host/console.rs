@@ -67,12 +67,7 @@ async fn watch(mut broadcasts: tokio::sync::broadcast::Receiver<extension_host::
         match broadcasts.recv().await {
             Ok(event) => {
                 let value = msgpack_to_json(&event.payload);
-                println!(
-                    "event {} {} from {}: {value}",
-                    event.extension,
-                    event.channel,
-                    event.sender()
-                );
+                println!("event {} {} from {}: {value}", event.extension, event.channel, event.sender());
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                 println!("event (missed {missed} broadcasts: the console is slower than the traffic)");
@@ -96,10 +91,7 @@ fn name_channel_json(rest: &str) -> Result<(&str, &str, Vec<u8>), String> {
 }
 
 fn frame_arg(rest: &str) -> Result<FrameId, String> {
-    rest.trim()
-        .parse()
-        .map(FrameId)
-        .map_err(|_| format!("`{rest}` is not a frame number"))
+    rest.trim().parse().map(FrameId).map_err(|_| format!("`{rest}` is not a frame number"))
 }
 
 async fn execute(host: &Host, line: &str) -> Result<String, String> {
@@ -110,30 +102,16 @@ async fn execute(host: &Host, line: &str) -> Result<String, String> {
         "help" => Ok(HELP.to_owned()),
         "list" => {
             let snapshot = host.inspect().await;
-            let lines: Vec<String> = snapshot
-                .extensions
-                .iter()
-                .map(|e| format!("{} {} {}", e.info.name, e.info.version, e.state))
-                .collect();
-            Ok(if lines.is_empty() {
-                "no extensions".into()
-            } else {
-                lines.join("\n")
-            })
+            let lines: Vec<String> =
+                snapshot.extensions.iter().map(|e| format!("{} {} {}", e.info.name, e.info.version, e.state)).collect();
+            Ok(if lines.is_empty() { "no extensions".into() } else { lines.join("\n") })
         }
         "frames" => {
             let frames: Vec<String> = host.frames().iter().map(|frame| frame.0.to_string()).collect();
             Ok(format!("frames: {}", frames.join(" ")))
         }
-        "load" => host
-            .load(rest)
-            .map(|info| format!("loaded {} {}", info.name, info.version))
-            .map_err(|e| text(&e)),
-        "activate" => host
-            .activate(rest)
-            .await
-            .map(|()| format!("activated {rest}"))
-            .map_err(|e| text(&e)),
+        "load" => host.load(rest).map(|info| format!("loaded {} {}", info.name, info.version)).map_err(|e| text(&e)),
+        "activate" => host.activate(rest).await.map(|()| format!("activated {rest}")).map_err(|e| text(&e)),
         "deactivate" => host
             .deactivate(rest)
             .await
@@ -145,11 +123,7 @@ async fn execute(host: &Host, line: &str) -> Result<String, String> {
                 }
             })
             .map_err(|e| text(&e)),
-        "uninstall" => host
-            .uninstall(rest)
-            .await
-            .map(|()| format!("uninstalled {rest}"))
-            .map_err(|e| text(&e)),
+        "uninstall" => host.uninstall(rest).await.map(|()| format!("uninstalled {rest}")).map_err(|e| text(&e)),
         "open" if rest == "child" => host
             .open_child_frame()
             .await
@@ -163,29 +137,19 @@ async fn execute(host: &Host, line: &str) -> Result<String, String> {
                 "off" => false,
                 other => return Err(format!("expected on or off, not `{other}`")),
             };
-            host.set_isolated(name, isolated)
-                .map(|()| format!("{name} isolated: {isolated}"))
-                .map_err(|e| text(&e))
+            host.set_isolated(name, isolated).map(|()| format!("{name} isolated: {isolated}")).map_err(|e| text(&e))
         }
         "close" => {
             let frame = frame_arg(rest)?;
-            host.close_frame(frame)
-                .await
-                .map(|()| format!("closed frame {}", frame.0))
-                .map_err(|e| text(&e))
+            host.close_frame(frame).await.map(|()| format!("closed frame {}", frame.0)).map_err(|e| text(&e))
         }
         "reload" => {
             let frame = frame_arg(rest)?;
-            host.reload_frame(frame)
-                .await
-                .map(|()| format!("reloaded frame {}", frame.0))
-                .map_err(|e| text(&e))
+            host.reload_frame(frame).await.map(|()| format!("reloaded frame {}", frame.0)).map_err(|e| text(&e))
         }
         "broadcast" => {
             let (name, channel, payload) = name_channel_json(rest)?;
-            host.broadcast_raw(name, channel, &payload)
-                .map(|()| "ok".to_owned())
-                .map_err(|e| text(&e))
+            host.broadcast_raw(name, channel, &payload).map(|()| "ok".to_owned()).map_err(|e| text(&e))
         }
         "invoke" => {
             let (name, channel, payload) = name_channel_json(rest)?;
@@ -199,9 +163,8 @@ async fn execute(host: &Host, line: &str) -> Result<String, String> {
             let json = if rest.is_empty() {
                 serde_json::to_string(&snapshot)
             } else {
-                let extension = snapshot
-                    .extension(rest)
-                    .ok_or_else(|| format!("no extension named `{rest}` is loaded"))?;
+                let extension =
+                    snapshot.extension(rest).ok_or_else(|| format!("no extension named `{rest}` is loaded"))?;
                 serde_json::to_string(extension)
             };
             json.map_err(|e| text(&e))

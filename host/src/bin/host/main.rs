@@ -11,11 +11,7 @@ use extension_host::{Host, HostConfig};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(
-    name = "host",
-    version,
-    about = "A Lens-style extension host: loads extension libraries and runs their IPC."
-)]
+#[command(name = "host", version, about = "A Lens-style extension host: loads extension libraries and runs their IPC.")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -69,15 +65,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { library } => check(&library),
         Command::Child { socket, token } => extension_host::remote::child::run(&socket, &token),
-        Command::Run {
-            paths,
-            frames,
-            child_frames,
-            isolated,
-            duration,
-            console,
-            inspect,
-        } => {
+        Command::Run { paths, frames, child_frames, isolated, duration, console, inspect } => {
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(runtime) => runtime,
                 Err(error) => {
@@ -85,14 +73,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let options = RunOptions {
-                frames,
-                child_frames,
-                isolated,
-                duration,
-                console,
-                inspect,
-            };
+            let options = RunOptions { frames, child_frames, isolated, duration, console, inspect };
             runtime.block_on(run(paths, options))
         }
     }
@@ -106,10 +87,7 @@ fn check(path: &std::path::Path) -> ExitCode {
             println!("  version:       {}", info.version);
             println!("  abi version:   {}", info.abi_version);
             println!("  extension-api: {}", info.api_version);
-            println!(
-                "  build:         {}",
-                if info.debug_build { "debug" } else { "release" }
-            );
+            println!("  build:         {}", if info.debug_build { "debug" } else { "release" });
             ExitCode::SUCCESS
         }
         Err(error) => {
@@ -129,14 +107,7 @@ struct RunOptions {
 }
 
 async fn run(paths: Vec<PathBuf>, options: RunOptions) -> ExitCode {
-    let RunOptions {
-        frames,
-        child_frames,
-        isolated,
-        duration,
-        console,
-        inspect,
-    } = options;
+    let RunOptions { frames, child_frames, isolated, duration, console, inspect } = options;
     let host = Host::new(HostConfig::default());
     let mut names = Vec::new();
     for path in &paths {
