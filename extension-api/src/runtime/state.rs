@@ -33,11 +33,13 @@ pub(crate) struct Reply {
     pub(crate) payload: Vec<u8>,
 }
 
+pub(crate) type WatcherFn = Arc<dyn Fn(&StoreChange) + Send + Sync>;
+
 /// A store watcher: `key` `None` watches every key.
 pub(crate) struct Watcher {
     pub(crate) id: u64,
     pub(crate) key: Option<String>,
-    pub(crate) callback: Arc<dyn Fn(&StoreChange) + Send + Sync>,
+    pub(crate) callback: WatcherFn,
 }
 
 /// A half's copy of the extension's store, and the last sequence number applied to it.

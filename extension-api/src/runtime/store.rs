@@ -10,7 +10,7 @@ use crate::runtime::Replica;
 use crate::runtime::Shared;
 use crate::runtime::context;
 use crate::runtime::panic_message;
-use crate::runtime::state::State;
+use crate::runtime::state::{State, WatcherFn};
 use crate::wire::{StoreSnapshot, StoreUpdate, StoreWrite};
 use serde_bytes::ByteBuf;
 
@@ -137,7 +137,8 @@ impl Shared {
 /// What applying one update asks for once the lock is released.
 struct Effects {
     resolved: Option<tokio::sync::oneshot::Sender<Result<(), StoreError>>>,
-    watchers: Vec<(Peer, u64, Arc<dyn Fn(&StoreChange) + Send + Sync>)>,
+    /// (half, its generation, watcher), main first.
+    watchers: Vec<(Peer, u64, WatcherFn)>,
 }
 
 /// Applies, to the process replica, every stashed update that follows it without a gap, and
