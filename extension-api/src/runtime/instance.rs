@@ -17,7 +17,7 @@ use crate::error::BoxError;
 use crate::ipc::{Main, Renderer, Sender};
 use crate::runtime::context::{self, HalfRef};
 use crate::runtime::panic_message;
-use crate::runtime::state::{Deactivator, Half, RawEvent, Reply, State};
+use crate::runtime::state::{Deactivator, Half, HandlerResult, RawEvent, Reply, State};
 use crate::wire::{Completion, Control, ErrorPayload, InstanceConfig, InstanceSnapshot};
 
 /// How long `destroy` waits for the runtime thread to finish dropping tasks.
@@ -77,6 +77,8 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     factory: Factory,
     next_id: AtomicU64,
+    /// The half (peer + 1) whose handler the dispatcher is polling right now; 0 if none.
+    inline_handler: AtomicU64,
     /// Held while a store write is sequenced and published, so updates leave in order.
     pub(crate) store_order: Mutex<()>,
     pub(crate) decode_failures: AtomicU64,
@@ -152,6 +154,10 @@ impl Shared {
     pub(crate) fn snapshot(&self) -> InstanceSnapshot {
         let state = self.state();
         let mut halves: Vec<_> = state.halves.iter().map(|(peer, half)| half.snapshot(*peer)).collect();
+        let inline = self.inline_handler.load(Ordering::Acquire);
+        if let Some(half) = halves.iter_mut().find(|half| inline != 0 && half.peer == inline.wrapping_sub(1)) {
+            half.running_handlers += 1;
+        }
         halves.sort_by_key(|half| half.peer);
         InstanceSnapshot {
             halves,
@@ -269,8 +275,22 @@ impl Shared {
                 return;
             }
         };
+        let mut scoped =
+            Box::pin(context::scope(self.half_ref(target, generation), AssertUnwindSafe(future).catch_unwind()));
+        // Most handlers finish without waiting. Polled once here, they answer without a task of
+        // their own: one spawn and one wake-up fewer per request. One that waits is spawned and
+        // polled again there, which registers its real waker (futures re-register on every poll).
+        let mut probe = std::task::Context::from_waker(std::task::Waker::noop());
+        // Inspect counts it as running meanwhile (it may block, and inspect answers from
+        // another thread).
+        self.inline_handler.store(target.wrapping_add(1), Ordering::Release);
+        let polled = scoped.as_mut().poll(&mut probe);
+        self.inline_handler.store(0, Ordering::Release);
+        if let std::task::Poll::Ready(outcome) = polled {
+            self.reply(target, origin, request_id, &channel, outcome);
+            return;
+        }
         let weak = Arc::downgrade(self);
-        let scoped = context::scope(self.half_ref(target, generation), AssertUnwindSafe(future).catch_unwind());
         let mut state = self.state();
         let Some(half) = state.half_mut(target, generation) else {
             drop(state);
@@ -287,20 +307,32 @@ impl Shared {
             if let Some(half) = shared.state().half_mut(target, generation) {
                 half.running.remove(&(origin, request_id));
             }
-            match outcome {
-                Ok(Ok(bytes)) => {
-                    shared.send(abi::kind::REPLY, abi::status::OK, target, origin, request_id, &channel, &bytes);
-                }
-                Ok(Err((kind, payload))) => shared.send_error(target, origin, request_id, &channel, kind, &payload),
-                Err(panic) => {
-                    let message = panic_message(panic.as_ref());
-                    tracing::error!(%channel, "a handler panicked: {message}");
-                    let payload = ErrorPayload { message: format!("the handler panicked: {message}"), data: None };
-                    shared.send_error(target, origin, request_id, &channel, InvokeErrorKind::Panicked, &payload);
-                }
-            }
+            shared.reply(target, origin, request_id, &channel, outcome);
         });
         half.running.insert((origin, request_id), task.abort_handle());
+    }
+
+    /// Sends a handler's outcome back to the invoker.
+    fn reply(
+        &self,
+        target: Peer,
+        origin: Peer,
+        request_id: u64,
+        channel: &str,
+        outcome: std::thread::Result<HandlerResult>,
+    ) {
+        match outcome {
+            Ok(Ok(bytes)) => {
+                self.send(abi::kind::REPLY, abi::status::OK, target, origin, request_id, channel, &bytes);
+            }
+            Ok(Err((kind, payload))) => self.send_error(target, origin, request_id, channel, kind, &payload),
+            Err(panic) => {
+                let message = panic_message(panic.as_ref());
+                tracing::error!(%channel, "a handler panicked: {message}");
+                let payload = ErrorPayload { message: format!("the handler panicked: {message}"), data: None };
+                self.send_error(target, origin, request_id, channel, InvokeErrorKind::Panicked, &payload);
+            }
+        }
     }
 
     /// Runs a control command from the host.
@@ -493,6 +525,7 @@ impl Instance {
             factory,
             next_id: AtomicU64::new(1),
             store_order: Mutex::new(()),
+            inline_handler: AtomicU64::new(0),
             decode_failures: AtomicU64::new(0),
             listener_panics: AtomicU64::new(0),
         });
