@@ -247,6 +247,11 @@ async fn disposers_remove_exactly_their_registration_and_are_idempotent(transpor
     host.broadcast("probe", PING.name(), &Ping { tag: "after-renderer-dispose".into() }).unwrap();
     let pongs = expect_pongs(&host, &mut seen, "probe", 1, 1).await;
     assert_eq!(sides(&pongs), BTreeSet::from(["main".to_owned()]), "{pongs:?}");
+    // Inspect reads the tables directly, not after queued messages: let each frame answer
+    // something sent after the disposal first.
+    host.broadcast("probe", TYPED, "sync").unwrap();
+    let synced = expect_pongs(&host, &mut seen, "probe", 2, 1).await;
+    assert!(synced.iter().all(|pong| pong.tag == "typed-string"), "{synced:?}");
 
     host.invoke::<_, ()>("probe", DISPOSE_MAIN_PING.name(), &(), FAILSAFE).await.unwrap();
     let snapshot = host.inspect().await;

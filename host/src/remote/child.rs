@@ -11,15 +11,15 @@ use std::sync::OnceLock;
 
 use extension_api::abi::{self, Descriptor, HostVTable, RawMessage, RawSlice};
 use extension_api::wire::{Completion, InstanceConfig};
-use futures_util::{SinkExt, StreamExt};
-use tokio::net::UnixStream;
-use tokio::sync::mpsc;
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::sync::{Mutex, PoisonError};
 
-use super::protocol::{self, MAX_PACKET, OwnedMessage, PROTOCOL_VERSION, Packet};
+use super::protocol::{self, Framing, OwnedMessage, PROTOCOL_VERSION, Packet};
 
-/// Packets to the host, from any thread (extension threads call the vtable below).
-static OUTBOX: OnceLock<mpsc::UnboundedSender<bytes::Bytes>> = OnceLock::new();
+/// The socket to the host, written by whichever thread sends (extension threads call the
+/// vtable below); frames are written whole, under the lock.
+static WRITER: OnceLock<Mutex<UnixStream>> = OnceLock::new();
 
 static CHILD_VTABLE: HostVTable =
     HostVTable { abi_version: abi::ABI_VERSION, send: child_send, complete: child_complete, log: child_log };
@@ -39,19 +39,10 @@ struct Instance {
 
 /// Runs the child until the host goes away. Returns only on a startup failure.
 pub fn run(socket: &Path, token: &str) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("child: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(serve(socket, token)) {
-        Ok(()) => {
-            // The host is gone: nothing of ours may outlive it, and no destructor should run
-            // extension code now.
-            std::process::exit(0)
-        }
+    match serve(socket, token) {
+        // The host is gone: nothing of ours may outlive it, and no destructor should run
+        // extension code now.
+        Ok(()) => std::process::exit(0),
         Err(error) => {
             eprintln!("child: {error}");
             ExitCode::FAILURE
@@ -59,33 +50,24 @@ pub fn run(socket: &Path, token: &str) -> ExitCode {
     }
 }
 
-async fn serve(socket: &Path, token: &str) -> Result<(), String> {
-    let stream = UnixStream::connect(socket).await.map_err(|e| format!("cannot connect to {socket:?}: {e}"))?;
-    let codec = LengthDelimitedCodec::builder().max_frame_length(MAX_PACKET).new_codec();
-    let mut framed = Framed::new(stream, codec);
+fn serve(socket: &Path, token: &str) -> Result<(), String> {
+    let mut stream = UnixStream::connect(socket).map_err(|e| format!("cannot connect to {socket:?}: {e}"))?;
+    let mut framing = Framing::default();
     let hello = Packet::Hello { protocol: PROTOCOL_VERSION, token: token.to_owned(), pid: std::process::id() };
-    let bytes = protocol::encode(&hello).map_err(|e| e.to_string())?;
-    framed.send(bytes::Bytes::from(bytes)).await.map_err(|e| e.to_string())?;
-    match framed.next().await {
-        Some(Ok(bytes)) => match protocol::decode(&bytes) {
+    let frame = framing.frame(&hello).map_err(|e| e.to_string())?;
+    stream.write_all(&frame).map_err(|e| e.to_string())?;
+    match framing.read(&mut stream) {
+        Ok(Some(bytes)) => match protocol::decode(&bytes) {
             Ok(Packet::Welcome { .. }) => {}
             other => return Err(format!("the host did not welcome us: {other:?}")),
         },
         _ => return Err("the host closed the connection during the handshake".into()),
     }
-    let (mut sink, mut stream) = framed.split();
-    let (outbox, mut queue) = mpsc::unbounded_channel::<bytes::Bytes>();
-    let _ = OUTBOX.set(outbox);
-    tokio::spawn(async move {
-        while let Some(bytes) = queue.recv().await {
-            if sink.send(bytes).await.is_err() {
-                // The host is gone.
-                std::process::exit(0);
-            }
-        }
-    });
+    let writer = stream.try_clone().map_err(|e| e.to_string())?;
+    let _ = WRITER.set(Mutex::new(writer));
     let mut instances: HashMap<u64, Instance> = HashMap::new();
-    while let Some(Ok(bytes)) = stream.next().await {
+    // Blocking reads on this thread; extension threads write directly.
+    while let Ok(Some(bytes)) = framing.read(&mut stream) {
         match protocol::decode(&bytes) {
             Ok(packet) => handle(packet, &mut instances),
             Err(error) => tracing::error!("child: ignoring a malformed packet from the host: {error}"),
@@ -130,7 +112,8 @@ fn handle(packet: Packet, instances: &mut HashMap<u64, Instance>) {
         Packet::Destroy { key } => {
             match instances.remove(&key) {
                 Some(Instance { descriptor, pointer }) => {
-                    tokio::task::spawn_blocking(move || {
+                    // Off the reader thread: destroying joins the instance's thread.
+                    std::thread::spawn(move || {
                         let pointer = pointer;
                         // SAFETY: removed from the table, so this is the last use of the pointer.
                         unsafe { (descriptor.destroy)(pointer.0) };
@@ -164,15 +147,15 @@ fn start(key: u64, name: &str, path: &Path, max_log_level: u32) -> Result<Instan
 }
 
 fn post(packet: Packet) -> u32 {
-    // Encoded here, so an oversized packet is refused to its sender instead of breaking the
+    // Framed here, so an oversized packet is refused to its sender instead of breaking the
     // connection for every instance in this process.
-    let Ok(bytes) = protocol::encode(&packet) else { return abi::status::INVALID };
-    if bytes.len() > MAX_PACKET {
-        return abi::status::TOO_LARGE;
-    }
-    match OUTBOX.get().map(|outbox| outbox.send(bytes::Bytes::from(bytes))) {
-        Some(Ok(())) => abi::status::OK,
-        _ => abi::status::DEACTIVATED,
+    let Ok(frame) = Framing::default().frame(&packet) else { return abi::status::TOO_LARGE };
+    let Some(writer) = WRITER.get() else { return abi::status::DEACTIVATED };
+    let written = writer.lock().unwrap_or_else(PoisonError::into_inner).write_all(&frame);
+    match written {
+        Ok(()) => abi::status::OK,
+        // The host is gone.
+        Err(_) => std::process::exit(0),
     }
 }
 

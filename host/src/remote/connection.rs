@@ -15,12 +15,13 @@ use std::time::Duration;
 
 use extension_api::abi::{self, RawMessage};
 use extension_api::wire::Control;
-use futures_util::{SinkExt, StreamExt};
-use tokio::net::UnixListener;
-use tokio::sync::{mpsc, oneshot};
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use std::io::Write;
+use std::os::unix::net::UnixStream;
 
-use super::protocol::{self, MAX_PACKET, OwnedMessage, PROTOCOL_VERSION, Packet};
+use tokio::net::UnixListener;
+use tokio::sync::oneshot;
+
+use super::protocol::{self, Framing, MAX_PACKET, OwnedMessage, PROTOCOL_VERSION, Packet};
 use crate::core::lock;
 use crate::endpoint::{self, Endpoint};
 use crate::private_dir::PrivateDir;
@@ -49,13 +50,15 @@ pub(crate) type OnLost = Box<dyn Fn(Arc<Connection>, String) + Send + Sync>;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 const DESTROY_TIMEOUT: Duration = Duration::from_secs(6);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub(crate) struct Connection {
     pub(crate) role: Role,
     pub(crate) pid: u32,
-    /// Encoded packets for the writer task (encoded by the sender, so size limits are checked
-    /// where the error can be reported).
-    outbox: mpsc::UnboundedSender<bytes::Bytes>,
+    /// The socket, written by whichever thread sends (frames are written whole, under the lock).
+    writer: Mutex<UnixStream>,
+    /// For the async part of cleaning up after the connection ends.
+    runtime: tokio::runtime::Handle,
     endpoints: Mutex<HashMap<u64, Weak<Endpoint>>>,
     /// Keys this connection had: late packets for them are dropped, not violations.
     retired: Mutex<HashSet<u64>>,
@@ -66,10 +69,6 @@ pub(crate) struct Connection {
     retiring: AtomicBool,
     child: Mutex<Option<tokio::process::Child>>,
     on_lost: OnLost,
-}
-
-fn codec() -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder().max_frame_length(MAX_PACKET).new_codec()
 }
 
 /// A token the child must present, so nothing else can take its place on the socket.
@@ -141,38 +140,21 @@ impl Connection {
         };
         drop(dir);
         let (stream, _) = accepted?;
-        let mut framed = Framed::new(stream, codec());
-        let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, framed.next()).await;
-        let bytes = match hello {
-            Ok(Some(Ok(bytes))) => bytes,
-            Ok(Some(Err(error))) => return Err(SpawnError::Handshake(error.to_string())),
-            Ok(None) => return Err(SpawnError::Handshake("the child closed the connection".into())),
-            Err(_) => return Err(SpawnError::Handshake(format!("no hello within {HANDSHAKE_TIMEOUT:?}"))),
-        };
-        match protocol::decode(&bytes) {
-            Ok(Packet::Hello { protocol, token: presented, .. }) => {
-                if protocol != PROTOCOL_VERSION {
-                    return Err(SpawnError::Handshake(format!(
-                        "the child speaks protocol version {protocol}, this host speaks {PROTOCOL_VERSION}"
-                    )));
-                }
-                if presented != token {
-                    return Err(SpawnError::Handshake("the child presented the wrong token".into()));
-                }
-            }
-            Ok(other) => return Err(SpawnError::Handshake(format!("expected a hello, got {other:?}"))),
-            Err(error) => return Err(SpawnError::Handshake(format!("malformed hello: {error}"))),
-        }
-        let welcome = protocol::encode(&Packet::Welcome { protocol: PROTOCOL_VERSION })
-            .map_err(|e| SpawnError::Handshake(e.to_string()))?;
-        framed.send(bytes::Bytes::from(welcome)).await.map_err(|e| SpawnError::Handshake(e.to_string()))?;
-
-        let (mut sink, mut stream) = framed.split();
-        let (outbox, mut queue) = mpsc::unbounded_channel::<bytes::Bytes>();
+        // Blocking I/O from here: the thread that sends writes to the socket itself, and one
+        // reader thread per connection routes what arrives. No hop through a writer task.
+        let stream = stream.into_std().map_err(|e| SpawnError::Handshake(e.to_string()))?;
+        stream.set_nonblocking(false).map_err(|e| SpawnError::Handshake(e.to_string()))?;
+        let (stream, framing) = tokio::task::spawn_blocking(move || handshake(stream, &token))
+            .await
+            .map_err(|e| SpawnError::Handshake(e.to_string()))??;
+        let writer = stream.try_clone().map_err(|e| SpawnError::Handshake(e.to_string()))?;
+        // A child that stops reading for this long, with its socket buffer full, is hung.
+        writer.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(|e| SpawnError::Handshake(e.to_string()))?;
         let connection = Arc::new(Connection {
             role,
             pid,
-            outbox,
+            writer: Mutex::new(writer),
+            runtime: tokio::runtime::Handle::current(),
             endpoints: Mutex::new(HashMap::new()),
             retired: Mutex::new(HashSet::new()),
             loads: Mutex::new(HashMap::new()),
@@ -182,33 +164,29 @@ impl Connection {
             child: Mutex::new(Some(child)),
             on_lost,
         });
-        let writer = Arc::downgrade(&connection);
-        tokio::spawn(async move {
-            while let Some(bytes) = queue.recv().await {
-                if let Err(error) = sink.send(bytes).await {
-                    if let Some(connection) = writer.upgrade() {
-                        connection.lost(format!("cannot write to the child: {error}")).await;
-                    }
-                    break;
-                }
-            }
-        });
         let reader = connection.clone();
-        tokio::spawn(async move {
-            let reason = loop {
-                match stream.next().await {
-                    Some(Ok(bytes)) => {
-                        if let Err(violation) = reader.receive(&bytes) {
-                            break format!("protocol violation: {violation}");
-                        }
-                    }
-                    Some(Err(error)) => break format!("unreadable frame: {error}"),
-                    None => break "the connection closed".to_owned(),
-                }
-            };
-            reader.lost(reason).await;
-        });
+        std::thread::Builder::new()
+            .name(format!("child-{pid}"))
+            .spawn(move || reader.read_loop(stream, framing))
+            .map_err(|e| SpawnError::Handshake(format!("cannot start the reader thread: {e}")))?;
         Ok(connection)
+    }
+
+    /// Routes what the child sends until the connection ends, then cleans up.
+    fn read_loop(self: Arc<Self>, mut stream: UnixStream, mut framing: Framing) {
+        let reason = loop {
+            match framing.read(&mut stream) {
+                Ok(Some(bytes)) => {
+                    if let Err(violation) = self.receive(&bytes) {
+                        break format!("protocol violation: {violation}");
+                    }
+                }
+                Ok(None) => break "the connection closed".to_owned(),
+                Err(error) => break format!("unreadable frame: {error}"),
+            }
+        };
+        let runtime = self.runtime.clone();
+        runtime.spawn(async move { self.lost(reason).await });
     }
 
     /// Handles one packet from the child; an error is a protocol violation.
@@ -302,6 +280,12 @@ impl Connection {
         lock(&self.destroys).clear();
     }
 
+    fn kill_now_unexpected(&self) {
+        if let Some(child) = lock(&self.child).as_mut() {
+            let _ = child.start_kill();
+        }
+    }
+
     /// Ends the child now, without waiting (the host is being dropped).
     pub(crate) fn kill_now(&self) {
         self.retiring.store(true, Ordering::Release);
@@ -327,14 +311,23 @@ impl Connection {
         if self.is_closed() {
             return abi::status::DEACTIVATED;
         }
-        let Ok(bytes) = protocol::encode(&packet) else { return abi::status::INVALID };
-        if bytes.len() > MAX_PACKET {
-            tracing::warn!(role = ?self.role, "refused to send a {}-byte packet (the limit is {MAX_PACKET})", bytes.len());
-            return abi::status::TOO_LARGE;
-        }
-        match self.outbox.send(bytes::Bytes::from(bytes)) {
+        let frame = match Framing::default().frame(&packet) {
+            Ok(frame) => frame,
+            Err(error) => {
+                tracing::warn!(role = ?self.role, "refused to send a packet: {error} (the limit is {MAX_PACKET} bytes)");
+                return abi::status::TOO_LARGE;
+            }
+        };
+        let written = lock(&self.writer).write_all(&frame);
+        match written {
             Ok(()) => abi::status::OK,
-            Err(_) => abi::status::DEACTIVATED,
+            Err(error) => {
+                // Broken, or hung with a full buffer: either way the child is lost. Its reader
+                // thread sees the end once the child is killed.
+                tracing::warn!(role = ?self.role, "cannot write to the child: {error}");
+                self.kill_now_unexpected();
+                abi::status::DEACTIVATED
+            }
         }
     }
 
@@ -395,6 +388,36 @@ impl Connection {
         self.retiring.store(true, Ordering::Release);
         self.lost("retired by the host".to_owned()).await;
     }
+}
+
+/// Checks the child's hello (its protocol version and token) and welcomes it.
+fn handshake(mut stream: UnixStream, token: &str) -> Result<(UnixStream, Framing), SpawnError> {
+    let failed = |reason: String| SpawnError::Handshake(reason);
+    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(|e| failed(e.to_string()))?;
+    let mut framing = Framing::default();
+    let bytes = match framing.read(&mut stream) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Err(failed("the child closed the connection".into())),
+        Err(error) => return Err(failed(format!("no valid hello within {HANDSHAKE_TIMEOUT:?}: {error}"))),
+    };
+    match protocol::decode(&bytes) {
+        Ok(Packet::Hello { protocol, token: presented, .. }) => {
+            if protocol != PROTOCOL_VERSION {
+                return Err(failed(format!(
+                    "the child speaks protocol version {protocol}, this host speaks {PROTOCOL_VERSION}"
+                )));
+            }
+            if presented != token {
+                return Err(failed("the child presented the wrong token".into()));
+            }
+        }
+        Ok(other) => return Err(failed(format!("expected a hello, got {other:?}"))),
+        Err(error) => return Err(failed(format!("malformed hello: {error}"))),
+    }
+    let welcome = framing.frame(&Packet::Welcome { protocol: PROTOCOL_VERSION }).map_err(|e| failed(e.to_string()))?;
+    stream.write_all(&welcome).map_err(|e| failed(e.to_string()))?;
+    stream.set_read_timeout(None).map_err(|e| failed(e.to_string()))?;
+    Ok((stream, framing))
 }
 
 fn packet_name(packet: &Packet) -> &'static str {

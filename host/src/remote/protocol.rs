@@ -2,7 +2,11 @@
 //! extension's process): plain data, no I/O. Each packet is one MessagePack value (named
 //! fields) in a length-delimited frame; the child's `Hello` and the host's `Welcome` come first.
 
+use std::io::{self, Read};
 use std::path::PathBuf;
+
+use bytes::{Bytes, BytesMut};
+use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
 use extension_api::abi::{Peer, RawMessage, RawSlice};
 use extension_api::wire::{Completion, Control};
@@ -90,6 +94,52 @@ impl OwnedMessage {
     }
 }
 
+/// Length-delimited frames on a blocking stream (tokio-util's codec, driven synchronously so
+/// that whichever thread sends writes to the socket itself, with no hop to a writer task).
+pub struct Framing {
+    codec: LengthDelimitedCodec,
+    buffer: BytesMut,
+}
+
+impl Default for Framing {
+    fn default() -> Self {
+        Framing {
+            codec: LengthDelimitedCodec::builder().max_frame_length(MAX_PACKET).new_codec(),
+            buffer: BytesMut::new(),
+        }
+    }
+}
+
+impl Framing {
+    /// One frame holding `packet`, ready to write; refused if over [`MAX_PACKET`].
+    pub fn frame(&mut self, packet: &Packet) -> io::Result<Bytes> {
+        let bytes = encode(packet).map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
+        let mut out = BytesMut::with_capacity(bytes.len() + 4);
+        self.codec.encode(Bytes::from(bytes), &mut out)?;
+        Ok(out.freeze())
+    }
+
+    /// The next frame from `stream`; `None` at end of stream. An oversized length prefix is an
+    /// error (`frame size too big`).
+    pub fn read(&mut self, stream: &mut impl Read) -> io::Result<Option<BytesMut>> {
+        loop {
+            if let Some(frame) = self.codec.decode(&mut self.buffer)? {
+                return Ok(Some(frame));
+            }
+            let mut chunk = [0u8; 64 * 1024];
+            let read = stream.read(&mut chunk)?;
+            if read == 0 {
+                return if self.buffer.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the stream ended inside a frame"))
+                };
+            }
+            self.buffer.extend_from_slice(&chunk[..read]);
+        }
+    }
+}
+
 /// Encodes a packet for the wire.
 pub fn encode(packet: &Packet) -> Result<Vec<u8>, rmp_serde::encode::Error> {
     rmp_serde::to_vec_named(packet)
@@ -123,6 +173,22 @@ mod tests {
             assert_eq!(decode(&encode(&packet).unwrap()).unwrap(), packet);
         }
         assert_eq!(OwnedMessage::clone(&message), message);
+    }
+
+    #[test]
+    fn frames_round_trip_and_oversized_prefixes_are_refused() {
+        let mut framing = Framing::default();
+        let packet = Packet::Destroy { key: 3 };
+        let mut wire = framing.frame(&packet).unwrap().to_vec();
+        wire.extend_from_slice(&framing.frame(&Packet::Destroyed { key: 4 }).unwrap());
+        let mut stream = std::io::Cursor::new(wire);
+        assert_eq!(decode(&framing.read(&mut stream).unwrap().unwrap()).unwrap(), packet);
+        assert_eq!(decode(&framing.read(&mut stream).unwrap().unwrap()).unwrap(), Packet::Destroyed { key: 4 });
+        assert!(framing.read(&mut stream).unwrap().is_none());
+
+        let mut oversized = std::io::Cursor::new(0x7fff_fff0u32.to_be_bytes().to_vec());
+        let error = Framing::default().read(&mut oversized).unwrap_err();
+        assert!(error.to_string().contains("frame size too big"), "{error}");
     }
 
     #[test]
