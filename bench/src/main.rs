@@ -26,6 +26,9 @@ struct Cli {
     /// Fewer iterations (for a quick look; the figures are noisier).
     #[arg(long)]
     quick: bool,
+    /// Only run the in-process invoke loop, this many times (for a profiler).
+    #[arg(long, hide = true)]
+    profile_invoke: Option<u64>,
     /// Internal: the echo peer of the raw socket baseline.
     #[arg(long, hide = true)]
     echo_server: Option<PathBuf>,
@@ -60,6 +63,14 @@ fn main() -> Result<()> {
         None => std::env::current_exe()?.parent().context("the binary has a directory")?.to_owned(),
     };
     let runtime = tokio::runtime::Runtime::new()?;
+    if let Some(count) = cli.profile_invoke {
+        return runtime.block_on(async {
+            let host = bench_host(&artifacts, false).await?;
+            let outcome = run(&host, "invoke", 1, count, 16).await?;
+            println!("{:.0} ns per invoke", outcome.nanos as f64 / count as f64);
+            anyhow::Ok(())
+        });
+    }
     let report = runtime.block_on(measure(&artifacts, cli.quick))?;
     println!("{report}");
     if let Some(out) = cli.out {
@@ -98,17 +109,24 @@ async fn bench_host(artifacts: &Path, child_frames: bool) -> Result<Host> {
 }
 
 /// Asks frame `frame`'s renderer to run `kind` and waits for its outcome.
+/// The next outcome the bench extension reports (as a log record `bench-result {json}`).
+async fn next_outcome(results: &mut tokio::sync::broadcast::Receiver<extension_host::LogRecord>) -> Result<Outcome> {
+    loop {
+        let record = results.recv().await?;
+        if let Some(json) = record.message.strip_prefix("bench-result ") {
+            return Ok(serde_json::from_str(json)?);
+        }
+    }
+}
+
 async fn run(host: &Host, kind: &str, frame: u64, count: u64, size: usize) -> Result<Outcome> {
-    let mut results = host.broadcasts();
+    let mut results = host.logs();
     host.broadcast("bench", "bench-run", &Run { kind: kind.into(), frame, count, size })?;
     let wait = async {
         loop {
-            let seen = results.recv().await?;
-            if seen.channel == "bench-result" {
-                let outcome: Outcome = seen.value()?;
-                if outcome.kind == kind {
-                    return anyhow::Ok(outcome);
-                }
+            let outcome = next_outcome(&mut results).await?;
+            if outcome.kind == kind {
+                return anyhow::Ok(outcome);
             }
         }
     };
@@ -139,13 +157,13 @@ async fn per_op(host: &Host, kind: &str, frame: u64, count: u64, size: usize) ->
 async fn fan_out(host: &Host, count: u64) -> Result<f64> {
     let mut samples = Vec::new();
     for _ in 0..ROUNDS {
-        let mut results = host.broadcasts();
+        let mut results = host.logs();
         let start = Instant::now();
         host.broadcast("bench", "bench-run", &Run { kind: "fan-out".into(), frame: 0, count, size: 0 })?;
         let mut done = 0;
         while done < 5 {
-            let seen = tokio::time::timeout(Duration::from_secs(600), results.recv()).await??;
-            if seen.channel == "bench-result" && seen.value::<Outcome>()?.kind == "fan-out" {
+            let outcome = tokio::time::timeout(Duration::from_secs(600), next_outcome(&mut results)).await??;
+            if outcome.kind == "fan-out" {
                 done += 1;
             }
         }

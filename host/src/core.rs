@@ -1,7 +1,7 @@
 //! State shared by everything of one `Host`: requests in flight, the host's own waiters, and
 //! what embedders can watch.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -36,8 +36,8 @@ pub(crate) struct Core {
 impl Core {
     pub(crate) fn new() -> Core {
         Core {
-            pending: Mutex::new(HashMap::new()),
-            waiters: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::default()),
+            waiters: Mutex::new(HashMap::default()),
             next_request: AtomicU64::new(1),
             logs: broadcast::channel(4096).0,
             broadcasts: broadcast::channel(4096).0,

@@ -6,7 +6,9 @@
 //! only the instance's key; the key is looked up here, and an unknown key is refused. The
 //! extension a message belongs to comes from that lookup, never from the message.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use foldhash::HashMap;
 use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
@@ -128,7 +130,7 @@ impl Endpoint {
         LOCAL
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .get_or_insert_with(HashMap::new)
+            .get_or_insert_with(HashMap::default)
             .insert(endpoint.key, endpoint.clone());
         // SAFETY: `instantiate` comes from a descriptor whose ABI version matched; the vtable is
         // a static and `config` outlives the call.
@@ -225,7 +227,7 @@ impl Endpoint {
     ) -> Result<Completion, ControlError> {
         let completion = NEXT_COMPLETION.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = oneshot::channel();
-        lock(&COMPLETIONS).get_or_insert_with(HashMap::new).insert((self.key, completion), sender);
+        lock(&COMPLETIONS).get_or_insert_with(HashMap::default).insert((self.key, completion), sender);
         // Removes the waiter however this ends: answered, refused, timed out or dropped.
         let _waiter = CompletionGuard { key: self.key, completion };
         let command = command(completion);

@@ -1,7 +1,9 @@
 //! The routing tables of one instance: per half, its listeners, handlers, pending invokes,
 //! running handler tasks and spawned tasks.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
@@ -73,16 +75,16 @@ impl Half {
     pub(crate) fn new(generation: u64) -> Half {
         Half {
             generation,
-            listeners: HashMap::new(),
-            handlers: HashMap::new(),
-            pending: HashMap::new(),
-            running: HashMap::new(),
-            tasks: HashMap::new(),
+            listeners: HashMap::default(),
+            handlers: HashMap::default(),
+            pending: HashMap::default(),
+            running: HashMap::default(),
+            tasks: HashMap::default(),
             user: None,
             activation: None,
             replica: Replica::default(),
             watchers: Vec::new(),
-            store_pending: HashMap::new(),
+            store_pending: HashMap::default(),
         }
     }
 
