@@ -65,8 +65,9 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     if let Some(count) = cli.profile_invoke {
         return runtime.block_on(async {
-            let host = bench_host(&artifacts, false).await?;
-            let outcome = run(&host, "invoke", 1, count, 16).await?;
+            let host = bench_host(&artifacts, std::env::var_os("BENCH_CHILD").is_some()).await?;
+            let kind = std::env::var("BENCH_KIND").unwrap_or_else(|_| "invoke".into());
+            let outcome = run(&host, &kind, 1, count, 16).await?;
             println!("{:.0} ns per invoke", outcome.nanos as f64 / count as f64);
             anyhow::Ok(())
         });
