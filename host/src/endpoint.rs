@@ -336,7 +336,9 @@ unsafe extern "C" fn host_send(key: u64, message: *const RawMessage) -> u32 {
         let channel = unsafe { message.channel.as_bytes() };
         // SAFETY: as above.
         let payload = unsafe { message.payload.as_bytes() };
-        if channel.is_none_or(|c| std::str::from_utf8(c).is_err()) || payload.is_none() {
+        // Channel names must be UTF-8; replies and cancels are matched by request id instead.
+        let named = !matches!(message.kind, abi::kind::REPLY | abi::kind::CANCEL);
+        if channel.is_none_or(|c| named && std::str::from_utf8(c).is_err()) || payload.is_none() {
             return abi::status::INVALID;
         }
         match endpoint.link.upgrade() {

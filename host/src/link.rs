@@ -213,10 +213,14 @@ impl Link {
                 {
                     let mut pending = lock(&self.core.pending);
                     let key = (self.id, message.target, message.request_id);
-                    if pending.get(&key) != Some(&message.origin) {
-                        return abi::status::OK;
+                    match pending.remove(&key) {
+                        Some(target) if target == message.origin => {}
+                        Some(target) => {
+                            pending.insert(key, target);
+                            return abi::status::OK;
+                        }
+                        None => return abi::status::OK,
                     }
-                    pending.remove(&key);
                 }
                 if message.target == PEER_HOST {
                     // SAFETY: the payload is valid for this call (the sender's contract).

@@ -60,7 +60,11 @@ impl Envelope {
             origin: message.origin,
             target: message.target,
             request_id: message.request_id,
-            channel: std::str::from_utf8(channel).ok()?.to_owned(),
+            // Replies and cancels are matched by request id; their channel is not needed.
+            channel: match message.kind {
+                abi::kind::REPLY | abi::kind::CANCEL => String::new(),
+                _ => std::str::from_utf8(channel).ok()?.to_owned(),
+            },
             payload: payload.to_vec(),
         })
     }
