@@ -126,8 +126,14 @@ impl Framing {
             if let Some(frame) = self.codec.decode(&mut self.buffer)? {
                 return Ok(Some(frame));
             }
-            let mut chunk = [0u8; 64 * 1024];
-            let read = stream.read(&mut chunk)?;
+            // Read straight into the buffer, as much as the frame still needs (the codec has
+            // reserved it) or 64 KiB: large frames take few reads and no extra copy.
+            let start = self.buffer.len();
+            let want = (self.buffer.capacity() - start).max(64 * 1024);
+            self.buffer.resize(start + want, 0);
+            let read = stream.read(&mut self.buffer[start..]);
+            self.buffer.truncate(start + *read.as_ref().unwrap_or(&0));
+            let read = read?;
             if read == 0 {
                 return if self.buffer.is_empty() {
                     Ok(None)
@@ -135,7 +141,6 @@ impl Framing {
                     Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the stream ended inside a frame"))
                 };
             }
-            self.buffer.extend_from_slice(&chunk[..read]);
         }
     }
 }
