@@ -22,11 +22,14 @@ pub const DESCRIPTOR_SYMBOL: &str = "EXTENSION_DESCRIPTOR";
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct RawSlice {
+    /// First byte of the buffer; may be null only when `len` is 0.
     pub ptr: *const u8,
+    /// Length of the buffer in bytes.
     pub len: usize,
 }
 
 impl RawSlice {
+    /// An empty buffer (null pointer, length 0).
     pub const EMPTY: RawSlice = RawSlice { ptr: std::ptr::null(), len: 0 };
 
     /// Borrows `bytes` for a call.
@@ -64,9 +67,13 @@ pub const PEER_ALL: Peer = u64::MAX;
 
 /// Kinds of [`RawMessage`].
 pub mod kind {
+    /// An event for every listener of `channel` (payload: the MessagePack value).
     pub const BROADCAST: u32 = 1;
+    /// A request for the target half's handler on `channel` (payload: the MessagePack value).
     pub const INVOKE: u32 = 2;
+    /// The answer to the invoke with the same `request_id`; `status` says whether it succeeded.
     pub const REPLY: u32 = 3;
+    /// The invoker gave up on the request with this `request_id`: abort its handler.
     pub const CANCEL: u32 = 4;
     /// A renderer half asks main to sequence a store write (payload: `wire::StoreWrite`).
     pub const STORE_WRITE: u32 = 5;
@@ -76,6 +83,7 @@ pub mod kind {
 
 /// Status codes returned by calls across the boundary, and carried by replies.
 pub mod status {
+    /// Success.
     pub const OK: u32 = 0;
     /// A pointer, length or encoded value was invalid.
     pub const INVALID: u32 = 1;
@@ -102,7 +110,9 @@ pub struct RawMessage {
     pub kind: u32,
     /// For replies: [`status::OK`] or an [`crate::InvokeErrorKind`] code; otherwise 0.
     pub status: u32,
+    /// The half that sent the message.
     pub origin: Peer,
+    /// The half the message is for, or [`PEER_ALL`] for every half (broadcasts, store updates).
     pub target: Peer,
     /// Chosen by the invoking half, unique among its pending requests.
     pub request_id: u64,
@@ -117,6 +127,7 @@ pub struct RawMessage {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct HostVTable {
+    /// The host's [`ABI_VERSION`]; an instance refuses to start on a mismatch.
     pub abi_version: u32,
     /// Routes a message from the instance's half `message.origin`. Returns a [`status`] code.
     pub send: unsafe extern "C" fn(key: u64, message: *const RawMessage) -> u32,

@@ -19,9 +19,11 @@ pub struct EventChannel<T> {
 }
 
 impl<T> EventChannel<T> {
+    /// Declares the event channel called `name`.
     pub const fn new(name: &'static str) -> Self {
         EventChannel { name, _value: PhantomData }
     }
+    /// The channel's name, as it travels on the wire.
     pub const fn name(&self) -> &'static str {
         self.name
     }
@@ -41,9 +43,11 @@ pub struct RequestChannel<Req, Resp> {
 }
 
 impl<Req, Resp> RequestChannel<Req, Resp> {
+    /// Declares the request channel called `name`.
     pub const fn new(name: &'static str) -> Self {
         RequestChannel { name, _types: PhantomData }
     }
+    /// The channel's name, as it travels on the wire.
     pub const fn name(&self) -> &'static str {
         self.name
     }
@@ -58,6 +62,7 @@ impl<Req, Resp> Copy for RequestChannel<Req, Resp> {}
 
 /// Anything that names a broadcast channel carrying `T`: an [`EventChannel<T>`] or a `&str`.
 pub trait EventChannelName<T: ?Sized> {
+    /// The channel's name.
     fn channel_name(&self) -> &str;
 }
 
@@ -81,6 +86,7 @@ impl<T: ?Sized> EventChannelName<T> for String {
 
 /// Anything that names a request channel from `Req` to `Resp`: a [`RequestChannel`] or a `&str`.
 pub trait RequestChannelName<Req: ?Sized, Resp> {
+    /// The channel's name.
     fn channel_name(&self) -> &str;
 }
 

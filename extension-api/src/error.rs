@@ -9,13 +9,17 @@ use serde::de::DeserializeOwned;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("invoke on channel `{channel}` failed ({kind}): {message}")]
 pub struct InvokeError {
+    /// What went wrong.
     pub kind: InvokeErrorKind,
+    /// The channel that was invoked.
     pub channel: String,
+    /// A description of the failure (for [`InvokeErrorKind::Handler`], the error's text).
     pub message: String,
     data: Option<Vec<u8>>,
 }
 
 impl InvokeError {
+    /// An error of `kind` on `channel`, without handler data.
     pub fn new(kind: InvokeErrorKind, channel: impl Into<String>, message: impl Into<String>) -> Self {
         InvokeError { kind, channel: channel.into(), message: message.into(), data: None }
     }
@@ -114,14 +118,35 @@ impl fmt::Display for InvokeErrorKind {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum IpcError {
+    /// The value could not be encoded as MessagePack.
     #[error("cannot serialize the value for channel `{channel}`: {reason}")]
-    Serialize { channel: String, reason: String },
+    Serialize {
+        /// The channel the value was for.
+        channel: String,
+        /// The serializer's error message.
+        reason: String,
+    },
+    /// The channel already has a handler in this half.
     #[error("channel `{channel}` already has a handler; dispose it before registering another")]
-    AlreadyHandled { channel: String },
+    AlreadyHandled {
+        /// The channel that is already handled.
+        channel: String,
+    },
+    /// The half is gone: the extension is inactive or the frame closed.
     #[error("the extension is not active (deactivated, or the frame was closed): `{operation}` refused")]
-    Deactivated { operation: &'static str },
+    Deactivated {
+        /// The refused operation (`"listen"`, `"broadcast"`, ...).
+        operation: &'static str,
+    },
+    /// The host refused to route the message.
     #[error("the host refused the message on channel `{channel}` (status {status})")]
-    Refused { channel: String, status: u32 },
+    Refused {
+        /// The channel of the refused message.
+        channel: String,
+        /// The [`crate::abi::status`] code the host returned.
+        status: u32,
+    },
+    /// `Main::get` or `Renderer::current` was called outside a running half; holds the reason.
     #[error("{0}")]
     NoContext(&'static str),
 }

@@ -9,18 +9,33 @@ use crate::ipc::{Main, Renderer};
 ///
 /// `activate` builds the half's state from its IPC handle; `deactivate` consumes it. Whatever
 /// `activate` registered or spawned through the handle is removed after `deactivate` anyway.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a main half",
+    label = "implement `extension_api::MainExtension` for `{Self}`",
+    note = "a main half is a type with `async fn activate(ipc: Main) -> Result<Self, BoxError>`"
+)]
 pub trait MainExtension: Sized + Send + 'static {
+    /// Starts the main half with its IPC handle; an error leaves the extension inactive.
     fn activate(ipc: Main) -> impl Future<Output = Result<Self, BoxError>> + Send;
 
+    /// Stops the main half, within the host's timeout. Does nothing by default.
     fn deactivate(self) -> impl Future<Output = ()> + Send {
         async {}
     }
 }
 
 /// The renderer half of an extension: runs once in every open frame.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a renderer half",
+    label = "implement `extension_api::RendererExtension` for `{Self}`",
+    note = "a renderer half is a type with `async fn activate(ipc: Renderer) -> Result<Self, BoxError>`"
+)]
 pub trait RendererExtension: Sized + Send + 'static {
+    /// Starts the renderer half in one frame with its IPC handle.
     fn activate(ipc: Renderer) -> impl Future<Output = Result<Self, BoxError>> + Send;
 
+    /// Stops the renderer half when its frame closes or the extension is deactivated, within
+    /// the host's timeout. Does nothing by default.
     fn deactivate(self) -> impl Future<Output = ()> + Send {
         async {}
     }
@@ -84,5 +99,11 @@ macro_rules! export_extension {
         #[unsafe(no_mangle)]
         pub static EXTENSION_DESCRIPTOR: $crate::abi::Descriptor =
             $crate::__private::descriptor::<$main, $renderer>($name, env!("CARGO_PKG_VERSION"));
+    };
+    ($($anything:tt)*) => {
+        compile_error!(
+            "export_extension! takes `main = MainType`, optionally `renderer = RendererType`, and \
+             optionally `name = \"...\"` first: export_extension!(main = MyMain, renderer = MyRenderer)"
+        );
     };
 }

@@ -30,6 +30,8 @@
 //!
 //! The modules [`abi`] and [`wire`] are the contract with the host; authors never use them.
 
+#![warn(missing_docs)]
+
 pub mod abi;
 mod channel;
 mod error;

@@ -22,25 +22,62 @@ pub struct InstanceConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Control {
     /// Run the main half's `activate`.
-    ActivateMain { completion: u64 },
+    ActivateMain {
+        /// Number of the command, echoed in its completion.
+        completion: u64,
+    },
     /// Run the main half's `deactivate`, bounded by `timeout_ms`.
-    DeactivateMain { completion: u64, timeout_ms: u64 },
+    DeactivateMain {
+        /// Number of the command, echoed in its completion.
+        completion: u64,
+        /// How long `deactivate` may run, in milliseconds.
+        timeout_ms: u64,
+    },
     /// Create the renderer half for `frame` and run its `activate`.
-    OpenFrame { completion: u64, frame: Peer },
+    OpenFrame {
+        /// Number of the command, echoed in its completion.
+        completion: u64,
+        /// The frame to open the renderer half in.
+        frame: Peer,
+    },
     /// Run the renderer half's `deactivate` for `frame` (bounded), then drop everything it had.
-    CloseFrame { completion: u64, frame: Peer, timeout_ms: u64 },
+    CloseFrame {
+        /// Number of the command, echoed in its completion.
+        completion: u64,
+        /// The frame whose renderer half closes.
+        frame: Peer,
+        /// How long `deactivate` may run, in milliseconds.
+        timeout_ms: u64,
+    },
     /// Report listeners, handlers, pending requests and tasks.
-    Inspect { completion: u64 },
+    Inspect {
+        /// Number of the command, echoed in its completion.
+        completion: u64,
+    },
     /// Tell main which frames its renderer half is open in (for `Main::frames`).
-    SetFrames { completion: u64, frames: Vec<Peer> },
+    SetFrames {
+        /// Number of the command, echoed in its completion.
+        completion: u64,
+        /// Every frame where the renderer half is open.
+        frames: Vec<Peer>,
+    },
     /// Ask main for its store replica (to seed an instance in another process).
-    StoreSnapshot { completion: u64 },
+    StoreSnapshot {
+        /// Number of the command, echoed in its completion.
+        completion: u64,
+    },
     /// Seed the store replica of an instance that has no main half (a renderer process), before
     /// its first frame opens.
-    SeedStore { completion: u64, snapshot: StoreSnapshot },
+    SeedStore {
+        /// Number of the command, echoed in its completion.
+        completion: u64,
+        /// Main's store replica to start from.
+        snapshot: StoreSnapshot,
+    },
 }
 
 impl Control {
+    /// The number the instance answers this command with.
     pub fn completion(&self) -> u64 {
         match self {
             Control::ActivateMain { completion }
@@ -58,33 +95,42 @@ impl Control {
 /// The answer to a [`Control`] command.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub enum Completion {
+    /// The command succeeded.
     Done,
     /// The author's code returned an error.
     Failed {
+        /// The error, with its chain of causes.
         reason: String,
     },
     /// The author's code panicked.
     Panicked {
+        /// The panic message.
         message: String,
     },
     /// The author's code did not finish within the timeout.
     TimedOut {
+        /// The timeout it exceeded, in milliseconds.
         timeout_ms: u64,
     },
+    /// The answer to [`Control::Inspect`].
     Inspected(InstanceSnapshot),
+    /// The answer to [`Control::StoreSnapshot`].
     StoreSnapshot(StoreSnapshot),
 }
 
 /// A store replica at one point of main's sequence.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct StoreSnapshot {
+    /// Every key with its MessagePack value.
     pub values: BTreeMap<String, serde_bytes::ByteBuf>,
+    /// Sequence number of the last write included; 0 before any.
     pub seq: u64,
 }
 
 /// The payload of an error reply: the kind travels in the message's status field.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ErrorPayload {
+    /// A description of the failure, kept as [`crate::InvokeError::message`].
     pub message: String,
     /// The handler's structured error, as MessagePack.
     #[serde(with = "serde_bytes", default)]
@@ -94,6 +140,7 @@ pub struct ErrorPayload {
 /// What an instance reports about itself.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct InstanceSnapshot {
+    /// Every half running in the instance.
     pub halves: Vec<HalfSnapshot>,
     /// Tasks alive on the instance's runtime, the instance's own dispatcher excluded.
     pub tasks: usize,
@@ -106,6 +153,7 @@ pub struct InstanceSnapshot {
 /// One half (main, or the renderer half of one frame) of an instance.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct HalfSnapshot {
+    /// Which half: [`crate::abi::PEER_MAIN`] or a frame number.
     pub peer: Peer,
     /// Number of listeners per channel.
     pub listeners: BTreeMap<String, usize>,
@@ -117,8 +165,9 @@ pub struct HalfSnapshot {
     pub running_handlers: usize,
     /// Tasks spawned through the half's handle and still alive.
     pub tasks: usize,
-    /// Keys in the half's store replica, and the last sequence number it applied.
+    /// Keys in the half's store replica.
     pub store_keys: usize,
+    /// The last store sequence number the half's replica applied.
     pub store_seq: u64,
     /// Store watchers.
     pub watchers: usize,
@@ -129,6 +178,7 @@ pub struct HalfSnapshot {
 pub struct StoreWrite {
     /// Chosen by the writer, to recognise its own write when it comes back sequenced.
     pub write_id: u64,
+    /// The key to write.
     pub key: String,
     /// The new MessagePack value; `None` deletes the key.
     #[serde(with = "serde_bytes", default)]
@@ -140,11 +190,16 @@ pub struct StoreWrite {
 pub struct StoreUpdate {
     /// 1 for the first write of an activation, then +1 per write.
     pub seq: u64,
+    /// The key written.
     pub key: String,
+    /// The MessagePack value before the write; `None` if the key was absent.
     #[serde(with = "serde_bytes", default)]
     pub old: Option<Vec<u8>>,
+    /// The MessagePack value after the write; `None` if the write deleted the key.
     #[serde(with = "serde_bytes", default)]
     pub new: Option<Vec<u8>>,
+    /// The half that made the write.
     pub writer: Peer,
+    /// The writer's [`StoreWrite::write_id`] (0 for main's own writes).
     pub write_id: u64,
 }

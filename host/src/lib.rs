@@ -13,6 +13,7 @@ mod library;
 mod link;
 mod private_dir;
 pub mod remote;
+pub mod testing;
 
 pub use error::{HostError, LoadError};
 pub use events::{HostEvent, LogRecord, ObservedBroadcast};
@@ -23,5 +24,8 @@ pub use host::{
 pub use library::{LibraryInfo, check};
 
 pub use extension_api::wire::{HalfSnapshot, InstanceSnapshot};
+
+/// The version of `extension-api` this host was built with.
+pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub use extension_api::{FrameId, InvokeError, InvokeErrorKind, Sender};
 pub use tracing::level_filters::LevelFilter;

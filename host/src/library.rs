@@ -77,16 +77,57 @@ fn check_file(path: &Path) -> Result<(), LoadError> {
     if !metadata.is_file() {
         return Err(LoadError::NotALibrary { path: path.to_owned(), reason: "it is not a regular file".into() });
     }
-    let mut magic = [0u8; 4];
-    let read = std::fs::File::open(path).and_then(|mut file| std::io::Read::read(&mut file, &mut magic));
+    let mut header = [0u8; 20];
+    let read = std::fs::File::open(path).and_then(|mut file| std::io::Read::read(&mut file, &mut header));
     let read = read.map_err(|error| LoadError::Unreadable { path: path.to_owned(), reason: error.to_string() })?;
-    if cfg!(target_os = "linux") && (read < 4 || magic != *b"\x7fELF") {
-        return Err(LoadError::NotALibrary {
-            path: path.to_owned(),
-            reason: "the file has no ELF header; expected a `.so` built from a cdylib crate".into(),
-        });
+    if let Some(reason) = wrong_platform(&header[..read]) {
+        return Err(LoadError::NotALibrary { path: path.to_owned(), reason });
     }
     Ok(())
+}
+
+/// Why a file's header says it cannot be a library for this host, in plain words; `None` if
+/// it looks like one (the loader has the last word).
+fn wrong_platform(header: &[u8]) -> Option<String> {
+    if !cfg!(target_os = "linux") {
+        return None;
+    }
+    match header {
+        [0x7f, b'E', b'L', b'F', class, ..] if *class != 2 => {
+            Some("it is a 32-bit ELF file; this host loads 64-bit libraries".into())
+        }
+        [0x7f, b'E', b'L', b'F', _, _, _, _, _, _, _, _, _, _, _, _, _, _, machine_lo, machine_hi, ..] => {
+            let machine = u16::from_le_bytes([*machine_lo, *machine_hi]);
+            let ours: u16 = match std::env::consts::ARCH {
+                "x86_64" => 62,
+                "aarch64" => 183,
+                "riscv64" => 243,
+                _ => return None,
+            };
+            (machine != ours).then(|| {
+                let theirs = match machine {
+                    3 => "x86 (32-bit)",
+                    40 => "ARM (32-bit)",
+                    62 => "x86_64",
+                    183 => "aarch64",
+                    243 => "riscv64",
+                    _ => "another architecture",
+                };
+                format!(
+                    "it is built for {theirs} (ELF machine {machine}); this host runs on {}",
+                    std::env::consts::ARCH
+                )
+            })
+        }
+        [0x7f, b'E', b'L', b'F', ..] => None,
+        [0xcf, 0xfa, 0xed, 0xfe, ..] | [0xce, 0xfa, 0xed, 0xfe, ..] | [0xca, 0xfe, 0xba, 0xbe, ..] => {
+            Some("it is a Mach-O file (a macOS `.dylib`); this host runs on Linux and loads `.so` files".into())
+        }
+        [b'M', b'Z', ..] => {
+            Some("it is a Windows executable or DLL; this host runs on Linux and loads `.so` files".into())
+        }
+        _ => Some("the file has no ELF header; expected a `.so` built from a cdylib crate".into()),
+    }
 }
 
 fn read_info(path: &Path, descriptor: &'static Descriptor) -> Result<LibraryInfo, LoadError> {
@@ -116,4 +157,32 @@ fn read_info(path: &Path, descriptor: &'static Descriptor) -> Result<LibraryInfo
 /// Loads `path` and reports what it is, for `host check`.
 pub fn check(path: &Path) -> Result<LibraryInfo, LoadError> {
     load(path).map(|library| library.info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wrong_platform;
+
+    fn elf(class: u8, machine: u16) -> Vec<u8> {
+        let mut header = vec![0x7f, b'E', b'L', b'F', class, 1, 1, 0];
+        header.resize(18, 0);
+        header.extend_from_slice(&machine.to_le_bytes());
+        header
+    }
+
+    #[test]
+    fn headers_of_other_platforms_are_named() {
+        let ours = match std::env::consts::ARCH {
+            "aarch64" => 183,
+            _ => 62,
+        };
+        assert_eq!(wrong_platform(&elf(2, ours)), None);
+        assert!(wrong_platform(&elf(1, ours)).unwrap().contains("32-bit ELF"));
+        let other = if ours == 62 { 183 } else { 62 };
+        assert!(wrong_platform(&elf(2, other)).unwrap().contains("ELF machine"));
+        assert!(wrong_platform(&[0xcf, 0xfa, 0xed, 0xfe, 7, 0, 0, 1]).unwrap().contains("Mach-O"));
+        assert!(wrong_platform(b"MZ\x90\0").unwrap().contains("Windows"));
+        assert!(wrong_platform(b"#!/bin/sh\n").unwrap().contains("no ELF header"));
+        assert!(wrong_platform(b"").unwrap().contains("no ELF header"));
+    }
 }

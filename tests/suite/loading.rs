@@ -106,3 +106,23 @@ pub fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[test]
+fn the_check_command_names_a_wrong_platform() {
+    let dir = tempdir();
+    let mach_o = dir.join("libmac.dylib.so");
+    std::fs::write(&mach_o, [0xcf, 0xfa, 0xed, 0xfe, 7, 0, 0, 1, 3, 0, 0, 0]).unwrap();
+    let output = std::process::Command::new(support::host_binary()).arg("check").arg(&mach_o).output().unwrap();
+    assert!(!output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("Mach-O") && stdout.contains("this host runs on Linux"), "{stdout}");
+
+    let other_arch = dir.join("libarm.so");
+    let mut header = vec![0x7f, b'E', b'L', b'F', 2, 1, 1, 0];
+    header.resize(18, 0);
+    let machine: u16 = if std::env::consts::ARCH == "aarch64" { 62 } else { 183 };
+    header.extend_from_slice(&machine.to_le_bytes());
+    std::fs::write(&other_arch, &header).unwrap();
+    let error = check(&other_arch).unwrap_err().to_string();
+    assert!(error.contains(&format!("ELF machine {machine}")), "{error}");
+}

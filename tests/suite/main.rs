@@ -6,6 +6,7 @@
 #[macro_use]
 mod support;
 
+mod author;
 mod console;
 mod crashes;
 mod exposed;
@@ -14,4 +15,5 @@ mod gluon;
 mod ipc;
 mod lifecycle;
 mod loading;
+mod macros;
 mod store;

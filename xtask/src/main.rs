@@ -5,6 +5,7 @@
 //! - `test`: the whole test suite (`cargo test --workspace`).
 //! - `bench`: builds in release and runs the benchmark table (`BENCHMARKS.md`).
 //! - `ci`: what CI runs: formatting, clippy with warnings denied, the test suite.
+//! - `new-extension NAME`: scaffolds a working extension crate with a test.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -35,8 +36,17 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
-    /// Run everything CI checks: fmt, clippy (warnings denied), tests.
+    /// Run everything CI checks: fmt, clippy and rustdoc (warnings denied), tests.
     Ci,
+    /// Scaffold a working extension crate (both halves, a listener, a handler, an exposed
+    /// function, a store value, and a test).
+    NewExtension {
+        /// The crate name (letters, digits, `-`).
+        name: String,
+        /// Where to create it; defaults to `sample-extensions/NAME`, added to the workspace.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// The sample extensions the demo runs: `hello` and its twin with the same channel names,
@@ -48,9 +58,18 @@ fn main() -> Result<()> {
         Task::Demo { seconds } => demo(seconds),
         Task::Test => cargo(&["test", "--workspace"]),
         Task::Bench { quick } => bench(quick),
+        Task::NewExtension { name, dir } => new_extension(&name, dir),
         Task::Ci => {
             cargo(&["fmt", "--all", "--", "--check"])?;
             cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+            let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
+                .current_dir(workspace_root())
+                .args(["doc", "--workspace", "--no-deps"])
+                .env("RUSTDOCFLAGS", "-D warnings")
+                .status()?;
+            if !status.success() {
+                bail!("cargo doc found warnings");
+            }
             cargo(&["test", "--workspace"])
         }
     }
@@ -98,6 +117,64 @@ fn bench(quick: bool) -> Result<()> {
         runner.arg("--quick");
     }
     run(&mut runner)
+}
+
+fn new_extension(name: &str, dir: Option<PathBuf>) -> Result<()> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') || name.starts_with('-') {
+        bail!("`{name}` is not a usable crate name: use ASCII letters, digits and `-`");
+    }
+    let root = workspace_root();
+    let in_workspace = dir.is_none();
+    let dir = dir.unwrap_or_else(|| root.join("sample-extensions").join(name));
+    if dir.exists() && std::fs::read_dir(&dir)?.next().is_some() {
+        bail!("`{}` already exists and is not empty", dir.display());
+    }
+    std::fs::create_dir_all(dir.join("src"))?;
+    std::fs::create_dir_all(dir.join("tests"))?;
+    let snake = name.replace('-', "_");
+    let camel: String = name
+        .split('-')
+        .map(|part| {
+            let mut chars = part.chars();
+            chars.next().map(|first| first.to_ascii_uppercase().to_string() + chars.as_str()).unwrap_or_default()
+        })
+        .collect();
+    let (api, host, workspace) = if in_workspace {
+        ("../../extension-api".to_owned(), "../../host".to_owned(), String::new())
+    } else {
+        let absolute = |crate_dir: &str| root.join(crate_dir).display().to_string();
+        // Outside this workspace: a workspace of its own, so no parent one claims it.
+        (absolute("extension-api"), absolute("host"), "\n[workspace]\n".to_owned())
+    };
+    let fill = |template: &str| {
+        template
+            .replace("{{name}}", name)
+            .replace("{{snake}}", &snake)
+            .replace("{{Camel}}", &camel)
+            .replace("{{api}}", &api)
+            .replace("{{host}}", &host)
+            .replace("{{workspace}}", &workspace)
+    };
+    std::fs::write(dir.join("Cargo.toml"), fill(include_str!("../templates/Cargo.toml.txt")))?;
+    std::fs::write(dir.join("src/lib.rs"), fill(include_str!("../templates/lib.rs.txt")))?;
+    std::fs::write(dir.join("tests/extension.rs"), fill(include_str!("../templates/test.rs.txt")))?;
+    if in_workspace {
+        let manifest = root.join("Cargo.toml");
+        let text = std::fs::read_to_string(&manifest)?;
+        let member = format!("    \"sample-extensions/{name}\",\n");
+        let text = text.replacen("members = [\n", &format!("members = [\n{member}"), 1);
+        std::fs::write(&manifest, text)?;
+    } else {
+        // Same dependency versions as this workspace, so nothing is resolved afresh.
+        std::fs::copy(root.join("Cargo.lock"), dir.join("Cargo.lock"))?;
+    }
+    println!("created `{name}` in {}", dir.display());
+    println!("  test it:  cargo test --manifest-path {}", dir.join("Cargo.toml").display());
+    println!(
+        "  run it:   cargo build --manifest-path {} && host run <its .so> --console",
+        dir.join("Cargo.toml").display()
+    );
+    Ok(())
 }
 
 fn workspace_root() -> PathBuf {

@@ -37,6 +37,7 @@ impl Disposer {
         Disposer { target: Target::Group(disposers), disposed: AtomicBool::new(false) }
     }
 
+    /// Removes the registration now; later calls do nothing.
     pub fn dispose(&self) {
         if self.disposed.swap(true, Ordering::AcqRel) {
             return;

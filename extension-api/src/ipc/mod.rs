@@ -69,13 +69,16 @@ impl fmt::Display for Sender {
 /// A broadcast as a listener receives it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event<T> {
+    /// The half that broadcast it.
     pub sender: Sender,
+    /// The broadcast value, decoded as the listener's type.
     pub value: T,
 }
 
 /// What a handler learns about a request besides its value.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RequestMeta {
+    /// The half that sent the request.
     pub sender: Sender,
 }
 
@@ -128,6 +131,8 @@ impl Main {
     /// Answers renderers' `invoke`s on `channel`. One handler per channel: a second `handle`
     /// is [`IpcError::AlreadyHandled`] until the first is disposed. An `Err(e)` reaches the
     /// caller as [`InvokeErrorKind::Handler`] with `e`'s text and `e` itself as data.
+    ///
+    /// [`InvokeErrorKind::Handler`]: crate::InvokeErrorKind::Handler
     pub fn handle<Req, Resp, E, C, F, Fut>(&self, channel: C, handler: F) -> Result<Disposer, IpcError>
     where
         Req: DeserializeOwned + Send + 'static,

@@ -35,9 +35,11 @@ pub struct StoreKey<T> {
 }
 
 impl<T> StoreKey<T> {
+    /// Declares the store key called `name`.
     pub const fn new(name: &'static str) -> Self {
         StoreKey { name, _value: PhantomData }
     }
+    /// The key's name, as it appears in the store.
     pub const fn name(&self) -> &'static str {
         self.name
     }
@@ -52,6 +54,7 @@ impl<T> Copy for StoreKey<T> {}
 
 /// Anything that names a store key holding `T`: a [`StoreKey<T>`] or a `&str`.
 pub trait StoreKeyName<T: ?Sized> {
+    /// The key's name.
     fn key_name(&self) -> &str;
 }
 
@@ -71,21 +74,51 @@ impl<T: ?Sized> StoreKeyName<T> for &str {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
+    /// The value could not be encoded as MessagePack.
     #[error("cannot store `{key}`: the value cannot be serialized: {reason}")]
-    Serialize { key: String, reason: String },
+    Serialize {
+        /// The key being written.
+        key: String,
+        /// The serializer's error message.
+        reason: String,
+    },
+    /// The encoded value is over [`STORE_VALUE_LIMIT`].
     #[error("cannot store `{key}`: the value is {size} bytes encoded, over the {limit}-byte limit")]
-    TooLarge { key: String, size: usize, limit: usize },
+    TooLarge {
+        /// The key being written.
+        key: String,
+        /// Size of the encoded value, in bytes.
+        size: usize,
+        /// The limit it exceeds, in bytes.
+        limit: usize,
+    },
+    /// The stored value does not decode as the requested type.
     #[error("the value of `{key}` does not decode as {expected}: {reason}")]
-    Decode { key: String, expected: &'static str, reason: String },
+    Decode {
+        /// The key being read.
+        key: String,
+        /// Name of the type it was decoded as.
+        expected: &'static str,
+        /// The decoder's error message.
+        reason: String,
+    },
+    /// The half's replica no longer exists: the extension is inactive or the frame closed.
     #[error("the store is gone: the extension is not active or the frame was closed")]
     Deactivated,
+    /// Main did not sequence a renderer's write in time.
     #[error("main did not sequence the write of `{key}` within {timeout:?}")]
-    TimedOut { key: String, timeout: Duration },
+    TimedOut {
+        /// The key being written.
+        key: String,
+        /// How long the write waited.
+        timeout: Duration,
+    },
 }
 
 /// One applied write, as a watcher sees it on its replica.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoreChange {
+    /// The key written.
     pub key: String,
     /// Who wrote it.
     pub writer: Sender,

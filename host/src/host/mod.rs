@@ -363,6 +363,18 @@ impl Host {
         async move { sent?.await }
     }
 
+    /// The extension's store as main holds it: each key's MessagePack value.
+    pub async fn store_values(&self, name: &str) -> Result<BTreeMap<String, Vec<u8>>, HostError> {
+        let link = self.active_link(name)?;
+        let main = link.endpoint_of(PEER_MAIN).ok_or_else(|| HostError::UnknownExtension(name.to_owned()))?;
+        match main.control(|completion| Control::StoreSnapshot { completion }, INSPECT_TIMEOUT).await {
+            Ok(Completion::StoreSnapshot(snapshot)) => {
+                Ok(snapshot.values.into_iter().map(|(key, value)| (key, value.into_vec())).collect())
+            }
+            _ => Err(HostError::Refused { name: name.to_owned(), status: extension_api::abi::status::DEACTIVATED }),
+        }
+    }
+
     /// A snapshot of every extension and frame.
     pub async fn inspect(&self) -> HostSnapshot {
         let entries: Vec<(ExtensionSnapshot, Option<Arc<Link>>)> = lock(&self.inner.extensions)

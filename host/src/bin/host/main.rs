@@ -88,6 +88,16 @@ fn check(path: &std::path::Path) -> ExitCode {
             println!("  abi version:   {}", info.abi_version);
             println!("  extension-api: {}", info.api_version);
             println!("  build:         {}", if info.debug_build { "debug" } else { "release" });
+            if info.debug_build && !cfg!(debug_assertions) {
+                println!("note: a debug build in a release host works, but runs slower; build it with --release");
+            }
+            if info.api_version != extension_host::API_VERSION {
+                println!(
+                    "note: built with extension-api {} (this host has {}); the ABI matches, so it loads",
+                    info.api_version,
+                    extension_host::API_VERSION
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(error) => {

@@ -1,0 +1,5 @@
+struct NotAnExtension;
+
+extension_api::export_extension!(main = NotAnExtension);
+
+fn main() {}
