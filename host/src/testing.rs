@@ -24,10 +24,11 @@ use extension_api::FrameId;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::broadcast::Receiver;
+use tokio::sync::broadcast::error::RecvError;
 
 use crate::error::{HostError, LoadError};
 use crate::events::{LogRecord, ObservedBroadcast};
-use crate::{Host, HostConfig, InvokeError};
+use crate::{Host, HostConfig, InvokeError, Sender};
 
 /// How long a harness call waits for something to happen before it fails the test.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -45,6 +46,8 @@ pub enum TestError {
     TimedOut { what: String },
     #[error("the value of `{what}` does not decode: {reason}")]
     Decode { what: String, reason: String },
+    #[error("{missed} {what} were missed: the test read them too slowly (the harness keeps 4096)")]
+    Lagged { what: &'static str, missed: u64 },
 }
 
 /// One extension running in a host of its own, with its log and broadcasts recorded.
@@ -65,8 +68,15 @@ impl TestHost {
         let deps = exe.parent().map(Path::to_owned).unwrap_or_default();
         let file =
             format!("{}{}{}", std::env::consts::DLL_PREFIX, name.replace('-', "_"), std::env::consts::DLL_SUFFIX);
-        let uplifted = deps.parent().map(|profile| profile.join(&file)).unwrap_or_default();
-        if uplifted.exists() { uplifted } else { deps.join(file) }
+        // `cargo test` refreshes the one in `deps/`; a `cargo build` copy may be older.
+        let candidates = [deps.join(&file), deps.parent().map(|profile| profile.join(&file)).unwrap_or_default()];
+        let modified = |path: &PathBuf| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        candidates
+            .iter()
+            .filter(|path| path.exists())
+            .max_by_key(|path| modified(path))
+            .cloned()
+            .unwrap_or_else(|| deps.join(file))
     }
 
     /// Loads and activates the extension at `library`, with no frame open yet. Its log records
@@ -77,6 +87,8 @@ impl TestHost {
     }
 
     /// [`TestHost::start`] with a configuration of your own (timeouts, child program, ...).
+    /// To use child-process frames or isolation from a test, set `child_program` to a `host`
+    /// binary: the default, the running executable, is the test binary.
     pub async fn start_with(library: impl AsRef<Path>, config: HostConfig) -> Result<TestHost, TestError> {
         let host = Host::new(config);
         let logs = host.logs();
@@ -115,20 +127,24 @@ impl TestHost {
         Ok(self.host.broadcast(&self.name, channel, value)?)
     }
 
-    /// The next broadcast on `channel` (from any half), decoded as `T`.
+    /// The next broadcast on `channel` sent by the extension (main or a frame; not the test's
+    /// own `broadcast`s), decoded as `T`.
     pub async fn next_broadcast<T: DeserializeOwned>(&mut self, channel: &str) -> Result<T, TestError> {
         let name = self.name.clone();
         let wait = async {
             loop {
                 match self.broadcasts.recv().await {
-                    Ok(seen) if seen.extension == name && seen.channel == channel => return Some(seen),
-                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(_) => return None,
+                    Ok(seen) if seen.extension == name && seen.channel == channel && seen.sender() != Sender::Host => {
+                        return Ok(seen);
+                    }
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(missed)) => return Err(TestError::Lagged { what: "broadcasts", missed }),
+                    Err(RecvError::Closed) => return Err(TestError::TimedOut { what: "a broadcast".into() }),
                 }
             }
         };
-        let seen = tokio::time::timeout(WAIT, wait).await.ok().flatten();
-        let seen = seen.ok_or_else(|| TestError::TimedOut { what: format!("a broadcast on `{channel}`") })?;
+        let timed_out = || TestError::TimedOut { what: format!("a broadcast on `{channel}`") };
+        let seen = tokio::time::timeout(WAIT, wait).await.map_err(|_| timed_out())??;
         seen.value().map_err(|error| TestError::Decode { what: channel.to_owned(), reason: error.to_string() })
     }
 
@@ -138,14 +154,15 @@ impl TestHost {
         let wait = async {
             loop {
                 match self.logs.recv().await {
-                    Ok(record) if record.extension == name && record.message.contains(text) => return Some(record),
-                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(_) => return None,
+                    Ok(record) if record.extension == name && record.message.contains(text) => return Ok(record),
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(missed)) => return Err(TestError::Lagged { what: "log records", missed }),
+                    Err(RecvError::Closed) => return Err(TestError::TimedOut { what: "a log record".into() }),
                 }
             }
         };
-        let found = tokio::time::timeout(WAIT, wait).await.ok().flatten();
-        found.ok_or_else(|| TestError::TimedOut { what: format!("a log record containing {text:?}") })
+        let timed_out = || TestError::TimedOut { what: format!("a log record containing {text:?}") };
+        tokio::time::timeout(WAIT, wait).await.map_err(|_| timed_out())?
     }
 
     /// The value of `key` in the extension's store (main's replica).

@@ -46,6 +46,10 @@ fn the_scaffolder_refuses_bad_names_and_existing_directories() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("not a usable crate name"));
 
+    let output = Command::new(&xtask).args(["new-extension", "host", "--dir"]).arg(tempdir()).output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("already a crate of this workspace"));
+
     let occupied = tempdir();
     std::fs::write(occupied.join("keep.txt"), "mine").unwrap();
     let output = Command::new(&xtask).args(["new-extension", "ok-name", "--dir"]).arg(&occupied).output().unwrap();

@@ -120,10 +120,19 @@ fn bench(quick: bool) -> Result<()> {
 }
 
 fn new_extension(name: &str, dir: Option<PathBuf>) -> Result<()> {
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') || name.starts_with('-') {
-        bail!("`{name}` is not a usable crate name: use ASCII letters, digits and `-`");
+    let starts_with_letter = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic());
+    if !starts_with_letter || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        bail!("`{name}` is not a usable crate name: start with a letter, then ASCII letters, digits and `-`");
     }
+    const RESERVED: &[&str] =
+        &["std", "core", "alloc", "test", "proc-macro", "self", "super", "crate", "extern", "fn", "mod", "type", "use"];
     let root = workspace_root();
+    let manifest_path = root.join("Cargo.toml");
+    let manifest = std::fs::read_to_string(&manifest_path)?;
+    let taken = manifest.contains(&format!("/{name}\"")) || manifest.contains(&format!("\"{name}\""));
+    if RESERVED.contains(&name) || taken {
+        bail!("`{name}` is reserved or already a crate of this workspace: pick another name");
+    }
     let in_workspace = dir.is_none();
     let dir = dir.unwrap_or_else(|| root.join("sample-extensions").join(name));
     if dir.exists() && std::fs::read_dir(&dir)?.next().is_some() {
@@ -159,11 +168,12 @@ fn new_extension(name: &str, dir: Option<PathBuf>) -> Result<()> {
     std::fs::write(dir.join("src/lib.rs"), fill(include_str!("../templates/lib.rs.txt")))?;
     std::fs::write(dir.join("tests/extension.rs"), fill(include_str!("../templates/test.rs.txt")))?;
     if in_workspace {
-        let manifest = root.join("Cargo.toml");
-        let text = std::fs::read_to_string(&manifest)?;
         let member = format!("    \"sample-extensions/{name}\",\n");
-        let text = text.replacen("members = [\n", &format!("members = [\n{member}"), 1);
-        std::fs::write(&manifest, text)?;
+        let updated = manifest.replacen("members = [\n", &format!("members = [\n{member}"), 1);
+        if updated == manifest {
+            bail!("cannot find `members = [` in {}: add `sample-extensions/{name}` by hand", manifest_path.display());
+        }
+        std::fs::write(&manifest_path, updated)?;
     } else {
         // Same dependency versions as this workspace, so nothing is resolved afresh.
         std::fs::copy(root.join("Cargo.lock"), dir.join("Cargo.lock"))?;

@@ -13,7 +13,7 @@ use extension_api::abi::{self, Descriptor, HostVTable, RawMessage, RawSlice};
 use extension_api::wire::{Completion, InstanceConfig};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use super::protocol::{self, Framing, OwnedMessage, PROTOCOL_VERSION, Packet};
 
@@ -65,32 +65,48 @@ fn serve(socket: &Path, token: &str) -> Result<(), String> {
     }
     let writer = stream.try_clone().map_err(|e| e.to_string())?;
     let _ = WRITER.set(Mutex::new(writer));
-    let mut instances: HashMap<u64, Instance> = HashMap::new();
-    // Blocking reads on this thread; extension threads write directly.
+    let instances: Instances = Arc::new(Mutex::new(HashMap::new()));
+    READER.with(|reader| reader.set(true));
+    // Blocking reads on this thread, which never writes (a reader blocked on a full socket
+    // while the host is blocked writing to us would stall both); extension threads and the
+    // threads started below write directly.
     while let Ok(Some(bytes)) = framing.read(&mut stream) {
         match protocol::decode(&bytes) {
-            Ok(packet) => handle(packet, &mut instances),
-            Err(error) => tracing::error!("child: ignoring a malformed packet from the host: {error}"),
+            Ok(packet) => handle(packet, &instances),
+            // The stream can no longer be trusted to be in step with the host.
+            Err(error) => return Err(format!("a malformed packet from the host: {error}")),
         }
     }
     Ok(())
 }
 
-fn handle(packet: Packet, instances: &mut HashMap<u64, Instance>) {
+/// The instances this child runs, by key.
+type Instances = Arc<Mutex<HashMap<u64, Instance>>>;
+
+fn instances_of(instances: &Instances) -> std::sync::MutexGuard<'_, HashMap<u64, Instance>> {
+    instances.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn handle(packet: Packet, instances: &Instances) {
     match packet {
         Packet::Load { key, name, path, max_log_level } => {
-            let answer = match start(key, &name, &path, max_log_level) {
-                Ok(instance) => {
-                    instances.insert(key, instance);
-                    Packet::Loaded { key }
-                }
-                Err(reason) => Packet::LoadFailed { key, reason },
-            };
-            post(answer);
+            // Loading runs library initialisers and may log (a write): off the reader thread.
+            // The host sends nothing for this key until it has the answer.
+            let instances = instances.clone();
+            std::thread::spawn(move || {
+                let answer = match start(key, &name, &path, max_log_level) {
+                    Ok(instance) => {
+                        instances_of(&instances).insert(key, instance);
+                        Packet::Loaded { key }
+                    }
+                    Err(reason) => Packet::LoadFailed { key, reason },
+                };
+                post(answer);
+            });
         }
         Packet::Control { key, command } => {
             let completion = command.completion();
-            let status = match (instances.get(&key), rmp_serde::to_vec_named(&command)) {
+            let status = match (instances_of(instances).get(&key), rmp_serde::to_vec_named(&command)) {
                 // SAFETY: the pointer is live until `Destroy` removes it; `bytes` outlives the call.
                 (Some(instance), Ok(bytes)) => unsafe {
                     (instance.descriptor.control)(instance.pointer.0, RawSlice::new(&bytes))
@@ -104,13 +120,14 @@ fn handle(packet: Packet, instances: &mut HashMap<u64, Instance>) {
             }
         }
         Packet::Message { key, message } => {
-            if let Some(instance) = instances.get(&key) {
+            if let Some(instance) = instances_of(instances).get(&key) {
                 // SAFETY: as above; the message's buffers outlive the call.
                 unsafe { (instance.descriptor.deliver)(instance.pointer.0, &message.raw()) };
             }
         }
         Packet::Destroy { key } => {
-            match instances.remove(&key) {
+            let removed = instances_of(instances).remove(&key);
+            match removed {
                 Some(Instance { descriptor, pointer }) => {
                     // Off the reader thread: destroying joins the instance's thread.
                     std::thread::spawn(move || {
@@ -146,12 +163,27 @@ fn start(key: u64, name: &str, path: &Path, max_log_level: u32) -> Result<Instan
     Ok(Instance { descriptor, pointer: InstancePtr(pointer) })
 }
 
+thread_local! {
+    /// Set on the thread that reads from the host.
+    static READER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 fn post(packet: Packet) -> u32 {
     // Framed here, so an oversized packet is refused to its sender instead of breaking the
     // connection for every instance in this process.
     let Ok(frame) = Framing::default().frame(&packet) else { return abi::status::TOO_LARGE };
+    // The reader thread never blocks on a write (answers to commands are completed on it):
+    // it hands the write to a thread of its own.
+    if READER.with(std::cell::Cell::get) {
+        std::thread::spawn(move || write_frame(&frame));
+        return abi::status::OK;
+    }
+    write_frame(&frame)
+}
+
+fn write_frame(frame: &[u8]) -> u32 {
     let Some(writer) = WRITER.get() else { return abi::status::DEACTIVATED };
-    let written = writer.lock().unwrap_or_else(PoisonError::into_inner).write_all(&frame);
+    let written = writer.lock().unwrap_or_else(PoisonError::into_inner).write_all(frame);
     match written {
         Ok(()) => abi::status::OK,
         // The host is gone.

@@ -177,8 +177,12 @@ impl Connection {
         let reason = loop {
             match framing.read(&mut stream) {
                 Ok(Some(bytes)) => {
-                    if let Err(violation) = self.receive(&bytes) {
-                        break format!("protocol violation: {violation}");
+                    let received = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.receive(&bytes)));
+                    match received {
+                        Ok(Ok(())) => {}
+                        Ok(Err(violation)) => break format!("protocol violation: {violation}"),
+                        // Whatever failed, the connection must still be cleaned up.
+                        Err(_) => break "the host failed while handling a packet from the child".to_owned(),
                     }
                 }
                 Ok(None) => break "the connection closed".to_owned(),
@@ -251,6 +255,8 @@ impl Connection {
             return;
         }
         let expected = self.retiring.load(Ordering::Acquire);
+        // Ends the reader thread too, even if the child lingers.
+        self.shut_socket();
         let child = lock(&self.child).take();
         if let Some(mut child) = child {
             let _ = child.start_kill();
@@ -278,6 +284,10 @@ impl Connection {
         }
         lock(&self.loads).clear();
         lock(&self.destroys).clear();
+    }
+
+    fn shut_socket(&self) {
+        let _ = lock(&self.writer).shutdown(std::net::Shutdown::Both);
     }
 
     fn kill_now_unexpected(&self) {
@@ -322,9 +332,11 @@ impl Connection {
         match written {
             Ok(()) => abi::status::OK,
             Err(error) => {
-                // Broken, or hung with a full buffer: either way the child is lost. Its reader
-                // thread sees the end once the child is killed.
+                // Broken, or hung with a full buffer: either way the child is lost. A partial
+                // frame may have been written, so nothing more may follow it: shut the socket
+                // (its reader thread sees the end) and end the child.
                 tracing::warn!(role = ?self.role, "cannot write to the child: {error}");
+                self.shut_socket();
                 self.kill_now_unexpected();
                 abi::status::DEACTIVATED
             }

@@ -99,6 +99,8 @@ impl OwnedMessage {
 pub struct Framing {
     codec: LengthDelimitedCodec,
     buffer: BytesMut,
+    /// Bytes of a frame not yet complete have been read (the codec may hold its length prefix).
+    in_frame: bool,
 }
 
 impl Default for Framing {
@@ -106,6 +108,7 @@ impl Default for Framing {
         Framing {
             codec: LengthDelimitedCodec::builder().max_frame_length(MAX_PACKET).new_codec(),
             buffer: BytesMut::new(),
+            in_frame: false,
         }
     }
 }
@@ -124,23 +127,29 @@ impl Framing {
     pub fn read(&mut self, stream: &mut impl Read) -> io::Result<Option<BytesMut>> {
         loop {
             if let Some(frame) = self.codec.decode(&mut self.buffer)? {
+                self.in_frame = !self.buffer.is_empty();
                 return Ok(Some(frame));
             }
             // Read straight into the buffer, as much as the frame still needs (the codec has
-            // reserved it) or 64 KiB: large frames take few reads and no extra copy.
+            // reserved it), between 64 KiB and 1 MiB at a time: large frames take few reads.
             let start = self.buffer.len();
-            let want = (self.buffer.capacity() - start).max(64 * 1024);
+            let want = (self.buffer.capacity() - start).clamp(64 << 10, 1 << 20);
             self.buffer.resize(start + want, 0);
             let read = stream.read(&mut self.buffer[start..]);
             self.buffer.truncate(start + *read.as_ref().unwrap_or(&0));
-            let read = read?;
+            let read = match read {
+                Ok(read) => read,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error),
+            };
             if read == 0 {
-                return if self.buffer.is_empty() {
-                    Ok(None)
-                } else {
+                return if self.in_frame || !self.buffer.is_empty() {
                     Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the stream ended inside a frame"))
+                } else {
+                    Ok(None)
                 };
             }
+            self.in_frame = true;
         }
     }
 }
@@ -190,6 +199,10 @@ mod tests {
         assert_eq!(decode(&framing.read(&mut stream).unwrap().unwrap()).unwrap(), packet);
         assert_eq!(decode(&framing.read(&mut stream).unwrap().unwrap()).unwrap(), Packet::Destroyed { key: 4 });
         assert!(framing.read(&mut stream).unwrap().is_none());
+
+        // A stream that ends right after a length prefix ended inside a frame.
+        let mut cut = std::io::Cursor::new(8u32.to_be_bytes().to_vec());
+        assert!(Framing::default().read(&mut cut).is_err());
 
         let mut oversized = std::io::Cursor::new(0x7fff_fff0u32.to_be_bytes().to_vec());
         let error = Framing::default().read(&mut oversized).unwrap_err();
