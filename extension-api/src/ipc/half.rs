@@ -78,7 +78,7 @@ impl HalfHandle {
         C: EventChannelName<T>,
     {
         let channel = channel.channel_name();
-        let payload = rmp_serde::to_vec_named(value)
+        let payload = crate::runtime::encode(value)
             .map_err(|error| IpcError::Serialize { channel: channel.to_owned(), reason: error.to_string() })?;
         let shared = self.shared("broadcast")?;
         // A handle kept from a closed (or reloaded) frame must not speak for the new half.
@@ -117,7 +117,7 @@ impl HalfHandle {
                     (InvokeErrorKind::Deserialize, ErrorPayload { message, data: None })
                 })?;
                 match future.await {
-                    Ok(response) => rmp_serde::to_vec_named(&response).map_err(|error| {
+                    Ok(response) => crate::runtime::encode(&response).map_err(|error| {
                         let message = format!("the reply on `{name}` cannot be serialized: {error}");
                         (InvokeErrorKind::Serialize, ErrorPayload { message, data: None })
                     }),
@@ -153,7 +153,7 @@ impl HalfHandle {
         C: RequestChannelName<Req, Resp>,
     {
         let channel = channel.channel_name().to_owned();
-        let started = rmp_serde::to_vec_named(value)
+        let started = crate::runtime::encode(value)
             .map_err(|error| InvokeError::new(InvokeErrorKind::Serialize, &channel, error.to_string()))
             .and_then(|payload| self.start_invoke(target, channel, &payload));
         async move {

@@ -22,3 +22,11 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         "panic with a non-string payload".to_owned()
     }
 }
+
+/// Encodes a value as MessagePack with named fields (what crosses between halves), into a
+/// buffer sized for the small values most messages carry, so it rarely grows.
+pub(crate) fn encode<T: serde::Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    let mut buffer = Vec::with_capacity(64);
+    value.serialize(&mut rmp_serde::Serializer::new(&mut buffer).with_struct_map())?;
+    Ok(buffer)
+}
