@@ -68,3 +68,8 @@ pub mod __private {
         }
     }
 }
+
+/// The README's example extension, compiled as a doc test so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeExample;
