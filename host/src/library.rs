@@ -44,7 +44,12 @@ pub(crate) fn load(path: &Path) -> Result<Library, LoadError> {
     // for; an extension is trusted code in process (isolation is what child processes are for).
     let opened = unsafe { libloading::Library::new(&copy) };
     // The mapping outlives the file: the copy served only to give the loader a fresh name.
-    drop(dir);
+    // (Profilers need the file to name the library's functions: keep it when asked to.)
+    if std::env::var_os("EXTENSION_HOST_KEEP_COPIES").is_some() {
+        std::mem::forget(dir);
+    } else {
+        drop(dir);
+    }
     let library =
         opened.map_err(|error| LoadError::NotALibrary { path: path.to_owned(), reason: error.to_string() })?;
     // Never unmapped: leaked for the life of the process.
