@@ -9,9 +9,10 @@ use crate::abi::{self, ABI_VERSION, Descriptor, HostVTable, InstancePtr, RawMess
 use crate::error::BoxError;
 use crate::extension::{MainExtension, RendererExtension};
 use crate::ipc::{Main, Renderer};
-use crate::runtime::instance::{Envelope, Factory, Instance};
+use crate::runtime::instance::{Factory, Instance};
 use crate::runtime::logging;
 use crate::runtime::state::Deactivator;
+use crate::wire::OwnedMessage;
 use crate::wire::{Control, InstanceConfig};
 
 /// The descriptor for an extension with main half `M` and renderer half `R`.
@@ -101,8 +102,12 @@ unsafe extern "C" fn deliver(instance: InstancePtr, message: *const RawMessage) 
         let Some(instance) = (unsafe { instance.cast::<Instance>().as_ref() }) else {
             return abi::status::INVALID;
         };
-        // SAFETY: the host keeps `message` and its buffers valid for this call.
-        match unsafe { Envelope::copy_from(message) } {
+        // SAFETY: null is refused by `as_ref`; the host keeps `message` valid for this call.
+        let Some(message) = (unsafe { message.as_ref() }) else {
+            return abi::status::INVALID;
+        };
+        // SAFETY: the host keeps the message's buffers valid for this call.
+        match unsafe { OwnedMessage::copy(message) } {
             Some(envelope) => instance.shared.enqueue(envelope),
             None => abi::status::INVALID,
         }

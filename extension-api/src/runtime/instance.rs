@@ -18,7 +18,7 @@ use crate::ipc::{Main, Renderer, Sender};
 use crate::runtime::context::{self, HalfRef};
 use crate::runtime::panic_message;
 use crate::runtime::state::{Deactivator, Half, HandlerResult, RawEvent, Reply, State};
-use crate::wire::{Completion, Control, ErrorPayload, InstanceConfig, InstanceSnapshot};
+use crate::wire::{Completion, Control, ErrorPayload, InstanceConfig, InstanceSnapshot, OwnedMessage};
 
 /// How long `destroy` waits for the runtime thread to finish dropping tasks.
 const DESTROY_WAIT: Duration = Duration::from_secs(5);
@@ -30,46 +30,6 @@ pub struct Factory {
     pub(crate) activate_renderer: fn(Renderer) -> BoxFuture<'static, Result<Deactivator, BoxError>>,
 }
 
-/// A message queued for the dispatcher, owned (the host's buffers are only borrowed).
-pub(crate) struct Envelope {
-    kind: u32,
-    status: u32,
-    origin: Peer,
-    target: Peer,
-    request_id: u64,
-    channel: String,
-    payload: Vec<u8>,
-}
-
-impl Envelope {
-    /// Copies a message out of the host's buffers; `None` if they are not valid.
-    ///
-    /// # Safety
-    /// `message` must be null or point to a valid `RawMessage` whose slices satisfy
-    /// [`RawSlice::as_bytes`] for the duration of this call.
-    pub(crate) unsafe fn copy_from(message: *const RawMessage) -> Option<Envelope> {
-        // SAFETY: null-checked by `as_ref`; validity is the caller's contract.
-        let message = unsafe { message.as_ref() }?;
-        // SAFETY: the slices are valid for this call (caller's contract).
-        let channel = unsafe { message.channel.as_bytes() }?;
-        // SAFETY: as above.
-        let payload = unsafe { message.payload.as_bytes() }?;
-        Some(Envelope {
-            kind: message.kind,
-            status: message.status,
-            origin: message.origin,
-            target: message.target,
-            request_id: message.request_id,
-            // Replies and cancels are matched by request id; their channel is not needed.
-            channel: match message.kind {
-                abi::kind::REPLY | abi::kind::CANCEL => String::new(),
-                _ => std::str::from_utf8(channel).ok()?.to_owned(),
-            },
-            payload: payload.to_vec(),
-        })
-    }
-}
-
 /// Everything the halves of an instance share. Handles hold it weakly, so a handle leaked past
 /// deactivation finds nothing and fails cleanly.
 pub(crate) struct Shared {
@@ -77,7 +37,7 @@ pub(crate) struct Shared {
     key: u64,
     pub(crate) name: String,
     pub(crate) runtime: tokio::runtime::Handle,
-    mailbox: mpsc::UnboundedSender<Envelope>,
+    mailbox: mpsc::UnboundedSender<OwnedMessage>,
     state: Mutex<State>,
     factory: Factory,
     next_id: AtomicU64,
@@ -173,14 +133,14 @@ impl Shared {
     }
 
     /// Queues a message from the host. Never runs author code on the calling thread.
-    pub(crate) fn enqueue(&self, envelope: Envelope) -> u32 {
+    pub(crate) fn enqueue(&self, envelope: OwnedMessage) -> u32 {
         match self.mailbox.send(envelope) {
             Ok(()) => abi::status::OK,
             Err(_) => abi::status::DEACTIVATED,
         }
     }
 
-    fn dispatch(self: &Arc<Self>, envelope: Envelope) {
+    fn dispatch(self: &Arc<Self>, envelope: OwnedMessage) {
         match envelope.kind {
             abi::kind::BROADCAST => self.dispatch_broadcast(&envelope),
             abi::kind::INVOKE => self.dispatch_invoke(envelope),
@@ -211,7 +171,7 @@ impl Shared {
         }
     }
 
-    fn dispatch_broadcast(self: &Arc<Self>, envelope: &Envelope) {
+    fn dispatch_broadcast(self: &Arc<Self>, envelope: &OwnedMessage) {
         let mut targets = Vec::new();
         {
             let state = self.state();
@@ -249,8 +209,8 @@ impl Shared {
         }
     }
 
-    fn dispatch_invoke(self: &Arc<Self>, envelope: Envelope) {
-        let Envelope { origin, target, request_id, channel, payload, .. } = envelope;
+    fn dispatch_invoke(self: &Arc<Self>, envelope: OwnedMessage) {
+        let OwnedMessage { origin, target, request_id, channel, payload, .. } = envelope;
         let handler = {
             let state = self.state();
             state.halves.get(&target).and_then(|half| {
@@ -577,7 +537,7 @@ impl Instance {
     }
 }
 
-async fn dispatch_loop(shared: Arc<Shared>, mut inbox: mpsc::UnboundedReceiver<Envelope>) {
+async fn dispatch_loop(shared: Arc<Shared>, mut inbox: mpsc::UnboundedReceiver<OwnedMessage>) {
     while let Some(envelope) = inbox.recv().await {
         shared.dispatch(envelope);
     }

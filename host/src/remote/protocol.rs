@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use bytes::{Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
-use extension_api::abi::{Peer, RawMessage, RawSlice};
+pub use extension_api::wire::OwnedMessage;
 use extension_api::wire::{Completion, Control};
 use serde::{Deserialize, Serialize};
 
@@ -44,54 +44,6 @@ pub enum Packet {
     Destroy { key: u64 },
     /// Child to host: the instance is gone.
     Destroyed { key: u64 },
-}
-
-/// A [`RawMessage`] that owns its buffers, for the socket.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OwnedMessage {
-    pub kind: u32,
-    pub status: u32,
-    pub origin: Peer,
-    pub target: Peer,
-    pub request_id: u64,
-    pub channel: String,
-    #[serde(with = "serde_bytes")]
-    pub payload: Vec<u8>,
-}
-
-impl OwnedMessage {
-    /// Copies a borrowed message; `None` if its buffers are invalid.
-    ///
-    /// # Safety
-    /// The slices of `message` must be valid for this call (or null with length 0).
-    pub unsafe fn copy(message: &RawMessage) -> Option<OwnedMessage> {
-        // SAFETY: the caller's contract.
-        let channel = unsafe { message.channel.as_bytes() }?;
-        // SAFETY: the caller's contract.
-        let payload = unsafe { message.payload.as_bytes() }?;
-        Some(OwnedMessage {
-            kind: message.kind,
-            status: message.status,
-            origin: message.origin,
-            target: message.target,
-            request_id: message.request_id,
-            channel: String::from_utf8(channel.to_vec()).ok()?,
-            payload: payload.to_vec(),
-        })
-    }
-
-    /// Borrows it as a [`RawMessage`] for one call.
-    pub fn raw(&self) -> RawMessage {
-        RawMessage {
-            kind: self.kind,
-            status: self.status,
-            origin: self.origin,
-            target: self.target,
-            request_id: self.request_id,
-            channel: RawSlice::new(self.channel.as_bytes()),
-            payload: RawSlice::new(&self.payload),
-        }
-    }
 }
 
 /// Length-delimited frames on a blocking stream (tokio-util's codec, driven synchronously so
