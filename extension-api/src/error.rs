@@ -63,6 +63,9 @@ pub enum InvokeErrorKind {
     Serialize,
     /// The request or reply value did not decode as the expected type.
     Deserialize,
+    /// The receiving side's mailbox is full: it is slower than its callers. Nothing was run;
+    /// the request can be retried later.
+    Overloaded,
 }
 
 impl InvokeErrorKind {
@@ -78,6 +81,18 @@ impl InvokeErrorKind {
             InvokeErrorKind::ConnectionLost => 106,
             InvokeErrorKind::Serialize => 107,
             InvokeErrorKind::Deserialize => 108,
+            InvokeErrorKind::Overloaded => 109,
+        }
+    }
+
+    /// Why a request the host (or a child process) refused to route failed, from the refusal's
+    /// [`crate::abi::status`] code.
+    pub const fn from_refusal(status: u32) -> Self {
+        match status {
+            crate::abi::status::BUSY => InvokeErrorKind::Overloaded,
+            crate::abi::status::NO_SUCH_PEER => InvokeErrorKind::FrameClosed,
+            crate::abi::status::TOO_LARGE => InvokeErrorKind::Serialize,
+            _ => InvokeErrorKind::Deactivated,
         }
     }
 
@@ -93,6 +108,7 @@ impl InvokeErrorKind {
             106 => InvokeErrorKind::ConnectionLost,
             107 => InvokeErrorKind::Serialize,
             108 => InvokeErrorKind::Deserialize,
+            109 => InvokeErrorKind::Overloaded,
             _ => return None,
         })
     }
@@ -110,6 +126,7 @@ impl fmt::Display for InvokeErrorKind {
             InvokeErrorKind::ConnectionLost => "connection lost",
             InvokeErrorKind::Serialize => "value failed to serialize",
             InvokeErrorKind::Deserialize => "value failed to deserialize",
+            InvokeErrorKind::Overloaded => "receiver overloaded",
         })
     }
 }

@@ -9,12 +9,35 @@ use serde::{Deserialize, Serialize};
 use crate::abi::{self, Peer, RawMessage, RawSlice};
 
 /// What the host tells an instance when it starts it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceConfig {
     /// The extension's name, for thread names and log records.
     pub name: String,
     /// Most verbose level the host will print: 0 off, 1 error ... 5 trace.
     pub max_log_level: u32,
+    /// How much may wait in the instance's mailbox.
+    #[serde(default)]
+    pub mailbox: MailboxLimit,
+}
+
+/// Bounds an instance's mailbox: the messages queued for its thread. Past either bound, a
+/// broadcast to the instance is dropped (and counted), and a request or store write to it is
+/// refused with [`crate::InvokeErrorKind::Overloaded`]. Replies, cancels and store updates are
+/// always queued: they answer messages already accepted, and dropping one would leave a request
+/// waiting or a replica diverged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailboxLimit {
+    /// Most messages queued.
+    pub messages: u64,
+    /// Most bytes (channel names and payloads) queued. A single message larger than this is
+    /// still taken when the mailbox is empty.
+    pub bytes: u64,
+}
+
+impl Default for MailboxLimit {
+    fn default() -> Self {
+        MailboxLimit { messages: 65_536, bytes: 64 << 20 }
+    }
 }
 
 /// A lifecycle or query command from the host. Each carries the number the instance answers
@@ -148,6 +171,15 @@ pub struct InstanceSnapshot {
     pub decode_failures: u64,
     /// Listener calls that panicked.
     pub listener_panics: u64,
+    /// Messages waiting in the mailbox right now.
+    #[serde(default)]
+    pub queued_messages: u64,
+    /// Broadcasts dropped because the mailbox was full (see [`MailboxLimit`]).
+    #[serde(default)]
+    pub dropped_broadcasts: u64,
+    /// Requests and store writes refused because the mailbox was full.
+    #[serde(default)]
+    pub refused_requests: u64,
 }
 
 /// One half (main, or the renderer half of one frame) of an instance.
@@ -249,6 +281,11 @@ impl OwnedMessage {
             },
             payload: payload.to_vec(),
         })
+    }
+
+    /// The bytes it holds (channel name and payload): what a mailbox counts.
+    pub fn size(&self) -> u64 {
+        (self.channel.len() + self.payload.len()) as u64
     }
 
     /// Borrows it as a [`RawMessage`] for one call.

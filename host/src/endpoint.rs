@@ -115,10 +115,9 @@ impl Endpoint {
     pub(crate) fn start_local(
         link: &Arc<Link>,
         descriptor: &'static Descriptor,
-        max_log_level: u32,
+        config: &InstanceConfig,
     ) -> Result<Arc<Endpoint>, StartError> {
-        let config = InstanceConfig { name: link.name.clone(), max_log_level };
-        let config = rmp_serde::to_vec_named(&config).map_err(|_| StartError::Refused)?;
+        let config = rmp_serde::to_vec_named(config).map_err(|_| StartError::Refused)?;
         let endpoint = Arc::new(Endpoint {
             key: next_key(),
             link: Arc::downgrade(link),
@@ -150,7 +149,7 @@ impl Endpoint {
         link: &Arc<Link>,
         connection: &Arc<Connection>,
         path: &Path,
-        max_log_level: u32,
+        config: InstanceConfig,
         timeout: Duration,
     ) -> Result<Arc<Endpoint>, StartError> {
         let endpoint = Arc::new(Endpoint {
@@ -161,7 +160,7 @@ impl Endpoint {
             destroyed: AtomicBool::new(false),
         });
         connection.register(endpoint.key, Arc::downgrade(&endpoint));
-        match connection.load(endpoint.key, &link.name, path, max_log_level, timeout).await {
+        match connection.load(endpoint.key, path, config, timeout).await {
             Ok(()) => Ok(endpoint),
             Err(reason) => {
                 connection.unregister(endpoint.key);

@@ -23,7 +23,7 @@ pub use host::{
 };
 pub use library::{LibraryInfo, check};
 
-pub use extension_api::wire::{HalfSnapshot, InstanceSnapshot};
+pub use extension_api::wire::{HalfSnapshot, InstanceSnapshot, MailboxLimit};
 
 /// The version of `extension-api` this host was built with.
 pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -146,6 +146,18 @@ impl Link {
         }
     }
 
+    /// Answers a request from another process that could not be routed (`status`), so its
+    /// invoker learns why at once instead of waiting for its timeout. (A caller in this process
+    /// gets the status back from its own `send`.)
+    pub(crate) fn refuse_invoke(&self, message: &RawMessage, status: u32) {
+        let kind = InvokeErrorKind::from_refusal(status);
+        let why = match kind {
+            InvokeErrorKind::Overloaded => "the receiver's mailbox is full".to_owned(),
+            _ => format!("the host refused the request (status {status})"),
+        };
+        self.reply_error(message.target, message.origin, message.request_id, kind, &why);
+    }
+
     fn reply_error(&self, from: Peer, to: Peer, request_id: u64, kind: InvokeErrorKind, message: &str) {
         let payload = ErrorPayload { message: message.to_owned(), data: None };
         let bytes = rmp_serde::to_vec_named(&payload).unwrap_or_default();
@@ -323,8 +335,12 @@ impl Link {
         let mut guard = HostRequestGuard { link: self, request_id, armed: status == abi::status::OK };
         async move {
             if !guard.armed {
-                let message = format!("`{}` is not active", guard.link.name);
-                return Err(InvokeError::new(InvokeErrorKind::Deactivated, channel, message));
+                let kind = InvokeErrorKind::from_refusal(status);
+                let message = match kind {
+                    InvokeErrorKind::Overloaded => format!("the mailbox of `{}`'s main half is full", guard.link.name),
+                    _ => format!("`{}` is not active", guard.link.name),
+                };
+                return Err(InvokeError::new(kind, channel, message));
             }
             let reply = match tokio::time::timeout(timeout, receiver).await {
                 Err(_) => {

@@ -14,6 +14,7 @@ mod frames;
 mod gluon;
 mod ipc;
 mod lifecycle;
+mod load;
 mod loading;
 mod macros;
 mod store;

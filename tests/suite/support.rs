@@ -26,6 +26,7 @@ const CRATES: &[&str] = &[
     "reload-v1",
     "reload-v2",
     "rogue-child",
+    "swarm",
     "xtask",
 ];
 
@@ -60,6 +61,37 @@ pub fn artifacts() -> &'static Path {
 pub fn library(name: &str) -> PathBuf {
     let file = format!("{}{}{}", std::env::consts::DLL_PREFIX, name.replace('-', "_"), std::env::consts::DLL_SUFFIX);
     artifacts().join(file)
+}
+
+/// `count` distinct extensions from one build of the `swarm` fixture: copies of its library
+/// with the placeholder name overwritten (`swarm-001`, `swarm-002`, ...). Returns the paths.
+pub fn swarm(count: usize) -> Vec<PathBuf> {
+    const PLACEHOLDER: &[u8] = b"swarm-000";
+    let original = std::fs::read(library("swarm")).expect("the swarm library was built");
+    let dir = crate::loading::tempdir();
+    (1..=count)
+        .map(|n| {
+            let name = format!("swarm-{n:03}");
+            assert_eq!(name.len(), PLACEHOLDER.len(), "at most 999 copies");
+            let mut bytes = original.clone();
+            let mut stamped = 0;
+            let mut at = 0;
+            while let Some(found) = bytes[at..].windows(PLACEHOLDER.len()).position(|w| w == PLACEHOLDER) {
+                bytes[at + found..at + found + PLACEHOLDER.len()].copy_from_slice(name.as_bytes());
+                at += found + PLACEHOLDER.len();
+                stamped += 1;
+            }
+            assert!(stamped > 0, "the placeholder name is in the library");
+            let path = dir.join(format!(
+                "{}{}{}",
+                std::env::consts::DLL_PREFIX,
+                name.replace('-', "_"),
+                std::env::consts::DLL_SUFFIX
+            ));
+            std::fs::write(&path, bytes).expect("the copy is written");
+            path
+        })
+        .collect()
 }
 
 pub fn host_binary() -> PathBuf {

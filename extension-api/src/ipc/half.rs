@@ -190,15 +190,12 @@ impl HalfHandle {
         };
         if status != abi::status::OK {
             guard.forget();
-            let kind = match status {
-                abi::status::NO_SUCH_PEER => InvokeErrorKind::FrameClosed,
-                _ => InvokeErrorKind::Deactivated,
+            let kind = InvokeErrorKind::from_refusal(status);
+            let why = match kind {
+                InvokeErrorKind::Overloaded => "the receiver's mailbox is full".to_owned(),
+                _ => format!("the host refused the request (status {status})"),
             };
-            return Err(InvokeError::new(
-                kind,
-                guard.channel.as_str(),
-                format!("the host refused the request (status {status})"),
-            ));
+            return Err(InvokeError::new(kind, guard.channel.as_str(), why));
         }
         Ok(PendingInvoke { guard, receiver })
     }

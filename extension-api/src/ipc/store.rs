@@ -105,6 +105,13 @@ pub enum StoreError {
     /// The half's replica no longer exists: the extension is inactive or the frame closed.
     #[error("the store is gone: the extension is not active or the frame was closed")]
     Deactivated,
+    /// Main's mailbox is full (main is slower than the writes reaching it); nothing was
+    /// written. A writer in another process is not told at once: its write times out.
+    #[error("cannot store `{key}`: main's mailbox is full")]
+    Overloaded {
+        /// The key being written.
+        key: String,
+    },
     /// Main did not sequence a renderer's write in time.
     #[error("main did not sequence the write of `{key}` within {timeout:?}")]
     TimedOut {
@@ -259,6 +266,9 @@ impl Store {
         if status != abi::status::OK {
             if let Some(half) = shared.state().half_mut(peer, generation) {
                 half.store_pending.remove(&write_id);
+            }
+            if status == abi::status::BUSY {
+                return Err(StoreError::Overloaded { key });
             }
             return Err(StoreError::Deactivated);
         }

@@ -18,7 +18,7 @@ use crate::ipc::{Main, Renderer, Sender};
 use crate::runtime::context::{self, HalfRef};
 use crate::runtime::panic_message;
 use crate::runtime::state::{Deactivator, Half, HandlerResult, RawEvent, Reply, State};
-use crate::wire::{Completion, Control, ErrorPayload, InstanceConfig, InstanceSnapshot, OwnedMessage};
+use crate::wire::{Completion, Control, ErrorPayload, InstanceConfig, InstanceSnapshot, MailboxLimit, OwnedMessage};
 
 /// How long `destroy` waits for the runtime thread to finish dropping tasks.
 const DESTROY_WAIT: Duration = Duration::from_secs(5);
@@ -37,7 +37,9 @@ pub(crate) struct Shared {
     key: u64,
     pub(crate) name: String,
     pub(crate) runtime: tokio::runtime::Handle,
+    /// Unbounded as a channel, bounded by `Mailbox::admit`: see [`MailboxLimit`].
     mailbox: mpsc::UnboundedSender<OwnedMessage>,
+    load: Mailbox,
     state: Mutex<State>,
     factory: Factory,
     next_id: AtomicU64,
@@ -129,14 +131,25 @@ impl Shared {
             tasks: self.runtime.metrics().num_alive_tasks().saturating_sub(1),
             decode_failures: self.decode_failures.load(Ordering::Relaxed),
             listener_panics: self.listener_panics.load(Ordering::Relaxed),
+            queued_messages: self.load.messages.load(Ordering::Relaxed),
+            dropped_broadcasts: self.load.dropped_broadcasts.load(Ordering::Relaxed),
+            refused_requests: self.load.refused_requests.load(Ordering::Relaxed),
         }
     }
 
-    /// Queues a message from the host. Never runs author code on the calling thread.
+    /// Queues a message from the host. Never runs author code on the calling thread, and never
+    /// blocks: a full mailbox refuses what may be refused (`BUSY`), see [`MailboxLimit`].
     pub(crate) fn enqueue(&self, envelope: OwnedMessage) -> u32 {
+        let size = envelope.size();
+        if !self.load.admit(envelope.kind, size) {
+            return abi::status::BUSY;
+        }
         match self.mailbox.send(envelope) {
             Ok(()) => abi::status::OK,
-            Err(_) => abi::status::DEACTIVATED,
+            Err(_) => {
+                self.load.taken(size);
+                abi::status::DEACTIVATED
+            }
         }
     }
 
@@ -485,6 +498,7 @@ impl Instance {
             name: config.name,
             runtime: runtime.handle().clone(),
             mailbox,
+            load: Mailbox::new(config.mailbox),
             state: Mutex::new(State::default()),
             factory,
             next_id: AtomicU64::new(1),
@@ -539,6 +553,74 @@ impl Instance {
 
 async fn dispatch_loop(shared: Arc<Shared>, mut inbox: mpsc::UnboundedReceiver<OwnedMessage>) {
     while let Some(envelope) = inbox.recv().await {
+        shared.load.taken(envelope.size());
         shared.dispatch(envelope);
+        shared.load.report_overflow(&shared.name);
+    }
+}
+
+/// The mailbox's bookkeeping: what is queued, and what was turned away for lack of room.
+struct Mailbox {
+    limit: MailboxLimit,
+    messages: AtomicU64,
+    bytes: AtomicU64,
+    dropped_broadcasts: AtomicU64,
+    refused_requests: AtomicU64,
+    /// Turned away since the dispatcher last said so in the log.
+    unreported: AtomicU64,
+}
+
+impl Mailbox {
+    fn new(limit: MailboxLimit) -> Mailbox {
+        Mailbox {
+            limit,
+            messages: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            dropped_broadcasts: AtomicU64::new(0),
+            refused_requests: AtomicU64::new(0),
+            unreported: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes room for a message of `kind` and `size`, or refuses it (and counts that). Only
+    /// broadcasts, requests and store writes are ever refused: everything else answers a
+    /// message already accepted, so it is bounded by those, and losing it would leave a
+    /// request waiting or a replica diverged.
+    fn admit(&self, kind: u32, size: u64) -> bool {
+        let messages = self.messages.fetch_add(1, Ordering::AcqRel);
+        let bytes = self.bytes.fetch_add(size, Ordering::AcqRel);
+        let refusable = matches!(kind, abi::kind::BROADCAST | abi::kind::INVOKE | abi::kind::STORE_WRITE);
+        // An empty mailbox takes any one message, however large.
+        let full = messages > 0 && (messages >= self.limit.messages || bytes.saturating_add(size) > self.limit.bytes);
+        if !(refusable && full) {
+            return true;
+        }
+        self.taken(size);
+        let counter = if kind == abi::kind::BROADCAST { &self.dropped_broadcasts } else { &self.refused_requests };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.unreported.fetch_add(1, Ordering::Relaxed);
+        false
+    }
+
+    /// Gives back the room of a message that left the mailbox.
+    fn taken(&self, size: u64) {
+        self.messages.fetch_sub(1, Ordering::AcqRel);
+        self.bytes.fetch_sub(size, Ordering::AcqRel);
+    }
+
+    /// Logs what was turned away, from the instance's own thread, once per overflow: when the
+    /// mailbox has drained (so whoever reads the warning knows there is room again).
+    fn report_overflow(&self, name: &str) {
+        if self.unreported.load(Ordering::Relaxed) == 0 || self.messages.load(Ordering::Acquire) != 0 {
+            return;
+        }
+        let turned_away = self.unreported.swap(0, Ordering::Relaxed);
+        tracing::warn!(
+            "`{name}` is slower than what is sent to it: its mailbox was full ({} messages or {} bytes), \
+             so {turned_away} message(s) were turned away (broadcasts dropped, requests and store \
+             writes refused as overloaded)",
+            self.limit.messages,
+            self.limit.bytes,
+        );
     }
 }

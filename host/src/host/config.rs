@@ -4,6 +4,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use extension_api::wire::MailboxLimit;
 use tracing::level_filters::LevelFilter;
 
 /// How the host bounds the code it runs, and how it starts child processes.
@@ -25,6 +26,9 @@ pub struct HostConfig {
     /// How many crashes of one child process (a frame's, or an isolated extension's) the host
     /// restarts within a window; past that it leaves it stopped, with the reason.
     pub crash_budget: CrashBudget,
+    /// How much may wait for each instance's thread; past it, broadcasts to the instance are
+    /// dropped (counted in inspect) and requests refused as overloaded. See [`MailboxLimit`].
+    pub mailbox: MailboxLimit,
 }
 
 impl Default for HostConfig {
@@ -36,6 +40,7 @@ impl Default for HostConfig {
             child_program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("host")),
             child_args: Vec::new(),
             crash_budget: CrashBudget::default(),
+            mailbox: MailboxLimit::default(),
         }
     }
 }

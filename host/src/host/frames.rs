@@ -9,7 +9,7 @@ use extension_api::wire::{Completion, Control};
 use extension_api::{FrameId, InvokeErrorKind};
 
 use super::config::CrashLog;
-use super::{Frame, FrameKind, GRACE, Host, completion_problem, level_number, millis, tell_frames};
+use super::{Frame, FrameKind, GRACE, Host, completion_problem, millis, tell_frames};
 use crate::core::lock;
 use crate::endpoint::Endpoint;
 use crate::error::HostError;
@@ -87,10 +87,10 @@ impl Host {
             .map(|entry| entry.library.info.path.clone())
             .ok_or("the extension was uninstalled")?;
         let config = &self.inner.config;
-        let level = level_number(config.max_log_level);
-        let endpoint = Endpoint::start_remote(link, &process, &path, level, config.activate_timeout)
-            .await
-            .map_err(|error| error.to_string())?;
+        let endpoint =
+            Endpoint::start_remote(link, &process, &path, self.instance_config(&link.name), config.activate_timeout)
+                .await
+                .map_err(|error| error.to_string())?;
         link.add_endpoint(endpoint.clone());
         // The renderer process's replica starts from main's, before any frame opens there.
         let snapshot = main.control(|completion| Control::StoreSnapshot { completion }, config.activate_timeout).await;

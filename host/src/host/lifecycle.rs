@@ -7,7 +7,7 @@ use extension_api::InvokeErrorKind;
 use extension_api::abi::PEER_MAIN;
 use extension_api::wire::Control;
 
-use super::{DeactivateReport, ExtensionState, GRACE, Host, completion_problem, level_number, millis, tell_frames};
+use super::{DeactivateReport, ExtensionState, GRACE, Host, completion_problem, millis, tell_frames};
 use crate::core::lock;
 use crate::endpoint::Endpoint;
 use crate::error::HostError;
@@ -36,14 +36,14 @@ impl Host {
             (entry.library.descriptor, entry.library.info.path.clone(), entry.isolated)
         };
         let config = &self.inner.config;
-        let level = level_number(config.max_log_level);
+        let instance_config = self.instance_config(name);
         let link = Link::new(name, self.inner.core.clone());
         let (main, process) = if isolated {
             let process = match self.spawn_child(Role::Isolated(name.to_owned())).await {
                 Ok(process) => process,
                 Err(error) => return Err(self.fail_activation(name, error.to_string())),
             };
-            match Endpoint::start_remote(&link, &process, &path, level, config.activate_timeout).await {
+            match Endpoint::start_remote(&link, &process, &path, instance_config, config.activate_timeout).await {
                 Ok(main) => (main, Some(process)),
                 Err(error) => {
                     process.retire().await;
@@ -51,7 +51,7 @@ impl Host {
                 }
             }
         } else {
-            match Endpoint::start_local(&link, descriptor, level) {
+            match Endpoint::start_local(&link, descriptor, &instance_config) {
                 Ok(main) => (main, None),
                 Err(error) => return Err(self.fail_activation(name, error.to_string())),
             }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use extension_api::abi::PEER_MAIN;
-use extension_api::wire::{Completion, Control, InstanceSnapshot};
+use extension_api::wire::{Completion, Control, InstanceConfig, InstanceSnapshot};
 use extension_api::{FrameId, InvokeError, InvokeErrorKind};
 use futures_util::future::BoxFuture;
 use serde::Serialize;
@@ -435,6 +435,9 @@ async fn inspect_link(link: &Link) -> InstanceSnapshot {
             merged.halves.extend(instance.halves);
             merged.tasks += instance.tasks;
             merged.decode_failures += instance.decode_failures;
+            merged.queued_messages += instance.queued_messages;
+            merged.dropped_broadcasts += instance.dropped_broadcasts;
+            merged.refused_requests += instance.refused_requests;
             merged.listener_panics += instance.listener_panics;
         }
     }
@@ -449,6 +452,18 @@ const INSPECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Host {
+    /// What every instance of extension `name` is started with.
+    fn instance_config(&self, name: &str) -> InstanceConfig {
+        let config = &self.inner.config;
+        InstanceConfig {
+            name: name.to_owned(),
+            max_log_level: level_number(config.max_log_level),
+            mailbox: config.mailbox,
+        }
+    }
 }
 
 fn level_number(level: LevelFilter) -> u32 {

@@ -9,10 +9,12 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::OnceLock;
 
+use extension_api::InvokeErrorKind;
 use extension_api::abi::{self, Descriptor, HostVTable, RawMessage, RawSlice};
-use extension_api::wire::{Completion, InstanceConfig};
+use extension_api::wire::{Completion, ErrorPayload, InstanceConfig};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
+use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::protocol::{self, Framing, OwnedMessage, PROTOCOL_VERSION, Packet};
@@ -20,6 +22,15 @@ use super::protocol::{self, Framing, OwnedMessage, PROTOCOL_VERSION, Packet};
 /// The socket to the host, written by whichever thread sends (extension threads call the
 /// vtable below); frames are written whole, under the lock.
 static WRITER: OnceLock<Mutex<UnixStream>> = OnceLock::new();
+
+/// What the reader thread has to send (answers it gives itself: inspect results, refusals),
+/// written in order by one thread of its own, so the reader never blocks on the socket.
+static READER_POSTS: OnceLock<SyncSender<bytes::Bytes>> = OnceLock::new();
+
+/// Bounds `READER_POSTS`. The reader produces at most one post per packet it reads, and the
+/// queue drains as fast as the host reads; reaching the bound means the host stopped reading,
+/// and then the reader waits too (the host ends a child that stops reading).
+const READER_POST_BOUND: usize = 65_536;
 
 static CHILD_VTABLE: HostVTable =
     HostVTable { abi_version: abi::ABI_VERSION, send: child_send, complete: child_complete, log: child_log };
@@ -65,6 +76,16 @@ fn serve(socket: &Path, token: &str) -> Result<(), String> {
     }
     let writer = stream.try_clone().map_err(|e| e.to_string())?;
     let _ = WRITER.set(Mutex::new(writer));
+    let (posts, queued) = std::sync::mpsc::sync_channel::<bytes::Bytes>(READER_POST_BOUND);
+    std::thread::Builder::new()
+        .name("child-writer".into())
+        .spawn(move || {
+            for frame in queued {
+                write_frame(&frame);
+            }
+        })
+        .map_err(|e| format!("cannot start the writer thread: {e}"))?;
+    let _ = READER_POSTS.set(posts);
     let instances: Instances = Arc::new(Mutex::new(HashMap::new()));
     READER.with(|reader| reader.set(true));
     // Blocking reads on this thread, which never writes (a reader blocked on a full socket
@@ -89,12 +110,12 @@ fn instances_of(instances: &Instances) -> std::sync::MutexGuard<'_, HashMap<u64,
 
 fn handle(packet: Packet, instances: &Instances) {
     match packet {
-        Packet::Load { key, name, path, max_log_level } => {
+        Packet::Load { key, path, config } => {
             // Loading runs library initialisers and may log (a write): off the reader thread.
             // The host sends nothing for this key until it has the answer.
             let instances = instances.clone();
             std::thread::spawn(move || {
-                let answer = match start(key, &name, &path, max_log_level) {
+                let answer = match start(key, &path, &config) {
                     Ok(instance) => {
                         instances_of(&instances).insert(key, instance);
                         Packet::Loaded { key }
@@ -120,9 +141,16 @@ fn handle(packet: Packet, instances: &Instances) {
             }
         }
         Packet::Message { key, message } => {
-            if let Some(instance) = instances_of(instances).get(&key) {
+            let raw = message.raw();
+            let status = match instances_of(instances).get(&key) {
                 // SAFETY: as above; the message's buffers outlive the call.
-                unsafe { (instance.descriptor.deliver)(instance.pointer.0, &message.raw()) };
+                Some(instance) => unsafe { (instance.descriptor.deliver)(instance.pointer.0, &raw) },
+                None => abi::status::UNKNOWN_INSTANCE,
+            };
+            // A refused request is answered at once (its invoker would otherwise wait for its
+            // timeout); a dropped broadcast is counted by the instance.
+            if status != abi::status::OK && raw.kind == abi::kind::INVOKE {
+                post(refusal(key, &message, status));
             }
         }
         Packet::Destroy { key } => {
@@ -146,13 +174,13 @@ fn handle(packet: Packet, instances: &Instances) {
     }
 }
 
-fn start(key: u64, name: &str, path: &Path, max_log_level: u32) -> Result<Instance, String> {
+fn start(key: u64, path: &Path, config: &InstanceConfig) -> Result<Instance, String> {
     let library = crate::library::load(path).map_err(|error| error.to_string())?;
-    if library.info.name != name {
+    let name = &config.name;
+    if library.info.name != *name {
         return Err(format!("`{}` now holds extension `{}`, not `{name}`", path.display(), library.info.name));
     }
-    let config = rmp_serde::to_vec_named(&InstanceConfig { name: name.to_owned(), max_log_level })
-        .map_err(|error| error.to_string())?;
+    let config = rmp_serde::to_vec_named(config).map_err(|error| error.to_string())?;
     let descriptor = library.descriptor;
     // SAFETY: the descriptor's ABI version matched in `load`; the vtable is a static and
     // `config` outlives the call.
@@ -161,6 +189,26 @@ fn start(key: u64, name: &str, path: &Path, max_log_level: u32) -> Result<Instan
         return Err("the library could not start an instance".into());
     }
     Ok(Instance { descriptor, pointer: InstancePtr(pointer) })
+}
+
+/// The error reply to a request the instance `key` could not take.
+fn refusal(key: u64, request: &OwnedMessage, status: u32) -> Packet {
+    let kind = InvokeErrorKind::from_refusal(status);
+    let why = match kind {
+        InvokeErrorKind::Overloaded => "the receiver's mailbox is full".to_owned(),
+        _ => format!("the renderer process refused the request (status {status})"),
+    };
+    let payload = rmp_serde::to_vec_named(&ErrorPayload { message: why, data: None }).unwrap_or_default();
+    let message = OwnedMessage {
+        kind: abi::kind::REPLY,
+        status: kind.code(),
+        origin: request.target,
+        target: request.origin,
+        request_id: request.request_id,
+        channel: String::new(),
+        payload,
+    };
+    Packet::Message { key, message }
 }
 
 thread_local! {
@@ -173,10 +221,12 @@ fn post(packet: Packet) -> u32 {
     // connection for every instance in this process.
     let Ok(frame) = Framing::default().frame(&packet) else { return abi::status::TOO_LARGE };
     // The reader thread never blocks on a write (answers to commands are completed on it):
-    // it hands the write to a thread of its own.
+    // it hands the write to the writer thread.
     if READER.with(std::cell::Cell::get) {
-        std::thread::spawn(move || write_frame(&frame));
-        return abi::status::OK;
+        return match READER_POSTS.get().map(|posts| posts.send(frame)) {
+            Some(Ok(())) => abi::status::OK,
+            _ => abi::status::DEACTIVATED,
+        };
     }
     write_frame(&frame)
 }

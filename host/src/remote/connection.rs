@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use extension_api::abi::{self, RawMessage};
 use extension_api::wire::Control;
+use extension_api::wire::InstanceConfig;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 
@@ -201,7 +202,11 @@ impl Connection {
                 if let Some(endpoint) = self.endpoint(key)?
                     && let Some(link) = endpoint.link.upgrade()
                 {
-                    link.route(&endpoint, &message.raw());
+                    let raw = message.raw();
+                    let status = link.route(&endpoint, &raw);
+                    if status != abi::status::OK && raw.kind == abi::kind::INVOKE {
+                        link.refuse_invoke(&raw, status);
+                    }
                 }
             }
             Packet::Complete { key, completion, result } => {
@@ -358,14 +363,13 @@ impl Connection {
     pub(crate) async fn load(
         &self,
         key: u64,
-        name: &str,
         path: &Path,
-        max_log_level: u32,
+        config: InstanceConfig,
         timeout: Duration,
     ) -> Result<(), String> {
         let (done, loaded) = oneshot::channel();
         lock(&self.loads).insert(key, done);
-        let packet = Packet::Load { key, name: name.to_owned(), path: path.to_owned(), max_log_level };
+        let packet = Packet::Load { key, path: path.to_owned(), config };
         if self.send(packet) != abi::status::OK {
             lock(&self.loads).remove(&key);
             return Err("the child process is gone".into());

@@ -9,11 +9,11 @@ use bytes::{Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
 pub use extension_api::wire::OwnedMessage;
-use extension_api::wire::{Completion, Control};
+use extension_api::wire::{Completion, Control, InstanceConfig};
 use serde::{Deserialize, Serialize};
 
 /// Bump on any change to [`Packet`].
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest packet either side accepts; a longer length prefix closes the connection.
 pub const MAX_PACKET: usize = 16 << 20;
@@ -27,7 +27,7 @@ pub enum Packet {
     /// Host to child: the handshake succeeded.
     Welcome { protocol: u32 },
     /// Host to child: load the library at `path` and start an instance of it under `key`.
-    Load { key: u64, name: String, path: PathBuf, max_log_level: u32 },
+    Load { key: u64, path: PathBuf, config: InstanceConfig },
     /// Child to host: the instance runs.
     Loaded { key: u64 },
     /// Child to host: the library could not be loaded or started.
