@@ -5,6 +5,8 @@
 //! row is compared with its baseline measured moments apart, and medians of several rounds
 //! are quoted.
 
+mod soak;
+
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -26,6 +28,9 @@ struct Cli {
     /// Fewer iterations (for a quick look; the figures are noisier).
     #[arg(long)]
     quick: bool,
+    /// Run the soak and leak checks instead of the benchmarks (see `soak.rs`).
+    #[arg(long)]
+    soak: bool,
     /// Only run the in-process invoke loop, this many times (for a profiler).
     #[arg(long, hide = true)]
     profile_invoke: Option<u64>,
@@ -53,6 +58,10 @@ struct Outcome {
 
 const ROUNDS: usize = 5;
 
+/// The name of the runtime's threads (workers and blocking pool), so the soak can tell them
+/// from the threads the host starts.
+const RUNTIME_THREADS: &str = "bench-runtime";
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     if let Some(socket) = cli.echo_server {
@@ -62,7 +71,7 @@ fn main() -> Result<()> {
         Some(path) => path,
         None => std::env::current_exe()?.parent().context("the binary has a directory")?.to_owned(),
     };
-    let runtime = tokio::runtime::Runtime::new()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name(RUNTIME_THREADS).build()?;
     if let Some(count) = cli.profile_invoke {
         return runtime.block_on(async {
             let host = bench_host(&artifacts, std::env::var_os("BENCH_CHILD").is_some()).await?;
@@ -72,6 +81,11 @@ fn main() -> Result<()> {
             println!("{:.0} ns per invoke", outcome.nanos as f64 / count as f64);
             anyhow::Ok(())
         });
+    }
+    if cli.soak {
+        runtime.block_on(soak::soak(&artifacts, if cli.quick { 10 } else { 1 }))?;
+        println!("soak: nothing leaked");
+        return Ok(());
     }
     let report = runtime.block_on(measure(&artifacts, cli.quick))?;
     println!("{report}");
@@ -159,20 +173,24 @@ async fn per_op(host: &Host, kind: &str, frame: u64, count: u64, size: usize) ->
 async fn fan_out(host: &Host, count: u64) -> Result<f64> {
     let mut samples = Vec::new();
     for _ in 0..ROUNDS {
-        let mut results = host.logs();
-        let start = Instant::now();
-        host.broadcast("bench", "bench-run", &Run { kind: "fan-out".into(), frame: 0, count, size: 0 })?;
-        let mut done = 0;
-        while done < 5 {
-            let outcome = tokio::time::timeout(Duration::from_secs(600), next_outcome(&mut results)).await??;
-            if outcome.kind == "fan-out" {
-                done += 1;
-            }
-        }
-        let deliveries = (count * 5) as f64;
-        samples.push(deliveries / start.elapsed().as_secs_f64());
+        samples.push(fan_out_once(host, count).await?);
     }
     Ok(median(samples))
+}
+
+/// One fan-out round; deliveries per second.
+async fn fan_out_once(host: &Host, count: u64) -> Result<f64> {
+    let mut results = host.logs();
+    let start = Instant::now();
+    host.broadcast("bench", "bench-run", &Run { kind: "fan-out".into(), frame: 0, count, size: 0 })?;
+    let mut done = 0;
+    while done < 5 {
+        let outcome = tokio::time::timeout(Duration::from_secs(600), next_outcome(&mut results)).await??;
+        if outcome.kind == "fan-out" {
+            done += 1;
+        }
+    }
+    Ok((count * 5) as f64 / start.elapsed().as_secs_f64())
 }
 
 /// The raw Unix-socket ping-pong of `size` bytes with a child process, per round trip.

@@ -239,3 +239,27 @@ async fn wrong_state_calls_are_refused_with_the_state() {
     assert!(matches!(host.close_frame(extension_host::FrameId(42)).await, Err(HostError::UnknownFrame(42))));
     let _ = Duration::ZERO;
 }
+
+#[tokio::test]
+async fn frame_cycles_leave_no_halves_registrations_tasks_or_processes_behind() {
+    let host = support::host_with(&["probe-twin"]).await;
+    let name = "probe-twin";
+    let main_only = host.inspect().await.extension(name).unwrap().instance.clone().unwrap();
+    assert_eq!(main_only.halves.len(), 1);
+    for _ in 0..200 {
+        let frame = host.open_frame().await;
+        host.close_frame(frame).await.unwrap();
+    }
+    for _ in 0..5 {
+        let frame = host.open_child_frame().await.unwrap();
+        let pid = host.inspect().await.frame(frame.0).and_then(|frame| frame.pid).unwrap();
+        host.close_frame(frame).await.unwrap();
+        // Closed means ended and reaped: no process, not even a zombie.
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "renderer process {pid} outlived its frame");
+    }
+    let snapshot = host.inspect().await;
+    let extension = snapshot.extension(name).unwrap();
+    assert_eq!(extension.instance.as_ref().unwrap(), &main_only, "exactly main's registrations and tasks remain");
+    assert_eq!(extension.pending_requests, 0);
+    assert!(extension.frames.is_empty() && snapshot.frames.is_empty());
+}

@@ -4,6 +4,7 @@
 //!   seconds, one frame in process and one in a renderer process: the IPC working, in the log.
 //! - `test`: the whole test suite (`cargo test --workspace`).
 //! - `bench`: builds in release and runs the benchmark table (`BENCHMARKS.md`).
+//! - `soak`: builds in release and runs the soak and leak checks (fails on a leak).
 //! - `ci`: what CI runs: formatting, clippy with warnings denied, the test suite.
 //! - `new-extension NAME`: scaffolds a working extension crate with a test.
 
@@ -36,6 +37,13 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Build in release and run the soak and leak checks: 10,000 activate/deactivate and frame
+    /// cycles, renderer processes, a million messages. Fails if anything leaked.
+    Soak {
+        /// A tenth of the counts: a quick look.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Run everything CI checks: fmt, clippy and rustdoc (warnings denied), tests.
     Ci,
     /// Scaffold a working extension crate (both halves, a listener, a handler, an exposed
@@ -58,6 +66,7 @@ fn main() -> Result<()> {
         Task::Demo { seconds } => demo(seconds),
         Task::Test => cargo(&["test", "--workspace"]),
         Task::Bench { quick } => bench(quick),
+        Task::Soak { quick } => soak(quick),
         Task::NewExtension { name, dir } => new_extension(&name, dir),
         Task::Ci => {
             cargo(&["fmt", "--all", "--", "--check"])?;
@@ -100,12 +109,7 @@ fn demo(seconds: f64) -> Result<()> {
 const BENCH_CRATES: &[&str] = &["host", "bench", "hello", "hello-twin", "gluon", "probe", "ipc-bench"];
 
 fn bench(quick: bool) -> Result<()> {
-    let mut build = vec!["build", "--release"];
-    for name in BENCH_CRATES {
-        build.extend(["-p", name]);
-    }
-    cargo(&build)?;
-    let release = target_dir().join("release");
+    let release = build_release()?;
     let mut runner = Command::new(release.join(format!("ipc-bench{}", std::env::consts::EXE_SUFFIX)));
     runner
         .current_dir(workspace_root())
@@ -117,6 +121,26 @@ fn bench(quick: bool) -> Result<()> {
         runner.arg("--quick");
     }
     run(&mut runner)
+}
+
+fn soak(quick: bool) -> Result<()> {
+    let release = build_release()?;
+    let mut runner = Command::new(release.join(format!("ipc-bench{}", std::env::consts::EXE_SUFFIX)));
+    runner.current_dir(workspace_root()).arg("--artifacts").arg(&release).arg("--soak");
+    if quick {
+        runner.arg("--quick");
+    }
+    run(&mut runner)
+}
+
+/// Builds what the benchmarks and soak need in release; returns where it is.
+fn build_release() -> Result<PathBuf> {
+    let mut build = vec!["build", "--release"];
+    for name in BENCH_CRATES {
+        build.extend(["-p", name]);
+    }
+    cargo(&build)?;
+    Ok(target_dir().join("release"))
 }
 
 fn new_extension(name: &str, dir: Option<PathBuf>) -> Result<()> {
