@@ -5,6 +5,7 @@
 //! - `test`: the whole test suite (`cargo test --workspace`).
 //! - `bench`: builds in release and runs the benchmark table (`BENCHMARKS.md`).
 //! - `soak`: builds in release and runs the soak and leak checks (fails on a leak).
+//! - `memcheck [FILTER...]`: the integration suite under valgrind memcheck (children too).
 //! - `ci`: what CI runs: formatting, clippy with warnings denied, the test suite.
 //! - `new-extension NAME`: scaffolds a working extension crate with a test.
 
@@ -44,6 +45,13 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Run the integration suite under valgrind memcheck, child processes included: every read
+    /// and write across the library boundary and the socket is checked. Fails on any error.
+    Memcheck {
+        /// Only the tests whose names contain one of these (default: all but the compile-error
+        /// and scaffolding tests, which only run cargo).
+        filters: Vec<String>,
+    },
     /// Run everything CI checks: fmt, clippy and rustdoc (warnings denied), tests.
     Ci,
     /// Scaffold a working extension crate (both halves, a listener, a handler, an exposed
@@ -67,6 +75,7 @@ fn main() -> Result<()> {
         Task::Test => cargo(&["test", "--workspace"]),
         Task::Bench { quick } => bench(quick),
         Task::Soak { quick } => soak(quick),
+        Task::Memcheck { filters } => memcheck(&filters),
         Task::NewExtension { name, dir } => new_extension(&name, dir),
         Task::Ci => {
             cargo(&["fmt", "--all", "--", "--check"])?;
@@ -131,6 +140,47 @@ fn soak(quick: bool) -> Result<()> {
         runner.arg("--quick");
     }
     run(&mut runner)
+}
+
+fn memcheck(filters: &[String]) -> Result<()> {
+    let found = Command::new("valgrind").arg("--version").output();
+    if !found.is_ok_and(|output| output.status.success()) {
+        bail!("valgrind is not installed (Debian/Ubuntu: `apt-get install valgrind`)");
+    }
+    // Build the suite and find its executable (cargo names it on stderr).
+    let cargo_program = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let built = Command::new(&cargo_program)
+        .current_dir(workspace_root())
+        .args(["test", "-p", "integration-tests", "--test", "suite", "--no-run"])
+        .output()
+        .context("cannot run cargo")?;
+    let stderr = String::from_utf8_lossy(&built.stderr);
+    if !built.status.success() {
+        bail!("building the suite failed:\n{stderr}");
+    }
+    let suite = stderr
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("Executable suite/main.rs (")?.strip_suffix(')'))
+        .context("cargo did not name the suite's executable")?;
+    let mut command = Command::new("valgrind");
+    command.current_dir(workspace_root().join("tests")).args([
+        "--tool=memcheck",
+        "--error-exitcode=99",
+        "--quiet",
+        // The host's child processes (`host child`) run under memcheck too; the builds the
+        // suite starts do not.
+        "--trace-children=yes",
+        "--trace-children-skip=*/cargo,*/rustc,*/rustup,*/cc,*/ld,*/sh,*/bash,*/git",
+    ]);
+    command.arg(workspace_root().join(suite));
+    if filters.is_empty() {
+        command.args(["--skip", "macros::", "--skip", "author::"]);
+    } else {
+        command.args(filters);
+    }
+    // Memcheck serialises threads; two tests at a time keep it within minutes.
+    command.args(["--test-threads=2"]);
+    run(&mut command)
 }
 
 /// Builds what the benchmarks and soak need in release; returns where it is.
