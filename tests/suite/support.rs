@@ -26,6 +26,7 @@ const CRATES: &[&str] = &[
     "reload-v1",
     "reload-v2",
     "rogue-child",
+    "adversary",
     "xtask",
 ];
 
