@@ -53,6 +53,13 @@ async fn probe_instance(host: &Host) -> extension_api::wire::InstanceSnapshot {
     host.inspect().await.extension("probe").unwrap().instance.clone().unwrap()
 }
 
+/// What another extension's traffic could change in an instance: its halves' registrations,
+/// requests and store, and its counters. (Not its task count, which includes tasks of its own
+/// that are just finishing.)
+fn observable(snapshot: &extension_api::wire::InstanceSnapshot) -> impl PartialEq + std::fmt::Debug + use<> {
+    (snapshot.halves.clone(), snapshot.decode_failures, snapshot.listener_panics)
+}
+
 impl Arena {
     /// Everything the adversary's traffic could have done to the probe, checked: no broadcast
     /// in the probe's name, no record in its name, its registrations and counters as before, its
@@ -82,7 +89,11 @@ impl Arena {
         assert_eq!(probe.pending_requests, 1, "only the host's `hang` request is pending");
         let instance = probe.instance.clone().unwrap();
         assert_eq!(instance.halves[0].running_handlers, 1, "the `hang` handler still runs");
-        assert_eq!(instance, self.probe_before, "the probe's registrations and counters are as they were");
+        assert_eq!(
+            observable(&instance),
+            observable(&self.probe_before),
+            "the probe's registrations and counters are as they were"
+        );
         assert_eq!(snapshot.extension("adversary").unwrap().pending_requests, 0, "nothing left pending");
         assert!(!self.hang.is_finished(), "no forged reply or cancel ended the probe's request");
         let mut pongs = self.host.broadcasts();
@@ -323,6 +334,75 @@ async fn handles_and_a_thread_kept_past_deactivation_act_on_nothing() {
     let log: Vec<String> = host.invoke("probe", SEQ_LOG.name(), &(), FAILSAFE).await.unwrap();
     assert!(log.is_empty());
     expect_pongs(&host, &mut host.broadcasts(), "probe", 0, 2).await;
+}
+
+/// Waits for the report a renderer half of the adversary broadcasts after an attack, and
+/// returns it with every broadcast observed before it.
+async fn frame_report(seen: &mut Receiver<ObservedBroadcast>) -> (Report, Vec<ObservedBroadcast>) {
+    let mut before = Vec::new();
+    let found = tokio::time::timeout(FAILSAFE, async {
+        loop {
+            let broadcast = seen.recv().await.expect("the broadcast stream is open");
+            if broadcast.extension == "adversary" && broadcast.channel == "frame-report" {
+                return broadcast.value::<Report>().unwrap();
+            }
+            before.push(broadcast);
+        }
+    });
+    let report = found.await.expect("the renderer half reports");
+    (report, before)
+}
+
+#[tokio::test]
+async fn in_a_renderer_process_forged_origins_reach_no_one_and_a_forged_key_ends_only_that_process() {
+    let host = support::host_with(&["probe", "adversary"]).await;
+    host.open_frame().await;
+    let frame = support::open_frame(&host, support::Transport::ChildProcess).await;
+    let mut seen = host.broadcasts();
+    let mut events = host.events();
+    let probe_before = probe_instance(&host).await;
+
+    host.broadcast("adversary", "attack-frame", &(frame.0, "forgeries")).unwrap();
+    let (outcome, before) = frame_report(&mut seen).await;
+    // The child relays what is well-formed (it cannot know the host's verdict) and refuses the
+    // rest itself; the host drops every message claiming a half that does not run there.
+    let expected = report(&[
+        ("broadcast-as-main", "OK"),
+        ("broadcast-as-host", "OK"),
+        ("broadcast-as-in-process-frame", "OK"),
+        ("broadcast-as-all", "OK"),
+        ("invoke-as-main", "OK"),
+        ("store-write-as-in-process-frame", "OK"),
+        ("store-update-as-main", "OK"),
+        ("reply-as-main", "OK"),
+        ("null-message", "INVALID"),
+        ("payload-len-2^40", "INVALID"),
+        ("non-utf8-channel", "INVALID"),
+    ]);
+    assert_eq!(outcome, expected);
+    assert!(before.iter().all(|b| b.channel != "adv-forged"), "no forged broadcast was routed");
+    assert_eq!(attack(&host, "forged-count").await, report(&[("adv-forged", "0")]));
+    assert!(events.try_recv().is_err(), "bad origins are dropped, not a reason to cut the connection");
+    assert_eq!(observable(&probe_instance(&host).await), observable(&probe_before));
+    expect_pongs(&host, &mut seen, "probe", 0, 3).await;
+
+    // Another instance's key is a protocol violation: the renderer process is cut off and
+    // restarted. Whatever else ran in it (the probe's frame-2 half) shares its fate, as with a
+    // crash; nothing outside it notices.
+    host.broadcast("adversary", "attack-frame", &(frame.0, "forged-key")).unwrap();
+    let crashed = wait_event(&mut events, |e| matches!(e, HostEvent::FrameCrashed { .. })).await;
+    let HostEvent::FrameCrashed { frame: crashed_frame, reason, restarting } = crashed else { unreachable!() };
+    assert_eq!(crashed_frame, frame.0);
+    assert!(restarting && reason.contains("does not belong to this connection"), "{reason}");
+    wait_event(&mut events, |e| *e == HostEvent::FrameRestarted { frame: frame.0 }).await;
+    let mut seen = host.broadcasts();
+    host.broadcast("probe", PING.name(), &Ping { tag: "after".into() }).unwrap();
+    let pongs = expect_pongs(&host, &mut seen, "probe", 3, 3).await;
+    let mut sides: Vec<String> = pongs.into_iter().map(|p| p.side).collect();
+    sides.sort();
+    assert_eq!(sides, ["frame:1", "frame:2", "main"]);
+    assert_eq!(attack(&host, "forged-count").await, report(&[("adv-forged", "0")]));
+    host.shutdown().await;
 }
 
 /// Waits for the next host event matching `matches`.
