@@ -18,6 +18,11 @@ pub const ABI_VERSION: u32 = 1;
 /// Name of the static every extension library exports (see [`crate::export_extension!`]).
 pub const DESCRIPTOR_SYMBOL: &str = "EXTENSION_DESCRIPTOR";
 
+/// The longest buffer any call across the boundary accepts (1 GiB). A longer length is refused
+/// before a slice is built or anything is read or allocated, whatever the pointer. (A length
+/// within it must still be true: nothing can check a pointer's extent in its own process.)
+pub const MAX_BUFFER: usize = 1 << 30;
+
 /// A borrowed byte buffer: valid for `len` bytes at `ptr` while the call that passes it runs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -37,8 +42,8 @@ impl RawSlice {
         RawSlice { ptr: bytes.as_ptr(), len: bytes.len() }
     }
 
-    /// Views the buffer, refusing a null pointer with a non-zero length and lengths no
-    /// allocation can have.
+    /// Views the buffer, refusing a null pointer with a non-zero length and lengths over
+    /// [`MAX_BUFFER`].
     ///
     /// # Safety
     /// Unless `ptr` is null, it must point to `len` readable bytes that stay valid and unchanged
@@ -47,10 +52,11 @@ impl RawSlice {
         if self.ptr.is_null() {
             return (self.len == 0).then_some(&[]);
         }
-        if self.len > isize::MAX as usize {
+        if self.len > MAX_BUFFER {
             return None;
         }
-        // SAFETY: non-null, length within isize::MAX, and validity for 'a is the caller's contract.
+        // SAFETY: non-null, length within MAX_BUFFER (so within isize::MAX), and validity for
+        // 'a is the caller's contract.
         Some(unsafe { std::slice::from_raw_parts(self.ptr, self.len) })
     }
 }

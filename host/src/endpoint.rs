@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 
 use foldhash::HashMap;
 use std::ffi::c_void;
+use std::hash::{BuildHasher, Hasher};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -79,9 +80,24 @@ static NEXT_COMPLETION: AtomicU64 = AtomicU64::new(1);
 static HOST_VTABLE: HostVTable =
     HostVTable { abi_version: abi::ABI_VERSION, send: host_send, complete: host_complete, log: host_log };
 
-/// A fresh instance key, unique in this process (and so on every connection).
+/// A fresh instance key: unique in this process (and so on every connection), and unguessable.
+/// The key is all a library presents when it calls the host, so it is a capability: a counter
+/// would let a library in this process (or sharing a renderer process) name its neighbour's key
+/// and speak, log and complete commands as another extension.
 pub(crate) fn next_key() -> u64 {
-    NEXT_KEY.fetch_add(1, Ordering::Relaxed)
+    static ISSUED: Mutex<Option<std::collections::HashSet<u64>>> = Mutex::new(None);
+    let mut issued = lock(&ISSUED);
+    let issued = issued.get_or_insert_with(Default::default);
+    loop {
+        // SipHash under a key drawn from the OS's randomness (std's `RandomState`), over a
+        // counter: unpredictable without the secret, which lives only in the host.
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(NEXT_KEY.fetch_add(1, Ordering::Relaxed));
+        let key = hasher.finish();
+        if key != 0 && issued.insert(key) {
+            return key;
+        }
+    }
 }
 
 fn find_local(key: u64) -> Option<Arc<Endpoint>> {
@@ -350,6 +366,11 @@ unsafe extern "C" fn host_send(key: u64, message: *const RawMessage) -> u32 {
 
 unsafe extern "C" fn host_complete(key: u64, completion: u64, result: RawSlice) {
     let _ = catch_unwind(AssertUnwindSafe(|| {
+        // Only an instance of this process completes its own commands (remote ones arrive on
+        // their connection, checked there).
+        if find_local(key).is_none() {
+            return;
+        }
         // SAFETY: the library keeps `result` valid for this call; null/oversized is refused.
         let bytes = unsafe { result.as_bytes() }.unwrap_or_default();
         let result = rmp_serde::from_slice::<Completion>(bytes)

@@ -6,6 +6,7 @@
 #[macro_use]
 mod support;
 
+mod adversary;
 mod author;
 mod console;
 mod crashes;

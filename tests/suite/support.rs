@@ -27,6 +27,7 @@ const CRATES: &[&str] = &[
     "reload-v2",
     "rogue-child",
     "swarm",
+    "adversary",
     "xtask",
 ];
 
