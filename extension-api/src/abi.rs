@@ -13,7 +13,7 @@ use std::ffi::c_void;
 
 /// Version of the layouts in this module. Bump it on any change to them or to the meaning of
 /// a call, a status code or a [`crate::wire`] type.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Name of the static every extension library exports (see [`crate::export_extension!`]).
 pub const DESCRIPTOR_SYMBOL: &str = "EXTENSION_DESCRIPTOR";

@@ -97,6 +97,13 @@ pub enum Control {
         /// Main's store replica to start from.
         snapshot: StoreSnapshot,
     },
+    /// The extension is deactivating: the host routes nothing for it any more and has failed
+    /// the requests it routed; the instance fails the requests between its own halves
+    /// (`Deactivated`) and starts no new ones.
+    StopRouting {
+        /// Number of the command, echoed in its completion.
+        completion: u64,
+    },
 }
 
 impl Control {
@@ -110,7 +117,8 @@ impl Control {
             | Control::Inspect { completion }
             | Control::SetFrames { completion, .. }
             | Control::StoreSnapshot { completion }
-            | Control::SeedStore { completion, .. } => *completion,
+            | Control::SeedStore { completion, .. }
+            | Control::StopRouting { completion } => *completion,
         }
     }
 }
@@ -180,6 +188,10 @@ pub struct InstanceSnapshot {
     /// Requests and store writes refused because the mailbox was full.
     #[serde(default)]
     pub refused_requests: u64,
+    /// Requests between halves of this instance in flight: they never pass through the host,
+    /// so its own count of requests in flight does not include them.
+    #[serde(default)]
+    pub local_requests: u64,
 }
 
 /// One half (main, or the renderer half of one frame) of an instance.

@@ -206,6 +206,18 @@ async fn deactivating_with_requests_in_flight_fails_them_all(transport: Transpor
     wait_logs(&mut logs, "probe", &ended).await;
 }
 
+async fn a_renderers_timeout_stops_mains_handler(transport: Transport) {
+    let host = host_with_frames(transport, &["probe"], 1).await;
+    let mut logs = host.logs();
+    host.broadcast("probe", HANG_BRIEFLY.name(), &50u64).unwrap();
+    wait_log(&mut logs, "probe", |m| m == "hang handler started").await;
+    let ended = ["frame:1 brief hang ended: Timeout".to_owned(), "hang handler dropped".to_owned()];
+    wait_logs(&mut logs, "probe", &ended).await;
+    let probe = host.inspect().await.extension("probe").unwrap().clone();
+    assert_eq!(probe.pending_requests, 0);
+    assert!(probe.instance.unwrap().halves.iter().all(|half| half.running_handlers == 0 && half.pending_requests == 0));
+}
+
 async fn closing_a_frame_fails_its_requests_and_cancels_their_handlers(transport: Transport) {
     let host = host_with_frames(transport, &["probe"], 2).await;
     let mut logs = host.logs();
@@ -339,6 +351,7 @@ conformance!(
     every_invoke_error_kind_keeps_its_kind_and_message,
     deactivating_with_requests_in_flight_fails_them_all,
     closing_a_frame_fails_its_requests_and_cancels_their_handlers,
+    a_renderers_timeout_stops_mains_handler,
     a_listener_of_the_wrong_type_is_skipped_and_reported_while_others_run,
     disposers_remove_exactly_their_registration_and_are_idempotent,
 );

@@ -17,8 +17,8 @@ use crate::abi::{self, PEER_ALL, PEER_MAIN, Peer};
 use crate::channel::{EventChannelName, RequestChannelName};
 use crate::error::{InvokeError, InvokeErrorKind, IpcError};
 use crate::runtime::context::{self, HalfRef};
-use crate::runtime::{HandlerFn, ListenerFn, RawEvent, Reply, Shared};
-use crate::wire::ErrorPayload;
+use crate::runtime::{HandlerFn, ListenerFn, Pending, RawEvent, Reply, Shared};
+use crate::wire::{ErrorPayload, OwnedMessage};
 
 /// The part shared by [`Main`] and [`Renderer`]: one half (one generation of it) of one
 /// instance.
@@ -155,7 +155,7 @@ impl HalfHandle {
         let channel = channel.channel_name().to_owned();
         let started = crate::runtime::encode(value)
             .map_err(|error| InvokeError::new(InvokeErrorKind::Serialize, &channel, error.to_string()))
-            .and_then(|payload| self.start_invoke(target, channel, &payload));
+            .and_then(|payload| self.start_invoke(target, channel, payload));
         async move {
             let request = started?;
             let channel = request.guard.channel.clone();
@@ -167,18 +167,34 @@ impl HalfHandle {
         }
     }
 
-    fn start_invoke(&self, target: Peer, channel: String, payload: &[u8]) -> Result<PendingInvoke, InvokeError> {
+    fn start_invoke(&self, target: Peer, channel: String, payload: Vec<u8>) -> Result<PendingInvoke, InvokeError> {
         let deactivated =
             || InvokeError::new(InvokeErrorKind::Deactivated, channel.as_str(), "the extension is not active");
         let shared = self.shared.upgrade().ok_or_else(deactivated)?;
         let request_id = shared.next_id();
-        let (sender, receiver) = oneshot::channel();
-        {
+        let (reply, receiver) = oneshot::channel();
+        let local = {
             let mut state = shared.state();
+            let local = Shared::is_local_route(&state, self.peer, target);
             let half = state.half_mut(self.peer, self.generation).ok_or_else(deactivated)?;
-            half.pending.insert(request_id, sender);
-        }
-        let status = shared.send(abi::kind::INVOKE, 0, self.peer, target, request_id, &channel, payload);
+            half.pending.insert(request_id, Pending { reply, target, local });
+            local
+        };
+        // Within the instance, the request goes straight into its mailbox (the host is not
+        // involved); otherwise the host routes it.
+        let status = if local {
+            shared.enqueue(OwnedMessage {
+                kind: abi::kind::INVOKE,
+                status: 0,
+                origin: self.peer,
+                target,
+                request_id,
+                channel: channel.clone(),
+                payload,
+            })
+        } else {
+            shared.send(abi::kind::INVOKE, 0, self.peer, target, request_id, &channel, &payload)
+        };
         let mut guard = PendingGuard {
             shared: self.shared.clone(),
             peer: self.peer,
@@ -186,6 +202,7 @@ impl HalfHandle {
             target,
             request_id,
             channel,
+            local,
             armed: true,
         };
         if status != abi::status::OK {
@@ -271,6 +288,8 @@ struct PendingGuard {
     target: Peer,
     request_id: u64,
     channel: String,
+    /// Sent within the instance: cancelled the same way.
+    local: bool,
     armed: bool,
 }
 
@@ -291,7 +310,19 @@ impl Drop for PendingGuard {
             return;
         }
         self.forget();
-        if let Some(shared) = self.shared.upgrade() {
+        let Some(shared) = self.shared.upgrade() else { return };
+        if self.local {
+            // Behind the request in the mailbox, so it finds the handler started.
+            shared.enqueue(OwnedMessage {
+                kind: abi::kind::CANCEL,
+                status: 0,
+                origin: self.peer,
+                target: self.target,
+                request_id: self.request_id,
+                channel: String::new(),
+                payload: Vec::new(),
+            });
+        } else {
             shared.send(abi::kind::CANCEL, 0, self.peer, self.target, self.request_id, &self.channel, &[]);
         }
     }

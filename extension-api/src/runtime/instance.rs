@@ -98,7 +98,81 @@ impl Shared {
         payload: &ErrorPayload,
     ) {
         let bytes = rmp_serde::to_vec_named(payload).unwrap_or_default();
-        self.send(abi::kind::REPLY, kind.code(), origin, target, request_id, channel, &bytes);
+        self.send_reply(origin, target, request_id, channel, kind.code(), bytes);
+    }
+
+    /// Answers request `request_id` of `to`: within the instance if it came that way (through
+    /// the mailbox, so it still arrives after what `from` sent `to` before it), else through
+    /// the host.
+    fn send_reply(&self, from: Peer, to: Peer, request_id: u64, channel: &str, status: u32, payload: Vec<u8>) {
+        let local = self
+            .state()
+            .halves
+            .get(&to)
+            .and_then(|half| half.pending.get(&request_id))
+            .is_some_and(|pending| pending.local);
+        if local {
+            let reply = OwnedMessage {
+                kind: abi::kind::REPLY,
+                status,
+                origin: from,
+                target: to,
+                request_id,
+                channel: String::new(),
+                payload,
+            };
+            self.enqueue(reply);
+        } else {
+            self.send(abi::kind::REPLY, status, from, to, request_id, channel, &payload);
+        }
+    }
+
+    /// Whether a request from `origin` to `target` stays within this instance: both halves
+    /// run here and are not closing, the extension is routing, and it is a request the host
+    /// would route (renderer to main, or main to a frame). Such a request never passes
+    /// through the host: it goes straight into this instance's mailbox, and this instance
+    /// fails it when a half involved goes away, as the host does for the requests it routes.
+    pub(crate) fn is_local_route(state: &State, origin: Peer, target: Peer) -> bool {
+        let open = |peer| state.halves.get(&peer).is_some_and(|half: &Half| !half.closing);
+        let routable = (origin == PEER_MAIN) != (target == PEER_MAIN);
+        routable && !state.stopped && open(origin) && open(target)
+    }
+
+    /// Fails the requests within this instance for which `involves(origin, target)` holds:
+    /// each invoker gets `kind`, each running handler is stopped.
+    fn fail_local(&self, involves: impl Fn(Peer, Peer) -> bool, kind: InvokeErrorKind) {
+        let (failed, stopped) = {
+            let mut state = self.state();
+            let here: Vec<Peer> = state.halves.keys().copied().collect();
+            let mut failed = Vec::new();
+            let mut stopped = Vec::new();
+            for (peer, half) in state.halves.iter_mut() {
+                let ids: Vec<u64> = half
+                    .pending
+                    .iter()
+                    .filter(|(_, pending)| pending.local && involves(*peer, pending.target))
+                    .map(|(id, _)| *id)
+                    .collect();
+                failed.extend(ids.into_iter().filter_map(|id| half.pending.remove(&id)));
+                // A running handler whose invoker runs here was started by a local request.
+                let running: Vec<(Peer, u64)> = half
+                    .running
+                    .keys()
+                    .filter(|(origin, _)| here.contains(origin) && involves(*origin, *peer))
+                    .copied()
+                    .collect();
+                stopped.extend(running.into_iter().filter_map(|key| half.running.remove(&key)));
+            }
+            (failed, stopped)
+        };
+        for abort in stopped {
+            abort.abort();
+        }
+        let payload = ErrorPayload { message: format!("{kind} before the reply arrived"), data: None };
+        let bytes = rmp_serde::to_vec_named(&payload).unwrap_or_default();
+        for pending in failed {
+            let _ = pending.reply.send(Reply { status: kind.code(), payload: bytes.clone() });
+        }
     }
 
     fn complete(&self, completion: u64, result: &Completion) {
@@ -131,6 +205,8 @@ impl Shared {
             tasks: self.runtime.metrics().num_alive_tasks().saturating_sub(1),
             decode_failures: self.decode_failures.load(Ordering::Relaxed),
             listener_panics: self.listener_panics.load(Ordering::Relaxed),
+            local_requests: state.halves.values().flat_map(|half| half.pending.values()).filter(|p| p.local).count()
+                as u64,
             queued_messages: self.load.messages.load(Ordering::Relaxed),
             dropped_broadcasts: self.load.dropped_broadcasts.load(Ordering::Relaxed),
             refused_requests: self.load.refused_requests.load(Ordering::Relaxed),
@@ -160,14 +236,14 @@ impl Shared {
             abi::kind::STORE_WRITE => self.dispatch_store_write(envelope.origin, &envelope.payload),
             abi::kind::STORE_UPDATE => self.dispatch_store_update(&envelope.payload),
             abi::kind::REPLY => {
-                let sender = self
+                let pending = self
                     .state()
                     .halves
                     .get_mut(&envelope.target)
                     .and_then(|half| half.pending.remove(&envelope.request_id));
-                if let Some(sender) = sender {
+                if let Some(pending) = pending {
                     // The invoker may have given up meanwhile; then nobody wants the reply.
-                    let _ = sender.send(Reply { status: envelope.status, payload: envelope.payload });
+                    let _ = pending.reply.send(Reply { status: envelope.status, payload: envelope.payload });
                 }
             }
             abi::kind::CANCEL => {
@@ -299,9 +375,7 @@ impl Shared {
         outcome: std::thread::Result<HandlerResult>,
     ) {
         match outcome {
-            Ok(Ok(bytes)) => {
-                self.send(abi::kind::REPLY, abi::status::OK, target, origin, request_id, channel, &bytes);
-            }
+            Ok(Ok(bytes)) => self.send_reply(target, origin, request_id, channel, abi::status::OK, bytes),
             Ok(Err((kind, payload))) => self.send_error(target, origin, request_id, channel, kind, &payload),
             Err(panic) => {
                 let message = panic_message(panic.as_ref());
@@ -334,6 +408,11 @@ impl Shared {
             }
             Control::SeedStore { snapshot, .. } => {
                 self.seed_store(snapshot);
+                self.complete(completion, &Completion::Done);
+            }
+            Control::StopRouting { .. } => {
+                self.state().stopped = true;
+                self.fail_local(|_, _| true, InvokeErrorKind::Deactivated);
                 self.complete(completion, &Completion::Done);
             }
             Control::ActivateMain { .. } => self.spawn_activation(completion, PEER_MAIN),
@@ -415,6 +494,13 @@ impl Shared {
             self.complete(completion, &Completion::Done);
             return;
         };
+        let kind = if peer == PEER_MAIN { InvokeErrorKind::Deactivated } else { InvokeErrorKind::FrameClosed };
+        // No request within the instance reaches or leaves the half from now on, and those in
+        // flight fail now, as the host fails the ones it routed.
+        if let Some(half) = self.state().half_mut(peer, generation) {
+            half.closing = true;
+        }
+        self.fail_local(|origin, target| origin == peer || target == peer, kind);
         let shared = self.clone();
         self.runtime.spawn(async move {
             // Invokes this half is waiting on can never be answered now.
@@ -422,11 +508,10 @@ impl Shared {
                 Some(half) => (std::mem::take(&mut half.pending), half.user.take()),
                 None => Default::default(),
             };
-            let kind = if peer == PEER_MAIN { InvokeErrorKind::Deactivated } else { InvokeErrorKind::FrameClosed };
-            for (_, sender) in pending {
+            for (_, pending) in pending {
                 let payload = ErrorPayload { message: format!("{kind} before the reply arrived"), data: None };
                 let bytes = rmp_serde::to_vec_named(&payload).unwrap_or_default();
-                let _ = sender.send(Reply { status: kind.code(), payload: bytes });
+                let _ = pending.reply.send(Reply { status: kind.code(), payload: bytes });
             }
             let result = match user {
                 None => Completion::Done,

@@ -10,7 +10,7 @@ pub(crate) mod state;
 mod store;
 
 pub(crate) use instance::Shared;
-pub(crate) use state::{HandlerFn, ListenerFn, RawEvent, Replica, Reply, Watcher};
+pub(crate) use state::{HandlerFn, ListenerFn, Pending, RawEvent, Replica, Reply, Watcher};
 
 /// Text of a caught panic payload.
 pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {

@@ -35,6 +35,16 @@ pub(crate) struct Reply {
     pub(crate) payload: Vec<u8>,
 }
 
+/// An invoke a half waits on.
+pub(crate) struct Pending {
+    pub(crate) reply: oneshot::Sender<Reply>,
+    /// The half it went to.
+    pub(crate) target: Peer,
+    /// Sent within this instance without the host (see `Shared::is_local_route`): this
+    /// instance, not the host, fails it when a half involved goes away.
+    pub(crate) local: bool,
+}
+
 pub(crate) type WatcherFn = Arc<dyn Fn(&StoreChange) + Send + Sync>;
 
 /// A store watcher: `key` `None` watches every key.
@@ -58,7 +68,10 @@ pub(crate) struct Half {
     pub(crate) generation: u64,
     pub(crate) listeners: HashMap<String, Vec<(u64, ListenerFn)>>,
     pub(crate) handlers: HashMap<String, (u64, HandlerFn)>,
-    pub(crate) pending: HashMap<u64, oneshot::Sender<Reply>>,
+    pub(crate) pending: HashMap<u64, Pending>,
+    /// Set when the half starts closing: no new request within the instance reaches or
+    /// leaves it.
+    pub(crate) closing: bool,
     /// Handler tasks in flight, by (origin, request id), so a cancel can stop them.
     pub(crate) running: HashMap<(Peer, u64), AbortHandle>,
     pub(crate) tasks: HashMap<u64, AbortHandle>,
@@ -78,6 +91,7 @@ impl Half {
             listeners: HashMap::default(),
             handlers: HashMap::default(),
             pending: HashMap::default(),
+            closing: false,
             running: HashMap::default(),
             tasks: HashMap::default(),
             user: None,
@@ -128,6 +142,9 @@ pub(crate) struct State {
     pub(crate) process_replica: Option<Replica>,
     /// Store updates that arrived before the seed or out of order, by sequence number.
     pub(crate) stash: BTreeMap<u64, crate::wire::StoreUpdate>,
+    /// The host stopped routing for the extension (it is deactivating): no request within
+    /// the instance is started any more.
+    pub(crate) stopped: bool,
 }
 
 impl State {

@@ -107,6 +107,14 @@ impl Host {
         link.fail_pending(|_, _| true, InvokeErrorKind::Deactivated, "the extension was deactivated before the reply");
         let deadline = tokio::time::Instant::now() + self.inner.config.deactivate_timeout;
         let mut report = DeactivateReport::default();
+        // Requests between main and the frames in its instance never passed through the host:
+        // that instance fails them itself.
+        if let Some(main) = link.endpoint_of(PEER_MAIN) {
+            let outcome = main.control(|completion| Control::StopRouting { completion }, GRACE).await;
+            if let Some(problem) = completion_problem("stopping requests", outcome) {
+                report.problems.push(problem);
+            }
+        }
         for frame in link.frames() {
             if let Some(problem) = self.close_renderer(&link, frame, deadline).await {
                 report.problems.push(problem);

@@ -398,7 +398,10 @@ impl Host {
         let mut extensions = Vec::with_capacity(entries.len());
         for (mut snapshot, link) in entries {
             if let Some(link) = link {
-                snapshot.instance = Some(inspect_link(&link).await);
+                let instance = inspect_link(&link).await;
+                // Requests within an instance never pass through the host's table.
+                snapshot.pending_requests += usize::try_from(instance.local_requests).unwrap_or(usize::MAX);
+                snapshot.instance = Some(instance);
             }
             extensions.push(snapshot);
         }
@@ -438,6 +441,7 @@ async fn inspect_link(link: &Link) -> InstanceSnapshot {
             merged.queued_messages += instance.queued_messages;
             merged.dropped_broadcasts += instance.dropped_broadcasts;
             merged.refused_requests += instance.refused_requests;
+            merged.local_requests += instance.local_requests;
             merged.listener_panics += instance.listener_panics;
         }
     }
