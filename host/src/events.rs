@@ -34,8 +34,10 @@ impl LogRecord {
 
     /// Re-emits the record through the host's own tracing, under target `extension`, so the
     /// host's filter (`RUST_LOG=extension=debug`, say) applies.
+    /// Control characters are escaped there: an extension's text cannot forge lines of the
+    /// host's log (the record itself keeps the text as sent).
     pub(crate) fn emit(&self) {
-        let (name, module, message) = (&self.extension, &self.target, &self.message);
+        let (name, module, message) = (OneLine(&self.extension), OneLine(&self.target), OneLine(&self.message));
         match self.level.as_str() {
             "ERROR" => tracing::error!(target: "extension", extension = %name, module = %module, "{message}"),
             "WARN" => tracing::warn!(target: "extension", extension = %name, module = %module, "{message}"),
@@ -43,6 +45,27 @@ impl LogRecord {
             "DEBUG" => tracing::debug!(target: "extension", extension = %name, module = %module, "{message}"),
             _ => tracing::trace!(target: "extension", extension = %name, module = %module, "{message}"),
         }
+    }
+}
+
+/// Text an extension chose (a log message, a channel name, an error), displayed on one line:
+/// control characters, newlines included, are shown escaped, so the text cannot forge lines
+/// of its own in a log or a console.
+pub struct OneLine<'a>(pub &'a str);
+
+impl std::fmt::Display for OneLine<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        for c in self.0.chars() {
+            if c.is_control() {
+                for escaped in c.escape_default() {
+                    f.write_char(escaped)?;
+                }
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -79,4 +102,18 @@ pub enum HostEvent {
     FrameCrashed { frame: u64, reason: String, restarting: bool },
     /// Its renderer process was started again and its renderer halves reopened.
     FrameRestarted { frame: u64 },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OneLine;
+
+    #[test]
+    fn one_line_escapes_control_characters_and_keeps_the_rest() {
+        let forged = "saved\nevent probe ping from main: {}\r\t\u{1b}[31mred\u{0}";
+        let shown = OneLine(forged).to_string();
+        assert_eq!(shown, "saved\\nevent probe ping from main: {}\\r\\t\\u{1b}[31mred\\u{0}");
+        assert!(!shown.chars().any(char::is_control));
+        assert_eq!(OneLine("héllo wörld ✓").to_string(), "héllo wörld ✓");
+    }
 }

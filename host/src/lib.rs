@@ -16,7 +16,7 @@ pub mod remote;
 pub mod testing;
 
 pub use error::{HostError, LoadError};
-pub use events::{HostEvent, LogRecord, ObservedBroadcast};
+pub use events::{HostEvent, LogRecord, ObservedBroadcast, OneLine};
 pub use host::{
     CrashBudget, DeactivateReport, ExtensionSnapshot, ExtensionState, FrameKind, FrameSnapshot, Host, HostConfig,
     HostSnapshot,

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use extension_host::FrameId;
-use extension_host::Host;
+use extension_host::{Host, OneLine};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const HELP: &str = "\
@@ -53,7 +53,7 @@ pub async fn run(host: &Host) {
         }
         match execute(host, line).await {
             Ok(output) => println!("{output}"),
-            Err(error) => println!("error: {}", one_line(&error)),
+            Err(error) => println!("error: {}", OneLine(&error)),
         }
     }
     if let Some(task) = watcher {
@@ -67,7 +67,7 @@ async fn watch(mut broadcasts: tokio::sync::broadcast::Receiver<extension_host::
         match broadcasts.recv().await {
             Ok(event) => {
                 let value = msgpack_to_json(&event.payload);
-                let channel = one_line(&event.channel);
+                let channel = OneLine(&event.channel);
                 println!("event {} {channel} from {}: {value}", event.extension, event.sender());
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
@@ -76,24 +76,6 @@ async fn watch(mut broadcasts: tokio::sync::broadcast::Receiver<extension_host::
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
     }
-}
-
-/// Text an extension chose (a channel name, an error, a panic message) on one console line:
-/// control characters are shown escaped, so a newline cannot forge a line of its own (an
-/// event of another extension, say, or an inspect answer).
-fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
-        return std::borrow::Cow::Borrowed(text);
-    }
-    let mut escaped = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        if c.is_control() {
-            escaped.extend(c.escape_default());
-        } else {
-            escaped.push(c);
-        }
-    }
-    std::borrow::Cow::Owned(escaped)
 }
 
 /// Splits `NAME CHANNEL JSON` (the JSON may contain spaces).
@@ -124,7 +106,7 @@ async fn execute(host: &Host, line: &str) -> Result<String, String> {
             let lines: Vec<String> = snapshot
                 .extensions
                 .iter()
-                .map(|e| format!("{} {} {}", e.info.name, e.info.version, one_line(&e.state.to_string())))
+                .map(|e| format!("{} {} {}", e.info.name, e.info.version, OneLine(&e.state.to_string())))
                 .collect();
             Ok(if lines.is_empty() { "no extensions".into() } else { lines.join("\n") })
         }
@@ -141,7 +123,7 @@ async fn execute(host: &Host, line: &str) -> Result<String, String> {
                 if report.problems.is_empty() {
                     format!("deactivated {rest}")
                 } else {
-                    format!("deactivated {rest} (problems: {})", one_line(&report.problems.join("; ")))
+                    format!("deactivated {rest} (problems: {})", OneLine(&report.problems.join("; ")))
                 }
             })
             .map_err(|e| text(&e)),
