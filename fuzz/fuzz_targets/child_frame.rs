@@ -53,6 +53,8 @@ fn check(data: &[u8]) {
             _ => {}
         }
     }
-    let _ = decode_frames(stream, chunk);
-    let _ = receive_from_child(stream, chunk);
+    // The frames are the same however the stream is split (checked above): the readers take
+    // it whole, which spares each of them a 64 KiB buffer fill per read.
+    let _ = decode_frames(stream, 0);
+    let _ = receive_from_child(stream, 0);
 }
