@@ -50,9 +50,11 @@ pub fn on_decoding_stack(input: &[u8], check: fn(&[u8])) {
 /// an alternate signal stack for this thread, and libFuzzer's handler told to use it.
 fn report_overflows_here() {
     const ALT_STACK: usize = 1 << 20;
-    let stack: &'static mut [u8] = Box::leak(vec![0u8; ALT_STACK].into_boxed_slice());
-    let alt = libc::stack_t { ss_sp: stack.as_mut_ptr().cast(), ss_flags: 0, ss_size: ALT_STACK };
-    // SAFETY: the alternate stack is leaked: valid for the rest of the process.
+    // Kept in a static for the rest of the process (so LeakSanitizer sees it is still used).
+    static STACK: OnceLock<usize> = OnceLock::new();
+    let stack = *STACK.get_or_init(|| Box::leak(vec![0u8; ALT_STACK].into_boxed_slice()).as_mut_ptr() as usize);
+    let alt = libc::stack_t { ss_sp: stack as *mut libc::c_void, ss_flags: 0, ss_size: ALT_STACK };
+    // SAFETY: the alternate stack is never freed: valid for the rest of the process.
     unsafe { libc::sigaltstack(&alt, std::ptr::null_mut()) };
     for signal in [libc::SIGSEGV, libc::SIGBUS] {
         // SAFETY: reads the installed action and reinstalls the same handler with SA_ONSTACK.
