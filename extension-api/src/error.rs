@@ -32,7 +32,7 @@ impl InvokeError {
     /// The handler's error value, when it returned one, decoded as `E`.
     /// `None` when there is none; `Some(Err(_))` when it does not decode as `E`.
     pub fn data<E: DeserializeOwned>(&self) -> Option<Result<E, rmp_serde::decode::Error>> {
-        self.data.as_deref().map(rmp_serde::from_slice)
+        self.data.as_deref().map(crate::wire::decode)
     }
 
     /// The handler's error value as raw MessagePack.

@@ -1,6 +1,7 @@
 //! Plain data exchanged between the host and an extension, encoded as MessagePack with named
-//! fields. No I/O and no behaviour lives here: the same types travel over a function call in
-//! process and over a socket to a child process.
+//! fields, and [`decode`], which every side decodes what another side produced with. No I/O
+//! lives here: the same types travel over a function call in process and over a socket to a
+//! child process.
 
 use std::collections::BTreeMap;
 
@@ -311,5 +312,190 @@ impl OwnedMessage {
             channel: RawSlice::new(self.channel.as_bytes()),
             payload: RawSlice::new(&self.payload),
         }
+    }
+}
+
+/// How deeply arrays and maps may nest in a value another side produced (an enum variant with
+/// data is a map of one entry, so a recursive enum counts one level per variant). Decoding
+/// recurses once per level, on threads with 2 MiB stacks, and `rmp_serde` bounds neither
+/// enum nesting nor (within its own limit of 1024) a stack frame: deeper values overflowed the
+/// stack and killed the process. The same limit as `serde_json`'s.
+pub const MAX_DEPTH: usize = 128;
+
+/// Decodes a MessagePack value another side produced, as `rmp_serde::from_slice` does, after
+/// refusing one that nests deeper than [`MAX_DEPTH`] (with `DepthLimitExceeded`).
+pub fn decode<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, rmp_serde::decode::Error> {
+    if nests_deeper_than(bytes, MAX_DEPTH) {
+        return Err(rmp_serde::decode::Error::DepthLimitExceeded);
+    }
+    rmp_serde::from_slice(bytes)
+}
+
+/// Whether the first MessagePack value in `bytes` nests arrays and maps more than `limit`
+/// deep. Reads markers and lengths only, without recursing or allocating; bytes that are
+/// malformed or cut short before the limit is passed are left for decoding to refuse.
+fn nests_deeper_than(bytes: &[u8], limit: usize) -> bool {
+    /// The big-endian length of `width` bytes after the marker at `at`.
+    fn length(bytes: &[u8], at: usize, width: usize) -> Option<u64> {
+        let field = bytes.get(at + 1..at + 1 + width)?;
+        Some(field.iter().fold(0, |length, &byte| length << 8 | u64::from(byte)))
+    }
+    // Items still to come in each open array or map, innermost last.
+    let mut open = [0u64; MAX_DEPTH];
+    let limit = limit.min(MAX_DEPTH);
+    let mut depth = 0;
+    let mut at = 0;
+    while let Some(&marker) = bytes.get(at) {
+        // (bytes to skip to the next marker, items if it is an array or a map)
+        let (skip, items) = match marker {
+            0x00..=0x7f | 0xc0 | 0xc2 | 0xc3 | 0xe0..=0xff => (1, None),
+            0x80..=0x8f => (1, Some(u64::from(marker & 0x0f) * 2)),
+            0x90..=0x9f => (1, Some(u64::from(marker & 0x0f))),
+            0xa0..=0xbf => (1 + u64::from(marker & 0x1f), None),
+            0xcc | 0xd0 => (2, None),
+            0xcd | 0xd1 | 0xd4 => (3, None),
+            0xd5 => (4, None),
+            0xca | 0xce | 0xd2 => (5, None),
+            0xd6 => (6, None),
+            0xcb | 0xcf | 0xd3 => (9, None),
+            0xd7 => (10, None),
+            0xd8 => (18, None),
+            // bin and str: a length, then the data; ext: a length, a type byte, the data.
+            0xc4 | 0xd9 | 0xc5 | 0xda | 0xc6 | 0xdb | 0xc7 | 0xc8 | 0xc9 => {
+                let width = match marker {
+                    0xc4 | 0xd9 | 0xc7 => 1,
+                    0xc5 | 0xda | 0xc8 => 2,
+                    _ => 4,
+                };
+                let ext = u64::from(matches!(marker, 0xc7..=0xc9));
+                let Some(data) = length(bytes, at, width) else { return false };
+                (1 + width as u64 + ext + data, None)
+            }
+            0xdc..=0xdf => {
+                let width = if matches!(marker, 0xdc | 0xde) { 2 } else { 4 };
+                let Some(count) = length(bytes, at, width) else { return false };
+                (1 + width as u64, Some(if marker >= 0xde { count * 2 } else { count }))
+            }
+            // 0xc1 is never used: decoding refuses it.
+            _ => return false,
+        };
+        at = match usize::try_from(skip).ok().and_then(|skip| at.checked_add(skip)) {
+            Some(next) => next,
+            None => return false,
+        };
+        if let Some(items) = items {
+            if depth == limit {
+                return true;
+            }
+            if items > 0 {
+                open[depth] = items;
+                depth += 1;
+                continue;
+            }
+        }
+        // One item is complete (a scalar or an empty array or map), and with it every
+        // container it was the last item of.
+        loop {
+            let Some(last) = depth.checked_sub(1) else { return false };
+            open[last] -= 1;
+            if open[last] > 0 {
+                break;
+            }
+            depth = last;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nested_arrays(levels: usize) -> Vec<u8> {
+        let mut bytes = vec![0x91; levels];
+        bytes.push(0xc0);
+        bytes
+    }
+
+    #[test]
+    fn nesting_is_measured_across_every_marker() {
+        // [1, "ab", {"k": [nil]}, bin(2), ext(1), [] , 3.0]: depth 3 at "k"'s array.
+        let bytes = [
+            0x97, 0x01, 0xa2, b'a', b'b', 0x81, 0xa1, b'k', 0x91, 0xc0, 0xc4, 0x02, 0, 0, 0xd4, 7, 0, 0x90, 0xcb, 0, 0,
+            0, 0, 0, 0, 0, 0,
+        ];
+        assert!(!nests_deeper_than(&bytes, 3));
+        assert!(nests_deeper_than(&bytes, 2));
+        // What follows the first value does not count.
+        let mut two = nested_arrays(3);
+        two.extend(nested_arrays(10));
+        assert!(!nests_deeper_than(&two, 3));
+        // Lengths wider than a byte, and maps counting keys and values.
+        assert!(!nests_deeper_than(&[0xdc, 0, 2, 0x90, 0xde, 0, 1, 0x01, 0x01], 2));
+        assert!(nests_deeper_than(&[0xdc, 0, 2, 0x90, 0xde, 0, 1, 0x01, 0x90], 2));
+        // An empty array or map is a level too.
+        assert!(nests_deeper_than(&[0x91, 0x80], 1));
+        // Truncated or malformed bytes are left to the decoder.
+        assert!(!nests_deeper_than(&[0xdd, 0xff, 0xff, 0xff, 0xff], 1));
+        assert!(!nests_deeper_than(&[0x91, 0xc1], 1));
+        assert!(!nests_deeper_than(&[0xc6, 0xff, 0xff, 0xff, 0xff, 0x91], 0));
+    }
+
+    /// `boundary_values` found them: 292 maps nested in one another overflowed its decoding
+    /// stack decoding an `rmpv::Value` (the dev console's type), 302 arrays decoding a
+    /// `serde_json::Value` (inputs: a selector byte, then a value cut short: the stack ran out
+    /// first). Maps 1000 deep (`rmp_serde` allows 1023) overflowed this test's own 2 MiB thread
+    /// in a debug build: a child could end the host, one half of an extension another's process.
+    #[test]
+    fn fuzz_regression_nested_values_are_refused_not_a_stack_overflow() {
+        let maps = include_bytes!("../../fuzz/regressions/boundary_values-rmpv-nested-maps");
+        let arrays = include_bytes!("../../fuzz/regressions/boundary_values-json-nested-arrays");
+        let mut deeper = [0x81, 0x01].repeat(1000);
+        deeper.push(0xc0);
+        for value in [&deeper[..], &maps[1..], &arrays[1..]] {
+            assert!(matches!(decode::<rmpv::Value>(value), Err(rmp_serde::decode::Error::DepthLimitExceeded)));
+            assert!(matches!(decode::<serde_json::Value>(value), Err(rmp_serde::decode::Error::DepthLimitExceeded)));
+        }
+    }
+
+    /// A recursive enum: `rmp_serde` counts no depth for enum variants at all, so any depth
+    /// decoded, whatever the stack (2 bytes a level: `{1: {1: ...}}`, by variant index).
+    #[test]
+    fn regression_recursive_enums_are_refused_not_a_stack_overflow() {
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        enum Chain {
+            End,
+            Next(Box<Chain>),
+        }
+        let mut chain = [0x81, 0x01].repeat(100_000);
+        chain.push(0x00);
+        assert!(matches!(decode::<Chain>(&chain), Err(rmp_serde::decode::Error::DepthLimitExceeded)));
+        let mut short = [0x81, 0x01].repeat(MAX_DEPTH);
+        short.push(0x00);
+        assert!(decode::<Chain>(&short).is_ok());
+    }
+
+    /// Unknown fields are skipped, recursing once per level of what they hold: 1000 levels (in
+    /// a `Control`, which every instance decodes) overflowed a 2 MiB thread in a debug build.
+    #[test]
+    fn regression_deep_unknown_fields_are_refused_not_a_stack_overflow() {
+        let mut command = vec![0x81, 0xa7];
+        command.extend_from_slice(b"Inspect");
+        command.extend_from_slice(&[0x82, 0xaa]);
+        command.extend_from_slice(b"completion");
+        command.extend_from_slice(&[0x01, 0xa1, b'x']);
+        let valid = [&command[..], &[0xc0]].concat();
+        assert_eq!(decode::<Control>(&valid).ok(), Some(Control::Inspect { completion: 1 }));
+        command.extend(nested_arrays(1000));
+        assert!(matches!(decode::<Control>(&command), Err(rmp_serde::decode::Error::DepthLimitExceeded)));
+    }
+
+    #[test]
+    fn values_up_to_the_limit_decode_deeper_ones_are_refused() {
+        let at_limit: Vec<u8> = nested_arrays(MAX_DEPTH);
+        assert!(decode::<serde_json::Value>(&at_limit).is_ok());
+        let deeper = nested_arrays(MAX_DEPTH + 1);
+        assert!(matches!(decode::<serde_json::Value>(&deeper), Err(rmp_serde::decode::Error::DepthLimitExceeded)));
     }
 }

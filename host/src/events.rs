@@ -86,7 +86,7 @@ impl ObservedBroadcast {
 
     /// The value decoded as `T`.
     pub fn value<T: serde::de::DeserializeOwned>(&self) -> Result<T, rmp_serde::decode::Error> {
-        rmp_serde::from_slice(&self.payload)
+        extension_api::wire::decode(&self.payload)
     }
 }
 

@@ -8,6 +8,9 @@ mod core;
 mod endpoint;
 mod error;
 mod events;
+/// For the fuzz targets in `fuzz/` only: not part of the host's API.
+#[doc(hidden)]
+pub mod fuzzing;
 mod host;
 mod library;
 mod link;

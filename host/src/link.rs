@@ -368,7 +368,7 @@ pub(crate) fn decode_reply(channel: &str, reply: HostReply) -> Result<Vec<u8>, I
         return Ok(reply.payload);
     }
     let kind = InvokeErrorKind::from_code(reply.status).unwrap_or(InvokeErrorKind::ConnectionLost);
-    match rmp_serde::from_slice::<ErrorPayload>(&reply.payload) {
+    match extension_api::wire::decode::<ErrorPayload>(&reply.payload) {
         Ok(error) => Err(InvokeError::from_wire(kind, channel, error)),
         Err(error) => Err(InvokeError::new(kind, channel, format!("(undecodable error payload: {error})"))),
     }

@@ -171,7 +171,7 @@ impl TestHost {
         values
             .get(key)
             .map(|bytes| {
-                rmp_serde::from_slice(bytes)
+                extension_api::wire::decode(bytes)
                     .map_err(|error| TestError::Decode { what: key.to_owned(), reason: error.to_string() })
             })
             .transpose()

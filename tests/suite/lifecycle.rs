@@ -244,6 +244,10 @@ async fn wrong_state_calls_are_refused_with_the_state() {
 async fn frame_cycles_leave_no_halves_registrations_tasks_or_processes_behind() {
     let host = support::host_with(&["probe-twin"]).await;
     let name = "probe-twin";
+    // A request answered on the extension's thread: the tasks that ran its activation (or a
+    // frame's closing) have finished by the time it is.
+    let settled = || host.invoke::<_, Vec<String>>(name, SEQ_LOG.name(), &(), FAILSAFE);
+    settled().await.unwrap();
     let main_only = host.inspect().await.extension(name).unwrap().instance.clone().unwrap();
     assert_eq!(main_only.halves.len(), 1);
     for _ in 0..200 {
@@ -257,6 +261,7 @@ async fn frame_cycles_leave_no_halves_registrations_tasks_or_processes_behind() 
         // Closed means ended and reaped: no process, not even a zombie.
         assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "renderer process {pid} outlived its frame");
     }
+    settled().await.unwrap();
     let snapshot = host.inspect().await;
     let extension = snapshot.extension(name).unwrap();
     assert_eq!(extension.instance.as_ref().unwrap(), &main_only, "exactly main's registrations and tasks remain");

@@ -8,6 +8,8 @@
 //! - `memcheck [FILTER...]`: the integration suite under valgrind memcheck (children too).
 //! - `ci`: what CI runs: formatting, clippy with warnings denied, the test suite.
 //! - `new-extension NAME`: scaffolds a working extension crate with a test.
+//! - `fuzz [TARGET] [--seconds N] [--asan]`: runs the cargo-fuzz targets in `fuzz/` on the
+//!   stable toolchain (installs cargo-fuzz if missing); see `fuzz/README.md`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -63,6 +65,17 @@ enum Task {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Run the fuzz targets in `fuzz/` with cargo-fuzz (installed if missing), on stable.
+    Fuzz {
+        /// `child_frame` or `boundary_values`; every target, one after the other, if omitted.
+        target: Option<String>,
+        /// How long each target runs, in seconds.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        /// With AddressSanitizer (slower; sets RUSTC_BOOTSTRAP=1 for the build, see `fuzz`).
+        #[arg(long)]
+        asan: bool,
+    },
 }
 
 /// The sample extensions the demo runs: `hello` and its twin with the same channel names,
@@ -77,6 +90,7 @@ fn main() -> Result<()> {
         Task::Soak { quick } => soak(quick),
         Task::Memcheck { filters } => memcheck(&filters),
         Task::NewExtension { name, dir } => new_extension(&name, dir),
+        Task::Fuzz { target, seconds, asan } => fuzz(target.as_deref(), seconds, asan),
         Task::Ci => {
             cargo(&["fmt", "--all", "--", "--check"])?;
             cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
@@ -198,6 +212,48 @@ fn build_release() -> Result<PathBuf> {
     }
     cargo(&build)?;
     Ok(target_dir().join("release"))
+}
+
+/// The cargo-fuzz targets in `fuzz/`.
+const FUZZ_TARGETS: &[&str] = &["child_frame", "boundary_values"];
+
+fn fuzz(target: Option<&str>, seconds: u64, asan: bool) -> Result<()> {
+    let targets: Vec<&str> = match target {
+        Some(target) if FUZZ_TARGETS.contains(&target) => vec![target],
+        Some(target) => bail!("no fuzz target `{target}`: the targets are {}", FUZZ_TARGETS.join(", ")),
+        None => FUZZ_TARGETS.to_vec(),
+    };
+    let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let installed = Command::new(&cargo_bin).args(["fuzz", "--version"]).output().is_ok_and(|out| out.status.success());
+    if !installed {
+        println!("installing cargo-fuzz");
+        cargo(&["install", "cargo-fuzz", "--locked"])?;
+    }
+    let fuzz_dir = workspace_root().join("fuzz");
+    // cargo-fuzz's default sanitizer, AddressSanitizer, needs `-Zsanitizer=address`, which stable
+    // rustc refuses. Without a sanitizer every flag cargo-fuzz passes (`-Cpasses=sancov-module`,
+    // `-Cllvm-args=...`, `--cfg fuzzing`) is stable: no nightly toolchain is needed. `--asan`
+    // sets RUSTC_BOOTSTRAP=1, which makes stable rustc accept `-Z` flags (for this build only),
+    // and builds into a target directory of its own so the two builds do not replace each other.
+    let sanitizer = if asan { "address" } else { "none" };
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| fuzz_dir.join("target"));
+    let target_dir = if asan { target_dir.join("asan") } else { target_dir };
+    for target in targets {
+        let mut command = Command::new(&cargo_bin);
+        command
+            .current_dir(&fuzz_dir)
+            .args(["fuzz", "run", "--sanitizer", sanitizer, "--release", "--target-dir"])
+            .arg(&target_dir)
+            .args([target, "--"])
+            .arg(format!("-max_total_time={seconds}"))
+            // Deep nesting needs inputs longer than libFuzzer's default 4096 bytes.
+            .args(["-max_len=16384", "-rss_limit_mb=2048", "-malloc_limit_mb=512", "-print_final_stats=1"]);
+        if asan {
+            command.env("RUSTC_BOOTSTRAP", "1");
+        }
+        run(&mut command)?;
+    }
+    Ok(())
 }
 
 fn new_extension(name: &str, dir: Option<PathBuf>) -> Result<()> {

@@ -51,20 +51,19 @@ impl HalfHandle {
         let shared = self.shared("listen")?;
         let channel = channel.channel_name().to_owned();
         let weak = self.shared.clone();
-        let wrapped: ListenerFn =
-            Arc::new(move |event: &RawEvent<'_>| match rmp_serde::from_slice::<T>(event.payload) {
-                Ok(value) => listener(Event { sender: event.sender, value }),
-                Err(error) => {
-                    if let Some(shared) = weak.upgrade() {
-                        shared.decode_failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                    tracing::warn!(
-                        channel = %event.channel,
-                        "listener not called: the value does not decode as {}: {error}",
-                        std::any::type_name::<T>()
-                    );
+        let wrapped: ListenerFn = Arc::new(move |event: &RawEvent<'_>| match crate::wire::decode::<T>(event.payload) {
+            Ok(value) => listener(Event { sender: event.sender, value }),
+            Err(error) => {
+                if let Some(shared) = weak.upgrade() {
+                    shared.decode_failures.fetch_add(1, Ordering::Relaxed);
                 }
-            });
+                tracing::warn!(
+                    channel = %event.channel,
+                    "listener not called: the value does not decode as {}: {error}",
+                    std::any::type_name::<T>()
+                );
+            }
+        });
         let id = shared.next_id();
         let mut state = shared.state();
         let half = state.half_mut(self.peer, self.generation).ok_or(IpcError::Deactivated { operation: "listen" })?;
@@ -107,7 +106,7 @@ impl HalfHandle {
         let channel = channel.channel_name().to_owned();
         let name = channel.clone();
         let wrapped: HandlerFn = Arc::new(move |payload: Vec<u8>, sender| {
-            let request = rmp_serde::from_slice::<Req>(&payload);
+            let request = crate::wire::decode::<Req>(&payload);
             let future = request.map(|request| handler(request, RequestMeta { sender }));
             let name = name.clone();
             Box::pin(async move {
@@ -160,7 +159,7 @@ impl HalfHandle {
             let request = started?;
             let channel = request.guard.channel.clone();
             let reply = request.wait(timeout).await?;
-            rmp_serde::from_slice(&reply).map_err(|error| {
+            crate::wire::decode(&reply).map_err(|error| {
                 let message = format!("the reply does not decode as {}: {error}", std::any::type_name::<Resp>());
                 InvokeError::new(InvokeErrorKind::Deserialize, channel, message)
             })
@@ -271,7 +270,7 @@ impl PendingInvoke {
                     return Ok(payload);
                 }
                 let kind = InvokeErrorKind::from_code(status).unwrap_or(InvokeErrorKind::ConnectionLost);
-                match rmp_serde::from_slice::<ErrorPayload>(&payload) {
+                match crate::wire::decode::<ErrorPayload>(&payload) {
                     Ok(error) => Err(InvokeError::from_wire(kind, channel, error)),
                     Err(error) => Err(InvokeError::new(kind, channel, format!("(undecodable error payload: {error})"))),
                 }

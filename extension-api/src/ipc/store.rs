@@ -155,7 +155,7 @@ impl StoreChange {
 fn decode<T: DeserializeOwned>(key: &str, bytes: Option<&[u8]>) -> Result<Option<T>, StoreError> {
     bytes
         .map(|bytes| {
-            rmp_serde::from_slice(bytes).map_err(|error| StoreError::Decode {
+            crate::wire::decode(bytes).map_err(|error| StoreError::Decode {
                 key: key.to_owned(),
                 expected: std::any::type_name::<T>(),
                 reason: error.to_string(),

@@ -66,7 +66,7 @@ unsafe extern "C" fn instantiate<M: MainExtension, R: RendererExtension>(
         }
         // SAFETY: the host keeps `config` valid for this call.
         let config = unsafe { config.as_bytes() }?;
-        let config: InstanceConfig = rmp_serde::from_slice(config).ok()?;
+        let config: InstanceConfig = crate::wire::decode(config).ok()?;
         logging::install(host, key, config.max_log_level);
         let factory = Factory { activate_main: activate_main::<M>, activate_renderer: activate_renderer::<R> };
         let instance = Instance::start(host, key, config, factory).ok()?;
@@ -85,7 +85,7 @@ unsafe extern "C" fn control(instance: InstancePtr, command: RawSlice) -> u32 {
         let Some(bytes) = (unsafe { command.as_bytes() }) else {
             return abi::status::INVALID;
         };
-        match rmp_serde::from_slice::<Control>(bytes) {
+        match crate::wire::decode::<Control>(bytes) {
             Ok(command) => {
                 instance.control(command);
                 abi::status::OK

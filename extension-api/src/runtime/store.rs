@@ -47,7 +47,7 @@ impl Shared {
 
     /// Main's side of a renderer's write.
     pub(crate) fn dispatch_store_write(&self, origin: Peer, payload: &[u8]) {
-        match rmp_serde::from_slice::<StoreWrite>(payload) {
+        match crate::wire::decode::<StoreWrite>(payload) {
             Ok(write) => {
                 if let Err(error) = self.sequence_write(origin, write.write_id, write.key, write.value) {
                     tracing::warn!("a store write from {origin} was dropped: {error}");
@@ -83,7 +83,7 @@ impl Shared {
 
     /// Applies a sequenced write to every replica in this instance and notifies watchers.
     pub(crate) fn dispatch_store_update(self: &Arc<Self>, payload: &[u8]) {
-        match rmp_serde::from_slice::<StoreUpdate>(payload) {
+        match crate::wire::decode::<StoreUpdate>(payload) {
             Ok(update) => self.apply_store_update(update),
             Err(error) => tracing::warn!("dropping an undecodable store update: {error}"),
         }

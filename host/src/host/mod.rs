@@ -341,7 +341,7 @@ impl Host {
             .map(|payload| self.invoke_raw(name, channel, &payload, timeout));
         async move {
             let reply = sent?.await?;
-            rmp_serde::from_slice(&reply).map_err(|error| {
+            extension_api::wire::decode(&reply).map_err(|error| {
                 let message = format!("the reply does not decode as {}: {error}", std::any::type_name::<Resp>());
                 InvokeError::new(InvokeErrorKind::Deserialize, channel_name, message)
             })

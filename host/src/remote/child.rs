@@ -260,7 +260,7 @@ unsafe extern "C" fn child_complete(key: u64, completion: u64, result: RawSlice)
     let _ = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: the library keeps `result` valid for this call; invalid is refused.
         let bytes = unsafe { result.as_bytes() }.unwrap_or_default();
-        let result = rmp_serde::from_slice::<Completion>(bytes)
+        let result = extension_api::wire::decode::<Completion>(bytes)
             .unwrap_or_else(|error| Completion::Failed { reason: format!("undecodable completion: {error}") });
         post(Packet::Complete { key, completion, result });
     }));

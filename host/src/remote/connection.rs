@@ -173,6 +173,26 @@ impl Connection {
         Ok(connection)
     }
 
+    /// A connection with no child process behind it, over `writer` (one end of a socket
+    /// pair): what [`crate::fuzzing`] feeds packets to. `loading` are keys with a load pending.
+    pub(crate) fn detached(writer: UnixStream, runtime: tokio::runtime::Handle, loading: &[u64]) -> Connection {
+        let loads = loading.iter().map(|&key| (key, oneshot::channel().0)).collect();
+        Connection {
+            role: Role::Frame(0),
+            pid: 0,
+            writer: Mutex::new(writer),
+            runtime,
+            endpoints: Mutex::new(HashMap::new()),
+            retired: Mutex::new(HashSet::new()),
+            loads: Mutex::new(loads),
+            destroys: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+            retiring: AtomicBool::new(false),
+            child: Mutex::new(None),
+            on_lost: Box::new(|_, _| {}),
+        }
+    }
+
     /// Routes what the child sends until the connection ends, then cleans up.
     fn read_loop(self: Arc<Self>, mut stream: UnixStream, mut framing: Framing) {
         let reason = loop {
@@ -195,7 +215,7 @@ impl Connection {
     }
 
     /// Handles one packet from the child; an error is a protocol violation.
-    fn receive(&self, bytes: &[u8]) -> Result<(), String> {
+    pub(crate) fn receive(&self, bytes: &[u8]) -> Result<(), String> {
         let packet = protocol::decode(bytes).map_err(|error| format!("malformed packet: {error}"))?;
         match packet {
             Packet::Message { key, message } => {

@@ -111,9 +111,10 @@ pub fn encode(packet: &Packet) -> Result<Vec<u8>, rmp_serde::encode::Error> {
     rmp_serde::to_vec_named(packet)
 }
 
-/// Decodes a packet from the wire; any malformed or unknown packet is an error.
+/// Decodes a packet from the wire; any malformed or unknown packet is an error, and so is one
+/// nesting deeper than [`extension_api::wire::MAX_DEPTH`].
 pub fn decode(bytes: &[u8]) -> Result<Packet, rmp_serde::decode::Error> {
-    rmp_serde::from_slice(bytes)
+    extension_api::wire::decode(bytes)
 }
 
 #[cfg(test)]
@@ -159,6 +160,25 @@ mod tests {
         let mut oversized = std::io::Cursor::new(0x7fff_fff0u32.to_be_bytes().to_vec());
         let error = Framing::default().read(&mut oversized).unwrap_err();
         assert!(error.to_string().contains("frame size too big"), "{error}");
+    }
+
+    /// A packet holding an unknown field nested 1000 deep overflowed the decoding thread's stack
+    /// in a debug build (the host's reader thread: a child could end the host). Now refused.
+    #[test]
+    fn regression_deeply_nested_packets_are_refused_not_a_stack_overflow() {
+        let mut packet = rmp_serde::to_vec_named(&Packet::Destroyed { key: 1 }).unwrap();
+        // {"Destroyed": {"key": 1}} becomes {"Destroyed": {"key": 1, "x": [[[...]]]}}.
+        assert_eq!(packet[11], 0x81);
+        packet[11] = 0x82;
+        packet.extend_from_slice(&[0xa1, b'x']);
+        packet.extend(std::iter::repeat_n(0x91, 1000));
+        packet.push(0xc0);
+        let error = decode(&packet).unwrap_err();
+        assert!(matches!(error, rmp_serde::decode::Error::DepthLimitExceeded), "{error}");
+        let frame = [&(packet.len() as u32).to_be_bytes()[..], &packet].concat();
+        let (accepted, violation) = crate::fuzzing::receive_from_child(&frame, 0);
+        assert_eq!(accepted, 0);
+        assert!(violation.unwrap().contains("depth limit exceeded"));
     }
 
     #[test]

@@ -179,7 +179,7 @@ async fn execute(host: &Host, line: &str) -> Result<String, String> {
 
 /// A MessagePack value as JSON text (binary as a byte array, integer map keys as strings).
 fn msgpack_to_json(bytes: &[u8]) -> String {
-    match rmp_serde::from_slice::<rmpv::Value>(bytes) {
+    match extension_api::wire::decode::<rmpv::Value>(bytes) {
         Ok(value) => serde_json::to_string(&value).unwrap_or_else(|_| value.to_string()),
         Err(error) => format!("<undecodable MessagePack: {error}>"),
     }

@@ -1,0 +1,60 @@
+//! The child-connection frame decoder: arbitrary bytes as they would arrive on a child's
+//! socket, through the connections' length-delimited `Framing` (16 MiB limit) and
+//! `protocol::decode`, as the child's reader does, and through the host's end of a connection
+//! (`Connection::receive`: decoding plus the checks on who may send what for which key).
+//!
+//! Input: the first byte is how many bytes each read of the socket hands out (0: all at once),
+//! so frames and length prefixes get split at every place; the rest is the stream.
+
+#![no_main]
+
+use extension_api::abi;
+use extension_api::wire::{self, Control, OwnedMessage};
+use extension_host::fuzzing::{decode_frames, read_frames, receive_from_child};
+use extension_host::remote::protocol::{MAX_PACKET, Packet, decode, encode};
+use extension_host_fuzz::on_decoding_stack;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| on_decoding_stack(data, check));
+
+fn check(data: &[u8]) {
+    let Some((&chunk, stream)) = data.split_first() else { return };
+    let chunk = usize::from(chunk);
+    let (frames, error) = read_frames(stream, chunk);
+    // However the stream is split into reads, the same frames come out.
+    if chunk != 0 {
+        let (whole, whole_error) = read_frames(stream, 0);
+        assert_eq!(frames, whole, "frames differ between chunked and whole reads");
+        assert_eq!(error.is_some(), whole_error.is_some(), "{error:?} vs {whole_error:?}");
+    }
+    for frame in &frames {
+        assert!(frame.len() <= MAX_PACKET);
+        let Ok(packet) = decode(frame) else { continue };
+        // What decodes re-encodes to the same packet (the host and the child re-send values
+        // they decoded: the child hands a `Control` on to the instance, for one).
+        let again = encode(&packet).expect("a decoded packet encodes");
+        assert_eq!(decode(&again).expect("a re-encoded packet decodes"), packet);
+        match &packet {
+            Packet::Control { command, .. } => {
+                // The child re-encodes the command and the instance decodes it.
+                let bytes = rmp_serde::to_vec_named(command).expect("a command encodes");
+                assert_eq!(&wire::decode::<Control>(&bytes).expect("the command decodes"), command);
+            }
+            Packet::Message { message, .. } => {
+                // The child delivers it as a borrowed `RawMessage`; the receiver copies it.
+                // SAFETY: `raw` borrows `message`, which outlives the copy.
+                let copy = unsafe { OwnedMessage::copy(&message.raw()) }.expect("a decoded message copies");
+                let expected = match message.kind {
+                    abi::kind::REPLY | abi::kind::CANCEL => OwnedMessage { channel: String::new(), ..message.clone() },
+                    _ => message.clone(),
+                };
+                assert_eq!(copy, expected);
+            }
+            _ => {}
+        }
+    }
+    // The frames are the same however the stream is split (checked above): the readers take
+    // it whole, which spares each of them a 64 KiB buffer fill per read.
+    let _ = decode_frames(stream, 0);
+    let _ = receive_from_child(stream, 0);
+}
