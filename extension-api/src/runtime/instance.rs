@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use tokio::sync::mpsc;
 
 use crate::InvokeErrorKind;
 use crate::abi::{self, HostVTable, PEER_ALL, PEER_MAIN, Peer, RawMessage, RawSlice};
@@ -18,7 +17,8 @@ use crate::ipc::{Main, Renderer, Sender};
 use crate::runtime::context::{self, HalfRef};
 use crate::runtime::panic_message;
 use crate::runtime::state::{Deactivator, Half, HandlerResult, RawEvent, Reply, State};
-use crate::wire::{Completion, Control, ErrorPayload, InstanceConfig, InstanceSnapshot, MailboxLimit, OwnedMessage};
+use crate::runtime::mailbox::{Mailbox, Refused};
+use crate::wire::{Completion, Control, ErrorPayload, InstanceConfig, InstanceSnapshot, OwnedMessage};
 
 /// How long `destroy` waits for the runtime thread to finish dropping tasks.
 const DESTROY_WAIT: Duration = Duration::from_secs(5);
@@ -37,9 +37,7 @@ pub(crate) struct Shared {
     key: u64,
     pub(crate) name: String,
     pub(crate) runtime: tokio::runtime::Handle,
-    /// Unbounded as a channel, bounded by `Mailbox::admit`: see [`MailboxLimit`].
-    mailbox: mpsc::UnboundedSender<OwnedMessage>,
-    load: Mailbox,
+    mailbox: Mailbox,
     state: Mutex<State>,
     factory: Factory,
     next_id: AtomicU64,
@@ -207,25 +205,19 @@ impl Shared {
             listener_panics: self.listener_panics.load(Ordering::Relaxed),
             local_requests: state.halves.values().flat_map(|half| half.pending.values()).filter(|p| p.local).count()
                 as u64,
-            queued_messages: self.load.messages.load(Ordering::Relaxed),
-            dropped_broadcasts: self.load.dropped_broadcasts.load(Ordering::Relaxed),
-            refused_requests: self.load.refused_requests.load(Ordering::Relaxed),
+            queued_messages: self.mailbox.queued(),
+            dropped_broadcasts: self.mailbox.dropped_broadcasts(),
+            refused_requests: self.mailbox.refused_requests(),
         }
     }
 
     /// Queues a message from the host. Never runs author code on the calling thread, and never
     /// blocks: a full mailbox refuses what may be refused (`BUSY`), see [`MailboxLimit`].
     pub(crate) fn enqueue(&self, envelope: OwnedMessage) -> u32 {
-        let size = envelope.size();
-        if !self.load.admit(envelope.kind, size) {
-            return abi::status::BUSY;
-        }
-        match self.mailbox.send(envelope) {
+        match self.mailbox.push(envelope) {
             Ok(()) => abi::status::OK,
-            Err(_) => {
-                self.load.taken(size);
-                abi::status::DEACTIVATED
-            }
+            Err(Refused::Full) => abi::status::BUSY,
+            Err(Refused::Closed) => abi::status::DEACTIVATED,
         }
     }
 
@@ -314,38 +306,30 @@ impl Shared {
             return;
         };
         // Author code (the handler's synchronous part) runs outside the state lock: it may
-        // register, dispose or broadcast.
-        let started = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            context::sync_scope(self.half_ref(target, generation), || handler(payload, Sender::from_peer(origin)))
-        }));
-        let future = match started {
-            Ok(future) => future,
-            Err(panic) => {
-                let message = panic_message(panic.as_ref());
-                tracing::error!(%channel, "a handler panicked: {message}");
-                let payload = ErrorPayload { message: format!("the handler panicked: {message}"), data: None };
-                self.send_error(target, origin, request_id, &channel, InvokeErrorKind::Panicked, &payload);
-                return;
-            }
-        };
-        // Most handlers finish without waiting. Polled once here, in place (the future is
-        // already boxed), they answer without a task of their own: one spawn, one wake-up and
-        // one more box fewer per request. One that waits is spawned and polled again there,
-        // which registers its real waker (futures re-register on every poll).
-        let mut future = future;
+        // register, dispose or broadcast. Most handlers finish without waiting: polled once
+        // here, in place (the future is already boxed), they answer without a task of their
+        // own: one spawn and one wake-up fewer per request. One that waits is spawned and
+        // polled again there, which registers its real waker (futures re-register on every
+        // poll).
         let mut probe = std::task::Context::from_waker(std::task::Waker::noop());
         // Inspect counts it as running meanwhile (it may block, and inspect answers from
         // another thread).
         self.inline_handler.store(target.wrapping_add(1), Ordering::Release);
-        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            context::sync_scope(self.half_ref(target, generation), || future.as_mut().poll(&mut probe))
+        let started = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            context::sync_scope(self.half_ref(target, generation), || {
+                let mut future = handler(payload, Sender::from_peer(origin));
+                match future.as_mut().poll(&mut probe) {
+                    std::task::Poll::Ready(result) => Ok(result),
+                    std::task::Poll::Pending => Err(future),
+                }
+            })
         }));
         self.inline_handler.store(0, Ordering::Release);
-        match polled {
-            Ok(std::task::Poll::Ready(result)) => return self.reply(target, origin, request_id, &channel, Ok(result)),
+        let future = match started {
+            Ok(Ok(result)) => return self.reply(target, origin, request_id, &channel, Ok(result)),
             Err(panic) => return self.reply(target, origin, request_id, &channel, Err(panic)),
-            Ok(std::task::Poll::Pending) => {}
-        }
+            Ok(Err(future)) => future,
+        };
         let scoped = context::scope(self.half_ref(target, generation), AssertUnwindSafe(future).catch_unwind());
         let weak = Arc::downgrade(self);
         let mut state = self.state();
@@ -580,14 +564,12 @@ impl Instance {
         let thread_name = format!("ext:{}", config.name);
         let runtime =
             tokio::runtime::Builder::new_current_thread().enable_all().thread_name(thread_name.clone()).build()?;
-        let (mailbox, inbox) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             host,
             key,
             name: config.name,
             runtime: runtime.handle().clone(),
-            mailbox,
-            load: Mailbox::new(config.mailbox),
+            mailbox: Mailbox::new(config.mailbox),
             state: Mutex::new(State::default()),
             factory,
             next_id: AtomicU64::new(1),
@@ -601,7 +583,7 @@ impl Instance {
         let dispatcher_shared = shared.clone();
         let thread = std::thread::Builder::new().name(thread_name).spawn(move || {
             runtime.block_on(async move {
-                tokio::spawn(dispatch_loop(dispatcher_shared, inbox));
+                tokio::spawn(dispatch_loop(dispatcher_shared));
                 // Either a signal or the sender dropped: both mean stop.
                 let _ = shutdown_signal.await;
             });
@@ -640,76 +622,13 @@ impl Instance {
     }
 }
 
-async fn dispatch_loop(shared: Arc<Shared>, mut inbox: mpsc::UnboundedReceiver<OwnedMessage>) {
-    while let Some(envelope) = inbox.recv().await {
-        shared.load.taken(envelope.size());
-        shared.dispatch(envelope);
-        shared.load.report_overflow(&shared.name);
-    }
+async fn dispatch_loop(shared: Arc<Shared>) {
+    shared
+        .mailbox
+        .serve(|envelope| {
+            shared.dispatch(envelope);
+            shared.mailbox.report_overflow(&shared.name);
+        })
+        .await;
 }
 
-/// The mailbox's bookkeeping: what is queued, and what was turned away for lack of room.
-struct Mailbox {
-    limit: MailboxLimit,
-    messages: AtomicU64,
-    bytes: AtomicU64,
-    dropped_broadcasts: AtomicU64,
-    refused_requests: AtomicU64,
-    /// Turned away since the dispatcher last said so in the log.
-    unreported: AtomicU64,
-}
-
-impl Mailbox {
-    fn new(limit: MailboxLimit) -> Mailbox {
-        Mailbox {
-            limit,
-            messages: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-            dropped_broadcasts: AtomicU64::new(0),
-            refused_requests: AtomicU64::new(0),
-            unreported: AtomicU64::new(0),
-        }
-    }
-
-    /// Takes room for a message of `kind` and `size`, or refuses it (and counts that). Only
-    /// broadcasts, requests and store writes are ever refused: everything else answers a
-    /// message already accepted, so it is bounded by those, and losing it would leave a
-    /// request waiting or a replica diverged.
-    fn admit(&self, kind: u32, size: u64) -> bool {
-        let messages = self.messages.fetch_add(1, Ordering::AcqRel);
-        let bytes = self.bytes.fetch_add(size, Ordering::AcqRel);
-        let refusable = matches!(kind, abi::kind::BROADCAST | abi::kind::INVOKE | abi::kind::STORE_WRITE);
-        // An empty mailbox takes any one message, however large.
-        let full = messages > 0 && (messages >= self.limit.messages || bytes.saturating_add(size) > self.limit.bytes);
-        if !(refusable && full) {
-            return true;
-        }
-        self.taken(size);
-        let counter = if kind == abi::kind::BROADCAST { &self.dropped_broadcasts } else { &self.refused_requests };
-        counter.fetch_add(1, Ordering::Relaxed);
-        self.unreported.fetch_add(1, Ordering::Relaxed);
-        false
-    }
-
-    /// Gives back the room of a message that left the mailbox.
-    fn taken(&self, size: u64) {
-        self.messages.fetch_sub(1, Ordering::AcqRel);
-        self.bytes.fetch_sub(size, Ordering::AcqRel);
-    }
-
-    /// Logs what was turned away, from the instance's own thread, once per overflow: when the
-    /// mailbox has drained (so whoever reads the warning knows there is room again).
-    fn report_overflow(&self, name: &str) {
-        if self.unreported.load(Ordering::Relaxed) == 0 || self.messages.load(Ordering::Acquire) != 0 {
-            return;
-        }
-        let turned_away = self.unreported.swap(0, Ordering::Relaxed);
-        tracing::warn!(
-            "`{name}` is slower than what is sent to it: its mailbox was full ({} messages or {} bytes), \
-             so {turned_away} message(s) were turned away (broadcasts dropped, requests and store \
-             writes refused as overloaded)",
-            self.limit.messages,
-            self.limit.bytes,
-        );
-    }
-}

@@ -5,6 +5,7 @@
 pub(crate) mod context;
 pub mod export;
 mod instance;
+mod mailbox;
 pub(crate) mod logging;
 pub(crate) mod state;
 mod store;

@@ -1,0 +1,237 @@
+//! An instance's mailbox: the one FIFO queue between whoever sends to the instance (the host,
+//! from any thread; the instance itself, for requests between its own halves) and its
+//! dispatcher, with the bound that keeps a slow instance from growing memory.
+//!
+//! It is a locked `VecDeque` rather than a channel because of how it is used: the dispatcher
+//! takes everything queued at once (one lock per batch, not per message), and a message the
+//! instance sends itself while dispatching (a reply to its own frame) does not wake the
+//! dispatcher, which is running and will look again before it sleeps.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::task::{Poll, Waker};
+
+use crate::abi;
+use crate::wire::{MailboxLimit, OwnedMessage};
+
+/// Why a message was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// The mailbox is full and the message may be refused (see [`MailboxLimit`]).
+    Full,
+    /// The dispatcher is gone: the instance stopped.
+    Closed,
+}
+
+pub(crate) struct Mailbox {
+    queue: Mutex<Queue>,
+    limit: MailboxLimit,
+    messages: AtomicU64,
+    bytes: AtomicU64,
+    dropped_broadcasts: AtomicU64,
+    refused_requests: AtomicU64,
+    /// Turned away since the dispatcher last said so in the log.
+    unreported: AtomicU64,
+}
+
+#[derive(Default)]
+struct Queue {
+    messages: VecDeque<OwnedMessage>,
+    /// The dispatcher's, while it waits for messages.
+    waker: Option<Waker>,
+    /// The dispatcher is working through a batch and will look again before it waits.
+    draining: bool,
+    closed: bool,
+}
+
+/// Messages the dispatcher works through before letting the thread's other tasks run.
+const BATCH_BEFORE_YIELD: usize = 128;
+
+impl Mailbox {
+    pub(crate) fn new(limit: MailboxLimit) -> Mailbox {
+        Mailbox {
+            queue: Mutex::new(Queue::default()),
+            limit,
+            messages: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            dropped_broadcasts: AtomicU64::new(0),
+            refused_requests: AtomicU64::new(0),
+            unreported: AtomicU64::new(0),
+        }
+    }
+
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        // Nothing panics under this lock but a failed allocation; the queue is still sound.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues a message, or refuses it. Never blocks and never runs the dispatcher.
+    pub(crate) fn push(&self, message: OwnedMessage) -> Result<(), Refused> {
+        let size = message.size();
+        if !self.admit(message.kind, size) {
+            return Err(Refused::Full);
+        }
+        let waker = {
+            let mut queue = self.queue();
+            if queue.closed {
+                drop(queue);
+                self.taken(size);
+                return Err(Refused::Closed);
+            }
+            queue.messages.push_back(message);
+            if queue.draining { None } else { queue.waker.take() }
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Ok(())
+    }
+
+    /// Runs `dispatch` on every message, in order, until the mailbox is closed (its owner,
+    /// this future, dropped: the runtime shutting down).
+    pub(crate) async fn serve(&self, mut dispatch: impl FnMut(OwnedMessage)) {
+        let _closer = CloseOnDrop(self);
+        // Swapped with the queue's buffer each time, so neither is allocated again.
+        let mut batch = VecDeque::new();
+        loop {
+            poll_fn(|cx| {
+                let mut queue = self.queue();
+                if queue.messages.is_empty() {
+                    queue.draining = false;
+                    if !queue.waker.as_ref().is_some_and(|waker| waker.will_wake(cx.waker())) {
+                        queue.waker = Some(cx.waker().clone());
+                    }
+                    return Poll::Pending;
+                }
+                queue.draining = true;
+                std::mem::swap(&mut queue.messages, &mut batch);
+                Poll::Ready(())
+            })
+            .await;
+            let mut done = 0;
+            while let Some(message) = batch.pop_front() {
+                self.taken(message.size());
+                dispatch(message);
+                done += 1;
+                if done % BATCH_BEFORE_YIELD == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+    }
+
+    /// Takes room for a message of `kind` and `size`, or refuses it (and counts that). Only
+    /// broadcasts, requests and store writes are ever refused: everything else answers a
+    /// message already accepted, so it is bounded by those, and losing it would leave a
+    /// request waiting or a replica diverged.
+    fn admit(&self, kind: u32, size: u64) -> bool {
+        let messages = self.messages.fetch_add(1, Ordering::AcqRel);
+        let bytes = self.bytes.fetch_add(size, Ordering::AcqRel);
+        let refusable = matches!(kind, abi::kind::BROADCAST | abi::kind::INVOKE | abi::kind::STORE_WRITE);
+        // An empty mailbox takes any one message, however large.
+        let full = messages > 0 && (messages >= self.limit.messages || bytes.saturating_add(size) > self.limit.bytes);
+        if !(refusable && full) {
+            return true;
+        }
+        self.taken(size);
+        let counter = if kind == abi::kind::BROADCAST { &self.dropped_broadcasts } else { &self.refused_requests };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.unreported.fetch_add(1, Ordering::Relaxed);
+        false
+    }
+
+    /// Gives back the room of a message that left the mailbox.
+    fn taken(&self, size: u64) {
+        self.messages.fetch_sub(1, Ordering::AcqRel);
+        self.bytes.fetch_sub(size, Ordering::AcqRel);
+    }
+
+    /// Messages queued right now.
+    pub(crate) fn queued(&self) -> u64 {
+        self.messages.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn dropped_broadcasts(&self) -> u64 {
+        self.dropped_broadcasts.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn refused_requests(&self) -> u64 {
+        self.refused_requests.load(Ordering::Relaxed)
+    }
+
+    /// Logs what was turned away, from the instance's own thread, once per overflow: when the
+    /// mailbox has drained (so whoever reads the warning knows there is room again).
+    pub(crate) fn report_overflow(&self, name: &str) {
+        if self.unreported.load(Ordering::Relaxed) == 0 || self.messages.load(Ordering::Acquire) != 0 {
+            return;
+        }
+        let turned_away = self.unreported.swap(0, Ordering::Relaxed);
+        tracing::warn!(
+            "`{name}` is slower than what is sent to it: its mailbox was full ({} messages or {} bytes), \
+             so {turned_away} message(s) were turned away (broadcasts dropped, requests and store \
+             writes refused as overloaded)",
+            self.limit.messages,
+            self.limit.bytes,
+        );
+    }
+}
+
+/// Closes the mailbox when the dispatcher stops: later messages are refused, queued ones
+/// dropped.
+struct CloseOnDrop<'a>(&'a Mailbox);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        let left = {
+            let mut queue = self.0.queue();
+            queue.closed = true;
+            queue.waker = None;
+            std::mem::take(&mut queue.messages)
+        };
+        // Dropped outside the lock.
+        drop(left);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(kind: u32, request_id: u64) -> OwnedMessage {
+        OwnedMessage {
+            kind,
+            status: 0,
+            origin: 1,
+            target: 0,
+            request_id,
+            channel: "c".into(),
+            payload: vec![0; 4],
+        }
+    }
+
+    #[test]
+    fn refuses_what_may_be_refused_past_the_bound_and_keeps_order() {
+        let mailbox = Mailbox::new(MailboxLimit { messages: 2, bytes: 1 << 20 });
+        assert_eq!(mailbox.push(message(abi::kind::INVOKE, 1)), Ok(()));
+        assert_eq!(mailbox.push(message(abi::kind::BROADCAST, 2)), Ok(()));
+        assert_eq!(mailbox.push(message(abi::kind::BROADCAST, 3)), Err(Refused::Full));
+        assert_eq!(mailbox.push(message(abi::kind::INVOKE, 4)), Err(Refused::Full));
+        // Answers are always taken.
+        assert_eq!(mailbox.push(message(abi::kind::REPLY, 5)), Ok(()));
+        assert_eq!((mailbox.queued(), mailbox.dropped_broadcasts(), mailbox.refused_requests()), (3, 1, 1));
+
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let mut seen = Vec::new();
+        runtime.block_on(async {
+            let serve = mailbox.serve(|message| seen.push(message.request_id));
+            // Serving never ends on its own; stop once it has gone idle.
+            let _ = tokio::time::timeout(std::time::Duration::ZERO, serve).await;
+        });
+        assert_eq!(seen, [1, 2, 5]);
+        assert_eq!(mailbox.queued(), 0);
+        // The server was dropped: the mailbox is closed.
+        assert_eq!(mailbox.push(message(abi::kind::REPLY, 6)), Err(Refused::Closed));
+    }
+}
