@@ -184,7 +184,7 @@ impl HalfHandle {
         let status = if local {
             shared.enqueue(OwnedMessage {
                 kind: abi::kind::INVOKE,
-                status: 0,
+                status: crate::runtime::LOCAL_REQUEST,
                 origin: self.peer,
                 target,
                 request_id,

@@ -108,7 +108,14 @@ unsafe extern "C" fn deliver(instance: InstancePtr, message: *const RawMessage) 
         };
         // SAFETY: the host keeps the message's buffers valid for this call.
         match unsafe { OwnedMessage::copy(message) } {
-            Some(envelope) => instance.shared.enqueue(envelope),
+            Some(mut envelope) => {
+                // Whatever the sender put there, a request from outside is not one of the
+                // instance's own (see `LOCAL_REQUEST`).
+                if envelope.kind == abi::kind::INVOKE {
+                    envelope.status = 0;
+                }
+                instance.shared.enqueue(envelope)
+            }
             None => abi::status::INVALID,
         }
     }))

@@ -20,6 +20,10 @@ use crate::runtime::state::{Deactivator, Half, HandlerResult, RawEvent, Reply, S
 use crate::runtime::mailbox::{Mailbox, Refused};
 use crate::wire::{Completion, Control, ErrorPayload, InstanceConfig, InstanceSnapshot, OwnedMessage};
 
+/// Marks an invoke between halves of this instance, in the message's otherwise unused status
+/// (messages from the host always arrive with 0 there): its answer goes back the same way.
+pub(crate) const LOCAL_REQUEST: u32 = 1;
+
 /// How long `destroy` waits for the runtime thread to finish dropping tasks.
 const DESTROY_WAIT: Duration = Duration::from_secs(5);
 
@@ -86,8 +90,10 @@ impl Shared {
         unsafe { (self.host.send)(self.key, &message) }
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn send_error(
         &self,
+        local: bool,
         origin: Peer,
         target: Peer,
         request_id: u64,
@@ -96,19 +102,23 @@ impl Shared {
         payload: &ErrorPayload,
     ) {
         let bytes = rmp_serde::to_vec_named(payload).unwrap_or_default();
-        self.send_reply(origin, target, request_id, channel, kind.code(), bytes);
+        self.send_reply(local, origin, target, request_id, channel, kind.code(), bytes);
     }
 
-    /// Answers request `request_id` of `to`: within the instance if it came that way (through
-    /// the mailbox, so it still arrives after what `from` sent `to` before it), else through
-    /// the host.
-    fn send_reply(&self, from: Peer, to: Peer, request_id: u64, channel: &str, status: u32, payload: Vec<u8>) {
-        let local = self
-            .state()
-            .halves
-            .get(&to)
-            .and_then(|half| half.pending.get(&request_id))
-            .is_some_and(|pending| pending.local);
+    /// Answers request `request_id` of `to`: within the instance if it came that way (`local`:
+    /// through the mailbox, so it still arrives after what `from` sent `to` before it), else
+    /// through the host.
+    #[allow(clippy::too_many_arguments)]
+    fn send_reply(
+        &self,
+        local: bool,
+        from: Peer,
+        to: Peer,
+        request_id: u64,
+        channel: &str,
+        status: u32,
+        payload: Vec<u8>,
+    ) {
         if local {
             let reply = OwnedMessage {
                 kind: abi::kind::REPLY,
@@ -291,7 +301,8 @@ impl Shared {
     }
 
     fn dispatch_invoke(self: &Arc<Self>, envelope: OwnedMessage) {
-        let OwnedMessage { origin, target, request_id, channel, payload, .. } = envelope;
+        let OwnedMessage { origin, target, request_id, channel, payload, status, .. } = envelope;
+        let local = status == LOCAL_REQUEST;
         let handler = {
             let state = self.state();
             state.halves.get(&target).and_then(|half| {
@@ -302,7 +313,7 @@ impl Shared {
         let Some((handler, generation)) = handler else {
             let side = if target == PEER_MAIN { "main".to_owned() } else { format!("frame {target}") };
             let payload = ErrorPayload { message: format!("no handler for channel `{channel}` in {side}"), data: None };
-            self.send_error(target, origin, request_id, &channel, InvokeErrorKind::NoHandler, &payload);
+            self.send_error(local, target, origin, request_id, &channel, InvokeErrorKind::NoHandler, &payload);
             return;
         };
         // Author code (the handler's synchronous part) runs outside the state lock: it may
@@ -326,8 +337,8 @@ impl Shared {
         }));
         self.inline_handler.store(0, Ordering::Release);
         let future = match started {
-            Ok(Ok(result)) => return self.reply(target, origin, request_id, &channel, Ok(result)),
-            Err(panic) => return self.reply(target, origin, request_id, &channel, Err(panic)),
+            Ok(Ok(result)) => return self.reply(local, target, origin, request_id, &channel, Ok(result)),
+            Err(panic) => return self.reply(local, target, origin, request_id, &channel, Err(panic)),
             Ok(Err(future)) => future,
         };
         let scoped = context::scope(self.half_ref(target, generation), AssertUnwindSafe(future).catch_unwind());
@@ -337,7 +348,7 @@ impl Shared {
             drop(state);
             let kind = if target == PEER_MAIN { InvokeErrorKind::Deactivated } else { InvokeErrorKind::FrameClosed };
             let payload = ErrorPayload { message: format!("{kind} before the handler started"), data: None };
-            self.send_error(target, origin, request_id, &channel, kind, &payload);
+            self.send_error(local, target, origin, request_id, &channel, kind, &payload);
             return;
         };
         // Spawned under the state lock: the task cannot remove its `running` entry before the
@@ -348,14 +359,16 @@ impl Shared {
             if let Some(half) = shared.state().half_mut(target, generation) {
                 half.running.remove(&(origin, request_id));
             }
-            shared.reply(target, origin, request_id, &channel, outcome);
+            shared.reply(local, target, origin, request_id, &channel, outcome);
         });
         half.running.insert((origin, request_id), task.abort_handle());
     }
 
     /// Sends a handler's outcome back to the invoker.
+    #[allow(clippy::too_many_arguments)]
     fn reply(
         &self,
+        local: bool,
         target: Peer,
         origin: Peer,
         request_id: u64,
@@ -363,13 +376,13 @@ impl Shared {
         outcome: std::thread::Result<HandlerResult>,
     ) {
         match outcome {
-            Ok(Ok(bytes)) => self.send_reply(target, origin, request_id, channel, abi::status::OK, bytes),
-            Ok(Err((kind, payload))) => self.send_error(target, origin, request_id, channel, kind, &payload),
+            Ok(Ok(bytes)) => self.send_reply(local, target, origin, request_id, channel, abi::status::OK, bytes),
+            Ok(Err((kind, payload))) => self.send_error(local, target, origin, request_id, channel, kind, &payload),
             Err(panic) => {
                 let message = panic_message(panic.as_ref());
                 tracing::error!(%channel, "a handler panicked: {message}");
                 let payload = ErrorPayload { message: format!("the handler panicked: {message}"), data: None };
-                self.send_error(target, origin, request_id, channel, InvokeErrorKind::Panicked, &payload);
+                self.send_error(local, target, origin, request_id, channel, InvokeErrorKind::Panicked, &payload);
             }
         }
     }

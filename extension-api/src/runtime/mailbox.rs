@@ -28,8 +28,6 @@ pub(crate) enum Refused {
 pub(crate) struct Mailbox {
     queue: Mutex<Queue>,
     limit: MailboxLimit,
-    messages: AtomicU64,
-    bytes: AtomicU64,
     dropped_broadcasts: AtomicU64,
     refused_requests: AtomicU64,
     /// Turned away since the dispatcher last said so in the log.
@@ -38,7 +36,11 @@ pub(crate) struct Mailbox {
 
 #[derive(Default)]
 struct Queue {
+    /// Waiting for the dispatcher (what the bound applies to). The batch it is working
+    /// through has left the queue.
     messages: VecDeque<OwnedMessage>,
+    /// Channel and payload bytes of `messages`.
+    bytes: u64,
     /// The dispatcher's, while it waits for messages.
     waker: Option<Waker>,
     /// The dispatcher is working through a batch and will look again before it waits.
@@ -54,8 +56,6 @@ impl Mailbox {
         Mailbox {
             queue: Mutex::new(Queue::default()),
             limit,
-            messages: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
             dropped_broadcasts: AtomicU64::new(0),
             refused_requests: AtomicU64::new(0),
             unreported: AtomicU64::new(0),
@@ -68,19 +68,32 @@ impl Mailbox {
     }
 
     /// Queues a message, or refuses it. Never blocks and never runs the dispatcher.
+    ///
+    /// Past the bound only broadcasts, requests and store writes are refused: everything else
+    /// answers a message already accepted, so it is bounded by those, and losing it would
+    /// leave a request waiting or a replica diverged. An empty mailbox takes any one message,
+    /// however large.
     pub(crate) fn push(&self, message: OwnedMessage) -> Result<(), Refused> {
         let size = message.size();
-        if !self.admit(message.kind, size) {
-            return Err(Refused::Full);
-        }
+        let kind = message.kind;
         let waker = {
             let mut queue = self.queue();
             if queue.closed {
-                drop(queue);
-                self.taken(size);
                 return Err(Refused::Closed);
             }
+            let waiting = queue.messages.len() as u64;
+            let full =
+                waiting > 0 && (waiting >= self.limit.messages || queue.bytes.saturating_add(size) > self.limit.bytes);
+            let refusable = matches!(kind, abi::kind::BROADCAST | abi::kind::INVOKE | abi::kind::STORE_WRITE);
+            if full && refusable {
+                drop(queue);
+                let counter = if kind == abi::kind::BROADCAST { &self.dropped_broadcasts } else { &self.refused_requests };
+                counter.fetch_add(1, Ordering::Relaxed);
+                self.unreported.fetch_add(1, Ordering::Relaxed);
+                return Err(Refused::Full);
+            }
             queue.messages.push_back(message);
+            queue.bytes += size;
             if queue.draining { None } else { queue.waker.take() }
         };
         if let Some(waker) = waker {
@@ -106,13 +119,13 @@ impl Mailbox {
                     return Poll::Pending;
                 }
                 queue.draining = true;
+                queue.bytes = 0;
                 std::mem::swap(&mut queue.messages, &mut batch);
                 Poll::Ready(())
             })
             .await;
             let mut done = 0;
             while let Some(message) = batch.pop_front() {
-                self.taken(message.size());
                 dispatch(message);
                 done += 1;
                 if done % BATCH_BEFORE_YIELD == 0 {
@@ -122,35 +135,9 @@ impl Mailbox {
         }
     }
 
-    /// Takes room for a message of `kind` and `size`, or refuses it (and counts that). Only
-    /// broadcasts, requests and store writes are ever refused: everything else answers a
-    /// message already accepted, so it is bounded by those, and losing it would leave a
-    /// request waiting or a replica diverged.
-    fn admit(&self, kind: u32, size: u64) -> bool {
-        let messages = self.messages.fetch_add(1, Ordering::AcqRel);
-        let bytes = self.bytes.fetch_add(size, Ordering::AcqRel);
-        let refusable = matches!(kind, abi::kind::BROADCAST | abi::kind::INVOKE | abi::kind::STORE_WRITE);
-        // An empty mailbox takes any one message, however large.
-        let full = messages > 0 && (messages >= self.limit.messages || bytes.saturating_add(size) > self.limit.bytes);
-        if !(refusable && full) {
-            return true;
-        }
-        self.taken(size);
-        let counter = if kind == abi::kind::BROADCAST { &self.dropped_broadcasts } else { &self.refused_requests };
-        counter.fetch_add(1, Ordering::Relaxed);
-        self.unreported.fetch_add(1, Ordering::Relaxed);
-        false
-    }
-
-    /// Gives back the room of a message that left the mailbox.
-    fn taken(&self, size: u64) {
-        self.messages.fetch_sub(1, Ordering::AcqRel);
-        self.bytes.fetch_sub(size, Ordering::AcqRel);
-    }
-
-    /// Messages queued right now.
+    /// Messages waiting right now.
     pub(crate) fn queued(&self) -> u64 {
-        self.messages.load(Ordering::Relaxed)
+        self.queue().messages.len() as u64
     }
 
     pub(crate) fn dropped_broadcasts(&self) -> u64 {
@@ -162,9 +149,9 @@ impl Mailbox {
     }
 
     /// Logs what was turned away, from the instance's own thread, once per overflow: when the
-    /// mailbox has drained (so whoever reads the warning knows there is room again).
+    /// queue has emptied (so whoever reads the warning knows there is room again).
     pub(crate) fn report_overflow(&self, name: &str) {
-        if self.unreported.load(Ordering::Relaxed) == 0 || self.messages.load(Ordering::Acquire) != 0 {
+        if self.unreported.load(Ordering::Relaxed) == 0 || !self.queue().messages.is_empty() {
             return;
         }
         let turned_away = self.unreported.swap(0, Ordering::Relaxed);
