@@ -17,7 +17,7 @@ use crate::abi::{self, PEER_ALL, PEER_MAIN, Peer};
 use crate::channel::{EventChannelName, RequestChannelName};
 use crate::error::{InvokeError, InvokeErrorKind, IpcError};
 use crate::runtime::context::{self, HalfRef};
-use crate::runtime::{HandlerFn, ListenerFn, Pending, RawEvent, Reply, Shared};
+use crate::runtime::{HandlerFn, ListenerFn, Pending, RawEvent, Reply, Shared, TIMED_OUT, timeout_ticks};
 use crate::wire::{ErrorPayload, OwnedMessage};
 
 /// The part shared by [`Main`] and [`Renderer`]: one half (one generation of it) of one
@@ -154,11 +154,9 @@ impl HalfHandle {
         let channel = channel.channel_name().to_owned();
         let started = crate::runtime::encode(value)
             .map_err(|error| InvokeError::new(InvokeErrorKind::Serialize, &channel, error.to_string()))
-            .and_then(|payload| self.start_invoke(target, channel, payload));
+            .and_then(|payload| self.start_invoke(target, channel, payload, timeout));
         async move {
-            let request = started?;
-            let channel = request.guard.channel.clone();
-            let reply = request.wait(timeout).await?;
+            let (reply, channel) = started?.wait(timeout).await?;
             crate::wire::decode(&reply).map_err(|error| {
                 let message = format!("the reply does not decode as {}: {error}", std::any::type_name::<Resp>());
                 InvokeError::new(InvokeErrorKind::Deserialize, channel, message)
@@ -166,19 +164,28 @@ impl HalfHandle {
         }
     }
 
-    fn start_invoke(&self, target: Peer, channel: String, payload: Vec<u8>) -> Result<PendingInvoke, InvokeError> {
+    fn start_invoke(
+        &self,
+        target: Peer,
+        channel: String,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<PendingInvoke, InvokeError> {
         let deactivated =
             || InvokeError::new(InvokeErrorKind::Deactivated, channel.as_str(), "the extension is not active");
         let shared = self.shared.upgrade().ok_or_else(deactivated)?;
         let request_id = shared.next_id();
         let (reply, receiver) = oneshot::channel();
-        let local = {
+        let (local, wake_sweeper) = {
             let mut state = shared.state();
             let local = Shared::is_local_route(&state, self.peer, target);
             let half = state.half_mut(self.peer, self.generation).ok_or_else(deactivated)?;
-            half.pending.insert(request_id, Pending { reply, target, local });
-            local
+            half.pending.insert(request_id, Pending { reply, target, local, ticks_left: timeout_ticks(timeout) });
+            (local, !std::mem::replace(&mut state.sweeping, true))
         };
+        if wake_sweeper {
+            shared.sweep.notify_one();
+        }
         // Within the instance, the request goes straight into its mailbox (the host is not
         // involved); otherwise the host routes it.
         let status = if local {
@@ -249,13 +256,16 @@ struct PendingInvoke {
 }
 
 impl PendingInvoke {
-    async fn wait(mut self, timeout: Duration) -> Result<Vec<u8>, InvokeError> {
+    /// The reply's value, and the channel (for the caller's decode errors).
+    async fn wait(mut self, timeout: Duration) -> Result<(Vec<u8>, String), InvokeError> {
+        let outcome = (&mut self.receiver).await;
         let channel = self.guard.channel.as_str();
-        let outcome = tokio::time::timeout(timeout, &mut self.receiver).await;
-        match outcome {
+        match outcome.map_err(|_| ()) {
             // Dropping the armed guard cancels the request on the handling side.
-            Err(_) => Err(InvokeError::new(InvokeErrorKind::Timeout, channel, format!("no reply within {timeout:?}"))),
-            Ok(Err(_)) => {
+            Ok(Reply { status: TIMED_OUT, .. }) => {
+                Err(InvokeError::new(InvokeErrorKind::Timeout, channel, format!("no reply within {timeout:?}")))
+            }
+            Err(()) => {
                 self.guard.armed = false;
                 let kind = if self.guard.peer == PEER_MAIN {
                     InvokeErrorKind::Deactivated
@@ -264,10 +274,10 @@ impl PendingInvoke {
                 };
                 Err(InvokeError::new(kind, channel, "the invoking half was shut down"))
             }
-            Ok(Ok(Reply { status, payload })) => {
+            Ok(Reply { status, payload }) => {
                 self.guard.armed = false;
                 if status == abi::status::OK {
-                    return Ok(payload);
+                    return Ok((payload, std::mem::take(&mut self.guard.channel)));
                 }
                 let kind = InvokeErrorKind::from_code(status).unwrap_or(InvokeErrorKind::ConnectionLost);
                 match crate::wire::decode::<ErrorPayload>(&payload) {

@@ -24,6 +24,19 @@ use crate::wire::{Completion, Control, ErrorPayload, InstanceConfig, InstanceSna
 /// (messages from the host always arrive with 0 there): its answer goes back the same way.
 pub(crate) const LOCAL_REQUEST: u32 = 1;
 
+/// How often waiting requests are checked for their timeout: a request times out between its
+/// timeout and one tick later. One sweep per tick replaces a timer per request.
+pub(crate) const TIMEOUT_TICK: Duration = Duration::from_millis(10);
+
+/// The status of the reply a request gets when its timeout passed (never on the wire).
+pub(crate) const TIMED_OUT: u32 = u32::MAX;
+
+/// Sweeps for a request with `timeout`: enough that it never times out early.
+pub(crate) fn timeout_ticks(timeout: Duration) -> u32 {
+    let ticks = timeout.as_nanos().div_ceil(TIMEOUT_TICK.as_nanos()) + 1;
+    u32::try_from(ticks).unwrap_or(u32::MAX)
+}
+
 /// How long `destroy` waits for the runtime thread to finish dropping tasks.
 const DESTROY_WAIT: Duration = Duration::from_secs(5);
 
@@ -42,6 +55,8 @@ pub(crate) struct Shared {
     pub(crate) name: String,
     pub(crate) runtime: tokio::runtime::Handle,
     mailbox: Mailbox,
+    /// Wakes the timeout sweeper when a request starts waiting while it is idle.
+    pub(crate) sweep: tokio::sync::Notify,
     state: Mutex<State>,
     factory: Factory,
     next_id: AtomicU64,
@@ -209,8 +224,8 @@ impl Shared {
         halves.sort_by_key(|half| half.peer);
         InstanceSnapshot {
             halves,
-            // The dispatcher is ours, not the extension's.
-            tasks: self.runtime.metrics().num_alive_tasks().saturating_sub(1),
+            // The dispatcher and the timeout sweeper are ours, not the extension's.
+            tasks: self.runtime.metrics().num_alive_tasks().saturating_sub(2),
             decode_failures: self.decode_failures.load(Ordering::Relaxed),
             listener_panics: self.listener_panics.load(Ordering::Relaxed),
             local_requests: state.halves.values().flat_map(|half| half.pending.values()).filter(|p| p.local).count()
@@ -583,6 +598,7 @@ impl Instance {
             name: config.name,
             runtime: runtime.handle().clone(),
             mailbox: Mailbox::new(config.mailbox),
+            sweep: tokio::sync::Notify::new(),
             state: Mutex::new(State::default()),
             factory,
             next_id: AtomicU64::new(1),
@@ -594,9 +610,11 @@ impl Instance {
         let (shutdown, shutdown_signal) = tokio::sync::oneshot::channel::<()>();
         let (finished_tx, finished) = std::sync::mpsc::channel();
         let dispatcher_shared = shared.clone();
+        let sweeper_shared = shared.clone();
         let thread = std::thread::Builder::new().name(thread_name).spawn(move || {
             runtime.block_on(async move {
                 tokio::spawn(dispatch_loop(dispatcher_shared));
+                tokio::spawn(sweep_timeouts(sweeper_shared));
                 // Either a signal or the sender dropped: both mean stop.
                 let _ = shutdown_signal.await;
             });
@@ -635,6 +653,45 @@ impl Instance {
     }
 }
 
+/// Times out waiting requests: every [`TIMEOUT_TICK`] while any request of the instance waits,
+/// each one's ticks count down, and those at zero get a [`TIMED_OUT`] reply (their invokers
+/// then cancel them). Idle (no timer at all) while nothing waits.
+async fn sweep_timeouts(shared: Arc<Shared>) {
+    loop {
+        shared.sweep.notified().await;
+        loop {
+            tokio::time::sleep(TIMEOUT_TICK).await;
+            let (expired, waiting) = {
+                let mut state = shared.state();
+                let mut expired = Vec::new();
+                let mut waiting = false;
+                for half in state.halves.values_mut() {
+                    let due: Vec<u64> = half
+                        .pending
+                        .iter_mut()
+                        .filter_map(|(id, pending)| {
+                            pending.ticks_left = pending.ticks_left.saturating_sub(1);
+                            (pending.ticks_left == 0).then_some(*id)
+                        })
+                        .collect();
+                    expired.extend(due.into_iter().filter_map(|id| half.pending.remove(&id)));
+                    waiting |= !half.pending.is_empty();
+                }
+                if !waiting {
+                    state.sweeping = false;
+                }
+                (expired, waiting)
+            };
+            for pending in expired {
+                let _ = pending.reply.send(Reply { status: TIMED_OUT, payload: Vec::new() });
+            }
+            if !waiting {
+                break;
+            }
+        }
+    }
+}
+
 async fn dispatch_loop(shared: Arc<Shared>) {
     shared
         .mailbox
@@ -645,3 +702,18 @@ async fn dispatch_loop(shared: Arc<Shared>) {
         .await;
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_never_times_out_before_its_timeout() {
+        // The first sweep comes anywhere up to one tick after the request starts.
+        assert_eq!(timeout_ticks(Duration::ZERO), 1);
+        assert_eq!(timeout_ticks(TIMEOUT_TICK), 2);
+        assert_eq!(timeout_ticks(TIMEOUT_TICK + Duration::from_nanos(1)), 3);
+        assert_eq!(timeout_ticks(Duration::from_secs(30)), 3001);
+        assert_eq!(timeout_ticks(Duration::MAX), u32::MAX);
+    }
+}

@@ -10,7 +10,7 @@ pub(crate) mod logging;
 pub(crate) mod state;
 mod store;
 
-pub(crate) use instance::{LOCAL_REQUEST, Shared};
+pub(crate) use instance::{LOCAL_REQUEST, Shared, TIMED_OUT, timeout_ticks};
 pub(crate) use state::{HandlerFn, ListenerFn, Pending, RawEvent, Replica, Reply, Watcher};
 
 /// Text of a caught panic payload.

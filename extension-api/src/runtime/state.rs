@@ -43,6 +43,8 @@ pub(crate) struct Pending {
     /// Sent within this instance without the host (see `Shared::is_local_route`): this
     /// instance, not the host, fails it when a half involved goes away.
     pub(crate) local: bool,
+    /// Timeout sweeps left before it times out (see `runtime::instance::sweep_timeouts`).
+    pub(crate) ticks_left: u32,
 }
 
 pub(crate) type WatcherFn = Arc<dyn Fn(&StoreChange) + Send + Sync>;
@@ -145,6 +147,8 @@ pub(crate) struct State {
     /// The host stopped routing for the extension (it is deactivating): no request within
     /// the instance is started any more.
     pub(crate) stopped: bool,
+    /// The timeout sweeper is running (some request waits); it stops when none does.
+    pub(crate) sweeping: bool,
 }
 
 impl State {
