@@ -104,7 +104,8 @@ impl HalfHandle {
     {
         let shared = self.shared("handle")?;
         let channel = channel.channel_name().to_owned();
-        let name = channel.clone();
+        // Only error messages name the channel: shared, not copied per request.
+        let name: Arc<str> = Arc::from(channel.as_str());
         let wrapped: HandlerFn = Arc::new(move |payload: Vec<u8>, sender| {
             let request = crate::wire::decode::<Req>(&payload);
             let future = request.map(|request| handler(request, RequestMeta { sender }));
