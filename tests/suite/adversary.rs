@@ -13,7 +13,7 @@ use probe_protocol::*;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::broadcast::Receiver;
 
-use crate::support::{self, FAILSAFE, expect_pongs, library, wait_log};
+use crate::support::{self, FAILSAFE, expect_pongs, library, wait_event, wait_log};
 
 /// What an attack answers: outcome by attempt.
 type Report = BTreeMap<String, String>;
@@ -403,20 +403,6 @@ async fn in_a_renderer_process_forged_origins_reach_no_one_and_a_forged_key_ends
     assert_eq!(sides, ["frame:1", "frame:2", "main"]);
     assert_eq!(attack(&host, "forged-count").await, report(&[("adv-forged", "0")]));
     host.shutdown().await;
-}
-
-/// Waits for the next host event matching `matches`.
-async fn wait_event(events: &mut Receiver<HostEvent>, matches: impl Fn(&HostEvent) -> bool) -> HostEvent {
-    let found = tokio::time::timeout(FAILSAFE, async {
-        loop {
-            match events.recv().await {
-                Ok(event) if matches(&event) => return event,
-                Ok(_) => {}
-                Err(error) => panic!("event stream ended: {error}"),
-            }
-        }
-    });
-    found.await.expect("the host reports the event")
 }
 
 #[tokio::test]

@@ -9,23 +9,8 @@ use extension_host::{CrashBudget, ExtensionState, Host, HostEvent};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use probe_protocol::*;
-use tokio::sync::broadcast::Receiver;
 
-use crate::support::{self, FAILSAFE, expect_pongs, library, wait_log, wait_logs};
-
-/// Waits for the next host event matching `matches`.
-async fn wait_event(events: &mut Receiver<HostEvent>, matches: impl Fn(&HostEvent) -> bool) -> HostEvent {
-    let found = tokio::time::timeout(FAILSAFE, async {
-        loop {
-            match events.recv().await {
-                Ok(event) if matches(&event) => return event,
-                Ok(_) => {}
-                Err(error) => panic!("event stream ended: {error}"),
-            }
-        }
-    });
-    found.await.expect("the host reports the event")
-}
+use crate::support::{self, FAILSAFE, expect_pongs, library, wait_event, wait_log, wait_logs};
 
 fn sigkill(pid: u32) {
     kill(Pid::from_raw(i32::try_from(pid).unwrap()), Signal::SIGKILL).unwrap();

@@ -190,6 +190,23 @@ pub async fn wait_log(logs: &mut Receiver<LogRecord>, extension: &str, matches: 
     found.await.unwrap_or_else(|_| panic!("no matching log record from `{extension}`"))
 }
 
+/// Waits for the next host event matching `matches`.
+pub async fn wait_event(
+    events: &mut Receiver<extension_host::HostEvent>,
+    matches: impl Fn(&extension_host::HostEvent) -> bool,
+) -> extension_host::HostEvent {
+    let found = tokio::time::timeout(FAILSAFE, async {
+        loop {
+            match events.recv().await {
+                Ok(event) if matches(&event) => return event,
+                Ok(_) => {}
+                Err(error) => panic!("event stream ended: {error}"),
+            }
+        }
+    });
+    found.await.expect("the host reports the event")
+}
+
 /// Waits for log records of `extension` with each of the `expected` messages, in any order.
 pub async fn wait_logs(logs: &mut Receiver<LogRecord>, extension: &str, expected: &[String]) {
     let mut missing: std::collections::BTreeSet<&str> = expected.iter().map(String::as_str).collect();

@@ -15,9 +15,9 @@ use crate::abi::{self, HostVTable, PEER_ALL, PEER_MAIN, Peer, RawMessage, RawSli
 use crate::error::BoxError;
 use crate::ipc::{Main, Renderer, Sender};
 use crate::runtime::context::{self, HalfRef};
+use crate::runtime::mailbox::{Mailbox, Refused};
 use crate::runtime::panic_message;
 use crate::runtime::state::{Deactivator, Half, HandlerResult, RawEvent, Reply, State};
-use crate::runtime::mailbox::{Mailbox, Refused};
 use crate::wire::{Completion, Control, ErrorPayload, InstanceConfig, InstanceSnapshot, OwnedMessage};
 
 /// Marks an invoke between halves of this instance, in the message's otherwise unused status
@@ -701,7 +701,6 @@ async fn dispatch_loop(shared: Arc<Shared>) {
         })
         .await;
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -87,7 +87,8 @@ impl Mailbox {
             let refusable = matches!(kind, abi::kind::BROADCAST | abi::kind::INVOKE | abi::kind::STORE_WRITE);
             if full && refusable {
                 drop(queue);
-                let counter = if kind == abi::kind::BROADCAST { &self.dropped_broadcasts } else { &self.refused_requests };
+                let counter =
+                    if kind == abi::kind::BROADCAST { &self.dropped_broadcasts } else { &self.refused_requests };
                 counter.fetch_add(1, Ordering::Relaxed);
                 self.unreported.fetch_add(1, Ordering::Relaxed);
                 return Err(Refused::Full);
@@ -187,15 +188,7 @@ mod tests {
     use super::*;
 
     fn message(kind: u32, request_id: u64) -> OwnedMessage {
-        OwnedMessage {
-            kind,
-            status: 0,
-            origin: 1,
-            target: 0,
-            request_id,
-            channel: "c".into(),
-            payload: vec![0; 4],
-        }
+        OwnedMessage { kind, status: 0, origin: 1, target: 0, request_id, channel: "c".into(), payload: vec![0; 4] }
     }
 
     #[test]

@@ -5,8 +5,8 @@
 pub(crate) mod context;
 pub mod export;
 mod instance;
-mod mailbox;
 pub(crate) mod logging;
+mod mailbox;
 pub(crate) mod state;
 mod store;
 
