@@ -48,6 +48,9 @@ struct Queue {
     closed: bool,
 }
 
+/// Room for messages the dispatcher's buffer keeps between batches.
+const KEPT_CAPACITY: usize = 1024;
+
 /// Messages the dispatcher works through before letting the thread's other tasks run.
 const BATCH_BEFORE_YIELD: usize = 128;
 
@@ -133,6 +136,8 @@ impl Mailbox {
                     tokio::task::yield_now().await;
                 }
             }
+            // A burst's buffer is not kept for good: memory stays flat after it.
+            batch.shrink_to(KEPT_CAPACITY);
         }
     }
 
