@@ -53,16 +53,7 @@ pub struct Framing {
     buffer: BytesMut,
     /// Bytes of a frame not yet complete have been read (the codec may hold its length prefix).
     in_frame: bool,
-    /// Where reads land before they are appended to `buffer`: allocated and zeroed once, on
-    /// the first read, so each byte read costs one copy, and no read zeroes a stretch of
-    /// `buffer` first (reading into `buffer` directly would, since safe code cannot read into
-    /// uninitialized memory: for a small packet that was a 64 KiB memset per read).
-    scratch: Vec<u8>,
 }
-
-/// The scratch buffer: more than a Unix socket's receive buffer holds, so one read never
-/// needs more room.
-const SCRATCH: usize = 256 << 10;
 
 impl Default for Framing {
     fn default() -> Self {
@@ -70,7 +61,6 @@ impl Default for Framing {
             codec: LengthDelimitedCodec::builder().max_frame_length(MAX_PACKET).new_codec(),
             buffer: BytesMut::new(),
             in_frame: false,
-            scratch: Vec::new(),
         }
     }
 }
@@ -92,14 +82,13 @@ impl Framing {
                 self.in_frame = !self.buffer.is_empty();
                 return Ok(Some(frame));
             }
-            if self.scratch.is_empty() {
-                self.scratch = vec![0; SCRATCH];
-            }
-            let read = stream.read(&mut self.scratch);
-            if let Ok(read) = read {
-                // Into the room the codec reserved for the frame, if it is a large one.
-                self.buffer.extend_from_slice(&self.scratch[..read]);
-            }
+            // Read straight into the buffer, as much as the frame still needs (the codec has
+            // reserved it), between 64 KiB and 1 MiB at a time: large frames take few reads.
+            let start = self.buffer.len();
+            let want = (self.buffer.capacity() - start).clamp(64 << 10, 1 << 20);
+            self.buffer.resize(start + want, 0);
+            let read = stream.read(&mut self.buffer[start..]);
+            self.buffer.truncate(start + *read.as_ref().unwrap_or(&0));
             let read = match read {
                 Ok(read) => read,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
