@@ -218,6 +218,23 @@ async fn a_renderers_timeout_stops_mains_handler(transport: Transport) {
     assert!(probe.instance.unwrap().halves.iter().all(|half| half.running_handlers == 0 && half.pending_requests == 0));
 }
 
+#[tokio::test]
+async fn a_request_within_an_instance_dropped_before_it_is_dispatched_never_starts() {
+    let host = host_with_frames(Transport::InProcess, &["probe"], 1).await;
+    let mut logs = host.logs();
+    let mut seen = host.broadcasts();
+    host.broadcast("probe", DROP_INVOKE.name(), &()).unwrap();
+    assert_eq!(pongs(&mut seen, "probe", 1).await[0].tag, "dropped-invoke");
+    // Queued behind the dropped request and its cancel: by its answer, both were dispatched.
+    host.invoke::<_, Vec<String>>("probe", SEQ_LOG.name(), &(), FAILSAFE).await.unwrap();
+    while let Ok(record) = logs.try_recv() {
+        assert_ne!(record.message, "hang handler started", "the dropped request was started");
+    }
+    let probe = host.inspect().await.extension("probe").unwrap().clone();
+    assert_eq!(probe.pending_requests, 0);
+    assert!(probe.instance.unwrap().halves.iter().all(|half| half.running_handlers == 0 && half.pending_requests == 0));
+}
+
 async fn closing_a_frame_fails_its_requests_and_cancels_their_handlers(transport: Transport) {
     let host = host_with_frames(transport, &["probe"], 2).await;
     let mut logs = host.logs();

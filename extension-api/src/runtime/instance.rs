@@ -320,6 +320,15 @@ impl Shared {
         let local = status == LOCAL_REQUEST;
         let handler = {
             let state = self.state();
+            // A request within the instance that was failed or cancelled while it waited in
+            // the mailbox (its frame closed, the extension began deactivating, its invoker gave
+            // up) no longer has its invoker's entry: it is not started at all. (The host's
+            // requests get a cancel queued behind them instead.)
+            let wanted =
+                !local || state.halves.get(&origin).is_some_and(|invoker| invoker.pending.contains_key(&request_id));
+            if !wanted {
+                return;
+            }
             state.halves.get(&target).and_then(|half| {
                 let (_, handler) = half.handlers.get(&channel)?;
                 Some((handler.clone(), half.generation))
