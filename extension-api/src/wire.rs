@@ -19,9 +19,15 @@ pub struct InstanceConfig {
     /// How much may wait in the instance's mailbox.
     #[serde(default)]
     pub mailbox: MailboxLimit,
+    /// Requests between halves of this instance may stay in it, skipping the host. Only where
+    /// the host routes synchronously (in its own process): elsewhere a broadcast or store write
+    /// makes a round trip through the host, and a request overtaking it would break send order.
+    #[serde(default)]
+    pub route_within: bool,
 }
 
-/// Bounds an instance's mailbox: the messages queued for its thread. Past either bound, a
+/// Bounds an instance's mailbox: the messages waiting for its thread (the batch its dispatcher
+/// is working through has left the mailbox, so up to twice this is held). Past either bound, a
 /// broadcast to the instance is dropped (and counted), and a request or store write to it is
 /// refused with [`crate::InvokeErrorKind::Overloaded`]. Replies, cancels and store updates are
 /// always queued: they answer messages already accepted, and dropping one would leave a request

@@ -87,6 +87,7 @@ fn config() -> InstanceConfig {
         name: "gluon".to_owned(),
         max_log_level: 3,
         mailbox: MailboxLimit { messages: 1024, bytes: 1 << 20 },
+        route_within: false,
     }
 }
 

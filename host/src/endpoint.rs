@@ -148,7 +148,9 @@ impl Endpoint {
         descriptor: &'static Descriptor,
         config: &InstanceConfig,
     ) -> Result<Arc<Endpoint>, StartError> {
-        let config = rmp_serde::to_vec_named(config).map_err(|_| StartError::Refused)?;
+        // Routing here is a synchronous call: requests between its halves may skip it.
+        let config = InstanceConfig { route_within: true, ..config.clone() };
+        let config = rmp_serde::to_vec_named(&config).map_err(|_| StartError::Refused)?;
         let endpoint = Arc::new(Endpoint {
             key: next_key(),
             link: Arc::downgrade(link),
@@ -191,6 +193,8 @@ impl Endpoint {
             destroyed: AtomicBool::new(false),
         });
         connection.register(endpoint.key, Arc::downgrade(&endpoint));
+        // Routing from another process is a round trip: every message takes it.
+        let config = InstanceConfig { route_within: false, ..config };
         match connection.load(endpoint.key, path, config, timeout).await {
             Ok(()) => Ok(endpoint),
             Err(reason) => {

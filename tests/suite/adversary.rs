@@ -519,3 +519,20 @@ async fn channel_names_and_error_texts_cannot_forge_console_lines() {
     );
     assert!(transcript.iter().any(|l| l.starts_with("error: Handler: refused\\n{\"extensions\"")), "{transcript:#?}");
 }
+
+#[tokio::test]
+async fn a_renderer_process_cannot_fail_the_hosts_requests_with_forged_refusals() {
+    let host = support::host_with(&["adversary"]).await;
+    let frame = support::open_frame(&host, support::Transport::ChildProcess).await;
+    let mut seen = host.broadcasts();
+    // The host's own request, waiting with one of the ids the forgery sweeps.
+    let mut waiting = Box::pin(host.invoke::<_, ()>("adversary", "adv-hang", &(), FAILSAFE));
+    assert!(tokio::time::timeout(Duration::ZERO, &mut waiting).await.is_err(), "it waits");
+    host.broadcast("adversary", "attack-frame", &(frame.0, "forge-refusals")).unwrap();
+    let (report, _) = frame_report(&mut seen).await;
+    assert_eq!(report.len(), 65);
+    // The forged requests came before the report on the same connection, so any refusal they
+    // caused has been delivered by now: the host's request must still be waiting.
+    assert!(tokio::time::timeout(Duration::ZERO, &mut waiting).await.is_err(), "a forged refusal ended it");
+    assert_eq!(host.inspect().await.extension("adversary").unwrap().pending_requests, 1);
+}

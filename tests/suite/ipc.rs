@@ -235,6 +235,38 @@ async fn a_request_within_an_instance_dropped_before_it_is_dispatched_never_star
     assert!(probe.instance.unwrap().halves.iter().all(|half| half.running_handlers == 0 && half.pending_requests == 0));
 }
 
+#[tokio::test]
+async fn an_isolated_extensions_in_process_frames_keep_send_order() {
+    // Main and these frames share one instance in the extension's process, where routing is a
+    // round trip through the host: requests between them must not overtake broadcasts.
+    let host = extension_host::Host::new(support::config());
+    let info = host.load(support::library("probe")).unwrap();
+    host.set_isolated(&info.name, true).unwrap();
+    host.activate(&info.name).await.unwrap();
+    support::open_frames(&host, Transport::InProcess, 2).await;
+    let mut seen = host.broadcasts();
+    host.broadcast("probe", RENDERER_SEQ.name(), &RendererSeq { frame: 2, count: 90 }).unwrap();
+    assert_eq!(pongs(&mut seen, "probe", 1).await[0].tag, "seq-done failed=0");
+    let expected: Vec<String> =
+        (0..90).map(|n| if n % 3 == 0 { format!("event:{n}") } else { format!("invoke:{n}") }).collect();
+    let log: Vec<String> = host.invoke("probe", SEQ_LOG.name(), &(), FAILSAFE).await.unwrap();
+    assert_eq!(log, expected);
+    host.shutdown().await;
+}
+
+async fn a_request_to_a_frame_whose_activation_fails_fails_with_it(transport: Transport) {
+    let host = support::host_with(&["probe"]).await;
+    let mut logs = host.logs();
+    host.invoke::<_, ()>("probe", SET_PRESET.name(), "fail-after-ready", FAILSAFE).await.unwrap();
+    // The frame's activation fails once main's request is being handled there.
+    support::open_frame(&host, transport).await;
+    let ended = wait_log(&mut logs, "probe", |m| m.starts_with("main's request to the failing frame ended")).await;
+    assert!(ended.message.ends_with("FrameClosed"), "{}", ended.message);
+    let probe = host.inspect().await.extension("probe").unwrap().clone();
+    assert!(probe.frames.is_empty());
+    assert_eq!(probe.pending_requests, 0);
+}
+
 async fn closing_a_frame_fails_its_requests_and_cancels_their_handlers(transport: Transport) {
     let host = host_with_frames(transport, &["probe"], 2).await;
     let mut logs = host.logs();
@@ -369,6 +401,7 @@ conformance!(
     deactivating_with_requests_in_flight_fails_them_all,
     closing_a_frame_fails_its_requests_and_cancels_their_handlers,
     a_renderers_timeout_stops_mains_handler,
+    a_request_to_a_frame_whose_activation_fails_fails_with_it,
     a_listener_of_the_wrong_type_is_skipped_and_reported_while_others_run,
     disposers_remove_exactly_their_registration_and_are_idempotent,
 );

@@ -179,7 +179,7 @@ impl HalfHandle {
         let (reply, receiver) = oneshot::channel();
         let (local, wake_sweeper) = {
             let mut state = shared.state();
-            let local = Shared::is_local_route(&state, self.peer, target);
+            let local = shared.is_local_route(&state, self.peer, target);
             let half = state.half_mut(self.peer, self.generation).ok_or_else(deactivated)?;
             half.pending.insert(request_id, Pending { reply, target, local, ticks_left: timeout_ticks(timeout) });
             (local, !std::mem::replace(&mut state.sweeping, true))
@@ -267,7 +267,9 @@ impl PendingInvoke {
                 Err(InvokeError::new(InvokeErrorKind::Timeout, channel, format!("no reply within {timeout:?}")))
             }
             Err(()) => {
-                self.guard.armed = false;
+                // The invoking half was shut down. A request within the instance still needs
+                // its cancel (the host sends the others'); a stray one is harmless.
+                self.guard.armed = self.guard.local;
                 let kind = if self.guard.peer == PEER_MAIN {
                     InvokeErrorKind::Deactivated
                 } else {

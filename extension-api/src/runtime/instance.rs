@@ -53,6 +53,8 @@ pub(crate) struct Shared {
     host: HostVTable,
     key: u64,
     pub(crate) name: String,
+    /// See [`InstanceConfig::route_within`].
+    route_within: bool,
     pub(crate) runtime: tokio::runtime::Handle,
     mailbox: Mailbox,
     /// Wakes the timeout sweeper when a request starts waiting while it is idle.
@@ -155,10 +157,10 @@ impl Shared {
     /// would route (renderer to main, or main to a frame). Such a request never passes
     /// through the host: it goes straight into this instance's mailbox, and this instance
     /// fails it when a half involved goes away, as the host does for the requests it routes.
-    pub(crate) fn is_local_route(state: &State, origin: Peer, target: Peer) -> bool {
+    pub(crate) fn is_local_route(&self, state: &State, origin: Peer, target: Peer) -> bool {
         let open = |peer| state.halves.get(&peer).is_some_and(|half: &Half| !half.closing);
         let routable = (origin == PEER_MAIN) != (target == PEER_MAIN);
-        routable && !state.stopped && open(origin) && open(target)
+        self.route_within && routable && !state.stopped && open(origin) && open(target)
     }
 
     /// Fails the requests within this instance for which `involves(origin, target)` holds:
@@ -368,6 +370,15 @@ impl Shared {
         let scoped = context::scope(self.half_ref(target, generation), AssertUnwindSafe(future).catch_unwind());
         let weak = Arc::downgrade(self);
         let mut state = self.state();
+        // Checked again under the lock that `fail_local` takes: a request within the instance
+        // failed while its handler's first poll ran (its frame closed, say) must not leave the
+        // handler running with nothing to stop it.
+        if local && !state.halves.get(&origin).is_some_and(|invoker| invoker.pending.contains_key(&request_id)) {
+            drop(state);
+            // Dropped unlocked: it may run author destructors.
+            drop(scoped);
+            return;
+        }
         let Some(half) = state.half_mut(target, generation) else {
             drop(state);
             let kind = if target == PEER_MAIN { InvokeErrorKind::Deactivated } else { InvokeErrorKind::FrameClosed };
@@ -451,6 +462,10 @@ impl Shared {
     /// so closing the half before activation finishes stops it.
     fn spawn_activation(self: &Arc<Self>, completion: u64, peer: Peer) {
         let generation = self.next_id();
+        // A half activated again while running replaces the old one: its requests end.
+        if self.state().halves.contains_key(&peer) {
+            self.fail_local(|origin, target| origin == peer || target == peer, closing_kind(peer));
+        }
         let replaced = {
             let mut state = self.state();
             let mut half = Half::new(generation);
@@ -519,7 +534,7 @@ impl Shared {
             self.complete(completion, &Completion::Done);
             return;
         };
-        let kind = if peer == PEER_MAIN { InvokeErrorKind::Deactivated } else { InvokeErrorKind::FrameClosed };
+        let kind = closing_kind(peer);
         // No request within the instance reaches or leaves the half from now on, and those in
         // flight fail now, as the host fails the ones it routed.
         if let Some(half) = self.state().half_mut(peer, generation) {
@@ -556,6 +571,11 @@ impl Shared {
     }
 
     fn remove_half(&self, peer: Peer, generation: u64) {
+        // Requests within the instance from and to the half end with it (a frame whose
+        // `activate` failed, say, never gets a `CloseFrame` to do it).
+        if self.state().halves.get(&peer).is_some_and(|half| half.generation == generation) {
+            self.fail_local(|origin, target| origin == peer || target == peer, closing_kind(peer));
+        }
         let mut state = self.state();
         let half = match state.halves.get(&peer) {
             Some(half) if half.generation == generation => state.halves.remove(&peer),
@@ -567,6 +587,11 @@ impl Shared {
             half.shut_down();
         }
     }
+}
+
+/// How requests involving `peer` fail when it goes away.
+fn closing_kind(peer: Peer) -> InvokeErrorKind {
+    if peer == PEER_MAIN { InvokeErrorKind::Deactivated } else { InvokeErrorKind::FrameClosed }
 }
 
 /// The message of an error and of its sources, joined.
@@ -605,6 +630,7 @@ impl Instance {
             host,
             key,
             name: config.name,
+            route_within: config.route_within,
             runtime: runtime.handle().clone(),
             mailbox: Mailbox::new(config.mailbox),
             sweep: tokio::sync::Notify::new(),

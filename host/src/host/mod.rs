@@ -466,6 +466,8 @@ impl Host {
             name: name.to_owned(),
             max_log_level: level_number(config.max_log_level),
             mailbox: config.mailbox,
+            // Set by where the instance starts (see `Endpoint`).
+            route_within: false,
         }
     }
 }

@@ -224,7 +224,9 @@ impl Connection {
                 {
                     let raw = message.raw();
                     let status = link.route(&endpoint, &raw);
-                    if status != abi::status::OK && raw.kind == abi::kind::INVOKE {
+                    // Only a request from a half that runs there is answered: a forged origin
+                    // must not get an error reply delivered to the half it claims to be.
+                    if status != abi::status::OK && raw.kind == abi::kind::INVOKE && endpoint.hosts(raw.origin) {
                         link.refuse_invoke(&raw, status);
                     }
                 }
