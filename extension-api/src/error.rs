@@ -96,6 +96,17 @@ impl InvokeErrorKind {
         }
     }
 
+    /// The kind and the explanation an invoker gets for a request that was refused on its way
+    /// (status `status`, from the host or a child process) instead of being delivered.
+    pub fn refusal(status: u32) -> (Self, String) {
+        let kind = Self::from_refusal(status);
+        let why = match kind {
+            InvokeErrorKind::Overloaded => "the receiver's mailbox is full".to_owned(),
+            _ => format!("the request could not be delivered (status {status})"),
+        };
+        (kind, why)
+    }
+
     /// The kind for a wire code, `None` for a code no version of the ABI defines.
     pub const fn from_code(code: u32) -> Option<Self> {
         Some(match code {

@@ -150,11 +150,7 @@ impl Link {
     /// invoker learns why at once instead of waiting for its timeout. (A caller in this process
     /// gets the status back from its own `send`.)
     pub(crate) fn refuse_invoke(&self, message: &RawMessage, status: u32) {
-        let kind = InvokeErrorKind::from_refusal(status);
-        let why = match kind {
-            InvokeErrorKind::Overloaded => "the receiver's mailbox is full".to_owned(),
-            _ => format!("the host refused the request (status {status})"),
-        };
+        let (kind, why) = InvokeErrorKind::refusal(status);
         self.reply_error(message.target, message.origin, message.request_id, kind, &why);
     }
 

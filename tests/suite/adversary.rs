@@ -487,17 +487,7 @@ async fn until(lines: &mut Lines, marker: &str, transcript: &mut Vec<String>) {
 #[tokio::test]
 async fn channel_names_and_error_texts_cannot_forge_console_lines() {
     use tokio::io::AsyncWriteExt;
-    let mut child = tokio::process::Command::new(support::host_binary())
-        .args(["run", "--console", "--frames", "1"])
-        .arg(library("adversary"))
-        .arg(library("probe"))
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = support::spawn_console(&["--frames", "1"], &["adversary", "probe"]);
     let mut stdin = child.stdin.take().unwrap();
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let mut transcript = Vec::new();

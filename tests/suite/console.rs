@@ -1,11 +1,9 @@
 //! The dev console of `host run --console`, driven through the real binary.
 
-use std::process::Stdio;
-
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::process::{Child, ChildStdin, ChildStdout};
 
-use crate::support::{FAILSAFE, host_binary, library};
+use crate::support::{FAILSAFE, spawn_console};
 
 struct Console {
     child: Child,
@@ -19,19 +17,7 @@ struct Console {
 
 impl Console {
     async fn start(crates: &[&str]) -> Console {
-        let mut command = Command::new(host_binary());
-        command.args(["run", "--console", "--frames", "1"]);
-        for name in crates {
-            command.arg(library(name));
-        }
-        let mut child = command
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let mut child = spawn_console(&["--frames", "1"], crates);
         let stdin = child.stdin.take().unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut console =

@@ -190,17 +190,8 @@ async fn a_rogue_child_is_cut_off_and_nothing_it_sent_is_delivered() {
 
 #[tokio::test]
 async fn killing_the_host_leaves_no_child_processes() {
-    let mut host = tokio::process::Command::new(support::host_binary())
-        .args(["run", "--console", "--frames", "0", "--child-frames", "2", "--isolate", "probe"])
-        .arg(library("probe"))
-        .arg(library("hello"))
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut host =
+        support::spawn_console(&["--frames", "0", "--child-frames", "2", "--isolate", "probe"], &["probe", "hello"]);
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let mut stdin = host.stdin.take().unwrap();
     let mut lines = tokio::io::BufReader::new(host.stdout.take().unwrap()).lines();

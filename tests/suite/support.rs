@@ -99,6 +99,22 @@ pub fn host_binary() -> PathBuf {
     artifacts().join(format!("host{}", std::env::consts::EXE_SUFFIX))
 }
 
+/// The real `host run --console` binary with `args` and the libraries of `crates`; its stdin
+/// and stdout are piped, and it is killed when dropped.
+pub fn spawn_console(args: &[&str], crates: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(host_binary())
+        .args(["run", "--console"])
+        .args(args)
+        .args(crates.iter().map(|name| library(name)))
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the host binary starts")
+}
+
 pub fn config() -> HostConfig {
     HostConfig {
         activate_timeout: Duration::from_secs(10),

@@ -214,11 +214,7 @@ impl HalfHandle {
         };
         if status != abi::status::OK {
             guard.forget();
-            let kind = InvokeErrorKind::from_refusal(status);
-            let why = match kind {
-                InvokeErrorKind::Overloaded => "the receiver's mailbox is full".to_owned(),
-                _ => format!("the host refused the request (status {status})"),
-            };
+            let (kind, why) = InvokeErrorKind::refusal(status);
             return Err(InvokeError::new(kind, guard.channel.as_str(), why));
         }
         Ok(PendingInvoke { guard, receiver })

@@ -193,11 +193,7 @@ fn start(key: u64, path: &Path, config: &InstanceConfig) -> Result<Instance, Str
 
 /// The error reply to a request the instance `key` could not take.
 fn refusal(key: u64, request: &OwnedMessage, status: u32) -> Packet {
-    let kind = InvokeErrorKind::from_refusal(status);
-    let why = match kind {
-        InvokeErrorKind::Overloaded => "the receiver's mailbox is full".to_owned(),
-        _ => format!("the renderer process refused the request (status {status})"),
-    };
+    let (kind, why) = InvokeErrorKind::refusal(status);
     let payload = rmp_serde::to_vec_named(&ErrorPayload { message: why, data: None }).unwrap_or_default();
     let message = OwnedMessage {
         kind: abi::kind::REPLY,
