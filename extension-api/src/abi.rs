@@ -13,7 +13,7 @@ use std::ffi::c_void;
 
 /// Version of the layouts in this module. Bump it on any change to them or to the meaning of
 /// a call, a status code or a [`crate::wire`] type.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Name of the static every extension library exports (see [`crate::export_extension!`]).
 pub const DESCRIPTOR_SYMBOL: &str = "EXTENSION_DESCRIPTOR";
@@ -22,6 +22,17 @@ pub const DESCRIPTOR_SYMBOL: &str = "EXTENSION_DESCRIPTOR";
 /// before a slice is built or anything is read or allocated, whatever the pointer. (A length
 /// within it must still be true: nothing can check a pointer's extent in its own process.)
 pub const MAX_BUFFER: usize = 1 << 30;
+
+/// The largest message a half may send (16 MiB), counted as its channel name and its encoded
+/// value together. It is the same wherever the halves run (in process, in a renderer process,
+/// isolated), so an extension behaves alike in every placement: a longer broadcast, request or
+/// reply is refused to its sender at once ([`status::TOO_LARGE`]), never dropped on its way.
+pub const MAX_MESSAGE: usize = 16 << 20;
+
+/// Whether a message with this channel name and payload is within [`MAX_MESSAGE`].
+pub const fn fits(channel: usize, payload: usize) -> bool {
+    channel.saturating_add(payload) <= MAX_MESSAGE
+}
 
 /// A borrowed byte buffer: valid for `len` bytes at `ptr` while the call that passes it runs.
 #[repr(C)]
@@ -85,6 +96,9 @@ pub mod kind {
     pub const STORE_WRITE: u32 = 5;
     /// Main publishes a sequenced store write to every replica (payload: `wire::StoreUpdate`).
     pub const STORE_UPDATE: u32 = 6;
+    /// Main refuses a renderer half's store write (payload: `wire::StoreRefusal`); it goes to
+    /// the writer only.
+    pub const STORE_REFUSAL: u32 = 7;
 }
 
 /// Status codes returned by calls across the boundary, and carried by replies.
@@ -103,7 +117,7 @@ pub mod status {
     pub const NO_SUCH_PEER: u32 = 5;
     /// The receiver's queue is full.
     pub const BUSY: u32 = 6;
-    /// The message is larger than the transport carries.
+    /// The message is over [`super::MAX_MESSAGE`] (or larger than a transport carries).
     pub const TOO_LARGE: u32 = 7;
 }
 

@@ -66,6 +66,10 @@ pub enum InvokeErrorKind {
     /// The receiving side's mailbox is full: it is slower than its callers. Nothing was run;
     /// the request can be retried later.
     Overloaded,
+    /// The request or the reply is over the message limit ([`crate::abi::MAX_MESSAGE`]: its
+    /// value and channel name together). Refused at once, on the side that produced it; for a
+    /// reply, the handler ran and its extension logs a warning naming the channel.
+    TooLarge,
 }
 
 impl InvokeErrorKind {
@@ -82,6 +86,7 @@ impl InvokeErrorKind {
             InvokeErrorKind::Serialize => 107,
             InvokeErrorKind::Deserialize => 108,
             InvokeErrorKind::Overloaded => 109,
+            InvokeErrorKind::TooLarge => 110,
         }
     }
 
@@ -91,7 +96,7 @@ impl InvokeErrorKind {
         match status {
             crate::abi::status::BUSY => InvokeErrorKind::Overloaded,
             crate::abi::status::NO_SUCH_PEER => InvokeErrorKind::FrameClosed,
-            crate::abi::status::TOO_LARGE => InvokeErrorKind::Serialize,
+            crate::abi::status::TOO_LARGE => InvokeErrorKind::TooLarge,
             _ => InvokeErrorKind::Deactivated,
         }
     }
@@ -102,6 +107,10 @@ impl InvokeErrorKind {
         let kind = Self::from_refusal(status);
         let why = match kind {
             InvokeErrorKind::Overloaded => "the receiver's mailbox is full".to_owned(),
+            InvokeErrorKind::TooLarge => format!(
+                "the request is over the {}-byte message limit (its value and channel name together)",
+                crate::abi::MAX_MESSAGE
+            ),
             _ => format!("the request could not be delivered (status {status})"),
         };
         (kind, why)
@@ -120,6 +129,7 @@ impl InvokeErrorKind {
             107 => InvokeErrorKind::Serialize,
             108 => InvokeErrorKind::Deserialize,
             109 => InvokeErrorKind::Overloaded,
+            110 => InvokeErrorKind::TooLarge,
             _ => return None,
         })
     }
@@ -138,6 +148,7 @@ impl fmt::Display for InvokeErrorKind {
             InvokeErrorKind::Serialize => "value failed to serialize",
             InvokeErrorKind::Deserialize => "value failed to deserialize",
             InvokeErrorKind::Overloaded => "receiver overloaded",
+            InvokeErrorKind::TooLarge => "message too large",
         })
     }
 }
@@ -166,6 +177,18 @@ pub enum IpcError {
         /// The refused operation (`"listen"`, `"broadcast"`, ...).
         operation: &'static str,
     },
+    /// The message is over [`crate::abi::MAX_MESSAGE`]; nobody received it.
+    #[error(
+        "the message on channel `{channel}` is {size} bytes (value and channel name), over the {limit}-byte limit; nobody received it"
+    )]
+    TooLarge {
+        /// The channel of the refused message.
+        channel: String,
+        /// Its value's encoded size plus its channel name's, in bytes.
+        size: usize,
+        /// The limit, [`crate::abi::MAX_MESSAGE`].
+        limit: usize,
+    },
     /// The host refused to route the message.
     #[error("the host refused the message on channel `{channel}` (status {status})")]
     Refused {
@@ -177,6 +200,15 @@ pub enum IpcError {
     /// `Main::get` or `Renderer::current` was called outside a running half; holds the reason.
     #[error("{0}")]
     NoContext(&'static str),
+}
+
+/// The text of a [`InvokeErrorKind::TooLarge`] error for a `what` ("request", "reply") of
+/// `size` bytes on `channel`.
+pub(crate) fn too_large(what: &str, channel: &str, size: usize) -> String {
+    format!(
+        "the {what} on `{channel}` is {size} bytes (value and channel name), over the {}-byte message limit",
+        crate::abi::MAX_MESSAGE
+    )
 }
 
 /// The error type of `activate`: anything that can be displayed.

@@ -42,6 +42,10 @@ pub enum HostError {
     Serialize { channel: String, reason: String },
     #[error("a child process could not be started: {0}")]
     ChildProcess(String),
+    #[error(
+        "the message on channel `{channel}` is {size} bytes (value and channel name), over the {limit}-byte limit; nobody received it"
+    )]
+    TooLarge { channel: String, size: usize, limit: usize },
     #[error("extension `{name}` refused the message (status {status})")]
     Refused { name: String, status: u32 },
 }

@@ -190,6 +190,12 @@ impl Link {
         if !from.hosts(message.origin) {
             return abi::status::NO_SUCH_PEER;
         }
+        // The message limit holds for every sender, the raw ones too (`extension-api` checks it
+        // before sending): nothing over it is routed anywhere.
+        let fits = abi::fits(message.channel.len, message.payload.len);
+        if !fits && message.kind != abi::kind::REPLY && message.kind != abi::kind::CANCEL {
+            return abi::status::TOO_LARGE;
+        }
         match message.kind {
             abi::kind::BROADCAST => self.route_broadcast(message),
             abi::kind::INVOKE => {
@@ -215,6 +221,13 @@ impl Link {
                 }
                 self.deliver_everywhere(message)
             }
+            abi::kind::STORE_REFUSAL => {
+                // Main answers one renderer half's write.
+                if message.origin != PEER_MAIN || message.target == PEER_MAIN || message.target >= PEER_HOST {
+                    return abi::status::INVALID;
+                }
+                self.deliver_to(message.target, message)
+            }
             abi::kind::REPLY => {
                 // Only the half the request went to may answer it; a late or forged reply is
                 // dropped without disturbing the real request.
@@ -229,6 +242,19 @@ impl Link {
                         }
                         None => return abi::status::OK,
                     }
+                }
+                if !fits {
+                    // The invoker learns why at once rather than waiting out its timeout.
+                    let size = message.channel.len.saturating_add(message.payload.len);
+                    let why = format!("the reply is {size} bytes, over the {}-byte message limit", abi::MAX_MESSAGE);
+                    self.reply_error(
+                        message.origin,
+                        message.target,
+                        message.request_id,
+                        InvokeErrorKind::TooLarge,
+                        &why,
+                    );
+                    return abi::status::TOO_LARGE;
                 }
                 if message.target == PEER_HOST {
                     // SAFETY: the payload is valid for this call (the sender's contract).
@@ -291,6 +317,9 @@ impl Link {
         if !self.routing.load(Ordering::Acquire) {
             return abi::status::DEACTIVATED;
         }
+        if !abi::fits(channel.len(), payload.len()) {
+            return abi::status::TOO_LARGE;
+        }
         self.route_broadcast(&RawMessage {
             kind: abi::kind::BROADCAST,
             status: 0,
@@ -311,7 +340,9 @@ impl Link {
         let request_id = self.core.next_request.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = oneshot::channel();
         lock(&self.core.waiters).insert((self.id, request_id), sender);
-        let status = if self.routing.load(Ordering::Acquire) {
+        let status = if !abi::fits(channel.len(), payload.len()) {
+            abi::status::TOO_LARGE
+        } else if self.routing.load(Ordering::Acquire) {
             self.route_invoke(&RawMessage {
                 kind: abi::kind::INVOKE,
                 status: 0,
@@ -325,6 +356,7 @@ impl Link {
             abi::status::DEACTIVATED
         };
         let channel = channel.to_owned();
+        let payload_len = payload.len();
         if status != abi::status::OK {
             lock(&self.core.waiters).remove(&(self.id, request_id));
         }
@@ -332,8 +364,13 @@ impl Link {
         async move {
             if !guard.armed {
                 let kind = InvokeErrorKind::from_refusal(status);
+                let size = channel.len() + payload_len;
                 let message = match kind {
                     InvokeErrorKind::Overloaded => format!("the mailbox of `{}`'s main half is full", guard.link.name),
+                    InvokeErrorKind::TooLarge => format!(
+                        "the request on `{channel}` is {size} bytes (value and channel name), over the {}-byte message limit",
+                        abi::MAX_MESSAGE
+                    ),
                     _ => format!("`{}` is not active", guard.link.name),
                 };
                 return Err(InvokeError::new(kind, channel, message));

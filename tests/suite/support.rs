@@ -28,6 +28,7 @@ const CRATES: &[&str] = &[
     "rogue-child",
     "swarm",
     "adversary",
+    "sizes",
     "xtask",
 ];
 

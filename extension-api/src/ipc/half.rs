@@ -86,6 +86,11 @@ impl HalfHandle {
         }
         match shared.send(abi::kind::BROADCAST, 0, self.peer, PEER_ALL, 0, channel, &payload) {
             abi::status::OK => Ok(()),
+            abi::status::TOO_LARGE => Err(IpcError::TooLarge {
+                channel: channel.to_owned(),
+                size: channel.len() + payload.len(),
+                limit: abi::MAX_MESSAGE,
+            }),
             abi::status::DEACTIVATED | abi::status::NO_SUCH_PEER => {
                 Err(IpcError::Deactivated { operation: "broadcast" })
             }
@@ -172,6 +177,10 @@ impl HalfHandle {
         payload: Vec<u8>,
         timeout: Duration,
     ) -> Result<PendingInvoke, InvokeError> {
+        if !abi::fits(channel.len(), payload.len()) {
+            let message = crate::error::too_large("request", &channel, channel.len() + payload.len());
+            return Err(InvokeError::new(InvokeErrorKind::TooLarge, channel, message));
+        }
         let deactivated =
             || InvokeError::new(InvokeErrorKind::Deactivated, channel.as_str(), "the extension is not active");
         let shared = self.shared.upgrade().ok_or_else(deactivated)?;

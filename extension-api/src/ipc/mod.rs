@@ -7,7 +7,10 @@ pub(crate) mod store;
 
 pub use disposer::Disposer;
 pub(crate) use half::HalfHandle;
-pub use store::{STORE_VALUE_LIMIT, Store, StoreChange, StoreError, StoreKey, StoreKeyName};
+pub(crate) use store::store_entry_size;
+pub use store::{
+    STORE_ENTRY_OVERHEAD, STORE_TOTAL_LIMIT, STORE_VALUE_LIMIT, Store, StoreChange, StoreError, StoreKey, StoreKeyName,
+};
 
 use std::fmt;
 use std::future::Future;

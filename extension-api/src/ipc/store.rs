@@ -25,6 +25,21 @@ use crate::wire::StoreWrite;
 /// Largest encoded value a store key may hold.
 pub const STORE_VALUE_LIMIT: usize = 1 << 20;
 
+/// Largest the whole store may grow (8 MiB), counting each entry as its key, its encoded
+/// value and [`STORE_ENTRY_OVERHEAD`] bytes. A write that would pass it is refused
+/// ([`StoreError::Full`]). It keeps a store snapshot within one message, so a frame opened in
+/// any process starts with the whole store, and bounds what every frame's replica holds.
+pub const STORE_TOTAL_LIMIT: usize = 8 << 20;
+
+/// What each entry counts against [`STORE_TOTAL_LIMIT`] beyond its key and value bytes (its
+/// share of a snapshot's encoding, with room to spare).
+pub const STORE_ENTRY_OVERHEAD: usize = 16;
+
+/// What an entry counts against [`STORE_TOTAL_LIMIT`].
+pub(crate) fn store_entry_size(key: &str, value: &[u8]) -> usize {
+    key.len() + value.len() + STORE_ENTRY_OVERHEAD
+}
+
 /// How long a renderer's `set` waits for main to sequence it.
 const STORE_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -82,7 +97,8 @@ pub enum StoreError {
         /// The serializer's error message.
         reason: String,
     },
-    /// The encoded value is over [`STORE_VALUE_LIMIT`].
+    /// The encoded value is over [`STORE_VALUE_LIMIT`] (or a write's key and value together
+    /// are over the message limit, [`crate::abi::MAX_MESSAGE`]).
     #[error("cannot store `{key}`: the value is {size} bytes encoded, over the {limit}-byte limit")]
     TooLarge {
         /// The key being written.
@@ -90,6 +106,17 @@ pub enum StoreError {
         /// Size of the encoded value, in bytes.
         size: usize,
         /// The limit it exceeds, in bytes.
+        limit: usize,
+    },
+    /// The write would take the store past [`STORE_TOTAL_LIMIT`]. Nothing was written; delete
+    /// something first.
+    #[error("cannot store `{key}`: the store would hold {size} bytes, over its {limit}-byte limit")]
+    Full {
+        /// The key being written.
+        key: String,
+        /// The store's size with the write, in bytes.
+        size: usize,
+        /// The limit, [`STORE_TOTAL_LIMIT`].
         limit: usize,
     },
     /// The stored value does not decode as the requested type.
@@ -187,14 +214,14 @@ impl Store {
         let bytes = {
             let mut state = shared.state();
             let half = state.half_mut(self.half.peer, self.half.generation).ok_or(StoreError::Deactivated)?;
-            half.replica.values.get(key).cloned()
+            half.replica.values().get(key).cloned()
         };
         decode(key, bytes.as_deref())
     }
 
     /// The keys in this half's replica, in order.
     pub fn keys(&self) -> Vec<String> {
-        self.with_replica(|replica| replica.values.keys().cloned().collect()).unwrap_or_default()
+        self.with_replica(|replica| replica.values().keys().cloned().collect()).unwrap_or_default()
     }
 
     /// The last write (in main's order) this replica has applied; 0 before any.
@@ -269,6 +296,9 @@ impl Store {
             }
             if status == abi::status::BUSY {
                 return Err(StoreError::Overloaded { key });
+            }
+            if status == abi::status::TOO_LARGE {
+                return Err(StoreError::TooLarge { key, size: bytes.len(), limit: abi::MAX_MESSAGE });
             }
             return Err(StoreError::Deactivated);
         }

@@ -93,6 +93,10 @@ impl Shared {
         channel: &str,
         payload: &[u8],
     ) -> u32 {
+        // The limit holds wherever the halves run, so it is checked here, before the host.
+        if !abi::fits(channel.len(), payload.len()) {
+            return abi::status::TOO_LARGE;
+        }
         let message = RawMessage {
             kind,
             status,
@@ -136,6 +140,16 @@ impl Shared {
         status: u32,
         payload: Vec<u8>,
     ) {
+        // A reply over the limit would reach nobody: the invoker gets the reason instead, at
+        // once, and the handler's side learns it from its log.
+        let (status, payload) = if abi::fits(channel.len(), payload.len()) {
+            (status, payload)
+        } else {
+            let message = crate::error::too_large("reply", channel, channel.len() + payload.len());
+            tracing::warn!(%channel, "the handler's reply was not sent: {message}");
+            let error = ErrorPayload { message, data: None };
+            (InvokeErrorKind::TooLarge.code(), rmp_serde::to_vec_named(&error).unwrap_or_default())
+        };
         if local {
             let reply = OwnedMessage {
                 kind: abi::kind::REPLY,
@@ -254,6 +268,7 @@ impl Shared {
             abi::kind::INVOKE => self.dispatch_invoke(envelope),
             abi::kind::STORE_WRITE => self.dispatch_store_write(envelope.origin, &envelope.payload),
             abi::kind::STORE_UPDATE => self.dispatch_store_update(&envelope.payload),
+            abi::kind::STORE_REFUSAL => self.dispatch_store_refusal(envelope.target, &envelope.payload),
             abi::kind::REPLY => {
                 let pending = self
                     .state()

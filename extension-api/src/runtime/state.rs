@@ -59,8 +59,41 @@ pub(crate) struct Watcher {
 /// A half's copy of the extension's store, and the last sequence number applied to it.
 #[derive(Clone, Default)]
 pub(crate) struct Replica {
-    pub(crate) values: BTreeMap<String, Vec<u8>>,
+    values: BTreeMap<String, Vec<u8>>,
     pub(crate) seq: u64,
+    /// What the values count against [`crate::ipc::STORE_TOTAL_LIMIT`]: kept with `values`.
+    bytes: usize,
+}
+
+impl Replica {
+    pub(crate) fn new(values: BTreeMap<String, Vec<u8>>, seq: u64) -> Replica {
+        let bytes = values.iter().map(|(key, value)| crate::ipc::store_entry_size(key, value)).sum();
+        Replica { values, seq, bytes }
+    }
+
+    pub(crate) fn values(&self) -> &BTreeMap<String, Vec<u8>> {
+        &self.values
+    }
+
+    /// The store's size as [`crate::ipc::STORE_TOTAL_LIMIT`] counts it.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Writes `key` (`None` deletes it); returns the value it had.
+    pub(crate) fn write(&mut self, key: &str, value: Option<Vec<u8>>) -> Option<Vec<u8>> {
+        let old = match value {
+            Some(value) => {
+                self.bytes += crate::ipc::store_entry_size(key, &value);
+                self.values.insert(key.to_owned(), value)
+            }
+            None => self.values.remove(key),
+        };
+        if let Some(old) = &old {
+            self.bytes -= crate::ipc::store_entry_size(key, old);
+        }
+        old
+    }
 }
 
 /// The author's object for a half, type-erased: all we can do with it is deactivate it.
@@ -119,7 +152,7 @@ impl Half {
             pending_requests: self.pending.len(),
             running_handlers: self.running.len(),
             tasks: self.tasks.len(),
-            store_keys: self.replica.values.len(),
+            store_keys: self.replica.values().len(),
             store_seq: self.replica.seq,
             watchers: self.watchers.len(),
         }
@@ -155,5 +188,28 @@ impl State {
     /// The half `peer`, if it is still generation `generation`.
     pub(crate) fn half_mut(&mut self, peer: Peer, generation: u64) -> Option<&mut Half> {
         self.halves.get_mut(&peer).filter(|half| half.generation == generation)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipc::{STORE_ENTRY_OVERHEAD, store_entry_size};
+
+    #[test]
+    fn a_replica_counts_what_it_holds_through_every_write() {
+        let mut replica = Replica::default();
+        assert_eq!(replica.write("a", Some(vec![0; 10])), None);
+        assert_eq!(replica.bytes(), 1 + 10 + STORE_ENTRY_OVERHEAD);
+        // Overwriting replaces the old entry's count; deleting removes it.
+        assert_eq!(replica.write("a", Some(vec![0; 3])), Some(vec![0; 10]));
+        replica.write("bb", Some(vec![1; 5]));
+        assert_eq!(replica.bytes(), store_entry_size("a", &[0; 3]) + store_entry_size("bb", &[1; 5]));
+        assert_eq!(replica.write("a", None), Some(vec![0; 3]));
+        assert_eq!(replica.write("missing", None), None);
+        assert_eq!(replica.bytes(), store_entry_size("bb", &[1; 5]));
+        // A seeded replica counts its snapshot.
+        let seeded = Replica::new(replica.values().clone(), 7);
+        assert_eq!((seeded.bytes(), seeded.seq), (replica.bytes(), 7));
     }
 }

@@ -5,13 +5,13 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, PoisonError};
 
 use crate::abi::{self, PEER_ALL, PEER_MAIN, Peer};
-use crate::ipc::{StoreChange, StoreError, store};
+use crate::ipc::{STORE_TOTAL_LIMIT, STORE_VALUE_LIMIT, StoreChange, StoreError, store, store_entry_size};
 use crate::runtime::Replica;
 use crate::runtime::Shared;
 use crate::runtime::context;
 use crate::runtime::panic_message;
 use crate::runtime::state::{State, WatcherFn};
-use crate::wire::{StoreSnapshot, StoreUpdate, StoreWrite};
+use crate::wire::{StoreLimit, StoreRefusal, StoreSnapshot, StoreUpdate, StoreWrite};
 use serde_bytes::ByteBuf;
 
 impl Shared {
@@ -28,10 +28,19 @@ impl Shared {
         let update = {
             let mut state = self.state();
             let main = state.halves.get_mut(&PEER_MAIN).ok_or(StoreError::Deactivated)?;
-            let old = match &value {
-                Some(bytes) => main.replica.values.insert(key.clone(), bytes.clone()),
-                None => main.replica.values.remove(&key),
-            };
+            // Checked here too, where every write is sequenced: a renderer's write reaches main
+            // as bytes, whatever its `set` checked.
+            if let Some(bytes) = &value {
+                if bytes.len() > STORE_VALUE_LIMIT {
+                    return Err(StoreError::TooLarge { key, size: bytes.len(), limit: STORE_VALUE_LIMIT });
+                }
+                let replaced = main.replica.values().get(&key).map_or(0, |old| store_entry_size(&key, old));
+                let size = main.replica.bytes() - replaced + store_entry_size(&key, bytes);
+                if size > STORE_TOTAL_LIMIT {
+                    return Err(StoreError::Full { key, size, limit: STORE_TOTAL_LIMIT });
+                }
+            }
+            let old = main.replica.write(&key, value.clone());
             main.replica.seq += 1;
             StoreUpdate { seq: main.replica.seq, key, old, new: value, writer, write_id }
         };
@@ -45,15 +54,46 @@ impl Shared {
         Ok(())
     }
 
-    /// Main's side of a renderer's write.
+    /// Main's side of a renderer's write. A write main refuses is answered to its writer, so
+    /// its `set` fails at once with the reason.
     pub(crate) fn dispatch_store_write(&self, origin: Peer, payload: &[u8]) {
-        match crate::wire::decode::<StoreWrite>(payload) {
-            Ok(write) => {
-                if let Err(error) = self.sequence_write(origin, write.write_id, write.key, write.value) {
-                    tracing::warn!("a store write from {origin} was dropped: {error}");
-                }
+        let write = match crate::wire::decode::<StoreWrite>(payload) {
+            Ok(write) => write,
+            Err(error) => return tracing::warn!("dropping an undecodable store write: {error}"),
+        };
+        let write_id = write.write_id;
+        let refusal = match self.sequence_write(origin, write_id, write.key, write.value) {
+            Ok(()) => return,
+            Err(StoreError::Full { key, size, limit }) => {
+                StoreRefusal { write_id, key, limit: StoreLimit::Total, size: size as u64, max: limit as u64 }
             }
-            Err(error) => tracing::warn!("dropping an undecodable store write: {error}"),
+            Err(StoreError::TooLarge { key, size, limit }) => {
+                StoreRefusal { write_id, key, limit: StoreLimit::Value, size: size as u64, max: limit as u64 }
+            }
+            Err(error) => return tracing::warn!("a store write from {origin} was dropped: {error}"),
+        };
+        let sent = rmp_serde::to_vec_named(&refusal)
+            .map(|bytes| self.send(abi::kind::STORE_REFUSAL, 0, PEER_MAIN, origin, 0, "", &bytes));
+        if !matches!(sent, Ok(abi::status::OK)) {
+            tracing::warn!("the refusal of a store write from {origin} could not be sent: {sent:?}");
+        }
+    }
+
+    /// A renderer half's write that main refused: its `set` fails with the reason.
+    pub(crate) fn dispatch_store_refusal(&self, target: Peer, payload: &[u8]) {
+        let refusal = match crate::wire::decode::<StoreRefusal>(payload) {
+            Ok(refusal) => refusal,
+            Err(error) => return tracing::warn!("dropping an undecodable store refusal: {error}"),
+        };
+        let waiting =
+            self.state().halves.get_mut(&target).and_then(|half| half.store_pending.remove(&refusal.write_id));
+        if let Some(done) = waiting {
+            let (key, size, limit) = (refusal.key, refusal.size as usize, refusal.max as usize);
+            let error = match refusal.limit {
+                StoreLimit::Value => StoreError::TooLarge { key, size, limit },
+                StoreLimit::Total => StoreError::Full { key, size, limit },
+            };
+            let _ = done.send(Err(error));
         }
     }
 
@@ -63,7 +103,7 @@ impl Shared {
         let state = self.state();
         let main = state.halves.get(&PEER_MAIN)?;
         let values =
-            main.replica.values.iter().map(|(key, value)| (key.clone(), ByteBuf::from(value.clone()))).collect();
+            main.replica.values().iter().map(|(key, value)| (key.clone(), ByteBuf::from(value.clone()))).collect();
         Some(StoreSnapshot { values, seq: main.replica.seq })
     }
 
@@ -72,7 +112,7 @@ impl Shared {
         let (ready, effects) = {
             let mut state = self.state();
             let values = snapshot.values.into_iter().map(|(key, value)| (key, value.into_vec())).collect();
-            state.process_replica = Some(Replica { values, seq: snapshot.seq });
+            state.process_replica = Some(Replica::new(values, snapshot.seq));
             // What arrived early and now fits, in order; the rest waits.
             let ready = drain_stash(&mut state);
             let effects = apply_to_halves(&mut state, &ready);
@@ -155,10 +195,7 @@ fn drain_stash(state: &mut State) -> Vec<StoreUpdate> {
             break;
         }
         let Some((_, update)) = state.stash.pop_first() else { break };
-        match &update.new {
-            Some(bytes) => replica.values.insert(update.key.clone(), bytes.clone()),
-            None => replica.values.remove(&update.key),
-        };
+        replica.write(&update.key, update.new.clone());
         replica.seq = update.seq;
         ready.push(update);
     }
@@ -180,10 +217,7 @@ fn apply_to_halves(state: &mut State, updates: &[StoreUpdate]) -> Vec<Effects> {
                 if update.seq != half.replica.seq + 1 {
                     tracing::error!("frame {peer} missed store writes {}..{}", half.replica.seq + 1, update.seq);
                 }
-                match &update.new {
-                    Some(bytes) => half.replica.values.insert(update.key.clone(), bytes.clone()),
-                    None => half.replica.values.remove(&update.key),
-                };
+                half.replica.write(&update.key, update.new.clone());
                 half.replica.seq = update.seq;
             }
             if *peer == update.writer {

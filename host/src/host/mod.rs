@@ -318,6 +318,11 @@ impl Host {
         let link = self.active_link(name)?;
         match link.host_broadcast(channel, payload) {
             extension_api::abi::status::OK => Ok(()),
+            extension_api::abi::status::TOO_LARGE => Err(HostError::TooLarge {
+                channel: channel.to_owned(),
+                size: channel.len() + payload.len(),
+                limit: extension_api::abi::MAX_MESSAGE,
+            }),
             status => Err(HostError::Refused { name: name.to_owned(), status }),
         }
     }

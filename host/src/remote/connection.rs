@@ -351,7 +351,11 @@ impl Connection {
         let frame = match Framing::default().frame(&packet) {
             Ok(frame) => frame,
             Err(error) => {
-                tracing::warn!(role = ?self.role, "refused to send a packet: {error} (the limit is {MAX_PACKET} bytes)");
+                tracing::warn!(
+                    role = ?self.role,
+                    "refused to send a {} packet to the child: {error} (the limit is {MAX_PACKET} bytes)",
+                    packet_name(&packet)
+                );
                 return abi::status::TOO_LARGE;
             }
         };

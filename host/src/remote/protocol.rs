@@ -15,8 +15,13 @@ use serde::{Deserialize, Serialize};
 /// Bump on any change to [`Packet`].
 pub const PROTOCOL_VERSION: u32 = 2;
 
-/// Largest packet either side accepts; a longer length prefix closes the connection.
-pub const MAX_PACKET: usize = 16 << 20;
+/// Largest packet either side accepts; a longer length prefix closes the connection. It is
+/// the message limit plus room for the envelope, so any message within
+/// [`extension_api::abi::MAX_MESSAGE`] (and a store snapshot within its limit) always fits.
+pub const MAX_PACKET: usize = extension_api::abi::MAX_MESSAGE + ENVELOPE;
+
+/// Room in a packet for everything but a message's channel name and value.
+const ENVELOPE: usize = 64 << 10;
 
 /// Everything that travels on a child connection. `key` is an instance key the host assigned
 /// to this connection: the host refuses any other.
