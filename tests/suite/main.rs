@@ -19,3 +19,4 @@ mod load;
 mod loading;
 mod macros;
 mod store;
+mod truncated;
