@@ -18,5 +18,6 @@ mod lifecycle;
 mod load;
 mod loading;
 mod macros;
+mod scaffold;
 mod store;
 mod truncated;
