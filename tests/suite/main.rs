@@ -9,6 +9,7 @@ mod support;
 mod adversary;
 mod author;
 mod console;
+mod console_values;
 mod crashes;
 mod exposed;
 mod frames;
