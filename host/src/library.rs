@@ -29,6 +29,17 @@ pub struct LibraryInfo {
 pub(crate) struct Library {
     pub(crate) info: LibraryInfo,
     pub(crate) descriptor: &'static Descriptor,
+    /// The private copy's directory, kept for profilers (`EXTENSION_HOST_KEEP_COPIES`).
+    kept_copy: Option<PathBuf>,
+}
+
+impl Library {
+    /// For a library refused after loading (a duplicate name): removes its kept copy, if any.
+    pub(crate) fn discard_copy(&self) {
+        if let Some(dir) = &self.kept_copy {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 /// Loads and validates the extension library at `path`.
@@ -47,10 +58,10 @@ pub(crate) fn load(path: &Path) -> Result<Library, LoadError> {
     let copy = dir.path().join(path.file_name().unwrap_or(std::ffi::OsStr::new("extension")));
     snapshot(path, &copy)?;
     validate(path, &copy)?;
-    let library = open(path, &copy)?;
+    let mut library = open(path, &copy)?;
     // Profilers need the file to name the library's functions: keep it when asked to.
     if std::env::var_os("EXTENSION_HOST_KEEP_COPIES").is_some() {
-        std::mem::forget(dir);
+        library.kept_copy = Some(dir.keep());
     }
     Ok(library)
 }
@@ -206,7 +217,7 @@ fn open(path: &Path, copy: &Path) -> Result<Library, LoadError> {
     // it lives as long as the (never unmapped) library.
     let descriptor: &'static Descriptor = unsafe { &*address.cast::<Descriptor>() };
     let info = read_info(path, descriptor)?;
-    Ok(Library { info, descriptor })
+    Ok(Library { info, descriptor, kept_copy: None })
 }
 
 /// Why a file's header says it cannot be a library for this host, in plain words; `None` if

@@ -116,6 +116,17 @@ fn every_failed_load_removes_its_private_copy_even_when_copies_are_kept() {
         assert!(stdout.starts_with("error: cannot load"), "{stdout}");
         assert_eq!(leftovers(&temp), Vec::<PathBuf>::new(), "{}: {stdout}", path.display());
     }
+
+    // A library refused after it was mapped (its name is taken) leaves no copy either.
+    let twin = tempdir().join("libhello.so");
+    std::fs::copy(library("hello"), &twin).unwrap();
+    let temp = tempdir();
+    let hello = library("hello");
+    let args = ["run".as_ref(), "--duration".as_ref(), "0".as_ref(), hello.as_os_str(), twin.as_os_str()];
+    let output = host_command(&temp, &args, true);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success() && stderr.contains("already loaded"), "{stderr}");
+    assert_eq!(leftovers(&temp).len(), 1, "only the copy of the library that runs: {stderr}");
 }
 
 #[tokio::test]
