@@ -12,6 +12,14 @@ pub enum LoadError {
     #[error("cannot load `{path}`: it is not a shared library ({reason})")]
     NotALibrary { path: PathBuf, reason: String },
     #[error(
+        "cannot load `{path}`: the file is truncated: {reason} (was it still being written, or copied only in part?)"
+    )]
+    Truncated { path: PathBuf, reason: String },
+    #[error(
+        "cannot load `{path}`: the file changed while it was being copied (is it still being written?); load it again once it is complete"
+    )]
+    Changing { path: PathBuf },
+    #[error(
         "cannot load `{path}`: it exports no `{symbol}` symbol, so it is not an extension (was it built with `extension_api::export_extension!`?)"
     )]
     MissingDescriptor { path: PathBuf, symbol: &'static str },

@@ -29,27 +29,173 @@ pub struct LibraryInfo {
 pub(crate) struct Library {
     pub(crate) info: LibraryInfo,
     pub(crate) descriptor: &'static Descriptor,
+    /// The private copy's directory, kept for profilers (`EXTENSION_HOST_KEEP_COPIES`).
+    kept_copy: Option<PathBuf>,
+}
+
+impl Library {
+    /// For a library refused after loading (a duplicate name): removes its kept copy, if any.
+    pub(crate) fn discard_copy(&self) {
+        if let Some(dir) = &self.kept_copy {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 /// Loads and validates the extension library at `path`.
+///
+/// The bytes loaded are a private copy, taken once and validated before `dlopen`: a file cut
+/// short (an interrupted copy, a library cargo is still writing) is refused with the reason
+/// instead of faulting on first access, and the original changing afterwards does not matter.
+/// The copy, and its directory, are removed whatever the outcome (kept after a successful load
+/// only when `EXTENSION_HOST_KEEP_COPIES` is set).
 pub(crate) fn load(path: &Path) -> Result<Library, LoadError> {
     check_file(path)?;
     // A copy under a name the dynamic loader has never seen in this process, in a private
-    // directory: loading a rebuilt library at the same path runs the new code.
-    let unreadable = |error: std::io::Error| LoadError::Unreadable { path: path.to_owned(), reason: error.to_string() };
-    let dir = PrivateDir::create().map_err(unreadable)?;
+    // directory: loading a rebuilt library at the same path runs the new code. Dropping `dir`
+    // removes it: on every error below, and after the load (the mapping outlives the file).
+    let dir = PrivateDir::create().map_err(|error| unreadable(path, &error))?;
     let copy = dir.path().join(path.file_name().unwrap_or(std::ffi::OsStr::new("extension")));
-    std::fs::copy(path, &copy).map_err(unreadable)?;
+    snapshot(path, &copy)?;
+    validate(path, &copy)?;
+    let mut library = open(path, &copy)?;
+    // Profilers need the file to name the library's functions: keep it when asked to.
+    if std::env::var_os("EXTENSION_HOST_KEEP_COPIES").is_some() {
+        library.kept_copy = Some(dir.keep());
+    }
+    Ok(library)
+}
+
+fn unreadable(path: &Path, error: &std::io::Error) -> LoadError {
+    LoadError::Unreadable { path: path.to_owned(), reason: error.to_string() }
+}
+
+fn check_file(path: &Path) -> Result<(), LoadError> {
+    // `metadata` follows symbolic links, and does not block on a FIFO as opening one would.
+    let metadata = std::fs::metadata(path).map_err(|error| match error.kind() {
+        std::io::ErrorKind::NotFound => LoadError::NotFound { path: path.to_owned() },
+        _ => unreadable(path, &error),
+    })?;
+    if !metadata.is_file() {
+        return Err(LoadError::NotALibrary { path: path.to_owned(), reason: "it is not a regular file".into() });
+    }
+    Ok(())
+}
+
+/// Copies `path` to `copy` (a new file in our private directory, which nobody else can
+/// change), refusing a file that changed while it was read: the copy is one consistent state.
+fn snapshot(path: &Path, copy: &Path) -> Result<(), LoadError> {
+    let mut original = std::fs::File::open(path).map_err(|error| unreadable(path, &error))?;
+    let before = original.metadata().map_err(|error| unreadable(path, &error))?;
+    if !before.is_file() {
+        return Err(LoadError::NotALibrary { path: path.to_owned(), reason: "it is not a regular file".into() });
+    }
+    let mut target = std::fs::File::create_new(copy).map_err(|error| unreadable(path, &error))?;
+    let copied = std::io::copy(&mut original, &mut target).map_err(|error| unreadable(path, &error))?;
+    let after = original.metadata().map_err(|error| unreadable(path, &error))?;
+    let modified = |metadata: &std::fs::Metadata| metadata.modified().ok();
+    if copied != before.len() || after.len() != before.len() || modified(&after) != modified(&before) {
+        return Err(LoadError::Changing { path: path.to_owned() });
+    }
+    Ok(())
+}
+
+/// Checks that the copy is a library for this platform, whole: its ELF header, program headers
+/// and section headers, and every segment's bytes, lie within the file. (The dynamic loader
+/// maps segments past the end of a file without complaint; touching them raises SIGBUS.)
+fn validate(path: &Path, copy: &Path) -> Result<(), LoadError> {
+    use std::io::Read;
+    let file = std::fs::File::open(copy).map_err(|error| unreadable(path, &error))?;
+    let len = file.metadata().map_err(|error| unreadable(path, &error))?.len();
+    let mut header = Vec::with_capacity(20);
+    (&file).take(20).read_to_end(&mut header).map_err(|error| unreadable(path, &error))?;
+    if let Some(reason) = wrong_platform(&header) {
+        return Err(LoadError::NotALibrary { path: path.to_owned(), reason });
+    }
+    if !cfg!(target_os = "linux") {
+        return Ok(());
+    }
+    elf_layout(&file, len).map_err(|problem| match problem {
+        Layout::Truncated(reason) => LoadError::Truncated { path: path.to_owned(), reason },
+        Layout::Invalid(reason) => LoadError::NotALibrary { path: path.to_owned(), reason },
+    })
+}
+
+/// What is wrong with an ELF file's layout.
+#[derive(Debug, PartialEq)]
+enum Layout {
+    /// Something lies past the end of the file.
+    Truncated(String),
+    /// The headers themselves are malformed.
+    Invalid(String),
+}
+
+/// Checks the layout of a 64-bit ELF file of `len` bytes (read through `object`, which reads
+/// only the headers it is asked for).
+fn elf_layout(file: &std::fs::File, len: u64) -> Result<(), Layout> {
+    use object::elf::FileHeader64;
+    use object::read::elf::{FileHeader, ProgramHeader};
+
+    let past_end = |what: String, end: u64| {
+        Layout::Truncated(format!("{what} ends at byte {end}, past the end of the file ({len} bytes)"))
+    };
+    let invalid = |what: &str, error: object::Error| Layout::Invalid(format!("{what}: {error}"));
+    let table_end = |offset: u64, count: u64, size: u16| {
+        count.checked_mul(u64::from(size)).and_then(|bytes| bytes.checked_add(offset))
+    };
+    let overflow = |what: &str| Layout::Invalid(format!("{what} ends past 2^64 bytes"));
+
+    let header_len = std::mem::size_of::<FileHeader64<object::Endianness>>() as u64;
+    if len < header_len {
+        return Err(past_end("the ELF header".into(), header_len));
+    }
+    let data = object::ReadCache::new(file);
+    let header = FileHeader64::<object::Endianness>::parse(&data).map_err(|e| invalid("the ELF header", e))?;
+    let endian = header.endian().map_err(|e| invalid("the ELF header", e))?;
+
+    let program_offset = header.e_phoff(endian);
+    if program_offset != 0 {
+        let count = header.phnum(endian, &data).map_err(|e| invalid("the program header table", e))?;
+        let end = table_end(program_offset, count.into(), header.e_phentsize(endian))
+            .ok_or_else(|| overflow("the program header table"))?;
+        if end > len {
+            return Err(past_end("the program header table".into(), end));
+        }
+    }
+    let segments = header.program_headers(endian, &data).map_err(|e| invalid("the program header table", e))?;
+    for (index, segment) in segments.iter().enumerate() {
+        let kind = segment.p_type(endian);
+        let what = format!("segment {index} ({kind:?})");
+        let end = segment.p_offset(endian).checked_add(segment.p_filesz(endian)).ok_or_else(|| overflow(&what))?;
+        if end > len {
+            return Err(past_end(what, end));
+        }
+    }
+    // The loader does not read the section headers, but a file whose end is missing is not
+    // whole (a debug build's code may all lie in its first quarter, before the debug info).
+    let section_offset = header.e_shoff(endian);
+    if section_offset != 0 {
+        let size = header.e_shentsize(endian);
+        let first = table_end(section_offset, 1, size).ok_or_else(|| overflow("the section header table"))?;
+        if first > len {
+            return Err(past_end("the section header table".into(), first));
+        }
+        let count = header.shnum(endian, &data).map_err(|e| invalid("the section header table", e))?;
+        let end = table_end(section_offset, count.into(), size).ok_or_else(|| overflow("the section header table"))?;
+        if end > len {
+            return Err(past_end("the section header table".into(), end));
+        }
+    }
+    Ok(())
+}
+
+/// `dlopen`s the validated copy and checks its descriptor; errors name the original `path`.
+fn open(path: &Path, copy: &Path) -> Result<Library, LoadError> {
     // SAFETY: loading a library runs its initialisers. We only load files the embedder asked
     // for; an extension is trusted code in process (isolation is what child processes are for).
-    let opened = unsafe { libloading::Library::new(&copy) };
-    // The mapping outlives the file: the copy served only to give the loader a fresh name.
-    // (Profilers need the file to name the library's functions: keep it when asked to.)
-    if std::env::var_os("EXTENSION_HOST_KEEP_COPIES").is_some() {
-        std::mem::forget(dir);
-    } else {
-        drop(dir);
-    }
+    // The file is our private copy, validated whole just above, so no segment is mapped past
+    // its end.
+    let opened = unsafe { libloading::Library::new(copy) };
     let library =
         opened.map_err(|error| LoadError::NotALibrary { path: path.to_owned(), reason: error.to_string() })?;
     // Never unmapped: leaked for the life of the process.
@@ -71,24 +217,7 @@ pub(crate) fn load(path: &Path) -> Result<Library, LoadError> {
     // it lives as long as the (never unmapped) library.
     let descriptor: &'static Descriptor = unsafe { &*address.cast::<Descriptor>() };
     let info = read_info(path, descriptor)?;
-    Ok(Library { info, descriptor })
-}
-
-fn check_file(path: &Path) -> Result<(), LoadError> {
-    let metadata = std::fs::metadata(path).map_err(|error| match error.kind() {
-        std::io::ErrorKind::NotFound => LoadError::NotFound { path: path.to_owned() },
-        _ => LoadError::Unreadable { path: path.to_owned(), reason: error.to_string() },
-    })?;
-    if !metadata.is_file() {
-        return Err(LoadError::NotALibrary { path: path.to_owned(), reason: "it is not a regular file".into() });
-    }
-    let mut header = [0u8; 20];
-    let read = std::fs::File::open(path).and_then(|mut file| std::io::Read::read(&mut file, &mut header));
-    let read = read.map_err(|error| LoadError::Unreadable { path: path.to_owned(), reason: error.to_string() })?;
-    if let Some(reason) = wrong_platform(&header[..read]) {
-        return Err(LoadError::NotALibrary { path: path.to_owned(), reason });
-    }
-    Ok(())
+    Ok(Library { info, descriptor, kept_copy: None })
 }
 
 /// Why a file's header says it cannot be a library for this host, in plain words; `None` if
@@ -166,7 +295,38 @@ pub fn check(path: &Path) -> Result<LibraryInfo, LoadError> {
 
 #[cfg(test)]
 mod tests {
-    use super::wrong_platform;
+    use super::{Layout, elf_layout, wrong_platform};
+
+    /// `elf_layout` of `bytes`, written to a file (the test binary itself is a 64-bit ELF).
+    fn layout_of(bytes: &[u8]) -> Result<(), Layout> {
+        let dir = crate::private_dir::PrivateDir::create().unwrap();
+        let path = dir.path().join("elf");
+        std::fs::write(&path, bytes).unwrap();
+        elf_layout(&std::fs::File::open(&path).unwrap(), bytes.len() as u64)
+    }
+
+    #[test]
+    fn elf_layouts_past_the_end_or_overflowing_are_refused() {
+        let whole = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert_eq!(layout_of(&whole), Ok(()));
+        let Err(Layout::Truncated(reason)) = layout_of(&whole[..40]) else { panic!() };
+        assert_eq!(reason, "the ELF header ends at byte 64, past the end of the file (40 bytes)");
+        let Err(Layout::Truncated(reason)) = layout_of(&whole[..4096]) else { panic!() };
+        assert!(
+            reason.starts_with("segment ") && reason.ends_with("past the end of the file (4096 bytes)"),
+            "{reason}"
+        );
+        // A program header table offset of 2^64 - 1 (e_phoff, at byte 32) overflows.
+        let mut crafted = whole.clone();
+        crafted[32..40].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert_eq!(layout_of(&crafted), Err(Layout::Invalid("the program header table ends past 2^64 bytes".into())));
+        // A segment whose end overflows (p_filesz of the first program header).
+        let mut crafted = whole.clone();
+        let phoff = usize::try_from(u64::from_le_bytes(whole[32..40].try_into().unwrap())).unwrap();
+        crafted[phoff + 32..phoff + 40].copy_from_slice(&u64::MAX.to_le_bytes());
+        let Err(Layout::Invalid(reason)) = layout_of(&crafted) else { panic!() };
+        assert!(reason.starts_with("segment 0") && reason.ends_with("ends past 2^64 bytes"), "{reason}");
+    }
 
     fn elf(class: u8, machine: u16) -> Vec<u8> {
         let mut header = vec![0x7f, b'E', b'L', b'F', class, 1, 1, 0];

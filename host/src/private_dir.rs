@@ -25,6 +25,12 @@ impl PrivateDir {
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Gives up the directory without removing it, returning its path.
+    pub(crate) fn keep(self) -> PathBuf {
+        let mut this = std::mem::ManuallyDrop::new(self);
+        std::mem::take(&mut this.path)
+    }
 }
 
 impl Drop for PrivateDir {

@@ -5,7 +5,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout};
 
 use crate::support::{FAILSAFE, spawn_console};
 
-struct Console {
+pub(crate) struct Console {
     child: Child,
     stdin: ChildStdin,
     stdout: Lines<BufReader<ChildStdout>>,
@@ -16,7 +16,7 @@ struct Console {
 }
 
 impl Console {
-    async fn start(crates: &[&str]) -> Console {
+    pub(crate) async fn start(crates: &[&str]) -> Console {
         let mut child = spawn_console(&["--frames", "1"], crates);
         let stdin = child.stdin.take().unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -27,7 +27,7 @@ impl Console {
     }
 
     /// Sends a command and returns the first output line matching `matches`.
-    async fn ask(&mut self, command: &str, matches: impl Fn(&str) -> bool) -> String {
+    pub(crate) async fn ask(&mut self, command: &str, matches: impl Fn(&str) -> bool) -> String {
         self.stdin.write_all(format!("{command}\n").as_bytes()).await.unwrap();
         self.transcript.push(format!("> {command}"));
         self.last = command.to_owned();

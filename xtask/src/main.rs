@@ -59,7 +59,8 @@ enum Task {
     /// Scaffold a working extension crate (both halves, a listener, a handler, an exposed
     /// function, a store value, and a test).
     NewExtension {
-        /// The crate name (letters, digits, `-`).
+        /// The crate name: what cargo accepts for a package name, in ASCII (letters, digits,
+        /// `-` and `_`, not starting with a digit; not a Rust keyword).
         name: String,
         /// Where to create it; defaults to `sample-extensions/NAME`, added to the workspace.
         #[arg(long)]
@@ -256,19 +257,76 @@ fn fuzz(target: Option<&str>, seconds: u64, asan: bool) -> Result<()> {
     Ok(())
 }
 
-fn new_extension(name: &str, dir: Option<PathBuf>) -> Result<()> {
-    let starts_with_letter = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic());
-    if !starts_with_letter || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-        bail!("`{name}` is not a usable crate name: start with a letter, then ASCII letters, digits and `-`");
+/// Why `name` cannot name a scaffolded extension, if it cannot: the rules `cargo new` applies
+/// to a package name, narrowed to ASCII (the host's rule for extension names, and crates.io's),
+/// plus the names the scaffolded code itself cannot use.
+fn name_problem(name: &str) -> Option<String> {
+    let mut chars = name.chars();
+    let first = chars.next()?;
+    let ascii_only = |c: char| {
+        format!(
+            "`{c}` is not ASCII (cargo accepts Unicode letters, with a warning, but an extension's name is ASCII letters, digits, `-` and `_`)"
+        )
+    };
+    if first.is_ascii_digit() {
+        return Some("it starts with a digit".into());
     }
-    const RESERVED: &[&str] =
-        &["std", "core", "alloc", "test", "proc-macro", "self", "super", "crate", "extern", "fn", "mod", "type", "use"];
+    if !(first.is_ascii_alphabetic() || first == '_') {
+        return Some(if first.is_ascii() {
+            format!("it starts with `{first}`; start with a letter or `_`")
+        } else {
+            ascii_only(first)
+        });
+    }
+    if let Some(c) = chars.find(|&c| !(c.is_ascii_alphanumeric() || c == '-' || c == '_')) {
+        return Some(if c.is_ascii() {
+            format!("`{c}` is not allowed; use ASCII letters, digits, `-` and `_`")
+        } else {
+            ascii_only(c)
+        });
+    }
+    // Refused by `cargo new` too (cargo's list of Rust keywords).
+    const KEYWORDS: &[&str] = &[
+        "Self", "abstract", "as", "async", "await", "become", "box", "break", "const", "continue", "crate", "do",
+        "dyn", "else", "enum", "extern", "false", "final", "fn", "for", "if", "impl", "in", "let", "loop", "macro",
+        "match", "mod", "move", "mut", "override", "priv", "pub", "ref", "return", "self", "static", "struct", "super",
+        "trait", "true", "try", "type", "typeof", "unsafe", "unsized", "use", "virtual", "where", "while", "yield",
+    ];
+    if KEYWORDS.contains(&name) {
+        return Some("it is a Rust keyword".into());
+    }
+    if name == "test" {
+        return Some("it conflicts with Rust's built-in `test` library".into());
+    }
+    if name == "_" {
+        return Some("`_` alone is not a path Rust code can name the crate by".into());
+    }
+    // `cargo new` only warns about these, but the scaffolded code names its crate in paths
+    // (`{snake}::channels`), which would then mean the standard library's crate.
+    if ["std", "core", "alloc", "proc_macro", "proc-macro"].contains(&name) {
+        return Some(format!("it is the name of a crate of Rust's standard library (`{}`)", name.replace('-', "_")));
+    }
+    None
+}
+
+fn new_extension(name: &str, dir: Option<PathBuf>) -> Result<()> {
+    if name.is_empty() {
+        bail!("the name is empty: give the crate's name, e.g. `my-ext` or `my_ext`");
+    }
+    if let Some(problem) = name_problem(name) {
+        bail!("`{name}` is not a usable crate name: {problem}");
+    }
     let root = workspace_root();
     let manifest_path = root.join("Cargo.toml");
     let manifest = std::fs::read_to_string(&manifest_path)?;
     let taken = manifest.contains(&format!("/{name}\"")) || manifest.contains(&format!("\"{name}\""));
-    if RESERVED.contains(&name) || taken {
+    if taken {
         bail!("`{name}` is reserved or already a crate of this workspace: pick another name");
+    }
+    // Cargo refuses a package that depends on a package of its own name.
+    let dependencies = ["extension-api", "extension_api", "host", "serde", "tokio", "tracing"];
+    if dependencies.contains(&name) {
+        bail!("`{name}` is the name of a crate the scaffolded extension depends on: pick another name");
     }
     let in_workspace = dir.is_none();
     let dir = dir.unwrap_or_else(|| root.join("sample-extensions").join(name));
@@ -278,13 +336,17 @@ fn new_extension(name: &str, dir: Option<PathBuf>) -> Result<()> {
     std::fs::create_dir_all(dir.join("src"))?;
     std::fs::create_dir_all(dir.join("tests"))?;
     let snake = name.replace('-', "_");
-    let camel: String = name
-        .split('-')
+    let mut camel: String = name
+        .split(['-', '_'])
         .map(|part| {
             let mut chars = part.chars();
             chars.next().map(|first| first.to_ascii_uppercase().to_string() + chars.as_str()).unwrap_or_default()
         })
         .collect();
+    // `_1` gives `1`: a type name cannot start with a digit.
+    if !camel.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        camel.insert_str(0, "Ext");
+    }
     let (api, host, workspace) = if in_workspace {
         ("../../extension-api".to_owned(), "../../host".to_owned(), String::new())
     } else {
@@ -345,4 +407,36 @@ fn run(command: &mut Command) -> Result<()> {
         bail!("{command:?} failed with {status}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::name_problem;
+
+    #[test]
+    fn names_cargo_accepts_are_accepted() {
+        for name in ["my_ext", "my-ext", "MyExt", "_private", "a-_b", "x1", "__", "deps", "con"] {
+            assert_eq!(name_problem(name), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn names_cargo_or_the_host_refuse_say_why() {
+        let cases = [
+            ("1x", "starts with a digit"),
+            ("-x", "starts with `-`"),
+            ("bad name!", "` ` is not allowed"),
+            ("my.ext", "`.` is not allowed"),
+            ("caf\u{e9}", "`\u{e9}` is not ASCII"),
+            ("fn", "Rust keyword"),
+            ("Self", "Rust keyword"),
+            ("test", "built-in `test` library"),
+            ("_", "`_` alone"),
+            ("proc-macro", "standard library (`proc_macro`)"),
+        ];
+        for (name, reason) in cases {
+            let problem = name_problem(name).unwrap_or_default();
+            assert!(problem.contains(reason), "{name}: {problem}");
+        }
+    }
 }

@@ -119,6 +119,7 @@ impl Host {
         let info = library.info.clone();
         let mut extensions = lock(&self.inner.extensions);
         if let Some(existing) = extensions.get(&info.name) {
+            library.discard_copy();
             return Err(LoadError::DuplicateName {
                 path: path.to_owned(),
                 name: info.name,

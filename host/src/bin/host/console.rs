@@ -6,6 +6,8 @@ use extension_host::FrameId;
 use extension_host::{Host, OneLine};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+use crate::notation;
+
 const HELP: &str = "\
 commands:
   list                              extensions and their state
@@ -18,7 +20,11 @@ commands:
   invoke NAME CHANNEL JSON          invoke NAME's main handler, as the host
   inspect [NAME]                    the inspect snapshot, as JSON
   watch on|off                      print every broadcast the host routes
-  quit";
+  quit
+values (in and out) are JSON, plus what JSON cannot say:
+  {\"$bin\": [0, 1, 255]}             binary data
+  {\"$map\": [[1, \"one\"], [2, \"two\"]]}  a map with keys of any type, as [key, value] pairs
+  {\"$ext\": [TYPE, [BYTES]]}          a MessagePack extension value";
 
 /// Reads commands until `quit` or end of input.
 pub async fn run(host: &Host) {
@@ -87,7 +93,9 @@ fn name_channel_json(rest: &str) -> Result<(&str, &str, Vec<u8>), String> {
     let json = parts.next().unwrap_or("null");
     let value: serde_json::Value =
         serde_json::from_str(json).map_err(|error| format!("the value is not JSON: {error}"))?;
-    let payload = rmp_serde::to_vec_named(&value).map_err(|error| format!("cannot encode the value: {error}"))?;
+    let value = notation::from_json(&value).map_err(|error| format!("the value is not valid: {error}"))?;
+    let mut payload = Vec::new();
+    rmpv::encode::write_value(&mut payload, &value).map_err(|error| format!("cannot encode the value: {error}"))?;
     Ok((name, channel, payload))
 }
 
@@ -177,10 +185,10 @@ async fn execute(host: &Host, line: &str) -> Result<String, String> {
     }
 }
 
-/// A MessagePack value as JSON text (binary as a byte array, integer map keys as strings).
+/// A MessagePack value as console JSON (`notation`: binary as `$bin`, other maps as `$map`).
 fn msgpack_to_json(bytes: &[u8]) -> String {
     match extension_api::wire::decode::<rmpv::Value>(bytes) {
-        Ok(value) => serde_json::to_string(&value).unwrap_or_else(|_| value.to_string()),
+        Ok(value) => notation::to_json(&value).to_string(),
         Err(error) => format!("<undecodable MessagePack: {error}>"),
     }
 }

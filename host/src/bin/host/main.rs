@@ -1,6 +1,7 @@
 //! `host`: runs extensions (`host run`) or checks a library (`host check`).
 
 mod console;
+mod notation;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
