@@ -15,6 +15,7 @@ mod frames;
 mod gluon;
 mod ipc;
 mod lifecycle;
+mod listeners;
 mod load;
 mod loading;
 mod macros;
