@@ -74,8 +74,7 @@ async fn an_exposed_functions_typed_error_arrives_as_a_handler_error_with_its_da
     // `Ok(v)` is the client's value; `Err(e)` is `Handler`, with `e`'s text and `e` as data.
     assert_eq!(results["divide"], "ok:42");
     assert_eq!(
-        results["by-zero"],
-        "Handler|cannot divide 1 by zero|Some(Ok(DivideByZero { dividend: 1 }))",
+        results["by-zero"], "Handler|cannot divide 1 by zero|Some(Ok(DivideByZero { dividend: 1 }))",
         "the error's Display text, and the typed error back from data::<CalcError>()"
     );
     assert_eq!(

@@ -13,6 +13,7 @@ mod crashes;
 mod exposed;
 mod frames;
 mod gluon;
+mod harness;
 mod ipc;
 mod lifecycle;
 mod listeners;
