@@ -133,9 +133,10 @@ impl TestHost {
     /// The `host` binary to start child processes with, found once per test process:
     /// 1. the program named by the [`CHILD_PROGRAM_VAR`] environment variable
     ///    (`EXTENSION_HOST_CHILD`), if it is set;
-    /// 2. else, under `cargo test`, the one `cargo build -p host` builds (in the test's profile
-    ///    and target directory): it works from any crate depending on `host`, and keeps the
-    ///    binary as fresh as the library the test links;
+    /// 2. else, under `cargo test`, the `host` binary of this `host` crate, built with cargo
+    ///    (`--manifest-path` of this crate, into the test's target directory and profile): it
+    ///    works from any crate depending on `host`, and keeps the binary as fresh as the
+    ///    library the test links;
     /// 3. else a `host` binary beside the test's `target/<profile>/` directory.
     ///
     /// Each failure says what was tried.
@@ -310,7 +311,7 @@ fn find_child_program(named: Option<OsString>, cargo: Option<OsString>, exe: &Pa
             Err(problem) => tried.push(problem),
         }
     } else {
-        tried.push("not running under cargo (no $CARGO), so `cargo build -p host` was not tried".to_owned());
+        tried.push("not running under cargo (no $CARGO), so `host` was not built".to_owned());
     }
     let beside = profile_dir.map(|dir| dir.join(format!("host{}", std::env::consts::EXE_SUFFIX)));
     match beside {
@@ -318,35 +319,52 @@ fn find_child_program(named: Option<OsString>, cargo: Option<OsString>, exe: &Pa
         Some(path) => tried.push(format!("there is no `{}`", path.display())),
         None => tried.push(format!("`{}` is not inside a target directory", exe.display())),
     }
-    Err(format!("{}. Set {CHILD_PROGRAM_VAR} to a `host` binary (`cargo build -p host` builds one)", tried.join("; ")))
+    Err(format!(
+        "{}. Set {CHILD_PROGRAM_VAR} to a `host` binary (`cargo build --bin host --manifest-path {}/Cargo.toml` builds one)",
+        tried.join("; "),
+        env!("CARGO_MANIFEST_DIR")
+    ))
 }
 
-/// Runs `cargo build -p host` in the test's profile and returns the binary cargo reports.
+/// Builds the `host` binary of this very `host` crate (its own manifest, so it works whether
+/// the crate under test has `host` as a dependency or a dev-dependency, from a path, git or a
+/// registry), into the test's own target directory, in its profile. Returns the binary cargo
+/// reports.
 fn build_host(cargo: &OsString, profile_dir: Option<&Path>) -> Result<PathBuf, String> {
     let profile = match profile_dir.and_then(Path::file_name).and_then(|name| name.to_str()) {
-        Some("debug") | None => "dev".to_owned(),
-        Some(other) => other.to_owned(),
+        Some("release") => "release",
+        _ => "dev",
     };
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
     let mut command = Command::new(cargo);
     command
-        .args(["build", "--quiet", "-p", "host", "--bin", "host", "--message-format=json-render-diagnostics"])
-        .args(["--profile", &profile])
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit());
-    if let Some(manifest_dir) = std::env::var_os("CARGO_MANIFEST_DIR") {
-        command.current_dir(manifest_dir);
+        .args(["build", "--quiet", "--bin", "host", "--message-format=json-render-diagnostics"])
+        .args(["--profile", profile])
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .stdin(Stdio::null());
+    // target/<profile>/: its parent is the target directory.
+    if let Some(target) = profile_dir.and_then(Path::parent) {
+        command.arg("--target-dir").arg(target);
     }
     tracing::debug!("building the child program: {command:?}");
-    let output = command.output().map_err(|error| format!("`cargo build -p host` did not start: {error}"))?;
+    let output = command.output().map_err(|error| format!("`cargo build` of `host` did not start: {error}"))?;
     if !output.status.success() {
-        return Err(format!("`cargo build -p host` failed ({}; its errors are above)", output.status));
+        let errors = String::from_utf8_lossy(&output.stderr);
+        let last: Vec<&str> = errors.lines().filter(|line| !line.trim().is_empty()).take(5).collect();
+        return Err(format!(
+            "`cargo build --bin host --manifest-path {}` failed ({}): {}",
+            manifest.display(),
+            output.status,
+            last.join(" / ")
+        ));
     }
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter(|message| message["reason"] == "compiler-artifact" && message["target"]["name"] == "host")
         .find_map(|message| message["executable"].as_str().map(PathBuf::from))
-        .ok_or_else(|| "`cargo build -p host` reported no `host` executable".to_owned())
+        .ok_or_else(|| "`cargo build` of `host` reported no `host` executable".to_owned())
 }
 
 #[cfg(test)]
@@ -368,6 +386,10 @@ mod tests {
         let reason = find_child_program(None, None, exe).unwrap_err();
         assert!(reason.contains("not running under cargo"), "{reason}");
         assert!(reason.contains("there is no `/nowhere/target/debug/host`"), "{reason}");
-        assert!(reason.ends_with("Set EXTENSION_HOST_CHILD to a `host` binary (`cargo build -p host` builds one)"));
+        let advice = format!(
+            "Set EXTENSION_HOST_CHILD to a `host` binary (`cargo build --bin host --manifest-path {}/Cargo.toml` builds one)",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        assert!(reason.ends_with(&advice), "{reason}");
     }
 }
