@@ -9,10 +9,17 @@
 //!
 //! Each method travels on the reserved channel `expose:Config.method`, its arguments as a
 //! tuple. No channel string appears in the author's code.
+//!
+//! A method returning `Result<T, E>` (written so: a path ending in `Result` with two type
+//! arguments) fails typed: an `Err(e)` reaches the client as an `InvokeError` of kind
+//! `Handler` whose `data::<E>()` gives `e` back, and whose message is `e`'s `Display` text (or
+//! its `Debug` text, or a generic sentence). `E` must be `Serialize`. The client's method then
+//! returns `Result<T, InvokeError>`. Any other return type (an alias of a `Result` included)
+//! is a plain value.
 
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
-use quote::{format_ident, quote};
+use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{FnArg, Ident, ItemTrait, Pat, ReturnType, TraitItem, Type, parse_macro_input};
 
@@ -33,7 +40,12 @@ pub fn exposed(attribute: TokenStream, item: TokenStream) -> TokenStream {
 struct Method {
     name: Ident,
     arguments: Vec<(Ident, Type)>,
+    /// What the client gets on success (`T` of a `Result<T, E>`, or the whole return type).
     output: Type,
+    /// The return type as written in the trait.
+    returns: Type,
+    /// `E` of a `Result<T, E>` return type.
+    error: Option<Type>,
     docs: Vec<syn::Attribute>,
 }
 
@@ -54,15 +66,15 @@ fn expand(input: ItemTrait) -> syn::Result<TokenStream2> {
     let client = format_ident!("{}Client", trait_name);
     let expose_fn = format_ident!("expose_{}", snake_case(&trait_name.to_string()));
     let trait_methods = methods.iter().map(|m| {
-        let Method { name, arguments, output, docs } = m;
+        let Method { name, arguments, returns, docs, .. } = m;
         let args = arguments.iter().map(|(arg, ty)| quote! { #arg: #ty });
         quote! {
             #(#docs)*
-            fn #name(&self, #(#args),*) -> impl ::core::future::Future<Output = #output> + ::core::marker::Send;
+            fn #name(&self, #(#args),*) -> impl ::core::future::Future<Output = #returns> + ::core::marker::Send;
         }
     });
     let client_methods = methods.iter().map(|m| {
-        let Method { name, arguments, output, docs } = m;
+        let Method { name, arguments, output, docs, .. } = m;
         let channel = format!("expose:{trait_name}.{name}");
         let args = arguments.iter().map(|(arg, ty)| quote! { #arg: #ty });
         let names = arguments.iter().map(|(arg, _)| arg);
@@ -81,22 +93,45 @@ fn expand(input: ItemTrait) -> syn::Result<TokenStream2> {
         }
     });
     let registrations = methods.iter().map(|m| {
-        let Method { name, arguments, output, .. } = m;
+        let Method { name, arguments, output, error, .. } = m;
         let channel = format!("expose:{trait_name}.{name}");
         let names: Vec<_> = arguments.iter().map(|(arg, _)| arg).collect();
         let types = arguments.iter().map(|(_, ty)| ty);
+        let (error_type, call) = match error {
+            None => (
+                quote! { ::extension_api::__private::Never },
+                quote! { ::core::result::Result::Ok(#trait_name::#name(&*implementation, #(#names),*).await) },
+            ),
+            Some(error) => {
+                let function = format!("{trait_name}.{name}");
+                (
+                    quote! { ::extension_api::__private::ExposedError<#error> },
+                    quote! {
+                        #trait_name::#name(&*implementation, #(#names),*).await.map_err(|error| {
+                            #[allow(unused_imports)]
+                            use ::extension_api::__private::{ViaDebug as _, ViaDisplay as _, ViaNothing as _};
+                            let message = (&&::extension_api::__private::ErrorText(&error)).exposed_error_text(#function);
+                            ::extension_api::__private::ExposedError { message, value: error }
+                        })
+                    },
+                )
+            }
+        };
+        // Checked here, at the error type as written, so the compiler's complaint points there.
+        let serializable = error.iter().map(|error| {
+            quote_spanned! { error.span() =>
+                const _: fn() = || ::extension_api::__private::exposed_error_must_be_serialize::<#error>();
+            }
+        });
         quote! {
+            #(#serializable)*
             {
                 let implementation = implementation.clone();
-                let registered = main.handle::<(#(#types,)*), #output, ::extension_api::__private::Never, &str, _, _>(
+                let registered = main.handle::<(#(#types,)*), #output, #error_type, &str, _, _>(
                     #channel,
                     move |(#(#names,)*), _meta| {
                         let implementation = implementation.clone();
-                        async move {
-                            ::core::result::Result::Ok(
-                                #trait_name::#name(&*implementation, #(#names),*).await,
-                            )
-                        }
+                        async move { #call }
                     },
                 );
                 match registered {
@@ -200,12 +235,38 @@ fn method(function: &syn::TraitItemFn) -> syn::Result<Method> {
         }
         arguments.push((pattern.ident.clone(), (*typed.ty).clone()));
     }
-    let output = match &signature.output {
+    let returns: Type = match &signature.output {
         ReturnType::Default => syn::parse_quote!(()),
         ReturnType::Type(_, ty) => (**ty).clone(),
     };
+    let (output, error) = match result_types(&returns) {
+        Some((ok, error)) => (ok, Some(error)),
+        None => (returns.clone(), None),
+    };
     let docs = function.attrs.iter().filter(|attr| attr.path().is_ident("doc")).cloned().collect();
-    Ok(Method { name: signature.ident.clone(), arguments, output, docs })
+    Ok(Method { name: signature.ident.clone(), arguments, output, returns, error, docs })
+}
+
+/// `(T, E)` of a return type written `Result<T, E>` (any path ending in `Result`, with two
+/// type arguments).
+fn result_types(ty: &Type) -> Option<(Type, Type)> {
+    let Type::Path(path) = ty else { return None };
+    if path.qself.is_some() {
+        return None;
+    }
+    let last = path.path.segments.last()?;
+    if last.ident != "Result" {
+        return None;
+    }
+    let syn::PathArguments::AngleBracketed(arguments) = &last.arguments else { return None };
+    let mut types = arguments.args.iter().map(|argument| match argument {
+        syn::GenericArgument::Type(ty) => Some(ty.clone()),
+        _ => None,
+    });
+    match (types.next(), types.next(), types.next()) {
+        (Some(Some(ok)), Some(Some(error)), None) => Some((ok, error)),
+        _ => None,
+    }
 }
 
 fn snake_case(name: &str) -> String {

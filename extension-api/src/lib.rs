@@ -67,6 +67,75 @@ pub mod __private {
             match *self {}
         }
     }
+
+    /// The error of an exposed function returning `Result<T, E>`: `E` itself on the wire (the
+    /// caller's `InvokeError::data::<E>()`), with the message chosen for it.
+    pub struct ExposedError<E> {
+        /// The caller's `InvokeError::message`.
+        pub message: String,
+        /// The function's error.
+        pub value: E,
+    }
+
+    impl<E: serde::Serialize> serde::Serialize for ExposedError<E> {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            self.value.serialize(serializer)
+        }
+    }
+
+    impl<E> std::fmt::Display for ExposedError<E> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.message)
+        }
+    }
+
+    /// Names the error type in the compiler's complaint when it is not `Serialize`.
+    pub fn exposed_error_must_be_serialize<E: serde::Serialize>() {}
+
+    /// An exposed function's error, to choose its message: its `Display` text if it has one,
+    /// else its `Debug` text, else a sentence. Chosen by method resolution on
+    /// `(&&ErrorText(&error))` (the types are concrete where the macro expands it).
+    pub struct ErrorText<'a, E>(pub &'a E);
+
+    impl<E> Clone for ErrorText<'_, E> {
+        fn clone(&self) -> Self {
+            *self
+        }
+    }
+    impl<E> Copy for ErrorText<'_, E> {}
+
+    /// The error's `Display` text.
+    pub trait ViaDisplay {
+        /// The message for the caller.
+        fn exposed_error_text(self, function: &str) -> String;
+    }
+    impl<E: std::fmt::Display> ViaDisplay for &&ErrorText<'_, E> {
+        fn exposed_error_text(self, _: &str) -> String {
+            self.0.to_string()
+        }
+    }
+
+    /// The error's `Debug` text.
+    pub trait ViaDebug {
+        /// The message for the caller.
+        fn exposed_error_text(self, function: &str) -> String;
+    }
+    impl<E: std::fmt::Debug> ViaDebug for &ErrorText<'_, E> {
+        fn exposed_error_text(self, function: &str) -> String {
+            format!("`{function}` returned an error: {:?}", self.0)
+        }
+    }
+
+    /// Neither: a sentence naming the function.
+    pub trait ViaNothing {
+        /// The message for the caller.
+        fn exposed_error_text(self, function: &str) -> String;
+    }
+    impl<E> ViaNothing for ErrorText<'_, E> {
+        fn exposed_error_text(self, function: &str) -> String {
+            format!("`{function}` returned an error (its value is the error's data)")
+        }
+    }
 }
 
 /// The README's example extension, compiled as a doc test so it stays true.

@@ -1,7 +1,7 @@
 //! What the host lets an embedder watch: extension log records and broadcasts.
 
-use extension_api::Sender;
 use extension_api::abi::Peer;
+use extension_api::{FrameId, Sender};
 use serde::Serialize;
 
 /// A tracing event emitted inside an extension, as the host received it.
@@ -77,11 +77,20 @@ pub struct ObservedBroadcast {
     pub channel: String,
     /// The value as MessagePack.
     pub payload: Vec<u8>,
+    /// The frames whose renderer half it was routed to, in order: their listeners of the
+    /// channel get it (unless a mailbox was full: see `InstanceSnapshot::dropped_broadcasts`).
+    /// Main's listeners always do.
+    pub frames: Vec<FrameId>,
 }
 
 impl ObservedBroadcast {
     pub fn sender(&self) -> Sender {
         Sender::from_peer(self.sender)
+    }
+
+    /// Whether it was routed to the renderer half in `frame` (see [`ObservedBroadcast::frames`]).
+    pub fn reaches(&self, frame: FrameId) -> bool {
+        self.frames.contains(&frame)
     }
 
     /// The value decoded as `T`.

@@ -284,6 +284,8 @@ impl Link {
                 let _ = self.core.broadcasts.send(ObservedBroadcast {
                     extension: self.name.clone(),
                     sender: message.origin,
+                    // Where it goes: delivered below to every endpoint, so to every half placed now.
+                    frames: self.frames().into_iter().map(extension_api::FrameId).collect(),
                     channel: String::from_utf8_lossy(channel).into_owned(),
                     payload: payload.to_vec(),
                 });
@@ -331,8 +333,11 @@ impl Link {
         })
     }
 
+    /// A request from the host to `target`: main (the host acting as a renderer) or one frame's
+    /// renderer half (the host acting as main).
     pub(crate) fn host_invoke(
         self: Arc<Self>,
+        target: Peer,
         channel: &str,
         payload: &[u8],
         timeout: Duration,
@@ -347,7 +352,7 @@ impl Link {
                 kind: abi::kind::INVOKE,
                 status: 0,
                 origin: PEER_HOST,
-                target: PEER_MAIN,
+                target,
                 request_id,
                 channel: RawSlice::new(channel.as_bytes()),
                 payload: RawSlice::new(payload),
@@ -364,14 +369,19 @@ impl Link {
         async move {
             if !guard.armed {
                 let kind = InvokeErrorKind::from_refusal(status);
+                let name = &guard.link.name;
+                let half = if target == PEER_MAIN { "main half".to_owned() } else { format!("half in frame {target}") };
                 let size = channel.len() + payload_len;
                 let message = match kind {
-                    InvokeErrorKind::Overloaded => format!("the mailbox of `{}`'s main half is full", guard.link.name),
+                    InvokeErrorKind::Overloaded => format!("the mailbox of `{name}`'s {half} is full"),
+                    InvokeErrorKind::FrameClosed => {
+                        format!("frame {target} is not open, or `{name}`'s renderer half does not run there")
+                    }
                     InvokeErrorKind::TooLarge => format!(
                         "the request on `{channel}` is {size} bytes (value and channel name), over the {}-byte message limit",
                         abi::MAX_MESSAGE
                     ),
-                    _ => format!("`{}` is not active", guard.link.name),
+                    _ => format!("`{name}` is not active"),
                 };
                 return Err(InvokeError::new(kind, channel, message));
             }

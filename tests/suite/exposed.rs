@@ -58,7 +58,39 @@ async fn main_asks_one_frame_and_gets_its_answer_or_a_typed_error(transport: Tra
     assert_eq!(frames, vec![1]);
 }
 
+async fn an_exposed_functions_typed_error_arrives_as_a_handler_error_with_its_data(transport: Transport) {
+    let host = support::host_with(&["probe"]).await;
+    support::open_frames(&host, transport, 1).await;
+    let mut seen = host.broadcasts();
+    host.broadcast("probe", CALC_ERRORS.name(), &()).unwrap();
+    let pongs = expect_pongs(&host, &mut seen, "probe", 1, 2).await;
+    let results: std::collections::BTreeMap<&str, &str> = pongs[0]
+        .tag
+        .strip_prefix("calc-errors:")
+        .expect("the calculator's error checks answered")
+        .split(';')
+        .filter_map(|result| result.split_once('='))
+        .collect();
+    // `Ok(v)` is the client's value; `Err(e)` is `Handler`, with `e`'s text and `e` as data.
+    assert_eq!(results["divide"], "ok:42");
+    assert_eq!(
+        results["by-zero"], "Handler|cannot divide 1 by zero|Some(Ok(DivideByZero { dividend: 1 }))",
+        "the error's Display text, and the typed error back from data::<CalcError>()"
+    );
+    assert_eq!(
+        results["debug"],
+        "Handler|`Calculator.fail_debug` returned an error: DebugOnly { reason: \"only debug\" }|Some(Ok(DebugOnly { reason: \"only debug\" }))",
+        "without Display, the Debug text"
+    );
+    assert_eq!(
+        results["bare"],
+        "Handler|`Calculator.fail_bare` returned an error (its value is the error's data)|code=Some(7)",
+        "without either, a sentence naming the function"
+    );
+}
+
 conformance!(
     exposed_functions_are_typed_intact_and_withdrawable,
+    an_exposed_functions_typed_error_arrives_as_a_handler_error_with_its_data,
     main_asks_one_frame_and_gets_its_answer_or_a_typed_error,
 );

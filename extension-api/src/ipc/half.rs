@@ -48,11 +48,25 @@ impl HalfHandle {
         C: EventChannelName<T>,
         F: Fn(Event<T>) + Send + Sync + 'static,
     {
+        self.listen_disposing(channel, move |event, _: &Disposer| listener(event))
+    }
+
+    /// [`HalfHandle::listen`] whose listener gets its own disposer with every event.
+    pub(crate) fn listen_disposing<T, C, F>(&self, channel: C, listener: F) -> Result<Disposer, IpcError>
+    where
+        T: DeserializeOwned + 'static,
+        C: EventChannelName<T>,
+        F: Fn(Event<T>, &Disposer) + Send + Sync + 'static,
+    {
         let shared = self.shared("listen")?;
         let channel = channel.channel_name().to_owned();
+        let id = shared.next_id();
+        // The listener's own copy: disposing either removes the one registration. It holds the
+        // instance weakly, so the listener does not keep its own instance alive.
+        let own = self.disposer(Registration::Listener { channel: channel.clone(), id });
         let weak = self.shared.clone();
         let wrapped: ListenerFn = Arc::new(move |event: &RawEvent<'_>| match crate::wire::decode::<T>(event.payload) {
-            Ok(value) => listener(Event { sender: event.sender, value }),
+            Ok(value) => listener(Event { sender: event.sender, value }, &own),
             Err(error) => {
                 if let Some(shared) = weak.upgrade() {
                     shared.decode_failures.fetch_add(1, Ordering::Relaxed);
@@ -64,11 +78,28 @@ impl HalfHandle {
                 );
             }
         });
-        let id = shared.next_id();
         let mut state = shared.state();
         let half = state.half_mut(self.peer, self.generation).ok_or(IpcError::Deactivated { operation: "listen" })?;
         half.listeners.entry(channel.clone()).or_default().push((id, wrapped));
         Ok(self.disposer(Registration::Listener { channel, id }))
+    }
+
+    /// [`HalfHandle::listen`] for the first event only: the registration is removed before the
+    /// listener runs.
+    pub(crate) fn listen_once<T, C, F>(&self, channel: C, listener: F) -> Result<Disposer, IpcError>
+    where
+        T: DeserializeOwned + 'static,
+        C: EventChannelName<T>,
+        F: FnOnce(Event<T>) + Send + 'static,
+    {
+        let listener = std::sync::Mutex::new(Some(listener));
+        self.listen_disposing(channel, move |event, own: &Disposer| {
+            own.dispose();
+            let listener = listener.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+            if let Some(listener) = listener {
+                listener(event);
+            }
+        })
     }
 
     pub(crate) fn broadcast<T, C>(&self, channel: C, value: &T) -> Result<(), IpcError>

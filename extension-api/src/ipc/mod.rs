@@ -122,6 +122,44 @@ impl Main {
         self.half.listen(channel, listener)
     }
 
+    /// [`Main::listen`] for one event: the first broadcast on `channel` whose value decodes as
+    /// `T` calls `listener`, and the registration is removed before it runs (so it runs once
+    /// even if it broadcasts on `channel` itself). Lens's `once`. The returned disposer
+    /// withdraws it before it fires.
+    pub fn listen_once<T, C, F>(&self, channel: C, listener: F) -> Result<Disposer, IpcError>
+    where
+        T: DeserializeOwned + 'static,
+        C: EventChannelName<T>,
+        F: FnOnce(Event<T>) + Send + 'static,
+    {
+        self.half.listen_once(channel, listener)
+    }
+
+    /// [`Main::listen`] whose listener also gets its own [`Disposer`], to stop itself:
+    /// `disposer.dispose()` inside the listener removes this registration (the returned
+    /// disposer and the one the listener gets remove the same one).
+    ///
+    /// ```no_run
+    /// # fn example(ipc: extension_api::Main) -> Result<(), extension_api::IpcError> {
+    /// // Counts to three, then stops listening.
+    /// let seen = std::sync::atomic::AtomicU32::new(0);
+    /// ipc.listen_with_disposer("tick", move |_: extension_api::Event<()>, disposer| {
+    ///     if seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 == 3 {
+    ///         disposer.dispose();
+    ///     }
+    /// })?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn listen_with_disposer<T, C, F>(&self, channel: C, listener: F) -> Result<Disposer, IpcError>
+    where
+        T: DeserializeOwned + 'static,
+        C: EventChannelName<T>,
+        F: Fn(Event<T>, &Disposer) + Send + Sync + 'static,
+    {
+        self.half.listen_disposing(channel, listener)
+    }
+
     /// Sends `value` to every listener of `channel` in main and in every open frame, once each.
     pub fn broadcast<T, C>(&self, channel: C, value: &T) -> Result<(), IpcError>
     where
@@ -233,6 +271,26 @@ impl Renderer {
         F: Fn(Event<T>) + Send + Sync + 'static,
     {
         self.half.listen(channel, listener)
+    }
+
+    /// See [`Main::listen_once`].
+    pub fn listen_once<T, C, F>(&self, channel: C, listener: F) -> Result<Disposer, IpcError>
+    where
+        T: DeserializeOwned + 'static,
+        C: EventChannelName<T>,
+        F: FnOnce(Event<T>) + Send + 'static,
+    {
+        self.half.listen_once(channel, listener)
+    }
+
+    /// See [`Main::listen_with_disposer`].
+    pub fn listen_with_disposer<T, C, F>(&self, channel: C, listener: F) -> Result<Disposer, IpcError>
+    where
+        T: DeserializeOwned + 'static,
+        C: EventChannelName<T>,
+        F: Fn(Event<T>, &Disposer) + Send + Sync + 'static,
+    {
+        self.half.listen_disposing(channel, listener)
     }
 
     /// See [`Main::broadcast`].

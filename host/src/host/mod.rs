@@ -365,7 +365,58 @@ impl Host {
         let sent = self
             .active_link(name)
             .map_err(|error| InvokeError::new(InvokeErrorKind::Deactivated, channel, error.to_string()))
-            .map(|link| link.host_invoke(channel, payload, timeout));
+            .map(|link| link.host_invoke(PEER_MAIN, channel, payload, timeout));
+        async move { sent?.await }
+    }
+
+    /// Invokes the handler on `channel` of the extension's renderer half in `frame`, as main
+    /// would with `Main::invoke_frame` (the handler's `meta.sender` is [`Sender::Host`]).
+    /// Fails with [`InvokeErrorKind::FrameClosed`] if the frame is not open, or the renderer
+    /// half does not run there, or the frame closes before the reply. The request is sent by
+    /// this call; dropping the future cancels it.
+    ///
+    /// [`Sender::Host`]: crate::Sender::Host
+    pub fn invoke_frame<Req, Resp>(
+        &self,
+        name: &str,
+        frame: FrameId,
+        channel: &str,
+        value: &Req,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Resp, InvokeError>> + Send + 'static + use<Req, Resp>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned + Send + 'static,
+    {
+        let channel_name = channel.to_owned();
+        let sent = rmp_serde::to_vec_named(value)
+            .map_err(|error| InvokeError::new(InvokeErrorKind::Serialize, channel, error.to_string()))
+            .map(|payload| self.invoke_frame_raw(name, frame, channel, &payload, timeout));
+        async move {
+            let reply = sent?.await?;
+            extension_api::wire::decode(&reply).map_err(|error| {
+                let message = format!("the reply does not decode as {}: {error}", std::any::type_name::<Resp>());
+                InvokeError::new(InvokeErrorKind::Deserialize, channel_name, message)
+            })
+        }
+    }
+
+    /// [`Host::invoke_frame`] with MessagePack bytes in and out.
+    pub fn invoke_frame_raw(
+        &self,
+        name: &str,
+        frame: FrameId,
+        channel: &str,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Vec<u8>, InvokeError>> + Send + 'static + use<> {
+        let sent = if frame.0 == PEER_MAIN || frame.0 >= extension_api::abi::PEER_HOST {
+            Err(InvokeError::new(InvokeErrorKind::FrameClosed, channel, format!("{frame} is not a frame number")))
+        } else {
+            self.active_link(name)
+                .map_err(|error| InvokeError::new(InvokeErrorKind::Deactivated, channel, error.to_string()))
+                .map(|link| link.host_invoke(frame.0, channel, payload, timeout))
+        };
         async move { sent?.await }
     }
 
