@@ -60,7 +60,7 @@ pub enum Control {
     DeactivateMain {
         /// Number of the command, echoed in its completion.
         completion: u64,
-        /// How long `deactivate` may run, in milliseconds.
+        /// How long `deactivate` may run, in milliseconds (`u64::MAX`: no limit).
         timeout_ms: u64,
     },
     /// Create the renderer half for `frame` and run its `activate`.
@@ -76,7 +76,7 @@ pub enum Control {
         completion: u64,
         /// The frame whose renderer half closes.
         frame: Peer,
-        /// How long `deactivate` may run, in milliseconds.
+        /// How long `deactivate` may run, in milliseconds (`u64::MAX`: no limit).
         timeout_ms: u64,
     },
     /// Report listeners, handlers, pending requests and tasks.

@@ -10,6 +10,7 @@ mod adversary;
 mod author;
 mod console;
 mod crashes;
+mod durations;
 mod exposed;
 mod frames;
 mod gluon;

@@ -31,10 +31,15 @@ pub(crate) const TIMEOUT_TICK: Duration = Duration::from_millis(10);
 /// The status of the reply a request gets when its timeout passed (never on the wire).
 pub(crate) const TIMED_OUT: u32 = u32::MAX;
 
-/// Sweeps for a request with `timeout`: enough that it never times out early.
+/// Sweeps left for a request that never times out: a timeout too long to count in ticks (over
+/// about 497 days; `Duration::MAX` among them) means no limit.
+pub(crate) const NO_TIMEOUT: u32 = u32::MAX;
+
+/// Sweeps for a request with `timeout`: enough that it never times out early; [`NO_TIMEOUT`]
+/// when it is too long to count.
 pub(crate) fn timeout_ticks(timeout: Duration) -> u32 {
     let ticks = timeout.as_nanos().div_ceil(TIMEOUT_TICK.as_nanos()) + 1;
-    u32::try_from(ticks).unwrap_or(u32::MAX)
+    u32::try_from(ticks).unwrap_or(NO_TIMEOUT)
 }
 
 /// How long `destroy` waits for the runtime thread to finish dropping tasks.
@@ -704,6 +709,7 @@ async fn sweep_timeouts(shared: Arc<Shared>) {
                     let due: Vec<u64> = half
                         .pending
                         .iter_mut()
+                        .filter(|(_, pending)| pending.ticks_left != NO_TIMEOUT)
                         .filter_map(|(id, pending)| {
                             pending.ticks_left = pending.ticks_left.saturating_sub(1);
                             (pending.ticks_left == 0).then_some(*id)
@@ -748,6 +754,7 @@ mod tests {
         assert_eq!(timeout_ticks(TIMEOUT_TICK), 2);
         assert_eq!(timeout_ticks(TIMEOUT_TICK + Duration::from_nanos(1)), 3);
         assert_eq!(timeout_ticks(Duration::from_secs(30)), 3001);
-        assert_eq!(timeout_ticks(Duration::MAX), u32::MAX);
+        assert_eq!(timeout_ticks(Duration::MAX), NO_TIMEOUT);
+        assert_eq!(timeout_ticks(Duration::from_secs(u64::from(u32::MAX) / 100 + 1)), NO_TIMEOUT);
     }
 }
