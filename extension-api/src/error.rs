@@ -160,9 +160,18 @@ pub enum IpcError {
         /// The channel that is already handled.
         channel: String,
     },
-    /// The half is gone: the extension is inactive or the frame closed.
-    #[error("the extension is not active (deactivated, or the frame was closed): `{operation}` refused")]
+    /// The half is gone: the extension is inactive.
+    #[error("the extension is not active (deactivated): `{operation}` refused")]
     Deactivated {
+        /// The refused operation (`"listen"`, `"broadcast"`, ...).
+        operation: &'static str,
+    },
+    /// A renderer handle kept after its frame closed (or reloaded), while the extension stays
+    /// active: the renderer half it belongs to is gone.
+    #[error("{frame} is closed: `{operation}` refused (this handle belongs to the renderer half that ran there)")]
+    FrameClosed {
+        /// The frame the handle's half ran in.
+        frame: crate::FrameId,
         /// The refused operation (`"listen"`, `"broadcast"`, ...).
         operation: &'static str,
     },

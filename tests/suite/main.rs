@@ -12,6 +12,7 @@ mod console;
 mod crashes;
 mod durations;
 mod exposed;
+mod frame_handles;
 mod frames;
 mod gluon;
 mod ipc;
