@@ -19,5 +19,6 @@ mod ipc;
 mod lifecycle;
 mod load;
 mod loading;
+mod logs;
 mod macros;
 mod store;

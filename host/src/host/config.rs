@@ -26,7 +26,12 @@ pub struct HostConfig {
     ///
     /// [`DeactivateReport`]: crate::DeactivateReport
     pub deactivate_timeout: Duration,
-    /// Most verbose level extensions forward; defaults to the host's own tracing level.
+    /// Most verbose level extensions forward (to [`Host::logs`], and re-emitted through the
+    /// host's `tracing`). Defaults to `INFO`, whatever subscriber the application has (or
+    /// none); an application that wants to follow its own filter sets
+    /// `LevelFilter::current()` after installing its subscriber, as the `host` binary does.
+    ///
+    /// [`Host::logs`]: crate::Host::logs
     pub max_log_level: LevelFilter,
     /// The program started for child processes (renderer processes, isolated extensions),
     /// followed by `child_args`, then `child --socket PATH --token TOKEN`. The `host` binary
@@ -62,7 +67,7 @@ impl Default for HostConfig {
         HostConfig {
             activate_timeout: Duration::from_secs(10),
             deactivate_timeout: Duration::from_secs(5),
-            max_log_level: LevelFilter::current(),
+            max_log_level: LevelFilter::INFO,
             child_program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("host")),
             child_args: Vec::new(),
             crash_budget: CrashBudget::default(),

@@ -130,7 +130,9 @@ struct RunOptions {
 
 async fn run(paths: Vec<PathBuf>, options: RunOptions) -> ExitCode {
     let RunOptions { frames, child_frames, isolated, duration, console, inspect } = options;
-    let host = Host::new(HostConfig::default());
+    // Extensions log as verbosely as `RUST_LOG` lets the host log (the subscriber is installed).
+    let config = HostConfig { max_log_level: extension_host::LevelFilter::current(), ..HostConfig::default() };
+    let host = Host::new(config);
     let mut names = Vec::new();
     for path in &paths {
         let results = if path.is_dir() {
