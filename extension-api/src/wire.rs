@@ -204,8 +204,10 @@ pub struct InstanceSnapshot {
 /// One half (main, or the renderer half of one frame) of an instance.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct HalfSnapshot {
-    /// Which half: [`crate::abi::PEER_MAIN`] or a frame number.
-    pub peer: Peer,
+    /// Which half: main, or the renderer half of a frame. (Libraries built before this field
+    /// had its type sent the peer number as `peer`; that still decodes.)
+    #[serde(alias = "peer")]
+    pub half: crate::Half,
     /// Number of listeners per channel.
     pub listeners: BTreeMap<String, usize>,
     /// Channels with a registered handler.

@@ -15,6 +15,7 @@ mod exposed;
 mod frame_handles;
 mod frames;
 mod gluon;
+mod inspect_halves;
 mod ipc;
 mod lifecycle;
 mod load;

@@ -225,10 +225,11 @@ impl Shared {
         let state = self.state();
         let mut halves: Vec<_> = state.halves.iter().map(|(peer, half)| half.snapshot(*peer)).collect();
         let inline = self.inline_handler.load(Ordering::Acquire);
-        if let Some(half) = halves.iter_mut().find(|half| inline != 0 && half.peer == inline.wrapping_sub(1)) {
+        let inline = (inline != 0).then(|| crate::Half::from_peer(inline.wrapping_sub(1)));
+        if let Some(half) = halves.iter_mut().find(|half| Some(half.half) == inline) {
             half.running_handlers += 1;
         }
-        halves.sort_by_key(|half| half.peer);
+        halves.sort_by_key(|half| half.half);
         InstanceSnapshot {
             halves,
             // The dispatcher and the timeout sweeper are ours, not the extension's.

@@ -108,7 +108,7 @@ impl Half {
         let mut handlers: Vec<String> = self.handlers.keys().cloned().collect();
         handlers.sort();
         HalfSnapshot {
-            peer,
+            half: crate::Half::from_peer(peer),
             listeners: self
                 .listeners
                 .iter()

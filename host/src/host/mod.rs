@@ -450,7 +450,7 @@ async fn inspect_link(link: &Link) -> InstanceSnapshot {
             merged.listener_panics += instance.listener_panics;
         }
     }
-    merged.halves.sort_by_key(|half| half.peer);
+    merged.halves.sort_by_key(|half| half.half);
     merged
 }
 
