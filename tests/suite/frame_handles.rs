@@ -40,3 +40,51 @@ async fn a_handle_kept_from_a_closed_frame_says_the_frame_is_closed() {
     }
     host.shutdown().await;
 }
+
+/// What each renderer half's plain task and plain thread found with `Renderer::current()`.
+async fn plain_current(host: &Host, frames: usize) -> Vec<String> {
+    let mut broadcasts = host.broadcasts();
+    host.broadcast("probe", PLAIN_CURRENT.name(), &()).unwrap();
+    let mut tags: Vec<String> = pongs(&mut broadcasts, "probe", frames).await.into_iter().map(|pong| pong.tag).collect();
+    tags.sort();
+    tags
+}
+
+/// Where one renderer half runs in its instance, a plain `tokio::spawn` task or thread finds
+/// it, as `Main::get()` finds main: always in a renderer process, and in process while the
+/// frame is the only one the instance ever ran.
+async fn a_plain_task_finds_the_only_renderer_half(transport: Transport) {
+    let host = host_with_frames(transport, &["probe"], 1).await;
+    assert_eq!(plain_current(&host, 1).await, ["plain:task=own;thread=own"]);
+    host.shutdown().await;
+}
+
+conformance!(a_plain_task_finds_the_only_renderer_half);
+
+#[tokio::test]
+async fn in_renderer_processes_a_plain_task_finds_its_frame_however_many_there_are() {
+    let host = host_with_frames(Transport::ChildProcess, &["probe"], 2).await;
+    assert_eq!(plain_current(&host, 2).await, ["plain:task=own;thread=own"; 2]);
+    let frame = host.frames()[0];
+    host.reload_frame(frame).await.unwrap();
+    assert_eq!(plain_current(&host, 2).await, ["plain:task=own;thread=own"; 2]);
+    host.shutdown().await;
+}
+
+/// Several renderer halves in one instance (in-process frames), or one that replaced an
+/// earlier one (whose plain tasks may still run): a plain task cannot tell which frame it
+/// belongs to, and is told so.
+#[tokio::test]
+async fn in_process_a_plain_task_is_told_why_its_frame_is_ambiguous() {
+    let host = host_with_frames(Transport::InProcess, &["probe"], 2).await;
+    let refused = "Renderer::current(): not called from a renderer half's code";
+    for tag in plain_current(&host, 2).await {
+        assert!(tag.starts_with("plain:task=") && tag.matches(refused).count() == 2, "{tag}");
+        assert!(tag.contains("Renderer::spawn"), "{tag}");
+    }
+    // One frame left, but not the only one this instance ran.
+    host.close_frame(host.frames()[0]).await.unwrap();
+    let tags = plain_current(&host, 1).await;
+    assert_eq!(tags[0].matches(refused).count(), 2, "{tags:?}");
+    host.shutdown().await;
+}

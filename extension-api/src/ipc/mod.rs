@@ -277,14 +277,25 @@ impl Renderer {
         Renderer { half: HalfHandle::from_ref(half) }
     }
 
-    /// The renderer half whose code is running: inside `activate`, listeners, and tasks
-    /// started with [`Renderer::spawn`]. Several frames can run in one process, so this is
-    /// per task, not per process.
+    /// The renderer half whose code is running: inside `activate`, listeners, handlers and
+    /// tasks started with [`Renderer::spawn`], this is per task (several frames can run in one
+    /// process).
+    ///
+    /// Outside any half's code (a plain `tokio::spawn` task, a `std::thread`), it finds the
+    /// renderer half only where no other can be meant, as [`Main::get`] finds main: the
+    /// instance runs exactly one renderer half and never ran another. That always holds in a
+    /// renderer process (one frame each), and in process while the only frame the extension
+    /// ever had since activation is open. With several in-process frames, or after a reload
+    /// (whose old half's plain tasks may still run), it fails saying so: capture the handle,
+    /// or spawn with [`Renderer::spawn`].
     pub fn current() -> Result<Renderer, IpcError> {
         match context::current() {
             Some(half) if half.peer != PEER_MAIN => Ok(Renderer::new(half)),
-            _ => Err(IpcError::NoContext(
-                "Renderer::current(): not running in a renderer half (use the handle given to activate, or spawn with Renderer::spawn)",
+            Some(_) => Err(IpcError::NoContext("Renderer::current(): called from the main half's code")),
+            None => context::only_renderer().map(Renderer::new).ok_or(IpcError::NoContext(
+                "Renderer::current(): not called from a renderer half's code, and this instance runs (or ran) \
+                 more than one renderer half, so which frame is meant is unknown (capture the handle, or spawn \
+                 with Renderer::spawn)",
             )),
         }
     }

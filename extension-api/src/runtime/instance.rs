@@ -477,6 +477,7 @@ impl Shared {
             let mut half = Half::new(generation);
             // A frame starts with the current store: the snapshot is there before `activate`.
             if peer != PEER_MAIN {
+                state.renderers_started += 1;
                 if let Some(main) = state.halves.get(&PEER_MAIN) {
                     half.replica = main.replica.clone();
                 } else if let Some(replica) = &state.process_replica {

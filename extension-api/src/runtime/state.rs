@@ -149,6 +149,9 @@ pub(crate) struct State {
     pub(crate) stopped: bool,
     /// The timeout sweeper is running (some request waits); it stops when none does.
     pub(crate) sweeping: bool,
+    /// Renderer halves this instance ever started (reloads included): while it is one, a plain
+    /// task or thread can only belong to that half (see `context::only_renderer`).
+    pub(crate) renderers_started: u64,
 }
 
 impl State {
