@@ -44,8 +44,8 @@ pub use channel::{EventChannel, EventChannelName, RequestChannel, RequestChannel
 pub use error::{BoxError, InvokeError, InvokeErrorKind, IpcError};
 pub use extension::{MainExtension, NoRenderer, RendererExtension};
 pub use ipc::{
-    DEFAULT_INVOKE_TIMEOUT, Disposer, Event, FrameId, Half, Main, Renderer, RequestMeta, STORE_VALUE_LIMIT, Sender, Store,
-    StoreChange, StoreError, StoreKey, StoreKeyName,
+    DEFAULT_INVOKE_TIMEOUT, Disposer, Event, FrameId, Half, Main, Renderer, RequestMeta, STORE_VALUE_LIMIT, Sender,
+    Store, StoreChange, StoreError, StoreKey, StoreKeyName,
 };
 
 /// Typed functions main exposes to renderers: put it on a trait of `async fn`s. See

@@ -283,9 +283,7 @@ async fn handles_and_a_thread_kept_past_deactivation_act_on_nothing() {
     let mut logs = host.logs();
 
     let outcome = attack(&host, "leak-report").await;
-    let refused = |operation: &str| {
-        format!("Err: the extension is not active (deactivated): `{operation}` refused")
-    };
+    let refused = |operation: &str| format!("Err: the extension is not active (deactivated): `{operation}` refused");
     let gone = "Err: the store is gone: the extension is not active".to_owned();
 
     let expected: Report = [

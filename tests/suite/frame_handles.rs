@@ -45,7 +45,8 @@ async fn a_handle_kept_from_a_closed_frame_says_the_frame_is_closed() {
 async fn plain_current(host: &Host, frames: usize) -> Vec<String> {
     let mut broadcasts = host.broadcasts();
     host.broadcast("probe", PLAIN_CURRENT.name(), &()).unwrap();
-    let mut tags: Vec<String> = pongs(&mut broadcasts, "probe", frames).await.into_iter().map(|pong| pong.tag).collect();
+    let mut tags: Vec<String> =
+        pongs(&mut broadcasts, "probe", frames).await.into_iter().map(|pong| pong.tag).collect();
     tags.sort();
     tags
 }

@@ -21,7 +21,10 @@ async fn inspect_names_halves_as_main_and_frames() {
     let json = serde_json::to_value(&snapshot).unwrap();
     let names: Vec<&serde_json::Value> =
         json["extensions"][0]["instance"]["halves"].as_array().unwrap().iter().map(|half| &half["half"]).collect();
-    assert_eq!(names, [&serde_json::json!("main"), &serde_json::json!({"frame": near.0}), &serde_json::json!({"frame": far.0})]);
+    assert_eq!(
+        names,
+        [&serde_json::json!("main"), &serde_json::json!({"frame": near.0}), &serde_json::json!({"frame": far.0})]
+    );
     host.shutdown().await;
 }
 

@@ -14,8 +14,8 @@ async fn the_default_config_forwards_extension_logs_at_info_without_a_subscriber
     host.load(library("probe")).unwrap();
     host.activate("probe").await.unwrap();
     let frame = host.open_frame().await;
-    let record = wait_log(&mut logs, "probe", |message| message.starts_with(&format!("frame:{} activated", frame.0)))
-        .await;
+    let record =
+        wait_log(&mut logs, "probe", |message| message.starts_with(&format!("frame:{} activated", frame.0))).await;
     assert_eq!(record.level, "INFO");
     host.shutdown().await;
 }

@@ -330,8 +330,7 @@ impl Store {
         let shared = self.half.shared("watch")?;
         let id = shared.next_id();
         let mut state = shared.state();
-        let half =
-            state.half_mut(self.half.peer, self.half.generation).ok_or_else(|| self.half.gone("watch"))?;
+        let half = state.half_mut(self.half.peer, self.half.generation).ok_or_else(|| self.half.gone("watch"))?;
         half.watchers.push(Watcher { id, key, callback });
         Ok(self.half.disposer(Registration::Watcher { id }))
     }

@@ -47,7 +47,9 @@ pub(crate) fn only_renderer() -> Option<HalfRef> {
     }
     let mut renderers = state.halves.iter().filter(|(peer, _)| **peer != PEER_MAIN);
     match (renderers.next(), renderers.next()) {
-        (Some((peer, half)), None) => Some(HalfRef { shared: shared.clone(), peer: *peer, generation: half.generation }),
+        (Some((peer, half)), None) => {
+            Some(HalfRef { shared: shared.clone(), peer: *peer, generation: half.generation })
+        }
         _ => None,
     }
 }
