@@ -41,11 +41,11 @@ fn holdings() -> Holdings {
 }
 
 /// Listeners, handlers and tasks of every half, without the counters that legitimately move.
-fn registrations(instance: &InstanceSnapshot) -> Vec<(u64, usize, usize, usize)> {
+fn registrations(instance: &InstanceSnapshot) -> Vec<(extension_host::Half, usize, usize, usize)> {
     instance
         .halves
         .iter()
-        .map(|half| (half.peer, half.listeners.values().sum(), half.handlers.len(), half.tasks))
+        .map(|half| (half.half, half.listeners.values().sum(), half.handlers.len(), half.tasks))
         .collect()
 }
 

@@ -171,8 +171,8 @@ pub enum IpcError {
         /// The channel that is already handled.
         channel: String,
     },
-    /// The half is gone: the extension is inactive or the frame closed.
-    #[error("the extension is not active (deactivated, or the frame was closed): `{operation}` refused")]
+    /// The half is gone: the extension is inactive.
+    #[error("the extension is not active (deactivated): `{operation}` refused")]
     Deactivated {
         /// The refused operation (`"listen"`, `"broadcast"`, ...).
         operation: &'static str,
@@ -188,6 +188,15 @@ pub enum IpcError {
         size: usize,
         /// The limit, [`crate::abi::MAX_MESSAGE`].
         limit: usize,
+    },
+    /// A renderer handle kept after its frame closed (or reloaded), while the extension stays
+    /// active: the renderer half it belongs to is gone.
+    #[error("{frame} is closed: `{operation}` refused (this handle belongs to the renderer half that ran there)")]
+    FrameClosed {
+        /// The frame the handle's half ran in.
+        frame: crate::FrameId,
+        /// The refused operation (`"listen"`, `"broadcast"`, ...).
+        operation: &'static str,
     },
     /// The host refused to route the message.
     #[error("the host refused the message on channel `{channel}` (status {status})")]

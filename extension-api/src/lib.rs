@@ -44,7 +44,7 @@ pub use channel::{EventChannel, EventChannelName, RequestChannel, RequestChannel
 pub use error::{BoxError, InvokeError, InvokeErrorKind, IpcError};
 pub use extension::{MainExtension, NoRenderer, RendererExtension};
 pub use ipc::{
-    DEFAULT_INVOKE_TIMEOUT, Disposer, Event, FrameId, Main, Renderer, RequestMeta, STORE_ENTRY_OVERHEAD,
+    DEFAULT_INVOKE_TIMEOUT, Disposer, Event, FrameId, Half, Main, Renderer, RequestMeta, STORE_ENTRY_OVERHEAD,
     STORE_TOTAL_LIMIT, STORE_VALUE_LIMIT, Sender, Store, StoreChange, StoreError, StoreKey, StoreKeyName,
 };
 

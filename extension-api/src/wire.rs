@@ -60,7 +60,7 @@ pub enum Control {
     DeactivateMain {
         /// Number of the command, echoed in its completion.
         completion: u64,
-        /// How long `deactivate` may run, in milliseconds.
+        /// How long `deactivate` may run, in milliseconds (`u64::MAX`: no limit).
         timeout_ms: u64,
     },
     /// Create the renderer half for `frame` and run its `activate`.
@@ -76,7 +76,7 @@ pub enum Control {
         completion: u64,
         /// The frame whose renderer half closes.
         frame: Peer,
-        /// How long `deactivate` may run, in milliseconds.
+        /// How long `deactivate` may run, in milliseconds (`u64::MAX`: no limit).
         timeout_ms: u64,
     },
     /// Report listeners, handlers, pending requests and tasks.
@@ -204,8 +204,10 @@ pub struct InstanceSnapshot {
 /// One half (main, or the renderer half of one frame) of an instance.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct HalfSnapshot {
-    /// Which half: [`crate::abi::PEER_MAIN`] or a frame number.
-    pub peer: Peer,
+    /// Which half: main, or the renderer half of a frame. (Libraries built before this field
+    /// had its type sent the peer number as `peer`; that still decodes.)
+    #[serde(alias = "peer")]
+    pub half: crate::Half,
     /// Number of listeners per channel.
     pub listeners: BTreeMap<String, usize>,
     /// Channels with a registered handler.

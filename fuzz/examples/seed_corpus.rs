@@ -53,7 +53,7 @@ fn completions() -> Vec<Completion> {
     let mut listeners = BTreeMap::new();
     listeners.insert("greet".to_owned(), 2);
     let half = HalfSnapshot {
-        peer: 1,
+        half: extension_api::Half::Frame(extension_api::FrameId(1)),
         listeners,
         handlers: vec!["add".to_owned()],
         pending_requests: 1,

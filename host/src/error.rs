@@ -56,4 +56,7 @@ pub enum HostError {
     TooLarge { channel: String, size: usize, limit: usize },
     #[error("extension `{name}` refused the message (status {status})")]
     Refused { name: String, status: u32 },
+    /// A [`crate::HostConfig`] field has a value the host cannot work with.
+    #[error("invalid host configuration: `{field}` {reason}")]
+    InvalidConfig { field: &'static str, reason: &'static str },
 }

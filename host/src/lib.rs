@@ -30,5 +30,5 @@ pub use extension_api::wire::{HalfSnapshot, InstanceSnapshot, MailboxLimit};
 
 /// The version of `extension-api` this host was built with.
 pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
-pub use extension_api::{FrameId, InvokeError, InvokeErrorKind, Sender};
+pub use extension_api::{FrameId, Half, InvokeError, InvokeErrorKind, Sender};
 pub use tracing::level_filters::LevelFilter;

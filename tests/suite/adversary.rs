@@ -283,10 +283,8 @@ async fn handles_and_a_thread_kept_past_deactivation_act_on_nothing() {
     let mut logs = host.logs();
 
     let outcome = attack(&host, "leak-report").await;
-    let refused = |operation: &str| {
-        format!("Err: the extension is not active (deactivated, or the frame was closed): `{operation}` refused")
-    };
-    let gone = "Err: the store is gone: the extension is not active or the frame was closed".to_owned();
+    let refused = |operation: &str| format!("Err: the extension is not active (deactivated): `{operation}` refused");
+    let gone = "Err: the store is gone: the extension is not active".to_owned();
 
     let expected: Report = [
         ("main.broadcast", refused("broadcast")),
@@ -300,7 +298,7 @@ async fn handles_and_a_thread_kept_past_deactivation_act_on_nothing() {
                 .to_owned(),
         ),
         ("store.set", gone),
-        ("store.get", "Err(\"the store is gone: the extension is not active or the frame was closed\")".to_owned()),
+        ("store.get", "Err(\"the store is gone: the extension is not active\")".to_owned()),
         ("renderer.broadcast", refused("broadcast")),
         (
             "renderer.invoke",

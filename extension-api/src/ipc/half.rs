@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
 use super::disposer::{Disposer, Registration};
-use super::{Event, RequestMeta};
+use super::{Event, FrameId, RequestMeta};
 use crate::abi::{self, PEER_ALL, PEER_MAIN, Peer};
 use crate::channel::{EventChannelName, RequestChannelName};
 use crate::error::{InvokeError, InvokeErrorKind, IpcError};
@@ -40,6 +40,21 @@ impl HalfHandle {
 
     pub(crate) fn shared(&self, operation: &'static str) -> Result<Arc<Shared>, IpcError> {
         self.shared.upgrade().ok_or(IpcError::Deactivated { operation })
+    }
+
+    /// The frame of this renderer handle when its half is gone but its instance still runs:
+    /// the frame closed (or reloaded) while the extension stays active. `None` for main's
+    /// handle, and once the instance itself is gone (deactivated).
+    pub(crate) fn closed_frame(&self) -> Option<FrameId> {
+        (self.peer != PEER_MAIN && self.shared.strong_count() > 0).then_some(FrameId(self.peer))
+    }
+
+    /// Why this handle's half can no longer do `operation`.
+    pub(crate) fn gone(&self, operation: &'static str) -> IpcError {
+        match self.closed_frame() {
+            Some(frame) => IpcError::FrameClosed { frame, operation },
+            None => IpcError::Deactivated { operation },
+        }
     }
 
     pub(crate) fn listen<T, C, F>(&self, channel: C, listener: F) -> Result<Disposer, IpcError>
@@ -79,7 +94,7 @@ impl HalfHandle {
             }
         });
         let mut state = shared.state();
-        let half = state.half_mut(self.peer, self.generation).ok_or(IpcError::Deactivated { operation: "listen" })?;
+        let half = state.half_mut(self.peer, self.generation).ok_or_else(|| self.gone("listen"))?;
         half.listeners.entry(channel.clone()).or_default().push((id, wrapped));
         Ok(self.disposer(Registration::Listener { channel, id }))
     }
@@ -113,7 +128,7 @@ impl HalfHandle {
         let shared = self.shared("broadcast")?;
         // A handle kept from a closed (or reloaded) frame must not speak for the new half.
         if shared.state().half_mut(self.peer, self.generation).is_none() {
-            return Err(IpcError::Deactivated { operation: "broadcast" });
+            return Err(self.gone("broadcast"));
         }
         match shared.send(abi::kind::BROADCAST, 0, self.peer, PEER_ALL, 0, channel, &payload) {
             abi::status::OK => Ok(()),
@@ -122,9 +137,9 @@ impl HalfHandle {
                 size: channel.len() + payload.len(),
                 limit: abi::MAX_MESSAGE,
             }),
-            abi::status::DEACTIVATED | abi::status::NO_SUCH_PEER => {
-                Err(IpcError::Deactivated { operation: "broadcast" })
-            }
+            // The host no longer routes for this frame: it is closing.
+            abi::status::NO_SUCH_PEER => Err(self.gone("broadcast")),
+            abi::status::DEACTIVATED => Err(IpcError::Deactivated { operation: "broadcast" }),
             status => Err(IpcError::Refused { channel: channel.to_owned(), status }),
         }
     }
@@ -166,7 +181,7 @@ impl HalfHandle {
         });
         let id = shared.next_id();
         let mut state = shared.state();
-        let half = state.half_mut(self.peer, self.generation).ok_or(IpcError::Deactivated { operation: "handle" })?;
+        let half = state.half_mut(self.peer, self.generation).ok_or_else(|| self.gone("handle"))?;
         if half.handlers.contains_key(&channel) {
             return Err(IpcError::AlreadyHandled { channel });
         }
@@ -214,13 +229,21 @@ impl HalfHandle {
         }
         let deactivated =
             || InvokeError::new(InvokeErrorKind::Deactivated, channel.as_str(), "the extension is not active");
+        let gone = || match self.closed_frame() {
+            Some(frame) => InvokeError::new(
+                InvokeErrorKind::FrameClosed,
+                channel.as_str(),
+                format!("{frame} is closed: this handle belongs to the renderer half that ran there"),
+            ),
+            None => deactivated(),
+        };
         let shared = self.shared.upgrade().ok_or_else(deactivated)?;
         let request_id = shared.next_id();
         let (reply, receiver) = oneshot::channel();
         let (local, wake_sweeper) = {
             let mut state = shared.state();
             let local = shared.is_local_route(&state, self.peer, target);
-            let half = state.half_mut(self.peer, self.generation).ok_or_else(deactivated)?;
+            let half = state.half_mut(self.peer, self.generation).ok_or_else(gone)?;
             half.pending.insert(request_id, Pending { reply, target, local, ticks_left: timeout_ticks(timeout) });
             (local, !std::mem::replace(&mut state.sweeping, true))
         };
@@ -270,7 +293,7 @@ impl HalfHandle {
         let (peer, generation) = (self.peer, self.generation);
         let scoped = context::scope(HalfRef { shared: weak.clone(), peer, generation }, future);
         let mut state = shared.state();
-        let half = state.half_mut(peer, generation).ok_or(IpcError::Deactivated { operation: "spawn" })?;
+        let half = state.half_mut(peer, generation).ok_or_else(|| self.gone("spawn"))?;
         // Spawned under the lock, so the task cannot finish (and unregister) before it is registered.
         let task = shared.runtime.spawn(async move {
             let output = scoped.await;

@@ -69,6 +69,78 @@ impl fmt::Display for Sender {
     }
 }
 
+/// One half of an extension: its main half, or its renderer half in one frame (as inspect
+/// snapshots name them).
+///
+/// Serialized as `"main"` or `{"frame": N}`; it also decodes from a bare peer number (main is
+/// 0), as libraries built before this type existed report it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Half {
+    /// The extension's main half.
+    #[default]
+    Main,
+    /// The extension's renderer half in this frame.
+    Frame(FrameId),
+}
+
+impl Half {
+    /// The half a wire peer number stands for (main is [`PEER_MAIN`]; any other is a frame).
+    pub fn from_peer(peer: Peer) -> Half {
+        match peer {
+            PEER_MAIN => Half::Main,
+            frame => Half::Frame(FrameId(frame)),
+        }
+    }
+
+    /// The frame this half runs in; `None` for main.
+    pub fn frame(self) -> Option<FrameId> {
+        match self {
+            Half::Main => None,
+            Half::Frame(frame) => Some(frame),
+        }
+    }
+}
+
+impl fmt::Display for Half {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Half::Main => f.write_str("main"),
+            Half::Frame(frame) => frame.fmt(f),
+        }
+    }
+}
+
+impl Serialize for Half {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Half::Main => serializer.serialize_unit_variant("Half", 0, "main"),
+            Half::Frame(frame) => serializer.serialize_newtype_variant("Half", 1, "frame", &frame.0),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Half {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        enum Named {
+            Main,
+            Frame(u64),
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(untagged, expecting = "\"main\", {\"frame\": N} or a peer number")]
+        enum Form {
+            Peer(Peer),
+            Named(Named),
+        }
+        Ok(match Form::deserialize(deserializer)? {
+            Form::Peer(peer) => Half::from_peer(peer),
+            Form::Named(Named::Main) => Half::Main,
+            Form::Named(Named::Frame(frame)) => Half::Frame(FrameId(frame)),
+        })
+    }
+}
+
 /// A broadcast as a listener receives it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event<T> {
@@ -246,14 +318,25 @@ impl Renderer {
         Renderer { half: HalfHandle::from_ref(half) }
     }
 
-    /// The renderer half whose code is running: inside `activate`, listeners, and tasks
-    /// started with [`Renderer::spawn`]. Several frames can run in one process, so this is
-    /// per task, not per process.
+    /// The renderer half whose code is running: inside `activate`, listeners, handlers and
+    /// tasks started with [`Renderer::spawn`], this is per task (several frames can run in one
+    /// process).
+    ///
+    /// Outside any half's code (a plain `tokio::spawn` task, a `std::thread`), it finds the
+    /// renderer half only where no other can be meant, as [`Main::get`] finds main: the
+    /// instance runs exactly one renderer half and never ran another. That always holds in a
+    /// renderer process (one frame each), and in process while the only frame the extension
+    /// ever had since activation is open. With several in-process frames, or after a reload
+    /// (whose old half's plain tasks may still run), it fails saying so: capture the handle,
+    /// or spawn with [`Renderer::spawn`].
     pub fn current() -> Result<Renderer, IpcError> {
         match context::current() {
             Some(half) if half.peer != PEER_MAIN => Ok(Renderer::new(half)),
-            _ => Err(IpcError::NoContext(
-                "Renderer::current(): not running in a renderer half (use the handle given to activate, or spawn with Renderer::spawn)",
+            Some(_) => Err(IpcError::NoContext("Renderer::current(): called from the main half's code")),
+            None => context::only_renderer().map(Renderer::new).ok_or(IpcError::NoContext(
+                "Renderer::current(): not called from a renderer half's code, and this instance runs (or ran) \
+                 more than one renderer half, so which frame is meant is unknown (capture the handle, or spawn \
+                 with Renderer::spawn)",
             )),
         }
     }

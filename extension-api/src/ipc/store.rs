@@ -129,9 +129,16 @@ pub enum StoreError {
         /// The decoder's error message.
         reason: String,
     },
-    /// The half's replica no longer exists: the extension is inactive or the frame closed.
-    #[error("the store is gone: the extension is not active or the frame was closed")]
+    /// The half's replica no longer exists: the extension is inactive.
+    #[error("the store is gone: the extension is not active")]
     Deactivated,
+    /// A renderer's store kept after its frame closed (or reloaded), while the extension stays
+    /// active: that half's replica is gone.
+    #[error("the store is gone: {frame} is closed (this handle belongs to the renderer half that ran there)")]
+    FrameClosed {
+        /// The frame the handle's half ran in.
+        frame: crate::FrameId,
+    },
     /// Main's mailbox is full (main is slower than the writes reaching it); nothing was
     /// written. A writer in another process is not told at once: its write times out.
     #[error("cannot store `{key}`: main's mailbox is full")]
@@ -213,10 +220,18 @@ impl Store {
         let shared = self.half.shared.upgrade().ok_or(StoreError::Deactivated)?;
         let bytes = {
             let mut state = shared.state();
-            let half = state.half_mut(self.half.peer, self.half.generation).ok_or(StoreError::Deactivated)?;
+            let half = state.half_mut(self.half.peer, self.half.generation).ok_or_else(|| self.gone())?;
             half.replica.values().get(key).cloned()
         };
         decode(key, bytes.as_deref())
+    }
+
+    /// Why this half's replica is gone.
+    fn gone(&self) -> StoreError {
+        match self.half.closed_frame() {
+            Some(frame) => StoreError::FrameClosed { frame },
+            None => StoreError::Deactivated,
+        }
     }
 
     /// The keys in this half's replica, in order.
@@ -283,7 +298,7 @@ impl Store {
         let (done, applied) = tokio::sync::oneshot::channel();
         {
             let mut state = shared.state();
-            let half = state.half_mut(peer, generation).ok_or(StoreError::Deactivated)?;
+            let half = state.half_mut(peer, generation).ok_or_else(|| self.gone())?;
             half.store_pending.insert(write_id, done);
         }
         let write = StoreWrite { write_id, key: key.clone(), value };
@@ -294,19 +309,21 @@ impl Store {
             if let Some(half) = shared.state().half_mut(peer, generation) {
                 half.store_pending.remove(&write_id);
             }
-            if status == abi::status::BUSY {
-                return Err(StoreError::Overloaded { key });
-            }
-            if status == abi::status::TOO_LARGE {
-                return Err(StoreError::TooLarge { key, size: bytes.len(), limit: abi::MAX_MESSAGE });
-            }
-            return Err(StoreError::Deactivated);
+            return Err(match status {
+                abi::status::BUSY => StoreError::Overloaded { key },
+                abi::status::TOO_LARGE => StoreError::TooLarge { key, size: bytes.len(), limit: abi::MAX_MESSAGE },
+                // The host no longer routes for this frame: it is closing.
+                abi::status::NO_SUCH_PEER => self.gone(),
+                _ => StoreError::Deactivated,
+            });
         }
         let weak = self.half.shared.clone();
+        let store = self.clone();
         Ok(futures_util::future::Either::Right(async move {
             match tokio::time::timeout(STORE_WRITE_TIMEOUT, applied).await {
                 Ok(Ok(result)) => result,
-                Ok(Err(_)) => Err(StoreError::Deactivated),
+                // The half shut down before the write came back.
+                Ok(Err(_)) => Err(store.gone()),
                 Err(_) => {
                     if let Some(shared) = weak.upgrade()
                         && let Some(half) = shared.state().half_mut(peer, generation)
@@ -341,8 +358,7 @@ impl Store {
         let shared = self.half.shared("watch")?;
         let id = shared.next_id();
         let mut state = shared.state();
-        let half =
-            state.half_mut(self.half.peer, self.half.generation).ok_or(IpcError::Deactivated { operation: "watch" })?;
+        let half = state.half_mut(self.half.peer, self.half.generation).ok_or_else(|| self.half.gone("watch"))?;
         half.watchers.push(Watcher { id, key, callback });
         Ok(self.half.disposer(Registration::Watcher { id }))
     }

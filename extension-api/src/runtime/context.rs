@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::sync::{RwLock, Weak};
 
-use crate::abi::Peer;
+use crate::abi::{PEER_MAIN, Peer};
 use crate::runtime::Shared;
 
 /// One half of one instance. A frame reloaded under the same number gets a new generation,
@@ -32,6 +32,26 @@ pub(crate) fn set_instance(shared: Option<Weak<Shared>>) {
 
 pub(crate) fn instance() -> Option<Weak<Shared>> {
     INSTANCE.read().ok().and_then(|slot| slot.clone())
+}
+
+/// The renderer half of the instance in this process, when it can be the only one a task or
+/// thread outside any half's context belongs to: the instance runs exactly one renderer half
+/// and never ran another (whose plain `tokio::spawn` tasks might still be running). Always so in
+/// a renderer process, where an instance serves one frame for its life.
+pub(crate) fn only_renderer() -> Option<HalfRef> {
+    let shared = instance()?;
+    let strong = shared.upgrade()?;
+    let state = strong.state();
+    if state.renderers_started != 1 {
+        return None;
+    }
+    let mut renderers = state.halves.iter().filter(|(peer, _)| **peer != PEER_MAIN);
+    match (renderers.next(), renderers.next()) {
+        (Some((peer, half)), None) => {
+            Some(HalfRef { shared: shared.clone(), peer: *peer, generation: half.generation })
+        }
+        _ => None,
+    }
 }
 
 /// The half whose code is running on this task, if any.

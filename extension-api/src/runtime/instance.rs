@@ -31,10 +31,15 @@ pub(crate) const TIMEOUT_TICK: Duration = Duration::from_millis(10);
 /// The status of the reply a request gets when its timeout passed (never on the wire).
 pub(crate) const TIMED_OUT: u32 = u32::MAX;
 
-/// Sweeps for a request with `timeout`: enough that it never times out early.
+/// Sweeps left for a request that never times out: a timeout too long to count in ticks (over
+/// about 497 days; `Duration::MAX` among them) means no limit.
+pub(crate) const NO_TIMEOUT: u32 = u32::MAX;
+
+/// Sweeps for a request with `timeout`: enough that it never times out early; [`NO_TIMEOUT`]
+/// when it is too long to count.
 pub(crate) fn timeout_ticks(timeout: Duration) -> u32 {
     let ticks = timeout.as_nanos().div_ceil(TIMEOUT_TICK.as_nanos()) + 1;
-    u32::try_from(ticks).unwrap_or(u32::MAX)
+    u32::try_from(ticks).unwrap_or(NO_TIMEOUT)
 }
 
 /// How long `destroy` waits for the runtime thread to finish dropping tasks.
@@ -234,10 +239,11 @@ impl Shared {
         let state = self.state();
         let mut halves: Vec<_> = state.halves.iter().map(|(peer, half)| half.snapshot(*peer)).collect();
         let inline = self.inline_handler.load(Ordering::Acquire);
-        if let Some(half) = halves.iter_mut().find(|half| inline != 0 && half.peer == inline.wrapping_sub(1)) {
+        let inline = (inline != 0).then(|| crate::Half::from_peer(inline.wrapping_sub(1)));
+        if let Some(half) = halves.iter_mut().find(|half| Some(half.half) == inline) {
             half.running_handlers += 1;
         }
-        halves.sort_by_key(|half| half.peer);
+        halves.sort_by_key(|half| half.half);
         InstanceSnapshot {
             halves,
             // The dispatcher and the timeout sweeper are ours, not the extension's.
@@ -486,6 +492,7 @@ impl Shared {
             let mut half = Half::new(generation);
             // A frame starts with the current store: the snapshot is there before `activate`.
             if peer != PEER_MAIN {
+                state.renderers_started += 1;
                 if let Some(main) = state.halves.get(&PEER_MAIN) {
                     half.replica = main.replica.clone();
                 } else if let Some(replica) = &state.process_replica {
@@ -719,6 +726,7 @@ async fn sweep_timeouts(shared: Arc<Shared>) {
                     let due: Vec<u64> = half
                         .pending
                         .iter_mut()
+                        .filter(|(_, pending)| pending.ticks_left != NO_TIMEOUT)
                         .filter_map(|(id, pending)| {
                             pending.ticks_left = pending.ticks_left.saturating_sub(1);
                             (pending.ticks_left == 0).then_some(*id)
@@ -763,6 +771,7 @@ mod tests {
         assert_eq!(timeout_ticks(TIMEOUT_TICK), 2);
         assert_eq!(timeout_ticks(TIMEOUT_TICK + Duration::from_nanos(1)), 3);
         assert_eq!(timeout_ticks(Duration::from_secs(30)), 3001);
-        assert_eq!(timeout_ticks(Duration::MAX), u32::MAX);
+        assert_eq!(timeout_ticks(Duration::MAX), NO_TIMEOUT);
+        assert_eq!(timeout_ticks(Duration::from_secs(u64::from(u32::MAX) / 100 + 1)), NO_TIMEOUT);
     }
 }

@@ -141,7 +141,7 @@ impl Half {
         let mut handlers: Vec<String> = self.handlers.keys().cloned().collect();
         handlers.sort();
         HalfSnapshot {
-            peer,
+            half: crate::Half::from_peer(peer),
             listeners: self
                 .listeners
                 .iter()
@@ -182,6 +182,9 @@ pub(crate) struct State {
     pub(crate) stopped: bool,
     /// The timeout sweeper is running (some request waits); it stops when none does.
     pub(crate) sweeping: bool,
+    /// Renderer halves this instance ever started (reloads included): while it is one, a plain
+    /// task or thread can only belong to that half (see `context::only_renderer`).
+    pub(crate) renderers_started: u64,
 }
 
 impl State {

@@ -7,15 +7,31 @@ use std::time::{Duration, Instant};
 use extension_api::wire::MailboxLimit;
 use tracing::level_filters::LevelFilter;
 
+use crate::error::HostError;
+
 /// How the host bounds the code it runs, and how it starts child processes.
 #[derive(Debug, Clone)]
 pub struct HostConfig {
-    /// Longest an extension's `activate` (main or renderer) may take.
+    /// Longest an extension's `activate` (main or renderer) may take; also bounds starting an
+    /// instance in a child process. `Duration::MAX` (or any duration too long to represent as
+    /// a point in time) means no limit. Zero is refused: [`Host::activate`] fails with
+    /// [`HostError::InvalidConfig`], since no activation can finish in no time.
+    ///
+    /// [`Host::activate`]: crate::Host::activate
     pub activate_timeout: Duration,
     /// Longest an extension's `deactivate` (all halves together) may take; then everything it
-    /// had is dropped anyway.
+    /// had is dropped anyway. Bounds closing and reloading a frame the same way.
+    /// `Duration::MAX` means no limit; zero gives `deactivate` no time: it is dropped as soon
+    /// as it waits for anything (reported as a problem in the [`DeactivateReport`]).
+    ///
+    /// [`DeactivateReport`]: crate::DeactivateReport
     pub deactivate_timeout: Duration,
-    /// Most verbose level extensions forward; defaults to the host's own tracing level.
+    /// Most verbose level extensions forward (to [`Host::logs`], and re-emitted through the
+    /// host's `tracing`). Defaults to `INFO`, whatever subscriber the application has (or
+    /// none); an application that wants to follow its own filter sets
+    /// `LevelFilter::current()` after installing its subscriber, as the `host` binary does.
+    ///
+    /// [`Host::logs`]: crate::Host::logs
     pub max_log_level: LevelFilter,
     /// The program started for child processes (renderer processes, isolated extensions),
     /// followed by `child_args`, then `child --socket PATH --token TOKEN`. The `host` binary
@@ -31,12 +47,27 @@ pub struct HostConfig {
     pub mailbox: MailboxLimit,
 }
 
+impl HostConfig {
+    /// Refuses the values the host cannot work with, saying which field and why. Every other
+    /// value is valid: durations saturate (`Duration::MAX` means no limit).
+    /// [`Host::activate`](crate::Host::activate) checks it first.
+    pub fn validate(&self) -> Result<(), HostError> {
+        if self.activate_timeout.is_zero() {
+            return Err(HostError::InvalidConfig {
+                field: "activate_timeout",
+                reason: "is zero, and no activation can finish in no time (use `Duration::MAX` for no limit)",
+            });
+        }
+        Ok(())
+    }
+}
+
 impl Default for HostConfig {
     fn default() -> Self {
         HostConfig {
             activate_timeout: Duration::from_secs(10),
             deactivate_timeout: Duration::from_secs(5),
-            max_log_level: LevelFilter::current(),
+            max_log_level: LevelFilter::INFO,
             child_program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("host")),
             child_args: Vec::new(),
             crash_budget: CrashBudget::default(),
@@ -45,7 +76,8 @@ impl Default for HostConfig {
     }
 }
 
-/// At most `crashes` restarts within `window`.
+/// At most `crashes` restarts within `window` (`Duration::MAX`: every crash counts, forever;
+/// zero: every crash is restarted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CrashBudget {
     pub crashes: u32,

@@ -9,7 +9,7 @@ use extension_api::wire::{Completion, Control};
 use extension_api::{FrameId, InvokeErrorKind};
 
 use super::config::CrashLog;
-use super::{Frame, FrameKind, GRACE, Host, completion_problem, millis, tell_frames};
+use super::{Frame, FrameKind, GRACE, Host, completion_problem, deadline_after, millis, tell_frames, time_left};
 use crate::core::lock;
 use crate::endpoint::Endpoint;
 use crate::error::HostError;
@@ -56,7 +56,7 @@ impl Host {
     }
 
     async fn stop_renderers(&self, frame: Peer) {
-        let deadline = tokio::time::Instant::now() + self.inner.config.deactivate_timeout;
+        let deadline = deadline_after(self.inner.config.deactivate_timeout);
         for (name, link) in self.active_links() {
             if let Some(problem) = self.close_renderer(&link, frame, deadline).await {
                 tracing::warn!(extension = %name, frame, "{problem}");
@@ -145,12 +145,13 @@ impl Host {
         }
     }
 
-    /// Closes one renderer half; returns what went wrong, if anything.
+    /// Closes one renderer half, its `deactivate` bounded by `deadline` (`None`: no limit);
+    /// returns what went wrong, if anything.
     pub(super) async fn close_renderer(
         &self,
         link: &Link,
         frame: Peer,
-        deadline: tokio::time::Instant,
+        deadline: Option<tokio::time::Instant>,
     ) -> Option<String> {
         let endpoint = link.endpoint_of(frame)?;
         link.unplace(&endpoint, frame);
@@ -159,9 +160,12 @@ impl Host {
             InvokeErrorKind::FrameClosed,
             "the frame closed before the reply",
         );
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let left = time_left(deadline);
         let outcome = endpoint
-            .control(|completion| Control::CloseFrame { completion, frame, timeout_ms: millis(left) }, left + GRACE)
+            .control(
+                |completion| Control::CloseFrame { completion, frame, timeout_ms: millis(left) },
+                left.saturating_add(GRACE),
+            )
             .await;
         if is_frame_instance(&endpoint, frame) {
             endpoint.destroy().await;

@@ -7,7 +7,9 @@ use extension_api::InvokeErrorKind;
 use extension_api::abi::PEER_MAIN;
 use extension_api::wire::Control;
 
-use super::{DeactivateReport, ExtensionState, GRACE, Host, completion_problem, millis, tell_frames};
+use super::{
+    DeactivateReport, ExtensionState, GRACE, Host, completion_problem, deadline_after, millis, tell_frames, time_left,
+};
 use crate::core::lock;
 use crate::endpoint::Endpoint;
 use crate::error::HostError;
@@ -17,6 +19,7 @@ use crate::remote::{Connection, Role};
 
 impl Host {
     pub(super) async fn activate_locked(&self, name: &str) -> Result<(), HostError> {
+        self.inner.config.validate()?;
         let (descriptor, path, isolated) = {
             let mut extensions = lock(&self.inner.extensions);
             let entry = extensions.get_mut(name).ok_or_else(|| HostError::UnknownExtension(name.to_owned()))?;
@@ -105,7 +108,7 @@ impl Host {
         };
         link.stop_routing();
         link.fail_pending(|_, _| true, InvokeErrorKind::Deactivated, "the extension was deactivated before the reply");
-        let deadline = tokio::time::Instant::now() + self.inner.config.deactivate_timeout;
+        let deadline = deadline_after(self.inner.config.deactivate_timeout);
         let mut report = DeactivateReport::default();
         // Requests between main and the frames in its instance never passed through the host:
         // that instance fails them itself.
@@ -121,9 +124,12 @@ impl Host {
             }
         }
         if let Some(main) = link.endpoint_of(PEER_MAIN) {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let left = time_left(deadline);
             let outcome = main
-                .control(|completion| Control::DeactivateMain { completion, timeout_ms: millis(left) }, left + GRACE)
+                .control(
+                    |completion| Control::DeactivateMain { completion, timeout_ms: millis(left) },
+                    left.saturating_add(GRACE),
+                )
                 .await;
             if let Some(problem) = completion_problem("main deactivate", outcome) {
                 report.problems.push(problem);

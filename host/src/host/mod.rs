@@ -91,7 +91,12 @@ impl Default for Host {
 }
 
 impl Host {
+    /// A host with `config`. An invalid configuration (see [`HostConfig::validate`]) is
+    /// logged here, and refused by every [`Host::activate`].
     pub fn new(config: HostConfig) -> Host {
+        if let Err(error) = config.validate() {
+            tracing::warn!("{error}; every activation will be refused");
+        }
         Host {
             inner: Arc::new(Inner {
                 config,
@@ -502,7 +507,7 @@ async fn inspect_link(link: &Link) -> InstanceSnapshot {
             merged.listener_panics += instance.listener_panics;
         }
     }
-    merged.halves.sort_by_key(|half| half.peer);
+    merged.halves.sort_by_key(|half| half.half);
     merged
 }
 
@@ -513,6 +518,17 @@ const INSPECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The point `timeout` from now; `None` when it is too far away to represent, which means no
+/// limit (`Duration::MAX`, say).
+fn deadline_after(timeout: Duration) -> Option<tokio::time::Instant> {
+    tokio::time::Instant::now().checked_add(timeout)
+}
+
+/// The time left before `deadline`; all the time there is without one.
+fn time_left(deadline: Option<tokio::time::Instant>) -> Duration {
+    deadline.map_or(Duration::MAX, |deadline| deadline.saturating_duration_since(tokio::time::Instant::now()))
 }
 
 impl Host {

@@ -35,9 +35,10 @@ enum Command {
         /// Run this extension's main half in a child process of its own (repeatable).
         #[arg(long = "isolate", value_name = "NAME")]
         isolated: Vec<String>,
-        /// Stop after this many seconds (fractions allowed).
-        #[arg(long)]
-        duration: Option<f64>,
+        /// Stop after this many seconds (fractions allowed; `inf`, or more than the clock can
+        /// count, runs until interrupted).
+        #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+        duration: Option<Duration>,
         /// Read dev-console commands from stdin (`help` lists them).
         #[arg(long)]
         console: bool,
@@ -80,6 +81,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--duration`: a number of seconds, zero or more. Too many to count (`inf`, `1e300`) means
+/// no limit; anything else is refused with the reason.
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let refused = || format!("`{text}` is not a number of seconds, zero or more (fractions and `inf` allowed)");
+    let seconds: f64 = text.trim().parse().map_err(|_| refused())?;
+    if seconds.is_nan() || seconds < 0.0 {
+        return Err(refused());
+    }
+    Ok(Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX))
+}
+
 fn check(path: &std::path::Path) -> ExitCode {
     match extension_host::check(path) {
         Ok(info) => {
@@ -112,14 +124,16 @@ struct RunOptions {
     frames: u32,
     child_frames: u32,
     isolated: Vec<String>,
-    duration: Option<f64>,
+    duration: Option<Duration>,
     console: bool,
     inspect: bool,
 }
 
 async fn run(paths: Vec<PathBuf>, options: RunOptions) -> ExitCode {
     let RunOptions { frames, child_frames, isolated, duration, console, inspect } = options;
-    let host = Host::new(HostConfig::default());
+    // Extensions log as verbosely as `RUST_LOG` lets the host log (the subscriber is installed).
+    let config = HostConfig { max_log_level: extension_host::LevelFilter::current(), ..HostConfig::default() };
+    let host = Host::new(config);
     let mut names = Vec::new();
     for path in &paths {
         let results = if path.is_dir() {
@@ -163,15 +177,30 @@ async fn run(paths: Vec<PathBuf>, options: RunOptions) -> ExitCode {
     if console {
         console::run(&host).await;
     } else {
+        // Too far away to represent: no limit, as without `--duration`.
+        let deadline = duration.and_then(|duration| tokio::time::Instant::now().checked_add(duration));
         let stop = async {
-            match duration {
-                Some(seconds) => tokio::time::sleep(Duration::from_secs_f64(seconds.max(0.0))).await,
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
                 None => std::future::pending().await,
             }
         };
+        // Ctrl-C is caught from here on: the log line below says the host is ready for it.
+        let mut interrupt = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) {
+            Ok(interrupt) => interrupt,
+            Err(error) => {
+                tracing::error!("cannot listen for Ctrl-C: {error}");
+                host.shutdown().await;
+                return ExitCode::FAILURE;
+            }
+        };
+        match (deadline, duration) {
+            (Some(_), Some(duration)) => tracing::info!("running for {duration:?}, or until interrupted"),
+            _ => tracing::info!("running until interrupted"),
+        }
         tokio::select! {
             _ = stop => tracing::info!("duration elapsed"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
+            _ = interrupt.recv() => tracing::info!("interrupted"),
         }
     }
     if inspect {
