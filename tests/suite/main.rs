@@ -18,4 +18,5 @@ mod lifecycle;
 mod load;
 mod loading;
 mod macros;
+mod renderer_cycles;
 mod store;
