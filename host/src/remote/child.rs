@@ -220,8 +220,8 @@ impl FileKey {
 /// instance of it (one per activation), as in the host's process. A fresh copy per activation
 /// would map the whole library again each time, with statics of its own that are never given
 /// back: megabytes of memory, tokio's signal-handling socket pair (two descriptors) and pthread
-/// keys (a process has 1,024; a release build's
-/// renderer process aborted, out of them, within 1,100 activations).
+/// keys (a process has 1,024: a release build's renderer process aborted, out of them, within
+/// 1,100 activations).
 #[derive(Clone)]
 struct Loaded {
     descriptor: &'static Descriptor,
@@ -233,16 +233,16 @@ fn library(path: &Path) -> Result<Loaded, String> {
     static LIBRARIES: OnceLock<Mutex<HashMap<FileKey, Loaded>>> = OnceLock::new();
     // Held while loading: two loads of one file at once would map it twice.
     let mut libraries = LIBRARIES.get_or_init(Mutex::default).lock().unwrap_or_else(PoisonError::into_inner);
-    let before = FileKey::of(path).map_err(|error| format!("cannot read `{}`: {error}", path.display()))?;
-    if let Some(loaded) = libraries.get(&before) {
+    // (A file that cannot be read is left to `load`, which says why in its own words.)
+    let before = FileKey::of(path).ok();
+    if let Some(loaded) = before.as_ref().and_then(|key| libraries.get(key)) {
         return Ok(loaded.clone());
     }
     let library = crate::library::load(path).map_err(|error| error.to_string())?;
-    // Its own private copy was only for the loader: removed now (the mapping stays).
     let loaded = Loaded { descriptor: library.descriptor, name: library.info.name };
     // Cached only if the file did not change while it was copied: then the key names what was
     // loaded. (If it did, this load goes ahead uncached, and the next finds the new key.)
-    if FileKey::of(path).is_ok_and(|after| after == before) {
+    if let Some(before) = before.filter(|before| FileKey::of(path).is_ok_and(|after| after == *before)) {
         libraries.insert(before, loaded.clone());
     }
     Ok(loaded)
