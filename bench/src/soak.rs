@@ -4,6 +4,9 @@
 //!   fresh activation reports the same listeners, handlers and tasks as the first one, and the
 //!   process ends with the threads and file descriptors it started with, and flat RSS.
 //! - Renderer-process frames opened and closed: no process, thread or descriptor left.
+//! - 10,000 activate/deactivate cycles with a renderer-process frame open: the host and the
+//!   renderer process (measured through `/proc/PID` of the frame's process) end with the
+//!   threads and descriptors they started with, and their RSS does not grow.
 //! - A million messages (pipelined invokes and broadcasts fanned out to five halves): flat RSS.
 //!
 //! Each check prints its figures; any leak fails the run (non-zero exit), so CI-style use is
@@ -27,18 +30,33 @@ struct Holdings {
 }
 
 fn holdings() -> Holdings {
-    let threads = std::fs::read_dir("/proc/self/task")
+    holdings_of("self", &[super::RUNTIME_THREADS])
+}
+
+/// A renderer process's holdings. Its `child-load` and `child-destroy` threads are left out:
+/// each ends on its own right after posting its answer, so one may still be exiting.
+fn renderer_holdings(pid: u32) -> Holdings {
+    holdings_of(&pid.to_string(), &["child-load", "child-destroy"])
+}
+
+/// What process `pid` holds, leaving out the threads named in `transient`.
+fn holdings_of(pid: &str, transient: &[&str]) -> Holdings {
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
         .map(|tasks| {
             tasks
                 .filter_map(|task| task.ok())
                 .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
-                .filter(|name| name.trim() != super::RUNTIME_THREADS)
+                .filter(|name| !transient.contains(&name.trim()))
                 .count()
         })
         .unwrap_or(0);
-    let fds = std::fs::read_dir("/proc/self/fd").map(|entries| entries.count()).unwrap_or(0);
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|entries| entries.count()).unwrap_or(0);
     Holdings { threads, fds }
 }
+
+/// How much the RSS of a process may grow over the second half of a cycle run: allocator
+/// noise, not a leak (a library mapped again per activation costs megabytes each time).
+const RSS_GROWTH_LIMIT_KIB: i64 = 4 * 1024;
 
 /// Listeners, handlers and tasks of every half, without the counters that legitimately move.
 fn registrations(instance: &InstanceSnapshot) -> Vec<(extension_host::Half, usize, usize, usize)> {
@@ -160,6 +178,75 @@ pub(crate) async fn soak(artifacts: &Path, scale: u64) -> Result<()> {
     ));
     ensure!(registrations(&instance) == registrations(&main_only), "renderer frames left something behind");
     ensure!(after == before && children == 0, "renderer-process frames leaked: {before:?} -> {after:?}");
+
+    // Activate/deactivate cycles with a renderer-process frame open: its renderer process
+    // starts an instance per activation, and must load the library only once.
+    let frame = host.open_child_frame().await?;
+    let Some(pid) = host.inspect().await.frame(frame.0).and_then(|frame| frame.pid) else {
+        bail!("the child frame has no renderer process")
+    };
+    let (with_frame, _) = instance_of(&host, "probe").await?;
+    let expected = registrations(&with_frame);
+    for _ in 0..100 {
+        host.deactivate("probe").await?;
+        host.activate("probe").await?;
+    }
+    let (before, renderer_before) = (holdings(), renderer_holdings(pid));
+    let (rss_before, renderer_rss_before) = (rss_kib(), super::rss_of(&pid.to_string()));
+    let (mut rss_half, mut renderer_rss_half) = (0, 0);
+    let start = std::time::Instant::now();
+    for cycle in 1..=cycles {
+        host.deactivate("probe").await?;
+        host.activate("probe").await?;
+        if cycle == cycles / 2 {
+            (rss_half, renderer_rss_half) = (rss_kib(), super::rss_of(&pid.to_string()));
+        }
+        if cycle % 1_000 == 0 || cycle == cycles {
+            let snapshot = host.inspect().await;
+            let Some(probe) = snapshot.extension("probe") else { bail!("`probe` is not loaded") };
+            ensure!(
+                probe.frames == [frame.0] && probe.frame_errors.is_empty(),
+                "cycle {cycle}: the renderer half is not running in the child frame: {:?}",
+                probe.frame_errors
+            );
+            let (instance, pending) = instance_of(&host, "probe").await?;
+            ensure!(
+                registrations(&instance) == expected,
+                "cycle {cycle}: {instance:?} differs from the first activation"
+            );
+            ensure!(pending == 0, "cycle {cycle}: {pending} requests in flight");
+        }
+    }
+    let (after, renderer_after) = (holdings(), renderer_holdings(pid));
+    let (rss_after, renderer_rss_after) = (rss_kib(), super::rss_of(&pid.to_string()));
+    let (growth, renderer_growth) =
+        (rss_after as i64 - rss_half as i64, renderer_rss_after as i64 - renderer_rss_half as i64);
+    say(format!(
+        "{cycles} activate/deactivate cycles with a renderer-process frame open ({:.3} ms each): host threads {} -> {}, fds {} -> {}, RSS {rss_before} -> {rss_half} (half way) -> {rss_after} KiB ({growth:+} KiB over the second half); renderer process threads {} -> {}, fds {} -> {}, RSS {renderer_rss_before} -> {renderer_rss_half} (half way) -> {renderer_rss_after} KiB ({renderer_growth:+} KiB over the second half)",
+        start.elapsed().as_secs_f64() * 1e3 / cycles as f64,
+        before.threads,
+        after.threads,
+        before.fds,
+        after.fds,
+        renderer_before.threads,
+        renderer_after.threads,
+        renderer_before.fds,
+        renderer_after.fds,
+    ));
+    ensure!(
+        host.inspect().await.frame(frame.0).and_then(|frame| frame.pid) == Some(pid),
+        "the renderer process was restarted during the cycles"
+    );
+    ensure!(after == before, "cycles with a renderer-process frame open leaked in the host: {before:?} -> {after:?}");
+    ensure!(
+        renderer_after == renderer_before,
+        "cycles with a renderer-process frame open leaked in the renderer process: {renderer_before:?} -> {renderer_after:?}"
+    );
+    ensure!(
+        growth <= RSS_GROWTH_LIMIT_KIB && renderer_growth <= RSS_GROWTH_LIMIT_KIB,
+        "cycles with a renderer-process frame open grew RSS over their second half by {growth:+} KiB (host) and {renderer_growth:+} KiB (renderer process); at most {RSS_GROWTH_LIMIT_KIB} KiB is noise"
+    );
+    host.close_frame(frame).await?;
     host.shutdown().await;
 
     // A million messages.

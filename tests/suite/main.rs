@@ -26,6 +26,7 @@ mod load;
 mod loading;
 mod logs;
 mod macros;
+mod renderer_cycles;
 mod scaffold;
 mod store;
 mod truncated;

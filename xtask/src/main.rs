@@ -40,8 +40,9 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
-    /// Build in release and run the soak and leak checks: 10,000 activate/deactivate and frame
-    /// cycles, renderer processes, a million messages. Fails if anything leaked.
+    /// Build in release and run the soak and leak checks: 10,000 activate/deactivate cycles
+    /// (also with a renderer process open) and frame cycles, renderer processes, a million
+    /// messages. Fails if anything leaked, in the host or in the renderer process.
     Soak {
         /// A tenth of the counts: a quick look.
         #[arg(long)]

@@ -114,7 +114,7 @@ fn handle(packet: Packet, instances: &Instances) {
             // Loading runs library initialisers and may log (a write): off the reader thread.
             // The host sends nothing for this key until it has the answer.
             let instances = instances.clone();
-            std::thread::spawn(move || {
+            let spawned = std::thread::Builder::new().name("child-load".into()).spawn(move || {
                 let answer = match start(key, &path, &config) {
                     Ok(instance) => {
                         instances_of(&instances).insert(key, instance);
@@ -124,6 +124,9 @@ fn handle(packet: Packet, instances: &Instances) {
                 };
                 post(answer);
             });
+            if let Err(error) = spawned {
+                post(Packet::LoadFailed { key, reason: format!("cannot start a thread to load the library: {error}") });
+            }
         }
         Packet::Control { key, command } => {
             let completion = command.completion();
@@ -157,13 +160,18 @@ fn handle(packet: Packet, instances: &Instances) {
             let removed = instances_of(instances).remove(&key);
             match removed {
                 Some(Instance { descriptor, pointer }) => {
-                    // Off the reader thread: destroying joins the instance's thread.
-                    std::thread::spawn(move || {
+                    let destroy = move || {
                         let pointer = pointer;
-                        // SAFETY: removed from the table, so this is the last use of the pointer.
+                        // SAFETY: removed from the table, so this is the only use of the pointer
+                        // left (the caller below runs this once: on its thread, or here).
                         unsafe { (descriptor.destroy)(pointer.0) };
                         post(Packet::Destroyed { key });
-                    });
+                    };
+                    // Off the reader thread: destroying joins the instance's thread. If no thread
+                    // can be started, on this one (the instance must not run on unowned).
+                    if std::thread::Builder::new().name("child-destroy".into()).spawn(destroy).is_err() {
+                        destroy();
+                    }
                 }
                 None => {
                     post(Packet::Destroyed { key });
@@ -174,11 +182,77 @@ fn handle(packet: Packet, instances: &Instances) {
     }
 }
 
-fn start(key: u64, path: &Path, config: &InstanceConfig) -> Result<Instance, String> {
+/// What identifies the content of a library file here: its path, and the file's device,
+/// inode, size, modification and change times. A rebuilt library changes them: cargo (or a
+/// copy, a rename) writes a new file, which has a new inode, and a file rewritten in place gets
+/// a new change time, which nobody can set back. (Since Linux 6.13, ext4, xfs, btrfs and tmpfs
+/// take a fine-grained time for a change made after the time was read, as it is here; on older
+/// kernels two rewrites to the same size within one tick of the coarse clock could look alike.)
+/// So a rebuilt library loaded anew runs its new code here too, as DESIGN requires, while every
+/// activation of an unchanged one reuses the library loaded the first time. A content hash
+/// would read the whole file (a debug build is about 20 MB) at every activation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct FileKey {
+    path: std::path::PathBuf,
+    device: u64,
+    inode: u64,
+    size: u64,
+    modified: (i64, i64),
+    changed: (i64, i64),
+}
+
+impl FileKey {
+    fn of(path: &Path) -> std::io::Result<FileKey> {
+        use std::os::unix::fs::MetadataExt;
+        let metadata = std::fs::metadata(path)?;
+        Ok(FileKey {
+            path: path.to_owned(),
+            device: metadata.dev(),
+            inode: metadata.ino(),
+            size: metadata.size(),
+            modified: (metadata.mtime(), metadata.mtime_nsec()),
+            changed: (metadata.ctime(), metadata.ctime_nsec()),
+        })
+    }
+}
+
+/// A library this process has loaded: never unmapped, so loaded once and shared by every
+/// instance of it (one per activation), as in the host's process. A fresh copy per activation
+/// would map the whole library again each time, with statics of its own that are never given
+/// back: megabytes of memory, tokio's signal-handling socket pair (two descriptors) and pthread
+/// keys (a process has 1,024: a release build's renderer process aborted, out of them, within
+/// 1,100 activations).
+#[derive(Clone)]
+struct Loaded {
+    descriptor: &'static Descriptor,
+    name: String,
+}
+
+/// Loads the library at `path`, or finds it loaded already.
+fn library(path: &Path) -> Result<Loaded, String> {
+    static LIBRARIES: OnceLock<Mutex<HashMap<FileKey, Loaded>>> = OnceLock::new();
+    // Held while loading: two loads of one file at once would map it twice.
+    let mut libraries = LIBRARIES.get_or_init(Mutex::default).lock().unwrap_or_else(PoisonError::into_inner);
+    // (A file that cannot be read is left to `load`, which says why in its own words.)
+    let before = FileKey::of(path).ok();
+    if let Some(loaded) = before.as_ref().and_then(|key| libraries.get(key)) {
+        return Ok(loaded.clone());
+    }
     let library = crate::library::load(path).map_err(|error| error.to_string())?;
+    let loaded = Loaded { descriptor: library.descriptor, name: library.info.name };
+    // Cached only if the file did not change while it was copied: then the key names what was
+    // loaded. (If it did, this load goes ahead uncached, and the next finds the new key.)
+    if let Some(before) = before.filter(|before| FileKey::of(path).is_ok_and(|after| after == *before)) {
+        libraries.insert(before, loaded.clone());
+    }
+    Ok(loaded)
+}
+
+fn start(key: u64, path: &Path, config: &InstanceConfig) -> Result<Instance, String> {
+    let library = library(path)?;
     let name = &config.name;
-    if library.info.name != *name {
-        return Err(format!("`{}` now holds extension `{}`, not `{name}`", path.display(), library.info.name));
+    if library.name != *name {
+        return Err(format!("`{}` now holds extension `{}`, not `{name}`", path.display(), library.name));
     }
     let config = rmp_serde::to_vec_named(config).map_err(|error| error.to_string())?;
     let descriptor = library.descriptor;
