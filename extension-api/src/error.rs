@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 /// Why an `invoke` did not produce the handler's value. It keeps its kind, a message, and
 /// (for [`InvokeErrorKind::Handler`]) the handler's own error value.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("invoke on channel `{channel}` failed ({kind}): {message}")]
+#[error("invoke on channel `{}` failed ({kind}): {message}", crate::error::shown(channel))]
 pub struct InvokeError {
     /// What went wrong.
     pub kind: InvokeErrorKind,
@@ -158,7 +158,7 @@ impl fmt::Display for InvokeErrorKind {
 #[non_exhaustive]
 pub enum IpcError {
     /// The value could not be encoded as MessagePack.
-    #[error("cannot serialize the value for channel `{channel}`: {reason}")]
+    #[error("cannot serialize the value for channel `{}`: {reason}", crate::error::shown(channel))]
     Serialize {
         /// The channel the value was for.
         channel: String,
@@ -166,7 +166,7 @@ pub enum IpcError {
         reason: String,
     },
     /// The channel already has a handler in this half.
-    #[error("channel `{channel}` already has a handler; dispose it before registering another")]
+    #[error("channel `{}` already has a handler; dispose it before registering another", crate::error::shown(channel))]
     AlreadyHandled {
         /// The channel that is already handled.
         channel: String,
@@ -179,7 +179,8 @@ pub enum IpcError {
     },
     /// The message is over [`crate::abi::MAX_MESSAGE`]; nobody received it.
     #[error(
-        "the message on channel `{channel}` is {size} bytes (value and channel name), over the {limit}-byte limit; nobody received it"
+        "the message on channel `{}` is {size} bytes (value and channel name), over the {limit}-byte limit; nobody received it",
+        crate::error::shown(channel)
     )]
     TooLarge {
         /// The channel of the refused message.
@@ -199,7 +200,7 @@ pub enum IpcError {
         operation: &'static str,
     },
     /// The host refused to route the message.
-    #[error("the host refused the message on channel `{channel}` (status {status})")]
+    #[error("the host refused the message on channel `{}` (status {status})", crate::error::shown(channel))]
     Refused {
         /// The channel of the refused message.
         channel: String,
@@ -215,9 +216,33 @@ pub enum IpcError {
 /// `size` bytes on `channel`.
 pub(crate) fn too_large(what: &str, channel: &str, size: usize) -> String {
     format!(
-        "the {what} on `{channel}` is {size} bytes (value and channel name), over the {}-byte message limit",
+        "the {what} on `{}` is {size} bytes, over the {}-byte message limit",
+        shown(channel),
         crate::abi::MAX_MESSAGE
     )
+}
+
+/// Longest part of a text (a channel name, a log message) that error messages and log records
+/// carry: names are opaque and may be megabytes long, and an error or a log record must still
+/// fit in a message. (An [`InvokeError`] keeps the whole name in its `channel`.)
+pub(crate) const SHOWN: usize = 256;
+
+/// `text` as error messages show it: cut after [`SHOWN`] bytes (on a character boundary),
+/// saying how long it was.
+pub(crate) fn shown(text: &str) -> std::borrow::Cow<'_, str> {
+    cut(text, SHOWN)
+}
+
+/// `text` cut after `limit` bytes (on a character boundary), saying how long it was.
+pub(crate) fn cut(text: &str, limit: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= limit {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = limit;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}… ({} bytes in all)", &text[..end], text.len()))
 }
 
 /// The error type of `activate`: anything that can be displayed.

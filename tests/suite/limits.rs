@@ -203,3 +203,59 @@ async fn the_store_refuses_writes_past_its_total_and_new_frames_start_with_all_o
 async fn the_store_refuses_writes_past_its_total_and_new_frames_start_with_all_of_it_isolated() {
     the_store_refuses_writes_past_its_total_and_new_frames_start_with_all_of_it(true).await;
 }
+
+/// An error reply names its channel shortly, so it fits whatever the channel's name: a request
+/// on an unhandled 9 MiB channel gets `NoHandler` at once (it got neither, and waited out its
+/// timeout, when the reply carried the name twice).
+async fn an_error_reply_on_a_very_long_channel_arrives_at_once(isolated: bool) {
+    let host = Host::new(support::config());
+    let info = host.load(support::library("sizes")).unwrap();
+    host.set_isolated(&info.name, isolated).unwrap();
+    host.activate("sizes").await.unwrap();
+    let channel = "c".repeat(9 << 20);
+    let error = host.invoke::<_, ()>("sizes", &channel, &(), FAILSAFE).await.unwrap_err();
+    assert_eq!(error.kind, extension_api::InvokeErrorKind::NoHandler, "{}", &error.message[..200]);
+    assert!(error.message.len() < 1000 && error.message.contains("9437184 bytes in all"), "{}", error.message);
+    assert_eq!(error.channel.len(), channel.len(), "the error keeps the whole name");
+    host.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_error_reply_on_a_very_long_channel_arrives_at_once_in_the_host() {
+    an_error_reply_on_a_very_long_channel_arrives_at_once(false).await;
+}
+
+#[tokio::test]
+async fn an_error_reply_on_a_very_long_channel_arrives_at_once_isolated() {
+    an_error_reply_on_a_very_long_channel_arrives_at_once(true).await;
+}
+
+/// Main deletes a key so long that the update publishing it would be over the message limit
+/// (the request asking for it is within it). The delete is refused before it takes a number;
+/// before, it said Ok, was never published, and the renderer process's replica waited for the
+/// missing number for ever, holding back every later write.
+#[tokio::test]
+async fn a_store_write_whose_update_would_not_fit_is_refused_and_every_replica_goes_on() {
+    use probe_protocol::{ReplicaDump, STORE_DUMP, STORE_OP, StoreOp};
+    let host = support::host_with(&["probe"]).await;
+    support::open_frame(&host, Transport::ChildProcess).await;
+    let mut seen = host.broadcasts();
+    let op = |key: String, value| StoreOp { side: "main".into(), key, value };
+    let sample = "k".repeat(1 << 20);
+    let overhead =
+        STORE_OP.name().len() + rmp_serde::to_vec_named(&op(sample.clone(), None)).unwrap().len() - sample.len();
+    let key = "k".repeat(MAX_MESSAGE - overhead);
+
+    host.broadcast("probe", STORE_OP.name(), &op("before".into(), Some(1))).unwrap();
+    host.broadcast("probe", STORE_OP.name(), &op(key, None)).unwrap();
+    host.broadcast("probe", STORE_OP.name(), &op("after".into(), Some(3))).unwrap();
+    let tags: Vec<String> = support::pongs(&mut seen, "probe", 3).await.into_iter().map(|pong| pong.tag).collect();
+    assert_eq!(tags[0], "store-op-done");
+    assert!(tags[1].starts_with("store-op-failed") && tags[1].contains("16777216-byte limit"), "{}", &tags[1][..300]);
+    assert_eq!(tags[2], "store-op-done");
+    let dumps: Vec<ReplicaDump> = host.invoke("probe", STORE_DUMP.name(), &(), FAILSAFE).await.unwrap();
+    let (main, frame) = (&dumps[0], &dumps[1]);
+    assert_eq!((main.seq, main.values.get("after")), (2, Some(&3)), "the refused delete took no number");
+    assert_eq!((frame.seq, &frame.values), (main.seq, &main.values), "the renderer process's replica went on");
+    host.shutdown().await;
+}

@@ -163,13 +163,17 @@ impl HalfHandle {
             let name = name.clone();
             Box::pin(async move {
                 let future = future.map_err(|error| {
-                    let message =
-                        format!("the request on `{name}` does not decode as {}: {error}", std::any::type_name::<Req>());
+                    let message = format!(
+                        "the request on `{}` does not decode as {}: {error}",
+                        crate::error::shown(&name),
+                        std::any::type_name::<Req>()
+                    );
                     (InvokeErrorKind::Deserialize, ErrorPayload { message, data: None })
                 })?;
                 match future.await {
                     Ok(response) => crate::runtime::encode(&response).map_err(|error| {
-                        let message = format!("the reply on `{name}` cannot be serialized: {error}");
+                        let message =
+                            format!("the reply on `{}` cannot be serialized: {error}", crate::error::shown(&name));
                         (InvokeErrorKind::Serialize, ErrorPayload { message, data: None })
                     }),
                     Err(error) => Err((

@@ -90,7 +90,7 @@ impl<T: ?Sized> StoreKeyName<T> for &str {
 #[non_exhaustive]
 pub enum StoreError {
     /// The value could not be encoded as MessagePack.
-    #[error("cannot store `{key}`: the value cannot be serialized: {reason}")]
+    #[error("cannot store `{}`: the value cannot be serialized: {reason}", crate::error::shown(key))]
     Serialize {
         /// The key being written.
         key: String,
@@ -99,7 +99,10 @@ pub enum StoreError {
     },
     /// The encoded value is over [`STORE_VALUE_LIMIT`] (or a write's key and value together
     /// are over the message limit, [`crate::abi::MAX_MESSAGE`]).
-    #[error("cannot store `{key}`: the value is {size} bytes encoded, over the {limit}-byte limit")]
+    #[error(
+        "cannot store `{}`: the value is {size} bytes encoded, over the {limit}-byte limit",
+        crate::error::shown(key)
+    )]
     TooLarge {
         /// The key being written.
         key: String,
@@ -110,7 +113,10 @@ pub enum StoreError {
     },
     /// The write would take the store past [`STORE_TOTAL_LIMIT`]. Nothing was written; delete
     /// something first.
-    #[error("cannot store `{key}`: the store would hold {size} bytes, over its {limit}-byte limit")]
+    #[error(
+        "cannot store `{}`: the store would hold {size} bytes, over its {limit}-byte limit",
+        crate::error::shown(key)
+    )]
     Full {
         /// The key being written.
         key: String,
@@ -120,7 +126,7 @@ pub enum StoreError {
         limit: usize,
     },
     /// The stored value does not decode as the requested type.
-    #[error("the value of `{key}` does not decode as {expected}: {reason}")]
+    #[error("the value of `{}` does not decode as {expected}: {reason}", crate::error::shown(key))]
     Decode {
         /// The key being read.
         key: String,
@@ -141,13 +147,13 @@ pub enum StoreError {
     },
     /// Main's mailbox is full (main is slower than the writes reaching it); nothing was
     /// written. A writer in another process is not told at once: its write times out.
-    #[error("cannot store `{key}`: main's mailbox is full")]
+    #[error("cannot store `{}`: main's mailbox is full", crate::error::shown(key))]
     Overloaded {
         /// The key being written.
         key: String,
     },
     /// Main did not sequence a renderer's write in time.
-    #[error("main did not sequence the write of `{key}` within {timeout:?}")]
+    #[error("main did not sequence the write of `{}` within {timeout:?}", crate::error::shown(key))]
     TimedOut {
         /// The key being written.
         key: String,

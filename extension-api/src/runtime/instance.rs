@@ -145,13 +145,15 @@ impl Shared {
         status: u32,
         payload: Vec<u8>,
     ) {
-        // A reply over the limit would reach nobody: the invoker gets the reason instead, at
-        // once, and the handler's side learns it from its log.
-        let (status, payload) = if abi::fits(channel.len(), payload.len()) {
+        // A reply carries no channel name (its invoker knows which request it answers). One
+        // over the limit would reach nobody: the invoker gets the reason instead, at once, and
+        // the handler's side learns it from its log. The replacement is short whatever the
+        // channel's name, so it always fits.
+        let (status, payload) = if abi::fits(0, payload.len()) {
             (status, payload)
         } else {
-            let message = crate::error::too_large("reply", channel, channel.len() + payload.len());
-            tracing::warn!(%channel, "the handler's reply was not sent: {message}");
+            let message = crate::error::too_large("reply", channel, payload.len());
+            tracing::warn!("the handler's reply was not sent: {message}");
             let error = ErrorPayload { message, data: None };
             (InvokeErrorKind::TooLarge.code(), rmp_serde::to_vec_named(&error).unwrap_or_default())
         };
@@ -167,7 +169,7 @@ impl Shared {
             };
             self.enqueue(reply);
         } else {
-            self.send(abi::kind::REPLY, status, from, to, request_id, channel, &payload);
+            self.send(abi::kind::REPLY, status, from, to, request_id, "", &payload);
         }
     }
 
@@ -359,7 +361,8 @@ impl Shared {
         };
         let Some((handler, generation)) = handler else {
             let side = if target == PEER_MAIN { "main".to_owned() } else { format!("frame {target}") };
-            let payload = ErrorPayload { message: format!("no handler for channel `{channel}` in {side}"), data: None };
+            let message = format!("no handler for channel `{}` in {side}", crate::error::shown(&channel));
+            let payload = ErrorPayload { message, data: None };
             self.send_error(local, target, origin, request_id, &channel, InvokeErrorKind::NoHandler, &payload);
             return;
         };

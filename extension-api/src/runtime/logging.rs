@@ -44,7 +44,13 @@ fn level_number(level: &Level) -> u32 {
     }
 }
 
+/// Longest log message forwarded (64 KiB): a record must fit in one message to the host
+/// wherever the instance runs; the rest is cut, saying how long it was.
+const MAX_LOG_MESSAGE: usize = 64 << 10;
+
 fn forward(level: u32, target: &str, message: &str) {
+    let message = crate::error::cut(message, MAX_LOG_MESSAGE);
+    let target = crate::error::shown(target);
     if let Some(host) = HOST.get() {
         // SAFETY: `log` is the host's function for this ABI version; buffers outlive the call.
         unsafe {

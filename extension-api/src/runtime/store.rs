@@ -14,6 +14,10 @@ use crate::runtime::state::{State, WatcherFn};
 use crate::wire::{StoreLimit, StoreRefusal, StoreSnapshot, StoreUpdate, StoreWrite};
 use serde_bytes::ByteBuf;
 
+/// What a [`StoreUpdate`] holds besides its key and values, with room to spare: its numbers,
+/// field names and headers.
+const UPDATE_ENVELOPE: usize = 128;
+
 impl Shared {
     /// Applies a write to main's replica, gives it the next sequence number, and publishes it.
     /// Sequencing and publishing happen under one lock, so updates leave in `seq` order.
@@ -30,6 +34,14 @@ impl Shared {
             let main = state.halves.get_mut(&PEER_MAIN).ok_or(StoreError::Deactivated)?;
             // Checked here too, where every write is sequenced: a renderer's write reaches main
             // as bytes, whatever its `set` checked.
+            // Its update carries the key and both values: one that would not fit in a message
+            // could reach no other replica, so it is refused before it takes a number (a
+            // replica in another process would wait for the missing number for ever).
+            let old_len = main.replica.values().get(&key).map_or(0, Vec::len);
+            let update_size = key.len() + old_len + value.as_ref().map_or(0, Vec::len) + UPDATE_ENVELOPE;
+            if !abi::fits(0, update_size) {
+                return Err(StoreError::TooLarge { key, size: update_size, limit: abi::MAX_MESSAGE });
+            }
             if let Some(bytes) = &value {
                 if bytes.len() > STORE_VALUE_LIMIT {
                     return Err(StoreError::TooLarge { key, size: bytes.len(), limit: STORE_VALUE_LIMIT });
@@ -44,14 +56,27 @@ impl Shared {
             main.replica.seq += 1;
             StoreUpdate { seq: main.replica.seq, key, old, new: value, writer, write_id }
         };
-        let bytes = rmp_serde::to_vec_named(&update)
-            .map_err(|error| StoreError::Serialize { key: update.key.clone(), reason: error.to_string() })?;
         // Broadcast to every replica, main's included (main only notifies its watchers).
-        let status = self.send(abi::kind::STORE_UPDATE, 0, PEER_MAIN, PEER_ALL, 0, "", &bytes);
-        if status != abi::status::OK {
-            tracing::debug!("store update {} not published (status {status})", update.seq);
+        let published = match rmp_serde::to_vec_named(&update) {
+            Ok(bytes) => match self.send(abi::kind::STORE_UPDATE, 0, PEER_MAIN, PEER_ALL, 0, "", &bytes) {
+                abi::status::OK => Ok(()),
+                abi::status::TOO_LARGE => {
+                    Err(StoreError::TooLarge { key: update.key.clone(), size: bytes.len(), limit: abi::MAX_MESSAGE })
+                }
+                _ => Err(StoreError::Deactivated),
+            },
+            Err(error) => Err(StoreError::Serialize { key: update.key.clone(), reason: error.to_string() }),
+        };
+        if published.is_err() {
+            // Not published, so not written: no replica may wait for a number nobody sends.
+            // Still under the order lock, so no later write has taken a number meanwhile.
+            let mut state = self.state();
+            if let Some(main) = state.halves.get_mut(&PEER_MAIN) {
+                main.replica.write(&update.key, update.old);
+                main.replica.seq -= 1;
+            }
         }
-        Ok(())
+        published
     }
 
     /// Main's side of a renderer's write. A write main refuses is answered to its writer, so
