@@ -78,8 +78,9 @@ pub struct ObservedBroadcast {
     /// The value as MessagePack.
     pub payload: Vec<u8>,
     /// The frames whose renderer half it was routed to, in order: their listeners of the
-    /// channel get it (unless a mailbox was full: see `InstanceSnapshot::dropped_broadcasts`).
-    /// Main's listeners always do.
+    /// channel get it, unless a mailbox was full (see `InstanceSnapshot::dropped_broadcasts`)
+    /// or a listener's type does not decode it (logged, and counted in inspect). This is where
+    /// the host delivered it, not a report from the frame.
     pub frames: Vec<FrameId>,
 }
 

@@ -215,9 +215,11 @@ impl TestHost {
         decode(channel, &seen)
     }
 
-    /// The next broadcast on `channel` that the renderer half in `frame` receives: its listeners
-    /// of `channel` get it, from whichever sender (main, a frame, the frame itself, or the
-    /// test's own [`TestHost::broadcast`]), decoded as `T` with its sender.
+    /// The next broadcast on `channel` that the host routed to the renderer half in `frame`,
+    /// from whichever sender (main, a frame, the frame itself, or the test's own
+    /// [`TestHost::broadcast`]), decoded as `T` with its sender. It says where the broadcast
+    /// was routed, not that a listener ran: a frame without a listener on `channel` counts,
+    /// and so does one whose full mailbox dropped it (inspect counts those drops).
     pub async fn next_received<T: DeserializeOwned>(
         &mut self,
         frame: FrameId,
