@@ -230,22 +230,33 @@ struct Loaded {
 
 /// Loads the library at `path`, or finds it loaded already.
 fn library(path: &Path) -> Result<Loaded, String> {
-    static LIBRARIES: OnceLock<Mutex<HashMap<FileKey, Loaded>>> = OnceLock::new();
-    // Held while loading: two loads of one file at once would map it twice.
-    let mut libraries = LIBRARIES.get_or_init(Mutex::default).lock().unwrap_or_else(PoisonError::into_inner);
-    // (A file that cannot be read is left to `load`, which says why in its own words.)
-    let before = FileKey::of(path).ok();
-    if let Some(loaded) = before.as_ref().and_then(|key| libraries.get(key)) {
+    /// One slot per file: a load holds its file's slot, so two loads of one file at once do not
+    /// map it twice, while other files load meanwhile (a slow initialiser in one library does
+    /// not hold up another's).
+    type Slot = Arc<Mutex<Option<Loaded>>>;
+    static LIBRARIES: OnceLock<Mutex<HashMap<FileKey, Slot>>> = OnceLock::new();
+    // A file that cannot be read is left to `load`, which says why in its own words.
+    let Ok(before) = FileKey::of(path) else { return load(path) };
+    let slot = {
+        let mut libraries = LIBRARIES.get_or_init(Mutex::default).lock().unwrap_or_else(PoisonError::into_inner);
+        libraries.entry(before.clone()).or_default().clone()
+    };
+    let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(loaded) = slot.as_ref() {
         return Ok(loaded.clone());
     }
-    let library = crate::library::load(path).map_err(|error| error.to_string())?;
-    let loaded = Loaded { descriptor: library.descriptor, name: library.info.name };
+    let loaded = load(path)?;
     // Cached only if the file did not change while it was copied: then the key names what was
     // loaded. (If it did, this load goes ahead uncached, and the next finds the new key.)
-    if let Some(before) = before.filter(|before| FileKey::of(path).is_ok_and(|after| after == *before)) {
-        libraries.insert(before, loaded.clone());
+    if FileKey::of(path).is_ok_and(|after| after == before) {
+        *slot = Some(loaded.clone());
     }
     Ok(loaded)
+}
+
+fn load(path: &Path) -> Result<Loaded, String> {
+    let library = crate::library::load(path).map_err(|error| error.to_string())?;
+    Ok(Loaded { descriptor: library.descriptor, name: library.info.name })
 }
 
 fn start(key: u64, path: &Path, config: &InstanceConfig) -> Result<Instance, String> {
