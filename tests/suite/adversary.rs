@@ -128,6 +128,16 @@ async fn raw_sends_with_forged_keys_pointers_lengths_kinds_and_origins_are_refus
         ("garbage-invoke", "OK"),
         ("garbage-store-write", "OK"),
         ("unknown-kind", "INVALID"),
+        // The message limit holds for raw senders too.
+        ("oversized-broadcast", "TOO_LARGE"),
+        ("oversized-invoke", "TOO_LARGE"),
+        ("oversized-reply-never-requested", "OK"),
+        // Only main refuses a store write, and only to a frame.
+        ("store-refusal-from-frame", "INVALID"),
+        ("store-refusal-to-main", "INVALID"),
+        ("store-refusal-to-all", "INVALID"),
+        ("store-refusal-to-host", "INVALID"),
+        ("store-refusal-to-unopened-frame", "NO_SUCH_PEER"),
         ("origin-host", "NO_SUCH_PEER"),
         ("origin-all", "NO_SUCH_PEER"),
         ("origin-unopened-frame", "NO_SUCH_PEER"),
