@@ -118,8 +118,11 @@ impl LibraryWatcher {
                         continue;
                     }
                     tracing::info!(extension = %name, path = %path.display(), "the library changed; reloading");
-                    // Reported (logged, and as a host event) by `reload` itself, success or not.
-                    let _ = host.reload(&name).await;
+                    // `reload` reports its outcome itself (logged, and as a host event), except
+                    // a reload refused outright: the extension was uninstalled, say.
+                    if let Err(crate::ReloadError::Host(error)) = host.reload(&name).await {
+                        tracing::warn!(extension = %name, "not reloaded: {error}");
+                    }
                 }
             }
         });

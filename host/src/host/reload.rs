@@ -84,17 +84,14 @@ impl Host {
                     HostError::ActivationFailed { reason, .. } => reason,
                     other => other.to_string(),
                 };
-                tracing::error!(
-                    extension = %name,
-                    %version,
-                    "reloaded, but the new build failed to activate; the old version ({old_version}) was already stopped, so the extension is stopped until a build that activates: {reason}"
-                );
+                let error = ReloadError::Activation { name: name.to_owned(), reason };
+                tracing::error!(extension = %name, %version, %old_version, "{error}");
                 self.publish(HostEvent::ReloadFailed {
                     extension: name.to_owned(),
-                    reason: reason.clone(),
+                    reason: error.to_string(),
                     kept_old_version: false,
                 });
-                return Err(ReloadError::Activation { name: name.to_owned(), reason });
+                return Err(error);
             }
         }
         tracing::info!(extension = %name, %version, path = %path.display(), active = was_running, "reloaded");
