@@ -216,7 +216,16 @@ fn lines_of(output: impl AsyncRead + Unpin + Send + 'static) -> tokio::sync::mps
 }
 
 async fn wait_line(lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>, matches: impl Fn(&str) -> bool) {
-    let found = tokio::time::timeout(FAILSAFE, async {
+    wait_line_within(FAILSAFE, lines, matches).await;
+}
+
+/// [`wait_line`] with a failsafe of `failsafe` (longer where a build comes first).
+async fn wait_line_within(
+    failsafe: Duration,
+    lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    matches: impl Fn(&str) -> bool,
+) {
+    let found = tokio::time::timeout(failsafe, async {
         while let Some(line) = lines.recv().await {
             if matches(&line) {
                 return;
@@ -227,11 +236,13 @@ async fn wait_line(lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>, mat
     found.await.expect("the expected line arrives");
 }
 
-async fn console_version(
+/// What the console answers to `invoke NAME CHANNEL JSON`.
+async fn console_invoke(
     stdin: &mut tokio::process::ChildStdin,
     stdout: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    command: &str,
 ) -> String {
-    stdin.write_all(b"invoke reloadable version null\n").await.unwrap();
+    stdin.write_all(format!("invoke {command}\n").as_bytes()).await.unwrap();
     let found = tokio::time::timeout(FAILSAFE, async {
         while let Some(line) = stdout.recv().await {
             if let Some(reply) = line.strip_prefix("reply: ") {
@@ -264,13 +275,65 @@ async fn host_run_watch_reloads_a_rebuilt_library() {
     let mut stdout = lines_of(child.stdout.take().unwrap());
     let mut logs = lines_of(child.stderr.take().unwrap());
     wait_line(&mut logs, |line| line.contains("watching for rebuilds") && line.contains(NAME)).await;
-    assert_eq!(console_version(&mut stdin, &mut stdout).await, "\"v1\"");
+    assert_eq!(console_invoke(&mut stdin, &mut stdout, "reloadable version null").await, "\"v1\"");
 
     std::fs::copy(library("reload-v2"), &path).unwrap();
     wait_line(&mut logs, |line| line.contains(" reloaded ") && line.contains("extension=reloadable")).await;
-    assert_eq!(console_version(&mut stdin, &mut stdout).await, "\"v2\"");
+    assert_eq!(console_invoke(&mut stdin, &mut stdout, "reloadable version null").await, "\"v2\"");
 
     stdin.write_all(b"quit\n").await.unwrap();
     assert!(child.wait().await.unwrap().success());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Only a guard against a hung build: nothing waits for it to pass.
+const BUILD_FAILSAFE: Duration = Duration::from_secs(600);
+
+#[tokio::test]
+async fn xtask_dev_rebuilds_a_changed_crate_and_the_host_reloads_it() {
+    let dir = crate::loading::tempdir().join("dev_ext");
+    let xtask = crate::support::artifacts().join("xtask");
+    let output = std::process::Command::new(&xtask)
+        .args(["new-extension", "--dir"])
+        .arg(&dir)
+        .args(["--", "dev_ext"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    // Sharing this build's target directory (and so its compiled dependencies and host).
+    let target = crate::support::artifacts().parent().unwrap().to_owned();
+    let mut child = tokio::process::Command::new(&xtask)
+        .arg("dev")
+        .arg(&dir)
+        .args(["--", "--console"])
+        .env("CARGO_TARGET_DIR", &target)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = lines_of(child.stdout.take().unwrap());
+    let mut logs = lines_of(child.stderr.take().unwrap());
+    wait_line_within(BUILD_FAILSAFE, &mut logs, |line| line.starts_with("dev: watching")).await;
+    wait_line(&mut logs, |line| line.contains("watching for rebuilds") && line.contains("dev_ext")).await;
+    assert_eq!(console_invoke(&mut stdin, &mut stdout, "dev_ext greet \"you\"").await, "\"Hello, you!\"");
+
+    // The author edits the code; nobody runs cargo.
+    let source = dir.join("src/lib.rs");
+    let code = std::fs::read_to_string(&source).unwrap();
+    assert!(code.contains("format!(\"Hello, {name}!\")"), "the template greets");
+    std::fs::write(&source, code.replace("format!(\"Hello, {name}!\")", "format!(\"Hi, {name}!\")")).unwrap();
+    wait_line_within(BUILD_FAILSAFE, &mut logs, |line| {
+        line.contains(" reloaded ") && line.contains("extension=dev_ext")
+    })
+    .await;
+    assert_eq!(console_invoke(&mut stdin, &mut stdout, "dev_ext greet \"you\"").await, "\"Hi, you!\"");
+
+    stdin.write_all(b"quit\n").await.unwrap();
+    assert!(child.wait().await.unwrap().success(), "xtask dev ends with the host");
+    let _ = std::fs::remove_dir_all(dir.parent().unwrap());
 }

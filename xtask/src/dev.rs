@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 use notify_debouncer_mini::notify::RecursiveMode;
 use notify_debouncer_mini::{DebounceEventResult, new_debouncer};
 
-use crate::{cargo, workspace_root};
+use crate::{cargo, target_dir, workspace_root};
 
 /// Long enough for an editor's save (write, rename, touch) to be one change.
 const DEBOUNCE: Duration = Duration::from_millis(300);
@@ -36,10 +36,11 @@ struct Package {
 }
 
 pub(crate) fn run(name: &str, host_args: &[String]) -> Result<()> {
-    let package = find(name)?;
+    let (package, build) = find(name)?;
+    let build: Vec<&str> = build.iter().map(String::as_str).collect();
     // Built on its own, as every rebuild is: built together with the host, its dependencies
     // could be resolved with other features, and the first rebuild would relink it for nothing.
-    cargo(&["build", "-p", name]).context("the first build failed; fix it and run `cargo xtask dev` again")?;
+    cargo(&build).context("the first build failed; fix it and run `cargo xtask dev` again")?;
     cargo(&["build", "-p", "host"])?;
     let (sender, events) = mpsc::channel();
     let mut debouncer = {
@@ -77,7 +78,7 @@ pub(crate) fn run(name: &str, host_args: &[String]) -> Result<()> {
         .watch(&package.dir, RecursiveMode::Recursive)
         .with_context(|| format!("cannot watch `{}`", package.dir.display()))?;
 
-    let host_program = package.target_dir.join("debug").join(format!("host{}", std::env::consts::EXE_SUFFIX));
+    let host_program = target_dir().join("debug").join(format!("host{}", std::env::consts::EXE_SUFFIX));
     let mut host = Command::new(&host_program);
     host.current_dir(workspace_root()).args(["run", "--watch"]).args(host_args).arg(&package.library);
     if std::env::var_os("RUST_LOG").is_none() {
@@ -105,7 +106,7 @@ pub(crate) fn run(name: &str, host_args: &[String]) -> Result<()> {
                 }
                 let first = changed.first().map(|path| path.display().to_string()).unwrap_or_default();
                 eprintln!("dev: `{first}` changed ({} files); rebuilding `{name}`", changed.len());
-                match cargo(&["build", "-p", name]) {
+                match cargo(&build) {
                     Ok(()) => eprintln!("dev: built; the host reloads `{}` if it changed", package.library.display()),
                     Err(error) => eprintln!("dev: the build failed ({error}); the host keeps the running version"),
                 }
@@ -146,15 +147,22 @@ fn record(dir: &Path, ignored: &[PathBuf], seen: &mut BTreeMap<PathBuf, Identity
     }
 }
 
-/// Finds package `name` in the workspace: its directory, its built library (it must be a
-/// `cdylib`) and the target directory.
-fn find(name: &str) -> Result<Package> {
-    let cargo_program = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let output = Command::new(cargo_program)
-        .current_dir(workspace_root())
-        .args(["metadata", "--format-version", "1", "--no-deps"])
-        .output()
-        .context("cannot run `cargo metadata`")?;
+/// Finds the extension's package: `name` in this workspace, or, for a directory, the package
+/// whose manifest is there (a crate of its own, as `new-extension --dir` makes). Returns it and
+/// the `cargo build` arguments that build it.
+fn find(name: &str) -> Result<(Package, Vec<String>)> {
+    let manifest = Path::new(name).join("Cargo.toml");
+    let outside = name.contains(std::path::MAIN_SEPARATOR) && manifest.is_file();
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
+    command.current_dir(workspace_root()).args(["metadata", "--format-version", "1", "--no-deps"]);
+    let manifest = if outside {
+        let manifest = std::fs::canonicalize(&manifest).with_context(|| format!("`{}`", manifest.display()))?;
+        command.arg("--manifest-path").arg(&manifest);
+        Some(manifest)
+    } else {
+        None
+    };
+    let output = command.output().context("cannot run `cargo metadata`")?;
     if !output.status.success() {
         bail!("`cargo metadata` failed: {}", String::from_utf8_lossy(&output.stderr));
     }
@@ -164,23 +172,35 @@ fn find(name: &str) -> Result<Package> {
         .map(PathBuf::from)
         .context("`cargo metadata` names no target directory")?;
     let packages = metadata["packages"].as_array().context("`cargo metadata` lists no packages")?;
-    let Some(package) = packages.iter().find(|package| package["name"] == name) else {
+    let found = packages.iter().find(|package| match &manifest {
+        Some(manifest) => package["manifest_path"].as_str().map(Path::new) == Some(manifest.as_path()),
+        None => package["name"] == name,
+    });
+    let Some(package) = found else {
         let mut names: Vec<&str> = packages.iter().filter_map(|package| package["name"].as_str()).collect();
         names.sort_unstable();
-        bail!("no package `{name}` in the workspace (there are: {})", names.join(", "));
+        bail!(
+            "no package `{name}` in the workspace (there are: {}; or give the directory of a crate of its own)",
+            names.join(", ")
+        );
     };
-    let manifest = package["manifest_path"].as_str().map(Path::new).context("the package has no manifest path")?;
-    let dir = manifest.parent().map(Path::to_owned).context("the manifest has no directory")?;
+    let package_name = package["name"].as_str().context("the package has no name")?;
+    let manifest_path = package["manifest_path"].as_str().context("the package has no manifest path")?;
+    let dir = Path::new(manifest_path).parent().map(Path::to_owned).context("the manifest has no directory")?;
     let targets = package["targets"].as_array().map(Vec::as_slice).unwrap_or_default();
     let is_cdylib = |target: &&serde_json::Value| {
         target["crate_types"].as_array().is_some_and(|kinds| kinds.iter().any(|kind| kind == "cdylib"))
     };
     let Some(library) = targets.iter().find(is_cdylib).and_then(|target| target["name"].as_str()) else {
         bail!(
-            "package `{name}` builds no cdylib, so it is not an extension (its `[lib]` needs `crate-type = [\"cdylib\"]`)"
+            "package `{package_name}` builds no cdylib, so it is not an extension (its `[lib]` needs `crate-type = [\"cdylib\"]`)"
         );
     };
     let file = format!("{}{}{}", std::env::consts::DLL_PREFIX, library.replace('-', "_"), std::env::consts::DLL_SUFFIX);
     let library = target_dir.join("debug").join(file);
-    Ok(Package { dir, library, target_dir })
+    let build = match manifest {
+        Some(_) => vec!["build".to_owned(), "--manifest-path".to_owned(), manifest_path.to_owned()],
+        None => vec!["build".to_owned(), "-p".to_owned(), package_name.to_owned()],
+    };
+    Ok((Package { dir, library, target_dir }, build))
 }

@@ -8,7 +8,7 @@
 //! - `memcheck [FILTER...]`: the integration suite under valgrind memcheck (children too).
 //! - `ci`: what CI runs: formatting, clippy with warnings denied, the test suite.
 //! - `new-extension NAME`: scaffolds a working extension crate with a test.
-//! - `dev NAME [-- HOST_ARGS...]`: builds the extension and the host, runs `host run --watch`
+//! - `dev NAME|DIR [-- HOST_ARGS...]`: builds the extension and the host, runs `host run --watch`
 //!   with it, and rebuilds the extension's crate whenever its sources change: the host
 //!   reloads each new build.
 //! - `fuzz [TARGET] [--seconds N] [--asan]`: runs the cargo-fuzz targets in `fuzz/` on the
@@ -76,7 +76,8 @@ enum Task {
     /// rebuild the crate (`cargo build -p NAME`) whenever a file in its directory changes; the
     /// host swaps each new build in, keeping its frames open. Ends when the host does.
     Dev {
-        /// The extension's package name in this workspace.
+        /// The extension's package name in this workspace, or the directory of a crate of its
+        /// own (as `new-extension --dir` makes: a path with a `/`).
         name: String,
         /// Arguments for `host run` after `--watch` (`-- --console --child-frames 1`, say).
         #[arg(last = true)]
@@ -396,10 +397,8 @@ fn new_extension(name: &str, dir: Option<PathBuf>) -> Result<()> {
     }
     println!("created `{name}` in {}", dir.display());
     println!("  test it:  cargo test --manifest-path {}", dir.join("Cargo.toml").display());
-    println!(
-        "  run it:   cargo build --manifest-path {} && host run <its .so> --console",
-        dir.join("Cargo.toml").display()
-    );
+    let dev = if in_workspace { name.to_owned() } else { dir.display().to_string() };
+    println!("  run it:   cargo xtask dev {dev} -- --console   (rebuilt and reloaded on every change)");
     Ok(())
 }
 
