@@ -60,3 +60,29 @@ pub enum HostError {
     #[error("invalid host configuration: `{field}` {reason}")]
     InvalidConfig { field: &'static str, reason: &'static str },
 }
+
+/// Why [`crate::Host::reload`] did not leave the new build running.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// Nothing was swapped: the version loaded before is kept (and still runs, if it ran).
+    #[error("extension `{name}` was not reloaded; the version loaded before is kept: {source}")]
+    Load {
+        name: String,
+        #[source]
+        source: LoadError,
+    },
+    /// Nothing was swapped: the library at the extension's path is now another extension.
+    #[error(
+        "extension `{name}` was not reloaded; the version loaded before is kept: the library at `{path}` is now extension `{found}`"
+    )]
+    Renamed { name: String, path: std::path::PathBuf, found: String },
+    /// The new build was swapped in (the old version deactivated) but failed to activate: the
+    /// extension is left [`crate::ExtensionState::Failed`] until a build that activates.
+    #[error(
+        "extension `{name}`: the new build was loaded and the old version deactivated, but the new one failed to activate, so the extension is stopped: {reason}"
+    )]
+    Activation { name: String, reason: String },
+    /// The reload itself was refused (no such extension, or it is mid-operation).
+    #[error(transparent)]
+    Host(#[from] HostError),
+}

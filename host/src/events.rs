@@ -112,6 +112,15 @@ pub enum HostEvent {
     FrameCrashed { frame: u64, reason: String, restarting: bool },
     /// Its renderer process was started again and its renderer halves reopened.
     FrameRestarted { frame: u64 },
+    /// A rebuilt library was swapped in ([`crate::Host::reload`]): the old version was
+    /// deactivated and, if it was running, the new one activated, in main and every open frame.
+    ExtensionReloaded { extension: String, version: String },
+    /// A rebuilt library was not, or not fully, swapped in. `kept_old_version` says the
+    /// failure came before the swap (the new copy did not load or validate, or is another
+    /// extension), so the version loaded before is kept, still running if it was; otherwise
+    /// the new build failed to activate and the extension is stopped (`Failed`) until a build
+    /// that activates.
+    ReloadFailed { extension: String, reason: String, kept_old_version: bool },
 }
 
 #[cfg(test)]

@@ -17,14 +17,16 @@ mod link;
 mod private_dir;
 pub mod remote;
 pub mod testing;
+pub mod watch;
 
-pub use error::{HostError, LoadError};
+pub use error::{HostError, LoadError, ReloadError};
 pub use events::{HostEvent, LogRecord, ObservedBroadcast, OneLine};
 pub use host::{
     CrashBudget, DeactivateReport, ExtensionSnapshot, ExtensionState, FrameKind, FrameSnapshot, Host, HostConfig,
     HostSnapshot,
 };
 pub use library::{LibraryInfo, check};
+pub use watch::{LibraryWatcher, WatchError};
 
 pub use extension_api::wire::{HalfSnapshot, InstanceSnapshot, MailboxLimit};
 

@@ -17,6 +17,7 @@ mod frame_handles;
 mod frames;
 mod gluon;
 mod harness;
+mod hot_reload;
 mod inspect_halves;
 mod ipc;
 mod lifecycle;

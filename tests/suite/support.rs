@@ -25,6 +25,7 @@ const CRATES: &[&str] = &[
     "wrong-abi",
     "reload-v1",
     "reload-v2",
+    "reload-broken",
     "rogue-child",
     "swarm",
     "adversary",

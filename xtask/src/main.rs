@@ -8,6 +8,9 @@
 //! - `memcheck [FILTER...]`: the integration suite under valgrind memcheck (children too).
 //! - `ci`: what CI runs: formatting, clippy with warnings denied, the test suite.
 //! - `new-extension NAME`: scaffolds a working extension crate with a test.
+//! - `dev NAME|DIR [-- HOST_ARGS...]`: builds the extension and the host, runs `host run --watch`
+//!   with it, and rebuilds the extension's crate whenever its sources change: the host
+//!   reloads each new build.
 //! - `fuzz [TARGET] [--seconds N] [--asan]`: runs the cargo-fuzz targets in `fuzz/` on the
 //!   stable toolchain (installs cargo-fuzz if missing); see `fuzz/README.md`.
 
@@ -16,6 +19,8 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+
+mod dev;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "Project automation for the extension host")]
@@ -67,6 +72,17 @@ enum Task {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Develop an extension: build it and the host, run the host on it with `--watch`, and
+    /// rebuild the crate (`cargo build -p NAME`) whenever a file in its directory changes; the
+    /// host swaps each new build in, keeping its frames open. Ends when the host does.
+    Dev {
+        /// The extension's package name in this workspace, or the directory of a crate of its
+        /// own (as `new-extension --dir` makes: a path with a `/`).
+        name: String,
+        /// Arguments for `host run` after `--watch` (`-- --console --child-frames 1`, say).
+        #[arg(last = true)]
+        host_args: Vec<String>,
+    },
     /// Run the fuzz targets in `fuzz/` with cargo-fuzz (installed if missing), on stable.
     Fuzz {
         /// `child_frame` or `boundary_values`; every target, one after the other, if omitted.
@@ -92,6 +108,7 @@ fn main() -> Result<()> {
         Task::Soak { quick } => soak(quick),
         Task::Memcheck { filters } => memcheck(&filters),
         Task::NewExtension { name, dir } => new_extension(&name, dir),
+        Task::Dev { name, host_args } => dev::run(&name, &host_args),
         Task::Fuzz { target, seconds, asan } => fuzz(target.as_deref(), seconds, asan),
         Task::Ci => {
             cargo(&["fmt", "--all", "--", "--check"])?;
@@ -380,10 +397,8 @@ fn new_extension(name: &str, dir: Option<PathBuf>) -> Result<()> {
     }
     println!("created `{name}` in {}", dir.display());
     println!("  test it:  cargo test --manifest-path {}", dir.join("Cargo.toml").display());
-    println!(
-        "  run it:   cargo build --manifest-path {} && host run <its .so> --console",
-        dir.join("Cargo.toml").display()
-    );
+    let dev = if in_workspace { name.to_owned() } else { dir.display().to_string() };
+    println!("  run it:   cargo xtask dev {dev} -- --console   (rebuilt and reloaded on every change)");
     Ok(())
 }
 

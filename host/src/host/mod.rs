@@ -3,6 +3,7 @@
 mod config;
 mod frames;
 mod lifecycle;
+mod reload;
 mod snapshot;
 
 use std::collections::BTreeMap;
@@ -180,6 +181,11 @@ impl Host {
         }
     }
 
+    /// What the library of extension `name` says about itself, and where it was loaded from.
+    pub fn library(&self, name: &str) -> Option<LibraryInfo> {
+        lock(&self.inner.extensions).get(name).map(|entry| entry.library.info.clone())
+    }
+
     pub fn state(&self, name: &str) -> Option<ExtensionState> {
         lock(&self.inner.extensions).get(name).map(|entry| entry.state.clone())
     }
@@ -199,7 +205,7 @@ impl Host {
         self.inner.core.logs.subscribe()
     }
 
-    /// Crashes and restarts of child processes, as they happen.
+    /// Crashes and restarts of child processes, and reloads, as they happen.
     pub fn events(&self) -> broadcast::Receiver<HostEvent> {
         self.inner.core.events.subscribe()
     }

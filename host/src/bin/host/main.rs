@@ -45,6 +45,10 @@ enum Command {
         /// Print the inspect snapshot as JSON before shutting down.
         #[arg(long)]
         inspect: bool,
+        /// Watch the loaded libraries and reload an extension when its library is rebuilt
+        /// (the new build is loaded and validated first; frames stay open).
+        #[arg(long)]
+        watch: bool,
     },
     /// Validate a library and print its metadata, or what is wrong with it.
     Check { library: PathBuf },
@@ -67,7 +71,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { library } => check(&library),
         Command::Child { socket, token } => extension_host::remote::child::run(&socket, &token),
-        Command::Run { paths, frames, child_frames, isolated, duration, console, inspect } => {
+        Command::Run { paths, frames, child_frames, isolated, duration, console, inspect, watch } => {
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(runtime) => runtime,
                 Err(error) => {
@@ -75,7 +79,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let options = RunOptions { frames, child_frames, isolated, duration, console, inspect };
+            let options = RunOptions { frames, child_frames, isolated, duration, console, inspect, watch };
             runtime.block_on(run(paths, options))
         }
     }
@@ -127,10 +131,11 @@ struct RunOptions {
     duration: Option<Duration>,
     console: bool,
     inspect: bool,
+    watch: bool,
 }
 
 async fn run(paths: Vec<PathBuf>, options: RunOptions) -> ExitCode {
-    let RunOptions { frames, child_frames, isolated, duration, console, inspect } = options;
+    let RunOptions { frames, child_frames, isolated, duration, console, inspect, watch } = options;
     // Extensions log as verbosely as `RUST_LOG` lets the host log (the subscriber is installed).
     let config = HostConfig { max_log_level: extension_host::LevelFilter::current(), ..HostConfig::default() };
     let host = Host::new(config);
@@ -174,6 +179,19 @@ async fn run(paths: Vec<PathBuf>, options: RunOptions) -> ExitCode {
             Err(error) => tracing::error!("{error}"),
         }
     }
+    // Watching starts once the extensions and frames are up: a rebuild from here on reloads.
+    let watcher = if watch {
+        match extension_host::LibraryWatcher::start(&host, extension_host::LibraryWatcher::DEFAULT_DEBOUNCE) {
+            Ok(watcher) => Some(watcher),
+            Err(error) => {
+                tracing::error!("--watch: {error}");
+                host.shutdown().await;
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
     if console {
         console::run(&host).await;
     } else {
@@ -209,6 +227,7 @@ async fn run(paths: Vec<PathBuf>, options: RunOptions) -> ExitCode {
             Err(error) => tracing::error!("cannot print the snapshot: {error}"),
         }
     }
+    drop(watcher);
     host.shutdown().await;
     tracing::info!("host stopped");
     ExitCode::SUCCESS
