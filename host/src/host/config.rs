@@ -76,8 +76,9 @@ impl Default for HostConfig {
     }
 }
 
-/// At most `crashes` restarts within `window` (`Duration::MAX`: every crash counts, forever;
-/// zero: every crash is restarted).
+/// At most `crashes` restarts within `window`: `crashes: 0` restarts nothing; a `window` of
+/// `Duration::MAX` counts every crash forever; a zero `window` forgets each crash at once, so
+/// (with `crashes` at least 1) every crash is restarted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CrashBudget {
     pub crashes: u32,
