@@ -15,6 +15,7 @@ mod host;
 mod library;
 mod link;
 mod private_dir;
+mod storage;
 pub mod remote;
 pub mod testing;
 
@@ -22,8 +23,9 @@ pub use error::{HostError, LoadError};
 pub use events::{HostEvent, LogRecord, ObservedBroadcast, OneLine};
 pub use host::{
     CrashBudget, DeactivateReport, ExtensionSnapshot, ExtensionState, FrameKind, FrameSnapshot, Host, HostConfig,
-    HostSnapshot,
+    HostSnapshot, StorageConfig, default_data_dir,
 };
+pub use storage::StorageUsage;
 pub use library::{LibraryInfo, check};
 
 pub use extension_api::wire::{HalfSnapshot, InstanceSnapshot, MailboxLimit};

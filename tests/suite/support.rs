@@ -29,6 +29,8 @@ const CRATES: &[&str] = &[
     "swarm",
     "adversary",
     "sizes",
+    "keeper",
+    "keeper-twin",
     "xtask",
 ];
 

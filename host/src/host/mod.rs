@@ -21,7 +21,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
 use tracing::level_filters::LevelFilter;
 
-pub use config::{CrashBudget, HostConfig};
+pub use config::{CrashBudget, HostConfig, StorageConfig, default_data_dir};
 pub use snapshot::{DeactivateReport, ExtensionSnapshot, ExtensionState, FrameKind, FrameSnapshot, HostSnapshot};
 
 use crate::core::{Core, lock};
@@ -31,6 +31,7 @@ use crate::events::{HostEvent, LogRecord, ObservedBroadcast};
 use crate::library::{self, Library, LibraryInfo};
 use crate::link::Link;
 use crate::remote::{Connection, Role};
+use crate::storage::{Limits, Storage};
 use config::CrashLog;
 
 struct Entry {
@@ -62,6 +63,8 @@ struct Inner {
     next_frame: AtomicU64,
     /// Lifecycle operations run one at a time.
     operations: tokio::sync::Mutex<()>,
+    /// Every extension's persisted tier.
+    storage: Storage,
 }
 
 impl Drop for Inner {
@@ -97,8 +100,11 @@ impl Host {
         if let Err(error) = config.validate() {
             tracing::warn!("{error}; every activation will be refused");
         }
+        let limits = Limits { value: config.storage.value_limit, total: config.storage.total_limit };
+        let storage = Storage::new(config.storage.data_dir.clone(), limits);
         Host {
             inner: Arc::new(Inner {
+                storage,
                 config,
                 core: Arc::new(Core::new()),
                 extensions: Mutex::new(BTreeMap::new()),
@@ -287,6 +293,17 @@ impl Host {
         self.operation(|host| async move { host.uninstall_locked(&name).await }).await
     }
 
+    /// Uninstalls `name` (see [`Host::uninstall`]) and deletes its persisted data. Without a
+    /// purge, uninstall keeps the data for the extension's next load.
+    pub async fn uninstall_purge(&self, name: &str) -> Result<(), HostError> {
+        let name = name.to_owned();
+        self.operation(|host| async move {
+            host.uninstall_locked(&name).await?;
+            host.inner.storage.purge(&name).map_err(|reason| HostError::Purge { name: name.clone(), reason })
+        })
+        .await
+    }
+
     /// Opens an in-process frame; every active extension's renderer half starts in it.
     pub async fn open_frame(&self) -> FrameId {
         self.operation(|host| async move { host.open_frame_locked(FrameKind::InProcess).await })
@@ -453,6 +470,7 @@ impl Host {
                     frame_errors: entry.frame_errors.clone(),
                     pending_requests: entry.link.as_ref().map_or(0, |link| link.pending_requests()),
                     instance: None,
+                    storage: self.inner.storage.usage(&entry.library.info.name),
                 };
                 (snapshot, entry.link.clone())
             })
@@ -488,6 +506,8 @@ impl Host {
         for (name, _) in self.active_links() {
             let _ = self.deactivate(&name).await;
         }
+        // Every write queued is committed and answered first; then the files are released.
+        self.inner.storage.close_all();
     }
 }
 

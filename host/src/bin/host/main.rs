@@ -45,6 +45,11 @@ enum Command {
         /// Print the inspect snapshot as JSON before shutting down.
         #[arg(long)]
         inspect: bool,
+        /// Where extensions' persisted data is kept (one database file per extension).
+        /// Defaults to the per-user data directory: `$XDG_DATA_HOME/extension-host`, else
+        /// `~/.local/share/extension-host`.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
     },
     /// Validate a library and print its metadata, or what is wrong with it.
     Check { library: PathBuf },
@@ -67,7 +72,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { library } => check(&library),
         Command::Child { socket, token } => extension_host::remote::child::run(&socket, &token),
-        Command::Run { paths, frames, child_frames, isolated, duration, console, inspect } => {
+        Command::Run { paths, frames, child_frames, isolated, duration, console, inspect, data_dir } => {
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(runtime) => runtime,
                 Err(error) => {
@@ -75,7 +80,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let options = RunOptions { frames, child_frames, isolated, duration, console, inspect };
+            let options = RunOptions { frames, child_frames, isolated, duration, console, inspect, data_dir };
             runtime.block_on(run(paths, options))
         }
     }
@@ -127,12 +132,16 @@ struct RunOptions {
     duration: Option<Duration>,
     console: bool,
     inspect: bool,
+    data_dir: Option<PathBuf>,
 }
 
 async fn run(paths: Vec<PathBuf>, options: RunOptions) -> ExitCode {
-    let RunOptions { frames, child_frames, isolated, duration, console, inspect } = options;
+    let RunOptions { frames, child_frames, isolated, duration, console, inspect, data_dir } = options;
     // Extensions log as verbosely as `RUST_LOG` lets the host log (the subscriber is installed).
-    let config = HostConfig { max_log_level: extension_host::LevelFilter::current(), ..HostConfig::default() };
+    let mut config = HostConfig { max_log_level: extension_host::LevelFilter::current(), ..HostConfig::default() };
+    if let Some(data_dir) = data_dir {
+        config.storage.data_dir = data_dir;
+    }
     let host = Host::new(config);
     let mut names = Vec::new();
     for path in &paths {
