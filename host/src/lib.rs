@@ -15,8 +15,8 @@ mod host;
 mod library;
 mod link;
 mod private_dir;
-mod storage;
 pub mod remote;
+mod storage;
 pub mod testing;
 
 pub use error::{HostError, LoadError};
@@ -25,8 +25,8 @@ pub use host::{
     CrashBudget, DeactivateReport, ExtensionSnapshot, ExtensionState, FrameKind, FrameSnapshot, Host, HostConfig,
     HostSnapshot, StorageConfig, default_data_dir,
 };
-pub use storage::StorageUsage;
 pub use library::{LibraryInfo, check};
+pub use storage::StorageUsage;
 
 pub use extension_api::wire::{HalfSnapshot, InstanceSnapshot, MailboxLimit};
 

@@ -158,9 +158,7 @@ impl ExtensionDb {
             bytes: 0,
             shared: Arc::downgrade(&db),
         };
-        let spawned = std::thread::Builder::new()
-            .name(format!("storage:{name}"))
-            .spawn(move || writer.run(receiver));
+        let spawned = std::thread::Builder::new().name(format!("storage:{name}")).spawn(move || writer.run(receiver));
         match spawned {
             Ok(thread) => *lock(&db.thread) = Some(thread),
             Err(error) => {
@@ -282,7 +280,16 @@ impl Writer {
         let database = match opened {
             Ok(Ok(database)) => database,
             Ok(Err(error)) => return Err(self.reason(describe_open_error(error))),
-            Err(_) => return Err(self.reason("the database library panicked reading it (is it corrupt?)")),
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|text| (*text).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                return Err(self.reason(format!(
+                    "it cannot be opened as a database (it is damaged: {message}); it was left as it is"
+                )));
+            }
         };
         let (keys, bytes) = usage_of(&database).map_err(|error| self.reason(error))?;
         (self.keys, self.bytes) = (keys, bytes);
@@ -321,11 +328,8 @@ impl Writer {
 
     fn seed(&mut self, version: String) -> StorageSeed {
         self.version = version;
-        let mut seed = StorageSeed {
-            value_limit: self.limits.value,
-            total_limit: self.limits.total,
-            ..StorageSeed::default()
-        };
+        let mut seed =
+            StorageSeed { value_limit: self.limits.value, total_limit: self.limits.total, ..StorageSeed::default() };
         match self.open_existing().and_then(|exists| if exists { self.read_all().map(Some) } else { Ok(None) }) {
             Ok(Some((snapshot, stored_version))) => {
                 seed.snapshot = snapshot;

@@ -28,5 +28,6 @@ mod logs;
 mod macros;
 mod renderer_cycles;
 mod scaffold;
+mod storage;
 mod store;
 mod truncated;

@@ -105,7 +105,8 @@ impl Host {
         };
         let seeded = match seeded {
             Ok(Completion::Done) => {
-                match main.control(|completion| Control::StorageSnapshot { completion }, config.activate_timeout).await {
+                match main.control(|completion| Control::StorageSnapshot { completion }, config.activate_timeout).await
+                {
                     Ok(Completion::StorageSeed(seed)) => {
                         endpoint
                             .control(|completion| Control::SeedStorage { completion, seed }, config.activate_timeout)

@@ -73,7 +73,8 @@ impl Host {
         let limits = Limits { value: config.storage.value_limit, total: config.storage.total_limit };
         let seed = storage.seed(&version.to_string(), limits).await;
         link.set_storage(storage);
-        let seeded = main.control(|completion| Control::SeedStorage { completion, seed }, config.activate_timeout).await;
+        let seeded =
+            main.control(|completion| Control::SeedStorage { completion, seed }, config.activate_timeout).await;
         if let Some(reason) = completion_problem("seeding the persisted storage", seeded) {
             teardown(&link, process.as_ref()).await;
             return Err(self.fail_activation(name, reason));

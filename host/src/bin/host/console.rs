@@ -137,9 +137,11 @@ async fn execute(host: &Host, line: &str) -> Result<String, String> {
             })
             .map_err(|e| text(&e)),
         "uninstall" => match rest.strip_suffix("--purge").map(str::trim) {
-            Some(name) => {
-                host.uninstall_purge(name).await.map(|()| format!("uninstalled {name}, data purged")).map_err(|e| text(&e))
-            }
+            Some(name) => host
+                .uninstall_purge(name)
+                .await
+                .map(|()| format!("uninstalled {name}, data purged"))
+                .map_err(|e| text(&e)),
             None => host.uninstall(rest).await.map(|()| format!("uninstalled {rest}")).map_err(|e| text(&e)),
         },
         "open" if rest == "child" => host
