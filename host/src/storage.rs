@@ -8,6 +8,10 @@
 //! as it is, never reset. A missing file is new data: it is created on the first write (under a
 //! temporary name, renamed into place once complete, so a crash never leaves a half-made file).
 
+// `redb::Error` is large (160 bytes); it is returned only on the rare path where a database
+// fails, and turned into a message at once.
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashMap;
 use std::fs;
 use std::panic::AssertUnwindSafe;
@@ -408,7 +412,7 @@ impl Writer {
         };
         self.publish_usage(None);
         // One answer per run of writes from the same activation.
-        let mut answers: Vec<(Weak<Link>, Vec<(u64, StorageOutcome)>)> = Vec::new();
+        let mut answers: Vec<(Weak<Link>, Outcomes)> = Vec::new();
         for ((link, commit), outcome) in group.into_iter().zip(outcomes) {
             match answers.last_mut() {
                 Some((last, outcomes)) if Weak::ptr_eq(last, &link) => outcomes.push((commit.id, outcome)),
@@ -479,6 +483,9 @@ impl Writer {
         }
     }
 }
+
+/// Each commit's id and what became of it.
+type Outcomes = Vec<(u64, StorageOutcome)>;
 
 /// The keys and bytes stored, as the total limit counts them.
 fn usage_of(database: &Database) -> Result<(u64, u64), redb::Error> {

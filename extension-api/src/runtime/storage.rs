@@ -139,7 +139,12 @@ impl Shared {
                     tracing::warn!("an answer for storage commit {id}, which main is not waiting for");
                     continue;
                 };
-                let mut commit = state.storage.commits.drain(..=at).last();
+                let mut answered: Vec<Commit> = state.storage.commits.drain(..=at).collect();
+                let mut commit = answered.pop();
+                if !answered.is_empty() {
+                    // Never answered: their `set`s fail (dropped) rather than wait.
+                    tracing::warn!("{} storage commits before {id} were never answered", answered.len());
+                }
                 let update = match (&outcome, commit.as_mut(), state.halves.get_mut(&PEER_MAIN)) {
                     (StorageOutcome::Committed, Some(commit), Some(main)) => {
                         let main = main.tier(Tier::Storage);
