@@ -230,6 +230,9 @@ pub enum StorageOutcome {
         /// The limit, in bytes.
         max: u64,
     },
+    /// Not written: the host's queue of writes for the extension is full (they come faster
+    /// than the disk syncs them).
+    Overloaded,
     /// Not written: the database is unavailable or the commit failed (the file and the reason).
     Unavailable {
         /// What went wrong.

@@ -79,8 +79,8 @@ impl Link {
             return abi::status::INVALID;
         };
         match self.storage.get() {
-            Some(storage) if storage.commit(self.me.clone(), commit) => abi::status::OK,
-            _ => abi::status::DEACTIVATED,
+            Some(storage) => storage.commit(self.me.clone(), commit),
+            None => abi::status::DEACTIVATED,
         }
     }
 

@@ -16,11 +16,13 @@ use std::collections::HashMap;
 use std::fs;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 
 use extension_api::STORE_ENTRY_OVERHEAD;
+use extension_api::abi;
 use extension_api::wire::{StorageCommit, StorageCommitted, StorageOutcome, StorageSeed, StoreSnapshot};
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition, TableError};
 use serde::Serialize;
@@ -35,6 +37,12 @@ const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 
 /// Most writes committed in one transaction.
 const MAX_GROUP: usize = 4096;
+
+/// Most writes (and bytes of keys and values) waiting for one extension's writer: past them a
+/// write is refused as overloaded (`BUSY`), so a main half writing faster than the disk syncs
+/// cannot grow the host's memory without bound.
+const MAX_QUEUED: u64 = 65_536;
+const MAX_QUEUED_BYTES: u64 = 64 << 20;
 
 /// How much of the persisted tier an extension may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +147,9 @@ enum Job {
 /// One extension's database and its writer thread.
 pub(crate) struct ExtensionDb {
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    /// Writes queued and not yet committed, and their bytes.
+    queued: AtomicU64,
+    queued_bytes: AtomicU64,
     thread: Mutex<Option<JoinHandle<()>>>,
     usage: Mutex<StorageUsage>,
 }
@@ -148,6 +159,8 @@ impl ExtensionDb {
         let (sender, receiver) = mpsc::channel();
         let db = Arc::new(ExtensionDb {
             jobs: Mutex::new(Some(sender)),
+            queued: AtomicU64::new(0),
+            queued_bytes: AtomicU64::new(0),
             thread: Mutex::new(None),
             usage: Mutex::new(StorageUsage::default()),
         });
@@ -184,9 +197,28 @@ impl ExtensionDb {
         }
     }
 
-    /// Queues a write; `link`'s main is answered once it is durable (or why not).
-    pub(crate) fn commit(&self, link: Weak<Link>, commit: StorageCommit) -> bool {
-        self.send(Job::Commit { link, commit }).is_ok()
+    /// Queues a write; `link`'s main is answered once it is durable (or why not). Returns a
+    /// status: `BUSY` past the queue's bounds, `DEACTIVATED` once the database is closed.
+    pub(crate) fn commit(&self, link: Weak<Link>, commit: StorageCommit) -> u32 {
+        let size = commit_size(&commit);
+        let queued = self.queued.fetch_add(1, Ordering::AcqRel);
+        let bytes = self.queued_bytes.fetch_add(size, Ordering::AcqRel);
+        if queued >= MAX_QUEUED || (queued > 0 && bytes + size > MAX_QUEUED_BYTES) {
+            self.dequeued(1, size);
+            return abi::status::BUSY;
+        }
+        match self.send(Job::Commit { link, commit }) {
+            Ok(()) => abi::status::OK,
+            Err(_) => {
+                self.dequeued(1, size);
+                abi::status::DEACTIVATED
+            }
+        }
+    }
+
+    fn dequeued(&self, writes: u64, bytes: u64) {
+        self.queued.fetch_sub(writes, Ordering::AcqRel);
+        self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
     }
 
     /// What main's persisted tier starts from, read after every write queued before.
@@ -227,6 +259,11 @@ struct Writer {
     keys: u64,
     bytes: u64,
     shared: Weak<ExtensionDb>,
+}
+
+/// What a queued write counts against [`MAX_QUEUED_BYTES`].
+fn commit_size(commit: &StorageCommit) -> u64 {
+    (commit.key.len() + commit.value.as_ref().map_or(0, Vec::len)) as u64
 }
 
 fn entry_size(key: &str, value: &[u8]) -> u64 {
@@ -402,6 +439,10 @@ impl Writer {
     fn commit_group(&mut self, group: Vec<(Weak<Link>, StorageCommit)>) {
         if group.is_empty() {
             return;
+        }
+        if let Some(shared) = self.shared.upgrade() {
+            let bytes = group.iter().map(|(_, commit)| commit_size(commit)).sum();
+            shared.dequeued(group.len() as u64, bytes);
         }
         let outcomes = match self.apply(&group) {
             Ok(outcomes) => outcomes,

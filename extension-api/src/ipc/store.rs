@@ -139,8 +139,10 @@ pub enum StoreError {
         /// The frame the handle's half ran in.
         frame: crate::FrameId,
     },
-    /// Main's mailbox is full (main is slower than the writes reaching it); nothing was
-    /// written. A writer in another process is not told at once: its write times out.
+    /// Main's mailbox is full (main is slower than the writes reaching it), or, for the
+    /// persisted tier, the host's queue of writes is (they come faster than the disk syncs
+    /// them); nothing was written. A store writer in another process is not told at once: its
+    /// write times out.
     #[error("cannot store `{key}`: main's mailbox is full")]
     Overloaded {
         /// The key being written.

@@ -88,6 +88,7 @@ impl Shared {
         }
         bytes?;
         Err(match status {
+            abi::status::BUSY => StoreError::Overloaded { key },
             abi::status::TOO_LARGE => {
                 StoreError::TooLarge { key, size: commit.value.map_or(0, |v| v.len()), limit: abi::MAX_MESSAGE }
             }
@@ -109,6 +110,7 @@ impl Shared {
                 StorageOutcome::TooLarge { size: size as u64, max: limit as u64 }
             }
             Err(StoreError::Unavailable { reason, .. }) => StorageOutcome::Unavailable { reason },
+            Err(StoreError::Overloaded { .. }) => StorageOutcome::Overloaded,
             Err(error) => return tracing::warn!("a storage write from {origin} was dropped: {error}"),
         };
         self.refuse_storage_write(origin, StorageRefusal { write_id, key, outcome });
@@ -239,6 +241,7 @@ fn refusal_error(key: String, outcome: StorageOutcome) -> StoreError {
         }
         StorageOutcome::Full { size: total, max } => StoreError::Full { key, size: size(total), limit: size(max) },
         StorageOutcome::Unavailable { reason } => StoreError::Unavailable { key, reason },
+        StorageOutcome::Overloaded => StoreError::Overloaded { key },
         // Not a refusal; never sent as one.
         StorageOutcome::Committed => StoreError::Unavailable { key, reason: "committed".into() },
     }
