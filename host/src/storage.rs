@@ -38,6 +38,13 @@ const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 /// Most writes committed in one transaction.
 const MAX_GROUP: usize = 4096;
 
+/// How long, at most, the writer waits for more writes when fewer are queued than it committed
+/// last time (many writers, whose next writes are on their way): an eighth of the last commit's
+/// time, so a slow disk gathers fuller groups and a fast one hardly waits. A lone writer never
+/// waits (its groups are of one).
+const GATHER_SHARE: u32 = 8;
+const GATHER_MAX: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// Most writes (and bytes of keys and values) waiting for one extension's writer: past them a
 /// write is refused as overloaded (`BUSY`), so a main half writing faster than the disk syncs
 /// cannot grow the host's memory without bound.
@@ -174,6 +181,7 @@ impl ExtensionDb {
             keys: 0,
             bytes: 0,
             shared: Arc::downgrade(&db),
+            last_commit: std::time::Duration::ZERO,
         };
         let spawned = std::thread::Builder::new().name(format!("storage:{name}")).spawn(move || writer.run(receiver));
         match spawned {
@@ -259,6 +267,8 @@ struct Writer {
     keys: u64,
     bytes: u64,
     shared: Weak<ExtensionDb>,
+    /// How long the last group took to commit (and sync).
+    last_commit: std::time::Duration,
 }
 
 /// What a queued write counts against [`MAX_QUEUED_BYTES`].
@@ -272,24 +282,45 @@ fn entry_size(key: &str, value: &[u8]) -> u64 {
 
 impl Writer {
     fn run(&mut self, jobs: mpsc::Receiver<Job>) {
+        // The size of the last group: writers that were waiting together then are likely to
+        // write again together now (see `GATHER`).
+        let mut last_group = 0;
         while let Ok(first) = jobs.recv() {
             let mut group = Vec::new();
             let mut next = Some(first);
-            while let Some(job) = next.take() {
-                match job {
-                    Job::Commit { link, commit } => {
-                        group.push((link, commit));
-                        if group.len() < MAX_GROUP {
-                            next = jobs.try_recv().ok();
-                        }
-                    }
-                    Job::Seed { version, reply } => {
+            let mut deadline = None;
+            loop {
+                match next.take() {
+                    Some(Job::Commit { link, commit }) => group.push((link, commit)),
+                    Some(Job::Seed { version, reply }) => {
                         // What was queued before the seed is committed first.
                         self.commit_group(std::mem::take(&mut group));
                         let _ = reply.send(self.seed(version));
-                        next = jobs.try_recv().ok();
                     }
+                    None => {}
                 }
+                if group.len() >= MAX_GROUP {
+                    break;
+                }
+                next = jobs.try_recv().ok();
+                if next.is_some() || group.is_empty() || group.len() >= last_group {
+                    if next.is_none() {
+                        break;
+                    }
+                    continue;
+                }
+                // Fewer than last time: the others are likely on their way (their answers just
+                // went out). Wait a moment for them rather than pay a sync of their own.
+                let gather = (self.last_commit / GATHER_SHARE).min(GATHER_MAX);
+                let until = *deadline.get_or_insert_with(|| std::time::Instant::now() + gather);
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                match jobs.recv_timeout(left) {
+                    Ok(job) => next = Some(job),
+                    Err(_) => break,
+                }
+            }
+            if !group.is_empty() {
+                last_group = group.len();
             }
             self.commit_group(group);
         }
@@ -444,7 +475,10 @@ impl Writer {
             let bytes = group.iter().map(|(_, commit)| commit_size(commit)).sum();
             shared.dequeued(group.len() as u64, bytes);
         }
-        let outcomes = match self.apply(&group) {
+        let started = std::time::Instant::now();
+        let applied = self.apply(&group);
+        self.last_commit = started.elapsed();
+        let outcomes = match applied {
             Ok(outcomes) => outcomes,
             Err(reason) => {
                 tracing::error!(extension = %self.name, writes = group.len(), "storage writes failed: {reason}");
