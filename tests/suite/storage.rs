@@ -244,6 +244,10 @@ async fn damaged_file_is_a_clear_error(damage: impl FnOnce(&Path)) {
     assert!(error.message.contains("persisted storage is unavailable") && error.message.contains(&named), "{error}");
     let error = call::<_, ()>(&host, "keeper", "set", ("precious", "overwrite")).await.unwrap_err();
     assert!(error.message.contains(&named), "{error}");
+    // A frame in a renderer process is told the same.
+    let frame = host.open_child_frame().await.unwrap();
+    let error = call::<_, ()>(&host, "keeper", "frame-set", (frame.0, "precious", "overwrite")).await.unwrap_err();
+    assert!(error.message.contains(&named), "{error}");
     let usage = host.inspect().await.extension("keeper").unwrap().storage.clone();
     assert!(usage.error.as_deref().is_some_and(|error| error.contains(&named)), "{usage:?}");
     // The extension runs on (with no keys to list); the other is untouched.
@@ -294,6 +298,24 @@ async fn a_database_locked_by_another_host_is_a_clear_error() {
     second.shutdown().await;
     assert_eq!(get(&first, "keeper", "mine").await.as_deref(), Some("first"), "the first host is unaffected");
     first.shutdown().await;
+}
+
+/// `host run --data-dir` keeps the data there; the console's `uninstall NAME --purge` deletes it.
+#[tokio::test]
+async fn the_binary_keeps_data_in_its_data_dir_and_the_console_purges_it() {
+    let dir = crate::loading::tempdir();
+    let mut child = support::spawn_console(&["--frames", "0", "--data-dir", dir.to_str().unwrap()], &["keeper"]);
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    while !next_line(&mut stdout).await.is_some_and(|line| line.starts_with("console ready")) {}
+    stdin.write_all(b"invoke keeper set [\"colour\", \"teal\"]\n").await.unwrap();
+    assert_eq!(next_line(&mut stdout).await.as_deref(), Some("reply: null"));
+    assert!(file_of(&dir, "keeper").exists());
+    stdin.write_all(b"uninstall keeper --purge\n").await.unwrap();
+    assert_eq!(next_line(&mut stdout).await.as_deref(), Some("uninstalled keeper, data purged"));
+    assert!(!file_of(&dir, "keeper").exists());
+    stdin.write_all(b"quit\n").await.unwrap();
+    child.wait().await.unwrap();
 }
 
 /// The real `host` binary, SIGKILLed while main, an in-process frame and a renderer process's
