@@ -290,6 +290,18 @@ impl TestHost {
             .transpose()
     }
 
+    /// The value of `key` in the extension's persisted tier (main's replica: durable writes).
+    pub async fn storage<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, TestError> {
+        let values = self.host.storage_values(&self.name).await?;
+        values
+            .get(key)
+            .map(|bytes| {
+                extension_api::wire::decode(bytes)
+                    .map_err(|error| TestError::Decode { what: key.to_owned(), reason: error.to_string() })
+            })
+            .transpose()
+    }
+
     /// Deactivates the extension, then closes everything.
     pub async fn stop(self) -> Result<crate::DeactivateReport, TestError> {
         let report = self.host.deactivate(&self.name).await?;

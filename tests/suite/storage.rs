@@ -66,6 +66,8 @@ async fn persists_across_cycles_uninstall_and_restarts(isolated: bool) {
     assert_eq!(call::<_, Option<String>>(&host, "keeper", "stored-version", ()).await.unwrap(), None, "new data");
     set(&host, "keeper", "colour", "teal").await;
     assert_eq!(get(&host, "keeper", "colour").await.as_deref(), Some("teal"), "a resolved write reads back");
+    let values = host.storage_values("keeper").await.unwrap();
+    assert_eq!(values.get("colour"), Some(&rmp_serde::to_vec("teal").unwrap()), "the embedder's view");
 
     // Deactivate and activate: the data is still there, with what `deactivate` saved.
     host.deactivate("keeper").await.unwrap();

@@ -454,6 +454,19 @@ impl Host {
         }
     }
 
+    /// The extension's persisted tier as main holds it (every write the host made durable and
+    /// main applied): each key's MessagePack value.
+    pub async fn storage_values(&self, name: &str) -> Result<BTreeMap<String, Vec<u8>>, HostError> {
+        let link = self.active_link(name)?;
+        let main = link.endpoint_of(PEER_MAIN).ok_or_else(|| HostError::UnknownExtension(name.to_owned()))?;
+        match main.control(|completion| Control::StorageSnapshot { completion }, INSPECT_TIMEOUT).await {
+            Ok(Completion::StorageSeed(seed)) => {
+                Ok(seed.snapshot.values.into_iter().map(|(key, value)| (key, value.into_vec())).collect())
+            }
+            _ => Err(HostError::Refused { name: name.to_owned(), status: extension_api::abi::status::DEACTIVATED }),
+        }
+    }
+
     /// A snapshot of every extension and frame.
     pub async fn inspect(&self) -> HostSnapshot {
         let entries: Vec<(ExtensionSnapshot, Option<Arc<Link>>)> = lock(&self.inner.extensions)
