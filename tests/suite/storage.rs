@@ -386,3 +386,15 @@ mod keeper {
         format!("{key}={}", key.repeat(16))
     }
 }
+
+/// `TestHost` keeps each test's persisted data apart, in a fresh directory of its own.
+#[tokio::test]
+async fn test_hosts_start_with_no_persisted_data_and_read_it() {
+    let first = extension_host::testing::TestHost::start(support::library("keeper")).await.unwrap();
+    let () = first.invoke("set", &("colour", "teal")).await.unwrap();
+    assert_eq!(first.storage::<String>("colour").await.unwrap().as_deref(), Some("teal"));
+    let second = extension_host::testing::TestHost::start(support::library("keeper")).await.unwrap();
+    assert_eq!(second.storage::<String>("colour").await.unwrap(), None, "a fresh directory");
+    second.stop().await.unwrap();
+    first.stop().await.unwrap();
+}
