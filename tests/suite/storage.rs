@@ -325,7 +325,7 @@ async fn the_binary_keeps_data_in_its_data_dir_and_the_console_purges_it() {
 /// restart, whole, and the replicas agree.
 #[tokio::test]
 async fn kill_9_during_writes_loses_no_resolved_write() {
-    const PER_HALF: u32 = 3000;
+    const PER_HALF: u32 = 10_000;
     let dir = crate::loading::tempdir();
     let data_dir = dir.to_str().unwrap();
     let mut child =
@@ -335,11 +335,10 @@ async fn kill_9_during_writes_loses_no_resolved_write() {
     while !next_line(&mut stdout).await.is_some_and(|line| line.starts_with("console ready")) {}
     stdin.write_all(b"watch on\n").await.unwrap();
     while next_line(&mut stdout).await.as_deref() != Some("ok") {}
-    stdin.write_all(format!("broadcast keeper flood {PER_HALF}\n").as_bytes()).await.unwrap();
-    // `event keeper resolved from main: "m-17"`: collect until a good share resolved.
+    // `event keeper resolved from main: "m1-17"`.
     let mut resolved = BTreeSet::new();
     let mut halves = BTreeSet::new();
-    while resolved.len() < 2000 || halves.len() < 3 {
+    let mut read_resolved = async |resolved: &mut BTreeSet<String>, halves: &mut BTreeSet<String>| {
         let line = next_line(&mut stdout).await.expect("the host runs");
         assert!(!line.contains("missed"), "the console lagged: {line}");
         if let Some(rest) = line.strip_prefix("event keeper resolved from ") {
@@ -347,6 +346,17 @@ async fn kill_9_during_writes_loses_no_resolved_write() {
             halves.insert(sender.to_owned());
             resolved.insert(serde_json::from_str::<String>(key).unwrap());
         }
+    };
+    // Round 1: every half's writes resolve.
+    stdin.write_all(b"broadcast keeper flood [1, 1000]\n").await.unwrap();
+    while resolved.len() < 3000 {
+        read_resolved(&mut resolved, &mut halves).await;
+    }
+    assert_eq!(halves.len(), 3, "main and both frames wrote: {halves:?}");
+    // Round 2: killed with most of its 30,000 writes in flight.
+    stdin.write_all(format!("broadcast keeper flood [2, {PER_HALF}]\n").as_bytes()).await.unwrap();
+    while resolved.len() < 3500 {
+        read_resolved(&mut resolved, &mut halves).await;
     }
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap()),
@@ -354,12 +364,18 @@ async fn kill_9_during_writes_loses_no_resolved_write() {
     )
     .unwrap();
     child.wait().await.unwrap();
-    let written = 3 * PER_HALF as usize;
-    assert!(resolved.len() < written, "killed while writes were still in flight ({} resolved)", resolved.len());
+    // How many writes were still in flight varies (the test reads its `resolved` lines behind
+    // the host); none of what it saw resolve may be missing.
 
     // Restart on the same data directory (the database recovers from the torn commit).
     let host = host_in(&dir, &["keeper"], false).await;
     let values = dump(&host, "keeper").await;
+    eprintln!(
+        "{} writes seen resolved, {} of {} present after the restart",
+        resolved.len(),
+        values.len(),
+        3 * (1000 + PER_HALF)
+    );
     for key in &resolved {
         let value = values.get(key).unwrap_or_else(|| panic!("resolved write `{key}` is lost"));
         assert_eq!(value, &keeper::flood_value(key), "torn value at `{key}`");
@@ -397,4 +413,32 @@ async fn test_hosts_start_with_no_persisted_data_and_read_it() {
     assert_eq!(second.storage::<String>("colour").await.unwrap(), None, "a fresh directory");
     second.stop().await.unwrap();
     first.stop().await.unwrap();
+}
+
+/// An isolated extension's process SIGKILLed while it writes: the host commits what reached it,
+/// the restarted activation starts from all of it (every write whose `set` resolved), whole.
+#[tokio::test]
+async fn an_isolated_extension_killed_mid_writes_restarts_with_every_resolved_write() {
+    let dir = crate::loading::tempdir();
+    let host = host_in(&dir, &["keeper"], true).await;
+    let mut events = host.events();
+    let mut seen = host.broadcasts();
+    host.broadcast("keeper", "flood", &(1u32, 3000u32)).unwrap();
+    let mut resolved = BTreeSet::new();
+    while resolved.len() < 1000 {
+        let event = tokio::time::timeout(FAILSAFE, seen.recv()).await.unwrap().unwrap();
+        if event.channel == "resolved" {
+            resolved.insert(event.value::<String>().unwrap());
+        }
+    }
+    let pid = host.inspect().await.extension("keeper").unwrap().pid.unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()), nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
+    support::wait_event(&mut events, |event| matches!(event, extension_host::HostEvent::ExtensionRestarted { .. }))
+        .await;
+    let values = dump(&host, "keeper").await;
+    for key in &resolved {
+        assert_eq!(values.get(key), Some(&keeper::flood_value(key)), "resolved write `{key}`");
+    }
+    host.shutdown().await;
 }
