@@ -58,7 +58,8 @@ pub(crate) struct Limits {
     pub(crate) total: u64,
 }
 
-/// An extension's use of its persisted tier, as inspect shows it.
+/// An extension's use of its persisted tier, as inspect shows it: as the host last saw it
+/// (zero until the extension's first activation in this host reads its file).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct StorageUsage {
     /// The extension's database file (it may not exist yet: it is created on the first write).

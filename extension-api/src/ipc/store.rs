@@ -158,7 +158,8 @@ pub enum StoreError {
         /// The database file and what went wrong with it.
         reason: String,
     },
-    /// Main did not sequence a renderer's write in time.
+    /// Main did not sequence a renderer's write in time (the persisted tier: the write was not
+    /// made durable and applied in time; it may still become durable later).
     #[error("main did not sequence the write of `{key}` within {timeout:?}")]
     TimedOut {
         /// The key being written.
