@@ -171,6 +171,30 @@ mod tests {
     }
 
     #[test]
+    fn storage_limits_past_a_snapshot_or_inverted_are_refused_naming_the_field() {
+        let mut config = HostConfig::default();
+        assert_eq!(config.validate(), Ok(()));
+        config.storage.total_limit = extension_api::STORE_TOTAL_LIMIT as u64 + 1;
+        assert!(matches!(config.validate(), Err(HostError::InvalidConfig { field: "storage.total_limit", .. })));
+        config.storage.total_limit = 100;
+        config.storage.value_limit = 101;
+        assert!(matches!(config.validate(), Err(HostError::InvalidConfig { field: "storage.value_limit", .. })));
+        config.storage.value_limit = 0;
+        assert!(matches!(config.validate(), Err(HostError::InvalidConfig { field: "storage.value_limit", .. })));
+        config.storage.value_limit = 100;
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn the_default_data_dir_is_the_per_user_data_directory() {
+        let dir = default_data_dir();
+        assert!(dir.ends_with("extension-host"), "{}", dir.display());
+        if let Some(data) = dirs::data_dir() {
+            assert_eq!(dir, data.join("extension-host"));
+        }
+    }
+
+    #[test]
     fn old_crashes_leave_the_window() {
         let budget = CrashBudget { crashes: 1, window: Duration::ZERO };
         let mut log = CrashLog::default();
