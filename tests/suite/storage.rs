@@ -13,6 +13,28 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::support::{self, FAILSAFE, Transport};
 
+/// A fresh data directory, removed when the test ends (database files add up).
+struct DataDir(PathBuf);
+
+impl DataDir {
+    fn new() -> DataDir {
+        DataDir(crate::loading::tempdir())
+    }
+}
+
+impl std::ops::Deref for DataDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn config_in(dir: &Path) -> HostConfig {
     let mut config = support::config();
     config.storage.data_dir = dir.to_owned();
@@ -61,7 +83,7 @@ fn file_of(dir: &Path, name: &str) -> PathBuf {
 }
 
 async fn persists_across_cycles_uninstall_and_restarts(isolated: bool) {
-    let dir = crate::loading::tempdir();
+    let dir = DataDir::new();
     let host = host_in(&dir, &["keeper"], isolated).await;
     assert_eq!(call::<_, Option<String>>(&host, "keeper", "stored-version", ()).await.unwrap(), None, "new data");
     set(&host, "keeper", "colour", "teal").await;
@@ -117,7 +139,7 @@ async fn values_survive_deactivation_uninstall_and_host_restarts_and_purge_remov
 
 /// Frames read the persisted tier from their replica, write it through main, and watch it.
 async fn frames_share_the_persisted_tier(transport: Transport) {
-    let dir = crate::loading::tempdir();
+    let dir = DataDir::new();
     let host = host_in(&dir, &["keeper"], false).await;
     set(&host, "keeper", "before", "opened").await;
     let frame = support::open_frame(&host, transport).await;
@@ -152,7 +174,7 @@ async fn frames_share_the_persisted_tier(transport: Transport) {
 conformance!(frames_share_the_persisted_tier);
 
 async fn same_keys_never_meet(isolated: bool) {
-    let dir = crate::loading::tempdir();
+    let dir = DataDir::new();
     let host = host_in(&dir, &["keeper", "keeper-twin"], isolated).await;
     set(&host, "keeper", "shared", "keeper's").await;
     set(&host, "keeper-twin", "shared", "twin's").await;
@@ -182,7 +204,7 @@ async fn two_isolated_extensions_with_the_same_keys_never_see_each_others_data()
 
 #[tokio::test]
 async fn limits_are_refused_with_the_reason_from_every_half_and_inspect_shows_usage() {
-    let dir = crate::loading::tempdir();
+    let dir = DataDir::new();
     let mut config = config_in(&dir);
     config.storage.value_limit = 100;
     config.storage.total_limit = 400;
@@ -219,7 +241,7 @@ async fn limits_are_refused_with_the_reason_from_every_half_and_inspect_shows_us
 
 #[tokio::test]
 async fn a_value_that_no_longer_decodes_as_the_type_asked_for_is_a_typed_error() {
-    let dir = crate::loading::tempdir();
+    let dir = DataDir::new();
     let host = host_in(&dir, &["keeper"], false).await;
     set(&host, "keeper", "count", "not a number").await;
     let error = call::<_, Option<u64>>(&host, "keeper", "get-u64", "count").await.unwrap_err();
@@ -230,7 +252,7 @@ async fn a_value_that_no_longer_decodes_as_the_type_asked_for_is_a_typed_error()
 /// Damages the file between runs: the tier is unavailable with the file and the reason, the
 /// extension still runs, the file is left as it was, and the other extension is unaffected.
 async fn damaged_file_is_a_clear_error(damage: impl FnOnce(&Path)) {
-    let dir = crate::loading::tempdir();
+    let dir = DataDir::new();
     let host = host_in(&dir, &["keeper", "keeper-twin"], false).await;
     set(&host, "keeper", "precious", "data").await;
     set(&host, "keeper-twin", "precious", "twin data").await;
@@ -290,7 +312,7 @@ async fn a_scribbled_database_file_is_a_clear_error_and_is_left_as_it_is() {
 
 #[tokio::test]
 async fn a_database_locked_by_another_host_is_a_clear_error() {
-    let dir = crate::loading::tempdir();
+    let dir = DataDir::new();
     let first = host_in(&dir, &["keeper"], false).await;
     set(&first, "keeper", "mine", "first").await;
     let second = host_in(&dir, &["keeper"], false).await;
@@ -305,7 +327,7 @@ async fn a_database_locked_by_another_host_is_a_clear_error() {
 /// `host run --data-dir` keeps the data there; the console's `uninstall NAME --purge` deletes it.
 #[tokio::test]
 async fn the_binary_keeps_data_in_its_data_dir_and_the_console_purges_it() {
-    let dir = crate::loading::tempdir();
+    let dir = DataDir::new();
     let mut child = support::spawn_console(&["--frames", "0", "--data-dir", dir.to_str().unwrap()], &["keeper"]);
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -326,7 +348,7 @@ async fn the_binary_keeps_data_in_its_data_dir_and_the_console_purges_it() {
 #[tokio::test]
 async fn kill_9_during_writes_loses_no_resolved_write() {
     const PER_HALF: u32 = 10_000;
-    let dir = crate::loading::tempdir();
+    let dir = DataDir::new();
     let data_dir = dir.to_str().unwrap();
     let mut child =
         support::spawn_console(&["--frames", "1", "--child-frames", "1", "--data-dir", data_dir], &["keeper"]);
@@ -419,7 +441,7 @@ async fn test_hosts_start_with_no_persisted_data_and_read_it() {
 /// the restarted activation starts from all of it (every write whose `set` resolved), whole.
 #[tokio::test]
 async fn an_isolated_extension_killed_mid_writes_restarts_with_every_resolved_write() {
-    let dir = crate::loading::tempdir();
+    let dir = DataDir::new();
     let host = host_in(&dir, &["keeper"], true).await;
     let mut events = host.events();
     let mut seen = host.broadcasts();
