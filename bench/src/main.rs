@@ -34,6 +34,9 @@ struct Cli {
     /// Only run the in-process invoke loop, this many times (for a profiler).
     #[arg(long, hide = true)]
     profile_invoke: Option<u64>,
+    /// Only the durable-writes table.
+    #[arg(long, hide = true)]
+    durable: bool,
     /// Internal: the echo peer of the raw socket baseline.
     #[arg(long, hide = true)]
     echo_server: Option<PathBuf>,
@@ -82,6 +85,15 @@ fn main() -> Result<()> {
             anyhow::Ok(())
         });
     }
+    if cli.durable {
+        return runtime.block_on(async {
+            let host = bench_host(&artifacts, false).await?;
+            let table = durable_table(&artifacts, &host, if cli.quick { 10 } else { 1 }).await?;
+            host.shutdown().await;
+            println!("{table}");
+            anyhow::Ok(())
+        });
+    }
     if cli.soak {
         runtime.block_on(soak::soak(&artifacts, if cli.quick { 10 } else { 1 }))?;
         println!("soak: nothing leaked");
@@ -106,7 +118,50 @@ fn library(artifacts: &Path, name: &str) -> PathBuf {
 }
 
 fn config(artifacts: &Path) -> HostConfig {
-    HostConfig { child_program: artifacts.join("host"), max_log_level: LevelFilter::WARN, ..HostConfig::default() }
+    let mut config =
+        HostConfig { child_program: artifacts.join("host"), max_log_level: LevelFilter::WARN, ..HostConfig::default() };
+    config.storage.data_dir = data_dir(artifacts);
+    config
+}
+
+/// The bench's data directory: beside the builds, on the disk they are on (not a tmpfs).
+fn data_dir(artifacts: &Path) -> PathBuf {
+    artifacts.join("bench-data")
+}
+
+/// redb's own rate, on the same disk: `total` writes of the durable bench's keys and values,
+/// `batch` to a transaction, each transaction committed and synced (`Durability::Immediate`,
+/// the default, as the host's). Writes per second.
+fn redb_batched(dir: &Path, batch: u64, total: u64) -> Result<f64> {
+    const TABLE: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("values");
+    std::fs::create_dir_all(dir)?;
+    let file = dir.join(format!("redb-baseline-{batch}.redb"));
+    let _ = std::fs::remove_file(&file);
+    let database = redb::Database::create(&file)?;
+    let start = Instant::now();
+    let mut n = 0;
+    while n < total {
+        let txn = database.begin_write()?;
+        {
+            let mut table = txn.open_table(TABLE)?;
+            for _ in 0..batch.min(total - n) {
+                let key = format!("w{}-{}", n % 64, n / 64);
+                table.insert(key.as_str(), rmp_serde::to_vec_named(&n)?.as_slice())?;
+                n += 1;
+            }
+        }
+        txn.commit()?;
+    }
+    let rate = total as f64 / start.elapsed().as_secs_f64();
+    drop(database);
+    std::fs::remove_file(&file)?;
+    Ok(rate)
+}
+
+/// Writes per second of one run of `count` durable writes by `writers` writers.
+async fn durable_once(host: &Host, count: u64, writers: usize) -> Result<f64> {
+    let outcome = run(host, "durable", 1, count, writers).await?;
+    Ok(outcome.count as f64 * 1e9 / outcome.nanos as f64)
 }
 
 /// A host running the bench extension with four frames of one kind.
@@ -319,6 +374,73 @@ fn machine() -> String {
     format!("{cpu}, {cores} cores, {:.0} GiB memory, Linux {}", memory as f64 / 1048576.0, std::env::consts::ARCH)
 }
 
+/// The durable-writes table: the persisted tier, 1 and 64 writers, against redb's own batched
+/// commits on the same disk in the same run.
+async fn durable_table(artifacts: &Path, local: &Host, scale: u64) -> Result<String> {
+    let mut out = String::new();
+    let line = |out: &mut String, text: String| {
+        eprintln!("{text}");
+        out.push_str(&text);
+        out.push('\n');
+    };
+    // Durable writes: the persisted tier against redb's own batched commits, same disk.
+    let _ = std::fs::remove_dir_all(data_dir(artifacts));
+    // Rounds interleave ours and redb's, so both meet the same disk and the same neighbours.
+    let (few, many) = (500 / scale.min(5), 64 * 100 / scale);
+    run(local, "durable", 1, 64, 64).await?; // warm-up
+    let mut samples: [Vec<f64>; 6] = Default::default();
+    for _ in 0..ROUNDS {
+        samples[0].push(durable_once(local, few, 1).await?);
+        samples[1].push(durable_once(local, many, 64).await?);
+        samples[5].push(durable_once(local, many / 1024 * 1024, 1024).await?);
+        let dir = data_dir(artifacts);
+        let rates = tokio::task::spawn_blocking(move || {
+            anyhow::Ok([redb_batched(&dir, 1, few)?, redb_batched(&dir, 64, many)?, redb_batched(&dir, 1024, many)?])
+        })
+        .await??;
+        for (at, rate) in rates.into_iter().enumerate() {
+            samples[2 + at].push(rate);
+        }
+    }
+    let [one_writer, many_writers, redb_1, redb_64, redb_1024, crowd] = samples.map(median);
+    line(&mut out, "## Durable writes (persisted tier: committed and synced before `set` resolves)".into());
+    line(&mut out, String::new());
+    line(&mut out, "| what | writes/s | against redb's own commits (same disk, same run) | target |".into());
+    line(&mut out, "| --- | --- | --- | --- |".into());
+    line(
+        &mut out,
+        format!(
+            "| 1 writer (a frame's sequential `set`s) | {one_writer:.0} | {:.2}x redb, 1 write a commit ({redb_1:.0}/s) | |",
+            redb_1 / one_writer
+        ),
+    );
+    line(
+        &mut out,
+        format!(
+            "| 64 concurrent writers (group commit) | {many_writers:.0} | {:.2}x redb, 64 writes a commit ({redb_64:.0}/s) | ≤ 2x |",
+            redb_64 / many_writers
+        ),
+    );
+    line(
+        &mut out,
+        format!(
+            "| 1024 concurrent writers | {crowd:.0} | {:.2}x redb's best batched rate (below) | ≤ 2x |",
+            redb_1024 / crowd
+        ),
+    );
+    line(
+        &mut out,
+        format!(
+            "| redb's best batched rate (1024 writes a commit) | {redb_1024:.0} | {:.2}x ours with 64 writers | |",
+            redb_1024 / many_writers
+        ),
+    );
+    line(&mut out, String::new());
+    let _ = std::fs::remove_dir_all(data_dir(artifacts));
+
+    Ok(out)
+}
+
 async fn measure(artifacts: &Path, quick: bool) -> Result<String> {
     let scale = if quick { 10 } else { 1 };
     let mut out = String::new();
@@ -409,6 +531,8 @@ async fn measure(artifacts: &Path, quick: bool) -> Result<String> {
         ),
     );
     line(&mut out, String::new());
+
+    out.push_str(&durable_table(artifacts, &local, scale).await?);
 
     // 5: payload sizes.
     line(&mut out, "## Payload sizes (invoke round trip, the value goes both ways)".into());

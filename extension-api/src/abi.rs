@@ -13,7 +13,7 @@ use std::ffi::c_void;
 
 /// Version of the layouts in this module. Bump it on any change to them or to the meaning of
 /// a call, a status code or a [`crate::wire`] type.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Name of the static every extension library exports (see [`crate::export_extension!`]).
 pub const DESCRIPTOR_SYMBOL: &str = "EXTENSION_DESCRIPTOR";
@@ -99,6 +99,19 @@ pub mod kind {
     /// Main refuses a renderer half's store write (payload: `wire::StoreRefusal`); it goes to
     /// the writer only.
     pub const STORE_REFUSAL: u32 = 7;
+    /// The persisted tier's [`STORE_WRITE`]: a renderer half asks main to sequence a write.
+    pub const STORAGE_WRITE: u32 = 8;
+    /// The persisted tier's [`STORE_UPDATE`]: main publishes a write the host made durable.
+    pub const STORAGE_UPDATE: u32 = 9;
+    /// Main tells a renderer half its write was not written (payload:
+    /// `wire::StorageRefusal`); it goes to the writer only.
+    pub const STORAGE_REFUSAL: u32 = 10;
+    /// Main asks the host to make a write durable (payload: `wire::StorageCommit`), to
+    /// [`super::PEER_HOST`]. Routed even while the extension deactivates, so `deactivate` can
+    /// save its state.
+    pub const STORAGE_COMMIT: u32 = 11;
+    /// The host answers main's commits, in order (payload: `wire::StorageCommitted`).
+    pub const STORAGE_COMMITTED: u32 = 12;
 }
 
 /// Status codes returned by calls across the boundary, and carried by replies.

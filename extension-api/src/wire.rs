@@ -104,6 +104,19 @@ pub enum Control {
         /// Main's store replica to start from.
         snapshot: StoreSnapshot,
     },
+    /// Ask main for its replica of the persisted tier (to seed an instance in another process).
+    StorageSnapshot {
+        /// Number of the command, echoed in its completion.
+        completion: u64,
+    },
+    /// Seed the persisted tier: main's instance before `ActivateMain` (from the database), an
+    /// instance without main before its first frame opens (from main's replica).
+    SeedStorage {
+        /// Number of the command, echoed in its completion.
+        completion: u64,
+        /// What to start from.
+        seed: StorageSeed,
+    },
     /// The extension is deactivating: the host routes nothing for it any more and has failed
     /// the requests it routed; the instance fails the requests between its own halves
     /// (`Deactivated`) and starts no new ones.
@@ -125,6 +138,8 @@ impl Control {
             | Control::SetFrames { completion, .. }
             | Control::StoreSnapshot { completion }
             | Control::SeedStore { completion, .. }
+            | Control::StorageSnapshot { completion }
+            | Control::SeedStorage { completion, .. }
             | Control::StopRouting { completion } => *completion,
         }
     }
@@ -154,6 +169,87 @@ pub enum Completion {
     Inspected(InstanceSnapshot),
     /// The answer to [`Control::StoreSnapshot`].
     StoreSnapshot(StoreSnapshot),
+    /// The answer to [`Control::StorageSnapshot`].
+    StorageSeed(StorageSeed),
+}
+
+/// Where the persisted tier starts from, with the host's limits for it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StorageSeed {
+    /// The values, and the sequence number of the last write included.
+    pub snapshot: StoreSnapshot,
+    /// Why the tier is unavailable this activation (the database could not be opened: the
+    /// file and the reason); `None` when it works. Nothing is read or written then.
+    pub unavailable: Option<String>,
+    /// Largest encoded value, in bytes.
+    pub value_limit: u64,
+    /// Largest the extension's data may grow (keys, values and 16 bytes an entry), in bytes.
+    pub total_limit: u64,
+    /// The extension's version that ran with this data before this activation (`None` for
+    /// new data): what an extension migrates from.
+    pub stored_version: Option<String>,
+}
+
+/// Main asks the host to make one write of the persisted tier durable (kind
+/// `STORAGE_COMMIT`, to `PEER_HOST`). The host answers every commit, in order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StorageCommit {
+    /// Main's number for it, increasing.
+    pub id: u64,
+    /// The key to write.
+    pub key: String,
+    /// The new MessagePack value; `None` deletes the key.
+    #[serde(with = "serde_bytes", default)]
+    pub value: Option<Vec<u8>>,
+}
+
+/// The host's answer to main's commits, in the order they were sent (kind
+/// `STORAGE_COMMITTED`): several, when they were committed together.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StorageCommitted {
+    /// `(StorageCommit::id, what became of it)`, in commit order.
+    pub outcomes: Vec<(u64, StorageOutcome)>,
+}
+
+/// What became of one write of the persisted tier.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum StorageOutcome {
+    /// Committed and synced.
+    Committed,
+    /// Refused: the value is over the limit.
+    TooLarge {
+        /// The value's size, in bytes.
+        size: u64,
+        /// The limit, in bytes.
+        max: u64,
+    },
+    /// Refused: the extension's data would pass its total.
+    Full {
+        /// The data's size with the write, in bytes.
+        size: u64,
+        /// The limit, in bytes.
+        max: u64,
+    },
+    /// Not written: the host's queue of writes for the extension is full (they come faster
+    /// than the disk syncs them).
+    Overloaded,
+    /// Not written: the database is unavailable or the commit failed (the file and the reason).
+    Unavailable {
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Main's answer to a renderer's write of the persisted tier that was not written (kind
+/// `STORAGE_REFUSAL`); only the writer gets it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StorageRefusal {
+    /// The writer's [`StoreWrite::write_id`].
+    pub write_id: u64,
+    /// The key it would have written.
+    pub key: String,
+    /// Why (never [`StorageOutcome::Committed`]).
+    pub outcome: StorageOutcome,
 }
 
 /// A store replica at one point of main's sequence.
@@ -222,8 +318,14 @@ pub struct HalfSnapshot {
     pub store_keys: usize,
     /// The last store sequence number the half's replica applied.
     pub store_seq: u64,
-    /// Store watchers.
+    /// Store watchers (of both tiers).
     pub watchers: usize,
+    /// Keys in the half's replica of the persisted tier.
+    #[serde(default)]
+    pub storage_keys: usize,
+    /// The last sequence number of the persisted tier the half's replica applied.
+    #[serde(default)]
+    pub storage_seq: u64,
 }
 
 /// A store write a renderer half asks main to sequence.

@@ -46,6 +46,17 @@ fn controls() -> Vec<Control> {
         Control::StoreSnapshot { completion: 7 },
         Control::SeedStore { completion: 8, snapshot: snapshot() },
         Control::StopRouting { completion: 9 },
+        Control::StorageSnapshot { completion: 10 },
+        Control::SeedStorage {
+            completion: 11,
+            seed: extension_api::wire::StorageSeed {
+                snapshot: snapshot(),
+                unavailable: Some("`/data/x.redb`: it is locked".to_owned()),
+                value_limit: 1 << 20,
+                total_limit: 8 << 20,
+                stored_version: Some("0.1.0".to_owned()),
+            },
+        },
     ]
 }
 
@@ -62,6 +73,8 @@ fn completions() -> Vec<Completion> {
         store_keys: 2,
         store_seq: 7,
         watchers: 1,
+        storage_keys: 1,
+        storage_seq: 3,
     };
     vec![
         Completion::Done,

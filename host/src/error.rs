@@ -56,6 +56,9 @@ pub enum HostError {
     TooLarge { channel: String, size: usize, limit: usize },
     #[error("extension `{name}` refused the message (status {status})")]
     Refused { name: String, status: u32 },
+    /// Uninstalled, but its persisted data could not be deleted.
+    #[error("extension `{name}` was uninstalled, but its persisted data was not purged: {reason}")]
+    Purge { name: String, reason: String },
     /// A [`crate::HostConfig`] field has a value the host cannot work with.
     #[error("invalid host configuration: `{field}` {reason}")]
     InvalidConfig { field: &'static str, reason: &'static str },

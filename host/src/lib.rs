@@ -16,6 +16,7 @@ mod library;
 mod link;
 mod private_dir;
 pub mod remote;
+mod storage;
 pub mod testing;
 pub mod watch;
 
@@ -23,9 +24,10 @@ pub use error::{HostError, LoadError, ReloadError};
 pub use events::{HostEvent, LogRecord, ObservedBroadcast, OneLine};
 pub use host::{
     CrashBudget, DeactivateReport, ExtensionSnapshot, ExtensionState, FrameKind, FrameSnapshot, Host, HostConfig,
-    HostSnapshot,
+    HostSnapshot, StorageConfig, default_data_dir,
 };
 pub use library::{LibraryInfo, check};
+pub use storage::StorageUsage;
 pub use watch::{LibraryWatcher, WatchError};
 
 pub use extension_api::wire::{HalfSnapshot, InstanceSnapshot, MailboxLimit};

@@ -3,7 +3,7 @@
 //! flight so that none waits forever.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
 use extension_api::abi::{self, PEER_ALL, PEER_HOST, PEER_MAIN, Peer, RawMessage, RawSlice};
@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use crate::core::{Core, HostReply, lock};
 use crate::endpoint::Endpoint;
 use crate::events::{LogRecord, ObservedBroadcast};
+use crate::storage::ExtensionDb;
 
 pub(crate) struct Link {
     /// Unique for this run of the extension: keys the pending-request table.
@@ -23,18 +24,64 @@ pub(crate) struct Link {
     /// False from the start of deactivation: nothing more is routed from or to it.
     routing: AtomicBool,
     endpoints: RwLock<Vec<Arc<Endpoint>>>,
+    /// Where main's writes of the persisted tier are committed (set at activation).
+    storage: OnceLock<Arc<ExtensionDb>>,
+    /// This link, for the storage writer to answer main through.
+    me: Weak<Link>,
 }
 
 impl Link {
     pub(crate) fn new(name: &str, core: Arc<Core>) -> Arc<Link> {
         static NEXT: AtomicU64 = AtomicU64::new(1);
-        Arc::new(Link {
+        Arc::new_cyclic(|me| Link {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             name: name.to_owned(),
             core,
             routing: AtomicBool::new(true),
             endpoints: RwLock::new(Vec::new()),
+            storage: OnceLock::new(),
+            me: me.clone(),
         })
+    }
+
+    pub(crate) fn set_storage(&self, storage: Arc<ExtensionDb>) {
+        let _ = self.storage.set(storage);
+    }
+
+    /// The storage writer's answer to main's commits.
+    pub(crate) fn storage_answer(&self, payload: &[u8]) {
+        let status = self.deliver_to(
+            PEER_MAIN,
+            &RawMessage {
+                kind: abi::kind::STORAGE_COMMITTED,
+                status: 0,
+                origin: PEER_HOST,
+                target: PEER_MAIN,
+                request_id: 0,
+                channel: RawSlice::EMPTY,
+                payload: RawSlice::new(payload),
+            },
+        );
+        if status != abi::status::OK {
+            tracing::debug!(extension = %self.name, "a storage answer found no main half (status {status})");
+        }
+    }
+
+    /// Main's write of the persisted tier, for the host to make durable. Taken while the
+    /// extension deactivates too, so its `deactivate` can save what it needs.
+    fn route_commit(&self, from: &Endpoint, message: &RawMessage) -> u32 {
+        if message.origin != PEER_MAIN || message.target != PEER_HOST || !from.hosts(PEER_MAIN) {
+            return abi::status::INVALID;
+        }
+        // SAFETY: the payload is valid for this call (the sender's contract).
+        let Some(payload) = (unsafe { message.payload.as_bytes() }) else { return abi::status::INVALID };
+        let Ok(commit) = extension_api::wire::decode::<extension_api::wire::StorageCommit>(payload) else {
+            return abi::status::INVALID;
+        };
+        match self.storage.get() {
+            Some(storage) => storage.commit(self.me.clone(), commit),
+            None => abi::status::DEACTIVATED,
+        }
     }
 
     pub(crate) fn add_endpoint(&self, endpoint: Arc<Endpoint>) {
@@ -184,6 +231,9 @@ impl Link {
     /// Routes a message that one of the halves running at `from` sent. The origin must be a
     /// half that runs there: an endpoint cannot speak for another half or another extension.
     pub(crate) fn route(&self, from: &Endpoint, message: &RawMessage) -> u32 {
+        if message.kind == abi::kind::STORAGE_COMMIT {
+            return self.route_commit(from, message);
+        }
         if !self.routing.load(Ordering::Acquire) {
             return abi::status::DEACTIVATED;
         }
@@ -207,21 +257,21 @@ impl Link {
                 }
                 self.route_invoke(message)
             }
-            abi::kind::STORE_WRITE => {
+            abi::kind::STORE_WRITE | abi::kind::STORAGE_WRITE => {
                 // A renderer half's write goes to main, which sequences it.
                 if message.origin == PEER_MAIN || message.target != PEER_MAIN {
                     return abi::status::INVALID;
                 }
                 self.deliver_to(PEER_MAIN, message)
             }
-            abi::kind::STORE_UPDATE => {
+            abi::kind::STORE_UPDATE | abi::kind::STORAGE_UPDATE => {
                 // Only main sequences writes; an update reaches every replica.
                 if message.origin != PEER_MAIN {
                     return abi::status::INVALID;
                 }
                 self.deliver_everywhere(message)
             }
-            abi::kind::STORE_REFUSAL => {
+            abi::kind::STORE_REFUSAL | abi::kind::STORAGE_REFUSAL => {
                 // Main answers one renderer half's write.
                 if message.origin != PEER_MAIN || message.target == PEER_MAIN || message.target >= PEER_HOST {
                     return abi::status::INVALID;

@@ -60,6 +60,8 @@ pub enum TestError {
     Lagged { what: &'static str, missed: u64 },
     #[error("no program for child processes (renderer processes, isolated extensions): {reason}")]
     ChildProgram { reason: String },
+    #[error("cannot create a data directory for the persisted tier: {reason}")]
+    DataDir { reason: String },
 }
 
 /// The environment variable naming the program [`TestHost`] starts child processes with (a
@@ -74,6 +76,8 @@ pub struct TestHost {
     broadcasts: Receiver<ObservedBroadcast>,
     /// Why child processes cannot start, when no child program was found.
     child_problem: Option<String>,
+    /// [`TestHost::start`]'s data directory for the persisted tier: fresh, removed on drop.
+    _data: Option<crate::private_dir::PrivateDir>,
 }
 
 impl TestHost {
@@ -99,9 +103,14 @@ impl TestHost {
 
     /// Loads and activates the extension at `library`, with no frame open yet. Its log records
     /// down to DEBUG are kept for [`TestHost::wait_log`]. Child processes (from
-    /// [`TestHost::open_child_frame`], or isolation) run [`TestHost::child_program`].
+    /// [`TestHost::open_child_frame`], or isolation) run [`TestHost::child_program`]. The
+    /// persisted tier (`storage()`) starts empty, in a fresh directory removed with the
+    /// `TestHost` (never the user's data directory).
     pub async fn start(library: impl AsRef<Path>) -> Result<TestHost, TestError> {
         let mut config = HostConfig { max_log_level: crate::LevelFilter::DEBUG, ..HostConfig::default() };
+        let data = crate::private_dir::PrivateDir::create()
+            .map_err(|error| TestError::DataDir { reason: error.to_string() })?;
+        config.storage.data_dir = data.path().to_owned();
         // It may run cargo: off the test's runtime thread.
         let found = tokio::task::spawn_blocking(TestHost::child_program).await;
         let found = found.unwrap_or_else(|error| Err(TestError::ChildProgram { reason: error.to_string() }));
@@ -115,6 +124,7 @@ impl TestHost {
         };
         let mut test = TestHost::start_with(library, config).await?;
         test.child_problem = child_problem;
+        test._data = Some(data);
         Ok(test)
     }
 
@@ -127,7 +137,7 @@ impl TestHost {
         let broadcasts = host.broadcasts();
         let name = host.load(library)?.name;
         host.activate(&name).await?;
-        Ok(TestHost { host, name, logs, broadcasts, child_problem: None })
+        Ok(TestHost { host, name, logs, broadcasts, child_problem: None, _data: None })
     }
 
     /// The `host` binary to start child processes with, found once per test process:
@@ -273,6 +283,18 @@ impl TestHost {
     /// The value of `key` in the extension's store (main's replica).
     pub async fn store<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, TestError> {
         let values = self.host.store_values(&self.name).await?;
+        values
+            .get(key)
+            .map(|bytes| {
+                extension_api::wire::decode(bytes)
+                    .map_err(|error| TestError::Decode { what: key.to_owned(), reason: error.to_string() })
+            })
+            .transpose()
+    }
+
+    /// The value of `key` in the extension's persisted tier (main's replica: durable writes).
+    pub async fn storage<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, TestError> {
+        let values = self.host.storage_values(&self.name).await?;
         values
             .get(key)
             .map(|bytes| {

@@ -29,5 +29,6 @@ mod logs;
 mod macros;
 mod renderer_cycles;
 mod scaffold;
+mod storage;
 mod store;
 mod truncated;

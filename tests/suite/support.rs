@@ -30,6 +30,8 @@ const CRATES: &[&str] = &[
     "swarm",
     "adversary",
     "sizes",
+    "keeper",
+    "keeper-twin",
     "xtask",
 ];
 

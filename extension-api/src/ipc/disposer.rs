@@ -73,8 +73,11 @@ impl Disposer {
                     }
                 }
                 Registration::Watcher { id } => {
-                    let at = half.watchers.iter().position(|watcher| watcher.id == *id);
-                    at.map(|at| Box::new(half.watchers.remove(at)) as Box<dyn Send>)
+                    // Ids are unique across both tiers.
+                    half.tiers.iter_mut().find_map(|tier| {
+                        let at = tier.watchers.iter().position(|watcher| watcher.id == *id)?;
+                        Some(Box::new(tier.watchers.remove(at)) as Box<dyn Send>)
+                    })
                 }
             }
         };

@@ -263,6 +263,12 @@ impl Main {
         Store::new(self.half.clone())
     }
 
+    /// The extension's persisted tier, from main's replica: like [`Main::store`], but kept by
+    /// the host in a database, and a write resolves once it is durable.
+    pub fn storage(&self) -> Store {
+        Store::persisted(self.half.clone())
+    }
+
     /// The frames where this extension's renderer half is open, in order.
     pub fn frames(&self) -> Vec<FrameId> {
         let Ok(shared) = self.half.shared("frames") else {
@@ -434,6 +440,11 @@ impl Renderer {
     /// The extension's store, from this frame's replica.
     pub fn store(&self) -> Store {
         Store::new(self.half.clone())
+    }
+
+    /// The extension's persisted tier, from this frame's replica (see [`Main::storage`]).
+    pub fn storage(&self) -> Store {
+        Store::persisted(self.half.clone())
     }
 
     /// Spawns a task that belongs to this frame's renderer half: aborted when the frame

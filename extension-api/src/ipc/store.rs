@@ -19,7 +19,7 @@ use crate::abi::{self, PEER_MAIN, Peer};
 use crate::error::IpcError;
 use crate::ipc::Disposer;
 use crate::ipc::disposer::Registration;
-use crate::runtime::Watcher;
+use crate::runtime::{Tier, Watcher};
 use crate::wire::StoreWrite;
 
 /// Largest encoded value a store key may hold.
@@ -145,14 +145,27 @@ pub enum StoreError {
         /// The frame the handle's half ran in.
         frame: crate::FrameId,
     },
-    /// Main's mailbox is full (main is slower than the writes reaching it); nothing was
-    /// written. A writer in another process is not told at once: its write times out.
+    /// Main's mailbox is full (main is slower than the writes reaching it), or, for the
+    /// persisted tier, the host's queue of writes is (they come faster than the disk syncs
+    /// them); nothing was written. A store writer in another process is not told at once: its
+    /// write times out.
     #[error("cannot store `{}`: main's mailbox is full", crate::error::shown(key))]
     Overloaded {
         /// The key being written.
         key: String,
     },
-    /// Main did not sequence a renderer's write in time.
+    /// The persisted tier cannot be used in this activation: the host could not open or
+    /// write the extension's database. The reason names the file and what went wrong; the data
+    /// on disk is left as it is (never reset).
+    #[error("the persisted storage is unavailable (`{}`): {reason}", crate::error::shown(key))]
+    Unavailable {
+        /// The key being read or written.
+        key: String,
+        /// The database file and what went wrong with it.
+        reason: String,
+    },
+    /// Main did not sequence a renderer's write in time (the persisted tier: the write was not
+    /// made durable and applied in time; it may still become durable later).
     #[error("main did not sequence the write of `{}` within {timeout:?}", crate::error::shown(key))]
     TimedOut {
         /// The key being written.
@@ -204,16 +217,51 @@ fn decode<T: DeserializeOwned>(key: &str, bytes: Option<&[u8]>) -> Result<Option
         .transpose()
 }
 
-/// A half's view of the extension's store. Get it with `Main::store()` or
-/// `Renderer::store()`; cheap to clone.
+/// A half's view of the extension's store (`Main::store()`, `Renderer::store()`) or of its
+/// persisted tier (`Main::storage()`, `Renderer::storage()`); cheap to clone.
+///
+/// Both have the same shape. The store lives in memory and is cleared on deactivate. The
+/// persisted tier is kept by the host in a database: it survives deactivation, host restarts
+/// and crashes, and its `set` and `delete` resolve only once the write is committed and synced.
 #[derive(Clone)]
 pub struct Store {
     half: HalfHandle,
+    tier: Tier,
 }
 
 impl Store {
     pub(crate) fn new(half: HalfHandle) -> Store {
-        Store { half }
+        Store { half, tier: Tier::Store }
+    }
+
+    pub(crate) fn persisted(half: HalfHandle) -> Store {
+        Store { half, tier: Tier::Storage }
+    }
+
+    /// Whether this is the persisted tier.
+    pub fn is_persisted(&self) -> bool {
+        self.tier == Tier::Storage
+    }
+
+    /// For the persisted tier: the version of the extension that ran with this data before
+    /// this activation (`None` for new data, and for the store). An extension that changed the
+    /// types of its values reads this to migrate them.
+    pub fn stored_version(&self) -> Option<String> {
+        let shared = self.half.shared.upgrade()?;
+        if self.tier != Tier::Storage {
+            return None;
+        }
+        shared.state().storage.stored_version.clone()
+    }
+
+    fn unavailable(&self, shared: &crate::runtime::Shared, key: &str) -> Result<(), StoreError> {
+        match self.tier {
+            Tier::Storage => match shared.storage_unavailable() {
+                Some(reason) => Err(StoreError::Unavailable { key: key.to_owned(), reason }),
+                None => Ok(()),
+            },
+            Tier::Store => Ok(()),
+        }
     }
 
     /// The value of `key` in this half's replica.
@@ -224,10 +272,11 @@ impl Store {
     {
         let key = key.key_name();
         let shared = self.half.shared.upgrade().ok_or(StoreError::Deactivated)?;
+        self.unavailable(&shared, key)?;
         let bytes = {
             let mut state = shared.state();
             let half = state.half_mut(self.half.peer, self.half.generation).ok_or_else(|| self.gone())?;
-            half.replica.values().get(key).cloned()
+            half.tier(self.tier).replica.values().get(key).cloned()
         };
         decode(key, bytes.as_deref())
     }
@@ -253,12 +302,13 @@ impl Store {
     fn with_replica<R>(&self, f: impl FnOnce(&crate::runtime::Replica) -> R) -> Option<R> {
         let shared = self.half.shared.upgrade()?;
         let mut state = shared.state();
-        state.half_mut(self.half.peer, self.half.generation).map(|half| f(&half.replica))
+        state.half_mut(self.half.peer, self.half.generation).map(|half| f(&half.tier(self.tier).replica))
     }
 
     /// Sets `key` to `value`. A value that cannot be serialized, or is over
-    /// [`STORE_VALUE_LIMIT`], is refused here, and nothing is written. The write is sent by this
-    /// call; the future resolves once it is sequenced and applied to this half's replica.
+    /// [`STORE_VALUE_LIMIT`] (the persisted tier: the host's value limit), is refused here, and
+    /// nothing is written. The write is sent by this call; the future resolves once it is
+    /// sequenced and applied to this half's replica (the persisted tier: once it is durable).
     pub fn set<T, K>(
         &self,
         key: K,
@@ -269,12 +319,14 @@ impl Store {
         K: StoreKeyName<T>,
     {
         let key = key.key_name().to_owned();
+        let limit = match (self.tier, self.half.shared.upgrade()) {
+            (Tier::Storage, Some(shared)) => shared.storage_value_limit(),
+            _ => STORE_VALUE_LIMIT,
+        };
         let encoded = rmp_serde::to_vec_named(value)
             .map_err(|error| StoreError::Serialize { key: key.clone(), reason: error.to_string() })
             .and_then(|bytes| match bytes.len() {
-                size if size > STORE_VALUE_LIMIT => {
-                    Err(StoreError::TooLarge { key: key.clone(), size, limit: STORE_VALUE_LIMIT })
-                }
+                size if size > limit => Err(StoreError::TooLarge { key: key.clone(), size, limit }),
                 _ => Ok(bytes),
             });
         let sent = encoded.and_then(|bytes| self.write(key, Some(bytes)));
@@ -294,34 +346,44 @@ impl Store {
         value: Option<Vec<u8>>,
     ) -> Result<impl Future<Output = Result<(), StoreError>> + Send + 'static + use<>, StoreError> {
         let shared = self.half.shared.upgrade().ok_or(StoreError::Deactivated)?;
-        let (peer, generation) = (self.half.peer, self.half.generation);
-        if peer == PEER_MAIN {
+        self.unavailable(&shared, &key)?;
+        let (peer, generation, tier) = (self.half.peer, self.half.generation, self.tier);
+        if peer == PEER_MAIN && tier == Tier::Store {
             // Main is the sequencer: applied to its replica now.
             shared.sequence_write(PEER_MAIN, 0, key, value)?;
             return Ok(futures_util::future::Either::Left(std::future::ready(Ok(()))));
         }
         let write_id = shared.next_id();
         let (done, applied) = tokio::sync::oneshot::channel();
-        {
-            let mut state = shared.state();
-            let half = state.half_mut(peer, generation).ok_or_else(|| self.gone())?;
-            half.store_pending.insert(write_id, done);
-        }
-        let write = StoreWrite { write_id, key: key.clone(), value };
-        let bytes = rmp_serde::to_vec_named(&write)
-            .map_err(|error| StoreError::Serialize { key: key.clone(), reason: error.to_string() })?;
-        let status = shared.send(abi::kind::STORE_WRITE, 0, peer, PEER_MAIN, 0, "", &bytes);
-        if status != abi::status::OK {
-            if let Some(half) = shared.state().half_mut(peer, generation) {
-                half.store_pending.remove(&write_id);
+        if peer == PEER_MAIN {
+            // Main sequences it, and it is applied once the host says it is durable.
+            if shared.state().half_mut(peer, generation).is_none() {
+                return Err(self.gone());
             }
-            return Err(match status {
-                abi::status::BUSY => StoreError::Overloaded { key },
-                abi::status::TOO_LARGE => StoreError::TooLarge { key, size: bytes.len(), limit: abi::MAX_MESSAGE },
-                // The host no longer routes for this frame: it is closing.
-                abi::status::NO_SUCH_PEER => self.gone(),
-                _ => StoreError::Deactivated,
-            });
+            shared.sequence_storage_write(PEER_MAIN, 0, key.clone(), value, Some(done))?;
+        } else {
+            {
+                let mut state = shared.state();
+                let half = state.half_mut(peer, generation).ok_or_else(|| self.gone())?;
+                half.tier(tier).pending.insert(write_id, done);
+            }
+            let write = StoreWrite { write_id, key: key.clone(), value };
+            let bytes = rmp_serde::to_vec_named(&write)
+                .map_err(|error| StoreError::Serialize { key: key.clone(), reason: error.to_string() })?;
+            let kind = if tier == Tier::Store { abi::kind::STORE_WRITE } else { abi::kind::STORAGE_WRITE };
+            let status = shared.send(kind, 0, peer, PEER_MAIN, 0, "", &bytes);
+            if status != abi::status::OK {
+                if let Some(half) = shared.state().half_mut(peer, generation) {
+                    half.tier(tier).pending.remove(&write_id);
+                }
+                return Err(match status {
+                    abi::status::BUSY => StoreError::Overloaded { key },
+                    abi::status::TOO_LARGE => StoreError::TooLarge { key, size: bytes.len(), limit: abi::MAX_MESSAGE },
+                    // The host no longer routes for this frame: it is closing.
+                    abi::status::NO_SUCH_PEER => self.gone(),
+                    _ => StoreError::Deactivated,
+                });
+            }
         }
         let weak = self.half.shared.clone();
         let store = self.clone();
@@ -334,7 +396,7 @@ impl Store {
                     if let Some(shared) = weak.upgrade()
                         && let Some(half) = shared.state().half_mut(peer, generation)
                     {
-                        half.store_pending.remove(&write_id);
+                        half.tier(tier).pending.remove(&write_id);
                     }
                     Err(StoreError::TimedOut { key, timeout: STORE_WRITE_TIMEOUT })
                 }
@@ -365,7 +427,7 @@ impl Store {
         let id = shared.next_id();
         let mut state = shared.state();
         let half = state.half_mut(self.half.peer, self.half.generation).ok_or_else(|| self.half.gone("watch"))?;
-        half.watchers.push(Watcher { id, key, callback });
+        half.tier(self.tier).watchers.push(Watcher { id, key, callback });
         Ok(self.half.disposer(Registration::Watcher { id }))
     }
 }

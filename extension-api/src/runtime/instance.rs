@@ -17,7 +17,7 @@ use crate::ipc::{Main, Renderer, Sender};
 use crate::runtime::context::{self, HalfRef};
 use crate::runtime::mailbox::{Mailbox, Refused};
 use crate::runtime::panic_message;
-use crate::runtime::state::{Deactivator, Half, HandlerResult, RawEvent, Reply, State};
+use crate::runtime::state::{Deactivator, Half, HandlerResult, RawEvent, Reply, State, Tier};
 use crate::wire::{Completion, Control, ErrorPayload, InstanceConfig, InstanceSnapshot, OwnedMessage};
 
 /// Marks an invoke between halves of this instance, in the message's otherwise unused status
@@ -71,6 +71,9 @@ pub(crate) struct Shared {
     inline_handler: AtomicU64,
     /// Held while a store write is sequenced and published, so updates leave in order.
     pub(crate) store_order: Mutex<()>,
+    /// The same for the persisted tier: held while a write is sent to the host, and while the
+    /// host's answers are applied and published.
+    pub(crate) storage_order: Mutex<()>,
     pub(crate) decode_failures: AtomicU64,
     pub(crate) listener_panics: AtomicU64,
 }
@@ -275,8 +278,12 @@ impl Shared {
             abi::kind::BROADCAST => self.dispatch_broadcast(&envelope),
             abi::kind::INVOKE => self.dispatch_invoke(envelope),
             abi::kind::STORE_WRITE => self.dispatch_store_write(envelope.origin, &envelope.payload),
-            abi::kind::STORE_UPDATE => self.dispatch_store_update(&envelope.payload),
+            abi::kind::STORE_UPDATE => self.dispatch_store_update(Tier::Store, &envelope.payload),
             abi::kind::STORE_REFUSAL => self.dispatch_store_refusal(envelope.target, &envelope.payload),
+            abi::kind::STORAGE_WRITE => self.dispatch_storage_write(envelope.origin, &envelope.payload),
+            abi::kind::STORAGE_UPDATE => self.dispatch_store_update(Tier::Storage, &envelope.payload),
+            abi::kind::STORAGE_REFUSAL => self.dispatch_storage_refusal(envelope.target, &envelope.payload),
+            abi::kind::STORAGE_COMMITTED => self.dispatch_storage_committed(&envelope.payload),
             abi::kind::REPLY => {
                 let pending = self
                     .state()
@@ -467,7 +474,18 @@ impl Shared {
                 self.complete(completion, &answer);
             }
             Control::SeedStore { snapshot, .. } => {
-                self.seed_store(snapshot);
+                self.seed_tier(Tier::Store, snapshot);
+                self.complete(completion, &Completion::Done);
+            }
+            Control::StorageSnapshot { .. } => {
+                let answer = match self.storage_seed() {
+                    Some(seed) => Completion::StorageSeed(seed),
+                    None => Completion::Failed { reason: "no main half in this instance".into() },
+                };
+                self.complete(completion, &answer);
+            }
+            Control::SeedStorage { seed, .. } => {
+                self.seed_storage(seed);
                 self.complete(completion, &Completion::Done);
             }
             Control::StopRouting { .. } => {
@@ -494,13 +512,20 @@ impl Shared {
             let mut state = self.state();
             let mut half = Half::new(generation);
             // A frame starts with the current store: the snapshot is there before `activate`.
+            // Main starts its persisted tier from the host's seed.
             if peer != PEER_MAIN {
                 state.renderers_started += 1;
-                if let Some(main) = state.halves.get(&PEER_MAIN) {
-                    half.replica = main.replica.clone();
-                } else if let Some(replica) = &state.process_replica {
-                    half.replica = replica.clone();
+                for tier in [Tier::Store, Tier::Storage] {
+                    let from = match state.halves.get(&PEER_MAIN) {
+                        Some(main) => Some(&main.tiers[tier as usize].replica),
+                        None => state.process[tier as usize].replica.as_ref(),
+                    };
+                    if let Some(replica) = from {
+                        half.tier(tier).replica = replica.clone();
+                    }
                 }
+            } else if let Some(seed) = &state.process[Tier::Storage as usize].replica {
+                half.tier(Tier::Storage).replica = seed.clone();
             }
             state.halves.insert(peer, half)
         };
@@ -663,6 +688,7 @@ impl Instance {
             factory,
             next_id: AtomicU64::new(1),
             store_order: Mutex::new(()),
+            storage_order: Mutex::new(()),
             inline_handler: AtomicU64::new(0),
             decode_failures: AtomicU64::new(0),
             listener_panics: AtomicU64::new(0),

@@ -87,7 +87,10 @@ impl Mailbox {
             let waiting = queue.messages.len() as u64;
             let full =
                 waiting > 0 && (waiting >= self.limit.messages || queue.bytes.saturating_add(size) > self.limit.bytes);
-            let refusable = matches!(kind, abi::kind::BROADCAST | abi::kind::INVOKE | abi::kind::STORE_WRITE);
+            let refusable = matches!(
+                kind,
+                abi::kind::BROADCAST | abi::kind::INVOKE | abi::kind::STORE_WRITE | abi::kind::STORAGE_WRITE
+            );
             if full && refusable {
                 drop(queue);
                 let counter =

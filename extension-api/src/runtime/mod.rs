@@ -8,10 +8,11 @@ mod instance;
 pub(crate) mod logging;
 mod mailbox;
 pub(crate) mod state;
+pub(crate) mod storage;
 mod store;
 
 pub(crate) use instance::{LOCAL_REQUEST, Shared, TIMED_OUT, timeout_ticks};
-pub(crate) use state::{HandlerFn, ListenerFn, Pending, RawEvent, Replica, Reply, Watcher};
+pub(crate) use state::{HandlerFn, ListenerFn, Pending, RawEvent, Replica, Reply, Tier, Watcher};
 
 /// Text of a caught panic payload.
 pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {

@@ -113,10 +113,51 @@ pub(crate) struct Half {
     pub(crate) user: Option<Deactivator>,
     /// The task running the half's `activate`, aborted if the half goes away first.
     pub(crate) activation: Option<AbortHandle>,
+    /// Its replica, watchers and writes in flight of the store and of the persisted tier.
+    pub(crate) tiers: [HalfTier; 2],
+}
+
+/// Which of the two stores: the ephemeral one or the persisted tier. Both replicate alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tier {
+    /// `Main::store()`: cleared on deactivate.
+    Store = 0,
+    /// `Main::storage()`: persisted by the host, seeded at activation.
+    Storage = 1,
+}
+
+/// A half's side of one store.
+#[derive(Default)]
+pub(crate) struct HalfTier {
     pub(crate) replica: Replica,
     pub(crate) watchers: Vec<Watcher>,
-    /// Store writes this (renderer) half sent to main and waits to see sequenced.
-    pub(crate) store_pending: HashMap<u64, oneshot::Sender<Result<(), StoreError>>>,
+    /// Writes this half sent to main (or, in main, to the host) and waits to see applied.
+    pub(crate) pending: HashMap<u64, oneshot::Sender<Result<(), StoreError>>>,
+}
+
+/// An instance's side of one store, beyond its halves.
+#[derive(Default)]
+pub(crate) struct ProcessTier {
+    /// In an instance without a main half: the process's replica, which frames opened here
+    /// start from (for the persisted tier, main's instance too, until main starts). `None`
+    /// until the host seeds it.
+    pub(crate) replica: Option<Replica>,
+    /// Updates that arrived before the seed or out of order, by sequence number.
+    pub(crate) stash: BTreeMap<u64, crate::wire::StoreUpdate>,
+}
+
+/// What an instance knows of the persisted tier beyond its replicas (see `runtime::storage`).
+#[derive(Default)]
+pub(crate) struct StorageState {
+    /// Why the tier is unavailable this activation (the host could not open the database).
+    pub(crate) unavailable: Option<String>,
+    /// The host's limits, from the seed (0: not seeded yet).
+    pub(crate) value_limit: u64,
+    pub(crate) total_limit: u64,
+    /// The extension version that last ran with this data, before this activation.
+    pub(crate) stored_version: Option<String>,
+    /// In main: writes sent to the host and not yet answered, in order.
+    pub(crate) commits: std::collections::VecDeque<crate::runtime::storage::Commit>,
 }
 
 impl Half {
@@ -131,9 +172,7 @@ impl Half {
             tasks: HashMap::default(),
             user: None,
             activation: None,
-            replica: Replica::default(),
-            watchers: Vec::new(),
-            store_pending: HashMap::default(),
+            tiers: Default::default(),
         }
     }
 
@@ -152,9 +191,11 @@ impl Half {
             pending_requests: self.pending.len(),
             running_handlers: self.running.len(),
             tasks: self.tasks.len(),
-            store_keys: self.replica.values().len(),
-            store_seq: self.replica.seq,
-            watchers: self.watchers.len(),
+            store_keys: self.tiers[0].replica.values().len(),
+            store_seq: self.tiers[0].replica.seq,
+            watchers: self.tiers.iter().map(|tier| tier.watchers.len()).sum(),
+            storage_keys: self.tiers[1].replica.values().len(),
+            storage_seq: self.tiers[1].replica.seq,
         }
     }
 
@@ -172,11 +213,9 @@ pub(crate) struct State {
     pub(crate) halves: HashMap<Peer, Half>,
     /// Frames where the extension's renderer half is open, in any process (host-maintained).
     pub(crate) frames: Vec<Peer>,
-    /// In an instance without a main half: the process's replica, which frames opened here
-    /// start from. `None` until the host seeds it.
-    pub(crate) process_replica: Option<Replica>,
-    /// Store updates that arrived before the seed or out of order, by sequence number.
-    pub(crate) stash: BTreeMap<u64, crate::wire::StoreUpdate>,
+    /// Per store: the process replica and the updates waiting for their turn.
+    pub(crate) process: [ProcessTier; 2],
+    pub(crate) storage: StorageState,
     /// The host stopped routing for the extension (it is deactivating): no request within
     /// the instance is started any more.
     pub(crate) stopped: bool,
@@ -185,6 +224,12 @@ pub(crate) struct State {
     /// Renderer halves this instance ever started (reloads included): while it is one, a plain
     /// task or thread can only belong to that half (see `context::only_renderer`).
     pub(crate) renderers_started: u64,
+}
+
+impl Half {
+    pub(crate) fn tier(&mut self, tier: Tier) -> &mut HalfTier {
+        &mut self.tiers[tier as usize]
+    }
 }
 
 impl State {

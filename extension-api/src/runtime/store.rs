@@ -10,13 +10,13 @@ use crate::runtime::Replica;
 use crate::runtime::Shared;
 use crate::runtime::context;
 use crate::runtime::panic_message;
-use crate::runtime::state::{State, WatcherFn};
+use crate::runtime::state::{State, Tier, WatcherFn};
 use crate::wire::{StoreLimit, StoreRefusal, StoreSnapshot, StoreUpdate, StoreWrite};
 use serde_bytes::ByteBuf;
 
 /// What a [`StoreUpdate`] holds besides its key and values, with room to spare: its numbers,
 /// field names and headers.
-const UPDATE_ENVELOPE: usize = 128;
+pub(crate) const UPDATE_ENVELOPE: usize = 128;
 
 impl Shared {
     /// Applies a write to main's replica, gives it the next sequence number, and publishes it.
@@ -31,7 +31,7 @@ impl Shared {
         let _order = self.store_order.lock().unwrap_or_else(PoisonError::into_inner);
         let update = {
             let mut state = self.state();
-            let main = state.halves.get_mut(&PEER_MAIN).ok_or(StoreError::Deactivated)?;
+            let main = state.halves.get_mut(&PEER_MAIN).ok_or(StoreError::Deactivated)?.tier(Tier::Store);
             // Checked here too, where every write is sequenced: a renderer's write reaches main
             // as bytes, whatever its `set` checked.
             // Its update carries the key and both values: one that would not fit in a message
@@ -72,8 +72,9 @@ impl Shared {
             // Still under the order lock, so no later write has taken a number meanwhile.
             let mut state = self.state();
             if let Some(main) = state.halves.get_mut(&PEER_MAIN) {
-                main.replica.write(&update.key, update.old);
-                main.replica.seq -= 1;
+                let tier = main.tier(Tier::Store);
+                tier.replica.write(&update.key, update.old);
+                tier.replica.seq -= 1;
             }
         }
         published
@@ -110,8 +111,11 @@ impl Shared {
             Ok(refusal) => refusal,
             Err(error) => return tracing::warn!("dropping an undecodable store refusal: {error}"),
         };
-        let waiting =
-            self.state().halves.get_mut(&target).and_then(|half| half.store_pending.remove(&refusal.write_id));
+        let waiting = self
+            .state()
+            .halves
+            .get_mut(&target)
+            .and_then(|half| half.tier(Tier::Store).pending.remove(&refusal.write_id));
         if let Some(done) = waiting {
             let (key, size, limit) = (refusal.key, refusal.size as usize, refusal.max as usize);
             let error = match refusal.limit {
@@ -126,35 +130,33 @@ impl Shared {
     pub(crate) fn store_snapshot(&self) -> Option<StoreSnapshot> {
         let _order = self.store_order.lock().unwrap_or_else(PoisonError::into_inner);
         let state = self.state();
-        let main = state.halves.get(&PEER_MAIN)?;
-        let values =
-            main.replica.values().iter().map(|(key, value)| (key.clone(), ByteBuf::from(value.clone()))).collect();
-        Some(StoreSnapshot { values, seq: main.replica.seq })
+        Some(replica_snapshot(&state.halves.get(&PEER_MAIN)?.tiers[Tier::Store as usize].replica))
     }
 
-    /// Seeds the process replica of an instance without main, then applies what arrived early.
-    pub(crate) fn seed_store(self: &Arc<Self>, snapshot: StoreSnapshot) {
+    /// Seeds the process replica of an instance without main (for the persisted tier, of
+    /// main's instance before main starts too), then applies what arrived early.
+    pub(crate) fn seed_tier(self: &Arc<Self>, tier: Tier, snapshot: StoreSnapshot) {
         let (ready, effects) = {
             let mut state = self.state();
             let values = snapshot.values.into_iter().map(|(key, value)| (key, value.into_vec())).collect();
-            state.process_replica = Some(Replica::new(values, snapshot.seq));
+            state.process[tier as usize].replica = Some(Replica::new(values, snapshot.seq));
             // What arrived early and now fits, in order; the rest waits.
-            let ready = drain_stash(&mut state);
-            let effects = apply_to_halves(&mut state, &ready);
+            let ready = drain_stash(&mut state, tier);
+            let effects = apply_to_halves(&mut state, tier, &ready);
             (ready, effects)
         };
         self.notify(ready, effects);
     }
 
     /// Applies a sequenced write to every replica in this instance and notifies watchers.
-    pub(crate) fn dispatch_store_update(self: &Arc<Self>, payload: &[u8]) {
+    pub(crate) fn dispatch_store_update(self: &Arc<Self>, tier: Tier, payload: &[u8]) {
         match crate::wire::decode::<StoreUpdate>(payload) {
-            Ok(update) => self.apply_store_update(update),
+            Ok(update) => self.apply_store_update(tier, update),
             Err(error) => tracing::warn!("dropping an undecodable store update: {error}"),
         }
     }
 
-    fn apply_store_update(self: &Arc<Self>, update: StoreUpdate) {
+    fn apply_store_update(self: &Arc<Self>, tier: Tier, update: StoreUpdate) {
         // Ordering and application happen under one lock hold, whichever thread seeds or
         // applies: no update can slip between a seed and the stash it drains.
         let (ready, effects) = {
@@ -165,17 +167,17 @@ impl Shared {
             } else {
                 // This process's replica, which frames opened here start from. Until the host
                 // seeds it, and whenever a write is missing, updates wait in order.
-                state.stash.insert(update.seq, update);
-                drain_stash(&mut state)
+                state.process[tier as usize].stash.insert(update.seq, update);
+                drain_stash(&mut state, tier)
             };
-            let effects = apply_to_halves(&mut state, &ready);
+            let effects = apply_to_halves(&mut state, tier, &ready);
             (ready, effects)
         };
         self.notify(ready, effects);
     }
 
     /// Resolves the writers' pending `set`s and calls the watchers, outside the lock.
-    fn notify(self: &Arc<Self>, updates: Vec<StoreUpdate>, effects: Vec<Effects>) {
+    pub(crate) fn notify(self: &Arc<Self>, updates: Vec<StoreUpdate>, effects: Vec<Effects>) {
         for (update, effects) in updates.into_iter().zip(effects) {
             if let Some(done) = effects.resolved {
                 let _ = done.send(Ok(()));
@@ -199,8 +201,14 @@ impl Shared {
     }
 }
 
+/// A replica as a snapshot.
+pub(crate) fn replica_snapshot(replica: &Replica) -> StoreSnapshot {
+    let values = replica.values().iter().map(|(key, value)| (key.clone(), ByteBuf::from(value.clone()))).collect();
+    StoreSnapshot { values, seq: replica.seq }
+}
+
 /// What applying one update asks for once the lock is released.
-struct Effects {
+pub(crate) struct Effects {
     resolved: Option<tokio::sync::oneshot::Sender<Result<(), StoreError>>>,
     /// (half, its generation, watcher), main first.
     watchers: Vec<(Peer, u64, WatcherFn)>,
@@ -208,18 +216,19 @@ struct Effects {
 
 /// Applies, to the process replica, every stashed update that follows it without a gap, and
 /// returns them in order. Nothing applies before the seed.
-fn drain_stash(state: &mut State) -> Vec<StoreUpdate> {
+fn drain_stash(state: &mut State, tier: Tier) -> Vec<StoreUpdate> {
     let mut ready = Vec::new();
-    let Some(replica) = state.process_replica.as_mut() else { return ready };
-    while let Some((&seq, _)) = state.stash.first_key_value() {
+    let process = &mut state.process[tier as usize];
+    let Some(replica) = process.replica.as_mut() else { return ready };
+    while let Some((&seq, _)) = process.stash.first_key_value() {
         if seq <= replica.seq {
-            state.stash.pop_first();
+            process.stash.pop_first();
             continue;
         }
         if seq != replica.seq + 1 {
             break;
         }
-        let Some((_, update)) = state.stash.pop_first() else { break };
+        let Some((_, update)) = process.stash.pop_first() else { break };
         replica.write(&update.key, update.new.clone());
         replica.seq = update.seq;
         ready.push(update);
@@ -228,12 +237,14 @@ fn drain_stash(state: &mut State) -> Vec<StoreUpdate> {
 }
 
 /// Applies updates, in order, to the frame halves' replicas, and collects what to notify.
-fn apply_to_halves(state: &mut State, updates: &[StoreUpdate]) -> Vec<Effects> {
+pub(crate) fn apply_to_halves(state: &mut State, tier: Tier, updates: &[StoreUpdate]) -> Vec<Effects> {
     let mut all = Vec::with_capacity(updates.len());
     for update in updates {
         let mut effects = Effects { resolved: None, watchers: Vec::new() };
         let changed = update.old != update.new;
         for (peer, half) in state.halves.iter_mut() {
+            let generation = half.generation;
+            let half = half.tier(tier);
             if *peer != PEER_MAIN {
                 // A frame opened after this write holds it in its snapshot already.
                 if update.seq <= half.replica.seq {
@@ -246,14 +257,14 @@ fn apply_to_halves(state: &mut State, updates: &[StoreUpdate]) -> Vec<Effects> {
                 half.replica.seq = update.seq;
             }
             if *peer == update.writer {
-                effects.resolved = half.store_pending.remove(&update.write_id);
+                effects.resolved = half.pending.remove(&update.write_id);
             }
             if changed {
                 let watchers = half
                     .watchers
                     .iter()
                     .filter(|watcher| watcher.key.as_ref().is_none_or(|key| *key == update.key))
-                    .map(|watcher| (*peer, half.generation, watcher.callback.clone()));
+                    .map(|watcher| (*peer, generation, watcher.callback.clone()));
                 effects.watchers.extend(watchers);
             }
         }

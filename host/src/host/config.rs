@@ -45,6 +45,38 @@ pub struct HostConfig {
     /// How much may wait for each instance's thread; past it, broadcasts to the instance are
     /// dropped (counted in inspect) and requests refused as overloaded. See [`MailboxLimit`].
     pub mailbox: MailboxLimit,
+    /// Where and how much each extension's persisted tier (`Main::storage()`) keeps.
+    pub storage: StorageConfig,
+}
+
+/// The persisted tier: one database file per extension in `data_dir`, and its limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageConfig {
+    /// The host's data directory (`host run --data-dir`). Defaults to the per-user data
+    /// directory: `$XDG_DATA_HOME/extension-host`, else `~/.local/share/extension-host`. One
+    /// host at a time may use it: a second finds each database locked.
+    pub data_dir: PathBuf,
+    /// Largest encoded value, in bytes (1 MiB by default).
+    pub value_limit: u64,
+    /// Largest an extension's data may grow, counting keys, values and 16 bytes an entry
+    /// (8 MiB by default, which is also the most: the tier reaches a frame as one snapshot).
+    pub total_limit: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            data_dir: default_data_dir(),
+            value_limit: extension_api::STORE_VALUE_LIMIT as u64,
+            total_limit: extension_api::STORE_TOTAL_LIMIT as u64,
+        }
+    }
+}
+
+/// `$XDG_DATA_HOME/extension-host` (or the platform's equivalent), else a directory of that
+/// name in the working directory when the user has no home.
+pub fn default_data_dir() -> PathBuf {
+    dirs::data_dir().unwrap_or_else(|| PathBuf::from(".")).join("extension-host")
 }
 
 impl HostConfig {
@@ -56,6 +88,19 @@ impl HostConfig {
             return Err(HostError::InvalidConfig {
                 field: "activate_timeout",
                 reason: "is zero, and no activation can finish in no time (use `Duration::MAX` for no limit)",
+            });
+        }
+        let storage = &self.storage;
+        if storage.total_limit > extension_api::STORE_TOTAL_LIMIT as u64 {
+            return Err(HostError::InvalidConfig {
+                field: "storage.total_limit",
+                reason: "is over 8 MiB (STORE_TOTAL_LIMIT), the most a frame's snapshot carries",
+            });
+        }
+        if storage.value_limit == 0 || storage.value_limit > storage.total_limit {
+            return Err(HostError::InvalidConfig {
+                field: "storage.value_limit",
+                reason: "must be at least 1 byte and at most `storage.total_limit`",
             });
         }
         Ok(())
@@ -72,6 +117,7 @@ impl Default for HostConfig {
             child_args: Vec::new(),
             crash_budget: CrashBudget::default(),
             mailbox: MailboxLimit::default(),
+            storage: StorageConfig::default(),
         }
     }
 }
@@ -123,6 +169,30 @@ mod tests {
         assert!(log.record(budget));
         assert!(!log.record(budget));
         assert_eq!(log.count(), 3);
+    }
+
+    #[test]
+    fn storage_limits_past_a_snapshot_or_inverted_are_refused_naming_the_field() {
+        let mut config = HostConfig::default();
+        assert_eq!(config.validate(), Ok(()));
+        config.storage.total_limit = extension_api::STORE_TOTAL_LIMIT as u64 + 1;
+        assert!(matches!(config.validate(), Err(HostError::InvalidConfig { field: "storage.total_limit", .. })));
+        config.storage.total_limit = 100;
+        config.storage.value_limit = 101;
+        assert!(matches!(config.validate(), Err(HostError::InvalidConfig { field: "storage.value_limit", .. })));
+        config.storage.value_limit = 0;
+        assert!(matches!(config.validate(), Err(HostError::InvalidConfig { field: "storage.value_limit", .. })));
+        config.storage.value_limit = 100;
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn the_default_data_dir_is_the_per_user_data_directory() {
+        let dir = default_data_dir();
+        assert!(dir.ends_with("extension-host"), "{}", dir.display());
+        if let Some(data) = dirs::data_dir() {
+            assert_eq!(dir, data.join("extension-host"));
+        }
     }
 
     #[test]

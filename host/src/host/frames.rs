@@ -103,6 +103,20 @@ impl Host {
             Ok(other) => Ok(other),
             Err(error) => Err(error),
         };
+        let seeded = match seeded {
+            Ok(Completion::Done) => {
+                match main.control(|completion| Control::StorageSnapshot { completion }, config.activate_timeout).await
+                {
+                    Ok(Completion::StorageSeed(seed)) => {
+                        endpoint
+                            .control(|completion| Control::SeedStorage { completion, seed }, config.activate_timeout)
+                            .await
+                    }
+                    other => other,
+                }
+            }
+            other => other,
+        };
         if let Some(problem) = completion_problem("seeding the store", seeded) {
             endpoint.destroy().await;
             link.remove_endpoint(endpoint.key);

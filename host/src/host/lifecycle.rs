@@ -16,11 +16,12 @@ use crate::error::HostError;
 use crate::events::HostEvent;
 use crate::link::Link;
 use crate::remote::{Connection, Role};
+use crate::storage::Limits;
 
 impl Host {
     pub(super) async fn activate_locked(&self, name: &str) -> Result<(), HostError> {
         self.inner.config.validate()?;
-        let (descriptor, path, isolated) = {
+        let (descriptor, path, isolated, version) = {
             let mut extensions = lock(&self.inner.extensions);
             let entry = extensions.get_mut(name).ok_or_else(|| HostError::UnknownExtension(name.to_owned()))?;
             match entry.state {
@@ -36,7 +37,12 @@ impl Host {
             }
             entry.state = ExtensionState::Activating;
             entry.frame_errors.clear();
-            (entry.library.descriptor, entry.library.info.path.clone(), entry.isolated)
+            (
+                entry.library.descriptor,
+                entry.library.info.path.clone(),
+                entry.isolated,
+                entry.library.info.version.clone(),
+            )
         };
         let config = &self.inner.config;
         let instance_config = self.instance_config(name);
@@ -61,6 +67,18 @@ impl Host {
         };
         main.place(PEER_MAIN);
         link.add_endpoint(main.clone());
+        // The persisted tier is there before main's `activate` runs (read after every write a
+        // previous activation queued).
+        let storage = self.inner.storage.database(name);
+        let limits = Limits { value: config.storage.value_limit, total: config.storage.total_limit };
+        let seed = storage.seed(&version.to_string(), limits).await;
+        link.set_storage(storage);
+        let seeded =
+            main.control(|completion| Control::SeedStorage { completion, seed }, config.activate_timeout).await;
+        if let Some(reason) = completion_problem("seeding the persisted storage", seeded) {
+            teardown(&link, process.as_ref()).await;
+            return Err(self.fail_activation(name, reason));
+        }
         let outcome = main.control(|completion| Control::ActivateMain { completion }, config.activate_timeout).await;
         if let Some(reason) = completion_problem("activate", outcome) {
             teardown(&link, process.as_ref()).await;
@@ -156,6 +174,8 @@ impl Host {
             self.deactivate_locked(name).await?;
         }
         lock(&self.inner.extensions).remove(name).ok_or_else(|| HostError::UnknownExtension(name.to_owned()))?;
+        // Its data stays on disk for its next load; the file is released.
+        self.inner.storage.close(name);
         tracing::info!(extension = %name, "uninstalled");
         Ok(())
     }

@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
 use tracing::level_filters::LevelFilter;
 
-pub use config::{CrashBudget, HostConfig};
+pub use config::{CrashBudget, HostConfig, StorageConfig, default_data_dir};
 pub use snapshot::{DeactivateReport, ExtensionSnapshot, ExtensionState, FrameKind, FrameSnapshot, HostSnapshot};
 
 use crate::core::{Core, lock};
@@ -32,6 +32,7 @@ use crate::events::{HostEvent, LogRecord, ObservedBroadcast};
 use crate::library::{self, Library, LibraryInfo};
 use crate::link::Link;
 use crate::remote::{Connection, Role};
+use crate::storage::{Limits, Storage};
 use config::CrashLog;
 
 struct Entry {
@@ -63,6 +64,8 @@ struct Inner {
     next_frame: AtomicU64,
     /// Lifecycle operations run one at a time.
     operations: tokio::sync::Mutex<()>,
+    /// Every extension's persisted tier.
+    storage: Storage,
 }
 
 impl Drop for Inner {
@@ -98,8 +101,11 @@ impl Host {
         if let Err(error) = config.validate() {
             tracing::warn!("{error}; every activation will be refused");
         }
+        let limits = Limits { value: config.storage.value_limit, total: config.storage.total_limit };
+        let storage = Storage::new(config.storage.data_dir.clone(), limits);
         Host {
             inner: Arc::new(Inner {
+                storage,
                 config,
                 core: Arc::new(Core::new()),
                 extensions: Mutex::new(BTreeMap::new()),
@@ -293,6 +299,17 @@ impl Host {
         self.operation(|host| async move { host.uninstall_locked(&name).await }).await
     }
 
+    /// Uninstalls `name` (see [`Host::uninstall`]) and deletes its persisted data. Without a
+    /// purge, uninstall keeps the data for the extension's next load.
+    pub async fn uninstall_purge(&self, name: &str) -> Result<(), HostError> {
+        let name = name.to_owned();
+        self.operation(|host| async move {
+            host.uninstall_locked(&name).await?;
+            host.inner.storage.purge(&name).map_err(|reason| HostError::Purge { name: name.clone(), reason })
+        })
+        .await
+    }
+
     /// Opens an in-process frame; every active extension's renderer half starts in it.
     pub async fn open_frame(&self) -> FrameId {
         self.operation(|host| async move { host.open_frame_locked(FrameKind::InProcess).await })
@@ -443,6 +460,19 @@ impl Host {
         }
     }
 
+    /// The extension's persisted tier as main holds it (every write the host made durable and
+    /// main applied): each key's MessagePack value.
+    pub async fn storage_values(&self, name: &str) -> Result<BTreeMap<String, Vec<u8>>, HostError> {
+        let link = self.active_link(name)?;
+        let main = link.endpoint_of(PEER_MAIN).ok_or_else(|| HostError::UnknownExtension(name.to_owned()))?;
+        match main.control(|completion| Control::StorageSnapshot { completion }, INSPECT_TIMEOUT).await {
+            Ok(Completion::StorageSeed(seed)) => {
+                Ok(seed.snapshot.values.into_iter().map(|(key, value)| (key, value.into_vec())).collect())
+            }
+            _ => Err(HostError::Refused { name: name.to_owned(), status: extension_api::abi::status::DEACTIVATED }),
+        }
+    }
+
     /// A snapshot of every extension and frame.
     pub async fn inspect(&self) -> HostSnapshot {
         let entries: Vec<(ExtensionSnapshot, Option<Arc<Link>>)> = lock(&self.inner.extensions)
@@ -459,6 +489,7 @@ impl Host {
                     frame_errors: entry.frame_errors.clone(),
                     pending_requests: entry.link.as_ref().map_or(0, |link| link.pending_requests()),
                     instance: None,
+                    storage: self.inner.storage.usage(&entry.library.info.name),
                 };
                 (snapshot, entry.link.clone())
             })
@@ -494,6 +525,8 @@ impl Host {
         for (name, _) in self.active_links() {
             let _ = self.deactivate(&name).await;
         }
+        // Every write queued is committed and answered first; then the files are released.
+        self.inner.storage.close_all();
     }
 }
 

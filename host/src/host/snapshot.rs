@@ -74,6 +74,8 @@ pub struct ExtensionSnapshot {
     pub pending_requests: usize,
     /// What its instances report (listeners, handlers, tasks; every process merged).
     pub instance: Option<InstanceSnapshot>,
+    /// Its persisted tier: file, usage, limits, and why it is unavailable if it is.
+    pub storage: crate::storage::StorageUsage,
 }
 
 /// One frame.

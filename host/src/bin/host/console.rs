@@ -13,7 +13,8 @@ commands:
   list                              extensions and their state
   frames                            open frames
   load PATH                         load a library
-  activate NAME | deactivate NAME | uninstall NAME
+  activate NAME | deactivate NAME | uninstall NAME [--purge]
+                                    (`--purge`: delete its persisted data too; kept otherwise)
   open [child] | close FRAME | reload FRAME     frames (`open child`: in a renderer process)
   isolate NAME on|off               run NAME's main half in its own process from its next activation
   broadcast NAME CHANNEL JSON       broadcast into NAME's namespace, as the host
@@ -135,7 +136,14 @@ async fn execute(host: &Host, line: &str) -> Result<String, String> {
                 }
             })
             .map_err(|e| text(&e)),
-        "uninstall" => host.uninstall(rest).await.map(|()| format!("uninstalled {rest}")).map_err(|e| text(&e)),
+        "uninstall" => match rest.strip_suffix("--purge").map(str::trim) {
+            Some(name) => host
+                .uninstall_purge(name)
+                .await
+                .map(|()| format!("uninstalled {name}, data purged"))
+                .map_err(|e| text(&e)),
+            None => host.uninstall(rest).await.map(|()| format!("uninstalled {rest}")).map_err(|e| text(&e)),
+        },
         "open" if rest == "child" => host
             .open_child_frame()
             .await

@@ -49,6 +49,11 @@ enum Command {
         /// (the new build is loaded and validated first; frames stay open).
         #[arg(long)]
         watch: bool,
+        /// Where extensions' persisted data is kept (one database file per extension).
+        /// Defaults to the per-user data directory: `$XDG_DATA_HOME/extension-host`, else
+        /// `~/.local/share/extension-host`.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
     },
     /// Validate a library and print its metadata, or what is wrong with it.
     Check { library: PathBuf },
@@ -71,7 +76,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { library } => check(&library),
         Command::Child { socket, token } => extension_host::remote::child::run(&socket, &token),
-        Command::Run { paths, frames, child_frames, isolated, duration, console, inspect, watch } => {
+        Command::Run { paths, frames, child_frames, isolated, duration, console, inspect, watch, data_dir } => {
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(runtime) => runtime,
                 Err(error) => {
@@ -79,7 +84,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let options = RunOptions { frames, child_frames, isolated, duration, console, inspect, watch };
+            let options = RunOptions { frames, child_frames, isolated, duration, console, inspect, watch, data_dir };
             runtime.block_on(run(paths, options))
         }
     }
@@ -132,12 +137,16 @@ struct RunOptions {
     console: bool,
     inspect: bool,
     watch: bool,
+    data_dir: Option<PathBuf>,
 }
 
 async fn run(paths: Vec<PathBuf>, options: RunOptions) -> ExitCode {
-    let RunOptions { frames, child_frames, isolated, duration, console, inspect, watch } = options;
+    let RunOptions { frames, child_frames, isolated, duration, console, inspect, watch, data_dir } = options;
     // Extensions log as verbosely as `RUST_LOG` lets the host log (the subscriber is installed).
-    let config = HostConfig { max_log_level: extension_host::LevelFilter::current(), ..HostConfig::default() };
+    let mut config = HostConfig { max_log_level: extension_host::LevelFilter::current(), ..HostConfig::default() };
+    if let Some(data_dir) = data_dir {
+        config.storage.data_dir = data_dir;
+    }
     let host = Host::new(config);
     let mut names = Vec::new();
     for path in &paths {
