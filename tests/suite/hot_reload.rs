@@ -120,8 +120,10 @@ async fn a_rebuild_swaps_in_the_new_build_under_open_frames(isolated: bool) {
     if isolated {
         assert!(extension.pid.is_some() && extension.pid != pid, "an isolated extension restarts its process");
     }
-    // The ephemeral store went with the old version.
+    // The ephemeral store went with the old version; the persisted tier stayed.
     assert!(dev.host.store_values(NAME).await.unwrap().is_empty());
+    let kept = dev.host.storage_values(NAME).await.unwrap();
+    assert_eq!(kept.get("note").map(|value| rmp_serde::from_slice::<String>(value).unwrap()), Some("from v1".into()));
 
     // Rebuilt again, as a new file renamed over the old one (as most tools write).
     let fresh = dev.dir.join("libreloadable.so.new");

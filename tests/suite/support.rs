@@ -120,14 +120,25 @@ pub fn spawn_console(args: &[&str], crates: &[&str]) -> tokio::process::Child {
 }
 
 pub fn config() -> HostConfig {
-    HostConfig {
+    let mut config = HostConfig {
         activate_timeout: Duration::from_secs(10),
         deactivate_timeout: Duration::from_millis(500),
         max_log_level: tracing_level(),
         // Child processes run the real `host` binary (the test binary is not one).
         child_program: host_binary(),
         ..HostConfig::default()
-    }
+    };
+    // Persisted data of its own for every host (never the user's; created on a first write).
+    config.storage.data_dir = fresh_data_dir();
+    config
+}
+
+/// A data directory no other host of this run uses (not created yet).
+pub fn fresh_data_dir() -> PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("host-suite-data-{}-{n}", std::process::id()))
 }
 
 fn tracing_level() -> extension_host::LevelFilter {
