@@ -232,6 +232,10 @@ impl Link {
     /// half that runs there: an endpoint cannot speak for another half or another extension.
     pub(crate) fn route(&self, from: &Endpoint, message: &RawMessage) -> u32 {
         if message.kind == abi::kind::STORAGE_COMMIT {
+            // The message limit holds here too (for raw senders: `extension-api` checks first).
+            if !abi::fits(message.channel.len, message.payload.len) {
+                return abi::status::TOO_LARGE;
+            }
             return self.route_commit(from, message);
         }
         if !self.routing.load(Ordering::Acquire) {

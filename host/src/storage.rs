@@ -123,11 +123,32 @@ impl Storage {
         }
     }
 
-    /// Deletes `name`'s data: its file is removed (after what is queued is committed).
+    /// Deletes `name`'s data: its file is removed (after what is queued is committed). A file
+    /// another host process has open is refused, not removed under it: that host would go on
+    /// acknowledging writes to a deleted file. The file is removed while this host holds its
+    /// lock, so no other host opens it meanwhile. (A damaged file is removed: purging is how
+    /// its data is given up.)
     pub(crate) fn purge(&self, name: &str) -> Result<(), String> {
         self.close(name);
         let file = self.file(name);
-        match fs::remove_file(&file) {
+        // (redb can panic on a damaged file: that is a file to remove.)
+        let held = match std::panic::catch_unwind(|| Database::open(&file))
+            .unwrap_or(Err(redb::DatabaseError::RepairAborted))
+        {
+            Ok(database) => Some(database),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(format!(
+                    "cannot purge `{}`: {}",
+                    file.display(),
+                    describe_open_error(redb::DatabaseError::DatabaseAlreadyOpen)
+                ));
+            }
+            Err(_) => None,
+        };
+        let removed = fs::remove_file(&file);
+        drop(held);
+        let _ = fs::remove_file(file.with_extension("redb.new"));
+        match removed {
             Ok(()) => {
                 tracing::info!(extension = %name, "purged its persisted data (`{}`)", file.display());
                 sync_dir(&self.dir);
@@ -364,6 +385,7 @@ impl Writer {
                 )));
             }
         };
+        self.check_owner(&database)?;
         let (keys, bytes) = usage_of(&database).map_err(|error| self.reason(error))?;
         (self.keys, self.bytes) = (keys, bytes);
         self.database = Some(database);
@@ -447,6 +469,26 @@ impl Writer {
             Ok((snapshot, version))
         };
         read().map_err(|error| self.reason(error))
+    }
+
+    /// The extension name stored with the data: a file holding another extension's data (moved
+    /// by hand, or a name reaching the same file) is refused, never served or relabelled.
+    fn check_owner(&self, database: &Database) -> Result<(), String> {
+        let stored = || -> Result<Option<String>, redb::Error> {
+            let txn = database.begin_read()?;
+            match txn.open_table(META) {
+                Ok(meta) => Ok(meta.get("name")?.map(|name| name.value().to_owned())),
+                Err(TableError::TableDoesNotExist(_)) => Ok(None),
+                Err(error) => Err(error.into()),
+            }
+        };
+        match stored().map_err(|error| self.reason(error))? {
+            Some(owner) if owner != self.name => Err(self.reason(format!(
+                "it holds the data of extension `{owner}`, not `{}`; it was left as it is",
+                self.name
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Stores the running version with the data (what the next activation migrates from).
@@ -555,7 +597,12 @@ impl Writer {
                 (self.keys, self.bytes) = (keys, bytes);
                 Ok(outcomes)
             }
-            Err(error) => Err(self.reason(format!("the commit failed: {error}"))),
+            Err(error) => {
+                // After an I/O error redb refuses everything until the file is opened again:
+                // the next group opens it afresh (and so tries again, once the disk has room).
+                self.database = None;
+                Err(self.reason(format!("the commit failed: {error}")))
+            }
         }
     }
 }

@@ -132,6 +132,7 @@ async fn raw_sends_with_forged_keys_pointers_lengths_kinds_and_origins_are_refus
         ("oversized-broadcast", "TOO_LARGE"),
         ("oversized-invoke", "TOO_LARGE"),
         ("oversized-reply-never-requested", "OK"),
+        ("oversized-storage-commit", "TOO_LARGE"),
         // Only main refuses a store write, and only to a frame.
         ("store-refusal-from-frame", "INVALID"),
         ("store-refusal-to-main", "INVALID"),

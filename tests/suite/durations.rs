@@ -85,6 +85,7 @@ async fn the_cli_duration_saturates_or_is_refused() {
 
     for bad in ["-1", "NaN", "soon"] {
         let output = tokio::process::Command::new(host_binary())
+            .env("XDG_DATA_HOME", crate::support::fresh_data_dir())
             .arg("run")
             .arg(format!("--duration={bad}"))
             .arg(library("probe"))
@@ -97,6 +98,7 @@ async fn the_cli_duration_saturates_or_is_refused() {
     }
 
     let mut child = tokio::process::Command::new(host_binary())
+        .env("XDG_DATA_HOME", crate::support::fresh_data_dir())
         .args(["run", "--duration", "inf"])
         .arg(library("probe"))
         .env("RUST_LOG", "info")

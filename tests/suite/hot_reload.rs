@@ -263,6 +263,7 @@ async fn host_run_watch_reloads_a_rebuilt_library() {
     let path = dir.join("libreloadable.so");
     std::fs::copy(library("reload-v1"), &path).unwrap();
     let mut child = tokio::process::Command::new(host_binary())
+        .env("XDG_DATA_HOME", crate::support::fresh_data_dir())
         .args(["run", "--watch", "--console", "--child-frames", "1"])
         .arg(&path)
         .env("RUST_LOG", "info")
@@ -305,6 +306,7 @@ async fn xtask_dev_rebuilds_a_changed_crate_and_the_host_reloads_it() {
     // Sharing this build's target directory (and so its compiled dependencies and host).
     let target = crate::support::artifacts().parent().unwrap().to_owned();
     let mut child = tokio::process::Command::new(&xtask)
+        .env("XDG_DATA_HOME", crate::support::fresh_data_dir())
         .arg("dev")
         .arg(&dir)
         .args(["--", "--console"])

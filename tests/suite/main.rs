@@ -30,5 +30,6 @@ mod macros;
 mod renderer_cycles;
 mod scaffold;
 mod storage;
+mod storage_faults;
 mod store;
 mod truncated;

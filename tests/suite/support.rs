@@ -107,6 +107,7 @@ pub fn host_binary() -> PathBuf {
 /// and stdout are piped, and it is killed when dropped.
 pub fn spawn_console(args: &[&str], crates: &[&str]) -> tokio::process::Child {
     tokio::process::Command::new(host_binary())
+        .env("XDG_DATA_HOME", fresh_data_dir())
         .args(["run", "--console"])
         .args(args)
         .args(crates.iter().map(|name| library(name)))

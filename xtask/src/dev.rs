@@ -97,13 +97,16 @@ pub(crate) fn run(name: &str, host_args: &[String]) -> Result<()> {
         package.dir.display()
     );
 
+    // What arrived while the changes before it were folded together, handled next.
+    let mut held: Option<Happening> = None;
     loop {
-        match events.recv() {
-            Ok(Happening::Changed(mut changed)) => {
-                // Changes made while a build runs are folded into the next one.
-                while let Ok(Happening::Changed(more)) = events.try_recv() {
-                    changed.extend(more);
-                }
+        let next = match held.take() {
+            Some(happening) => Ok(happening),
+            None => events.recv(),
+        };
+        match next {
+            Ok(Happening::Changed(changed)) => {
+                let changed = fold(changed, &events, &mut held);
                 let first = changed.first().map(|path| path.display().to_string()).unwrap_or_default();
                 eprintln!("dev: `{first}` changed ({} files); rebuilding `{name}`", changed.len());
                 match cargo(&build) {
@@ -122,6 +125,26 @@ pub(crate) fn run(name: &str, host_args: &[String]) -> Result<()> {
             Err(_) => bail!("the file watcher stopped"),
         }
     }
+}
+
+/// `changed` and the changes queued behind it, folded into one build; the first thing queued
+/// that is not a change (the host exiting, a watch error) is kept in `held` for after the
+/// build, not dropped (dropped, the loop would wait for ever on a host that has exited).
+fn fold(
+    mut changed: Vec<PathBuf>,
+    events: &std::sync::mpsc::Receiver<Happening>,
+    held: &mut Option<Happening>,
+) -> Vec<PathBuf> {
+    while let Ok(happening) = events.try_recv() {
+        match happening {
+            Happening::Changed(more) => changed.extend(more),
+            other => {
+                *held = Some(other);
+                break;
+            }
+        }
+    }
+    changed
 }
 
 /// Size, modification and change times and inode of a file; `None` if it is not there.
@@ -203,4 +226,23 @@ fn find(name: &str) -> Result<(Package, Vec<String>)> {
         None => vec!["build".to_owned(), "-p".to_owned(), package_name.to_owned()],
     };
     Ok((Package { dir, library, target_dir }, build))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_exiting_during_a_build_is_kept_for_after_it() {
+        let (sender, events) = std::sync::mpsc::channel();
+        sender.send(Happening::Changed(vec!["b.rs".into()])).unwrap();
+        sender.send(Happening::WatchError("gone".into())).unwrap();
+        sender.send(Happening::Changed(vec!["c.rs".into()])).unwrap();
+        let mut held = None;
+        let changed = fold(vec!["a.rs".into()], &events, &mut held);
+        assert_eq!(changed, [PathBuf::from("a.rs"), PathBuf::from("b.rs")]);
+        assert!(matches!(held, Some(Happening::WatchError(ref error)) if error == "gone"));
+        // What followed it is still queued, in order.
+        assert!(matches!(events.try_recv(), Ok(Happening::Changed(ref more)) if more == &[PathBuf::from("c.rs")]));
+    }
 }

@@ -25,7 +25,8 @@ impl Host {
     /// back: the extension is left `Failed` with the reason ([`ReloadError::Activation`]) until
     /// a build that activates. Renderer processes and isolated extensions load the library
     /// from its path, which now holds the new build, so the old code could not run there
-    /// again; main and frames never run different builds.
+    /// again. (Between a rebuild and its reload, a frame opened, or an isolated process
+    /// restarted, loads the file at the path as it is then: see ARCHITECTURE's limits.)
     ///
     /// Either way a [`HostEvent::ExtensionReloaded`] or [`HostEvent::ReloadFailed`] is
     /// published, and the outcome logged with the extension's name. Like every lifecycle call,
