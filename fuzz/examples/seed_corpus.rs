@@ -88,6 +88,7 @@ fn config() -> InstanceConfig {
         max_log_level: 3,
         mailbox: MailboxLimit { messages: 1024, bytes: 1 << 20 },
         route_within: false,
+        slow_handler_ms: 1000,
     }
 }
 

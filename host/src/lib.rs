@@ -22,11 +22,13 @@ pub use error::{HostError, LoadError};
 pub use events::{HostEvent, LogRecord, ObservedBroadcast, OneLine};
 pub use host::{
     CrashBudget, DeactivateReport, ExtensionSnapshot, ExtensionState, FrameKind, FrameSnapshot, Host, HostConfig,
-    HostSnapshot,
+    HostSnapshot, ProcessUsage,
 };
 pub use library::{LibraryInfo, check};
 
-pub use extension_api::wire::{HalfSnapshot, InstanceSnapshot, MailboxLimit};
+pub use extension_api::wire::{
+    Busy, ChannelKind, ChannelStats, HalfSnapshot, InstanceSnapshot, MailboxLimit, SlowHandler,
+};
 
 /// The version of `extension-api` this host was built with.
 pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");

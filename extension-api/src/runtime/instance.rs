@@ -5,7 +5,7 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
@@ -18,7 +18,10 @@ use crate::runtime::context::{self, HalfRef};
 use crate::runtime::mailbox::{Mailbox, Refused};
 use crate::runtime::panic_message;
 use crate::runtime::state::{Deactivator, Half, HandlerResult, RawEvent, Reply, State};
-use crate::wire::{Completion, Control, ErrorPayload, InstanceConfig, InstanceSnapshot, OwnedMessage};
+use crate::runtime::stats::{self, SlowLog};
+use crate::wire::{
+    Busy, ChannelKind, Completion, Control, ErrorPayload, InstanceConfig, InstanceSnapshot, OwnedMessage,
+};
 
 /// Marks an invoke between halves of this instance, in the message's otherwise unused status
 /// (messages from the host always arrive with 0 there): its answer goes back the same way.
@@ -73,6 +76,18 @@ pub(crate) struct Shared {
     pub(crate) store_order: Mutex<()>,
     pub(crate) decode_failures: AtomicU64,
     pub(crate) listener_panics: AtomicU64,
+    /// Messages the dispatcher has started on: the progress the host's watchdog follows.
+    /// Written by the instance's thread only.
+    dispatched: AtomicU64,
+    /// The half (peer + 1) and the channel (its number in `State::channels`, + 1) whose author
+    /// code the dispatcher runs right now; 0 if none.
+    busy_half: AtomicU64,
+    busy_channel: AtomicU64,
+    /// The instance thread's TID, for its CPU time.
+    thread_id: AtomicU64,
+    /// Handlers that waited and took longer than `slow_handler`.
+    slow: SlowLog,
+    slow_handler: Duration,
 }
 
 impl Shared {
@@ -244,6 +259,17 @@ impl Shared {
             half.running_handlers += 1;
         }
         halves.sort_by_key(|half| half.half);
+        let thread_id = self.thread_id.load(Ordering::Relaxed);
+        let busy_half = self.busy_half.load(Ordering::Acquire);
+        let busy_channel = self.busy_channel.load(Ordering::Relaxed);
+        let busy = (busy_half != 0)
+            .then(|| state.channels.describe(busy_channel.wrapping_sub(1) as usize))
+            .flatten()
+            .map(|(kind, channel)| Busy {
+                half: crate::Half::from_peer(busy_half.wrapping_sub(1)),
+                kind,
+                channel: channel.to_owned(),
+            });
         InstanceSnapshot {
             halves,
             // The dispatcher and the timeout sweeper are ours, not the extension's.
@@ -255,7 +281,28 @@ impl Shared {
             queued_messages: self.mailbox.queued(),
             dropped_broadcasts: self.mailbox.dropped_broadcasts(),
             refused_requests: self.mailbox.refused_requests(),
+            queued_bytes: self.mailbox.queued_bytes(),
+            store_bytes: state.halves.values().map(|half| half.replica.bytes() as u64).sum(),
+            cpu_ns: stats::thread_cpu_ns(thread_id),
+            thread_id,
+            dispatched: self.dispatched.load(Ordering::Relaxed),
+            busy,
+            channels: state.channels.snapshot(),
+            slow_handlers: self.slow.snapshot(),
         }
+    }
+
+    /// Marks the thread as running author code of `half` for channel number `channel` (see
+    /// `State::channels`), for inspect: the watchdog names what a stuck thread is running.
+    #[inline]
+    fn set_busy(&self, half: Peer, channel: usize) {
+        self.busy_channel.store(channel as u64 + 1, Ordering::Relaxed);
+        self.busy_half.store(half.wrapping_add(1), Ordering::Release);
+    }
+
+    #[inline]
+    fn clear_busy(&self) {
+        self.busy_half.store(0, Ordering::Release);
     }
 
     /// Queues a message from the host. Never runs author code on the calling thread, and never
@@ -269,6 +316,8 @@ impl Shared {
     }
 
     fn dispatch(self: &Arc<Self>, envelope: OwnedMessage) {
+        // Only this thread writes it: a plain load and store.
+        self.dispatched.store(self.dispatched.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         match envelope.kind {
             abi::kind::BROADCAST => self.dispatch_broadcast(&envelope),
             abi::kind::INVOKE => self.dispatch_invoke(envelope),
@@ -302,8 +351,8 @@ impl Shared {
 
     fn dispatch_broadcast(self: &Arc<Self>, envelope: &OwnedMessage) {
         let mut targets = Vec::new();
-        {
-            let state = self.state();
+        let counted = {
+            let mut state = self.state();
             for (peer, half) in &state.halves {
                 if envelope.target != PEER_ALL && envelope.target != *peer {
                     continue;
@@ -313,7 +362,10 @@ impl Shared {
                     targets.push((*peer, half.generation, listeners));
                 }
             }
-        }
+            // Counted when it reaches a listener: channels nobody listens to cost nothing.
+            (!targets.is_empty()).then(|| state.channels.count(ChannelKind::Broadcast, &envelope.channel))
+        };
+        let Some(counted) = counted else { return };
         // Main first, then frames in order: deterministic for tests and for authors.
         targets.sort_by_key(|(peer, _, _)| *peer);
         let event = RawEvent {
@@ -322,6 +374,7 @@ impl Shared {
             payload: &envelope.payload,
         };
         for (peer, generation, listeners) in targets {
+            self.set_busy(peer, counted.index);
             for listener in listeners {
                 let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
                     context::sync_scope(self.half_ref(peer, generation), || listener(&event))
@@ -336,13 +389,17 @@ impl Shared {
                 }
             }
         }
+        self.clear_busy();
+        if let Some(started) = counted.started {
+            self.state().channels.record(counted.index, started.elapsed(), true);
+        }
     }
 
     fn dispatch_invoke(self: &Arc<Self>, envelope: OwnedMessage) {
         let OwnedMessage { origin, target, request_id, channel, payload, status, .. } = envelope;
         let local = status == LOCAL_REQUEST;
         let handler = {
-            let state = self.state();
+            let mut state = self.state();
             // A request within the instance that was failed or cancelled while it waited in
             // the mailbox (its frame closed, the extension began deactivating, its invoker gave
             // up) no longer has its invoker's entry: it is not started at all. (The host's
@@ -352,12 +409,15 @@ impl Shared {
             if !wanted {
                 return;
             }
-            state.halves.get(&target).and_then(|half| {
+            let found = state.halves.get(&target).and_then(|half| {
                 let (_, handler) = half.handlers.get(&channel)?;
                 Some((handler.clone(), half.generation))
+            });
+            found.map(|(handler, generation)| {
+                (handler, generation, state.channels.count(ChannelKind::Request, &channel))
             })
         };
-        let Some((handler, generation)) = handler else {
+        let Some((handler, generation, counted)) = handler else {
             let side = if target == PEER_MAIN { "main".to_owned() } else { format!("frame {target}") };
             let payload = ErrorPayload { message: format!("no handler for channel `{channel}` in {side}"), data: None };
             self.send_error(local, target, origin, request_id, &channel, InvokeErrorKind::NoHandler, &payload);
@@ -373,6 +433,7 @@ impl Shared {
         // Inspect counts it as running meanwhile (it may block, and inspect answers from
         // another thread).
         self.inline_handler.store(target.wrapping_add(1), Ordering::Release);
+        self.set_busy(target, counted.index);
         let started = std::panic::catch_unwind(AssertUnwindSafe(|| {
             context::sync_scope(self.half_ref(target, generation), || {
                 let mut future = handler(payload, Sender::from_peer(origin));
@@ -383,11 +444,41 @@ impl Shared {
             })
         }));
         self.inline_handler.store(0, Ordering::Release);
-        let future = match started {
-            Ok(Ok(result)) => return self.reply(local, target, origin, request_id, &channel, Ok(result)),
-            Err(panic) => return self.reply(local, target, origin, request_id, &channel, Err(panic)),
-            Ok(Err(future)) => future,
+        self.clear_busy();
+        let outcome = match started {
+            Ok(Ok(result)) => Ok(result),
+            Err(panic) => Err(panic),
+            Ok(Err(future)) => {
+                // A handler that waits is timed always (it costs a task anyway), for the
+                // slowest handler and the slow-handler reports.
+                let since = counted.started.unwrap_or_else(Instant::now);
+                return self.spawn_handler(
+                    future,
+                    (local, target, origin, request_id),
+                    generation,
+                    channel,
+                    counted.index,
+                    (since, counted.started.is_some()),
+                );
+            }
         };
+        self.reply(local, target, origin, request_id, &channel, outcome);
+        if let Some(started) = counted.started {
+            self.state().channels.record(counted.index, started.elapsed(), true);
+        }
+    }
+
+    /// Runs a handler that waited at its first poll in a task of its own, until its answer.
+    #[allow(clippy::too_many_arguments)]
+    fn spawn_handler(
+        self: &Arc<Self>,
+        future: BoxFuture<'static, HandlerResult>,
+        (local, target, origin, request_id): (bool, Peer, Peer, u64),
+        generation: u64,
+        channel: String,
+        index: usize,
+        (since, sampled): (Instant, bool),
+    ) {
         let scoped = context::scope(self.half_ref(target, generation), AssertUnwindSafe(future).catch_unwind());
         let weak = Arc::downgrade(self);
         let mut state = self.state();
@@ -412,10 +503,18 @@ impl Shared {
         let task = self.runtime.spawn(async move {
             let outcome = scoped.await;
             let Some(shared) = weak.upgrade() else { return };
-            if let Some(half) = shared.state().half_mut(target, generation) {
-                half.running.remove(&(origin, request_id));
+            {
+                let mut state = shared.state();
+                if let Some(half) = state.half_mut(target, generation) {
+                    half.running.remove(&(origin, request_id));
+                }
             }
             shared.reply(local, target, origin, request_id, &channel, outcome);
+            let elapsed = since.elapsed();
+            shared.state().channels.record(index, elapsed, sampled);
+            if elapsed > shared.slow_handler {
+                shared.slow.push(crate::Half::from_peer(target), &channel, elapsed);
+            }
         });
         half.running.insert((origin, request_id), task.abort_handle());
     }
@@ -663,12 +762,23 @@ impl Instance {
             inline_handler: AtomicU64::new(0),
             decode_failures: AtomicU64::new(0),
             listener_panics: AtomicU64::new(0),
+            dispatched: AtomicU64::new(0),
+            busy_half: AtomicU64::new(0),
+            busy_channel: AtomicU64::new(0),
+            thread_id: AtomicU64::new(0),
+            slow: SlowLog::default(),
+            slow_handler: if config.slow_handler_ms == u64::MAX {
+                Duration::MAX
+            } else {
+                Duration::from_millis(config.slow_handler_ms)
+            },
         });
         let (shutdown, shutdown_signal) = tokio::sync::oneshot::channel::<()>();
         let (finished_tx, finished) = std::sync::mpsc::channel();
         let dispatcher_shared = shared.clone();
         let sweeper_shared = shared.clone();
         let thread = std::thread::Builder::new().name(thread_name).spawn(move || {
+            sweeper_shared.thread_id.store(stats::current_thread_id(), Ordering::Relaxed);
             runtime.block_on(async move {
                 tokio::spawn(dispatch_loop(dispatcher_shared));
                 tokio::spawn(sweep_timeouts(sweeper_shared));

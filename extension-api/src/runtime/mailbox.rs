@@ -146,6 +146,11 @@ impl Mailbox {
         self.queue().messages.len() as u64
     }
 
+    /// Bytes (channel names and payloads) waiting right now.
+    pub(crate) fn queued_bytes(&self) -> u64 {
+        self.queue().bytes
+    }
+
     pub(crate) fn dropped_broadcasts(&self) -> u64 {
         self.dropped_broadcasts.load(Ordering::Relaxed)
     }

@@ -8,6 +8,7 @@ mod instance;
 pub(crate) mod logging;
 mod mailbox;
 pub(crate) mod state;
+mod stats;
 mod store;
 
 pub(crate) use instance::{LOCAL_REQUEST, Shared, TIMED_OUT, timeout_ticks};

@@ -185,6 +185,8 @@ pub(crate) struct State {
     /// Renderer halves this instance ever started (reloads included): while it is one, a plain
     /// task or thread can only belong to that half (see `context::only_renderer`).
     pub(crate) renderers_started: u64,
+    /// What each channel received (see `runtime::stats`).
+    pub(crate) channels: super::stats::Channels,
 }
 
 impl State {

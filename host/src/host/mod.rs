@@ -4,6 +4,7 @@ mod config;
 mod frames;
 mod lifecycle;
 mod snapshot;
+mod watchdog;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -23,6 +24,7 @@ use tracing::level_filters::LevelFilter;
 
 pub use config::{CrashBudget, HostConfig};
 pub use snapshot::{DeactivateReport, ExtensionSnapshot, ExtensionState, FrameKind, FrameSnapshot, HostSnapshot};
+pub use watchdog::ProcessUsage;
 
 use crate::core::{Core, lock};
 use crate::endpoint::ControlError;
@@ -62,6 +64,7 @@ struct Inner {
     next_frame: AtomicU64,
     /// Lifecycle operations run one at a time.
     operations: tokio::sync::Mutex<()>,
+    watchdog: Mutex<watchdog::Watchdog>,
 }
 
 impl Drop for Inner {
@@ -105,6 +108,7 @@ impl Host {
                 frames: Mutex::new(BTreeMap::new()),
                 next_frame: AtomicU64::new(1),
                 operations: tokio::sync::Mutex::new(()),
+                watchdog: Mutex::new(watchdog::Watchdog::default()),
             }),
         }
     }
@@ -453,6 +457,8 @@ impl Host {
                     frame_errors: entry.frame_errors.clone(),
                     pending_requests: entry.link.as_ref().map_or(0, |link| link.pending_requests()),
                     instance: None,
+                    process: None,
+                    unresponsive: false,
                 };
                 (snapshot, entry.link.clone())
             })
@@ -465,6 +471,8 @@ impl Host {
                 snapshot.pending_requests += usize::try_from(instance.local_requests).unwrap_or(usize::MAX);
                 snapshot.instance = Some(instance);
             }
+            snapshot.process = snapshot.pid.map(ProcessUsage::of);
+            snapshot.unresponsive = lock(&self.inner.watchdog).is_unresponsive(&snapshot.info.name);
             extensions.push(snapshot);
         }
         let frames = lock(&self.inner.frames)
@@ -505,9 +513,32 @@ async fn inspect_link(link: &Link) -> InstanceSnapshot {
             merged.refused_requests += instance.refused_requests;
             merged.local_requests += instance.local_requests;
             merged.listener_panics += instance.listener_panics;
+            merged.queued_bytes += instance.queued_bytes;
+            merged.store_bytes += instance.store_bytes;
+            merged.dispatched += instance.dispatched;
+            merged.cpu_ns = match (merged.cpu_ns, instance.cpu_ns) {
+                (Some(a), Some(b)) => Some(a + b),
+                (a, b) => a.or(b),
+            };
+            if merged.thread_id == 0 {
+                merged.thread_id = instance.thread_id;
+            }
+            merged.busy = merged.busy.or(instance.busy);
+            for channel in instance.channels {
+                match merged
+                    .channels
+                    .iter_mut()
+                    .find(|each| each.kind == channel.kind && each.channel == channel.channel)
+                {
+                    Some(each) => each.merge(&channel),
+                    None => merged.channels.push(channel),
+                }
+            }
+            merged.slow_handlers.extend(instance.slow_handlers);
         }
     }
     merged.halves.sort_by_key(|half| half.half);
+    merged.channels.sort_by(|a, b| (a.kind, &a.channel).cmp(&(b.kind, &b.channel)));
     merged
 }
 
@@ -541,6 +572,7 @@ impl Host {
             mailbox: config.mailbox,
             // Set by where the instance starts (see `Endpoint`).
             route_within: false,
+            slow_handler_ms: millis(config.slow_handler),
         }
     }
 }
