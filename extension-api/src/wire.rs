@@ -633,6 +633,43 @@ fn nests_deeper_than(bytes: &[u8], limit: usize) -> bool {
 mod tests {
     use super::*;
 
+    #[test]
+    fn latency_buckets_cover_every_value_within_a_quarter_octave() {
+        for ns in (0..10_000u64).chain([u64::MAX / 3, u64::MAX - 1, u64::MAX]) {
+            let bucket = ChannelStats::bucket(ns);
+            assert!(usize::from(bucket) < ChannelStats::BUCKETS);
+            let max = ChannelStats::bucket_max(bucket);
+            assert!(ns <= max, "{ns} in bucket {bucket} up to {max}");
+            assert!(max - ns <= ns / 4, "{ns} in bucket {bucket} up to {max}");
+            assert!(bucket == 0 || ChannelStats::bucket_max(bucket - 1) < ns, "{ns} belongs below {bucket}");
+        }
+    }
+
+    #[test]
+    fn channel_stats_merge_exactly_and_give_percentiles() {
+        let stats = |values: &[u64]| {
+            let mut histogram = std::collections::BTreeMap::<u16, u64>::new();
+            for ns in values {
+                *histogram.entry(ChannelStats::bucket(*ns)).or_default() += 1;
+            }
+            let mut stats = ChannelStats {
+                channel: "c".into(),
+                count: values.len() as u64,
+                max_ns: values.iter().copied().max().unwrap_or(0),
+                histogram: histogram.into_iter().collect(),
+                ..ChannelStats::default()
+            };
+            stats.refresh_percentiles();
+            stats
+        };
+        let mut a = stats(&[1_000; 98]);
+        a.merge(&stats(&[1_000_000, 5_000_000]));
+        assert_eq!((a.count, a.timed(), a.max_ns), (100, 100, 5_000_000));
+        assert_eq!(a.p50_ns, ChannelStats::bucket_max(ChannelStats::bucket(1_000)));
+        assert_eq!(a.p99_ns, ChannelStats::bucket_max(ChannelStats::bucket(1_000_000)));
+        assert_eq!(ChannelStats::default().percentile(0.99), 0);
+    }
+
     fn nested_arrays(levels: usize) -> Vec<u8> {
         let mut bytes = vec![0x91; levels];
         bytes.push(0xc0);

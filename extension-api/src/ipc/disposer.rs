@@ -66,7 +66,7 @@ impl Disposer {
                     removed.map(|listener| Box::new(listener) as Box<dyn Send>)
                 }
                 Registration::Handler { channel, id } => {
-                    if half.handlers.get(channel).is_some_and(|(each, _)| each == id) {
+                    if half.handlers.get(channel).is_some_and(|(each, _, _)| each == id) {
                         half.handlers.remove(channel).map(|handler| Box::new(handler) as Box<dyn Send>)
                     } else {
                         None

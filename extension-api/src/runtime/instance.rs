@@ -410,12 +410,10 @@ impl Shared {
                 return;
             }
             let found = state.halves.get(&target).and_then(|half| {
-                let (_, handler) = half.handlers.get(&channel)?;
-                Some((handler.clone(), half.generation))
+                let (_, handler, counters) = half.handlers.get(&channel)?;
+                Some((handler.clone(), half.generation, *counters))
             });
-            found.map(|(handler, generation)| {
-                (handler, generation, state.channels.count(ChannelKind::Request, &channel))
-            })
+            found.map(|(handler, generation, counters)| (handler, generation, state.channels.count_at(counters)))
         };
         let Some((handler, generation, counted)) = handler else {
             let side = if target == PEER_MAIN { "main".to_owned() } else { format!("frame {target}") };

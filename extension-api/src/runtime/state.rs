@@ -102,7 +102,9 @@ pub(crate) type Deactivator = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>
 pub(crate) struct Half {
     pub(crate) generation: u64,
     pub(crate) listeners: HashMap<String, Vec<(u64, ListenerFn)>>,
-    pub(crate) handlers: HashMap<String, (u64, HandlerFn)>,
+    /// By channel: the registration's id, the handler, and the channel's number in `channels`
+    /// (found once, at registration, not per request).
+    pub(crate) handlers: HashMap<String, (u64, HandlerFn, usize)>,
     pub(crate) pending: HashMap<u64, Pending>,
     /// Set when the half starts closing: no new request within the instance reaches or
     /// leaves it.

@@ -62,15 +62,28 @@ impl Channels {
     /// Counts one message on `channel`.
     #[inline]
     pub(crate) fn count(&mut self, kind: ChannelKind, channel: &str) -> Counted {
+        let index = self.index(kind, channel);
+        self.count_at(index)
+    }
+
+    /// The number of `channel`'s counters (kept by a handler's registration, so a request
+    /// costs no lookup).
+    #[inline]
+    pub(crate) fn index(&mut self, kind: ChannelKind, channel: &str) -> usize {
         let map = match kind {
             ChannelKind::Request => &self.requests,
             ChannelKind::Broadcast => &self.broadcasts,
         };
-        let index = match map.get(channel) {
+        match map.get(channel) {
             Some(index) => *index,
             None => self.add(kind, channel),
-        };
-        let counters = &mut self.all[index];
+        }
+    }
+
+    /// Counts one message on the channel numbered `index`.
+    #[inline]
+    pub(crate) fn count_at(&mut self, index: usize) -> Counted {
+        let Some(counters) = self.all.get_mut(index) else { return Counted { index, started: None } };
         let n = counters.count;
         counters.count += 1;
         Counted { index, started: (n % ChannelStats::SAMPLE_EVERY == 0).then(Instant::now) }
