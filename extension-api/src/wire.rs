@@ -228,6 +228,10 @@ pub struct InstanceSnapshot {
     /// progress counter (the host's watchdog compares it between ticks).
     #[serde(default)]
     pub dispatched: u64,
+    /// Messages the dispatcher took from the mailbox in its current batch and has not started
+    /// on yet: they wait too, behind what it runs (not counted in `queued_messages`).
+    #[serde(default)]
+    pub batch_messages: u64,
     /// The listener or handler the instance's thread is running right now, if any (only code
     /// run in place by the dispatcher: a handler that waits runs in a task of its own).
     #[serde(default)]
@@ -302,7 +306,7 @@ pub struct ChannelStats {
     pub count: u64,
     /// Median time in the handler (a request's: from its start to its answer) or in the
     /// listeners (a broadcast's, all of this instance's together), in nanoseconds; the upper
-    /// bound of its histogram bucket (within 19%).
+    /// bound of its histogram bucket (at most a quarter above the true value).
     pub p50_ns: u64,
     /// 99th percentile, as `p50_ns`.
     pub p99_ns: u64,

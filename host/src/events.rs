@@ -112,7 +112,8 @@ pub enum HostEvent {
     /// Its renderer process was started again and its renderer halves reopened.
     FrameRestarted { frame: u64 },
     /// An instance of the extension has taken no message from its mailbox for `stalled_ms`
-    /// (at least) while `queued` waited; `running` says what its thread is running, if it is
+    /// (at least) while `queued` waited (in its mailbox, or behind the message it runs in the
+    /// batch its dispatcher took); `running` says what its thread is running, if it is
     /// in a listener or handler (`main request `channel``, say). See
     /// `HostConfig::unresponsive_after`.
     ExtensionUnresponsive { extension: String, stalled_ms: u64, queued: u64, running: Option<String> },

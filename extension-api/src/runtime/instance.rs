@@ -260,6 +260,7 @@ impl Shared {
         }
         halves.sort_by_key(|half| half.half);
         let thread_id = self.thread_id.load(Ordering::Relaxed);
+        let dispatched = self.dispatched.load(Ordering::Relaxed);
         let busy_half = self.busy_half.load(Ordering::Acquire);
         let busy_channel = self.busy_channel.load(Ordering::Relaxed);
         let busy = (busy_half != 0)
@@ -285,7 +286,8 @@ impl Shared {
             store_bytes: state.halves.values().map(|half| half.replica.bytes() as u64).sum(),
             cpu_ns: stats::thread_cpu_ns(thread_id),
             thread_id,
-            dispatched: self.dispatched.load(Ordering::Relaxed),
+            dispatched,
+            batch_messages: self.mailbox.taken().saturating_sub(dispatched),
             busy,
             channels: state.channels.snapshot(),
             slow_handlers: self.slow.snapshot(),

@@ -45,6 +45,8 @@ struct Queue {
     waker: Option<Waker>,
     /// The dispatcher is working through a batch and will look again before it waits.
     draining: bool,
+    /// Messages taken into batches since the mailbox was made.
+    taken: u64,
     closed: bool,
 }
 
@@ -125,6 +127,7 @@ impl Mailbox {
                 queue.draining = true;
                 queue.bytes = 0;
                 std::mem::swap(&mut queue.messages, &mut batch);
+                queue.taken += batch.len() as u64;
                 Poll::Ready(())
             })
             .await;
@@ -144,6 +147,12 @@ impl Mailbox {
     /// Messages waiting right now.
     pub(crate) fn queued(&self) -> u64 {
         self.queue().messages.len() as u64
+    }
+
+    /// Messages taken into batches so far (those the dispatcher started on, and the rest of
+    /// its batch).
+    pub(crate) fn taken(&self) -> u64 {
+        self.queue().taken
     }
 
     /// Bytes (channel names and payloads) waiting right now.
@@ -220,7 +229,7 @@ mod tests {
             let _ = tokio::time::timeout(std::time::Duration::ZERO, serve).await;
         });
         assert_eq!(seen, [1, 2, 5]);
-        assert_eq!(mailbox.queued(), 0);
+        assert_eq!((mailbox.queued(), mailbox.taken()), (0, 3));
         // The server was dropped: the mailbox is closed.
         assert_eq!(mailbox.push(message(abi::kind::REPLY, 6)), Err(Refused::Closed));
     }

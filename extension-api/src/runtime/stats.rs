@@ -128,7 +128,9 @@ impl Channels {
     }
 
     pub(crate) fn snapshot(&self) -> Vec<ChannelStats> {
-        let mut stats: Vec<ChannelStats> = self.all.iter().map(ChannelCounters::snapshot).collect();
+        // A handler registered but never asked is not a channel that received anything.
+        let mut stats: Vec<ChannelStats> =
+            self.all.iter().filter(|counters| counters.count > 0).map(ChannelCounters::snapshot).collect();
         stats.sort_by(|a, b| (a.kind, &a.channel).cmp(&(b.kind, &b.channel)));
         stats
     }

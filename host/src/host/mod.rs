@@ -516,6 +516,7 @@ async fn inspect_link(link: &Link) -> InstanceSnapshot {
             merged.queued_bytes += instance.queued_bytes;
             merged.store_bytes += instance.store_bytes;
             merged.dispatched += instance.dispatched;
+            merged.batch_messages += instance.batch_messages;
             merged.cpu_ns = match (merged.cpu_ns, instance.cpu_ns) {
                 (Some(a), Some(b)) => Some(a + b),
                 (a, b) => a.or(b),

@@ -172,12 +172,12 @@ impl Host {
             progress.slow_warned = false;
         } else {
             let stalled = now.duration_since(progress.since);
-            if !progress.unresponsive && snapshot.queued_messages > 0 && stalled >= config.unresponsive_after {
+            let queued = snapshot.queued_messages + snapshot.batch_messages;
+            if !progress.unresponsive && queued > 0 && stalled >= config.unresponsive_after {
                 progress.unresponsive = true;
                 let running =
                     snapshot.busy.as_ref().map(|busy| format!("{} {} `{}`", busy.half, busy.kind, busy.channel));
                 let stalled_ms = millis(stalled);
-                let queued = snapshot.queued_messages;
                 tracing::warn!(
                     extension = %shown,
                     "unresponsive: its thread has not taken a message for at least {stalled_ms} ms, \

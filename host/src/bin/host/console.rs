@@ -319,7 +319,7 @@ fn top_table(snapshot: &HostSnapshot, before: &Sample, now: &Sample, elapsed: Du
             },
             p99.map_or_else(|| "-".into(), nanos),
             slowest.unwrap_or_else(|| "-".into()),
-            instance.map_or_else(|| "-".into(), |i| i.queued_messages.to_string()),
+            instance.map_or_else(|| "-".into(), |i| (i.queued_messages + i.batch_messages).to_string()),
             if extension.unresponsive { "UNRESPONSIVE".into() } else { String::new() },
         ]);
     }
