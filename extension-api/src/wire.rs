@@ -224,16 +224,20 @@ pub struct InstanceSnapshot {
     /// The instance thread's id (Linux TID, within its process); 0 if unknown.
     #[serde(default)]
     pub thread_id: u64,
-    /// Messages the dispatcher has started on since the instance started: the instance's
-    /// progress counter (the host's watchdog compares it between ticks).
+    /// The instance's progress counter, which the host's watchdog compares between ticks:
+    /// messages the dispatcher has worked through, counted when it takes a batch from the
+    /// mailbox and within a batch every 128 messages (no store per message). Unchanged while
+    /// messages wait, the thread is stuck.
     #[serde(default)]
     pub dispatched: u64,
     /// Messages the dispatcher took from the mailbox in its current batch and has not started
-    /// on yet: they wait too, behind what it runs (not counted in `queued_messages`).
+    /// on yet: they wait too, behind what it runs (not counted in `queued_messages`). Exact when
+    /// it is stuck in its batch's first message; else up to 127 too many.
     #[serde(default)]
     pub batch_messages: u64,
-    /// The listener or handler the instance's thread is running right now, if any (only code
-    /// run in place by the dispatcher: a handler that waits runs in a task of its own).
+    /// The handler the instance's thread is running right now, if any (only a handler's first
+    /// poll, which the dispatcher runs in place: a handler that waits goes on in a task of its
+    /// own; listeners are not marked).
     #[serde(default)]
     pub busy: Option<Busy>,
     /// What each channel received: requests handled and broadcasts delivered to a listener.

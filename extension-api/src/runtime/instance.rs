@@ -70,19 +70,14 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     factory: Factory,
     next_id: AtomicU64,
-    /// The half (peer + 1) whose handler the dispatcher is polling right now; 0 if none.
+    /// The handler the dispatcher is polling right now: its half (peer + 1) in the low 32 bits,
+    /// its channel (number in `State::channels`, + 1) in the high ones; 0 if none. One store
+    /// before and one after, as before the channel was added to it.
     inline_handler: AtomicU64,
     /// Held while a store write is sequenced and published, so updates leave in order.
     pub(crate) store_order: Mutex<()>,
     pub(crate) decode_failures: AtomicU64,
     pub(crate) listener_panics: AtomicU64,
-    /// Messages the dispatcher has started on: the progress the host's watchdog follows.
-    /// Written by the instance's thread only.
-    dispatched: AtomicU64,
-    /// The half (peer + 1) and the channel (its number in `State::channels`, + 1) whose author
-    /// code the dispatcher runs right now; 0 if none.
-    busy_half: AtomicU64,
-    busy_channel: AtomicU64,
     /// The instance thread's TID, for its CPU time.
     thread_id: AtomicU64,
     /// Handlers that waited and took longer than `slow_handler`.
@@ -251,26 +246,22 @@ impl Shared {
     }
 
     pub(crate) fn snapshot(&self) -> InstanceSnapshot {
+        // Read before the lock: the instance's thread may want it meanwhile.
+        let thread_id = self.thread_id.load(Ordering::Relaxed);
+        let cpu_ns = stats::thread_cpu_ns(thread_id);
         let state = self.state();
         let mut halves: Vec<_> = state.halves.iter().map(|(peer, half)| half.snapshot(*peer)).collect();
         let inline = self.inline_handler.load(Ordering::Acquire);
-        let inline = (inline != 0).then(|| crate::Half::from_peer(inline.wrapping_sub(1)));
+        let (inline_half, inline_channel) = (inline & u64::from(u32::MAX), inline >> 32);
+        let inline = (inline_half != 0).then(|| crate::Half::from_peer(inline_half - 1));
         if let Some(half) = halves.iter_mut().find(|half| Some(half.half) == inline) {
             half.running_handlers += 1;
         }
         halves.sort_by_key(|half| half.half);
-        let thread_id = self.thread_id.load(Ordering::Relaxed);
-        let dispatched = self.dispatched.load(Ordering::Relaxed);
-        let busy_half = self.busy_half.load(Ordering::Acquire);
-        let busy_channel = self.busy_channel.load(Ordering::Relaxed);
-        let busy = (busy_half != 0)
-            .then(|| state.channels.describe(busy_channel.wrapping_sub(1) as usize))
-            .flatten()
-            .map(|(kind, channel)| Busy {
-                half: crate::Half::from_peer(busy_half.wrapping_sub(1)),
-                kind,
-                channel: channel.to_owned(),
-            });
+        let busy = inline
+            .zip(state.channels.describe(inline_channel.wrapping_sub(1) as usize))
+            .map(|(half, (kind, channel))| Busy { half, kind, channel: channel.to_owned() });
+        let progress = self.mailbox.progress();
         InstanceSnapshot {
             halves,
             // The dispatcher and the timeout sweeper are ours, not the extension's.
@@ -284,27 +275,14 @@ impl Shared {
             refused_requests: self.mailbox.refused_requests(),
             queued_bytes: self.mailbox.queued_bytes(),
             store_bytes: state.halves.values().map(|half| half.replica.bytes() as u64).sum(),
-            cpu_ns: stats::thread_cpu_ns(thread_id),
+            cpu_ns,
             thread_id,
-            dispatched,
-            batch_messages: self.mailbox.taken().saturating_sub(dispatched),
+            dispatched: progress.dispatched,
+            batch_messages: progress.batch_waiting,
             busy,
             channels: state.channels.snapshot(),
             slow_handlers: self.slow.snapshot(),
         }
-    }
-
-    /// Marks the thread as running author code of `half` for channel number `channel` (see
-    /// `State::channels`), for inspect: the watchdog names what a stuck thread is running.
-    #[inline]
-    fn set_busy(&self, half: Peer, channel: usize) {
-        self.busy_channel.store(channel as u64 + 1, Ordering::Relaxed);
-        self.busy_half.store(half.wrapping_add(1), Ordering::Release);
-    }
-
-    #[inline]
-    fn clear_busy(&self) {
-        self.busy_half.store(0, Ordering::Release);
     }
 
     /// Queues a message from the host. Never runs author code on the calling thread, and never
@@ -318,8 +296,6 @@ impl Shared {
     }
 
     fn dispatch(self: &Arc<Self>, envelope: OwnedMessage) {
-        // Only this thread writes it: a plain load and store.
-        self.dispatched.store(self.dispatched.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         match envelope.kind {
             abi::kind::BROADCAST => self.dispatch_broadcast(&envelope),
             abi::kind::INVOKE => self.dispatch_invoke(envelope),
@@ -351,6 +327,8 @@ impl Shared {
         }
     }
 
+    // Out of line: it keeps the dispatcher's path for requests and replies short.
+    #[inline(never)]
     fn dispatch_broadcast(self: &Arc<Self>, envelope: &OwnedMessage) {
         let mut targets = Vec::new();
         let counted = {
@@ -376,7 +354,6 @@ impl Shared {
             payload: &envelope.payload,
         };
         for (peer, generation, listeners) in targets {
-            self.set_busy(peer, counted.index);
             for listener in listeners {
                 let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
                     context::sync_scope(self.half_ref(peer, generation), || listener(&event))
@@ -391,9 +368,8 @@ impl Shared {
                 }
             }
         }
-        self.clear_busy();
         if let Some(started) = counted.started {
-            self.state().channels.record(counted.index, started.elapsed(), true);
+            self.record_sample(counted.index, started);
         }
     }
 
@@ -432,8 +408,7 @@ impl Shared {
         let mut probe = std::task::Context::from_waker(std::task::Waker::noop());
         // Inspect counts it as running meanwhile (it may block, and inspect answers from
         // another thread).
-        self.inline_handler.store(target.wrapping_add(1), Ordering::Release);
-        self.set_busy(target, counted.index);
+        self.inline_handler.store(inline_tag(target, counted.index), Ordering::Release);
         let started = std::panic::catch_unwind(AssertUnwindSafe(|| {
             context::sync_scope(self.half_ref(target, generation), || {
                 let mut future = handler(payload, Sender::from_peer(origin));
@@ -444,41 +419,20 @@ impl Shared {
             })
         }));
         self.inline_handler.store(0, Ordering::Release);
-        self.clear_busy();
-        let outcome = match started {
-            Ok(Ok(result)) => Ok(result),
-            Err(panic) => Err(panic),
-            Ok(Err(future)) => {
-                // A handler that waits is timed always (it costs a task anyway), for the
-                // slowest handler and the slow-handler reports.
-                let since = counted.started.unwrap_or_else(Instant::now);
-                return self.spawn_handler(
-                    future,
-                    (local, target, origin, request_id),
-                    generation,
-                    channel,
-                    counted.index,
-                    (since, counted.started.is_some()),
-                );
+        let future = match started {
+            Ok(Ok(result)) => {
+                if let Some(started) = counted.started {
+                    self.record_sample(counted.index, started);
+                }
+                return self.reply(local, target, origin, request_id, &channel, Ok(result));
             }
+            Err(panic) => return self.reply(local, target, origin, request_id, &channel, Err(panic)),
+            Ok(Err(future)) => future,
         };
-        self.reply(local, target, origin, request_id, &channel, outcome);
-        if let Some(started) = counted.started {
-            self.state().channels.record(counted.index, started.elapsed(), true);
-        }
-    }
-
-    /// Runs a handler that waited at its first poll in a task of its own, until its answer.
-    #[allow(clippy::too_many_arguments)]
-    fn spawn_handler(
-        self: &Arc<Self>,
-        future: BoxFuture<'static, HandlerResult>,
-        (local, target, origin, request_id): (bool, Peer, Peer, u64),
-        generation: u64,
-        channel: String,
-        index: usize,
-        (since, sampled): (Instant, bool),
-    ) {
+        // A handler that waits is timed always (it costs a task anyway), for the slowest
+        // handler and the slow-handler reports.
+        let (since, sampled, index) =
+            (counted.started.unwrap_or_else(Instant::now), counted.started.is_some(), counted.index);
         let scoped = context::scope(self.half_ref(target, generation), AssertUnwindSafe(future).catch_unwind());
         let weak = Arc::downgrade(self);
         let mut state = self.state();
@@ -517,6 +471,17 @@ impl Shared {
             }
         });
         half.running.insert((origin, request_id), task.abort_handle());
+    }
+
+    /// Records the time of a timed message (one in [`ChannelStats::SAMPLE_EVERY`]): kept out
+    /// of line, off the path of the others.
+    ///
+    /// [`ChannelStats::SAMPLE_EVERY`]: crate::wire::ChannelStats::SAMPLE_EVERY
+    #[cold]
+    #[inline(never)]
+    fn record_sample(&self, index: usize, started: Instant) {
+        let elapsed = started.elapsed();
+        self.state().channels.record(index, elapsed, true);
     }
 
     /// Sends a handler's outcome back to the invoker.
@@ -710,6 +675,15 @@ impl Shared {
     }
 }
 
+/// What `Shared::inline_handler` holds while `target`'s handler for channel number `channel`
+/// runs: the half in the low 32 bits, the channel in the high ones (each + 1). A peer too large
+/// for 32 bits (frame numbers are small; the host hands them out from 1) is not shown at all.
+#[inline]
+fn inline_tag(target: Peer, channel: usize) -> u64 {
+    let half = target.wrapping_add(1);
+    if half > u64::from(u32::MAX) { 0 } else { half | ((channel as u64 + 1) << 32) }
+}
+
 /// How requests involving `peer` fail when it goes away.
 fn closing_kind(peer: Peer) -> InvokeErrorKind {
     if peer == PEER_MAIN { InvokeErrorKind::Deactivated } else { InvokeErrorKind::FrameClosed }
@@ -762,9 +736,6 @@ impl Instance {
             inline_handler: AtomicU64::new(0),
             decode_failures: AtomicU64::new(0),
             listener_panics: AtomicU64::new(0),
-            dispatched: AtomicU64::new(0),
-            busy_half: AtomicU64::new(0),
-            busy_channel: AtomicU64::new(0),
             thread_id: AtomicU64::new(0),
             slow: SlowLog::default(),
             slow_handler: if config.slow_handler_ms == u64::MAX {

@@ -32,6 +32,22 @@ pub(crate) struct Mailbox {
     refused_requests: AtomicU64,
     /// Turned away since the dispatcher last said so in the log.
     unreported: AtomicU64,
+    /// Messages of the current batch the dispatcher has worked through, as of its last yield
+    /// (every [`BATCH_BEFORE_YIELD`]) or the batch's end: the progress within a batch, published
+    /// without a store per message.
+    batch_done: AtomicU64,
+}
+
+/// How far the dispatcher has got (see [`Mailbox::progress`]).
+pub(crate) struct Progress {
+    /// Moves whenever the dispatcher takes a batch, and within a batch at least every
+    /// [`BATCH_BEFORE_YIELD`] messages: unchanged, the dispatcher is stuck in one message (or
+    /// idle, with nothing waiting).
+    pub(crate) dispatched: u64,
+    /// Messages of the current batch not yet worked through, the one running excluded: exact
+    /// when the dispatcher is stuck in the batch's first message, else up to
+    /// `BATCH_BEFORE_YIELD - 1` too many.
+    pub(crate) batch_waiting: u64,
 }
 
 #[derive(Default)]
@@ -47,6 +63,8 @@ struct Queue {
     draining: bool,
     /// Messages taken into batches since the mailbox was made.
     taken: u64,
+    /// Messages in the batch the dispatcher took last.
+    batch: u64,
     closed: bool,
 }
 
@@ -64,6 +82,7 @@ impl Mailbox {
             dropped_broadcasts: AtomicU64::new(0),
             refused_requests: AtomicU64::new(0),
             unreported: AtomicU64::new(0),
+            batch_done: AtomicU64::new(0),
         }
     }
 
@@ -115,33 +134,41 @@ impl Mailbox {
         // Swapped with the queue's buffer each time, so neither is allocated again.
         let mut batch = VecDeque::new();
         loop {
-            poll_fn(|cx| {
-                let mut queue = self.queue();
-                if queue.messages.is_empty() {
-                    queue.draining = false;
-                    if !queue.waker.as_ref().is_some_and(|waker| waker.will_wake(cx.waker())) {
-                        queue.waker = Some(cx.waker().clone());
-                    }
-                    return Poll::Pending;
-                }
-                queue.draining = true;
-                queue.bytes = 0;
-                std::mem::swap(&mut queue.messages, &mut batch);
-                queue.taken += batch.len() as u64;
-                Poll::Ready(())
-            })
-            .await;
+            poll_fn(|cx| self.take(cx, &mut batch)).await;
             let mut done = 0;
             while let Some(message) = batch.pop_front() {
                 dispatch(message);
                 done += 1;
                 if done % BATCH_BEFORE_YIELD == 0 {
+                    self.batch_done.store(done as u64, Ordering::Relaxed);
                     tokio::task::yield_now().await;
                 }
             }
+            self.batch_done.store(done as u64, Ordering::Relaxed);
             // A burst's buffer is not kept for good: memory stays flat after it.
             batch.shrink_to(KEPT_CAPACITY);
         }
+    }
+
+    /// Swaps what waits into `batch`, or registers the dispatcher's waker if nothing does.
+    #[inline(always)]
+    fn take(&self, cx: &mut std::task::Context<'_>, batch: &mut VecDeque<OwnedMessage>) -> Poll<()> {
+        let mut queue = self.queue();
+        if queue.messages.is_empty() {
+            queue.draining = false;
+            if !queue.waker.as_ref().is_some_and(|waker| waker.will_wake(cx.waker())) {
+                queue.waker = Some(cx.waker().clone());
+            }
+            return Poll::Pending;
+        }
+        queue.draining = true;
+        queue.bytes = 0;
+        std::mem::swap(&mut queue.messages, batch);
+        queue.taken += batch.len() as u64;
+        queue.batch = batch.len() as u64;
+        // Under the lock, with the batch: `progress` reads both in one piece.
+        self.batch_done.store(0, Ordering::Relaxed);
+        Poll::Ready(())
     }
 
     /// Messages waiting right now.
@@ -149,10 +176,11 @@ impl Mailbox {
         self.queue().messages.len() as u64
     }
 
-    /// Messages taken into batches so far (those the dispatcher started on, and the rest of
-    /// its batch).
-    pub(crate) fn taken(&self) -> u64 {
-        self.queue().taken
+    /// How far the dispatcher has got, for the host's watchdog.
+    pub(crate) fn progress(&self) -> Progress {
+        let queue = self.queue();
+        let done = self.batch_done.load(Ordering::Relaxed).min(queue.batch);
+        Progress { dispatched: queue.taken - queue.batch + done, batch_waiting: (queue.batch - done).saturating_sub(1) }
     }
 
     /// Bytes (channel names and payloads) waiting right now.
@@ -229,7 +257,9 @@ mod tests {
             let _ = tokio::time::timeout(std::time::Duration::ZERO, serve).await;
         });
         assert_eq!(seen, [1, 2, 5]);
-        assert_eq!((mailbox.queued(), mailbox.taken()), (0, 3));
+        assert_eq!(mailbox.queued(), 0);
+        let progress = mailbox.progress();
+        assert_eq!((progress.dispatched, progress.batch_waiting), (3, 0));
         // The server was dropped: the mailbox is closed.
         assert_eq!(mailbox.push(message(abi::kind::REPLY, 6)), Err(Refused::Closed));
     }

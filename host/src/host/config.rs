@@ -53,7 +53,7 @@ pub struct HostConfig {
     ///
     /// [`HostEvent::ExtensionUnresponsive`]: crate::HostEvent::ExtensionUnresponsive
     pub unresponsive_after: Duration,
-    /// A listener or handler running longer than this is warned about once
+    /// A handler running longer than this is warned about once
     /// ([`HostEvent::SlowHandler`] and the log), naming the extension, the channel and the
     /// time: while it blocks the thread (at least this long so far), or, for a handler that
     /// waits, when it answers (the time it took). `Duration::MAX`: never.

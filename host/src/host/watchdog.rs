@@ -4,7 +4,7 @@
 //!
 //! - an instance whose counter has not moved for [`HostConfig::unresponsive_after`] while
 //!   messages wait in its mailbox: unresponsive, then responsive again once it moves;
-//! - a listener or handler the thread has been running in place for [`HostConfig::slow_handler`]
+//! - a handler the thread has been running in place for [`HostConfig::slow_handler`]
 //!   (the counter did not move meanwhile): warned once;
 //! - a handler that waited (ran in a task of its own) and took longer than that: warned once,
 //!   with its time, from the instance's own report.
@@ -44,7 +44,7 @@ struct Progress {
     /// When `dispatched` was first seen at its current value.
     since: Instant,
     unresponsive: bool,
-    /// The running listener or handler was warned about (at this `dispatched`).
+    /// The running handler was warned about (at this `dispatched`).
     slow_warned: bool,
     /// The last of the instance's slow-handler reports already warned about.
     last_slow: u64,
