@@ -8,7 +8,8 @@
 //! dispatcher, which is running and will look again before it sleeps.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Poll, Waker};
@@ -134,7 +135,7 @@ impl Mailbox {
         // Swapped with the queue's buffer each time, so neither is allocated again.
         let mut batch = VecDeque::new();
         loop {
-            poll_fn(|cx| self.take(cx, &mut batch)).await;
+            Take { mailbox: self, batch: &mut batch }.await;
             let mut done = 0;
             while let Some(message) = batch.pop_front() {
                 dispatch(message);
@@ -198,6 +199,7 @@ impl Mailbox {
 
     /// Logs what was turned away, from the instance's own thread, once per overflow: when the
     /// queue has emptied (so whoever reads the warning knows there is room again).
+    #[inline(always)]
     pub(crate) fn report_overflow(&self, name: &str) {
         if self.unreported.load(Ordering::Relaxed) == 0 || !self.queue().messages.is_empty() {
             return;
@@ -210,6 +212,23 @@ impl Mailbox {
             self.limit.messages,
             self.limit.bytes,
         );
+    }
+}
+
+/// Waits for messages and takes them all into `batch` (a future of its own rather than
+/// `poll_fn`, so it is inlined into the dispatcher's loop).
+struct Take<'a> {
+    mailbox: &'a Mailbox,
+    batch: &'a mut VecDeque<OwnedMessage>,
+}
+
+impl Future for Take<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        this.mailbox.take(cx, this.batch)
     }
 }
 
