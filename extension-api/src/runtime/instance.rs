@@ -19,9 +19,7 @@ use crate::runtime::mailbox::{Mailbox, Refused};
 use crate::runtime::panic_message;
 use crate::runtime::state::{Deactivator, Half, HandlerResult, RawEvent, Reply, State};
 use crate::runtime::stats::{self, SlowLog};
-use crate::wire::{
-    Busy, ChannelKind, Completion, Control, ErrorPayload, InstanceConfig, InstanceSnapshot, OwnedMessage,
-};
+use crate::wire::{Busy, Completion, Control, ErrorPayload, InstanceConfig, InstanceSnapshot, OwnedMessage};
 
 /// Marks an invoke between halves of this instance, in the message's otherwise unused status
 /// (messages from the host always arrive with 0 there): its answer goes back the same way.
@@ -333,17 +331,19 @@ impl Shared {
         let mut targets = Vec::new();
         let counted = {
             let mut state = self.state();
+            let mut counters = None;
             for (peer, half) in &state.halves {
                 if envelope.target != PEER_ALL && envelope.target != *peer {
                     continue;
                 }
                 if let Some(listeners) = half.listeners.get(&envelope.channel) {
-                    let listeners: Vec<_> = listeners.iter().map(|(_, f)| f.clone()).collect();
+                    counters = counters.or(listeners.first().map(|(_, _, counters)| *counters));
+                    let listeners: Vec<_> = listeners.iter().map(|(_, f, _)| f.clone()).collect();
                     targets.push((*peer, half.generation, listeners));
                 }
             }
             // Counted when it reaches a listener: channels nobody listens to cost nothing.
-            (!targets.is_empty()).then(|| state.channels.count(ChannelKind::Broadcast, &envelope.channel))
+            counters.map(|counters| state.channels.count_at(counters))
         };
         let Some(counted) = counted else { return };
         // Main first, then frames in order: deterministic for tests and for authors.

@@ -101,7 +101,9 @@ pub(crate) type Deactivator = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>
 
 pub(crate) struct Half {
     pub(crate) generation: u64,
-    pub(crate) listeners: HashMap<String, Vec<(u64, ListenerFn)>>,
+    /// By channel: each listener's registration id and function, and the channel's number in
+    /// `channels` (found at registration, not per broadcast).
+    pub(crate) listeners: HashMap<String, Vec<(u64, ListenerFn, usize)>>,
     /// By channel: the registration's id, the handler, and the channel's number in `channels`
     /// (found once, at registration, not per request).
     pub(crate) handlers: HashMap<String, (u64, HandlerFn, usize)>,

@@ -59,15 +59,8 @@ pub(crate) struct Channels {
 }
 
 impl Channels {
-    /// Counts one message on `channel`.
-    #[inline]
-    pub(crate) fn count(&mut self, kind: ChannelKind, channel: &str) -> Counted {
-        let index = self.index(kind, channel);
-        self.count_at(index)
-    }
-
-    /// The number of `channel`'s counters (kept by a handler's registration, so a request
-    /// costs no lookup).
+    /// The number of `channel`'s counters (kept by a handler's or listener's registration, so
+    /// a message costs no lookup).
     #[inline]
     pub(crate) fn index(&mut self, kind: ChannelKind, channel: &str) -> usize {
         let map = match kind {
