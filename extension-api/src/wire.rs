@@ -24,6 +24,15 @@ pub struct InstanceConfig {
     /// makes a round trip through the host, and a request overtaking it would break send order.
     #[serde(default)]
     pub route_within: bool,
+    /// A handler that waits (its first poll returned pending) and takes longer than this, in
+    /// milliseconds, from its start to its answer, is reported in
+    /// [`InstanceSnapshot::slow_handlers`]. `u64::MAX` (the default): never.
+    #[serde(default = "never")]
+    pub slow_handler_ms: u64,
+}
+
+fn never() -> u64 {
+    u64::MAX
 }
 
 /// Bounds an instance's mailbox: the messages waiting for its thread (the batch its dispatcher
@@ -295,6 +304,194 @@ pub struct InstanceSnapshot {
     /// so its own count of requests in flight does not include them.
     #[serde(default)]
     pub local_requests: u64,
+    /// Bytes (channel names and payloads) of the messages waiting in the mailbox right now.
+    #[serde(default)]
+    pub queued_bytes: u64,
+    /// Bytes of the replicas the halves of this instance hold, of the store and of the
+    /// persisted tier (as `extension_api::STORE_TOTAL_LIMIT` counts them: keys, values and 16
+    /// bytes an entry), one copy of each per half.
+    #[serde(default)]
+    pub store_bytes: u64,
+    /// CPU time the instance's thread has used, in nanoseconds (Linux: from
+    /// `/proc/self/task/TID/schedstat`); `None` where it cannot be read. Merged across the
+    /// extension's instances, the sum.
+    #[serde(default)]
+    pub cpu_ns: Option<u64>,
+    /// The instance thread's id (Linux TID, within its process); 0 if unknown.
+    #[serde(default)]
+    pub thread_id: u64,
+    /// The instance's progress counter, which the host's watchdog compares between ticks:
+    /// messages the dispatcher has worked through, counted when it takes a batch from the
+    /// mailbox and within a batch every 128 messages (no store per message). Unchanged while
+    /// messages wait, the thread is stuck.
+    #[serde(default)]
+    pub dispatched: u64,
+    /// Messages the dispatcher took from the mailbox in its current batch and has not started
+    /// on yet: they wait too, behind what it runs (not counted in `queued_messages`). Exact when
+    /// it is stuck in its batch's first message; else up to 127 too many.
+    #[serde(default)]
+    pub batch_messages: u64,
+    /// The handler the instance's thread is running right now, if any (only a handler's first
+    /// poll, which the dispatcher runs in place: a handler that waits goes on in a task of its
+    /// own; listeners are not marked).
+    #[serde(default)]
+    pub busy: Option<Busy>,
+    /// What each channel received: requests handled and broadcasts delivered to a listener.
+    #[serde(default)]
+    pub channels: Vec<ChannelStats>,
+    /// The latest handlers that waited and took longer than [`InstanceConfig::slow_handler_ms`]
+    /// (at most [`SLOW_HANDLERS_KEPT`], oldest first).
+    #[serde(default)]
+    pub slow_handlers: Vec<SlowHandler>,
+}
+
+/// How many [`InstanceSnapshot::slow_handlers`] an instance keeps.
+pub const SLOW_HANDLERS_KEPT: usize = 32;
+
+/// What an instance's thread is running.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Busy {
+    /// The half whose code runs.
+    pub half: crate::Half,
+    /// A request's handler or a broadcast's listeners.
+    pub kind: ChannelKind,
+    /// The channel.
+    pub channel: String,
+}
+
+/// A handler that took longer than the instance's threshold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlowHandler {
+    /// Numbers the reports of one instance, from 1.
+    pub seq: u64,
+    /// The half whose handler it was.
+    pub half: crate::Half,
+    /// The request's channel.
+    pub channel: String,
+    /// From the handler's start to its answer, in nanoseconds.
+    pub elapsed_ns: u64,
+}
+
+/// Requests (to a handler) or broadcasts (to listeners).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelKind {
+    /// Requests, to the channel's handler.
+    #[default]
+    Request,
+    /// Broadcasts, to the channel's listeners.
+    Broadcast,
+}
+
+impl std::fmt::Display for ChannelKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ChannelKind::Request => "request",
+            ChannelKind::Broadcast => "broadcast",
+        })
+    }
+}
+
+/// Counts and latencies of one channel of one kind. Every message is counted; one in
+/// [`ChannelStats::SAMPLE_EVERY`] (the first included) is timed, so percentiles come from a
+/// uniform sample, at a clock read per timed message rather than per message. A handler that
+/// waits is always timed (it costs a task anyway), for `max_ns`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelStats {
+    /// The channel; [`ChannelStats::OTHER`] sums channels past [`ChannelStats::MAX_CHANNELS`].
+    pub channel: String,
+    /// Requests or broadcasts.
+    pub kind: ChannelKind,
+    /// Requests whose handler started, or broadcasts that reached at least one listener.
+    pub count: u64,
+    /// Median time in the handler (a request's: from its start to its answer) or in the
+    /// listeners (a broadcast's, all of this instance's together), in nanoseconds; the upper
+    /// bound of its histogram bucket (at most a quarter above the true value).
+    pub p50_ns: u64,
+    /// 99th percentile, as `p50_ns`.
+    pub p99_ns: u64,
+    /// The longest timed, exact.
+    pub max_ns: u64,
+    /// The timed messages, as `(bucket, count)` pairs of non-empty buckets (see
+    /// [`ChannelStats::bucket`]): instances' histograms merge exactly.
+    pub histogram: Vec<(u16, u64)>,
+}
+
+impl ChannelStats {
+    /// One message in this many is timed.
+    pub const SAMPLE_EVERY: u64 = 16;
+    /// Channels an instance keeps apart, per kind; the rest are counted together as
+    /// [`ChannelStats::OTHER`].
+    pub const MAX_CHANNELS: usize = 256;
+    /// The name the channels past [`ChannelStats::MAX_CHANNELS`] are counted under.
+    pub const OTHER: &'static str = "(other channels)";
+    /// Buckets of the latency histogram: four per power of two of nanoseconds.
+    pub const BUCKETS: usize = 256;
+
+    /// The histogram bucket of `ns`: exact below 4, then four buckets per power of two.
+    pub fn bucket(ns: u64) -> u16 {
+        if ns < 4 {
+            return ns as u16;
+        }
+        let power = 63 - ns.leading_zeros();
+        let quarter = (ns >> (power - 2)) & 3;
+        // power >= 2, so this is at most 4 * 62 + 3 < BUCKETS.
+        (4 * (power - 1) + quarter as u32) as u16
+    }
+
+    /// The largest value in `bucket`.
+    pub fn bucket_max(bucket: u16) -> u64 {
+        let bucket = u32::from(bucket);
+        if bucket < 4 {
+            return u64::from(bucket);
+        }
+        let power = bucket / 4 + 1;
+        let quarter = u64::from(bucket % 4);
+        let low = (4 + quarter) << (power - 2);
+        low.saturating_add((1u64 << (power - 2)) - 1)
+    }
+
+    /// How many were timed.
+    pub fn timed(&self) -> u64 {
+        self.histogram.iter().map(|(_, count)| count).sum()
+    }
+
+    /// The `q` quantile (0.0 to 1.0) of the timed messages, as its bucket's upper bound, and
+    /// never above `max_ns`; 0 if none was timed.
+    pub fn percentile(&self, q: f64) -> u64 {
+        let timed = self.timed();
+        if timed == 0 {
+            return 0;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * timed as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (bucket, count) in &self.histogram {
+            seen += count;
+            if seen >= rank {
+                return ChannelStats::bucket_max(*bucket).min(self.max_ns);
+            }
+        }
+        self.max_ns
+    }
+
+    /// Adds `other` (the same channel and kind in another instance) and recomputes the
+    /// percentiles.
+    pub fn merge(&mut self, other: &ChannelStats) {
+        self.count += other.count;
+        self.max_ns = self.max_ns.max(other.max_ns);
+        let mut merged: BTreeMap<u16, u64> = self.histogram.iter().copied().collect();
+        for (bucket, count) in &other.histogram {
+            *merged.entry(*bucket).or_default() += count;
+        }
+        self.histogram = merged.into_iter().collect();
+        self.refresh_percentiles();
+    }
+
+    /// Sets `p50_ns` and `p99_ns` from the histogram.
+    pub fn refresh_percentiles(&mut self) {
+        self.p50_ns = self.percentile(0.5);
+        self.p99_ns = self.percentile(0.99);
+    }
 }
 
 /// One half (main, or the renderer half of one frame) of an instance.
@@ -545,6 +742,43 @@ fn nests_deeper_than(bytes: &[u8], limit: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latency_buckets_cover_every_value_within_a_quarter_octave() {
+        for ns in (0..10_000u64).chain([u64::MAX / 3, u64::MAX - 1, u64::MAX]) {
+            let bucket = ChannelStats::bucket(ns);
+            assert!(usize::from(bucket) < ChannelStats::BUCKETS);
+            let max = ChannelStats::bucket_max(bucket);
+            assert!(ns <= max, "{ns} in bucket {bucket} up to {max}");
+            assert!(max - ns <= ns / 4, "{ns} in bucket {bucket} up to {max}");
+            assert!(bucket == 0 || ChannelStats::bucket_max(bucket - 1) < ns, "{ns} belongs below {bucket}");
+        }
+    }
+
+    #[test]
+    fn channel_stats_merge_exactly_and_give_percentiles() {
+        let stats = |values: &[u64]| {
+            let mut histogram = std::collections::BTreeMap::<u16, u64>::new();
+            for ns in values {
+                *histogram.entry(ChannelStats::bucket(*ns)).or_default() += 1;
+            }
+            let mut stats = ChannelStats {
+                channel: "c".into(),
+                count: values.len() as u64,
+                max_ns: values.iter().copied().max().unwrap_or(0),
+                histogram: histogram.into_iter().collect(),
+                ..ChannelStats::default()
+            };
+            stats.refresh_percentiles();
+            stats
+        };
+        let mut a = stats(&[1_000; 98]);
+        a.merge(&stats(&[1_000_000, 5_000_000]));
+        assert_eq!((a.count, a.timed(), a.max_ns), (100, 100, 5_000_000));
+        assert_eq!(a.p50_ns, ChannelStats::bucket_max(ChannelStats::bucket(1_000)));
+        assert_eq!(a.p99_ns, ChannelStats::bucket_max(ChannelStats::bucket(1_000_000)));
+        assert_eq!(ChannelStats::default().percentile(0.99), 0);
+    }
 
     fn nested_arrays(levels: usize) -> Vec<u8> {
         let mut bytes = vec![0x91; levels];

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use extension_api::InvokeErrorKind;
 use extension_api::abi::{self, PEER_ALL, PEER_HOST, PEER_MAIN};
 use extension_api::wire::{
-    Completion, Control, ErrorPayload, HalfSnapshot, InstanceConfig, InstanceSnapshot, MailboxLimit, OwnedMessage,
-    StoreSnapshot, StoreUpdate, StoreWrite,
+    Busy, ChannelKind, ChannelStats, Completion, Control, ErrorPayload, HalfSnapshot, InstanceConfig, InstanceSnapshot,
+    MailboxLimit, OwnedMessage, SlowHandler, StoreSnapshot, StoreUpdate, StoreWrite,
 };
 use extension_host::remote::protocol::{Framing, PROTOCOL_VERSION, Packet};
 use extension_host_fuzz::{Decoder, Settings, Shape};
@@ -90,6 +90,28 @@ fn completions() -> Vec<Completion> {
             dropped_broadcasts: 5,
             refused_requests: 1,
             local_requests: 4,
+            queued_bytes: 64,
+            store_bytes: 40,
+            cpu_ns: Some(1_500_000),
+            thread_id: 4242,
+            dispatched: 17,
+            batch_messages: 3,
+            busy: Some(Busy { half: extension_api::Half::Main, kind: ChannelKind::Request, channel: "echo".into() }),
+            channels: vec![ChannelStats {
+                channel: "echo".into(),
+                kind: ChannelKind::Request,
+                count: 17,
+                p50_ns: 1_279,
+                p99_ns: 9_215,
+                max_ns: 9_000,
+                histogram: vec![(ChannelStats::bucket(1_200), 1), (ChannelStats::bucket(9_000), 1)],
+            }],
+            slow_handlers: vec![SlowHandler {
+                seq: 1,
+                half: extension_api::Half::Main,
+                channel: "nap".into(),
+                elapsed_ns: 1_200_000_000,
+            }],
         }),
         Completion::StoreSnapshot(snapshot()),
     ]
@@ -101,6 +123,7 @@ fn config() -> InstanceConfig {
         max_log_level: 3,
         mailbox: MailboxLimit { messages: 1024, bytes: 1 << 20 },
         route_within: false,
+        slow_handler_ms: 1000,
     }
 }
 

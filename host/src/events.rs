@@ -121,6 +121,25 @@ pub enum HostEvent {
     /// the new build failed to activate and the extension is stopped (`Failed`) until a build
     /// that activates.
     ReloadFailed { extension: String, reason: String, kept_old_version: bool },
+    /// An instance of the extension has taken no message from its mailbox for `stalled_ms`
+    /// (at least) while `queued` waited (in its mailbox, or behind the message it runs in the
+    /// batch its dispatcher took); `running` says what its thread is running, if it is
+    /// in a handler (`main request `channel``, say). See
+    /// `HostConfig::unresponsive_after`.
+    ExtensionUnresponsive { extension: String, stalled_ms: u64, queued: u64, running: Option<String> },
+    /// The unresponsive instance takes messages again, after about `stalled_ms`.
+    ExtensionResponsive { extension: String, stalled_ms: u64 },
+    /// A handler ran past `HostConfig::slow_handler`: still running after at least
+    /// `elapsed_ms`, blocking its thread (`finished: false`), or, for a handler that waited,
+    /// answered after `elapsed_ms` (`finished: true`). Said once for each.
+    SlowHandler {
+        extension: String,
+        half: extension_api::Half,
+        kind: extension_api::wire::ChannelKind,
+        channel: String,
+        elapsed_ms: u64,
+        finished: bool,
+    },
 }
 
 #[cfg(test)]

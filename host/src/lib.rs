@@ -24,13 +24,15 @@ pub use error::{HostError, LoadError, ReloadError};
 pub use events::{HostEvent, LogRecord, ObservedBroadcast, OneLine};
 pub use host::{
     CrashBudget, DeactivateReport, ExtensionSnapshot, ExtensionState, FrameKind, FrameSnapshot, Host, HostConfig,
-    HostSnapshot, StorageConfig, default_data_dir,
+    HostSnapshot, ProcessUsage, StorageConfig, default_data_dir,
 };
 pub use library::{LibraryInfo, check};
 pub use storage::StorageUsage;
 pub use watch::{LibraryWatcher, WatchError};
 
-pub use extension_api::wire::{HalfSnapshot, InstanceSnapshot, MailboxLimit};
+pub use extension_api::wire::{
+    Busy, ChannelKind, ChannelStats, HalfSnapshot, InstanceSnapshot, MailboxLimit, SlowHandler,
+};
 
 /// The version of `extension-api` this host was built with.
 pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");

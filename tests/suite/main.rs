@@ -7,6 +7,7 @@
 mod support;
 
 mod adversary;
+mod attribution;
 mod author;
 mod console;
 mod console_values;

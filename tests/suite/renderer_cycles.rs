@@ -162,7 +162,10 @@ async fn a_renderer_process_runs_a_rebuilt_library_and_reuses_an_unchanged_one()
     let pid = host.inspect().await.frame(frame.0).and_then(|frame| frame.pid).expect("a renderer process");
     let mut logs = host.logs();
 
-    std::fs::copy(support::library("reload-v1"), &path).unwrap();
+    // v1 padded to v2's size if v2 is larger (below, v2 is written over it at the same size).
+    let mut v1 = std::fs::read(support::library("reload-v1")).unwrap();
+    v1.resize(v1.len().max(std::fs::metadata(support::library("reload-v2")).unwrap().len() as usize), 0);
+    std::fs::write(&path, &v1).unwrap();
     host.load(&path).unwrap();
     host.activate("reloadable").await.unwrap();
     renderer_says(&mut logs, "v1").await;

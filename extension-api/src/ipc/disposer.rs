@@ -58,15 +58,15 @@ impl Disposer {
             match registration {
                 Registration::Listener { channel, id } => {
                     let list = half.listeners.get_mut(channel);
-                    let removed =
-                        list.and_then(|list| list.iter().position(|(each, _)| each == id).map(|at| list.remove(at).1));
+                    let removed = list
+                        .and_then(|list| list.iter().position(|(each, _, _)| each == id).map(|at| list.remove(at).1));
                     if half.listeners.get(channel).is_some_and(Vec::is_empty) {
                         half.listeners.remove(channel);
                     }
                     removed.map(|listener| Box::new(listener) as Box<dyn Send>)
                 }
                 Registration::Handler { channel, id } => {
-                    if half.handlers.get(channel).is_some_and(|(each, _)| each == id) {
+                    if half.handlers.get(channel).is_some_and(|(each, _, _)| each == id) {
                         half.handlers.remove(channel).map(|handler| Box::new(handler) as Box<dyn Send>)
                     } else {
                         None

@@ -94,8 +94,9 @@ impl HalfHandle {
             }
         });
         let mut state = shared.state();
+        let counters = state.channels.index(crate::wire::ChannelKind::Broadcast, &channel);
         let half = state.half_mut(self.peer, self.generation).ok_or_else(|| self.gone("listen"))?;
-        half.listeners.entry(channel.clone()).or_default().push((id, wrapped));
+        half.listeners.entry(channel.clone()).or_default().push((id, wrapped, counters));
         Ok(self.disposer(Registration::Listener { channel, id }))
     }
 
@@ -185,11 +186,12 @@ impl HalfHandle {
         });
         let id = shared.next_id();
         let mut state = shared.state();
+        let counters = state.channels.index(crate::wire::ChannelKind::Request, &channel);
         let half = state.half_mut(self.peer, self.generation).ok_or_else(|| self.gone("handle"))?;
         if half.handlers.contains_key(&channel) {
             return Err(IpcError::AlreadyHandled { channel });
         }
-        half.handlers.insert(channel.clone(), (id, wrapped));
+        half.handlers.insert(channel.clone(), (id, wrapped, counters));
         Ok(self.disposer(Registration::Handler { channel, id }))
     }
 

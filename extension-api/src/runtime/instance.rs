@@ -5,7 +5,7 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
@@ -18,7 +18,8 @@ use crate::runtime::context::{self, HalfRef};
 use crate::runtime::mailbox::{Mailbox, Refused};
 use crate::runtime::panic_message;
 use crate::runtime::state::{Deactivator, Half, HandlerResult, RawEvent, Reply, State, Tier};
-use crate::wire::{Completion, Control, ErrorPayload, InstanceConfig, InstanceSnapshot, OwnedMessage};
+use crate::runtime::stats::{self, SlowLog};
+use crate::wire::{Busy, Completion, Control, ErrorPayload, InstanceConfig, InstanceSnapshot, OwnedMessage};
 
 /// Marks an invoke between halves of this instance, in the message's otherwise unused status
 /// (messages from the host always arrive with 0 there): its answer goes back the same way.
@@ -67,7 +68,9 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     factory: Factory,
     next_id: AtomicU64,
-    /// The half (peer + 1) whose handler the dispatcher is polling right now; 0 if none.
+    /// The handler the dispatcher is polling right now: its half (peer + 1) in the low 32 bits,
+    /// its channel (number in `State::channels`, + 1) in the high ones; 0 if none. One store
+    /// before and one after, as before the channel was added to it.
     inline_handler: AtomicU64,
     /// Held while a store write is sequenced and published, so updates leave in order.
     pub(crate) store_order: Mutex<()>,
@@ -76,6 +79,11 @@ pub(crate) struct Shared {
     pub(crate) storage_order: Mutex<()>,
     pub(crate) decode_failures: AtomicU64,
     pub(crate) listener_panics: AtomicU64,
+    /// The instance thread's TID, for its CPU time.
+    thread_id: AtomicU64,
+    /// Handlers that waited and took longer than `slow_handler`.
+    slow: SlowLog,
+    slow_handler: Duration,
 }
 
 impl Shared {
@@ -241,14 +249,22 @@ impl Shared {
     }
 
     pub(crate) fn snapshot(&self) -> InstanceSnapshot {
+        // Read before the lock: the instance's thread may want it meanwhile.
+        let thread_id = self.thread_id.load(Ordering::Relaxed);
+        let cpu_ns = stats::thread_cpu_ns(thread_id);
         let state = self.state();
         let mut halves: Vec<_> = state.halves.iter().map(|(peer, half)| half.snapshot(*peer)).collect();
         let inline = self.inline_handler.load(Ordering::Acquire);
-        let inline = (inline != 0).then(|| crate::Half::from_peer(inline.wrapping_sub(1)));
+        let (inline_half, inline_channel) = (inline & u64::from(u32::MAX), inline >> 32);
+        let inline = (inline_half != 0).then(|| crate::Half::from_peer(inline_half - 1));
         if let Some(half) = halves.iter_mut().find(|half| Some(half.half) == inline) {
             half.running_handlers += 1;
         }
         halves.sort_by_key(|half| half.half);
+        let busy = inline
+            .zip(state.channels.describe(inline_channel.wrapping_sub(1) as usize))
+            .map(|(half, (kind, channel))| Busy { half, kind, channel: channel.to_owned() });
+        let progress = self.mailbox.progress();
         InstanceSnapshot {
             halves,
             // The dispatcher and the timeout sweeper are ours, not the extension's.
@@ -260,6 +276,20 @@ impl Shared {
             queued_messages: self.mailbox.queued(),
             dropped_broadcasts: self.mailbox.dropped_broadcasts(),
             refused_requests: self.mailbox.refused_requests(),
+            queued_bytes: self.mailbox.queued_bytes(),
+            store_bytes: state
+                .halves
+                .values()
+                .flat_map(|half| half.tiers.iter())
+                .map(|tier| tier.replica.bytes() as u64)
+                .sum(),
+            cpu_ns,
+            thread_id,
+            dispatched: progress.dispatched,
+            batch_messages: progress.batch_waiting,
+            busy,
+            channels: state.channels.snapshot(),
+            slow_handlers: self.slow.snapshot(),
         }
     }
 
@@ -309,20 +339,27 @@ impl Shared {
         }
     }
 
+    // Out of line: it keeps the dispatcher's path for requests and replies short.
+    #[inline(never)]
     fn dispatch_broadcast(self: &Arc<Self>, envelope: &OwnedMessage) {
         let mut targets = Vec::new();
-        {
-            let state = self.state();
+        let counted = {
+            let mut state = self.state();
+            let mut counters = None;
             for (peer, half) in &state.halves {
                 if envelope.target != PEER_ALL && envelope.target != *peer {
                     continue;
                 }
                 if let Some(listeners) = half.listeners.get(&envelope.channel) {
-                    let listeners: Vec<_> = listeners.iter().map(|(_, f)| f.clone()).collect();
+                    counters = counters.or(listeners.first().map(|(_, _, counters)| *counters));
+                    let listeners: Vec<_> = listeners.iter().map(|(_, f, _)| f.clone()).collect();
                     targets.push((*peer, half.generation, listeners));
                 }
             }
-        }
+            // Counted when it reaches a listener: channels nobody listens to cost nothing.
+            counters.map(|counters| state.channels.count_at(counters))
+        };
+        let Some(counted) = counted else { return };
         // Main first, then frames in order: deterministic for tests and for authors.
         targets.sort_by_key(|(peer, _, _)| *peer);
         let event = RawEvent {
@@ -345,13 +382,16 @@ impl Shared {
                 }
             }
         }
+        if let Some(started) = counted.started {
+            self.record_sample(counted.index, started);
+        }
     }
 
     fn dispatch_invoke(self: &Arc<Self>, envelope: OwnedMessage) {
         let OwnedMessage { origin, target, request_id, channel, payload, status, .. } = envelope;
         let local = status == LOCAL_REQUEST;
         let handler = {
-            let state = self.state();
+            let mut state = self.state();
             // A request within the instance that was failed or cancelled while it waited in
             // the mailbox (its frame closed, the extension began deactivating, its invoker gave
             // up) no longer has its invoker's entry: it is not started at all. (The host's
@@ -361,12 +401,13 @@ impl Shared {
             if !wanted {
                 return;
             }
-            state.halves.get(&target).and_then(|half| {
-                let (_, handler) = half.handlers.get(&channel)?;
-                Some((handler.clone(), half.generation))
-            })
+            let found = state.halves.get(&target).and_then(|half| {
+                let (_, handler, counters) = half.handlers.get(&channel)?;
+                Some((handler.clone(), half.generation, *counters))
+            });
+            found.map(|(handler, generation, counters)| (handler, generation, state.channels.count_at(counters)))
         };
-        let Some((handler, generation)) = handler else {
+        let Some((handler, generation, counted)) = handler else {
             let side = if target == PEER_MAIN { "main".to_owned() } else { format!("frame {target}") };
             let message = format!("no handler for channel `{}` in {side}", crate::error::shown(&channel));
             let payload = ErrorPayload { message, data: None };
@@ -382,7 +423,7 @@ impl Shared {
         let mut probe = std::task::Context::from_waker(std::task::Waker::noop());
         // Inspect counts it as running meanwhile (it may block, and inspect answers from
         // another thread).
-        self.inline_handler.store(target.wrapping_add(1), Ordering::Release);
+        self.inline_handler.store(inline_tag(target, counted.index), Ordering::Release);
         let started = std::panic::catch_unwind(AssertUnwindSafe(|| {
             context::sync_scope(self.half_ref(target, generation), || {
                 let mut future = handler(payload, Sender::from_peer(origin));
@@ -394,10 +435,19 @@ impl Shared {
         }));
         self.inline_handler.store(0, Ordering::Release);
         let future = match started {
-            Ok(Ok(result)) => return self.reply(local, target, origin, request_id, &channel, Ok(result)),
+            Ok(Ok(result)) => {
+                if let Some(started) = counted.started {
+                    self.record_sample(counted.index, started);
+                }
+                return self.reply(local, target, origin, request_id, &channel, Ok(result));
+            }
             Err(panic) => return self.reply(local, target, origin, request_id, &channel, Err(panic)),
             Ok(Err(future)) => future,
         };
+        // A handler that waits is timed always (it costs a task anyway), for the slowest
+        // handler and the slow-handler reports.
+        let (since, sampled, index) =
+            (counted.started.unwrap_or_else(Instant::now), counted.started.is_some(), counted.index);
         let scoped = context::scope(self.half_ref(target, generation), AssertUnwindSafe(future).catch_unwind());
         let weak = Arc::downgrade(self);
         let mut state = self.state();
@@ -422,12 +472,31 @@ impl Shared {
         let task = self.runtime.spawn(async move {
             let outcome = scoped.await;
             let Some(shared) = weak.upgrade() else { return };
-            if let Some(half) = shared.state().half_mut(target, generation) {
-                half.running.remove(&(origin, request_id));
+            {
+                let mut state = shared.state();
+                if let Some(half) = state.half_mut(target, generation) {
+                    half.running.remove(&(origin, request_id));
+                }
             }
             shared.reply(local, target, origin, request_id, &channel, outcome);
+            let elapsed = since.elapsed();
+            shared.state().channels.record(index, elapsed, sampled);
+            if elapsed > shared.slow_handler {
+                shared.slow.push(crate::Half::from_peer(target), &channel, elapsed);
+            }
         });
         half.running.insert((origin, request_id), task.abort_handle());
+    }
+
+    /// Records the time of a timed message (one in [`ChannelStats::SAMPLE_EVERY`]): kept out
+    /// of line, off the path of the others.
+    ///
+    /// [`ChannelStats::SAMPLE_EVERY`]: crate::wire::ChannelStats::SAMPLE_EVERY
+    #[cold]
+    #[inline(never)]
+    fn record_sample(&self, index: usize, started: Instant) {
+        let elapsed = started.elapsed();
+        self.state().channels.record(index, elapsed, true);
     }
 
     /// Sends a handler's outcome back to the invoker.
@@ -639,6 +708,15 @@ impl Shared {
     }
 }
 
+/// What `Shared::inline_handler` holds while `target`'s handler for channel number `channel`
+/// runs: the half in the low 32 bits, the channel in the high ones (each + 1). A peer too large
+/// for 32 bits (frame numbers are small; the host hands them out from 1) is not shown at all.
+#[inline]
+fn inline_tag(target: Peer, channel: usize) -> u64 {
+    let half = target.wrapping_add(1);
+    if half > u64::from(u32::MAX) { 0 } else { half | ((channel as u64 + 1) << 32) }
+}
+
 /// How requests involving `peer` fail when it goes away.
 fn closing_kind(peer: Peer) -> InvokeErrorKind {
     if peer == PEER_MAIN { InvokeErrorKind::Deactivated } else { InvokeErrorKind::FrameClosed }
@@ -692,12 +770,20 @@ impl Instance {
             inline_handler: AtomicU64::new(0),
             decode_failures: AtomicU64::new(0),
             listener_panics: AtomicU64::new(0),
+            thread_id: AtomicU64::new(0),
+            slow: SlowLog::default(),
+            slow_handler: if config.slow_handler_ms == u64::MAX {
+                Duration::MAX
+            } else {
+                Duration::from_millis(config.slow_handler_ms)
+            },
         });
         let (shutdown, shutdown_signal) = tokio::sync::oneshot::channel::<()>();
         let (finished_tx, finished) = std::sync::mpsc::channel();
         let dispatcher_shared = shared.clone();
         let sweeper_shared = shared.clone();
         let thread = std::thread::Builder::new().name(thread_name).spawn(move || {
+            sweeper_shared.thread_id.store(stats::current_thread_id(), Ordering::Relaxed);
             runtime.block_on(async move {
                 tokio::spawn(dispatch_loop(dispatcher_shared));
                 tokio::spawn(sweep_timeouts(sweeper_shared));

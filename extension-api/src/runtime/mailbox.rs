@@ -8,7 +8,8 @@
 //! dispatcher, which is running and will look again before it sleeps.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Poll, Waker};
@@ -32,6 +33,22 @@ pub(crate) struct Mailbox {
     refused_requests: AtomicU64,
     /// Turned away since the dispatcher last said so in the log.
     unreported: AtomicU64,
+    /// Messages of the current batch the dispatcher has worked through, as of its last yield
+    /// (every [`BATCH_BEFORE_YIELD`]) or the batch's end: the progress within a batch, published
+    /// without a store per message.
+    batch_done: AtomicU64,
+}
+
+/// How far the dispatcher has got (see [`Mailbox::progress`]).
+pub(crate) struct Progress {
+    /// Moves whenever the dispatcher takes a batch, and within a batch at least every
+    /// [`BATCH_BEFORE_YIELD`] messages: unchanged, the dispatcher is stuck in one message (or
+    /// idle, with nothing waiting).
+    pub(crate) dispatched: u64,
+    /// Messages of the current batch not yet worked through, the one running excluded: exact
+    /// when the dispatcher is stuck in the batch's first message, else up to
+    /// `BATCH_BEFORE_YIELD - 1` too many.
+    pub(crate) batch_waiting: u64,
 }
 
 #[derive(Default)]
@@ -45,6 +62,10 @@ struct Queue {
     waker: Option<Waker>,
     /// The dispatcher is working through a batch and will look again before it waits.
     draining: bool,
+    /// Messages taken into batches since the mailbox was made.
+    taken: u64,
+    /// Messages in the batch the dispatcher took last.
+    batch: u64,
     closed: bool,
 }
 
@@ -62,6 +83,7 @@ impl Mailbox {
             dropped_broadcasts: AtomicU64::new(0),
             refused_requests: AtomicU64::new(0),
             unreported: AtomicU64::new(0),
+            batch_done: AtomicU64::new(0),
         }
     }
 
@@ -116,37 +138,58 @@ impl Mailbox {
         // Swapped with the queue's buffer each time, so neither is allocated again.
         let mut batch = VecDeque::new();
         loop {
-            poll_fn(|cx| {
-                let mut queue = self.queue();
-                if queue.messages.is_empty() {
-                    queue.draining = false;
-                    if !queue.waker.as_ref().is_some_and(|waker| waker.will_wake(cx.waker())) {
-                        queue.waker = Some(cx.waker().clone());
-                    }
-                    return Poll::Pending;
-                }
-                queue.draining = true;
-                queue.bytes = 0;
-                std::mem::swap(&mut queue.messages, &mut batch);
-                Poll::Ready(())
-            })
-            .await;
+            Take { mailbox: self, batch: &mut batch }.await;
             let mut done = 0;
             while let Some(message) = batch.pop_front() {
                 dispatch(message);
                 done += 1;
                 if done % BATCH_BEFORE_YIELD == 0 {
+                    self.batch_done.store(done as u64, Ordering::Relaxed);
                     tokio::task::yield_now().await;
                 }
             }
+            self.batch_done.store(done as u64, Ordering::Relaxed);
             // A burst's buffer is not kept for good: memory stays flat after it.
             batch.shrink_to(KEPT_CAPACITY);
         }
     }
 
+    /// Swaps what waits into `batch`, or registers the dispatcher's waker if nothing does.
+    #[inline(always)]
+    fn take(&self, cx: &mut std::task::Context<'_>, batch: &mut VecDeque<OwnedMessage>) -> Poll<()> {
+        let mut queue = self.queue();
+        if queue.messages.is_empty() {
+            queue.draining = false;
+            if !queue.waker.as_ref().is_some_and(|waker| waker.will_wake(cx.waker())) {
+                queue.waker = Some(cx.waker().clone());
+            }
+            return Poll::Pending;
+        }
+        queue.draining = true;
+        queue.bytes = 0;
+        std::mem::swap(&mut queue.messages, batch);
+        queue.taken += batch.len() as u64;
+        queue.batch = batch.len() as u64;
+        // Under the lock, with the batch: `progress` reads both in one piece.
+        self.batch_done.store(0, Ordering::Relaxed);
+        Poll::Ready(())
+    }
+
     /// Messages waiting right now.
     pub(crate) fn queued(&self) -> u64 {
         self.queue().messages.len() as u64
+    }
+
+    /// How far the dispatcher has got, for the host's watchdog.
+    pub(crate) fn progress(&self) -> Progress {
+        let queue = self.queue();
+        let done = self.batch_done.load(Ordering::Relaxed).min(queue.batch);
+        Progress { dispatched: queue.taken - queue.batch + done, batch_waiting: (queue.batch - done).saturating_sub(1) }
+    }
+
+    /// Bytes (channel names and payloads) waiting right now.
+    pub(crate) fn queued_bytes(&self) -> u64 {
+        self.queue().bytes
     }
 
     pub(crate) fn dropped_broadcasts(&self) -> u64 {
@@ -159,6 +202,7 @@ impl Mailbox {
 
     /// Logs what was turned away, from the instance's own thread, once per overflow: when the
     /// queue has emptied (so whoever reads the warning knows there is room again).
+    #[inline(always)]
     pub(crate) fn report_overflow(&self, name: &str) {
         if self.unreported.load(Ordering::Relaxed) == 0 || !self.queue().messages.is_empty() {
             return;
@@ -171,6 +215,23 @@ impl Mailbox {
             self.limit.messages,
             self.limit.bytes,
         );
+    }
+}
+
+/// Waits for messages and takes them all into `batch` (a future of its own rather than
+/// `poll_fn`, so it is inlined into the dispatcher's loop).
+struct Take<'a> {
+    mailbox: &'a Mailbox,
+    batch: &'a mut VecDeque<OwnedMessage>,
+}
+
+impl Future for Take<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        this.mailbox.take(cx, this.batch)
     }
 }
 
@@ -219,6 +280,8 @@ mod tests {
         });
         assert_eq!(seen, [1, 2, 5]);
         assert_eq!(mailbox.queued(), 0);
+        let progress = mailbox.progress();
+        assert_eq!((progress.dispatched, progress.batch_waiting), (3, 0));
         // The server was dropped: the mailbox is closed.
         assert_eq!(mailbox.push(message(abi::kind::REPLY, 6)), Err(Refused::Closed));
     }

@@ -8,6 +8,7 @@ mod instance;
 pub(crate) mod logging;
 mod mailbox;
 pub(crate) mod state;
+mod stats;
 pub(crate) mod storage;
 mod store;
 

@@ -101,8 +101,12 @@ pub(crate) type Deactivator = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>
 
 pub(crate) struct Half {
     pub(crate) generation: u64,
-    pub(crate) listeners: HashMap<String, Vec<(u64, ListenerFn)>>,
-    pub(crate) handlers: HashMap<String, (u64, HandlerFn)>,
+    /// By channel: each listener's registration id and function, and the channel's number in
+    /// `channels` (found at registration, not per broadcast).
+    pub(crate) listeners: HashMap<String, Vec<(u64, ListenerFn, usize)>>,
+    /// By channel: the registration's id, the handler, and the channel's number in `channels`
+    /// (found once, at registration, not per request).
+    pub(crate) handlers: HashMap<String, (u64, HandlerFn, usize)>,
     pub(crate) pending: HashMap<u64, Pending>,
     /// Set when the half starts closing: no new request within the instance reaches or
     /// leaves it.
@@ -224,6 +228,8 @@ pub(crate) struct State {
     /// Renderer halves this instance ever started (reloads included): while it is one, a plain
     /// task or thread can only belong to that half (see `context::only_renderer`).
     pub(crate) renderers_started: u64,
+    /// What each channel received (see `runtime::stats`).
+    pub(crate) channels: super::stats::Channels,
 }
 
 impl Half {

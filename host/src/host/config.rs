@@ -45,6 +45,21 @@ pub struct HostConfig {
     /// How much may wait for each instance's thread; past it, broadcasts to the instance are
     /// dropped (counted in inspect) and requests refused as overloaded. See [`MailboxLimit`].
     pub mailbox: MailboxLimit,
+    /// An extension whose thread takes no message from its mailbox for this long while some
+    /// wait is reported unresponsive ([`HostEvent::ExtensionUnresponsive`] and the log), then
+    /// responsive again once it moves. The watchdog looks every quarter of the shorter of this
+    /// and `slow_handler` (at most every second, at least every 10 ms), so a report comes up
+    /// to one look late. `Duration::MAX`: never.
+    ///
+    /// [`HostEvent::ExtensionUnresponsive`]: crate::HostEvent::ExtensionUnresponsive
+    pub unresponsive_after: Duration,
+    /// A handler running longer than this is warned about once
+    /// ([`HostEvent::SlowHandler`] and the log), naming the extension, the channel and the
+    /// time: while it blocks the thread (at least this long so far), or, for a handler that
+    /// waits, when it answers (the time it took). `Duration::MAX`: never.
+    ///
+    /// [`HostEvent::SlowHandler`]: crate::HostEvent::SlowHandler
+    pub slow_handler: Duration,
     /// Where and how much each extension's persisted tier (`Main::storage()`) keeps.
     pub storage: StorageConfig,
 }
@@ -118,6 +133,8 @@ impl Default for HostConfig {
             crash_budget: CrashBudget::default(),
             mailbox: MailboxLimit::default(),
             storage: StorageConfig::default(),
+            unresponsive_after: Duration::from_secs(5),
+            slow_handler: Duration::from_secs(1),
         }
     }
 }

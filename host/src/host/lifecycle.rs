@@ -94,6 +94,7 @@ impl Host {
         }
         tell_frames(&link).await;
         self.set_state(name, ExtensionState::Active);
+        self.ensure_watchdog();
         tracing::info!(extension = %name, isolated, "activated");
         Ok(())
     }

@@ -5,6 +5,7 @@ mod frames;
 mod lifecycle;
 mod reload;
 mod snapshot;
+mod watchdog;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -24,6 +25,7 @@ use tracing::level_filters::LevelFilter;
 
 pub use config::{CrashBudget, HostConfig, StorageConfig, default_data_dir};
 pub use snapshot::{DeactivateReport, ExtensionSnapshot, ExtensionState, FrameKind, FrameSnapshot, HostSnapshot};
+pub use watchdog::ProcessUsage;
 
 use crate::core::{Core, lock};
 use crate::endpoint::ControlError;
@@ -66,6 +68,7 @@ struct Inner {
     operations: tokio::sync::Mutex<()>,
     /// Every extension's persisted tier.
     storage: Storage,
+    watchdog: Mutex<watchdog::Watchdog>,
 }
 
 impl Drop for Inner {
@@ -112,6 +115,7 @@ impl Host {
                 frames: Mutex::new(BTreeMap::new()),
                 next_frame: AtomicU64::new(1),
                 operations: tokio::sync::Mutex::new(()),
+                watchdog: Mutex::new(watchdog::Watchdog::default()),
             }),
         }
     }
@@ -490,6 +494,8 @@ impl Host {
                     pending_requests: entry.link.as_ref().map_or(0, |link| link.pending_requests()),
                     instance: None,
                     storage: self.inner.storage.usage(&entry.library.info.name),
+                    process: None,
+                    unresponsive: false,
                 };
                 (snapshot, entry.link.clone())
             })
@@ -502,6 +508,8 @@ impl Host {
                 snapshot.pending_requests += usize::try_from(instance.local_requests).unwrap_or(usize::MAX);
                 snapshot.instance = Some(instance);
             }
+            snapshot.process = snapshot.pid.map(ProcessUsage::of);
+            snapshot.unresponsive = lock(&self.inner.watchdog).is_unresponsive(&snapshot.info.name);
             extensions.push(snapshot);
         }
         let frames = lock(&self.inner.frames)
@@ -544,9 +552,33 @@ async fn inspect_link(link: &Link) -> InstanceSnapshot {
             merged.refused_requests += instance.refused_requests;
             merged.local_requests += instance.local_requests;
             merged.listener_panics += instance.listener_panics;
+            merged.queued_bytes += instance.queued_bytes;
+            merged.store_bytes += instance.store_bytes;
+            merged.dispatched += instance.dispatched;
+            merged.batch_messages += instance.batch_messages;
+            merged.cpu_ns = match (merged.cpu_ns, instance.cpu_ns) {
+                (Some(a), Some(b)) => Some(a + b),
+                (a, b) => a.or(b),
+            };
+            if merged.thread_id == 0 {
+                merged.thread_id = instance.thread_id;
+            }
+            merged.busy = merged.busy.or(instance.busy);
+            for channel in instance.channels {
+                match merged
+                    .channels
+                    .iter_mut()
+                    .find(|each| each.kind == channel.kind && each.channel == channel.channel)
+                {
+                    Some(each) => each.merge(&channel),
+                    None => merged.channels.push(channel),
+                }
+            }
+            merged.slow_handlers.extend(instance.slow_handlers);
         }
     }
     merged.halves.sort_by_key(|half| half.half);
+    merged.channels.sort_by(|a, b| (a.kind, &a.channel).cmp(&(b.kind, &b.channel)));
     merged
 }
 
@@ -580,6 +612,7 @@ impl Host {
             mailbox: config.mailbox,
             // Set by where the instance starts (see `Endpoint`).
             route_within: false,
+            slow_handler_ms: millis(config.slow_handler),
         }
     }
 }

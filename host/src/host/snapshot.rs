@@ -72,10 +72,16 @@ pub struct ExtensionSnapshot {
     pub frame_errors: BTreeMap<u64, String>,
     /// Requests of this extension in flight through the host.
     pub pending_requests: usize,
-    /// What its instances report (listeners, handlers, tasks; every process merged).
+    /// What its instances report (listeners, handlers, tasks, per-channel counts and
+    /// latencies, CPU time of their threads, mailbox and store bytes; every process merged).
     pub instance: Option<InstanceSnapshot>,
     /// Its persisted tier: file, usage, limits, and why it is unavailable if it is.
     pub storage: crate::storage::StorageUsage,
+    /// What its isolated process uses (CPU time of all its threads, RSS), while it runs.
+    pub process: Option<super::ProcessUsage>,
+    /// The watchdog finds one of its instances unresponsive right now (see
+    /// [`HostEvent::ExtensionUnresponsive`](crate::HostEvent::ExtensionUnresponsive)).
+    pub unresponsive: bool,
 }
 
 /// One frame.

@@ -1,10 +1,11 @@
 //! The dev console of `host run --console`: one command per stdin line, answers on stdout.
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
-use extension_host::FrameId;
+use extension_host::{ChannelKind, FrameId, HostSnapshot};
 use extension_host::{Host, OneLine};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader, Lines};
 
 use crate::notation;
 
@@ -20,6 +21,8 @@ commands:
   broadcast NAME CHANNEL JSON       broadcast into NAME's namespace, as the host
   invoke NAME CHANNEL JSON          invoke NAME's main handler, as the host
   inspect [NAME]                    the inspect snapshot, as JSON
+  top [N]                           which extension uses what, redrawn every second; ends
+                                    after N refreshes, or on any input line
   watch on|off                      print every broadcast the host routes
   quit
 values (in and out) are JSON, plus what JSON cannot say:
@@ -47,6 +50,22 @@ pub async fn run(host: &Host) {
         }
         if line == "quit" || line == "exit" {
             break;
+        }
+        if line == "top" || line.starts_with("top ") {
+            let refreshes = match line["top".len()..].trim() {
+                "" => None,
+                count => match count.parse::<u64>() {
+                    Ok(count) if count > 0 => Some(count),
+                    _ => {
+                        println!("error: `{}` is not a number of refreshes (1 or more)", OneLine(count));
+                        continue;
+                    }
+                },
+            };
+            if !top(host, &mut lines, refreshes).await {
+                break;
+            }
+            continue;
         }
         if let Some(mode) = line.strip_prefix("watch ") {
             if let Some(task) = watcher.take() {
@@ -190,6 +209,157 @@ async fn execute(host: &Host, line: &str) -> Result<String, String> {
             json.map_err(|e| text(&e))
         }
         other => Err(format!("unknown command `{other}` (type `help`)")),
+    }
+}
+
+/// How often `top` redraws.
+const TOP_REFRESH: Duration = Duration::from_secs(1);
+
+/// What `top` compares between two refreshes, per extension: CPU time and requests handled.
+type Sample = BTreeMap<String, (u64, u64)>;
+
+fn sample(snapshot: &HostSnapshot) -> Sample {
+    snapshot
+        .extensions
+        .iter()
+        .map(|extension| {
+            let instance = extension.instance.as_ref();
+            let cpu = extension
+                .process
+                .and_then(|process| process.cpu_ns)
+                .or_else(|| instance.and_then(|instance| instance.cpu_ns))
+                .unwrap_or(0);
+            let requests = instance.map_or(0, |instance| {
+                instance.channels.iter().filter(|c| c.kind == ChannelKind::Request).map(|c| c.count).sum()
+            });
+            (extension.info.name.clone(), (cpu, requests))
+        })
+        .collect()
+}
+
+/// Redraws the usage table in place every [`TOP_REFRESH`] until `refreshes` were shown or a
+/// line arrives on stdin. False if stdin ended.
+async fn top<R: AsyncBufRead + Unpin>(host: &Host, lines: &mut Lines<R>, refreshes: Option<u64>) -> bool {
+    let mut previous = (Instant::now(), sample(&host.inspect().await));
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + TOP_REFRESH, TOP_REFRESH);
+    let (mut shown, mut drawn) = (0u64, 0usize);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {
+                let snapshot = host.inspect().await;
+                let now = Instant::now();
+                let current = sample(&snapshot);
+                let table = top_table(&snapshot, &previous.1, &current, now.duration_since(previous.0));
+                // Up over the last table, and clear to the end of the screen.
+                if drawn > 0 {
+                    print!("\x1b[{drawn}A\x1b[J");
+                }
+                println!("{table}");
+                drawn = table.lines().count();
+                previous = (now, current);
+                shown += 1;
+                if refreshes.is_some_and(|refreshes| shown >= refreshes) {
+                    println!("top done");
+                    return true;
+                }
+            }
+            line = lines.next_line() => {
+                return match line {
+                    Ok(Some(_)) => {
+                        println!("top done");
+                        true
+                    }
+                    _ => false,
+                };
+            }
+        }
+    }
+}
+
+fn top_table(snapshot: &HostSnapshot, before: &Sample, now: &Sample, elapsed: Duration) -> String {
+    let seconds = elapsed.as_secs_f64().max(1e-9);
+    let mut rows = vec![
+        ["EXTENSION", "STATE", "CPU%", "CPU TIME", "RSS", "STORE+MAILBOX", "REQ/S", "P99", "SLOWEST", "MAILBOX", ""]
+            .map(str::to_owned),
+    ];
+    let mut extensions: Vec<_> = snapshot.extensions.iter().collect();
+    // The heaviest first.
+    let cpu_delta = |name: &str| {
+        let (cpu, _) = now.get(name).copied().unwrap_or_default();
+        let (cpu_before, _) = before.get(name).copied().unwrap_or_default();
+        cpu.saturating_sub(cpu_before)
+    };
+    // Busiest first: by CPU% as shown (tenths of a percent), then by CPU time.
+    let tenths = |name: &str| (cpu_delta(name) as f64 / 1e8 / seconds).round() as u64;
+    extensions.sort_by_key(|extension| {
+        let name = &extension.info.name;
+        std::cmp::Reverse((tenths(name), now.get(name).map_or(0, |(cpu, _)| *cpu)))
+    });
+    for extension in extensions {
+        let name = &extension.info.name;
+        let (cpu, requests) = now.get(name).copied().unwrap_or_default();
+        let (_, requests_before) = before.get(name).copied().unwrap_or_default();
+        let instance = extension.instance.as_ref();
+        let requests_channels = || {
+            instance
+                .into_iter()
+                .flat_map(|instance| instance.channels.iter())
+                .filter(|c| c.kind == ChannelKind::Request)
+        };
+        let p99 = requests_channels().map(|c| c.p99_ns).max();
+        let slowest = instance
+            .into_iter()
+            .flat_map(|instance| instance.channels.iter())
+            .max_by_key(|c| c.max_ns)
+            .map(|c| format!("{} {} ({})", c.kind, OneLine(&c.channel), nanos(c.max_ns)));
+        let running = instance.is_some();
+        rows.push([
+            OneLine(name).to_string(),
+            extension.state.to_string().split(':').next().unwrap_or_default().to_owned(),
+            if running { format!("{:.1}", cpu_delta(name) as f64 / 1e9 / seconds * 100.0) } else { "-".into() },
+            if running { nanos(cpu) } else { "-".into() },
+            extension.process.and_then(|process| process.rss_bytes).map_or_else(|| "-".into(), bytes),
+            instance.map_or_else(|| "-".into(), |i| bytes(i.store_bytes + i.queued_bytes)),
+            if running {
+                format!("{:.0}", requests.saturating_sub(requests_before) as f64 / seconds)
+            } else {
+                "-".into()
+            },
+            p99.map_or_else(|| "-".into(), nanos),
+            slowest.unwrap_or_else(|| "-".into()),
+            instance.map_or_else(|| "-".into(), |i| (i.queued_messages + i.batch_messages).to_string()),
+            if extension.unresponsive { "UNRESPONSIVE".into() } else { String::new() },
+        ]);
+    }
+    let mut widths = [0usize; 11];
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    rows.iter()
+        .map(|row| {
+            let cells: Vec<String> = row.iter().zip(widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+            cells.join("  ").trim_end().to_owned()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn nanos(ns: u64) -> String {
+    match ns {
+        0..1_000 => format!("{ns}ns"),
+        1_000..1_000_000 => format!("{:.1}µs", ns as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1}ms", ns as f64 / 1e6),
+        _ => format!("{:.2}s", ns as f64 / 1e9),
+    }
+}
+
+fn bytes(bytes: u64) -> String {
+    match bytes {
+        0..1024 => format!("{bytes}B"),
+        1024..1_048_576 => format!("{:.1}KiB", bytes as f64 / 1024.0),
+        _ => format!("{:.1}MiB", bytes as f64 / 1_048_576.0),
     }
 }
 

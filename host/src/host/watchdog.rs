@@ -1,0 +1,250 @@
+//! The watchdog: one timer per host, running while any extension is active, that reads each
+//! instance's progress counter (messages its dispatcher started on) through inspect (answered
+//! off the instance's thread, so it works while that thread is stuck) and reports:
+//!
+//! - an instance whose counter has not moved for [`HostConfig::unresponsive_after`] while
+//!   messages wait in its mailbox: unresponsive, then responsive again once it moves;
+//! - a handler the thread has been running in place for [`HostConfig::slow_handler`]
+//!   (the counter did not move meanwhile): warned once;
+//! - a handler that waited (ran in a task of its own) and took longer than that: warned once,
+//!   with its time, from the instance's own report.
+//!
+//! Between ticks it sleeps; with no extension active it stops, and the next activation starts
+//! it again.
+//!
+//! [`HostConfig::unresponsive_after`]: super::HostConfig::unresponsive_after
+//! [`HostConfig::slow_handler`]: super::HostConfig::slow_handler
+
+use std::collections::HashMap;
+use std::sync::Weak;
+use std::time::{Duration, Instant};
+
+use extension_api::wire::{Completion, Control, InstanceSnapshot};
+use serde::Serialize;
+
+use super::{Host, INSPECT_TIMEOUT, Inner};
+use crate::core::lock;
+use crate::events::{HostEvent, OneLine};
+
+/// The longest time between two ticks.
+const MAX_TICK: Duration = Duration::from_secs(1);
+/// The shortest (for thresholds of a few milliseconds).
+const MIN_TICK: Duration = Duration::from_millis(10);
+
+#[derive(Default)]
+pub(super) struct Watchdog {
+    running: bool,
+    /// By endpoint key.
+    endpoints: HashMap<u64, Progress>,
+}
+
+struct Progress {
+    extension: String,
+    dispatched: u64,
+    /// When `dispatched` was first seen at its current value.
+    since: Instant,
+    unresponsive: bool,
+    /// The running handler was warned about (at this `dispatched`).
+    slow_warned: bool,
+    /// The last of the instance's slow-handler reports already warned about.
+    last_slow: u64,
+}
+
+impl Watchdog {
+    /// Whether an instance of `extension` is unresponsive right now.
+    pub(super) fn is_unresponsive(&self, extension: &str) -> bool {
+        self.endpoints.values().any(|progress| progress.unresponsive && progress.extension == extension)
+    }
+}
+
+/// What an isolated extension's process uses, read from `/proc` (Linux); `None` where it
+/// cannot be read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ProcessUsage {
+    /// CPU time of all its threads, in nanoseconds.
+    pub cpu_ns: Option<u64>,
+    /// Resident set size, in bytes.
+    pub rss_bytes: Option<u64>,
+}
+
+impl ProcessUsage {
+    pub(super) fn of(pid: u32) -> ProcessUsage {
+        ProcessUsage { cpu_ns: process_cpu_ns(pid), rss_bytes: process_rss_bytes(pid) }
+    }
+}
+
+/// The CPU time of every thread of process `pid`: the sum of their `schedstat`s.
+fn process_cpu_ns(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = 0u64;
+    for task in tasks.flatten() {
+        // A thread that ended meanwhile has nothing left to count.
+        if let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) {
+            total += text.split_whitespace().next().and_then(|ns| ns.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    Some(total)
+}
+
+/// `VmRSS` of process `pid`.
+fn process_rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Host {
+    /// Starts the watchdog unless it runs (called when an extension becomes active).
+    pub(super) fn ensure_watchdog(&self) {
+        let mut watchdog = lock(&self.inner.watchdog);
+        if watchdog.running {
+            return;
+        }
+        watchdog.running = true;
+        tokio::spawn(run(self.weak()));
+    }
+
+    fn watchdog_tick(&self) -> Duration {
+        let config = &self.inner.config;
+        (config.unresponsive_after.min(config.slow_handler) / 4).clamp(MIN_TICK, MAX_TICK)
+    }
+
+    /// One look at every active instance. False when nothing is active: the watchdog stops.
+    async fn watch_once(&self) -> bool {
+        let links = {
+            // Decided under the watchdog's lock, which `ensure_watchdog` takes: an activation
+            // in between finds it still running, or starts it again.
+            let mut watchdog = lock(&self.inner.watchdog);
+            let links = self.active_links();
+            if links.is_empty() {
+                watchdog.running = false;
+                watchdog.endpoints.clear();
+                return false;
+            }
+            links
+        };
+        let mut seen = Vec::new();
+        for (name, link) in links {
+            for endpoint in link.endpoints() {
+                let outcome = endpoint.control(|completion| Control::Inspect { completion }, INSPECT_TIMEOUT).await;
+                if let Ok(Completion::Inspected(snapshot)) = outcome {
+                    seen.push(endpoint.key);
+                    let events = self.observe(&name, endpoint.key, &snapshot, Instant::now());
+                    for event in events {
+                        self.publish(event);
+                    }
+                }
+            }
+        }
+        // Instances that went away (deactivated, closed, crashed) are forgotten.
+        lock(&self.inner.watchdog).endpoints.retain(|key, _| seen.contains(key));
+        true
+    }
+
+    /// Compares an instance's report with the last one; returns what to report.
+    fn observe(&self, extension: &str, key: u64, snapshot: &InstanceSnapshot, now: Instant) -> Vec<HostEvent> {
+        let config = &self.inner.config;
+        let mut events = Vec::new();
+        let mut watchdog = lock(&self.inner.watchdog);
+        let progress = watchdog.endpoints.entry(key).or_insert_with(|| Progress {
+            extension: extension.to_owned(),
+            dispatched: snapshot.dispatched,
+            since: now,
+            unresponsive: false,
+            slow_warned: false,
+            last_slow: 0,
+        });
+        let shown = OneLine(extension);
+        if snapshot.dispatched != progress.dispatched {
+            if progress.unresponsive {
+                let stalled_ms = millis(now.duration_since(progress.since));
+                tracing::info!(extension = %shown, "responsive again after about {stalled_ms} ms");
+                events.push(HostEvent::ExtensionResponsive { extension: extension.to_owned(), stalled_ms });
+            }
+            progress.dispatched = snapshot.dispatched;
+            progress.since = now;
+            progress.unresponsive = false;
+            progress.slow_warned = false;
+        } else {
+            let stalled = now.duration_since(progress.since);
+            let queued = snapshot.queued_messages + snapshot.batch_messages;
+            if !progress.unresponsive && queued > 0 && stalled >= config.unresponsive_after {
+                progress.unresponsive = true;
+                let running =
+                    snapshot.busy.as_ref().map(|busy| format!("{} {} `{}`", busy.half, busy.kind, busy.channel));
+                let stalled_ms = millis(stalled);
+                tracing::warn!(
+                    extension = %shown,
+                    "unresponsive: its thread has not taken a message for at least {stalled_ms} ms, \
+                     with {queued} waiting{}",
+                    running.as_deref().map(|what| format!(" (running {})", OneLine(what))).unwrap_or_default()
+                );
+                events.push(HostEvent::ExtensionUnresponsive {
+                    extension: extension.to_owned(),
+                    stalled_ms,
+                    queued,
+                    running,
+                });
+            }
+            if let Some(busy) =
+                snapshot.busy.as_ref().filter(|_| !progress.slow_warned && stalled >= config.slow_handler)
+            {
+                progress.slow_warned = true;
+                let elapsed_ms = millis(stalled);
+                tracing::warn!(
+                    extension = %shown,
+                    channel = %OneLine(&busy.channel),
+                    "a {} {} on `{}` has been running for at least {elapsed_ms} ms, blocking its thread",
+                    busy.kind,
+                    if busy.kind == extension_api::wire::ChannelKind::Request { "handler" } else { "listener" },
+                    OneLine(&busy.channel),
+                );
+                events.push(HostEvent::SlowHandler {
+                    extension: extension.to_owned(),
+                    half: busy.half,
+                    kind: busy.kind,
+                    channel: busy.channel.clone(),
+                    elapsed_ms,
+                    finished: false,
+                });
+            }
+        }
+        for slow in snapshot.slow_handlers.iter().filter(|slow| slow.seq > progress.last_slow) {
+            let elapsed_ms = slow.elapsed_ns / 1_000_000;
+            tracing::warn!(
+                extension = %shown,
+                channel = %OneLine(&slow.channel),
+                "a handler on `{}` took {elapsed_ms} ms",
+                OneLine(&slow.channel),
+            );
+            events.push(HostEvent::SlowHandler {
+                extension: extension.to_owned(),
+                half: slow.half,
+                kind: extension_api::wire::ChannelKind::Request,
+                channel: slow.channel.clone(),
+                elapsed_ms,
+                finished: true,
+            });
+        }
+        progress.last_slow =
+            snapshot.slow_handlers.last().map_or(progress.last_slow, |slow| slow.seq.max(progress.last_slow));
+        events
+    }
+}
+
+async fn run(weak: Weak<Inner>) {
+    loop {
+        // The host is held only while it is looked at: dropping it ends the watchdog.
+        let Some(tick) = Host::from_weak(&weak).map(|host| host.watchdog_tick()) else { return };
+        tokio::time::sleep(tick).await;
+        let Some(host) = Host::from_weak(&weak) else { return };
+        if !host.watch_once().await {
+            return;
+        }
+    }
+}
