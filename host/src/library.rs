@@ -191,10 +191,10 @@ fn elf_layout(file: &std::fs::File, len: u64) -> Result<(), Layout> {
 
 /// `dlopen`s the validated copy and checks its descriptor; errors name the original `path`.
 fn open(path: &Path, copy: &Path) -> Result<Library, LoadError> {
-    // SAFETY: loading a library runs its initialisers. We only load files the embedder asked
-    // for; an extension is trusted code in process (isolation is what child processes are for).
-    // The file is our private copy, validated whole just above, so no segment is mapped past
-    // its end.
+    // Loading a library runs its initialisers: we only load files the embedder asked for, and
+    // an extension is trusted code in process (isolation is what child processes are for).
+    // SAFETY: the file is our private copy, its layout validated against its size before this
+    // call (no segment is mapped past its end), and its initialisers are code the embedder chose.
     let opened = unsafe { libloading::Library::new(copy) };
     let library =
         opened.map_err(|error| LoadError::NotALibrary { path: path.to_owned(), reason: error.to_string() })?;
