@@ -96,7 +96,7 @@ pub mod kind {
     pub const STORE_WRITE: u32 = 5;
     /// Main publishes a sequenced store write to every replica (payload: `wire::StoreUpdate`).
     pub const STORE_UPDATE: u32 = 6;
-    /// Main refuses a renderer half's store write (payload: `wire::StoreRefusal`); it goes to
+    /// Main refuses a renderer half's store write (payload: `wire::WriteRefusal`); it goes to
     /// the writer only.
     pub const STORE_REFUSAL: u32 = 7;
     /// The persisted tier's [`STORE_WRITE`]: a renderer half asks main to sequence a write.
@@ -104,7 +104,7 @@ pub mod kind {
     /// The persisted tier's [`STORE_UPDATE`]: main publishes a write the host made durable.
     pub const STORAGE_UPDATE: u32 = 9;
     /// Main tells a renderer half its write was not written (payload:
-    /// `wire::StorageRefusal`); it goes to the writer only.
+    /// `wire::WriteRefusal`); it goes to the writer only.
     pub const STORAGE_REFUSAL: u32 = 10;
     /// Main asks the host to make a write durable (payload: `wire::StorageCommit`), to
     /// [`super::PEER_HOST`]. Routed even while the extension deactivates, so `deactivate` can

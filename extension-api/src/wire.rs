@@ -249,10 +249,11 @@ pub enum StorageOutcome {
     },
 }
 
-/// Main's answer to a renderer's write of the persisted tier that was not written (kind
-/// `STORAGE_REFUSAL`); only the writer gets it.
+/// Main's answer to a renderer's write that was not written, in either tier (kind
+/// `STORE_REFUSAL` for the store, `STORAGE_REFUSAL` for the persisted tier); only the writer
+/// gets it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct StorageRefusal {
+pub struct WriteRefusal {
     /// The writer's [`StoreWrite::write_id`].
     pub write_id: u64,
     /// The key it would have written.
@@ -554,31 +555,6 @@ pub struct StoreUpdate {
     pub writer: Peer,
     /// The writer's [`StoreWrite::write_id`] (0 for main's own writes).
     pub write_id: u64,
-}
-
-/// Main's answer to a renderer's [`StoreWrite`] it did not sequence, because of a limit. Only
-/// the writer gets it; nothing was written.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct StoreRefusal {
-    /// The refused write's [`StoreWrite::write_id`].
-    pub write_id: u64,
-    /// The key it would have written.
-    pub key: String,
-    /// Which limit the write would pass.
-    pub limit: StoreLimit,
-    /// The size that passes it, in bytes: the value's, or the store's with the write.
-    pub size: u64,
-    /// The limit, in bytes.
-    pub max: u64,
-}
-
-/// The store's limits (see `extension_api::STORE_VALUE_LIMIT` and `STORE_TOTAL_LIMIT`).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-pub enum StoreLimit {
-    /// One value's size.
-    Value,
-    /// The whole store's size.
-    Total,
 }
 
 /// A [`RawMessage`] that owns its buffers: what an instance queues in its mailbox, and what

@@ -282,26 +282,12 @@ impl TestHost {
 
     /// The value of `key` in the extension's store (main's replica).
     pub async fn store<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, TestError> {
-        let values = self.host.store_values(&self.name).await?;
-        values
-            .get(key)
-            .map(|bytes| {
-                extension_api::wire::decode(bytes)
-                    .map_err(|error| TestError::Decode { what: key.to_owned(), reason: error.to_string() })
-            })
-            .transpose()
+        value_of(&self.host.store_values(&self.name).await?, key)
     }
 
     /// The value of `key` in the extension's persisted tier (main's replica: durable writes).
     pub async fn storage<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, TestError> {
-        let values = self.host.storage_values(&self.name).await?;
-        values
-            .get(key)
-            .map(|bytes| {
-                extension_api::wire::decode(bytes)
-                    .map_err(|error| TestError::Decode { what: key.to_owned(), reason: error.to_string() })
-            })
-            .transpose()
+        value_of(&self.host.storage_values(&self.name).await?, key)
     }
 
     /// Deactivates the extension, then closes everything.
@@ -389,6 +375,20 @@ fn build_host(cargo: &OsString, profile_dir: Option<&Path>) -> Result<PathBuf, S
         .filter(|message| message["reason"] == "compiler-artifact" && message["target"]["name"] == "host")
         .find_map(|message| message["executable"].as_str().map(PathBuf::from))
         .ok_or_else(|| "`cargo build` of `host` reported no `host` executable".to_owned())
+}
+
+/// `key`'s value among `values` (MessagePack), decoded as `T`.
+fn value_of<T: DeserializeOwned>(
+    values: &std::collections::BTreeMap<String, Vec<u8>>,
+    key: &str,
+) -> Result<Option<T>, TestError> {
+    values
+        .get(key)
+        .map(|bytes| {
+            extension_api::wire::decode(bytes)
+                .map_err(|error| TestError::Decode { what: key.to_owned(), reason: error.to_string() })
+        })
+        .transpose()
 }
 
 #[cfg(test)]

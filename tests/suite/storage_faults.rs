@@ -4,9 +4,17 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use extension_host::{Host, InvokeError};
+use extension_host::{Host, HostConfig, InvokeError};
 
 use crate::support::{self, FAILSAFE};
+
+/// A host running `keeper`.
+async fn keeper_in(config: HostConfig) -> Host {
+    let host = Host::new(config);
+    host.load(support::library("keeper")).unwrap();
+    host.activate("keeper").await.unwrap();
+    host
+}
 
 async fn set(host: &Host, key: &str, value: &str) -> Result<(), InvokeError> {
     host.invoke("keeper", "set", &(key, value), FAILSAFE).await
@@ -56,9 +64,7 @@ async fn a_full_disk_fails_the_write_and_once_freed_the_next_write_commits() {
     let data = mount.join("data");
     let mut config = support::config();
     config.storage.data_dir = data.clone();
-    let host = Host::new(config);
-    host.load(support::library("keeper")).unwrap();
-    host.activate("keeper").await.unwrap();
+    let host = keeper_in(config).await;
     set(&host, "before", "fine").await.unwrap();
 
     let filler = fill(mount);
@@ -85,14 +91,10 @@ async fn a_purge_by_a_host_that_finds_the_file_locked_is_refused_and_loses_nothi
     let data = crate::loading::tempdir();
     let mut config = support::config();
     config.storage.data_dir = data.clone();
-    let first = Host::new(config.clone());
-    first.load(support::library("keeper")).unwrap();
-    first.activate("keeper").await.unwrap();
+    let first = keeper_in(config.clone()).await;
     set(&first, "kept", "before").await.unwrap();
 
-    let second = Host::new(config.clone());
-    second.load(support::library("keeper")).unwrap();
-    second.activate("keeper").await.unwrap();
+    let second = keeper_in(config.clone()).await;
     let purged = second.uninstall_purge("keeper").await;
     second.shutdown().await;
 
@@ -100,9 +102,7 @@ async fn a_purge_by_a_host_that_finds_the_file_locked_is_refused_and_loses_nothi
     first.shutdown().await;
     drop(first);
 
-    let third = Host::new(config);
-    third.load(support::library("keeper")).unwrap();
-    third.activate("keeper").await.unwrap();
+    let third = keeper_in(config).await;
     let after: Option<String> = third.invoke("keeper", "get", &"after", FAILSAFE).await.unwrap();
     third.shutdown().await;
     let _ = std::fs::remove_dir_all(&data);
@@ -121,9 +121,7 @@ async fn a_database_holding_another_extensions_data_is_refused_and_left_as_it_is
     let data = crate::loading::tempdir();
     let mut config = support::config();
     config.storage.data_dir = data.clone();
-    let host = Host::new(config.clone());
-    host.load(support::library("keeper")).unwrap();
-    host.activate("keeper").await.unwrap();
+    let host = keeper_in(config.clone()).await;
     set(&host, "secret", "keeper's").await.unwrap();
     host.shutdown().await;
     drop(host);

@@ -309,10 +309,12 @@ impl Shared {
             abi::kind::INVOKE => self.dispatch_invoke(envelope),
             abi::kind::STORE_WRITE => self.dispatch_store_write(envelope.origin, &envelope.payload),
             abi::kind::STORE_UPDATE => self.dispatch_store_update(Tier::Store, &envelope.payload),
-            abi::kind::STORE_REFUSAL => self.dispatch_store_refusal(envelope.target, &envelope.payload),
+            abi::kind::STORE_REFUSAL => self.dispatch_write_refusal(Tier::Store, envelope.target, &envelope.payload),
             abi::kind::STORAGE_WRITE => self.dispatch_storage_write(envelope.origin, &envelope.payload),
             abi::kind::STORAGE_UPDATE => self.dispatch_store_update(Tier::Storage, &envelope.payload),
-            abi::kind::STORAGE_REFUSAL => self.dispatch_storage_refusal(envelope.target, &envelope.payload),
+            abi::kind::STORAGE_REFUSAL => {
+                self.dispatch_write_refusal(Tier::Storage, envelope.target, &envelope.payload)
+            }
             abi::kind::STORAGE_COMMITTED => self.dispatch_storage_committed(&envelope.payload),
             abi::kind::REPLY => {
                 let pending = self

@@ -15,7 +15,7 @@ use crate::runtime::Shared;
 use crate::runtime::state::Tier;
 use crate::runtime::store::replica_snapshot;
 use crate::wire::{
-    StorageCommit, StorageCommitted, StorageOutcome, StorageRefusal, StorageSeed, StoreUpdate, StoreWrite,
+    StorageCommit, StorageCommitted, StorageOutcome, StorageSeed, StoreUpdate, StoreWrite, WriteRefusal,
 };
 
 /// A write main sent to the host and waits to hear of.
@@ -122,15 +122,7 @@ impl Shared {
             Err(StoreError::Overloaded { .. }) => StorageOutcome::Overloaded,
             Err(error) => return tracing::warn!("a storage write from {origin} was dropped: {error}"),
         };
-        self.refuse_storage_write(origin, StorageRefusal { write_id, key, outcome });
-    }
-
-    fn refuse_storage_write(&self, origin: Peer, refusal: StorageRefusal) {
-        let sent = rmp_serde::to_vec_named(&refusal)
-            .map(|bytes| self.send(abi::kind::STORAGE_REFUSAL, 0, PEER_MAIN, origin, 0, "", &bytes));
-        if !matches!(sent, Ok(abi::status::OK)) {
-            tracing::warn!("the refusal of a storage write from {origin} could not be sent: {sent:?}");
-        }
+        self.refuse_write(Tier::Storage, origin, WriteRefusal { write_id, key, outcome });
     }
 
     /// The host's answer to main's commits: each durable write is applied to main's replica,
@@ -187,28 +179,11 @@ impl Shared {
             if let Some(done) = commit.done.take() {
                 let _ = done.send(if committed { Ok(()) } else { Err(refusal_error(commit.key, outcome)) });
             } else if !committed && commit.writer != PEER_MAIN {
-                let refusal = StorageRefusal { write_id: commit.write_id, key: commit.key, outcome };
-                self.refuse_storage_write(commit.writer, refusal);
+                let refusal = WriteRefusal { write_id: commit.write_id, key: commit.key, outcome };
+                self.refuse_write(Tier::Storage, commit.writer, refusal);
             } else if committed && update.is_none() {
                 tracing::debug!("storage commit {id} was durable after main stopped");
             }
-        }
-    }
-
-    /// A renderer half's write of the persisted tier that was not written: its `set` fails
-    /// with the reason.
-    pub(crate) fn dispatch_storage_refusal(&self, target: Peer, payload: &[u8]) {
-        let refusal = match crate::wire::decode::<StorageRefusal>(payload) {
-            Ok(refusal) => refusal,
-            Err(error) => return tracing::warn!("dropping an undecodable storage refusal: {error}"),
-        };
-        let waiting = self
-            .state()
-            .halves
-            .get_mut(&target)
-            .and_then(|half| half.tier(Tier::Storage).pending.remove(&refusal.write_id));
-        if let Some(done) = waiting {
-            let _ = done.send(Err(refusal_error(refusal.key, refusal.outcome)));
         }
     }
 
@@ -242,7 +217,7 @@ impl Shared {
 }
 
 /// The error a write that was not written fails with.
-fn refusal_error(key: String, outcome: StorageOutcome) -> StoreError {
+pub(crate) fn refusal_error(key: String, outcome: StorageOutcome) -> StoreError {
     let size = |bytes: u64| usize::try_from(bytes).unwrap_or(usize::MAX);
     match outcome {
         StorageOutcome::TooLarge { size: value, max } => {

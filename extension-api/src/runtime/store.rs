@@ -11,7 +11,8 @@ use crate::runtime::Shared;
 use crate::runtime::context;
 use crate::runtime::panic_message;
 use crate::runtime::state::{State, Tier, WatcherFn};
-use crate::wire::{StoreLimit, StoreRefusal, StoreSnapshot, StoreUpdate, StoreWrite};
+use crate::runtime::storage::refusal_error;
+use crate::wire::{StorageOutcome, StoreSnapshot, StoreUpdate, StoreWrite, WriteRefusal};
 use serde_bytes::ByteBuf;
 
 /// What a [`StoreUpdate`] holds besides its key and values, with room to spare: its numbers,
@@ -88,41 +89,42 @@ impl Shared {
             Err(error) => return tracing::warn!("dropping an undecodable store write: {error}"),
         };
         let write_id = write.write_id;
-        let refusal = match self.sequence_write(origin, write_id, write.key, write.value) {
+        let (key, outcome) = match self.sequence_write(origin, write_id, write.key, write.value) {
             Ok(()) => return,
             Err(StoreError::Full { key, size, limit }) => {
-                StoreRefusal { write_id, key, limit: StoreLimit::Total, size: size as u64, max: limit as u64 }
+                (key, StorageOutcome::Full { size: size as u64, max: limit as u64 })
             }
             Err(StoreError::TooLarge { key, size, limit }) => {
-                StoreRefusal { write_id, key, limit: StoreLimit::Value, size: size as u64, max: limit as u64 }
+                (key, StorageOutcome::TooLarge { size: size as u64, max: limit as u64 })
             }
             Err(error) => return tracing::warn!("a store write from {origin} was dropped: {error}"),
         };
-        let sent = rmp_serde::to_vec_named(&refusal)
-            .map(|bytes| self.send(abi::kind::STORE_REFUSAL, 0, PEER_MAIN, origin, 0, "", &bytes));
+        self.refuse_write(Tier::Store, origin, WriteRefusal { write_id, key, outcome });
+    }
+
+    /// Answers a renderer half's write of `tier` that main did not make, to that half only.
+    pub(crate) fn refuse_write(&self, tier: Tier, writer: Peer, refusal: WriteRefusal) {
+        let kind = match tier {
+            Tier::Store => abi::kind::STORE_REFUSAL,
+            Tier::Storage => abi::kind::STORAGE_REFUSAL,
+        };
+        let sent = rmp_serde::to_vec_named(&refusal).map(|bytes| self.send(kind, 0, PEER_MAIN, writer, 0, "", &bytes));
         if !matches!(sent, Ok(abi::status::OK)) {
-            tracing::warn!("the refusal of a store write from {origin} could not be sent: {sent:?}");
+            tracing::warn!("the refusal of a write from {writer} could not be sent: {sent:?}");
         }
     }
 
-    /// A renderer half's write that main refused: its `set` fails with the reason.
-    pub(crate) fn dispatch_store_refusal(&self, target: Peer, payload: &[u8]) {
-        let refusal = match crate::wire::decode::<StoreRefusal>(payload) {
+    /// A renderer half's write of `tier` that main did not make: its `set` fails with the
+    /// reason.
+    pub(crate) fn dispatch_write_refusal(&self, tier: Tier, target: Peer, payload: &[u8]) {
+        let refusal = match crate::wire::decode::<WriteRefusal>(payload) {
             Ok(refusal) => refusal,
-            Err(error) => return tracing::warn!("dropping an undecodable store refusal: {error}"),
+            Err(error) => return tracing::warn!("dropping an undecodable write refusal: {error}"),
         };
-        let waiting = self
-            .state()
-            .halves
-            .get_mut(&target)
-            .and_then(|half| half.tier(Tier::Store).pending.remove(&refusal.write_id));
+        let waiting =
+            self.state().halves.get_mut(&target).and_then(|half| half.tier(tier).pending.remove(&refusal.write_id));
         if let Some(done) = waiting {
-            let (key, size, limit) = (refusal.key, refusal.size as usize, refusal.max as usize);
-            let error = match refusal.limit {
-                StoreLimit::Value => StoreError::TooLarge { key, size, limit },
-                StoreLimit::Total => StoreError::Full { key, size, limit },
-            };
-            let _ = done.send(Err(error));
+            let _ = done.send(Err(refusal_error(refusal.key, refusal.outcome)));
         }
     }
 

@@ -373,17 +373,8 @@ impl Host {
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned + Send + 'static,
     {
-        let channel_name = channel.to_owned();
-        let sent = rmp_serde::to_vec_named(value)
-            .map_err(|error| InvokeError::new(InvokeErrorKind::Serialize, channel, error.to_string()))
-            .map(|payload| self.invoke_raw(name, channel, &payload, timeout));
-        async move {
-            let reply = sent?.await?;
-            extension_api::wire::decode(&reply).map_err(|error| {
-                let message = format!("the reply does not decode as {}: {error}", std::any::type_name::<Resp>());
-                InvokeError::new(InvokeErrorKind::Deserialize, channel_name, message)
-            })
-        }
+        let sent = encode_request(channel, value).map(|payload| self.invoke_raw(name, channel, &payload, timeout));
+        decode_reply(channel, sent)
     }
 
     /// [`Host::invoke`] with MessagePack bytes in and out.
@@ -420,17 +411,9 @@ impl Host {
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned + Send + 'static,
     {
-        let channel_name = channel.to_owned();
-        let sent = rmp_serde::to_vec_named(value)
-            .map_err(|error| InvokeError::new(InvokeErrorKind::Serialize, channel, error.to_string()))
+        let sent = encode_request(channel, value)
             .map(|payload| self.invoke_frame_raw(name, frame, channel, &payload, timeout));
-        async move {
-            let reply = sent?.await?;
-            extension_api::wire::decode(&reply).map_err(|error| {
-                let message = format!("the reply does not decode as {}: {error}", std::any::type_name::<Resp>());
-                InvokeError::new(InvokeErrorKind::Deserialize, channel_name, message)
-            })
-        }
+        decode_reply(channel, sent)
     }
 
     /// [`Host::invoke_frame`] with MessagePack bytes in and out.
@@ -675,6 +658,31 @@ impl Host {
                 }
             })
             .await;
+        })
+    }
+}
+
+/// A request's value as MessagePack, for the typed forms of the `_raw` calls.
+fn encode_request<Req: Serialize + ?Sized>(channel: &str, value: &Req) -> Result<Vec<u8>, InvokeError> {
+    rmp_serde::to_vec_named(value)
+        .map_err(|error| InvokeError::new(InvokeErrorKind::Serialize, channel, error.to_string()))
+}
+
+/// Waits for a request that was `sent` (or not) and decodes its reply as `Resp`.
+fn decode_reply<Resp, F>(
+    channel: &str,
+    sent: Result<F, InvokeError>,
+) -> impl Future<Output = Result<Resp, InvokeError>> + Send + 'static + use<Resp, F>
+where
+    Resp: DeserializeOwned + Send + 'static,
+    F: Future<Output = Result<Vec<u8>, InvokeError>> + Send + 'static,
+{
+    let channel = channel.to_owned();
+    async move {
+        let reply = sent?.await?;
+        extension_api::wire::decode(&reply).map_err(|error| {
+            let message = format!("the reply does not decode as {}: {error}", std::any::type_name::<Resp>());
+            InvokeError::new(InvokeErrorKind::Deserialize, channel, message)
         })
     }
 }
