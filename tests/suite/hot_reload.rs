@@ -257,23 +257,31 @@ async fn console_invoke(
     found.await.expect("the console answers")
 }
 
-#[tokio::test]
-async fn host_run_watch_reloads_a_rebuilt_library() {
-    let dir = crate::loading::tempdir();
-    let path = dir.join("libreloadable.so");
-    std::fs::copy(library("reload-v1"), &path).unwrap();
-    let mut child = tokio::process::Command::new(host_binary())
+/// `command` with its standard streams piped, info logs without colour, a data directory of
+/// its own, and killed when dropped.
+fn piped(command: &mut tokio::process::Command) -> &mut tokio::process::Command {
+    command
         .env("XDG_DATA_HOME", crate::support::fresh_data_dir())
-        .args(["run", "--watch", "--console", "--child-frames", "1"])
-        .arg(&path)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+}
+
+#[tokio::test]
+async fn host_run_watch_reloads_a_rebuilt_library() {
+    let dir = crate::loading::tempdir();
+    let path = dir.join("libreloadable.so");
+    std::fs::copy(library("reload-v1"), &path).unwrap();
+    let mut child = piped(
+        tokio::process::Command::new(host_binary())
+            .args(["run", "--watch", "--console", "--child-frames", "1"])
+            .arg(&path),
+    )
+    .spawn()
+    .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = lines_of(child.stdout.take().unwrap());
     let mut logs = lines_of(child.stderr.take().unwrap());
@@ -305,20 +313,15 @@ async fn xtask_dev_rebuilds_a_changed_crate_and_the_host_reloads_it() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     // Sharing this build's target directory (and so its compiled dependencies and host).
     let target = crate::support::artifacts().parent().unwrap().to_owned();
-    let mut child = tokio::process::Command::new(&xtask)
-        .env("XDG_DATA_HOME", crate::support::fresh_data_dir())
-        .arg("dev")
-        .arg(&dir)
-        .args(["--", "--console"])
-        .env("CARGO_TARGET_DIR", &target)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = piped(
+        tokio::process::Command::new(&xtask)
+            .arg("dev")
+            .arg(&dir)
+            .args(["--", "--console"])
+            .env("CARGO_TARGET_DIR", &target),
+    )
+    .spawn()
+    .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = lines_of(child.stdout.take().unwrap());
     let mut logs = lines_of(child.stderr.take().unwrap());
