@@ -72,69 +72,6 @@ pub enum InvokeErrorKind {
     TooLarge,
 }
 
-impl InvokeErrorKind {
-    /// Wire code carried in a reply's status field (never 0, which means success).
-    pub const fn code(self) -> u32 {
-        match self {
-            InvokeErrorKind::NoHandler => 100,
-            InvokeErrorKind::Handler => 101,
-            InvokeErrorKind::Panicked => 102,
-            InvokeErrorKind::Timeout => 103,
-            InvokeErrorKind::Deactivated => 104,
-            InvokeErrorKind::FrameClosed => 105,
-            InvokeErrorKind::ConnectionLost => 106,
-            InvokeErrorKind::Serialize => 107,
-            InvokeErrorKind::Deserialize => 108,
-            InvokeErrorKind::Overloaded => 109,
-            InvokeErrorKind::TooLarge => 110,
-        }
-    }
-
-    /// Why a request the host (or a child process) refused to route failed, from the refusal's
-    /// [`crate::abi::status`] code.
-    pub const fn from_refusal(status: u32) -> Self {
-        match status {
-            crate::abi::status::BUSY => InvokeErrorKind::Overloaded,
-            crate::abi::status::NO_SUCH_PEER => InvokeErrorKind::FrameClosed,
-            crate::abi::status::TOO_LARGE => InvokeErrorKind::TooLarge,
-            _ => InvokeErrorKind::Deactivated,
-        }
-    }
-
-    /// The kind and the explanation an invoker gets for a request that was refused on its way
-    /// (status `status`, from the host or a child process) instead of being delivered.
-    pub fn refusal(status: u32) -> (Self, String) {
-        let kind = Self::from_refusal(status);
-        let why = match kind {
-            InvokeErrorKind::Overloaded => "the receiver's mailbox is full".to_owned(),
-            InvokeErrorKind::TooLarge => format!(
-                "the request is over the {}-byte message limit (its value and channel name together)",
-                crate::abi::MAX_MESSAGE
-            ),
-            _ => format!("the request could not be delivered (status {status})"),
-        };
-        (kind, why)
-    }
-
-    /// The kind for a wire code, `None` for a code no version of the ABI defines.
-    pub const fn from_code(code: u32) -> Option<Self> {
-        Some(match code {
-            100 => InvokeErrorKind::NoHandler,
-            101 => InvokeErrorKind::Handler,
-            102 => InvokeErrorKind::Panicked,
-            103 => InvokeErrorKind::Timeout,
-            104 => InvokeErrorKind::Deactivated,
-            105 => InvokeErrorKind::FrameClosed,
-            106 => InvokeErrorKind::ConnectionLost,
-            107 => InvokeErrorKind::Serialize,
-            108 => InvokeErrorKind::Deserialize,
-            109 => InvokeErrorKind::Overloaded,
-            110 => InvokeErrorKind::TooLarge,
-            _ => return None,
-        })
-    }
-}
-
 impl fmt::Display for InvokeErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

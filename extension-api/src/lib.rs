@@ -28,7 +28,8 @@
 //! export_extension!(main = Hello);
 //! ```
 //!
-//! The modules [`abi`] and [`wire`] are the contract with the host; authors never use them.
+//! The modules [`abi`], [`message`] and [`wire`] are the contract with the host; authors never
+//! use them.
 
 #![warn(missing_docs)]
 
@@ -37,6 +38,7 @@ mod channel;
 mod error;
 mod extension;
 mod ipc;
+pub mod message;
 mod runtime;
 pub mod wire;
 

@@ -151,7 +151,7 @@ fn messages() -> Vec<OwnedMessage> {
         message(abi::kind::BROADCAST, 0, PEER_MAIN, PEER_ALL, 0, "greet", encode(&"hello")),
         message(abi::kind::INVOKE, 0, 1, PEER_MAIN, 1, "add", encode(&(2, 3))),
         message(abi::kind::REPLY, 0, PEER_MAIN, 1, 1, "", encode(&5)),
-        message(abi::kind::REPLY, InvokeErrorKind::Handler.code(), PEER_MAIN, 1, 2, "", encode(&error)),
+        message(abi::kind::REPLY, extension_api::message::error_code(InvokeErrorKind::Handler), PEER_MAIN, 1, 2, "", encode(&error)),
         message(abi::kind::CANCEL, 0, 1, PEER_MAIN, 3, "", Vec::new()),
         message(abi::kind::STORE_WRITE, 0, 1, PEER_MAIN, 0, "", encode(&write)),
         message(abi::kind::STORE_UPDATE, 0, PEER_MAIN, PEER_ALL, 0, "", encode(&update)),

@@ -86,7 +86,7 @@ pub struct ObservedBroadcast {
 
 impl ObservedBroadcast {
     pub fn sender(&self) -> Sender {
-        Sender::from_peer(self.sender)
+        extension_api::message::sender_of(self.sender)
     }
 
     /// Whether it was routed to the renderer half in `frame` (see [`ObservedBroadcast::frames`]).

@@ -197,7 +197,7 @@ impl Link {
     /// invoker learns why at once instead of waiting for its timeout. (A caller in this process
     /// gets the status back from its own `send`.)
     pub(crate) fn refuse_invoke(&self, message: &RawMessage, status: u32) {
-        let (kind, why) = InvokeErrorKind::refusal(status);
+        let (kind, why) = extension_api::message::refusal(status);
         self.reply_error(message.target, message.origin, message.request_id, kind, &why);
     }
 
@@ -205,14 +205,17 @@ impl Link {
         let payload = ErrorPayload { message: message.to_owned(), data: None };
         let bytes = rmp_serde::to_vec_named(&payload).unwrap_or_default();
         if to == PEER_HOST {
-            self.wake_waiter(request_id, HostReply { status: kind.code(), payload: bytes });
+            self.wake_waiter(
+                request_id,
+                HostReply { status: extension_api::message::error_code(kind), payload: bytes },
+            );
             return;
         }
         self.deliver_to(
             to,
             &RawMessage {
                 kind: abi::kind::REPLY,
-                status: kind.code(),
+                status: extension_api::message::error_code(kind),
                 origin: from,
                 target: to,
                 request_id,
@@ -422,7 +425,7 @@ impl Link {
         let mut guard = HostRequestGuard { link: self, request_id, armed: status == abi::status::OK };
         async move {
             if !guard.armed {
-                let kind = InvokeErrorKind::from_refusal(status);
+                let kind = extension_api::message::refusal_kind(status);
                 let name = &guard.link.name;
                 let half = if target == PEER_MAIN { "main half".to_owned() } else { format!("half in frame {target}") };
                 let size = channel.len() + payload_len;
@@ -464,7 +467,7 @@ pub(crate) fn decode_reply(channel: &str, reply: HostReply) -> Result<Vec<u8>, I
     if reply.status == abi::status::OK {
         return Ok(reply.payload);
     }
-    let kind = InvokeErrorKind::from_code(reply.status).unwrap_or(InvokeErrorKind::ConnectionLost);
+    let kind = extension_api::message::error_kind(reply.status).unwrap_or(InvokeErrorKind::ConnectionLost);
     match extension_api::wire::decode::<ErrorPayload>(&reply.payload) {
         Ok(error) => Err(InvokeError::from_wire(kind, channel, error)),
         Err(error) => Err(InvokeError::new(kind, channel, format!("(undecodable error payload: {error})"))),

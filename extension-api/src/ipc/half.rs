@@ -283,7 +283,7 @@ impl HalfHandle {
         };
         if status != abi::status::OK {
             guard.forget();
-            let (kind, why) = InvokeErrorKind::refusal(status);
+            let (kind, why) = crate::message::refusal(status);
             return Err(InvokeError::new(kind, guard.channel.as_str(), why));
         }
         Ok(PendingInvoke { guard, receiver })
@@ -347,7 +347,7 @@ impl PendingInvoke {
                 if status == abi::status::OK {
                     return Ok((payload, std::mem::take(&mut self.guard.channel)));
                 }
-                let kind = InvokeErrorKind::from_code(status).unwrap_or(InvokeErrorKind::ConnectionLost);
+                let kind = crate::message::error_kind(status).unwrap_or(InvokeErrorKind::ConnectionLost);
                 match crate::wire::decode::<ErrorPayload>(&payload) {
                     Ok(error) => Err(InvokeError::from_wire(kind, channel, error)),
                     Err(error) => Err(InvokeError::new(kind, channel, format!("(undecodable error payload: {error})"))),

@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::abi::{PEER_HOST, PEER_MAIN, Peer};
+use crate::abi::{PEER_MAIN, Peer};
 use crate::channel::{EventChannelName, RequestChannelName};
 use crate::error::{InvokeError, IpcError};
 use crate::runtime::context::{self, HalfRef};
@@ -48,17 +48,6 @@ pub enum Sender {
     Host,
 }
 
-impl Sender {
-    /// The sender a wire peer number stands for.
-    pub fn from_peer(peer: Peer) -> Sender {
-        match peer {
-            PEER_MAIN => Sender::Main,
-            PEER_HOST => Sender::Host,
-            frame => Sender::Frame(FrameId(frame)),
-        }
-    }
-}
-
 impl fmt::Display for Sender {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -84,14 +73,6 @@ pub enum Half {
 }
 
 impl Half {
-    /// The half a wire peer number stands for (main is [`PEER_MAIN`]; any other is a frame).
-    pub fn from_peer(peer: Peer) -> Half {
-        match peer {
-            PEER_MAIN => Half::Main,
-            frame => Half::Frame(FrameId(frame)),
-        }
-    }
-
     /// The frame this half runs in; `None` for main.
     pub fn frame(self) -> Option<FrameId> {
         match self {
@@ -134,7 +115,7 @@ impl<'de> serde::Deserialize<'de> for Half {
             Named(Named),
         }
         Ok(match Form::deserialize(deserializer)? {
-            Form::Peer(peer) => Half::from_peer(peer),
+            Form::Peer(peer) => crate::message::half_of(peer),
             Form::Named(Named::Main) => Half::Main,
             Form::Named(Named::Frame(frame)) => Half::Frame(FrameId(frame)),
         })

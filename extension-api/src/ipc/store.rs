@@ -434,5 +434,5 @@ impl Store {
 
 /// The peer a store update names as its writer, for watchers.
 pub(crate) fn writer(peer: Peer) -> Sender {
-    Sender::from_peer(peer)
+    crate::message::sender_of(peer)
 }

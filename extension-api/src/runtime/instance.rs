@@ -13,7 +13,7 @@ use futures_util::future::BoxFuture;
 use crate::InvokeErrorKind;
 use crate::abi::{self, HostVTable, PEER_ALL, PEER_MAIN, Peer, RawMessage, RawSlice};
 use crate::error::BoxError;
-use crate::ipc::{Main, Renderer, Sender};
+use crate::ipc::{Main, Renderer};
 use crate::runtime::context::{self, HalfRef};
 use crate::runtime::mailbox::{Mailbox, Refused};
 use crate::runtime::panic_message;
@@ -139,7 +139,7 @@ impl Shared {
         payload: &ErrorPayload,
     ) {
         let bytes = rmp_serde::to_vec_named(payload).unwrap_or_default();
-        self.send_reply(local, origin, target, request_id, channel, kind.code(), bytes);
+        self.send_reply(local, origin, target, request_id, channel, crate::message::error_code(kind), bytes);
     }
 
     /// Answers request `request_id` of `to`: within the instance if it came that way (`local`:
@@ -166,7 +166,7 @@ impl Shared {
             let message = crate::error::too_large("reply", channel, payload.len());
             tracing::warn!("the handler's reply was not sent: {message}");
             let error = ErrorPayload { message, data: None };
-            (InvokeErrorKind::TooLarge.code(), rmp_serde::to_vec_named(&error).unwrap_or_default())
+            (crate::message::error_code(InvokeErrorKind::TooLarge), rmp_serde::to_vec_named(&error).unwrap_or_default())
         };
         if local {
             let reply = OwnedMessage {
@@ -228,7 +228,7 @@ impl Shared {
         let payload = ErrorPayload { message: format!("{kind} before the reply arrived"), data: None };
         let bytes = rmp_serde::to_vec_named(&payload).unwrap_or_default();
         for pending in failed {
-            let _ = pending.reply.send(Reply { status: kind.code(), payload: bytes.clone() });
+            let _ = pending.reply.send(Reply { status: crate::message::error_code(kind), payload: bytes.clone() });
         }
     }
 
@@ -256,7 +256,7 @@ impl Shared {
         let mut halves: Vec<_> = state.halves.iter().map(|(peer, half)| half.snapshot(*peer)).collect();
         let inline = self.inline_handler.load(Ordering::Acquire);
         let (inline_half, inline_channel) = (inline & u64::from(u32::MAX), inline >> 32);
-        let inline = (inline_half != 0).then(|| crate::Half::from_peer(inline_half - 1));
+        let inline = (inline_half != 0).then(|| crate::message::half_of(inline_half - 1));
         if let Some(half) = halves.iter_mut().find(|half| Some(half.half) == inline) {
             half.running_handlers += 1;
         }
@@ -365,7 +365,7 @@ impl Shared {
         // Main first, then frames in order: deterministic for tests and for authors.
         targets.sort_by_key(|(peer, _, _)| *peer);
         let event = RawEvent {
-            sender: Sender::from_peer(envelope.origin),
+            sender: crate::message::sender_of(envelope.origin),
             channel: &envelope.channel,
             payload: &envelope.payload,
         };
@@ -428,7 +428,7 @@ impl Shared {
         self.inline_handler.store(inline_tag(target, counted.index), Ordering::Release);
         let started = std::panic::catch_unwind(AssertUnwindSafe(|| {
             context::sync_scope(self.half_ref(target, generation), || {
-                let mut future = handler(payload, Sender::from_peer(origin));
+                let mut future = handler(payload, crate::message::sender_of(origin));
                 match future.as_mut().poll(&mut probe) {
                     std::task::Poll::Ready(result) => Ok(result),
                     std::task::Poll::Pending => Err(future),
@@ -484,7 +484,7 @@ impl Shared {
             let elapsed = since.elapsed();
             shared.state().channels.record(index, elapsed, sampled);
             if elapsed > shared.slow_handler {
-                shared.slow.push(crate::Half::from_peer(target), &channel, elapsed);
+                shared.slow.push(crate::message::half_of(target), &channel, elapsed);
             }
         });
         half.running.insert((origin, request_id), task.abort_handle());
@@ -672,7 +672,7 @@ impl Shared {
             for (_, pending) in pending {
                 let payload = ErrorPayload { message: format!("{kind} before the reply arrived"), data: None };
                 let bytes = rmp_serde::to_vec_named(&payload).unwrap_or_default();
-                let _ = pending.reply.send(Reply { status: kind.code(), payload: bytes });
+                let _ = pending.reply.send(Reply { status: crate::message::error_code(kind), payload: bytes });
             }
             let result = match user {
                 None => Completion::Done,

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use tracing::field::{Field, Visit};
-use tracing::{Event, Level, Subscriber};
+use tracing::{Event, Subscriber};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 
 use crate::abi::{HostVTable, RawSlice};
@@ -32,16 +32,6 @@ pub(crate) fn install(host: HostVTable, key: u64, max_level: u32) {
             forward(1, "panic", &format!("panicked{location}: {message}"));
         }));
     });
-}
-
-fn level_number(level: &Level) -> u32 {
-    match *level {
-        Level::ERROR => 1,
-        Level::WARN => 2,
-        Level::INFO => 3,
-        Level::DEBUG => 4,
-        Level::TRACE => 5,
-    }
 }
 
 /// Longest log message forwarded (64 KiB): a record must fit in one message to the host
@@ -73,13 +63,13 @@ impl<S: Subscriber> Layer<S> for Forward {
     }
 
     fn enabled(&self, metadata: &tracing::Metadata<'_>, _: Context<'_, S>) -> bool {
-        level_number(metadata.level()) <= MAX_LEVEL.load(Ordering::Relaxed)
+        crate::message::level_number(*metadata.level()) <= MAX_LEVEL.load(Ordering::Relaxed)
     }
 
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
         let mut text = Text::default();
         event.record(&mut text);
-        forward(level_number(event.metadata().level()), event.metadata().target(), &text.finish());
+        forward(crate::message::level_number(*event.metadata().level()), event.metadata().target(), &text.finish());
     }
 }
 

@@ -184,7 +184,7 @@ impl Half {
         let mut handlers: Vec<String> = self.handlers.keys().cloned().collect();
         handlers.sort();
         HalfSnapshot {
-            half: crate::Half::from_peer(peer),
+            half: crate::message::half_of(peer),
             listeners: self
                 .listeners
                 .iter()

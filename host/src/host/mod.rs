@@ -21,7 +21,6 @@ use futures_util::future::BoxFuture;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
-use tracing::level_filters::LevelFilter;
 
 pub use config::{CrashBudget, HostConfig, StorageConfig, default_data_dir};
 pub use snapshot::{DeactivateReport, ExtensionSnapshot, ExtensionState, FrameKind, FrameSnapshot, HostSnapshot};
@@ -591,23 +590,12 @@ impl Host {
         let config = &self.inner.config;
         InstanceConfig {
             name: name.to_owned(),
-            max_log_level: level_number(config.max_log_level),
+            max_log_level: extension_api::message::filter_number(config.max_log_level),
             mailbox: config.mailbox,
             // Set by where the instance starts (see `Endpoint`).
             route_within: false,
             slow_handler_ms: millis(config.slow_handler),
         }
-    }
-}
-
-fn level_number(level: LevelFilter) -> u32 {
-    match level.into_level() {
-        None => 0,
-        Some(tracing::Level::ERROR) => 1,
-        Some(tracing::Level::WARN) => 2,
-        Some(tracing::Level::INFO) => 3,
-        Some(tracing::Level::DEBUG) => 4,
-        Some(tracing::Level::TRACE) => 5,
     }
 }
 

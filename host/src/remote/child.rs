@@ -9,7 +9,6 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::OnceLock;
 
-use extension_api::InvokeErrorKind;
 use extension_api::abi::{self, Descriptor, HostVTable, RawMessage, RawSlice};
 use extension_api::wire::{Completion, ErrorPayload, InstanceConfig};
 use std::io::Write;
@@ -278,11 +277,11 @@ fn start(key: u64, path: &Path, config: &InstanceConfig) -> Result<Instance, Str
 
 /// The error reply to a request the instance `key` could not take.
 fn refusal(key: u64, request: &OwnedMessage, status: u32) -> Packet {
-    let (kind, why) = InvokeErrorKind::refusal(status);
+    let (kind, why) = extension_api::message::refusal(status);
     let payload = rmp_serde::to_vec_named(&ErrorPayload { message: why, data: None }).unwrap_or_default();
     let message = OwnedMessage {
         kind: abi::kind::REPLY,
-        status: kind.code(),
+        status: extension_api::message::error_code(kind),
         origin: request.target,
         target: request.origin,
         request_id: request.request_id,
