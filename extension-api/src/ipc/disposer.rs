@@ -57,28 +57,12 @@ impl Disposer {
             };
             match registration {
                 Registration::Listener { channel, id } => {
-                    let list = half.listeners.get_mut(channel);
-                    let removed = list
-                        .and_then(|list| list.iter().position(|(each, _, _)| each == id).map(|at| list.remove(at).1));
-                    if half.listeners.get(channel).is_some_and(Vec::is_empty) {
-                        half.listeners.remove(channel);
-                    }
-                    removed.map(|listener| Box::new(listener) as Box<dyn Send>)
+                    half.unlisten(channel, *id).map(|listener| Box::new(listener) as Box<dyn Send>)
                 }
                 Registration::Handler { channel, id } => {
-                    if half.handlers.get(channel).is_some_and(|(each, _, _)| each == id) {
-                        half.handlers.remove(channel).map(|handler| Box::new(handler) as Box<dyn Send>)
-                    } else {
-                        None
-                    }
+                    half.unhandle(channel, *id).map(|handler| Box::new(handler) as Box<dyn Send>)
                 }
-                Registration::Watcher { id } => {
-                    // Ids are unique across both tiers.
-                    half.tiers.iter_mut().find_map(|tier| {
-                        let at = tier.watchers.iter().position(|watcher| watcher.id == *id)?;
-                        Some(Box::new(tier.watchers.remove(at)) as Box<dyn Send>)
-                    })
-                }
+                Registration::Watcher { id } => half.unwatch(*id).map(|watcher| Box::new(watcher) as Box<dyn Send>),
             }
         };
         // Dropped outside the lock: it may run the author's destructors.

@@ -16,22 +16,46 @@ use super::{Event, FrameId, RequestMeta};
 use crate::abi::{self, PEER_ALL, PEER_MAIN, Peer};
 use crate::channel::{EventChannelName, RequestChannelName};
 use crate::error::{InvokeError, InvokeErrorKind, IpcError};
-use crate::runtime::context::{self, HalfRef};
-use crate::runtime::{HandlerFn, ListenerFn, Pending, RawEvent, Reply, Shared, TIMED_OUT, timeout_ticks};
+use crate::message::Message;
+use crate::runtime::context;
+use crate::runtime::requests::{Answer, Outgoing, Route};
+use crate::runtime::sweep::timeout_ticks;
+use crate::runtime::{HandlerFn, ListenerFn, RawEvent, Registered, Shared};
 use crate::wire::{ErrorPayload, OwnedMessage};
 
-/// The part shared by [`Main`] and [`Renderer`]: one half (one generation of it) of one
-/// instance.
+/// One half (one generation of it) of one instance: what [`Main`](super::Main),
+/// [`Renderer`](super::Renderer) and [`Store`](super::Store) hold, and what the runtime names
+/// as the half whose code is running. A frame reloaded under the same number gets a new
+/// generation, so a handle kept from before the reload does not attach to the new half; the
+/// instance is held weakly, so a handle kept past deactivation finds nothing.
 #[derive(Clone)]
 pub(crate) struct HalfHandle {
-    pub(crate) shared: Weak<Shared>,
-    pub(crate) peer: Peer,
-    pub(crate) generation: u64,
+    shared: Weak<Shared>,
+    peer: Peer,
+    generation: u64,
 }
 
 impl HalfHandle {
-    pub(crate) fn from_ref(half: HalfRef) -> HalfHandle {
-        HalfHandle { shared: half.shared, peer: half.peer, generation: half.generation }
+    pub(crate) fn new(shared: Weak<Shared>, peer: Peer, generation: u64) -> HalfHandle {
+        HalfHandle { shared, peer, generation }
+    }
+
+    pub(crate) fn peer(&self) -> Peer {
+        self.peer
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The instance, while it runs.
+    pub(crate) fn upgrade(&self) -> Option<Arc<Shared>> {
+        self.shared.upgrade()
+    }
+
+    /// The instance, held weakly (for what outlives this call).
+    pub(crate) fn weak(&self) -> Weak<Shared> {
+        self.shared.clone()
     }
 
     pub(crate) fn disposer(&self, registration: Registration) -> Disposer {
@@ -96,7 +120,7 @@ impl HalfHandle {
         let mut state = shared.state();
         let counters = state.channels.index(crate::wire::ChannelKind::Broadcast, &channel);
         let half = state.half_mut(self.peer, self.generation).ok_or_else(|| self.gone("listen"))?;
-        half.listeners.entry(channel.clone()).or_default().push((id, wrapped, counters));
+        half.listen(channel.clone(), Registered { id, callback: wrapped, counters });
         Ok(self.disposer(Registration::Listener { channel, id }))
     }
 
@@ -131,7 +155,16 @@ impl HalfHandle {
         if shared.state().half_mut(self.peer, self.generation).is_none() {
             return Err(self.gone("broadcast"));
         }
-        match shared.send(abi::kind::BROADCAST, 0, self.peer, PEER_ALL, 0, channel, &payload) {
+        let message = Message {
+            kind: abi::kind::BROADCAST,
+            status: 0,
+            origin: self.peer,
+            target: PEER_ALL,
+            request_id: 0,
+            channel,
+            payload: &payload,
+        };
+        match shared.send(message) {
             abi::status::OK => Ok(()),
             abi::status::TOO_LARGE => Err(IpcError::TooLarge {
                 channel: channel.to_owned(),
@@ -188,10 +221,8 @@ impl HalfHandle {
         let mut state = shared.state();
         let counters = state.channels.index(crate::wire::ChannelKind::Request, &channel);
         let half = state.half_mut(self.peer, self.generation).ok_or_else(|| self.gone("handle"))?;
-        if half.handlers.contains_key(&channel) {
-            return Err(IpcError::AlreadyHandled { channel });
-        }
-        half.handlers.insert(channel.clone(), (id, wrapped, counters));
+        half.handle(channel.clone(), Registered { id, callback: wrapped, counters })
+            .map_err(|channel| IpcError::AlreadyHandled { channel })?;
         Ok(self.disposer(Registration::Handler { channel, id }))
     }
 
@@ -245,40 +276,48 @@ impl HalfHandle {
         };
         let shared = self.shared.upgrade().ok_or_else(deactivated)?;
         let request_id = shared.next_id();
-        let (reply, receiver) = oneshot::channel();
-        let (local, wake_sweeper) = {
+        let (route, receiver, wake_sweeper) = {
             let mut state = shared.state();
-            let local = shared.is_local_route(&state, self.peer, target);
-            let half = state.half_mut(self.peer, self.generation).ok_or_else(gone)?;
-            half.pending.insert(request_id, Pending { reply, target, local, ticks_left: timeout_ticks(timeout) });
-            (local, !std::mem::replace(&mut state.sweeping, true))
+            let route = shared.route(&state, self.peer, target);
+            if !state.is_current(self.peer, self.generation) {
+                return Err(gone());
+            }
+            let request = Outgoing { id: request_id, invoker: self.peer, target, route, ticks: timeout_ticks(timeout) };
+            let (receiver, wake_sweeper) = state.start_request(request);
+            (route, receiver, wake_sweeper)
         };
         if wake_sweeper {
             shared.sweep.notify_one();
         }
         // Within the instance, the request goes straight into its mailbox (the host is not
         // involved); otherwise the host routes it.
-        let status = if local {
-            shared.enqueue(OwnedMessage {
+        let status = match route {
+            Route::Within => shared.enqueue(crate::runtime::mailbox::Delivery::within(OwnedMessage {
                 kind: abi::kind::INVOKE,
-                status: crate::runtime::LOCAL_REQUEST,
+                status: 0,
                 origin: self.peer,
                 target,
                 request_id,
                 channel: channel.clone(),
                 payload,
-            })
-        } else {
-            shared.send(abi::kind::INVOKE, 0, self.peer, target, request_id, &channel, &payload)
+            })),
+            Route::Host => shared.send(Message {
+                kind: abi::kind::INVOKE,
+                status: 0,
+                origin: self.peer,
+                target,
+                request_id,
+                channel: &channel,
+                payload: &payload,
+            }),
         };
         let mut guard = PendingGuard {
             shared: self.shared.clone(),
             peer: self.peer,
-            generation: self.generation,
             target,
             request_id,
             channel,
-            local,
+            route,
             armed: true,
         };
         if status != abi::status::OK {
@@ -288,6 +327,7 @@ impl HalfHandle {
         }
         Ok(PendingInvoke { guard, receiver })
     }
+
     pub(crate) fn spawn<F>(&self, future: F) -> Result<tokio::task::JoinHandle<F::Output>, IpcError>
     where
         F: Future + Send + 'static,
@@ -297,7 +337,7 @@ impl HalfHandle {
         let id = shared.next_id();
         let weak = self.shared.clone();
         let (peer, generation) = (self.peer, self.generation);
-        let scoped = context::scope(HalfRef { shared: weak.clone(), peer, generation }, future);
+        let scoped = context::scope(self.clone(), future);
         let mut state = shared.state();
         let half = state.half_mut(peer, generation).ok_or_else(|| self.gone("spawn"))?;
         // Spawned under the lock, so the task cannot finish (and unregister) before it is registered.
@@ -306,11 +346,11 @@ impl HalfHandle {
             if let Some(shared) = weak.upgrade()
                 && let Some(half) = shared.state().half_mut(peer, generation)
             {
-                half.tasks.remove(&id);
+                half.finish_task(id);
             }
             output
         });
-        half.tasks.insert(id, task.abort_handle());
+        half.add_task(id, task.abort_handle());
         Ok(task)
     }
 }
@@ -318,7 +358,7 @@ impl HalfHandle {
 /// An invoke that was sent and awaits its reply.
 struct PendingInvoke {
     guard: PendingGuard,
-    receiver: oneshot::Receiver<Reply>,
+    receiver: oneshot::Receiver<Answer>,
 }
 
 impl PendingInvoke {
@@ -326,32 +366,22 @@ impl PendingInvoke {
     async fn wait(mut self, timeout: Duration) -> Result<(Vec<u8>, String), InvokeError> {
         let outcome = (&mut self.receiver).await;
         let channel = self.guard.channel.as_str();
-        match outcome.map_err(|_| ()) {
+        match outcome {
             // Dropping the armed guard cancels the request on the handling side.
-            Ok(Reply { status: TIMED_OUT, .. }) => {
+            Ok(Answer::TimedOut) => {
                 Err(InvokeError::new(InvokeErrorKind::Timeout, channel, format!("no reply within {timeout:?}")))
             }
-            Err(()) => {
+            Err(_) => {
                 // The invoking half was shut down. A request within the instance still needs
                 // its cancel (the host sends the others'); a stray one is harmless.
-                self.guard.armed = self.guard.local;
-                let kind = if self.guard.peer == PEER_MAIN {
-                    InvokeErrorKind::Deactivated
-                } else {
-                    InvokeErrorKind::FrameClosed
-                };
+                self.guard.armed = self.guard.route == Route::Within;
+                let kind = crate::runtime::requests::closing_kind(self.guard.peer);
                 Err(InvokeError::new(kind, channel, "the invoking half was shut down"))
             }
-            Ok(Reply { status, payload }) => {
+            Ok(Answer::Reply(reply)) => {
                 self.guard.armed = false;
-                if status == abi::status::OK {
-                    return Ok((payload, std::mem::take(&mut self.guard.channel)));
-                }
-                let kind = crate::message::error_kind(status).unwrap_or(InvokeErrorKind::ConnectionLost);
-                match crate::wire::decode::<ErrorPayload>(&payload) {
-                    Ok(error) => Err(InvokeError::from_wire(kind, channel, error)),
-                    Err(error) => Err(InvokeError::new(kind, channel, format!("(undecodable error payload: {error})"))),
-                }
+                let value = reply.into_result(channel)?;
+                Ok((value, std::mem::take(&mut self.guard.channel)))
             }
         }
     }
@@ -359,24 +389,21 @@ impl PendingInvoke {
 
 /// Removes a pending invoke and cancels it on the handling side unless disarmed.
 struct PendingGuard {
-    pub(crate) shared: Weak<Shared>,
-    pub(crate) peer: Peer,
-    pub(crate) generation: u64,
+    shared: Weak<Shared>,
+    peer: Peer,
     target: Peer,
     request_id: u64,
     channel: String,
-    /// Sent within the instance: cancelled the same way.
-    local: bool,
+    /// The way the request went: its cancel goes the same way.
+    route: Route,
     armed: bool,
 }
 
 impl PendingGuard {
     fn forget(&mut self) {
         self.armed = false;
-        if let Some(shared) = self.shared.upgrade()
-            && let Some(half) = shared.state().half_mut(self.peer, self.generation)
-        {
-            half.pending.remove(&self.request_id);
+        if let Some(shared) = self.shared.upgrade() {
+            shared.state().requests.forget(self.request_id);
         }
     }
 }
@@ -388,19 +415,22 @@ impl Drop for PendingGuard {
         }
         self.forget();
         let Some(shared) = self.shared.upgrade() else { return };
-        if self.local {
+        match self.route {
             // Behind the request in the mailbox, so it finds the handler started.
-            shared.enqueue(OwnedMessage {
-                kind: abi::kind::CANCEL,
-                status: 0,
-                origin: self.peer,
-                target: self.target,
-                request_id: self.request_id,
-                channel: String::new(),
-                payload: Vec::new(),
-            });
-        } else {
-            shared.send(abi::kind::CANCEL, 0, self.peer, self.target, self.request_id, &self.channel, &[]);
+            Route::Within => {
+                shared.enqueue(crate::runtime::mailbox::Delivery::within(OwnedMessage {
+                    kind: abi::kind::CANCEL,
+                    status: 0,
+                    origin: self.peer,
+                    target: self.target,
+                    request_id: self.request_id,
+                    channel: String::new(),
+                    payload: Vec::new(),
+                }));
+            }
+            Route::Host => {
+                shared.send(Message::cancel(self.peer, self.target, self.request_id));
+            }
         }
     }
 }

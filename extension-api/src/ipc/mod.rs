@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 use crate::abi::{PEER_MAIN, Peer};
 use crate::channel::{EventChannelName, RequestChannelName};
 use crate::error::{InvokeError, IpcError};
-use crate::runtime::context::{self, HalfRef};
+use crate::runtime::context;
 
 /// How long an `invoke` waits for its reply unless told otherwise.
 pub const DEFAULT_INVOKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -147,8 +147,8 @@ pub struct Main {
 }
 
 impl Main {
-    pub(crate) fn new(half: HalfRef) -> Main {
-        Main { half: HalfHandle::from_ref(half) }
+    pub(crate) fn new(half: HalfHandle) -> Main {
+        Main { half }
     }
 
     /// The main half of this extension, from anywhere in its code (Lens's `getInstance()`).
@@ -158,9 +158,9 @@ impl Main {
         let shared = context::instance().ok_or(not_active.clone())?;
         let generation = shared
             .upgrade()
-            .and_then(|shared| shared.state().halves.get(&PEER_MAIN).map(|half| half.generation))
+            .and_then(|shared| shared.state().halves.get(&PEER_MAIN).map(|half| half.generation()))
             .ok_or(not_active)?;
-        Ok(Main::new(HalfRef { shared, peer: PEER_MAIN, generation }))
+        Ok(Main::new(HalfHandle::new(shared, PEER_MAIN, generation)))
     }
 
     /// Calls `listener` for every broadcast on `channel` from main or any frame (including this
@@ -301,8 +301,8 @@ pub struct Renderer {
 }
 
 impl Renderer {
-    pub(crate) fn new(half: HalfRef) -> Renderer {
-        Renderer { half: HalfHandle::from_ref(half) }
+    pub(crate) fn new(half: HalfHandle) -> Renderer {
+        Renderer { half }
     }
 
     /// The renderer half whose code is running: inside `activate`, listeners, handlers and
@@ -318,7 +318,7 @@ impl Renderer {
     /// or spawn with [`Renderer::spawn`].
     pub fn current() -> Result<Renderer, IpcError> {
         match context::current() {
-            Some(half) if half.peer != PEER_MAIN => Ok(Renderer::new(half)),
+            Some(half) if half.peer() != PEER_MAIN => Ok(Renderer::new(half)),
             Some(_) => Err(IpcError::NoContext("Renderer::current(): called from the main half's code")),
             None => context::only_renderer().map(Renderer::new).ok_or(IpcError::NoContext(
                 "Renderer::current(): not called from a renderer half's code, and this instance runs (or ran) \
@@ -330,7 +330,7 @@ impl Renderer {
 
     /// The frame this renderer half runs in.
     pub fn frame(&self) -> FrameId {
-        FrameId(self.half.peer)
+        FrameId(self.half.peer())
     }
 
     /// See [`Main::listen`].

@@ -247,7 +247,7 @@ impl Store {
     /// this activation (`None` for new data, and for the store). An extension that changed the
     /// types of its values reads this to migrate them.
     pub fn stored_version(&self) -> Option<String> {
-        let shared = self.half.shared.upgrade()?;
+        let shared = self.half.upgrade()?;
         if self.tier != Tier::Storage {
             return None;
         }
@@ -271,11 +271,11 @@ impl Store {
         K: StoreKeyName<T>,
     {
         let key = key.key_name();
-        let shared = self.half.shared.upgrade().ok_or(StoreError::Deactivated)?;
+        let shared = self.half.upgrade().ok_or(StoreError::Deactivated)?;
         self.unavailable(&shared, key)?;
         let bytes = {
             let mut state = shared.state();
-            let half = state.half_mut(self.half.peer, self.half.generation).ok_or_else(|| self.gone())?;
+            let half = state.half_mut(self.half.peer(), self.half.generation()).ok_or_else(|| self.gone())?;
             half.tier(self.tier).replica.values().get(key).cloned()
         };
         decode(key, bytes.as_deref())
@@ -300,9 +300,9 @@ impl Store {
     }
 
     fn with_replica<R>(&self, f: impl FnOnce(&crate::runtime::Replica) -> R) -> Option<R> {
-        let shared = self.half.shared.upgrade()?;
+        let shared = self.half.upgrade()?;
         let mut state = shared.state();
-        state.half_mut(self.half.peer, self.half.generation).map(|half| f(&half.tier(self.tier).replica))
+        state.half_mut(self.half.peer(), self.half.generation()).map(|half| f(&half.tier(self.tier).replica))
     }
 
     /// Sets `key` to `value`. A value that cannot be serialized, or is over
@@ -319,7 +319,7 @@ impl Store {
         K: StoreKeyName<T>,
     {
         let key = key.key_name().to_owned();
-        let limit = match (self.tier, self.half.shared.upgrade()) {
+        let limit = match (self.tier, self.half.upgrade()) {
             (Tier::Storage, Some(shared)) => shared.storage_value_limit(),
             _ => STORE_VALUE_LIMIT,
         };
@@ -345,9 +345,9 @@ impl Store {
         key: String,
         value: Option<Vec<u8>>,
     ) -> Result<impl Future<Output = Result<(), StoreError>> + Send + 'static + use<>, StoreError> {
-        let shared = self.half.shared.upgrade().ok_or(StoreError::Deactivated)?;
+        let shared = self.half.upgrade().ok_or(StoreError::Deactivated)?;
         self.unavailable(&shared, &key)?;
-        let (peer, generation, tier) = (self.half.peer, self.half.generation, self.tier);
+        let (peer, generation, tier) = (self.half.peer(), self.half.generation(), self.tier);
         if peer == PEER_MAIN && tier == Tier::Store {
             // Main is the sequencer: applied to its replica now.
             shared.sequence_write(PEER_MAIN, 0, key, value)?;
@@ -371,7 +371,7 @@ impl Store {
             let bytes = rmp_serde::to_vec_named(&write)
                 .map_err(|error| StoreError::Serialize { key: key.clone(), reason: error.to_string() })?;
             let kind = if tier == Tier::Store { abi::kind::STORE_WRITE } else { abi::kind::STORAGE_WRITE };
-            let status = shared.send(kind, 0, peer, PEER_MAIN, 0, "", &bytes);
+            let status = shared.send(crate::runtime::notice(kind, peer, PEER_MAIN, &bytes));
             if status != abi::status::OK {
                 if let Some(half) = shared.state().half_mut(peer, generation) {
                     half.tier(tier).pending.remove(&write_id);
@@ -385,7 +385,7 @@ impl Store {
                 });
             }
         }
-        let weak = self.half.shared.clone();
+        let weak = self.half.weak();
         let store = self.clone();
         Ok(futures_util::future::Either::Right(async move {
             match tokio::time::timeout(STORE_WRITE_TIMEOUT, applied).await {
@@ -426,7 +426,7 @@ impl Store {
         let shared = self.half.shared("watch")?;
         let id = shared.next_id();
         let mut state = shared.state();
-        let half = state.half_mut(self.half.peer, self.half.generation).ok_or_else(|| self.half.gone("watch"))?;
+        let half = state.half_mut(self.half.peer(), self.half.generation()).ok_or_else(|| self.half.gone("watch"))?;
         half.tier(self.tier).watchers.push(Watcher { id, key, callback });
         Ok(self.half.disposer(Registration::Watcher { id }))
     }

@@ -4,20 +4,12 @@
 use std::future::Future;
 use std::sync::{RwLock, Weak};
 
-use crate::abi::{PEER_MAIN, Peer};
+use crate::abi::PEER_MAIN;
+use crate::ipc::HalfHandle;
 use crate::runtime::Shared;
 
-/// One half of one instance. A frame reloaded under the same number gets a new generation,
-/// so a handle kept from before the reload does not attach to the new half.
-#[derive(Clone)]
-pub(crate) struct HalfRef {
-    pub(crate) shared: Weak<Shared>,
-    pub(crate) peer: Peer,
-    pub(crate) generation: u64,
-}
-
 tokio::task_local! {
-    static CURRENT: HalfRef;
+    static CURRENT: HalfHandle;
 }
 
 /// The instance running in this process. One library copy hosts at most one instance at a
@@ -38,7 +30,7 @@ pub(crate) fn instance() -> Option<Weak<Shared>> {
 /// thread outside any half's context belongs to: the instance runs exactly one renderer half
 /// and never ran another (whose plain `tokio::spawn` tasks might still be running). Always so in
 /// a renderer process, where an instance serves one frame for its life.
-pub(crate) fn only_renderer() -> Option<HalfRef> {
+pub(crate) fn only_renderer() -> Option<HalfHandle> {
     let shared = instance()?;
     let strong = shared.upgrade()?;
     let state = strong.state();
@@ -47,24 +39,22 @@ pub(crate) fn only_renderer() -> Option<HalfRef> {
     }
     let mut renderers = state.halves.iter().filter(|(peer, _)| **peer != PEER_MAIN);
     match (renderers.next(), renderers.next()) {
-        (Some((peer, half)), None) => {
-            Some(HalfRef { shared: shared.clone(), peer: *peer, generation: half.generation })
-        }
+        (Some((peer, half)), None) => Some(HalfHandle::new(shared.clone(), *peer, half.generation())),
         _ => None,
     }
 }
 
 /// The half whose code is running on this task, if any.
-pub(crate) fn current() -> Option<HalfRef> {
+pub(crate) fn current() -> Option<HalfHandle> {
     CURRENT.try_with(Clone::clone).ok()
 }
 
 /// Runs `fut` as code of `half`.
-pub(crate) fn scope<F: Future>(half: HalfRef, fut: F) -> impl Future<Output = F::Output> {
+pub(crate) fn scope<F: Future>(half: HalfHandle, fut: F) -> impl Future<Output = F::Output> {
     CURRENT.scope(half, fut)
 }
 
 /// Runs `f` synchronously as code of `half`.
-pub(crate) fn sync_scope<R>(half: HalfRef, f: impl FnOnce() -> R) -> R {
+pub(crate) fn sync_scope<R>(half: HalfHandle, f: impl FnOnce() -> R) -> R {
     CURRENT.sync_scope(half, f)
 }

@@ -9,10 +9,12 @@ use crate::abi::{self, ABI_VERSION, Descriptor, HostVTable, InstancePtr, RawMess
 use crate::error::BoxError;
 use crate::extension::{MainExtension, RendererExtension};
 use crate::ipc::{Main, Renderer};
-use crate::runtime::instance::{Factory, Instance};
+use crate::message::Message;
+use crate::runtime::instance::Instance;
+use crate::runtime::lifecycle::Factory;
 use crate::runtime::logging;
 use crate::runtime::state::Deactivator;
-use crate::wire::OwnedMessage;
+use crate::runtime::vtable::HostCalls;
 use crate::wire::{Control, InstanceConfig};
 
 /// The descriptor for an extension with main half `M` and renderer half `R`.
@@ -69,7 +71,7 @@ unsafe extern "C" fn instantiate<M: MainExtension, R: RendererExtension>(
         let config: InstanceConfig = crate::wire::decode(config).ok()?;
         logging::install(host, key, config.max_log_level);
         let factory = Factory { activate_main: activate_main::<M>, activate_renderer: activate_renderer::<R> };
-        let instance = Instance::start(host, key, config, factory).ok()?;
+        let instance = Instance::start(HostCalls::new(host, key), config, factory).ok()?;
         Some(Box::into_raw(Box::new(instance)).cast())
     }));
     started.ok().flatten().unwrap_or(std::ptr::null_mut())
@@ -106,17 +108,12 @@ unsafe extern "C" fn deliver(instance: InstancePtr, message: *const RawMessage) 
         let Some(message) = (unsafe { message.as_ref() }) else {
             return abi::status::INVALID;
         };
+        // Validated once, here at the edge; the instance queues its own copy. Its route comes
+        // from where it arrived (the host), never from the message.
         // SAFETY: the host keeps the message's buffers valid for this call.
-        match unsafe { OwnedMessage::copy(message) } {
-            Some(mut envelope) => {
-                // Whatever the sender put there, a request from outside is not one of the
-                // instance's own (see `LOCAL_REQUEST`).
-                if envelope.kind == abi::kind::INVOKE {
-                    envelope.status = 0;
-                }
-                instance.shared.enqueue(envelope)
-            }
-            None => abi::status::INVALID,
+        match unsafe { Message::from_raw(message) } {
+            Ok(message) => instance.deliver(message.to_owned()),
+            Err(status) => status,
         }
     }))
     .unwrap_or(abi::status::PANICKED)

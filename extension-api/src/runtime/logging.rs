@@ -10,7 +10,8 @@ use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 
-use crate::abi::{HostVTable, RawSlice};
+use crate::abi::HostVTable;
+use crate::runtime::vtable::HostCalls;
 
 static HOST: OnceLock<HostVTable> = OnceLock::new();
 static KEY: AtomicU64 = AtomicU64::new(0);
@@ -42,15 +43,7 @@ fn forward(level: u32, target: &str, message: &str) {
     let message = crate::error::cut(message, MAX_LOG_MESSAGE);
     let target = crate::error::shown(target);
     if let Some(host) = HOST.get() {
-        // SAFETY: `log` is the host's function for this ABI version; buffers outlive the call.
-        unsafe {
-            (host.log)(
-                KEY.load(Ordering::Acquire),
-                level,
-                RawSlice::new(target.as_bytes()),
-                RawSlice::new(message.as_bytes()),
-            )
-        }
+        HostCalls::new(*host, KEY.load(Ordering::Acquire)).log(level, &target, &message);
     }
 }
 

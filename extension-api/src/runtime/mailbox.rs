@@ -15,7 +15,28 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Poll, Waker};
 
 use crate::abi;
+use crate::runtime::requests::Route;
 use crate::wire::{MailboxLimit, OwnedMessage};
+
+/// A message queued for the dispatcher, with the way it came: from the host, or from a half of
+/// this instance (a request within it, its reply or its cancel).
+#[derive(Debug)]
+pub(crate) struct Delivery {
+    pub(crate) route: Route,
+    pub(crate) message: OwnedMessage,
+}
+
+impl Delivery {
+    /// A message the host delivered.
+    pub(crate) fn from_host(message: OwnedMessage) -> Delivery {
+        Delivery { route: Route::Host, message }
+    }
+
+    /// A message between two halves of this instance.
+    pub(crate) fn within(message: OwnedMessage) -> Delivery {
+        Delivery { route: Route::Within, message }
+    }
+}
 
 /// Why a message was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +76,7 @@ pub(crate) struct Progress {
 struct Queue {
     /// Waiting for the dispatcher (what the bound applies to). The batch it is working
     /// through has left the queue.
-    messages: VecDeque<OwnedMessage>,
+    messages: VecDeque<Delivery>,
     /// Channel and payload bytes of `messages`.
     bytes: u64,
     /// The dispatcher's, while it waits for messages.
@@ -98,9 +119,9 @@ impl Mailbox {
     /// answers a message already accepted, so it is bounded by those, and losing it would
     /// leave a request waiting or a replica diverged. An empty mailbox takes any one message,
     /// however large.
-    pub(crate) fn push(&self, message: OwnedMessage) -> Result<(), Refused> {
-        let size = message.size();
-        let kind = message.kind;
+    pub(crate) fn push(&self, delivery: Delivery) -> Result<(), Refused> {
+        let size = delivery.message.size();
+        let kind = delivery.message.kind;
         let waker = {
             let mut queue = self.queue();
             if queue.closed {
@@ -121,7 +142,7 @@ impl Mailbox {
                 self.unreported.fetch_add(1, Ordering::Relaxed);
                 return Err(Refused::Full);
             }
-            queue.messages.push_back(message);
+            queue.messages.push_back(delivery);
             queue.bytes += size;
             if queue.draining { None } else { queue.waker.take() }
         };
@@ -133,15 +154,15 @@ impl Mailbox {
 
     /// Runs `dispatch` on every message, in order, until the mailbox is closed (its owner,
     /// this future, dropped: the runtime shutting down).
-    pub(crate) async fn serve(&self, mut dispatch: impl FnMut(OwnedMessage)) {
+    pub(crate) async fn serve(&self, mut dispatch: impl FnMut(Delivery)) {
         let _closer = CloseOnDrop(self);
         // Swapped with the queue's buffer each time, so neither is allocated again.
         let mut batch = VecDeque::new();
         loop {
             Take { mailbox: self, batch: &mut batch }.await;
             let mut done = 0;
-            while let Some(message) = batch.pop_front() {
-                dispatch(message);
+            while let Some(delivery) = batch.pop_front() {
+                dispatch(delivery);
                 done += 1;
                 if done % BATCH_BEFORE_YIELD == 0 {
                     self.batch_done.store(done as u64, Ordering::Relaxed);
@@ -156,7 +177,7 @@ impl Mailbox {
 
     /// Swaps what waits into `batch`, or registers the dispatcher's waker if nothing does.
     #[inline(always)]
-    fn take(&self, cx: &mut std::task::Context<'_>, batch: &mut VecDeque<OwnedMessage>) -> Poll<()> {
+    fn take(&self, cx: &mut std::task::Context<'_>, batch: &mut VecDeque<Delivery>) -> Poll<()> {
         let mut queue = self.queue();
         if queue.messages.is_empty() {
             queue.draining = false;
@@ -222,7 +243,7 @@ impl Mailbox {
 /// `poll_fn`, so it is inlined into the dispatcher's loop).
 struct Take<'a> {
     mailbox: &'a Mailbox,
-    batch: &'a mut VecDeque<OwnedMessage>,
+    batch: &'a mut VecDeque<Delivery>,
 }
 
 impl Future for Take<'_> {
@@ -256,8 +277,16 @@ impl Drop for CloseOnDrop<'_> {
 mod tests {
     use super::*;
 
-    fn message(kind: u32, request_id: u64) -> OwnedMessage {
-        OwnedMessage { kind, status: 0, origin: 1, target: 0, request_id, channel: "c".into(), payload: vec![0; 4] }
+    fn message(kind: u32, request_id: u64) -> Delivery {
+        Delivery::from_host(OwnedMessage {
+            kind,
+            status: 0,
+            origin: 1,
+            target: 0,
+            request_id,
+            channel: "c".into(),
+            payload: vec![0; 4],
+        })
     }
 
     #[test]
@@ -274,7 +303,7 @@ mod tests {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
         let mut seen = Vec::new();
         runtime.block_on(async {
-            let serve = mailbox.serve(|message| seen.push(message.request_id));
+            let serve = mailbox.serve(|delivery| seen.push(delivery.message.request_id));
             // Serving never ends on its own; stop once it has gone idle.
             let _ = tokio::time::timeout(std::time::Duration::ZERO, serve).await;
         });

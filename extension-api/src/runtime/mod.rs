@@ -3,17 +3,24 @@
 //! the author-facing API.
 
 pub(crate) mod context;
+mod control;
+mod dispatch;
 pub mod export;
 mod instance;
+mod lifecycle;
 pub(crate) mod logging;
-mod mailbox;
+pub(crate) mod mailbox;
+pub(crate) mod requests;
+mod shared;
 pub(crate) mod state;
 mod stats;
 pub(crate) mod storage;
 mod store;
+pub(crate) mod sweep;
+mod vtable;
 
-pub(crate) use instance::{LOCAL_REQUEST, Shared, TIMED_OUT, timeout_ticks};
-pub(crate) use state::{HandlerFn, ListenerFn, Pending, RawEvent, Replica, Reply, Tier, Watcher};
+pub(crate) use shared::{Shared, notice};
+pub(crate) use state::{HandlerFn, ListenerFn, RawEvent, Registered, Replica, Tier, Watcher};
 
 /// Text of a caught panic payload.
 pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {

@@ -1,5 +1,5 @@
-//! The routing tables of one instance: per half, its listeners, handlers, pending invokes,
-//! running handler tasks and spawned tasks.
+//! The tables of one instance: per half, its listeners, handlers, spawned tasks and store
+//! replicas; and the instance's requests in flight (`runtime::requests`).
 
 use std::collections::BTreeMap;
 
@@ -13,6 +13,7 @@ use tokio::task::AbortHandle;
 use crate::InvokeErrorKind;
 use crate::abi::Peer;
 use crate::ipc::{Sender, StoreChange, StoreError};
+use crate::runtime::requests::{Answer, Failed, Outgoing, Requests, Waiter};
 use crate::wire::{ErrorPayload, HalfSnapshot};
 
 /// A broadcast as a listener sees it before decoding.
@@ -27,25 +28,6 @@ pub(crate) type ListenerFn = Arc<dyn Fn(&RawEvent<'_>) + Send + Sync>;
 /// What a handler produces: the encoded reply, or an error kind with its payload.
 pub(crate) type HandlerResult = Result<Vec<u8>, (InvokeErrorKind, ErrorPayload)>;
 pub(crate) type HandlerFn = Arc<dyn Fn(Vec<u8>, Sender) -> BoxFuture<'static, HandlerResult> + Send + Sync>;
-
-/// The answer to a pending invoke: a status (0 or an error code) and its payload.
-#[derive(Debug)]
-pub(crate) struct Reply {
-    pub(crate) status: u32,
-    pub(crate) payload: Vec<u8>,
-}
-
-/// An invoke a half waits on.
-pub(crate) struct Pending {
-    pub(crate) reply: oneshot::Sender<Reply>,
-    /// The half it went to.
-    pub(crate) target: Peer,
-    /// Sent within this instance without the host (see `Shared::is_local_route`): this
-    /// instance, not the host, fails it when a half involved goes away.
-    pub(crate) local: bool,
-    /// Timeout sweeps left before it times out (see `runtime::instance::sweep_timeouts`).
-    pub(crate) ticks_left: u32,
-}
 
 pub(crate) type WatcherFn = Arc<dyn Fn(&StoreChange) + Send + Sync>;
 
@@ -99,26 +81,34 @@ impl Replica {
 /// The author's object for a half, type-erased: all we can do with it is deactivate it.
 pub(crate) type Deactivator = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
 
+/// A listener or handler as a half holds it: its registration id (what its disposer names),
+/// the function, and its channel's number in `State::channels` (found once, at registration,
+/// not per message).
+pub(crate) struct Registered<F> {
+    pub(crate) id: u64,
+    pub(crate) callback: F,
+    pub(crate) counters: usize,
+}
+
+/// One half (one generation of it) running in this instance: what it registered and runs.
+/// The requests it waits on and serves are in [`State::requests`].
 pub(crate) struct Half {
-    pub(crate) generation: u64,
-    /// By channel: each listener's registration id and function, and the channel's number in
-    /// `channels` (found at registration, not per broadcast).
-    pub(crate) listeners: HashMap<String, Vec<(u64, ListenerFn, usize)>>,
-    /// By channel: the registration's id, the handler, and the channel's number in `channels`
-    /// (found once, at registration, not per request).
-    pub(crate) handlers: HashMap<String, (u64, HandlerFn, usize)>,
-    pub(crate) pending: HashMap<u64, Pending>,
+    generation: u64,
+    /// By channel, in registration order.
+    listeners: HashMap<String, Vec<Registered<ListenerFn>>>,
+    /// By channel: one handler each.
+    handlers: HashMap<String, Registered<HandlerFn>>,
     /// Set when the half starts closing: no new request within the instance reaches or
     /// leaves it.
-    pub(crate) closing: bool,
-    /// Handler tasks in flight, by (origin, request id), so a cancel can stop them.
-    pub(crate) running: HashMap<(Peer, u64), AbortHandle>,
-    pub(crate) tasks: HashMap<u64, AbortHandle>,
-    pub(crate) user: Option<Deactivator>,
+    closing: bool,
+    /// Its `spawn`ed tasks, by id.
+    tasks: HashMap<u64, AbortHandle>,
+    /// Its `deactivate`, once `activate` succeeded.
+    user: Option<Deactivator>,
     /// The task running the half's `activate`, aborted if the half goes away first.
-    pub(crate) activation: Option<AbortHandle>,
+    activation: Option<AbortHandle>,
     /// Its replica, watchers and writes in flight of the store and of the persisted tier.
-    pub(crate) tiers: [HalfTier; 2],
+    tiers: [HalfTier; 2],
 }
 
 /// Which of the two stores: the ephemeral one or the persisted tier. Both replicate alike.
@@ -170,9 +160,7 @@ impl Half {
             generation,
             listeners: HashMap::default(),
             handlers: HashMap::default(),
-            pending: HashMap::default(),
             closing: false,
-            running: HashMap::default(),
             tasks: HashMap::default(),
             user: None,
             activation: None,
@@ -180,7 +168,99 @@ impl Half {
         }
     }
 
-    pub(crate) fn snapshot(&self, peer: Peer) -> HalfSnapshot {
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// From now on no request within the instance reaches or leaves the half.
+    pub(crate) fn start_closing(&mut self) {
+        self.closing = true;
+    }
+
+    pub(crate) fn listen(&mut self, channel: String, listener: Registered<ListenerFn>) {
+        self.listeners.entry(channel).or_default().push(listener);
+    }
+
+    /// The listeners on `channel`, in registration order.
+    pub(crate) fn listeners(&self, channel: &str) -> Option<&[Registered<ListenerFn>]> {
+        self.listeners.get(channel).map(Vec::as_slice)
+    }
+
+    /// Removes listener `id` from `channel`; returns it, to be dropped outside the lock.
+    pub(crate) fn unlisten(&mut self, channel: &str, id: u64) -> Option<ListenerFn> {
+        let list = self.listeners.get_mut(channel)?;
+        let removed = list.iter().position(|each| each.id == id).map(|at| list.remove(at).callback);
+        if list.is_empty() {
+            self.listeners.remove(channel);
+        }
+        removed
+    }
+
+    /// Registers the handler of `channel`; `Err` gives the channel back if it has one.
+    pub(crate) fn handle(&mut self, channel: String, handler: Registered<HandlerFn>) -> Result<(), String> {
+        if self.handlers.contains_key(&channel) {
+            return Err(channel);
+        }
+        self.handlers.insert(channel, handler);
+        Ok(())
+    }
+
+    pub(crate) fn handler(&self, channel: &str) -> Option<&Registered<HandlerFn>> {
+        self.handlers.get(channel)
+    }
+
+    /// Removes the handler of `channel` if it is registration `id`; returns it, to be dropped
+    /// outside the lock.
+    pub(crate) fn unhandle(&mut self, channel: &str, id: u64) -> Option<HandlerFn> {
+        if self.handlers.get(channel).is_none_or(|handler| handler.id != id) {
+            return None;
+        }
+        self.handlers.remove(channel).map(|handler| handler.callback)
+    }
+
+    /// Removes store watcher `id` (ids are unique across both tiers).
+    pub(crate) fn unwatch(&mut self, id: u64) -> Option<Watcher> {
+        self.tiers.iter_mut().find_map(|tier| {
+            let at = tier.watchers.iter().position(|watcher| watcher.id == id)?;
+            Some(tier.watchers.remove(at))
+        })
+    }
+
+    /// Records a task the half spawned, stopped with the half.
+    pub(crate) fn add_task(&mut self, id: u64, task: AbortHandle) {
+        self.tasks.insert(id, task);
+    }
+
+    pub(crate) fn finish_task(&mut self, id: u64) {
+        self.tasks.remove(&id);
+    }
+
+    /// Records the task running the half's `activate`.
+    pub(crate) fn activating(&mut self, task: AbortHandle) {
+        self.activation = Some(task);
+    }
+
+    /// `activate` succeeded: the half keeps the author's object until it deactivates.
+    pub(crate) fn activated(&mut self, user: Deactivator) {
+        self.user = Some(user);
+        self.activation = None;
+    }
+
+    /// The author's `deactivate`, taken to run (once).
+    pub(crate) fn take_deactivator(&mut self) -> Option<Deactivator> {
+        self.user.take()
+    }
+
+    pub(crate) fn tier(&mut self, tier: Tier) -> &mut HalfTier {
+        &mut self.tiers[tier as usize]
+    }
+
+    pub(crate) fn replica(&self, tier: Tier) -> &Replica {
+        &self.tiers[tier as usize].replica
+    }
+
+    /// The half as inspect shows it; `requests` counts what it waits on and serves.
+    pub(crate) fn snapshot(&self, peer: Peer, requests: &Requests<AbortHandle>) -> HalfSnapshot {
         let mut handlers: Vec<String> = self.handlers.keys().cloned().collect();
         handlers.sort();
         HalfSnapshot {
@@ -192,21 +272,22 @@ impl Half {
                 .map(|(channel, list)| (channel.clone(), list.len()))
                 .collect(),
             handlers,
-            pending_requests: self.pending.len(),
-            running_handlers: self.running.len(),
+            pending_requests: requests.waits_of(peer),
+            running_handlers: requests.runs_in(peer),
             tasks: self.tasks.len(),
-            store_keys: self.tiers[0].replica.values().len(),
-            store_seq: self.tiers[0].replica.seq,
+            store_keys: self.replica(Tier::Store).values().len(),
+            store_seq: self.replica(Tier::Store).seq,
             watchers: self.tiers.iter().map(|tier| tier.watchers.len()).sum(),
-            storage_keys: self.tiers[1].replica.values().len(),
-            storage_seq: self.tiers[1].replica.seq,
+            storage_keys: self.replica(Tier::Storage).values().len(),
+            storage_seq: self.replica(Tier::Storage).seq,
         }
     }
 
-    /// Stops everything the half runs. Pending invokes see their sender dropped. Call it
-    /// outside the state lock: what it drops may run author destructors.
+    /// Stops everything the half runs (its handler runs are stopped by the caller, from the
+    /// request table). Call it outside the state lock: what it drops may run author
+    /// destructors.
     pub(crate) fn shut_down(self) {
-        for abort in self.running.values().chain(self.tasks.values()).chain(self.activation.iter()) {
+        for abort in self.tasks.values().chain(self.activation.iter()) {
             abort.abort();
         }
     }
@@ -220,28 +301,58 @@ pub(crate) struct State {
     /// Per store: the process replica and the updates waiting for their turn.
     pub(crate) process: [ProcessTier; 2],
     pub(crate) storage: StorageState,
-    /// The host stopped routing for the extension (it is deactivating): no request within
-    /// the instance is started any more.
-    pub(crate) stopped: bool,
-    /// The timeout sweeper is running (some request waits); it stops when none does.
-    pub(crate) sweeping: bool,
     /// Renderer halves this instance ever started (reloads included): while it is one, a plain
     /// task or thread can only belong to that half (see `context::only_renderer`).
     pub(crate) renderers_started: u64,
     /// What each channel received (see `runtime::stats`).
     pub(crate) channels: super::stats::Channels,
-}
-
-impl Half {
-    pub(crate) fn tier(&mut self, tier: Tier) -> &mut HalfTier {
-        &mut self.tiers[tier as usize]
-    }
+    /// Every request in flight here: waited on by a half, or served by one.
+    pub(crate) requests: Requests<AbortHandle>,
+    /// The host stopped routing for the extension (it is deactivating): no request within
+    /// the instance is started any more.
+    stopped: bool,
+    /// The timeout sweeper is running (some request waits); it stops when none does.
+    sweeping: bool,
 }
 
 impl State {
     /// The half `peer`, if it is still generation `generation`.
     pub(crate) fn half_mut(&mut self, peer: Peer, generation: u64) -> Option<&mut Half> {
         self.halves.get_mut(&peer).filter(|half| half.generation == generation)
+    }
+
+    /// Whether the half `peer` is still generation `generation`.
+    pub(crate) fn is_current(&self, peer: Peer, generation: u64) -> bool {
+        self.halves.get(&peer).is_some_and(|half| half.generation == generation)
+    }
+
+    /// Whether a request between `origin` and `target` may start within the instance now: the
+    /// extension is routing, and both halves run here and are not closing.
+    pub(crate) fn may_route_within(&self, origin: Peer, target: Peer) -> bool {
+        let open = |peer| self.halves.get(&peer).is_some_and(|half: &Half| !half.closing);
+        !self.stopped && open(origin) && open(target)
+    }
+
+    /// Records a request a half sends; the flag says the sweeper must be woken (it was idle).
+    pub(crate) fn start_request(&mut self, request: Outgoing) -> (oneshot::Receiver<Answer>, bool) {
+        let receiver = self.requests.wait_for(request);
+        (receiver, !std::mem::replace(&mut self.sweeping, true))
+    }
+
+    /// One timeout sweep (see [`Requests::sweep`]); the sweeper goes idle when nothing waits.
+    pub(crate) fn sweep_requests(&mut self) -> (Vec<Waiter>, bool) {
+        let (expired, waiting) = self.requests.sweep();
+        if !waiting {
+            self.sweeping = false;
+        }
+        (expired, waiting)
+    }
+
+    /// The host stopped routing for the extension: nothing starts within the instance any
+    /// more, and what is in flight there fails.
+    pub(crate) fn stop_routing(&mut self) -> Failed<AbortHandle> {
+        self.stopped = true;
+        self.requests.fail_within()
     }
 }
 

@@ -11,9 +11,9 @@ use tokio::sync::oneshot;
 
 use crate::abi::{self, PEER_ALL, PEER_HOST, PEER_MAIN, Peer};
 use crate::ipc::{STORE_TOTAL_LIMIT, STORE_VALUE_LIMIT, StoreError};
-use crate::runtime::Shared;
 use crate::runtime::state::Tier;
 use crate::runtime::store::replica_snapshot;
+use crate::runtime::{Shared, notice};
 use crate::wire::{
     StorageCommit, StorageCommitted, StorageOutcome, StorageSeed, StoreUpdate, StoreWrite, WriteRefusal,
 };
@@ -84,7 +84,7 @@ impl Shared {
         let bytes = rmp_serde::to_vec_named(&commit)
             .map_err(|error| StoreError::Serialize { key: key.clone(), reason: error.to_string() });
         let status = match &bytes {
-            Ok(bytes) => self.send(abi::kind::STORAGE_COMMIT, 0, PEER_MAIN, PEER_HOST, 0, "", bytes),
+            Ok(bytes) => self.send(notice(abi::kind::STORAGE_COMMIT, PEER_MAIN, PEER_HOST, bytes)),
             Err(_) => abi::status::INVALID,
         };
         if status == abi::status::OK {
@@ -170,7 +170,7 @@ impl Shared {
             if let Some(update) = &update {
                 // To every replica, main's included (main only notifies its watchers).
                 let status = rmp_serde::to_vec_named(update)
-                    .map(|bytes| self.send(abi::kind::STORAGE_UPDATE, 0, PEER_MAIN, PEER_ALL, 0, "", &bytes));
+                    .map(|bytes| self.send(notice(abi::kind::STORAGE_UPDATE, PEER_MAIN, PEER_ALL, &bytes)));
                 if !matches!(status, Ok(abi::status::OK)) {
                     tracing::debug!("storage update {} not published ({status:?})", update.seq);
                 }
@@ -194,7 +194,7 @@ impl Shared {
         let state = self.state();
         let main = state.halves.get(&PEER_MAIN)?;
         Some(StorageSeed {
-            snapshot: replica_snapshot(&main.tiers[Tier::Storage as usize].replica),
+            snapshot: replica_snapshot(main.replica(Tier::Storage)),
             unavailable: state.storage.unavailable.clone(),
             value_limit: state.storage.value_limit,
             total_limit: state.storage.total_limit,

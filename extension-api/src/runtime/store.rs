@@ -7,11 +7,11 @@ use std::sync::{Arc, PoisonError};
 use crate::abi::{self, PEER_ALL, PEER_MAIN, Peer};
 use crate::ipc::{STORE_TOTAL_LIMIT, STORE_VALUE_LIMIT, StoreChange, StoreError, store, store_entry_size};
 use crate::runtime::Replica;
-use crate::runtime::Shared;
 use crate::runtime::context;
 use crate::runtime::panic_message;
 use crate::runtime::state::{State, Tier, WatcherFn};
 use crate::runtime::storage::refusal_error;
+use crate::runtime::{Shared, notice};
 use crate::wire::{StorageOutcome, StoreSnapshot, StoreUpdate, StoreWrite, WriteRefusal};
 use serde_bytes::ByteBuf;
 
@@ -59,7 +59,7 @@ impl Shared {
         };
         // Broadcast to every replica, main's included (main only notifies its watchers).
         let published = match rmp_serde::to_vec_named(&update) {
-            Ok(bytes) => match self.send(abi::kind::STORE_UPDATE, 0, PEER_MAIN, PEER_ALL, 0, "", &bytes) {
+            Ok(bytes) => match self.send(notice(abi::kind::STORE_UPDATE, PEER_MAIN, PEER_ALL, &bytes)) {
                 abi::status::OK => Ok(()),
                 abi::status::TOO_LARGE => {
                     Err(StoreError::TooLarge { key: update.key.clone(), size: bytes.len(), limit: abi::MAX_MESSAGE })
@@ -108,7 +108,7 @@ impl Shared {
             Tier::Store => abi::kind::STORE_REFUSAL,
             Tier::Storage => abi::kind::STORAGE_REFUSAL,
         };
-        let sent = rmp_serde::to_vec_named(&refusal).map(|bytes| self.send(kind, 0, PEER_MAIN, writer, 0, "", &bytes));
+        let sent = rmp_serde::to_vec_named(&refusal).map(|bytes| self.send(notice(kind, PEER_MAIN, writer, &bytes)));
         if !matches!(sent, Ok(abi::status::OK)) {
             tracing::warn!("the refusal of a write from {writer} could not be sent: {sent:?}");
         }
@@ -132,7 +132,7 @@ impl Shared {
     pub(crate) fn store_snapshot(&self) -> Option<StoreSnapshot> {
         let _order = self.store_order.lock().unwrap_or_else(PoisonError::into_inner);
         let state = self.state();
-        Some(replica_snapshot(&state.halves.get(&PEER_MAIN)?.tiers[Tier::Store as usize].replica))
+        Some(replica_snapshot(state.halves.get(&PEER_MAIN)?.replica(Tier::Store)))
     }
 
     /// Seeds the process replica of an instance without main (for the persisted tier, of
@@ -192,7 +192,7 @@ impl Shared {
                 new: update.new,
             };
             for (peer, generation, callback) in effects.watchers {
-                let half = context::HalfRef { shared: Arc::downgrade(self), peer, generation };
+                let half = self.half(peer, generation);
                 let outcome =
                     std::panic::catch_unwind(AssertUnwindSafe(|| context::sync_scope(half, || callback(&change))));
                 if let Err(panic) = outcome {
@@ -245,7 +245,7 @@ pub(crate) fn apply_to_halves(state: &mut State, tier: Tier, updates: &[StoreUpd
         let mut effects = Effects { resolved: None, watchers: Vec::new() };
         let changed = update.old != update.new;
         for (peer, half) in state.halves.iter_mut() {
-            let generation = half.generation;
+            let generation = half.generation();
             let half = half.tier(tier);
             if *peer != PEER_MAIN {
                 // A frame opened after this write holds it in its snapshot already.

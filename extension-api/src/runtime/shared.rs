@@ -1,0 +1,182 @@
+//! What the halves of an instance share, and the ways a message leaves a half: to the host
+//! (the outbound call), or within the instance (into its own mailbox).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use crate::InvokeErrorKind;
+use crate::abi::{self, Peer};
+use crate::ipc::HalfHandle;
+use crate::message::{self, Message, Reply};
+use crate::runtime::lifecycle::Factory;
+use crate::runtime::mailbox::{Delivery, Mailbox, Refused};
+use crate::runtime::requests::{Incoming, Route};
+use crate::runtime::state::State;
+use crate::runtime::stats::SlowLog;
+use crate::runtime::vtable::HostCalls;
+use crate::wire::{Completion, InstanceConfig, OwnedMessage};
+
+/// Everything the halves of an instance share. Handles hold it weakly, so a handle leaked past
+/// deactivation finds nothing and fails cleanly.
+pub(crate) struct Shared {
+    host: HostCalls,
+    pub(crate) name: String,
+    /// See [`InstanceConfig::route_within`].
+    route_within: bool,
+    pub(crate) runtime: tokio::runtime::Handle,
+    pub(crate) mailbox: Mailbox,
+    /// Wakes the timeout sweeper when a request starts waiting while it is idle.
+    pub(crate) sweep: tokio::sync::Notify,
+    state: Mutex<State>,
+    pub(crate) factory: Factory,
+    next_id: AtomicU64,
+    /// The handler the dispatcher is polling right now: its half (peer + 1) in the low 32 bits,
+    /// its channel (number in `State::channels`, + 1) in the high ones; 0 if none. One store
+    /// before and one after.
+    pub(crate) inline_handler: AtomicU64,
+    /// Held while a store write is sequenced and published, so updates leave in order.
+    pub(crate) store_order: Mutex<()>,
+    /// The same for the persisted tier: held while a write is sent to the host, and while the
+    /// host's answers are applied and published.
+    pub(crate) storage_order: Mutex<()>,
+    pub(crate) decode_failures: AtomicU64,
+    pub(crate) listener_panics: AtomicU64,
+    /// The instance thread's TID, for its CPU time.
+    pub(crate) thread_id: AtomicU64,
+    /// Handlers that waited and took longer than `slow_handler`.
+    pub(crate) slow: SlowLog,
+    pub(crate) slow_handler: Duration,
+}
+
+/// What an instance starts with, besides its runtime.
+pub(crate) struct SharedConfig {
+    pub(crate) host: HostCalls,
+    pub(crate) config: InstanceConfig,
+    pub(crate) factory: Factory,
+    pub(crate) runtime: tokio::runtime::Handle,
+}
+
+impl Shared {
+    pub(crate) fn new(start: SharedConfig) -> Shared {
+        let SharedConfig { host, config, factory, runtime } = start;
+        Shared {
+            host,
+            name: config.name,
+            route_within: config.route_within,
+            runtime,
+            mailbox: Mailbox::new(config.mailbox),
+            sweep: tokio::sync::Notify::new(),
+            state: Mutex::new(State::default()),
+            factory,
+            next_id: AtomicU64::new(1),
+            inline_handler: AtomicU64::new(0),
+            store_order: Mutex::new(()),
+            storage_order: Mutex::new(()),
+            decode_failures: AtomicU64::new(0),
+            listener_panics: AtomicU64::new(0),
+            thread_id: AtomicU64::new(0),
+            slow: SlowLog::default(),
+            slow_handler: if config.slow_handler_ms == u64::MAX {
+                Duration::MAX
+            } else {
+                Duration::from_millis(config.slow_handler_ms)
+            },
+        }
+    }
+
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
+        // Author code never runs under this lock, so a poisoned lock only means a panic in our
+        // own bookkeeping; the tables are still consistent enough to keep going.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A handle on half `peer`, generation `generation`, of this instance.
+    pub(crate) fn half(self: &Arc<Self>, peer: Peer, generation: u64) -> HalfHandle {
+        HalfHandle::new(Arc::downgrade(self), peer, generation)
+    }
+
+    /// Hands a message to the host for routing; returns its status code.
+    pub(crate) fn send(&self, message: Message<'_>) -> u32 {
+        // The limit holds wherever the halves run, so it is checked here, before the host.
+        if !message.fits() {
+            return abi::status::TOO_LARGE;
+        }
+        self.host.send(&message)
+    }
+
+    /// Queues a message for this instance's dispatcher. Never runs author code on the calling
+    /// thread, and never blocks: a full mailbox refuses what may be refused (`BUSY`), see
+    /// [`crate::wire::MailboxLimit`].
+    pub(crate) fn enqueue(&self, delivery: Delivery) -> u32 {
+        match self.mailbox.push(delivery) {
+            Ok(()) => abi::status::OK,
+            Err(Refused::Full) => abi::status::BUSY,
+            Err(Refused::Closed) => abi::status::DEACTIVATED,
+        }
+    }
+
+    /// Which way a request from `origin` to `target` goes. It stays within this instance when
+    /// the host would route it ([`message::is_request_route`], the host's own rule), this
+    /// instance may route within (in the host's process), and both halves run here and are
+    /// open. Such a request never passes through the host: it goes straight into this
+    /// instance's mailbox, and this instance fails it when a half involved goes away, as the
+    /// host does for the requests it routes.
+    pub(crate) fn route(&self, state: &State, origin: Peer, target: Peer) -> Route {
+        if self.route_within && message::is_request_route(origin, target) && state.may_route_within(origin, target) {
+            Route::Within
+        } else {
+            Route::Host
+        }
+    }
+
+    /// Answers `request` (on `channel`, for messages) with `reply`, the way it came: within
+    /// the instance through the mailbox (so it still arrives after what its handler's half sent
+    /// the invoker before it), else through the host.
+    pub(crate) fn answer(&self, request: &Incoming, channel: &str, reply: Reply) {
+        // A reply carries no channel name (its invoker knows which request it answers). One
+        // over the limit would reach nobody: the invoker gets the reason instead, at once, and
+        // the handler's side learns it from its log. The replacement is short whatever the
+        // channel's name, so it always fits.
+        let reply = if abi::fits(0, reply.payload.len()) {
+            reply
+        } else {
+            let message = crate::error::too_large("reply", channel, reply.payload.len());
+            tracing::warn!("the handler's reply was not sent: {message}");
+            Reply::error(InvokeErrorKind::TooLarge, message)
+        };
+        match request.route {
+            Route::Within => {
+                self.enqueue(Delivery::within(OwnedMessage {
+                    kind: abi::kind::REPLY,
+                    status: reply.status,
+                    origin: request.target,
+                    target: request.origin,
+                    request_id: request.id,
+                    channel: String::new(),
+                    payload: reply.payload,
+                }));
+            }
+            Route::Host => {
+                self.send(Message::reply(request.target, request.origin, request.id, &reply));
+            }
+        }
+    }
+
+    /// Answers control command `completion`.
+    pub(crate) fn complete(&self, completion: u64, result: &Completion) {
+        match rmp_serde::to_vec_named(result) {
+            Ok(bytes) => self.host.complete(completion, &bytes),
+            Err(error) => tracing::error!("cannot encode a completion: {error}"),
+        }
+    }
+}
+
+/// A message that is neither a request nor a reply: a broadcast, a store message.
+pub(crate) fn notice<'a>(kind: u32, origin: Peer, target: Peer, payload: &'a [u8]) -> Message<'a> {
+    Message { kind, status: 0, origin, target, request_id: 0, channel: "", payload }
+}

@@ -1,0 +1,43 @@
+//! The host's functions as the instance calls them: the one place it calls out across the C
+//! boundary. Everything before this speaks [`Message`]; the raw layouts are made here, for
+//! the call, and nowhere else.
+
+use crate::abi::{HostVTable, RawSlice};
+use crate::message::Message;
+
+/// The host's vtable and the key it gave this instance.
+#[derive(Clone, Copy)]
+pub(crate) struct HostCalls {
+    vtable: HostVTable,
+    key: u64,
+}
+
+impl HostCalls {
+    /// `vtable` must be the host's for this ABI version (checked at instantiate).
+    pub(crate) fn new(vtable: HostVTable, key: u64) -> HostCalls {
+        HostCalls { vtable, key }
+    }
+
+    /// Hands a message to the host for routing; returns its status code.
+    pub(crate) fn send(&self, message: &Message<'_>) -> u32 {
+        let raw = message.to_raw();
+        // SAFETY: `send` is the host's function for this ABI version (checked at instantiate),
+        // and `raw` borrows buffers of `message`, which outlive the call.
+        unsafe { (self.vtable.send)(self.key, &raw) }
+    }
+
+    /// Answers control command `completion` with an encoded `Completion`.
+    pub(crate) fn complete(&self, completion: u64, bytes: &[u8]) {
+        // SAFETY: the host's function for this ABI version; `bytes` outlives the call.
+        unsafe { (self.vtable.complete)(self.key, completion, RawSlice::new(bytes)) }
+    }
+
+    /// Forwards a log record at level number `level` (see `message::level_number`).
+    pub(crate) fn log(&self, level: u32, target: &str, message: &str) {
+        // SAFETY: `log` is the host's function for this ABI version; the buffers outlive the
+        // call.
+        unsafe {
+            (self.vtable.log)(self.key, level, RawSlice::new(target.as_bytes()), RawSlice::new(message.as_bytes()))
+        }
+    }
+}
