@@ -276,19 +276,15 @@ impl HalfHandle {
         };
         let shared = self.shared.upgrade().ok_or_else(deactivated)?;
         let request_id = shared.next_id();
-        let (route, receiver, wake_sweeper) = {
+        let (route, receiver) = {
             let mut state = shared.state();
-            let route = shared.route(&state, self.peer, target);
             if !state.is_current(self.peer, self.generation) {
                 return Err(gone());
             }
+            let route = state.route(self.peer, target);
             let request = Outgoing { id: request_id, invoker: self.peer, target, route, ticks: timeout_ticks(timeout) };
-            let (receiver, wake_sweeper) = state.start_request(request);
-            (route, receiver, wake_sweeper)
+            (route, shared.start_request(&mut state, request))
         };
-        if wake_sweeper {
-            shared.sweep.notify_one();
-        }
         // Within the instance, the request goes straight into its mailbox (the host is not
         // involved); otherwise the host routes it.
         let status = match route {

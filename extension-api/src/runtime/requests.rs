@@ -4,6 +4,8 @@
 //! message. Plain data: it neither sends nor aborts (its callers do that outside the state
 //! lock), so it is tested without a runtime.
 
+use std::collections::hash_map::Entry;
+
 use foldhash::HashMap;
 use tokio::sync::oneshot;
 
@@ -137,10 +139,10 @@ impl<Task> Requests<Task> {
 
     /// The wait a reply to `invoker` for request `id` ends: only the invoker's own request.
     pub(crate) fn take_reply(&mut self, invoker: Peer, id: u64) -> Option<Waiter> {
-        if !self.is_waiting(invoker, id) {
-            return None;
+        match self.waiting.entry(id) {
+            Entry::Occupied(entry) if entry.get().invoker == invoker => Some(entry.remove().waiter),
+            _ => None,
         }
-        self.waiting.remove(&id).map(|waiting| waiting.waiter)
     }
 
     /// Forgets request `id`: its invoker stopped waiting (answered, refused or dropped).

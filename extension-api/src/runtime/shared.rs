@@ -5,13 +5,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use tokio::sync::oneshot;
+
 use crate::InvokeErrorKind;
 use crate::abi::{self, Peer};
 use crate::ipc::HalfHandle;
-use crate::message::{self, Message, Reply};
+use crate::message::{Message, Reply};
 use crate::runtime::lifecycle::Factory;
 use crate::runtime::mailbox::{Delivery, Mailbox, Refused};
-use crate::runtime::requests::{Incoming, Route};
+use crate::runtime::requests::{Answer, Incoming, Outgoing, Route};
 use crate::runtime::state::State;
 use crate::runtime::stats::SlowLog;
 use crate::runtime::vtable::HostCalls;
@@ -21,32 +23,30 @@ use crate::wire::{Completion, InstanceConfig, OwnedMessage};
 /// deactivation finds nothing and fails cleanly.
 pub(crate) struct Shared {
     host: HostCalls,
-    pub(crate) name: String,
-    /// See [`InstanceConfig::route_within`].
-    route_within: bool,
+    pub(super) name: String,
     pub(crate) runtime: tokio::runtime::Handle,
-    pub(crate) mailbox: Mailbox,
+    pub(super) mailbox: Mailbox,
     /// Wakes the timeout sweeper when a request starts waiting while it is idle.
-    pub(crate) sweep: tokio::sync::Notify,
+    pub(super) sweep: tokio::sync::Notify,
     state: Mutex<State>,
-    pub(crate) factory: Factory,
+    pub(super) factory: Factory,
     next_id: AtomicU64,
     /// The handler the dispatcher is polling right now: its half (peer + 1) in the low 32 bits,
     /// its channel (number in `State::channels`, + 1) in the high ones; 0 if none. One store
     /// before and one after.
-    pub(crate) inline_handler: AtomicU64,
+    pub(super) inline_handler: AtomicU64,
     /// Held while a store write is sequenced and published, so updates leave in order.
-    pub(crate) store_order: Mutex<()>,
+    pub(super) store_order: Mutex<()>,
     /// The same for the persisted tier: held while a write is sent to the host, and while the
     /// host's answers are applied and published.
-    pub(crate) storage_order: Mutex<()>,
+    pub(super) storage_order: Mutex<()>,
     pub(crate) decode_failures: AtomicU64,
-    pub(crate) listener_panics: AtomicU64,
+    pub(super) listener_panics: AtomicU64,
     /// The instance thread's TID, for its CPU time.
-    pub(crate) thread_id: AtomicU64,
+    pub(super) thread_id: AtomicU64,
     /// Handlers that waited and took longer than `slow_handler`.
-    pub(crate) slow: SlowLog,
-    pub(crate) slow_handler: Duration,
+    pub(super) slow: SlowLog,
+    pub(super) slow_handler: Duration,
 }
 
 /// What an instance starts with, besides its runtime.
@@ -63,11 +63,11 @@ impl Shared {
         Shared {
             host,
             name: config.name,
-            route_within: config.route_within,
             runtime,
             mailbox: Mailbox::new(config.mailbox),
             sweep: tokio::sync::Notify::new(),
-            state: Mutex::new(State::default()),
+            // See `InstanceConfig::route_within`.
+            state: Mutex::new(if config.route_within { State::routing_within() } else { State::default() }),
             factory,
             next_id: AtomicU64::new(1),
             inline_handler: AtomicU64::new(0),
@@ -120,18 +120,14 @@ impl Shared {
         }
     }
 
-    /// Which way a request from `origin` to `target` goes. It stays within this instance when
-    /// the host would route it ([`message::is_request_route`], the host's own rule), this
-    /// instance may route within (in the host's process), and both halves run here and are
-    /// open. Such a request never passes through the host: it goes straight into this
-    /// instance's mailbox, and this instance fails it when a half involved goes away, as the
-    /// host does for the requests it routes.
-    pub(crate) fn route(&self, state: &State, origin: Peer, target: Peer) -> Route {
-        if self.route_within && message::is_request_route(origin, target) && state.may_route_within(origin, target) {
-            Route::Within
-        } else {
-            Route::Host
+    /// Records a request a half sends, waking the timeout sweeper if it was idle; the
+    /// receiver gets its answer.
+    pub(crate) fn start_request(&self, state: &mut State, request: Outgoing) -> oneshot::Receiver<Answer> {
+        let (receiver, wake_sweeper) = state.start_request(request);
+        if wake_sweeper {
+            self.sweep.notify_one();
         }
+        receiver
     }
 
     /// Answers `request` (on `channel`, for messages) with `reply`, the way it came: within

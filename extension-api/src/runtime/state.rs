@@ -13,7 +13,8 @@ use tokio::task::AbortHandle;
 use crate::InvokeErrorKind;
 use crate::abi::Peer;
 use crate::ipc::{Sender, StoreChange, StoreError};
-use crate::runtime::requests::{Answer, Failed, Outgoing, Requests, Waiter};
+use crate::message;
+use crate::runtime::requests::{Answer, Failed, Outgoing, Requests, Route, Waiter};
 use crate::wire::{ErrorPayload, HalfSnapshot};
 
 /// A broadcast as a listener sees it before decoding.
@@ -308,6 +309,8 @@ pub(crate) struct State {
     pub(crate) channels: super::stats::Channels,
     /// Every request in flight here: waited on by a half, or served by one.
     pub(crate) requests: Requests<AbortHandle>,
+    /// Requests between two halves here may skip the host (see `InstanceConfig::route_within`).
+    within: bool,
     /// The host stopped routing for the extension (it is deactivating): no request within
     /// the instance is started any more.
     stopped: bool,
@@ -326,11 +329,22 @@ impl State {
         self.halves.get(&peer).is_some_and(|half| half.generation == generation)
     }
 
-    /// Whether a request between `origin` and `target` may start within the instance now: the
-    /// extension is routing, and both halves run here and are not closing.
-    pub(crate) fn may_route_within(&self, origin: Peer, target: Peer) -> bool {
+    /// An instance whose requests between its own halves skip the host (in the host's
+    /// process, where nothing it sends can overtake them through the host).
+    pub(crate) fn routing_within() -> State {
+        State { within: true, ..State::default() }
+    }
+
+    /// Which way a request from `origin` to `target` goes. It stays within this instance when
+    /// the host would route it ([`message::is_request_route`], the host's own rule), this
+    /// instance routes within, it is routing at all, and both halves run here and are not
+    /// closing. Such a request never passes through the host: it goes straight into this
+    /// instance's mailbox, and this instance fails it when a half involved goes away, as the
+    /// host does for the requests it routes.
+    pub(crate) fn route(&self, origin: Peer, target: Peer) -> Route {
         let open = |peer| self.halves.get(&peer).is_some_and(|half: &Half| !half.closing);
-        !self.stopped && open(origin) && open(target)
+        let within = self.within && !self.stopped && message::is_request_route(origin, target);
+        if within && open(origin) && open(target) { Route::Within } else { Route::Host }
     }
 
     /// Records a request a half sends; the flag says the sweeper must be woken (it was idle).
@@ -359,7 +373,62 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::abi::{PEER_ALL, PEER_HOST, PEER_MAIN};
     use crate::ipc::{STORE_ENTRY_OVERHEAD, store_entry_size};
+    use crate::runtime::requests::NO_TIMEOUT;
+
+    /// An instance in the host's process running main and frames 1 and 2.
+    fn in_process() -> State {
+        let mut state = State::routing_within();
+        for (peer, generation) in [(PEER_MAIN, 1), (1, 2), (2, 3)] {
+            state.halves.insert(peer, Half::new(generation));
+        }
+        state
+    }
+
+    #[test]
+    fn a_request_between_two_open_halves_here_stays_within() {
+        let state = in_process();
+        assert_eq!(state.route(1, PEER_MAIN), Route::Within);
+        assert_eq!(state.route(PEER_MAIN, 2), Route::Within);
+        // What is not a request by the host's rule goes to the host, which refuses it.
+        for (origin, target) in [(1, 2), (PEER_MAIN, PEER_MAIN), (PEER_MAIN, PEER_ALL), (1, PEER_HOST)] {
+            assert_eq!(state.route(origin, target), Route::Host, "{origin} -> {target}");
+        }
+        // A frame not here (another process) is reached through the host.
+        assert_eq!(state.route(PEER_MAIN, 3), Route::Host);
+        // An instance in a child process never routes within: a broadcast there goes through
+        // the host, and a request skipping it would overtake it.
+        let mut child = State::default();
+        child.halves.insert(PEER_MAIN, Half::new(1));
+        child.halves.insert(1, Half::new(2));
+        assert_eq!(child.route(1, PEER_MAIN), Route::Host);
+    }
+
+    #[test]
+    fn a_closing_half_or_a_stopped_extension_routes_nothing_within() {
+        let mut state = in_process();
+        state.halves.get_mut(&1).map(Half::start_closing);
+        assert_eq!((state.route(1, PEER_MAIN), state.route(PEER_MAIN, 1)), (Route::Host, Route::Host));
+        assert_eq!(state.route(PEER_MAIN, 2), Route::Within);
+
+        let request = Outgoing { id: 5, invoker: 2, target: PEER_MAIN, route: Route::Within, ticks: NO_TIMEOUT };
+        let (mut answer, wake_sweeper) = state.start_request(request);
+        assert!(wake_sweeper);
+        // The sweeper runs now: a second request does not wake it again.
+        let request = Outgoing { id: 6, invoker: 2, target: PEER_MAIN, route: Route::Host, ticks: NO_TIMEOUT };
+        let (_host_answer, wake_sweeper) = state.start_request(request);
+        assert!(!wake_sweeper);
+
+        let failed = state.stop_routing();
+        assert_eq!(state.route(PEER_MAIN, 2), Route::Host);
+        assert_eq!(failed.waiters.len(), 1);
+        failed.waiters.into_iter().for_each(|waiter| waiter.fail(crate::InvokeErrorKind::Deactivated));
+        assert!(matches!(answer.try_recv(), Ok(Answer::Reply(reply)) if reply.status != crate::abi::status::OK));
+        // The host's request is the host's to fail.
+        assert!(state.requests.is_waiting(2, 6));
+        assert!(!state.requests.is_waiting(2, 5));
+    }
 
     #[test]
     fn a_replica_counts_what_it_holds_through_every_write() {
