@@ -19,9 +19,7 @@ fn unbounded() -> HostConfig {
 }
 
 async fn every_duration_at_its_maximum_means_no_limit(transport: Transport) {
-    let host = Host::new(unbounded());
-    host.load(library("probe")).unwrap();
-    host.activate("probe").await.unwrap();
+    let host = host_from(transport, unbounded(), &["probe"]).await;
     let frame = open_frame(&host, transport).await;
     let mut broadcasts = host.broadcasts();
 

@@ -8,7 +8,7 @@ use probe_protocol::*;
 use crate::support::{self, FAILSAFE, Transport, expect_pongs, wait_log};
 
 async fn a_frame_opened_later_gets_the_renderer_halves_of_active_extensions(transport: Transport) {
-    let host = support::host_with(&["hello"]).await;
+    let host = support::host_for(transport, &["hello"]).await;
     let mut logs = host.logs();
     let frame = support::open_frame(&host, transport).await;
     assert_eq!(frame, FrameId(1));
@@ -17,11 +17,10 @@ async fn a_frame_opened_later_gets_the_renderer_halves_of_active_extensions(tran
 }
 
 async fn an_extension_activated_later_starts_in_every_open_frame(transport: Transport) {
-    let host = support::host_with(&[]).await;
+    let host = support::host_for(transport, &[]).await;
     support::open_frames(&host, transport, 1).await;
     support::open_frames(&host, transport, 1).await;
-    host.load(support::library("probe")).unwrap();
-    host.activate("probe").await.unwrap();
+    support::start(&host, transport, "probe").await;
     let mut seen = host.broadcasts();
     host.broadcast("probe", PING.name(), &Ping { tag: "hello".into() }).unwrap();
     let pongs = expect_pongs(&host, &mut seen, "probe", 3, 3).await;
@@ -34,7 +33,7 @@ async fn an_extension_activated_later_starts_in_every_open_frame(transport: Tran
 }
 
 async fn reloading_a_frame_restarts_its_renderers_and_keeps_main_registrations(transport: Transport) {
-    let host = support::host_with(&["probe"]).await;
+    let host = support::host_for(transport, &["probe"]).await;
     let frame = support::open_frame(&host, transport).await;
     host.invoke::<_, bool>("probe", REHANDLE.name(), &(), FAILSAFE).await.unwrap();
     let before = host.inspect().await.extension("probe").unwrap().instance.clone().unwrap();
@@ -53,7 +52,7 @@ async fn reloading_a_frame_restarts_its_renderers_and_keeps_main_registrations(t
 }
 
 async fn closing_a_frame_removes_its_renderer_halves(transport: Transport) {
-    let host = support::host_with(&["probe"]).await;
+    let host = support::host_for(transport, &["probe"]).await;
     support::open_frames(&host, transport, 1).await;
     let second = support::open_frame(&host, transport).await;
     host.close_frame(second).await.unwrap();

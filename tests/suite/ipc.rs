@@ -255,7 +255,7 @@ async fn an_isolated_extensions_in_process_frames_keep_send_order() {
 }
 
 async fn a_request_to_a_frame_whose_activation_fails_fails_with_it(transport: Transport) {
-    let host = support::host_with(&["probe"]).await;
+    let host = support::host_for(transport, &["probe"]).await;
     let mut logs = host.logs();
     host.invoke::<_, ()>("probe", SET_PRESET.name(), "fail-after-ready", FAILSAFE).await.unwrap();
     // The frame's activation fails once main's request is being handled there.

@@ -83,7 +83,7 @@ fn assert_too_large(outcome: &str, what: &str) {
 }
 
 async fn host_with_frame(transport: Transport) -> (Host, u64) {
-    let host = support::host_with(&["sizes"]).await;
+    let host = support::host_for(transport, &["sizes"]).await;
     let frame = support::open_frame(&host, transport).await.0;
     (host, frame)
 }

@@ -140,7 +140,7 @@ async fn values_survive_deactivation_uninstall_and_host_restarts_and_purge_remov
 /// Frames read the persisted tier from their replica, write it through main, and watch it.
 async fn frames_share_the_persisted_tier(transport: Transport) {
     let dir = DataDir::new();
-    let host = host_in(&dir, &["keeper"], false).await;
+    let host = support::host_from(transport, config_in(&dir), &["keeper"]).await;
     set(&host, "keeper", "before", "opened").await;
     let frame = support::open_frame(&host, transport).await;
     let mut seen = host.broadcasts();
@@ -166,7 +166,7 @@ async fn frames_share_the_persisted_tier(transport: Transport) {
     host.shutdown().await;
     // It was durable: a new host reads it.
     drop(host);
-    let host = host_in(&dir, &["keeper"], false).await;
+    let host = support::host_from(transport, config_in(&dir), &["keeper"]).await;
     assert_eq!(get(&host, "keeper", "from-frame").await.as_deref(), Some("hello"));
     host.shutdown().await;
 }

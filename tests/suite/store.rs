@@ -79,10 +79,15 @@ proptest! {
     fn replicas_converge_in_mains_order_across_processes(ops in operations()) {
         converge(Transport::ChildProcess, &ops);
     }
+
+    #[test]
+    fn replicas_converge_in_mains_order_isolated(ops in operations()) {
+        converge(Transport::Isolated, &ops);
+    }
 }
 
 async fn a_frame_has_the_snapshot_before_its_activate_runs(transport: Transport) {
-    let host = support::host_with(&["probe"]).await;
+    let host = support::host_for(transport, &["probe"]).await;
     let mut logs = host.logs();
     host.invoke::<_, ()>("probe", SET_PRESET.name(), "dark mode", FAILSAFE).await.unwrap();
     support::open_frames(&host, transport, 1).await;
