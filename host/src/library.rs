@@ -15,12 +15,17 @@ use crate::private_dir::PrivateDir;
 /// What a library says about itself.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct LibraryInfo {
+    /// The extension's name: its namespace, unique among loaded extensions.
     pub name: String,
+    /// The extension's own version.
     pub version: semver::Version,
     /// Version of `extension-api` the library was built with.
     pub api_version: String,
+    /// The C ABI version it speaks (equal to the host's, or it was refused).
     pub abi_version: u32,
+    /// Whether it was built without optimisations (a debug build).
     pub debug_build: bool,
+    /// The file it was loaded from (not the private copy the host mapped).
     pub path: PathBuf,
 }
 

@@ -45,23 +45,51 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 /// Why a harness call failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TestError {
+    /// The extension's library did not load.
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// The host refused a call.
     #[error(transparent)]
     Host(#[from] HostError),
+    /// A request failed.
     #[error(transparent)]
     Invoke(#[from] InvokeError),
+    /// Nothing matching arrived within [`WAIT`].
     #[error("nothing matching {what} within {WAIT:?}")]
-    TimedOut { what: String },
+    TimedOut {
+        /// What was waited for (a log message, a broadcast's channel).
+        what: String,
+    },
+    /// A value the extension sent is not of the type asked for.
     #[error("the value of `{what}` does not decode: {reason}")]
-    Decode { what: String, reason: String },
+    Decode {
+        /// The channel or key it came on.
+        what: String,
+        /// What the decoder said.
+        reason: String,
+    },
+    /// The harness's buffer of log records or broadcasts overflowed.
     #[error("{missed} {what} were missed: the test read them too slowly (the harness keeps 4096)")]
-    Lagged { what: &'static str, missed: u64 },
+    Lagged {
+        /// Log records or broadcasts.
+        what: &'static str,
+        /// How many were lost.
+        missed: u64,
+    },
+    /// No `host` binary to run child processes with was found or built.
     #[error("no program for child processes (renderer processes, isolated extensions): {reason}")]
-    ChildProgram { reason: String },
+    ChildProgram {
+        /// Where the harness looked, and what went wrong.
+        reason: String,
+    },
+    /// The persisted tier's fresh directory could not be created.
     #[error("cannot create a data directory for the persisted tier: {reason}")]
-    DataDir { reason: String },
+    DataDir {
+        /// What the operating system said.
+        reason: String,
+    },
 }
 
 /// The environment variable naming the program [`TestHost`] starts child processes with (a
