@@ -96,6 +96,12 @@ pub enum TestError {
 /// `host` binary), instead of finding or building one: see [`TestHost::child_program`].
 pub const CHILD_PROGRAM_VAR: &str = "EXTENSION_HOST_CHILD";
 
+/// The file cargo writes the library of crate `name` to: `lib<name>.so` on Linux (a `-` in
+/// the name becomes `_`, as cargo spells the library's target).
+pub fn library_file_name(name: &str) -> String {
+    format!("{}{}{}", std::env::consts::DLL_PREFIX, name.replace('-', "_"), std::env::consts::DLL_SUFFIX)
+}
+
 /// One extension running in a host of its own, with its log and broadcasts recorded.
 pub struct TestHost {
     host: Host,
@@ -116,8 +122,7 @@ impl TestHost {
         let exe = std::env::current_exe().unwrap_or_default();
         // target/<profile>/deps/<test binary>
         let deps = exe.parent().map(Path::to_owned).unwrap_or_default();
-        let file =
-            format!("{}{}{}", std::env::consts::DLL_PREFIX, name.replace('-', "_"), std::env::consts::DLL_SUFFIX);
+        let file = library_file_name(name);
         // `cargo test` refreshes the one in `deps/`; a `cargo build` copy may be older.
         let candidates = [deps.join(&file), deps.parent().map(|profile| profile.join(&file)).unwrap_or_default()];
         let modified = |path: &PathBuf| std::fs::metadata(path).and_then(|m| m.modified()).ok();
@@ -422,6 +427,13 @@ fn value_of<T: DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_library_file_name_is_cargos_for_the_crate() {
+        assert_eq!(library_file_name("probe-twin"), "libprobe_twin.so");
+        assert_eq!(library_file_name("hello"), "libhello.so");
+    }
 
     #[test]
     fn a_named_child_program_must_be_a_file() {

@@ -64,8 +64,7 @@ pub fn artifacts() -> &'static Path {
 
 /// Path of the built library of crate `name`.
 pub fn library(name: &str) -> PathBuf {
-    let file = format!("{}{}{}", std::env::consts::DLL_PREFIX, name.replace('-', "_"), std::env::consts::DLL_SUFFIX);
-    artifacts().join(file)
+    artifacts().join(extension_host::testing::library_file_name(name))
 }
 
 /// `count` distinct extensions from one build of the `swarm` fixture: copies of its library
@@ -87,12 +86,7 @@ pub fn swarm(count: usize) -> Vec<PathBuf> {
                 stamped += 1;
             }
             assert!(stamped > 0, "the placeholder name is in the library");
-            let path = dir.join(format!(
-                "{}{}{}",
-                std::env::consts::DLL_PREFIX,
-                name.replace('-', "_"),
-                std::env::consts::DLL_SUFFIX
-            ));
+            let path = dir.join(extension_host::testing::library_file_name(&name));
             std::fs::write(&path, bytes).expect("the copy is written");
             path
         })
