@@ -75,13 +75,13 @@ pub enum LoadError {
         /// The version the library was built for.
         found: u32,
     },
-    /// The descriptor's name, version or description is unusable.
-    #[error("cannot load `{path}`: its metadata is invalid: {reason}")]
+    /// The descriptor's name, version or `extension-api` version is unusable.
+    #[error("cannot load `{path}`: its metadata is invalid: {problem}")]
     InvalidMetadata {
         /// The file asked for.
         path: PathBuf,
         /// Which field, and what is wrong with it.
-        reason: String,
+        problem: MetadataProblem,
     },
     /// Another loaded library already has this extension's name.
     #[error(
@@ -95,6 +95,54 @@ pub enum LoadError {
         /// Where the loaded extension of that name came from.
         existing: PathBuf,
     },
+}
+
+/// What is wrong with the metadata a library's descriptor gives ([`LoadError::InvalidMetadata`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MetadataProblem {
+    /// The field's buffer is null with a length, or longer than the ABI allows.
+    #[error("the {field} pointer is invalid")]
+    InvalidPointer {
+        /// The field.
+        field: MetadataField,
+    },
+    /// The field's bytes are not UTF-8.
+    #[error("the {field} is not UTF-8")]
+    NotUtf8 {
+        /// The field.
+        field: MetadataField,
+    },
+    /// The name is empty or has characters other than ASCII letters, digits, `-` and `_` (it
+    /// names the namespace, the console's commands and the persisted tier's file).
+    #[error("the name `{name}` must be non-empty ASCII letters, digits, `-` or `_`")]
+    InvalidName {
+        /// The name as the library gives it.
+        name: String,
+    },
+    /// The version is not a semantic version.
+    #[error("the version `{version}` is not semver: {reason}")]
+    NotSemver {
+        /// The version as the library gives it.
+        version: String,
+        /// What the semver parser said.
+        reason: String,
+    },
+}
+
+/// A text field of a library's descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MetadataField {
+    /// The extension's name.
+    #[error("name")]
+    Name,
+    /// The extension's version.
+    #[error("version")]
+    Version,
+    /// The version of `extension-api` it was built with.
+    #[error("api version")]
+    ApiVersion,
 }
 
 /// Why a lifecycle or IPC call on the host was refused.

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use extension_api::abi::{ABI_VERSION, DESCRIPTOR_SYMBOL, Descriptor, RawSlice};
 use serde::Serialize;
 
-use crate::error::LoadError;
+use crate::error::{LoadError, MetadataField, MetadataProblem};
 use crate::private_dir::PrivateDir;
 
 /// What a library says about itself.
@@ -270,23 +270,23 @@ fn wrong_platform(header: &[u8]) -> Option<String> {
 }
 
 fn read_info(path: &Path, descriptor: &'static Descriptor) -> Result<LibraryInfo, LoadError> {
-    let invalid = |reason: String| LoadError::InvalidMetadata { path: path.to_owned(), reason };
-    let text = |slice: RawSlice, what: &str| -> Result<String, LoadError> {
+    let invalid = |problem: MetadataProblem| LoadError::InvalidMetadata { path: path.to_owned(), problem };
+    let text = |slice: RawSlice, field: MetadataField| -> Result<String, LoadError> {
         // SAFETY: descriptor strings point to the library's static data, mapped forever.
-        let bytes = unsafe { slice.as_bytes() }.ok_or_else(|| invalid(format!("the {what} pointer is invalid")))?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| invalid(format!("the {what} is not UTF-8")))
+        let bytes = unsafe { slice.as_bytes() }.ok_or_else(|| invalid(MetadataProblem::InvalidPointer { field }))?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| invalid(MetadataProblem::NotUtf8 { field }))
     };
-    let name = text(descriptor.name, "name")?;
+    let name = text(descriptor.name, MetadataField::Name)?;
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        return Err(invalid(format!("the name `{name}` must be non-empty ASCII letters, digits, `-` or `_`")));
+        return Err(invalid(MetadataProblem::InvalidName { name }));
     }
-    let version = text(descriptor.version, "version")?;
+    let version = text(descriptor.version, MetadataField::Version)?;
     let version = semver::Version::parse(&version)
-        .map_err(|error| invalid(format!("the version `{version}` is not semver: {error}")))?;
+        .map_err(|error| invalid(MetadataProblem::NotSemver { version, reason: error.to_string() }))?;
     Ok(LibraryInfo {
         name,
         version,
-        api_version: text(descriptor.api_version, "api version")?,
+        api_version: text(descriptor.api_version, MetadataField::ApiVersion)?,
         abi_version: descriptor.abi_version,
         debug_build: descriptor.debug_build != 0,
         path: path.to_owned(),
@@ -300,7 +300,56 @@ pub fn check(path: &Path) -> Result<LibraryInfo, LoadError> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Layout, elf_layout, wrong_platform};
+    use extension_api::abi::{self, Descriptor, HostVTable, InstancePtr, RawMessage, RawSlice};
+
+    use super::{Layout, elf_layout, read_info, wrong_platform};
+    use crate::error::{LoadError, MetadataField, MetadataProblem};
+
+    unsafe extern "C" fn instantiate(_: *const HostVTable, _: u64, _: RawSlice) -> InstancePtr {
+        std::ptr::null_mut()
+    }
+    unsafe extern "C" fn control(_: InstancePtr, _: RawSlice) -> u32 {
+        abi::status::INVALID
+    }
+    unsafe extern "C" fn deliver(_: InstancePtr, _: *const RawMessage) -> u32 {
+        abi::status::INVALID
+    }
+    unsafe extern "C" fn destroy(_: InstancePtr) -> u32 {
+        abi::status::INVALID
+    }
+
+    /// What `read_info` says of a descriptor with these texts (never instantiated).
+    fn problem_of(name: &'static [u8], version: &'static [u8]) -> Option<MetadataProblem> {
+        let descriptor: &'static Descriptor = Box::leak(Box::new(Descriptor {
+            abi_version: abi::ABI_VERSION,
+            debug_build: 0,
+            name: RawSlice::new(name),
+            version: RawSlice::new(version),
+            api_version: abi::static_str("0.1.0"),
+            instantiate,
+            control,
+            deliver,
+            destroy,
+        }));
+        match read_info(std::path::Path::new("libcrafted.so"), descriptor) {
+            Ok(_) => None,
+            Err(LoadError::InvalidMetadata { problem, .. }) => Some(problem),
+            Err(other) => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn each_metadata_problem_names_its_field_and_value() {
+        assert_eq!(problem_of(b"probe", b"1.2.3"), None);
+        assert_eq!(problem_of(b"", b"1.2.3"), Some(MetadataProblem::InvalidName { name: String::new() }));
+        assert_eq!(problem_of(b"a/b", b"1.2.3"), Some(MetadataProblem::InvalidName { name: "a/b".into() }));
+        assert_eq!(problem_of(b"\xff", b"1.2.3"), Some(MetadataProblem::NotUtf8 { field: MetadataField::Name }));
+        assert_eq!(problem_of(b"probe", b"\xfe"), Some(MetadataProblem::NotUtf8 { field: MetadataField::Version }));
+        let Some(MetadataProblem::NotSemver { version, reason }) = problem_of(b"probe", b"one") else { panic!() };
+        assert_eq!(version, "one");
+        let message = MetadataProblem::NotSemver { version, reason }.to_string();
+        assert!(message.starts_with("the version `one` is not semver: "), "{message}");
+    }
 
     /// `elf_layout` of `bytes`, written to a file (the test binary itself is a 64-bit ELF).
     fn layout_of(bytes: &[u8]) -> Result<(), Layout> {
