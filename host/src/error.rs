@@ -33,7 +33,7 @@ pub enum LoadError {
         /// The file asked for.
         path: PathBuf,
         /// What is wrong with it, or what the dynamic loader said.
-        reason: String,
+        reason: NotALibraryReason,
     },
     /// A header or segment lies past the end of the file: mapping it would raise SIGBUS.
     #[error(
@@ -95,6 +95,43 @@ pub enum LoadError {
         /// Where the loaded extension of that name came from.
         existing: PathBuf,
     },
+}
+
+/// Why a file is not a library this host can load ([`LoadError::NotALibrary`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NotALibraryReason {
+    /// A directory, a device, a FIFO: nothing the loader maps.
+    #[error("it is not a regular file")]
+    NotAFile,
+    /// A 32-bit ELF file.
+    #[error("it is a 32-bit ELF file; this host loads 64-bit libraries")]
+    Elf32,
+    /// An ELF file for another processor.
+    #[error("it is built for {theirs} (ELF machine {machine}); this host runs on {ours}")]
+    OtherArchitecture {
+        /// The ELF header's machine number.
+        machine: u16,
+        /// That machine in words (`aarch64`, or "another architecture").
+        theirs: &'static str,
+        /// The architecture this host runs on.
+        ours: &'static str,
+    },
+    /// A macOS library.
+    #[error("it is a Mach-O file (a macOS `.dylib`); this host runs on Linux and loads `.so` files")]
+    MachO,
+    /// A Windows program or library.
+    #[error("it is a Windows executable or DLL; this host runs on Linux and loads `.so` files")]
+    Windows,
+    /// No kind of executable the host knows.
+    #[error("the file has no ELF header; expected a `.so` built from a cdylib crate")]
+    NoElfHeader,
+    /// Its ELF headers are malformed (which header, and what the parser said).
+    #[error("{0}")]
+    MalformedHeaders(String),
+    /// The dynamic loader refused it (its message).
+    #[error("the dynamic loader refused it: {0}")]
+    Loader(String),
 }
 
 /// What is wrong with the metadata a library's descriptor gives ([`LoadError::InvalidMetadata`]).

@@ -22,7 +22,9 @@ mod storage;
 pub mod testing;
 pub mod watch;
 
-pub use error::{HostError, LoadError, MetadataField, MetadataProblem, Operation, Refusal, ReloadError};
+pub use error::{
+    HostError, LoadError, MetadataField, MetadataProblem, NotALibraryReason, Operation, Refusal, ReloadError,
+};
 pub use events::{HostEvent, LogRecord, ObservedBroadcast, OneLine};
 pub use host::{
     CrashBudget, DeactivateReport, ExtensionSnapshot, ExtensionState, FrameKind, FrameSnapshot, Host, HostConfig,

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use extension_api::abi::{ABI_VERSION, DESCRIPTOR_SYMBOL, Descriptor, RawSlice};
 use serde::Serialize;
 
-use crate::error::{LoadError, MetadataField, MetadataProblem};
+use crate::error::{LoadError, MetadataField, MetadataProblem, NotALibraryReason};
 use crate::private_dir::PrivateDir;
 
 /// What a library says about itself.
@@ -82,7 +82,7 @@ fn check_file(path: &Path) -> Result<(), LoadError> {
         _ => unreadable(path, &error),
     })?;
     if !metadata.is_file() {
-        return Err(LoadError::NotALibrary { path: path.to_owned(), reason: "it is not a regular file".into() });
+        return Err(LoadError::NotALibrary { path: path.to_owned(), reason: NotALibraryReason::NotAFile });
     }
     Ok(())
 }
@@ -93,7 +93,7 @@ fn snapshot(path: &Path, copy: &Path) -> Result<(), LoadError> {
     let mut original = std::fs::File::open(path).map_err(|error| unreadable(path, &error))?;
     let before = original.metadata().map_err(|error| unreadable(path, &error))?;
     if !before.is_file() {
-        return Err(LoadError::NotALibrary { path: path.to_owned(), reason: "it is not a regular file".into() });
+        return Err(LoadError::NotALibrary { path: path.to_owned(), reason: NotALibraryReason::NotAFile });
     }
     let mut target = std::fs::File::create_new(copy).map_err(|error| unreadable(path, &error))?;
     let copied = std::io::copy(&mut original, &mut target).map_err(|error| unreadable(path, &error))?;
@@ -122,7 +122,9 @@ fn validate(path: &Path, copy: &Path) -> Result<(), LoadError> {
     }
     elf_layout(&file, len).map_err(|problem| match problem {
         Layout::Truncated(reason) => LoadError::Truncated { path: path.to_owned(), reason },
-        Layout::Invalid(reason) => LoadError::NotALibrary { path: path.to_owned(), reason },
+        Layout::Invalid(reason) => {
+            LoadError::NotALibrary { path: path.to_owned(), reason: NotALibraryReason::MalformedHeaders(reason) }
+        }
     })
 }
 
@@ -201,8 +203,10 @@ fn open(path: &Path, copy: &Path) -> Result<Library, LoadError> {
     // SAFETY: the file is our private copy, its layout validated against its size before this
     // call (no segment is mapped past its end), and its initialisers are code the embedder chose.
     let opened = unsafe { libloading::Library::new(copy) };
-    let library =
-        opened.map_err(|error| LoadError::NotALibrary { path: path.to_owned(), reason: error.to_string() })?;
+    let library = opened.map_err(|error| LoadError::NotALibrary {
+        path: path.to_owned(),
+        reason: NotALibraryReason::Loader(error.to_string()),
+    })?;
     // Never unmapped: leaked for the life of the process.
     let library: &'static libloading::Library = Box::leak(Box::new(library));
     // SAFETY: we only take the symbol's address here; it is not dereferenced until checked.
@@ -227,23 +231,21 @@ fn open(path: &Path, copy: &Path) -> Result<Library, LoadError> {
 
 /// Why a file's header says it cannot be a library for this host, in plain words; `None` if
 /// it looks like one (the loader has the last word).
-fn wrong_platform(header: &[u8]) -> Option<String> {
+fn wrong_platform(header: &[u8]) -> Option<NotALibraryReason> {
     if !cfg!(target_os = "linux") {
         return None;
     }
     match header {
-        [0x7f, b'E', b'L', b'F', class, ..] if *class != 2 => {
-            Some("it is a 32-bit ELF file; this host loads 64-bit libraries".into())
-        }
+        [0x7f, b'E', b'L', b'F', class, ..] if *class != 2 => Some(NotALibraryReason::Elf32),
         [0x7f, b'E', b'L', b'F', _, _, _, _, _, _, _, _, _, _, _, _, _, _, machine_lo, machine_hi, ..] => {
             let machine = u16::from_le_bytes([*machine_lo, *machine_hi]);
-            let ours: u16 = match std::env::consts::ARCH {
+            let our_machine: u16 = match std::env::consts::ARCH {
                 "x86_64" => 62,
                 "aarch64" => 183,
                 "riscv64" => 243,
                 _ => return None,
             };
-            (machine != ours).then(|| {
+            (machine != our_machine).then(|| {
                 let theirs = match machine {
                     3 => "x86 (32-bit)",
                     40 => "ARM (32-bit)",
@@ -252,20 +254,15 @@ fn wrong_platform(header: &[u8]) -> Option<String> {
                     243 => "riscv64",
                     _ => "another architecture",
                 };
-                format!(
-                    "it is built for {theirs} (ELF machine {machine}); this host runs on {}",
-                    std::env::consts::ARCH
-                )
+                NotALibraryReason::OtherArchitecture { machine, theirs, ours: std::env::consts::ARCH }
             })
         }
         [0x7f, b'E', b'L', b'F', ..] => None,
         [0xcf, 0xfa, 0xed, 0xfe, ..] | [0xce, 0xfa, 0xed, 0xfe, ..] | [0xca, 0xfe, 0xba, 0xbe, ..] => {
-            Some("it is a Mach-O file (a macOS `.dylib`); this host runs on Linux and loads `.so` files".into())
+            Some(NotALibraryReason::MachO)
         }
-        [b'M', b'Z', ..] => {
-            Some("it is a Windows executable or DLL; this host runs on Linux and loads `.so` files".into())
-        }
-        _ => Some("the file has no ELF header; expected a `.so` built from a cdylib crate".into()),
+        [b'M', b'Z', ..] => Some(NotALibraryReason::Windows),
+        _ => Some(NotALibraryReason::NoElfHeader),
     }
 }
 
@@ -303,7 +300,7 @@ mod tests {
     use extension_api::abi::{self, Descriptor, HostVTable, InstancePtr, RawMessage, RawSlice};
 
     use super::{Layout, elf_layout, read_info, wrong_platform};
-    use crate::error::{LoadError, MetadataField, MetadataProblem};
+    use crate::error::{LoadError, MetadataField, MetadataProblem, NotALibraryReason};
 
     unsafe extern "C" fn instantiate(_: *const HostVTable, _: u64, _: RawSlice) -> InstancePtr {
         std::ptr::null_mut()
@@ -396,12 +393,16 @@ mod tests {
             _ => 62,
         };
         assert_eq!(wrong_platform(&elf(2, ours)), None);
-        assert!(wrong_platform(&elf(1, ours)).unwrap().contains("32-bit ELF"));
+        assert_eq!(wrong_platform(&elf(1, ours)), Some(NotALibraryReason::Elf32));
         let other = if ours == 62 { 183 } else { 62 };
-        assert!(wrong_platform(&elf(2, other)).unwrap().contains("ELF machine"));
-        assert!(wrong_platform(&[0xcf, 0xfa, 0xed, 0xfe, 7, 0, 0, 1]).unwrap().contains("Mach-O"));
-        assert!(wrong_platform(b"MZ\x90\0").unwrap().contains("Windows"));
-        assert!(wrong_platform(b"#!/bin/sh\n").unwrap().contains("no ELF header"));
-        assert!(wrong_platform(b"").unwrap().contains("no ELF header"));
+        let Some(NotALibraryReason::OtherArchitecture { machine, .. }) = wrong_platform(&elf(2, other)) else {
+            panic!("another machine is named")
+        };
+        assert_eq!(machine, other);
+        assert!(wrong_platform(&elf(2, other)).unwrap().to_string().contains("ELF machine"));
+        assert_eq!(wrong_platform(&[0xcf, 0xfa, 0xed, 0xfe, 7, 0, 0, 1]), Some(NotALibraryReason::MachO));
+        assert_eq!(wrong_platform(b"MZ\x90\0"), Some(NotALibraryReason::Windows));
+        assert_eq!(wrong_platform(b"#!/bin/sh\n"), Some(NotALibraryReason::NoElfHeader));
+        assert_eq!(wrong_platform(b""), Some(NotALibraryReason::NoElfHeader));
     }
 }
