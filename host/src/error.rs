@@ -37,13 +37,17 @@ pub enum LoadError {
     },
     /// A header or segment lies past the end of the file: mapping it would raise SIGBUS.
     #[error(
-        "cannot load `{path}`: the file is truncated: {reason} (was it still being written, or copied only in part?)"
+        "cannot load `{path}`: the file is truncated: {part} ends at byte {end}, past the end of the file ({len} bytes) (was it still being written, or copied only in part?)"
     )]
     Truncated {
         /// The file asked for.
         path: PathBuf,
-        /// Which part ends where, and how long the file is.
-        reason: String,
+        /// The first part found past the end.
+        part: ElfPart,
+        /// Where that part ends, in bytes from the start of the file.
+        end: u64,
+        /// How long the file is.
+        len: u64,
     },
     /// The file changed while the host took its private copy.
     #[error(
@@ -95,6 +99,29 @@ pub enum LoadError {
         /// Where the loaded extension of that name came from.
         existing: PathBuf,
     },
+}
+
+/// A part of an ELF file the host checks lies within the file ([`LoadError::Truncated`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ElfPart {
+    /// The file header.
+    #[error("the ELF header")]
+    Header,
+    /// The program header table (what the loader maps).
+    #[error("the program header table")]
+    ProgramHeaders,
+    /// One segment's bytes.
+    #[error("segment {index} (p_type {kind:#x})")]
+    Segment {
+        /// Its place in the program header table.
+        index: usize,
+        /// Its `p_type`.
+        kind: u32,
+    },
+    /// The section header table (the loader does not read it, but a whole file has it).
+    #[error("the section header table")]
+    SectionHeaders,
 }
 
 /// Why a file is not a library this host can load ([`LoadError::NotALibrary`]).

@@ -23,7 +23,7 @@ pub mod testing;
 pub mod watch;
 
 pub use error::{
-    HostError, LoadError, MetadataField, MetadataProblem, NotALibraryReason, Operation, Refusal, ReloadError,
+    ElfPart, HostError, LoadError, MetadataField, MetadataProblem, NotALibraryReason, Operation, Refusal, ReloadError,
 };
 pub use events::{HostEvent, LogRecord, ObservedBroadcast, OneLine};
 pub use host::{

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use extension_api::abi::{ABI_VERSION, DESCRIPTOR_SYMBOL, Descriptor, RawSlice};
 use serde::Serialize;
 
-use crate::error::{LoadError, MetadataField, MetadataProblem, NotALibraryReason};
+use crate::error::{ElfPart, LoadError, MetadataField, MetadataProblem, NotALibraryReason};
 use crate::private_dir::PrivateDir;
 
 /// What a library says about itself.
@@ -121,7 +121,7 @@ fn validate(path: &Path, copy: &Path) -> Result<(), LoadError> {
         return Ok(());
     }
     elf_layout(&file, len).map_err(|problem| match problem {
-        Layout::Truncated(reason) => LoadError::Truncated { path: path.to_owned(), reason },
+        Layout::Truncated { part, end } => LoadError::Truncated { path: path.to_owned(), part, end, len },
         Layout::Invalid(reason) => {
             LoadError::NotALibrary { path: path.to_owned(), reason: NotALibraryReason::MalformedHeaders(reason) }
         }
@@ -131,8 +131,8 @@ fn validate(path: &Path, copy: &Path) -> Result<(), LoadError> {
 /// What is wrong with an ELF file's layout.
 #[derive(Debug, PartialEq)]
 enum Layout {
-    /// Something lies past the end of the file.
-    Truncated(String),
+    /// `part` ends at byte `end`, past the end of the file.
+    Truncated { part: ElfPart, end: u64 },
     /// The headers themselves are malformed.
     Invalid(String),
 }
@@ -143,9 +143,7 @@ fn elf_layout(file: &std::fs::File, len: u64) -> Result<(), Layout> {
     use object::elf::FileHeader64;
     use object::read::elf::{FileHeader, ProgramHeader};
 
-    let past_end = |what: String, end: u64| {
-        Layout::Truncated(format!("{what} ends at byte {end}, past the end of the file ({len} bytes)"))
-    };
+    let past_end = |part: ElfPart, end: u64| Layout::Truncated { part, end };
     let invalid = |what: &str, error: object::Error| Layout::Invalid(format!("{what}: {error}"));
     let table_end = |offset: u64, count: u64, size: u16| {
         count.checked_mul(u64::from(size)).and_then(|bytes| bytes.checked_add(offset))
@@ -154,7 +152,7 @@ fn elf_layout(file: &std::fs::File, len: u64) -> Result<(), Layout> {
 
     let header_len = std::mem::size_of::<FileHeader64<object::Endianness>>() as u64;
     if len < header_len {
-        return Err(past_end("the ELF header".into(), header_len));
+        return Err(past_end(ElfPart::Header, header_len));
     }
     let data = object::ReadCache::new(file);
     let header = FileHeader64::<object::Endianness>::parse(&data).map_err(|e| invalid("the ELF header", e))?;
@@ -166,16 +164,19 @@ fn elf_layout(file: &std::fs::File, len: u64) -> Result<(), Layout> {
         let end = table_end(program_offset, count.into(), header.e_phentsize(endian))
             .ok_or_else(|| overflow("the program header table"))?;
         if end > len {
-            return Err(past_end("the program header table".into(), end));
+            return Err(past_end(ElfPart::ProgramHeaders, end));
         }
     }
     let segments = header.program_headers(endian, &data).map_err(|e| invalid("the program header table", e))?;
     for (index, segment) in segments.iter().enumerate() {
         let kind = segment.p_type(endian);
-        let what = format!("segment {index} ({kind:?})");
-        let end = segment.p_offset(endian).checked_add(segment.p_filesz(endian)).ok_or_else(|| overflow(&what))?;
+        let part = ElfPart::Segment { index, kind: kind.0 };
+        let end = segment
+            .p_offset(endian)
+            .checked_add(segment.p_filesz(endian))
+            .ok_or_else(|| overflow(&part.to_string()))?;
         if end > len {
-            return Err(past_end(what, end));
+            return Err(past_end(part, end));
         }
     }
     // The loader does not read the section headers, but a file whose end is missing is not
@@ -185,12 +186,12 @@ fn elf_layout(file: &std::fs::File, len: u64) -> Result<(), Layout> {
         let size = header.e_shentsize(endian);
         let first = table_end(section_offset, 1, size).ok_or_else(|| overflow("the section header table"))?;
         if first > len {
-            return Err(past_end("the section header table".into(), first));
+            return Err(past_end(ElfPart::SectionHeaders, first));
         }
         let count = header.shnum(endian, &data).map_err(|e| invalid("the section header table", e))?;
         let end = table_end(section_offset, count.into(), size).ok_or_else(|| overflow("the section header table"))?;
         if end > len {
-            return Err(past_end("the section header table".into(), end));
+            return Err(past_end(ElfPart::SectionHeaders, end));
         }
     }
     Ok(())
@@ -300,7 +301,7 @@ mod tests {
     use extension_api::abi::{self, Descriptor, HostVTable, InstancePtr, RawMessage, RawSlice};
 
     use super::{Layout, elf_layout, read_info, wrong_platform};
-    use crate::error::{LoadError, MetadataField, MetadataProblem, NotALibraryReason};
+    use crate::error::{ElfPart, LoadError, MetadataField, MetadataProblem, NotALibraryReason};
 
     unsafe extern "C" fn instantiate(_: *const HostVTable, _: u64, _: RawSlice) -> InstancePtr {
         std::ptr::null_mut()
@@ -360,13 +361,9 @@ mod tests {
     fn elf_layouts_past_the_end_or_overflowing_are_refused() {
         let whole = std::fs::read(std::env::current_exe().unwrap()).unwrap();
         assert_eq!(layout_of(&whole), Ok(()));
-        let Err(Layout::Truncated(reason)) = layout_of(&whole[..40]) else { panic!() };
-        assert_eq!(reason, "the ELF header ends at byte 64, past the end of the file (40 bytes)");
-        let Err(Layout::Truncated(reason)) = layout_of(&whole[..4096]) else { panic!() };
-        assert!(
-            reason.starts_with("segment ") && reason.ends_with("past the end of the file (4096 bytes)"),
-            "{reason}"
-        );
+        assert_eq!(layout_of(&whole[..40]), Err(Layout::Truncated { part: ElfPart::Header, end: 64 }));
+        let Err(Layout::Truncated { part: ElfPart::Segment { .. }, end }) = layout_of(&whole[..4096]) else { panic!() };
+        assert!(end > 4096, "{end}");
         // A program header table offset of 2^64 - 1 (e_phoff, at byte 32) overflows.
         let mut crafted = whole.clone();
         crafted[32..40].copy_from_slice(&u64::MAX.to_le_bytes());
