@@ -239,11 +239,7 @@ async fn a_request_within_an_instance_dropped_before_it_is_dispatched_never_star
 async fn an_isolated_extensions_in_process_frames_keep_send_order() {
     // Main and these frames share one instance in the extension's process, where routing is a
     // round trip through the host: requests between them must not overtake broadcasts.
-    let host = extension_host::Host::new(support::config());
-    let info = host.load(support::library("probe")).unwrap();
-    host.set_isolated(&info.name, true).unwrap();
-    host.activate(&info.name).await.unwrap();
-    support::open_frames(&host, Transport::InProcess, 2).await;
+    let host = host_with_frames(Transport::Isolated, &["probe"], 2).await;
     let mut seen = host.broadcasts();
     host.broadcast("probe", RENDERER_SEQ.name(), &RendererSeq { frame: 2, count: 90 }).unwrap();
     assert_eq!(pongs(&mut seen, "probe", 1).await[0].tag, "seq-done failed=0");

@@ -192,7 +192,12 @@ pub async fn host_from(transport: Transport, config: HostConfig, crates: &[&str]
 /// Loads crate `name` into `host` and activates it on `transport` (isolated first, if that is
 /// the transport: isolation is chosen before activation).
 pub async fn start(host: &Host, transport: Transport, name: &str) {
-    let info = host.load(library(name)).expect("the library loads");
+    start_library(host, transport, &library(name)).await;
+}
+
+/// Loads the library at `path` into `host` and activates it on `transport`.
+pub async fn start_library(host: &Host, transport: Transport, path: &Path) {
+    let info = host.load(path).expect("the library loads");
     if transport == Transport::Isolated {
         host.set_isolated(&info.name, true).expect("a loaded extension can be isolated");
     }
