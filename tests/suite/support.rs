@@ -241,6 +241,32 @@ macro_rules! conformance {
     };
 }
 
+/// Runs each named `async fn name(transport: Transport)` on the two transports where main and
+/// the frames' renderer halves share one instance: in the host's process (where requests
+/// between them stay in the instance) and isolated (where they make a round trip through the
+/// host). For what only holds within one instance (several renderer halves in it, a frame's
+/// handle outliving its half); everything else is `conformance!`.
+macro_rules! same_instance {
+    ($($name:ident),* $(,)?) => {
+        mod same_instance_in_process {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(crate::support::Transport::InProcess).await
+                }
+            )*
+        }
+        mod same_instance_isolated {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(crate::support::Transport::Isolated).await
+                }
+            )*
+        }
+    };
+}
+
 /// A host with the given crates loaded and activated in process.
 pub async fn host_with(crates: &[&str]) -> Host {
     host_for(Transport::InProcess, crates).await
