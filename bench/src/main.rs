@@ -109,12 +109,7 @@ fn main() -> Result<()> {
 }
 
 fn library(artifacts: &Path, name: &str) -> PathBuf {
-    artifacts.join(format!(
-        "{}{}{}",
-        std::env::consts::DLL_PREFIX,
-        name.replace('-', "_"),
-        std::env::consts::DLL_SUFFIX
-    ))
+    artifacts.join(extension_host::testing::library_file_name(name))
 }
 
 fn config(artifacts: &Path) -> HostConfig {

@@ -7,11 +7,14 @@ use serde::Serialize;
 /// A tracing event emitted inside an extension, as the host received it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct LogRecord {
+    /// The extension whose instance logged it (from the instance key it came with, never
+    /// from the record).
     pub extension: String,
     /// "ERROR", "WARN", "INFO", "DEBUG" or "TRACE".
     pub level: String,
     /// The module path (tracing target) inside the extension.
     pub target: String,
+    /// The formatted message, as the extension sent it.
     pub message: String,
 }
 
@@ -51,7 +54,10 @@ impl LogRecord {
 /// Text an extension chose (a log message, a channel name, an error), displayed on one line:
 /// control characters, newlines included, are shown escaped, so the text cannot forge lines
 /// of its own in a log or a console.
-pub struct OneLine<'a>(pub &'a str);
+pub struct OneLine<'a>(
+    /// The text, unescaped.
+    pub &'a str,
+);
 
 impl std::fmt::Display for OneLine<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -72,8 +78,10 @@ impl std::fmt::Display for OneLine<'_> {
 /// A broadcast seen by the host on its way to the extension's listeners.
 #[derive(Debug, Clone)]
 pub struct ObservedBroadcast {
+    /// The extension whose namespace it was sent in.
     pub extension: String,
     pub(crate) sender: Peer,
+    /// Its channel name.
     pub channel: String,
     /// The value as MessagePack.
     pub payload: Vec<u8>,
@@ -85,6 +93,7 @@ pub struct ObservedBroadcast {
 }
 
 impl ObservedBroadcast {
+    /// Who sent it: main, a frame's renderer half, or the host.
     pub fn sender(&self) -> Sender {
         extension_api::message::sender_of(self.sender)
     }
@@ -105,39 +114,92 @@ impl ObservedBroadcast {
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum HostEvent {
     /// An isolated extension's process ended unexpectedly.
-    ExtensionCrashed { extension: String, reason: String, restarting: bool },
+    ExtensionCrashed {
+        /// The extension.
+        extension: String,
+        /// How the process ended (a signal, an exit status, a protocol violation).
+        reason: String,
+        /// Whether it is restarted: false once past its crash budget (it is left `Failed`).
+        restarting: bool,
+    },
     /// It was activated again after a crash.
-    ExtensionRestarted { extension: String },
+    ExtensionRestarted {
+        /// The extension.
+        extension: String,
+    },
     /// A child-process frame's renderer process ended unexpectedly.
-    FrameCrashed { frame: u64, reason: String, restarting: bool },
+    FrameCrashed {
+        /// The frame's number.
+        frame: u64,
+        /// How the process ended.
+        reason: String,
+        /// Whether it is restarted: false once past its crash budget (the frame stays open,
+        /// with no renderer halves).
+        restarting: bool,
+    },
     /// Its renderer process was started again and its renderer halves reopened.
-    FrameRestarted { frame: u64 },
+    FrameRestarted {
+        /// The frame's number.
+        frame: u64,
+    },
     /// A rebuilt library was swapped in ([`crate::Host::reload`]): the old version was
     /// deactivated and, if it was running, the new one activated, in main and every open frame.
-    ExtensionReloaded { extension: String, version: String },
+    ExtensionReloaded {
+        /// The extension.
+        extension: String,
+        /// The new build's version.
+        version: String,
+    },
     /// A rebuilt library was not, or not fully, swapped in. `kept_old_version` says the
     /// failure came before the swap (the new copy did not load or validate, or is another
     /// extension), so the version loaded before is kept, still running if it was; otherwise
     /// the new build failed to activate and the extension is stopped (`Failed`) until a build
     /// that activates.
-    ReloadFailed { extension: String, reason: String, kept_old_version: bool },
+    ReloadFailed {
+        /// The extension.
+        extension: String,
+        /// The [`crate::ReloadError`]'s message.
+        reason: String,
+        /// Whether the version loaded before is kept (the failure came before the swap).
+        kept_old_version: bool,
+    },
     /// An instance of the extension has taken no message from its mailbox for `stalled_ms`
     /// (at least) while `queued` waited (in its mailbox, or behind the message it runs in the
     /// batch its dispatcher took); `running` says what its thread is running, if it is
     /// in a handler (`main request `channel``, say). See
     /// `HostConfig::unresponsive_after`.
-    ExtensionUnresponsive { extension: String, stalled_ms: u64, queued: u64, running: Option<String> },
+    ExtensionUnresponsive {
+        /// The extension.
+        extension: String,
+        /// How long, at least, its mailbox has not moved, in milliseconds.
+        stalled_ms: u64,
+        /// Messages waiting meanwhile.
+        queued: u64,
+        /// What its thread is running, if it is in a handler.
+        running: Option<String>,
+    },
     /// The unresponsive instance takes messages again, after about `stalled_ms`.
-    ExtensionResponsive { extension: String, stalled_ms: u64 },
+    ExtensionResponsive {
+        /// The extension.
+        extension: String,
+        /// About how long it was stalled, in milliseconds.
+        stalled_ms: u64,
+    },
     /// A handler ran past `HostConfig::slow_handler`: still running after at least
     /// `elapsed_ms`, blocking its thread (`finished: false`), or, for a handler that waited,
     /// answered after `elapsed_ms` (`finished: true`). Said once for each.
     SlowHandler {
+        /// The extension.
         extension: String,
+        /// The half whose handler it is.
         half: extension_api::Half,
+        /// A listener or a request handler.
         kind: extension_api::wire::ChannelKind,
+        /// Its channel.
         channel: String,
+        /// How long it ran (or has been running), in milliseconds.
         elapsed_ms: u64,
+        /// Whether it has answered (a handler that waited) or still blocks its thread.
         finished: bool,
     },
 }

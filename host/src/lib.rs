@@ -4,6 +4,8 @@
 //! activate, deactivate, uninstall), opens frames for their renderer halves, and routes every
 //! extension's IPC inside its own namespace. See `ARCHITECTURE.md` at the repository root.
 
+#![warn(missing_docs)]
+
 mod core;
 mod endpoint;
 mod error;
@@ -20,7 +22,9 @@ mod storage;
 pub mod testing;
 pub mod watch;
 
-pub use error::{HostError, LoadError, ReloadError};
+pub use error::{
+    ElfPart, HostError, LoadError, MetadataField, MetadataProblem, NotALibraryReason, Operation, Refusal, ReloadError,
+};
 pub use events::{HostEvent, LogRecord, ObservedBroadcast, OneLine};
 pub use host::{
     CrashBudget, DeactivateReport, ExtensionSnapshot, ExtensionState, FrameKind, FrameSnapshot, Host, HostConfig,

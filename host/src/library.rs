@@ -9,18 +9,23 @@ use std::path::{Path, PathBuf};
 use extension_api::abi::{ABI_VERSION, DESCRIPTOR_SYMBOL, Descriptor, RawSlice};
 use serde::Serialize;
 
-use crate::error::LoadError;
+use crate::error::{ElfPart, LoadError, MetadataField, MetadataProblem, NotALibraryReason};
 use crate::private_dir::PrivateDir;
 
 /// What a library says about itself.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct LibraryInfo {
+    /// The extension's name: its namespace, unique among loaded extensions.
     pub name: String,
+    /// The extension's own version.
     pub version: semver::Version,
     /// Version of `extension-api` the library was built with.
     pub api_version: String,
+    /// The C ABI version it speaks (equal to the host's, or it was refused).
     pub abi_version: u32,
+    /// Whether it was built without optimisations (a debug build).
     pub debug_build: bool,
+    /// The file it was loaded from (not the private copy the host mapped).
     pub path: PathBuf,
 }
 
@@ -77,7 +82,7 @@ fn check_file(path: &Path) -> Result<(), LoadError> {
         _ => unreadable(path, &error),
     })?;
     if !metadata.is_file() {
-        return Err(LoadError::NotALibrary { path: path.to_owned(), reason: "it is not a regular file".into() });
+        return Err(LoadError::NotALibrary { path: path.to_owned(), reason: NotALibraryReason::NotAFile });
     }
     Ok(())
 }
@@ -88,7 +93,7 @@ fn snapshot(path: &Path, copy: &Path) -> Result<(), LoadError> {
     let mut original = std::fs::File::open(path).map_err(|error| unreadable(path, &error))?;
     let before = original.metadata().map_err(|error| unreadable(path, &error))?;
     if !before.is_file() {
-        return Err(LoadError::NotALibrary { path: path.to_owned(), reason: "it is not a regular file".into() });
+        return Err(LoadError::NotALibrary { path: path.to_owned(), reason: NotALibraryReason::NotAFile });
     }
     let mut target = std::fs::File::create_new(copy).map_err(|error| unreadable(path, &error))?;
     let copied = std::io::copy(&mut original, &mut target).map_err(|error| unreadable(path, &error))?;
@@ -116,16 +121,18 @@ fn validate(path: &Path, copy: &Path) -> Result<(), LoadError> {
         return Ok(());
     }
     elf_layout(&file, len).map_err(|problem| match problem {
-        Layout::Truncated(reason) => LoadError::Truncated { path: path.to_owned(), reason },
-        Layout::Invalid(reason) => LoadError::NotALibrary { path: path.to_owned(), reason },
+        Layout::Truncated { part, end } => LoadError::Truncated { path: path.to_owned(), part, end, len },
+        Layout::Invalid(reason) => {
+            LoadError::NotALibrary { path: path.to_owned(), reason: NotALibraryReason::MalformedHeaders(reason) }
+        }
     })
 }
 
 /// What is wrong with an ELF file's layout.
 #[derive(Debug, PartialEq)]
 enum Layout {
-    /// Something lies past the end of the file.
-    Truncated(String),
+    /// `part` ends at byte `end`, past the end of the file.
+    Truncated { part: ElfPart, end: u64 },
     /// The headers themselves are malformed.
     Invalid(String),
 }
@@ -136,9 +143,7 @@ fn elf_layout(file: &std::fs::File, len: u64) -> Result<(), Layout> {
     use object::elf::FileHeader64;
     use object::read::elf::{FileHeader, ProgramHeader};
 
-    let past_end = |what: String, end: u64| {
-        Layout::Truncated(format!("{what} ends at byte {end}, past the end of the file ({len} bytes)"))
-    };
+    let past_end = |part: ElfPart, end: u64| Layout::Truncated { part, end };
     let invalid = |what: &str, error: object::Error| Layout::Invalid(format!("{what}: {error}"));
     let table_end = |offset: u64, count: u64, size: u16| {
         count.checked_mul(u64::from(size)).and_then(|bytes| bytes.checked_add(offset))
@@ -147,7 +152,7 @@ fn elf_layout(file: &std::fs::File, len: u64) -> Result<(), Layout> {
 
     let header_len = std::mem::size_of::<FileHeader64<object::Endianness>>() as u64;
     if len < header_len {
-        return Err(past_end("the ELF header".into(), header_len));
+        return Err(past_end(ElfPart::Header, header_len));
     }
     let data = object::ReadCache::new(file);
     let header = FileHeader64::<object::Endianness>::parse(&data).map_err(|e| invalid("the ELF header", e))?;
@@ -159,16 +164,19 @@ fn elf_layout(file: &std::fs::File, len: u64) -> Result<(), Layout> {
         let end = table_end(program_offset, count.into(), header.e_phentsize(endian))
             .ok_or_else(|| overflow("the program header table"))?;
         if end > len {
-            return Err(past_end("the program header table".into(), end));
+            return Err(past_end(ElfPart::ProgramHeaders, end));
         }
     }
     let segments = header.program_headers(endian, &data).map_err(|e| invalid("the program header table", e))?;
     for (index, segment) in segments.iter().enumerate() {
         let kind = segment.p_type(endian);
-        let what = format!("segment {index} ({kind:?})");
-        let end = segment.p_offset(endian).checked_add(segment.p_filesz(endian)).ok_or_else(|| overflow(&what))?;
+        let part = ElfPart::Segment { index, kind: kind.0 };
+        let end = segment
+            .p_offset(endian)
+            .checked_add(segment.p_filesz(endian))
+            .ok_or_else(|| overflow(&part.to_string()))?;
         if end > len {
-            return Err(past_end(what, end));
+            return Err(past_end(part, end));
         }
     }
     // The loader does not read the section headers, but a file whose end is missing is not
@@ -178,12 +186,12 @@ fn elf_layout(file: &std::fs::File, len: u64) -> Result<(), Layout> {
         let size = header.e_shentsize(endian);
         let first = table_end(section_offset, 1, size).ok_or_else(|| overflow("the section header table"))?;
         if first > len {
-            return Err(past_end("the section header table".into(), first));
+            return Err(past_end(ElfPart::SectionHeaders, first));
         }
         let count = header.shnum(endian, &data).map_err(|e| invalid("the section header table", e))?;
         let end = table_end(section_offset, count.into(), size).ok_or_else(|| overflow("the section header table"))?;
         if end > len {
-            return Err(past_end("the section header table".into(), end));
+            return Err(past_end(ElfPart::SectionHeaders, end));
         }
     }
     Ok(())
@@ -196,8 +204,10 @@ fn open(path: &Path, copy: &Path) -> Result<Library, LoadError> {
     // SAFETY: the file is our private copy, its layout validated against its size before this
     // call (no segment is mapped past its end), and its initialisers are code the embedder chose.
     let opened = unsafe { libloading::Library::new(copy) };
-    let library =
-        opened.map_err(|error| LoadError::NotALibrary { path: path.to_owned(), reason: error.to_string() })?;
+    let library = opened.map_err(|error| LoadError::NotALibrary {
+        path: path.to_owned(),
+        reason: NotALibraryReason::Loader(error.to_string()),
+    })?;
     // Never unmapped: leaked for the life of the process.
     let library: &'static libloading::Library = Box::leak(Box::new(library));
     // SAFETY: we only take the symbol's address here; it is not dereferenced until checked.
@@ -222,23 +232,21 @@ fn open(path: &Path, copy: &Path) -> Result<Library, LoadError> {
 
 /// Why a file's header says it cannot be a library for this host, in plain words; `None` if
 /// it looks like one (the loader has the last word).
-fn wrong_platform(header: &[u8]) -> Option<String> {
+fn wrong_platform(header: &[u8]) -> Option<NotALibraryReason> {
     if !cfg!(target_os = "linux") {
         return None;
     }
     match header {
-        [0x7f, b'E', b'L', b'F', class, ..] if *class != 2 => {
-            Some("it is a 32-bit ELF file; this host loads 64-bit libraries".into())
-        }
+        [0x7f, b'E', b'L', b'F', class, ..] if *class != 2 => Some(NotALibraryReason::Elf32),
         [0x7f, b'E', b'L', b'F', _, _, _, _, _, _, _, _, _, _, _, _, _, _, machine_lo, machine_hi, ..] => {
             let machine = u16::from_le_bytes([*machine_lo, *machine_hi]);
-            let ours: u16 = match std::env::consts::ARCH {
+            let our_machine: u16 = match std::env::consts::ARCH {
                 "x86_64" => 62,
                 "aarch64" => 183,
                 "riscv64" => 243,
                 _ => return None,
             };
-            (machine != ours).then(|| {
+            (machine != our_machine).then(|| {
                 let theirs = match machine {
                     3 => "x86 (32-bit)",
                     40 => "ARM (32-bit)",
@@ -247,41 +255,36 @@ fn wrong_platform(header: &[u8]) -> Option<String> {
                     243 => "riscv64",
                     _ => "another architecture",
                 };
-                format!(
-                    "it is built for {theirs} (ELF machine {machine}); this host runs on {}",
-                    std::env::consts::ARCH
-                )
+                NotALibraryReason::OtherArchitecture { machine, theirs, ours: std::env::consts::ARCH }
             })
         }
         [0x7f, b'E', b'L', b'F', ..] => None,
         [0xcf, 0xfa, 0xed, 0xfe, ..] | [0xce, 0xfa, 0xed, 0xfe, ..] | [0xca, 0xfe, 0xba, 0xbe, ..] => {
-            Some("it is a Mach-O file (a macOS `.dylib`); this host runs on Linux and loads `.so` files".into())
+            Some(NotALibraryReason::MachO)
         }
-        [b'M', b'Z', ..] => {
-            Some("it is a Windows executable or DLL; this host runs on Linux and loads `.so` files".into())
-        }
-        _ => Some("the file has no ELF header; expected a `.so` built from a cdylib crate".into()),
+        [b'M', b'Z', ..] => Some(NotALibraryReason::Windows),
+        _ => Some(NotALibraryReason::NoElfHeader),
     }
 }
 
 fn read_info(path: &Path, descriptor: &'static Descriptor) -> Result<LibraryInfo, LoadError> {
-    let invalid = |reason: String| LoadError::InvalidMetadata { path: path.to_owned(), reason };
-    let text = |slice: RawSlice, what: &str| -> Result<String, LoadError> {
+    let invalid = |problem: MetadataProblem| LoadError::InvalidMetadata { path: path.to_owned(), problem };
+    let text = |slice: RawSlice, field: MetadataField| -> Result<String, LoadError> {
         // SAFETY: descriptor strings point to the library's static data, mapped forever.
-        let bytes = unsafe { slice.as_bytes() }.ok_or_else(|| invalid(format!("the {what} pointer is invalid")))?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| invalid(format!("the {what} is not UTF-8")))
+        let bytes = unsafe { slice.as_bytes() }.ok_or_else(|| invalid(MetadataProblem::InvalidPointer { field }))?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| invalid(MetadataProblem::NotUtf8 { field }))
     };
-    let name = text(descriptor.name, "name")?;
+    let name = text(descriptor.name, MetadataField::Name)?;
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        return Err(invalid(format!("the name `{name}` must be non-empty ASCII letters, digits, `-` or `_`")));
+        return Err(invalid(MetadataProblem::InvalidName { name }));
     }
-    let version = text(descriptor.version, "version")?;
+    let version = text(descriptor.version, MetadataField::Version)?;
     let version = semver::Version::parse(&version)
-        .map_err(|error| invalid(format!("the version `{version}` is not semver: {error}")))?;
+        .map_err(|error| invalid(MetadataProblem::NotSemver { version, reason: error.to_string() }))?;
     Ok(LibraryInfo {
         name,
         version,
-        api_version: text(descriptor.api_version, "api version")?,
+        api_version: text(descriptor.api_version, MetadataField::ApiVersion)?,
         abi_version: descriptor.abi_version,
         debug_build: descriptor.debug_build != 0,
         path: path.to_owned(),
@@ -295,7 +298,56 @@ pub fn check(path: &Path) -> Result<LibraryInfo, LoadError> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Layout, elf_layout, wrong_platform};
+    use extension_api::abi::{self, Descriptor, HostVTable, InstancePtr, RawMessage, RawSlice};
+
+    use super::{Layout, elf_layout, read_info, wrong_platform};
+    use crate::error::{ElfPart, LoadError, MetadataField, MetadataProblem, NotALibraryReason};
+
+    unsafe extern "C" fn instantiate(_: *const HostVTable, _: u64, _: RawSlice) -> InstancePtr {
+        std::ptr::null_mut()
+    }
+    unsafe extern "C" fn control(_: InstancePtr, _: RawSlice) -> u32 {
+        abi::status::INVALID
+    }
+    unsafe extern "C" fn deliver(_: InstancePtr, _: *const RawMessage) -> u32 {
+        abi::status::INVALID
+    }
+    unsafe extern "C" fn destroy(_: InstancePtr) -> u32 {
+        abi::status::INVALID
+    }
+
+    /// What `read_info` says of a descriptor with these texts (never instantiated).
+    fn problem_of(name: &'static [u8], version: &'static [u8]) -> Option<MetadataProblem> {
+        let descriptor: &'static Descriptor = Box::leak(Box::new(Descriptor {
+            abi_version: abi::ABI_VERSION,
+            debug_build: 0,
+            name: RawSlice::new(name),
+            version: RawSlice::new(version),
+            api_version: abi::static_str("0.1.0"),
+            instantiate,
+            control,
+            deliver,
+            destroy,
+        }));
+        match read_info(std::path::Path::new("libcrafted.so"), descriptor) {
+            Ok(_) => None,
+            Err(LoadError::InvalidMetadata { problem, .. }) => Some(problem),
+            Err(other) => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn each_metadata_problem_names_its_field_and_value() {
+        assert_eq!(problem_of(b"probe", b"1.2.3"), None);
+        assert_eq!(problem_of(b"", b"1.2.3"), Some(MetadataProblem::InvalidName { name: String::new() }));
+        assert_eq!(problem_of(b"a/b", b"1.2.3"), Some(MetadataProblem::InvalidName { name: "a/b".into() }));
+        assert_eq!(problem_of(b"\xff", b"1.2.3"), Some(MetadataProblem::NotUtf8 { field: MetadataField::Name }));
+        assert_eq!(problem_of(b"probe", b"\xfe"), Some(MetadataProblem::NotUtf8 { field: MetadataField::Version }));
+        let Some(MetadataProblem::NotSemver { version, reason }) = problem_of(b"probe", b"one") else { panic!() };
+        assert_eq!(version, "one");
+        let message = MetadataProblem::NotSemver { version, reason }.to_string();
+        assert!(message.starts_with("the version `one` is not semver: "), "{message}");
+    }
 
     /// `elf_layout` of `bytes`, written to a file (the test binary itself is a 64-bit ELF).
     fn layout_of(bytes: &[u8]) -> Result<(), Layout> {
@@ -309,13 +361,9 @@ mod tests {
     fn elf_layouts_past_the_end_or_overflowing_are_refused() {
         let whole = std::fs::read(std::env::current_exe().unwrap()).unwrap();
         assert_eq!(layout_of(&whole), Ok(()));
-        let Err(Layout::Truncated(reason)) = layout_of(&whole[..40]) else { panic!() };
-        assert_eq!(reason, "the ELF header ends at byte 64, past the end of the file (40 bytes)");
-        let Err(Layout::Truncated(reason)) = layout_of(&whole[..4096]) else { panic!() };
-        assert!(
-            reason.starts_with("segment ") && reason.ends_with("past the end of the file (4096 bytes)"),
-            "{reason}"
-        );
+        assert_eq!(layout_of(&whole[..40]), Err(Layout::Truncated { part: ElfPart::Header, end: 64 }));
+        let Err(Layout::Truncated { part: ElfPart::Segment { .. }, end }) = layout_of(&whole[..4096]) else { panic!() };
+        assert!(end > 4096, "{end}");
         // A program header table offset of 2^64 - 1 (e_phoff, at byte 32) overflows.
         let mut crafted = whole.clone();
         crafted[32..40].copy_from_slice(&u64::MAX.to_le_bytes());
@@ -342,12 +390,16 @@ mod tests {
             _ => 62,
         };
         assert_eq!(wrong_platform(&elf(2, ours)), None);
-        assert!(wrong_platform(&elf(1, ours)).unwrap().contains("32-bit ELF"));
+        assert_eq!(wrong_platform(&elf(1, ours)), Some(NotALibraryReason::Elf32));
         let other = if ours == 62 { 183 } else { 62 };
-        assert!(wrong_platform(&elf(2, other)).unwrap().contains("ELF machine"));
-        assert!(wrong_platform(&[0xcf, 0xfa, 0xed, 0xfe, 7, 0, 0, 1]).unwrap().contains("Mach-O"));
-        assert!(wrong_platform(b"MZ\x90\0").unwrap().contains("Windows"));
-        assert!(wrong_platform(b"#!/bin/sh\n").unwrap().contains("no ELF header"));
-        assert!(wrong_platform(b"").unwrap().contains("no ELF header"));
+        let Some(NotALibraryReason::OtherArchitecture { machine, .. }) = wrong_platform(&elf(2, other)) else {
+            panic!("another machine is named")
+        };
+        assert_eq!(machine, other);
+        assert!(wrong_platform(&elf(2, other)).unwrap().to_string().contains("ELF machine"));
+        assert_eq!(wrong_platform(&[0xcf, 0xfa, 0xed, 0xfe, 7, 0, 0, 1]), Some(NotALibraryReason::MachO));
+        assert_eq!(wrong_platform(b"MZ\x90\0"), Some(NotALibraryReason::Windows));
+        assert_eq!(wrong_platform(b"#!/bin/sh\n"), Some(NotALibraryReason::NoElfHeader));
+        assert_eq!(wrong_platform(b""), Some(NotALibraryReason::NoElfHeader));
     }
 }

@@ -45,28 +45,62 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 /// Why a harness call failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TestError {
+    /// The extension's library did not load.
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// The host refused a call.
     #[error(transparent)]
     Host(#[from] HostError),
+    /// A request failed.
     #[error(transparent)]
     Invoke(#[from] InvokeError),
+    /// Nothing matching arrived within [`WAIT`].
     #[error("nothing matching {what} within {WAIT:?}")]
-    TimedOut { what: String },
+    TimedOut {
+        /// What was waited for (a log message, a broadcast's channel).
+        what: String,
+    },
+    /// A value the extension sent is not of the type asked for.
     #[error("the value of `{what}` does not decode: {reason}")]
-    Decode { what: String, reason: String },
+    Decode {
+        /// The channel or key it came on.
+        what: String,
+        /// What the decoder said.
+        reason: String,
+    },
+    /// The harness's buffer of log records or broadcasts overflowed.
     #[error("{missed} {what} were missed: the test read them too slowly (the harness keeps 4096)")]
-    Lagged { what: &'static str, missed: u64 },
+    Lagged {
+        /// Log records or broadcasts.
+        what: &'static str,
+        /// How many were lost.
+        missed: u64,
+    },
+    /// No `host` binary to run child processes with was found or built.
     #[error("no program for child processes (renderer processes, isolated extensions): {reason}")]
-    ChildProgram { reason: String },
+    ChildProgram {
+        /// Where the harness looked, and what went wrong.
+        reason: String,
+    },
+    /// The persisted tier's fresh directory could not be created.
     #[error("cannot create a data directory for the persisted tier: {reason}")]
-    DataDir { reason: String },
+    DataDir {
+        /// What the operating system said.
+        reason: String,
+    },
 }
 
 /// The environment variable naming the program [`TestHost`] starts child processes with (a
 /// `host` binary), instead of finding or building one: see [`TestHost::child_program`].
 pub const CHILD_PROGRAM_VAR: &str = "EXTENSION_HOST_CHILD";
+
+/// The file cargo writes the library of crate `name` to: `lib<name>.so` on Linux (a `-` in
+/// the name becomes `_`, as cargo spells the library's target).
+pub fn library_file_name(name: &str) -> String {
+    format!("{}{}{}", std::env::consts::DLL_PREFIX, name.replace('-', "_"), std::env::consts::DLL_SUFFIX)
+}
 
 /// One extension running in a host of its own, with its log and broadcasts recorded.
 pub struct TestHost {
@@ -88,8 +122,7 @@ impl TestHost {
         let exe = std::env::current_exe().unwrap_or_default();
         // target/<profile>/deps/<test binary>
         let deps = exe.parent().map(Path::to_owned).unwrap_or_default();
-        let file =
-            format!("{}{}{}", std::env::consts::DLL_PREFIX, name.replace('-', "_"), std::env::consts::DLL_SUFFIX);
+        let file = library_file_name(name);
         // `cargo test` refreshes the one in `deps/`; a `cargo build` copy may be older.
         let candidates = [deps.join(&file), deps.parent().map(|profile| profile.join(&file)).unwrap_or_default()];
         let modified = |path: &PathBuf| std::fs::metadata(path).and_then(|m| m.modified()).ok();
@@ -394,6 +427,13 @@ fn value_of<T: DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_library_file_name_is_cargos_for_the_crate() {
+        assert_eq!(library_file_name("probe-twin"), "libprobe_twin.so");
+        assert_eq!(library_file_name("hello"), "libhello.so");
+    }
 
     #[test]
     fn a_named_child_program_must_be_a_file() {

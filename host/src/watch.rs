@@ -23,9 +23,16 @@ use crate::core::lock;
 
 /// Why the watcher could not start.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WatchError {
+    /// A directory could not be watched.
     #[error("cannot watch `{path}` for rebuilds: {reason}")]
-    Watch { path: PathBuf, reason: String },
+    Watch {
+        /// The directory (a library's) the watch was for.
+        path: PathBuf,
+        /// What the file-system notification service said.
+        reason: String,
+    },
 }
 
 /// Reloads the host's extensions when their libraries are rebuilt, until dropped.

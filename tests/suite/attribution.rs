@@ -9,7 +9,7 @@ use probe_protocol::{BLOCK, NAP, PING, Ping, SEQ_INVOKE, SPIN};
 
 use crate::console::Console;
 use crate::loading::tempdir;
-use crate::support::{self, FAILSAFE, wait_event, wait_log};
+use crate::support::{self, FAILSAFE, Transport, wait_event, wait_log};
 
 /// A host whose watchdog reports quickly.
 fn watchful() -> HostConfig {
@@ -23,9 +23,8 @@ fn watchful() -> HostConfig {
 async fn host_of(config: HostConfig, crates: &[&str], isolated: &[&str]) -> Host {
     let host = Host::new(config);
     for name in crates {
-        let info = host.load(support::library(name)).unwrap();
-        host.set_isolated(&info.name, isolated.contains(name)).unwrap();
-        host.activate(&info.name).await.unwrap();
+        let transport = if isolated.contains(name) { Transport::Isolated } else { Transport::InProcess };
+        support::start(&host, transport, name).await;
     }
     host
 }

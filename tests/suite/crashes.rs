@@ -10,7 +10,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use probe_protocol::*;
 
-use crate::support::{self, FAILSAFE, expect_pongs, library, wait_event, wait_log, wait_logs};
+use crate::support::{self, FAILSAFE, Transport, expect_pongs, library, wait_event, wait_log, wait_logs};
 
 fn sigkill(pid: u32) {
     kill(Pid::from_raw(i32::try_from(pid).unwrap()), Signal::SIGKILL).unwrap();
@@ -85,13 +85,8 @@ async fn a_crashing_isolated_extension_is_restarted_within_its_budget_and_harms_
     config.crash_budget = CrashBudget { crashes: 2, window: Duration::from_secs(300) };
     let host = Host::new(config);
     let mut events = host.events();
-    for name in ["probe", "hello"] {
-        host.load(library(name)).unwrap();
-    }
-    host.set_isolated("probe", true).unwrap();
-    for name in ["probe", "hello"] {
-        host.activate(name).await.unwrap();
-    }
+    support::start(&host, Transport::Isolated, "probe").await;
+    support::start(&host, Transport::InProcess, "hello").await;
     host.open_frame().await;
     let first_pid = host.inspect().await.extension("probe").unwrap().pid.expect("isolated in its own process");
     assert_ne!(first_pid, std::process::id());
@@ -129,13 +124,8 @@ async fn a_crashing_isolated_extension_is_restarted_within_its_budget_and_harms_
 #[tokio::test]
 async fn an_endless_loop_in_an_isolated_handler_times_out_and_deactivation_ends_it() {
     let host = Host::new(support::config());
-    for name in ["probe", "hello"] {
-        host.load(library(name)).unwrap();
-    }
-    host.set_isolated("probe", true).unwrap();
-    for name in ["probe", "hello"] {
-        host.activate(name).await.unwrap();
-    }
+    support::start(&host, Transport::Isolated, "probe").await;
+    support::start(&host, Transport::InProcess, "hello").await;
     let pid = host.inspect().await.extension("probe").unwrap().pid.unwrap();
     let error = host.invoke::<_, ()>("probe", CRASH.name(), "spin", Duration::from_millis(200)).await.unwrap_err();
     assert_eq!(error.kind, InvokeErrorKind::Timeout);

@@ -19,9 +19,7 @@ fn unbounded() -> HostConfig {
 }
 
 async fn every_duration_at_its_maximum_means_no_limit(transport: Transport) {
-    let host = Host::new(unbounded());
-    host.load(library("probe")).unwrap();
-    host.activate("probe").await.unwrap();
+    let host = host_from(transport, unbounded(), &["probe"]).await;
     let frame = open_frame(&host, transport).await;
     let mut broadcasts = host.broadcasts();
 
@@ -48,7 +46,7 @@ async fn every_duration_at_its_maximum_means_no_limit(transport: Transport) {
     host.shutdown().await;
 }
 
-conformance!(every_duration_at_its_maximum_means_no_limit);
+conformance!(every_duration_at_its_maximum_means_no_limit, a_zero_deactivate_timeout_drops_everything_at_once);
 
 #[tokio::test]
 async fn a_zero_activate_timeout_is_refused_with_the_reason() {
@@ -62,12 +60,9 @@ async fn a_zero_activate_timeout_is_refused_with_the_reason() {
     assert_eq!(host.state("probe"), Some(ExtensionState::Loaded));
 }
 
-#[tokio::test]
-async fn a_zero_deactivate_timeout_drops_everything_at_once() {
-    let host = Host::new(HostConfig { deactivate_timeout: Duration::ZERO, ..config() });
-    host.load(library("probe")).unwrap();
-    host.activate("probe").await.unwrap();
-    let frame = host.open_frame().await;
+async fn a_zero_deactivate_timeout_drops_everything_at_once(transport: Transport) {
+    let host = host_from(transport, HostConfig { deactivate_timeout: Duration::ZERO, ..config() }, &["probe"]).await;
+    let frame = open_frame(&host, transport).await;
     // A `deactivate` that would never finish gets no time at all.
     host.invoke::<_, ()>("probe", DEACTIVATE_BEHAVIOUR.name(), &"hang", FAILSAFE).await.unwrap();
     host.close_frame(frame).await.unwrap();

@@ -10,7 +10,7 @@ fn calc_pongs(pongs: &[Pong]) -> Vec<&str> {
 }
 
 async fn exposed_functions_are_typed_intact_and_withdrawable(transport: Transport) {
-    let host = support::host_with(&["probe"]).await;
+    let host = support::host_for(transport, &["probe"]).await;
     support::open_frames(&host, transport, 1).await;
     let mut seen = host.broadcasts();
     host.broadcast("probe", CALC_TEST.name(), &()).unwrap();
@@ -34,7 +34,7 @@ async fn exposed_functions_are_typed_intact_and_withdrawable(transport: Transpor
 }
 
 async fn main_asks_one_frame_and_gets_its_answer_or_a_typed_error(transport: Transport) {
-    let host = support::host_with(&["probe"]).await;
+    let host = support::host_for(transport, &["probe"]).await;
     support::open_frames(&host, transport, 1).await;
     support::open_frames(&host, transport, 1).await;
     let frames: Vec<u64> = host.invoke("probe", MAIN_FRAMES.name(), &(), FAILSAFE).await.unwrap();
@@ -59,7 +59,7 @@ async fn main_asks_one_frame_and_gets_its_answer_or_a_typed_error(transport: Tra
 }
 
 async fn an_exposed_functions_typed_error_arrives_as_a_handler_error_with_its_data(transport: Transport) {
-    let host = support::host_with(&["probe"]).await;
+    let host = support::host_for(transport, &["probe"]).await;
     support::open_frames(&host, transport, 1).await;
     let mut seen = host.broadcasts();
     host.broadcast("probe", CALC_ERRORS.name(), &()).unwrap();

@@ -15,11 +15,10 @@ async fn leak_handles(host: &Host, halves: usize) {
     expect_pongs(host, &mut broadcasts, "probe", 0, halves).await;
 }
 
-#[tokio::test]
-async fn a_handle_kept_from_a_closed_frame_says_the_frame_is_closed() {
-    let host = host_with(&["probe"]).await;
-    let closed = host.open_frame().await;
-    let _open = host.open_frame().await;
+async fn a_handle_kept_from_a_closed_frame_says_the_frame_is_closed(transport: Transport) {
+    let host = host_for(transport, &["probe"]).await;
+    let closed = open_frame(&host, transport).await;
+    let _open = open_frame(&host, transport).await;
     leak_handles(&host, 3).await;
     host.close_frame(closed).await.unwrap();
 
@@ -62,6 +61,13 @@ async fn a_plain_task_finds_the_only_renderer_half(transport: Transport) {
 
 conformance!(a_plain_task_finds_the_only_renderer_half);
 
+// A renderer process serves one frame: its instance ends with the frame (no handle of it is
+// left to try) and never holds two renderer halves.
+same_instance!(
+    a_handle_kept_from_a_closed_frame_says_the_frame_is_closed,
+    in_one_instance_a_plain_task_is_told_why_its_frame_is_ambiguous,
+);
+
 #[tokio::test]
 async fn in_renderer_processes_a_plain_task_finds_its_frame_however_many_there_are() {
     let host = host_with_frames(Transport::ChildProcess, &["probe"], 2).await;
@@ -75,9 +81,8 @@ async fn in_renderer_processes_a_plain_task_finds_its_frame_however_many_there_a
 /// Several renderer halves in one instance (in-process frames), or one that replaced an
 /// earlier one (whose plain tasks may still run): a plain task cannot tell which frame it
 /// belongs to, and is told so.
-#[tokio::test]
-async fn in_process_a_plain_task_is_told_why_its_frame_is_ambiguous() {
-    let host = host_with_frames(Transport::InProcess, &["probe"], 2).await;
+async fn in_one_instance_a_plain_task_is_told_why_its_frame_is_ambiguous(transport: Transport) {
+    let host = host_with_frames(transport, &["probe"], 2).await;
     let refused = "Renderer::current(): not called from a renderer half's code";
     for tag in plain_current(&host, 2).await {
         assert!(tag.starts_with("plain:task=") && tag.matches(refused).count() == 2, "{tag}");

@@ -8,7 +8,7 @@ use probe_protocol::*;
 use crate::support::{self, FAILSAFE, Transport, expect_pongs, wait_log};
 
 async fn a_frame_opened_later_gets_the_renderer_halves_of_active_extensions(transport: Transport) {
-    let host = support::host_with(&["hello"]).await;
+    let host = support::host_for(transport, &["hello"]).await;
     let mut logs = host.logs();
     let frame = support::open_frame(&host, transport).await;
     assert_eq!(frame, FrameId(1));
@@ -17,11 +17,10 @@ async fn a_frame_opened_later_gets_the_renderer_halves_of_active_extensions(tran
 }
 
 async fn an_extension_activated_later_starts_in_every_open_frame(transport: Transport) {
-    let host = support::host_with(&[]).await;
+    let host = support::host_for(transport, &[]).await;
     support::open_frames(&host, transport, 1).await;
     support::open_frames(&host, transport, 1).await;
-    host.load(support::library("probe")).unwrap();
-    host.activate("probe").await.unwrap();
+    support::start(&host, transport, "probe").await;
     let mut seen = host.broadcasts();
     host.broadcast("probe", PING.name(), &Ping { tag: "hello".into() }).unwrap();
     let pongs = expect_pongs(&host, &mut seen, "probe", 3, 3).await;
@@ -34,7 +33,7 @@ async fn an_extension_activated_later_starts_in_every_open_frame(transport: Tran
 }
 
 async fn reloading_a_frame_restarts_its_renderers_and_keeps_main_registrations(transport: Transport) {
-    let host = support::host_with(&["probe"]).await;
+    let host = support::host_for(transport, &["probe"]).await;
     let frame = support::open_frame(&host, transport).await;
     host.invoke::<_, bool>("probe", REHANDLE.name(), &(), FAILSAFE).await.unwrap();
     let before = host.inspect().await.extension("probe").unwrap().instance.clone().unwrap();
@@ -53,7 +52,7 @@ async fn reloading_a_frame_restarts_its_renderers_and_keeps_main_registrations(t
 }
 
 async fn closing_a_frame_removes_its_renderer_halves(transport: Transport) {
-    let host = support::host_with(&["probe"]).await;
+    let host = support::host_for(transport, &["probe"]).await;
     support::open_frames(&host, transport, 1).await;
     let second = support::open_frame(&host, transport).await;
     host.close_frame(second).await.unwrap();
@@ -66,10 +65,9 @@ async fn closing_a_frame_removes_its_renderer_halves(transport: Transport) {
     assert!(host.close_frame(second).await.is_err(), "closing twice is refused");
 }
 
-#[tokio::test]
-async fn a_handle_leaked_from_a_closed_half_cannot_speak_for_its_successor() {
-    let host = support::host_with(&["probe"]).await;
-    let frame = host.open_frame().await;
+async fn a_handle_leaked_from_a_closed_half_cannot_speak_for_its_successor(transport: Transport) {
+    let host = support::host_for(transport, &["probe"]).await;
+    let frame = support::open_frame(&host, transport).await;
     let mut seen = host.broadcasts();
     host.broadcast("probe", LEAK_HANDLE.name(), &()).unwrap();
     // The frame reloads under the same number: the leaked handle belongs to the old half.
@@ -78,18 +76,20 @@ async fn a_handle_leaked_from_a_closed_half_cannot_speak_for_its_successor() {
     let pongs = expect_pongs(&host, &mut seen, "probe", 1, 2).await;
     assert_eq!((pongs[0].side.as_str(), pongs[0].tag.as_str()), ("frame:1", "leaked:refused"));
 
-    // Across a deactivation the library's statics survive, the old instance does not.
+    // Across a deactivation the library's statics survive where the library stays loaded (the
+    // host's process, a renderer process), the old instance does not. An isolated extension's
+    // process lives for one activation: the leaked handle went with it, and nothing answers.
     host.deactivate("probe").await.unwrap();
     host.activate("probe").await.unwrap();
     host.broadcast("probe", USE_LEAKED.name(), &()).unwrap();
-    let pongs = expect_pongs(&host, &mut seen, "probe", 1, 2).await;
-    assert_eq!(pongs[0].tag, "leaked:refused");
+    let leaked = if transport == Transport::Isolated { 0 } else { 1 };
+    let pongs = expect_pongs(&host, &mut seen, "probe", leaked, 2).await;
+    assert!(pongs.iter().all(|pong| pong.tag == "leaked:refused"), "{pongs:?}");
 }
 
-#[tokio::test]
-async fn a_lifecycle_call_runs_to_completion_even_if_its_caller_gives_up() {
-    let host = support::host_with(&["probe"]).await;
-    host.open_frame().await;
+async fn a_lifecycle_call_runs_to_completion_even_if_its_caller_gives_up(transport: Transport) {
+    let host = support::host_for(transport, &["probe"]).await;
+    support::open_frame(&host, transport).await;
     host.invoke::<_, ()>("probe", DEACTIVATE_BEHAVIOUR.name(), "hang", FAILSAFE).await.unwrap();
     // The caller stops waiting long before the (bounded) hanging deactivate ends.
     let gave_up = tokio::time::timeout(std::time::Duration::from_millis(1), host.deactivate("probe")).await;
@@ -107,4 +107,6 @@ conformance!(
     an_extension_activated_later_starts_in_every_open_frame,
     reloading_a_frame_restarts_its_renderers_and_keeps_main_registrations,
     closing_a_frame_removes_its_renderer_halves,
+    a_handle_leaked_from_a_closed_half_cannot_speak_for_its_successor,
+    a_lifecycle_call_runs_to_completion_even_if_its_caller_gives_up,
 );

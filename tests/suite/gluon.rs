@@ -9,7 +9,7 @@ use extension_api::InvokeErrorKind;
 use crate::support::{self, FAILSAFE, Transport, wait_logs};
 
 async fn the_reference_examples_work_from_every_frame(transport: Transport) {
-    let host = support::host_with(&["gluon"]).await;
+    let host = support::host_for(transport, &["gluon"]).await;
     let mut logs = host.logs();
     support::open_frames(&host, transport, 1).await;
     support::open_frames(&host, transport, 1).await;

@@ -10,7 +10,7 @@ use extension_host::{ExtensionState, FrameId, Host, HostEvent, LibraryWatcher};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::sync::broadcast::Receiver;
 
-use crate::support::{FAILSAFE, config, host_binary, library, wait_event};
+use crate::support::{self, FAILSAFE, Transport, config, host_binary, library, wait_event};
 
 const NAME: &str = "reloadable";
 /// Short, to keep the tests quick; nothing depends on its length.
@@ -28,14 +28,12 @@ struct Dev {
 }
 
 impl Dev {
-    async fn start(isolated: bool) -> Dev {
+    async fn start(transport: Transport) -> Dev {
         let dir = crate::loading::tempdir();
         let path = dir.join("libreloadable.so");
         std::fs::copy(library("reload-v1"), &path).unwrap();
         let host = Host::new(config());
-        host.load(&path).unwrap();
-        host.set_isolated(NAME, isolated).unwrap();
-        host.activate(NAME).await.unwrap();
+        support::start_library(&host, transport, &path).await;
         let frames = [host.open_frame().await, host.open_child_frame().await.unwrap()];
         let events = host.events();
         let watcher = LibraryWatcher::start(&host, DEBOUNCE).unwrap();
@@ -102,10 +100,9 @@ fn half_written(reason: &str) -> bool {
     reason.contains("is truncated") || reason.contains("changed while it was being copied")
 }
 
-async fn a_rebuild_swaps_in_the_new_build_under_open_frames(isolated: bool) {
-    let mut dev = Dev::start(isolated).await;
+async fn a_rebuild_swaps_in_the_new_build_under_open_frames(transport: Transport) {
+    let mut dev = Dev::start(transport).await;
     let pid = dev.host.inspect().await.extension(NAME).unwrap().pid;
-    assert_eq!(pid.is_some(), isolated);
     let () = dev.host.invoke(NAME, "remember", "from v1", FAILSAFE).await.unwrap();
     assert!(dev.host.store_values(NAME).await.unwrap().contains_key("note"));
 
@@ -117,7 +114,7 @@ async fn a_rebuild_swaps_in_the_new_build_under_open_frames(isolated: bool) {
     assert_eq!(extension.state, ExtensionState::Active);
     assert_eq!(extension.info.version.to_string(), "2.0.0");
     assert_eq!(extension.frames.len(), 2, "both frames have the new renderer half");
-    if isolated {
+    if transport == Transport::Isolated {
         assert!(extension.pid.is_some() && extension.pid != pid, "an isolated extension restarts its process");
     }
     // The ephemeral store went with the old version; the persisted tier stayed.
@@ -136,17 +133,17 @@ async fn a_rebuild_swaps_in_the_new_build_under_open_frames(isolated: bool) {
 
 #[tokio::test]
 async fn a_rebuild_swaps_in_the_new_build_under_open_frames_in_process() {
-    a_rebuild_swaps_in_the_new_build_under_open_frames(false).await;
+    a_rebuild_swaps_in_the_new_build_under_open_frames(Transport::InProcess).await;
 }
 
 #[tokio::test]
 async fn a_rebuild_swaps_in_the_new_build_under_open_frames_isolated() {
-    a_rebuild_swaps_in_the_new_build_under_open_frames(true).await;
+    a_rebuild_swaps_in_the_new_build_under_open_frames(Transport::Isolated).await;
 }
 
 #[tokio::test]
 async fn a_half_written_library_is_never_loaded() {
-    let mut dev = Dev::start(false).await;
+    let mut dev = Dev::start(Transport::InProcess).await;
     let v2 = std::fs::read(library("reload-v2")).unwrap();
     let (head, tail) = v2.split_at(v2.len() / 2);
 
@@ -168,7 +165,7 @@ async fn a_half_written_library_is_never_loaded() {
 
 #[tokio::test]
 async fn a_broken_new_build_leaves_the_old_version_answering() {
-    let mut dev = Dev::start(false).await;
+    let mut dev = Dev::start(Transport::InProcess).await;
 
     // Not a library at all.
     std::fs::write(&dev.path, b"error: could not compile `reloadable`\n").unwrap();

@@ -83,7 +83,7 @@ fn assert_too_large(outcome: &str, what: &str) {
 }
 
 async fn host_with_frame(transport: Transport) -> (Host, u64) {
-    let host = support::host_with(&["sizes"]).await;
+    let host = support::host_for(transport, &["sizes"]).await;
     let frame = support::open_frame(&host, transport).await.0;
     (host, frame)
 }
@@ -160,11 +160,8 @@ conformance!(
 /// Fills the store from main with values just under the value limit, until the total refuses
 /// one; a renderer's write past the total is refused at once too; a renderer process opened
 /// afterwards starts with everything the store holds.
-async fn the_store_refuses_writes_past_its_total_and_new_frames_start_with_all_of_it(isolated: bool) {
-    let host = Host::new(support::config());
-    let info = host.load(support::library("sizes")).unwrap();
-    host.set_isolated(&info.name, isolated).unwrap();
-    host.activate("sizes").await.unwrap();
+async fn the_store_refuses_writes_past_its_total_and_new_frames_start_with_all_of_it(transport: Transport) {
+    let host = support::host_for(transport, &["sizes"]).await;
     let first = support::open_frame(&host, Transport::ChildProcess).await.0;
     let mut seen = host.broadcasts();
 
@@ -196,22 +193,19 @@ async fn the_store_refuses_writes_past_its_total_and_new_frames_start_with_all_o
 
 #[tokio::test]
 async fn the_store_refuses_writes_past_its_total_and_new_frames_start_with_all_of_it_in_the_host() {
-    the_store_refuses_writes_past_its_total_and_new_frames_start_with_all_of_it(false).await;
+    the_store_refuses_writes_past_its_total_and_new_frames_start_with_all_of_it(Transport::InProcess).await;
 }
 
 #[tokio::test]
 async fn the_store_refuses_writes_past_its_total_and_new_frames_start_with_all_of_it_isolated() {
-    the_store_refuses_writes_past_its_total_and_new_frames_start_with_all_of_it(true).await;
+    the_store_refuses_writes_past_its_total_and_new_frames_start_with_all_of_it(Transport::Isolated).await;
 }
 
 /// An error reply names its channel shortly, so it fits whatever the channel's name: a request
 /// on an unhandled 9 MiB channel gets `NoHandler` at once (it got neither, and waited out its
 /// timeout, when the reply carried the name twice).
-async fn an_error_reply_on_a_very_long_channel_arrives_at_once(isolated: bool) {
-    let host = Host::new(support::config());
-    let info = host.load(support::library("sizes")).unwrap();
-    host.set_isolated(&info.name, isolated).unwrap();
-    host.activate("sizes").await.unwrap();
+async fn an_error_reply_on_a_very_long_channel_arrives_at_once(transport: Transport) {
+    let host = support::host_for(transport, &["sizes"]).await;
     let channel = "c".repeat(9 << 20);
     let error = host.invoke::<_, ()>("sizes", &channel, &(), FAILSAFE).await.unwrap_err();
     assert_eq!(error.kind, extension_api::InvokeErrorKind::NoHandler, "{}", &error.message[..200]);
@@ -222,12 +216,12 @@ async fn an_error_reply_on_a_very_long_channel_arrives_at_once(isolated: bool) {
 
 #[tokio::test]
 async fn an_error_reply_on_a_very_long_channel_arrives_at_once_in_the_host() {
-    an_error_reply_on_a_very_long_channel_arrives_at_once(false).await;
+    an_error_reply_on_a_very_long_channel_arrives_at_once(Transport::InProcess).await;
 }
 
 #[tokio::test]
 async fn an_error_reply_on_a_very_long_channel_arrives_at_once_isolated() {
-    an_error_reply_on_a_very_long_channel_arrives_at_once(true).await;
+    an_error_reply_on_a_very_long_channel_arrives_at_once(Transport::Isolated).await;
 }
 
 /// Main deletes a key so long that the update publishing it would be over the message limit

@@ -17,12 +17,8 @@ fn small_mailboxes() -> HostConfig {
     HostConfig { mailbox: MailboxLimit { messages: LIMIT, bytes: 1 << 20 }, ..support::config() }
 }
 
-async fn probe_host(isolated: bool) -> Host {
-    let host = Host::new(small_mailboxes());
-    let info = host.load(support::library("probe")).unwrap();
-    host.set_isolated(&info.name, isolated).unwrap();
-    host.activate(&info.name).await.unwrap();
-    host
+async fn probe_host(transport: Transport) -> Host {
+    support::host_from(transport, small_mailboxes(), &["probe"]).await
 }
 
 /// Blocks the thread of the probe's main half until `release` (a socket path) is connected to;
@@ -38,8 +34,8 @@ fn release_socket() -> String {
     tempdir().join("release.sock").to_string_lossy().into_owned()
 }
 
-async fn a_slow_main_drops_broadcasts_and_refuses_requests_past_its_mailbox_bound(isolated: bool) {
-    let host = probe_host(isolated).await;
+async fn a_slow_main_drops_broadcasts_and_refuses_requests_past_its_mailbox_bound(transport: Transport) {
+    let host = probe_host(transport).await;
     let mut logs = host.logs();
     let release = release_socket();
     let blocked = block_main(&host, &release).await;
@@ -78,17 +74,17 @@ async fn a_slow_main_drops_broadcasts_and_refuses_requests_past_its_mailbox_boun
 
 #[tokio::test]
 async fn a_slow_main_in_process_drops_and_refuses_past_its_mailbox_bound() {
-    a_slow_main_drops_broadcasts_and_refuses_requests_past_its_mailbox_bound(false).await;
+    a_slow_main_drops_broadcasts_and_refuses_requests_past_its_mailbox_bound(Transport::InProcess).await;
 }
 
 #[tokio::test]
 async fn a_slow_isolated_main_drops_and_refuses_past_its_mailbox_bound() {
-    a_slow_main_drops_broadcasts_and_refuses_requests_past_its_mailbox_bound(true).await;
+    a_slow_main_drops_broadcasts_and_refuses_requests_past_its_mailbox_bound(Transport::Isolated).await;
 }
 
 #[tokio::test]
 async fn a_frame_in_another_process_invoking_an_overloaded_main_is_told_at_once() {
-    let host = probe_host(false).await;
+    let host = probe_host(Transport::InProcess).await;
     support::open_frame(&host, Transport::ChildProcess).await;
     let release = release_socket();
     let blocked = block_main(&host, &release).await;

@@ -1,7 +1,7 @@
 //! Loading and validating libraries: every kind of bad input is refused with its reason, and
 //! the host keeps working.
 
-use extension_host::{Host, LoadError, check};
+use extension_host::{Host, LoadError, NotALibraryReason, check};
 
 use crate::support::{self, library};
 
@@ -18,8 +18,16 @@ fn a_file_that_is_not_a_library_is_refused() {
     let path = dir.join("libnotes.so");
     std::fs::write(&path, "just some text, not an ELF file").unwrap();
     let error = check(&path).unwrap_err();
-    assert!(matches!(error, LoadError::NotALibrary { .. }), "{error:?}");
+    assert!(matches!(error, LoadError::NotALibrary { reason: NotALibraryReason::NoElfHeader, .. }), "{error:?}");
     assert!(error.to_string().contains("not a shared library"), "{error}");
+}
+
+#[test]
+fn a_directory_is_refused_as_no_regular_file() {
+    let dir = tempdir();
+    let error = check(&dir).unwrap_err();
+    assert!(matches!(error, LoadError::NotALibrary { reason: NotALibraryReason::NotAFile, .. }), "{error:?}");
+    assert!(error.to_string().contains("it is not a regular file"), "{error}");
 }
 
 #[test]

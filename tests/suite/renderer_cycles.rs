@@ -106,10 +106,7 @@ async fn three_hundred_activation_cycles_with_a_renderer_process_open_leave_it_f
 
 #[tokio::test]
 async fn an_isolated_extension_runs_each_activation_in_a_fresh_process_and_its_renderer_process_stays_flat() {
-    let host = extension_host::Host::new(support::config());
-    host.load(support::library("probe")).unwrap();
-    host.set_isolated("probe", true).unwrap();
-    host.activate("probe").await.unwrap();
+    let host = support::host_for(support::Transport::Isolated, &["probe"]).await;
     let frame = host.open_child_frame().await.unwrap();
     let renderer = host.inspect().await.frame(frame.0).and_then(|frame| frame.pid).expect("a renderer process");
     let isolated_pid = async || host.inspect().await.extension("probe").and_then(|probe| probe.pid).unwrap();

@@ -41,20 +41,9 @@ fn config_in(dir: &Path) -> HostConfig {
     config
 }
 
-/// A host keeping its data in `dir`, with `crates` loaded and activated (`isolated` in child
-/// processes of their own).
-async fn host_in(dir: &Path, crates: &[&str], isolated: bool) -> Host {
-    start(config_in(dir), crates, isolated).await
-}
-
-async fn start(config: HostConfig, crates: &[&str], isolated: bool) -> Host {
-    let host = Host::new(config);
-    for name in crates {
-        let info = host.load(support::library(name)).expect("the library loads");
-        host.set_isolated(&info.name, isolated).unwrap();
-        host.activate(&info.name).await.expect("the extension activates");
-    }
-    host
+/// A host keeping its data in `dir`, with `crates` loaded and activated on `transport`.
+async fn host_in(dir: &Path, crates: &[&str], transport: Transport) -> Host {
+    support::host_from(transport, config_in(dir), crates).await
 }
 
 async fn call<Req: Serialize, Resp: DeserializeOwned + Send + 'static>(
@@ -82,9 +71,9 @@ fn file_of(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.redb"))
 }
 
-async fn persists_across_cycles_uninstall_and_restarts(isolated: bool) {
+async fn persists_across_cycles_uninstall_and_restarts(transport: Transport) {
     let dir = DataDir::new();
-    let host = host_in(&dir, &["keeper"], isolated).await;
+    let host = host_in(&dir, &["keeper"], transport).await;
     assert_eq!(call::<_, Option<String>>(&host, "keeper", "stored-version", ()).await.unwrap(), None, "new data");
     set(&host, "keeper", "colour", "teal").await;
     assert_eq!(get(&host, "keeper", "colour").await.as_deref(), Some("teal"), "a resolved write reads back");
@@ -100,15 +89,13 @@ async fn persists_across_cycles_uninstall_and_restarts(isolated: bool) {
 
     // Uninstall without purge, load again: still there.
     host.uninstall("keeper").await.unwrap();
-    host.load(support::library("keeper")).unwrap();
-    host.set_isolated("keeper", isolated).unwrap();
-    host.activate("keeper").await.unwrap();
+    support::start(&host, transport, "keeper").await;
     assert_eq!(get(&host, "keeper", "colour").await.as_deref(), Some("teal"));
     host.shutdown().await;
     drop(host);
 
     // Another host on the same data directory.
-    let host = host_in(&dir, &["keeper"], isolated).await;
+    let host = host_in(&dir, &["keeper"], transport).await;
     assert_eq!(get(&host, "keeper", "colour").await.as_deref(), Some("teal"), "kept across a host restart");
     assert_eq!(get(&host, "keeper", "activations").await.as_deref(), Some("4"));
     let version: Option<String> = call(&host, "keeper", "stored-version", ()).await.unwrap();
@@ -129,18 +116,18 @@ async fn persists_across_cycles_uninstall_and_restarts(isolated: bool) {
 
 #[tokio::test]
 async fn values_survive_deactivation_uninstall_and_host_restarts_and_purge_removes_them() {
-    persists_across_cycles_uninstall_and_restarts(false).await;
+    persists_across_cycles_uninstall_and_restarts(Transport::InProcess).await;
 }
 
 #[tokio::test]
 async fn values_survive_deactivation_uninstall_and_host_restarts_and_purge_removes_them_isolated() {
-    persists_across_cycles_uninstall_and_restarts(true).await;
+    persists_across_cycles_uninstall_and_restarts(Transport::Isolated).await;
 }
 
 /// Frames read the persisted tier from their replica, write it through main, and watch it.
 async fn frames_share_the_persisted_tier(transport: Transport) {
     let dir = DataDir::new();
-    let host = host_in(&dir, &["keeper"], false).await;
+    let host = support::host_from(transport, config_in(&dir), &["keeper"]).await;
     set(&host, "keeper", "before", "opened").await;
     let frame = support::open_frame(&host, transport).await;
     let mut seen = host.broadcasts();
@@ -166,16 +153,16 @@ async fn frames_share_the_persisted_tier(transport: Transport) {
     host.shutdown().await;
     // It was durable: a new host reads it.
     drop(host);
-    let host = host_in(&dir, &["keeper"], false).await;
+    let host = support::host_from(transport, config_in(&dir), &["keeper"]).await;
     assert_eq!(get(&host, "keeper", "from-frame").await.as_deref(), Some("hello"));
     host.shutdown().await;
 }
 
 conformance!(frames_share_the_persisted_tier);
 
-async fn same_keys_never_meet(isolated: bool) {
+async fn same_keys_never_meet(transport: Transport) {
     let dir = DataDir::new();
-    let host = host_in(&dir, &["keeper", "keeper-twin"], isolated).await;
+    let host = host_in(&dir, &["keeper", "keeper-twin"], transport).await;
     set(&host, "keeper", "shared", "keeper's").await;
     set(&host, "keeper-twin", "shared", "twin's").await;
     assert_eq!(get(&host, "keeper", "shared").await.as_deref(), Some("keeper's"));
@@ -186,7 +173,7 @@ async fn same_keys_never_meet(isolated: bool) {
     drop(host);
     // Separate files, named by the host; after a restart each still has only its own.
     assert!(file_of(&dir, "keeper").exists() && file_of(&dir, "keeper-twin").exists());
-    let host = host_in(&dir, &["keeper", "keeper-twin"], isolated).await;
+    let host = host_in(&dir, &["keeper", "keeper-twin"], transport).await;
     assert_eq!(get(&host, "keeper", "shared").await.as_deref(), Some("keeper's"));
     assert_eq!(get(&host, "keeper-twin", "shared").await, None);
     host.shutdown().await;
@@ -194,12 +181,12 @@ async fn same_keys_never_meet(isolated: bool) {
 
 #[tokio::test]
 async fn two_extensions_with_the_same_keys_never_see_each_others_data() {
-    same_keys_never_meet(false).await;
+    same_keys_never_meet(Transport::InProcess).await;
 }
 
 #[tokio::test]
 async fn two_isolated_extensions_with_the_same_keys_never_see_each_others_data() {
-    same_keys_never_meet(true).await;
+    same_keys_never_meet(Transport::Isolated).await;
 }
 
 #[tokio::test]
@@ -208,7 +195,7 @@ async fn limits_are_refused_with_the_reason_from_every_half_and_inspect_shows_us
     let mut config = config_in(&dir);
     config.storage.value_limit = 100;
     config.storage.total_limit = 400;
-    let host = start(config, &["keeper"], false).await;
+    let host = support::host_from(Transport::InProcess, config, &["keeper"]).await;
     let frame = host.open_child_frame().await.unwrap();
     let big = "x".repeat(120);
     let error = call::<_, ()>(&host, "keeper", "set", ("big", big.as_str())).await.unwrap_err();
@@ -242,7 +229,7 @@ async fn limits_are_refused_with_the_reason_from_every_half_and_inspect_shows_us
 #[tokio::test]
 async fn a_value_that_no_longer_decodes_as_the_type_asked_for_is_a_typed_error() {
     let dir = DataDir::new();
-    let host = host_in(&dir, &["keeper"], false).await;
+    let host = host_in(&dir, &["keeper"], Transport::InProcess).await;
     set(&host, "keeper", "count", "not a number").await;
     let error = call::<_, Option<u64>>(&host, "keeper", "get-u64", "count").await.unwrap_err();
     assert!(error.message.contains("the value of `count` does not decode as u64"), "{error}");
@@ -253,7 +240,7 @@ async fn a_value_that_no_longer_decodes_as_the_type_asked_for_is_a_typed_error()
 /// extension still runs, the file is left as it was, and the other extension is unaffected.
 async fn damaged_file_is_a_clear_error(damage: impl FnOnce(&Path)) {
     let dir = DataDir::new();
-    let host = host_in(&dir, &["keeper", "keeper-twin"], false).await;
+    let host = host_in(&dir, &["keeper", "keeper-twin"], Transport::InProcess).await;
     set(&host, "keeper", "precious", "data").await;
     set(&host, "keeper-twin", "precious", "twin data").await;
     host.shutdown().await;
@@ -262,7 +249,7 @@ async fn damaged_file_is_a_clear_error(damage: impl FnOnce(&Path)) {
     damage(&file);
     let damaged = std::fs::read(&file).unwrap();
 
-    let host = host_in(&dir, &["keeper", "keeper-twin"], false).await;
+    let host = host_in(&dir, &["keeper", "keeper-twin"], Transport::InProcess).await;
     let error = call::<_, Option<String>>(&host, "keeper", "get", "precious").await.unwrap_err();
     let named = format!("`{}`", file.display());
     assert!(error.message.contains("persisted storage is unavailable") && error.message.contains(&named), "{error}");
@@ -313,9 +300,9 @@ async fn a_scribbled_database_file_is_a_clear_error_and_is_left_as_it_is() {
 #[tokio::test]
 async fn a_database_locked_by_another_host_is_a_clear_error() {
     let dir = DataDir::new();
-    let first = host_in(&dir, &["keeper"], false).await;
+    let first = host_in(&dir, &["keeper"], Transport::InProcess).await;
     set(&first, "keeper", "mine", "first").await;
-    let second = host_in(&dir, &["keeper"], false).await;
+    let second = host_in(&dir, &["keeper"], Transport::InProcess).await;
     let error = call::<_, Option<String>>(&second, "keeper", "get", "mine").await.unwrap_err();
     assert!(error.message.contains("locked: another host process has it open"), "{error}");
     assert!(error.message.contains(&format!("`{}`", file_of(&dir, "keeper").display())), "{error}");
@@ -390,7 +377,7 @@ async fn kill_9_during_writes_loses_no_resolved_write() {
     // the host); none of what it saw resolve may be missing.
 
     // Restart on the same data directory (the database recovers from the torn commit).
-    let host = host_in(&dir, &["keeper"], false).await;
+    let host = host_in(&dir, &["keeper"], Transport::InProcess).await;
     let values = dump(&host, "keeper").await;
     eprintln!(
         "{} writes seen resolved, {} of {} present after the restart",
@@ -442,7 +429,7 @@ async fn test_hosts_start_with_no_persisted_data_and_read_it() {
 #[tokio::test]
 async fn an_isolated_extension_killed_mid_writes_restarts_with_every_resolved_write() {
     let dir = DataDir::new();
-    let host = host_in(&dir, &["keeper"], true).await;
+    let host = host_in(&dir, &["keeper"], Transport::Isolated).await;
     let mut events = host.events();
     let mut seen = host.broadcasts();
     host.broadcast("keeper", "flood", &(1u32, 3000u32)).unwrap();

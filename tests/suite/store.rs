@@ -79,19 +79,23 @@ proptest! {
     fn replicas_converge_in_mains_order_across_processes(ops in operations()) {
         converge(Transport::ChildProcess, &ops);
     }
+
+    #[test]
+    fn replicas_converge_in_mains_order_isolated(ops in operations()) {
+        converge(Transport::Isolated, &ops);
+    }
 }
 
 async fn a_frame_has_the_snapshot_before_its_activate_runs(transport: Transport) {
-    let host = support::host_with(&["probe"]).await;
+    let host = support::host_for(transport, &["probe"]).await;
     let mut logs = host.logs();
     host.invoke::<_, ()>("probe", SET_PRESET.name(), "dark mode", FAILSAFE).await.unwrap();
     support::open_frames(&host, transport, 1).await;
     wait_log(&mut logs, "probe", |m| m == r#"frame:1 activated with preset=Ok(Some("dark mode"))"#).await;
 }
 
-#[tokio::test]
-async fn values_that_cannot_be_stored_are_refused_at_the_call() {
-    let host = support::host_with(&["probe"]).await;
+async fn values_that_cannot_be_stored_are_refused_at_the_call(transport: Transport) {
+    let host = support::host_for(transport, &["probe"]).await;
     let refusals: Vec<String> = host.invoke("probe", STORE_REFUSALS.name(), &(), FAILSAFE).await.unwrap();
     assert!(
         refusals[0].contains("cannot store `big`") && refusals[0].contains("over the 1048576-byte limit"),
@@ -131,4 +135,5 @@ conformance!(
     a_frame_has_the_snapshot_before_its_activate_runs,
     the_store_is_cleared_on_deactivate,
     a_write_that_changes_nothing_notifies_no_one,
+    values_that_cannot_be_stored_are_refused_at_the_call,
 );

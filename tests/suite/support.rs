@@ -64,8 +64,7 @@ pub fn artifacts() -> &'static Path {
 
 /// Path of the built library of crate `name`.
 pub fn library(name: &str) -> PathBuf {
-    let file = format!("{}{}{}", std::env::consts::DLL_PREFIX, name.replace('-', "_"), std::env::consts::DLL_SUFFIX);
-    artifacts().join(file)
+    artifacts().join(extension_host::testing::library_file_name(name))
 }
 
 /// `count` distinct extensions from one build of the `swarm` fixture: copies of its library
@@ -87,12 +86,7 @@ pub fn swarm(count: usize) -> Vec<PathBuf> {
                 stamped += 1;
             }
             assert!(stamped > 0, "the placeholder name is in the library");
-            let path = dir.join(format!(
-                "{}{}{}",
-                std::env::consts::DLL_PREFIX,
-                name.replace('-', "_"),
-                std::env::consts::DLL_SUFFIX
-            ));
+            let path = dir.join(extension_host::testing::library_file_name(&name));
             std::fs::write(&path, bytes).expect("the copy is written");
             path
         })
@@ -146,11 +140,16 @@ fn tracing_level() -> extension_host::LevelFilter {
     extension_host::LevelFilter::INFO
 }
 
-/// Where the frames of a conformance test run.
+/// Where the halves of a conformance test run: every routing path the host has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
+    /// Main and every frame's renderer half in one instance in the host's process.
     InProcess,
+    /// Main in the host's process, each frame's renderer halves in a renderer process.
     ChildProcess,
+    /// Main and the in-process frames' renderer halves in one instance in the extension's own
+    /// child process (`Host::set_isolated`).
+    Isolated,
 }
 
 /// Opens `count` frames of the transport's kind.
@@ -160,23 +159,59 @@ pub async fn open_frames(host: &Host, transport: Transport, count: usize) {
     }
 }
 
-/// Opens one frame of the transport's kind.
+/// Opens one frame of the transport's kind (an isolated extension's renderer halves run with
+/// its main, in its process, for in-process frames).
 pub async fn open_frame(host: &Host, transport: Transport) -> extension_host::FrameId {
     match transport {
-        Transport::InProcess => host.open_frame().await,
+        Transport::InProcess | Transport::Isolated => host.open_frame().await,
         Transport::ChildProcess => host.open_child_frame().await.expect("a renderer process starts"),
     }
 }
 
-/// A host running `crates`, with `frames` frames of the transport's kind open.
+/// A host running `crates` on `transport`, with `frames` frames of the transport's kind open.
 pub async fn host_with_frames(transport: Transport, crates: &[&str], frames: usize) -> Host {
-    let host = host_with(crates).await;
+    let host = host_for(transport, crates).await;
     open_frames(&host, transport, frames).await;
     host
 }
 
-/// Runs each named `async fn name(transport: Transport)` twice: with in-process frames and
-/// with frames in renderer processes. One conformance suite, two transports.
+/// A host running `crates` on `transport`: the one way a conformance test builds its host.
+pub async fn host_for(transport: Transport, crates: &[&str]) -> Host {
+    host_from(transport, config(), crates).await
+}
+
+/// A host with `config` running `crates` on `transport`.
+pub async fn host_from(transport: Transport, config: HostConfig, crates: &[&str]) -> Host {
+    let host = Host::new(config);
+    for name in crates {
+        start(&host, transport, name).await;
+    }
+    host
+}
+
+/// Loads crate `name` into `host` and activates it on `transport` (isolated first, if that is
+/// the transport: isolation is chosen before activation).
+pub async fn start(host: &Host, transport: Transport, name: &str) {
+    start_library(host, transport, &library(name)).await;
+}
+
+/// Loads the library at `path` into `host` and activates it on `transport`.
+pub async fn start_library(host: &Host, transport: Transport, path: &Path) {
+    let info = host.load(path).expect("the library loads");
+    if transport == Transport::Isolated {
+        host.set_isolated(&info.name, true).expect("a loaded extension can be isolated");
+    }
+    host.activate(&info.name).await.expect("the extension activates");
+    // The transport is what it says: an isolated main half runs in a process of its own.
+    let snapshot = host.inspect().await;
+    let extension = snapshot.extension(&info.name).expect("a loaded extension is inspected");
+    let in_own_process = extension.isolated && extension.pid.is_some();
+    assert_eq!(in_own_process, transport == Transport::Isolated, "{transport:?}: {extension:?}");
+}
+
+/// Runs each named `async fn name(transport: Transport)` three times: with in-process frames,
+/// with frames in renderer processes, and isolated (main and its in-process frames in the
+/// extension's own process). One conformance suite, every transport.
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod in_process {
@@ -195,17 +230,46 @@ macro_rules! conformance {
                 }
             )*
         }
+        mod isolated {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(crate::support::Transport::Isolated).await
+                }
+            )*
+        }
     };
 }
 
-/// A host with the given crates loaded and activated.
+/// Runs each named `async fn name(transport: Transport)` on the two transports where main and
+/// the frames' renderer halves share one instance: in the host's process (where requests
+/// between them stay in the instance) and isolated (where they make a round trip through the
+/// host). For what only holds within one instance (several renderer halves in it, a frame's
+/// handle outliving its half); everything else is `conformance!`.
+macro_rules! same_instance {
+    ($($name:ident),* $(,)?) => {
+        mod same_instance_in_process {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(crate::support::Transport::InProcess).await
+                }
+            )*
+        }
+        mod same_instance_isolated {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(crate::support::Transport::Isolated).await
+                }
+            )*
+        }
+    };
+}
+
+/// A host with the given crates loaded and activated in process.
 pub async fn host_with(crates: &[&str]) -> Host {
-    let host = Host::new(config());
-    for name in crates {
-        let info = host.load(library(name)).expect("the library loads");
-        host.activate(&info.name).await.expect("the extension activates");
-    }
-    host
+    host_for(Transport::InProcess, crates).await
 }
 
 /// Waits for a log record of `extension` matching `matches`.

@@ -52,7 +52,11 @@ async fn a_truncated_library_is_refused_by_load_and_the_host_goes_on() {
         let error = host.load(&path).unwrap_err();
         let text = error.to_string();
         match &error {
-            LoadError::Truncated { path: named, .. } => assert_eq!(named, &path),
+            LoadError::Truncated { path: named, end, len: file_len, .. } => {
+                assert_eq!(named, &path);
+                assert_eq!(*file_len, len as u64, "the file's length");
+                assert!(*end > *file_len, "the part named ends past it: {end}");
+            }
             other => panic!("a cut at {len} bytes: {other:?}"),
         }
         assert!(text.contains(&path.display().to_string()), "{text}");

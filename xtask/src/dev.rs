@@ -219,8 +219,7 @@ fn find(name: &str) -> Result<(Package, Vec<String>)> {
             "package `{package_name}` builds no cdylib, so it is not an extension (its `[lib]` needs `crate-type = [\"cdylib\"]`)"
         );
     };
-    let file = format!("{}{}{}", std::env::consts::DLL_PREFIX, library.replace('-', "_"), std::env::consts::DLL_SUFFIX);
-    let library = target_dir.join("debug").join(file);
+    let library = target_dir.join("debug").join(super::library_file_name(library));
     let build = match manifest {
         Some(_) => vec!["build".to_owned(), "--manifest-path".to_owned(), manifest_path.to_owned()],
         None => vec!["build".to_owned(), "-p".to_owned(), package_name.to_owned()],

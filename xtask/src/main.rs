@@ -137,9 +137,7 @@ fn demo(seconds: f64) -> Result<()> {
     host.current_dir(workspace_root());
     host.args(["run", "--frames", "1", "--child-frames", "1", "--duration", &seconds.to_string()]);
     for sample in SAMPLES {
-        let file =
-            format!("{}{}{}", std::env::consts::DLL_PREFIX, sample.replace('-', "_"), std::env::consts::DLL_SUFFIX);
-        host.arg(target.join("debug").join(file));
+        host.arg(target.join("debug").join(library_file_name(sample)));
     }
     if std::env::var_os("RUST_LOG").is_none() {
         host.env("RUST_LOG", "info");
@@ -402,6 +400,13 @@ fn new_extension(name: &str, dir: Option<PathBuf>) -> Result<()> {
     Ok(())
 }
 
+/// The file cargo writes the cdylib of crate `name` to (`libname.so` on Linux): xtask's one
+/// copy of the rule (it does not depend on the host, whose `testing::library_file_name` is the
+/// suite's).
+fn library_file_name(name: &str) -> String {
+    format!("{}{}{}", std::env::consts::DLL_PREFIX, name.replace('-', "_"), std::env::consts::DLL_SUFFIX)
+}
+
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_owned).unwrap_or_default()
 }
@@ -427,7 +432,13 @@ fn run(command: &mut Command) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::name_problem;
+    use super::{library_file_name, name_problem};
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_library_file_name_is_cargos_for_the_crate() {
+        assert_eq!(library_file_name("reload-v1"), "libreload_v1.so");
+    }
 
     #[test]
     fn names_cargo_accepts_are_accepted() {

@@ -38,6 +38,7 @@ pub struct HostConfig {
     /// is such a program; an embedding application can dispatch that subcommand to
     /// [`crate::remote::child::run`]. Defaults to the running executable.
     pub child_program: PathBuf,
+    /// Arguments given to `child_program` before the `child` subcommand (none by default).
     pub child_args: Vec<OsString>,
     /// How many crashes of one child process (a frame's, or an isolated extension's) the host
     /// restarts within a window; past that it leaves it stopped, with the reason.
@@ -144,7 +145,9 @@ impl Default for HostConfig {
 /// (with `crashes` at least 1) every crash is restarted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CrashBudget {
+    /// How many crashes within `window` are restarted.
     pub crashes: u32,
+    /// How long a crash counts against the budget.
     pub window: Duration,
 }
 

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::core::lock;
 use crate::endpoint::Endpoint;
-use crate::error::HostError;
+use crate::error::{HostError, Operation};
 use crate::events::HostEvent;
 use crate::link::Link;
 use crate::remote::{Connection, Role};
@@ -29,9 +29,8 @@ impl Host {
                 ref state => {
                     return Err(HostError::WrongState {
                         name: name.to_owned(),
-                        state: state.to_string(),
-                        operation: "activate",
-                        needed: "loaded, inactive or failed",
+                        state: state.clone(),
+                        operation: Operation::Activate,
                     });
                 }
             }
@@ -118,9 +117,8 @@ impl Host {
                     entry.link = link;
                     return Err(HostError::WrongState {
                         name: name.to_owned(),
-                        state: state.to_string(),
-                        operation: "deactivate",
-                        needed: "active",
+                        state: state.clone(),
+                        operation: Operation::Deactivate,
                     });
                 }
             }

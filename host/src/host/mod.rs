@@ -28,7 +28,7 @@ pub use watchdog::ProcessUsage;
 
 use crate::core::{Core, lock};
 use crate::endpoint::ControlError;
-use crate::error::{HostError, LoadError};
+use crate::error::{HostError, LoadError, Operation, Refusal};
 use crate::events::{HostEvent, LogRecord, ObservedBroadcast};
 use crate::library::{self, Library, LibraryInfo};
 use crate::link::Link;
@@ -178,9 +178,8 @@ impl Host {
             ExtensionState::Activating | ExtensionState::Active | ExtensionState::Deactivating => {
                 Err(HostError::WrongState {
                     name: name.to_owned(),
-                    state: entry.state.to_string(),
-                    operation: "changing isolation",
-                    needed: "not running",
+                    state: entry.state.clone(),
+                    operation: Operation::ChangeIsolation,
                 })
             }
             _ => {
@@ -195,6 +194,8 @@ impl Host {
         lock(&self.inner.extensions).get(name).map(|entry| entry.library.info.clone())
     }
 
+    /// Where extension `name` is in its lifecycle; `None` if no extension of that name is
+    /// loaded.
     pub fn state(&self, name: &str) -> Option<ExtensionState> {
         lock(&self.inner.extensions).get(name).map(|entry| entry.state.clone())
     }
@@ -239,12 +240,9 @@ impl Host {
         let entry = extensions.get(name).ok_or_else(|| HostError::UnknownExtension(name.to_owned()))?;
         match (&entry.state, &entry.link) {
             (ExtensionState::Active, Some(link)) => Ok(link.clone()),
-            (state, _) => Err(HostError::WrongState {
-                name: name.to_owned(),
-                state: state.to_string(),
-                operation: "this",
-                needed: "active",
-            }),
+            (state, _) => {
+                Err(HostError::WrongState { name: name.to_owned(), state: state.clone(), operation: Operation::Call })
+            }
         }
     }
 
@@ -355,7 +353,7 @@ impl Host {
                 size: channel.len() + payload.len(),
                 limit: extension_api::abi::MAX_MESSAGE,
             }),
-            status => Err(HostError::Refused { name: name.to_owned(), status }),
+            status => Err(HostError::Refused { name: name.to_owned(), reason: Refusal::of_status(status) }),
         }
     }
 
@@ -442,7 +440,7 @@ impl Host {
             Ok(Completion::StoreSnapshot(snapshot)) => {
                 Ok(snapshot.values.into_iter().map(|(key, value)| (key, value.into_vec())).collect())
             }
-            _ => Err(HostError::Refused { name: name.to_owned(), status: extension_api::abi::status::DEACTIVATED }),
+            _ => Err(HostError::Refused { name: name.to_owned(), reason: Refusal::NotRunning }),
         }
     }
 
@@ -455,7 +453,7 @@ impl Host {
             Ok(Completion::StorageSeed(seed)) => {
                 Ok(seed.snapshot.values.into_iter().map(|(key, value)| (key, value.into_vec())).collect())
             }
-            _ => Err(HostError::Refused { name: name.to_owned(), status: extension_api::abi::status::DEACTIVATED }),
+            _ => Err(HostError::Refused { name: name.to_owned(), reason: Refusal::NotRunning }),
         }
     }
 

@@ -13,8 +13,11 @@ use crate::library::LibraryInfo;
 pub enum ExtensionState {
     /// Loaded and validated, never activated.
     Loaded,
+    /// Its activation runs (main's `activate`, then each frame's renderer half).
     Activating,
+    /// Running: its namespace routes messages.
     Active,
+    /// Its deactivation runs; nothing is routed to or from it any more.
     Deactivating,
     /// Deactivated; can be activated again.
     Inactive,
@@ -56,7 +59,9 @@ pub enum FrameKind {
 /// Everything the host knows about one extension.
 #[derive(Debug, Clone, Serialize)]
 pub struct ExtensionSnapshot {
+    /// What its library says about itself, and where it was loaded from.
     pub info: LibraryInfo,
+    /// Where it is in its lifecycle.
     pub state: ExtensionState,
     /// Whether its main half runs in a child process of its own.
     pub isolated: bool,
@@ -87,7 +92,9 @@ pub struct ExtensionSnapshot {
 /// One frame.
 #[derive(Debug, Clone, Serialize)]
 pub struct FrameSnapshot {
+    /// The frame's number.
     pub id: u64,
+    /// Where its renderer halves run.
     pub kind: FrameKind,
     /// Its renderer process, while it runs.
     pub pid: Option<u32>,
@@ -100,15 +107,19 @@ pub struct FrameSnapshot {
 /// The whole host at one moment.
 #[derive(Debug, Clone, Serialize)]
 pub struct HostSnapshot {
+    /// Every loaded extension, in name order.
     pub extensions: Vec<ExtensionSnapshot>,
+    /// Every open frame, in number order.
     pub frames: Vec<FrameSnapshot>,
 }
 
 impl HostSnapshot {
+    /// The extension named `name`, if it is loaded.
     pub fn extension(&self, name: &str) -> Option<&ExtensionSnapshot> {
         self.extensions.iter().find(|extension| extension.info.name == name)
     }
 
+    /// Frame `id`, if it is open.
     pub fn frame(&self, id: u64) -> Option<&FrameSnapshot> {
         self.frames.iter().find(|frame| frame.id == id)
     }
