@@ -4,10 +4,10 @@
 
 use std::io::{self, Read};
 use std::os::unix::net::UnixStream;
-use std::sync::{OnceLock, Weak};
+use std::sync::{Arc, Weak};
 
-use crate::remote::Connection;
 use crate::remote::protocol::{Framing, Packet, decode};
+use crate::remote::{ChildReader, Connection};
 
 /// Keys the connection of [`receive_from_child`] was given (their instances are gone, so
 /// packets for them are checked, then dropped).
@@ -73,23 +73,20 @@ pub fn decode_frames(bytes: &[u8], chunk: usize) -> (Vec<Packet>, Option<String>
 /// would close the connection). Returns how many packets were accepted, and why it stopped
 /// before the end of `bytes`.
 pub fn receive_from_child(bytes: &[u8], chunk: usize) -> (usize, Option<String>) {
-    static RUNTIME: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
-    let runtime = RUNTIME.get_or_init(|| tokio::runtime::Builder::new_current_thread().build().ok());
-    let Some(runtime) = runtime else { return (0, Some("no tokio runtime".to_owned())) };
     let writer = match UnixStream::pair() {
         Ok((writer, _other_end)) => writer,
         Err(error) => return (0, Some(format!("no socket pair: {error}"))),
     };
-    let connection = Connection::detached(writer, runtime.handle().clone(), &[LOADING_KEY]);
+    let reader = ChildReader::new(Arc::new(Connection::detached(writer, &[LOADING_KEY])));
     for key in GIVEN_KEYS.into_iter().chain([RETIRED_KEY]) {
-        connection.register(key, Weak::new());
+        reader.register(key, Weak::new(), Weak::new());
     }
-    connection.unregister(RETIRED_KEY);
+    reader.retire(RETIRED_KEY);
 
     let (frames, error) = read_frames(bytes, chunk);
     let mut accepted = 0;
     for frame in frames {
-        match connection.receive(&frame) {
+        match reader.receive(&frame) {
             Ok(()) => accepted += 1,
             Err(violation) => return (accepted, Some(format!("protocol violation: {violation}"))),
         }

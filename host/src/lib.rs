@@ -4,6 +4,9 @@
 //! activate, deactivate, uninstall), opens frames for their renderer halves, and routes every
 //! extension's IPC inside its own namespace. See `ARCHITECTURE.md` at the repository root.
 
+// The message core, in layers that call one way (see ARCHITECTURE.md):
+// inbound (`inbound`, `remote::reader`) -> routing (`link`, `requests`) -> `endpoint` ->
+// `transport`; `instances` joins them when an instance starts or stops.
 mod core;
 mod endpoint;
 mod error;
@@ -12,13 +15,30 @@ mod events;
 #[doc(hidden)]
 pub mod fuzzing;
 mod host;
+mod inbound;
+mod instances;
+mod keys;
 mod library;
 mod link;
 mod private_dir;
-pub mod remote;
+mod remote;
+mod requests;
 mod storage;
 pub mod testing;
+mod transport;
 pub mod watch;
+
+/// The child protocol's plain data, for tooling that speaks it (the suite's rogue child, the
+/// benchmark, the fuzz targets): no part of the host's API.
+#[doc(hidden)]
+pub mod child_protocol {
+    pub use crate::remote::protocol::*;
+}
+
+/// The `host child` subcommand: serves the host that started this process until it goes
+/// away. For the `host` binary only: the child protocol is no part of the host's API.
+#[doc(hidden)]
+pub use remote::child::run as run_child;
 
 pub use error::{HostError, LoadError, ReloadError};
 pub use events::{HostEvent, LogRecord, ObservedBroadcast, OneLine};

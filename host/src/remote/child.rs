@@ -3,20 +3,21 @@
 //! ends (the host exited, crashed or was killed), the child exits at once: no orphans.
 
 use std::collections::HashMap;
-use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::OnceLock;
 
 use extension_api::abi::{self, Descriptor, HostVTable, RawMessage, RawSlice};
-use extension_api::wire::{Completion, ErrorPayload, InstanceConfig};
+use extension_api::message::{Message, Reply};
+use extension_api::wire::{Completion, InstanceConfig};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::protocol::{self, Framing, OwnedMessage, PROTOCOL_VERSION, Packet};
+use crate::transport::InstancePtr;
 
 /// The socket to the host, written by whichever thread sends (extension threads call the
 /// vtable below); frames are written whole, under the lock.
@@ -33,14 +34,6 @@ const READER_POST_BOUND: usize = 65_536;
 
 static CHILD_VTABLE: HostVTable =
     HostVTable { abi_version: abi::ABI_VERSION, send: child_send, complete: child_complete, log: child_log };
-
-/// An instance pointer a library gave this child.
-#[derive(Clone, Copy)]
-struct InstancePtr(*mut c_void);
-
-// SAFETY: instances are built for use from any thread (`control`/`deliver` only queue work);
-// `destroy` is called once, after the instance is removed from the table.
-unsafe impl Send for InstancePtr {}
 
 struct Instance {
     descriptor: &'static Descriptor,
@@ -278,16 +271,8 @@ fn start(key: u64, path: &Path, config: &InstanceConfig) -> Result<Instance, Str
 /// The error reply to a request the instance `key` could not take.
 fn refusal(key: u64, request: &OwnedMessage, status: u32) -> Packet {
     let (kind, why) = extension_api::message::refusal(status);
-    let payload = rmp_serde::to_vec_named(&ErrorPayload { message: why, data: None }).unwrap_or_default();
-    let message = OwnedMessage {
-        kind: abi::kind::REPLY,
-        status: extension_api::message::error_code(kind),
-        origin: request.target,
-        target: request.origin,
-        request_id: request.request_id,
-        channel: String::new(),
-        payload,
-    };
+    let reply = Reply::error(kind, why);
+    let message = Message::reply(request.target, request.origin, request.request_id, &reply).to_owned();
     Packet::Message { key, message }
 }
 
