@@ -10,11 +10,11 @@ use std::time::Duration;
 use extension_api::abi::Descriptor;
 use extension_api::wire::InstanceConfig;
 
+use crate::child_process::{ChildProcess, LoadFailed};
 use crate::endpoint::Endpoint;
 use crate::inbound;
 use crate::keys::next_key;
 use crate::link::Link;
-use crate::remote::{ChildProcess, LoadFailed};
 use crate::transport::{InProcess, Refused, Transport};
 
 /// Why an instance could not be started.

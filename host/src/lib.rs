@@ -5,8 +5,10 @@
 //! extension's IPC inside its own namespace. See `ARCHITECTURE.md` at the repository root.
 
 // The message core, in layers that call one way (see ARCHITECTURE.md):
-// inbound (`inbound`, `remote::reader`) -> routing (`link`, `requests`) -> `endpoint` ->
-// `transport`; `instances` joins them when an instance starts or stops.
+// inbound (`inbound`: the C callbacks, a child connection's reader) -> routing (`link`,
+// `requests`) -> `endpoint` -> `transport` -> `remote` (the child protocol's plumbing);
+// `instances` and `child_process` join them when an instance starts or stops.
+mod child_process;
 mod core;
 mod endpoint;
 mod error;
@@ -16,6 +18,7 @@ mod events;
 pub mod fuzzing;
 mod host;
 mod inbound;
+mod instance_ptr;
 mod instances;
 mod keys;
 mod library;

@@ -10,13 +10,14 @@ use extension_api::{FrameId, InvokeErrorKind};
 
 use super::config::CrashLog;
 use super::{Frame, FrameKind, GRACE, Host, completion_problem, deadline_after, millis, tell_frames, time_left};
+use crate::child_process::ChildProcess;
 use crate::core::lock;
 use crate::endpoint::Endpoint;
 use crate::error::HostError;
 use crate::events::HostEvent;
 use crate::instances;
 use crate::link::Link;
-use crate::remote::{ChildProcess, Role};
+use crate::remote::Role;
 
 impl Host {
     pub(super) async fn open_frame_locked(&self, kind: FrameKind) -> Result<FrameId, HostError> {

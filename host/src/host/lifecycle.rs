@@ -10,12 +10,13 @@ use extension_api::wire::Control;
 use super::{
     DeactivateReport, ExtensionState, GRACE, Host, completion_problem, deadline_after, millis, tell_frames, time_left,
 };
+use crate::child_process::ChildProcess;
 use crate::core::lock;
 use crate::error::HostError;
 use crate::events::HostEvent;
 use crate::instances;
 use crate::link::Link;
-use crate::remote::{ChildProcess, Role};
+use crate::remote::Role;
 use crate::storage::Limits;
 
 impl Host {

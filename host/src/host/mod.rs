@@ -26,13 +26,14 @@ pub use config::{CrashBudget, HostConfig, StorageConfig, default_data_dir};
 pub use snapshot::{DeactivateReport, ExtensionSnapshot, ExtensionState, FrameKind, FrameSnapshot, HostSnapshot};
 pub use watchdog::ProcessUsage;
 
+use crate::child_process::ChildProcess;
 use crate::core::{Core, lock};
 use crate::endpoint::ControlError;
 use crate::error::{HostError, LoadError};
 use crate::events::{HostEvent, LogRecord, ObservedBroadcast};
 use crate::library::{self, Library, LibraryInfo};
 use crate::link::Link;
-use crate::remote::{ChildProcess, Role};
+use crate::remote::Role;
 use crate::storage::{Limits, Storage};
 use config::CrashLog;
 

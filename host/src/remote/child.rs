@@ -17,7 +17,7 @@ use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::protocol::{self, Framing, OwnedMessage, PROTOCOL_VERSION, Packet};
-use crate::transport::InstancePtr;
+use crate::instance_ptr::InstancePtr;
 
 /// The socket to the host, written by whichever thread sends (extension threads call the
 /// vtable below); frames are written whole, under the lock.

@@ -1,6 +1,6 @@
 //! The host's end of a child connection, its writing side: spawning the child, the
 //! handshake, and the packets the host sends (the child-process transport's wire). What the
-//! child sends is read and validated by the connection's reader (`reader.rs`).
+//! child sends is read and validated by the connection's reader (`inbound::ChildReader`).
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -50,7 +50,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The host's end of one child process: the process and the socket's writing side. It knows
 /// keys and packets, nothing of endpoints or links: what arrives is routed by the
-/// connection's reader (`reader.rs`), which holds what it routes to.
+/// connection's reader (`inbound::ChildReader`), which holds what it routes to.
 pub(crate) struct Connection {
     pub(crate) role: Role,
     pub(crate) pid: u32,

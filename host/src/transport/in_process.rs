@@ -2,23 +2,13 @@
 //! descriptor. The only code of the host's routing side that crosses the C ABI outward
 //! (`to_raw`, the descriptor's function pointers).
 
-use std::ffi::c_void;
 use std::sync::{PoisonError, RwLock};
 
 use extension_api::abi::{self, Descriptor, HostVTable, RawSlice};
 use extension_api::message::Message;
 use extension_api::wire::{Control, InstanceConfig};
 
-/// An instance pointer a library gave back from `instantiate`.
-#[derive(Clone, Copy)]
-pub(crate) struct InstancePtr(pub(crate) *mut c_void);
-
-// SAFETY: a library's instance is built for use from any thread: `control` and `deliver` only
-// queue work for its own runtime thread, behind its own synchronisation, and `destroy` is called
-// once, by whoever took the pointer out of where it was kept.
-unsafe impl Send for InstancePtr {}
-// SAFETY: as for `Send`: every entry point of the instance synchronises internally.
-unsafe impl Sync for InstancePtr {}
+use crate::instance_ptr::InstancePtr;
 
 /// Why an instance could not be started in this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

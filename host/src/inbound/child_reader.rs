@@ -10,11 +10,11 @@ use std::sync::{Arc, Mutex, Weak};
 
 use extension_api::abi;
 
-use super::connection::{Connection, packet_name};
-use super::protocol::{self, Framing, Packet};
 use crate::core::lock;
 use crate::endpoint::Endpoint;
 use crate::link::Link;
+use crate::remote::protocol::{self, Framing, Packet};
+use crate::remote::{Connection, packet_name};
 
 /// What a key given to the connection routes to.
 struct Routed {

@@ -1,6 +1,7 @@
 //! The host's handle on one child process: its connection (the writing side, which the
 //! instances' transports use) and its reader (the inbound side, which routes what the child
-//! sends). Starting an instance there gives its key to both.
+//! sends). Starting an instance there gives its key to both; this handle joins the layers
+//! for a child process as `instances.rs` does for this one.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -9,11 +10,11 @@ use std::time::Duration;
 
 use extension_api::wire::InstanceConfig;
 
-use super::connection::{Connection, Role, SpawnError, Spawned, describe_exit};
-use super::reader::ChildReader;
 use crate::endpoint::Endpoint;
+use crate::inbound::ChildReader;
 use crate::keys::next_key;
 use crate::link::Link;
+use crate::remote::{Connection, Role, SpawnError, Spawned, describe_exit};
 use crate::transport::{ChildInstance, Transport};
 
 /// Called once when a child process is lost unexpectedly (it crashed, exited, or broke the
