@@ -38,10 +38,14 @@ pub mod child_protocol {
     pub use crate::remote::protocol::*;
 }
 
-/// The `host child` subcommand: serves the host that started this process until it goes
-/// away. For the `host` binary only: the child protocol is no part of the host's API.
-#[doc(hidden)]
-pub use remote::child::run as run_child;
+/// Runs this process as a child process of a host: the `child --socket PATH --token TOKEN`
+/// subcommand that [`HostConfig::child_program`] is started with (the `host` binary's
+/// `host child`; an embedding application dispatches that subcommand here). Serves the host
+/// until it goes away, then exits; returns only if it could not start. The protocol it speaks
+/// is no part of the host's API.
+pub fn run_child(socket: &std::path::Path, token: &str) -> std::process::ExitCode {
+    remote::child::run(socket, token)
+}
 
 pub use error::{HostError, LoadError, ReloadError};
 pub use events::{HostEvent, LogRecord, ObservedBroadcast, OneLine};

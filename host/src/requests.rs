@@ -155,11 +155,12 @@ impl Requests {
     /// real request as it was. `Some` carries the host's waiter if the host asked.
     pub(crate) fn answer(&self, replier: Peer, invoker: Peer, request_id: u64) -> Option<Option<HostWaiter>> {
         let mut table = lock(&self.table);
-        let entry = table.entries.get(&(invoker, request_id))?;
-        if entry.target != replier {
-            return None;
+        match table.entries.entry((invoker, request_id)) {
+            std::collections::hash_map::Entry::Occupied(entry) if entry.get().target == replier => {
+                Some(entry.remove().waiter)
+            }
+            _ => None,
         }
-        table.entries.remove(&(invoker, request_id)).map(|entry| entry.waiter)
     }
 
     /// Takes out `origin`'s request `request_id` that its origin gave up (a cancel): its target

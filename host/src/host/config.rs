@@ -36,7 +36,7 @@ pub struct HostConfig {
     /// The program started for child processes (renderer processes, isolated extensions),
     /// followed by `child_args`, then `child --socket PATH --token TOKEN`. The `host` binary
     /// is such a program; an embedding application can dispatch that subcommand to
-    /// [`crate::remote::child::run`]. Defaults to the running executable.
+    /// [`crate::run_child`]. Defaults to the running executable.
     pub child_program: PathBuf,
     pub child_args: Vec<OsString>,
     /// How many crashes of one child process (a frame's, or an isolated extension's) the host

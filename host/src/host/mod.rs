@@ -624,9 +624,9 @@ impl Host {
     /// Starts a child process for `role`; its unexpected end is handled as a crash.
     async fn spawn_child(&self, role: Role) -> Result<Arc<ChildProcess>, HostError> {
         let weak = self.weak();
-        let on_lost = Box::new(move |connection: Arc<ChildProcess>, reason: String| {
+        let on_lost = Box::new(move |process: Arc<ChildProcess>, reason: String| {
             if let Some(host) = Host::from_weak(&weak) {
-                tokio::spawn(host.on_child_lost(connection, reason));
+                tokio::spawn(host.on_child_lost(process, reason));
             }
         });
         let config = &self.inner.config;
@@ -636,14 +636,14 @@ impl Host {
     }
 
     /// Boxed: restarting after a crash starts a child whose loss comes back here.
-    fn on_child_lost(&self, connection: Arc<ChildProcess>, reason: String) -> BoxFuture<'static, ()> {
+    fn on_child_lost(&self, process: Arc<ChildProcess>, reason: String) -> BoxFuture<'static, ()> {
         let host = self.clone();
         Box::pin(async move {
-            let role = connection.role().clone();
+            let role = process.role().clone();
             host.operation(move |host| async move {
                 match role {
-                    Role::Frame(frame) => host.frame_crashed(frame, &connection, &reason).await,
-                    Role::Isolated(name) => host.extension_crashed(&name, &connection, &reason).await,
+                    Role::Frame(frame) => host.frame_crashed(frame, &process, &reason).await,
+                    Role::Isolated(name) => host.extension_crashed(&name, &process, &reason).await,
                 }
             })
             .await;
