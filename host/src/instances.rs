@@ -14,8 +14,9 @@ use crate::child_process::{ChildProcess, LoadFailed};
 use crate::endpoint::Endpoint;
 use crate::inbound;
 use crate::keys::next_key;
+use crate::library_instance::Refused;
 use crate::link::Link;
-use crate::transport::{InProcess, Refused, Transport};
+use crate::transport::{InProcess, Transport};
 
 /// Why an instance could not be started.
 #[derive(Debug, thiserror::Error)]

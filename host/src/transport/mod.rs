@@ -15,7 +15,7 @@ use extension_api::message::Message;
 use extension_api::wire::Control;
 
 pub(crate) use child_process::ChildInstance;
-pub(crate) use in_process::{InProcess, Refused};
+pub(crate) use in_process::InProcess;
 
 use crate::remote::Role;
 
