@@ -143,3 +143,79 @@ impl ChildReader {
         self.connection.drop_waiters();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::Core;
+    use crate::transport::Transport;
+    use crate::transport::recording::Recording;
+    use extension_api::abi::PEER_MAIN;
+    use extension_api::message::{self, Message};
+    use extension_api::wire::OwnedMessage;
+
+    const KEY: u64 = 5;
+    const FRAME: u64 = 2;
+
+    fn recording(endpoint: &Endpoint) -> &Recording {
+        match endpoint.transport() {
+            Transport::Recording(recording) => recording,
+            _ => panic!("not a recording transport"),
+        }
+    }
+
+    fn packet(key: u64, message: OwnedMessage) -> Vec<u8> {
+        protocol::encode(&Packet::Message { key, message }).unwrap()
+    }
+
+    fn invoke(origin: u64, request_id: u64) -> OwnedMessage {
+        Message {
+            kind: abi::kind::INVOKE,
+            status: 0,
+            origin,
+            target: PEER_MAIN,
+            request_id,
+            channel: "ch",
+            payload: &[1],
+        }
+        .to_owned()
+    }
+
+    #[test]
+    fn a_childs_packets_route_only_as_the_halves_it_runs_and_only_under_its_keys() {
+        let link = Link::new("t", Arc::new(Core::new()));
+        let main = Endpoint::new(1, Transport::Recording(Recording::default()));
+        main.place(PEER_MAIN);
+        let child = Endpoint::new(KEY, Transport::Recording(Recording::default()));
+        child.place(FRAME);
+        link.add_endpoint(main.clone());
+        link.add_endpoint(child.clone());
+        let (writer, _other_end) = UnixStream::pair().unwrap();
+        let reader = ChildReader::new(Arc::new(Connection::detached(writer, &[])));
+        reader.register(KEY, Arc::downgrade(&link), Arc::downgrade(&child));
+
+        // A request of the half that runs there reaches main.
+        reader.receive(&packet(KEY, invoke(FRAME, 1))).unwrap();
+        assert_eq!(recording(&main).take(), vec![invoke(FRAME, 1)]);
+        // One claiming another origin is refused, and nobody gets an answer for it.
+        reader.receive(&packet(KEY, invoke(3, 2))).unwrap();
+        assert!(recording(&main).take().is_empty());
+        assert!(recording(&child).take().is_empty());
+        // A request refused on its way is answered to its invoker at once.
+        recording(&main).refuse_with(abi::status::BUSY);
+        reader.receive(&packet(KEY, invoke(FRAME, 3))).unwrap();
+        let answers = recording(&child).take();
+        assert_eq!(answers.len(), 1);
+        assert_eq!((answers[0].kind, answers[0].request_id), (abi::kind::REPLY, 3));
+        assert_eq!(message::error_kind(answers[0].status), Some(extension_api::InvokeErrorKind::Overloaded));
+        recording(&main).refuse_with(abi::status::OK);
+
+        // A key not given to this connection is a violation.
+        let violation = reader.receive(&packet(KEY + 1, invoke(FRAME, 4))).unwrap_err();
+        assert!(violation.contains("does not belong"), "{violation}");
+        // Once the instance is destroyed, its late packets are dropped, not routed.
+        reader.receive(&protocol::encode(&Packet::Destroyed { key: KEY }).unwrap()).unwrap();
+        reader.receive(&packet(KEY, invoke(FRAME, 5))).unwrap();
+        assert!(recording(&main).take().is_empty());
+    }
+}
