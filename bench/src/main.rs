@@ -316,7 +316,7 @@ fn packet_bytes(size: usize) -> usize {
         bytes: Vec<u8>,
     }
     let payload = rmp_serde::to_vec_named(&Payload { bytes: vec![7; size] }).unwrap_or_default();
-    let message = extension_host::remote::protocol::OwnedMessage {
+    let message = extension_host::child_protocol::OwnedMessage {
         kind: 2,
         status: 0,
         origin: 1,
@@ -325,7 +325,7 @@ fn packet_bytes(size: usize) -> usize {
         channel: "echo".into(),
         payload,
     };
-    extension_host::remote::protocol::encode(&extension_host::remote::protocol::Packet::Message { key: 1, message })
+    extension_host::child_protocol::encode(&extension_host::child_protocol::Packet::Message { key: 1, message })
         .map(|bytes| bytes.len())
         .unwrap_or(size)
 }

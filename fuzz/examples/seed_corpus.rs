@@ -12,7 +12,7 @@ use extension_api::wire::{
     Busy, ChannelKind, ChannelStats, Completion, Control, ErrorPayload, HalfSnapshot, InstanceConfig, InstanceSnapshot,
     MailboxLimit, OwnedMessage, SlowHandler, StoreSnapshot, StoreUpdate, StoreWrite,
 };
-use extension_host::remote::protocol::{Framing, PROTOCOL_VERSION, Packet};
+use extension_host::child_protocol::{Framing, PROTOCOL_VERSION, Packet};
 use extension_host_fuzz::{Decoder, Settings, Shape};
 use serde::Serialize;
 

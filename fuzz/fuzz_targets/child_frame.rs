@@ -11,7 +11,7 @@
 use extension_api::abi;
 use extension_api::wire::{self, Control, OwnedMessage};
 use extension_host::fuzzing::{decode_frames, read_frames, receive_from_child};
-use extension_host::remote::protocol::{MAX_PACKET, Packet, decode, encode};
+use extension_host::child_protocol::{MAX_PACKET, Packet, decode, encode};
 use extension_host_fuzz::on_decoding_stack;
 use libfuzzer_sys::fuzz_target;
 

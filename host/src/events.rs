@@ -20,16 +20,9 @@ pub struct LogRecord {
 
 impl LogRecord {
     pub(crate) fn new(extension: &str, level: u32, target: &str, message: &str) -> LogRecord {
-        let level = match level {
-            1 => "ERROR",
-            2 => "WARN",
-            3 => "INFO",
-            4 => "DEBUG",
-            _ => "TRACE",
-        };
         LogRecord {
             extension: extension.to_owned(),
-            level: level.to_owned(),
+            level: extension_api::message::level_of(level).as_str().to_owned(),
             target: target.to_owned(),
             message: message.to_owned(),
         }

@@ -4,8 +4,9 @@
 
 use std::io::{self, Read};
 use std::os::unix::net::UnixStream;
-use std::sync::{OnceLock, Weak};
+use std::sync::{Arc, Weak};
 
+use crate::inbound::ChildReader;
 use crate::remote::Connection;
 use crate::remote::protocol::{Framing, Packet, decode};
 
@@ -73,23 +74,20 @@ pub fn decode_frames(bytes: &[u8], chunk: usize) -> (Vec<Packet>, Option<String>
 /// would close the connection). Returns how many packets were accepted, and why it stopped
 /// before the end of `bytes`.
 pub fn receive_from_child(bytes: &[u8], chunk: usize) -> (usize, Option<String>) {
-    static RUNTIME: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
-    let runtime = RUNTIME.get_or_init(|| tokio::runtime::Builder::new_current_thread().build().ok());
-    let Some(runtime) = runtime else { return (0, Some("no tokio runtime".to_owned())) };
     let writer = match UnixStream::pair() {
         Ok((writer, _other_end)) => writer,
         Err(error) => return (0, Some(format!("no socket pair: {error}"))),
     };
-    let connection = Connection::detached(writer, runtime.handle().clone(), &[LOADING_KEY]);
+    let reader = ChildReader::new(Arc::new(Connection::detached(writer, &[LOADING_KEY])));
     for key in GIVEN_KEYS.into_iter().chain([RETIRED_KEY]) {
-        connection.register(key, Weak::new());
+        reader.register(key, Weak::new(), Weak::new());
     }
-    connection.unregister(RETIRED_KEY);
+    reader.retire(RETIRED_KEY);
 
     let (frames, error) = read_frames(bytes, chunk);
     let mut accepted = 0;
     for frame in frames {
-        match connection.receive(&frame) {
+        match reader.receive(&frame) {
             Ok(()) => accepted += 1,
             Err(violation) => return (accepted, Some(format!("protocol violation: {violation}"))),
         }
@@ -145,5 +143,24 @@ mod tests {
         }
         let (_, error) = receive_from_child(&[0, 0, 0, 2, 0xc1, 0xc1], 0);
         assert!(error.unwrap().contains("malformed packet"));
+    }
+
+    /// A packet holding an unknown field nested 1000 deep overflowed the decoding thread's stack
+    /// in a debug build (the host's reader thread: a child could end the host). Now refused.
+    #[test]
+    fn regression_deeply_nested_packets_are_refused_not_a_stack_overflow() {
+        let mut packet = rmp_serde::to_vec_named(&Packet::Destroyed { key: 1 }).unwrap();
+        // {"Destroyed": {"key": 1}} becomes {"Destroyed": {"key": 1, "x": [[[...]]]}}.
+        assert_eq!(packet[11], 0x81);
+        packet[11] = 0x82;
+        packet.extend_from_slice(&[0xa1, b'x']);
+        packet.extend(std::iter::repeat_n(0x91, 1000));
+        packet.push(0xc0);
+        let error = decode(&packet).unwrap_err();
+        assert!(matches!(error, rmp_serde::decode::Error::DepthLimitExceeded), "{error}");
+        let frame = [&(packet.len() as u32).to_be_bytes()[..], &packet].concat();
+        let (accepted, violation) = receive_from_child(&frame, 0);
+        assert_eq!(accepted, 0);
+        assert!(violation.unwrap().contains("depth limit exceeded"));
     }
 }

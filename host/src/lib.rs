@@ -6,6 +6,11 @@
 
 #![warn(missing_docs)]
 
+// The message core, in layers that call one way (see ARCHITECTURE.md):
+// inbound (`inbound`: the C callbacks, a child connection's reader) -> routing (`link`,
+// `requests`) -> `endpoint` -> `transport` -> `remote` (the child protocol's plumbing);
+// `instances` and `child_process` join them when an instance starts or stops.
+mod child_process;
 mod core;
 mod endpoint;
 mod error;
@@ -14,13 +19,35 @@ mod events;
 #[doc(hidden)]
 pub mod fuzzing;
 mod host;
+mod inbound;
+mod instances;
+mod keys;
 mod library;
+mod library_instance;
 mod link;
 mod private_dir;
-pub mod remote;
+mod remote;
+mod requests;
 mod storage;
 pub mod testing;
+mod transport;
 pub mod watch;
+
+/// The child protocol's plain data, for tooling that speaks it (the suite's rogue child, the
+/// benchmark, the fuzz targets): no part of the host's API.
+#[doc(hidden)]
+pub mod child_protocol {
+    pub use crate::remote::protocol::*;
+}
+
+/// Runs this process as a child process of a host: the `child --socket PATH --token TOKEN`
+/// subcommand that [`HostConfig::child_program`] is started with (the `host` binary's
+/// `host child`; an embedding application dispatches that subcommand here). Serves the host
+/// until it goes away, then exits; returns only if it could not start. The protocol it speaks
+/// is no part of the host's API.
+pub fn run_child(socket: &std::path::Path, token: &str) -> std::process::ExitCode {
+    remote::child::run(socket, token)
+}
 
 pub use error::{
     ElfPart, HostError, LoadError, MetadataField, MetadataProblem, NotALibraryReason, Operation, Refusal, ReloadError,

@@ -1,28 +1,31 @@
 //! A link: one running extension's namespace. It knows where each of the extension's halves
 //! runs (which endpoint), routes every message of the namespace, and keeps the requests in
-//! flight so that none waits forever.
+//! flight (its [`Requests`] table) so that none waits forever.
+//!
+//! Routing works on validated [`Message`]s: it reads no raw buffer and knows no transport's
+//! wire. It knows nothing of where a message came in (a C callback, a child's packet): the
+//! inbound side found the link and the endpoint from the instance key, and passes them.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
-use extension_api::abi::{self, PEER_ALL, PEER_HOST, PEER_MAIN, Peer, RawMessage, RawSlice};
-use extension_api::wire::ErrorPayload;
+use extension_api::abi::{self, PEER_ALL, PEER_HOST, PEER_MAIN, Peer};
+use extension_api::message::{self, Message, Reply};
 use extension_api::{InvokeError, InvokeErrorKind};
 use tokio::sync::oneshot;
 
-use crate::core::{Core, HostReply, lock};
+use crate::core::Core;
 use crate::endpoint::Endpoint;
 use crate::events::{LogRecord, ObservedBroadcast};
-use crate::storage::ExtensionDb;
+use crate::requests::{Ended, NotRecorded, Requests, Route};
+use crate::storage::{CommitAnswers, ExtensionDb};
 
 pub(crate) struct Link {
-    /// Unique for this run of the extension: keys the pending-request table.
-    pub(crate) id: u64,
     pub(crate) name: String,
     core: Arc<Core>,
-    /// False from the start of deactivation: nothing more is routed from or to it.
-    routing: AtomicBool,
+    /// Requests in flight; closed from the start of deactivation: nothing more is routed
+    /// from or to the extension then (but storage commits).
+    requests: Requests,
     endpoints: RwLock<Vec<Arc<Endpoint>>>,
     /// Where main's writes of the persisted tier are committed (set at activation).
     storage: OnceLock<Arc<ExtensionDb>>,
@@ -32,12 +35,10 @@ pub(crate) struct Link {
 
 impl Link {
     pub(crate) fn new(name: &str, core: Arc<Core>) -> Arc<Link> {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
         Arc::new_cyclic(|me| Link {
-            id: NEXT.fetch_add(1, Ordering::Relaxed),
             name: name.to_owned(),
             core,
-            routing: AtomicBool::new(true),
+            requests: Requests::default(),
             endpoints: RwLock::new(Vec::new()),
             storage: OnceLock::new(),
             me: me.clone(),
@@ -46,42 +47,6 @@ impl Link {
 
     pub(crate) fn set_storage(&self, storage: Arc<ExtensionDb>) {
         let _ = self.storage.set(storage);
-    }
-
-    /// The storage writer's answer to main's commits.
-    pub(crate) fn storage_answer(&self, payload: &[u8]) {
-        let status = self.deliver_to(
-            PEER_MAIN,
-            &RawMessage {
-                kind: abi::kind::STORAGE_COMMITTED,
-                status: 0,
-                origin: PEER_HOST,
-                target: PEER_MAIN,
-                request_id: 0,
-                channel: RawSlice::EMPTY,
-                payload: RawSlice::new(payload),
-            },
-        );
-        if status != abi::status::OK {
-            tracing::debug!(extension = %self.name, "a storage answer found no main half (status {status})");
-        }
-    }
-
-    /// Main's write of the persisted tier, for the host to make durable. Taken while the
-    /// extension deactivates too, so its `deactivate` can save what it needs.
-    fn route_commit(&self, from: &Endpoint, message: &RawMessage) -> u32 {
-        if message.origin != PEER_MAIN || message.target != PEER_HOST || !from.hosts(PEER_MAIN) {
-            return abi::status::INVALID;
-        }
-        // SAFETY: the payload is valid for this call (the sender's contract).
-        let Some(payload) = (unsafe { message.payload.as_bytes() }) else { return abi::status::INVALID };
-        let Ok(commit) = extension_api::wire::decode::<extension_api::wire::StorageCommit>(payload) else {
-            return abi::status::INVALID;
-        };
-        match self.storage.get() {
-            Some(storage) => storage.commit(self.me.clone(), commit),
-            None => abi::status::DEACTIVATED,
-        }
     }
 
     pub(crate) fn add_endpoint(&self, endpoint: Arc<Endpoint>) {
@@ -103,11 +68,10 @@ impl Link {
         self.endpoints.read().unwrap_or_else(PoisonError::into_inner).iter().find(|e| e.hosts(peer)).cloned()
     }
 
-    /// Stops routing to `peer` at `endpoint` (a frame closing), under the pending lock: see
-    /// `route_invoke`.
+    /// Stops routing to `peer` at `endpoint` (a frame closing). No request to it is recorded
+    /// after this returns, so the caller's `fail_pending` that follows fails every one.
     pub(crate) fn unplace(&self, endpoint: &Endpoint, peer: Peer) {
-        let _pending = lock(&self.core.pending);
-        endpoint.unplace(peer);
+        self.requests.exclusive(|| endpoint.unplace(peer));
     }
 
     /// Frames where the renderer half runs, in any process.
@@ -130,31 +94,32 @@ impl Link {
         );
     }
 
-    pub(crate) fn publish_log(&self, record: LogRecord) {
+    /// A log record of one of the extension's instances, for the host's tracing and log stream.
+    pub(crate) fn forward_log(&self, level: u32, target: &str, text: &str) {
+        let record = LogRecord::new(&self.name, level, target, text);
+        record.emit();
         let _ = self.core.logs.send(record);
     }
 
     pub(crate) fn pending_requests(&self) -> usize {
-        self.core.pending_for(self.id)
+        self.requests.len()
     }
 
-    /// Stops routing from and to the extension (the first step of deactivation).
+    /// Stops routing from and to the extension (the first step of deactivation). A request is
+    /// either recorded before (and failed by the caller's `fail_pending`), or refused.
     pub(crate) fn stop_routing(&self) {
-        // Under the pending lock: a request either was recorded before (and is failed by the
-        // caller's `fail_pending`), or sees routing stopped. None slips in between.
-        let _pending = lock(&self.core.pending);
-        self.routing.store(false, Ordering::Release);
+        self.requests.close();
     }
 
-    fn deliver_to(&self, peer: Peer, message: &RawMessage) -> u32 {
+    fn deliver_to(&self, peer: Peer, message: &Message<'_>) -> u32 {
         match self.endpoint_of(peer) {
             Some(endpoint) => endpoint.deliver(message),
             None => abi::status::NO_SUCH_PEER,
         }
     }
 
-    fn deliver_everywhere(&self, message: &RawMessage) -> u32 {
-        let message = RawMessage { target: PEER_ALL, ..*message };
+    fn deliver_everywhere(&self, message: &Message<'_>) -> u32 {
+        let message = message.to(PEER_ALL);
         for endpoint in self.endpoints() {
             endpoint.deliver(&message);
         }
@@ -164,84 +129,48 @@ impl Link {
     /// Fails the requests matched by `matches(origin, target)`: the origin gets an error reply
     /// of `kind`; the target is told to cancel.
     pub(crate) fn fail_pending(&self, matches: impl Fn(Peer, Peer) -> bool, kind: InvokeErrorKind, why: &str) {
-        let failed: Vec<((u64, Peer, u64), Peer)> = {
-            let mut pending = lock(&self.core.pending);
-            let keys: Vec<_> = pending
-                .iter()
-                .filter(|((id, origin, _), target)| *id == self.id && matches(*origin, **target))
-                .map(|(k, t)| (*k, *t))
-                .collect();
-            for (k, _) in &keys {
-                pending.remove(k);
-            }
-            keys
-        };
-        for ((_, origin, request_id), target) in failed {
-            self.reply_error(target, origin, request_id, kind, why);
-            self.deliver_to(
-                target,
-                &RawMessage {
-                    kind: abi::kind::CANCEL,
-                    status: 0,
-                    origin,
-                    target,
-                    request_id,
-                    channel: RawSlice::EMPTY,
-                    payload: RawSlice::EMPTY,
-                },
-            );
+        let reply = Reply::error(kind, why);
+        for ended in self.requests.end_where(matches) {
+            let Route { origin, target, request_id } = ended.route;
+            self.answer(ended, reply.clone());
+            self.deliver_to(target, &Message::cancel(origin, target, request_id));
         }
     }
 
     /// Answers a request from another process that could not be routed (`status`), so its
     /// invoker learns why at once instead of waiting for its timeout. (A caller in this process
     /// gets the status back from its own `send`.)
-    pub(crate) fn refuse_invoke(&self, message: &RawMessage, status: u32) {
-        let (kind, why) = extension_api::message::refusal(status);
-        self.reply_error(message.target, message.origin, message.request_id, kind, &why);
+    pub(crate) fn refuse_invoke(&self, message: &Message<'_>, status: u32) {
+        let (kind, why) = message::refusal(status);
+        let reply = Reply::error(kind, why);
+        self.deliver_to(message.origin, &Message::reply(message.target, message.origin, message.request_id, &reply));
     }
 
-    fn reply_error(&self, from: Peer, to: Peer, request_id: u64, kind: InvokeErrorKind, message: &str) {
-        let payload = ErrorPayload { message: message.to_owned(), data: None };
-        let bytes = rmp_serde::to_vec_named(&payload).unwrap_or_default();
-        if to == PEER_HOST {
-            self.wake_waiter(
-                request_id,
-                HostReply { status: extension_api::message::error_code(kind), payload: bytes },
-            );
-            return;
-        }
-        self.deliver_to(
-            to,
-            &RawMessage {
-                kind: abi::kind::REPLY,
-                status: extension_api::message::error_code(kind),
-                origin: from,
-                target: to,
-                request_id,
-                channel: RawSlice::EMPTY,
-                payload: RawSlice::new(&bytes),
-            },
-        );
-    }
-
-    fn wake_waiter(&self, request_id: u64, reply: HostReply) {
-        if let Some(waiter) = lock(&self.core.waiters).remove(&(self.id, request_id)) {
-            let _ = waiter.send(reply);
+    /// Gives a request that ended `reply`: to the host's waiter if the host asked, else to
+    /// the half that asked.
+    fn answer(&self, ended: Ended, reply: Reply) {
+        let Route { origin, target, request_id } = ended.route;
+        match ended.waiter {
+            Some(waiter) => {
+                let _ = waiter.send(reply);
+            }
+            None => {
+                self.deliver_to(origin, &Message::reply(target, origin, request_id, &reply));
+            }
         }
     }
 
     /// Routes a message that one of the halves running at `from` sent. The origin must be a
     /// half that runs there: an endpoint cannot speak for another half or another extension.
-    pub(crate) fn route(&self, from: &Endpoint, message: &RawMessage) -> u32 {
+    pub(crate) fn route(&self, from: &Endpoint, message: &Message<'_>) -> u32 {
         if message.kind == abi::kind::STORAGE_COMMIT {
             // The message limit holds here too (for raw senders: `extension-api` checks first).
-            if !abi::fits(message.channel.len, message.payload.len) {
+            if !message.fits() {
                 return abi::status::TOO_LARGE;
             }
             return self.route_commit(from, message);
         }
-        if !self.routing.load(Ordering::Acquire) {
+        if !self.requests.is_open() {
             return abi::status::DEACTIVATED;
         }
         if !from.hosts(message.origin) {
@@ -249,18 +178,18 @@ impl Link {
         }
         // The message limit holds for every sender, the raw ones too (`extension-api` checks it
         // before sending): nothing over it is routed anywhere.
-        let fits = abi::fits(message.channel.len, message.payload.len);
+        let fits = message.fits();
         if !fits && message.kind != abi::kind::REPLY && message.kind != abi::kind::CANCEL {
             return abi::status::TOO_LARGE;
         }
         match message.kind {
             abi::kind::BROADCAST => self.route_broadcast(message),
             abi::kind::INVOKE => {
-                // A renderer half invokes main; main invokes one open frame.
-                let to_main = message.origin != PEER_MAIN && message.target == PEER_MAIN;
-                let to_frame = message.origin == PEER_MAIN && message.target != PEER_MAIN;
-                if !to_main && !to_frame {
-                    return abi::status::INVALID;
+                if !message::is_request_route(message.origin, message.target) {
+                    // Main's requests name a frame: a number that names none is a frame that is
+                    // not open. Anything else is no request at all.
+                    let from_main = message.origin == PEER_MAIN && message.target != PEER_MAIN;
+                    return if from_main { abi::status::NO_SUCH_PEER } else { abi::status::INVALID };
                 }
                 self.route_invoke(message)
             }
@@ -285,109 +214,133 @@ impl Link {
                 }
                 self.deliver_to(message.target, message)
             }
-            abi::kind::REPLY => {
-                // Only the half the request went to may answer it; a late or forged reply is
-                // dropped without disturbing the real request.
-                {
-                    let mut pending = lock(&self.core.pending);
-                    let key = (self.id, message.target, message.request_id);
-                    match pending.remove(&key) {
-                        Some(target) if target == message.origin => {}
-                        Some(target) => {
-                            pending.insert(key, target);
-                            return abi::status::OK;
-                        }
-                        None => return abi::status::OK,
-                    }
-                }
-                if !fits {
-                    // The invoker learns why at once rather than waiting out its timeout.
-                    let size = message.channel.len.saturating_add(message.payload.len);
-                    let why = format!("the reply is {size} bytes, over the {}-byte message limit", abi::MAX_MESSAGE);
-                    self.reply_error(
-                        message.origin,
-                        message.target,
-                        message.request_id,
-                        InvokeErrorKind::TooLarge,
-                        &why,
-                    );
-                    return abi::status::TOO_LARGE;
-                }
-                if message.target == PEER_HOST {
-                    // SAFETY: the payload is valid for this call (the sender's contract).
-                    let payload = unsafe { message.payload.as_bytes() }.unwrap_or_default().to_vec();
-                    self.wake_waiter(message.request_id, HostReply { status: message.status, payload });
-                    return abi::status::OK;
-                }
-                self.deliver_to(message.target, message)
-            }
-            abi::kind::CANCEL => {
-                let known = lock(&self.core.pending).remove(&(self.id, message.origin, message.request_id));
-                match known {
-                    Some(target) => self.deliver_to(target, &RawMessage { target, ..*message }),
-                    None => abi::status::OK,
-                }
-            }
+            abi::kind::REPLY => self.route_reply(message, fits),
+            abi::kind::CANCEL => match self.requests.withdraw(message.origin, message.request_id) {
+                Some(route) => self.deliver_to(route.target, &message.to(route.target)),
+                None => abi::status::OK,
+            },
             _ => abi::status::INVALID,
         }
     }
 
-    fn route_broadcast(&self, message: &RawMessage) -> u32 {
+    fn route_reply(&self, message: &Message<'_>, fits: bool) -> u32 {
+        // Only the half the request went to may answer it; a late or forged reply is dropped
+        // without disturbing the real request.
+        let Some(waiter) = self.requests.answer(message.origin, message.target, message.request_id) else {
+            return abi::status::OK;
+        };
+        let ended = Ended {
+            route: Route { origin: message.target, target: message.origin, request_id: message.request_id },
+            waiter,
+        };
+        if !fits {
+            // The invoker learns why at once rather than waiting out its timeout.
+            let size = message.channel.len().saturating_add(message.payload.len());
+            let why = format!("the reply is {size} bytes, over the {}-byte message limit", abi::MAX_MESSAGE);
+            self.answer(ended, Reply::error(InvokeErrorKind::TooLarge, why));
+            return abi::status::TOO_LARGE;
+        }
+        match ended.waiter {
+            Some(waiter) => {
+                let _ = waiter.send(Reply { status: message.status, payload: message.payload.to_vec() });
+                abi::status::OK
+            }
+            None => self.deliver_to(message.target, message),
+        }
+    }
+
+    /// Main's write of the persisted tier, for the host to make durable. Taken while the
+    /// extension deactivates too, so its `deactivate` can save what it needs.
+    fn route_commit(&self, from: &Endpoint, message: &Message<'_>) -> u32 {
+        if message.origin != PEER_MAIN || message.target != PEER_HOST || !from.hosts(PEER_MAIN) {
+            return abi::status::INVALID;
+        }
+        let Ok(commit) = extension_api::wire::decode::<extension_api::wire::StorageCommit>(message.payload) else {
+            return abi::status::INVALID;
+        };
+        match self.storage.get() {
+            Some(storage) => {
+                let answers: Weak<dyn CommitAnswers> = self.me.clone();
+                storage.commit(answers, commit)
+            }
+            None => abi::status::DEACTIVATED,
+        }
+    }
+
+    fn route_broadcast(&self, message: &Message<'_>) -> u32 {
         // Observers first, so they see a broadcast before anything its listeners send back.
         if self.core.broadcasts.receiver_count() > 0 {
-            // SAFETY: the buffers are valid for this call (the sender's contract).
-            let (channel, payload) = unsafe { (message.channel.as_bytes(), message.payload.as_bytes()) };
-            if let (Some(channel), Some(payload)) = (channel, payload) {
-                let _ = self.core.broadcasts.send(ObservedBroadcast {
-                    extension: self.name.clone(),
-                    sender: message.origin,
-                    // Where it goes: delivered below to every endpoint, so to every half placed now.
-                    frames: self.frames().into_iter().map(extension_api::FrameId).collect(),
-                    channel: String::from_utf8_lossy(channel).into_owned(),
-                    payload: payload.to_vec(),
-                });
-            }
+            let _ = self.core.broadcasts.send(ObservedBroadcast {
+                extension: self.name.clone(),
+                sender: message.origin,
+                // Where it goes: delivered below to every endpoint, so to every half placed now.
+                frames: self.frames().into_iter().map(extension_api::FrameId).collect(),
+                channel: message.channel.to_owned(),
+                payload: message.payload.to_vec(),
+            });
         }
         self.deliver_everywhere(message)
     }
 
-    fn route_invoke(&self, message: &RawMessage) -> u32 {
+    /// Records a half's request and delivers it to its target.
+    fn route_invoke(&self, message: &Message<'_>) -> u32 {
         let Some(endpoint) = self.endpoint_of(message.target) else {
             return abi::status::NO_SUCH_PEER;
         };
-        let key = (self.id, message.origin, message.request_id);
-        {
-            let mut pending = lock(&self.core.pending);
-            // Checked under the lock `stop_routing` takes: see there.
-            if !self.routing.load(Ordering::Acquire) {
-                return abi::status::DEACTIVATED;
-            }
-            pending.insert(key, message.target);
+        let route = Route { origin: message.origin, target: message.target, request_id: message.request_id };
+        let recorded = self.requests.record(route, || endpoint.hosts(message.target));
+        self.deliver_recorded(&endpoint, message, recorded)
+    }
+
+    /// Delivers a request that `recorded` says was (or was not) recorded; takes it out again
+    /// if it could not be delivered.
+    fn deliver_recorded(&self, endpoint: &Endpoint, message: &Message<'_>, recorded: Result<(), NotRecorded>) -> u32 {
+        match recorded {
+            Err(NotRecorded::Closed) => return abi::status::DEACTIVATED,
+            Err(NotRecorded::Unplaced) => return abi::status::NO_SUCH_PEER,
+            Ok(()) => {}
         }
         let status = endpoint.deliver(message);
         if status != abi::status::OK {
-            lock(&self.core.pending).remove(&key);
+            self.requests.unrecord(message.origin, message.request_id);
         }
         status
     }
 
     /// Broadcasts from the host (console, harness) into the extension's namespace.
     pub(crate) fn host_broadcast(&self, channel: &str, payload: &[u8]) -> u32 {
-        if !self.routing.load(Ordering::Acquire) {
+        if !self.requests.is_open() {
             return abi::status::DEACTIVATED;
         }
         if !abi::fits(channel.len(), payload.len()) {
             return abi::status::TOO_LARGE;
         }
-        self.route_broadcast(&RawMessage {
+        self.route_broadcast(&Message {
             kind: abi::kind::BROADCAST,
             status: 0,
             origin: PEER_HOST,
             target: PEER_ALL,
             request_id: 0,
-            channel: RawSlice::new(channel.as_bytes()),
-            payload: RawSlice::new(payload),
+            channel,
+            payload,
         })
+    }
+
+    /// Sends the host's own request to `target` and records it with its waiter; the status
+    /// says whether it went.
+    fn send_host_request(&self, request: &Message<'_>, waiter: oneshot::Sender<Reply>) -> u32 {
+        if !request.fits() {
+            return abi::status::TOO_LARGE;
+        }
+        if !self.requests.is_open() {
+            return abi::status::DEACTIVATED;
+        }
+        let Some(endpoint) = self.endpoint_of(request.target) else {
+            return abi::status::NO_SUCH_PEER;
+        };
+        let route = Route { origin: PEER_HOST, target: request.target, request_id: request.request_id };
+        let recorded = self.requests.record_host(route, waiter, || endpoint.hosts(request.target));
+        self.deliver_recorded(&endpoint, request, recorded)
     }
 
     /// A request from the host to `target`: main (the host acting as a renderer) or one frame's
@@ -399,48 +352,17 @@ impl Link {
         payload: &[u8],
         timeout: Duration,
     ) -> impl std::future::Future<Output = Result<Vec<u8>, InvokeError>> + Send + 'static + use<> {
-        let request_id = self.core.next_request.fetch_add(1, Ordering::Relaxed);
+        let request_id = self.requests.next_host_request();
         let (sender, receiver) = oneshot::channel();
-        lock(&self.core.waiters).insert((self.id, request_id), sender);
-        let status = if !abi::fits(channel.len(), payload.len()) {
-            abi::status::TOO_LARGE
-        } else if self.routing.load(Ordering::Acquire) {
-            self.route_invoke(&RawMessage {
-                kind: abi::kind::INVOKE,
-                status: 0,
-                origin: PEER_HOST,
-                target,
-                request_id,
-                channel: RawSlice::new(channel.as_bytes()),
-                payload: RawSlice::new(payload),
-            })
-        } else {
-            abi::status::DEACTIVATED
-        };
+        let request =
+            Message { kind: abi::kind::INVOKE, status: 0, origin: PEER_HOST, target, request_id, channel, payload };
+        let status = self.send_host_request(&request, sender);
         let channel = channel.to_owned();
         let payload_len = payload.len();
-        if status != abi::status::OK {
-            lock(&self.core.waiters).remove(&(self.id, request_id));
-        }
         let mut guard = HostRequestGuard { link: self, request_id, armed: status == abi::status::OK };
         async move {
             if !guard.armed {
-                let kind = extension_api::message::refusal_kind(status);
-                let name = &guard.link.name;
-                let half = if target == PEER_MAIN { "main half".to_owned() } else { format!("half in frame {target}") };
-                let size = channel.len() + payload_len;
-                let message = match kind {
-                    InvokeErrorKind::Overloaded => format!("the mailbox of `{name}`'s {half} is full"),
-                    InvokeErrorKind::FrameClosed => {
-                        format!("frame {target} is not open, or `{name}`'s renderer half does not run there")
-                    }
-                    InvokeErrorKind::TooLarge => format!(
-                        "the request on `{channel}` is {size} bytes (value and channel name), over the {}-byte message limit",
-                        abi::MAX_MESSAGE
-                    ),
-                    _ => format!("`{name}` is not active"),
-                };
-                return Err(InvokeError::new(kind, channel, message));
+                return Err(host_refusal(&guard.link.name, target, &channel, payload_len, status));
             }
             let reply = match tokio::time::timeout(timeout, receiver).await {
                 Err(_) => {
@@ -457,21 +379,47 @@ impl Link {
                 Ok(Ok(reply)) => reply,
             };
             guard.disarm();
-            decode_reply(&channel, reply)
+            reply.into_result(&channel)
         }
     }
 }
 
-/// Turns a reply into the value's bytes or the error it carries.
-pub(crate) fn decode_reply(channel: &str, reply: HostReply) -> Result<Vec<u8>, InvokeError> {
-    if reply.status == abi::status::OK {
-        return Ok(reply.payload);
+impl CommitAnswers for Link {
+    /// The storage writer's answer to main's commits.
+    fn answer_commits(&self, payload: &[u8]) {
+        let answer = Message {
+            kind: abi::kind::STORAGE_COMMITTED,
+            status: 0,
+            origin: PEER_HOST,
+            target: PEER_MAIN,
+            request_id: 0,
+            channel: "",
+            payload,
+        };
+        let status = self.deliver_to(PEER_MAIN, &answer);
+        if status != abi::status::OK {
+            tracing::debug!(extension = %self.name, "a storage answer found no main half (status {status})");
+        }
     }
-    let kind = extension_api::message::error_kind(reply.status).unwrap_or(InvokeErrorKind::ConnectionLost);
-    match extension_api::wire::decode::<ErrorPayload>(&reply.payload) {
-        Ok(error) => Err(InvokeError::from_wire(kind, channel, error)),
-        Err(error) => Err(InvokeError::new(kind, channel, format!("(undecodable error payload: {error})"))),
-    }
+}
+
+/// The error the host's request to `target` fails with when it was refused on its way.
+fn host_refusal(name: &str, target: Peer, channel: &str, payload_len: usize, status: u32) -> InvokeError {
+    let kind = message::refusal_kind(status);
+    let half = if target == PEER_MAIN { "main half".to_owned() } else { format!("half in frame {target}") };
+    let size = channel.len() + payload_len;
+    let text = match kind {
+        InvokeErrorKind::Overloaded => format!("the mailbox of `{name}`'s {half} is full"),
+        InvokeErrorKind::FrameClosed => {
+            format!("frame {target} is not open, or `{name}`'s renderer half does not run there")
+        }
+        InvokeErrorKind::TooLarge => format!(
+            "the request on `{channel}` is {size} bytes (value and channel name), over the {}-byte message limit",
+            abi::MAX_MESSAGE
+        ),
+        _ => format!("`{name}` is not active"),
+    };
+    InvokeError::new(kind, channel, text)
 }
 
 /// Cancels a host request that was given up (timeout, or the future dropped).
@@ -492,21 +440,173 @@ impl Drop for HostRequestGuard {
         if !self.armed {
             return;
         }
-        lock(&self.link.core.waiters).remove(&(self.link.id, self.request_id));
-        let target = lock(&self.link.core.pending).remove(&(self.link.id, PEER_HOST, self.request_id));
-        if let Some(target) = target {
-            self.link.deliver_to(
-                target,
-                &RawMessage {
-                    kind: abi::kind::CANCEL,
-                    status: 0,
-                    origin: PEER_HOST,
-                    target,
-                    request_id: self.request_id,
-                    channel: RawSlice::EMPTY,
-                    payload: RawSlice::EMPTY,
-                },
-            );
+        if let Some(route) = self.link.requests.withdraw(PEER_HOST, self.request_id) {
+            self.link.deliver_to(route.target, &Message::cancel(PEER_HOST, route.target, self.request_id));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::Transport;
+    use crate::transport::recording::Recording;
+    use extension_api::wire::OwnedMessage;
+
+    const FRAME: Peer = 1;
+
+    /// A namespace with main at one endpoint and frame 1 at another, both recording.
+    fn namespace() -> (Arc<Link>, Arc<Endpoint>, Arc<Endpoint>) {
+        let link = Link::new("t", Arc::new(Core::new()));
+        let main = Endpoint::new(10, Transport::Recording(Recording::default()));
+        main.place(PEER_MAIN);
+        let frame = Endpoint::new(11, Transport::Recording(Recording::default()));
+        frame.place(FRAME);
+        link.add_endpoint(main.clone());
+        link.add_endpoint(frame.clone());
+        (link, main, frame)
+    }
+
+    fn recording(endpoint: &Endpoint) -> &Recording {
+        match endpoint.transport() {
+            Transport::Recording(recording) => recording,
+            _ => panic!("not a recording transport"),
+        }
+    }
+
+    fn delivered(endpoint: &Endpoint) -> Vec<OwnedMessage> {
+        recording(endpoint).take()
+    }
+
+    fn invoke(origin: Peer, target: Peer, request_id: u64) -> Message<'static> {
+        Message { kind: abi::kind::INVOKE, status: 0, origin, target, request_id, channel: "ch", payload: &[7] }
+    }
+
+    fn reply(origin: Peer, target: Peer, request_id: u64, payload: &[u8]) -> Message<'_> {
+        Message { kind: abi::kind::REPLY, status: abi::status::OK, origin, target, request_id, channel: "", payload }
+    }
+
+    fn error_kind_of(message: &OwnedMessage) -> Option<InvokeErrorKind> {
+        (message.kind == abi::kind::REPLY).then(|| message::error_kind(message.status)).flatten()
+    }
+
+    #[test]
+    fn a_request_is_recorded_delivered_and_answered_only_by_its_target() {
+        let (link, main, frame) = namespace();
+        assert_eq!(link.route(&frame, &invoke(FRAME, PEER_MAIN, 5)), abi::status::OK);
+        assert_eq!(delivered(&main), vec![invoke(FRAME, PEER_MAIN, 5).to_owned()]);
+        assert_eq!(link.pending_requests(), 1);
+        // A reply from a half the request did not go to is dropped, the request untouched.
+        assert_eq!(link.route(&frame, &reply(FRAME, FRAME, 5, &[1])), abi::status::OK);
+        assert!(delivered(&frame).is_empty());
+        assert_eq!(link.pending_requests(), 1);
+        // The target's reply reaches the invoker, once.
+        assert_eq!(link.route(&main, &reply(PEER_MAIN, FRAME, 5, &[1])), abi::status::OK);
+        assert_eq!(delivered(&frame), vec![reply(PEER_MAIN, FRAME, 5, &[1]).to_owned()]);
+        assert_eq!(link.pending_requests(), 0);
+        assert_eq!(link.route(&main, &reply(PEER_MAIN, FRAME, 5, &[1])), abi::status::OK);
+        assert!(delivered(&frame).is_empty());
+    }
+
+    #[test]
+    fn only_request_routes_are_routed_and_only_from_where_the_origin_runs() {
+        let (link, main, frame) = namespace();
+        // An endpoint cannot speak for a half that runs elsewhere.
+        assert_eq!(link.route(&frame, &invoke(PEER_MAIN, FRAME, 1)), abi::status::NO_SUCH_PEER);
+        // Frame to frame, main to itself: no requests.
+        assert_eq!(link.route(&frame, &invoke(FRAME, FRAME, 1)), abi::status::INVALID);
+        assert_eq!(link.route(&main, &invoke(PEER_MAIN, PEER_MAIN, 1)), abi::status::INVALID);
+        // Main's request to something that is no frame names no open frame.
+        assert_eq!(link.route(&main, &invoke(PEER_MAIN, PEER_ALL, 1)), abi::status::NO_SUCH_PEER);
+        assert_eq!(link.route(&main, &invoke(PEER_MAIN, 99, 1)), abi::status::NO_SUCH_PEER);
+        assert!(delivered(&main).is_empty() && delivered(&frame).is_empty());
+        assert_eq!(link.pending_requests(), 0);
+        assert_eq!(link.route(&main, &invoke(PEER_MAIN, FRAME, 1)), abi::status::OK);
+        assert_eq!(delivered(&frame).len(), 1);
+    }
+
+    #[test]
+    fn a_closed_frame_fails_the_requests_to_it_and_takes_no_more() {
+        let (link, main, frame) = namespace();
+        assert_eq!(link.route(&main, &invoke(PEER_MAIN, FRAME, 3)), abi::status::OK);
+        delivered(&frame);
+        link.unplace(&frame, FRAME);
+        link.fail_pending(|origin, target| origin == FRAME || target == FRAME, InvokeErrorKind::FrameClosed, "closed");
+        let answers = delivered(&main);
+        assert_eq!(answers.len(), 1);
+        assert_eq!((answers[0].target, answers[0].request_id), (PEER_MAIN, 3));
+        assert_eq!(error_kind_of(&answers[0]), Some(InvokeErrorKind::FrameClosed));
+        assert_eq!(link.route(&main, &invoke(PEER_MAIN, FRAME, 4)), abi::status::NO_SUCH_PEER);
+        assert_eq!(link.pending_requests(), 0);
+    }
+
+    #[test]
+    fn deactivation_fails_every_request_cancels_its_target_and_refuses_more() {
+        let (link, main, frame) = namespace();
+        assert_eq!(link.route(&frame, &invoke(FRAME, PEER_MAIN, 8)), abi::status::OK);
+        delivered(&main);
+        link.stop_routing();
+        link.fail_pending(|_, _| true, InvokeErrorKind::Deactivated, "gone");
+        let answers = delivered(&frame);
+        assert_eq!(answers.len(), 1);
+        assert_eq!(error_kind_of(&answers[0]), Some(InvokeErrorKind::Deactivated));
+        let cancels = delivered(&main);
+        assert_eq!(cancels, vec![Message::cancel(FRAME, PEER_MAIN, 8).to_owned()]);
+        assert_eq!(link.route(&frame, &invoke(FRAME, PEER_MAIN, 9)), abi::status::DEACTIVATED);
+        assert_eq!(link.pending_requests(), 0);
+    }
+
+    #[test]
+    fn a_refused_delivery_leaves_nothing_recorded() {
+        let (link, main, frame) = namespace();
+        recording(&main).refuse_with(abi::status::BUSY);
+        assert_eq!(link.route(&frame, &invoke(FRAME, PEER_MAIN, 1)), abi::status::BUSY);
+        assert_eq!(link.pending_requests(), 0);
+    }
+
+    #[test]
+    fn an_oversized_reply_fails_its_request_at_once() {
+        let (link, main, frame) = namespace();
+        assert_eq!(link.route(&frame, &invoke(FRAME, PEER_MAIN, 2)), abi::status::OK);
+        let huge = vec![0u8; abi::MAX_MESSAGE + 1];
+        assert_eq!(link.route(&main, &reply(PEER_MAIN, FRAME, 2, &huge)), abi::status::TOO_LARGE);
+        let answers = delivered(&frame);
+        assert_eq!(answers.len(), 1);
+        assert_eq!(error_kind_of(&answers[0]), Some(InvokeErrorKind::TooLarge));
+        assert_eq!(link.pending_requests(), 0);
+    }
+
+    #[test]
+    fn a_cancel_reaches_the_target_of_its_origins_request_only() {
+        let (link, main, frame) = namespace();
+        assert_eq!(link.route(&frame, &invoke(FRAME, PEER_MAIN, 6)), abi::status::OK);
+        delivered(&main);
+        // Main cannot cancel the frame's request.
+        assert_eq!(link.route(&main, &Message::cancel(PEER_MAIN, PEER_MAIN, 6)), abi::status::OK);
+        assert!(delivered(&main).is_empty());
+        assert_eq!(link.pending_requests(), 1);
+        // Whatever target the cancel names, it goes where the request went.
+        assert_eq!(link.route(&frame, &Message::cancel(FRAME, 42, 6)), abi::status::OK);
+        assert_eq!(delivered(&main), vec![Message::cancel(FRAME, PEER_MAIN, 6).to_owned()]);
+        assert_eq!(link.pending_requests(), 0);
+    }
+
+    #[test]
+    fn the_hosts_request_gets_its_reply_and_a_dropped_one_is_cancelled() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let (link, main, _frame) = namespace();
+        let answer = link.clone().host_invoke(PEER_MAIN, "ch", &[1], Duration::from_secs(30));
+        let sent = delivered(&main);
+        assert_eq!((sent.len(), sent[0].origin, sent[0].kind), (1, PEER_HOST, abi::kind::INVOKE));
+        let id = sent[0].request_id;
+        assert_eq!(link.route(&main, &reply(PEER_MAIN, PEER_HOST, id, &[9])), abi::status::OK);
+        assert_eq!(runtime.block_on(answer), Ok(vec![9]));
+        assert_eq!(link.pending_requests(), 0);
+
+        let given_up = link.clone().host_invoke(PEER_MAIN, "ch", &[1], Duration::from_secs(30));
+        let id = delivered(&main)[0].request_id;
+        drop(given_up);
+        assert_eq!(delivered(&main), vec![Message::cancel(PEER_HOST, PEER_MAIN, id).to_owned()]);
+        assert_eq!(link.pending_requests(), 0);
     }
 }

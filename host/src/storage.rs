@@ -28,7 +28,6 @@ use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition, Tabl
 use serde::Serialize;
 
 use crate::core::lock;
-use crate::link::Link;
 
 /// Each key's MessagePack value.
 const VALUES: TableDefinition<&str, &[u8]> = TableDefinition::new("values");
@@ -168,8 +167,18 @@ impl Storage {
     }
 }
 
+/// Whoever a commit's outcome goes back to (main's namespace, which delivers it to main): the
+/// writer thread answers through this, and knows nothing else of routing.
+pub(crate) trait CommitAnswers: Send + Sync {
+    /// Delivers the encoded `StorageCommitted` of one run of writes.
+    fn answer_commits(&self, payload: &[u8]);
+}
+
+/// Where a commit is answered: weak, so a namespace that went away is simply not answered.
+type Answers = Weak<dyn CommitAnswers>;
+
 enum Job {
-    Commit { link: Weak<Link>, commit: StorageCommit },
+    Commit { answers: Answers, commit: StorageCommit },
     Seed { version: String, reply: tokio::sync::oneshot::Sender<StorageSeed> },
 }
 
@@ -227,9 +236,9 @@ impl ExtensionDb {
         }
     }
 
-    /// Queues a write; `link`'s main is answered once it is durable (or why not). Returns a
+    /// Queues a write; `answers` (main's namespace) is answered once it is durable (or why not). Returns a
     /// status: `BUSY` past the queue's bounds, `DEACTIVATED` once the database is closed.
-    pub(crate) fn commit(&self, link: Weak<Link>, commit: StorageCommit) -> u32 {
+    pub(crate) fn commit(&self, answers: Answers, commit: StorageCommit) -> u32 {
         let size = commit_size(&commit);
         let queued = self.queued.fetch_add(1, Ordering::AcqRel);
         let bytes = self.queued_bytes.fetch_add(size, Ordering::AcqRel);
@@ -237,7 +246,7 @@ impl ExtensionDb {
             self.dequeued(1, size);
             return abi::status::BUSY;
         }
-        match self.send(Job::Commit { link, commit }) {
+        match self.send(Job::Commit { answers, commit }) {
             Ok(()) => abi::status::OK,
             Err(_) => {
                 self.dequeued(1, size);
@@ -313,7 +322,7 @@ impl Writer {
             let mut deadline = None;
             loop {
                 match next.take() {
-                    Some(Job::Commit { link, commit }) => group.push((link, commit)),
+                    Some(Job::Commit { answers, commit }) => group.push((answers, commit)),
                     Some(Job::Seed { version, reply }) => {
                         // What was queued before the seed is committed first.
                         self.commit_group(std::mem::take(&mut group));
@@ -510,7 +519,7 @@ impl Writer {
     }
 
     /// Commits a group of writes in one transaction, then answers each.
-    fn commit_group(&mut self, group: Vec<(Weak<Link>, StorageCommit)>) {
+    fn commit_group(&mut self, group: Vec<(Answers, StorageCommit)>) {
         if group.is_empty() {
             return;
         }
@@ -530,24 +539,24 @@ impl Writer {
         };
         self.publish_usage(None);
         // One answer per run of writes from the same activation.
-        let mut answers: Vec<(Weak<Link>, Outcomes)> = Vec::new();
-        for ((link, commit), outcome) in group.into_iter().zip(outcomes) {
+        let mut answers: Vec<(Answers, Outcomes)> = Vec::new();
+        for ((answers_to, commit), outcome) in group.into_iter().zip(outcomes) {
             match answers.last_mut() {
-                Some((last, outcomes)) if Weak::ptr_eq(last, &link) => outcomes.push((commit.id, outcome)),
-                _ => answers.push((link, vec![(commit.id, outcome)])),
+                Some((last, outcomes)) if Weak::ptr_eq(last, &answers_to) => outcomes.push((commit.id, outcome)),
+                _ => answers.push((answers_to, vec![(commit.id, outcome)])),
             }
         }
-        for (link, outcomes) in answers {
-            let Some(link) = link.upgrade() else { continue };
+        for (answers_to, outcomes) in answers {
+            let Some(answers_to) = answers_to.upgrade() else { continue };
             match rmp_serde::to_vec_named(&StorageCommitted { outcomes }) {
-                Ok(bytes) => link.storage_answer(&bytes),
+                Ok(bytes) => answers_to.answer_commits(&bytes),
                 Err(error) => tracing::error!(extension = %self.name, "cannot encode a storage answer: {error}"),
             }
         }
     }
 
     /// The outcome of each write; `Err` if the transaction failed (none was written).
-    fn apply(&mut self, group: &[(Weak<Link>, StorageCommit)]) -> Result<Vec<StorageOutcome>, String> {
+    fn apply(&mut self, group: &[(Answers, StorageCommit)]) -> Result<Vec<StorageOutcome>, String> {
         if !self.open_existing()? {
             self.create()?;
         }

@@ -36,7 +36,7 @@ pub struct HostConfig {
     /// The program started for child processes (renderer processes, isolated extensions),
     /// followed by `child_args`, then `child --socket PATH --token TOKEN`. The `host` binary
     /// is such a program; an embedding application can dispatch that subcommand to
-    /// [`crate::remote::child::run`]. Defaults to the running executable.
+    /// [`crate::run_child`]. Defaults to the running executable.
     pub child_program: PathBuf,
     /// Arguments given to `child_program` before the `child` subcommand (none by default).
     pub child_args: Vec<OsString>,

@@ -10,12 +10,14 @@ use extension_api::{FrameId, InvokeErrorKind};
 
 use super::config::CrashLog;
 use super::{Frame, FrameKind, GRACE, Host, completion_problem, deadline_after, millis, tell_frames, time_left};
+use crate::child_process::ChildProcess;
 use crate::core::lock;
 use crate::endpoint::Endpoint;
 use crate::error::HostError;
 use crate::events::HostEvent;
+use crate::instances;
 use crate::link::Link;
-use crate::remote::{Connection, Role};
+use crate::remote::Role;
 
 impl Host {
     pub(super) async fn open_frame_locked(&self, kind: FrameKind) -> Result<FrameId, HostError> {
@@ -34,7 +36,7 @@ impl Host {
         let entry = lock(&self.inner.frames).remove(&frame).ok_or(HostError::UnknownFrame(frame))?;
         self.stop_renderers(frame).await;
         if let Some(process) = entry.process {
-            process.retire().await;
+            process.end().await;
         }
         Ok(())
     }
@@ -88,7 +90,7 @@ impl Host {
             .ok_or("the extension was uninstalled")?;
         let config = &self.inner.config;
         let endpoint =
-            Endpoint::start_remote(link, &process, &path, self.instance_config(&link.name), config.activate_timeout)
+            instances::start_in_child(link, &process, &path, self.instance_config(&link.name), config.activate_timeout)
                 .await
                 .map_err(|error| error.to_string())?;
         link.add_endpoint(endpoint.clone());
@@ -118,8 +120,7 @@ impl Host {
             other => other,
         };
         if let Some(problem) = completion_problem("seeding the store", seeded) {
-            endpoint.destroy().await;
-            link.remove_endpoint(endpoint.key);
+            instances::destroy(link, &endpoint).await;
             return Err(problem);
         }
         Ok(endpoint)
@@ -146,8 +147,7 @@ impl Host {
         // Drop whatever the half got to register before it failed.
         let _ = endpoint.control(|completion| Control::CloseFrame { completion, frame, timeout_ms: 0 }, GRACE).await;
         if is_frame_instance(&endpoint, frame) {
-            endpoint.destroy().await;
-            link.remove_endpoint(endpoint.key);
+            instances::destroy(link, &endpoint).await;
         }
         self.record_frame_error(name, frame, problem);
     }
@@ -182,15 +182,14 @@ impl Host {
             )
             .await;
         if is_frame_instance(&endpoint, frame) {
-            endpoint.destroy().await;
-            link.remove_endpoint(endpoint.key);
+            instances::destroy(link, &endpoint).await;
         }
         completion_problem(&format!("renderer deactivate in frame {frame}"), outcome)
     }
 
     /// A renderer process ended unexpectedly: its renderer halves are gone (their requests
     /// already failed with `ConnectionLost`). It is restarted while the crash budget allows.
-    pub(super) async fn frame_crashed(&self, frame: Peer, process: &Arc<Connection>, reason: &str) {
+    pub(super) async fn frame_crashed(&self, frame: Peer, process: &Arc<ChildProcess>, reason: &str) {
         let restart = {
             let mut frames = lock(&self.inner.frames);
             let Some(entry) = frames.get_mut(&frame) else { return };
@@ -237,5 +236,5 @@ impl Host {
 /// Whether `endpoint` is the instance a renderer process runs for this one frame (as opposed
 /// to the main half's instance, which outlives its frames).
 fn is_frame_instance(endpoint: &Endpoint, frame: Peer) -> bool {
-    endpoint.connection().is_some_and(|connection| connection.role == Role::Frame(frame))
+    endpoint.child_role() == Some(&Role::Frame(frame))
 }

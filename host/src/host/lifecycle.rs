@@ -10,12 +10,13 @@ use extension_api::wire::Control;
 use super::{
     DeactivateReport, ExtensionState, GRACE, Host, completion_problem, deadline_after, millis, tell_frames, time_left,
 };
+use crate::child_process::ChildProcess;
 use crate::core::lock;
-use crate::endpoint::Endpoint;
 use crate::error::{HostError, Operation};
 use crate::events::HostEvent;
+use crate::instances;
 use crate::link::Link;
-use crate::remote::{Connection, Role};
+use crate::remote::Role;
 use crate::storage::Limits;
 
 impl Host {
@@ -51,15 +52,15 @@ impl Host {
                 Ok(process) => process,
                 Err(error) => return Err(self.fail_activation(name, error.to_string())),
             };
-            match Endpoint::start_remote(&link, &process, &path, instance_config, config.activate_timeout).await {
+            match instances::start_in_child(&link, &process, &path, instance_config, config.activate_timeout).await {
                 Ok(main) => (main, Some(process)),
                 Err(error) => {
-                    process.retire().await;
+                    process.end().await;
                     return Err(self.fail_activation(name, error.to_string()));
                 }
             }
         } else {
-            match Endpoint::start_local(&link, descriptor, &instance_config) {
+            match instances::start_in_process(&link, descriptor, &instance_config) {
                 Ok(main) => (main, None),
                 Err(error) => return Err(self.fail_activation(name, error.to_string())),
             }
@@ -181,7 +182,7 @@ impl Host {
 
     /// An isolated extension's process ended unexpectedly: its main half is gone. Everything
     /// else it ran is dropped, and it is activated again while the crash budget allows.
-    pub(super) async fn extension_crashed(&self, name: &str, process: &Arc<Connection>, reason: &str) {
+    pub(super) async fn extension_crashed(&self, name: &str, process: &Arc<ChildProcess>, reason: &str) {
         let (link, restart) = {
             let mut extensions = lock(&self.inner.extensions);
             let Some(entry) = extensions.get_mut(name) else { return };
@@ -222,14 +223,13 @@ impl Host {
 }
 
 /// Destroys every instance of the extension, then its process if it has one.
-async fn teardown(link: &Link, process: Option<&Arc<Connection>>) {
+async fn teardown(link: &Link, process: Option<&Arc<ChildProcess>>) {
     for endpoint in link.endpoints() {
-        if !endpoint.destroy().await {
+        if !instances::destroy(link, &endpoint).await {
             tracing::error!(extension = %link.name, "an instance did not stop in time and was abandoned");
         }
-        link.remove_endpoint(endpoint.key);
     }
     if let Some(process) = process {
-        process.retire().await;
+        process.end().await;
     }
 }

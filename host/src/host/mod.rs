@@ -26,13 +26,14 @@ pub use config::{CrashBudget, HostConfig, StorageConfig, default_data_dir};
 pub use snapshot::{DeactivateReport, ExtensionSnapshot, ExtensionState, FrameKind, FrameSnapshot, HostSnapshot};
 pub use watchdog::ProcessUsage;
 
+use crate::child_process::ChildProcess;
 use crate::core::{Core, lock};
 use crate::endpoint::ControlError;
 use crate::error::{HostError, LoadError, Operation, Refusal};
 use crate::events::{HostEvent, LogRecord, ObservedBroadcast};
 use crate::library::{self, Library, LibraryInfo};
 use crate::link::Link;
-use crate::remote::{Connection, Role};
+use crate::remote::Role;
 use crate::storage::{Limits, Storage};
 use config::CrashLog;
 
@@ -44,14 +45,14 @@ struct Entry {
     frame_errors: BTreeMap<u64, String>,
     isolated: bool,
     /// The isolated extension's process, while it runs.
-    process: Option<Arc<Connection>>,
+    process: Option<Arc<ChildProcess>>,
     crashes: CrashLog,
 }
 
 struct Frame {
     kind: FrameKind,
     /// The renderer process of a child-process frame, while it runs.
-    process: Option<Arc<Connection>>,
+    process: Option<Arc<ChildProcess>>,
     crashes: CrashLog,
     restarts: u32,
     problem: Option<String>,
@@ -466,7 +467,7 @@ impl Host {
                     info: entry.library.info.clone(),
                     state: entry.state.clone(),
                     isolated: entry.isolated,
-                    pid: entry.process.as_ref().filter(|process| !process.is_closed()).map(|process| process.pid),
+                    pid: entry.process.as_ref().filter(|process| !process.is_closed()).map(|process| process.pid()),
                     crashes: entry.crashes.count(),
                     last_problem: entry.last_problem.clone(),
                     frames: entry.link.as_ref().map(|link| link.frames()).unwrap_or_default(),
@@ -497,7 +498,7 @@ impl Host {
             .map(|(id, frame)| FrameSnapshot {
                 id: *id,
                 kind: frame.kind,
-                pid: frame.process.as_ref().filter(|process| !process.is_closed()).map(|process| process.pid),
+                pid: frame.process.as_ref().filter(|process| !process.is_closed()).map(|process| process.pid()),
                 restarts: frame.restarts,
                 problem: frame.problem.clone(),
             })
@@ -619,28 +620,28 @@ async fn tell_frames(link: &Link) {
 
 impl Host {
     /// Starts a child process for `role`; its unexpected end is handled as a crash.
-    async fn spawn_child(&self, role: Role) -> Result<Arc<Connection>, HostError> {
+    async fn spawn_child(&self, role: Role) -> Result<Arc<ChildProcess>, HostError> {
         let weak = self.weak();
-        let on_lost = Box::new(move |connection: Arc<Connection>, reason: String| {
+        let on_lost = Box::new(move |process: Arc<ChildProcess>, reason: String| {
             if let Some(host) = Host::from_weak(&weak) {
-                tokio::spawn(host.on_child_lost(connection, reason));
+                tokio::spawn(host.on_child_lost(process, reason));
             }
         });
         let config = &self.inner.config;
-        Connection::spawn(&config.child_program, &config.child_args, role, on_lost)
+        ChildProcess::spawn(&config.child_program, &config.child_args, role, on_lost)
             .await
             .map_err(|error| HostError::ChildProcess(error.to_string()))
     }
 
     /// Boxed: restarting after a crash starts a child whose loss comes back here.
-    fn on_child_lost(&self, connection: Arc<Connection>, reason: String) -> BoxFuture<'static, ()> {
+    fn on_child_lost(&self, process: Arc<ChildProcess>, reason: String) -> BoxFuture<'static, ()> {
         let host = self.clone();
         Box::pin(async move {
-            let role = connection.role.clone();
+            let role = process.role().clone();
             host.operation(move |host| async move {
                 match role {
-                    Role::Frame(frame) => host.frame_crashed(frame, &connection, &reason).await,
-                    Role::Isolated(name) => host.extension_crashed(&name, &connection, &reason).await,
+                    Role::Frame(frame) => host.frame_crashed(frame, &process, &reason).await,
+                    Role::Isolated(name) => host.extension_crashed(&name, &process, &reason).await,
                 }
             })
             .await;

@@ -3,20 +3,21 @@
 //! ends (the host exited, crashed or was killed), the child exits at once: no orphans.
 
 use std::collections::HashMap;
-use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::OnceLock;
 
 use extension_api::abi::{self, Descriptor, HostVTable, RawMessage, RawSlice};
-use extension_api::wire::{Completion, ErrorPayload, InstanceConfig};
+use extension_api::message::{Message, Reply};
+use extension_api::wire::{Completion, InstanceConfig};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::protocol::{self, Framing, OwnedMessage, PROTOCOL_VERSION, Packet};
+use crate::library_instance::{LibraryInstance, Taken};
 
 /// The socket to the host, written by whichever thread sends (extension threads call the
 /// vtable below); frames are written whole, under the lock.
@@ -33,19 +34,6 @@ const READER_POST_BOUND: usize = 65_536;
 
 static CHILD_VTABLE: HostVTable =
     HostVTable { abi_version: abi::ABI_VERSION, send: child_send, complete: child_complete, log: child_log };
-
-/// An instance pointer a library gave this child.
-#[derive(Clone, Copy)]
-struct InstancePtr(*mut c_void);
-
-// SAFETY: instances are built for use from any thread (`control`/`deliver` only queue work);
-// `destroy` is called once, after the instance is removed from the table.
-unsafe impl Send for InstancePtr {}
-
-struct Instance {
-    descriptor: &'static Descriptor,
-    pointer: InstancePtr,
-}
 
 /// Runs the child until the host goes away. Returns only on a startup failure.
 pub fn run(socket: &Path, token: &str) -> ExitCode {
@@ -101,9 +89,9 @@ fn serve(socket: &Path, token: &str) -> Result<(), String> {
 }
 
 /// The instances this child runs, by key.
-type Instances = Arc<Mutex<HashMap<u64, Instance>>>;
+type Instances = Arc<Mutex<HashMap<u64, LibraryInstance>>>;
 
-fn instances_of(instances: &Instances) -> std::sync::MutexGuard<'_, HashMap<u64, Instance>> {
+fn instances_of(instances: &Instances) -> std::sync::MutexGuard<'_, HashMap<u64, LibraryInstance>> {
     instances.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -129,12 +117,9 @@ fn handle(packet: Packet, instances: &Instances) {
         }
         Packet::Control { key, command } => {
             let completion = command.completion();
-            let status = match (instances_of(instances).get(&key), rmp_serde::to_vec_named(&command)) {
-                // SAFETY: the pointer is live until `Destroy` removes it; `bytes` outlives the call.
-                (Some(instance), Ok(bytes)) => unsafe {
-                    (instance.descriptor.control)(instance.pointer.0, RawSlice::new(&bytes))
-                },
-                _ => abi::status::UNKNOWN_INSTANCE,
+            let status = match instances_of(instances).get(&key) {
+                Some(instance) => instance.control(&command),
+                None => abi::status::UNKNOWN_INSTANCE,
             };
             if status != abi::status::OK {
                 let result =
@@ -143,38 +128,31 @@ fn handle(packet: Packet, instances: &Instances) {
             }
         }
         Packet::Message { key, message } => {
-            let raw = message.raw();
             let status = match instances_of(instances).get(&key) {
-                // SAFETY: as above; the message's buffers outlive the call.
-                Some(instance) => unsafe { (instance.descriptor.deliver)(instance.pointer.0, &raw) },
+                Some(instance) => instance.deliver(&message.as_message()),
                 None => abi::status::UNKNOWN_INSTANCE,
             };
             // A refused request is answered at once (its invoker would otherwise wait for its
             // timeout); a dropped broadcast is counted by the instance.
-            if status != abi::status::OK && raw.kind == abi::kind::INVOKE {
+            if status != abi::status::OK && message.kind == abi::kind::INVOKE {
                 post(refusal(key, &message, status));
             }
         }
         Packet::Destroy { key } => {
-            let removed = instances_of(instances).remove(&key);
-            match removed {
-                Some(Instance { descriptor, pointer }) => {
-                    let destroy = move || {
-                        let pointer = pointer;
-                        // SAFETY: removed from the table, so this is the only use of the pointer
-                        // left (the caller below runs this once: on its thread, or here).
-                        unsafe { (descriptor.destroy)(pointer.0) };
-                        post(Packet::Destroyed { key });
-                    };
-                    // Off the reader thread: destroying joins the instance's thread. If no thread
-                    // can be started, on this one (the instance must not run on unowned).
-                    if std::thread::Builder::new().name("child-destroy".into()).spawn(destroy).is_err() {
-                        destroy();
-                    }
-                }
-                None => {
-                    post(Packet::Destroyed { key });
-                }
+            let taken = instances_of(instances).remove(&key).and_then(|instance| instance.take());
+            if taken.is_none() {
+                post(Packet::Destroyed { key });
+                return;
+            }
+            // Taken out of the table, so this is the instance's one destroy: on a thread of its
+            // own (destroying joins the instance's thread, which the reader must not wait for),
+            // or, if no thread can be started, on this one (it must not run on unowned).
+            let slot = Arc::new(Mutex::new(taken));
+            let on_thread = slot.clone();
+            let spawned =
+                std::thread::Builder::new().name("child-destroy".into()).spawn(move || destroy(&on_thread, key));
+            if spawned.is_err() {
+                destroy(&slot, key);
             }
         }
         other => tracing::error!("child: ignoring an unexpected packet from the host: {other:?}"),
@@ -258,36 +236,31 @@ fn load(path: &Path) -> Result<Loaded, String> {
     Ok(Loaded { descriptor: library.descriptor, name: library.info.name })
 }
 
-fn start(key: u64, path: &Path, config: &InstanceConfig) -> Result<Instance, String> {
+fn start(key: u64, path: &Path, config: &InstanceConfig) -> Result<LibraryInstance, String> {
     let library = library(path)?;
     let name = &config.name;
     if library.name != *name {
         return Err(format!("`{}` now holds extension `{}`, not `{name}`", path.display(), library.name));
     }
-    let config = rmp_serde::to_vec_named(config).map_err(|error| error.to_string())?;
-    let descriptor = library.descriptor;
-    // SAFETY: the descriptor's ABI version matched in `load`; the vtable is a static and
-    // `config` outlives the call.
-    let pointer = unsafe { (descriptor.instantiate)(&CHILD_VTABLE, key, RawSlice::new(&config)) };
-    if pointer.is_null() {
-        return Err("the library could not start an instance".into());
+    let instance = LibraryInstance::new(library.descriptor);
+    instance.instantiate(&CHILD_VTABLE, key, config).map_err(|refused| refused.to_string())?;
+    Ok(instance)
+}
+
+/// Destroys the instance in `slot`, if it is still there, and tells the host it is gone.
+fn destroy(slot: &Mutex<Option<Taken>>, key: u64) {
+    let taken = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+    if let Some(taken) = taken {
+        taken.destroy();
     }
-    Ok(Instance { descriptor, pointer: InstancePtr(pointer) })
+    post(Packet::Destroyed { key });
 }
 
 /// The error reply to a request the instance `key` could not take.
 fn refusal(key: u64, request: &OwnedMessage, status: u32) -> Packet {
     let (kind, why) = extension_api::message::refusal(status);
-    let payload = rmp_serde::to_vec_named(&ErrorPayload { message: why, data: None }).unwrap_or_default();
-    let message = OwnedMessage {
-        kind: abi::kind::REPLY,
-        status: extension_api::message::error_code(kind),
-        origin: request.target,
-        target: request.origin,
-        request_id: request.request_id,
-        channel: String::new(),
-        payload,
-    };
+    let reply = Reply::error(kind, why);
+    let message = Message::reply(request.target, request.origin, request.request_id, &reply).to_owned();
     Packet::Message { key, message }
 }
 

@@ -1,19 +1,19 @@
-//! The host's end of a child connection: spawning the child, the handshake, and validating
-//! everything it sends. The host trusts no child: a packet that is oversized, malformed,
-//! unexpected, or names an instance key not given to this connection closes the connection
-//! (and ends the child), with the reason logged; nothing else is affected.
+//! The host's end of a child connection, its writing side: spawning the child, the
+//! handshake, and the packets the host sends (the child-process transport's wire). What the
+//! child sends is read and validated by the connection's reader (`inbound::ChildReader`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::hash::{BuildHasher, Hasher};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use extension_api::abi::{self, RawMessage};
+use extension_api::abi;
+use extension_api::message::Message;
 use extension_api::wire::Control;
 use extension_api::wire::InstanceConfig;
 use std::io::Write;
@@ -22,9 +22,8 @@ use std::os::unix::net::UnixStream;
 use tokio::net::UnixListener;
 use tokio::sync::oneshot;
 
-use super::protocol::{self, Framing, MAX_PACKET, OwnedMessage, PROTOCOL_VERSION, Packet};
+use super::protocol::{self, Framing, MAX_PACKET, PROTOCOL_VERSION, Packet};
 use crate::core::lock;
-use crate::endpoint::{self, Endpoint};
 use crate::private_dir::PrivateDir;
 
 /// What a child process is for.
@@ -45,31 +44,33 @@ pub(crate) enum SpawnError {
     Handshake(String),
 }
 
-/// Called once when a connection is lost unexpectedly (the child crashed, exited, or broke
-/// the protocol), with the reason.
-pub(crate) type OnLost = Box<dyn Fn(Arc<Connection>, String) + Send + Sync>;
-
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 const DESTROY_TIMEOUT: Duration = Duration::from_secs(6);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The host's end of one child process: the process and the socket's writing side. It knows
+/// keys and packets, nothing of endpoints or links: what arrives is routed by the
+/// connection's reader (`inbound::ChildReader`), which holds what it routes to.
 pub(crate) struct Connection {
     pub(crate) role: Role,
     pub(crate) pid: u32,
     /// The socket, written by whichever thread sends (frames are written whole, under the lock).
     writer: Mutex<UnixStream>,
-    /// For the async part of cleaning up after the connection ends.
-    runtime: tokio::runtime::Handle,
-    endpoints: Mutex<HashMap<u64, Weak<Endpoint>>>,
-    /// Keys this connection had: late packets for them are dropped, not violations.
-    retired: Mutex<HashSet<u64>>,
+    /// Loads and destroys waiting for the child's answer (the reader gives it).
     loads: Mutex<HashMap<u64, oneshot::Sender<Result<(), String>>>>,
     destroys: Mutex<HashMap<u64, oneshot::Sender<()>>>,
     closed: AtomicBool,
     /// Set before the host ends the child on purpose: its end is then no crash.
     retiring: AtomicBool,
     child: Mutex<Option<tokio::process::Child>>,
-    on_lost: OnLost,
+}
+
+/// A started child that passed the handshake: its connection, and the socket's reading side
+/// with the framing the handshake left (for the connection's reader).
+pub(crate) struct Spawned {
+    pub(crate) connection: Connection,
+    pub(crate) stream: UnixStream,
+    pub(crate) framing: Framing,
 }
 
 /// A token the child must present, so nothing else can take its place on the socket.
@@ -106,12 +107,7 @@ pub(crate) fn describe_exit(status: std::process::ExitStatus) -> String {
 impl Connection {
     /// Starts `program prefix_args... child --socket PATH --token TOKEN` and completes the
     /// handshake.
-    pub(crate) async fn spawn(
-        program: &Path,
-        prefix_args: &[OsString],
-        role: Role,
-        on_lost: OnLost,
-    ) -> Result<Arc<Connection>, SpawnError> {
+    pub(crate) async fn spawn(program: &Path, prefix_args: &[OsString], role: Role) -> Result<Spawned, SpawnError> {
         let start_error = |reason: String| SpawnError::Start { program: program.to_owned(), reason };
         // Removed (with the socket) however this ends.
         let dir = PrivateDir::create().map_err(|e| start_error(format!("cannot create a private directory: {e}")))?;
@@ -151,169 +147,80 @@ impl Connection {
         let writer = stream.try_clone().map_err(|e| SpawnError::Handshake(e.to_string()))?;
         // A child that stops reading for this long, with its socket buffer full, is hung.
         writer.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(|e| SpawnError::Handshake(e.to_string()))?;
-        let connection = Arc::new(Connection {
+        let connection = Connection {
             role,
             pid,
             writer: Mutex::new(writer),
-            runtime: tokio::runtime::Handle::current(),
-            endpoints: Mutex::new(HashMap::new()),
-            retired: Mutex::new(HashSet::new()),
             loads: Mutex::new(HashMap::new()),
             destroys: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             retiring: AtomicBool::new(false),
             child: Mutex::new(Some(child)),
-            on_lost,
-        });
-        let reader = connection.clone();
-        std::thread::Builder::new()
-            .name(format!("child-{pid}"))
-            .spawn(move || reader.read_loop(stream, framing))
-            .map_err(|e| SpawnError::Handshake(format!("cannot start the reader thread: {e}")))?;
-        Ok(connection)
+        };
+        Ok(Spawned { connection, stream, framing })
     }
 
     /// A connection with no child process behind it, over `writer` (one end of a socket
     /// pair): what [`crate::fuzzing`] feeds packets to. `loading` are keys with a load pending.
-    pub(crate) fn detached(writer: UnixStream, runtime: tokio::runtime::Handle, loading: &[u64]) -> Connection {
+    pub(crate) fn detached(writer: UnixStream, loading: &[u64]) -> Connection {
         let loads = loading.iter().map(|&key| (key, oneshot::channel().0)).collect();
         Connection {
             role: Role::Frame(0),
             pid: 0,
             writer: Mutex::new(writer),
-            runtime,
-            endpoints: Mutex::new(HashMap::new()),
-            retired: Mutex::new(HashSet::new()),
             loads: Mutex::new(loads),
             destroys: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             retiring: AtomicBool::new(false),
             child: Mutex::new(None),
-            on_lost: Box::new(|_, _| {}),
         }
     }
 
-    /// Routes what the child sends until the connection ends, then cleans up.
-    fn read_loop(self: Arc<Self>, mut stream: UnixStream, mut framing: Framing) {
-        let reason = loop {
-            match framing.read(&mut stream) {
-                Ok(Some(bytes)) => {
-                    let received = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.receive(&bytes)));
-                    match received {
-                        Ok(Ok(())) => {}
-                        Ok(Err(violation)) => break format!("protocol violation: {violation}"),
-                        // Whatever failed, the connection must still be cleaned up.
-                        Err(_) => break "the host failed while handling a packet from the child".to_owned(),
-                    }
-                }
-                Ok(None) => break "the connection closed".to_owned(),
-                Err(error) => break format!("unreadable frame: {error}"),
-            }
-        };
-        let runtime = self.runtime.clone();
-        runtime.spawn(async move { self.lost(reason).await });
-    }
-
-    /// Handles one packet from the child; an error is a protocol violation.
-    pub(crate) fn receive(&self, bytes: &[u8]) -> Result<(), String> {
-        let packet = protocol::decode(bytes).map_err(|error| format!("malformed packet: {error}"))?;
-        match packet {
-            Packet::Message { key, message } => {
-                if let Some(endpoint) = self.endpoint(key)?
-                    && let Some(link) = endpoint.link.upgrade()
-                {
-                    let raw = message.raw();
-                    let status = link.route(&endpoint, &raw);
-                    // Only a request from a half that runs there is answered: a forged origin
-                    // must not get an error reply delivered to the half it claims to be.
-                    if status != abi::status::OK && raw.kind == abi::kind::INVOKE && endpoint.hosts(raw.origin) {
-                        link.refuse_invoke(&raw, status);
-                    }
-                }
-            }
-            Packet::Complete { key, completion, result } => {
-                if self.endpoint(key)?.is_some() {
-                    endpoint::complete(key, completion, result);
-                }
-            }
-            Packet::Log { key, level, target, message } => {
-                if let Some(endpoint) = self.endpoint(key)? {
-                    endpoint::forward_log(&endpoint, level, &target, &message);
-                }
-            }
-            Packet::Loaded { key } => self.finish_load(key, Ok(()))?,
-            Packet::LoadFailed { key, reason } => self.finish_load(key, Err(reason))?,
-            Packet::Destroyed { key } => {
-                if let Some(done) = lock(&self.destroys).remove(&key) {
-                    let _ = done.send(());
-                }
-            }
-            other => return Err(format!("a child may not send {}", packet_name(&other))),
-        }
-        Ok(())
-    }
-
-    /// The endpoint behind `key`, which must have been given to this connection; `None` for a
-    /// key it had (a late packet of a destroyed instance, which is dropped).
-    fn endpoint(&self, key: u64) -> Result<Option<Arc<Endpoint>>, String> {
-        if let Some(endpoint) = lock(&self.endpoints).get(&key) {
-            return Ok(endpoint.upgrade());
-        }
-        if lock(&self.retired).contains(&key) {
-            return Ok(None);
-        }
-        Err(format!("instance key {key} does not belong to this connection"))
-    }
-
-    fn finish_load(&self, key: u64, result: Result<(), String>) -> Result<(), String> {
+    /// Gives the child's answer to a load; false if no load of `key` waits.
+    pub(crate) fn finish_load(&self, key: u64, result: Result<(), String>) -> bool {
         match lock(&self.loads).remove(&key) {
             Some(waiter) => {
                 let _ = waiter.send(result);
-                Ok(())
+                true
             }
-            None if lock(&self.retired).contains(&key) => Ok(()),
-            None => Err(format!("an unrequested load answer for key {key}")),
+            None => false,
         }
     }
 
-    /// The connection broke: every instance behind it is gone.
-    async fn lost(self: &Arc<Self>, reason: String) {
-        if self.closed.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let expected = self.retiring.load(Ordering::Acquire);
-        // Ends the reader thread too, even if the child lingers.
-        self.shut_socket();
-        let child = lock(&self.child).take();
-        if let Some(mut child) = child {
-            let _ = child.start_kill();
-            // Everything waiting on the child fails now; how it ended is reported after.
-            self.fail_everything(&reason);
-            let ended = match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
-                Ok(Ok(status)) => describe_exit(status),
-                _ => "did not end".to_owned(),
-            };
-            let reason = format!("{reason}; the child process (pid {}) {ended}", self.pid);
-            if !expected {
-                tracing::warn!(role = ?self.role, "child connection lost: {reason}");
-                (self.on_lost)(self.clone(), reason);
-            }
+    /// The child confirmed it destroyed `key`'s instance.
+    pub(crate) fn finish_destroy(&self, key: u64) {
+        if let Some(done) = lock(&self.destroys).remove(&key) {
+            let _ = done.send(());
         }
     }
 
-    fn fail_everything(&self, reason: &str) {
-        let endpoints: Vec<Arc<Endpoint>> = lock(&self.endpoints).drain().filter_map(|(_, e)| e.upgrade()).collect();
-        for endpoint in endpoints {
-            endpoint::fail_completions(endpoint.key, reason);
-            if let Some(link) = endpoint.link.upgrade() {
-                link.lose_endpoint(&endpoint, reason);
-            }
-        }
+    /// Marks the connection closed; false if it already was (whoever closes it first cleans up).
+    pub(crate) fn close(&self) -> bool {
+        !self.closed.swap(true, Ordering::AcqRel)
+    }
+
+    /// Whether the host is ending the child on purpose.
+    pub(crate) fn is_retiring(&self) -> bool {
+        self.retiring.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_retiring(&self) {
+        self.retiring.store(true, Ordering::Release);
+    }
+
+    /// The child process, once: whoever cleans up waits for it.
+    pub(crate) fn take_child(&self) -> Option<tokio::process::Child> {
+        lock(&self.child).take()
+    }
+
+    /// Drops every load and destroy still waiting: their waiters see the child gone.
+    pub(crate) fn drop_waiters(&self) {
         lock(&self.loads).clear();
         lock(&self.destroys).clear();
     }
 
-    fn shut_socket(&self) {
+    /// Shuts the socket both ways: the reader thread sees the end.
+    pub(crate) fn shut_socket(&self) {
         let _ = lock(&self.writer).shutdown(std::net::Shutdown::Both);
     }
 
@@ -333,15 +240,6 @@ impl Connection {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn register(&self, key: u64, endpoint: Weak<Endpoint>) {
-        lock(&self.endpoints).insert(key, endpoint);
-    }
-
-    pub(crate) fn unregister(&self, key: u64) {
-        lock(&self.endpoints).remove(&key);
-        lock(&self.retired).insert(key);
     }
 
     fn send(&self, packet: Packet) -> u32 {
@@ -374,12 +272,8 @@ impl Connection {
         }
     }
 
-    pub(crate) fn deliver(&self, key: u64, message: &RawMessage) -> u32 {
-        // SAFETY: `message` comes from a routing call, whose buffers are valid for its duration.
-        match unsafe { OwnedMessage::copy(message) } {
-            Some(message) => self.send(Packet::Message { key, message }),
-            None => abi::status::INVALID,
-        }
+    pub(crate) fn deliver(&self, key: u64, message: &Message<'_>) -> u32 {
+        self.send(Packet::Message { key, message: message.to_owned() })
     }
 
     pub(crate) fn control(&self, key: u64, command: Control) -> u32 {
@@ -424,12 +318,6 @@ impl Connection {
         lock(&self.destroys).remove(&key);
         confirmed
     }
-
-    /// Ends the child on purpose (its frame closed, its extension deactivated).
-    pub(crate) async fn retire(self: &Arc<Self>) {
-        self.retiring.store(true, Ordering::Release);
-        self.lost("retired by the host".to_owned()).await;
-    }
 }
 
 /// Checks the child's hello (its protocol version and token) and welcomes it.
@@ -462,7 +350,7 @@ fn handshake(mut stream: UnixStream, token: &str) -> Result<(UnixStream, Framing
     Ok((stream, framing))
 }
 
-fn packet_name(packet: &Packet) -> &'static str {
+pub(crate) fn packet_name(packet: &Packet) -> &'static str {
     match packet {
         Packet::Hello { .. } => "Hello",
         Packet::Welcome { .. } => "Welcome",

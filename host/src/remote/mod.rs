@@ -1,9 +1,11 @@
-//! Child processes: renderer processes that host child-process frames, and the processes of
-//! isolated extensions. `protocol` is the plain-data wire format, `connection` the host's end,
-//! `child` the child's end (the `host child` subcommand).
+//! The child protocol and its two ends' plumbing, below routing: `protocol` is the plain-data
+//! wire format; `connection` is the host's end of one child process (spawn, handshake, the
+//! packets the host writes: the child-process transport's wire); `child` is the child's end
+//! (the `host child` subcommand). What a child sends is read by `inbound::ChildReader`. Nothing
+//! here knows of endpoints, links or requests.
 
-pub mod child;
+pub(crate) mod child;
 mod connection;
-pub mod protocol;
+pub(crate) mod protocol;
 
-pub(crate) use connection::{Connection, Role};
+pub(crate) use connection::{Connection, Role, SpawnError, Spawned, describe_exit, packet_name};

@@ -75,7 +75,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { library } => check(&library),
-        Command::Child { socket, token } => extension_host::remote::child::run(&socket, &token),
+        Command::Child { socket, token } => extension_host::run_child(&socket, &token),
         Command::Run { paths, frames, child_frames, isolated, duration, console, inspect, watch, data_dir } => {
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(runtime) => runtime,

@@ -1,0 +1,221 @@
+//! A child connection's inbound side: the reader thread's loop and the validation of every
+//! packet a child sends, and the keys given to the connection with what each routes to. The
+//! host trusts no child: a packet that is oversized, malformed, unexpected, or names an
+//! instance key not given to this connection closes the connection (and ends the child), with
+//! the reason logged; nothing else is affected.
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex, Weak};
+
+use extension_api::abi;
+
+use crate::core::lock;
+use crate::endpoint::Endpoint;
+use crate::link::Link;
+use crate::remote::protocol::{self, Framing, Packet};
+use crate::remote::{Connection, packet_name};
+
+/// What a key given to the connection routes to.
+struct Routed {
+    link: Weak<Link>,
+    endpoint: Weak<Endpoint>,
+}
+
+/// A key's endpoint, with its link if that still exists.
+type Found = (Option<Arc<Link>>, Arc<Endpoint>);
+
+/// The reading side of one child connection. It holds what it routes to (weakly: the host
+/// owns namespaces and endpoints); the connection's writer knows nothing of it.
+pub(crate) struct ChildReader {
+    connection: Arc<Connection>,
+    /// The keys given to this connection.
+    routes: Mutex<HashMap<u64, Routed>>,
+    /// Keys this connection had: late packets for them are dropped, not violations.
+    retired: Mutex<HashSet<u64>>,
+}
+
+impl ChildReader {
+    pub(crate) fn new(connection: Arc<Connection>) -> ChildReader {
+        ChildReader { connection, routes: Mutex::new(HashMap::new()), retired: Mutex::new(HashSet::new()) }
+    }
+
+    /// Gives `key` to this connection: its packets route into `link`, from `endpoint`.
+    pub(crate) fn register(&self, key: u64, link: Weak<Link>, endpoint: Weak<Endpoint>) {
+        lock(&self.routes).insert(key, Routed { link, endpoint });
+    }
+
+    /// Takes `key` back: its late packets are dropped from now on.
+    pub(crate) fn retire(&self, key: u64) {
+        lock(&self.routes).remove(&key);
+        lock(&self.retired).insert(key);
+    }
+
+    /// Routes what the child sends until the connection ends; returns why it ended.
+    pub(crate) fn read_loop(&self, mut stream: UnixStream, mut framing: Framing) -> String {
+        loop {
+            match framing.read(&mut stream) {
+                Ok(Some(bytes)) => {
+                    let received = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.receive(&bytes)));
+                    match received {
+                        Ok(Ok(())) => {}
+                        Ok(Err(violation)) => return format!("protocol violation: {violation}"),
+                        // Whatever failed, the connection must still be cleaned up.
+                        Err(_) => return "the host failed while handling a packet from the child".to_owned(),
+                    }
+                }
+                Ok(None) => return "the connection closed".to_owned(),
+                Err(error) => return format!("unreadable frame: {error}"),
+            }
+        }
+    }
+
+    /// Handles one packet from the child; an error is a protocol violation.
+    pub(crate) fn receive(&self, bytes: &[u8]) -> Result<(), String> {
+        let packet = protocol::decode(bytes).map_err(|error| format!("malformed packet: {error}"))?;
+        match packet {
+            Packet::Message { key, message } => {
+                if let Some((Some(link), endpoint)) = self.route_of(key)? {
+                    let message = message.as_message();
+                    let status = link.route(&endpoint, &message);
+                    // Only a request from a half that runs there is answered: a forged origin
+                    // must not get an error reply delivered to the half it claims to be.
+                    if status != abi::status::OK && message.kind == abi::kind::INVOKE && endpoint.hosts(message.origin)
+                    {
+                        link.refuse_invoke(&message, status);
+                    }
+                }
+            }
+            Packet::Complete { key, completion, result } => {
+                if let Some((_, endpoint)) = self.route_of(key)? {
+                    endpoint.complete(completion, result);
+                }
+            }
+            Packet::Log { key, level, target, message } => {
+                if let Some((Some(link), _)) = self.route_of(key)? {
+                    link.forward_log(level, &target, &message);
+                }
+            }
+            Packet::Loaded { key } => self.finish_load(key, Ok(()))?,
+            Packet::LoadFailed { key, reason } => self.finish_load(key, Err(reason))?,
+            Packet::Destroyed { key } => {
+                // The instance is gone: anything later for its key is late, and dropped.
+                if lock(&self.routes).contains_key(&key) {
+                    self.retire(key);
+                }
+                self.connection.finish_destroy(key);
+            }
+            other => return Err(format!("a child may not send {}", packet_name(&other))),
+        }
+        Ok(())
+    }
+
+    /// What `key` routes to: it must have been given to this connection. `None` for a key it
+    /// had, or one whose endpoint is gone (a late packet of a destroyed instance, dropped).
+    fn route_of(&self, key: u64) -> Result<Option<Found>, String> {
+        if let Some(routed) = lock(&self.routes).get(&key) {
+            return Ok(routed.endpoint.upgrade().map(|endpoint| (routed.link.upgrade(), endpoint)));
+        }
+        if lock(&self.retired).contains(&key) {
+            return Ok(None);
+        }
+        Err(format!("instance key {key} does not belong to this connection"))
+    }
+
+    fn finish_load(&self, key: u64, result: Result<(), String>) -> Result<(), String> {
+        if self.connection.finish_load(key, result) || lock(&self.retired).contains(&key) {
+            return Ok(());
+        }
+        Err(format!("an unrequested load answer for key {key}"))
+    }
+
+    /// The connection is gone: every instance behind it is lost, and every request involving
+    /// their halves fails.
+    pub(crate) fn fail_everything(&self, reason: &str) {
+        let routed: Vec<Routed> = lock(&self.routes).drain().map(|(_, routed)| routed).collect();
+        for Routed { link, endpoint } in routed {
+            let Some(endpoint) = endpoint.upgrade() else { continue };
+            endpoint.fail_completions(reason);
+            if let Some(link) = link.upgrade() {
+                link.lose_endpoint(&endpoint, reason);
+            }
+        }
+        self.connection.drop_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::Core;
+    use crate::transport::Transport;
+    use crate::transport::recording::Recording;
+    use extension_api::abi::PEER_MAIN;
+    use extension_api::message::{self, Message};
+    use extension_api::wire::OwnedMessage;
+
+    const KEY: u64 = 5;
+    const FRAME: u64 = 2;
+
+    fn recording(endpoint: &Endpoint) -> &Recording {
+        match endpoint.transport() {
+            Transport::Recording(recording) => recording,
+            _ => panic!("not a recording transport"),
+        }
+    }
+
+    fn packet(key: u64, message: OwnedMessage) -> Vec<u8> {
+        protocol::encode(&Packet::Message { key, message }).unwrap()
+    }
+
+    fn invoke(origin: u64, request_id: u64) -> OwnedMessage {
+        Message {
+            kind: abi::kind::INVOKE,
+            status: 0,
+            origin,
+            target: PEER_MAIN,
+            request_id,
+            channel: "ch",
+            payload: &[1],
+        }
+        .to_owned()
+    }
+
+    #[test]
+    fn a_childs_packets_route_only_as_the_halves_it_runs_and_only_under_its_keys() {
+        let link = Link::new("t", Arc::new(Core::new()));
+        let main = Endpoint::new(1, Transport::Recording(Recording::default()));
+        main.place(PEER_MAIN);
+        let child = Endpoint::new(KEY, Transport::Recording(Recording::default()));
+        child.place(FRAME);
+        link.add_endpoint(main.clone());
+        link.add_endpoint(child.clone());
+        let (writer, _other_end) = UnixStream::pair().unwrap();
+        let reader = ChildReader::new(Arc::new(Connection::detached(writer, &[])));
+        reader.register(KEY, Arc::downgrade(&link), Arc::downgrade(&child));
+
+        // A request of the half that runs there reaches main.
+        reader.receive(&packet(KEY, invoke(FRAME, 1))).unwrap();
+        assert_eq!(recording(&main).take(), vec![invoke(FRAME, 1)]);
+        // One claiming another origin is refused, and nobody gets an answer for it.
+        reader.receive(&packet(KEY, invoke(3, 2))).unwrap();
+        assert!(recording(&main).take().is_empty());
+        assert!(recording(&child).take().is_empty());
+        // A request refused on its way is answered to its invoker at once.
+        recording(&main).refuse_with(abi::status::BUSY);
+        reader.receive(&packet(KEY, invoke(FRAME, 3))).unwrap();
+        let answers = recording(&child).take();
+        assert_eq!(answers.len(), 1);
+        assert_eq!((answers[0].kind, answers[0].request_id), (abi::kind::REPLY, 3));
+        assert_eq!(message::error_kind(answers[0].status), Some(extension_api::InvokeErrorKind::Overloaded));
+        recording(&main).refuse_with(abi::status::OK);
+
+        // A key not given to this connection is a violation.
+        let violation = reader.receive(&packet(KEY + 1, invoke(FRAME, 4))).unwrap_err();
+        assert!(violation.contains("does not belong"), "{violation}");
+        // Once the instance is destroyed, its late packets are dropped, not routed.
+        reader.receive(&protocol::encode(&Packet::Destroyed { key: KEY }).unwrap()).unwrap();
+        reader.receive(&packet(KEY, invoke(FRAME, 5))).unwrap();
+        assert!(recording(&main).take().is_empty());
+    }
+}
