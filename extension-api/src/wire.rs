@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::abi::{self, Peer, RawMessage, RawSlice};
+use crate::abi::Peer;
 
 /// What the host tells an instance when it starts it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -557,7 +557,7 @@ pub struct StoreUpdate {
     pub write_id: u64,
 }
 
-/// A [`RawMessage`] that owns its buffers: what an instance queues in its mailbox, and what
+/// A [`crate::message::Message`] that owns its buffers: what an instance queues in its mailbox, and what
 /// travels on a child connection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OwnedMessage {
@@ -579,47 +579,9 @@ pub struct OwnedMessage {
 }
 
 impl OwnedMessage {
-    /// Copies a borrowed message; `None` if its buffers are invalid or a channel name is not
-    /// UTF-8.
-    ///
-    /// # Safety
-    /// The slices of `message` must be valid for this call (or null with length 0).
-    pub unsafe fn copy(message: &RawMessage) -> Option<OwnedMessage> {
-        // SAFETY: the caller's contract.
-        let channel = unsafe { message.channel.as_bytes() }?;
-        // SAFETY: the caller's contract.
-        let payload = unsafe { message.payload.as_bytes() }?;
-        Some(OwnedMessage {
-            kind: message.kind,
-            status: message.status,
-            origin: message.origin,
-            target: message.target,
-            request_id: message.request_id,
-            // Replies and cancels are matched by request id; their channel is not needed.
-            channel: match message.kind {
-                abi::kind::REPLY | abi::kind::CANCEL => String::new(),
-                _ => std::str::from_utf8(channel).ok()?.to_owned(),
-            },
-            payload: payload.to_vec(),
-        })
-    }
-
     /// The bytes it holds (channel name and payload): what a mailbox counts.
     pub fn size(&self) -> u64 {
         (self.channel.len() + self.payload.len()) as u64
-    }
-
-    /// Borrows it as a [`RawMessage`] for one call.
-    pub fn raw(&self) -> RawMessage {
-        RawMessage {
-            kind: self.kind,
-            status: self.status,
-            origin: self.origin,
-            target: self.target,
-            request_id: self.request_id,
-            channel: RawSlice::new(self.channel.as_bytes()),
-            payload: RawSlice::new(&self.payload),
-        }
     }
 }
 

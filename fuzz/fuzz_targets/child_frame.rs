@@ -9,9 +9,10 @@
 #![no_main]
 
 use extension_api::abi;
+use extension_api::message::Message;
 use extension_api::wire::{self, Control, OwnedMessage};
-use extension_host::fuzzing::{decode_frames, read_frames, receive_from_child};
 use extension_host::child_protocol::{MAX_PACKET, Packet, decode, encode};
+use extension_host::fuzzing::{decode_frames, read_frames, receive_from_child};
 use extension_host_fuzz::on_decoding_stack;
 use libfuzzer_sys::fuzz_target;
 
@@ -41,9 +42,11 @@ fn check(data: &[u8]) {
                 assert_eq!(&wire::decode::<Control>(&bytes).expect("the command decodes"), command);
             }
             Packet::Message { message, .. } => {
-                // The child delivers it as a borrowed `RawMessage`; the receiver copies it.
+                // The child delivers it as a borrowed `RawMessage`; the receiver validates and
+                // copies it.
+                let raw = message.as_message().to_raw();
                 // SAFETY: `raw` borrows `message`, which outlives the copy.
-                let copy = unsafe { OwnedMessage::copy(&message.raw()) }.expect("a decoded message copies");
+                let copy = unsafe { Message::from_raw(&raw) }.expect("a decoded message copies").to_owned();
                 let expected = match message.kind {
                     abi::kind::REPLY | abi::kind::CANCEL => OwnedMessage { channel: String::new(), ..message.clone() },
                     _ => message.clone(),

@@ -300,10 +300,11 @@ unsafe extern "C" fn child_send(key: u64, message: *const RawMessage) -> u32 {
         let Some(message) = (unsafe { message.as_ref() }) else {
             return abi::status::INVALID;
         };
-        // SAFETY: its buffers are valid for this call; invalid ones are refused by `copy`.
-        match unsafe { OwnedMessage::copy(message) } {
-            Some(message) => post(Packet::Message { key, message }),
-            None => abi::status::INVALID,
+        // SAFETY: the library keeps its buffers valid for this call; invalid ones are refused
+        // by `from_raw` before they are read.
+        match unsafe { Message::from_raw(message) } {
+            Ok(message) => post(Packet::Message { key, message: message.to_owned() }),
+            Err(status) => status,
         }
     }))
     .unwrap_or(abi::status::PANICKED)
