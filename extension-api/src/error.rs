@@ -66,7 +66,7 @@ pub enum InvokeErrorKind {
     /// The receiving side's mailbox is full: it is slower than its callers. Nothing was run;
     /// the request can be retried later.
     Overloaded,
-    /// The request or the reply is over the message limit ([`crate::abi::MAX_MESSAGE`]: its
+    /// The request or the reply is over the message limit ([`crate::MAX_MESSAGE`]: its
     /// value and channel name together). Refused at once, on the side that produced it; for a
     /// reply, the handler ran and its extension logs a warning naming the channel.
     TooLarge,
@@ -114,7 +114,7 @@ pub enum IpcError {
         /// The refused operation (`"listen"`, `"broadcast"`, ...).
         operation: &'static str,
     },
-    /// The message is over [`crate::abi::MAX_MESSAGE`]; nobody received it.
+    /// The message is over [`crate::MAX_MESSAGE`]; nobody received it.
     #[error(
         "the message on channel `{}` is {size} bytes (value and channel name), over the {limit}-byte limit; nobody received it",
         crate::error::shown(channel)
@@ -124,7 +124,7 @@ pub enum IpcError {
         channel: String,
         /// Its value's encoded size plus its channel name's, in bytes.
         size: usize,
-        /// The limit, [`crate::abi::MAX_MESSAGE`].
+        /// The limit, [`crate::MAX_MESSAGE`].
         limit: usize,
     },
     /// A renderer handle kept after its frame closed (or reloaded), while the extension stays
@@ -137,12 +137,12 @@ pub enum IpcError {
         operation: &'static str,
     },
     /// The host refused to route the message.
-    #[error("the host refused the message on channel `{}` (status {status})", crate::error::shown(channel))]
+    #[error("the host refused the message on channel `{}`: {reason}", crate::error::shown(channel))]
     Refused {
         /// The channel of the refused message.
         channel: String,
-        /// The [`crate::abi::status`] code the host returned.
-        status: u32,
+        /// Why, in words.
+        reason: &'static str,
     },
     /// `Main::get` or `Renderer::current` was called outside a running half; holds the reason.
     #[error("{0}")]

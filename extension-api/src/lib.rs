@@ -28,19 +28,26 @@
 //! export_extension!(main = Hello);
 //! ```
 //!
-//! The modules [`abi`], [`message`] and [`wire`] are the contract with the host; authors never
-//! use them.
+//! The module [`wire`] (with the hidden `abi` and `message`, which hold the C layouts and the
+//! wire codes) is the contract with the host; authors never use it.
 
 #![warn(missing_docs)]
 
+#[doc(hidden)]
 pub mod abi;
 mod channel;
 mod error;
 mod extension;
 mod ipc;
+#[doc(hidden)]
 pub mod message;
 mod runtime;
 pub mod wire;
+
+/// The largest message a half may send (16 MiB): its channel name and its encoded value
+/// together, the same wherever the halves run. A longer broadcast, request or reply is refused
+/// to its sender at once ([`IpcError::TooLarge`], [`InvokeErrorKind::TooLarge`]).
+pub const MAX_MESSAGE: usize = abi::MAX_MESSAGE;
 
 pub use channel::{EventChannel, EventChannelName, RequestChannel, RequestChannelName};
 pub use error::{BoxError, InvokeError, InvokeErrorKind, IpcError};

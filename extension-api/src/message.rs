@@ -36,6 +36,7 @@ impl<'a> Message<'a> {
     ///
     /// # Safety
     /// The slices of `raw` must be valid for `'a` (or null with length 0).
+    #[inline]
     pub unsafe fn from_raw(raw: &'a RawMessage) -> Result<Message<'a>, u32> {
         // SAFETY: the caller's contract; `as_bytes` refuses null-with-length and huge lengths.
         let channel = unsafe { raw.channel.as_bytes() }.ok_or(abi::status::INVALID)?;
@@ -57,6 +58,7 @@ impl<'a> Message<'a> {
     }
 
     /// Borrows it as a [`RawMessage`] for one call across the boundary.
+    #[inline]
     pub fn to_raw(&self) -> RawMessage {
         RawMessage {
             kind: self.kind,
@@ -70,6 +72,7 @@ impl<'a> Message<'a> {
     }
 
     /// Copies it, for a queue or a socket.
+    #[inline]
     pub fn to_owned(&self) -> OwnedMessage {
         OwnedMessage {
             kind: self.kind,
@@ -83,16 +86,19 @@ impl<'a> Message<'a> {
     }
 
     /// Whether its channel name and value are within [`abi::MAX_MESSAGE`].
+    #[inline]
     pub fn fits(&self) -> bool {
         abi::fits(self.channel.len(), self.payload.len())
     }
 
     /// This message with another target (a broadcast's fan-out, a cancel's real target).
+    #[inline]
     pub fn to(self, target: Peer) -> Message<'a> {
         Message { target, ..self }
     }
 
     /// A reply from `from` to `to` for request `request_id`.
+    #[inline]
     pub fn reply(from: Peer, to: Peer, request_id: u64, reply: &'a Reply) -> Message<'a> {
         Message {
             kind: abi::kind::REPLY,
@@ -106,6 +112,7 @@ impl<'a> Message<'a> {
     }
 
     /// `origin`'s cancel of its request `request_id` to `target`.
+    #[inline]
     pub fn cancel(origin: Peer, target: Peer, request_id: u64) -> Message<'static> {
         Message { kind: abi::kind::CANCEL, status: 0, origin, target, request_id, channel: "", payload: &[] }
     }
@@ -113,6 +120,7 @@ impl<'a> Message<'a> {
 
 impl OwnedMessage {
     /// Borrows it as a [`Message`].
+    #[inline]
     pub fn as_message(&self) -> Message<'_> {
         Message {
             kind: self.kind,
@@ -168,10 +176,18 @@ impl Reply {
 
     /// The value's bytes, or the error the reply carries, as the invoker of `channel` sees it.
     /// An unknown code (from a newer peer) reads as [`InvokeErrorKind::ConnectionLost`].
+    #[inline]
     pub fn into_result(self, channel: &str) -> Result<Vec<u8>, InvokeError> {
         if self.status == abi::status::OK {
             return Ok(self.payload);
         }
+        self.into_error(channel)
+    }
+
+    /// The error an error reply carries (out of line: the path of a successful reply stays
+    /// short).
+    #[cold]
+    fn into_error(self, channel: &str) -> Result<Vec<u8>, InvokeError> {
         let kind = error_kind(self.status).unwrap_or(InvokeErrorKind::ConnectionLost);
         match crate::wire::decode::<ErrorPayload>(&self.payload) {
             Ok(error) => Err(InvokeError::from_wire(kind, channel, error)),
@@ -238,6 +254,22 @@ pub fn refusal(status: u32) -> (InvokeErrorKind, String) {
         _ => format!("the request could not be delivered (status {status})"),
     };
     (kind, why)
+}
+
+/// What a [`abi::status`] code a call returned means, in words (for errors that must not carry
+/// the code itself).
+pub const fn status_text(status: u32) -> &'static str {
+    match status {
+        abi::status::OK => "it was taken",
+        abi::status::INVALID => "a pointer, length or encoded value was invalid",
+        abi::status::UNKNOWN_INSTANCE => "the host does not know this instance (it was destroyed)",
+        abi::status::DEACTIVATED => "the extension is deactivating or inactive",
+        abi::status::PANICKED => "the host failed while routing it (a caught panic)",
+        abi::status::NO_SUCH_PEER => "the half it names does not run (a closed frame)",
+        abi::status::BUSY => "the receiver's queue is full",
+        abi::status::TOO_LARGE => "it is over the message limit",
+        _ => "the host answered with a status this version does not know",
+    }
 }
 
 /// The number a log level travels as through [`abi::HostVTable::log`]: 1 (error) to 5 (trace).

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use extension_api::abi;
 
-use crate::host::ExtensionState;
+use crate::state::ExtensionState;
 
 /// Why a library could not be loaded. Nothing else in the host is affected. Every variant
 /// names the file it was asked to load (`path`).
@@ -248,7 +248,7 @@ pub enum HostError {
     /// A renderer process or an isolated extension's process could not be started.
     #[error("a child process could not be started: {0}")]
     ChildProcess(String),
-    /// The message is over [`extension_api::abi::MAX_MESSAGE`]; nobody received it.
+    /// The message is over [`extension_api::MAX_MESSAGE`]; nobody received it.
     #[error(
         "the message on channel `{channel}` is {size} bytes (value and channel name), over the {limit}-byte limit; nobody received it"
     )]

@@ -36,6 +36,7 @@ pub(crate) struct HalfHandle {
 }
 
 impl HalfHandle {
+    #[inline]
     pub(crate) fn new(shared: Weak<Shared>, peer: Peer, generation: u64) -> HalfHandle {
         HalfHandle { shared, peer, generation }
     }
@@ -174,7 +175,9 @@ impl HalfHandle {
             // The host no longer routes for this frame: it is closing.
             abi::status::NO_SUCH_PEER => Err(self.gone("broadcast")),
             abi::status::DEACTIVATED => Err(IpcError::Deactivated { operation: "broadcast" }),
-            status => Err(IpcError::Refused { channel: channel.to_owned(), status }),
+            status => {
+                Err(IpcError::Refused { channel: channel.to_owned(), reason: crate::message::status_text(status) })
+            }
         }
     }
 

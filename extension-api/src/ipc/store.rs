@@ -98,7 +98,7 @@ pub enum StoreError {
         reason: String,
     },
     /// The encoded value is over [`STORE_VALUE_LIMIT`] (or a write's key and value together
-    /// are over the message limit, [`crate::abi::MAX_MESSAGE`]).
+    /// are over the message limit, [`crate::MAX_MESSAGE`]).
     #[error(
         "cannot store `{}`: the value is {size} bytes encoded, over the {limit}-byte limit",
         crate::error::shown(key)

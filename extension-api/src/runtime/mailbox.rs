@@ -28,11 +28,13 @@ pub(crate) struct Delivery {
 
 impl Delivery {
     /// A message the host delivered.
+    #[inline]
     pub(crate) fn from_host(message: OwnedMessage) -> Delivery {
         Delivery { route: Route::Host, message }
     }
 
     /// A message between two halves of this instance.
+    #[inline]
     pub(crate) fn within(message: OwnedMessage) -> Delivery {
         Delivery { route: Route::Within, message }
     }

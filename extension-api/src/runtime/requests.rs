@@ -41,6 +41,7 @@ pub(crate) struct Waiter {
 impl Waiter {
     /// Ends the wait with `answer`. The invoker may have given up meanwhile; then nobody
     /// wants it.
+    #[inline]
     pub(crate) fn answer(self, answer: Answer) {
         let _ = self.reply.send(answer);
     }
@@ -125,6 +126,7 @@ impl<Task> Default for Requests<Task> {
 
 impl<Task> Requests<Task> {
     /// Records a request its invoker now waits on; the receiver gets its answer.
+    #[inline]
     pub(crate) fn wait_for(&mut self, request: Outgoing) -> oneshot::Receiver<Answer> {
         let (reply, receiver) = oneshot::channel();
         let Outgoing { id, invoker, target, route, ticks } = request;
@@ -133,11 +135,13 @@ impl<Task> Requests<Task> {
     }
 
     /// Whether `invoker` still waits on request `id` (not failed, timed out or given up).
+    #[inline]
     pub(crate) fn is_waiting(&self, invoker: Peer, id: u64) -> bool {
         self.waiting.get(&id).is_some_and(|waiting| waiting.invoker == invoker)
     }
 
     /// The wait a reply to `invoker` for request `id` ends: only the invoker's own request.
+    #[inline]
     pub(crate) fn take_reply(&mut self, invoker: Peer, id: u64) -> Option<Waiter> {
         match self.waiting.entry(id) {
             Entry::Occupied(entry) if entry.get().invoker == invoker => Some(entry.remove().waiter),
@@ -146,17 +150,20 @@ impl<Task> Requests<Task> {
     }
 
     /// Forgets request `id`: its invoker stopped waiting (answered, refused or dropped).
+    #[inline]
     pub(crate) fn forget(&mut self, id: u64) {
         self.waiting.remove(&id);
     }
 
     /// Records the run of `request`'s handler, which `task` stops.
+    #[inline]
     pub(crate) fn run(&mut self, request: Incoming, task: Task) {
         let running = Running { target: request.target, route: request.route, task };
         self.running.insert((request.origin, request.id), running);
     }
 
     /// Forgets a handler run that ended.
+    #[inline]
     pub(crate) fn finish(&mut self, origin: Peer, id: u64) {
         self.running.remove(&(origin, id));
     }

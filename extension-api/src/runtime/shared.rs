@@ -96,11 +96,13 @@ impl Shared {
     }
 
     /// A handle on half `peer`, generation `generation`, of this instance.
+    #[inline]
     pub(crate) fn half(self: &Arc<Self>, peer: Peer, generation: u64) -> HalfHandle {
         HalfHandle::new(Arc::downgrade(self), peer, generation)
     }
 
     /// Hands a message to the host for routing; returns its status code.
+    #[inline]
     pub(crate) fn send(&self, message: Message<'_>) -> u32 {
         // The limit holds wherever the halves run, so it is checked here, before the host.
         if !message.fits() {
@@ -112,6 +114,7 @@ impl Shared {
     /// Queues a message for this instance's dispatcher. Never runs author code on the calling
     /// thread, and never blocks: a full mailbox refuses what may be refused (`BUSY`), see
     /// [`crate::wire::MailboxLimit`].
+    #[inline]
     pub(crate) fn enqueue(&self, delivery: Delivery) -> u32 {
         match self.mailbox.push(delivery) {
             Ok(()) => abi::status::OK,
@@ -122,6 +125,7 @@ impl Shared {
 
     /// Records a request a half sends, waking the timeout sweeper if it was idle; the
     /// receiver gets its answer.
+    #[inline]
     pub(crate) fn start_request(&self, state: &mut State, request: Outgoing) -> oneshot::Receiver<Answer> {
         let (receiver, wake_sweeper) = state.start_request(request);
         if wake_sweeper {

@@ -169,6 +169,7 @@ impl Half {
         }
     }
 
+    #[inline]
     pub(crate) fn generation(&self) -> u64 {
         self.generation
     }
@@ -183,6 +184,7 @@ impl Half {
     }
 
     /// The listeners on `channel`, in registration order.
+    #[inline]
     pub(crate) fn listeners(&self, channel: &str) -> Option<&[Registered<ListenerFn>]> {
         self.listeners.get(channel).map(Vec::as_slice)
     }
@@ -206,6 +208,7 @@ impl Half {
         Ok(())
     }
 
+    #[inline]
     pub(crate) fn handler(&self, channel: &str) -> Option<&Registered<HandlerFn>> {
         self.handlers.get(channel)
     }
@@ -320,11 +323,13 @@ pub(crate) struct State {
 
 impl State {
     /// The half `peer`, if it is still generation `generation`.
+    #[inline]
     pub(crate) fn half_mut(&mut self, peer: Peer, generation: u64) -> Option<&mut Half> {
         self.halves.get_mut(&peer).filter(|half| half.generation == generation)
     }
 
     /// Whether the half `peer` is still generation `generation`.
+    #[inline]
     pub(crate) fn is_current(&self, peer: Peer, generation: u64) -> bool {
         self.halves.get(&peer).is_some_and(|half| half.generation == generation)
     }
@@ -341,6 +346,7 @@ impl State {
     /// closing. Such a request never passes through the host: it goes straight into this
     /// instance's mailbox, and this instance fails it when a half involved goes away, as the
     /// host does for the requests it routes.
+    #[inline]
     pub(crate) fn route(&self, origin: Peer, target: Peer) -> Route {
         let open = |peer| self.halves.get(&peer).is_some_and(|half: &Half| !half.closing);
         let within = self.within && !self.stopped && message::is_request_route(origin, target);
@@ -348,6 +354,7 @@ impl State {
     }
 
     /// Records a request a half sends; the flag says the sweeper must be woken (it was idle).
+    #[inline]
     pub(crate) fn start_request(&mut self, request: Outgoing) -> (oneshot::Receiver<Answer>, bool) {
         let receiver = self.requests.wait_for(request);
         (receiver, !std::mem::replace(&mut self.sweeping, true))

@@ -14,6 +14,7 @@ pub(crate) const TIMEOUT_TICK: Duration = Duration::from_millis(10);
 /// Sweeps for a request with `timeout`: enough that it never times out early; [`NO_TIMEOUT`]
 /// when it is too long to count (over about 497 days; `Duration::MAX` among them), which means
 /// no limit.
+#[inline]
 pub(crate) fn timeout_ticks(timeout: Duration) -> u32 {
     let ticks = timeout.as_nanos().div_ceil(TIMEOUT_TICK.as_nanos()) + 1;
     u32::try_from(ticks).unwrap_or(NO_TIMEOUT)

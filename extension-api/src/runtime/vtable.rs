@@ -19,6 +19,7 @@ impl HostCalls {
     }
 
     /// Hands a message to the host for routing; returns its status code.
+    #[inline]
     pub(crate) fn send(&self, message: &Message<'_>) -> u32 {
         let raw = message.to_raw();
         // SAFETY: `send` is the host's function for this ABI version (checked at instantiate),

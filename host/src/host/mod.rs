@@ -22,8 +22,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
 
+pub use crate::state::ExtensionState;
 pub use config::{CrashBudget, HostConfig, StorageConfig, default_data_dir};
-pub use snapshot::{DeactivateReport, ExtensionSnapshot, ExtensionState, FrameKind, FrameSnapshot, HostSnapshot};
+pub use snapshot::{DeactivateReport, ExtensionSnapshot, FrameKind, FrameSnapshot, HostSnapshot};
 pub use watchdog::ProcessUsage;
 
 use crate::child_process::ChildProcess;
