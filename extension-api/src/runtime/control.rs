@@ -64,8 +64,9 @@ impl Shared {
         let thread_id = self.thread_id.load(Ordering::Relaxed);
         let cpu_ns = stats::thread_cpu_ns(thread_id);
         let state = self.state();
+        let requests = state.requests.counts();
         let mut halves: Vec<_> =
-            state.halves.iter().map(|(peer, half)| half.snapshot(*peer, &state.requests)).collect();
+            state.halves.iter().map(|(peer, half)| half.snapshot(*peer, requests.of(*peer))).collect();
         let inline = self.inline_handler.load(Ordering::Acquire);
         let (inline_half, inline_channel) = (inline & u64::from(u32::MAX), inline >> 32);
         let inline = (inline_half != 0).then(|| crate::message::half_of(inline_half - 1));
@@ -83,7 +84,7 @@ impl Shared {
             tasks: self.runtime.metrics().num_alive_tasks().saturating_sub(2),
             decode_failures: self.decode_failures.load(Ordering::Relaxed),
             listener_panics: self.listener_panics.load(Ordering::Relaxed),
-            local_requests: state.requests.waiting_within() as u64,
+            local_requests: requests.within as u64,
             queued_messages: self.mailbox.queued(),
             dropped_broadcasts: self.mailbox.dropped_broadcasts(),
             refused_requests: self.mailbox.refused_requests(),

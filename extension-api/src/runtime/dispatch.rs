@@ -44,13 +44,13 @@ impl Shared {
             abi::kind::STORAGE_REFUSAL => self.dispatch_write_refusal(Tier::Storage, message.target, &message.payload),
             abi::kind::STORAGE_COMMITTED => self.dispatch_storage_committed(&message.payload),
             abi::kind::REPLY => {
-                let waiter = self.state().requests.take_reply(message.target, message.request_id);
+                let waiter = self.state().requests.take_reply(message.target, message.request_id, route);
                 if let Some(waiter) = waiter {
                     waiter.answer(Answer::Reply(Reply { status: message.status, payload: message.payload }));
                 }
             }
             abi::kind::CANCEL => {
-                let running = self.state().requests.cancel(message.origin, message.target, message.request_id);
+                let running = self.state().requests.cancel(message.origin, message.target, message.request_id, route);
                 if let Some(abort) = running {
                     abort.abort();
                 }
@@ -187,7 +187,7 @@ impl Shared {
         let task = self.runtime.spawn(async move {
             let outcome = scoped.await;
             let Some(shared) = weak.upgrade() else { return };
-            shared.state().requests.finish(origin, request_id);
+            shared.state().requests.finish(&request);
             shared.reply(&request, &channel, outcome);
             let elapsed = since.elapsed();
             shared.state().channels.record(index, elapsed, sampled);

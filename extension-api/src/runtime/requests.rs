@@ -140,11 +140,15 @@ impl<Task> Requests<Task> {
         self.waiting.get(&id).is_some_and(|waiting| waiting.invoker == invoker)
     }
 
-    /// The wait a reply to `invoker` for request `id` ends: only the invoker's own request.
+    /// The wait a reply to `invoker` for request `id`, arriving by `route`, ends: only the
+    /// invoker's own request, and only one that went that way (a reply through the host never
+    /// ends a request within the instance, nor the other way round).
     #[inline]
-    pub(crate) fn take_reply(&mut self, invoker: Peer, id: u64) -> Option<Waiter> {
+    pub(crate) fn take_reply(&mut self, invoker: Peer, id: u64, route: Route) -> Option<Waiter> {
         match self.waiting.entry(id) {
-            Entry::Occupied(entry) if entry.get().invoker == invoker => Some(entry.remove().waiter),
+            Entry::Occupied(entry) if entry.get().invoker == invoker && entry.get().route == route => {
+                Some(entry.remove().waiter)
+            }
             _ => None,
         }
     }
@@ -162,17 +166,23 @@ impl<Task> Requests<Task> {
         self.running.insert((request.origin, request.id), running);
     }
 
-    /// Forgets a handler run that ended.
+    /// Forgets the run of `request`'s handler, which ended: that run only, not another
+    /// recorded under the same origin and id since.
     #[inline]
-    pub(crate) fn finish(&mut self, origin: Peer, id: u64) {
-        self.running.remove(&(origin, id));
+    pub(crate) fn finish(&mut self, request: &Incoming) {
+        self.take_run(request.origin, request.target, request.id, request.route);
     }
 
-    /// The run `origin`'s cancel of request `id` to `target` stops: only a request that half
-    /// sent to that one.
-    pub(crate) fn cancel(&mut self, origin: Peer, target: Peer, id: u64) -> Option<Task> {
+    /// The run `origin`'s cancel of request `id` to `target`, arriving by `route`, stops: only
+    /// a request that half sent to that one, that way.
+    pub(crate) fn cancel(&mut self, origin: Peer, target: Peer, id: u64, route: Route) -> Option<Task> {
+        self.take_run(origin, target, id, route)
+    }
+
+    #[inline]
+    fn take_run(&mut self, origin: Peer, target: Peer, id: u64, route: Route) -> Option<Task> {
         let key = (origin, id);
-        if self.running.get(&key).is_none_or(|running| running.target != target) {
+        if self.running.get(&key).is_none_or(|running| running.target != target || running.route != route) {
             return None;
         }
         self.running.remove(&key).map(|running| running.task)
@@ -243,19 +253,61 @@ impl<Task> Requests<Task> {
         (expired, !self.waiting.is_empty())
     }
 
+    /// What inspect shows of the table, in one pass over it (inspect holds the state lock,
+    /// which the dispatcher needs for every message): per half, what it waits on and its
+    /// handler runs in flight; and how many waits stay within this instance.
+    pub(crate) fn counts(&self) -> Counts {
+        let mut counts = Counts::default();
+        for waiting in self.waiting.values() {
+            counts.by_half.entry(waiting.invoker).or_default().waiting += 1;
+            counts.within += usize::from(waiting.route == Route::Within);
+        }
+        for running in self.running.values() {
+            counts.by_half.entry(running.target).or_default().running += 1;
+        }
+        counts
+    }
+
     /// Requests `invoker` waits on.
+    #[cfg(test)]
     pub(crate) fn waits_of(&self, invoker: Peer) -> usize {
-        self.waiting.values().filter(|waiting| waiting.invoker == invoker).count()
+        self.counts().of(invoker).waiting
     }
 
     /// Handler runs of `target` in flight.
+    #[cfg(test)]
     pub(crate) fn runs_in(&self, target: Peer) -> usize {
-        self.running.values().filter(|running| running.target == target).count()
+        self.counts().of(target).running
     }
 
     /// Waiting requests that stay within this instance (what inspect shows as local).
+    #[cfg(test)]
     pub(crate) fn waiting_within(&self) -> usize {
-        self.waiting.values().filter(|waiting| waiting.route == Route::Within).count()
+        self.counts().within
+    }
+}
+
+/// One half's requests in flight, as inspect counts them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct HalfCounts {
+    /// Requests it waits on, whichever way they went.
+    pub(crate) waiting: usize,
+    /// Runs of its handlers in flight.
+    pub(crate) running: usize,
+}
+
+/// The request table as inspect counts it (see [`Requests::counts`]).
+#[derive(Debug, Default)]
+pub(crate) struct Counts {
+    by_half: HashMap<Peer, HalfCounts>,
+    /// Waits that stay within this instance.
+    pub(crate) within: usize,
+}
+
+impl Counts {
+    /// The counts of half `peer` (zero if it has nothing in flight).
+    pub(crate) fn of(&self, peer: Peer) -> HalfCounts {
+        self.by_half.get(&peer).copied().unwrap_or_default()
     }
 }
 
@@ -284,10 +336,12 @@ mod tests {
         let mut table = Requests::<&str>::default();
         let mut wait = table.wait_for(request(7, 1, PEER_MAIN, Route::Host));
         // Another half's reply with the same id, and a reply to an unknown id, match nothing.
-        assert!(table.take_reply(2, 7).is_none());
-        assert!(table.take_reply(1, 8).is_none());
+        assert!(table.take_reply(2, 7, Route::Host).is_none());
+        assert!(table.take_reply(1, 8, Route::Host).is_none());
+        // Nor does a reply that came the other way.
+        assert!(table.take_reply(1, 7, Route::Within).is_none());
         assert!(table.is_waiting(1, 7));
-        let waiter = table.take_reply(1, 7).expect("its own reply");
+        let waiter = table.take_reply(1, 7, Route::Host).expect("its own reply");
         waiter.answer(Answer::Reply(Reply::ok(vec![5])));
         assert_eq!(wait.try_recv(), Ok(Answer::Reply(Reply::ok(vec![5]))));
         assert!(!table.is_waiting(1, 7));
@@ -343,13 +397,35 @@ mod tests {
     fn a_cancel_stops_only_the_run_its_sender_started_at_that_target() {
         let mut table = Requests::<u32>::default();
         table.run(incoming(1, PEER_MAIN, 4, Route::Host), 1);
-        assert_eq!(table.cancel(2, PEER_MAIN, 4), None);
-        assert_eq!(table.cancel(1, 3, 4), None);
-        assert_eq!(table.cancel(1, PEER_MAIN, 4), Some(1));
-        assert_eq!(table.cancel(1, PEER_MAIN, 4), None);
+        assert_eq!(table.cancel(2, PEER_MAIN, 4, Route::Host), None);
+        assert_eq!(table.cancel(1, 3, 4, Route::Host), None);
+        assert_eq!(table.cancel(1, PEER_MAIN, 4, Route::Within), None);
+        assert_eq!(table.cancel(1, PEER_MAIN, 4, Route::Host), Some(1));
+        assert_eq!(table.cancel(1, PEER_MAIN, 4, Route::Host), None);
         table.run(incoming(1, PEER_MAIN, 5, Route::Host), 2);
-        table.finish(1, 5);
+        table.finish(&incoming(1, PEER_MAIN, 5, Route::Host));
         assert_eq!(table.runs_in(PEER_MAIN), 0);
+        // A run that ends takes out its own entry, not another's under the same origin and id.
+        table.run(incoming(PEER_HOST, 1, 6, Route::Host), 3);
+        table.finish(&incoming(PEER_HOST, PEER_MAIN, 6, Route::Host));
+        assert_eq!(table.cancel(PEER_HOST, 1, 6, Route::Host), Some(3));
+    }
+
+    #[test]
+    fn inspect_counts_every_halfs_waits_and_runs_in_one_pass() {
+        let mut table = Requests::<u32>::default();
+        let _a = table.wait_for(request(1, 1, PEER_MAIN, Route::Within));
+        let _b = table.wait_for(request(2, 1, PEER_MAIN, Route::Host));
+        let _c = table.wait_for(request(3, PEER_MAIN, 2, Route::Within));
+        table.run(incoming(1, PEER_MAIN, 1, Route::Within), 10);
+        table.run(incoming(PEER_HOST, 2, 8, Route::Host), 20);
+        table.run(incoming(PEER_HOST, 2, 9, Route::Host), 30);
+        let counts = table.counts();
+        assert_eq!(counts.of(1), HalfCounts { waiting: 2, running: 0 });
+        assert_eq!(counts.of(PEER_MAIN), HalfCounts { waiting: 1, running: 1 });
+        assert_eq!(counts.of(2), HalfCounts { waiting: 0, running: 2 });
+        assert_eq!(counts.of(3), HalfCounts::default());
+        assert_eq!(counts.within, 2);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::InvokeErrorKind;
 use crate::abi::Peer;
 use crate::ipc::{Sender, StoreChange, StoreError};
 use crate::message;
-use crate::runtime::requests::{Answer, Failed, Outgoing, Requests, Route, Waiter};
+use crate::runtime::requests::{Answer, Failed, HalfCounts, Outgoing, Requests, Route, Waiter};
 use crate::wire::{ErrorPayload, HalfSnapshot};
 
 /// A broadcast as a listener sees it before decoding.
@@ -263,8 +263,8 @@ impl Half {
         &self.tiers[tier as usize].replica
     }
 
-    /// The half as inspect shows it; `requests` counts what it waits on and serves.
-    pub(crate) fn snapshot(&self, peer: Peer, requests: &Requests<AbortHandle>) -> HalfSnapshot {
+    /// The half as inspect shows it; `requests` is what it waits on and serves.
+    pub(crate) fn snapshot(&self, peer: Peer, requests: HalfCounts) -> HalfSnapshot {
         let mut handlers: Vec<String> = self.handlers.keys().cloned().collect();
         handlers.sort();
         HalfSnapshot {
@@ -276,8 +276,8 @@ impl Half {
                 .map(|(channel, list)| (channel.clone(), list.len()))
                 .collect(),
             handlers,
-            pending_requests: requests.waits_of(peer),
-            running_handlers: requests.runs_in(peer),
+            pending_requests: requests.waiting,
+            running_handlers: requests.running,
             tasks: self.tasks.len(),
             store_keys: self.replica(Tier::Store).values().len(),
             store_seq: self.replica(Tier::Store).seq,
