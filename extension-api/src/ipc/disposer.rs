@@ -1,11 +1,9 @@
 //! Disposers: what `listen`, `handle`, `watch` and `expose` return.
 
 use std::fmt;
-use std::sync::Weak;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::abi::Peer;
-use crate::runtime::Shared;
+use super::half::HalfHandle;
 
 /// Removes a registration (a listener, a handler, a store watcher, or a group of them).
 /// Disposing twice is harmless; dropping a `Disposer` without calling [`Disposer::dispose`]
@@ -16,7 +14,7 @@ pub struct Disposer {
 }
 
 enum Target {
-    One { shared: Weak<Shared>, peer: Peer, generation: u64, registration: Registration },
+    One { half: HalfHandle, registration: Registration },
     Group(Vec<Disposer>),
 }
 
@@ -28,8 +26,8 @@ pub(crate) enum Registration {
 }
 
 impl Disposer {
-    pub(crate) fn new(shared: Weak<Shared>, peer: Peer, generation: u64, registration: Registration) -> Disposer {
-        Disposer { target: Target::One { shared, peer, generation, registration }, disposed: AtomicBool::new(false) }
+    pub(crate) fn new(half: HalfHandle, registration: Registration) -> Disposer {
+        Disposer { target: Target::One { half, registration }, disposed: AtomicBool::new(false) }
     }
 
     /// One disposer for several registrations (exposed functions use it for their handlers).
@@ -42,17 +40,17 @@ impl Disposer {
         if self.disposed.swap(true, Ordering::AcqRel) {
             return;
         }
-        let (shared, peer, generation, registration) = match &self.target {
+        let (half, registration) = match &self.target {
             Target::Group(disposers) => {
                 disposers.iter().for_each(Disposer::dispose);
                 return;
             }
-            Target::One { shared, peer, generation, registration } => (shared, *peer, *generation, registration),
+            Target::One { half, registration } => (half, registration),
         };
-        let Some(shared) = shared.upgrade() else { return };
+        let Some(shared) = half.upgrade() else { return };
         let removed: Option<Box<dyn Send>> = {
             let mut state = shared.state();
-            let Some(half) = state.half_mut(peer, generation) else {
+            let Some(half) = state.half_mut(half.peer(), half.generation()) else {
                 return;
             };
             match registration {

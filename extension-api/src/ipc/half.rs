@@ -60,7 +60,7 @@ impl HalfHandle {
     }
 
     pub(crate) fn disposer(&self, registration: Registration) -> Disposer {
-        Disposer::new(self.shared.clone(), self.peer, self.generation, registration)
+        Disposer::new(self.clone(), registration)
     }
 
     pub(crate) fn shared(&self, operation: &'static str) -> Result<Arc<Shared>, IpcError> {

@@ -71,7 +71,9 @@ unsafe extern "C" fn instantiate<M: MainExtension, R: RendererExtension>(
         let config: InstanceConfig = crate::wire::decode(config).ok()?;
         logging::install(host, key, config.max_log_level);
         let factory = Factory { activate_main: activate_main::<M>, activate_renderer: activate_renderer::<R> };
-        let instance = Instance::start(HostCalls::new(host, key), config, factory).ok()?;
+        // SAFETY: `host` is the host's vtable, and its ABI version was checked above.
+        let calls = unsafe { HostCalls::new(host, key) };
+        let instance = Instance::start(calls, config, factory).ok()?;
         Some(Box::into_raw(Box::new(instance)).cast())
     }));
     started.ok().flatten().unwrap_or(std::ptr::null_mut())

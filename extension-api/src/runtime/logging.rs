@@ -43,7 +43,10 @@ fn forward(level: u32, target: &str, message: &str) {
     let message = crate::error::cut(message, MAX_LOG_MESSAGE);
     let target = crate::error::shown(target);
     if let Some(host) = HOST.get() {
-        HostCalls::new(*host, KEY.load(Ordering::Acquire)).log(level, &target, &message);
+        // SAFETY: `HOST` is set only by `install`, which `instantiate` calls with the host's
+        // vtable after checking its ABI version.
+        let calls = unsafe { HostCalls::new(*host, KEY.load(Ordering::Acquire)) };
+        calls.log(level, &target, &message);
     }
 }
 

@@ -13,8 +13,12 @@ pub(crate) struct HostCalls {
 }
 
 impl HostCalls {
-    /// `vtable` must be the host's for this ABI version (checked at instantiate).
-    pub(crate) fn new(vtable: HostVTable, key: u64) -> HostCalls {
+    /// The calls of the host that gave this instance `key`.
+    ///
+    /// # Safety
+    /// `vtable` must be the host's vtable of this ABI version (its version checked at
+    /// `instantiate`): every call here relies on its functions taking these layouts.
+    pub(crate) unsafe fn new(vtable: HostVTable, key: u64) -> HostCalls {
         HostCalls { vtable, key }
     }
 
