@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use extension_api::abi;
 
-use crate::host::ExtensionState;
+use crate::state::ExtensionState;
 
 /// Why a library could not be loaded. Nothing else in the host is affected. Every variant
 /// names the file it was asked to load (`path`).

@@ -28,6 +28,7 @@ mod link;
 mod private_dir;
 mod remote;
 mod requests;
+mod state;
 mod storage;
 pub mod testing;
 mod transport;
