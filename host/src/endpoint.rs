@@ -136,6 +136,12 @@ impl Endpoint {
             return true;
         }
         let stopped = self.transport.destroy().await;
+        // Stopped or abandoned, it speaks for no half any more. A child's instance whose destroy
+        // was not confirmed in time keeps its key at the connection's reader, which routes the
+        // key's late packets to this endpoint for as long as it lives (teardown holds it while
+        // it destroys the others): with no half placed, every one of them is refused, the
+        // persisted tier's commits (routed while deactivating) included.
+        self.peers.write().unwrap_or_else(PoisonError::into_inner).clear();
         self.fail_completions("the instance was destroyed");
         stopped
     }

@@ -609,4 +609,36 @@ mod tests {
         assert_eq!(delivered(&main), vec![Message::cancel(PEER_HOST, PEER_MAIN, id).to_owned()]);
         assert_eq!(link.pending_requests(), 0);
     }
+
+    #[test]
+    fn a_destroyed_instance_speaks_for_no_half_though_its_key_still_routes() {
+        // An isolated main blocked past its destroy wait is abandoned: no `Destroyed` comes
+        // back, so the child's reader still routes its key to the endpoint, which teardown holds
+        // while it destroys the others. Its late commits must not reach the persisted tier.
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let dir = crate::private_dir::PrivateDir::create().unwrap();
+        let storage = crate::storage::Storage::new(
+            dir.path().to_owned(),
+            crate::storage::Limits { value: 1 << 20, total: 1 << 24 },
+        );
+        let (link, main, _frame) = namespace();
+        link.set_storage(storage.database("t"));
+        let write = extension_api::wire::StorageCommit { id: 1, key: "k".into(), value: Some(vec![1]) };
+        let payload = rmp_serde::to_vec_named(&write).unwrap();
+        let commit = Message {
+            kind: abi::kind::STORAGE_COMMIT,
+            status: 0,
+            origin: PEER_MAIN,
+            target: PEER_HOST,
+            request_id: 0,
+            channel: "",
+            payload: &payload,
+        };
+        link.stop_routing();
+        // While the extension deactivates, main may still save.
+        assert_eq!(link.route(&main, &commit), abi::status::OK);
+        runtime.block_on(main.destroy());
+        assert_eq!(link.route(&main, &commit), abi::status::INVALID);
+        storage.close_all();
+    }
 }

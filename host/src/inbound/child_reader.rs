@@ -99,11 +99,13 @@ impl ChildReader {
             Packet::Loaded { key } => self.finish_load(key, Ok(()))?,
             Packet::LoadFailed { key, reason } => self.finish_load(key, Err(reason))?,
             Packet::Destroyed { key } => {
-                // The instance is gone: anything later for its key is late, and dropped.
-                if lock(&self.routes).contains_key(&key) {
+                // The instance the host is destroying is gone: anything later for its key is
+                // late, and dropped. An answer the host did not ask for changes nothing: the key
+                // stays the instance's, so that losing the connection still loses its halves
+                // (their requests fail at once, and they are taken out of their namespace).
+                if self.connection.finish_destroy(key) {
                     self.retire(key);
                 }
-                self.connection.finish_destroy(key);
             }
             other => return Err(format!("a child may not send {}", packet_name(&other))),
         }
@@ -191,7 +193,8 @@ mod tests {
         link.add_endpoint(main.clone());
         link.add_endpoint(child.clone());
         let (writer, _other_end) = UnixStream::pair().unwrap();
-        let reader = ChildReader::new(Arc::new(Connection::detached(writer, &[])));
+        let connection = Arc::new(Connection::detached(writer, &[]));
+        let reader = ChildReader::new(connection.clone());
         reader.register(KEY, Arc::downgrade(&link), Arc::downgrade(&child));
 
         // A request of the half that runs there reaches main.
@@ -213,9 +216,53 @@ mod tests {
         // A key not given to this connection is a violation.
         let violation = reader.receive(&packet(KEY + 1, invoke(FRAME, 4))).unwrap_err();
         assert!(violation.contains("does not belong"), "{violation}");
-        // Once the instance is destroyed, its late packets are dropped, not routed.
-        reader.receive(&protocol::encode(&Packet::Destroyed { key: KEY }).unwrap()).unwrap();
+        // Once the child confirms the host's destroy, the instance's late packets are dropped,
+        // not routed.
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        runtime.block_on(async {
+            let mut destroy = std::pin::pin!(connection.destroy(KEY));
+            assert!(futures_util::poll!(&mut destroy).is_pending());
+            reader.receive(&protocol::encode(&Packet::Destroyed { key: KEY }).unwrap()).unwrap();
+            assert!(destroy.await, "the destroy is confirmed");
+        });
         reader.receive(&packet(KEY, invoke(FRAME, 5))).unwrap();
         assert!(recording(&main).take().is_empty());
+    }
+
+    #[test]
+    fn a_destroyed_nobody_asked_for_does_not_hide_an_instance_from_its_connections_loss() {
+        let link = Link::new("t", Arc::new(Core::new()));
+        let main = Endpoint::new(1, Transport::Recording(Recording::default()));
+        main.place(PEER_MAIN);
+        let child = Endpoint::new(KEY, Transport::Recording(Recording::default()));
+        child.place(FRAME);
+        link.add_endpoint(main.clone());
+        link.add_endpoint(child.clone());
+        let (writer, _other_end) = UnixStream::pair().unwrap();
+        let reader = ChildReader::new(Arc::new(Connection::detached(writer, &[])));
+        reader.register(KEY, Arc::downgrade(&link), Arc::downgrade(&child));
+        let request = Message {
+            kind: abi::kind::INVOKE,
+            status: 0,
+            origin: PEER_MAIN,
+            target: FRAME,
+            request_id: 1,
+            channel: "ch",
+            payload: &[1],
+        };
+        assert_eq!(link.route(&main, &request), abi::status::OK);
+        assert_eq!(recording(&child).take().len(), 1);
+
+        // The child says its instance is gone though the host never asked, then dies.
+        reader.receive(&protocol::encode(&Packet::Destroyed { key: KEY }).unwrap()).unwrap();
+        reader.fail_everything("the child crashed");
+
+        // Its frame's half is lost with it: main's request to it fails at once, and the frame
+        // no longer runs there (a restarted renderer process places it afresh).
+        let answers = recording(&main).take();
+        assert_eq!(answers.len(), 1, "{answers:?}");
+        assert_eq!(message::error_kind(answers[0].status), Some(extension_api::InvokeErrorKind::ConnectionLost));
+        assert!(link.endpoint_of(FRAME).is_none());
+        assert_eq!(link.pending_requests(), 0);
     }
 }

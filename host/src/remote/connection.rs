@@ -187,10 +187,15 @@ impl Connection {
         }
     }
 
-    /// The child confirmed it destroyed `key`'s instance.
-    pub(crate) fn finish_destroy(&self, key: u64) {
-        if let Some(done) = lock(&self.destroys).remove(&key) {
-            let _ = done.send(());
+    /// The child confirmed it destroyed `key`'s instance; false if no destroy of it waits (the
+    /// host did not ask for one, or gave up waiting).
+    pub(crate) fn finish_destroy(&self, key: u64) -> bool {
+        match lock(&self.destroys).remove(&key) {
+            Some(done) => {
+                let _ = done.send(());
+                true
+            }
+            None => false,
         }
     }
 
