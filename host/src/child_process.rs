@@ -11,10 +11,11 @@ use std::time::Duration;
 use extension_api::wire::InstanceConfig;
 
 use crate::endpoint::Endpoint;
+use crate::error::ChildStartError;
 use crate::inbound::ChildReader;
 use crate::keys::next_key;
 use crate::link::Link;
-use crate::remote::{Connection, Role, SpawnError, Spawned, describe_exit};
+use crate::remote::{Connection, Role, Spawned, describe_exit};
 use crate::transport::{ChildInstance, Transport};
 
 /// Called once when a child process is lost unexpectedly (it crashed, exited, or broke the
@@ -43,7 +44,7 @@ impl ChildProcess {
         prefix_args: &[OsString],
         role: Role,
         on_lost: OnLost,
-    ) -> Result<Arc<ChildProcess>, SpawnError> {
+    ) -> Result<Arc<ChildProcess>, ChildStartError> {
         let Spawned { connection, stream, framing } = Connection::spawn(program, prefix_args, role).await?;
         let connection = Arc::new(connection);
         let process = Arc::new(ChildProcess {
@@ -60,7 +61,7 @@ impl ChildProcess {
                 let runtime = reading.runtime.clone();
                 runtime.spawn(async move { reading.lost(reason).await });
             })
-            .map_err(|e| SpawnError::Handshake(format!("cannot start the reader thread: {e}")))?;
+            .map_err(|e| ChildStartError::Connection { reason: format!("cannot start the reader thread: {e}") })?;
         Ok(process)
     }
 

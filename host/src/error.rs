@@ -247,7 +247,7 @@ pub enum HostError {
     },
     /// A renderer process or an isolated extension's process could not be started.
     #[error("a child process could not be started: {0}")]
-    ChildProcess(String),
+    ChildProcess(ChildStartError),
     /// The message is over [`extension_api::MAX_MESSAGE`]; nobody received it.
     #[error(
         "the message on channel `{channel}` is {size} bytes (value and channel name), over the {limit}-byte limit; nobody received it"
@@ -441,4 +441,55 @@ mod tests {
         let error = HostError::Refused { name: "probe".into(), reason: Refusal::Busy };
         assert_eq!(error.to_string(), "extension `probe` did not take the message: a receiving half's mailbox is full");
     }
+}
+
+/// Why a child process (a renderer process, an isolated extension's process) could not be
+/// started: [`HostError::ChildProcess`]. The host ends such a child; nothing else is affected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChildStartError {
+    /// The program could not be run, or its socket made.
+    #[error("cannot start the child process `{}`: {reason}", program.display())]
+    Start {
+        /// [`crate::HostConfig::child_program`].
+        program: std::path::PathBuf,
+        /// What the operating system said.
+        reason: String,
+    },
+    /// The child ended before it connected.
+    #[error("the child process {how} before connecting")]
+    EndedEarly {
+        /// How it ended ("exited with status 1", "killed by signal 9 (SIGKILL)").
+        how: String,
+    },
+    /// It did not connect and say hello in time.
+    #[error("the child process did not complete the handshake within {timeout:?}")]
+    NoHello {
+        /// The handshake's time limit.
+        timeout: std::time::Duration,
+    },
+    /// It speaks another version of the child protocol (another build of the host).
+    #[error("the child speaks protocol version {child}, this host speaks {host}")]
+    ProtocolMismatch {
+        /// The child's version.
+        child: u32,
+        /// The host's.
+        host: u32,
+    },
+    /// It presented another token than the one it was started with: something else took its
+    /// place on the socket.
+    #[error("the child presented the wrong token")]
+    WrongToken,
+    /// Its first packet was not a valid hello.
+    #[error("the child's hello was not valid: {reason}")]
+    BadHello {
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// The connection failed during the handshake (or the host could not start its reader).
+    #[error("the child's connection failed during the handshake: {reason}")]
+    Connection {
+        /// What the operating system said.
+        reason: String,
+    },
 }

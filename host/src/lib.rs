@@ -51,7 +51,8 @@ pub fn run_child(socket: &std::path::Path, token: &str) -> std::process::ExitCod
 }
 
 pub use error::{
-    ElfPart, HostError, LoadError, MetadataField, MetadataProblem, NotALibraryReason, Operation, Refusal, ReloadError,
+    ChildStartError, ElfPart, HostError, LoadError, MetadataField, MetadataProblem, NotALibraryReason, Operation,
+    Refusal, ReloadError,
 };
 pub use events::{HostEvent, LogRecord, ObservedBroadcast, OneLine};
 pub use host::{

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use extension_api::InvokeErrorKind;
-use extension_host::{CrashBudget, ExtensionState, Host, HostEvent};
+use extension_host::{ChildStartError, CrashBudget, ExtensionState, Host, HostError, HostEvent};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use probe_protocol::*;
@@ -150,6 +150,14 @@ async fn a_rogue_handshake_is_refused() {
         let host = rogue_host(mode);
         let error = host.open_child_frame().await.unwrap_err();
         assert!(error.to_string().contains(expected), "{mode}: {error}");
+        // The reason is typed, not only worded.
+        let HostError::ChildProcess(reason) = &error else { panic!("{mode}: {error:?}") };
+        match mode {
+            "version" => {
+                assert!(matches!(reason, ChildStartError::ProtocolMismatch { child: 999, .. }), "{mode}: {reason:?}")
+            }
+            _ => assert_eq!(reason, &ChildStartError::WrongToken),
+        }
         assert!(host.frames().is_empty());
     }
 }

@@ -631,7 +631,7 @@ impl Host {
         let config = &self.inner.config;
         ChildProcess::spawn(&config.child_program, &config.child_args, role, on_lost)
             .await
-            .map_err(|error| HostError::ChildProcess(error.to_string()))
+            .map_err(HostError::ChildProcess)
     }
 
     /// Boxed: restarting after a crash starts a child whose loss comes back here.

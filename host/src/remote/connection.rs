@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::hash::{BuildHasher, Hasher};
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,14 +35,7 @@ pub(crate) enum Role {
     Isolated(String),
 }
 
-/// Why a child could not be started.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum SpawnError {
-    #[error("cannot start the child process `{program}`: {reason}")]
-    Start { program: PathBuf, reason: String },
-    #[error("the child process did not complete the handshake: {0}")]
-    Handshake(String),
-}
+use crate::error::ChildStartError;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 const DESTROY_TIMEOUT: Duration = Duration::from_secs(6);
@@ -107,8 +100,13 @@ pub(crate) fn describe_exit(status: std::process::ExitStatus) -> String {
 impl Connection {
     /// Starts `program prefix_args... child --socket PATH --token TOKEN` and completes the
     /// handshake.
-    pub(crate) async fn spawn(program: &Path, prefix_args: &[OsString], role: Role) -> Result<Spawned, SpawnError> {
-        let start_error = |reason: String| SpawnError::Start { program: program.to_owned(), reason };
+    pub(crate) async fn spawn(
+        program: &Path,
+        prefix_args: &[OsString],
+        role: Role,
+    ) -> Result<Spawned, ChildStartError> {
+        let start_error = |reason: String| ChildStartError::Start { program: program.to_owned(), reason };
+        let connection_error = |error: std::io::Error| ChildStartError::Connection { reason: error.to_string() };
         // Removed (with the socket) however this ends.
         let dir = PrivateDir::create().map_err(|e| start_error(format!("cannot create a private directory: {e}")))?;
         let socket = dir.path().join("child.sock");
@@ -128,25 +126,25 @@ impl Connection {
             .map_err(|e| start_error(e.to_string()))?;
         let pid = child.id().unwrap_or_default();
         let accepted = tokio::select! {
-            accepted = listener.accept() => accepted.map_err(|e| SpawnError::Handshake(e.to_string())),
-            status = child.wait() => Err(SpawnError::Handshake(match status {
-                Ok(status) => format!("the child {} before connecting", describe_exit(status)),
-                Err(error) => error.to_string(),
-            })),
-            _ = tokio::time::sleep(HANDSHAKE_TIMEOUT) => Err(SpawnError::Handshake(format!("no connection within {HANDSHAKE_TIMEOUT:?}"))),
+            accepted = listener.accept() => accepted.map_err(connection_error),
+            status = child.wait() => Err(match status {
+                Ok(status) => ChildStartError::EndedEarly { how: describe_exit(status) },
+                Err(error) => connection_error(error),
+            }),
+            _ = tokio::time::sleep(HANDSHAKE_TIMEOUT) => Err(ChildStartError::NoHello { timeout: HANDSHAKE_TIMEOUT }),
         };
         drop(dir);
         let (stream, _) = accepted?;
         // Blocking I/O from here: the thread that sends writes to the socket itself, and one
         // reader thread per connection routes what arrives. No hop through a writer task.
-        let stream = stream.into_std().map_err(|e| SpawnError::Handshake(e.to_string()))?;
-        stream.set_nonblocking(false).map_err(|e| SpawnError::Handshake(e.to_string()))?;
+        let stream = stream.into_std().map_err(connection_error)?;
+        stream.set_nonblocking(false).map_err(connection_error)?;
         let (stream, framing) = tokio::task::spawn_blocking(move || handshake(stream, &token))
             .await
-            .map_err(|e| SpawnError::Handshake(e.to_string()))??;
-        let writer = stream.try_clone().map_err(|e| SpawnError::Handshake(e.to_string()))?;
+            .map_err(|e| ChildStartError::Connection { reason: e.to_string() })??;
+        let writer = stream.try_clone().map_err(connection_error)?;
         // A child that stops reading for this long, with its socket buffer full, is hung.
-        writer.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(|e| SpawnError::Handshake(e.to_string()))?;
+        writer.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(connection_error)?;
         let connection = Connection {
             role,
             pid,
@@ -326,32 +324,37 @@ impl Connection {
 }
 
 /// Checks the child's hello (its protocol version and token) and welcomes it.
-fn handshake(mut stream: UnixStream, token: &str) -> Result<(UnixStream, Framing), SpawnError> {
-    let failed = |reason: String| SpawnError::Handshake(reason);
-    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(|e| failed(e.to_string()))?;
+fn handshake(mut stream: UnixStream, token: &str) -> Result<(UnixStream, Framing), ChildStartError> {
+    let failed = |error: std::io::Error| ChildStartError::Connection { reason: error.to_string() };
+    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(failed)?;
     let mut framing = Framing::default();
     let bytes = match framing.read(&mut stream) {
         Ok(Some(bytes)) => bytes,
-        Ok(None) => return Err(failed("the child closed the connection".into())),
-        Err(error) => return Err(failed(format!("no valid hello within {HANDSHAKE_TIMEOUT:?}: {error}"))),
+        Ok(None) => return Err(ChildStartError::BadHello { reason: "the child closed the connection".into() }),
+        Err(error) if matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+            return Err(ChildStartError::NoHello { timeout: HANDSHAKE_TIMEOUT });
+        }
+        Err(error) => return Err(ChildStartError::BadHello { reason: format!("unreadable frame: {error}") }),
     };
     match protocol::decode(&bytes) {
         Ok(Packet::Hello { protocol, token: presented, .. }) => {
             if protocol != PROTOCOL_VERSION {
-                return Err(failed(format!(
-                    "the child speaks protocol version {protocol}, this host speaks {PROTOCOL_VERSION}"
-                )));
+                return Err(ChildStartError::ProtocolMismatch { child: protocol, host: PROTOCOL_VERSION });
             }
             if presented != token {
-                return Err(failed("the child presented the wrong token".into()));
+                return Err(ChildStartError::WrongToken);
             }
         }
-        Ok(other) => return Err(failed(format!("expected a hello, got {other:?}"))),
-        Err(error) => return Err(failed(format!("malformed hello: {error}"))),
+        Ok(other) => {
+            return Err(ChildStartError::BadHello { reason: format!("expected a hello, got {}", packet_name(&other)) });
+        }
+        Err(error) => return Err(ChildStartError::BadHello { reason: format!("malformed: {error}") }),
     }
-    let welcome = framing.frame(&Packet::Welcome { protocol: PROTOCOL_VERSION }).map_err(|e| failed(e.to_string()))?;
-    stream.write_all(&welcome).map_err(|e| failed(e.to_string()))?;
-    stream.set_read_timeout(None).map_err(|e| failed(e.to_string()))?;
+    let welcome = framing
+        .frame(&Packet::Welcome { protocol: PROTOCOL_VERSION })
+        .map_err(|error| ChildStartError::Connection { reason: error.to_string() })?;
+    stream.write_all(&welcome).map_err(failed)?;
+    stream.set_read_timeout(None).map_err(failed)?;
     Ok((stream, framing))
 }
 

@@ -8,4 +8,4 @@ pub(crate) mod child;
 mod connection;
 pub(crate) mod protocol;
 
-pub(crate) use connection::{Connection, Role, SpawnError, Spawned, describe_exit, packet_name};
+pub(crate) use connection::{Connection, Role, Spawned, describe_exit, packet_name};
