@@ -73,7 +73,7 @@ fn serve(socket: &Path, token: &str) -> Result<(), String> {
         })
         .map_err(|e| format!("cannot start the writer thread: {e}"))?;
     let _ = READER_POSTS.set(posts);
-    let instances: Instances = Arc::new(Mutex::new(HashMap::new()));
+    let instances: Instances = Arc::new(Mutex::new(Table::default()));
     READER.with(|reader| reader.set(true));
     // Blocking reads on this thread, which never writes (a reader blocked on a full socket
     // while the host is blocked writing to us would stall both); extension threads and the
@@ -88,11 +88,79 @@ fn serve(socket: &Path, token: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The instances this child runs, by key.
-type Instances = Arc<Mutex<HashMap<u64, LibraryInstance>>>;
+/// The instances this child runs and the ones it is loading.
+type Instances = Arc<Mutex<Table<LibraryInstance>>>;
 
-fn instances_of(instances: &Instances) -> std::sync::MutexGuard<'_, HashMap<u64, LibraryInstance>> {
+fn instances_of(instances: &Instances) -> std::sync::MutexGuard<'_, Table<LibraryInstance>> {
     instances.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The child's instances by key: those running, and those whose load is under way. A load
+/// runs on a thread of its own, so the host's `Destroy` can overtake it (the host gives up on
+/// a load that takes too long, destroys the key and forgets it): such an instance is destroyed
+/// the moment it starts, never left running with nobody to own it.
+struct Table<I> {
+    running: HashMap<u64, I>,
+    /// Keys loading; `true` once the host destroyed the key meanwhile.
+    loading: HashMap<u64, bool>,
+}
+
+impl<I> Default for Table<I> {
+    fn default() -> Self {
+        Table { running: HashMap::new(), loading: HashMap::new() }
+    }
+}
+
+/// What a `Destroy` found.
+#[derive(Debug, PartialEq, Eq)]
+enum Found<I> {
+    /// A running instance, taken out to destroy.
+    Running(I),
+    /// A load under way: its instance is destroyed when it starts.
+    Loading,
+    /// Nothing (never loaded, failed, or destroyed before).
+    Nothing,
+}
+
+impl<I> Table<I> {
+    fn start_loading(&mut self, key: u64) {
+        self.loading.insert(key, false);
+    }
+
+    /// A load finished with `instance`: it runs, or, if the host destroyed the key meanwhile,
+    /// it comes back to be destroyed at once.
+    fn loaded(&mut self, key: u64, instance: I) -> Result<(), I> {
+        match self.loading.remove(&key) {
+            Some(true) => Err(instance),
+            _ => {
+                self.running.insert(key, instance);
+                Ok(())
+            }
+        }
+    }
+
+    /// A load failed: nothing runs under `key`.
+    fn load_failed(&mut self, key: u64) {
+        self.loading.remove(&key);
+    }
+
+    fn get(&self, key: u64) -> Option<&I> {
+        self.running.get(&key)
+    }
+
+    /// The host destroys `key`.
+    fn destroy(&mut self, key: u64) -> Found<I> {
+        if let Some(instance) = self.running.remove(&key) {
+            return Found::Running(instance);
+        }
+        match self.loading.get_mut(&key) {
+            Some(destroyed) => {
+                *destroyed = true;
+                Found::Loading
+            }
+            None => Found::Nothing,
+        }
+    }
 }
 
 fn handle(packet: Packet, instances: &Instances) {
@@ -100,24 +168,39 @@ fn handle(packet: Packet, instances: &Instances) {
         Packet::Load { key, path, config } => {
             // Loading runs library initialisers and may log (a write): off the reader thread.
             // The host sends nothing for this key until it has the answer.
-            let instances = instances.clone();
+            instances_of(instances).start_loading(key);
+            let table = instances.clone();
             let spawned = std::thread::Builder::new().name("child-load".into()).spawn(move || {
                 let answer = match start(key, &path, &config) {
                     Ok(instance) => {
-                        instances_of(&instances).insert(key, instance);
-                        Packet::Loaded { key }
+                        let outcome = instances_of(&table).loaded(key, instance);
+                        match outcome {
+                            Ok(()) => Packet::Loaded { key },
+                            Err(abandoned) => {
+                                // The host destroyed the key while it loaded (and was told it
+                                // is gone): it must not run.
+                                if let Some(taken) = abandoned.take() {
+                                    taken.destroy();
+                                }
+                                return;
+                            }
+                        }
                     }
-                    Err(reason) => Packet::LoadFailed { key, reason },
+                    Err(reason) => {
+                        instances_of(&table).load_failed(key);
+                        Packet::LoadFailed { key, reason }
+                    }
                 };
                 post(answer);
             });
             if let Err(error) = spawned {
+                instances_of(instances).load_failed(key);
                 post(Packet::LoadFailed { key, reason: format!("cannot start a thread to load the library: {error}") });
             }
         }
         Packet::Control { key, command } => {
             let completion = command.completion();
-            let status = match instances_of(instances).get(&key) {
+            let status = match instances_of(instances).get(key) {
                 Some(instance) => instance.control(&command),
                 None => abi::status::UNKNOWN_INSTANCE,
             };
@@ -128,7 +211,7 @@ fn handle(packet: Packet, instances: &Instances) {
             }
         }
         Packet::Message { key, message } => {
-            let status = match instances_of(instances).get(&key) {
+            let status = match instances_of(instances).get(key) {
                 Some(instance) => instance.deliver(&message.as_message()),
                 None => abi::status::UNKNOWN_INSTANCE,
             };
@@ -139,7 +222,12 @@ fn handle(packet: Packet, instances: &Instances) {
             }
         }
         Packet::Destroy { key } => {
-            let taken = instances_of(instances).remove(&key).and_then(|instance| instance.take());
+            let found = instances_of(instances).destroy(key);
+            let taken = match found {
+                Found::Running(instance) => instance.take(),
+                // A load under way: its instance is destroyed as it starts.
+                Found::Loading | Found::Nothing => None,
+            };
             if taken.is_none() {
                 post(Packet::Destroyed { key });
                 return;
@@ -331,4 +419,35 @@ unsafe extern "C" fn child_log(key: u64, level: u32, target: RawSlice, message: 
             (String::from_utf8_lossy(target).into_owned(), String::from_utf8_lossy(message).into_owned());
         post(Packet::Log { key, level, target, message });
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Found, Table};
+
+    #[test]
+    fn an_instance_destroyed_while_it_loads_never_runs() {
+        let mut table = Table::default();
+        table.start_loading(1);
+        // The host gives up on the load and destroys the key before it finishes.
+        assert_eq!(table.destroy(1), Found::Loading);
+        assert_eq!(table.loaded(1, "instance"), Err("instance"), "it comes back to be destroyed");
+        assert_eq!(table.get(1), None);
+        assert_eq!(table.destroy(1), Found::Nothing);
+    }
+
+    #[test]
+    fn a_loaded_instance_runs_until_destroyed() {
+        let mut table = Table::default();
+        table.start_loading(2);
+        assert_eq!(table.loaded(2, "instance"), Ok(()));
+        assert_eq!(table.get(2), Some(&"instance"));
+        assert_eq!(table.destroy(2), Found::Running("instance"));
+        assert_eq!(table.destroy(2), Found::Nothing);
+        // A failed load leaves nothing behind, and a key never loaded is nothing.
+        table.start_loading(3);
+        table.load_failed(3);
+        assert_eq!(table.destroy(3), Found::Nothing);
+        assert_eq!(table.destroy(4), Found::Nothing);
+    }
 }
