@@ -183,8 +183,18 @@ mod tests {
         .to_owned()
     }
 
-    #[test]
-    fn a_childs_packets_route_only_as_the_halves_it_runs_and_only_under_its_keys() {
+    /// A namespace with main in this process and frame `FRAME` behind a child connection
+    /// (under `KEY`), both on recording transports, and that connection's reader.
+    struct Fixture {
+        link: Arc<Link>,
+        main: Arc<Endpoint>,
+        child: Arc<Endpoint>,
+        connection: Arc<Connection>,
+        reader: ChildReader,
+        _other_end: UnixStream,
+    }
+
+    fn fixture() -> Fixture {
         let link = Link::new("t", Arc::new(Core::new()));
         let main = Endpoint::new(1, Transport::Recording(Recording::default()));
         main.place(PEER_MAIN);
@@ -192,10 +202,17 @@ mod tests {
         child.place(FRAME);
         link.add_endpoint(main.clone());
         link.add_endpoint(child.clone());
-        let (writer, _other_end) = UnixStream::pair().unwrap();
+        let (writer, other_end) = UnixStream::pair().unwrap();
         let connection = Arc::new(Connection::detached(writer, &[]));
         let reader = ChildReader::new(connection.clone());
         reader.register(KEY, Arc::downgrade(&link), Arc::downgrade(&child));
+        Fixture { link, main, child, connection, reader, _other_end: other_end }
+    }
+
+    #[test]
+    fn a_childs_packets_route_only_as_the_halves_it_runs_and_only_under_its_keys() {
+        // The reader holds the namespace weakly: it lives as long as this binding.
+        let Fixture { link: _link, main, child, connection, reader, .. } = fixture();
 
         // A request of the half that runs there reaches main.
         reader.receive(&packet(KEY, invoke(FRAME, 1))).unwrap();
@@ -231,16 +248,7 @@ mod tests {
 
     #[test]
     fn a_destroyed_nobody_asked_for_does_not_hide_an_instance_from_its_connections_loss() {
-        let link = Link::new("t", Arc::new(Core::new()));
-        let main = Endpoint::new(1, Transport::Recording(Recording::default()));
-        main.place(PEER_MAIN);
-        let child = Endpoint::new(KEY, Transport::Recording(Recording::default()));
-        child.place(FRAME);
-        link.add_endpoint(main.clone());
-        link.add_endpoint(child.clone());
-        let (writer, _other_end) = UnixStream::pair().unwrap();
-        let reader = ChildReader::new(Arc::new(Connection::detached(writer, &[])));
-        reader.register(KEY, Arc::downgrade(&link), Arc::downgrade(&child));
+        let Fixture { link, main, child, reader, .. } = fixture();
         let request = Message {
             kind: abi::kind::INVOKE,
             status: 0,
