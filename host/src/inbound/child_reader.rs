@@ -211,8 +211,9 @@ mod tests {
 
     #[test]
     fn a_childs_packets_route_only_as_the_halves_it_runs_and_only_under_its_keys() {
-        // The reader holds the namespace weakly: it lives as long as this binding.
-        let Fixture { link: _link, main, child, connection, reader, .. } = fixture();
+        // Bound, not dropped: the reader holds the namespace weakly, and a destroy writes to
+        // the socket's other end.
+        let Fixture { link: _link, main, child, connection, reader, _other_end: _peer } = fixture();
 
         // A request of the half that runs there reaches main.
         reader.receive(&packet(KEY, invoke(FRAME, 1))).unwrap();
