@@ -236,6 +236,10 @@ fn set_affinity(pid: u32, cpus: &str) -> Result<()> {
 /// has too few CPUs for the placement. The bench's own threads get their mask back after.
 async fn placed(artifacts: &Path, placement: Placement, count: u64, size: usize) -> Result<Option<(Figure, Figure)>> {
     let (all, cpus) = allowed_cpus()?;
+    if Command::new("taskset").arg("--version").stdout(Stdio::null()).status().is_err() {
+        eprintln!("taskset (util-linux) is not on PATH: the placed rows are skipped");
+        return Ok(None);
+    }
     let (here, there) = match (placement, cpus.as_slice()) {
         (Placement::OneCore, [first, ..]) => (*first, *first),
         (Placement::CoreEach, [first, second, ..]) => (*first, *second),
@@ -402,9 +406,19 @@ pub async fn idle_cpu(artifacts: &Path, seconds: u64) -> Result<Idle> {
         let after = reading()?;
         let per_10s = |ms: f64| ms * 10.0 / seconds as f64;
         let (mut ticks, mut fine) = (Vec::new(), Vec::new());
-        for ((ms_before, threads_before), (ms_after, threads_after)) in before.iter().zip(&after) {
+        for (pid, ((ms_before, threads_before), (ms_after, threads_after))) in
+            pids.iter().zip(before.iter().zip(&after))
+        {
             ticks.push(per_10s(ms_after - ms_before));
             fine.push(per_10s(thread_cpu_ms(threads_before, threads_after)));
+            // Which threads used it, on stderr (not in the table): where to look when it is not ~0.
+            for (tid, nanos) in threads_after {
+                let used = nanos.saturating_sub(threads_before.get(tid).copied().unwrap_or(0));
+                if used >= 1_000_000 {
+                    let name = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
+                    eprintln!("idle: {pid}/{tid} ({}) {:.1} ms per 10 s", name.trim(), per_10s(used as f64 / 1e6));
+                }
+            }
         }
         anyhow::Ok(Idle {
             seconds,
