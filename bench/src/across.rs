@@ -308,8 +308,10 @@ pub struct Across {
     pub scheduled: (Figure, Figure),
     pub one_core: Option<(Figure, Figure)>,
     pub core_each: Option<(Figure, Figure)>,
-    /// Node `fork` IPC, per round trip (16 bytes).
+    /// Node `fork` IPC, per round trip (16 bytes), placement left to the scheduler.
     pub node: Option<f64>,
+    /// The same with both Node processes on the CPU of the one-core rows.
+    pub node_one_core: Option<f64>,
     /// Pipelined invokes across processes, ns each.
     pub pipelined: f64,
     /// 1 MiB round trips across processes: (invoke, raw ping-pong), scheduler's placement.
@@ -323,10 +325,15 @@ pub async fn across(artifacts: &Path, remote: &Host, scale: u64) -> Result<Acros
     let scheduled = invoke_and_raw(remote, count, 16, None).await?;
     let one_core = placed(artifacts, Placement::OneCore, count, 16).await?;
     let core_each = placed(artifacts, Placement::CoreEach, count, 16).await?;
-    let node = node_round_trip(count, 16);
+    let node = node_round_trip(count, 16, None);
+    // Node's pair on the one core the placed rows use, to set beside the invoke placed so.
+    let node_one_core = match allowed_cpus()?.1.first() {
+        Some(&cpu) if one_core.is_some() => node_round_trip(count, 16, Some(cpu)),
+        _ => None,
+    };
     let pipelined = per_op(remote, "pipelined", 1, 50_000 / scale, 16).await?;
     let mib = invoke_and_raw(remote, (100 / scale).max(10), 1 << 20, None).await?;
-    Ok(Across { scheduled, one_core, core_each, node, pipelined, mib })
+    Ok(Across { scheduled, one_core, core_each, node, node_one_core, pipelined, mib })
 }
 
 /// CPU time of process `pid` (`self` for this one) so far, in ms: utime + stime of

@@ -249,16 +249,29 @@ async fn fan_out_once(host: &Host, count: u64) -> Result<f64> {
 }
 
 /// Node.js `child_process.fork` IPC with `serialization: 'advanced'`, per round trip.
-fn node_round_trip(count: u64, size: usize) -> Option<f64> {
+/// The median of [`ROUNDS`] runs of the script, each its own pair of processes; on `cpu`
+/// (both of them: the forked child inherits the mask), or where the scheduler puts them.
+fn node_round_trip(count: u64, size: usize, cpu: Option<usize>) -> Option<f64> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("node/ipc.js");
-    let output =
-        std::process::Command::new("node").arg(script).arg(count.to_string()).arg(size.to_string()).output().ok()?;
-    #[derive(Deserialize)]
-    struct NodeResult {
-        ns_per_op: f64,
-    }
-    let text = String::from_utf8_lossy(&output.stdout);
-    serde_json::from_str::<NodeResult>(text.trim()).ok().map(|result| result.ns_per_op)
+    let once = || -> Option<f64> {
+        let mut command = match cpu {
+            Some(cpu) => {
+                let mut command = std::process::Command::new("taskset");
+                command.arg("-c").arg(cpu.to_string()).arg("node");
+                command
+            }
+            None => std::process::Command::new("node"),
+        };
+        let output = command.arg(&script).arg(count.to_string()).arg(size.to_string()).output().ok()?;
+        #[derive(Deserialize)]
+        struct NodeResult {
+            ns_per_op: f64,
+        }
+        let text = String::from_utf8_lossy(&output.stdout);
+        serde_json::from_str::<NodeResult>(text.trim()).ok().map(|result| result.ns_per_op)
+    };
+    let samples: Option<Vec<f64>> = (0..ROUNDS).map(|_| once()).collect();
+    samples.map(median)
 }
 
 /// Bytes on the wire for one request packet of a `size`-byte payload (what the raw socket
@@ -382,14 +395,20 @@ fn across_table(quiet: &across::Across, loaded: &across::Across) -> String {
         placed(quiet.core_each),
         placed(loaded.core_each)
     ));
-    let node = |across: &across::Across| match across.node {
-        Some(node) => format!("{} = {:.2}x ours", micros(node), node / across.scheduled.0.median),
-        None => "node not found".into(),
+    let node = |node: Option<f64>, ours: Option<f64>| match (node, ours) {
+        (Some(node), Some(ours)) => format!("{} = {:.2}x ours", micros(node), node / ours),
+        _ => "n/a (no node, or no taskset)".into(),
     };
     line(format!(
-        "| Node.js `fork` IPC (`advanced`) vs child invoke (scheduler's placement) | {} | {} | ≥ 3x ours |",
-        node(quiet),
-        node(loaded)
+        "| Node.js `fork` IPC (`advanced`) vs child invoke, placement left to the scheduler | {} | {} | ≥ 3x ours |",
+        node(quiet.node, Some(quiet.scheduled.0.median)),
+        node(loaded.node, Some(loaded.scheduled.0.median))
+    ));
+    let one_core = |across: &across::Across| across.one_core.map(|(ours, _)| ours.median);
+    line(format!(
+        "| Node.js `fork` IPC (`advanced`) vs child invoke, one core | {} | {} | ≥ 3x ours |",
+        node(quiet.node_one_core, one_core(quiet)),
+        node(loaded.node_one_core, one_core(loaded))
     ));
     line(format!(
         "| pipelined invokes across processes (256 in flight) | {:.0}/s | {:.0}/s | ≥ 500,000/s |",
