@@ -5,10 +5,9 @@
 //! row is compared with its baseline measured moments apart, and medians of several rounds
 //! are quoted.
 
+mod across;
 mod soak;
 
-use std::io::{Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -40,6 +39,9 @@ struct Cli {
     /// Internal: the echo peer of the raw socket baseline.
     #[arg(long, hide = true)]
     echo_server: Option<PathBuf>,
+    /// Internal: the busy loop of the loaded rows.
+    #[arg(long, hide = true)]
+    spin: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -68,7 +70,10 @@ const RUNTIME_THREADS: &str = "bench-runtime";
 fn main() -> Result<()> {
     let cli = Cli::parse();
     if let Some(socket) = cli.echo_server {
-        return echo_server(&socket);
+        return across::echo_server(&socket);
+    }
+    if cli.spin {
+        return across::spin();
     }
     let artifacts = match cli.artifacts {
         Some(path) => path,
@@ -243,68 +248,30 @@ async fn fan_out_once(host: &Host, count: u64) -> Result<f64> {
     Ok((count * 5) as f64 / start.elapsed().as_secs_f64())
 }
 
-/// The raw Unix-socket ping-pong of `size` bytes with a child process, per round trip.
-fn raw_socket_round_trip(count: u64, size: usize) -> Result<f64> {
-    let dir = std::env::temp_dir().join(format!("ipc-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join("echo.sock");
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)?;
-    let mut child = std::process::Command::new(std::env::current_exe()?).arg("--echo-server").arg(&path).spawn()?;
-    let (mut stream, _) = listener.accept()?;
-    let message = vec![7u8; size];
-    let mut reply = vec![0u8; size];
-    let mut ping = |stream: &mut UnixStream| -> Result<()> {
-        stream.write_all(&(size as u32).to_be_bytes())?;
-        stream.write_all(&message)?;
-        let mut length = [0u8; 4];
-        stream.read_exact(&mut length)?;
-        stream.read_exact(&mut reply)?;
-        Ok(())
-    };
-    for _ in 0..count.min(1000) {
-        ping(&mut stream)?;
-    }
-    let mut samples = Vec::new();
-    for _ in 0..ROUNDS {
-        let start = Instant::now();
-        for _ in 0..count {
-            ping(&mut stream)?;
-        }
-        samples.push(start.elapsed().as_nanos() as f64 / count as f64);
-    }
-    drop(stream);
-    let _ = child.wait();
-    let _ = std::fs::remove_file(&path);
-    Ok(median(samples))
-}
-
-fn echo_server(socket: &Path) -> Result<()> {
-    let mut stream = UnixStream::connect(socket)?;
-    let mut buffer = Vec::new();
-    loop {
-        let mut length = [0u8; 4];
-        if stream.read_exact(&mut length).is_err() {
-            return Ok(());
-        }
-        buffer.resize(u32::from_be_bytes(length) as usize, 0);
-        stream.read_exact(&mut buffer)?;
-        stream.write_all(&length)?;
-        stream.write_all(&buffer)?;
-    }
-}
-
 /// Node.js `child_process.fork` IPC with `serialization: 'advanced'`, per round trip.
-fn node_round_trip(count: u64, size: usize) -> Option<f64> {
+/// The median of [`ROUNDS`] runs of the script, each its own pair of processes; on `cpu`
+/// (both of them: the forked child inherits the mask), or where the scheduler puts them.
+fn node_round_trip(count: u64, size: usize, cpu: Option<usize>) -> Option<f64> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("node/ipc.js");
-    let output =
-        std::process::Command::new("node").arg(script).arg(count.to_string()).arg(size.to_string()).output().ok()?;
-    #[derive(Deserialize)]
-    struct NodeResult {
-        ns_per_op: f64,
-    }
-    let text = String::from_utf8_lossy(&output.stdout);
-    serde_json::from_str::<NodeResult>(text.trim()).ok().map(|result| result.ns_per_op)
+    let once = || -> Option<f64> {
+        let mut command = match cpu {
+            Some(cpu) => {
+                let mut command = std::process::Command::new("taskset");
+                command.arg("-c").arg(cpu.to_string()).arg("node");
+                command
+            }
+            None => std::process::Command::new("node"),
+        };
+        let output = command.arg(&script).arg(count.to_string()).arg(size.to_string()).output().ok()?;
+        #[derive(Deserialize)]
+        struct NodeResult {
+            ns_per_op: f64,
+        }
+        let text = String::from_utf8_lossy(&output.stdout);
+        serde_json::from_str::<NodeResult>(text.trim()).ok().map(|result| result.ns_per_op)
+    };
+    let samples: Option<Vec<f64>> = (0..ROUNDS).map(|_| once()).collect();
+    samples.map(median)
 }
 
 /// Bytes on the wire for one request packet of a `size`-byte payload (what the raw socket
@@ -367,6 +334,105 @@ fn machine() -> String {
         })
         .unwrap_or(0);
     format!("{cpu}, {cores} cores, {:.0} GiB memory, Linux {}", memory as f64 / 1048576.0, std::env::consts::ARCH)
+}
+
+/// A row of the invoke table: the child invoke against the raw ping-pong, both placed alike.
+fn placed_row(label: &str, ours: across::Figure, raw: across::Figure, target: &str) -> String {
+    format!(
+        "| child-process invoke, {label} | {} | {:.2}x raw Unix-socket ping-pong, {label} ({}) | {target} | |",
+        micros(ours.median),
+        ours.median / raw.median,
+        micros(raw.median)
+    )
+}
+
+/// The cross-process rows side by side, quiet and with a busy loop on one core; each ratio
+/// within its own condition.
+fn across_table(quiet: &across::Across, loaded: &across::Across) -> String {
+    let mut out = String::new();
+    let mut line = |text: String| {
+        eprintln!("{text}");
+        out.push_str(&text);
+        out.push('\n');
+    };
+    line("## Across processes, quiet and loaded".into());
+    line(String::new());
+    line(
+        "Loaded: a busy loop on one core (a child process of the bench, not pinned) from before the rows to \
+         after them. Ratios compare rows of the same condition, measured in turns within each round."
+            .into(),
+    );
+    line(String::new());
+    line("| row | quiet | loaded | target |".into());
+    line("| --- | --- | --- | --- |".into());
+    let ratio = |(ours, raw): (across::Figure, across::Figure)| {
+        format!("{} = {:.2}x raw ({})", micros(ours.median), ours.median / raw.median, micros(raw.median))
+    };
+    let spread = |(ours, raw): (across::Figure, across::Figure)| {
+        format!(
+            "{} (rounds {}–{}), raw {} (rounds {}–{})",
+            micros(ours.median),
+            micros(ours.min),
+            micros(ours.max),
+            micros(raw.median),
+            micros(raw.min),
+            micros(raw.max)
+        )
+    };
+    line(format!(
+        "| child invoke, raw ping-pong: placement left to the scheduler | {} | {} | |",
+        spread(quiet.scheduled),
+        spread(loaded.scheduled)
+    ));
+    let placed = |figures: Option<(across::Figure, across::Figure)>| figures.map(ratio).unwrap_or_else(|| "n/a".into());
+    line(format!(
+        "| child invoke vs raw ping-pong, one core | {} | {} | ≤ 1.15x |",
+        placed(quiet.one_core),
+        placed(loaded.one_core)
+    ));
+    line(format!(
+        "| child invoke vs raw ping-pong, a core each (no lower bound: see `across.rs`) | {} | {} | |",
+        placed(quiet.core_each),
+        placed(loaded.core_each)
+    ));
+    let node = |node: Option<f64>, ours: Option<f64>| match (node, ours) {
+        (Some(node), Some(ours)) => format!("{} = {:.2}x ours", micros(node), node / ours),
+        _ => "n/a (no node, or no taskset)".into(),
+    };
+    line(format!(
+        "| Node.js `fork` IPC (`advanced`) vs child invoke, placement left to the scheduler | {} | {} | ≥ 3x ours |",
+        node(quiet.node, Some(quiet.scheduled.0.median)),
+        node(loaded.node, Some(loaded.scheduled.0.median))
+    ));
+    let one_core = |across: &across::Across| across.one_core.map(|(ours, _)| ours.median);
+    line(format!(
+        "| Node.js `fork` IPC (`advanced`) vs child invoke, one core | {} | {} | ≥ 3x ours |",
+        node(quiet.node_one_core, one_core(quiet)),
+        node(loaded.node_one_core, one_core(loaded))
+    ));
+    line(format!(
+        "| pipelined invokes across processes (256 in flight) | {:.0}/s | {:.0}/s | ≥ 500,000/s |",
+        1e9 / quiet.pipelined,
+        1e9 / loaded.pipelined
+    ));
+    let mib = |(ours, raw): (across::Figure, across::Figure)| {
+        let rate = |nanos: f64| (2 << 20) as f64 / nanos * 1e3;
+        format!(
+            "{:.2} ms ({:.0} MB/s) = {:.2}x raw ({:.2} ms, {:.0} MB/s)",
+            ours.median / 1e6,
+            rate(ours.median),
+            ours.median / raw.median,
+            raw.median / 1e6,
+            rate(raw.median)
+        )
+    };
+    line(format!(
+        "| 1 MiB round trip across processes vs raw socket | {} | {} | ≤ 1.5x |",
+        mib(quiet.mib),
+        mib(loaded.mib)
+    ));
+    line(String::new());
+    out
 }
 
 /// The durable-writes table: the persisted tier, 1 and 64 writers, against redb's own batched
@@ -462,10 +528,15 @@ async fn measure(artifacts: &Path, quick: bool) -> Result<String> {
     // 1-3: round trips of a small value.
     let ours_local = per_op(&local, "invoke", 1, 20_000 / scale, 16).await?;
     let tokio_baseline = per_op(&local, "baseline", 1, 20_000 / scale, 16).await?;
-    let ours_remote = per_op(&remote, "invoke", 1, 5_000 / scale, 16).await?;
-    let raw_socket =
-        tokio::task::spawn_blocking(move || raw_socket_round_trip(5_000 / scale, packet_bytes(16))).await??;
-    let node = node_round_trip(5_000 / scale, 16);
+    // The cross-process rows, quiet and then with a busy loop on one core; each ratio compares
+    // rows of one condition (see `across.rs`, which also says why the raw baseline is placed).
+    let quiet = across::across(artifacts, &remote, scale).await?;
+    let loaded = {
+        let _spinner = across::Spinner::start()?;
+        across::across(artifacts, &remote, scale).await?
+    };
+    let (ours_remote, raw_socket) = quiet.scheduled;
+    let node = quiet.node;
     line(&mut out, "## Invoke round trip (16-byte value)".into());
     line(&mut out, String::new());
     line(&mut out, "| path | per round trip | against its baseline | target | Node.js IPC / ours |".into());
@@ -485,13 +556,23 @@ async fn measure(artifacts: &Path, quick: bool) -> Result<String> {
     line(
         &mut out,
         format!(
-            "| child-process invoke | {} | {:.2}x raw Unix-socket ping-pong ({}) | ≤ 1.3x | {} |",
-            micros(ours_remote),
-            ours_remote / raw_socket,
-            micros(raw_socket),
-            speedup(ours_remote)
+            "| child-process invoke (placement left to the scheduler) | {} | {:.2}x raw Unix-socket ping-pong, \
+             unpinned ({}; its rounds {}–{}: bimodal, so not the target's ratio) | | {} |",
+            micros(ours_remote.median),
+            ours_remote.median / raw_socket.median,
+            micros(raw_socket.median),
+            micros(raw_socket.min),
+            micros(raw_socket.max),
+            speedup(ours_remote.median)
         ),
     );
+    for (label, figures, target) in
+        [("one core", quiet.one_core, "≤ 1.15x"), ("a core each", quiet.core_each, "(no lower bound)")]
+    {
+        if let Some((ours, raw)) = figures {
+            line(&mut out, placed_row(label, ours, raw, target));
+        }
+    }
     match node {
         Some(node) => {
             line(&mut out, format!("| Node.js `fork` IPC (`serialization: 'advanced'`) | {} | | | |", micros(node)))
@@ -502,7 +583,7 @@ async fn measure(artifacts: &Path, quick: bool) -> Result<String> {
 
     // 4: throughput.
     let pipelined_local = per_op(&local, "pipelined", 1, 100_000 / scale, 16).await?;
-    let pipelined_remote = per_op(&remote, "pipelined", 1, 50_000 / scale, 16).await?;
+    let pipelined_remote = quiet.pipelined;
     // Below the default mailbox limit: the burst is sent from main's own thread, so none of it
     // is dispatched before the loop ends.
     let fan_local = fan_out(&local, 50_000 / scale).await?;
@@ -526,6 +607,8 @@ async fn measure(artifacts: &Path, quick: bool) -> Result<String> {
         ),
     );
     line(&mut out, String::new());
+
+    out.push_str(&across_table(&quiet, &loaded));
 
     out.push_str(&durable_table(artifacts, &local, scale).await?);
 
@@ -626,5 +709,23 @@ async fn measure(artifacts: &Path, quick: bool) -> Result<String> {
         let mean = renderer_rss.iter().sum::<u64>() / renderer_rss.len() as u64;
         line(&mut out, format!("| per renderer process (one extension, idle) | {mean} KiB RSS |"));
     }
+
+    // Last, when nothing else of the bench is left running in this process.
+    let seconds = if quick { 2 } else { 10 };
+    let idle = across::idle_cpu(artifacts, seconds).await?;
+    line(&mut out, String::new());
+    line(&mut out, "## Idle".into());
+    line(&mut out, String::new());
+    line(&mut out, "| what | CPU time per 10 s | target |".into());
+    line(&mut out, "| --- | --- | --- |".into());
+    line(
+        &mut out,
+        format!(
+            "| idle, `bench` active with 2 in-process and 2 child-process frames, `hello` isolated \
+             (measured over {} s, scaled) | host {:.0} ms, its {} child processes {:.0} ms (utime + stime, 10 ms \
+             ticks); threads' schedstat: host {:.1} ms, children {:.1} ms | ~0 |",
+            idle.seconds, idle.host, idle.processes, idle.children, idle.host_fine, idle.children_fine
+        ),
+    );
     Ok(out)
 }

@@ -1,0 +1,442 @@
+//! The cross-process rows: child-process invokes against a raw Unix-socket ping-pong measured
+//! in turns with them, the same rows with a busy loop on one core, and the idle CPU row.
+//!
+//! # Why the raw baseline is placed
+//!
+//! On these machines (2 vCPUs of a Firecracker VM), a raw ping-pong between two processes
+//! costs about 3 µs a round trip when both ends run on one core (a wake there is a context
+//! switch), and about 60 µs when they run on two (each wake sends an IPI to an idle vCPU,
+//! which the hypervisor has to reschedule: some 30 µs a hop). With placement left to the
+//! scheduler, a pair of two threads settles into one mode or the other and stays there for a
+//! while (its wake-affine choice is sticky), so the baseline alone swung between 3 and 60 µs
+//! from run to run, and the invoke's ratio with it. The invoke itself (four threads, four
+//! hops) lands in neither mode: its hops move between the cores, about 42 µs.
+//!
+//! No unpinned two-process ping-pong is stable here, so the rows that carry the target
+//! compare the invoke and the raw ping-pong under the **same explicit placement**, measured in
+//! turns within each round:
+//!
+//! - **one core**: the host (this process) and the renderer process, or the echo peer, all
+//!   on one CPU. This is the honest lower bound of a round trip between two processes over a
+//!   Unix socket on this machine: nothing placed otherwise is faster, and the invoke gets
+//!   the same core to run its extra threads on.
+//! - **a core each**: the host on one CPU, the renderer (or the echo peer) on the other: the
+//!   topology of a renderer that owns a core, where every process crossing costs a
+//!   cross-core wake in both. Shown, but it carries no target: a cross-core wake here costs
+//!   what the idle vCPU's halt-polling state makes it, so this ping-pong is no lower bound
+//!   (the invoke, whose extra threads keep the cores less idle, has measured below it).
+//!
+//! The baseline keeps one thread at each end (a loop that writes and reads its own socket):
+//! more threads would copy our design's hops into the baseline and flatter us. The invoke
+//! with placement left to the scheduler is still measured (it is what users get), with the
+//! unpinned ping-pong beside it and the spread of its rounds, to show the bimodality.
+
+use std::collections::BTreeMap;
+use std::io::{BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use extension_host::Host;
+
+use crate::{ROUNDS, bench_host, config, library, median, node_round_trip, packet_bytes, per_op, run};
+
+/// The median of some rounds, with the fastest and the slowest (the spread).
+#[derive(Debug, Clone, Copy)]
+pub struct Figure {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Figure {
+    fn of(samples: &[f64]) -> Figure {
+        let min = samples.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = samples.iter().copied().fold(0.0, f64::max);
+        Figure { median: median(samples.to_vec()), min, max }
+    }
+}
+
+/// The peer of the raw baseline: a child process of ours (`--echo-server`) that echoes each
+/// length-prefixed message on a Unix socket, from one thread. This end pings from the thread
+/// that calls [`RawPeer::round`].
+pub struct RawPeer {
+    stream: BufReader<UnixStream>,
+    child: Child,
+    path: PathBuf,
+    message: Vec<u8>,
+    reply: Vec<u8>,
+}
+
+impl RawPeer {
+    /// A peer on `cpu` (or wherever the scheduler puts it) for messages of `size` bytes.
+    pub fn start(size: usize, cpu: Option<usize>) -> Result<RawPeer> {
+        static PEERS: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!("ipc-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("echo-{}.sock", PEERS.fetch_add(1, Ordering::Relaxed)));
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path)?;
+        let program = std::env::current_exe()?;
+        let mut command = match cpu {
+            Some(cpu) => {
+                let mut command = Command::new("taskset");
+                command.arg("-c").arg(cpu.to_string()).arg(program);
+                command
+            }
+            None => Command::new(program),
+        };
+        let child = command.arg("--echo-server").arg(&path).spawn().context("cannot start the echo peer")?;
+        let (stream, _) = listener.accept()?;
+        let mut message = (size as u32).to_be_bytes().to_vec();
+        message.resize(4 + size, 7);
+        let mut peer = RawPeer { stream: BufReader::new(stream), child, path, message, reply: vec![0u8; size] };
+        for _ in 0..1000 {
+            peer.ping()?; // warm-up
+        }
+        Ok(peer)
+    }
+
+    /// One round trip. The fewest system calls a framed ping-pong needs, so that the
+    /// baseline is a lower bound: the length and the bytes in one write, and reads through a
+    /// buffer (a small reply is one read).
+    fn ping(&mut self) -> Result<()> {
+        self.stream.get_mut().write_all(&self.message)?;
+        let mut length = [0u8; 4];
+        self.stream.read_exact(&mut length)?;
+        self.stream.read_exact(&mut self.reply)?;
+        Ok(())
+    }
+
+    /// Nanoseconds per round trip over `count` round trips.
+    pub fn round(&mut self, count: u64) -> Result<f64> {
+        let start = Instant::now();
+        for _ in 0..count {
+            self.ping()?;
+        }
+        Ok(start.elapsed().as_nanos() as f64 / count as f64)
+    }
+}
+
+impl Drop for RawPeer {
+    fn drop(&mut self) {
+        // The peer ends at end of stream; wait for it, so none is left behind.
+        let _ = self.stream.get_ref().shutdown(std::net::Shutdown::Both);
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The echo peer's loop (`--echo-server`).
+pub fn echo_server(socket: &Path) -> Result<()> {
+    let mut stream = BufReader::new(UnixStream::connect(socket)?);
+    // The reply as it goes out: length and bytes, written at once.
+    let mut buffer = Vec::new();
+    loop {
+        let mut length = [0u8; 4];
+        if stream.read_exact(&mut length).is_err() {
+            return Ok(());
+        }
+        buffer.clear();
+        buffer.extend_from_slice(&length);
+        buffer.resize(4 + u32::from_be_bytes(length) as usize, 0);
+        stream.read_exact(&mut buffer[4..])?;
+        stream.get_mut().write_all(&buffer)?;
+    }
+}
+
+/// The raw ping-pong's round of `count`, on a blocking thread (it blocks on its socket).
+async fn raw_round(peer: RawPeer, count: u64) -> Result<(RawPeer, f64)> {
+    tokio::task::spawn_blocking(move || {
+        let mut peer = peer;
+        let nanos = peer.round(count)?;
+        anyhow::Ok((peer, nanos))
+    })
+    .await?
+}
+
+/// Child-process invokes of `size` bytes (frame 1 of `host`) and the raw ping-pong of the same
+/// bytes, in turns within each round, so both meet the same neighbours; the order alternates
+/// from round to round. Nanoseconds per round trip: (invoke, raw).
+async fn invoke_and_raw(host: &Host, count: u64, size: usize, peer_cpu: Option<usize>) -> Result<(Figure, Figure)> {
+    let bytes = packet_bytes(size);
+    let mut peer = tokio::task::spawn_blocking(move || RawPeer::start(bytes, peer_cpu)).await??;
+    run(host, "invoke", 1, count.min(1000), size).await?; // warm-up
+    let (mut invokes, mut raws) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        if round % 2 == 1 {
+            let (back, nanos) = raw_round(peer, count).await?;
+            peer = back;
+            raws.push(nanos);
+        }
+        let outcome = run(host, "invoke", 1, count, size).await?;
+        invokes.push(outcome.nanos as f64 / outcome.count as f64);
+        if round % 2 == 0 {
+            let (back, nanos) = raw_round(peer, count).await?;
+            peer = back;
+            raws.push(nanos);
+        }
+    }
+    tokio::task::spawn_blocking(move || drop(peer)).await?;
+    Ok((Figure::of(&invokes), Figure::of(&raws)))
+}
+
+/// Where the processes of a placed row run.
+#[derive(Debug, Clone, Copy)]
+pub enum Placement {
+    /// The host and its peer on one CPU.
+    OneCore,
+    /// The host on one CPU, its peer on another.
+    CoreEach,
+}
+
+/// The CPUs this process may run on (`Cpus_allowed_list`, as `0-1,4`).
+fn allowed_cpus() -> Result<(String, Vec<usize>)> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let list = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+        .map(|list| list.trim().to_owned())
+        .context("no Cpus_allowed_list in /proc/self/status")?;
+    let mut cpus = Vec::new();
+    for part in list.split(',') {
+        match part.split_once('-') {
+            Some((first, last)) => cpus.extend(first.parse::<usize>()?..=last.parse::<usize>()?),
+            None => cpus.push(part.parse()?),
+        }
+    }
+    Ok((list, cpus))
+}
+
+/// Confines every thread of process `pid` to `cpus`. Threads it starts later inherit the
+/// mask of the thread that starts them, and so do the processes it spawns.
+fn set_affinity(pid: u32, cpus: &str) -> Result<()> {
+    // `taskset -a` lists the threads, then sets each: one that ends in between (a blocking
+    // pool thread retiring) fails the whole call, so it is tried again on a fresh list.
+    for _ in 0..10 {
+        let status = Command::new("taskset")
+            .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("cannot run taskset (util-linux)")?;
+        if status.success() {
+            return Ok(());
+        }
+    }
+    bail!("taskset could not place process {pid} on CPUs {cpus}")
+}
+
+/// The child invoke and the raw ping-pong of `size` bytes, both placed as `placement` says:
+/// this process (the host and the ping-pong's pinging end) on one CPU, a fresh host's
+/// renderer processes and the echo peer on the same one or another. `None` if the machine
+/// has too few CPUs for the placement. The bench's own threads get their mask back after.
+async fn placed(artifacts: &Path, placement: Placement, count: u64, size: usize) -> Result<Option<(Figure, Figure)>> {
+    let (all, cpus) = allowed_cpus()?;
+    if Command::new("taskset").arg("--version").stdout(Stdio::null()).status().is_err() {
+        eprintln!("taskset (util-linux) is not on PATH: the placed rows are skipped");
+        return Ok(None);
+    }
+    let (here, there) = match (placement, cpus.as_slice()) {
+        (Placement::OneCore, [first, ..]) => (*first, *first),
+        (Placement::CoreEach, [first, second, ..]) => (*first, *second),
+        _ => return Ok(None),
+    };
+    set_affinity(std::process::id(), &here.to_string())?;
+    let figures = async {
+        let host = bench_host(artifacts, true).await?;
+        let placed = async {
+            for pid in host.inspect().await.frames.iter().filter_map(|frame| frame.pid) {
+                set_affinity(pid, &there.to_string())?;
+            }
+            invoke_and_raw(&host, count, size, Some(there)).await
+        }
+        .await;
+        host.shutdown().await;
+        placed
+    }
+    .await;
+    set_affinity(std::process::id(), &all)?;
+    figures.map(Some)
+}
+
+/// A busy loop on one core while the loaded rows measure: a child process of ours (`--spin`),
+/// started before the rows and stopped after them.
+///
+/// A process rather than a thread of the bench: it stands for the other work on the machine
+/// (the builds that share these machines), it keeps its CPU time out of the host's, and it
+/// does not take the masks the placed rows give the bench's own threads (it is started before
+/// them). It is not pinned, as other work is not: the scheduler may move it, and our threads
+/// around it, as it would.
+pub struct Spinner(Child);
+
+impl Spinner {
+    pub fn start() -> Result<Spinner> {
+        let child = Command::new(std::env::current_exe()?).arg("--spin").spawn().context("cannot start the spinner")?;
+        Ok(Spinner(child))
+    }
+}
+
+impl Drop for Spinner {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The spinner's loop (`--spin`). It looks up from the loop every 50 ms and ends when its
+/// parent has gone, so a bench that dies leaves no process spinning.
+pub fn spin() -> Result<()> {
+    let parent = std::os::unix::process::parent_id();
+    loop {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(50) {
+            std::hint::spin_loop();
+        }
+        if std::os::unix::process::parent_id() != parent {
+            return Ok(());
+        }
+    }
+}
+
+/// The cross-process figures of one condition (quiet or loaded), all measured in it.
+pub struct Across {
+    /// Placement left to the scheduler: (invoke, raw ping-pong), 16-byte values.
+    pub scheduled: (Figure, Figure),
+    pub one_core: Option<(Figure, Figure)>,
+    pub core_each: Option<(Figure, Figure)>,
+    /// Node `fork` IPC, per round trip (16 bytes), placement left to the scheduler.
+    pub node: Option<f64>,
+    /// The same with both Node processes on the CPU of the one-core rows.
+    pub node_one_core: Option<f64>,
+    /// Pipelined invokes across processes, ns each.
+    pub pipelined: f64,
+    /// 1 MiB round trips across processes: (invoke, raw ping-pong), scheduler's placement.
+    pub mib: (Figure, Figure),
+}
+
+/// Measures the cross-process rows of one condition against `remote` (a host with child
+/// frames) and fresh placed hosts.
+pub async fn across(artifacts: &Path, remote: &Host, scale: u64) -> Result<Across> {
+    let count = 5_000 / scale;
+    let scheduled = invoke_and_raw(remote, count, 16, None).await?;
+    let one_core = placed(artifacts, Placement::OneCore, count, 16).await?;
+    let core_each = placed(artifacts, Placement::CoreEach, count, 16).await?;
+    let node = node_round_trip(count, 16, None);
+    // Node's pair on the one core the placed rows use, to set beside the invoke placed so.
+    let node_one_core = match allowed_cpus()?.1.first() {
+        Some(&cpu) if one_core.is_some() => node_round_trip(count, 16, Some(cpu)),
+        _ => None,
+    };
+    let pipelined = per_op(remote, "pipelined", 1, 50_000 / scale, 16).await?;
+    let mib = invoke_and_raw(remote, (100 / scale).max(10), 1 << 20, None).await?;
+    Ok(Across { scheduled, one_core, core_each, node, node_one_core, pipelined, mib })
+}
+
+/// CPU time of process `pid` (`self` for this one) so far, in ms: utime + stime of
+/// `/proc/<pid>/stat`, all its threads, living or ended. Those count clock ticks of USER_HZ,
+/// which Linux fixes at 100 a second for userspace whatever the kernel's own HZ.
+fn cpu_ms(pid: &str) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces: count fields from after its ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')').context("a /proc stat line")?.1.split_whitespace().collect();
+    let ticks = |at: usize| -> Result<f64> { Ok(fields.get(at).context("a short /proc stat line")?.parse::<f64>()?) };
+    // utime and stime are fields 14 and 15; after ')' the state, field 3, is at 0.
+    Ok((ticks(11)? + ticks(12)?) * 10.0)
+}
+
+/// CPU time of each thread process `pid` has now, in ns, by thread id: the first field of
+/// `/proc/<pid>/task/<tid>/schedstat`. Finer than the 10 ms ticks of `stat`; see
+/// [`thread_cpu_ms`] for threads that come and go.
+fn thread_cpu(pid: &str) -> Result<BTreeMap<String, u64>> {
+    let mut threads = BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let task = task?;
+        // A thread may end between the listing and the read: it is simply not counted.
+        let Ok(schedstat) = std::fs::read_to_string(task.path().join("schedstat")) else { continue };
+        let nanos = schedstat.split_whitespace().next().context("an empty schedstat")?.parse::<u64>()?;
+        threads.insert(task.file_name().to_string_lossy().into_owned(), nanos);
+    }
+    Ok(threads)
+}
+
+/// The ms of CPU the threads of `after` used since `before`: a thread that started in between
+/// counts whole; one that ended in between is missed (the ticks of `stat` count it).
+fn thread_cpu_ms(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> f64 {
+    let nanos: u64 = after.iter().map(|(tid, nanos)| nanos.saturating_sub(before.get(tid).copied().unwrap_or(0))).sum();
+    nanos as f64 / 1e6
+}
+
+/// What the idle row reports, in ms of CPU per 10 s.
+pub struct Idle {
+    pub seconds: u64,
+    pub host: f64,
+    pub children: f64,
+    /// The same from the threads' `schedstat`.
+    pub host_fine: f64,
+    pub children_fine: f64,
+    pub processes: usize,
+}
+
+/// The idle row: CPU time of the host (this process) and of its children over `seconds` of
+/// idle, with the bench extension active, two in-process and two child-process frames open,
+/// and an isolated extension (`hello`) running in its own process.
+pub async fn idle_cpu(artifacts: &Path, seconds: u64) -> Result<Idle> {
+    let host = Host::new(config(artifacts));
+    let figures = async {
+        host.load(library(artifacts, "bench"))?;
+        host.load(library(artifacts, "hello"))?;
+        host.set_isolated("hello", true)?;
+        host.activate("bench").await?;
+        host.activate("hello").await?;
+        for _ in 0..2 {
+            host.open_frame().await;
+            host.open_child_frame().await?;
+        }
+        // Let start-up work (loading, first frames) finish before the idle window opens.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let snapshot = host.inspect().await;
+        let mut children: Vec<u32> = snapshot.frames.iter().filter_map(|frame| frame.pid).collect();
+        children.extend(snapshot.extensions.iter().filter_map(|extension| extension.pid));
+        children.sort_unstable();
+        children.dedup();
+        let mut pids = vec!["self".to_owned()];
+        pids.extend(children.iter().map(u32::to_string));
+        let reading = || -> Result<Vec<(f64, BTreeMap<String, u64>)>> {
+            pids.iter().map(|pid| Ok((cpu_ms(pid)?, thread_cpu(pid)?))).collect()
+        };
+        let before = reading()?;
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        let after = reading()?;
+        let per_10s = |ms: f64| ms * 10.0 / seconds as f64;
+        let (mut ticks, mut fine) = (Vec::new(), Vec::new());
+        for (pid, ((ms_before, threads_before), (ms_after, threads_after))) in
+            pids.iter().zip(before.iter().zip(&after))
+        {
+            ticks.push(per_10s(ms_after - ms_before));
+            fine.push(per_10s(thread_cpu_ms(threads_before, threads_after)));
+            // Which threads used it, on stderr (not in the table): where to look when it is not ~0.
+            for (tid, nanos) in threads_after {
+                let used = nanos.saturating_sub(threads_before.get(tid).copied().unwrap_or(0));
+                if used >= 1_000_000 {
+                    let name = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
+                    eprintln!("idle: {pid}/{tid} ({}) {:.1} ms per 10 s", name.trim(), per_10s(used as f64 / 1e6));
+                }
+            }
+        }
+        anyhow::Ok(Idle {
+            seconds,
+            host: ticks[0],
+            children: ticks[1..].iter().sum(),
+            host_fine: fine[0],
+            children_fine: fine[1..].iter().sum(),
+            processes: children.len(),
+        })
+    }
+    .await;
+    host.shutdown().await;
+    figures
+}
