@@ -9,12 +9,27 @@ use probe_protocol::*;
 use crate::loading::tempdir;
 use crate::support::{self, FAILSAFE, library, wait_log};
 
-/// Threads of the process whose name starts with `prefix` (Linux: /proc/self/task/*/comm).
+/// Live threads of the process whose name starts with `prefix` (Linux: /proc/self/task/*).
+///
+/// A thread that exits stays listed for a moment after `join` returns: the kernel wakes the
+/// joiner when it clears the thread's id, a little before it unlists the thread. Such a
+/// thread is no longer running anything (the kernel set `PF_EXITING` in its flags when it
+/// began to exit), so it is not counted: otherwise a loaded machine could see the last
+/// activation's joined thread beside the next one's.
 fn threads_named(prefix: &str) -> usize {
+    /// `PF_EXITING` in `include/linux/sched.h`: the thread is in `do_exit`.
+    const PF_EXITING: u64 = 0x4;
     std::fs::read_dir("/proc/self/task")
         .unwrap()
-        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
-        .filter(|name| name.trim_end().starts_with(prefix))
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("stat")).ok())
+        .filter(|stat| {
+            // `pid (comm) state ppid pgrp session tty_nr tpgid flags ...`; the name may hold
+            // spaces and parentheses, so the fields are counted from its last `)`.
+            let Some((head, fields)) = stat.rsplit_once(')') else { return false };
+            let named = head.split_once('(').is_some_and(|(_, name)| name.starts_with(prefix));
+            let flags: u64 = fields.split_whitespace().nth(6).and_then(|flags| flags.parse().ok()).unwrap_or(0);
+            named && flags & PF_EXITING == 0
+        })
         .count()
 }
 
