@@ -216,9 +216,9 @@ async fn killing_the_host_leaves_no_child_processes() {
     // Each child sees its connection close and exits on its own.
     tokio::time::timeout(FAILSAFE, async {
         while !children.iter().all(|pid| gone(*pid)) {
-            // SLEEP-OK: polling, not synchronising: they are the killed host's children, not
-            // ours, so nothing here can wait for their exit; `/proc` says when they are gone.
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            // Polling, not synchronising: they are the killed host's children, not ours, so
+            // nothing here can wait for their exit; `/proc` says when they are gone.
+            tokio::time::sleep(Duration::from_millis(20)).await; // SLEEP-OK: polling /proc, see above
         }
     })
     .await

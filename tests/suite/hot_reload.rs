@@ -132,16 +132,6 @@ async fn a_rebuild_swaps_in_the_new_build_under_open_frames(transport: Transport
 }
 
 #[tokio::test]
-async fn a_rebuild_swaps_in_the_new_build_under_open_frames_in_process() {
-    a_rebuild_swaps_in_the_new_build_under_open_frames(Transport::InProcess).await;
-}
-
-#[tokio::test]
-async fn a_rebuild_swaps_in_the_new_build_under_open_frames_isolated() {
-    a_rebuild_swaps_in_the_new_build_under_open_frames(Transport::Isolated).await;
-}
-
-#[tokio::test]
 async fn a_half_written_library_is_never_loaded() {
     let mut dev = Dev::start(Transport::InProcess).await;
     let v2 = std::fs::read(library("reload-v2")).unwrap();
@@ -341,3 +331,5 @@ async fn xtask_dev_rebuilds_a_changed_crate_and_the_host_reloads_it() {
     assert!(child.wait().await.unwrap().success(), "xtask dev ends with the host");
     let _ = std::fs::remove_dir_all(dir.parent().unwrap());
 }
+
+same_instance!(a_rebuild_swaps_in_the_new_build_under_open_frames,);

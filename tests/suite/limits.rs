@@ -191,16 +191,6 @@ async fn the_store_refuses_writes_past_its_total_and_new_frames_start_with_all_o
     host.shutdown().await;
 }
 
-#[tokio::test]
-async fn the_store_refuses_writes_past_its_total_and_new_frames_start_with_all_of_it_in_the_host() {
-    the_store_refuses_writes_past_its_total_and_new_frames_start_with_all_of_it(Transport::InProcess).await;
-}
-
-#[tokio::test]
-async fn the_store_refuses_writes_past_its_total_and_new_frames_start_with_all_of_it_isolated() {
-    the_store_refuses_writes_past_its_total_and_new_frames_start_with_all_of_it(Transport::Isolated).await;
-}
-
 /// An error reply names its channel shortly, so it fits whatever the channel's name: a request
 /// on an unhandled 9 MiB channel gets `NoHandler` at once (it got neither, and waited out its
 /// timeout, when the reply carried the name twice).
@@ -212,16 +202,6 @@ async fn an_error_reply_on_a_very_long_channel_arrives_at_once(transport: Transp
     assert!(error.message.len() < 1000 && error.message.contains("9437184 bytes in all"), "{}", error.message);
     assert_eq!(error.channel.len(), channel.len(), "the error keeps the whole name");
     host.shutdown().await;
-}
-
-#[tokio::test]
-async fn an_error_reply_on_a_very_long_channel_arrives_at_once_in_the_host() {
-    an_error_reply_on_a_very_long_channel_arrives_at_once(Transport::InProcess).await;
-}
-
-#[tokio::test]
-async fn an_error_reply_on_a_very_long_channel_arrives_at_once_isolated() {
-    an_error_reply_on_a_very_long_channel_arrives_at_once(Transport::Isolated).await;
 }
 
 /// Main deletes a key so long that the update publishing it would be over the message limit
@@ -253,3 +233,8 @@ async fn a_store_write_whose_update_would_not_fit_is_refused_and_every_replica_g
     assert_eq!((frame.seq, &frame.values), (main.seq, &main.values), "the renderer process's replica went on");
     host.shutdown().await;
 }
+
+same_instance!(
+    the_store_refuses_writes_past_its_total_and_new_frames_start_with_all_of_it,
+    an_error_reply_on_a_very_long_channel_arrives_at_once,
+);

@@ -73,16 +73,6 @@ async fn a_slow_main_drops_broadcasts_and_refuses_requests_past_its_mailbox_boun
 }
 
 #[tokio::test]
-async fn a_slow_main_in_process_drops_and_refuses_past_its_mailbox_bound() {
-    a_slow_main_drops_broadcasts_and_refuses_requests_past_its_mailbox_bound(Transport::InProcess).await;
-}
-
-#[tokio::test]
-async fn a_slow_isolated_main_drops_and_refuses_past_its_mailbox_bound() {
-    a_slow_main_drops_broadcasts_and_refuses_requests_past_its_mailbox_bound(Transport::Isolated).await;
-}
-
-#[tokio::test]
 async fn a_frame_in_another_process_invoking_an_overloaded_main_is_told_at_once() {
     let host = probe_host(Transport::InProcess).await;
     support::open_frame(&host, Transport::ChildProcess).await;
@@ -175,3 +165,5 @@ async fn a_hundred_extensions_with_eight_frames_run_at_once() {
     }
     host.shutdown().await;
 }
+
+same_instance!(a_slow_main_drops_broadcasts_and_refuses_requests_past_its_mailbox_bound,);

@@ -71,7 +71,7 @@ fn file_of(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.redb"))
 }
 
-async fn persists_across_cycles_uninstall_and_restarts(transport: Transport) {
+async fn values_survive_deactivation_uninstall_and_host_restarts_and_purge_removes_them(transport: Transport) {
     let dir = DataDir::new();
     let host = host_in(&dir, &["keeper"], transport).await;
     assert_eq!(call::<_, Option<String>>(&host, "keeper", "stored-version", ()).await.unwrap(), None, "new data");
@@ -114,16 +114,6 @@ async fn persists_across_cycles_uninstall_and_restarts(transport: Transport) {
     host.shutdown().await;
 }
 
-#[tokio::test]
-async fn values_survive_deactivation_uninstall_and_host_restarts_and_purge_removes_them() {
-    persists_across_cycles_uninstall_and_restarts(Transport::InProcess).await;
-}
-
-#[tokio::test]
-async fn values_survive_deactivation_uninstall_and_host_restarts_and_purge_removes_them_isolated() {
-    persists_across_cycles_uninstall_and_restarts(Transport::Isolated).await;
-}
-
 /// Frames read the persisted tier from their replica, write it through main, and watch it.
 async fn frames_share_the_persisted_tier(transport: Transport) {
     let dir = DataDir::new();
@@ -160,7 +150,7 @@ async fn frames_share_the_persisted_tier(transport: Transport) {
 
 conformance!(frames_share_the_persisted_tier);
 
-async fn same_keys_never_meet(transport: Transport) {
+async fn two_extensions_with_the_same_keys_never_see_each_others_data(transport: Transport) {
     let dir = DataDir::new();
     let host = host_in(&dir, &["keeper", "keeper-twin"], transport).await;
     set(&host, "keeper", "shared", "keeper's").await;
@@ -177,16 +167,6 @@ async fn same_keys_never_meet(transport: Transport) {
     assert_eq!(get(&host, "keeper", "shared").await.as_deref(), Some("keeper's"));
     assert_eq!(get(&host, "keeper-twin", "shared").await, None);
     host.shutdown().await;
-}
-
-#[tokio::test]
-async fn two_extensions_with_the_same_keys_never_see_each_others_data() {
-    same_keys_never_meet(Transport::InProcess).await;
-}
-
-#[tokio::test]
-async fn two_isolated_extensions_with_the_same_keys_never_see_each_others_data() {
-    same_keys_never_meet(Transport::Isolated).await;
 }
 
 #[tokio::test]
@@ -451,3 +431,8 @@ async fn an_isolated_extension_killed_mid_writes_restarts_with_every_resolved_wr
     }
     host.shutdown().await;
 }
+
+same_instance!(
+    values_survive_deactivation_uninstall_and_host_restarts_and_purge_removes_them,
+    two_extensions_with_the_same_keys_never_see_each_others_data,
+);

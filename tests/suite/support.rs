@@ -241,11 +241,13 @@ macro_rules! conformance {
     };
 }
 
-/// Runs each named `async fn name(transport: Transport)` on the two transports where main and
-/// the frames' renderer halves share one instance: in the host's process (where requests
-/// between them stay in the instance) and isolated (where they make a round trip through the
-/// host). For what only holds within one instance (several renderer halves in it, a frame's
-/// handle outliving its half); everything else is `conformance!`.
+/// Runs each named `async fn name(transport: Transport)` on the two placements of an
+/// extension's main half, where main and the in-process frames' renderer halves share one
+/// instance: in the host's process (where requests between them stay in the instance) and
+/// isolated (where they make a round trip through the host). For what only holds within one
+/// instance (several renderer halves in it, a frame's handle outliving its half), and for what
+/// is about main's placement itself (its mailbox, its store, its persisted tier, its reload),
+/// where a renderer process adds nothing; everything else is `conformance!`.
 macro_rules! same_instance {
     ($($name:ident),* $(,)?) => {
         mod same_instance_in_process {
