@@ -317,15 +317,6 @@ pub fn sender_of(peer: Peer) -> crate::Sender {
     }
 }
 
-/// The peer number a sender travels as.
-pub fn peer_of(sender: crate::Sender) -> Peer {
-    match sender {
-        crate::Sender::Main => PEER_MAIN,
-        crate::Sender::Host => PEER_HOST,
-        crate::Sender::Frame(frame) => frame.0,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -414,21 +414,14 @@ impl Drop for PendingGuard {
         }
         self.forget();
         let Some(shared) = self.shared.upgrade() else { return };
+        let cancel = Message::cancel(self.peer, self.target, self.request_id);
         match self.route {
             // Behind the request in the mailbox, so it finds the handler started.
             Route::Within => {
-                shared.enqueue(crate::runtime::mailbox::Delivery::within(OwnedMessage {
-                    kind: abi::kind::CANCEL,
-                    status: 0,
-                    origin: self.peer,
-                    target: self.target,
-                    request_id: self.request_id,
-                    channel: String::new(),
-                    payload: Vec::new(),
-                }));
+                shared.enqueue(crate::runtime::mailbox::Delivery::within(cancel.to_owned()));
             }
             Route::Host => {
-                shared.send(Message::cancel(self.peer, self.target, self.request_id));
+                shared.send(cancel);
             }
         }
     }
