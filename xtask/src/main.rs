@@ -2,7 +2,9 @@
 //!
 //! - `demo`: builds the sample extensions and the host, then runs the host with them for a few
 //!   seconds, one frame in process and one in a renderer process: the IPC working, in the log.
-//! - `test`: the whole test suite (`cargo test --workspace`).
+//! - `test`: the whole test suite, browser tests included: makes sure Chromium and Node.js are
+//!   installed (with `apt-get` as root, else says how), runs the web client's checks, then
+//!   `cargo test --locked --workspace` (see `test.rs`).
 //! - `bench`: builds in release and runs the benchmark table (`BENCHMARKS.md`).
 //! - `soak`: builds in release and runs the soak and leak checks (fails on a leak).
 //! - `memcheck [FILTER...]`: the integration suite under valgrind memcheck (children too).
@@ -21,6 +23,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod dev;
+mod test;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "Project automation for the extension host")]
@@ -37,7 +40,8 @@ enum Task {
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
     },
-    /// Run the whole test suite.
+    /// Run the whole test suite, browser tests included (installs Chromium and Node.js with
+    /// apt-get when run as root and they are missing; otherwise says how to install them).
     Test,
     /// Build in release and run the benchmarks; prints the table and writes BENCHMARKS.md.
     Bench {
@@ -103,7 +107,7 @@ const SAMPLES: &[&str] = &["hello", "hello-twin", "gluon"];
 fn main() -> Result<()> {
     match Cli::parse().command {
         Task::Demo { seconds } => demo(seconds),
-        Task::Test => cargo(&["test", "--workspace"]),
+        Task::Test => test::run(),
         Task::Bench { quick } => bench(quick),
         Task::Soak { quick } => soak(quick),
         Task::Memcheck { filters } => memcheck(&filters),
@@ -121,7 +125,7 @@ fn main() -> Result<()> {
             if !status.success() {
                 bail!("cargo doc found warnings");
             }
-            cargo(&["test", "--workspace"])
+            test::run()
         }
     }
 }
