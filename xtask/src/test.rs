@@ -52,9 +52,8 @@ fn ensure_chromium() -> Result<PathBuf> {
     if version(&path).is_none() {
         install("Chromium (for the browser tests)", &["chromium"])?;
     }
-    let version = version(&path).with_context(|| {
-        format!("`apt-get install chromium` succeeded but {DEFAULT_CHROMIUM} still does not run")
-    })?;
+    let version = version(&path)
+        .with_context(|| format!("`apt-get install chromium` succeeded but {DEFAULT_CHROMIUM} still does not run"))?;
     println!("browser tests: {version} ({DEFAULT_CHROMIUM})");
     Ok(path)
 }
@@ -100,10 +99,7 @@ fn install(what: &str, packages: &[&str]) -> Result<()> {
     update.arg("update").env("DEBIAN_FRONTEND", "noninteractive");
     crate::run(&mut update).with_context(|| how.clone())?;
     let mut install = Command::new("apt-get");
-    install
-        .args(["install", "-y", "--no-install-recommends"])
-        .args(packages)
-        .env("DEBIAN_FRONTEND", "noninteractive");
+    install.args(["install", "-y", "--no-install-recommends"]).args(packages).env("DEBIAN_FRONTEND", "noninteractive");
     crate::run(&mut install).with_context(|| how.clone())
 }
 
