@@ -39,6 +39,8 @@ pub struct Cdp {
     /// What each session is, for console lines: the target's URL when it attached.
     names: Mutex<HashMap<String, String>>,
     console: Mutex<Vec<String>>,
+    /// Every console line as it arrives, for tests that wait for one.
+    lines: tokio::sync::broadcast::Sender<String>,
 }
 
 impl Cdp {
@@ -52,6 +54,7 @@ impl Cdp {
             children: Mutex::default(),
             names: Mutex::default(),
             console: Mutex::default(),
+            lines: tokio::sync::broadcast::channel(4096).0,
         });
         let routed = cdp.clone();
         std::thread::Builder::new()
@@ -130,7 +133,13 @@ impl Cdp {
         lock(&self.pending).clear();
     }
 
+    /// Console lines from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.lines.subscribe()
+    }
+
     fn note(&self, line: String) {
+        let _ = self.lines.send(line.clone());
         let mut console = lock(&self.console);
         console.push(line);
         if console.len() > CONSOLE_KEPT * 2 {

@@ -21,6 +21,15 @@ use serde_json::{Value, json};
 
 mod cdp;
 mod selftest;
+// CONNECT (web frames, phase 2): the tests of web frames, once the host serves them.
+// mod errors;
+// mod isolation;
+// mod lifecycle;
+// mod ordering;
+// mod screenshot;
+// mod store;
+// mod values;
+// mod web;
 
 use cdp::Cdp;
 
@@ -145,6 +154,11 @@ impl Browser {
         Tab { page, target, cdp: self.cdp.clone() }
     }
 
+    /// The console lines of every page and frame from now on (`[what] console.log: text`).
+    pub fn console(&self) -> Console {
+        Console { lines: self.cdp.subscribe() }
+    }
+
     /// The ids of the open tabs (page targets).
     pub async fn tabs(&self) -> Vec<String> {
         let targets = self.command(None, "Target.getTargets", json!({})).await;
@@ -182,6 +196,68 @@ fn raise_fd(fd: OwnedFd) -> OwnedFd {
     let raised = nix::fcntl::fcntl(fd.as_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10)).expect("fcntl(F_DUPFD)");
     // SAFETY: F_DUPFD_CLOEXEC returned a new fd that nothing else owns.
     unsafe { OwnedFd::from_raw_fd(raised) }
+}
+
+/// Console lines as they arrive (see [`Browser::console`]).
+pub struct Console {
+    lines: tokio::sync::broadcast::Receiver<String>,
+}
+
+impl Console {
+    /// Waits for the next console line containing `needle`; returns the text after it.
+    pub async fn wait(&mut self, needle: &str) -> String {
+        let found = tokio::time::timeout(DEADLINE, async {
+            loop {
+                match self.lines.recv().await {
+                    Ok(line) => {
+                        if let Some(at) = line.find(needle) {
+                            return line[at + needle.len()..].trim().to_owned();
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(error) => panic!("the console stream ended: {error}"),
+                }
+            }
+        });
+        found.await.unwrap_or_else(|_| panic!("no console line with `{needle}` within {DEADLINE:?}"))
+    }
+
+    /// Waits for a line containing each of `needles`, in any order; the rest of each line
+    /// (after its needle) parsed as JSON, in the order of `needles`.
+    pub async fn wait_all<const N: usize>(&mut self, needles: [&str; N]) -> [Value; N] {
+        let mut found: [Option<Value>; N] = std::array::from_fn(|_| None);
+        let collected = tokio::time::timeout(DEADLINE, async {
+            while found.iter().any(Option::is_none) {
+                let line = match self.lines.recv().await {
+                    Ok(line) => line,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(error) => panic!("the console stream ended: {error}"),
+                };
+                for (needle, slot) in needles.iter().zip(found.iter_mut()) {
+                    if let Some(at) = line.find(needle)
+                        && slot.is_none()
+                    {
+                        let rest = line[at + needle.len()..].trim();
+                        let value = serde_json::from_str(rest)
+                            .unwrap_or_else(|error| panic!("`{rest}` after `{needle}` is not JSON: {error}"));
+                        *slot = Some(value);
+                    }
+                }
+            }
+        });
+        if collected.await.is_err() {
+            let missing: Vec<&str> =
+                needles.iter().zip(&found).filter(|(_, slot)| slot.is_none()).map(|(needle, _)| *needle).collect();
+            panic!("no console line with {missing:?} within {DEADLINE:?}");
+        }
+        found.map(|slot| slot.unwrap_or(Value::Null))
+    }
+
+    /// [`Console::wait`], the rest of the line parsed as JSON.
+    pub async fn wait_json(&mut self, needle: &str) -> Value {
+        let rest = self.wait(needle).await;
+        serde_json::from_str(&rest).unwrap_or_else(|error| panic!("`{rest}` after `{needle}` is not JSON: {error}"))
+    }
 }
 
 /// Where JavaScript runs: a page, or one of its out-of-process iframes.
@@ -324,6 +400,21 @@ impl Tab {
         let closed = self.cdp.call(None, "Target.closeTarget", json!({ "targetId": self.target })).await;
         if let Err(error) = closed {
             panic!("closing {} failed: {error}", self.what);
+        }
+        // Closing is asynchronous in Chromium: returns once the target is gone.
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let targets = self.cdp.call(None, "Target.getTargets", json!({})).await.unwrap_or_default();
+            let listed = targets["targetInfos"]
+                .as_array()
+                .is_some_and(|infos| infos.iter().any(|info| info["targetId"] == self.target.as_str()));
+            if !listed {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("{} is still open {DEADLINE:?} after closing it", self.what);
+            }
+            tokio::time::sleep(Duration::from_millis(15)).await; // SLEEP-OK: polling the browser, see `Session::wait_for`
         }
     }
 

@@ -39,14 +39,14 @@ async fn serve() -> Pages {
                     counter.fetch_add(1, Ordering::SeqCst);
                     Some(
                         "<!doctype html><title>child</title><p>child</p>\
-                         <script>window.childSecret = 41 + 1;</script>"
+                         <script>window.childSecret = 41 + 1; console.log(\"child says\", JSON.stringify({ n: 42 }));</script>"
                             .to_owned(),
                     )
                 } else {
                     Some(format!(
                         "<!doctype html><title>top</title><h1>top</h1>\
                          <iframe src=\"http://a.localhost:{port}/\"></iframe>\
-                         <script>window.topSecret = \"top\";</script>"
+                         <script>window.topSecret = \"top\"; console.log(\"top says {{}}\");</script>"
                     ))
                 };
                 let response = match body {
@@ -67,6 +67,7 @@ async fn serve() -> Pages {
 async fn the_harness_drives_a_page_and_its_cross_origin_iframe() {
     let pages = serve().await;
     let browser = Browser::launch().await;
+    let mut console = browser.console();
     let tab = browser.open(&format!("http://127.0.0.1:{}/", pages.port)).await;
     tab.wait_for("document.readyState === 'complete' && window.topSecret === 'top'").await;
 
@@ -80,6 +81,9 @@ async fn the_harness_drives_a_page_and_its_cross_origin_iframe() {
     frame.wait_for("window.childSecret === 42").await;
     assert_eq!(frame.eval("location.origin").await, format!("http://a.localhost:{}", pages.port));
     assert_eq!(frame.eval("document.title").await, "child");
+    // The console of both, from their first line (the iframe waits for the harness on start).
+    let [top, child] = console.wait_all(["top says", "child says"]).await;
+    assert_eq!((top, child), (serde_json::json!({}), serde_json::json!({ "n": 42 })));
 
     // Promises are awaited; values come back as JSON, BigInts as their text.
     let awaited = tab.eval("new Promise(resolve => setTimeout(() => resolve({ a: [1, 'two'] }), 5))").await;
@@ -95,6 +99,7 @@ async fn the_harness_drives_a_page_and_its_cross_origin_iframe() {
     tab.reload().await;
     tab.wait_for("document.readyState === 'complete' && window.before === undefined && window.topSecret === 'top'")
         .await;
+    assert_eq!(console.wait_json("child says").await, serde_json::json!({ "n": 42 }));
     let again = tab.frame(&child_prefix).await;
     again.wait_for("window.childSecret === 42").await;
     assert_eq!(pages.child_loads.load(Ordering::SeqCst), 2);
