@@ -30,8 +30,12 @@ impl WebHost {
     }
 
     pub async fn with_config(config: HostConfig, crates: &[&str]) -> WebHost {
+        WebHost::with_configs(config, WebConfig::default(), crates).await
+    }
+
+    pub async fn with_configs(config: HostConfig, web_config: WebConfig, crates: &[&str]) -> WebHost {
         let host = support::host_from(support::Transport::InProcess, config, crates).await;
-        let server = host.serve_web(WebConfig::default()).expect("the web server starts");
+        let server = host.serve_web(web_config).expect("the web server starts");
         let browser = Browser::launch().await;
         WebHost { host, server: Some(server), browser }
     }
@@ -47,6 +51,12 @@ impl WebHost {
         let tab = self.browser.open(&self.url()).await;
         let (frame, load) = web_ready(&mut seen).await;
         let page = webprobe_page(&tab, &load).await;
+        // What webprobe's iframes post to the shell page, which outlives them.
+        tab.eval(
+            "window.webprobeReports = []; \
+             addEventListener('message', (event) => { if (event.data?.webprobe) webprobeReports.push(event.data); }); true",
+        )
+        .await;
         Shell { tab, frame, page }
     }
 
@@ -60,6 +70,15 @@ impl WebHost {
             server.shutdown().await;
         }
         self.host.shutdown().await;
+    }
+}
+
+impl Shell {
+    /// The value of the first report `what` webprobe's iframe posted to the shell (see
+    /// `report` in its `web/index.js`), once it is there.
+    pub async fn report(&self, what: &str) -> serde_json::Value {
+        let found = self.tab.wait_for(&format!("webprobeReports.find((report) => report.webprobe === {what:?})")).await;
+        found["value"].clone()
     }
 }
 
