@@ -55,7 +55,9 @@ async fn a_page_sees_each_error_kind_of_its_requests_with_message_and_data() {
     // Serialize: a value MessagePack cannot carry; nothing is sent.
     assert_kind(&invoke(page, r#""echo", () => 1"#).await, "Serialize", "echo");
     assert_kind(&invoke(page, r#""echo", Symbol("no")"#).await, "Serialize", "echo");
-    let thrown = page.eval("(() => { try { webprobe.ipc.broadcast('seq', () => 1); return 'sent'; } catch (e) { return e.name; } })()");
+    let thrown = page.eval(
+        "(() => { try { webprobe.ipc.broadcast('seq', () => 1); return 'sent'; } catch (e) { return e.name; } })()",
+    );
     assert_eq!(thrown.await, "TypeError", "broadcast of an unencodable value throws TypeError");
     // Deserialize: main's handler takes a u32.
     assert_kind(&invoke(page, r#""typed", "seven""#).await, "Deserialize", "typed");
@@ -82,7 +84,8 @@ async fn a_page_invoking_an_overloaded_main_is_told_overloaded_at_once() {
     let release = crate::loading::tempdir().join("release.sock").to_string_lossy().into_owned();
     let blocked = web.host.invoke::<_, String>("webprobe", "block", &release, FAILSAFE);
     wait_log(&mut logs, "webprobe", |m| m.starts_with("blocking the thread")).await;
-    let queued: Vec<_> = (0..LIMIT as u32).map(|n| web.host.invoke::<_, u32>("webprobe", "typed", &n, FAILSAFE)).collect();
+    let queued: Vec<_> =
+        (0..LIMIT as u32).map(|n| web.host.invoke::<_, u32>("webprobe", "typed", &n, FAILSAFE)).collect();
 
     let refused = invoke(&shell.page, r#""typed", 99"#).await;
     assert_kind(&refused, "Overloaded", "");

@@ -60,7 +60,10 @@ async fn the_store_converges_with_writers_in_main_a_rust_frame_a_renderer_proces
     }
     assert_eq!(main.get(&format!("web-{}", shell.frame.0)), Some(&rounds), "{main:?}");
     let shared = main["shared"];
-    assert!(shared == -rounds || shared == rounds * 1000, "the last write of `shared` is one of the writers' last: {shared}");
+    assert!(
+        shared == -rounds || shared == rounds * 1000,
+        "the last write of `shared` is one of the writers' last: {shared}"
+    );
     for dump in &dumps[1..] {
         assert_eq!(&dump.values, main, "{} differs from main", dump.side);
     }

@@ -77,7 +77,10 @@ async fn awkward_values_cross_from_rust_to_the_page_and_back() {
     assert_eq!(thrown.kind, extension_host::InvokeErrorKind::Handler, "{thrown}");
     assert!(thrown.message.contains("the page refuses"), "{thrown}");
     let data: Value = thrown.data().expect("the thrown error's data comes along").unwrap();
-    assert_eq!(data, Value::Map(vec![(Value::from("code"), Value::from(9)), (Value::from("why"), Value::from("asked"))]));
+    assert_eq!(
+        data,
+        Value::Map(vec![(Value::from("code"), Value::from(9)), (Value::from("why"), Value::from("asked"))])
+    );
     // A channel the page does not handle: NoHandler, answered by the client.
     let missing = web.host.invoke_frame::<_, ()>("webprobe", shell.frame, "nothing-here", &(), FAILSAFE).await;
     assert_eq!(missing.unwrap_err().kind, extension_host::InvokeErrorKind::NoHandler);
