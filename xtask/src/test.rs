@@ -33,7 +33,12 @@ fn web_checks() -> Result<()> {
 /// The Chromium binary the browser tests drive: `$CHROMIUM` if set (it must run), else
 /// [`DEFAULT_CHROMIUM`], installed with `apt-get` if missing and this runs as root.
 fn ensure_chromium() -> Result<PathBuf> {
-    if let Some(chosen) = std::env::var_os("CHROMIUM") {
+    ensure_chromium_from(std::env::var_os("CHROMIUM"))
+}
+
+/// [`ensure_chromium`] with `chosen` as the value of `$CHROMIUM`.
+fn ensure_chromium_from(chosen: Option<std::ffi::OsString>) -> Result<PathBuf> {
+    if let Some(chosen) = chosen {
         let path = PathBuf::from(&chosen);
         return match version(&path) {
             Some(version) => {
@@ -86,10 +91,7 @@ fn version(program: &Path) -> Option<String> {
 /// otherwise fails saying exactly how to install them.
 fn install(what: &str, packages: &[&str]) -> Result<()> {
     let list = packages.join(" ");
-    let how = format!(
-        "{what} is not installed. Install it with `sudo apt-get update && sudo apt-get install -y \
-         --no-install-recommends {list}` (Debian/Ubuntu), then run `cargo xtask test` again"
-    );
+    let how = how_to_install(what, packages);
     let has_apt = Command::new("apt-get").arg("--version").output().is_ok_and(|output| output.status.success());
     if !(running_as_root() && has_apt) {
         bail!("{how}");
@@ -103,6 +105,15 @@ fn install(what: &str, packages: &[&str]) -> Result<()> {
     crate::run(&mut install).with_context(|| how.clone())
 }
 
+/// What to tell someone who cannot be installed for: exactly how to install `packages`.
+fn how_to_install(what: &str, packages: &[&str]) -> String {
+    format!(
+        "{what} is not installed. Install it with `sudo apt-get update && sudo apt-get install -y \
+         --no-install-recommends {}` (Debian/Ubuntu), then run `cargo xtask test` again",
+        packages.join(" ")
+    )
+}
+
 /// Whether this process runs as root (uid 0), from `/proc/self/status` (Linux) or `id -u`.
 fn running_as_root() -> bool {
     if let Ok(status) = std::fs::read_to_string("/proc/self/status")
@@ -114,4 +125,26 @@ fn running_as_root() -> bool {
         .arg("-u")
         .output()
         .is_ok_and(|output| output.status.success() && String::from_utf8_lossy(&output.stdout).trim() == "0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ensure_chromium_from;
+
+    #[test]
+    fn a_chromium_named_by_the_environment_must_run() {
+        let error = ensure_chromium_from(Some("/nonexistent/chromium".into())).unwrap_err().to_string();
+        assert!(error.contains("CHROMIUM is set to `/nonexistent/chromium`"), "{error}");
+        assert!(error.contains("does not run"), "{error}");
+    }
+
+    #[test]
+    fn who_cannot_install_is_told_exactly_how() {
+        let how = super::how_to_install("Node.js and npm", &["nodejs", "npm"]);
+        assert!(how.starts_with("Node.js and npm is not installed."), "{how}");
+        assert!(
+            how.contains("`sudo apt-get update && sudo apt-get install -y --no-install-recommends nodejs npm`"),
+            "{how}"
+        );
+    }
 }
