@@ -234,6 +234,9 @@ pub enum HostError {
         /// Its `activate`'s error or panic, a timeout, or why its process did not start.
         reason: String,
     },
+    /// The web server could not start (see [`Host::serve_web`](crate::Host::serve_web)).
+    #[error("cannot serve web frames: {0}")]
+    WebServer(String),
     /// No frame of this number is open.
     #[error("no frame {0} is open")]
     UnknownFrame(u64),

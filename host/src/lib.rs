@@ -33,6 +33,7 @@ mod storage;
 pub mod testing;
 mod transport;
 pub mod watch;
+mod web;
 
 /// The child protocol's plain data, for tooling that speaks it (the suite's rogue child, the
 /// benchmark, the fuzz targets): no part of the host's API.
@@ -62,6 +63,7 @@ pub use host::{
 pub use library::{LibraryInfo, check};
 pub use storage::StorageUsage;
 pub use watch::{LibraryWatcher, WatchError};
+pub use web::{WebAssets, WebConfig, WebServer};
 
 pub use extension_api::wire::{
     Busy, ChannelKind, ChannelStats, HalfSnapshot, InstanceSnapshot, MailboxLimit, SlowHandler,

@@ -1,0 +1,1 @@
+// placeholder: piece B replaces this file
