@@ -8,9 +8,9 @@
 
 mod child_process;
 mod in_process;
-mod web;
 #[cfg(test)]
 pub(crate) mod recording;
+mod web;
 
 use extension_api::message::Message;
 use extension_api::wire::Control;

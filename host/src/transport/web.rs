@@ -10,8 +10,8 @@ use extension_api::abi::{self, Peer};
 use extension_api::message::Message;
 use extension_api::wire::{Completion, Control};
 
-use crate::web::{PageConnection, ShellHandle, Tokens};
 use crate::web::protocol::{self, Command};
+use crate::web::{PageConnection, ShellHandle, Tokens};
 
 /// One page's renderer half of one extension, in one web frame.
 pub(crate) struct WebInstance {
@@ -45,9 +45,7 @@ impl WebInstance {
             | abi::kind::STORAGE_COMMITTED => abi::status::OK,
             // A broadcast or a request can be turned away; what answers a message already
             // accepted cannot be dropped, so a page that stops reading loses its connection.
-            abi::kind::BROADCAST | abi::kind::INVOKE => {
-                self.connection.send(protocol::encode_message(message), false)
-            }
+            abi::kind::BROADCAST | abi::kind::INVOKE => self.connection.send(protocol::encode_message(message), false),
             _ => self.connection.send(protocol::encode_message(message), true),
         }
     }

@@ -439,9 +439,8 @@ async fn file(State(server): State<Arc<Server>>, Extension(site): Extension<Site
     }
     let path = request.uri().path();
     let found: Option<(bytes::Bytes, &str)> = match site {
-        Site::Shell | Site::Extra => {
-            assets::shell_file(path).map(|bytes| (bytes::Bytes::from_static(bytes), assets::content_type_of_route(path)))
-        }
+        Site::Shell | Site::Extra => assets::shell_file(path)
+            .map(|bytes| (bytes::Bytes::from_static(bytes), assets::content_type_of_route(path))),
         Site::Extension(extension) => {
             if path == "/" {
                 let shell = lock(&server.origins).shell();

@@ -258,7 +258,10 @@ fn write(value: &Value) -> Vec<u8> {
 pub(crate) fn encode_welcome(frame: Peer, extension: &str) -> Vec<u8> {
     write(&Value::Array(vec![
         Value::from(0u64),
-        Value::Map(vec![(Value::from("frame"), Value::from(frame)), (Value::from("extension"), Value::from(extension))]),
+        Value::Map(vec![
+            (Value::from("frame"), Value::from(frame)),
+            (Value::from("extension"), Value::from(extension)),
+        ]),
     ]))
 }
 
@@ -325,10 +328,7 @@ mod tests {
 
     #[test]
     fn each_page_message_decodes() {
-        assert_eq!(
-            decode(&arr(vec![0.into(), "abc".into()])),
-            Ok(PageMessage::Hello { token: "abc".to_owned() })
-        );
+        assert_eq!(decode(&arr(vec![0.into(), "abc".into()])), Ok(PageMessage::Hello { token: "abc".to_owned() }));
         let message = arr(vec![
             1.into(),
             2.into(),
@@ -395,7 +395,7 @@ mod tests {
     fn every_malformed_shape_is_a_violation() {
         let bad: Vec<(Vec<u8>, &str)> = vec![
             (vec![], "not MessagePack"),
-            (vec![0xc1], "not MessagePack"),
+            (vec![0xd9, 0xff], "not MessagePack"),
             (vec![0x91, 0x00, 0x00], "after the message"),
             (bytes(Value::from(1)), "must be a MessagePack array"),
             (arr(vec![]), "empty array"),
@@ -422,11 +422,27 @@ mod tests {
                 "target must be an unsigned",
             ),
             (
-                arr(vec![1.into(), Value::from(1u64 << 40), 0.into(), 0.into(), 1.into(), "c".into(), Value::Binary(vec![])]),
+                arr(vec![
+                    1.into(),
+                    Value::from(1u64 << 40),
+                    0.into(),
+                    0.into(),
+                    1.into(),
+                    "c".into(),
+                    Value::Binary(vec![]),
+                ]),
                 "kind is out of range",
             ),
             (
-                arr(vec![1.into(), 2.into(), 0.into(), 0.into(), 1.into(), Value::Binary(vec![]), Value::Binary(vec![])]),
+                arr(vec![
+                    1.into(),
+                    2.into(),
+                    0.into(),
+                    0.into(),
+                    1.into(),
+                    Value::Binary(vec![]),
+                    Value::Binary(vec![]),
+                ]),
                 "channel must be a string",
             ),
             (arr(vec![2.into(), 1.into()]), "complete takes 2"),

@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
+use extension_api::InvokeErrorKind;
 use extension_api::abi::{self, Peer};
 use extension_api::message::Message;
 use extension_api::wire::Completion;
-use extension_api::InvokeErrorKind;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -151,8 +151,7 @@ pub(crate) async fn serve(socket: WebSocket, server: Arc<Server>, extension: Str
         by_host: AtomicBool::new(false),
         answers,
     });
-    let instance =
-        WebInstance::new(&extension, frame, &claim.token, connection.clone(), shell, server.tokens.clone());
+    let instance = WebInstance::new(&extension, frame, &claim.token, connection.clone(), shell, server.tokens.clone());
     let endpoint = Endpoint::new(next_key(), Transport::Web(instance));
     connection.send(protocol::encode_welcome(frame, &extension), true);
 
@@ -257,7 +256,8 @@ fn receive(link: &Link, endpoint: &Endpoint, frame: Peer, bytes: &[u8]) -> Resul
     match protocol::decode(bytes).map_err(|violation| violation.0)? {
         PageMessage::Hello { .. } => Err("a second hello".to_owned()),
         PageMessage::Message { kind, status, target, request_id, channel, payload } => {
-            let message = Message { kind, status, origin: frame, target, request_id, channel: &channel, payload: &payload };
+            let message =
+                Message { kind, status, origin: frame, target, request_id, channel: &channel, payload: &payload };
             let status = link.route(endpoint, &message);
             // Only a request from the half that runs there is answered (as for children).
             if status != abi::status::OK && kind == abi::kind::INVOKE && endpoint.hosts(frame) {

@@ -8,10 +8,10 @@ use extension_api::abi::Peer;
 use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
 
+use super::ShellHandle;
 use crate::core::lock;
 use crate::endpoint::Endpoint;
 use crate::link::Link;
-use super::ShellHandle;
 
 /// `bytes` random bytes from the operating system, as lowercase hex.
 /// Without randomness there is no unguessable token: the caller refuses what needed one.

@@ -88,7 +88,8 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let options = RunOptions { frames, child_frames, isolated, duration, console, inspect, watch, data_dir, web };
+            let options =
+                RunOptions { frames, child_frames, isolated, duration, console, inspect, watch, data_dir, web };
             runtime.block_on(run(paths, options))
         }
     }
