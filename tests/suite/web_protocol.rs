@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use extension_host::{FrameKind, Half, Host, WebConfig, WebServer};
+use extension_host::{FrameKind, Half, Host, HostEvent, WebConfig, WebServer};
 use futures_util::{SinkExt, StreamExt};
 use probe_protocol::{AskFrame, ECHO_OPTIONAL, MAIN_FRAMES, PING, Ping, STORE_OP, StoreOp, WithOptional};
 use rmpv::Value;
@@ -410,10 +410,12 @@ async fn a_page_closing_fails_its_requests_frame_closed_and_its_reconnection_sta
     settle(&host).await;
     let frame = page.frame;
 
+    let mut events = host.events();
     let asked = ask_and_hang(&host, &mut page).await;
     page.ws.close(None).await.unwrap();
     assert_eq!(asked.await.unwrap(), "FrameClosed");
-    settle(&host).await;
+    let event = support::wait_event(&mut events, |event| matches!(event, HostEvent::WebRendererClosed { .. })).await;
+    assert!(matches!(event, HostEvent::WebRendererClosed { frame: f, lost: false, .. } if f == frame), "{event:?}");
     assert!(main_frames(&host).await.is_empty(), "the half is gone");
     assert_eq!(host.frames(), vec![extension_host::FrameId(frame)], "the frame stays open");
 
@@ -434,11 +436,13 @@ async fn a_page_closing_fails_its_requests_frame_closed_and_its_reconnection_sta
 async fn a_dropped_connection_fails_its_requests_connection_lost() {
     let (host, server) = web_host(&["probe"], true, WebConfig::default()).await;
     let (_shell, mut page) = open_web_frame(&host, port(&server), "probe").await;
+    let mut events = host.events();
     let asked = ask_and_hang(&host, &mut page).await;
     // The TCP connection goes without a close frame.
     drop(page);
     assert_eq!(asked.await.unwrap(), "ConnectionLost");
-    settle(&host).await;
+    let event = support::wait_event(&mut events, |event| matches!(event, HostEvent::WebRendererClosed { .. })).await;
+    assert!(matches!(event, HostEvent::WebRendererClosed { lost: true, .. }), "{event:?}");
     assert!(main_frames(&host).await.is_empty());
     server.shutdown().await;
     host.shutdown().await;
@@ -559,11 +563,12 @@ async fn bad_tokens_and_bad_messages_end_only_their_connection_and_reach_nobody(
 
     // A connected page's garbage ends its connection only: its half is lost, the frame and the
     // other extension's half stay.
+    let mut events = host.events();
     page.send(Value::Array(vec![1.into(), 6.into()])).await;
     let (code, reason) = closed(&mut page.ws).await;
     assert_eq!(code, 1008);
     assert!(reason.contains("message takes 6 fields"), "{reason}");
-    settle(&host).await;
+    support::wait_event(&mut events, |event| matches!(event, HostEvent::WebRendererClosed { lost: true, .. })).await;
     let snapshot = inspect_with(&host, &mut [&mut twin_page]).await;
     assert_eq!(reached_of(&snapshot), (before.0, vec![]));
     assert_eq!(host.frames(), vec![extension_host::FrameId(frame)]);
@@ -605,6 +610,86 @@ async fn stalled_handshakes_and_too_many_connections_are_dropped() {
     page.start().await;
     settle(&host).await;
     assert_eq!(reached_with(&host, &mut [&mut page]).await, (before.0, vec![shell.frame]));
+    drop(shell);
+    server.shutdown().await;
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activation_and_deactivation_add_and_remove_iframes_and_reload_mints_new_tokens() {
+    let (host, server) = web_host(&["probe"], true, WebConfig::default()).await;
+    let port = port(&server);
+    let (mut shell, mut page) = open_web_frame(&host, port, "probe").await;
+    let frame = shell.frame;
+
+    // Deactivating closes the half in the page, removes its iframe, and closes its socket.
+    let deactivating = tokio::spawn({
+        let host = host.clone();
+        async move { host.deactivate("probe").await }
+    });
+    let (completion, command) = page.control().await;
+    assert_eq!(command[0], Value::from(2), "{command}");
+    page.done(completion).await;
+    assert_eq!(closed(&mut page.ws).await.0, 1000);
+    let removed = Shell::json(&mut shell.ws).await;
+    assert_eq!(removed, serde_json::json!({ "type": "remove", "extension": "probe" }));
+    assert!(deactivating.await.unwrap().unwrap().problems.is_empty());
+
+    // Activating adds it again, with a new token; the old one is void.
+    let activating = tokio::spawn({
+        let host = host.clone();
+        async move { host.activate("probe").await }
+    });
+    let (_, origin, token) = shell.add().await;
+    let mut page = Page::connect(port, &origin, &token, "probe").await;
+    page.start().await;
+    activating.await.unwrap().unwrap();
+    assert_eq!(main_frames(&host).await, vec![frame]);
+
+    // Reloading the frame removes the iframe and adds it with a new token.
+    let reloading = tokio::spawn({
+        let host = host.clone();
+        async move { host.reload_frame(extension_host::FrameId(frame)).await }
+    });
+    let (completion, _) = page.control().await;
+    page.done(completion).await;
+    assert_eq!(Shell::json(&mut shell.ws).await["type"], "remove");
+    let (_, reloaded_origin, reloaded) = shell.add().await;
+    assert_eq!(reloaded_origin, origin, "one origin per extension per server");
+    assert_ne!(reloaded, token);
+    let mut stale = page_socket(port, &origin, &origin).await.unwrap();
+    stale.send(WsMessage::binary(encode(Value::Array(vec![0.into(), token.as_str().into()])))).await.unwrap();
+    assert_eq!(closed(&mut stale).await, (1008, "token refused: unknown token".to_owned()));
+    let mut page = Page::connect(port, &origin, &reloaded, "probe").await;
+    page.start().await;
+    reloading.await.unwrap().unwrap();
+    assert_eq!(main_frames(&host).await, vec![frame]);
+
+    // Closing the frame from the host removes the iframe and closes the shell.
+    let closing = tokio::spawn({
+        let host = host.clone();
+        async move { host.close_frame(extension_host::FrameId(frame)).await }
+    });
+    let (completion, _) = page.control().await;
+    page.done(completion).await;
+    assert_eq!(Shell::json(&mut shell.ws).await["type"], "remove");
+    assert_eq!(closed(&mut shell.ws).await.0, 1000);
+    closing.await.unwrap().unwrap();
+    assert!(main_frames(&host).await.is_empty());
+    server.shutdown().await;
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extension_without_a_web_renderer_has_no_half_in_a_web_frame() {
+    let (host, server) = web_host(&["probe"], false, WebConfig::default()).await;
+    let shell = Shell::connect(port(&server)).await;
+    settle(&host).await;
+    assert_eq!(host.frames(), vec![extension_host::FrameId(shell.frame)]);
+    let snapshot = host.inspect().await;
+    let probe = snapshot.extension("probe").unwrap();
+    assert!(probe.frames.is_empty() && probe.frame_errors.is_empty(), "{probe:?}");
+    assert!(main_frames(&host).await.is_empty());
     drop(shell);
     server.shutdown().await;
     host.shutdown().await;

@@ -742,14 +742,17 @@ impl crate::web::WebHooks for WebHooksOf {
         });
     }
 
-    fn half_ended(&self, extension: &str) {
+    fn half_ended(&self, extension: &str, frame: u64, lost: bool, reason: &str) {
         let Some(host) = Host::from_weak(&self.host) else { return };
+        let event =
+            HostEvent::WebRendererClosed { extension: extension.to_owned(), frame, lost, reason: reason.to_owned() };
         let name = extension.to_owned();
         tokio::spawn(async move {
             host.operation(move |host| async move {
                 if let Ok(link) = host.active_link(&name) {
                     tell_frames(&link).await;
                 }
+                host.publish(event);
             })
             .await;
         });

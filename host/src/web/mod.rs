@@ -95,8 +95,9 @@ pub(crate) trait WebHooks: Send + Sync + 'static {
     fn close_frame(&self, frame: Peer) -> BoxFuture<'static, ()>;
     /// A page reconnected with its token while its frame is open: start the half again.
     fn half_reconnected(&self, extension: &str, frame: Peer, endpoint: Arc<Endpoint>);
-    /// A page's half ended without the host closing it (it is out of the namespace already).
-    fn half_ended(&self, extension: &str);
+    /// A page's half ended without the host closing it (it is out of the namespace already):
+    /// closed by the page, or `lost`.
+    fn half_ended(&self, extension: &str, frame: Peer, lost: bool, reason: &str);
     /// The extension's web renderer, if it has one.
     fn assets(&self, extension: &str) -> Option<Arc<WebAssets>>;
 }

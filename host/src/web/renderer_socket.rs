@@ -227,26 +227,30 @@ pub(crate) async fn serve(socket: WebSocket, server: Arc<Server>, extension: Str
         }
     };
 
-    match &ended {
-        Ended::ByHost => {}
+    let gone = match ended {
+        Ended::ByHost => None,
         Ended::Closed => {
             tracing::info!(extension = %extension, frame, "the web renderer's page closed its connection");
-            half_gone(&link, &endpoint, InvokeErrorKind::FrameClosed, "the page closed before the reply");
+            let reason = "the page closed its connection".to_owned();
+            half_gone(&link, &endpoint, InvokeErrorKind::FrameClosed, &reason);
+            Some((false, reason))
         }
         Ended::Dropped(reason) => {
             tracing::warn!(extension = %extension, frame, "the web renderer's connection was lost: {reason}");
-            half_gone(&link, &endpoint, InvokeErrorKind::ConnectionLost, reason);
+            half_gone(&link, &endpoint, InvokeErrorKind::ConnectionLost, &reason);
+            Some((true, reason))
         }
         Ended::Violation(code, reason) => {
             tracing::warn!(extension = %extension, frame, "web renderer connection ended: {reason}");
-            connection.close(*code, reason);
-            half_gone(&link, &endpoint, InvokeErrorKind::ConnectionLost, reason);
+            connection.close(code, &reason);
+            half_gone(&link, &endpoint, InvokeErrorKind::ConnectionLost, &reason);
+            Some((true, reason))
         }
-    }
-    if !matches!(ended, Ended::ByHost) {
+    };
+    if let Some((lost, reason)) = gone {
         connection.close(1000, "");
         server.tokens.release(&claim.token);
-        server.hooks.half_ended(&extension);
+        server.hooks.half_ended(&extension, frame, lost, &reason);
     }
     let _ = writer.await;
 }

@@ -71,7 +71,15 @@ pub(crate) async fn serve(socket: WebSocket, server: Arc<Server>, slot: Connecti
         loop {
             tokio::select! {
                 biased;
-                _ = writer_closing.cancelled() => break,
+                _ = writer_closing.cancelled() => {
+                    // What the host said before closing still arrives (the iframes' removal).
+                    while let Ok(text) = outgoing.try_recv() {
+                        if sink.send(WsMessage::Text(text.into())).await.is_err() {
+                            break;
+                        }
+                    }
+                    break;
+                }
                 next = outgoing.recv() => {
                     let Some(text) = next else { break };
                     if sink.send(WsMessage::Text(text.into())).await.is_err() {
