@@ -34,6 +34,7 @@ pub mod testing;
 mod transport;
 pub mod watch;
 mod web;
+mod web_assets;
 
 /// The child protocol's plain data, for tooling that speaks it (the suite's rogue child, the
 /// benchmark, the fuzz targets): no part of the host's API.
@@ -63,7 +64,8 @@ pub use host::{
 pub use library::{LibraryInfo, check};
 pub use storage::StorageUsage;
 pub use watch::{LibraryWatcher, WatchError};
-pub use web::{WebAssets, WebConfig, WebServer};
+pub use web::{WebConfig, WebServer};
+pub use web_assets::WebAssets;
 
 pub use extension_api::wire::{
     Busy, ChannelKind, ChannelStats, HalfSnapshot, InstanceSnapshot, MailboxLimit, SlowHandler,

@@ -36,7 +36,8 @@ use crate::library::{self, Library, LibraryInfo};
 use crate::link::Link;
 use crate::remote::Role;
 use crate::storage::{Limits, Storage};
-use crate::web::{WebAssets, WebConfig, WebFrame, WebServer};
+use crate::web::{WebConfig, WebFrame, WebServer};
+use crate::web_assets::WebAssets;
 use config::CrashLog;
 
 struct Entry {
@@ -346,13 +347,18 @@ impl Host {
     }
 
     /// Gives a loaded extension a web renderer, as if its library embedded these files (path
-    /// → bytes; `index.js` is the entry module). For tests of the web transport before
-    /// libraries carry their own: not part of the host's API.
+    /// → bytes; `index.js`, the entry module, must be among them). The bytes are kept for the
+    /// life of the process, as a library's are. For the suite's protocol tests, which play the
+    /// page themselves: not part of the host's API.
     #[doc(hidden)]
     pub fn set_web_assets_for_testing(&self, name: &str, files: BTreeMap<String, Vec<u8>>) -> Result<(), HostError> {
+        if !files.contains_key(WebAssets::ENTRY) {
+            return Err(HostError::WebServer(format!("a web renderer needs `{}`", WebAssets::ENTRY)));
+        }
+        let files = files.into_iter().map(|(path, bytes)| (path, &*Box::leak(bytes.into_boxed_slice()))).collect();
         let mut extensions = lock(&self.inner.extensions);
         let entry = extensions.get_mut(name).ok_or_else(|| HostError::UnknownExtension(name.to_owned()))?;
-        entry.web_assets = Some(Arc::new(WebAssets::from_owned(files)));
+        entry.web_assets = Some(Arc::new(WebAssets::new(files)));
         Ok(())
     }
 

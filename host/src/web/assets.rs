@@ -1,10 +1,6 @@
 //! What the server serves as files: the host's own (the shell, the bootstrap, the client,
 //! embedded in the host binary), the renderer document it generates for each extension
-//! origin, and each extension's web renderer assets ([`WebAssets`]), with content types.
-
-use std::collections::BTreeMap;
-
-use bytes::Bytes;
+//! origin, with content types (an extension's own files are its [`crate::WebAssets`]).
 
 use super::security::html_escape;
 
@@ -77,35 +73,6 @@ pub(crate) fn content_type(path: &str) -> &'static str {
     }
 }
 
-/// An extension's web renderer: files by path (relative, `/`-separated), its entry module
-/// `index.js` among them. Served on the extension's origin at `/PATH`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct WebAssets {
-    files: BTreeMap<String, Bytes>,
-}
-
-impl WebAssets {
-    /// Assets from static data (a library's embedded table: libraries are never unmapped).
-    pub fn from_static(files: impl IntoIterator<Item = (String, &'static [u8])>) -> WebAssets {
-        WebAssets { files: files.into_iter().map(|(path, bytes)| (path, Bytes::from_static(bytes))).collect() }
-    }
-
-    /// Assets from owned data.
-    pub fn from_owned(files: impl IntoIterator<Item = (String, Vec<u8>)>) -> WebAssets {
-        WebAssets { files: files.into_iter().map(|(path, bytes)| (path, Bytes::from(bytes))).collect() }
-    }
-
-    /// The file at `path` (without a leading `/`).
-    pub fn get(&self, path: &str) -> Option<Bytes> {
-        self.files.get(path).cloned()
-    }
-
-    /// Every path, in order.
-    pub fn paths(&self) -> impl Iterator<Item = &str> {
-        self.files.keys().map(String::as_str)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,8 +90,5 @@ mod tests {
         assert_eq!(content_type("a/index.js"), "text/javascript; charset=utf-8");
         assert_eq!(content_type("x.CSS"), "text/css; charset=utf-8");
         assert_eq!(content_type("blob"), "application/octet-stream");
-        let assets = WebAssets::from_owned([("index.js".to_owned(), b"x".to_vec())]);
-        assert_eq!(assets.get("index.js").as_deref(), Some(&b"x"[..]));
-        assert_eq!(assets.paths().collect::<Vec<_>>(), ["index.js"]);
     }
 }

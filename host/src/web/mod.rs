@@ -34,11 +34,11 @@ use hyper_util::service::TowerToHyperService;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use assets::WebAssets;
 pub(crate) use renderer_socket::PageConnection;
 pub(crate) use shell_socket::ShellHandle;
 pub(crate) use tokens::Tokens;
 
+use crate::WebAssets;
 use crate::core::lock;
 use crate::endpoint::Endpoint;
 use crate::link::Link;
@@ -454,7 +454,7 @@ async fn file(State(server): State<Arc<Server>>, Extension(site): Extension<Site
                     .hooks
                     .assets(&extension)
                     .and_then(|assets| assets.get(asset))
-                    .map(|bytes| (bytes, assets::content_type(asset)))
+                    .map(|bytes| (bytes::Bytes::from_static(bytes), assets::content_type(asset)))
             }
         }
     };
