@@ -694,3 +694,17 @@ async fn an_extension_without_a_web_renderer_has_no_half_in_a_web_frame() {
     server.shutdown().await;
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_run_web_serves_web_frames_and_the_console_shows_them() {
+    let mut console = crate::console::Console::start_with(&["--frames", "1", "--web", "127.0.0.1:0"], &["probe"]).await;
+    let line = console.ask("open web", |line| line.starts_with("web frames: ")).await;
+    let url = line.trim_start_matches("web frames: ").to_owned();
+    let port: u16 = url.trim_start_matches("http://127.0.0.1:").trim_end_matches('/').parse().expect("a port");
+    assert_eq!(url, format!("http://127.0.0.1:{port}/"));
+    // A page at that URL is a frame (the probe has no web renderer here: no iframe).
+    let shell = Shell::connect(port).await;
+    let frames = console.ask("frames", |line| line.starts_with("frames:")).await;
+    assert_eq!(frames, format!("frames: 1 {}(web {url})", shell.frame));
+    drop(shell);
+}

@@ -31,11 +31,13 @@ impl Host {
             FrameKind::InProcess | FrameKind::Web => None,
             FrameKind::ChildProcess => Some(self.spawn_child(Role::Frame(frame)).await?),
         };
-        if let Some(web) = &web {
-            web.announce(frame);
-        }
+        let shell = web.clone();
         let entry = Frame { kind, process, crashes: CrashLog::default(), restarts: 0, problem: None, web };
         lock(&self.inner.frames).insert(frame, entry);
+        // The shell learns its number once the frame is listed, before any iframe.
+        if let Some(shell) = shell {
+            shell.announce(frame);
+        }
         self.start_renderers(frame).await;
         Ok(FrameId(frame))
     }
