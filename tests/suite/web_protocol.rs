@@ -487,7 +487,11 @@ async fn other_origins_and_forged_hosts_are_refused_before_anything_runs() {
     settle(&host).await;
     let after = reached(&host).await;
     assert_eq!(after.0, before.0, "no message reached main");
-    drop(shell);
+    // A shell that breaks its protocol is closed, and its frame with it.
+    shell.ws.send(WsMessage::text("{not json")).await.unwrap();
+    assert_eq!(closed(&mut shell.ws).await, (1008, "not JSON".to_owned()));
+    settle(&host).await;
+    assert!(host.frames().is_empty());
     server.shutdown().await;
     host.shutdown().await;
 }

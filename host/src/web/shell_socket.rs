@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{ConnectionSlot, Server, WebFrame};
+use crate::core::lock;
 
 /// Most messages queued for one shell (a few per extension and reload).
 const QUEUE: usize = 1024;
@@ -22,6 +23,9 @@ pub(crate) struct ShellHandle {
     queue: mpsc::Sender<String>,
     closing: CancellationToken,
 }
+
+/// Why the shell's socket closes: the frame closed (1000), or the shell broke the protocol.
+const FRAME_CLOSED: (u16, &str) = (1000, "the frame is closed");
 
 impl ShellHandle {
     fn send(&self, message: serde_json::Value) {
@@ -66,6 +70,8 @@ pub(crate) async fn serve(socket: WebSocket, server: Arc<Server>, slot: Connecti
     let closing = CancellationToken::new();
     let shell = ShellHandle { queue, closing: closing.clone() };
 
+    let reason = Arc::new(std::sync::Mutex::new(FRAME_CLOSED));
+    let writer_reason = reason.clone();
     let writer_closing = closing.clone();
     let writer = tokio::spawn(async move {
         loop {
@@ -88,7 +94,8 @@ pub(crate) async fn serve(socket: WebSocket, server: Arc<Server>, slot: Connecti
                 }
             }
         }
-        let close = WsMessage::Close(Some(CloseFrame { code: 1000, reason: "the frame is closed".into() }));
+        let (code, reason) = *lock(&writer_reason);
+        let close = WsMessage::Close(Some(CloseFrame { code, reason: reason.into() }));
         let _ = sink.send(close).await;
         let _ = sink.close().await;
     });
@@ -106,22 +113,25 @@ pub(crate) async fn serve(socket: WebSocket, server: Arc<Server>, slot: Connecti
                 Some(Ok(WsMessage::Text(text))) => {
                     if serde_json::from_str::<serde_json::Value>(text.as_str()).is_err() {
                         tracing::warn!("the shell sent a message that is not JSON; closing it");
+                        *lock(&reason) = (1008, "not JSON");
                         break;
                     }
                 }
                 Some(Ok(WsMessage::Binary(_))) => {
                     tracing::warn!("the shell sent a binary message; closing it");
+                    *lock(&reason) = (1008, "binary messages are not part of the shell protocol");
                     break;
                 }
                 Some(Ok(_)) => {}
             },
         }
     }
-    closing.cancel();
-    // The frame closes with its shell (once it has finished opening).
+    // The frame closes with its shell (once it has finished opening); then the socket closes,
+    // so a shell told its socket closed knows its frame is gone.
     if let Ok(Some(frame)) = opening.await {
         server.tokens.revoke_frame(frame);
         server.hooks.close_frame(frame).await;
     }
+    closing.cancel();
     let _ = writer.await;
 }
