@@ -375,6 +375,23 @@ async fn a_page_is_a_frame_with_the_store_broadcasts_and_requests_both_ways() {
     assert_eq!(half.listeners.get("ping"), Some(&2));
     assert_eq!(half.handlers, vec!["frame-info".to_owned()]);
 
+    // The page's store write is sequenced by main and comes back to it as an update.
+    #[derive(serde::Serialize)]
+    struct StoreWrite {
+        write_id: u64,
+        key: String,
+        #[serde(with = "serde_bytes")]
+        value: Option<Vec<u8>>,
+    }
+    let write = StoreWrite { write_id: 1, key: "w".into(), value: Some(msgpack(&3i64)) };
+    page.message(5, 0, 0, 0, "", msgpack(&write)).await;
+    let update = page.message_where(|m| m[1] == Value::from(6)).await;
+    let update = rmpv::decode::read_value(&mut payload_of(&update)).unwrap();
+    assert_eq!(update["key"], Value::from("w"), "{update}");
+    assert_eq!((update["writer"].as_u64(), update["write_id"].as_u64()), (Some(frame), Some(1)));
+    assert_eq!(update["new"], Value::Binary(msgpack(&3i64)));
+    assert_eq!(host.store_values("probe").await.unwrap().get("w"), Some(&msgpack(&3i64)));
+
     // Closing the shell closes the frame: the page's half is closed, then its socket.
     shell.ws.close(None).await.unwrap();
     let (completion, command) = page.control().await;
