@@ -30,7 +30,10 @@ async fn web_host(extensions: &[&str], web: bool, config: WebConfig) -> (Host, W
     for name in extensions {
         host.load(support::library(name)).expect("the library loads");
         if web {
-            let files = BTreeMap::from([("index.js".to_owned(), b"export async function activate(ipc) {}".to_vec())]);
+            let files = BTreeMap::from([
+                ("index.js".to_owned(), b"export async function activate(ipc) {}".to_vec()),
+                ("sub dir/a.css".to_owned(), b"body {}".to_vec()),
+            ]);
             host.set_web_assets_for_testing(name, files).unwrap();
         }
         host.activate(name).await.expect("the extension activates");
@@ -499,6 +502,27 @@ async fn other_origins_and_forged_hosts_are_refused_before_anything_runs() {
     assert!(lower.contains("content-security-policy: default-src 'none'"), "{document}");
     assert!(document.contains(&format!("content=\"http://127.0.0.1:{port}\"")), "{document}");
     assert!(!document.contains(&token), "no token in the document");
+    // The extension's files, the host's scripts, and nothing else, with their types.
+    let ext_host = origin.trim_start_matches("http://");
+    let get = |path: &str, host: &str| {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        async move { raw_request(port, &request).await }
+    };
+    let index = get("/index.js", ext_host).await;
+    assert!(index.starts_with("HTTP/1.1 200"), "{index}");
+    assert!(index.to_ascii_lowercase().contains("content-type: text/javascript"), "{index}");
+    assert!(index.ends_with("export async function activate(ipc) {}"), "{index}");
+    let css = get("/sub%20dir/a.css", ext_host).await;
+    assert!(css.starts_with("HTTP/1.1 200") && css.ends_with("body {}"), "{css}");
+    assert!(get("/.host/bootstrap.js", ext_host).await.starts_with("HTTP/1.1 200"));
+    assert!(get("/missing.js", ext_host).await.starts_with("HTTP/1.1 404"));
+    assert!(
+        get("/index.js", &shell_host).await.starts_with("HTTP/1.1 404"),
+        "the shell's origin serves no extension file"
+    );
+    let shell_page = get("/", &shell_host).await;
+    assert!(shell_page.starts_with("HTTP/1.1 200"), "{shell_page}");
+    assert!(shell_page.to_ascii_lowercase().contains("frame-ancestors 'none'"), "{shell_page}");
     let page = Page::connect(port, &origin, &token, "probe").await;
     drop(page);
     settle(&host).await;

@@ -449,12 +449,12 @@ async fn file(State(server): State<Arc<Server>>, Extension(site): Extension<Site
             } else if let Some(bytes) = assets::extension_host_file(path) {
                 Some((bytes::Bytes::from_static(bytes), assets::content_type(path)))
             } else {
-                let asset = path.strip_prefix('/').unwrap_or(path);
-                server
-                    .hooks
-                    .assets(&extension)
-                    .and_then(|assets| assets.get(asset))
-                    .map(|bytes| (bytes::Bytes::from_static(bytes), assets::content_type(asset)))
+                // `/css/my%20file.css` is the asset `css/my file.css`.
+                let asset = percent_encoding::percent_decode_str(path.strip_prefix('/').unwrap_or(path)).decode_utf8();
+                asset.ok().and_then(|asset| {
+                    let bytes = server.hooks.assets(&extension)?.get(&asset)?;
+                    Some((bytes::Bytes::from_static(bytes), assets::content_type(&asset)))
+                })
             }
         }
     };
