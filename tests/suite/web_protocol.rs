@@ -753,3 +753,17 @@ async fn host_run_web_serves_web_frames_and_the_console_shows_them() {
     assert_eq!(frames, format!("frames: 1 {}(web {url})", shell.frame));
     drop(shell);
 }
+
+#[tokio::test]
+async fn the_server_binds_loopback_unless_told_otherwise() {
+    let host = Host::new(support::config());
+    let remote = WebConfig { addr: "0.0.0.0:0".parse().unwrap(), ..WebConfig::default() };
+    let error = host.serve_web(remote).unwrap_err().to_string();
+    assert!(error.contains("is not a loopback address") && error.contains("allow_remote"), "{error}");
+    let ipv6 = WebConfig { addr: "[::1]:0".parse().unwrap(), ..WebConfig::default() };
+    assert!(host.serve_web(ipv6).unwrap_err().to_string().contains("not an IPv4 address"));
+    let server = host.serve_web(WebConfig::default()).unwrap();
+    assert!(server.local_addr().ip().is_loopback());
+    assert_eq!(server.url(), format!("http://127.0.0.1:{}/", server.local_addr().port()));
+    server.shutdown().await;
+}

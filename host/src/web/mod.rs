@@ -48,7 +48,8 @@ use security::Site;
 #[derive(Debug, Clone)]
 pub struct WebConfig {
     /// Where to listen. Default `127.0.0.1:0` (loopback, any free port). A non-loopback
-    /// address is refused unless [`WebConfig::allow_remote`] is set.
+    /// address is refused unless [`WebConfig::allow_remote`] is set; an IPv6 one always (the
+    /// shell's origin is `http://127.0.0.1:PORT`, which it would not serve).
     pub addr: SocketAddr,
     /// `Host` header values accepted besides the shell's and the extension origins' (for an
     /// application that serves through a name of its own). Each is served as the shell.
@@ -247,6 +248,8 @@ impl Drop for WebServer {
 pub(crate) enum StartError {
     #[error("{0} is not a loopback address (set WebConfig::allow_remote to serve it)")]
     NotLoopback(SocketAddr),
+    #[error("{0} is not an IPv4 address: the shell's origin is http://127.0.0.1:PORT")]
+    NotIpv4(SocketAddr),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("serving web frames needs a Tokio runtime: {0}")]
@@ -257,6 +260,9 @@ pub(crate) enum StartError {
 pub(crate) fn serve(config: WebConfig, hooks: Arc<dyn WebHooks>) -> Result<WebServer, StartError> {
     let runtime = tokio::runtime::Handle::try_current().map_err(|error| StartError::NoRuntime(error.to_string()))?;
     let addr = config.addr;
+    if addr.is_ipv6() {
+        return Err(StartError::NotIpv4(addr));
+    }
     if !addr.ip().is_loopback() && !config.remote {
         return Err(StartError::NotLoopback(addr));
     }
