@@ -129,12 +129,12 @@ pub(crate) async fn serve(socket: WebSocket, server: Arc<Server>, extension: Str
         Ok(claim) => claim,
         Err((code, reason)) => {
             tracing::warn!(extension = %extension, "web renderer connection refused: {reason}");
-            let _ = sink.send(close_message(code, &reason)).await;
+            let _ = tokio::time::timeout(CLOSE_WAIT, sink.send(close_message(code, &reason))).await;
             return;
         }
     };
     let Some(link) = claim.link.upgrade() else {
-        let _ = sink.send(close_message(1008, "the extension is not running")).await;
+        let _ = tokio::time::timeout(CLOSE_WAIT, sink.send(close_message(1008, "the extension is not running"))).await;
         server.tokens.release(&claim.token);
         return;
     };
@@ -170,8 +170,10 @@ pub(crate) async fn serve(socket: WebSocket, server: Arc<Server>, extension: Str
                 next = outgoing.recv() => {
                     let Some(bytes) = next else { break };
                     writer_connection.queued_bytes.fetch_sub(bytes.len(), Ordering::AcqRel);
-                    if sink.send(WsMessage::Binary(bytes.into())).await.is_err() {
-                        break;
+                    // A page that stops reading must not hold the writer past the connection's end.
+                    tokio::select! {
+                        sent = sink.send(WsMessage::Binary(bytes.into())) => if sent.is_err() { break },
+                        _ = writer_connection.closing.cancelled() => break,
                     }
                 }
             }

@@ -16,6 +16,8 @@ use crate::core::lock;
 
 /// Most messages queued for one shell (a few per extension and reload).
 const QUEUE: usize = 1024;
+/// How long the writer may take for each last message once the shell's socket is closing.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What the host holds to talk to one shell. Cheap to clone.
 #[derive(Clone)]
@@ -80,7 +82,8 @@ pub(crate) async fn serve(socket: WebSocket, server: Arc<Server>, slot: Connecti
                 _ = writer_closing.cancelled() => {
                     // What the host said before closing still arrives (the iframes' removal).
                     while let Ok(text) = outgoing.try_recv() {
-                        if sink.send(WsMessage::Text(text.into())).await.is_err() {
+                        let sent = tokio::time::timeout(CLOSE_WAIT, sink.send(WsMessage::Text(text.into()))).await;
+                        if !matches!(sent, Ok(Ok(()))) {
                             break;
                         }
                     }
@@ -88,16 +91,17 @@ pub(crate) async fn serve(socket: WebSocket, server: Arc<Server>, slot: Connecti
                 }
                 next = outgoing.recv() => {
                     let Some(text) = next else { break };
-                    if sink.send(WsMessage::Text(text.into())).await.is_err() {
-                        break;
+                    tokio::select! {
+                        sent = sink.send(WsMessage::Text(text.into())) => if sent.is_err() { break },
+                        _ = writer_closing.cancelled() => break,
                     }
                 }
             }
         }
         let (code, reason) = *lock(&writer_reason);
         let close = WsMessage::Close(Some(CloseFrame { code, reason: reason.into() }));
-        let _ = sink.send(close).await;
-        let _ = sink.close().await;
+        let _ = tokio::time::timeout(CLOSE_WAIT, sink.send(close)).await;
+        let _ = tokio::time::timeout(CLOSE_WAIT, sink.close()).await;
     });
 
     let web = Arc::new(WebFrame::new(server.clone(), shell.clone()));
