@@ -767,3 +767,30 @@ async fn the_server_binds_loopback_unless_told_otherwise() {
     assert_eq!(server.url(), format!("http://127.0.0.1:{}/", server.local_addr().port()));
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_that_stops_reading_turns_requests_away_as_overloaded() {
+    let (host, server) = web_host(&["probe"], true, WebConfig::default()).await;
+    let (_shell, page) = open_web_frame(&host, port(&server), "probe").await;
+    let frame = extension_host::FrameId(page.frame);
+    // The page reads nothing from here on: the socket's buffers fill, then the page's queue.
+    let payload = msgpack(&serde_bytes::ByteBuf::from(vec![7u8; 64 << 10]));
+    let mut waiting = Vec::new();
+    let refused = loop {
+        assert!(waiting.len() < 10_000, "no request was ever refused");
+        let mut request = Box::pin(host.invoke_frame_raw("probe", frame, "frame-hang", &payload, FAILSAFE));
+        if let std::task::Poll::Ready(outcome) = futures_util::poll!(&mut request) {
+            break outcome;
+        }
+        waiting.push(request);
+    };
+    assert_eq!(refused.unwrap_err().kind, extension_host::InvokeErrorKind::Overloaded);
+    // The ones taken fail once the page goes.
+    drop(page);
+    for request in waiting.drain(..10) {
+        assert_eq!(request.await.unwrap_err().kind, extension_host::InvokeErrorKind::ConnectionLost);
+    }
+    drop(waiting);
+    server.shutdown().await;
+    host.shutdown().await;
+}
