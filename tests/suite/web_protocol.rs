@@ -595,6 +595,8 @@ async fn bad_tokens_and_bad_messages_end_only_their_connection_and_reach_nobody(
     assert_eq!(twin, "probe-twin");
     let (code, reason) = attempt(hello(&twin_token)).await;
     assert_eq!((code, reason.as_str()), (1008, "token refused: unknown token"));
+    // One extension's iframe cannot open its sibling's socket.
+    assert_eq!(refused_with(page_socket(port, &twin_origin, &origin).await), 403);
     let mut twin_page = Page::connect(port, &twin_origin, &twin_token, "probe-twin").await;
     twin_page.start().await;
     settle(&host).await;
@@ -792,5 +794,19 @@ async fn a_page_that_stops_reading_turns_requests_away_as_overloaded() {
     }
     drop(waiting);
     server.shutdown().await;
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutting_the_server_down_closes_its_sockets_and_frames() {
+    let (host, server) = web_host(&["probe"], true, WebConfig::default()).await;
+    let port = port(&server);
+    let (mut shell, mut page) = open_web_frame(&host, port, "probe").await;
+    server.shutdown().await;
+    assert_eq!(closed(&mut page.ws).await.0, 1001);
+    assert_eq!(closed(&mut shell.ws).await, (1001, "the server is shutting down".to_owned()));
+    assert!(host.frames().is_empty(), "its frames closed before shutdown returned");
+    assert!(main_frames(&host).await.is_empty());
+    assert!(TcpStream::connect(("127.0.0.1", port)).await.is_err(), "nothing listens any more");
     host.shutdown().await;
 }

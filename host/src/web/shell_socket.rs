@@ -111,7 +111,10 @@ pub(crate) async fn serve(socket: WebSocket, server: Arc<Server>, slot: Connecti
         tokio::select! {
             biased;
             _ = closing.cancelled() => break,
-            _ = server.shutdown.cancelled() => break,
+            _ = server.shutdown.cancelled() => {
+                *lock(&reason) = (1001, "the server is shutting down");
+                break;
+            }
             next = stream.next() => match next {
                 None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => break,
                 Some(Ok(WsMessage::Text(text))) => {
