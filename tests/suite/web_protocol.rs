@@ -621,6 +621,11 @@ async fn bad_tokens_and_bad_messages_end_only_their_connection_and_reach_nobody(
     assert_eq!(host.frames(), vec![extension_host::FrameId(frame)]);
     let twin_frames = snapshot.extension("probe-twin").unwrap().frames.clone();
     assert_eq!(twin_frames, vec![frame]);
+    // A store write that is not one is refused at the edge, not left to main to drop.
+    twin_page.message(5, 0, 0, 0, "", msgpack(&"not a write")).await;
+    let (code, reason) = closed(&mut twin_page.ws).await;
+    assert_eq!(code, 1008);
+    assert!(reason.contains("store write"), "{reason}");
     drop(twin_page);
     drop(shell);
     server.shutdown().await;

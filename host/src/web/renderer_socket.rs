@@ -262,6 +262,11 @@ fn receive(link: &Link, endpoint: &Endpoint, frame: Peer, bytes: &[u8]) -> Resul
     match protocol::decode(bytes).map_err(|violation| violation.0)? {
         PageMessage::Hello { .. } => Err("a second hello".to_owned()),
         PageMessage::Message { kind, status, target, request_id, channel, payload } => {
+            // A store write is checked here too: main would only log and drop a bad one.
+            if kind == abi::kind::STORE_WRITE {
+                extension_api::wire::decode::<extension_api::wire::StoreWrite>(&payload)
+                    .map_err(|error| format!("a store write's payload is not {{write_id, key, value}}: {error}"))?;
+            }
             let message =
                 Message { kind, status, origin: frame, target, request_id, channel: &channel, payload: &payload };
             let status = link.route(endpoint, &message);
