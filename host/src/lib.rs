@@ -33,6 +33,7 @@ mod storage;
 pub mod testing;
 mod transport;
 pub mod watch;
+mod web_assets;
 
 /// The child protocol's plain data, for tooling that speaks it (the suite's rogue child, the
 /// benchmark, the fuzz targets): no part of the host's API.
@@ -52,7 +53,7 @@ pub fn run_child(socket: &std::path::Path, token: &str) -> std::process::ExitCod
 
 pub use error::{
     ChildStartError, ElfPart, HostError, LoadError, MetadataField, MetadataProblem, NotALibraryReason, Operation,
-    Refusal, ReloadError,
+    Refusal, ReloadError, WebPathProblem,
 };
 pub use events::{HostEvent, LogRecord, ObservedBroadcast, OneLine};
 pub use host::{
@@ -60,6 +61,9 @@ pub use host::{
     HostSnapshot, ProcessUsage, StorageConfig, default_data_dir,
 };
 pub use library::{LibraryInfo, check};
+#[doc(hidden)]
+pub use library::web_assets_of;
+pub use web_assets::WebAssets;
 pub use storage::StorageUsage;
 pub use watch::{LibraryWatcher, WatchError};
 
