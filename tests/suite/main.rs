@@ -34,3 +34,4 @@ mod storage;
 mod storage_faults;
 mod store;
 mod truncated;
+mod web_packaging;
