@@ -91,7 +91,9 @@ export async function activate(ipc) {
   }
 
   ipc.store.watch("log-lines", (change) => {
-    ui.rows.watch.done(`the log grew to ${change.new} lines (written by ${change.writer.kind})`);
+    const lines = Number(change.new) === 1 ? "1 line" : `${change.new} lines`;
+    const writer = change.writer.kind === "main" ? "main" : `frame ${change.writer.frame}`;
+    ui.rows.watch.done(`the log grew to ${lines} (written by ${writer})`);
     logger.lines().then((lines) => ui.showLog(lines), (error) => ipc.log.warn(`lines failed: ${error.message}`));
   });
 

@@ -53,7 +53,7 @@ function draw(ipc) {
   };
 
   const heard = add(root, "section");
-  add(heard, "h2", "`initialize` heard");
+  add(heard, "h2", "Announcements heard on initialize");
   const heardList = add(heard, "ul", undefined, "heard");
   const none = add(heardList, "li", "nothing yet", "empty");
   return {
