@@ -122,7 +122,8 @@ pub(crate) fn collect(manifest: &Path, dir: &str) -> Result<Vec<Asset>, WebDirEr
     let mut assets = Vec::new();
     let mut pending: Vec<(PathBuf, String)> = vec![(root, String::new())];
     while let Some((directory, relative)) = pending.pop() {
-        let unreadable = |error: std::io::Error| WebDirError::Unreadable { path: shown(&relative), reason: error.to_string() };
+        let unreadable =
+            |error: std::io::Error| WebDirError::Unreadable { path: shown(&relative), reason: error.to_string() };
         for entry in std::fs::read_dir(&directory).map_err(unreadable)? {
             let entry = entry.map_err(unreadable)?;
             let name = entry.file_name();
@@ -282,9 +283,6 @@ mod tests {
         for i in 0..4096 {
             std::fs::write(dir.path().join(format!("web/{i}.txt")), b"").unwrap();
         }
-        assert_eq!(
-            collect(dir.path(), "web").unwrap_err(),
-            WebDirError::TooMany { dir: "web".into(), count: 4097 }
-        );
+        assert_eq!(collect(dir.path(), "web").unwrap_err(), WebDirError::TooMany { dir: "web".into(), count: 4097 });
     }
 }

@@ -60,12 +60,12 @@ pub use host::{
     CrashBudget, DeactivateReport, ExtensionSnapshot, ExtensionState, FrameKind, FrameSnapshot, Host, HostConfig,
     HostSnapshot, ProcessUsage, StorageConfig, default_data_dir,
 };
-pub use library::{LibraryInfo, check};
 #[doc(hidden)]
 pub use library::web_assets_of;
-pub use web_assets::WebAssets;
+pub use library::{LibraryInfo, check};
 pub use storage::StorageUsage;
 pub use watch::{LibraryWatcher, WatchError};
+pub use web_assets::WebAssets;
 
 pub use extension_api::wire::{
     Busy, ChannelKind, ChannelStats, HalfSnapshot, InstanceSnapshot, MailboxLimit, SlowHandler,

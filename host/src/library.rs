@@ -429,7 +429,13 @@ mod tests {
     /// What `read_web_assets` says of a descriptor with this table (`count` overrides its length).
     fn web_problem_of(table: &[(&[u8], &'static [u8])], count: Option<usize>) -> Result<Vec<String>, MetadataProblem> {
         let table: &'static [WebAsset] = Box::leak(
-            table.iter().map(|(path, bytes)| WebAsset { path: RawSlice::new(path.to_vec().leak()), bytes: RawSlice::new(bytes) }).collect(),
+            table
+                .iter()
+                .map(|(path, bytes)| WebAsset {
+                    path: RawSlice::new(path.to_vec().leak()),
+                    bytes: RawSlice::new(bytes),
+                })
+                .collect(),
         );
         let descriptor: &'static Descriptor = Box::leak(Box::new(Descriptor {
             abi_version: abi::ABI_VERSION,
@@ -453,7 +459,10 @@ mod tests {
         use crate::error::WebPathProblem::{Absolute, DotSegment, EmptySegment};
         let index: (&[u8], &[u8]) = (b"index.js", b"export async function activate() {}");
         assert_eq!(web_problem_of(&[], None), Ok(vec![]));
-        assert_eq!(web_problem_of(&[(b"css/a.css", b""), index], None), Ok(vec!["css/a.css".into(), "index.js".into()]));
+        assert_eq!(
+            web_problem_of(&[(b"css/a.css", b""), index], None),
+            Ok(vec!["css/a.css".into(), "index.js".into()])
+        );
         assert_eq!(web_problem_of(&[(b"main.js", b"")], None), Err(MetadataProblem::NoWebEntry));
         let path = |path: &str, problem| Err(MetadataProblem::InvalidWebAssetPath { path: path.into(), problem });
         assert_eq!(web_problem_of(&[index, (b"/etc/passwd", b"")], None), path("/etc/passwd", Absolute));

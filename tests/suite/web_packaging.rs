@@ -91,7 +91,8 @@ fn a_bad_web_asset_table_is_refused_with_the_path_and_the_problem() {
 #[test]
 fn host_check_prints_whether_there_is_a_web_renderer() {
     let check = |name: &str| {
-        let output = std::process::Command::new(support::host_binary()).arg("check").arg(library(name)).output().unwrap();
+        let output =
+            std::process::Command::new(support::host_binary()).arg("check").arg(library(name)).output().unwrap();
         assert!(output.status.success(), "{output:?}");
         String::from_utf8(output.stdout).unwrap()
     };
