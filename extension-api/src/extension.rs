@@ -93,7 +93,7 @@ impl RendererExtension for NoRenderer {
 ///
 /// With a web renderer (`web/index.js` in the crate, and whatever it imports):
 ///
-/// ```ignore
+/// ```text
 /// extension_api::export_extension!(main = HelloMain, renderer = HelloRenderer, web = "web");
 /// ```
 #[macro_export]
