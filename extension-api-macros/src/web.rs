@@ -7,6 +7,15 @@
 //! likely a mistake, is a compile error naming the path: a missing directory, no `index.js`
 //! at its root, a symbolic link, a name that is not UTF-8 or starts with `.`, a file over
 //! 16 MiB, more than 4096 files.
+//!
+//! Cargo learns of each embedded file through `include_bytes!`, so changing one rebuilds the
+//! crate; a file added to (or removed from) the directory is not seen until something else
+//! changes. Stable Rust has no way for a proc macro to track a directory (`include_dir` has
+//! the same limit on stable; its `nightly` feature uses the unstable
+//! `proc_macro::tracked_path`). What stable cargo does offer is a build script's `cargo::rerun-if-changed=DIR`, which watches a whole directory: the docs and
+//! the samples use that. `include_dir` itself is not used: it builds Rust values of its own
+//! types, where the library must export a `#[repr(C)]` table for the host to read across the
+//! ABI, and it would embed symbolic links' targets, hidden files and any size silently.
 
 use std::path::{Path, PathBuf};
 
