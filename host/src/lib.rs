@@ -54,13 +54,15 @@ pub fn run_child(socket: &std::path::Path, token: &str) -> std::process::ExitCod
 
 pub use error::{
     ChildStartError, ElfPart, HostError, LoadError, MetadataField, MetadataProblem, NotALibraryReason, Operation,
-    Refusal, ReloadError,
+    Refusal, ReloadError, WebPathProblem,
 };
 pub use events::{HostEvent, LogRecord, ObservedBroadcast, OneLine};
 pub use host::{
     CrashBudget, DeactivateReport, ExtensionSnapshot, ExtensionState, FrameKind, FrameSnapshot, Host, HostConfig,
     HostSnapshot, ProcessUsage, StorageConfig, default_data_dir,
 };
+#[doc(hidden)]
+pub use library::web_assets_of;
 pub use library::{LibraryInfo, check};
 pub use storage::StorageUsage;
 pub use watch::{LibraryWatcher, WatchError};

@@ -1,11 +1,10 @@
 //! The files of an extension's web renderer, as its library embeds them
-//! (`export_extension!(..., web = "DIR")`): read and validated once at load, served by the web
-//! transport.
-//!
-//! Piece C's file (`/work/web-spec.md` §1): this copy has its API so the web transport builds
-//! against it; the lead takes piece C's version at merge.
+//! (`export_extension!(..., web = "DIR")`): read and validated once at load
+//! ([`crate::library`]), served by the web transport.
 
 use std::collections::BTreeMap;
+
+use extension_api::abi::WEB_ENTRY;
 
 /// An extension's web renderer: file paths (relative, `/`-separated, without a leading `/`)
 /// to their bytes, which live in the library's static data (the library is never unmapped).
@@ -17,9 +16,9 @@ pub struct WebAssets {
 
 impl WebAssets {
     /// The entry module's path: an ES module exporting `activate(ipc)`.
-    pub const ENTRY: &'static str = "index.js";
+    pub const ENTRY: &'static str = WEB_ENTRY;
 
-    /// Assets already validated: `files` has [`Self::ENTRY`].
+    /// Assets already validated (by [`crate::library`]): `files` has [`Self::ENTRY`].
     pub(crate) fn new(files: BTreeMap<String, &'static [u8]>) -> Self {
         debug_assert!(files.contains_key(Self::ENTRY));
         WebAssets { files }

@@ -35,3 +35,4 @@ mod storage_faults;
 mod store;
 mod truncated;
 mod web_protocol;
+mod web_packaging;

@@ -149,6 +149,7 @@ impl Host {
                 existing: existing.library.info.path.clone(),
             });
         }
+        let web_assets = library.web_assets().cloned();
         extensions.insert(
             info.name.clone(),
             Entry {
@@ -160,7 +161,7 @@ impl Host {
                 isolated: false,
                 process: None,
                 crashes: CrashLog::default(),
-                web_assets: None,
+                web_assets,
             },
         );
         tracing::info!(extension = %info.name, version = %info.version, path = %path.display(), "loaded");

@@ -115,6 +115,7 @@ fn check(path: &std::path::Path) -> ExitCode {
             println!("  abi version:   {}", info.abi_version);
             println!("  extension-api: {}", info.api_version);
             println!("  build:         {}", if info.debug_build { "debug" } else { "release" });
+            println!("  web renderer:  {}", if info.web_renderer { "yes" } else { "no" });
             if info.debug_build && !cfg!(debug_assertions) {
                 println!("note: a debug build in a release host works, but runs slower; build it with --release");
             }
