@@ -74,7 +74,9 @@ export class StoreError extends Error {
     this.name = "StoreError";
     this.key = key;
     this.reason = reason;
-    Object.assign(this, details);
+    // For TooLarge and Full: the sizes, in bytes.
+    if (details.size !== undefined) this.size = details.size;
+    if (details.max !== undefined) this.max = details.max;
   }
 }
 
