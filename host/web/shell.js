@@ -68,7 +68,7 @@ function add({ extension, origin, token }) {
   iframe.title = `${extension}: web renderer`;
   iframe.src = `${origin}/`;
   const activity = element("div", "activity", "loading its page");
-  card.append(header, element("div", "origin", `isolated on ${origin}`), iframe, activity);
+  card.append(header, element("div", "origin", `renderer half · isolated on ${origin}`), iframe, activity);
   main.append(card);
   const entry = { extension, origin, token, card, iframe, badge, activity, state: "loading" };
   cards.set(extension, entry);
