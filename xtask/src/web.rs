@@ -28,7 +28,8 @@ pub enum Action {
 const VENDORED: &str = "vendor/msgpack.js";
 
 /// The first line of the bundle: what it is and how it is made.
-const BANNER: &str = "// @msgpack/msgpack, bundled by `cargo xtask web build` from host/web/package-lock.json. Do not edit.";
+const BANNER: &str =
+    "// @msgpack/msgpack, bundled by `cargo xtask web build` from host/web/package-lock.json. Do not edit.";
 
 pub fn run(action: &Action) -> Result<()> {
     let web = super::workspace_root().join("host").join("web");
@@ -57,9 +58,8 @@ fn check(web: &Path) -> Result<()> {
     let outcome = bundle(web, &fresh).and_then(|()| {
         let fresh = std::fs::read(&fresh).with_context(|| format!("cannot read {}", fresh.display()))?;
         let committed = web.join(VENDORED);
-        let committed = std::fs::read(&committed).with_context(|| {
-            format!("cannot read {} (run `cargo xtask web build` to make it)", committed.display())
-        })?;
+        let committed = std::fs::read(&committed)
+            .with_context(|| format!("cannot read {} (run `cargo xtask web build` to make it)", committed.display()))?;
         if fresh != committed {
             bail!(
                 "host/web/{VENDORED} differs from a fresh build of host/web/package-lock.json \
