@@ -141,7 +141,7 @@ class ValueDecoder extends Decoder {
         if (typeof key === "string") return key;
         // A stand-in property key; `restore` turns its object into a Map.
         const symbol = Symbol("key");
-        foreignKeys.set(symbol, key);
+        (foreignKeys ??= new Map()).set(symbol, key);
         return symbol;
       },
     });
@@ -179,10 +179,10 @@ export function encodeValue(value) {
 export function decodeValue(bytes) {
   if (bytes === undefined || bytes === null || bytes.length === 0) return undefined;
   const outer = foreignKeys;
-  foreignKeys = new Map();
+  foreignKeys = null;
   try {
     const value = decoder.decode(bytes);
-    return foreignKeys.size === 0 ? value : restore(value, foreignKeys);
+    return foreignKeys === null ? value : restore(value, foreignKeys);
   } finally {
     foreignKeys = outer;
   }

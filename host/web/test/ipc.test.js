@@ -341,3 +341,50 @@ test("messages in and out are counted for the status line", async () => {
   assert.deepEqual([connection.messagesIn, connection.messagesOut], [2, 1]);
   assert.ok(changes.length >= 3);
 });
+
+test("a listener that throws is logged and the others still run; a value that does not decode is logged", async () => {
+  const { socket, ipc } = await start();
+  const seen = [];
+  ipc.listen("ch", () => {
+    throw new Error("listener broke");
+  });
+  ipc.listen("ch", (value) => seen.push(value));
+  socket.message({ kind: KIND.BROADCAST, channel: "ch", value: 1 });
+  socket.message({ kind: KIND.BROADCAST, channel: "ch", payload: new Uint8Array([0xc1]) });
+  assert.deepEqual(seen, [1]);
+  const logged = socket.sent.filter((frame) => frame[0] === 3);
+  assert.equal(logged.length, 2);
+  assert.equal(logged[0][1], 1);
+  assert.match(logged[0][2], /a listener of `ch` threw: Error: listener broke/);
+  assert.equal(logged[1][1], 2);
+  assert.match(logged[1][2], /did not decode/);
+});
+
+test("a request that does not decode answers Deserialize; a thrown non-Error answers Handler with its text", async () => {
+  const { socket, ipc } = await start();
+  ipc.handle("h", (value) => {
+    throw `plain ${value}`;
+  });
+  socket.message({ kind: KIND.INVOKE, requestId: 1, channel: "h", payload: new Uint8Array([0xc1]) });
+  let [, , status, , id] = await socket.nextMessage(KIND.REPLY);
+  assert.deepEqual([status, id], [108, 1]);
+  socket.message({ kind: KIND.INVOKE, requestId: 2, channel: "h", value: "text" });
+  let payload;
+  [, , status, , id, , payload] = await socket.nextMessage(KIND.REPLY);
+  assert.deepEqual([status, id, decodeValue(payload).message], [101, 2, "plain text"]);
+});
+
+test("main's request before the half opened is answered NoHandler; an unknown control fails; a second welcome ends it", async () => {
+  const socket = new FakeSocket();
+  const connection = new client.Client(socket, { importModule: async () => ({ activate() {} }) });
+  socket.welcome(1, "probe");
+  socket.message({ kind: KIND.INVOKE, requestId: 4, channel: "early", value: null });
+  const [, , status, , id] = await socket.nextMessage(KIND.REPLY);
+  assert.deepEqual([status, id], [100, 4]);
+  const unknown = await socket.control(1, [42]);
+  assert.equal(unknown[2][0], 1);
+  assert.match(unknown[2][1], /unknown control command 42/);
+  socket.welcome(1, "probe");
+  assert.equal(socket.closedWith?.code, 1008);
+  assert.equal(connection.state, "lost");
+});
