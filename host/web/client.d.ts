@@ -30,7 +30,9 @@ export type Sender = { kind: "main" } | { kind: "frame"; frame: number } | { kin
  * - a map whose keys are all strings is a plain object (a Rust struct or `HashMap<String, _>`);
  *   one with any other key decodes to a `Map`, and a `Map` encodes with its keys as they are
  *   (integer keys stay integers); in a mixed map, keys that look like integers come first;
- * - `null` and `undefined` are nil (a Rust `None` or `()`).
+ * - `null` and `undefined` are nil (a Rust `None` or `()`);
+ * - a `Date` is the MessagePack timestamp extension, which no Rust type of this project reads:
+ *   send a number (milliseconds) instead.
  * Functions, symbols and `Set`s are not values: sending one throws a `TypeError`.
  */
 export type Value = unknown;
@@ -80,9 +82,10 @@ export interface Store {
   /**
    * Writes `key` through main, which sequences every write. Resolves once main has sequenced
    * it and this replica applied it (so `get` returns it, and every watcher has seen it).
-   * Rejects with a `StoreError` when main refuses it (too large, store full), when the half
-   * closes first, or when the connection is lost; throws (rejects) a `TypeError` for a value
-   * that is not encodable or `undefined` (use `delete`).
+   * Rejects with a `StoreError` when main refuses it (too large, store full), when the value is
+   * over `STORE_VALUE_LIMIT` (refused here, before sending), when the half closes first, or
+   * when the connection is lost; rejects with a `TypeError` for a value that is not encodable
+   * or `undefined` (use `delete`).
    */
   set(key: string, value: Value): Promise<void>;
   /** Deletes `key` through main; resolves as `set` does. */
@@ -116,15 +119,16 @@ export interface Ipc {
   listen(channel: string, fn: (value: Value, sender: Sender) => void): Disposer;
   /**
    * Sends `value` to every listener of `channel` in every half, this one included, in the
-   * order broadcasts are made. Throws `TypeError` if the value is not encodable; throws
-   * `Error` after the half closed.
+   * order broadcasts are made. Throws `TypeError` if the value is not encodable, `RangeError`
+   * if it is over `MAX_MESSAGE` with the channel name; throws `Error` after the half closed.
    */
   broadcast(channel: string, value?: Value): void;
   /**
    * Asks main's handler of `channel`. Resolves with its value; rejects with an `InvokeError`
    * (its `kind` says why: `NoHandler` when main has no handler, `Handler` with the handler's
    * error as `message` and `data`, `Timeout`, `Deactivated` after the half closed,
-   * `FrameClosed` when it closes first, `ConnectionLost`, ...).
+   * `FrameClosed` when it closes first, `ConnectionLost`, `TooLarge` over `MAX_MESSAGE`
+   * (refused before it is sent), `Serialize` for a value that is not encodable, ...).
    */
   invoke(channel: string, value?: Value, options?: InvokeOptions): Promise<Value>;
   /**
@@ -187,6 +191,11 @@ export class StoreError extends Error {
   readonly size?: number;
   readonly max?: number;
 }
+
+/** The largest message a half may send, channel name and encoded value together (16 MiB). */
+export const MAX_MESSAGE: number;
+/** The largest encoded store value (1 MiB); a larger `set` rejects `TooLarge` before sending. */
+export const STORE_VALUE_LIMIT: number;
 
 /** Encodes a value as the client does; throws `TypeError` when it cannot. */
 export function encodeValue(value: Value): Uint8Array;

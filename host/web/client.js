@@ -268,6 +268,20 @@ function asNumber(value) {
 }
 
 const DEFAULT_TIMEOUT = 30_000;
+/** The largest message a half may send: channel name and value, in bytes (`abi::MAX_MESSAGE`). */
+export const MAX_MESSAGE = 16 << 20;
+/** The largest store value, encoded (`extension_api::STORE_VALUE_LIMIT`). */
+export const STORE_VALUE_LIMIT = 1 << 20;
+const utf8 = new TextEncoder();
+
+/** Whether a message with this channel and payload is within MAX_MESSAGE. */
+function fits(channel, payload) {
+  return utf8.encode(channel).length + payload.length <= MAX_MESSAGE;
+}
+
+function overLimit(channel, payload) {
+  return `the message is over the ${MAX_MESSAGE}-byte limit (its value and channel name together: ${utf8.encode(channel).length + payload.length} bytes)`;
+}
 /** setTimeout's largest delay; longer timeouts wait in steps. */
 const MAX_DELAY = 2 ** 31 - 1;
 
@@ -642,6 +656,9 @@ class Half {
     } catch (error) {
       return Promise.reject(new InvokeError("Serialize", `invoke on \`${channel}\`: ${error.message}`));
     }
+    if (!fits(channel, payload)) {
+      return Promise.reject(new InvokeError("TooLarge", `invoke on \`${channel}\`: ${overLimit(channel, payload)}`));
+    }
     const id = this.client.nextRequest++;
     return new Promise((resolve, reject) => {
       const request = { channel, resolve, reject, timer: undefined, signal, onAbort: undefined };
@@ -751,6 +768,11 @@ class Half {
       }
       reply = encodeValue({ message, data });
     }
+    if (status === 0 && !fits("", reply)) {
+      client.log("warn", [`the reply of the handler of \`${channel}\` was not sent: ${overLimit("", reply)}`]);
+      status = errorCode("TooLarge");
+      reply = encodeValue({ message: `the handler's reply on \`${channel}\`: ${overLimit("", reply)}`, data: null });
+    }
     // Cancelled (or the half shut) meanwhile: nobody waits for the answer.
     if (this.running.get(key) !== controller) return;
     this.running.delete(key);
@@ -771,6 +793,14 @@ class Half {
     this.checkOpen("store.set");
     if (typeof key !== "string") throw new TypeError("a store key must be a string");
     const bytes = value === undefined ? null : encodeValue(value);
+    if (bytes !== null && bytes.length > STORE_VALUE_LIMIT) {
+      return Promise.reject(
+        new StoreError(key, "TooLarge", `store write of \`${key}\` refused: the value is ${bytes.length} bytes, over the ${STORE_VALUE_LIMIT}-byte limit`, {
+          size: bytes.length,
+          max: STORE_VALUE_LIMIT,
+        }),
+      );
+    }
     const writeId = this.client.nextWrite++;
     return new Promise((resolve, reject) => {
       this.writes.set(writeId, { key, resolve, reject });
@@ -918,6 +948,7 @@ function makeIpc(half) {
       half.checkOpen("broadcast");
       if (typeof channel !== "string") throw new TypeError("the channel must be a string");
       const payload = encodeValue(value);
+      if (!fits(channel, payload)) throw new RangeError(`broadcast on \`${channel}\`: ${overLimit(channel, payload)}`);
       client.sendMessage(BROADCAST, 0, PEER_ALL, 0, channel, payload);
     },
     invoke(channel, value, options) {

@@ -388,3 +388,26 @@ test("main's request before the half opened is answered NoHandler; an unknown co
   assert.equal(socket.closedWith?.code, 1008);
   assert.equal(connection.state, "lost");
 });
+
+test("messages over the 16 MiB limit are refused to their sender at once, never sent", async () => {
+  const { socket, ipc } = await start();
+  const huge = new Uint8Array(client.MAX_MESSAGE);
+  await assert.rejects(ipc.invoke("big", huge), { name: "InvokeError", kind: "TooLarge" });
+  assert.throws(() => ipc.broadcast("big", huge), RangeError);
+  const error = await ipc.store.set("big", new Uint8Array(client.STORE_VALUE_LIMIT)).catch((error) => error);
+  assert.deepEqual([error.name, error.reason, error.max], ["StoreError", "TooLarge", client.STORE_VALUE_LIMIT]);
+  assert.equal(socket.messages(KIND.INVOKE).length + socket.messages(KIND.BROADCAST).length + socket.messages(KIND.STORE_WRITE).length, 0);
+  // A handler's reply over the limit answers TooLarge, and says so in the log.
+  ipc.handle("big", () => huge);
+  socket.message({ kind: KIND.INVOKE, requestId: 3, channel: "big", value: null });
+  const [, , status, , id] = await socket.nextMessage(KIND.REPLY);
+  assert.deepEqual([status, id], [110, 3]);
+  const [, level, text] = await socket.next((frame) => frame[0] === 3);
+  assert.equal(level, 2);
+  assert.match(text, /the reply of the handler of `big` was not sent/);
+  // Just within the limit is sent.
+  const channel = "edge";
+  const fitting = new Uint8Array(client.MAX_MESSAGE - channel.length - 5);
+  ipc.broadcast(channel, fitting);
+  assert.equal(socket.messages(KIND.BROADCAST).length, 1);
+});
