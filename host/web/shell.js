@@ -56,7 +56,8 @@ function add({ extension, origin, token }) {
   if (url.origin !== origin || url.origin === location.origin) {
     return console.warn(`shell: ignoring extension ${extension}: ${origin} is not an origin of its own`);
   }
-  remove(extension, { keepCard: false });
+  // Re-added (the frame reloaded: new tokens): the new card takes the old one's place.
+  const previous = cards.get(extension);
   const card = element("article", "card");
   card.dataset.extension = extension;
   const header = element("header");
@@ -69,25 +70,24 @@ function add({ extension, origin, token }) {
   iframe.src = `${origin}/`;
   const activity = element("div", "activity", "loading its page");
   card.append(header, element("div", "origin", `renderer half · isolated on ${origin}`), iframe, activity);
-  main.append(card);
+  if (previous) {
+    previous.iframe.remove();
+    previous.card.replaceWith(card);
+  } else {
+    main.append(card);
+  }
   const entry = { extension, origin, token, card, iframe, badge, activity, state: "loading" };
   cards.set(extension, entry);
   setState(entry, "loading");
 }
 
-function remove(extension, { keepCard = true } = {}) {
+function remove(extension) {
   const entry = cards.get(extension);
   if (!entry) return;
   // The iframe goes (its connection closes with it); the card stays, greyed, saying so.
   entry.iframe.remove();
   entry.token = null;
-  if (keepCard) {
-    setState(entry, "gone", "its renderer half left this frame");
-  } else {
-    entry.card.remove();
-    cards.delete(extension);
-    refreshSummary();
-  }
+  setState(entry, "gone", "its renderer half left this frame");
 }
 
 function entryFor(event) {
