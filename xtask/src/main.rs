@@ -13,6 +13,9 @@
 //!   reloads each new build.
 //! - `fuzz [TARGET] [--seconds N] [--asan]`: runs the cargo-fuzz targets in `fuzz/` on the
 //!   stable toolchain (installs cargo-fuzz if missing); see `fuzz/README.md`.
+//! - `web build | check | test`: the JavaScript side in `host/web/` (`web.rs`): bundle the
+//!   vendored `@msgpack/msgpack` from the lock file, check the committed bundle equals a fresh
+//!   one, run the client's Node tests.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,6 +24,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod dev;
+mod web;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "Project automation for the extension host")]
@@ -94,6 +98,12 @@ enum Task {
         #[arg(long)]
         asan: bool,
     },
+    /// The JavaScript side in `host/web/`: `build` (the vendored bundle), `check` (it equals a
+    /// fresh build of the lock file), `test` (the client's Node tests).
+    Web {
+        #[command(subcommand)]
+        action: web::Action,
+    },
 }
 
 /// The sample extensions the demo runs: `hello` and its twin with the same channel names,
@@ -110,9 +120,12 @@ fn main() -> Result<()> {
         Task::NewExtension { name, dir } => new_extension(&name, dir),
         Task::Dev { name, host_args } => dev::run(&name, &host_args),
         Task::Fuzz { target, seconds, asan } => fuzz(target.as_deref(), seconds, asan),
+        Task::Web { action } => web::run(&action),
         Task::Ci => {
             cargo(&["fmt", "--all", "--", "--check"])?;
             cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+            web::run(&web::Action::Check)?;
+            web::run(&web::Action::Test)?;
             let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
                 .current_dir(workspace_root())
                 .args(["doc", "--workspace", "--no-deps"])
