@@ -294,7 +294,7 @@ pub enum HostError {
     },
     /// The web server could not start (see [`Host::serve_web`](crate::Host::serve_web)).
     #[error("cannot serve web frames: {0}")]
-    WebServer(String),
+    WebServer(#[from] crate::web::WebStartError),
     /// No frame of this number is open.
     #[error("no frame {0} is open")]
     UnknownFrame(u64),

@@ -66,7 +66,7 @@ pub use library::web_assets_of;
 pub use library::{LibraryInfo, check};
 pub use storage::StorageUsage;
 pub use watch::{LibraryWatcher, WatchError};
-pub use web::{WebConfig, WebServer};
+pub use web::{WebConfig, WebServer, WebStartError};
 pub use web_assets::WebAssets;
 
 pub use extension_api::wire::{

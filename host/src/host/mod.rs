@@ -344,7 +344,7 @@ impl Host {
     /// loopback without [`WebConfig::allow_remote`].
     pub fn serve_web(&self, config: WebConfig) -> Result<WebServer, HostError> {
         let hooks = Arc::new(WebHooksOf { host: self.weak() });
-        crate::web::serve(config, hooks).map_err(|error| HostError::WebServer(error.to_string()))
+        Ok(crate::web::serve(config, hooks)?)
     }
 
     /// Gives a loaded extension a web renderer, as if its library embedded these files (path
@@ -353,9 +353,6 @@ impl Host {
     /// page themselves: not part of the host's API.
     #[doc(hidden)]
     pub fn set_web_assets_for_testing(&self, name: &str, files: BTreeMap<String, Vec<u8>>) -> Result<(), HostError> {
-        if !files.contains_key(WebAssets::ENTRY) {
-            return Err(HostError::WebServer(format!("a web renderer needs `{}`", WebAssets::ENTRY)));
-        }
         let files = files.into_iter().map(|(path, bytes)| (path, &*Box::leak(bytes.into_boxed_slice()))).collect();
         let mut extensions = lock(&self.inner.extensions);
         let entry = extensions.get_mut(name).ok_or_else(|| HostError::UnknownExtension(name.to_owned()))?;

@@ -243,30 +243,40 @@ impl Drop for WebServer {
     }
 }
 
-/// Why the server could not start.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum StartError {
+/// Why the web server could not start ([`crate::HostError::WebServer`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WebStartError {
+    /// The address is not loopback, and [`WebConfig::remote`] is not set.
     #[error("{0} is not a loopback address (set WebConfig::allow_remote to serve it)")]
     NotLoopback(SocketAddr),
+    /// The address is IPv6: the shell's origin is `http://127.0.0.1:PORT`.
     #[error("{0} is not an IPv4 address: the shell's origin is http://127.0.0.1:PORT")]
     NotIpv4(SocketAddr),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}: {reason}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why binding failed (the system's error).
+        reason: String,
+    },
+    /// [`crate::Host::serve_web`] was called outside a Tokio runtime.
     #[error("serving web frames needs a Tokio runtime: {0}")]
     NoRuntime(String),
 }
 
 /// Starts serving web frames for the host behind `hooks`.
-pub(crate) fn serve(config: WebConfig, hooks: Arc<dyn WebHooks>) -> Result<WebServer, StartError> {
-    let runtime = tokio::runtime::Handle::try_current().map_err(|error| StartError::NoRuntime(error.to_string()))?;
+pub(crate) fn serve(config: WebConfig, hooks: Arc<dyn WebHooks>) -> Result<WebServer, WebStartError> {
+    let runtime = tokio::runtime::Handle::try_current().map_err(|error| WebStartError::NoRuntime(error.to_string()))?;
     let addr = config.addr;
     if addr.is_ipv6() {
-        return Err(StartError::NotIpv4(addr));
+        return Err(WebStartError::NotIpv4(addr));
     }
     if !addr.ip().is_loopback() && !config.remote {
-        return Err(StartError::NotLoopback(addr));
+        return Err(WebStartError::NotLoopback(addr));
     }
-    let bind = |source| StartError::Bind { addr, source };
+    let bind = |error: std::io::Error| WebStartError::Bind { addr, reason: error.to_string() };
     let listener = std::net::TcpListener::bind(addr).map_err(bind)?;
     listener.set_nonblocking(true).map_err(bind)?;
     let local = listener.local_addr().map_err(bind)?;

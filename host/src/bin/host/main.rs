@@ -258,10 +258,12 @@ async fn run(paths: Vec<PathBuf>, options: RunOptions) -> ExitCode {
         }
     }
     drop(watcher);
+    // The host first, so that web frames' halves are closed (their `deactivate` runs in the
+    // page) while the pages are still connected; then the server.
+    host.shutdown().await;
     if let Some(server) = web_server {
         server.shutdown().await;
     }
-    host.shutdown().await;
     tracing::info!("host stopped");
     ExitCode::SUCCESS
 }
