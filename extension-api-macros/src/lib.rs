@@ -16,6 +16,11 @@
 //! its `Debug` text, or a generic sentence). `E` must be `Serialize`. The client's method then
 //! returns `Result<T, InvokeError>`. Any other return type (an alias of a `Result` included)
 //! is a plain value.
+//!
+//! `web_assets!(CRATE, "DIR")` (used by `export_extension!(..., web = "DIR")`, not directly)
+//! embeds a web renderer directory: see the `web` module.
+
+mod web;
 
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
@@ -32,6 +37,18 @@ pub fn exposed(attribute: TokenStream, item: TokenStream) -> TokenStream {
     }
     let input = parse_macro_input!(item as ItemTrait);
     match expand(input) {
+        Ok(tokens) => tokens.into(),
+        Err(error) => error.to_compile_error().into(),
+    }
+}
+
+/// Embeds the web renderer directory `DIR` (relative to the crate) as a
+/// `&'static [CRATE::abi::WebAsset]`: `web_assets!($crate, "web")`. Used by
+/// `export_extension!`'s `web = "DIR"` argument.
+#[doc(hidden)]
+#[proc_macro]
+pub fn web_assets(input: TokenStream) -> TokenStream {
+    match web::expand(input.into()) {
         Ok(tokens) => tokens.into(),
         Err(error) => error.to_compile_error().into(),
     }

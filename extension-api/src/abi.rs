@@ -13,7 +13,7 @@ use std::ffi::c_void;
 
 /// Version of the layouts in this module. Bump it on any change to them or to the meaning of
 /// a call, a status code or a [`crate::wire`] type.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// Name of the static every extension library exports (see [`crate::export_extension!`]).
 pub const DESCRIPTOR_SYMBOL: &str = "EXTENSION_DESCRIPTOR";
@@ -198,12 +198,40 @@ pub struct Descriptor {
     pub deliver: unsafe extern "C" fn(instance: InstancePtr, message: *const RawMessage) -> u32,
     /// Stops everything the instance runs and frees it. The pointer is dead afterwards.
     pub destroy: unsafe extern "C" fn(instance: InstancePtr) -> u32,
+    /// The files of the extension's web renderer (static data), `web_asset_count` of them;
+    /// null (and 0) when it has none. Built by `export_extension!(..., web = "DIR")`.
+    pub web_assets: *const WebAsset,
+    /// How many [`WebAsset`]s `web_assets` points to.
+    pub web_asset_count: usize,
 }
 
 // SAFETY: every pointer in a Descriptor points to immutable static data or code.
 unsafe impl Sync for Descriptor {}
 // SAFETY: as above; nothing in it is tied to a thread.
 unsafe impl Send for Descriptor {}
+
+/// One file of an extension's web renderer, embedded in its library: the host serves `bytes`
+/// at `/path` on the extension's origin. The entry module is the asset at `index.js`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct WebAsset {
+    /// UTF-8 path relative to the web renderer's directory, `/`-separated, with no empty, `.`
+    /// or `..` segment (static data).
+    pub path: RawSlice,
+    /// The file's contents (static data).
+    pub bytes: RawSlice,
+}
+
+// SAFETY: a WebAsset points to immutable static data only.
+unsafe impl Sync for WebAsset {}
+// SAFETY: as above; nothing in it is tied to a thread.
+unsafe impl Send for WebAsset {}
+
+/// The most web assets a library may embed (the host refuses a longer table).
+pub const MAX_WEB_ASSETS: usize = 4096;
+
+/// The name of the web renderer's entry module, at the root of its directory.
+pub const WEB_ENTRY: &str = "index.js";
 
 /// Makes a [`RawSlice`] of static string data, for descriptors built in `const` context.
 pub const fn static_str(s: &'static str) -> RawSlice {

@@ -57,6 +57,18 @@ impl RendererExtension for NoRenderer {
 /// renderer = R)` both; `export_extension!(name = "n", main = M, renderer = R)` also sets the
 /// name.
 ///
+/// A last argument `web = "DIR"` embeds a **web renderer**: the files of the directory `DIR`
+/// (relative to the crate's directory, where its `Cargo.toml` is), which the host serves to
+/// web frames, with `DIR/index.js` as the entry module (an ES module exporting
+/// `activate(ipc)`). The files are embedded in the library, so the one `.so` file is still the
+/// whole extension. They are read at compile time: a missing directory, no `index.js` at its
+/// root, a symbolic link, a name that is not UTF-8 or starts with `.`, a file over 16 MiB or
+/// more than 4096 files is a compile error naming the path. Cargo rebuilds the crate when an
+/// embedded file changes; it cannot see a file *added* to the directory (or removed) unless
+/// something tells it: touch a source file, or give the crate a `build.rs` containing
+/// `fn main() { println!("cargo::rerun-if-changed=web"); }`, which makes cargo watch the whole
+/// directory.
+///
 /// ```
 /// use extension_api::{BoxError, Main, MainExtension, Renderer, RendererExtension};
 ///
@@ -76,34 +88,50 @@ impl RendererExtension for NoRenderer {
 ///
 /// extension_api::export_extension!(name = "hello", main = HelloMain, renderer = HelloRenderer);
 /// assert_eq!(EXTENSION_DESCRIPTOR.abi_version, extension_api::abi::ABI_VERSION);
+/// assert_eq!(EXTENSION_DESCRIPTOR.web_asset_count, 0);
+/// ```
+///
+/// With a web renderer (`web/index.js` in the crate, and whatever it imports):
+///
+/// ```text
+/// extension_api::export_extension!(main = HelloMain, renderer = HelloRenderer, web = "web");
 /// ```
 #[macro_export]
 macro_rules! export_extension {
-    (main = $main:ty, renderer = $renderer:ty $(,)?) => {
+    (main = $main:ty, renderer = $renderer:ty $(, web = $web:literal)? $(,)?) => {
         $crate::export_extension!(
             name = env!("CARGO_PKG_NAME"),
             main = $main,
-            renderer = $renderer,
+            renderer = $renderer
+            $(, web = $web)?
         );
     };
-    (main = $main:ty $(,)?) => {
-        $crate::export_extension!(main = $main, renderer = $crate::NoRenderer);
+    (main = $main:ty $(, web = $web:literal)? $(,)?) => {
+        $crate::export_extension!(main = $main, renderer = $crate::NoRenderer $(, web = $web)?);
     };
-    (name = $name:expr, main = $main:ty $(, renderer = $renderer:ty)? $(,)?) => {
-        $crate::export_extension!(@export $name, $main, ($($renderer)?));
+    (name = $name:expr, main = $main:ty $(, renderer = $renderer:ty)? $(, web = $web:literal)? $(,)?) => {
+        $crate::export_extension!(@export $name, $main, ($($renderer)?), ($($web)?));
     };
-    (@export $name:expr, $main:ty, ()) => {
-        $crate::export_extension!(@export $name, $main, ($crate::NoRenderer));
+    (@export $name:expr, $main:ty, (), $web:tt) => {
+        $crate::export_extension!(@export $name, $main, ($crate::NoRenderer), $web);
     };
-    (@export $name:expr, $main:ty, ($renderer:ty)) => {
+    (@export $name:expr, $main:ty, ($renderer:ty), ()) => {
         #[unsafe(no_mangle)]
         pub static EXTENSION_DESCRIPTOR: $crate::abi::Descriptor =
             $crate::__private::descriptor::<$main, $renderer>($name, env!("CARGO_PKG_VERSION"));
     };
+    (@export $name:expr, $main:ty, ($renderer:ty), ($web:literal)) => {
+        #[unsafe(no_mangle)]
+        pub static EXTENSION_DESCRIPTOR: $crate::abi::Descriptor = $crate::__private::with_web_assets(
+            $crate::__private::descriptor::<$main, $renderer>($name, env!("CARGO_PKG_VERSION")),
+            $crate::__private::web_assets!($crate, $web),
+        );
+    };
     ($($anything:tt)*) => {
         compile_error!(
-            "export_extension! takes `main = MainType`, optionally `renderer = RendererType`, and \
-             optionally `name = \"...\"` first: export_extension!(main = MyMain, renderer = MyRenderer)"
+            "export_extension! takes `main = MainType`, optionally `renderer = RendererType`, optionally \
+             `name = \"...\"` first and `web = \"dir\"` last: \
+             export_extension!(main = MyMain, renderer = MyRenderer, web = \"web\")"
         );
     };
 }

@@ -64,7 +64,8 @@ pub use extension_api_macros::exposed;
 /// Used by [`export_extension!`] and [`exposed`]; not part of the API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::runtime::export::descriptor;
+    pub use crate::runtime::export::{descriptor, with_web_assets};
+    pub use extension_api_macros::web_assets;
 
     /// The error type of exposed functions' handlers: they cannot fail (their failures are
     /// `InvokeError`s: panics, timeouts, ...).

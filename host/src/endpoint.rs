@@ -129,6 +129,14 @@ impl Endpoint {
         }
     }
 
+    /// The instance went away on its own (a web page's socket closed): nothing more is sent
+    /// to it, it speaks for no half, and every command still waiting fails with `reason`.
+    pub(crate) fn retire(&self, reason: &str) {
+        self.destroyed.store(true, Ordering::Release);
+        self.peers.write().unwrap_or_else(PoisonError::into_inner).clear();
+        self.fail_completions(reason);
+    }
+
     /// Stops the instance for good: every task of the extension is dropped (its thread joined,
     /// or its process told to). Returns false if it did not stop cleanly in time.
     pub(crate) async fn destroy(&self) -> bool {

@@ -192,6 +192,64 @@ pub enum MetadataProblem {
         /// What the semver parser said.
         reason: String,
     },
+    /// The web asset table says it has entries but its pointer is null or misaligned.
+    #[error("the web asset table pointer is invalid (for {count} assets)")]
+    InvalidWebAssetTable {
+        /// How many assets the descriptor says there are.
+        count: usize,
+    },
+    /// The web asset table is longer than [`extension_api::abi::MAX_WEB_ASSETS`].
+    #[error("the library embeds {count} web assets; at most {max} are allowed")]
+    TooManyWebAssets {
+        /// How many assets the descriptor says there are.
+        count: usize,
+        /// The most the host accepts.
+        max: usize,
+    },
+    /// A web asset's path or bytes buffer is invalid.
+    #[error("web asset {index}'s path or bytes pointer is invalid")]
+    InvalidWebAssetPointer {
+        /// Its place in the table.
+        index: usize,
+    },
+    /// A web asset's path is not UTF-8.
+    #[error("web asset {index}'s path is not UTF-8")]
+    WebAssetPathNotUtf8 {
+        /// Its place in the table.
+        index: usize,
+    },
+    /// A web asset's path is not a plain relative path.
+    #[error("the web asset path `{path}` is refused: {problem}")]
+    InvalidWebAssetPath {
+        /// The path as the library gives it.
+        path: String,
+        /// What is wrong with it.
+        problem: WebPathProblem,
+    },
+    /// Two web assets have the same path.
+    #[error("the web asset path `{path}` appears twice")]
+    DuplicateWebAsset {
+        /// The path.
+        path: String,
+    },
+    /// The web renderer has no entry module.
+    #[error("the web renderer has no `index.js` (its entry module)")]
+    NoWebEntry,
+}
+
+/// What is wrong with a web asset's path ([`MetadataProblem::InvalidWebAssetPath`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WebPathProblem {
+    /// It starts with `/`.
+    #[error("it is absolute (paths are relative to the web renderer's directory)")]
+    Absolute,
+    /// It is empty, or has an empty segment (`a//b`, a trailing `/`).
+    #[error("it has an empty segment")]
+    EmptySegment,
+    /// It has a `.` or `..` segment.
+    #[error("it has a `.` or `..` segment")]
+    DotSegment,
 }
 
 /// A text field of a library's descriptor.
@@ -234,6 +292,9 @@ pub enum HostError {
         /// Its `activate`'s error or panic, a timeout, or why its process did not start.
         reason: String,
     },
+    /// The web server could not start (see [`Host::serve_web`](crate::Host::serve_web)).
+    #[error("cannot serve web frames: {0}")]
+    WebServer(#[from] crate::web::WebStartError),
     /// No frame of this number is open.
     #[error("no frame {0} is open")]
     UnknownFrame(u64),

@@ -135,6 +135,20 @@ pub enum HostEvent {
         /// The frame's number.
         frame: u64,
     },
+    /// A web frame's page ended its connection (a tab closed or reloaded, an iframe navigated:
+    /// `lost` false) or lost it (`lost` true): the extension's half there is gone, its requests
+    /// failed (`FrameClosed`, `ConnectionLost`), and main told. The frame stays open; the page
+    /// may connect again with its token, and its half then starts again.
+    WebRendererClosed {
+        /// The extension.
+        extension: String,
+        /// The web frame.
+        frame: u64,
+        /// Whether the connection was lost rather than closed.
+        lost: bool,
+        /// Why, in words.
+        reason: String,
+    },
     /// A rebuilt library was swapped in ([`crate::Host::reload`]): the old version was
     /// deactivated and, if it was running, the new one activated, in main and every open frame.
     ExtensionReloaded {

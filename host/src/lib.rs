@@ -33,6 +33,8 @@ mod storage;
 pub mod testing;
 mod transport;
 pub mod watch;
+mod web;
+mod web_assets;
 
 /// The child protocol's plain data, for tooling that speaks it (the suite's rogue child, the
 /// benchmark, the fuzz targets): no part of the host's API.
@@ -52,16 +54,20 @@ pub fn run_child(socket: &std::path::Path, token: &str) -> std::process::ExitCod
 
 pub use error::{
     ChildStartError, ElfPart, HostError, LoadError, MetadataField, MetadataProblem, NotALibraryReason, Operation,
-    Refusal, ReloadError,
+    Refusal, ReloadError, WebPathProblem,
 };
 pub use events::{HostEvent, LogRecord, ObservedBroadcast, OneLine};
 pub use host::{
     CrashBudget, DeactivateReport, ExtensionSnapshot, ExtensionState, FrameKind, FrameSnapshot, Host, HostConfig,
     HostSnapshot, ProcessUsage, StorageConfig, default_data_dir,
 };
+#[doc(hidden)]
+pub use library::web_assets_of;
 pub use library::{LibraryInfo, check};
 pub use storage::StorageUsage;
 pub use watch::{LibraryWatcher, WatchError};
+pub use web::{WebConfig, WebServer, WebStartError};
+pub use web_assets::WebAssets;
 
 pub use extension_api::wire::{
     Busy, ChannelKind, ChannelStats, HalfSnapshot, InstanceSnapshot, MailboxLimit, SlowHandler,

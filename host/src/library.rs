@@ -4,13 +4,16 @@
 //! the same path runs the new code, and is never unmapped (unloading a Rust cdylib is unsound
 //! once its thread-local destructors may be registered).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use extension_api::abi::{ABI_VERSION, DESCRIPTOR_SYMBOL, Descriptor, RawSlice};
+use extension_api::abi::{ABI_VERSION, DESCRIPTOR_SYMBOL, Descriptor, MAX_WEB_ASSETS, RawSlice, WEB_ENTRY, WebAsset};
 use serde::Serialize;
 
-use crate::error::{ElfPart, LoadError, MetadataField, MetadataProblem, NotALibraryReason};
+use crate::error::{ElfPart, LoadError, MetadataField, MetadataProblem, NotALibraryReason, WebPathProblem};
 use crate::private_dir::PrivateDir;
+use crate::web_assets::WebAssets;
 
 /// What a library says about itself.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -25,6 +28,9 @@ pub struct LibraryInfo {
     pub abi_version: u32,
     /// Whether it was built without optimisations (a debug build).
     pub debug_build: bool,
+    /// Whether it embeds a web renderer (`export_extension!(..., web = "DIR")`), which runs in
+    /// web frames.
+    pub web_renderer: bool,
     /// The file it was loaded from (not the private copy the host mapped).
     pub path: PathBuf,
 }
@@ -34,11 +40,18 @@ pub struct LibraryInfo {
 pub(crate) struct Library {
     pub(crate) info: LibraryInfo,
     pub(crate) descriptor: &'static Descriptor,
+    /// Its web renderer's files, read and validated at load; `None` when it has none.
+    web_assets: Option<Arc<WebAssets>>,
     /// The private copy's directory, kept for profilers (`EXTENSION_HOST_KEEP_COPIES`).
     kept_copy: Option<PathBuf>,
 }
 
 impl Library {
+    /// Its web renderer's files, if it has a web renderer.
+    pub(crate) fn web_assets(&self) -> Option<&Arc<WebAssets>> {
+        self.web_assets.as_ref()
+    }
+
     /// For a library refused after loading (a duplicate name): removes its kept copy, if any.
     pub(crate) fn discard_copy(&self) {
         if let Some(dir) = &self.kept_copy {
@@ -227,7 +240,10 @@ fn open(path: &Path, copy: &Path) -> Result<Library, LoadError> {
     // it lives as long as the (never unmapped) library.
     let descriptor: &'static Descriptor = unsafe { &*address.cast::<Descriptor>() };
     let info = read_info(path, descriptor)?;
-    Ok(Library { info, descriptor, kept_copy: None })
+    let web_assets = read_web_assets(descriptor)
+        .map_err(|problem| LoadError::InvalidMetadata { path: path.to_owned(), problem })?
+        .map(Arc::new);
+    Ok(Library { info, descriptor, web_assets, kept_copy: None })
 }
 
 /// Why a file's header says it cannot be a library for this host, in plain words; `None` if
@@ -287,8 +303,67 @@ fn read_info(path: &Path, descriptor: &'static Descriptor) -> Result<LibraryInfo
         api_version: text(descriptor.api_version, MetadataField::ApiVersion)?,
         abi_version: descriptor.abi_version,
         debug_build: descriptor.debug_build != 0,
+        web_renderer: descriptor.web_asset_count != 0,
         path: path.to_owned(),
     })
+}
+
+/// Reads the descriptor's web asset table: `None` when it has none; refused unless every path
+/// is a plain relative one (`/`-separated, no empty, `.` or `..` segment), UTF-8 and unique,
+/// there are at most [`MAX_WEB_ASSETS`], and the entry module is among them.
+fn read_web_assets(descriptor: &'static Descriptor) -> Result<Option<WebAssets>, MetadataProblem> {
+    let count = descriptor.web_asset_count;
+    if count == 0 {
+        return Ok(None);
+    }
+    if count > MAX_WEB_ASSETS {
+        return Err(MetadataProblem::TooManyWebAssets { count, max: MAX_WEB_ASSETS });
+    }
+    let table = descriptor.web_assets;
+    if table.is_null() || !table.is_aligned() {
+        return Err(MetadataProblem::InvalidWebAssetTable { count });
+    }
+    // SAFETY: non-null and aligned; the ABI's contract is that it points to `count` (at most
+    // MAX_WEB_ASSETS) WebAssets in the library's static data, mapped forever.
+    let table: &'static [WebAsset] = unsafe { std::slice::from_raw_parts(table, count) };
+    let mut files = BTreeMap::new();
+    for (index, asset) in table.iter().enumerate() {
+        // SAFETY: an asset's buffers point to the library's static data, mapped forever.
+        let (path, bytes) = unsafe { (asset.path.as_bytes(), asset.bytes.as_bytes()) };
+        let (Some(path), Some(bytes)) = (path, bytes) else {
+            return Err(MetadataProblem::InvalidWebAssetPointer { index });
+        };
+        let path = std::str::from_utf8(path).map_err(|_| MetadataProblem::WebAssetPathNotUtf8 { index })?;
+        if let Some(problem) = web_path_problem(path) {
+            return Err(MetadataProblem::InvalidWebAssetPath { path: path.to_owned(), problem });
+        }
+        if files.insert(path.to_owned(), bytes).is_some() {
+            return Err(MetadataProblem::DuplicateWebAsset { path: path.to_owned() });
+        }
+    }
+    if !files.contains_key(WEB_ENTRY) {
+        return Err(MetadataProblem::NoWebEntry);
+    }
+    Ok(Some(WebAssets::new(files)))
+}
+
+/// What makes `path` other than a plain relative path, if anything.
+fn web_path_problem(path: &str) -> Option<WebPathProblem> {
+    if path.starts_with('/') {
+        return Some(WebPathProblem::Absolute);
+    }
+    path.split('/').find_map(|segment| match segment {
+        "" => Some(WebPathProblem::EmptySegment),
+        "." | ".." => Some(WebPathProblem::DotSegment),
+        _ => None,
+    })
+}
+
+/// The web renderer files of the library at `path` (loading it as [`check`] does), for tests
+/// and tools that look inside a library; `None` when it has no web renderer.
+#[doc(hidden)]
+pub fn web_assets_of(path: &Path) -> Result<Option<Arc<WebAssets>>, LoadError> {
+    load(path).map(|library| library.web_assets().cloned())
 }
 
 /// Loads `path` and reports what it is, for `host check`.
@@ -298,9 +373,9 @@ pub fn check(path: &Path) -> Result<LibraryInfo, LoadError> {
 
 #[cfg(test)]
 mod tests {
-    use extension_api::abi::{self, Descriptor, HostVTable, InstancePtr, RawMessage, RawSlice};
+    use extension_api::abi::{self, Descriptor, HostVTable, InstancePtr, RawMessage, RawSlice, WebAsset};
 
-    use super::{Layout, elf_layout, read_info, wrong_platform};
+    use super::{Layout, elf_layout, read_info, read_web_assets, wrong_platform};
     use crate::error::{ElfPart, LoadError, MetadataField, MetadataProblem, NotALibraryReason};
 
     unsafe extern "C" fn instantiate(_: *const HostVTable, _: u64, _: RawSlice) -> InstancePtr {
@@ -328,6 +403,8 @@ mod tests {
             control,
             deliver,
             destroy,
+            web_assets: std::ptr::null(),
+            web_asset_count: 0,
         }));
         match read_info(std::path::Path::new("libcrafted.so"), descriptor) {
             Ok(_) => None,
@@ -347,6 +424,90 @@ mod tests {
         assert_eq!(version, "one");
         let message = MetadataProblem::NotSemver { version, reason }.to_string();
         assert!(message.starts_with("the version `one` is not semver: "), "{message}");
+    }
+
+    /// What `read_web_assets` says of a descriptor with this table (`count` overrides its length).
+    fn web_problem_of(table: &[(&[u8], &'static [u8])], count: Option<usize>) -> Result<Vec<String>, MetadataProblem> {
+        let table: &'static [WebAsset] = Box::leak(
+            table
+                .iter()
+                .map(|(path, bytes)| WebAsset {
+                    path: RawSlice::new(path.to_vec().leak()),
+                    bytes: RawSlice::new(bytes),
+                })
+                .collect(),
+        );
+        let descriptor: &'static Descriptor = Box::leak(Box::new(Descriptor {
+            abi_version: abi::ABI_VERSION,
+            debug_build: 0,
+            name: abi::static_str("probe"),
+            version: abi::static_str("1.0.0"),
+            api_version: abi::static_str("0.1.0"),
+            instantiate,
+            control,
+            deliver,
+            destroy,
+            web_assets: if table.is_empty() { std::ptr::null() } else { table.as_ptr() },
+            web_asset_count: count.unwrap_or(table.len()),
+        }));
+        let assets = read_web_assets(descriptor)?;
+        Ok(assets.map(|assets| assets.paths().map(str::to_owned).collect()).unwrap_or_default())
+    }
+
+    #[test]
+    fn each_web_asset_table_problem_is_named() {
+        use crate::error::WebPathProblem::{Absolute, DotSegment, EmptySegment};
+        let index: (&[u8], &[u8]) = (b"index.js", b"export async function activate() {}");
+        assert_eq!(web_problem_of(&[], None), Ok(vec![]));
+        assert_eq!(
+            web_problem_of(&[(b"css/a.css", b""), index], None),
+            Ok(vec!["css/a.css".into(), "index.js".into()])
+        );
+        assert_eq!(web_problem_of(&[(b"main.js", b"")], None), Err(MetadataProblem::NoWebEntry));
+        let path = |path: &str, problem| Err(MetadataProblem::InvalidWebAssetPath { path: path.into(), problem });
+        assert_eq!(web_problem_of(&[index, (b"/etc/passwd", b"")], None), path("/etc/passwd", Absolute));
+        assert_eq!(web_problem_of(&[index, (b"../secret", b"")], None), path("../secret", DotSegment));
+        assert_eq!(web_problem_of(&[index, (b"a/./b", b"")], None), path("a/./b", DotSegment));
+        assert_eq!(web_problem_of(&[index, (b"a//b", b"")], None), path("a//b", EmptySegment));
+        assert_eq!(web_problem_of(&[index, (b"dir/", b"")], None), path("dir/", EmptySegment));
+        assert_eq!(web_problem_of(&[index, (b"", b"")], None), path("", EmptySegment));
+        assert_eq!(
+            web_problem_of(&[index, (b"\xff.js", b"")], None),
+            Err(MetadataProblem::WebAssetPathNotUtf8 { index: 1 })
+        );
+        assert_eq!(
+            web_problem_of(&[index, index], None),
+            Err(MetadataProblem::DuplicateWebAsset { path: "index.js".into() })
+        );
+        assert_eq!(web_problem_of(&[], Some(2)), Err(MetadataProblem::InvalidWebAssetTable { count: 2 }));
+        assert_eq!(
+            web_problem_of(&[index], Some(abi::MAX_WEB_ASSETS + 1)),
+            Err(MetadataProblem::TooManyWebAssets { count: abi::MAX_WEB_ASSETS + 1, max: abi::MAX_WEB_ASSETS })
+        );
+        let message = MetadataProblem::InvalidWebAssetPath { path: "../x".into(), problem: DotSegment }.to_string();
+        assert_eq!(message, "the web asset path `../x` is refused: it has a `.` or `..` segment");
+    }
+
+    #[test]
+    fn a_web_asset_with_an_invalid_buffer_is_named_by_index() {
+        static TABLE: [WebAsset; 2] = [
+            WebAsset { path: abi::static_str("index.js"), bytes: RawSlice::EMPTY },
+            WebAsset { path: RawSlice { ptr: std::ptr::null(), len: 3 }, bytes: RawSlice::EMPTY },
+        ];
+        let descriptor: &'static Descriptor = Box::leak(Box::new(Descriptor {
+            abi_version: abi::ABI_VERSION,
+            debug_build: 0,
+            name: abi::static_str("probe"),
+            version: abi::static_str("1.0.0"),
+            api_version: abi::static_str("0.1.0"),
+            instantiate,
+            control,
+            deliver,
+            destroy,
+            web_assets: TABLE.as_ptr(),
+            web_asset_count: 2,
+        }));
+        assert_eq!(read_web_assets(descriptor), Err(MetadataProblem::InvalidWebAssetPointer { index: 1 }));
     }
 
     /// `elf_layout` of `bytes`, written to a file (the test binary itself is a 64-bit ELF).

@@ -17,7 +17,12 @@ pub(crate) struct Console {
 
 impl Console {
     pub(crate) async fn start(crates: &[&str]) -> Console {
-        let mut child = spawn_console(&["--frames", "1"], crates);
+        Console::start_with(&["--frames", "1"], crates).await
+    }
+
+    /// `host run --console ARGS` with the libraries of `crates`.
+    pub(crate) async fn start_with(args: &[&str], crates: &[&str]) -> Console {
+        let mut child = spawn_console(args, crates);
         let stdin = child.stdin.take().unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut console =

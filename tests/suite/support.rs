@@ -32,6 +32,7 @@ const CRATES: &[&str] = &[
     "sizes",
     "keeper",
     "keeper-twin",
+    "web-bad-table",
     "webprobe",
     "xtask",
 ];

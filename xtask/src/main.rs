@@ -15,15 +15,20 @@
 //!   reloads each new build.
 //! - `fuzz [TARGET] [--seconds N] [--asan]`: runs the cargo-fuzz targets in `fuzz/` on the
 //!   stable toolchain (installs cargo-fuzz if missing); see `fuzz/README.md`.
+//! - `web build | check | test`: the JavaScript side in `host/web/` (`web.rs`): bundle the
+//!   vendored `@msgpack/msgpack` from the lock file, check the committed bundle equals a fresh
+//!   one, run the client's Node tests.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod dev;
 mod test;
+mod web;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "Project automation for the extension host")]
@@ -36,8 +41,8 @@ struct Cli {
 enum Task {
     /// Build the samples and run the host with them (two frames, a few seconds).
     Demo {
-        /// How long the host runs, in seconds.
-        #[arg(long, default_value_t = 2.0)]
+        /// How long the host runs, in seconds (long enough for a browser to join its web frame).
+        #[arg(long, default_value_t = 6.0)]
         seconds: f64,
     },
     /// Run the whole test suite, browser tests included (installs Chromium and Node.js with
@@ -98,6 +103,12 @@ enum Task {
         #[arg(long)]
         asan: bool,
     },
+    /// The JavaScript side in `host/web/`: `build` (the vendored bundle), `check` (it equals a
+    /// fresh build of the lock file), `test` (the client's Node tests).
+    Web {
+        #[command(subcommand)]
+        action: web::Action,
+    },
 }
 
 /// The sample extensions the demo runs: `hello` and its twin with the same channel names,
@@ -114,6 +125,7 @@ fn main() -> Result<()> {
         Task::NewExtension { name, dir } => new_extension(&name, dir),
         Task::Dev { name, host_args } => dev::run(&name, &host_args),
         Task::Fuzz { target, seconds, asan } => fuzz(target.as_deref(), seconds, asan),
+        Task::Web { action } => web::run(&action),
         Task::Ci => {
             cargo(&["fmt", "--all", "--", "--check"])?;
             cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
@@ -139,14 +151,76 @@ fn demo(seconds: f64) -> Result<()> {
     let target = target_dir();
     let mut host = Command::new(target.join("debug").join(format!("host{}", std::env::consts::EXE_SUFFIX)));
     host.current_dir(workspace_root());
-    host.args(["run", "--frames", "1", "--child-frames", "1", "--duration", &seconds.to_string()]);
+    host.args(["run", "--frames", "1", "--child-frames", "1", "--web", "127.0.0.1:0", "--duration"]);
+    host.arg(seconds.to_string());
     for sample in SAMPLES {
         host.arg(target.join("debug").join(library_file_name(sample)));
     }
     if std::env::var_os("RUST_LOG").is_none() {
         host.env("RUST_LOG", "info");
     }
-    run(&mut host)
+    host.stdout(Stdio::piped());
+    let mut running = host.spawn().with_context(|| format!("cannot start {host:?}"))?;
+    // The host prints `web frames: URL` once it serves them: a headless Chromium opens that
+    // page, so the log shows the web frame's renderers too. A person can open it as well.
+    let mut browser = None;
+    if let Some(stdout) = running.stdout.take() {
+        for line in BufReader::new(stdout).lines() {
+            let line = line.context("reading the host's output")?;
+            println!("{line}");
+            if let Some(url) = line.strip_prefix("web frames: ") {
+                browser = join_web_frame(url);
+            }
+        }
+    }
+    let status = running.wait().context("waiting for the host")?;
+    if let Some(mut browser) = browser {
+        let _ = browser.kill();
+        let _ = browser.wait();
+    }
+    if !status.success() {
+        bail!("the host failed with {status}");
+    }
+    Ok(())
+}
+
+/// Opens `url` in a headless Chromium with a profile of its own (removed when the demo ends);
+/// `None`, after saying so, where there is no Chromium: the web frame is still served.
+fn join_web_frame(url: &str) -> Option<std::process::Child> {
+    let chromium = std::env::var_os("CHROMIUM").map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
+    if !chromium.exists() {
+        println!("(no Chromium at {}: open {url} in a browser to see the web frame)", chromium.display());
+        return None;
+    }
+    let profile = std::env::temp_dir().join(format!("xtask-demo-chromium-{}", std::process::id()));
+    let mut command = Command::new(&chromium);
+    command
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            // Headless Chromium needs a DevTools endpoint to stay open on a page.
+            "--remote-debugging-port=0",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    match command.spawn() {
+        Ok(child) => {
+            println!("(a headless Chromium opened {url})");
+            Some(child)
+        }
+        Err(error) => {
+            println!("(could not start {}: {error}; open {url} in a browser to see the web frame)", chromium.display());
+            None
+        }
+    }
 }
 
 /// What the benchmarks load, besides their runner.

@@ -23,11 +23,11 @@ pub fn run() -> Result<()> {
     crate::run(&mut command)
 }
 
-/// The web client's checks (piece B's `cargo xtask web check` and `cargo xtask web test`),
-/// called as functions once `xtask/src/web.rs` exists.
-// CALL SITE (web frames, phase 2): connect `crate::web::check()` and `crate::web::test()` here.
+/// The web client's checks: `cargo xtask web check` (the vendored bundle equals a fresh build
+/// of the lock file) and `cargo xtask web test` (the client's Node tests).
 fn web_checks() -> Result<()> {
-    Ok(())
+    crate::web::run(&crate::web::Action::Check)?;
+    crate::web::run(&crate::web::Action::Test)
 }
 
 /// The Chromium binary the browser tests drive: `$CHROMIUM` if set (it must run), else

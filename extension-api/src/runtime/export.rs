@@ -5,7 +5,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use futures_util::future::BoxFuture;
 
-use crate::abi::{self, ABI_VERSION, Descriptor, HostVTable, InstancePtr, RawMessage, RawSlice, static_str};
+use crate::abi::{self, ABI_VERSION, Descriptor, HostVTable, InstancePtr, RawMessage, RawSlice, WebAsset, static_str};
 use crate::error::BoxError;
 use crate::extension::{MainExtension, RendererExtension};
 use crate::ipc::{Main, Renderer};
@@ -33,7 +33,15 @@ pub const fn descriptor<M: MainExtension, R: RendererExtension>(
         control,
         deliver,
         destroy,
+        web_assets: std::ptr::null(),
+        web_asset_count: 0,
     }
+}
+
+/// `descriptor` with the web renderer `assets` (from the `web_assets!` macro).
+/// Used by [`crate::export_extension!`]; not meant to be called directly.
+pub const fn with_web_assets(descriptor: Descriptor, assets: &'static [WebAsset]) -> Descriptor {
+    Descriptor { web_assets: assets.as_ptr(), web_asset_count: assets.len(), ..descriptor }
 }
 
 fn activate_main<M: MainExtension>(ipc: Main) -> BoxFuture<'static, Result<Deactivator, BoxError>> {

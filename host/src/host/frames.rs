@@ -18,16 +18,26 @@ use crate::events::HostEvent;
 use crate::instances;
 use crate::link::Link;
 use crate::remote::Role;
+use crate::web::WebFrame;
 
 impl Host {
-    pub(super) async fn open_frame_locked(&self, kind: FrameKind) -> Result<FrameId, HostError> {
+    pub(super) async fn open_frame_locked(
+        &self,
+        kind: FrameKind,
+        web: Option<Arc<WebFrame>>,
+    ) -> Result<FrameId, HostError> {
         let frame = self.inner.next_frame.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let process = match kind {
-            FrameKind::InProcess => None,
+            FrameKind::InProcess | FrameKind::Web => None,
             FrameKind::ChildProcess => Some(self.spawn_child(Role::Frame(frame)).await?),
         };
-        let entry = Frame { kind, process, crashes: CrashLog::default(), restarts: 0, problem: None };
+        let shell = web.clone();
+        let entry = Frame { kind, process, crashes: CrashLog::default(), restarts: 0, problem: None, web };
         lock(&self.inner.frames).insert(frame, entry);
+        // The shell learns its number once the frame is listed, before any iframe.
+        if let Some(shell) = shell {
+            shell.announce(frame);
+        }
         self.start_renderers(frame).await;
         Ok(FrameId(frame))
     }
@@ -37,6 +47,9 @@ impl Host {
         self.stop_renderers(frame).await;
         if let Some(process) = entry.process {
             process.end().await;
+        }
+        if let Some(web) = entry.web {
+            web.close(frame);
         }
         Ok(())
     }
@@ -71,30 +84,59 @@ impl Host {
     }
 
     /// The endpoint that will run `name`'s renderer half in `frame`: the main half's for an
-    /// in-process frame, a new instance in the renderer process for a child-process frame.
-    async fn renderer_endpoint(&self, name: &str, link: &Arc<Link>, frame: Peer) -> Result<Arc<Endpoint>, String> {
-        let (kind, process) = {
+    /// in-process frame, a new instance in the renderer process for a child-process frame,
+    /// the page's connection for a web frame (`None`: the extension has no web renderer, so
+    /// no half there).
+    async fn renderer_endpoint(
+        &self,
+        name: &str,
+        link: &Arc<Link>,
+        frame: Peer,
+    ) -> Result<Option<Arc<Endpoint>>, String> {
+        let (kind, process, web) = {
             let frames = lock(&self.inner.frames);
             let entry = frames.get(&frame).ok_or("the frame is closed")?;
-            (entry.kind, entry.process.clone())
+            (entry.kind, entry.process.clone(), entry.web.clone())
         };
         let main = link.endpoint_of(PEER_MAIN).ok_or("the main half is gone")?;
-        if kind == FrameKind::InProcess {
-            return Ok(main);
-        }
-        let process =
-            process.filter(|process| !process.is_closed()).ok_or("the frame's renderer process is not running")?;
-        let path = lock(&self.inner.extensions)
-            .get(name)
-            .map(|entry| entry.library.info.path.clone())
-            .ok_or("the extension was uninstalled")?;
         let config = &self.inner.config;
-        let endpoint =
-            instances::start_in_child(link, &process, &path, self.instance_config(&link.name), config.activate_timeout)
+        let endpoint = match (kind, web) {
+            (FrameKind::InProcess, _) => return Ok(Some(main)),
+            (FrameKind::Web, Some(web)) => {
+                if !web.has_renderer(name) {
+                    return Ok(None);
+                }
+                web.connect_renderer(name, link, frame, config.activate_timeout).await?
+            }
+            (FrameKind::Web, None) => return Err("the web frame has no shell".to_owned()),
+            (FrameKind::ChildProcess, _) => {
+                let process = process
+                    .filter(|process| !process.is_closed())
+                    .ok_or("the frame's renderer process is not running")?;
+                let path = lock(&self.inner.extensions)
+                    .get(name)
+                    .map(|entry| entry.library.info.path.clone())
+                    .ok_or("the extension was uninstalled")?;
+                instances::start_in_child(
+                    link,
+                    &process,
+                    &path,
+                    self.instance_config(&link.name),
+                    config.activate_timeout,
+                )
                 .await
-                .map_err(|error| error.to_string())?;
+                .map_err(|error| error.to_string())?
+            }
+        };
+        self.seed_endpoint(link, &main, &endpoint).await?;
+        Ok(Some(endpoint))
+    }
+
+    /// Joins an instance without main (a renderer process's, a page's) to the namespace, its
+    /// replicas seeded from main's before any half opens there.
+    async fn seed_endpoint(&self, link: &Link, main: &Endpoint, endpoint: &Arc<Endpoint>) -> Result<(), String> {
+        let config = &self.inner.config;
         link.add_endpoint(endpoint.clone());
-        // The renderer process's replica starts from main's, before any frame opens there.
         let snapshot = main.control(|completion| Control::StoreSnapshot { completion }, config.activate_timeout).await;
         let seeded = match snapshot {
             Ok(Completion::StoreSnapshot(snapshot)) => {
@@ -120,20 +162,47 @@ impl Host {
             other => other,
         };
         if let Some(problem) = completion_problem("seeding the store", seeded) {
-            instances::destroy(link, &endpoint).await;
+            instances::destroy(link, endpoint).await;
             return Err(problem);
         }
-        Ok(endpoint)
+        Ok(())
     }
 
     pub(super) async fn open_renderer(&self, name: &str, link: &Arc<Link>, frame: Peer) {
         let endpoint = match self.renderer_endpoint(name, link, frame).await {
-            Ok(endpoint) => endpoint,
+            Ok(Some(endpoint)) => endpoint,
+            Ok(None) => return,
             Err(problem) => {
                 self.record_frame_error(name, frame, format!("renderer could not start: {problem}"));
                 return;
             }
         };
+        self.run_renderer(name, link, frame, endpoint).await;
+    }
+
+    /// A web frame's page reconnected with its token (it reloaded): its half starts again,
+    /// if the frame is still open and the extension still active.
+    pub(super) async fn restart_web_half(&self, name: &str, frame: Peer, endpoint: Arc<Endpoint>) {
+        let open = lock(&self.inner.frames).contains_key(&frame);
+        let link = self.active_link(name).ok().filter(|_| open);
+        let main = link.as_ref().and_then(|link| link.endpoint_of(PEER_MAIN));
+        let (Some(link), Some(main)) = (link, main) else {
+            endpoint.destroy().await;
+            return;
+        };
+        if let Err(problem) = self.seed_endpoint(&link, &main, &endpoint).await {
+            self.record_frame_error(name, frame, format!("renderer could not start: {problem}"));
+            return;
+        }
+        if let Some(entry) = lock(&self.inner.extensions).get_mut(name) {
+            entry.frame_errors.remove(&frame);
+        }
+        self.run_renderer(name, &link, frame, endpoint).await;
+        tell_frames(&link).await;
+    }
+
+    /// Places `name`'s half in `frame` at `endpoint` and runs its `activate`.
+    async fn run_renderer(&self, name: &str, link: &Arc<Link>, frame: Peer, endpoint: Arc<Endpoint>) {
         // Routable before `activate` runs: a renderer may broadcast from its activate.
         endpoint.place(frame);
         let timeout = self.inner.config.activate_timeout;
@@ -233,8 +302,8 @@ impl Host {
     }
 }
 
-/// Whether `endpoint` is the instance a renderer process runs for this one frame (as opposed
-/// to the main half's instance, which outlives its frames).
+/// Whether `endpoint` is an instance for this one frame (a renderer process's, or a web
+/// page's), as opposed to the main half's instance, which outlives its frames.
 fn is_frame_instance(endpoint: &Endpoint, frame: Peer) -> bool {
-    endpoint.child_role() == Some(&Role::Frame(frame))
+    endpoint.transport().is_web() || endpoint.child_role() == Some(&Role::Frame(frame))
 }

@@ -36,6 +36,8 @@ use crate::library::{self, Library, LibraryInfo};
 use crate::link::Link;
 use crate::remote::Role;
 use crate::storage::{Limits, Storage};
+use crate::web::{WebConfig, WebFrame, WebServer};
+use crate::web_assets::WebAssets;
 use config::CrashLog;
 
 struct Entry {
@@ -48,6 +50,8 @@ struct Entry {
     /// The isolated extension's process, while it runs.
     process: Option<Arc<ChildProcess>>,
     crashes: CrashLog,
+    /// Its web renderer, if it has one (a web frame runs no half of it otherwise).
+    web_assets: Option<Arc<WebAssets>>,
 }
 
 struct Frame {
@@ -57,6 +61,8 @@ struct Frame {
     crashes: CrashLog,
     restarts: u32,
     problem: Option<String>,
+    /// A web frame's shell and server.
+    web: Option<Arc<WebFrame>>,
 }
 
 struct Inner {
@@ -143,6 +149,7 @@ impl Host {
                 existing: existing.library.info.path.clone(),
             });
         }
+        let web_assets = library.web_assets().cloned();
         extensions.insert(
             info.name.clone(),
             Entry {
@@ -154,6 +161,7 @@ impl Host {
                 isolated: false,
                 process: None,
                 crashes: CrashLog::default(),
+                web_assets,
             },
         );
         tracing::info!(extension = %info.name, version = %info.version, path = %path.display(), "loaded");
@@ -315,7 +323,7 @@ impl Host {
 
     /// Opens an in-process frame; every active extension's renderer half starts in it.
     pub async fn open_frame(&self) -> FrameId {
-        self.operation(|host| async move { host.open_frame_locked(FrameKind::InProcess).await })
+        self.operation(|host| async move { host.open_frame_locked(FrameKind::InProcess, None).await })
             .await
             .unwrap_or(FrameId(0))
     }
@@ -323,17 +331,45 @@ impl Host {
     /// Opens a frame in a renderer process of its own; every active extension's renderer half
     /// starts there. If that process crashes, the frame restarts (within the crash budget).
     pub async fn open_child_frame(&self) -> Result<FrameId, HostError> {
-        self.operation(|host| async move { host.open_frame_locked(FrameKind::ChildProcess).await }).await
+        self.operation(|host| async move { host.open_frame_locked(FrameKind::ChildProcess, None).await }).await
+    }
+
+    /// Serves web frames: an HTTP and WebSocket server on `config.addr` (loopback by default).
+    /// Every page that opens [`WebServer::url`] (the shell) is a frame of kind
+    /// [`FrameKind::Web`] while it stays open: each active extension with a web renderer runs
+    /// its renderer half there, in a sandboxed iframe on an origin of its own, connected with
+    /// a token bound to (frame, extension). See `docs/embedding.md`, "Serving web frames".
+    ///
+    /// Must be called within a Tokio runtime. Fails if the address cannot be bound, or is not
+    /// loopback without [`WebConfig::allow_remote`].
+    pub fn serve_web(&self, config: WebConfig) -> Result<WebServer, HostError> {
+        let hooks = Arc::new(WebHooksOf { host: self.weak() });
+        Ok(crate::web::serve(config, hooks)?)
+    }
+
+    /// Gives a loaded extension a web renderer, as if its library embedded these files (path
+    /// → bytes; `index.js`, the entry module, must be among them). The bytes are kept for the
+    /// life of the process, as a library's are. For the suite's protocol tests, which play the
+    /// page themselves: not part of the host's API.
+    #[doc(hidden)]
+    pub fn set_web_assets_for_testing(&self, name: &str, files: BTreeMap<String, Vec<u8>>) -> Result<(), HostError> {
+        let files = files.into_iter().map(|(path, bytes)| (path, &*Box::leak(bytes.into_boxed_slice()))).collect();
+        let mut extensions = lock(&self.inner.extensions);
+        let entry = extensions.get_mut(name).ok_or_else(|| HostError::UnknownExtension(name.to_owned()))?;
+        entry.web_assets = Some(Arc::new(WebAssets::new(files)));
+        Ok(())
     }
 
     /// Closes a frame: its renderer halves are deactivated and dropped; requests involving it
-    /// fail with [`InvokeErrorKind::FrameClosed`].
+    /// fail with [`InvokeErrorKind::FrameClosed`]. A web frame's shell is told to remove the
+    /// iframes, and its socket closes.
     pub async fn close_frame(&self, frame: FrameId) -> Result<(), HostError> {
         self.operation(move |host| async move { host.close_frame_locked(frame.0).await }).await
     }
 
-    /// Reloads a frame: its renderer halves are closed and started afresh. Main-side
-    /// registrations are untouched.
+    /// Reloads a frame: its renderer halves are closed and started afresh (a web frame's
+    /// iframes are removed and added again, with new tokens). Main-side registrations are
+    /// untouched.
     pub async fn reload_frame(&self, frame: FrameId) -> Result<(), HostError> {
         self.operation(move |host| async move { host.reload_frame_locked(frame.0).await }).await
     }
@@ -502,6 +538,7 @@ impl Host {
                 pid: frame.process.as_ref().filter(|process| !process.is_closed()).map(|process| process.pid()),
                 restarts: frame.restarts,
                 problem: frame.problem.clone(),
+                url: frame.web.as_ref().map(|web| web.url()),
             })
             .collect();
         HostSnapshot { extensions, frames }
@@ -523,8 +560,16 @@ impl Host {
 /// Every instance of the extension's report, merged (its halves may run in several processes).
 async fn inspect_link(link: &Link) -> InstanceSnapshot {
     let mut merged = InstanceSnapshot::default();
-    for endpoint in link.endpoints() {
-        let outcome = endpoint.control(|completion| Control::Inspect { completion }, INSPECT_TIMEOUT).await;
+    // Asked together: an instance slow to answer (a page, a busy child) delays the others by
+    // nothing.
+    let endpoints = link.endpoints();
+    let outcomes = futures_util::future::join_all(
+        endpoints
+            .iter()
+            .map(|endpoint| endpoint.control(|completion| Control::Inspect { completion }, INSPECT_TIMEOUT)),
+    )
+    .await;
+    for outcome in outcomes {
         if let Ok(Completion::Inspected(instance)) = outcome {
             merged.halves.extend(instance.halves);
             merged.tasks += instance.tasks;
@@ -672,5 +717,61 @@ where
             let message = format!("the reply does not decode as {}: {error}", std::any::type_name::<Resp>());
             InvokeError::new(InvokeErrorKind::Deserialize, channel, message)
         })
+    }
+}
+
+/// What the web server asks of its host.
+struct WebHooksOf {
+    host: Weak<Inner>,
+}
+
+impl crate::web::WebHooks for WebHooksOf {
+    fn open_frame(&self, web: Arc<WebFrame>) -> BoxFuture<'static, Option<u64>> {
+        let host = Host::from_weak(&self.host);
+        Box::pin(async move {
+            let host = host?;
+            host.operation(|host| async move { host.open_frame_locked(FrameKind::Web, Some(web)).await.ok() })
+                .await
+                .map(|frame| frame.0)
+        })
+    }
+
+    fn close_frame(&self, frame: u64) -> BoxFuture<'static, ()> {
+        let host = Host::from_weak(&self.host);
+        Box::pin(async move {
+            if let Some(host) = host {
+                // Already closed by the host (it closed the shell): nothing to do.
+                let _ = host.close_frame(FrameId(frame)).await;
+            }
+        })
+    }
+
+    fn half_reconnected(&self, extension: &str, frame: u64, endpoint: Arc<crate::endpoint::Endpoint>) {
+        let Some(host) = Host::from_weak(&self.host) else { return };
+        let name = extension.to_owned();
+        tokio::spawn(async move {
+            host.operation(move |host| async move { host.restart_web_half(&name, frame, endpoint).await }).await;
+        });
+    }
+
+    fn half_ended(&self, extension: &str, frame: u64, lost: bool, reason: &str) {
+        let Some(host) = Host::from_weak(&self.host) else { return };
+        let event =
+            HostEvent::WebRendererClosed { extension: extension.to_owned(), frame, lost, reason: reason.to_owned() };
+        let name = extension.to_owned();
+        tokio::spawn(async move {
+            host.operation(move |host| async move {
+                if let Ok(link) = host.active_link(&name) {
+                    tell_frames(&link).await;
+                }
+                host.publish(event);
+            })
+            .await;
+        });
+    }
+
+    fn assets(&self, extension: &str) -> Option<Arc<WebAssets>> {
+        let host = Host::from_weak(&self.host)?;
+        lock(&host.inner.extensions).get(extension).and_then(|entry| entry.web_assets.clone())
     }
 }

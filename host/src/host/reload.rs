@@ -75,6 +75,8 @@ impl Host {
         if let Some(entry) = lock(&self.inner.extensions).get_mut(name) {
             // The old library stays mapped (libraries never are unmapped); the new one is used
             // from here on, by this process and by every child that loads it.
+            // Its web renderer too: a web frame's iframe loads the new build's files.
+            entry.web_assets = library.web_assets().cloned();
             entry.library = library;
             // A new build starts with a fresh crash budget.
             entry.crashes = super::config::CrashLog::default();

@@ -23,6 +23,9 @@ pub enum FrameKind {
     InProcess,
     /// In a renderer process of its own.
     ChildProcess,
+    /// A web page (a shell connected to [`Host::serve_web`](crate::Host::serve_web)'s server):
+    /// each extension's web renderer runs in an iframe there.
+    Web,
 }
 
 /// Everything the host knows about one extension.
@@ -71,6 +74,8 @@ pub struct FrameSnapshot {
     pub restarts: u32,
     /// The last crash, or why it stays stopped.
     pub problem: Option<String>,
+    /// A web frame's shell URL.
+    pub url: Option<String>,
 }
 
 /// The whole host at one moment.

@@ -130,7 +130,9 @@ impl Host {
         };
         let mut seen = Vec::new();
         for (name, link) in links {
-            for endpoint in link.endpoints() {
+            // A web page's half has no thread of the host's to watch (and asking the page every
+            // tick would cost it a round trip for nothing).
+            for endpoint in link.endpoints().into_iter().filter(|endpoint| !endpoint.transport().is_web()) {
                 let outcome = endpoint.control(|completion| Control::Inspect { completion }, INSPECT_TIMEOUT).await;
                 if let Ok(Completion::Inspected(snapshot)) = outcome {
                     seen.push(endpoint.key);

@@ -1,5 +1,5 @@
 //! Transports: how the host reaches one instance of an extension. Each is the only code that
-//! knows its wire (the C ABI in process, the child protocol's packets); above them, an
+//! knows its wire (the C ABI in process, the child protocol's packets, a web page's socket); above them, an
 //! endpoint and routing see only [`Message`]s and [`Control`] commands.
 //!
 //! A transport joins by adding a variant here and its file beside this one: routing, the
@@ -10,12 +10,14 @@ mod child_process;
 mod in_process;
 #[cfg(test)]
 pub(crate) mod recording;
+mod web;
 
 use extension_api::message::Message;
 use extension_api::wire::Control;
 
 pub(crate) use child_process::ChildInstance;
 pub(crate) use in_process::InProcess;
+pub(crate) use web::WebInstance;
 
 use crate::remote::Role;
 
@@ -26,6 +28,8 @@ pub(crate) enum Transport {
     InProcess(InProcess),
     /// An instance in a child process.
     ChildProcess(ChildInstance),
+    /// A renderer half in a web page, behind its renderer socket.
+    Web(WebInstance),
     /// Records what it is given (routing's unit tests).
     #[cfg(test)]
     Recording(recording::Recording),
@@ -37,6 +41,7 @@ impl Transport {
         match self {
             Transport::InProcess(instance) => instance.deliver(message),
             Transport::ChildProcess(child) => child.deliver(message),
+            Transport::Web(page) => page.deliver(message),
             #[cfg(test)]
             Transport::Recording(recording) => recording.deliver(message),
         }
@@ -48,6 +53,7 @@ impl Transport {
         match self {
             Transport::InProcess(instance) => instance.control(&command),
             Transport::ChildProcess(child) => child.control(command),
+            Transport::Web(page) => page.control(command),
             #[cfg(test)]
             Transport::Recording(_) => extension_api::abi::status::OK,
         }
@@ -58,9 +64,15 @@ impl Transport {
         match self {
             Transport::InProcess(instance) => instance.destroy().await,
             Transport::ChildProcess(child) => child.destroy().await,
+            Transport::Web(page) => page.destroy().await,
             #[cfg(test)]
             Transport::Recording(_) => true,
         }
+    }
+
+    /// Whether the instance is a web page's renderer half.
+    pub(crate) fn is_web(&self) -> bool {
+        matches!(self, Transport::Web(_))
     }
 
     /// The role of the child process the instance runs in, if it runs in one.

@@ -8,6 +8,8 @@
 //!
 //! And what the reference has no word for: main asks each frame for its title (a
 //! **main-to-frame request**), and frames **watch** a store key that main updates.
+//!
+//! Its web renderer (`web/index.js`, embedded below) does all of it in a web frame's page.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -122,4 +124,4 @@ impl RendererExtension for GluonRenderer {
     }
 }
 
-export_extension!(main = GluonMain, renderer = GluonRenderer);
+export_extension!(main = GluonMain, renderer = GluonRenderer, web = "web");

@@ -5,6 +5,8 @@
 //! - Every renderer half then invokes main's `greet` handler and logs the answer.
 //!
 //! The channels are declared once, typed, in [`channels`], and used by both halves.
+//!
+//! Its web renderer (`web/index.js`, for web frames) does the same in the page and shows it.
 
 use extension_api::{BoxError, Main, MainExtension, Renderer, RendererExtension, export_extension};
 
@@ -56,4 +58,7 @@ impl RendererExtension for HelloRenderer {
     }
 }
 
-export_extension!(main = HelloMain, renderer = HelloRenderer);
+// The web renderer is `web/` (`web/index.js` does in a web frame what `HelloRenderer` does).
+// Written `../hello/web` rather than `web` because `hello-twin` compiles this very file: the
+// path is relative to the crate being built, and both crates get the same web renderer.
+export_extension!(main = HelloMain, renderer = HelloRenderer, web = "../hello/web");

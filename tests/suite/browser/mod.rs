@@ -21,15 +21,14 @@ use serde_json::{Value, json};
 
 mod cdp;
 mod selftest;
-// CONNECT (web frames, phase 2): the tests of web frames, once the host serves them.
-// mod errors;
-// mod isolation;
-// mod lifecycle;
-// mod ordering;
-// mod screenshot;
-// mod store;
-// mod values;
-// mod web;
+mod errors;
+mod isolation;
+mod lifecycle;
+mod ordering;
+mod screenshot;
+mod store;
+mod values;
+mod web;
 
 use cdp::Cdp;
 

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use extension_host::{ChannelKind, FrameId, HostSnapshot};
-use extension_host::{Host, OneLine};
+use extension_host::{ChannelKind, FrameId, FrameKind, HostSnapshot};
+use extension_host::{Host, OneLine, WebConfig, WebServer};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader, Lines};
 
 use crate::notation;
@@ -17,6 +17,8 @@ commands:
   activate NAME | deactivate NAME | uninstall NAME [--purge]
                                     (`--purge`: delete its persisted data too; kept otherwise)
   open [child] | close FRAME | reload FRAME     frames (`open child`: in a renderer process)
+  open web                          the URL of the web frames' shell (serving it on loopback
+                                    if the host is not serving yet): each page open there is a frame
   isolate NAME on|off               run NAME's main half in its own process from its next activation
   broadcast NAME CHANNEL JSON       broadcast into NAME's namespace, as the host
   invoke NAME CHANNEL JSON          invoke NAME's main handler, as the host
@@ -30,8 +32,9 @@ values (in and out) are JSON, plus what JSON cannot say:
   {\"$map\": [[1, \"one\"], [2, \"two\"]]}  a map with keys of any type, as [key, value] pairs
   {\"$ext\": [TYPE, [BYTES]]}          a MessagePack extension value";
 
-/// Reads commands until `quit` or end of input.
-pub async fn run(host: &Host) {
+/// Reads commands until `quit` or end of input. `web` is the web server, if the host serves
+/// one (`open web` starts one otherwise); it is given back.
+pub async fn run(host: &Host, mut web: Option<WebServer>) -> Option<WebServer> {
     println!("console ready (type `help`)");
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut watcher: Option<tokio::task::JoinHandle<()>> = None;
@@ -67,6 +70,18 @@ pub async fn run(host: &Host) {
             }
             continue;
         }
+        if line == "open web" {
+            if web.is_none() {
+                match host.serve_web(WebConfig::default()) {
+                    Ok(server) => web = Some(server),
+                    Err(error) => println!("error: {}", OneLine(&error.to_string())),
+                }
+            }
+            if let Some(server) = &web {
+                println!("web frames: {}", server.url());
+            }
+            continue;
+        }
         if let Some(mode) = line.strip_prefix("watch ") {
             if let Some(task) = watcher.take() {
                 task.abort();
@@ -86,6 +101,7 @@ pub async fn run(host: &Host) {
         task.abort();
     }
     println!("console closed");
+    web
 }
 
 async fn watch(mut broadcasts: tokio::sync::broadcast::Receiver<extension_host::ObservedBroadcast>) {
@@ -139,7 +155,16 @@ async fn execute(host: &Host, line: &str) -> Result<String, String> {
             Ok(if lines.is_empty() { "no extensions".into() } else { lines.join("\n") })
         }
         "frames" => {
-            let frames: Vec<String> = host.frames().iter().map(|frame| frame.0.to_string()).collect();
+            let frames: Vec<String> = host
+                .inspect()
+                .await
+                .frames
+                .iter()
+                .map(|frame| match (&frame.kind, &frame.url) {
+                    (FrameKind::Web, Some(url)) => format!("{}(web {url})", frame.id),
+                    _ => frame.id.to_string(),
+                })
+                .collect();
             Ok(format!("frames: {}", frames.join(" ")))
         }
         "load" => host.load(rest).map(|info| format!("loaded {} {}", info.name, info.version)).map_err(|e| text(&e)),

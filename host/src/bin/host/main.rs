@@ -54,6 +54,10 @@ enum Command {
         /// `~/.local/share/extension-host`.
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
+        /// Serve web frames on this address (loopback, e.g. `127.0.0.1:0` for any free port) and
+        /// print `web frames: URL`: every page open at that URL is a frame.
+        #[arg(long, value_name = "ADDR")]
+        web: Option<std::net::SocketAddr>,
     },
     /// Validate a library and print its metadata, or what is wrong with it.
     Check { library: PathBuf },
@@ -76,7 +80,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { library } => check(&library),
         Command::Child { socket, token } => extension_host::run_child(&socket, &token),
-        Command::Run { paths, frames, child_frames, isolated, duration, console, inspect, watch, data_dir } => {
+        Command::Run { paths, frames, child_frames, isolated, duration, console, inspect, watch, data_dir, web } => {
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(runtime) => runtime,
                 Err(error) => {
@@ -84,7 +88,8 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let options = RunOptions { frames, child_frames, isolated, duration, console, inspect, watch, data_dir };
+            let options =
+                RunOptions { frames, child_frames, isolated, duration, console, inspect, watch, data_dir, web };
             runtime.block_on(run(paths, options))
         }
     }
@@ -110,6 +115,7 @@ fn check(path: &std::path::Path) -> ExitCode {
             println!("  abi version:   {}", info.abi_version);
             println!("  extension-api: {}", info.api_version);
             println!("  build:         {}", if info.debug_build { "debug" } else { "release" });
+            println!("  web renderer:  {}", if info.web_renderer { "yes" } else { "no" });
             if info.debug_build && !cfg!(debug_assertions) {
                 println!("note: a debug build in a release host works, but runs slower; build it with --release");
             }
@@ -138,10 +144,11 @@ struct RunOptions {
     inspect: bool,
     watch: bool,
     data_dir: Option<PathBuf>,
+    web: Option<std::net::SocketAddr>,
 }
 
 async fn run(paths: Vec<PathBuf>, options: RunOptions) -> ExitCode {
-    let RunOptions { frames, child_frames, isolated, duration, console, inspect, watch, data_dir } = options;
+    let RunOptions { frames, child_frames, isolated, duration, console, inspect, watch, data_dir, web } = options;
     // Extensions log as verbosely as `RUST_LOG` lets the host log (the subscriber is installed).
     let mut config = HostConfig { max_log_level: extension_host::LevelFilter::current(), ..HostConfig::default() };
     if let Some(data_dir) = data_dir {
@@ -188,6 +195,20 @@ async fn run(paths: Vec<PathBuf>, options: RunOptions) -> ExitCode {
             Err(error) => tracing::error!("{error}"),
         }
     }
+    let mut web_server = match web {
+        Some(addr) => match host.serve_web(extension_host::WebConfig { addr, ..Default::default() }) {
+            Ok(server) => {
+                println!("web frames: {}", server.url());
+                Some(server)
+            }
+            Err(error) => {
+                tracing::error!("--web {addr}: {error}");
+                host.shutdown().await;
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
     // Watching starts once the extensions and frames are up: a rebuild from here on reloads.
     let watcher = if watch {
         match extension_host::LibraryWatcher::start(&host, extension_host::LibraryWatcher::DEFAULT_DEBOUNCE) {
@@ -202,7 +223,7 @@ async fn run(paths: Vec<PathBuf>, options: RunOptions) -> ExitCode {
         None
     };
     if console {
-        console::run(&host).await;
+        web_server = console::run(&host, web_server).await;
     } else {
         // Too far away to represent: no limit, as without `--duration`.
         let deadline = duration.and_then(|duration| tokio::time::Instant::now().checked_add(duration));
@@ -237,7 +258,12 @@ async fn run(paths: Vec<PathBuf>, options: RunOptions) -> ExitCode {
         }
     }
     drop(watcher);
+    // The host first, so that web frames' halves are closed (their `deactivate` runs in the
+    // page) while the pages are still connected; then the server.
     host.shutdown().await;
+    if let Some(server) = web_server {
+        server.shutdown().await;
+    }
     tracing::info!("host stopped");
     ExitCode::SUCCESS
 }

@@ -1,0 +1,481 @@
+//! Web frames: an HTTP and WebSocket server (axum on hyper's HTTP/1 server) that makes a
+//! browser page a frame. The shell page (`/` on the shell origin) is the frame: its socket
+//! opening opens the frame. Each extension with a web renderer gets an iframe on an origin of
+//! its own, whose bootstrap connects a renderer socket with the token the shell gave it.
+//!
+//! One concern a file: `protocol.rs` (the page's wire, plain data), `security.rs` (Host and
+//! Origin checks, headers, origins), `tokens.rs`, `renderer_socket.rs`, `shell_socket.rs`,
+//! `assets.rs`. The host side of a frame is in `host/frames.rs`; the transport in
+//! `transport/web.rs`.
+
+mod assets;
+pub(crate) mod protocol;
+mod renderer_socket;
+mod security;
+mod shell_socket;
+mod tokens;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
+use axum::extract::{Extension, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use extension_api::abi::Peer;
+use futures_util::future::BoxFuture;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub(crate) use renderer_socket::PageConnection;
+pub(crate) use shell_socket::ShellHandle;
+pub(crate) use tokens::Tokens;
+
+use crate::WebAssets;
+use crate::core::lock;
+use crate::endpoint::Endpoint;
+use crate::link::Link;
+use security::Site;
+
+/// How [`Host::serve_web`](crate::Host::serve_web) serves web frames.
+#[derive(Debug, Clone)]
+pub struct WebConfig {
+    /// Where to listen. Default `127.0.0.1:0` (loopback, any free port). A non-loopback
+    /// address is refused unless [`WebConfig::allow_remote`] is set; an IPv6 one always (the
+    /// shell's origin is `http://127.0.0.1:PORT`, which it would not serve).
+    pub addr: SocketAddr,
+    /// `Host` header values accepted besides the shell's and the extension origins' (for an
+    /// application that serves through a name of its own). Each is served as the shell.
+    pub allowed_hosts: Vec<String>,
+    /// Largest WebSocket message, in bytes (a larger one closes that connection, 1009).
+    /// Default: the message limit plus 64 KiB of envelope.
+    pub max_message: usize,
+    /// Most live WebSocket connections (shells and pages); past it, an upgrade gets 503.
+    pub max_connections: usize,
+    /// How long a page has to send its HELLO, and a client to send a request's headers.
+    pub handshake_timeout: Duration,
+    /// Whether a non-loopback [`WebConfig::addr`] may be bound (see
+    /// [`WebConfig::allow_remote`]). Default false.
+    pub remote: bool,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            allowed_hosts: Vec::new(),
+            max_message: extension_api::abi::MAX_MESSAGE + (64 << 10),
+            max_connections: 256,
+            handshake_timeout: Duration::from_secs(5),
+            remote: false,
+        }
+    }
+}
+
+impl WebConfig {
+    /// Allows binding an address other than loopback. Anyone who can reach it can then try
+    /// the server (Host, Origin and tokens are still checked).
+    pub fn allow_remote(mut self, allow: bool) -> Self {
+        self.remote = allow;
+        self
+    }
+}
+
+/// What the server asks of the host (so that this module knows nothing of `Host`).
+pub(crate) trait WebHooks: Send + Sync + 'static {
+    /// A shell connected: open a web frame for it; its number, once its halves started.
+    fn open_frame(&self, web: Arc<WebFrame>) -> BoxFuture<'static, Option<Peer>>;
+    /// A shell's socket ended: close its frame.
+    fn close_frame(&self, frame: Peer) -> BoxFuture<'static, ()>;
+    /// A page reconnected with its token while its frame is open: start the half again.
+    fn half_reconnected(&self, extension: &str, frame: Peer, endpoint: Arc<Endpoint>);
+    /// A page's half ended without the host closing it (it is out of the namespace already):
+    /// closed by the page, or `lost`.
+    fn half_ended(&self, extension: &str, frame: Peer, lost: bool, reason: &str);
+    /// The extension's web renderer, if it has one.
+    fn assets(&self, extension: &str) -> Option<Arc<WebAssets>>;
+}
+
+/// One running server, shared by its handlers and connections.
+pub(crate) struct Server {
+    config: WebConfig,
+    port: u16,
+    origins: Mutex<security::Origins>,
+    tokens: Arc<Tokens>,
+    hooks: Arc<dyn WebHooks>,
+    live: AtomicUsize,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// One live WebSocket connection, counted against the limit while it is held.
+pub(crate) struct ConnectionSlot {
+    server: Weak<Server>,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.upgrade() {
+            server.live.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Server {
+    fn slot(self: &Arc<Self>) -> Option<ConnectionSlot> {
+        let max = self.config.max_connections;
+        self.live
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |live| (live < max).then_some(live + 1))
+            .ok()
+            .map(|_| ConnectionSlot { server: Arc::downgrade(self) })
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.port)
+    }
+}
+
+/// A web frame's side of the server: its shell, and the tokens and origins its halves use.
+pub(crate) struct WebFrame {
+    server: Arc<Server>,
+    shell: ShellHandle,
+}
+
+impl WebFrame {
+    fn new(server: Arc<Server>, shell: ShellHandle) -> WebFrame {
+        WebFrame { server, shell }
+    }
+
+    /// The shell's URL (the page that is this frame).
+    pub(crate) fn url(&self) -> String {
+        self.server.url()
+    }
+
+    /// Tells the shell which frame it is (before any iframe).
+    pub(crate) fn announce(&self, frame: Peer) {
+        self.shell.frame(frame);
+    }
+
+    /// Whether `extension` has a web renderer (no half in a web frame otherwise).
+    pub(crate) fn has_renderer(&self, extension: &str) -> bool {
+        self.server.hooks.assets(extension).is_some()
+    }
+
+    /// Starts `extension`'s iframe in this frame and waits (`timeout`) for its page to
+    /// connect with the token minted for it; the connection's endpoint.
+    pub(crate) async fn connect_renderer(
+        &self,
+        extension: &str,
+        link: &Arc<Link>,
+        frame: Peer,
+        timeout: Duration,
+    ) -> Result<Arc<Endpoint>, String> {
+        let origin = lock(&self.server.origins).extension(extension)?;
+        let (token, connected) = self.server.tokens.mint(frame, extension, Arc::downgrade(link), self.shell.clone())?;
+        self.shell.add(extension, &origin, &token);
+        match tokio::time::timeout(timeout, connected).await {
+            Ok(Ok(endpoint)) => Ok(endpoint),
+            outcome => {
+                self.server.tokens.revoke(&token);
+                self.shell.remove(extension);
+                Err(match outcome {
+                    Err(_) => format!("the page did not connect within {timeout:?}"),
+                    _ => "the page's connection ended".to_owned(),
+                })
+            }
+        }
+    }
+
+    /// The frame closed: the shell's socket closes and the frame's tokens are void.
+    pub(crate) fn close(&self, frame: Peer) {
+        self.server.tokens.revoke_frame(frame);
+        self.shell.close();
+    }
+}
+
+/// A running web server. Dropping it stops accepting (as [`WebServer::shutdown`] does,
+/// without waiting).
+pub struct WebServer {
+    server: Arc<Server>,
+    addr: SocketAddr,
+    accept: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for WebServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebServer").field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+impl WebServer {
+    /// The shell's URL, `http://127.0.0.1:PORT/`: open it in a browser to get a web frame.
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops serving: no new connection is accepted, every socket closes (1001), and their
+    /// frames close. Returns once every connection has ended.
+    pub async fn shutdown(mut self) {
+        self.server.shutdown.cancel();
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.await;
+        }
+        self.server.tracker.close();
+        self.server.tracker.wait().await;
+    }
+}
+
+impl Drop for WebServer {
+    fn drop(&mut self) {
+        self.server.shutdown.cancel();
+    }
+}
+
+/// Why the web server could not start ([`crate::HostError::WebServer`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WebStartError {
+    /// The address is not loopback, and [`WebConfig::remote`] is not set.
+    #[error("{0} is not a loopback address (set WebConfig::allow_remote to serve it)")]
+    NotLoopback(SocketAddr),
+    /// The address is IPv6: the shell's origin is `http://127.0.0.1:PORT`.
+    #[error("{0} is not an IPv4 address: the shell's origin is http://127.0.0.1:PORT")]
+    NotIpv4(SocketAddr),
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}: {reason}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why binding failed (the system's error).
+        reason: String,
+    },
+    /// [`crate::Host::serve_web`] was called outside a Tokio runtime.
+    #[error("serving web frames needs a Tokio runtime: {0}")]
+    NoRuntime(String),
+}
+
+/// Starts serving web frames for the host behind `hooks`.
+pub(crate) fn serve(config: WebConfig, hooks: Arc<dyn WebHooks>) -> Result<WebServer, WebStartError> {
+    let runtime = tokio::runtime::Handle::try_current().map_err(|error| WebStartError::NoRuntime(error.to_string()))?;
+    let addr = config.addr;
+    if addr.is_ipv6() {
+        return Err(WebStartError::NotIpv4(addr));
+    }
+    if !addr.ip().is_loopback() && !config.remote {
+        return Err(WebStartError::NotLoopback(addr));
+    }
+    let bind = |error: std::io::Error| WebStartError::Bind { addr, reason: error.to_string() };
+    let listener = std::net::TcpListener::bind(addr).map_err(bind)?;
+    listener.set_nonblocking(true).map_err(bind)?;
+    let local = listener.local_addr().map_err(bind)?;
+    let listener = {
+        let _entered = runtime.enter();
+        tokio::net::TcpListener::from_std(listener).map_err(bind)?
+    };
+    let server = Arc::new(Server {
+        port: local.port(),
+        origins: Mutex::new(security::Origins::new(local.port(), &config.allowed_hosts)),
+        tokens: Arc::new(Tokens::default()),
+        hooks,
+        live: AtomicUsize::new(0),
+        shutdown: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+        config,
+    });
+    let router = router(server.clone());
+    let accept = runtime.spawn(accept_loop(listener, server.clone(), router));
+    tracing::info!(url = %server.url(), "serving web frames");
+    Ok(WebServer { server, addr: local, accept: Some(accept) })
+}
+
+async fn accept_loop(listener: tokio::net::TcpListener, server: Arc<Server>, router: Router) {
+    loop {
+        let accepted = tokio::select! {
+            _ = server.shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of descriptors, say: back off a moment rather than spin.
+                tracing::warn!("web server: accepting a connection failed: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let timeout = server.config.handshake_timeout;
+        let shutdown = server.shutdown.clone();
+        server.tracker.spawn(async move {
+            let mut http = hyper::server::conn::http1::Builder::new();
+            // A request whose line and headers do not arrive in time is dropped.
+            http.timer(TokioTimer::new()).header_read_timeout(timeout);
+            let connection = http.serve_connection(TokioIo::new(stream), service).with_upgrades();
+            tokio::select! {
+                _ = connection => {}
+                _ = shutdown.cancelled() => {}
+            }
+        });
+    }
+}
+
+fn router(server: Arc<Server>) -> Router {
+    Router::new()
+        .route("/shell", get(shell_upgrade))
+        .route("/.host/connect", get(renderer_upgrade))
+        .fallback(file)
+        .layer(middleware::from_fn_with_state(server.clone(), guard))
+        .with_state(server)
+}
+
+fn refuse(status: StatusCode, reason: &'static str) -> Response {
+    (status, reason).into_response()
+}
+
+/// Every request: its `Host` must be allowed (else 403: DNS rebinding); every response gets
+/// the common headers and its site's Content-Security-Policy.
+async fn guard(State(server): State<Arc<Server>>, mut request: Request, next: Next) -> Response {
+    let host = request.headers().get(header::HOST).and_then(|host| host.to_str().ok()).unwrap_or_default();
+    // An absolute-form request names its host in the URI too: both must agree.
+    let authority_agrees =
+        request.uri().authority().is_none_or(|authority| authority.as_str().eq_ignore_ascii_case(host));
+    let site = if authority_agrees { lock(&server.origins).site(host) } else { None };
+    let mut response = match site.clone() {
+        Some(site) => {
+            request.extensions_mut().insert(site);
+            next.run(request).await
+        }
+        None => {
+            tracing::warn!(host, "web server: refused a request for a host not allowed");
+            refuse(StatusCode::FORBIDDEN, "host not allowed")
+        }
+    };
+    let headers = response.headers_mut();
+    security::add_common_headers(headers);
+    let csp = match site {
+        Some(Site::Extension(name)) => {
+            lock(&server.origins).existing(&name).map(|origin| security::extension_csp(&origin, server.port))
+        }
+        _ => Some(security::shell_csp(server.port)),
+    };
+    if let Some(csp) = csp.and_then(|csp| HeaderValue::from_str(&csp).ok()) {
+        headers.insert(header::CONTENT_SECURITY_POLICY, csp);
+    }
+    response
+}
+
+type Upgrade = Result<WebSocketUpgrade, WebSocketUpgradeRejection>;
+
+fn shell_origins(server: &Server, site: &Site, headers: &HeaderMap) -> Vec<String> {
+    let mut origins = lock(&server.origins).shell_origins().to_vec();
+    if *site == Site::Extra {
+        if let Some(host) = headers.get(header::HOST).and_then(|host| host.to_str().ok()) {
+            origins.push(format!("http://{host}"));
+            origins.push(format!("https://{host}"));
+        }
+    }
+    origins
+}
+
+async fn shell_upgrade(
+    State(server): State<Arc<Server>>,
+    Extension(site): Extension<Site>,
+    headers: HeaderMap,
+    upgrade: Upgrade,
+) -> Response {
+    if matches!(site, Site::Extension(_)) {
+        return refuse(StatusCode::NOT_FOUND, "not found");
+    }
+    if !security::origin_is(&headers, &shell_origins(&server, &site, &headers)) {
+        tracing::warn!(origin = ?headers.get(header::ORIGIN), "web server: refused a shell socket from another origin");
+        return refuse(StatusCode::FORBIDDEN, "origin not allowed");
+    }
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let Some(slot) = server.slot() else {
+        tracing::warn!("web server: refused a shell socket: too many connections");
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
+    };
+    let max = server.config.max_message;
+    let tracker = server.tracker.clone();
+    upgrade
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| tracker.track_future(shell_socket::serve(socket, server, slot)))
+}
+
+async fn renderer_upgrade(
+    State(server): State<Arc<Server>>,
+    Extension(site): Extension<Site>,
+    headers: HeaderMap,
+    upgrade: Upgrade,
+) -> Response {
+    let Site::Extension(extension) = site else {
+        return refuse(StatusCode::NOT_FOUND, "not found");
+    };
+    let origin = lock(&server.origins).existing(&extension);
+    if !origin.is_some_and(|origin| security::origin_is(&headers, &[origin])) {
+        tracing::warn!(extension = %extension, origin = ?headers.get(header::ORIGIN), "web server: refused a renderer socket from another origin");
+        return refuse(StatusCode::FORBIDDEN, "origin not allowed");
+    }
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let Some(slot) = server.slot() else {
+        tracing::warn!(extension = %extension, "web server: refused a renderer socket: too many connections");
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
+    };
+    let max = server.config.max_message;
+    let tracker = server.tracker.clone();
+    upgrade
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| tracker.track_future(renderer_socket::serve(socket, server, extension, slot)))
+}
+
+/// Files: the shell's on the shell's hosts; on an extension's origin the renderer document
+/// at `/`, the host's scripts under `/.host/`, and the extension's assets.
+async fn file(State(server): State<Arc<Server>>, Extension(site): Extension<Site>, request: Request) -> Response {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return refuse(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    }
+    let path = request.uri().path();
+    let found: Option<(bytes::Bytes, &str)> = match site {
+        Site::Shell | Site::Extra => assets::shell_file(path)
+            .map(|bytes| (bytes::Bytes::from_static(bytes), assets::content_type_of_route(path))),
+        Site::Extension(extension) => {
+            if path == "/" {
+                let shell = lock(&server.origins).shell();
+                Some((assets::renderer_document(&extension, &shell).into(), "text/html; charset=utf-8"))
+            } else if let Some(bytes) = assets::extension_host_file(path) {
+                Some((bytes::Bytes::from_static(bytes), assets::content_type(path)))
+            } else {
+                // `/css/my%20file.css` is the asset `css/my file.css`.
+                let asset = percent_encoding::percent_decode_str(path.strip_prefix('/').unwrap_or(path)).decode_utf8();
+                asset.ok().and_then(|asset| {
+                    let bytes = server.hooks.assets(&extension)?.get(&asset)?;
+                    Some((bytes::Bytes::from_static(bytes), assets::content_type(&asset)))
+                })
+            }
+        }
+    };
+    match found {
+        Some((bytes, content_type)) => ([(header::CONTENT_TYPE, content_type)], bytes).into_response(),
+        None => refuse(StatusCode::NOT_FOUND, "not found"),
+    }
+}

@@ -1,0 +1,508 @@
+//! The wire between a web renderer's page and the host (the renderer socket): each WebSocket
+//! message is one binary MessagePack array whose first element is a tag. Plain data and pure
+//! functions, no I/O: the socket's read loop decodes with [`decode`], its writers encode with
+//! [`encode_message`] and [`encode_control`].
+//!
+//! Anything that is not exactly one of the shapes below is a [`Violation`]: the connection
+//! ends (close code 1008) with its text as the reason.
+
+use std::collections::BTreeMap;
+
+use extension_api::abi::{self, Peer};
+use extension_api::message::Message;
+use extension_api::wire::{Completion, HalfSnapshot, StoreSnapshot};
+use extension_api::{FrameId, Half};
+use rmpv::Value;
+
+/// The tags of the page's messages.
+mod tag {
+    pub(super) const HELLO: u64 = 0;
+    pub(super) const MESSAGE: u64 = 1;
+    pub(super) const COMPLETE: u64 = 2;
+    pub(super) const LOG: u64 = 3;
+}
+
+/// A message the page sent, decoded and checked.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum PageMessage {
+    /// `[0, token]`: the first message of a connection.
+    Hello { token: String },
+    /// `[1, kind, status, target, request_id, channel, payload]`: no origin (the host fills in
+    /// the connection's frame).
+    Message { kind: u32, status: u32, target: Peer, request_id: u64, channel: String, payload: Vec<u8> },
+    /// `[2, completion, outcome]`: the answer to a CONTROL command.
+    Complete { completion: u64, outcome: Outcome },
+    /// `[3, level, text]`: a log record (1 error ... 5 trace).
+    Log { level: u32, text: String },
+}
+
+/// How the page answered a CONTROL command.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Outcome {
+    Done,
+    Failed(String),
+    Panicked(String),
+    TimedOut(u64),
+    Inspected(PageInspect),
+}
+
+/// What the page reports about its half (`[4, inspect]`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct PageInspect {
+    pub(crate) listeners: BTreeMap<String, usize>,
+    pub(crate) handlers: Vec<String>,
+    pub(crate) pending_requests: usize,
+    pub(crate) running_handlers: usize,
+    pub(crate) store_keys: usize,
+    pub(crate) store_seq: u64,
+    pub(crate) watchers: usize,
+}
+
+impl Outcome {
+    /// The completion an endpoint waits for; an inspect becomes one half, frame `frame`'s.
+    pub(crate) fn into_completion(self, frame: Peer) -> Completion {
+        match self {
+            Outcome::Done => Completion::Done,
+            Outcome::Failed(reason) => Completion::Failed { reason },
+            Outcome::Panicked(message) => Completion::Panicked { message },
+            Outcome::TimedOut(timeout_ms) => Completion::TimedOut { timeout_ms },
+            Outcome::Inspected(inspect) => Completion::Inspected(extension_api::wire::InstanceSnapshot {
+                halves: vec![HalfSnapshot {
+                    half: Half::Frame(FrameId(frame)),
+                    listeners: inspect.listeners,
+                    handlers: inspect.handlers,
+                    pending_requests: inspect.pending_requests,
+                    running_handlers: inspect.running_handlers,
+                    store_keys: inspect.store_keys,
+                    store_seq: inspect.store_seq,
+                    watchers: inspect.watchers,
+                    ..HalfSnapshot::default()
+                }],
+                ..Default::default()
+            }),
+        }
+    }
+}
+
+/// Why a page's message was refused: the connection ends with this as its reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Violation(pub(crate) String);
+
+fn violation(text: impl Into<String>) -> Violation {
+    Violation(text.into())
+}
+
+/// The kinds a page may send: broadcast, invoke, reply, cancel, store write.
+pub(crate) fn page_may_send(kind: u32) -> bool {
+    matches!(
+        kind,
+        abi::kind::BROADCAST | abi::kind::INVOKE | abi::kind::REPLY | abi::kind::CANCEL | abi::kind::STORE_WRITE
+    )
+}
+
+/// Decodes one binary WebSocket message of the page.
+pub(crate) fn decode(bytes: &[u8]) -> Result<PageMessage, Violation> {
+    let mut rest = bytes;
+    let value = rmpv::decode::read_value(&mut rest).map_err(|error| violation(format!("not MessagePack: {error}")))?;
+    if !rest.is_empty() {
+        return Err(violation(format!("{} bytes after the message", rest.len())));
+    }
+    let Value::Array(items) = value else {
+        return Err(violation("a message must be a MessagePack array"));
+    };
+    let tag = items.first().ok_or_else(|| violation("an empty array"))?;
+    let tag = tag.as_u64().ok_or_else(|| violation("the tag must be an unsigned integer"))?;
+    let fields = &items[1..];
+    match tag {
+        tag::HELLO => {
+            let [token] = arity::<1>("hello", fields)?;
+            Ok(PageMessage::Hello { token: string("hello token", token)? })
+        }
+        tag::MESSAGE => {
+            let [kind, status, target, request_id, channel, payload] = arity::<6>("message", fields)?;
+            let kind = u32_of("message kind", kind)?;
+            if !page_may_send(kind) {
+                return Err(violation(format!("a page may not send messages of kind {kind}")));
+            }
+            Ok(PageMessage::Message {
+                kind,
+                status: u32_of("message status", status)?,
+                target: uint("message target", target)?,
+                request_id: uint("message request id", request_id)?,
+                channel: string("message channel", channel)?,
+                payload: binary("message payload", payload)?,
+            })
+        }
+        tag::COMPLETE => {
+            let [completion, outcome] = arity::<2>("complete", fields)?;
+            Ok(PageMessage::Complete { completion: uint("completion", completion)?, outcome: decode_outcome(outcome)? })
+        }
+        tag::LOG => {
+            let [level, text] = arity::<2>("log", fields)?;
+            let level = u32_of("log level", level)?;
+            if !(1..=5).contains(&level) {
+                return Err(violation(format!("log level {level} is not 1 (error) to 5 (trace)")));
+            }
+            Ok(PageMessage::Log { level, text: string("log text", text)? })
+        }
+        other => Err(violation(format!("unknown tag {other}"))),
+    }
+}
+
+fn decode_outcome(value: &Value) -> Result<Outcome, Violation> {
+    let Value::Array(items) = value else {
+        return Err(violation("a completion's outcome must be an array"));
+    };
+    let tag = items.first().and_then(Value::as_u64).ok_or_else(|| violation("an outcome needs an unsigned tag"))?;
+    let fields = &items[1..];
+    match tag {
+        0 => {
+            arity::<0>("outcome done", fields)?;
+            Ok(Outcome::Done)
+        }
+        1 => {
+            let [reason] = arity::<1>("outcome failed", fields)?;
+            Ok(Outcome::Failed(string("failure reason", reason)?))
+        }
+        2 => {
+            let [message] = arity::<1>("outcome panicked", fields)?;
+            Ok(Outcome::Panicked(string("panic message", message)?))
+        }
+        3 => {
+            let [timeout] = arity::<1>("outcome timed out", fields)?;
+            Ok(Outcome::TimedOut(uint("timeout", timeout)?))
+        }
+        4 => {
+            let [inspect] = arity::<1>("outcome inspected", fields)?;
+            Ok(Outcome::Inspected(decode_inspect(inspect)?))
+        }
+        other => Err(violation(format!("unknown outcome tag {other}"))),
+    }
+}
+
+fn decode_inspect(value: &Value) -> Result<PageInspect, Violation> {
+    let Value::Map(entries) = value else {
+        return Err(violation("an inspect must be a map"));
+    };
+    let mut inspect = PageInspect::default();
+    for (key, value) in entries {
+        let key = key.as_str().ok_or_else(|| violation("an inspect's keys must be strings"))?;
+        match key {
+            "listeners" => {
+                let Value::Map(listeners) = value else {
+                    return Err(violation("inspect listeners must be a map"));
+                };
+                for (channel, count) in listeners {
+                    inspect.listeners.insert(string("listener channel", channel)?, usize_of("listener count", count)?);
+                }
+            }
+            "handlers" => {
+                let Value::Array(handlers) = value else {
+                    return Err(violation("inspect handlers must be an array"));
+                };
+                inspect.handlers =
+                    handlers.iter().map(|handler| string("handler channel", handler)).collect::<Result<_, _>>()?;
+            }
+            "pending_requests" => inspect.pending_requests = usize_of(key, value)?,
+            "running_handlers" => inspect.running_handlers = usize_of(key, value)?,
+            "store_keys" => inspect.store_keys = usize_of(key, value)?,
+            "store_seq" => inspect.store_seq = uint(key, value)?,
+            "watchers" => inspect.watchers = usize_of(key, value)?,
+            other => return Err(violation(format!("unknown inspect field {other:?}"))),
+        }
+    }
+    Ok(inspect)
+}
+
+fn arity<'a, const N: usize>(what: &str, fields: &'a [Value]) -> Result<&'a [Value; N], Violation> {
+    fields.try_into().map_err(|_| violation(format!("{what} takes {N} fields, not {}", fields.len())))
+}
+
+fn uint(what: &str, value: &Value) -> Result<u64, Violation> {
+    value.as_u64().ok_or_else(|| violation(format!("{what} must be an unsigned integer")))
+}
+
+fn u32_of(what: &str, value: &Value) -> Result<u32, Violation> {
+    u32::try_from(uint(what, value)?).map_err(|_| violation(format!("{what} is out of range")))
+}
+
+fn usize_of(what: &str, value: &Value) -> Result<usize, Violation> {
+    usize::try_from(uint(what, value)?).map_err(|_| violation(format!("{what} is out of range")))
+}
+
+fn string(what: &str, value: &Value) -> Result<String, Violation> {
+    match value {
+        Value::String(text) => {
+            text.as_str().map(str::to_owned).ok_or_else(|| violation(format!("{what} is not valid UTF-8")))
+        }
+        _ => Err(violation(format!("{what} must be a string"))),
+    }
+}
+
+fn binary(what: &str, value: &Value) -> Result<Vec<u8>, Violation> {
+    match value {
+        Value::Binary(bytes) => Ok(bytes.clone()),
+        _ => Err(violation(format!("{what} must be binary"))),
+    }
+}
+
+fn write(value: &Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    // Writing into a Vec cannot fail.
+    let _ = rmpv::encode::write_value(&mut out, value);
+    out
+}
+
+/// `[0, {frame, extension}]`: the hello's token checked out.
+pub(crate) fn encode_welcome(frame: Peer, extension: &str) -> Vec<u8> {
+    write(&Value::Array(vec![
+        Value::from(0u64),
+        Value::Map(vec![
+            (Value::from("frame"), Value::from(frame)),
+            (Value::from("extension"), Value::from(extension)),
+        ]),
+    ]))
+}
+
+/// `[1, kind, status, origin, target, request_id, channel, payload]`: a message of the
+/// namespace, exactly its fields.
+pub(crate) fn encode_message(message: &Message<'_>) -> Vec<u8> {
+    write(&Value::Array(vec![
+        Value::from(1u64),
+        Value::from(message.kind),
+        Value::from(message.status),
+        Value::from(message.origin),
+        Value::from(message.target),
+        Value::from(message.request_id),
+        Value::from(message.channel),
+        Value::Binary(message.payload.to_vec()),
+    ]))
+}
+
+/// A CONTROL command the page runs.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Command {
+    /// Seed the store replica.
+    Seed(StoreSnapshot),
+    /// Open the half in `frame` (import `/index.js`, run `activate`).
+    Open(Peer),
+    /// Close the half, its `deactivate` bounded by this many milliseconds.
+    Close(u64),
+    /// Report the half.
+    Inspect,
+}
+
+/// `[2, completion, command]`.
+pub(crate) fn encode_control(completion: u64, command: &Command) -> Vec<u8> {
+    let command = match command {
+        Command::Seed(snapshot) => Value::Array(vec![
+            Value::from(0u64),
+            Value::from(snapshot.seq),
+            Value::Map(
+                snapshot
+                    .values
+                    .iter()
+                    .map(|(key, value)| (Value::from(key.as_str()), Value::Binary(value.to_vec())))
+                    .collect(),
+            ),
+        ]),
+        Command::Open(frame) => Value::Array(vec![Value::from(1u64), Value::from(*frame)]),
+        Command::Close(timeout_ms) => Value::Array(vec![Value::from(2u64), Value::from(*timeout_ms)]),
+        Command::Inspect => Value::Array(vec![Value::from(3u64)]),
+    };
+    write(&Value::Array(vec![Value::from(2u64), Value::from(completion), command]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(value: Value) -> Vec<u8> {
+        write(&value)
+    }
+
+    fn arr(items: Vec<Value>) -> Vec<u8> {
+        bytes(Value::Array(items))
+    }
+
+    #[test]
+    fn each_page_message_decodes() {
+        assert_eq!(decode(&arr(vec![0.into(), "abc".into()])), Ok(PageMessage::Hello { token: "abc".to_owned() }));
+        let message = arr(vec![
+            1.into(),
+            2.into(),
+            0.into(),
+            0.into(),
+            Value::from(u64::MAX),
+            "ch".into(),
+            Value::Binary(vec![0xc0]),
+        ]);
+        assert_eq!(
+            decode(&message),
+            Ok(PageMessage::Message {
+                kind: 2,
+                status: 0,
+                target: 0,
+                request_id: u64::MAX,
+                channel: "ch".to_owned(),
+                payload: vec![0xc0]
+            })
+        );
+        assert_eq!(
+            decode(&arr(vec![2.into(), 7.into(), Value::Array(vec![0.into()])])),
+            Ok(PageMessage::Complete { completion: 7, outcome: Outcome::Done })
+        );
+        assert_eq!(
+            decode(&arr(vec![2.into(), 7.into(), Value::Array(vec![1.into(), "no".into()])])),
+            Ok(PageMessage::Complete { completion: 7, outcome: Outcome::Failed("no".to_owned()) })
+        );
+        assert_eq!(
+            decode(&arr(vec![2.into(), 7.into(), Value::Array(vec![2.into(), "boom".into()])])),
+            Ok(PageMessage::Complete { completion: 7, outcome: Outcome::Panicked("boom".to_owned()) })
+        );
+        assert_eq!(
+            decode(&arr(vec![2.into(), 7.into(), Value::Array(vec![3.into(), 50.into()])])),
+            Ok(PageMessage::Complete { completion: 7, outcome: Outcome::TimedOut(50) })
+        );
+        let inspect = Value::Map(vec![
+            ("listeners".into(), Value::Map(vec![("a".into(), 2.into())])),
+            ("handlers".into(), Value::Array(vec!["h".into()])),
+            ("pending_requests".into(), 1.into()),
+            ("running_handlers".into(), 0.into()),
+            ("store_keys".into(), 3.into()),
+            ("store_seq".into(), 9.into()),
+            ("watchers".into(), 4.into()),
+        ]);
+        let Ok(PageMessage::Complete { outcome, .. }) =
+            decode(&arr(vec![2.into(), 1.into(), Value::Array(vec![4.into(), inspect])]))
+        else {
+            panic!("an inspect decodes")
+        };
+        let Completion::Inspected(snapshot) = outcome.into_completion(5) else { panic!("inspected") };
+        let half = &snapshot.halves[0];
+        assert_eq!(half.half, Half::Frame(FrameId(5)));
+        assert_eq!(half.listeners.get("a"), Some(&2));
+        assert_eq!((half.handlers.len(), half.pending_requests, half.store_keys, half.store_seq), (1, 1, 3, 9));
+        assert_eq!(half.watchers, 4);
+        assert_eq!(
+            decode(&arr(vec![3.into(), 2.into(), "careful".into()])),
+            Ok(PageMessage::Log { level: 2, text: "careful".to_owned() })
+        );
+    }
+
+    #[test]
+    fn every_malformed_shape_is_a_violation() {
+        let bad: Vec<(Vec<u8>, &str)> = vec![
+            (vec![], "not MessagePack"),
+            (vec![0xd9, 0xff], "not MessagePack"),
+            (vec![0x91, 0x00, 0x00], "after the message"),
+            (bytes(Value::from(1)), "must be a MessagePack array"),
+            (arr(vec![]), "empty array"),
+            (arr(vec!["x".into()]), "tag must be"),
+            (arr(vec![9.into()]), "unknown tag 9"),
+            (arr(vec![0.into()]), "hello takes 1 fields, not 0"),
+            (arr(vec![0.into(), 5.into()]), "hello token must be a string"),
+            (arr(vec![0.into(), "a".into(), "b".into()]), "hello takes 1"),
+            (arr(vec![1.into(), 2.into(), 0.into(), 0.into(), 1.into(), "c".into()]), "message takes 6"),
+            (
+                arr(vec![1.into(), 6.into(), 0.into(), 0.into(), 1.into(), "c".into(), Value::Binary(vec![])]),
+                "may not send messages of kind 6",
+            ),
+            (
+                arr(vec![1.into(), 11.into(), 0.into(), 0.into(), 1.into(), "c".into(), Value::Binary(vec![])]),
+                "kind 11",
+            ),
+            (
+                arr(vec![1.into(), 2.into(), 0.into(), 0.into(), 1.into(), "c".into(), "not binary".into()]),
+                "payload must be binary",
+            ),
+            (
+                arr(vec![1.into(), 2.into(), 0.into(), Value::from(-1), 1.into(), "c".into(), Value::Binary(vec![])]),
+                "target must be an unsigned",
+            ),
+            (
+                arr(vec![
+                    1.into(),
+                    Value::from(1u64 << 40),
+                    0.into(),
+                    0.into(),
+                    1.into(),
+                    "c".into(),
+                    Value::Binary(vec![]),
+                ]),
+                "kind is out of range",
+            ),
+            (
+                arr(vec![
+                    1.into(),
+                    2.into(),
+                    0.into(),
+                    0.into(),
+                    1.into(),
+                    Value::Binary(vec![]),
+                    Value::Binary(vec![]),
+                ]),
+                "channel must be a string",
+            ),
+            (arr(vec![2.into(), 1.into()]), "complete takes 2"),
+            (arr(vec![2.into(), 1.into(), 0.into()]), "outcome must be an array"),
+            (arr(vec![2.into(), 1.into(), Value::Array(vec![])]), "unsigned tag"),
+            (arr(vec![2.into(), 1.into(), Value::Array(vec![0.into(), 1.into()])]), "outcome done takes 0"),
+            (arr(vec![2.into(), 1.into(), Value::Array(vec![8.into()])]), "unknown outcome tag 8"),
+            (arr(vec![2.into(), 1.into(), Value::Array(vec![4.into(), 1.into()])]), "inspect must be a map"),
+            (
+                arr(vec![2.into(), 1.into(), Value::Array(vec![4.into(), Value::Map(vec![("x".into(), 1.into())])])]),
+                "unknown inspect field",
+            ),
+            (arr(vec![3.into(), 0.into(), "t".into()]), "log level 0"),
+            (arr(vec![3.into(), 6.into(), "t".into()]), "log level 6"),
+            (arr(vec![3.into(), 1.into(), 1.into()]), "log text must be a string"),
+        ];
+        for (message, expected) in bad {
+            let error = decode(&message).expect_err(expected);
+            assert!(error.0.contains(expected), "{:?}: {error}", message);
+        }
+    }
+
+    #[test]
+    fn host_messages_encode_as_the_spec_says() {
+        let message = Message {
+            kind: abi::kind::INVOKE,
+            status: 0,
+            origin: 0,
+            target: 3,
+            request_id: u64::MAX,
+            channel: "ch",
+            payload: &[1, 2],
+        };
+        let value = rmpv::decode::read_value(&mut &encode_message(&message)[..]).unwrap();
+        assert_eq!(
+            value,
+            Value::Array(vec![
+                1.into(),
+                2.into(),
+                0.into(),
+                0.into(),
+                3.into(),
+                Value::from(u64::MAX),
+                "ch".into(),
+                Value::Binary(vec![1, 2])
+            ])
+        );
+        let mut snapshot = StoreSnapshot { seq: 4, ..Default::default() };
+        snapshot.values.insert("k".to_owned(), serde_bytes::ByteBuf::from(vec![7]));
+        let value = rmpv::decode::read_value(&mut &encode_control(9, &Command::Seed(snapshot))[..]).unwrap();
+        assert_eq!(
+            value,
+            Value::Array(vec![
+                2.into(),
+                9.into(),
+                Value::Array(vec![0.into(), 4.into(), Value::Map(vec![("k".into(), Value::Binary(vec![7]))])])
+            ])
+        );
+        let value = rmpv::decode::read_value(&mut &encode_welcome(3, "probe")[..]).unwrap();
+        assert_eq!(value[1]["frame"], Value::from(3));
+        assert_eq!(value[1]["extension"], Value::from("probe"));
+    }
+}

@@ -1,0 +1,323 @@
+//! One renderer socket: an extension's iframe in a web frame. The page must say HELLO with
+//! its token first (within the handshake timeout); then its messages are validated one by one
+//! (`protocol::decode`) and routed as the frame's half: **the namespace and the origin come
+//! from the connection, never from the message**. Anything malformed ends this connection
+//! only (1008, or 1009 when too big), logged with the extension's name.
+//!
+//! The writing side is a task draining a bounded queue ([`PageConnection`]), so that
+//! delivering to a page never blocks the sender.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
+use extension_api::InvokeErrorKind;
+use extension_api::abi::{self, Peer};
+use extension_api::message::Message;
+use extension_api::wire::Completion;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::protocol::{self, PageMessage};
+use super::{ConnectionSlot, Server};
+use crate::core::lock;
+use crate::endpoint::Endpoint;
+use crate::keys::next_key;
+use crate::link::Link;
+use crate::transport::{Transport, WebInstance};
+
+/// Most messages queued for one page.
+const QUEUE_MESSAGES: usize = 4096;
+/// Most bytes queued for one page.
+const QUEUE_BYTES: usize = 64 << 20;
+/// How long the writer may take to send the close frame once the connection ends.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// The writing side of one page's socket, shared by its transport and its read loop.
+pub(crate) struct PageConnection {
+    queue: mpsc::Sender<Vec<u8>>,
+    queued_bytes: AtomicUsize,
+    /// Fired to end the connection; the close frame to send is in `close_with`.
+    closing: CancellationToken,
+    close_with: Mutex<Option<(u16, String)>>,
+    /// The host closed it (the half is not meant to run there any more).
+    by_host: AtomicBool,
+    /// Completions the transport gives itself (commands a page has no use for), for the read
+    /// loop to hand to the endpoint: at most one per command the host is waiting on.
+    answers: mpsc::UnboundedSender<(u64, Completion)>,
+}
+
+impl PageConnection {
+    /// Queues one binary message; `must` for a message that answers one already accepted (a
+    /// page not taking it loses its connection rather than a reply).
+    pub(crate) fn send(&self, bytes: Vec<u8>, must: bool) -> u32 {
+        if self.closing.is_cancelled() {
+            return abi::status::DEACTIVATED;
+        }
+        let size = bytes.len();
+        let queued = self.queued_bytes.fetch_add(size, Ordering::AcqRel);
+        let full = queued > 0 && queued.saturating_add(size) > QUEUE_BYTES;
+        if !full && self.queue.try_send(bytes).is_ok() {
+            return abi::status::OK;
+        }
+        self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+        if must {
+            self.close(1008, "the page stopped reading its messages");
+        }
+        abi::status::BUSY
+    }
+
+    /// Ends the connection with a close frame of `code`, once (the first reason wins).
+    pub(crate) fn close(&self, code: u16, reason: &str) {
+        {
+            let mut close_with = lock(&self.close_with);
+            if close_with.is_none() {
+                *close_with = Some((code, reason.to_owned()));
+            }
+        }
+        self.closing.cancel();
+    }
+
+    /// The host ends the connection (1000): the half is closed already.
+    pub(crate) fn close_by_host(&self) {
+        self.by_host.store(true, Ordering::Release);
+        self.close(1000, "closed by the host");
+    }
+
+    /// Completes command `completion` without the page.
+    pub(crate) fn answer(&self, completion: u64, result: Completion) {
+        let _ = self.answers.send((completion, result));
+    }
+}
+
+/// How a connection ended.
+enum Ended {
+    /// The page sent a close frame (the tab closed or reloaded, the iframe navigated).
+    Closed,
+    /// The connection dropped without one, or failed.
+    Dropped(String),
+    /// The page broke the protocol: close code and reason.
+    Violation(u16, String),
+    /// The host ended it (the half closed, the server shut down).
+    ByHost,
+}
+
+/// Serves one renderer socket on `extension`'s origin.
+pub(crate) async fn serve(socket: WebSocket, server: Arc<Server>, extension: String, slot: ConnectionSlot) {
+    let _slot = slot;
+    let (mut sink, mut stream) = socket.split();
+    // The HELLO, in time.
+    let hello = tokio::time::timeout(server.config.handshake_timeout, stream.next()).await;
+    let token = match hello {
+        Err(_) => Err((1008, "no hello in time".to_owned())),
+        Ok(Some(Ok(WsMessage::Binary(bytes)))) => match protocol::decode(&bytes) {
+            Ok(PageMessage::Hello { token }) => Ok(token),
+            Ok(_) => Err((1008, "the first message must be a hello".to_owned())),
+            Err(violation) => Err((1008, violation.0)),
+        },
+        Ok(Some(Ok(WsMessage::Text(_)))) => Err((1008, "text messages are not part of the protocol".to_owned())),
+        Ok(Some(Ok(_))) => Err((1008, "the first message must be a hello".to_owned())),
+        Ok(Some(Err(error))) => Err(close_for_error(&error.to_string())),
+        Ok(None) => return,
+    };
+    let claim = token.and_then(|token| {
+        server.tokens.claim(&extension, &token).map_err(|refused| (1008, format!("token refused: {refused}")))
+    });
+    let claim = match claim {
+        Ok(claim) => claim,
+        Err((code, reason)) => {
+            tracing::warn!(extension = %extension, "web renderer connection refused: {reason}");
+            let _ = tokio::time::timeout(CLOSE_WAIT, sink.send(close_message(code, &reason))).await;
+            return;
+        }
+    };
+    let Some(link) = claim.link.upgrade() else {
+        let _ = tokio::time::timeout(CLOSE_WAIT, sink.send(close_message(1008, "the extension is not running"))).await;
+        server.tokens.release(&claim.token);
+        return;
+    };
+    let frame = claim.frame;
+    let shell = claim.shell.clone();
+
+    let (queue, mut outgoing) = mpsc::channel(QUEUE_MESSAGES);
+    let (answers, mut answered) = mpsc::unbounded_channel();
+    let connection = Arc::new(PageConnection {
+        queue,
+        queued_bytes: AtomicUsize::new(0),
+        closing: CancellationToken::new(),
+        close_with: Mutex::new(None),
+        by_host: AtomicBool::new(false),
+        answers,
+    });
+    let instance = WebInstance::new(&extension, frame, &claim.token, connection.clone(), shell, server.tokens.clone());
+    let endpoint = Endpoint::new(next_key(), Transport::Web(instance));
+    connection.send(protocol::encode_welcome(frame, &extension), true);
+
+    // The writer: the queue in order, then the close frame.
+    let writer_connection = connection.clone();
+    let shutdown = server.shutdown.clone();
+    let writer = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                biased;
+                _ = writer_connection.closing.cancelled() => break,
+                _ = shutdown.cancelled() => {
+                    writer_connection.close(1001, "the server is shutting down");
+                    break;
+                }
+                next = outgoing.recv() => {
+                    let Some(bytes) = next else { break };
+                    writer_connection.queued_bytes.fetch_sub(bytes.len(), Ordering::AcqRel);
+                    // A page that stops reading must not hold the writer past the connection's end.
+                    tokio::select! {
+                        sent = sink.send(WsMessage::Binary(bytes.into())) => if sent.is_err() { break },
+                        _ = writer_connection.closing.cancelled() => break,
+                    }
+                }
+            }
+        }
+        let close_with = lock(&writer_connection.close_with).clone();
+        if let Some((code, reason)) = close_with {
+            let _ = tokio::time::timeout(CLOSE_WAIT, sink.send(close_message(code, &reason))).await;
+        }
+        let _ = tokio::time::timeout(CLOSE_WAIT, sink.close()).await;
+    });
+
+    match claim.waiter {
+        Some(waiter) => {
+            if waiter.send(endpoint.clone()).is_err() {
+                connection.close(1008, "the host stopped waiting for this page");
+            }
+        }
+        // The page came back (it reloaded) while the frame is open: the half starts again.
+        None => server.hooks.half_reconnected(&extension, frame, endpoint.clone()),
+    }
+
+    let ended = loop {
+        tokio::select! {
+            biased;
+            _ = connection.closing.cancelled() => {
+                if connection.by_host.load(Ordering::Acquire) {
+                    break Ended::ByHost;
+                }
+                let (_, reason) = lock(&connection.close_with).clone().unwrap_or_default();
+                break Ended::Dropped(reason);
+            }
+            Some((completion, result)) = answered.recv() => endpoint.complete(completion, result),
+            next = stream.next() => match next {
+                None => break Ended::Dropped("the connection dropped".to_owned()),
+                Some(Err(error)) => {
+                    let (code, reason) = close_for_error(&error.to_string());
+                    if code == 1009 {
+                        break Ended::Violation(code, reason);
+                    }
+                    break Ended::Dropped(reason);
+                }
+                Some(Ok(WsMessage::Close(_))) => break Ended::Closed,
+                Some(Ok(WsMessage::Binary(bytes))) => {
+                    if let Err(violation) = receive(&link, &endpoint, frame, &bytes) {
+                        break Ended::Violation(1008, violation);
+                    }
+                }
+                Some(Ok(WsMessage::Text(_))) => {
+                    break Ended::Violation(1008, "text messages are not part of the protocol".to_owned())
+                }
+                Some(Ok(_)) => {}
+            },
+        }
+    };
+
+    let gone = match ended {
+        Ended::ByHost => None,
+        Ended::Closed => {
+            tracing::info!(extension = %extension, frame, "the web renderer's page closed its connection");
+            let reason = "the page closed its connection".to_owned();
+            half_gone(&link, &endpoint, InvokeErrorKind::FrameClosed, &reason);
+            Some((false, reason))
+        }
+        Ended::Dropped(reason) => {
+            tracing::warn!(extension = %extension, frame, "the web renderer's connection was lost: {reason}");
+            half_gone(&link, &endpoint, InvokeErrorKind::ConnectionLost, &reason);
+            Some((true, reason))
+        }
+        Ended::Violation(code, reason) => {
+            tracing::warn!(extension = %extension, frame, "web renderer connection ended: {reason}");
+            connection.close(code, &reason);
+            half_gone(&link, &endpoint, InvokeErrorKind::ConnectionLost, &reason);
+            Some((true, reason))
+        }
+    };
+    if let Some((lost, reason)) = gone {
+        connection.close(1000, "");
+        server.tokens.release(&claim.token);
+        server.hooks.half_ended(&extension, frame, lost, &reason);
+    }
+    let _ = writer.await;
+}
+
+/// Handles one binary message of a connected page; an error is a protocol violation.
+fn receive(link: &Link, endpoint: &Endpoint, frame: Peer, bytes: &[u8]) -> Result<(), String> {
+    match protocol::decode(bytes).map_err(|violation| violation.0)? {
+        PageMessage::Hello { .. } => Err("a second hello".to_owned()),
+        PageMessage::Message { kind, status, target, request_id, channel, payload } => {
+            // A store write is checked here too: main would only log and drop a bad one.
+            if kind == abi::kind::STORE_WRITE {
+                extension_api::wire::decode::<extension_api::wire::StoreWrite>(&payload)
+                    .map_err(|error| format!("a store write's payload is not {{write_id, key, value}}: {error}"))?;
+            }
+            let message =
+                Message { kind, status, origin: frame, target, request_id, channel: &channel, payload: &payload };
+            let status = link.route(endpoint, &message);
+            // Only a request from the half that runs there is answered (as for children).
+            if status != abi::status::OK && kind == abi::kind::INVOKE && endpoint.hosts(frame) {
+                link.refuse_invoke(&message, status);
+            }
+            Ok(())
+        }
+        PageMessage::Complete { completion, outcome } => {
+            endpoint.complete(completion, outcome.into_completion(frame));
+            Ok(())
+        }
+        PageMessage::Log { level, text } => {
+            link.forward_log(level, "web", &text);
+            Ok(())
+        }
+    }
+}
+
+/// The page's half is gone without the host closing it: requests involving it fail with
+/// `kind`, and it leaves the namespace.
+fn half_gone(link: &Link, endpoint: &Endpoint, kind: InvokeErrorKind, reason: &str) {
+    match kind {
+        InvokeErrorKind::ConnectionLost => link.lose_endpoint(endpoint, reason),
+        _ => {
+            let peers = endpoint.peers();
+            for peer in &peers {
+                link.unplace(endpoint, *peer);
+            }
+            link.fail_pending(|origin, target| peers.contains(&origin) || peers.contains(&target), kind, reason);
+            link.remove_endpoint(endpoint.key);
+        }
+    }
+    endpoint.retire(reason);
+}
+
+/// The close code for a failed read: 1009 when the message was too big.
+fn close_for_error(error: &str) -> (u16, String) {
+    if error.contains("too long") || error.contains("too big") || error.contains("Space limit") {
+        (1009, format!("message too big: {error}"))
+    } else {
+        (1008, format!("unreadable message: {error}"))
+    }
+}
+
+fn close_message(code: u16, reason: &str) -> WsMessage {
+    // A close frame's reason holds at most 123 bytes.
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    WsMessage::Close(Some(CloseFrame { code, reason: reason[..end].into() }))
+}

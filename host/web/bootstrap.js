@@ -1,0 +1,128 @@
+// The renderer document's module (served as `/.host/bootstrap.js` on an extension's origin).
+//
+// 1. Reads the shell's origin from `<meta name="extension-host-shell" content="ORIGIN">`.
+// 2. Posts `{type: "ready"}` to `parent`, targeted at that origin, and waits for
+//    `{type: "token", token}` coming from `parent` with that origin (nothing else is taken).
+// 3. Connects `ws(s)://HOST/.host/connect` on its own origin, sends HELLO with the token and
+//    hands the socket to the client, which seeds the store, imports `/index.js` and calls
+//    `activate(ipc)` when the host says so.
+// It also draws a one-line status at the top of the body: connected or not, the frame, the
+// messages in and out. The extension's own UI goes in the rest of the body.
+
+import { Client, helloFrame } from "./client.js";
+
+const STATUS_ID = "extension-host-status";
+
+function statusLine() {
+  let line = document.getElementById(STATUS_ID);
+  if (!line) {
+    line = document.createElement("div");
+    line.id = STATUS_ID;
+    document.body.prepend(line);
+  }
+  line.setAttribute("role", "status");
+  // CSSOM, not a style attribute: allowed under the extension origins' CSP either way.
+  Object.assign(line.style, {
+    font: "12px/1.6 ui-monospace, SFMono-Regular, Menlo, monospace",
+    color: "#555",
+    background: "#f3f4f6",
+    borderBottom: "1px solid #e5e7eb",
+    padding: "2px 8px",
+    margin: "0 0 8px 0",
+    whiteSpace: "nowrap",
+    overflow: "hidden",
+    textOverflow: "ellipsis",
+  });
+  return line;
+}
+
+function show(line, state, text) {
+  line.dataset.state = state;
+  const colours = { waiting: "#9ca3af", connecting: "#f59e0b", connected: "#10b981", running: "#10b981", closed: "#6b7280", lost: "#ef4444" };
+  line.textContent = "";
+  const dot = document.createElement("span");
+  dot.textContent = "● ";
+  dot.style.color = colours[state] ?? "#9ca3af";
+  line.append(dot, text);
+}
+
+function describe(client) {
+  const who = client.extension ?? "extension";
+  const frame = client.frame === undefined ? "" : ` · frame ${client.frame}`;
+  const counts = ` · in ${client.messagesIn} / out ${client.messagesOut}`;
+  switch (client.state) {
+    case "connecting":
+      return `connecting to the host${counts}`;
+    case "connected":
+      return `${who}: connected${frame}${counts}`;
+    case "running":
+      return `${who}: running${frame}${counts}`;
+    case "closed":
+      return `${who}: renderer half closed${frame}${counts}`;
+    default:
+      return `${who}: disconnected${frame} (${client.closeReason ?? "the connection closed"})${counts}`;
+  }
+}
+
+function start() {
+  const line = statusLine();
+  const shell = document.querySelector('meta[name="extension-host-shell"]')?.getAttribute("content");
+  if (!shell) {
+    show(line, "lost", "this page has no extension-host-shell meta: it is served by the extension host only");
+    return;
+  }
+  if (window.parent === window) {
+    show(line, "lost", `open this page through the extension host's shell (${shell}), not on its own`);
+    return;
+  }
+  shellOrigin = shell;
+  show(line, "waiting", "waiting for the shell");
+  const onMessage = (event) => {
+    // Only the shell, in the parent window, on its own origin, hands the token out.
+    if (event.source !== window.parent || event.origin !== shell) return;
+    const data = event.data;
+    if (data === null || typeof data !== "object" || data.type !== "token" || typeof data.token !== "string") return;
+    window.removeEventListener("message", onMessage);
+    connect(line, data.token);
+  };
+  window.addEventListener("message", onMessage);
+  window.parent.postMessage({ type: "ready" }, shell);
+}
+
+let shellOrigin;
+
+/** Tells the shell what this half is doing, for its card (the shell shows it as text). */
+function report(client) {
+  window.parent.postMessage(
+    { type: "status", state: client.state, frame: client.frame, messagesIn: client.messagesIn, messagesOut: client.messagesOut },
+    shellOrigin,
+  );
+}
+
+function connect(line, token) {
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  const socket = new WebSocket(`${scheme}//${location.host}/.host/connect`);
+  let scheduled = false;
+  const client = new Client(socket, {
+    onChange: (client) => {
+      // One redraw per frame, however many messages arrive.
+      if (scheduled) return;
+      scheduled = true;
+      requestAnimationFrame(() => {
+        scheduled = false;
+        show(line, client.state, describe(client));
+        report(client);
+      });
+    },
+  });
+  socket.addEventListener("open", () => {
+    socket.send(helloFrame(token));
+    client.messagesOut++;
+    show(line, client.state, describe(client));
+    report(client);
+  });
+  show(line, "connecting", describe(client));
+}
+
+if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start, { once: true });
+else start();

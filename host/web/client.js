@@ -1,0 +1,982 @@
+// The extension host's JavaScript client: the `ipc` object a web renderer half gets in
+// `activate(ipc)`, over the renderer socket of the web transport (spec: host/web/README.md and
+// client.d.ts). Served by the host as `/.host/client.js`, beside `/.host/msgpack.js`.
+//
+// Every WebSocket message is one MessagePack array whose first element is a tag. Values are
+// MessagePack too: 64-bit integers beyond 2^53 are BigInt, binary is Uint8Array, a map whose
+// keys are not all strings is a Map.
+
+import { Decoder, Encoder } from "./msgpack.js";
+
+// --- Peers, kinds, codes (extension-api/src/abi.rs, message.rs) -----------------------------
+
+const PEER_MAIN = 0;
+const PEER_HOST = 2n ** 64n - 2n;
+const PEER_ALL = 2n ** 64n - 1n;
+
+const BROADCAST = 1;
+const INVOKE = 2;
+const REPLY = 3;
+const CANCEL = 4;
+const STORE_WRITE = 5;
+const STORE_UPDATE = 6;
+const STORE_REFUSAL = 7;
+
+/** Error kinds by their reply code (`message::error_code`), 100 NoHandler ... 110 TooLarge. */
+export const ERROR_KINDS = Object.freeze([
+  "NoHandler",
+  "Handler",
+  "Panicked",
+  "Timeout",
+  "Deactivated",
+  "FrameClosed",
+  "ConnectionLost",
+  "Serialize",
+  "Deserialize",
+  "Overloaded",
+  "TooLarge",
+]);
+
+/** The code an error reply of `kind` carries in its status field. */
+export function errorCode(kind) {
+  const index = ERROR_KINDS.indexOf(kind);
+  if (index < 0) throw new TypeError(`unknown error kind ${String(kind)}`);
+  return 100 + index;
+}
+
+/** The kind a reply's non-zero status stands for, as the Rust side reads it. */
+export function kindOfStatus(status) {
+  const code = Number(status);
+  if (code >= 100 && code <= 110) return ERROR_KINDS[code - 100];
+  // A refusal on the way (`abi::status`, `message::refusal_kind`).
+  if (code === 6) return "Overloaded";
+  if (code === 5) return "FrameClosed";
+  if (code === 7) return "TooLarge";
+  if (code >= 1 && code < 100) return "Deactivated";
+  // A code no version defines: as `Reply::into_result`.
+  return "ConnectionLost";
+}
+
+/** Why an invoke did not produce the handler's value. */
+export class InvokeError extends Error {
+  constructor(kind, message, data = undefined, options = undefined) {
+    super(message, options);
+    this.name = "InvokeError";
+    this.kind = kind;
+    this.data = data;
+  }
+}
+
+/** Why a store write was not made (main refused it, or the half closed first). */
+export class StoreError extends Error {
+  constructor(key, reason, message, details = {}) {
+    super(message);
+    this.name = "StoreError";
+    this.key = key;
+    this.reason = reason;
+    // For TooLarge and Full: the sizes, in bytes.
+    if (details.size !== undefined) this.size = details.size;
+    if (details.max !== undefined) this.max = details.max;
+  }
+}
+
+// --- Values ------------------------------------------------------------------------------
+
+const MAX_U64 = 2n ** 64n - 1n;
+const MIN_I64 = -(2n ** 63n);
+const SAFE_MAX = BigInt(Number.MAX_SAFE_INTEGER);
+const SAFE_MIN = BigInt(Number.MIN_SAFE_INTEGER);
+
+/** @msgpack/msgpack with the three awkward values: BigInt, Map, and (as it has) Uint8Array. */
+class ValueEncoder extends Encoder {
+  clone() {
+    return new ValueEncoder();
+  }
+
+  encodeObject(object, depth) {
+    if (typeof object === "bigint") {
+      if (object >= SAFE_MIN && object <= SAFE_MAX) {
+        this.encodeNumber(Number(object));
+      } else if (object > MAX_U64 || object < MIN_I64) {
+        throw new TypeError(`the BigInt ${object} does not fit in 64 bits`);
+      } else {
+        // uint64 when not negative, int64 otherwise.
+        this.encodeBigInt64(object);
+      }
+    } else if (object instanceof Map) {
+      this.encodeMapObject(object, depth);
+    } else if (object instanceof Set || typeof object === "function" || typeof object === "symbol") {
+      throw new TypeError(`a ${Object.prototype.toString.call(object)} is not a MessagePack value`);
+    } else {
+      super.encodeObject(object, depth);
+    }
+  }
+
+  encodeMapObject(map, depth) {
+    const size = map.size;
+    if (size < 16) {
+      this.writeU8(0x80 + size);
+    } else if (size < 0x10000) {
+      this.writeU8(0xde);
+      this.writeU16(size);
+    } else {
+      this.writeU8(0xdf);
+      this.writeU32(size);
+    }
+    for (const [key, value] of map) {
+      this.doEncode(key, depth + 1);
+      this.doEncode(value, depth + 1);
+    }
+  }
+}
+
+/** Keys of the map being decoded that are not strings, by the symbol standing in for them. */
+let foreignKeys = null;
+
+class ValueDecoder extends Decoder {
+  constructor() {
+    super({
+      useBigInt64: true,
+      mapKeyConverter: (key) => {
+        if (typeof key === "string") return key;
+        // A stand-in property key; `restore` turns its object into a Map.
+        const symbol = Symbol("key");
+        (foreignKeys ??= new Map()).set(symbol, key);
+        return symbol;
+      },
+    });
+  }
+
+  clone() {
+    return new ValueDecoder();
+  }
+
+  readU64AsBigInt() {
+    const value = super.readU64AsBigInt();
+    return value <= SAFE_MAX ? Number(value) : value;
+  }
+
+  readI64AsBigInt() {
+    const value = super.readI64AsBigInt();
+    return value >= SAFE_MIN && value <= SAFE_MAX ? Number(value) : value;
+  }
+}
+
+const encoder = new ValueEncoder();
+const decoder = new ValueDecoder();
+
+/** Encodes a value as MessagePack; throws TypeError when it cannot be. */
+export function encodeValue(value) {
+  try {
+    return encoder.encode(value);
+  } catch (error) {
+    if (error instanceof TypeError) throw error;
+    throw new TypeError(`the value is not encodable as MessagePack: ${error.message}`, { cause: error });
+  }
+}
+
+/** Decodes one MessagePack value (an empty buffer is `undefined`). */
+export function decodeValue(bytes) {
+  if (bytes === undefined || bytes === null || bytes.length === 0) return undefined;
+  const outer = foreignKeys;
+  foreignKeys = null;
+  try {
+    const value = decoder.decode(bytes);
+    return foreignKeys === null ? value : restore(value, foreignKeys);
+  } finally {
+    foreignKeys = outer;
+  }
+}
+
+/** Turns the objects with stand-in keys into Maps (their string keys kept as strings). */
+function restore(value, keys) {
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) value[i] = restore(value[i], keys);
+    return value;
+  }
+  if (value === null || typeof value !== "object" || ArrayBuffer.isView(value)) return value;
+  if (Object.getPrototypeOf(value) !== Object.prototype) return value;
+  const symbols = Object.getOwnPropertySymbols(value);
+  if (symbols.length === 0) {
+    for (const key of Object.keys(value)) value[key] = restore(value[key], keys);
+    return value;
+  }
+  const map = new Map();
+  for (const key of Reflect.ownKeys(value)) {
+    map.set(typeof key === "symbol" ? keys.get(key) : key, restore(value[key], keys));
+  }
+  return map;
+}
+
+// --- Frames of the renderer socket (spec §3) ---------------------------------------------
+
+/** Page → host tags. */
+export const PAGE = Object.freeze({ HELLO: 0, MESSAGE: 1, COMPLETE: 2, LOG: 3 });
+/** Host → page tags. */
+export const HOST = Object.freeze({ WELCOME: 0, MESSAGE: 1, CONTROL: 2 });
+
+const LEVELS = { error: 1, warn: 2, info: 3, debug: 4, trace: 5 };
+
+/** The HELLO a page sends first. */
+export function helloFrame(token) {
+  return encodeValue([PAGE.HELLO, String(token)]);
+}
+
+function senderOf(peer) {
+  if (peer === PEER_MAIN) return { kind: "main" };
+  if (peer === PEER_HOST) return { kind: "host" };
+  return { kind: "frame", frame: peer };
+}
+
+function describe(value) {
+  if (value instanceof Error) return value.stack ?? `${value.name}: ${value.message}`;
+  if (typeof value === "string") return value;
+  try {
+    return JSON.stringify(value, (_, v) => (typeof v === "bigint" ? `${v}n` : v)) ?? String(value);
+  } catch {
+    return String(value);
+  }
+}
+
+function disposer(fn) {
+  let done = false;
+  const dispose = () => {
+    if (done) return;
+    done = true;
+    fn();
+  };
+  dispose.dispose = dispose;
+  return dispose;
+}
+
+function sameBytes(a, b) {
+  if (a === b) return true;
+  if (!a || !b || a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+function toBytes(value) {
+  if (value === undefined || value === null) return null;
+  if (value instanceof Uint8Array) return value;
+  if (ArrayBuffer.isView(value)) return new Uint8Array(value.buffer, value.byteOffset, value.byteLength);
+  throw new TypeError("expected binary data");
+}
+
+function asNumber(value) {
+  return typeof value === "bigint" && value >= SAFE_MIN && value <= SAFE_MAX ? Number(value) : value;
+}
+
+const DEFAULT_TIMEOUT = 30_000;
+/** The largest message a half may send: channel name and value, in bytes (`abi::MAX_MESSAGE`). */
+export const MAX_MESSAGE = 16 << 20;
+/** The largest store value, encoded (`extension_api::STORE_VALUE_LIMIT`). */
+export const STORE_VALUE_LIMIT = 1 << 20;
+const utf8 = new TextEncoder();
+
+/** Whether a message with this channel and payload is within MAX_MESSAGE. */
+function fits(channel, payload) {
+  return utf8.encode(channel).length + payload.length <= MAX_MESSAGE;
+}
+
+function overLimit(channel, payload) {
+  return `the message is over the ${MAX_MESSAGE}-byte limit (its value and channel name together: ${utf8.encode(channel).length + payload.length} bytes)`;
+}
+/** setTimeout's largest delay; longer timeouts wait in steps. */
+const MAX_DELAY = 2 ** 31 - 1;
+
+/** A protocol violation by the host: the connection is ended. */
+class Violation extends Error {}
+
+/**
+ * The page's end of the renderer socket. `socket` is a WebSocket (or anything with `send`,
+ * `close`, `addEventListener("message" | "close")`) whose HELLO was sent. `options`:
+ * `entry` (the module to import on open, default "/index.js"), `importModule` (how, default
+ * dynamic `import`), `onChange` (called after every message in or out, for a status line).
+ */
+export class Client {
+  constructor(socket, options = {}) {
+    this.socket = socket;
+    this.entry = options.entry ?? "/index.js";
+    this.importModule = options.importModule ?? ((url) => import(url));
+    this.onChange = options.onChange ?? (() => {});
+    this.frame = undefined;
+    this.extension = undefined;
+    this.state = "connecting";
+    this.closeReason = undefined;
+    this.messagesIn = 0;
+    this.messagesOut = 0;
+    // The store replica: key → MessagePack bytes; null until seeded.
+    this.replica = null;
+    this.seq = 0;
+    this.stash = new Map();
+    // The running half, or null.
+    this.half = null;
+    this.module = null;
+    this.nextRequest = 1;
+    this.nextWrite = 1;
+    if ("binaryType" in socket) socket.binaryType = "arraybuffer";
+    socket.addEventListener("message", (event) => this.receive(event.data));
+    socket.addEventListener("close", (event) => this.closed(event));
+  }
+
+  // --- Out -----------------------------------------------------------------------------
+
+  sendFrame(array) {
+    if (this.state === "lost") return false;
+    this.socket.send(encodeValue(array));
+    this.messagesOut++;
+    this.onChange(this);
+    return true;
+  }
+
+  sendMessage(kind, status, target, requestId, channel, payload) {
+    return this.sendFrame([PAGE.MESSAGE, kind, status, target, requestId, channel, payload]);
+  }
+
+  log(level, parts) {
+    const text = parts.map(describe).join(" ");
+    this.sendFrame([PAGE.LOG, LEVELS[level], text]);
+  }
+
+  complete(completion, outcome) {
+    this.sendFrame([PAGE.COMPLETE, completion, outcome]);
+  }
+
+  // --- In ------------------------------------------------------------------------------
+
+  receive(data) {
+    this.messagesIn++;
+    try {
+      if (typeof data === "string") throw new Violation("a text message on the renderer socket");
+      const bytes = data instanceof ArrayBuffer ? new Uint8Array(data) : toBytes(data);
+      let frame;
+      try {
+        frame = decodeValue(bytes);
+      } catch (error) {
+        throw new Violation(`an undecodable message: ${error.message}`);
+      }
+      if (!Array.isArray(frame) || frame.length === 0) throw new Violation("a message that is not a tagged array");
+      switch (frame[0]) {
+        case HOST.WELCOME:
+          this.welcome(frame);
+          break;
+        case HOST.MESSAGE:
+          this.message(frame);
+          break;
+        case HOST.CONTROL:
+          this.control(frame);
+          break;
+        default:
+          throw new Violation(`unknown tag ${String(frame[0])}`);
+      }
+    } catch (error) {
+      if (!(error instanceof Violation)) throw error;
+      console.error(`extension host client: ${error.message}; closing the connection`);
+      this.lose(`the host broke the protocol: ${error.message}`);
+      this.socket.close(1008, error.message.slice(0, 120));
+    } finally {
+      this.onChange(this);
+    }
+  }
+
+  welcome(frame) {
+    const info = frame[1];
+    if (frame.length !== 2 || info === null || typeof info !== "object" || typeof info.extension !== "string") {
+      throw new Violation("a malformed welcome");
+    }
+    if (this.frame !== undefined) throw new Violation("a second welcome");
+    this.frame = asNumber(info.frame);
+    this.extension = info.extension;
+    this.state = "connected";
+  }
+
+  message(frame) {
+    if (frame.length !== 8) throw new Violation(`a message of ${frame.length} fields`);
+    const [, kind, status, origin, , requestId, channel, rawPayload] = frame;
+    const payload = toBytes(rawPayload) ?? new Uint8Array(0);
+    if (typeof channel !== "string") throw new Violation("a message whose channel is not a string");
+    switch (kind) {
+      case BROADCAST:
+        this.half?.deliver(channel, payload, origin);
+        break;
+      case INVOKE:
+        this.onInvoke(origin, requestId, channel, payload);
+        break;
+      case REPLY:
+        this.half?.settle(requestId, status, payload);
+        break;
+      case CANCEL:
+        this.half?.cancelRun(origin, requestId);
+        break;
+      case STORE_UPDATE:
+        this.onStoreUpdate(payload);
+        break;
+      case STORE_REFUSAL:
+        this.onStoreRefusal(payload);
+        break;
+      default:
+        throw new Violation(`a message of kind ${String(kind)}`);
+    }
+  }
+
+  onInvoke(origin, requestId, channel, payload) {
+    if (this.half) return this.half.run(origin, requestId, channel, payload);
+    // No half running here: a request is never left unanswered.
+    this.replyError(origin, requestId, "NoHandler", `no handler for \`${channel}\`: the renderer half is not running`);
+  }
+
+  replyError(target, requestId, kind, message, data = undefined) {
+    let payload;
+    try {
+      payload = encodeValue({ message, data: data === undefined ? null : encodeValue(data) });
+    } catch {
+      payload = encodeValue({ message, data: null });
+    }
+    this.sendMessage(REPLY, errorCode(kind), target, requestId, "", payload);
+  }
+
+  control(frame) {
+    if (frame.length !== 3 || !Array.isArray(frame[2])) throw new Violation("a malformed control");
+    const [, completion, command] = frame;
+    switch (command[0]) {
+      case 0:
+        return this.seed(completion, command);
+      case 1:
+        return this.open(completion);
+      case 2:
+        return this.close(completion, command[1]);
+      case 3:
+        return this.complete(completion, [4, this.inspect()]);
+      default:
+        return this.complete(completion, [1, `unknown control command ${String(command[0])}`]);
+    }
+  }
+
+  // --- Store ---------------------------------------------------------------------------
+
+  seed(completion, command) {
+    const [, seq, values] = command;
+    if (values === null || typeof values !== "object") throw new Violation("a seed without values");
+    const entries = values instanceof Map ? [...values] : Object.entries(values);
+    this.replica = new Map();
+    for (const [key, value] of entries) this.replica.set(String(key), toBytes(value));
+    this.seq = Number(seq);
+    this.drain();
+    this.complete(completion, [0]);
+  }
+
+  onStoreUpdate(payload) {
+    const update = decodeValue(payload);
+    if (update === null || typeof update !== "object" || typeof update.key !== "string") {
+      throw new Violation("a malformed store update");
+    }
+    this.stash.set(Number(update.seq), update);
+    this.drain();
+  }
+
+  /** Applies every stashed update that follows the replica without a gap, in order. */
+  drain() {
+    if (this.replica === null) return;
+    for (;;) {
+      for (const seq of this.stash.keys()) if (seq <= this.seq) this.stash.delete(seq);
+      const update = this.stash.get(this.seq + 1);
+      if (update === undefined) return;
+      this.stash.delete(this.seq + 1);
+      this.seq += 1;
+      const old = toBytes(update.old);
+      const value = toBytes(update.new);
+      if (value === null) this.replica.delete(update.key);
+      else this.replica.set(update.key, value);
+      this.half?.applied(update, old, value);
+    }
+  }
+
+  onStoreRefusal(payload) {
+    const refusal = decodeValue(payload);
+    if (refusal === null || typeof refusal !== "object") throw new Violation("a malformed store refusal");
+    this.half?.refused(refusal);
+  }
+
+  // --- Lifecycle -----------------------------------------------------------------------
+
+  async open(completion) {
+    if (this.half) return this.complete(completion, [1, "the renderer half is already open"]);
+    const half = new Half(this);
+    this.half = half;
+    try {
+      this.module ??= await this.importModule(this.entry);
+    } catch (error) {
+      this.module = null;
+      half.shut("Deactivated");
+      if (this.half === half) this.half = null;
+      return this.complete(completion, [1, `cannot import ${this.entry}: ${describe(error)}`]);
+    }
+    if (typeof this.module.activate !== "function") {
+      half.shut("Deactivated");
+      if (this.half === half) this.half = null;
+      return this.complete(completion, [1, `${this.entry} exports no activate function`]);
+    }
+    try {
+      await this.module.activate(half.ipc);
+    } catch (error) {
+      half.shut("Deactivated");
+      if (this.half === half) this.half = null;
+      return this.complete(completion, [2, describe(error)]);
+    }
+    this.state = half.open ? "running" : this.state;
+    this.complete(completion, [0]);
+  }
+
+  async close(completion, timeoutMs) {
+    const half = this.half;
+    if (!half) return this.complete(completion, [0]);
+    let outcome = [0];
+    const deactivate = this.module?.deactivate;
+    if (typeof deactivate === "function") {
+      const limit = Number(timeoutMs);
+      let timer;
+      const expired = new Promise((resolve) => {
+        if (Number.isFinite(limit) && limit < MAX_DELAY) timer = setTimeout(() => resolve("timeout"), limit);
+      });
+      try {
+        const done = Promise.resolve()
+          .then(() => deactivate())
+          .then(() => "done");
+        if ((await Promise.race([done, expired])) === "timeout") outcome = [3, timeoutMs];
+      } catch (error) {
+        outcome = [2, describe(error)];
+      } finally {
+        clearTimeout(timer);
+      }
+    }
+    // What still waits fails as a closing frame's requests do on the Rust side.
+    half.shut("FrameClosed");
+    if (this.half === half) this.half = null;
+    this.state = "closed";
+    this.complete(completion, outcome);
+  }
+
+  inspect() {
+    const half = this.half;
+    const listeners = {};
+    for (const [channel, set] of half?.listeners ?? []) if (set.size > 0) listeners[channel] = set.size;
+    let watchers = 0;
+    for (const set of half?.watchers.values() ?? []) watchers += set.size;
+    return {
+      listeners,
+      handlers: [...(half?.handlers.keys() ?? [])].sort(),
+      pending_requests: half?.pending.size ?? 0,
+      running_handlers: half?.running.size ?? 0,
+      store_keys: this.replica?.size ?? 0,
+      store_seq: this.seq,
+      watchers,
+    };
+  }
+
+  closed(event) {
+    this.lose(`the connection to the host closed (${event?.code ?? "no code"}${event?.reason ? `: ${event.reason}` : ""})`);
+  }
+
+  lose(reason) {
+    if (this.state === "lost") return;
+    this.state = "lost";
+    this.closeReason = reason;
+    const half = this.half;
+    this.half = null;
+    half?.shut("ConnectionLost", reason);
+    this.onChange(this);
+  }
+}
+
+/**
+ * One activation of the renderer half: what `ipc` registers, its requests in flight. Shut
+ * when the half closes (or the connection is lost): everything registered is dropped.
+ */
+class Half {
+  constructor(client) {
+    this.client = client;
+    this.open = true;
+    this.listeners = new Map();
+    this.handlers = new Map();
+    this.watchers = new Map();
+    this.pending = new Map();
+    this.running = new Map();
+    this.writes = new Map();
+    this.ipc = makeIpc(this);
+  }
+
+  checkOpen(what) {
+    if (!this.open) throw new Error(`ipc.${what}: the renderer half of ${this.client.extension} has closed`);
+  }
+
+  // --- Broadcasts ----------------------------------------------------------------------
+
+  deliver(channel, payload, origin) {
+    const listeners = this.listeners.get(channel);
+    if (!listeners || listeners.size === 0) return;
+    let value;
+    try {
+      value = decodeValue(payload);
+    } catch (error) {
+      return this.client.log("warn", [`a broadcast on \`${channel}\` did not decode: ${error.message}`]);
+    }
+    const sender = senderOf(origin);
+    for (const fn of [...listeners]) {
+      try {
+        fn(value, sender);
+      } catch (error) {
+        this.client.log("error", [`a listener of \`${channel}\` threw:`, error]);
+      }
+    }
+  }
+
+  // --- Requests this half made ---------------------------------------------------------
+
+  invoke(channel, value, options = {}) {
+    if (!this.open) {
+      return Promise.reject(new InvokeError("Deactivated", `invoke on \`${channel}\`: the renderer half has closed`));
+    }
+    if (typeof channel !== "string") return Promise.reject(new TypeError("the channel must be a string"));
+    const timeout = options.timeout ?? DEFAULT_TIMEOUT;
+    if (typeof timeout !== "number" || Number.isNaN(timeout) || timeout < 0) {
+      return Promise.reject(new TypeError(`the timeout must be a number of milliseconds, not ${String(timeout)}`));
+    }
+    const signal = options.signal;
+    if (signal?.aborted) {
+      return Promise.reject(
+        new InvokeError("Timeout", `invoke on \`${channel}\` was cancelled before it was sent`, undefined, {
+          cause: signal.reason,
+        }),
+      );
+    }
+    let payload;
+    try {
+      payload = encodeValue(value);
+    } catch (error) {
+      return Promise.reject(new InvokeError("Serialize", `invoke on \`${channel}\`: ${error.message}`));
+    }
+    if (!fits(channel, payload)) {
+      return Promise.reject(new InvokeError("TooLarge", `invoke on \`${channel}\`: ${overLimit(channel, payload)}`));
+    }
+    const id = this.client.nextRequest++;
+    return new Promise((resolve, reject) => {
+      const request = { channel, resolve, reject, timer: undefined, signal, onAbort: undefined };
+      this.pending.set(id, request);
+      const giveUp = (error) => {
+        if (!this.pending.has(id)) return;
+        this.forget(id);
+        // The handler's run stops: as a Rust invoker does when its timeout passes.
+        this.client.sendMessage(CANCEL, 0, PEER_MAIN, id, "", new Uint8Array(0));
+        reject(error);
+      };
+      if (Number.isFinite(timeout)) {
+        const arm = (left) => {
+          request.timer = setTimeout(() => {
+            if (left > MAX_DELAY) return arm(left - MAX_DELAY);
+            giveUp(new InvokeError("Timeout", `invoke on \`${channel}\`: no reply within ${timeout} ms`));
+          }, Math.min(left, MAX_DELAY));
+        };
+        arm(timeout);
+      }
+      if (signal) {
+        request.onAbort = () =>
+          giveUp(new InvokeError("Timeout", `invoke on \`${channel}\` was cancelled by its AbortSignal`, undefined, {
+            cause: signal.reason,
+          }));
+        signal.addEventListener("abort", request.onAbort, { once: true });
+      }
+      if (!this.client.sendMessage(INVOKE, 0, PEER_MAIN, id, channel, payload)) {
+        this.forget(id);
+        reject(new InvokeError("ConnectionLost", `invoke on \`${channel}\`: ${this.client.closeReason}`));
+      }
+    });
+  }
+
+  forget(id) {
+    const request = this.pending.get(id);
+    if (!request) return undefined;
+    this.pending.delete(id);
+    clearTimeout(request.timer);
+    if (request.onAbort) request.signal.removeEventListener("abort", request.onAbort);
+    return request;
+  }
+
+  settle(requestId, status, payload) {
+    const request = this.forget(asNumber(requestId));
+    if (!request) return;
+    const { channel } = request;
+    if (Number(status) === 0) {
+      try {
+        request.resolve(decodeValue(payload));
+      } catch (error) {
+        request.reject(new InvokeError("Deserialize", `the reply on \`${channel}\` did not decode: ${error.message}`));
+      }
+      return;
+    }
+    const kind = kindOfStatus(status);
+    let error;
+    try {
+      const body = decodeValue(payload);
+      const message = typeof body?.message === "string" ? body.message : "(no message)";
+      const raw = toBytes(body?.data);
+      error = new InvokeError(kind, message, raw === null ? undefined : decodeValue(raw));
+    } catch (cause) {
+      error = new InvokeError(kind, `(undecodable error payload: ${cause.message})`);
+    }
+    error.channel = channel;
+    request.reject(error);
+  }
+
+  // --- Requests main made to this half -------------------------------------------------
+
+  async run(origin, requestId, channel, payload) {
+    const client = this.client;
+    const fn = this.handlers.get(channel);
+    if (!fn) {
+      return client.replyError(origin, requestId, "NoHandler", `no handler for \`${channel}\` in frame ${client.frame}`);
+    }
+    let value;
+    try {
+      value = decodeValue(payload);
+    } catch (error) {
+      return client.replyError(origin, requestId, "Deserialize", `the request on \`${channel}\` did not decode: ${error.message}`);
+    }
+    const key = `${origin}:${requestId}`;
+    const controller = new AbortController();
+    this.running.set(key, controller);
+    let status = 0;
+    let reply;
+    try {
+      const result = await fn(value, senderOf(origin), controller.signal);
+      try {
+        reply = encodeValue(result);
+      } catch (error) {
+        status = errorCode("Serialize");
+        reply = encodeValue({ message: `the reply on \`${channel}\` is not encodable: ${error.message}`, data: null });
+      }
+    } catch (error) {
+      status = errorCode("Handler");
+      const message = error instanceof Error ? error.message : describe(error);
+      let data = null;
+      if (error !== null && typeof error === "object" && error.data !== undefined) {
+        try {
+          data = encodeValue(error.data);
+        } catch {
+          data = null;
+        }
+      }
+      reply = encodeValue({ message, data });
+    }
+    if (status === 0 && !fits("", reply)) {
+      client.log("warn", [`the reply of the handler of \`${channel}\` was not sent: ${overLimit("", reply)}`]);
+      status = errorCode("TooLarge");
+      reply = encodeValue({ message: `the handler's reply on \`${channel}\`: ${overLimit("", reply)}`, data: null });
+    }
+    // Cancelled (or the half shut) meanwhile: nobody waits for the answer.
+    if (this.running.get(key) !== controller) return;
+    this.running.delete(key);
+    client.sendMessage(REPLY, status, origin, requestId, "", reply);
+  }
+
+  cancelRun(origin, requestId) {
+    const key = `${origin}:${requestId}`;
+    const controller = this.running.get(key);
+    if (!controller) return;
+    this.running.delete(key);
+    controller.abort(new Error("the invoker cancelled the request"));
+  }
+
+  // --- Store ---------------------------------------------------------------------------
+
+  write(key, value) {
+    this.checkOpen("store.set");
+    if (typeof key !== "string") throw new TypeError("a store key must be a string");
+    const bytes = value === undefined ? null : encodeValue(value);
+    if (bytes !== null && bytes.length > STORE_VALUE_LIMIT) {
+      return Promise.reject(
+        new StoreError(key, "TooLarge", `store write of \`${key}\` refused: the value is ${bytes.length} bytes, over the ${STORE_VALUE_LIMIT}-byte limit`, {
+          size: bytes.length,
+          max: STORE_VALUE_LIMIT,
+        }),
+      );
+    }
+    const writeId = this.client.nextWrite++;
+    return new Promise((resolve, reject) => {
+      this.writes.set(writeId, { key, resolve, reject });
+      const payload = encodeValue({ write_id: writeId, key, value: bytes });
+      if (!this.client.sendMessage(STORE_WRITE, 0, PEER_MAIN, 0, "", payload)) {
+        this.writes.delete(writeId);
+        reject(new StoreError(key, "ConnectionLost", `store write of \`${key}\`: ${this.client.closeReason}`));
+      }
+    });
+  }
+
+  applied(update, old, value) {
+    if (asNumber(update.writer) === this.client.frame) {
+      const write = this.writes.get(asNumber(update.write_id));
+      if (write) {
+        this.writes.delete(asNumber(update.write_id));
+        write.resolve();
+      }
+    }
+    if (sameBytes(old, value)) return;
+    const fns = [...(this.watchers.get(update.key) ?? [])];
+    if (fns.length === 0) return;
+    const change = {
+      key: update.key,
+      old: old === null ? undefined : decodeValue(old),
+      new: value === null ? undefined : decodeValue(value),
+      writer: senderOf(asNumber(update.writer)),
+      seq: asNumber(update.seq),
+    };
+    for (const fn of fns) {
+      try {
+        fn(change);
+      } catch (error) {
+        this.client.log("error", [`a watcher of store key \`${update.key}\` threw:`, error]);
+      }
+    }
+  }
+
+  refused(refusal) {
+    const id = asNumber(refusal.write_id);
+    const write = this.writes.get(id);
+    if (!write) return;
+    this.writes.delete(id);
+    const outcome = refusal.outcome;
+    // `wire::StorageOutcome`: a unit variant is its name, the others a map of one entry.
+    const [reason, details] =
+      typeof outcome === "string" ? [outcome, {}] : Object.entries(outcome ?? { Refused: {} })[0] ?? ["Refused", {}];
+    const what = {
+      TooLarge: `the value is ${details.size} bytes, over the ${details.max}-byte limit`,
+      Full: `the store would hold ${details.size} bytes, over its ${details.max}-byte limit`,
+      Overloaded: "main is overloaded",
+      Unavailable: details.reason,
+    }[reason];
+    const detail = details && typeof details === "object" ? details : {};
+    write.reject(new StoreError(write.key, reason, `store write of \`${write.key}\` refused: ${what ?? reason}`, detail));
+  }
+
+  // --- Shutting ------------------------------------------------------------------------
+
+  /** Drops everything registered and fails what waits: `kind` for invokes. */
+  shut(kind, reason = undefined) {
+    if (!this.open) return;
+    this.open = false;
+    const why = reason ?? "the renderer half closed";
+    for (const id of [...this.pending.keys()]) {
+      const request = this.forget(id);
+      request.reject(new InvokeError(kind, `invoke on \`${request.channel}\`: ${why}`));
+    }
+    for (const [, write] of this.writes) {
+      write.reject(new StoreError(write.key, kind, `store write of \`${write.key}\`: ${why}`));
+    }
+    this.writes.clear();
+    for (const [, controller] of this.running) controller.abort(new Error(why));
+    this.running.clear();
+    this.listeners.clear();
+    this.handlers.clear();
+    this.watchers.clear();
+  }
+}
+
+function register(map, key, fn) {
+  let set = map.get(key);
+  if (!set) map.set(key, (set = new Set()));
+  // The same function twice is two registrations, each with its disposer.
+  const entry = (...args) => fn(...args);
+  set.add(entry);
+  return () => {
+    set.delete(entry);
+    if (set.size === 0 && map.get(key) === set) map.delete(key);
+  };
+}
+
+/** The author's `ipc` for one activation (client.d.ts documents it). */
+function makeIpc(half) {
+  const client = half.client;
+  const store = Object.freeze({
+    get(key) {
+      const bytes = client.replica?.get(key);
+      return bytes === undefined || bytes === null ? undefined : decodeValue(bytes);
+    },
+    has(key) {
+      return client.replica?.has(key) ?? false;
+    },
+    keys() {
+      return [...(client.replica?.keys() ?? [])].sort();
+    },
+    set(key, value) {
+      try {
+        if (value === undefined) throw new TypeError("store.set needs a value: use store.delete to remove a key");
+        return half.write(key, value);
+      } catch (error) {
+        return Promise.reject(error);
+      }
+    },
+    delete(key) {
+      try {
+        return half.write(key, undefined);
+      } catch (error) {
+        return Promise.reject(error);
+      }
+    },
+    watch(key, fn) {
+      half.checkOpen("store.watch");
+      if (typeof fn !== "function") throw new TypeError("store.watch needs a function");
+      return disposer(register(half.watchers, key, fn));
+    },
+  });
+  const log = Object.freeze(
+    Object.fromEntries(["error", "warn", "info", "debug", "trace"].map((level) => [level, (...parts) => client.log(level, parts)])),
+  );
+  return Object.freeze({
+    get frame() {
+      return client.frame;
+    },
+    get extension() {
+      return client.extension;
+    },
+    listen(channel, fn) {
+      half.checkOpen("listen");
+      if (typeof channel !== "string") throw new TypeError("the channel must be a string");
+      if (typeof fn !== "function") throw new TypeError("listen needs a function");
+      return disposer(register(half.listeners, channel, fn));
+    },
+    broadcast(channel, value) {
+      half.checkOpen("broadcast");
+      if (typeof channel !== "string") throw new TypeError("the channel must be a string");
+      const payload = encodeValue(value);
+      if (!fits(channel, payload)) throw new RangeError(`broadcast on \`${channel}\`: ${overLimit(channel, payload)}`);
+      client.sendMessage(BROADCAST, 0, PEER_ALL, 0, channel, payload);
+    },
+    invoke(channel, value, options) {
+      return half.invoke(channel, value, options);
+    },
+    handle(channel, fn) {
+      half.checkOpen("handle");
+      if (typeof channel !== "string") throw new TypeError("the channel must be a string");
+      if (typeof fn !== "function") throw new TypeError("handle needs a function");
+      if (half.handlers.has(channel)) {
+        throw new Error(`channel \`${channel}\` already has a handler; dispose it before registering another`);
+      }
+      half.handlers.set(channel, fn);
+      return disposer(() => {
+        if (half.handlers.get(channel) === fn) half.handlers.delete(channel);
+      });
+    },
+    exposed(name) {
+      if (typeof name !== "string" || name.length === 0) throw new TypeError("exposed needs the trait's name");
+      return new Proxy(Object.freeze({}), {
+        get(_, method) {
+          if (typeof method !== "string" || method === "then") return undefined;
+          // Arguments travel as the Rust side's tuple: none is `()` (nil), else an array.
+          return (...args) => half.invoke(`expose:${name}.${method}`, args.length === 0 ? null : args);
+        },
+      });
+    },
+    store,
+    log,
+  });
+}

@@ -1,0 +1,154 @@
+// The shell page (served as /shell.js on the shell's origin): one web frame of the host.
+//
+// It connects `ws://HOST/shell`; the host sends `{"type":"frame","frame":F}` first, then for
+// every extension with a web renderer `{"type":"add","extension","origin","token"}` and
+// `{"type":"remove","extension"}`. Each extension gets a card with its iframe
+// (`sandbox="allow-scripts allow-same-origin"` on its own origin). An iframe posts
+// `{type:"ready"}`; the shell answers `{type:"token", token}` only to that iframe's window, only
+// when the message came from it on the extension's origin, and targets that origin. The
+// iframe also posts `{type:"status", ...}` so its card shows what it is doing.
+
+const cards = new Map(); // extension name → { origin, token, card, iframe, badge, activity }
+const main = document.getElementById("extensions");
+const empty = document.getElementById("empty");
+const connection = document.getElementById("connection");
+const frameLabel = document.getElementById("frame");
+const summary = document.getElementById("summary");
+let frame;
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function setBadge(badge, state, text = state) {
+  badge.dataset.state = state;
+  badge.textContent = text;
+}
+
+function refreshSummary() {
+  const running = [...cards.values()].filter((entry) => entry.state !== "gone");
+  empty.hidden = running.length > 0;
+  const names = running.map((entry) => entry.extension).join(", ");
+  summary.textContent =
+    frame === undefined
+      ? ""
+      : `frame ${frame}: ${running.length} extension${running.length === 1 ? "" : "s"} with a web renderer${names ? ` (${names})` : ""}, each isolated on its own origin`;
+}
+
+function setState(entry, state, detail) {
+  entry.state = state;
+  entry.card.dataset.state = state;
+  setBadge(entry.badge, state);
+  if (detail !== undefined) entry.activity.textContent = detail;
+  refreshSummary();
+}
+
+function add({ extension, origin, token }) {
+  let url;
+  try {
+    url = new URL(origin);
+  } catch {
+    return console.warn(`shell: ignoring extension ${extension} with an invalid origin ${origin}`);
+  }
+  if (url.origin !== origin || url.origin === location.origin) {
+    return console.warn(`shell: ignoring extension ${extension}: ${origin} is not an origin of its own`);
+  }
+  // Re-added (the frame reloaded: new tokens): the new card takes the old one's place.
+  const previous = cards.get(extension);
+  const card = element("article", "card");
+  card.dataset.extension = extension;
+  const header = element("header");
+  const badge = element("span", "badge");
+  header.append(element("h2", "", extension), badge);
+  const iframe = document.createElement("iframe");
+  iframe.setAttribute("sandbox", "allow-scripts allow-same-origin");
+  iframe.setAttribute("referrerpolicy", "no-referrer");
+  iframe.title = `${extension}: web renderer`;
+  iframe.src = `${origin}/`;
+  const activity = element("div", "activity", "loading its page");
+  card.append(header, element("div", "origin", `renderer half · isolated on ${origin}`), iframe, activity);
+  if (previous) {
+    previous.iframe.remove();
+    previous.card.replaceWith(card);
+  } else {
+    main.append(card);
+  }
+  const entry = { extension, origin, token, card, iframe, badge, activity, state: "loading" };
+  cards.set(extension, entry);
+  setState(entry, "loading");
+}
+
+function remove(extension) {
+  const entry = cards.get(extension);
+  if (!entry) return;
+  // The iframe goes (its connection closes with it); the card stays, greyed, saying so.
+  entry.iframe.remove();
+  entry.token = null;
+  setState(entry, "gone", "its renderer half left this frame");
+}
+
+function entryFor(event) {
+  for (const entry of cards.values()) {
+    if (entry.token !== null && event.source === entry.iframe.contentWindow && event.origin === entry.origin) return entry;
+  }
+  return undefined;
+}
+
+window.addEventListener("message", (event) => {
+  // Only an extension's own iframe, on its own origin, is answered; anything else is ignored.
+  const entry = entryFor(event);
+  if (!entry) return;
+  const data = event.data;
+  if (data === null || typeof data !== "object") return;
+  if (data.type === "ready") {
+    entry.iframe.contentWindow.postMessage({ type: "token", token: entry.token }, entry.origin);
+    setState(entry, "connecting", "connecting to the host");
+  } else if (data.type === "status") {
+    const state = ["connecting", "connected", "running", "closed", "lost"].includes(data.state) ? data.state : "connecting";
+    const count = (n) => (Number.isSafeInteger(n) && n >= 0 ? n : 0);
+    const words = { connecting: "connecting", connected: "connected", running: "running", closed: "closed", lost: "disconnected" };
+    setState(entry, state === "lost" ? "lost" : state);
+    setBadge(entry.badge, state, words[state]);
+    entry.activity.textContent = `${words[state]} · messages in ${count(data.messagesIn)}, out ${count(data.messagesOut)}`;
+  }
+});
+
+function connect() {
+  const socket = new WebSocket(`ws://${location.host}/shell`);
+  socket.addEventListener("open", () => setBadge(connection, "connected", "connected to the host"));
+  socket.addEventListener("message", (event) => {
+    let message;
+    try {
+      message = JSON.parse(event.data);
+    } catch {
+      return console.warn("shell: ignoring a message that is not JSON");
+    }
+    switch (message?.type) {
+      case "frame":
+        frame = message.frame;
+        frameLabel.textContent = `web frame ${frame}`;
+        document.title = `Extension host: web frame ${frame}`;
+        refreshSummary();
+        break;
+      case "add":
+        if (typeof message.extension === "string" && typeof message.origin === "string" && typeof message.token === "string") {
+          add(message);
+        }
+        break;
+      case "remove":
+        if (typeof message.extension === "string") remove(message.extension);
+        break;
+      default:
+        console.warn(`shell: ignoring a message of type ${String(message?.type)}`);
+    }
+  });
+  socket.addEventListener("close", (event) => {
+    setBadge(connection, "disconnected", `disconnected from the host${event.reason ? `: ${event.reason}` : ""}`);
+    for (const extension of cards.keys()) remove(extension);
+  });
+}
+
+connect();

@@ -1,0 +1,5 @@
+//! Rebuilds the library when a file is added to (or removed from) `web/`: cargo cannot see
+//! those on its own (it tracks the embedded files, not the directory).
+fn main() {
+    println!("cargo::rerun-if-changed=web");
+}
