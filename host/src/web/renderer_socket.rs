@@ -270,9 +270,14 @@ fn receive(link: &Link, endpoint: &Endpoint, frame: Peer, bytes: &[u8]) -> Resul
             let message =
                 Message { kind, status, origin: frame, target, request_id, channel: &channel, payload: &payload };
             let status = link.route(endpoint, &message);
-            // Only a request from the half that runs there is answered (as for children).
-            if status != abi::status::OK && kind == abi::kind::INVOKE && endpoint.hosts(frame) {
-                link.refuse_invoke(&message, status);
+            // A refused request is answered at once, on this connection: its origin is this
+            // connection's frame (filled in by the host, a page cannot forge it), so the answer
+            // goes back to the half that asked, also while it closes (unplaced, its
+            // `deactivate` running), when the link has no endpoint for the frame any more.
+            if status != abi::status::OK && kind == abi::kind::INVOKE {
+                let (kind, why) = extension_api::message::refusal(status);
+                let reply = extension_api::message::Reply::error(kind, why);
+                endpoint.deliver(&Message::reply(target, frame, request_id, &reply));
             }
             Ok(())
         }

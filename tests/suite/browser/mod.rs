@@ -20,12 +20,12 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 mod cdp;
-mod selftest;
 mod errors;
 mod isolation;
 mod lifecycle;
 mod ordering;
 mod screenshot;
+mod selftest;
 mod store;
 mod values;
 mod web;
