@@ -65,6 +65,21 @@ impl WebHost {
         self.host.frames()
     }
 
+    /// Waits until the host no longer lists `frame` (a closed tab's shell socket closes its
+    /// frame on its own schedule, apart from the page's socket that failed its requests).
+    pub async fn wait_frame_closed(&self, frame: FrameId) {
+        let deadline = std::time::Instant::now() + super::DEADLINE;
+        while self.frames().contains(&frame) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{frame} still open {:?} after its tab closed",
+                super::DEADLINE
+            );
+            // Polling, not synchronising: the host has no event for a frame that closed.
+            tokio::time::sleep(Duration::from_millis(10)).await; // SLEEP-OK: polling the host's frame list, see above
+        }
+    }
+
     pub async fn stop(mut self) {
         if let Some(server) = self.server.take() {
             server.shutdown().await;
