@@ -87,10 +87,20 @@ const MIN_I64 = -(2n ** 63n);
 const SAFE_MAX = BigInt(Number.MAX_SAFE_INTEGER);
 const SAFE_MIN = BigInt(Number.MIN_SAFE_INTEGER);
 
+/** `text` with each lone surrogate replaced by U+FFFD, as `TextEncoder` (and so WebSocket) does. */
+const wellFormed =
+  typeof String.prototype.toWellFormed === "function" ? (text) => text.toWellFormed() : (text) => text.replace(/\p{Cs}/gu, "\uFFFD");
+
 /** @msgpack/msgpack with the three awkward values: BigInt, Map, and (as it has) Uint8Array. */
 class ValueEncoder extends Encoder {
   clone() {
     return new ValueEncoder();
+  }
+
+  // Every string is sent as valid UTF-8: the encoder's own path for short strings wrote a lone
+  // surrogate as its CESU-8 bytes, which Rust (and the host's decoder) refuse.
+  encodeString(text) {
+    super.encodeString(wellFormed(text));
   }
 
   encodeObject(object, depth) {
@@ -132,6 +142,8 @@ class ValueEncoder extends Encoder {
 
 /** Keys of the map being decoded that are not strings, by the symbol standing in for them. */
 let foreignKeys = null;
+/** What the decoder reads a `__proto__` map key as (@msgpack/msgpack refuses that string). */
+const PROTO_KEY = Symbol("__proto__");
 
 class ValueDecoder extends Decoder {
   constructor() {
@@ -139,9 +151,10 @@ class ValueDecoder extends Decoder {
       useBigInt64: true,
       mapKeyConverter: (key) => {
         if (typeof key === "string") return key;
-        // A stand-in property key; `restore` turns its object into a Map.
+        // A stand-in property key; `restore` turns its object into a Map (or, when the only
+        // stand-in is for `__proto__`, into an object with it as an own property).
         const symbol = Symbol("key");
-        (foreignKeys ??= new Map()).set(symbol, key);
+        (foreignKeys ??= new Map()).set(symbol, key === PROTO_KEY ? "__proto__" : key);
         return symbol;
       },
     });
@@ -149,6 +162,12 @@ class ValueDecoder extends Decoder {
 
   clone() {
     return new ValueDecoder();
+  }
+
+  decodeUtf8String(byteLength, headerOffset) {
+    const text = super.decodeUtf8String(byteLength, headerOffset);
+    // An ordinary key for Rust (a store key, a `HashMap<String, _>`'s): kept, never assigned.
+    return text === "__proto__" && this.stateIsMapKey() ? PROTO_KEY : text;
   }
 
   readU64AsBigInt() {
@@ -200,6 +219,15 @@ function restore(value, keys) {
   if (symbols.length === 0) {
     for (const key of Object.keys(value)) value[key] = restore(value[key], keys);
     return value;
+  }
+  if (symbols.every((symbol) => typeof keys.get(symbol) === "string")) {
+    // Only string keys, `__proto__` among them: defined, so it is a key and not the prototype.
+    const object = {};
+    for (const key of Reflect.ownKeys(value)) {
+      const name = typeof key === "symbol" ? keys.get(key) : key;
+      Object.defineProperty(object, name, { value: restore(value[key], keys), enumerable: true, writable: true, configurable: true });
+    }
+    return object;
   }
   const map = new Map();
   for (const key of Reflect.ownKeys(value)) {
@@ -268,6 +296,8 @@ function asNumber(value) {
 }
 
 const DEFAULT_TIMEOUT = 30_000;
+/** An open's failure when the half was closed before `activate` finished (Rust's words). */
+const CLOSED_WHILE_ACTIVATING = "the half was closed while it activated";
 /** The largest message a half may send: channel name and value, in bytes (`abi::MAX_MESSAGE`). */
 export const MAX_MESSAGE = 16 << 20;
 /** The largest store value, encoded (`extension_api::STORE_VALUE_LIMIT`). */
@@ -287,6 +317,13 @@ const MAX_DELAY = 2 ** 31 - 1;
 
 /** A protocol violation by the host: the connection is ended. */
 class Violation extends Error {}
+
+/** A WebSocket close reason: at most 123 bytes of UTF-8 (`close` throws otherwise). */
+function closeReason(text) {
+  let reason = wellFormed(text);
+  while (utf8.encode(reason).length > 123) reason = wellFormed(reason.slice(0, -1));
+  return reason;
+}
 
 /**
  * The page's end of the renderer socket. `socket` is a WebSocket (or anything with `send`,
@@ -370,11 +407,13 @@ export class Client {
         default:
           throw new Violation(`unknown tag ${String(frame[0])}`);
       }
-    } catch (error) {
-      if (!(error instanceof Violation)) throw error;
+    } catch (caught) {
+      // Author code never throws through here (listeners, watchers and handlers are caught
+      // where they run): whatever else failed is a part of the message the page cannot read.
+      const error = caught instanceof Violation ? caught : new Violation(`an unreadable message: ${caught?.message ?? String(caught)}`);
       console.error(`extension host client: ${error.message}; closing the connection`);
       this.lose(`the host broke the protocol: ${error.message}`);
-      this.socket.close(1008, error.message.slice(0, 120));
+      this.socket.close(1008, closeReason(error.message));
     } finally {
       this.onChange(this);
     }
@@ -512,6 +551,9 @@ export class Client {
       if (this.half === half) this.half = null;
       return this.complete(completion, [1, `cannot import ${this.entry}: ${describe(error)}`]);
     }
+    // Closed while the module was imported: as Rust's runtime, a half closed while it
+    // activated keeps nothing, so `activate` does not run at all.
+    if (!half.open) return this.complete(completion, [1, CLOSED_WHILE_ACTIVATING]);
     if (typeof this.module.activate !== "function") {
       half.shut("Deactivated");
       if (this.half === half) this.half = null;
@@ -520,11 +562,13 @@ export class Client {
     try {
       await this.module.activate(half.ipc);
     } catch (error) {
+      if (!half.open) return this.complete(completion, [1, CLOSED_WHILE_ACTIVATING]);
       half.shut("Deactivated");
       if (this.half === half) this.half = null;
       return this.complete(completion, [2, describe(error)]);
     }
-    this.state = half.open ? "running" : this.state;
+    if (!half.open) return this.complete(completion, [1, CLOSED_WHILE_ACTIVATING]);
+    this.state = "running";
     this.complete(completion, [0]);
   }
 

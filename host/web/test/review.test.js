@@ -1,0 +1,142 @@
+// What a review of the client against the Rust side's semantics found: values that did not
+// survive the wire, host messages the page could not read that it did not treat as a protocol
+// violation, and a close that came while the module was still being imported.
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { client, start, settle, FakeSocket, KIND, PEER_MAIN } from "../test-support/support.js";
+
+const { encodeValue, decodeValue } = client;
+
+/** Whether `bytes` are valid UTF-8 (what the host's decoder and Rust's `String` require). */
+function validUtf8(bytes) {
+  try {
+    new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+test("a string with a lone surrogate is sent as valid UTF-8 (U+FFFD), as the host requires", async () => {
+  // A string cut in the middle of an emoji: short strings took the encoder's own UTF-8 path,
+  // which wrote the surrogate's CESU-8 bytes, and the host ended the connection ("not valid UTF-8").
+  const cut = "ok \uD83D";
+  const bytes = encodeValue(cut);
+  assert.ok(validUtf8(bytes.subarray(1)), `encoded as ${[...bytes]}`);
+  assert.equal(decodeValue(bytes), "ok \uFFFD");
+  // Map keys and object keys too; long strings (the TextEncoder path) were already replaced.
+  assert.deepEqual(decodeValue(encodeValue({ [cut]: 1 })), { "ok \uFFFD": 1 });
+  assert.deepEqual([...decodeValue(encodeValue(new Map([[1, cut]])))], [[1, "ok \uFFFD"]]);
+  assert.equal(decodeValue(encodeValue(cut.repeat(40))), "ok \uFFFD".repeat(40));
+
+  // On the wire: a log line and a channel name.
+  const { socket, ipc } = await start();
+  ipc.log.info("half an emoji:", cut);
+  ipc.broadcast(`news${cut}`, 1);
+  const log = await socket.next((frame) => frame[0] === 3);
+  assert.equal(log[2], "half an emoji: ok \uFFFD");
+  const [, , , , , channel] = await socket.nextMessage(KIND.BROADCAST);
+  assert.equal(channel, "newsok \uFFFD");
+});
+
+test("a `__proto__` key is an ordinary key both ways, in the store, in values and in maps", async () => {
+  // Rust may write any string key (a store key, a HashMap<String, _> key): the decoder refused
+  // `__proto__`, so a seed holding it ended the connection, and an update holding it stopped
+  // the replica for good.
+  const object = JSON.parse('{"__proto__": 1, "b": {"__proto__": [2]}}');
+  const back = decodeValue(encodeValue(object));
+  assert.equal(Object.getPrototypeOf(back), Object.prototype);
+  assert.deepEqual(Object.keys(back).sort(), ["__proto__", "b"]);
+  assert.equal(Object.getOwnPropertyDescriptor(back, "__proto__").value, 1);
+  assert.deepEqual(Object.getOwnPropertyDescriptor(back.b, "__proto__").value, [2]);
+  const again = decodeValue(encodeValue(back));
+  assert.deepEqual([Object.getPrototypeOf(again), Object.keys(again).sort()], [Object.prototype, ["__proto__", "b"]]);
+  assert.equal(Object.getOwnPropertyDescriptor(again, "__proto__").value, 1);
+  assert.equal({}.polluted, undefined);
+  const mixed = decodeValue(encodeValue(new Map([["__proto__", 1], [2, 3]])));
+  assert.deepEqual([...mixed], [["__proto__", 1], [2, 3]]);
+
+  const { socket, ipc, connection } = await start({ store: { ["__proto__"]: "seeded", other: 1 } });
+  assert.equal(connection.state, "running");
+  assert.equal(ipc.store.get("__proto__"), "seeded");
+  assert.deepEqual(ipc.store.keys(), ["__proto__", "other"]);
+  const seen = [];
+  ipc.store.watch("__proto__", (change) => seen.push(change.new));
+  socket.message({ kind: KIND.STORE_UPDATE, value: { seq: 1, key: "__proto__", old: encodeValue("seeded"), new: encodeValue(2), writer: 0, write_id: 0 } });
+  socket.message({ kind: KIND.STORE_UPDATE, value: { seq: 2, key: "other", old: encodeValue(1), new: encodeValue(3), writer: 0, write_id: 0 } });
+  assert.deepEqual(seen, [2]);
+  assert.equal(ipc.store.get("other"), 3);
+  assert.equal(socket.closedWith, null);
+});
+
+/** Delivers `frame` and returns what the page did: the close it made, or the exception that escaped. */
+function deliverExpectingClose(socket, frame) {
+  let escaped = null;
+  try {
+    socket.deliver(frame);
+  } catch (error) {
+    escaped = error;
+  }
+  return { escaped, closedWith: socket.closedWith };
+}
+
+test("a host message the page cannot read closes the connection 1008, whatever part is malformed", async () => {
+  const malformed = [
+    ["a payload that is not binary", [1, KIND.BROADCAST, 0, PEER_MAIN, 1, 0, "news", "text"]],
+    ["an undecodable store update", [1, KIND.STORE_UPDATE, 0, PEER_MAIN, 1, 0, "", new Uint8Array([0xc1])]],
+    ["a store update whose value is not binary", [1, KIND.STORE_UPDATE, 0, PEER_MAIN, 1, 0, "", encodeValue({ seq: 1, key: "k", old: null, new: "x", writer: 0, write_id: 0 })]],
+    ["an undecodable store refusal", [1, KIND.STORE_REFUSAL, 0, PEER_MAIN, 1, 0, "", new Uint8Array([0xc1])]],
+    ["a seed whose value is not binary", [2, 900, [0, 0, { k: "x" }]]],
+    // The close reason names it: within WebSocket's 123 bytes (`close` throws past them).
+    ["an unknown tag, long and not ASCII", ["é".repeat(200)]],
+  ];
+  for (const [what, frame] of malformed) {
+    const { socket, connection, ipc } = await start();
+    const pending = ipc.invoke("waits");
+    const { escaped, closedWith } = deliverExpectingClose(socket, frame);
+    assert.equal(escaped, null, `${what}: ${escaped}`);
+    assert.equal(closedWith?.code, 1008, what);
+    assert.ok(new TextEncoder().encode(closedWith.reason).length <= 123, `${what}: ${closedWith.reason}`);
+    assert.equal(connection.state, "lost", what);
+    await assert.rejects(pending, { name: "InvokeError", kind: "ConnectionLost" }, what);
+  }
+});
+
+test("a close while the module is still being imported: activate never runs, open fails, close is done", async () => {
+  // As Rust's runtime: a half closed while it activated keeps nothing, and its open fails.
+  const socket = new FakeSocket();
+  let release;
+  const imported = new Promise((resolve) => (release = resolve));
+  let activated = 0;
+  const module = { activate: async () => activated++, deactivate: async () => activated-- };
+  new client.Client(socket, { importModule: () => imported });
+  socket.welcome(3, "probe");
+  assert.deepEqual((await socket.control(1, [0, 0, {}]))[2], [0]);
+  socket.deliver([2, 2, [1, 3]]);
+  const closed = await socket.control(3, [2, 1000]);
+  assert.deepEqual(closed[2], [0]);
+  release(module);
+  const opened = await socket.completion(2);
+  await settle();
+  assert.equal(activated, 0);
+  assert.equal(opened[2][0], 1, `open completed ${JSON.stringify(opened[2])}`);
+  assert.match(opened[2][1], /closed while it activated/);
+});
+
+test("a close while activate runs: the open completes failed, not done", async () => {
+  const socket = new FakeSocket();
+  let finish;
+  const running = new Promise((resolve) => (finish = resolve));
+  const module = { activate: () => running };
+  const connection = new client.Client(socket, { importModule: async () => module });
+  socket.welcome(3, "probe");
+  await socket.control(1, [0, 0, {}]);
+  socket.deliver([2, 2, [1, 3]]);
+  await settle();
+  assert.deepEqual((await socket.control(3, [2, 0]))[2], [0]);
+  finish();
+  const opened = await socket.completion(2);
+  assert.equal(opened[2][0], 1, `open completed ${JSON.stringify(opened[2])}`);
+  assert.equal(connection.state, "closed");
+});
