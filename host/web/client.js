@@ -603,8 +603,9 @@ export class Client {
 
   inspect() {
     const half = this.half;
-    const listeners = {};
-    for (const [channel, set] of half?.listeners ?? []) if (set.size > 0) listeners[channel] = set.size;
+    // A Map (it encodes as a map of its keys), so that no channel name is an object's property.
+    const listeners = new Map();
+    for (const [channel, set] of half?.listeners ?? []) if (set.size > 0) listeners.set(channel, set.size);
     let watchers = 0;
     for (const set of half?.watchers.values() ?? []) watchers += set.size;
     return {
@@ -677,7 +678,8 @@ class Half {
 
   // --- Requests this half made ---------------------------------------------------------
 
-  invoke(channel, value, options = {}) {
+  invoke(channel, value, options) {
+    options ??= {};
     if (!this.open) {
       return Promise.reject(new InvokeError("Deactivated", `invoke on \`${channel}\`: the renderer half has closed`));
     }
@@ -686,7 +688,10 @@ class Half {
     if (typeof timeout !== "number" || Number.isNaN(timeout) || timeout < 0) {
       return Promise.reject(new TypeError(`the timeout must be a number of milliseconds, not ${String(timeout)}`));
     }
-    const signal = options.signal;
+    const signal = options.signal ?? undefined;
+    if (signal !== undefined && typeof signal?.addEventListener !== "function") {
+      return Promise.reject(new TypeError("the signal must be an AbortSignal"));
+    }
     if (signal?.aborted) {
       return Promise.reject(
         new InvokeError("Timeout", `invoke on \`${channel}\` was cancelled before it was sent`, undefined, {

@@ -140,3 +140,35 @@ test("a close while activate runs: the open completes failed, not done", async (
   assert.equal(opened[2][0], 1, `open completed ${JSON.stringify(opened[2])}`);
   assert.equal(connection.state, "closed");
 });
+
+test("invoke's options: null is the defaults; a signal that is not an AbortSignal rejects and leaves nothing pending", async () => {
+  const { socket, ipc, nextCompletion } = await start();
+  // `null` threw a TypeError out of `invoke` instead of returning a promise.
+  const reply = ipc.invoke("add", 1, null);
+  const [, , , , id] = await socket.nextMessage(KIND.INVOKE);
+  socket.message({ kind: KIND.REPLY, requestId: id, value: 2 });
+  assert.equal(await reply, 2);
+  // A signal without addEventListener failed inside the promise, after the request was
+  // recorded and its timer armed: it stayed pending (and its timeout would CANCEL it).
+  await assert.rejects(ipc.invoke("add", 1, { signal: {} }), TypeError);
+  const inspected = await socket.control(nextCompletion(), [3]);
+  assert.equal(inspected[2][1].pending_requests, 0);
+  assert.equal(socket.messages(KIND.INVOKE).length, 0);
+});
+
+test("inspect counts a listener on any channel, `__proto__` included", async () => {
+  const { socket, ipc, nextCompletion } = await start();
+  ipc.listen("__proto__", () => {});
+  ipc.listen("news", () => {});
+  const inspected = await socket.control(nextCompletion(), [3]);
+  const listeners = inspected[2][1].listeners;
+  assert.deepEqual(
+    Object.keys(listeners)
+      .sort()
+      .map((channel) => [channel, Object.getOwnPropertyDescriptor(listeners, channel).value]),
+    [
+      ["__proto__", 1],
+      ["news", 1],
+    ],
+  );
+});
