@@ -452,7 +452,7 @@ export class Client {
         this.onStoreUpdate(payload);
         break;
       case STORE_REFUSAL:
-        this.onStoreRefusal(payload);
+        this.onStoreRefusal(status, payload);
         break;
       default:
         throw new Violation(`a message of kind ${String(kind)}`);
@@ -531,10 +531,10 @@ export class Client {
     }
   }
 
-  onStoreRefusal(payload) {
+  onStoreRefusal(status, payload) {
     const refusal = decodeValue(payload);
     if (refusal === null || typeof refusal !== "object") throw new Violation("a malformed store refusal");
-    this.half?.refused(refusal);
+    this.half?.refused(refusal, Number(status));
   }
 
   // --- Lifecycle -----------------------------------------------------------------------
@@ -888,7 +888,8 @@ class Half {
     }
   }
 
-  refused(refusal) {
+  /** Main refused the write (status 0), or the host did not route it (the route's status). */
+  refused(refusal, status = 0) {
     const id = asNumber(refusal.write_id);
     const write = this.writes.get(id);
     if (!write) return;
@@ -904,7 +905,10 @@ class Half {
       Unavailable: details.reason,
     }[reason];
     const detail = details && typeof details === "object" ? details : {};
-    write.reject(new StoreError(write.key, reason, `store write of \`${write.key}\` refused: ${what ?? reason}`, detail));
+    // Not sent to main: the frame closing (NO_SUCH_PEER) or the extension (any other status
+    // but BUSY and TOO_LARGE, which the outcome names), as a Rust half's `set` says.
+    const why = status === 5 ? "FrameClosed" : status !== 0 && status !== 6 && status !== 7 ? "Deactivated" : reason;
+    write.reject(new StoreError(write.key, why, `store write of \`${write.key}\` refused: ${what ?? reason}`, detail));
   }
 
   // --- Shutting ------------------------------------------------------------------------

@@ -814,3 +814,44 @@ async fn shutting_the_server_down_closes_its_sockets_and_frames() {
     assert!(TcpStream::connect(("127.0.0.1", port)).await.is_err(), "nothing listens any more");
     host.shutdown().await;
 }
+
+/// `[1, STORE_WRITE, 0, main, 0, "", {write_id, key, value}]` from the page.
+async fn store_write(page: &mut Page, write_id: u64, key: &str, value: i64) {
+    let write = extension_api::wire::StoreWrite { write_id, key: key.into(), value: Some(msgpack(&value)) };
+    page.message(5, 0, 0, 0, "", msgpack(&write)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_write_the_host_turns_away_is_refused_to_the_page_at_once() {
+    // A Rust half's `set` fails at once when the host does not route its write (the frame
+    // closing, main's mailbox full); a page's was never told, so an `await ipc.store.set(..)`
+    // in `deactivate()` hung until the close timed out.
+    let (host, server) = web_host(&["probe"], true, WebConfig::default()).await;
+    let port = port(&server);
+    let (_shell, mut page) = open_web_frame(&host, port, "probe").await;
+    let frame = page.frame;
+    let closing = tokio::spawn({
+        let host = host.clone();
+        async move { host.close_frame(extension_host::FrameId(frame)).await }
+    });
+    let (completion, command) = page.control().await;
+    assert_eq!(command[0], Value::from(2), "the half closes: {command}");
+    // Its `deactivate` saves something, and waits for it.
+    store_write(&mut page, 41, "saved", 1).await;
+    let refusal = page.message_where(|m| m[1] == Value::from(7)).await;
+    // [1, STORE_REFUSAL, status, main, frame, 0, "", WriteRefusal]: the route's status says why.
+    assert_eq!(refusal[2], Value::from(5), "NO_SUCH_PEER: the frame is closing: {refusal}");
+    assert_eq!((refusal[3].as_u64(), refusal[4].as_u64()), (Some(0), Some(frame)));
+    let refused: extension_api::wire::WriteRefusal = rmp_serde::from_slice(payload_of(&refusal)).unwrap();
+    assert_eq!((refused.write_id, refused.key.as_str()), (41, "saved"));
+    assert!(
+        matches!(&refused.outcome, extension_api::wire::StorageOutcome::Unavailable { reason } if reason.contains("closing")),
+        "{:?}",
+        refused.outcome
+    );
+    page.done(completion).await;
+    closing.await.unwrap().expect("the frame closes");
+    assert_eq!(closed(&mut page.ws).await.0, 1000);
+    server.shutdown().await;
+    host.shutdown().await;
+}

@@ -15,7 +15,7 @@ use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
 use extension_api::InvokeErrorKind;
 use extension_api::abi::{self, Peer};
 use extension_api::message::Message;
-use extension_api::wire::Completion;
+use extension_api::wire::{Completion, StorageOutcome, StoreWrite, WriteRefusal};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -264,8 +264,15 @@ fn receive(link: &Link, endpoint: &Endpoint, frame: Peer, bytes: &[u8]) -> Resul
         PageMessage::Message { kind, status, target, request_id, channel, payload } => {
             // A store write is checked here too: main would only log and drop a bad one.
             if kind == abi::kind::STORE_WRITE {
-                extension_api::wire::decode::<extension_api::wire::StoreWrite>(&payload)
+                let write = extension_api::wire::decode::<StoreWrite>(&payload)
                     .map_err(|error| format!("a store write's payload is not {{write_id, key, value}}: {error}"))?;
+                let message =
+                    Message { kind, status, origin: frame, target, request_id, channel: &channel, payload: &payload };
+                let status = link.route(endpoint, &message);
+                if status != abi::status::OK {
+                    refuse_write(endpoint, frame, write, status, message.channel.len() + message.payload.len());
+                }
+                return Ok(());
             }
             let message =
                 Message { kind, status, origin: frame, target, request_id, channel: &channel, payload: &payload };
@@ -290,6 +297,42 @@ fn receive(link: &Link, endpoint: &Endpoint, frame: Peer, bytes: &[u8]) -> Resul
             Ok(())
         }
     }
+}
+
+/// Tells the page at once that the host did not route its store write (a Rust half's `set`
+/// fails at once then too), else its `set` would wait for ever, or until its half closes: a
+/// STORE_REFUSAL on this connection, whose status is the route's (NO_SUCH_PEER: the frame
+/// is closing; DEACTIVATED: the extension is; BUSY: main's mailbox is full).
+fn refuse_write(endpoint: &Endpoint, frame: Peer, write: StoreWrite, status: u32, size: usize) {
+    let outcome = match status {
+        abi::status::BUSY => StorageOutcome::Overloaded,
+        abi::status::TOO_LARGE => {
+            StorageOutcome::TooLarge { size: u64::try_from(size).unwrap_or(u64::MAX), max: abi::MAX_MESSAGE as u64 }
+        }
+        abi::status::NO_SUCH_PEER => {
+            StorageOutcome::Unavailable { reason: "the frame is closing: the write was not sent to main".to_owned() }
+        }
+        _ => StorageOutcome::Unavailable {
+            reason: format!("the write was not sent to main: {}", extension_api::message::status_text(status)),
+        },
+    };
+    let refusal = WriteRefusal { write_id: write.write_id, key: write.key, outcome };
+    let payload = match rmp_serde::to_vec_named(&refusal) {
+        Ok(payload) => payload,
+        Err(error) => {
+            tracing::error!("a store refusal does not encode: {error}");
+            return;
+        }
+    };
+    endpoint.deliver(&Message {
+        kind: abi::kind::STORE_REFUSAL,
+        status,
+        origin: abi::PEER_MAIN,
+        target: frame,
+        request_id: 0,
+        channel: "",
+        payload: &payload,
+    });
 }
 
 /// The page's half is gone without the host closing it: requests involving it fail with

@@ -172,3 +172,26 @@ test("inspect counts a listener on any channel, `__proto__` included", async () 
     ],
   );
 });
+
+test("a store write the host did not route is refused with the route's reason: FrameClosed, Deactivated, Overloaded", async () => {
+  // The host answers such a write at once with a STORE_REFUSAL whose status is the route's.
+  const { socket, ipc } = await start();
+  const cases = [
+    [5, { Unavailable: { reason: "the frame is closing: the write was not sent to main" } }, "FrameClosed", /the frame is closing/],
+    [3, { Unavailable: { reason: "the write was not sent to main: the extension is deactivating or inactive" } }, "Deactivated", /deactivating/],
+    [6, "Overloaded", "Overloaded", /main is overloaded/],
+    [0, { Full: { size: 10, max: 5 } }, "Full", /over its 5-byte limit/],
+  ];
+  for (const [status, outcome, reason, message] of cases) {
+    const set = ipc.store.set("saved", 1);
+    const [, , , , , , payload] = await socket.nextMessage(KIND.STORE_WRITE);
+    const { write_id } = decodeValue(payload);
+    socket.message({ kind: KIND.STORE_REFUSAL, status, value: { write_id, key: "saved", outcome } });
+    await assert.rejects(set, (error) => {
+      assert.equal(error.name, "StoreError");
+      assert.deepEqual([error.key, error.reason], ["saved", reason]);
+      assert.match(error.message, message);
+      return true;
+    });
+  }
+});
