@@ -27,7 +27,10 @@ export type Sender = { kind: "main" } | { kind: "frame"; frame: number } | { kin
  *   one in the safe range encodes as the smallest integer); other numbers are float64;
  * - `Uint8Array` (any typed array when sending) is MessagePack binary (`Vec<u8>` with
  *   `serde_bytes`, `ByteBuf`);
- * - a map whose keys are all strings is a plain object (a Rust struct or `HashMap<String, _>`);
+ * - a string is sent as UTF-8, a lone surrogate as U+FFFD (as `TextEncoder` does: Rust's
+ *   strings are UTF-8);
+ * - a map whose keys are all strings is a plain object (a Rust struct or `HashMap<String, _>`;
+ *   a `"__proto__"` key is an own property of it, never its prototype);
  *   one with any other key decodes to a `Map`, and a `Map` encodes with its keys as they are
  *   (integer keys stay integers); in a mixed map, keys that look like integers come first;
  * - `null` and `undefined` are nil (a Rust `None` or `()`);
@@ -83,8 +86,10 @@ export interface Store {
    * Writes `key` through main, which sequences every write. Resolves once main has sequenced
    * it and this replica applied it (so `get` returns it, and every watcher has seen it).
    * Rejects with a `StoreError` when main refuses it (too large, store full), when the value is
-   * over `STORE_VALUE_LIMIT` (refused here, before sending), when the half closes first, or
-   * when the connection is lost; rejects with a `TypeError` for a value that is not encodable
+   * over `STORE_VALUE_LIMIT` (refused here, before sending), when the half closes first, at
+   * once when the host cannot take it to main (the frame closing: a `set` in `deactivate`
+   * rejects `FrameClosed`; the extension deactivating; main overloaded), or when the
+   * connection is lost; rejects with a `TypeError` for a value that is not encodable
    * or `undefined` (use `delete`).
    */
   set(key: string, value: Value): Promise<void>;
@@ -184,7 +189,8 @@ export class StoreError extends Error {
   readonly key: string;
   /**
    * Main's refusal (`TooLarge`, `Full`, `Overloaded`, `Unavailable`), or why it was never
-   * sequenced here (`FrameClosed`: the half closed first; `ConnectionLost`).
+   * sequenced here (`FrameClosed`: the half or its frame closed first; `Deactivated`: the
+   * extension is deactivating; `ConnectionLost`).
    */
   readonly reason: string;
   /** For `TooLarge` and `Full`: the size and the limit, in bytes. */
