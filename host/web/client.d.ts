@@ -88,8 +88,8 @@ export interface Store {
    * Rejects with a `StoreError` when main refuses it (too large, store full), when the value is
    * over `STORE_VALUE_LIMIT` (refused here, before sending), when the half closes first, at
    * once when the host cannot take it to main (the frame closing: a `set` in `deactivate`
-   * rejects `FrameClosed`; the extension deactivating; main overloaded), or when the
-   * connection is lost; rejects with a `TypeError` for a value that is not encodable
+   * rejects `FrameClosed`; the extension deactivating; main overloaded), when main has not
+   * sequenced it within 30 s (`TimedOut`, as in Rust), or when the connection is lost; rejects with a `TypeError` for a value that is not encodable
    * or `undefined` (use `delete`).
    */
   set(key: string, value: Value): Promise<void>;
@@ -190,7 +190,8 @@ export class StoreError extends Error {
   /**
    * Main's refusal (`TooLarge`, `Full`, `Overloaded`, `Unavailable`), or why it was never
    * sequenced here (`FrameClosed`: the half or its frame closed first; `Deactivated`: the
-   * extension is deactivating; `ConnectionLost`).
+   * extension is deactivating; `ConnectionLost`), or `TimedOut`: main did not sequence it
+   * within 30 s (it may still be applied later, as in Rust).
    */
   readonly reason: string;
   /** For `TooLarge` and `Full`: the size and the limit, in bytes. */

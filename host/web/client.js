@@ -296,6 +296,8 @@ function asNumber(value) {
 }
 
 const DEFAULT_TIMEOUT = 30_000;
+/** How long a store write waits for main to sequence it (`STORE_WRITE_TIMEOUT` in Rust). */
+const STORE_WRITE_TIMEOUT = 30_000;
 /** An open's failure when the half was closed before `activate` finished (Rust's words). */
 const CLOSED_WHILE_ACTIVATING = "the half was closed while it activated";
 /** The largest message a half may send: channel name and value, in bytes (`abi::MAX_MESSAGE`). */
@@ -852,11 +854,24 @@ class Half {
     }
     const writeId = this.client.nextWrite++;
     return new Promise((resolve, reject) => {
-      this.writes.set(writeId, { key, resolve, reject });
+      // Settling it (applied, refused, shut) stops its timer.
+      const write = {
+        key,
+        timer: undefined,
+        resolve: () => (clearTimeout(write.timer), resolve()),
+        reject: (error) => (clearTimeout(write.timer), reject(error)),
+      };
+      this.writes.set(writeId, write);
+      // As a Rust half's `set`: a write main never sequences (lost with main, say) times out.
+      write.timer = setTimeout(() => {
+        if (this.writes.get(writeId) !== write) return;
+        this.writes.delete(writeId);
+        reject(new StoreError(key, "TimedOut", `store write of \`${key}\`: main did not sequence it within ${STORE_WRITE_TIMEOUT} ms`));
+      }, STORE_WRITE_TIMEOUT);
       const payload = encodeValue({ write_id: writeId, key, value: bytes });
       if (!this.client.sendMessage(STORE_WRITE, 0, PEER_MAIN, 0, "", payload)) {
         this.writes.delete(writeId);
-        reject(new StoreError(key, "ConnectionLost", `store write of \`${key}\`: ${this.client.closeReason}`));
+        write.reject(new StoreError(key, "ConnectionLost", `store write of \`${key}\`: ${this.client.closeReason}`));
       }
     });
   }

@@ -195,3 +195,31 @@ test("a store write the host did not route is refused with the route's reason: F
     });
   }
 });
+
+test("a store write main never sequences rejects TimedOut after 30 s, as a Rust half's does", async (t) => {
+  // Nothing answered it (main gone with the write, say): the `set` waited for ever.
+  t.mock.timers.enable({ apis: ["setTimeout"] });
+  const { socket, ipc } = await start();
+  const set = ipc.store.set("k", 1);
+  const [, , , , , , payload] = await socket.nextMessage(KIND.STORE_WRITE);
+  const { write_id } = decodeValue(payload);
+  let settled = false;
+  set.then(
+    () => (settled = true),
+    () => (settled = true),
+  );
+  t.mock.timers.tick(29_999);
+  await settle();
+  assert.equal(settled, false);
+  t.mock.timers.tick(1);
+  await assert.rejects(set, { name: "StoreError", key: "k", reason: "TimedOut" });
+  // Sequenced after all: it applies, and nothing else happens.
+  socket.message({ kind: KIND.STORE_UPDATE, value: { seq: 1, key: "k", old: null, new: encodeValue(1), writer: 3, write_id } });
+  assert.equal(ipc.store.get("k"), 1);
+  // One answered in time leaves no timer behind.
+  const quick = ipc.store.set("k", 2);
+  const [, , , , , , second] = await socket.nextMessage(KIND.STORE_WRITE);
+  socket.message({ kind: KIND.STORE_UPDATE, value: { seq: 2, key: "k", old: encodeValue(1), new: encodeValue(2), writer: 3, write_id: decodeValue(second).write_id } });
+  await quick;
+  t.mock.timers.tick(30_000);
+});
