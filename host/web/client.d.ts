@@ -89,8 +89,8 @@ export interface Store {
    * over `STORE_VALUE_LIMIT` (refused here, before sending), when the half closes first, at
    * once when the host cannot take it to main (the frame closing: a `set` in `deactivate`
    * rejects `FrameClosed`; the extension deactivating; main overloaded), when main has not
-   * sequenced it within 30 s (`TimedOut`, as in Rust), or when the connection is lost; rejects with a `TypeError` for a value that is not encodable
-   * or `undefined` (use `delete`).
+   * sequenced it within 30 s (`TimedOut`, as in Rust), or when the connection is lost;
+   * rejects with a `TypeError` for a value that is not encodable or `undefined` (use `delete`).
    */
   set(key: string, value: Value): Promise<void>;
   /** Deletes `key` through main; resolves as `set` does. */
