@@ -140,7 +140,8 @@ export interface Ipc {
    * Answers main's requests on `channel` (`Main::invoke_frame`) with what `fn` returns or
    * resolves to. A throw answers `Handler` with the error's `message` (and its `data`
    * property, if any, as the error's data); a channel without a handler is answered
-   * `NoHandler`. `signal` fires when main cancels the request (its answer is then dropped).
+   * `NoHandler`. `signal` fires when main cancels the request, or when the half starts closing
+   * (before `deactivate` runs); its answer is then dropped.
    * A second handler on a channel throws `Error` until the first is disposed.
    */
   handle(

@@ -578,6 +578,9 @@ export class Client {
     const half = this.half;
     if (!half) return this.complete(completion, [0]);
     let outcome = [0];
+    // As Rust's deactivation: what the half waits on and serves ends now, before `deactivate`
+    // (the host failed those requests already, and routes nothing to a closing frame).
+    half.endRequests("FrameClosed", "the frame closed before the reply");
     const deactivate = this.module?.deactivate;
     if (typeof deactivate === "function") {
       const limit = Number(timeoutMs);
@@ -928,21 +931,26 @@ class Half {
 
   // --- Shutting ------------------------------------------------------------------------
 
+  /** Fails the invokes this half waits on with `kind`, and stops the handlers it runs. */
+  endRequests(kind, why) {
+    for (const id of [...this.pending.keys()]) {
+      const request = this.forget(id);
+      request.reject(new InvokeError(kind, `invoke on \`${request.channel}\`: ${why}`));
+    }
+    for (const [, controller] of this.running) controller.abort(new Error(why));
+    this.running.clear();
+  }
+
   /** Drops everything registered and fails what waits: `kind` for invokes. */
   shut(kind, reason = undefined) {
     if (!this.open) return;
     this.open = false;
     const why = reason ?? "the renderer half closed";
-    for (const id of [...this.pending.keys()]) {
-      const request = this.forget(id);
-      request.reject(new InvokeError(kind, `invoke on \`${request.channel}\`: ${why}`));
-    }
+    this.endRequests(kind, why);
     for (const [, write] of this.writes) {
       write.reject(new StoreError(write.key, kind, `store write of \`${write.key}\`: ${why}`));
     }
     this.writes.clear();
-    for (const [, controller] of this.running) controller.abort(new Error(why));
-    this.running.clear();
     this.listeners.clear();
     this.handlers.clear();
     this.watchers.clear();

@@ -223,3 +223,38 @@ test("a store write main never sequences rejects TimedOut after 30 s, as a Rust 
   await quick;
   t.mock.timers.tick(30_000);
 });
+
+test("a close fails the half's invokes FrameClosed and stops its handlers before deactivate runs, as in Rust", async (t) => {
+  // Rust's deactivation fails what the half waits on at once ("can never be answered now"):
+  // the host has failed those requests already and does not route to a closing frame. A
+  // `deactivate` awaiting an invoke made before the close waited until its timeout.
+  t.mock.timers.enable({ apis: ["setTimeout"] });
+  let asked;
+  let handlerSignal;
+  const seen = [];
+  const module = {
+    activate: async (ipc) => {
+      ipc.handle("slow", (_value, _sender, signal) => {
+        handlerSignal = signal;
+        return new Promise(() => {});
+      });
+    },
+    deactivate: async () => {
+      seen.push(`handler aborted: ${handlerSignal.aborted}`);
+      await asked.catch((error) => seen.push(error.kind));
+    },
+  };
+  const { socket, ipc, nextCompletion } = await start({ module });
+  asked = ipc.invoke("save", 1);
+  await socket.nextMessage(KIND.INVOKE);
+  socket.message({ kind: KIND.INVOKE, origin: PEER_MAIN, requestId: 5, channel: "slow", value: null });
+  await settle();
+  const completion = nextCompletion();
+  socket.deliver([2, completion, [2, 50]]);
+  await settle();
+  t.mock.timers.tick(50);
+  const closed = await socket.completion(completion);
+  assert.deepEqual(closed[2], [0]);
+  assert.deepEqual(seen, ["handler aborted: true", "FrameClosed"]);
+  assert.equal(socket.messages(KIND.REPLY).length, 0);
+});
