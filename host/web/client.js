@@ -602,7 +602,8 @@ export class Client {
     // What still waits fails as a closing frame's requests do on the Rust side.
     half.shut("FrameClosed");
     if (this.half === half) this.half = null;
-    this.state = "closed";
+    // Lost meanwhile: it stays so (and nothing more is sent).
+    if (this.state !== "lost") this.state = "closed";
     this.complete(completion, outcome);
   }
 

@@ -258,3 +258,19 @@ test("a close fails the half's invokes FrameClosed and stops its handlers before
   assert.deepEqual(seen, ["handler aborted: true", "FrameClosed"]);
   assert.equal(socket.messages(KIND.REPLY).length, 0);
 });
+
+test("the connection lost while deactivate runs: the client stays lost and sends nothing more", async () => {
+  let finish;
+  const module = { deactivate: () => new Promise((resolve) => (finish = resolve)) };
+  const { socket, connection, nextCompletion } = await start({ module });
+  const completion = nextCompletion();
+  socket.deliver([2, completion, [2, 10_000]]);
+  await settle();
+  socket.drop();
+  assert.equal(connection.state, "lost");
+  const sent = socket.sent.length;
+  finish();
+  await settle();
+  assert.equal(connection.state, "lost");
+  assert.equal(socket.sent.length, sent, "a completion went to a closed socket");
+});
