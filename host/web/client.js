@@ -306,6 +306,18 @@ export const MAX_MESSAGE = 16 << 20;
 export const STORE_VALUE_LIMIT = 1 << 20;
 const utf8 = new TextEncoder();
 
+/** The longest log line sent, in bytes (as Rust's halves: `MAX_LOG_MESSAGE`). */
+const MAX_LOG_MESSAGE = 64 << 10;
+
+/** `text` cut to `limit` bytes of UTF-8 at a character's boundary, saying how long it was. */
+function cut(text, limit) {
+  const bytes = utf8.encode(text);
+  if (bytes.length <= limit) return text;
+  let end = limit;
+  while (end > 0 && (bytes[end] & 0xc0) === 0x80) end--;
+  return `${new TextDecoder().decode(bytes.subarray(0, end))}… (${bytes.length} bytes in all)`;
+}
+
 /** Whether a message with this channel and payload is within MAX_MESSAGE. */
 function fits(channel, payload) {
   return utf8.encode(channel).length + payload.length <= MAX_MESSAGE;
@@ -375,7 +387,7 @@ export class Client {
 
   log(level, parts) {
     const text = parts.map(describe).join(" ");
-    this.sendFrame([PAGE.LOG, LEVELS[level], text]);
+    this.sendFrame([PAGE.LOG, LEVELS[level], cut(text, MAX_LOG_MESSAGE)]);
   }
 
   complete(completion, outcome) {

@@ -274,3 +274,17 @@ test("the connection lost while deactivate runs: the client stays lost and sends
   assert.equal(connection.state, "lost");
   assert.equal(socket.sent.length, sent, "a completion went to a closed socket");
 });
+
+test("a log line is cut at 64 KiB, saying how long it was, as a Rust half's", async () => {
+  // Sent whole, a line over the host's message limit ended the connection (1009), and any
+  // line reached the host's log uncut.
+  const { socket, ipc } = await start();
+  ipc.log.info("x".repeat(100_000));
+  ipc.log.warn("é".repeat(40_000)); // 80000 bytes, two per character
+  ipc.log.debug("short");
+  const lines = socket.sent.filter((frame) => frame[0] === 3).map((frame) => frame[2]);
+  assert.equal(lines.length, 3);
+  assert.equal(lines[0], `${"x".repeat(65_536)}… (100000 bytes in all)`);
+  assert.equal(lines[1], `${"é".repeat(32_768)}… (80000 bytes in all)`);
+  assert.equal(lines[2], "short");
+});
