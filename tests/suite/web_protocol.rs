@@ -855,3 +855,21 @@ async fn a_store_write_the_host_turns_away_is_refused_to_the_page_at_once() {
     server.shutdown().await;
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pages_log_line_is_cut_at_64_kib_as_a_rust_halfs() {
+    // A page's line reached the host's log whole (up to the message limit), where a Rust half's
+    // is cut at 64 KiB, saying how long it was.
+    let (host, server) = web_host(&["probe"], true, WebConfig::default()).await;
+    let port = port(&server);
+    let (_shell, mut page) = open_web_frame(&host, port, "probe").await;
+    let mut logs = host.logs();
+    let line = format!("{}é", "y".repeat(65_535));
+    page.send(Value::Array(vec![3.into(), 3.into(), line.as_str().into()])).await;
+    let record = support::wait_log(&mut logs, "probe", |message| message.starts_with("yyy")).await;
+    assert_eq!(record.message, format!("{}… (65537 bytes in all)", "y".repeat(65_535)));
+    page.send(Value::Array(vec![3.into(), 3.into(), "short".into()])).await;
+    assert_eq!(support::wait_log(&mut logs, "probe", |message| message.starts_with("sh")).await.message, "short");
+    server.shutdown().await;
+    host.shutdown().await;
+}

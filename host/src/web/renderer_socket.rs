@@ -32,6 +32,8 @@ use crate::transport::{Transport, WebInstance};
 const QUEUE_MESSAGES: usize = 4096;
 /// Most bytes queued for one page.
 const QUEUE_BYTES: usize = 64 << 20;
+/// Longest log line of a page forwarded (64 KiB), as for a Rust half (`MAX_LOG_MESSAGE`).
+const MAX_LOG_LINE: usize = 64 << 10;
 /// How long the writer may take to send the close frame once the connection ends.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
@@ -293,7 +295,7 @@ fn receive(link: &Link, endpoint: &Endpoint, frame: Peer, bytes: &[u8]) -> Resul
             Ok(())
         }
         PageMessage::Log { level, text } => {
-            link.forward_log(level, "web", &text);
+            link.forward_log(level, "web", &cut_log_line(&text));
             Ok(())
         }
     }
@@ -350,6 +352,19 @@ fn half_gone(link: &Link, endpoint: &Endpoint, kind: InvokeErrorKind, reason: &s
         }
     }
     endpoint.retire(reason);
+}
+
+/// A page's log line cut to [`MAX_LOG_LINE`] bytes at a character boundary, saying how long
+/// it was (as `extension-api` cuts a Rust half's).
+fn cut_log_line(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= MAX_LOG_LINE {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = MAX_LOG_LINE;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}… ({} bytes in all)", &text[..end], text.len()))
 }
 
 /// The close code for a failed read: 1009 when the message was too big.
