@@ -99,7 +99,10 @@ export interface Store {
   watch(key: string, fn: (change: StoreChange) => void): Disposer;
 }
 
-/** Lines for the host's log, attributed to the extension. Parts are joined with spaces. */
+/**
+ * Lines for the host's log, attributed to the extension. Parts are joined with spaces; a line
+ * over 64 KiB (UTF-8) is cut, saying how long it was, as a Rust half's.
+ */
 export interface Log {
   error(...parts: unknown[]): void;
   warn(...parts: unknown[]): void;
