@@ -873,3 +873,30 @@ async fn a_pages_log_line_is_cut_at_64_kib_as_a_rust_halfs() {
     server.shutdown().await;
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_closing_with_an_error_code_is_a_lost_connection_with_its_reason() {
+    // The client closes 1008 with a reason when it cannot read the host's message: that is a
+    // broken connection, not a tab closing, and its reason must reach the host's log and event
+    // (it read as `FrameClosed`, "the page closed its connection", the reason dropped).
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let (host, server) = web_host(&["probe"], true, WebConfig::default()).await;
+    let (_shell, mut page) = open_web_frame(&host, port(&server), "probe").await;
+    let mut events = host.events();
+    let asked = ask_and_hang(&host, &mut page).await;
+    let reason = "the host broke the protocol: an unreadable message";
+    page.ws.close(Some(CloseFrame { code: CloseCode::Policy, reason: reason.into() })).await.unwrap();
+    assert_eq!(asked.await.unwrap(), "ConnectionLost");
+    let event = support::wait_event(&mut events, |event| matches!(event, HostEvent::WebRendererClosed { .. })).await;
+    match event {
+        HostEvent::WebRendererClosed { lost, reason: said, .. } => {
+            assert!(lost, "{said}");
+            assert!(said.contains("1008") && said.contains(reason), "{said}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(main_frames(&host).await.is_empty());
+    server.shutdown().await;
+    host.shutdown().await;
+}

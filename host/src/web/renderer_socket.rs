@@ -217,7 +217,7 @@ pub(crate) async fn serve(socket: WebSocket, server: Arc<Server>, extension: Str
                     }
                     break Ended::Dropped(reason);
                 }
-                Some(Ok(WsMessage::Close(_))) => break Ended::Closed,
+                Some(Ok(WsMessage::Close(close))) => break page_closed(close),
                 Some(Ok(WsMessage::Binary(bytes))) => {
                     if let Err(violation) = receive(&link, &endpoint, frame, &bytes) {
                         break Ended::Violation(1008, violation);
@@ -257,6 +257,19 @@ pub(crate) async fn serve(socket: WebSocket, server: Arc<Server>, extension: Str
         server.hooks.half_ended(&extension, frame, lost, &reason);
     }
     let _ = writer.await;
+}
+
+/// How a page's close frame ends its half: closed (no code, 1000 normal, 1001 going away: the
+/// tab closed or reloaded, the iframe navigated), else lost, with the page's code and reason
+/// (the client closes 1008 when it cannot read the host's message).
+fn page_closed(close: Option<CloseFrame>) -> Ended {
+    match close {
+        None => Ended::Closed,
+        Some(frame) => match u16::from(frame.code) {
+            1000 | 1001 | 1005 => Ended::Closed,
+            code => Ended::Dropped(format!("the page closed its connection with {code}: {}", frame.reason.as_str())),
+        },
+    }
 }
 
 /// Handles one binary message of a connected page; an error is a protocol violation.
