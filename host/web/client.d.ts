@@ -95,7 +95,7 @@ export interface Store {
   set(key: string, value: Value): Promise<void>;
   /** Deletes `key` through main; resolves as `set` does. */
   delete(key: string): Promise<void>;
-  /** Calls `fn` for each change of `key` (not for a write of the same value). */
+  /** Calls `fn` for each change of `key` (not for a write of the same value), each watcher with its own `StoreChange`. */
   watch(key: string, fn: (change: StoreChange) => void): Disposer;
 }
 
@@ -122,7 +122,8 @@ export interface Ipc {
   readonly extension: string;
   /**
    * Calls `fn` with each broadcast on `channel` (from main, another frame, or this one) and its
-   * sender. A listener that throws is logged; the others still run.
+   * sender (each listener gets its own decoded value). A listener that throws is logged; the
+   * others still run.
    */
   listen(channel: string, fn: (value: Value, sender: Sender) => void): Disposer;
   /**

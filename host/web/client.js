@@ -685,9 +685,10 @@ class Half {
       return this.client.log("warn", [`a broadcast on \`${channel}\` did not decode: ${error.message}`]);
     }
     const sender = senderOf(origin);
-    for (const fn of [...listeners]) {
+    for (const [index, fn] of [...listeners].entries()) {
       try {
-        fn(value, sender);
+        // Each listener its own value (as each Rust listener decodes its own): one may change it.
+        fn(index === 0 ? value : decodeValue(payload), { ...sender });
       } catch (error) {
         this.client.log("error", [`a listener of \`${channel}\` threw:`, error]);
       }
@@ -903,16 +904,17 @@ class Half {
     if (sameBytes(old, value)) return;
     const fns = [...(this.watchers.get(update.key) ?? [])];
     if (fns.length === 0) return;
-    const change = {
+    // Each watcher its own change: one may change it.
+    const change = () => ({
       key: update.key,
       old: old === null ? undefined : decodeValue(old),
       new: value === null ? undefined : decodeValue(value),
       writer: senderOf(asNumber(update.writer)),
       seq: asNumber(update.seq),
-    };
+    });
     for (const fn of fns) {
       try {
-        fn(change);
+        fn(change());
       } catch (error) {
         this.client.log("error", [`a watcher of store key \`${update.key}\` threw:`, error]);
       }

@@ -288,3 +288,17 @@ test("a log line is cut at 64 KiB, saying how long it was, as a Rust half's", as
   assert.equal(lines[1], `${"é".repeat(32_768)}… (80000 bytes in all)`);
   assert.equal(lines[2], "short");
 });
+
+test("each listener and each watcher gets its own decoded value, as each Rust listener decodes its own", async () => {
+  // One decoded object was shared: a listener sorting or filling it changed what the next saw.
+  const { socket, ipc } = await start();
+  const seen = [];
+  ipc.listen("list", (value) => value.items.push("mine"));
+  ipc.listen("list", (value) => seen.push(value.items.length));
+  ipc.store.watch("k", (change) => change.new.push("mine"));
+  ipc.store.watch("k", (change) => seen.push(change.new.length));
+  socket.message({ kind: KIND.BROADCAST, channel: "list", value: { items: [1, 2] } });
+  socket.message({ kind: KIND.STORE_UPDATE, value: { seq: 1, key: "k", old: null, new: encodeValue([1]), writer: 0, write_id: 0 } });
+  assert.deepEqual(seen, [2, 1]);
+  assert.deepEqual(ipc.store.get("k"), [1]);
+});
