@@ -95,7 +95,10 @@ export interface Store {
   set(key: string, value: Value): Promise<void>;
   /** Deletes `key` through main; resolves as `set` does. */
   delete(key: string): Promise<void>;
-  /** Calls `fn` for each change of `key` (not for a write of the same value), each watcher with its own `StoreChange`. */
+  /**
+   * Calls `fn` for each change of `key` (not for a write of the same value); each watcher gets
+   * its own `StoreChange`.
+   */
   watch(key: string, fn: (change: StoreChange) => void): Disposer;
 }
 
