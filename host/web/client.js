@@ -582,6 +582,7 @@ export class Client {
       return this.complete(completion, [2, describe(error)]);
     }
     if (!half.open) return this.complete(completion, [1, CLOSED_WHILE_ACTIVATING]);
+    half.activated = true;
     this.state = "running";
     this.complete(completion, [0]);
   }
@@ -593,7 +594,9 @@ export class Client {
     // As Rust's deactivation: what the half waits on and serves ends now, before `deactivate`
     // (the host failed those requests already, and routes nothing to a closing frame).
     half.endRequests("FrameClosed", "the frame closed before the reply");
-    const deactivate = this.module?.deactivate;
+    // Only an activated half has something to undo (Rust: no deactivator before `activate`
+    // returned); one closed while `activate` runs is shut without it.
+    const deactivate = half.activated ? this.module?.deactivate : undefined;
     if (typeof deactivate === "function") {
       const limit = Number(timeoutMs);
       let timer;
@@ -660,6 +663,8 @@ class Half {
   constructor(client) {
     this.client = client;
     this.open = true;
+    // `activate` returned: `deactivate` runs when it closes.
+    this.activated = false;
     this.listeners = new Map();
     this.handlers = new Map();
     this.watchers = new Map();

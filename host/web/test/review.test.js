@@ -302,3 +302,26 @@ test("each listener and each watcher gets its own decoded value, as each Rust li
   assert.deepEqual(seen, [2, 1]);
   assert.deepEqual(ipc.store.get("k"), [1]);
 });
+
+test("a close while activate runs does not call deactivate alongside it (Rust runs deactivate only for an activated half)", async () => {
+  const socket = new FakeSocket();
+  let finish;
+  const calls = [];
+  const module = {
+    activate: async () => {
+      calls.push("activate");
+      await new Promise((resolve) => (finish = resolve));
+      calls.push("activated");
+    },
+    deactivate: async () => calls.push("deactivate"),
+  };
+  new client.Client(socket, { importModule: async () => module });
+  socket.welcome(3, "probe");
+  await socket.control(1, [0, 0, {}]);
+  socket.deliver([2, 2, [1, 3]]);
+  await settle();
+  assert.deepEqual((await socket.control(3, [2, 1000]))[2], [0]);
+  finish();
+  await socket.completion(2);
+  assert.deepEqual(calls, ["activate", "activated"]);
+});
