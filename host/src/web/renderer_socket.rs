@@ -265,7 +265,7 @@ pub(crate) async fn serve(socket: WebSocket, server: Arc<Server>, extension: Str
 fn page_closed(close: Option<CloseFrame>) -> Ended {
     match close {
         None => Ended::Closed,
-        Some(frame) => match u16::from(frame.code) {
+        Some(frame) => match frame.code {
             1000 | 1001 | 1005 => Ended::Closed,
             code => Ended::Dropped(format!("the page closed its connection with {code}: {}", frame.reason.as_str())),
         },
