@@ -601,7 +601,12 @@ export class Client {
       const limit = Number(timeoutMs);
       let timer;
       const expired = new Promise((resolve) => {
-        if (Number.isFinite(limit) && limit < MAX_DELAY) timer = setTimeout(() => resolve("timeout"), limit);
+        // u64::MAX is the host's "no limit"; a longer wait than setTimeout's is armed in steps.
+        if (!Number.isFinite(limit) || limit >= 2 ** 64 - 1) return;
+        const arm = (left) => {
+          timer = setTimeout(() => (left > MAX_DELAY ? arm(left - MAX_DELAY) : resolve("timeout")), Math.min(left, MAX_DELAY));
+        };
+        arm(limit);
       });
       try {
         const done = Promise.resolve()

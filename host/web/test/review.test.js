@@ -325,3 +325,34 @@ test("a close while activate runs does not call deactivate alongside it (Rust ru
   await socket.completion(2);
   assert.deepEqual(calls, ["activate", "activated"]);
 });
+
+test("deactivate is bounded by a timeout past setTimeout's 2^31 - 1 ms too; u64::MAX is no limit", async (t) => {
+  // A timeout over setTimeout's largest delay set no timer at all: deactivate was unbounded.
+  t.mock.timers.enable({ apis: ["setTimeout"] });
+  const module = { deactivate: () => new Promise(() => {}) };
+  const { socket, nextCompletion } = await start({ module });
+  const completion = nextCompletion();
+  const long = 2 ** 31 + 100; // 24.9 days: one step of 2^31 - 1 ms, then 101 ms
+  socket.deliver([2, completion, [2, long]]);
+  await settle();
+  // In steps (the mock runs a timer armed within a tick from the tick's end).
+  const step = 2 ** 31 - 1;
+  t.mock.timers.tick(step);
+  t.mock.timers.tick(100);
+  await settle();
+  assert.equal(socket.sent.filter((frame) => frame[0] === 2).length, 0);
+  t.mock.timers.tick(1);
+  assert.deepEqual((await socket.completion(completion))[2], [3, long]);
+
+  let finish;
+  const unbounded = { deactivate: () => new Promise((resolve) => (finish = resolve)) };
+  const second = await start({ module: unbounded });
+  const last = second.nextCompletion();
+  second.socket.deliver([2, last, [2, 2n ** 64n - 1n]]);
+  await settle();
+  for (let i = 0; i < 4; i++) t.mock.timers.tick(step);
+  await settle();
+  assert.equal(second.socket.sent.filter((frame) => frame[0] === 2).length, 0);
+  finish();
+  assert.deepEqual((await second.socket.completion(last))[2], [0]);
+});
