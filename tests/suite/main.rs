@@ -34,5 +34,5 @@ mod storage;
 mod storage_faults;
 mod store;
 mod truncated;
-mod web_protocol;
 mod web_packaging;
+mod web_protocol;

@@ -814,3 +814,7 @@ async fn shutting_the_server_down_closes_its_sockets_and_frames() {
     assert!(TcpStream::connect(("127.0.0.1", port)).await.is_err(), "nothing listens any more");
     host.shutdown().await;
 }
+
+// The security and robustness review's tests: they use this file's shell and page.
+#[path = "web_security.rs"]
+mod web_security;

@@ -168,6 +168,18 @@ impl Host {
         Ok(())
     }
 
+    /// `name` is deactivating: in every web frame, the token and iframe of a page that went
+    /// away without the host closing it (so no half of it is placed there to close) go too.
+    pub(super) fn retire_web_halves(&self, name: &str) {
+        let webs: Vec<_> = lock(&self.inner.frames)
+            .iter()
+            .filter_map(|(frame, entry)| entry.web.clone().map(|web| (*frame, web)))
+            .collect();
+        for (frame, web) in webs {
+            web.retire(name, frame);
+        }
+    }
+
     pub(super) async fn open_renderer(&self, name: &str, link: &Arc<Link>, frame: Peer) {
         let endpoint = match self.renderer_endpoint(name, link, frame).await {
             Ok(Some(endpoint)) => endpoint,

@@ -141,6 +141,7 @@ impl Host {
                 report.problems.push(problem);
             }
         }
+        self.retire_web_halves(name);
         if let Some(main) = link.endpoint_of(PEER_MAIN) {
             let left = time_left(deadline);
             let outcome = main

@@ -180,16 +180,32 @@ impl WebFrame {
         let origin = lock(&self.server.origins).extension(extension)?;
         let (token, connected) = self.server.tokens.mint(frame, extension, Arc::downgrade(link), self.shell.clone())?;
         self.shell.add(extension, &origin, &token);
-        match tokio::time::timeout(timeout, connected).await {
-            Ok(Ok(endpoint)) => Ok(endpoint),
-            outcome => {
-                self.server.tokens.revoke(&token);
-                self.shell.remove(extension);
-                Err(match outcome {
-                    Err(_) => format!("the page did not connect within {timeout:?}"),
-                    _ => "the page's connection ended".to_owned(),
-                })
-            }
+        let mut connected = connected;
+        let outcome = tokio::select! {
+            outcome = tokio::time::timeout(timeout, &mut connected) => match outcome {
+                Ok(Ok(endpoint)) => return Ok(endpoint),
+                Ok(Err(_)) => "the page's connection ended".to_owned(),
+                Err(_) => format!("the page did not connect within {timeout:?}"),
+            },
+            // Its page will never come: the operation lock is not held for it.
+            () = self.shell.gone() => "the frame's shell went before the page connected".to_owned(),
+        };
+        self.server.tokens.revoke(&token);
+        self.shell.remove(extension);
+        // A page that connected just as the wait ended is not left open, half-started.
+        connected.close();
+        if let Ok(endpoint) = connected.try_recv() {
+            endpoint.destroy().await;
+        }
+        Err(outcome)
+    }
+
+    /// `extension` no longer runs a half in this frame (it deactivated): if a token of it is
+    /// still live (its page went away and could have come back), it is void and the shell
+    /// removes the iframe.
+    pub(crate) fn retire(&self, extension: &str, frame: Peer) {
+        if self.server.tokens.revoke_half(frame, extension) {
+            self.shell.remove(extension);
         }
     }
 

@@ -1,0 +1,81 @@
+//! Web frames, reviewed for security and robustness: each test here failed before its fix.
+//! They play the shell and the page with the helpers of `web_protocol.rs`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use extension_host::{Host, HostEvent, WebConfig, WebServer};
+use futures_util::SinkExt;
+use rmpv::Value;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use super::{Page, Shell, closed, encode, page_socket, port, settle};
+use crate::support::{self, FAILSAFE};
+
+/// The probe with a web renderer, its host configured by `configure`, serving web frames.
+async fn probe_host(configure: impl FnOnce(&mut extension_host::HostConfig)) -> (Host, WebServer) {
+    let mut config = support::config();
+    configure(&mut config);
+    let host = Host::new(config);
+    host.load(support::library("probe")).expect("the library loads");
+    let files = BTreeMap::from([("index.js".to_owned(), b"export async function activate(ipc) {}".to_vec())]);
+    host.set_web_assets_for_testing("probe", files).unwrap();
+    host.activate("probe").await.expect("the extension activates");
+    let server = host.serve_web(WebConfig::default()).expect("the web server starts");
+    (host, server)
+}
+
+/// A HELLO with `token`, on a new renderer socket at `origin`.
+async fn hello(port: u16, origin: &str, token: &str) -> super::Socket {
+    let mut ws = page_socket(port, origin, origin).await.expect("the socket opens");
+    ws.send(WsMessage::binary(encode(Value::Array(vec![0.into(), token.into()])))).await.unwrap();
+    ws
+}
+
+/// A shell that goes while its frame is opening (its pages not connected yet) must not hold
+/// the host's operations until every page's wait runs out: a tab opened and closed at once
+/// stalled activate, deactivate and every frame operation for activate_timeout per extension.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shell_that_goes_while_its_frame_opens_does_not_hold_the_host() {
+    // Far longer than the failsafe: waiting it out fails the test.
+    let (host, server) = probe_host(|config| config.activate_timeout = Duration::from_secs(3600)).await;
+    let port = port(&server);
+    let mut shell = Shell::connect(port).await;
+    let (_, origin, token) = shell.add().await;
+    shell.ws.close(None).await.unwrap();
+    drop(shell);
+
+    let deactivated = tokio::time::timeout(FAILSAFE, host.deactivate("probe")).await;
+    assert!(deactivated.expect("the host's operations wait for a page that will never come").is_ok());
+    assert!(host.frames().is_empty(), "the frame closed with its shell");
+    // The page's token died with the frame.
+    let mut late = hello(port, &origin, &token).await;
+    assert_eq!(closed(&mut late).await, (1008, "token refused: unknown token".to_owned()));
+    server.shutdown().await;
+    host.shutdown().await;
+}
+
+/// An extension deactivated while its page is away (the page closed its socket and has not
+/// come back) leaves the shell, and that page's token dies: it used to stay valid, and the
+/// iframe stayed in the shell, for as long as the frame was open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deactivating_while_the_page_is_away_removes_its_iframe_and_voids_its_token() {
+    let (host, server) = probe_host(|_| {}).await;
+    let port = port(&server);
+    let mut events = host.events();
+    let mut shell = Shell::connect(port).await;
+    let (_, origin, token) = shell.add().await;
+    let mut page = Page::connect(port, &origin, &token, "probe").await;
+    page.start().await;
+    settle(&host).await;
+    page.ws.close(None).await.unwrap();
+    support::wait_event(&mut events, |event| matches!(event, HostEvent::WebRendererClosed { .. })).await;
+
+    host.deactivate("probe").await.unwrap();
+    let mut late = hello(port, &origin, &token).await;
+    assert_eq!(closed(&mut late).await, (1008, "token refused: unknown token".to_owned()));
+    let removed = Shell::json(&mut shell.ws).await;
+    assert_eq!(removed, serde_json::json!({"type": "remove", "extension": "probe"}));
+    server.shutdown().await;
+    host.shutdown().await;
+}
