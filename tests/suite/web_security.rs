@@ -47,8 +47,7 @@ async fn a_shell_that_goes_while_its_frame_opens_does_not_hold_the_host() {
 
     let deactivated = tokio::time::timeout(FAILSAFE, host.deactivate("probe")).await;
     assert!(deactivated.expect("the host's operations wait for a page that will never come").is_ok());
-    assert!(host.frames().is_empty(), "the frame closed with its shell");
-    // The page's token died with the frame.
+    // The wait ended (the frame then closes with its shell): the page's token is void.
     let mut late = hello(port, &origin, &token).await;
     assert_eq!(closed(&mut late).await, (1008, "token refused: unknown token".to_owned()));
     server.shutdown().await;
@@ -76,6 +75,43 @@ async fn deactivating_while_the_page_is_away_removes_its_iframe_and_voids_its_to
     assert_eq!(closed(&mut late).await, (1008, "token refused: unknown token".to_owned()));
     let removed = Shell::json(&mut shell.ws).await;
     assert_eq!(removed, serde_json::json!({"type": "remove", "extension": "probe"}));
+    server.shutdown().await;
+    host.shutdown().await;
+}
+
+/// A message of many small values costs the host some 40 bytes for each byte sent when it is
+/// decoded (a 16 MiB message of nils: hundreds of megabytes), before and after the HELLO: it
+/// is refused on the count of its values, before it is decoded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_of_too_many_values_is_refused_before_it_is_decoded() {
+    let (host, server) = probe_host(|_| {}).await;
+    let port = port(&server);
+    let mut events = host.events();
+    let mut shell = Shell::connect(port).await;
+    let (_, origin, token) = shell.add().await;
+
+    // Before the HELLO: a "token" of 70,000 nils.
+    let mut unknown = page_socket(port, &origin, &origin).await.unwrap();
+    let flood = Value::Array(vec![0.into(), Value::Array(vec![Value::Nil; 70_000])]);
+    unknown.send(WsMessage::binary(encode(flood))).await.unwrap();
+    let (code, reason) = closed(&mut unknown).await;
+    assert_eq!(code, 1008);
+    assert!(reason.contains("at most 65536 MessagePack values"), "{reason}");
+
+    // After it: an inspect report of 70,000 listeners.
+    let mut page = Page::connect(port, &origin, &token, "probe").await;
+    page.start().await;
+    settle(&host).await;
+    let listeners = (0..70_000).map(|at| (Value::from(format!("c{at}")), Value::from(1))).collect();
+    let report = Value::Map(vec![("listeners".into(), Value::Map(listeners))]);
+    page.complete(1 << 40, Value::Array(vec![4.into(), report])).await;
+    // (Were it taken, this would end the connection instead.)
+    page.ws.send(WsMessage::text("and then")).await.unwrap();
+    let (code, reason) = closed(&mut page.ws).await;
+    assert_eq!(code, 1008);
+    assert!(reason.contains("at most 65536 MessagePack values"), "{reason}");
+    let event = support::wait_event(&mut events, |event| matches!(event, HostEvent::WebRendererClosed { .. })).await;
+    assert!(matches!(event, HostEvent::WebRendererClosed { lost: true, .. }), "{event:?}");
     server.shutdown().await;
     host.shutdown().await;
 }
