@@ -115,3 +115,42 @@ async fn a_message_of_too_many_values_is_refused_before_it_is_decoded() {
     server.shutdown().await;
     host.shutdown().await;
 }
+
+/// Renderer sockets that never say HELLO, on one extension's origin (its own page's: its
+/// origin is all that takes), are bounded per origin: they used to count only against the
+/// server's connection limit, so one extension's page could hold every connection of the
+/// server for ever (reopening each after the handshake timeout), and no shell could connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_origins_stalled_handshakes_cannot_take_every_connection() {
+    let config = WebConfig { max_connections: 19, ..WebConfig::default() };
+    let host = Host::new(support::config());
+    host.load(support::library("probe")).expect("the library loads");
+    let files = BTreeMap::from([("index.js".to_owned(), b"export async function activate(ipc) {}".to_vec())]);
+    host.set_web_assets_for_testing("probe", files).unwrap();
+    host.activate("probe").await.expect("the extension activates");
+    let server = host.serve_web(config).expect("the web server starts");
+    let port = port(&server);
+    let mut shell = Shell::connect(port).await;
+    let (_, origin, token) = shell.add().await;
+    let mut page = Page::connect(port, &origin, &token, "probe").await;
+    page.start().await;
+    settle(&host).await;
+
+    // 17 sockets that never say HELLO: the shell's, the page's and these would be every
+    // connection.
+    let mut stalled = Vec::new();
+    let mut refused = Vec::new();
+    for _ in 0..17 {
+        match page_socket(port, &origin, &origin).await {
+            Ok(socket) => stalled.push(socket),
+            Err(error) => refused.push(super::refused_with(Err(error))),
+        }
+    }
+    assert_eq!((stalled.len(), refused), (16, vec![503]), "16 handshakes at a time on one origin");
+    // Another shell (another tab) still connects.
+    let other = Shell::connect(port).await;
+    assert_ne!(other.frame, shell.frame);
+    drop(stalled);
+    server.shutdown().await;
+    host.shutdown().await;
+}

@@ -15,6 +15,7 @@ mod security;
 mod shell_socket;
 mod tokens;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -111,6 +112,8 @@ pub(crate) struct Server {
     tokens: Arc<Tokens>,
     hooks: Arc<dyn WebHooks>,
     live: AtomicUsize,
+    /// Renderer sockets that have not said HELLO yet, per extension origin.
+    handshakes: Mutex<BTreeMap<String, usize>>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -128,7 +131,42 @@ impl Drop for ConnectionSlot {
     }
 }
 
+/// Most renderer sockets one extension's origin may have open before their HELLO. A page
+/// takes one for a moment; without this bound, a page of one extension (its own origin is all
+/// it needs) could hold every connection of the server, the shells' and its siblings' too.
+pub(crate) const MAX_HANDSHAKES_PER_ORIGIN: usize = 16;
+
+/// A renderer socket that has not said HELLO yet, counted against its origin's bound.
+pub(crate) struct Handshake {
+    server: Weak<Server>,
+    extension: String,
+}
+
+impl Drop for Handshake {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.upgrade() {
+            let mut handshakes = lock(&server.handshakes);
+            if let Some(count) = handshakes.get_mut(&self.extension) {
+                *count -= 1;
+                if *count == 0 {
+                    handshakes.remove(&self.extension);
+                }
+            }
+        }
+    }
+}
+
 impl Server {
+    fn handshake(self: &Arc<Self>, extension: &str) -> Option<Handshake> {
+        let mut handshakes = lock(&self.handshakes);
+        let count = handshakes.entry(extension.to_owned()).or_default();
+        if *count >= MAX_HANDSHAKES_PER_ORIGIN {
+            return None;
+        }
+        *count += 1;
+        Some(Handshake { server: Arc::downgrade(self), extension: extension.to_owned() })
+    }
+
     fn slot(self: &Arc<Self>) -> Option<ConnectionSlot> {
         let max = self.config.max_connections;
         self.live
@@ -296,6 +334,7 @@ pub(crate) fn serve(config: WebConfig, hooks: Arc<dyn WebHooks>) -> Result<WebSe
         tokens: Arc::new(Tokens::default()),
         hooks,
         live: AtomicUsize::new(0),
+        handshakes: Mutex::new(BTreeMap::new()),
         shutdown: CancellationToken::new(),
         tracker: TaskTracker::new(),
         config,
@@ -442,16 +481,19 @@ async fn renderer_upgrade(
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
     };
+    let Some(handshake) = server.handshake(&extension) else {
+        tracing::warn!(extension = %extension, "web server: refused a renderer socket: too many handshakes on its origin");
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "too many handshakes on this origin");
+    };
     let Some(slot) = server.slot() else {
         tracing::warn!(extension = %extension, "web server: refused a renderer socket: too many connections");
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
     };
     let max = server.config.max_message;
     let tracker = server.tracker.clone();
-    upgrade
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| tracker.track_future(renderer_socket::serve(socket, server, extension, slot)))
+    upgrade.max_message_size(max).max_frame_size(max).on_upgrade(move |socket| {
+        tracker.track_future(renderer_socket::serve(socket, server, extension, slot, handshake))
+    })
 }
 
 /// Files: the shell's on the shell's hosts; on an extension's origin the renderer document
