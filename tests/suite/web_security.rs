@@ -14,13 +14,24 @@ use crate::support::{self, FAILSAFE};
 
 /// The probe with a web renderer, its host configured by `configure`, serving web frames.
 async fn probe_host(configure: impl FnOnce(&mut extension_host::HostConfig)) -> (Host, WebServer) {
+    web_renderers_host(&["probe"], configure).await
+}
+
+/// `extensions`, each with a web renderer, their host configured by `configure`, serving web
+/// frames.
+async fn web_renderers_host(
+    extensions: &[&str],
+    configure: impl FnOnce(&mut extension_host::HostConfig),
+) -> (Host, WebServer) {
     let mut config = support::config();
     configure(&mut config);
     let host = Host::new(config);
-    host.load(support::library("probe")).expect("the library loads");
-    let files = BTreeMap::from([("index.js".to_owned(), b"export async function activate(ipc) {}".to_vec())]);
-    host.set_web_assets_for_testing("probe", files).unwrap();
-    host.activate("probe").await.expect("the extension activates");
+    for name in extensions {
+        host.load(support::library(name)).expect("the library loads");
+        let files = BTreeMap::from([("index.js".to_owned(), b"export async function activate(ipc) {}".to_vec())]);
+        host.set_web_assets_for_testing(name, files).unwrap();
+        host.activate(name).await.expect("the extension activates");
+    }
     let server = host.serve_web(WebConfig::default()).expect("the web server starts");
     (host, server)
 }
@@ -151,6 +162,36 @@ async fn one_origins_stalled_handshakes_cannot_take_every_connection() {
     let other = Shell::connect(port).await;
     assert_ne!(other.frame, shell.frame);
     drop(stalled);
+    server.shutdown().await;
+    host.shutdown().await;
+}
+
+/// A web frame's pages load together: every iframe is added when the frame opens, and a page
+/// that is slow to connect (or never does) does not hold the others back. They used to be
+/// added one at a time, each after the one before had started, so the host's operations were
+/// held for activate_timeout per extension whose page did not come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_web_frames_pages_load_together() {
+    // Far longer than the failsafe: waiting it out fails the test.
+    let (host, server) =
+        web_renderers_host(&["probe", "probe-twin"], |config| config.activate_timeout = Duration::from_secs(3600))
+            .await;
+    let port = port(&server);
+    let mut shell = Shell::connect(port).await;
+    let (first, first_origin, first_token) = shell.add().await;
+    let (second, second_origin, second_token) = shell.add().await;
+    assert_ne!(first, second);
+
+    // The second page connects before the first: both start, in order.
+    let mut second_page = Page::connect(port, &second_origin, &second_token, &second).await;
+    let mut first_page = Page::connect(port, &first_origin, &first_token, &first).await;
+    first_page.start().await;
+    second_page.start().await;
+    settle(&host).await;
+    let snapshot = super::inspect_with(&host, &mut [&mut first_page, &mut second_page]).await;
+    for name in [&first, &second] {
+        assert_eq!(snapshot.extension(name).unwrap().frames, vec![shell.frame], "{name}");
+    }
     server.shutdown().await;
     host.shutdown().await;
 }

@@ -64,9 +64,24 @@ impl Host {
     }
 
     async fn start_renderers(&self, frame: Peer) {
-        for (name, link) in self.active_links() {
+        let links = self.active_links();
+        // A web frame's iframes are all added first, so that their pages load together: pages
+        // that never connect hold the host's operations for one activate_timeout, not one each.
+        let web = lock(&self.inner.frames).get(&frame).and_then(|entry| entry.web.clone());
+        if let Some(web) = &web {
+            for (name, link) in &links {
+                if web.has_renderer(name) {
+                    // Failing, it is tried again, and reported, when the half starts.
+                    let _ = web.invite(name, link, frame, self.inner.config.activate_timeout);
+                }
+            }
+        }
+        for (name, link) in links {
             self.open_renderer(&name, &link, frame).await;
             tell_frames(&link).await;
+        }
+        if let Some(web) = web {
+            web.uninvite_all().await;
         }
     }
 

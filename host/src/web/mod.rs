@@ -32,6 +32,7 @@ use extension_api::abi::Peer;
 use futures_util::future::BoxFuture;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -184,11 +185,59 @@ impl Server {
 pub(crate) struct WebFrame {
     server: Arc<Server>,
     shell: ShellHandle,
+    /// Iframes added ahead of their half's start (see [`WebFrame::invite`]), by extension.
+    invited: Mutex<BTreeMap<String, Invitation>>,
+}
+
+/// An iframe the shell was told to add, and the wait for its page.
+struct Invitation {
+    token: String,
+    connected: oneshot::Receiver<Arc<Endpoint>>,
+    /// When the wait for its page ends.
+    deadline: tokio::time::Instant,
 }
 
 impl WebFrame {
     fn new(server: Arc<Server>, shell: ShellHandle) -> WebFrame {
-        WebFrame { server, shell }
+        WebFrame { server, shell, invited: Mutex::new(BTreeMap::new()) }
+    }
+
+    /// Adds `extension`'s iframe now, with a token minted for it, so that its page loads
+    /// while the halves before it start: the frame's pages load together, and each one's
+    /// wait (`timeout`) runs from its own `add`. [`WebFrame::connect_renderer`] takes it up.
+    pub(crate) fn invite(
+        &self,
+        extension: &str,
+        link: &Arc<Link>,
+        frame: Peer,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let origin = lock(&self.server.origins).extension(extension)?;
+        let (token, connected) = self.server.tokens.mint(frame, extension, Arc::downgrade(link), self.shell.clone())?;
+        self.shell.add(extension, &origin, &token);
+        let deadline = tokio::time::Instant::now() + timeout;
+        lock(&self.invited).insert(extension.to_owned(), Invitation { token, connected, deadline });
+        Ok(())
+    }
+
+    /// The invitations no half took up (its start failed before it reached its page): their
+    /// tokens are void, their iframes go, and a page that connected is closed.
+    pub(crate) async fn uninvite_all(&self) {
+        let invited = std::mem::take(&mut *lock(&self.invited));
+        for (extension, invitation) in invited {
+            self.drop_invitation(&extension, invitation).await;
+        }
+    }
+
+    async fn drop_invitation(&self, extension: &str, invitation: Invitation) {
+        let Invitation { token, mut connected, .. } = invitation;
+        self.server.tokens.revoke(&token);
+        self.shell.remove(extension);
+        // A page that connected just as the wait ended is not left open, half-started.
+        connected.close();
+        if let Ok(endpoint) = connected.try_recv() {
+            endpoint.destroy().await;
+        }
     }
 
     /// The shell's URL (the page that is this frame).
@@ -206,8 +255,9 @@ impl WebFrame {
         self.server.hooks.assets(extension).is_some()
     }
 
-    /// Starts `extension`'s iframe in this frame and waits (`timeout`) for its page to
-    /// connect with the token minted for it; the connection's endpoint.
+    /// Starts `extension`'s iframe in this frame (unless [`WebFrame::invite`] did) and waits
+    /// (`timeout` from its `add`) for its page to connect with the token minted for it; the
+    /// connection's endpoint.
     pub(crate) async fn connect_renderer(
         &self,
         extension: &str,
@@ -215,12 +265,16 @@ impl WebFrame {
         frame: Peer,
         timeout: Duration,
     ) -> Result<Arc<Endpoint>, String> {
-        let origin = lock(&self.server.origins).extension(extension)?;
-        let (token, connected) = self.server.tokens.mint(frame, extension, Arc::downgrade(link), self.shell.clone())?;
-        self.shell.add(extension, &origin, &token);
-        let mut connected = connected;
+        let invited = lock(&self.invited).remove(extension);
+        let mut invitation = match invited {
+            Some(invitation) => invitation,
+            None => {
+                self.invite(extension, link, frame, timeout)?;
+                lock(&self.invited).remove(extension).ok_or("the page's invitation went")?
+            }
+        };
         let outcome = tokio::select! {
-            outcome = tokio::time::timeout(timeout, &mut connected) => match outcome {
+            outcome = tokio::time::timeout_at(invitation.deadline, &mut invitation.connected) => match outcome {
                 Ok(Ok(endpoint)) => return Ok(endpoint),
                 Ok(Err(_)) => "the page's connection ended".to_owned(),
                 Err(_) => format!("the page did not connect within {timeout:?}"),
@@ -228,13 +282,7 @@ impl WebFrame {
             // Its page will never come: the operation lock is not held for it.
             () = self.shell.gone() => "the frame's shell went before the page connected".to_owned(),
         };
-        self.server.tokens.revoke(&token);
-        self.shell.remove(extension);
-        // A page that connected just as the wait ended is not left open, half-started.
-        connected.close();
-        if let Ok(endpoint) = connected.try_recv() {
-            endpoint.destroy().await;
-        }
+        self.drop_invitation(extension, invitation).await;
         Err(outcome)
     }
 
