@@ -195,3 +195,54 @@ async fn a_web_frames_pages_load_together() {
     server.shutdown().await;
     host.shutdown().await;
 }
+
+/// A page that reconnects and goes again before the host restarted its half (a page reloaded
+/// twice in a row) must not void the token of the connection that came after it: the stale
+/// reconnection's failed start revoked the token and removed the iframe, so the half could
+/// never come back in that frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_reconnection_does_not_void_the_token_of_the_next() {
+    let (host, server) = probe_host(|_| {}).await;
+    let port = port(&server);
+    let mut events = host.events();
+    let mut shell = Shell::connect(port).await;
+    let (_, origin, token) = shell.add().await;
+    let mut page = Page::connect(port, &origin, &token, "probe").await;
+    page.start().await;
+    settle(&host).await;
+    page.ws.close(None).await.unwrap();
+    support::wait_event(&mut events, |event| matches!(event, HostEvent::WebRendererClosed { .. })).await;
+
+    // Another tab's frame holds the host's operations (its page has not connected), so the
+    // restarts of the reconnections below wait.
+    let mut other = Shell::connect(port).await;
+    let (_, _, other_token) = other.add().await;
+    // The page comes back, and goes again at once.
+    let mut stale = Page::connect(port, &origin, &token, "probe").await;
+    stale.ws.close(None).await.unwrap();
+    // The host has taken its going in (the token is free again) once it closes its side.
+    closed(&mut stale.ws).await;
+    // And comes back once more.
+    let mut page = Page::connect(port, &origin, &token, "probe").await;
+    // The other tab's page connects: the host's operations go on.
+    let mut other_page = Page::connect(port, &origin, &other_token, "probe").await;
+    other_page.start().await;
+    page.start().await;
+    settle(&host).await;
+
+    // (The stale reconnection's going was published by now: operations run in order.)
+    while events.try_recv().is_ok() {}
+
+    // The last connection's token is still the half's: when its page reloads, it comes back.
+    page.ws.close(None).await.unwrap();
+    support::wait_event(
+        &mut events,
+        |event| matches!(event, HostEvent::WebRendererClosed { frame, .. } if *frame == shell.frame),
+    )
+    .await;
+    let mut page = Page::connect(port, &origin, &token, "probe").await;
+    page.start().await;
+    drop(other_page);
+    server.shutdown().await;
+    host.shutdown().await;
+}

@@ -258,8 +258,9 @@ pub(crate) async fn serve(
         }
     };
     if let Some((lost, reason)) = gone {
-        connection.close(1000, "");
+        // The token is free again before the page sees its connection end.
         server.tokens.release(&claim.token);
+        connection.close(1000, "");
         server.hooks.half_ended(&extension, frame, lost, &reason);
     }
     let _ = writer.await;
