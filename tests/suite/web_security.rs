@@ -246,3 +246,53 @@ async fn a_stale_reconnection_does_not_void_the_token_of_the_next() {
     server.shutdown().await;
     host.shutdown().await;
 }
+
+/// `host run --web` with `RUST_LOG=trace` writes no token to its log: the WebSocket library
+/// traces every frame's payload (in hex), which put the shell's `add` and the page's HELLO,
+/// tokens and all, in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracing_everything_logs_no_token() {
+    use std::process::Stdio;
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+
+    let mut child = tokio::process::Command::new(support::host_binary())
+        .env("XDG_DATA_HOME", support::fresh_data_dir())
+        .args(["run", "--frames", "0", "--web", "127.0.0.1:0", "--duration", "inf"])
+        .arg(support::library("hello"))
+        .env("RUST_LOG", "trace")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the host binary starts");
+    let mut stderr = child.stderr.take().unwrap();
+    let log = tokio::spawn(async move {
+        let mut log = Vec::new();
+        let _ = stderr.read_to_end(&mut log).await;
+        String::from_utf8_lossy(&log).into_owned()
+    });
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = tokio::time::timeout(FAILSAFE, async {
+        loop {
+            let line = stdout.next_line().await.unwrap().expect("the host printed its web frames' URL");
+            if let Some(url) = line.strip_prefix("web frames: ") {
+                return url.to_owned();
+            }
+        }
+    })
+    .await
+    .expect("the host printed its web frames' URL");
+    let port: u16 = url.trim_start_matches("http://127.0.0.1:").trim_end_matches('/').parse().expect("a port");
+
+    let mut shell = Shell::connect(port).await;
+    let (name, origin, token) = shell.add().await;
+    assert_eq!(name, "hello");
+    let mut page = Page::connect(port, &origin, &token, "hello").await;
+    page.start().await;
+    child.kill().await.unwrap();
+    let log = log.await.unwrap();
+    assert!(log.contains("TRACE"), "the host traced");
+    let hex: String = token.bytes().map(|byte| format!("{byte:02x}")).collect();
+    assert!(!log.contains(&token) && !log.contains(&hex), "a token in the log");
+}
