@@ -296,3 +296,45 @@ async fn tracing_everything_logs_no_token() {
     let hex: String = token.bytes().map(|byte| format!("{byte:02x}")).collect();
     assert!(!log.contains(&token) && !log.contains(&hex), "a token in the log");
 }
+
+/// Activating an extension with several web frames open adds its iframe to all of them at
+/// once: they used to be added one frame after the other, each once the page before had
+/// started, so pages that never connected held the host for activate_timeout per frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activating_adds_the_iframe_to_every_web_frame_at_once() {
+    // Far longer than the failsafe: waiting it out fails the test.
+    let (host, server) = probe_host(|config| config.activate_timeout = Duration::from_secs(3600)).await;
+    let port = port(&server);
+    let (mut shells, mut pages) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        let mut shell = Shell::connect(port).await;
+        let (_, origin, token) = shell.add().await;
+        let mut page = Page::connect(port, &origin, &token, "probe").await;
+        page.start().await;
+        settle(&host).await;
+        shells.push(shell);
+        pages.push(page);
+    }
+    host.deactivate("probe").await.unwrap();
+    for shell in &mut shells {
+        assert_eq!(Shell::json(&mut shell.ws).await["type"], "remove");
+    }
+    drop(pages);
+
+    let activating = tokio::spawn({
+        let host = host.clone();
+        async move { host.activate("probe").await }
+    });
+    // The later frame's iframe is there before the first frame's page connects.
+    let (_, origin, second_token) = shells[1].add().await;
+    let (_, _, first_token) = shells[0].add().await;
+    let mut second = Page::connect(port, &origin, &second_token, "probe").await;
+    let mut first = Page::connect(port, &origin, &first_token, "probe").await;
+    first.start().await;
+    second.start().await;
+    tokio::time::timeout(FAILSAFE, activating).await.expect("activated").unwrap().unwrap();
+    let snapshot = super::inspect_with(&host, &mut [&mut first, &mut second]).await;
+    assert_eq!(snapshot.extension("probe").unwrap().frames, vec![shells[0].frame, shells[1].frame]);
+    server.shutdown().await;
+    host.shutdown().await;
+}

@@ -195,6 +195,30 @@ impl Host {
         }
     }
 
+    /// Opens `name`'s renderer half in each of `frames`, in order. Its iframes in web frames
+    /// are all added first, so that its pages load together (see `start_renderers`).
+    pub(super) async fn open_renderer_in(&self, name: &str, link: &Arc<Link>, frames: Vec<Peer>) {
+        let webs: Vec<_> = {
+            let open = lock(&self.inner.frames);
+            frames
+                .iter()
+                .filter_map(|frame| open.get(frame).and_then(|entry| entry.web.clone()).map(|web| (*frame, web)))
+                .collect()
+        };
+        for (frame, web) in &webs {
+            if web.has_renderer(name) {
+                // Failing, it is tried again, and reported, when the half starts.
+                let _ = web.invite(name, link, *frame, self.inner.config.activate_timeout);
+            }
+        }
+        for frame in frames {
+            self.open_renderer(name, link, frame).await;
+        }
+        for (_, web) in webs {
+            web.uninvite_all().await;
+        }
+    }
+
     pub(super) async fn open_renderer(&self, name: &str, link: &Arc<Link>, frame: Peer) {
         let endpoint = match self.renderer_endpoint(name, link, frame).await {
             Ok(Some(endpoint)) => endpoint,
