@@ -900,3 +900,7 @@ async fn a_page_closing_with_an_error_code_is_a_lost_connection_with_its_reason(
     server.shutdown().await;
     host.shutdown().await;
 }
+
+// The security and robustness review's tests: they use this file's shell and page.
+#[path = "web_security.rs"]
+mod web_security;

@@ -64,9 +64,24 @@ impl Host {
     }
 
     async fn start_renderers(&self, frame: Peer) {
-        for (name, link) in self.active_links() {
+        let links = self.active_links();
+        // A web frame's iframes are all added first, so that their pages load together: pages
+        // that never connect hold the host's operations for one activate_timeout, not one each.
+        let web = lock(&self.inner.frames).get(&frame).and_then(|entry| entry.web.clone());
+        if let Some(web) = &web {
+            for (name, link) in &links {
+                if web.has_renderer(name) {
+                    // Failing, it is tried again, and reported, when the half starts.
+                    let _ = web.invite(name, link, frame, self.inner.config.activate_timeout);
+                }
+            }
+        }
+        for (name, link) in links {
             self.open_renderer(&name, &link, frame).await;
             tell_frames(&link).await;
+        }
+        if let Some(web) = web {
+            web.uninvite_all().await;
         }
     }
 
@@ -166,6 +181,42 @@ impl Host {
             return Err(problem);
         }
         Ok(())
+    }
+
+    /// `name` is deactivating: in every web frame, the token and iframe of a page that went
+    /// away without the host closing it (so no half of it is placed there to close) go too.
+    pub(super) fn retire_web_halves(&self, name: &str) {
+        let webs: Vec<_> = lock(&self.inner.frames)
+            .iter()
+            .filter_map(|(frame, entry)| entry.web.clone().map(|web| (*frame, web)))
+            .collect();
+        for (frame, web) in webs {
+            web.retire(name, frame);
+        }
+    }
+
+    /// Opens `name`'s renderer half in each of `frames`, in order. Its iframes in web frames
+    /// are all added first, so that its pages load together (see `start_renderers`).
+    pub(super) async fn open_renderer_in(&self, name: &str, link: &Arc<Link>, frames: Vec<Peer>) {
+        let webs: Vec<_> = {
+            let open = lock(&self.inner.frames);
+            frames
+                .iter()
+                .filter_map(|frame| open.get(frame).and_then(|entry| entry.web.clone()).map(|web| (*frame, web)))
+                .collect()
+        };
+        for (frame, web) in &webs {
+            if web.has_renderer(name) {
+                // Failing, it is tried again, and reported, when the half starts.
+                let _ = web.invite(name, link, *frame, self.inner.config.activate_timeout);
+            }
+        }
+        for frame in frames {
+            self.open_renderer(name, link, frame).await;
+        }
+        for (_, web) in webs {
+            web.uninvite_all().await;
+        }
     }
 
     pub(super) async fn open_renderer(&self, name: &str, link: &Arc<Link>, frame: Peer) {

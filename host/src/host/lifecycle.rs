@@ -89,9 +89,7 @@ impl Host {
             entry.process = process;
         }
         let frames: Vec<u64> = lock(&self.inner.frames).keys().copied().collect();
-        for frame in frames {
-            self.open_renderer(name, &link, frame).await;
-        }
+        self.open_renderer_in(name, &link, frames).await;
         tell_frames(&link).await;
         self.set_state(name, ExtensionState::Active);
         self.ensure_watchdog();
@@ -141,6 +139,7 @@ impl Host {
                 report.problems.push(problem);
             }
         }
+        self.retire_web_halves(name);
         if let Some(main) = link.endpoint_of(PEER_MAIN) {
             let left = time_left(deadline);
             let outcome = main

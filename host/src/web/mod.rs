@@ -15,6 +15,7 @@ mod security;
 mod shell_socket;
 mod tokens;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -31,6 +32,7 @@ use extension_api::abi::Peer;
 use futures_util::future::BoxFuture;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -111,6 +113,8 @@ pub(crate) struct Server {
     tokens: Arc<Tokens>,
     hooks: Arc<dyn WebHooks>,
     live: AtomicUsize,
+    /// Renderer sockets that have not said HELLO yet, per extension origin.
+    handshakes: Mutex<BTreeMap<String, usize>>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -128,7 +132,42 @@ impl Drop for ConnectionSlot {
     }
 }
 
+/// Most renderer sockets one extension's origin may have open before their HELLO. A page
+/// takes one for a moment; without this bound, a page of one extension (its own origin is all
+/// it needs) could hold every connection of the server, the shells' and its siblings' too.
+pub(crate) const MAX_HANDSHAKES_PER_ORIGIN: usize = 16;
+
+/// A renderer socket that has not said HELLO yet, counted against its origin's bound.
+pub(crate) struct Handshake {
+    server: Weak<Server>,
+    extension: String,
+}
+
+impl Drop for Handshake {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.upgrade() {
+            let mut handshakes = lock(&server.handshakes);
+            if let Some(count) = handshakes.get_mut(&self.extension) {
+                *count -= 1;
+                if *count == 0 {
+                    handshakes.remove(&self.extension);
+                }
+            }
+        }
+    }
+}
+
 impl Server {
+    fn handshake(self: &Arc<Self>, extension: &str) -> Option<Handshake> {
+        let mut handshakes = lock(&self.handshakes);
+        let count = handshakes.entry(extension.to_owned()).or_default();
+        if *count >= MAX_HANDSHAKES_PER_ORIGIN {
+            return None;
+        }
+        *count += 1;
+        Some(Handshake { server: Arc::downgrade(self), extension: extension.to_owned() })
+    }
+
     fn slot(self: &Arc<Self>) -> Option<ConnectionSlot> {
         let max = self.config.max_connections;
         self.live
@@ -146,11 +185,59 @@ impl Server {
 pub(crate) struct WebFrame {
     server: Arc<Server>,
     shell: ShellHandle,
+    /// Iframes added ahead of their half's start (see [`WebFrame::invite`]), by extension.
+    invited: Mutex<BTreeMap<String, Invitation>>,
+}
+
+/// An iframe the shell was told to add, and the wait for its page.
+struct Invitation {
+    token: String,
+    connected: oneshot::Receiver<Arc<Endpoint>>,
+    /// When the wait for its page ends.
+    deadline: tokio::time::Instant,
 }
 
 impl WebFrame {
     fn new(server: Arc<Server>, shell: ShellHandle) -> WebFrame {
-        WebFrame { server, shell }
+        WebFrame { server, shell, invited: Mutex::new(BTreeMap::new()) }
+    }
+
+    /// Adds `extension`'s iframe now, with a token minted for it, so that its page loads
+    /// while the halves before it start: the frame's pages load together, and each one's
+    /// wait (`timeout`) runs from its own `add`. [`WebFrame::connect_renderer`] takes it up.
+    pub(crate) fn invite(
+        &self,
+        extension: &str,
+        link: &Arc<Link>,
+        frame: Peer,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let origin = lock(&self.server.origins).extension(extension)?;
+        let (token, connected) = self.server.tokens.mint(frame, extension, Arc::downgrade(link), self.shell.clone())?;
+        self.shell.add(extension, &origin, &token);
+        let deadline = tokio::time::Instant::now() + timeout;
+        lock(&self.invited).insert(extension.to_owned(), Invitation { token, connected, deadline });
+        Ok(())
+    }
+
+    /// The invitations no half took up (its start failed before it reached its page): their
+    /// tokens are void, their iframes go, and a page that connected is closed.
+    pub(crate) async fn uninvite_all(&self) {
+        let invited = std::mem::take(&mut *lock(&self.invited));
+        for (extension, invitation) in invited {
+            self.drop_invitation(&extension, invitation).await;
+        }
+    }
+
+    async fn drop_invitation(&self, extension: &str, invitation: Invitation) {
+        let Invitation { token, mut connected, .. } = invitation;
+        self.server.tokens.revoke(&token);
+        self.shell.remove(extension);
+        // A page that connected just as the wait ended is not left open, half-started.
+        connected.close();
+        if let Ok(endpoint) = connected.try_recv() {
+            endpoint.destroy().await;
+        }
     }
 
     /// The shell's URL (the page that is this frame).
@@ -168,8 +255,9 @@ impl WebFrame {
         self.server.hooks.assets(extension).is_some()
     }
 
-    /// Starts `extension`'s iframe in this frame and waits (`timeout`) for its page to
-    /// connect with the token minted for it; the connection's endpoint.
+    /// Starts `extension`'s iframe in this frame (unless [`WebFrame::invite`] did) and waits
+    /// (`timeout` from its `add`) for its page to connect with the token minted for it; the
+    /// connection's endpoint.
     pub(crate) async fn connect_renderer(
         &self,
         extension: &str,
@@ -177,19 +265,33 @@ impl WebFrame {
         frame: Peer,
         timeout: Duration,
     ) -> Result<Arc<Endpoint>, String> {
-        let origin = lock(&self.server.origins).extension(extension)?;
-        let (token, connected) = self.server.tokens.mint(frame, extension, Arc::downgrade(link), self.shell.clone())?;
-        self.shell.add(extension, &origin, &token);
-        match tokio::time::timeout(timeout, connected).await {
-            Ok(Ok(endpoint)) => Ok(endpoint),
-            outcome => {
-                self.server.tokens.revoke(&token);
-                self.shell.remove(extension);
-                Err(match outcome {
-                    Err(_) => format!("the page did not connect within {timeout:?}"),
-                    _ => "the page's connection ended".to_owned(),
-                })
+        let invited = lock(&self.invited).remove(extension);
+        let mut invitation = match invited {
+            Some(invitation) => invitation,
+            None => {
+                self.invite(extension, link, frame, timeout)?;
+                lock(&self.invited).remove(extension).ok_or("the page's invitation went")?
             }
+        };
+        let outcome = tokio::select! {
+            outcome = tokio::time::timeout_at(invitation.deadline, &mut invitation.connected) => match outcome {
+                Ok(Ok(endpoint)) => return Ok(endpoint),
+                Ok(Err(_)) => "the page's connection ended".to_owned(),
+                Err(_) => format!("the page did not connect within {timeout:?}"),
+            },
+            // Its page will never come: the operation lock is not held for it.
+            () = self.shell.gone() => "the frame's shell went before the page connected".to_owned(),
+        };
+        self.drop_invitation(extension, invitation).await;
+        Err(outcome)
+    }
+
+    /// `extension` no longer runs a half in this frame (it deactivated): if a token of it is
+    /// still live (its page went away and could have come back), it is void and the shell
+    /// removes the iframe.
+    pub(crate) fn retire(&self, extension: &str, frame: Peer) {
+        if self.server.tokens.revoke_half(frame, extension) {
+            self.shell.remove(extension);
         }
     }
 
@@ -290,6 +392,7 @@ pub(crate) fn serve(config: WebConfig, hooks: Arc<dyn WebHooks>) -> Result<WebSe
         tokens: Arc::new(Tokens::default()),
         hooks,
         live: AtomicUsize::new(0),
+        handshakes: Mutex::new(BTreeMap::new()),
         shutdown: CancellationToken::new(),
         tracker: TaskTracker::new(),
         config,
@@ -436,16 +539,19 @@ async fn renderer_upgrade(
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
     };
+    let Some(handshake) = server.handshake(&extension) else {
+        tracing::warn!(extension = %extension, "web server: refused a renderer socket: too many handshakes on its origin");
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "too many handshakes on this origin");
+    };
     let Some(slot) = server.slot() else {
         tracing::warn!(extension = %extension, "web server: refused a renderer socket: too many connections");
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
     };
     let max = server.config.max_message;
     let tracker = server.tracker.clone();
-    upgrade
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| tracker.track_future(renderer_socket::serve(socket, server, extension, slot)))
+    upgrade.max_message_size(max).max_frame_size(max).on_upgrade(move |socket| {
+        tracker.track_future(renderer_socket::serve(socket, server, extension, slot, handshake))
+    })
 }
 
 /// Files: the shell's on the shell's hosts; on an extension's origin the renderer document

@@ -101,8 +101,75 @@ pub(crate) fn page_may_send(kind: u32) -> bool {
     )
 }
 
+/// Most MessagePack values (each element of an array or map, at any depth, counts) one
+/// message of a page may hold. A decoded value takes some 40 bytes for each byte that encoded
+/// it (a nil is one byte), so a message at the size limit made of small values would cost the
+/// host hundreds of megabytes to decode: the count is checked first, on the bytes. Payloads
+/// are binary (one value), so only an inspect's listeners and handlers come anywhere near it.
+pub(crate) const MAX_VALUES: usize = 65_536;
+
+/// Counts the values in `bytes` without decoding them: more than [`MAX_VALUES`], or more
+/// than the bytes could hold, is a violation (a truncated or malformed message is otherwise
+/// left to the decoder to describe).
+fn check_values(bytes: &[u8]) -> Result<(), Violation> {
+    fn length(bytes: &[u8], at: &mut usize, width: usize) -> Option<u64> {
+        let field = bytes.get(*at..at.checked_add(width)?)?;
+        *at += width;
+        Some(field.iter().fold(0u64, |length, byte| (length << 8) | u64::from(*byte)))
+    }
+    let mut at = 0usize;
+    // Values still to read: the message itself, then each array's and map's elements.
+    let mut pending: u64 = 1;
+    let mut values = 0usize;
+    while pending > 0 {
+        let Some(&marker) = bytes.get(at) else { return Ok(()) };
+        at += 1;
+        pending -= 1;
+        values += 1;
+        if values > MAX_VALUES {
+            return Err(violation(format!("a message may hold at most {MAX_VALUES} MessagePack values")));
+        }
+        // (bytes of data to skip, elements that follow)
+        let (skip, elements) = match marker {
+            0x00..=0x7f | 0xc0 | 0xc2 | 0xc3 | 0xe0..=0xff => (0, 0),
+            0x80..=0x8f => (0, 2 * u64::from(marker & 0x0f)),
+            0x90..=0x9f => (0, u64::from(marker & 0x0f)),
+            0xa0..=0xbf => (u64::from(marker & 0x1f), 0),
+            0xc4 | 0xd9 => (length(bytes, &mut at, 1).unwrap_or(u64::MAX), 0),
+            0xc5 | 0xda => (length(bytes, &mut at, 2).unwrap_or(u64::MAX), 0),
+            0xc6 | 0xdb => (length(bytes, &mut at, 4).unwrap_or(u64::MAX), 0),
+            0xc7 => (length(bytes, &mut at, 1).map_or(u64::MAX, |length| length + 1), 0),
+            0xc8 => (length(bytes, &mut at, 2).map_or(u64::MAX, |length| length + 1), 0),
+            0xc9 => (length(bytes, &mut at, 4).map_or(u64::MAX, |length| length + 1), 0),
+            0xcc | 0xd0 => (1, 0),
+            0xcd | 0xd1 => (2, 0),
+            0xca | 0xce | 0xd2 => (4, 0),
+            0xcb | 0xcf | 0xd3 => (8, 0),
+            0xd4 => (2, 0),
+            0xd5 => (3, 0),
+            0xd6 => (5, 0),
+            0xd7 => (9, 0),
+            0xd8 => (17, 0),
+            0xdc => (0, length(bytes, &mut at, 2).unwrap_or(u64::MAX)),
+            0xdd => (0, length(bytes, &mut at, 4).unwrap_or(u64::MAX)),
+            0xde => (0, length(bytes, &mut at, 2).map_or(u64::MAX, |length| 2 * length)),
+            0xdf => (0, length(bytes, &mut at, 4).map_or(u64::MAX, |length| 2 * length)),
+            0xc1 => return Err(violation("not MessagePack: the reserved marker 0xc1")),
+        };
+        at = usize::try_from(skip).ok().and_then(|skip| at.checked_add(skip)).unwrap_or(usize::MAX);
+        pending = pending.saturating_add(elements);
+        // Each value takes at least a byte.
+        let left = bytes.len().saturating_sub(at) as u64;
+        if at > bytes.len() || pending > left {
+            return Err(violation("not MessagePack: the message is truncated"));
+        }
+    }
+    Ok(())
+}
+
 /// Decodes one binary WebSocket message of the page.
 pub(crate) fn decode(bytes: &[u8]) -> Result<PageMessage, Violation> {
+    check_values(bytes)?;
     let mut rest = bytes;
     let value = rmpv::decode::read_value(&mut rest).map_err(|error| violation(format!("not MessagePack: {error}")))?;
     if !rest.is_empty() {
@@ -389,6 +456,71 @@ mod tests {
             decode(&arr(vec![3.into(), 2.into(), "careful".into()])),
             Ok(PageMessage::Log { level: 2, text: "careful".to_owned() })
         );
+    }
+
+    /// Values in `value`, counted as [`check_values`] counts them.
+    fn values_in(value: &Value) -> usize {
+        1 + match value {
+            Value::Array(items) => items.iter().map(values_in).sum(),
+            Value::Map(entries) => entries.iter().map(|(key, value)| values_in(key) + values_in(value)).sum(),
+            _ => 0,
+        }
+    }
+
+    #[test]
+    fn values_are_counted_on_the_bytes_before_decoding() {
+        // One of each encoding, widths included.
+        let sample = Value::Array(vec![
+            Value::from(5),
+            Value::from(200),
+            Value::from(60_000),
+            Value::from(4_000_000_000u64),
+            Value::from(u64::MAX),
+            Value::from(-3),
+            Value::from(-100),
+            Value::from(-30_000),
+            Value::from(-2_000_000_000i64),
+            Value::from(i64::MIN),
+            Value::F32(1.5),
+            Value::F64(2.5),
+            Value::Nil,
+            Value::Boolean(true),
+            Value::from("short"),
+            Value::from("x".repeat(40)),
+            Value::from("y".repeat(300)),
+            Value::from("z".repeat(70_000)),
+            Value::Binary(vec![1; 3]),
+            Value::Binary(vec![2; 300]),
+            Value::Binary(vec![3; 70_000]),
+            Value::Ext(1, vec![0; 1]),
+            Value::Ext(1, vec![0; 2]),
+            Value::Ext(1, vec![0; 4]),
+            Value::Ext(1, vec![0; 8]),
+            Value::Ext(1, vec![0; 16]),
+            Value::Ext(1, vec![0; 3]),
+            Value::Ext(1, vec![0; 300]),
+            Value::Ext(1, vec![0; 70_000]),
+            Value::Map(vec![("a".into(), Value::Array(vec![1.into(); 20]))]),
+            Value::Map((0..20).map(|key| (Value::from(key), Value::Nil)).collect()),
+        ]);
+        let per_sample = values_in(&sample);
+        let repeats = (MAX_VALUES - 1) / per_sample;
+        let mut items = vec![sample.clone(); repeats];
+        items.extend(vec![Value::Nil; MAX_VALUES - 1 - repeats * per_sample]);
+        let at_limit = Value::Array(items.clone());
+        assert_eq!(values_in(&at_limit), MAX_VALUES);
+        assert_eq!(check_values(&bytes(at_limit)), Ok(()));
+        items.push(Value::Nil);
+        let over = check_values(&bytes(Value::Array(items))).unwrap_err();
+        assert!(over.0.contains("at most 65536 MessagePack values"), "{over}");
+        // Claims the bytes cannot hold are refused before anything is allocated for them.
+        assert!(check_values(&[0xdd, 0xff, 0xff, 0xff, 0xff, 0xc0]).unwrap_err().0.contains("truncated"));
+        assert!(check_values(&[0xc6, 0xff, 0xff, 0xff, 0xff, 0]).unwrap_err().0.contains("truncated"));
+        assert!(check_values(&[0x91, 0xc1]).unwrap_err().0.contains("0xc1"));
+        // A flood of nils as a page's hello: refused on the count, not decoded.
+        let mut flood = vec![0x92, 0x00, 0xdd, 0x00, 0x10, 0x00, 0x00];
+        flood.extend(vec![0xc0; 1 << 20]);
+        assert!(decode(&flood).unwrap_err().0.contains("at most"));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::protocol::{self, PageMessage};
-use super::{ConnectionSlot, Server};
+use super::{ConnectionSlot, Handshake, Server};
 use crate::core::lock;
 use crate::endpoint::Endpoint;
 use crate::keys::next_key;
@@ -107,7 +107,13 @@ enum Ended {
 }
 
 /// Serves one renderer socket on `extension`'s origin.
-pub(crate) async fn serve(socket: WebSocket, server: Arc<Server>, extension: String, slot: ConnectionSlot) {
+pub(crate) async fn serve(
+    socket: WebSocket,
+    server: Arc<Server>,
+    extension: String,
+    slot: ConnectionSlot,
+    handshake: Handshake,
+) {
     let _slot = slot;
     let (mut sink, mut stream) = socket.split();
     // The HELLO, in time.
@@ -124,6 +130,8 @@ pub(crate) async fn serve(socket: WebSocket, server: Arc<Server>, extension: Str
         Ok(Some(Err(error))) => Err(close_for_error(&error.to_string())),
         Ok(None) => return,
     };
+    // The HELLO is in (or not): the origin's handshake bound is released either way.
+    drop(handshake);
     let claim = token.and_then(|token| {
         server.tokens.claim(&extension, &token).map_err(|refused| (1008, format!("token refused: {refused}")))
     });
@@ -252,8 +260,9 @@ pub(crate) async fn serve(socket: WebSocket, server: Arc<Server>, extension: Str
         }
     };
     if let Some((lost, reason)) = gone {
-        connection.close(1000, "");
+        // The token is free again before the page sees its connection end.
         server.tokens.release(&claim.token);
+        connection.close(1000, "");
         server.hooks.half_ended(&extension, frame, lost, &reason);
     }
     let _ = writer.await;

@@ -24,6 +24,9 @@ const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 pub(crate) struct ShellHandle {
     queue: mpsc::Sender<String>,
     closing: CancellationToken,
+    /// Fired when the shell's side has ended (its socket closed, or it broke the protocol):
+    /// no iframe of it will connect any more, so nobody should wait for one.
+    gone: CancellationToken,
 }
 
 /// Why the shell's socket closes: the frame closed (1000), or the shell broke the protocol.
@@ -57,10 +60,15 @@ impl ShellHandle {
         self.closing.cancel();
     }
 
+    /// Resolves once the shell has gone (see `gone`).
+    pub(crate) async fn gone(&self) {
+        self.gone.cancelled().await;
+    }
+
     /// A handle connected to nothing (unit tests).
     #[cfg(test)]
     pub(crate) fn detached() -> ShellHandle {
-        ShellHandle { queue: mpsc::channel(1).0, closing: CancellationToken::new() }
+        ShellHandle { queue: mpsc::channel(1).0, closing: CancellationToken::new(), gone: CancellationToken::new() }
     }
 }
 
@@ -70,7 +78,8 @@ pub(crate) async fn serve(socket: WebSocket, server: Arc<Server>, slot: Connecti
     let (mut sink, mut stream) = socket.split();
     let (queue, mut outgoing) = mpsc::channel::<String>(QUEUE);
     let closing = CancellationToken::new();
-    let shell = ShellHandle { queue, closing: closing.clone() };
+    let gone = CancellationToken::new();
+    let shell = ShellHandle { queue, closing: closing.clone(), gone: gone.clone() };
 
     let reason = Arc::new(std::sync::Mutex::new(FRAME_CLOSED));
     let writer_reason = reason.clone();
@@ -133,6 +142,9 @@ pub(crate) async fn serve(socket: WebSocket, server: Arc<Server>, slot: Connecti
             },
         }
     }
+    // A frame still opening stops waiting for this shell's pages (it holds the host's
+    // operations while it waits).
+    gone.cancel();
     // The frame closes with its shell (once it has finished opening); then the socket closes,
     // so a shell told its socket closed knows its frame is gone.
     if let Ok(Some(frame)) = opening.await {

@@ -123,6 +123,15 @@ impl Tokens {
         lock(&self.entries).retain(|entry| entry.token != token);
     }
 
+    /// `extension`'s half is not meant to run in `frame` any more: its token is void. Whether
+    /// there was one.
+    pub(crate) fn revoke_half(&self, frame: Peer, extension: &str) -> bool {
+        let mut entries = lock(&self.entries);
+        let before = entries.len();
+        entries.retain(|entry| !(entry.frame == frame && entry.extension == extension));
+        entries.len() != before
+    }
+
     /// Frame `frame` closed: its tokens are void.
     pub(crate) fn revoke_frame(&self, frame: Peer) {
         lock(&self.entries).retain(|entry| entry.frame != frame);
