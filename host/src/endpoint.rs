@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use extension_api::abi::{self, Peer};
+use extension_api::abi::{self, PEER_MAIN, Peer};
 use extension_api::message::{self, Message};
-use extension_api::wire::{Completion, Control};
+use extension_api::wire::{self, Completion, Control, StorageOutcome, StoreWrite, WriteRefusal};
 use foldhash::HashMap;
 use tokio::sync::oneshot;
 
@@ -119,6 +119,43 @@ impl Endpoint {
         let (kind, why) = message::refusal(status);
         let reply = message::Reply::error(kind, why);
         self.deliver(&Message::reply(message.target, message.origin, message.request_id, &reply));
+    }
+
+    /// Answers a renderer half's write (of the store or the persisted tier) this instance sent
+    /// that routing refused with `status`: main never sees it, so the writer's `set` would wait
+    /// for its timeout. Answered as [`Endpoint::refuse_invoke`] answers requests (here, for a
+    /// half that runs or ran here), with a refusal carrying the route's `status`, which the
+    /// writer reads as an in-process writer reads its `send`'s. A write whose payload does not
+    /// decode names no write to answer (main would drop it too, with a warning).
+    pub(crate) fn refuse_write(&self, message: &Message<'_>, status: u32) {
+        let kind = match message.kind {
+            abi::kind::STORE_WRITE => abi::kind::STORE_REFUSAL,
+            abi::kind::STORAGE_WRITE => abi::kind::STORAGE_REFUSAL,
+            _ => return,
+        };
+        if !self.has_run(message.origin) {
+            return;
+        }
+        let Ok(write) = wire::decode::<StoreWrite>(message.payload) else { return };
+        let outcome = match status {
+            abi::status::BUSY => StorageOutcome::Overloaded,
+            abi::status::TOO_LARGE => StorageOutcome::TooLarge {
+                size: u64::try_from(message.payload.len()).unwrap_or(u64::MAX),
+                max: u64::try_from(abi::MAX_MESSAGE).unwrap_or(u64::MAX),
+            },
+            _ => StorageOutcome::Unavailable { reason: message::status_text(status).to_owned() },
+        };
+        let refusal = WriteRefusal { write_id: write.write_id, key: write.key, outcome };
+        let Ok(payload) = rmp_serde::to_vec_named(&refusal) else { return };
+        self.deliver(&Message {
+            kind,
+            status,
+            origin: PEER_MAIN,
+            target: message.origin,
+            request_id: 0,
+            channel: "",
+            payload: &payload,
+        });
     }
 
     /// Sends a control command and waits for its completion.

@@ -81,8 +81,16 @@ impl ChildReader {
                     // A refused request is answered on this connection, under the key that
                     // sent it, if its origin runs or ran there: a closing half's `deactivate`
                     // hears why at once, a forged origin gets nothing, and no other half does.
-                    if status != abi::status::OK && message.kind == abi::kind::INVOKE {
-                        endpoint.refuse_invoke(&message, status);
+                    // So is a refused write (main never sees it), as main answers a write it
+                    // does not make.
+                    if status != abi::status::OK {
+                        match message.kind {
+                            abi::kind::INVOKE => endpoint.refuse_invoke(&message, status),
+                            abi::kind::STORE_WRITE | abi::kind::STORAGE_WRITE => {
+                                endpoint.refuse_write(&message, status)
+                            }
+                            _ => {}
+                        }
                     }
                 }
             }
@@ -276,6 +284,48 @@ mod tests {
         assert_eq!(answer(4), Some(extension_api::InvokeErrorKind::Deactivated));
         assert!(recording(&main).take().is_empty());
         assert_eq!(link.pending_requests(), 0);
+    }
+
+    #[test]
+    fn a_refused_write_is_answered_to_its_writer_on_its_own_connection() {
+        use extension_api::wire::{StorageOutcome, StoreWrite, WriteRefusal};
+        let Fixture { link, main, child, reader, .. } = fixture();
+        let write = |origin: u64, write_id: u64| {
+            let payload = rmp_serde::to_vec_named(&StoreWrite { write_id, key: "k".into(), value: None }).unwrap();
+            let message = Message {
+                kind: abi::kind::STORE_WRITE,
+                status: 0,
+                origin,
+                target: PEER_MAIN,
+                request_id: 0,
+                channel: "",
+                payload: &payload,
+            };
+            packet(KEY, message.to_owned())
+        };
+        let refusal = || {
+            let answers = recording(&child).take();
+            assert_eq!(answers.len(), 1, "{answers:?}");
+            let answer = &answers[0];
+            assert_eq!((answer.kind, answer.origin, answer.target), (abi::kind::STORE_REFUSAL, PEER_MAIN, FRAME));
+            let refusal: WriteRefusal = extension_api::wire::decode(&answer.payload).unwrap();
+            (answer.status, refusal)
+        };
+        // Main's mailbox is full: the writer hears it at once (main never saw the write).
+        recording(&main).refuse_with(abi::status::BUSY);
+        reader.receive(&write(FRAME, 1)).unwrap();
+        let (status, refused) = refusal();
+        assert_eq!((status, refused.write_id, refused.outcome), (abi::status::BUSY, 1, StorageOutcome::Overloaded));
+        recording(&main).refuse_with(abi::status::OK);
+        // The frame closes: its half's write in `deactivate` is refused as the frame's.
+        link.unplace(&child, FRAME);
+        reader.receive(&write(FRAME, 2)).unwrap();
+        let (status, refused) = refusal();
+        assert_eq!((status, refused.write_id), (abi::status::NO_SUCH_PEER, 2));
+        // A forged writer gets nothing.
+        reader.receive(&write(FRAME + 1, 3)).unwrap();
+        assert!(recording(&child).take().is_empty());
+        assert!(recording(&main).take().is_empty());
     }
 
     #[test]
