@@ -97,14 +97,16 @@ pub mod kind {
     /// Main publishes a sequenced store write to every replica (payload: `wire::StoreUpdate`).
     pub const STORE_UPDATE: u32 = 6;
     /// Main refuses a renderer half's store write (payload: `wire::WriteRefusal`); it goes to
-    /// the writer only.
+    /// the writer only. A non-zero status: the host refused the write on its way (that
+    /// status), answering a writer in another process.
     pub const STORE_REFUSAL: u32 = 7;
     /// The persisted tier's [`STORE_WRITE`]: a renderer half asks main to sequence a write.
     pub const STORAGE_WRITE: u32 = 8;
     /// The persisted tier's [`STORE_UPDATE`]: main publishes a write the host made durable.
     pub const STORAGE_UPDATE: u32 = 9;
     /// Main tells a renderer half its write was not written (payload:
-    /// `wire::WriteRefusal`); it goes to the writer only.
+    /// `wire::WriteRefusal`); it goes to the writer only. A non-zero status, as for
+    /// [`STORE_REFUSAL`].
     pub const STORAGE_REFUSAL: u32 = 10;
     /// Main asks the host to make a write durable (payload: `wire::StorageCommit`), to
     /// [`super::PEER_HOST`]. Routed even while the extension deactivates, so `deactivate` can

@@ -14,7 +14,9 @@ use crate::{InvokeError, InvokeErrorKind};
 pub struct Message<'a> {
     /// One of [`abi::kind`].
     pub kind: u32,
-    /// For replies: [`abi::status::OK`] or an error code ([`error_code`]); otherwise 0.
+    /// For replies: [`abi::status::OK`] or an error code ([`error_code`]); for a write's
+    /// refusal: 0 from main, or the [`abi::status`] the host's routing refused it with;
+    /// otherwise 0.
     pub status: u32,
     /// The half that sent it.
     pub origin: Peer,

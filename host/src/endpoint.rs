@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use extension_api::abi::{self, Peer};
-use extension_api::message::Message;
-use extension_api::wire::{Completion, Control};
+use extension_api::abi::{self, PEER_MAIN, Peer};
+use extension_api::message::{self, Message};
+use extension_api::wire::{self, Completion, Control, StorageOutcome, StoreWrite, WriteRefusal};
 use foldhash::HashMap;
 use tokio::sync::oneshot;
 
@@ -23,14 +23,24 @@ use crate::transport::Transport;
 /// One instance of an extension, in this process or in a child.
 pub(crate) struct Endpoint {
     pub(crate) key: u64,
-    /// The halves that run here: main and/or frames.
-    peers: RwLock<BTreeSet<Peer>>,
+    /// The halves that run here (main and/or frames), and those that ran here.
+    peers: RwLock<Placed>,
     transport: Transport,
     /// Set once `destroy` starts: nothing more is sent to the instance.
     destroyed: AtomicBool,
     /// Control commands awaiting their completion, by completion number.
     completions: Mutex<HashMap<u64, oneshot::Sender<Completion>>>,
     next_completion: AtomicU64,
+}
+
+/// The halves placed at an endpoint.
+#[derive(Default)]
+struct Placed {
+    /// Routed for now.
+    running: BTreeSet<Peer>,
+    /// Every half ever placed here: a closing one (unplaced, its `deactivate` running) may
+    /// still ask, and is told why its request goes nowhere.
+    ran: BTreeSet<Peer>,
 }
 
 /// Why a control command did not complete.
@@ -47,7 +57,7 @@ impl Endpoint {
     pub(crate) fn new(key: u64, transport: Transport) -> Arc<Endpoint> {
         Arc::new(Endpoint {
             key,
-            peers: RwLock::new(BTreeSet::new()),
+            peers: RwLock::new(Placed::default()),
             transport,
             destroyed: AtomicBool::new(false),
             completions: Mutex::new(HashMap::default()),
@@ -60,19 +70,27 @@ impl Endpoint {
     }
 
     pub(crate) fn hosts(&self, peer: Peer) -> bool {
-        self.peers.read().unwrap_or_else(PoisonError::into_inner).contains(&peer)
+        self.peers.read().unwrap_or_else(PoisonError::into_inner).running.contains(&peer)
+    }
+
+    /// Whether `peer` runs here or ran here before (it may be closing: unplaced, its
+    /// `deactivate` still running).
+    pub(crate) fn has_run(&self, peer: Peer) -> bool {
+        self.peers.read().unwrap_or_else(PoisonError::into_inner).ran.contains(&peer)
     }
 
     pub(crate) fn place(&self, peer: Peer) {
-        self.peers.write().unwrap_or_else(PoisonError::into_inner).insert(peer);
+        let mut peers = self.peers.write().unwrap_or_else(PoisonError::into_inner);
+        peers.running.insert(peer);
+        peers.ran.insert(peer);
     }
 
     pub(crate) fn unplace(&self, peer: Peer) -> bool {
-        self.peers.write().unwrap_or_else(PoisonError::into_inner).remove(&peer)
+        self.peers.write().unwrap_or_else(PoisonError::into_inner).running.remove(&peer)
     }
 
     pub(crate) fn peers(&self) -> Vec<Peer> {
-        self.peers.read().unwrap_or_else(PoisonError::into_inner).iter().copied().collect()
+        self.peers.read().unwrap_or_else(PoisonError::into_inner).running.iter().copied().collect()
     }
 
     /// The role of the child process this endpoint runs in, if any.
@@ -86,6 +104,58 @@ impl Endpoint {
             return abi::status::DEACTIVATED;
         }
         self.transport.deliver(message)
+    }
+
+    /// Answers a request this instance sent (from another process) that routing refused with
+    /// `status`, so its invoker learns why at once instead of waiting for its timeout: with the
+    /// kind an in-process caller gets from its own `send`. The answer goes back here, where the
+    /// request came from, and only if its origin is a half that runs or ran here: a closing
+    /// half (its `deactivate` asking) is answered too, a forged origin is not, and no answer
+    /// ever reaches another instance.
+    pub(crate) fn refuse_invoke(&self, message: &Message<'_>, status: u32) {
+        if !self.has_run(message.origin) {
+            return;
+        }
+        let (kind, why) = message::refusal(status);
+        let reply = message::Reply::error(kind, why);
+        self.deliver(&Message::reply(message.target, message.origin, message.request_id, &reply));
+    }
+
+    /// Answers a renderer half's write (of the store or the persisted tier) this instance sent
+    /// that routing refused with `status`: main never sees it, so the writer's `set` would wait
+    /// for its timeout. Answered as [`Endpoint::refuse_invoke`] answers requests (here, for a
+    /// half that runs or ran here), with a refusal carrying the route's `status`, which the
+    /// writer reads as an in-process writer reads its `send`'s. A write whose payload does not
+    /// decode names no write to answer (main would drop it too, with a warning).
+    pub(crate) fn refuse_write(&self, message: &Message<'_>, status: u32) {
+        let kind = match message.kind {
+            abi::kind::STORE_WRITE => abi::kind::STORE_REFUSAL,
+            abi::kind::STORAGE_WRITE => abi::kind::STORAGE_REFUSAL,
+            _ => return,
+        };
+        if !self.has_run(message.origin) {
+            return;
+        }
+        let Ok(write) = wire::decode::<StoreWrite>(message.payload) else { return };
+        let outcome = match status {
+            abi::status::BUSY => StorageOutcome::Overloaded,
+            abi::status::TOO_LARGE => StorageOutcome::TooLarge {
+                size: u64::try_from(message.payload.len()).unwrap_or(u64::MAX),
+                max: u64::try_from(abi::MAX_MESSAGE).unwrap_or(u64::MAX),
+            },
+            _ => StorageOutcome::Unavailable { reason: message::status_text(status).to_owned() },
+        };
+        let refusal = WriteRefusal { write_id: write.write_id, key: write.key, outcome };
+        let Ok(payload) = rmp_serde::to_vec_named(&refusal) else { return };
+        self.deliver(&Message {
+            kind,
+            status,
+            origin: PEER_MAIN,
+            target: message.origin,
+            request_id: 0,
+            channel: "",
+            payload: &payload,
+        });
     }
 
     /// Sends a control command and waits for its completion.
@@ -133,7 +203,7 @@ impl Endpoint {
     /// to it, it speaks for no half, and every command still waiting fails with `reason`.
     pub(crate) fn retire(&self, reason: &str) {
         self.destroyed.store(true, Ordering::Release);
-        self.peers.write().unwrap_or_else(PoisonError::into_inner).clear();
+        self.peers.write().unwrap_or_else(PoisonError::into_inner).running.clear();
         self.fail_completions(reason);
     }
 
@@ -149,7 +219,7 @@ impl Endpoint {
         // key's late packets to this endpoint for as long as it lives (teardown holds it while
         // it destroys the others): with no half placed, every one of them is refused, the
         // persisted tier's commits (routed while deactivating) included.
-        self.peers.write().unwrap_or_else(PoisonError::into_inner).clear();
+        self.peers.write().unwrap_or_else(PoisonError::into_inner).running.clear();
         self.fail_completions("the instance was destroyed");
         stopped
     }

@@ -137,15 +137,6 @@ impl Link {
         }
     }
 
-    /// Answers a request from another process that could not be routed (`status`), so its
-    /// invoker learns why at once instead of waiting for its timeout. (A caller in this process
-    /// gets the status back from its own `send`.)
-    pub(crate) fn refuse_invoke(&self, message: &Message<'_>, status: u32) {
-        let (kind, why) = message::refusal(status);
-        let reply = Reply::error(kind, why);
-        self.deliver_to(message.origin, &Message::reply(message.target, message.origin, message.request_id, &reply));
-    }
-
     /// Gives a request that ended `reply`: to the host's waiter if the host asked, else to
     /// the half that asked.
     fn answer(&self, ended: Ended, reply: Reply) {

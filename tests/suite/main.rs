@@ -13,6 +13,7 @@ mod browser;
 mod console;
 mod console_values;
 mod crashes;
+mod deactivate_invoke;
 mod durations;
 mod exposed;
 mod frame_handles;

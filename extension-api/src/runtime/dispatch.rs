@@ -38,10 +38,14 @@ impl Shared {
             abi::kind::INVOKE => self.dispatch_invoke(route, message),
             abi::kind::STORE_WRITE => self.dispatch_store_write(message.origin, &message.payload),
             abi::kind::STORE_UPDATE => self.dispatch_store_update(Tier::Store, &message.payload),
-            abi::kind::STORE_REFUSAL => self.dispatch_write_refusal(Tier::Store, message.target, &message.payload),
+            abi::kind::STORE_REFUSAL => {
+                self.dispatch_write_refusal(Tier::Store, message.target, message.status, &message.payload)
+            }
             abi::kind::STORAGE_WRITE => self.dispatch_storage_write(message.origin, &message.payload),
             abi::kind::STORAGE_UPDATE => self.dispatch_store_update(Tier::Storage, &message.payload),
-            abi::kind::STORAGE_REFUSAL => self.dispatch_write_refusal(Tier::Storage, message.target, &message.payload),
+            abi::kind::STORAGE_REFUSAL => {
+                self.dispatch_write_refusal(Tier::Storage, message.target, message.status, &message.payload)
+            }
             abi::kind::STORAGE_COMMITTED => self.dispatch_storage_committed(&message.payload),
             abi::kind::REPLY => {
                 let waiter = self.state().requests.take_reply(message.target, message.request_id, route);

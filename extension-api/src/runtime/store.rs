@@ -4,6 +4,7 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, PoisonError};
 
+use crate::FrameId;
 use crate::abi::{self, PEER_ALL, PEER_MAIN, Peer};
 use crate::ipc::{STORE_TOTAL_LIMIT, STORE_VALUE_LIMIT, StoreChange, StoreError, store, store_entry_size};
 use crate::runtime::Replica;
@@ -115,17 +116,24 @@ impl Shared {
     }
 
     /// A renderer half's write of `tier` that main did not make: its `set` fails with the
-    /// reason.
-    pub(crate) fn dispatch_write_refusal(&self, tier: Tier, target: Peer, payload: &[u8]) {
+    /// reason. `status` 0 is main's refusal (its outcome says why); any other is the host's
+    /// routing refusing the write on its way (the writer in another process): it fails as
+    /// the same refusal fails an in-process writer's `send`.
+    pub(crate) fn dispatch_write_refusal(&self, tier: Tier, target: Peer, status: u32, payload: &[u8]) {
         let refusal = match crate::wire::decode::<WriteRefusal>(payload) {
             Ok(refusal) => refusal,
             Err(error) => return tracing::warn!("dropping an undecodable write refusal: {error}"),
         };
         let waiting =
             self.state().halves.get_mut(&target).and_then(|half| half.tier(tier).pending.remove(&refusal.write_id));
-        if let Some(done) = waiting {
-            let _ = done.send(Err(refusal_error(refusal.key, refusal.outcome)));
-        }
+        let Some(done) = waiting else { return };
+        let error = match status {
+            abi::status::OK | abi::status::BUSY | abi::status::TOO_LARGE => refusal_error(refusal.key, refusal.outcome),
+            // The host no longer routes for this frame: it is closing.
+            abi::status::NO_SUCH_PEER if target != PEER_MAIN => StoreError::FrameClosed { frame: FrameId(target) },
+            _ => StoreError::Deactivated,
+        };
+        let _ = done.send(Err(error));
     }
 
     /// Main's replica as a snapshot, taken between two sequenced writes.

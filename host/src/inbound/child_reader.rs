@@ -78,11 +78,19 @@ impl ChildReader {
                 if let Some((Some(link), endpoint)) = self.route_of(key)? {
                     let message = message.as_message();
                     let status = link.route(&endpoint, &message);
-                    // Only a request from a half that runs there is answered: a forged origin
-                    // must not get an error reply delivered to the half it claims to be.
-                    if status != abi::status::OK && message.kind == abi::kind::INVOKE && endpoint.hosts(message.origin)
-                    {
-                        link.refuse_invoke(&message, status);
+                    // A refused request is answered on this connection, under the key that
+                    // sent it, if its origin runs or ran there: a closing half's `deactivate`
+                    // hears why at once, a forged origin gets nothing, and no other half does.
+                    // So is a refused write (main never sees it), as main answers a write it
+                    // does not make.
+                    if status != abi::status::OK {
+                        match message.kind {
+                            abi::kind::INVOKE => endpoint.refuse_invoke(&message, status),
+                            abi::kind::STORE_WRITE | abi::kind::STORAGE_WRITE => {
+                                endpoint.refuse_write(&message, status)
+                            }
+                            _ => {}
+                        }
                     }
                 }
             }
@@ -244,6 +252,79 @@ mod tests {
             assert!(destroy.await, "the destroy is confirmed");
         });
         reader.receive(&packet(KEY, invoke(FRAME, 5))).unwrap();
+        assert!(recording(&main).take().is_empty());
+    }
+
+    #[test]
+    fn a_closing_halfs_refused_request_is_answered_on_its_own_connection_and_a_forged_one_is_not() {
+        let Fixture { link, main, child, reader, .. } = fixture();
+        let answer = |request_id| {
+            let answers = recording(&child).take();
+            assert_eq!(answers.len(), 1, "{answers:?}");
+            let answer = &answers[0];
+            assert_eq!(
+                (answer.kind, answer.origin, answer.target, answer.request_id),
+                (abi::kind::REPLY, PEER_MAIN, FRAME, request_id)
+            );
+            message::error_kind(answer.status)
+        };
+        // The frame closes: the host no longer routes for its half, whose `deactivate` runs.
+        link.unplace(&child, FRAME);
+        reader.receive(&packet(KEY, invoke(FRAME, 1))).unwrap();
+        assert_eq!(answer(1), Some(extension_api::InvokeErrorKind::FrameClosed));
+        // Origins that never ran under this key (another endpoint's half, a made-up frame) get
+        // no answer anywhere.
+        reader.receive(&packet(KEY, invoke(PEER_MAIN, 2))).unwrap();
+        reader.receive(&packet(KEY, invoke(FRAME + 1, 3))).unwrap();
+        assert!(recording(&main).take().is_empty());
+        assert!(recording(&child).take().is_empty());
+        // The extension deactivates: the same half hears that.
+        link.stop_routing();
+        reader.receive(&packet(KEY, invoke(FRAME, 4))).unwrap();
+        assert_eq!(answer(4), Some(extension_api::InvokeErrorKind::Deactivated));
+        assert!(recording(&main).take().is_empty());
+        assert_eq!(link.pending_requests(), 0);
+    }
+
+    #[test]
+    fn a_refused_write_is_answered_to_its_writer_on_its_own_connection() {
+        use extension_api::wire::{StorageOutcome, StoreWrite, WriteRefusal};
+        let Fixture { link, main, child, reader, .. } = fixture();
+        let write = |origin: u64, write_id: u64| {
+            let payload = rmp_serde::to_vec_named(&StoreWrite { write_id, key: "k".into(), value: None }).unwrap();
+            let message = Message {
+                kind: abi::kind::STORE_WRITE,
+                status: 0,
+                origin,
+                target: PEER_MAIN,
+                request_id: 0,
+                channel: "",
+                payload: &payload,
+            };
+            packet(KEY, message.to_owned())
+        };
+        let refusal = || {
+            let answers = recording(&child).take();
+            assert_eq!(answers.len(), 1, "{answers:?}");
+            let answer = &answers[0];
+            assert_eq!((answer.kind, answer.origin, answer.target), (abi::kind::STORE_REFUSAL, PEER_MAIN, FRAME));
+            let refusal: WriteRefusal = extension_api::wire::decode(&answer.payload).unwrap();
+            (answer.status, refusal)
+        };
+        // Main's mailbox is full: the writer hears it at once (main never saw the write).
+        recording(&main).refuse_with(abi::status::BUSY);
+        reader.receive(&write(FRAME, 1)).unwrap();
+        let (status, refused) = refusal();
+        assert_eq!((status, refused.write_id, refused.outcome), (abi::status::BUSY, 1, StorageOutcome::Overloaded));
+        recording(&main).refuse_with(abi::status::OK);
+        // The frame closes: its half's write in `deactivate` is refused as the frame's.
+        link.unplace(&child, FRAME);
+        reader.receive(&write(FRAME, 2)).unwrap();
+        let (status, refused) = refusal();
+        assert_eq!((status, refused.write_id), (abi::status::NO_SUCH_PEER, 2));
+        // A forged writer gets nothing.
+        reader.receive(&write(FRAME + 1, 3)).unwrap();
+        assert!(recording(&child).take().is_empty());
         assert!(recording(&main).take().is_empty());
     }
 
