@@ -53,7 +53,7 @@ pub struct Figure {
 }
 
 impl Figure {
-    fn of(samples: &[f64]) -> Figure {
+    pub fn of(samples: &[f64]) -> Figure {
         let min = samples.iter().copied().fold(f64::INFINITY, f64::min);
         let max = samples.iter().copied().fold(0.0, f64::max);
         Figure { median: median(samples.to_vec()), min, max }

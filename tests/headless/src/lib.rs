@@ -108,9 +108,69 @@ pub enum Error {
     /// What follows a console needle is not JSON.
     #[error("`{text}` after `{needle}` is not JSON: {source}")]
     NotJson { needle: String, text: String, source: serde_json::Error },
+    /// The page server could not listen on loopback.
+    #[error("cannot serve pages on 127.0.0.1: {0}")]
+    Serve(std::io::Error),
     /// A screenshot's data is not base64.
     #[error("the screenshot is not base64: {0}")]
     Screenshot(#[from] base64::DecodeError),
+}
+
+/// A GET request to [`serve_pages`]'s server.
+#[derive(Debug)]
+pub struct Request<'a> {
+    /// The `Host` header, lowercased (`127.0.0.1:PORT`, `a.localhost:PORT`).
+    pub host: &'a str,
+    /// The request's path (`/`).
+    pub path: &'a str,
+    /// The server's port.
+    pub port: u16,
+}
+
+/// A tiny HTTP server on `127.0.0.1` for pages of one's own (a test's, a benchmark's): each
+/// GET is answered by `page`, `Some(html)` as `200 text/html`, `None` as 404; one request per
+/// connection. It runs on the current Tokio runtime until that ends. Its port.
+pub async fn serve_pages<F>(page: F) -> Result<u16, Error>
+where
+    F: Fn(&Request<'_>) -> Option<String> + Send + Sync + 'static,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(Error::Serve)?;
+    let port = listener.local_addr().map_err(Error::Serve)?.port();
+    let page = Arc::new(page);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let page = page.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let request = String::from_utf8_lossy(&request).to_lowercase();
+                let mut words = request.split_whitespace();
+                let path = match (words.next(), words.next()) {
+                    (Some("get"), Some(path)) => path,
+                    _ => "",
+                };
+                let host = request.lines().find_map(|line| line.strip_prefix("host:")).unwrap_or_default().trim();
+                let body = if path.is_empty() { None } else { page(&Request { host, path, port }) };
+                let response = match body {
+                    Some(body) => format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\n\
+                         connection: close\r\n\r\n{body}",
+                        body.len()
+                    ),
+                    None => "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_owned(),
+                };
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    Ok(port)
 }
 
 /// The Chromium binary to run: `chosen` (the value of `$CHROMIUM`) or [`DEFAULT_CHROMIUM`];
@@ -353,11 +413,6 @@ pub struct Session {
 }
 
 impl Session {
-    /// What this session is (`the tab at URL`, `the iframe at URL`), for messages.
-    pub fn what(&self) -> &str {
-        &self.what
-    }
-
     /// Sends a DevTools command to this page or frame; its result.
     pub async fn command(&self, method: &str, params: Value) -> Result<Value, Error> {
         self.cdp.call(Some(&self.id), method, params).await
