@@ -23,8 +23,8 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use tokio::net::TcpListener;
 
-use crate::across::Figure;
-use crate::{ROUNDS, config, library, micros};
+use crate::across::{Figure, cpu_ms};
+use crate::{ROUNDS, config, library, median, micros};
 
 /// Invokes (or echoes) in flight at once in the pipelined rows, as in the Rust rows.
 const IN_FLIGHT: usize = 256;
@@ -42,6 +42,9 @@ pub enum WebRows {
 pub struct Web {
     pub invoke: (Figure, Figure),
     pub pipelined: (Figure, Figure),
+    /// CPU time of the bench's process per reply (ns; medians of the rounds): the host's in
+    /// ours, the echo server's in the echo; sequential ours, echo, pipelined ours, echo.
+    pub cpu: [f64; 4],
     /// The bytes of the page's WebSocket message for one invoke (and of each echo message).
     pub message_bytes: usize,
     /// Chromium's version string.
@@ -125,7 +128,7 @@ async fn with_browser(program: &Path, shell: &str, scale: u64) -> Result<Web> {
     round(&shell_tab, &ours, ours_pipe, 200).await?;
     round(&echo_tab, echo_tab.page(), echo_pipe, 200).await?;
 
-    let mut samples: [Vec<f64>; 4] = Default::default();
+    let mut samples: [Vec<Sample>; 4] = Default::default();
     for turn in 0..ROUNDS {
         let (ours_seq, echo_seq, _, _) = calls(sequential);
         let (_, _, ours_pipe, echo_pipe) = calls(pipelined);
@@ -145,17 +148,29 @@ async fn with_browser(program: &Path, shell: &str, scale: u64) -> Result<Web> {
             samples[3].push(round(&echo_tab, echo_tab.page(), echo_pipe, pipelined).await?);
         }
     }
-    let [ours_seq, echo_seq, ours_pipe, echo_pipe] = samples.map(|samples| Figure::of(&samples));
-    Ok(Web { invoke: (ours_seq, echo_seq), pipelined: (ours_pipe, echo_pipe), message_bytes, browser: version })
+    let cpu = samples.each_ref().map(|samples| median(samples.iter().map(|sample| sample.cpu).collect()));
+    let [ours_seq, echo_seq, ours_pipe, echo_pipe] = samples.map(|samples| {
+        let elapsed: Vec<f64> = samples.iter().map(|sample| sample.elapsed).collect();
+        Figure::of(&elapsed)
+    });
+    Ok(Web { invoke: (ours_seq, echo_seq), pipelined: (ours_pipe, echo_pipe), cpu, message_bytes, browser: version })
 }
 
-/// One loop: its tab in front, the page's own timing of `count` (`call` returns elapsed ms);
-/// nanoseconds per reply.
-async fn round(tab: &headless::Tab, session: &headless::Session, call: String, count: u64) -> Result<f64> {
+/// One loop's figures, nanoseconds per reply: the page's own timing, and the CPU time this
+/// process (the host, or the echo server) used meanwhile.
+struct Sample {
+    elapsed: f64,
+    cpu: f64,
+}
+
+/// One loop: its tab in front, the page's own timing of `count` (`call` returns elapsed ms).
+async fn round(tab: &headless::Tab, session: &headless::Session, call: String, count: u64) -> Result<Sample> {
     tab.bring_to_front().await?;
+    let cpu_before = cpu_ms("self")?;
     let value = session.eval(&call).await?;
+    let cpu = (cpu_ms("self")? - cpu_before) * 1e6 / count as f64;
     let ms = value.as_f64().with_context(|| format!("`{call}` returned {value}, not a number"))?;
-    Ok(ms * 1e6 / count as f64)
+    Ok(Sample { elapsed: ms * 1e6 / count as f64, cpu })
 }
 
 /// The echo server: tokio-tungstenite on loopback, each binary message sent back as it is.
@@ -265,6 +280,15 @@ pub fn table(rows: &WebRows) -> String {
         rates(ours),
         rates(echo),
         echo.median / ours.median
+    ));
+    let [ours_seq, echo_seq, ours_pipe, echo_pipe] = web.cpu;
+    line(format!(
+        "| CPU of the bench's process per reply (the host's; the echo server's), sequential / pipelined | {} / {} | \
+         {} / {} | | |",
+        micros(ours_seq),
+        micros(ours_pipe),
+        micros(echo_seq),
+        micros(echo_pipe)
     ));
     line(String::new());
     out
