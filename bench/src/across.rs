@@ -53,7 +53,7 @@ pub struct Figure {
 }
 
 impl Figure {
-    fn of(samples: &[f64]) -> Figure {
+    pub fn of(samples: &[f64]) -> Figure {
         let min = samples.iter().copied().fold(f64::INFINITY, f64::min);
         let max = samples.iter().copied().fold(0.0, f64::max);
         Figure { median: median(samples.to_vec()), min, max }
@@ -339,7 +339,7 @@ pub async fn across(artifacts: &Path, remote: &Host, scale: u64) -> Result<Acros
 /// CPU time of process `pid` (`self` for this one) so far, in ms: utime + stime of
 /// `/proc/<pid>/stat`, all its threads, living or ended. Those count clock ticks of USER_HZ,
 /// which Linux fixes at 100 a second for userspace whatever the kernel's own HZ.
-fn cpu_ms(pid: &str) -> Result<f64> {
+pub(crate) fn cpu_ms(pid: &str) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name (field 2) may hold spaces: count fields from after its ')'.
     let fields: Vec<&str> = stat.rsplit_once(')').context("a /proc stat line")?.1.split_whitespace().collect();

@@ -7,6 +7,7 @@
 
 mod across;
 mod soak;
+mod web;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -36,6 +37,9 @@ struct Cli {
     /// Only the durable-writes table.
     #[arg(long, hide = true)]
     durable: bool,
+    /// Only the web frames' table.
+    #[arg(long, hide = true)]
+    web: bool,
     /// Internal: the echo peer of the raw socket baseline.
     #[arg(long, hide = true)]
     echo_server: Option<PathBuf>,
@@ -96,6 +100,13 @@ fn main() -> Result<()> {
             let table = durable_table(&artifacts, &host, if cli.quick { 10 } else { 1 }).await?;
             host.shutdown().await;
             println!("{table}");
+            anyhow::Ok(())
+        });
+    }
+    if cli.web {
+        return runtime.block_on(async {
+            let rows = web::web(&artifacts, if cli.quick { 10 } else { 1 }, std::env::var_os("CHROMIUM")).await?;
+            println!("{}", web::table(&rows));
             anyhow::Ok(())
         });
     }
@@ -640,6 +651,9 @@ async fn measure(artifacts: &Path, quick: bool) -> Result<String> {
         .map(|pid| rss_of(&pid.to_string()))
         .collect();
     remote.shutdown().await;
+
+    // The web frames' rows, with a host and a browser of their own.
+    out.push_str(&web::table(&web::web(artifacts, scale, std::env::var_os("CHROMIUM")).await?));
 
     // 6-7: lifecycle and memory.
     let host = Host::new(config(artifacts));

@@ -4,62 +4,38 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 use super::{Browser, chromium_path};
 
-/// A tiny HTTP server: `/` by Host, one request per connection. Counts the iframe's loads.
+/// The pages (`headless::serve_pages`): `/` by Host. Counts the iframe's loads.
 struct Pages {
     port: u16,
     child_loads: Arc<AtomicUsize>,
 }
 
 async fn serve() -> Pages {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
     let child_loads = Arc::new(AtomicUsize::new(0));
     let counter = child_loads.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buffer = [0u8; 4096];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buffer).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buffer[..n]),
-                    }
-                }
-                let request = String::from_utf8_lossy(&request).to_lowercase();
-                let root = request.starts_with("get / ");
-                let body = if !root {
-                    None
-                } else if request.contains(&format!("\r\nhost: a.localhost:{port}\r\n")) {
-                    counter.fetch_add(1, Ordering::SeqCst);
-                    Some(
-                        "<!doctype html><title>child</title><p>child</p>\
-                         <script>window.childSecret = 41 + 1; console.log(\"child says\", JSON.stringify({ n: 42 }));</script>"
-                            .to_owned(),
-                    )
-                } else {
-                    Some(format!(
-                        "<!doctype html><title>top</title><h1>top</h1>\
-                         <iframe src=\"http://a.localhost:{port}/\"></iframe>\
-                         <script>window.topSecret = \"top\"; console.log(\"top says {{}}\");</script>"
-                    ))
-                };
-                let response = match body {
-                    Some(body) => format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    ),
-                    None => "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_owned(),
-                };
-                let _ = stream.write_all(response.as_bytes()).await;
-            });
+    let port = headless::serve_pages(move |request| {
+        if request.path != "/" {
+            None
+        } else if request.host == format!("a.localhost:{}", request.port) {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Some(
+                "<!doctype html><title>child</title><p>child</p>\
+                 <script>window.childSecret = 41 + 1; console.log(\"child says\", JSON.stringify({ n: 42 }));</script>"
+                    .to_owned(),
+            )
+        } else {
+            Some(format!(
+                "<!doctype html><title>top</title><h1>top</h1>\
+                 <iframe src=\"http://a.localhost:{}/\"></iframe>\
+                 <script>window.topSecret = \"top\"; console.log(\"top says {{}}\");</script>",
+                request.port
+            ))
         }
-    });
+    })
+    .await
+    .unwrap();
     Pages { port, child_loads }
 }
 

@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
+use crate::{DEADLINE, Error};
+
 /// How many console lines the client keeps (the newest), for failure messages.
 const CONSOLE_KEPT: usize = 300;
 
@@ -28,8 +30,10 @@ pub struct Attached {
     pub url: String,
 }
 
+/// A command's `result`, or its protocol `error` as text.
 type Reply = Result<Value, String>;
 
+/// The client: one per browser.
 pub struct Cdp {
     writer: Mutex<UnixStream>,
     next_id: AtomicU64,
@@ -45,8 +49,8 @@ pub struct Cdp {
 
 impl Cdp {
     /// Starts the client on `stream` (the parent's end of the pipe socket pair).
-    pub fn start(stream: UnixStream) -> Arc<Cdp> {
-        let reader = stream.try_clone().expect("the socket can be cloned for reading");
+    pub fn start(stream: UnixStream) -> Result<Arc<Cdp>, Error> {
+        let reader = stream.try_clone().map_err(Error::Pipe)?;
         let cdp = Arc::new(Cdp {
             writer: Mutex::new(stream),
             next_id: AtomicU64::new(1),
@@ -60,28 +64,30 @@ impl Cdp {
         std::thread::Builder::new()
             .name("cdp-reader".into())
             .spawn(move || routed.read(reader))
-            .expect("the CDP reader thread starts");
-        cdp
+            .map_err(Error::Pipe)?;
+        Ok(cdp)
     }
 
     /// Sends a command without waiting for its reply.
-    fn send(&self, session: Option<&str>, method: &str, params: Value) -> Result<(), String> {
+    fn send(&self, session: Option<&str>, method: &str, params: Value) -> Result<(), Error> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.write(id, session, method, params)
     }
 
-    fn write(&self, id: u64, session: Option<&str>, method: &str, params: Value) -> Result<(), String> {
+    fn write(&self, id: u64, session: Option<&str>, method: &str, params: Value) -> Result<(), Error> {
         let mut message = json!({ "id": id, "method": method, "params": params });
         if let Some(session) = session {
             message["sessionId"] = Value::String(session.to_owned());
         }
-        let mut bytes = serde_json::to_vec(&message).map_err(|error| error.to_string())?;
+        // A `Value` always serializes.
+        let mut bytes = message.to_string().into_bytes();
         bytes.push(0);
-        lock(&self.writer).write_all(&bytes).map_err(|error| format!("cannot send {method} to Chromium: {error}"))
+        lock(&self.writer).write_all(&bytes).map_err(|source| Error::Send { method: method.to_owned(), source })
     }
 
-    /// Sends a command and waits for its reply (its `result`, or its `error` as a string).
-    pub async fn call(&self, session: Option<&str>, method: &str, params: Value) -> Reply {
+    /// Sends a command and waits for its reply: its `result`, or [`Error::Protocol`] with its
+    /// `error`.
+    pub async fn call(&self, session: Option<&str>, method: &str, params: Value) -> Result<Value, Error> {
         let (tx, rx) = oneshot::channel();
         // Registered before sending, under the same id: the reply cannot race past us.
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -90,12 +96,13 @@ impl Cdp {
             lock(&self.pending).remove(&id);
             return Err(error);
         }
-        match tokio::time::timeout(super::DEADLINE, rx).await {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(_)) => Err(format!("Chromium closed its pipe before answering {method}")),
+        let method = method.to_owned();
+        match tokio::time::timeout(DEADLINE, rx).await {
+            Ok(Ok(reply)) => reply.map_err(|message| Error::Protocol { method, message }),
+            Ok(Err(_)) => Err(Error::Closed { method }),
             Err(_) => {
                 lock(&self.pending).remove(&id);
-                Err(format!("Chromium did not answer {method} within {:?}", super::DEADLINE))
+                Err(Error::Unanswered { method, timeout: DEADLINE })
             }
         }
     }
