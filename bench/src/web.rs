@@ -180,6 +180,8 @@ async fn echo_server() -> Result<u16> {
     let port = listener.local_addr()?.port();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
+            // As the host's web server does: no Nagle delay on small messages.
+            let _ = stream.set_nodelay(true);
             tokio::spawn(async move {
                 let Ok(mut socket) = tokio_tungstenite::accept_async(stream).await else { return };
                 while let Some(Ok(message)) = socket.next().await {

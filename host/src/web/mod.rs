@@ -418,6 +418,11 @@ async fn accept_loop(listener: tokio::net::TcpListener, server: Arc<Server>, rou
                 continue;
             }
         };
+        // Small messages go out as they are written: Nagle's algorithm would hold a page's
+        // reply back until the previous segment is acknowledged.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!("web server: cannot set TCP_NODELAY: {error}");
+        }
         let service = TowerToHyperService::new(router.clone());
         let timeout = server.config.handshake_timeout;
         let shutdown = server.shutdown.clone();
