@@ -163,37 +163,66 @@ fn demo(seconds: f64) -> Result<()> {
     let mut running = host.spawn().with_context(|| format!("cannot start {host:?}"))?;
     // The host prints `web frames: URL` once it serves them: a headless Chromium opens that
     // page, so the log shows the web frame's renderers too. A person can open it as well.
+    // Killed, and its profile removed, when it drops: on every way out of here.
     let mut browser = None;
     if let Some(stdout) = running.stdout.take() {
         for line in BufReader::new(stdout).lines() {
             let line = line.context("reading the host's output")?;
             println!("{line}");
-            if let Some(url) = line.strip_prefix("web frames: ") {
-                browser = join_web_frame(url);
+            if let Some(url) = line.strip_prefix("web frames: ")
+                && browser.is_none()
+            {
+                browser = join_web_frame(&chromium_path(), url);
             }
         }
     }
     let status = running.wait().context("waiting for the host")?;
-    if let Some(mut browser) = browser {
-        let _ = browser.kill();
-        let _ = browser.wait();
-    }
+    drop(browser);
     if !status.success() {
         bail!("the host failed with {status}");
     }
     Ok(())
 }
 
-/// Opens `url` in a headless Chromium with a profile of its own (removed when the demo ends);
-/// `None`, after saying so, where there is no Chromium: the web frame is still served.
-fn join_web_frame(url: &str) -> Option<std::process::Child> {
-    let chromium = std::env::var_os("CHROMIUM").map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
+/// The demo's Chromium: `$CHROMIUM`, else `/usr/bin/chromium`.
+fn chromium_path() -> PathBuf {
+    std::env::var_os("CHROMIUM").map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from)
+}
+
+/// A headless Chromium the demo started: killed, reaped and its profile directory removed
+/// when it drops.
+struct DemoBrowser {
+    child: std::process::Child,
+    profile: PathBuf,
+}
+
+impl Drop for DemoBrowser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Err(error) = std::fs::remove_dir_all(&self.profile)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            println!("(could not remove Chromium's profile {}: {error})", self.profile.display());
+        }
+    }
+}
+
+/// Opens `url` in a headless Chromium (`chromium`) with a profile of its own in the temp dir
+/// (removed when the returned browser drops); `None`, after saying so, where there is no
+/// Chromium: the web frame is still served.
+fn join_web_frame(chromium: &Path, url: &str) -> Option<DemoBrowser> {
     if !chromium.exists() {
         println!("(no Chromium at {}: open {url} in a browser to see the web frame)", chromium.display());
         return None;
     }
     let profile = std::env::temp_dir().join(format!("xtask-demo-chromium-{}", std::process::id()));
-    let mut command = Command::new(&chromium);
+    // Created here, so that it is ours to remove whatever Chromium got to do.
+    if let Err(error) = std::fs::create_dir_all(&profile) {
+        println!("(cannot create {}: {error}; open {url} in a browser to see the web frame)", profile.display());
+        return None;
+    }
+    let mut command = Command::new(chromium);
     command
         .args([
             "--headless",
@@ -209,15 +238,17 @@ fn join_web_frame(url: &str) -> Option<std::process::Child> {
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(url)
+        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     match command.spawn() {
         Ok(child) => {
             println!("(a headless Chromium opened {url})");
-            Some(child)
+            Some(DemoBrowser { child, profile })
         }
         Err(error) => {
             println!("(could not start {}: {error}; open {url} in a browser to see the web frame)", chromium.display());
+            let _ = std::fs::remove_dir_all(&profile);
             None
         }
     }
@@ -510,7 +541,27 @@ fn run(command: &mut Command) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{library_file_name, name_problem};
+    use super::{join_web_frame, library_file_name, name_problem};
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_demos_chromium_is_killed_and_its_profile_removed_when_it_drops() {
+        use std::os::unix::fs::PermissionsExt;
+        // A stand-in for Chromium that runs until it is killed.
+        let scratch = std::env::temp_dir().join(format!("xtask-test-fake-chromium-{}", std::process::id()));
+        std::fs::create_dir_all(&scratch).unwrap();
+        let fake = scratch.join("chromium");
+        std::fs::write(&fake, "#!/bin/sh\nexec sleep 600\n").unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let browser = join_web_frame(&fake, "http://127.0.0.1:9/").expect("the fake Chromium starts");
+        let (pid, profile) = (browser.child.id(), browser.profile.clone());
+        assert!(profile.is_dir(), "{}", profile.display());
+        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+        drop(browser);
+        assert!(!profile.exists(), "the profile {} is left behind", profile.display());
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "Chromium {pid} still runs");
+        std::fs::remove_dir_all(&scratch).unwrap();
+    }
 
     #[cfg(target_os = "linux")]
     #[test]
