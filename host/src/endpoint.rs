@@ -89,6 +89,23 @@ impl Endpoint {
         self.peers.write().unwrap_or_else(PoisonError::into_inner).running.remove(&peer)
     }
 
+    /// `peer`'s close has ended here (its `deactivate` returned, or the host stopped waiting
+    /// for it): it is no longer remembered, so an endpoint whose halves come and go (an
+    /// isolated extension's, as frames open and close) does not grow with every frame it ever
+    /// had. Its late requests, if any, go unanswered, as a forged origin's.
+    pub(crate) fn forget(&self, peer: Peer) {
+        let mut peers = self.peers.write().unwrap_or_else(PoisonError::into_inner);
+        if !peers.running.contains(&peer) {
+            peers.ran.remove(&peer);
+        }
+    }
+
+    /// How many halves are remembered here (running or closing).
+    #[cfg(test)]
+    pub(crate) fn remembered(&self) -> usize {
+        self.peers.read().unwrap_or_else(PoisonError::into_inner).ran.len()
+    }
+
     pub(crate) fn peers(&self) -> Vec<Peer> {
         self.peers.read().unwrap_or_else(PoisonError::into_inner).running.iter().copied().collect()
     }

@@ -266,6 +266,7 @@ impl Host {
         link.fail_pending(|origin, target| origin == frame || target == frame, InvokeErrorKind::FrameClosed, &problem);
         // Drop whatever the half got to register before it failed.
         let _ = endpoint.control(|completion| Control::CloseFrame { completion, frame, timeout_ms: 0 }, GRACE).await;
+        endpoint.forget(frame);
         if is_frame_instance(&endpoint, frame) {
             instances::destroy(link, &endpoint).await;
         }
@@ -301,6 +302,8 @@ impl Host {
                 left.saturating_add(GRACE),
             )
             .await;
+        // Its `deactivate` is over (or no longer waited for): nothing more to answer for it.
+        endpoint.forget(frame);
         if is_frame_instance(&endpoint, frame) {
             instances::destroy(link, &endpoint).await;
         }

@@ -287,6 +287,25 @@ mod tests {
     }
 
     #[test]
+    fn an_endpoint_remembers_only_the_halves_still_running_or_closing() {
+        let Fixture { link, child, reader, .. } = fixture();
+        // Frames open and close at one endpoint (an isolated extension's), as `close_renderer`
+        // closes them: unplaced, the close's completion awaited, then forgotten.
+        for frame in FRAME + 1..FRAME + 1001 {
+            child.place(frame);
+            link.unplace(&child, frame);
+            child.forget(frame);
+        }
+        assert_eq!(child.remembered(), 1, "only FRAME, which still runs");
+        // A closed half's late request is not answered, as a forged origin's.
+        reader.receive(&packet(KEY, invoke(FRAME + 1, 1))).unwrap();
+        assert!(recording(&child).take().is_empty());
+        // A half that still runs is not forgotten.
+        child.forget(FRAME);
+        assert_eq!(child.remembered(), 1);
+    }
+
+    #[test]
     fn a_refused_write_is_answered_to_its_writer_on_its_own_connection() {
         use extension_api::wire::{StorageOutcome, StoreWrite, WriteRefusal};
         let Fixture { link, main, child, reader, .. } = fixture();
