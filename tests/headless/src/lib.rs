@@ -195,8 +195,13 @@ impl Browser {
     pub async fn launch(program: &Path, profile: PathBuf) -> Result<Browser, Error> {
         let prepare = |path: &Path, source| Error::Profile { path: path.to_owned(), source };
         std::fs::create_dir_all(&profile).map_err(|source| prepare(&profile, source))?;
+        // Until the browser owns them (its drop removes them), they go on every error below.
+        let made = Made(Some(profile));
+        let profile = made.path();
         let log_path = profile.with_file_name("chromium.log");
         let log = std::fs::File::create(&log_path).map_err(|source| prepare(&log_path, source))?;
+        let scratch = profile.join("tmp");
+        std::fs::create_dir_all(&scratch).map_err(|source| prepare(&scratch, source))?;
         let (ours, theirs) = UnixStream::pair().map_err(Error::Pipe)?;
         // Above fds 3 and 4 (which it must end up on in the child): dup2 onto itself would
         // keep close-on-exec.
@@ -205,6 +210,12 @@ impl Browser {
         command
             .args(FLAGS)
             .arg(format!("--user-data-dir={}", profile.display()))
+            // Its singleton directory (org.chromium.Chromium.*, which a killed browser leaves)
+            // goes in the profile, and goes with it.
+            .env("TMPDIR", &scratch)
+            // A group of its own: dropping the browser kills its helper processes with it
+            // (they write into the profile until they die).
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
@@ -234,7 +245,7 @@ impl Browser {
                 return Err(error);
             }
         };
-        let browser = Browser { cdp, child, profile };
+        let browser = Browser { cdp, child, profile: made.keep() };
         if let Err(error) = browser.cdp.call(None, "Browser.getVersion", json!({})).await {
             let log = browser.log();
             return Err(Error::Unresponsive { program: program.to_owned(), source: Box::new(error), log });
@@ -296,10 +307,38 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // The whole group (the browser leads it), then the browser itself, should the group
+        // be gone already.
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.profile);
         let _ = std::fs::remove_file(self.profile.with_file_name("chromium.log"));
+    }
+}
+
+/// A profile directory [`Browser::launch`] made, removed with the log beside it when this
+/// drops unless [`Made::keep`] took it.
+struct Made(Option<PathBuf>);
+
+impl Made {
+    fn path(&self) -> PathBuf {
+        self.0.clone().unwrap_or_default()
+    }
+
+    fn keep(mut self) -> PathBuf {
+        self.0.take().unwrap_or_default()
+    }
+}
+
+impl Drop for Made {
+    fn drop(&mut self) {
+        if let Some(profile) = self.0.take() {
+            let _ = std::fs::remove_dir_all(&profile);
+            let _ = std::fs::remove_file(profile.with_file_name("chromium.log"));
+        }
     }
 }
 
@@ -587,5 +626,54 @@ impl Tab {
         let shot = self.page.command(CAPTURE, json!({ "format": "png" })).await?;
         let data = string_field(&shot, CAPTURE, "data")?;
         Ok(base64::engine::general_purpose::STANDARD.decode(data)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Browser, Error};
+
+    #[test]
+    fn a_browser_that_cannot_start_leaves_no_profile_behind() {
+        let scratch = std::env::temp_dir().join(format!("headless-test-no-chromium-{}", std::process::id()));
+        let profile = scratch.join("profile");
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let launched = runtime.block_on(Browser::launch(&scratch.join("no-such-chromium"), profile.clone()));
+        assert!(matches!(launched, Err(Error::Launch { .. })), "{:?}", launched.err());
+        assert!(!profile.exists(), "the profile {} is left behind", profile.display());
+        assert!(!scratch.join("chromium.log").exists(), "the log is left behind");
+        std::fs::remove_dir_all(&scratch).unwrap();
+    }
+
+    #[test]
+    fn a_dropped_browser_leaves_nothing_behind() {
+        let Ok(program) = super::chromium_path(std::env::var_os("CHROMIUM")) else {
+            panic!("no Chromium: install it (apt-get install chromium) or set CHROMIUM");
+        };
+        let scratch = std::env::temp_dir().join(format!("headless-test-drop-{}", std::process::id()));
+        let profile = scratch.join("profile");
+        // Chromium's singleton directories in the temp dir (a killed browser leaves its own).
+        let singletons = || -> std::collections::BTreeSet<_> {
+            std::fs::read_dir(std::env::temp_dir())
+                .unwrap()
+                .filter_map(|entry| entry.ok().map(|entry| entry.file_name()))
+                .filter(|name| name.to_string_lossy().starts_with("org.chromium.Chromium."))
+                .collect()
+        };
+        let before = singletons();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let browser = Browser::launch(&program, profile.clone()).await.unwrap();
+            // A page, so that Chromium's helper processes run and write into the profile.
+            let tab = browser.open("data:text/html,<p>hi</p>").await.unwrap();
+            tab.page.wait_for("document.readyState === 'complete'").await.unwrap();
+            drop(tab);
+            drop(browser);
+        });
+        let left: Vec<_> = std::fs::read_dir(&scratch).unwrap().map(|entry| entry.unwrap().path()).collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+        let new: Vec<_> = singletons().difference(&before).cloned().collect();
+        assert!(new.is_empty(), "left behind in the temp dir: {new:?}");
+        std::fs::remove_dir_all(&scratch).unwrap();
     }
 }
