@@ -20,6 +20,7 @@
 //!   one, run the client's Node tests.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -198,6 +199,11 @@ struct DemoBrowser {
 
 impl Drop for DemoBrowser {
     fn drop(&mut self) {
+        // Its whole group (it leads it): its helper processes write into the profile until
+        // they die.
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         if let Err(error) = std::fs::remove_dir_all(&self.profile)
@@ -217,8 +223,10 @@ fn join_web_frame(chromium: &Path, url: &str) -> Option<DemoBrowser> {
         return None;
     }
     let profile = std::env::temp_dir().join(format!("xtask-demo-chromium-{}", std::process::id()));
-    // Created here, so that it is ours to remove whatever Chromium got to do.
-    if let Err(error) = std::fs::create_dir_all(&profile) {
+    // Created here, so that it is ours to remove whatever Chromium got to do; with Chromium's
+    // temp dir in it (a killed Chromium leaves its org.chromium.Chromium.* singleton there).
+    let scratch = profile.join("tmp");
+    if let Err(error) = std::fs::create_dir_all(&scratch) {
         println!("(cannot create {}: {error}; open {url} in a browser to see the web frame)", profile.display());
         return None;
     }
@@ -238,6 +246,9 @@ fn join_web_frame(chromium: &Path, url: &str) -> Option<DemoBrowser> {
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(url)
+        .env("TMPDIR", &scratch)
+        // A group of its own, killed whole when the demo ends.
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
