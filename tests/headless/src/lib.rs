@@ -240,8 +240,7 @@ impl Browser {
             Ok(cdp) => cdp,
             Err(error) => {
                 let mut child = child;
-                let _ = child.kill();
-                let _ = child.wait();
+                end(&mut child);
                 return Err(error);
             }
         };
@@ -307,16 +306,20 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // The whole group (the browser leads it), then the browser itself, should the group
-        // be gone already.
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        end(&mut self.child);
         let _ = std::fs::remove_dir_all(&self.profile);
         let _ = std::fs::remove_file(self.profile.with_file_name("chromium.log"));
     }
+}
+
+/// Kills Chromium's whole process group (it leads it: its helpers write into the profile until
+/// they die), then the browser itself should the group be gone already, and reaps it.
+fn end(child: &mut Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// A profile directory [`Browser::launch`] made, removed with the log beside it when this
