@@ -162,6 +162,17 @@ fn demo(seconds: f64) -> Result<()> {
     }
     host.stdout(Stdio::piped());
     let mut running = host.spawn().with_context(|| format!("cannot start {host:?}"))?;
+    // Ctrl-C reaches the host too (the terminal signals the whole group): the host shuts down
+    // and exits, and the demo outlives it to end its Chromium (a group of its own, which the
+    // terminal does not signal) and remove its profile, instead of dying at once and leaving
+    // both behind.
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: ignoring a signal installs no handler (no code runs on delivery), and nothing
+    // else in the demo sets SIGINT's disposition.
+    let ignored = unsafe { signal(Signal::SIGINT, SigHandler::SigIgn) };
+    if let Err(error) = ignored {
+        println!("(cannot ignore Ctrl-C: {error}; Ctrl-C would leave the demo's Chromium running)");
+    }
     // The host prints `web frames: URL` once it serves them: a headless Chromium opens that
     // page, so the log shows the web frame's renderers too. A person can open it as well.
     // Killed, and its profile removed, when it drops: on every way out of here.
