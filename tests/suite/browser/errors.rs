@@ -43,13 +43,15 @@ async fn a_page_sees_each_error_kind_of_its_requests_with_message_and_data() {
     assert_kind(&timed_out, "Timeout", "hang");
     wait_log(&mut logs, "webprobe", |m| m == "main's hang handler dropped").await;
     // Cancelled by an AbortSignal: rejected, and main's handler dropped too.
-    let aborted = page
-        .eval(
-            "(() => { const abort = new AbortController(); \
-             const asked = webprobe.outcome(webprobe.ipc.invoke('hang', null, { signal: abort.signal })); \
-             setTimeout(() => abort.abort(), 50); return asked; })()",
-        )
-        .await;
+    // It aborts once main's handler runs (its log says so), so the cancel reaches main.
+    page.eval(
+        "(() => { globalThis.abortHang = new AbortController(); \
+         globalThis.askedHang = webprobe.outcome(webprobe.ipc.invoke('hang', null, { signal: abortHang.signal })); \
+         return true; })()",
+    )
+    .await;
+    wait_log(&mut logs, "webprobe", |m| m.starts_with("main's hang handler started")).await;
+    let aborted = page.eval("(() => { abortHang.abort(); return askedHang; })()").await;
     assert_eq!(aborted["error"], "InvokeError", "{aborted}");
     wait_log(&mut logs, "webprobe", |m| m == "main's hang handler dropped").await;
     // Serialize: a value MessagePack cannot carry; nothing is sent.

@@ -62,7 +62,7 @@ async fn the_harness_drives_a_page_and_its_cross_origin_iframe() {
     assert_eq!((top, child), (serde_json::json!({}), serde_json::json!({ "n": 42 })));
 
     // Promises are awaited; values come back as JSON, BigInts as their text.
-    let awaited = tab.eval("new Promise(resolve => setTimeout(() => resolve({ a: [1, 'two'] }), 5))").await;
+    let awaited = tab.eval("new Promise(resolve => setTimeout(() => resolve({ a: [1, 'two'] }), 5))").await; // SLEEP-OK: the page's timer is the promise under test
     assert_eq!(awaited, serde_json::json!({ "a": [1, "two"] }));
     assert_eq!(tab.eval("2n ** 64n - 1n").await, "18446744073709551615n");
     assert_eq!(tab.eval("undefined").await, serde_json::Value::Null);
