@@ -426,6 +426,23 @@ mod tests {
         assert!(message.starts_with("the version `one` is not semver: "), "{message}");
     }
 
+    /// A descriptor for `probe` whose web asset table is `web_assets` with `web_asset_count`.
+    fn descriptor_with(web_assets: *const WebAsset, web_asset_count: usize) -> &'static Descriptor {
+        Box::leak(Box::new(Descriptor {
+            abi_version: abi::ABI_VERSION,
+            debug_build: 0,
+            name: abi::static_str("probe"),
+            version: abi::static_str("1.0.0"),
+            api_version: abi::static_str("0.1.0"),
+            instantiate,
+            control,
+            deliver,
+            destroy,
+            web_assets,
+            web_asset_count,
+        }))
+    }
+
     /// What `read_web_assets` says of a descriptor with this table (`count` overrides its length).
     fn web_problem_of(table: &[(&[u8], &'static [u8])], count: Option<usize>) -> Result<Vec<String>, MetadataProblem> {
         let table: &'static [WebAsset] = Box::leak(
@@ -437,20 +454,8 @@ mod tests {
                 })
                 .collect(),
         );
-        let descriptor: &'static Descriptor = Box::leak(Box::new(Descriptor {
-            abi_version: abi::ABI_VERSION,
-            debug_build: 0,
-            name: abi::static_str("probe"),
-            version: abi::static_str("1.0.0"),
-            api_version: abi::static_str("0.1.0"),
-            instantiate,
-            control,
-            deliver,
-            destroy,
-            web_assets: if table.is_empty() { std::ptr::null() } else { table.as_ptr() },
-            web_asset_count: count.unwrap_or(table.len()),
-        }));
-        let assets = read_web_assets(descriptor)?;
+        let pointer = if table.is_empty() { std::ptr::null() } else { table.as_ptr() };
+        let assets = read_web_assets(descriptor_with(pointer, count.unwrap_or(table.len())))?;
         Ok(assets.map(|assets| assets.paths().map(str::to_owned).collect()).unwrap_or_default())
     }
 
@@ -494,20 +499,10 @@ mod tests {
             WebAsset { path: abi::static_str("index.js"), bytes: RawSlice::EMPTY },
             WebAsset { path: RawSlice { ptr: std::ptr::null(), len: 3 }, bytes: RawSlice::EMPTY },
         ];
-        let descriptor: &'static Descriptor = Box::leak(Box::new(Descriptor {
-            abi_version: abi::ABI_VERSION,
-            debug_build: 0,
-            name: abi::static_str("probe"),
-            version: abi::static_str("1.0.0"),
-            api_version: abi::static_str("0.1.0"),
-            instantiate,
-            control,
-            deliver,
-            destroy,
-            web_assets: TABLE.as_ptr(),
-            web_asset_count: 2,
-        }));
-        assert_eq!(read_web_assets(descriptor), Err(MetadataProblem::InvalidWebAssetPointer { index: 1 }));
+        assert_eq!(
+            read_web_assets(descriptor_with(TABLE.as_ptr(), 2)),
+            Err(MetadataProblem::InvalidWebAssetPointer { index: 1 })
+        );
     }
 
     /// `elf_layout` of `bytes`, written to a file (the test binary itself is a 64-bit ELF).
