@@ -1,8 +1,12 @@
 // The renderer document's module (served as `/.host/bootstrap.js` on an extension's origin).
 //
-// 1. Reads the shell's origin from `<meta name="extension-host-shell" content="ORIGIN">`.
-// 2. Posts `{type: "ready"}` to `parent`, targeted at that origin, and waits for
-//    `{type: "token", token}` coming from `parent` with that origin (nothing else is taken).
+// 1. Reads the origins a shell may be served from, space-separated, from
+//    `<meta name="extension-host-shell" content="ORIGIN ORIGIN...">` (the host's shell, both
+//    names, and the application's `WebConfig::shell_origins`): never from the URL.
+// 2. Posts `{type: "ready"}` to `parent` once per origin, each targeted at it (the browser drops
+//    the ones whose origin is not the parent's: only the real parent hears it), and waits for
+//    `{type: "token", token}` coming from `parent` on one of them (nothing else is taken). That
+//    origin is the shell it reports its status to.
 // 3. Connects `ws(s)://HOST/.host/connect` on its own origin, sends HELLO with the token and
 //    hands the socket to the client, which seeds the store, imports `/index.js` and calls
 //    `activate(ipc)` when the host says so.
@@ -66,27 +70,35 @@ function describe(client) {
 
 function start() {
   const line = statusLine();
-  const shell = document.querySelector('meta[name="extension-host-shell"]')?.getAttribute("content");
-  if (!shell) {
+  const shells = (document.querySelector('meta[name="extension-host-shell"]')?.getAttribute("content") ?? "")
+    .split(/\s+/)
+    .filter(Boolean);
+  if (shells.length === 0) {
     show(line, "lost", "this page has no extension-host-shell meta: it is served by the extension host only");
     return;
   }
   if (window.parent === window) {
-    show(line, "lost", `open this page through the extension host's shell (${shell}), not on its own`);
+    show(line, "lost", `open this page through the extension host's shell (${shells[0]}), not on its own`);
     return;
   }
-  shellOrigin = shell;
   show(line, "waiting", "waiting for the shell");
   const onMessage = (event) => {
-    // Only the shell, in the parent window, on its own origin, hands the token out.
-    if (event.source !== window.parent || event.origin !== shell) return;
+    // Only the shell, in the parent window, on one of the shells' origins, hands the token out.
+    if (event.source !== window.parent || !shells.includes(event.origin)) return;
     const data = event.data;
     if (data === null || typeof data !== "object" || data.type !== "token" || typeof data.token !== "string") return;
     window.removeEventListener("message", onMessage);
+    shellOrigin = event.origin;
     connect(line, data.token);
   };
   window.addEventListener("message", onMessage);
-  window.parent.postMessage({ type: "ready" }, shell);
+  for (const origin of shells) {
+    try {
+      window.parent.postMessage({ type: "ready" }, origin);
+    } catch {
+      // An origin this browser cannot target (a scheme it does not know): not our parent.
+    }
+  }
 }
 
 let shellOrigin;

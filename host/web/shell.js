@@ -6,9 +6,14 @@
 // (`sandbox="allow-scripts allow-same-origin"` on its own origin). An iframe posts
 // `{type:"ready"}`; the shell answers `{type:"token", token}` only to that iframe's window, only
 // when the message came from it on the extension's origin, and targets that origin. The
-// iframe also posts `{type:"status", ...}` so its card shows what it is doing.
+// iframe also posts `{type:"status", ...}` so its card shows what it is doing. The socket's
+// messages, the iframes and the hand-over of tokens are `frames.js`'s, shared with `embed.js`
+// (an application's own shell).
 
-const cards = new Map(); // extension name → { origin, token, card, iframe, badge, activity }
+import { TokenDesk, originProblem, parseShellMessage, rendererIframe } from "./frames.js";
+
+const desk = new TokenDesk();
+const cards = new Map(); // extension name → { origin, card, iframe, badge, activity, state } (tokens: `desk`)
 const main = document.getElementById("extensions");
 const empty = document.getElementById("empty");
 const connection = document.getElementById("connection");
@@ -47,15 +52,8 @@ function setState(entry, state, detail) {
 }
 
 function add({ extension, origin, token }) {
-  let url;
-  try {
-    url = new URL(origin);
-  } catch {
-    return console.warn(`shell: ignoring extension ${extension} with an invalid origin ${origin}`);
-  }
-  if (url.origin !== origin || url.origin === location.origin) {
-    return console.warn(`shell: ignoring extension ${extension}: ${origin} is not an origin of its own`);
-  }
+  const problem = originProblem(origin, location.origin);
+  if (problem) return console.warn(`shell: ignoring extension ${extension}: ${problem}`);
   // Re-added (the frame reloaded: new tokens): the new card takes the old one's place.
   const previous = cards.get(extension);
   const card = element("article", "card");
@@ -63,11 +61,7 @@ function add({ extension, origin, token }) {
   const header = element("header");
   const badge = element("span", "badge");
   header.append(element("h2", "", extension), badge);
-  const iframe = document.createElement("iframe");
-  iframe.setAttribute("sandbox", "allow-scripts allow-same-origin");
-  iframe.setAttribute("referrerpolicy", "no-referrer");
-  iframe.title = `${extension}: web renderer`;
-  iframe.src = `${origin}/`;
+  const iframe = rendererIframe(document, extension, origin);
   const activity = element("div", "activity", "loading its page");
   card.append(header, element("div", "origin", `renderer half · isolated on ${origin}`), iframe, activity);
   if (previous) {
@@ -76,7 +70,8 @@ function add({ extension, origin, token }) {
   } else {
     main.append(card);
   }
-  const entry = { extension, origin, token, card, iframe, badge, activity, state: "loading" };
+  desk.add(extension, origin, token, iframe);
+  const entry = { extension, origin, card, iframe, badge, activity, state: "loading" };
   cards.set(extension, entry);
   setState(entry, "loading");
 }
@@ -86,33 +81,23 @@ function remove(extension) {
   if (!entry) return;
   // The iframe goes (its connection closes with it); the card stays, greyed, saying so.
   entry.iframe.remove();
-  entry.token = null;
+  desk.remove(extension);
   setState(entry, "gone", "its renderer half left this frame");
-}
-
-function entryFor(event) {
-  for (const entry of cards.values()) {
-    if (entry.token !== null && event.source === entry.iframe.contentWindow && event.origin === entry.origin) return entry;
-  }
-  return undefined;
 }
 
 window.addEventListener("message", (event) => {
   // Only an extension's own iframe, on its own origin, is answered; anything else is ignored.
-  const entry = entryFor(event);
-  if (!entry) return;
-  const data = event.data;
-  if (data === null || typeof data !== "object") return;
-  if (data.type === "ready") {
-    entry.iframe.contentWindow.postMessage({ type: "token", token: entry.token }, entry.origin);
+  const received = desk.receive(event);
+  if (!received) return;
+  const entry = cards.get(received.entry.extension);
+  if (received.type === "ready") {
     setState(entry, "connecting", "connecting to the host");
-  } else if (data.type === "status") {
-    const state = ["connecting", "connected", "running", "closed", "lost"].includes(data.state) ? data.state : "connecting";
-    const count = (n) => (Number.isSafeInteger(n) && n >= 0 ? n : 0);
+  } else {
+    const { state, messagesIn, messagesOut } = received.status;
     const words = { connecting: "connecting", connected: "connected", running: "running", closed: "closed", lost: "disconnected" };
-    setState(entry, state === "lost" ? "lost" : state);
+    setState(entry, state);
     setBadge(entry.badge, state, words[state]);
-    entry.activity.textContent = `${words[state]} · messages in ${count(data.messagesIn)}, out ${count(data.messagesOut)}`;
+    entry.activity.textContent = `${words[state]} · messages in ${messagesIn}, out ${messagesOut}`;
   }
 });
 
@@ -120,12 +105,7 @@ function connect() {
   const socket = new WebSocket(`ws://${location.host}/shell`);
   socket.addEventListener("open", () => setBadge(connection, "connected", "connected to the host"));
   socket.addEventListener("message", (event) => {
-    let message;
-    try {
-      message = JSON.parse(event.data);
-    } catch {
-      return console.warn("shell: ignoring a message that is not JSON");
-    }
+    const message = parseShellMessage(event.data);
     switch (message?.type) {
       case "frame":
         frame = message.frame;
@@ -134,15 +114,11 @@ function connect() {
         refreshSummary();
         break;
       case "add":
-        if (typeof message.extension === "string" && typeof message.origin === "string" && typeof message.token === "string") {
-          add(message);
-        }
+        add(message);
         break;
       case "remove":
-        if (typeof message.extension === "string") remove(message.extension);
+        remove(message.extension);
         break;
-      default:
-        console.warn(`shell: ignoring a message of type ${String(message?.type)}`);
     }
   });
   socket.addEventListener("close", (event) => {

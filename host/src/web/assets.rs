@@ -8,6 +8,10 @@ use super::security::html_escape;
 pub(crate) const SHELL_HTML: &[u8] = include_bytes!("../../web/shell.html");
 pub(crate) const SHELL_JS: &[u8] = include_bytes!("../../web/shell.js");
 pub(crate) const SHELL_CSS: &[u8] = include_bytes!("../../web/shell.css");
+/// What the host's shell and an application's own shell share (the iframes, the tokens).
+pub(crate) const FRAMES_JS: &[u8] = include_bytes!("../../web/frames.js");
+/// The module an application's own shell page imports (`host/web/embed.js`).
+pub(crate) const EMBED_JS: &[u8] = include_bytes!("../../web/embed.js");
 /// What every extension origin serves under `/.host/`.
 pub(crate) const BOOTSTRAP_JS: &[u8] = include_bytes!("../../web/bootstrap.js");
 pub(crate) const CLIENT_JS: &[u8] = include_bytes!("../../web/client.js");
@@ -19,8 +23,15 @@ pub(crate) fn shell_file(path: &str) -> Option<&'static [u8]> {
         "/" => Some(SHELL_HTML),
         "/shell.js" => Some(SHELL_JS),
         "/shell.css" => Some(SHELL_CSS),
+        "/frames.js" => Some(FRAMES_JS),
+        "/embed.js" => Some(EMBED_JS),
         _ => None,
     }
+}
+
+/// Whether the shell's file at `path` is one an application's own shell loads across origins.
+pub(crate) fn embeddable(path: &str) -> bool {
+    matches!(path, "/frames.js" | "/embed.js")
 }
 
 /// The host's file at `path` on every extension's origin.
@@ -33,13 +44,13 @@ pub(crate) fn extension_host_file(path: &str) -> Option<&'static [u8]> {
     }
 }
 
-/// The document an extension's iframe loads (`/` on its origin): it names the shell's origin
-/// (the only one its bootstrap talks to) and runs the bootstrap.
-pub(crate) fn renderer_document(extension: &str, shell_origin: &str) -> String {
+/// The document an extension's iframe loads (`/` on its origin): it names the shells'
+/// origins, space-separated (the only parents its bootstrap talks to), and runs the bootstrap.
+pub(crate) fn renderer_document(extension: &str, shell_origins: &[String]) -> String {
     format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"extension-host-shell\" content=\"{}\">\
          <title>{}</title><script type=\"module\" src=\"/.host/bootstrap.js\"></script></head><body></body></html>",
-        html_escape(shell_origin),
+        html_escape(&shell_origins.join(" ")),
         html_escape(extension)
     )
 }
@@ -79,9 +90,10 @@ mod tests {
 
     #[test]
     fn the_renderer_document_escapes_what_it_interpolates() {
-        let document = renderer_document("<x>", "http://127.0.0.1:1");
+        let shells = ["http://127.0.0.1:1".to_owned(), "app://x".to_owned()];
+        let document = renderer_document("<x>", &shells);
         assert!(document.contains("<title>&lt;x&gt;</title>"), "{document}");
-        assert!(document.contains("content=\"http://127.0.0.1:1\""));
+        assert!(document.contains("content=\"http://127.0.0.1:1 app://x\""));
         assert!(document.starts_with("<!doctype html>"));
     }
 

@@ -56,6 +56,15 @@ pub struct WebConfig {
     /// `Host` header values accepted besides the shell's and the extension origins' (for an
     /// application that serves through a name of its own). Each is served as the shell.
     pub allowed_hosts: Vec<String>,
+    /// The origins an application's own shell page may be served from, besides the host's
+    /// shell (`http://127.0.0.1:PORT`, `http://localhost:PORT`): exact origins,
+    /// `scheme://host[:port]` (`http://127.0.0.1:3000`, `app://dashboard`), as a browser
+    /// writes them in `Origin`. Such a page may open the shell socket (and so receive every
+    /// token of its frame's iframes), frame the extensions' documents, and hand them their
+    /// tokens; it loads `/embed.js` from the host for that. No path, wildcard or `null`:
+    /// [`crate::Host::serve_web`] refuses the entry ([`WebStartError::ShellOrigin`]).
+    /// Default none.
+    pub shell_origins: Vec<String>,
     /// Largest WebSocket message, in bytes (a larger one closes that connection, 1009).
     /// Default: the message limit plus 64 KiB of envelope.
     pub max_message: usize,
@@ -73,6 +82,7 @@ impl Default for WebConfig {
         WebConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             allowed_hosts: Vec::new(),
+            shell_origins: Vec::new(),
             max_message: extension_api::abi::MAX_MESSAGE + (64 << 10),
             max_connections: 256,
             handshake_timeout: Duration::from_secs(5),
@@ -363,6 +373,14 @@ pub enum WebStartError {
         /// Why binding failed (the system's error).
         reason: String,
     },
+    /// An entry of [`WebConfig::shell_origins`] is not an exact origin.
+    #[error("WebConfig::shell_origins: {origin:?} is refused: {reason}")]
+    ShellOrigin {
+        /// The entry, as given.
+        origin: String,
+        /// Why it is refused.
+        reason: String,
+    },
     /// [`crate::Host::serve_web`] was called outside a Tokio runtime.
     #[error("serving web frames needs a Tokio runtime: {0}")]
     NoRuntime(String),
@@ -378,6 +396,14 @@ pub(crate) fn serve(config: WebConfig, hooks: Arc<dyn WebHooks>) -> Result<WebSe
     if !addr.ip().is_loopback() && !config.remote {
         return Err(WebStartError::NotLoopback(addr));
     }
+    let app_shells = config
+        .shell_origins
+        .iter()
+        .map(|origin| {
+            security::shell_origin(origin)
+                .map_err(|reason| WebStartError::ShellOrigin { origin: origin.clone(), reason: reason.to_owned() })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let bind = |error: std::io::Error| WebStartError::Bind { addr, reason: error.to_string() };
     let listener = std::net::TcpListener::bind(addr).map_err(bind)?;
     listener.set_nonblocking(true).map_err(bind)?;
@@ -388,7 +414,7 @@ pub(crate) fn serve(config: WebConfig, hooks: Arc<dyn WebHooks>) -> Result<WebSe
     };
     let server = Arc::new(Server {
         port: local.port(),
-        origins: Mutex::new(security::Origins::new(local.port(), &config.allowed_hosts)),
+        origins: Mutex::new(security::Origins::new(local.port(), &config.allowed_hosts, app_shells)),
         tokens: Arc::new(Tokens::default()),
         hooks,
         live: AtomicUsize::new(0),
@@ -474,7 +500,8 @@ async fn guard(State(server): State<Arc<Server>>, mut request: Request, next: Ne
     security::add_common_headers(headers);
     let csp = match site {
         Some(Site::Extension(name)) => {
-            lock(&server.origins).existing(&name).map(|origin| security::extension_csp(&origin, server.port))
+            let origins = lock(&server.origins);
+            origins.existing(&name).map(|origin| security::extension_csp(&origin, &origins.shell_origins()))
         }
         _ => Some(security::shell_csp(server.port)),
     };
@@ -487,7 +514,7 @@ async fn guard(State(server): State<Arc<Server>>, mut request: Request, next: Ne
 type Upgrade = Result<WebSocketUpgrade, WebSocketUpgradeRejection>;
 
 fn shell_origins(server: &Server, site: &Site, headers: &HeaderMap) -> Vec<String> {
-    let mut origins = lock(&server.origins).shell_origins().to_vec();
+    let mut origins = lock(&server.origins).shell_origins();
     if *site == Site::Extra {
         if let Some(host) = headers.get(header::HOST).and_then(|host| host.to_str().ok()) {
             origins.push(format!("http://{host}"));
@@ -559,20 +586,24 @@ async fn renderer_upgrade(
     })
 }
 
-/// Files: the shell's on the shell's hosts; on an extension's origin the renderer document
-/// at `/`, the host's scripts under `/.host/`, and the extension's assets.
+/// Files: the shell's on the shell's hosts (the embeddable scripts with CORS for the
+/// application's shell origins); on an extension's origin the renderer document at `/`, the
+/// host's scripts under `/.host/`, and the extension's assets.
 async fn file(State(server): State<Arc<Server>>, Extension(site): Extension<Site>, request: Request) -> Response {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return refuse(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
     }
     let path = request.uri().path();
+    if site == Site::Shell && assets::embeddable(path) {
+        return embeddable_file(&server, path, request.headers());
+    }
     let found: Option<(bytes::Bytes, &str)> = match site {
         Site::Shell | Site::Extra => assets::shell_file(path)
             .map(|bytes| (bytes::Bytes::from_static(bytes), assets::content_type_of_route(path))),
         Site::Extension(extension) => {
             if path == "/" {
-                let shell = lock(&server.origins).shell();
-                Some((assets::renderer_document(&extension, &shell).into(), "text/html; charset=utf-8"))
+                let shells = lock(&server.origins).shell_origins();
+                Some((assets::renderer_document(&extension, &shells).into(), "text/html; charset=utf-8"))
             } else if let Some(bytes) = assets::extension_host_file(path) {
                 Some((bytes::Bytes::from_static(bytes), assets::content_type(path)))
             } else {
@@ -589,4 +620,24 @@ async fn file(State(server): State<Arc<Server>>, Extension(site): Extension<Site
         Some((bytes, content_type)) => ([(header::CONTENT_TYPE, content_type)], bytes).into_response(),
         None => refuse(StatusCode::NOT_FOUND, "not found"),
     }
+}
+
+/// A script an application's own shell loads from the host (`/embed.js` and what it
+/// imports): served to every shell, with `Access-Control-Allow-Origin` for an application's
+/// shell origin only (a module script across origins needs it; any other page gets no CORS
+/// header, so its browser will not run the script).
+fn embeddable_file(server: &Server, path: &str, headers: &HeaderMap) -> Response {
+    let Some(bytes) = assets::shell_file(path) else {
+        return refuse(StatusCode::NOT_FOUND, "not found");
+    };
+    let mut response = ([(header::CONTENT_TYPE, assets::content_type(path))], bytes).into_response();
+    let response_headers = response.headers_mut();
+    response_headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+    let origin = headers.get(header::ORIGIN).and_then(|origin| origin.to_str().ok());
+    if let Some(origin) = origin.filter(|origin| lock(&server.origins).is_app_shell(origin)) {
+        if let Ok(value) = HeaderValue::from_str(origin) {
+            response_headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
+        }
+    }
+    response
 }

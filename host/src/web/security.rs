@@ -25,6 +25,8 @@ pub(crate) enum Site {
 pub(crate) struct Origins {
     port: u16,
     extra: BTreeSet<String>,
+    /// [`crate::web::WebConfig::shell_origins`], validated: an application's own shells.
+    app_shells: Vec<String>,
     /// Extension name → its label.
     labels: BTreeMap<String, String>,
     /// Label → extension name.
@@ -32,24 +34,31 @@ pub(crate) struct Origins {
 }
 
 impl Origins {
-    pub(crate) fn new(port: u16, extra: &[String]) -> Origins {
+    pub(crate) fn new(port: u16, extra: &[String], app_shells: Vec<String>) -> Origins {
         Origins {
             port,
             extra: extra.iter().map(|host| host.to_ascii_lowercase()).collect(),
+            app_shells,
             labels: BTreeMap::new(),
             names: BTreeMap::new(),
         }
     }
 
-    /// The shell's origin (what its documents are served from).
-    pub(crate) fn shell(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+    /// The origins a shell may be served from: the host's own (both names), then the
+    /// application's. An upgrade to the shell socket must come from one of these; they are
+    /// the only ancestors an extension's document may have, and the only parents its
+    /// bootstrap takes a token from.
+    pub(crate) fn shell_origins(&self) -> Vec<String> {
+        let own = [format!("http://127.0.0.1:{}", self.port), format!("http://localhost:{}", self.port)];
+        let mut origins = own.to_vec();
+        origins.extend(self.app_shells.iter().filter(|origin| !own.contains(origin)).cloned());
+        origins
     }
 
-    /// The origins the shell may be served from: an upgrade to the shell socket must come
-    /// from one of these.
-    pub(crate) fn shell_origins(&self) -> [String; 2] {
-        [format!("http://127.0.0.1:{}", self.port), format!("http://localhost:{}", self.port)]
+    /// Whether `origin` is one of the application's own shells (which may load the host's
+    /// embeddable scripts across origins).
+    pub(crate) fn is_app_shell(&self, origin: &str) -> bool {
+        self.app_shells.iter().any(|each| each == origin)
     }
 
     /// Extension `name`'s origin, made the first time it is asked for.
@@ -130,14 +139,72 @@ pub(crate) fn shell_csp(port: u16) -> String {
     )
 }
 
-/// The Content-Security-Policy of everything an extension's origin serves.
-pub(crate) fn extension_csp(origin: &str, port: u16) -> String {
+/// The Content-Security-Policy of everything an extension's origin serves: it may be framed
+/// by the shells' origins only (`shells`, from [`Origins::shell_origins`]).
+pub(crate) fn extension_csp(origin: &str, shells: &[String]) -> String {
     let socket = origin.replacen("http://", "ws://", 1);
     format!(
         "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; \
          font-src 'self'; connect-src {socket}; base-uri 'none'; form-action 'none'; \
-         frame-ancestors http://127.0.0.1:{port} http://localhost:{port}"
+         frame-ancestors {}",
+        shells.join(" ")
     )
+}
+
+/// Checks one of [`crate::web::WebConfig::shell_origins`]: an exact origin,
+/// `scheme://host[:port]`, as a browser writes it in `Origin` (lowercase; no default port).
+/// Returns it lowercased, or why it is not one.
+pub(crate) fn shell_origin(entry: &str) -> Result<String, &'static str> {
+    if entry.eq_ignore_ascii_case("null") {
+        return Err("`null` is the origin of every sandboxed, file and data page: any of them would pass");
+    }
+    if entry.contains('*') {
+        return Err("wildcards are not allowed: list each origin exactly");
+    }
+    let origin = entry.to_ascii_lowercase();
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return Err("not an origin: expected `scheme://host[:port]`");
+    };
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_lowercase())
+        && scheme.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '+' | '-' | '.'));
+    if !scheme_ok {
+        return Err("the scheme is not a URL scheme (a letter, then letters, digits, `+`, `-`, `.`)");
+    }
+    if authority.contains(['/', '?', '#']) {
+        return Err("an origin has no path, query or fragment (nor a trailing `/`): `scheme://host[:port]`");
+    }
+    if authority.contains('@') {
+        return Err("an origin has no user name or password");
+    }
+    let (host, port) = match authority.find(']') {
+        // `[v6]` or `[v6]:port`
+        Some(end) if authority.starts_with('[') => match &authority[end + 1..] {
+            "" => (authority, None),
+            rest => (&authority[..=end], Some(rest.strip_prefix(':').unwrap_or(rest))),
+        },
+        _ => match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    let host_ok = if let Some(inner) = host.strip_prefix('[').and_then(|host| host.strip_suffix(']')) {
+        !inner.is_empty() && inner.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+    } else {
+        !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    };
+    if !host_ok {
+        return Err("the host is empty or has characters a host name cannot have");
+    }
+    if let Some(port) = port {
+        let number = port.parse::<u16>().ok().filter(|number| *number != 0 && !port.starts_with(['0', '+']));
+        if number.is_none() {
+            return Err("the port is not a number from 1 to 65535");
+        }
+        if (scheme == "http" && port == "80") || (scheme == "https" && port == "443") {
+            return Err("a browser leaves the scheme's default port out of an origin: drop it");
+        }
+    }
+    Ok(origin)
 }
 
 /// Escapes text for an HTML attribute or element.
@@ -169,7 +236,7 @@ mod tests {
 
     #[test]
     fn hosts_are_checked_against_the_shell_the_extensions_and_the_extras() {
-        let mut origins = Origins::new(8080, &["app.example:443".to_owned()]);
+        let mut origins = Origins::new(8080, &["app.example:443".to_owned()], Vec::new());
         let origin = origins.extension("Probe").unwrap();
         assert!(origin.starts_with("http://probe-") && origin.ends_with(".localhost:8080"), "{origin}");
         assert_eq!(origins.extension("Probe").unwrap(), origin, "one origin per extension");
@@ -181,6 +248,56 @@ mod tests {
         assert_eq!(origins.site("127.0.0.1:8081"), None);
         assert_eq!(origins.site("evil.example:8080"), None);
         assert_eq!(origins.site("probe-00000000.localhost:8080"), None);
+    }
+
+    #[test]
+    fn shell_origins_are_exact_origins() {
+        assert_eq!(shell_origin("http://127.0.0.1:3000"), Ok("http://127.0.0.1:3000".to_owned()));
+        assert_eq!(shell_origin("APP://Dashboard"), Ok("app://dashboard".to_owned()));
+        assert_eq!(shell_origin("https://[::1]:8443"), Ok("https://[::1]:8443".to_owned()));
+        for (bad, why) in [
+            ("null", "`null`"),
+            ("NULL", "`null`"),
+            ("http://*.example", "wildcards"),
+            ("*", "wildcards"),
+            ("http://app.example/", "no path"),
+            ("http://app.example/shell", "no path"),
+            ("http://app.example?x", "no path"),
+            ("app.example:3000", "not an origin"),
+            ("1http://a", "scheme"),
+            ("http://user@a", "user name"),
+            ("http://", "host"),
+            ("http://a b", "host"),
+            ("http://a:99999", "port"),
+            ("http://a:", "port"),
+            ("http://a:0", "port"),
+            ("http://a:80", "default port"),
+            ("https://a:443", "default port"),
+        ] {
+            let reason = shell_origin(bad).expect_err(bad);
+            assert!(reason.contains(why), "{bad}: {reason}");
+        }
+    }
+
+    #[test]
+    fn the_shell_origins_are_the_hosts_then_the_applications() {
+        let origins = Origins::new(
+            8080,
+            &[],
+            vec!["http://127.0.0.1:8080".to_owned(), "http://127.0.0.1:3000".to_owned()],
+        );
+        assert_eq!(
+            origins.shell_origins(),
+            ["http://127.0.0.1:8080", "http://localhost:8080", "http://127.0.0.1:3000"],
+            "once each"
+        );
+        assert!(origins.is_app_shell("http://127.0.0.1:3000"));
+        assert!(!origins.is_app_shell("http://localhost:8080"));
+        let csp = extension_csp("http://a-1.localhost:8080", &origins.shell_origins());
+        assert!(
+            csp.ends_with("frame-ancestors http://127.0.0.1:8080 http://localhost:8080 http://127.0.0.1:3000"),
+            "{csp}"
+        );
     }
 
     #[test]
