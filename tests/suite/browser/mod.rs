@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
+mod app_shell;
 mod errors;
 mod isolation;
 mod lifecycle;
