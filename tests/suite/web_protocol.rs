@@ -500,7 +500,7 @@ async fn other_origins_and_forged_hosts_are_refused_before_anything_runs() {
         assert!(lower.contains(header), "{header}: {document}");
     }
     assert!(lower.contains("content-security-policy: default-src 'none'"), "{document}");
-    assert!(document.contains(&format!("content=\"http://127.0.0.1:{port}\"")), "{document}");
+    assert!(document.contains(&format!("content=\"http://127.0.0.1:{port} http://localhost:{port}\"")), "{document}");
     assert!(!document.contains(&token), "no token in the document");
     // The extension's files, the host's scripts, and nothing else, with their types.
     let ext_host = origin.trim_start_matches("http://");
@@ -904,3 +904,7 @@ async fn a_page_closing_with_an_error_code_is_a_lost_connection_with_its_reason(
 // The security and robustness review's tests: they use this file's shell and page.
 #[path = "web_security.rs"]
 mod web_security;
+
+// An application's own shell origins (`WebConfig::shell_origins`): they use this file's helpers.
+#[path = "web_shell_origins.rs"]
+mod web_shell_origins;
