@@ -6,7 +6,9 @@
 
 use extension_host::WebConfig;
 
-use super::{Page, Shell, main_frames, settle, page_socket, port, raw_request, reached, refused_with, upgrade, web_host};
+use super::{
+    Page, Shell, main_frames, page_socket, port, raw_request, reached, refused_with, settle, upgrade, web_host,
+};
 
 const APP: &str = "http://127.0.0.1:3000";
 const WEBVIEW: &str = "app://dashboard";
@@ -23,7 +25,8 @@ async fn shell_from(port: u16, origin: &str) -> Shell {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listed_shell_origin_is_a_web_frame_and_nothing_else_is_opened_up() {
-    let config = WebConfig { shell_origins: vec![APP.to_owned(), "APP://Dashboard".to_owned()], ..WebConfig::default() };
+    let config =
+        WebConfig { shell_origins: vec![APP.to_owned(), "APP://Dashboard".to_owned()], ..WebConfig::default() };
     let (host, server) = web_host(&["probe"], true, config).await;
     let port = port(&server);
     let shell_host = format!("127.0.0.1:{port}");
@@ -92,11 +95,8 @@ async fn without_shell_origins_another_origin_cannot_open_the_shell_socket() {
     let port = port(&server);
     let shell_host = format!("127.0.0.1:{port}");
     assert_eq!(refused_with(upgrade(port, "/shell", &shell_host, Some(APP)).await), 403);
-    let embed = raw_request(
-        port,
-        &format!("GET /embed.js HTTP/1.1\r\nHost: {shell_host}\r\nOrigin: {APP}\r\n\r\n"),
-    )
-    .await;
+    let embed =
+        raw_request(port, &format!("GET /embed.js HTTP/1.1\r\nHost: {shell_host}\r\nOrigin: {APP}\r\n\r\n")).await;
     assert!(!embed.to_ascii_lowercase().contains("access-control-allow-origin"), "{embed}");
     // Both names of the host's own shell open a frame.
     shell_from(port, &format!("http://127.0.0.1:{port}")).await;

@@ -281,11 +281,8 @@ mod tests {
 
     #[test]
     fn the_shell_origins_are_the_hosts_then_the_applications() {
-        let origins = Origins::new(
-            8080,
-            &[],
-            vec!["http://127.0.0.1:8080".to_owned(), "http://127.0.0.1:3000".to_owned()],
-        );
+        let origins =
+            Origins::new(8080, &[], vec!["http://127.0.0.1:8080".to_owned(), "http://127.0.0.1:3000".to_owned()]);
         assert_eq!(
             origins.shell_origins(),
             ["http://127.0.0.1:8080", "http://localhost:8080", "http://127.0.0.1:3000"],

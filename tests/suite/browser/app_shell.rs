@@ -40,9 +40,10 @@ window.appImport = import("http://127.0.0.1:{host_port}/embed.js").then(({{ embe
 async fn own_server(page: fn(u16) -> String) -> (u16, Arc<OnceLock<u16>>) {
     let host_port = Arc::new(OnceLock::new());
     let known = host_port.clone();
-    let port = headless::serve_pages(move |request| known.get().filter(|_| request.path == "/").map(|port| page(*port)))
-        .await
-        .expect("the application's server starts");
+    let port =
+        headless::serve_pages(move |request| known.get().filter(|_| request.path == "/").map(|port| page(*port)))
+            .await
+            .expect("the application's server starts");
     (port, host_port)
 }
 
@@ -54,10 +55,15 @@ async fn web_host(shell_origins: Vec<String>) -> WebHost {
 
 /// webprobe's renderer in `tab`, once it runs: its frame and its iframe's session. Then it
 /// invokes main, and hears main's broadcast.
-async fn renderer_talks_to_main(web: &WebHost, tab: &Tab, seen: &mut tokio::sync::broadcast::Receiver<ObservedBroadcast>) -> FrameId {
+async fn renderer_talks_to_main(
+    web: &WebHost,
+    tab: &Tab,
+    seen: &mut tokio::sync::broadcast::Receiver<ObservedBroadcast>,
+) -> FrameId {
     let (frame, load) = web_ready(seen).await;
     let page = webprobe_page(tab, &load).await;
-    let echoed = page.eval(r#"webprobe.outcome(webprobe.ipc.invoke("echo", { from: "the application's shell" }))"#).await;
+    let echoed =
+        page.eval(r#"webprobe.outcome(webprobe.ipc.invoke("echo", { from: "the application's shell" }))"#).await;
     assert_eq!(echoed, json!({ "ok": { "from": "the application's shell" } }));
     page.eval("globalThis.heard = []; webprobe.ipc.listen('app-news', (value) => heard.push(value)); true").await;
     web.host.broadcast("webprobe", "app-news", &"from main").unwrap();
@@ -147,8 +153,14 @@ async fn a_shell_on_an_origin_not_in_the_list_gets_no_frame_frames_no_extension_
     // its error page instead, so no bootstrap runs there.
     assert_eq!(evil.wait_for("evil.framed").await, "load");
     let blocked = evil.frame("chrome-error://").await;
-    let shown = blocked.eval("[location.href, document.getElementById('extension-host-status') === null, typeof globalThis.webprobe]").await;
-    assert_eq!(shown, json!(["chrome-error://chromewebdata/", true, "undefined"]), "webprobe's document ran in a page not in the list");
+    let shown = blocked
+        .eval("[location.href, document.getElementById('extension-host-status') === null, typeof globalThis.webprobe]")
+        .await;
+    assert_eq!(
+        shown,
+        json!(["chrome-error://chromewebdata/", true, "undefined"]),
+        "webprobe's document ran in a page not in the list"
+    );
 
     // Nothing reached any extension: the host has the one frame it had, webprobe's halves are
     // the same, and no renderer half started (a `ready`) before the barrier.
@@ -158,7 +170,12 @@ async fn a_shell_on_an_origin_not_in_the_list_gets_no_frame_frames_no_extension_
         if broadcast.extension == "webprobe" && broadcast.channel == "app-shell-barrier" {
             break;
         }
-        assert_ne!(broadcast.channel, "ready", "a renderer half started for the refused page: {:?}", broadcast.sender());
+        assert_ne!(
+            broadcast.channel,
+            "ready",
+            "a renderer half started for the refused page: {:?}",
+            broadcast.sender()
+        );
     }
     assert_eq!(web.frames(), [frame]);
     let after = web.host.inspect().await;
