@@ -127,3 +127,51 @@ async fn a_shell_origin_that_is_not_an_exact_origin_is_refused_at_start_naming_i
     }
     host.shutdown().await;
 }
+
+/// `host run --web ADDR --shell-origin ORIGIN` lists an application's shell: a shell socket
+/// from that origin opens a frame the console shows, and a bad entry stops the host at start,
+/// naming the entry and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_run_shell_origin_lists_an_applications_shell_and_refuses_a_bad_entry() {
+    let mut console = crate::console::Console::start_with(
+        &["--frames", "0", "--web", "127.0.0.1:0", "--shell-origin", APP],
+        &["probe"],
+    )
+    .await;
+    let line = console.ask("open web", |line| line.starts_with("web frames: ")).await;
+    let url = line.trim_start_matches("web frames: ").to_owned();
+    let port: u16 = url.trim_start_matches("http://127.0.0.1:").trim_end_matches('/').parse().expect("a port");
+    let shell = shell_from(port, APP).await;
+    let frames = console.ask("frames", |line| line.starts_with("frames:")).await;
+    assert_eq!(frames, format!("frames: {}(web {url})", shell.frame));
+    assert_eq!(
+        refused_with(upgrade(port, "/shell", &format!("127.0.0.1:{port}"), Some("http://127.0.0.1:3001")).await),
+        403,
+        "only the listed origin is added"
+    );
+    drop(shell);
+
+    let output = tokio::process::Command::new(crate::support::host_binary())
+        .env("XDG_DATA_HOME", crate::support::fresh_data_dir())
+        .args(["run", "--frames", "0", "--web", "127.0.0.1:0", "--shell-origin", "http://127.0.0.1:3000/app"])
+        .arg(crate::support::library("probe"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("the host binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a bad shell origin stops the host: {stderr}");
+    assert!(
+        stderr.contains("\"http://127.0.0.1:3000/app\"") && stderr.contains("shell_origins"),
+        "the error names the entry: {stderr}"
+    );
+    // Without `--web` there is nothing to list it in.
+    let output = tokio::process::Command::new(crate::support::host_binary())
+        .args(["run", "--frames", "0", "--shell-origin", APP])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("the host binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("--web"), "{stderr}");
+}

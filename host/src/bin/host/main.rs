@@ -58,6 +58,11 @@ enum Command {
         /// print `web frames: URL`: every page open at that URL is a frame.
         #[arg(long, value_name = "ADDR")]
         web: Option<std::net::SocketAddr>,
+        /// An origin (`scheme://host[:port]`) from which an application serves a shell page of
+        /// its own for the web frames (`WebConfig::shell_origins`); repeat for several.
+        /// Needs `--web`.
+        #[arg(long = "shell-origin", value_name = "ORIGIN", requires = "web")]
+        shell_origins: Vec<String>,
     },
     /// Validate a library and print its metadata, or what is wrong with it.
     Check { library: PathBuf },
@@ -85,7 +90,19 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { library } => check(&library),
         Command::Child { socket, token } => extension_host::run_child(&socket, &token),
-        Command::Run { paths, frames, child_frames, isolated, duration, console, inspect, watch, data_dir, web } => {
+        Command::Run {
+            paths,
+            frames,
+            child_frames,
+            isolated,
+            duration,
+            console,
+            inspect,
+            watch,
+            data_dir,
+            web,
+            shell_origins,
+        } => {
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(runtime) => runtime,
                 Err(error) => {
@@ -93,8 +110,18 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let options =
-                RunOptions { frames, child_frames, isolated, duration, console, inspect, watch, data_dir, web };
+            let options = RunOptions {
+                frames,
+                child_frames,
+                isolated,
+                duration,
+                console,
+                inspect,
+                watch,
+                data_dir,
+                web,
+                shell_origins,
+            };
             runtime.block_on(run(paths, options))
         }
     }
@@ -150,10 +177,12 @@ struct RunOptions {
     watch: bool,
     data_dir: Option<PathBuf>,
     web: Option<std::net::SocketAddr>,
+    shell_origins: Vec<String>,
 }
 
 async fn run(paths: Vec<PathBuf>, options: RunOptions) -> ExitCode {
-    let RunOptions { frames, child_frames, isolated, duration, console, inspect, watch, data_dir, web } = options;
+    let RunOptions { frames, child_frames, isolated, duration, console, inspect, watch, data_dir, web, shell_origins } =
+        options;
     // Extensions log as verbosely as `RUST_LOG` lets the host log (the subscriber is installed).
     let mut config = HostConfig { max_log_level: extension_host::LevelFilter::current(), ..HostConfig::default() };
     if let Some(data_dir) = data_dir {
@@ -201,7 +230,7 @@ async fn run(paths: Vec<PathBuf>, options: RunOptions) -> ExitCode {
         }
     }
     let mut web_server = match web {
-        Some(addr) => match host.serve_web(extension_host::WebConfig { addr, ..Default::default() }) {
+        Some(addr) => match host.serve_web(extension_host::WebConfig { addr, shell_origins, ..Default::default() }) {
             Ok(server) => {
                 println!("web frames: {}", server.url());
                 Some(server)
