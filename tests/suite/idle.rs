@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use extension_host::{ChannelKind, Half, Host, HostConfig, HostEvent};
-use probe_protocol::{BLOCK, PING, Ping, SPIN};
+use probe_protocol::{BLOCK, BLOCK_LATER, BlockLater, PING, Ping, SPIN};
 use tokio::sync::broadcast::Receiver;
 
 use crate::loading::tempdir;
@@ -96,4 +96,36 @@ async fn an_idle_isolated_extension_is_not_inspected_and_still_reported_once_stu
 #[tokio::test]
 async fn an_idle_extension_and_its_renderer_process_are_not_inspected_and_still_reported_once_stuck() {
     an_idle_extension_is_not_inspected_and_still_reported_once_stuck(Transport::InProcess, 1).await;
+}
+
+/// A handler the extension starts on its own timer, between its own halves (in process nothing
+/// of it passes through the host), blocks its thread after the watchdog stopped looking: it is
+/// still warned about and reported.
+#[tokio::test]
+async fn a_handler_started_within_the_instance_by_its_own_timer_is_reported_once_stuck() {
+    let host = Host::new(watchful());
+    support::start(&host, Transport::InProcess, "probe").await;
+    host.open_frame().await;
+    let mut events = host.events();
+    let mut logs = host.logs();
+    let release = tempdir().join("release.sock").to_string_lossy().into_owned();
+    // The broadcast is the last the host sees of it: the timer (300 ms, many ticks) runs out
+    // after the watchdog found the instance idle again.
+    host.broadcast("probe", BLOCK_LATER.name(), &BlockLater { path: release.clone(), millis: 300 }).unwrap();
+    wait_log(&mut logs, "probe", |m| m.starts_with("blocking the thread")).await;
+    let slow = wait_event(&mut events, |event| matches!(event, HostEvent::SlowHandler { .. })).await;
+    let HostEvent::SlowHandler { extension, half, channel, finished, .. } = slow else { unreachable!() };
+    assert_eq!((extension.as_str(), half, channel.as_str(), finished), ("probe", Half::Main, "block", false));
+    let unresponsive = wait_event(&mut events, |event| matches!(event, HostEvent::ExtensionUnresponsive { .. })).await;
+    let HostEvent::ExtensionUnresponsive { extension, queued, running, .. } = unresponsive else { unreachable!() };
+    assert_eq!((extension.as_str(), queued, running.as_deref()), ("probe", 1, Some("main request `block`")));
+
+    std::os::unix::net::UnixStream::connect(&release).unwrap();
+    wait_log(&mut logs, "probe", |m| m.ends_with("block later ended")).await;
+    let recovered = wait_event(&mut events, |event| matches!(event, HostEvent::ExtensionResponsive { .. })).await;
+    assert!(
+        matches!(&recovered, HostEvent::ExtensionResponsive { extension, .. } if extension == "probe"),
+        "{recovered:?}"
+    );
+    host.shutdown().await;
 }
