@@ -1,4 +1,4 @@
-//! The watchdog: one timer per host, running while any extension is active, that reads each
+//! The watchdog: one task per host, running while any extension is active, that reads each
 //! instance's progress counter (messages its dispatcher started on) through inspect (answered
 //! off the instance's thread, so it works while that thread is stuck) and reports:
 //!
@@ -18,9 +18,9 @@
 //! instance is idle again: nothing queued, no handler running in place, not unresponsive. With
 //! no instance to look at it waits for one to ask, with no timer: an idle host, and its
 //! children, do nothing. A stall counts from the later of the last look that found the
-//! instance idle and its call, so a report comes between its threshold and two ticks after.
-//! With no extension active it stops, and the next activation starts it again (and looks once
-//! at the new instances).
+//! instance idle and its call, so a report comes up to one tick after its threshold.
+//! Finding no extension active at a look it stops (waiting, it costs nothing and ends with the
+//! host); the next activation starts or wakes it, and asks for one look at its instances.
 //!
 //! [`HostConfig::unresponsive_after`]: super::HostConfig::unresponsive_after
 //! [`HostConfig::slow_handler`]: super::HostConfig::slow_handler
