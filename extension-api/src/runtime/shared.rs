@@ -178,7 +178,6 @@ impl Shared {
         }
     }
 
-    /// Answers control command `completion`.
     /// Work arrived (a message queued, a slow handler's report): if the host's watchdog is not
     /// looking at this instance, asks it to, once (see [`crate::wire::ATTENTION`]). Called on
     /// whichever thread brought the work, so a stuck instance thread is still looked at.
@@ -194,6 +193,7 @@ impl Shared {
         }
     }
 
+    /// Answers control command `completion`.
     pub(crate) fn complete(&self, completion: u64, result: &Completion) {
         match rmp_serde::to_vec_named(result) {
             Ok(bytes) => self.host.complete(completion, &bytes),
