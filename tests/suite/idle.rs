@@ -2,12 +2,12 @@
 //! extension, in this process or in a child, is never inspected while another works, and one
 //! that gets stuck after that idle span is still reported unresponsive, then responsive again.
 //! Every test waits for events or answers, never for time: the idle span is the watchdog's
-//! own, from a slow handler elsewhere until its warning (at least four of its ticks).
+//! own, from a handler blocking elsewhere until its warning (at least four of its ticks).
 
 use std::time::Duration;
 
 use extension_host::{ChannelKind, Half, Host, HostConfig, HostEvent};
-use probe_protocol::{BLOCK, BLOCK_LATER, BlockLater, PING, Ping, SPIN};
+use probe_protocol::{BLOCK, BLOCK_LATER, BlockLater, PING, Ping};
 use tokio::sync::broadcast::Receiver;
 
 use crate::loading::tempdir;
@@ -27,16 +27,55 @@ async fn inspections(host: &Host) -> u64 {
     host.inspect().await.extension("probe").and_then(|probe| probe.instance.as_ref()).unwrap().inspections
 }
 
-/// `probe-twin` keeps its thread busy in place past the slow-handler threshold: the watchdog
-/// looks at it every tick until it warns, which is the span this returns after.
+fn release_socket() -> String {
+    tempdir().join("release.sock").to_string_lossy().into_owned()
+}
+
+/// `probe-twin` blocks its thread in place until the watchdog warns about it (past the
+/// slow-handler threshold: it looked at it every tick meanwhile), which is the span this
+/// returns after, the twin released.
 async fn span_of_watched_work(host: &Host, events: &mut Receiver<HostEvent>) {
-    let spin = host.invoke::<_, u64>("probe-twin", SPIN.name(), &400u64, FAILSAFE);
-    let warned = wait_event(
-        events,
-        |event| matches!(event, HostEvent::SlowHandler { extension, finished: false, .. } if extension == "probe-twin"),
-    );
-    let (rounds, _) = tokio::join!(spin, warned);
-    assert!(rounds.unwrap() > 0);
+    let release = release_socket();
+    let blocked = host.invoke::<_, String>("probe-twin", BLOCK.name(), &release, FAILSAFE);
+    let warned = async {
+        wait_event(
+            events,
+            |event| matches!(event, HostEvent::SlowHandler { extension, finished: false, .. } if extension == "probe-twin"),
+        )
+        .await;
+        std::os::unix::net::UnixStream::connect(&release).unwrap();
+    };
+    let (answer, ()) = tokio::join!(blocked, warned);
+    assert_eq!(answer.unwrap(), "unblocked");
+}
+
+/// The watchdog's two reports of `probe` stuck in main's `block` with messages waiting: the
+/// slow handler (the time so far) and unresponsive, in either order (one late look may make
+/// both, unresponsive first).
+async fn reported_stuck(events: &mut Receiver<HostEvent>) {
+    let (mut slow, mut unresponsive) = (None, None);
+    while slow.is_none() || unresponsive.is_none() {
+        let event = wait_event(events, |event| {
+            matches!(event, HostEvent::SlowHandler { extension, .. } | HostEvent::ExtensionUnresponsive { extension, .. } if extension == "probe")
+        })
+        .await;
+        match event {
+            HostEvent::SlowHandler { half, kind, channel, finished, .. } => {
+                assert_eq!(
+                    (half, kind, channel.as_str(), finished),
+                    (Half::Main, ChannelKind::Request, "block", false)
+                );
+                slow.get_or_insert(());
+            }
+            HostEvent::ExtensionUnresponsive { queued, running, .. } => {
+                assert_eq!(running.as_deref(), Some("main request `block`"));
+                // The ping waits (and, with a frame open, its renderer half's pong to main).
+                assert!(queued >= 1, "{queued}");
+                unresponsive.get_or_insert(());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }
 
 /// `probe` runs idle (`transport`; `child_frames` renderer processes of it open) beside a busy
@@ -60,22 +99,11 @@ async fn an_idle_extension_is_not_inspected_and_still_reported_once_stuck(transp
     assert_eq!(after - before, 1 + child_frames, "the watchdog inspected the idle `probe` while `probe-twin` worked");
 
     // Stuck after that idle span, it is still reported, then responsive again.
-    let release = tempdir().join("release.sock").to_string_lossy().into_owned();
+    let release = release_socket();
     let blocked = host.invoke::<_, String>("probe", BLOCK.name(), &release, FAILSAFE);
     host.broadcast("probe", PING.name(), &Ping { tag: "waits".into() }).unwrap();
     wait_log(&mut logs, "probe", |m| m.starts_with("blocking the thread")).await;
-    let slow = wait_event(
-        &mut events,
-        |event| matches!(event, HostEvent::SlowHandler { extension, .. } if extension == "probe"),
-    )
-    .await;
-    let HostEvent::SlowHandler { half, kind, channel, finished, .. } = slow else { unreachable!() };
-    assert_eq!((half, kind, channel.as_str(), finished), (Half::Main, ChannelKind::Request, "block", false));
-    let unresponsive = wait_event(&mut events, |event| matches!(event, HostEvent::ExtensionUnresponsive { .. })).await;
-    let HostEvent::ExtensionUnresponsive { extension, queued, running, .. } = unresponsive else { unreachable!() };
-    assert_eq!((extension.as_str(), running.as_deref()), ("probe", Some("main request `block`")));
-    // The ping waits (and, with a frame open, its renderer half's pong to main).
-    assert!(queued >= 1, "{queued}");
+    reported_stuck(&mut events).await;
     assert!(host.inspect().await.extension("probe").unwrap().unresponsive);
 
     std::os::unix::net::UnixStream::connect(&release).unwrap();
@@ -108,17 +136,12 @@ async fn a_handler_started_within_the_instance_by_its_own_timer_is_reported_once
     host.open_frame().await;
     let mut events = host.events();
     let mut logs = host.logs();
-    let release = tempdir().join("release.sock").to_string_lossy().into_owned();
+    let release = release_socket();
     // The broadcast is the last the host sees of it: the timer (300 ms, many ticks) runs out
     // after the watchdog found the instance idle again.
     host.broadcast("probe", BLOCK_LATER.name(), &BlockLater { path: release.clone(), millis: 300 }).unwrap();
     wait_log(&mut logs, "probe", |m| m.starts_with("blocking the thread")).await;
-    let slow = wait_event(&mut events, |event| matches!(event, HostEvent::SlowHandler { .. })).await;
-    let HostEvent::SlowHandler { extension, half, channel, finished, .. } = slow else { unreachable!() };
-    assert_eq!((extension.as_str(), half, channel.as_str(), finished), ("probe", Half::Main, "block", false));
-    let unresponsive = wait_event(&mut events, |event| matches!(event, HostEvent::ExtensionUnresponsive { .. })).await;
-    let HostEvent::ExtensionUnresponsive { extension, queued, running, .. } = unresponsive else { unreachable!() };
-    assert_eq!((extension.as_str(), queued, running.as_deref()), ("probe", 1, Some("main request `block`")));
+    reported_stuck(&mut events).await;
 
     std::os::unix::net::UnixStream::connect(&release).unwrap();
     wait_log(&mut logs, "probe", |m| m.ends_with("block later ended")).await;
