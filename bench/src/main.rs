@@ -40,6 +40,9 @@ struct Cli {
     /// Only the web frames' table.
     #[arg(long, hide = true)]
     web: bool,
+    /// Only the idle row (with its per-thread breakdown on stderr).
+    #[arg(long, hide = true)]
+    idle: bool,
     /// Internal: the echo peer of the raw socket baseline.
     #[arg(long, hide = true)]
     echo_server: Option<PathBuf>,
@@ -107,6 +110,13 @@ fn main() -> Result<()> {
         return runtime.block_on(async {
             let rows = web::web(&artifacts, if cli.quick { 10 } else { 1 }, std::env::var_os("CHROMIUM")).await?;
             println!("{}", web::table(&rows));
+            anyhow::Ok(())
+        });
+    }
+    if cli.idle {
+        return runtime.block_on(async {
+            let idle = across::idle_cpu(&artifacts, if cli.quick { 2 } else { 10 }).await?;
+            print!("{}", idle_table(&idle));
             anyhow::Ok(())
         });
     }
@@ -728,18 +738,19 @@ async fn measure(artifacts: &Path, quick: bool) -> Result<String> {
     let seconds = if quick { 2 } else { 10 };
     let idle = across::idle_cpu(artifacts, seconds).await?;
     line(&mut out, String::new());
-    line(&mut out, "## Idle".into());
-    line(&mut out, String::new());
-    line(&mut out, "| what | CPU time per 10 s | target |".into());
-    line(&mut out, "| --- | --- | --- |".into());
-    line(
-        &mut out,
-        format!(
-            "| idle, `bench` active with 2 in-process and 2 child-process frames, `hello` isolated \
-             (measured over {} s, scaled) | host {:.0} ms, its {} child processes {:.0} ms (utime + stime, 10 ms \
-             ticks); threads' schedstat: host {:.1} ms, children {:.1} ms | ~0 |",
-            idle.seconds, idle.host, idle.processes, idle.children, idle.host_fine, idle.children_fine
-        ),
-    );
+    let table = idle_table(&idle);
+    eprint!("{table}");
+    out.push_str(&table);
     Ok(out)
+}
+
+/// The idle section: its heading and its one row.
+fn idle_table(idle: &across::Idle) -> String {
+    format!(
+        "## Idle\n\n| what | CPU time per 10 s | target |\n| --- | --- | --- |\n\
+         | idle, `bench` active with 2 in-process and 2 child-process frames, `hello` isolated \
+         (measured over {} s, scaled) | host {:.0} ms, its {} child processes {:.0} ms (utime + stime, 10 ms \
+         ticks); threads' schedstat: host {:.1} ms, children {:.1} ms | ~0 |\n",
+        idle.seconds, idle.host, idle.processes, idle.children, idle.host_fine, idle.children_fine
+    )
 }

@@ -154,6 +154,13 @@ impl Control {
     }
 }
 
+/// The completion number no command has (the host numbers its commands from 1): an instance
+/// completes it, with [`Completion::Done`], to ask the host's watchdog to look at it. It does
+/// so once after each [`Control::Inspect`], when work next arrives (a message queued, a slow
+/// handler finished), so the watchdog looks only at instances with work, and an idle host
+/// and its children make no call at all.
+pub const ATTENTION: u64 = 0;
+
 /// The answer to a [`Control`] command.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub enum Completion {
@@ -344,6 +351,11 @@ pub struct InstanceSnapshot {
     /// (at most [`SLOW_HANDLERS_KEPT`], oldest first).
     #[serde(default)]
     pub slow_handlers: Vec<SlowHandler>,
+    /// How many [`Control::Inspect`]s the instance has answered, this one included: the
+    /// embedder's and the host's watchdog's, which asks only while the instance has work
+    /// (see [`ATTENTION`]).
+    #[serde(default)]
+    pub inspections: u64,
 }
 
 /// How many [`InstanceSnapshot::slow_handlers`] an instance keeps.

@@ -112,6 +112,7 @@ fn completions() -> Vec<Completion> {
                 channel: "nap".into(),
                 elapsed_ns: 1_200_000_000,
             }],
+            inspections: 2,
         }),
         Completion::StoreSnapshot(snapshot()),
     ]

@@ -94,6 +94,11 @@ impl Link {
         );
     }
 
+    /// `endpoint`'s instance asks the watchdog to look at it (`wire::ATTENTION`).
+    pub(crate) fn attention(&self, endpoint: &Endpoint) {
+        self.core.attention.ask(endpoint.key);
+    }
+
     /// A log record of one of the extension's instances, for the host's tracing and log stream.
     pub(crate) fn forward_log(&self, level: u32, target: &str, text: &str) {
         let record = LogRecord::new(&self.name, level, target, text);

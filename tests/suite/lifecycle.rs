@@ -263,11 +263,12 @@ async fn frame_cycles_leave_no_halves_registrations_tasks_or_processes_behind() 
     // frame's closing) have finished by the time it is.
     let settled = || host.invoke::<_, Vec<String>>(name, SEQ_LOG.name(), &(), FAILSAFE);
     settled().await.unwrap();
-    // What the instance has, without what it counted meanwhile (CPU time, messages, channels).
+    // What the instance has, without what it counted meanwhile (CPU time, messages, channels, inspects).
     let registrations = |instance: &extension_host::InstanceSnapshot| extension_host::InstanceSnapshot {
         cpu_ns: None,
         dispatched: 0,
         channels: Vec::new(),
+        inspections: 0,
         ..instance.clone()
     };
     let main_only = registrations(host.inspect().await.extension(name).unwrap().instance.as_ref().unwrap());

@@ -21,6 +21,7 @@ mod frames;
 mod gluon;
 mod harness;
 mod hot_reload;
+mod idle;
 mod inspect_halves;
 mod ipc;
 mod lifecycle;

@@ -15,6 +15,10 @@ impl Shared {
         let completion = command.completion();
         match command {
             Control::Inspect { .. } => {
+                // Set before the snapshot reads anything: work recorded after those reads
+                // finds it set and calls the watchdog's attention (see `call_attention`).
+                self.unwatched.store(true, Ordering::SeqCst);
+                self.inspections.fetch_add(1, Ordering::Relaxed);
                 // Answered on the calling thread, so inspect works even while the extension's
                 // own thread is blocked.
                 self.complete(completion, &Completion::Inspected(self.snapshot()));
@@ -102,6 +106,7 @@ impl Shared {
             busy,
             channels: state.channels.snapshot(),
             slow_handlers: self.slow.snapshot(),
+            inspections: self.inspections.load(Ordering::Relaxed),
         }
     }
 }

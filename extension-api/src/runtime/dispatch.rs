@@ -197,6 +197,7 @@ impl Shared {
             shared.state().channels.record(index, elapsed, sampled);
             if elapsed > shared.slow_handler {
                 shared.slow.push(crate::message::half_of(target), &channel, elapsed);
+                shared.call_attention();
             }
         });
         state.requests.run(request, task.abort_handle());

@@ -1,7 +1,7 @@
 //! What the halves of an instance share, and the ways a message leaves a half: to the host
 //! (the outbound call), or within the instance (into its own mailbox).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -46,6 +46,12 @@ pub(crate) struct Shared {
     pub(super) thread_id: AtomicU64,
     /// Handlers that waited and took longer than `slow_handler`.
     pub(super) slow: SlowLog,
+    /// The host's watchdog is not looking at this instance: set by every inspect (and at the
+    /// start), cleared by the first work that follows it, which calls the watchdog's
+    /// attention ([`Shared::call_attention`]).
+    pub(super) unwatched: AtomicBool,
+    /// Inspects answered.
+    pub(super) inspections: AtomicU64,
     pub(super) slow_handler: Duration,
 }
 
@@ -77,6 +83,8 @@ impl Shared {
             listener_panics: AtomicU64::new(0),
             thread_id: AtomicU64::new(0),
             slow: SlowLog::default(),
+            unwatched: AtomicBool::new(true),
+            inspections: AtomicU64::new(0),
             slow_handler: if config.slow_handler_ms == u64::MAX {
                 Duration::MAX
             } else {
@@ -117,7 +125,10 @@ impl Shared {
     #[inline]
     pub(crate) fn enqueue(&self, delivery: Delivery) -> u32 {
         match self.mailbox.push(delivery) {
-            Ok(()) => abi::status::OK,
+            Ok(()) => {
+                self.call_attention();
+                abi::status::OK
+            }
             Err(Refused::Full) => abi::status::BUSY,
             Err(Refused::Closed) => abi::status::DEACTIVATED,
         }
@@ -164,6 +175,21 @@ impl Shared {
             Route::Host => {
                 self.send(Message::reply(request.target, request.origin, request.id, &reply));
             }
+        }
+    }
+
+    /// Work arrived (a message queued, a slow handler's report): if the host's watchdog is not
+    /// looking at this instance, asks it to, once (see [`crate::wire::ATTENTION`]). Called on
+    /// whichever thread brought the work, so a stuck instance thread is still looked at.
+    ///
+    /// Sound without a lock of its own: an inspect sets `unwatched` before it reads the mailbox
+    /// and the slow log under their locks, and the work is recorded under those locks before
+    /// this reads `unwatched`. Either the inspect saw the work (the watchdog goes on looking)
+    /// or this sees the flag it set.
+    #[inline]
+    pub(crate) fn call_attention(&self) {
+        if self.unwatched.load(Ordering::Relaxed) && self.unwatched.swap(false, Ordering::AcqRel) {
+            self.complete(crate::wire::ATTENTION, &Completion::Done);
         }
     }
 

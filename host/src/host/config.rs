@@ -48,9 +48,11 @@ pub struct HostConfig {
     pub mailbox: MailboxLimit,
     /// An extension whose thread takes no message from its mailbox for this long while some
     /// wait is reported unresponsive ([`HostEvent::ExtensionUnresponsive`] and the log), then
-    /// responsive again once it moves. The watchdog looks every quarter of the shorter of this
-    /// and `slow_handler` (at most every second, at least every 10 ms), so a report comes up
-    /// to one look late. `Duration::MAX`: never.
+    /// responsive again once it moves. The watchdog looks at an instance with work every
+    /// quarter of the shorter of this and `slow_handler` (at most every second, at least every
+    /// 10 ms), so a report comes up to one look late; a stall counts from when the work came
+    /// (the instance asks for the look), and while every instance is idle nothing looks.
+    /// `Duration::MAX`: never.
     ///
     /// [`HostEvent::ExtensionUnresponsive`]: crate::HostEvent::ExtensionUnresponsive
     pub unresponsive_after: Duration,

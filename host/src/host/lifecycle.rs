@@ -93,6 +93,7 @@ impl Host {
         tell_frames(&link).await;
         self.set_state(name, ExtensionState::Active);
         self.ensure_watchdog();
+        self.watch_link(&link);
         tracing::info!(extension = %name, isolated, "activated");
         Ok(())
     }

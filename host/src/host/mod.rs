@@ -81,6 +81,8 @@ struct Inner {
 impl Drop for Inner {
     /// A host dropped without `shutdown` still ends its child processes.
     fn drop(&mut self) {
+        // A watchdog waiting for work wakes, finds the host gone and ends.
+        self.core.attention.wake();
         let frames = self.frames.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
         for process in frames.values().filter_map(|frame| frame.process.as_ref()) {
             process.kill_now();
@@ -583,6 +585,7 @@ async fn inspect_link(link: &Link) -> InstanceSnapshot {
             merged.store_bytes += instance.store_bytes;
             merged.dispatched += instance.dispatched;
             merged.batch_messages += instance.batch_messages;
+            merged.inspections += instance.inspections;
             merged.cpu_ns = match (merged.cpu_ns, instance.cpu_ns) {
                 (Some(a), Some(b)) => Some(a + b),
                 (a, b) => a.or(b),

@@ -1,4 +1,4 @@
-//! The watchdog: one timer per host, running while any extension is active, that reads each
+//! The watchdog: one task per host, running while any extension is active, that reads each
 //! instance's progress counter (messages its dispatcher started on) through inspect (answered
 //! off the instance's thread, so it works while that thread is stuck) and reports:
 //!
@@ -9,21 +9,31 @@
 //! - a handler that waited (ran in a task of its own) and took longer than that: warned once,
 //!   with its time, from the instance's own report.
 //!
-//! Between ticks it sleeps; with no extension active it stops, and the next activation starts
-//! it again.
+//! It looks only at instances with work it knows of, and only while they have it: an instance
+//! asks once, pushed rather than polled, when work arrives after the watchdog's last look at it
+//! (a message queued, from the host or from within the instance: its own timer's, its halves'
+//! requests to each other; a waited handler's slow report), from whichever thread brought the
+//! work, so a stuck instance thread still asks (`wire::ATTENTION`). Each look re-arms that
+//! call. The watchdog then looks every tick (a quarter of the shorter threshold) until the
+//! instance is idle again: nothing queued, no handler running in place, not unresponsive. With
+//! no instance to look at it waits for one to ask, with no timer: an idle host, and its
+//! children, do nothing. A stall counts from the later of the last look that found the
+//! instance idle and its call, so a report comes up to one tick after its threshold.
+//! Finding no extension active at a look it stops (waiting, it costs nothing and ends with the
+//! host); the next activation starts or wakes it, and asks for one look at its instances.
 //!
 //! [`HostConfig::unresponsive_after`]: super::HostConfig::unresponsive_after
 //! [`HostConfig::slow_handler`]: super::HostConfig::slow_handler
 
-use std::collections::HashMap;
-use std::sync::Weak;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use extension_api::wire::{Completion, Control, InstanceSnapshot};
 use serde::Serialize;
 
 use super::{Host, INSPECT_TIMEOUT, Inner};
-use crate::core::lock;
+use crate::core::{Core, lock};
 use crate::events::{HostEvent, OneLine};
 
 /// The longest time between two ticks.
@@ -36,6 +46,19 @@ pub(super) struct Watchdog {
     running: bool,
     /// By endpoint key.
     endpoints: HashMap<u64, Progress>,
+    /// The endpoints to look at next tick, besides those asking: those not idle at the last
+    /// look.
+    watching: HashSet<u64>,
+}
+
+/// What a look found.
+enum Look {
+    /// Nothing is active: the watchdog stops.
+    Stop,
+    /// Some instance has work: look again next tick.
+    Again,
+    /// Every instance is idle: wait for one to ask.
+    Idle,
 }
 
 struct Progress {
@@ -48,6 +71,9 @@ struct Progress {
     slow_warned: bool,
     /// The last of the instance's slow-handler reports already warned about.
     last_slow: u64,
+    /// At the last look nothing was queued or running in place: the next stall counts from
+    /// when work came (the instance's call), not from `since`.
+    idle: bool,
 }
 
 impl Watchdog {
@@ -106,7 +132,15 @@ impl Host {
             return;
         }
         watchdog.running = true;
-        tokio::spawn(run(self.weak()));
+        tokio::spawn(run(self.weak(), self.inner.core.clone()));
+    }
+
+    /// Has the watchdog look once at every instance of `link` (an activation: work may have
+    /// come while it ran, before the watchdog knew the instances).
+    pub(super) fn watch_link(&self, link: &crate::link::Link) {
+        for endpoint in link.endpoints() {
+            self.inner.core.attention.ask(endpoint.key);
+        }
     }
 
     fn watchdog_tick(&self) -> Duration {
@@ -114,8 +148,8 @@ impl Host {
         (config.unresponsive_after.min(config.slow_handler) / 4).clamp(MIN_TICK, MAX_TICK)
     }
 
-    /// One look at every active instance. False when nothing is active: the watchdog stops.
-    async fn watch_once(&self) -> bool {
+    /// One look at every active instance with work (asking, or not idle at the last look).
+    async fn watch_once(&self) -> Look {
         let links = {
             // Decided under the watchdog's lock, which `ensure_watchdog` takes: an activation
             // in between finds it still running, or starts it again.
@@ -124,32 +158,63 @@ impl Host {
             if links.is_empty() {
                 watchdog.running = false;
                 watchdog.endpoints.clear();
-                return false;
+                watchdog.watching.clear();
+                return Look::Stop;
             }
             links
         };
-        let mut seen = Vec::new();
+        let asked = self.inner.core.attention.take();
+        let watching = std::mem::take(&mut lock(&self.inner.watchdog).watching);
+        let (mut present, mut next) = (HashSet::new(), HashSet::new());
         for (name, link) in links {
             // A web page's half has no thread of the host's to watch (and asking the page every
             // tick would cost it a round trip for nothing).
             for endpoint in link.endpoints().into_iter().filter(|endpoint| !endpoint.transport().is_web()) {
+                present.insert(endpoint.key);
+                let called = asked.get(&endpoint.key).copied();
+                if called.is_none() && !watching.contains(&endpoint.key) {
+                    continue;
+                }
                 let outcome = endpoint.control(|completion| Control::Inspect { completion }, INSPECT_TIMEOUT).await;
-                if let Ok(Completion::Inspected(snapshot)) = outcome {
-                    seen.push(endpoint.key);
-                    let events = self.observe(&name, endpoint.key, &snapshot, Instant::now());
-                    for event in events {
-                        self.publish(event);
+                match outcome {
+                    Ok(Completion::Inspected(snapshot)) => {
+                        let (events, busy) = self.observe(&name, endpoint.key, &snapshot, called, Instant::now());
+                        if busy {
+                            next.insert(endpoint.key);
+                        }
+                        for event in events {
+                            self.publish(event);
+                        }
                     }
+                    // No answer in time: it cannot be told idle, so it is looked at again.
+                    Err(crate::endpoint::ControlError::TimedOut(_)) => {
+                        next.insert(endpoint.key);
+                    }
+                    // Refused (it is going) or not an inspect's answer: it asks again if it has
+                    // work.
+                    _ => {}
                 }
             }
         }
+        let mut watchdog = lock(&self.inner.watchdog);
         // Instances that went away (deactivated, closed, crashed) are forgotten.
-        lock(&self.inner.watchdog).endpoints.retain(|key, _| seen.contains(key));
-        true
+        watchdog.endpoints.retain(|key, _| present.contains(key));
+        let idle = next.is_empty();
+        watchdog.watching = next;
+        if idle { Look::Idle } else { Look::Again }
     }
 
-    /// Compares an instance's report with the last one; returns what to report.
-    fn observe(&self, extension: &str, key: u64, snapshot: &InstanceSnapshot, now: Instant) -> Vec<HostEvent> {
+    /// Compares an instance's report with the last one; returns what to report, and whether
+    /// the instance has work (the watchdog looks again next tick). `called`: when it asked to
+    /// be looked at, if it did since the last look.
+    fn observe(
+        &self,
+        extension: &str,
+        key: u64,
+        snapshot: &InstanceSnapshot,
+        called: Option<Instant>,
+        now: Instant,
+    ) -> (Vec<HostEvent>, bool) {
         let config = &self.inner.config;
         let mut events = Vec::new();
         let mut watchdog = lock(&self.inner.watchdog);
@@ -160,7 +225,12 @@ impl Host {
             unresponsive: false,
             slow_warned: false,
             last_slow: 0,
+            idle: false,
         });
+        if progress.idle {
+            // Idle at the last look: a stall counts from when the work came, at the earliest.
+            progress.since = progress.since.max(called.unwrap_or(now));
+        }
         let shown = OneLine(extension);
         if snapshot.dispatched != progress.dispatched {
             if progress.unresponsive {
@@ -235,18 +305,32 @@ impl Host {
         }
         progress.last_slow =
             snapshot.slow_handlers.last().map_or(progress.last_slow, |slow| slow.seq.max(progress.last_slow));
-        events
+        progress.idle = snapshot.queued_messages == 0 && snapshot.batch_messages == 0 && snapshot.busy.is_none();
+        if progress.idle {
+            progress.since = now;
+            progress.slow_warned = false;
+        }
+        let busy = !progress.idle || progress.unresponsive;
+        (events, busy)
     }
 }
 
-async fn run(weak: Weak<Inner>) {
+async fn run(weak: Weak<Inner>, core: Arc<Core>) {
+    // Started by an activation, which asks for a look at its instances.
+    let mut idle = true;
     loop {
+        if idle {
+            // No timer: the next instance with work wakes it (and the host going, to end it).
+            core.attention.asked().await;
+        }
         // The host is held only while it is looked at: dropping it ends the watchdog.
         let Some(tick) = Host::from_weak(&weak).map(|host| host.watchdog_tick()) else { return };
         tokio::time::sleep(tick).await;
         let Some(host) = Host::from_weak(&weak) else { return };
-        if !host.watch_once().await {
-            return;
+        match host.watch_once().await {
+            Look::Stop => return,
+            Look::Again => idle = false,
+            Look::Idle => idle = true,
         }
     }
 }

@@ -88,7 +88,13 @@ unsafe extern "C" fn host_complete(key: u64, completion: u64, result: RawSlice) 
     let _ = catch_unwind(AssertUnwindSafe(|| {
         // Only an instance of this process completes its own commands (remote ones arrive on
         // their connection, checked there).
-        let Some((_, endpoint)) = find(key) else { return };
+        let Some((link, endpoint)) = find(key) else { return };
+        if completion == extension_api::wire::ATTENTION {
+            if let Some(link) = link {
+                link.attention(&endpoint);
+            }
+            return;
+        }
         // SAFETY: the library keeps `result` valid for this call; null/oversized is refused.
         let bytes = unsafe { result.as_bytes() }.unwrap_or_default();
         let result = extension_api::wire::decode::<Completion>(bytes)

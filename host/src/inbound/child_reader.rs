@@ -94,11 +94,13 @@ impl ChildReader {
                     }
                 }
             }
-            Packet::Complete { key, completion, result } => {
-                if let Some((_, endpoint)) = self.route_of(key)? {
-                    endpoint.complete(completion, result);
+            Packet::Complete { key, completion, result } => match self.route_of(key)? {
+                Some((Some(link), endpoint)) if completion == extension_api::wire::ATTENTION => {
+                    link.attention(&endpoint)
                 }
-            }
+                Some((_, endpoint)) => endpoint.complete(completion, result),
+                None => {}
+            },
             Packet::Log { key, level, target, message } => {
                 if let Some((Some(link), _)) = self.route_of(key)? {
                     link.forward_log(level, &target, &message);
