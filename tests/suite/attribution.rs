@@ -117,6 +117,9 @@ fn release_socket() -> String {
 async fn a_blocked_extension_is_reported_unresponsive_then_responsive(isolated: bool) {
     let host = host_of(watchful(), &["probe", "probe-twin"], if isolated { &["probe"] } else { &[] }).await;
     let mut events = host.events();
+    // The two reports may come in either order (one look can find both thresholds passed):
+    // each is awaited on a stream of its own.
+    let mut unresponsive_events = host.events();
     let mut logs = host.logs();
     let release = release_socket();
     let blocked = host.invoke::<_, String>("probe", BLOCK.name(), &release, FAILSAFE);
@@ -132,7 +135,8 @@ async fn a_blocked_extension_is_reported_unresponsive_then_responsive(isolated: 
         ("probe", Half::Main, ChannelKind::Request, "block", false)
     );
     assert!(elapsed_ms >= 100, "{elapsed_ms}");
-    let unresponsive = wait_event(&mut events, |event| matches!(event, HostEvent::ExtensionUnresponsive { .. })).await;
+    let unresponsive =
+        wait_event(&mut unresponsive_events, |event| matches!(event, HostEvent::ExtensionUnresponsive { .. })).await;
     assert_eq!(
         unresponsive,
         match &unresponsive {
