@@ -23,6 +23,7 @@ mod harness;
 mod hot_reload;
 mod inspect_halves;
 mod ipc;
+mod large_frames;
 mod lifecycle;
 mod limits;
 mod listeners;
