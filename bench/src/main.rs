@@ -40,7 +40,7 @@ struct Cli {
     /// Only the web frames' table.
     #[arg(long, hide = true)]
     web: bool,
-    /// Only the payload-size table and the 1 MiB row across processes, quiet and loaded.
+    /// Only the payload-size table and the 1 MiB row across processes, quiet, then loaded.
     #[arg(long, hide = true)]
     sizes: bool,
     /// Internal: the echo peer of the raw socket baseline.
@@ -118,16 +118,18 @@ fn main() -> Result<()> {
             let scale = if cli.quick { 10 } else { 1 };
             let local = bench_host(&artifacts, false).await?;
             let remote = bench_host(&artifacts, true).await?;
-            let mut table = sizes_table(&local, &remote, scale).await?;
+            let mut table = String::new();
             for loaded in [false, true] {
+                let condition = if loaded { "loaded" } else { "quiet" };
                 let _spinner = if loaded { Some(across::Spinner::start()?) } else { None };
-                let mib = across::mib(&remote, scale).await?;
-                table.push_str(&format!(
-                    "| 1 MiB vs raw socket, {} | {} |\n",
-                    if loaded { "loaded" } else { "quiet" },
-                    mib_ratio(mib)
-                ));
-                eprintln!("{}", table.lines().last().unwrap_or_default());
+                table.push_str(&format!("# {condition}\n\n"));
+                table.push_str(&sizes_table(&local, &remote, scale).await?);
+                let mib = format!(
+                    "| 1 MiB vs raw socket, {condition} | {} |\n\n",
+                    mib_ratio(across::mib(&remote, scale).await?)
+                );
+                eprint!("{mib}");
+                table.push_str(&mib);
             }
             local.shutdown().await;
             remote.shutdown().await;
