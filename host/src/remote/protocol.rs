@@ -369,8 +369,8 @@ mod tests {
         let mut wire = framing.frame(&packet).unwrap().to_vec();
         wire.extend_from_slice(&framing.frame(&Packet::Destroyed { key: 4 }).unwrap());
         let mut stream = std::io::Cursor::new(wire);
-        assert_eq!(decode(&framing.read(&mut stream).unwrap().unwrap()).unwrap(), packet);
-        assert_eq!(decode(&framing.read(&mut stream).unwrap().unwrap()).unwrap(), Packet::Destroyed { key: 4 });
+        assert_eq!(decode(framing.read(&mut stream).unwrap().unwrap()).unwrap(), packet);
+        assert_eq!(decode(framing.read(&mut stream).unwrap().unwrap()).unwrap(), Packet::Destroyed { key: 4 });
         assert!(framing.read(&mut stream).unwrap().is_none());
 
         // A stream that ends right after a length prefix ended inside a frame.
