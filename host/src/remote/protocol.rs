@@ -167,7 +167,8 @@ impl Framing {
 
     /// The next frame from `stream`, borrowed until the next read; `None` at end of stream. A
     /// length prefix over [`MAX_PACKET`] is an error (`frame size too big`), and so is a stream
-    /// that ends inside a frame.
+    /// that ends inside a frame. After any error the stream is out of step: nothing more may be
+    /// read from it (every caller closes the connection).
     pub fn read(&mut self, stream: &mut impl Read) -> io::Result<Option<&[u8]>> {
         if self.large.capacity() > KEEP_LARGE {
             self.large = Vec::new();
