@@ -332,8 +332,13 @@ pub async fn across(artifacts: &Path, remote: &Host, scale: u64) -> Result<Acros
         _ => None,
     };
     let pipelined = per_op(remote, "pipelined", 1, 50_000 / scale, 16).await?;
-    let mib = invoke_and_raw(remote, (100 / scale).max(10), 1 << 20, None).await?;
+    let mib = mib(remote, scale).await?;
     Ok(Across { scheduled, one_core, core_each, node, node_one_core, pipelined, mib })
+}
+
+/// 1 MiB round trips across processes: (invoke, raw ping-pong of the same bytes).
+pub async fn mib(remote: &Host, scale: u64) -> Result<(Figure, Figure)> {
+    invoke_and_raw(remote, (100 / scale).max(10), 1 << 20, None).await
 }
 
 /// CPU time of process `pid` (`self` for this one) so far, in ms: utime + stime of

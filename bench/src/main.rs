@@ -43,6 +43,9 @@ struct Cli {
     /// Only the idle row (with its per-thread breakdown on stderr).
     #[arg(long, hide = true)]
     idle: bool,
+    /// Only the payload-size table and the 1 MiB row across processes, quiet, then loaded.
+    #[arg(long, hide = true)]
+    sizes: bool,
     /// Internal: the echo peer of the raw socket baseline.
     #[arg(long, hide = true)]
     echo_server: Option<PathBuf>,
@@ -117,6 +120,30 @@ fn main() -> Result<()> {
         return runtime.block_on(async {
             let idle = across::idle_cpu(&artifacts, if cli.quick { 2 } else { 10 }).await?;
             print!("{}", idle_table(&idle));
+            anyhow::Ok(())
+        });
+    }
+    if cli.sizes {
+        return runtime.block_on(async {
+            let scale = if cli.quick { 10 } else { 1 };
+            let local = bench_host(&artifacts, false).await?;
+            let remote = bench_host(&artifacts, true).await?;
+            let mut table = String::new();
+            for loaded in [false, true] {
+                let condition = if loaded { "loaded" } else { "quiet" };
+                let _spinner = if loaded { Some(across::Spinner::start()?) } else { None };
+                table.push_str(&format!("# {condition}\n\n"));
+                table.push_str(&sizes_table(&local, &remote, scale).await?);
+                let mib = format!(
+                    "| 1 MiB vs raw socket, {condition} | {} |\n\n",
+                    mib_ratio(across::mib(&remote, scale).await?)
+                );
+                eprint!("{mib}");
+                table.push_str(&mib);
+            }
+            local.shutdown().await;
+            remote.shutdown().await;
+            println!("{table}");
             anyhow::Ok(())
         });
     }
@@ -436,24 +463,54 @@ fn across_table(quiet: &across::Across, loaded: &across::Across) -> String {
         1e9 / quiet.pipelined,
         1e9 / loaded.pipelined
     ));
-    let mib = |(ours, raw): (across::Figure, across::Figure)| {
-        let rate = |nanos: f64| (2 << 20) as f64 / nanos * 1e3;
-        format!(
-            "{:.2} ms ({:.0} MB/s) = {:.2}x raw ({:.2} ms, {:.0} MB/s)",
-            ours.median / 1e6,
-            rate(ours.median),
-            ours.median / raw.median,
-            raw.median / 1e6,
-            rate(raw.median)
-        )
-    };
     line(format!(
         "| 1 MiB round trip across processes vs raw socket | {} | {} | ≤ 1.5x |",
-        mib(quiet.mib),
-        mib(loaded.mib)
+        mib_ratio(quiet.mib),
+        mib_ratio(loaded.mib)
     ));
     line(String::new());
     out
+}
+
+/// The payload-size rows: invoke round trips in process and across processes, 16 B to 1 MiB.
+async fn sizes_table(local: &Host, remote: &Host, scale: u64) -> Result<String> {
+    let mut out = String::new();
+    let line = |out: &mut String, text: String| {
+        eprintln!("{text}");
+        out.push_str(&text);
+        out.push('\n');
+    };
+    line(&mut out, "## Payload sizes (invoke round trip, the value goes both ways)".into());
+    line(&mut out, String::new());
+    line(&mut out, "| size | in process | MB/s | across processes | MB/s |".into());
+    line(&mut out, "| --- | --- | --- | --- | --- |".into());
+    for (label, size, count) in
+        [("16 B", 16, 5_000), ("1 KiB", 1024, 5_000), ("64 KiB", 65_536, 1_000), ("1 MiB", 1 << 20, 100)]
+    {
+        let count = (count / scale).max(10);
+        let here = per_op(local, "invoke", 1, count, size).await?;
+        let there = per_op(remote, "invoke", 1, count, size).await?;
+        let rate = |nanos: f64| (2 * size) as f64 / nanos * 1e3;
+        line(
+            &mut out,
+            format!("| {label} | {} | {:.0} | {} | {:.0} |", micros(here), rate(here), micros(there), rate(there)),
+        );
+    }
+    line(&mut out, String::new());
+    Ok(out)
+}
+
+/// The 1 MiB row: (invoke, raw ping-pong) as time, rate and ratio.
+fn mib_ratio((ours, raw): (across::Figure, across::Figure)) -> String {
+    let rate = |nanos: f64| (2 << 20) as f64 / nanos * 1e3;
+    format!(
+        "{:.2} ms ({:.0} MB/s) = {:.2}x raw ({:.2} ms, {:.0} MB/s)",
+        ours.median / 1e6,
+        rate(ours.median),
+        ours.median / raw.median,
+        raw.median / 1e6,
+        rate(raw.median)
+    )
 }
 
 /// The durable-writes table: the persisted tier, 1 and 64 writers, against redb's own batched
@@ -634,23 +691,7 @@ async fn measure(artifacts: &Path, quick: bool) -> Result<String> {
     out.push_str(&durable_table(artifacts, &local, scale).await?);
 
     // 5: payload sizes.
-    line(&mut out, "## Payload sizes (invoke round trip, the value goes both ways)".into());
-    line(&mut out, String::new());
-    line(&mut out, "| size | in process | MB/s | across processes | MB/s |".into());
-    line(&mut out, "| --- | --- | --- | --- | --- |".into());
-    for (label, size, count) in
-        [("16 B", 16, 5_000), ("1 KiB", 1024, 5_000), ("64 KiB", 65_536, 1_000), ("1 MiB", 1 << 20, 100)]
-    {
-        let count = (count / scale).max(10);
-        let here = per_op(&local, "invoke", 1, count, size).await?;
-        let there = per_op(&remote, "invoke", 1, count, size).await?;
-        let rate = |nanos: f64| (2 * size) as f64 / nanos * 1e3;
-        line(
-            &mut out,
-            format!("| {label} | {} | {:.0} | {} | {:.0} |", micros(here), rate(here), micros(there), rate(there)),
-        );
-    }
-    line(&mut out, String::new());
+    out.push_str(&sizes_table(&local, &remote, scale).await?);
     local.shutdown().await;
     let renderer_rss: Vec<u64> = remote
         .inspect()

@@ -9,8 +9,10 @@ use crate::{InvokeError, InvokeErrorKind};
 
 /// One IPC message with its buffers validated: what routing and dispatch work on. It is
 /// made from a [`RawMessage`] once, at the C boundary ([`Message::from_raw`]), or borrowed
-/// from an [`OwnedMessage`]; nothing past the edge reads raw pointers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// from an [`OwnedMessage`]; nothing past the edge reads raw pointers. It serialises exactly
+/// as an [`OwnedMessage`] does (same fields, same order), so a child connection writes it
+/// without copying it into one, and decodes one borrowing from the frame it read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Message<'a> {
     /// One of [`abi::kind`].
     pub kind: u32,
@@ -25,8 +27,10 @@ pub struct Message<'a> {
     /// The request it belongs to (invokes, replies, cancels).
     pub request_id: u64,
     /// The channel name: UTF-8; empty for replies and cancels, which are matched by request id.
+    #[serde(borrow)]
     pub channel: &'a str,
-    /// The MessagePack value.
+    /// The MessagePack value (last: a child connection writes it straight after the rest).
+    #[serde(with = "serde_bytes", borrow)]
     pub payload: &'a [u8],
 }
 

@@ -1,6 +1,6 @@
 //! The child-connection frame decoder: arbitrary bytes as they would arrive on a child's
 //! socket, through the connections' length-delimited `Framing` (16 MiB limit) and
-//! `protocol::decode`, as the child's reader does, and through the host's end of a connection
+//! `protocol::decode_borrowed`, as the child's reader does, and through the host's end of a connection
 //! (`Connection::receive`: decoding plus the checks on who may send what for which key).
 //!
 //! Input: the first byte is how many bytes each read of the socket hands out (0: all at once),
@@ -11,7 +11,7 @@
 use extension_api::abi;
 use extension_api::message::Message;
 use extension_api::wire::{self, Control, OwnedMessage};
-use extension_host::child_protocol::{MAX_PACKET, Packet, decode, encode};
+use extension_host::child_protocol::{MAX_PACKET, Packet, decode, decode_borrowed, encode};
 use extension_host::fuzzing::{decode_frames, read_frames, receive_from_child};
 use extension_host_fuzz::on_decoding_stack;
 use libfuzzer_sys::fuzz_target;
@@ -30,7 +30,15 @@ fn check(data: &[u8]) {
     }
     for frame in &frames {
         assert!(frame.len() <= MAX_PACKET);
-        let Ok(packet) = decode(frame) else { continue };
+        // What the readers decode borrowing from the frame is what decodes into owned buffers.
+        let borrowed = decode_borrowed(frame).map(Packet::into_owned);
+        let Ok(packet) = decode(frame) else {
+            assert!(borrowed.is_err(), "decoded borrowed only: {borrowed:?}");
+            continue;
+        };
+        if let Ok(borrowed) = borrowed {
+            assert_eq!(borrowed, packet, "borrowed and owned decoding differ");
+        }
         // What decodes re-encodes to the same packet (the host and the child re-send values
         // they decoded: the child hands a `Control` on to the instance, for one).
         let again = encode(&packet).expect("a decoded packet encodes");

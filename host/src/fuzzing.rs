@@ -8,7 +8,7 @@ use std::sync::{Arc, Weak};
 
 use crate::inbound::ChildReader;
 use crate::remote::Connection;
-use crate::remote::protocol::{Framing, Packet, decode};
+use crate::remote::protocol::{Framing, Packet, decode_borrowed};
 
 /// Keys the connection of [`receive_from_child`] was given (their instances are gone, so
 /// packets for them are checked, then dropped).
@@ -60,8 +60,8 @@ pub fn decode_frames(bytes: &[u8], chunk: usize) -> (Vec<Packet>, Option<String>
     let (frames, error) = read_frames(bytes, chunk);
     let mut packets = Vec::with_capacity(frames.len());
     for frame in frames {
-        match decode(&frame) {
-            Ok(packet) => packets.push(packet),
+        match decode_borrowed(&frame) {
+            Ok(packet) => packets.push(packet.into_owned()),
             Err(error) => return (packets, Some(format!("a malformed packet: {error}"))),
         }
     }
@@ -149,14 +149,14 @@ mod tests {
     /// in a debug build (the host's reader thread: a child could end the host). Now refused.
     #[test]
     fn regression_deeply_nested_packets_are_refused_not_a_stack_overflow() {
-        let mut packet = rmp_serde::to_vec_named(&Packet::Destroyed { key: 1 }).unwrap();
+        let mut packet = crate::remote::protocol::encode(&Packet::Destroyed { key: 1 }).unwrap();
         // {"Destroyed": {"key": 1}} becomes {"Destroyed": {"key": 1, "x": [[[...]]]}}.
         assert_eq!(packet[11], 0x81);
         packet[11] = 0x82;
         packet.extend_from_slice(&[0xa1, b'x']);
         packet.extend(std::iter::repeat_n(0x91, 1000));
         packet.push(0xc0);
-        let error = decode(&packet).unwrap_err();
+        let error = crate::remote::protocol::decode(&packet).unwrap_err();
         assert!(matches!(error, rmp_serde::decode::Error::DepthLimitExceeded), "{error}");
         let frame = [&(packet.len() as u32).to_be_bytes()[..], &packet].concat();
         let (accepted, violation) = receive_from_child(&frame, 0);

@@ -24,6 +24,7 @@ mod hot_reload;
 mod idle;
 mod inspect_halves;
 mod ipc;
+mod large_frames;
 mod lifecycle;
 mod limits;
 mod listeners;

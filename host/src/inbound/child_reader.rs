@@ -56,7 +56,7 @@ impl ChildReader {
         loop {
             match framing.read(&mut stream) {
                 Ok(Some(bytes)) => {
-                    let received = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.receive(&bytes)));
+                    let received = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.receive(bytes)));
                     match received {
                         Ok(Ok(())) => {}
                         Ok(Err(violation)) => return format!("protocol violation: {violation}"),
@@ -72,11 +72,12 @@ impl ChildReader {
 
     /// Handles one packet from the child; an error is a protocol violation.
     pub(crate) fn receive(&self, bytes: &[u8]) -> Result<(), String> {
-        let packet = protocol::decode(bytes).map_err(|error| format!("malformed packet: {error}"))?;
+        // A message borrows from the frame: it is routed (and copied by whoever keeps it) from
+        // the read buffer.
+        let packet = protocol::decode_borrowed(bytes).map_err(|error| format!("malformed packet: {error}"))?;
         match packet {
             Packet::Message { key, message } => {
                 if let Some((Some(link), endpoint)) = self.route_of(key)? {
-                    let message = message.as_message();
                     let status = link.route(&endpoint, &message);
                     // A refused request is answered on this connection, under the key that
                     // sent it, if its origin runs or ran there: a closing half's `deactivate`

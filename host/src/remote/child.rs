@@ -16,7 +16,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::protocol::{self, Framing, OwnedMessage, PROTOCOL_VERSION, Packet};
+use super::protocol::{self, Framing, MessageFrame, PROTOCOL_VERSION, Packet};
 use crate::library_instance::{LibraryInstance, Taken};
 
 /// The socket to the host, written by whichever thread sends (extension threads call the
@@ -55,7 +55,7 @@ fn serve(socket: &Path, token: &str) -> Result<(), String> {
     let frame = framing.frame(&hello).map_err(|e| e.to_string())?;
     stream.write_all(&frame).map_err(|e| e.to_string())?;
     match framing.read(&mut stream) {
-        Ok(Some(bytes)) => match protocol::decode(&bytes) {
+        Ok(Some(bytes)) => match protocol::decode(bytes) {
             Ok(Packet::Welcome { .. }) => {}
             other => return Err(format!("the host did not welcome us: {other:?}")),
         },
@@ -68,7 +68,7 @@ fn serve(socket: &Path, token: &str) -> Result<(), String> {
         .name("child-writer".into())
         .spawn(move || {
             for frame in queued {
-                write_frame(&frame);
+                write_frame(|writer| writer.write_all(&frame));
             }
         })
         .map_err(|e| format!("cannot start the writer thread: {e}"))?;
@@ -79,7 +79,9 @@ fn serve(socket: &Path, token: &str) -> Result<(), String> {
     // while the host is blocked writing to us would stall both); extension threads and the
     // threads started below write directly.
     while let Ok(Some(bytes)) = framing.read(&mut stream) {
-        match protocol::decode(&bytes) {
+        // Decoded borrowing from the frame: a message is delivered (the instance copies it
+        // into its mailbox) straight from the read buffer.
+        match protocol::decode_borrowed(bytes) {
             Ok(packet) => handle(packet, &instances),
             // The stream can no longer be trusted to be in step with the host.
             Err(error) => return Err(format!("a malformed packet from the host: {error}")),
@@ -163,7 +165,7 @@ impl<I> Table<I> {
     }
 }
 
-fn handle(packet: Packet, instances: &Instances) {
+fn handle(packet: Packet<Message<'_>>, instances: &Instances) {
     match packet {
         Packet::Load { key, path, config } => {
             // Loading runs library initialisers and may log (a write): off the reader thread.
@@ -212,7 +214,7 @@ fn handle(packet: Packet, instances: &Instances) {
         }
         Packet::Message { key, message } => {
             let status = match instances_of(instances).get(key) {
-                Some(instance) => instance.deliver(&message.as_message()),
+                Some(instance) => instance.deliver(&message),
                 None => abi::status::UNKNOWN_INSTANCE,
             };
             // A refused request is answered at once (its invoker would otherwise wait for its
@@ -345,7 +347,7 @@ fn destroy(slot: &Mutex<Option<Taken>>, key: u64) {
 }
 
 /// The error reply to a request the instance `key` could not take.
-fn refusal(key: u64, request: &OwnedMessage, status: u32) -> Packet {
+fn refusal(key: u64, request: &Message<'_>, status: u32) -> Packet {
     let (kind, why) = extension_api::message::refusal(status);
     let reply = Reply::error(kind, why);
     let message = Message::reply(request.target, request.origin, request.request_id, &reply).to_owned();
@@ -360,21 +362,37 @@ thread_local! {
 fn post(packet: Packet) -> u32 {
     // Framed here, so an oversized packet is refused to its sender instead of breaking the
     // connection for every instance in this process.
-    let Ok(frame) = Framing::default().frame(&packet) else { return abi::status::TOO_LARGE };
+    let Ok(frame) = protocol::frame(&packet) else { return abi::status::TOO_LARGE };
     // The reader thread never blocks on a write (answers to commands are completed on it):
     // it hands the write to the writer thread.
     if READER.with(std::cell::Cell::get) {
-        return match READER_POSTS.get().map(|posts| posts.send(frame)) {
-            Some(Ok(())) => abi::status::OK,
-            _ => abi::status::DEACTIVATED,
-        };
+        return queue(frame);
     }
-    write_frame(&frame)
+    write_frame(|writer| writer.write_all(&frame))
 }
 
-fn write_frame(frame: &[u8]) -> u32 {
+/// Hands a frame to the writer thread (for the reader thread, which never writes).
+fn queue(frame: bytes::Bytes) -> u32 {
+    match READER_POSTS.get().map(|posts| posts.send(frame)) {
+        Some(Ok(())) => abi::status::OK,
+        _ => abi::status::DEACTIVATED,
+    }
+}
+
+/// Sends an instance's message, its value written from the instance's buffer (no copy); an
+/// oversized packet is refused to its sender.
+fn post_message(key: u64, message: &Message<'_>) -> u32 {
+    let Ok(frame) = MessageFrame::new(key, message) else { return abi::status::TOO_LARGE };
+    if READER.with(std::cell::Cell::get) {
+        return queue(frame.to_bytes());
+    }
+    write_frame(|writer| frame.write_to(writer))
+}
+
+/// Writes one frame whole, under the writer's lock.
+fn write_frame(write: impl FnOnce(&mut UnixStream) -> std::io::Result<()>) -> u32 {
     let Some(writer) = WRITER.get() else { return abi::status::DEACTIVATED };
-    let written = writer.lock().unwrap_or_else(PoisonError::into_inner).write_all(frame);
+    let written = write(&mut writer.lock().unwrap_or_else(PoisonError::into_inner));
     match written {
         Ok(()) => abi::status::OK,
         // The host is gone.
@@ -391,7 +409,7 @@ unsafe extern "C" fn child_send(key: u64, message: *const RawMessage) -> u32 {
         // SAFETY: the library keeps its buffers valid for this call; invalid ones are refused
         // by `from_raw` before they are read.
         match unsafe { Message::from_raw(message) } {
-            Ok(message) => post(Packet::Message { key, message: message.to_owned() }),
+            Ok(message) => post_message(key, &message),
             Err(status) => status,
         }
     }))

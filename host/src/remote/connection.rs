@@ -22,7 +22,7 @@ use std::os::unix::net::UnixStream;
 use tokio::net::UnixListener;
 use tokio::sync::oneshot;
 
-use super::protocol::{self, Framing, MAX_PACKET, PROTOCOL_VERSION, Packet};
+use super::protocol::{self, Framing, MAX_PACKET, MessageFrame, PROTOCOL_VERSION, Packet};
 use crate::core::lock;
 use crate::private_dir::PrivateDir;
 
@@ -246,21 +246,32 @@ impl Connection {
     }
 
     fn send(&self, packet: Packet) -> u32 {
+        let name = packet_name(&packet);
+        self.send_frame(name, protocol::frame(&packet), |writer, frame| writer.write_all(frame))
+    }
+
+    /// Writes a frame whole under the writer's lock; a frame that could not be made (over
+    /// [`MAX_PACKET`]) is refused to its sender.
+    fn send_frame<F>(
+        &self,
+        name: &str,
+        frame: std::io::Result<F>,
+        write: impl FnOnce(&mut UnixStream, &F) -> std::io::Result<()>,
+    ) -> u32 {
         if self.is_closed() {
             return abi::status::DEACTIVATED;
         }
-        let frame = match Framing::default().frame(&packet) {
+        let frame = match frame {
             Ok(frame) => frame,
             Err(error) => {
                 tracing::warn!(
                     role = ?self.role,
-                    "refused to send a {} packet to the child: {error} (the limit is {MAX_PACKET} bytes)",
-                    packet_name(&packet)
+                    "refused to send a {name} packet to the child: {error} (the limit is {MAX_PACKET} bytes)",
                 );
                 return abi::status::TOO_LARGE;
             }
         };
-        let written = lock(&self.writer).write_all(&frame);
+        let written = write(&mut lock(&self.writer), &frame);
         match written {
             Ok(()) => abi::status::OK,
             Err(error) => {
@@ -275,8 +286,9 @@ impl Connection {
         }
     }
 
+    /// Sends `message` to instance `key`, its value written from where it is (no copy).
     pub(crate) fn deliver(&self, key: u64, message: &Message<'_>) -> u32 {
-        self.send(Packet::Message { key, message: message.to_owned() })
+        self.send_frame("Message", MessageFrame::new(key, message), |writer, frame| frame.write_to(writer))
     }
 
     pub(crate) fn control(&self, key: u64, command: Control) -> u32 {
@@ -329,7 +341,7 @@ fn handshake(mut stream: UnixStream, token: &str) -> Result<(UnixStream, Framing
     stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(failed)?;
     let mut framing = Framing::default();
     let bytes = match framing.read(&mut stream) {
-        Ok(Some(bytes)) => bytes,
+        Ok(Some(bytes)) => bytes.to_vec(),
         Ok(None) => return Err(ChildStartError::BadHello { reason: "the child closed the connection".into() }),
         Err(error) if matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
             return Err(ChildStartError::NoHello { timeout: HANDSHAKE_TIMEOUT });
@@ -358,7 +370,7 @@ fn handshake(mut stream: UnixStream, token: &str) -> Result<(UnixStream, Framing
     Ok((stream, framing))
 }
 
-pub(crate) fn packet_name(packet: &Packet) -> &'static str {
+pub(crate) fn packet_name<M>(packet: &Packet<M>) -> &'static str {
     match packet {
         Packet::Hello { .. } => "Hello",
         Packet::Welcome { .. } => "Welcome",

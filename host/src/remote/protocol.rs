@@ -2,11 +2,11 @@
 //! extension's process): plain data, no I/O. Each packet is one MessagePack value (named
 //! fields) in a length-delimited frame; the child's `Hello` and the host's `Welcome` come first.
 
-use std::io::{self, Read};
+use std::io::{self, IoSlice, Read, Write};
 use std::path::PathBuf;
 
-use bytes::{Bytes, BytesMut};
-use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+use bytes::Bytes;
+use extension_api::message::Message;
 
 pub use extension_api::wire::OwnedMessage;
 use extension_api::wire::{Completion, Control, InstanceConfig};
@@ -24,9 +24,10 @@ pub const MAX_PACKET: usize = extension_api::abi::MAX_MESSAGE + ENVELOPE;
 const ENVELOPE: usize = 64 << 10;
 
 /// Everything that travels on a child connection. `key` is an instance key the host assigned
-/// to this connection: the host refuses any other.
+/// to this connection: the host refuses any other. A message is an [`OwnedMessage`] by
+/// default; the connections read and write a borrowed [`Message`], which travels alike.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Packet {
+pub enum Packet<M = OwnedMessage> {
     /// Child to host, first: the protocol it speaks and the token it was started with.
     Hello {
         /// The child's [`PROTOCOL_VERSION`].
@@ -83,7 +84,7 @@ pub enum Packet {
         /// The instance's key.
         key: u64,
         /// The message.
-        message: OwnedMessage,
+        message: M,
     },
     /// Child to host: a tracing event of the instance.
     Log {
@@ -108,69 +109,227 @@ pub enum Packet {
     },
 }
 
-/// Length-delimited frames on a blocking stream (tokio-util's codec, driven synchronously so
-/// that whichever thread sends writes to the socket itself, with no hop to a writer task).
-pub struct Framing {
-    codec: LengthDelimitedCodec,
-    buffer: BytesMut,
-    /// Bytes of a frame not yet complete have been read (the codec may hold its length prefix).
-    in_frame: bool,
-}
-
-impl Default for Framing {
-    fn default() -> Self {
-        Framing {
-            codec: LengthDelimitedCodec::builder().max_frame_length(MAX_PACKET).new_codec(),
-            buffer: BytesMut::new(),
-            in_frame: false,
+impl Packet<Message<'_>> {
+    /// The packet with its message (if it is one) copied out of the frame it borrows from.
+    pub fn into_owned(self) -> Packet {
+        match self {
+            Packet::Message { key, message } => Packet::Message { key, message: message.to_owned() },
+            Packet::Hello { protocol, token, pid } => Packet::Hello { protocol, token, pid },
+            Packet::Welcome { protocol } => Packet::Welcome { protocol },
+            Packet::Load { key, path, config } => Packet::Load { key, path, config },
+            Packet::Loaded { key } => Packet::Loaded { key },
+            Packet::LoadFailed { key, reason } => Packet::LoadFailed { key, reason },
+            Packet::Control { key, command } => Packet::Control { key, command },
+            Packet::Complete { key, completion, result } => Packet::Complete { key, completion, result },
+            Packet::Log { key, level, target, message } => Packet::Log { key, level, target, message },
+            Packet::Destroy { key } => Packet::Destroy { key },
+            Packet::Destroyed { key } => Packet::Destroyed { key },
         }
     }
+}
+
+/// The length prefix of a frame: the packet's length, 4 bytes big-endian (what tokio-util's
+/// `LengthDelimitedCodec` reads and writes by default).
+const PREFIX: usize = 4;
+
+/// The read buffer of a connection: what a read asks the socket for between frames and inside
+/// small ones, so that one read takes many small frames at once.
+const SCRATCH: usize = 64 << 10;
+
+/// A large frame's buffer is kept for the next one if it is no larger than this (a frame of a
+/// 1 MiB value then reuses it, instead of faulting in fresh pages every time).
+const KEEP_LARGE: usize = 2 << 20;
+
+/// Length-delimited frames on a blocking stream, driven synchronously so that whichever thread
+/// sends writes to the socket itself, with no hop to a writer task.
+///
+/// Reading: a frame that fits in the 64 KiB scratch buffer is handed out from it (one read
+/// takes as many as have arrived); a larger one is read straight into a buffer sized from its
+/// length prefix, without zeroing it first (`Read::take` and `read_to_end` fill spare capacity
+/// as it is read), and handed out from there. Either way the frame is borrowed: the next read
+/// reuses the buffer.
+#[derive(Default)]
+pub struct Framing {
+    /// Bytes read and not yet handed out are `scratch[start..end]`; zero-filled once, when
+    /// first needed, then only ever overwritten by reads.
+    scratch: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// The last frame too large for `scratch`.
+    large: Vec<u8>,
 }
 
 impl Framing {
     /// One frame holding `packet`, ready to write; refused if over [`MAX_PACKET`].
     pub fn frame(&mut self, packet: &Packet) -> io::Result<Bytes> {
-        let bytes = encode(packet).map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
-        let mut out = BytesMut::with_capacity(bytes.len() + 4);
-        self.codec.encode(Bytes::from(bytes), &mut out)?;
-        Ok(out.freeze())
+        frame(packet)
     }
 
-    /// The next frame from `stream`; `None` at end of stream. An oversized length prefix is an
-    /// error (`frame size too big`).
-    pub fn read(&mut self, stream: &mut impl Read) -> io::Result<Option<BytesMut>> {
+    /// The next frame from `stream`, borrowed until the next read; `None` at end of stream. A
+    /// length prefix over [`MAX_PACKET`] is an error (`frame size too big`), and so is a stream
+    /// that ends inside a frame. After any error the stream is out of step: nothing more may be
+    /// read from it (every caller closes the connection).
+    pub fn read(&mut self, stream: &mut impl Read) -> io::Result<Option<&[u8]>> {
+        if self.large.capacity() > KEEP_LARGE {
+            self.large = Vec::new();
+        }
+        if self.scratch.is_empty() {
+            self.scratch = vec![0; SCRATCH];
+        }
         loop {
-            if let Some(frame) = self.codec.decode(&mut self.buffer)? {
-                self.in_frame = !self.buffer.is_empty();
-                return Ok(Some(frame));
+            let buffered = &self.scratch[self.start..self.end];
+            if let Some(prefix) = buffered.first_chunk::<PREFIX>() {
+                let length = u32::from_be_bytes(*prefix) as usize;
+                if length > MAX_PACKET {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("frame size too big: a frame of {length} bytes, over the limit of {MAX_PACKET}"),
+                    ));
+                }
+                if buffered.len() >= PREFIX + length {
+                    let frame = self.start + PREFIX..self.start + PREFIX + length;
+                    self.start = frame.end;
+                    return Ok(Some(&self.scratch[frame]));
+                }
+                if PREFIX + length > SCRATCH {
+                    return self.read_large(stream, length).map(Some);
+                }
             }
-            // Read straight into the buffer, as much as the frame still needs (the codec has
-            // reserved it), between 64 KiB and 1 MiB at a time: large frames take few reads.
-            let start = self.buffer.len();
-            let want = (self.buffer.capacity() - start).clamp(64 << 10, 1 << 20);
-            self.buffer.resize(start + want, 0);
-            let read = stream.read(&mut self.buffer[start..]);
-            self.buffer.truncate(start + *read.as_ref().unwrap_or(&0));
-            let read = match read {
+            // Room for the rest of a small frame: what is buffered (less than one) goes first.
+            if self.start > 0 {
+                self.scratch.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            let read = match stream.read(&mut self.scratch[self.end..]) {
                 Ok(read) => read,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(error) => return Err(error),
             };
             if read == 0 {
-                return if self.in_frame || !self.buffer.is_empty() {
-                    Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the stream ended inside a frame"))
-                } else {
-                    Ok(None)
-                };
+                return if self.end > self.start { Err(ended_inside_a_frame()) } else { Ok(None) };
             }
-            self.in_frame = true;
+            self.end += read;
         }
+    }
+
+    /// Reads the rest of a frame of `length` bytes, larger than the scratch buffer, whose
+    /// prefix (and maybe more) is buffered.
+    fn read_large(&mut self, stream: &mut impl Read, length: usize) -> io::Result<&[u8]> {
+        self.large.clear();
+        self.large.reserve_exact(length);
+        // All of it is this frame's: a frame larger than the scratch buffer is not all here.
+        self.large.extend_from_slice(&self.scratch[self.start + PREFIX..self.end]);
+        (self.start, self.end) = (0, 0);
+        let rest = (length - self.large.len()) as u64;
+        let read = stream.take(rest).read_to_end(&mut self.large)?;
+        if read as u64 != rest {
+            return Err(ended_inside_a_frame());
+        }
+        Ok(&self.large)
+    }
+}
+
+fn ended_inside_a_frame() -> io::Error {
+    io::Error::new(io::ErrorKind::UnexpectedEof, "the stream ended inside a frame")
+}
+
+fn too_large(length: usize) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("frame size too big: a packet of {length} bytes, over the limit of {MAX_PACKET}"),
+    )
+}
+
+/// One frame holding `packet`: its length prefix, then the packet, encoded in place; refused
+/// if over [`MAX_PACKET`].
+pub fn frame<M: Serialize>(packet: &Packet<M>) -> io::Result<Bytes> {
+    let mut out = vec![0; PREFIX];
+    rmp_serde::encode::write_named(&mut out, packet)
+        .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
+    let length = out.len() - PREFIX;
+    let prefix = u32::try_from(length).ok().filter(|_| length <= MAX_PACKET).ok_or_else(|| too_large(length))?;
+    out[..PREFIX].copy_from_slice(&prefix.to_be_bytes());
+    Ok(Bytes::from(out))
+}
+
+/// The frame of a [`Packet::Message`], written without copying the message's value: the
+/// length prefix and the packet up to the value (the value is the packet's last field), then
+/// the value itself, from wherever it is, in one vectored write.
+pub struct MessageFrame<'a> {
+    head: Vec<u8>,
+    payload: &'a [u8],
+}
+
+impl<'a> MessageFrame<'a> {
+    /// `message` of instance `key`, framed; refused if the packet is over [`MAX_PACKET`].
+    pub fn new(key: u64, message: &Message<'a>) -> io::Result<MessageFrame<'a>> {
+        let payload = message.payload;
+        if payload.len() > MAX_PACKET {
+            return Err(too_large(payload.len()));
+        }
+        let empty = Packet::Message { key, message: Message { payload: &[], ..*message } };
+        let mut head = vec![0; PREFIX];
+        rmp_serde::encode::write_named(&mut head, &empty)
+            .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
+        // The empty value came last, as `bin8` of length 0: in its place goes the header of
+        // the real one (`bin8`, `bin16` or `bin32`, the shortest that holds it, as rmp writes).
+        if !head.ends_with(&[0xc4, 0]) {
+            return Err(io::Error::other("a message packet did not end with its value"));
+        }
+        head.truncate(head.len() - 2);
+        match (u8::try_from(payload.len()), u16::try_from(payload.len())) {
+            (Ok(length), _) => head.extend_from_slice(&[0xc4, length]),
+            (_, Ok(length)) => {
+                head.push(0xc5);
+                head.extend_from_slice(&length.to_be_bytes());
+            }
+            // Within MAX_PACKET, checked above.
+            _ => {
+                head.push(0xc6);
+                head.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+            }
+        }
+        let length = head.len() - PREFIX + payload.len();
+        let prefix = u32::try_from(length).ok().filter(|_| length <= MAX_PACKET).ok_or_else(|| too_large(length))?;
+        head[..PREFIX].copy_from_slice(&prefix.to_be_bytes());
+        Ok(MessageFrame { head, payload })
+    }
+
+    /// Writes the whole frame.
+    pub fn write_to(&self, writer: &mut impl Write) -> io::Result<()> {
+        let mut slices = [IoSlice::new(&self.head), IoSlice::new(self.payload)];
+        let mut slices = &mut slices[..];
+        while !slices.is_empty() {
+            match writer.write_vectored(slices) {
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "the socket took no more bytes")),
+                Ok(written) => IoSlice::advance_slices(&mut slices, written),
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    }
+
+    /// The frame in one buffer (a copy), for a queue.
+    pub fn to_bytes(&self) -> Bytes {
+        let mut out = Vec::with_capacity(self.head.len() + self.payload.len());
+        out.extend_from_slice(&self.head);
+        out.extend_from_slice(self.payload);
+        Bytes::from(out)
     }
 }
 
 /// Encodes a packet for the wire.
 pub fn encode(packet: &Packet) -> Result<Vec<u8>, rmp_serde::encode::Error> {
     rmp_serde::to_vec_named(packet)
+}
+
+/// Decodes a packet from the wire, its message (if it is one) borrowing from `bytes`: what the
+/// connections' readers do. Any malformed or unknown packet is an error, and so is one nesting
+/// deeper than [`extension_api::wire::MAX_DEPTH`].
+pub fn decode_borrowed(bytes: &[u8]) -> Result<Packet<Message<'_>>, rmp_serde::decode::Error> {
+    extension_api::wire::decode(bytes)
 }
 
 /// Decodes a packet from the wire; any malformed or unknown packet is an error, and so is one
@@ -211,8 +370,8 @@ mod tests {
         let mut wire = framing.frame(&packet).unwrap().to_vec();
         wire.extend_from_slice(&framing.frame(&Packet::Destroyed { key: 4 }).unwrap());
         let mut stream = std::io::Cursor::new(wire);
-        assert_eq!(decode(&framing.read(&mut stream).unwrap().unwrap()).unwrap(), packet);
-        assert_eq!(decode(&framing.read(&mut stream).unwrap().unwrap()).unwrap(), Packet::Destroyed { key: 4 });
+        assert_eq!(decode(framing.read(&mut stream).unwrap().unwrap()).unwrap(), packet);
+        assert_eq!(decode(framing.read(&mut stream).unwrap().unwrap()).unwrap(), Packet::Destroyed { key: 4 });
         assert!(framing.read(&mut stream).unwrap().is_none());
 
         // A stream that ends right after a length prefix ended inside a frame.
@@ -230,5 +389,102 @@ mod tests {
         assert!(decode(&[]).is_err());
         let unknown = rmp_serde::to_vec_named(&("NoSuchPacket", 1)).unwrap();
         assert!(decode(&unknown).is_err());
+    }
+
+    fn message(channel: &str, payload: &[u8]) -> OwnedMessage {
+        OwnedMessage {
+            kind: 2,
+            status: 0,
+            origin: 3,
+            target: 0,
+            request_id: 7,
+            channel: channel.into(),
+            payload: payload.to_vec(),
+        }
+    }
+
+    /// A stream that hands out at most `chunk` bytes per read.
+    struct Chunked(std::io::Cursor<Vec<u8>>, usize);
+
+    impl Read for Chunked {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let count = buf.len().min(self.1);
+            self.0.read(&mut buf[..count])
+        }
+    }
+
+    #[test]
+    fn a_message_frame_is_the_packets_frame_byte_for_byte() {
+        let long = "c".repeat(300);
+        for size in [0, 1, 255, 256, 65_535, 65_536, SCRATCH - 60, SCRATCH, 1 << 20, (1 << 20) + 1] {
+            for channel in ["", "ch", long.as_str()] {
+                let owned = message(channel, &vec![0xa5; size]);
+                let framed = MessageFrame::new(9, &owned.as_message()).unwrap();
+                let mut written = Vec::new();
+                framed.write_to(&mut written).unwrap();
+                let whole = frame(&Packet::Message { key: 9, message: owned.clone() }).unwrap();
+                assert_eq!(written, whole, "{size} bytes on channel {channel:?}");
+                assert_eq!(framed.to_bytes(), whole);
+            }
+        }
+    }
+
+    #[test]
+    fn frames_of_every_size_come_out_whole_however_the_stream_is_split() {
+        // Sizes around the scratch buffer's edge (a frame's 4-byte prefix included) and well
+        // past it, back to back, so large frames follow small ones mid-buffer.
+        let sizes = [0, 1, 100, SCRATCH - 200, SCRATCH - 120, SCRATCH - 90, SCRATCH - 80, SCRATCH, 300_000, 1 << 20, 5];
+        let mut wire = Vec::new();
+        let mut sent = Vec::new();
+        for (n, size) in sizes.into_iter().enumerate() {
+            let packet = Packet::Message { key: n as u64, message: message("ch", &vec![n as u8; size]) };
+            wire.extend_from_slice(&frame(&packet).unwrap());
+            sent.push(packet);
+        }
+        for chunk in [1, 3, 4096, SCRATCH - 1, SCRATCH + 1, 1 << 21] {
+            let mut stream = Chunked(std::io::Cursor::new(wire.clone()), chunk);
+            let mut framing = Framing::default();
+            for packet in &sent {
+                let bytes = framing.read(&mut stream).unwrap().unwrap();
+                assert_eq!(&decode_borrowed(bytes).unwrap().into_owned(), packet, "chunks of {chunk}");
+            }
+            assert!(framing.read(&mut stream).unwrap().is_none());
+            // Cut anywhere inside a large frame: the stream ended inside it.
+            let mut cut = Chunked(std::io::Cursor::new(wire[..wire.len() - 20].to_vec()), chunk);
+            let mut framing = Framing::default();
+            let error = loop {
+                match framing.read(&mut cut) {
+                    Ok(Some(_)) => {}
+                    Ok(None) => panic!("a cut stream ended cleanly"),
+                    Err(error) => break error,
+                }
+            };
+            assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof, "chunks of {chunk}");
+        }
+    }
+
+    #[test]
+    fn a_frame_at_the_limit_is_read_and_one_byte_over_is_refused_on_both_sides() {
+        let at = |length: usize| {
+            let mut wire = (length as u32).to_be_bytes().to_vec();
+            wire.resize(PREFIX + length, 0x2a);
+            wire
+        };
+        let wire = at(MAX_PACKET);
+        let read = Framing::default().read(&mut std::io::Cursor::new(wire)).unwrap().unwrap().len();
+        assert_eq!(read, MAX_PACKET);
+        let error = Framing::default().read(&mut std::io::Cursor::new(at(MAX_PACKET + 1))).unwrap_err();
+        assert!(error.to_string().contains("frame size too big"), "{error}");
+
+        // The sender refuses a packet one byte over, and sends one at the limit.
+        let overhead = MessageFrame::new(1, &message("", &[0; 70_000]).as_message()).unwrap().head.len() - PREFIX;
+        let fits = message("", &vec![0; MAX_PACKET - overhead]);
+        let framed = MessageFrame::new(1, &fits.as_message()).unwrap();
+        assert_eq!(framed.head.len() - PREFIX + framed.payload.len(), MAX_PACKET);
+        let over = message("", &vec![0; MAX_PACKET - overhead + 1]);
+        let error = MessageFrame::new(1, &over.as_message()).err().unwrap();
+        assert!(error.to_string().contains("frame size too big"), "{error}");
+        assert!(super::frame(&Packet::Message { key: 1, message: over }).is_err());
+        assert!(super::frame(&Packet::Message { key: 1, message: fits }).is_ok());
     }
 }

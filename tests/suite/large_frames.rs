@@ -1,0 +1,118 @@
+//! Large values on a child connection, end to end: sizes on both sides of the readers' 64 KiB
+//! scratch buffer and far past it (a frame the kernel splits across many reads), messages
+//! exactly at `abi::MAX_MESSAGE` and one byte over, both ways (from a renderer process to main
+//! and back; to an isolated main and back), and a child's frame exactly at the packet limit
+//! and one byte over.
+
+use extension_api::abi::MAX_MESSAGE;
+use extension_host::child_protocol::MAX_PACKET;
+use extension_host::{CrashBudget, Host, HostEvent, ObservedBroadcast};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use tokio::sync::broadcast::Receiver;
+
+use crate::support::{self, FAILSAFE, Transport, library, wait_event, wait_log};
+
+/// The `sizes` fixture's `Do` and `Report` (it is a cdylib: its types are declared again here).
+#[derive(Serialize)]
+struct Do<'a> {
+    frame: u64,
+    op: &'a str,
+    size: u64,
+    key: &'a str,
+}
+
+#[derive(Debug, Deserialize)]
+struct Report {
+    op: String,
+    outcome: String,
+}
+
+/// Has frame `frame`'s renderer half run `op` with `size` bytes; its report's outcome.
+async fn run(host: &Host, seen: &mut Receiver<ObservedBroadcast>, frame: u64, op: &str, size: u64) -> String {
+    host.broadcast("sizes", "do", &Do { frame, op, size, key: "" }).unwrap();
+    let report = tokio::time::timeout(FAILSAFE, async {
+        loop {
+            let seen = seen.recv().await.expect("the broadcast stream goes on");
+            if seen.extension == "sizes" && seen.channel == "report" {
+                return seen.value::<Report>().expect("a report decodes");
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("frame {frame} did not report on `{op}` with {size} bytes"));
+    assert_eq!(report.op, op);
+    report.outcome
+}
+
+/// Value sizes whose frames end just before, at and just after the readers' 64 KiB scratch
+/// buffer (a frame carries its value and about 70 bytes of packet), the encodings' length
+/// boundaries, and large ones the kernel hands over in many reads.
+fn sizes() -> Vec<u64> {
+    let mut sizes = vec![0, 1, 255, 256, 65_535, 65_536, 65_537, 131_072, 1 << 20, (1 << 20) + 1, 5 << 20];
+    sizes.extend((65_536 - 160..65_536 - 20).step_by(3));
+    sizes
+}
+
+/// The value goes from the renderer half to main (`invoke`: main answers its length) and from
+/// main to the renderer half (`invoke-reply`: main answers that many bytes), whole, at every
+/// size: across a renderer process's connection, and across an isolated main's (where the
+/// renderer half is in the host's process), so each direction of each kind of connection.
+async fn values_of_every_size_cross_a_child_connection_whole_both_ways(transport: Transport) {
+    let host = support::host_for(transport, &["sizes"]).await;
+    let frame = support::open_frame(&host, transport).await.0;
+    let mut seen = host.broadcasts();
+    for size in sizes() {
+        for op in ["invoke", "invoke-reply"] {
+            assert_eq!(run(&host, &mut seen, frame, op, size).await, format!("ok:{size}"), "{op} of {size} bytes");
+        }
+    }
+    host.shutdown().await;
+}
+
+/// A message exactly at the limit (channel name and value: `MAX_MESSAGE` bytes) crosses, both
+/// ways; one byte more is refused to its sender with the limit, and the connection goes on.
+async fn a_message_at_the_limit_crosses_and_one_byte_over_is_refused_both_ways(transport: Transport) {
+    let host = support::host_for(transport, &["sizes"]).await;
+    let frame = support::open_frame(&host, transport).await.0;
+    let mut seen = host.broadcasts();
+    let limit = MAX_MESSAGE as u64;
+    // `invoke` sends the bytes on `len` (3 bytes) as a `bin32` (5 bytes of header); a reply has
+    // no channel name.
+    for (op, at_limit) in [("invoke", limit - 8), ("invoke-reply", limit - 5)] {
+        assert_eq!(run(&host, &mut seen, frame, op, at_limit).await, format!("ok:{at_limit}"), "{op} at the limit");
+        let over = run(&host, &mut seen, frame, op, at_limit + 1).await;
+        assert!(over.starts_with("err:TooLarge:") && over.contains(&MAX_MESSAGE.to_string()), "{op}: {over}");
+        assert_eq!(run(&host, &mut seen, frame, op, 16).await, "ok:16", "{op}: the connection goes on");
+    }
+    host.shutdown().await;
+}
+
+conformance!(
+    values_of_every_size_cross_a_child_connection_whole_both_ways,
+    a_message_at_the_limit_crosses_and_one_byte_over_is_refused_both_ways,
+);
+
+/// A child's frame of exactly `MAX_PACKET` bytes is read and handled; a length prefix one
+/// byte over closes the connection, naming why.
+#[tokio::test]
+async fn a_childs_frame_at_the_packet_limit_is_read_and_one_byte_over_cuts_it_off() {
+    let mut config = support::config();
+    config.child_program = support::artifacts().join("rogue-child");
+    config.child_args = vec!["limit".into()];
+    config.crash_budget = CrashBudget { crashes: 0, window: Duration::from_secs(300) };
+    let host = Host::new(config);
+    host.load(library("probe")).unwrap();
+    host.activate("probe").await.unwrap();
+    let mut events = host.events();
+    let mut logs = host.logs();
+    host.open_child_frame().await.unwrap();
+    // The log packet at the limit, forwarded whole (its text is all but the packet's envelope).
+    let record = wait_log(&mut logs, "probe", |message| message.len() > MAX_PACKET - 100).await;
+    assert!(record.message.bytes().all(|byte| byte == b'x'), "the text arrives intact");
+    let crashed = wait_event(&mut events, |event| matches!(event, HostEvent::FrameCrashed { .. })).await;
+    let HostEvent::FrameCrashed { reason, .. } = crashed else { unreachable!() };
+    assert!(reason.contains("frame size too big"), "{reason}");
+    assert!(reason.contains(&(MAX_PACKET + 1).to_string()), "the reason names the size: {reason}");
+    host.shutdown().await;
+}
