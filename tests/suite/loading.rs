@@ -102,15 +102,11 @@ fn the_check_command_explains_in_plain_words() {
     assert!(stdout.contains("name:          hello") && stdout.contains(&format!("build:         {build}")), "{stdout}");
 }
 
-/// A fresh directory under the system temp dir, unique to the call.
+/// A fresh directory in this run's temp dir ([`support::suite_temp_root`]), unique to the call.
 pub fn tempdir() -> std::path::PathBuf {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "host-suite-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
+    let dir = support::suite_temp_root().join(NEXT.fetch_add(1, Ordering::Relaxed).to_string());
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }

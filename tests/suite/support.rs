@@ -135,7 +135,30 @@ pub fn fresh_data_dir() -> PathBuf {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    std::env::temp_dir().join(format!("host-suite-data-{}-{n}", std::process::id()))
+    suite_temp_root().join(format!("data-{n}"))
+}
+
+/// This run's directory under the system temp dir (`host-suite-PID`), where every test's
+/// directories go. A test harness has no hook at its end, and the libraries the reload tests
+/// copy come to hundreds of megabytes a run, so the first call removes what runs that have
+/// ended left behind (theirs, by a PID no process has now) instead.
+pub fn suite_temp_root() -> &'static Path {
+    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        let temp = std::env::temp_dir();
+        for entry in std::fs::read_dir(&temp).into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            let Some(rest) = name.to_str().and_then(|name| name.strip_prefix("host-suite-")) else { continue };
+            // `host-suite-PID`, and the `host-suite-PID-N` and `host-suite-data-PID-N` of older runs.
+            let pid = rest.trim_start_matches("data-").split('-').next().unwrap_or_default();
+            if pid.parse::<u32>().is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let root = temp.join(format!("host-suite-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        root
+    })
 }
 
 fn tracing_level() -> extension_host::LevelFilter {
