@@ -40,6 +40,9 @@ struct Cli {
     /// Only the web frames' table.
     #[arg(long, hide = true)]
     web: bool,
+    /// Only the cross-process table (quiet and loaded).
+    #[arg(long, hide = true)]
+    across: bool,
     /// Internal: the echo peer of the raw socket baseline.
     #[arg(long, hide = true)]
     echo_server: Option<PathBuf>,
@@ -107,6 +110,20 @@ fn main() -> Result<()> {
         return runtime.block_on(async {
             let rows = web::web(&artifacts, if cli.quick { 10 } else { 1 }, std::env::var_os("CHROMIUM")).await?;
             println!("{}", web::table(&rows));
+            anyhow::Ok(())
+        });
+    }
+    if cli.across {
+        return runtime.block_on(async {
+            let scale = if cli.quick { 10 } else { 1 };
+            let remote = bench_host(&artifacts, true).await?;
+            let quiet = across::across(&artifacts, &remote, scale).await?;
+            let loaded = {
+                let _spinner = across::Spinner::start()?;
+                across::across(&artifacts, &remote, scale).await?
+            };
+            remote.shutdown().await;
+            println!("{}", across_table(&quiet, &loaded));
             anyhow::Ok(())
         });
     }
