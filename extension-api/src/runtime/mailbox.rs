@@ -499,10 +499,14 @@ mod tests {
                     all.take().map(|all| all.send(()));
                 }
             });
-            tokio::select! {
-                _ = serve => unreachable!("serving ends only when dropped"),
-                _ = done => {}
-            }
+            // A failsafe, not a timing: a lost wake would leave the dispatcher parked for good.
+            let all_seen = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+                tokio::select! {
+                    _ = serve => unreachable!("serving ends only when dropped"),
+                    _ = done => {}
+                }
+            });
+            assert!(all_seen.await.is_ok(), "a message was left in the mailbox unseen");
         });
         sender.join().unwrap();
         assert!(seen.iter().copied().eq(0..COUNT), "every message, in order");
