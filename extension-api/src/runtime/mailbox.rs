@@ -165,9 +165,14 @@ impl Mailbox {
         let mut spin = None;
         loop {
             Take { mailbox: self, batch: &mut batch, spin: &mut spin }.await;
-            spin = spins.next(spin.take());
+            spins.record(spin.take());
+            // Whether a message of the batch came from another thread (the host): only then may
+            // the next one come from there while we spin. This thread's own (within the
+            // instance) are queued before it looks again.
+            let mut from_host = false;
             let mut done = 0;
             while let Some(delivery) = batch.pop_front() {
+                from_host |= delivery.route == Route::Host;
                 dispatch(delivery);
                 done += 1;
                 if done % BATCH_BEFORE_YIELD == 0 {
@@ -176,6 +181,7 @@ impl Mailbox {
                 }
             }
             self.batch_done.store(done as u64, Ordering::Relaxed);
+            spin = if from_host { spins.next() } else { None };
             // A burst's buffer is not kept for good: memory stays flat after it.
             batch.shrink_to(KEPT_CAPACITY);
         }
@@ -301,7 +307,8 @@ impl Spin {
     }
 }
 
-/// Which batches end in a spin: adaptive, as a spinning lock is. A spin that found a message
+/// Which batches end in a spin: only those with a message from the host (from another
+/// thread), and adaptively, as a spinning lock's waits do. A spin that found a message
 /// keeps the next ones coming; one that ended parked skips the spin for the next 1, 2, 4, …
 /// up to [`MAX_SPIN_BACKOFF`] batches. On one core, where whoever would send must first get
 /// this thread's CPU, spins find nothing and soon stop; across cores, they save a wake a hop.
@@ -313,8 +320,8 @@ struct Spins {
 }
 
 impl Spins {
-    /// The spin to end the batch about to start, given how the last one went.
-    fn next(&mut self, last: Option<Spin>) -> Option<Spin> {
+    /// How the last spin went.
+    fn record(&mut self, last: Option<Spin>) {
         match last {
             // It found a message while spinning.
             Some(Spin { started: Some(_), parked: false }) => self.backoff = 0,
@@ -325,6 +332,10 @@ impl Spins {
             // Not spun (a message was waiting), or skipped: no news.
             _ => {}
         }
+    }
+
+    /// The spin to end a batch with.
+    fn next(&mut self) -> Option<Spin> {
         if self.skip > 0 {
             self.skip -= 1;
             return None;
@@ -407,24 +418,28 @@ mod tests {
         let mut spins = Spins::default();
         let parked = || Some(Spin { started: Some(std::time::Instant::now()), parked: true });
         let found = || Some(Spin { started: Some(std::time::Instant::now()), parked: false });
+        let mut next = |last| {
+            spins.record(last);
+            spins.next()
+        };
         // After activity, the first batch ends in a spin.
-        assert!(spins.next(None).is_some());
+        assert!(next(None).is_some());
         // Each spin that parks skips the spin for twice as many batches as the last, up to the bound.
         let mut skipped_runs = Vec::new();
         for _ in 0..8 {
-            assert!(spins.next(parked()).is_none());
+            assert!(next(parked()).is_none());
             let mut skipped = 1;
-            while spins.next(None).is_none() {
+            while next(None).is_none() {
                 skipped += 1;
             }
             skipped_runs.push(skipped);
         }
         assert_eq!(skipped_runs, [1, 2, 4, 8, 16, 32, 64, 64]);
         // A spin that finds a message ends the backoff: the next batches spin again.
-        assert!(spins.next(found()).is_some());
-        assert!(spins.next(found()).is_some());
-        assert!(spins.next(parked()).is_none(), "and a park starts it from 1 again");
-        assert!(spins.next(None).is_some());
+        assert!(next(found()).is_some());
+        assert!(next(found()).is_some());
+        assert!(next(parked()).is_none(), "and a park starts it from 1 again");
+        assert!(next(None).is_some());
     }
 
     /// A waker that counts its wakes.
