@@ -166,13 +166,13 @@ impl Mailbox {
         loop {
             Take { mailbox: self, batch: &mut batch, spin: &mut spin }.await;
             spins.record(spin.take());
-            // Whether a message of the batch came from another thread (the host): only then may
-            // the next one come from there while we spin. This thread's own (within the
-            // instance) are queued before it looks again.
-            let mut from_host = false;
+            // Messages of the batch from another thread (the host): only then may the next one
+            // come from there while we spin. This thread's own (within the instance) are
+            // queued before it looks again.
+            let mut from_host = 0;
             let mut done = 0;
             while let Some(delivery) = batch.pop_front() {
-                from_host |= delivery.route == Route::Host;
+                from_host += u64::from(delivery.route == Route::Host);
                 dispatch(delivery);
                 done += 1;
                 if done % BATCH_BEFORE_YIELD == 0 {
@@ -181,7 +181,7 @@ impl Mailbox {
                 }
             }
             self.batch_done.store(done as u64, Ordering::Relaxed);
-            spin = if from_host { spins.next() } else { None };
+            spin = if (1..=SPIN_AFTER_AT_MOST).contains(&from_host) { spins.next() } else { None };
             // A burst's buffer is not kept for good: memory stays flat after it.
             batch.shrink_to(KEPT_CAPACITY);
         }
@@ -287,6 +287,12 @@ struct Take<'a> {
 /// [`Spins`]), and an idle instance parks: it uses no CPU.
 const SPIN_FOR: std::time::Duration = std::time::Duration::from_micros(20);
 
+/// Only a batch of at most this many messages from the host ends in a spin: a burst pays one
+/// wake for all its messages, and a spin would take the CPU from the threads that keep it
+/// coming (pipelined invokes across processes lost 10 to 15% of their rate to it); a lone
+/// message pays a wake a hop.
+const SPIN_AFTER_AT_MOST: u64 = 4;
+
 /// At most this many batches in a row end without a spin after spins that found nothing.
 const MAX_SPIN_BACKOFF: u32 = 64;
 
@@ -307,8 +313,8 @@ impl Spin {
     }
 }
 
-/// Which batches end in a spin: only those with a message from the host (from another
-/// thread), and adaptively, as a spinning lock's waits do. A spin that found a message
+/// Which batches end in a spin: only small ones with a message from the host (from another
+/// thread, see [`SPIN_AFTER_AT_MOST`]), and adaptively, as a spinning lock's waits do. A spin that found a message
 /// keeps the next ones coming; one that ended parked skips the spin for the next 1, 2, 4, …
 /// up to [`MAX_SPIN_BACKOFF`] batches. On one core, where whoever would send must first get
 /// this thread's CPU, spins find nothing and soon stop; across cores, they save a wake a hop.
