@@ -298,7 +298,7 @@ const MAX_SPIN_BACKOFF: u32 = 64;
 
 /// The state of one spin (see [`SPIN_FOR`]).
 #[derive(Default)]
-pub(crate) struct Spin {
+struct Spin {
     started: Option<std::time::Instant>,
     /// It ended without finding a message: the dispatcher parked.
     parked: bool,
@@ -314,10 +314,11 @@ impl Spin {
 }
 
 /// Which batches end in a spin: only small ones with a message from the host (from another
-/// thread, see [`SPIN_AFTER_AT_MOST`]), and adaptively, as a spinning lock's waits do. A spin that found a message
-/// keeps the next ones coming; one that ended parked skips the spin for the next 1, 2, 4, …
-/// up to [`MAX_SPIN_BACKOFF`] batches. On one core, where whoever would send must first get
-/// this thread's CPU, spins find nothing and soon stop; across cores, they save a wake a hop.
+/// thread, see [`SPIN_AFTER_AT_MOST`]), and adaptively, as a spinning lock's waits do. A spin
+/// that found a message keeps the next ones coming; one that ended parked skips the spin for
+/// the next 1, 2, 4, … up to [`MAX_SPIN_BACKOFF`] batches. On one core, where whoever would
+/// send must first get this thread's CPU, spins find nothing and soon stop; across cores, they
+/// save a wake a hop.
 #[derive(Default)]
 struct Spins {
     /// Batches still to end without a spin.
