@@ -46,6 +46,9 @@ struct Cli {
     /// Only the payload-size table and the 1 MiB row across processes, quiet, then loaded.
     #[arg(long, hide = true)]
     sizes: bool,
+    /// Only the cross-process table (quiet and loaded).
+    #[arg(long, hide = true)]
+    across: bool,
     /// Internal: the echo peer of the raw socket baseline.
     #[arg(long, hide = true)]
     echo_server: Option<PathBuf>,
@@ -144,6 +147,20 @@ fn main() -> Result<()> {
             local.shutdown().await;
             remote.shutdown().await;
             println!("{table}");
+            anyhow::Ok(())
+        });
+    }
+    if cli.across {
+        return runtime.block_on(async {
+            let scale = if cli.quick { 10 } else { 1 };
+            let remote = bench_host(&artifacts, true).await?;
+            let quiet = across::across(&artifacts, &remote, scale).await?;
+            let loaded = {
+                let _spinner = across::Spinner::start()?;
+                across::across(&artifacts, &remote, scale).await?
+            };
+            remote.shutdown().await;
+            println!("{}", across_table(&quiet, &loaded));
             anyhow::Ok(())
         });
     }

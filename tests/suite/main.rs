@@ -20,6 +20,7 @@ mod frame_handles;
 mod frames;
 mod gluon;
 mod harness;
+mod hops;
 mod hot_reload;
 mod idle;
 mod inspect_halves;
