@@ -119,6 +119,9 @@ async fn a_shell_origin_that_is_not_an_exact_origin_is_refused_at_start_naming_i
         ("http://127.0.0.1:70000", "port is not a number"),
         ("http://user@app.example", "user name"),
         ("http://", "host is empty"),
+        // A Content-Security-Policy cannot name an IPv6 address: Chromium drops the source, and
+        // `frame-ancestors` would refuse the shell every iframe.
+        ("http://[::1]:3000", "IPv6"),
     ] {
         let config = WebConfig { shell_origins: vec![APP.to_owned(), bad.to_owned()], ..WebConfig::default() };
         let error = host.serve_web(config).expect_err(bad).to_string();
