@@ -401,7 +401,7 @@ pub(crate) fn serve(config: WebConfig, hooks: Arc<dyn WebHooks>) -> Result<WebSe
         .iter()
         .map(|origin| {
             security::shell_origin(origin)
-                .map_err(|reason| WebStartError::ShellOrigin { origin: origin.clone(), reason: reason.to_owned() })
+                .map_err(|reason| WebStartError::ShellOrigin { origin: origin.clone(), reason })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let bind = |error: std::io::Error| WebStartError::Bind { addr, reason: error.to_string() };
