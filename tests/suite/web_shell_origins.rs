@@ -129,6 +129,10 @@ async fn a_shell_origin_that_is_not_an_exact_origin_is_refused_at_start_naming_i
         ("http://2130706433:3000", "a browser writes it as http://127.0.0.1:3000"),
         ("http://127.0.0.1.:3000", "a browser writes it as http://127.0.0.1:3000"),
         ("http://127.0.0.256:3000", "not an IPv4 address"),
+        // Schemes whose pages never send such an `Origin` (an opaque origin, `null`; a socket).
+        ("file://localhost", "never in a page's `Origin`"),
+        ("blob://x", "never in a page's `Origin`"),
+        ("ws://127.0.0.1:3000", "never in a page's `Origin`"),
     ] {
         let config = WebConfig { shell_origins: vec![APP.to_owned(), bad.to_owned()], ..WebConfig::default() };
         let error = host.serve_web(config).expect_err(bad).to_string();

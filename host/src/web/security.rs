@@ -170,6 +170,12 @@ pub(crate) fn shell_origin(entry: &str) -> Result<String, String> {
     if !scheme_ok {
         return Err("the scheme is not a URL scheme (a letter, then letters, digits, `+`, `-`, `.`)".into());
     }
+    if matches!(scheme, "file" | "data" | "blob" | "about" | "javascript" | "filesystem" | "ws" | "wss") {
+        return Err(format!(
+            "`{scheme}:` is never in a page's `Origin` (a browser sends `null` for such a page, or it is \
+             not a page's scheme): this entry could never match"
+        ));
+    }
     if authority.contains(['/', '?', '#']) {
         return Err("an origin has no path, query or fragment (nor a trailing `/`): `scheme://host[:port]`".into());
     }
@@ -316,6 +322,8 @@ mod tests {
             ("http://a b", "host"),
             ("https://[::1]:8443", "IPv6"),
             ("http://[::1]", "IPv6"),
+            ("file://localhost", "never in a page's"),
+            ("wss://a", "never in a page's"),
             ("http://127.1:3000", "writes it as http://127.0.0.1:3000"),
             ("http://0177.0.0.1", "writes it as http://127.0.0.1:"),
             ("http://0x7f000001:1", "writes it as http://127.0.0.1:1"),
