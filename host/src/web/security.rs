@@ -207,8 +207,8 @@ pub(crate) fn shell_origin(entry: &str) -> Result<String, String> {
     if let Some(address) = ipv4_host(host)? {
         if address != host {
             return Err(match port {
-                Some(port) => format!("a browser writes it as {scheme}://{address}:{port}: list it so"),
-                None => format!("a browser writes it as {scheme}://{address}: list it so"),
+                Some(port) => format!("a browser writes it as `{scheme}://{address}:{port}`: list it so"),
+                None => format!("a browser writes it as `{scheme}://{address}`: list it so"),
             });
         }
     }
@@ -324,9 +324,9 @@ mod tests {
             ("http://[::1]", "IPv6"),
             ("file://localhost", "never in a page's"),
             ("wss://a", "never in a page's"),
-            ("http://127.1:3000", "writes it as http://127.0.0.1:3000"),
-            ("http://0177.0.0.1", "writes it as http://127.0.0.1:"),
-            ("http://0x7f000001:1", "writes it as http://127.0.0.1:1"),
+            ("http://127.1:3000", "writes it as `http://127.0.0.1:3000`"),
+            ("http://0177.0.0.1", "writes it as `http://127.0.0.1`"),
+            ("http://0x7f000001:1", "writes it as `http://127.0.0.1:1`"),
             ("http://1.2.3.4.5", "not an IPv4"),
             ("http://1.2.65536", "not an IPv4"),
             ("http://a:99999", "port"),
