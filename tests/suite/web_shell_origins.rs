@@ -119,6 +119,20 @@ async fn a_shell_origin_that_is_not_an_exact_origin_is_refused_at_start_naming_i
         ("http://127.0.0.1:70000", "port is not a number"),
         ("http://user@app.example", "user name"),
         ("http://", "host is empty"),
+        // A Content-Security-Policy cannot name an IPv6 address: Chromium drops the source, and
+        // `frame-ancestors` would refuse the shell every iframe.
+        ("http://[::1]:3000", "IPv6"),
+        // A host a browser reads as an IPv4 address is in its `Origin` as dotted decimal: any
+        // other spelling would never match.
+        ("http://127.1:3000", "a browser writes it as `http://127.0.0.1:3000`"),
+        ("http://0x7f.0.0.1:3000", "a browser writes it as `http://127.0.0.1:3000`"),
+        ("http://2130706433:3000", "a browser writes it as `http://127.0.0.1:3000`"),
+        ("http://127.0.0.1.:3000", "a browser writes it as `http://127.0.0.1:3000`"),
+        ("http://127.0.0.256:3000", "not an IPv4 address"),
+        // Schemes whose pages never send such an `Origin` (an opaque origin, `null`; a socket).
+        ("file://localhost", "never in a page's `Origin`"),
+        ("blob://x", "never in a page's `Origin`"),
+        ("ws://127.0.0.1:3000", "never in a page's `Origin`"),
     ] {
         let config = WebConfig { shell_origins: vec![APP.to_owned(), bad.to_owned()], ..WebConfig::default() };
         let error = host.serve_web(config).expect_err(bad).to_string();

@@ -61,7 +61,8 @@ pub struct WebConfig {
     /// `scheme://host[:port]` (`http://127.0.0.1:3000`, `app://dashboard`), as a browser
     /// writes them in `Origin`. Such a page may open the shell socket (and so receive every
     /// token of its frame's iframes), frame the extensions' documents, and hand them their
-    /// tokens; it loads `/embed.js` from the host for that. No path, wildcard or `null`:
+    /// tokens; it loads `/embed.js` from the host for that. No path, wildcard, `null` or IPv6
+    /// address (`frame-ancestors` cannot name one), an IPv4 address in dotted decimal only:
     /// [`crate::Host::serve_web`] refuses the entry ([`WebStartError::ShellOrigin`]).
     /// Default none.
     pub shell_origins: Vec<String>,
@@ -401,7 +402,7 @@ pub(crate) fn serve(config: WebConfig, hooks: Arc<dyn WebHooks>) -> Result<WebSe
         .iter()
         .map(|origin| {
             security::shell_origin(origin)
-                .map_err(|reason| WebStartError::ShellOrigin { origin: origin.clone(), reason: reason.to_owned() })
+                .map_err(|reason| WebStartError::ShellOrigin { origin: origin.clone(), reason })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let bind = |error: std::io::Error| WebStartError::Bind { addr, reason: error.to_string() };

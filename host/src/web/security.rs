@@ -154,27 +154,33 @@ pub(crate) fn extension_csp(origin: &str, shells: &[String]) -> String {
 /// Checks one of [`crate::web::WebConfig::shell_origins`]: an exact origin,
 /// `scheme://host[:port]`, as a browser writes it in `Origin` (lowercase; no default port).
 /// Returns it lowercased, or why it is not one.
-pub(crate) fn shell_origin(entry: &str) -> Result<String, &'static str> {
+pub(crate) fn shell_origin(entry: &str) -> Result<String, String> {
     if entry.eq_ignore_ascii_case("null") {
-        return Err("`null` is the origin of every sandboxed, file and data page: any of them would pass");
+        return Err("`null` is the origin of every sandboxed, file and data page: any of them would pass".into());
     }
     if entry.contains('*') {
-        return Err("wildcards are not allowed: list each origin exactly");
+        return Err("wildcards are not allowed: list each origin exactly".into());
     }
     let origin = entry.to_ascii_lowercase();
     let Some((scheme, authority)) = origin.split_once("://") else {
-        return Err("not an origin: expected `scheme://host[:port]`");
+        return Err("not an origin: expected `scheme://host[:port]`".into());
     };
     let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_lowercase())
         && scheme.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '+' | '-' | '.'));
     if !scheme_ok {
-        return Err("the scheme is not a URL scheme (a letter, then letters, digits, `+`, `-`, `.`)");
+        return Err("the scheme is not a URL scheme (a letter, then letters, digits, `+`, `-`, `.`)".into());
+    }
+    if matches!(scheme, "file" | "data" | "blob" | "about" | "javascript" | "filesystem" | "ws" | "wss") {
+        return Err(format!(
+            "`{scheme}:` is never in a page's `Origin` (a browser sends `null` for such a page, or it is \
+             not a page's scheme): this entry could never match"
+        ));
     }
     if authority.contains(['/', '?', '#']) {
-        return Err("an origin has no path, query or fragment (nor a trailing `/`): `scheme://host[:port]`");
+        return Err("an origin has no path, query or fragment (nor a trailing `/`): `scheme://host[:port]`".into());
     }
     if authority.contains('@') {
-        return Err("an origin has no user name or password");
+        return Err("an origin has no user name or password".into());
     }
     let (host, port) = match authority.find(']') {
         // `[v6]` or `[v6]:port`
@@ -187,24 +193,69 @@ pub(crate) fn shell_origin(entry: &str) -> Result<String, &'static str> {
             None => (authority, None),
         },
     };
-    let host_ok = if let Some(inner) = host.strip_prefix('[').and_then(|host| host.strip_suffix(']')) {
-        !inner.is_empty() && inner.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
-    } else {
-        !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
-    };
+    if host.starts_with('[') {
+        // CSP's host-source grammar has no IPv6 literal: Chromium drops such a source, so
+        // `frame-ancestors` would never let this shell frame an extension's document.
+        return Err("an IPv6 address cannot be named in a Content-Security-Policy (`frame-ancestors` would \
+                    refuse the shell every iframe): serve the shell on 127.0.0.1 or a name such as localhost"
+            .into());
+    }
+    let host_ok = !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
     if !host_ok {
-        return Err("the host is empty or has characters a host name cannot have");
+        return Err("the host is empty or has characters a host name cannot have".into());
+    }
+    if let Some(address) = ipv4_host(host)? {
+        if address != host {
+            return Err(match port {
+                Some(port) => format!("a browser writes it as `{scheme}://{address}:{port}`: list it so"),
+                None => format!("a browser writes it as `{scheme}://{address}`: list it so"),
+            });
+        }
     }
     if let Some(port) = port {
         let number = port.parse::<u16>().ok().filter(|number| *number != 0 && !port.starts_with(['0', '+']));
         if number.is_none() {
-            return Err("the port is not a number from 1 to 65535");
+            return Err("the port is not a number from 1 to 65535".into());
         }
         if (scheme == "http" && port == "80") || (scheme == "https" && port == "443") {
-            return Err("a browser leaves the scheme's default port out of an origin: drop it");
+            return Err("a browser leaves the scheme's default port out of an origin: drop it".into());
         }
     }
     Ok(origin)
+}
+
+/// A host a browser reads as an IPv4 address (its last label is a number, as the URL
+/// standard says), in the dotted decimal a browser writes in `Origin`; `None` for a name.
+fn ipv4_host(host: &str) -> Result<Option<String>, String> {
+    let trimmed = host.strip_suffix('.').unwrap_or(host);
+    let number = |part: &str| -> Option<u64> {
+        if let Some(hex) = part.strip_prefix("0x") {
+            return if hex.is_empty() { Some(0) } else { u64::from_str_radix(hex, 16).ok() };
+        }
+        if part.len() > 1 && part.starts_with('0') {
+            return u64::from_str_radix(&part[1..], 8).ok();
+        }
+        part.parse().ok()
+    };
+    let last = trimmed.rsplit('.').next().unwrap_or_default();
+    let numeric = !last.is_empty()
+        && (last.bytes().all(|b| b.is_ascii_digit())
+            || last.strip_prefix("0x").is_some_and(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit())));
+    if !numeric {
+        return Ok(None);
+    }
+    let not_ipv4 = || format!("a browser reads {host} as an IPv4 address, and it is not an IPv4 address");
+    let parts = trimmed.split('.').map(number).collect::<Option<Vec<u64>>>().ok_or_else(not_ipv4)?;
+    let Some((last, leading)) = parts.split_last() else {
+        return Err(not_ipv4());
+    };
+    let leading_bytes = u32::try_from(leading.len()).map_err(|_| not_ipv4())?;
+    if leading.len() > 3 || leading.iter().any(|part| *part > 255) || *last >= 1u64 << (8 * (4 - leading_bytes)) {
+        return Err(not_ipv4());
+    }
+    let address = leading.iter().enumerate().fold(*last, |address, (i, part)| address + (part << (8 * (3 - i))));
+    let address = u32::try_from(address).map_err(|_| not_ipv4())?;
+    Ok(Some(std::net::Ipv4Addr::from(address).to_string()))
 }
 
 /// Escapes text for an HTML attribute or element.
@@ -254,7 +305,8 @@ mod tests {
     fn shell_origins_are_exact_origins() {
         assert_eq!(shell_origin("http://127.0.0.1:3000"), Ok("http://127.0.0.1:3000".to_owned()));
         assert_eq!(shell_origin("APP://Dashboard"), Ok("app://dashboard".to_owned()));
-        assert_eq!(shell_origin("https://[::1]:8443"), Ok("https://[::1]:8443".to_owned()));
+        assert_eq!(shell_origin("http://10.0.0.1"), Ok("http://10.0.0.1".to_owned()));
+        assert_eq!(shell_origin("http://app1.example:8080"), Ok("http://app1.example:8080".to_owned()));
         for (bad, why) in [
             ("null", "`null`"),
             ("NULL", "`null`"),
@@ -268,6 +320,15 @@ mod tests {
             ("http://user@a", "user name"),
             ("http://", "host"),
             ("http://a b", "host"),
+            ("https://[::1]:8443", "IPv6"),
+            ("http://[::1]", "IPv6"),
+            ("file://localhost", "never in a page's"),
+            ("wss://a", "never in a page's"),
+            ("http://127.1:3000", "writes it as `http://127.0.0.1:3000`"),
+            ("http://0177.0.0.1", "writes it as `http://127.0.0.1`"),
+            ("http://0x7f000001:1", "writes it as `http://127.0.0.1:1`"),
+            ("http://1.2.3.4.5", "not an IPv4"),
+            ("http://1.2.65536", "not an IPv4"),
             ("http://a:99999", "port"),
             ("http://a:", "port"),
             ("http://a:0", "port"),

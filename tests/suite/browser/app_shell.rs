@@ -196,3 +196,58 @@ async fn the_hosts_shell_works_at_localhost_as_at_127_0_0_1() {
     assert!(location.as_str().unwrap().starts_with("http://localhost:"), "{location}");
     web.stop().await;
 }
+
+/// A page NOT in the list that frames a listed application's page (`app_port`'s).
+fn nesting_page(app_port: u16) -> String {
+    format!(
+        r#"<!doctype html><html><head><meta charset="utf-8"><title>a page framing the application</title></head><body>
+<iframe src="http://127.0.0.1:{app_port}/"></iframe></body></html>"#
+    )
+}
+
+#[tokio::test]
+async fn a_listed_shells_page_framed_by_a_page_not_in_the_list_frames_no_extension() {
+    // The listed page's own socket opens (its `Origin` is its own) and is given webprobe's
+    // iframe and token; but every ancestor of the extension's document must be a shell's
+    // origin (`frame-ancestors`), so it never loads under the unlisted top page.
+    let (app_port, host_port) = own_server(application_page).await;
+    let known = app_port;
+    let nesting_port =
+        headless::serve_pages(move |request| (request.path == "/").then(|| nesting_page(known))).await.unwrap();
+    let web = web_host(vec![format!("http://127.0.0.1:{app_port}")]).await;
+    host_port.set(web.server.as_ref().unwrap().local_addr().port()).unwrap();
+    let mut seen = web.host.broadcasts();
+
+    // On `localhost`: another site than the application's page, so that its iframe is a
+    // target of its own that the test can reach.
+    let top = web.browser.open(&format!("http://localhost:{nesting_port}/")).await;
+    let app = top.frame(&format!("http://127.0.0.1:{app_port}/")).await;
+    assert_eq!(app.wait_for("appImport").await, "loaded");
+    app.wait_for("appEvents.some((event) => event.type === 'added')").await;
+    assert_eq!(web.frames().len(), 1, "the listed page's socket is a frame");
+    let blocked = top.frame("chrome-error://").await;
+    let shown = blocked
+        .eval("[location.href, document.getElementById('extension-host-status') === null, typeof globalThis.webprobe]")
+        .await;
+    assert_eq!(
+        shown,
+        json!(["chrome-error://chromewebdata/", true, "undefined"]),
+        "webprobe's document ran under a page not in the list"
+    );
+
+    // Nothing reached webprobe from that iframe: no renderer half started before the barrier.
+    web.host.broadcast("webprobe", "nested-barrier", &"barrier").unwrap();
+    loop {
+        let broadcast = tokio::time::timeout(super::DEADLINE, seen.recv()).await.unwrap().unwrap();
+        if broadcast.extension == "webprobe" && broadcast.channel == "nested-barrier" {
+            break;
+        }
+        assert_ne!(
+            broadcast.channel,
+            "ready",
+            "a renderer half started under the unlisted page: {:?}",
+            broadcast.sender()
+        );
+    }
+    web.stop().await;
+}
