@@ -22,6 +22,7 @@ mod gluon;
 mod harness;
 mod hot_reload;
 mod idle;
+mod idle_dispatching;
 mod inspect_halves;
 mod ipc;
 mod lifecycle;
