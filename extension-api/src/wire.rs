@@ -339,6 +339,12 @@ pub struct InstanceSnapshot {
     /// it is stuck in its batch's first message; else up to 127 too many.
     #[serde(default)]
     pub batch_messages: u64,
+    /// The dispatcher is working through a batch it took from the mailbox (a message it has
+    /// taken and not finished, even one not counted above or in `busy`: the batch's last, a
+    /// listener, a handler not yet started). Not set, with nothing queued, the instance is
+    /// idle: the host's watchdog stops looking at it until it asks again (see [`ATTENTION`]).
+    #[serde(default)]
+    pub dispatching: bool,
     /// The handler the instance's thread is running right now, if any (only a handler's first
     /// poll, which the dispatcher runs in place: a handler that waits goes on in a task of its
     /// own; listeners are not marked).

@@ -96,6 +96,7 @@ fn completions() -> Vec<Completion> {
             thread_id: 4242,
             dispatched: 17,
             batch_messages: 3,
+            dispatching: true,
             busy: Some(Busy { half: extension_api::Half::Main, kind: ChannelKind::Request, channel: "echo".into() }),
             channels: vec![ChannelStats {
                 channel: "echo".into(),

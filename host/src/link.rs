@@ -94,6 +94,12 @@ impl Link {
         );
     }
 
+    /// What the namespace's host shares (for tests of what reaches it).
+    #[cfg(test)]
+    pub(crate) fn core(&self) -> &Core {
+        &self.core
+    }
+
     /// `endpoint`'s instance asks the watchdog to look at it (`wire::ATTENTION`).
     pub(crate) fn attention(&self, endpoint: &Endpoint) {
         self.core.attention.ask(endpoint.key);

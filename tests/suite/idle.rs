@@ -14,7 +14,7 @@ use crate::loading::tempdir;
 use crate::support::{self, FAILSAFE, Transport, wait_event, wait_log};
 
 /// A host whose watchdog looks every 25 ms while it has something to look at.
-fn watchful() -> HostConfig {
+pub(crate) fn watchful() -> HostConfig {
     HostConfig {
         unresponsive_after: Duration::from_millis(200),
         slow_handler: Duration::from_millis(100),
@@ -23,18 +23,18 @@ fn watchful() -> HostConfig {
 }
 
 /// Inspects `probe` has answered, over all its instances (the embedder's, this one included).
-async fn inspections(host: &Host) -> u64 {
+pub(crate) async fn inspections(host: &Host) -> u64 {
     host.inspect().await.extension("probe").and_then(|probe| probe.instance.as_ref()).unwrap().inspections
 }
 
-fn release_socket() -> String {
+pub(crate) fn release_socket() -> String {
     tempdir().join("release.sock").to_string_lossy().into_owned()
 }
 
 /// `probe-twin` blocks its thread in place until the watchdog warns about it (past the
 /// slow-handler threshold: it looked at it every tick meanwhile), which is the span this
 /// returns after, the twin released.
-async fn span_of_watched_work(host: &Host, events: &mut Receiver<HostEvent>) {
+pub(crate) async fn span_of_watched_work(host: &Host, events: &mut Receiver<HostEvent>) {
     let release = release_socket();
     let blocked = host.invoke::<_, String>("probe-twin", BLOCK.name(), &release, FAILSAFE);
     let warned = async {

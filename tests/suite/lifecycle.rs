@@ -264,11 +264,13 @@ async fn frame_cycles_leave_no_halves_registrations_tasks_or_processes_behind() 
     let settled = || host.invoke::<_, Vec<String>>(name, SEQ_LOG.name(), &(), FAILSAFE);
     settled().await.unwrap();
     // What the instance has, without what it counted meanwhile (CPU time, messages, channels, inspects).
+    // (Nor whether its dispatcher is back from that request yet.)
     let registrations = |instance: &extension_host::InstanceSnapshot| extension_host::InstanceSnapshot {
         cpu_ns: None,
         dispatched: 0,
         channels: Vec::new(),
         inspections: 0,
+        dispatching: false,
         ..instance.clone()
     };
     let main_only = registrations(host.inspect().await.extension(name).unwrap().instance.as_ref().unwrap());

@@ -23,6 +23,7 @@ mod harness;
 mod hops;
 mod hot_reload;
 mod idle;
+mod idle_dispatching;
 mod inspect_halves;
 mod ipc;
 mod large_frames;

@@ -103,6 +103,7 @@ impl Shared {
             thread_id,
             dispatched: progress.dispatched,
             batch_messages: progress.batch_waiting,
+            dispatching: progress.dispatching,
             busy,
             channels: state.channels.snapshot(),
             slow_handlers: self.slow.snapshot(),

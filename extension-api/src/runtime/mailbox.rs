@@ -72,6 +72,11 @@ pub(crate) struct Progress {
     /// when the dispatcher is stuck in the batch's first message, else up to
     /// `BATCH_BEFORE_YIELD - 1` too many.
     pub(crate) batch_waiting: u64,
+    /// The dispatcher is working through a batch: from taking it (under the lock, with the
+    /// messages) until it comes back to an empty queue. What the watchdog needs to tell a
+    /// message being dispatched (taken, its handler not yet marked, or a listener, or a batch's
+    /// last message) from an idle instance: neither `queued` nor `batch_waiting` counts it.
+    pub(crate) dispatching: bool,
 }
 
 #[derive(Default)]
@@ -234,7 +239,11 @@ impl Mailbox {
     pub(crate) fn progress(&self) -> Progress {
         let queue = self.queue();
         let done = self.batch_done.load(Ordering::Relaxed).min(queue.batch);
-        Progress { dispatched: queue.taken - queue.batch + done, batch_waiting: (queue.batch - done).saturating_sub(1) }
+        Progress {
+            dispatched: queue.taken - queue.batch + done,
+            batch_waiting: (queue.batch - done).saturating_sub(1),
+            dispatching: queue.draining,
+        }
     }
 
     /// Bytes (channel names and payloads) waiting right now.
@@ -532,5 +541,46 @@ mod tests {
         });
         sender.join().unwrap();
         assert!(seen.iter().copied().eq(0..COUNT), "every message, in order");
+    }
+
+    /// A message the dispatcher has taken and not finished (its handler not yet marked as
+    /// running, or a listener, which is never marked) is work: an inspect that finds it must not
+    /// read the instance as idle, or the watchdog stops looking at an instance that may be stuck
+    /// in it (and whose next message will not call for attention, the call having been made).
+    /// The interleaving: the dispatcher takes a batch of one message and is held in it while
+    /// `progress` and `queued` are read (as inspect reads them).
+    #[test]
+    fn a_message_being_dispatched_shows_as_work_until_the_dispatcher_is_back() {
+        use std::sync::{Arc, Barrier};
+
+        let mailbox = Arc::new(Mailbox::new(MailboxLimit { messages: 8, bytes: 1 << 20 }));
+        let (inside, release) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
+        let idle = |mailbox: &Mailbox| {
+            let progress = mailbox.progress();
+            mailbox.queued() == 0 && progress.batch_waiting == 0 && !progress.dispatching
+        };
+        assert!(idle(&mailbox), "nothing queued yet");
+        // Queued before the dispatcher's first look, which takes it.
+        assert_eq!(mailbox.push(message(abi::kind::INVOKE, 1)), Ok(()));
+        let dispatcher = {
+            let (mailbox, inside, release) = (mailbox.clone(), inside.clone(), release.clone());
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+                runtime.block_on(async {
+                    let serve = mailbox.serve(|_| {
+                        inside.wait();
+                        release.wait();
+                    });
+                    // Stop once the dispatcher has gone idle after the one message.
+                    let _ = tokio::time::timeout(std::time::Duration::ZERO, serve).await;
+                });
+            })
+        };
+        inside.wait();
+        // The dispatcher is inside the message: taken, not finished.
+        assert!(!idle(&mailbox), "a message being dispatched reads as an idle instance");
+        release.wait();
+        dispatcher.join().unwrap();
+        assert!(idle(&mailbox), "the dispatcher finished its batch");
     }
 }

@@ -184,8 +184,11 @@ impl Shared {
     ///
     /// Sound without a lock of its own: an inspect sets `unwatched` before it reads the mailbox
     /// and the slow log under their locks, and the work is recorded under those locks before
-    /// this reads `unwatched`. Either the inspect saw the work (the watchdog goes on looking)
-    /// or this sees the flag it set.
+    /// this reads `unwatched`. Either the inspect saw the work (the watchdog goes on looking:
+    /// queued, or taken and not finished, which `Progress::dispatching` shows until the
+    /// dispatcher is back) or this sees the flag it set: the inspect's lock came after the
+    /// push's, so its store happens before this load (a later `false` read instead is another
+    /// caller's, whose look comes later still and sees this work).
     #[inline]
     pub(crate) fn call_attention(&self) {
         if self.unwatched.load(Ordering::Relaxed) && self.unwatched.swap(false, Ordering::AcqRel) {

@@ -585,6 +585,7 @@ async fn inspect_link(link: &Link) -> InstanceSnapshot {
             merged.store_bytes += instance.store_bytes;
             merged.dispatched += instance.dispatched;
             merged.batch_messages += instance.batch_messages;
+            merged.dispatching |= instance.dispatching;
             merged.inspections += instance.inspections;
             merged.cpu_ns = match (merged.cpu_ns, instance.cpu_ns) {
                 (Some(a), Some(b)) => Some(a + b),

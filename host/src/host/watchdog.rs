@@ -15,7 +15,7 @@
 //! requests to each other; a waited handler's slow report), from whichever thread brought the
 //! work, so a stuck instance thread still asks (`wire::ATTENTION`). Each look re-arms that
 //! call. The watchdog then looks every tick (a quarter of the shorter threshold) until the
-//! instance is idle again: nothing queued, no handler running in place, not unresponsive. With
+//! instance is idle again: nothing queued, no batch being dispatched, not unresponsive. With
 //! no instance to look at it waits for one to ask, with no timer: an idle host, and its
 //! children, do nothing. A stall counts from the later of the last look that found the
 //! instance idle and its call, so a report comes up to one tick after its threshold.
@@ -71,7 +71,7 @@ struct Progress {
     slow_warned: bool,
     /// The last of the instance's slow-handler reports already warned about.
     last_slow: u64,
-    /// At the last look nothing was queued or running in place: the next stall counts from
+    /// At the last look nothing was queued or being dispatched: the next stall counts from
     /// when work came (the instance's call), not from `since`.
     idle: bool,
 }
@@ -305,7 +305,13 @@ impl Host {
         }
         progress.last_slow =
             snapshot.slow_handlers.last().map_or(progress.last_slow, |slow| slow.seq.max(progress.last_slow));
-        progress.idle = snapshot.queued_messages == 0 && snapshot.batch_messages == 0 && snapshot.busy.is_none();
+        // A message taken but not finished is work (`dispatching`), whether or not a handler is
+        // marked running yet: the instance's next message will not ask, the call having been
+        // made for this one.
+        progress.idle = snapshot.queued_messages == 0
+            && snapshot.batch_messages == 0
+            && snapshot.busy.is_none()
+            && !snapshot.dispatching;
         if progress.idle {
             progress.since = now;
             progress.slow_warned = false;

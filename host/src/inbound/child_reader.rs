@@ -258,6 +258,38 @@ mod tests {
         assert!(recording(&main).take().is_empty());
     }
 
+    /// `wire::ATTENTION` is a completion no command has (they are numbered from 1): a child's
+    /// `Complete` with it asks the watchdog to look at that instance, under its own keys only,
+    /// and completes nothing; a forged one for another key is a violation.
+    #[test]
+    fn a_childs_attention_call_asks_only_for_its_own_instance_and_completes_no_command() {
+        use extension_api::wire::{ATTENTION, Completion, Control};
+
+        let Fixture { link, child, reader, _other_end: _peer, .. } = fixture();
+        let complete = |key, completion| {
+            protocol::encode(&Packet::Complete { key, completion, result: Completion::Done }).unwrap()
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        runtime.block_on(async {
+            let command =
+                child.control(|completion| Control::Inspect { completion }, std::time::Duration::from_secs(600));
+            let mut command = std::pin::pin!(command);
+            assert!(futures_util::poll!(&mut command).is_pending());
+
+            reader.receive(&complete(KEY, ATTENTION)).unwrap();
+            assert_eq!(link.core().attention.take().into_keys().collect::<Vec<_>>(), [KEY]);
+            assert!(futures_util::poll!(&mut command).is_pending(), "the attention call completed a command");
+
+            let violation = reader.receive(&complete(KEY + 1, ATTENTION)).unwrap_err();
+            assert!(violation.contains("does not belong"), "{violation}");
+            assert!(link.core().attention.take().is_empty(), "a forged key asked the watchdog");
+
+            // The command's own completion (the first number) still completes it.
+            reader.receive(&complete(KEY, 1)).unwrap();
+            assert_eq!(command.await.unwrap(), Completion::Done);
+        });
+    }
+
     #[test]
     fn a_closing_halfs_refused_request_is_answered_on_its_own_connection_and_a_forged_one_is_not() {
         let Fixture { link, main, child, reader, .. } = fixture();
