@@ -165,19 +165,10 @@ impl Mailbox {
         let _closer = CloseOnDrop(self);
         // Swapped with the queue's buffer each time, so neither is allocated again.
         let mut batch = VecDeque::new();
-        let mut spins = Spins::default();
-        // No spin before the first message: only after activity.
-        let mut spin = None;
         loop {
-            Take { mailbox: self, batch: &mut batch, spin: &mut spin }.await;
-            spins.record(spin.take());
-            // Messages of the batch from another thread (the host): only then may the next one
-            // come from there while we spin. This thread's own (within the instance) are
-            // queued before it looks again.
-            let mut from_host = 0;
+            Take { mailbox: self, batch: &mut batch }.await;
             let mut done = 0;
             while let Some(delivery) = batch.pop_front() {
-                from_host += u64::from(delivery.route == Route::Host);
                 dispatch(delivery);
                 done += 1;
                 if done % BATCH_BEFORE_YIELD == 0 {
@@ -186,34 +177,16 @@ impl Mailbox {
                 }
             }
             self.batch_done.store(done as u64, Ordering::Relaxed);
-            spin = if (1..=SPIN_AFTER_AT_MOST).contains(&from_host) { spins.next() } else { None };
             // A burst's buffer is not kept for good: memory stays flat after it.
             batch.shrink_to(KEPT_CAPACITY);
         }
     }
 
-    /// Swaps what waits into `batch`; if nothing does, spins (`spin`, see [`Spins`]) or
-    /// registers the dispatcher's waker.
+    /// Swaps what waits into `batch`, or registers the dispatcher's waker if nothing does.
     #[inline(always)]
-    fn take(
-        &self,
-        cx: &mut std::task::Context<'_>,
-        batch: &mut VecDeque<Delivery>,
-        spin: &mut Option<Spin>,
-    ) -> Poll<()> {
+    fn take(&self, cx: &mut std::task::Context<'_>, batch: &mut VecDeque<Delivery>) -> Poll<()> {
         let mut queue = self.queue();
         if queue.messages.is_empty() {
-            if spin.as_mut().is_some_and(Spin::turn) {
-                // Still `draining`: a sender queues without waking us, and we look again after
-                // the thread's other ready tasks.
-                drop(queue);
-                std::hint::spin_loop();
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            if let Some(spin) = spin.as_mut() {
-                spin.parked = true;
-            }
             queue.draining = false;
             if !queue.waker.as_ref().is_some_and(|waker| waker.will_wake(cx.waker())) {
                 queue.waker = Some(cx.waker().clone());
@@ -282,82 +255,6 @@ impl Mailbox {
 struct Take<'a> {
     mailbox: &'a Mailbox,
     batch: &'a mut VecDeque<Delivery>,
-    /// The spin before parking, after a batch; `None` parks at once.
-    spin: &'a mut Option<Spin>,
-}
-
-/// How long the dispatcher keeps looking for messages after a batch before it parks.
-///
-/// A message pushed while the dispatcher parks costs its sender a wake of the instance's
-/// thread (an `eventfd` write), and the thread an `epoll_wait` and a context switch; the
-/// answer to a request the instance just sent, or the next request of a caller it just
-/// answered, often arrives within microseconds from another core. A spin that never finds
-/// anything (its sender needs this very core, or nothing more comes) backs off (see
-/// [`Spins`]), and an idle instance parks: it uses no CPU.
-const SPIN_FOR: std::time::Duration = std::time::Duration::from_micros(20);
-
-/// Only a batch of at most this many messages from the host ends in a spin: a burst pays one
-/// wake for all its messages, and a spin would take the CPU from the threads that keep it
-/// coming (pipelined invokes across processes lost 10 to 15% of their rate to it); a lone
-/// message pays a wake a hop.
-const SPIN_AFTER_AT_MOST: u64 = 4;
-
-/// At most this many batches in a row end without a spin after spins that found nothing.
-const MAX_SPIN_BACKOFF: u32 = 64;
-
-/// The state of one spin (see [`SPIN_FOR`]).
-#[derive(Default)]
-struct Spin {
-    started: Option<std::time::Instant>,
-    /// It ended without finding a message: the dispatcher parked.
-    parked: bool,
-}
-
-impl Spin {
-    /// Whether to look once more: until the spin has lasted [`SPIN_FOR`].
-    fn turn(&mut self) -> bool {
-        let now = std::time::Instant::now();
-        let started = *self.started.get_or_insert(now);
-        now.duration_since(started) < SPIN_FOR
-    }
-}
-
-/// Which batches end in a spin: only small ones with a message from the host (from another
-/// thread, see [`SPIN_AFTER_AT_MOST`]), and adaptively, as a spinning lock's waits do. A spin
-/// that found a message keeps the next ones coming; one that ended parked skips the spin for
-/// the next 1, 2, 4, … up to [`MAX_SPIN_BACKOFF`] batches. On one core, where whoever would
-/// send must first get this thread's CPU, spins find nothing and soon stop; across cores, they
-/// save a wake a hop.
-#[derive(Default)]
-struct Spins {
-    /// Batches still to end without a spin.
-    skip: u32,
-    backoff: u32,
-}
-
-impl Spins {
-    /// How the last spin went.
-    fn record(&mut self, last: Option<Spin>) {
-        match last {
-            // It found a message while spinning.
-            Some(Spin { started: Some(_), parked: false }) => self.backoff = 0,
-            Some(Spin { parked: true, .. }) => {
-                self.backoff = (self.backoff * 2).clamp(1, MAX_SPIN_BACKOFF);
-                self.skip = self.backoff;
-            }
-            // Not spun (a message was waiting), or skipped: no news.
-            _ => {}
-        }
-    }
-
-    /// The spin to end a batch with.
-    fn next(&mut self) -> Option<Spin> {
-        if self.skip > 0 {
-            self.skip -= 1;
-            return None;
-        }
-        Some(Spin::default())
-    }
 }
 
 impl Future for Take<'_> {
@@ -366,7 +263,7 @@ impl Future for Take<'_> {
     #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
         let this = self.get_mut();
-        this.mailbox.take(cx, this.batch, this.spin)
+        this.mailbox.take(cx, this.batch)
     }
 }
 
@@ -429,120 +326,6 @@ mod tests {
         assert_eq!(mailbox.push(message(abi::kind::REPLY, 6)), Err(Refused::Closed));
     }
 
-    #[test]
-    fn spins_back_off_while_they_find_nothing_and_resume_when_one_does() {
-        let mut spins = Spins::default();
-        let parked = || Some(Spin { started: Some(std::time::Instant::now()), parked: true });
-        let found = || Some(Spin { started: Some(std::time::Instant::now()), parked: false });
-        let mut next = |last| {
-            spins.record(last);
-            spins.next()
-        };
-        // After activity, the first batch ends in a spin.
-        assert!(next(None).is_some());
-        // Each spin that parks skips the spin for twice as many batches as the last, up to the bound.
-        let mut skipped_runs = Vec::new();
-        for _ in 0..8 {
-            assert!(next(parked()).is_none());
-            let mut skipped = 1;
-            while next(None).is_none() {
-                skipped += 1;
-            }
-            skipped_runs.push(skipped);
-        }
-        assert_eq!(skipped_runs, [1, 2, 4, 8, 16, 32, 64, 64]);
-        // A spin that finds a message ends the backoff: the next batches spin again.
-        assert!(next(found()).is_some());
-        assert!(next(found()).is_some());
-        assert!(next(parked()).is_none(), "and a park starts it from 1 again");
-        assert!(next(None).is_some());
-    }
-
-    /// A waker that counts its wakes.
-    struct Counter(AtomicU64);
-
-    impl std::task::Wake for Counter {
-        fn wake(self: std::sync::Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-        fn wake_by_ref(self: &std::sync::Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    #[test]
-    fn after_its_spin_an_idle_dispatcher_parks_and_a_push_wakes_it() {
-        let mailbox = Mailbox::new(MailboxLimit { messages: 16, bytes: 1 << 20 });
-        let counter = std::sync::Arc::new(Counter(AtomicU64::new(0)));
-        let waker = Waker::from(counter.clone());
-        let mut cx = std::task::Context::from_waker(&waker);
-        let mut seen = Vec::new();
-        let mut serve = Box::pin(mailbox.serve(|delivery| seen.push(delivery.message.request_id)));
-        // Idle from the start: it parks at once, without a spin.
-        assert!(serve.as_mut().poll(&mut cx).is_pending());
-        assert_eq!(counter.0.load(Ordering::SeqCst), 0, "no spin before any activity");
-        mailbox.push(message(abi::kind::REPLY, 1)).unwrap();
-        assert_eq!(counter.0.load(Ordering::SeqCst), 1, "the push woke the parked dispatcher");
-        // It takes the message, then spins: each look wakes itself to look again, until it parks.
-        let mut polls = 0u64;
-        loop {
-            let before = counter.0.load(Ordering::SeqCst);
-            assert!(serve.as_mut().poll(&mut cx).is_pending());
-            polls += 1;
-            if counter.0.load(Ordering::SeqCst) == before {
-                break; // Parked: nothing will poll it again until a push.
-            }
-        }
-        assert!(polls > 1, "it spun after the batch");
-        let parked_at = counter.0.load(Ordering::SeqCst);
-        mailbox.push(message(abi::kind::REPLY, 2)).unwrap();
-        assert_eq!(counter.0.load(Ordering::SeqCst), parked_at + 1, "a push wakes it once parked");
-        assert!(serve.as_mut().poll(&mut cx).is_pending());
-        drop(serve);
-        assert_eq!(seen, [1, 2]);
-    }
-
-    #[test]
-    fn a_spinning_dispatcher_loses_nothing_and_keeps_the_order() {
-        const COUNT: u64 = 20_000;
-        let mailbox = std::sync::Arc::new(Mailbox::new(MailboxLimit { messages: u64::MAX, bytes: u64::MAX }));
-        let sender = {
-            let mailbox = mailbox.clone();
-            // Bursts of 1 to 7 with a yield between: the dispatcher finds some while it spins,
-            // some while it works, and some after it parked.
-            std::thread::spawn(move || {
-                for id in 0..COUNT {
-                    mailbox.push(message(abi::kind::REPLY, id)).unwrap();
-                    if id % 7 == id % 3 {
-                        std::thread::yield_now();
-                    }
-                }
-            })
-        };
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
-        let mut seen = Vec::with_capacity(COUNT as usize);
-        runtime.block_on(async {
-            let (all, done) = tokio::sync::oneshot::channel::<()>();
-            let mut all = Some(all);
-            let serve = mailbox.serve(|delivery| {
-                seen.push(delivery.message.request_id);
-                if seen.len() as u64 == COUNT {
-                    all.take().map(|all| all.send(()));
-                }
-            });
-            // A failsafe, not a timing: a lost wake would leave the dispatcher parked for good.
-            let all_seen = tokio::time::timeout(std::time::Duration::from_secs(20), async {
-                tokio::select! {
-                    _ = serve => unreachable!("serving ends only when dropped"),
-                    _ = done => {}
-                }
-            });
-            assert!(all_seen.await.is_ok(), "a message was left in the mailbox unseen");
-        });
-        sender.join().unwrap();
-        assert!(seen.iter().copied().eq(0..COUNT), "every message, in order");
-    }
-
     /// A message the dispatcher has taken and not finished (its handler not yet marked as
     /// running, or a listener, which is never marked) is work: an inspect that finds it must not
     /// read the instance as idle, or the watchdog stops looking at an instance that may be stuck
@@ -582,5 +365,46 @@ mod tests {
         release.wait();
         dispatcher.join().unwrap();
         assert!(idle(&mailbox), "the dispatcher finished its batch");
+    }
+
+    #[test]
+    fn a_dispatcher_fed_from_another_thread_loses_nothing_and_keeps_the_order() {
+        const COUNT: u64 = 20_000;
+        let mailbox = std::sync::Arc::new(Mailbox::new(MailboxLimit { messages: u64::MAX, bytes: u64::MAX }));
+        let sender = {
+            let mailbox = mailbox.clone();
+            // Bursts of 1 to 7 with a yield between: the dispatcher finds some while it works
+            // through a batch and some after it parked.
+            std::thread::spawn(move || {
+                for id in 0..COUNT {
+                    mailbox.push(message(abi::kind::REPLY, id)).unwrap();
+                    if id % 7 == id % 3 {
+                        std::thread::yield_now();
+                    }
+                }
+            })
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let mut seen = Vec::with_capacity(COUNT as usize);
+        runtime.block_on(async {
+            let (all, done) = tokio::sync::oneshot::channel::<()>();
+            let mut all = Some(all);
+            let serve = mailbox.serve(|delivery| {
+                seen.push(delivery.message.request_id);
+                if seen.len() as u64 == COUNT {
+                    all.take().map(|all| all.send(()));
+                }
+            });
+            // A failsafe, not a timing: a lost wake would leave the dispatcher parked for good.
+            let all_seen = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+                tokio::select! {
+                    _ = serve => unreachable!("serving ends only when dropped"),
+                    _ = done => {}
+                }
+            });
+            assert!(all_seen.await.is_ok(), "a message was left in the mailbox unseen");
+        });
+        sender.join().unwrap();
+        assert!(seen.iter().copied().eq(0..COUNT), "every message, in order");
     }
 }
