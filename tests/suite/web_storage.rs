@@ -158,3 +158,31 @@ async fn a_malformed_storage_message_ends_the_pages_connection_and_reaches_nothi
     server.shutdown().await;
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_write_the_host_turns_away_is_refused_to_the_page_as_the_tiers_refusal() {
+    // A page saving in `deactivate` while its frame closes: the host does not route the write
+    // (the frame is unplaced), and answers it at once with the persisted tier's refusal, not
+    // the store's, so the page's `ipc.storage.set` rejects rather than waiting.
+    let dir = crate::loading::tempdir();
+    let (host, server) = keeper_host(&dir).await;
+    let (_shell, mut page, _) = open_page(&host, port(&server)).await;
+    let frame = page.frame;
+    let closing = tokio::spawn({
+        let host = host.clone();
+        async move { host.close_frame(extension_host::FrameId(frame)).await }
+    });
+    let (completion, command) = page.control().await;
+    assert_eq!(command[0], Value::from(2), "the half closes: {command}");
+    storage_write(&mut page, 41, "saved", Some("yes")).await;
+    let refusal = page.message_where(|m| m[1] == Value::from(STORAGE_REFUSAL) || m[1] == Value::from(7)).await;
+    assert_eq!(refusal[1], Value::from(STORAGE_REFUSAL), "the persisted tier's refusal: {refusal}");
+    assert_eq!(refusal[2], Value::from(5), "NO_SUCH_PEER: the frame is closing: {refusal}");
+    let refused: WriteRefusal = rmp_serde::from_slice(payload_of(&refusal)).unwrap();
+    assert_eq!((refused.write_id, refused.key.as_str()), (41, "saved"));
+    page.done(completion).await;
+    closing.await.unwrap().expect("the frame closes");
+    assert!(!main_values(&host).await.contains_key("saved"));
+    server.shutdown().await;
+    host.shutdown().await;
+}
