@@ -6,8 +6,8 @@
 //   export async function deactivate() { ... }   // optional
 //
 // The host serves the module, the client and its MessagePack library from the extension's own
-// origin; the page's bootstrap connects, seeds the store, then imports `/index.js` once and
-// calls `activate(ipc)`.
+// origin; the page's bootstrap connects, seeds the store and the persisted tier, then imports
+// `/index.js` once and calls `activate(ipc)`.
 
 /**
  * Undoes a registration. Calling it (or its `dispose`) twice is a no-op. Everything
@@ -72,8 +72,7 @@ export interface StoreChange {
 
 /**
  * The extension's store as this frame's replica holds it: seeded before `activate` runs, then
- * kept in main's order. Web halves have no persisted tier yet (`ipc.storage` does not exist
- * in the page).
+ * kept in main's order. `ipc.storage`, the persisted tier, has the same shape: see `Storage`.
  */
 export interface Store {
   /** The value of `key` (decoded afresh at each call), or `undefined`. Synchronous. */
@@ -100,6 +99,27 @@ export interface Store {
    * its own `StoreChange`.
    */
   watch(key: string, fn: (change: StoreChange) => void): Disposer;
+}
+
+/**
+ * The persisted tier (Rust's `Renderer::storage()`): kept by the host in the extension's data
+ * directory across activations and host restarts, replicated like the store (seeded before
+ * `activate` runs, so `get` is synchronous from the first line; every write from main and from
+ * every frame, Rust or web, applied in main's order). The differences from `Store`:
+ *
+ * - `set` / `delete` resolve only once the host has committed and synced the write (in a group
+ *   commit with the extension's other writers) and this replica applied it; the replicas hold
+ *   durable writes only. They reject with a `StoreError` as `Store`'s do, with the host's
+ *   refusals: `TooLarge` (over the host's value limit, 1 MiB by default, checked here first),
+ *   `Full` (over the extension's total, 8 MiB by default), `Unavailable` (the database could
+ *   not be opened or a commit failed: `message` says why, naming the file), `Overloaded`.
+ * - When the tier is unavailable this activation (a damaged or locked file), `get` and `has`
+ *   throw that `StoreError` (`Unavailable`) and `set` / `delete` reject with it, sending
+ *   nothing: as Rust's `get` and `set` fail.
+ */
+export interface Storage extends Store {
+  /** The extension's version that last ran with this data (`undefined` for new data). */
+  readonly storedVersion: string | undefined;
 }
 
 /**
@@ -162,6 +182,8 @@ export interface Ipc {
    */
   exposed(name: string): Exposed;
   readonly store: Store;
+  /** The persisted tier: the store's shape, written durably by the host. */
+  readonly storage: Storage;
   readonly log: Log;
 }
 
@@ -190,13 +212,13 @@ export class InvokeError extends Error {
   constructor(kind: InvokeErrorKind, message: string, data?: Value, options?: { cause?: unknown });
 }
 
-/** Why a store write was not made. */
+/** Why a write of the store or the persisted tier was not made, or (`Unavailable`) read. */
 export class StoreError extends Error {
   readonly name: "StoreError";
   /** The key written. */
   readonly key: string;
   /**
-   * Main's refusal (`TooLarge`, `Full`, `Overloaded`, `Unavailable`), or why it was never
+   * Main's or the host's refusal (`TooLarge`, `Full`, `Overloaded`, `Unavailable`), or why it was never
    * sequenced here (`FrameClosed`: the half or its frame closed first; `Deactivated`: the
    * extension is deactivating; `ConnectionLost`), or `TimedOut`: main did not sequence it
    * within 30 s (it may still be applied later, as in Rust).

@@ -21,6 +21,9 @@ const CANCEL = 4;
 const STORE_WRITE = 5;
 const STORE_UPDATE = 6;
 const STORE_REFUSAL = 7;
+const STORAGE_WRITE = 8;
+const STORAGE_UPDATE = 9;
+const STORAGE_REFUSAL = 10;
 
 /** Error kinds by their reply code (`message::error_code`), 100 NoHandler ... 110 TooLarge. */
 export const ERROR_KINDS = Object.freeze([
@@ -67,7 +70,10 @@ export class InvokeError extends Error {
   }
 }
 
-/** Why a store write was not made (main refused it, or the half closed first). */
+/**
+ * Why a write of the store or the persisted tier was not made (main or the host refused it, or
+ * the half closed first), or why the persisted tier cannot be read.
+ */
 export class StoreError extends Error {
   constructor(key, reason, message, details = {}) {
     super(message);
@@ -357,10 +363,8 @@ export class Client {
     this.closeReason = undefined;
     this.messagesIn = 0;
     this.messagesOut = 0;
-    // The store replica: key → MessagePack bytes; null until seeded.
-    this.replica = null;
-    this.seq = 0;
-    this.stash = new Map();
+    // The replicas of the store and of the persisted tier.
+    this.tiers = { store: new Tier("store"), storage: new Tier("storage") };
     // The running half, or null.
     this.half = null;
     this.module = null;
@@ -369,6 +373,15 @@ export class Client {
     if ("binaryType" in socket) socket.binaryType = "arraybuffer";
     socket.addEventListener("message", (event) => this.receive(event.data));
     socket.addEventListener("close", (event) => this.closed(event));
+  }
+
+  /** The store's replica (key → MessagePack bytes; null until seeded) and its sequence. */
+  get replica() {
+    return this.tiers.store.replica;
+  }
+
+  get seq() {
+    return this.tiers.store.seq;
   }
 
   // --- Out -----------------------------------------------------------------------------
@@ -463,10 +476,16 @@ export class Client {
         this.half?.cancelRun(origin, requestId);
         break;
       case STORE_UPDATE:
-        this.onStoreUpdate(payload);
+        this.onStoreUpdate(this.tiers.store, payload);
         break;
       case STORE_REFUSAL:
-        this.onStoreRefusal(status, payload);
+        this.onStoreRefusal(this.tiers.store, status, payload);
+        break;
+      case STORAGE_UPDATE:
+        this.onStoreUpdate(this.tiers.storage, payload);
+        break;
+      case STORAGE_REFUSAL:
+        this.onStoreRefusal(this.tiers.storage, status, payload);
         break;
       default:
         throw new Violation(`a message of kind ${String(kind)}`);
@@ -501,6 +520,8 @@ export class Client {
         return this.close(completion, command[1]);
       case 3:
         return this.complete(completion, [4, this.inspect()]);
+      case 4:
+        return this.seedStorage(completion, command);
       default:
         return this.complete(completion, [1, `unknown control command ${String(command[0])}`]);
     }
@@ -510,45 +531,64 @@ export class Client {
 
   seed(completion, command) {
     const [, seq, values] = command;
-    if (values === null || typeof values !== "object") throw new Violation("a seed without values");
-    const entries = values instanceof Map ? [...values] : Object.entries(values);
-    this.replica = new Map();
-    for (const [key, value] of entries) this.replica.set(String(key), toBytes(value));
-    this.seq = Number(seq);
-    this.drain();
+    this.seedTier(this.tiers.store, seq, values);
     this.complete(completion, [0]);
   }
 
-  onStoreUpdate(payload) {
+  /** `[4, seq, values, unavailable, value_limit, total_limit, stored_version]`. */
+  seedStorage(completion, command) {
+    if (command.length !== 7) throw new Violation("a malformed storage seed");
+    const [, seq, values, unavailable, valueLimit, totalLimit, storedVersion] = command;
+    if (unavailable !== null && typeof unavailable !== "string") throw new Violation("a storage seed's reason is not a string");
+    if (storedVersion !== null && typeof storedVersion !== "string") throw new Violation("a storage seed's version is not a string");
+    const tier = this.tiers.storage;
+    tier.unavailable = unavailable;
+    tier.valueLimit = Number(valueLimit) || STORE_VALUE_LIMIT;
+    tier.totalLimit = Number(totalLimit);
+    tier.storedVersion = storedVersion ?? undefined;
+    this.seedTier(tier, seq, values);
+    this.complete(completion, [0]);
+  }
+
+  seedTier(tier, seq, values) {
+    if (values === null || typeof values !== "object") throw new Violation(`a ${tier.name} seed without values`);
+    const entries = values instanceof Map ? [...values] : Object.entries(values);
+    tier.replica = new Map();
+    for (const [key, value] of entries) tier.replica.set(String(key), toBytes(value));
+    tier.seq = Number(seq);
+    this.drain(tier);
+  }
+
+  onStoreUpdate(tier, payload) {
     const update = decodeValue(payload);
     if (update === null || typeof update !== "object" || typeof update.key !== "string") {
-      throw new Violation("a malformed store update");
+      throw new Violation(`a malformed ${tier.name} update`);
     }
-    this.stash.set(Number(update.seq), update);
-    this.drain();
+    tier.stash.set(Number(update.seq), update);
+    this.drain(tier);
   }
 
   /** Applies every stashed update that follows the replica without a gap, in order. */
-  drain() {
-    if (this.replica === null) return;
+  drain(tier) {
+    if (tier.replica === null) return;
     for (;;) {
-      for (const seq of this.stash.keys()) if (seq <= this.seq) this.stash.delete(seq);
-      const update = this.stash.get(this.seq + 1);
+      for (const seq of tier.stash.keys()) if (seq <= tier.seq) tier.stash.delete(seq);
+      const update = tier.stash.get(tier.seq + 1);
       if (update === undefined) return;
-      this.stash.delete(this.seq + 1);
-      this.seq += 1;
+      tier.stash.delete(tier.seq + 1);
+      tier.seq += 1;
       const old = toBytes(update.old);
       const value = toBytes(update.new);
-      if (value === null) this.replica.delete(update.key);
-      else this.replica.set(update.key, value);
-      this.half?.applied(update, old, value);
+      if (value === null) tier.replica.delete(update.key);
+      else tier.replica.set(update.key, value);
+      this.half?.applied(tier, update, old, value);
     }
   }
 
-  onStoreRefusal(status, payload) {
+  onStoreRefusal(tier, status, payload) {
     const refusal = decodeValue(payload);
-    if (refusal === null || typeof refusal !== "object") throw new Violation("a malformed store refusal");
-    this.half?.refused(refusal, Number(status));
+    if (refusal === null || typeof refusal !== "object") throw new Violation(`a malformed ${tier.name} refusal`);
+    this.half?.refused(tier, refusal, Number(status));
   }
 
   // --- Lifecycle -----------------------------------------------------------------------
@@ -633,7 +673,7 @@ export class Client {
     const listeners = new Map();
     for (const [channel, set] of half?.listeners ?? []) if (set.size > 0) listeners.set(channel, set.size);
     let watchers = 0;
-    for (const set of half?.watchers.values() ?? []) watchers += set.size;
+    for (const map of [half?.watchers, half?.storageWatchers]) for (const set of map?.values() ?? []) watchers += set.size;
     return {
       listeners,
       handlers: [...(half?.handlers.keys() ?? [])].sort(),
@@ -673,6 +713,7 @@ class Half {
     this.listeners = new Map();
     this.handlers = new Map();
     this.watchers = new Map();
+    this.storageWatchers = new Map();
     this.pending = new Map();
     this.running = new Map();
     this.writes = new Map();
@@ -867,15 +908,24 @@ class Half {
 
   // --- Store ---------------------------------------------------------------------------
 
-  write(key, value) {
-    this.checkOpen("store.set");
-    if (typeof key !== "string") throw new TypeError("a store key must be a string");
+  watchersOf(tier) {
+    return tier.name === "store" ? this.watchers : this.storageWatchers;
+  }
+
+  write(tier, key, value) {
+    const name = tier.name;
+    this.checkOpen(`${name}.set`);
+    if (typeof key !== "string") throw new TypeError(`a ${name} key must be a string`);
+    if (tier.unavailable) {
+      return Promise.reject(unavailable(key, tier.unavailable));
+    }
     const bytes = value === undefined ? null : encodeValue(value);
-    if (bytes !== null && bytes.length > STORE_VALUE_LIMIT) {
+    const limit = tier.valueLimit;
+    if (bytes !== null && bytes.length > limit) {
       return Promise.reject(
-        new StoreError(key, "TooLarge", `store write of \`${key}\` refused: the value is ${bytes.length} bytes, over the ${STORE_VALUE_LIMIT}-byte limit`, {
+        new StoreError(key, "TooLarge", `${name} write of \`${key}\` refused: the value is ${bytes.length} bytes, over the ${limit}-byte limit`, {
           size: bytes.length,
-          max: STORE_VALUE_LIMIT,
+          max: limit,
         }),
       );
     }
@@ -883,6 +933,7 @@ class Half {
     return new Promise((resolve, reject) => {
       // Settling it (applied, refused, shut) stops its timer.
       const write = {
+        tier,
         key,
         timer: undefined,
         resolve: () => (clearTimeout(write.timer), resolve()),
@@ -893,26 +944,27 @@ class Half {
       write.timer = setTimeout(() => {
         if (this.writes.get(writeId) !== write) return;
         this.writes.delete(writeId);
-        reject(new StoreError(key, "TimedOut", `store write of \`${key}\`: main did not sequence it within ${STORE_WRITE_TIMEOUT} ms`));
+        reject(new StoreError(key, "TimedOut", `${name} write of \`${key}\`: main did not sequence it within ${STORE_WRITE_TIMEOUT} ms`));
       }, STORE_WRITE_TIMEOUT);
       const payload = encodeValue({ write_id: writeId, key, value: bytes });
-      if (!this.client.sendMessage(STORE_WRITE, 0, PEER_MAIN, 0, "", payload)) {
+      const kind = name === "store" ? STORE_WRITE : STORAGE_WRITE;
+      if (!this.client.sendMessage(kind, 0, PEER_MAIN, 0, "", payload)) {
         this.writes.delete(writeId);
-        write.reject(new StoreError(key, "ConnectionLost", `store write of \`${key}\`: ${this.client.closeReason}`));
+        write.reject(new StoreError(key, "ConnectionLost", `${name} write of \`${key}\`: ${this.client.closeReason}`));
       }
     });
   }
 
-  applied(update, old, value) {
+  applied(tier, update, old, value) {
     if (asNumber(update.writer) === this.client.frame) {
       const write = this.writes.get(asNumber(update.write_id));
-      if (write) {
+      if (write?.tier === tier) {
         this.writes.delete(asNumber(update.write_id));
         write.resolve();
       }
     }
     if (sameBytes(old, value)) return;
-    const fns = [...(this.watchers.get(update.key) ?? [])];
+    const fns = [...(this.watchersOf(tier).get(update.key) ?? [])];
     if (fns.length === 0) return;
     // Each watcher its own change: one may change it.
     const change = () => ({
@@ -926,16 +978,16 @@ class Half {
       try {
         fn(change());
       } catch (error) {
-        this.client.log("error", [`a watcher of store key \`${update.key}\` threw:`, error]);
+        this.client.log("error", [`a watcher of ${tier.name} key \`${update.key}\` threw:`, error]);
       }
     }
   }
 
   /** Main refused the write (status 0), or the host did not route it (the route's status). */
-  refused(refusal, status = 0) {
+  refused(tier, refusal, status = 0) {
     const id = asNumber(refusal.write_id);
     const write = this.writes.get(id);
-    if (!write) return;
+    if (write?.tier !== tier) return;
     this.writes.delete(id);
     const outcome = refusal.outcome;
     // `wire::StorageOutcome`: a unit variant is its name, the others a map of one entry.
@@ -943,7 +995,7 @@ class Half {
       typeof outcome === "string" ? [outcome, {}] : Object.entries(outcome ?? { Refused: {} })[0] ?? ["Refused", {}];
     const what = {
       TooLarge: `the value is ${details.size} bytes, over the ${details.max}-byte limit`,
-      Full: `the store would hold ${details.size} bytes, over its ${details.max}-byte limit`,
+      Full: `the ${tier.name === "store" ? "store" : "persisted storage"} would hold ${details.size} bytes, over its ${details.max}-byte limit`,
       Overloaded: "main is overloaded",
       Unavailable: details.reason,
     }[reason];
@@ -951,7 +1003,7 @@ class Half {
     // Not sent to main: the frame closing (NO_SUCH_PEER) or the extension (any other status
     // but BUSY and TOO_LARGE, which the outcome names), as a Rust half's `set` says.
     const why = status === 5 ? "FrameClosed" : status !== 0 && status !== 6 && status !== 7 ? "Deactivated" : reason;
-    write.reject(new StoreError(write.key, why, `store write of \`${write.key}\` refused: ${what ?? reason}`, detail));
+    write.reject(new StoreError(write.key, why, `${tier.name} write of \`${write.key}\` refused: ${what ?? reason}`, detail));
   }
 
   // --- Shutting ------------------------------------------------------------------------
@@ -973,12 +1025,13 @@ class Half {
     const why = reason ?? "the renderer half closed";
     this.endRequests(kind, why);
     for (const [, write] of this.writes) {
-      write.reject(new StoreError(write.key, kind, `store write of \`${write.key}\`: ${why}`));
+      write.reject(new StoreError(write.key, kind, `${write.tier.name} write of \`${write.key}\`: ${why}`));
     }
     this.writes.clear();
     this.listeners.clear();
     this.handlers.clear();
     this.watchers.clear();
+    this.storageWatchers.clear();
   }
 }
 
@@ -997,38 +1050,8 @@ function register(map, key, fn) {
 /** The author's `ipc` for one activation (client.d.ts documents it). */
 function makeIpc(half) {
   const client = half.client;
-  const store = Object.freeze({
-    get(key) {
-      const bytes = client.replica?.get(key);
-      return bytes === undefined || bytes === null ? undefined : decodeValue(bytes);
-    },
-    has(key) {
-      return client.replica?.has(key) ?? false;
-    },
-    keys() {
-      return [...(client.replica?.keys() ?? [])].sort();
-    },
-    set(key, value) {
-      try {
-        if (value === undefined) throw new TypeError("store.set needs a value: use store.delete to remove a key");
-        return half.write(key, value);
-      } catch (error) {
-        return Promise.reject(error);
-      }
-    },
-    delete(key) {
-      try {
-        return half.write(key, undefined);
-      } catch (error) {
-        return Promise.reject(error);
-      }
-    },
-    watch(key, fn) {
-      half.checkOpen("store.watch");
-      if (typeof fn !== "function") throw new TypeError("store.watch needs a function");
-      return disposer(register(half.watchers, key, fn));
-    },
-  });
+  const store = tierApi(half, client.tiers.store);
+  const storage = tierApi(half, client.tiers.storage);
   const log = Object.freeze(
     Object.fromEntries(["error", "warn", "info", "debug", "trace"].map((level) => [level, (...parts) => client.log(level, parts)])),
   );
@@ -1078,6 +1101,79 @@ function makeIpc(half) {
       });
     },
     store,
+    storage,
     log,
   });
+}
+
+/** The `ipc.store` or `ipc.storage` of one activation: the same shape for both tiers. */
+function tierApi(half, tier) {
+  const name = tier.name;
+  const replica = (key) => {
+    // As Rust's `get`: the persisted tier this activation could not open fails every read.
+    if (tier.unavailable) throw unavailable(key, tier.unavailable);
+    return tier.replica;
+  };
+  const api = {
+    get(key) {
+      const bytes = replica(key)?.get(key);
+      return bytes === undefined || bytes === null ? undefined : decodeValue(bytes);
+    },
+    has(key) {
+      return replica(key)?.has(key) ?? false;
+    },
+    keys() {
+      return [...(tier.replica?.keys() ?? [])].sort();
+    },
+    set(key, value) {
+      try {
+        if (value === undefined) throw new TypeError(`${name}.set needs a value: use ${name}.delete to remove a key`);
+        return half.write(tier, key, value);
+      } catch (error) {
+        return Promise.reject(error);
+      }
+    },
+    delete(key) {
+      try {
+        return half.write(tier, key, undefined);
+      } catch (error) {
+        return Promise.reject(error);
+      }
+    },
+    watch(key, fn) {
+      half.checkOpen(`${name}.watch`);
+      if (typeof fn !== "function") throw new TypeError(`${name}.watch needs a function`);
+      return disposer(register(half.watchersOf(tier), key, fn));
+    },
+  };
+  if (name === "storage") {
+    Object.defineProperty(api, "storedVersion", {
+      // The extension's version that last ran with this data (undefined for new data).
+      get: () => tier.storedVersion,
+      enumerable: true,
+    });
+  }
+  return Object.freeze(api);
+}
+
+/** The persisted tier cannot be used in this activation (Rust's `StoreError::Unavailable`). */
+function unavailable(key, reason) {
+  return new StoreError(key, "Unavailable", `the persisted storage is unavailable (\`${key}\`): ${reason}`);
+}
+
+/** One replica the page holds: the store's or the persisted tier's. */
+class Tier {
+  constructor(name) {
+    this.name = name;
+    // key → MessagePack bytes; null until seeded.
+    this.replica = null;
+    this.seq = 0;
+    // Updates that came before the ones they follow.
+    this.stash = new Map();
+    // The persisted tier's: why it cannot be used this activation, its limits, the version.
+    this.unavailable = null;
+    this.valueLimit = STORE_VALUE_LIMIT;
+    this.totalLimit = undefined;
+    this.storedVersion = undefined;
+  }
 }

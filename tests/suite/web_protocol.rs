@@ -199,15 +199,19 @@ impl Page {
         self.complete(completion, Value::Array(vec![0.into()])).await;
     }
 
-    /// Answers the seed and the open; the seed's `[seq, {key: value}]`.
-    async fn start(&mut self) -> Value {
+    /// Answers the seeds and the open; the store's seed `[0, seq, {key: value}]` and the
+    /// persisted tier's `[4, seq, {key: value}, ..]`.
+    async fn start(&mut self) -> (Value, Value) {
         let (completion, seed) = self.control().await;
         assert_eq!(seed[0], Value::from(0), "the store is seeded first: {seed}");
+        self.done(completion).await;
+        let (completion, storage) = self.control().await;
+        assert_eq!(storage[0], Value::from(4), "then the persisted tier: {storage}");
         self.done(completion).await;
         let (completion, open) = self.control().await;
         assert_eq!(open, Value::Array(vec![1.into(), self.frame.into()]), "then the half opens");
         self.done(completion).await;
-        seed
+        (seed, storage)
     }
 
     /// `[1, kind, status, target, request_id, channel, payload]`.
@@ -309,7 +313,7 @@ async fn a_page_is_a_frame_with_the_store_broadcasts_and_requests_both_ways() {
     let (_, origin, token) = shell.add().await;
     assert!(origin.starts_with("http://probe-") && origin.ends_with(&format!(".localhost:{port}")), "{origin}");
     let mut page = Page::connect(port, &origin, &token, "probe").await;
-    let seed = page.start().await;
+    let (seed, _) = page.start().await;
     assert_eq!(seed[2]["k"], Value::Binary(msgpack(&7i64)), "{seed}");
     assert!(seed[1].as_u64().unwrap() >= 1);
     settle(&host).await;
@@ -908,3 +912,6 @@ mod web_security;
 // An application's own shell origins (`WebConfig::shell_origins`): they use this file's helpers.
 #[path = "web_shell_origins.rs"]
 mod web_shell_origins;
+
+#[path = "web_storage.rs"]
+mod web_storage;

@@ -37,12 +37,9 @@ impl WebInstance {
 
     pub(crate) fn deliver(&self, message: &Message<'_>) -> u32 {
         match message.kind {
-            // Web halves have no persisted tier (yet): nothing of it is sent to a page.
-            abi::kind::STORAGE_WRITE
-            | abi::kind::STORAGE_UPDATE
-            | abi::kind::STORAGE_REFUSAL
-            | abi::kind::STORAGE_COMMIT
-            | abi::kind::STORAGE_COMMITTED => abi::status::OK,
+            // Main's side of the persisted tier (a renderer's write, the host's commits): never
+            // meant for a page. Its updates and refusals are, as the store's are.
+            abi::kind::STORAGE_WRITE | abi::kind::STORAGE_COMMIT | abi::kind::STORAGE_COMMITTED => abi::status::OK,
             // A broadcast or a request can be turned away; what answers a message already
             // accepted cannot be dropped, so a page that stops reading loses its connection.
             abi::kind::BROADCAST | abi::kind::INVOKE => self.connection.send(protocol::encode_message(message), false),
@@ -57,10 +54,11 @@ impl WebInstance {
             Control::CloseFrame { completion, frame, timeout_ms } if frame == self.frame => {
                 (completion, Command::Close(timeout_ms))
             }
+            Control::SeedStorage { completion, seed } => (completion, Command::SeedStorage(seed)),
             Control::Inspect { completion } => (completion, Command::Inspect),
-            // A page has no persisted tier and keeps no requests of its halves within itself:
-            // there is nothing for it to do.
-            Control::SeedStorage { completion, .. } | Control::StopRouting { completion } => {
+            // A page keeps no requests of its halves within itself: there is nothing for it to
+            // do.
+            Control::StopRouting { completion } => {
                 self.connection.answer(completion, Completion::Done);
                 return abi::status::OK;
             }

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use extension_api::abi::{self, Peer};
 use extension_api::message::Message;
-use extension_api::wire::{Completion, HalfSnapshot, StoreSnapshot};
+use extension_api::wire::{Completion, HalfSnapshot, StorageSeed, StoreSnapshot};
 use extension_api::{FrameId, Half};
 use rmpv::Value;
 
@@ -93,11 +93,17 @@ fn violation(text: impl Into<String>) -> Violation {
     Violation(text.into())
 }
 
-/// The kinds a page may send: broadcast, invoke, reply, cancel, store write.
+/// The kinds a page may send: broadcast, invoke, reply, cancel, a write of the store or of the
+/// persisted tier.
 pub(crate) fn page_may_send(kind: u32) -> bool {
     matches!(
         kind,
-        abi::kind::BROADCAST | abi::kind::INVOKE | abi::kind::REPLY | abi::kind::CANCEL | abi::kind::STORE_WRITE
+        abi::kind::BROADCAST
+            | abi::kind::INVOKE
+            | abi::kind::REPLY
+            | abi::kind::CANCEL
+            | abi::kind::STORE_WRITE
+            | abi::kind::STORAGE_WRITE
     )
 }
 
@@ -358,25 +364,40 @@ pub(crate) enum Command {
     Close(u64),
     /// Report the half.
     Inspect,
+    /// Seed the persisted tier's replica (main's), with the host's limits for it.
+    SeedStorage(StorageSeed),
+}
+
+/// A replica's values as a map of key to binary value.
+fn values_map(snapshot: &StoreSnapshot) -> Value {
+    Value::Map(
+        snapshot.values.iter().map(|(key, value)| (Value::from(key.as_str()), Value::Binary(value.to_vec()))).collect(),
+    )
+}
+
+fn optional(text: Option<&str>) -> Value {
+    text.map_or(Value::Nil, Value::from)
 }
 
 /// `[2, completion, command]`.
 pub(crate) fn encode_control(completion: u64, command: &Command) -> Vec<u8> {
     let command = match command {
-        Command::Seed(snapshot) => Value::Array(vec![
-            Value::from(0u64),
-            Value::from(snapshot.seq),
-            Value::Map(
-                snapshot
-                    .values
-                    .iter()
-                    .map(|(key, value)| (Value::from(key.as_str()), Value::Binary(value.to_vec())))
-                    .collect(),
-            ),
-        ]),
+        Command::Seed(snapshot) => {
+            Value::Array(vec![Value::from(0u64), Value::from(snapshot.seq), values_map(snapshot)])
+        }
         Command::Open(frame) => Value::Array(vec![Value::from(1u64), Value::from(*frame)]),
         Command::Close(timeout_ms) => Value::Array(vec![Value::from(2u64), Value::from(*timeout_ms)]),
         Command::Inspect => Value::Array(vec![Value::from(3u64)]),
+        // `[4, seq, values, unavailable, value_limit, total_limit, stored_version]`.
+        Command::SeedStorage(seed) => Value::Array(vec![
+            Value::from(4u64),
+            Value::from(seed.snapshot.seq),
+            values_map(&seed.snapshot),
+            optional(seed.unavailable.as_deref()),
+            Value::from(seed.value_limit),
+            Value::from(seed.total_limit),
+            optional(seed.stored_version.as_deref()),
+        ]),
     };
     write(&Value::Array(vec![Value::from(2u64), Value::from(completion), command]))
 }
@@ -633,6 +654,30 @@ mod tests {
                 Value::Array(vec![0.into(), 4.into(), Value::Map(vec![("k".into(), Value::Binary(vec![7]))])])
             ])
         );
+        let mut seed = StorageSeed { value_limit: 100, total_limit: 200, ..Default::default() };
+        seed.snapshot.seq = 2;
+        seed.snapshot.values.insert("p".to_owned(), serde_bytes::ByteBuf::from(vec![8]));
+        seed.stored_version = Some("1.0.0".to_owned());
+        let value = rmpv::decode::read_value(&mut &encode_control(3, &Command::SeedStorage(seed))[..]).unwrap();
+        assert_eq!(
+            value,
+            Value::Array(vec![
+                2.into(),
+                3.into(),
+                Value::Array(vec![
+                    4.into(),
+                    2.into(),
+                    Value::Map(vec![("p".into(), Value::Binary(vec![8]))]),
+                    Value::Nil,
+                    100.into(),
+                    200.into(),
+                    "1.0.0".into()
+                ])
+            ])
+        );
+        // A page's write of the persisted tier is one of its messages; main's commits are not.
+        let write = arr(vec![1.into(), 8.into(), 0.into(), 0.into(), 0.into(), "".into(), Value::Binary(vec![])]);
+        assert!(matches!(decode(&write), Ok(PageMessage::Message { kind: abi::kind::STORAGE_WRITE, .. })));
         let value = rmpv::decode::read_value(&mut &encode_welcome(3, "probe")[..]).unwrap();
         assert_eq!(value[1]["frame"], Value::from(3));
         assert_eq!(value[1]["extension"], Value::from("probe"));

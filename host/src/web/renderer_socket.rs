@@ -286,15 +286,18 @@ fn receive(link: &Link, endpoint: &Endpoint, frame: Peer, bytes: &[u8]) -> Resul
     match protocol::decode(bytes).map_err(|violation| violation.0)? {
         PageMessage::Hello { .. } => Err("a second hello".to_owned()),
         PageMessage::Message { kind, status, target, request_id, channel, payload } => {
-            // A store write is checked here too: main would only log and drop a bad one.
-            if kind == abi::kind::STORE_WRITE {
+            // A write (of the store or the persisted tier) is checked here too: main would only
+            // log and drop a bad one.
+            if kind == abi::kind::STORE_WRITE || kind == abi::kind::STORAGE_WRITE {
+                let tier = if kind == abi::kind::STORE_WRITE { "store" } else { "storage" };
                 let write = extension_api::wire::decode::<StoreWrite>(&payload)
-                    .map_err(|error| format!("a store write's payload is not {{write_id, key, value}}: {error}"))?;
+                    .map_err(|error| format!("a {tier} write's payload is not {{write_id, key, value}}: {error}"))?;
                 let message =
                     Message { kind, status, origin: frame, target, request_id, channel: &channel, payload: &payload };
                 let status = link.route(endpoint, &message);
                 if status != abi::status::OK {
-                    refuse_write(endpoint, frame, write, status, message.channel.len() + message.payload.len());
+                    let size = message.channel.len() + message.payload.len();
+                    refuse_write(endpoint, frame, kind, write, status, size);
                 }
                 return Ok(());
             }
@@ -323,11 +326,12 @@ fn receive(link: &Link, endpoint: &Endpoint, frame: Peer, bytes: &[u8]) -> Resul
     }
 }
 
-/// Tells the page at once that the host did not route its store write (a Rust half's `set`
-/// fails at once then too), else its `set` would wait for ever, or until its half closes: a
-/// STORE_REFUSAL on this connection, whose status is the route's (NO_SUCH_PEER: the frame
-/// is closing; DEACTIVATED: the extension is; BUSY: main's mailbox is full).
-fn refuse_write(endpoint: &Endpoint, frame: Peer, write: StoreWrite, status: u32, size: usize) {
+/// Tells the page at once that the host did not route its write of the store or the persisted
+/// tier (`kind`; a Rust half's `set` fails at once then too), else its `set` would wait for
+/// ever, or until its half closes: a STORE_REFUSAL (STORAGE_REFUSAL) on this connection, whose
+/// status is the route's (NO_SUCH_PEER: the frame is closing; DEACTIVATED: the extension is;
+/// BUSY: main's mailbox is full).
+fn refuse_write(endpoint: &Endpoint, frame: Peer, kind: u32, write: StoreWrite, status: u32, size: usize) {
     let outcome = match status {
         abi::status::BUSY => StorageOutcome::Overloaded,
         abi::status::TOO_LARGE => {
@@ -344,12 +348,13 @@ fn refuse_write(endpoint: &Endpoint, frame: Peer, write: StoreWrite, status: u32
     let payload = match rmp_serde::to_vec_named(&refusal) {
         Ok(payload) => payload,
         Err(error) => {
-            tracing::error!("a store refusal does not encode: {error}");
+            tracing::error!("a write's refusal does not encode: {error}");
             return;
         }
     };
+    let kind = if kind == abi::kind::STORAGE_WRITE { abi::kind::STORAGE_REFUSAL } else { abi::kind::STORE_REFUSAL };
     endpoint.deliver(&Message {
-        kind: abi::kind::STORE_REFUSAL,
+        kind,
         status,
         origin: abi::PEER_MAIN,
         target: frame,

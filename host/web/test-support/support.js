@@ -11,7 +11,7 @@ const { encodeValue, decodeValue } = client;
 export const PEER_MAIN = 0;
 export const PEER_HOST = 2n ** 64n - 2n;
 export const PEER_ALL = 2n ** 64n - 1n;
-export const KIND = { BROADCAST: 1, INVOKE: 2, REPLY: 3, CANCEL: 4, STORE_WRITE: 5, STORE_UPDATE: 6, STORE_REFUSAL: 7 };
+export const KIND = { BROADCAST: 1, INVOKE: 2, REPLY: 3, CANCEL: 4, STORE_WRITE: 5, STORE_UPDATE: 6, STORE_REFUSAL: 7, STORAGE_WRITE: 8, STORAGE_UPDATE: 9, STORAGE_REFUSAL: 10 };
 
 /** The host's end of a renderer socket: `deliver` frames to the page, read what it `sent`. */
 export class FakeSocket {
@@ -113,10 +113,11 @@ let completions = 100;
 
 /**
  * A connected client whose half runs `activate` (the module's, given as an object): welcome,
- * seed (`store`: key → value, `seq`), open. Resolves `{ socket, connection, ipc }` once the
- * open completed.
+ * seed (`store`: key → value, `seq`), the persisted tier's seed when `storage` is given (its
+ * `values`, `seq`, `unavailable`, `valueLimit`, `totalLimit`, `storedVersion`), open. Resolves
+ * `{ socket, connection, ipc }` once the open completed.
  */
-export async function start({ frame = 3, extension = "probe", module = {}, store = {}, seq = 0 } = {}) {
+export async function start({ frame = 3, extension = "probe", module = {}, store = {}, seq = 0, storage } = {}) {
   const socket = new FakeSocket();
   let ipc;
   const entry = {
@@ -131,6 +132,13 @@ export async function start({ frame = 3, extension = "probe", module = {}, store
   const values = Object.fromEntries(Object.entries(store).map(([key, value]) => [key, encodeValue(value)]));
   const seeded = await socket.control(completions++, [0, seq, values]);
   if (seeded[2][0] !== 0) throw new Error(`seed failed: ${JSON.stringify(seeded)}`);
+  if (storage !== undefined) {
+    const { values = {}, seq = 0, unavailable = null, valueLimit = 1 << 20, totalLimit = 8 << 20, storedVersion = null } = storage;
+    const encoded = Object.fromEntries(Object.entries(values).map(([key, value]) => [key, encodeValue(value)]));
+    const command = [4, seq, encoded, unavailable, valueLimit, totalLimit, storedVersion];
+    const storageSeeded = await socket.control(completions++, command);
+    if (storageSeeded[2][0] !== 0) throw new Error(`storage seed failed: ${JSON.stringify(storageSeeded)}`);
+  }
   const opened = await socket.control(completions++, [1, frame]);
   return { socket, connection, ipc, opened, nextCompletion: () => completions++ };
 }

@@ -16,6 +16,7 @@ mod lifecycle;
 mod ordering;
 mod screenshot;
 mod selftest;
+mod storage;
 mod store;
 mod values;
 mod web;
