@@ -183,26 +183,11 @@ class ValueDecoder extends Decoder {
 
 const encoder = new ValueEncoder();
 const decoder = new ValueDecoder();
-/** Encodes the socket's messages into its own buffer, reused: `socket.send` copies them. */
-const frameEncoder = new ValueEncoder();
 
 /** Encodes a value as MessagePack; throws TypeError when it cannot be. */
 export function encodeValue(value) {
   try {
     return encoder.encode(value);
-  } catch (error) {
-    if (error instanceof TypeError) throw error;
-    throw new TypeError(`the value is not encodable as MessagePack: ${error.message}`, { cause: error });
-  }
-}
-
-/**
- * One message for the socket, as a view of the frame encoder's buffer: valid until the next
- * one is encoded, so it must be sent (copied) at once.
- */
-function encodeFrame(array) {
-  try {
-    return frameEncoder.encodeSharedRef(array);
   } catch (error) {
     if (error instanceof TypeError) throw error;
     throw new TypeError(`the value is not encodable as MessagePack: ${error.message}`, { cause: error });
@@ -362,8 +347,7 @@ function closeReason(text) {
 
 /**
  * The page's end of the renderer socket. `socket` is a WebSocket (or anything with `send`,
- * `close`, `addEventListener("message" | "close")`; `send` takes its bytes before it returns,
- * as a WebSocket's does) whose HELLO was sent. `options`:
+ * `close`, `addEventListener("message" | "close")`) whose HELLO was sent. `options`:
  * `entry` (the module to import on open, default "/index.js"), `importModule` (how, default
  * dynamic `import`), `onChange` (called after every message in or out, for a status line).
  */
@@ -397,7 +381,7 @@ export class Client {
 
   sendFrame(array) {
     if (this.state === "lost") return false;
-    this.socket.send(encodeFrame(array));
+    this.socket.send(encodeValue(array));
     this.messagesOut++;
     this.onChange(this);
     return true;
