@@ -128,6 +128,10 @@ async fn with_browser(program: &Path, shell: &str, scale: u64) -> Result<Web> {
     round(&shell_tab, &ours, ours_pipe, 200).await?;
     round(&echo_tab, echo_tab.page(), echo_pipe, 200).await?;
 
+    if let Some(path) = std::env::var_os("IPC_BENCH_WEB_PROFILE") {
+        profile_pages(&shell_tab, &ours, &echo_tab, Path::new(&path), message_bytes).await?;
+    }
+
     let mut samples: [Vec<Sample>; 4] = Default::default();
     for turn in 0..ROUNDS {
         let (ours_seq, echo_seq, _, _) = calls(sequential);
@@ -154,6 +158,40 @@ async fn with_browser(program: &Path, shell: &str, scale: u64) -> Result<Web> {
         Figure::of(&elapsed)
     });
     Ok(Web { invoke: (ours_seq, echo_seq), pipelined: (ours_pipe, echo_pipe), cpu, message_bytes, browser: version })
+}
+
+/// With `IPC_BENCH_WEB_PROFILE=DIR`: V8's CPU profile (the DevTools protocol's `Profiler`)
+/// of one sequential and one pipelined loop of each page, written to `DIR` as
+/// `{ours,echo}-{sequential,pipelined}.cpuprofile` (Chromium's DevTools opens them), for
+/// seeing what the page's side of a round trip spends.
+async fn profile_pages(
+    shell_tab: &headless::Tab,
+    ours: &headless::Session,
+    echo_tab: &headless::Tab,
+    dir: &Path,
+    message_bytes: usize,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let loops = [
+        ("ours-sequential", shell_tab, ours, format!("bench.sequential(2000, {SIZE})")),
+        ("ours-pipelined", shell_tab, ours, format!("bench.pipelined(10000, {SIZE})")),
+        ("echo-sequential", echo_tab, echo_tab.page(), format!("echo.sequential(2000, {message_bytes})")),
+        ("echo-pipelined", echo_tab, echo_tab.page(), format!("echo.pipelined(10000, {message_bytes})")),
+    ];
+    for (name, tab, session, call) in loops {
+        tab.bring_to_front().await?;
+        session.command("Profiler.enable", serde_json::json!({})).await?;
+        session.command("Profiler.setSamplingInterval", serde_json::json!({ "interval": 100 })).await?;
+        session.command("Profiler.start", serde_json::json!({})).await?;
+        let elapsed = session.eval(&call).await?;
+        let profile = session.command("Profiler.stop", serde_json::json!({})).await?;
+        session.command("Profiler.disable", serde_json::json!({})).await?;
+        let path = dir.join(format!("{name}.cpuprofile"));
+        std::fs::write(&path, serde_json::to_vec(&profile["profile"])?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("profiled {name}: {elapsed} ms, in {}", path.display());
+    }
+    Ok(())
 }
 
 /// One loop's figures, nanoseconds per reply: the page's own timing, and the CPU time this

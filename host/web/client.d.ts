@@ -45,7 +45,8 @@ export interface InvokeOptions {
   /**
    * Milliseconds to wait for the reply; 30000 by default; `Infinity` waits for ever. When it
    * passes, the request is cancelled on the handling side and the promise rejects with an
-   * `InvokeError` of kind `Timeout`.
+   * `InvokeError` of kind `Timeout`. Timeouts are checked every 10 ms (one timer for all the
+   * half's requests, as in Rust): a request times out between its timeout and 10 ms later.
    */
   timeout?: number;
   /**

@@ -302,6 +302,12 @@ function asNumber(value) {
 }
 
 const DEFAULT_TIMEOUT = 30_000;
+/**
+ * How often a half's invoke timeouts are swept (as the Rust side's 10 ms sweep): one timer for
+ * all the requests in flight rather than one each. A timeout passes in whole sweeps, never
+ * sooner than asked, at most one sweep later.
+ */
+const SWEEP_MS = 10;
 /** How long a store write waits for main to sequence it (`STORE_WRITE_TIMEOUT` in Rust). */
 const STORE_WRITE_TIMEOUT = 30_000;
 /** An open's failure when the half was closed before `activate` finished (Rust's words). */
@@ -715,6 +721,11 @@ class Half {
     this.watchers = new Map();
     this.storageWatchers = new Map();
     this.pending = new Map();
+    // The timeout sweep: its timer while a timed request is in flight, the sweeps so far (a
+    // request's `expires` counts in them), and the timed requests in flight.
+    this.sweep = undefined;
+    this.sweeps = 0;
+    this.timed = 0;
     this.running = new Map();
     this.writes = new Map();
     this.ipc = makeIpc(this);
@@ -780,27 +791,18 @@ class Half {
     }
     const id = this.client.nextRequest++;
     return new Promise((resolve, reject) => {
-      const request = { channel, resolve, reject, timer: undefined, signal, onAbort: undefined };
-      this.pending.set(id, request);
-      const giveUp = (error) => {
-        if (!this.pending.has(id)) return;
-        this.forget(id);
-        // The handler's run stops: as a Rust invoker does when its timeout passes.
-        this.client.sendMessage(CANCEL, 0, PEER_MAIN, id, "", new Uint8Array(0));
-        reject(error);
-      };
+      const request = { channel, resolve, reject, timeout, expires: Infinity, signal, onAbort: undefined };
       if (Number.isFinite(timeout)) {
-        const arm = (left) => {
-          request.timer = setTimeout(() => {
-            if (left > MAX_DELAY) return arm(left - MAX_DELAY);
-            giveUp(new InvokeError("Timeout", `invoke on \`${channel}\`: no reply within ${timeout} ms`));
-          }, Math.min(left, MAX_DELAY));
-        };
-        arm(timeout);
+        // Whole sweeps from now: one more when the sweep runs already (the next one comes
+        // sooner than a whole sweep from now).
+        request.expires = this.sweeps + Math.ceil(timeout / SWEEP_MS) + (this.sweep === undefined ? 0 : 1);
+        this.timed++;
+        if (this.sweep === undefined) this.armSweep();
       }
+      this.pending.set(id, request);
       if (signal) {
         request.onAbort = () =>
-          giveUp(new InvokeError("Timeout", `invoke on \`${channel}\` was cancelled by its AbortSignal`, undefined, {
+          this.giveUp(id, new InvokeError("Timeout", `invoke on \`${channel}\` was cancelled by its AbortSignal`, undefined, {
             cause: signal.reason,
           }));
         signal.addEventListener("abort", request.onAbort, { once: true });
@@ -812,11 +814,35 @@ class Half {
     });
   }
 
+  /** Request `id` is given up on: its handler's run stops, as a Rust invoker's does. */
+  giveUp(id, error) {
+    const request = this.forget(id);
+    if (!request) return;
+    this.client.sendMessage(CANCEL, 0, PEER_MAIN, id, "", new Uint8Array(0));
+    request.reject(error);
+  }
+
+  armSweep() {
+    this.sweep = setTimeout(() => this.sweepTimeouts(), SWEEP_MS);
+  }
+
+  /** Fails the requests whose timeout passed (in the order they were made); again in a sweep while any is timed. */
+  sweepTimeouts() {
+    this.sweep = undefined;
+    this.sweeps++;
+    for (const [id, request] of this.pending) {
+      if (request.expires <= this.sweeps) {
+        this.giveUp(id, new InvokeError("Timeout", `invoke on \`${request.channel}\`: no reply within ${request.timeout} ms`));
+      }
+    }
+    if (this.timed > 0) this.armSweep();
+  }
+
   forget(id) {
     const request = this.pending.get(id);
     if (!request) return undefined;
     this.pending.delete(id);
-    clearTimeout(request.timer);
+    if (request.expires !== Infinity) this.timed--;
     if (request.onAbort) request.signal.removeEventListener("abort", request.onAbort);
     return request;
   }
@@ -1014,6 +1040,8 @@ class Half {
       const request = this.forget(id);
       request.reject(new InvokeError(kind, `invoke on \`${request.channel}\`: ${why}`));
     }
+    clearTimeout(this.sweep);
+    this.sweep = undefined;
     for (const [, controller] of this.running) controller.abort(new Error(why));
     this.running.clear();
   }

@@ -915,3 +915,39 @@ mod web_shell_origins;
 
 #[path = "web_storage.rs"]
 mod web_storage;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_queues_for_a_page_while_its_socket_is_full_reaches_it_in_order_exactly_once() {
+    let (host, server) = web_host(&["probe"], true, WebConfig::default()).await;
+    let (_shell, mut page) = open_web_frame(&host, port(&server), "probe").await;
+    let frame = extension_host::FrameId(page.frame);
+    // 400 requests of 32 KiB while the page reads nothing: the socket's buffers fill and the
+    // rest waits in the page's queue, for the writer to send in batches once the page reads.
+    const COUNT: u64 = 400;
+    let mut waiting = Vec::new();
+    for index in 0..COUNT {
+        let payload = msgpack(&(index, serde_bytes::ByteBuf::from(vec![7u8; 32 << 10])));
+        let mut request = Box::pin(host.invoke_frame_raw("probe", frame, "frame-order", &payload, FAILSAFE));
+        assert!(futures_util::poll!(&mut request).is_pending(), "request {index} was not taken");
+        waiting.push(request);
+    }
+    let mut request_ids = Vec::new();
+    for index in 0..COUNT {
+        let request = page.message_where(|m| m[1] == Value::from(2)).await;
+        let (sent, _): (u64, serde_bytes::ByteBuf) = rmp_serde::from_slice(payload_of(&request)).unwrap();
+        assert_eq!(sent, index, "the page got request {sent} where {index} was due");
+        request_ids.push((request[3].as_u64().unwrap(), request[5].as_u64().unwrap()));
+    }
+    // Each once: every id different, each answered by its own reply.
+    let distinct: std::collections::BTreeSet<_> = request_ids.iter().collect();
+    assert_eq!(distinct.len(), request_ids.len());
+    for (index, (origin, request_id)) in request_ids.iter().enumerate() {
+        page.message(3, 0, *origin, *request_id, "frame-order", msgpack(&index)).await;
+    }
+    for (index, request) in waiting.into_iter().enumerate() {
+        let reply = request.await.unwrap();
+        assert_eq!(rmp_serde::from_slice::<usize>(&reply).unwrap(), index);
+    }
+    server.shutdown().await;
+    host.shutdown().await;
+}

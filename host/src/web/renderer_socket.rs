@@ -5,7 +5,8 @@
 //! only (1008, or 1009 when too big), logged with the extension's name.
 //!
 //! The writing side is a task draining a bounded queue ([`PageConnection`]), so that
-//! delivering to a page never blocks the sender.
+//! delivering to a page never blocks the sender; what is queued when it wakes goes out in
+//! one write, in order.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,6 +35,8 @@ const QUEUE_MESSAGES: usize = 4096;
 const QUEUE_BYTES: usize = 64 << 20;
 /// Longest log line of a page forwarded (64 KiB), as for a Rust half (`MAX_LOG_MESSAGE`).
 const MAX_LOG_LINE: usize = 64 << 10;
+/// Most messages the writer takes from the queue into one write (one flush).
+const WRITE_BATCH: usize = 64;
 /// How long the writer may take to send the close frame once the connection ends.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
@@ -179,10 +182,24 @@ pub(crate) async fn serve(
                 }
                 next = outgoing.recv() => {
                     let Some(bytes) = next else { break };
-                    writer_connection.queued_bytes.fetch_sub(bytes.len(), Ordering::AcqRel);
+                    // The messages queued meanwhile go in the same write, in their order: one
+                    // flush (one `sendto`) for the batch rather than one per message.
+                    let batch = async {
+                        let mut next = Some(bytes);
+                        let mut batched = 0;
+                        while let Some(bytes) = next.take() {
+                            writer_connection.queued_bytes.fetch_sub(bytes.len(), Ordering::AcqRel);
+                            sink.feed(WsMessage::Binary(bytes.into())).await?;
+                            batched += 1;
+                            if batched < WRITE_BATCH {
+                                next = outgoing.try_recv().ok();
+                            }
+                        }
+                        sink.flush().await
+                    };
                     // A page that stops reading must not hold the writer past the connection's end.
                     tokio::select! {
-                        sent = sink.send(WsMessage::Binary(bytes.into())) => if sent.is_err() { break },
+                        sent = batch => if sent.is_err() { break },
                         _ = writer_connection.closing.cancelled() => break,
                     }
                 }

@@ -83,14 +83,19 @@ test("a reply that does not decode rejects Deserialize; a value that does not en
   await assert.rejects(ipc.invoke("odd", Symbol("x")), { kind: "Serialize" });
 });
 
+/** Lets `ms` of mocked time pass a millisecond at a time (Node 20's `tick` runs no timer armed within it). */
+function pass(t, ms) {
+  for (let i = 0; i < ms; i++) t.mock.timers.tick(1);
+}
+
 test("an invoke with no reply within its timeout rejects Timeout and cancels it", async (t) => {
   t.mock.timers.enable({ apis: ["setTimeout"] });
   const { socket, ipc } = await start();
   const reply = ipc.invoke("slow", null, { timeout: 50 });
   const [, , , , id] = await socket.nextMessage(KIND.INVOKE);
-  t.mock.timers.tick(49);
+  pass(t, 49);
   assert.equal(socket.messages(KIND.CANCEL).length, 0);
-  t.mock.timers.tick(1);
+  pass(t, 1);
   await assert.rejects(reply, { name: "InvokeError", kind: "Timeout" });
   const [, , , target, cancelled] = await socket.nextMessage(KIND.CANCEL);
   assert.deepEqual([target, cancelled], [PEER_MAIN, id]);
@@ -99,10 +104,51 @@ test("an invoke with no reply within its timeout rejects Timeout and cancels it"
   // The default is 30 s.
   const later = ipc.invoke("slow");
   await socket.nextMessage(KIND.INVOKE);
-  t.mock.timers.tick(29_999);
+  pass(t, 29_999);
   assert.equal(socket.messages(KIND.CANCEL).length, 0);
-  t.mock.timers.tick(1);
+  pass(t, 1);
   await assert.rejects(later, { kind: "Timeout" });
+});
+
+test("one sweep times out every invoke: never before its timeout, at most a sweep (10 ms) after, in order", async (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout"] });
+  const { socket, ipc } = await start();
+  const outcomes = [];
+  const watch = (name, promise) => promise.then(
+    (value) => outcomes.push([name, "resolved", value]),
+    (error) => outcomes.push([name, error.kind]),
+  );
+  // `first` starts the sweep; `second` is made 5 ms into it, `third` (answered) and `fourth`
+  // (no timeout) with it.
+  watch("first", ipc.invoke("slow", null, { timeout: 30 }));
+  const [, , , , firstId] = await socket.nextMessage(KIND.INVOKE);
+  pass(t, 5);
+  watch("second", ipc.invoke("slow", null, { timeout: 30 }));
+  const [, , , , secondId] = await socket.nextMessage(KIND.INVOKE);
+  watch("third", ipc.invoke("quick", null, { timeout: 30 }));
+  const [, , , , thirdId] = await socket.nextMessage(KIND.INVOKE);
+  watch("fourth", ipc.invoke("slow", null, { timeout: Infinity }));
+  const [, , , , fourthId] = await socket.nextMessage(KIND.INVOKE);
+  socket.message({ kind: KIND.REPLY, requestId: thirdId, value: 3 });
+  await settle();
+  pass(t, 25);
+  await settle();
+  // 30 ms: `first`'s timeout passed; `second`'s (made at 5 ms) has not.
+  assert.deepEqual(outcomes, [["third", "resolved", 3], ["first", "Timeout"]]);
+  assert.deepEqual(socket.messages(KIND.CANCEL).map((message) => message[4]), [firstId]);
+  pass(t, 4);
+  await settle();
+  assert.equal(outcomes.length, 2, "not before its 30 ms");
+  pass(t, 6);
+  await settle();
+  // 40 ms: the next sweep (35 ms would be the exact time, 40 the sweep after it).
+  assert.deepEqual(outcomes.slice(2), [["second", "Timeout"]]);
+  assert.deepEqual(socket.messages(KIND.CANCEL).map((message) => message[4]), [firstId, secondId]);
+  // The untimed one waits on; its reply still settles it.
+  pass(t, 100);
+  socket.message({ kind: KIND.REPLY, requestId: fourthId, value: 4 });
+  await settle();
+  assert.deepEqual(outcomes.slice(3), [["fourth", "resolved", 4]]);
 });
 
 test("aborting an invoke's signal sends CANCEL and rejects with the signal's reason as cause", async () => {
