@@ -26,43 +26,8 @@ enum Command {
         /// Extension libraries, or directories of them.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
-        /// In-process frames to open at start.
-        #[arg(long, default_value_t = 1)]
-        frames: u32,
-        /// Frames to open at start in renderer processes of their own.
-        #[arg(long, default_value_t = 0)]
-        child_frames: u32,
-        /// Run this extension's main half in a child process of its own (repeatable).
-        #[arg(long = "isolate", value_name = "NAME")]
-        isolated: Vec<String>,
-        /// Stop after this many seconds (fractions allowed; `inf`, or more than the clock can
-        /// count, runs until interrupted).
-        #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
-        duration: Option<Duration>,
-        /// Read dev-console commands from stdin (`help` lists them).
-        #[arg(long)]
-        console: bool,
-        /// Print the inspect snapshot as JSON before shutting down.
-        #[arg(long)]
-        inspect: bool,
-        /// Watch the loaded libraries and reload an extension when its library is rebuilt
-        /// (the new build is loaded and validated first; frames stay open).
-        #[arg(long)]
-        watch: bool,
-        /// Where extensions' persisted data is kept (one database file per extension).
-        /// Defaults to the per-user data directory: `$XDG_DATA_HOME/extension-host`, else
-        /// `~/.local/share/extension-host`.
-        #[arg(long, value_name = "DIR")]
-        data_dir: Option<PathBuf>,
-        /// Serve web frames on this address (loopback, e.g. `127.0.0.1:0` for any free port) and
-        /// print `web frames: URL`: every page open at that URL is a frame.
-        #[arg(long, value_name = "ADDR")]
-        web: Option<std::net::SocketAddr>,
-        /// An origin (`scheme://host[:port]`) from which an application serves a shell page of
-        /// its own for the web frames (`WebConfig::shell_origins`); repeat for several.
-        /// Needs `--web`.
-        #[arg(long = "shell-origin", value_name = "ORIGIN", requires = "web")]
-        shell_origins: Vec<String>,
+        #[command(flatten)]
+        options: RunOptions,
     },
     /// Validate a library and print its metadata, or what is wrong with it.
     Check { library: PathBuf },
@@ -90,37 +55,13 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { library } => check(&library),
         Command::Child { socket, token } => extension_host::run_child(&socket, &token),
-        Command::Run {
-            paths,
-            frames,
-            child_frames,
-            isolated,
-            duration,
-            console,
-            inspect,
-            watch,
-            data_dir,
-            web,
-            shell_origins,
-        } => {
+        Command::Run { paths, options } => {
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(runtime) => runtime,
                 Err(error) => {
                     eprintln!("error: cannot start the async runtime: {error}");
                     return ExitCode::FAILURE;
                 }
-            };
-            let options = RunOptions {
-                frames,
-                child_frames,
-                isolated,
-                duration,
-                console,
-                inspect,
-                watch,
-                data_dir,
-                web,
-                shell_origins,
             };
             runtime.block_on(run(paths, options))
         }
@@ -167,16 +108,45 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
+/// `host run`'s options besides its paths.
+#[derive(clap::Args)]
 struct RunOptions {
+    /// In-process frames to open at start.
+    #[arg(long, default_value_t = 1)]
     frames: u32,
+    /// Frames to open at start in renderer processes of their own.
+    #[arg(long, default_value_t = 0)]
     child_frames: u32,
+    /// Run this extension's main half in a child process of its own (repeatable).
+    #[arg(long = "isolate", value_name = "NAME")]
     isolated: Vec<String>,
+    /// Stop after this many seconds (fractions allowed; `inf`, or more than the clock can
+    /// count, runs until interrupted).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     duration: Option<Duration>,
+    /// Read dev-console commands from stdin (`help` lists them).
+    #[arg(long)]
     console: bool,
+    /// Print the inspect snapshot as JSON before shutting down.
+    #[arg(long)]
     inspect: bool,
+    /// Watch the loaded libraries and reload an extension when its library is rebuilt
+    /// (the new build is loaded and validated first; frames stay open).
+    #[arg(long)]
     watch: bool,
+    /// Where extensions' persisted data is kept (one database file per extension).
+    /// Defaults to the per-user data directory: `$XDG_DATA_HOME/extension-host`, else
+    /// `~/.local/share/extension-host`.
+    #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Serve web frames on this address (loopback, e.g. `127.0.0.1:0` for any free port) and
+    /// print `web frames: URL`: every page open at that URL is a frame.
+    #[arg(long, value_name = "ADDR")]
     web: Option<std::net::SocketAddr>,
+    /// An origin (`scheme://host[:port]`) from which an application serves a shell page of
+    /// its own for the web frames (`WebConfig::shell_origins`); repeat for several.
+    /// Needs `--web`.
+    #[arg(long = "shell-origin", value_name = "ORIGIN", requires = "web")]
     shell_origins: Vec<String>,
 }
 
