@@ -688,6 +688,8 @@ export class Client {
       store_keys: this.replica?.size ?? 0,
       store_seq: this.seq,
       watchers,
+      storage_keys: this.tiers.storage.replica?.size ?? 0,
+      storage_seq: this.tiers.storage.seq,
     };
   }
 

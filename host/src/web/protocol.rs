@@ -56,6 +56,8 @@ pub(crate) struct PageInspect {
     pub(crate) store_keys: usize,
     pub(crate) store_seq: u64,
     pub(crate) watchers: usize,
+    pub(crate) storage_keys: usize,
+    pub(crate) storage_seq: u64,
 }
 
 impl Outcome {
@@ -76,6 +78,8 @@ impl Outcome {
                     store_keys: inspect.store_keys,
                     store_seq: inspect.store_seq,
                     watchers: inspect.watchers,
+                    storage_keys: inspect.storage_keys,
+                    storage_seq: inspect.storage_seq,
                     ..HalfSnapshot::default()
                 }],
                 ..Default::default()
@@ -282,6 +286,8 @@ fn decode_inspect(value: &Value) -> Result<PageInspect, Violation> {
             "store_keys" => inspect.store_keys = usize_of(key, value)?,
             "store_seq" => inspect.store_seq = uint(key, value)?,
             "watchers" => inspect.watchers = usize_of(key, value)?,
+            "storage_keys" => inspect.storage_keys = usize_of(key, value)?,
+            "storage_seq" => inspect.storage_seq = uint(key, value)?,
             other => return Err(violation(format!("unknown inspect field {other:?}"))),
         }
     }
@@ -461,6 +467,8 @@ mod tests {
             ("store_keys".into(), 3.into()),
             ("store_seq".into(), 9.into()),
             ("watchers".into(), 4.into()),
+            ("storage_keys".into(), 2.into()),
+            ("storage_seq".into(), 6.into()),
         ]);
         let Ok(PageMessage::Complete { outcome, .. }) =
             decode(&arr(vec![2.into(), 1.into(), Value::Array(vec![4.into(), inspect])]))
@@ -472,7 +480,7 @@ mod tests {
         assert_eq!(half.half, Half::Frame(FrameId(5)));
         assert_eq!(half.listeners.get("a"), Some(&2));
         assert_eq!((half.handlers.len(), half.pending_requests, half.store_keys, half.store_seq), (1, 1, 3, 9));
-        assert_eq!(half.watchers, 4);
+        assert_eq!((half.watchers, half.storage_keys, half.storage_seq), (4, 2, 6));
         assert_eq!(
             decode(&arr(vec![3.into(), 2.into(), "careful".into()])),
             Ok(PageMessage::Log { level: 2, text: "careful".to_owned() })

@@ -315,7 +315,7 @@ test("close runs deactivate, then drops every registration; later calls fail", a
   const before = await socket.control(nextCompletion(), [3]);
   assert.deepEqual(before[2], [
     4,
-    { listeners: { a: 2 }, handlers: ["h"], pending_requests: 1, running_handlers: 0, store_keys: 0, store_seq: 0, watchers: 1 },
+    { listeners: { a: 2 }, handlers: ["h"], pending_requests: 1, running_handlers: 0, store_keys: 0, store_seq: 0, watchers: 1, storage_keys: 0, storage_seq: 0 },
   ]);
   const closed = await socket.control(nextCompletion(), [2, 5000]);
   assert.deepEqual(closed[2], [0]);
@@ -323,7 +323,7 @@ test("close runs deactivate, then drops every registration; later calls fail", a
   assert.equal(socket.messages(KIND.BROADCAST).length, 1);
   await assert.rejects(pending, { kind: "FrameClosed" });
   const after = await socket.control(nextCompletion(), [3]);
-  assert.deepEqual(after[2][1], { listeners: {}, handlers: [], pending_requests: 0, running_handlers: 0, store_keys: 0, store_seq: 0, watchers: 0 });
+  assert.deepEqual(after[2][1], { listeners: {}, handlers: [], pending_requests: 0, running_handlers: 0, store_keys: 0, store_seq: 0, watchers: 0, storage_keys: 0, storage_seq: 0 });
   await assert.rejects(ipc.invoke("late"), { name: "InvokeError", kind: "Deactivated" });
   assert.throws(() => ipc.broadcast("late"), Error);
   assert.throws(() => ipc.listen("late", () => {}), Error);

@@ -17,6 +17,7 @@ mod ordering;
 mod screenshot;
 mod selftest;
 mod storage;
+mod storage_inspect;
 mod store;
 mod values;
 mod web;
