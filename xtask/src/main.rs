@@ -243,18 +243,9 @@ fn join_web_frame(chromium: &Path, url: &str) -> Option<DemoBrowser> {
     }
     let mut command = Command::new(chromium);
     command
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            // Headless Chromium needs a DevTools endpoint to stay open on a page.
-            "--remote-debugging-port=0",
-        ])
+        .args(headless::OFFLINE_FLAGS)
+        // Headless Chromium needs a DevTools endpoint to stay open on a page.
+        .arg("--remote-debugging-port=0")
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(url)
         .env("TMPDIR", &scratch)

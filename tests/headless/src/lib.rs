@@ -34,9 +34,10 @@ pub const DEADLINE: Duration = Duration::from_secs(30);
 /// How often a wait polls the page (it has no way to call us back).
 const POLL: Duration = Duration::from_millis(15);
 
-/// The flags every Chromium runs with (the network is closed: nothing in the background may
-/// try to reach it).
-const FLAGS: &[&str] = &[
+/// The flags every headless Chromium of ours runs with, the harness's and `cargo xtask
+/// demo`'s (the network is closed: nothing in the background may try to reach it). Each adds
+/// its DevTools endpoint: the harness a pipe, the demo a port.
+pub const OFFLINE_FLAGS: &[&str] = &[
     "--headless",
     "--no-sandbox",
     "--disable-gpu",
@@ -45,7 +46,6 @@ const FLAGS: &[&str] = &[
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    "--remote-debugging-pipe",
 ];
 
 /// What went wrong driving the browser.
@@ -208,7 +208,8 @@ impl Browser {
         let theirs = raise_fd(theirs.into())?;
         let mut command = Command::new(program);
         command
-            .args(FLAGS)
+            .args(OFFLINE_FLAGS)
+            .arg("--remote-debugging-pipe")
             .arg(format!("--user-data-dir={}", profile.display()))
             // Its singleton directory (org.chromium.Chromium.*, which a killed browser leaves)
             // goes in the profile, and goes with it.
