@@ -7,26 +7,11 @@
 use extension_api::abi::MAX_MESSAGE;
 use extension_host::child_protocol::MAX_PACKET;
 use extension_host::{CrashBudget, Host, HostEvent, ObservedBroadcast};
-use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tokio::sync::broadcast::Receiver;
 
+use crate::limits::{Do, Report};
 use crate::support::{self, FAILSAFE, Transport, library, wait_event, wait_log};
-
-/// The `sizes` fixture's `Do` and `Report` (it is a cdylib: its types are declared again here).
-#[derive(Serialize)]
-struct Do<'a> {
-    frame: u64,
-    op: &'a str,
-    size: u64,
-    key: &'a str,
-}
-
-#[derive(Debug, Deserialize)]
-struct Report {
-    op: String,
-    outcome: String,
-}
 
 /// Has frame `frame`'s renderer half run `op` with `size` bytes; its report's outcome.
 async fn run(host: &Host, seen: &mut Receiver<ObservedBroadcast>, frame: u64, op: &str, size: u64) -> String {

@@ -12,18 +12,18 @@ use crate::support::{self, FAILSAFE, Transport, wait_log};
 
 /// The fixture's `Do` and `Report` (it is a cdylib: its types are declared again here).
 #[derive(Serialize)]
-struct Do<'a> {
-    frame: u64,
-    op: &'a str,
-    size: u64,
-    key: &'a str,
+pub(crate) struct Do<'a> {
+    pub(crate) frame: u64,
+    pub(crate) op: &'a str,
+    pub(crate) size: u64,
+    pub(crate) key: &'a str,
 }
 
 #[derive(Debug, Deserialize)]
-struct Report {
-    side: String,
-    op: String,
-    outcome: String,
+pub(crate) struct Report {
+    pub(crate) side: String,
+    pub(crate) op: String,
+    pub(crate) outcome: String,
 }
 
 const OVER: u64 = MAX_MESSAGE as u64;
