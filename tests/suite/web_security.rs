@@ -17,6 +17,23 @@ async fn probe_host(configure: impl FnOnce(&mut extension_host::HostConfig)) -> 
     web_renderers_host(&["probe"], configure).await
 }
 
+/// A shell whose probe page connected, started its half and closed its socket (the host has
+/// taken its going in): the shell, and the page's origin and token.
+async fn a_page_that_came_and_went(
+    host: &Host,
+    port: u16,
+    events: &mut tokio::sync::broadcast::Receiver<HostEvent>,
+) -> (Shell, String, String) {
+    let mut shell = Shell::connect(port).await;
+    let (_, origin, token) = shell.add().await;
+    let mut page = Page::connect(port, &origin, &token, "probe").await;
+    page.start().await;
+    settle(host).await;
+    page.ws.close(None).await.unwrap();
+    support::wait_event(events, |event| matches!(event, HostEvent::WebRendererClosed { .. })).await;
+    (shell, origin, token)
+}
+
 /// `extensions`, each with a web renderer, their host configured by `configure`, serving web
 /// frames.
 async fn web_renderers_host(
@@ -73,13 +90,7 @@ async fn deactivating_while_the_page_is_away_removes_its_iframe_and_voids_its_to
     let (host, server) = probe_host(|_| {}).await;
     let port = port(&server);
     let mut events = host.events();
-    let mut shell = Shell::connect(port).await;
-    let (_, origin, token) = shell.add().await;
-    let mut page = Page::connect(port, &origin, &token, "probe").await;
-    page.start().await;
-    settle(&host).await;
-    page.ws.close(None).await.unwrap();
-    support::wait_event(&mut events, |event| matches!(event, HostEvent::WebRendererClosed { .. })).await;
+    let (mut shell, origin, token) = a_page_that_came_and_went(&host, port, &mut events).await;
 
     host.deactivate("probe").await.unwrap();
     let mut late = hello(port, &origin, &token).await;
@@ -205,13 +216,7 @@ async fn a_stale_reconnection_does_not_void_the_token_of_the_next() {
     let (host, server) = probe_host(|_| {}).await;
     let port = port(&server);
     let mut events = host.events();
-    let mut shell = Shell::connect(port).await;
-    let (_, origin, token) = shell.add().await;
-    let mut page = Page::connect(port, &origin, &token, "probe").await;
-    page.start().await;
-    settle(&host).await;
-    page.ws.close(None).await.unwrap();
-    support::wait_event(&mut events, |event| matches!(event, HostEvent::WebRendererClosed { .. })).await;
+    let (shell, origin, token) = a_page_that_came_and_went(&host, port, &mut events).await;
 
     // Another tab's frame holds the host's operations (its page has not connected), so the
     // restarts of the reconnections below wait.
