@@ -345,7 +345,7 @@ impl Host {
     /// Must be called within a Tokio runtime. Fails if the address cannot be bound, or is not
     /// loopback without [`WebConfig::allow_remote`].
     pub fn serve_web(&self, config: WebConfig) -> Result<WebServer, HostError> {
-        let hooks = Arc::new(WebHooksOf { host: self.weak() });
+        let hooks = Arc::new(WebHooksOf::new(self.weak()));
         Ok(crate::web::serve(config, hooks)?)
     }
 
@@ -727,6 +727,36 @@ where
 /// What the web server asks of its host.
 struct WebHooksOf {
     host: Weak<Inner>,
+    /// The pages' comings and goings, run as host operations one after the other in the
+    /// order the pages came and went. Each spawned on its own, a page's going could take the
+    /// operations' lock after the reconnection that followed it, and its `WebRendererClosed`
+    /// was then published after the half had come back.
+    in_order: tokio::sync::mpsc::UnboundedSender<PageChange>,
+}
+
+/// A page's coming or going, for the host to take in.
+type PageChange = Box<dyn FnOnce(Host) -> BoxFuture<'static, ()> + Send>;
+
+impl WebHooksOf {
+    /// Must be called within a Tokio runtime: it starts the task that runs the page changes.
+    fn new(host: Weak<Inner>) -> Self {
+        let (in_order, mut changes) = tokio::sync::mpsc::unbounded_channel::<PageChange>();
+        let weak = host.clone();
+        tokio::spawn(async move {
+            // Ends when the server (which holds the hooks) is gone, or the host is.
+            while let Some(change) = changes.recv().await {
+                let Some(host) = Host::from_weak(&weak) else { break };
+                host.operation(change).await;
+            }
+        });
+        WebHooksOf { host, in_order }
+    }
+
+    fn in_order(&self, change: PageChange) {
+        // Fails only once the task has ended, which it does when the host is gone: then
+        // there is nothing to tell.
+        let _ = self.in_order.send(change);
+    }
 }
 
 impl crate::web::WebHooks for WebHooksOf {
@@ -751,27 +781,24 @@ impl crate::web::WebHooks for WebHooksOf {
     }
 
     fn half_reconnected(&self, extension: &str, frame: u64, endpoint: Arc<crate::endpoint::Endpoint>) {
-        let Some(host) = Host::from_weak(&self.host) else { return };
         let name = extension.to_owned();
-        tokio::spawn(async move {
-            host.operation(move |host| async move { host.restart_web_half(&name, frame, endpoint).await }).await;
-        });
+        self.in_order(Box::new(move |host| {
+            Box::pin(async move { host.restart_web_half(&name, frame, endpoint).await })
+        }));
     }
 
     fn half_ended(&self, extension: &str, frame: u64, lost: bool, reason: &str) {
-        let Some(host) = Host::from_weak(&self.host) else { return };
         let event =
             HostEvent::WebRendererClosed { extension: extension.to_owned(), frame, lost, reason: reason.to_owned() };
         let name = extension.to_owned();
-        tokio::spawn(async move {
-            host.operation(move |host| async move {
+        self.in_order(Box::new(move |host| {
+            Box::pin(async move {
                 if let Ok(link) = host.active_link(&name) {
                     tell_frames(&link).await;
                 }
                 host.publish(event);
             })
-            .await;
-        });
+        }));
     }
 
     fn assets(&self, extension: &str) -> Option<Arc<WebAssets>> {

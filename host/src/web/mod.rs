@@ -108,6 +108,7 @@ pub(crate) trait WebHooks: Send + Sync + 'static {
     /// A shell's socket ended: close its frame.
     fn close_frame(&self, frame: Peer) -> BoxFuture<'static, ()>;
     /// A page reconnected with its token while its frame is open: start the half again.
+    /// This and `half_ended` are taken in by the host in the order they were called.
     fn half_reconnected(&self, extension: &str, frame: Peer, endpoint: Arc<Endpoint>);
     /// A page's half ended without the host closing it (it is out of the namespace already):
     /// closed by the page, or `lost`.

@@ -277,10 +277,11 @@ pub(crate) async fn serve(
         }
     };
     if let Some((lost, reason)) = gone {
-        // The token is free again before the page sees its connection end.
+        // The token is free again, and the host told of the half's end, before the page
+        // sees its connection end: a page that reconnects at once is taken in after it.
         server.tokens.release(&claim.token);
-        connection.close(1000, "");
         server.hooks.half_ended(&extension, frame, lost, &reason);
+        connection.close(1000, "");
     }
     let _ = writer.await;
 }
