@@ -193,6 +193,12 @@ impl Browser {
     /// and the log beside it, `chromium.log`, are removed when the browser drops), and waits
     /// until it answers over its pipe.
     pub async fn launch(program: &Path, profile: PathBuf) -> Result<Browser, Error> {
+        Browser::launch_with(program, profile, &[]).await
+    }
+
+    /// [`Browser::launch`] with `flags` added to [`OFFLINE_FLAGS`] (such as
+    /// `--host-resolver-rules=MAP app.test 127.0.0.1`, for a name of the test's own).
+    pub async fn launch_with(program: &Path, profile: PathBuf, flags: &[&str]) -> Result<Browser, Error> {
         let prepare = |path: &Path, source| Error::Profile { path: path.to_owned(), source };
         std::fs::create_dir_all(&profile).map_err(|source| prepare(&profile, source))?;
         // Until the browser owns them (its drop removes them), they go on every error below.
@@ -209,6 +215,7 @@ impl Browser {
         let mut command = Command::new(program);
         command
             .args(OFFLINE_FLAGS)
+            .args(flags)
             .arg("--remote-debugging-pipe")
             .arg(format!("--user-data-dir={}", profile.display()))
             // Its singleton directory (org.chromium.Chromium.*, which a killed browser leaves)

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
+mod allowed_hosts;
 mod app_shell;
 mod errors;
 mod isolation;
@@ -38,9 +39,15 @@ impl Browser {
     /// Starts Chromium (`$CHROMIUM` or `/usr/bin/chromium`); panics saying how to install it
     /// if it is missing, or with its log if it does not answer.
     pub async fn launch() -> Browser {
+        Browser::launch_with(&[]).await
+    }
+
+    /// [`Browser::launch`] with these flags added (see [`headless::Browser::launch_with`]).
+    pub async fn launch_with(flags: &[&str]) -> Browser {
         let program = chromium_path(std::env::var_os("CHROMIUM")).unwrap_or_else(|message| panic!("{message}"));
         let profile = crate::loading::tempdir().join("chromium-profile");
-        Browser(headless::Browser::launch(&program, profile).await.unwrap_or_else(|error| panic!("{error}")))
+        let browser = headless::Browser::launch_with(&program, profile, flags).await;
+        Browser(browser.unwrap_or_else(|error| panic!("{error}")))
     }
 
     /// The browser process's id.
