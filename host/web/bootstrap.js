@@ -3,10 +3,12 @@
 // 1. Reads the origins a shell may be served from, space-separated, from
 //    `<meta name="extension-host-shell" content="ORIGIN ORIGIN...">` (the host's shell, both
 //    names, and the application's `WebConfig::shell_origins`): never from the URL.
-// 2. Posts `{type: "ready"}` to `parent` once per origin, each targeted at it (the browser drops
-//    the ones whose origin is not the parent's: only the real parent hears it), and waits for
-//    `{type: "token", token}` coming from `parent` on one of them (nothing else is taken). That
-//    origin is the shell it reports its status to.
+// 2. Posts `{type: "ready"}` to `parent`, targeted at the parent's origin when the browser names
+//    it (`location.ancestorOrigins`: Chromium, WebKit) and it is one of them; else (Firefox)
+//    once per origin, each targeted at it (the browser drops, and may log, the ones whose origin
+//    is not the parent's: only the real parent hears it). Then waits for `{type: "token",
+//    token}` coming from `parent` on one of them (nothing else is taken). That origin is the
+//    shell it reports its status to.
 // 3. Connects `ws(s)://HOST/.host/connect` on its own origin, sends HELLO with the token and
 //    hands the socket to the client, which seeds the store, imports `/index.js` and calls
 //    `activate(ipc)` when the host says so.
@@ -92,7 +94,7 @@ function start() {
     connect(line, data.token);
   };
   window.addEventListener("message", onMessage);
-  for (const origin of shells) {
+  for (const origin of readyTargets(shells, location.ancestorOrigins)) {
     try {
       window.parent.postMessage({ type: "ready" }, origin);
     } catch {
@@ -102,6 +104,18 @@ function start() {
 }
 
 let shellOrigin;
+
+/**
+ * The origins to post `ready` to: the parent's alone when `ancestors` (the browser's
+ * `location.ancestorOrigins`, if it has one) names it among `shells`, else every one of
+ * `shells` (the browser delivers only the one that is the parent's).
+ * @param {string[]} shells
+ * @param {ArrayLike<string> | undefined} ancestors
+ */
+function readyTargets(shells, ancestors) {
+  const parent = ancestors?.[0];
+  return parent !== undefined && shells.includes(parent) ? [parent] : shells;
+}
 
 /** Tells the shell what this half is doing, for its card (the shell shows it as text). */
 function report(client) {

@@ -290,6 +290,7 @@ impl Browser {
         self.cdp.name_session(&session, &format!("tab {url}"));
         let page = Session { cdp: self.cdp.clone(), id: session, what: format!("the tab at {url}") };
         page.command("Runtime.enable", json!({})).await?;
+        page.command("Log.enable", json!({})).await?;
         page.command("Page.enable", json!({})).await?;
         page.command(
             "Target.setAutoAttach",
@@ -435,6 +436,23 @@ impl Console {
         let missing =
             needles.iter().zip(&found).filter(|(_, slot)| slot.is_none()).map(|(needle, _)| (*needle).to_owned());
         Err(Error::NoConsoleLine { needles: missing.collect(), timeout: DEADLINE })
+    }
+
+    /// The lines from now until the first containing `needle` (that one included).
+    pub async fn until(&mut self, needle: &str) -> Result<Vec<String>, Error> {
+        let mut lines = Vec::new();
+        let found = tokio::time::timeout(DEADLINE, async {
+            loop {
+                let line = self.next().await?;
+                let done = line.contains(needle);
+                lines.push(line);
+                if done {
+                    return Ok::<_, Error>(());
+                }
+            }
+        });
+        found.await.map_err(|_| Error::NoConsoleLine { needles: vec![needle.to_owned()], timeout: DEADLINE })??;
+        Ok(lines)
     }
 
     /// [`Console::wait`], the rest of the line parsed as JSON.

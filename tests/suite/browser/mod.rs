@@ -11,6 +11,7 @@ use serde_json::Value;
 
 mod allowed_hosts;
 mod app_shell;
+mod console_quiet;
 mod errors;
 mod isolation;
 mod lifecycle;
@@ -85,6 +86,11 @@ impl Console {
     /// (after its needle) parsed as JSON, in the order of `needles`.
     pub async fn wait_all<const N: usize>(&mut self, needles: [&str; N]) -> [Value; N] {
         self.0.wait_all(needles).await.unwrap_or_else(|error| panic!("{error}"))
+    }
+
+    /// The lines from now until the first containing `needle` (that one included).
+    pub async fn until(&mut self, needle: &str) -> Vec<String> {
+        self.0.until(needle).await.unwrap_or_else(|error| panic!("{error}"))
     }
 
     /// [`Console::wait`], the rest of the line parsed as JSON.
