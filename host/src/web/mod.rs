@@ -339,6 +339,13 @@ impl WebServer {
         self.addr
     }
 
+    /// Drops the renderer sockets of `extension`'s pages as a network failure would (no
+    /// close frame); how many. For the suite's tests of a lost connection.
+    #[doc(hidden)]
+    pub fn sever_pages_for_testing(&self, extension: &str) -> usize {
+        self.server.tokens.sever(extension)
+    }
+
     /// Stops serving: no new connection is accepted, every socket closes (1001), and their
     /// frames close. Returns once every connection has ended.
     pub async fn shutdown(mut self) {

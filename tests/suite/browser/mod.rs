@@ -16,6 +16,7 @@ mod errors;
 mod isolation;
 mod lifecycle;
 mod ordering;
+mod reconnect;
 mod screenshot;
 mod selftest;
 mod storage;
