@@ -62,3 +62,42 @@ async fn an_allowed_host_that_is_not_a_host_value_is_refused_at_start_naming_it_
     }
     host.shutdown().await;
 }
+
+/// One HTTP/1.1 request to the server on `port`, its whole response as text.
+async fn raw_get(port: u16, path: &str, host: &str, origin: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("the server is there");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    String::from_utf8_lossy(&response).to_ascii_lowercase()
+}
+
+#[tokio::test]
+async fn an_applications_shell_loads_embed_js_through_an_allowed_host_with_cors() {
+    let port = free_port();
+    let app = "http://127.0.0.1:3000";
+    let config = WebConfig {
+        addr: ([127, 0, 0, 1], port).into(),
+        allowed_hosts: vec![format!("{NAME}:{port}")],
+        shell_origins: vec![app.to_owned()],
+        ..WebConfig::default()
+    };
+    let host = support::host_from(support::Transport::InProcess, support::config(), &["webprobe"]).await;
+    let server = host.serve_web(config).expect("the web server starts");
+    let named = format!("{NAME}:{port}");
+    let allowed = raw_get(port, "/embed.js", &named, app).await;
+    assert!(allowed.starts_with("http/1.1 200"), "{allowed}");
+    assert!(allowed.contains(&format!("access-control-allow-origin: {app}\r\n")), "{allowed}");
+    let other = raw_get(port, "/embed.js", &named, "http://127.0.0.1:3001").await;
+    assert!(other.starts_with("http/1.1 200") && !other.contains("access-control-allow-origin"), "{other}");
+    // The shell's document there may open its own socket (its CSP's `connect-src`).
+    let shell = raw_get(port, "/", &named, app).await;
+    assert!(
+        shell.contains(&format!("connect-src ws://127.0.0.1:{port} ws://localhost:{port} ws://{named}")),
+        "{shell}"
+    );
+    server.shutdown().await;
+    host.shutdown().await;
+}
