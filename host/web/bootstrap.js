@@ -3,19 +3,29 @@
 // 1. Reads the origins a shell may be served from, space-separated, from
 //    `<meta name="extension-host-shell" content="ORIGIN ORIGIN...">` (the host's shell, both
 //    names, and the application's `WebConfig::shell_origins`): never from the URL.
-// 2. Posts `{type: "ready"}` to `parent` once per origin, each targeted at it (the browser drops
-//    the ones whose origin is not the parent's: only the real parent hears it), and waits for
-//    `{type: "token", token}` coming from `parent` on one of them (nothing else is taken). That
-//    origin is the shell it reports its status to.
+// 2. Posts `{type: "ready"}` to `parent`, targeted at the parent's origin when the browser names
+//    it (`location.ancestorOrigins`: Chromium, WebKit) and it is one of them; else (Firefox)
+//    once per origin, each targeted at it (the browser drops, and may log, the ones whose origin
+//    is not the parent's: only the real parent hears it). Then waits for `{type: "token",
+//    token}` coming from `parent` on one of them (nothing else is taken). That origin is the
+//    shell it reports its status to.
 // 3. Connects `ws(s)://HOST/.host/connect` on its own origin, sends HELLO with the token and
 //    hands the socket to the client, which seeds the store, imports `/index.js` and calls
 //    `activate(ipc)` when the host says so.
+// 4. When the connection drops without a close frame (1006: the network went; not the host
+//    closing the half, the server going, a violation or a refused token, which stop it here,
+//    saying why), it connects again with the same token, backed off (RETRY_DELAYS); the host
+//    takes the page back and starts its half again, and the client runs the extension's
+//    `activate` with a fresh `ipc` (the module is not evaluated again). After RETRY_DELAYS.length
+//    attempts in a row that do not bring the half back to running, it stops and says why.
 // It also draws a one-line status at the top of the body: connected or not, the frame, the
 // messages in and out. The extension's own UI goes in the rest of the body.
 
 import { Client, helloFrame } from "./client.js";
 
 const STATUS_ID = "extension-host-status";
+/** The waits (ms) before each attempt to connect again after a lost connection. */
+const RETRY_DELAYS = [250, 500, 1000, 2000, 4000, 8000];
 
 function statusLine() {
   let line = document.getElementById(STATUS_ID);
@@ -64,7 +74,7 @@ function describe(client) {
     case "closed":
       return `${who}: renderer half closed${frame}${counts}`;
     default:
-      return `${who}: disconnected${frame} (${client.closeReason ?? "the connection closed"})${counts}`;
+      return `${who}: disconnected${frame} (${client.closeReason ?? "the connection closed"})${counts}${comingBack}`;
   }
 }
 
@@ -92,7 +102,7 @@ function start() {
     connect(line, data.token);
   };
   window.addEventListener("message", onMessage);
-  for (const origin of shells) {
+  for (const origin of readyTargets(shells, location.ancestorOrigins)) {
     try {
       window.parent.postMessage({ type: "ready" }, origin);
     } catch {
@@ -102,6 +112,20 @@ function start() {
 }
 
 let shellOrigin;
+/** What the page does about a lost connection, after the status line's reason. */
+let comingBack = "";
+
+/**
+ * The origins to post `ready` to: the parent's alone when `ancestors` (the browser's
+ * `location.ancestorOrigins`, if it has one) names it among `shells`, else every one of
+ * `shells` (the browser delivers only the one that is the parent's).
+ * @param {string[]} shells
+ * @param {ArrayLike<string> | undefined} ancestors
+ */
+function readyTargets(shells, ancestors) {
+  const parent = ancestors?.[0];
+  return parent !== undefined && shells.includes(parent) ? [parent] : shells;
+}
 
 /** Tells the shell what this half is doing, for its card (the shell shows it as text). */
 function report(client) {
@@ -111,12 +135,22 @@ function report(client) {
   );
 }
 
-function connect(line, token) {
+function socketUrl() {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  const socket = new WebSocket(`${scheme}//${location.host}/.host/connect`);
+  return `${scheme}//${location.host}/.host/connect`;
+}
+
+/**
+ * Connects with `token`; `failed`: the attempts in a row, after a lost connection, that did
+ * not bring the half back to running.
+ */
+function connect(line, token, failed = 0) {
+  const socket = new WebSocket(socketUrl());
   let scheduled = false;
+  let ran = false;
   const client = new Client(socket, {
     onChange: (client) => {
+      if (client.state === "running") ran = true;
       // One redraw per frame, however many messages arrive.
       if (scheduled) return;
       scheduled = true;
@@ -126,6 +160,23 @@ function connect(line, token) {
         report(client);
       });
     },
+  });
+  comingBack = "";
+  socket.addEventListener("close", (event) => {
+    // Only a connection the network dropped (1006: no close frame) is tried again: the host
+    // closing the half (1000), the server going (1001), a violation (1008, 1009; the host then
+    // refuses the token too) or a refused token stop here, with the reason shown.
+    if (event.code !== 1006) return;
+    const attempt = ran ? 0 : failed;
+    if (attempt === RETRY_DELAYS.length) {
+      comingBack = `; not reconnecting: ${attempt} attempts in a row did not bring the half back (reload the page to try again)`;
+    } else {
+      const delay = RETRY_DELAYS[attempt];
+      comingBack = `; reconnecting in ${delay / 1000} s (attempt ${attempt + 1} of ${RETRY_DELAYS.length})`;
+      setTimeout(() => connect(line, token, attempt + 1), delay);
+    }
+    show(line, "lost", describe(client));
+    report(client);
   });
   socket.addEventListener("open", () => {
     socket.send(helloFrame(token));

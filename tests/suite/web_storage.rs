@@ -186,3 +186,6 @@ async fn a_storage_write_the_host_turns_away_is_refused_to_the_page_as_the_tiers
     server.shutdown().await;
     host.shutdown().await;
 }
+
+#[path = "web_storage_gone.rs"]
+mod gone;

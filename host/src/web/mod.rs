@@ -339,6 +339,13 @@ impl WebServer {
         self.addr
     }
 
+    /// Drops the renderer sockets of `extension`'s pages as a network failure would (no
+    /// close frame); how many. For the suite's tests of a lost connection.
+    #[doc(hidden)]
+    pub fn sever_pages_for_testing(&self, extension: &str) -> usize {
+        self.server.tokens.sever(extension)
+    }
+
     /// Stops serving: no new connection is accepted, every socket closes (1001), and their
     /// frames close. Returns once every connection has ended.
     pub async fn shutdown(mut self) {
@@ -383,6 +390,14 @@ pub enum WebStartError {
         /// Why it is refused.
         reason: String,
     },
+    /// An entry of [`WebConfig::allowed_hosts`] is not a `Host` value.
+    #[error("WebConfig::allowed_hosts: {host:?} is refused: {reason}")]
+    AllowedHost {
+        /// The entry, as given.
+        host: String,
+        /// Why it is refused.
+        reason: String,
+    },
     /// [`crate::Host::serve_web`] was called outside a Tokio runtime.
     #[error("serving web frames needs a Tokio runtime: {0}")]
     NoRuntime(String),
@@ -398,6 +413,13 @@ pub(crate) fn serve(config: WebConfig, hooks: Arc<dyn WebHooks>) -> Result<WebSe
     if !addr.ip().is_loopback() && !config.remote {
         return Err(WebStartError::NotLoopback(addr));
     }
+    let allowed_hosts = config
+        .allowed_hosts
+        .iter()
+        .map(|host| {
+            security::allowed_host(host).map_err(|reason| WebStartError::AllowedHost { host: host.clone(), reason })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let app_shells = config
         .shell_origins
         .iter()
@@ -416,7 +438,7 @@ pub(crate) fn serve(config: WebConfig, hooks: Arc<dyn WebHooks>) -> Result<WebSe
     };
     let server = Arc::new(Server {
         port: local.port(),
-        origins: Mutex::new(security::Origins::new(local.port(), &config.allowed_hosts, app_shells)),
+        origins: Mutex::new(security::Origins::new(local.port(), &allowed_hosts, app_shells)),
         tokens: Arc::new(Tokens::default()),
         hooks,
         live: AtomicUsize::new(0),
@@ -483,11 +505,16 @@ fn refuse(status: StatusCode, reason: &'static str) -> Response {
 /// Every request: its `Host` must be allowed (else 403: DNS rebinding); every response gets
 /// the common headers and its site's Content-Security-Policy.
 async fn guard(State(server): State<Arc<Server>>, mut request: Request, next: Next) -> Response {
-    let host = request.headers().get(header::HOST).and_then(|host| host.to_str().ok()).unwrap_or_default();
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     // An absolute-form request names its host in the URI too: both must agree.
     let authority_agrees =
-        request.uri().authority().is_none_or(|authority| authority.as_str().eq_ignore_ascii_case(host));
-    let site = if authority_agrees { lock(&server.origins).site(host) } else { None };
+        request.uri().authority().is_none_or(|authority| authority.as_str().eq_ignore_ascii_case(&host));
+    let site = if authority_agrees { lock(&server.origins).site(&host) } else { None };
     let mut response = match site.clone() {
         Some(site) => {
             request.extensions_mut().insert(site);
@@ -505,7 +532,8 @@ async fn guard(State(server): State<Arc<Server>>, mut request: Request, next: Ne
             let origins = lock(&server.origins);
             origins.existing(&name).map(|origin| security::extension_csp(&origin, &origins.shell_origins()))
         }
-        _ => Some(security::shell_csp(server.port)),
+        Some(Site::Extra) => Some(security::shell_csp(server.port, Some(&host))),
+        _ => Some(security::shell_csp(server.port, None)),
     };
     if let Some(csp) = csp.and_then(|csp| HeaderValue::from_str(&csp).ok()) {
         headers.insert(header::CONTENT_SECURITY_POLICY, csp);
@@ -514,17 +542,6 @@ async fn guard(State(server): State<Arc<Server>>, mut request: Request, next: Ne
 }
 
 type Upgrade = Result<WebSocketUpgrade, WebSocketUpgradeRejection>;
-
-fn shell_origins(server: &Server, site: &Site, headers: &HeaderMap) -> Vec<String> {
-    let mut origins = lock(&server.origins).shell_origins();
-    if *site == Site::Extra {
-        if let Some(host) = headers.get(header::HOST).and_then(|host| host.to_str().ok()) {
-            origins.push(format!("http://{host}"));
-            origins.push(format!("https://{host}"));
-        }
-    }
-    origins
-}
 
 async fn shell_upgrade(
     State(server): State<Arc<Server>>,
@@ -535,7 +552,7 @@ async fn shell_upgrade(
     if matches!(site, Site::Extension(_)) {
         return refuse(StatusCode::NOT_FOUND, "not found");
     }
-    if !security::origin_is(&headers, &shell_origins(&server, &site, &headers)) {
+    if !security::origin_is(&headers, &lock(&server.origins).shell_origins()) {
         tracing::warn!(origin = ?headers.get(header::ORIGIN), "web server: refused a shell socket from another origin");
         return refuse(StatusCode::FORBIDDEN, "origin not allowed");
     }
@@ -596,7 +613,7 @@ async fn file(State(server): State<Arc<Server>>, Extension(site): Extension<Site
         return refuse(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
     }
     let path = request.uri().path();
-    if site == Site::Shell && assets::embeddable(path) {
+    if matches!(site, Site::Shell | Site::Extra) && assets::embeddable(path) {
         return embeddable_file(&server, path, request.headers());
     }
     let found: Option<(bytes::Bytes, &str)> = match site {

@@ -49,6 +49,8 @@ pub(crate) struct PageConnection {
     close_with: Mutex<Option<(u16, String)>>,
     /// The host closed it (the half is not meant to run there any more).
     by_host: AtomicBool,
+    /// Dropped without a close frame, as a network failure would ([`PageConnection::sever`]).
+    severed: AtomicBool,
     /// Completions the transport gives itself (commands a page has no use for), for the read
     /// loop to hand to the endpoint: at most one per command the host is waiting on.
     answers: mpsc::UnboundedSender<(u64, Completion)>,
@@ -89,6 +91,13 @@ impl PageConnection {
     pub(crate) fn close_by_host(&self) {
         self.by_host.store(true, Ordering::Release);
         self.close(1000, "closed by the host");
+    }
+
+    /// Drops the connection without a close frame, as a lost network would: the page sees
+    /// an abnormal closure (1006), the host a lost connection. For the suite.
+    pub(crate) fn sever(&self) {
+        self.severed.store(true, Ordering::Release);
+        self.close(1006, "the connection was severed");
     }
 
     /// Completes command `completion` without the page.
@@ -162,8 +171,10 @@ pub(crate) async fn serve(
         closing: CancellationToken::new(),
         close_with: Mutex::new(None),
         by_host: AtomicBool::new(false),
+        severed: AtomicBool::new(false),
         answers,
     });
+    server.tokens.attach(&claim.token, &connection);
     let instance = WebInstance::new(&extension, frame, &claim.token, connection.clone(), shell, server.tokens.clone());
     let endpoint = Endpoint::new(next_key(), Transport::Web(instance));
     connection.send(protocol::encode_welcome(frame, &extension), true);
@@ -204,6 +215,10 @@ pub(crate) async fn serve(
                     }
                 }
             }
+        }
+        if writer_connection.severed.load(Ordering::Acquire) {
+            // No close frame: the socket goes with the connection, as a dropped network's.
+            return;
         }
         let close_with = lock(&writer_connection.close_with).clone();
         if let Some((code, reason)) = close_with {
@@ -256,6 +271,7 @@ pub(crate) async fn serve(
         }
     };
 
+    let violated = matches!(ended, Ended::Violation(..));
     let gone = match ended {
         Ended::ByHost => None,
         Ended::Closed => {
@@ -277,13 +293,24 @@ pub(crate) async fn serve(
         }
     };
     if let Some((lost, reason)) = gone {
-        // The token is free again, and the host told of the half's end, before the page
-        // sees its connection end: a page that reconnects at once is taken in after it.
-        server.tokens.release(&claim.token);
+        // The token is free again (not after a violation: a page that broke the protocol does
+        // not come back with it), and the host told of the half's end, before the page sees
+        // its connection end: a page that reconnects at once is taken in after it.
+        if violated {
+            server.tokens.bar(&claim.token);
+        } else {
+            server.tokens.release(&claim.token);
+        }
         server.hooks.half_ended(&extension, frame, lost, &reason);
         connection.close(1000, "");
     }
     let _ = writer.await;
+    if violated {
+        // What the page still sends (the rest of an oversized message, its close reply) is
+        // read before the socket goes: one closed with bytes unread is reset, and the page
+        // would see 1006, a lost network (which it comes back from), rather than this code.
+        let _ = tokio::time::timeout(CLOSE_WAIT, async { while let Some(Ok(_)) = stream.next().await {} }).await;
+    }
 }
 
 /// How a page's close frame ends its half: closed (no code, 1000 normal, 1001 going away: the

@@ -44,14 +44,25 @@ impl Origins {
         }
     }
 
-    /// The origins a shell may be served from: the host's own (both names), then the
-    /// application's. An upgrade to the shell socket must come from one of these; they are
-    /// the only ancestors an extension's document may have, and the only parents its
-    /// bootstrap takes a token from.
+    /// The origins a shell may be served from: the host's own (both names, then each of
+    /// [`crate::web::WebConfig::allowed_hosts`], over `http:` and, behind a proxy that adds
+    /// TLS, `https:`), then the application's. An upgrade to the shell socket must come from
+    /// one of these; they are the only ancestors an extension's document may have, and the
+    /// only parents its bootstrap takes a token from. An allowed host is a name the embedder
+    /// vouched for (not one a rebinding attacker chose): its shell is the host's shell.
     pub(crate) fn shell_origins(&self) -> Vec<String> {
-        let own = [format!("http://127.0.0.1:{}", self.port), format!("http://localhost:{}", self.port)];
-        let mut origins = own.to_vec();
-        origins.extend(self.app_shells.iter().filter(|origin| !own.contains(origin)).cloned());
+        let mut origins = vec![format!("http://127.0.0.1:{}", self.port), format!("http://localhost:{}", self.port)];
+        for host in &self.extra {
+            let http = host.strip_suffix(":80").unwrap_or(host);
+            let https = host.strip_suffix(":443").unwrap_or(host);
+            origins.extend([format!("http://{http}"), format!("https://{https}")]);
+        }
+        for origin in &self.app_shells {
+            if !origins.contains(origin) {
+                origins.push(origin.clone());
+            }
+        }
+        origins.dedup();
         origins
     }
 
@@ -130,13 +141,26 @@ pub(crate) fn add_common_headers(headers: &mut HeaderMap) {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
 }
 
-/// The Content-Security-Policy of the shell's documents, served on `port`.
-pub(crate) fn shell_csp(port: u16) -> String {
+/// The Content-Security-Policy of the shell's documents, served on `port`; `allowed_host`:
+/// served under that name of [`crate::web::WebConfig::allowed_hosts`], whose socket it opens.
+pub(crate) fn shell_csp(port: u16, allowed_host: Option<&str>) -> String {
+    let named = allowed_host.map(|host| format!(" ws://{host} wss://{host}")).unwrap_or_default();
     format!(
-        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src ws://127.0.0.1:{port} ws://localhost:{port}; \
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src ws://127.0.0.1:{port} ws://localhost:{port}{named}; \
          frame-src http://*.localhost:{port}; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
          frame-ancestors 'none'"
     )
+}
+
+/// Checks one of [`crate::web::WebConfig::allowed_hosts`]: a `Host` value, `name[:port]`, as
+/// a browser sends it (no scheme or path, no default port; it also becomes a shell's origin,
+/// so it obeys [`shell_origin`]'s rules). Returns it lowercased, or why it is not one.
+pub(crate) fn allowed_host(entry: &str) -> Result<String, String> {
+    if entry.contains("://") {
+        return Err("a `Host` value is `name[:port]`, with no scheme".into());
+    }
+    let origin = shell_origin(&format!("http://{entry}"))?;
+    Ok(origin.trim_start_matches("http://").to_owned())
 }
 
 /// The Content-Security-Policy of everything an extension's origin serves: it may be framed
@@ -351,6 +375,24 @@ mod tests {
         );
         assert!(origins.is_app_shell("http://127.0.0.1:3000"));
         assert!(!origins.is_app_shell("http://localhost:8080"));
+        let named = Origins::new(8080, &["app.test:8080".to_owned(), "proxy.test:443".to_owned()], Vec::new());
+        assert_eq!(
+            named.shell_origins(),
+            [
+                "http://127.0.0.1:8080",
+                "http://localhost:8080",
+                "http://app.test:8080",
+                "https://app.test:8080",
+                "http://proxy.test:443",
+                "https://proxy.test"
+            ],
+            "an allowed host's shell is a shell"
+        );
+        assert_eq!(allowed_host("App.Test:8080"), Ok("app.test:8080".to_owned()));
+        for (bad, why) in [("http://app.test", "no scheme"), ("app.test/x", "no path"), ("*.test", "wildcards")] {
+            let reason = allowed_host(bad).expect_err(bad);
+            assert!(reason.contains(why), "{bad}: {reason}");
+        }
         let csp = extension_csp("http://a-1.localhost:8080", &origins.shell_origins());
         assert!(
             csp.ends_with("frame-ancestors http://127.0.0.1:8080 http://localhost:8080 http://127.0.0.1:3000"),

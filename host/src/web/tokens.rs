@@ -8,7 +8,7 @@ use extension_api::abi::Peer;
 use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
 
-use super::ShellHandle;
+use super::{PageConnection, ShellHandle};
 use crate::core::lock;
 use crate::endpoint::Endpoint;
 use crate::link::Link;
@@ -30,8 +30,12 @@ struct Entry {
     shell: ShellHandle,
     /// A renderer socket holds it right now.
     connected: bool,
+    /// Its page broke the protocol: it is refused from now on ([`Tokens::bar`]).
+    barred: bool,
     /// The host waits for the first connection (taken by it).
     waiter: Option<oneshot::Sender<Arc<Endpoint>>>,
+    /// The renderer socket holding it, once it is connected (for [`Tokens::sever`]).
+    socket: Weak<PageConnection>,
 }
 
 /// A token that checked out, for the connection that presented it.
@@ -51,6 +55,8 @@ pub(crate) enum Refused {
     Unknown,
     #[error("already connected")]
     AlreadyConnected,
+    #[error("its page broke the protocol, and the host ended its connection")]
+    Barred,
 }
 
 /// The live tokens of one server.
@@ -80,7 +86,9 @@ impl Tokens {
             link,
             shell,
             connected: false,
+            barred: false,
             waiter: Some(sender),
+            socket: Weak::new(),
         });
         Ok((token, receiver))
     }
@@ -98,6 +106,9 @@ impl Tokens {
             }
         }
         let entry = &mut entries[found.ok_or(Refused::Unknown)?];
+        if entry.barred {
+            return Err(Refused::Barred);
+        }
         if entry.connected {
             return Err(Refused::AlreadyConnected);
         }
@@ -116,6 +127,36 @@ impl Tokens {
         if let Some(entry) = lock(&self.entries).iter_mut().find(|entry| entry.token == token) {
             entry.connected = false;
         }
+    }
+
+    /// The connection that held `token` ended for a protocol violation: it is refused from
+    /// now on (it stays listed, so that the half's retirement still removes its iframe).
+    pub(crate) fn bar(&self, token: &str) {
+        if let Some(entry) = lock(&self.entries).iter_mut().find(|entry| entry.token == token) {
+            entry.connected = false;
+            entry.barred = true;
+        }
+    }
+
+    /// `connection` is the renderer socket that claimed `token`.
+    pub(crate) fn attach(&self, token: &str, connection: &Arc<PageConnection>) {
+        if let Some(entry) = lock(&self.entries).iter_mut().find(|entry| entry.token == token) {
+            entry.socket = Arc::downgrade(connection);
+        }
+    }
+
+    /// Drops the renderer sockets of `extension`'s pages as a network failure would (no close
+    /// frame): how the suite loses a page's connection. How many it dropped.
+    pub(crate) fn sever(&self, extension: &str) -> usize {
+        let sockets: Vec<Arc<PageConnection>> = lock(&self.entries)
+            .iter()
+            .filter(|entry| entry.connected && entry.extension == extension)
+            .filter_map(|entry| entry.socket.upgrade())
+            .collect();
+        for socket in &sockets {
+            socket.sever();
+        }
+        sockets.len()
     }
 
     /// The half is not meant to run there any more: `token` is void.
@@ -165,6 +206,8 @@ mod tests {
         tokens.release(&token);
         assert!(tokens.claim("x", &token).unwrap().waiter.is_none(), "a reconnection has no waiter");
 
+        tokens.bar(&token);
+        assert_eq!(tokens.claim("x", &token).err(), Some(Refused::Barred), "after a violation");
         tokens.revoke(&token);
         tokens.release(&token);
         assert_eq!(tokens.claim("x", &token).err(), Some(Refused::Unknown));

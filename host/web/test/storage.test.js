@@ -106,6 +106,12 @@ test("a refused write rejects with the kind Rust's refusal has: too large, full,
   const { write_id } = decodeValue((await socket.nextMessage(KIND.STORAGE_WRITE))[6]);
   socket.message({ kind: KIND.STORAGE_REFUSAL, status: 5, target: 4, value: { write_id, key: "k", outcome: { Unavailable: { reason: "closing" } } } });
   assert.equal((await refused.catch((error) => error)).reason, "FrameClosed");
+  // Not routed because the extension stops, or its main half's process is gone (DEACTIVATED):
+  // Deactivated, as a Rust renderer's `storage().set` says.
+  const stopping = ipc.storage.set("k", 2);
+  const second = decodeValue((await socket.nextMessage(KIND.STORAGE_WRITE))[6]).write_id;
+  socket.message({ kind: KIND.STORAGE_REFUSAL, status: 3, target: 4, value: { write_id: second, key: "k", outcome: { Unavailable: { reason: "not sent to main" } } } });
+  assert.equal((await stopping.catch((error) => error)).reason, "Deactivated");
 });
 
 test("a write waiting when the half closes or the connection drops fails with that kind", async () => {

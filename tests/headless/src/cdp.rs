@@ -183,6 +183,13 @@ impl Cdp {
                 let line = format!("[{}] console.{kind}: {}", self.name(&session), args.join(" "));
                 self.note(line);
             }
+            "Log.entryAdded" => {
+                let entry = &params["entry"];
+                let level = entry["level"].as_str().unwrap_or("info");
+                let text = entry["text"].as_str().unwrap_or_default();
+                let line = format!("[{}] log.{level}: {text}", self.name(&session));
+                self.note(line);
+            }
             "Runtime.exceptionThrown" => {
                 let details = &params["exceptionDetails"];
                 let text = details["exception"]["description"].as_str().or(details["text"].as_str()).unwrap_or("?");
@@ -207,6 +214,8 @@ impl Cdp {
         lock(&self.children).entry(parent).or_default().push(child);
         // Fire and forget: the replies are not waited for (the reader cannot wait on itself).
         let _ = self.send(Some(&session), "Runtime.enable", json!({}));
+        // The browser's own messages (a refused postMessage, a CSP violation), not the page's.
+        let _ = self.send(Some(&session), "Log.enable", json!({}));
         let _ = self.send(
             Some(&session),
             "Target.setAutoAttach",

@@ -193,6 +193,12 @@ impl Browser {
     /// and the log beside it, `chromium.log`, are removed when the browser drops), and waits
     /// until it answers over its pipe.
     pub async fn launch(program: &Path, profile: PathBuf) -> Result<Browser, Error> {
+        Browser::launch_with(program, profile, &[]).await
+    }
+
+    /// [`Browser::launch`] with `flags` added to [`OFFLINE_FLAGS`] (such as
+    /// `--host-resolver-rules=MAP app.test 127.0.0.1`, for a name of the test's own).
+    pub async fn launch_with(program: &Path, profile: PathBuf, flags: &[&str]) -> Result<Browser, Error> {
         let prepare = |path: &Path, source| Error::Profile { path: path.to_owned(), source };
         std::fs::create_dir_all(&profile).map_err(|source| prepare(&profile, source))?;
         // Until the browser owns them (its drop removes them), they go on every error below.
@@ -209,6 +215,7 @@ impl Browser {
         let mut command = Command::new(program);
         command
             .args(OFFLINE_FLAGS)
+            .args(flags)
             .arg("--remote-debugging-pipe")
             .arg(format!("--user-data-dir={}", profile.display()))
             // Its singleton directory (org.chromium.Chromium.*, which a killed browser leaves)
@@ -283,6 +290,7 @@ impl Browser {
         self.cdp.name_session(&session, &format!("tab {url}"));
         let page = Session { cdp: self.cdp.clone(), id: session, what: format!("the tab at {url}") };
         page.command("Runtime.enable", json!({})).await?;
+        page.command("Log.enable", json!({})).await?;
         page.command("Page.enable", json!({})).await?;
         page.command(
             "Target.setAutoAttach",
@@ -428,6 +436,23 @@ impl Console {
         let missing =
             needles.iter().zip(&found).filter(|(_, slot)| slot.is_none()).map(|(needle, _)| (*needle).to_owned());
         Err(Error::NoConsoleLine { needles: missing.collect(), timeout: DEADLINE })
+    }
+
+    /// The lines from now until the first containing `needle` (that one included).
+    pub async fn until(&mut self, needle: &str) -> Result<Vec<String>, Error> {
+        let mut lines = Vec::new();
+        let found = tokio::time::timeout(DEADLINE, async {
+            loop {
+                let line = self.next().await?;
+                let done = line.contains(needle);
+                lines.push(line);
+                if done {
+                    return Ok::<_, Error>(());
+                }
+            }
+        });
+        found.await.map_err(|_| Error::NoConsoleLine { needles: vec![needle.to_owned()], timeout: DEADLINE })??;
+        Ok(lines)
     }
 
     /// [`Console::wait`], the rest of the line parsed as JSON.

@@ -9,11 +9,14 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
+mod allowed_hosts;
 mod app_shell;
+mod console_quiet;
 mod errors;
 mod isolation;
 mod lifecycle;
 mod ordering;
+mod reconnect;
 mod screenshot;
 mod selftest;
 mod storage;
@@ -38,9 +41,15 @@ impl Browser {
     /// Starts Chromium (`$CHROMIUM` or `/usr/bin/chromium`); panics saying how to install it
     /// if it is missing, or with its log if it does not answer.
     pub async fn launch() -> Browser {
+        Browser::launch_with(&[]).await
+    }
+
+    /// [`Browser::launch`] with these flags added (see [`headless::Browser::launch_with`]).
+    pub async fn launch_with(flags: &[&str]) -> Browser {
         let program = chromium_path(std::env::var_os("CHROMIUM")).unwrap_or_else(|message| panic!("{message}"));
         let profile = crate::loading::tempdir().join("chromium-profile");
-        Browser(headless::Browser::launch(&program, profile).await.unwrap_or_else(|error| panic!("{error}")))
+        let browser = headless::Browser::launch_with(&program, profile, flags).await;
+        Browser(browser.unwrap_or_else(|error| panic!("{error}")))
     }
 
     /// The browser process's id.
@@ -78,6 +87,11 @@ impl Console {
     /// (after its needle) parsed as JSON, in the order of `needles`.
     pub async fn wait_all<const N: usize>(&mut self, needles: [&str; N]) -> [Value; N] {
         self.0.wait_all(needles).await.unwrap_or_else(|error| panic!("{error}"))
+    }
+
+    /// The lines from now until the first containing `needle` (that one included).
+    pub async fn until(&mut self, needle: &str) -> Vec<String> {
+        self.0.until(needle).await.unwrap_or_else(|error| panic!("{error}"))
     }
 
     /// [`Console::wait`], the rest of the line parsed as JSON.
