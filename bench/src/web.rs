@@ -33,9 +33,13 @@ const IN_FLIGHT: usize = 256;
 /// The size of the value the rows send (the `Payload`'s bytes), as the 16-byte Rust rows.
 const SIZE: usize = 16;
 
+/// The browser window's size: the whole of the extension's card, its iframe included, on
+/// screen (in headless Chromium's default 800x600 window only its top 25 pixels are).
+const WINDOW: &str = "--window-size=1280,1000";
+
 /// What the web rows measured, or why they were not.
 pub enum WebRows {
-    Measured(Web),
+    Measured(Box<Web>),
     NotMeasured(String),
 }
 
@@ -79,7 +83,7 @@ pub struct Web {
 /// so and goes on; the test suite is where a missing browser fails).
 ///
 /// Chromium runs with [`headless::FOREGROUND_FLAGS`] (the pages scheduled as in a person's
-/// foreground window), or with the flags `IPC_BENCH_CHROMIUM_FLAGS` names (separated by
+/// foreground window) in a window of [`WINDOW`]'s size, or with the flags `IPC_BENCH_CHROMIUM_FLAGS` names (separated by
 /// spaces; empty for none), for comparing.
 pub async fn web(artifacts: &Path, scale: u64, chromium: Option<OsString>) -> Result<WebRows> {
     let program = match headless::chromium_path(chromium) {
@@ -93,7 +97,7 @@ pub async fn web(artifacts: &Path, scale: u64, chromium: Option<OsString>) -> Re
     };
     let flags: Vec<String> = match std::env::var("IPC_BENCH_CHROMIUM_FLAGS") {
         Ok(flags) => flags.split_whitespace().map(str::to_owned).collect(),
-        Err(_) => headless::FOREGROUND_FLAGS.iter().map(|flag| (*flag).to_owned()).collect(),
+        Err(_) => headless::FOREGROUND_FLAGS.iter().chain([&WINDOW]).map(|flag| (*flag).to_owned()).collect(),
     };
     let host = Host::new(config(artifacts));
     let measured = async {
@@ -106,7 +110,7 @@ pub async fn web(artifacts: &Path, scale: u64, chromium: Option<OsString>) -> Re
     }
     .await;
     host.shutdown().await;
-    measured.map(WebRows::Measured)
+    measured.map(|web| WebRows::Measured(Box::new(web)))
 }
 
 /// The bytes of the page's WebSocket message for one invoke of `echo` with a `size`-byte value:
@@ -208,11 +212,13 @@ async fn with_browser(program: &Path, shell: &str, host_port: u16, scale: u64, f
     for (at, name) in ["ours", "framed echo", "top-level echo"].iter().enumerate() {
         for (loop_at, loop_name) in ["sequential", "pipelined"].iter().enumerate() {
             let rounds = &samples[loop_at * 3 + at];
-            let kinds: Vec<String> = rounds.first().map(|sample| sample.by_kind.keys().cloned().collect()).unwrap_or_default();
+            let kinds: Vec<String> =
+                rounds.first().map(|sample| sample.by_kind.keys().cloned().collect()).unwrap_or_default();
             let split: Vec<String> = kinds
                 .iter()
                 .filter_map(|kind| {
-                    let of_kind = median(rounds.iter().map(|sample| sample.by_kind.get(kind).copied().unwrap_or(0.0)).collect());
+                    let of_kind =
+                        median(rounds.iter().map(|sample| sample.by_kind.get(kind).copied().unwrap_or(0.0)).collect());
                     let nice = rounds.last().and_then(|sample| sample.nice.get(kind));
                     let nice = nice.map(|nice| format!(" (nice {nice})")).unwrap_or_default();
                     (of_kind >= 1000.0).then(|| format!("{kind} {}{nice}", micros(of_kind)))
