@@ -156,7 +156,13 @@ async fn with_browser(program: &Path, shell: &str, host_port: u16, scale: u64, f
     let origin = ours.eval("location.origin").await?;
     let origin = origin.as_str().with_context(|| format!("the bench iframe's origin is {origin}"))?;
     let headers = framed_headers(host_port, origin, echo).await?;
-    let page = headless::serve(move |request| echo_pages(request, echo, &headers)).await?;
+    // And its iframe the box of the extension's.
+    let size = shell_tab
+        .eval("(() => { const r = document.querySelector('iframe').getBoundingClientRect(); return [Math.round(r.width), Math.round(r.height)]; })()")
+        .await?;
+    let box_of = |at: usize| size[at].as_u64().with_context(|| format!("the bench iframe's box is {size}"));
+    let size = (box_of(0)?, box_of(1)?);
+    let page = headless::serve(move |request| echo_pages(request, echo, &headers, size)).await?;
 
     let framed_tab = browser.open(&format!("http://127.0.0.1:{page}/framed")).await?;
     let framed = framed_tab.frame("http://echo.localhost").await?;
@@ -461,10 +467,15 @@ async fn echo_server() -> Result<u16> {
 
 /// The echo's pages, on the bench's page server: `/` on `127.0.0.1` the top-level echo page;
 /// `/framed` on `127.0.0.1` a page holding the framed echo's iframe as the host's shell holds
-/// an extension's (the same `sandbox`, `referrerpolicy` and box); `/` on `echo.localhost`
+/// an extension's (the same `sandbox`, `referrerpolicy` and box, `width` by `height`); `/` on `echo.localhost`
 /// that iframe's document, served with `headers` (see [`framed_headers`]); `/echo.js` the
 /// loops both run (its CSP allows no inline script).
-fn echo_pages(request: &headless::Request<'_>, echo: u16, headers: &[(String, String)]) -> Option<headless::Response> {
+fn echo_pages(
+    request: &headless::Request<'_>,
+    echo: u16,
+    headers: &[(String, String)],
+    (width, height): (u64, u64),
+) -> Option<headless::Response> {
     let framed = request.host.starts_with("echo.localhost");
     match request.path {
         "/echo.js" => Some(headless::Response {
@@ -484,7 +495,7 @@ fn echo_pages(request: &headless::Request<'_>, echo: u16, headers: &[(String, St
         )),
         "/framed" => Some(headless::Response::html(format!(
             r#"<!doctype html><meta charset="utf-8"><title>WebSocket echo in a sandboxed iframe</title>
-<style>body {{ margin: 0; }} .card {{ margin: 16px 20px; }} iframe {{ border: 0; width: 100%; height: 380px; }}</style>
+<style>body {{ margin: 0; }} .card {{ margin: 16px 20px; }} iframe {{ border: 0; width: {width}px; height: {height}px; }}</style>
 <div class="card"><iframe sandbox="{SANDBOX}" referrerpolicy="no-referrer" src="http://echo.localhost:{}/"></iframe></div>"#,
             request.port
         ))),
