@@ -251,19 +251,19 @@ async fn with_browser(program: &Path, shell: &str, host_port: u16, scale: u64, f
 async fn where_it_is(runner: &Runner<'_>) -> Result<String> {
     let inside = runner
         .session
-        .eval("JSON.stringify({ visibility: document.visibilityState, focus: document.hasFocus() })")
+        .eval("`visibilityState ${document.visibilityState}, ${document.hasFocus() ? 'focused' : 'not focused'}`")
         .await?;
     let iframe = runner
         .tab
         .eval(
-            "(() => { const f = document.querySelector('iframe'); if (!f) return 'top-level'; \
+            "(() => { const f = document.querySelector('iframe'); if (!f) return 'a top-level page'; \
              const r = f.getBoundingClientRect(); \
              const seen = r.bottom > 0 && r.right > 0 && r.top < innerHeight && r.left < innerWidth; \
              return `iframe ${Math.round(r.width)}x${Math.round(r.height)} at ${Math.round(r.left)},${Math.round(r.top)} \
              in a ${innerWidth}x${innerHeight} viewport, ${seen ? 'on screen' : 'off screen'}`; })()",
         )
         .await?;
-    Ok(format!("{} {}", iframe.as_str().unwrap_or("?"), inside.as_str().unwrap_or("?")))
+    Ok(format!("{}; {}", iframe.as_str().unwrap_or("?"), inside.as_str().unwrap_or("?")))
 }
 
 /// The headers of the framed echo's document: those the host serves the extension's iframe
@@ -580,8 +580,8 @@ pub fn table(rows: &WebRows) -> String {
     line(format!(
         "- **Echo, sandboxed cross-origin iframe** (the baseline the targets compare with, the same kind of page as \
          ours): a page on `http://127.0.0.1` holds an iframe on `http://echo.localhost` with the extension iframe's \
-         `sandbox` (`{SANDBOX}`), box and document headers (the host's Content-Security-Policy, `connect-src` the \
-         echo server) ({}); it sends {}-byte messages to a minimal tokio-tungstenite echo server on loopback.",
+         `sandbox` (`{SANDBOX}`), box and document headers (the host's Content-Security-Policy, its `connect-src` \
+         the echo server; {}); it sends {}-byte messages to a minimal tokio-tungstenite echo server on loopback.",
         web.placement[1], web.message_bytes
     ));
     line(format!(
