@@ -14,11 +14,13 @@ use extension_host::WebConfig;
 async fn replies_main_writes_itself_and_those_queued_behind_a_full_socket_reach_the_page_in_order_once() {
     let (host, server) = web_host(&["probe"], true, WebConfig::default()).await;
     let (_shell, mut page) = open_web_frame(&host, port(&server), "probe").await;
-    // 300 requests of main, each answered with 32 KiB, while the page reads nothing: the first
-    // replies go straight onto the socket, until its buffers are full; the rest wait in the
-    // page's queue, and go out once the page reads.
-    const COUNT: u64 = 300;
-    let note = "n".repeat(32 << 10);
+    // 1,000 requests of main, each answered with 48 KiB (47 MiB: more than loopback's socket
+    // buffers can hold both ways, 32 MiB and 4 MiB at most here; less than the page's queue,
+    // 64 MiB), while the page reads nothing: the first replies go straight onto the socket,
+    // until its buffers are full; the rest wait in the page's queue, and go out once the page
+    // reads.
+    const COUNT: u64 = 1000;
+    let note = "n".repeat(48 << 10);
     for id in 1..=COUNT {
         let value = WithOptional { id: u32::try_from(id).unwrap(), note: Some(note.clone()) };
         page.message(2, 0, 0, id, ECHO_OPTIONAL.name(), msgpack(&value)).await;
