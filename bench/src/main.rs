@@ -115,7 +115,11 @@ fn main() -> Result<()> {
     if cli.web {
         return runtime.block_on(async {
             let rows = web::web(&artifacts, if cli.quick { 10 } else { 1 }, std::env::var_os("CHROMIUM")).await?;
-            println!("{}", web::table(&rows));
+            let table = web::table(&rows);
+            println!("{table}");
+            if let Some(out) = &cli.out {
+                std::fs::write(out, &table).with_context(|| format!("writing {}", out.display()))?;
+            }
             anyhow::Ok(())
         });
     }

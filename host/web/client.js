@@ -332,6 +332,8 @@ function cut(text, limit) {
 
 /** Whether a message with this channel and payload is within MAX_MESSAGE. */
 function fits(channel, payload) {
+  // A UTF-16 code unit is at most 3 bytes of UTF-8: most messages need no encoding to know.
+  if (channel.length * 3 + payload.length <= MAX_MESSAGE) return true;
   return utf8.encode(channel).length + payload.length <= MAX_MESSAGE;
 }
 

@@ -916,6 +916,9 @@ mod web_shell_origins;
 #[path = "web_storage.rs"]
 mod web_storage;
 
+#[path = "web_writes.rs"]
+mod web_writes;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_queues_for_a_page_while_its_socket_is_full_reaches_it_in_order_exactly_once() {
     let (host, server) = web_host(&["probe"], true, WebConfig::default()).await;

@@ -4,12 +4,17 @@
 //! from the connection, never from the message**. Anything malformed ends this connection
 //! only (1008, or 1009 when too big), logged with the extension's name.
 //!
-//! The writing side is a task draining a bounded queue ([`PageConnection`]), so that
-//! delivering to a page never blocks the sender; what is queued when it wakes goes out in
-//! one write, in order.
+//! The writing side ([`PageConnection`]) never blocks its sender. A message for a page whose
+//! socket has nothing waiting (nothing queued, nothing unflushed, no write under way) is
+//! written by the thread that sends it, in place: main's thread writes its reply itself, with
+//! no hop to another thread. Anything else goes into a bounded queue, which a writer task
+//! drains in order (what is queued when it wakes goes out in one write); a sender that would
+//! pass a queued message queues behind it, so order holds.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
@@ -17,8 +22,9 @@ use extension_api::InvokeErrorKind;
 use extension_api::abi::{self, Peer};
 use extension_api::message::Message;
 use extension_api::wire::{Completion, StorageOutcome, StoreWrite, WriteRefusal};
-use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
+use futures_util::stream::SplitSink;
+use futures_util::{Sink, SinkExt, StreamExt};
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::protocol::{self, PageMessage};
@@ -40,10 +46,50 @@ const WRITE_BATCH: usize = 64;
 /// How long the writer may take to send the close frame once the connection ends.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
+/// The socket's writing half, and whether a message written into it in place is still in its
+/// buffer (the socket was not writable: the writer task flushes it).
+struct Writing {
+    sink: SplitSink<WebSocket, WsMessage>,
+    unflushed: bool,
+}
+
+/// How a message written in place went.
+enum InPlace {
+    /// It is on the socket.
+    Sent,
+    /// It is in the socket's buffer, or the write failed: the writer task is told to flush
+    /// (and finds the failure there, and ends).
+    Unflushed,
+    /// The socket would not take it now (its other half is being read): it is queued instead.
+    NotTaken(Vec<u8>),
+}
+
+/// Wakes the writer task to flush what a write in place left in the socket's buffer.
+struct FlushWaker(Arc<Notify>);
+
+impl Wake for FlushWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.notify_one();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.notify_one();
+    }
+}
+
 /// The writing side of one page's socket, shared by its transport and its read loop.
 pub(crate) struct PageConnection {
     queue: mpsc::Sender<Vec<u8>>,
     queued_bytes: AtomicUsize,
+    /// Messages queued and not yet handed to the socket (the writer decrements it once it has
+    /// fed one in, holding `writing`): while it is not 0, no message is written in place.
+    unwritten: AtomicUsize,
+    /// The socket's writing half: a sender writing in place holds it (`try_lock`: never
+    /// waiting), as the writer task does for a batch.
+    writing: tokio::sync::Mutex<Writing>,
+    /// Tells the writer task to flush what a write in place left unflushed.
+    flush: Arc<Notify>,
+    flush_waker: Waker,
     /// Fired to end the connection; the close frame to send is in `close_with`.
     closing: CancellationToken,
     close_with: Mutex<Option<(u16, String)>>,
@@ -63,17 +109,48 @@ impl PageConnection {
         if self.closing.is_cancelled() {
             return abi::status::DEACTIVATED;
         }
+        let bytes = match self.write_in_place(bytes) {
+            Ok(()) => return abi::status::OK,
+            Err(bytes) => bytes,
+        };
         let size = bytes.len();
         let queued = self.queued_bytes.fetch_add(size, Ordering::AcqRel);
         let full = queued > 0 && queued.saturating_add(size) > QUEUE_BYTES;
+        self.unwritten.fetch_add(1, Ordering::AcqRel);
         if !full && self.queue.try_send(bytes).is_ok() {
             return abi::status::OK;
         }
+        self.unwritten.fetch_sub(1, Ordering::AcqRel);
         self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
         if must {
             self.close(1008, "the page stopped reading its messages");
         }
         abi::status::BUSY
+    }
+
+    /// Writes `bytes` to the socket from this thread when nothing is waiting to go before it
+    /// (nothing queued or unflushed, no write under way); gives them back otherwise, to be
+    /// queued.
+    fn write_in_place(&self, bytes: Vec<u8>) -> Result<(), Vec<u8>> {
+        if self.unwritten.load(Ordering::Acquire) != 0 {
+            return Err(bytes);
+        }
+        let Ok(mut writing) = self.writing.try_lock() else { return Err(bytes) };
+        // Checked again holding the socket: the writer decrements only holding it, after
+        // feeding its message in, so 0 here means every queued message is in the socket.
+        if writing.unflushed || self.unwritten.load(Ordering::Acquire) != 0 {
+            return Err(bytes);
+        }
+        match poll_in_place(&mut writing.sink, &self.flush_waker, bytes) {
+            InPlace::Sent => Ok(()),
+            InPlace::Unflushed => {
+                writing.unflushed = true;
+                drop(writing);
+                self.flush.notify_one();
+                Ok(())
+            }
+            InPlace::NotTaken(bytes) => Err(bytes),
+        }
     }
 
     /// Ends the connection with a close frame of `code`, once (the first reason wins).
@@ -103,6 +180,25 @@ impl PageConnection {
     /// Completes command `completion` without the page.
     pub(crate) fn answer(&self, completion: u64, result: Completion) {
         let _ = self.answers.send((completion, result));
+    }
+}
+
+/// One write of `bytes` into `sink`, polled once (`waker` wakes the writer task).
+fn poll_in_place(sink: &mut SplitSink<WebSocket, WsMessage>, waker: &Waker, bytes: Vec<u8>) -> InPlace {
+    let mut context = Context::from_waker(waker);
+    match Pin::new(&mut *sink).poll_ready(&mut context) {
+        Poll::Ready(Ok(())) => {}
+        // Broken: the writer finds it so too, and ends.
+        Poll::Ready(Err(_)) => return InPlace::Unflushed,
+        // The socket's other half is being read just now.
+        Poll::Pending => return InPlace::NotTaken(bytes),
+    }
+    if Pin::new(&mut *sink).start_send(WsMessage::Binary(bytes.into())).is_err() {
+        return InPlace::Unflushed;
+    }
+    match Pin::new(&mut *sink).poll_flush(&mut context) {
+        Poll::Ready(Ok(())) => InPlace::Sent,
+        Poll::Ready(Err(_)) | Poll::Pending => InPlace::Unflushed,
     }
 }
 
@@ -165,9 +261,14 @@ pub(crate) async fn serve(
 
     let (queue, mut outgoing) = mpsc::channel(QUEUE_MESSAGES);
     let (answers, mut answered) = mpsc::unbounded_channel();
+    let flush = Arc::new(Notify::new());
     let connection = Arc::new(PageConnection {
         queue,
         queued_bytes: AtomicUsize::new(0),
+        unwritten: AtomicUsize::new(0),
+        writing: tokio::sync::Mutex::new(Writing { sink, unflushed: false }),
+        flush_waker: Waker::from(Arc::new(FlushWaker(flush.clone()))),
+        flush,
         closing: CancellationToken::new(),
         close_with: Mutex::new(None),
         by_host: AtomicBool::new(false),
@@ -191,22 +292,40 @@ pub(crate) async fn serve(
                     writer_connection.close(1001, "the server is shutting down");
                     break;
                 }
+                _ = writer_connection.flush.notified() => {
+                    // What a write in place left in the socket's buffer.
+                    let flushed = async {
+                        let mut writing = writer_connection.writing.lock().await;
+                        writing.sink.flush().await?;
+                        writing.unflushed = false;
+                        Ok::<_, axum::Error>(())
+                    };
+                    tokio::select! {
+                        flushed = flushed => if flushed.is_err() { break },
+                        _ = writer_connection.closing.cancelled() => break,
+                    }
+                }
                 next = outgoing.recv() => {
                     let Some(bytes) = next else { break };
                     // The messages queued meanwhile go in the same write, in their order: one
                     // flush (one `sendto`) for the batch rather than one per message.
                     let batch = async {
+                        let mut writing = writer_connection.writing.lock().await;
                         let mut next = Some(bytes);
                         let mut batched = 0;
                         while let Some(bytes) = next.take() {
                             writer_connection.queued_bytes.fetch_sub(bytes.len(), Ordering::AcqRel);
-                            sink.feed(WsMessage::Binary(bytes.into())).await?;
+                            writing.sink.feed(WsMessage::Binary(bytes.into())).await?;
+                            // Fed in, holding the socket: a write in place may follow it.
+                            writer_connection.unwritten.fetch_sub(1, Ordering::AcqRel);
                             batched += 1;
                             if batched < WRITE_BATCH {
                                 next = outgoing.try_recv().ok();
                             }
                         }
-                        sink.flush().await
+                        writing.sink.flush().await?;
+                        writing.unflushed = false;
+                        Ok::<_, axum::Error>(())
                     };
                     // A page that stops reading must not hold the writer past the connection's end.
                     tokio::select! {
@@ -221,10 +340,11 @@ pub(crate) async fn serve(
             return;
         }
         let close_with = lock(&writer_connection.close_with).clone();
+        let mut writing = writer_connection.writing.lock().await;
         if let Some((code, reason)) = close_with {
-            let _ = tokio::time::timeout(CLOSE_WAIT, sink.send(close_message(code, &reason))).await;
+            let _ = tokio::time::timeout(CLOSE_WAIT, writing.sink.send(close_message(code, &reason))).await;
         }
-        let _ = tokio::time::timeout(CLOSE_WAIT, sink.close()).await;
+        let _ = tokio::time::timeout(CLOSE_WAIT, writing.sink.close()).await;
     });
 
     match claim.waiter {

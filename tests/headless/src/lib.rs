@@ -48,6 +48,18 @@ pub const OFFLINE_FLAGS: &[&str] = &[
     "--disable-sync",
 ];
 
+/// The flags with which a page is scheduled as a page in a foreground window is, as puppeteer
+/// and playwright launch Chromium by default: no lowered priority for renderer processes it
+/// deems in the background, no throttled timers, no backgrounding of windows it deems
+/// occluded, and no IPC flooding protection. For measuring what a person's browser does with
+/// the page in front of them (the benchmarks); not among [`OFFLINE_FLAGS`].
+pub const FOREGROUND_FLAGS: &[&str] = &[
+    "--disable-renderer-backgrounding",
+    "--disable-background-timer-throttling",
+    "--disable-backgrounding-occluded-windows",
+    "--disable-ipc-flooding-protection",
+];
+
 /// What went wrong driving the browser.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -127,12 +139,38 @@ pub struct Request<'a> {
     pub port: u16,
 }
 
+/// What [`serve`] answers a GET with: `200`, its content type, extra headers and body.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// The `content-type` (`text/html; charset=utf-8`, `text/javascript`).
+    pub content_type: &'static str,
+    /// Further headers (name, value), such as a `content-security-policy`.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    /// An HTML page, with no further headers.
+    pub fn html(body: String) -> Response {
+        Response { content_type: "text/html; charset=utf-8", headers: Vec::new(), body }
+    }
+}
+
 /// A tiny HTTP server on `127.0.0.1` for pages of one's own (a test's, a benchmark's): each
 /// GET is answered by `page`, `Some(html)` as `200 text/html`, `None` as 404; one request per
 /// connection. It runs on the current Tokio runtime until that ends. Its port.
 pub async fn serve_pages<F>(page: F) -> Result<u16, Error>
 where
     F: Fn(&Request<'_>) -> Option<String> + Send + Sync + 'static,
+{
+    serve(move |request| page(request).map(Response::html)).await
+}
+
+/// [`serve_pages`], each GET answered with a [`Response`] of its own (its content type and
+/// headers), `None` as 404.
+pub async fn serve<F>(page: F) -> Result<u16, Error>
+where
+    F: Fn(&Request<'_>) -> Option<Response> + Send + Sync + 'static,
 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(Error::Serve)?;
@@ -157,13 +195,17 @@ where
                     _ => "",
                 };
                 let host = request.lines().find_map(|line| line.strip_prefix("host:")).unwrap_or_default().trim();
-                let body = if path.is_empty() { None } else { page(&Request { host, path, port }) };
-                let response = match body {
-                    Some(body) => format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\n\
-                         connection: close\r\n\r\n{body}",
-                        body.len()
-                    ),
+                let answer = if path.is_empty() { None } else { page(&Request { host, path, port }) };
+                let response = match answer {
+                    Some(Response { content_type, headers, body }) => {
+                        let headers: String =
+                            headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n{headers}\
+                             connection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                    }
                     None => "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_owned(),
                 };
                 let _ = stream.write_all(response.as_bytes()).await;
@@ -196,8 +238,9 @@ impl Browser {
         Browser::launch_with(program, profile, &[]).await
     }
 
-    /// [`Browser::launch`] with `flags` added to [`OFFLINE_FLAGS`] (such as
-    /// `--host-resolver-rules=MAP app.test 127.0.0.1`, for a name of the test's own).
+    /// [`Browser::launch`], with `flags` after [`OFFLINE_FLAGS`] (such as
+    /// [`FOREGROUND_FLAGS`], or `--host-resolver-rules=MAP app.test 127.0.0.1` for a name of the
+    /// test's own).
     pub async fn launch_with(program: &Path, profile: PathBuf, flags: &[&str]) -> Result<Browser, Error> {
         let prepare = |path: &Path, source| Error::Profile { path: path.to_owned(), source };
         std::fs::create_dir_all(&profile).map_err(|source| prepare(&profile, source))?;
