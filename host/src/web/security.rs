@@ -188,7 +188,8 @@ pub(crate) fn allowed_host(entry: &str) -> Result<String, String> {
     if entry.contains("://") {
         return Err("a `Host` value is `name[:port]`, with no scheme".into());
     }
-    let origin = shell_origin(&format!("http://{entry}"))?;
+    // An entry checked as the origin it becomes: a correction is said as a `Host` value.
+    let origin = shell_origin(&format!("http://{entry}")).map_err(|reason| reason.replace("`http://", "`"))?;
     Ok(origin.trim_start_matches("http://").to_owned())
 }
 
