@@ -1,6 +1,6 @@
 // The shell page (served as /shell.js on the shell's origin): one web frame of the host.
 //
-// It connects `ws://HOST/shell`; the host sends `{"type":"frame","frame":F}` first, then for
+// It connects `ws://HOST/shell` (`wss:` when the page is `https:`); the host sends `{"type":"frame","frame":F}` first, then for
 // every extension with a web renderer `{"type":"add","extension","origin","token"}` and
 // `{"type":"remove","extension"}`. Each extension gets a card with its iframe
 // (`sandbox="allow-scripts allow-same-origin"` on its own origin). An iframe posts
@@ -10,7 +10,7 @@
 // messages, the iframes and the hand-over of tokens are `frames.js`'s, shared with `embed.js`
 // (an application's own shell).
 
-import { TokenDesk, originProblem, parseShellMessage, rendererIframe } from "./frames.js";
+import { TokenDesk, originProblem, parseShellMessage, rendererIframe, shellSocketUrl } from "./frames.js";
 
 const desk = new TokenDesk();
 const cards = new Map(); // extension name → { origin, card, iframe, badge, activity, state } (tokens: `desk`)
@@ -102,7 +102,9 @@ window.addEventListener("message", (event) => {
 });
 
 function connect() {
-  const socket = new WebSocket(`ws://${location.host}/shell`);
+  // `wss:` on an `https:` page (an allowed host behind a proxy that adds TLS): `ws:` there is
+  // mixed content, which the browser blocks.
+  const socket = new WebSocket(shellSocketUrl(location.origin));
   socket.addEventListener("open", () => setBadge(connection, "connected", "connected to the host"));
   socket.addEventListener("message", (event) => {
     const message = parseShellMessage(event.data);

@@ -954,3 +954,6 @@ async fn what_queues_for_a_page_while_its_socket_is_full_reaches_it_in_order_exa
     server.shutdown().await;
     host.shutdown().await;
 }
+
+#[path = "web_allowed_hosts.rs"]
+mod allowed_hosts;

@@ -552,7 +552,8 @@ async fn shell_upgrade(
     if matches!(site, Site::Extension(_)) {
         return refuse(StatusCode::NOT_FOUND, "not found");
     }
-    if !security::origin_is(&headers, &lock(&server.origins).shell_origins()) {
+    let host = headers.get(header::HOST).and_then(|host| host.to_str().ok()).unwrap_or_default().to_ascii_lowercase();
+    if !security::origin_is(&headers, &lock(&server.origins).socket_origins(&site, &host)) {
         tracing::warn!(origin = ?headers.get(header::ORIGIN), "web server: refused a shell socket from another origin");
         return refuse(StatusCode::FORBIDDEN, "origin not allowed");
     }

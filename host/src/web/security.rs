@@ -53,9 +53,7 @@ impl Origins {
     pub(crate) fn shell_origins(&self) -> Vec<String> {
         let mut origins = vec![format!("http://127.0.0.1:{}", self.port), format!("http://localhost:{}", self.port)];
         for host in &self.extra {
-            let http = host.strip_suffix(":80").unwrap_or(host);
-            let https = host.strip_suffix(":443").unwrap_or(host);
-            origins.extend([format!("http://{http}"), format!("https://{https}")]);
+            origins.extend(extra_origins(host));
         }
         for origin in &self.app_shells {
             if !origins.contains(origin) {
@@ -64,6 +62,29 @@ impl Origins {
         }
         origins.dedup();
         origins
+    }
+
+    /// The origins that may open the shell socket with a request for `site` whose `Host` is
+    /// `host` (lowercased): the host's own and the application's shells, and an allowed
+    /// host's origins only through that name. A page on such an origin not served through it
+    /// (the name's other scheme, which a network attacker can serve when a proxy adds TLS;
+    /// another server of that name) does not get the socket, and every token of its frame, by
+    /// connecting to `127.0.0.1` directly.
+    pub(crate) fn socket_origins(&self, site: &Site, host: &str) -> Vec<String> {
+        let mut origins: Vec<String> =
+            self.shell_origins().into_iter().filter(|origin| !self.is_extra_origin(origin)).collect();
+        if *site == Site::Extra {
+            origins.extend(extra_origins(host));
+        }
+        origins
+    }
+
+    /// Whether `origin` is an allowed host's and neither the host's own nor an application's.
+    fn is_extra_origin(&self, origin: &str) -> bool {
+        let own = [format!("http://127.0.0.1:{}", self.port), format!("http://localhost:{}", self.port)];
+        !own.iter().any(|each| each == origin)
+            && !self.is_app_shell(origin)
+            && self.extra.iter().any(|host| extra_origins(host).iter().any(|each| each == origin))
     }
 
     /// Whether `origin` is one of the application's own shells (which may load the host's
@@ -115,6 +136,14 @@ impl Origins {
     }
 }
 
+/// The origins of a shell served under allowed host `host` (`name[:port]`): over `http:` and,
+/// behind a proxy that adds TLS, `https:`, the scheme's default port left out.
+fn extra_origins(host: &str) -> [String; 2] {
+    let http = host.strip_suffix(":80").unwrap_or(host);
+    let https = host.strip_suffix(":443").unwrap_or(host);
+    [format!("http://{http}"), format!("https://{https}")]
+}
+
 /// An extension name reduced to what a DNS label may hold: lowercase `[a-z0-9]`, at most 20.
 fn label_base(name: &str) -> String {
     let base: String = name
@@ -159,7 +188,8 @@ pub(crate) fn allowed_host(entry: &str) -> Result<String, String> {
     if entry.contains("://") {
         return Err("a `Host` value is `name[:port]`, with no scheme".into());
     }
-    let origin = shell_origin(&format!("http://{entry}"))?;
+    // An entry checked as the origin it becomes: a correction is said as a `Host` value.
+    let origin = shell_origin(&format!("http://{entry}")).map_err(|reason| reason.replace("`http://", "`"))?;
     Ok(origin.trim_start_matches("http://").to_owned())
 }
 
@@ -387,6 +417,13 @@ mod tests {
                 "https://proxy.test"
             ],
             "an allowed host's shell is a shell"
+        );
+        let own = ["http://127.0.0.1:8080", "http://localhost:8080"];
+        assert_eq!(named.socket_origins(&Site::Shell, "127.0.0.1:8080"), own, "not through the name");
+        assert_eq!(
+            named.socket_origins(&Site::Extra, "proxy.test:443"),
+            [own[0], own[1], "http://proxy.test:443", "https://proxy.test"],
+            "through the name: its own origins only"
         );
         assert_eq!(allowed_host("App.Test:8080"), Ok("app.test:8080".to_owned()));
         for (bad, why) in [("http://app.test", "no scheme"), ("app.test/x", "no path"), ("*.test", "wildcards")] {

@@ -55,6 +55,8 @@ async fn an_allowed_host_that_is_not_a_host_value_is_refused_at_start_naming_it_
         ("*.test", "wildcards"),
         ("[::1]:3000", "IPv6"),
         ("app.test;frame-ancestors 'self'", "characters a host name cannot have"),
+        // As a `Host` value, without the scheme an entry may not have.
+        ("127.1:3000", "`127.0.0.1:3000`: list it so"),
     ] {
         let config = WebConfig { allowed_hosts: vec![bad.to_owned()], ..WebConfig::default() };
         let error = host.serve_web(config).err().unwrap_or_else(|| panic!("{bad} accepted")).to_string();
