@@ -1,0 +1,299 @@
+//! Deferred writes: the sends of a dispatch batch wait in their connection's buffer and go out
+//! in one write when the batch ends.
+//!
+//! An instance's dispatcher tells its host where each batch of its mailbox begins and ends
+//! (`HostVTable::batch_begin`, `batch_end`). Between the two, a send this thread makes to a
+//! socket (a frame's reply written by main's thread in the host, an isolated instance's reply
+//! in its child) is appended to the socket's [`Writer`] buffer instead of written; the batch's
+//! end writes each buffer it filled, whole, in one `write`. Any send made outside a batch (a
+//! task's, a timer's, another thread's, the host's own API calls) writes what is buffered
+//! first and its own frame with it, in one vectored write, under the same lock: a connection's
+//! frames leave in the order they were sent, as before. A buffer is also written when it would
+//! pass [`FLUSH_AT`], and a frame larger than [`DEFER_UP_TO`] is never copied into it (it is
+//! written, with what is buffered, from where it is).
+//!
+//! **No send waits in a buffer while its thread sleeps.** The dispatcher's own code between
+//! `batch_begin` and `batch_end` does not block and does not give up the thread: it ends the
+//! batch before it parks (an empty mailbox) and before it yields to the thread's other tasks
+//! (every 128 messages). What it cannot vouch for is author code: a handler or listener called
+//! in place, within the batch, may block the thread or run long. For that, the [`flusher`]:
+//! one thread per process, parked while nothing is deferred, armed by a batch's first deferral
+//! (one atomic load per batch while it is armed). Armed, it looks every [`TICK`]; a buffer
+//! still holding bytes that no flush has emptied since its previous look (its owner has been in
+//! one batch a whole tick) is written by the flusher, as any other sender would write it. So a
+//! deferred send waits at most two ticks whatever its thread does, and a batch that returns
+//! to its dispatcher in time pays nothing. A tick with nothing deferred disarms it: idle,
+//! nothing ticks.
+
+use std::cell::RefCell;
+use std::io::{self, IoSlice, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use super::protocol::write_all_vectored;
+use crate::core::lock;
+
+/// A buffer is written as soon as it would pass this many bytes.
+pub(crate) const FLUSH_AT: usize = 64 << 10;
+
+/// The largest frame copied into a buffer; a larger one is written at once (with what is
+/// buffered before it), from the sender's own memory.
+pub(crate) const DEFER_UP_TO: usize = 16 << 10;
+
+/// How often the armed flusher looks for a buffer left unwritten.
+pub(crate) const TICK: Duration = Duration::from_millis(1);
+
+/// What a failed write does to the connection.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum OnError {
+    /// Shut the socket both ways (the host's end: the connection's reader sees the end, and
+    /// the child is treated as lost).
+    Shut,
+    /// Exit the process (a child's end: the host is gone).
+    Exit,
+}
+
+/// One socket's writing side: the stream, and what a batch has deferred to it.
+pub(crate) struct Writer {
+    state: Mutex<State>,
+    /// `pending` holds bytes (set under the lock, read by the flusher without it).
+    dirty: AtomicBool,
+    /// Flushes that emptied `pending`: unchanged between two of the flusher's looks while
+    /// `dirty`, the buffer's owner is stuck in one batch.
+    flushes: AtomicU64,
+    /// `flushes` at the flusher's previous look.
+    looked: AtomicU64,
+    on_error: OnError,
+}
+
+struct State {
+    stream: UnixStream,
+    pending: Vec<u8>,
+    /// A write failed: the stream is shut and nothing more is written.
+    broken: bool,
+}
+
+thread_local! {
+    /// This thread's batch: `None` outside one; inside, the writers it deferred to.
+    static BATCH: RefCell<Option<Vec<Arc<Writer>>>> = const { RefCell::new(None) };
+}
+
+impl Writer {
+    /// The writing side of `stream`, known to the flusher.
+    pub(crate) fn new(stream: UnixStream, on_error: OnError) -> Arc<Writer> {
+        let writer = Arc::new(Writer {
+            state: Mutex::new(State { stream, pending: Vec::new(), broken: false }),
+            dirty: AtomicBool::new(false),
+            flushes: AtomicU64::new(0),
+            looked: AtomicU64::new(0),
+            on_error,
+        });
+        let registry = registry();
+        let mut writers = lock(&registry.writers);
+        writers.retain(|writer| writer.strong_count() > 0);
+        writers.push(Arc::downgrade(&writer));
+        writer
+    }
+
+    /// Sends one frame (its pieces, in order): deferred if this thread is in a batch and it is
+    /// small, else written at once after whatever is buffered.
+    pub(crate) fn send(self: &Arc<Self>, parts: &[&[u8]]) -> io::Result<()> {
+        let size: usize = parts.iter().map(|part| part.len()).sum();
+        let mut state = lock(&self.state);
+        if state.broken {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "an earlier write to this socket failed"));
+        }
+        if size <= DEFER_UP_TO && state.pending.len() + size <= FLUSH_AT && self.defer_here() {
+            let first = state.pending.is_empty();
+            for part in parts {
+                state.pending.extend_from_slice(part);
+            }
+            if first {
+                self.dirty.store(true, Ordering::Release);
+            }
+            return Ok(());
+        }
+        let State { stream, pending, .. } = &mut *state;
+        let mut slices = Vec::with_capacity(parts.len() + 1);
+        slices.push(IoSlice::new(pending));
+        slices.extend(parts.iter().map(|part| IoSlice::new(part)));
+        let written = write_all_vectored(stream, &mut slices);
+        drop(slices);
+        self.written(&mut state, written)
+    }
+
+    /// Whether a send on this thread may wait in the buffer: this thread is in a batch (and
+    /// the writer is then on its list, for the batch's end) and the flusher runs.
+    fn defer_here(self: &Arc<Self>) -> bool {
+        BATCH.with(|batch| {
+            let mut batch = batch.borrow_mut();
+            let Some(writers) = batch.as_mut() else { return false };
+            if writers.iter().any(|writer| Arc::ptr_eq(writer, self)) {
+                return true;
+            }
+            if !flusher_armed() {
+                return false;
+            }
+            writers.push(self.clone());
+            true
+        })
+    }
+
+    /// Writes what is buffered, if anything.
+    pub(crate) fn flush(&self) -> io::Result<()> {
+        let mut state = lock(&self.state);
+        if state.pending.is_empty() || state.broken {
+            return Ok(());
+        }
+        let State { stream, pending, .. } = &mut *state;
+        let written = stream.write_all(pending);
+        self.written(&mut state, written)
+    }
+
+    /// After a write of the whole buffer (and maybe a frame with it): the buffer is empty, and
+    /// a failure breaks the socket.
+    fn written(&self, state: &mut State, written: io::Result<()>) -> io::Result<()> {
+        state.pending.clear();
+        // A burst's buffer is not kept for good.
+        state.pending.shrink_to(FLUSH_AT);
+        self.dirty.store(false, Ordering::Release);
+        self.flushes.fetch_add(1, Ordering::AcqRel);
+        if let Err(error) = &written {
+            state.broken = true;
+            match self.on_error {
+                // A partial frame may have been written, so nothing more may follow it.
+                OnError::Shut => {
+                    tracing::debug!("a write failed ({error}): the socket is shut");
+                    let _ = state.stream.shutdown(std::net::Shutdown::Both);
+                }
+                // The host is gone.
+                OnError::Exit => std::process::exit(0),
+            }
+        }
+        written
+    }
+
+    /// Runs `f` on the stream under the writer's lock (after writing what is buffered).
+    pub(crate) fn with_stream<R>(&self, f: impl FnOnce(&mut UnixStream) -> R) -> R {
+        let _ = self.flush();
+        f(&mut lock(&self.state).stream)
+    }
+}
+
+/// This thread begins a dispatch batch: its sends to sockets wait for [`end`].
+pub(crate) fn begin() {
+    BATCH.with(|batch| {
+        let mut batch = batch.borrow_mut();
+        if batch.is_none() {
+            *batch = Some(Vec::new());
+        }
+    });
+}
+
+/// This thread's batch ends: every buffer it deferred to is written.
+pub(crate) fn end() {
+    let writers = BATCH.with(|batch| batch.borrow_mut().take());
+    for writer in writers.into_iter().flatten() {
+        // A failure is the writer's to handle (`OnError`); the senders were told OK, as for a
+        // frame the kernel took before the peer died: the connection's loss fails what waits.
+        if let Err(error) = writer.flush() {
+            tracing::warn!("cannot write a batch's deferred frames to the child: {error}");
+        }
+    }
+}
+
+/// The writers of this process and the flusher's state.
+struct Registry {
+    writers: Mutex<Vec<Weak<Writer>>>,
+    /// The flusher looks every tick.
+    armed: AtomicBool,
+    /// Batches that deferred since the flusher started (it disarms only after a tick with none).
+    deferrals: AtomicU64,
+    /// Whether the flusher's thread started (without it, nothing is deferred).
+    running: OnceLock<bool>,
+    wake: Mutex<()>,
+    armed_now: Condvar,
+}
+
+fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(|| Registry {
+        writers: Mutex::new(Vec::new()),
+        armed: AtomicBool::new(false),
+        deferrals: AtomicU64::new(0),
+        running: OnceLock::new(),
+        wake: Mutex::new(()),
+        armed_now: Condvar::new(),
+    })
+}
+
+/// Counts a batch's first deferral to a writer and makes sure the flusher is armed; false if
+/// it could not be started (then nothing may be deferred).
+fn flusher_armed() -> bool {
+    let registry = registry();
+    let running = *registry.running.get_or_init(|| {
+        let started = std::thread::Builder::new().name("socket-flusher".into()).spawn(|| flusher(self::registry()));
+        match started {
+            Ok(_) => true,
+            Err(error) => {
+                tracing::warn!("cannot start the socket flusher, so every send is written at once: {error}");
+                false
+            }
+        }
+    });
+    if !running {
+        return false;
+    }
+    // SeqCst with the flusher's disarming: either it sees this deferral, or this sees it
+    // disarmed and arms it again.
+    registry.deferrals.fetch_add(1, Ordering::SeqCst);
+    if !registry.armed.load(Ordering::SeqCst) {
+        let _wake = lock(&registry.wake);
+        registry.armed.store(true, Ordering::SeqCst);
+        registry.armed_now.notify_one();
+    }
+    true
+}
+
+/// The flusher's thread: parked until armed; armed, it writes every buffer left unwritten for a
+/// whole tick, and disarms after a tick in which nothing was deferred and nothing is buffered.
+fn flusher(registry: &'static Registry) {
+    loop {
+        {
+            let mut wake = lock(&registry.wake);
+            while !registry.armed.load(Ordering::SeqCst) {
+                wake = registry.armed_now.wait(wake).unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+        }
+        let deferrals = registry.deferrals.load(Ordering::SeqCst);
+        // A timer, not a synchronisation: the bound on how long a deferred send can wait.
+        std::thread::sleep(TICK);
+        let writers: Vec<Arc<Writer>> = lock(&registry.writers).iter().filter_map(Weak::upgrade).collect();
+        let mut buffered = false;
+        for writer in &writers {
+            let flushes = writer.flushes.load(Ordering::Acquire);
+            let before = writer.looked.swap(flushes, Ordering::AcqRel);
+            if !writer.dirty.load(Ordering::Acquire) {
+                continue;
+            }
+            if before == flushes {
+                // Its owner has not ended its batch for a whole tick (blocked, or running long
+                // in author code): written here, as any other sender would.
+                if let Err(error) = writer.flush() {
+                    tracing::warn!("cannot write deferred frames to the child: {error}");
+                }
+            } else {
+                buffered = true;
+            }
+        }
+        drop(writers);
+        if !buffered && registry.deferrals.load(Ordering::SeqCst) == deferrals {
+            registry.armed.store(false, Ordering::SeqCst);
+            if registry.deferrals.load(Ordering::SeqCst) != deferrals {
+                registry.armed.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+}
