@@ -6,8 +6,9 @@
 
 use std::os::unix::net::UnixStream;
 
+use extension_host::InvokeErrorKind;
 use extension_host::{Host, ObservedBroadcast};
-use probe_protocol::{BLOCK, PING, PONG, Ping, Pong, RELAY_PING, Relay, SEQ_INVOKE};
+use probe_protocol::{BLOCK, CRASH, PING, PONG, Ping, Pong, RELAY_PING, Relay, SEQ_INVOKE};
 use tokio::sync::broadcast::Receiver;
 
 use crate::loading::tempdir;
@@ -114,5 +115,28 @@ async fn mains_broadcast_to_a_renderer_process_is_not_held_while_the_next_handle
     // Still in step afterwards.
     host.broadcast("probe", PING.name(), &Ping { tag: "after".into() }).unwrap();
     frame_pong(&mut broadcasts, "after").await;
+    host.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_child_that_dies_with_a_reply_waiting_in_its_buffer_fails_the_request_as_lost() {
+    let host = probe_host(Transport::Isolated, 0).await;
+    let hold = release_socket();
+    let held = block_main(&host, &hold).await;
+    // One batch: a quick request (its reply deferred to the batch's end), then the process
+    // aborts in the next handler, the reply most likely still in the buffer.
+    let quick = host.invoke::<_, u32>("probe", SEQ_INVOKE.name(), &5, FAILSAFE);
+    let crash = host.invoke::<_, ()>("probe", CRASH.name(), "abort", FAILSAFE);
+    assert_queued(&host, 2).await;
+    UnixStream::connect(&hold).unwrap();
+    assert_eq!(held.await, "unblocked");
+    let crashed = crash.await.unwrap_err();
+    assert_eq!(crashed.kind, InvokeErrorKind::ConnectionLost, "{crashed}");
+    // Answered if the flusher wrote it before the abort, else failed as lost: never left
+    // waiting, never another kind.
+    match quick.await {
+        Ok(value) => assert_eq!(value, 5),
+        Err(error) => assert_eq!(error.kind, InvokeErrorKind::ConnectionLost, "{error}"),
+    }
     host.shutdown().await;
 }
