@@ -171,13 +171,13 @@ pub struct HostVTable {
     pub complete: unsafe extern "C" fn(key: u64, completion: u64, result: RawSlice),
     /// Forwards a tracing event; `level` is 1 (error) to 5 (trace).
     pub log: unsafe extern "C" fn(key: u64, level: u32, target: RawSlice, message: RawSlice),
-    /// The instance's dispatcher, on its own thread, begins a batch of its mailbox: until
-    /// [`HostVTable::batch_end`] on this thread, the host may hold this thread's `send`s to a
-    /// socket and write them together (in order, and never while the thread sleeps, which
-    /// the host cannot know of: it bounds the wait itself).
+    /// The instance's thread woke up and runs (its dispatcher, the tasks it woke) until its
+    /// next [`HostVTable::batch_end`]: meanwhile the host may hold this thread's `send`s to a
+    /// socket and write them together, in order. The host cannot know whether author code
+    /// blocks the thread in between, so it bounds that wait itself.
     pub batch_begin: unsafe extern "C" fn(key: u64),
-    /// The batch begun on this thread ends: the host writes whatever this thread's sends left
-    /// waiting. The dispatcher calls it before it parks or yields to the thread's other tasks.
+    /// The instance's thread is about to park (or stops): the host writes whatever this
+    /// thread's sends left waiting, before the call returns.
     pub batch_end: unsafe extern "C" fn(key: u64),
 }
 

@@ -1,8 +1,9 @@
-//! Deferred writes (`host/src/remote/batch.rs`): the sends a dispatch batch makes to a socket
-//! wait for the batch's end and go out together, but never while the thread sleeps. A send made
-//! in place by one message's handler or listener, followed in the same batch by a handler that
-//! blocks the thread, still arrives while the block lasts: on the child's socket writer (an
-//! isolated main's reply) and on the host's (main's broadcast to a renderer process).
+//! Deferred writes (`host/src/remote/batch.rs`): what an instance's thread sends to a socket
+//! waits until the thread is about to park and goes out in one write, but never waits while the
+//! thread sleeps. A send made by one message's handler or listener, followed in the same run of
+//! the thread by a handler that blocks it, still arrives while the block lasts: on the child's
+//! socket writer (an isolated main's reply) and on the host's (main's broadcast to a renderer
+//! process). A child that dies with sends in its buffer fails their requests as lost.
 
 use std::os::unix::net::UnixStream;
 
@@ -15,7 +16,7 @@ use crate::loading::tempdir;
 use crate::support::{self, FAILSAFE, Transport, wait_log};
 
 /// A host running the probe on `transport` with `frames` frames of its kind, whose watchdog
-/// never looks: its inspects are packets on the same sockets, which would write what a batch
+/// never looks: its inspects are packets on the same sockets, which would write what a thread
 /// left waiting (as any other send does), and the tests are about what happens without them.
 async fn probe_host(transport: Transport, frames: usize) -> Host {
     let config = extension_host::HostConfig {
@@ -44,7 +45,7 @@ async fn block_main(host: &Host, release: &str) -> impl Future<Output = String> 
 }
 
 /// Checks that at least `count` messages wait in the probe's mailboxes (the host's sends to
-/// main, behind its blocked handler), so they are taken as one batch. What the host sent before
+/// main, behind its blocked handler), so they are dispatched in one run of the thread. What the host sent before
 /// the inspect was queued before the inspect was answered (in process, by the call; across
 /// processes, in the connection's order); others may be queued too (a frame's broadcasts).
 async fn assert_queued(host: &Host, count: u64) {
@@ -82,8 +83,8 @@ async fn an_isolated_mains_reply_is_not_held_while_the_next_handler_blocks_its_t
     assert_queued(&host, 2).await;
     UnixStream::connect(&hold).unwrap();
     assert_eq!(held.await, "unblocked");
-    // One batch: the quick handler answers (its reply deferred to the batch's end), then the
-    // next handler blocks the thread, which ends no batch.
+    // One run of the thread: the quick handler answers (its reply deferred until the thread
+    // parks), then the next handler blocks the thread, which does not park it.
     wait_log(&mut logs, "probe", |m| m.starts_with("blocking the thread") && m.ends_with(&release)).await;
     assert_eq!(quick.await.expect("the quick request's reply arrives while the thread is blocked"), 5);
     UnixStream::connect(&release).unwrap();
@@ -119,21 +120,27 @@ async fn mains_broadcast_to_a_renderer_process_is_not_held_while_the_next_handle
 }
 
 #[tokio::test]
-async fn a_child_that_dies_with_a_reply_waiting_in_its_buffer_fails_the_request_as_lost() {
+async fn a_child_that_dies_with_replies_waiting_in_its_buffer_fails_their_requests_as_lost() {
     let host = probe_host(Transport::Isolated, 0).await;
     let hold = release_socket();
-    let held = block_main(&host, &hold).await;
-    // One batch: a quick request (its reply deferred to the batch's end), then the process
-    // aborts in the next handler, the reply most likely still in the buffer.
+    let mut logs = host.logs();
+    let held = host.invoke::<_, String>("probe", BLOCK.name(), &hold, FAILSAFE);
+    wait_log(&mut logs, "probe", |m| m.starts_with("blocking the thread")).await;
+    // One run of the thread: the blocked handler answers, a quick request answers (their
+    // replies deferred until the thread parks), then the process aborts in the next handler,
+    // the replies most likely still in the buffer.
     let quick = host.invoke::<_, u32>("probe", SEQ_INVOKE.name(), &5, FAILSAFE);
     let crash = host.invoke::<_, ()>("probe", CRASH.name(), "abort", FAILSAFE);
     assert_queued(&host, 2).await;
     UnixStream::connect(&hold).unwrap();
-    assert_eq!(held.await, "unblocked");
     let crashed = crash.await.unwrap_err();
     assert_eq!(crashed.kind, InvokeErrorKind::ConnectionLost, "{crashed}");
-    // Answered if the flusher wrote it before the abort, else failed as lost: never left
+    // Answered if the flusher wrote them before the abort, else failed as lost: never left
     // waiting, never another kind.
+    match held.await {
+        Ok(value) => assert_eq!(value, "unblocked"),
+        Err(error) => assert_eq!(error.kind, InvokeErrorKind::ConnectionLost, "{error}"),
+    }
     match quick.await {
         Ok(value) => assert_eq!(value, 5),
         Err(error) => assert_eq!(error.kind, InvokeErrorKind::ConnectionLost, "{error}"),

@@ -19,31 +19,15 @@ use crate::runtime::requests::{Answer, Incoming, Route, closing_kind};
 use crate::runtime::state::{HandlerResult, RawEvent, Tier};
 use crate::wire::OwnedMessage;
 
-/// Drains the mailbox until the runtime shuts down. The host is told where each batch begins
-/// and ends (`HostVTable::batch_begin`, `batch_end`), so it can write the batch's sends to a
-/// socket together; the end comes before the dispatcher parks or yields.
+/// Drains the mailbox until the runtime shuts down.
 pub(crate) async fn dispatch_loop(shared: Arc<Shared>) {
-    // A runtime shutting down drops the loop, maybe within a batch: the batch still ends.
-    let _ended = EndBatchOnDrop(&shared);
     shared
         .mailbox
-        .serve(
-            |delivery| {
-                shared.dispatch(delivery);
-                shared.mailbox.report_overflow(&shared.name);
-            },
-            |begins| if begins { shared.host.batch_begin() } else { shared.host.batch_end() },
-        )
+        .serve(|delivery| {
+            shared.dispatch(delivery);
+            shared.mailbox.report_overflow(&shared.name);
+        })
         .await;
-}
-
-/// Ends the thread's batch, if one is under way, when the dispatcher stops.
-struct EndBatchOnDrop<'a>(&'a Shared);
-
-impl Drop for EndBatchOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.host.batch_end();
-    }
 }
 
 impl Shared {

@@ -160,31 +160,22 @@ impl Mailbox {
     }
 
     /// Runs `dispatch` on every message, in order, until the mailbox is closed (its owner,
-    /// this future, dropped: the runtime shutting down). `edge` is told where each run of
-    /// dispatching without a pause begins (`true`) and ends (`false`): it ends before the
-    /// dispatcher waits for messages and before it yields to the thread's other tasks, so
-    /// between the two this thread runs nothing but the dispatcher (and the author code it
-    /// calls in place).
-    pub(crate) async fn serve(&self, mut dispatch: impl FnMut(Delivery), mut edge: impl FnMut(bool)) {
+    /// this future, dropped: the runtime shutting down).
+    pub(crate) async fn serve(&self, mut dispatch: impl FnMut(Delivery)) {
         let _closer = CloseOnDrop(self);
         // Swapped with the queue's buffer each time, so neither is allocated again.
         let mut batch = VecDeque::new();
         loop {
             Take { mailbox: self, batch: &mut batch }.await;
-            edge(true);
             let mut done = 0;
             while let Some(delivery) = batch.pop_front() {
                 dispatch(delivery);
                 done += 1;
                 if done % BATCH_BEFORE_YIELD == 0 {
                     self.batch_done.store(done as u64, Ordering::Relaxed);
-                    edge(false);
                     tokio::task::yield_now().await;
-                    edge(true);
                 }
             }
-            // Before the next look, which may park the thread.
-            edge(false);
             self.batch_done.store(done as u64, Ordering::Relaxed);
             // A burst's buffer is not kept for good: memory stays flat after it.
             batch.shrink_to(KEPT_CAPACITY);
@@ -323,7 +314,7 @@ mod tests {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
         let mut seen = Vec::new();
         runtime.block_on(async {
-            let serve = mailbox.serve(|delivery| seen.push(delivery.message.request_id), |_| {});
+            let serve = mailbox.serve(|delivery| seen.push(delivery.message.request_id));
             // Serving never ends on its own; stop once it has gone idle.
             let _ = tokio::time::timeout(std::time::Duration::ZERO, serve).await;
         });
@@ -359,13 +350,10 @@ mod tests {
             std::thread::spawn(move || {
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
                 runtime.block_on(async {
-                    let serve = mailbox.serve(
-                        |_| {
-                            inside.wait();
-                            release.wait();
-                        },
-                        |_| {},
-                    );
+                    let serve = mailbox.serve(|_| {
+                        inside.wait();
+                        release.wait();
+                    });
                     // Stop once the dispatcher has gone idle after the one message.
                     let _ = tokio::time::timeout(std::time::Duration::ZERO, serve).await;
                 });
@@ -401,15 +389,12 @@ mod tests {
         runtime.block_on(async {
             let (all, done) = tokio::sync::oneshot::channel::<()>();
             let mut all = Some(all);
-            let serve = mailbox.serve(
-                |delivery| {
-                    seen.push(delivery.message.request_id);
-                    if seen.len() as u64 == COUNT {
-                        all.take().map(|all| all.send(()));
-                    }
-                },
-                |_| {},
-            );
+            let serve = mailbox.serve(|delivery| {
+                seen.push(delivery.message.request_id);
+                if seen.len() as u64 == COUNT {
+                    all.take().map(|all| all.send(()));
+                }
+            });
             // A failsafe, not a timing: a lost wake would leave the dispatcher parked for good.
             let all_seen = tokio::time::timeout(std::time::Duration::from_secs(20), async {
                 tokio::select! {

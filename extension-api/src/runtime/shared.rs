@@ -22,7 +22,7 @@ use crate::wire::{Completion, InstanceConfig, OwnedMessage};
 /// Everything the halves of an instance share. Handles hold it weakly, so a handle leaked past
 /// deactivation finds nothing and fails cleanly.
 pub(crate) struct Shared {
-    pub(super) host: HostCalls,
+    host: HostCalls,
     pub(super) name: String,
     pub(crate) runtime: tokio::runtime::Handle,
     pub(super) mailbox: Mailbox,

@@ -1,29 +1,31 @@
-//! Deferred writes: the sends of a dispatch batch wait in their connection's buffer and go out
-//! in one write when the batch ends.
+//! Deferred writes: what an instance's thread sends to a socket between a wake-up and its next
+//! park waits in the socket's buffer and goes out in one write before the thread parks.
 //!
-//! An instance's dispatcher tells its host where each batch of its mailbox begins and ends
-//! (`HostVTable::batch_begin`, `batch_end`). Between the two, a send this thread makes to a
-//! socket (a frame's reply written by main's thread in the host, an isolated instance's reply
-//! in its child) is appended to the socket's [`Writer`] buffer instead of written; the batch's
-//! end writes each buffer it filled, whole, in one `write`. Any send made outside a batch (a
-//! task's, a timer's, another thread's, the host's own API calls) writes what is buffered
-//! first and its own frame with it, in one vectored write, under the same lock: a connection's
-//! frames leave in the order they were sent, as before. A buffer is also written when it would
-//! pass [`FLUSH_AT`], and a frame larger than [`DEFER_UP_TO`] is never copied into it (it is
-//! written, with what is buffered, from where it is).
+//! An instance's runtime tells its host where each run of its thread begins and ends
+//! (`HostVTable::batch_begin` after it wakes, `batch_end` before it parks: the dispatcher's
+//! batch and the tasks it wakes, such as an invoker sending its next request as a reply
+//! comes). Between the two, a send this thread makes to a socket (main's thread in the host
+//! writing to a renderer process, an instance's thread in a child writing to the host) is
+//! appended to the socket's [`Writer`] buffer instead of written; `batch_end` writes each
+//! buffer the run filled, whole, in one `write`. A send made on any other thread (the host's
+//! own API calls, the child's reader, its writer thread) writes what is buffered first and its
+//! own frame with it, in one vectored write, under the same lock: a connection's frames leave
+//! in the order they were sent, as before. A buffer is also written when it would pass
+//! [`FLUSH_AT`], and a frame larger than [`DEFER_UP_TO`] is never copied into it (it is
+//! written, with what is buffered before it, from where it is).
 //!
-//! **No send waits in a buffer while its thread sleeps.** The dispatcher's own code between
-//! `batch_begin` and `batch_end` does not block and does not give up the thread: it ends the
-//! batch before it parks (an empty mailbox) and before it yields to the thread's other tasks
-//! (every 128 messages). What it cannot vouch for is author code: a handler or listener called
-//! in place, within the batch, may block the thread or run long. For that, the [`flusher`]:
-//! one thread per process, parked while nothing is deferred, armed by a batch's first deferral
-//! (one atomic load per batch while it is armed). Armed, it looks every [`TICK`]; a buffer
-//! still holding bytes that no flush has emptied since its previous look (its owner has been in
-//! one batch a whole tick) is written by the flusher, as any other sender would write it. So a
-//! deferred send waits at most two ticks whatever its thread does, and a batch that returns
-//! to its dispatcher in time pays nothing. A tick with nothing deferred disarms it: idle,
-//! nothing ticks.
+//! **No send waits in a buffer while its thread sleeps.** Between `batch_begin` and
+//! `batch_end` the runtime itself never gives up the thread: the only place it sleeps is its
+//! park, and `batch_end` runs before it (tokio's `on_thread_park`, called before every park of
+//! a current-thread runtime; its instance thread also ends the last run when it stops). What it
+//! cannot vouch for is author code: a handler, listener or task may block the thread or run
+//! long. For that, the [`flusher`]: one thread per process, parked while nothing is deferred,
+//! armed by a run's first deferral to a socket (one atomic add and load per run while it is
+//! armed). Armed, it looks every [`TICK`]; a buffer still holding bytes that no flush has
+//! emptied since its previous look (its owner has not parked for a whole tick) is written by
+//! the flusher, as any other sender would write it. So a deferred send waits at most two
+//! ticks whatever its thread does, and a thread that parks in time pays nothing. A tick with
+//! nothing deferred disarms it: idle, nothing ticks.
 
 use std::cell::RefCell;
 use std::io::{self, IoSlice, Write};
@@ -182,7 +184,7 @@ impl Writer {
     }
 }
 
-/// This thread begins a dispatch batch: its sends to sockets wait for [`end`].
+/// This thread begins a run (it woke): its sends to sockets may wait for [`end`].
 pub(crate) fn begin() {
     BATCH.with(|batch| {
         let mut batch = batch.borrow_mut();
@@ -192,7 +194,7 @@ pub(crate) fn begin() {
     });
 }
 
-/// This thread's batch ends: every buffer it deferred to is written.
+/// This thread's run ends (it is about to park): every buffer it deferred to is written.
 pub(crate) fn end() {
     let writers = BATCH.with(|batch| batch.borrow_mut().take());
     for writer in writers.into_iter().flatten() {
@@ -229,7 +231,7 @@ fn registry() -> &'static Registry {
     })
 }
 
-/// Counts a batch's first deferral to a writer and makes sure the flusher is armed; false if
+/// Counts a run's first deferral to a writer and makes sure the flusher is armed; false if
 /// it could not be started (then nothing may be deferred).
 fn flusher_armed() -> bool {
     let registry = registry();

@@ -396,8 +396,8 @@ fn post_message(key: u64, message: &Message<'_>) -> u32 {
     write_frame(&frame.parts())
 }
 
-/// Writes one frame whole (its pieces, in order) through the writer: deferred to its batch's
-/// end on an instance thread in a dispatch batch (see `batch`).
+/// Writes one frame whole (its pieces, in order) through the writer: on an instance's thread,
+/// deferred until the thread is about to park (see `batch`).
 fn write_frame(parts: &[&[u8]]) -> u32 {
     let Some(writer) = WRITER.get() else { return abi::status::DEACTIVATED };
     match writer.send(parts) {

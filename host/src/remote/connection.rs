@@ -49,7 +49,7 @@ pub(crate) struct Connection {
     pub(crate) role: Role,
     pub(crate) pid: u32,
     /// The socket, written by whichever thread sends (frames are written whole, under its lock;
-    /// a dispatch batch's wait in its buffer until the batch ends, see `batch`).
+    /// an instance thread's wait in its buffer until that thread is about to park, see `batch`).
     writer: Arc<Writer>,
     /// Loads and destroys waiting for the child's answer (the reader gives it).
     loads: Mutex<HashMap<u64, oneshot::Sender<Result<(), String>>>>,
@@ -284,7 +284,7 @@ impl Connection {
     }
 
     /// Sends `message` to instance `key`, its value written from where it is (no copy, unless
-    /// it is small and waits in the buffer for its batch's end).
+    /// it is small and waits in the buffer until its instance thread parks).
     pub(crate) fn deliver(&self, key: u64, message: &Message<'_>) -> u32 {
         let frame = MessageFrame::new(key, message);
         self.send_frame("Message", frame.as_ref().map(MessageFrame::parts))
