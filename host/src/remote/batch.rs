@@ -68,6 +68,9 @@ pub(crate) struct Writer {
     /// `flushes` at the flusher's previous look.
     looked: AtomicU64,
     on_error: OnError,
+    /// The unit tests' way to see what a run holds before the flusher could write it.
+    #[cfg(test)]
+    unflushed: AtomicBool,
 }
 
 struct State {
@@ -91,6 +94,8 @@ impl Writer {
             flushes: AtomicU64::new(0),
             looked: AtomicU64::new(0),
             on_error,
+            #[cfg(test)]
+            unflushed: AtomicBool::new(false),
         });
         let registry = registry();
         let mut writers = lock(&registry.writers);
@@ -280,6 +285,11 @@ fn flusher(registry: &'static Registry) {
             if !writer.dirty.load(Ordering::Acquire) {
                 continue;
             }
+            #[cfg(test)]
+            if writer.unflushed.load(Ordering::Acquire) {
+                buffered = true;
+                continue;
+            }
             if before == flushes {
                 // Its owner has not ended its batch for a whole tick (blocked, or running long
                 // in author code): written here, as any other sender would.
@@ -297,5 +307,95 @@ fn flusher(registry: &'static Registry) {
                 registry.armed.store(true, Ordering::SeqCst);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A writer over one end of a socket pair, and the other end to read what it wrote; the
+    /// flusher leaves it alone (what a run holds is checked while it holds it).
+    fn pair() -> (Arc<Writer>, UnixStream) {
+        let (writer, reader) = flushed_pair();
+        writer.unflushed.store(true, Ordering::Release);
+        (writer, reader)
+    }
+
+    /// [`pair`], with the flusher looking after it.
+    fn flushed_pair() -> (Arc<Writer>, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        // A failsafe for a lost write, not a timing: every read below waits for bytes that
+        // must come.
+        theirs.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        (Writer::new(ours, OnError::Shut), theirs)
+    }
+
+    fn nothing_waiting(reader: &UnixStream) -> bool {
+        reader.set_nonblocking(true).unwrap();
+        let empty = matches!((&*reader).read(&mut [0; 1]), Err(error) if error.kind() == io::ErrorKind::WouldBlock);
+        reader.set_nonblocking(false).unwrap();
+        empty
+    }
+
+    fn read(reader: &mut UnixStream, count: usize) -> Vec<u8> {
+        let mut bytes = vec![0; count];
+        reader.read_exact(&mut bytes).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn a_runs_sends_wait_for_its_end_and_leave_in_one_piece_in_order() {
+        let (writer, mut reader) = pair();
+        writer.send(&[b"a"]).unwrap();
+        assert_eq!(read(&mut reader, 1), b"a", "outside a run, written at once");
+        begin();
+        writer.send(&[b"b", b"c"]).unwrap();
+        writer.send(&[b"d"]).unwrap();
+        assert!(nothing_waiting(&reader), "held until the run ends");
+        end();
+        assert_eq!(read(&mut reader, 3), b"bcd");
+        writer.send(&[b"e"]).unwrap();
+        assert_eq!(read(&mut reader, 1), b"e", "the run ended: written at once again");
+    }
+
+    #[test]
+    fn another_thread_writes_what_a_run_holds_before_its_own_frame() {
+        let (writer, mut reader) = pair();
+        begin();
+        writer.send(&[b"1"]).unwrap();
+        let other = writer.clone();
+        std::thread::spawn(move || other.send(&[b"2"]).unwrap()).join().unwrap();
+        assert_eq!(read(&mut reader, 2), b"12", "the held frame first");
+        end();
+        assert!(nothing_waiting(&reader), "nothing written twice");
+    }
+
+    #[test]
+    fn a_large_frame_is_written_at_once_after_what_is_held() {
+        let (writer, mut reader) = pair();
+        begin();
+        writer.send(&[b"x"]).unwrap();
+        let large = vec![7; DEFER_UP_TO + 1];
+        // Read on another thread: the frame is larger than a socket pair's buffer.
+        let read_all = std::thread::spawn(move || read(&mut reader, DEFER_UP_TO + 2));
+        writer.send(&[&large]).unwrap();
+        let bytes = read_all.join().unwrap();
+        assert_eq!(bytes[0], b'x');
+        assert!(bytes[1..].iter().all(|&byte| byte == 7));
+        end();
+    }
+
+    #[test]
+    fn a_run_that_never_ends_still_has_its_sends_written_by_the_flusher() {
+        let (writer, mut reader) = flushed_pair();
+        begin();
+        writer.send(&[b"held"]).unwrap();
+        // This thread now "blocks": it reads, and never ends its run before the bytes come.
+        assert_eq!(read(&mut reader, 4), b"held");
+        end();
     }
 }
