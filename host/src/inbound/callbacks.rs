@@ -1,7 +1,7 @@
 //! The inbound edge of this process: the `extern "C"` callbacks libraries call (`send`,
-//! `complete`, `log`, `batch_begin`, `batch_end` of [`HostVTable`]) and the registry of instance keys they are checked
-//! against. This is where raw messages become [`Message`]s: everything past it works on
-//! validated data.
+//! `complete`, `log`, `batch_begin`, `batch_end` of [`HostVTable`]) and the registry of
+//! instance keys they are checked against. This is where raw messages become [`Message`]s:
+//! everything past it works on validated data.
 //!
 //! A callback carries only the instance's key; the key is looked up here, and an unknown key
 //! is refused. The extension a message belongs to comes from that lookup (the link registered

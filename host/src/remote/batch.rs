@@ -182,10 +182,14 @@ impl Writer {
         written
     }
 
-    /// Runs `f` on the stream under the writer's lock (after writing what is buffered).
-    pub(crate) fn with_stream<R>(&self, f: impl FnOnce(&mut UnixStream) -> R) -> R {
-        let _ = self.flush();
-        f(&mut lock(&self.state).stream)
+    /// Shuts the socket both ways (the connection is closing: what is buffered is dropped,
+    /// and nothing is written after it).
+    pub(crate) fn shutdown(&self) {
+        let mut state = lock(&self.state);
+        state.pending = Vec::new();
+        state.broken = true;
+        self.dirty.store(false, Ordering::Release);
+        let _ = state.stream.shutdown(std::net::Shutdown::Both);
     }
 }
 

@@ -226,9 +226,7 @@ impl Connection {
 
     /// Shuts the socket both ways: the reader thread sees the end.
     pub(crate) fn shut_socket(&self) {
-        self.writer.with_stream(|stream| {
-            let _ = stream.shutdown(std::net::Shutdown::Both);
-        });
+        self.writer.shutdown();
     }
 
     fn kill_now_unexpected(&self) {
