@@ -102,10 +102,15 @@ async fn mains_broadcast_to_a_renderer_process_is_not_held_while_the_next_handle
     let held = block_main(&host, &hold).await;
     // Behind the blocked handler: main's listener broadcasts a ping to the frame (written by
     // main's thread to the renderer process's socket), then a handler blocks the thread.
-    let relay = Relay { side: "main".into(), tag: "relayed".into() };
-    host.broadcast("probe", RELAY_PING.name(), &relay).unwrap();
+    // A ping, which main's listener answers with a pong to every half: the run's first send to
+    // the frame's socket (written at once; the frame ignores pongs). The frame answers the ping
+    // too, now: awaited, so nothing of it arrives later.
+    host.broadcast("probe", PING.name(), &Ping { tag: "first".into() }).unwrap();
+    frame_pong(&mut broadcasts, "first").await;
+    // Then the relay: main's second send to that socket, which waits.
+    host.broadcast("probe", RELAY_PING.name(), &Relay { side: "main".into(), tag: "relayed".into() }).unwrap();
     let blocked = host.invoke::<_, String>("probe", BLOCK.name(), &release, FAILSAFE);
-    assert_queued(&host, 2).await;
+    assert_queued(&host, 3).await;
     UnixStream::connect(&hold).unwrap();
     assert_eq!(held.await, "unblocked");
     // The frame got the ping and answered while main's thread is still blocked.
@@ -126,17 +131,17 @@ async fn a_child_that_dies_with_replies_waiting_in_its_buffer_fails_their_reques
     let mut logs = host.logs();
     let held = host.invoke::<_, String>("probe", BLOCK.name(), &hold, FAILSAFE);
     wait_log(&mut logs, "probe", |m| m.starts_with("blocking the thread")).await;
-    // One run of the thread: the blocked handler answers, a quick request answers (their
-    // replies deferred until the thread parks), then the process aborts in the next handler,
-    // the replies most likely still in the buffer.
+    // One run of the thread: the blocked handler answers (the run's first send, written at
+    // once), a quick request answers (its reply deferred until the thread parks), then the
+    // process aborts in the next handler, that reply most likely still in the buffer.
     let quick = host.invoke::<_, u32>("probe", SEQ_INVOKE.name(), &5, FAILSAFE);
     let crash = host.invoke::<_, ()>("probe", CRASH.name(), "abort", FAILSAFE);
     assert_queued(&host, 2).await;
     UnixStream::connect(&hold).unwrap();
     let crashed = crash.await.unwrap_err();
     assert_eq!(crashed.kind, InvokeErrorKind::ConnectionLost, "{crashed}");
-    // Answered if the flusher wrote them before the abort, else failed as lost: never left
-    // waiting, never another kind.
+    // Answered if written before the abort, else failed as lost: never left waiting, never
+    // another kind.
     match held.await {
         Ok(value) => assert_eq!(value, "unblocked"),
         Err(error) => assert_eq!(error.kind, InvokeErrorKind::ConnectionLost, "{error}"),

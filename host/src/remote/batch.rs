@@ -5,9 +5,11 @@
 //! (`HostVTable::batch_begin` after it wakes, `batch_end` before it parks: the dispatcher's
 //! batch and the tasks it wakes, such as an invoker sending its next request as a reply
 //! comes). Between the two, a send this thread makes to a socket (main's thread in the host
-//! writing to a renderer process, an instance's thread in a child writing to the host) is
-//! appended to the socket's [`Writer`] buffer instead of written; `batch_end` writes each
-//! buffer the run filled, whole, in one `write`. A send made on any other thread (the host's
+//! writing to a renderer process, an instance's thread in a child writing to the host), past
+//! the run's first to that socket, is appended to the socket's [`Writer`] buffer instead of
+//! written; `batch_end` writes each buffer the run filled, whole, in one `write`. The first goes
+//! at once, so a run that sends one frame (a sequential invoke, its reply) waits for nothing:
+//! deferring it too measurably slowed the sequential invoke across processes. A send made on any other thread (the host's
 //! own API calls, the child's reader, its writer thread) writes what is buffered first and its
 //! own frame with it, in one vectored write, under the same lock: a connection's frames leave
 //! in the order they were sent, as before. A buffer is also written when it would pass
@@ -81,8 +83,9 @@ struct State {
 }
 
 thread_local! {
-    /// This thread's batch: `None` outside one; inside, the writers it deferred to.
-    static BATCH: RefCell<Option<Vec<Arc<Writer>>>> = const { RefCell::new(None) };
+    /// This thread's run: `None` outside one; inside, the writers it sent to, and whether it
+    /// deferred to each (the flusher armed for it).
+    static BATCH: RefCell<Option<Vec<(Arc<Writer>, bool)>>> = const { RefCell::new(None) };
 }
 
 impl Writer {
@@ -131,19 +134,24 @@ impl Writer {
         self.written(&mut state, written)
     }
 
-    /// Whether a send on this thread may wait in the buffer: this thread is in a batch (and
-    /// the writer is then on its list, for the batch's end) and the flusher runs.
+    /// Whether a send on this thread may wait in the buffer: this thread is in a run, this is
+    /// not the run's first send to this socket, and the flusher runs. The first is written at
+    /// once: a run that sends one frame (a sequential invoke, its reply) waits for nothing, and
+    /// a burst costs two writes, its first frame and the rest.
     fn defer_here(self: &Arc<Self>) -> bool {
         BATCH.with(|batch| {
             let mut batch = batch.borrow_mut();
             let Some(writers) = batch.as_mut() else { return false };
-            if writers.iter().any(|writer| Arc::ptr_eq(writer, self)) {
-                return true;
-            }
-            if !flusher_armed() {
+            let Some((_, armed)) = writers.iter_mut().find(|(writer, _)| Arc::ptr_eq(writer, self)) else {
+                writers.push((self.clone(), false));
                 return false;
+            };
+            if !*armed {
+                if !flusher_armed() {
+                    return false;
+                }
+                *armed = true;
             }
-            writers.push(self.clone());
             true
         })
     }
@@ -206,7 +214,10 @@ pub(crate) fn begin() {
 /// This thread's run ends (it is about to park): every buffer it deferred to is written.
 pub(crate) fn end() {
     let writers = BATCH.with(|batch| batch.borrow_mut().take());
-    for writer in writers.into_iter().flatten() {
+    for (writer, deferred) in writers.into_iter().flatten() {
+        if !deferred {
+            continue;
+        }
         // A failure is the writer's to handle (`OnError`); the senders were told OK, as for a
         // frame the kernel took before the peer died: the connection's loss fails what waits.
         if let Err(error) = writer.flush() {
@@ -358,22 +369,25 @@ mod tests {
         assert_eq!(read(&mut reader, 1), b"a", "outside a run, written at once");
         begin();
         writer.send(&[b"b", b"c"]).unwrap();
+        assert_eq!(read(&mut reader, 2), b"bc", "a run's first send to a socket goes at once");
         writer.send(&[b"d"]).unwrap();
-        assert!(nothing_waiting(&reader), "held until the run ends");
-        end();
-        assert_eq!(read(&mut reader, 3), b"bcd");
         writer.send(&[b"e"]).unwrap();
-        assert_eq!(read(&mut reader, 1), b"e", "the run ended: written at once again");
+        assert!(nothing_waiting(&reader), "the rest held until the run ends");
+        end();
+        assert_eq!(read(&mut reader, 2), b"de");
+        writer.send(&[b"f"]).unwrap();
+        assert_eq!(read(&mut reader, 1), b"f", "the run ended: written at once again");
     }
 
     #[test]
     fn another_thread_writes_what_a_run_holds_before_its_own_frame() {
         let (writer, mut reader) = pair();
         begin();
+        writer.send(&[b"0"]).unwrap();
         writer.send(&[b"1"]).unwrap();
         let other = writer.clone();
         std::thread::spawn(move || other.send(&[b"2"]).unwrap()).join().unwrap();
-        assert_eq!(read(&mut reader, 2), b"12", "the held frame first");
+        assert_eq!(read(&mut reader, 3), b"012", "the held frame before the other thread's");
         end();
         assert!(nothing_waiting(&reader), "nothing written twice");
     }
@@ -382,14 +396,15 @@ mod tests {
     fn a_large_frame_is_written_at_once_after_what_is_held() {
         let (writer, mut reader) = pair();
         begin();
+        writer.send(&[b"w"]).unwrap();
         writer.send(&[b"x"]).unwrap();
         let large = vec![7; DEFER_UP_TO + 1];
         // Read on another thread: the frame is larger than a socket pair's buffer.
-        let read_all = std::thread::spawn(move || read(&mut reader, DEFER_UP_TO + 2));
+        let read_all = std::thread::spawn(move || read(&mut reader, DEFER_UP_TO + 3));
         writer.send(&[&large]).unwrap();
         let bytes = read_all.join().unwrap();
-        assert_eq!(bytes[0], b'x');
-        assert!(bytes[1..].iter().all(|&byte| byte == 7));
+        assert_eq!(&bytes[..2], b"wx");
+        assert!(bytes[2..].iter().all(|&byte| byte == 7));
         end();
     }
 
@@ -397,9 +412,10 @@ mod tests {
     fn a_run_that_never_ends_still_has_its_sends_written_by_the_flusher() {
         let (writer, mut reader) = flushed_pair();
         begin();
+        writer.send(&[b"first"]).unwrap();
         writer.send(&[b"held"]).unwrap();
         // This thread now "blocks": it reads, and never ends its run before the bytes come.
-        assert_eq!(read(&mut reader, 4), b"held");
+        assert_eq!(read(&mut reader, 9), b"firstheld");
         end();
     }
 }
