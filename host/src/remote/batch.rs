@@ -82,10 +82,13 @@ struct State {
     broken: bool,
 }
 
+/// A writer a run sent to, and whether it deferred to it (the flusher armed for it).
+type Sent = (Arc<Writer>, bool);
+
 thread_local! {
     /// This thread's run: `None` outside one; inside, the writers it sent to, and whether it
     /// deferred to each (the flusher armed for it).
-    static BATCH: RefCell<Option<Vec<(Arc<Writer>, bool)>>> = const { RefCell::new(None) };
+    static BATCH: RefCell<Option<Vec<Sent>>> = const { RefCell::new(None) };
 }
 
 impl Writer {
