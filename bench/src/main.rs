@@ -49,6 +49,9 @@ struct Cli {
     /// Only the cross-process table (quiet and loaded).
     #[arg(long, hide = true)]
     across: bool,
+    /// Only the pipelined cross-process rounds (quiet), this many invokes each (for strace).
+    #[arg(long, hide = true)]
+    pipelined: Option<u64>,
     /// Internal: the echo peer of the raw socket baseline.
     #[arg(long, hide = true)]
     echo_server: Option<PathBuf>,
@@ -151,6 +154,18 @@ fn main() -> Result<()> {
             local.shutdown().await;
             remote.shutdown().await;
             println!("{table}");
+            anyhow::Ok(())
+        });
+    }
+    if let Some(count) = cli.pipelined {
+        return runtime.block_on(async {
+            let remote = bench_host(&artifacts, true).await?;
+            run(&remote, "pipelined", 1, count.min(1000), 16).await?; // warm-up
+            for _ in 0..ROUNDS {
+                let outcome = run(&remote, "pipelined", 1, count, 16).await?;
+                println!("pipelined: {:.0}/s", outcome.count as f64 * 1e9 / outcome.nanos as f64);
+            }
+            remote.shutdown().await;
             anyhow::Ok(())
         });
     }

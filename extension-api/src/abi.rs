@@ -13,7 +13,7 @@ use std::ffi::c_void;
 
 /// Version of the layouts in this module. Bump it on any change to them or to the meaning of
 /// a call, a status code or a [`crate::wire`] type.
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 /// Name of the static every extension library exports (see [`crate::export_extension!`]).
 pub const DESCRIPTOR_SYMBOL: &str = "EXTENSION_DESCRIPTOR";
@@ -171,6 +171,14 @@ pub struct HostVTable {
     pub complete: unsafe extern "C" fn(key: u64, completion: u64, result: RawSlice),
     /// Forwards a tracing event; `level` is 1 (error) to 5 (trace).
     pub log: unsafe extern "C" fn(key: u64, level: u32, target: RawSlice, message: RawSlice),
+    /// The instance's thread woke up and runs (its dispatcher, the tasks it woke) until its
+    /// next [`HostVTable::batch_end`]: meanwhile the host may hold this thread's `send`s to a
+    /// socket and write them together, in order. The host cannot know whether author code
+    /// blocks the thread in between, so it bounds that wait itself.
+    pub batch_begin: unsafe extern "C" fn(key: u64),
+    /// The instance's thread is about to park (or stops): the host writes whatever this
+    /// thread's sends left waiting, before the call returns.
+    pub batch_end: unsafe extern "C" fn(key: u64),
 }
 
 /// An instance of an extension inside one process, as the extension library sees it.

@@ -9,6 +9,7 @@ mod support;
 mod adversary;
 mod attribution;
 mod author;
+mod batched_writes;
 mod browser;
 mod console;
 mod console_values;

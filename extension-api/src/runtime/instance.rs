@@ -31,8 +31,17 @@ pub(crate) struct Instance {
 impl Instance {
     pub(crate) fn start(host: HostCalls, config: InstanceConfig, factory: Factory) -> std::io::Result<Instance> {
         let thread_name = format!("ext:{}", config.name);
-        let runtime =
-            tokio::runtime::Builder::new_current_thread().enable_all().thread_name(thread_name.clone()).build()?;
+        // Each run of the thread between a wake-up and its next park is a batch for the host
+        // (`HostVTable::batch_begin`, `batch_end`): the sends it makes to a socket (the
+        // dispatcher's replies, and the tasks it woke: an invoker's next request) may wait in
+        // the socket's buffer and go in one write when the thread is about to park. Nothing
+        // else here gives up the thread (author code may: the host bounds that wait itself).
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name(thread_name.clone())
+            .on_thread_unpark(move || host.batch_begin())
+            .on_thread_park(move || host.batch_end())
+            .build()?;
         let shared = Arc::new(Shared::new(SharedConfig { host, config, factory, runtime: runtime.handle().clone() }));
         let (shutdown, shutdown_signal) = tokio::sync::oneshot::channel::<()>();
         let (finished_tx, finished) = std::sync::mpsc::channel();
@@ -48,6 +57,8 @@ impl Instance {
             });
             // Drops every task still alive (the extension's and ours) on this thread.
             runtime.shutdown_timeout(Duration::from_millis(500));
+            // The last run ends with no park: what it (and the tasks' destructors) sent goes now.
+            host.batch_end();
             let _ = finished_tx.send(());
         })?;
         context::set_instance(Some(Arc::downgrade(&shared)));

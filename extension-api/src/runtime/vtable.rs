@@ -31,6 +31,21 @@ impl HostCalls {
         unsafe { (self.vtable.send)(self.key, &raw) }
     }
 
+    /// Tells the host that a batch of the mailbox begins on this thread (see
+    /// [`HostVTable::batch_begin`]).
+    #[inline]
+    pub(crate) fn batch_begin(&self) {
+        // SAFETY: the host's function for this ABI version; it takes only the key.
+        unsafe { (self.vtable.batch_begin)(self.key) }
+    }
+
+    /// Tells the host that the batch on this thread ended: what it held is written.
+    #[inline]
+    pub(crate) fn batch_end(&self) {
+        // SAFETY: the host's function for this ABI version; it takes only the key.
+        unsafe { (self.vtable.batch_end)(self.key) }
+    }
+
     /// Answers control command `completion` with an encoded `Completion`.
     pub(crate) fn complete(&self, completion: u64, bytes: &[u8]) {
         // SAFETY: the host's function for this ABI version; `bytes` outlives the call.

@@ -1,7 +1,7 @@
 //! The inbound edge of this process: the `extern "C"` callbacks libraries call (`send`,
-//! `complete`, `log` of [`HostVTable`]) and the registry of instance keys they are checked
-//! against. This is where raw messages become [`Message`]s: everything past it works on
-//! validated data.
+//! `complete`, `log`, `batch_begin`, `batch_end` of [`HostVTable`]) and the registry of
+//! instance keys they are checked against. This is where raw messages become [`Message`]s:
+//! everything past it works on validated data.
 //!
 //! A callback carries only the instance's key; the key is looked up here, and an unknown key
 //! is refused. The extension a message belongs to comes from that lookup (the link registered
@@ -19,8 +19,14 @@ use crate::endpoint::Endpoint;
 use crate::link::Link;
 
 /// The functions every library instance of this process calls the host through.
-pub(crate) static HOST_VTABLE: HostVTable =
-    HostVTable { abi_version: abi::ABI_VERSION, send: host_send, complete: host_complete, log: host_log };
+pub(crate) static HOST_VTABLE: HostVTable = HostVTable {
+    abi_version: abi::ABI_VERSION,
+    send: host_send,
+    complete: host_complete,
+    log: host_log,
+    batch_begin: host_batch_begin,
+    batch_end: host_batch_end,
+};
 
 /// What a key registered in this process routes to.
 struct Registered {
@@ -82,6 +88,16 @@ unsafe extern "C" fn host_send(key: u64, message: *const RawMessage) -> u32 {
         }
     }))
     .unwrap_or(abi::status::PANICKED)
+}
+
+unsafe extern "C" fn host_batch_begin(_key: u64) {
+    // No key lookup: a batch only defers the calling thread's own writes to child sockets, in
+    // order, until its end (`remote::batch`); a stray or unknown key can do nothing more.
+    let _ = catch_unwind(crate::remote::batch::begin);
+}
+
+unsafe extern "C" fn host_batch_end(_key: u64) {
+    let _ = catch_unwind(crate::remote::batch::end);
 }
 
 unsafe extern "C" fn host_complete(key: u64, completion: u64, result: RawSlice) {

@@ -16,12 +16,13 @@ use std::os::unix::net::UnixStream;
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use super::batch::{self, OnError, Writer};
 use super::protocol::{self, Framing, MessageFrame, PROTOCOL_VERSION, Packet};
 use crate::library_instance::{LibraryInstance, Taken};
 
 /// The socket to the host, written by whichever thread sends (extension threads call the
 /// vtable below); frames are written whole, under the lock.
-static WRITER: OnceLock<Mutex<UnixStream>> = OnceLock::new();
+static WRITER: OnceLock<Arc<Writer>> = OnceLock::new();
 
 /// What the reader thread has to send (answers it gives itself: inspect results, refusals),
 /// written in order by one thread of its own, so the reader never blocks on the socket.
@@ -32,8 +33,14 @@ static READER_POSTS: OnceLock<SyncSender<bytes::Bytes>> = OnceLock::new();
 /// and then the reader waits too (the host ends a child that stops reading).
 const READER_POST_BOUND: usize = 65_536;
 
-static CHILD_VTABLE: HostVTable =
-    HostVTable { abi_version: abi::ABI_VERSION, send: child_send, complete: child_complete, log: child_log };
+static CHILD_VTABLE: HostVTable = HostVTable {
+    abi_version: abi::ABI_VERSION,
+    send: child_send,
+    complete: child_complete,
+    log: child_log,
+    batch_begin: child_batch_begin,
+    batch_end: child_batch_end,
+};
 
 /// Runs the child until the host goes away. Returns only on a startup failure.
 pub fn run(socket: &Path, token: &str) -> ExitCode {
@@ -62,13 +69,13 @@ fn serve(socket: &Path, token: &str) -> Result<(), String> {
         _ => return Err("the host closed the connection during the handshake".into()),
     }
     let writer = stream.try_clone().map_err(|e| e.to_string())?;
-    let _ = WRITER.set(Mutex::new(writer));
+    let _ = WRITER.set(Writer::new(writer, OnError::Exit));
     let (posts, queued) = std::sync::mpsc::sync_channel::<bytes::Bytes>(READER_POST_BOUND);
     std::thread::Builder::new()
         .name("child-writer".into())
         .spawn(move || {
             for frame in queued {
-                write_frame(|writer| writer.write_all(&frame));
+                write_frame(&[&frame]);
             }
         })
         .map_err(|e| format!("cannot start the writer thread: {e}"))?;
@@ -368,7 +375,7 @@ fn post(packet: Packet) -> u32 {
     if READER.with(std::cell::Cell::get) {
         return queue(frame);
     }
-    write_frame(|writer| writer.write_all(&frame))
+    write_frame(&[&frame])
 }
 
 /// Hands a frame to the writer thread (for the reader thread, which never writes).
@@ -386,14 +393,14 @@ fn post_message(key: u64, message: &Message<'_>) -> u32 {
     if READER.with(std::cell::Cell::get) {
         return queue(frame.to_bytes());
     }
-    write_frame(|writer| frame.write_to(writer))
+    write_frame(&frame.parts())
 }
 
-/// Writes one frame whole, under the writer's lock.
-fn write_frame(write: impl FnOnce(&mut UnixStream) -> std::io::Result<()>) -> u32 {
+/// Writes one frame whole (its pieces, in order) through the writer: on an instance's thread,
+/// deferred until the thread is about to park (see `batch`).
+fn write_frame(parts: &[&[u8]]) -> u32 {
     let Some(writer) = WRITER.get() else { return abi::status::DEACTIVATED };
-    let written = write(&mut writer.lock().unwrap_or_else(PoisonError::into_inner));
-    match written {
+    match writer.send(parts) {
         Ok(()) => abi::status::OK,
         // The host is gone.
         Err(_) => std::process::exit(0),
@@ -414,6 +421,15 @@ unsafe extern "C" fn child_send(key: u64, message: *const RawMessage) -> u32 {
         }
     }))
     .unwrap_or(abi::status::PANICKED)
+}
+
+unsafe extern "C" fn child_batch_begin(_key: u64) {
+    // Nothing to validate: a batch only defers this thread's own writes (see `batch`).
+    let _ = catch_unwind(batch::begin);
+}
+
+unsafe extern "C" fn child_batch_end(_key: u64) {
+    let _ = catch_unwind(batch::end);
 }
 
 unsafe extern "C" fn child_complete(key: u64, completion: u64, result: RawSlice) {

@@ -8,8 +8,8 @@ use std::hash::{BuildHasher, Hasher};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use extension_api::abi;
@@ -22,6 +22,7 @@ use std::os::unix::net::UnixStream;
 use tokio::net::UnixListener;
 use tokio::sync::oneshot;
 
+use super::batch::{OnError, Writer};
 use super::protocol::{self, Framing, MAX_PACKET, MessageFrame, PROTOCOL_VERSION, Packet};
 use crate::core::lock;
 use crate::private_dir::PrivateDir;
@@ -47,8 +48,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) struct Connection {
     pub(crate) role: Role,
     pub(crate) pid: u32,
-    /// The socket, written by whichever thread sends (frames are written whole, under the lock).
-    writer: Mutex<UnixStream>,
+    /// The socket, written by whichever thread sends (frames are written whole, under its lock;
+    /// an instance thread's wait in its buffer until that thread is about to park, see `batch`).
+    writer: Arc<Writer>,
     /// Loads and destroys waiting for the child's answer (the reader gives it).
     loads: Mutex<HashMap<u64, oneshot::Sender<Result<(), String>>>>,
     destroys: Mutex<HashMap<u64, oneshot::Sender<()>>>,
@@ -148,7 +150,7 @@ impl Connection {
         let connection = Connection {
             role,
             pid,
-            writer: Mutex::new(writer),
+            writer: Writer::new(writer, OnError::Shut),
             loads: Mutex::new(HashMap::new()),
             destroys: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
@@ -165,7 +167,7 @@ impl Connection {
         Connection {
             role: Role::Frame(0),
             pid: 0,
-            writer: Mutex::new(writer),
+            writer: Writer::new(writer, OnError::Shut),
             loads: Mutex::new(loads),
             destroys: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
@@ -224,7 +226,7 @@ impl Connection {
 
     /// Shuts the socket both ways: the reader thread sees the end.
     pub(crate) fn shut_socket(&self) {
-        let _ = lock(&self.writer).shutdown(std::net::Shutdown::Both);
+        self.writer.shutdown();
     }
 
     fn kill_now_unexpected(&self) {
@@ -247,22 +249,18 @@ impl Connection {
 
     fn send(&self, packet: Packet) -> u32 {
         let name = packet_name(&packet);
-        self.send_frame(name, protocol::frame(&packet), |writer, frame| writer.write_all(frame))
+        let frame = protocol::frame(&packet);
+        self.send_frame(name, frame.as_ref().map(|frame| [&frame[..]]))
     }
 
-    /// Writes a frame whole under the writer's lock; a frame that could not be made (over
-    /// [`MAX_PACKET`]) is refused to its sender.
-    fn send_frame<F>(
-        &self,
-        name: &str,
-        frame: std::io::Result<F>,
-        write: impl FnOnce(&mut UnixStream, &F) -> std::io::Result<()>,
-    ) -> u32 {
+    /// Writes a frame whole (its pieces, in order) through the writer; a frame that could not
+    /// be made (over [`MAX_PACKET`]) is refused to its sender.
+    fn send_frame<const N: usize>(&self, name: &str, frame: Result<[&[u8]; N], &std::io::Error>) -> u32 {
         if self.is_closed() {
             return abi::status::DEACTIVATED;
         }
-        let frame = match frame {
-            Ok(frame) => frame,
+        let parts = match frame {
+            Ok(parts) => parts,
             Err(error) => {
                 tracing::warn!(
                     role = ?self.role,
@@ -271,24 +269,23 @@ impl Connection {
                 return abi::status::TOO_LARGE;
             }
         };
-        let written = write(&mut lock(&self.writer), &frame);
-        match written {
+        match self.writer.send(&parts) {
             Ok(()) => abi::status::OK,
             Err(error) => {
-                // Broken, or hung with a full buffer: either way the child is lost. A partial
-                // frame may have been written, so nothing more may follow it: shut the socket
-                // (its reader thread sees the end) and end the child.
+                // Broken, or hung with a full buffer: either way the child is lost. The writer
+                // shut the socket (its reader thread sees the end); end the child.
                 tracing::warn!(role = ?self.role, "cannot write to the child: {error}");
-                self.shut_socket();
                 self.kill_now_unexpected();
                 abi::status::DEACTIVATED
             }
         }
     }
 
-    /// Sends `message` to instance `key`, its value written from where it is (no copy).
+    /// Sends `message` to instance `key`, its value written from where it is (no copy, unless
+    /// it is small and waits in the buffer until its instance thread parks).
     pub(crate) fn deliver(&self, key: u64, message: &Message<'_>) -> u32 {
-        self.send_frame("Message", MessageFrame::new(key, message), |writer, frame| frame.write_to(writer))
+        let frame = MessageFrame::new(key, message);
+        self.send_frame("Message", frame.as_ref().map(MessageFrame::parts))
     }
 
     pub(crate) fn control(&self, key: u64, command: Control) -> u32 {

@@ -298,17 +298,14 @@ impl<'a> MessageFrame<'a> {
 
     /// Writes the whole frame.
     pub fn write_to(&self, writer: &mut impl Write) -> io::Result<()> {
-        let mut slices = [IoSlice::new(&self.head), IoSlice::new(self.payload)];
-        let mut slices = &mut slices[..];
-        while !slices.is_empty() {
-            match writer.write_vectored(slices) {
-                Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "the socket took no more bytes")),
-                Ok(written) => IoSlice::advance_slices(&mut slices, written),
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                Err(error) => return Err(error),
-            }
-        }
-        Ok(())
+        let [head, payload] = self.parts();
+        write_all_vectored(writer, &mut [IoSlice::new(head), IoSlice::new(payload)])
+    }
+
+    /// The frame's two pieces, in order: the head (length prefix and packet up to the value)
+    /// and the value.
+    pub fn parts(&self) -> [&[u8]; 2] {
+        [&self.head, self.payload]
     }
 
     /// The frame in one buffer (a copy), for a queue.
@@ -318,6 +315,21 @@ impl<'a> MessageFrame<'a> {
         out.extend_from_slice(self.payload);
         Bytes::from(out)
     }
+}
+
+/// Writes every byte of `slices`, in order, with as few (vectored) writes as the writer takes.
+pub fn write_all_vectored(writer: &mut impl Write, slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    let mut slices = slices;
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        match writer.write_vectored(slices) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "the socket took no more bytes")),
+            Ok(written) => IoSlice::advance_slices(&mut slices, written),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
 }
 
 /// Encodes a packet for the wire.

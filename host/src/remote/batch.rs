@@ -1,0 +1,424 @@
+//! Deferred writes: what an instance's thread sends to a socket between a wake-up and its next
+//! park waits in the socket's buffer and goes out in one write before the thread parks.
+//!
+//! An instance's runtime tells its host where each run of its thread begins and ends
+//! (`HostVTable::batch_begin` after it wakes, `batch_end` before it parks: the dispatcher's
+//! batch and the tasks it wakes, such as an invoker sending its next request as a reply
+//! comes). Between the two, a send this thread makes to a socket (main's thread in the host
+//! writing to a renderer process, an instance's thread in a child writing to the host), past
+//! the run's first to that socket, is appended to the socket's [`Writer`] buffer instead of
+//! written; `batch_end` writes each buffer the run filled, whole, in one `write`. The first goes
+//! at once, so a run that sends one frame (a sequential invoke, its reply) waits for nothing:
+//! deferring it too measurably slowed the sequential invoke across processes. A send made on any other thread (the host's
+//! own API calls, the child's reader, its writer thread) writes what is buffered first and its
+//! own frame with it, in one vectored write, under the same lock: a connection's frames leave
+//! in the order they were sent, as before. A buffer is also written when it would pass
+//! [`FLUSH_AT`], and a frame larger than [`DEFER_UP_TO`] is never copied into it (it is
+//! written, with what is buffered before it, from where it is).
+//!
+//! **No send waits in a buffer while its thread sleeps.** Between `batch_begin` and
+//! `batch_end` the runtime itself never gives up the thread: the only place it sleeps is its
+//! park, and `batch_end` runs before it (tokio's `on_thread_park`, called before every park of
+//! a current-thread runtime; its instance thread also ends the last run when it stops). What it
+//! cannot vouch for is author code: a handler, listener or task may block the thread or run
+//! long. For that, the [`flusher`]: one thread per process, parked while nothing is deferred,
+//! armed by a run's first deferral to a socket (one atomic add and load per run while it is
+//! armed). Armed, it looks every [`TICK`]; a buffer still holding bytes that no flush has
+//! emptied since its previous look (its owner has not parked for a whole tick) is written by
+//! the flusher, as any other sender would write it. So a deferred send waits at most two
+//! ticks whatever its thread does, and a thread that parks in time pays nothing. A tick with
+//! nothing deferred disarms it: idle, nothing ticks.
+
+use std::cell::RefCell;
+use std::io::{self, IoSlice, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use super::protocol::write_all_vectored;
+use crate::core::lock;
+
+/// A buffer is written as soon as it would pass this many bytes.
+pub(crate) const FLUSH_AT: usize = 64 << 10;
+
+/// The largest frame copied into a buffer; a larger one is written at once (with what is
+/// buffered before it), from the sender's own memory.
+pub(crate) const DEFER_UP_TO: usize = 16 << 10;
+
+/// How often the armed flusher looks for a buffer left unwritten.
+pub(crate) const TICK: Duration = Duration::from_millis(1);
+
+/// What a failed write does to the connection.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum OnError {
+    /// Shut the socket both ways (the host's end: the connection's reader sees the end, and
+    /// the child is treated as lost).
+    Shut,
+    /// Exit the process (a child's end: the host is gone).
+    Exit,
+}
+
+/// One socket's writing side: the stream, and what a batch has deferred to it.
+pub(crate) struct Writer {
+    state: Mutex<State>,
+    /// `pending` holds bytes (set under the lock, read by the flusher without it).
+    dirty: AtomicBool,
+    /// Flushes that emptied `pending`: unchanged between two of the flusher's looks while
+    /// `dirty`, the buffer's owner is stuck in one batch.
+    flushes: AtomicU64,
+    /// `flushes` at the flusher's previous look.
+    looked: AtomicU64,
+    on_error: OnError,
+    /// The unit tests' way to see what a run holds before the flusher could write it.
+    #[cfg(test)]
+    unflushed: AtomicBool,
+}
+
+struct State {
+    stream: UnixStream,
+    pending: Vec<u8>,
+    /// A write failed: the stream is shut and nothing more is written.
+    broken: bool,
+}
+
+/// A writer a run sent to, and whether it deferred to it (the flusher armed for it).
+type Sent = (Arc<Writer>, bool);
+
+thread_local! {
+    /// This thread's run: `None` outside one; inside, the writers it sent to, and whether it
+    /// deferred to each (the flusher armed for it).
+    static BATCH: RefCell<Option<Vec<Sent>>> = const { RefCell::new(None) };
+}
+
+impl Writer {
+    /// The writing side of `stream`, known to the flusher.
+    pub(crate) fn new(stream: UnixStream, on_error: OnError) -> Arc<Writer> {
+        let writer = Arc::new(Writer {
+            state: Mutex::new(State { stream, pending: Vec::new(), broken: false }),
+            dirty: AtomicBool::new(false),
+            flushes: AtomicU64::new(0),
+            looked: AtomicU64::new(0),
+            on_error,
+            #[cfg(test)]
+            unflushed: AtomicBool::new(false),
+        });
+        let registry = registry();
+        let mut writers = lock(&registry.writers);
+        writers.retain(|writer| writer.strong_count() > 0);
+        writers.push(Arc::downgrade(&writer));
+        writer
+    }
+
+    /// Sends one frame (its pieces, in order): deferred if this thread is in a batch and it is
+    /// small, else written at once after whatever is buffered.
+    pub(crate) fn send(self: &Arc<Self>, parts: &[&[u8]]) -> io::Result<()> {
+        let size: usize = parts.iter().map(|part| part.len()).sum();
+        let mut state = lock(&self.state);
+        if state.broken {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "an earlier write to this socket failed"));
+        }
+        if size <= DEFER_UP_TO && state.pending.len() + size <= FLUSH_AT && self.defer_here() {
+            let first = state.pending.is_empty();
+            for part in parts {
+                state.pending.extend_from_slice(part);
+            }
+            if first {
+                self.dirty.store(true, Ordering::Release);
+            }
+            return Ok(());
+        }
+        let State { stream, pending, .. } = &mut *state;
+        let mut slices = Vec::with_capacity(parts.len() + 1);
+        slices.push(IoSlice::new(pending));
+        slices.extend(parts.iter().map(|part| IoSlice::new(part)));
+        let written = write_all_vectored(stream, &mut slices);
+        drop(slices);
+        self.written(&mut state, written)
+    }
+
+    /// Whether a send on this thread may wait in the buffer: this thread is in a run, this is
+    /// not the run's first send to this socket, and the flusher runs. The first is written at
+    /// once: a run that sends one frame (a sequential invoke, its reply) waits for nothing, and
+    /// a burst costs two writes, its first frame and the rest.
+    fn defer_here(self: &Arc<Self>) -> bool {
+        BATCH.with(|batch| {
+            let mut batch = batch.borrow_mut();
+            let Some(writers) = batch.as_mut() else { return false };
+            let Some((_, armed)) = writers.iter_mut().find(|(writer, _)| Arc::ptr_eq(writer, self)) else {
+                writers.push((self.clone(), false));
+                return false;
+            };
+            if !*armed {
+                if !flusher_armed() {
+                    return false;
+                }
+                *armed = true;
+            }
+            true
+        })
+    }
+
+    /// Writes what is buffered, if anything.
+    pub(crate) fn flush(&self) -> io::Result<()> {
+        let mut state = lock(&self.state);
+        if state.pending.is_empty() || state.broken {
+            return Ok(());
+        }
+        let State { stream, pending, .. } = &mut *state;
+        let written = stream.write_all(pending);
+        self.written(&mut state, written)
+    }
+
+    /// After a write of the whole buffer (and maybe a frame with it): the buffer is empty, and
+    /// a failure breaks the socket.
+    fn written(&self, state: &mut State, written: io::Result<()>) -> io::Result<()> {
+        state.pending.clear();
+        // A burst's buffer is not kept for good.
+        state.pending.shrink_to(FLUSH_AT);
+        self.dirty.store(false, Ordering::Release);
+        self.flushes.fetch_add(1, Ordering::AcqRel);
+        if let Err(error) = &written {
+            state.broken = true;
+            match self.on_error {
+                // A partial frame may have been written, so nothing more may follow it.
+                OnError::Shut => {
+                    tracing::debug!("a write failed ({error}): the socket is shut");
+                    let _ = state.stream.shutdown(std::net::Shutdown::Both);
+                }
+                // The host is gone.
+                OnError::Exit => std::process::exit(0),
+            }
+        }
+        written
+    }
+
+    /// Shuts the socket both ways (the connection is closing: what is buffered is dropped,
+    /// and nothing is written after it).
+    pub(crate) fn shutdown(&self) {
+        let mut state = lock(&self.state);
+        state.pending = Vec::new();
+        state.broken = true;
+        self.dirty.store(false, Ordering::Release);
+        let _ = state.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// This thread begins a run (it woke): its sends to sockets may wait for [`end`].
+pub(crate) fn begin() {
+    BATCH.with(|batch| {
+        let mut batch = batch.borrow_mut();
+        if batch.is_none() {
+            *batch = Some(Vec::new());
+        }
+    });
+}
+
+/// This thread's run ends (it is about to park): every buffer it deferred to is written.
+pub(crate) fn end() {
+    let writers = BATCH.with(|batch| batch.borrow_mut().take());
+    for (writer, deferred) in writers.into_iter().flatten() {
+        if !deferred {
+            continue;
+        }
+        // A failure is the writer's to handle (`OnError`); the senders were told OK, as for a
+        // frame the kernel took before the peer died: the connection's loss fails what waits.
+        if let Err(error) = writer.flush() {
+            tracing::warn!("cannot write a batch's deferred frames to the child: {error}");
+        }
+    }
+}
+
+/// The writers of this process and the flusher's state.
+struct Registry {
+    writers: Mutex<Vec<Weak<Writer>>>,
+    /// The flusher looks every tick.
+    armed: AtomicBool,
+    /// Batches that deferred since the flusher started (it disarms only after a tick with none).
+    deferrals: AtomicU64,
+    /// Whether the flusher's thread started (without it, nothing is deferred).
+    running: OnceLock<bool>,
+    wake: Mutex<()>,
+    armed_now: Condvar,
+}
+
+fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(|| Registry {
+        writers: Mutex::new(Vec::new()),
+        armed: AtomicBool::new(false),
+        deferrals: AtomicU64::new(0),
+        running: OnceLock::new(),
+        wake: Mutex::new(()),
+        armed_now: Condvar::new(),
+    })
+}
+
+/// Counts a run's first deferral to a writer and makes sure the flusher is armed; false if
+/// it could not be started (then nothing may be deferred).
+fn flusher_armed() -> bool {
+    let registry = registry();
+    let running = *registry.running.get_or_init(|| {
+        let started = std::thread::Builder::new().name("socket-flusher".into()).spawn(|| flusher(self::registry()));
+        match started {
+            Ok(_) => true,
+            Err(error) => {
+                tracing::warn!("cannot start the socket flusher, so every send is written at once: {error}");
+                false
+            }
+        }
+    });
+    if !running {
+        return false;
+    }
+    // SeqCst with the flusher's disarming: either it sees this deferral, or this sees it
+    // disarmed and arms it again.
+    registry.deferrals.fetch_add(1, Ordering::SeqCst);
+    if !registry.armed.load(Ordering::SeqCst) {
+        let _wake = lock(&registry.wake);
+        registry.armed.store(true, Ordering::SeqCst);
+        registry.armed_now.notify_one();
+    }
+    true
+}
+
+/// The flusher's thread: parked until armed; armed, it writes every buffer left unwritten for a
+/// whole tick, and disarms after a tick in which nothing was deferred and nothing is buffered.
+fn flusher(registry: &'static Registry) {
+    loop {
+        {
+            let mut wake = lock(&registry.wake);
+            while !registry.armed.load(Ordering::SeqCst) {
+                wake = registry.armed_now.wait(wake).unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+        }
+        let deferrals = registry.deferrals.load(Ordering::SeqCst);
+        // A timer, not a synchronisation: the bound on how long a deferred send can wait.
+        std::thread::sleep(TICK);
+        let writers: Vec<Arc<Writer>> = lock(&registry.writers).iter().filter_map(Weak::upgrade).collect();
+        let mut buffered = false;
+        for writer in &writers {
+            let flushes = writer.flushes.load(Ordering::Acquire);
+            let before = writer.looked.swap(flushes, Ordering::AcqRel);
+            if !writer.dirty.load(Ordering::Acquire) {
+                continue;
+            }
+            #[cfg(test)]
+            if writer.unflushed.load(Ordering::Acquire) {
+                buffered = true;
+                continue;
+            }
+            if before == flushes {
+                // Its owner has not ended its batch for a whole tick (blocked, or running long
+                // in author code): written here, as any other sender would.
+                if let Err(error) = writer.flush() {
+                    tracing::warn!("cannot write deferred frames to the child: {error}");
+                }
+            } else {
+                buffered = true;
+            }
+        }
+        drop(writers);
+        if !buffered && registry.deferrals.load(Ordering::SeqCst) == deferrals {
+            registry.armed.store(false, Ordering::SeqCst);
+            if registry.deferrals.load(Ordering::SeqCst) != deferrals {
+                registry.armed.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A writer over one end of a socket pair, and the other end to read what it wrote; the
+    /// flusher leaves it alone (what a run holds is checked while it holds it).
+    fn pair() -> (Arc<Writer>, UnixStream) {
+        let (writer, reader) = flushed_pair();
+        writer.unflushed.store(true, Ordering::Release);
+        (writer, reader)
+    }
+
+    /// [`pair`], with the flusher looking after it.
+    fn flushed_pair() -> (Arc<Writer>, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        // A failsafe for a lost write, not a timing: every read below waits for bytes that
+        // must come.
+        theirs.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        (Writer::new(ours, OnError::Shut), theirs)
+    }
+
+    fn nothing_waiting(reader: &UnixStream) -> bool {
+        reader.set_nonblocking(true).unwrap();
+        let empty = matches!((&*reader).read(&mut [0; 1]), Err(error) if error.kind() == io::ErrorKind::WouldBlock);
+        reader.set_nonblocking(false).unwrap();
+        empty
+    }
+
+    fn read(reader: &mut UnixStream, count: usize) -> Vec<u8> {
+        let mut bytes = vec![0; count];
+        reader.read_exact(&mut bytes).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn a_runs_sends_wait_for_its_end_and_leave_in_one_piece_in_order() {
+        let (writer, mut reader) = pair();
+        writer.send(&[b"a"]).unwrap();
+        assert_eq!(read(&mut reader, 1), b"a", "outside a run, written at once");
+        begin();
+        writer.send(&[b"b", b"c"]).unwrap();
+        assert_eq!(read(&mut reader, 2), b"bc", "a run's first send to a socket goes at once");
+        writer.send(&[b"d"]).unwrap();
+        writer.send(&[b"e"]).unwrap();
+        assert!(nothing_waiting(&reader), "the rest held until the run ends");
+        end();
+        assert_eq!(read(&mut reader, 2), b"de");
+        writer.send(&[b"f"]).unwrap();
+        assert_eq!(read(&mut reader, 1), b"f", "the run ended: written at once again");
+    }
+
+    #[test]
+    fn another_thread_writes_what_a_run_holds_before_its_own_frame() {
+        let (writer, mut reader) = pair();
+        begin();
+        writer.send(&[b"0"]).unwrap();
+        writer.send(&[b"1"]).unwrap();
+        let other = writer.clone();
+        std::thread::spawn(move || other.send(&[b"2"]).unwrap()).join().unwrap();
+        assert_eq!(read(&mut reader, 3), b"012", "the held frame before the other thread's");
+        end();
+        assert!(nothing_waiting(&reader), "nothing written twice");
+    }
+
+    #[test]
+    fn a_large_frame_is_written_at_once_after_what_is_held() {
+        let (writer, mut reader) = pair();
+        begin();
+        writer.send(&[b"w"]).unwrap();
+        writer.send(&[b"x"]).unwrap();
+        let large = vec![7; DEFER_UP_TO + 1];
+        // Read on another thread: the frame is larger than a socket pair's buffer.
+        let read_all = std::thread::spawn(move || read(&mut reader, DEFER_UP_TO + 3));
+        writer.send(&[&large]).unwrap();
+        let bytes = read_all.join().unwrap();
+        assert_eq!(&bytes[..2], b"wx");
+        assert!(bytes[2..].iter().all(|&byte| byte == 7));
+        end();
+    }
+
+    #[test]
+    fn a_run_that_never_ends_still_has_its_sends_written_by_the_flusher() {
+        let (writer, mut reader) = flushed_pair();
+        begin();
+        writer.send(&[b"first"]).unwrap();
+        writer.send(&[b"held"]).unwrap();
+        // This thread now "blocks": it reads, and never ends its run before the bytes come.
+        assert_eq!(read(&mut reader, 9), b"firstheld");
+        end();
+    }
+}
