@@ -1,6 +1,7 @@
-//! The thread hops of the child-process path: what cuts a wake (the dispatcher's spin before it
-//! parks, see `runtime/mailbox.rs`) must lose nothing and keep each sender's order, whether a
-//! message arrives while the dispatcher works, spins, or has parked.
+//! The thread hops of the child-process path: what cuts a wake or a write (the mailbox taking
+//! what arrives while its dispatcher works, a run's sends deferred to its park, see
+//! `host/src/remote/batch.rs`) must lose nothing and keep each sender's order, whether a
+//! message arrives while the dispatcher works or after it has parked.
 
 use probe_protocol::*;
 
@@ -11,8 +12,7 @@ async fn bursts_with_pauses_between_arrive_whole_and_in_order(transport: Transpo
     let mut seen = host.broadcasts();
     let mut expected = Vec::new();
     let mut next = 0u32;
-    // Bursts of 1 to 7 from the host, each awaited (main goes idle: it spins, then parks or
-    // backs off), and between them a burst from frame 2's renderer, also awaited.
+    // Bursts of 1 to 7 from the host, each awaited (main goes idle: it parks), and between them a burst from frame 2's renderer, also awaited.
     for round in 0..40u32 {
         let mut replies = Vec::new();
         for _ in 0..round % 7 + 1 {
