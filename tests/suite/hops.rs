@@ -12,7 +12,8 @@ async fn bursts_with_pauses_between_arrive_whole_and_in_order(transport: Transpo
     let mut seen = host.broadcasts();
     let mut expected = Vec::new();
     let mut next = 0u32;
-    // Bursts of 1 to 7 from the host, each awaited (main goes idle: it parks), and between them a burst from frame 2's renderer, also awaited.
+    // Bursts of 1 to 7 from the host, each awaited (main goes idle: it parks), and between
+    // them a burst from frame 2's renderer, also awaited.
     for round in 0..40u32 {
         let mut replies = Vec::new();
         for _ in 0..round % 7 + 1 {
