@@ -120,9 +120,11 @@ impl Shared {
             }
             Err(StoreError::Unavailable { reason, .. }) => StorageOutcome::Unavailable { reason },
             Err(StoreError::Overloaded { .. }) => StorageOutcome::Overloaded,
-            Err(error) => return tracing::warn!("a storage write from {origin} was dropped: {error}"),
+            // Not made either: its writer hears why at once (a `set` never waits for an
+            // answer that is not coming).
+            Err(error) => return self.refuse_unmade(Tier::Storage, origin, write_id, key, error),
         };
-        self.refuse_write(Tier::Storage, origin, WriteRefusal { write_id, key, outcome });
+        self.refuse_write(Tier::Storage, origin, WriteRefusal { write_id, key, outcome }, abi::status::OK);
     }
 
     /// The host's answer to main's commits: each durable write is applied to main's replica,
@@ -180,7 +182,7 @@ impl Shared {
                 let _ = done.send(if committed { Ok(()) } else { Err(refusal_error(commit.key, outcome)) });
             } else if !committed && commit.writer != PEER_MAIN {
                 let refusal = WriteRefusal { write_id: commit.write_id, key: commit.key, outcome };
-                self.refuse_write(Tier::Storage, commit.writer, refusal);
+                self.refuse_write(Tier::Storage, commit.writer, refusal, abi::status::OK);
             } else if committed && update.is_none() {
                 tracing::debug!("storage commit {id} was durable after main stopped");
             }

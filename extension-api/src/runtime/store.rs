@@ -7,6 +7,7 @@ use std::sync::{Arc, PoisonError};
 use crate::FrameId;
 use crate::abi::{self, PEER_ALL, PEER_MAIN, Peer};
 use crate::ipc::{STORE_TOTAL_LIMIT, STORE_VALUE_LIMIT, StoreChange, StoreError, store, store_entry_size};
+use crate::message::Message;
 use crate::runtime::Replica;
 use crate::runtime::context;
 use crate::runtime::panic_message;
@@ -89,7 +90,7 @@ impl Shared {
             Ok(write) => write,
             Err(error) => return tracing::warn!("dropping an undecodable store write: {error}"),
         };
-        let write_id = write.write_id;
+        let (write_id, written) = (write.write_id, write.key.clone());
         let (key, outcome) = match self.sequence_write(origin, write_id, write.key, write.value) {
             Ok(()) => return,
             Err(StoreError::Full { key, size, limit }) => {
@@ -98,18 +99,36 @@ impl Shared {
             Err(StoreError::TooLarge { key, size, limit }) => {
                 (key, StorageOutcome::TooLarge { size: size as u64, max: limit as u64 })
             }
-            Err(error) => return tracing::warn!("a store write from {origin} was dropped: {error}"),
+            // Not made either: its writer hears why at once, as for the refusals above (a
+            // writer's `set` never waits for an answer that is not coming).
+            Err(error) => return self.refuse_unmade(Tier::Store, origin, write_id, written, error),
         };
-        self.refuse_write(Tier::Store, origin, WriteRefusal { write_id, key, outcome });
+        self.refuse_write(Tier::Store, origin, WriteRefusal { write_id, key, outcome }, abi::status::OK);
     }
 
-    /// Answers a renderer half's write of `tier` that main did not make, to that half only.
-    pub(crate) fn refuse_write(&self, tier: Tier, writer: Peer, refusal: WriteRefusal) {
+    /// Answers a renderer's write of `tier` that main could not make for a reason other than
+    /// the value's (its half gone: the writer's `set` fails `Deactivated`; anything else:
+    /// `Unavailable`, with the reason).
+    pub(crate) fn refuse_unmade(&self, tier: Tier, writer: Peer, write_id: u64, key: String, error: StoreError) {
+        tracing::warn!("a write from {writer} was not made: {error}");
+        let (status, reason) = match error {
+            StoreError::Deactivated => (abi::status::DEACTIVATED, "main's half is not running".to_owned()),
+            error => (abi::status::OK, error.to_string()),
+        };
+        let refusal = WriteRefusal { write_id, key, outcome: StorageOutcome::Unavailable { reason } };
+        self.refuse_write(tier, writer, refusal, status);
+    }
+
+    /// Answers a renderer half's write of `tier` that main did not make, to that half only;
+    /// `status` other than OK says why instead of the refusal's outcome (as the host's
+    /// routing does: DEACTIVATED).
+    pub(crate) fn refuse_write(&self, tier: Tier, writer: Peer, refusal: WriteRefusal, status: u32) {
         let kind = match tier {
             Tier::Store => abi::kind::STORE_REFUSAL,
             Tier::Storage => abi::kind::STORAGE_REFUSAL,
         };
-        let sent = rmp_serde::to_vec_named(&refusal).map(|bytes| self.send(notice(kind, PEER_MAIN, writer, &bytes)));
+        let sent = rmp_serde::to_vec_named(&refusal)
+            .map(|bytes| self.send(Message { status, ..notice(kind, PEER_MAIN, writer, &bytes) }));
         if !matches!(sent, Ok(abi::status::OK)) {
             tracing::warn!("the refusal of a write from {writer} could not be sent: {sent:?}");
         }
