@@ -152,3 +152,33 @@ async fn a_child_that_dies_with_replies_waiting_in_its_buffer_fails_their_reques
     }
     host.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_run_that_blocks_twice_still_has_its_sends_written_after_the_flusher_rested() {
+    let host = probe_host(Transport::Isolated, 0).await;
+    let (hold, first, second) = (release_socket(), release_socket(), release_socket());
+    let held = block_main(&host, &hold).await;
+    // Behind the blocked handler, for one run of the thread: a quick request, a handler that
+    // blocks, a quick request again, and a handler that blocks again.
+    let quick = host.invoke::<_, u32>("probe", SEQ_INVOKE.name(), &5, FAILSAFE);
+    let mut logs = host.logs();
+    let blocked = host.invoke::<_, String>("probe", BLOCK.name(), &first, FAILSAFE);
+    let quick_again = host.invoke::<_, u32>("probe", SEQ_INVOKE.name(), &6, FAILSAFE);
+    let blocked_again = host.invoke::<_, String>("probe", BLOCK.name(), &second, FAILSAFE);
+    assert_queued(&host, 4).await;
+    UnixStream::connect(&hold).unwrap();
+    assert_eq!(held.await, "unblocked");
+    // The first block: the flusher writes what the run deferred, and, nothing else deferred,
+    // rests after a tick.
+    wait_log(&mut logs, "probe", |m| m.starts_with("blocking the thread") && m.ends_with(&first)).await;
+    assert_eq!(quick.await.expect("the first quick reply arrives while the thread is blocked"), 5);
+    UnixStream::connect(&first).unwrap();
+    // The same run goes on: its next deferred sends (the released handler's reply, the quick
+    // one's, the log record) must arm the flusher again, or they wait while the thread blocks.
+    wait_log(&mut logs, "probe", |m| m.starts_with("blocking the thread") && m.ends_with(&second)).await;
+    assert_eq!(blocked.await.expect("the first blocked request's reply arrives"), "unblocked");
+    assert_eq!(quick_again.await.expect("the second quick reply arrives while the thread is blocked"), 6);
+    UnixStream::connect(&second).unwrap();
+    assert_eq!(blocked_again.await.unwrap(), "unblocked");
+    host.shutdown().await;
+}

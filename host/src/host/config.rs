@@ -52,7 +52,8 @@ pub struct HostConfig {
     /// quarter of the shorter of this and `slow_handler` (at most every second, at least every
     /// 10 ms), so a report comes up to one look late; a stall counts from when the work came
     /// (the instance asks for the look), and while every instance is idle nothing looks.
-    /// `Duration::MAX`: never.
+    /// `Duration::MAX`: never (with `slow_handler` `Duration::MAX` too, the watchdog never
+    /// looks).
     ///
     /// [`HostEvent::ExtensionUnresponsive`]: crate::HostEvent::ExtensionUnresponsive
     pub unresponsive_after: Duration,

@@ -127,6 +127,11 @@ fn millis(duration: Duration) -> u64 {
 impl Host {
     /// Starts the watchdog unless it runs (called when an extension becomes active).
     pub(super) fn ensure_watchdog(&self) {
+        let config = &self.inner.config;
+        if config.unresponsive_after == Duration::MAX && config.slow_handler == Duration::MAX {
+            // Nothing it could report: it never looks.
+            return;
+        }
         let mut watchdog = lock(&self.inner.watchdog);
         if watchdog.running {
             return;

@@ -22,8 +22,9 @@
 //! a current-thread runtime; its instance thread also ends the last run when it stops). What it
 //! cannot vouch for is author code: a handler, listener or task may block the thread or run
 //! long. For that, the [`flusher`]: one thread per process, parked while nothing is deferred,
-//! armed by a run's first deferral to a socket (one atomic add and load per run while it is
-//! armed). Armed, it looks every [`TICK`]; a buffer still holding bytes that no flush has
+//! armed by a deferral that fills an empty buffer (one atomic add and load per run while it
+//! is armed; not once a run: the flusher may write a blocked run's buffer and rest, and the
+//! run's next deferral must arm it again). Armed, it looks every [`TICK`]; a buffer still holding bytes that no flush has
 //! emptied since its previous look (its owner has not parked for a whole tick) is written by
 //! the flusher, as any other sender would write it. So a deferred send waits at most two
 //! ticks whatever its thread does, and a thread that parks in time pays nothing. A tick with
@@ -82,12 +83,12 @@ struct State {
     broken: bool,
 }
 
-/// A writer a run sent to, and whether it deferred to it (the flusher armed for it).
+/// A writer a run sent to, and whether it deferred to it (its end writes it).
 type Sent = (Arc<Writer>, bool);
 
 thread_local! {
     /// This thread's run: `None` outside one; inside, the writers it sent to, and whether it
-    /// deferred to each (the flusher armed for it).
+    /// deferred to each.
     static BATCH: RefCell<Option<Vec<Sent>>> = const { RefCell::new(None) };
 }
 
@@ -125,6 +126,9 @@ impl Writer {
             }
             if first {
                 self.dirty.store(true, Ordering::Release);
+                // Armed for every buffer a deferral fills, not once a run: the flusher may
+                // have written this one (its owner blocked) and rested since, the run going on.
+                arm_flusher();
             }
             return Ok(());
         }
@@ -145,16 +149,14 @@ impl Writer {
         BATCH.with(|batch| {
             let mut batch = batch.borrow_mut();
             let Some(writers) = batch.as_mut() else { return false };
-            let Some((_, armed)) = writers.iter_mut().find(|(writer, _)| Arc::ptr_eq(writer, self)) else {
+            let Some((_, deferred)) = writers.iter_mut().find(|(writer, _)| Arc::ptr_eq(writer, self)) else {
                 writers.push((self.clone(), false));
                 return false;
             };
-            if !*armed {
-                if !flusher_armed() {
-                    return false;
-                }
-                *armed = true;
+            if !flusher_running() {
+                return false;
             }
+            *deferred = true;
             true
         })
     }
@@ -254,11 +256,10 @@ fn registry() -> &'static Registry {
     })
 }
 
-/// Counts a run's first deferral to a writer and makes sure the flusher is armed; false if
-/// it could not be started (then nothing may be deferred).
-fn flusher_armed() -> bool {
-    let registry = registry();
-    let running = *registry.running.get_or_init(|| {
+/// Whether the flusher's thread runs (started on the first call); false if it could not be
+/// started (then nothing may be deferred).
+fn flusher_running() -> bool {
+    *registry().running.get_or_init(|| {
         let started = std::thread::Builder::new().name("socket-flusher".into()).spawn(|| flusher(self::registry()));
         match started {
             Ok(_) => true,
@@ -267,10 +268,13 @@ fn flusher_armed() -> bool {
                 false
             }
         }
-    });
-    if !running {
-        return false;
-    }
+    })
+}
+
+/// Counts a deferral that filled an empty buffer and makes sure the flusher is armed (it
+/// runs: see [`flusher_running`]).
+fn arm_flusher() {
+    let registry = registry();
     // SeqCst with the flusher's disarming: either it sees this deferral, or this sees it
     // disarmed and arms it again.
     registry.deferrals.fetch_add(1, Ordering::SeqCst);
@@ -279,7 +283,6 @@ fn flusher_armed() -> bool {
         registry.armed.store(true, Ordering::SeqCst);
         registry.armed_now.notify_one();
     }
-    true
 }
 
 /// The flusher's thread: parked until armed; armed, it writes every buffer left unwritten for a
@@ -419,6 +422,20 @@ mod tests {
         writer.send(&[b"held"]).unwrap();
         // This thread now "blocks": it reads, and never ends its run before the bytes come.
         assert_eq!(read(&mut reader, 9), b"firstheld");
+        end();
+    }
+
+    #[test]
+    fn a_run_that_goes_on_after_the_flusher_wrote_its_sends_still_has_the_next_written() {
+        let (writer, mut reader) = flushed_pair();
+        begin();
+        writer.send(&[b"first"]).unwrap();
+        writer.send(&[b"held"]).unwrap();
+        assert_eq!(read(&mut reader, 9), b"firstheld");
+        // Still in the same run: the flusher, having written the buffer, may rest; a new
+        // deferral must arm it again.
+        writer.send(&[b"again"]).unwrap();
+        assert_eq!(read(&mut reader, 5), b"again");
         end();
     }
 }
