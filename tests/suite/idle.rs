@@ -67,6 +67,10 @@ async fn reported_stuck(events: &mut Receiver<HostEvent>) {
                 );
                 slow.get_or_insert(());
             }
+            // Main's report names the handler it is stuck in. Another instance of it (a
+            // renderer process) starved of CPU for the threshold on a loaded machine may be
+            // reported too, running nothing of its own: not the report this waits for.
+            HostEvent::ExtensionUnresponsive { running: None, .. } => {}
             HostEvent::ExtensionUnresponsive { queued, running, .. } => {
                 assert_eq!(running.as_deref(), Some("main request `block`"));
                 // The ping waits (and, with a frame open, its renderer half's pong to main).
@@ -108,9 +112,15 @@ async fn an_idle_extension_is_not_inspected_and_still_reported_once_stuck(transp
 
     std::os::unix::net::UnixStream::connect(&release).unwrap();
     assert_eq!(blocked.await.unwrap(), "unblocked");
-    let recovered = wait_event(&mut events, |event| matches!(event, HostEvent::ExtensionResponsive { .. })).await;
+    // Main's recovery: stalled at least as long as it was blocked (a starved renderer process's
+    // recovery, as above, is shorter).
+    let recovered = wait_event(
+        &mut events,
+        |event| matches!(event, HostEvent::ExtensionResponsive { stalled_ms, .. } if *stalled_ms >= 200),
+    )
+    .await;
     assert!(
-        matches!(&recovered, HostEvent::ExtensionResponsive { extension, stalled_ms } if extension == "probe" && *stalled_ms >= 200),
+        matches!(&recovered, HostEvent::ExtensionResponsive { extension, .. } if extension == "probe"),
         "{recovered:?}"
     );
     host.shutdown().await;
