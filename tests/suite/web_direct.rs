@@ -13,7 +13,7 @@ use crate::support;
 #[test]
 fn serving_web_frames_outside_a_tokio_runtime_is_refused_saying_why() {
     let host = Host::new(support::config());
-    let error = host.serve_web(WebConfig::default()).err().expect("the server started without a runtime");
+    let Err(error) = host.serve_web(WebConfig::default()) else { panic!("the server started without a runtime") };
     assert!(matches!(error, HostError::WebServer(WebStartError::NoRuntime(_))), "{error}");
     assert!(error.to_string().contains("needs a Tokio runtime"), "{error}");
 }
