@@ -919,6 +919,10 @@ mod web_storage;
 #[path = "web_writes.rs"]
 mod web_writes;
 
+// The direct writes' review (and what landed with them).
+#[path = "web_direct.rs"]
+mod web_direct;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_queues_for_a_page_while_its_socket_is_full_reaches_it_in_order_exactly_once() {
     let (host, server) = web_host(&["probe"], true, WebConfig::default()).await;

@@ -345,7 +345,10 @@ impl Host {
     /// Must be called within a Tokio runtime. Fails if the address cannot be bound, or is not
     /// loopback without [`WebConfig::allow_remote`].
     pub fn serve_web(&self, config: WebConfig) -> Result<WebServer, HostError> {
-        let hooks = Arc::new(WebHooksOf::new(self.weak()));
+        // Checked before the hooks start their task, which needs the runtime.
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|error| crate::web::WebStartError::NoRuntime(error.to_string()))?;
+        let hooks = Arc::new(WebHooksOf::new(self.weak(), &runtime));
         Ok(crate::web::serve(config, hooks)?)
     }
 
@@ -738,11 +741,11 @@ struct WebHooksOf {
 type PageChange = Box<dyn FnOnce(Host) -> BoxFuture<'static, ()> + Send>;
 
 impl WebHooksOf {
-    /// Must be called within a Tokio runtime: it starts the task that runs the page changes.
-    fn new(host: Weak<Inner>) -> Self {
+    /// Starts the task that runs the page changes on `runtime`.
+    fn new(host: Weak<Inner>, runtime: &tokio::runtime::Handle) -> Self {
         let (in_order, mut changes) = tokio::sync::mpsc::unbounded_channel::<PageChange>();
         let weak = host.clone();
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             // Ends when the server (which holds the hooks) is gone, or the host is.
             while let Some(change) = changes.recv().await {
                 let Some(host) = Host::from_weak(&weak) else { break };

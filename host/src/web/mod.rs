@@ -346,6 +346,13 @@ impl WebServer {
         self.server.tokens.sever(extension)
     }
 
+    /// How many times the writer tasks of `extension`'s connected pages were woken to flush
+    /// a socket that had nothing left to flush. For the suite's tests of the writing side.
+    #[doc(hidden)]
+    pub fn idle_flushes_for_testing(&self, extension: &str) -> u64 {
+        self.server.tokens.idle_flushes(extension)
+    }
+
     /// Stops serving: no new connection is accepted, every socket closes (1001), and their
     /// frames close. Returns once every connection has ended.
     pub async fn shutdown(mut self) {

@@ -12,9 +12,9 @@
 //! pass a queued message queues behind it, so order holds.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
@@ -64,19 +64,6 @@ enum InPlace {
     NotTaken(Vec<u8>),
 }
 
-/// Wakes the writer task to flush what a write in place left in the socket's buffer.
-struct FlushWaker(Arc<Notify>);
-
-impl Wake for FlushWaker {
-    fn wake(self: Arc<Self>) {
-        self.0.notify_one();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.notify_one();
-    }
-}
-
 /// The writing side of one page's socket, shared by its transport and its read loop.
 pub(crate) struct PageConnection {
     queue: mpsc::Sender<Vec<u8>>,
@@ -88,8 +75,9 @@ pub(crate) struct PageConnection {
     /// waiting), as the writer task does for a batch.
     writing: tokio::sync::Mutex<Writing>,
     /// Tells the writer task to flush what a write in place left unflushed.
-    flush: Arc<Notify>,
-    flush_waker: Waker,
+    flush: Notify,
+    /// The writer's flushes that found nothing left unflushed (for the suite).
+    idle_flushes: AtomicU64,
     /// Fired to end the connection; the close frame to send is in `close_with`.
     closing: CancellationToken,
     close_with: Mutex<Option<(u16, String)>>,
@@ -141,7 +129,7 @@ impl PageConnection {
         if writing.unflushed || self.unwritten.load(Ordering::Acquire) != 0 {
             return Err(bytes);
         }
-        match poll_in_place(&mut writing.sink, &self.flush_waker, bytes) {
+        match poll_in_place(&mut writing.sink, bytes) {
             InPlace::Sent => Ok(()),
             InPlace::Unflushed => {
                 writing.unflushed = true;
@@ -177,15 +165,24 @@ impl PageConnection {
         self.close(1006, "the connection was severed");
     }
 
+    /// How many times the writer task flushed with nothing left unflushed.
+    pub(crate) fn idle_flushes(&self) -> u64 {
+        self.idle_flushes.load(Ordering::Relaxed)
+    }
+
     /// Completes command `completion` without the page.
     pub(crate) fn answer(&self, completion: u64, result: Completion) {
         let _ = self.answers.send((completion, result));
     }
 }
 
-/// One write of `bytes` into `sink`, polled once (`waker` wakes the writer task).
-fn poll_in_place(sink: &mut SplitSink<WebSocket, WsMessage>, waker: &Waker, bytes: Vec<u8>) -> InPlace {
-    let mut context = Context::from_waker(waker);
+/// One write of `bytes` into `sink`, polled once with a waker that wakes nothing: what it
+/// leaves unflushed the caller hands to the writer task, which flushes it with its own. (A
+/// waker of the writer's left with the socket would be woken by the page's next message too:
+/// tokio-tungstenite wakes the writing side on a read, and the writer would take the socket
+/// for nothing just as main's reply to that message came, which then went the queue's way.)
+fn poll_in_place(sink: &mut SplitSink<WebSocket, WsMessage>, bytes: Vec<u8>) -> InPlace {
+    let mut context = Context::from_waker(Waker::noop());
     match Pin::new(&mut *sink).poll_ready(&mut context) {
         Poll::Ready(Ok(())) => {}
         // Broken: the writer finds it so too, and ends.
@@ -261,14 +258,13 @@ pub(crate) async fn serve(
 
     let (queue, mut outgoing) = mpsc::channel(QUEUE_MESSAGES);
     let (answers, mut answered) = mpsc::unbounded_channel();
-    let flush = Arc::new(Notify::new());
     let connection = Arc::new(PageConnection {
         queue,
         queued_bytes: AtomicUsize::new(0),
         unwritten: AtomicUsize::new(0),
         writing: tokio::sync::Mutex::new(Writing { sink, unflushed: false }),
-        flush_waker: Waker::from(Arc::new(FlushWaker(flush.clone()))),
-        flush,
+        flush: Notify::new(),
+        idle_flushes: AtomicU64::new(0),
         closing: CancellationToken::new(),
         close_with: Mutex::new(None),
         by_host: AtomicBool::new(false),
@@ -296,6 +292,9 @@ pub(crate) async fn serve(
                     // What a write in place left in the socket's buffer.
                     let flushed = async {
                         let mut writing = writer_connection.writing.lock().await;
+                        if !writing.unflushed {
+                            writer_connection.idle_flushes.fetch_add(1, Ordering::Relaxed);
+                        }
                         writing.sink.flush().await?;
                         writing.unflushed = false;
                         Ok::<_, axum::Error>(())

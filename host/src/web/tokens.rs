@@ -159,6 +159,16 @@ impl Tokens {
         sockets.len()
     }
 
+    /// The writer flushes of `extension`'s connected pages that found nothing to flush.
+    pub(crate) fn idle_flushes(&self, extension: &str) -> u64 {
+        lock(&self.entries)
+            .iter()
+            .filter(|entry| entry.extension == extension)
+            .filter_map(|entry| entry.socket.upgrade())
+            .map(|socket| socket.idle_flushes())
+            .sum()
+    }
+
     /// The half is not meant to run there any more: `token` is void.
     pub(crate) fn revoke(&self, token: &str) {
         lock(&self.entries).retain(|entry| entry.token != token);
