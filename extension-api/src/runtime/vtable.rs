@@ -31,15 +31,16 @@ impl HostCalls {
         unsafe { (self.vtable.send)(self.key, &raw) }
     }
 
-    /// Tells the host that a batch of the mailbox begins on this thread (see
-    /// [`HostVTable::batch_begin`]).
+    /// Tells the host that a run of this thread begins: it woke up, and runs its dispatcher
+    /// and the tasks that woke until it parks (see [`HostVTable::batch_begin`]).
     #[inline]
     pub(crate) fn batch_begin(&self) {
         // SAFETY: the host's function for this ABI version; it takes only the key.
         unsafe { (self.vtable.batch_begin)(self.key) }
     }
 
-    /// Tells the host that the batch on this thread ended: what it held is written.
+    /// Tells the host that the run on this thread ended (it is about to park, or stops): what
+    /// the host held of its sends is written.
     #[inline]
     pub(crate) fn batch_end(&self) {
         // SAFETY: the host's function for this ABI version; it takes only the key.
