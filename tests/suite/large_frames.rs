@@ -6,29 +6,11 @@
 
 use extension_api::abi::MAX_MESSAGE;
 use extension_host::child_protocol::MAX_PACKET;
-use extension_host::{CrashBudget, Host, HostEvent, ObservedBroadcast};
+use extension_host::{CrashBudget, Host, HostEvent};
 use std::time::Duration;
-use tokio::sync::broadcast::Receiver;
 
-use crate::limits::{Do, Report};
-use crate::support::{self, FAILSAFE, Transport, library, wait_event, wait_log};
-
-/// Has frame `frame`'s renderer half run `op` with `size` bytes; its report's outcome.
-async fn run(host: &Host, seen: &mut Receiver<ObservedBroadcast>, frame: u64, op: &str, size: u64) -> String {
-    host.broadcast("sizes", "do", &Do { frame, op, size, key: "" }).unwrap();
-    let report = tokio::time::timeout(FAILSAFE, async {
-        loop {
-            let seen = seen.recv().await.expect("the broadcast stream goes on");
-            if seen.extension == "sizes" && seen.channel == "report" {
-                return seen.value::<Report>().expect("a report decodes");
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("frame {frame} did not report on `{op}` with {size} bytes"));
-    assert_eq!(report.op, op);
-    report.outcome
-}
+use crate::limits::run;
+use crate::support::{self, Transport, library, wait_event, wait_log};
 
 /// Value sizes whose frames end just before, at and just after the readers' 64 KiB scratch
 /// buffer (a frame carries its value and about 70 bytes of packet), the encodings' length

@@ -31,7 +31,13 @@ const OVER: u64 = MAX_MESSAGE as u64;
 const WITHIN: u64 = MAX_MESSAGE as u64 - 64;
 
 /// Has frame `frame`'s renderer half run `op` and returns its report's outcome.
-async fn run(host: &Host, seen: &mut Receiver<ObservedBroadcast>, frame: u64, op: &str, size: u64) -> String {
+pub(crate) async fn run(
+    host: &Host,
+    seen: &mut Receiver<ObservedBroadcast>,
+    frame: u64,
+    op: &str,
+    size: u64,
+) -> String {
     run_keyed(host, seen, frame, op, size, "").await
 }
 
