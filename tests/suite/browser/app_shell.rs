@@ -13,6 +13,33 @@ use super::Tab;
 use super::web::{WebHost, web_ready, webprobe_page};
 use crate::support;
 
+/// The browser showed its error page in `parent`'s iframe instead of webprobe's document
+/// (`frame-ancestors` refused it): no bootstrap ran there.
+async fn refused_to_be_framed(parent: &Tab, why: &str) {
+    let blocked = parent.frame("chrome-error://").await;
+    let shown = blocked
+        .eval("[location.href, document.getElementById('extension-host-status') === null, typeof globalThis.webprobe]")
+        .await;
+    assert_eq!(shown, json!(["chrome-error://chromewebdata/", true, "undefined"]), "{why}");
+}
+
+/// No renderer half of webprobe started (no `ready`) before a `barrier` broadcast from main.
+async fn no_half_started(
+    web: &WebHost,
+    seen: &mut tokio::sync::broadcast::Receiver<ObservedBroadcast>,
+    barrier: &str,
+    where_: &str,
+) {
+    web.host.broadcast("webprobe", barrier, &"barrier").unwrap();
+    loop {
+        let broadcast = tokio::time::timeout(super::DEADLINE, seen.recv()).await.unwrap().unwrap();
+        if broadcast.extension == "webprobe" && broadcast.channel == barrier {
+            break;
+        }
+        assert_ne!(broadcast.channel, "ready", "a renderer half started {where_}: {:?}", broadcast.sender());
+    }
+}
+
 /// An application's page: a container, and `embed.js` from the host at `host_port` making it
 /// a shell; what `embed` reports is kept in `appEvents` (and how its import ended in
 /// `appImport`).
@@ -152,31 +179,11 @@ async fn a_shell_on_an_origin_not_in_the_list_gets_no_frame_frames_no_extension_
     // The extension's document refuses to be framed by it (frame-ancestors): the browser shows
     // its error page instead, so no bootstrap runs there.
     assert_eq!(evil.wait_for("evil.framed").await, "load");
-    let blocked = evil.frame("chrome-error://").await;
-    let shown = blocked
-        .eval("[location.href, document.getElementById('extension-host-status') === null, typeof globalThis.webprobe]")
-        .await;
-    assert_eq!(
-        shown,
-        json!(["chrome-error://chromewebdata/", true, "undefined"]),
-        "webprobe's document ran in a page not in the list"
-    );
+    refused_to_be_framed(&evil, "webprobe's document ran in a page not in the list").await;
 
     // Nothing reached any extension: the host has the one frame it had, webprobe's halves are
     // the same, and no renderer half started (a `ready`) before the barrier.
-    web.host.broadcast("webprobe", "app-shell-barrier", &"barrier").unwrap();
-    loop {
-        let broadcast = tokio::time::timeout(super::DEADLINE, seen.recv()).await.unwrap().unwrap();
-        if broadcast.extension == "webprobe" && broadcast.channel == "app-shell-barrier" {
-            break;
-        }
-        assert_ne!(
-            broadcast.channel,
-            "ready",
-            "a renderer half started for the refused page: {:?}",
-            broadcast.sender()
-        );
-    }
+    no_half_started(&web, &mut seen, "app-shell-barrier", "for the refused page").await;
     assert_eq!(web.frames(), [frame]);
     let after = web.host.inspect().await;
     let halves = |snapshot: &extension_host::HostSnapshot| snapshot.extension("webprobe").map(|e| e.frames.clone());
@@ -225,29 +232,9 @@ async fn a_listed_shells_page_framed_by_a_page_not_in_the_list_frames_no_extensi
     assert_eq!(app.wait_for("appImport").await, "loaded");
     app.wait_for("appEvents.some((event) => event.type === 'added')").await;
     assert_eq!(web.frames().len(), 1, "the listed page's socket is a frame");
-    let blocked = top.frame("chrome-error://").await;
-    let shown = blocked
-        .eval("[location.href, document.getElementById('extension-host-status') === null, typeof globalThis.webprobe]")
-        .await;
-    assert_eq!(
-        shown,
-        json!(["chrome-error://chromewebdata/", true, "undefined"]),
-        "webprobe's document ran under a page not in the list"
-    );
+    refused_to_be_framed(&top, "webprobe's document ran under a page not in the list").await;
 
     // Nothing reached webprobe from that iframe: no renderer half started before the barrier.
-    web.host.broadcast("webprobe", "nested-barrier", &"barrier").unwrap();
-    loop {
-        let broadcast = tokio::time::timeout(super::DEADLINE, seen.recv()).await.unwrap().unwrap();
-        if broadcast.extension == "webprobe" && broadcast.channel == "nested-barrier" {
-            break;
-        }
-        assert_ne!(
-            broadcast.channel,
-            "ready",
-            "a renderer half started under the unlisted page: {:?}",
-            broadcast.sender()
-        );
-    }
+    no_half_started(&web, &mut seen, "nested-barrier", "under the unlisted page").await;
     web.stop().await;
 }
