@@ -5,23 +5,11 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-
-use super::web::{WebHost, next_broadcast};
+use super::store::write_everywhere_at_once;
+use super::web::WebHost;
 use crate::support::{self, FAILSAFE};
 
 const ROUNDS: u32 = 10;
-
-#[derive(Serialize)]
-struct StoreGo {
-    rounds: u32,
-}
-
-#[derive(Deserialize, Debug)]
-struct Dump {
-    side: String,
-    values: BTreeMap<String, i64>,
-}
 
 #[tokio::test]
 async fn a_pages_storage_writes_converge_with_main_and_a_rust_frame_and_survive_a_host_restart() {
@@ -46,21 +34,7 @@ async fn a_pages_storage_writes_converge_with_main_and_a_rust_frame_and_survive_
     assert!(refused["message"].as_str().unwrap().contains("over the 1048576-byte limit"), "{refused}");
 
     // Writers in main, the Rust frame and the page at once.
-    let mut seen = web.host.broadcasts();
-    web.host.broadcast("webprobe", "storage-go", &StoreGo { rounds: ROUNDS }).unwrap();
-    let mut writes = Vec::new();
-    for round in 1..=i64::from(ROUNDS) {
-        writes.push(web.host.invoke::<_, ()>("webprobe", "storage-write", &("main", round), FAILSAFE));
-        writes.push(web.host.invoke::<_, ()>("webprobe", "storage-write", &("shared", -round), FAILSAFE));
-    }
-    for write in writes {
-        write.await.unwrap();
-    }
-    for _ in 0..2 {
-        let (sender, failed) = next_broadcast(&mut seen, "webprobe", "storage-done", |_: &u32| true).await;
-        assert_eq!(failed, 0, "{sender}: writes failed");
-    }
-    let dumps: Vec<Dump> = web.host.invoke("webprobe", "storage-dump-all", &(), FAILSAFE).await.unwrap();
+    let dumps = write_everywhere_at_once(&web, "storage", ROUNDS, 2).await;
     let sides: Vec<&str> = dumps.iter().map(|dump| dump.side.as_str()).collect();
     assert_eq!(dumps.len(), 3, "main and two frames: {sides:?}");
     assert!(sides.contains(&format!("web:{}", shell.frame.0).as_str()), "{sides:?}");

@@ -15,10 +15,34 @@ struct StoreGo {
     rounds: u32,
 }
 
+/// One replica of a tier, as webprobe's `TIER-dump-all` reports it (main's first).
 #[derive(Deserialize, Debug)]
-struct Dump {
-    side: String,
-    values: BTreeMap<String, i64>,
+pub(super) struct Dump {
+    pub(super) side: String,
+    pub(super) values: BTreeMap<String, i64>,
+}
+
+/// Writers of `tier` (`store` or `storage`) in every frame and in main at once: webprobe's
+/// frames each write `rounds` rounds (`TIER-go`) while main writes its own and the shared
+/// key; once each of the `frames` halves said it is done, every replica (`TIER-dump-all`).
+pub(super) async fn write_everywhere_at_once(web: &WebHost, tier: &str, rounds: u32, frames: usize) -> Vec<Dump> {
+    let mut seen = web.host.broadcasts();
+    web.host.broadcast("webprobe", &format!("{tier}-go"), &StoreGo { rounds }).unwrap();
+    let write = format!("{tier}-write");
+    let mut writes = Vec::new();
+    for round in 1..=i64::from(rounds) {
+        writes.push(web.host.invoke::<_, ()>("webprobe", &write, &("main", round), FAILSAFE));
+        writes.push(web.host.invoke::<_, ()>("webprobe", &write, &("shared", -round), FAILSAFE));
+    }
+    for write in writes {
+        write.await.unwrap();
+    }
+    let done = format!("{tier}-done");
+    for _ in 0..frames {
+        let (sender, failed) = next_broadcast(&mut seen, "webprobe", &done, |_: &u32| true).await;
+        assert_eq!(failed, 0, "{sender}: writes failed");
+    }
+    web.host.invoke("webprobe", &format!("{tier}-dump-all"), &(), FAILSAFE).await.unwrap()
 }
 
 #[tokio::test]
@@ -31,24 +55,10 @@ async fn the_store_converges_with_writers_in_main_a_rust_frame_a_renderer_proces
     let shell = web.open_shell().await;
     assert_eq!(shell.page.eval("webprobe.seedAtActivate").await, 41, "the snapshot is in place before activate");
 
-    let mut seen = web.host.broadcasts();
-    web.host.broadcast("webprobe", "store-go", &StoreGo { rounds: ROUNDS }).unwrap();
-    // Main writes at the same time.
-    let mut writes = Vec::new();
-    for round in 1..=i64::from(ROUNDS) {
-        writes.push(web.host.invoke::<_, ()>("webprobe", "store-write", &("main", round), FAILSAFE));
-        writes.push(web.host.invoke::<_, ()>("webprobe", "store-write", &("shared", -round), FAILSAFE));
-    }
-    for write in writes {
-        write.await.unwrap();
-    }
-    for _ in 0..3 {
-        let (sender, failed) = next_broadcast(&mut seen, "webprobe", "store-done", |_: &u32| true).await;
-        assert_eq!(failed, 0, "{sender}: writes failed");
-    }
+    // Main writes at the same time as the three frames.
+    let dumps = write_everywhere_at_once(&web, "store", ROUNDS, 3).await;
 
     // Every replica as main sequenced it (main asks each frame after the writes it sequenced).
-    let dumps: Vec<Dump> = web.host.invoke("webprobe", "store-dump-all", &(), FAILSAFE).await.unwrap();
     let sides: Vec<&str> = dumps.iter().map(|dump| dump.side.as_str()).collect();
     assert_eq!(dumps.len(), 4, "main and three frames: {sides:?}");
     let main = &dumps[0].values;
