@@ -144,6 +144,23 @@ export async function start({ frame = 3, extension = "probe", module = {}, store
 }
 
 /** The error reply payload main's side sends (`wire::ErrorPayload`, a named map). */
+/** Main's update of a tier (`kind`: STORE_UPDATE, or STORAGE_UPDATE) arriving on `socket`. */
+export function tierUpdate(socket, { seq, key, old, value, writer = PEER_MAIN, writeId = 0, kind = KIND.STORE_UPDATE }) {
+  socket.message({
+    kind,
+    origin: PEER_MAIN,
+    target: PEER_ALL,
+    value: {
+      seq,
+      key,
+      old: old === undefined ? null : client.encodeValue(old),
+      new: value === undefined ? null : client.encodeValue(value),
+      writer,
+      write_id: writeId,
+    },
+  });
+}
+
 export function errorPayload(message, data) {
   return encodeValue({ message, data: data === undefined ? null : encodeValue(data) });
 }

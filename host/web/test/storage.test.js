@@ -5,25 +5,11 @@
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { client, start, FakeSocket, KIND, PEER_ALL, PEER_MAIN } from "../test-support/support.js";
+import { client, start, tierUpdate, FakeSocket, KIND, PEER_ALL, PEER_MAIN } from "../test-support/support.js";
 
-const { encodeValue, decodeValue, StoreError } = client;
+const { decodeValue, StoreError } = client;
 
-function update(socket, { seq, key, old, value, writer = PEER_MAIN, writeId = 0, kind = KIND.STORAGE_UPDATE }) {
-  socket.message({
-    kind,
-    origin: PEER_MAIN,
-    target: PEER_ALL,
-    value: {
-      seq,
-      key,
-      old: old === undefined ? null : encodeValue(old),
-      new: value === undefined ? null : encodeValue(value),
-      writer,
-      write_id: writeId,
-    },
-  });
-}
+const update = (socket, change) => tierUpdate(socket, { kind: KIND.STORAGE_UPDATE, ...change });
 
 test("the persisted tier is seeded before activate: get is synchronous, awkward values survive", async () => {
   let seen;

@@ -3,25 +3,11 @@
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { client, start, FakeSocket, KIND, PEER_ALL, PEER_MAIN } from "../test-support/support.js";
+import { client, start, tierUpdate, FakeSocket, KIND, PEER_ALL, PEER_MAIN } from "../test-support/support.js";
 
 const { encodeValue, decodeValue, StoreError } = client;
 
-function update(socket, { seq, key, old, value, writer = PEER_MAIN, writeId = 0 }) {
-  socket.message({
-    kind: KIND.STORE_UPDATE,
-    origin: PEER_MAIN,
-    target: PEER_ALL,
-    value: {
-      seq,
-      key,
-      old: old === undefined ? null : encodeValue(old),
-      new: value === undefined ? null : encodeValue(value),
-      writer,
-      write_id: writeId,
-    },
-  });
-}
+const update = tierUpdate;
 
 test("the seed is in place before activate runs: get is synchronous, has and keys agree", async () => {
   let seen;
