@@ -46,6 +46,13 @@ fn port(server: &WebServer) -> u16 {
     server.local_addr().port()
 }
 
+/// Has the host close `frame` in a task of its own (the close waits for the page to answer
+/// its half's CLOSE, which the test plays); its outcome at the end.
+fn close_frame_meanwhile(host: &Host, frame: u64) -> tokio::task::JoinHandle<Result<(), extension_host::HostError>> {
+    let host = host.clone();
+    tokio::spawn(async move { host.close_frame(extension_host::FrameId(frame)).await })
+}
+
 /// Waits until every host operation queued so far (a web frame opening, say) has finished:
 /// operations run one at a time, so one more, which fails at once, ends after them.
 async fn settle(host: &Host) {
@@ -721,10 +728,7 @@ async fn activation_and_deactivation_add_and_remove_iframes_and_reload_mints_new
     assert_eq!(main_frames(&host).await, vec![frame]);
 
     // Closing the frame from the host removes the iframe and closes the shell.
-    let closing = tokio::spawn({
-        let host = host.clone();
-        async move { host.close_frame(extension_host::FrameId(frame)).await }
-    });
+    let closing = close_frame_meanwhile(&host, frame);
     let (completion, _) = page.control().await;
     page.done(completion).await;
     assert_eq!(Shell::json(&mut shell.ws).await["type"], "remove");
@@ -834,10 +838,7 @@ async fn a_store_write_the_host_turns_away_is_refused_to_the_page_at_once() {
     let port = port(&server);
     let (_shell, mut page) = open_web_frame(&host, port, "probe").await;
     let frame = page.frame;
-    let closing = tokio::spawn({
-        let host = host.clone();
-        async move { host.close_frame(extension_host::FrameId(frame)).await }
-    });
+    let closing = close_frame_meanwhile(&host, frame);
     let (completion, command) = page.control().await;
     assert_eq!(command[0], Value::from(2), "the half closes: {command}");
     // Its `deactivate` saves something, and waits for it.

@@ -10,7 +10,7 @@ use extension_api::wire::{StorageOutcome, StoreUpdate, StoreWrite, WriteRefusal}
 use extension_host::{Host, HostConfig, WebConfig, WebServer};
 use rmpv::Value;
 
-use super::{Page, Shell, closed, encode, msgpack, payload_of, port, settle};
+use super::{Page, Shell, close_frame_meanwhile, closed, encode, msgpack, payload_of, port, settle};
 use crate::support::{self, FAILSAFE};
 
 const STORAGE_WRITE: u32 = 8;
@@ -168,10 +168,7 @@ async fn a_storage_write_the_host_turns_away_is_refused_to_the_page_as_the_tiers
     let (host, server) = keeper_host(&dir).await;
     let (_shell, mut page, _) = open_page(&host, port(&server)).await;
     let frame = page.frame;
-    let closing = tokio::spawn({
-        let host = host.clone();
-        async move { host.close_frame(extension_host::FrameId(frame)).await }
-    });
+    let closing = close_frame_meanwhile(&host, frame);
     let (completion, command) = page.control().await;
     assert_eq!(command[0], Value::from(2), "the half closes: {command}");
     storage_write(&mut page, 41, "saved", Some("yes")).await;
