@@ -173,7 +173,9 @@ pub enum HostEvent {
     /// An instance of the extension has taken no message from its mailbox for `stalled_ms`
     /// (at least) while `queued` waited (in its mailbox, or behind the message it runs in the
     /// batch its dispatcher took); `running` says what its thread is running, if it is
-    /// in a handler (`main request `channel``, say). See
+    /// in a handler (`main request `channel``, say). Or, while it had work, it has not
+    /// answered the watchdog's inspect for `stalled_ms` (its process is stopped or hung;
+    /// `queued` is what waited at its last answer). `reason` says which. See
     /// `HostConfig::unresponsive_after`.
     ExtensionUnresponsive {
         /// The extension.
@@ -184,6 +186,9 @@ pub enum HostEvent {
         queued: u64,
         /// What its thread is running, if it is in a handler.
         running: Option<String>,
+        /// Why, in words: its thread takes no message, or the instance does not answer at all
+        /// (its process stopped or hung: the watchdog's inspect went unanswered).
+        reason: String,
     },
     /// The unresponsive instance takes messages again, after about `stalled_ms`.
     ExtensionResponsive {

@@ -145,6 +145,10 @@ async fn a_blocked_extension_is_reported_unresponsive_then_responsive(isolated: 
                 stalled_ms: *stalled_ms,
                 queued: 1,
                 running: Some("main request `block`".into()),
+                reason: format!(
+                    "its thread has not taken a message for at least {stalled_ms} ms, with 1 waiting \
+                     (running main request `block`)"
+                ),
             },
             other => panic!("{other:?}"),
         }

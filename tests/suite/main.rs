@@ -41,5 +41,6 @@ mod storage;
 mod storage_faults;
 mod store;
 mod truncated;
+mod watchdog_silent;
 mod web_packaging;
 mod web_protocol;

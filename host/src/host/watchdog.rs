@@ -7,7 +7,15 @@
 //! - a handler the thread has been running in place for [`HostConfig::slow_handler`]
 //!   (the counter did not move meanwhile): warned once;
 //! - a handler that waited (ran in a task of its own) and took longer than that: warned once,
-//!   with its time, from the instance's own report.
+//!   with its time, from the instance's own report;
+//! - an instance with work that has not answered its inspect for `unresponsive_after` (its
+//!   process stopped or hung): unresponsive, saying it does not answer; responsive again once
+//!   it answers and has moved (or has nothing left waiting).
+//!
+//! A look sends its inspects together and takes their answers as they come, for one tick at
+//! most; an inspect not answered by then goes on into the next look (each bounded by
+//! `INSPECT_TIMEOUT`, then sent again), so an instance that does not answer holds up nobody
+//! else's look, and the looks keep their tick.
 //!
 //! It looks only at instances with work it knows of, and only while they have it: an instance
 //! asks once, pushed rather than polled, when work arrives after the watchdog's last look at it
@@ -30,6 +38,9 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use extension_api::wire::{Completion, Control, InstanceSnapshot};
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
 use serde::Serialize;
 
 use super::{Host, INSPECT_TIMEOUT, Inner};
@@ -49,6 +60,32 @@ pub(super) struct Watchdog {
     /// The endpoints to look at next tick, besides those asking: those not idle at the last
     /// look.
     watching: HashSet<u64>,
+    /// The endpoints whose inspect the watchdog is waiting for (or whose last one timed out),
+    /// by key: since when, and whether that was reported.
+    silent: HashMap<u64, Silence>,
+}
+
+/// An instance that has not answered the watchdog's inspect yet.
+struct Silence {
+    extension: String,
+    /// When the first inspect it has not answered was sent.
+    since: Instant,
+    /// Reported unresponsive for it.
+    reported: bool,
+}
+
+/// What one inspect comes back with.
+type Answer = (u64, Result<Completion, crate::endpoint::ControlError>);
+
+/// The watchdog's inspects not answered yet (at most one per instance), kept from one look to
+/// the next by its task.
+#[derive(Default)]
+struct Inspects {
+    waiting: FuturesUnordered<BoxFuture<'static, Answer>>,
+    /// The endpoints `waiting` has an inspect of.
+    keys: HashSet<u64>,
+    /// When an instance whose answer is still to come asked to be looked at.
+    called: HashMap<u64, Instant>,
 }
 
 /// What a look found.
@@ -74,12 +111,15 @@ struct Progress {
     /// At the last look nothing was queued or being dispatched: the next stall counts from
     /// when work came (the instance's call), not from `since`.
     idle: bool,
+    /// Messages waiting at the last look (what a report of its silence says).
+    queued: u64,
 }
 
 impl Watchdog {
     /// Whether an instance of `extension` is unresponsive right now.
     pub(super) fn is_unresponsive(&self, extension: &str) -> bool {
         self.endpoints.values().any(|progress| progress.unresponsive && progress.extension == extension)
+            || self.silent.values().any(|silence| silence.reported && silence.extension == extension)
     }
 }
 
@@ -120,6 +160,11 @@ fn process_rss_bytes(pid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Nothing queued, no batch being dispatched, no handler running.
+fn is_idle(snapshot: &InstanceSnapshot) -> bool {
+    snapshot.queued_messages == 0 && snapshot.batch_messages == 0 && snapshot.busy.is_none() && !snapshot.dispatching
+}
+
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
@@ -153,8 +198,12 @@ impl Host {
         (config.unresponsive_after.min(config.slow_handler) / 4).clamp(MIN_TICK, MAX_TICK)
     }
 
-    /// One look at every active instance with work (asking, or not idle at the last look).
-    async fn watch_once(&self) -> Look {
+    /// One look at every active instance with work (asking, or not idle at the last look, or
+    /// with an inspect not answered yet): their inspects are sent together, and their answers
+    /// taken as they come until `deadline` (one tick); an inspect not answered by then goes on
+    /// into the next look (each is bounded by [`INSPECT_TIMEOUT`], then sent again), so an
+    /// instance that does not answer holds up nobody else's look.
+    async fn watch_once(&self, inspects: &mut Inspects, deadline: tokio::time::Instant) -> Look {
         let links = {
             // Decided under the watchdog's lock, which `ensure_watchdog` takes: an activation
             // in between finds it still running, or starts it again.
@@ -164,48 +213,115 @@ impl Host {
                 watchdog.running = false;
                 watchdog.endpoints.clear();
                 watchdog.watching.clear();
+                watchdog.silent.clear();
+                *inspects = Inspects::default();
                 return Look::Stop;
             }
             links
         };
         let asked = self.inner.core.attention.take();
         let watching = std::mem::take(&mut lock(&self.inner.watchdog).watching);
-        let (mut present, mut next) = (HashSet::new(), HashSet::new());
+        let (mut present, mut next) = (HashMap::new(), HashSet::new());
+        let sent = Instant::now();
         for (name, link) in links {
             // A web page's half has no thread of the host's to watch (and asking the page every
             // tick would cost it a round trip for nothing).
             for endpoint in link.endpoints().into_iter().filter(|endpoint| !endpoint.transport().is_web()) {
-                present.insert(endpoint.key);
-                let called = asked.get(&endpoint.key).copied();
-                if called.is_none() && !watching.contains(&endpoint.key) {
+                let key = endpoint.key;
+                present.insert(key, name.clone());
+                let called = asked.get(&key).copied();
+                if let Some(called) = called {
+                    inspects.called.entry(key).or_insert(called);
+                }
+                if (called.is_none() && !watching.contains(&key)) || inspects.keys.contains(&key) {
+                    // Nothing to look at, or its inspect is still on its way.
                     continue;
                 }
-                let outcome = endpoint.control(|completion| Control::Inspect { completion }, INSPECT_TIMEOUT).await;
-                match outcome {
-                    Ok(Completion::Inspected(snapshot)) => {
-                        let (events, busy) = self.observe(&name, endpoint.key, &snapshot, called, Instant::now());
-                        if busy {
-                            next.insert(endpoint.key);
-                        }
-                        for event in events {
-                            self.publish(event);
-                        }
+                inspects.keys.insert(key);
+                lock(&self.inner.watchdog).silent.entry(key).or_insert_with(|| Silence {
+                    extension: name.clone(),
+                    since: sent,
+                    reported: false,
+                });
+                inspects.waiting.push(Box::pin(async move {
+                    let outcome = endpoint.control(|completion| Control::Inspect { completion }, INSPECT_TIMEOUT).await;
+                    (key, outcome)
+                }));
+            }
+        }
+        while !inspects.waiting.is_empty() {
+            let Ok(Some((key, outcome))) = tokio::time::timeout_at(deadline, inspects.waiting.next()).await else {
+                break;
+            };
+            inspects.keys.remove(&key);
+            let called = inspects.called.remove(&key);
+            let Some(name) = present.get(&key) else { continue };
+            match outcome {
+                Ok(Completion::Inspected(snapshot)) => {
+                    let (events, busy) = self.observe(name, key, &snapshot, called, Instant::now());
+                    if busy {
+                        next.insert(key);
                     }
-                    // No answer in time: it cannot be told idle, so it is looked at again.
-                    Err(crate::endpoint::ControlError::TimedOut(_)) => {
-                        next.insert(endpoint.key);
+                    for event in events {
+                        self.publish(event);
                     }
-                    // Refused (it is going) or not an inspect's answer: it asks again if it has
-                    // work.
-                    _ => {}
+                }
+                // No answer in time: it cannot be told idle, so it is looked at again (still
+                // silent since its first inspect went unanswered).
+                Err(crate::endpoint::ControlError::TimedOut(_)) => {
+                    next.insert(key);
+                    if let Some(called) = called {
+                        inspects.called.insert(key, called);
+                    }
+                }
+                // Refused (it is going) or not an inspect's answer: it asks again if it has
+                // work.
+                _ => {
+                    lock(&self.inner.watchdog).silent.remove(&key);
                 }
             }
         }
+        let now = Instant::now();
+        let mut events = Vec::new();
         let mut watchdog = lock(&self.inner.watchdog);
         // Instances that went away (deactivated, closed, crashed) are forgotten.
-        watchdog.endpoints.retain(|key, _| present.contains(key));
+        watchdog.endpoints.retain(|key, _| present.contains_key(key));
+        watchdog.silent.retain(|key, _| present.contains_key(key));
+        inspects.called.retain(|key, _| present.contains_key(key));
+        // Still waited for: looked at again (its answer is taken at a later look).
+        next.extend(inspects.keys.iter().filter(|key| present.contains_key(*key)));
+        let Watchdog { endpoints, silent, .. } = &mut *watchdog;
+        for (key, silence) in silent.iter_mut() {
+            let progress = endpoints.get(key);
+            let stalled = now.duration_since(silence.since);
+            // Already reported unresponsive while it answered: not reported twice.
+            if silence.reported
+                || stalled < self.inner.config.unresponsive_after
+                || progress.is_some_and(|progress| progress.unresponsive)
+            {
+                continue;
+            }
+            silence.reported = true;
+            let stalled_ms = millis(stalled);
+            let reason = format!(
+                "it does not answer: the watchdog's inspect has had no answer for at least {stalled_ms} ms \
+                 (its process stopped, hung, or starved of CPU)"
+            );
+            tracing::warn!(extension = %OneLine(&silence.extension), "unresponsive: {reason}");
+            events.push(HostEvent::ExtensionUnresponsive {
+                extension: silence.extension.clone(),
+                stalled_ms,
+                queued: progress.map_or(0, |progress| progress.queued),
+                running: None,
+                reason,
+            });
+        }
         let idle = next.is_empty();
         watchdog.watching = next;
+        drop(watchdog);
+        for event in events {
+            self.publish(event);
+        }
         if idle { Look::Idle } else { Look::Again }
     }
 
@@ -223,6 +339,9 @@ impl Host {
         let config = &self.inner.config;
         let mut events = Vec::new();
         let mut watchdog = lock(&self.inner.watchdog);
+        // It answers: no longer silent (a silence reported is over below, once it moves or is
+        // idle).
+        let silence = watchdog.silent.remove(&key).filter(|silence| silence.reported);
         let progress = watchdog.endpoints.entry(key).or_insert_with(|| Progress {
             extension: extension.to_owned(),
             dispatched: snapshot.dispatched,
@@ -231,13 +350,26 @@ impl Host {
             slow_warned: false,
             last_slow: 0,
             idle: false,
+            queued: 0,
         });
         if progress.idle {
             // Idle at the last look: a stall counts from when the work came, at the earliest.
             progress.since = progress.since.max(called.unwrap_or(now));
         }
         let shown = OneLine(extension);
-        if snapshot.dispatched != progress.dispatched {
+        let moved = snapshot.dispatched != progress.dispatched;
+        if let Some(silence) = silence {
+            if moved || is_idle(snapshot) {
+                let stalled_ms = millis(now.duration_since(silence.since));
+                tracing::info!(extension = %shown, "answers and moves again after about {stalled_ms} ms");
+                events.push(HostEvent::ExtensionResponsive { extension: extension.to_owned(), stalled_ms });
+            } else {
+                // It answers, but its thread is still where it stopped: unresponsive still,
+                // responsive again once it moves (below, at a later look).
+                progress.unresponsive = true;
+            }
+        }
+        if moved {
             if progress.unresponsive {
                 let stalled_ms = millis(now.duration_since(progress.since));
                 tracing::info!(extension = %shown, "responsive again after about {stalled_ms} ms");
@@ -255,17 +387,17 @@ impl Host {
                 let running =
                     snapshot.busy.as_ref().map(|busy| format!("{} {} `{}`", busy.half, busy.kind, busy.channel));
                 let stalled_ms = millis(stalled);
-                tracing::warn!(
-                    extension = %shown,
-                    "unresponsive: its thread has not taken a message for at least {stalled_ms} ms, \
-                     with {queued} waiting{}",
+                let reason = format!(
+                    "its thread has not taken a message for at least {stalled_ms} ms, with {queued} waiting{}",
                     running.as_deref().map(|what| format!(" (running {})", OneLine(what))).unwrap_or_default()
                 );
+                tracing::warn!(extension = %shown, "unresponsive: {reason}");
                 events.push(HostEvent::ExtensionUnresponsive {
                     extension: extension.to_owned(),
                     stalled_ms,
                     queued,
                     running,
+                    reason,
                 });
             }
             if let Some(busy) =
@@ -313,11 +445,16 @@ impl Host {
         // A message taken but not finished is work (`dispatching`), whether or not a handler is
         // marked running yet: the instance's next message will not ask, the call having been
         // made for this one.
-        progress.idle = snapshot.queued_messages == 0
-            && snapshot.batch_messages == 0
-            && snapshot.busy.is_none()
-            && !snapshot.dispatching;
+        progress.idle = is_idle(snapshot);
+        progress.queued = snapshot.queued_messages + snapshot.batch_messages;
         if progress.idle {
+            if progress.unresponsive {
+                // Nothing waits any more (one stuck where its process stopped, then released).
+                let stalled_ms = millis(now.duration_since(progress.since));
+                tracing::info!(extension = %shown, "responsive again after about {stalled_ms} ms");
+                events.push(HostEvent::ExtensionResponsive { extension: extension.to_owned(), stalled_ms });
+            }
+            progress.unresponsive = false;
             progress.since = now;
             progress.slow_warned = false;
         }
@@ -329,16 +466,22 @@ impl Host {
 async fn run(weak: Weak<Inner>, core: Arc<Core>) {
     // Started by an activation, which asks for a look at its instances.
     let mut idle = true;
+    let mut inspects = Inspects::default();
+    let mut last_look = tokio::time::Instant::now();
     loop {
         if idle {
             // No timer: the next instance with work wakes it (and the host going, to end it).
             core.attention.asked().await;
+            last_look = tokio::time::Instant::now();
         }
         // The host is held only while it is looked at: dropping it ends the watchdog.
         let Some(tick) = Host::from_weak(&weak).map(|host| host.watchdog_tick()) else { return };
-        tokio::time::sleep(tick).await;
+        // A tick after the last look began (a look that waited for a silent instance took
+        // some of it already).
+        tokio::time::sleep_until(last_look + tick).await;
+        last_look = tokio::time::Instant::now();
         let Some(host) = Host::from_weak(&weak) else { return };
-        match host.watch_once().await {
+        match host.watch_once(&mut inspects, last_look + tick).await {
             Look::Stop => return,
             Look::Again => idle = false,
             Look::Idle => idle = true,
