@@ -29,13 +29,24 @@
 //! the flusher, as any other sender would write it. So a deferred send waits at most two
 //! ticks whatever its thread does, and a thread that parks in time pays nothing. A tick with
 //! nothing deferred disarms it: idle, nothing ticks.
+//!
+//! The flusher never waits on one socket: it takes a writer's lock only if it is free (a
+//! sender holding it may be blocked writing to a socket whose peer stopped reading) and writes
+//! with `MSG_DONTWAIT`; what the socket does not take stays at the front of the buffer, in
+//! order, for its next tick or the next sender. So one hung peer delays no other socket's
+//! deferred sends. A socket with a write timeout (the host's ends: 5 s) that took nothing
+//! for that long is shut as hung, as a blocking write that timed out would have it.
 
 use std::cell::RefCell;
 use std::io::{self, IoSlice, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, OnceLock, TryLockError, Weak};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::socket::{MsgFlags, send};
 
 use super::protocol::write_all_vectored;
 use crate::core::lock;
@@ -81,6 +92,8 @@ struct State {
     pending: Vec<u8>,
     /// A write failed: the stream is shut and nothing more is written.
     broken: bool,
+    /// Since when the flusher has found the socket full, taking none of `pending`.
+    full_since: Option<Instant>,
 }
 
 /// A writer a run sent to, and whether it deferred to it (its end writes it).
@@ -96,7 +109,7 @@ impl Writer {
     /// The writing side of `stream`, known to the flusher.
     pub(crate) fn new(stream: UnixStream, on_error: OnError) -> Arc<Writer> {
         let writer = Arc::new(Writer {
-            state: Mutex::new(State { stream, pending: Vec::new(), broken: false }),
+            state: Mutex::new(State { stream, pending: Vec::new(), broken: false, full_since: None }),
             dirty: AtomicBool::new(false),
             flushes: AtomicU64::new(0),
             looked: AtomicU64::new(0),
@@ -172,10 +185,69 @@ impl Writer {
         self.written(&mut state, written)
     }
 
+    /// The flusher's write of what is buffered, which never waits: not for the lock (another
+    /// sender holds it, maybe blocked writing to this very socket), not for the socket (its
+    /// peer does not read). What the socket does not take stays buffered, in order, for the
+    /// flusher's next tick or the next sender (who writes it before its own frame). Returns
+    /// whether bytes are left. A socket with a write timeout that took nothing for that long is
+    /// hung, as for a blocking write that timed out.
+    fn flush_without_waiting(&self) -> bool {
+        let mut state = match self.state.try_lock() {
+            Ok(state) => state,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return true,
+        };
+        if state.pending.is_empty() || state.broken {
+            return false;
+        }
+        loop {
+            let sent = send(state.stream.as_raw_fd(), &state.pending, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL);
+            match sent {
+                Ok(sent) if sent >= state.pending.len() => {
+                    let _ = self.written(&mut state, Ok(()));
+                    return false;
+                }
+                Ok(0) => {
+                    let error = io::Error::new(io::ErrorKind::WriteZero, "the socket took no more bytes");
+                    tracing::warn!("cannot write deferred frames to the child: {error}");
+                    let _ = self.written(&mut state, Err(error));
+                    return false;
+                }
+                // Part of it: the rest stays at the front of the buffer, then more is tried.
+                Ok(sent) => {
+                    state.pending.drain(..sent);
+                    state.full_since = None;
+                }
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => {
+                    let since = *state.full_since.get_or_insert_with(Instant::now);
+                    let timeout = state.stream.write_timeout().ok().flatten();
+                    if timeout.is_some_and(|timeout| since.elapsed() >= timeout) {
+                        let error = io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "the socket took nothing for its write timeout: its peer stopped reading",
+                        );
+                        tracing::warn!("cannot write deferred frames to the child: {error}");
+                        let _ = self.written(&mut state, Err(error));
+                        return false;
+                    }
+                    return true;
+                }
+                Err(errno) => {
+                    let error = io::Error::from(errno);
+                    tracing::warn!("cannot write deferred frames to the child: {error}");
+                    let _ = self.written(&mut state, Err(error));
+                    return false;
+                }
+            }
+        }
+    }
+
     /// After a write of the whole buffer (and maybe a frame with it): the buffer is empty, and
     /// a failure breaks the socket.
     fn written(&self, state: &mut State, written: io::Result<()>) -> io::Result<()> {
         state.pending.clear();
+        state.full_since = None;
         // A burst's buffer is not kept for good.
         state.pending.shrink_to(FLUSH_AT);
         self.dirty.store(false, Ordering::Release);
@@ -313,10 +385,10 @@ fn flusher(registry: &'static Registry) {
             }
             if before == flushes {
                 // Its owner has not ended its batch for a whole tick (blocked, or running long
-                // in author code): written here, as any other sender would.
-                if let Err(error) = writer.flush() {
-                    tracing::warn!("cannot write deferred frames to the child: {error}");
-                }
+                // in author code): written here, as any other sender would, but without
+                // waiting: a socket whose peer stopped reading (or whose lock a blocked sender
+                // holds) keeps the rest for the next tick, and holds up no other socket.
+                buffered |= writer.flush_without_waiting();
             } else {
                 buffered = true;
             }
@@ -422,6 +494,89 @@ mod tests {
         writer.send(&[b"held"]).unwrap();
         // This thread now "blocks": it reads, and never ends its run before the bytes come.
         assert_eq!(read(&mut reader, 9), b"firstheld");
+        end();
+    }
+
+    /// Fills the socket under `writer` until it takes nothing more (its peer not reading);
+    /// returns how many bytes that took.
+    fn fill(writer: &Writer) -> usize {
+        let state = lock(&writer.state);
+        let mut filled = 0;
+        loop {
+            match send(state.stream.as_raw_fd(), &[1; 4096], MsgFlags::MSG_DONTWAIT) {
+                Ok(sent) => filled += sent,
+                Err(Errno::EAGAIN) => return filled,
+                Err(errno) => panic!("{errno}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_socket_whose_peer_stopped_reading_holds_up_no_other_sockets_flush() {
+        let (stuck, mut stuck_reader) = flushed_pair();
+        let (fine, mut fine_reader) = flushed_pair();
+        begin();
+        stuck.send(&[b"first"]).unwrap();
+        let filled = fill(&stuck);
+        // Held for the run's end: the flusher's to write, to a socket that takes nothing.
+        stuck.send(&[b"held"]).unwrap();
+        fine.send(&[b"first"]).unwrap();
+        fine.send(&[b"held"]).unwrap();
+        // This thread now "blocks" (it never ends its run): the flusher writes the other
+        // socket's buffer, not waiting for the stuck one.
+        assert_eq!(read(&mut fine_reader, 9), b"firstheld");
+        // The stuck socket's peer reads again: what the flusher kept comes after what filled
+        // it, nothing lost, nothing twice.
+        let bytes = read(&mut stuck_reader, 5 + filled + 4);
+        assert_eq!(&bytes[..5], b"first");
+        assert!(bytes[5..5 + filled].iter().all(|&byte| byte == 1));
+        assert_eq!(&bytes[5 + filled..], b"held");
+        end();
+        assert!(nothing_waiting(&stuck_reader) && nothing_waiting(&fine_reader), "nothing written twice");
+    }
+
+    #[test]
+    fn a_sender_blocked_on_a_full_socket_holds_up_no_other_sockets_flush() {
+        let (stuck, mut stuck_reader) = flushed_pair();
+        let (fine, mut fine_reader) = flushed_pair();
+        begin();
+        stuck.send(&[b"first"]).unwrap();
+        let filled = fill(&stuck);
+        stuck.send(&[b"held"]).unwrap();
+        // Another thread's send to the full socket blocks, holding its lock.
+        let other = stuck.clone();
+        let blocked = std::thread::spawn(move || other.send(&[b"other"]).unwrap());
+        while stuck.state.try_lock().is_ok() {
+            std::thread::yield_now();
+        }
+        fine.send(&[b"first"]).unwrap();
+        fine.send(&[b"held"]).unwrap();
+        // The flusher passes the locked socket by and writes the other.
+        assert_eq!(read(&mut fine_reader, 9), b"firstheld");
+        let bytes = read(&mut stuck_reader, 5 + filled + 9);
+        assert_eq!((&bytes[..5], &bytes[5 + filled..]), (&b"first"[..], &b"heldother"[..]));
+        blocked.join().unwrap();
+        end();
+        assert!(nothing_waiting(&stuck_reader) && nothing_waiting(&fine_reader), "nothing written twice");
+    }
+
+    #[test]
+    fn a_socket_that_takes_nothing_for_its_write_timeout_is_shut_by_the_flusher_as_hung() {
+        let (stuck, mut stuck_reader) = flushed_pair();
+        lock(&stuck.state).stream.set_write_timeout(Some(Duration::from_millis(20))).unwrap();
+        begin();
+        stuck.send(&[b"first"]).unwrap();
+        let filled = fill(&stuck);
+        stuck.send(&[b"held"]).unwrap();
+        // This thread "blocks"; the peer reads nothing until the socket is shut, then finds
+        // what filled it, and the end.
+        let mut bytes = Vec::new();
+        while !lock(&stuck.state).broken {
+            std::thread::yield_now();
+        }
+        stuck_reader.read_to_end(&mut bytes).unwrap();
+        assert_eq!(bytes.len(), 5 + filled, "a partial or extra frame after the fill");
+        assert!(stuck.send(&[b"after"]).is_err(), "a hung socket takes nothing more");
         end();
     }
 
