@@ -91,8 +91,13 @@ unsafe extern "C" fn host_send(key: u64, message: *const RawMessage) -> u32 {
 }
 
 unsafe extern "C" fn host_batch_begin(_key: u64) {
-    // No key lookup: a batch only defers the calling thread's own writes to child sockets, in
-    // order, until its end (`remote::batch`); a stray or unknown key can do nothing more.
+    // No key lookup (a lock on every run of every instance thread, and a key cannot tell the
+    // instance's thread from another anyway): a batch only defers the calling thread's own
+    // writes to child sockets, in order, until its end (`remote::batch`). A library calling
+    // this on a thread of the host's does so inside the host's call into it, and that call
+    // ends the run it began (`batch::scoped`, in `LibraryInstance`): no host thread is left
+    // deferring. On a thread of its own it defers only its own sends, which the flusher
+    // writes within two ticks.
     let _ = catch_unwind(crate::remote::batch::begin);
 }
 

@@ -288,6 +288,27 @@ pub(crate) fn begin() {
     });
 }
 
+/// Runs `call`, a call into a library (`LibraryInstance`'s), so that a run the library begins
+/// on this thread ends with the call: `batch_begin` carries only a key, which cannot tell the
+/// instance's own thread from the host's, so a library calling it in its `deliver` or
+/// `control` (on a host thread, a child's reader) would leave that thread deferring its sends
+/// for good. A call made inside a run (an instance's thread delivering to another instance in
+/// its process) leaves that run alone. It costs two thread-local reads per call, no lock.
+pub(crate) fn scoped<R>(call: impl FnOnce() -> R) -> R {
+    let outside = !in_run();
+    let result = call();
+    if outside && in_run() {
+        tracing::debug!("a library began a batch on a thread of the host's: ended with its call");
+        end();
+    }
+    result
+}
+
+/// Whether this thread is in a run.
+pub(crate) fn in_run() -> bool {
+    BATCH.with(|batch| batch.borrow().is_some())
+}
+
 /// This thread's run ends (it is about to park): every buffer it deferred to is written.
 pub(crate) fn end() {
     let writers = BATCH.with(|batch| batch.borrow_mut().take());
