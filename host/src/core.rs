@@ -52,6 +52,12 @@ impl Attention {
     pub(crate) fn take(&self) -> HashMap<u64, Instant> {
         std::mem::take(&mut *lock(&self.asked))
     }
+
+    /// Forgets every instance that asked (the watchdog stops: nothing is active, so none of
+    /// them is looked at; an activation asks afresh for its own).
+    pub(crate) fn clear(&self) {
+        lock(&self.asked).clear();
+    }
 }
 
 impl Core {

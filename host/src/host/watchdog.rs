@@ -215,6 +215,9 @@ impl Host {
                 watchdog.watching.clear();
                 watchdog.silent.clear();
                 *inspects = Inspects::default();
+                // Keys that asked before now are of instances that are gone: not kept for the
+                // next start (an activation asks for its own, after it starts the watchdog).
+                self.inner.core.attention.clear();
                 return Look::Stop;
             }
             links
@@ -486,5 +489,24 @@ async fn run(weak: Weak<Inner>, core: Arc<Core>) {
             Look::Again => idle = false,
             Look::Idle => idle = true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::HostConfig;
+
+    #[tokio::test]
+    async fn the_watchdog_stopping_forgets_the_instances_that_asked() {
+        let host = Host::new(HostConfig::default());
+        // Asked by instances since gone (deactivated before the look): nothing is active.
+        host.inner.core.attention.ask(41);
+        host.inner.core.attention.ask(42);
+        let mut inspects = Inspects::default();
+        let look = host.watch_once(&mut inspects, tokio::time::Instant::now()).await;
+        assert!(matches!(look, Look::Stop));
+        assert!(!lock(&host.inner.watchdog).running);
+        assert_eq!(host.inner.core.attention.take(), HashMap::new(), "stale keys kept past the stop");
     }
 }
