@@ -52,6 +52,10 @@ struct Cli {
     /// Only the pipelined cross-process rounds (quiet), this many invokes each (for strace).
     #[arg(long, hide = true)]
     pipelined: Option<u64>,
+    /// Only the rows dispatch in an instance touches: the in-process invoke and pipelined
+    /// invokes, and broadcast fan-out in process and across processes.
+    #[arg(long, hide = true)]
+    dispatch: bool,
     /// Internal: the echo peer of the raw socket baseline.
     #[arg(long, hide = true)]
     echo_server: Option<PathBuf>,
@@ -154,6 +158,24 @@ fn main() -> Result<()> {
             local.shutdown().await;
             remote.shutdown().await;
             println!("{table}");
+            anyhow::Ok(())
+        });
+    }
+    if cli.dispatch {
+        return runtime.block_on(async {
+            let scale = if cli.quick { 10 } else { 1 };
+            let local = bench_host(&artifacts, false).await?;
+            let remote = bench_host(&artifacts, true).await?;
+            let invoke = per_op(&local, "invoke", 1, 20_000 / scale, 16).await?;
+            let pipelined = per_op(&local, "pipelined", 1, 100_000 / scale, 16).await?;
+            let fan_local = fan_out(&local, 50_000 / scale).await?;
+            let fan_remote = fan_out(&remote, 50_000 / scale).await?;
+            println!("| in-process invoke | {} |", micros(invoke));
+            println!("| pipelined invokes in process | {:.0}/s |", 1e9 / pipelined);
+            println!("| broadcast deliveries in process | {fan_local:.0}/s |");
+            println!("| broadcast deliveries across processes | {fan_remote:.0}/s |");
+            local.shutdown().await;
+            remote.shutdown().await;
             anyhow::Ok(())
         });
     }
