@@ -197,9 +197,10 @@ pub enum HostEvent {
         /// About how long it was stalled, in milliseconds.
         stalled_ms: u64,
     },
-    /// A handler ran past `HostConfig::slow_handler`: still running after at least
-    /// `elapsed_ms`, blocking its thread (`finished: false`), or, for a handler that waited,
-    /// answered after `elapsed_ms` (`finished: true`). Said once for each.
+    /// A handler ran past `HostConfig::slow_handler`: a handler or a listener still running
+    /// after at least `elapsed_ms`, blocking its thread (`finished: false`; `kind` says
+    /// which), or, for a handler that waited, answered after `elapsed_ms` (`finished: true`).
+    /// Said once for each.
     SlowHandler {
         /// The extension.
         extension: String,

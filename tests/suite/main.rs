@@ -41,6 +41,7 @@ mod storage;
 mod storage_faults;
 mod store;
 mod truncated;
+mod watchdog_listener;
 mod watchdog_silent;
 mod web_packaging;
 mod web_protocol;

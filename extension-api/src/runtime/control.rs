@@ -7,7 +7,7 @@ use crate::InvokeErrorKind;
 use crate::abi::PEER_MAIN;
 use crate::runtime::state::Tier;
 use crate::runtime::{Shared, stats};
-use crate::wire::{Busy, Completion, Control, InstanceSnapshot};
+use crate::wire::{Busy, ChannelKind, Completion, Control, InstanceSnapshot};
 
 impl Shared {
     /// Runs a control command from the host.
@@ -74,13 +74,16 @@ impl Shared {
         let inline = self.inline_handler.load(Ordering::Acquire);
         let (inline_half, inline_channel) = (inline & u64::from(u32::MAX), inline >> 32);
         let inline = (inline_half != 0).then(|| crate::message::half_of(inline_half - 1));
-        if let Some(half) = halves.iter_mut().find(|half| Some(half.half) == inline) {
-            half.running_handlers += 1;
-        }
-        halves.sort_by_key(|half| half.half);
         let busy = inline
             .zip(state.channels.describe(inline_channel.wrapping_sub(1) as usize))
             .map(|(half, (kind, channel))| Busy { half, kind, channel: channel.to_owned() });
+        // A listener running in place is what the thread is busy with, not a running handler.
+        if let Some(busy) = busy.as_ref().filter(|busy| busy.kind == ChannelKind::Request)
+            && let Some(half) = halves.iter_mut().find(|half| half.half == busy.half)
+        {
+            half.running_handlers += 1;
+        }
+        halves.sort_by_key(|half| half.half);
         let progress = self.mailbox.progress();
         InstanceSnapshot {
             halves,

@@ -92,6 +92,9 @@ impl Shared {
             payload: &envelope.payload,
         };
         for (peer, generation, listeners) in targets {
+            // Inspect shows the listener running meanwhile, as a handler run in place (it may
+            // block, and inspect answers from another thread): one store per half reached.
+            self.inline_handler.store(inline_tag(peer, counted.index), Ordering::Release);
             for listener in listeners {
                 let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
                     context::sync_scope(self.half(peer, generation), || listener(&event))
@@ -106,6 +109,7 @@ impl Shared {
                 }
             }
         }
+        self.inline_handler.store(0, Ordering::Release);
         if let Some(started) = counted.started {
             self.record_sample(counted.index, started);
         }
@@ -229,8 +233,8 @@ impl Shared {
     }
 }
 
-/// What `Shared::inline_handler` holds while `target`'s handler for channel number `channel`
-/// runs: the half in the low 32 bits, the channel in the high ones (each + 1). A peer too large
+/// What `Shared::inline_handler` holds while `target`'s handler (or listeners) for channel
+/// number `channel` runs in place: the half in the low 32 bits, the channel in the high ones (each + 1). A peer too large
 /// for 32 bits (frame numbers are small; the host hands them out from 1) is not shown at all.
 #[inline]
 fn inline_tag(target: Peer, channel: usize) -> u64 {

@@ -31,9 +31,9 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     pub(super) factory: Factory,
     next_id: AtomicU64,
-    /// The handler the dispatcher is polling right now: its half (peer + 1) in the low 32 bits,
-    /// its channel (number in `State::channels`, + 1) in the high ones; 0 if none. One store
-    /// before and one after.
+    /// The handler the dispatcher is polling right now, or whose listeners it is running: its
+    /// half (peer + 1) in the low 32 bits, its channel (number in `State::channels`, + 1) in
+    /// the high ones; 0 if none. One store before and one after.
     pub(super) inline_handler: AtomicU64,
     /// Held while a store write is sequenced and published, so updates leave in order.
     pub(super) store_order: Mutex<()>,
