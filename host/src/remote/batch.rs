@@ -209,7 +209,7 @@ impl Writer {
                 }
                 Ok(0) => {
                     let error = io::Error::new(io::ErrorKind::WriteZero, "the socket took no more bytes");
-                    tracing::warn!("cannot write deferred frames to the child: {error}");
+                    tracing::warn!("cannot write deferred frames to the socket: {error}");
                     let _ = self.written(&mut state, Err(error));
                     return false;
                 }
@@ -227,7 +227,7 @@ impl Writer {
                             io::ErrorKind::TimedOut,
                             "the socket took nothing for its write timeout: its peer stopped reading",
                         );
-                        tracing::warn!("cannot write deferred frames to the child: {error}");
+                        tracing::warn!("cannot write deferred frames to the socket: {error}");
                         let _ = self.written(&mut state, Err(error));
                         return false;
                     }
@@ -235,7 +235,7 @@ impl Writer {
                 }
                 Err(errno) => {
                     let error = io::Error::from(errno);
-                    tracing::warn!("cannot write deferred frames to the child: {error}");
+                    tracing::warn!("cannot write deferred frames to the socket: {error}");
                     let _ = self.written(&mut state, Err(error));
                     return false;
                 }
