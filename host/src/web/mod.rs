@@ -137,6 +137,9 @@ pub(crate) struct Server {
     tokens: Arc<Tokens>,
     hooks: Arc<dyn WebHooks>,
     live: AtomicUsize,
+    /// The send buffer (`SO_SNDBUF`) of the connections accepted from now on; 0: the system's
+    /// (see [`WebServer::set_send_buffer_for_testing`]).
+    send_buffer: AtomicUsize,
     /// Renderer sockets that have not said HELLO yet, per extension origin.
     handshakes: Mutex<BTreeMap<String, usize>>,
     shutdown: CancellationToken,
@@ -358,6 +361,15 @@ impl WebServer {
         self.server.tokens.sever(extension)
     }
 
+    /// Gives the connections accepted from now on a send buffer of `bytes` (`SO_SNDBUF`; the
+    /// kernel doubles it), fixed rather than grown by the kernel: for the suite's tests of a
+    /// page whose socket is full, which then need not move more than loopback's largest
+    /// buffers. 0: the system's again.
+    #[doc(hidden)]
+    pub fn set_send_buffer_for_testing(&self, bytes: usize) {
+        self.server.send_buffer.store(bytes, Ordering::Release);
+    }
+
     /// How many times the writer tasks of `extension`'s connected pages were woken to flush
     /// a socket that had nothing left to flush. For the suite's tests of the writing side.
     #[doc(hidden)]
@@ -479,6 +491,7 @@ pub(crate) fn serve(config: WebConfig, hooks: Arc<dyn WebHooks>) -> Result<WebSe
         tokens: Arc::new(Tokens::default()),
         hooks,
         live: AtomicUsize::new(0),
+        send_buffer: AtomicUsize::new(0),
         handshakes: Mutex::new(BTreeMap::new()),
         shutdown: CancellationToken::new(),
         tracker: TaskTracker::new(),
@@ -509,6 +522,12 @@ async fn accept_loop(listener: tokio::net::TcpListener, server: Arc<Server>, rou
         // reply back until the previous segment is acknowledged.
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!("web server: cannot set TCP_NODELAY: {error}");
+        }
+        let send_buffer = server.send_buffer.load(Ordering::Acquire);
+        if send_buffer != 0 {
+            if let Err(error) = socket2::SockRef::from(&stream).set_send_buffer_size(send_buffer) {
+                tracing::warn!("web server: cannot set SO_SNDBUF: {error}");
+            }
         }
         let service = TowerToHyperService::new(router.clone());
         let timeout = server.config.handshake_timeout;
