@@ -191,3 +191,45 @@ async fn keepalive_settings_that_cannot_work_are_refused() {
     }
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_superseded_page_with_bytes_in_flight_both_ways_still_gets_its_close_frame() {
+    use super::web_writes::{BUFFER, small_page_socket};
+    let (host, server) = web_host(&["probe"], true, WebConfig::default()).await;
+    server.set_send_buffer_for_testing(BUFFER);
+    let port = port(&server);
+    let mut shell = Shell::connect(port).await;
+    let (_, origin, token) = shell.add().await;
+    let shell = keep_answering(shell.ws);
+    let mut ws = small_page_socket(port, &origin).await;
+    futures_util::SinkExt::send(
+        &mut ws,
+        WsMessage::binary(super::encode(Value::Array(vec![0.into(), token.clone().into()]))),
+    )
+    .await
+    .unwrap();
+    let welcome = Page::value(&mut ws).await;
+    let mut old = Page { frame: welcome[1]["frame"].as_u64().unwrap(), ws };
+    old.start().await;
+    settle(&host).await;
+    let mut events = host.events();
+    // The old page reads nothing for a while: main's replies fill the host's side of its
+    // socket (3 MiB against 256 KiB of buffers).
+    let note = "n".repeat(48 << 10);
+    for id in 1..=64u64 {
+        let value = WithOptional { id: u32::try_from(id).unwrap(), note: Some(note.clone()) };
+        old.message(2, 0, 0, id, ECHO_OPTIONAL.name(), msgpack(&value)).await;
+    }
+    // The page comes back on another connection; the old one's half ends.
+    let _page = Page::connect(port, &origin, &token, "probe").await;
+    support::wait_event(&mut events, |event| matches!(event, HostEvent::WebRendererClosed { .. })).await;
+    // The old page, still there, sends more (which the host no longer reads into its half),
+    // then reads what came: some replies, then the host's close frame, not a reset.
+    old.message(2, 0, 0, 65, ECHO_OPTIONAL.name(), msgpack(&WithOptional { id: 65, note: None })).await;
+    let (code, reason) = closed(&mut old.ws).await;
+    assert_eq!((code, reason.contains("superseded")), (4000, true), "{code} {reason}");
+    drop(old);
+    shell.abort();
+    server.shutdown().await;
+    host.shutdown().await;
+}

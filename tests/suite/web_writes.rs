@@ -19,10 +19,10 @@ use extension_host::WebConfig;
 /// kernel does not grow them to loopback's largest (32 MiB and 4 MiB here), which the test
 /// would have to fill (47 MiB of replies: 10 to 47 s in a debug build; 0.35 s now). Not less:
 /// a window smaller than one reply (48 KiB) trickles (17 s with 16 KiB).
-const BUFFER: usize = 64 << 10;
+pub(super) const BUFFER: usize = 64 << 10;
 
 /// A renderer socket on `origin` whose receive buffer is [`BUFFER`].
-async fn small_page_socket(port: u16, origin: &str) -> Socket {
+pub(super) async fn small_page_socket(port: u16, origin: &str) -> Socket {
     let tcp = tokio::net::TcpSocket::new_v4().unwrap();
     tcp.set_recv_buffer_size(u32::try_from(BUFFER).unwrap()).unwrap();
     let stream = tcp.connect(([127, 0, 0, 1], port).into()).await.unwrap();

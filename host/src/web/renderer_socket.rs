@@ -525,10 +525,13 @@ pub(crate) async fn serve(
     // one's end first), without waiting for this socket's close.
     connection.ended.cancel();
     let _ = writer.await;
-    if violated {
-        // What the page still sends (the rest of an oversized message, its close reply) is
-        // read before the socket goes: one closed with bytes unread is reset, and the page
-        // would see 1006, a lost network (which it comes back from), rather than this code.
+    if !connection.severed.load(Ordering::Acquire) {
+        // The host sent a close frame: what the page still sends (the rest of an oversized
+        // message, what it sent before it read the close, its close reply) is read before the
+        // socket goes. One closed with bytes unread is reset, which throws away what the
+        // kernel has not sent yet, the close frame too: the page would see 1006, a lost
+        // network, and come back (to be refused, or, superseded, to take its successor's
+        // place) rather than stop with this code.
         let _ = tokio::time::timeout(CLOSE_WAIT, async { while let Some(Ok(_)) = stream.next().await {} }).await;
     }
 }
