@@ -525,7 +525,8 @@ pub(crate) async fn serve(
     // one's end first), without waiting for this socket's close.
     connection.ended.cancel();
     let _ = writer.await;
-    if !connection.severed.load(Ordering::Acquire) {
+    // (Not when the server shuts down: it does not wait for pages that do not answer.)
+    if violated || !(connection.severed.load(Ordering::Acquire) || server.shutdown.is_cancelled()) {
         // The host sent a close frame: what the page still sends (the rest of an oversized
         // message, what it sent before it read the close, its close reply) is read before the
         // socket goes. One closed with bytes unread is reset, which throws away what the
