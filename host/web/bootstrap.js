@@ -12,12 +12,15 @@
 // 3. Connects `ws(s)://HOST/.host/connect` on its own origin, sends HELLO with the token and
 //    hands the socket to the client, which seeds the store, imports `/index.js` and calls
 //    `activate(ipc)` when the host says so.
-// 4. When the connection drops without a close frame (1006: the network went; not the host
-//    closing the half, the server going, a violation or a refused token, which stop it here,
-//    saying why), it connects again with the same token, backed off (RETRY_DELAYS); the host
-//    takes the page back and starts its half again, and the client runs the extension's
-//    `activate` with a fresh `ipc` (the module is not evaluated again). After RETRY_DELAYS.length
-//    attempts in a row that do not bring the half back to running, it stops and says why.
+// 4. When the connection drops without a close frame (1006: the network went, or the host
+//    found it dead, its pings unanswered; not the host closing the half, the server going, a
+//    violation, a refused token or another connection with this token taking its place
+//    (4000), which stop it here, saying why), it connects again with the same token, backed
+//    off (RETRY_DELAYS); the host takes the page back (if it still holds the old connection,
+//    half-open, this one takes its place) and starts its half again, and the client runs the
+//    extension's `activate` with a fresh `ipc` (the module is not evaluated again). After
+//    RETRY_DELAYS.length attempts in a row that do not bring the half back to running, it
+//    stops and says why.
 // It also draws a one-line status at the top of the body: connected or not, the frame, the
 // messages in and out. The extension's own UI goes in the rest of the body.
 
@@ -181,7 +184,8 @@ function connect(line, token, failed = 0) {
   socket.addEventListener("close", (event) => {
     // Only a connection the network dropped (1006: no close frame) is tried again: the host
     // closing the half (1000), the server going (1001), a violation (1008, 1009; the host then
-    // refuses the token too) or a refused token stop here, with the reason shown.
+    // refuses the token too), a refused token or another connection taking this one's place
+    // (4000) stop here, with the reason shown.
     if (event.code !== 1006) return;
     const attempt = ran ? 0 : failed;
     if (attempt === RETRY_DELAYS.length) {

@@ -455,10 +455,10 @@ async fn a_page_closing_fails_its_requests_frame_closed_and_its_reconnection_sta
     page.start().await;
     settle(&host).await;
     assert_eq!(main_frames(&host).await, vec![frame]);
-    // One live connection per token.
-    let mut second = page_socket(port, &origin, &origin).await.unwrap();
-    second.send(WsMessage::binary(encode(Value::Array(vec![0.into(), token.as_str().into()])))).await.unwrap();
-    assert_eq!(closed(&mut second).await, (1008, "token refused: already connected".to_owned()));
+    // One live connection per token: a second one takes the first one's place.
+    let second = Page::connect(port, &origin, &token, "probe").await;
+    assert_eq!(closed(&mut page.ws).await.0, 4000, "the first is superseded");
+    drop(second);
     server.shutdown().await;
     host.shutdown().await;
 }
@@ -962,3 +962,7 @@ async fn what_queues_for_a_page_while_its_socket_is_full_reaches_it_in_order_exa
 
 #[path = "web_allowed_hosts.rs"]
 mod allowed_hosts;
+
+// Half-open connections: pings, and a page back while the host holds its old connection.
+#[path = "web_keepalive.rs"]
+mod web_keepalive;

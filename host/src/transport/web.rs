@@ -69,10 +69,13 @@ impl WebInstance {
     }
 
     /// The half is not meant to run there any more: its token is void, the shell removes the
-    /// iframe, and the socket closes (1000).
+    /// iframe, and the socket closes (1000). (Unless another connection took this one's place
+    /// with its token: the host ends this connection's half, whose requests failed as lost,
+    /// and the new one's half is to start; the host destroys that one too if it is not.)
     pub(crate) async fn destroy(&self) -> bool {
-        self.tokens.revoke(&self.token);
-        self.shell.remove(&self.extension);
+        if self.tokens.revoke_for(&self.token, &Arc::downgrade(&self.connection)) {
+            self.shell.remove(&self.extension);
+        }
         self.connection.close_by_host();
         true
     }

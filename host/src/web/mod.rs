@@ -9,6 +9,7 @@
 //! `transport/web.rs`.
 
 mod assets;
+mod keepalive;
 pub(crate) mod protocol;
 mod renderer_socket;
 mod security;
@@ -73,6 +74,15 @@ pub struct WebConfig {
     pub max_connections: usize,
     /// How long a page has to send its HELLO, and a client to send a request's headers.
     pub handshake_timeout: Duration,
+    /// How long a shell or page socket may be idle (nothing received from it) before the host
+    /// sends it a WebSocket Ping (which a browser answers by itself). Default 15 s.
+    pub ping_interval: Duration,
+    /// How long the host waits without receiving anything from a shell or page socket (a
+    /// Pong or any message) before it takes the connection for dead (a half-open connection:
+    /// the page's side went without a word, through a proxy or a laptop's sleep) and ends it
+    /// as a lost connection (the page's requests fail `ConnectionLost`). Default 30 s; longer
+    /// than [`WebConfig::ping_interval`].
+    pub ping_timeout: Duration,
     /// Whether a non-loopback [`WebConfig::addr`] may be bound (see
     /// [`WebConfig::allow_remote`]). Default false.
     pub remote: bool,
@@ -87,6 +97,8 @@ impl Default for WebConfig {
             max_message: extension_api::abi::MAX_MESSAGE + (64 << 10),
             max_connections: 256,
             handshake_timeout: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(15),
+            ping_timeout: Duration::from_secs(30),
             remote: false,
         }
     }
@@ -125,6 +137,9 @@ pub(crate) struct Server {
     tokens: Arc<Tokens>,
     hooks: Arc<dyn WebHooks>,
     live: AtomicUsize,
+    /// The send buffer (`SO_SNDBUF`) of the connections accepted from now on; 0: the system's
+    /// (see [`WebServer::set_send_buffer_for_testing`]).
+    send_buffer: AtomicUsize,
     /// Renderer sockets that have not said HELLO yet, per extension origin.
     handshakes: Mutex<BTreeMap<String, usize>>,
     shutdown: CancellationToken,
@@ -346,6 +361,15 @@ impl WebServer {
         self.server.tokens.sever(extension)
     }
 
+    /// Gives the connections accepted from now on a send buffer of `bytes` (`SO_SNDBUF`; the
+    /// kernel doubles it), fixed rather than grown by the kernel: for the suite's tests of a
+    /// page whose socket is full, which then need not move more than loopback's largest
+    /// buffers. 0: the system's again.
+    #[doc(hidden)]
+    pub fn set_send_buffer_for_testing(&self, bytes: usize) {
+        self.server.send_buffer.store(bytes, Ordering::Release);
+    }
+
     /// How many times the writer tasks of `extension`'s connected pages were woken to flush
     /// a socket that had nothing left to flush. For the suite's tests of the writing side.
     #[doc(hidden)]
@@ -405,6 +429,16 @@ pub enum WebStartError {
         /// Why it is refused.
         reason: String,
     },
+    /// [`WebConfig::ping_interval`] is zero, or [`WebConfig::ping_timeout`] shorter than it.
+    #[error("WebConfig: ping_interval {interval:?} and ping_timeout {timeout:?} are refused: {reason}")]
+    Keepalive {
+        /// The interval asked for.
+        interval: Duration,
+        /// The timeout asked for.
+        timeout: Duration,
+        /// Why they are refused.
+        reason: &'static str,
+    },
     /// [`crate::Host::serve_web`] was called outside a Tokio runtime.
     #[error("serving web frames needs a Tokio runtime: {0}")]
     NoRuntime(String),
@@ -419,6 +453,14 @@ pub(crate) fn serve(config: WebConfig, hooks: Arc<dyn WebHooks>) -> Result<WebSe
     }
     if !addr.ip().is_loopback() && !config.remote {
         return Err(WebStartError::NotLoopback(addr));
+    }
+    let (interval, timeout) = (config.ping_interval, config.ping_timeout);
+    let keepalive = |reason| Err(WebStartError::Keepalive { interval, timeout, reason });
+    if interval.is_zero() {
+        return keepalive("the interval must not be zero");
+    }
+    if timeout <= interval {
+        return keepalive("the timeout must be longer than the interval (a ping goes out first)");
     }
     let allowed_hosts = config
         .allowed_hosts
@@ -449,6 +491,7 @@ pub(crate) fn serve(config: WebConfig, hooks: Arc<dyn WebHooks>) -> Result<WebSe
         tokens: Arc::new(Tokens::default()),
         hooks,
         live: AtomicUsize::new(0),
+        send_buffer: AtomicUsize::new(0),
         handshakes: Mutex::new(BTreeMap::new()),
         shutdown: CancellationToken::new(),
         tracker: TaskTracker::new(),
@@ -479,6 +522,12 @@ async fn accept_loop(listener: tokio::net::TcpListener, server: Arc<Server>, rou
         // reply back until the previous segment is acknowledged.
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!("web server: cannot set TCP_NODELAY: {error}");
+        }
+        let send_buffer = server.send_buffer.load(Ordering::Acquire);
+        if send_buffer != 0 {
+            if let Err(error) = socket2::SockRef::from(&stream).set_send_buffer_size(send_buffer) {
+                tracing::warn!("web server: cannot set SO_SNDBUF: {error}");
+            }
         }
         let service = TowerToHyperService::new(router.clone());
         let timeout = server.config.handshake_timeout;

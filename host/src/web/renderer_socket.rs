@@ -27,6 +27,7 @@ use futures_util::{Sink, SinkExt, StreamExt};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use super::keepalive::{Due, Keepalive};
 use super::protocol::{self, PageMessage};
 use super::{ConnectionSlot, Handshake, Server};
 use crate::core::lock;
@@ -45,6 +46,9 @@ const MAX_LOG_LINE: usize = 64 << 10;
 const WRITE_BATCH: usize = 64;
 /// How long the writer may take to send the close frame once the connection ends.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// The close code of a connection another one took the place of (it presented the same
+/// token): not 1006, so that a page still there does not come back and take turns with it.
+pub(crate) const SUPERSEDED: u16 = 4000;
 
 /// The socket's writing half, and whether a message written into it in place is still in its
 /// buffer (the socket was not writable: the writer task flushes it).
@@ -85,6 +89,13 @@ pub(crate) struct PageConnection {
     by_host: AtomicBool,
     /// Dropped without a close frame, as a network failure would ([`PageConnection::sever`]).
     severed: AtomicBool,
+    /// Tells the writer task to send a WebSocket Ping (the socket is idle).
+    ping: Notify,
+    /// Fired when the writer task could not write, and ended ([`PageConnection::write_failed`]).
+    writer_failed: CancellationToken,
+    /// Fired once this connection's half has ended and the host was told (or it never
+    /// started): a connection that takes its place waits for it ([`PageConnection::supersede`]).
+    ended: CancellationToken,
     /// Completions the transport gives itself (commands a page has no use for), for the read
     /// loop to hand to the endpoint: at most one per command the host is waiting on.
     answers: mpsc::UnboundedSender<(u64, Completion)>,
@@ -161,8 +172,34 @@ impl PageConnection {
     /// Drops the connection without a close frame, as a lost network would: the page sees
     /// an abnormal closure (1006), the host a lost connection. For the suite.
     pub(crate) fn sever(&self) {
+        self.drop_connection("the connection was severed");
+    }
+
+    /// Ends the connection as lost, without a close frame (it is dead): the page, if it is
+    /// there after all, sees 1006 and comes back.
+    fn drop_connection(&self, reason: &str) {
         self.severed.store(true, Ordering::Release);
-        self.close(1006, "the connection was severed");
+        self.close(1006, reason);
+    }
+
+    /// The writer task could not write to the socket, and ends: the read loop ends the
+    /// connection as lost (unless what it reads first says otherwise: the page's close frame,
+    /// which its write may have failed on), so its half's requests fail and the host is told.
+    fn write_failed(&self, error: &axum::Error) {
+        self.severed.store(true, Ordering::Release);
+        let mut close_with = lock(&self.close_with);
+        if close_with.is_none() {
+            *close_with = Some((1006, format!("writing to the page failed: {error}")));
+        }
+        drop(close_with);
+        self.writer_failed.cancel();
+    }
+
+    /// Another connection presented this one's token (the page came back while the host
+    /// still held this one: a half-open connection): this one ends as lost, telling the page
+    /// why if it is there after all ([`SUPERSEDED`]).
+    pub(crate) fn supersede(&self) {
+        self.close(SUPERSEDED, "superseded: another connection presented this page's token");
     }
 
     /// How many times the writer task flushed with nothing left unflushed.
@@ -220,7 +257,7 @@ pub(crate) async fn serve(
     handshake: Handshake,
 ) {
     let _slot = slot;
-    let (mut sink, mut stream) = socket.split();
+    let (sink, mut stream) = socket.split();
     // The HELLO, in time.
     let hello = tokio::time::timeout(server.config.handshake_timeout, stream.next()).await;
     let token = match hello {
@@ -237,25 +274,6 @@ pub(crate) async fn serve(
     };
     // The HELLO is in (or not): the origin's handshake bound is released either way.
     drop(handshake);
-    let claim = token.and_then(|token| {
-        server.tokens.claim(&extension, &token).map_err(|refused| (1008, format!("token refused: {refused}")))
-    });
-    let claim = match claim {
-        Ok(claim) => claim,
-        Err((code, reason)) => {
-            tracing::warn!(extension = %extension, "web renderer connection refused: {reason}");
-            let _ = tokio::time::timeout(CLOSE_WAIT, sink.send(close_message(code, &reason))).await;
-            return;
-        }
-    };
-    let Some(link) = claim.link.upgrade() else {
-        let _ = tokio::time::timeout(CLOSE_WAIT, sink.send(close_message(1008, "the extension is not running"))).await;
-        server.tokens.release(&claim.token);
-        return;
-    };
-    let frame = claim.frame;
-    let shell = claim.shell.clone();
-
     let (queue, mut outgoing) = mpsc::channel(QUEUE_MESSAGES);
     let (answers, mut answered) = mpsc::unbounded_channel();
     let connection = Arc::new(PageConnection {
@@ -269,9 +287,52 @@ pub(crate) async fn serve(
         close_with: Mutex::new(None),
         by_host: AtomicBool::new(false),
         severed: AtomicBool::new(false),
+        ping: Notify::new(),
+        writer_failed: CancellationToken::new(),
+        ended: CancellationToken::new(),
         answers,
     });
-    server.tokens.attach(&claim.token, &connection);
+    // However this ends, a connection waiting to take this one's place goes on.
+    let _ended = connection.ended.clone().drop_guard();
+    let me = Arc::downgrade(&connection);
+    let claim = token.and_then(|token| {
+        server.tokens.claim(&extension, &token, &me).map_err(|refused| (1008, format!("token refused: {refused}")))
+    });
+    let mut claim = match claim {
+        Ok(claim) => claim,
+        Err((code, reason)) => {
+            tracing::warn!(extension = %extension, "web renderer connection refused: {reason}");
+            refuse(&connection, code, &reason).await;
+            return;
+        }
+    };
+    if let Some(old) = claim.superseded.take() {
+        // The page came back while the host still holds its old connection (half-open: its
+        // side went without a word). The old one ends as a lost connection would, and the host
+        // is told, before this one's half starts: the host takes them in in that order.
+        tracing::info!(extension = %extension, frame = claim.frame, "a page came back with the token of a connection the host still holds: that connection ends, this one takes its place");
+        old.supersede();
+        let waited = tokio::time::timeout(server.config.handshake_timeout, old.ended.cancelled()).await;
+        drop(old);
+        let confirmed = match waited {
+            Ok(()) => server.tokens.confirm(&claim.token, &me).map_err(|refused| format!("token refused: {refused}")),
+            Err(_) => Err("token refused: the connection holding it did not end in time".to_owned()),
+        };
+        if let Err(reason) = confirmed {
+            tracing::warn!(extension = %extension, "web renderer connection refused: {reason}");
+            server.tokens.release(&claim.token, &me);
+            refuse(&connection, 1008, &reason).await;
+            return;
+        }
+    }
+    let Some(link) = claim.link.upgrade() else {
+        server.tokens.release(&claim.token, &me);
+        refuse(&connection, 1008, "the extension is not running").await;
+        return;
+    };
+    let frame = claim.frame;
+    let shell = claim.shell.clone();
+
     let instance = WebInstance::new(&extension, frame, &claim.token, connection.clone(), shell, server.tokens.clone());
     let endpoint = Endpoint::new(next_key(), Transport::Web(instance));
     connection.send(protocol::encode_welcome(frame, &extension), true);
@@ -288,6 +349,21 @@ pub(crate) async fn serve(
                     writer_connection.close(1001, "the server is shutting down");
                     break;
                 }
+                _ = writer_connection.ping.notified() => {
+                    let pinged = async {
+                        let mut writing = writer_connection.writing.lock().await;
+                        writing.sink.send(WsMessage::Ping(bytes::Bytes::new())).await?;
+                        writing.unflushed = false;
+                        Ok::<_, axum::Error>(())
+                    };
+                    tokio::select! {
+                        pinged = pinged => if let Err(error) = pinged {
+                            writer_connection.write_failed(&error);
+                            break;
+                        },
+                        _ = writer_connection.closing.cancelled() => break,
+                    }
+                }
                 _ = writer_connection.flush.notified() => {
                     // What a write in place left in the socket's buffer.
                     let flushed = async {
@@ -300,11 +376,15 @@ pub(crate) async fn serve(
                         Ok::<_, axum::Error>(())
                     };
                     tokio::select! {
-                        flushed = flushed => if flushed.is_err() { break },
+                        flushed = flushed => if let Err(error) = flushed {
+                            writer_connection.write_failed(&error);
+                            break;
+                        },
                         _ = writer_connection.closing.cancelled() => break,
                     }
                 }
                 next = outgoing.recv() => {
+                    // (The queue's sender lives in the connection, which this task holds.)
                     let Some(bytes) = next else { break };
                     // The messages queued meanwhile go in the same write, in their order: one
                     // flush (one `sendto`) for the batch rather than one per message.
@@ -328,7 +408,10 @@ pub(crate) async fn serve(
                     };
                     // A page that stops reading must not hold the writer past the connection's end.
                     tokio::select! {
-                        sent = batch => if sent.is_err() { break },
+                        sent = batch => if let Err(error) = sent {
+                            writer_connection.write_failed(&error);
+                            break;
+                        },
                         _ = writer_connection.closing.cancelled() => break,
                     }
                 }
@@ -356,6 +439,7 @@ pub(crate) async fn serve(
         None => server.hooks.half_reconnected(&extension, frame, endpoint.clone()),
     }
 
+    let mut keepalive = Keepalive::new(server.config.ping_interval, server.config.ping_timeout);
     let ended = loop {
         tokio::select! {
             biased;
@@ -367,7 +451,16 @@ pub(crate) async fn serve(
                 break Ended::Dropped(reason);
             }
             Some((completion, result)) = answered.recv() => endpoint.complete(completion, result),
-            next = stream.next() => match next {
+            () = keepalive.fired() => match keepalive.due() {
+                Due::Ping => connection.ping.notify_one(),
+                Due::Dead(reason) => {
+                    // No close frame: a page that was only slow sees 1006, and comes back.
+                    connection.drop_connection(&reason);
+                    break Ended::Dropped(reason);
+                }
+                Due::Nothing => {}
+            },
+            next = stream.next() => match keepalive.heard(next) {
                 None => break Ended::Dropped("the connection dropped".to_owned()),
                 Some(Err(error)) => {
                     let (code, reason) = close_for_error(&error.to_string());
@@ -387,6 +480,11 @@ pub(crate) async fn serve(
                 }
                 Some(Ok(_)) => {}
             },
+            // After the read: a close frame the page sent, which the write failed on, counts.
+            _ = connection.writer_failed.cancelled() => {
+                let (_, reason) = lock(&connection.close_with).clone().unwrap_or_default();
+                break Ended::Dropped(reason);
+            }
         }
     };
 
@@ -416,20 +514,33 @@ pub(crate) async fn serve(
         // not come back with it), and the host told of the half's end, before the page sees
         // its connection end: a page that reconnects at once is taken in after it.
         if violated {
-            server.tokens.bar(&claim.token);
+            server.tokens.bar(&claim.token, &me);
         } else {
-            server.tokens.release(&claim.token);
+            server.tokens.release(&claim.token, &me);
         }
         server.hooks.half_ended(&extension, frame, lost, &reason);
         connection.close(1000, "");
     }
+    // A connection taking this one's place starts its half now (the host was told of this
+    // one's end first), without waiting for this socket's close.
+    connection.ended.cancel();
     let _ = writer.await;
-    if violated {
-        // What the page still sends (the rest of an oversized message, its close reply) is
-        // read before the socket goes: one closed with bytes unread is reset, and the page
-        // would see 1006, a lost network (which it comes back from), rather than this code.
+    // (Not when the server shuts down: it does not wait for pages that do not answer.)
+    if violated || !(connection.severed.load(Ordering::Acquire) || server.shutdown.is_cancelled()) {
+        // The host sent a close frame: what the page still sends (the rest of an oversized
+        // message, what it sent before it read the close, its close reply) is read before the
+        // socket goes. One closed with bytes unread is reset, which throws away what the
+        // kernel has not sent yet, the close frame too: the page would see 1006, a lost
+        // network, and come back (to be refused, or, superseded, to take its successor's
+        // place) rather than stop with this code.
         let _ = tokio::time::timeout(CLOSE_WAIT, async { while let Some(Ok(_)) = stream.next().await {} }).await;
     }
+}
+
+/// Refuses a connection: its close frame, and its end.
+async fn refuse(connection: &PageConnection, code: u16, reason: &str) {
+    let mut writing = connection.writing.lock().await;
+    let _ = tokio::time::timeout(CLOSE_WAIT, writing.sink.send(close_message(code, reason))).await;
 }
 
 /// How a page's close frame ends its half: closed (no code, 1000 normal, 1001 going away: the

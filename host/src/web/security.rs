@@ -50,17 +50,16 @@ impl Origins {
     /// one of these; they are the only ancestors an extension's document may have, and the
     /// only parents its bootstrap takes a token from. An allowed host is a name the embedder
     /// vouched for (not one a rebinding attacker chose): its shell is the host's shell.
+    /// Each once, where it first comes (an allowed host `localhost:PORT`, or an application's
+    /// shell that is one of the others, adds nothing).
     pub(crate) fn shell_origins(&self) -> Vec<String> {
         let mut origins = vec![format!("http://127.0.0.1:{}", self.port), format!("http://localhost:{}", self.port)];
         for host in &self.extra {
             origins.extend(extra_origins(host));
         }
-        for origin in &self.app_shells {
-            if !origins.contains(origin) {
-                origins.push(origin.clone());
-            }
-        }
-        origins.dedup();
+        origins.extend(self.app_shells.iter().cloned());
+        let mut seen = BTreeSet::new();
+        origins.retain(|origin| seen.insert(origin.clone()));
         origins
     }
 
@@ -353,6 +352,37 @@ mod tests {
         assert_eq!(origins.site("127.0.0.1:8081"), None);
         assert_eq!(origins.site("evil.example:8080"), None);
         assert_eq!(origins.site("probe-00000000.localhost:8080"), None);
+    }
+
+    #[test]
+    fn the_shells_origins_list_each_once_in_order() {
+        let extra = ["localhost:8080".to_owned(), "app.example".to_owned()];
+        let app_shells =
+            ["http://127.0.0.1:8080", "http://app.example", "app://x", "https://localhost:8080", "app://x"];
+        let origins = Origins::new(8080, &extra, app_shells.iter().map(|origin| (*origin).to_owned()).collect());
+        assert_eq!(
+            origins.shell_origins(),
+            [
+                "http://127.0.0.1:8080",
+                "http://localhost:8080",
+                "http://app.example",
+                "https://app.example",
+                "https://localhost:8080",
+                "app://x",
+            ]
+        );
+        // The socket's list, for a request through the shell's own name, drops the allowed
+        // hosts' origins that are no one else's, and still lists each once.
+        assert_eq!(
+            origins.socket_origins(&Site::Shell, "127.0.0.1:8080"),
+            [
+                "http://127.0.0.1:8080",
+                "http://localhost:8080",
+                "http://app.example",
+                "https://localhost:8080",
+                "app://x"
+            ]
+        );
     }
 
     #[test]

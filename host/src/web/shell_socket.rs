@@ -11,6 +11,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::keepalive::{Due, Keepalive};
 use super::{ConnectionSlot, Server, WebFrame};
 use crate::core::lock;
 
@@ -84,6 +85,9 @@ pub(crate) async fn serve(socket: WebSocket, server: Arc<Server>, slot: Connecti
     let reason = Arc::new(std::sync::Mutex::new(FRAME_CLOSED));
     let writer_reason = reason.clone();
     let writer_closing = closing.clone();
+    // Tells the writer to send a WebSocket Ping (the socket is idle).
+    let ping = Arc::new(tokio::sync::Notify::new());
+    let writer_ping = ping.clone();
     let writer = tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -97,6 +101,12 @@ pub(crate) async fn serve(socket: WebSocket, server: Arc<Server>, slot: Connecti
                         }
                     }
                     break;
+                }
+                _ = writer_ping.notified() => {
+                    tokio::select! {
+                        sent = sink.send(WsMessage::Ping(bytes::Bytes::new())) => if sent.is_err() { break },
+                        _ = writer_closing.cancelled() => break,
+                    }
                 }
                 next = outgoing.recv() => {
                     let Some(text) = next else { break };
@@ -116,6 +126,7 @@ pub(crate) async fn serve(socket: WebSocket, server: Arc<Server>, slot: Connecti
     let web = Arc::new(WebFrame::new(server.clone(), shell.clone()));
     let opening = tokio::spawn(server.hooks.open_frame(web));
 
+    let mut keepalive = Keepalive::new(server.config.ping_interval, server.config.ping_timeout);
     loop {
         tokio::select! {
             biased;
@@ -124,7 +135,17 @@ pub(crate) async fn serve(socket: WebSocket, server: Arc<Server>, slot: Connecti
                 *lock(&reason) = (1001, "the server is shutting down");
                 break;
             }
-            next = stream.next() => match next {
+            () = keepalive.fired() => match keepalive.due() {
+                Due::Ping => ping.notify_one(),
+                Due::Dead(why) => {
+                    // A half-open connection: the shell's side went without a word.
+                    tracing::warn!("the shell's connection is dead ({why}); closing its frame");
+                    *lock(&reason) = (1001, "the host heard nothing from the shell: pings unanswered");
+                    break;
+                }
+                Due::Nothing => {}
+            },
+            next = stream.next() => match keepalive.heard(next) {
                 None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => break,
                 Some(Ok(WsMessage::Text(text))) => {
                     if serde_json::from_str::<serde_json::Value>(text.as_str()).is_err() {

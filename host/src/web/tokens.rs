@@ -1,6 +1,8 @@
 //! Renderer tokens: 32 random bytes (hex), each bound to one (frame, extension) and to the
 //! extension's namespace, handed only to the shell socket and presented only in a renderer
-//! socket's HELLO (never in a URL). Checked in constant time; one live connection per token.
+//! socket's HELLO (never in a URL). Checked in constant time; one live connection per token:
+//! a connection presenting a token another still holds takes its place (the page came back
+//! while the host held its half-open connection), and the other ends as lost.
 
 use std::sync::{Arc, Mutex, Weak};
 
@@ -28,14 +30,23 @@ struct Entry {
     link: Weak<Link>,
     /// The frame's shell.
     shell: ShellHandle,
-    /// A renderer socket holds it right now.
-    connected: bool,
+    /// The renderer socket holding it right now, if one does.
+    holder: Option<Weak<PageConnection>>,
     /// Its page broke the protocol: it is refused from now on ([`Tokens::bar`]).
     barred: bool,
     /// The host waits for the first connection (taken by it).
     waiter: Option<oneshot::Sender<Arc<Endpoint>>>,
-    /// The renderer socket holding it, once it is connected (for [`Tokens::sever`]).
-    socket: Weak<PageConnection>,
+}
+
+impl Entry {
+    fn held_by(&self, connection: &Weak<PageConnection>) -> bool {
+        self.holder.as_ref().is_some_and(|holder| Weak::ptr_eq(holder, connection))
+    }
+
+    /// The live connection holding it.
+    fn socket(&self) -> Option<Arc<PageConnection>> {
+        self.holder.as_ref().and_then(Weak::upgrade)
+    }
 }
 
 /// A token that checked out, for the connection that presented it.
@@ -46,6 +57,9 @@ pub(crate) struct Claim {
     pub(crate) shell: ShellHandle,
     /// `Some` for the connection the host waits for; `None` for a page that reconnected.
     pub(crate) waiter: Option<oneshot::Sender<Arc<Endpoint>>>,
+    /// The connection that held the token until this one presented it: it is to end first
+    /// ([`PageConnection::supersede`]), then this claim is [`Tokens::confirm`]ed.
+    pub(crate) superseded: Option<Arc<PageConnection>>,
 }
 
 /// Why a HELLO's token was refused.
@@ -53,8 +67,8 @@ pub(crate) struct Claim {
 pub(crate) enum Refused {
     #[error("unknown token")]
     Unknown,
-    #[error("already connected")]
-    AlreadyConnected,
+    #[error("another connection took its place")]
+    Superseded,
     #[error("its page broke the protocol, and the host ended its connection")]
     Barred,
 }
@@ -85,18 +99,24 @@ impl Tokens {
             extension: extension.to_owned(),
             link,
             shell,
-            connected: false,
+            holder: None,
             barred: false,
             waiter: Some(sender),
-            socket: Weak::new(),
         });
         Ok((token, receiver))
     }
 
-    /// Checks a token presented on `extension`'s origin. Every live token is compared (in
-    /// constant time), whatever matches, so the time taken says nothing about any of them; a
-    /// token of another extension does not match.
-    pub(crate) fn claim(&self, extension: &str, presented: &str) -> Result<Claim, Refused> {
+    /// Checks a token presented on `extension`'s origin by `connection`, which holds it from
+    /// then on (a connection holding it already is handed back, to be ended: see
+    /// [`Claim::superseded`]). Every live token is compared (in constant time), whatever
+    /// matches, so the time taken says nothing about any of them; a token of another
+    /// extension does not match. A barred token stays barred.
+    pub(crate) fn claim(
+        &self,
+        extension: &str,
+        presented: &str,
+        connection: &Weak<PageConnection>,
+    ) -> Result<Claim, Refused> {
         let mut entries = lock(&self.entries);
         let mut found = None;
         for (at, entry) in entries.iter().enumerate() {
@@ -109,50 +129,75 @@ impl Tokens {
         if entry.barred {
             return Err(Refused::Barred);
         }
-        if entry.connected {
-            return Err(Refused::AlreadyConnected);
-        }
-        entry.connected = true;
+        let superseded = entry.socket();
+        entry.holder = Some(connection.clone());
         Ok(Claim {
             token: entry.token.clone(),
             frame: entry.frame,
             link: entry.link.clone(),
             shell: entry.shell.clone(),
             waiter: entry.waiter.take(),
+            superseded,
         })
     }
 
-    /// The connection that held `token` ended: the token may connect again (a page reloaded).
-    pub(crate) fn release(&self, token: &str) {
+    /// Once the connection `connection`'s claim superseded has ended: whether `token` is still
+    /// live, not barred (the connection it took the place of broke the protocol meanwhile)
+    /// and `connection`'s (no later one took its place in turn).
+    pub(crate) fn confirm(&self, token: &str, connection: &Weak<PageConnection>) -> Result<(), Refused> {
+        let entries = lock(&self.entries);
+        let entry = entries.iter().find(|entry| entry.token == token).ok_or(Refused::Unknown)?;
+        if entry.barred {
+            return Err(Refused::Barred);
+        }
+        if !entry.held_by(connection) {
+            return Err(Refused::Superseded);
+        }
+        Ok(())
+    }
+
+    /// The connection `connection`, which held `token`, ended: the token may connect again (a
+    /// page reloaded). Nothing changes if another connection has taken its place.
+    pub(crate) fn release(&self, token: &str, connection: &Weak<PageConnection>) {
         if let Some(entry) = lock(&self.entries).iter_mut().find(|entry| entry.token == token) {
-            entry.connected = false;
+            if entry.held_by(connection) {
+                entry.holder = None;
+            }
         }
     }
 
-    /// The connection that held `token` ended for a protocol violation: it is refused from
-    /// now on (it stays listed, so that the half's retirement still removes its iframe).
-    pub(crate) fn bar(&self, token: &str) {
+    /// The connection `connection`, which held `token`, ended for a protocol violation: the
+    /// token is refused from now on (it stays listed, so that the half's retirement still
+    /// removes its iframe), also to a connection that took its place meanwhile (see
+    /// [`Tokens::confirm`]).
+    pub(crate) fn bar(&self, token: &str, connection: &Weak<PageConnection>) {
         if let Some(entry) = lock(&self.entries).iter_mut().find(|entry| entry.token == token) {
-            entry.connected = false;
+            if entry.held_by(connection) {
+                entry.holder = None;
+            }
             entry.barred = true;
         }
     }
 
-    /// `connection` is the renderer socket that claimed `token`.
-    pub(crate) fn attach(&self, token: &str, connection: &Arc<PageConnection>) {
-        if let Some(entry) = lock(&self.entries).iter_mut().find(|entry| entry.token == token) {
-            entry.socket = Arc::downgrade(connection);
+    /// Voids `token`, unless another connection than `connection` holds it (it took the place
+    /// of `connection`, whose half the host is ending: the new one's half is to run). Whether
+    /// it did.
+    pub(crate) fn revoke_for(&self, token: &str, connection: &Weak<PageConnection>) -> bool {
+        let mut entries = lock(&self.entries);
+        let held_by_another =
+            entries.iter().any(|entry| entry.token == token && entry.socket().is_some() && !entry.held_by(connection));
+        if held_by_another {
+            return false;
         }
+        entries.retain(|entry| entry.token != token);
+        true
     }
 
     /// Drops the renderer sockets of `extension`'s pages as a network failure would (no close
     /// frame): how the suite loses a page's connection. How many it dropped.
     pub(crate) fn sever(&self, extension: &str) -> usize {
-        let sockets: Vec<Arc<PageConnection>> = lock(&self.entries)
-            .iter()
-            .filter(|entry| entry.connected && entry.extension == extension)
-            .filter_map(|entry| entry.socket.upgrade())
-            .collect();
+        let sockets: Vec<Arc<PageConnection>> =
+            lock(&self.entries).iter().filter(|entry| entry.extension == extension).filter_map(Entry::socket).collect();
         for socket in &sockets {
             socket.sever();
         }
@@ -164,7 +209,7 @@ impl Tokens {
         lock(&self.entries)
             .iter()
             .filter(|entry| entry.extension == extension)
-            .filter_map(|entry| entry.socket.upgrade())
+            .filter_map(Entry::socket)
             .map(|socket| socket.idle_flushes())
             .sum()
     }
@@ -206,21 +251,20 @@ mod tests {
         let (other, _other_receiver) = tokens.mint(3, "y", Weak::new(), ShellHandle::detached()).unwrap();
         assert_ne!(token, other);
 
-        assert_eq!(tokens.claim("y", &token).err(), Some(Refused::Unknown), "x's token on y's origin");
-        assert_eq!(tokens.claim("x", "").err(), Some(Refused::Unknown));
-        assert_eq!(tokens.claim("x", &token[..63]).err(), Some(Refused::Unknown));
-        let claim = tokens.claim("x", &token).unwrap();
+        assert_eq!(tokens.claim("y", &token, &Weak::new()).err(), Some(Refused::Unknown), "x's token on y's origin");
+        assert_eq!(tokens.claim("x", "", &Weak::new()).err(), Some(Refused::Unknown));
+        assert_eq!(tokens.claim("x", &token[..63], &Weak::new()).err(), Some(Refused::Unknown));
+        let claim = tokens.claim("x", &token, &Weak::new()).unwrap();
         assert_eq!(claim.frame, 3);
         assert!(claim.waiter.is_some());
-        assert_eq!(tokens.claim("x", &token).err(), Some(Refused::AlreadyConnected));
-        tokens.release(&token);
-        assert!(tokens.claim("x", &token).unwrap().waiter.is_none(), "a reconnection has no waiter");
+        assert!(claim.superseded.is_none());
+        let again = tokens.claim("x", &token, &Weak::new()).unwrap();
+        assert!(again.waiter.is_none(), "a reconnection has no waiter");
 
-        tokens.bar(&token);
-        assert_eq!(tokens.claim("x", &token).err(), Some(Refused::Barred), "after a violation");
+        tokens.bar(&token, &Weak::new());
+        assert_eq!(tokens.claim("x", &token, &Weak::new()).err(), Some(Refused::Barred), "after a violation");
         tokens.revoke(&token);
-        tokens.release(&token);
-        assert_eq!(tokens.claim("x", &token).err(), Some(Refused::Unknown));
+        assert_eq!(tokens.claim("x", &token, &Weak::new()).err(), Some(Refused::Unknown));
         tokens.revoke_frame(3);
         assert_eq!(tokens.len(), 0);
     }
