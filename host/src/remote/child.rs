@@ -165,16 +165,32 @@ struct Inbound {
 struct Recv {
     fd: RawFd,
     wait: bool,
+    /// A read without blocking got less than it asked for: the socket had no more then (a
+    /// stream socket's `recv` takes everything queued, up to the length), so the next read
+    /// without blocking would block, and is not made. What arrives after it is a new readiness
+    /// for whoever waits for one (its readiness was cleared before it read).
+    emptied: bool,
+}
+
+impl Recv {
+    fn new(fd: RawFd) -> Recv {
+        Recv { fd, wait: false, emptied: false }
+    }
 }
 
 impl Read for Recv {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.wait && self.emptied {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
         let flags = if self.wait { 0 } else { libc::MSG_DONTWAIT };
         // SAFETY: `buf` is writable for `buf.len()` bytes during the call, and `fd` is the
         // connection's socket, open for the life of the process (`Inbound::_stream`).
         let read = unsafe { libc::recv(self.fd, buf.as_mut_ptr().cast(), buf.len(), flags) };
         // A negative count is an error, in errno; any other fits a usize.
-        usize::try_from(read).map_err(|_| io::Error::last_os_error())
+        let read = usize::try_from(read).map_err(|_| io::Error::last_os_error())?;
+        self.emptied = !self.wait && read > 0 && read < buf.len();
+        Ok(read)
     }
 }
 
@@ -233,11 +249,13 @@ impl Inbound {
     /// before the next (false); `wait` says whether the next read may block. Ends the process
     /// when the host is gone or out of step.
     fn read_frames(&self, framing: &mut Framing, wait: impl Fn() -> bool, mut go_on: impl FnMut() -> bool) -> bool {
+        let mut recv = Recv::new(self.fd);
         loop {
             if !go_on() {
                 return false;
             }
-            match framing.read(&mut Recv { fd: self.fd, wait: wait() }) {
+            recv.wait = wait();
+            match framing.read(&mut recv) {
                 // Decoded borrowing from the frame: a message is delivered (the instance copies
                 // it into its mailbox) straight from the read buffer.
                 Ok(Some(bytes)) => match protocol::decode_borrowed(bytes) {
