@@ -464,11 +464,13 @@ impl<I> Table<I> {
         self.running.get(&key)
     }
 
-    /// The key of the one instance here, running or loading, if there is exactly one.
+    /// The key of the one instance here, running or loading, if there is exactly one. A load
+    /// the host destroyed meanwhile is not it: that instance is destroyed as it starts, so it
+    /// must not be left the socket to read.
     fn only(&self) -> Option<u64> {
         match (self.running.len(), self.loading.len()) {
             (1, 0) => self.running.keys().next().copied(),
-            (0, 1) => self.loading.keys().next().copied(),
+            (0, 1) => self.loading.iter().find(|(_, destroyed)| !**destroyed).map(|(key, _)| *key),
             _ => None,
         }
     }
@@ -503,7 +505,13 @@ fn handle(packet: Packet<Message<'_>>, instances: &Instances) {
             let spawned = std::thread::Builder::new().name("child-load".into()).spawn(move || {
                 let answer = match start(key, &path, &config) {
                     Ok(instance) => {
-                        let outcome = instances_of(&table).loaded(key, instance);
+                        let outcome = {
+                            let mut table = instances_of(&table);
+                            let outcome = table.loaded(key, instance);
+                            // A key leaving the table: the socket must not stay with it.
+                            settle(&table);
+                            outcome
+                        };
                         match outcome {
                             Ok(()) => Packet::Loaded { key },
                             Err(abandoned) => {
@@ -517,7 +525,10 @@ fn handle(packet: Packet<Message<'_>>, instances: &Instances) {
                         }
                     }
                     Err(reason) => {
-                        instances_of(&table).load_failed(key);
+                        let mut table = instances_of(&table);
+                        table.load_failed(key);
+                        settle(&table);
+                        drop(table);
                         Packet::LoadFailed { key, reason }
                     }
                 };
@@ -818,7 +829,66 @@ unsafe extern "C" fn child_log(key: u64, level: u32, target: RawSlice, message: 
 
 #[cfg(test)]
 mod tests {
-    use super::{Found, Table};
+    use super::{Found, Inbound, Table};
+    use extension_api::abi;
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+    use std::sync::{Arc, Condvar, Mutex};
+
+    /// A connection's reading side over one end of a socket pair (the other end returned).
+    fn inbound() -> (Inbound, std::os::unix::net::UnixStream) {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let fd = ours.as_raw_fd();
+        let inbound = Inbound {
+            _stream: ours,
+            fd,
+            framing: Mutex::default(),
+            instances: Arc::new(Mutex::new(Table::default())),
+            drainer: AtomicU64::new(0),
+            runs: AtomicU64::new(0),
+            in_run: AtomicBool::new(false),
+            drains: AtomicU64::new(0),
+            leftover: AtomicBool::new(false),
+            armed: AtomicBool::new(false),
+            wake: Mutex::new(()),
+            armed_now: Condvar::new(),
+        };
+        (inbound, theirs)
+    }
+
+    #[test]
+    fn a_load_the_host_destroyed_meanwhile_gives_the_socket_back_to_the_reader_thread() {
+        let (inbound, _host) = inbound();
+        inbound.instances.lock().unwrap().start_loading(7);
+        // The instance's thread starts inside the load, and its first drain claims the socket.
+        assert_eq!(inbound.inbound_fd(7), inbound.fd);
+        assert_eq!(inbound.drain(7), abi::drain::IDLE);
+        assert_eq!(inbound.drainer(), 7);
+        // The host gives up on the load and destroys the key: that instance is destroyed as it
+        // starts, so it will never read again; the reader thread must.
+        {
+            let mut table = inbound.instances.lock().unwrap();
+            assert!(matches!(table.destroy(7), Found::Loading));
+            inbound.settle(&table);
+        }
+        assert_eq!(inbound.drainer(), 0, "the socket is left to an instance that is being destroyed");
+        assert_eq!(inbound.drain(7), abi::drain::STOP);
+        assert_eq!(inbound.inbound_fd(7), -1);
+    }
+
+    #[test]
+    fn a_load_destroyed_before_its_thread_claims_the_socket_never_claims_it() {
+        let (inbound, _host) = inbound();
+        {
+            let mut table = inbound.instances.lock().unwrap();
+            table.start_loading(8);
+            assert!(matches!(table.destroy(8), Found::Loading));
+            inbound.settle(&table);
+        }
+        assert_eq!(inbound.inbound_fd(8), -1);
+        assert_eq!(inbound.drain(8), abi::drain::STOP);
+        assert_eq!(inbound.drainer(), 0);
+    }
 
     #[test]
     fn an_instance_destroyed_while_it_loads_never_runs() {
