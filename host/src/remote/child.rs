@@ -350,6 +350,11 @@ impl Inbound {
             return abi::drain::IDLE;
         };
         self.drains.fetch_add(1, Ordering::SeqCst);
+        // What the packets read here answer (inspect results, refusals, `Destroyed`) goes to the
+        // writer thread, as the reader thread's do: a thread holding the read side never blocks
+        // on a write (the host may be blocked writing to us, its reader routing an isolated
+        // extension's messages back here, and nobody else could read meanwhile).
+        let reader = READER.with(|reader| reader.replace(true));
         let mut frames = 0;
         let all = self.read_frames(
             &mut framing,
@@ -359,6 +364,7 @@ impl Inbound {
                 frames <= DRAIN_FRAMES && self.drainer() == key
             },
         );
+        READER.with(|flag| flag.set(reader));
         self.leftover.store(!all && framing.holds_bytes(), Ordering::SeqCst);
         drop(framing);
         if all {
@@ -791,7 +797,9 @@ unsafe extern "C" fn child_inbound_fd(key: u64) -> i32 {
 unsafe extern "C" fn child_drain(key: u64) -> u32 {
     let drained = catch_unwind(|| INBOUND.get().map_or(abi::drain::STOP, |inbound| inbound.drain(key)));
     drained.unwrap_or_else(|_| {
-        // That thread stops reading: the reader thread reads for it from now on.
+        // That thread stops reading: the reader thread reads for it from now on. (Its own sends
+        // are its own again.)
+        READER.with(|reader| reader.set(false));
         if let Some(inbound) = INBOUND.get() {
             let _table = instances_of(&inbound.instances);
             if inbound.drainer() == key {
@@ -874,6 +882,36 @@ mod tests {
         assert_eq!(inbound.drainer(), 0, "the socket is left to an instance that is being destroyed");
         assert_eq!(inbound.drain(7), abi::drain::STOP);
         assert_eq!(inbound.inbound_fd(7), -1);
+    }
+
+    #[test]
+    fn a_drain_never_blocks_on_a_write_while_it_holds_the_read_side() {
+        use std::io::Write;
+        // The host's end of the socket has a full buffer, and the host blocked writing to us
+        // (its reader routes an isolated extension's frame to its main through us): a drain that
+        // wrote its answers itself, holding the read side, would stall both processes.
+        let (writer, unread) = std::os::unix::net::UnixStream::pair().unwrap();
+        // Never closed: a write blocked on it must not fail (`OnError::Exit` ends the process).
+        std::mem::forget(unread);
+        writer.set_nonblocking(true).unwrap();
+        while (&writer).write(&[0; 4096]).is_ok() {}
+        writer.set_nonblocking(false).unwrap();
+        assert!(super::WRITER.set(super::Writer::new(writer, super::OnError::Exit)).is_ok());
+        let (inbound, mut host) = inbound();
+        inbound.instances.lock().unwrap().start_loading(9);
+        assert_eq!(inbound.drain(9), abi::drain::IDLE);
+        // A packet whose answer the drain posts (a `Destroyed` for a key it does not have).
+        host.write_all(
+            &super::protocol::frame(&super::Packet::<super::protocol::OwnedMessage>::Destroy { key: 5 }).unwrap(),
+        )
+        .unwrap();
+        let inbound = Arc::new(inbound);
+        let (done, drained) = std::sync::mpsc::channel();
+        let draining = inbound.clone();
+        std::thread::spawn(move || done.send(draining.drain(9)));
+        // A failsafe, not a measure: the drain returns at once, or never.
+        let drained: Result<u32, _> = drained.recv_timeout(std::time::Duration::from_secs(10));
+        assert_eq!(drained, Ok(abi::drain::IDLE), "the drain blocked writing with the read side held");
     }
 
     #[test]
