@@ -13,7 +13,7 @@ use std::ffi::c_void;
 
 /// Version of the layouts in this module. Bump it on any change to them or to the meaning of
 /// a call, a status code or a [`crate::wire`] type.
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
 /// Name of the static every extension library exports (see [`crate::export_extension!`]).
 pub const DESCRIPTOR_SYMBOL: &str = "EXTENSION_DESCRIPTOR";
@@ -179,6 +179,30 @@ pub struct HostVTable {
     /// The instance's thread is about to park (or stops): the host writes whatever this
     /// thread's sends left waiting, before the call returns.
     pub batch_end: unsafe extern "C" fn(key: u64),
+    /// The descriptor the instance's thread may watch for messages, or -1: a host that
+    /// delivers through [`Descriptor::deliver`] alone (in process, or a child process with more
+    /// than one instance on its connection) answers -1. Called once, on the instance's thread,
+    /// in its runtime. When it is not -1, the instance calls [`HostVTable::drain`] at once and
+    /// again whenever the descriptor is readable, on its own thread, until `drain` says
+    /// [`drain::STOP`]. The descriptor is the host's, open until the instance is destroyed:
+    /// the instance never reads, writes or closes it, only waits for it to be readable.
+    pub inbound_fd: unsafe extern "C" fn(key: u64) -> i32,
+    /// The instance's thread has time for what arrived: the host reads what is there without
+    /// blocking and delivers it (through [`Descriptor::deliver`], so to this instance's mailbox
+    /// from its own thread, which needs no wake). Returns one of [`drain`]. Never runs author
+    /// code.
+    pub drain: unsafe extern "C" fn(key: u64) -> u32,
+}
+
+/// What [`HostVTable::drain`] returns.
+pub mod drain {
+    /// Nothing more to read now: call again when the descriptor is readable.
+    pub const IDLE: u32 = 0;
+    /// Stopped with more to read, to let the thread's other work run: call again soon, without
+    /// waiting for the descriptor.
+    pub const MORE: u32 = 1;
+    /// Stop watching the descriptor: the host reads it elsewhere from now on.
+    pub const STOP: u32 = 2;
 }
 
 /// An instance of an extension inside one process, as the extension library sees it.

@@ -40,6 +40,7 @@ mod scaffold;
 mod storage;
 mod storage_faults;
 mod store;
+mod stuck_renderer;
 mod truncated;
 mod watchdog_listener;
 mod watchdog_silent;

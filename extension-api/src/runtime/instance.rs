@@ -2,10 +2,15 @@
 //! thread (shared by the main half and every in-process renderer half, so an in-process invoke
 //! never hops threads), running the dispatcher and the timeout sweeper.
 
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+use crate::abi;
 use crate::runtime::dispatch::dispatch_loop;
 use crate::runtime::lifecycle::Factory;
 use crate::runtime::mailbox::Delivery;
@@ -26,6 +31,45 @@ pub(crate) struct Instance {
     /// any thread, and only `destroy` (which owns the instance) reads it.
     finished: Mutex<std::sync::mpsc::Receiver<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The host's descriptor, watched for readability only: never read, written or closed here.
+struct Watched(RawFd);
+
+impl AsRawFd for Watched {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// Drains what the host's descriptor `fd` has whenever it is readable, on this thread, until the
+/// host says stop (see [`crate::abi::HostVTable::drain`]).
+async fn read_inbound(host: HostCalls, fd: RawFd) {
+    // Registered before the first drain: whatever arrives after that drain is an event.
+    // SAFETY: the host keeps the descriptor open, on the same socket, while the instance runs
+    // (`HostVTable::inbound_fd`), and this task dies with the instance's runtime; `Watched`
+    // gives the same descriptor every time and never closes it.
+    let watched = match unsafe { AsyncFd::register_with_interest(Watched(fd), Interest::READABLE) } {
+        Ok(watched) => watched,
+        Err(error) => {
+            // Never claimed: the host's reader goes on reading it.
+            tracing::warn!("cannot watch the host's connection ({error}): its reader thread delivers");
+            return;
+        }
+    };
+    loop {
+        match host.drain() {
+            abi::drain::IDLE => {}
+            abi::drain::MORE => {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            _ => return,
+        }
+        let Ok(mut ready) = watched.readable().await else { return };
+        // Cleared before the drain that follows: what arrives after it is a new event.
+        ready.clear_ready();
+    }
 }
 
 impl Instance {
@@ -52,6 +96,13 @@ impl Instance {
             runtime.block_on(async move {
                 tokio::spawn(dispatch_loop(dispatcher_shared));
                 tokio::spawn(sweep_timeouts(sweeper_shared));
+                // In a child process whose connection serves only this instance, this thread
+                // reads the socket itself: a message then reaches the mailbox with no wake of
+                // another thread.
+                let inbound = host.inbound_fd();
+                if inbound >= 0 {
+                    tokio::spawn(read_inbound(host, inbound));
+                }
                 // Either a signal or the sender dropped: both mean stop.
                 let _ = shutdown_signal.await;
             });

@@ -47,6 +47,21 @@ impl HostCalls {
         unsafe { (self.vtable.batch_end)(self.key) }
     }
 
+    /// The descriptor this instance's thread may watch for messages, or -1 (see
+    /// [`HostVTable::inbound_fd`]).
+    #[inline]
+    pub(crate) fn inbound_fd(&self) -> i32 {
+        // SAFETY: the host's function for this ABI version; it takes only the key.
+        unsafe { (self.vtable.inbound_fd)(self.key) }
+    }
+
+    /// Asks the host to read and deliver what arrived; returns one of [`crate::abi::drain`].
+    #[inline]
+    pub(crate) fn drain(&self) -> u32 {
+        // SAFETY: the host's function for this ABI version; it takes only the key.
+        unsafe { (self.vtable.drain)(self.key) }
+    }
+
     /// Answers control command `completion` with an encoded `Completion`.
     pub(crate) fn complete(&self, completion: u64, bytes: &[u8]) {
         // SAFETY: the host's function for this ABI version; `bytes` outlives the call.

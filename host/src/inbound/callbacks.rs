@@ -1,5 +1,6 @@
 //! The inbound edge of this process: the `extern "C"` callbacks libraries call (`send`,
-//! `complete`, `log`, `batch_begin`, `batch_end` of [`HostVTable`]) and the registry of
+//! `complete`, `log`, `batch_begin`, `batch_end`, and `inbound_fd` and `drain`, which
+//! in process have nothing to do, of [`HostVTable`]) and the registry of
 //! instance keys they are checked against. This is where raw messages become [`Message`]s:
 //! everything past it works on validated data.
 //!
@@ -26,6 +27,8 @@ pub(crate) static HOST_VTABLE: HostVTable = HostVTable {
     log: host_log,
     batch_begin: host_batch_begin,
     batch_end: host_batch_end,
+    inbound_fd: host_inbound_fd,
+    drain: host_drain,
 };
 
 /// What a key registered in this process routes to.
@@ -103,6 +106,16 @@ unsafe extern "C" fn host_batch_begin(_key: u64) {
 
 unsafe extern "C" fn host_batch_end(_key: u64) {
     let _ = catch_unwind(crate::remote::batch::end);
+}
+
+/// In process, everything reaches an instance through its descriptor's `deliver`: there is
+/// no descriptor to watch.
+unsafe extern "C" fn host_inbound_fd(_key: u64) -> i32 {
+    -1
+}
+
+unsafe extern "C" fn host_drain(_key: u64) -> u32 {
+    abi::drain::STOP
 }
 
 unsafe extern "C" fn host_complete(key: u64, completion: u64, result: RawSlice) {

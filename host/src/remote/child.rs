@@ -3,10 +3,14 @@
 //! ends (the host exited, crashed or was killed), the child exits at once: no orphans.
 
 use std::collections::HashMap;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use extension_api::abi::{self, Descriptor, HostVTable, RawMessage, RawSlice};
 use extension_api::message::{Message, Reply};
@@ -14,10 +18,11 @@ use extension_api::wire::{Completion, InstanceConfig};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc::SyncSender;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use super::batch::{self, OnError, Writer};
 use super::protocol::{self, Framing, MessageFrame, PROTOCOL_VERSION, Packet};
+use crate::core::lock;
 use crate::library_instance::{LibraryInstance, Taken};
 
 /// The socket to the host, written by whichever thread sends (extension threads call the
@@ -40,6 +45,8 @@ static CHILD_VTABLE: HostVTable = HostVTable {
     log: child_log,
     batch_begin: child_batch_begin,
     batch_end: child_batch_end,
+    inbound_fd: child_inbound_fd,
+    drain: child_drain,
 };
 
 /// Runs the child until the host goes away. Returns only on a startup failure.
@@ -80,21 +87,327 @@ fn serve(socket: &Path, token: &str) -> Result<(), String> {
         })
         .map_err(|e| format!("cannot start the writer thread: {e}"))?;
     let _ = READER_POSTS.set(posts);
-    let instances: Instances = Arc::new(Mutex::new(Table::default()));
     READER.with(|reader| reader.set(true));
-    // Blocking reads on this thread, which never writes (a reader blocked on a full socket
-    // while the host is blocked writing to us would stall both); extension threads and the
-    // threads started below write directly.
-    while let Ok(Some(bytes)) = framing.read(&mut stream) {
-        // Decoded borrowing from the frame: a message is delivered (the instance copies it
-        // into its mailbox) straight from the read buffer.
-        match protocol::decode_borrowed(bytes) {
-            Ok(packet) => handle(packet, &instances),
-            // The stream can no longer be trusted to be in step with the host.
-            Err(error) => return Err(format!("a malformed packet from the host: {error}")),
+    let fd = stream.as_raw_fd();
+    let inbound = INBOUND.get_or_init(|| Inbound {
+        _stream: stream,
+        fd,
+        // What the handshake read past the welcome (the host's first packets) stays in it.
+        framing: Mutex::new(framing),
+        instances: Arc::new(Mutex::new(Table::default())),
+        drainer: AtomicU64::new(0),
+        runs: AtomicU64::new(0),
+        in_run: AtomicBool::new(false),
+        drains: AtomicU64::new(0),
+        leftover: AtomicBool::new(false),
+        armed: AtomicBool::new(false),
+        wake: Mutex::new(()),
+        armed_now: Condvar::new(),
+    });
+    // This thread never writes (a reader blocked on a full socket while the host is blocked
+    // writing to us would stall both); extension threads and the threads started below write
+    // directly. It returns only by ending the process (the host gone, or out of step with it).
+    inbound.read_loop()
+}
+
+/// The connection's reading side: the reader thread's, and, while the connection serves one
+/// instance, that instance's thread's too (see [`Inbound::drain`]).
+static INBOUND: OnceLock<Inbound> = OnceLock::new();
+
+/// How long the drainer's thread may sit in one run, with the socket readable, before the
+/// reader thread reads for it: what bounds an answer to `Inspect`, a `Destroy`, and noticing
+/// the host gone, while author code blocks that thread.
+const WATCH_TICK: Duration = Duration::from_millis(2);
+
+/// The most frames one drain handles before it lets the instance's other tasks run (its
+/// dispatcher among them: the mailbox is filled and emptied on one thread).
+const DRAIN_FRAMES: u32 = 64;
+
+/// The socket's reading side, and who reads it.
+///
+/// **One reader at a time**, under `framing`'s lock, and each frame is handled before the
+/// lock is let go: frames are handled in the order they arrived, exactly once, whoever reads.
+/// Normally the reader thread reads, blocking, as it always did. When the connection serves one
+/// instance (a renderer process with one extension, an isolated one), that instance's thread
+/// claims the socket (its first `drain`) and reads it whenever its runtime sees it readable: a
+/// message then reaches its mailbox from its own thread, which needs no wake. The reader thread
+/// is then the reader of last resort: it rests while the instance's thread is parked (its
+/// runtime wakes for the socket itself), and while it runs it looks every [`WATCH_TICK`]; if
+/// the thread has been in one run for a whole tick without draining, with bytes waiting (author
+/// code blocking it), it reads for it, so `Inspect`, control, `Destroy` and the host's end are
+/// still seen. Idle, nothing ticks. A second instance loading, or the drainer destroyed, gives
+/// the socket back to the reader thread.
+struct Inbound {
+    /// Kept open for the process's life: `fd` is its descriptor.
+    _stream: UnixStream,
+    fd: RawFd,
+    /// One reader at a time; what it read past the last frame it handled stays here.
+    framing: Mutex<Framing>,
+    instances: Instances,
+    /// The key of the instance whose thread reads the socket; 0 (never a key) when only the
+    /// reader thread does. Changed only under the instances' lock.
+    drainer: AtomicU64,
+    /// Runs of the drainer's thread begun (`batch_begin`), and whether one is under way.
+    runs: AtomicU64,
+    in_run: AtomicBool,
+    /// Drains that took the socket's lock.
+    drains: AtomicU64,
+    /// The last drain stopped at [`DRAIN_FRAMES`], bytes left in `framing`.
+    leftover: AtomicBool,
+    /// The reader thread looks every tick (a run began since it last rested).
+    armed: AtomicBool,
+    wake: Mutex<()>,
+    armed_now: Condvar,
+}
+
+/// The socket read through its descriptor: `recv`, blocking or not (`MSG_DONTWAIT`), which
+/// leaves the descriptor's file status alone (the writer's handle shares it, and blocks).
+struct Recv {
+    fd: RawFd,
+    wait: bool,
+    /// A read without blocking got less than it asked for: the socket had no more then (a
+    /// stream socket's `recv` takes everything queued, up to the length), so the next read
+    /// without blocking would block, and is not made. What arrives after it is a new readiness
+    /// for whoever waits for one (its readiness was cleared before it read).
+    emptied: bool,
+}
+
+impl Recv {
+    fn new(fd: RawFd) -> Recv {
+        Recv { fd, wait: false, emptied: false }
+    }
+}
+
+impl Read for Recv {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.wait && self.emptied {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let flags = if self.wait { 0 } else { libc::MSG_DONTWAIT };
+        // SAFETY: `buf` is writable for `buf.len()` bytes during the call, and `fd` is the
+        // connection's socket, open for the life of the process (`Inbound::_stream`).
+        let read = unsafe { libc::recv(self.fd, buf.as_mut_ptr().cast(), buf.len(), flags) };
+        // A negative count is an error, in errno; any other fits a usize.
+        let read = usize::try_from(read).map_err(|_| io::Error::last_os_error())?;
+        self.emptied = !self.wait && read > 0 && read < buf.len();
+        Ok(read)
+    }
+}
+
+/// Whether a read of `fd` would not block (bytes, the end, or an error), waiting up to
+/// `timeout_ms` for it.
+fn readable(fd: RawFd, timeout_ms: i32) -> bool {
+    let mut poll = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    loop {
+        // SAFETY: one `pollfd`, valid for the call.
+        let ready = unsafe { libc::poll(&mut poll, 1, timeout_ms) };
+        if ready >= 0 {
+            return ready > 0;
+        }
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            // Nothing to wait on: let a read say what is wrong.
+            return true;
         }
     }
-    Ok(())
+}
+
+/// The host is gone (the connection ended, or broke): nothing of ours may outlive it, and no
+/// destructor should run extension code now.
+fn host_gone() -> ! {
+    std::process::exit(0)
+}
+
+/// The stream can no longer be trusted to be in step with the host.
+fn out_of_step(error: &rmp_serde::decode::Error) -> ! {
+    eprintln!("child: a malformed packet from the host: {error}");
+    std::process::exit(1)
+}
+
+impl Inbound {
+    fn drainer(&self) -> u64 {
+        self.drainer.load(Ordering::SeqCst)
+    }
+
+    /// The reader thread: reads while no instance's thread does, watches while one does.
+    fn read_loop(&self) -> ! {
+        loop {
+            if self.drainer() == 0 {
+                let mut framing = lock(&self.framing);
+                // Blocking while nobody else reads; once an instance's thread has claimed the
+                // socket, what is there is read without blocking, and the rest left to it.
+                self.read_frames(&mut framing, || self.drainer() == 0, || true);
+                let drains = self.drains.load(Ordering::SeqCst);
+                drop(framing);
+                self.unlocked(drains);
+            } else {
+                self.watch();
+            }
+        }
+    }
+
+    /// Reads and handles frames until the socket has none for now (true), or `go_on` says stop
+    /// before the next (false); `wait` says whether the next read may block. Ends the process
+    /// when the host is gone or out of step.
+    fn read_frames(&self, framing: &mut Framing, wait: impl Fn() -> bool, mut go_on: impl FnMut() -> bool) -> bool {
+        let mut recv = Recv::new(self.fd);
+        loop {
+            if !go_on() {
+                return false;
+            }
+            recv.wait = wait();
+            match framing.read(&mut recv) {
+                // Decoded borrowing from the frame: a message is delivered (the instance copies
+                // it into its mailbox) straight from the read buffer.
+                Ok(Some(bytes)) => match protocol::decode_borrowed(bytes) {
+                    Ok(packet) => handle(packet, &self.instances),
+                    Err(error) => out_of_step(&error),
+                },
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return true,
+                Ok(None) | Err(_) => host_gone(),
+            }
+        }
+    }
+
+    /// The reader thread let the socket go while an instance's thread reads it (`drains`: that
+    /// thread's drains when it let go). A drain that found the lock taken meanwhile waits for
+    /// the next readiness; if bytes came after this thread's last read and no drain took them,
+    /// nothing would tell that thread: read them here.
+    fn unlocked(&self, mut drains: u64) {
+        while self.drainer() != 0 && readable(self.fd, 0) && self.drains.load(Ordering::SeqCst) == drains {
+            let mut framing = lock(&self.framing);
+            self.read_frames(&mut framing, || false, || true);
+            drains = self.drains.load(Ordering::SeqCst);
+        }
+    }
+
+    /// The reader of last resort: rests until the drainer's thread runs; then, every tick, reads
+    /// for it if it has been in one run for the whole tick without draining, with bytes waiting.
+    fn watch(&self) {
+        {
+            let mut wake = lock(&self.wake);
+            while !self.armed.load(Ordering::SeqCst) && self.drainer() != 0 {
+                wake = self.armed_now.wait(wake).unwrap_or_else(PoisonError::into_inner);
+            }
+        }
+        if self.drainer() == 0 {
+            return;
+        }
+        let (runs, drains) = (self.runs.load(Ordering::SeqCst), self.drains.load(Ordering::SeqCst));
+        // A timer, not a synchronisation: the bound on how long the reader leaves bytes to a
+        // thread that does not come for them.
+        std::thread::sleep(WATCH_TICK);
+        let in_run = self.in_run.load(Ordering::SeqCst);
+        let same_run = self.runs.load(Ordering::SeqCst) == runs;
+        if in_run && same_run && self.drains.load(Ordering::SeqCst) == drains {
+            if self.leftover.load(Ordering::SeqCst) || readable(self.fd, 0) {
+                let mut framing = lock(&self.framing);
+                self.read_frames(&mut framing, || false, || true);
+                self.leftover.store(false, Ordering::SeqCst);
+                let drains = self.drains.load(Ordering::SeqCst);
+                drop(framing);
+                self.unlocked(drains);
+            }
+        } else if !in_run && same_run {
+            // A tick with no run: rest. (SeqCst with `run_begins`: either it sees this, or
+            // this sees its run and looks on.)
+            self.armed.store(false, Ordering::SeqCst);
+            if self.runs.load(Ordering::SeqCst) != runs || self.in_run.load(Ordering::SeqCst) {
+                self.armed.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// A run of the drainer's thread begins (it woke, or claimed the socket).
+    fn run_begins(&self) {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        self.in_run.store(true, Ordering::SeqCst);
+        if !self.armed.load(Ordering::SeqCst) {
+            let _wake = lock(&self.wake);
+            self.armed.store(true, Ordering::SeqCst);
+            self.armed_now.notify_one();
+        }
+    }
+
+    /// The descriptor `key`'s thread may watch: the socket, if this connection serves that
+    /// instance alone.
+    fn inbound_fd(&self, key: u64) -> i32 {
+        if instances_of(&self.instances).only() == Some(key) { self.fd } else { -1 }
+    }
+
+    /// `key`'s thread reads what the socket has, without blocking (see [`Inbound`]). Its first
+    /// drain claims the socket, if the connection serves that instance alone.
+    fn drain(&self, key: u64) -> u32 {
+        if self.drainer() != key && !self.claim(key) {
+            return abi::drain::STOP;
+        }
+        let Some(mut framing) = (match self.framing.try_lock() {
+            Ok(framing) => Some(framing),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            // The reader thread reads (it takes over a stuck run, or hands over after the
+            // claim): what comes after it let go is a new readiness, or read by it.
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }) else {
+            return abi::drain::IDLE;
+        };
+        self.drains.fetch_add(1, Ordering::SeqCst);
+        // What the packets read here answer (inspect results, refusals, `Destroyed`) goes to the
+        // writer thread, as the reader thread's do: a thread holding the read side never blocks
+        // on a write (the host may be blocked writing to us, its reader routing an isolated
+        // extension's messages back here, and nobody else could read meanwhile).
+        let reader = READER.with(|reader| reader.replace(true));
+        let mut frames = 0;
+        let all = self.read_frames(
+            &mut framing,
+            || false,
+            || {
+                frames += 1;
+                frames <= DRAIN_FRAMES && self.drainer() == key
+            },
+        );
+        READER.with(|flag| flag.set(reader));
+        self.leftover.store(!all && framing.holds_bytes(), Ordering::SeqCst);
+        drop(framing);
+        if all {
+            abi::drain::IDLE
+        } else if self.drainer() == key {
+            abi::drain::MORE
+        } else {
+            // The socket went back to the reader thread (a second instance loads, or this one
+            // is destroyed): it finds what this left in `framing`.
+            abi::drain::STOP
+        }
+    }
+
+    /// Makes `key`'s thread the socket's reader, if the connection serves that instance alone.
+    fn claim(&self, key: u64) -> bool {
+        let table = instances_of(&self.instances);
+        if table.only() != Some(key) {
+            return false;
+        }
+        self.drainer.store(key, Ordering::SeqCst);
+        drop(table);
+        // The claim is made inside a run of that thread (its runtime's first).
+        self.run_begins();
+        true
+    }
+
+    /// After a change of the table: the socket goes back to the reader thread unless the
+    /// drainer is still the only instance.
+    fn settle(&self, table: &Table<LibraryInstance>) {
+        let drainer = self.drainer();
+        if drainer != 0 && table.only() != Some(drainer) {
+            self.drainer.store(0, Ordering::SeqCst);
+            let _wake = lock(&self.wake);
+            self.armed_now.notify_one();
+        }
+    }
+}
+
+/// After a change of `table`: who reads the socket (see [`Inbound::settle`]).
+fn settle(table: &Table<LibraryInstance>) {
+    if let Some(inbound) = INBOUND.get() {
+        inbound.settle(table);
+    }
 }
 
 /// The instances this child runs and the ones it is loading.
@@ -157,6 +470,17 @@ impl<I> Table<I> {
         self.running.get(&key)
     }
 
+    /// The key of the one instance here, running or loading, if there is exactly one. A load
+    /// the host destroyed meanwhile is not it: that instance is destroyed as it starts, so it
+    /// must not be left the socket to read.
+    fn only(&self) -> Option<u64> {
+        match (self.running.len(), self.loading.len()) {
+            (1, 0) => self.running.keys().next().copied(),
+            (0, 1) => self.loading.iter().find(|(_, destroyed)| !**destroyed).map(|(key, _)| *key),
+            _ => None,
+        }
+    }
+
     /// The host destroys `key`.
     fn destroy(&mut self, key: u64) -> Found<I> {
         if let Some(instance) = self.running.remove(&key) {
@@ -177,12 +501,23 @@ fn handle(packet: Packet<Message<'_>>, instances: &Instances) {
         Packet::Load { key, path, config } => {
             // Loading runs library initialisers and may log (a write): off the reader thread.
             // The host sends nothing for this key until it has the answer.
-            instances_of(instances).start_loading(key);
+            {
+                let mut table = instances_of(instances);
+                table.start_loading(key);
+                // A second instance: the reader thread reads for all of them.
+                settle(&table);
+            }
             let table = instances.clone();
             let spawned = std::thread::Builder::new().name("child-load".into()).spawn(move || {
                 let answer = match start(key, &path, &config) {
                     Ok(instance) => {
-                        let outcome = instances_of(&table).loaded(key, instance);
+                        let outcome = {
+                            let mut table = instances_of(&table);
+                            let outcome = table.loaded(key, instance);
+                            // A key leaving the table: the socket must not stay with it.
+                            settle(&table);
+                            outcome
+                        };
                         match outcome {
                             Ok(()) => Packet::Loaded { key },
                             Err(abandoned) => {
@@ -196,7 +531,10 @@ fn handle(packet: Packet<Message<'_>>, instances: &Instances) {
                         }
                     }
                     Err(reason) => {
-                        instances_of(&table).load_failed(key);
+                        let mut table = instances_of(&table);
+                        table.load_failed(key);
+                        settle(&table);
+                        drop(table);
                         Packet::LoadFailed { key, reason }
                     }
                 };
@@ -231,7 +569,12 @@ fn handle(packet: Packet<Message<'_>>, instances: &Instances) {
             }
         }
         Packet::Destroy { key } => {
-            let found = instances_of(instances).destroy(key);
+            let found = {
+                let mut table = instances_of(instances);
+                let found = table.destroy(key);
+                settle(&table);
+                found
+            };
             let taken = match found {
                 Found::Running(instance) => instance.take(),
                 // A load under way: its instance is destroyed as it starts.
@@ -423,13 +766,50 @@ unsafe extern "C" fn child_send(key: u64, message: *const RawMessage) -> u32 {
     .unwrap_or(abi::status::PANICKED)
 }
 
-unsafe extern "C" fn child_batch_begin(_key: u64) {
-    // Nothing to validate: a batch only defers this thread's own writes (see `batch`).
-    let _ = catch_unwind(batch::begin);
+unsafe extern "C" fn child_batch_begin(key: u64) {
+    // Nothing to validate: a batch only defers this thread's own writes (see `batch`), and the
+    // key is compared with the drainer's, not trusted.
+    let _ = catch_unwind(|| {
+        batch::begin();
+        if let Some(inbound) = INBOUND.get()
+            && inbound.drainer.load(Ordering::Relaxed) == key
+        {
+            inbound.run_begins();
+        }
+    });
 }
 
-unsafe extern "C" fn child_batch_end(_key: u64) {
-    let _ = catch_unwind(batch::end);
+unsafe extern "C" fn child_batch_end(key: u64) {
+    let _ = catch_unwind(|| {
+        if let Some(inbound) = INBOUND.get()
+            && inbound.drainer.load(Ordering::Relaxed) == key
+        {
+            inbound.in_run.store(false, Ordering::SeqCst);
+        }
+        batch::end();
+    });
+}
+
+unsafe extern "C" fn child_inbound_fd(key: u64) -> i32 {
+    catch_unwind(|| INBOUND.get().map_or(-1, |inbound| inbound.inbound_fd(key))).unwrap_or(-1)
+}
+
+unsafe extern "C" fn child_drain(key: u64) -> u32 {
+    let drained = catch_unwind(|| INBOUND.get().map_or(abi::drain::STOP, |inbound| inbound.drain(key)));
+    drained.unwrap_or_else(|_| {
+        // That thread stops reading: the reader thread reads for it from now on. (Its own sends
+        // are its own again.)
+        READER.with(|reader| reader.set(false));
+        if let Some(inbound) = INBOUND.get() {
+            let _table = instances_of(&inbound.instances);
+            if inbound.drainer() == key {
+                inbound.drainer.store(0, Ordering::SeqCst);
+                let _wake = lock(&inbound.wake);
+                inbound.armed_now.notify_one();
+            }
+        }
+        abi::drain::STOP
+    })
 }
 
 unsafe extern "C" fn child_complete(key: u64, completion: u64, result: RawSlice) {
@@ -457,7 +837,96 @@ unsafe extern "C" fn child_log(key: u64, level: u32, target: RawSlice, message: 
 
 #[cfg(test)]
 mod tests {
-    use super::{Found, Table};
+    use super::{Found, Inbound, Table};
+    use extension_api::abi;
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+    use std::sync::{Arc, Condvar, Mutex};
+
+    /// A connection's reading side over one end of a socket pair (the other end returned).
+    fn inbound() -> (Inbound, std::os::unix::net::UnixStream) {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let fd = ours.as_raw_fd();
+        let inbound = Inbound {
+            _stream: ours,
+            fd,
+            framing: Mutex::default(),
+            instances: Arc::new(Mutex::new(Table::default())),
+            drainer: AtomicU64::new(0),
+            runs: AtomicU64::new(0),
+            in_run: AtomicBool::new(false),
+            drains: AtomicU64::new(0),
+            leftover: AtomicBool::new(false),
+            armed: AtomicBool::new(false),
+            wake: Mutex::new(()),
+            armed_now: Condvar::new(),
+        };
+        (inbound, theirs)
+    }
+
+    #[test]
+    fn a_load_the_host_destroyed_meanwhile_gives_the_socket_back_to_the_reader_thread() {
+        let (inbound, _host) = inbound();
+        inbound.instances.lock().unwrap().start_loading(7);
+        // The instance's thread starts inside the load, and its first drain claims the socket.
+        assert_eq!(inbound.inbound_fd(7), inbound.fd);
+        assert_eq!(inbound.drain(7), abi::drain::IDLE);
+        assert_eq!(inbound.drainer(), 7);
+        // The host gives up on the load and destroys the key: that instance is destroyed as it
+        // starts, so it will never read again; the reader thread must.
+        {
+            let mut table = inbound.instances.lock().unwrap();
+            assert!(matches!(table.destroy(7), Found::Loading));
+            inbound.settle(&table);
+        }
+        assert_eq!(inbound.drainer(), 0, "the socket is left to an instance that is being destroyed");
+        assert_eq!(inbound.drain(7), abi::drain::STOP);
+        assert_eq!(inbound.inbound_fd(7), -1);
+    }
+
+    #[test]
+    fn a_drain_never_blocks_on_a_write_while_it_holds_the_read_side() {
+        use std::io::Write;
+        // The host's end of the socket has a full buffer, and the host blocked writing to us
+        // (its reader routes an isolated extension's frame to its main through us): a drain that
+        // wrote its answers itself, holding the read side, would stall both processes.
+        let (writer, unread) = std::os::unix::net::UnixStream::pair().unwrap();
+        // Never closed: a write blocked on it must not fail (`OnError::Exit` ends the process).
+        std::mem::forget(unread);
+        writer.set_nonblocking(true).unwrap();
+        while (&writer).write(&[0; 4096]).is_ok() {}
+        writer.set_nonblocking(false).unwrap();
+        assert!(super::WRITER.set(super::Writer::new(writer, super::OnError::Exit)).is_ok());
+        let (inbound, mut host) = inbound();
+        inbound.instances.lock().unwrap().start_loading(9);
+        assert_eq!(inbound.drain(9), abi::drain::IDLE);
+        // A packet whose answer the drain posts (a `Destroyed` for a key it does not have).
+        host.write_all(
+            &super::protocol::frame(&super::Packet::<super::protocol::OwnedMessage>::Destroy { key: 5 }).unwrap(),
+        )
+        .unwrap();
+        let inbound = Arc::new(inbound);
+        let (done, drained) = std::sync::mpsc::channel();
+        let draining = inbound.clone();
+        std::thread::spawn(move || done.send(draining.drain(9)));
+        // A failsafe, not a measure: the drain returns at once, or never.
+        let drained: Result<u32, _> = drained.recv_timeout(std::time::Duration::from_secs(10));
+        assert_eq!(drained, Ok(abi::drain::IDLE), "the drain blocked writing with the read side held");
+    }
+
+    #[test]
+    fn a_load_destroyed_before_its_thread_claims_the_socket_never_claims_it() {
+        let (inbound, _host) = inbound();
+        {
+            let mut table = inbound.instances.lock().unwrap();
+            table.start_loading(8);
+            assert!(matches!(table.destroy(8), Found::Loading));
+            inbound.settle(&table);
+        }
+        assert_eq!(inbound.inbound_fd(8), -1);
+        assert_eq!(inbound.drain(8), abi::drain::STOP);
+        assert_eq!(inbound.drainer(), 0);
+    }
 
     #[test]
     fn an_instance_destroyed_while_it_loads_never_runs() {

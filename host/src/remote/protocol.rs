@@ -148,6 +148,9 @@ const KEEP_LARGE: usize = 2 << 20;
 /// length prefix, without zeroing it first (`Read::take` and `read_to_end` fill spare capacity
 /// as it is read), and handed out from there. Either way the frame is borrowed: the next read
 /// reuses the buffer.
+///
+/// A stream that does not block may end a read with `WouldBlock`: nothing is lost, and the
+/// next read goes on from there (inside a large frame too).
 #[derive(Default)]
 pub struct Framing {
     /// Bytes read and not yet handed out are `scratch[start..end]`; zero-filled once, when
@@ -157,6 +160,9 @@ pub struct Framing {
     end: usize,
     /// The last frame too large for `scratch`.
     large: Vec<u8>,
+    /// The length of the large frame being read into `large`, when a read that would have
+    /// blocked left it unfinished.
+    large_unfinished: Option<usize>,
 }
 
 impl Framing {
@@ -170,6 +176,9 @@ impl Framing {
     /// that ends inside a frame. After any error the stream is out of step: nothing more may be
     /// read from it (every caller closes the connection).
     pub fn read(&mut self, stream: &mut impl Read) -> io::Result<Option<&[u8]>> {
+        if let Some(length) = self.large_unfinished {
+            return self.read_large(stream, length).map(Some);
+        }
         if self.large.capacity() > KEEP_LARGE {
             self.large = Vec::new();
         }
@@ -215,18 +224,34 @@ impl Framing {
 
     /// Reads the rest of a frame of `length` bytes, larger than the scratch buffer, whose
     /// prefix (and maybe more) is buffered.
+    /// (or, when `large_unfinished`, the part of it read so far is in `large`).
     fn read_large(&mut self, stream: &mut impl Read, length: usize) -> io::Result<&[u8]> {
-        self.large.clear();
-        self.large.reserve_exact(length);
-        // All of it is this frame's: a frame larger than the scratch buffer is not all here.
-        self.large.extend_from_slice(&self.scratch[self.start + PREFIX..self.end]);
-        (self.start, self.end) = (0, 0);
-        let rest = (length - self.large.len()) as u64;
-        let read = stream.take(rest).read_to_end(&mut self.large)?;
-        if read as u64 != rest {
-            return Err(ended_inside_a_frame());
+        if self.large_unfinished.take().is_none() {
+            self.large.clear();
+            self.large.reserve_exact(length);
+            // All of it is this frame's: a frame larger than the scratch buffer is not all here.
+            self.large.extend_from_slice(&self.scratch[self.start + PREFIX..self.end]);
+            (self.start, self.end) = (0, 0);
         }
-        Ok(&self.large)
+        let rest = (length - self.large.len()) as u64;
+        // `read_to_end` keeps what it read before an error: after `WouldBlock`, the next read
+        // goes on from there.
+        match stream.take(rest).read_to_end(&mut self.large) {
+            Ok(read) if read as u64 == rest => Ok(&self.large),
+            Ok(_) => Err(ended_inside_a_frame()),
+            Err(error) => {
+                if error.kind() == io::ErrorKind::WouldBlock {
+                    self.large_unfinished = Some(length);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Whether bytes read from the stream wait here (a frame, or part of one): a reader that
+    /// stops now leaves them to the next read, which finds them without the stream.
+    pub fn holds_bytes(&self) -> bool {
+        self.end > self.start || self.large_unfinished.is_some()
     }
 }
 
@@ -422,6 +447,52 @@ mod tests {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
             let count = buf.len().min(self.1);
             self.0.read(&mut buf[..count])
+        }
+    }
+
+    /// A stream that does not block: after every read of at most `chunk` bytes, the next read
+    /// would block.
+    struct NonBlocking(std::io::Cursor<Vec<u8>>, usize, bool);
+
+    impl Read for NonBlocking {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.2 = !self.2;
+            if self.2 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let count = buf.len().min(self.1);
+            self.0.read(&mut buf[..count])
+        }
+    }
+
+    #[test]
+    fn a_stream_that_would_block_loses_nothing_inside_small_and_large_frames() {
+        let sizes = [0, 10, SCRATCH - 100, SCRATCH, 300_000, 3];
+        let mut wire = Vec::new();
+        let mut sent = Vec::new();
+        for (n, size) in sizes.into_iter().enumerate() {
+            let packet = Packet::Message { key: n as u64, message: message("ch", &vec![n as u8; size]) };
+            wire.extend_from_slice(&frame(&packet).unwrap());
+            sent.push(packet);
+        }
+        for chunk in [1, 7, 4096, SCRATCH + 1] {
+            let mut stream = NonBlocking(std::io::Cursor::new(wire.clone()), chunk, false);
+            let mut framing = Framing::default();
+            let mut got = Vec::new();
+            let mut would_block = 0;
+            loop {
+                match framing.read(&mut stream) {
+                    Ok(Some(bytes)) => got.push(decode_borrowed(bytes).unwrap().into_owned()),
+                    Ok(None) => break,
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                        would_block += 1;
+                        assert!(would_block < 10_000_000, "no progress");
+                    }
+                    Err(error) => panic!("chunks of {chunk}: {error}"),
+                }
+            }
+            assert_eq!(got, sent, "chunks of {chunk}");
+            assert!(!framing.holds_bytes());
         }
     }
 
