@@ -89,6 +89,9 @@ export class StoreError extends Error {
 // --- Values ------------------------------------------------------------------------------
 
 const MAX_U64 = 2n ** 64n - 1n;
+/** The MESSAGE tags (PAGE.MESSAGE, HOST.MESSAGE). */
+const PAGE_MESSAGE = 1;
+const HOST_MESSAGE = 1;
 const MIN_I64 = -(2n ** 63n);
 const SAFE_MAX = BigInt(Number.MAX_SAFE_INTEGER);
 const SAFE_MIN = BigInt(Number.MIN_SAFE_INTEGER);
@@ -198,6 +201,212 @@ export function encodeValue(value) {
     if (error instanceof TypeError) throw error;
     throw new TypeError(`the value is not encodable as MessagePack: ${error.message}`, { cause: error });
   }
+}
+
+/**
+ * As `encodeValue`, but the bytes are a view of the encoder's buffer, good until the next
+ * encoding: for a value copied into its message at once (an invoke's), without a buffer of
+ * its own.
+ */
+function encodeValueShared(value) {
+  try {
+    return encoder.encodeSharedRef(value);
+  } catch (error) {
+    if (error instanceof TypeError) throw error;
+    throw new TypeError(`the value is not encodable as MessagePack: ${error.message}`, { cause: error });
+  }
+}
+
+// --- MESSAGE frames, both ways, without the generic encoder and decoder ---------------------
+//
+// Every invoke and its reply is a MESSAGE: `[1, kind, status, peer, (peer,) request id,
+// channel, payload]`, integers, a string and binary. They are written into one buffer, reused
+// (`WebSocket.send` copies what it is given), and read field by field; anything else (an
+// integer that is not a safe one or a BigInt of 64 bits, a channel not in ASCII, another
+// encoding of a field) takes the generic encoder or decoder, as every other frame does.
+
+/** Where MESSAGE frames are written (grown as needed), and a view of it for wide integers. */
+let frameBuffer = new Uint8Array(256);
+let frameView = new DataView(frameBuffer.buffer);
+/** The largest MESSAGE written into `frameBuffer` (larger ones take the generic encoder). */
+const FRAME_KEPT = 64 << 10;
+/** The UTF-8 of the channels sent lately (well-formed), by name: a page uses a few. */
+const channelBytes = new Map();
+const CHANNELS_KEPT = 256;
+
+function utf8Channel(channel) {
+  let bytes = channelBytes.get(channel);
+  if (bytes === undefined) {
+    if (channelBytes.size >= CHANNELS_KEPT) channelBytes.clear();
+    bytes = utf8.encode(wellFormed(channel));
+    channelBytes.set(channel, bytes);
+  }
+  return bytes;
+}
+
+/** Writes unsigned integer `value` (a safe integer or a BigInt of 64 bits) at `at`; the position after, or -1. */
+function writeUint(value, at) {
+  if (typeof value === "number") {
+    if (!Number.isSafeInteger(value) || value < 0) return -1;
+    if (value < 0x80) {
+      frameBuffer[at] = value;
+      return at + 1;
+    }
+    if (value < 0x100) {
+      frameBuffer[at] = 0xcc;
+      frameBuffer[at + 1] = value;
+      return at + 2;
+    }
+    if (value < 0x10000) {
+      frameBuffer[at] = 0xcd;
+      frameView.setUint16(at + 1, value);
+      return at + 3;
+    }
+    if (value < 0x100000000) {
+      frameBuffer[at] = 0xce;
+      frameView.setUint32(at + 1, value);
+      return at + 5;
+    }
+    frameBuffer[at] = 0xcf;
+    frameView.setUint32(at + 1, Math.floor(value / 0x100000000));
+    frameView.setUint32(at + 5, value >>> 0);
+    return at + 9;
+  }
+  if (typeof value !== "bigint" || value < 0n || value > MAX_U64) return -1;
+  if (value <= SAFE_MAX) return writeUint(Number(value), at);
+  frameBuffer[at] = 0xcf;
+  frameView.setBigUint64(at + 1, value);
+  return at + 9;
+}
+
+/** Writes the header of a str or bin of `length` bytes at `at` (its fix marker `fix` below `fixLimit`, else its 8-, 16- or 32-bit marker); the position after. */
+function writeLength(length, at, fix, fixLimit, marker8, marker16, marker32) {
+  if (length < fixLimit) {
+    frameBuffer[at] = fix + length;
+    return at + 1;
+  }
+  if (length < 0x100) {
+    frameBuffer[at] = marker8;
+    frameBuffer[at + 1] = length;
+    return at + 2;
+  }
+  if (length < 0x10000) {
+    frameBuffer[at] = marker16;
+    frameView.setUint16(at + 1, length);
+    return at + 3;
+  }
+  frameBuffer[at] = marker32;
+  frameView.setUint32(at + 1, length);
+  return at + 5;
+}
+
+/**
+ * The page's MESSAGE `[1, kind, status, target, requestId, channel, payload]` as MessagePack,
+ * a view of `frameBuffer` good until the next one; `null` when a field takes the generic
+ * encoder.
+ */
+function messageFrame(kind, status, target, requestId, channel, payload) {
+  if (typeof channel !== "string" || !(payload instanceof Uint8Array)) return null;
+  const name = utf8Channel(channel);
+  // The array's marker and the tag, four integers of at most 9 bytes, two headers of 5.
+  const most = 2 + 4 * 9 + 2 * 5 + name.length + payload.length;
+  // A large message is encoded in a buffer of its own, not kept.
+  if (most > FRAME_KEPT) return null;
+  if (frameBuffer.length < most) {
+    frameBuffer = new Uint8Array(Math.max(most, frameBuffer.length * 2));
+    frameView = new DataView(frameBuffer.buffer);
+  }
+  frameBuffer[0] = 0x97;
+  frameBuffer[1] = PAGE_MESSAGE;
+  let at = writeUint(kind, 2);
+  if (at >= 0) at = writeUint(status, at);
+  if (at >= 0) at = writeUint(target, at);
+  if (at >= 0) at = writeUint(requestId, at);
+  if (at < 0) return null;
+  // A channel name is a str (fixstr below 32 bytes), a payload a bin.
+  at = writeLength(name.length, at, 0xa0, 32, 0xd9, 0xda, 0xdb);
+  frameBuffer.set(name, at);
+  at = writeLength(payload.length, at + name.length, 0, 0, 0xc4, 0xc5, 0xc6);
+  frameBuffer.set(payload, at);
+  return frameBuffer.subarray(0, at + payload.length);
+}
+
+/** Reads an unsigned integer at `at` of `bytes` (`view` its DataView): `[value, next]`, or null. */
+function readUint(bytes, view, at) {
+  const marker = bytes[at];
+  if (marker < 0x80) return [marker, at + 1];
+  switch (marker) {
+    case 0xcc:
+      return at + 2 <= bytes.length ? [bytes[at + 1], at + 2] : null;
+    case 0xcd:
+      return at + 3 <= bytes.length ? [view.getUint16(at + 1), at + 3] : null;
+    case 0xce:
+      return at + 5 <= bytes.length ? [view.getUint32(at + 1), at + 5] : null;
+    case 0xcf: {
+      if (at + 9 > bytes.length) return null;
+      const value = view.getBigUint64(at + 1);
+      return [value <= SAFE_MAX ? Number(value) : value, at + 9];
+    }
+    default:
+      return null;
+  }
+}
+
+/**
+ * The host's MESSAGE `[1, kind, status, origin, target, request id, channel, payload]` read
+ * from `bytes` (its payload a view of them), as the generic decoder reads it; `null` when it
+ * is not one, or not as the host writes them (the generic decoder then reads it, or says why
+ * it cannot).
+ */
+function readMessage(bytes) {
+  if (bytes.length < 10 || bytes[0] !== 0x98 || bytes[1] !== HOST_MESSAGE) return null;
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const frame = [HOST_MESSAGE];
+  let at = 2;
+  for (let field = 0; field < 5; field++) {
+    const read = readUint(bytes, view, at);
+    if (read === null) return null;
+    frame.push(read[0]);
+    at = read[1];
+  }
+  // The channel: a str, in ASCII here.
+  let length;
+  const str = bytes[at];
+  if (str >= 0xa0 && str <= 0xbf) {
+    length = str - 0xa0;
+    at += 1;
+  } else if (str === 0xd9 && at + 2 <= bytes.length) {
+    length = bytes[at + 1];
+    at += 2;
+  } else {
+    return null;
+  }
+  if (at + length > bytes.length) return null;
+  let channel = "";
+  for (let i = at; i < at + length; i++) {
+    const byte = bytes[i];
+    if (byte >= 0x80) return null;
+    channel += String.fromCharCode(byte);
+  }
+  frame.push(channel);
+  at += length;
+  // The payload: a bin, to the end.
+  const bin = bytes[at];
+  if (bin === 0xc4 && at + 2 <= bytes.length) {
+    length = bytes[at + 1];
+    at += 2;
+  } else if (bin === 0xc5 && at + 3 <= bytes.length) {
+    length = view.getUint16(at + 1);
+    at += 3;
+  } else if (bin === 0xc6 && at + 5 <= bytes.length) {
+    length = view.getUint32(at + 1);
+    at += 5;
+  } else {
+    return null;
+  }
+  if (at + length !== bytes.length) return null;
+  frame.push(bytes.subarray(at, at + length));
+  return frame;
 }
 
 /** Decodes one MessagePack value (an empty buffer is `undefined`). */
@@ -403,7 +612,17 @@ export class Client {
   }
 
   sendMessage(kind, status, target, requestId, channel, payload) {
-    return this.sendFrame([PAGE.MESSAGE, kind, status, target, requestId, channel, payload]);
+    if (this.state === "lost") return false;
+    const frame = messageFrame(kind, status, target, requestId, channel, payload);
+    if (frame === null) {
+      // The payload may be a view of the encoder's buffer (an invoke's), which this encoding reuses.
+      const own = payload instanceof Uint8Array ? payload.slice() : payload;
+      return this.sendFrame([PAGE.MESSAGE, kind, status, target, requestId, channel, own]);
+    }
+    this.socket.send(frame);
+    this.messagesOut++;
+    this.onChange(this);
+    return true;
   }
 
   log(level, parts) {
@@ -422,7 +641,11 @@ export class Client {
     try {
       if (typeof data === "string") throw new Violation("a text message on the renderer socket");
       const bytes = data instanceof ArrayBuffer ? new Uint8Array(data) : toBytes(data);
-      let frame;
+      let frame = readMessage(bytes);
+      if (frame !== null) {
+        this.message(frame);
+        return;
+      }
       try {
         frame = decodeValue(bytes);
       } catch (error) {
@@ -784,9 +1007,10 @@ class Half {
         }),
       );
     }
+    // Copied into its message below, before anything else is encoded.
     let payload;
     try {
-      payload = encodeValue(value);
+      payload = encodeValueShared(value);
     } catch (error) {
       return Promise.reject(new InvokeError("Serialize", `invoke on \`${channel}\`: ${error.message}`));
     }
