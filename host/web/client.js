@@ -331,25 +331,49 @@ function messageFrame(kind, status, target, requestId, channel, payload) {
   return frameBuffer.subarray(0, at + payload.length);
 }
 
-/** Reads an unsigned integer at `at` of `bytes` (`view` its DataView): `[value, next]`, or null. */
-function readUint(bytes, view, at) {
+/** Where the last `readUint` or `readLength` ended (no array per field read). */
+let readEnd = 0;
+
+/** The big-endian unsigned integer of `width` bytes at `at` of `bytes` (at most 4). */
+function bigEndian(bytes, at, width) {
+  let value = 0;
+  for (let i = 0; i < width; i++) value = value * 256 + bytes[at + i];
+  return value;
+}
+
+/**
+ * The unsigned integer at `at` of `bytes` (a number when safe, else a BigInt, as the generic
+ * decoder reads it), its end in `readEnd`; `undefined` when it is not one.
+ */
+function readUint(bytes, at) {
   const marker = bytes[at];
-  if (marker < 0x80) return [marker, at + 1];
-  switch (marker) {
-    case 0xcc:
-      return at + 2 <= bytes.length ? [bytes[at + 1], at + 2] : null;
-    case 0xcd:
-      return at + 3 <= bytes.length ? [view.getUint16(at + 1), at + 3] : null;
-    case 0xce:
-      return at + 5 <= bytes.length ? [view.getUint32(at + 1), at + 5] : null;
-    case 0xcf: {
-      if (at + 9 > bytes.length) return null;
-      const value = view.getBigUint64(at + 1);
-      return [value <= SAFE_MAX ? Number(value) : value, at + 9];
-    }
-    default:
-      return null;
+  const width = marker < 0x80 ? 0 : marker === 0xcc ? 1 : marker === 0xcd ? 2 : marker === 0xce ? 4 : marker === 0xcf ? 8 : -1;
+  if (width < 0 || at + 1 + width > bytes.length) return undefined;
+  readEnd = at + 1 + width;
+  if (width === 0) return marker;
+  if (width < 8) return bigEndian(bytes, at + 1, width);
+  const high = bigEndian(bytes, at + 1, 4);
+  const low = bigEndian(bytes, at + 5, 4);
+  // Below 2^53: a number.
+  if (high < 0x200000) return high * 0x100000000 + low;
+  return (BigInt(high) << 32n) | BigInt(low);
+}
+
+/**
+ * The length of the str (`fix`: fixstr's marker base, below 32) or bin (`fix` -1) at `at` of
+ * `bytes` (8-, 16- or 32-bit markers `marker8`...), the data's start in `readEnd`; -1 when it
+ * is not one.
+ */
+function readLength(bytes, at, fix, marker8) {
+  const marker = bytes[at];
+  if (fix >= 0 && marker >= fix && marker < fix + 32) {
+    readEnd = at + 1;
+    return marker - fix;
   }
+  const width = marker === marker8 ? 1 : marker === marker8 + 1 ? 2 : marker === marker8 + 2 ? 4 : -1;
+  if (width < 0 || at + 1 + width > bytes.length) return -1;
+  readEnd = at + 1 + width;
+  return bigEndian(bytes, at + 1, width);
 }
 
 /**
@@ -360,53 +384,26 @@ function readUint(bytes, view, at) {
  */
 function readMessage(bytes) {
   if (bytes.length < 10 || bytes[0] !== 0x98 || bytes[1] !== HOST_MESSAGE) return null;
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const frame = [HOST_MESSAGE];
-  let at = 2;
-  for (let field = 0; field < 5; field++) {
-    const read = readUint(bytes, view, at);
-    if (read === null) return null;
-    frame.push(read[0]);
-    at = read[1];
-  }
+  const kind = readUint(bytes, 2);
+  const status = kind === undefined ? undefined : readUint(bytes, readEnd);
+  const origin = status === undefined ? undefined : readUint(bytes, readEnd);
+  const target = origin === undefined ? undefined : readUint(bytes, readEnd);
+  const requestId = target === undefined ? undefined : readUint(bytes, readEnd);
+  if (requestId === undefined) return null;
   // The channel: a str, in ASCII here.
-  let length;
-  const str = bytes[at];
-  if (str >= 0xa0 && str <= 0xbf) {
-    length = str - 0xa0;
-    at += 1;
-  } else if (str === 0xd9 && at + 2 <= bytes.length) {
-    length = bytes[at + 1];
-    at += 2;
-  } else {
-    return null;
-  }
-  if (at + length > bytes.length) return null;
+  const length = readLength(bytes, readEnd, 0xa0, 0xd9);
+  const start = readEnd;
+  if (length < 0 || start + length > bytes.length) return null;
   let channel = "";
-  for (let i = at; i < at + length; i++) {
+  for (let i = start; i < start + length; i++) {
     const byte = bytes[i];
     if (byte >= 0x80) return null;
     channel += String.fromCharCode(byte);
   }
-  frame.push(channel);
-  at += length;
   // The payload: a bin, to the end.
-  const bin = bytes[at];
-  if (bin === 0xc4 && at + 2 <= bytes.length) {
-    length = bytes[at + 1];
-    at += 2;
-  } else if (bin === 0xc5 && at + 3 <= bytes.length) {
-    length = view.getUint16(at + 1);
-    at += 3;
-  } else if (bin === 0xc6 && at + 5 <= bytes.length) {
-    length = view.getUint32(at + 1);
-    at += 5;
-  } else {
-    return null;
-  }
-  if (at + length !== bytes.length) return null;
-  frame.push(bytes.subarray(at, at + length));
-  return frame;
+  const size = readLength(bytes, start + length, -1, 0xc4);
+  if (size < 0 || readEnd + size !== bytes.length) return null;
+  return [HOST_MESSAGE, kind, status, origin, target, requestId, channel, bytes.subarray(readEnd)];
 }
 
 /** Decodes one MessagePack value (an empty buffer is `undefined`). */
@@ -511,6 +508,8 @@ function asNumber(value) {
 }
 
 const DEFAULT_TIMEOUT = 30_000;
+/** An invoke's options when it is given none (not an object per invoke). */
+const NO_OPTIONS = Object.freeze({});
 /**
  * How often a half's invoke timeouts are swept (as the Rust side's 10 ms sweep): one timer for
  * all the requests in flight rather than one each. A timeout passes in whole sweeps, never
@@ -987,7 +986,7 @@ class Half {
   // --- Requests this half made ---------------------------------------------------------
 
   invoke(channel, value, options) {
-    options ??= {};
+    options ??= NO_OPTIONS;
     if (!this.open) {
       return Promise.reject(new InvokeError("Deactivated", `invoke on \`${channel}\`: the renderer half has closed`));
     }
