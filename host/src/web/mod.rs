@@ -9,7 +9,6 @@
 //! `transport/web.rs`.
 
 mod assets;
-mod halves;
 pub(crate) mod protocol;
 mod renderer_socket;
 mod security;

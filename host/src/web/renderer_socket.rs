@@ -22,11 +22,11 @@ use extension_api::InvokeErrorKind;
 use extension_api::abi::{self, Peer};
 use extension_api::message::Message;
 use extension_api::wire::{Completion, StorageOutcome, StoreWrite, WriteRefusal};
+use futures_util::stream::SplitSink;
 use futures_util::{Sink, SinkExt, StreamExt};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::halves::{self, SocketSink};
 use super::protocol::{self, PageMessage};
 use super::{ConnectionSlot, Handshake, Server};
 use crate::core::lock;
@@ -54,7 +54,7 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// The socket's writing half, and whether a message written into it in place is still in its
 /// buffer (the socket was not writable: the writer task flushes it).
 struct Writing {
-    sink: SocketSink,
+    sink: SplitSink<WebSocket, WsMessage>,
     unflushed: bool,
 }
 
@@ -134,7 +134,7 @@ impl PageConnection {
         if writing.unflushed || self.unwritten.load(Ordering::Acquire) != 0 {
             return Err(bytes);
         }
-        match poll_in_place(&writing.sink, bytes) {
+        match poll_in_place(&mut writing.sink, bytes) {
             InPlace::Sent => Ok(()),
             InPlace::Unflushed => {
                 writing.unflushed = true;
@@ -186,23 +186,19 @@ impl PageConnection {
 /// waker of the writer's left with the socket would be woken by the page's next message too:
 /// tokio-tungstenite wakes the writing side on a read, and the writer would take the socket
 /// for nothing just as main's reply to that message came, which then went the queue's way.)
-/// The socket is taken once for the three polls, and only if it is free: while the read loop
-/// polls it, the message is not taken (see `halves.rs`).
-fn poll_in_place(sink: &SocketSink, bytes: Vec<u8>) -> InPlace {
-    let Some(mut socket) = sink.try_socket() else { return InPlace::NotTaken(bytes) };
-    let mut socket = Pin::new(&mut *socket);
+fn poll_in_place(sink: &mut SplitSink<WebSocket, WsMessage>, bytes: Vec<u8>) -> InPlace {
     let mut context = Context::from_waker(Waker::noop());
-    match socket.as_mut().poll_ready(&mut context) {
+    match Pin::new(&mut *sink).poll_ready(&mut context) {
         Poll::Ready(Ok(())) => {}
         // Broken: the writer finds it so too, and ends.
         Poll::Ready(Err(_)) => return InPlace::Unflushed,
-        // Its buffer is full: the writer task flushes it first.
+        // The socket's other half is being read just now.
         Poll::Pending => return InPlace::NotTaken(bytes),
     }
-    if socket.as_mut().start_send(WsMessage::Binary(bytes.into())).is_err() {
+    if Pin::new(&mut *sink).start_send(WsMessage::Binary(bytes.into())).is_err() {
         return InPlace::Unflushed;
     }
-    match socket.as_mut().poll_flush(&mut context) {
+    match Pin::new(&mut *sink).poll_flush(&mut context) {
         Poll::Ready(Ok(())) => InPlace::Sent,
         Poll::Ready(Err(_)) | Poll::Pending => InPlace::Unflushed,
     }
@@ -229,7 +225,7 @@ pub(crate) async fn serve(
     handshake: Handshake,
 ) {
     let _slot = slot;
-    let (mut sink, mut stream) = halves::split(socket);
+    let (mut sink, mut stream) = socket.split();
     // The HELLO, in time.
     let hello = tokio::time::timeout(server.config.handshake_timeout, stream.next()).await;
     let token = match hello {
