@@ -89,6 +89,9 @@ export class StoreError extends Error {
 // --- Values ------------------------------------------------------------------------------
 
 const MAX_U64 = 2n ** 64n - 1n;
+/** The MESSAGE tags (PAGE.MESSAGE, HOST.MESSAGE). */
+const PAGE_MESSAGE = 1;
+const HOST_MESSAGE = 1;
 const MIN_I64 = -(2n ** 63n);
 const SAFE_MAX = BigInt(Number.MAX_SAFE_INTEGER);
 const SAFE_MIN = BigInt(Number.MIN_SAFE_INTEGER);
@@ -200,6 +203,209 @@ export function encodeValue(value) {
   }
 }
 
+/**
+ * As `encodeValue`, but the bytes are a view of the encoder's buffer, good until the next
+ * encoding: for a value copied into its message at once (an invoke's), without a buffer of
+ * its own.
+ */
+function encodeValueShared(value) {
+  try {
+    return encoder.encodeSharedRef(value);
+  } catch (error) {
+    if (error instanceof TypeError) throw error;
+    throw new TypeError(`the value is not encodable as MessagePack: ${error.message}`, { cause: error });
+  }
+}
+
+// --- MESSAGE frames, both ways, without the generic encoder and decoder ---------------------
+//
+// Every invoke and its reply is a MESSAGE: `[1, kind, status, peer, (peer,) request id,
+// channel, payload]`, integers, a string and binary. They are written into one buffer, reused
+// (`WebSocket.send` copies what it is given), and read field by field; anything else (an
+// integer that is not a safe one or a BigInt of 64 bits, a channel not in ASCII, another
+// encoding of a field) takes the generic encoder or decoder, as every other frame does.
+
+/** Where MESSAGE frames are written (grown as needed), and a view of it for wide integers. */
+let frameBuffer = new Uint8Array(256);
+let frameView = new DataView(frameBuffer.buffer);
+/** The largest MESSAGE written into `frameBuffer` (larger ones take the generic encoder). */
+const FRAME_KEPT = 64 << 10;
+/** The UTF-8 of the channels sent lately (well-formed), by name: a page uses a few. */
+const channelBytes = new Map();
+const CHANNELS_KEPT = 256;
+
+function utf8Channel(channel) {
+  let bytes = channelBytes.get(channel);
+  if (bytes === undefined) {
+    if (channelBytes.size >= CHANNELS_KEPT) channelBytes.clear();
+    bytes = utf8.encode(wellFormed(channel));
+    channelBytes.set(channel, bytes);
+  }
+  return bytes;
+}
+
+/** Writes unsigned integer `value` (a safe integer or a BigInt of 64 bits) at `at`; the position after, or -1. */
+function writeUint(value, at) {
+  if (typeof value === "number") {
+    if (!Number.isSafeInteger(value) || value < 0) return -1;
+    if (value < 0x80) {
+      frameBuffer[at] = value;
+      return at + 1;
+    }
+    if (value < 0x100) {
+      frameBuffer[at] = 0xcc;
+      frameBuffer[at + 1] = value;
+      return at + 2;
+    }
+    if (value < 0x10000) {
+      frameBuffer[at] = 0xcd;
+      frameView.setUint16(at + 1, value);
+      return at + 3;
+    }
+    if (value < 0x100000000) {
+      frameBuffer[at] = 0xce;
+      frameView.setUint32(at + 1, value);
+      return at + 5;
+    }
+    frameBuffer[at] = 0xcf;
+    frameView.setUint32(at + 1, Math.floor(value / 0x100000000));
+    frameView.setUint32(at + 5, value >>> 0);
+    return at + 9;
+  }
+  if (typeof value !== "bigint" || value < 0n || value > MAX_U64) return -1;
+  if (value <= SAFE_MAX) return writeUint(Number(value), at);
+  frameBuffer[at] = 0xcf;
+  frameView.setBigUint64(at + 1, value);
+  return at + 9;
+}
+
+/** Writes the header of a str or bin of `length` bytes at `at` (its fix marker `fix` below `fixLimit`, else its 8-, 16- or 32-bit marker); the position after. */
+function writeLength(length, at, fix, fixLimit, marker8, marker16, marker32) {
+  if (length < fixLimit) {
+    frameBuffer[at] = fix + length;
+    return at + 1;
+  }
+  if (length < 0x100) {
+    frameBuffer[at] = marker8;
+    frameBuffer[at + 1] = length;
+    return at + 2;
+  }
+  if (length < 0x10000) {
+    frameBuffer[at] = marker16;
+    frameView.setUint16(at + 1, length);
+    return at + 3;
+  }
+  frameBuffer[at] = marker32;
+  frameView.setUint32(at + 1, length);
+  return at + 5;
+}
+
+/**
+ * The page's MESSAGE `[1, kind, status, target, requestId, channel, payload]` as MessagePack,
+ * a view of `frameBuffer` good until the next one; `null` when a field takes the generic
+ * encoder.
+ */
+function messageFrame(kind, status, target, requestId, channel, payload) {
+  if (typeof channel !== "string" || !(payload instanceof Uint8Array)) return null;
+  const name = utf8Channel(channel);
+  // The array's marker and the tag, four integers of at most 9 bytes, two headers of 5.
+  const most = 2 + 4 * 9 + 2 * 5 + name.length + payload.length;
+  // A large message is encoded in a buffer of its own, not kept.
+  if (most > FRAME_KEPT) return null;
+  if (frameBuffer.length < most) {
+    frameBuffer = new Uint8Array(Math.max(most, frameBuffer.length * 2));
+    frameView = new DataView(frameBuffer.buffer);
+  }
+  frameBuffer[0] = 0x97;
+  frameBuffer[1] = PAGE_MESSAGE;
+  let at = writeUint(kind, 2);
+  if (at >= 0) at = writeUint(status, at);
+  if (at >= 0) at = writeUint(target, at);
+  if (at >= 0) at = writeUint(requestId, at);
+  if (at < 0) return null;
+  // A channel name is a str (fixstr below 32 bytes), a payload a bin.
+  at = writeLength(name.length, at, 0xa0, 32, 0xd9, 0xda, 0xdb);
+  frameBuffer.set(name, at);
+  at = writeLength(payload.length, at + name.length, 0, 0, 0xc4, 0xc5, 0xc6);
+  frameBuffer.set(payload, at);
+  return frameBuffer.subarray(0, at + payload.length);
+}
+
+/** Where the last `readUint` or `readLength` ended (no array per field read). */
+let readEnd = 0;
+
+/** The big-endian unsigned integer of `width` bytes at `at` of `bytes` (at most 4). */
+function bigEndian(bytes, at, width) {
+  let value = 0;
+  for (let i = 0; i < width; i++) value = value * 256 + bytes[at + i];
+  return value;
+}
+
+/**
+ * The unsigned integer at `at` of `bytes` (a number when safe, else a BigInt, as the generic
+ * decoder reads it), its end in `readEnd`; `undefined` when it is not one.
+ */
+function readUint(bytes, at) {
+  const marker = bytes[at];
+  const width = marker < 0x80 ? 0 : marker === 0xcc ? 1 : marker === 0xcd ? 2 : marker === 0xce ? 4 : marker === 0xcf ? 8 : -1;
+  if (width < 0 || at + 1 + width > bytes.length) return undefined;
+  readEnd = at + 1 + width;
+  if (width === 0) return marker;
+  if (width < 8) return bigEndian(bytes, at + 1, width);
+  const high = bigEndian(bytes, at + 1, 4);
+  const low = bigEndian(bytes, at + 5, 4);
+  // Below 2^53: a number.
+  if (high < 0x200000) return high * 0x100000000 + low;
+  return (BigInt(high) << 32n) | BigInt(low);
+}
+
+/**
+ * The length of the str (`fix`: fixstr's marker base, below 32) or bin (`fix` -1) at `at` of
+ * `bytes` (8-, 16- or 32-bit markers `marker8`...), the data's start in `readEnd`; -1 when it
+ * is not one.
+ */
+function readLength(bytes, at, fix, marker8) {
+  const marker = bytes[at];
+  if (fix >= 0 && marker >= fix && marker < fix + 32) {
+    readEnd = at + 1;
+    return marker - fix;
+  }
+  const width = marker === marker8 ? 1 : marker === marker8 + 1 ? 2 : marker === marker8 + 2 ? 4 : -1;
+  if (width < 0 || at + 1 + width > bytes.length) return -1;
+  readEnd = at + 1 + width;
+  return bigEndian(bytes, at + 1, width);
+}
+
+/**
+ * The host's MESSAGE `[1, kind, status, origin, target, request id, channel, payload]` read
+ * from `bytes` (its payload a view of them), as the generic decoder reads it; `null` when it
+ * is not one, or not as the host writes them (the generic decoder then reads it, or says why
+ * it cannot).
+ */
+function readMessage(bytes) {
+  if (bytes.length < 10 || bytes[0] !== 0x98 || bytes[1] !== HOST_MESSAGE) return null;
+  const kind = readUint(bytes, 2);
+  const status = kind === undefined ? undefined : readUint(bytes, readEnd);
+  const origin = status === undefined ? undefined : readUint(bytes, readEnd);
+  const target = origin === undefined ? undefined : readUint(bytes, readEnd);
+  const requestId = target === undefined ? undefined : readUint(bytes, readEnd);
+  if (requestId === undefined) return null;
+  // The channel: a str, in ASCII here.
+  const length = readLength(bytes, readEnd, 0xa0, 0xd9);
+  const start = readEnd;
+  if (length < 0 || start + length > bytes.length) return null;
+  let channel = "";
+  for (let i = start; i < start + length; i++) {
+    const byte = bytes[i];
+    if (byte >= 0x80) return null;
+    channel += String.fromCharCode(byte);
+  }
+  // The payload: a bin, to the end.
+  const size = readLength(bytes, start + length, -1, 0xc4);
+  if (size < 0 || readEnd + size !== bytes.length) return null;
+  return [HOST_MESSAGE, kind, status, origin, target, requestId, channel, bytes.subarray(readEnd)];
+}
+
 /** Decodes one MessagePack value (an empty buffer is `undefined`). */
 export function decodeValue(bytes) {
   if (bytes === undefined || bytes === null || bytes.length === 0) return undefined;
@@ -302,6 +508,8 @@ function asNumber(value) {
 }
 
 const DEFAULT_TIMEOUT = 30_000;
+/** An invoke's options when it is given none (not an object per invoke). */
+const NO_OPTIONS = Object.freeze({});
 /**
  * How often a half's invoke timeouts are swept (as the Rust side's 10 ms sweep): one timer for
  * all the requests in flight rather than one each. A timeout passes in whole sweeps, never
@@ -403,7 +611,17 @@ export class Client {
   }
 
   sendMessage(kind, status, target, requestId, channel, payload) {
-    return this.sendFrame([PAGE.MESSAGE, kind, status, target, requestId, channel, payload]);
+    if (this.state === "lost") return false;
+    const frame = messageFrame(kind, status, target, requestId, channel, payload);
+    if (frame === null) {
+      // The payload may be a view of the encoder's buffer (an invoke's), which this encoding reuses.
+      const own = payload instanceof Uint8Array ? payload.slice() : payload;
+      return this.sendFrame([PAGE.MESSAGE, kind, status, target, requestId, channel, own]);
+    }
+    this.socket.send(frame);
+    this.messagesOut++;
+    this.onChange(this);
+    return true;
   }
 
   log(level, parts) {
@@ -422,7 +640,11 @@ export class Client {
     try {
       if (typeof data === "string") throw new Violation("a text message on the renderer socket");
       const bytes = data instanceof ArrayBuffer ? new Uint8Array(data) : toBytes(data);
-      let frame;
+      let frame = readMessage(bytes);
+      if (frame !== null) {
+        this.message(frame);
+        return;
+      }
       try {
         frame = decodeValue(bytes);
       } catch (error) {
@@ -764,7 +986,7 @@ class Half {
   // --- Requests this half made ---------------------------------------------------------
 
   invoke(channel, value, options) {
-    options ??= {};
+    options ??= NO_OPTIONS;
     if (!this.open) {
       return Promise.reject(new InvokeError("Deactivated", `invoke on \`${channel}\`: the renderer half has closed`));
     }
@@ -784,9 +1006,10 @@ class Half {
         }),
       );
     }
+    // Copied into its message below, before anything else is encoded.
     let payload;
     try {
-      payload = encodeValue(value);
+      payload = encodeValueShared(value);
     } catch (error) {
       return Promise.reject(new InvokeError("Serialize", `invoke on \`${channel}\`: ${error.message}`));
     }

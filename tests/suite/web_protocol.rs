@@ -924,6 +924,10 @@ mod web_writes;
 #[path = "web_direct.rs"]
 mod web_direct;
 
+// The renderer socket's 16 KiB reads, and its messages of every size.
+#[path = "web_reads.rs"]
+mod web_reads;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_queues_for_a_page_while_its_socket_is_full_reaches_it_in_order_exactly_once() {
     let (host, server) = web_host(&["probe"], true, WebConfig::default()).await;

@@ -657,7 +657,8 @@ async fn renderer_upgrade(
     };
     let max = server.config.max_message;
     let tracker = server.tracker.clone();
-    upgrade.max_message_size(max).max_frame_size(max).on_upgrade(move |socket| {
+    let upgrade = upgrade.max_message_size(max).max_frame_size(max).read_buffer_size(renderer_socket::READ_BUFFER);
+    upgrade.on_upgrade(move |socket| {
         tracker.track_future(renderer_socket::serve(socket, server, extension, slot, handshake))
     })
 }

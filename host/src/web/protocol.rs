@@ -346,17 +346,27 @@ pub(crate) fn encode_welcome(frame: Peer, extension: &str) -> Vec<u8> {
 
 /// `[1, kind, status, origin, target, request_id, channel, payload]`: a message of the
 /// namespace, exactly its fields.
+/// Borrowed (no copy of the payload into a value first), into a buffer of the message's size:
+/// one allocation per message.
 pub(crate) fn encode_message(message: &Message<'_>) -> Vec<u8> {
-    write(&Value::Array(vec![
-        Value::from(1u64),
-        Value::from(message.kind),
-        Value::from(message.status),
-        Value::from(message.origin),
-        Value::from(message.target),
-        Value::from(message.request_id),
-        Value::from(message.channel),
-        Value::Binary(message.payload.to_vec()),
-    ]))
+    use rmpv::ValueRef;
+    let value = ValueRef::Array(vec![
+        ValueRef::from(1u64),
+        ValueRef::from(message.kind),
+        ValueRef::from(message.status),
+        ValueRef::from(message.origin),
+        ValueRef::from(message.target),
+        ValueRef::from(message.request_id),
+        ValueRef::from(message.channel),
+        ValueRef::Binary(message.payload),
+    ]);
+    // The array's marker and the tag (a byte each), the kind and the status (5 bytes at most
+    // each), the origin, target and request id (9), the channel's and the payload's markers
+    // with their lengths (5 each) and their bytes.
+    let mut out = Vec::with_capacity(2 + 2 * 5 + 3 * 9 + 2 * 5 + message.channel.len() + message.payload.len());
+    // Writing into a Vec cannot fail.
+    let _ = rmpv::encode::write_value_ref(&mut out, &value);
+    out
 }
 
 /// A CONTROL command the page runs.

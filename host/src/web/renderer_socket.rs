@@ -44,6 +44,11 @@ const QUEUE_BYTES: usize = 64 << 20;
 const MAX_LOG_LINE: usize = 64 << 10;
 /// Most messages the writer takes from the queue into one write (one flush).
 const WRITE_BATCH: usize = 64;
+/// The most bytes one read of the socket takes (tungstenite's default is 128 KiB). Each read,
+/// also the one that finds the socket empty after a message, first zeroes that much of its
+/// buffer: 128 KiB twice per request of a page, more than the rest of the read loop's work
+/// and cache for a small message. A larger message takes more reads, 16 KiB each.
+pub(crate) const READ_BUFFER: usize = 16 << 10;
 /// How long the writer may take to send the close frame once the connection ends.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// The close code of a connection another one took the place of (it presented the same

@@ -29,7 +29,8 @@ export class FakeSocket {
 
   send(bytes) {
     if (!(bytes instanceof Uint8Array)) throw new TypeError("the client sends binary messages");
-    const frame = decodeValue(bytes);
+    // As a WebSocket, a copy: the client reuses its buffer for the next message.
+    const frame = decodeValue(bytes.slice());
     this.sent.push(frame);
     for (const waiter of [...this.waiters]) {
       if (waiter.match(frame)) {
