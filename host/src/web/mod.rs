@@ -81,7 +81,7 @@ pub struct WebConfig {
     /// Pong or any message) before it takes the connection for dead (a half-open connection:
     /// the page's side went without a word, through a proxy or a laptop's sleep) and ends it
     /// as a lost connection (the page's requests fail `ConnectionLost`). Default 30 s; longer
-    /// than [`WebConfig::ping_interval`].
+    /// than [`WebConfig::ping_interval`]. `Duration::MAX` (anything past 30 years): never.
     pub ping_timeout: Duration,
     /// Whether a non-loopback [`WebConfig::addr`] may be bound (see
     /// [`WebConfig::allow_remote`]). Default false.
