@@ -169,3 +169,28 @@ async fn two_pages_back_at_once_with_one_token_leave_exactly_one_running() {
     server.shutdown().await;
     host.shutdown().await;
 }
+
+/// A server shutting down does not wait for the close reply of a page the host had closed
+/// just before (superseded here) and which does not answer: it waited out the whole read
+/// for it (2 s), begun before the shutdown. The read is made endless for the test, so that
+/// the shutdown that waits for it never ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_shutting_down_does_not_wait_for_a_closed_pages_close_reply_read_begun_before() {
+    let (host, server) = web_host(&["probe"], true, WebConfig::default()).await;
+    server.set_close_reply_wait_for_testing(Duration::MAX);
+    let port = port(&server);
+    let mut shell = Shell::connect(port).await;
+    let (_, origin, token) = shell.add().await;
+    let mut events = host.events();
+    let mut old = Page::connect(port, &origin, &token, "probe").await;
+    old.start().await;
+    // Superseded: the host closes `old` (4000) and reads it for its close reply, which it
+    // does not send (the test does not read it).
+    let _page = Page::connect(port, &origin, &token, "probe").await;
+    crate::support::wait_event(&mut events, |event| matches!(event, HostEvent::WebRendererClosed { .. })).await;
+    tokio::time::timeout(FAILSAFE, server.shutdown()).await.expect("the shutdown waited for the page's close reply");
+    // The host's close frame came, then the socket went.
+    assert_eq!(super::closed(&mut old.ws).await.0, 4000);
+    drop(shell);
+    host.shutdown().await;
+}
