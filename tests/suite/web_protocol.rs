@@ -970,3 +970,7 @@ mod allowed_hosts;
 // Half-open connections: pings, and a page back while the host holds its old connection.
 #[path = "web_keepalive.rs"]
 mod web_keepalive;
+
+// Their review.
+#[path = "web_keepalive_review.rs"]
+mod web_keepalive_review;

@@ -31,9 +31,14 @@ pub(crate) struct Keepalive {
     timer: Pin<Box<Sleep>>,
 }
 
+/// How far off a time a duration too long to run out (`Duration::MAX`: never) is taken to be:
+/// an instant that far away overflows (and panicked); tokio's timers do the same.
+const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
+
 impl Keepalive {
     pub(crate) fn new(interval: Duration, timeout: Duration) -> Keepalive {
         let heard = Instant::now();
+        let (interval, timeout) = (interval.min(FAR), timeout.min(FAR));
         Keepalive { interval, timeout, heard, timer: Box::pin(tokio::time::sleep_until(heard + interval)) }
     }
 

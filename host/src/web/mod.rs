@@ -18,7 +18,7 @@ mod tokens;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -81,7 +81,7 @@ pub struct WebConfig {
     /// Pong or any message) before it takes the connection for dead (a half-open connection:
     /// the page's side went without a word, through a proxy or a laptop's sleep) and ends it
     /// as a lost connection (the page's requests fail `ConnectionLost`). Default 30 s; longer
-    /// than [`WebConfig::ping_interval`].
+    /// than [`WebConfig::ping_interval`]. `Duration::MAX` (anything past 30 years): never.
     pub ping_timeout: Duration,
     /// Whether a non-loopback [`WebConfig::addr`] may be bound (see
     /// [`WebConfig::allow_remote`]). Default false.
@@ -140,6 +140,9 @@ pub(crate) struct Server {
     /// The send buffer (`SO_SNDBUF`) of the connections accepted from now on; 0: the system's
     /// (see [`WebServer::set_send_buffer_for_testing`]).
     send_buffer: AtomicUsize,
+    /// How long a page socket the host closed is read for the page's close reply, in
+    /// milliseconds; 0: 2 s (see [`WebServer::set_close_reply_wait_for_testing`]).
+    close_reply_wait: AtomicU64,
     /// Renderer sockets that have not said HELLO yet, per extension origin.
     handshakes: Mutex<BTreeMap<String, usize>>,
     shutdown: CancellationToken,
@@ -370,6 +373,15 @@ impl WebServer {
         self.server.send_buffer.store(bytes, Ordering::Release);
     }
 
+    /// How long a page socket the host closed is read for the page's close reply (2 s; never
+    /// past the server's shutdown but after a violation): longer, for the suite's tests of
+    /// what does not wait for it, which then need not measure time.
+    #[doc(hidden)]
+    pub fn set_close_reply_wait_for_testing(&self, wait: Duration) {
+        let millis = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.server.close_reply_wait.store(millis, Ordering::Release);
+    }
+
     /// How many times the writer tasks of `extension`'s connected pages were woken to flush
     /// a socket that had nothing left to flush. For the suite's tests of the writing side.
     #[doc(hidden)]
@@ -492,6 +504,7 @@ pub(crate) fn serve(config: WebConfig, hooks: Arc<dyn WebHooks>) -> Result<WebSe
         hooks,
         live: AtomicUsize::new(0),
         send_buffer: AtomicUsize::new(0),
+        close_reply_wait: AtomicU64::new(0),
         handshakes: Mutex::new(BTreeMap::new()),
         shutdown: CancellationToken::new(),
         tracker: TaskTracker::new(),

@@ -538,7 +538,20 @@ pub(crate) async fn serve(
         // kernel has not sent yet, the close frame too: the page would see 1006, a lost
         // network, and come back (to be refused, or, superseded, to take its successor's
         // place) rather than stop with this code.
-        let _ = tokio::time::timeout(CLOSE_WAIT, async { while let Some(Ok(_)) = stream.next().await {} }).await;
+        let wait = match server.close_reply_wait.load(Ordering::Acquire) {
+            0 => CLOSE_WAIT,
+            millis => Duration::from_millis(millis),
+        };
+        let read = tokio::time::timeout(wait, async { while let Some(Ok(_)) = stream.next().await {} });
+        if violated {
+            let _ = read.await;
+        } else {
+            // Nor past a shutdown that comes meanwhile.
+            tokio::select! {
+                _ = read => {}
+                () = server.shutdown.cancelled() => {}
+            }
+        }
     }
 }
 
