@@ -971,6 +971,6 @@ mod allowed_hosts;
 #[path = "web_keepalive.rs"]
 mod web_keepalive;
 
-// Their review.
-#[path = "web_keepalive_review.rs"]
-mod web_keepalive_review;
+// Their edges: a timeout meaning "never", a shutdown during a close-reply read.
+#[path = "web_keepalive_edges.rs"]
+mod web_keepalive_edges;

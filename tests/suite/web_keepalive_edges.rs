@@ -1,5 +1,5 @@
-//! The half-open connections' review: what `web_keepalive.rs`'s change still got wrong. Each
-//! test here failed before its fix.
+//! The keepalive's and the closing's edges: a timeout meaning "never", and a server shutting down
+//! while it reads for a closed page's close reply. Each test here failed before its fix.
 
 use std::time::Duration;
 
