@@ -602,6 +602,42 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_the_flusher_wrote_in_part_is_finished_before_anything_after_it() {
+        let (writer, mut reader) = flushed_pair();
+        // A small socket buffer: the flusher's write of what is held goes out in part.
+        nix::sys::socket::setsockopt(&lock(&writer.state).stream, nix::sys::socket::sockopt::SndBuf, &4096).unwrap();
+        begin();
+        writer.send(&[b"first"]).unwrap();
+        let filled = fill(&writer);
+        let frames: Vec<Vec<u8>> = (0..32u8).map(|frame| vec![frame + 2; 1000]).collect();
+        for frame in &frames {
+            writer.send(&[frame]).unwrap();
+        }
+        assert_eq!(read(&mut reader, 5 + filled).len(), 5 + filled);
+        // This thread "blocks"; the flusher writes what the socket takes, and keeps the rest.
+        loop {
+            let held = lock(&writer.state).pending.len();
+            assert!(held > 0, "the socket took all that was held: no partial write to check");
+            if held < 32 * 1000 {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        // The run goes on: its next frame comes after the rest; another thread's large frame
+        // after that.
+        writer.send(&[b"tail"]).unwrap();
+        let other = writer.clone();
+        let large = std::thread::spawn(move || other.send(&[&vec![0xEE; DEFER_UP_TO + 1]]).unwrap());
+        let bytes = read(&mut reader, 32 * 1000 + 4 + DEFER_UP_TO + 1);
+        large.join().unwrap();
+        assert_eq!(&bytes[..32 * 1000], &frames.concat()[..], "the held frames, whole and in order");
+        assert_eq!(&bytes[32 * 1000..32 * 1000 + 4], b"tail");
+        assert!(bytes[32 * 1000 + 4..].iter().all(|&byte| byte == 0xEE));
+        end();
+        assert!(nothing_waiting(&reader), "nothing written twice");
+    }
+
+    #[test]
     fn a_run_that_goes_on_after_the_flusher_wrote_its_sends_still_has_the_next_written() {
         let (writer, mut reader) = flushed_pair();
         begin();
