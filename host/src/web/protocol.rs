@@ -645,7 +645,8 @@ mod tests {
         let text: String = "é🎉x".chars().cycle().take(0x1_0000).collect();
         for (at, &int) in ints.iter().enumerate() {
             for &length in &lengths {
-                let channel = &text[..text.char_indices().map(|(i, _)| i).take_while(|&i| i <= length).last().unwrap_or(0)];
+                let channel =
+                    &text[..text.char_indices().map(|(i, _)| i).take_while(|&i| i <= length).last().unwrap_or(0)];
                 let payload = vec![7u8; length];
                 let small = u32::try_from(int).unwrap_or(u32::MAX);
                 let message = Message {
