@@ -273,6 +273,12 @@ export class Client {
       importModule?: (url: string) => Promise<{ activate?: (ipc: Ipc) => unknown; deactivate?: () => unknown }>;
       /** Called after each message in or out (for a status line). */
       onChange?: (client: Client) => void;
+      /**
+       * Whether `socket.send` copies what it is given before it returns, as a browser
+       * `WebSocket` does (then the client reuses one buffer for its messages); by default,
+       * whether `socket` is a `WebSocket`. Any other socket is given bytes of their own.
+       */
+      sendCopies?: boolean;
     },
   );
   readonly frame: number | undefined;

@@ -221,9 +221,10 @@ function encodeValueShared(value) {
 //
 // Every invoke and its reply is a MESSAGE: `[1, kind, status, peer, (peer,) request id,
 // channel, payload]`, integers, a string and binary. They are written into one buffer, reused
-// (`WebSocket.send` copies what it is given), and read field by field; anything else (an
-// integer that is not a safe one or a BigInt of 64 bits, a channel not in ASCII, another
-// encoding of a field) takes the generic encoder or decoder, as every other frame does.
+// (`WebSocket.send` copies what it is given; a socket that may not, `Client`'s `sendCopies`,
+// is sent a copy), and read field by field; anything else (an integer that is not a safe one
+// or a BigInt of 64 bits, a channel read not in ASCII, another encoding of a field) takes the
+// generic encoder or decoder, as every other frame does.
 
 /** Where MESSAGE frames are written (grown as needed), and a view of it for wide integers. */
 let frameBuffer = new Uint8Array(256);
@@ -565,7 +566,9 @@ function closeReason(text) {
  * The page's end of the renderer socket. `socket` is a WebSocket (or anything with `send`,
  * `close`, `addEventListener("message" | "close")`) whose HELLO was sent. `options`:
  * `entry` (the module to import on open, default "/index.js"), `importModule` (how, default
- * dynamic `import`), `onChange` (called after every message in or out, for a status line).
+ * dynamic `import`), `onChange` (called after every message in or out, for a status line),
+ * `sendCopies` (whether `socket.send` copies what it is given before it returns, so that the
+ * client may reuse its buffer for the next message; by default, whether it is a WebSocket).
  */
 export class Client {
   constructor(socket, options = {}) {
@@ -573,6 +576,10 @@ export class Client {
     this.entry = options.entry ?? "/index.js";
     this.importModule = options.importModule ?? ((url) => import(url));
     this.onChange = options.onChange ?? (() => {});
+    // Whether `socket.send` copies what it is given before it returns, as a browser WebSocket
+    // does: then MESSAGE frames are handed over in the one buffer the next one reuses; any
+    // other socket (which may keep what it was sent) gets a copy of its own.
+    this.sendCopies = options.sendCopies ?? (typeof WebSocket === "function" && socket instanceof WebSocket);
     this.frame = undefined;
     this.extension = undefined;
     this.state = "connecting";
@@ -618,7 +625,7 @@ export class Client {
       const own = payload instanceof Uint8Array ? payload.slice() : payload;
       return this.sendFrame([PAGE.MESSAGE, kind, status, target, requestId, channel, own]);
     }
-    this.socket.send(frame);
+    this.socket.send(this.sendCopies ? frame : frame.slice());
     this.messagesOut++;
     this.onChange(this);
     return true;

@@ -7,7 +7,7 @@ use extension_host::WebConfig;
 use probe_protocol::{ECHO_OPTIONAL, WithOptional};
 use rmpv::Value;
 
-use super::{msgpack, open_web_frame, port, web_host};
+use super::{closed, msgpack, open_web_frame, port, web_host};
 
 /// The value a reply carries (its payload, an `echo-optional` reply).
 fn reply_of(reply: &Value) -> WithOptional {
@@ -51,6 +51,30 @@ async fn a_pages_requests_in_flight_at_once_come_back_in_order_exactly_once() {
             assert_eq!(reply_of(&reply).id, expected);
         }
     }
+    server.shutdown().await;
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_message_is_refused_from_its_header_before_the_rest_is_sent() {
+    use tokio::io::AsyncWriteExt;
+    use tokio_tungstenite::MaybeTlsStream;
+
+    let config = WebConfig::default();
+    let max = config.max_message;
+    let (host, server) = web_host(&["probe"], true, config).await;
+    let (_shell, mut page) = open_web_frame(&host, port(&server), "probe").await;
+    // A binary frame (FIN) whose header claims one byte over the limit, masked as a client's
+    // must be, then one read's worth of its payload; the rest is never sent.
+    let mut frame = vec![0x82, 0x80 | 127];
+    frame.extend_from_slice(&(max as u64 + 1).to_be_bytes());
+    frame.extend_from_slice(&[1, 2, 3, 4]);
+    frame.extend(std::iter::repeat_n(0u8, 16 << 10));
+    let MaybeTlsStream::Plain(stream) = page.ws.get_mut() else { panic!("the test's socket is plain TCP") };
+    stream.write_all(&frame).await.unwrap();
+    stream.flush().await.unwrap();
+    let (code, reason) = closed(&mut page.ws).await;
+    assert_eq!(code, 1009, "refused from the header, not after {max} bytes: {reason}");
     server.shutdown().await;
     host.shutdown().await;
 }

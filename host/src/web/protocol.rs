@@ -636,6 +636,44 @@ mod tests {
         }
     }
 
+    /// `encode_message` writes what the generic encoding of the same value wrote, byte for
+    /// byte, for every width of its integers, channel and payload, within the buffer it sized.
+    #[test]
+    fn host_messages_are_the_generic_encoding_byte_for_byte() {
+        let ints = [0, 1, 0x7f, 0x80, 0xff, 0x100, 0xffff, 0x1_0000, u64::from(u32::MAX), 1 << 32, 1 << 53, u64::MAX];
+        let lengths = [0, 1, 31, 32, 255, 256, 0xffff, 0x1_0000];
+        let text: String = "é🎉x".chars().cycle().take(0x1_0000).collect();
+        for (at, &int) in ints.iter().enumerate() {
+            for &length in &lengths {
+                let channel =
+                    &text[..text.char_indices().map(|(i, _)| i).take_while(|&i| i <= length).last().unwrap_or(0)];
+                let payload = vec![7u8; length];
+                let small = u32::try_from(int).unwrap_or(u32::MAX);
+                let message = Message {
+                    kind: small,
+                    status: u32::try_from(ints[ints.len() - 1 - at]).unwrap_or(small),
+                    origin: int,
+                    target: ints[(at + 3) % ints.len()],
+                    request_id: int ^ 0x55,
+                    channel,
+                    payload: &payload,
+                };
+                let generic = write(&Value::Array(vec![
+                    Value::from(1u64),
+                    Value::from(message.kind),
+                    Value::from(message.status),
+                    Value::from(message.origin),
+                    Value::from(message.target),
+                    Value::from(message.request_id),
+                    Value::from(message.channel),
+                    Value::Binary(message.payload.to_vec()),
+                ]));
+                let encoded = encode_message(&message);
+                assert_eq!(encoded, generic, "int {int}, channel {} bytes, payload {length}", channel.len());
+            }
+        }
+    }
+
     #[test]
     fn host_messages_encode_as_the_spec_says() {
         let message = Message {
