@@ -28,13 +28,38 @@ fn keep_answering(mut ws: Socket) -> tokio::task::JoinHandle<()> {
 }
 
 /// A shell kept answering and its probe page, connected and started.
-async fn answering_shell_and_page(port: u16) -> (tokio::task::JoinHandle<()>, Page, String, String) {
+pub(super) async fn answering_shell_and_page(port: u16) -> (tokio::task::JoinHandle<()>, Page, String, String) {
     let mut shell = Shell::connect(port).await;
     let (_, origin, token) = shell.add().await;
     let shell = keep_answering(shell.ws);
     let mut page = Page::connect(port, &origin, &token, "probe").await;
     page.start().await;
     (shell, page, origin, token)
+}
+
+/// Reads `pings` pings on the idle `page` (anything else fails the test), then checks that its
+/// half still runs: its request to main is answered, main lists its frame, and the host told
+/// of no half ending meanwhile.
+pub(super) async fn pinged_and_still_running(host: &extension_host::Host, page: &mut Page, pings: usize) {
+    let mut events = host.events();
+    let mut seen = 0;
+    while seen < pings {
+        match tokio::time::timeout(FAILSAFE, page.ws.next()).await.expect("no ping came") {
+            Some(Ok(WsMessage::Ping(_))) => seen += 1,
+            Some(Ok(other)) => panic!("the idle page got {other:?}"),
+            Some(Err(error)) => panic!("the connection failed: {error}"),
+            None => panic!("the connection ended"),
+        }
+    }
+    page.message(2, 0, 0, 1, ECHO_OPTIONAL.name(), msgpack(&WithOptional { id: 7, note: None })).await;
+    let reply = page.message_where(|m| m[1] == Value::from(3)).await;
+    assert_eq!(reply[5].as_u64(), Some(1), "{reply}");
+    assert_eq!(main_frames(host).await, vec![page.frame]);
+    assert!(
+        !std::iter::from_fn(|| events.try_recv().ok())
+            .any(|event| matches!(event, HostEvent::WebRendererClosed { .. })),
+        "the half ended meanwhile"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,29 +104,9 @@ async fn a_page_that_stops_answering_pings_is_closed_and_its_requests_fail_conne
 async fn an_idle_page_that_answers_its_pings_stays_connected() {
     let (host, server) = web_host(&["probe"], true, quick_pings()).await;
     let (shell, mut page, _, _) = answering_shell_and_page(port(&server)).await;
-    let frame = page.frame;
-    let mut events = host.events();
     // 25 pings go out at least 50 ms apart: longer than the timeout (1 s), which the pongs
     // alone (the page sends nothing else) keep from running out.
-    let mut pings = 0;
-    while pings < 25 {
-        match tokio::time::timeout(FAILSAFE, page.ws.next()).await.expect("no ping came") {
-            Some(Ok(WsMessage::Ping(_))) => pings += 1,
-            Some(Ok(other)) => panic!("the idle page got {other:?}"),
-            Some(Err(error)) => panic!("the connection failed: {error}"),
-            None => panic!("the connection ended"),
-        }
-    }
-    // Its half still runs: the page's request to main is answered.
-    page.message(2, 0, 0, 1, ECHO_OPTIONAL.name(), msgpack(&WithOptional { id: 7, note: None })).await;
-    let reply = page.message_where(|m| m[1] == Value::from(3)).await;
-    assert_eq!(reply[5].as_u64(), Some(1), "{reply}");
-    assert_eq!(main_frames(&host).await, vec![frame]);
-    assert!(
-        !std::iter::from_fn(|| events.try_recv().ok())
-            .any(|event| matches!(event, HostEvent::WebRendererClosed { .. })),
-        "the half ended meanwhile"
-    );
+    pinged_and_still_running(&host, &mut page, 25).await;
     shell.abort();
     server.shutdown().await;
     host.shutdown().await;

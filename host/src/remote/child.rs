@@ -88,22 +88,8 @@ fn serve(socket: &Path, token: &str) -> Result<(), String> {
         .map_err(|e| format!("cannot start the writer thread: {e}"))?;
     let _ = READER_POSTS.set(posts);
     READER.with(|reader| reader.set(true));
-    let fd = stream.as_raw_fd();
-    let inbound = INBOUND.get_or_init(|| Inbound {
-        _stream: stream,
-        fd,
-        // What the handshake read past the welcome (the host's first packets) stays in it.
-        framing: Mutex::new(framing),
-        instances: Arc::new(Mutex::new(Table::default())),
-        drainer: AtomicU64::new(0),
-        runs: AtomicU64::new(0),
-        in_run: AtomicBool::new(false),
-        drains: AtomicU64::new(0),
-        leftover: AtomicBool::new(false),
-        armed: AtomicBool::new(false),
-        wake: Mutex::new(()),
-        armed_now: Condvar::new(),
-    });
+    // What the handshake read past the welcome (the host's first packets) stays in `framing`.
+    let inbound = INBOUND.get_or_init(|| Inbound::new(stream, framing));
     // This thread never writes (a reader blocked on a full socket while the host is blocked
     // writing to us would stall both); extension threads and the threads started below write
     // directly. It returns only by ending the process (the host gone, or out of step with it).
@@ -224,6 +210,25 @@ fn out_of_step(error: &rmp_serde::decode::Error) -> ! {
 }
 
 impl Inbound {
+    /// The reading side of `stream`, with what `framing` already holds of it; read by the
+    /// reader thread until an instance claims it.
+    fn new(stream: UnixStream, framing: Framing) -> Inbound {
+        Inbound {
+            fd: stream.as_raw_fd(),
+            _stream: stream,
+            framing: Mutex::new(framing),
+            instances: Arc::new(Mutex::new(Table::default())),
+            drainer: AtomicU64::new(0),
+            runs: AtomicU64::new(0),
+            in_run: AtomicBool::new(false),
+            drains: AtomicU64::new(0),
+            leftover: AtomicBool::new(false),
+            armed: AtomicBool::new(false),
+            wake: Mutex::new(()),
+            armed_now: Condvar::new(),
+        }
+    }
+
     fn drainer(&self) -> u64 {
         self.drainer.load(Ordering::SeqCst)
     }
@@ -837,30 +842,14 @@ unsafe extern "C" fn child_log(key: u64, level: u32, target: RawSlice, message: 
 
 #[cfg(test)]
 mod tests {
-    use super::{Found, Inbound, Table};
+    use super::{Found, Framing, Inbound, Table};
     use extension_api::abi;
-    use std::os::fd::AsRawFd;
-    use std::sync::atomic::{AtomicBool, AtomicU64};
-    use std::sync::{Arc, Condvar, Mutex};
+    use std::sync::Arc;
 
     /// A connection's reading side over one end of a socket pair (the other end returned).
     fn inbound() -> (Inbound, std::os::unix::net::UnixStream) {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-        let fd = ours.as_raw_fd();
-        let inbound = Inbound {
-            _stream: ours,
-            fd,
-            framing: Mutex::default(),
-            instances: Arc::new(Mutex::new(Table::default())),
-            drainer: AtomicU64::new(0),
-            runs: AtomicU64::new(0),
-            in_run: AtomicBool::new(false),
-            drains: AtomicU64::new(0),
-            leftover: AtomicBool::new(false),
-            armed: AtomicBool::new(false),
-            wake: Mutex::new(()),
-            armed_now: Condvar::new(),
-        };
+        let inbound = Inbound::new(ours, Framing::default());
         (inbound, theirs)
     }
 
