@@ -468,13 +468,7 @@ mod tests {
     #[test]
     fn a_stream_that_would_block_loses_nothing_inside_small_and_large_frames() {
         let sizes = [0, 10, SCRATCH - 100, SCRATCH, 300_000, 3];
-        let mut wire = Vec::new();
-        let mut sent = Vec::new();
-        for (n, size) in sizes.into_iter().enumerate() {
-            let packet = Packet::Message { key: n as u64, message: message("ch", &vec![n as u8; size]) };
-            wire.extend_from_slice(&frame(&packet).unwrap());
-            sent.push(packet);
-        }
+        let (wire, sent) = framed_messages(&sizes);
         for chunk in [1, 7, 4096, SCRATCH + 1] {
             let mut stream = NonBlocking(std::io::Cursor::new(wire.clone()), chunk, false);
             let mut framing = Framing::default();
@@ -512,18 +506,25 @@ mod tests {
         }
     }
 
+    /// A message packet of each of `sizes` (key and bytes its index), and their frames back to
+    /// back.
+    fn framed_messages(sizes: &[usize]) -> (Vec<u8>, Vec<Packet<OwnedMessage>>) {
+        let mut wire = Vec::new();
+        let mut sent = Vec::new();
+        for (n, &size) in sizes.iter().enumerate() {
+            let packet = Packet::Message { key: n as u64, message: message("ch", &vec![n as u8; size]) };
+            wire.extend_from_slice(&frame(&packet).unwrap());
+            sent.push(packet);
+        }
+        (wire, sent)
+    }
+
     #[test]
     fn frames_of_every_size_come_out_whole_however_the_stream_is_split() {
         // Sizes around the scratch buffer's edge (a frame's 4-byte prefix included) and well
         // past it, back to back, so large frames follow small ones mid-buffer.
         let sizes = [0, 1, 100, SCRATCH - 200, SCRATCH - 120, SCRATCH - 90, SCRATCH - 80, SCRATCH, 300_000, 1 << 20, 5];
-        let mut wire = Vec::new();
-        let mut sent = Vec::new();
-        for (n, size) in sizes.into_iter().enumerate() {
-            let packet = Packet::Message { key: n as u64, message: message("ch", &vec![n as u8; size]) };
-            wire.extend_from_slice(&frame(&packet).unwrap());
-            sent.push(packet);
-        }
+        let (wire, sent) = framed_messages(&sizes);
         for chunk in [1, 3, 4096, SCRATCH - 1, SCRATCH + 1, 1 << 21] {
             let mut stream = Chunked(std::io::Cursor::new(wire.clone()), chunk);
             let mut framing = Framing::default();
