@@ -25,6 +25,8 @@ struct Chunked<'a> {
     chunk: usize,
 }
 
+impl crate::remote::protocol::ReadSpare for Chunked<'_> {}
+
 impl Read for Chunked<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut count = buf.len().min(self.bytes.len());

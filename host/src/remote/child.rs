@@ -180,6 +180,23 @@ impl Read for Recv {
     }
 }
 
+impl protocol::ReadSpare for Recv {
+    /// A large frame straight into `buffer`'s spare capacity, not zeroed first; without
+    /// blocking, a short read ends it as in `read` (the rest is read by the next call).
+    fn read_spare(&mut self, buffer: &mut Vec<u8>, rest: usize) -> io::Result<usize> {
+        if !self.wait && self.emptied {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let wait = self.wait;
+        let flags = if wait { 0 } else { libc::MSG_DONTWAIT };
+        let emptied = &mut self.emptied;
+        protocol::recv_spare(self.fd, buffer, rest, flags, |asked, got| {
+            *emptied = !wait && got < asked;
+            !*emptied
+        })
+    }
+}
+
 /// Whether a read of `fd` would not block (bytes, the end, or an error), waiting up to
 /// `timeout_ms` for it.
 fn readable(fd: RawFd, timeout_ms: i32) -> bool {

@@ -1,8 +1,12 @@
 //! The protocol between the host and a child process (a renderer process, or an isolated
-//! extension's process): plain data, no I/O. Each packet is one MessagePack value (named
-//! fields) in a length-delimited frame; the child's `Hello` and the host's `Welcome` come first.
+//! extension's process): plain data, no I/O. Each packet is in a length-delimited frame; the
+//! hot one, [`Packet::Message`], in a fixed binary layout ([`MESSAGE_TAG`], read by slicing,
+//! no serde), every other one a MessagePack value (named fields). The child's `Hello` and the
+//! host's `Welcome` come first.
 
 use std::io::{self, IoSlice, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
 use bytes::Bytes;
@@ -12,8 +16,34 @@ pub use extension_api::wire::OwnedMessage;
 use extension_api::wire::{Completion, Control, InstanceConfig};
 use serde::{Deserialize, Serialize};
 
-/// Bump on any change to [`Packet`].
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Bump on any change to [`Packet`] or to its layout on the wire.
+pub const PROTOCOL_VERSION: u32 = 3;
+
+/// The first byte of a [`Packet::Message`] on the wire, in its fixed layout (little-endian):
+///
+/// | bytes | field |
+/// | --- | --- |
+/// | 1 | `MESSAGE_TAG` |
+/// | 8 | the instance key |
+/// | 4 | `kind` |
+/// | 4 | `status` |
+/// | 8 | `origin` |
+/// | 8 | `target` |
+/// | 8 | `request_id` |
+/// | 4 | the channel's length, `n` |
+/// | n | the channel (UTF-8) |
+/// | the rest of the frame | the value |
+///
+/// Every other packet is MessagePack with named fields: a map of one entry (the variant),
+/// whose first byte is [`MSGPACK_TAG`]. Any other first byte is refused.
+pub const MESSAGE_TAG: u8 = 0x01;
+
+/// The first byte of every packet but a message: MessagePack's map of one entry.
+pub const MSGPACK_TAG: u8 = 0x81;
+
+/// A message packet's bytes before its channel: the tag, the key, the message's fixed fields
+/// and the channel's length.
+pub const MESSAGE_HEAD: usize = 1 + 8 + 4 + 4 + 8 + 8 + 8 + 4;
 
 /// Largest packet either side accepts; a longer length prefix closes the connection. It is
 /// the message limit plus room for the envelope, so any message within
@@ -79,7 +109,8 @@ pub enum Packet<M = OwnedMessage> {
         /// Its outcome.
         result: Completion,
     },
-    /// Either way: an IPC message of the instance (to it, or from one of its halves).
+    /// Either way: an IPC message of the instance (to it, or from one of its halves). On the
+    /// wire in its own fixed layout ([`MESSAGE_TAG`]), never as MessagePack.
     Message {
         /// The instance's key.
         key: u64,
@@ -175,7 +206,7 @@ impl Framing {
     /// length prefix over [`MAX_PACKET`] is an error (`frame size too big`), and so is a stream
     /// that ends inside a frame. After any error the stream is out of step: nothing more may be
     /// read from it (every caller closes the connection).
-    pub fn read(&mut self, stream: &mut impl Read) -> io::Result<Option<&[u8]>> {
+    pub fn read(&mut self, stream: &mut impl ReadSpare) -> io::Result<Option<&[u8]>> {
         if let Some(length) = self.large_unfinished {
             return self.read_large(stream, length).map(Some);
         }
@@ -223,9 +254,9 @@ impl Framing {
     }
 
     /// Reads the rest of a frame of `length` bytes, larger than the scratch buffer, whose
-    /// prefix (and maybe more) is buffered.
-    /// (or, when `large_unfinished`, the part of it read so far is in `large`).
-    fn read_large(&mut self, stream: &mut impl Read, length: usize) -> io::Result<&[u8]> {
+    /// prefix (and maybe more) is buffered (or, when `large_unfinished`, the part of it read so
+    /// far is in `large`).
+    fn read_large(&mut self, stream: &mut impl ReadSpare, length: usize) -> io::Result<&[u8]> {
         if self.large_unfinished.take().is_none() {
             self.large.clear();
             self.large.reserve_exact(length);
@@ -233,11 +264,11 @@ impl Framing {
             self.large.extend_from_slice(&self.scratch[self.start + PREFIX..self.end]);
             (self.start, self.end) = (0, 0);
         }
-        let rest = (length - self.large.len()) as u64;
-        // `read_to_end` keeps what it read before an error: after `WouldBlock`, the next read
+        let rest = length - self.large.len();
+        // What was read before an error stays in `large`: after `WouldBlock`, the next read
         // goes on from there.
-        match stream.take(rest).read_to_end(&mut self.large) {
-            Ok(read) if read as u64 == rest => Ok(&self.large),
+        match stream.read_spare(&mut self.large, rest) {
+            Ok(read) if read == rest => Ok(&self.large),
             Ok(_) => Err(ended_inside_a_frame()),
             Err(error) => {
                 if error.kind() == io::ErrorKind::WouldBlock {
@@ -255,6 +286,68 @@ impl Framing {
     }
 }
 
+/// A stream a large frame is read from straight into a buffer's spare capacity, which is not
+/// zeroed first (std's `Read::read_to_end` zero-fills the spare capacity of a reader that has
+/// only `read`: up to 16 MiB before a large frame, every time).
+pub trait ReadSpare: Read {
+    /// Reads until `rest` more bytes are appended to `buffer` (whose capacity holds them), the
+    /// stream ends, or an error. Returns how many were appended; what was appended before an
+    /// error stays appended. The default (for test streams) is `Read::take` + `read_to_end`.
+    fn read_spare(&mut self, buffer: &mut Vec<u8>, rest: usize) -> io::Result<usize> {
+        self.take(rest as u64).read_to_end(buffer)
+    }
+}
+
+impl ReadSpare for UnixStream {
+    fn read_spare(&mut self, buffer: &mut Vec<u8>, rest: usize) -> io::Result<usize> {
+        let fd = self.as_raw_fd();
+        recv_spare(fd, buffer, rest, 0, |_, _| true)
+    }
+}
+
+impl ReadSpare for io::Cursor<Vec<u8>> {}
+
+/// Reads with `recv(fd, .., flags)` into `buffer`'s spare capacity until `rest` bytes are
+/// appended, the stream ends, or an error (`Interrupted` is retried); returns how many were
+/// appended. After each read, `go_on(asked, got)` says whether to read again (a reader that
+/// knows the socket is empty stops: the next call then reads).
+pub fn recv_spare(
+    fd: RawFd,
+    buffer: &mut Vec<u8>,
+    rest: usize,
+    flags: libc::c_int,
+    mut go_on: impl FnMut(usize, usize) -> bool,
+) -> io::Result<usize> {
+    buffer.reserve(rest);
+    let mut appended = 0;
+    while appended < rest {
+        let spare = &mut buffer.spare_capacity_mut()[..rest - appended];
+        // SAFETY: `spare` is `spare.len()` bytes of `buffer`'s allocation, writable for the
+        // call (a `MaybeUninit<u8>` slice: `recv` only writes it); `fd` is a socket the caller
+        // holds open.
+        let read = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), spare.len(), flags) };
+        let Ok(read) = usize::try_from(read) else {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        };
+        if read == 0 {
+            break;
+        }
+        let asked = spare.len();
+        // SAFETY: `recv` initialised the first `read` bytes of the spare capacity (it returns
+        // how many it wrote, at most `asked`), which directly follow the `len` initialised ones.
+        unsafe { buffer.set_len(buffer.len() + read) };
+        appended += read;
+        if appended < rest && !go_on(asked, read) {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+    }
+    Ok(appended)
+}
+
 fn ended_inside_a_frame() -> io::Error {
     io::Error::new(io::ErrorKind::UnexpectedEof, "the stream ended inside a frame")
 }
@@ -268,7 +361,10 @@ fn too_large(length: usize) -> io::Error {
 
 /// One frame holding `packet`: its length prefix, then the packet, encoded in place; refused
 /// if over [`MAX_PACKET`].
-pub fn frame<M: Serialize>(packet: &Packet<M>) -> io::Result<Bytes> {
+pub fn frame<M: Serialize + AsMessage>(packet: &Packet<M>) -> io::Result<Bytes> {
+    if let Packet::Message { key, message } = packet {
+        return Ok(MessageFrame::new(*key, &message.as_message())?.to_bytes());
+    }
     let mut out = vec![0; PREFIX];
     rmp_serde::encode::write_named(&mut out, packet)
         .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
@@ -278,9 +374,40 @@ pub fn frame<M: Serialize>(packet: &Packet<M>) -> io::Result<Bytes> {
     Ok(Bytes::from(out))
 }
 
+/// What a [`Packet::Message`] may carry: a message, owned or borrowed, seen as a [`Message`].
+pub trait AsMessage {
+    /// The message, borrowed.
+    fn as_message(&self) -> Message<'_>;
+}
+
+impl AsMessage for OwnedMessage {
+    fn as_message(&self) -> Message<'_> {
+        OwnedMessage::as_message(self)
+    }
+}
+
+impl AsMessage for Message<'_> {
+    fn as_message(&self) -> Message<'_> {
+        *self
+    }
+}
+
+/// Appends a message packet's bytes up to its value ([`MESSAGE_TAG`]'s layout) to `out`.
+fn put_message_head(out: &mut Vec<u8>, key: u64, message: &Message<'_>, channel_length: u32) {
+    out.push(MESSAGE_TAG);
+    out.extend_from_slice(&key.to_le_bytes());
+    out.extend_from_slice(&message.kind.to_le_bytes());
+    out.extend_from_slice(&message.status.to_le_bytes());
+    out.extend_from_slice(&message.origin.to_le_bytes());
+    out.extend_from_slice(&message.target.to_le_bytes());
+    out.extend_from_slice(&message.request_id.to_le_bytes());
+    out.extend_from_slice(&channel_length.to_le_bytes());
+    out.extend_from_slice(message.channel.as_bytes());
+}
+
 /// The frame of a [`Packet::Message`], written without copying the message's value: the
-/// length prefix and the packet up to the value (the value is the packet's last field), then
-/// the value itself, from wherever it is, in one vectored write.
+/// length prefix and the packet up to the value (the value is the packet's last field, the
+/// rest of the frame), then the value itself, from wherever it is, in one vectored write.
 pub struct MessageFrame<'a> {
     head: Vec<u8>,
     payload: &'a [u8],
@@ -288,36 +415,21 @@ pub struct MessageFrame<'a> {
 
 impl<'a> MessageFrame<'a> {
     /// `message` of instance `key`, framed; refused if the packet is over [`MAX_PACKET`].
+    #[inline]
     pub fn new(key: u64, message: &Message<'a>) -> io::Result<MessageFrame<'a>> {
         let payload = message.payload;
-        if payload.len() > MAX_PACKET {
-            return Err(too_large(payload.len()));
+        let channel = message.channel.len();
+        let length = MESSAGE_HEAD.saturating_add(channel).saturating_add(payload.len());
+        if length > MAX_PACKET {
+            return Err(too_large(length));
         }
-        let empty = Packet::Message { key, message: Message { payload: &[], ..*message } };
-        let mut head = vec![0; PREFIX];
-        rmp_serde::encode::write_named(&mut head, &empty)
-            .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
-        // The empty value came last, as `bin8` of length 0: in its place goes the header of
-        // the real one (`bin8`, `bin16` or `bin32`, the shortest that holds it, as rmp writes).
-        if !head.ends_with(&[0xc4, 0]) {
-            return Err(io::Error::other("a message packet did not end with its value"));
-        }
-        head.truncate(head.len() - 2);
-        match (u8::try_from(payload.len()), u16::try_from(payload.len())) {
-            (Ok(length), _) => head.extend_from_slice(&[0xc4, length]),
-            (_, Ok(length)) => {
-                head.push(0xc5);
-                head.extend_from_slice(&length.to_be_bytes());
-            }
-            // Within MAX_PACKET, checked above.
-            _ => {
-                head.push(0xc6);
-                head.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-            }
-        }
-        let length = head.len() - PREFIX + payload.len();
-        let prefix = u32::try_from(length).ok().filter(|_| length <= MAX_PACKET).ok_or_else(|| too_large(length))?;
-        head[..PREFIX].copy_from_slice(&prefix.to_be_bytes());
+        // Within MAX_PACKET (checked above), so both fit in a u32.
+        let (Ok(prefix), Ok(channel_length)) = (u32::try_from(length), u32::try_from(channel)) else {
+            return Err(too_large(length));
+        };
+        let mut head = Vec::with_capacity(PREFIX + MESSAGE_HEAD + channel);
+        head.extend_from_slice(&prefix.to_be_bytes());
+        put_message_head(&mut head, key, message, channel_length);
         Ok(MessageFrame { head, payload })
     }
 
@@ -357,22 +469,138 @@ pub fn write_all_vectored(writer: &mut impl Write, slices: &mut [IoSlice<'_>]) -
     Ok(())
 }
 
-/// Encodes a packet for the wire.
+/// Encodes a packet for the wire (a message in its fixed layout, anything else as
+/// MessagePack).
 pub fn encode(packet: &Packet) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    if let Packet::Message { key, message } = packet {
+        let channel_length = u32::try_from(message.channel.len())
+            .map_err(|_| rmp_serde::encode::Error::Syntax("a channel name over 4 GiB".into()))?;
+        let mut out = Vec::with_capacity(MESSAGE_HEAD + message.channel.len() + message.payload.len());
+        put_message_head(&mut out, *key, &message.as_message(), channel_length);
+        out.extend_from_slice(&message.payload);
+        return Ok(out);
+    }
     rmp_serde::to_vec_named(packet)
 }
 
-/// Decodes a packet from the wire, its message (if it is one) borrowing from `bytes`: what the
-/// connections' readers do. Any malformed or unknown packet is an error, and so is one nesting
-/// deeper than [`extension_api::wire::MAX_DEPTH`].
-pub fn decode_borrowed(bytes: &[u8]) -> Result<Packet<Message<'_>>, rmp_serde::decode::Error> {
-    extension_api::wire::decode(bytes)
+/// Why a packet is not one: what [`decode`] and [`decode_borrowed`] refuse, beyond what the
+/// MessagePack decoder says of the other packets.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Malformed {
+    /// No byte at all.
+    #[error("an empty packet")]
+    Empty,
+    /// A first byte that is neither a message's nor MessagePack's.
+    #[error(
+        "an unknown packet tag 0x{0:02x} (a packet begins with 0x{MESSAGE_TAG:02x}, a message, or 0x{MSGPACK_TAG:02x}, MessagePack)"
+    )]
+    UnknownTag(u8),
+    /// A message packet that ends before one of its fixed fields does.
+    #[error("a message packet of {length} bytes ends inside its {field} (bytes {start} to {end})")]
+    Truncated {
+        /// The packet's length.
+        length: usize,
+        /// The field it ends inside.
+        field: &'static str,
+        /// Where the field begins and ends.
+        start: usize,
+        /// (One past its last byte.)
+        end: usize,
+    },
+    /// A message packet whose channel length runs past the packet.
+    #[error("a message packet's channel of {channel} bytes runs past its end ({left} bytes left)")]
+    ChannelPastTheEnd {
+        /// The channel length the packet gave.
+        channel: u64,
+        /// What the packet had left after the length.
+        left: usize,
+    },
+    /// A message packet whose channel is not UTF-8.
+    #[error("a message packet's channel is not UTF-8: {0}")]
+    ChannelNotUtf8(std::str::Utf8Error),
+    /// A message sent as MessagePack: it has a layout of its own.
+    #[error("a message packet in MessagePack (a message packet begins with 0x{MESSAGE_TAG:02x})")]
+    MessageInMessagePack,
 }
 
-/// Decodes a packet from the wire; any malformed or unknown packet is an error, and so is one
-/// nesting deeper than [`extension_api::wire::MAX_DEPTH`].
+impl From<Malformed> for rmp_serde::decode::Error {
+    fn from(malformed: Malformed) -> rmp_serde::decode::Error {
+        rmp_serde::decode::Error::Syntax(malformed.to_string())
+    }
+}
+
+/// The fixed fields of a message packet, read in order, each checked against the packet's end.
+struct Fields<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Fields<'a> {
+    #[inline]
+    fn take<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], Malformed> {
+        let end = self.at + N;
+        match self.bytes.get(self.at..end) {
+            Some(taken) => {
+                self.at = end;
+                let mut out = [0; N];
+                out.copy_from_slice(taken);
+                Ok(out)
+            }
+            None => Err(Malformed::Truncated { length: self.bytes.len(), field, start: self.at, end }),
+        }
+    }
+
+    #[inline]
+    fn u64(&mut self, field: &'static str) -> Result<u64, Malformed> {
+        self.take(field).map(u64::from_le_bytes)
+    }
+
+    #[inline]
+    fn u32(&mut self, field: &'static str) -> Result<u32, Malformed> {
+        self.take(field).map(u32::from_le_bytes)
+    }
+}
+
+/// A message packet ([`MESSAGE_TAG`]'s layout), borrowing its channel and value from `bytes`.
+#[inline]
+fn decode_message(bytes: &[u8]) -> Result<Packet<Message<'_>>, Malformed> {
+    let mut fields = Fields { bytes, at: 1 };
+    let key = fields.u64("key")?;
+    let kind = fields.u32("kind")?;
+    let status = fields.u32("status")?;
+    let origin = fields.u64("origin")?;
+    let target = fields.u64("target")?;
+    let request_id = fields.u64("request id")?;
+    let channel_length = fields.u32("channel length")?;
+    let rest = &bytes[fields.at..];
+    let Some((channel, payload)) = usize::try_from(channel_length).ok().and_then(|at| rest.split_at_checked(at)) else {
+        return Err(Malformed::ChannelPastTheEnd { channel: channel_length.into(), left: rest.len() });
+    };
+    let channel = std::str::from_utf8(channel).map_err(Malformed::ChannelNotUtf8)?;
+    let message = Message { kind, status, origin, target, request_id, channel, payload };
+    Ok(Packet::Message { key, message })
+}
+
+/// Decodes a packet from the wire, its message (if it is one) borrowing from `bytes`: what the
+/// connections' readers do. Any malformed or unknown packet is an error ([`Malformed`] says
+/// why, in the error's text, for the layout's own checks), and so is one nesting deeper than
+/// [`extension_api::wire::MAX_DEPTH`].
+#[inline]
+pub fn decode_borrowed(bytes: &[u8]) -> Result<Packet<Message<'_>>, rmp_serde::decode::Error> {
+    match bytes.first() {
+        Some(&MESSAGE_TAG) => Ok(decode_message(bytes)?),
+        Some(&MSGPACK_TAG) => match extension_api::wire::decode(bytes)? {
+            Packet::Message { .. } => Err(Malformed::MessageInMessagePack.into()),
+            packet => Ok(packet),
+        },
+        Some(&tag) => Err(Malformed::UnknownTag(tag).into()),
+        None => Err(Malformed::Empty.into()),
+    }
+}
+
+/// Decodes a packet from the wire, as [`decode_borrowed`] does, copying its message.
 pub fn decode(bytes: &[u8]) -> Result<Packet, rmp_serde::decode::Error> {
-    extension_api::wire::decode(bytes)
+    decode_borrowed(bytes).map(Packet::into_owned)
 }
 
 #[cfg(test)]
@@ -398,6 +626,172 @@ mod tests {
             assert_eq!(decode(&encode(&packet).unwrap()).unwrap(), packet);
         }
         assert_eq!(OwnedMessage::clone(&message), message);
+    }
+
+    /// The reason `bytes` is refused, as the readers report it.
+    fn refused(bytes: &[u8]) -> String {
+        match decode_borrowed(bytes) {
+            Ok(packet) => panic!("{} bytes decoded: {packet:?}", bytes.len()),
+            Err(error) => {
+                assert!(decode(bytes).is_err());
+                error.to_string()
+            }
+        }
+    }
+
+    #[test]
+    fn the_message_layout_round_trips_every_fields_extremes() {
+        let wide = "é".repeat(32 << 10);
+        assert_eq!(wide.len(), 64 << 10);
+        for (key, number, id) in [(0, 0, 0), (u64::MAX, u32::MAX, u64::MAX), (1, 7, u64::MAX - 1)] {
+            for channel in ["", "c", wide.as_str()] {
+                let max = MAX_PACKET - MESSAGE_HEAD - channel.len();
+                for size in [0, 1, 300, max] {
+                    let message = OwnedMessage {
+                        kind: number,
+                        status: number.wrapping_add(1),
+                        origin: id,
+                        target: id ^ 1,
+                        request_id: id,
+                        channel: channel.into(),
+                        payload: vec![0x5a; size],
+                    };
+                    let packet = Packet::Message { key, message };
+                    let bytes = encode(&packet).unwrap();
+                    assert_eq!(bytes[0], MESSAGE_TAG);
+                    assert_eq!(bytes.len(), MESSAGE_HEAD + channel.len() + size);
+                    assert_eq!(decode(&bytes).unwrap(), packet);
+                    let Packet::Message { key: got, message } = decode_borrowed(&bytes).unwrap() else { panic!() };
+                    assert_eq!(got, key);
+                    // Borrowed from the packet, not copied.
+                    assert!(std::ptr::eq(message.payload.as_ptr_range().end, bytes.as_ptr_range().end));
+                    // The frame is the prefix and the same bytes, whichever way it is built.
+                    let framed = frame(&packet).unwrap();
+                    assert_eq!(&framed[..PREFIX], &(bytes.len() as u32).to_be_bytes());
+                    assert_eq!(&framed[PREFIX..], &bytes[..]);
+                    let read = Framing::default().read(&mut std::io::Cursor::new(framed.to_vec())).unwrap().unwrap().to_vec();
+                    assert_eq!(read, bytes);
+                }
+                // One byte more does not fit.
+                let over = OwnedMessage { channel: channel.into(), payload: vec![0; max + 1], ..message("", &[]) };
+                assert!(MessageFrame::new(key, &over.as_message()).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn a_message_cut_at_any_byte_is_refused_saying_where() {
+        let bytes = encode(&Packet::Message { key: 5, message: message("chan", &[1, 2, 3]) }).unwrap();
+        let fields = [
+            ("key", 1, 9),
+            ("kind", 9, 13),
+            ("status", 13, 17),
+            ("origin", 17, 25),
+            ("target", 25, 33),
+            ("request id", 33, 41),
+            ("channel length", 41, 45),
+        ];
+        for cut in 1..MESSAGE_HEAD + 4 {
+            let reason = refused(&bytes[..cut]);
+            let expected = match fields.iter().find(|(_, start, end)| (*start..*end).contains(&cut)) {
+                Some(&(field, start, end)) => {
+                    Malformed::Truncated { length: cut, field, start, end }.to_string()
+                }
+                None => Malformed::ChannelPastTheEnd { channel: 4, left: cut - MESSAGE_HEAD }.to_string(),
+            };
+            assert!(reason.contains(&expected), "cut at {cut}: {reason}, not {expected}");
+        }
+        // From the channel's end on, the rest is the value: shorter, but a message.
+        for cut in MESSAGE_HEAD + 4..=bytes.len() {
+            let Packet::Message { message, .. } = decode_borrowed(&bytes[..cut]).unwrap() else { panic!() };
+            assert_eq!(message.payload, &[1, 2, 3][..cut - MESSAGE_HEAD - 4]);
+        }
+        assert!(refused(&[]).contains("an empty packet"));
+    }
+
+    #[test]
+    fn a_message_whose_channel_runs_past_the_frame_or_is_not_utf8_is_refused() {
+        let bytes = encode(&Packet::Message { key: 5, message: message("chan", &[1, 2, 3]) }).unwrap();
+        for length in [8, u32::MAX] {
+            let mut long = bytes.clone();
+            long[41..45].copy_from_slice(&length.to_le_bytes());
+            let expected = Malformed::ChannelPastTheEnd { channel: length.into(), left: 7 }.to_string();
+            assert!(refused(&long).contains(&expected), "{length}");
+        }
+        let mut bad = bytes.clone();
+        bad[MESSAGE_HEAD + 1] = 0xff;
+        let reason = refused(&bad);
+        assert!(reason.contains("channel is not UTF-8"), "{reason}");
+        // Cut inside a character.
+        let mut cut = encode(&Packet::Message { key: 5, message: message("é", &[]) }).unwrap();
+        cut[41..45].copy_from_slice(&1u32.to_le_bytes());
+        assert!(refused(&cut).contains("channel is not UTF-8"));
+    }
+
+    #[test]
+    fn unknown_tags_and_messages_in_messagepack_are_refused() {
+        for tag in 0..=u8::MAX {
+            if tag == MESSAGE_TAG || tag == MSGPACK_TAG {
+                continue;
+            }
+            let reason = refused(&[tag, 0, 0, 0]);
+            assert!(reason.contains(&format!("an unknown packet tag 0x{tag:02x}")), "{reason}");
+        }
+        let old = rmp_serde::to_vec_named(&Packet::Message { key: 1, message: message("c", &[1]) }).unwrap();
+        assert_eq!(old[0], MSGPACK_TAG);
+        assert!(refused(&old).contains("a message packet in MessagePack"));
+        // The other packets are MessagePack, as before.
+        assert_eq!(encode(&Packet::Destroyed { key: 1 }).unwrap()[0], MSGPACK_TAG);
+    }
+
+    /// What the fuzz target checks, on mutations of valid message frames: no input panics, and
+    /// whatever decodes re-encodes to the very same bytes (the layout has one encoding).
+    #[test]
+    fn mutated_message_packets_are_refused_or_decode_to_what_they_encode() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let seeds = [
+            encode(&Packet::Message { key: 5, message: message("chan", &[1, 2, 3]) }).unwrap(),
+            encode(&Packet::Message { key: u64::MAX, message: message("", &[]) }).unwrap(),
+            encode(&Packet::Message { key: 1, message: message("é", &[0xc1; 40]) }).unwrap(),
+        ];
+        let (mut decoded, mut refusals) = (0, 0);
+        for seed in &seeds {
+            for _ in 0..20_000 {
+                let mut bytes = seed.clone();
+                for _ in 0..1 + next() % 3 {
+                    let at = (next() % bytes.len() as u64) as usize;
+                    match next() % 3 {
+                        0 => bytes[at] = next() as u8,
+                        1 => bytes.truncate(at),
+                        _ => bytes.insert(at, next() as u8),
+                    }
+                    if bytes.is_empty() {
+                        break;
+                    }
+                }
+                match decode_borrowed(&bytes) {
+                    Ok(packet) => {
+                        decoded += 1;
+                        let packet = packet.into_owned();
+                        if matches!(packet, Packet::Message { .. }) {
+                            assert_eq!(encode(&packet).unwrap(), bytes);
+                        }
+                        assert_eq!(decode(&bytes).unwrap(), packet);
+                    }
+                    Err(_) => {
+                        refusals += 1;
+                        assert!(decode(&bytes).is_err());
+                    }
+                }
+            }
+        }
+        assert!(decoded > 1000 && refusals > 1000, "{decoded} decoded, {refusals} refused");
     }
 
     #[test]
@@ -443,6 +837,8 @@ mod tests {
     /// A stream that hands out at most `chunk` bytes per read.
     struct Chunked(std::io::Cursor<Vec<u8>>, usize);
 
+    impl ReadSpare for Chunked {}
+
     impl Read for Chunked {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
             let count = buf.len().min(self.1);
@@ -453,6 +849,8 @@ mod tests {
     /// A stream that does not block: after every read of at most `chunk` bytes, the next read
     /// would block.
     struct NonBlocking(std::io::Cursor<Vec<u8>>, usize, bool);
+
+    impl ReadSpare for NonBlocking {}
 
     impl Read for NonBlocking {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
