@@ -1,6 +1,7 @@
 //! The child-connection frame decoder: arbitrary bytes as they would arrive on a child's
 //! socket, through the connections' length-delimited `Framing` (16 MiB limit) and
-//! `protocol::decode_borrowed`, as the child's reader does, and through the host's end of a connection
+//! `protocol::decode_borrowed` (a message packet's binary layout, every other packet's
+//! MessagePack), as the child's reader does, and through the host's end of a connection
 //! (`Connection::receive`: decoding plus the checks on who may send what for which key).
 //!
 //! Input: the first byte is how many bytes each read of the socket hands out (0: all at once),
@@ -42,6 +43,10 @@ fn check(data: &[u8]) {
         // What decodes re-encodes to the same packet (the host and the child re-send values
         // they decoded: the child hands a `Control` on to the instance, for one).
         let again = encode(&packet).expect("a decoded packet encodes");
+        // A message has one encoding: its layout, byte for byte.
+        if let Packet::Message { .. } = &packet {
+            assert_eq!(&again, frame, "a message re-encodes to other bytes");
+        }
         assert_eq!(decode(&again).expect("a re-encoded packet decodes"), packet);
         match &packet {
             Packet::Control { command, .. } => {
