@@ -44,6 +44,6 @@ mod stuck_renderer;
 mod truncated;
 mod watchdog_listener;
 mod watchdog_silent;
-mod wire_layout;
 mod web_packaging;
 mod web_protocol;
+mod wire_layout;

@@ -176,8 +176,8 @@ const KEEP_LARGE: usize = 2 << 20;
 ///
 /// Reading: a frame that fits in the 64 KiB scratch buffer is handed out from it (one read
 /// takes as many as have arrived); a larger one is read straight into a buffer sized from its
-/// length prefix, without zeroing it first (`Read::take` and `read_to_end` fill spare capacity
-/// as it is read), and handed out from there. Either way the frame is borrowed: the next read
+/// length prefix, without zeroing it first ([`ReadSpare`] reads into its spare capacity), and
+/// handed out from there. Either way the frame is borrowed: the next read
 /// reuses the buffer.
 ///
 /// A stream that does not block may end a read with `WouldBlock`: nothing is lost, and the
@@ -669,7 +669,8 @@ mod tests {
                     let framed = frame(&packet).unwrap();
                     assert_eq!(&framed[..PREFIX], &(bytes.len() as u32).to_be_bytes());
                     assert_eq!(&framed[PREFIX..], &bytes[..]);
-                    let read = Framing::default().read(&mut std::io::Cursor::new(framed.to_vec())).unwrap().unwrap().to_vec();
+                    let read =
+                        Framing::default().read(&mut std::io::Cursor::new(framed.to_vec())).unwrap().unwrap().to_vec();
                     assert_eq!(read, bytes);
                 }
                 // One byte more does not fit.
@@ -694,9 +695,7 @@ mod tests {
         for cut in 1..MESSAGE_HEAD + 4 {
             let reason = refused(&bytes[..cut]);
             let expected = match fields.iter().find(|(_, start, end)| (*start..*end).contains(&cut)) {
-                Some(&(field, start, end)) => {
-                    Malformed::Truncated { length: cut, field, start, end }.to_string()
-                }
+                Some(&(field, start, end)) => Malformed::Truncated { length: cut, field, start, end }.to_string(),
                 None => Malformed::ChannelPastTheEnd { channel: 4, left: cut - MESSAGE_HEAD }.to_string(),
             };
             assert!(reason.contains(&expected), "cut at {cut}: {reason}, not {expected}");
