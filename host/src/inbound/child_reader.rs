@@ -88,7 +88,9 @@ impl ChildReader {
     fn settle(&self) {
         let Some(side) = &self.side else { return };
         let drain = match self.connection.role {
-            Role::Frame(_) => self.only_link().and_then(|link| link.endpoint_of(PEER_MAIN)).and_then(|main| main_drain::of(main.key)),
+            Role::Frame(_) => {
+                self.only_link().and_then(|link| link.endpoint_of(PEER_MAIN)).and_then(|main| main_drain::of(main.key))
+            }
             Role::Isolated(_) => None,
         };
         match drain {

@@ -268,10 +268,7 @@ impl ReadSide {
     /// the next event; if bytes came after this thread's last read and no drain took them,
     /// nothing would tell main's thread: read them here.
     fn unlocked(&self, mut drains: u64, receive: Receive<'_>) -> Result<(), String> {
-        while self.is_claimed()
-            && readable(self.stream.as_raw_fd())
-            && self.drains.load(Ordering::SeqCst) == drains
-        {
+        while self.is_claimed() && readable(self.stream.as_raw_fd()) && self.drains.load(Ordering::SeqCst) == drains {
             let mut framing = lock(&self.framing);
             self.read_frames(&mut framing, receive, || false, || true)?;
             drains = self.drains.load(Ordering::SeqCst);
