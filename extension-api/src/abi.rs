@@ -180,8 +180,10 @@ pub struct HostVTable {
     /// thread's sends left waiting, before the call returns.
     pub batch_end: unsafe extern "C" fn(key: u64),
     /// The descriptor the instance's thread may watch for messages, or -1: a host that
-    /// delivers through [`Descriptor::deliver`] alone (in process, or a child process with more
-    /// than one instance on its connection) answers -1. Called once, on the instance's thread,
+    /// delivers through [`Descriptor::deliver`] alone (a child process with more than one
+    /// instance on its connection) answers -1. In the host's process it is an epoll set
+    /// standing for the renderer processes' sockets that instance's thread reads, which may
+    /// be none for now. Called once, on the instance's thread,
     /// in its runtime. When it is not -1, the instance calls [`HostVTable::drain`] at once and
     /// again whenever the descriptor is readable, on its own thread, until `drain` says
     /// [`drain::STOP`]. The descriptor is the host's, open until the instance is destroyed:

@@ -30,7 +30,7 @@ pub(crate) struct LoadFailed(String);
 /// One child process of the host.
 pub(crate) struct ChildProcess {
     connection: Arc<Connection>,
-    reader: ChildReader,
+    reader: Arc<ChildReader>,
     /// For the async part of cleaning up after the connection ends.
     runtime: tokio::runtime::Handle,
     on_lost: OnLost,
@@ -48,7 +48,7 @@ impl ChildProcess {
         let Spawned { connection, stream, framing } = Connection::spawn(program, prefix_args, role).await?;
         let connection = Arc::new(connection);
         let process = Arc::new(ChildProcess {
-            reader: ChildReader::new(connection.clone()),
+            reader: ChildReader::reading(connection.clone(), stream, framing),
             connection,
             runtime: tokio::runtime::Handle::current(),
             on_lost,
@@ -57,7 +57,9 @@ impl ChildProcess {
         std::thread::Builder::new()
             .name(format!("child-{}", process.pid()))
             .spawn(move || {
-                let reason = reading.reader.read_loop(stream, framing);
+                // Returns on this thread whoever saw the end (main's thread may read the socket:
+                // the clean-up below must never run there).
+                let reason = reading.reader.read_loop();
                 let runtime = reading.runtime.clone();
                 runtime.spawn(async move { reading.lost(reason).await });
             })

@@ -5,6 +5,7 @@
 //! on the calling thread cannot leave it deferring.
 
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{PoisonError, RwLock};
 
 use extension_api::abi::{self, Descriptor, HostVTable, RawSlice};
@@ -23,6 +24,8 @@ pub(crate) struct LibraryInstance {
     descriptor: &'static Descriptor,
     /// `None` before `instantiate` and once `take` took it: nothing is called then.
     pointer: RwLock<Option<InstancePtr>>,
+    /// The key `instantiate` gave it.
+    key: AtomicU64,
 }
 
 /// A running instance taken out of its [`LibraryInstance`], to be destroyed exactly once
@@ -30,6 +33,7 @@ pub(crate) struct LibraryInstance {
 pub(crate) struct Taken {
     descriptor: &'static Descriptor,
     pointer: InstancePtr,
+    key: u64,
 }
 
 /// The pointer `instantiate` gave back.
@@ -46,7 +50,7 @@ unsafe impl Sync for InstancePtr {}
 impl LibraryInstance {
     /// An instance of `descriptor`'s library, not started yet.
     pub(crate) fn new(descriptor: &'static Descriptor) -> LibraryInstance {
-        LibraryInstance { descriptor, pointer: RwLock::new(None) }
+        LibraryInstance { descriptor, pointer: RwLock::new(None), key: AtomicU64::new(0) }
     }
 
     /// Starts the instance under `key`; it calls back through `vtable`.
@@ -57,6 +61,7 @@ impl LibraryInstance {
         config: &InstanceConfig,
     ) -> Result<(), Refused> {
         let config = rmp_serde::to_vec_named(config).map_err(|_| Refused)?;
+        self.key.store(key, Ordering::Relaxed);
         let pointer = batch::scoped(|| {
             // SAFETY: `instantiate` comes from a descriptor whose ABI version matched when it
             // was loaded; the vtable is a static and `config` outlives the call.
@@ -102,19 +107,24 @@ impl LibraryInstance {
     /// started or was taken already.
     pub(crate) fn take(&self) -> Option<Taken> {
         let pointer = self.pointer.write().unwrap_or_else(PoisonError::into_inner).take()?;
-        Some(Taken { descriptor: self.descriptor, pointer })
+        Some(Taken { descriptor: self.descriptor, pointer, key: self.key.load(Ordering::Relaxed) })
     }
 }
 
 impl Taken {
     /// Destroys the instance: joins its thread, so it blocks. Returns the library's status.
     pub(crate) fn destroy(self) -> u32 {
-        batch::scoped(|| {
+        let status = batch::scoped(|| {
             // SAFETY: the pointer came from `instantiate` and was taken out under the write
             // lock, so no `deliver` or `control` uses it any more, and `self` is consumed:
             // destroyed once.
             unsafe { (self.descriptor.destroy)(self.pointer.0) }
-        })
+        });
+        // The sockets its thread read go back to their reader threads; its epoll set closes
+        // only if the thread finished (`OK`: its runtime, which watched the set, is gone). In a
+        // child process there is no such set: nothing to do.
+        crate::inbound::release_drain(self.key, status == abi::status::OK);
+        status
     }
 }
 

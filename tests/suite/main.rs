@@ -22,6 +22,7 @@ mod frames;
 mod gluon;
 mod harness;
 mod hops;
+mod host_drain;
 mod hot_reload;
 mod idle;
 mod idle_dispatching;

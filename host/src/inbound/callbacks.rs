@@ -1,6 +1,6 @@
 //! The inbound edge of this process: the `extern "C"` callbacks libraries call (`send`,
-//! `complete`, `log`, `batch_begin`, `batch_end`, and `inbound_fd` and `drain`, which
-//! in process have nothing to do, of [`HostVTable`]) and the registry of
+//! `complete`, `log`, `batch_begin`, `batch_end`, `inbound_fd` and `drain`, by which an
+//! instance's thread reads its renderer processes' sockets (`main_drain`), of [`HostVTable`]) and the registry of
 //! instance keys they are checked against. This is where raw messages become [`Message`]s:
 //! everything past it works on validated data.
 //!
@@ -101,21 +101,35 @@ unsafe extern "C" fn host_batch_begin(_key: u64) {
     // ends the run it began (`batch::scoped`, in `LibraryInstance`): no host thread is left
     // deferring. On a thread of its own it defers only its own sends, which the flusher
     // writes within two ticks.
-    let _ = catch_unwind(crate::remote::batch::begin);
+    // Its runs arm the readers of last resort of the sockets its thread reads (`main_drain`:
+    // a thread-local, no lock).
+    let _ = catch_unwind(|| {
+        crate::remote::batch::begin();
+        super::main_drain::run_begins();
+    });
 }
 
 unsafe extern "C" fn host_batch_end(_key: u64) {
-    let _ = catch_unwind(crate::remote::batch::end);
+    let _ = catch_unwind(|| {
+        super::main_drain::run_ends();
+        crate::remote::batch::end();
+    });
 }
 
-/// In process, everything reaches an instance through its descriptor's `deliver`: there is
-/// no descriptor to watch.
-unsafe extern "C" fn host_inbound_fd(_key: u64) -> i32 {
-    -1
+/// An instance of this process watches its epoll set: the sockets of the child connections
+/// whose packets all go to it, which its thread reads itself (`main_drain`). Everything else
+/// still reaches it through its descriptor's `deliver`.
+unsafe extern "C" fn host_inbound_fd(key: u64) -> i32 {
+    catch_unwind(|| if find(key).is_some() { super::main_drain::inbound_fd(key) } else { -1 }).unwrap_or(-1)
 }
 
-unsafe extern "C" fn host_drain(_key: u64) -> u32 {
-    abi::drain::STOP
+unsafe extern "C" fn host_drain(key: u64) -> u32 {
+    catch_unwind(|| super::main_drain::drain(key)).unwrap_or_else(|_| {
+        // That thread stops watching its set: its sockets go back to their reader threads. The
+        // set stays open (its runtime still holds it until the watching task ends).
+        let _ = catch_unwind(|| super::main_drain::release(key, false));
+        abi::drain::STOP
+    })
 }
 
 unsafe extern "C" fn host_complete(key: u64, completion: u64, result: RawSlice) {

@@ -8,13 +8,16 @@ use std::collections::{HashMap, HashSet};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, Weak};
 
-use extension_api::abi;
+use extension_api::abi::{self, PEER_MAIN};
 
 use crate::core::lock;
 use crate::endpoint::Endpoint;
 use crate::link::Link;
 use crate::remote::protocol::{self, Framing, Packet};
-use crate::remote::{Connection, packet_name};
+use crate::remote::{Connection, Role, packet_name};
+
+use super::main_drain;
+use super::read_side::ReadSide;
 
 /// What a key given to the connection routes to.
 struct Routed {
@@ -33,40 +36,97 @@ pub(crate) struct ChildReader {
     routes: Mutex<HashMap<u64, Routed>>,
     /// Keys this connection had: late packets for them are dropped, not violations.
     retired: Mutex<HashSet<u64>>,
+    /// The socket, read by the reader thread and, while every packet goes to one main of this
+    /// process, by that main's thread (`read_side`); `None` for a reader fed by hand (tests,
+    /// fuzzing).
+    side: Option<ReadSide>,
+    me: Weak<ChildReader>,
 }
 
 impl ChildReader {
+    /// A reader fed packets by hand ([`ChildReader::receive`]), with no socket of its own.
     pub(crate) fn new(connection: Arc<Connection>) -> ChildReader {
-        ChildReader { connection, routes: Mutex::new(HashMap::new()), retired: Mutex::new(HashSet::new()) }
+        ChildReader {
+            connection,
+            routes: Mutex::new(HashMap::new()),
+            retired: Mutex::new(HashSet::new()),
+            side: None,
+            me: Weak::new(),
+        }
+    }
+
+    /// The reader of `connection`'s socket `stream`, with what `framing` already holds of it
+    /// (what the handshake read past the hello); [`ChildReader::read_loop`] reads it.
+    pub(crate) fn reading(connection: Arc<Connection>, stream: UnixStream, framing: Framing) -> Arc<ChildReader> {
+        Arc::new_cyclic(|me| ChildReader {
+            connection,
+            routes: Mutex::new(HashMap::new()),
+            retired: Mutex::new(HashSet::new()),
+            side: Some(ReadSide::new(stream, framing)),
+            me: me.clone(),
+        })
     }
 
     /// Gives `key` to this connection: its packets route into `link`, from `endpoint`.
     pub(crate) fn register(&self, key: u64, link: Weak<Link>, endpoint: Weak<Endpoint>) {
         lock(&self.routes).insert(key, Routed { link, endpoint });
+        self.settle();
     }
 
     /// Takes `key` back: its late packets are dropped from now on.
     pub(crate) fn retire(&self, key: u64) {
         lock(&self.routes).remove(&key);
         lock(&self.retired).insert(key);
+        self.settle();
     }
 
-    /// Routes what the child sends until the connection ends; returns why it ended.
-    pub(crate) fn read_loop(&self, mut stream: UnixStream, mut framing: Framing) -> String {
-        loop {
-            match framing.read(&mut stream) {
-                Ok(Some(bytes)) => {
-                    let received = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.receive(bytes)));
-                    match received {
-                        Ok(Ok(())) => {}
-                        Ok(Err(violation)) => return format!("protocol violation: {violation}"),
-                        // Whatever failed, the connection must still be cleaned up.
-                        Err(_) => return "the host failed while handling a packet from the child".to_owned(),
-                    }
-                }
-                Ok(None) => return "the connection closed".to_owned(),
-                Err(error) => return format!("unreadable frame: {error}"),
+    /// After the keys changed: who reads the socket. A renderer process serving one extension
+    /// sends only to that extension's main (and the host); when that main runs in this process
+    /// its thread reads the socket itself (`main_drain`), otherwise (two extensions' halves
+    /// share the process, main is isolated, or this is an isolated extension's process) the
+    /// reader thread alone does.
+    fn settle(&self) {
+        let Some(side) = &self.side else { return };
+        let drain = match self.connection.role {
+            Role::Frame(_) => {
+                self.only_link().and_then(|link| link.endpoint_of(PEER_MAIN)).and_then(|main| main_drain::of(main.key))
             }
+            Role::Isolated(_) => None,
+        };
+        match drain {
+            Some(drain) => side.claim(&drain, self.me.clone()),
+            None => side.unclaim(),
+        }
+    }
+
+    /// The namespace of the one key this connection has, if it has exactly one.
+    fn only_link(&self) -> Option<Arc<Link>> {
+        let routes = lock(&self.routes);
+        if routes.len() != 1 {
+            return None;
+        }
+        routes.values().next().and_then(|routed| routed.link.upgrade())
+    }
+
+    /// Main's thread reads what the socket has (it claimed it); false if it stopped with more
+    /// to read.
+    pub(crate) fn drain(&self) -> bool {
+        self.side.as_ref().is_none_or(|side| side.drain(&|bytes| self.receive(bytes)))
+    }
+
+    /// The main that read the socket is gone: the reader thread reads it alone.
+    pub(crate) fn give_back(&self) {
+        if let Some(side) = &self.side {
+            side.unclaim();
+        }
+    }
+
+    /// Routes what the child sends until the connection ends; returns why it ended. On the
+    /// connection's reader thread, whoever saw the end (see `read_side`).
+    pub(crate) fn read_loop(&self) -> String {
+        match &self.side {
+            Some(side) => side.read_loop(&|bytes| self.receive(bytes)),
+            None => "the connection has no socket to read".to_owned(),
         }
     }
 

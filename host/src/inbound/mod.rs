@@ -6,6 +6,9 @@
 
 mod callbacks;
 mod child_reader;
+mod main_drain;
+mod read_side;
 
 pub(crate) use callbacks::{HOST_VTABLE, forget, register};
 pub(crate) use child_reader::ChildReader;
+pub(crate) use main_drain::release as release_drain;

@@ -1,0 +1,353 @@
+//! A child connection's reading side, shared by its reader thread and, while every packet of
+//! the connection goes to one main of this process, that main's thread (`main_drain`).
+//!
+//! **One reader at a time**, under `framing`'s lock, and each frame is handled (validated and
+//! routed by `ChildReader::receive`) before the lock is let go: frames are handled in arrival
+//! order, exactly once, whoever reads. Unclaimed, the reader thread reads blocking, as it always
+//! did. Claimed, main's thread reads whenever its runtime sees the socket readable (through
+//! main's epoll set), without blocking, and stops after a short read; the reader thread is the
+//! **reader of last resort**: it rests while main's thread is parked (its runtime wakes for the
+//! socket itself) and, armed by that thread's runs, looks every [`WATCH_TICK`]: if the thread
+//! has been in one run for a whole tick without draining this socket, with bytes waiting (author
+//! code blocking it), it reads for it, so the watchdog's inspect answers, the child's logs and
+//! its end still arrive. Idle, nothing ticks.
+//!
+//! **The connection ends on the reader thread, always**: an end a drain sees (the end of the
+//! stream, a read error, a protocol violation) is kept here with its reason, the socket given
+//! back, and the reader thread returns that reason, as it returns the ones it sees itself. Its
+//! caller's clean-up (failing requests, losing frames, the crash budget) may wait for main, so
+//! it must never run on main's thread.
+//!
+//! The child's end has the same shape for its instance's thread (`remote/child.rs`'s `Inbound`).
+
+use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use crate::core::lock;
+use crate::remote::protocol::Framing;
+
+use super::child_reader::ChildReader;
+use super::main_drain::MainDrain;
+
+/// How long main's thread may sit in one run, with the socket readable, before the reader
+/// thread reads for it (the child's is the same).
+const WATCH_TICK: Duration = Duration::from_millis(2);
+
+/// The most frames one drain of one socket handles before it lets main's other tasks run (its
+/// dispatcher among them: the mailbox is filled and emptied on one thread).
+const DRAIN_FRAMES: u32 = 64;
+
+/// Handles one frame: the connection's validation and routing; an error ends the connection.
+type Receive<'a> = &'a dyn Fn(&[u8]) -> Result<(), String>;
+
+/// One connection's socket, as read; see the module's description.
+pub(crate) struct ReadSide {
+    /// Kept open while the side lives; taken out of any epoll set before it closes (`Drop`).
+    stream: UnixStream,
+    /// Names the socket in main's epoll set.
+    id: u64,
+    /// One reader at a time; what it read past the last frame it handled stays here.
+    framing: Mutex<Framing>,
+    /// Main's drain that reads it, `None` while only the reader thread does. Changed under
+    /// this lock (before a drain's own locks: see `claim`).
+    drainer: Mutex<Option<Arc<MainDrain>>>,
+    /// Whether `drainer` is set, read without its lock.
+    claimed: AtomicBool,
+    /// Drains that took `framing`'s lock.
+    drains: AtomicU64,
+    /// The last drain stopped at [`DRAIN_FRAMES`] with bytes left in `framing`.
+    leftover: AtomicBool,
+    /// How the connection ended, seen by a drain: the reader thread returns it.
+    ended: Mutex<Option<String>>,
+}
+
+/// The socket read through its descriptor: `recv`, blocking or not (`MSG_DONTWAIT`), which
+/// leaves the descriptor's file status alone (the writer's handle shares it, and blocks).
+struct Recv {
+    fd: RawFd,
+    wait: bool,
+    /// A read without blocking got less than it asked for: the socket had no more then (a
+    /// stream socket's `recv` takes everything queued, up to the length), so the next read
+    /// without blocking would block, and is not made. What arrives after it is a new event in
+    /// main's epoll set (edge-triggered, consumed before the read).
+    emptied: bool,
+}
+
+impl Read for Recv {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.wait && self.emptied {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let flags = if self.wait { 0 } else { libc::MSG_DONTWAIT };
+        // SAFETY: `buf` is writable for `buf.len()` bytes during the call, and `fd` is the
+        // connection's socket, open while its `ReadSide` lives (which outlives every `Recv`).
+        let read = unsafe { libc::recv(self.fd, buf.as_mut_ptr().cast(), buf.len(), flags) };
+        // A negative count is an error, in errno; any other fits a usize.
+        let read = usize::try_from(read).map_err(|_| io::Error::last_os_error())?;
+        self.emptied = !self.wait && read > 0 && read < buf.len();
+        Ok(read)
+    }
+}
+
+/// Whether a read of `fd` would not block (bytes, the end, or an error), right now.
+fn readable(fd: RawFd) -> bool {
+    let mut poll = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    loop {
+        // SAFETY: one `pollfd`, valid for the call.
+        let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+        if ready >= 0 {
+            return ready > 0;
+        }
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            // Nothing to wait on: let a read say what is wrong.
+            return true;
+        }
+    }
+}
+
+/// Handles a frame, a panic included: whatever failed, the connection must still be cleaned up.
+fn handle(receive: Receive<'_>, bytes: &[u8]) -> Result<(), String> {
+    match catch_unwind(AssertUnwindSafe(|| receive(bytes))) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(violation)) => Err(format!("protocol violation: {violation}")),
+        Err(_) => Err("the host failed while handling a packet from the child".to_owned()),
+    }
+}
+
+impl ReadSide {
+    /// The reading side of `stream`, with what `framing` already holds of it (the handshake's
+    /// leftovers); read by the reader thread until a main claims it.
+    pub(crate) fn new(stream: UnixStream, framing: Framing) -> ReadSide {
+        static IDS: AtomicU64 = AtomicU64::new(1);
+        ReadSide {
+            stream,
+            id: IDS.fetch_add(1, Ordering::Relaxed),
+            framing: Mutex::new(framing),
+            drainer: Mutex::new(None),
+            claimed: AtomicBool::new(false),
+            drains: AtomicU64::new(0),
+            leftover: AtomicBool::new(false),
+            ended: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+
+    fn is_claimed(&self) -> bool {
+        self.claimed.load(Ordering::SeqCst)
+    }
+
+    fn drainer(&self) -> Option<Arc<MainDrain>> {
+        lock(&self.drainer).clone()
+    }
+
+    /// Whether main's thread of `drain` reads this socket (rather than the reader thread alone).
+    pub(crate) fn is_claimed_by(&self, drain: &MainDrain) -> bool {
+        lock(&self.drainer).as_deref().is_some_and(|drainer| std::ptr::eq(drainer, drain))
+    }
+
+    /// Gives the socket to `drain`'s thread (`reader` is this side's reader, for its drains),
+    /// taking it from any other; nothing if that drain already has it or is being released.
+    pub(crate) fn claim(&self, drain: &Arc<MainDrain>, reader: Weak<ChildReader>) {
+        if self.ended.lock().unwrap_or_else(PoisonError::into_inner).is_some() {
+            return;
+        }
+        let mut drainer = lock(&self.drainer);
+        if drainer.as_ref().is_some_and(|drainer| Arc::ptr_eq(drainer, drain)) {
+            return;
+        }
+        if let Some(old) = drainer.take() {
+            self.let_go(&old);
+        }
+        if drain.add(self, reader) {
+            *drainer = Some(drain.clone());
+            self.claimed.store(true, Ordering::SeqCst);
+            // Main's thread may be inside a run begun before the claim (author code blocking
+            // it): the reader looks at least once.
+            drain.runs().arm();
+        }
+    }
+
+    /// Gives the socket back to the reader thread alone.
+    pub(crate) fn unclaim(&self) {
+        let mut drainer = lock(&self.drainer);
+        if let Some(old) = drainer.take() {
+            self.let_go(&old);
+        }
+    }
+
+    /// Takes this socket out of `old`'s set (before `drainer` is cleared, under its lock) and
+    /// wakes the reader thread, which may be resting on `old`'s runs.
+    fn let_go(&self, old: &MainDrain) {
+        old.remove(self);
+        self.claimed.store(false, Ordering::SeqCst);
+        old.runs().wake_watchers();
+    }
+
+    fn take_ended(&self) -> Option<String> {
+        self.ended.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+
+    /// A drain saw the connection end: the reader thread ends it (see the module's description).
+    fn end(&self, reason: String) {
+        self.ended.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(reason);
+        self.unclaim();
+    }
+
+    /// Reads and handles frames until the socket has none for now (`Ok(true)`), or `go_on`
+    /// says stop before the next (`Ok(false)`); `wait` says whether the next read may block.
+    /// `Err` is why the connection ended.
+    fn read_frames(
+        &self,
+        framing: &mut Framing,
+        receive: Receive<'_>,
+        wait: impl Fn() -> bool,
+        mut go_on: impl FnMut() -> bool,
+    ) -> Result<bool, String> {
+        let mut recv = Recv { fd: self.stream.as_raw_fd(), wait: false, emptied: false };
+        loop {
+            if !go_on() {
+                return Ok(false);
+            }
+            recv.wait = wait();
+            match framing.read(&mut recv) {
+                // Decoded borrowing from the frame: a message is routed straight from the read
+                // buffer (and copied by whoever keeps it).
+                Ok(Some(bytes)) => handle(receive, bytes)?,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+                Ok(None) => return Err("the connection closed".to_owned()),
+                Err(error) => return Err(format!("unreadable frame: {error}")),
+            }
+        }
+    }
+
+    /// The reader thread: reads while no main's thread does, watches while one does; returns
+    /// why the connection ended, having given the socket back.
+    pub(crate) fn read_loop(&self, receive: Receive<'_>) -> String {
+        let reason = self.read_until_ended(receive);
+        self.unclaim();
+        reason
+    }
+
+    fn read_until_ended(&self, receive: Receive<'_>) -> String {
+        loop {
+            if let Some(reason) = self.take_ended() {
+                return reason;
+            }
+            let result = match self.drainer() {
+                None => {
+                    let mut framing = lock(&self.framing);
+                    // Blocking while nobody else reads; once claimed, what is there is read
+                    // without blocking, and the rest left to main's thread.
+                    let read = self.read_frames(&mut framing, receive, || !self.is_claimed(), || true);
+                    let drains = self.drains.load(Ordering::SeqCst);
+                    drop(framing);
+                    read.and_then(|_| self.unlocked(drains, receive))
+                }
+                Some(drain) => self.watch(&drain, receive),
+            };
+            if let Err(reason) = result {
+                return reason;
+            }
+        }
+    }
+
+    /// The reader thread let the socket go while main's thread reads it (`drains`: that
+    /// thread's drains when it let go). A drain that found the lock taken meanwhile waits for
+    /// the next event; if bytes came after this thread's last read and no drain took them,
+    /// nothing would tell main's thread: read them here.
+    fn unlocked(&self, mut drains: u64, receive: Receive<'_>) -> Result<(), String> {
+        while self.is_claimed() && readable(self.stream.as_raw_fd()) && self.drains.load(Ordering::SeqCst) == drains {
+            let mut framing = lock(&self.framing);
+            self.read_frames(&mut framing, receive, || false, || true)?;
+            drains = self.drains.load(Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    /// The reader of last resort: rests until main's thread runs; then, every tick, reads for
+    /// it if it has been in one run for the whole tick without draining, with bytes waiting.
+    fn watch(&self, drain: &MainDrain, receive: Receive<'_>) -> Result<(), String> {
+        let runs = drain.runs();
+        if !runs.wait_armed(|| self.is_claimed_by(drain)) {
+            return Ok(());
+        }
+        let (run, drains) = (runs.current(), self.drains.load(Ordering::SeqCst));
+        // A timer, not a synchronisation: the bound on how long the reader leaves bytes to a
+        // thread that does not come for them.
+        std::thread::sleep(WATCH_TICK);
+        let (stuck, rested) = runs.after_tick(run);
+        if stuck && self.drains.load(Ordering::SeqCst) == drains {
+            if self.leftover.load(Ordering::SeqCst) || readable(self.stream.as_raw_fd()) {
+                let mut framing = lock(&self.framing);
+                let read = self.read_frames(&mut framing, receive, || false, || true);
+                self.leftover.store(false, Ordering::SeqCst);
+                let drains = self.drains.load(Ordering::SeqCst);
+                drop(framing);
+                read?;
+                self.unlocked(drains, receive)?;
+            }
+        } else if rested {
+            runs.rest(run);
+        }
+        Ok(())
+    }
+
+    /// Main's thread reads what the socket has, without blocking; false if it stopped
+    /// at [`DRAIN_FRAMES`] with more to read (it comes back without waiting for an event).
+    pub(crate) fn drain(&self, receive: Receive<'_>) -> bool {
+        if !self.is_claimed() {
+            return true;
+        }
+        let mut framing = match self.framing.try_lock() {
+            Ok(framing) => framing,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            // The reader thread reads (for a stuck run, or handing over after the claim): what
+            // comes after it let go is a new event, or read by it.
+            Err(std::sync::TryLockError::WouldBlock) => return true,
+        };
+        self.drains.fetch_add(1, Ordering::SeqCst);
+        let mut frames = 0;
+        let read = self.read_frames(
+            &mut framing,
+            receive,
+            || false,
+            || {
+                frames += 1;
+                frames <= DRAIN_FRAMES && self.is_claimed()
+            },
+        );
+        match read {
+            Ok(all) => {
+                self.leftover.store(!all && framing.holds_bytes(), Ordering::SeqCst);
+                // Given back meanwhile (a second extension's half joined): the reader thread
+                // finds what this left in `framing`.
+                all || !self.is_claimed()
+            }
+            Err(reason) => {
+                drop(framing);
+                self.end(reason);
+                true
+            }
+        }
+    }
+}
+
+impl Drop for ReadSide {
+    fn drop(&mut self) {
+        // Out of main's epoll set before the socket closes: an epoll set holds the open file,
+        // not the descriptor's number, and the writer's duplicate keeps the file open.
+        self.unclaim();
+    }
+}
