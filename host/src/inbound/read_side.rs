@@ -20,8 +20,8 @@
 //!
 //! The child's end has the same shape for its instance's thread (`remote/child.rs`'s `Inbound`).
 
-use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use crate::core::lock;
 use crate::remote::protocol::Framing;
+use crate::remote::recv::{Recv, readable};
 
 use super::child_reader::ChildReader;
 use super::main_drain::MainDrain;
@@ -64,50 +65,6 @@ pub(crate) struct ReadSide {
     leftover: AtomicBool,
     /// How the connection ended, seen by a drain: the reader thread returns it.
     ended: Mutex<Option<String>>,
-}
-
-/// The socket read through its descriptor: `recv`, blocking or not (`MSG_DONTWAIT`), which
-/// leaves the descriptor's file status alone (the writer's handle shares it, and blocks).
-struct Recv {
-    fd: RawFd,
-    wait: bool,
-    /// A read without blocking got less than it asked for: the socket had no more then (a
-    /// stream socket's `recv` takes everything queued, up to the length), so the next read
-    /// without blocking would block, and is not made. What arrives after it is a new event in
-    /// main's epoll set (edge-triggered, consumed before the read).
-    emptied: bool,
-}
-
-impl Read for Recv {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if !self.wait && self.emptied {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        let flags = if self.wait { 0 } else { libc::MSG_DONTWAIT };
-        // SAFETY: `buf` is writable for `buf.len()` bytes during the call, and `fd` is the
-        // connection's socket, open while its `ReadSide` lives (which outlives every `Recv`).
-        let read = unsafe { libc::recv(self.fd, buf.as_mut_ptr().cast(), buf.len(), flags) };
-        // A negative count is an error, in errno; any other fits a usize.
-        let read = usize::try_from(read).map_err(|_| io::Error::last_os_error())?;
-        self.emptied = !self.wait && read > 0 && read < buf.len();
-        Ok(read)
-    }
-}
-
-/// Whether a read of `fd` would not block (bytes, the end, or an error), right now.
-fn readable(fd: RawFd) -> bool {
-    let mut poll = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-    loop {
-        // SAFETY: one `pollfd`, valid for the call.
-        let ready = unsafe { libc::poll(&mut poll, 1, 0) };
-        if ready >= 0 {
-            return ready > 0;
-        }
-        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            // Nothing to wait on: let a read say what is wrong.
-            return true;
-        }
-    }
 }
 
 /// Handles a frame, a panic included: whatever failed, the connection must still be cleaned up.
@@ -215,7 +172,7 @@ impl ReadSide {
         wait: impl Fn() -> bool,
         mut go_on: impl FnMut() -> bool,
     ) -> Result<bool, String> {
-        let mut recv = Recv { fd: self.stream.as_raw_fd(), wait: false, emptied: false };
+        let mut recv = Recv::new(self.stream.as_fd());
         loop {
             if !go_on() {
                 return Ok(false);
@@ -268,7 +225,7 @@ impl ReadSide {
     /// the next event; if bytes came after this thread's last read and no drain took them,
     /// nothing would tell main's thread: read them here.
     fn unlocked(&self, mut drains: u64, receive: Receive<'_>) -> Result<(), String> {
-        while self.is_claimed() && readable(self.stream.as_raw_fd()) && self.drains.load(Ordering::SeqCst) == drains {
+        while self.is_claimed() && readable(self.stream.as_fd(), 0) && self.drains.load(Ordering::SeqCst) == drains {
             let mut framing = lock(&self.framing);
             self.read_frames(&mut framing, receive, || false, || true)?;
             drains = self.drains.load(Ordering::SeqCst);
@@ -289,7 +246,7 @@ impl ReadSide {
         std::thread::sleep(WATCH_TICK);
         let (stuck, rested) = runs.after_tick(run);
         if stuck && self.drains.load(Ordering::SeqCst) == drains {
-            if self.leftover.load(Ordering::SeqCst) || readable(self.stream.as_raw_fd()) {
+            if self.leftover.load(Ordering::SeqCst) || readable(self.stream.as_fd(), 0) {
                 let mut framing = lock(&self.framing);
                 let read = self.read_frames(&mut framing, receive, || false, || true);
                 self.leftover.store(false, Ordering::SeqCst);

@@ -3,8 +3,8 @@
 //! ends (the host exited, crashed or was killed), the child exits at once: no orphans.
 
 use std::collections::HashMap;
-use std::io::{self, Read};
-use std::os::fd::{AsRawFd, RawFd};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::process::ExitCode;
@@ -22,6 +22,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use super::batch::{self, OnError, Writer};
 use super::protocol::{self, Framing, MessageFrame, PROTOCOL_VERSION, Packet};
+use super::recv::{Recv, readable};
 use crate::core::lock;
 use crate::library_instance::{LibraryInstance, Taken};
 
@@ -125,7 +126,7 @@ const DRAIN_FRAMES: u32 = 64;
 /// the socket back to the reader thread.
 struct Inbound {
     /// Kept open for the process's life: `fd` is its descriptor.
-    _stream: UnixStream,
+    stream: UnixStream,
     fd: RawFd,
     /// One reader at a time; what it read past the last frame it handled stays here.
     framing: Mutex<Framing>,
@@ -146,74 +147,6 @@ struct Inbound {
     armed_now: Condvar,
 }
 
-/// The socket read through its descriptor: `recv`, blocking or not (`MSG_DONTWAIT`), which
-/// leaves the descriptor's file status alone (the writer's handle shares it, and blocks).
-struct Recv {
-    fd: RawFd,
-    wait: bool,
-    /// A read without blocking got less than it asked for: the socket had no more then (a
-    /// stream socket's `recv` takes everything queued, up to the length), so the next read
-    /// without blocking would block, and is not made. What arrives after it is a new readiness
-    /// for whoever waits for one (its readiness was cleared before it read).
-    emptied: bool,
-}
-
-impl Recv {
-    fn new(fd: RawFd) -> Recv {
-        Recv { fd, wait: false, emptied: false }
-    }
-}
-
-impl Read for Recv {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if !self.wait && self.emptied {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        let flags = if self.wait { 0 } else { libc::MSG_DONTWAIT };
-        // SAFETY: `buf` is writable for `buf.len()` bytes during the call, and `fd` is the
-        // connection's socket, open for the life of the process (`Inbound::_stream`).
-        let read = unsafe { libc::recv(self.fd, buf.as_mut_ptr().cast(), buf.len(), flags) };
-        // A negative count is an error, in errno; any other fits a usize.
-        let read = usize::try_from(read).map_err(|_| io::Error::last_os_error())?;
-        self.emptied = !self.wait && read > 0 && read < buf.len();
-        Ok(read)
-    }
-}
-
-impl protocol::ReadSpare for Recv {
-    /// A large frame straight into `buffer`'s spare capacity, not zeroed first; without
-    /// blocking, a short read ends it as in `read` (the rest is read by the next call).
-    fn read_spare(&mut self, buffer: &mut Vec<u8>, rest: usize) -> io::Result<usize> {
-        if !self.wait && self.emptied {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        let wait = self.wait;
-        let flags = if wait { 0 } else { libc::MSG_DONTWAIT };
-        let emptied = &mut self.emptied;
-        protocol::recv_spare(self.fd, buffer, rest, flags, |asked, got| {
-            *emptied = !wait && got < asked;
-            !*emptied
-        })
-    }
-}
-
-/// Whether a read of `fd` would not block (bytes, the end, or an error), waiting up to
-/// `timeout_ms` for it.
-fn readable(fd: RawFd, timeout_ms: i32) -> bool {
-    let mut poll = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-    loop {
-        // SAFETY: one `pollfd`, valid for the call.
-        let ready = unsafe { libc::poll(&mut poll, 1, timeout_ms) };
-        if ready >= 0 {
-            return ready > 0;
-        }
-        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            // Nothing to wait on: let a read say what is wrong.
-            return true;
-        }
-    }
-}
-
 /// The host is gone (the connection ended, or broke): nothing of ours may outlive it, and no
 /// destructor should run extension code now.
 fn host_gone() -> ! {
@@ -232,7 +165,7 @@ impl Inbound {
     fn new(stream: UnixStream, framing: Framing) -> Inbound {
         Inbound {
             fd: stream.as_raw_fd(),
-            _stream: stream,
+            stream,
             framing: Mutex::new(framing),
             instances: Arc::new(Mutex::new(Table::default())),
             drainer: AtomicU64::new(0),
@@ -271,7 +204,7 @@ impl Inbound {
     /// before the next (false); `wait` says whether the next read may block. Ends the process
     /// when the host is gone or out of step.
     fn read_frames(&self, framing: &mut Framing, wait: impl Fn() -> bool, mut go_on: impl FnMut() -> bool) -> bool {
-        let mut recv = Recv::new(self.fd);
+        let mut recv = Recv::new(self.stream.as_fd());
         loop {
             if !go_on() {
                 return false;
@@ -295,7 +228,7 @@ impl Inbound {
     /// the next readiness; if bytes came after this thread's last read and no drain took them,
     /// nothing would tell that thread: read them here.
     fn unlocked(&self, mut drains: u64) {
-        while self.drainer() != 0 && readable(self.fd, 0) && self.drains.load(Ordering::SeqCst) == drains {
+        while self.drainer() != 0 && readable(self.stream.as_fd(), 0) && self.drains.load(Ordering::SeqCst) == drains {
             let mut framing = lock(&self.framing);
             self.read_frames(&mut framing, || false, || true);
             drains = self.drains.load(Ordering::SeqCst);
@@ -321,7 +254,7 @@ impl Inbound {
         let in_run = self.in_run.load(Ordering::SeqCst);
         let same_run = self.runs.load(Ordering::SeqCst) == runs;
         if in_run && same_run && self.drains.load(Ordering::SeqCst) == drains {
-            if self.leftover.load(Ordering::SeqCst) || readable(self.fd, 0) {
+            if self.leftover.load(Ordering::SeqCst) || readable(self.stream.as_fd(), 0) {
                 let mut framing = lock(&self.framing);
                 self.read_frames(&mut framing, || false, || true);
                 self.leftover.store(false, Ordering::SeqCst);

@@ -9,5 +9,6 @@ pub(crate) mod batch;
 pub(crate) mod child;
 mod connection;
 pub(crate) mod protocol;
+pub(crate) mod recv;
 
 pub(crate) use connection::{Connection, Role, Spawned, describe_exit, packet_name};
