@@ -680,6 +680,35 @@ mod tests {
         }
     }
 
+    /// The layout byte for byte, as ARCHITECTURE.md gives it (little-endian fields), written
+    /// out by hand: a layout both ends changed alike (another byte order, another field order)
+    /// would still round-trip, and break every child built before it.
+    #[test]
+    fn a_message_packet_is_the_documented_layout_byte_for_byte() {
+        let message = OwnedMessage {
+            kind: 0x0403_0201,
+            status: 0x0807_0605,
+            origin: 0x1817_1615_1413_1211,
+            target: 0x2827_2625_2423_2221,
+            request_id: 0x3837_3635_3433_3231,
+            channel: "ab".into(),
+            payload: vec![0xc3, 0x90],
+        };
+        let mut expected = vec![MESSAGE_TAG];
+        expected.extend_from_slice(&[0xf1, 0xf2, 0xf3, 0xf4, 0xf5, 0xf6, 0xf7, 0xf8]);
+        expected.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
+        expected.extend_from_slice(&[0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18]);
+        expected.extend_from_slice(&[0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x27, 0x28]);
+        expected.extend_from_slice(&[0x31, 0x32, 0x33, 0x34, 0x35, 0x36, 0x37, 0x38]);
+        expected.extend_from_slice(&[2, 0, 0, 0, b'a', b'b', 0xc3, 0x90]);
+        let packet = Packet::Message { key: 0xf8f7_f6f5_f4f3_f2f1, message };
+        assert_eq!(encode(&packet).unwrap(), expected);
+        assert_eq!(decode(&expected).unwrap(), packet);
+        let framed = frame(&packet).unwrap();
+        assert_eq!(framed[..PREFIX], (expected.len() as u32).to_be_bytes());
+        assert_eq!(framed[PREFIX..], expected[..]);
+    }
+
     #[test]
     fn a_message_cut_at_any_byte_is_refused_saying_where() {
         let bytes = encode(&Packet::Message { key: 5, message: message("chan", &[1, 2, 3]) }).unwrap();
@@ -942,6 +971,37 @@ mod tests {
             };
             assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof, "chunks of {chunk}");
         }
+    }
+
+    /// Frames read from a real socket (`UnixStream`'s `read_spare`: `recv` into the spare
+    /// capacity), written in small pieces by another thread so that reads come up short: small
+    /// and large ones, one exactly the scratch buffer (its prefix included) and one byte over,
+    /// one over `KEEP_LARGE` and a smaller one after it. Then a stream cut inside a large frame
+    /// is an error, never a shorter frame.
+    #[test]
+    fn frames_from_a_socket_come_out_whole_and_one_cut_short_is_an_error() {
+        use std::io::Write;
+        // A message frame is the prefix, the layout's head, the channel "ch", the value.
+        let exactly_scratch = SCRATCH - PREFIX - MESSAGE_HEAD - 2;
+        let sizes = [10, 300_000, exactly_scratch, exactly_scratch + 1, KEEP_LARGE + 1, 1 << 20, 0, 70_000];
+        let (wire, sent) = framed_messages(&sizes);
+        assert_eq!(frame(&sent[2]).unwrap().len(), SCRATCH);
+        let (mut ours, theirs) = UnixStream::pair().unwrap();
+        let cut = wire.len() - 20;
+        let writer = std::thread::spawn(move || {
+            let mut theirs = theirs;
+            for piece in wire[..cut].chunks(4099) {
+                theirs.write_all(piece).unwrap();
+            }
+        });
+        let mut framing = Framing::default();
+        for packet in &sent[..sent.len() - 1] {
+            let bytes = framing.read(&mut ours).unwrap().unwrap();
+            assert_eq!(&decode_borrowed(bytes).unwrap().into_owned(), packet);
+        }
+        let error = framing.read(&mut ours).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof, "{error}");
+        writer.join().unwrap();
     }
 
     #[test]
