@@ -310,8 +310,10 @@ impl ReadSpare for io::Cursor<Vec<u8>> {}
 /// Reads with `recv(fd, .., flags)` into `buffer`'s spare capacity until `rest` bytes are
 /// appended, the stream ends, or an error (`Interrupted` is retried); returns how many were
 /// appended. After each read, `go_on(asked, got)` says whether to read again (a reader that
-/// knows the socket is empty stops: the next call then reads).
-pub fn recv_spare(
+/// knows the socket is empty stops: the next call then reads). Crate-private: `fd` must be a
+/// socket the caller holds open (its two callers read their own: the host's `UnixStream`, the
+/// child's `Recv`), which a public safe function could not promise.
+pub(crate) fn recv_spare(
     fd: RawFd,
     buffer: &mut Vec<u8>,
     rest: usize,
@@ -323,8 +325,9 @@ pub fn recv_spare(
     while appended < rest {
         let spare = &mut buffer.spare_capacity_mut()[..rest - appended];
         // SAFETY: `spare` is `spare.len()` bytes of `buffer`'s allocation, writable for the
-        // call (a `MaybeUninit<u8>` slice: `recv` only writes it); `fd` is a socket the caller
-        // holds open.
+        // call (a `MaybeUninit<u8>` slice: `recv` writes at most `spare.len()` bytes of it and
+        // reads none); `recv` touches no other memory, whatever `fd` is (one that is not an
+        // open socket fails, with errno). Both callers in this crate pass a socket they hold open.
         let read = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), spare.len(), flags) };
         let Ok(read) = usize::try_from(read) else {
             let error = io::Error::last_os_error();
