@@ -521,6 +521,14 @@ pub enum Malformed {
     /// A message packet whose channel is not UTF-8.
     #[error("a message packet's channel is not UTF-8: {0}")]
     ChannelNotUtf8(std::str::Utf8Error),
+    /// A MessagePack packet followed by more bytes in its frame (a frame is one packet).
+    #[error("a packet of {length} bytes has {trailing} bytes after its MessagePack value")]
+    TrailingBytes {
+        /// The packet's length.
+        length: usize,
+        /// The bytes after its value.
+        trailing: usize,
+    },
     /// A message sent as MessagePack: it has a layout of its own.
     #[error("a message packet in MessagePack (a message packet begins with 0x{MESSAGE_TAG:02x})")]
     MessageInMessagePack,
@@ -586,7 +594,8 @@ fn decode_message(bytes: &[u8]) -> Result<Packet<Message<'_>>, Malformed> {
 
 /// Decodes a packet from the wire, its message (if it is one) borrowing from `bytes`: what the
 /// connections' readers do. Any malformed or unknown packet is an error ([`Malformed`] says
-/// why, in the error's text, for the layout's own checks), and so is one nesting deeper than
+/// why, in the error's text, for the layout's own checks, and for bytes after a MessagePack
+/// packet's value), and so is one nesting deeper than
 /// [`extension_api::wire::MAX_DEPTH`].
 #[inline]
 pub fn decode_borrowed(bytes: &[u8]) -> Result<Packet<Message<'_>>, rmp_serde::decode::Error> {
@@ -594,11 +603,25 @@ pub fn decode_borrowed(bytes: &[u8]) -> Result<Packet<Message<'_>>, rmp_serde::d
         Some(&MESSAGE_TAG) => Ok(decode_message(bytes)?),
         Some(&MSGPACK_TAG) => match extension_api::wire::decode(bytes)? {
             Packet::Message { .. } => Err(Malformed::MessageInMessagePack.into()),
-            packet => Ok(packet),
+            packet => match messagepack_length(bytes)? {
+                length if length < bytes.len() => {
+                    Err(Malformed::TrailingBytes { length: bytes.len(), trailing: bytes.len() - length }.into())
+                }
+                _ => Ok(packet),
+            },
         },
         Some(&tag) => Err(Malformed::UnknownTag(tag).into()),
         None => Err(Malformed::Empty.into()),
     }
+}
+
+/// How many bytes the first MessagePack value in `bytes` takes (skipped, not decoded; after
+/// `wire::decode` refused anything nested too deep). `rmp_serde` itself ignores what follows it.
+fn messagepack_length(bytes: &[u8]) -> Result<usize, rmp_serde::decode::Error> {
+    let mut deserializer = rmp_serde::Deserializer::new(io::Cursor::new(bytes));
+    serde::de::IgnoredAny::deserialize(&mut deserializer)?;
+    // At most `bytes.len()`: a position within the slice.
+    Ok(usize::try_from(deserializer.position()).unwrap_or(usize::MAX))
 }
 
 /// Decodes a packet from the wire, as [`decode_borrowed`] does, copying its message.
@@ -773,6 +796,24 @@ mod tests {
         assert!(refused(&old).contains("a message packet in MessagePack"));
         // The other packets are MessagePack, as before.
         assert_eq!(encode(&Packet::Destroyed { key: 1 }).unwrap()[0], MSGPACK_TAG);
+    }
+
+    #[test]
+    fn a_packet_with_bytes_after_its_messagepack_value_is_refused() {
+        for packet in [
+            Packet::Destroyed { key: 1 },
+            Packet::Log { key: 2, level: 3, target: "t".into(), message: "m".into() },
+            Packet::Hello { protocol: PROTOCOL_VERSION, token: "t".into(), pid: 7 },
+        ] {
+            let exact = encode(&packet).unwrap();
+            assert_eq!(decode(&exact).unwrap(), packet);
+            for trailing in [&[0xc0][..], &[0x01, 0x02, 0x03], &exact] {
+                let bytes = [&exact[..], trailing].concat();
+                let reason = refused(&bytes);
+                let expected = Malformed::TrailingBytes { length: bytes.len(), trailing: trailing.len() }.to_string();
+                assert!(reason.contains(&expected), "{packet:?}: {reason}, not {expected}");
+            }
+        }
     }
 
     /// What the fuzz target checks, on mutations of valid message frames: no input panics, and
