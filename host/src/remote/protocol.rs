@@ -310,8 +310,10 @@ impl ReadSpare for io::Cursor<Vec<u8>> {}
 /// Reads with `recv(fd, .., flags)` into `buffer`'s spare capacity until `rest` bytes are
 /// appended, the stream ends, or an error (`Interrupted` is retried); returns how many were
 /// appended. After each read, `go_on(asked, got)` says whether to read again (a reader that
-/// knows the socket is empty stops: the next call then reads).
-pub fn recv_spare(
+/// knows the socket is empty stops: the next call then reads). Crate-private: `fd` must be a
+/// socket the caller holds open (its two callers read their own: the host's `UnixStream`, the
+/// child's `Recv`), which a public safe function could not promise.
+pub(crate) fn recv_spare(
     fd: RawFd,
     buffer: &mut Vec<u8>,
     rest: usize,
@@ -323,8 +325,9 @@ pub fn recv_spare(
     while appended < rest {
         let spare = &mut buffer.spare_capacity_mut()[..rest - appended];
         // SAFETY: `spare` is `spare.len()` bytes of `buffer`'s allocation, writable for the
-        // call (a `MaybeUninit<u8>` slice: `recv` only writes it); `fd` is a socket the caller
-        // holds open.
+        // call (a `MaybeUninit<u8>` slice: `recv` writes at most `spare.len()` bytes of it and
+        // reads none); `recv` touches no other memory, whatever `fd` is (one that is not an
+        // open socket fails, with errno). Both callers in this crate pass a socket they hold open.
         let read = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), spare.len(), flags) };
         let Ok(read) = usize::try_from(read) else {
             let error = io::Error::last_os_error();
@@ -518,6 +521,14 @@ pub enum Malformed {
     /// A message packet whose channel is not UTF-8.
     #[error("a message packet's channel is not UTF-8: {0}")]
     ChannelNotUtf8(std::str::Utf8Error),
+    /// A MessagePack packet followed by more bytes in its frame (a frame is one packet).
+    #[error("a packet of {length} bytes has {trailing} bytes after its MessagePack value")]
+    TrailingBytes {
+        /// The packet's length.
+        length: usize,
+        /// The bytes after its value.
+        trailing: usize,
+    },
     /// A message sent as MessagePack: it has a layout of its own.
     #[error("a message packet in MessagePack (a message packet begins with 0x{MESSAGE_TAG:02x})")]
     MessageInMessagePack,
@@ -583,7 +594,8 @@ fn decode_message(bytes: &[u8]) -> Result<Packet<Message<'_>>, Malformed> {
 
 /// Decodes a packet from the wire, its message (if it is one) borrowing from `bytes`: what the
 /// connections' readers do. Any malformed or unknown packet is an error ([`Malformed`] says
-/// why, in the error's text, for the layout's own checks), and so is one nesting deeper than
+/// why, in the error's text, for the layout's own checks, and for bytes after a MessagePack
+/// packet's value), and so is one nesting deeper than
 /// [`extension_api::wire::MAX_DEPTH`].
 #[inline]
 pub fn decode_borrowed(bytes: &[u8]) -> Result<Packet<Message<'_>>, rmp_serde::decode::Error> {
@@ -591,11 +603,25 @@ pub fn decode_borrowed(bytes: &[u8]) -> Result<Packet<Message<'_>>, rmp_serde::d
         Some(&MESSAGE_TAG) => Ok(decode_message(bytes)?),
         Some(&MSGPACK_TAG) => match extension_api::wire::decode(bytes)? {
             Packet::Message { .. } => Err(Malformed::MessageInMessagePack.into()),
-            packet => Ok(packet),
+            packet => match messagepack_length(bytes)? {
+                length if length < bytes.len() => {
+                    Err(Malformed::TrailingBytes { length: bytes.len(), trailing: bytes.len() - length }.into())
+                }
+                _ => Ok(packet),
+            },
         },
         Some(&tag) => Err(Malformed::UnknownTag(tag).into()),
         None => Err(Malformed::Empty.into()),
     }
+}
+
+/// How many bytes the first MessagePack value in `bytes` takes (skipped, not decoded; after
+/// `wire::decode` refused anything nested too deep). `rmp_serde` itself ignores what follows it.
+fn messagepack_length(bytes: &[u8]) -> Result<usize, rmp_serde::decode::Error> {
+    let mut deserializer = rmp_serde::Deserializer::new(io::Cursor::new(bytes));
+    serde::de::IgnoredAny::deserialize(&mut deserializer)?;
+    // At most `bytes.len()`: a position within the slice.
+    Ok(usize::try_from(deserializer.position()).unwrap_or(usize::MAX))
 }
 
 /// Decodes a packet from the wire, as [`decode_borrowed`] does, copying its message.
@@ -680,6 +706,35 @@ mod tests {
         }
     }
 
+    /// The layout byte for byte, as ARCHITECTURE.md gives it (little-endian fields), written
+    /// out by hand: a layout both ends changed alike (another byte order, another field order)
+    /// would still round-trip, and break every child built before it.
+    #[test]
+    fn a_message_packet_is_the_documented_layout_byte_for_byte() {
+        let message = OwnedMessage {
+            kind: 0x0403_0201,
+            status: 0x0807_0605,
+            origin: 0x1817_1615_1413_1211,
+            target: 0x2827_2625_2423_2221,
+            request_id: 0x3837_3635_3433_3231,
+            channel: "ab".into(),
+            payload: vec![0xc3, 0x90],
+        };
+        let mut expected = vec![MESSAGE_TAG];
+        expected.extend_from_slice(&[0xf1, 0xf2, 0xf3, 0xf4, 0xf5, 0xf6, 0xf7, 0xf8]);
+        expected.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
+        expected.extend_from_slice(&[0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18]);
+        expected.extend_from_slice(&[0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x27, 0x28]);
+        expected.extend_from_slice(&[0x31, 0x32, 0x33, 0x34, 0x35, 0x36, 0x37, 0x38]);
+        expected.extend_from_slice(&[2, 0, 0, 0, b'a', b'b', 0xc3, 0x90]);
+        let packet = Packet::Message { key: 0xf8f7_f6f5_f4f3_f2f1, message };
+        assert_eq!(encode(&packet).unwrap(), expected);
+        assert_eq!(decode(&expected).unwrap(), packet);
+        let framed = frame(&packet).unwrap();
+        assert_eq!(framed[..PREFIX], (expected.len() as u32).to_be_bytes());
+        assert_eq!(framed[PREFIX..], expected[..]);
+    }
+
     #[test]
     fn a_message_cut_at_any_byte_is_refused_saying_where() {
         let bytes = encode(&Packet::Message { key: 5, message: message("chan", &[1, 2, 3]) }).unwrap();
@@ -741,6 +796,24 @@ mod tests {
         assert!(refused(&old).contains("a message packet in MessagePack"));
         // The other packets are MessagePack, as before.
         assert_eq!(encode(&Packet::Destroyed { key: 1 }).unwrap()[0], MSGPACK_TAG);
+    }
+
+    #[test]
+    fn a_packet_with_bytes_after_its_messagepack_value_is_refused() {
+        for packet in [
+            Packet::Destroyed { key: 1 },
+            Packet::Log { key: 2, level: 3, target: "t".into(), message: "m".into() },
+            Packet::Hello { protocol: PROTOCOL_VERSION, token: "t".into(), pid: 7 },
+        ] {
+            let exact = encode(&packet).unwrap();
+            assert_eq!(decode(&exact).unwrap(), packet);
+            for trailing in [&[0xc0][..], &[0x01, 0x02, 0x03], &exact] {
+                let bytes = [&exact[..], trailing].concat();
+                let reason = refused(&bytes);
+                let expected = Malformed::TrailingBytes { length: bytes.len(), trailing: trailing.len() }.to_string();
+                assert!(reason.contains(&expected), "{packet:?}: {reason}, not {expected}");
+            }
+        }
     }
 
     /// What the fuzz target checks, on mutations of valid message frames: no input panics, and
@@ -942,6 +1015,37 @@ mod tests {
             };
             assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof, "chunks of {chunk}");
         }
+    }
+
+    /// Frames read from a real socket (`UnixStream`'s `read_spare`: `recv` into the spare
+    /// capacity), written in small pieces by another thread so that reads come up short: small
+    /// and large ones, one exactly the scratch buffer (its prefix included) and one byte over,
+    /// one over `KEEP_LARGE` and a smaller one after it. Then a stream cut inside a large frame
+    /// is an error, never a shorter frame.
+    #[test]
+    fn frames_from_a_socket_come_out_whole_and_one_cut_short_is_an_error() {
+        use std::io::Write;
+        // A message frame is the prefix, the layout's head, the channel "ch", the value.
+        let exactly_scratch = SCRATCH - PREFIX - MESSAGE_HEAD - 2;
+        let sizes = [10, 300_000, exactly_scratch, exactly_scratch + 1, KEEP_LARGE + 1, 1 << 20, 0, 70_000];
+        let (wire, sent) = framed_messages(&sizes);
+        assert_eq!(frame(&sent[2]).unwrap().len(), SCRATCH);
+        let (mut ours, theirs) = UnixStream::pair().unwrap();
+        let cut = wire.len() - 20;
+        let writer = std::thread::spawn(move || {
+            let mut theirs = theirs;
+            for piece in wire[..cut].chunks(4099) {
+                theirs.write_all(piece).unwrap();
+            }
+        });
+        let mut framing = Framing::default();
+        for packet in &sent[..sent.len() - 1] {
+            let bytes = framing.read(&mut ours).unwrap().unwrap();
+            assert_eq!(&decode_borrowed(bytes).unwrap().into_owned(), packet);
+        }
+        let error = framing.read(&mut ours).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof, "{error}");
+        writer.join().unwrap();
     }
 
     #[test]
