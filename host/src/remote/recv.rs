@@ -77,3 +77,49 @@ pub(crate) fn readable(fd: BorrowedFd<'_>, timeout_ms: i32) -> bool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_frame_read_without_blocking_resumes_where_it_stopped() {
+        use crate::remote::protocol::{self, Framing, OwnedMessage, Packet, decode};
+        use std::io::Write;
+        use std::os::fd::AsFd;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let payload: Vec<u8> = (0..(3 << 20) + 7).map(|n: u32| (n % 251) as u8).collect();
+        let message =
+            OwnedMessage { kind: 2, status: 0, origin: 3, target: 0, request_id: 1, channel: "c".into(), payload };
+        let packet = Packet::Message { key: 4, message };
+        let wire = protocol::frame(&packet).unwrap();
+        let writer = std::thread::spawn(move || {
+            let mut theirs = theirs;
+            theirs.write_all(&wire).unwrap();
+            // Then half a frame, and the end.
+            theirs.write_all(&wire[..wire.len() / 2]).unwrap();
+        });
+        let fd = ours.as_fd();
+        let mut framing = Framing::default();
+        let mut stopped_inside = 0;
+        let mut read = |framing: &mut Framing| loop {
+            match framing.read(&mut Recv::new(fd)) {
+                Ok(frame) => return Ok(frame.map(<[u8]>::to_vec)),
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                    stopped_inside += usize::from(framing.holds_bytes());
+                    // A failsafe, not a measure: the writer is writing.
+                    assert!(readable(fd, 10_000), "nothing more arrived");
+                }
+                Err(error) => return Err(error),
+            }
+        };
+        let frame = read(&mut framing).unwrap().unwrap();
+        assert_eq!(decode(&frame).unwrap(), packet);
+        assert!(!framing.holds_bytes());
+        let error = read(&mut framing).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::UnexpectedEof, "{error}");
+        // 3 MiB is more than a socket holds: the frame was read in several drains.
+        assert!(stopped_inside > 0);
+        writer.join().unwrap();
+    }
+}
