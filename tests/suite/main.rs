@@ -43,6 +43,7 @@ mod store;
 mod stuck_renderer;
 mod truncated;
 mod watchdog_listener;
+mod watchdog_bursts;
 mod watchdog_silent;
 mod web_packaging;
 mod web_protocol;
