@@ -11,7 +11,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::keepalive::{Due, Keepalive};
+use super::keepalive::{Activity, Due, Keepalive};
 use super::{ConnectionSlot, Server, WebFrame};
 use crate::core::lock;
 
@@ -74,7 +74,7 @@ impl ShellHandle {
 }
 
 /// Serves one shell socket: a web frame for as long as it is open.
-pub(crate) async fn serve(socket: WebSocket, server: Arc<Server>, slot: ConnectionSlot) {
+pub(crate) async fn serve(socket: WebSocket, server: Arc<Server>, slot: ConnectionSlot, activity: Activity) {
     let _slot = slot;
     let (mut sink, mut stream) = socket.split();
     let (queue, mut outgoing) = mpsc::channel::<String>(QUEUE);
@@ -126,7 +126,7 @@ pub(crate) async fn serve(socket: WebSocket, server: Arc<Server>, slot: Connecti
     let web = Arc::new(WebFrame::new(server.clone(), shell.clone()));
     let opening = tokio::spawn(server.hooks.open_frame(web));
 
-    let mut keepalive = Keepalive::new(server.config.ping_interval, server.config.ping_timeout);
+    let mut keepalive = Keepalive::new(server.config.ping_interval, server.config.ping_timeout, activity);
     loop {
         tokio::select! {
             biased;
@@ -145,7 +145,7 @@ pub(crate) async fn serve(socket: WebSocket, server: Arc<Server>, slot: Connecti
                 }
                 Due::Nothing => {}
             },
-            next = stream.next() => match keepalive.heard(next) {
+            next = stream.next() => match next {
                 None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => break,
                 Some(Ok(WsMessage::Text(text))) => {
                     if serde_json::from_str::<serde_json::Value>(text.as_str()).is_err() {

@@ -1,0 +1,114 @@
+//! The web transport's loose ends: any bytes are a sign of life (a page or shell sending one
+//! large message slowly is not dropped as unresponsive), and a connection the host refuses
+//! still gets its close frame when the client sent more than the host read. Each failed before
+//! its fix.
+
+use std::time::Duration;
+
+use extension_host::{HostEvent, WebConfig};
+use futures_util::SinkExt;
+use probe_protocol::{ECHO_OPTIONAL, WithOptional};
+use rmpv::Value;
+use tokio::io::AsyncWriteExt;
+use tokio_tungstenite::MaybeTlsStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use super::web_keepalive::answering_shell_and_page;
+use super::{Page, Shell, Socket, closed, encode, msgpack, page_socket, port, web_host};
+
+/// Pings every 50 ms of quiet; dead after 500 ms of it.
+fn short_timeout() -> WebConfig {
+    WebConfig { ping_interval: Duration::from_millis(50), ping_timeout: Duration::from_millis(500), ..WebConfig::default() }
+}
+
+/// Writes one WebSocket frame (FIN; `opcode` 1 text, 2 binary; masked with a zero key, as a
+/// client must mask) of `payload` onto `ws`'s TCP stream in 40 pieces, 50 ms apart: 2 s for
+/// the message, four times the ping timeout, no piece of it a whole message. (The waits are
+/// the slow sender being played, not synchronisation.)
+async fn dribble(ws: &mut Socket, opcode: u8, payload: &[u8]) {
+    let MaybeTlsStream::Plain(tcp) = ws.get_mut() else { panic!("a plain TCP stream") };
+    let mut frame = vec![0x80 | opcode];
+    let len = u16::try_from(payload.len()).expect("under 64 KiB");
+    frame.push(0x80 | 126);
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&[0, 0, 0, 0]);
+    frame.extend_from_slice(payload);
+    for piece in frame.chunks(frame.len().div_ceil(40)) {
+        tcp.write_all(piece).await.expect("the host took the piece");
+        tcp.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_sending_one_large_message_slowly_is_not_dropped() {
+    let (host, server) = web_host(&["probe"], true, short_timeout()).await;
+    let (shell, mut page, _, _) = answering_shell_and_page(port(&server)).await;
+    let mut events = host.events();
+    // One request whose message takes 2 s to arrive: its pong cannot overtake it.
+    let request = WithOptional { id: 9, note: Some("n".repeat(8 << 10)) };
+    let message = encode(Value::Array(vec![
+        1.into(),
+        2.into(),
+        0.into(),
+        0.into(),
+        1.into(),
+        ECHO_OPTIONAL.name().into(),
+        Value::Binary(msgpack(&request)),
+    ]));
+    dribble(&mut page.ws, 2, &message).await;
+    let reply = page.message_where(|m| m[1] == Value::from(3)).await;
+    assert_eq!(reply[5].as_u64(), Some(1), "{reply}");
+    let answer: WithOptional = rmp_serde::from_slice(super::payload_of(&reply)).unwrap();
+    assert_eq!(answer, request);
+    assert!(
+        !std::iter::from_fn(|| events.try_recv().ok())
+            .any(|event| matches!(event, HostEvent::WebRendererClosed { .. })),
+        "the page was dropped while its message arrived"
+    );
+    shell.abort();
+    server.shutdown().await;
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shell_sending_one_large_message_slowly_keeps_its_frame() {
+    let (host, server) = web_host(&["probe"], true, short_timeout()).await;
+    let port = port(&server);
+    let mut shell = Shell::connect(port).await;
+    let (_, origin, token) = shell.add().await;
+    let mut page = Page::connect(port, &origin, &token, "probe").await;
+    page.start().await;
+    let page = tokio::spawn(async move {
+        use futures_util::StreamExt;
+        while let Some(Ok(_)) = page.ws.next().await {}
+    });
+    // A JSON text message of 8 KiB, taking 2 s.
+    let text = serde_json::json!({ "note": "n".repeat(8 << 10) }).to_string();
+    dribble(&mut shell.ws, 1, text.as_bytes()).await;
+    // The frame is still open (its shell taken for dead, it would have closed with it).
+    assert_eq!(host.frames(), vec![extension_host::FrameId(shell.frame)]);
+    page.abort();
+    server.shutdown().await;
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_page_that_sent_more_than_its_hello_still_gets_the_close_frame() {
+    let (host, server) = web_host(&["probe"], true, WebConfig::default()).await;
+    let port = port(&server);
+    let mut shell = Shell::connect(port).await;
+    let (_, origin, _) = shell.add().await;
+    let mut ws = page_socket(port, &origin, &origin).await.expect("the page connects");
+    // A wrong token, and 512 KiB more behind it, sent before the host answers.
+    ws.feed(WsMessage::binary(encode(Value::Array(vec![0.into(), "not-the-token".into()])))).await.unwrap();
+    for _ in 0..32 {
+        ws.feed(WsMessage::binary(vec![0xc0u8; 16 << 10])).await.unwrap();
+    }
+    ws.flush().await.unwrap();
+    let (code, reason) = closed(&mut ws).await;
+    assert_eq!(code, 1008, "{reason}");
+    assert!(reason.starts_with("token refused"), "{reason}");
+    server.shutdown().await;
+    host.shutdown().await;
+}
