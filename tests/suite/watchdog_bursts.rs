@@ -11,7 +11,11 @@ use crate::support::{self, FAILSAFE, Transport, wait_event};
 
 /// Warns of a call running 250 ms; unresponsive after 500 ms (looks every 62 ms).
 fn watching() -> HostConfig {
-    HostConfig { unresponsive_after: Duration::from_millis(500), slow_handler: Duration::from_millis(250), ..support::config() }
+    HostConfig {
+        unresponsive_after: Duration::from_millis(500),
+        slow_handler: Duration::from_millis(250),
+        ..support::config()
+    }
 }
 
 fn about_probe(event: &HostEvent) -> bool {
@@ -41,7 +45,11 @@ async fn a_burst_of_short_listener_calls_raises_no_slow_warning(transport: Trans
 
     // One slow call still is.
     host.broadcast("probe", SLEEP_LISTENER.name(), &600u64).unwrap();
-    let slow = wait_event(&mut events, |event| matches!(event, HostEvent::SlowHandler { extension, .. } if extension == "probe")).await;
+    let slow = wait_event(
+        &mut events,
+        |event| matches!(event, HostEvent::SlowHandler { extension, .. } if extension == "probe"),
+    )
+    .await;
     let HostEvent::SlowHandler { kind, channel, finished, elapsed_ms, .. } = &slow else { unreachable!() };
     assert_eq!((*kind, channel.as_str(), *finished), (ChannelKind::Broadcast, "sleep-listener", false), "{slow:?}");
     assert!(*elapsed_ms >= 250, "{slow:?}");

@@ -1,7 +1,8 @@
 //! The web transport's loose ends: any bytes are a sign of life (a page or shell sending one
 //! large message slowly is not dropped as unresponsive), and a connection the host refuses
-//! still gets its close frame when the client sent more than the host read. Each failed before
-//! its fix.
+//! still gets its close frame when the client sent more than the host read; and the embedder's
+//! `inspect` asks every extension at once (a page is where the test sees its asking). Each
+//! failed before its fix.
 
 use std::time::Duration;
 
@@ -18,7 +19,11 @@ use super::{Page, Shell, Socket, closed, encode, msgpack, page_socket, port, web
 
 /// Pings every 50 ms of quiet; dead after 500 ms of it.
 fn short_timeout() -> WebConfig {
-    WebConfig { ping_interval: Duration::from_millis(50), ping_timeout: Duration::from_millis(500), ..WebConfig::default() }
+    WebConfig {
+        ping_interval: Duration::from_millis(50),
+        ping_timeout: Duration::from_millis(500),
+        ..WebConfig::default()
+    }
 }
 
 /// Writes one WebSocket frame (FIN; `opcode` 1 text, 2 binary; masked with a zero key, as a
@@ -109,6 +114,62 @@ async fn a_refused_page_that_sent_more_than_its_hello_still_gets_the_close_frame
     let (code, reason) = closed(&mut ws).await;
     assert_eq!(code, 1008, "{reason}");
     assert!(reason.starts_with("token refused"), "{reason}");
+    server.shutdown().await;
+    host.shutdown().await;
+}
+
+fn signal(pid: u32, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()), signal).unwrap();
+}
+
+/// The embedder's `inspect` asks every extension at once: an isolated `probe` whose process is
+/// stopped holds up nobody's report. First it stays stopped: reported unanswered, the others
+/// complete. Then it is let go only once the next extension's page has been asked (asked one
+/// after another, that came after the stopped one's timeout, too late): it answers in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_asks_every_extension_at_once() {
+    let host = extension_host::Host::new(crate::support::config());
+    crate::support::start(&host, crate::support::Transport::Isolated, "probe").await;
+    // `probe-twin` (after `probe` in name order) in process, with a page in a web frame.
+    host.load(crate::support::library("probe-twin")).unwrap();
+    let files =
+        std::collections::BTreeMap::from([("index.js".to_owned(), b"export async function activate() {}".to_vec())]);
+    host.set_web_assets_for_testing("probe-twin", files).unwrap();
+    host.activate("probe-twin").await.unwrap();
+    let server = host.serve_web(WebConfig::default()).unwrap();
+    let (_shell, mut page) = super::open_web_frame(&host, port(&server), "probe-twin").await;
+    let pid = host.inspect().await.extension("probe").and_then(|probe| probe.pid).expect("isolated: a process");
+
+    signal(pid, nix::sys::signal::Signal::SIGSTOP);
+    let snapshot = super::inspect_with(&host, &mut [&mut page]).await;
+    let (probe, twin) = (snapshot.extension("probe").unwrap(), snapshot.extension("probe-twin").unwrap());
+    assert_eq!(probe.unanswered, 1, "the stopped child");
+    assert!(probe.instance.as_ref().unwrap().halves.is_empty(), "{probe:?}");
+    assert_eq!(twin.unanswered, 0);
+    let halves = &twin.instance.as_ref().unwrap().halves;
+    assert!(halves.iter().any(|half| half.half == extension_host::Half::Main), "its main answered: {twin:?}");
+
+    let inspect = host.inspect();
+    tokio::pin!(inspect);
+    let mut let_go = false;
+    let snapshot = loop {
+        tokio::select! {
+            snapshot = &mut inspect => break snapshot,
+            value = page.recv() => {
+                if value[0] == Value::from(2) && value[2] == Value::Array(vec![3.into()]) {
+                    // The page is asked: only now does the stopped child go on.
+                    signal(pid, nix::sys::signal::Signal::SIGCONT);
+                    let_go = true;
+                    let completion = value[1].as_u64().unwrap();
+                    page.complete(completion, Value::Array(vec![4.into(), Value::Map(vec![])])).await;
+                }
+            }
+        }
+    };
+    assert!(let_go, "the page was not asked");
+    let probe = snapshot.extension("probe").unwrap();
+    assert_eq!(probe.unanswered, 0, "asked together, the child let go answered in time: {probe:?}");
+    assert!(!probe.instance.as_ref().unwrap().halves.is_empty(), "{probe:?}");
     server.shutdown().await;
     host.shutdown().await;
 }

@@ -78,7 +78,7 @@ pub struct WebConfig {
     /// sends it a WebSocket Ping (which a browser answers by itself). Default 15 s.
     pub ping_interval: Duration,
     /// How long the host waits without receiving anything from a shell or page socket (a
-    /// Pong or any message) before it takes the connection for dead (a half-open connection:
+    /// Pong, a message, or any byte of one) before it takes the connection for dead (a half-open connection:
     /// the page's side went without a word, through a proxy or a laptop's sleep) and ends it
     /// as a lost connection (the page's requests fail `ConnectionLost`). Default 30 s; longer
     /// than [`WebConfig::ping_interval`]. `Duration::MAX` (anything past 30 years): never.
