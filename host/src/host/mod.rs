@@ -592,41 +592,35 @@ async fn inspect_link(link: &Link) -> (InstanceSnapshot, usize) {
             unanswered += 1;
             continue;
         };
-        {
-            merged.halves.extend(instance.halves);
-            merged.tasks += instance.tasks;
-            merged.decode_failures += instance.decode_failures;
-            merged.queued_messages += instance.queued_messages;
-            merged.dropped_broadcasts += instance.dropped_broadcasts;
-            merged.refused_requests += instance.refused_requests;
-            merged.local_requests += instance.local_requests;
-            merged.listener_panics += instance.listener_panics;
-            merged.queued_bytes += instance.queued_bytes;
-            merged.store_bytes += instance.store_bytes;
-            merged.dispatched += instance.dispatched;
-            merged.batch_messages += instance.batch_messages;
-            merged.dispatching |= instance.dispatching;
-            merged.inspections += instance.inspections;
-            merged.cpu_ns = match (merged.cpu_ns, instance.cpu_ns) {
-                (Some(a), Some(b)) => Some(a + b),
-                (a, b) => a.or(b),
-            };
-            if merged.thread_id == 0 {
-                merged.thread_id = instance.thread_id;
-            }
-            merged.busy = merged.busy.or(instance.busy);
-            for channel in instance.channels {
-                match merged
-                    .channels
-                    .iter_mut()
-                    .find(|each| each.kind == channel.kind && each.channel == channel.channel)
-                {
-                    Some(each) => each.merge(&channel),
-                    None => merged.channels.push(channel),
-                }
-            }
-            merged.slow_handlers.extend(instance.slow_handlers);
+        merged.halves.extend(instance.halves);
+        merged.tasks += instance.tasks;
+        merged.decode_failures += instance.decode_failures;
+        merged.queued_messages += instance.queued_messages;
+        merged.dropped_broadcasts += instance.dropped_broadcasts;
+        merged.refused_requests += instance.refused_requests;
+        merged.local_requests += instance.local_requests;
+        merged.listener_panics += instance.listener_panics;
+        merged.queued_bytes += instance.queued_bytes;
+        merged.store_bytes += instance.store_bytes;
+        merged.dispatched += instance.dispatched;
+        merged.batch_messages += instance.batch_messages;
+        merged.dispatching |= instance.dispatching;
+        merged.inspections += instance.inspections;
+        merged.cpu_ns = match (merged.cpu_ns, instance.cpu_ns) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+        if merged.thread_id == 0 {
+            merged.thread_id = instance.thread_id;
         }
+        merged.busy = merged.busy.or(instance.busy);
+        for channel in instance.channels {
+            match merged.channels.iter_mut().find(|each| each.kind == channel.kind && each.channel == channel.channel) {
+                Some(each) => each.merge(&channel),
+                None => merged.channels.push(channel),
+            }
+        }
+        merged.slow_handlers.extend(instance.slow_handlers);
     }
     merged.halves.sort_by_key(|half| half.half);
     merged.channels.sort_by(|a, b| (a.kind, &a.channel).cmp(&(b.kind, &b.channel)));
