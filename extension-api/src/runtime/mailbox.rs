@@ -168,8 +168,8 @@ impl Mailbox {
             while let Some(delivery) = batch.pop_front() {
                 dispatch(delivery);
                 done += 1;
-                // Every message (one relaxed store, about a nanosecond): the watchdog then
-                // sees each call end, so a burst of short calls is not taken for one slow one.
+                // Every message (one relaxed store): the watchdog then sees each call end, so
+                // a burst of short calls is not taken for one slow one.
                 self.batch_done.store(done as u64, Ordering::Relaxed);
                 if done % BATCH_BEFORE_YIELD == 0 {
                     tokio::task::yield_now().await;
