@@ -17,19 +17,20 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use super::web_keepalive::answering_shell_and_page;
 use super::{Page, Shell, Socket, closed, encode, msgpack, page_socket, port, web_host};
 
-/// Pings every 50 ms of quiet; dead after 500 ms of it.
+/// Pings every 100 ms of quiet; dead after 1 s of it.
 fn short_timeout() -> WebConfig {
     WebConfig {
-        ping_interval: Duration::from_millis(50),
-        ping_timeout: Duration::from_millis(500),
+        ping_interval: Duration::from_millis(100),
+        ping_timeout: Duration::from_secs(1),
         ..WebConfig::default()
     }
 }
 
 /// Writes one WebSocket frame (FIN; `opcode` 1 text, 2 binary; masked with a zero key, as a
-/// client must mask) of `payload` onto `ws`'s TCP stream in 40 pieces, 50 ms apart: 2 s for
-/// the message, four times the ping timeout, no piece of it a whole message. (The waits are
-/// the slow sender being played, not synchronisation.)
+/// client must mask) of `payload` onto `ws`'s TCP stream in 100 pieces, 20 ms apart: 2 s and
+/// more for the message, twice the ping timeout, no piece of it a whole message; only a pause
+/// of 1 s, fifty times the one played, would get the page dropped with the fix. (The waits
+/// are the slow sender being played, not synchronisation.)
 async fn dribble(ws: &mut Socket, opcode: u8, payload: &[u8]) {
     let MaybeTlsStream::Plain(tcp) = ws.get_mut() else { panic!("a plain TCP stream") };
     let mut frame = vec![0x80 | opcode];
@@ -38,10 +39,10 @@ async fn dribble(ws: &mut Socket, opcode: u8, payload: &[u8]) {
     frame.extend_from_slice(&len.to_be_bytes());
     frame.extend_from_slice(&[0, 0, 0, 0]);
     frame.extend_from_slice(payload);
-    for piece in frame.chunks(frame.len().div_ceil(40)) {
+    for piece in frame.chunks(frame.len().div_ceil(100)) {
         tcp.write_all(piece).await.expect("the host took the piece");
         tcp.flush().await.unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
