@@ -60,7 +60,8 @@ pub struct ExtensionSnapshot {
     /// [`HostEvent::ExtensionUnresponsive`](crate::HostEvent::ExtensionUnresponsive)).
     pub unresponsive: bool,
     /// How many of its instances did not answer this inspect within its timeout (2 s: a
-    /// stopped or stuck process, a page that does not answer): `instance` leaves them out.
+    /// stopped or stuck process, a page that does not answer), or refused it (deactivated or
+    /// disconnected meanwhile): `instance` leaves them out.
     pub unanswered: usize,
 }
 
