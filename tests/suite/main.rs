@@ -43,6 +43,7 @@ mod storage_faults;
 mod store;
 mod stuck_renderer;
 mod truncated;
+mod watchdog_bursts;
 mod watchdog_listener;
 mod watchdog_silent;
 mod web_packaging;

@@ -974,3 +974,7 @@ mod web_keepalive;
 // Their edges: a timeout meaning "never", a shutdown during a close-reply read.
 #[path = "web_keepalive_edges.rs"]
 mod web_keepalive_edges;
+
+// Loose ends: any bytes are a sign of life; a refused connection gets its close frame.
+#[path = "web_leftovers.rs"]
+mod web_leftovers;

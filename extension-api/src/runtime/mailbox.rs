@@ -56,21 +56,18 @@ pub(crate) struct Mailbox {
     refused_requests: AtomicU64,
     /// Turned away since the dispatcher last said so in the log.
     unreported: AtomicU64,
-    /// Messages of the current batch the dispatcher has worked through, as of its last yield
-    /// (every [`BATCH_BEFORE_YIELD`]) or the batch's end: the progress within a batch, published
-    /// without a store per message.
+    /// Messages of the current batch the dispatcher has worked through, stored after each one:
+    /// the progress within a batch, without the queue's lock.
     batch_done: AtomicU64,
 }
 
 /// How far the dispatcher has got (see [`Mailbox::progress`]).
 pub(crate) struct Progress {
-    /// Moves whenever the dispatcher takes a batch, and within a batch at least every
-    /// [`BATCH_BEFORE_YIELD`] messages: unchanged, the dispatcher is stuck in one message (or
-    /// idle, with nothing waiting).
+    /// Moves whenever the dispatcher takes a batch, and within a batch with every message it
+    /// finishes: unchanged, the dispatcher is stuck in one message (or idle, with nothing
+    /// waiting).
     pub(crate) dispatched: u64,
-    /// Messages of the current batch not yet worked through, the one running excluded: exact
-    /// when the dispatcher is stuck in the batch's first message, else up to
-    /// `BATCH_BEFORE_YIELD - 1` too many.
+    /// Messages of the current batch not yet worked through, the one running excluded.
     pub(crate) batch_waiting: u64,
     /// The dispatcher is working through a batch: from taking it (under the lock, with the
     /// messages) until it comes back to an empty queue. What the watchdog needs to tell a
@@ -171,12 +168,13 @@ impl Mailbox {
             while let Some(delivery) = batch.pop_front() {
                 dispatch(delivery);
                 done += 1;
+                // Every message (one relaxed store): the watchdog then sees each call end, so
+                // a burst of short calls is not taken for one slow one.
+                self.batch_done.store(done as u64, Ordering::Relaxed);
                 if done % BATCH_BEFORE_YIELD == 0 {
-                    self.batch_done.store(done as u64, Ordering::Relaxed);
                     tokio::task::yield_now().await;
                 }
             }
-            self.batch_done.store(done as u64, Ordering::Relaxed);
             // A burst's buffer is not kept for good: memory stays flat after it.
             batch.shrink_to(KEPT_CAPACITY);
         }

@@ -519,17 +519,28 @@ impl Host {
                     storage: self.inner.storage.usage(&entry.library.info.name),
                     process: None,
                     unresponsive: false,
+                    unanswered: 0,
                 };
                 (snapshot, entry.link.clone())
             })
             .collect();
+        // Every extension asked at once (as the watchdog's look does): one that does not answer
+        // (a stopped or stuck child) delays the others' reports by nothing, and the whole by
+        // one inspect's timeout, not one per such extension. In name order still.
+        let inspected = futures_util::future::join_all(entries.iter().map(|(_, link)| async move {
+            match link {
+                Some(link) => Some(inspect_link(link).await),
+                None => None,
+            }
+        }))
+        .await;
         let mut extensions = Vec::with_capacity(entries.len());
-        for (mut snapshot, link) in entries {
-            if let Some(link) = link {
-                let instance = inspect_link(&link).await;
+        for ((mut snapshot, _), instance) in entries.into_iter().zip(inspected) {
+            if let Some((instance, unanswered)) = instance {
                 // Requests within an instance never pass through the host's table.
                 snapshot.pending_requests += usize::try_from(instance.local_requests).unwrap_or(usize::MAX);
                 snapshot.instance = Some(instance);
+                snapshot.unanswered = unanswered;
             }
             snapshot.process = snapshot.pid.map(ProcessUsage::of);
             snapshot.unresponsive = lock(&self.inner.watchdog).is_unresponsive(&snapshot.info.name);
@@ -562,8 +573,9 @@ impl Host {
     }
 }
 
-/// Every instance of the extension's report, merged (its halves may run in several processes).
-async fn inspect_link(link: &Link) -> InstanceSnapshot {
+/// Every instance of the extension's report, merged (its halves may run in several processes),
+/// and how many instances did not answer in time (left out of it).
+async fn inspect_link(link: &Link) -> (InstanceSnapshot, usize) {
     let mut merged = InstanceSnapshot::default();
     // Asked together: an instance slow to answer (a page, a busy child) delays the others by
     // nothing.
@@ -574,46 +586,45 @@ async fn inspect_link(link: &Link) -> InstanceSnapshot {
             .map(|endpoint| endpoint.control(|completion| Control::Inspect { completion }, INSPECT_TIMEOUT)),
     )
     .await;
+    let mut unanswered = 0;
     for outcome in outcomes {
-        if let Ok(Completion::Inspected(instance)) = outcome {
-            merged.halves.extend(instance.halves);
-            merged.tasks += instance.tasks;
-            merged.decode_failures += instance.decode_failures;
-            merged.queued_messages += instance.queued_messages;
-            merged.dropped_broadcasts += instance.dropped_broadcasts;
-            merged.refused_requests += instance.refused_requests;
-            merged.local_requests += instance.local_requests;
-            merged.listener_panics += instance.listener_panics;
-            merged.queued_bytes += instance.queued_bytes;
-            merged.store_bytes += instance.store_bytes;
-            merged.dispatched += instance.dispatched;
-            merged.batch_messages += instance.batch_messages;
-            merged.dispatching |= instance.dispatching;
-            merged.inspections += instance.inspections;
-            merged.cpu_ns = match (merged.cpu_ns, instance.cpu_ns) {
-                (Some(a), Some(b)) => Some(a + b),
-                (a, b) => a.or(b),
-            };
-            if merged.thread_id == 0 {
-                merged.thread_id = instance.thread_id;
-            }
-            merged.busy = merged.busy.or(instance.busy);
-            for channel in instance.channels {
-                match merged
-                    .channels
-                    .iter_mut()
-                    .find(|each| each.kind == channel.kind && each.channel == channel.channel)
-                {
-                    Some(each) => each.merge(&channel),
-                    None => merged.channels.push(channel),
-                }
-            }
-            merged.slow_handlers.extend(instance.slow_handlers);
+        let Ok(Completion::Inspected(instance)) = outcome else {
+            unanswered += 1;
+            continue;
+        };
+        merged.halves.extend(instance.halves);
+        merged.tasks += instance.tasks;
+        merged.decode_failures += instance.decode_failures;
+        merged.queued_messages += instance.queued_messages;
+        merged.dropped_broadcasts += instance.dropped_broadcasts;
+        merged.refused_requests += instance.refused_requests;
+        merged.local_requests += instance.local_requests;
+        merged.listener_panics += instance.listener_panics;
+        merged.queued_bytes += instance.queued_bytes;
+        merged.store_bytes += instance.store_bytes;
+        merged.dispatched += instance.dispatched;
+        merged.batch_messages += instance.batch_messages;
+        merged.dispatching |= instance.dispatching;
+        merged.inspections += instance.inspections;
+        merged.cpu_ns = match (merged.cpu_ns, instance.cpu_ns) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+        if merged.thread_id == 0 {
+            merged.thread_id = instance.thread_id;
         }
+        merged.busy = merged.busy.or(instance.busy);
+        for channel in instance.channels {
+            match merged.channels.iter_mut().find(|each| each.kind == channel.kind && each.channel == channel.channel) {
+                Some(each) => each.merge(&channel),
+                None => merged.channels.push(channel),
+            }
+        }
+        merged.slow_handlers.extend(instance.slow_handlers);
     }
     merged.halves.sort_by_key(|half| half.half);
     merged.channels.sort_by(|a, b| (a.kind, &a.channel).cmp(&(b.kind, &b.channel)));
-    merged
+    (merged, unanswered)
 }
 
 /// Extra time the host waits beyond a timeout it handed to the extension, so the extension's

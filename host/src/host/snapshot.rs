@@ -59,6 +59,10 @@ pub struct ExtensionSnapshot {
     /// The watchdog finds one of its instances unresponsive right now (see
     /// [`HostEvent::ExtensionUnresponsive`](crate::HostEvent::ExtensionUnresponsive)).
     pub unresponsive: bool,
+    /// How many of its instances did not answer this inspect within its timeout (2 s: a
+    /// stopped or stuck process, a page that does not answer), or refused it (deactivated or
+    /// disconnected meanwhile): `instance` leaves them out.
+    pub unanswered: usize,
 }
 
 /// One frame.

@@ -2,16 +2,102 @@
 //! laptop's sleep, and the host's TCP stack has not found out): a socket idle for
 //! [`WebConfig::ping_interval`](super::WebConfig::ping_interval) (nothing received from it)
 //! is sent a WebSocket Ping, which a browser answers by itself; one from which nothing (a
-//! Pong, or any message) arrives for
+//! Pong, a message, or any byte of one) arrives for
 //! [`WebConfig::ping_timeout`](super::WebConfig::ping_timeout) is taken for dead.
 //!
-//! Cheap on the read path: a message received only notes the time; the timer is not reset
-//! per message but looked at when it fires (at most once an interval while messages flow).
+//! Any bytes count, not only whole messages: a page sending one large message slowly is
+//! alive, and its Pong cannot overtake the data frame in progress. The connection's TCP stream
+//! is read through [`Heard`], which notes the time of each read that brought bytes (one
+//! store per read, not per byte or message) in the connection's [`Activity`]; the timer is not
+//! reset per read but looked at when it fires (at most once an interval while bytes flow).
 
+use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
+
+/// When bytes last arrived on one connection. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Activity(Arc<Clock>);
+
+struct Clock {
+    /// The connection's start, from which `last` counts.
+    origin: Instant,
+    /// Nanoseconds from `origin` to the last read that brought bytes.
+    last: AtomicU64,
+}
+
+impl Activity {
+    pub(crate) fn new() -> Activity {
+        Activity(Arc::new(Clock { origin: Instant::now(), last: AtomicU64::new(0) }))
+    }
+
+    /// Bytes arrived just now.
+    fn heard(&self) {
+        let nanos = u64::try_from(self.0.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.0.last.store(nanos, Ordering::Relaxed);
+    }
+
+    /// When bytes last arrived (the connection's start if none did yet).
+    fn last(&self) -> Instant {
+        self.0.origin + Duration::from_nanos(self.0.last.load(Ordering::Relaxed))
+    }
+}
+
+/// A connection's stream, read through: each read that brings bytes is noted in its
+/// [`Activity`].
+pub(crate) struct Heard<S> {
+    inner: S,
+    activity: Activity,
+}
+
+impl<S> Heard<S> {
+    pub(crate) fn new(inner: S, activity: Activity) -> Heard<S> {
+        Heard { inner, activity }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Heard<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.heard();
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Heard<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
 
 /// What the timer says when it fires.
 pub(crate) enum Due {
@@ -27,7 +113,7 @@ pub(crate) enum Due {
 pub(crate) struct Keepalive {
     interval: Duration,
     timeout: Duration,
-    heard: Instant,
+    activity: Activity,
     timer: Pin<Box<Sleep>>,
 }
 
@@ -36,16 +122,10 @@ pub(crate) struct Keepalive {
 const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
 
 impl Keepalive {
-    pub(crate) fn new(interval: Duration, timeout: Duration) -> Keepalive {
-        let heard = Instant::now();
+    pub(crate) fn new(interval: Duration, timeout: Duration, activity: Activity) -> Keepalive {
         let (interval, timeout) = (interval.min(FAR), timeout.min(FAR));
-        Keepalive { interval, timeout, heard, timer: Box::pin(tokio::time::sleep_until(heard + interval)) }
-    }
-
-    /// Something arrived from the peer (`what`, handed back).
-    pub(crate) fn heard<T>(&mut self, what: T) -> T {
-        self.heard = Instant::now();
-        what
+        let timer = Box::pin(tokio::time::sleep_until(activity.last() + interval));
+        Keepalive { interval, timeout, activity, timer }
     }
 
     /// Resolves when the timer fires; then [`Keepalive::due`] says what to do.
@@ -56,7 +136,8 @@ impl Keepalive {
     /// What to do now that the timer fired; it is set again.
     pub(crate) fn due(&mut self) -> Due {
         let now = Instant::now();
-        let quiet = now.saturating_duration_since(self.heard);
+        let heard = self.activity.last();
+        let quiet = now.saturating_duration_since(heard);
         if quiet >= self.timeout {
             return Due::Dead(format!(
                 "nothing arrived for {quiet:?}, pings unanswered (ping_timeout {:?})",
@@ -64,11 +145,11 @@ impl Keepalive {
             ));
         }
         if quiet < self.interval {
-            self.timer.as_mut().reset(self.heard + self.interval);
+            self.timer.as_mut().reset(heard + self.interval);
             return Due::Nothing;
         }
         // Idle: ping, and again an interval later, until the timeout.
-        self.timer.as_mut().reset((now + self.interval).min(self.heard + self.timeout));
+        self.timer.as_mut().reset((now + self.interval).min(heard + self.timeout));
         Due::Ping
     }
 }

@@ -78,7 +78,7 @@ pub struct WebConfig {
     /// sends it a WebSocket Ping (which a browser answers by itself). Default 15 s.
     pub ping_interval: Duration,
     /// How long the host waits without receiving anything from a shell or page socket (a
-    /// Pong or any message) before it takes the connection for dead (a half-open connection:
+    /// Pong, a message, or any byte of one) before it takes the connection for dead (a half-open connection:
     /// the page's side went without a word, through a proxy or a laptop's sleep) and ends it
     /// as a lost connection (the page's requests fail `ConnectionLost`). Default 30 s; longer
     /// than [`WebConfig::ping_interval`]. `Duration::MAX` (anything past 30 years): never.
@@ -542,7 +542,11 @@ async fn accept_loop(listener: tokio::net::TcpListener, server: Arc<Server>, rou
                 tracing::warn!("web server: cannot set SO_SNDBUF: {error}");
             }
         }
-        let service = TowerToHyperService::new(router.clone());
+        // Every byte read from the connection is a sign of life (see `keepalive`): its sockets
+        // find when bytes last arrived in its `Activity`.
+        let activity = keepalive::Activity::new();
+        let stream = keepalive::Heard::new(stream, activity.clone());
+        let service = TowerToHyperService::new(router.clone().layer(Extension(activity)));
         let timeout = server.config.handshake_timeout;
         let shutdown = server.shutdown.clone();
         server.tracker.spawn(async move {
@@ -615,6 +619,7 @@ type Upgrade = Result<WebSocketUpgrade, WebSocketUpgradeRejection>;
 async fn shell_upgrade(
     State(server): State<Arc<Server>>,
     Extension(site): Extension<Site>,
+    Extension(activity): Extension<keepalive::Activity>,
     headers: HeaderMap,
     upgrade: Upgrade,
 ) -> Response {
@@ -639,12 +644,13 @@ async fn shell_upgrade(
     upgrade
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| tracker.track_future(shell_socket::serve(socket, server, slot)))
+        .on_upgrade(move |socket| tracker.track_future(shell_socket::serve(socket, server, slot, activity)))
 }
 
 async fn renderer_upgrade(
     State(server): State<Arc<Server>>,
     Extension(site): Extension<Site>,
+    Extension(activity): Extension<keepalive::Activity>,
     headers: HeaderMap,
     upgrade: Upgrade,
 ) -> Response {
@@ -672,7 +678,7 @@ async fn renderer_upgrade(
     let tracker = server.tracker.clone();
     let upgrade = upgrade.max_message_size(max).max_frame_size(max).read_buffer_size(renderer_socket::READ_BUFFER);
     upgrade.on_upgrade(move |socket| {
-        tracker.track_future(renderer_socket::serve(socket, server, extension, slot, handshake))
+        tracker.track_future(renderer_socket::serve(socket, server, extension, slot, handshake, activity))
     })
 }
 

@@ -22,12 +22,12 @@ use extension_api::InvokeErrorKind;
 use extension_api::abi::{self, Peer};
 use extension_api::message::Message;
 use extension_api::wire::{Completion, StorageOutcome, StoreWrite, WriteRefusal};
-use futures_util::stream::SplitSink;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{Sink, SinkExt, StreamExt};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::keepalive::{Due, Keepalive};
+use super::keepalive::{Activity, Due, Keepalive};
 use super::protocol::{self, PageMessage};
 use super::{ConnectionSlot, Handshake, Server};
 use crate::core::lock;
@@ -260,6 +260,7 @@ pub(crate) async fn serve(
     extension: String,
     slot: ConnectionSlot,
     handshake: Handshake,
+    activity: Activity,
 ) {
     let _slot = slot;
     let (sink, mut stream) = socket.split();
@@ -307,7 +308,7 @@ pub(crate) async fn serve(
         Ok(claim) => claim,
         Err((code, reason)) => {
             tracing::warn!(extension = %extension, "web renderer connection refused: {reason}");
-            refuse(&connection, code, &reason).await;
+            refuse(&connection, &mut stream, &server, code, &reason).await;
             return;
         }
     };
@@ -326,13 +327,13 @@ pub(crate) async fn serve(
         if let Err(reason) = confirmed {
             tracing::warn!(extension = %extension, "web renderer connection refused: {reason}");
             server.tokens.release(&claim.token, &me);
-            refuse(&connection, 1008, &reason).await;
+            refuse(&connection, &mut stream, &server, 1008, &reason).await;
             return;
         }
     }
     let Some(link) = claim.link.upgrade() else {
         server.tokens.release(&claim.token, &me);
-        refuse(&connection, 1008, "the extension is not running").await;
+        refuse(&connection, &mut stream, &server, 1008, "the extension is not running").await;
         return;
     };
     let frame = claim.frame;
@@ -444,7 +445,7 @@ pub(crate) async fn serve(
         None => server.hooks.half_reconnected(&extension, frame, endpoint.clone()),
     }
 
-    let mut keepalive = Keepalive::new(server.config.ping_interval, server.config.ping_timeout);
+    let mut keepalive = Keepalive::new(server.config.ping_interval, server.config.ping_timeout, activity);
     let ended = loop {
         tokio::select! {
             biased;
@@ -465,7 +466,7 @@ pub(crate) async fn serve(
                 }
                 Due::Nothing => {}
             },
-            next = stream.next() => match keepalive.heard(next) {
+            next = stream.next() => match next {
                 None => break Ended::Dropped("the connection dropped".to_owned()),
                 Some(Err(error)) => {
                     let (code, reason) = close_for_error(&error.to_string());
@@ -538,27 +539,46 @@ pub(crate) async fn serve(
         // kernel has not sent yet, the close frame too: the page would see 1006, a lost
         // network, and come back (to be refused, or, superseded, to take its successor's
         // place) rather than stop with this code.
-        let wait = match server.close_reply_wait.load(Ordering::Acquire) {
-            0 => CLOSE_WAIT,
-            millis => Duration::from_millis(millis),
-        };
-        let read = tokio::time::timeout(wait, async { while let Some(Ok(_)) = stream.next().await {} });
-        if violated {
-            let _ = read.await;
-        } else {
-            // Nor past a shutdown that comes meanwhile.
-            tokio::select! {
-                _ = read => {}
-                () = server.shutdown.cancelled() => {}
-            }
+        read_close_reply(&mut stream, &server, violated).await;
+    }
+}
+
+/// Reads what the page still sends after the host's close frame (the rest of an oversized
+/// message, what it sent before it read the close, its close reply), for at most 2 s (see
+/// [`WebServer::set_close_reply_wait_for_testing`](super::WebServer::set_close_reply_wait_for_testing)),
+/// and not past the server's shutdown unless `past_shutdown`. A socket closed with bytes
+/// unread is reset, which throws away what the kernel has not sent yet, the close frame too:
+/// the page would see 1006, a lost network, rather than the host's code and reason.
+async fn read_close_reply(stream: &mut SplitStream<WebSocket>, server: &Server, past_shutdown: bool) {
+    let wait = match server.close_reply_wait.load(Ordering::Acquire) {
+        0 => CLOSE_WAIT,
+        millis => Duration::from_millis(millis),
+    };
+    let read = tokio::time::timeout(wait, async { while let Some(Ok(_)) = stream.next().await {} });
+    if past_shutdown {
+        let _ = read.await;
+    } else {
+        tokio::select! {
+            _ = read => {}
+            () = server.shutdown.cancelled() => {}
         }
     }
 }
 
-/// Refuses a connection: its close frame, and its end.
-async fn refuse(connection: &PageConnection, code: u16, reason: &str) {
-    let mut writing = connection.writing.lock().await;
-    let _ = tokio::time::timeout(CLOSE_WAIT, writing.sink.send(close_message(code, reason))).await;
+/// Refuses a connection: its close frame, then what the page still sends, until its close
+/// reply (see [`read_close_reply`]; else the page could see 1006 instead of why), and its end.
+async fn refuse(
+    connection: &PageConnection,
+    stream: &mut SplitStream<WebSocket>,
+    server: &Server,
+    code: u16,
+    reason: &str,
+) {
+    {
+        let mut writing = connection.writing.lock().await;
+        let _ = tokio::time::timeout(CLOSE_WAIT, writing.sink.send(close_message(code, reason))).await;
+    }
+    read_close_reply(stream, server, false).await;
 }
 
 /// How a page's close frame ends its half: closed (no code, 1000 normal, 1001 going away: the
