@@ -105,6 +105,12 @@ impl Runs {
         claimed()
     }
 
+    /// Holds the runs' lock, as a resting reader of last resort does (`wait_armed`).
+    #[cfg(test)]
+    pub(crate) fn hold(&self) -> std::sync::MutexGuard<'_, ()> {
+        lock(&self.wake)
+    }
+
     pub(crate) fn current(&self) -> u64 {
         self.runs.load(Ordering::SeqCst)
     }

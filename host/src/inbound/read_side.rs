@@ -167,12 +167,22 @@ impl ReadSide {
         if drainer.as_ref().is_some_and(|drainer| Arc::ptr_eq(drainer, drain)) {
             return;
         }
-        if let Some(old) = drainer.take() {
-            self.let_go(&old);
+        let old = drainer.take();
+        if let Some(old) = &old {
+            self.let_go(old);
         }
-        if drain.add(self, reader) {
+        let claimed = drain.add(self, reader);
+        if claimed {
             *drainer = Some(drain.clone());
             self.claimed.store(true, Ordering::SeqCst);
+        }
+        // The runs' lock only with `drainer`'s let go: a resting reader thread holds the runs'
+        // lock while it asks `is_claimed_by`, which takes `drainer`'s.
+        drop(drainer);
+        if let Some(old) = old {
+            old.runs().wake_watchers();
+        }
+        if claimed {
             // Main's thread may be inside a run begun before the claim (author code blocking
             // it): the reader looks at least once.
             drain.runs().arm();
@@ -182,17 +192,23 @@ impl ReadSide {
     /// Gives the socket back to the reader thread alone.
     pub(crate) fn unclaim(&self) {
         let mut drainer = lock(&self.drainer);
-        if let Some(old) = drainer.take() {
-            self.let_go(&old);
+        let old = drainer.take();
+        if let Some(old) = &old {
+            self.let_go(old);
+        }
+        // Not under `drainer`'s lock (see `claim`).
+        drop(drainer);
+        if let Some(old) = old {
+            old.runs().wake_watchers();
         }
     }
 
-    /// Takes this socket out of `old`'s set (before `drainer` is cleared, under its lock) and
-    /// wakes the reader thread, which may be resting on `old`'s runs.
+    /// Takes this socket out of `old`'s set (before `drainer` is cleared, under its lock); the
+    /// caller then wakes the reader thread, which may be resting on `old`'s runs, once it let
+    /// `drainer` go.
     fn let_go(&self, old: &MainDrain) {
         old.remove(self);
         self.claimed.store(false, Ordering::SeqCst);
-        old.runs().wake_watchers();
     }
 
     fn take_ended(&self) -> Option<String> {
@@ -349,5 +365,58 @@ impl Drop for ReadSide {
         // Out of main's epoll set before the socket closes: an epoll set holds the open file,
         // not the descriptor's number, and the writer's duplicate keeps the file open.
         self.unclaim();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use super::*;
+    use crate::inbound::main_drain;
+
+    /// Bounds a wait that, with the defect, would never end; never reached when it holds.
+    const FAILSAFE: Duration = Duration::from_secs(10);
+
+    /// A socket (and the child's end of it) claimed by a new epoll set of instance `key`.
+    fn claimed_side(key: u64) -> (Arc<ReadSide>, Arc<MainDrain>, UnixStream) {
+        let (ours, child) = UnixStream::pair().unwrap();
+        let side = Arc::new(ReadSide::new(ours, Framing::default()));
+        assert!(main_drain::inbound_fd(key) >= 0);
+        let drain = main_drain::of(key).unwrap();
+        side.claim(&drain, Weak::new());
+        assert!(side.is_claimed_by(&drain));
+        (side, drain, child)
+    }
+
+    #[test]
+    fn a_give_back_never_waits_for_the_runs_lock_holding_the_drainer_lock() {
+        let key = u64::MAX - 1;
+        let (side, drain, _child) = claimed_side(key);
+        // The reader thread resting on main's runs holds their lock and asks `is_claimed_by`.
+        let resting = drain.runs().hold();
+        let giving_back = std::thread::spawn({
+            let side = side.clone();
+            move || side.unclaim()
+        });
+        // The give-back is under way (it took `drainer`'s lock and let the socket go)...
+        while side.is_claimed() {
+            std::thread::yield_now();
+        }
+        // ...and the resting reader can still ask whether it is claimed.
+        let (asked, answer) = mpsc::channel();
+        std::thread::spawn({
+            let (side, drain) = (side.clone(), drain.clone());
+            move || asked.send(side.is_claimed_by(&drain))
+        });
+        let answer = answer.recv_timeout(FAILSAFE);
+        drop(resting);
+        giving_back.join().unwrap();
+        assert_eq!(
+            answer,
+            Ok(false),
+            "the give-back waited for the runs' lock holding `drainer`'s: a resting reader deadlocks"
+        );
+        main_drain::release(key, true);
     }
 }
