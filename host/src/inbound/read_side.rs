@@ -62,7 +62,8 @@ pub(crate) struct ReadSide {
     drains: AtomicU64,
     /// The last drain stopped at [`DRAIN_FRAMES`] with bytes left in `framing`.
     leftover: AtomicBool,
-    /// How the connection ended, seen by a drain: the reader thread returns it.
+    /// How the connection ended, recorded under `framing`'s lock by the reader that saw it (the
+    /// first): no reader handles a frame after it, and the reader thread returns it.
     ended: Mutex<Option<String>>,
 }
 
@@ -211,8 +212,9 @@ impl ReadSide {
         self.claimed.store(false, Ordering::SeqCst);
     }
 
-    fn take_ended(&self) -> Option<String> {
-        self.ended.lock().unwrap_or_else(PoisonError::into_inner).take()
+    /// How the connection ended, if a reader saw it end. Kept: nothing is read or claimed after.
+    fn ended(&self) -> Option<String> {
+        self.ended.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// A drain saw the connection end: the reader thread ends it (see the module's description).
@@ -231,21 +233,32 @@ impl ReadSide {
         wait: impl Fn() -> bool,
         mut go_on: impl FnMut() -> bool,
     ) -> Result<bool, String> {
+        // The end is recorded under `framing`'s lock, by whoever saw it: a reader that took the
+        // lock after (main's thread, or the reader thread, which had found bytes waiting)
+        // handles nothing past it.
+        if let Some(reason) = self.ended() {
+            return Err(reason);
+        }
         let mut recv = Recv { fd: self.stream.as_raw_fd(), wait: false, emptied: false };
-        loop {
+        let read = loop {
             if !go_on() {
-                return Ok(false);
+                break Ok(false);
             }
             recv.wait = wait();
             match framing.read(&mut recv) {
                 // Decoded borrowing from the frame: a message is routed straight from the read
                 // buffer (and copied by whoever keeps it).
-                Ok(Some(bytes)) => handle(receive, bytes)?,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(true),
-                Ok(None) => return Err("the connection closed".to_owned()),
-                Err(error) => return Err(format!("unreadable frame: {error}")),
+                Ok(Some(bytes)) => {
+                    if let Err(reason) = handle(receive, bytes) {
+                        break Err(reason);
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break Ok(true),
+                Ok(None) => break Err("the connection closed".to_owned()),
+                Err(error) => break Err(format!("unreadable frame: {error}")),
             }
-        }
+        };
+        read.map_err(|reason| self.ended.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(reason).clone())
     }
 
     /// The reader thread: reads while no main's thread does, watches while one does; returns
@@ -258,7 +271,7 @@ impl ReadSide {
 
     fn read_until_ended(&self, receive: Receive<'_>) -> String {
         loop {
-            if let Some(reason) = self.take_ended() {
+            if let Some(reason) = self.ended() {
                 return reason;
             }
             let result = match self.drainer() {
@@ -417,6 +430,57 @@ mod tests {
             Ok(false),
             "the give-back waited for the runs' lock holding `drainer`'s: a resting reader deadlocks"
         );
+        main_drain::release(key, true);
+    }
+
+    /// The child's end of the socket sends `frames`, each behind its length.
+    fn send_frames(child: &mut UnixStream, frames: &[&[u8]]) {
+        use std::io::Write;
+        for frame in frames {
+            child.write_all(&u32::try_from(frame.len()).unwrap().to_be_bytes()).unwrap();
+            child.write_all(frame).unwrap();
+        }
+    }
+
+    /// Handles frames as `ChildReader::receive` would: `bad` is a violation, the others are
+    /// kept in `got`.
+    fn receiver(got: &Mutex<Vec<Vec<u8>>>) -> impl Fn(&[u8]) -> Result<(), String> + '_ {
+        move |bytes| {
+            if bytes == b"bad" {
+                return Err("a bad frame".to_owned());
+            }
+            lock(got).push(bytes.to_vec());
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn no_reader_handles_a_frame_past_the_end_another_reader_saw() {
+        // The reader of last resort reads for a stuck run and meets a violation; main's thread
+        // drains before the reader thread gave the socket back.
+        let key = u64::MAX - 2;
+        let (side, _drain, mut child) = claimed_side(key);
+        send_frames(&mut child, &[b"one", b"bad", b"two"]);
+        let got = Mutex::new(Vec::new());
+        let receive = receiver(&got);
+        let read = side.read_frames(&mut lock(&side.framing), &receive, || false, || true);
+        assert_eq!(read, Err("protocol violation: a bad frame".to_owned()));
+        side.drain(&receive);
+        assert_eq!(*lock(&got), [b"one".to_vec()], "a frame after the violation was handled");
+        assert_eq!(side.read_loop(&receive), "protocol violation: a bad frame");
+        main_drain::release(key, true);
+
+        // Main's thread meets it; the reader thread, which found bytes waiting, reads next.
+        let key = u64::MAX - 3;
+        let (side, _drain, mut child) = claimed_side(key);
+        send_frames(&mut child, &[b"one", b"bad", b"two"]);
+        let got = Mutex::new(Vec::new());
+        let receive = receiver(&got);
+        assert!(side.drain(&receive));
+        let read = side.read_frames(&mut lock(&side.framing), &receive, || false, || true);
+        assert_eq!(read, Err("protocol violation: a bad frame".to_owned()));
+        assert_eq!(*lock(&got), [b"one".to_vec()], "a frame after the violation was handled");
+        assert_eq!(side.read_loop(&receive), "protocol violation: a bad frame");
         main_drain::release(key, true);
     }
 }
