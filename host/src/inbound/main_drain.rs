@@ -59,10 +59,13 @@ pub(crate) struct Runs {
 }
 
 impl Runs {
+    /// Made on the instance's thread as its runtime starts (`inbound_fd`), before its first
+    /// park: that stretch is a run too, though no `batch_begin` began it (author code may block
+    /// it there, a slow `activate`); its first park ends it.
     fn new() -> Runs {
         Runs {
             runs: AtomicU64::new(0),
-            in_run: AtomicBool::new(false),
+            in_run: AtomicBool::new(true),
             armed: AtomicBool::new(false),
             wake: Mutex::new(()),
             armed_now: Condvar::new(),

@@ -483,4 +483,31 @@ mod tests {
         assert_eq!(side.read_loop(&receive), "protocol violation: a bad frame");
         main_drain::release(key, true);
     }
+
+    #[test]
+    fn a_thread_blocked_before_its_first_park_has_its_socket_read_by_the_reader_thread() {
+        // The set is made on the instance's thread as its runtime starts (`inbound_fd`), before
+        // it ever parked: author code may block it there (a slow `activate`), in no run begun
+        // by `batch_begin`. This test's thread is that thread: it never drains.
+        let key = u64::MAX - 4;
+        let (side, _drain, mut child) = claimed_side(key);
+        let (got, frames) = mpsc::channel();
+        let reader = std::thread::spawn({
+            let side = side.clone();
+            move || {
+                side.read_loop(&|bytes| {
+                    let _ = got.send(bytes.to_vec());
+                    Ok(())
+                })
+            }
+        });
+        send_frames(&mut child, &[b"inspect answer"]);
+        let frame = frames.recv_timeout(FAILSAFE);
+        drop(child);
+        let frame =
+            frame.map_err(|_| "the reader of last resort never read for a thread blocked before its first park");
+        assert_eq!(frame, Ok(b"inspect answer".to_vec()));
+        assert_eq!(reader.join().unwrap(), "the connection closed");
+        main_drain::release(key, true);
+    }
 }
