@@ -397,6 +397,8 @@ mod tests {
         let side = Arc::new(ReadSide::new(ours, Framing::default()));
         assert!(main_drain::inbound_fd(key) >= 0);
         let drain = main_drain::of(key).unwrap();
+        // The runtime drains at once, having watched the set (`read_inbound`).
+        assert_eq!(main_drain::drain(key), extension_api::abi::drain::IDLE);
         side.claim(&drain, Weak::new());
         assert!(side.is_claimed_by(&drain));
         (side, drain, child)
@@ -507,6 +509,37 @@ mod tests {
         let frame =
             frame.map_err(|_| "the reader of last resort never read for a thread blocked before its first park");
         assert_eq!(frame, Ok(b"inspect answer".to_vec()));
+        assert_eq!(reader.join().unwrap(), "the connection closed");
+        main_drain::release(key, true);
+    }
+
+    #[test]
+    fn a_set_its_thread_never_drained_claims_nothing() {
+        // A runtime that could not watch the set (its `AsyncFd` refused: the epoll watches'
+        // limit, say) never drains it: a socket claimed for it would sit unread while that
+        // thread is parked. Its thread here: a run that ends (it parks), no drain.
+        let key = u64::MAX - 5;
+        let (ours, mut child) = UnixStream::pair().unwrap();
+        let side = Arc::new(ReadSide::new(ours, Framing::default()));
+        assert!(main_drain::inbound_fd(key) >= 0);
+        main_drain::run_ends();
+        let drain = main_drain::of(key).unwrap();
+        side.claim(&drain, Weak::new());
+        let (got, frames) = mpsc::channel();
+        let reader = std::thread::spawn({
+            let side = side.clone();
+            move || {
+                side.read_loop(&|bytes| {
+                    let _ = got.send(bytes.to_vec());
+                    Ok(())
+                })
+            }
+        });
+        send_frames(&mut child, &[b"hello"]);
+        let frame = frames.recv_timeout(FAILSAFE);
+        drop(child);
+        let frame = frame.map_err(|_| "claimed by a set nobody drains: the frame was never read");
+        assert_eq!(frame, Ok(b"hello".to_vec()));
         assert_eq!(reader.join().unwrap(), "the connection closed");
         main_drain::release(key, true);
     }
