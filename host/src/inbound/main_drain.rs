@@ -59,10 +59,13 @@ pub(crate) struct Runs {
 }
 
 impl Runs {
+    /// Made on the instance's thread as its runtime starts (`inbound_fd`), before its first
+    /// park: that stretch is a run too, though no `batch_begin` began it (author code may block
+    /// it there, a slow `activate`); its first park ends it.
     fn new() -> Runs {
         Runs {
             runs: AtomicU64::new(0),
-            in_run: AtomicBool::new(false),
+            in_run: AtomicBool::new(true),
             armed: AtomicBool::new(false),
             wake: Mutex::new(()),
             armed_now: Condvar::new(),
@@ -105,6 +108,12 @@ impl Runs {
         claimed()
     }
 
+    /// Holds the runs' lock, as a resting reader of last resort does (`wait_armed`).
+    #[cfg(test)]
+    pub(crate) fn hold(&self) -> std::sync::MutexGuard<'_, ()> {
+        lock(&self.wake)
+    }
+
     pub(crate) fn current(&self) -> u64 {
         self.runs.load(Ordering::SeqCst)
     }
@@ -134,6 +143,11 @@ pub(crate) struct MainDrain {
     claimed: Mutex<HashMap<u64, Weak<ChildReader>>>,
     /// Released: nothing more is claimed for it, and its drains stop.
     released: AtomicBool,
+    /// Its thread drained it once: its runtime watches the set (it drains at once after
+    /// registering it). Until then nothing is claimed for it: a runtime that could not watch
+    /// it (its `AsyncFd` refused) never drains, and a socket in the set would sit unread
+    /// while that thread is parked.
+    watched: AtomicBool,
     /// Claimed sockets a drain left with frames to read (edge-triggered: no event will say so).
     /// Only main's thread touches it; a lock because the drain is shared.
     pending: Mutex<Vec<u64>>,
@@ -146,6 +160,7 @@ impl MainDrain {
             epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
             claimed: Mutex::new(HashMap::new()),
             released: AtomicBool::new(false),
+            watched: AtomicBool::new(false),
             pending: Mutex::new(Vec::new()),
             runs: Runs::new(),
         })
@@ -155,11 +170,12 @@ impl MainDrain {
         &self.runs
     }
 
-    /// Puts `side`'s socket in the set; false if the drain is released or the socket cannot be
-    /// watched (then its reader thread reads it, as before).
+    /// Puts `side`'s socket in the set; false if the drain is released, its thread never
+    /// drained it yet, or the socket cannot be watched (then its reader thread reads it, as
+    /// before).
     pub(crate) fn add(&self, side: &ReadSide, reader: Weak<ChildReader>) -> bool {
         let mut claimed = lock(&self.claimed);
-        if self.released.load(Ordering::SeqCst) {
+        if self.released.load(Ordering::SeqCst) || !self.watched.load(Ordering::SeqCst) {
             return false;
         }
         let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLET;
@@ -190,6 +206,7 @@ impl MainDrain {
         if self.released.load(Ordering::SeqCst) {
             return abi::drain::STOP;
         }
+        self.watched.store(true, Ordering::SeqCst);
         let mut events = [EpollEvent::empty(); EVENTS];
         let ready = match self.epoll.wait(&mut events, EpollTimeout::ZERO) {
             Ok(ready) => ready,

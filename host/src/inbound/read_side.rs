@@ -63,7 +63,8 @@ pub(crate) struct ReadSide {
     drains: AtomicU64,
     /// The last drain stopped at [`DRAIN_FRAMES`] with bytes left in `framing`.
     leftover: AtomicBool,
-    /// How the connection ended, seen by a drain: the reader thread returns it.
+    /// How the connection ended, recorded under `framing`'s lock by the reader that saw it (the
+    /// first): no reader handles a frame after it, and the reader thread returns it.
     ended: Mutex<Option<String>>,
 }
 
@@ -124,12 +125,22 @@ impl ReadSide {
         if drainer.as_ref().is_some_and(|drainer| Arc::ptr_eq(drainer, drain)) {
             return;
         }
-        if let Some(old) = drainer.take() {
-            self.let_go(&old);
+        let old = drainer.take();
+        if let Some(old) = &old {
+            self.let_go(old);
         }
-        if drain.add(self, reader) {
+        let claimed = drain.add(self, reader);
+        if claimed {
             *drainer = Some(drain.clone());
             self.claimed.store(true, Ordering::SeqCst);
+        }
+        // The runs' lock only with `drainer`'s let go: a resting reader thread holds the runs'
+        // lock while it asks `is_claimed_by`, which takes `drainer`'s.
+        drop(drainer);
+        if let Some(old) = old {
+            old.runs().wake_watchers();
+        }
+        if claimed {
             // Main's thread may be inside a run begun before the claim (author code blocking
             // it): the reader looks at least once.
             drain.runs().arm();
@@ -139,21 +150,28 @@ impl ReadSide {
     /// Gives the socket back to the reader thread alone.
     pub(crate) fn unclaim(&self) {
         let mut drainer = lock(&self.drainer);
-        if let Some(old) = drainer.take() {
-            self.let_go(&old);
+        let old = drainer.take();
+        if let Some(old) = &old {
+            self.let_go(old);
+        }
+        // Not under `drainer`'s lock (see `claim`).
+        drop(drainer);
+        if let Some(old) = old {
+            old.runs().wake_watchers();
         }
     }
 
-    /// Takes this socket out of `old`'s set (before `drainer` is cleared, under its lock) and
-    /// wakes the reader thread, which may be resting on `old`'s runs.
+    /// Takes this socket out of `old`'s set (before `drainer` is cleared, under its lock); the
+    /// caller then wakes the reader thread, which may be resting on `old`'s runs, once it let
+    /// `drainer` go.
     fn let_go(&self, old: &MainDrain) {
         old.remove(self);
         self.claimed.store(false, Ordering::SeqCst);
-        old.runs().wake_watchers();
     }
 
-    fn take_ended(&self) -> Option<String> {
-        self.ended.lock().unwrap_or_else(PoisonError::into_inner).take()
+    /// How the connection ended, if a reader saw it end. Kept: nothing is read or claimed after.
+    fn ended(&self) -> Option<String> {
+        self.ended.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// A drain saw the connection end: the reader thread ends it (see the module's description).
@@ -172,21 +190,32 @@ impl ReadSide {
         wait: impl Fn() -> bool,
         mut go_on: impl FnMut() -> bool,
     ) -> Result<bool, String> {
+        // The end is recorded under `framing`'s lock, by whoever saw it: a reader that took the
+        // lock after (main's thread, or the reader thread, which had found bytes waiting)
+        // handles nothing past it.
+        if let Some(reason) = self.ended() {
+            return Err(reason);
+        }
         let mut recv = Recv::new(self.stream.as_fd());
-        loop {
+        let read = loop {
             if !go_on() {
-                return Ok(false);
+                break Ok(false);
             }
             recv.wait = wait();
             match framing.read(&mut recv) {
                 // Decoded borrowing from the frame: a message is routed straight from the read
                 // buffer (and copied by whoever keeps it).
-                Ok(Some(bytes)) => handle(receive, bytes)?,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(true),
-                Ok(None) => return Err("the connection closed".to_owned()),
-                Err(error) => return Err(format!("unreadable frame: {error}")),
+                Ok(Some(bytes)) => {
+                    if let Err(reason) = handle(receive, bytes) {
+                        break Err(reason);
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break Ok(true),
+                Ok(None) => break Err("the connection closed".to_owned()),
+                Err(error) => break Err(format!("unreadable frame: {error}")),
             }
-        }
+        };
+        read.map_err(|reason| self.ended.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(reason).clone())
     }
 
     /// The reader thread: reads while no main's thread does, watches while one does; returns
@@ -199,7 +228,7 @@ impl ReadSide {
 
     fn read_until_ended(&self, receive: Receive<'_>) -> String {
         loop {
-            if let Some(reason) = self.take_ended() {
+            if let Some(reason) = self.ended() {
                 return reason;
             }
             let result = match self.drainer() {
@@ -306,5 +335,169 @@ impl Drop for ReadSide {
         // Out of main's epoll set before the socket closes: an epoll set holds the open file,
         // not the descriptor's number, and the writer's duplicate keeps the file open.
         self.unclaim();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use super::*;
+    use crate::inbound::main_drain;
+
+    /// Bounds a wait that, with the defect, would never end; never reached when it holds.
+    const FAILSAFE: Duration = Duration::from_secs(10);
+
+    /// A socket (and the child's end of it) claimed by a new epoll set of instance `key`.
+    fn claimed_side(key: u64) -> (Arc<ReadSide>, Arc<MainDrain>, UnixStream) {
+        let (ours, child) = UnixStream::pair().unwrap();
+        let side = Arc::new(ReadSide::new(ours, Framing::default()));
+        assert!(main_drain::inbound_fd(key) >= 0);
+        let drain = main_drain::of(key).unwrap();
+        // The runtime drains at once, having watched the set (`read_inbound`).
+        assert_eq!(main_drain::drain(key), extension_api::abi::drain::IDLE);
+        side.claim(&drain, Weak::new());
+        assert!(side.is_claimed_by(&drain));
+        (side, drain, child)
+    }
+
+    #[test]
+    fn a_give_back_never_waits_for_the_runs_lock_holding_the_drainer_lock() {
+        let key = u64::MAX - 1;
+        let (side, drain, _child) = claimed_side(key);
+        // The reader thread resting on main's runs holds their lock and asks `is_claimed_by`.
+        let resting = drain.runs().hold();
+        let giving_back = std::thread::spawn({
+            let side = side.clone();
+            move || side.unclaim()
+        });
+        // The give-back is under way (it took `drainer`'s lock and let the socket go)...
+        while side.is_claimed() {
+            std::thread::yield_now();
+        }
+        // ...and the resting reader can still ask whether it is claimed.
+        let (asked, answer) = mpsc::channel();
+        std::thread::spawn({
+            let (side, drain) = (side.clone(), drain.clone());
+            move || asked.send(side.is_claimed_by(&drain))
+        });
+        let answer = answer.recv_timeout(FAILSAFE);
+        drop(resting);
+        giving_back.join().unwrap();
+        assert_eq!(
+            answer,
+            Ok(false),
+            "the give-back waited for the runs' lock holding `drainer`'s: a resting reader deadlocks"
+        );
+        main_drain::release(key, true);
+    }
+
+    /// The child's end of the socket sends `frames`, each behind its length.
+    fn send_frames(child: &mut UnixStream, frames: &[&[u8]]) {
+        use std::io::Write;
+        for frame in frames {
+            child.write_all(&u32::try_from(frame.len()).unwrap().to_be_bytes()).unwrap();
+            child.write_all(frame).unwrap();
+        }
+    }
+
+    /// Handles frames as `ChildReader::receive` would: `bad` is a violation, the others are
+    /// kept in `got`.
+    fn receiver(got: &Mutex<Vec<Vec<u8>>>) -> impl Fn(&[u8]) -> Result<(), String> + '_ {
+        move |bytes| {
+            if bytes == b"bad" {
+                return Err("a bad frame".to_owned());
+            }
+            lock(got).push(bytes.to_vec());
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn no_reader_handles_a_frame_past_the_end_another_reader_saw() {
+        // The reader of last resort reads for a stuck run and meets a violation; main's thread
+        // drains before the reader thread gave the socket back.
+        let key = u64::MAX - 2;
+        let (side, _drain, mut child) = claimed_side(key);
+        send_frames(&mut child, &[b"one", b"bad", b"two"]);
+        let got = Mutex::new(Vec::new());
+        let receive = receiver(&got);
+        let read = side.read_frames(&mut lock(&side.framing), &receive, || false, || true);
+        assert_eq!(read, Err("protocol violation: a bad frame".to_owned()));
+        side.drain(&receive);
+        assert_eq!(*lock(&got), [b"one".to_vec()], "a frame after the violation was handled");
+        assert_eq!(side.read_loop(&receive), "protocol violation: a bad frame");
+        main_drain::release(key, true);
+
+        // Main's thread meets it; the reader thread, which found bytes waiting, reads next.
+        let key = u64::MAX - 3;
+        let (side, _drain, mut child) = claimed_side(key);
+        send_frames(&mut child, &[b"one", b"bad", b"two"]);
+        let got = Mutex::new(Vec::new());
+        let receive = receiver(&got);
+        assert!(side.drain(&receive));
+        let read = side.read_frames(&mut lock(&side.framing), &receive, || false, || true);
+        assert_eq!(read, Err("protocol violation: a bad frame".to_owned()));
+        assert_eq!(*lock(&got), [b"one".to_vec()], "a frame after the violation was handled");
+        assert_eq!(side.read_loop(&receive), "protocol violation: a bad frame");
+        main_drain::release(key, true);
+    }
+
+    #[test]
+    fn a_thread_blocked_before_its_first_park_has_its_socket_read_by_the_reader_thread() {
+        // The set is made on the instance's thread as its runtime starts (`inbound_fd`), before
+        // it ever parked: author code may block it there (a slow `activate`), in no run begun
+        // by `batch_begin`. This test's thread is that thread: it never drains.
+        let key = u64::MAX - 4;
+        let (side, _drain, mut child) = claimed_side(key);
+        let (got, frames) = mpsc::channel();
+        let reader = std::thread::spawn({
+            let side = side.clone();
+            move || {
+                side.read_loop(&|bytes| {
+                    let _ = got.send(bytes.to_vec());
+                    Ok(())
+                })
+            }
+        });
+        send_frames(&mut child, &[b"inspect answer"]);
+        let frame = frames.recv_timeout(FAILSAFE);
+        drop(child);
+        let frame =
+            frame.map_err(|_| "the reader of last resort never read for a thread blocked before its first park");
+        assert_eq!(frame, Ok(b"inspect answer".to_vec()));
+        assert_eq!(reader.join().unwrap(), "the connection closed");
+        main_drain::release(key, true);
+    }
+
+    #[test]
+    fn a_set_its_thread_never_drained_claims_nothing() {
+        // A runtime that could not watch the set (its `AsyncFd` refused: the epoll watches'
+        // limit, say) never drains it: a socket claimed for it would sit unread while that
+        // thread is parked. Its thread here: a run that ends (it parks), no drain.
+        let key = u64::MAX - 5;
+        let (ours, mut child) = UnixStream::pair().unwrap();
+        let side = Arc::new(ReadSide::new(ours, Framing::default()));
+        assert!(main_drain::inbound_fd(key) >= 0);
+        main_drain::run_ends();
+        let drain = main_drain::of(key).unwrap();
+        side.claim(&drain, Weak::new());
+        let (got, frames) = mpsc::channel();
+        let reader = std::thread::spawn({
+            let side = side.clone();
+            move || {
+                side.read_loop(&|bytes| {
+                    let _ = got.send(bytes.to_vec());
+                    Ok(())
+                })
+            }
+        });
+        send_frames(&mut child, &[b"hello"]);
+        let frame = frames.recv_timeout(FAILSAFE);
+        drop(child);
+        let frame = frame.map_err(|_| "claimed by a set nobody drains: the frame was never read");
+        assert_eq!(frame, Ok(b"hello".to_vec()));
+        assert_eq!(reader.join().unwrap(), "the connection closed");
+        main_drain::release(key, true);
     }
 }
