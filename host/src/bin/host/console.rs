@@ -301,6 +301,17 @@ async fn top<R: AsyncBufRead + Unpin>(host: &Host, lines: &mut Lines<R>, refresh
     }
 }
 
+/// The last column of `top`: what the watchdog reports, or, before it does, that an instance
+/// did not answer this refresh's inspect (its figures are then missing, not zero).
+fn flag(unresponsive: bool, unanswered: usize) -> String {
+    match (unresponsive, unanswered) {
+        (true, _) => "UNRESPONSIVE".into(),
+        (false, 0) => String::new(),
+        (false, 1) => "NO ANSWER".into(),
+        (false, count) => format!("NO ANSWER ({count} instances)"),
+    }
+}
+
 fn top_table(snapshot: &HostSnapshot, before: &Sample, now: &Sample, elapsed: Duration) -> String {
     let seconds = elapsed.as_secs_f64().max(1e-9);
     let mut rows = vec![
@@ -353,7 +364,7 @@ fn top_table(snapshot: &HostSnapshot, before: &Sample, now: &Sample, elapsed: Du
             p99.map_or_else(|| "-".into(), nanos),
             slowest.unwrap_or_else(|| "-".into()),
             instance.map_or_else(|| "-".into(), |i| (i.queued_messages + i.batch_messages).to_string()),
-            if extension.unresponsive { "UNRESPONSIVE".into() } else { String::new() },
+            flag(extension.unresponsive, extension.unanswered),
         ]);
     }
     let mut widths = [0usize; 11];
@@ -393,5 +404,18 @@ fn msgpack_to_json(bytes: &[u8]) -> String {
     match extension_api::wire::decode::<rmpv::Value>(bytes) {
         Ok(value) => notation::to_json(&value).to_string(),
         Err(error) => format!("<undecodable MessagePack: {error}>"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::flag;
+
+    #[test]
+    fn top_flags_an_instance_that_did_not_answer_until_the_watchdog_reports_it() {
+        assert_eq!(flag(false, 0), "");
+        assert_eq!(flag(false, 1), "NO ANSWER");
+        assert_eq!(flag(false, 2), "NO ANSWER (2 instances)");
+        assert_eq!(flag(true, 1), "UNRESPONSIVE");
     }
 }
