@@ -323,11 +323,11 @@ pub(crate) fn recv_spare(
     buffer.reserve(rest);
     let mut appended = 0;
     while appended < rest {
+        // Both callers in this crate pass a socket they hold open.
         let spare = &mut buffer.spare_capacity_mut()[..rest - appended];
-        // SAFETY: `spare` is `spare.len()` bytes of `buffer`'s allocation, writable for the
-        // call (a `MaybeUninit<u8>` slice: `recv` writes at most `spare.len()` bytes of it and
-        // reads none); `recv` touches no other memory, whatever `fd` is (one that is not an
-        // open socket fails, with errno). Both callers in this crate pass a socket they hold open.
+        // SAFETY: `recv` writes at most `spare.len()` bytes into `spare` (of `buffer`'s allocation,
+        // writable for the call, uninitialised bytes it only writes) and touches no other memory,
+        // whatever `fd` is: a descriptor that is not an open socket fails, with errno.
         let read = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), spare.len(), flags) };
         let Ok(read) = usize::try_from(read) else {
             let error = io::Error::last_os_error();
