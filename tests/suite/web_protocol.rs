@@ -666,7 +666,9 @@ async fn stalled_handshakes_and_too_many_connections_are_dropped() {
     assert_eq!(refused_with(third), 503);
     assert_eq!(closed(&mut silent).await, (1008, "no hello in time".to_owned()));
     assert_eq!(reached(&host).await.0, before.0, "nothing reached main");
-    // Its slot is free again: the real page connects with the token.
+    // Its slot is free once the server has closed it (the close reply read): the real page
+    // connects with the token.
+    assert!(next(&mut silent).await.is_none(), "the server closes the socket after the close reply");
     drop(silent);
     let mut page = Page::connect(port, &origin, &shell_token, "probe").await;
     page.start().await;

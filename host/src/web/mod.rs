@@ -149,7 +149,9 @@ pub(crate) struct Server {
     tracker: TaskTracker,
 }
 
-/// One live WebSocket connection, counted against the limit while it is held.
+/// One live WebSocket connection, counted against the limit while it is held. A socket's
+/// server drops it before the socket closes (the host's close frame sent, the page's close
+/// reply read): a client that sees its connection end finds the slot free.
 pub(crate) struct ConnectionSlot {
     server: Weak<Server>,
 }

@@ -262,8 +262,10 @@ pub(crate) async fn serve(
     handshake: Handshake,
     activity: Activity,
 ) {
-    let _slot = slot;
     let (sink, mut stream) = socket.split();
+    // Declared after the socket's halves, so dropped before them: the slot is free again
+    // before the socket closes, and a page that sees its connection end can take its place.
+    let _slot = slot;
     // The HELLO, in time.
     let hello = tokio::time::timeout(server.config.handshake_timeout, stream.next()).await;
     let token = match hello {

@@ -83,8 +83,10 @@ async fn serve_on<S>(socket: S, server: Arc<Server>, slot: ConnectionSlot, activ
 where
     S: Stream<Item = Result<WsMessage, axum::Error>> + Sink<WsMessage, Error = axum::Error> + Send + 'static,
 {
-    let _slot = slot;
     let (mut sink, mut stream) = socket.split();
+    // Declared after the socket's halves, so dropped before them: the slot is free again
+    // before the socket closes, and a shell that sees its connection end can take its place.
+    let _slot = slot;
     let (queue, mut outgoing) = mpsc::channel::<String>(QUEUE);
     let closing = CancellationToken::new();
     let gone = CancellationToken::new();
