@@ -1,8 +1,8 @@
 //! The web transport's loose ends: any bytes are a sign of life (a page or shell sending one
-//! large message slowly is not dropped as unresponsive), and a connection the host refuses
-//! still gets its close frame when the client sent more than the host read; and the embedder's
-//! `inspect` asks every extension at once (a page is where the test sees its asking). Each
-//! failed before its fix.
+//! large message slowly is not dropped as unresponsive), a connection the host refuses or
+//! closes (a page's, a shell's) still gets its close frame when the client sent more than the
+//! host read, and the embedder's `inspect` asks every extension at once (a page is where the
+//! test sees its asking). Each failed before its fix.
 
 use std::time::Duration;
 
@@ -125,6 +125,33 @@ async fn a_refused_page_that_sent_more_than_its_hello_still_gets_the_close_frame
     assert!(
         matches!(end, Ok(None | Some(Err(tokio_tungstenite::tungstenite::Error::ConnectionClosed)))),
         "the refused connection did not end cleanly after its close handshake: {end:?}"
+    );
+    server.shutdown().await;
+    host.shutdown().await;
+}
+
+/// A shell that broke the protocol with more sent behind it (what it sent before it read the
+/// close) still gets the close frame and why, and its connection ends cleanly: the host used
+/// to drop the socket with those bytes unread, which resets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shell_that_broke_the_protocol_with_more_sent_still_gets_the_close_frame() {
+    let (host, server) = web_host(&["probe"], true, WebConfig::default()).await;
+    let port = port(&server);
+    let mut shell = Shell::connect(port).await;
+    shell.add().await;
+    // A binary message (not part of the shell protocol), and 512 KiB of JSON behind it.
+    shell.ws.feed(WsMessage::binary(vec![1u8])).await.unwrap();
+    let text = serde_json::json!({ "note": "n".repeat(16 << 10) }).to_string();
+    for _ in 0..32 {
+        shell.ws.feed(WsMessage::text(text.clone())).await.unwrap();
+    }
+    shell.ws.flush().await.unwrap();
+    let (code, reason) = closed(&mut shell.ws).await;
+    assert_eq!((code, reason.as_str()), (1008, "binary messages are not part of the shell protocol"));
+    let end = tokio::time::timeout(super::FAILSAFE, futures_util::StreamExt::next(&mut shell.ws)).await;
+    assert!(
+        matches!(end, Ok(None | Some(Err(tokio_tungstenite::tungstenite::Error::ConnectionClosed)))),
+        "the shell's connection did not end cleanly after its close handshake: {end:?}"
     );
     server.shutdown().await;
     host.shutdown().await;

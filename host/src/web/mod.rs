@@ -9,6 +9,7 @@
 //! `transport/web.rs`.
 
 mod assets;
+mod close_reply;
 mod keepalive;
 pub(crate) mod protocol;
 mod renderer_socket;
@@ -140,7 +141,7 @@ pub(crate) struct Server {
     /// The send buffer (`SO_SNDBUF`) of the connections accepted from now on; 0: the system's
     /// (see [`WebServer::set_send_buffer_for_testing`]).
     send_buffer: AtomicUsize,
-    /// How long a page socket the host closed is read for the page's close reply, in
+    /// How long a socket the host closed is read for its close reply, in
     /// milliseconds; 0: 2 s (see [`WebServer::set_close_reply_wait_for_testing`]).
     close_reply_wait: AtomicU64,
     /// Renderer sockets that have not said HELLO yet, per extension origin.

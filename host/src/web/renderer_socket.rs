@@ -27,6 +27,7 @@ use futures_util::{Sink, SinkExt, StreamExt};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use super::close_reply::read_close_reply;
 use super::keepalive::{Activity, Due, Keepalive};
 use super::protocol::{self, PageMessage};
 use super::{ConnectionSlot, Handshake, Server};
@@ -542,28 +543,6 @@ pub(crate) async fn serve(
         // network, and come back (to be refused, or, superseded, to take its successor's
         // place) rather than stop with this code.
         read_close_reply(&mut stream, &server, violated).await;
-    }
-}
-
-/// Reads what the page still sends after the host's close frame (the rest of an oversized
-/// message, what it sent before it read the close, its close reply), for at most 2 s (see
-/// [`WebServer::set_close_reply_wait_for_testing`](super::WebServer::set_close_reply_wait_for_testing)),
-/// and not past the server's shutdown unless `past_shutdown`. A socket closed with bytes
-/// unread is reset, which throws away what the kernel has not sent yet, the close frame too:
-/// the page would see 1006, a lost network, rather than the host's code and reason.
-async fn read_close_reply(stream: &mut SplitStream<WebSocket>, server: &Server, past_shutdown: bool) {
-    let wait = match server.close_reply_wait.load(Ordering::Acquire) {
-        0 => CLOSE_WAIT,
-        millis => Duration::from_millis(millis),
-    };
-    let read = tokio::time::timeout(wait, async { while let Some(Ok(_)) = stream.next().await {} });
-    if past_shutdown {
-        let _ = read.await;
-    } else {
-        tokio::select! {
-            _ = read => {}
-            () = server.shutdown.cancelled() => {}
-        }
     }
 }
 
