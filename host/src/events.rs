@@ -103,6 +103,7 @@ impl ObservedBroadcast {
 }
 
 /// Something the host did on its own, for embedders (and tests) to follow.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum HostEvent {

@@ -16,6 +16,7 @@ use crate::private_dir::PrivateDir;
 use crate::web_assets::WebAssets;
 
 /// What a library says about itself.
+#[non_exhaustive]
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct LibraryInfo {
     /// The extension's name: its namespace, unique among loaded extensions.

@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 /// Where an extension is in its lifecycle.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", content = "reason", rename_all = "lowercase")]
 pub enum ExtensionState {

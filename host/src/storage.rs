@@ -59,6 +59,7 @@ pub(crate) struct Limits {
 
 /// An extension's use of its persisted tier, as inspect shows it: as the host last saw it
 /// (zero until the extension's first activation in this host reads its file).
+#[non_exhaustive]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct StorageUsage {
     /// The extension's database file (it may not exist yet: it is created on the first write).

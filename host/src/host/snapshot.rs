@@ -1,4 +1,7 @@
 //! What the host reports about itself: states and inspect snapshots.
+//!
+//! Every report is `#[non_exhaustive]`: a later host may report more (a field, a kind of
+//! frame), so an embedder reads them by field and cannot build or fully destructure one.
 
 use std::collections::BTreeMap;
 
@@ -9,6 +12,7 @@ use crate::library::LibraryInfo;
 use crate::state::ExtensionState;
 
 /// What deactivation ran into. Everything is cleaned up regardless.
+#[non_exhaustive]
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct DeactivateReport {
     /// Each half whose `deactivate` panicked or overran its time, and how.
@@ -16,6 +20,7 @@ pub struct DeactivateReport {
 }
 
 /// Where a frame's renderer halves run.
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FrameKind {
@@ -29,6 +34,7 @@ pub enum FrameKind {
 }
 
 /// Everything the host knows about one extension.
+#[non_exhaustive]
 #[derive(Debug, Clone, Serialize)]
 pub struct ExtensionSnapshot {
     /// What its library says about itself, and where it was loaded from.
@@ -66,6 +72,7 @@ pub struct ExtensionSnapshot {
 }
 
 /// One frame.
+#[non_exhaustive]
 #[derive(Debug, Clone, Serialize)]
 pub struct FrameSnapshot {
     /// The frame's number.
@@ -83,6 +90,7 @@ pub struct FrameSnapshot {
 }
 
 /// The whole host at one moment.
+#[non_exhaustive]
 #[derive(Debug, Clone, Serialize)]
 pub struct HostSnapshot {
     /// Every loaded extension, in name order.

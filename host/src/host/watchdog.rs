@@ -125,6 +125,7 @@ impl Watchdog {
 
 /// What an isolated extension's process uses, read from `/proc` (Linux); `None` where it
 /// cannot be read.
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct ProcessUsage {
     /// CPU time of all its threads, in nanoseconds.
