@@ -42,14 +42,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // The WebSocket library traces every frame's payload, web frames' tokens included: never
-    // past debug, whatever RUST_LOG says.
-    for directive in ["tungstenite=debug", "tokio_tungstenite=debug"] {
-        if let Ok(directive) = directive.parse() {
-            filter = filter.add_directive(directive);
-        }
-    }
+    let filter = log_filter(std::env::var(EnvFilter::DEFAULT_ENV).ok().as_deref());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let cli = Cli::parse();
     match cli.command {
@@ -77,6 +70,23 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
         return Err(refused());
     }
     Ok(Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX))
+}
+
+/// The log filter: `RUST_LOG`'s directives (`info` if unset or refused), with the WebSocket
+/// library capped at debug: it traces every frame's payload, web frames' tokens included. The
+/// cap is added only where some directive enables trace: added to a filter at `info`, it
+/// would raise the library to debug (it used to, printing every close frame it read).
+fn log_filter(directives: Option<&str>) -> EnvFilter {
+    let mut filter =
+        directives.and_then(|directives| EnvFilter::try_new(directives).ok()).unwrap_or_else(|| EnvFilter::new("info"));
+    if filter.max_level_hint().is_none_or(|most| most > tracing_subscriber::filter::LevelFilter::DEBUG) {
+        for directive in ["tungstenite=debug", "tokio_tungstenite=debug"] {
+            if let Ok(directive) = directive.parse() {
+                filter = filter.add_directive(directive);
+            }
+        }
+    }
+    filter
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
@@ -270,4 +280,42 @@ async fn run(paths: Vec<PathBuf>, options: RunOptions) -> ExitCode {
     }
     tracing::info!("host stopped");
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::log_filter;
+
+    /// Whether `directives`' filter lets an event of `level` from `target` through.
+    fn enabled(directives: Option<&str>, target: &str, level: Level) -> bool {
+        let subscriber = tracing_subscriber::registry().with(log_filter(directives));
+        tracing::subscriber::with_default(subscriber, || match (target, level) {
+            ("tungstenite::protocol", Level::DEBUG) => tracing::enabled!(target: "tungstenite::protocol", Level::DEBUG),
+            ("tungstenite::protocol", Level::TRACE) => tracing::enabled!(target: "tungstenite::protocol", Level::TRACE),
+            ("tokio_tungstenite", Level::TRACE) => tracing::enabled!(target: "tokio_tungstenite", Level::TRACE),
+            ("host", Level::INFO) => tracing::enabled!(target: "host", Level::INFO),
+            ("host", Level::TRACE) => tracing::enabled!(target: "host", Level::TRACE),
+            other => panic!("no case for {other:?}"),
+        })
+    }
+
+    #[test]
+    fn the_websocket_library_logs_no_more_than_the_rest_and_never_past_debug() {
+        // At the default, and at `info`: its debug lines stay out (the cap used to raise it).
+        for directives in [None, Some("info")] {
+            assert!(enabled(directives, "host", Level::INFO), "{directives:?}");
+            assert!(!enabled(directives, "tungstenite::protocol", Level::DEBUG), "{directives:?}");
+        }
+        // At `trace`, and asked for by name: debug, never trace (it would log the tokens).
+        for directives in ["trace", "info,tungstenite=trace", "tokio_tungstenite=trace"] {
+            assert!(!enabled(Some(directives), "tungstenite::protocol", Level::TRACE), "{directives}");
+            assert!(!enabled(Some(directives), "tokio_tungstenite", Level::TRACE), "{directives}");
+        }
+        assert!(enabled(Some("trace"), "host", Level::TRACE));
+        assert!(enabled(Some("trace"), "tungstenite::protocol", Level::DEBUG));
+        assert!(enabled(Some("info,tungstenite=trace"), "tungstenite::protocol", Level::DEBUG));
+    }
 }
