@@ -2,7 +2,7 @@
 //! main's epoll set), so a page's request reaches main's mailbox with no hop to another
 //! thread; the page's read loop reads only for a main's thread that does not come (author
 //! code blocking it). Either way a page's messages are handled in the order it sent them,
-//! each once.
+//! each once, and main's replies reach the page in the order main sent them.
 
 use std::future::Future;
 
@@ -51,7 +51,20 @@ async fn a_pages_broadcasts_and_requests_sent_at_once_reach_main_in_order_each_o
         }
     }
     page.message(2, 0, 0, 10_000, SEQ_LOG.name(), msgpack(&())).await;
-    let log = page.message_where(|m| m[1] == Value::from(3) && m[5].as_u64() == Some(10_000)).await;
+    // Main answers a drain's requests in one run: the first reply in place, the rest through
+    // the page's queue; the page gets them in the order main sent them, each once, then the log.
+    let mut replied = Vec::new();
+    let log = loop {
+        let reply = page.message_where(|m| m[1] == Value::from(3)).await;
+        assert_eq!(reply[2], Value::from(0), "{reply}");
+        let id = reply[5].as_u64().unwrap();
+        if id == 10_000 {
+            break reply;
+        }
+        replied.push(id);
+    };
+    let asked: Vec<u64> = (0..COUNT).filter(|n| n % 3 != 0).map(|n| u64::from(n) + 1).collect();
+    assert_eq!(replied, asked);
     let log: Vec<String> = rmp_serde::from_slice(payload_of(&log)).unwrap();
     assert_eq!(log, expected);
     server.shutdown().await;

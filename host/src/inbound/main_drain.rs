@@ -28,7 +28,7 @@
 //! registration would then name another file). An instance whose thread was abandoned (still
 //! blocked after its destroy's wait) keeps its set open for the life of the process.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -327,8 +327,30 @@ pub(crate) fn drain(key: u64) -> u32 {
     drain.map_or(abi::drain::STOP, |drain| drain.drain())
 }
 
+thread_local! {
+    /// The writes in place to a page's socket this thread made in its current run.
+    static RUN_WRITES: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Whether a write in place to a page's socket on this thread is the first of its run (and
+/// counts it); always true on a thread with no set (not an instance's). The replies main writes
+/// after the first of a run go through the page's writer task, which writes what is queued in
+/// one `sendto`: a page's requests read in one drain are answered in one run, and one segment
+/// for each reply would cost the page (and the host) more than the writer's wake.
+pub(crate) fn first_write_of_run() -> bool {
+    if DRAINING.with(|draining| draining.borrow().is_none()) {
+        return true;
+    }
+    RUN_WRITES.with(|writes| {
+        let first = writes.get() == 0;
+        writes.set(writes.get().saturating_add(1));
+        first
+    })
+}
+
 /// A run of this thread begins (`batch_begin`): the readers of last resort watch it.
 pub(crate) fn run_begins() {
+    RUN_WRITES.with(|writes| writes.set(0));
     DRAINING.with(|draining| {
         if let Some((_, drain)) = &*draining.borrow() {
             drain.runs.begins();
