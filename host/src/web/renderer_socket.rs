@@ -292,9 +292,6 @@ pub(crate) struct PageReader {
     claimed: AtomicBool,
     /// Drains of main's thread that took `stream`'s lock.
     drains: AtomicU64,
-    /// Main's thread left bytes it could not read (the socket's other half was being
-    /// written): the read loop, woken when that write lets go, reads them.
-    left: AtomicBool,
     /// How the connection ended, if main's thread read its end.
     end: Mutex<Option<Ended>>,
 }
@@ -412,14 +409,6 @@ impl PageReader {
             *watch = None;
             return self.read_for(cx, 1);
         }
-        if self.left.swap(false, Ordering::SeqCst) {
-            let read = self.read_for(cx, DRAIN_MESSAGES);
-            if matches!(read, Poll::Ready(None)) {
-                // At the limit: the next turn reads on.
-                self.left.store(true, Ordering::SeqCst);
-            }
-            return read;
-        }
         loop {
             match watch {
                 None => {
@@ -464,7 +453,8 @@ impl PageReader {
 
 impl Drained for PageReader {
     /// Main's thread reads what the page sent, without blocking; false if it stopped at
-    /// [`DRAIN_MESSAGES`] (it comes back for the rest without waiting for an event).
+    /// [`DRAIN_MESSAGES`], or found the socket's other half being written with bytes waiting
+    /// (it comes back for them without waiting for an event).
     fn drain(&self) -> bool {
         if !self.claimed.load(Ordering::SeqCst) || lock(&self.end).is_some() {
             return true;
@@ -481,18 +471,9 @@ impl Drained for PageReader {
         let mut context = Context::from_waker(&waker);
         for _ in 0..DRAIN_MESSAGES {
             match socket.poll_next_unpin(&mut context) {
-                Poll::Pending => {
-                    // Nothing more, unless the socket's other half was being written (the
-                    // halves share a lock, which wakes the read loop when it is let go): the
-                    // bytes are still there, and the read loop reads them rather than this
-                    // thread spinning on the lock.
-                    if self.readable() {
-                        self.left.store(true, Ordering::SeqCst);
-                        drop(stream);
-                        self.wake_task();
-                    }
-                    return true;
-                }
+                // Nothing more, unless the socket's other half was being written (the halves
+                // share a lock): then the bytes are still there.
+                Poll::Pending => return !self.readable(),
                 Poll::Ready(next) => {
                     self.connection.main_reads.fetch_add(1, Ordering::Relaxed);
                     let handled = catch_unwind(AssertUnwindSafe(|| self.handle(next))).unwrap_or_else(|_| {
@@ -736,7 +717,6 @@ pub(crate) async fn serve(
         drainer: Mutex::new(None),
         claimed: AtomicBool::new(false),
         drains: AtomicU64::new(0),
-        left: AtomicBool::new(false),
         end: Mutex::new(None),
     });
     // This task's waker first, for main's reads to leave with the socket: a page's bytes that
