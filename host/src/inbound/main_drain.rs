@@ -28,9 +28,9 @@
 //! registration would then name another file). An instance whose thread was abandoned (still
 //! blocked after its destroy's wait) keeps its set open for the life of the process.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
 
@@ -136,32 +136,11 @@ impl Runs {
     }
 }
 
-/// A socket main's thread reads, as its drain sees it: a renderer process's connection
-/// (`ChildReader`) or a web page's (`web::renderer_socket`).
-pub(crate) trait Drained: Send + Sync {
-    /// Reads what the socket has, without blocking, on main's thread; false if it stopped with
-    /// more to read (the drain comes back for it without waiting for an event).
-    fn drain(&self) -> bool;
-    /// The set is released (its instance is gone): the socket's own reader reads it alone.
-    fn give_back(&self);
-}
-
-impl Drained for ChildReader {
-    fn drain(&self) -> bool {
-        ChildReader::drain(self)
-    }
-
-    fn give_back(&self) {
-        ChildReader::give_back(self);
-    }
-}
-
 /// One instance's epoll set of the sockets its thread reads, and that thread's runs.
 pub(crate) struct MainDrain {
     epoll: Epoll,
-    /// The claimed sockets, by their reader's id (the events' data): a child connection's read
-    /// side's, or a page's ([`page_id`]).
-    claimed: Mutex<HashMap<u64, Weak<dyn Drained>>>,
+    /// The claimed connections, by their read side's id (the events' data).
+    claimed: Mutex<HashMap<u64, Weak<ChildReader>>>,
     /// Released: nothing more is claimed for it, and its drains stop.
     released: AtomicBool,
     /// Its thread drained it once: its runtime watches the set (it drains at once after
@@ -195,42 +174,30 @@ impl MainDrain {
     /// drained it yet, or the socket cannot be watched (then its reader thread reads it, as
     /// before).
     pub(crate) fn add(&self, side: &ReadSide, reader: Weak<ChildReader>) -> bool {
-        self.add_socket(side.fd(), side.id(), reader)
-    }
-
-    /// Puts socket `fd` in the set, read by `reader` (named `id` in the set's events); false as
-    /// for [`MainDrain::add`].
-    pub(crate) fn add_socket(&self, fd: BorrowedFd<'_>, id: u64, reader: Weak<dyn Drained>) -> bool {
         let mut claimed = lock(&self.claimed);
         if self.released.load(Ordering::SeqCst) || !self.watched.load(Ordering::SeqCst) {
             return false;
         }
         let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLET;
-        if let Err(error) = self.epoll.add(fd, EpollEvent::new(flags, id)) {
-            tracing::warn!("cannot watch a socket from main's thread ({error}): its own reader reads it");
+        if let Err(error) = self.epoll.add(side.fd(), EpollEvent::new(flags, side.id())) {
+            tracing::warn!("cannot watch a child connection from main's thread ({error}): its reader thread reads it");
             return false;
         }
-        claimed.insert(id, reader);
+        claimed.insert(side.id(), reader);
         true
     }
 
     /// Takes `side`'s socket out of the set.
     pub(crate) fn remove(&self, side: &ReadSide) {
-        self.remove_socket(side.fd(), side.id());
-    }
-
-    /// Takes socket `fd` (`id`) out of the set; before it closes (a set holds the open file,
-    /// not the number).
-    pub(crate) fn remove_socket(&self, fd: BorrowedFd<'_>, id: u64) {
         let mut claimed = lock(&self.claimed);
-        if claimed.remove(&id).is_some()
-            && let Err(error) = self.epoll.delete(fd)
+        if claimed.remove(&side.id()).is_some()
+            && let Err(error) = self.epoll.delete(side.fd())
         {
-            tracing::warn!("cannot take a socket out of main's epoll set: {error}");
+            tracing::warn!("cannot take a child connection out of main's epoll set: {error}");
         }
     }
 
-    fn reader(&self, id: u64) -> Option<Arc<dyn Drained>> {
+    fn reader(&self, id: u64) -> Option<Arc<ChildReader>> {
         lock(&self.claimed).get(&id).and_then(Weak::upgrade)
     }
 
@@ -270,7 +237,7 @@ impl MainDrain {
 
     /// The instance is gone: every claimed socket goes back to its reader thread.
     fn release(&self) {
-        let readers: Vec<Weak<dyn Drained>> = {
+        let readers: Vec<Weak<ChildReader>> = {
             let claimed = lock(&self.claimed);
             self.released.store(true, Ordering::SeqCst);
             claimed.values().cloned().collect()
@@ -279,13 +246,6 @@ impl MainDrain {
             reader.give_back();
         }
     }
-}
-
-/// A fresh id for a page's socket in the sets (the high bit set: a child connection's read
-/// side counts its own from 0).
-pub(crate) fn page_id() -> u64 {
-    static PAGE_IDS: AtomicU64 = AtomicU64::new(0);
-    (1 << 63) | PAGE_IDS.fetch_add(1, Ordering::Relaxed)
 }
 
 /// The sets of this process's instances, by key, created on the instance's first ask.
@@ -327,30 +287,8 @@ pub(crate) fn drain(key: u64) -> u32 {
     drain.map_or(abi::drain::STOP, |drain| drain.drain())
 }
 
-thread_local! {
-    /// The writes in place to a page's socket this thread made in its current run.
-    static RUN_WRITES: Cell<u32> = const { Cell::new(0) };
-}
-
-/// Whether a write in place to a page's socket on this thread is the first of its run (and
-/// counts it); always true on a thread with no set (not an instance's). The replies main writes
-/// after the first of a run go through the page's writer task, which writes what is queued in
-/// one `sendto`: a page's requests read in one drain are answered in one run, and one segment
-/// for each reply would cost the page (and the host) more than the writer's wake.
-pub(crate) fn first_write_of_run() -> bool {
-    if DRAINING.with(|draining| draining.borrow().is_none()) {
-        return true;
-    }
-    RUN_WRITES.with(|writes| {
-        let first = writes.get() == 0;
-        writes.set(writes.get().saturating_add(1));
-        first
-    })
-}
-
 /// A run of this thread begins (`batch_begin`): the readers of last resort watch it.
 pub(crate) fn run_begins() {
-    RUN_WRITES.with(|writes| writes.set(0));
     DRAINING.with(|draining| {
         if let Some((_, drain)) = &*draining.borrow() {
             drain.runs.begins();

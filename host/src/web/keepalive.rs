@@ -12,10 +12,9 @@
 //! reset per read but looked at when it fires (at most once an interval while bytes flow).
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -31,36 +30,11 @@ struct Clock {
     origin: Instant,
     /// Nanoseconds from `origin` to the last read that brought bytes.
     last: AtomicU64,
-    /// The connection's socket (-1 until [`Heard`] wraps it), for main's thread to watch
-    /// (`renderer_socket`'s drain).
-    fd: AtomicI32,
-    /// Reads go to the socket first, not through tokio's readiness ([`Heard`]).
-    direct: AtomicBool,
 }
 
 impl Activity {
     pub(crate) fn new() -> Activity {
-        Activity(Arc::new(Clock {
-            origin: Instant::now(),
-            last: AtomicU64::new(0),
-            fd: AtomicI32::new(-1),
-            direct: AtomicBool::new(false),
-        }))
-    }
-
-    /// The connection's socket, once [`Heard`] wraps it.
-    pub(crate) fn socket(&self) -> Option<RawFd> {
-        let fd = self.0.fd.load(Ordering::Acquire);
-        (fd >= 0).then_some(fd)
-    }
-
-    /// Whether reads try the socket itself before tokio's readiness: while a thread outside
-    /// the server's runtime (main's, woken by its own epoll set) reads the connection. Tokio
-    /// learns of new bytes only when its own driver sees the socket's event, which may come
-    /// after that thread's read; a read through tokio before then says "would block" without
-    /// trying the socket, and the bytes would sit until the next event.
-    pub(crate) fn read_directly(&self, direct: bool) {
-        self.0.direct.store(direct, Ordering::Release);
+        Activity(Arc::new(Clock { origin: Instant::now(), last: AtomicU64::new(0) }))
     }
 
     /// Bytes arrived just now.
@@ -82,44 +56,14 @@ pub(crate) struct Heard<S> {
     activity: Activity,
 }
 
-impl<S: AsRawFd> Heard<S> {
+impl<S> Heard<S> {
     pub(crate) fn new(inner: S, activity: Activity) -> Heard<S> {
-        activity.0.fd.store(inner.as_raw_fd(), Ordering::Release);
         Heard { inner, activity }
     }
 }
 
-/// One read of socket `fd` without blocking into `buf`'s unfilled part; how many bytes (0:
-/// the end).
-fn recv_into(fd: RawFd, buf: &mut ReadBuf<'_>) -> io::Result<usize> {
-    // SAFETY: `recv` only writes into this part, and only what it says it wrote is marked
-    // initialized and filled below.
-    let unfilled = unsafe { buf.unfilled_mut() };
-    // SAFETY: `unfilled` is writable for its length during the call, and `fd` is the socket
-    // the `Heard` calling this owns, open while it lives.
-    let read = unsafe { libc::recv(fd, unfilled.as_mut_ptr().cast(), unfilled.len(), libc::MSG_DONTWAIT) };
-    // A negative count is an error, in errno; any other fits a usize.
-    let read = usize::try_from(read).map_err(|_| io::Error::last_os_error())?;
-    // SAFETY: `recv` wrote `read` bytes at the start of the unfilled part.
-    unsafe { buf.assume_init(read) };
-    buf.advance(read);
-    Ok(read)
-}
-
-impl<S: AsyncRead + AsRawFd + Unpin> AsyncRead for Heard<S> {
+impl<S: AsyncRead + Unpin> AsyncRead for Heard<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if self.activity.0.direct.load(Ordering::Acquire) && buf.remaining() > 0 {
-            match recv_into(self.inner.as_raw_fd(), buf) {
-                Ok(0) => return Poll::Ready(Ok(())),
-                Ok(_) => {
-                    self.activity.heard();
-                    return Poll::Ready(Ok(()));
-                }
-                // Nothing there now: tokio's read registers the waker for the next bytes.
-                Err(error) if matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
-                Err(error) => return Poll::Ready(Err(error)),
-            }
-        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {

@@ -391,13 +391,6 @@ impl WebServer {
         self.server.tokens.idle_flushes(extension)
     }
 
-    /// How many messages of `extension`'s connected pages main's thread read itself (rather
-    /// than the page's read loop, a hop away). For the suite's tests of the reading side.
-    #[doc(hidden)]
-    pub fn main_reads_for_testing(&self, extension: &str) -> u64 {
-        self.server.tokens.main_reads(extension)
-    }
-
     /// Stops serving: no new connection is accepted, every socket closes (1001), and their
     /// frames close. Returns once every connection has ended.
     pub async fn shutdown(mut self) {

@@ -11,12 +11,9 @@
 //! drains in order (what is queued when it wakes goes out in one write); a sender that would
 //! pass a queued message queues behind it, so order holds.
 
-use std::future::Future;
-use std::os::fd::{BorrowedFd, RawFd};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, TryLockError, Weak};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -35,10 +32,8 @@ use super::protocol::{self, PageMessage};
 use super::{ConnectionSlot, Handshake, Server};
 use crate::core::lock;
 use crate::endpoint::Endpoint;
-use crate::inbound::main_drain::{self, Drained, MainDrain};
 use crate::keys::next_key;
 use crate::link::Link;
-use crate::remote::recv::readable;
 use crate::transport::{Transport, WebInstance};
 
 /// Most messages queued for one page.
@@ -54,12 +49,6 @@ const WRITE_BATCH: usize = 64;
 /// buffer: 128 KiB twice per request of a page, more than the rest of the read loop's work
 /// and cache for a small message. A larger message takes more reads, 16 KiB each.
 pub(crate) const READ_BUFFER: usize = 16 << 10;
-/// The most messages one drain of main's thread handles before it lets main's other tasks run
-/// (its dispatcher among them), as for a renderer process's socket.
-const DRAIN_MESSAGES: u32 = 64;
-/// How long main's thread may leave bytes a page sent unread (author code blocking it) before
-/// the read loop reads them for it (as a renderer process's reader thread does).
-const WATCH_TICK: Duration = Duration::from_millis(2);
 /// How long the writer may take to send the close frame once the connection ends.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// The close code of a connection another one took the place of (it presented the same
@@ -98,8 +87,6 @@ pub(crate) struct PageConnection {
     flush: Notify,
     /// The writer's flushes that found nothing left unflushed (for the suite).
     idle_flushes: AtomicU64,
-    /// The page's messages main's thread read (for the suite).
-    main_reads: AtomicU64,
     /// Fired to end the connection; the close frame to send is in `close_with`.
     closing: CancellationToken,
     close_with: Mutex<Option<(u16, String)>>,
@@ -149,7 +136,7 @@ impl PageConnection {
     /// (nothing queued or unflushed, no write under way); gives them back otherwise, to be
     /// queued.
     fn write_in_place(&self, bytes: Vec<u8>) -> Result<(), Vec<u8>> {
-        if self.unwritten.load(Ordering::Acquire) != 0 || !main_drain::first_write_of_run() {
+        if self.unwritten.load(Ordering::Acquire) != 0 {
             return Err(bytes);
         }
         let Ok(mut writing) = self.writing.try_lock() else { return Err(bytes) };
@@ -225,11 +212,6 @@ impl PageConnection {
         self.idle_flushes.load(Ordering::Relaxed)
     }
 
-    /// How many of the page's messages main's thread read itself.
-    pub(crate) fn main_reads(&self) -> u64 {
-        self.main_reads.load(Ordering::Relaxed)
-    }
-
     /// Completes command `completion` without the page.
     pub(crate) fn answer(&self, completion: u64, result: Completion) {
         let _ = self.answers.send((completion, result));
@@ -256,243 +238,6 @@ fn poll_in_place(sink: &mut SplitSink<WebSocket, WsMessage>, bytes: Vec<u8>) -> 
     match Pin::new(&mut *sink).poll_flush(&mut context) {
         Poll::Ready(Ok(())) => InPlace::Sent,
         Poll::Ready(Err(_)) | Poll::Pending => InPlace::Unflushed,
-    }
-}
-
-/// A page's socket as read. Its read loop (a task of the server's runtime) reads it, unless
-/// main runs in this process with an epoll set (`main_drain`): then **main's thread reads it**,
-/// whenever its runtime sees the socket readable, and routes each message from there (a
-/// request reaches main's mailbox from main's own thread, which needs no wake: the page's
-/// round trip makes no thread hop), and the read loop is the **reader of last resort**: woken
-/// by the bytes too, it reads them if main's thread has not drained the socket for a whole
-/// [`WATCH_TICK`] (author code blocking it), so the page's completions, logs, close and other
-/// halves' messages still arrive. **One reader at a time**, under `stream`'s lock, and each
-/// message is handled (validated and routed) before it is let go: messages are handled in
-/// arrival order, exactly once, whoever reads. An end main's thread reads (the page's close,
-/// a violation, a lost connection) is kept in `end` for the read loop, which ends the
-/// connection: its clean-up may wait for main.
-pub(crate) struct PageReader {
-    /// Names the socket in main's epoll set.
-    id: u64,
-    /// The connection's socket, open while `stream` holds it; `None` if the server could not
-    /// say which it is (then the read loop alone reads).
-    fd: Option<RawFd>,
-    activity: Activity,
-    /// One reader at a time; taken out when the connection ends.
-    stream: Mutex<Option<SplitStream<WebSocket>>>,
-    link: Arc<Link>,
-    endpoint: Arc<Endpoint>,
-    frame: Peer,
-    connection: Arc<PageConnection>,
-    /// The read loop's waker: main's reads leave it with the socket, so bytes that arrive
-    /// while main's thread is stuck wake the loop.
-    task: Mutex<Option<Waker>>,
-    /// Main's drain that reads the socket, `None` while only the read loop does.
-    drainer: Mutex<Option<Arc<MainDrain>>>,
-    claimed: AtomicBool,
-    /// Drains of main's thread that took `stream`'s lock.
-    drains: AtomicU64,
-    /// How the connection ended, if main's thread read its end.
-    end: Mutex<Option<Ended>>,
-}
-
-impl PageReader {
-    fn register(&self, waker: &Waker) {
-        let mut task = lock(&self.task);
-        if !task.as_ref().is_some_and(|task| task.will_wake(waker)) {
-            *task = Some(waker.clone());
-        }
-    }
-
-    fn wake_task(&self) {
-        if let Some(task) = lock(&self.task).as_ref() {
-            task.wake_by_ref();
-        }
-    }
-
-    /// Gives the socket to `drain`'s thread; nothing if it cannot watch it (then the read loop
-    /// reads it alone, as before).
-    fn claim(self: &Arc<Self>, drain: Arc<MainDrain>) {
-        let Some(fd) = self.fd else { return };
-        let mut drainer = lock(&self.drainer);
-        // Before the socket is in the set: main's first drain, which may come at once, reads,
-        // and reads the socket itself.
-        self.claimed.store(true, Ordering::SeqCst);
-        self.activity.read_directly(true);
-        let reader: Weak<dyn Drained> = Arc::downgrade(self) as Weak<PageReader>;
-        // SAFETY: the socket is open: `stream` holds it (it is taken out only after `unclaim`).
-        let socket = unsafe { BorrowedFd::borrow_raw(fd) };
-        if drain.add_socket(socket, self.id, reader) {
-            *drainer = Some(drain);
-        } else {
-            self.claimed.store(false, Ordering::SeqCst);
-            self.activity.read_directly(false);
-        }
-    }
-
-    /// The read loop reads the socket alone again (the connection ends, or main's instance is
-    /// gone); it is woken to look.
-    fn unclaim(&self) {
-        let old = lock(&self.drainer).take();
-        self.claimed.store(false, Ordering::SeqCst);
-        if let (Some(old), Some(fd)) = (old, self.fd) {
-            // SAFETY: the socket is open: `stream` holds it (taken out only after this).
-            old.remove_socket(unsafe { BorrowedFd::borrow_raw(fd) }, self.id);
-        }
-        self.activity.read_directly(false);
-        self.wake_task();
-    }
-
-    /// Whether a read of the socket would not block. Called holding `stream`'s lock, with the
-    /// stream still in it, so the socket is open.
-    fn readable(&self) -> bool {
-        self.fd.is_none_or(|fd| {
-            // SAFETY: the caller holds `stream`'s lock with the stream in it: the socket is open.
-            readable(unsafe { BorrowedFd::borrow_raw(fd) }, 0)
-        })
-    }
-
-    /// Handles one read of the socket: a message validated and routed; how the connection
-    /// ended, if it did.
-    fn handle(&self, next: Option<Result<WsMessage, axum::Error>>) -> Option<Ended> {
-        match next {
-            None => Some(Ended::Dropped("the connection dropped".to_owned())),
-            Some(Err(error)) => {
-                let (code, reason) = close_for_error(&error.to_string());
-                Some(if code == 1009 { Ended::Violation(code, reason) } else { Ended::Dropped(reason) })
-            }
-            Some(Ok(WsMessage::Close(close))) => Some(page_closed(close)),
-            Some(Ok(WsMessage::Binary(bytes))) => receive(&self.link, &self.endpoint, self.frame, &bytes)
-                .err()
-                .map(|violation| Ended::Violation(1008, violation)),
-            Some(Ok(WsMessage::Text(_))) => {
-                Some(Ended::Violation(1008, "text messages are not part of the protocol".to_owned()))
-            }
-            Some(Ok(_)) => None,
-        }
-    }
-
-    /// Reads and handles up to `limit` messages with `cx`'s waker: how the connection ended;
-    /// `Ready(None)` at the limit.
-    fn read_for(&self, cx: &mut Context<'_>, limit: u32) -> Poll<Option<Ended>> {
-        let mut stream = lock(&self.stream);
-        let Some(stream) = stream.as_mut() else {
-            return Poll::Ready(Some(Ended::Dropped("the connection's socket is gone".to_owned())));
-        };
-        for _ in 0..limit {
-            match stream.poll_next_unpin(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(next) => {
-                    if let Some(ended) = self.handle(next) {
-                        return Poll::Ready(Some(ended));
-                    }
-                }
-            }
-        }
-        Poll::Ready(None)
-    }
-
-    /// The read loop's turn: `Ready(Some)` once the connection ended (main's thread may have
-    /// read its end), `Ready(None)` after a message. Claimed, it reads only for a main's thread
-    /// that has not drained the socket for a whole [`WATCH_TICK`] with bytes waiting (`watch`:
-    /// the tick under way, and main's drains when it began).
-    fn poll_read_loop(
-        &self,
-        cx: &mut Context<'_>,
-        watch: &mut Option<(Pin<Box<tokio::time::Sleep>>, u64)>,
-    ) -> Poll<Option<Ended>> {
-        self.register(cx.waker());
-        if let Some(ended) = lock(&self.end).take() {
-            return Poll::Ready(Some(ended));
-        }
-        if !self.claimed.load(Ordering::SeqCst) {
-            *watch = None;
-            return self.read_for(cx, 1);
-        }
-        loop {
-            match watch {
-                None => {
-                    if !self.readable_now() {
-                        // Woken for bytes main's thread took, or for none.
-                        return Poll::Pending;
-                    }
-                    // A timer, not a synchronisation: the bound on how long bytes wait for a
-                    // main's thread that does not come for them.
-                    *watch = Some((Box::pin(tokio::time::sleep(WATCH_TICK)), self.drains.load(Ordering::SeqCst)));
-                }
-                Some((tick, drains)) => {
-                    if tick.as_mut().poll(cx).is_pending() {
-                        return Poll::Pending;
-                    }
-                    let drains = *drains;
-                    *watch = None;
-                    let stuck = self.drains.load(Ordering::SeqCst) == drains;
-                    if stuck && self.readable_now() {
-                        return match self.read_for(cx, DRAIN_MESSAGES) {
-                            Poll::Ready(Some(ended)) => Poll::Ready(Some(ended)),
-                            Poll::Ready(None) => {
-                                // More may wait: the next turn reads on for the same stuck run.
-                                *watch = Some((Box::pin(tokio::time::sleep(Duration::ZERO)), drains));
-                                Poll::Ready(None)
-                            }
-                            // Read all there was: this loop's waker is the socket's now.
-                            Poll::Pending => Poll::Pending,
-                        };
-                    }
-                }
-            }
-        }
-    }
-
-    /// [`PageReader::readable`] taking `stream`'s lock itself.
-    fn readable_now(&self) -> bool {
-        let stream = lock(&self.stream);
-        stream.is_some() && self.readable()
-    }
-}
-
-impl Drained for PageReader {
-    /// Main's thread reads what the page sent, without blocking; false if it stopped at
-    /// [`DRAIN_MESSAGES`], or found the socket's other half being written with bytes waiting
-    /// (it comes back for them without waiting for an event).
-    fn drain(&self) -> bool {
-        if !self.claimed.load(Ordering::SeqCst) || lock(&self.end).is_some() {
-            return true;
-        }
-        let mut stream = match self.stream.try_lock() {
-            Ok(stream) => stream,
-            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            // The read loop reads (for a stuck run, or handing over): come back once it let go.
-            Err(TryLockError::WouldBlock) => return false,
-        };
-        let Some(socket) = stream.as_mut() else { return true };
-        self.drains.fetch_add(1, Ordering::SeqCst);
-        let waker = lock(&self.task).clone().unwrap_or_else(|| Waker::noop().clone());
-        let mut context = Context::from_waker(&waker);
-        for _ in 0..DRAIN_MESSAGES {
-            match socket.poll_next_unpin(&mut context) {
-                // Nothing more, unless the socket's other half was being written (the halves
-                // share a lock): then the bytes are still there.
-                Poll::Pending => return !self.readable(),
-                Poll::Ready(next) => {
-                    self.connection.main_reads.fetch_add(1, Ordering::Relaxed);
-                    let handled = catch_unwind(AssertUnwindSafe(|| self.handle(next))).unwrap_or_else(|_| {
-                        Some(Ended::Dropped("the host failed while handling a message from the page".to_owned()))
-                    });
-                    if let Some(ended) = handled {
-                        drop(stream);
-                        *lock(&self.end) = Some(ended);
-                        self.wake_task();
-                        return true;
-                    }
-                }
-            }
-        }
-        false
-    }
-
-    fn give_back(&self) {
-        self.unclaim();
     }
 }
 
@@ -546,7 +291,6 @@ pub(crate) async fn serve(
         writing: tokio::sync::Mutex::new(Writing { sink, unflushed: false }),
         flush: Notify::new(),
         idle_flushes: AtomicU64::new(0),
-        main_reads: AtomicU64::new(0),
         closing: CancellationToken::new(),
         close_with: Mutex::new(None),
         by_host: AtomicBool::new(false),
@@ -703,33 +447,6 @@ pub(crate) async fn serve(
         None => server.hooks.half_reconnected(&extension, frame, endpoint.clone()),
     }
 
-    // The page's socket as read: by this loop, and by main's thread while main runs here.
-    let reader = Arc::new(PageReader {
-        id: main_drain::page_id(),
-        fd: activity.socket(),
-        activity: activity.clone(),
-        stream: Mutex::new(Some(stream)),
-        link: link.clone(),
-        endpoint: endpoint.clone(),
-        frame,
-        connection: connection.clone(),
-        task: Mutex::new(None),
-        drainer: Mutex::new(None),
-        claimed: AtomicBool::new(false),
-        drains: AtomicU64::new(0),
-        end: Mutex::new(None),
-    });
-    // This task's waker first, for main's reads to leave with the socket: a page's bytes that
-    // arrive while main's thread is stuck wake this loop, the reader of last resort.
-    std::future::poll_fn(|cx| {
-        reader.register(cx.waker());
-        Poll::Ready(())
-    })
-    .await;
-    if let Some(drain) = link.endpoint_of(abi::PEER_MAIN).and_then(|main| main_drain::of(main.key)) {
-        reader.claim(drain);
-    }
-    let mut watch = None;
     let mut keepalive = Keepalive::new(server.config.ping_interval, server.config.ping_timeout, activity);
     let ended = loop {
         tokio::select! {
@@ -751,11 +468,26 @@ pub(crate) async fn serve(
                 }
                 Due::Nothing => {}
             },
-            read = std::future::poll_fn(|cx| reader.poll_read_loop(cx, &mut watch)) => {
-                if let Some(ended) = read {
-                    break ended;
+            next = stream.next() => match next {
+                None => break Ended::Dropped("the connection dropped".to_owned()),
+                Some(Err(error)) => {
+                    let (code, reason) = close_for_error(&error.to_string());
+                    if code == 1009 {
+                        break Ended::Violation(code, reason);
+                    }
+                    break Ended::Dropped(reason);
                 }
-            }
+                Some(Ok(WsMessage::Close(close))) => break page_closed(close),
+                Some(Ok(WsMessage::Binary(bytes))) => {
+                    if let Err(violation) = receive(&link, &endpoint, frame, &bytes) {
+                        break Ended::Violation(1008, violation);
+                    }
+                }
+                Some(Ok(WsMessage::Text(_))) => {
+                    break Ended::Violation(1008, "text messages are not part of the protocol".to_owned())
+                }
+                Some(Ok(_)) => {}
+            },
             // After the read: a close frame the page sent, which the write failed on, counts.
             _ = connection.writer_failed.cancelled() => {
                 let (_, reason) = lock(&connection.close_with).clone().unwrap_or_default();
@@ -764,11 +496,6 @@ pub(crate) async fn serve(
         }
     };
 
-    // Out of main's epoll set before the socket closes; what the page still sends is this
-    // task's to read.
-    reader.unclaim();
-    let mut stream = lock(&reader.stream).take();
-    drop(reader);
     let violated = matches!(ended, Ended::Violation(..));
     let gone = match ended {
         Ended::ByHost => None,
@@ -807,21 +534,15 @@ pub(crate) async fn serve(
     connection.ended.cancel();
     let _ = writer.await;
     // (Not when the server shuts down: it does not wait for pages that do not answer.)
-    if let Some(stream) = stream.as_mut()
-        && (violated || !(connection.severed.load(Ordering::Acquire) || server.shutdown.is_cancelled()))
-    {
+    if violated || !(connection.severed.load(Ordering::Acquire) || server.shutdown.is_cancelled()) {
         // The host sent a close frame: what the page still sends (the rest of an oversized
         // message, what it sent before it read the close, its close reply) is read before the
         // socket goes. One closed with bytes unread is reset, which throws away what the
         // kernel has not sent yet, the close frame too: the page would see 1006, a lost
         // network, and come back (to be refused, or, superseded, to take its successor's
         // place) rather than stop with this code.
-        read_close_reply(stream, &server, violated).await;
+        read_close_reply(&mut stream, &server, violated).await;
     }
-    // The slot is free before the socket closes (a page that sees its connection end can take
-    // its place at once).
-    drop(_slot);
-    drop(stream);
 }
 
 /// Reads what the page still sends after the host's close frame (the rest of an oversized
