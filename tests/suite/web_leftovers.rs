@@ -130,6 +130,31 @@ async fn a_refused_page_that_sent_more_than_its_hello_still_gets_the_close_frame
     host.shutdown().await;
 }
 
+/// A page whose first message (its HELLO) is over the size limit, sent whole, gets the close
+/// frame and why (1009), and its connection ends cleanly: the rest of that message was left
+/// unread, which reset the socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_whose_hello_is_oversized_gets_the_close_frame_and_a_clean_end() {
+    let config = WebConfig { max_message: 64 << 10, ..WebConfig::default() };
+    let (host, server) = web_host(&["probe"], true, config).await;
+    let port = port(&server);
+    let mut shell = Shell::connect(port).await;
+    let (_, origin, token) = shell.add().await;
+    let mut ws = page_socket(port, &origin, &origin).await.expect("the page connects");
+    // A HELLO padded to 256 KiB: four times the limit.
+    let hello = encode(Value::Array(vec![0.into(), token.into(), Value::Binary(vec![0; 256 << 10])]));
+    ws.send(WsMessage::binary(hello)).await.unwrap();
+    let (code, reason) = closed(&mut ws).await;
+    assert_eq!(code, 1009, "{reason}");
+    let end = tokio::time::timeout(super::FAILSAFE, futures_util::StreamExt::next(&mut ws)).await;
+    assert!(
+        matches!(end, Ok(None | Some(Err(tokio_tungstenite::tungstenite::Error::ConnectionClosed)))),
+        "the page's connection did not end cleanly after its close handshake: {end:?}"
+    );
+    server.shutdown().await;
+    host.shutdown().await;
+}
+
 /// A shell that broke the protocol with more sent behind it (what it sent before it read the
 /// close) still gets the close frame and why, and its connection ends cleanly: the host used
 /// to drop the socket with those bytes unread, which resets it.

@@ -11,6 +11,7 @@
 mod assets;
 mod close_reply;
 mod keepalive;
+mod linger;
 pub(crate) mod protocol;
 mod renderer_socket;
 mod security;
@@ -520,6 +521,7 @@ pub(crate) fn serve(config: WebConfig, hooks: Arc<dyn WebHooks>) -> Result<WebSe
 }
 
 async fn accept_loop(listener: tokio::net::TcpListener, server: Arc<Server>, router: Router) {
+    let lingers = linger::Lingers::new(server.config.max_connections, server.shutdown.clone());
     loop {
         let accepted = tokio::select! {
             _ = server.shutdown.cancelled() => return,
@@ -548,7 +550,8 @@ async fn accept_loop(listener: tokio::net::TcpListener, server: Arc<Server>, rou
         // Every byte read from the connection is a sign of life (see `keepalive`): its sockets
         // find when bytes last arrived in its `Activity`.
         let activity = keepalive::Activity::new();
-        let stream = keepalive::Heard::new(stream, activity.clone());
+        // A connection the server is done with lingers for the peer's end (see `linger`).
+        let stream = keepalive::Heard::new(linger::Lingering::new(stream, lingers.clone()), activity.clone());
         let service = TowerToHyperService::new(router.clone().layer(Extension(activity)));
         let timeout = server.config.handshake_timeout;
         let shutdown = server.shutdown.clone();

@@ -1,0 +1,161 @@
+//! A lingering close: a connection the server is done with is not closed with bytes of the
+//! peer's still unread, which would reset it (RST), and a reset throws away what the kernel
+//! has not sent yet, the host's close frame too: the peer would see 1006, a lost network,
+//! instead of the host's code and reason. So the stream's end first sends a FIN after what was
+//! written, and what the peer still sends (the rest of a message the host refused, one it sent
+//! before it read the close) is read and thrown away until its own end, for at most 2 s and
+//! 8 MiB, as web servers do (nginx's `lingering_close`). A WebSocket whose reading stopped at an error
+//! (an oversized message: the library reads nothing past it) ends this way too.
+//!
+//! Bounded: at most as many connections linger at once as the server takes live ones; past
+//! that, or once the server shuts down, a stream closes at once.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+/// The longest a closed connection is read for the peer's end.
+const LINGER: Duration = Duration::from_secs(2);
+/// The most bytes a closed connection is read for (the rest of the largest message a page
+/// may send, and more); a peer that sends more is reset.
+const LINGER_BYTES: usize = 8 << 20;
+
+/// The server's lingering connections: how many there are, and how many may be.
+pub(crate) struct Lingers {
+    lingering: AtomicUsize,
+    max: usize,
+    shutdown: CancellationToken,
+}
+
+impl Lingers {
+    pub(crate) fn new(max: usize, shutdown: CancellationToken) -> Arc<Lingers> {
+        Arc::new(Lingers { lingering: AtomicUsize::new(0), max, shutdown })
+    }
+}
+
+/// An accepted connection's TCP stream, which lingers when dropped (see the module).
+pub(crate) struct Lingering {
+    stream: Option<TcpStream>,
+    lingers: Arc<Lingers>,
+}
+
+impl Lingering {
+    pub(crate) fn new(stream: TcpStream, lingers: Arc<Lingers>) -> Lingering {
+        Lingering { stream: Some(stream), lingers }
+    }
+
+    fn stream(&mut self) -> io::Result<&mut TcpStream> {
+        self.stream.as_mut().ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
+    }
+}
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        let Some(stream) = self.stream.take() else { return };
+        // A FIN after what was written: the peer reads the host's last frame, then the end.
+        let _ = socket2::SockRef::from(&stream).shutdown(std::net::Shutdown::Write);
+        // What is there already is read here (a few reads at most: this runs in a drop).
+        let mut budget = LINGER_BYTES;
+        if discard(&stream, &mut budget, 16) != Discarded::Pending {
+            return;
+        }
+        let lingers = self.lingers.clone();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        if lingers.shutdown.is_cancelled() {
+            return;
+        }
+        let taken = lingers
+            .lingering
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| (now < lingers.max).then_some(now + 1));
+        if taken.is_err() {
+            tracing::debug!("web server: too many connections lingering; one closes with bytes unread");
+            return;
+        }
+        runtime.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::timeout(LINGER, read_to_end(&stream, budget)) => {}
+                () = lingers.shutdown.cancelled() => {}
+            }
+            lingers.lingering.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+}
+
+/// What reading a closed connection for its end found.
+#[derive(PartialEq, Eq)]
+enum Discarded {
+    /// It ended (or failed): nothing is left to reset it.
+    Ended,
+    /// Nothing more now; the peer has not ended it yet.
+    Pending,
+    /// The peer sent more than the budget.
+    Enough,
+}
+
+/// Reads and throws away what `stream` holds now, at most `reads` reads (then `Pending`),
+/// each taken from the byte `budget`.
+fn discard(stream: &TcpStream, budget: &mut usize, reads: usize) -> Discarded {
+    let mut scrap = [0u8; 4096];
+    for _ in 0..reads {
+        match stream.try_read(&mut scrap) {
+            Ok(0) => return Discarded::Ended,
+            Ok(read) => match budget.checked_sub(read) {
+                Some(left) => *budget = left,
+                None => return Discarded::Enough,
+            },
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Discarded::Pending,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Discarded::Ended,
+        }
+    }
+    // More may be there: the reads' bound reached, the rest is read when it is readable.
+    Discarded::Pending
+}
+
+/// Reads and throws away what `stream` receives, until its end or the budget's.
+async fn read_to_end(stream: &TcpStream, mut budget: usize) {
+    while stream.readable().await.is_ok() {
+        if discard(stream, &mut budget, usize::MAX) != Discarded::Pending {
+            return;
+        }
+    }
+}
+
+impl AsyncRead for Lingering {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(self.stream()?).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Lingering {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(self.stream()?).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(self.stream()?).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.as_ref().is_some_and(TcpStream::is_write_vectored)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(self.stream()?).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(self.stream()?).poll_shutdown(cx)
+    }
+}
