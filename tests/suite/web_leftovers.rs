@@ -117,15 +117,8 @@ async fn a_refused_page_that_sent_more_than_its_hello_still_gets_the_close_frame
     assert_eq!(code, 1008, "{reason}");
     assert!(reason.starts_with("token refused"), "{reason}");
     // The close handshake completes (the client's reply sent back as it read the close), and
-    // the host's side ends cleanly: it read what was sent, so its kernel sent a FIN, not the
-    // reset that a socket closed with bytes unread gets (which, in flight, throws away the
-    // close frame; on loopback the close frame has always arrived first, so the reset is what
-    // the test can see).
-    let end = tokio::time::timeout(super::FAILSAFE, futures_util::StreamExt::next(&mut ws)).await;
-    assert!(
-        matches!(end, Ok(None | Some(Err(tokio_tungstenite::tungstenite::Error::ConnectionClosed)))),
-        "the refused connection did not end cleanly after its close handshake: {end:?}"
-    );
+    // the host's side ends cleanly.
+    ends_cleanly(&mut ws, "the refused connection").await;
     server.shutdown().await;
     host.shutdown().await;
 }
@@ -146,11 +139,7 @@ async fn a_page_whose_hello_is_oversized_gets_the_close_frame_and_a_clean_end() 
     ws.send(WsMessage::binary(hello)).await.unwrap();
     let (code, reason) = closed(&mut ws).await;
     assert_eq!(code, 1009, "{reason}");
-    let end = tokio::time::timeout(super::FAILSAFE, futures_util::StreamExt::next(&mut ws)).await;
-    assert!(
-        matches!(end, Ok(None | Some(Err(tokio_tungstenite::tungstenite::Error::ConnectionClosed)))),
-        "the page's connection did not end cleanly after its close handshake: {end:?}"
-    );
+    ends_cleanly(&mut ws, "the page's connection").await;
     server.shutdown().await;
     host.shutdown().await;
 }
@@ -173,13 +162,21 @@ async fn a_shell_that_broke_the_protocol_with_more_sent_still_gets_the_close_fra
     shell.ws.flush().await.unwrap();
     let (code, reason) = closed(&mut shell.ws).await;
     assert_eq!((code, reason.as_str()), (1008, "binary messages are not part of the shell protocol"));
-    let end = tokio::time::timeout(super::FAILSAFE, futures_util::StreamExt::next(&mut shell.ws)).await;
-    assert!(
-        matches!(end, Ok(None | Some(Err(tokio_tungstenite::tungstenite::Error::ConnectionClosed)))),
-        "the shell's connection did not end cleanly after its close handshake: {end:?}"
-    );
+    ends_cleanly(&mut shell.ws, "the shell's connection").await;
     server.shutdown().await;
     host.shutdown().await;
+}
+
+/// After its close handshake, `ws`'s connection ends cleanly: the host's side read what was
+/// sent, so its kernel sent a FIN, not the reset a socket closed with bytes unread gets
+/// (which, in flight, throws away the close frame; on loopback the close frame has always
+/// arrived first, so the reset is what a test can see).
+async fn ends_cleanly(ws: &mut Socket, what: &str) {
+    let end = tokio::time::timeout(super::FAILSAFE, futures_util::StreamExt::next(ws)).await;
+    assert!(
+        matches!(end, Ok(None | Some(Err(tokio_tungstenite::tungstenite::Error::ConnectionClosed)))),
+        "{what} did not end cleanly after its close handshake: {end:?}"
+    );
 }
 
 fn signal(pid: u32, signal: nix::sys::signal::Signal) {
