@@ -414,6 +414,28 @@ mod tests {
     }
 
     #[test]
+    fn a_socket_read_without_asking_the_set_still_makes_the_set_readable_for_what_comes_next() {
+        // With one socket, main's drain reads it directly and never takes the set's event
+        // (`MainDrain::drain`). Its runtime watches the set: the next frame must still make the
+        // set readable, and a socket read empty must not leave the set readable (a wake-up
+        // for nothing).
+        use std::os::fd::AsFd;
+        let key = u64::MAX - 6;
+        let (side, drain, mut child) = claimed_side(key);
+        let set = || drain.epoll.0.as_fd();
+        let got = Mutex::new(Vec::new());
+        let receive = receiver(&got);
+        for round in 0..3u8 {
+            send_frames(&mut child, &[&[round]]);
+            assert!(readable(set(), FAILSAFE.as_millis() as i32), "round {round}: the set missed a frame");
+            assert!(side.drain(&receive));
+            assert!(!readable(set(), 0), "round {round}: the set stays readable for a socket read empty");
+        }
+        assert_eq!(*lock(&got), [vec![0], vec![1], vec![2]]);
+        main_drain::release(key, true);
+    }
+
+    #[test]
     fn no_reader_handles_a_frame_past_the_end_another_reader_saw() {
         // The reader of last resort reads for a stuck run and meets a violation; main's thread
         // drains before the reader thread gave the socket back.
