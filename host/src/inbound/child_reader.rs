@@ -4,7 +4,7 @@
 //! instance key not given to this connection closes the connection (and ends the child), with
 //! the reason logged; nothing else is affected.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, Weak};
 
@@ -33,6 +33,8 @@ type Found = (Option<Arc<Link>>, Arc<Endpoint>);
 pub(crate) struct ChildReader {
     connection: Arc<Connection>,
     /// The keys given to this connection.
+    /// Looked up for every packet: hashed with foldhash, not std's SipHash (the keys are the
+    /// host's own, unguessable: a child names one, it cannot choose what the table holds).
     routes: Mutex<HashMap<u64, Routed>>,
     /// Keys this connection had: late packets for them are dropped, not violations.
     retired: Mutex<HashSet<u64>>,
