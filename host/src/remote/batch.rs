@@ -509,6 +509,35 @@ mod tests {
     }
 
     #[test]
+    fn the_next_run_starts_with_no_writer_of_the_last_and_frames_of_any_piece_count_go_whole() {
+        // The list of a run's writers is kept across runs (its memory): emptied, holding no
+        // writer (an `Arc` kept there would keep a closed connection's writer alive), so the
+        // next run's first send is written at once again.
+        let (writer, mut reader) = pair();
+        begin();
+        writer.send(&[b"a"]).unwrap();
+        writer.send(&[b"b"]).unwrap();
+        end();
+        assert_eq!(read(&mut reader, 2), b"ab");
+        assert_eq!(Arc::strong_count(&writer), 1, "the list kept for the next run holds no writer");
+        begin();
+        writer.send(&[b"c", b"d", b"e"]).unwrap();
+        assert_eq!(read(&mut reader, 3), b"cde", "the next run's first send goes at once");
+        writer.send(&[b"f"]).unwrap();
+        assert!(nothing_waiting(&reader), "the next held");
+        // What is held and a large frame of three pieces (the slices on the stack, all four),
+        // then one of five pieces (more than the stack holds): each whole and in order.
+        let large = vec![7; DEFER_UP_TO + 1];
+        let expected: Vec<u8> = [&b"f"[..], b"g", &large, b"h", b"1", b"2", &large, b"3", b"4"].concat();
+        let count = expected.len();
+        let read_all = std::thread::spawn(move || read(&mut reader, count));
+        writer.send(&[b"g", &large, b"h"]).unwrap();
+        writer.send(&[b"1", b"2", &large, b"3", b"4"]).unwrap();
+        assert!(read_all.join().unwrap() == expected, "a frame was cut, doubled or out of order");
+        end();
+    }
+
+    #[test]
     fn another_thread_writes_what_a_run_holds_before_its_own_frame() {
         let (writer, mut reader) = pair();
         begin();
