@@ -102,7 +102,10 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name(RUNTIME_THREADS).build()?;
     if let Some(count) = cli.profile_invoke {
         return runtime.block_on(async {
-            let host = bench_host(&artifacts, std::env::var_os("BENCH_CHILD").is_some()).await?;
+            // Frames open (4 unless `BENCH_FRAMES` says): frame 1 invokes, the others idle
+            // (with child frames, each its own renderer process and socket).
+            let frames = std::env::var("BENCH_FRAMES").ok().and_then(|frames| frames.parse().ok()).unwrap_or(4);
+            let host = bench_host_with(&artifacts, std::env::var_os("BENCH_CHILD").is_some(), frames).await?;
             let kind = std::env::var("BENCH_KIND").unwrap_or_else(|_| "invoke".into());
             let size = std::env::var("BENCH_SIZE").ok().and_then(|size| size.parse().ok()).unwrap_or(16);
             let outcome = run(&host, &kind, 1, count, size).await?;
@@ -272,10 +275,15 @@ async fn durable_once(host: &Host, count: u64, writers: usize) -> Result<f64> {
 
 /// A host running the bench extension with four frames of one kind.
 async fn bench_host(artifacts: &Path, child_frames: bool) -> Result<Host> {
+    bench_host_with(artifacts, child_frames, 4).await
+}
+
+/// A host with the bench extension active and `frames` frames open.
+async fn bench_host_with(artifacts: &Path, child_frames: bool, frames: usize) -> Result<Host> {
     let host = Host::new(config(artifacts));
     host.load(library(artifacts, "bench"))?;
     host.activate("bench").await?;
-    for _ in 0..4 {
+    for _ in 0..frames {
         if child_frames {
             host.open_child_frame().await?;
         } else {

@@ -623,6 +623,12 @@ pub fn decode<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, rmp_serde
 /// deep. Reads markers and lengths only, without recursing or allocating; bytes that are
 /// malformed or cut short before the limit is passed are left for decoding to refuse.
 fn nests_deeper_than(bytes: &[u8], limit: usize) -> bool {
+    // Nesting past `limit` takes `limit + 1` arrays or maps, a marker byte each: a value no
+    // longer than `limit` cannot (most messages), so it is neither walked nor given the table
+    // of open containers, whose zeroing cost more than the walk of a small value.
+    if bytes.len() <= limit.min(MAX_DEPTH) {
+        return false;
+    }
     /// The big-endian length of `width` bytes after the marker at `at`.
     fn length(bytes: &[u8], at: usize, width: usize) -> Option<u64> {
         let field = bytes.get(at + 1..at + 1 + width)?;
@@ -764,6 +770,19 @@ mod tests {
         assert!(!nests_deeper_than(&[0xdd, 0xff, 0xff, 0xff, 0xff], 1));
         assert!(!nests_deeper_than(&[0x91, 0xc1], 1));
         assert!(!nests_deeper_than(&[0xc6, 0xff, 0xff, 0xff, 0xff, 0x91], 0));
+    }
+
+    #[test]
+    fn a_value_just_long_enough_to_nest_past_the_limit_is_still_walked() {
+        // `limit + 1` markers are the shortest value nesting deeper than `limit`.
+        assert!(nests_deeper_than(&[0x91; 4], 3));
+        assert!(nests_deeper_than(&nested_arrays(MAX_DEPTH)[..=MAX_DEPTH], MAX_DEPTH - 1));
+        assert!(!nests_deeper_than(&[0x91; 3], 3));
+        assert!(!nests_deeper_than(&nested_arrays(MAX_DEPTH), MAX_DEPTH));
+        assert!(matches!(
+            decode::<Vec<u8>>(&nested_arrays(MAX_DEPTH + 1)),
+            Err(rmp_serde::decode::Error::DepthLimitExceeded)
+        ));
     }
 
     /// `boundary_values` found them: 292 maps nested in one another overflowed its decoding

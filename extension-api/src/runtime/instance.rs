@@ -66,7 +66,10 @@ async fn read_inbound(host: HostCalls, fd: RawFd) {
             }
             _ => return,
         }
-        let Ok(mut ready) = watched.readable().await else { return };
+        // The poll path (the task's waker in the descriptor's one reader slot), not
+        // `readable()`'s future, which links a waiter into a list under a lock and unlinks it
+        // on every wake-up: this task is the descriptor's only reader.
+        let Ok(mut ready) = std::future::poll_fn(|cx| watched.poll_read_ready(cx)).await else { return };
         // Cleared before the drain that follows: what arrives after it is a new event.
         ready.clear_ready();
     }

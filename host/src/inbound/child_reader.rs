@@ -4,7 +4,7 @@
 //! instance key not given to this connection closes the connection (and ends the child), with
 //! the reason logged; nothing else is affected.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, Weak};
 
@@ -33,6 +33,8 @@ type Found = (Option<Arc<Link>>, Arc<Endpoint>);
 pub(crate) struct ChildReader {
     connection: Arc<Connection>,
     /// The keys given to this connection.
+    /// Looked up for every packet: hashed with foldhash, not std's SipHash (the keys are the
+    /// host's own, unguessable: a child names one, it cannot choose what the table holds).
     routes: Mutex<HashMap<u64, Routed>>,
     /// Keys this connection had: late packets for them are dropped, not violations.
     retired: Mutex<HashSet<u64>>,
@@ -278,6 +280,80 @@ mod tests {
         let reader = ChildReader::new(connection.clone());
         reader.register(KEY, Arc::downgrade(&link), Arc::downgrade(&child));
         Fixture { link, main, child, connection, reader, _other_end: other_end }
+    }
+
+    /// Writes `count` invokes of frame `frame` under `key` to `socket`, each behind its length,
+    /// with request ids from `first`.
+    fn send_invokes(socket: &mut UnixStream, key: u64, frame: u64, first: u64, count: u64) {
+        use std::io::Write;
+        for id in first..first + count {
+            let bytes = packet(key, invoke(frame, id));
+            socket.write_all(&u32::try_from(bytes.len()).unwrap().to_be_bytes()).unwrap();
+            socket.write_all(&bytes).unwrap();
+        }
+    }
+
+    #[test]
+    fn mains_drain_reads_one_socket_directly_and_a_second_through_its_set_losing_nothing() {
+        // Main's set of its own (this test's thread is main's), with two renderer processes
+        // of the namespace, each serving one frame.
+        let main_key = u64::MAX - 20;
+        let link = Link::new("t", Arc::new(Core::new()));
+        let main = Endpoint::new(main_key, Transport::Recording(Recording::default()));
+        main.place(PEER_MAIN);
+        link.add_endpoint(main.clone());
+        assert!(main_drain::inbound_fd(main_key) >= 0);
+        assert_eq!(main_drain::drain(main_key), abi::drain::IDLE, "its runtime drains once, watching it");
+        let connect = |key: u64, frame: u64| {
+            let child = Endpoint::new(key, Transport::Recording(Recording::default()));
+            child.place(frame);
+            link.add_endpoint(child.clone());
+            let (writer, writer_end) = UnixStream::pair().unwrap();
+            let (ours, theirs) = UnixStream::pair().unwrap();
+            let reader = ChildReader::reading(Arc::new(Connection::detached(writer, &[])), ours, Framing::default());
+            reader.register(key, Arc::downgrade(&link), Arc::downgrade(&child));
+            (child, reader, theirs, writer_end)
+        };
+        let drain_all = || {
+            let mut drains = 1;
+            while main_drain::drain(main_key) == abi::drain::MORE {
+                drains += 1;
+                assert!(drains < 100, "the drain never came back idle");
+            }
+            drains
+        };
+        let ids = |from: u64| -> Vec<u64> {
+            recording(&main).take().iter().filter(|m| m.origin == from).map(|m| m.request_id).collect()
+        };
+
+        // One socket, more than a drain takes at once: read directly, the rest on the next.
+        let (_a, a_reader, mut a, _a_writer) = connect(KEY, FRAME);
+        assert!(a_reader.side.as_ref().unwrap().is_claimed_by(&main_drain::of(main_key).unwrap()));
+        send_invokes(&mut a, KEY, FRAME, 0, 70);
+        assert_eq!(main_drain::drain(main_key), abi::drain::MORE, "it stops after 64 frames");
+        assert_eq!(drain_all(), 1);
+        assert_eq!(ids(FRAME), (0..70).collect::<Vec<_>>());
+        assert_eq!(main_drain::drain(main_key), abi::drain::IDLE, "nothing left: a read that finds nothing");
+
+        // The first socket left with frames to read when a second joins: the set is asked for
+        // the second, and the first's rest is not forgotten.
+        send_invokes(&mut a, KEY, FRAME, 70, 70);
+        assert_eq!(main_drain::drain(main_key), abi::drain::MORE);
+        let (_b, b_reader, mut b, _b_writer) = connect(KEY + 1, FRAME + 1);
+        assert!(b_reader.side.as_ref().unwrap().is_claimed_by(&main_drain::of(main_key).unwrap()));
+        send_invokes(&mut b, KEY + 1, FRAME + 1, 0, 3);
+        drain_all();
+        let main_got = recording(&main).take();
+        let from = |frame: u64| main_got.iter().filter(|m| m.origin == frame).map(|m| m.request_id).collect::<Vec<_>>();
+        assert_eq!(from(FRAME), (70..140).collect::<Vec<_>>());
+        assert_eq!(from(FRAME + 1), vec![0, 1, 2]);
+
+        // And with the second gone again, the one left is read directly.
+        drop(b_reader);
+        send_invokes(&mut a, KEY, FRAME, 140, 2);
+        drain_all();
+        assert_eq!(ids(FRAME), vec![140, 141]);
+        main_drain::release(main_key, true);
     }
 
     #[test]

@@ -136,11 +136,19 @@ impl Runs {
     }
 }
 
+/// How many sockets a set holds, for its drain: one is read without asking the set.
+enum Only {
+    None,
+    One(u64, Arc<ChildReader>),
+    Several,
+}
+
 /// One instance's epoll set of the sockets its thread reads, and that thread's runs.
 pub(crate) struct MainDrain {
-    epoll: Epoll,
-    /// The claimed connections, by their read side's id (the events' data).
-    claimed: Mutex<HashMap<u64, Weak<ChildReader>>>,
+    pub(super) epoll: Epoll,
+    /// The claimed connections, with their read side's id (the events' data): a main's
+    /// renderer processes, a few, found by a scan (cheaper than hashing the id per event).
+    claimed: Mutex<Vec<(u64, Weak<ChildReader>)>>,
     /// Released: nothing more is claimed for it, and its drains stop.
     released: AtomicBool,
     /// Its thread drained it once: its runtime watches the set (it drains at once after
@@ -158,7 +166,7 @@ impl MainDrain {
     fn new() -> nix::Result<MainDrain> {
         Ok(MainDrain {
             epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
-            claimed: Mutex::new(HashMap::new()),
+            claimed: Mutex::new(Vec::new()),
             released: AtomicBool::new(false),
             watched: AtomicBool::new(false),
             pending: Mutex::new(Vec::new()),
@@ -183,22 +191,23 @@ impl MainDrain {
             tracing::warn!("cannot watch a child connection from main's thread ({error}): its reader thread reads it");
             return false;
         }
-        claimed.insert(side.id(), reader);
+        // Not there already: the set refuses a descriptor it holds.
+        claimed.push((side.id(), reader));
         true
     }
 
     /// Takes `side`'s socket out of the set.
     pub(crate) fn remove(&self, side: &ReadSide) {
         let mut claimed = lock(&self.claimed);
-        if claimed.remove(&side.id()).is_some()
-            && let Err(error) = self.epoll.delete(side.fd())
-        {
+        let Some(at) = claimed.iter().position(|(id, _)| *id == side.id()) else { return };
+        claimed.swap_remove(at);
+        if let Err(error) = self.epoll.delete(side.fd()) {
             tracing::warn!("cannot take a child connection out of main's epoll set: {error}");
         }
     }
 
     fn reader(&self, id: u64) -> Option<Arc<ChildReader>> {
-        lock(&self.claimed).get(&id).and_then(Weak::upgrade)
+        lock(&self.claimed).iter().find(|(claimed, _)| *claimed == id).and_then(|(_, reader)| reader.upgrade())
     }
 
     /// Main's thread reads what its claimed sockets have (see [`abi::HostVTable::drain`]).
@@ -206,26 +215,45 @@ impl MainDrain {
         if self.released.load(Ordering::SeqCst) {
             return abi::drain::STOP;
         }
-        self.watched.store(true, Ordering::SeqCst);
-        let mut events = [EpollEvent::empty(); EVENTS];
-        let ready = match self.epoll.wait(&mut events, EpollTimeout::ZERO) {
-            Ok(ready) => ready,
-            Err(Errno::EINTR) => 0,
-            Err(error) => {
-                // The set is this drain's own and valid: this does not happen. If it did, the
-                // sockets' reader threads still read for a stuck run, so nothing is lost.
-                tracing::warn!("main's epoll set cannot be read: {error}");
-                0
-            }
-        };
+        if !self.watched.load(Ordering::Relaxed) {
+            self.watched.store(true, Ordering::SeqCst);
+        }
         let left = std::mem::take(&mut *lock(&self.pending));
-        let mut more = ready == EVENTS;
-        let ids = left.iter().copied().chain(events[..ready].iter().map(EpollEvent::data));
         let mut unfinished = Vec::new();
-        for id in ids {
-            let Some(reader) = self.reader(id) else { continue };
+        let mut drain_one = |id: u64, reader: Arc<ChildReader>| {
             if !reader.drain() && !unfinished.contains(&id) {
                 unfinished.push(id);
+            }
+        };
+        let mut more = false;
+        match self.only_claimed() {
+            // One socket (a renderer process serving this main: the common case): it is read
+            // directly, without asking the set which socket is ready; its read without blocking
+            // says whether it had anything. The set's pending event for it is left: the
+            // runtime's `epoll_wait` on the set drops it when the socket is found empty, and a
+            // drain after a second socket joins (and the set is asked) reports it only if it
+            // has bytes. What a stopped drain left in the read side is in `pending`, below.
+            Only::One(id, reader) => drain_one(id, reader),
+            Only::None => {}
+            Only::Several => {
+                let mut events = [EpollEvent::empty(); EVENTS];
+                let ready = match self.epoll.wait(&mut events, EpollTimeout::ZERO) {
+                    Ok(ready) => ready,
+                    Err(Errno::EINTR) => 0,
+                    Err(error) => {
+                        // The set is this drain's own and valid: this does not happen. If it
+                        // did, the sockets' reader threads still read for a stuck run, so
+                        // nothing is lost.
+                        tracing::warn!("main's epoll set cannot be read: {error}");
+                        0
+                    }
+                };
+                more = ready == EVENTS;
+                for id in left.iter().copied().chain(events[..ready].iter().map(EpollEvent::data)) {
+                    if let Some(reader) = self.reader(id) {
+                        drain_one(id, reader);
+                    }
+                }
             }
         }
         if !unfinished.is_empty() {
@@ -235,12 +263,22 @@ impl MainDrain {
         if more { abi::drain::MORE } else { abi::drain::IDLE }
     }
 
+    /// Whether the set holds one claimed socket (and its reader), none, or several.
+    fn only_claimed(&self) -> Only {
+        let claimed = lock(&self.claimed);
+        match claimed.as_slice() {
+            [] => Only::None,
+            [(id, reader)] => reader.upgrade().map_or(Only::None, |reader| Only::One(*id, reader)),
+            _ => Only::Several,
+        }
+    }
+
     /// The instance is gone: every claimed socket goes back to its reader thread.
     fn release(&self) {
         let readers: Vec<Weak<ChildReader>> = {
             let claimed = lock(&self.claimed);
             self.released.store(true, Ordering::SeqCst);
-            claimed.values().cloned().collect()
+            claimed.iter().map(|(_, reader)| reader.clone()).collect()
         };
         for reader in readers.iter().filter_map(Weak::upgrade) {
             reader.give_back();

@@ -414,6 +414,55 @@ mod tests {
     }
 
     #[test]
+    fn a_socket_read_without_asking_the_set_still_makes_the_set_readable_for_what_comes_next() {
+        // With one socket, main's drain reads it directly and never takes the set's event
+        // (`MainDrain::drain`). Its runtime watches the set: the next frame must still make the
+        // set readable, and a socket read empty must not leave the set readable (a wake-up
+        // for nothing).
+        use std::os::fd::AsFd;
+        let key = u64::MAX - 6;
+        let (side, drain, mut child) = claimed_side(key);
+        let set = || drain.epoll.0.as_fd();
+        let got = Mutex::new(Vec::new());
+        let receive = receiver(&got);
+        for round in 0..3u8 {
+            send_frames(&mut child, &[&[round]]);
+            assert!(readable(set(), FAILSAFE.as_millis() as i32), "round {round}: the set missed a frame");
+            assert!(side.drain(&receive));
+            assert!(!readable(set(), 0), "round {round}: the set stays readable for a socket read empty");
+        }
+        assert_eq!(*lock(&got), [vec![0], vec![1], vec![2]]);
+        main_drain::release(key, true);
+    }
+
+    #[test]
+    fn a_socket_read_without_asking_the_set_wakes_a_waiter_on_the_set_for_each_frame_after() {
+        // As main's runtime watches the set: tokio's epoll, edge-triggered, holding the set.
+        // Main's drain reads the one socket directly, so the set's event for it is never
+        // taken and stays queued in the set; between rounds nothing looks at the set but the
+        // outer epoll's wait. A frame arriving with that stale event queued must still wake the
+        // waiter (else main sleeps on bytes no one reads), and a drained socket must not.
+        use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+        use std::os::fd::AsFd;
+        let key = u64::MAX - 7;
+        let (side, drain, mut child) = claimed_side(key);
+        let outer = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).unwrap();
+        outer.add(drain.epoll.0.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, 1)).unwrap();
+        let failsafe = EpollTimeout::try_from(FAILSAFE).unwrap();
+        let wait = |timeout: EpollTimeout| outer.wait(&mut [EpollEvent::empty(); 1], timeout).unwrap();
+        let got = Mutex::new(Vec::new());
+        let receive = receiver(&got);
+        for round in 0..3u8 {
+            send_frames(&mut child, &[&[round]]);
+            assert_eq!(wait(failsafe), 1, "round {round}: the waiter on the set slept through a frame");
+            assert!(side.drain(&receive));
+            assert_eq!(wait(EpollTimeout::ZERO), 0, "round {round}: woken for a socket read empty");
+        }
+        assert_eq!(*lock(&got), [vec![0], vec![1], vec![2]]);
+        main_drain::release(key, true);
+    }
+
+    #[test]
     fn no_reader_handles_a_frame_past_the_end_another_reader_saw() {
         // The reader of last resort reads for a stuck run and meets a violation; main's thread
         // drains before the reader thread gave the socket back.

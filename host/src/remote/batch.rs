@@ -99,10 +99,17 @@ struct State {
 /// A writer a run sent to, and whether it deferred to it (its end writes it).
 type Sent = (Arc<Writer>, bool);
 
+/// This thread's run: whether it is in one, and the writers it sent to in it, with whether it
+/// deferred to each. The list is emptied at the run's end but keeps its memory: a run sends
+/// (a sequential invoke, its reply), and allocating the list afresh each run cost an
+/// allocation and a free per message.
+struct Batch {
+    open: bool,
+    writers: Vec<Sent>,
+}
+
 thread_local! {
-    /// This thread's run: `None` outside one; inside, the writers it sent to, and whether it
-    /// deferred to each.
-    static BATCH: RefCell<Option<Vec<Sent>>> = const { RefCell::new(None) };
+    static BATCH: RefCell<Batch> = const { RefCell::new(Batch { open: false, writers: Vec::new() }) };
 }
 
 impl Writer {
@@ -146,11 +153,22 @@ impl Writer {
             return Ok(());
         }
         let State { stream, pending, .. } = &mut *state;
-        let mut slices = Vec::with_capacity(parts.len() + 1);
-        slices.push(IoSlice::new(pending));
-        slices.extend(parts.iter().map(|part| IoSlice::new(part)));
-        let written = write_all_vectored(stream, &mut slices);
-        drop(slices);
+        // The pieces of a frame are few (a message's head, channel and value): their slices
+        // go on the stack, not in an allocation of every send.
+        let mut inline = [IoSlice::new(&[]); 4];
+        let mut spilled = Vec::new();
+        let slices = if parts.len() < inline.len() {
+            inline[0] = IoSlice::new(pending);
+            for (slice, part) in inline[1..].iter_mut().zip(parts) {
+                *slice = IoSlice::new(part);
+            }
+            &mut inline[..=parts.len()]
+        } else {
+            spilled.push(IoSlice::new(pending));
+            spilled.extend(parts.iter().map(|part| IoSlice::new(part)));
+            &mut spilled[..]
+        };
+        let written = write_all_vectored(stream, slices);
         self.written(&mut state, written)
     }
 
@@ -161,7 +179,10 @@ impl Writer {
     fn defer_here(self: &Arc<Self>) -> bool {
         BATCH.with(|batch| {
             let mut batch = batch.borrow_mut();
-            let Some(writers) = batch.as_mut() else { return false };
+            if !batch.open {
+                return false;
+            }
+            let writers = &mut batch.writers;
             let Some((_, deferred)) = writers.iter_mut().find(|(writer, _)| Arc::ptr_eq(writer, self)) else {
                 writers.push((self.clone(), false));
                 return false;
@@ -280,12 +301,7 @@ impl Writer {
 
 /// This thread begins a run (it woke): its sends to sockets may wait for [`end`].
 pub(crate) fn begin() {
-    BATCH.with(|batch| {
-        let mut batch = batch.borrow_mut();
-        if batch.is_none() {
-            *batch = Some(Vec::new());
-        }
-    });
+    BATCH.with(|batch| batch.borrow_mut().open = true);
 }
 
 /// Runs `call`, a call into a library (`LibraryInstance`'s), so that a run the library begins
@@ -306,13 +322,20 @@ pub(crate) fn scoped<R>(call: impl FnOnce() -> R) -> R {
 
 /// Whether this thread is in a run.
 pub(crate) fn in_run() -> bool {
-    BATCH.with(|batch| batch.borrow().is_some())
+    BATCH.with(|batch| batch.borrow().open)
 }
 
 /// This thread's run ends (it is about to park): every buffer it deferred to is written.
 pub(crate) fn end() {
-    let writers = BATCH.with(|batch| batch.borrow_mut().take());
-    for (writer, deferred) in writers.into_iter().flatten() {
+    let mut writers = BATCH.with(|batch| {
+        let mut batch = batch.borrow_mut();
+        if !batch.open {
+            return Vec::new();
+        }
+        batch.open = false;
+        std::mem::take(&mut batch.writers)
+    });
+    for (writer, deferred) in writers.drain(..) {
         if !deferred {
             continue;
         }
@@ -322,6 +345,13 @@ pub(crate) fn end() {
             tracing::warn!("cannot write a batch's deferred frames to the child: {error}");
         }
     }
+    // The emptied list's memory back for the next run (unless one began meanwhile with its own).
+    BATCH.with(|batch| {
+        let mut batch = batch.borrow_mut();
+        if batch.writers.capacity() == 0 {
+            batch.writers = writers;
+        }
+    });
 }
 
 /// The writers of this process and the flusher's state.
@@ -476,6 +506,35 @@ mod tests {
         assert_eq!(read(&mut reader, 2), b"de");
         writer.send(&[b"f"]).unwrap();
         assert_eq!(read(&mut reader, 1), b"f", "the run ended: written at once again");
+    }
+
+    #[test]
+    fn the_next_run_starts_with_no_writer_of_the_last_and_frames_of_any_piece_count_go_whole() {
+        // The list of a run's writers is kept across runs (its memory): emptied, holding no
+        // writer (an `Arc` kept there would keep a closed connection's writer alive), so the
+        // next run's first send is written at once again.
+        let (writer, mut reader) = pair();
+        begin();
+        writer.send(&[b"a"]).unwrap();
+        writer.send(&[b"b"]).unwrap();
+        end();
+        assert_eq!(read(&mut reader, 2), b"ab");
+        assert_eq!(Arc::strong_count(&writer), 1, "the list kept for the next run holds no writer");
+        begin();
+        writer.send(&[b"c", b"d", b"e"]).unwrap();
+        assert_eq!(read(&mut reader, 3), b"cde", "the next run's first send goes at once");
+        writer.send(&[b"f"]).unwrap();
+        assert!(nothing_waiting(&reader), "the next held");
+        // What is held and a large frame of three pieces (the slices on the stack, all four),
+        // then one of five pieces (more than the stack holds): each whole and in order.
+        let large = vec![7; DEFER_UP_TO + 1];
+        let expected: Vec<u8> = [&b"f"[..], b"g", &large, b"h", b"1", b"2", &large, b"3", b"4"].concat();
+        let count = expected.len();
+        let read_all = std::thread::spawn(move || read(&mut reader, count));
+        writer.send(&[b"g", &large, b"h"]).unwrap();
+        writer.send(&[b"1", b"2", &large, b"3", b"4"]).unwrap();
+        assert!(read_all.join().unwrap() == expected, "a frame was cut, doubled or out of order");
+        end();
     }
 
     #[test]

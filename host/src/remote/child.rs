@@ -377,14 +377,15 @@ fn instances_of(instances: &Instances) -> std::sync::MutexGuard<'_, Table<Librar
 /// a load that takes too long, destroys the key and forgets it): such an instance is destroyed
 /// the moment it starts, never left running with nobody to own it.
 struct Table<I> {
-    running: HashMap<u64, I>,
+    /// Looked up for every packet: foldhash, not std's SipHash (the keys are the host's).
+    running: foldhash::HashMap<u64, I>,
     /// Keys loading; `true` once the host destroyed the key meanwhile.
-    loading: HashMap<u64, bool>,
+    loading: foldhash::HashMap<u64, bool>,
 }
 
 impl<I> Default for Table<I> {
     fn default() -> Self {
-        Table { running: HashMap::new(), loading: HashMap::new() }
+        Table { running: foldhash::HashMap::default(), loading: foldhash::HashMap::default() }
     }
 }
 

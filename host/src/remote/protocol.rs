@@ -395,24 +395,39 @@ impl AsMessage for Message<'_> {
     }
 }
 
+/// A message packet's fixed fields ([`MESSAGE_TAG`]'s layout, up to the channel's bytes).
+fn message_head(key: u64, message: &Message<'_>, channel_length: u32) -> [u8; MESSAGE_HEAD] {
+    let mut head = [0; MESSAGE_HEAD];
+    let fields: [&[u8]; 8] = [
+        &[MESSAGE_TAG],
+        &key.to_le_bytes(),
+        &message.kind.to_le_bytes(),
+        &message.status.to_le_bytes(),
+        &message.origin.to_le_bytes(),
+        &message.target.to_le_bytes(),
+        &message.request_id.to_le_bytes(),
+        &channel_length.to_le_bytes(),
+    ];
+    let mut at = 0;
+    for field in fields {
+        head[at..at + field.len()].copy_from_slice(field);
+        at += field.len();
+    }
+    head
+}
+
 /// Appends a message packet's bytes up to its value ([`MESSAGE_TAG`]'s layout) to `out`.
 fn put_message_head(out: &mut Vec<u8>, key: u64, message: &Message<'_>, channel_length: u32) {
-    out.push(MESSAGE_TAG);
-    out.extend_from_slice(&key.to_le_bytes());
-    out.extend_from_slice(&message.kind.to_le_bytes());
-    out.extend_from_slice(&message.status.to_le_bytes());
-    out.extend_from_slice(&message.origin.to_le_bytes());
-    out.extend_from_slice(&message.target.to_le_bytes());
-    out.extend_from_slice(&message.request_id.to_le_bytes());
-    out.extend_from_slice(&channel_length.to_le_bytes());
+    out.extend_from_slice(&message_head(key, message, channel_length));
     out.extend_from_slice(message.channel.as_bytes());
 }
 
-/// The frame of a [`Packet::Message`], written without copying the message's value: the
-/// length prefix and the packet up to the value (the value is the packet's last field, the
-/// rest of the frame), then the value itself, from wherever it is, in one vectored write.
+/// The frame of a [`Packet::Message`], written without copying the message's channel or
+/// value: the length prefix and the packet's fixed fields (on the stack: no allocation per
+/// send), then the channel and the value from wherever they are, in one vectored write.
 pub struct MessageFrame<'a> {
-    head: Vec<u8>,
+    head: [u8; PREFIX + MESSAGE_HEAD],
+    channel: &'a [u8],
     payload: &'a [u8],
 }
 
@@ -430,29 +445,30 @@ impl<'a> MessageFrame<'a> {
         let (Ok(prefix), Ok(channel_length)) = (u32::try_from(length), u32::try_from(channel)) else {
             return Err(too_large(length));
         };
-        let mut head = Vec::with_capacity(PREFIX + MESSAGE_HEAD + channel);
-        head.extend_from_slice(&prefix.to_be_bytes());
-        put_message_head(&mut head, key, message, channel_length);
-        Ok(MessageFrame { head, payload })
+        let mut head = [0; PREFIX + MESSAGE_HEAD];
+        head[..PREFIX].copy_from_slice(&prefix.to_be_bytes());
+        head[PREFIX..].copy_from_slice(&message_head(key, message, channel_length));
+        Ok(MessageFrame { head, channel: message.channel.as_bytes(), payload })
     }
 
     /// Writes the whole frame.
     pub fn write_to(&self, writer: &mut impl Write) -> io::Result<()> {
-        let [head, payload] = self.parts();
-        write_all_vectored(writer, &mut [IoSlice::new(head), IoSlice::new(payload)])
+        let [head, channel, payload] = self.parts();
+        write_all_vectored(writer, &mut [IoSlice::new(head), IoSlice::new(channel), IoSlice::new(payload)])
     }
 
-    /// The frame's two pieces, in order: the head (length prefix and packet up to the value)
-    /// and the value.
-    pub fn parts(&self) -> [&[u8]; 2] {
-        [&self.head, self.payload]
+    /// The frame's three pieces, in order: the head (length prefix and the packet's fixed
+    /// fields), the channel and the value.
+    pub fn parts(&self) -> [&[u8]; 3] {
+        [&self.head, self.channel, self.payload]
     }
 
     /// The frame in one buffer (a copy), for a queue.
     pub fn to_bytes(&self) -> Bytes {
-        let mut out = Vec::with_capacity(self.head.len() + self.payload.len());
-        out.extend_from_slice(&self.head);
-        out.extend_from_slice(self.payload);
+        let mut out = Vec::with_capacity(self.head.len() + self.channel.len() + self.payload.len());
+        for part in self.parts() {
+            out.extend_from_slice(part);
+        }
         Bytes::from(out)
     }
 }
@@ -1065,7 +1081,7 @@ mod tests {
         let overhead = MessageFrame::new(1, &message("", &[0; 70_000]).as_message()).unwrap().head.len() - PREFIX;
         let fits = message("", &vec![0; MAX_PACKET - overhead]);
         let framed = MessageFrame::new(1, &fits.as_message()).unwrap();
-        assert_eq!(framed.head.len() - PREFIX + framed.payload.len(), MAX_PACKET);
+        assert_eq!(framed.head.len() - PREFIX + framed.channel.len() + framed.payload.len(), MAX_PACKET);
         let over = message("", &vec![0; MAX_PACKET - overhead + 1]);
         let error = MessageFrame::new(1, &over.as_message()).err().unwrap();
         assert!(error.to_string().contains("frame size too big"), "{error}");
