@@ -8,7 +8,8 @@
 //! (an oversized message: the library reads nothing past it) ends this way too.
 //!
 //! Bounded: at most as many connections linger at once as the server takes live ones; past
-//! that, or once the server shuts down, a stream closes at once.
+//! that, or once the server shuts down, a stream closes at once. A lingering stream is one of
+//! the server's tasks: its shutdown returns once they have closed too.
 
 use std::io;
 use std::pin::Pin;
@@ -20,6 +21,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// The longest a closed connection is read for the peer's end.
 const LINGER: Duration = Duration::from_secs(2);
@@ -32,11 +34,23 @@ pub(crate) struct Lingers {
     lingering: AtomicUsize,
     max: usize,
     shutdown: CancellationToken,
+    /// The server's tasks, which its shutdown waits for.
+    tracker: TaskTracker,
 }
 
 impl Lingers {
-    pub(crate) fn new(max: usize, shutdown: CancellationToken) -> Arc<Lingers> {
-        Arc::new(Lingers { lingering: AtomicUsize::new(0), max, shutdown })
+    pub(crate) fn new(max: usize, shutdown: CancellationToken, tracker: TaskTracker) -> Arc<Lingers> {
+        Arc::new(Lingers { lingering: AtomicUsize::new(0), max, shutdown, tracker })
+    }
+}
+
+/// One lingering stream's place in the count, given back when dropped: when its task ends,
+/// and also when the task is dropped unrun or unfinished (the runtime shutting down).
+struct Counted(Arc<Lingers>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.lingering.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -78,13 +92,17 @@ impl Drop for Lingering {
             tracing::debug!("web server: too many connections lingering; one closes with bytes unread");
             return;
         }
-        runtime.spawn(async move {
+        let counted = Counted(lingers.clone());
+        let linger = async move {
+            let _counted = counted;
+            // Declared after the count's place, so closed before it is given back.
+            let stream = stream;
             tokio::select! {
                 _ = tokio::time::timeout(LINGER, read_to_end(&stream, budget)) => {}
                 () = lingers.shutdown.cancelled() => {}
             }
-            lingers.lingering.fetch_sub(1, Ordering::AcqRel);
-        });
+        };
+        self.lingers.tracker.spawn_on(linger, &runtime);
     }
 }
 
@@ -157,5 +175,57 @@ impl AsyncWrite for Lingering {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(self.stream()?).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A connected pair: the client's end, and the server's, accepted.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    /// A stream left lingering by a peer that does not close is one of the server's tasks:
+    /// the shutdown's wait returns once it has closed (it used to return at once, the stream
+    /// still open and counted).
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_shutdown_waits_for_a_lingering_stream() {
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let lingers = Lingers::new(4, shutdown.clone(), tracker.clone());
+        let (mut client, server) = pair().await;
+        drop(Lingering::new(server, lingers.clone()));
+        // The FIN came: the client reads the end; it does not close its side.
+        assert_eq!(client.read(&mut [0u8; 16]).await.unwrap(), 0);
+        assert_eq!(lingers.lingering.load(Ordering::Acquire), 1, "the stream lingers");
+        shutdown.cancel();
+        tracker.close();
+        tracker.wait().await;
+        assert_eq!(lingers.lingering.load(Ordering::Acquire), 0, "the shutdown returned with a stream lingering");
+    }
+
+    /// A lingering stream's task dropped unfinished (its runtime shut down) gives its place
+    /// back.
+    #[test]
+    fn a_lingering_task_dropped_with_its_runtime_gives_its_place_back() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let lingers = Lingers::new(4, CancellationToken::new(), TaskTracker::new());
+        let client = runtime.block_on(async {
+            let (client, server) = pair().await;
+            drop(Lingering::new(server, lingers.clone()));
+            client
+        });
+        assert_eq!(lingers.lingering.load(Ordering::Acquire), 1, "the stream lingers");
+        drop(runtime);
+        drop(client);
+        assert_eq!(lingers.lingering.load(Ordering::Acquire), 0, "the place was not given back");
     }
 }

@@ -521,7 +521,7 @@ pub(crate) fn serve(config: WebConfig, hooks: Arc<dyn WebHooks>) -> Result<WebSe
 }
 
 async fn accept_loop(listener: tokio::net::TcpListener, server: Arc<Server>, router: Router) {
-    let lingers = linger::Lingers::new(server.config.max_connections, server.shutdown.clone());
+    let lingers = linger::Lingers::new(server.config.max_connections, server.shutdown.clone(), server.tracker.clone());
     loop {
         let accepted = tokio::select! {
             _ = server.shutdown.cancelled() => return,

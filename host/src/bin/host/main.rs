@@ -10,6 +10,11 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use extension_host::{Host, HostConfig};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::{FilterExt, LevelFilter, Targets};
+use tracing_subscriber::layer::{Filter, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
 
 #[derive(Parser)]
 #[command(name = "host", version, about = "A Lens-style extension host: loads extension libraries and runs their IPC.")]
@@ -43,7 +48,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let filter = log_filter(std::env::var(EnvFilter::DEFAULT_ENV).ok().as_deref());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter))
+        .init();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { library } => check(&library),
@@ -72,21 +79,23 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
     Ok(Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX))
 }
 
-/// The log filter: `RUST_LOG`'s directives (`info` if unset or refused), with the WebSocket
-/// library capped at debug: it traces every frame's payload, web frames' tokens included. The
-/// cap is added only where some directive enables trace: added to a filter at `info`, it
-/// would raise the library to debug (it used to, printing every close frame it read).
-fn log_filter(directives: Option<&str>) -> EnvFilter {
-    let mut filter =
+/// The log filter: `RUST_LOG`'s directives (`info` if unset or refused), and, whatever they
+/// say, the WebSocket library no further than debug: it traces every frame's payload, web
+/// frames' tokens included. The cap is a second filter both must pass, not a directive among
+/// `RUST_LOG`'s: a directive would raise the library to debug at `info` (printing every close
+/// frame it read), and lose to a more specific one (`tungstenite::protocol=trace`) or to a
+/// span's (`[span]=trace` enables every event inside the span, whatever its target).
+fn log_filter<S>(directives: Option<&str>) -> impl Filter<S> + Send + Sync + 'static
+where
+    S: tracing::Subscriber + for<'span> LookupSpan<'span>,
+{
+    let filter =
         directives.and_then(|directives| EnvFilter::try_new(directives).ok()).unwrap_or_else(|| EnvFilter::new("info"));
-    if filter.max_level_hint().is_none_or(|most| most > tracing_subscriber::filter::LevelFilter::DEBUG) {
-        for directive in ["tungstenite=debug", "tokio_tungstenite=debug"] {
-            if let Ok(directive) = directive.parse() {
-                filter = filter.add_directive(directive);
-            }
-        }
-    }
-    filter
+    let cap = Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_target("tungstenite", LevelFilter::DEBUG)
+        .with_target("tokio_tungstenite", LevelFilter::DEBUG);
+    filter.and(cap)
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
@@ -285,13 +294,20 @@ async fn run(paths: Vec<PathBuf>, options: RunOptions) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use tracing::Level;
+    use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
 
     use super::log_filter;
 
+    /// A subscriber logging (nowhere) through `directives`' filter, as `main`'s does.
+    fn subscriber(directives: Option<&str>) -> impl tracing::Subscriber + Send + Sync {
+        let layer = tracing_subscriber::fmt::layer().with_writer(std::io::sink).with_filter(log_filter(directives));
+        tracing_subscriber::registry().with(layer)
+    }
+
     /// Whether `directives`' filter lets an event of `level` from `target` through.
     fn enabled(directives: Option<&str>, target: &str, level: Level) -> bool {
-        let subscriber = tracing_subscriber::registry().with(log_filter(directives));
+        let subscriber = subscriber(directives);
         tracing::subscriber::with_default(subscriber, || match (target, level) {
             ("tungstenite::protocol", Level::DEBUG) => tracing::enabled!(target: "tungstenite::protocol", Level::DEBUG),
             ("tungstenite::protocol", Level::TRACE) => tracing::enabled!(target: "tungstenite::protocol", Level::TRACE),
@@ -317,5 +333,23 @@ mod tests {
         assert!(enabled(Some("trace"), "host", Level::TRACE));
         assert!(enabled(Some("trace"), "tungstenite::protocol", Level::DEBUG));
         assert!(enabled(Some("info,tungstenite=trace"), "tungstenite::protocol", Level::DEBUG));
+    }
+
+    /// The cap holds against any directive: one on a module of the library (more specific
+    /// than the cap's target, so it used to win), and one on a span (which enabled every
+    /// event inside it, the library's too, whatever the static directives said).
+    #[test]
+    fn no_directive_takes_the_websocket_library_past_debug() {
+        for directives in ["tungstenite::protocol=trace", "warn,tungstenite::protocol=trace", "[serving]=trace"] {
+            let subscriber = subscriber(Some(directives));
+            let traced = tracing::subscriber::with_default(subscriber, || {
+                let _serving = tracing::info_span!("serving").entered();
+                tracing::enabled!(target: "tungstenite::protocol", Level::TRACE)
+            });
+            assert!(!traced, "{directives}: the library traces");
+        }
+        // `off` stays off, the library included.
+        assert!(!enabled(Some("off"), "tungstenite::protocol", Level::DEBUG));
+        assert!(!enabled(Some("off"), "host", Level::INFO));
     }
 }
