@@ -246,6 +246,28 @@ impl Page {
     }
 }
 
+/// A web frame's shell and its first extension's page, started, with the origin and token
+/// the shell was told for that page (for a test that connects it again or forges them).
+struct OpenedPage {
+    shell: Shell,
+    page: Page,
+    origin: String,
+    token: String,
+}
+
+/// Connects a shell and the page of the first extension it is told to add, which must be
+/// `probe`'s (the page's WELCOME says so), on the origin and with the token it was told; the
+/// page answers its half's start, and every host operation queued meanwhile (the frame
+/// opening) has finished when this returns.
+async fn open_probe_page(host: &Host, port: u16) -> OpenedPage {
+    let mut shell = Shell::connect(port).await;
+    let (_, origin, token) = shell.add().await;
+    let mut page = Page::connect(port, &origin, &token, "probe").await;
+    page.start().await;
+    settle(host).await;
+    OpenedPage { shell, page, origin, token }
+}
+
 /// Opens a web frame whose one extension with a web renderer is `extension`: the shell and
 /// its started page.
 async fn open_web_frame(host: &Host, port: u16, extension: &str) -> (Shell, Page) {
@@ -434,11 +456,7 @@ async fn ask_and_hang(host: &Host, page: &mut Page) -> tokio::task::JoinHandle<S
 async fn a_page_closing_fails_its_requests_frame_closed_and_its_reconnection_starts_the_half_again() {
     let (host, server) = web_host(&["probe"], true, WebConfig::default()).await;
     let port = port(&server);
-    let mut shell = Shell::connect(port).await;
-    let (_, origin, token) = shell.add().await;
-    let mut page = Page::connect(port, &origin, &token, "probe").await;
-    page.start().await;
-    settle(&host).await;
+    let OpenedPage { shell: _shell, mut page, origin, token } = open_probe_page(&host, port).await;
     let frame = page.frame;
 
     let mut events = host.events();
