@@ -68,15 +68,7 @@ async fn race_page(which: usize, mut ws: super::Socket, reports: tokio::sync::mp
                 futures_util::SinkExt::send(&mut ws, WsMessage::binary(super::encode(done))).await.unwrap();
                 if opened {
                     let payload = msgpack(&WithOptional { id: 9, note: None });
-                    let request = Value::Array(vec![
-                        1.into(),
-                        2.into(),
-                        0.into(),
-                        0.into(),
-                        1.into(),
-                        ECHO_OPTIONAL.name().into(),
-                        Value::Binary(payload),
-                    ]);
+                    let request = super::message_value(2, 0, 0, 1, ECHO_OPTIONAL.name(), payload);
                     futures_util::SinkExt::send(&mut ws, WsMessage::binary(super::encode(request))).await.unwrap();
                 }
             }

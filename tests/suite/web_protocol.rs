@@ -144,6 +144,21 @@ impl Shell {
     }
 }
 
+/// A page's MESSAGE, `[1, kind, status, target, request_id, channel, payload]` (for a test
+/// that sends it otherwise than through [`Page::message`]: slowly, from a page it plays
+/// itself, or before the HELLO).
+fn message_value(kind: u32, status: u32, target: u64, request_id: u64, channel: &str, payload: Vec<u8>) -> Value {
+    Value::Array(vec![
+        1.into(),
+        kind.into(),
+        status.into(),
+        target.into(),
+        request_id.into(),
+        channel.into(),
+        Value::Binary(payload),
+    ])
+}
+
 /// A page (an extension's iframe), connected and welcomed.
 struct Page {
     ws: Socket,
@@ -221,18 +236,9 @@ impl Page {
         (seed, storage)
     }
 
-    /// `[1, kind, status, target, request_id, channel, payload]`.
+    /// Sends the MESSAGE of [`message_value`].
     async fn message(&mut self, kind: u32, status: u32, target: u64, request_id: u64, channel: &str, payload: Vec<u8>) {
-        self.send(Value::Array(vec![
-            1.into(),
-            kind.into(),
-            status.into(),
-            target.into(),
-            request_id.into(),
-            channel.into(),
-            Value::Binary(payload),
-        ]))
-        .await;
+        self.send(message_value(kind, status, target, request_id, channel, payload)).await;
     }
 
     /// The next MESSAGE matching `matches`, skipping others.
@@ -587,15 +593,7 @@ async fn bad_tokens_and_bad_messages_end_only_their_connection_and_reach_nobody(
     let (name, origin, token) = shell.add().await;
     assert_eq!(name, "probe");
     let hello = |token: &str| WsMessage::binary(encode(Value::Array(vec![0.into(), token.into()])));
-    let ping = encode(Value::Array(vec![
-        1.into(),
-        1.into(),
-        0.into(),
-        PEER_ALL.into(),
-        0.into(),
-        "ping".into(),
-        Value::Binary(msgpack(&Ping { tag: "attack".into() })),
-    ]));
+    let ping = encode(message_value(1, 0, PEER_ALL, 0, "ping", msgpack(&Ping { tag: "attack".into() })));
     let attempt = |first: WsMessage| {
         let origin = origin.clone();
         async move {
