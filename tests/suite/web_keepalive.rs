@@ -194,22 +194,14 @@ async fn keepalive_settings_that_cannot_work_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_superseded_page_with_bytes_in_flight_both_ways_still_gets_its_close_frame() {
-    use super::web_writes::{BUFFER, small_page_socket};
+    use super::web_writes::{BUFFER, small_page};
     let (host, server) = web_host(&["probe"], true, WebConfig::default()).await;
     server.set_send_buffer_for_testing(BUFFER);
     let port = port(&server);
     let mut shell = Shell::connect(port).await;
     let (_, origin, token) = shell.add().await;
     let shell = keep_answering(shell.ws);
-    let mut ws = small_page_socket(port, &origin).await;
-    futures_util::SinkExt::send(
-        &mut ws,
-        WsMessage::binary(super::encode(Value::Array(vec![0.into(), token.clone().into()]))),
-    )
-    .await
-    .unwrap();
-    let welcome = Page::value(&mut ws).await;
-    let mut old = Page { frame: welcome[1]["frame"].as_u64().unwrap(), ws };
+    let mut old = small_page(port, &origin, &token).await;
     old.start().await;
     settle(&host).await;
     let mut events = host.events();
