@@ -93,7 +93,7 @@ async fn two_pages_back_at_once_with_one_token_leave_exactly_one_running() {
     old.start().await;
     let frame = old.frame;
 
-    let hello = WsMessage::binary(super::encode(Value::Array(vec![0.into(), token.as_str().into()])));
+    let hello = super::hello_message(&token);
     let mut first = super::page_socket(port, &origin, &origin).await.unwrap();
     let mut second = super::page_socket(port, &origin, &origin).await.unwrap();
     let (sent_first, sent_second) = tokio::join!(

@@ -165,6 +165,11 @@ struct Page {
     frame: u64,
 }
 
+/// A page's HELLO, `[0, token]`: the first message on its renderer socket.
+fn hello_message(token: &str) -> WsMessage {
+    WsMessage::binary(encode(Value::Array(vec![0.into(), token.into()])))
+}
+
 /// A renderer socket on `origin` (its own, unless a test forges it), from `from`.
 async fn page_socket(port: u16, origin: &str, from: &str) -> Result<Socket, WsError> {
     let host = origin.trim_start_matches("http://");
@@ -175,7 +180,7 @@ impl Page {
     /// Connects on `origin` with `token`, and checks the WELCOME.
     async fn connect(port: u16, origin: &str, token: &str, extension: &str) -> Page {
         let mut ws = page_socket(port, origin, origin).await.expect("the page connects");
-        ws.send(WsMessage::binary(encode(Value::Array(vec![0.into(), token.into()])))).await.unwrap();
+        ws.send(hello_message(token)).await.unwrap();
         let welcome = Page::value(&mut ws).await;
         assert_eq!(welcome[0], Value::from(0), "{welcome}");
         assert_eq!(welcome[1]["extension"], Value::from(extension));
@@ -592,7 +597,6 @@ async fn bad_tokens_and_bad_messages_end_only_their_connection_and_reach_nobody(
     let mut shell = Shell::connect(port).await;
     let (name, origin, token) = shell.add().await;
     assert_eq!(name, "probe");
-    let hello = |token: &str| WsMessage::binary(encode(Value::Array(vec![0.into(), token.into()])));
     let ping = encode(message_value(1, 0, PEER_ALL, 0, "ping", msgpack(&Ping { tag: "attack".into() })));
     let attempt = |first: WsMessage| {
         let origin = origin.clone();
@@ -606,7 +610,7 @@ async fn bad_tokens_and_bad_messages_end_only_their_connection_and_reach_nobody(
     let (code, reason) = attempt(WsMessage::binary(ping.clone())).await;
     assert_eq!((code, reason.as_str()), (1008, "the first message must be a hello"));
     // A wrong token.
-    let (code, reason) = attempt(hello(&"0".repeat(64))).await;
+    let (code, reason) = attempt(hello_message(&"0".repeat(64))).await;
     assert_eq!((code, reason.as_str()), (1008, "token refused: unknown token"));
     // A text frame, garbage bytes, an oversized message.
     assert_eq!(attempt(WsMessage::text("[0, \"x\"]")).await.0, 1008);
@@ -620,7 +624,7 @@ async fn bad_tokens_and_bad_messages_end_only_their_connection_and_reach_nobody(
     page.start().await;
     let (twin, twin_origin, twin_token) = shell.add().await;
     assert_eq!(twin, "probe-twin");
-    let (code, reason) = attempt(hello(&twin_token)).await;
+    let (code, reason) = attempt(hello_message(&twin_token)).await;
     assert_eq!((code, reason.as_str()), (1008, "token refused: unknown token"));
     // One extension's iframe cannot open its sibling's socket.
     assert_eq!(refused_with(page_socket(port, &twin_origin, &origin).await), 403);
@@ -738,7 +742,7 @@ async fn activation_and_deactivation_add_and_remove_iframes_and_reload_mints_new
     assert_eq!(reloaded_origin, origin, "one origin per extension per server");
     assert_ne!(reloaded, token);
     let mut stale = page_socket(port, &origin, &origin).await.unwrap();
-    stale.send(WsMessage::binary(encode(Value::Array(vec![0.into(), token.as_str().into()])))).await.unwrap();
+    stale.send(hello_message(&token)).await.unwrap();
     assert_eq!(closed(&mut stale).await, (1008, "token refused: unknown token".to_owned()));
     let mut page = Page::connect(port, &origin, &reloaded, "probe").await;
     page.start().await;

@@ -52,7 +52,7 @@ async fn web_renderers_host(
 /// A HELLO with `token`, on a new renderer socket at `origin`.
 async fn hello(port: u16, origin: &str, token: &str) -> super::Socket {
     let mut ws = page_socket(port, origin, origin).await.expect("the socket opens");
-    ws.send(WsMessage::binary(encode(Value::Array(vec![0.into(), token.into()])))).await.unwrap();
+    ws.send(super::hello_message(token)).await.unwrap();
     ws
 }
 

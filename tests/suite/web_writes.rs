@@ -7,11 +7,10 @@
 use probe_protocol::{ECHO_OPTIONAL, WithOptional};
 use rmpv::Value;
 use tokio_tungstenite::MaybeTlsStream;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use super::{Page, Shell, Socket, encode, msgpack, payload_of, port, settle, web_host};
+use super::{Page, Shell, Socket, msgpack, payload_of, port, settle, web_host};
 use extension_host::WebConfig;
 
 /// The sockets' buffers of this test's page, both ways (`SO_SNDBUF` on the host's side,
@@ -39,9 +38,7 @@ pub(super) async fn small_page_socket(port: u16, origin: &str) -> Socket {
 /// WELCOME read for its frame (its half not yet started).
 pub(super) async fn small_page(port: u16, origin: &str, token: &str) -> Page {
     let mut ws = small_page_socket(port, origin).await;
-    futures_util::SinkExt::send(&mut ws, WsMessage::binary(encode(Value::Array(vec![0.into(), token.into()]))))
-        .await
-        .unwrap();
+    futures_util::SinkExt::send(&mut ws, super::hello_message(token)).await.unwrap();
     let welcome = Page::value(&mut ws).await;
     Page { frame: welcome[1]["frame"].as_u64().unwrap(), ws }
 }
