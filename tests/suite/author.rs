@@ -4,6 +4,7 @@
 use std::process::Command;
 
 use crate::loading::tempdir;
+use crate::scaffold::own_test_passes;
 use crate::support;
 
 #[test]
@@ -16,25 +17,8 @@ fn a_scaffolded_extension_builds_loads_and_passes_its_own_test() {
         assert!(dir.join(file).exists(), "{file} was written");
     }
 
-    // Its own `cargo test`, sharing this build's target directory (and so its compiled deps).
-    let target = support::artifacts().parent().unwrap().to_owned();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let output = Command::new(cargo)
-        .args(["test", "--manifest-path"])
-        .arg(dir.join("Cargo.toml"))
-        .env("CARGO_TARGET_DIR", &target)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    assert!(stdout.contains("test it_greets_counts_and_stores ... ok"), "{stdout}");
-
-    // And the host sees a valid extension in what it built.
-    let library = ["debug", "debug/deps"]
-        .iter()
-        .map(|sub| target.join(sub).join("libfresh_ext.so"))
-        .find(|path| path.exists())
-        .expect("the library was built");
+    // Its own `cargo test` passes, and the host sees a valid extension in what it built.
+    let (_, library) = own_test_passes(&dir, "fresh_ext");
     let info = extension_host::check(&library).unwrap();
     assert_eq!(info.name, "fresh-ext");
 }

@@ -10,7 +10,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use probe_protocol::*;
 
-use crate::support::{self, FAILSAFE, Transport, expect_pongs, library, wait_event, wait_log, wait_logs};
+use crate::support::{self, FAILSAFE, Transport, expect_pongs, wait_event, wait_log, wait_logs};
 
 fn sigkill(pid: u32) {
     kill(Pid::from_raw(i32::try_from(pid).unwrap()), Signal::SIGKILL).unwrap();
@@ -135,19 +135,10 @@ async fn an_endless_loop_in_an_isolated_handler_times_out_and_deactivation_ends_
     assert!(gone(pid), "the spinning process was ended with its extension");
 }
 
-/// A host whose child processes are the rogue fixture, misbehaving as `mode`.
-fn rogue_host(mode: &str) -> Host {
-    let mut config = support::config();
-    config.child_program = support::artifacts().join("rogue-child");
-    config.child_args = vec![mode.into()];
-    config.crash_budget = CrashBudget { crashes: 0, window: Duration::from_secs(300) };
-    Host::new(config)
-}
-
 #[tokio::test]
 async fn a_rogue_handshake_is_refused() {
     for (mode, expected) in [("version", "protocol version 999"), ("token", "wrong token")] {
-        let host = rogue_host(mode);
+        let host = support::rogue_host(mode);
         let error = host.open_child_frame().await.unwrap_err();
         assert!(error.to_string().contains(expected), "{mode}: {error}");
         // The reason is typed, not only worded.
@@ -169,20 +160,7 @@ async fn a_rogue_child_is_cut_off_and_nothing_it_sent_is_delivered() {
         ("oversized", "frame size too big"),
         ("forged", "does not belong to this connection"),
     ] {
-        let host = rogue_host(mode);
-        host.load(library("probe")).unwrap();
-        host.activate("probe").await.unwrap();
-        let mut events = host.events();
-        let mut seen = host.broadcasts();
-        let frame = host.open_child_frame().await.unwrap();
-        let crashed = wait_event(&mut events, |e| matches!(e, HostEvent::FrameCrashed { .. })).await;
-        let HostEvent::FrameCrashed { reason, restarting, .. } = crashed else { unreachable!() };
-        assert!(reason.contains(expected) && !restarting, "{mode}: {reason}");
-        let problem = host.inspect().await.frame(frame.0).unwrap().problem.clone().unwrap();
-        assert!(problem.contains("stopped"), "{mode}: {problem}");
-        // The host goes on; the forged ping reached no one (only main answers the barrier).
-        assert!(expect_pongs(&host, &mut seen, "probe", 0, 1).await.is_empty());
-        host.shutdown().await;
+        support::assert_rogue_child_cut_off(mode, expected).await;
     }
 }
 

@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
-use extension_host::{ChannelKind, Half, Host, HostConfig, HostEvent};
-use probe_protocol::{BLOCK, BLOCK_LATER, BlockLater, PING, Ping};
+use extension_host::{ChannelKind, Half, Host, HostConfig, HostEvent, LogRecord};
+use probe_protocol::{BLOCK, BLOCK_LATER, BLOCK_LISTENER, BlockLater, PING, Ping};
 use tokio::sync::broadcast::Receiver;
 
 use crate::loading::tempdir;
@@ -29,6 +29,33 @@ pub(crate) async fn inspections(host: &Host) -> u64 {
 
 pub(crate) fn release_socket() -> String {
     tempdir().join("release.sock").to_string_lossy().into_owned()
+}
+
+/// Has `probe`'s main block its thread in a listener (the `block-listener` broadcast, run in
+/// place) and waits until it says it is blocked; the socket whose connection releases it
+/// (see [`release_probe_listener`]).
+pub(crate) async fn block_probe_in_a_listener(host: &Host, logs: &mut Receiver<LogRecord>) -> String {
+    let release = release_socket();
+    host.broadcast("probe", BLOCK_LISTENER.name(), &release).unwrap();
+    wait_log(logs, "probe", |m| m.starts_with("blocking the thread in a listener")).await;
+    release
+}
+
+/// Releases `probe`'s listener blocked on `release` (by [`block_probe_in_a_listener`]) and
+/// waits until the listener has returned and the watchdog has reported `probe` responsive
+/// again.
+pub(crate) async fn release_probe_listener(
+    release: &str,
+    logs: &mut Receiver<LogRecord>,
+    events: &mut Receiver<HostEvent>,
+) {
+    std::os::unix::net::UnixStream::connect(release).unwrap();
+    wait_log(logs, "probe", |m| m == "listener unblocked").await;
+    wait_event(
+        events,
+        |event| matches!(event, HostEvent::ExtensionResponsive { extension, .. } if extension == "probe"),
+    )
+    .await;
 }
 
 /// `probe-twin` blocks its thread in place until the watchdog warns about it (past the

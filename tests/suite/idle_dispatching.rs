@@ -6,10 +6,10 @@
 //! stopped looking, its call made.) Every wait is for an event, a log or an answer.
 
 use extension_host::{Host, HostEvent};
-use probe_protocol::{BLOCK_LISTENER, PING, Ping};
+use probe_protocol::{PING, Ping};
 
-use crate::idle::{inspections, release_socket, span_of_watched_work, watchful};
-use crate::support::{self, Transport, wait_event, wait_log};
+use crate::idle::{block_probe_in_a_listener, inspections, release_probe_listener, span_of_watched_work, watchful};
+use crate::support::{self, Transport, wait_event};
 
 #[tokio::test]
 async fn an_instance_stuck_in_a_listener_with_nothing_queued_is_still_watched() {
@@ -21,9 +21,7 @@ async fn an_instance_stuck_in_a_listener_with_nothing_queued_is_still_watched() 
     // The looks the activations asked for are over when it ends.
     span_of_watched_work(&host, &mut events).await;
 
-    let release = release_socket();
-    host.broadcast("probe", BLOCK_LISTENER.name(), &release).unwrap();
-    wait_log(&mut logs, "probe", |m| m.starts_with("blocking the thread in a listener")).await;
+    let release = block_probe_in_a_listener(&host, &mut logs).await;
     // The look the broadcast asked for comes at the first tick, within this span.
     span_of_watched_work(&host, &mut events).await;
     let before = inspections(&host).await;
@@ -40,13 +38,7 @@ async fn an_instance_stuck_in_a_listener_with_nothing_queued_is_still_watched() 
     )
     .await;
     assert!(matches!(stuck, HostEvent::ExtensionUnresponsive { queued, .. } if queued >= 1), "{stuck:?}");
-    std::os::unix::net::UnixStream::connect(&release).unwrap();
-    wait_log(&mut logs, "probe", |m| m == "listener unblocked").await;
-    wait_event(
-        &mut events,
-        |event| matches!(event, HostEvent::ExtensionResponsive { extension, .. } if extension == "probe"),
-    )
-    .await;
+    release_probe_listener(&release, &mut logs, &mut events).await;
 
     // Idle again, it is left alone: once for the look that finds it idle, then measured.
     span_of_watched_work(&host, &mut events).await;

@@ -5,9 +5,8 @@
 //! and one byte over.
 
 use extension_api::abi::MAX_MESSAGE;
+use extension_host::HostEvent;
 use extension_host::child_protocol::MAX_PACKET;
-use extension_host::{CrashBudget, Host, HostEvent};
-use std::time::Duration;
 
 use crate::limits::run;
 use crate::support::{self, Transport, library, wait_event, wait_log};
@@ -64,11 +63,7 @@ conformance!(
 /// byte over closes the connection, naming why.
 #[tokio::test]
 async fn a_childs_frame_at_the_packet_limit_is_read_and_one_byte_over_cuts_it_off() {
-    let mut config = support::config();
-    config.child_program = support::artifacts().join("rogue-child");
-    config.child_args = vec!["limit".into()];
-    config.crash_budget = CrashBudget { crashes: 0, window: Duration::from_secs(300) };
-    let host = Host::new(config);
+    let host = support::rogue_host("limit");
     host.load(library("probe")).unwrap();
     host.activate("probe").await.unwrap();
     let mut events = host.events();

@@ -1,15 +1,41 @@
 //! `cargo xtask new-extension` takes the names cargo takes (underscores included) and says why
 //! it refuses the others.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::loading::tempdir;
 use crate::support;
 
-fn new_extension(name: &str, dir: &std::path::Path) -> std::process::Output {
+fn new_extension(name: &str, dir: &Path) -> std::process::Output {
     let xtask = support::artifacts().join("xtask");
     // `--` so that a name starting with `-` is taken as the name.
     Command::new(xtask).args(["new-extension", "--dir"]).arg(dir).args(["--", name]).output().unwrap()
+}
+
+/// Runs the scaffolded crate's own `cargo test` (the crate in `dir`), sharing this build's target
+/// directory (and so its compiled deps), and checks that it passed, the scaffold's test
+/// included; returns the test run's stderr and the library (`lib{crate_name}.so`) it built.
+pub(crate) fn own_test_passes(dir: &Path, crate_name: &str) -> (String, PathBuf) {
+    let target = support::artifacts().parent().unwrap().to_owned();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let output = Command::new(cargo)
+        .args(["test", "--manifest-path"])
+        .arg(dir.join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("test it_greets_counts_and_stores ... ok"), "{stdout}");
+    let file = format!("lib{crate_name}.so");
+    let library = ["debug", "debug/deps"]
+        .iter()
+        .map(|sub| target.join(sub).join(&file))
+        .find(|path| path.exists())
+        .expect("the library was built");
+    (stderr, library)
 }
 
 #[test]
@@ -22,26 +48,8 @@ fn an_underscore_name_builds_loads_and_passes_its_own_test() {
     let code = std::fs::read_to_string(dir.join("src/lib.rs")).unwrap();
     assert!(code.contains("pub struct MyExtMain;"), "a CamelCase type name");
 
-    // Its own `cargo test`, sharing this build's target directory (and so its compiled deps).
-    let target = support::artifacts().parent().unwrap().to_owned();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let output = Command::new(cargo)
-        .args(["test", "--manifest-path"])
-        .arg(dir.join("Cargo.toml"))
-        .env("CARGO_TARGET_DIR", &target)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("test it_greets_counts_and_stores ... ok"), "{stdout}");
+    let (stderr, library) = own_test_passes(&dir, "my_ext");
     assert!(!stderr.contains("upper camel case"), "the scaffolded type names are CamelCase: {stderr}");
-
-    let library = ["debug", "debug/deps"]
-        .iter()
-        .map(|sub| target.join(sub).join("libmy_ext.so"))
-        .find(|path| path.exists())
-        .expect("the library was built");
     assert_eq!(extension_host::check(&library).unwrap().name, "my_ext");
 }
 

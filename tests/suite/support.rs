@@ -388,3 +388,36 @@ pub async fn expect_pongs(
     }
     collected
 }
+
+/// A host whose child processes are the `rogue-child` fixture, misbehaving as `mode`, with no
+/// crash budget: a frame whose child is cut off stays down, so its first crash is the one the
+/// test reads.
+pub fn rogue_host(mode: &str) -> Host {
+    let mut config = config();
+    config.child_program = artifacts().join("rogue-child");
+    config.child_args = vec![mode.into()];
+    config.crash_budget = extension_host::CrashBudget { crashes: 0, window: Duration::from_secs(300) };
+    Host::new(config)
+}
+
+/// Opens a child frame (probe active) on a [`rogue_host`] misbehaving as `mode` and checks
+/// that the host cut the child off: the frame crashed, not to restart, for a reason containing
+/// `expected`; inspect shows it stopped; and nothing the child sent reached anyone (a ping
+/// barrier after it is answered by main alone). Shuts the host down.
+pub async fn assert_rogue_child_cut_off(mode: &str, expected: &str) {
+    use extension_host::HostEvent;
+    let host = rogue_host(mode);
+    host.load(library("probe")).unwrap();
+    host.activate("probe").await.unwrap();
+    let mut events = host.events();
+    let mut seen = host.broadcasts();
+    let frame = host.open_child_frame().await.unwrap();
+    let crashed = wait_event(&mut events, |e| matches!(e, HostEvent::FrameCrashed { .. })).await;
+    let HostEvent::FrameCrashed { reason, restarting, .. } = crashed else { unreachable!() };
+    assert!(reason.contains(expected) && !restarting, "{mode}: {reason}");
+    let problem = host.inspect().await.frame(frame.0).unwrap().problem.clone().unwrap();
+    assert!(problem.contains("stopped"), "{mode}: {problem}");
+    // The host goes on; what the rogue child sent reached no one (only main answers the barrier).
+    assert!(expect_pongs(&host, &mut seen, "probe", 0, 1).await.is_empty());
+    host.shutdown().await;
+}

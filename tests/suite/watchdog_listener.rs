@@ -4,19 +4,17 @@
 //! or an answer.
 
 use extension_host::{ChannelKind, Half, Host, HostEvent};
-use probe_protocol::{BLOCK_LISTENER, PING, Ping};
+use probe_protocol::{PING, Ping};
 
-use crate::idle::{release_socket, watchful};
-use crate::support::{self, Transport, wait_event, wait_log};
+use crate::idle::{block_probe_in_a_listener, release_probe_listener, watchful};
+use crate::support::{self, Transport, wait_event};
 
 async fn a_blocking_listener_is_reported_as_a_slow_handler(transport: Transport) {
     let host = Host::new(watchful());
     support::start(&host, transport, "probe").await;
     let mut events = host.events();
     let mut logs = host.logs();
-    let release = release_socket();
-    host.broadcast("probe", BLOCK_LISTENER.name(), &release).unwrap();
-    wait_log(&mut logs, "probe", |m| m.starts_with("blocking the thread in a listener")).await;
+    let release = block_probe_in_a_listener(&host, &mut logs).await;
     let slow = wait_event(
         &mut events,
         |event| matches!(event, HostEvent::SlowHandler { extension, .. } if extension == "probe"),
@@ -45,13 +43,7 @@ async fn a_blocking_listener_is_reported_as_a_slow_handler(transport: Transport)
         "a listener is not a running handler"
     );
 
-    std::os::unix::net::UnixStream::connect(&release).unwrap();
-    wait_log(&mut logs, "probe", |m| m == "listener unblocked").await;
-    wait_event(
-        &mut events,
-        |event| matches!(event, HostEvent::ExtensionResponsive { extension, .. } if extension == "probe"),
-    )
-    .await;
+    release_probe_listener(&release, &mut logs, &mut events).await;
     host.shutdown().await;
 }
 

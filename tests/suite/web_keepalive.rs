@@ -12,7 +12,10 @@ use probe_protocol::{ECHO_OPTIONAL, WithOptional};
 use rmpv::Value;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use super::{Page, Shell, Socket, ask_and_hang, closed, main_frames, msgpack, port, settle, web_host};
+use super::{
+    OpenedPage, Page, Shell, Socket, ask_and_hang, closed, main_frames, msgpack, open_probe_page, port, settle,
+    web_host,
+};
 use crate::support::{self, FAILSAFE};
 
 /// Pings every 50 ms of quiet; dead after a second of it (far longer than a test's gaps
@@ -116,11 +119,7 @@ async fn an_idle_page_that_answers_its_pings_stays_connected() {
 async fn a_shell_that_stops_answering_pings_is_closed_with_its_frame() {
     let (host, server) = web_host(&["probe"], true, quick_pings()).await;
     let port = port(&server);
-    let mut shell = Shell::connect(port).await;
-    let (_, origin, token) = shell.add().await;
-    let mut page = Page::connect(port, &origin, &token, "probe").await;
-    page.start().await;
-    settle(&host).await;
+    let OpenedPage { shell, mut page, .. } = open_probe_page(&host, port).await;
     let frame = page.frame;
     let asked = ask_and_hang(&host, &mut page).await;
 
@@ -142,11 +141,7 @@ async fn a_page_back_while_the_host_holds_its_old_connection_takes_its_place() {
     // The default keepalive: the host has not found the old connection dead.
     let (host, server) = web_host(&["probe"], true, WebConfig::default()).await;
     let port = port(&server);
-    let mut shell = Shell::connect(port).await;
-    let (_, origin, token) = shell.add().await;
-    let mut old = Page::connect(port, &origin, &token, "probe").await;
-    old.start().await;
-    settle(&host).await;
+    let OpenedPage { shell: _shell, page: mut old, origin, token } = open_probe_page(&host, port).await;
     let frame = old.frame;
     let mut events = host.events();
     let asked = ask_and_hang(&host, &mut old).await;
@@ -199,22 +194,14 @@ async fn keepalive_settings_that_cannot_work_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_superseded_page_with_bytes_in_flight_both_ways_still_gets_its_close_frame() {
-    use super::web_writes::{BUFFER, small_page_socket};
+    use super::web_writes::{BUFFER, small_page};
     let (host, server) = web_host(&["probe"], true, WebConfig::default()).await;
     server.set_send_buffer_for_testing(BUFFER);
     let port = port(&server);
     let mut shell = Shell::connect(port).await;
     let (_, origin, token) = shell.add().await;
     let shell = keep_answering(shell.ws);
-    let mut ws = small_page_socket(port, &origin).await;
-    futures_util::SinkExt::send(
-        &mut ws,
-        WsMessage::binary(super::encode(Value::Array(vec![0.into(), token.clone().into()]))),
-    )
-    .await
-    .unwrap();
-    let welcome = Page::value(&mut ws).await;
-    let mut old = Page { frame: welcome[1]["frame"].as_u64().unwrap(), ws };
+    let mut old = small_page(port, &origin, &token).await;
     old.start().await;
     settle(&host).await;
     let mut events = host.events();

@@ -68,15 +68,7 @@ async fn race_page(which: usize, mut ws: super::Socket, reports: tokio::sync::mp
                 futures_util::SinkExt::send(&mut ws, WsMessage::binary(super::encode(done))).await.unwrap();
                 if opened {
                     let payload = msgpack(&WithOptional { id: 9, note: None });
-                    let request = Value::Array(vec![
-                        1.into(),
-                        2.into(),
-                        0.into(),
-                        0.into(),
-                        1.into(),
-                        ECHO_OPTIONAL.name().into(),
-                        Value::Binary(payload),
-                    ]);
+                    let request = super::message_value(2, 0, 0, 1, ECHO_OPTIONAL.name(), payload);
                     futures_util::SinkExt::send(&mut ws, WsMessage::binary(super::encode(request))).await.unwrap();
                 }
             }
@@ -101,7 +93,7 @@ async fn two_pages_back_at_once_with_one_token_leave_exactly_one_running() {
     old.start().await;
     let frame = old.frame;
 
-    let hello = WsMessage::binary(super::encode(Value::Array(vec![0.into(), token.as_str().into()])));
+    let hello = super::hello_message(&token);
     let mut first = super::page_socket(port, &origin, &origin).await.unwrap();
     let mut second = super::page_socket(port, &origin, &origin).await.unwrap();
     let (sent_first, sent_second) = tokio::join!(

@@ -54,15 +54,7 @@ async fn a_page_sending_one_large_message_slowly_is_not_dropped() {
     let mut events = host.events();
     // One request whose message takes 2 s to arrive: its pong cannot overtake it.
     let request = WithOptional { id: 9, note: Some("n".repeat(8 << 10)) };
-    let message = encode(Value::Array(vec![
-        1.into(),
-        2.into(),
-        0.into(),
-        0.into(),
-        1.into(),
-        ECHO_OPTIONAL.name().into(),
-        Value::Binary(msgpack(&request)),
-    ]));
+    let message = encode(super::message_value(2, 0, 0, 1, ECHO_OPTIONAL.name(), msgpack(&request)));
     dribble(&mut page.ws, 2, &message).await;
     let reply = page.message_where(|m| m[1] == Value::from(3)).await;
     assert_eq!(reply[5].as_u64(), Some(1), "{reply}");

@@ -144,10 +144,30 @@ impl Shell {
     }
 }
 
+/// A page's MESSAGE, `[1, kind, status, target, request_id, channel, payload]` (for a test
+/// that sends it otherwise than through [`Page::message`]: slowly, from a page it plays
+/// itself, or before the HELLO).
+fn message_value(kind: u32, status: u32, target: u64, request_id: u64, channel: &str, payload: Vec<u8>) -> Value {
+    Value::Array(vec![
+        1.into(),
+        kind.into(),
+        status.into(),
+        target.into(),
+        request_id.into(),
+        channel.into(),
+        Value::Binary(payload),
+    ])
+}
+
 /// A page (an extension's iframe), connected and welcomed.
 struct Page {
     ws: Socket,
     frame: u64,
+}
+
+/// A page's HELLO, `[0, token]`: the first message on its renderer socket.
+fn hello_message(token: &str) -> WsMessage {
+    WsMessage::binary(encode(Value::Array(vec![0.into(), token.into()])))
 }
 
 /// A renderer socket on `origin` (its own, unless a test forges it), from `from`.
@@ -160,7 +180,7 @@ impl Page {
     /// Connects on `origin` with `token`, and checks the WELCOME.
     async fn connect(port: u16, origin: &str, token: &str, extension: &str) -> Page {
         let mut ws = page_socket(port, origin, origin).await.expect("the page connects");
-        ws.send(WsMessage::binary(encode(Value::Array(vec![0.into(), token.into()])))).await.unwrap();
+        ws.send(hello_message(token)).await.unwrap();
         let welcome = Page::value(&mut ws).await;
         assert_eq!(welcome[0], Value::from(0), "{welcome}");
         assert_eq!(welcome[1]["extension"], Value::from(extension));
@@ -221,18 +241,9 @@ impl Page {
         (seed, storage)
     }
 
-    /// `[1, kind, status, target, request_id, channel, payload]`.
+    /// Sends the MESSAGE of [`message_value`].
     async fn message(&mut self, kind: u32, status: u32, target: u64, request_id: u64, channel: &str, payload: Vec<u8>) {
-        self.send(Value::Array(vec![
-            1.into(),
-            kind.into(),
-            status.into(),
-            target.into(),
-            request_id.into(),
-            channel.into(),
-            Value::Binary(payload),
-        ]))
-        .await;
+        self.send(message_value(kind, status, target, request_id, channel, payload)).await;
     }
 
     /// The next MESSAGE matching `matches`, skipping others.
@@ -244,6 +255,28 @@ impl Page {
             }
         }
     }
+}
+
+/// A web frame's shell and its first extension's page, started, with the origin and token
+/// the shell was told for that page (for a test that connects it again or forges them).
+struct OpenedPage {
+    shell: Shell,
+    page: Page,
+    origin: String,
+    token: String,
+}
+
+/// Connects a shell and the page of the first extension it is told to add, which must be
+/// `probe`'s (the page's WELCOME says so), on the origin and with the token it was told; the
+/// page answers its half's start, and every host operation queued meanwhile (the frame
+/// opening) has finished when this returns.
+async fn open_probe_page(host: &Host, port: u16) -> OpenedPage {
+    let mut shell = Shell::connect(port).await;
+    let (_, origin, token) = shell.add().await;
+    let mut page = Page::connect(port, &origin, &token, "probe").await;
+    page.start().await;
+    settle(host).await;
+    OpenedPage { shell, page, origin, token }
 }
 
 /// Opens a web frame whose one extension with a web renderer is `extension`: the shell and
@@ -434,11 +467,7 @@ async fn ask_and_hang(host: &Host, page: &mut Page) -> tokio::task::JoinHandle<S
 async fn a_page_closing_fails_its_requests_frame_closed_and_its_reconnection_starts_the_half_again() {
     let (host, server) = web_host(&["probe"], true, WebConfig::default()).await;
     let port = port(&server);
-    let mut shell = Shell::connect(port).await;
-    let (_, origin, token) = shell.add().await;
-    let mut page = Page::connect(port, &origin, &token, "probe").await;
-    page.start().await;
-    settle(&host).await;
+    let OpenedPage { shell: _shell, mut page, origin, token } = open_probe_page(&host, port).await;
     let frame = page.frame;
 
     let mut events = host.events();
@@ -568,16 +597,7 @@ async fn bad_tokens_and_bad_messages_end_only_their_connection_and_reach_nobody(
     let mut shell = Shell::connect(port).await;
     let (name, origin, token) = shell.add().await;
     assert_eq!(name, "probe");
-    let hello = |token: &str| WsMessage::binary(encode(Value::Array(vec![0.into(), token.into()])));
-    let ping = encode(Value::Array(vec![
-        1.into(),
-        1.into(),
-        0.into(),
-        PEER_ALL.into(),
-        0.into(),
-        "ping".into(),
-        Value::Binary(msgpack(&Ping { tag: "attack".into() })),
-    ]));
+    let ping = encode(message_value(1, 0, PEER_ALL, 0, "ping", msgpack(&Ping { tag: "attack".into() })));
     let attempt = |first: WsMessage| {
         let origin = origin.clone();
         async move {
@@ -590,7 +610,7 @@ async fn bad_tokens_and_bad_messages_end_only_their_connection_and_reach_nobody(
     let (code, reason) = attempt(WsMessage::binary(ping.clone())).await;
     assert_eq!((code, reason.as_str()), (1008, "the first message must be a hello"));
     // A wrong token.
-    let (code, reason) = attempt(hello(&"0".repeat(64))).await;
+    let (code, reason) = attempt(hello_message(&"0".repeat(64))).await;
     assert_eq!((code, reason.as_str()), (1008, "token refused: unknown token"));
     // A text frame, garbage bytes, an oversized message.
     assert_eq!(attempt(WsMessage::text("[0, \"x\"]")).await.0, 1008);
@@ -604,7 +624,7 @@ async fn bad_tokens_and_bad_messages_end_only_their_connection_and_reach_nobody(
     page.start().await;
     let (twin, twin_origin, twin_token) = shell.add().await;
     assert_eq!(twin, "probe-twin");
-    let (code, reason) = attempt(hello(&twin_token)).await;
+    let (code, reason) = attempt(hello_message(&twin_token)).await;
     assert_eq!((code, reason.as_str()), (1008, "token refused: unknown token"));
     // One extension's iframe cannot open its sibling's socket.
     assert_eq!(refused_with(page_socket(port, &twin_origin, &origin).await), 403);
@@ -722,7 +742,7 @@ async fn activation_and_deactivation_add_and_remove_iframes_and_reload_mints_new
     assert_eq!(reloaded_origin, origin, "one origin per extension per server");
     assert_ne!(reloaded, token);
     let mut stale = page_socket(port, &origin, &origin).await.unwrap();
-    stale.send(WsMessage::binary(encode(Value::Array(vec![0.into(), token.as_str().into()])))).await.unwrap();
+    stale.send(hello_message(&token)).await.unwrap();
     assert_eq!(closed(&mut stale).await, (1008, "token refused: unknown token".to_owned()));
     let mut page = Page::connect(port, &origin, &reloaded, "probe").await;
     page.start().await;

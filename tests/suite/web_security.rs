@@ -9,7 +9,7 @@ use futures_util::SinkExt;
 use rmpv::Value;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use super::{Page, Shell, closed, encode, page_socket, port, settle};
+use super::{OpenedPage, Page, Shell, closed, encode, open_probe_page, page_socket, port, settle};
 use crate::support::{self, FAILSAFE};
 
 /// The probe with a web renderer, its host configured by `configure`, serving web frames.
@@ -24,11 +24,7 @@ async fn a_page_that_came_and_went(
     port: u16,
     events: &mut tokio::sync::broadcast::Receiver<HostEvent>,
 ) -> (Shell, String, String) {
-    let mut shell = Shell::connect(port).await;
-    let (_, origin, token) = shell.add().await;
-    let mut page = Page::connect(port, &origin, &token, "probe").await;
-    page.start().await;
-    settle(host).await;
+    let OpenedPage { shell, mut page, origin, token } = open_probe_page(host, port).await;
     page.ws.close(None).await.unwrap();
     support::wait_event(events, |event| matches!(event, HostEvent::WebRendererClosed { .. })).await;
     (shell, origin, token)
@@ -56,7 +52,7 @@ async fn web_renderers_host(
 /// A HELLO with `token`, on a new renderer socket at `origin`.
 async fn hello(port: u16, origin: &str, token: &str) -> super::Socket {
     let mut ws = page_socket(port, origin, origin).await.expect("the socket opens");
-    ws.send(WsMessage::binary(encode(Value::Array(vec![0.into(), token.into()])))).await.unwrap();
+    ws.send(super::hello_message(token)).await.unwrap();
     ws
 }
 
@@ -152,11 +148,7 @@ async fn one_origins_stalled_handshakes_cannot_take_every_connection() {
     host.activate("probe").await.expect("the extension activates");
     let server = host.serve_web(config).expect("the web server starts");
     let port = port(&server);
-    let mut shell = Shell::connect(port).await;
-    let (_, origin, token) = shell.add().await;
-    let mut page = Page::connect(port, &origin, &token, "probe").await;
-    page.start().await;
-    settle(&host).await;
+    let OpenedPage { shell, page: _page, origin, .. } = open_probe_page(&host, port).await;
 
     // 17 sockets that never say HELLO: the shell's, the page's and these would be every
     // connection.
@@ -312,11 +304,7 @@ async fn activating_adds_the_iframe_to_every_web_frame_at_once() {
     let port = port(&server);
     let (mut shells, mut pages) = (Vec::new(), Vec::new());
     for _ in 0..2 {
-        let mut shell = Shell::connect(port).await;
-        let (_, origin, token) = shell.add().await;
-        let mut page = Page::connect(port, &origin, &token, "probe").await;
-        page.start().await;
-        settle(&host).await;
+        let OpenedPage { shell, page, .. } = open_probe_page(&host, port).await;
         shells.push(shell);
         pages.push(page);
     }

@@ -7,11 +7,10 @@
 use probe_protocol::{ECHO_OPTIONAL, WithOptional};
 use rmpv::Value;
 use tokio_tungstenite::MaybeTlsStream;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use super::{Page, Shell, Socket, encode, msgpack, payload_of, port, settle, web_host};
+use super::{Page, Shell, Socket, msgpack, payload_of, port, settle, web_host};
 use extension_host::WebConfig;
 
 /// The sockets' buffers of this test's page, both ways (`SO_SNDBUF` on the host's side,
@@ -35,6 +34,15 @@ pub(super) async fn small_page_socket(port: u16, origin: &str) -> Socket {
     ws
 }
 
+/// A page on a [`small_page_socket`] on `origin`: its HELLO with `token` sent, and its
+/// WELCOME read for its frame (its half not yet started).
+pub(super) async fn small_page(port: u16, origin: &str, token: &str) -> Page {
+    let mut ws = small_page_socket(port, origin).await;
+    futures_util::SinkExt::send(&mut ws, super::hello_message(token)).await.unwrap();
+    let welcome = Page::value(&mut ws).await;
+    Page { frame: welcome[1]["frame"].as_u64().unwrap(), ws }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_main_writes_itself_and_those_queued_behind_a_full_socket_reach_the_page_in_order_once() {
     let (host, server) = web_host(&["probe"], true, WebConfig::default()).await;
@@ -42,12 +50,7 @@ async fn replies_main_writes_itself_and_those_queued_behind_a_full_socket_reach_
     let port = port(&server);
     let mut shell = Shell::connect(port).await;
     let (_, origin, token) = shell.add().await;
-    let mut ws = small_page_socket(port, &origin).await;
-    futures_util::SinkExt::send(&mut ws, WsMessage::binary(encode(Value::Array(vec![0.into(), token.into()]))))
-        .await
-        .unwrap();
-    let welcome = Page::value(&mut ws).await;
-    let mut page = Page { frame: welcome[1]["frame"].as_u64().unwrap(), ws };
+    let mut page = small_page(port, &origin, &token).await;
     page.start().await;
     settle(&host).await;
     // 64 requests of main, each answered with 48 KiB (3 MiB: far more than the page's socket
