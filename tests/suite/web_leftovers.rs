@@ -42,8 +42,8 @@ async fn dribble(ws: &mut Socket, opcode: u8, payload: &[u8]) {
     for piece in frame.chunks(frame.len().div_ceil(100)) {
         tcp.write_all(piece).await.expect("the host took the piece");
         tcp.flush().await.unwrap();
-        // SLEEP-OK: the slow sender's pace (the behaviour under test), not synchronisation.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The slow sender's pace (the behaviour under test), not synchronisation.
+        tokio::time::sleep(Duration::from_millis(20)).await; // SLEEP-OK
     }
 }
 

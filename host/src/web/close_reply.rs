@@ -1,6 +1,6 @@
-//! The end of a socket the host closed: what the other side still sends is read before the
+//! The end of a socket the host closed: what the page still sends is read before the
 //! socket goes. A socket closed with bytes unread is reset, which throws away what the kernel
-//! has not sent yet, the host's close frame too: the page (or shell) would see 1006, a lost
+//! has not sent yet, the host's close frame too: the page would see 1006, a lost
 //! network, and come back, rather than stop with the host's code and reason.
 
 use std::sync::atomic::Ordering;
@@ -15,7 +15,7 @@ use super::Server;
 /// wait (see [`WebServer::set_close_reply_wait_for_testing`](super::WebServer::set_close_reply_wait_for_testing)).
 const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(2);
 
-/// Reads what the other side still sends after the host's close frame (the rest of an
+/// Reads what the page still sends after the host's close frame (the rest of an
 /// oversized message, what it sent before it read the close, its close reply), until the
 /// socket ends, for at most 2 s, and not past the server's shutdown unless `past_shutdown`.
 pub(super) async fn read_close_reply<S>(stream: &mut S, server: &Server, past_shutdown: bool)

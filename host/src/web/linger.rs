@@ -4,8 +4,8 @@
 //! instead of the host's code and reason. So the stream's end first sends a FIN after what was
 //! written, and what the peer still sends (the rest of a message the host refused, one it sent
 //! before it read the close) is read and thrown away until its own end, for at most 2 s and
-//! 8 MiB, as web servers do (nginx's `lingering_close`). A WebSocket whose reading stopped at an error
-//! (an oversized message: the library reads nothing past it) ends this way too.
+//! 8 MiB, as web servers do (nginx's `lingering_close`). A WebSocket whose reading stopped at
+//! an error (an oversized message: the library reads nothing past it) ends this way too.
 //!
 //! Bounded: at most as many connections linger at once as the server takes live ones; past
 //! that, or once the server shuts down, a stream closes at once. A lingering stream is one of

@@ -11,7 +11,6 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::close_reply::read_close_reply;
 use super::keepalive::{Activity, Due, Keepalive};
 use super::{ConnectionSlot, Server, WebFrame};
 use crate::core::lock;
@@ -154,15 +153,10 @@ where
     let opening = tokio::spawn(server.hooks.open_frame(web));
 
     let mut keepalive = Keepalive::new(server.config.ping_interval, server.config.ping_timeout, activity);
-    // How the host ends the connection, if it does (the shell's side did not end it).
-    let mut host_closes = None;
     loop {
         tokio::select! {
             biased;
-            _ = closing.cancelled() => {
-                host_closes = Some(HostCloses::Closed);
-                break;
-            }
+            _ = closing.cancelled() => break,
             _ = server.shutdown.cancelled() => {
                 *lock(&reason) = (1001, "the server is shutting down");
                 break;
@@ -183,14 +177,12 @@ where
                     if serde_json::from_str::<serde_json::Value>(text.as_str()).is_err() {
                         tracing::warn!("the shell sent a message that is not JSON; closing it");
                         *lock(&reason) = (1008, "not JSON");
-                        host_closes = Some(HostCloses::Violation);
                         break;
                     }
                 }
                 Some(Ok(WsMessage::Binary(_))) => {
                     tracing::warn!("the shell sent a binary message; closing it");
                     *lock(&reason) = (1008, "binary messages are not part of the shell protocol");
-                    host_closes = Some(HostCloses::Violation);
                     break;
                 }
                 Some(Ok(_)) => {}
@@ -210,22 +202,9 @@ where
     }
     closing.cancel();
     let _ = writer.await;
-    // The host sent a close frame on a live connection: what the shell still sends (what it
-    // sent before it read the close, its close reply) is read before the socket goes, else
-    // the shell could see 1006 instead of the code (see `close_reply`). Not on a connection
-    // taken for dead, nor past the server's shutdown unless the shell broke the protocol.
-    if let Some(closes) = host_closes {
-        read_close_reply(&mut stream, &server, closes == HostCloses::Violation).await;
-    }
-}
-
-/// How the host ended a shell's live connection.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum HostCloses {
-    /// The frame closed, or the shell stopped reading its messages.
-    Closed,
-    /// The shell broke the protocol.
-    Violation,
+    // What the shell still sends after the close frame (what it sent before it read the
+    // close, its close reply) is read by the TCP stream's lingering close (`linger.rs`): the
+    // shell sees the code, not a reset.
 }
 
 #[cfg(test)]
