@@ -15,6 +15,7 @@ mod linger;
 mod page_reader;
 pub(crate) mod protocol;
 mod renderer_socket;
+mod run_writes;
 mod security;
 mod shell_socket;
 mod tokens;
@@ -41,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub(crate) use renderer_socket::PageConnection;
+pub(crate) use run_writes::{run_begins, run_ends};
 pub(crate) use shell_socket::ShellHandle;
 pub(crate) use tokens::Tokens;
 
