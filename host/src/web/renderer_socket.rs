@@ -13,7 +13,7 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -29,13 +29,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::close_reply::read_close_reply;
 use super::keepalive::{Activity, Due, Keepalive};
-use super::page_reader::{PageReader, PageReading, Turn};
 use super::protocol::{self, PageMessage};
-use super::run_writes;
 use super::{ConnectionSlot, Handshake, Server};
 use crate::core::lock;
 use crate::endpoint::Endpoint;
-use crate::inbound::main_drain;
 use crate::keys::next_key;
 use crate::link::Link;
 use crate::transport::{Transport, WebInstance};
@@ -70,9 +67,6 @@ struct Writing {
 enum InPlace {
     /// It is on the socket.
     Sent,
-    /// It is in the socket's buffer, to be flushed at the end of this thread's run
-    /// (`run_writes`).
-    Deferred,
     /// It is in the socket's buffer, or the write failed: the writer task is told to flush
     /// (and finds the failure there, and ends).
     Unflushed,
@@ -82,15 +76,6 @@ enum InPlace {
 
 /// The writing side of one page's socket, shared by its transport and its read loop.
 pub(crate) struct PageConnection {
-    /// Itself, for a run that leaves it unflushed (`run_writes`).
-    me: Weak<PageConnection>,
-    /// The key of the main whose thread reads this page (`page_reader`), 0 while none does:
-    /// that thread's writes after its run's first are flushed at its run's end.
-    reader_key: AtomicU64,
-    /// The run of the reading thread that last wrote in place here.
-    last_run: AtomicU64,
-    /// Bytes a run left unflushed, for its end (or the writer task) to flush.
-    deferred: AtomicBool,
     queue: mpsc::Sender<Vec<u8>>,
     queued_bytes: AtomicUsize,
     /// Messages queued and not yet handed to the socket (the writer decrements it once it has
@@ -103,8 +88,6 @@ pub(crate) struct PageConnection {
     flush: Notify,
     /// The writer's flushes that found nothing left unflushed (for the suite).
     idle_flushes: AtomicU64,
-    /// The page's messages main's thread read itself (for the suite).
-    main_reads: AtomicU64,
     /// Fired to end the connection; the close frame to send is in `close_with`.
     closing: CancellationToken,
     close_with: Mutex<Option<(u16, String)>>,
@@ -157,26 +140,14 @@ impl PageConnection {
         if self.unwritten.load(Ordering::Acquire) != 0 {
             return Err(bytes);
         }
-        let defer = self.defers();
         let Ok(mut writing) = self.writing.try_lock() else { return Err(bytes) };
         // Checked again holding the socket: the writer decrements only holding it, after
-        // feeding its message in, so 0 here means every queued message is in the socket. What
-        // is unflushed is this run's, if it deferred: this write goes after it.
-        let unflushed_here = defer && self.deferred.load(Ordering::Acquire);
-        if (writing.unflushed && !unflushed_here) || self.unwritten.load(Ordering::Acquire) != 0 {
+        // feeding its message in, so 0 here means every queued message is in the socket.
+        if writing.unflushed || self.unwritten.load(Ordering::Acquire) != 0 {
             return Err(bytes);
         }
-        match poll_in_place(&mut writing.sink, bytes, !defer) {
+        match poll_in_place(&mut writing.sink, bytes) {
             InPlace::Sent => Ok(()),
-            InPlace::Deferred => {
-                writing.unflushed = true;
-                if !self.deferred.swap(true, Ordering::AcqRel)
-                    && let Some(me) = self.me.upgrade()
-                {
-                    run_writes::defer(me);
-                }
-                Ok(())
-            }
             InPlace::Unflushed => {
                 writing.unflushed = true;
                 drop(writing);
@@ -184,54 +155,6 @@ impl PageConnection {
                 Ok(())
             }
             InPlace::NotTaken(bytes) => Err(bytes),
-        }
-    }
-
-    /// Whether a write in place now goes unflushed until the end of this thread's run: on
-    /// the thread that reads the page, past its run's first write here.
-    fn defers(&self) -> bool {
-        let Some(run) = run_writes::current_run() else { return false };
-        let reader = self.reader_key.load(Ordering::Acquire);
-        if reader == 0 || main_drain::current_key() != Some(reader) {
-            return false;
-        }
-        self.last_run.swap(run, Ordering::AcqRel) == run
-    }
-
-    /// Main's thread reads this page (`page_reader`), or no longer does (0).
-    pub(super) fn read_by(&self, key: u64) {
-        self.reader_key.store(key, Ordering::Release);
-    }
-
-    /// The run that deferred writes here ends: they are flushed, from this thread if the
-    /// socket takes them now, else by the writer task.
-    pub(super) fn flush_deferred(&self) {
-        let Ok(mut writing) = self.writing.try_lock() else {
-            // Another holds the socket (the writer, or a sender that sees it unflushed and
-            // queues): the writer flushes.
-            self.flush.notify_one();
-            return;
-        };
-        if !self.deferred.swap(false, Ordering::AcqRel) {
-            return;
-        }
-        let mut context = Context::from_waker(Waker::noop());
-        match Pin::new(&mut writing.sink).poll_flush(&mut context) {
-            Poll::Ready(Ok(())) => writing.unflushed = false,
-            // The socket is full, or broken: the writer flushes with its own waker, or finds
-            // the failure and ends.
-            Poll::Ready(Err(_)) | Poll::Pending => {
-                drop(writing);
-                self.flush.notify_one();
-            }
-        }
-    }
-
-    /// The reading thread has been in one run for a whole tick (author code blocking it):
-    /// what that run left unflushed is the writer task's to flush.
-    pub(super) fn flush_if_deferred(&self) {
-        if self.deferred.load(Ordering::Acquire) {
-            self.flush.notify_one();
         }
     }
 
@@ -290,15 +213,6 @@ impl PageConnection {
         self.idle_flushes.load(Ordering::Relaxed)
     }
 
-    /// How many of the page's messages main's thread read itself (`page_reader`).
-    pub(crate) fn main_reads(&self) -> u64 {
-        self.main_reads.load(Ordering::Relaxed)
-    }
-
-    pub(super) fn count_main_read(&self) {
-        self.main_reads.fetch_add(1, Ordering::Relaxed);
-    }
-
     /// Completes command `completion` without the page.
     pub(crate) fn answer(&self, completion: u64, result: Completion) {
         let _ = self.answers.send((completion, result));
@@ -310,7 +224,7 @@ impl PageConnection {
 /// waker of the writer's left with the socket would be woken by the page's next message too:
 /// tokio-tungstenite wakes the writing side on a read, and the writer would take the socket
 /// for nothing just as main's reply to that message came, which then went the queue's way.)
-fn poll_in_place(sink: &mut SplitSink<WebSocket, WsMessage>, bytes: Vec<u8>, flush: bool) -> InPlace {
+fn poll_in_place(sink: &mut SplitSink<WebSocket, WsMessage>, bytes: Vec<u8>) -> InPlace {
     let mut context = Context::from_waker(Waker::noop());
     match Pin::new(&mut *sink).poll_ready(&mut context) {
         Poll::Ready(Ok(())) => {}
@@ -322,9 +236,6 @@ fn poll_in_place(sink: &mut SplitSink<WebSocket, WsMessage>, bytes: Vec<u8>, flu
     if Pin::new(&mut *sink).start_send(WsMessage::Binary(bytes.into())).is_err() {
         return InPlace::Unflushed;
     }
-    if !flush {
-        return InPlace::Deferred;
-    }
     match Pin::new(&mut *sink).poll_flush(&mut context) {
         Poll::Ready(Ok(())) => InPlace::Sent,
         Poll::Ready(Err(_)) | Poll::Pending => InPlace::Unflushed,
@@ -332,7 +243,7 @@ fn poll_in_place(sink: &mut SplitSink<WebSocket, WsMessage>, bytes: Vec<u8>, flu
 }
 
 /// How a connection ended.
-pub(super) enum Ended {
+enum Ended {
     /// The page sent a close frame (the tab closed or reloaded, the iframe navigated).
     Closed,
     /// The connection dropped without one, or failed.
@@ -374,18 +285,13 @@ pub(crate) async fn serve(
     drop(handshake);
     let (queue, mut outgoing) = mpsc::channel(QUEUE_MESSAGES);
     let (answers, mut answered) = mpsc::unbounded_channel();
-    let connection = Arc::new_cyclic(|me| PageConnection {
-        me: me.clone(),
-        reader_key: AtomicU64::new(0),
-        last_run: AtomicU64::new(0),
-        deferred: AtomicBool::new(false),
+    let connection = Arc::new(PageConnection {
         queue,
         queued_bytes: AtomicUsize::new(0),
         unwritten: AtomicUsize::new(0),
         writing: tokio::sync::Mutex::new(Writing { sink, unflushed: false }),
         flush: Notify::new(),
         idle_flushes: AtomicU64::new(0),
-        main_reads: AtomicU64::new(0),
         closing: CancellationToken::new(),
         close_with: Mutex::new(None),
         by_host: AtomicBool::new(false),
@@ -457,7 +363,6 @@ pub(crate) async fn serve(
                         let mut writing = writer_connection.writing.lock().await;
                         writing.sink.send(WsMessage::Ping(bytes::Bytes::new())).await?;
                         writing.unflushed = false;
-                        writer_connection.deferred.store(false, Ordering::Release);
                         Ok::<_, axum::Error>(())
                     };
                     tokio::select! {
@@ -477,7 +382,6 @@ pub(crate) async fn serve(
                         }
                         writing.sink.flush().await?;
                         writing.unflushed = false;
-                        writer_connection.deferred.store(false, Ordering::Release);
                         Ok::<_, axum::Error>(())
                     };
                     tokio::select! {
@@ -509,7 +413,6 @@ pub(crate) async fn serve(
                         }
                         writing.sink.flush().await?;
                         writing.unflushed = false;
-                        writer_connection.deferred.store(false, Ordering::Release);
                         Ok::<_, axum::Error>(())
                     };
                     // A page that stops reading must not hold the writer past the connection's end.
@@ -545,22 +448,8 @@ pub(crate) async fn serve(
         None => server.hooks.half_reconnected(&extension, frame, endpoint.clone()),
     }
 
-    // The page's socket as read: by this loop, or by main's thread (see `page_reader`).
-    let reader = PageReader::new(PageReading {
-        activity: activity.clone(),
-        stream,
-        link: link.clone(),
-        endpoint: endpoint.clone(),
-        frame,
-        connection: connection.clone(),
-    });
-    let claimed_end = reader.claim_for_main();
-    let mut turn = Turn::default();
     let mut keepalive = Keepalive::new(server.config.ping_interval, server.config.ping_timeout, activity);
     let ended = loop {
-        if let Some(ended) = claimed_end {
-            break ended;
-        }
         tokio::select! {
             biased;
             _ = connection.closing.cancelled() => {
@@ -580,11 +469,26 @@ pub(crate) async fn serve(
                 }
                 Due::Nothing => {}
             },
-            read = std::future::poll_fn(|cx| reader.poll_turn(cx, &mut turn)) => {
-                if let Some(ended) = read {
-                    break ended;
+            next = stream.next() => match next {
+                None => break Ended::Dropped("the connection dropped".to_owned()),
+                Some(Err(error)) => {
+                    let (code, reason) = close_for_error(&error.to_string());
+                    if code == 1009 {
+                        break Ended::Violation(code, reason);
+                    }
+                    break Ended::Dropped(reason);
                 }
-            }
+                Some(Ok(WsMessage::Close(close))) => break page_closed(close),
+                Some(Ok(WsMessage::Binary(bytes))) => {
+                    if let Err(violation) = receive(&link, &endpoint, frame, &bytes) {
+                        break Ended::Violation(1008, violation);
+                    }
+                }
+                Some(Ok(WsMessage::Text(_))) => {
+                    break Ended::Violation(1008, "text messages are not part of the protocol".to_owned())
+                }
+                Some(Ok(_)) => {}
+            },
             // After the read: a close frame the page sent, which the write failed on, counts.
             _ = connection.writer_failed.cancelled() => {
                 let (_, reason) = lock(&connection.close_with).clone().unwrap_or_default();
@@ -629,9 +533,6 @@ pub(crate) async fn serve(
     // A connection taking this one's place starts its half now (the host was told of this
     // one's end first), without waiting for this socket's close.
     connection.ended.cancel();
-    // Out of main's epoll set, and the stream back, before the socket closes.
-    let stream = reader.finish();
-    drop(reader);
     let _ = writer.await;
     // (Not when the server shuts down: it does not wait for pages that do not answer.)
     if violated || !(connection.severed.load(Ordering::Acquire) || server.shutdown.is_cancelled()) {
@@ -641,9 +542,7 @@ pub(crate) async fn serve(
         // kernel has not sent yet, the close frame too: the page would see 1006, a lost
         // network, and come back (to be refused, or, superseded, to take its successor's
         // place) rather than stop with this code.
-        if let Some(mut stream) = stream {
-            read_close_reply(&mut stream, &server, violated).await;
-        }
+        read_close_reply(&mut stream, &server, violated).await;
     }
 }
 
@@ -673,31 +572,6 @@ fn page_closed(close: Option<CloseFrame>) -> Ended {
             1000 | 1001 | 1005 => Ended::Closed,
             code => Ended::Dropped(format!("the page closed its connection with {code}: {}", frame.reason.as_str())),
         },
-    }
-}
-
-/// Handles one read of a connected page's socket (by its read loop or main's thread): how the
-/// connection ended, if it did.
-pub(super) fn handle(
-    link: &Link,
-    endpoint: &Endpoint,
-    frame: Peer,
-    next: Option<Result<WsMessage, axum::Error>>,
-) -> Option<Ended> {
-    match next {
-        None => Some(Ended::Dropped("the connection dropped".to_owned())),
-        Some(Err(error)) => {
-            let (code, reason) = close_for_error(&error.to_string());
-            Some(if code == 1009 { Ended::Violation(code, reason) } else { Ended::Dropped(reason) })
-        }
-        Some(Ok(WsMessage::Close(close))) => Some(page_closed(close)),
-        Some(Ok(WsMessage::Binary(bytes))) => {
-            receive(link, endpoint, frame, &bytes).err().map(|violation| Ended::Violation(1008, violation))
-        }
-        Some(Ok(WsMessage::Text(_))) => {
-            Some(Ended::Violation(1008, "text messages are not part of the protocol".to_owned()))
-        }
-        Some(Ok(_)) => None,
     }
 }
 
