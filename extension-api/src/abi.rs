@@ -3,7 +3,9 @@
 //! Rust has no stable ABI, so nothing but integers, byte buffers and `extern "C"` function
 //! pointers crosses the library boundary. The layouts here are `#[repr(C)]` and versioned by
 //! [`ABI_VERSION`]; every byte buffer is borrowed for the duration of the call that passes it
-//! (each side frees what it allocated, so ownership never crosses).
+//! (each side frees what it allocated, so ownership never crosses), except a payload the host
+//! lends with a [`RawLease`]: the library keeps it until it calls the lease's `release`, which
+//! frees it on the host's side.
 //!
 //! The host reads the `u32` at the start of the exported [`DESCRIPTOR_SYMBOL`] before anything
 //! else: that field keeps its place in every ABI version, so a mismatch is reported with both
@@ -13,7 +15,7 @@ use std::ffi::c_void;
 
 /// Version of the layouts in this module. Bump it on any change to them or to the meaning of
 /// a call, a status code or a [`crate::wire`] type.
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 8;
 
 /// Name of the static every extension library exports (see [`crate::export_extension!`]).
 pub const DESCRIPTOR_SYMBOL: &str = "EXTENSION_DESCRIPTOR";
@@ -157,6 +159,18 @@ pub struct RawMessage {
     pub payload: RawSlice,
 }
 
+/// A payload the host lends to the library with [`Descriptor::deliver_leased`]: its bytes stay
+/// valid and unchanged until the library calls `release(context)`, exactly once, from any
+/// thread. The host frees the buffer then; the library never frees or writes it.
+#[repr(C)]
+#[derive(Debug)]
+pub struct RawLease {
+    /// The host's handle on the buffer, passed back to `release`.
+    pub context: *mut c_void,
+    /// Ends the lease: the payload's bytes may not be read after it. Thread-safe.
+    pub release: unsafe extern "C" fn(context: *mut c_void),
+}
+
 /// What the host gives every instance: plain functions plus the instance's key, which the host
 /// uses to know who is calling (an unknown key is refused, never trusted).
 #[repr(C)]
@@ -232,6 +246,12 @@ pub struct Descriptor {
     pub control: unsafe extern "C" fn(instance: InstancePtr, command: RawSlice) -> u32,
     /// Queues a message for the instance's halves. Never runs author code on the calling thread.
     pub deliver: unsafe extern "C" fn(instance: InstancePtr, message: *const RawMessage) -> u32,
+    /// [`Descriptor::deliver`] for a message whose payload the host lends: the instance queues
+    /// the payload's bytes as they are instead of a copy (a large message read from a socket),
+    /// and releases `lease` once it is done with them. The lease passes to the library with
+    /// the call, whatever it returns: refused, or not started, it is released before the call
+    /// returns. The channel and the message itself are borrowed for the call, as `deliver`'s.
+    pub deliver_leased: unsafe extern "C" fn(instance: InstancePtr, message: *const RawMessage, lease: RawLease) -> u32,
     /// Stops everything the instance runs and frees it. The pointer is dead afterwards.
     pub destroy: unsafe extern "C" fn(instance: InstancePtr) -> u32,
     /// The files of the extension's web renderer (static data), `web_asset_count` of them;

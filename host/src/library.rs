@@ -374,7 +374,7 @@ pub fn check(path: &Path) -> Result<LibraryInfo, LoadError> {
 
 #[cfg(test)]
 mod tests {
-    use extension_api::abi::{self, Descriptor, HostVTable, InstancePtr, RawMessage, RawSlice, WebAsset};
+    use extension_api::abi::{self, Descriptor, HostVTable, InstancePtr, RawLease, RawMessage, RawSlice, WebAsset};
 
     use super::{Layout, elf_layout, read_info, read_web_assets, wrong_platform};
     use crate::error::{ElfPart, LoadError, MetadataField, MetadataProblem, NotALibraryReason};
@@ -386,6 +386,11 @@ mod tests {
         abi::status::INVALID
     }
     unsafe extern "C" fn deliver(_: InstancePtr, _: *const RawMessage) -> u32 {
+        abi::status::INVALID
+    }
+    unsafe extern "C" fn deliver_leased(_: InstancePtr, _: *const RawMessage, lease: RawLease) -> u32 {
+        // SAFETY: the ABI: the library releases the lease once, whatever it answers.
+        unsafe { (lease.release)(lease.context) };
         abi::status::INVALID
     }
     unsafe extern "C" fn destroy(_: InstancePtr) -> u32 {
@@ -403,6 +408,7 @@ mod tests {
             instantiate,
             control,
             deliver,
+            deliver_leased,
             destroy,
             web_assets: std::ptr::null(),
             web_asset_count: 0,
@@ -438,6 +444,7 @@ mod tests {
             instantiate,
             control,
             deliver,
+            deliver_leased,
             destroy,
             web_assets,
             web_asset_count,

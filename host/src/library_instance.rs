@@ -12,7 +12,7 @@ use extension_api::abi::{self, Descriptor, HostVTable, RawSlice};
 use extension_api::message::Message;
 use extension_api::wire::{Control, InstanceConfig};
 
-use crate::remote::batch;
+use crate::remote::{batch, lending};
 
 /// Why a library could not start an instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -74,16 +74,22 @@ impl LibraryInstance {
         Ok(())
     }
 
-    /// Queues a message for the instance; returns its status.
+    /// Queues a message for the instance; returns its status. A payload inside a large frame
+    /// this thread is handling is lent to the library rather than copied by it
+    /// (`remote/lending.rs`).
     pub(crate) fn deliver(&self, message: &Message<'_>) -> u32 {
         let raw = message.to_raw();
         let pointer = self.pointer.read().unwrap_or_else(PoisonError::into_inner);
         match *pointer {
             // A run the library begins on this thread ends with the call (`batch::scoped`).
-            Some(InstancePtr(pointer)) => batch::scoped(|| {
+            Some(InstancePtr(pointer)) => batch::scoped(|| match lending::lease_for(message.payload) {
                 // SAFETY: the pointer stays valid while the read lock is held (`take` takes it
-                // out under the write lock); `raw` borrows `message`, which outlives the call.
-                unsafe { (self.descriptor.deliver)(pointer, &raw) }
+                // out under the write lock); `raw` borrows `message`, which outlives the call;
+                // the lease keeps the payload's bytes (inside the frame it holds) valid and
+                // unchanged until the library releases it.
+                Some(lease) => unsafe { (self.descriptor.deliver_leased)(pointer, &raw, lease) },
+                // SAFETY: as above, without the lease: the library copies what it keeps.
+                None => unsafe { (self.descriptor.deliver)(pointer, &raw) },
             }),
             None => abi::status::DEACTIVATED,
         }
@@ -130,7 +136,7 @@ impl Taken {
 
 #[cfg(test)]
 mod tests {
-    use extension_api::abi::{InstancePtr as RawInstance, RawMessage};
+    use extension_api::abi::{InstancePtr as RawInstance, RawLease, RawMessage};
 
     use super::*;
     use crate::inbound::HOST_VTABLE;
@@ -151,6 +157,14 @@ mod tests {
     unsafe extern "C" fn deliver(_: RawInstance, _: *const RawMessage) -> u32 {
         // SAFETY: as above.
         unsafe { (HOST_VTABLE.batch_begin)(KEY) };
+        abi::status::OK
+    }
+    unsafe extern "C" fn deliver_leased(_: RawInstance, _: *const RawMessage, lease: RawLease) -> u32 {
+        // SAFETY: as above; the lease is released once, as the ABI asks.
+        unsafe {
+            (HOST_VTABLE.batch_begin)(KEY);
+            (lease.release)(lease.context);
+        }
         abi::status::OK
     }
     unsafe extern "C" fn destroy(_: RawInstance) -> u32 {
@@ -179,6 +193,7 @@ mod tests {
             instantiate,
             control,
             deliver,
+            deliver_leased,
             destroy,
             web_assets: std::ptr::null(),
             web_asset_count: 0,

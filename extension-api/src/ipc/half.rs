@@ -18,6 +18,7 @@ use crate::channel::{EventChannelName, RequestChannelName};
 use crate::error::{InvokeError, InvokeErrorKind, IpcError};
 use crate::message::Message;
 use crate::runtime::context;
+use crate::runtime::payload::Payload;
 use crate::runtime::requests::{Answer, Outgoing, Route};
 use crate::runtime::sweep::timeout_ticks;
 use crate::runtime::{HandlerFn, ListenerFn, RawEvent, Registered, Shared};
@@ -194,8 +195,8 @@ impl HalfHandle {
         let channel = channel.channel_name().to_owned();
         // Only error messages name the channel: shared, not copied per request.
         let name: Arc<str> = Arc::from(channel.as_str());
-        let wrapped: HandlerFn = Arc::new(move |payload: Vec<u8>, sender| {
-            let request = crate::wire::decode::<Req>(&payload);
+        let wrapped: HandlerFn = Arc::new(move |payload: &[u8], sender| {
+            let request = crate::wire::decode::<Req>(payload);
             let future = request.map(|request| handler(request, RequestMeta { sender }));
             let name = name.clone();
             Box::pin(async move {
@@ -362,7 +363,7 @@ struct PendingInvoke {
 
 impl PendingInvoke {
     /// The reply's value, and the channel (for the caller's decode errors).
-    async fn wait(mut self, timeout: Duration) -> Result<(Vec<u8>, String), InvokeError> {
+    async fn wait(mut self, timeout: Duration) -> Result<(Payload, String), InvokeError> {
         let outcome = (&mut self.receiver).await;
         let channel = self.guard.channel.as_str();
         match outcome {

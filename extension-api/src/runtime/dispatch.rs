@@ -15,9 +15,9 @@ use crate::runtime::Shared;
 use crate::runtime::context;
 use crate::runtime::mailbox::Delivery;
 use crate::runtime::panic_message;
-use crate::runtime::requests::{Answer, Incoming, Route, closing_kind};
+use crate::runtime::payload::Queued;
+use crate::runtime::requests::{Answer, Incoming, Replied, Route, closing_kind};
 use crate::runtime::state::{HandlerResult, RawEvent, Tier};
-use crate::wire::OwnedMessage;
 
 /// Drains the mailbox until the runtime shuts down.
 pub(crate) async fn dispatch_loop(shared: Arc<Shared>) {
@@ -50,7 +50,7 @@ impl Shared {
             abi::kind::REPLY => {
                 let waiter = self.state().requests.take_reply(message.target, message.request_id, route);
                 if let Some(waiter) = waiter {
-                    waiter.answer(Answer::Reply(Reply { status: message.status, payload: message.payload }));
+                    waiter.answer(Answer::Reply(Replied { status: message.status, payload: message.payload }));
                 }
             }
             abi::kind::CANCEL => {
@@ -65,7 +65,7 @@ impl Shared {
 
     // Out of line: it keeps the dispatcher's path for requests and replies short.
     #[inline(never)]
-    fn dispatch_broadcast(self: &Arc<Self>, envelope: &OwnedMessage) {
+    fn dispatch_broadcast(self: &Arc<Self>, envelope: &Queued) {
         let mut targets = Vec::new();
         let counted = {
             let mut state = self.state();
@@ -115,8 +115,8 @@ impl Shared {
         }
     }
 
-    fn dispatch_invoke(self: &Arc<Self>, route: Route, envelope: OwnedMessage) {
-        let OwnedMessage { origin, target, request_id, channel, payload, .. } = envelope;
+    fn dispatch_invoke(self: &Arc<Self>, route: Route, envelope: Queued) {
+        let Queued { origin, target, request_id, channel, payload, .. } = envelope;
         let request = Incoming { origin, target, id: request_id, route };
         let handler = {
             let mut state = self.state();
@@ -151,7 +151,7 @@ impl Shared {
         self.inline_handler.store(inline_tag(target, counted.index), Ordering::Release);
         let started = std::panic::catch_unwind(AssertUnwindSafe(|| {
             context::sync_scope(self.half(target, generation), || {
-                let mut future = handler(payload, crate::message::sender_of(origin));
+                let mut future = handler(&payload, crate::message::sender_of(origin));
                 match future.as_mut().poll(&mut probe) {
                     std::task::Poll::Ready(result) => Ok(result),
                     std::task::Poll::Pending => Err(future),

@@ -5,7 +5,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use futures_util::future::BoxFuture;
 
-use crate::abi::{self, ABI_VERSION, Descriptor, HostVTable, InstancePtr, RawMessage, RawSlice, WebAsset, static_str};
+use crate::abi::{
+    self, ABI_VERSION, Descriptor, HostVTable, InstancePtr, RawLease, RawMessage, RawSlice, WebAsset, static_str,
+};
 use crate::error::BoxError;
 use crate::extension::{MainExtension, RendererExtension};
 use crate::ipc::{Main, Renderer};
@@ -13,6 +15,7 @@ use crate::message::Message;
 use crate::runtime::instance::Instance;
 use crate::runtime::lifecycle::Factory;
 use crate::runtime::logging;
+use crate::runtime::payload::{Lent, Payload, Queued};
 use crate::runtime::state::Deactivator;
 use crate::runtime::vtable::HostCalls;
 use crate::wire::{Control, InstanceConfig};
@@ -32,6 +35,7 @@ pub const fn descriptor<M: MainExtension, R: RendererExtension>(
         instantiate: instantiate::<M, R>,
         control,
         deliver,
+        deliver_leased,
         destroy,
         web_assets: std::ptr::null(),
         web_asset_count: 0,
@@ -123,6 +127,37 @@ unsafe extern "C" fn deliver(instance: InstancePtr, message: *const RawMessage) 
         // SAFETY: the host keeps the message's buffers valid for this call.
         match unsafe { Message::from_raw(message) } {
             Ok(message) => instance.deliver(message.to_owned()),
+            Err(status) => status,
+        }
+    }))
+    .unwrap_or(abi::status::PANICKED)
+}
+
+unsafe extern "C" fn deliver_leased(instance: InstancePtr, message: *const RawMessage, lease: RawLease) -> u32 {
+    // The lease is this library's from here on: held over no bytes yet, it is released on
+    // every way out (refused, invalid, a panic) when the guard drops.
+    // SAFETY: an empty range needs nothing of the lease; the host made `release` callable once,
+    // from any thread.
+    let lease = unsafe { Lent::new(std::ptr::null(), 0, lease) };
+    catch_unwind(AssertUnwindSafe(move || {
+        // SAFETY: the host only passes pointers it got from `instantiate` and has not destroyed.
+        let Some(instance) = (unsafe { instance.cast::<Instance>().as_ref() }) else {
+            return abi::status::INVALID;
+        };
+        // SAFETY: null is refused by `as_ref`; the host keeps `message` valid for this call.
+        let Some(message) = (unsafe { message.as_ref() }) else {
+            return abi::status::INVALID;
+        };
+        // SAFETY: the host keeps the message's buffers valid for this call.
+        match unsafe { Message::from_raw(message) } {
+            Ok(message) => {
+                // Queued as lent (the channel copied, the payload read in place until the
+                // message is dropped), validated as `deliver` validates it.
+                // SAFETY: `deliver_leased`'s contract: the payload's bytes stay valid and
+                // unchanged until the lease is released.
+                let payload = Payload::Lent(unsafe { lease.reading(message.payload) });
+                instance.deliver(Queued::new(&message, payload))
+            }
             Err(status) => status,
         }
     }))

@@ -14,11 +14,12 @@ use crate::abi;
 use crate::runtime::dispatch::dispatch_loop;
 use crate::runtime::lifecycle::Factory;
 use crate::runtime::mailbox::Delivery;
+use crate::runtime::payload::Queued;
 use crate::runtime::shared::SharedConfig;
 use crate::runtime::sweep::sweep_timeouts;
 use crate::runtime::vtable::HostCalls;
 use crate::runtime::{Shared, context, stats};
-use crate::wire::{Control, InstanceConfig, OwnedMessage};
+use crate::wire::{Control, InstanceConfig};
 
 /// How long `destroy` waits for the runtime thread to finish dropping tasks.
 const DESTROY_WAIT: Duration = Duration::from_secs(5);
@@ -124,7 +125,7 @@ impl Instance {
     }
 
     /// Queues a message the host delivered; returns its status code.
-    pub(crate) fn deliver(&self, message: OwnedMessage) -> u32 {
+    pub(crate) fn deliver(&self, message: impl Into<Queued>) -> u32 {
         self.shared.enqueue(Delivery::from_host(message))
     }
 

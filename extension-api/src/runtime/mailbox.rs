@@ -15,6 +15,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Poll, Waker};
 
 use crate::abi;
+use crate::runtime::payload::Queued;
 use crate::runtime::requests::Route;
 use crate::wire::{MailboxLimit, OwnedMessage};
 
@@ -23,20 +24,20 @@ use crate::wire::{MailboxLimit, OwnedMessage};
 #[derive(Debug)]
 pub(crate) struct Delivery {
     pub(crate) route: Route,
-    pub(crate) message: OwnedMessage,
+    pub(crate) message: Queued,
 }
 
 impl Delivery {
     /// A message the host delivered.
     #[inline]
-    pub(crate) fn from_host(message: OwnedMessage) -> Delivery {
-        Delivery { route: Route::Host, message }
+    pub(crate) fn from_host(message: impl Into<Queued>) -> Delivery {
+        Delivery { route: Route::Host, message: message.into() }
     }
 
     /// A message between two halves of this instance.
     #[inline]
     pub(crate) fn within(message: OwnedMessage) -> Delivery {
-        Delivery { route: Route::Within, message }
+        Delivery { route: Route::Within, message: message.into() }
     }
 }
 

@@ -10,6 +10,7 @@ mod instance;
 mod lifecycle;
 pub(crate) mod logging;
 pub(crate) mod mailbox;
+pub(crate) mod payload;
 pub(crate) mod requests;
 mod shared;
 pub(crate) mod state;

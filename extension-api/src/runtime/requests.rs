@@ -9,9 +9,10 @@ use std::collections::hash_map::Entry;
 use foldhash::HashMap;
 use tokio::sync::oneshot;
 
-use crate::InvokeErrorKind;
-use crate::abi::{PEER_MAIN, Peer};
+use crate::abi::{self, PEER_MAIN, Peer};
 use crate::message::Reply;
+use crate::runtime::payload::Payload;
+use crate::{InvokeError, InvokeErrorKind};
 
 /// Which way a request travels, decided once when it is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,9 +28,32 @@ pub(crate) enum Route {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Answer {
     /// The handler's reply, or an error reply made on its way.
-    Reply(Reply),
+    Reply(Replied),
     /// Its timeout passed first (the invoker then cancels it).
     TimedOut,
+}
+
+/// A reply as its invoker gets it: a [`Reply`] whose value may be the host's, lent.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Replied {
+    pub(crate) status: u32,
+    pub(crate) payload: Payload,
+}
+
+impl Replied {
+    /// The value of a successful reply, or the error an error reply carries.
+    pub(crate) fn into_result(self, channel: &str) -> Result<Payload, InvokeError> {
+        if self.status == abi::status::OK {
+            return Ok(self.payload);
+        }
+        Reply { status: self.status, payload: self.payload.into_vec() }.into_result(channel).map(Payload::Owned)
+    }
+}
+
+impl From<Reply> for Replied {
+    fn from(reply: Reply) -> Replied {
+        Replied { status: reply.status, payload: Payload::Owned(reply.payload) }
+    }
 }
 
 /// The invoker's side of a waiting request: answering it ends the wait.
@@ -48,7 +72,7 @@ impl Waiter {
 
     /// Ends the wait with a `kind` error: the request cannot be answered any more.
     pub(crate) fn fail(self, kind: InvokeErrorKind) {
-        self.answer(Answer::Reply(Reply::error(kind, format!("{kind} before the reply arrived"))));
+        self.answer(Answer::Reply(Reply::error(kind, format!("{kind} before the reply arrived")).into()));
     }
 }
 
@@ -342,8 +366,8 @@ mod tests {
         assert!(table.take_reply(1, 7, Route::Within).is_none());
         assert!(table.is_waiting(1, 7));
         let waiter = table.take_reply(1, 7, Route::Host).expect("its own reply");
-        waiter.answer(Answer::Reply(Reply::ok(vec![5])));
-        assert_eq!(wait.try_recv(), Ok(Answer::Reply(Reply::ok(vec![5]))));
+        waiter.answer(Answer::Reply(Reply::ok(vec![5]).into()));
+        assert_eq!(wait.try_recv(), Ok(Answer::Reply(Reply::ok(vec![5]).into())));
         assert!(!table.is_waiting(1, 7));
         assert_eq!(table.waits_of(1), 0);
     }

@@ -28,7 +28,7 @@ pub(crate) type ListenerFn = Arc<dyn Fn(&RawEvent<'_>) + Send + Sync>;
 
 /// What a handler produces: the encoded reply, or an error kind with its payload.
 pub(crate) type HandlerResult = Result<Vec<u8>, (InvokeErrorKind, ErrorPayload)>;
-pub(crate) type HandlerFn = Arc<dyn Fn(Vec<u8>, Sender) -> BoxFuture<'static, HandlerResult> + Send + Sync>;
+pub(crate) type HandlerFn = Arc<dyn Fn(&[u8], Sender) -> BoxFuture<'static, HandlerResult> + Send + Sync>;
 
 pub(crate) type WatcherFn = Arc<dyn Fn(&StoreChange) + Send + Sync>;
 

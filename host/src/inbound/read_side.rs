@@ -29,7 +29,8 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use crate::core::lock;
-use crate::remote::protocol::Framing;
+use crate::remote::lending;
+use crate::remote::protocol::{Frame, Framing};
 use crate::remote::recv::{Recv, readable};
 
 use super::child_reader::ChildReader;
@@ -202,11 +203,16 @@ impl ReadSide {
                 break Ok(false);
             }
             recv.wait = wait();
-            match framing.read(&mut recv) {
+            match framing.read_frame(&mut recv) {
                 // Decoded borrowing from the frame: a message is routed straight from the read
-                // buffer (and copied by whoever keeps it).
-                Ok(Some(bytes)) => {
-                    if let Err(reason) = handle(receive, bytes) {
+                // buffer (and copied by whoever keeps it; a large frame is lent to a library
+                // instead).
+                Ok(Some(frame)) => {
+                    let handled = match frame {
+                        Frame::Borrowed(bytes) => handle(receive, bytes),
+                        Frame::Owned(frame) => lending::lending(frame, |bytes| handle(receive, bytes)),
+                    };
+                    if let Err(reason) = handled {
                         break Err(reason);
                     }
                 }

@@ -21,7 +21,8 @@ use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use super::batch::{self, OnError, Writer};
-use super::protocol::{self, Framing, MessageFrame, PROTOCOL_VERSION, Packet};
+use super::lending;
+use super::protocol::{self, Frame, Framing, MessageFrame, PROTOCOL_VERSION, Packet};
 use super::recv::{Recv, readable};
 use crate::core::lock;
 use crate::library_instance::{LibraryInstance, Taken};
@@ -210,16 +211,23 @@ impl Inbound {
                 return false;
             }
             recv.wait = wait();
-            match framing.read(&mut recv) {
+            match framing.read_frame(&mut recv) {
                 // Decoded borrowing from the frame: a message is delivered (the instance copies
-                // it into its mailbox) straight from the read buffer.
-                Ok(Some(bytes)) => match protocol::decode_borrowed(bytes) {
-                    Ok(packet) => handle(packet, &self.instances),
-                    Err(error) => out_of_step(&error),
-                },
+                // it into its mailbox) straight from the read buffer; a large frame is lent to
+                // the instance instead.
+                Ok(Some(Frame::Borrowed(bytes))) => self.receive(bytes),
+                Ok(Some(Frame::Owned(frame))) => lending::lending(frame, |bytes| self.receive(bytes)),
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return true,
                 Ok(None) | Err(_) => host_gone(),
             }
+        }
+    }
+
+    /// Handles one frame from the host.
+    fn receive(&self, bytes: &[u8]) {
+        match protocol::decode_borrowed(bytes) {
+            Ok(packet) => handle(packet, &self.instances),
+            Err(error) => out_of_step(&error),
         }
     }
 

@@ -169,7 +169,7 @@ const SCRATCH: usize = 64 << 10;
 
 /// A large frame's buffer is kept for the next one if it is no larger than this (a frame of a
 /// 1 MiB value then reuses it, instead of faulting in fresh pages every time).
-const KEEP_LARGE: usize = 2 << 20;
+pub(crate) const KEEP_LARGE: usize = 2 << 20;
 
 /// Length-delimited frames on a blocking stream, driven synchronously so that whichever thread
 /// sends writes to the socket itself, with no hop to a writer task.
@@ -196,6 +196,22 @@ pub struct Framing {
     large_unfinished: Option<usize>,
 }
 
+/// A frame as [`Framing::read_frame`] hands it out.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame<'a> {
+    /// A frame that fit in the scratch buffer, borrowed until the next read.
+    Borrowed(&'a [u8]),
+    /// A large frame, in the buffer of its own it was read into: the caller's to keep (and to
+    /// lend on: `remote/lending.rs`). The next large frame gets a new buffer.
+    Owned(Vec<u8>),
+}
+
+/// Where the frame a read found is.
+enum Found {
+    Scratch(std::ops::Range<usize>),
+    Large,
+}
+
 impl Framing {
     /// One frame holding `packet`, ready to write; refused if over [`MAX_PACKET`].
     pub fn frame(&mut self, packet: &Packet) -> io::Result<Bytes> {
@@ -207,6 +223,22 @@ impl Framing {
     /// that ends inside a frame. After any error the stream is out of step: nothing more may be
     /// read from it (every caller closes the connection).
     pub fn read(&mut self, stream: &mut impl ReadSpare) -> io::Result<Option<&[u8]>> {
+        Ok(self.next(stream)?.map(|found| match found {
+            Found::Scratch(frame) => &self.scratch[frame],
+            Found::Large => &self.large[..],
+        }))
+    }
+
+    /// [`Framing::read`], with a large frame handed over in its own buffer rather than
+    /// borrowed.
+    pub fn read_frame(&mut self, stream: &mut impl ReadSpare) -> io::Result<Option<Frame<'_>>> {
+        Ok(self.next(stream)?.map(|found| match found {
+            Found::Scratch(frame) => Frame::Borrowed(&self.scratch[frame]),
+            Found::Large => Frame::Owned(std::mem::take(&mut self.large)),
+        }))
+    }
+
+    fn next(&mut self, stream: &mut impl ReadSpare) -> io::Result<Option<Found>> {
         if let Some(length) = self.large_unfinished {
             return self.read_large(stream, length).map(Some);
         }
@@ -229,7 +261,7 @@ impl Framing {
                 if buffered.len() >= PREFIX + length {
                     let frame = self.start + PREFIX..self.start + PREFIX + length;
                     self.start = frame.end;
-                    return Ok(Some(&self.scratch[frame]));
+                    return Ok(Some(Found::Scratch(frame)));
                 }
                 if PREFIX + length > SCRATCH {
                     return self.read_large(stream, length).map(Some);
@@ -256,10 +288,13 @@ impl Framing {
     /// Reads the rest of a frame of `length` bytes, larger than the scratch buffer, whose
     /// prefix (and maybe more) is buffered (or, when `large_unfinished`, the part of it read so
     /// far is in `large`).
-    fn read_large(&mut self, stream: &mut impl ReadSpare, length: usize) -> io::Result<&[u8]> {
+    fn read_large(&mut self, stream: &mut impl ReadSpare, length: usize) -> io::Result<Found> {
         if self.large_unfinished.take().is_none() {
             self.large.clear();
-            self.large.reserve_exact(length);
+            if self.large.capacity() < length {
+                // (The last large frame's buffer was handed over, or is too small.)
+                self.large = super::lending::buffer_for(length);
+            }
             // All of it is this frame's: a frame larger than the scratch buffer is not all here.
             self.large.extend_from_slice(&self.scratch[self.start + PREFIX..self.end]);
             (self.start, self.end) = (0, 0);
@@ -268,7 +303,7 @@ impl Framing {
         // What was read before an error stays in `large`: after `WouldBlock`, the next read
         // goes on from there.
         match stream.read_spare(&mut self.large, rest) {
-            Ok(read) if read == rest => Ok(&self.large),
+            Ok(read) if read == rest => Ok(Found::Large),
             Ok(_) => Err(ended_inside_a_frame()),
             Err(error) => {
                 if error.kind() == io::ErrorKind::WouldBlock {
@@ -1003,6 +1038,38 @@ mod tests {
             sent.push(packet);
         }
         (wire, sent)
+    }
+
+    #[test]
+    fn large_frames_are_handed_over_in_their_own_buffers_and_nothing_after_them_is_lost() {
+        let sizes = [10, 300_000, 20, 1 << 20, 300_000, 0];
+        let (wire, sent) = framed_messages(&sizes);
+        for chunk in [7, 4096, SCRATCH + 1, 1 << 21] {
+            let mut stream = NonBlocking(std::io::Cursor::new(wire.clone()), chunk, false);
+            let mut framing = Framing::default();
+            let mut got = Vec::new();
+            let mut kept = Vec::new();
+            loop {
+                match framing.read_frame(&mut stream) {
+                    Ok(Some(Frame::Borrowed(bytes))) => {
+                        assert!(sizes[got.len()] < SCRATCH, "a large frame was lent, not handed over");
+                        got.push(decode_borrowed(bytes).unwrap().into_owned());
+                    }
+                    Ok(Some(Frame::Owned(frame))) => {
+                        assert!(sizes[got.len()] > SCRATCH, "a small frame was handed over");
+                        got.push(decode_borrowed(&frame).unwrap().into_owned());
+                        // Kept past the next reads: a frame handed over is the caller's.
+                        kept.push(frame);
+                    }
+                    Ok(None) => break,
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(error) => panic!("{error}"),
+                }
+            }
+            assert_eq!(got, sent, "chunks of {chunk}");
+            let kept: Vec<_> = kept.iter().map(|frame| decode_borrowed(frame).unwrap().into_owned()).collect();
+            assert_eq!(kept, [sent[1].clone(), sent[3].clone(), sent[4].clone()], "chunks of {chunk}");
+        }
     }
 
     #[test]

@@ -1,0 +1,149 @@
+//! A large frame read from a socket, lent to the library a message in it is delivered to,
+//! instead of copied into that library's mailbox (`Descriptor::deliver_leased`, ABI 8).
+//!
+//! The reader that read a frame into a buffer of its own ([`Frame::Owned`]) handles it inside
+//! [`lending`]; a delivery to a library in this process made meanwhile, on this thread, of a
+//! message whose payload lies inside that buffer ([`lease_for`]) hands the library a lease on
+//! the whole buffer, which the library releases when it drops the message. The buffer is freed
+//! when the last lease on it, and the reader's own hold, are gone: kept for the next large
+//! frame a reader reads ([`buffer_for`]), as the reader's own buffer was before it lent them.
+//! (Given back to the allocator every time instead, on these machines each frame's buffer came
+//! back as fresh pages: 1 MiB round trips took 2.5x as long, with four times the page faults.)
+//!
+//! Lent by scope, on the reading thread, so that what lies between the reader and the
+//! library (validation, routing, the transports) stays as it is: it passes borrowed messages
+//! and knows nothing of buffers. A message that is not the frame's own (an error reply made on
+//! the way, a message routed to a child or a page) has no lease and is delivered as before.
+//!
+//! [`Frame::Owned`]: super::protocol::Frame::Owned
+
+use std::cell::RefCell;
+use std::ffi::c_void;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use extension_api::abi::RawLease;
+
+use super::protocol::KEEP_LARGE;
+
+thread_local! {
+    /// The frame being handled on this thread inside [`lending`], if any.
+    static LENDABLE: RefCell<Option<Arc<LentFrame>>> = const { RefCell::new(None) };
+}
+
+/// Large frames' buffers whose leases are all gone, for the next large frames (any reader's:
+/// a lease ends on whichever thread the library drops its message).
+static SPARE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+// (Buffers over [`KEEP_LARGE`] go back to the allocator, as the reader's own did.)
+
+/// How many spare buffers are kept: the frame being handled and the one a reply brings back
+/// while it is still lent.
+const SPARE_BUFFERS: usize = 2;
+
+/// An empty buffer with room for a frame of `length` bytes: a spare one if one is large enough.
+pub(crate) fn buffer_for(length: usize) -> Vec<u8> {
+    let mut spare = SPARE.lock().unwrap_or_else(PoisonError::into_inner);
+    match spare.iter().position(|buffer| buffer.capacity() >= length) {
+        Some(at) => spare.swap_remove(at),
+        None => {
+            drop(spare);
+            Vec::with_capacity(length)
+        }
+    }
+}
+
+/// A frame being lent: its buffer goes back to [`SPARE`] when the last hold on it is gone.
+struct LentFrame(Vec<u8>);
+
+impl Drop for LentFrame {
+    fn drop(&mut self) {
+        let mut buffer = std::mem::take(&mut self.0);
+        if buffer.capacity() > KEEP_LARGE {
+            return;
+        }
+        buffer.clear();
+        let mut spare = SPARE.lock().unwrap_or_else(PoisonError::into_inner);
+        if spare.len() < SPARE_BUFFERS {
+            spare.push(buffer);
+        }
+    }
+}
+
+/// Runs `handle` on `frame`, whose payloads may be lent meanwhile to the libraries this thread
+/// delivers them to (see [`lease_for`]).
+pub(crate) fn lending<R>(frame: Vec<u8>, handle: impl FnOnce(&[u8]) -> R) -> R {
+    let frame = Arc::new(LentFrame(frame));
+    let previous = LENDABLE.replace(Some(frame.clone()));
+    // Put back however `handle` ends (a panic included): nothing outside the scope is lent.
+    struct Restore(Option<Arc<LentFrame>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            LENDABLE.set(self.0.take());
+        }
+    }
+    let _restore = Restore(previous);
+    handle(&frame.0)
+}
+
+/// A lease on the frame being handled on this thread, if `payload` lies inside it: one more
+/// hold on the frame's buffer, which [`release`] lets go.
+pub(crate) fn lease_for(payload: &[u8]) -> Option<RawLease> {
+    if payload.is_empty() {
+        return None;
+    }
+    LENDABLE.with_borrow(|frame| {
+        let frame = frame.as_ref()?;
+        let (within, part) = (frame.0.as_ptr_range(), payload.as_ptr_range());
+        if part.start < within.start || part.end > within.end {
+            return None;
+        }
+        let context = Arc::into_raw(frame.clone()).cast_mut().cast::<c_void>();
+        Some(RawLease { context, release })
+    })
+}
+
+/// Lets go of one lease from [`lease_for`].
+unsafe extern "C" fn release(context: *mut c_void) {
+    // SAFETY: `context` came from `Arc::into_raw` in `lease_for`, and the library releases each
+    // lease once (the ABI's contract), so this gives back exactly the hold that lease took.
+    drop(unsafe { Arc::from_raw(context.cast_const().cast::<LentFrame>()) });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Releases `lease` as a library would.
+    fn released(lease: RawLease) {
+        // SAFETY: a lease from `lease_for`, released once.
+        unsafe { (lease.release)(lease.context) }
+    }
+
+    #[test]
+    fn only_a_payload_inside_the_frame_being_handled_is_lent_and_each_lease_holds_the_frame() {
+        let outside = vec![1u8; 16];
+        assert!(lease_for(&outside).is_none(), "nothing is lent outside `lending`");
+        let (weak, leases) = lending(vec![7u8; 100], |frame| {
+            let kept = LENDABLE.with_borrow(|lent| Arc::downgrade(lent.as_ref().unwrap()));
+            assert!(lease_for(&outside).is_none(), "not the frame's");
+            assert!(lease_for(&frame[10..10]).is_none(), "empty");
+            let leases = [lease_for(frame).unwrap(), lease_for(&frame[40..60]).unwrap()];
+            (kept, leases)
+        });
+        assert!(lease_for(&outside).is_none(), "the scope ended");
+        // The reader's hold is gone; the two leases keep the frame.
+        assert_eq!(weak.strong_count(), 2);
+        let [first, second] = leases;
+        released(first);
+        assert_eq!(weak.strong_count(), 1);
+        released(second);
+        assert!(weak.upgrade().is_none(), "freed with its last lease");
+    }
+
+    #[test]
+    fn a_panic_inside_the_scope_lends_nothing_after_it() {
+        let caught = std::panic::catch_unwind(|| lending(vec![1u8; 8], |_| panic!("handling failed")));
+        assert!(caught.is_err());
+        assert!(LENDABLE.with_borrow(Option::is_none));
+    }
+}
