@@ -54,7 +54,26 @@ async fn a_message_at_the_limit_crosses_and_one_byte_over_is_refused_both_ways(t
     host.shutdown().await;
 }
 
+/// Large values in flight together, each its own bytes, come back byte for byte: on a child
+/// connection each one's frame is lent to the library it is delivered to (the host's main, or
+/// the renderer process's instance, for the replies), while the frames after it are read into
+/// other buffers, and the buffers of the frames it released are read into again.
+async fn large_values_in_flight_together_each_come_back_as_they_were_sent(transport: Transport) {
+    let host = support::host_for(transport, &["sizes"]).await;
+    let frame = support::open_frame(&host, transport).await.0;
+    let mut seen = host.broadcasts();
+    for size in [65_537, 300_000, 1 << 20] {
+        for _ in 0..3 {
+            let outcome = run(&host, &mut seen, frame, "echo-many", size).await;
+            // (Eight of them: the fixture's `ECHOED`.)
+            assert_eq!(outcome, format!("ok:8x{size}"), "values of {size} bytes");
+        }
+    }
+    host.shutdown().await;
+}
+
 conformance!(
+    large_values_in_flight_together_each_come_back_as_they_were_sent,
     values_of_every_size_cross_a_child_connection_whole_both_ways,
     a_message_at_the_limit_crosses_and_one_byte_over_is_refused_both_ways,
 );
