@@ -91,6 +91,8 @@ impl RawPeer {
         };
         let child = command.arg("--echo-server").arg(&path).spawn().context("cannot start the echo peer")?;
         let (stream, _) = listener.accept()?;
+        // The send buffer a child connection's ends ask for: the same socket, tuned alike.
+        extension_host::child_protocol::widen_send_buffer(&stream);
         let mut message = (size as u32).to_be_bytes().to_vec();
         message.resize(4 + size, 7);
         let mut peer = RawPeer { stream: BufReader::new(stream), child, path, message, reply: vec![0u8; size] };
@@ -132,7 +134,9 @@ impl Drop for RawPeer {
 
 /// The echo peer's loop (`--echo-server`).
 pub fn echo_server(socket: &Path) -> Result<()> {
-    let mut stream = BufReader::new(UnixStream::connect(socket)?);
+    let stream = UnixStream::connect(socket)?;
+    extension_host::child_protocol::widen_send_buffer(&stream);
+    let mut stream = BufReader::new(stream);
     // The reply as it goes out: length and bytes, written at once.
     let mut buffer = Vec::new();
     loop {

@@ -66,6 +66,7 @@ pub fn run(socket: &Path, token: &str) -> ExitCode {
 
 fn serve(socket: &Path, token: &str) -> Result<(), String> {
     let mut stream = UnixStream::connect(socket).map_err(|e| format!("cannot connect to {socket:?}: {e}"))?;
+    protocol::widen_send_buffer(&stream);
     let mut framing = Framing::default();
     let hello = Packet::Hello { protocol: PROTOCOL_VERSION, token: token.to_owned(), pid: std::process::id() };
     let frame = framing.frame(&hello).map_err(|e| e.to_string())?;

@@ -141,6 +141,7 @@ impl Connection {
         // reader thread per connection routes what arrives. No hop through a writer task.
         let stream = stream.into_std().map_err(connection_error)?;
         stream.set_nonblocking(false).map_err(connection_error)?;
+        super::protocol::widen_send_buffer(&stream);
         let (stream, framing) = tokio::task::spawn_blocking(move || handshake(stream, &token))
             .await
             .map_err(|e| ChildStartError::Connection { reason: e.to_string() })??;
