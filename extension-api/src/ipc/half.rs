@@ -195,8 +195,10 @@ impl HalfHandle {
         let channel = channel.channel_name().to_owned();
         // Only error messages name the channel: shared, not copied per request.
         let name: Arc<str> = Arc::from(channel.as_str());
-        let wrapped: HandlerFn = Arc::new(move |payload: &[u8], sender| {
-            let request = crate::wire::decode::<Req>(payload);
+        let wrapped: HandlerFn = Arc::new(move |payload: Payload, sender| {
+            let request = crate::wire::decode::<Req>(&payload);
+            // Freed (or its lease released) before the handler runs: see `HandlerFn`.
+            drop(payload);
             let future = request.map(|request| handler(request, RequestMeta { sender }));
             let name = name.clone();
             Box::pin(async move {

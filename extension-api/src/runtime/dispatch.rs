@@ -151,7 +151,7 @@ impl Shared {
         self.inline_handler.store(inline_tag(target, counted.index), Ordering::Release);
         let started = std::panic::catch_unwind(AssertUnwindSafe(|| {
             context::sync_scope(self.half(target, generation), || {
-                let mut future = handler(&payload, crate::message::sender_of(origin));
+                let mut future = handler(payload, crate::message::sender_of(origin));
                 match future.as_mut().poll(&mut probe) {
                     std::task::Poll::Ready(result) => Ok(result),
                     std::task::Poll::Pending => Err(future),

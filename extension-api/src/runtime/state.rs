@@ -14,6 +14,7 @@ use crate::InvokeErrorKind;
 use crate::abi::Peer;
 use crate::ipc::{Sender, StoreChange, StoreError};
 use crate::message;
+use crate::runtime::payload::Payload;
 use crate::runtime::requests::{Answer, Failed, HalfCounts, Outgoing, Requests, Route, Waiter};
 use crate::wire::{ErrorPayload, HalfSnapshot};
 
@@ -28,7 +29,10 @@ pub(crate) type ListenerFn = Arc<dyn Fn(&RawEvent<'_>) + Send + Sync>;
 
 /// What a handler produces: the encoded reply, or an error kind with its payload.
 pub(crate) type HandlerResult = Result<Vec<u8>, (InvokeErrorKind, ErrorPayload)>;
-pub(crate) type HandlerFn = Arc<dyn Fn(&[u8], Sender) -> BoxFuture<'static, HandlerResult> + Send + Sync>;
+/// A request handler: given the request's value, which it drops as soon as it has decoded it
+/// (before its future first runs: a large value's memory, or the host's lease on it, is not
+/// held while the reply is made), and its sender.
+pub(crate) type HandlerFn = Arc<dyn Fn(Payload, Sender) -> BoxFuture<'static, HandlerResult> + Send + Sync>;
 
 pub(crate) type WatcherFn = Arc<dyn Fn(&StoreChange) + Send + Sync>;
 

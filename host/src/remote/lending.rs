@@ -5,8 +5,9 @@
 //! [`lending`]; a delivery to a library in this process made meanwhile, on this thread, of a
 //! message whose payload lies inside that buffer ([`lease_for`]) hands the library a lease on
 //! the whole buffer, which the library releases when it drops the message. The buffer is freed
-//! when the last lease on it, and the reader's own hold, are gone: kept for the next large
-//! frame a reader reads ([`buffer_for`]), as the reader's own buffer was before it lent them.
+//! when the last lease on it, and the reader's own hold, are gone: a few are kept for the next
+//! large frames the readers read ([`buffer_for`]), as each reader kept its own buffer before
+//! it lent them.
 //! (Given back to the allocator every time instead, on these machines each frame's buffer came
 //! back as fresh pages: 1 MiB round trips took 2.5x as long, with four times the page faults.)
 //!
@@ -32,24 +33,12 @@ thread_local! {
 
 /// Large frames' buffers whose leases are all gone, for the next large frames (any reader's:
 /// a lease ends on whichever thread the library drops its message).
-static SPARE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+static SPARE: Mutex<Spares> = Mutex::new(Spares::new());
 
-// (Buffers over [`KEEP_LARGE`] go back to the allocator, as the reader's own did.)
-
-/// How many spare buffers are kept: the frame being handled and the one a reply brings back
-/// while it is still lent.
-const SPARE_BUFFERS: usize = 2;
-
-/// An empty buffer with room for a frame of `length` bytes: a spare one if one is large enough.
+/// An empty buffer with room for a frame of `length` bytes: a spare one if one fits it.
 pub(crate) fn buffer_for(length: usize) -> Vec<u8> {
-    let mut spare = SPARE.lock().unwrap_or_else(PoisonError::into_inner);
-    match spare.iter().position(|buffer| buffer.capacity() >= length) {
-        Some(at) => spare.swap_remove(at),
-        None => {
-            drop(spare);
-            Vec::with_capacity(length)
-        }
-    }
+    let spare = SPARE.lock().unwrap_or_else(PoisonError::into_inner).take(length);
+    spare.unwrap_or_else(|| Vec::with_capacity(length))
 }
 
 /// A frame being lent: its buffer goes back to [`SPARE`] when the last hold on it is gone.
@@ -57,15 +46,55 @@ struct LentFrame(Vec<u8>);
 
 impl Drop for LentFrame {
     fn drop(&mut self) {
-        let mut buffer = std::mem::take(&mut self.0);
+        let buffer = std::mem::take(&mut self.0);
+        let dropped = SPARE.lock().unwrap_or_else(PoisonError::into_inner).keep(buffer);
+        // Freed outside the lock.
+        drop(dropped);
+    }
+}
+
+/// The spare buffers: a few, the largest kept, each handed only to a frame it fits closely.
+struct Spares {
+    buffers: Vec<Vec<u8>>,
+}
+
+impl Spares {
+    /// How many are kept: a frame being handled and the ones replies bring back while it is
+    /// still lent, on a connection or two.
+    const MAX: usize = 4;
+
+    const fn new() -> Spares {
+        Spares { buffers: Vec::new() }
+    }
+
+    /// The smallest spare with room for `length` bytes and at most half as much again: a lent
+    /// frame holds no more than 1.5 times the bytes a mailbox counts for its message, wherever
+    /// its buffer was before.
+    fn take(&mut self, length: usize) -> Option<Vec<u8>> {
+        let fits =
+            |buffer: &Vec<u8>| buffer.capacity() >= length && buffer.capacity() <= length.saturating_add(length / 2);
+        let at = (0..self.buffers.len())
+            .filter(|&at| fits(&self.buffers[at]))
+            .min_by_key(|&at| self.buffers[at].capacity())?;
+        Some(self.buffers.swap_remove(at))
+    }
+
+    /// Keeps `buffer` (emptied) if there is room, or in place of a smaller one; gives back what
+    /// it does not keep. Nothing over [`KEEP_LARGE`] is kept, as the reader kept nothing larger.
+    fn keep(&mut self, mut buffer: Vec<u8>) -> Option<Vec<u8>> {
         if buffer.capacity() > KEEP_LARGE {
-            return;
+            return Some(buffer);
         }
         buffer.clear();
-        let mut spare = SPARE.lock().unwrap_or_else(PoisonError::into_inner);
-        if spare.len() < SPARE_BUFFERS {
-            spare.push(buffer);
+        if self.buffers.len() < Spares::MAX {
+            self.buffers.push(buffer);
+            return None;
         }
+        let smallest = (0..self.buffers.len()).min_by_key(|&at| self.buffers[at].capacity())?;
+        if self.buffers[smallest].capacity() >= buffer.capacity() {
+            return Some(buffer);
+        }
+        Some(std::mem::replace(&mut self.buffers[smallest], buffer))
     }
 }
 
@@ -138,6 +167,25 @@ mod tests {
         assert_eq!(weak.strong_count(), 1);
         released(second);
         assert!(weak.upgrade().is_none(), "freed with its last lease");
+    }
+
+    #[test]
+    fn a_spare_goes_only_to_a_frame_it_fits_closely_and_the_largest_are_kept() {
+        let mut spares = Spares::new();
+        for capacity in [100_000, 1 << 20, 70_000, 300_000] {
+            assert!(spares.keep(Vec::with_capacity(capacity)).is_none());
+        }
+        // Full: a smaller one is not kept; a larger one takes the smallest's place.
+        assert_eq!(spares.keep(Vec::with_capacity(65_000)).map(|buffer| buffer.capacity()), Some(65_000));
+        assert_eq!(spares.keep(Vec::with_capacity(2 << 20)).map(|buffer| buffer.capacity()), Some(70_000));
+        assert!(spares.keep(Vec::with_capacity((2 << 20) + 1)).is_some(), "over KEEP_LARGE");
+        // A frame of 90,000 bytes gets the 100,000 one, not the 300,000 one (over 1.5 times).
+        assert_eq!(spares.take(90_000).map(|buffer| buffer.capacity()), Some(100_000));
+        assert!(spares.take(150_000).is_none(), "300,000 is twice 150,000");
+        assert_eq!(spares.take(1 << 20).map(|buffer| buffer.capacity()), Some(1 << 20));
+        assert_eq!(spares.take(1_500_000).map(|buffer| buffer.capacity()), Some(2 << 20));
+        assert_eq!(spares.take(250_000).map(|buffer| buffer.capacity()), Some(300_000));
+        assert!(spares.take(1).is_none(), "none left");
     }
 
     #[test]

@@ -192,8 +192,8 @@ pub fn widen_send_buffer(stream: &std::os::unix::net::UnixStream) {
 /// Reading: a frame that fits in the 64 KiB scratch buffer is handed out from it (one read
 /// takes as many as have arrived); a larger one is read straight into a buffer sized from its
 /// length prefix, without zeroing it first ([`ReadSpare`] reads into its spare capacity), and
-/// handed out from there. Either way the frame is borrowed: the next read
-/// reuses the buffer.
+/// handed out from there. Through [`Framing::read`] either way the frame is borrowed: the next
+/// read reuses the buffer; [`Framing::read_frame`] hands a large frame's buffer over instead.
 ///
 /// A stream that does not block may end a read with `WouldBlock`: nothing is lost, and the
 /// next read goes on from there (inside a large frame too).
@@ -204,7 +204,7 @@ pub struct Framing {
     scratch: Vec<u8>,
     start: usize,
     end: usize,
-    /// The last frame too large for `scratch`.
+    /// The large frame being read, or the last one [`Framing::read`] handed out (borrowed).
     large: Vec<u8>,
     /// The length of the large frame being read into `large`, when a read that would have
     /// blocked left it unfinished.
