@@ -41,6 +41,13 @@ pub(crate) fn buffer_for(length: usize) -> Vec<u8> {
     spare.unwrap_or_else(|| Vec::with_capacity(length))
 }
 
+/// Whether a buffer of `capacity` is the one to read a frame of `length` bytes into: room for
+/// it, and at most half as much again, so that a lent frame holds no more than 1.5 times the
+/// bytes a mailbox counts for its message.
+pub(crate) fn fits(capacity: usize, length: usize) -> bool {
+    capacity >= length && capacity <= length.saturating_add(length / 2)
+}
+
 /// A frame being lent: its buffer goes back to [`SPARE`] when the last hold on it is gone.
 struct LentFrame(Vec<u8>);
 
@@ -53,8 +60,12 @@ impl Drop for LentFrame {
     }
 }
 
-/// The spare buffers: a few, the largest kept, each handed only to a frame it fits closely.
+/// The spare buffers: the few given back last, each handed only to a frame it fits closely.
+/// Kept by recency, not size: the sizes of the frames going now are the ones worth keeping
+/// (kept by size, a burst of larger frames filled the list for good with buffers no later frame
+/// fitted, and every smaller buffer given back was freed).
 struct Spares {
+    /// Oldest first.
     buffers: Vec<Vec<u8>>,
 }
 
@@ -67,34 +78,24 @@ impl Spares {
         Spares { buffers: Vec::new() }
     }
 
-    /// The smallest spare with room for `length` bytes and at most half as much again: a lent
-    /// frame holds no more than 1.5 times the bytes a mailbox counts for its message, wherever
-    /// its buffer was before.
+    /// The smallest spare that fits a frame of `length` bytes ([`fits`]).
     fn take(&mut self, length: usize) -> Option<Vec<u8>> {
-        let fits =
-            |buffer: &Vec<u8>| buffer.capacity() >= length && buffer.capacity() <= length.saturating_add(length / 2);
         let at = (0..self.buffers.len())
-            .filter(|&at| fits(&self.buffers[at]))
+            .filter(|&at| fits(self.buffers[at].capacity(), length))
             .min_by_key(|&at| self.buffers[at].capacity())?;
-        Some(self.buffers.swap_remove(at))
+        Some(self.buffers.remove(at))
     }
 
-    /// Keeps `buffer` (emptied) if there is room, or in place of a smaller one; gives back what
-    /// it does not keep. Nothing over [`KEEP_LARGE`] is kept, as the reader kept nothing larger.
+    /// Keeps `buffer` (emptied), in place of the oldest if there is no room; gives back what it
+    /// does not keep. Nothing over [`KEEP_LARGE`] is kept, as the reader kept nothing larger.
     fn keep(&mut self, mut buffer: Vec<u8>) -> Option<Vec<u8>> {
         if buffer.capacity() > KEEP_LARGE {
             return Some(buffer);
         }
         buffer.clear();
-        if self.buffers.len() < Spares::MAX {
-            self.buffers.push(buffer);
-            return None;
-        }
-        let smallest = (0..self.buffers.len()).min_by_key(|&at| self.buffers[at].capacity())?;
-        if self.buffers[smallest].capacity() >= buffer.capacity() {
-            return Some(buffer);
-        }
-        Some(std::mem::replace(&mut self.buffers[smallest], buffer))
+        let oldest = (self.buffers.len() == Spares::MAX).then(|| self.buffers.remove(0));
+        self.buffers.push(buffer);
+        oldest
     }
 }
 
@@ -169,23 +170,50 @@ mod tests {
         assert!(weak.upgrade().is_none(), "freed with its last lease");
     }
 
+    /// The capacities `spares` holds, oldest first.
+    fn held(spares: &Spares) -> Vec<usize> {
+        spares.buffers.iter().map(Vec::capacity).collect()
+    }
+
+    /// Gives `spares` a buffer of (about) `capacity`; its real capacity.
+    fn give(spares: &mut Spares, capacity: usize) -> usize {
+        let buffer = Vec::with_capacity(capacity);
+        let capacity = buffer.capacity();
+        drop(spares.keep(buffer));
+        capacity
+    }
+
     #[test]
-    fn a_spare_goes_only_to_a_frame_it_fits_closely_and_the_largest_are_kept() {
+    fn a_spare_goes_only_to_a_frame_it_fits_closely_and_the_latest_are_kept() {
         let mut spares = Spares::new();
-        for capacity in [100_000, 1 << 20, 70_000, 300_000] {
-            assert!(spares.keep(Vec::with_capacity(capacity)).is_none());
-        }
-        // Full: a smaller one is not kept; a larger one takes the smallest's place.
-        assert_eq!(spares.keep(Vec::with_capacity(65_000)).map(|buffer| buffer.capacity()), Some(65_000));
-        assert_eq!(spares.keep(Vec::with_capacity(2 << 20)).map(|buffer| buffer.capacity()), Some(70_000));
+        let sizes: Vec<usize> =
+            [100_000, 1 << 20, 70_000, 300_000].iter().map(|&size| give(&mut spares, size)).collect();
+        assert_eq!(held(&spares), sizes);
+        // Full: the oldest goes; one over KEEP_LARGE is never kept.
+        let newest = give(&mut spares, 2 << 20);
+        assert_eq!(held(&spares), [sizes[1], sizes[2], sizes[3], newest]);
         assert!(spares.keep(Vec::with_capacity((2 << 20) + 1)).is_some(), "over KEEP_LARGE");
-        // A frame of 90,000 bytes gets the 100,000 one, not the 300,000 one (over 1.5 times).
-        assert_eq!(spares.take(90_000).map(|buffer| buffer.capacity()), Some(100_000));
-        assert!(spares.take(150_000).is_none(), "300,000 is twice 150,000");
-        assert_eq!(spares.take(1 << 20).map(|buffer| buffer.capacity()), Some(1 << 20));
-        assert_eq!(spares.take(1_500_000).map(|buffer| buffer.capacity()), Some(2 << 20));
-        assert_eq!(spares.take(250_000).map(|buffer| buffer.capacity()), Some(300_000));
+        // A frame gets the smallest that fits it within 1.5 times, or none.
+        assert!(spares.take(150_000).is_none(), "300,000 is twice 150,000; 70,000 too small");
+        assert_eq!(spares.take(1_500_000).map(|buffer| buffer.capacity()), Some(newest));
+        assert_eq!(spares.take(250_000).map(|buffer| buffer.capacity()), Some(sizes[3]));
+        assert_eq!(spares.take(1 << 20).map(|buffer| buffer.capacity()), Some(sizes[1]));
+        assert_eq!(spares.take(60_000).map(|buffer| buffer.capacity()), Some(sizes[2]));
         assert!(spares.take(1).is_none(), "none left");
+    }
+
+    #[test]
+    fn after_a_burst_of_larger_frames_the_buffers_of_the_frames_going_now_are_kept() {
+        let mut spares = Spares::new();
+        for _ in 0..Spares::MAX {
+            give(&mut spares, 2 << 20);
+        }
+        // Frames of 1 MiB: none of the 2 MiB spares fits them; their own buffers, given back,
+        // push the old ones out, and the next 1 MiB frame finds one.
+        assert!(spares.take(1 << 20).is_none());
+        let dropped = spares.keep(Vec::with_capacity(1 << 20));
+        assert!(dropped.is_some_and(|buffer| buffer.capacity() >= 2 << 20), "the oldest 2 MiB one goes");
+        assert!(spares.take(1 << 20).is_some_and(|buffer| buffer.capacity() < 2 << 20));
     }
 
     #[test]

@@ -306,8 +306,9 @@ impl Framing {
     fn read_large(&mut self, stream: &mut impl ReadSpare, length: usize) -> io::Result<Found> {
         if self.large_unfinished.take().is_none() {
             self.large.clear();
-            if self.large.capacity() < length {
-                // (The last large frame's buffer was handed over, or is too small.)
+            if !super::lending::fits(self.large.capacity(), length) {
+                // The last large frame's buffer was handed over, or does not fit this one (too
+                // small, or so large that a lent frame would pin far more than it holds).
                 self.large = super::lending::buffer_for(length);
             }
             // All of it is this frame's: a frame larger than the scratch buffer is not all here.
@@ -1063,6 +1064,18 @@ mod tests {
         let after = socket2::SockRef::from(&ours).send_buffer_size().unwrap();
         // Whatever `net.core.wmem_max` allows here, the kernel doubles what it grants.
         assert!(after > before, "{before} bytes before, {after} after");
+    }
+
+    #[test]
+    fn a_frame_handed_over_is_in_a_buffer_at_most_half_as_large_again_whatever_was_read_before() {
+        // A 2 MiB frame read borrowed leaves its buffer with the framing; the 70,000-byte frame
+        // after it, handed over, gets a buffer of about its own size.
+        let (wire, _) = framed_messages(&[(2 << 20) - 100, 70_000]);
+        let mut stream = std::io::Cursor::new(wire);
+        let mut framing = Framing::default();
+        assert!(framing.read(&mut stream).unwrap().is_some());
+        let Some(Frame::Owned(frame)) = framing.read_frame(&mut stream).unwrap() else { panic!("not handed over") };
+        assert!(frame.capacity() <= frame.len() + frame.len() / 2, "{} bytes in {}", frame.len(), frame.capacity());
     }
 
     #[test]
