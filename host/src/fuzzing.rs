@@ -8,7 +8,7 @@ use std::sync::{Arc, Weak};
 
 use crate::inbound::ChildReader;
 use crate::remote::Connection;
-use crate::remote::protocol::{Framing, Packet, decode_borrowed};
+use crate::remote::protocol::{Frame, Framing, Packet, decode_borrowed};
 
 /// Keys the connection of [`receive_from_child`] was given (their instances are gone, so
 /// packets for them are checked, then dropped).
@@ -41,15 +41,17 @@ impl Read for Chunked<'_> {
 }
 
 /// Reads frames from `bytes` with the connections' [`Framing`], `chunk` bytes per read (0:
-/// all at once). Returns the frames read, and the error that ended the stream unless it ended
+/// all at once), as the readers do (`read_frame`: a large frame handed over in its own
+/// buffer). Returns the frames read, and the error that ended the stream unless it ended
 /// cleanly between frames.
 pub fn read_frames(bytes: &[u8], chunk: usize) -> (Vec<Vec<u8>>, Option<io::Error>) {
     let mut stream = Chunked { bytes, chunk };
     let mut framing = Framing::default();
     let mut frames = Vec::new();
     loop {
-        match framing.read(&mut stream) {
-            Ok(Some(frame)) => frames.push(frame.to_vec()),
+        match framing.read_frame(&mut stream) {
+            Ok(Some(Frame::Borrowed(frame))) => frames.push(frame.to_vec()),
+            Ok(Some(Frame::Owned(frame))) => frames.push(frame),
             Ok(None) => return (frames, None),
             Err(error) => return (frames, Some(error)),
         }
