@@ -83,13 +83,19 @@ impl LibraryInstance {
         match *pointer {
             // A run the library begins on this thread ends with the call (`batch::scoped`).
             Some(InstancePtr(pointer)) => batch::scoped(|| match lending::lease_for(message.payload) {
-                // SAFETY: the pointer stays valid while the read lock is held (`take` takes it
-                // out under the write lock); `raw` borrows `message`, which outlives the call;
-                // the lease keeps the payload's bytes (inside the frame it holds) valid and
-                // unchanged until the library releases it.
-                Some(lease) => unsafe { (self.descriptor.deliver_leased)(pointer, &raw, lease) },
-                // SAFETY: as above, without the lease: the library copies what it keeps.
-                None => unsafe { (self.descriptor.deliver)(pointer, &raw) },
+                Some(lease) => {
+                    // SAFETY: the pointer stays valid while the read lock is held (`take` takes
+                    // it out under the write lock); `raw` borrows `message`, which outlives the
+                    // call; the lease keeps the payload's bytes (inside the frame it holds)
+                    // valid and unchanged until the library releases it.
+                    unsafe { (self.descriptor.deliver_leased)(pointer, &raw, lease) }
+                }
+                None => {
+                    // SAFETY: the pointer stays valid while the read lock is held (`take` takes
+                    // it out under the write lock); `raw` borrows `message`, which outlives the
+                    // call; the library copies what it keeps.
+                    unsafe { (self.descriptor.deliver)(pointer, &raw) }
+                }
             }),
             None => abi::status::DEACTIVATED,
         }
@@ -160,7 +166,8 @@ mod tests {
         abi::status::OK
     }
     unsafe extern "C" fn deliver_leased(_: RawInstance, _: *const RawMessage, lease: RawLease) -> u32 {
-        // SAFETY: as above; the lease is released once, as the ABI asks.
+        // SAFETY: calling the host's own callback, as a library does; the lease came from the
+        // host for this call and is released once, as the ABI asks.
         unsafe {
             (HOST_VTABLE.batch_begin)(KEY);
             (lease.release)(lease.context);

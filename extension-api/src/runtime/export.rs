@@ -136,9 +136,8 @@ unsafe extern "C" fn deliver(instance: InstancePtr, message: *const RawMessage) 
 unsafe extern "C" fn deliver_leased(instance: InstancePtr, message: *const RawMessage, lease: RawLease) -> u32 {
     // The lease is this library's from here on: held over no bytes yet, it is released on
     // every way out (refused, invalid, a panic) when the guard drops.
-    // SAFETY: an empty range needs nothing of the lease; the host made `release` callable once,
-    // from any thread.
-    let lease = unsafe { Lent::new(std::ptr::null(), 0, lease) };
+    // SAFETY: the host made `release` callable once, from any thread (the ABI's contract).
+    let lease = unsafe { Lent::new(lease) };
     catch_unwind(AssertUnwindSafe(move || {
         // SAFETY: the host only passes pointers it got from `instantiate` and has not destroyed.
         let Some(instance) = (unsafe { instance.cast::<Instance>().as_ref() }) else {

@@ -64,24 +64,22 @@ pub(crate) struct Lent {
 }
 
 impl Lent {
-    /// Takes over `lease`, which covers the `len` bytes at `ptr`: dropping the result releases
-    /// it, once.
+    /// Takes over `lease`, reading no bytes yet ([`Lent::reading`]): dropping the result
+    /// releases it, once.
     ///
     /// # Safety
     ///
-    /// `ptr` must be valid for reads of `len` bytes, unchanged, until `lease` is released, and
     /// `lease.release` must be safe to call once, from any thread (the ABI's contract for
     /// [`crate::abi::Descriptor::deliver_leased`]).
-    pub(crate) unsafe fn new(ptr: *const u8, len: usize, lease: RawLease) -> Lent {
-        Lent { ptr, len, lease }
+    pub(crate) unsafe fn new(lease: RawLease) -> Lent {
+        Lent { ptr: std::ptr::null(), len: 0, lease }
     }
 
     /// The same lease, now reading `bytes`.
     ///
     /// # Safety
     ///
-    /// As [`Lent::new`]'s, for `bytes`: they must stay valid and unchanged until the lease is
-    /// released.
+    /// `bytes` must stay valid and unchanged until the lease is released.
     pub(crate) unsafe fn reading(self, bytes: &[u8]) -> Lent {
         let mut lent = self;
         (lent.ptr, lent.len) = (bytes.as_ptr(), bytes.len());
@@ -97,8 +95,8 @@ impl Deref for Lent {
         if self.len == 0 {
             return &[];
         }
-        // SAFETY: `Lent::new`'s contract: the bytes stay valid and unchanged until the lease
-        // is released, which happens only in `drop`, after every borrow of `self` ended.
+        // SAFETY: `Lent::reading`'s contract: the bytes stay valid and unchanged until the
+        // lease is released, which happens only in `drop`, after every borrow of `self` ended.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 }
@@ -114,11 +112,12 @@ impl Drop for Lent {
 // SAFETY: the bytes are immutable while lent and the release is thread-safe (the ABI's
 // contract), so the lease may move to, and be read from, any thread.
 unsafe impl Send for Lent {}
-// SAFETY: as above: shared access only ever reads the immutable bytes.
+// SAFETY: shared access only ever reads the bytes, which are immutable while lent (the
+// ABI's contract); releasing takes `&mut self` (`drop`), so no shared access is left then.
 unsafe impl Sync for Lent {}
 
 /// A message as the mailbox queues it: an [`OwnedMessage`] whose value may be lent.
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 pub(crate) struct Queued {
     pub(crate) kind: u32,
     pub(crate) status: u32,
@@ -176,10 +175,13 @@ mod tests {
     #[test]
     fn a_lent_payload_reads_the_hosts_bytes_and_is_released_once_when_dropped() {
         let buffer = Box::new(vec![1u8, 2, 3, 4]);
-        let (ptr, len) = (buffer.as_ptr(), buffer.len());
-        let lease = RawLease { context: Box::into_raw(buffer).cast(), release };
-        // SAFETY: the box stays alive until `release`, which the lease calls once.
-        let payload = Payload::Lent(unsafe { Lent::new(ptr, len, lease) });
+        // SAFETY: the bytes are the box's, which stays alive until `release`, and the lease
+        // calls `release` once.
+        let lent = unsafe {
+            let bytes = std::slice::from_raw_parts(buffer.as_ptr(), buffer.len());
+            Lent::new(RawLease { context: Box::into_raw(buffer).cast(), release }).reading(bytes)
+        };
+        let payload = Payload::Lent(lent);
         assert_eq!(&*payload, &[1, 2, 3, 4]);
         assert_eq!(RELEASED.load(Ordering::SeqCst), 0);
         let moved = std::thread::spawn(move || payload.into_vec()).join().unwrap();

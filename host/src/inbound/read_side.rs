@@ -210,7 +210,7 @@ impl ReadSide {
                 Ok(Some(frame)) => {
                     let handled = match frame {
                         Frame::Borrowed(bytes) => handle(receive, bytes),
-                        Frame::Owned(frame) => lending::lending(frame, |bytes| handle(receive, bytes)),
+                        Frame::Owned(frame) => lending::lend(frame, |bytes| handle(receive, bytes)),
                     };
                     if let Err(reason) = handled {
                         break Err(reason);

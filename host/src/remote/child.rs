@@ -217,7 +217,7 @@ impl Inbound {
                 // it into its mailbox) straight from the read buffer; a large frame is lent to
                 // the instance instead.
                 Ok(Some(Frame::Borrowed(bytes))) => self.receive(bytes),
-                Ok(Some(Frame::Owned(frame))) => lending::lending(frame, |bytes| self.receive(bytes)),
+                Ok(Some(Frame::Owned(frame))) => lending::lend(frame, |bytes| self.receive(bytes)),
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return true,
                 Ok(None) | Err(_) => host_gone(),
             }

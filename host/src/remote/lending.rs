@@ -2,12 +2,12 @@
 //! instead of copied into that library's mailbox (`Descriptor::deliver_leased`, ABI 8).
 //!
 //! The reader that read a frame into a buffer of its own ([`Frame::Owned`]) handles it inside
-//! [`lending`]; a delivery to a library in this process made meanwhile, on this thread, of a
+//! [`lend`]; a delivery to a library in this process made meanwhile, on this thread, of a
 //! message whose payload lies inside that buffer ([`lease_for`]) hands the library a lease on
-//! the whole buffer, which the library releases when it drops the message. The buffer is freed
-//! when the last lease on it, and the reader's own hold, are gone: a few are kept for the next
-//! large frames the readers read ([`buffer_for`]), as each reader kept its own buffer before
-//! it lent them.
+//! the whole buffer, which the library releases when it drops the message. When the last lease
+//! on it, and the reader's own hold, are gone, the buffer is kept for the next large frames the
+//! readers read ([`buffer_for`]; a few are, as each reader kept its own buffer before it lent
+//! them) or freed.
 //! (Given back to the allocator every time instead, on these machines each frame's buffer came
 //! back as fresh pages: 1 MiB round trips took 2.5x as long, with four times the page faults.)
 //!
@@ -27,7 +27,7 @@ use extension_api::abi::RawLease;
 use super::protocol::KEEP_LARGE;
 
 thread_local! {
-    /// The frame being handled on this thread inside [`lending`], if any.
+    /// The frame being handled on this thread inside [`lend`], if any.
     static LENDABLE: RefCell<Option<Arc<LentFrame>>> = const { RefCell::new(None) };
 }
 
@@ -101,7 +101,7 @@ impl Spares {
 
 /// Runs `handle` on `frame`, whose payloads may be lent meanwhile to the libraries this thread
 /// delivers them to (see [`lease_for`]).
-pub(crate) fn lending<R>(frame: Vec<u8>, handle: impl FnOnce(&[u8]) -> R) -> R {
+pub(crate) fn lend<R>(frame: Vec<u8>, handle: impl FnOnce(&[u8]) -> R) -> R {
     let frame = Arc::new(LentFrame(frame));
     let previous = LENDABLE.replace(Some(frame.clone()));
     // Put back however `handle` ends (a panic included): nothing outside the scope is lent.
@@ -153,7 +153,7 @@ mod tests {
     fn only_a_payload_inside_the_frame_being_handled_is_lent_and_each_lease_holds_the_frame() {
         let outside = vec![1u8; 16];
         assert!(lease_for(&outside).is_none(), "nothing is lent outside `lending`");
-        let (weak, leases) = lending(vec![7u8; 100], |frame| {
+        let (weak, leases) = lend(vec![7u8; 100], |frame| {
             let kept = LENDABLE.with_borrow(|lent| Arc::downgrade(lent.as_ref().unwrap()));
             assert!(lease_for(&outside).is_none(), "not the frame's");
             assert!(lease_for(&frame[10..10]).is_none(), "empty");
@@ -218,7 +218,7 @@ mod tests {
 
     #[test]
     fn a_panic_inside_the_scope_lends_nothing_after_it() {
-        let caught = std::panic::catch_unwind(|| lending(vec![1u8; 8], |_| panic!("handling failed")));
+        let caught = std::panic::catch_unwind(|| lend(vec![1u8; 8], |_| panic!("handling failed")));
         assert!(caught.is_err());
         assert!(LENDABLE.with_borrow(Option::is_none));
     }
