@@ -35,6 +35,7 @@
 
 #[doc(hidden)]
 pub mod abi;
+mod binary;
 mod channel;
 mod error;
 mod extension;
@@ -49,6 +50,7 @@ pub mod wire;
 /// to its sender at once ([`IpcError::TooLarge`], [`InvokeErrorKind::TooLarge`]).
 pub const MAX_MESSAGE: usize = abi::MAX_MESSAGE;
 
+pub use binary::{Binary, SHARED_FROM};
 pub use channel::{EventChannel, EventChannelName, RequestChannel, RequestChannelName};
 pub use error::{BoxError, InvokeError, InvokeErrorKind, IpcError};
 pub use extension::{MainExtension, NoRenderer, RendererExtension};

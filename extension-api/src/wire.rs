@@ -320,6 +320,12 @@ pub struct InstanceSnapshot {
     /// bytes an entry), one copy of each per half.
     #[serde(default)]
     pub store_bytes: u64,
+    /// Bytes of received messages (4 KiB or more each) that `extension_api::Binary` values
+    /// decoded from them keep: each message whole, once, however many views of it are kept.
+    /// For a message that came from another process, the host's buffer it was read into is
+    /// what is kept (lent to the instance; up to 1.5 times these bytes).
+    #[serde(default)]
+    pub binary_bytes: u64,
     /// CPU time the instance's thread has used, in nanoseconds (Linux: from
     /// `/proc/self/task/TID/schedstat`); `None` where it cannot be read. Merged across the
     /// extension's instances, the sum.

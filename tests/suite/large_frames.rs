@@ -8,7 +8,7 @@ use extension_api::abi::MAX_MESSAGE;
 use extension_host::HostEvent;
 use extension_host::child_protocol::MAX_PACKET;
 
-use crate::limits::run;
+use crate::limits::{Do, Report, run};
 use crate::support::{self, Transport, library, wait_event, wait_log};
 
 /// Value sizes whose frames end just before, at and just after the readers' 64 KiB scratch
@@ -57,7 +57,9 @@ async fn a_message_at_the_limit_crosses_and_one_byte_over_is_refused_both_ways(t
 /// Large values in flight together, each its own bytes, come back byte for byte: on a child
 /// connection each one's frame is lent to the library it is delivered to (the host's main, or
 /// the renderer process's instance, for the replies), while the frames after it are read into
-/// other buffers, and the buffers of the frames it released are read into again.
+/// other buffers, and the buffers of the frames it released are read into again. The replies
+/// are decoded as `Binary`, views of the frames they arrived in, and kept while the next round
+/// arrives: a frame's buffer read into again while a view of it is kept fails this.
 async fn large_values_in_flight_together_each_come_back_as_they_were_sent(transport: Transport) {
     let host = support::host_for(transport, &["sizes"]).await;
     let frame = support::open_frame(&host, transport).await.0;
@@ -65,14 +67,70 @@ async fn large_values_in_flight_together_each_come_back_as_they_were_sent(transp
     for size in [65_537, 300_000, 1 << 20] {
         for _ in 0..3 {
             let outcome = run(&host, &mut seen, frame, "echo-many", size).await;
-            // (Eight of them: the fixture's `ECHOED`.)
-            assert_eq!(outcome, format!("ok:8x{size}"), "values of {size} bytes");
+            // (Sixteen of them: twice the fixture's `ECHOED`.)
+            assert_eq!(outcome, format!("ok:16x{size}"), "values of {size} bytes");
         }
     }
     host.shutdown().await;
 }
 
+/// What the sizes extension's `Binary` values keep, as inspect reports it (all its instances).
+async fn binary_bytes(host: &extension_host::Host) -> u64 {
+    let snapshot = host.inspect().await;
+    snapshot.extension("sizes").and_then(|sizes| sizes.instance.as_ref()).map_or(0, |instance| instance.binary_bytes)
+}
+
+/// A `Binary` is a view of the message it came in, not a copy: a request that main's handler
+/// keeps, a reply that the renderer half keeps and an event that main's listener keeps each
+/// keep their message whole (inspect's `binary_bytes`: lent by the host's or the renderer
+/// process's reader, on a child connection), and dropping them gives it all back.
+async fn binary_values_keep_the_messages_they_came_in_until_dropped(transport: Transport) {
+    const SIZE: u64 = 1 << 20;
+    // Each message is the value and a few bytes of MessagePack around it.
+    let kept_about = |messages: u64| messages * SIZE..messages * (SIZE + 16);
+    let host = support::host_for(transport, &["sizes"]).await;
+    let frame = support::open_frame(&host, transport).await.0;
+    let mut seen = host.broadcasts();
+    assert_eq!(binary_bytes(&host).await, 0);
+
+    assert!(run(&host, &mut seen, frame, "keep", SIZE).await.starts_with("ok:"));
+    let kept = binary_bytes(&host).await;
+    assert!(kept_about(1).contains(&kept), "a request main keeps: {kept}");
+
+    assert!(run(&host, &mut seen, frame, "keep-reply", SIZE).await.starts_with("ok:"));
+    let kept = binary_bytes(&host).await;
+    assert!(kept_about(2).contains(&kept), "and a reply the renderer half keeps: {kept}");
+
+    // The report and main's answer may come in either order.
+    host.broadcast("sizes", "do", &Do { frame, op: "keep-broadcast", size: SIZE, key: "" }).unwrap();
+    let both = async {
+        let (mut reported, mut answered) = (false, false);
+        while !(reported && answered) {
+            let broadcast = seen.recv().await.expect("the broadcast stream goes on");
+            match broadcast.channel.as_str() {
+                "report" => {
+                    assert_eq!(broadcast.value::<Report>().expect("a report").outcome, "ok:sent");
+                    reported = true;
+                }
+                "got" => {
+                    assert_eq!(broadcast.value::<(String, u64)>().expect("a `got`"), ("main".to_owned(), SIZE));
+                    answered = true;
+                }
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(support::FAILSAFE, both).await.expect("the broadcast is sent and main's listener answers");
+    let kept = binary_bytes(&host).await;
+    assert!(kept_about(3).contains(&kept), "and an event main's listener keeps: {kept}");
+
+    assert_eq!(run(&host, &mut seen, frame, "forget", 0).await, "ok:3");
+    assert_eq!(binary_bytes(&host).await, 0, "all given back");
+    host.shutdown().await;
+}
+
 conformance!(
+    binary_values_keep_the_messages_they_came_in_until_dropped,
     large_values_in_flight_together_each_come_back_as_they_were_sent,
     values_of_every_size_cross_a_child_connection_whole_both_ways,
     a_message_at_the_limit_crosses_and_one_byte_over_is_refused_both_ways,

@@ -18,7 +18,7 @@ use crate::channel::{EventChannelName, RequestChannelName};
 use crate::error::{InvokeError, InvokeErrorKind, IpcError};
 use crate::message::Message;
 use crate::runtime::context;
-use crate::runtime::payload::Payload;
+use crate::runtime::payload::{Kept, Payload};
 use crate::runtime::requests::{Answer, Outgoing, Route};
 use crate::runtime::sweep::timeout_ticks;
 use crate::runtime::{HandlerFn, ListenerFn, RawEvent, Registered, Shared};
@@ -106,7 +106,7 @@ impl HalfHandle {
         // instance weakly, so the listener does not keep its own instance alive.
         let own = self.disposer(Registration::Listener { channel: channel.clone(), id });
         let weak = self.shared.clone();
-        let wrapped: ListenerFn = Arc::new(move |event: &RawEvent<'_>| match crate::wire::decode::<T>(event.payload) {
+        let wrapped: ListenerFn = Arc::new(move |event: &RawEvent<'_>| match event.value.decode::<T>() {
             Ok(value) => listener(Event { sender: event.sender, value }, &own),
             Err(error) => {
                 if let Some(shared) = weak.upgrade() {
@@ -195,10 +195,11 @@ impl HalfHandle {
         let channel = channel.channel_name().to_owned();
         // Only error messages name the channel: shared, not copied per request.
         let name: Arc<str> = Arc::from(channel.as_str());
+        let kept = shared.kept.clone();
         let wrapped: HandlerFn = Arc::new(move |payload: Payload, sender| {
-            let request = crate::wire::decode::<Req>(&payload);
-            // Freed (or its lease released) before the handler runs: see `HandlerFn`.
-            drop(payload);
+            // Freed (or its lease released) before the handler runs, unless `Binary` values
+            // in the request share it: see `HandlerFn`.
+            let request = payload.decode::<Req>(&kept);
             let future = request.map(|request| handler(request, RequestMeta { sender }));
             let name = name.clone();
             Box::pin(async move {
@@ -251,8 +252,8 @@ impl HalfHandle {
             .map_err(|error| InvokeError::new(InvokeErrorKind::Serialize, &channel, error.to_string()))
             .and_then(|payload| self.start_invoke(target, channel, payload, timeout));
         async move {
-            let (reply, channel) = started?.wait(timeout).await?;
-            crate::wire::decode(&reply).map_err(|error| {
+            let (reply, channel, kept) = started?.wait(timeout).await?;
+            reply.decode(&kept).map_err(|error| {
                 let message = format!("the reply does not decode as {}: {error}", std::any::type_name::<Resp>());
                 InvokeError::new(InvokeErrorKind::Deserialize, channel, message)
             })
@@ -327,7 +328,7 @@ impl HalfHandle {
             let (kind, why) = crate::message::refusal(status);
             return Err(InvokeError::new(kind, guard.channel.as_str(), why));
         }
-        Ok(PendingInvoke { guard, receiver })
+        Ok(PendingInvoke { guard, receiver, kept: shared.kept.clone() })
     }
 
     pub(crate) fn spawn<F>(&self, future: F) -> Result<tokio::task::JoinHandle<F::Output>, IpcError>
@@ -361,11 +362,14 @@ impl HalfHandle {
 struct PendingInvoke {
     guard: PendingGuard,
     receiver: oneshot::Receiver<Answer>,
+    /// Where the reply's value is counted while `Binary` values keep it.
+    kept: Kept,
 }
 
 impl PendingInvoke {
-    /// The reply's value, and the channel (for the caller's decode errors).
-    async fn wait(mut self, timeout: Duration) -> Result<(Payload, String), InvokeError> {
+    /// The reply's value, the channel (for the caller's decode errors), and where the value is
+    /// counted when it is decoded.
+    async fn wait(mut self, timeout: Duration) -> Result<(Payload, String, Kept), InvokeError> {
         let outcome = (&mut self.receiver).await;
         let channel = self.guard.channel.as_str();
         match outcome {
@@ -383,7 +387,7 @@ impl PendingInvoke {
             Ok(Answer::Reply(reply)) => {
                 self.guard.armed = false;
                 let value = reply.into_result(channel)?;
-                Ok((value, std::mem::take(&mut self.guard.channel)))
+                Ok((value, std::mem::take(&mut self.guard.channel), std::mem::take(&mut self.kept)))
             }
         }
     }

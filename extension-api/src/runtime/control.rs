@@ -102,6 +102,7 @@ impl Shared {
                 .flat_map(|half| [half.replica(Tier::Store), half.replica(Tier::Storage)])
                 .map(|replica| replica.bytes() as u64)
                 .sum(),
+            binary_bytes: self.kept.bytes(),
             cpu_ns,
             thread_id,
             dispatched: progress.dispatched,

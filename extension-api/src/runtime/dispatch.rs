@@ -34,7 +34,7 @@ impl Shared {
     fn dispatch(self: &Arc<Self>, delivery: Delivery) {
         let Delivery { route, message } = delivery;
         match message.kind {
-            abi::kind::BROADCAST => self.dispatch_broadcast(&message),
+            abi::kind::BROADCAST => self.dispatch_broadcast(message),
             abi::kind::INVOKE => self.dispatch_invoke(route, message),
             abi::kind::STORE_WRITE => self.dispatch_store_write(message.origin, &message.payload),
             abi::kind::STORE_UPDATE => self.dispatch_store_update(Tier::Store, &message.payload),
@@ -65,7 +65,7 @@ impl Shared {
 
     // Out of line: it keeps the dispatcher's path for requests and replies short.
     #[inline(never)]
-    fn dispatch_broadcast(self: &Arc<Self>, envelope: &Queued) {
+    fn dispatch_broadcast(self: &Arc<Self>, envelope: Queued) {
         let mut targets = Vec::new();
         let counted = {
             let mut state = self.state();
@@ -86,11 +86,10 @@ impl Shared {
         let Some(counted) = counted else { return };
         // Main first, then frames in order: deterministic for tests and for authors.
         targets.sort_by_key(|(peer, _, _)| *peer);
-        let event = RawEvent {
-            sender: crate::message::sender_of(envelope.origin),
-            channel: &envelope.channel,
-            payload: &envelope.payload,
-        };
+        // Prepared once for all its listeners: a large value is one buffer they share.
+        let Queued { origin, channel, payload, .. } = envelope;
+        let value = payload.decodable(&self.kept);
+        let event = RawEvent { sender: crate::message::sender_of(origin), channel: &channel, value: &value };
         for (peer, generation, listeners) in targets {
             // Inspect shows the listener running meanwhile, as a handler run in place (it may
             // block, and inspect answers from another thread): one store per half reached.
@@ -102,7 +101,7 @@ impl Shared {
                 if let Err(panic) = outcome {
                     self.listener_panics.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(
-                        channel = %envelope.channel,
+                        channel = %channel,
                         "a listener panicked: {}",
                         panic_message(panic.as_ref())
                     );

@@ -8,6 +8,10 @@
 
 use std::fmt;
 use std::ops::Deref;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::de::DeserializeOwned;
 
 use crate::abi::{Peer, RawLease};
 use crate::message::Message;
@@ -26,6 +30,74 @@ impl Payload {
             Payload::Owned(bytes) => bytes,
             Payload::Lent(lent) => lent.to_vec(),
         }
+    }
+}
+
+impl Payload {
+    /// Decodes the value, as [`Decodable::decode`] does.
+    pub(crate) fn decode<T: DeserializeOwned>(self, kept: &Kept) -> Result<T, rmp_serde::decode::Error> {
+        self.decodable(kept).decode()
+    }
+
+    /// The value, ready to be decoded (by several decoders, for an event's listeners). A large
+    /// one becomes a shared buffer of the same bytes, without a copy (a vector's own buffer, or
+    /// the lease), counted in `kept` while it lives.
+    pub(crate) fn decodable(self, kept: &Kept) -> Decodable {
+        if self.len() < crate::binary::SHARED_FROM {
+            return Decodable::Plain(self);
+        }
+        kept.0.fetch_add(self.len() as u64, Ordering::Relaxed);
+        Decodable::Shared(bytes::Bytes::from_owner(Held { payload: self, kept: kept.clone() }))
+    }
+}
+
+/// A received value ready to be decoded: one of [`crate::binary::SHARED_FROM`] bytes or more
+/// is held as a shared buffer, so that the [`crate::Binary`] values decoded from it are views
+/// of it instead of copies.
+pub(crate) enum Decodable {
+    Plain(Payload),
+    Shared(bytes::Bytes),
+}
+
+impl Decodable {
+    /// Decodes the value (as [`crate::wire::decode`]). Whatever does not keep a `Binary` view
+    /// of a shared buffer frees it (or releases its lease) when the last `Decodable` of it is
+    /// dropped.
+    pub(crate) fn decode<T: DeserializeOwned>(&self) -> Result<T, rmp_serde::decode::Error> {
+        match self {
+            Decodable::Plain(payload) => crate::wire::decode(payload),
+            Decodable::Shared(shared) => crate::binary::sharing(shared, || crate::wire::decode(shared)),
+        }
+    }
+}
+
+/// The bytes of the received values an instance holds as shared buffers: those its `Binary`
+/// values keep (and, for a moment, the ones being decoded). Inspect reports it
+/// (`InstanceSnapshot::binary_bytes`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Kept(Arc<AtomicU64>);
+
+impl Kept {
+    pub(crate) fn bytes(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The owner of a shared buffer: the value's bytes, counted in [`Kept`] until dropped.
+struct Held {
+    payload: Payload,
+    kept: Kept,
+}
+
+impl AsRef<[u8]> for Held {
+    fn as_ref(&self) -> &[u8] {
+        &self.payload
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.kept.0.fetch_sub(self.payload.len() as u64, Ordering::Relaxed);
     }
 }
 
@@ -98,6 +170,12 @@ impl Deref for Lent {
         // SAFETY: `Lent::reading`'s contract: the bytes stay valid and unchanged until the
         // lease is released, which happens only in `drop`, after every borrow of `self` ended.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl AsRef<[u8]> for Lent {
+    fn as_ref(&self) -> &[u8] {
+        self
     }
 }
 
@@ -187,5 +265,51 @@ mod tests {
         let moved = std::thread::spawn(move || payload.into_vec()).join().unwrap();
         assert_eq!(moved, vec![1, 2, 3, 4]);
         assert_eq!(RELEASED.load(Ordering::SeqCst), 1);
+    }
+
+    static RELEASED_DECODED: AtomicUsize = AtomicUsize::new(0);
+
+    unsafe extern "C" fn release_decoded(context: *mut c_void) {
+        // SAFETY: the test passes a pointer from `Box::into_raw` and `release` runs once.
+        drop(unsafe { Box::from_raw(context.cast::<Vec<u8>>()) });
+        RELEASED_DECODED.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn lent(value: &impl serde::Serialize) -> (Payload, std::ops::Range<*const u8>) {
+        let buffer = Box::new(crate::runtime::encode(value).expect("encodes"));
+        let range = buffer.as_ptr_range();
+        // SAFETY: the bytes are the box's, which stays alive until `release_decoded`, and the
+        // lease calls it once.
+        let lent = unsafe {
+            let bytes = std::slice::from_raw_parts(buffer.as_ptr(), buffer.len());
+            Lent::new(RawLease { context: Box::into_raw(buffer).cast(), release: release_decoded }).reading(bytes)
+        };
+        (Payload::Lent(lent), range)
+    }
+
+    #[test]
+    fn a_binary_decoded_from_a_lent_value_reads_the_lease_and_keeps_it_until_dropped() {
+        let data = vec![9u8; 64 * 1024];
+        let (payload, range) = lent(&(crate::Binary::from(data.clone()), "tail"));
+        let (kept, length) = (Kept::default(), payload.len() as u64);
+        let (binary, tail): (crate::Binary, String) = payload.decode(&kept).expect("decodes");
+        assert_eq!(kept.bytes(), length, "the whole value is kept: the view and the rest");
+        assert_eq!((&binary[..], tail.as_str()), (&data[..], "tail"));
+        assert!(range.start <= binary.as_ptr() && binary.as_ptr_range().end <= range.end, "not a view of the lease");
+        let before = RELEASED_DECODED.load(Ordering::SeqCst);
+        // A clone moved to another thread keeps it too; the last one dropped releases it.
+        let clone = binary.clone();
+        drop(binary);
+        std::thread::spawn(move || drop(clone)).join().unwrap();
+        assert_eq!(RELEASED_DECODED.load(Ordering::SeqCst), before + 1);
+        assert_eq!(kept.bytes(), 0);
+
+        // A value with no `Binary` in it releases the lease as soon as it is decoded.
+        let (payload, _) = lent(&serde_bytes::ByteBuf::from(data.clone()));
+        let before = RELEASED_DECODED.load(Ordering::SeqCst);
+        let copied: serde_bytes::ByteBuf = payload.decode(&kept).expect("decodes");
+        assert_eq!(kept.bytes(), 0);
+        assert_eq!(RELEASED_DECODED.load(Ordering::SeqCst), before + 1);
+        assert_eq!(copied.into_vec(), data);
     }
 }

@@ -13,6 +13,7 @@ use crate::ipc::HalfHandle;
 use crate::message::{Message, Reply};
 use crate::runtime::lifecycle::Factory;
 use crate::runtime::mailbox::{Delivery, Mailbox, Refused};
+use crate::runtime::payload::Kept;
 use crate::runtime::requests::{Answer, Incoming, Outgoing, Route};
 use crate::runtime::state::State;
 use crate::runtime::stats::SlowLog;
@@ -41,6 +42,8 @@ pub(crate) struct Shared {
     /// host's answers are applied and published.
     pub(super) storage_order: Mutex<()>,
     pub(crate) decode_failures: AtomicU64,
+    /// The bytes of received values held as shared buffers (what `Binary` values keep).
+    pub(crate) kept: Kept,
     pub(super) listener_panics: AtomicU64,
     /// The instance thread's TID, for its CPU time.
     pub(super) thread_id: AtomicU64,
@@ -80,6 +83,7 @@ impl Shared {
             store_order: Mutex::new(()),
             storage_order: Mutex::new(()),
             decode_failures: AtomicU64::new(0),
+            kept: Kept::default(),
             listener_panics: AtomicU64::new(0),
             thread_id: AtomicU64::new(0),
             slow: SlowLog::default(),

@@ -14,7 +14,7 @@ use crate::InvokeErrorKind;
 use crate::abi::Peer;
 use crate::ipc::{Sender, StoreChange, StoreError};
 use crate::message;
-use crate::runtime::payload::Payload;
+use crate::runtime::payload::{Decodable, Payload};
 use crate::runtime::requests::{Answer, Failed, HalfCounts, Outgoing, Requests, Route, Waiter};
 use crate::wire::{ErrorPayload, HalfSnapshot};
 
@@ -22,7 +22,7 @@ use crate::wire::{ErrorPayload, HalfSnapshot};
 pub(crate) struct RawEvent<'a> {
     pub(crate) sender: Sender,
     pub(crate) channel: &'a str,
-    pub(crate) payload: &'a [u8],
+    pub(crate) value: &'a Decodable,
 }
 
 pub(crate) type ListenerFn = Arc<dyn Fn(&RawEvent<'_>) + Send + Sync>;
@@ -31,7 +31,8 @@ pub(crate) type ListenerFn = Arc<dyn Fn(&RawEvent<'_>) + Send + Sync>;
 pub(crate) type HandlerResult = Result<Vec<u8>, (InvokeErrorKind, ErrorPayload)>;
 /// A request handler: given the request's value, which it drops as soon as it has decoded it
 /// (before its future first runs: a large value's memory, or the host's lease on it, is not
-/// held while the reply is made), and its sender.
+/// held while the reply is made, unless `Binary` values decoded from it share it), and its
+/// sender.
 pub(crate) type HandlerFn = Arc<dyn Fn(Payload, Sender) -> BoxFuture<'static, HandlerResult> + Send + Sync>;
 
 pub(crate) type WatcherFn = Arc<dyn Fn(&StoreChange) + Send + Sync>;

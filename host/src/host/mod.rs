@@ -602,6 +602,7 @@ async fn inspect_link(link: &Link) -> (InstanceSnapshot, usize) {
         merged.listener_panics += instance.listener_panics;
         merged.queued_bytes += instance.queued_bytes;
         merged.store_bytes += instance.store_bytes;
+        merged.binary_bytes += instance.binary_bytes;
         merged.dispatched += instance.dispatched;
         merged.batch_messages += instance.batch_messages;
         merged.dispatching |= instance.dispatching;

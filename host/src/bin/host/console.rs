@@ -355,7 +355,7 @@ fn top_table(snapshot: &HostSnapshot, before: &Sample, now: &Sample, elapsed: Du
             if running { format!("{:.1}", cpu_delta(name) as f64 / 1e9 / seconds * 100.0) } else { "-".into() },
             if running { nanos(cpu) } else { "-".into() },
             extension.process.and_then(|process| process.rss_bytes).map_or_else(|| "-".into(), bytes),
-            instance.map_or_else(|| "-".into(), |i| bytes(i.store_bytes + i.queued_bytes)),
+            instance.map_or_else(|| "-".into(), |i| bytes(i.store_bytes + i.queued_bytes + i.binary_bytes)),
             if running {
                 format!("{:.0}", requests.saturating_sub(requests_before) as f64 / seconds)
             } else {
