@@ -214,7 +214,12 @@ impl<'de> Visitor<'de> for BinaryVisitor {
     }
 
     fn visit_borrowed_bytes<E: de::Error>(self, bytes: &'de [u8]) -> Result<Binary, E> {
-        Ok(shared_slice(bytes).unwrap_or_else(|| Binary::copy_from_slice(bytes)))
+        if bytes.len() >= SHARED_FROM
+            && let Some(shared) = shared_slice(bytes)
+        {
+            return Ok(shared);
+        }
+        Ok(Binary::copy_from_slice(bytes))
     }
 
     fn visit_bytes<E: de::Error>(self, bytes: &[u8]) -> Result<Binary, E> {
@@ -264,12 +269,10 @@ pub(crate) fn sharing<R>(buffer: &bytes::Bytes, decode: impl FnOnce() -> R) -> R
     decode()
 }
 
-/// `bytes` as a view of the buffer [`sharing`] names, if it is long enough to share and lies
-/// inside that buffer.
+/// `bytes` (long enough to share) as a view of the buffer [`sharing`] names, if it lies inside
+/// that buffer. Cold: a large value's copy, which this saves, costs far more than the call.
+#[cold]
 fn shared_slice(bytes: &[u8]) -> Option<Binary> {
-    if bytes.len() < SHARED_FROM {
-        return None;
-    }
     SHARED.with_borrow(|shared| {
         let buffer = shared.as_ref()?;
         let inside = buffer.as_ptr_range();

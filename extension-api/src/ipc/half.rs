@@ -369,9 +369,10 @@ struct PendingInvoke {
 impl PendingInvoke {
     /// The reply's value, the channel (for the caller's decode errors), and where the value is
     /// counted when it is decoded.
-    async fn wait(mut self, timeout: Duration) -> Result<(Payload, String, Kept), InvokeError> {
-        let outcome = (&mut self.receiver).await;
-        let channel = self.guard.channel.as_str();
+    async fn wait(self, timeout: Duration) -> Result<(Payload, String, Kept), InvokeError> {
+        let PendingInvoke { mut guard, mut receiver, kept } = self;
+        let outcome = (&mut receiver).await;
+        let channel = guard.channel.as_str();
         match outcome {
             // Dropping the armed guard cancels the request on the handling side.
             Ok(Answer::TimedOut) => {
@@ -380,14 +381,14 @@ impl PendingInvoke {
             Err(_) => {
                 // The invoking half was shut down. A request within the instance still needs
                 // its cancel (the host sends the others'); a stray one is harmless.
-                self.guard.armed = self.guard.route == Route::Within;
-                let kind = crate::runtime::requests::closing_kind(self.guard.peer);
+                guard.armed = guard.route == Route::Within;
+                let kind = crate::runtime::requests::closing_kind(guard.peer);
                 Err(InvokeError::new(kind, channel, "the invoking half was shut down"))
             }
             Ok(Answer::Reply(reply)) => {
-                self.guard.armed = false;
+                guard.armed = false;
                 let value = reply.into_result(channel)?;
-                Ok((value, std::mem::take(&mut self.guard.channel), std::mem::take(&mut self.kept)))
+                Ok((value, std::mem::take(&mut guard.channel), kept))
             }
         }
     }

@@ -35,6 +35,7 @@ impl Payload {
 
 impl Payload {
     /// Decodes the value, as [`Decodable::decode`] does.
+    #[inline]
     pub(crate) fn decode<T: DeserializeOwned>(self, kept: &Kept) -> Result<T, rmp_serde::decode::Error> {
         self.decodable(kept).decode()
     }
@@ -42,6 +43,7 @@ impl Payload {
     /// The value, ready to be decoded (by several decoders, for an event's listeners). A large
     /// one becomes a shared buffer of the same bytes, without a copy (a vector's own buffer, or
     /// the lease), counted in `kept` while it lives.
+    #[inline]
     pub(crate) fn decodable(self, kept: &Kept) -> Decodable {
         if self.len() < crate::binary::SHARED_FROM {
             return Decodable::Plain(self);
@@ -63,6 +65,7 @@ impl Decodable {
     /// Decodes the value (as [`crate::wire::decode`]). Whatever does not keep a `Binary` view
     /// of a shared buffer frees it (or releases its lease) when the last `Decodable` of it is
     /// dropped.
+    #[inline]
     pub(crate) fn decode<T: DeserializeOwned>(&self) -> Result<T, rmp_serde::decode::Error> {
         match self {
             Decodable::Plain(payload) => crate::wire::decode(payload),
