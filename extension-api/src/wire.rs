@@ -625,6 +625,14 @@ pub fn decode<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, rmp_serde
     rmp_serde::from_slice(bytes)
 }
 
+/// Decodes `bytes` as a received value of [`crate::SHARED_FROM`] bytes or more is decoded: as
+/// [`decode`] does, with the [`crate::Binary`] values in it views of `bytes` instead of copies.
+/// Public for the fuzz targets, which check that it decodes what [`decode`] does.
+#[doc(hidden)]
+pub fn decode_sharing<T: serde::de::DeserializeOwned>(bytes: &bytes::Bytes) -> Result<T, rmp_serde::decode::Error> {
+    crate::binary::sharing(bytes, || decode(bytes))
+}
+
 /// Whether the first MessagePack value in `bytes` nests arrays and maps more than `limit`
 /// deep. Reads markers and lengths only, without recursing or allocating; bytes that are
 /// malformed or cut short before the limit is passed are left for decoding to refuse.

@@ -13,7 +13,7 @@ use extension_api::wire::{
     MailboxLimit, OwnedMessage, SlowHandler, StoreSnapshot, StoreUpdate, StoreWrite,
 };
 use extension_host::child_protocol::{Framing, PROTOCOL_VERSION, Packet};
-use extension_host_fuzz::{Decoder, Settings, Shape};
+use extension_host_fuzz::{Attachment, Decoder, Settings, Shape};
 use serde::Serialize;
 
 fn main() -> std::io::Result<()> {
@@ -92,6 +92,7 @@ fn completions() -> Vec<Completion> {
             local_requests: 4,
             queued_bytes: 64,
             store_bytes: 40,
+            binary_bytes: 1 << 20,
             cpu_ns: Some(1_500_000),
             thread_id: 4242,
             dispatched: 17,
@@ -314,5 +315,15 @@ fn write_boundary_values(dir: &Path) -> std::io::Result<usize> {
     let mut bytes = Vec::new();
     rmpv::encode::write_value(&mut bytes, &rmpv).expect("an rmpv value encodes");
     seed(Decoder::Rmpv, "0", &bytes)?;
+    // Binary values on both sides of `SHARED_FROM` (a large one is a view of the input).
+    let binary = |size: usize| extension_api::Binary::from(vec![0x5a; size]);
+    let small = Attachment { name: "small".to_owned(), data: binary(3), parts: vec![binary(0), binary(17)] };
+    let large = Attachment {
+        name: "large".to_owned(),
+        data: binary(extension_api::SHARED_FROM),
+        parts: vec![binary(extension_api::SHARED_FROM + 1), binary(5)],
+    };
+    seed(Decoder::Binaries, "0", &encode(&small))?;
+    seed(Decoder::Binaries, "1", &encode(&large))?;
     Ok(count)
 }

@@ -11,10 +11,10 @@ use extension_api::abi::{self, RawMessage, RawSlice};
 use extension_api::message::Message;
 use extension_api::wire::{
     Completion, Control, ErrorPayload, InstanceConfig, MAX_DEPTH, OwnedMessage, StoreSnapshot, StoreUpdate, StoreWrite,
-    decode,
+    decode, decode_sharing,
 };
 use extension_api::{InvokeError, InvokeErrorKind};
-use extension_host_fuzz::{Decoder, Settings, Shape, on_decoding_stack};
+use extension_host_fuzz::{Attachment, Decoder, Settings, Shape, on_decoding_stack};
 use libfuzzer_sys::fuzz_target;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -68,6 +68,19 @@ fn check(data: &[u8]) {
         Decoder::Shape => drop(decode::<Shape>(bytes)),
         Decoder::Strings => drop(round_trip::<Vec<String>>(bytes)),
         Decoder::Json => drop(decode::<serde_json::Value>(bytes)),
+        Decoder::Binaries => {
+            // Decoded as a received value is when it is large: the same value (and the same
+            // refusal), with its large `Binary` values views of the input.
+            let shared = bytes::Bytes::copy_from_slice(bytes);
+            let plain = round_trip::<Attachment>(bytes);
+            let viewed = decode_sharing::<Attachment>(&shared).ok();
+            assert_eq!(viewed, plain);
+            drop(viewed);
+            // Nothing decoded keeps the input once the values are dropped (an empty input is
+            // `Bytes`' static empty buffer, never unique).
+            assert!(shared.is_empty() || shared.is_unique());
+            drop(round_trip::<Vec<extension_api::Binary>>(bytes));
+        }
         Decoder::Rmpv => {
             // What the dev console does with every value it shows.
             if let Ok(value) = decode::<rmpv::Value>(bytes) {

@@ -81,6 +81,15 @@ pub struct Settings {
     pub blob: Vec<u8>,
 }
 
+/// An author's struct holding binary data as `Binary` (a view of the message it came in, when
+/// large).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub name: String,
+    pub data: extension_api::Binary,
+    pub parts: Vec<extension_api::Binary>,
+}
+
 /// An author's enum, recursive as syntax trees and commands often are.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Shape {
@@ -112,10 +121,13 @@ pub enum Decoder {
     Strings,
     Json,
     Rmpv,
+    /// `Binary` values (`Vec<Binary>` and a struct holding one), decoded as a small value is
+    /// and as a large one is (views of the input: `wire::decode_sharing`), which must agree.
+    Binaries,
 }
 
 impl Decoder {
-    pub const ALL: [Decoder; 14] = [
+    pub const ALL: [Decoder; 15] = [
         Decoder::Control,
         Decoder::Completion,
         Decoder::InstanceConfig,
@@ -130,6 +142,7 @@ impl Decoder {
         Decoder::Strings,
         Decoder::Json,
         Decoder::Rmpv,
+        Decoder::Binaries,
     ];
 
     /// The decoder a selector byte picks.

@@ -69,7 +69,7 @@ impl Decodable {
     pub(crate) fn decode<T: DeserializeOwned>(&self) -> Result<T, rmp_serde::decode::Error> {
         match self {
             Decodable::Plain(payload) => crate::wire::decode(payload),
-            Decodable::Shared(shared) => crate::binary::sharing(shared, || crate::wire::decode(shared)),
+            Decodable::Shared(shared) => crate::wire::decode_sharing(shared),
         }
     }
 }
