@@ -323,7 +323,9 @@ pub struct InstanceSnapshot {
     /// Bytes of received messages (4 KiB or more each) that `extension_api::Binary` values
     /// decoded from them keep: each message whole, once, however many views of it are kept.
     /// For a message that came from another process, the host's buffer it was read into is
-    /// what is kept (lent to the instance; up to 1.5 times these bytes).
+    /// what is kept (lent to the instance; up to 1.5 times these bytes). Also counted, for as
+    /// long as it lasts: a large value being decoded, and a large event while its listeners
+    /// run (all of them share it), whatever its type.
     #[serde(default)]
     pub binary_bytes: u64,
     /// CPU time the instance's thread has used, in nanoseconds (Linux: from

@@ -176,12 +176,6 @@ impl Deref for Lent {
     }
 }
 
-impl AsRef<[u8]> for Lent {
-    fn as_ref(&self) -> &[u8] {
-        self
-    }
-}
-
 impl Drop for Lent {
     fn drop(&mut self) {
         // SAFETY: called once (this is the lease's only owner, and `drop` runs once), and the

@@ -315,7 +315,7 @@ fn flag(unresponsive: bool, unanswered: usize) -> String {
 fn top_table(snapshot: &HostSnapshot, before: &Sample, now: &Sample, elapsed: Duration) -> String {
     let seconds = elapsed.as_secs_f64().max(1e-9);
     let mut rows = vec![
-        ["EXTENSION", "STATE", "CPU%", "CPU TIME", "RSS", "STORE+MAILBOX", "REQ/S", "P99", "SLOWEST", "MAILBOX", ""]
+        ["EXTENSION", "STATE", "CPU%", "CPU TIME", "RSS", "HELD", "REQ/S", "P99", "SLOWEST", "MAILBOX", ""]
             .map(str::to_owned),
     ];
     let mut extensions: Vec<_> = snapshot.extensions.iter().collect();
