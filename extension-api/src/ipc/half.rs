@@ -199,7 +199,7 @@ impl HalfHandle {
         let wrapped: HandlerFn = Arc::new(move |payload: Payload, sender| {
             // Freed (or its lease released) before the handler runs, unless `Binary` values
             // in the request share it: see `HandlerFn`.
-            let request = payload.decode::<Req>(&kept);
+            let request = payload.decode::<Req>(|| kept.clone());
             let future = request.map(|request| handler(request, RequestMeta { sender }));
             let name = name.clone();
             Box::pin(async move {
@@ -252,8 +252,10 @@ impl HalfHandle {
             .map_err(|error| InvokeError::new(InvokeErrorKind::Serialize, &channel, error.to_string()))
             .and_then(|payload| self.start_invoke(target, channel, payload, timeout));
         async move {
-            let (reply, channel, kept) = started?.wait(timeout).await?;
-            reply.decode(&kept).map_err(|error| {
+            let (reply, channel, shared) = started?.wait(timeout).await?;
+            // A large reply is counted in its instance's `Kept` while `Binary` values keep it.
+            let kept = || shared.upgrade().map_or_else(Kept::default, |shared| shared.kept.clone());
+            reply.decode(kept).map_err(|error| {
                 let message = format!("the reply does not decode as {}: {error}", std::any::type_name::<Resp>());
                 InvokeError::new(InvokeErrorKind::Deserialize, channel, message)
             })
@@ -328,7 +330,7 @@ impl HalfHandle {
             let (kind, why) = crate::message::refusal(status);
             return Err(InvokeError::new(kind, guard.channel.as_str(), why));
         }
-        Ok(PendingInvoke { guard, receiver, kept: shared.kept.clone() })
+        Ok(PendingInvoke { guard, receiver })
     }
 
     pub(crate) fn spawn<F>(&self, future: F) -> Result<tokio::task::JoinHandle<F::Output>, IpcError>
@@ -362,15 +364,13 @@ impl HalfHandle {
 struct PendingInvoke {
     guard: PendingGuard,
     receiver: oneshot::Receiver<Answer>,
-    /// Where the reply's value is counted while `Binary` values keep it.
-    kept: Kept,
 }
 
 impl PendingInvoke {
-    /// The reply's value, the channel (for the caller's decode errors), and where the value is
-    /// counted when it is decoded.
-    async fn wait(self, timeout: Duration) -> Result<(Payload, String, Kept), InvokeError> {
-        let PendingInvoke { mut guard, mut receiver, kept } = self;
+    /// The reply's value, the channel (for the caller's decode errors), and the instance (whose
+    /// `Kept` counts a large value).
+    async fn wait(self, timeout: Duration) -> Result<(Payload, String, Weak<Shared>), InvokeError> {
+        let PendingInvoke { mut guard, mut receiver } = self;
         let outcome = (&mut receiver).await;
         let channel = guard.channel.as_str();
         match outcome {
@@ -388,7 +388,8 @@ impl PendingInvoke {
             Ok(Answer::Reply(reply)) => {
                 guard.armed = false;
                 let value = reply.into_result(channel)?;
-                Ok((value, std::mem::take(&mut guard.channel), kept))
+                // Disarmed: the guard's drop needs neither any more.
+                Ok((value, std::mem::take(&mut guard.channel), std::mem::take(&mut guard.shared)))
             }
         }
     }

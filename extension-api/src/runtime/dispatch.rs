@@ -88,7 +88,7 @@ impl Shared {
         targets.sort_by_key(|(peer, _, _)| *peer);
         // Prepared once for all its listeners: a large value is one buffer they share.
         let Queued { origin, channel, payload, .. } = envelope;
-        let value = payload.decodable(&self.kept);
+        let value = payload.decodable(|| self.kept.clone());
         let event = RawEvent { sender: crate::message::sender_of(origin), channel: &channel, value: &value };
         for (peer, generation, listeners) in targets {
             // Inspect shows the listener running meanwhile, as a handler run in place (it may

@@ -36,20 +36,25 @@ impl Payload {
 impl Payload {
     /// Decodes the value, as [`Decodable::decode`] does.
     #[inline]
-    pub(crate) fn decode<T: DeserializeOwned>(self, kept: &Kept) -> Result<T, rmp_serde::decode::Error> {
+    pub(crate) fn decode<T: DeserializeOwned>(
+        self,
+        kept: impl FnOnce() -> Kept,
+    ) -> Result<T, rmp_serde::decode::Error> {
         self.decodable(kept).decode()
     }
 
     /// The value, ready to be decoded (by several decoders, for an event's listeners). A large
     /// one becomes a shared buffer of the same bytes, without a copy (a vector's own buffer, or
-    /// the lease), counted in `kept` while it lives.
+    /// the lease), counted while it lives in the counter `kept` gives (asked for only then:
+    /// a small value costs no reference count).
     #[inline]
-    pub(crate) fn decodable(self, kept: &Kept) -> Decodable {
+    pub(crate) fn decodable(self, kept: impl FnOnce() -> Kept) -> Decodable {
         if self.len() < crate::binary::SHARED_FROM {
             return Decodable::Plain(self);
         }
+        let kept = kept();
         kept.0.fetch_add(self.len() as u64, Ordering::Relaxed);
-        Decodable::Shared(bytes::Bytes::from_owner(Held { payload: self, kept: kept.clone() }))
+        Decodable::Shared(bytes::Bytes::from_owner(Held { payload: self, kept }))
     }
 }
 
@@ -289,7 +294,7 @@ mod tests {
         let data = vec![9u8; 64 * 1024];
         let (payload, range) = lent(&(crate::Binary::from(data.clone()), "tail"));
         let (kept, length) = (Kept::default(), payload.len() as u64);
-        let (binary, tail): (crate::Binary, String) = payload.decode(&kept).expect("decodes");
+        let (binary, tail): (crate::Binary, String) = payload.decode(|| kept.clone()).expect("decodes");
         assert_eq!(kept.bytes(), length, "the whole value is kept: the view and the rest");
         assert_eq!((&binary[..], tail.as_str()), (&data[..], "tail"));
         assert!(range.start <= binary.as_ptr() && binary.as_ptr_range().end <= range.end, "not a view of the lease");
@@ -304,7 +309,7 @@ mod tests {
         // A value with no `Binary` in it releases the lease as soon as it is decoded.
         let (payload, _) = lent(&serde_bytes::ByteBuf::from(data.clone()));
         let before = RELEASED_DECODED.load(Ordering::SeqCst);
-        let copied: serde_bytes::ByteBuf = payload.decode(&kept).expect("decodes");
+        let copied: serde_bytes::ByteBuf = payload.decode(|| kept.clone()).expect("decodes");
         assert_eq!(kept.bytes(), 0);
         assert_eq!(RELEASED_DECODED.load(Ordering::SeqCst), before + 1);
         assert_eq!(copied.into_vec(), data);
