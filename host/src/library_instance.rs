@@ -84,10 +84,9 @@ impl LibraryInstance {
             // A run the library begins on this thread ends with the call (`batch::scoped`).
             Some(InstancePtr(pointer)) => batch::scoped(|| match lending::lease_for(message.payload) {
                 Some(lease) => {
-                    // SAFETY: the pointer stays valid while the read lock is held (`take` takes
-                    // it out under the write lock); `raw` borrows `message`, which outlives the
-                    // call; the lease keeps the payload's bytes (inside the frame it holds)
-                    // valid and unchanged until the library releases it.
+                    // SAFETY: the pointer is valid while the read lock is held (`take` needs the
+                    // write lock); `raw` borrows `message`, which outlives the call; the lease
+                    // keeps the payload's bytes (in its frame) unchanged until it is released.
                     unsafe { (self.descriptor.deliver_leased)(pointer, &raw, lease) }
                 }
                 None => {

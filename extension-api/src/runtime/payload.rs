@@ -4,7 +4,8 @@
 //! The lent kind is what keeps a large message from being copied on its way in: the host reads
 //! it from a socket into a buffer of its own and lends that buffer, instead of the instance
 //! copying it into its mailbox. Either kind reads as `&[u8]`; nothing past the mailbox knows
-//! which it holds.
+//! which it holds. A large value of either kind is decoded from a shared buffer of itself
+//! ([`Decodable`]), so that the `Binary` values in it are views of it, counted in [`Kept`].
 
 use std::fmt;
 use std::ops::Deref;
@@ -31,9 +32,7 @@ impl Payload {
             Payload::Lent(lent) => lent.to_vec(),
         }
     }
-}
 
-impl Payload {
     /// Decodes the value, as [`Decodable::decode`] does.
     #[inline]
     pub(crate) fn decode<T: DeserializeOwned>(
