@@ -13,20 +13,24 @@ use crate::abi::{self, PEER_ALL, PEER_MAIN, Peer};
 use crate::message::Reply;
 use crate::runtime::Shared;
 use crate::runtime::context;
-use crate::runtime::mailbox::Delivery;
+use crate::runtime::mailbox::{Delivery, Source};
 use crate::runtime::panic_message;
 use crate::runtime::payload::Queued;
 use crate::runtime::requests::{Answer, Incoming, Replied, Route, closing_kind};
 use crate::runtime::state::{HandlerResult, RawEvent, Tier};
 
-/// Drains the mailbox until the runtime shuts down.
-pub(crate) async fn dispatch_loop(shared: Arc<Shared>) {
+/// Drains the mailbox until the runtime shuts down, reading `source` (the host's connection,
+/// where this thread reads it) between batches.
+pub(crate) async fn dispatch_loop(shared: Arc<Shared>, mut source: Option<impl Source>) {
     shared
         .mailbox
-        .serve(|delivery| {
-            shared.dispatch(delivery);
-            shared.mailbox.report_overflow(&shared.name);
-        })
+        .serve(
+            |delivery| {
+                shared.dispatch(delivery);
+                shared.mailbox.report_overflow(&shared.name);
+            },
+            source.as_mut().map(|source| source as &mut dyn Source),
+        )
         .await;
 }
 

@@ -1,10 +1,12 @@
 //! One running instance of an extension in this process: its own tokio runtime on its own
 //! thread (shared by the main half and every in-process renderer half, so an in-process invoke
-//! never hops threads), running the dispatcher and the timeout sweeper.
+//! never hops threads), running the dispatcher (which reads the host's connection too, where
+//! this thread reads it) and the timeout sweeper.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::io::Interest;
@@ -13,7 +15,7 @@ use tokio::io::unix::AsyncFd;
 use crate::abi;
 use crate::runtime::dispatch::dispatch_loop;
 use crate::runtime::lifecycle::Factory;
-use crate::runtime::mailbox::Delivery;
+use crate::runtime::mailbox::{Delivery, Read, Source};
 use crate::runtime::payload::Queued;
 use crate::runtime::shared::SharedConfig;
 use crate::runtime::sweep::sweep_timeouts;
@@ -43,36 +45,63 @@ impl AsRawFd for Watched {
     }
 }
 
-/// Drains what the host's descriptor `fd` has whenever it is readable, on this thread, until the
-/// host says stop (see [`crate::abi::HostVTable::drain`]).
-async fn read_inbound(host: HostCalls, fd: RawFd) {
-    // Registered before the first drain: whatever arrives after that drain is an event.
-    // SAFETY: the host keeps the descriptor open, on the same socket, while the instance runs
-    // (`HostVTable::inbound_fd`), and this task dies with the instance's runtime; `Watched`
-    // gives the same descriptor every time and never closes it.
-    let watched = match unsafe { AsyncFd::register_with_interest(Watched(fd), Interest::READABLE) } {
-        Ok(watched) => watched,
-        Err(error) => {
-            // Never claimed: the host's reader goes on reading it.
-            tracing::warn!("cannot watch the host's connection ({error}): its reader thread delivers");
-            return;
-        }
-    };
-    loop {
-        match host.drain() {
-            abi::drain::IDLE => {}
-            abi::drain::MORE => {
-                tokio::task::yield_now().await;
-                continue;
+/// The host's connection as the dispatcher reads it (see [`Source`]): the host's descriptor
+/// watched for readability on this thread, drained through the host (see
+/// [`crate::abi::HostVTable::drain`]) until the host says stop.
+struct HostConnection {
+    host: HostCalls,
+    watched: AsyncFd<Watched>,
+    /// Read without waiting for the descriptor: at first (what arrived before it was
+    /// watched), and after a drain that stopped with more to read.
+    read_now: bool,
+}
+
+impl HostConnection {
+    /// Watches the host's descriptor `fd`; `None` (the host's reader thread then goes on
+    /// reading it) if the runtime cannot.
+    fn watch(host: HostCalls, fd: RawFd) -> Option<HostConnection> {
+        // Registered before the first drain: whatever arrives after that drain is an event.
+        // SAFETY: the host keeps the descriptor open, on the same socket, while the instance
+        // runs (`HostVTable::inbound_fd`), and the dispatcher that owns this dies with the
+        // instance's runtime; `Watched` gives the same descriptor every time and never closes it.
+        match unsafe { AsyncFd::register_with_interest(Watched(fd), Interest::READABLE) } {
+            Ok(watched) => Some(HostConnection { host, watched, read_now: true }),
+            Err(error) => {
+                // Never claimed: the host's reader goes on reading it.
+                tracing::warn!("cannot watch the host's connection ({error}): its reader thread delivers");
+                None
             }
-            _ => return,
+        }
+    }
+}
+
+impl Source for HostConnection {
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<bool> {
+        if self.read_now {
+            return Poll::Ready(true);
         }
         // The poll path (the task's waker in the descriptor's one reader slot), not
         // `readable()`'s future, which links a waiter into a list under a lock and unlinks it
-        // on every wake-up: this task is the descriptor's only reader.
-        let Ok(mut ready) = std::future::poll_fn(|cx| watched.poll_read_ready(cx)).await else { return };
-        // Cleared before the drain that follows: what arrives after it is a new event.
-        ready.clear_ready();
+        // on every wake-up: the dispatcher is the descriptor's only reader.
+        match self.watched.poll_read_ready(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(_)) => Poll::Ready(false),
+            Poll::Ready(Ok(mut ready)) => {
+                // Cleared before the drain that follows: what arrives after it is a new event.
+                ready.clear_ready();
+                Poll::Ready(true)
+            }
+        }
+    }
+
+    fn read(&mut self) -> Read {
+        let drained = self.host.drain();
+        self.read_now = drained == abi::drain::MORE;
+        match drained {
+            abi::drain::IDLE => Read::Idle,
+            abi::drain::MORE => Read::More,
+            _ => Read::Stop,
+        }
     }
 }
 
@@ -98,15 +127,14 @@ impl Instance {
         let thread = std::thread::Builder::new().name(thread_name).spawn(move || {
             sweeper_shared.thread_id.store(stats::current_thread_id(), Ordering::Relaxed);
             runtime.block_on(async move {
-                tokio::spawn(dispatch_loop(dispatcher_shared));
-                tokio::spawn(sweep_timeouts(sweeper_shared));
-                // In a child process whose connection serves only this instance, this thread
-                // reads the socket itself: a message then reaches the mailbox with no wake of
-                // another thread.
+                // In a child process whose connection serves only this instance (and in the
+                // host, for main reading its renderer processes' sockets), this thread reads
+                // the socket itself, in the dispatcher's task: a message then reaches its
+                // handler with no wake of another thread or task.
                 let inbound = host.inbound_fd();
-                if inbound >= 0 {
-                    tokio::spawn(read_inbound(host, inbound));
-                }
+                let connection = if inbound >= 0 { HostConnection::watch(host, inbound) } else { None };
+                tokio::spawn(dispatch_loop(dispatcher_shared, connection));
+                tokio::spawn(sweep_timeouts(sweeper_shared));
                 // Either a signal or the sender dropped: both mean stop.
                 let _ = shutdown_signal.await;
             });

@@ -6,13 +6,16 @@
 //! takes everything queued at once (one lock per batch, not per message), and a message the
 //! instance sends itself while dispatching (a reply to its own frame) does not wake the
 //! dispatcher, which is running and will look again before it sleeps.
+//!
+//! Where this thread reads the host's connection itself (a renderer process serving one
+//! instance; main reading its renderer processes' sockets), the dispatcher reads it too, as a
+//! [`Source`] polled between batches: a message then goes from the socket to its handler in
+//! one poll of one task, with no wake of another task and no trip through the scheduler.
 
 use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 
 use crate::abi;
 use crate::runtime::payload::Queued;
@@ -88,6 +91,9 @@ struct Queue {
     waker: Option<Waker>,
     /// The dispatcher is working through a batch and will look again before it waits.
     draining: bool,
+    /// The dispatcher is reading its [`Source`], which pushes here, and takes what it pushed
+    /// before it waits: a push need not wake it. Unlike `draining`, not work for the watchdog.
+    reading: bool,
     /// Messages taken into batches since the mailbox was made.
     taken: u64,
     /// Messages in the batch the dispatcher took last.
@@ -98,8 +104,30 @@ struct Queue {
 /// Room for messages the dispatcher's buffer keeps between batches.
 const KEPT_CAPACITY: usize = 1024;
 
-/// Messages the dispatcher works through before letting the thread's other tasks run.
+/// Messages the dispatcher works through before letting the thread's other tasks run, and
+/// before it reads its [`Source`] while the queue does not empty.
 const BATCH_BEFORE_YIELD: usize = 128;
+
+/// What the dispatcher reads for itself between batches (see [`Mailbox::serve`]): the host's
+/// connection, where this thread reads it. It pushes what it reads into the mailbox.
+pub(crate) trait Source: Send {
+    /// Whether there is something to read: `Ready(true)` if so, `Pending` (with `cx`'s waker
+    /// registered for when there is) if not, `Ready(false)` if it can no longer be watched.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<bool>;
+    /// Reads what has arrived, without blocking.
+    fn read(&mut self) -> Read;
+}
+
+/// What a [`Source::read`] left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Read {
+    /// Nothing more to read until it is ready again.
+    Idle,
+    /// It stopped with more to read, to let the thread's other work run.
+    More,
+    /// It is not to be read here any more.
+    Stop,
+}
 
 impl Mailbox {
     pub(crate) fn new(limit: MailboxLimit) -> Mailbox {
@@ -149,7 +177,7 @@ impl Mailbox {
             }
             queue.messages.push_back(delivery);
             queue.bytes += size;
-            if queue.draining { None } else { queue.waker.take() }
+            if queue.draining || queue.reading { None } else { queue.waker.take() }
         };
         if let Some(waker) = waker {
             waker.wake();
@@ -158,13 +186,38 @@ impl Mailbox {
     }
 
     /// Runs `dispatch` on every message, in order, until the mailbox is closed (its owner,
-    /// this future, dropped: the runtime shutting down).
-    pub(crate) async fn serve(&self, mut dispatch: impl FnMut(Delivery)) {
+    /// this future, dropped: the runtime shutting down). Between batches it reads `source`
+    /// (whatever that pushes is dispatched in the same poll): whenever the queue is empty, and
+    /// after every [`BATCH_BEFORE_YIELD`] messages while it is not, so a flood of messages from
+    /// elsewhere does not keep the source unread.
+    pub(crate) async fn serve(&self, mut dispatch: impl FnMut(Delivery), mut source: Option<&mut dyn Source>) {
         let _closer = CloseOnDrop(self);
         // Swapped with the queue's buffer each time, so neither is allocated again.
         let mut batch = VecDeque::new();
+        // Messages dispatched since the source was last read.
+        let mut since_read = 0;
+        // The source stopped with more to read: read it again only on the task's next poll,
+        // so the thread's other tasks (an invoker woken by a reply) run in between.
+        let mut deferred = false;
         loop {
-            Take { mailbox: self, batch: &mut batch }.await;
+            std::future::poll_fn(|cx| {
+                if since_read >= BATCH_BEFORE_YIELD {
+                    since_read = 0;
+                    self.read_from(&mut source, cx, &mut deferred);
+                }
+                loop {
+                    if self.take(cx, &mut batch).is_ready() {
+                        return Poll::Ready(());
+                    }
+                    // Nothing waits (this task's waker is in the queue): read what has arrived.
+                    since_read = 0;
+                    if !self.read_from(&mut source, cx, &mut deferred) {
+                        deferred = false;
+                        return Poll::Pending;
+                    }
+                }
+            })
+            .await;
             let mut done = 0;
             while let Some(delivery) = batch.pop_front() {
                 dispatch(delivery);
@@ -176,15 +229,46 @@ impl Mailbox {
                     tokio::task::yield_now().await;
                 }
             }
+            since_read += done;
             // A burst's buffer is not kept for good: memory stays flat after it.
             batch.shrink_to(KEPT_CAPACITY);
         }
+    }
+
+    /// Reads `source` if something has arrived on it; true if it read (the queue may then hold
+    /// messages), false if there was nothing to read (its waker registered with `cx`), or no
+    /// source (any more), or it is deferred to the next poll.
+    fn read_from(&self, source: &mut Option<&mut dyn Source>, cx: &mut Context<'_>, deferred: &mut bool) -> bool {
+        let Some(reader) = source.as_mut() else { return false };
+        if *deferred {
+            return false;
+        }
+        match reader.poll_ready(cx) {
+            Poll::Pending => return false,
+            Poll::Ready(false) => {
+                *source = None;
+                return false;
+            }
+            Poll::Ready(true) => {}
+        }
+        // What the read pushes wakes nobody: this task takes it next.
+        self.queue().reading = true;
+        match reader.read() {
+            Read::Idle => {}
+            Read::More => {
+                *deferred = true;
+                cx.waker().wake_by_ref();
+            }
+            Read::Stop => *source = None,
+        }
+        true
     }
 
     /// Swaps what waits into `batch`, or registers the dispatcher's waker if nothing does.
     #[inline(always)]
     fn take(&self, cx: &mut std::task::Context<'_>, batch: &mut VecDeque<Delivery>) -> Poll<()> {
         let mut queue = self.queue();
+        queue.reading = false;
         if queue.messages.is_empty() {
             queue.draining = false;
             if !queue.waker.as_ref().is_some_and(|waker| waker.will_wake(cx.waker())) {
@@ -249,23 +333,6 @@ impl Mailbox {
     }
 }
 
-/// Waits for messages and takes them all into `batch` (a future of its own rather than
-/// `poll_fn`, so it is inlined into the dispatcher's loop).
-struct Take<'a> {
-    mailbox: &'a Mailbox,
-    batch: &'a mut VecDeque<Delivery>,
-}
-
-impl Future for Take<'_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
-        let this = self.get_mut();
-        this.mailbox.take(cx, this.batch)
-    }
-}
-
 /// Closes the mailbox when the dispatcher stops: later messages are refused, queued ones
 /// dropped.
 struct CloseOnDrop<'a>(&'a Mailbox);
@@ -285,6 +352,8 @@ impl Drop for CloseOnDrop<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+
     use super::*;
 
     fn message(kind: u32, request_id: u64) -> Delivery {
@@ -313,7 +382,7 @@ mod tests {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
         let mut seen = Vec::new();
         runtime.block_on(async {
-            let serve = mailbox.serve(|delivery| seen.push(delivery.message.request_id));
+            let serve = mailbox.serve(|delivery| seen.push(delivery.message.request_id), None);
             // Serving never ends on its own; stop once it has gone idle.
             let _ = tokio::time::timeout(std::time::Duration::ZERO, serve).await;
         });
@@ -349,10 +418,13 @@ mod tests {
             std::thread::spawn(move || {
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
                 runtime.block_on(async {
-                    let serve = mailbox.serve(|_| {
-                        inside.wait();
-                        release.wait();
-                    });
+                    let serve = mailbox.serve(
+                        |_| {
+                            inside.wait();
+                            release.wait();
+                        },
+                        None,
+                    );
                     // Stop once the dispatcher has gone idle after the one message.
                     let _ = tokio::time::timeout(std::time::Duration::ZERO, serve).await;
                 });
@@ -388,12 +460,15 @@ mod tests {
         runtime.block_on(async {
             let (all, done) = tokio::sync::oneshot::channel::<()>();
             let mut all = Some(all);
-            let serve = mailbox.serve(|delivery| {
-                seen.push(delivery.message.request_id);
-                if seen.len() as u64 == COUNT {
-                    all.take().map(|all| all.send(()));
-                }
-            });
+            let serve = mailbox.serve(
+                |delivery| {
+                    seen.push(delivery.message.request_id);
+                    if seen.len() as u64 == COUNT {
+                        all.take().map(|all| all.send(()));
+                    }
+                },
+                None,
+            );
             // A failsafe, not a timing: a lost wake would leave the dispatcher parked for good.
             let all_seen = tokio::time::timeout(std::time::Duration::from_secs(20), async {
                 tokio::select! {
@@ -405,5 +480,146 @@ mod tests {
         });
         sender.join().unwrap();
         assert!(seen.iter().copied().eq(0..COUNT), "every message, in order");
+    }
+
+    /// A source for the tests: each read pushes the next group of `reads` into the mailbox and
+    /// says what it says; ready while groups are left, then pending for good.
+    struct Scripted {
+        mailbox: std::sync::Arc<Mailbox>,
+        reads: VecDeque<(Vec<u64>, Read)>,
+        log: std::sync::Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Source for Scripted {
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<bool> {
+            if self.reads.is_empty() { Poll::Pending } else { Poll::Ready(true) }
+        }
+
+        fn read(&mut self) -> Read {
+            let (ids, read) = self.reads.pop_front().unwrap();
+            self.log.lock().unwrap().push(format!("read {ids:?}"));
+            for id in ids {
+                self.mailbox.push(message(abi::kind::REPLY, id)).unwrap();
+            }
+            read
+        }
+    }
+
+    /// Serves `mailbox` with `source` on a current-thread runtime until `until` has been
+    /// dispatched, logging each message; `also` runs on the same thread meanwhile.
+    fn serve_until(
+        mailbox: &std::sync::Arc<Mailbox>,
+        mut source: Scripted,
+        until: u64,
+        mut on_dispatch: impl FnMut(u64),
+        also: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let log = source.log.clone();
+        runtime.block_on(async {
+            tokio::spawn(also);
+            let (reached, done) = tokio::sync::oneshot::channel::<()>();
+            let mut reached = Some(reached);
+            let serve = mailbox.serve(
+                |delivery| {
+                    let id = delivery.message.request_id;
+                    log.lock().unwrap().push(format!("dispatch {id}"));
+                    on_dispatch(id);
+                    if id == until {
+                        reached.take().map(|reached| reached.send(()));
+                    }
+                },
+                Some(&mut source),
+            );
+            let reached = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+                tokio::select! {
+                    _ = serve => unreachable!("serving ends only when dropped"),
+                    _ = done => {}
+                }
+            });
+            assert!(reached.await.is_ok(), "message {until} was never dispatched");
+        });
+    }
+
+    #[test]
+    fn what_the_source_reads_is_dispatched_in_order_with_what_was_queued() {
+        let mailbox = std::sync::Arc::new(Mailbox::new(MailboxLimit { messages: 64, bytes: 1 << 20 }));
+        let log = std::sync::Arc::new(Mutex::new(Vec::new()));
+        mailbox.push(message(abi::kind::REPLY, 1)).unwrap();
+        let source = Scripted {
+            mailbox: mailbox.clone(),
+            reads: VecDeque::from([(vec![2, 3], Read::Idle), (vec![], Read::Idle), (vec![4], Read::Stop)]),
+            log: log.clone(),
+        };
+        serve_until(&mailbox, source, 4, |_| {}, async {});
+        // The queue first; the source whenever the queue is empty; a read that pushed nothing
+        // is followed by the next; the last read stops it.
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["dispatch 1", "read [2, 3]", "dispatch 2", "dispatch 3", "read []", "read [4]", "dispatch 4"]
+        );
+    }
+
+    /// A dispatcher whose queue never empties (each message queues the next, as a listener
+    /// broadcasting to itself would) still reads its source, every `BATCH_BEFORE_YIELD`
+    /// messages: the connection's messages are not held back behind a flood.
+    #[test]
+    fn a_flood_from_elsewhere_does_not_keep_the_source_unread() {
+        const FLOOD: u64 = 1_000;
+        const FROM_SOURCE: u64 = 1_000_000;
+        let mailbox = std::sync::Arc::new(Mailbox::new(MailboxLimit { messages: 64, bytes: 1 << 20 }));
+        let log = std::sync::Arc::new(Mutex::new(Vec::new()));
+        mailbox.push(message(abi::kind::REPLY, 0)).unwrap();
+        let source = Scripted {
+            mailbox: mailbox.clone(),
+            reads: VecDeque::from([(vec![FROM_SOURCE], Read::Idle)]),
+            log: log.clone(),
+        };
+        let flooding = mailbox.clone();
+        let mut dispatched = Vec::new();
+        serve_until(
+            &mailbox,
+            source,
+            FLOOD,
+            |id| {
+                dispatched.push(id);
+                if id < FLOOD {
+                    flooding.push(message(abi::kind::REPLY, id + 1)).unwrap();
+                }
+            },
+            async {},
+        );
+        let at = dispatched.iter().position(|id| *id == FROM_SOURCE).expect("the source's message was dispatched");
+        assert!(at <= BATCH_BEFORE_YIELD + 1, "the source was read only after {at} messages of the flood");
+    }
+
+    /// A read that stops with more to read lets the thread's other tasks run before the next
+    /// (an invoker woken by a reply it delivered sends its next request first).
+    #[test]
+    fn a_read_with_more_to_read_lets_other_tasks_run_before_the_next() {
+        let mailbox = std::sync::Arc::new(Mailbox::new(MailboxLimit { messages: 64, bytes: 1 << 20 }));
+        let log = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let source = Scripted {
+            mailbox: mailbox.clone(),
+            reads: VecDeque::from([(vec![1], Read::More), (vec![2], Read::Idle)]),
+            log: log.clone(),
+        };
+        let woken = std::sync::Arc::new(tokio::sync::Notify::new());
+        let (waker, other_log) = (woken.clone(), log.clone());
+        serve_until(
+            &mailbox,
+            source,
+            2,
+            |id| {
+                if id == 1 {
+                    waker.notify_one();
+                }
+            },
+            async move {
+                woken.notified().await;
+                other_log.lock().unwrap().push("other task".into());
+            },
+        );
+        assert_eq!(*log.lock().unwrap(), ["read [1]", "dispatch 1", "other task", "read [2]", "dispatch 2"]);
     }
 }

@@ -360,7 +360,7 @@ mod tests {
         let side = Arc::new(ReadSide::new(ours, Framing::default()));
         assert!(main_drain::inbound_fd(key) >= 0);
         let drain = main_drain::of(key).unwrap();
-        // The runtime drains at once, having watched the set (`read_inbound`).
+        // The runtime drains at once, having watched the set (`HostConnection::watch`).
         assert_eq!(main_drain::drain(key), extension_api::abi::drain::IDLE);
         side.claim(&drain, Weak::new());
         assert!(side.is_claimed_by(&drain));
