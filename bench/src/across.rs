@@ -69,11 +69,29 @@ pub struct RawPeer {
     path: PathBuf,
     message: Vec<u8>,
     reply: Vec<u8>,
+    /// The tokio ping-pong's: the runtime this end pings from.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+/// How the two ends of a ping-pong run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ends {
+    /// One thread each, blocking on its socket (the raw baseline).
+    Blocking,
+    /// Each a current-thread tokio runtime with all its drivers on, as an instance's, reading
+    /// through its I/O driver: the floor under any round trip whose two ends are such
+    /// runtimes, with no work of ours in it (see [`floor`]).
+    Tokio,
 }
 
 impl RawPeer {
     /// A peer on `cpu` (or wherever the scheduler puts it) for messages of `size` bytes.
     pub fn start(size: usize, cpu: Option<usize>) -> Result<RawPeer> {
+        RawPeer::start_with(size, cpu, Ends::Blocking)
+    }
+
+    /// The same, its ends run as `ends` says.
+    pub fn start_with(size: usize, cpu: Option<usize>, ends: Ends) -> Result<RawPeer> {
         static PEERS: AtomicU64 = AtomicU64::new(0);
         let dir = std::env::temp_dir().join(format!("ipc-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
@@ -89,16 +107,23 @@ impl RawPeer {
             }
             None => Command::new(program),
         };
-        let child = command.arg("--echo-server").arg(&path).spawn().context("cannot start the echo peer")?;
+        let flag = match ends {
+            Ends::Blocking => "--echo-server",
+            Ends::Tokio => "--echo-server-tokio",
+        };
+        let child = command.arg(flag).arg(&path).spawn().context("cannot start the echo peer")?;
         let (stream, _) = listener.accept()?;
         // The send buffer a child connection's ends ask for: the same socket, tuned alike.
         extension_host::child_protocol::widen_send_buffer(&stream);
         let mut message = (size as u32).to_be_bytes().to_vec();
         message.resize(4 + size, 7);
-        let mut peer = RawPeer { stream: BufReader::new(stream), child, path, message, reply: vec![0u8; size] };
-        for _ in 0..1000 {
-            peer.ping()?; // warm-up
-        }
+        let runtime = match ends {
+            Ends::Blocking => None,
+            Ends::Tokio => Some(tokio::runtime::Builder::new_current_thread().enable_all().build()?),
+        };
+        let mut peer =
+            RawPeer { stream: BufReader::new(stream), child, path, message, reply: vec![0u8; size], runtime };
+        peer.round(1000)?; // warm-up
         Ok(peer)
     }
 
@@ -115,6 +140,9 @@ impl RawPeer {
 
     /// Nanoseconds per round trip over `count` round trips.
     pub fn round(&mut self, count: u64) -> Result<f64> {
+        if let Some(runtime) = &self.runtime {
+            return runtime.block_on(tokio_round(self.stream.get_ref(), &self.message, &mut self.reply, count));
+        }
         let start = Instant::now();
         for _ in 0..count {
             self.ping()?;
@@ -130,6 +158,51 @@ impl Drop for RawPeer {
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// The tokio ping-pong's round of `count` on `stream`, from the runtime it runs in (the
+/// blocking ping-pong's [`RawPeer::ping`], written for tokio: one write a message, reads
+/// through a buffer).
+async fn tokio_round(stream: &UnixStream, message: &[u8], reply: &mut [u8], count: u64) -> Result<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Its own descriptor, registered with this runtime for the round: the blocking one is left
+    // as it was, apart from the non-blocking mode their shared file now has.
+    let std = stream.try_clone()?;
+    std.set_nonblocking(true)?;
+    let mut stream = tokio::io::BufReader::new(tokio::net::UnixStream::from_std(std)?);
+    let start = Instant::now();
+    for _ in 0..count {
+        stream.get_mut().write_all(message).await?;
+        let mut length = [0u8; 4];
+        stream.read_exact(&mut length).await?;
+        stream.read_exact(reply).await?;
+    }
+    Ok(start.elapsed().as_nanos() as f64 / count as f64)
+}
+
+/// The tokio echo peer's loop (`--echo-server-tokio`): [`echo_server`] on a current-thread
+/// runtime with all its drivers on.
+pub fn echo_server_tokio(socket: &Path) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let std = UnixStream::connect(socket)?;
+        extension_host::child_protocol::widen_send_buffer(&std);
+        std.set_nonblocking(true)?;
+        let mut stream = tokio::io::BufReader::new(tokio::net::UnixStream::from_std(std)?);
+        let mut buffer = Vec::new();
+        loop {
+            let mut length = [0u8; 4];
+            if stream.read_exact(&mut length).await.is_err() {
+                return Ok(());
+            }
+            buffer.clear();
+            buffer.extend_from_slice(&length);
+            buffer.resize(4 + u32::from_be_bytes(length) as usize, 0);
+            stream.read_exact(&mut buffer[4..]).await?;
+            stream.get_mut().write_all(&buffer).await?;
+        }
+    })
 }
 
 /// The echo peer's loop (`--echo-server`).
@@ -186,6 +259,53 @@ async fn invoke_and_raw(host: &Host, count: u64, size: usize, peer_cpu: Option<u
     }
     tokio::task::spawn_blocking(move || drop(peer)).await?;
     Ok((Figure::of(&invokes), Figure::of(&raws)))
+}
+
+/// The tokio ping-pong against the raw one (both of 16-byte invokes' bytes), in turns within
+/// each round, their peers on `peer_cpu`: (tokio, raw).
+async fn tokio_and_raw(count: u64, peer_cpu: Option<usize>) -> Result<(Figure, Figure)> {
+    let bytes = packet_bytes(16);
+    let (mut tokio_peer, mut raw_peer) = tokio::task::spawn_blocking(move || {
+        anyhow::Ok((RawPeer::start_with(bytes, peer_cpu, Ends::Tokio)?, RawPeer::start(bytes, peer_cpu)?))
+    })
+    .await??;
+    let (mut tokios, mut raws) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let (tokio_back, raw_back, tokio_nanos, raw_nanos) = tokio::task::spawn_blocking(move || {
+            let (mut tokio_peer, mut raw_peer) = (tokio_peer, raw_peer);
+            let (tokio_nanos, raw_nanos) = if round % 2 == 0 {
+                let tokio_nanos = tokio_peer.round(count)?;
+                (tokio_nanos, raw_peer.round(count)?)
+            } else {
+                let raw_nanos = raw_peer.round(count)?;
+                (tokio_peer.round(count)?, raw_nanos)
+            };
+            anyhow::Ok((tokio_peer, raw_peer, tokio_nanos, raw_nanos))
+        })
+        .await??;
+        (tokio_peer, raw_peer) = (tokio_back, raw_back);
+        tokios.push(tokio_nanos);
+        raws.push(raw_nanos);
+    }
+    tokio::task::spawn_blocking(move || drop((tokio_peer, raw_peer))).await?;
+    Ok((Figure::of(&tokios), Figure::of(&raws)))
+}
+
+/// The floor of the one-core row: the ping-pong with both ends on tokio runtimes, against the
+/// raw one, on one core as that row places them (this process on the first CPU, the peers
+/// too). An invoke's two ends are such runtimes (an instance's thread in the renderer process,
+/// main's in the host), so no invoke can come nearer the raw ping-pong than this does. `None`
+/// without `taskset`.
+pub async fn floor(count: u64) -> Result<Option<(Figure, Figure)>> {
+    let (all, cpus) = allowed_cpus()?;
+    let Some(&cpu) = cpus.first() else { return Ok(None) };
+    if Command::new("taskset").arg("--version").stdout(Stdio::null()).status().is_err() {
+        return Ok(None);
+    }
+    set_affinity(std::process::id(), &cpu.to_string())?;
+    let figures = tokio_and_raw(count, Some(cpu)).await;
+    set_affinity(std::process::id(), &all)?;
+    figures.map(Some)
 }
 
 /// Where the processes of a placed row run.
@@ -311,6 +431,8 @@ pub struct Across {
     /// Placement left to the scheduler: (invoke, raw ping-pong), 16-byte values.
     pub scheduled: (Figure, Figure),
     pub one_core: Option<(Figure, Figure)>,
+    /// The one-core row's floor: (tokio ping-pong, raw ping-pong), see [`floor`].
+    pub floor: Option<(Figure, Figure)>,
     pub core_each: Option<(Figure, Figure)>,
     /// Node `fork` IPC, per round trip (16 bytes), placement left to the scheduler.
     pub node: Option<f64>,
@@ -328,6 +450,7 @@ pub async fn across(artifacts: &Path, remote: &Host, scale: u64) -> Result<Acros
     let count = 5_000 / scale;
     let scheduled = invoke_and_raw(remote, count, 16, None).await?;
     let one_core = placed(artifacts, Placement::OneCore, count, 16).await?;
+    let floor = floor(count).await?;
     let core_each = placed(artifacts, Placement::CoreEach, count, 16).await?;
     let node = node_round_trip(count, 16, None);
     // Node's pair on the one core the placed rows use, to set beside the invoke placed so.
@@ -337,7 +460,7 @@ pub async fn across(artifacts: &Path, remote: &Host, scale: u64) -> Result<Acros
     };
     let pipelined = per_op(remote, "pipelined", 1, 50_000 / scale, 16).await?;
     let mib = mib(remote, scale).await?;
-    Ok(Across { scheduled, one_core, core_each, node, node_one_core, pipelined, mib })
+    Ok(Across { scheduled, one_core, floor, core_each, node, node_one_core, pipelined, mib })
 }
 
 /// 1 MiB round trips across processes: (invoke, raw ping-pong of the same bytes).

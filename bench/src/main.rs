@@ -59,6 +59,9 @@ struct Cli {
     /// Internal: the echo peer of the raw socket baseline.
     #[arg(long, hide = true)]
     echo_server: Option<PathBuf>,
+    /// Internal: the echo peer of the tokio ping-pong (the one-core row's floor).
+    #[arg(long, hide = true)]
+    echo_server_tokio: Option<PathBuf>,
     /// Internal: the busy loop of the loaded rows.
     #[arg(long, hide = true)]
     spin: bool,
@@ -91,6 +94,9 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     if let Some(socket) = cli.echo_server {
         return across::echo_server(&socket);
+    }
+    if let Some(socket) = cli.echo_server_tokio {
+        return across::echo_server_tokio(&socket);
     }
     if cli.spin {
         return across::spin();
@@ -503,6 +509,12 @@ fn across_table(quiet: &across::Across, loaded: &across::Across) -> String {
         "| child invoke vs raw ping-pong, one core | {} | {} | ≤ 1.15x |",
         placed(quiet.one_core),
         placed(loaded.one_core)
+    ));
+    line(format!(
+        "| the one-core row's floor: the same ping-pong with both ends on current-thread tokio runtimes \
+         (no work of ours), vs raw, one core | {} | {} | |",
+        placed(quiet.floor),
+        placed(loaded.floor)
     ));
     line(format!(
         "| child invoke vs raw ping-pong, a core each (no lower bound: see `across.rs`) | {} | {} | |",

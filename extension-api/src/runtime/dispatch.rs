@@ -21,7 +21,7 @@ use crate::runtime::state::{HandlerResult, RawEvent, Tier};
 
 /// Drains the mailbox until the runtime shuts down, reading `source` (the host's connection,
 /// where this thread reads it) between batches.
-pub(crate) async fn dispatch_loop(shared: Arc<Shared>, mut source: Option<impl Source>) {
+pub(crate) async fn dispatch_loop(shared: Arc<Shared>, source: Option<Box<dyn Source>>) {
     shared
         .mailbox
         .serve(
@@ -29,7 +29,7 @@ pub(crate) async fn dispatch_loop(shared: Arc<Shared>, mut source: Option<impl S
                 shared.dispatch(delivery);
                 shared.mailbox.report_overflow(&shared.name);
             },
-            source.as_mut().map(|source| source as &mut dyn Source),
+            source,
         )
         .await;
 }

@@ -133,6 +133,7 @@ impl Instance {
                 // handler with no wake of another thread or task.
                 let inbound = host.inbound_fd();
                 let connection = if inbound >= 0 { HostConnection::watch(host, inbound) } else { None };
+                let connection = connection.map(|connection| Box::new(connection) as Box<dyn Source>);
                 tokio::spawn(dispatch_loop(dispatcher_shared, connection));
                 tokio::spawn(sweep_timeouts(sweeper_shared));
                 // Either a signal or the sender dropped: both mean stop.

@@ -118,6 +118,24 @@ pub(crate) trait Source: Send {
     fn read(&mut self) -> Read;
 }
 
+/// The dispatcher's hold on its source.
+struct Reading {
+    source: Option<Box<dyn Source>>,
+    /// The last read stopped with more to read: the next comes after the thread's other tasks
+    /// have run (an invoker woken by a reply it delivered sends its next request first).
+    owed: bool,
+}
+
+/// What [`Mailbox::read_from`] did.
+enum Attempt {
+    /// It read: the queue may hold messages now.
+    Read,
+    /// Nothing had arrived (the source's waker is registered), or there is no source.
+    Nothing,
+    /// A read is owed, after the thread's other tasks have run.
+    Owed,
+}
+
 /// What a [`Source::read`] left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Read {
@@ -187,35 +205,37 @@ impl Mailbox {
 
     /// Runs `dispatch` on every message, in order, until the mailbox is closed (its owner,
     /// this future, dropped: the runtime shutting down). Between batches it reads `source`
-    /// (whatever that pushes is dispatched in the same poll): whenever the queue is empty, and
-    /// after every [`BATCH_BEFORE_YIELD`] messages while it is not, so a flood of messages from
-    /// elsewhere does not keep the source unread.
-    pub(crate) async fn serve(&self, mut dispatch: impl FnMut(Delivery), mut source: Option<&mut dyn Source>) {
+    /// (whatever that pushes is dispatched in the same poll) whenever the queue is empty; and
+    /// every [`BATCH_BEFORE_YIELD`] messages, while the queue does not empty, it lets the
+    /// thread's other tasks run and then reads `source`, so neither waits behind a flood.
+    pub(crate) async fn serve(&self, mut dispatch: impl FnMut(Delivery), source: Option<Box<dyn Source>>) {
         let _closer = CloseOnDrop(self);
         // Swapped with the queue's buffer each time, so neither is allocated again.
         let mut batch = VecDeque::new();
-        // Messages dispatched since the source was last read.
-        let mut since_read = 0;
-        // The source stopped with more to read: read it again only on the task's next poll,
-        // so the thread's other tasks (an invoker woken by a reply) run in between.
-        let mut deferred = false;
+        let mut reading = Reading { source, owed: false };
+        // Messages dispatched since the task last gave up the thread.
+        let mut since_yield = 0;
         loop {
             std::future::poll_fn(|cx| {
-                if since_read >= BATCH_BEFORE_YIELD {
-                    since_read = 0;
-                    self.read_from(&mut source, cx, &mut deferred);
-                }
                 loop {
                     if self.take(cx, &mut batch).is_ready() {
                         return Poll::Ready(());
                     }
                     // Nothing waits (this task's waker is in the queue): read what has arrived.
-                    since_read = 0;
-                    if !self.read_from(&mut source, cx, &mut deferred) {
-                        deferred = false;
-                        return Poll::Pending;
+                    match self.read_from(&mut reading, cx) {
+                        Attempt::Read => continue,
+                        // The source's waker is registered too (or there is no source).
+                        Attempt::Nothing => break,
+                        Attempt::Owed => {
+                            // A yield: the next poll reads, once the other tasks have run.
+                            reading.owed = false;
+                            cx.waker().wake_by_ref();
+                            break;
+                        }
                     }
                 }
+                since_yield = 0;
+                Poll::Pending
             })
             .await;
             let mut done = 0;
@@ -225,43 +245,47 @@ impl Mailbox {
                 // Every message (one relaxed store): the watchdog then sees each call end, so
                 // a burst of short calls is not taken for one slow one.
                 self.batch_done.store(done as u64, Ordering::Relaxed);
-                if done % BATCH_BEFORE_YIELD == 0 {
+                since_yield += 1;
+                if since_yield == BATCH_BEFORE_YIELD {
+                    since_yield = 0;
                     tokio::task::yield_now().await;
+                    // The other tasks have run: read what arrived meanwhile (behind this batch).
+                    reading.owed = false;
+                    std::future::poll_fn(|cx| {
+                        self.read_from(&mut reading, cx);
+                        Poll::Ready(())
+                    })
+                    .await;
                 }
             }
-            since_read += done;
             // A burst's buffer is not kept for good: memory stays flat after it.
             batch.shrink_to(KEPT_CAPACITY);
         }
     }
 
-    /// Reads `source` if something has arrived on it; true if it read (the queue may then hold
-    /// messages), false if there was nothing to read (its waker registered with `cx`), or no
-    /// source (any more), or it is deferred to the next poll.
-    fn read_from(&self, source: &mut Option<&mut dyn Source>, cx: &mut Context<'_>, deferred: &mut bool) -> bool {
-        let Some(reader) = source.as_mut() else { return false };
-        if *deferred {
-            return false;
+    /// Reads the source if something has arrived on it (see [`Attempt`]).
+    fn read_from(&self, reading: &mut Reading, cx: &mut Context<'_>) -> Attempt {
+        let Some(source) = reading.source.as_mut() else { return Attempt::Nothing };
+        if reading.owed {
+            return Attempt::Owed;
         }
-        match reader.poll_ready(cx) {
-            Poll::Pending => return false,
-            Poll::Ready(false) => {
-                *source = None;
-                return false;
-            }
+        match source.poll_ready(cx) {
+            Poll::Pending => return Attempt::Nothing,
             Poll::Ready(true) => {}
+            Poll::Ready(false) => {
+                // Dropped: its descriptor leaves the runtime's I/O driver.
+                reading.source = None;
+                return Attempt::Nothing;
+            }
         }
         // What the read pushes wakes nobody: this task takes it next.
         self.queue().reading = true;
-        match reader.read() {
+        match source.read() {
             Read::Idle => {}
-            Read::More => {
-                *deferred = true;
-                cx.waker().wake_by_ref();
-            }
-            Read::Stop => *source = None,
+            Read::More => reading.owed = true,
+            Read::Stop => reading.source = None,
         }
-        true
+        Attempt::Read
     }
 
     /// Swaps what waits into `batch`, or registers the dispatcher's waker if nothing does.
@@ -482,22 +506,43 @@ mod tests {
         assert!(seen.iter().copied().eq(0..COUNT), "every message, in order");
     }
 
+    type Log = std::sync::Arc<Mutex<Vec<String>>>;
+
     /// A source for the tests: each read pushes the next group of `reads` into the mailbox and
-    /// says what it says; ready while groups are left, then pending for good.
+    /// says what it says. Ready while groups are left and `open` is set; otherwise pending,
+    /// its waker kept in `waker` for whoever opens it.
     struct Scripted {
         mailbox: std::sync::Arc<Mailbox>,
         reads: VecDeque<(Vec<u64>, Read)>,
-        log: std::sync::Arc<Mutex<Vec<String>>>,
+        log: Log,
+        open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        waker: std::sync::Arc<Mutex<Option<Waker>>>,
+    }
+
+    impl Scripted {
+        fn new(mailbox: &std::sync::Arc<Mailbox>, reads: Vec<(Vec<u64>, Read)>, log: &Log) -> Scripted {
+            Scripted {
+                mailbox: mailbox.clone(),
+                reads: reads.into(),
+                log: log.clone(),
+                open: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+                waker: Default::default(),
+            }
+        }
     }
 
     impl Source for Scripted {
-        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<bool> {
-            if self.reads.is_empty() { Poll::Pending } else { Poll::Ready(true) }
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+            if !self.reads.is_empty() && self.open.load(Ordering::SeqCst) {
+                return Poll::Ready(true);
+            }
+            *self.waker.lock().unwrap() = Some(cx.waker().clone());
+            Poll::Pending
         }
 
         fn read(&mut self) -> Read {
             let (ids, read) = self.reads.pop_front().unwrap();
-            self.log.lock().unwrap().push(format!("read {ids:?}"));
+            self.log.lock().unwrap().push(format!("read {}", ids.len()));
             for id in ids {
                 self.mailbox.push(message(abi::kind::REPLY, id)).unwrap();
             }
@@ -505,92 +550,110 @@ mod tests {
         }
     }
 
-    /// Serves `mailbox` with `source` on a current-thread runtime until `until` has been
-    /// dispatched, logging each message; `also` runs on the same thread meanwhile.
+    /// Serves `mailbox` with `source` as a task of its own (as the dispatcher runs) on a
+    /// current-thread runtime until message `until` has been dispatched, logging each message
+    /// and handing its id to `on_dispatch`; `also` is spawned after it, on the same thread.
     fn serve_until(
         mailbox: &std::sync::Arc<Mailbox>,
-        mut source: Scripted,
+        source: Scripted,
         until: u64,
-        mut on_dispatch: impl FnMut(u64),
+        mut on_dispatch: impl FnMut(u64) + Send + 'static,
         also: impl Future<Output = ()> + Send + 'static,
     ) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
-        let log = source.log.clone();
-        runtime.block_on(async {
-            tokio::spawn(also);
+        let (log, mailbox) = (source.log.clone(), mailbox.clone());
+        runtime.block_on(async move {
             let (reached, done) = tokio::sync::oneshot::channel::<()>();
             let mut reached = Some(reached);
-            let serve = mailbox.serve(
-                |delivery| {
+            let server = tokio::spawn(async move {
+                let dispatch = |delivery: Delivery| {
                     let id = delivery.message.request_id;
                     log.lock().unwrap().push(format!("dispatch {id}"));
                     on_dispatch(id);
                     if id == until {
                         reached.take().map(|reached| reached.send(()));
                     }
-                },
-                Some(&mut source),
-            );
-            let reached = tokio::time::timeout(std::time::Duration::from_secs(20), async {
-                tokio::select! {
-                    _ = serve => unreachable!("serving ends only when dropped"),
-                    _ = done => {}
-                }
+                };
+                mailbox.serve(dispatch, Some(Box::new(source))).await;
             });
-            assert!(reached.await.is_ok(), "message {until} was never dispatched");
+            tokio::spawn(also);
+            // A failsafe, not a timing: a lost wake would leave the dispatcher parked for good.
+            let reached = tokio::time::timeout(std::time::Duration::from_secs(20), done).await;
+            server.abort();
+            assert!(reached.is_ok(), "message {until} was never dispatched");
         });
+    }
+
+    fn logged(log: &Log) -> Vec<String> {
+        log.lock().unwrap().clone()
     }
 
     #[test]
     fn what_the_source_reads_is_dispatched_in_order_with_what_was_queued() {
         let mailbox = std::sync::Arc::new(Mailbox::new(MailboxLimit { messages: 64, bytes: 1 << 20 }));
-        let log = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let log = Log::default();
         mailbox.push(message(abi::kind::REPLY, 1)).unwrap();
-        let source = Scripted {
-            mailbox: mailbox.clone(),
-            reads: VecDeque::from([(vec![2, 3], Read::Idle), (vec![], Read::Idle), (vec![4], Read::Stop)]),
-            log: log.clone(),
-        };
-        serve_until(&mailbox, source, 4, |_| {}, async {});
+        let reads = vec![(vec![2, 3], Read::Idle), (vec![], Read::Idle), (vec![4], Read::Stop)];
+        serve_until(&mailbox, Scripted::new(&mailbox, reads, &log), 4, |_| {}, async {});
         // The queue first; the source whenever the queue is empty; a read that pushed nothing
         // is followed by the next; the last read stops it.
         assert_eq!(
-            *log.lock().unwrap(),
-            ["dispatch 1", "read [2, 3]", "dispatch 2", "dispatch 3", "read []", "read [4]", "dispatch 4"]
+            logged(&log),
+            ["dispatch 1", "read 2", "dispatch 2", "dispatch 3", "read 0", "read 1", "dispatch 4"]
         );
+    }
+
+    /// The dispatcher parks with the source's waker registered: a source that becomes ready
+    /// later wakes it, and what it reads then is dispatched.
+    #[test]
+    fn a_source_ready_after_the_dispatcher_parked_wakes_it() {
+        let mailbox = std::sync::Arc::new(Mailbox::new(MailboxLimit { messages: 64, bytes: 1 << 20 }));
+        let log = Log::default();
+        mailbox.push(message(abi::kind::REPLY, 1)).unwrap();
+        let source = Scripted::new(&mailbox, vec![(vec![2], Read::Idle)], &log);
+        source.open.store(false, Ordering::SeqCst);
+        let (open, waker, opener_log) = (source.open.clone(), source.waker.clone(), log.clone());
+        // Runs once the dispatcher (spawned first, on the same thread) has gone idle.
+        let opener = async move {
+            opener_log.lock().unwrap().push("opened".into());
+            open.store(true, Ordering::SeqCst);
+            waker.lock().unwrap().take().expect("the dispatcher registered its waker").wake();
+        };
+        serve_until(&mailbox, source, 2, |_| {}, opener);
+        assert_eq!(logged(&log), ["dispatch 1", "opened", "read 1", "dispatch 2"]);
     }
 
     /// A dispatcher whose queue never empties (each message queues the next, as a listener
     /// broadcasting to itself would) still reads its source, every `BATCH_BEFORE_YIELD`
-    /// messages: the connection's messages are not held back behind a flood.
+    /// messages, and lets the thread's other tasks run: neither waits behind the flood.
     #[test]
-    fn a_flood_from_elsewhere_does_not_keep_the_source_unread() {
+    fn a_flood_from_elsewhere_does_not_keep_the_source_unread_nor_other_tasks_waiting() {
         const FLOOD: u64 = 1_000;
         const FROM_SOURCE: u64 = 1_000_000;
         let mailbox = std::sync::Arc::new(Mailbox::new(MailboxLimit { messages: 64, bytes: 1 << 20 }));
-        let log = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let log = Log::default();
         mailbox.push(message(abi::kind::REPLY, 0)).unwrap();
-        let source = Scripted {
-            mailbox: mailbox.clone(),
-            reads: VecDeque::from([(vec![FROM_SOURCE], Read::Idle)]),
-            log: log.clone(),
-        };
+        // The source has something only after the flood has begun: its first read finds
+        // nothing, the next must come while the flood goes on.
+        let reads = vec![(vec![], Read::Idle), (vec![FROM_SOURCE], Read::Idle)];
         let flooding = mailbox.clone();
-        let mut dispatched = Vec::new();
+        let other_log = log.clone();
         serve_until(
             &mailbox,
-            source,
+            Scripted::new(&mailbox, reads, &log),
             FLOOD,
-            |id| {
-                dispatched.push(id);
+            move |id| {
                 if id < FLOOD {
                     flooding.push(message(abi::kind::REPLY, id + 1)).unwrap();
                 }
             },
-            async {},
+            async move { other_log.lock().unwrap().push("other task".into()) },
         );
-        let at = dispatched.iter().position(|id| *id == FROM_SOURCE).expect("the source's message was dispatched");
-        assert!(at <= BATCH_BEFORE_YIELD + 1, "the source was read only after {at} messages of the flood");
+        let log = logged(&log);
+        let at = |entry: &str| log.iter().position(|logged| logged == entry).unwrap_or(usize::MAX);
+        let limit = 3 * BATCH_BEFORE_YIELD;
+        assert!(at(&format!("dispatch {FROM_SOURCE}")) < limit, "the source was read late: {:?}", &log[..limit]);
+        assert!(at("other task") < limit, "the other task ran late: {:?}", &log[..limit]);
     }
 
     /// A read that stops with more to read lets the thread's other tasks run before the next
@@ -598,19 +661,15 @@ mod tests {
     #[test]
     fn a_read_with_more_to_read_lets_other_tasks_run_before_the_next() {
         let mailbox = std::sync::Arc::new(Mailbox::new(MailboxLimit { messages: 64, bytes: 1 << 20 }));
-        let log = std::sync::Arc::new(Mutex::new(Vec::new()));
-        let source = Scripted {
-            mailbox: mailbox.clone(),
-            reads: VecDeque::from([(vec![1], Read::More), (vec![2], Read::Idle)]),
-            log: log.clone(),
-        };
+        let log = Log::default();
+        let source = Scripted::new(&mailbox, vec![(vec![1], Read::More), (vec![2], Read::Idle)], &log);
         let woken = std::sync::Arc::new(tokio::sync::Notify::new());
         let (waker, other_log) = (woken.clone(), log.clone());
         serve_until(
             &mailbox,
             source,
             2,
-            |id| {
+            move |id| {
                 if id == 1 {
                     waker.notify_one();
                 }
@@ -620,6 +679,17 @@ mod tests {
                 other_log.lock().unwrap().push("other task".into());
             },
         );
-        assert_eq!(*log.lock().unwrap(), ["read [1]", "dispatch 1", "other task", "read [2]", "dispatch 2"]);
+        assert_eq!(logged(&log), ["read 1", "dispatch 1", "other task", "read 1", "dispatch 2"]);
+    }
+
+    /// A read with more to read, then a batch long enough to yield twice: the read still owed
+    /// is made (a lost wake would leave the second read's message undispatched).
+    #[test]
+    fn a_read_owed_across_a_long_batch_is_made() {
+        let mailbox = std::sync::Arc::new(Mailbox::new(MailboxLimit { messages: 64, bytes: 1 << 20 }));
+        let log = Log::default();
+        let long = (0..(2 * BATCH_BEFORE_YIELD as u64 + 44)).collect();
+        let source = Scripted::new(&mailbox, vec![(long, Read::More), (vec![999_999], Read::Idle)], &log);
+        serve_until(&mailbox, source, 999_999, |_| {}, async {});
     }
 }
