@@ -633,8 +633,8 @@ mod tests {
         let mailbox = std::sync::Arc::new(Mailbox::new(MailboxLimit { messages: 64, bytes: 1 << 20 }));
         let log = Log::default();
         mailbox.push(message(abi::kind::REPLY, 0)).unwrap();
-        // The source has something only after the flood has begun: its first read finds
-        // nothing, the next must come while the flood goes on.
+        // The queue never empties, so the source is read only at the 128-message marks: the
+        // first read finds nothing, the second (at the next mark) the source's message.
         let reads = vec![(vec![], Read::Idle), (vec![FROM_SOURCE], Read::Idle)];
         let flooding = mailbox.clone();
         let other_log = log.clone();
