@@ -517,6 +517,14 @@ mod tests {
         log: Log,
         open: std::sync::Arc<std::sync::atomic::AtomicBool>,
         waker: std::sync::Arc<Mutex<Option<Waker>>>,
+        /// Says it can no longer be watched (`Ready(false)`) when it is next asked.
+        unwatchable: bool,
+    }
+
+    impl Drop for Scripted {
+        fn drop(&mut self) {
+            self.log.lock().unwrap().push("dropped".into());
+        }
     }
 
     impl Scripted {
@@ -527,12 +535,16 @@ mod tests {
                 log: log.clone(),
                 open: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
                 waker: Default::default(),
+                unwatchable: false,
             }
         }
     }
 
     impl Source for Scripted {
         fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+            if self.unwatchable {
+                return Poll::Ready(false);
+            }
             if !self.reads.is_empty() && self.open.load(Ordering::SeqCst) {
                 return Poll::Ready(true);
             }
@@ -596,10 +608,10 @@ mod tests {
         let reads = vec![(vec![2, 3], Read::Idle), (vec![], Read::Idle), (vec![4], Read::Stop)];
         serve_until(&mailbox, Scripted::new(&mailbox, reads, &log), 4, |_| {}, async {});
         // The queue first; the source whenever the queue is empty; a read that pushed nothing
-        // is followed by the next; the last read stops it.
+        // is followed by the next; the last read stops it, and it is dropped at once.
         assert_eq!(
             logged(&log),
-            ["dispatch 1", "read 2", "dispatch 2", "dispatch 3", "read 0", "read 1", "dispatch 4"]
+            ["dispatch 1", "read 2", "dispatch 2", "dispatch 3", "read 0", "read 1", "dropped", "dispatch 4"]
         );
     }
 
@@ -620,7 +632,7 @@ mod tests {
             waker.lock().unwrap().take().expect("the dispatcher registered its waker").wake();
         };
         serve_until(&mailbox, source, 2, |_| {}, opener);
-        assert_eq!(logged(&log), ["dispatch 1", "opened", "read 1", "dispatch 2"]);
+        assert_eq!(logged(&log), ["dispatch 1", "opened", "read 1", "dispatch 2", "dropped"]);
     }
 
     /// A dispatcher whose queue never empties (each message queues the next, as a listener
@@ -679,7 +691,7 @@ mod tests {
                 other_log.lock().unwrap().push("other task".into());
             },
         );
-        assert_eq!(logged(&log), ["read 1", "dispatch 1", "other task", "read 1", "dispatch 2"]);
+        assert_eq!(logged(&log), ["read 1", "dispatch 1", "other task", "read 1", "dispatch 2", "dropped"]);
     }
 
     /// A read with more to read, then a batch long enough to yield twice: the read still owed
@@ -691,5 +703,31 @@ mod tests {
         let long = (0..(2 * BATCH_BEFORE_YIELD as u64 + 44)).collect();
         let source = Scripted::new(&mailbox, vec![(long, Read::More), (vec![999_999], Read::Idle)], &log);
         serve_until(&mailbox, source, 999_999, |_| {}, async {});
+    }
+
+    /// A source that stops, or can no longer be watched, is dropped at once (a descriptor then
+    /// leaves the runtime's I/O driver), and the dispatcher goes on serving the queue.
+    #[test]
+    fn a_stopped_or_unwatchable_source_is_dropped_and_serving_goes_on() {
+        for unwatchable in [false, true] {
+            let mailbox = std::sync::Arc::new(Mailbox::new(MailboxLimit { messages: 64, bytes: 1 << 20 }));
+            let log = Log::default();
+            mailbox.push(message(abi::kind::REPLY, 1)).unwrap();
+            let mut source = Scripted::new(&mailbox, vec![(vec![2], Read::Stop)], &log);
+            source.unwatchable = unwatchable;
+            let (pusher, pusher_log) = (mailbox.clone(), log.clone());
+            // Runs once the dispatcher has gone idle: a push from elsewhere still wakes it.
+            let later = async move {
+                pusher_log.lock().unwrap().push("pushed".into());
+                pusher.push(message(abi::kind::REPLY, 3)).unwrap();
+            };
+            serve_until(&mailbox, source, 3, |_| {}, later);
+            let expected: &[&str] = if unwatchable {
+                &["dispatch 1", "dropped", "pushed", "dispatch 3"]
+            } else {
+                &["dispatch 1", "read 1", "dropped", "dispatch 2", "pushed", "dispatch 3"]
+            };
+            assert_eq!(logged(&log), expected, "unwatchable: {unwatchable}");
+        }
     }
 }
