@@ -32,6 +32,7 @@
 //! unpinned ping-pong beside it and the spread of its rounds, to show the bimodality.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io::{BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -295,17 +296,10 @@ async fn tokio_and_raw(count: u64, peer_cpu: Option<usize>) -> Result<(Figure, F
 /// raw one, on one core as that row places them (this process on the first CPU, the peers
 /// too). An invoke's two ends are such runtimes (an instance's thread in the renderer process,
 /// main's in the host), so no invoke can come nearer the raw ping-pong than this does. `None`
-/// without `taskset`.
+/// where the one-core row has none (see [`cpus_for`]).
 pub async fn floor(count: u64) -> Result<Option<(Figure, Figure)>> {
-    let (all, cpus) = allowed_cpus()?;
-    let Some(&cpu) = cpus.first() else { return Ok(None) };
-    if Command::new("taskset").arg("--version").stdout(Stdio::null()).status().is_err() {
-        return Ok(None);
-    }
-    set_affinity(std::process::id(), &cpu.to_string())?;
-    let figures = tokio_and_raw(count, Some(cpu)).await;
-    set_affinity(std::process::id(), &all)?;
-    figures.map(Some)
+    let Some((here, there)) = cpus_for(Placement::OneCore)? else { return Ok(None) };
+    pinned(here, tokio_and_raw(count, Some(there))).await.map(Some)
 }
 
 /// Where the processes of a placed row run.
@@ -359,18 +353,8 @@ fn set_affinity(pid: u32, cpus: &str) -> Result<()> {
 /// renderer processes and the echo peer on the same one or another. `None` if the machine
 /// has too few CPUs for the placement. The bench's own threads get their mask back after.
 async fn placed(artifacts: &Path, placement: Placement, count: u64, size: usize) -> Result<Option<(Figure, Figure)>> {
-    let (all, cpus) = allowed_cpus()?;
-    if Command::new("taskset").arg("--version").stdout(Stdio::null()).status().is_err() {
-        eprintln!("taskset (util-linux) is not on PATH: the placed rows are skipped");
-        return Ok(None);
-    }
-    let (here, there) = match (placement, cpus.as_slice()) {
-        (Placement::OneCore, [first, ..]) => (*first, *first),
-        (Placement::CoreEach, [first, second, ..]) => (*first, *second),
-        _ => return Ok(None),
-    };
-    set_affinity(std::process::id(), &here.to_string())?;
-    let figures = async {
+    let Some((here, there)) = cpus_for(placement)? else { return Ok(None) };
+    let figures = pinned(here, async {
         let host = bench_host(artifacts, true).await?;
         let placed = async {
             for pid in host.inspect().await.frames.iter().filter_map(|frame| frame.pid) {
@@ -381,10 +365,33 @@ async fn placed(artifacts: &Path, placement: Placement, count: u64, size: usize)
         .await;
         host.shutdown().await;
         placed
+    })
+    .await?;
+    Ok(Some(figures))
+}
+
+/// The CPUs of `placement`: (this process's, its peers'). `None` if the machine has too few
+/// CPUs for it, or `taskset` (which places the peers) is missing, which it says.
+fn cpus_for(placement: Placement) -> Result<Option<(usize, usize)>> {
+    let (_, cpus) = allowed_cpus()?;
+    if Command::new("taskset").arg("--version").stdout(Stdio::null()).status().is_err() {
+        eprintln!("taskset (util-linux) is not on PATH: the placed rows are skipped");
+        return Ok(None);
     }
-    .await;
+    Ok(match (placement, cpus.as_slice()) {
+        (Placement::OneCore, [first, ..]) => Some((*first, *first)),
+        (Placement::CoreEach, [first, second, ..]) => Some((*first, *second)),
+        _ => None,
+    })
+}
+
+/// Runs `work` with this process's threads on CPU `cpu`, and gives them their mask back after.
+async fn pinned<T>(cpu: usize, work: impl Future<Output = Result<T>>) -> Result<T> {
+    let (all, _) = allowed_cpus()?;
+    set_affinity(std::process::id(), &cpu.to_string())?;
+    let outcome = work.await;
     set_affinity(std::process::id(), &all)?;
-    figures.map(Some)
+    outcome
 }
 
 /// A busy loop on one core while the loaded rows measure: a child process of ours (`--spin`),

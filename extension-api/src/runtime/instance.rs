@@ -6,7 +6,7 @@
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::Interest;
@@ -57,15 +57,15 @@ struct HostConnection {
 }
 
 impl HostConnection {
-    /// Watches the host's descriptor `fd`; `None` (the host's reader thread then goes on
-    /// reading it) if the runtime cannot.
-    fn watch(host: HostCalls, fd: RawFd) -> Option<HostConnection> {
+    /// Watches the host's descriptor `fd`, for the dispatcher; `None` (the host's reader thread
+    /// then goes on reading it) if the runtime cannot.
+    fn watch(host: HostCalls, fd: RawFd) -> Option<Box<dyn Source>> {
         // Registered before the first drain: whatever arrives after that drain is an event.
         // SAFETY: the host keeps the descriptor open, on the same socket, while the instance
         // runs (`HostVTable::inbound_fd`), and the dispatcher that owns this dies with the
         // instance's runtime; `Watched` gives the same descriptor every time and never closes it.
         match unsafe { AsyncFd::register_with_interest(Watched(fd), Interest::READABLE) } {
-            Ok(watched) => Some(HostConnection { host, watched, read_now: true }),
+            Ok(watched) => Some(Box::new(HostConnection { host, watched, read_now: true })),
             Err(error) => {
                 // Never claimed: the host's reader goes on reading it.
                 tracing::warn!("cannot watch the host's connection ({error}): its reader thread delivers");
@@ -76,7 +76,7 @@ impl HostConnection {
 }
 
 impl Source for HostConnection {
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<bool> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
         if self.read_now {
             return Poll::Ready(true);
         }
@@ -133,7 +133,6 @@ impl Instance {
                 // handler with no wake of another thread or task.
                 let inbound = host.inbound_fd();
                 let connection = if inbound >= 0 { HostConnection::watch(host, inbound) } else { None };
-                let connection = connection.map(|connection| Box::new(connection) as Box<dyn Source>);
                 tokio::spawn(dispatch_loop(dispatcher_shared, connection));
                 tokio::spawn(sweep_timeouts(sweeper_shared));
                 // Either a signal or the sender dropped: both mean stop.

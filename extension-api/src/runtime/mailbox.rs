@@ -290,7 +290,7 @@ impl Mailbox {
 
     /// Swaps what waits into `batch`, or registers the dispatcher's waker if nothing does.
     #[inline(always)]
-    fn take(&self, cx: &mut std::task::Context<'_>, batch: &mut VecDeque<Delivery>) -> Poll<()> {
+    fn take(&self, cx: &mut Context<'_>, batch: &mut VecDeque<Delivery>) -> Poll<()> {
         let mut queue = self.queue();
         queue.reading = false;
         if queue.messages.is_empty() {
