@@ -950,6 +950,10 @@ mod web_direct;
 #[path = "web_reads.rs"]
 mod web_reads;
 
+// Main's thread reading its pages' sockets, and the read loops reading for a blocked one.
+#[path = "web_main_reads.rs"]
+mod web_main_reads;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_queues_for_a_page_while_its_socket_is_full_reaches_it_in_order_exactly_once() {
     let (host, server) = web_host(&["probe"], true, WebConfig::default()).await;

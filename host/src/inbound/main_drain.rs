@@ -30,9 +30,10 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
+use std::task::Waker;
 
 use extension_api::abi;
 use nix::errno::Errno;
@@ -56,6 +57,9 @@ pub(crate) struct Runs {
     armed: AtomicBool,
     wake: Mutex<()>,
     armed_now: Condvar,
+    /// The readers of last resort that are tasks, not threads (a web page's read loop): woken
+    /// as `armed_now`'s waiters are, each once (they register again to rest again).
+    tasks: Mutex<Vec<Waker>>,
 }
 
 impl Runs {
@@ -69,6 +73,7 @@ impl Runs {
             armed: AtomicBool::new(false),
             wake: Mutex::new(()),
             armed_now: Condvar::new(),
+            tasks: Mutex::new(Vec::new()),
         }
     }
 
@@ -87,15 +92,40 @@ impl Runs {
 
     /// The readers of last resort look at the next tick.
     pub(crate) fn arm(&self) {
-        let _wake = lock(&self.wake);
-        self.armed.store(true, Ordering::SeqCst);
-        self.armed_now.notify_all();
+        {
+            let _wake = lock(&self.wake);
+            self.armed.store(true, Ordering::SeqCst);
+            self.armed_now.notify_all();
+        }
+        self.wake_tasks();
     }
 
     /// Wakes the readers resting here (a socket was given back to its reader thread).
     pub(crate) fn wake_watchers(&self) {
-        let _wake = lock(&self.wake);
-        self.armed_now.notify_all();
+        {
+            let _wake = lock(&self.wake);
+            self.armed_now.notify_all();
+        }
+        self.wake_tasks();
+    }
+
+    fn wake_tasks(&self) {
+        let tasks = std::mem::take(&mut *lock(&self.tasks));
+        for task in tasks {
+            task.wake();
+        }
+    }
+
+    /// Whether the readers of last resort look at the next tick; if not, `task` is woken when
+    /// they should (registered before the look: an `arm` after it wakes the task).
+    pub(crate) fn armed_or_wake(&self, task: &Waker) -> bool {
+        {
+            let mut tasks = lock(&self.tasks);
+            if !tasks.iter().any(|waiting| waiting.will_wake(task)) {
+                tasks.push(task.clone());
+            }
+        }
+        self.armed.load(Ordering::SeqCst)
     }
 
     /// Rests until armed, while `claimed`; whether it is still claimed.
@@ -136,10 +166,30 @@ impl Runs {
     }
 }
 
+/// A socket main's thread reads, as its drain sees it: a renderer process's connection
+/// (`ChildReader`) or a web page's (`web::page_reader`).
+pub(crate) trait Drained: Send + Sync {
+    /// Reads what the socket has, without blocking, on main's thread; false if it stopped with
+    /// more to read (the drain comes back for it without waiting for an event).
+    fn drain(&self) -> bool;
+    /// The set is released (its instance is gone): the socket's own reader reads it alone.
+    fn give_back(&self);
+}
+
+impl Drained for ChildReader {
+    fn drain(&self) -> bool {
+        ChildReader::drain(self)
+    }
+
+    fn give_back(&self) {
+        ChildReader::give_back(self);
+    }
+}
+
 /// How many sockets a set holds, for its drain: one is read without asking the set.
 enum Only {
     None,
-    One(u64, Arc<ChildReader>),
+    One(u64, Arc<dyn Drained>),
     Several,
 }
 
@@ -147,8 +197,9 @@ enum Only {
 pub(crate) struct MainDrain {
     pub(super) epoll: Epoll,
     /// The claimed connections, with their read side's id (the events' data): a main's
-    /// renderer processes, a few, found by a scan (cheaper than hashing the id per event).
-    claimed: Mutex<Vec<(u64, Weak<ChildReader>)>>,
+    /// renderer processes and web pages, a few, found by a scan (cheaper than hashing the id
+    /// per event).
+    claimed: Mutex<Vec<(u64, Weak<dyn Drained>)>>,
     /// Released: nothing more is claimed for it, and its drains stop.
     released: AtomicBool,
     /// Its thread drained it once: its runtime watches the set (it drains at once after
@@ -182,31 +233,43 @@ impl MainDrain {
     /// drained it yet, or the socket cannot be watched (then its reader thread reads it, as
     /// before).
     pub(crate) fn add(&self, side: &ReadSide, reader: Weak<ChildReader>) -> bool {
+        self.add_socket(side.fd(), side.id(), reader)
+    }
+
+    /// Puts socket `fd` in the set, read by `reader` (named `id` in the set's events: ids come
+    /// from [`socket_id`]); false as for [`MainDrain::add`].
+    pub(crate) fn add_socket(&self, fd: BorrowedFd<'_>, id: u64, reader: Weak<dyn Drained>) -> bool {
         let mut claimed = lock(&self.claimed);
         if self.released.load(Ordering::SeqCst) || !self.watched.load(Ordering::SeqCst) {
             return false;
         }
         let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLET;
-        if let Err(error) = self.epoll.add(side.fd(), EpollEvent::new(flags, side.id())) {
-            tracing::warn!("cannot watch a child connection from main's thread ({error}): its reader thread reads it");
+        if let Err(error) = self.epoll.add(fd, EpollEvent::new(flags, id)) {
+            tracing::warn!("cannot watch a socket from main's thread ({error}): its own reader reads it");
             return false;
         }
         // Not there already: the set refuses a descriptor it holds.
-        claimed.push((side.id(), reader));
+        claimed.push((id, reader));
         true
     }
 
     /// Takes `side`'s socket out of the set.
     pub(crate) fn remove(&self, side: &ReadSide) {
+        self.remove_socket(side.fd(), side.id());
+    }
+
+    /// Takes socket `fd` (`id`) out of the set, before it closes: a set holds the open file,
+    /// not the number, and a file kept open elsewhere would go on waking main's thread.
+    pub(crate) fn remove_socket(&self, fd: BorrowedFd<'_>, id: u64) {
         let mut claimed = lock(&self.claimed);
-        let Some(at) = claimed.iter().position(|(id, _)| *id == side.id()) else { return };
+        let Some(at) = claimed.iter().position(|(claimed, _)| *claimed == id) else { return };
         claimed.swap_remove(at);
-        if let Err(error) = self.epoll.delete(side.fd()) {
-            tracing::warn!("cannot take a child connection out of main's epoll set: {error}");
+        if let Err(error) = self.epoll.delete(fd) {
+            tracing::warn!("cannot take a socket out of main's epoll set: {error}");
         }
     }
 
-    fn reader(&self, id: u64) -> Option<Arc<ChildReader>> {
+    fn reader(&self, id: u64) -> Option<Arc<dyn Drained>> {
         lock(&self.claimed).iter().find(|(claimed, _)| *claimed == id).and_then(|(_, reader)| reader.upgrade())
     }
 
@@ -220,7 +283,7 @@ impl MainDrain {
         }
         let left = std::mem::take(&mut *lock(&self.pending));
         let mut unfinished = Vec::new();
-        let mut drain_one = |id: u64, reader: Arc<ChildReader>| {
+        let mut drain_one = |id: u64, reader: Arc<dyn Drained>| {
             if !reader.drain() && !unfinished.contains(&id) {
                 unfinished.push(id);
             }
@@ -275,7 +338,7 @@ impl MainDrain {
 
     /// The instance is gone: every claimed socket goes back to its reader thread.
     fn release(&self) {
-        let readers: Vec<Weak<ChildReader>> = {
+        let readers: Vec<Weak<dyn Drained>> = {
             let claimed = lock(&self.claimed);
             self.released.store(true, Ordering::SeqCst);
             claimed.iter().map(|(_, reader)| reader.clone()).collect()
@@ -284,6 +347,13 @@ impl MainDrain {
             reader.give_back();
         }
     }
+}
+
+/// A new id for a socket in a set (the events' data): unique in the process, whichever kind
+/// of socket it names.
+pub(crate) fn socket_id() -> u64 {
+    static IDS: AtomicU64 = AtomicU64::new(1);
+    IDS.fetch_add(1, Ordering::Relaxed)
 }
 
 /// The sets of this process's instances, by key, created on the instance's first ask.

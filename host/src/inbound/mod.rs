@@ -6,7 +6,7 @@
 
 mod callbacks;
 mod child_reader;
-mod main_drain;
+pub(crate) mod main_drain;
 mod read_side;
 
 pub(crate) use callbacks::{HOST_VTABLE, forget, register};

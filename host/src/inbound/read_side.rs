@@ -82,10 +82,9 @@ impl ReadSide {
     /// The reading side of `stream`, with what `framing` already holds of it (the handshake's
     /// leftovers); read by the reader thread until a main claims it.
     pub(crate) fn new(stream: UnixStream, framing: Framing) -> ReadSide {
-        static IDS: AtomicU64 = AtomicU64::new(1);
         ReadSide {
             stream,
-            id: IDS.fetch_add(1, Ordering::Relaxed),
+            id: super::main_drain::socket_id(),
             framing: Mutex::new(framing),
             drainer: Mutex::new(None),
             claimed: AtomicBool::new(false),

@@ -10,11 +10,16 @@
 //! is read through [`Heard`], which notes the time of each read that brought bytes (one
 //! store per read, not per byte or message) in the connection's [`Activity`]; the timer is not
 //! reset per read but looked at when it fires (at most once an interval while bytes flow).
+//!
+//! [`Heard`] is also where a page's socket is read **directly** while main's thread reads it
+//! (`page_reader`): that thread is woken by its own epoll set, and tokio learns of the bytes
+//! only when its driver sees the socket's event, which may come after that thread's read.
 
 use std::io;
+use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -30,11 +35,49 @@ struct Clock {
     origin: Instant,
     /// Nanoseconds from `origin` to the last read that brought bytes.
     last: AtomicU64,
+    /// The connection's socket (-1: not known), for main's thread to watch (`page_reader`).
+    socket: RawFd,
+    /// Reads go to the socket first, not through tokio's readiness ([`Heard`]).
+    direct: AtomicBool,
+    /// The last direct read found the socket empty.
+    found_empty: AtomicBool,
 }
 
 impl Activity {
-    pub(crate) fn new() -> Activity {
-        Activity(Arc::new(Clock { origin: Instant::now(), last: AtomicU64::new(0) }))
+    /// The activity of the connection on socket `socket` (-1: not known; then nothing but its
+    /// own task reads it).
+    pub(crate) fn new(socket: RawFd) -> Activity {
+        Activity(Arc::new(Clock {
+            origin: Instant::now(),
+            last: AtomicU64::new(0),
+            socket,
+            direct: AtomicBool::new(false),
+            found_empty: AtomicBool::new(false),
+        }))
+    }
+
+    /// The connection's socket, if known. Open while the connection's stream is.
+    pub(crate) fn socket(&self) -> Option<RawFd> {
+        (self.0.socket >= 0).then_some(self.0.socket)
+    }
+
+    /// Whether reads go to the socket itself first, and an empty one is `Pending` with no
+    /// waker left with tokio: while a thread outside the server's runtime (main's, woken by its
+    /// own epoll set) reads the connection. (Tokio's driver still sees every arrival, so a
+    /// reader through tokio after this is unset finds the bytes.)
+    pub(crate) fn read_directly(&self, direct: bool) {
+        self.0.direct.store(direct, Ordering::SeqCst);
+    }
+
+    /// Whether the last direct read found the socket empty (so a `Pending` read meant that,
+    /// not a lock held elsewhere).
+    pub(crate) fn found_empty(&self) -> bool {
+        self.0.found_empty.load(Ordering::Relaxed)
+    }
+
+    /// Before a read whose `Pending` [`Activity::found_empty`] is to explain.
+    pub(crate) fn clear_found_empty(&self) {
+        self.0.found_empty.store(false, Ordering::Relaxed);
     }
 
     /// Bytes arrived just now.
@@ -62,8 +105,48 @@ impl<S> Heard<S> {
     }
 }
 
+/// One read of socket `fd` without blocking into `buf`'s unfilled part; how many bytes (0:
+/// the end).
+fn recv_into(fd: RawFd, buf: &mut ReadBuf<'_>) -> io::Result<usize> {
+    // SAFETY: `recv` only writes into this part, and only what it says it wrote is marked
+    // initialized and filled below.
+    let unfilled = unsafe { buf.unfilled_mut() };
+    // SAFETY: `unfilled` is writable for its length during the call, and `fd` is the socket of
+    // the `Heard` calling this (its `Activity`'s), open while that stream lives.
+    let read = unsafe { libc::recv(fd, unfilled.as_mut_ptr().cast(), unfilled.len(), libc::MSG_DONTWAIT) };
+    // A negative count is an error, in errno; any other fits a usize.
+    let read = usize::try_from(read).map_err(|_| io::Error::last_os_error())?;
+    // SAFETY: `recv` wrote `read` bytes at the start of the unfilled part.
+    unsafe { buf.assume_init(read) };
+    buf.advance(read);
+    Ok(read)
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for Heard<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if let Some(fd) = self.activity.socket()
+            && self.activity.0.direct.load(Ordering::SeqCst)
+            && buf.remaining() > 0
+        {
+            loop {
+                match recv_into(fd, buf) {
+                    Ok(read) => {
+                        self.activity.0.found_empty.store(false, Ordering::Relaxed);
+                        if read > 0 {
+                            self.activity.heard();
+                        }
+                        return Poll::Ready(Ok(()));
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                    // Empty: main's epoll set says when it is not (no waker with tokio).
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                        self.activity.0.found_empty.store(true, Ordering::Relaxed);
+                        return Poll::Pending;
+                    }
+                    Err(error) => return Poll::Ready(Err(error)),
+                }
+            }
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {

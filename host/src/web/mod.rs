@@ -12,6 +12,7 @@ mod assets;
 mod close_reply;
 mod keepalive;
 mod linger;
+mod page_reader;
 pub(crate) mod protocol;
 mod renderer_socket;
 mod security;
@@ -393,6 +394,13 @@ impl WebServer {
         self.server.tokens.idle_flushes(extension)
     }
 
+    /// How many messages of `extension`'s connected pages main's thread read itself (rather
+    /// than the page's read loop, a hop away). For the suite's tests of the reading side.
+    #[doc(hidden)]
+    pub fn main_reads_for_testing(&self, extension: &str) -> u64 {
+        self.server.tokens.main_reads(extension)
+    }
+
     /// Stops serving: no new connection is accepted, every socket closes (1001), and their
     /// frames close. Returns once every connection has ended.
     pub async fn shutdown(mut self) {
@@ -549,7 +557,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, server: Arc<Server>, rou
         }
         // Every byte read from the connection is a sign of life (see `keepalive`): its sockets
         // find when bytes last arrived in its `Activity`.
-        let activity = keepalive::Activity::new();
+        let activity = keepalive::Activity::new(std::os::fd::AsRawFd::as_raw_fd(&stream));
         // A connection the server is done with lingers for the peer's end (see `linger`).
         let stream = keepalive::Heard::new(linger::Lingering::new(stream, lingers.clone()), activity.clone());
         let service = TowerToHyperService::new(router.clone().layer(Extension(activity)));

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::close_reply::read_close_reply;
 use super::keepalive::{Activity, Due, Keepalive};
+use super::page_reader::{PageReader, PageReading, Turn};
 use super::protocol::{self, PageMessage};
 use super::{ConnectionSlot, Handshake, Server};
 use crate::core::lock;
@@ -88,6 +89,8 @@ pub(crate) struct PageConnection {
     flush: Notify,
     /// The writer's flushes that found nothing left unflushed (for the suite).
     idle_flushes: AtomicU64,
+    /// The page's messages main's thread read itself (for the suite).
+    main_reads: AtomicU64,
     /// Fired to end the connection; the close frame to send is in `close_with`.
     closing: CancellationToken,
     close_with: Mutex<Option<(u16, String)>>,
@@ -213,6 +216,15 @@ impl PageConnection {
         self.idle_flushes.load(Ordering::Relaxed)
     }
 
+    /// How many of the page's messages main's thread read itself (`page_reader`).
+    pub(crate) fn main_reads(&self) -> u64 {
+        self.main_reads.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn count_main_read(&self) {
+        self.main_reads.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Completes command `completion` without the page.
     pub(crate) fn answer(&self, completion: u64, result: Completion) {
         let _ = self.answers.send((completion, result));
@@ -243,7 +255,7 @@ fn poll_in_place(sink: &mut SplitSink<WebSocket, WsMessage>, bytes: Vec<u8>) -> 
 }
 
 /// How a connection ended.
-enum Ended {
+pub(super) enum Ended {
     /// The page sent a close frame (the tab closed or reloaded, the iframe navigated).
     Closed,
     /// The connection dropped without one, or failed.
@@ -292,6 +304,7 @@ pub(crate) async fn serve(
         writing: tokio::sync::Mutex::new(Writing { sink, unflushed: false }),
         flush: Notify::new(),
         idle_flushes: AtomicU64::new(0),
+        main_reads: AtomicU64::new(0),
         closing: CancellationToken::new(),
         close_with: Mutex::new(None),
         by_host: AtomicBool::new(false),
@@ -448,8 +461,22 @@ pub(crate) async fn serve(
         None => server.hooks.half_reconnected(&extension, frame, endpoint.clone()),
     }
 
+    // The page's socket as read: by this loop, or by main's thread (see `page_reader`).
+    let reader = PageReader::new(PageReading {
+        activity: activity.clone(),
+        stream,
+        link: link.clone(),
+        endpoint: endpoint.clone(),
+        frame,
+        connection: connection.clone(),
+    });
+    let claimed_end = reader.claim_for_main();
+    let mut turn = Turn::default();
     let mut keepalive = Keepalive::new(server.config.ping_interval, server.config.ping_timeout, activity);
     let ended = loop {
+        if let Some(ended) = claimed_end {
+            break ended;
+        }
         tokio::select! {
             biased;
             _ = connection.closing.cancelled() => {
@@ -469,26 +496,11 @@ pub(crate) async fn serve(
                 }
                 Due::Nothing => {}
             },
-            next = stream.next() => match next {
-                None => break Ended::Dropped("the connection dropped".to_owned()),
-                Some(Err(error)) => {
-                    let (code, reason) = close_for_error(&error.to_string());
-                    if code == 1009 {
-                        break Ended::Violation(code, reason);
-                    }
-                    break Ended::Dropped(reason);
+            read = std::future::poll_fn(|cx| reader.poll_turn(cx, &mut turn)) => {
+                if let Some(ended) = read {
+                    break ended;
                 }
-                Some(Ok(WsMessage::Close(close))) => break page_closed(close),
-                Some(Ok(WsMessage::Binary(bytes))) => {
-                    if let Err(violation) = receive(&link, &endpoint, frame, &bytes) {
-                        break Ended::Violation(1008, violation);
-                    }
-                }
-                Some(Ok(WsMessage::Text(_))) => {
-                    break Ended::Violation(1008, "text messages are not part of the protocol".to_owned())
-                }
-                Some(Ok(_)) => {}
-            },
+            }
             // After the read: a close frame the page sent, which the write failed on, counts.
             _ = connection.writer_failed.cancelled() => {
                 let (_, reason) = lock(&connection.close_with).clone().unwrap_or_default();
@@ -533,6 +545,9 @@ pub(crate) async fn serve(
     // A connection taking this one's place starts its half now (the host was told of this
     // one's end first), without waiting for this socket's close.
     connection.ended.cancel();
+    // Out of main's epoll set, and the stream back, before the socket closes.
+    let stream = reader.finish();
+    drop(reader);
     let _ = writer.await;
     // (Not when the server shuts down: it does not wait for pages that do not answer.)
     if violated || !(connection.severed.load(Ordering::Acquire) || server.shutdown.is_cancelled()) {
@@ -542,7 +557,9 @@ pub(crate) async fn serve(
         // kernel has not sent yet, the close frame too: the page would see 1006, a lost
         // network, and come back (to be refused, or, superseded, to take its successor's
         // place) rather than stop with this code.
-        read_close_reply(&mut stream, &server, violated).await;
+        if let Some(mut stream) = stream {
+            read_close_reply(&mut stream, &server, violated).await;
+        }
     }
 }
 
@@ -572,6 +589,29 @@ fn page_closed(close: Option<CloseFrame>) -> Ended {
             1000 | 1001 | 1005 => Ended::Closed,
             code => Ended::Dropped(format!("the page closed its connection with {code}: {}", frame.reason.as_str())),
         },
+    }
+}
+
+/// Handles one read of a connected page's socket (by its read loop or main's thread): how the
+/// connection ended, if it did.
+pub(super) fn handle(
+    link: &Link,
+    endpoint: &Endpoint,
+    frame: Peer,
+    next: Option<Result<WsMessage, axum::Error>>,
+) -> Option<Ended> {
+    match next {
+        None => Some(Ended::Dropped("the connection dropped".to_owned())),
+        Some(Err(error)) => {
+            let (code, reason) = close_for_error(&error.to_string());
+            Some(if code == 1009 { Ended::Violation(code, reason) } else { Ended::Dropped(reason) })
+        }
+        Some(Ok(WsMessage::Close(close))) => Some(page_closed(close)),
+        Some(Ok(WsMessage::Binary(bytes))) => {
+            receive(link, endpoint, frame, &bytes).err().map(|violation| Ended::Violation(1008, violation))
+        }
+        Some(Ok(WsMessage::Text(_))) => Some(Ended::Violation(1008, "text messages are not part of the protocol".to_owned())),
+        Some(Ok(_)) => None,
     }
 }
 

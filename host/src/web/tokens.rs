@@ -214,6 +214,16 @@ impl Tokens {
             .sum()
     }
 
+    /// The messages of `extension`'s connected pages that main's thread read itself.
+    pub(crate) fn main_reads(&self, extension: &str) -> u64 {
+        lock(&self.entries)
+            .iter()
+            .filter(|entry| entry.extension == extension)
+            .filter_map(Entry::socket)
+            .map(|socket| socket.main_reads())
+            .sum()
+    }
+
     /// The half is not meant to run there any more: `token` is void.
     pub(crate) fn revoke(&self, token: &str) {
         lock(&self.entries).retain(|entry| entry.token != token);
