@@ -26,7 +26,7 @@
 use std::os::fd::BorrowedFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, TryLockError, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -51,6 +51,10 @@ const DRAIN_MESSAGES: u32 = 64;
 /// How long main's thread may sit in one run, with the page's bytes waiting, before the read
 /// loop reads them for it (a renderer process's reader thread waits as long).
 const WATCH_TICK: Duration = Duration::from_millis(2);
+/// How many drains in a row may find the stream busy (its lock, or the halves' shared one,
+/// held elsewhere) before main's thread gives the socket back to the read loop: a busy stream
+/// is a moment's (another thread's poll of it), and a drain that finds it so comes back at once.
+const BUSY_DRAINS: u32 = 1000;
 
 /// A page's socket as read; see the module's description.
 pub(crate) struct PageReader {
@@ -74,6 +78,8 @@ pub(crate) struct PageReader {
     /// The last drain stopped at [`DRAIN_MESSAGES`]: messages may wait in the stream's buffer
     /// with none on the socket.
     leftover: AtomicBool,
+    /// Drains in a row that found the stream busy (see [`BUSY_DRAINS`]).
+    busy: AtomicU32,
     /// How the connection ended, if main's thread read its end.
     end: Mutex<Option<Ended>>,
     /// The read loop's waker: woken when main's thread read the end, or gave the socket back.
@@ -112,6 +118,7 @@ impl PageReader {
             claimed: AtomicBool::new(false),
             drains: AtomicU64::new(0),
             leftover: AtomicBool::new(false),
+            busy: AtomicU32::new(0),
             end: Mutex::new(None),
             task: Mutex::new(None),
         })
@@ -287,6 +294,19 @@ impl PageReader {
     }
 }
 
+impl PageReader {
+    /// A drain found the stream busy: it comes back (false), unless it has found it so
+    /// [`BUSY_DRAINS`] times in a row; then the read loop reads the socket alone.
+    fn busy(&self) -> bool {
+        if self.busy.fetch_add(1, Ordering::Relaxed) + 1 < BUSY_DRAINS {
+            return false;
+        }
+        tracing::debug!("a page's socket stayed busy for main's thread: its read loop reads it from now on");
+        self.unclaim();
+        true
+    }
+}
+
 impl Drained for PageReader {
     /// Main's thread reads what the page sent, without blocking; false if it stopped at
     /// [`DRAIN_MESSAGES`], or the stream was busy (the read loop reading for a stuck run, or
@@ -298,7 +318,7 @@ impl Drained for PageReader {
         let mut stream = match self.stream.try_lock() {
             Ok(stream) => stream,
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(TryLockError::WouldBlock) => return false,
+            Err(TryLockError::WouldBlock) => return self.busy(),
         };
         let Some(socket) = stream.as_mut() else { return true };
         if lock(&self.end).is_some() {
@@ -311,9 +331,14 @@ impl Drained for PageReader {
             match socket.poll_next_unpin(&mut context) {
                 Poll::Pending => {
                     self.leftover.store(false, Ordering::SeqCst);
-                    // Empty, or the halves' shared lock was held (then the bytes still wait,
-                    // and no event will say so: come back).
-                    return self.activity.found_empty();
+                    if self.activity.found_empty() {
+                        self.busy.store(0, Ordering::Relaxed);
+                        return true;
+                    }
+                    // The halves' shared lock was held: the bytes still wait, and no event
+                    // will say so.
+                    drop(stream);
+                    return self.busy();
                 }
                 Poll::Ready(next) => {
                     self.connection.count_main_read();
@@ -327,6 +352,7 @@ impl Drained for PageReader {
             }
         }
         self.leftover.store(true, Ordering::SeqCst);
+        self.busy.store(0, Ordering::Relaxed);
         false
     }
 
