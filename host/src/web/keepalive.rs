@@ -69,6 +69,11 @@ impl Activity {
         self.0.direct.store(direct, Ordering::SeqCst);
     }
 
+    /// Whether reads go to the socket itself ([`Activity::read_directly`]).
+    pub(crate) fn reads_directly(&self) -> bool {
+        self.0.direct.load(Ordering::SeqCst)
+    }
+
     /// Whether the last direct read found the socket empty (so a `Pending` read meant that,
     /// not a lock held elsewhere).
     pub(crate) fn found_empty(&self) -> bool {

@@ -19,9 +19,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use std::io::Read;
+
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use super::registration::Registered;
 
 /// The longest a closed connection is read for the peer's end.
 const LINGER: Duration = Duration::from_secs(2);
@@ -56,28 +60,28 @@ impl Drop for Counted {
 
 /// An accepted connection's TCP stream, which lingers when dropped (see the module).
 pub(crate) struct Lingering {
-    stream: Option<TcpStream>,
+    stream: Option<Registered>,
     lingers: Arc<Lingers>,
 }
 
 impl Lingering {
-    pub(crate) fn new(stream: TcpStream, lingers: Arc<Lingers>) -> Lingering {
+    pub(crate) fn new(stream: Registered, lingers: Arc<Lingers>) -> Lingering {
         Lingering { stream: Some(stream), lingers }
     }
 
-    fn stream(&mut self) -> io::Result<&mut TcpStream> {
+    fn stream(&mut self) -> io::Result<&mut Registered> {
         self.stream.as_mut().ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
     }
 }
 
 impl Drop for Lingering {
     fn drop(&mut self) {
-        let Some(stream) = self.stream.take() else { return };
+        let Some(stream) = self.stream.take().and_then(Registered::into_std) else { return };
         // A FIN after what was written: the peer reads the host's last frame, then the end.
         let _ = socket2::SockRef::from(&stream).shutdown(std::net::Shutdown::Write);
         // What is there already is read here (a few reads at most: this runs in a drop).
         let mut budget = LINGER_BYTES;
-        if discard(&stream, &mut budget, 16) != Discarded::Pending {
+        if discard(|scrap| (&stream).read(scrap), &mut budget, 16) != Discarded::Pending {
             return;
         }
         let lingers = self.lingers.clone();
@@ -96,7 +100,7 @@ impl Drop for Lingering {
         let linger = async move {
             let _counted = counted;
             // Declared after the count's place, so closed before it is given back.
-            let stream = stream;
+            let Ok(stream) = TcpStream::from_std(stream) else { return };
             tokio::select! {
                 _ = tokio::time::timeout(LINGER, read_to_end(&stream, budget)) => {}
                 () = lingers.shutdown.cancelled() => {}
@@ -117,12 +121,12 @@ enum Discarded {
     Enough,
 }
 
-/// Reads and throws away what `stream` holds now, at most `reads` reads (then `Pending`),
-/// each taken from the byte `budget`.
-fn discard(stream: &TcpStream, budget: &mut usize, reads: usize) -> Discarded {
+/// Reads (with `read`, which does not block) and throws away what a stream holds now, at most
+/// `reads` reads (then `Pending`), each taken from the byte `budget`.
+fn discard(mut read: impl FnMut(&mut [u8]) -> io::Result<usize>, budget: &mut usize, reads: usize) -> Discarded {
     let mut scrap = [0u8; 4096];
     for _ in 0..reads {
-        match stream.try_read(&mut scrap) {
+        match read(&mut scrap) {
             Ok(0) => return Discarded::Ended,
             Ok(read) => match budget.checked_sub(read) {
                 Some(left) => *budget = left,
@@ -140,7 +144,7 @@ fn discard(stream: &TcpStream, budget: &mut usize, reads: usize) -> Discarded {
 /// Reads and throws away what `stream` receives, until its end or the budget's.
 async fn read_to_end(stream: &TcpStream, mut budget: usize) {
     while stream.readable().await.is_ok() {
-        if discard(stream, &mut budget, usize::MAX) != Discarded::Pending {
+        if discard(|scrap| stream.try_read(scrap), &mut budget, usize::MAX) != Discarded::Pending {
             return;
         }
     }
@@ -166,7 +170,7 @@ impl AsyncWrite for Lingering {
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.as_ref().is_some_and(TcpStream::is_write_vectored)
+        self.stream.as_ref().is_some_and(Registered::is_write_vectored)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -183,6 +187,7 @@ mod tests {
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
 
+    use super::super::keepalive::Activity;
     use super::*;
 
     /// A connected pair: the client's end, and the server's, accepted.
@@ -202,7 +207,7 @@ mod tests {
         let tracker = TaskTracker::new();
         let lingers = Lingers::new(4, shutdown.clone(), tracker.clone());
         let (mut client, server) = pair().await;
-        drop(Lingering::new(server, lingers.clone()));
+        drop(Lingering::new(Registered::new(server, Activity::new(-1)).unwrap(), lingers.clone()));
         // The FIN came: the client reads the end; it does not close its side.
         assert_eq!(client.read(&mut [0u8; 16]).await.unwrap(), 0);
         assert_eq!(lingers.lingering.load(Ordering::Acquire), 1, "the stream lingers");
@@ -220,7 +225,7 @@ mod tests {
         let lingers = Lingers::new(4, CancellationToken::new(), TaskTracker::new());
         let client = runtime.block_on(async {
             let (client, server) = pair().await;
-            drop(Lingering::new(server, lingers.clone()));
+            drop(Lingering::new(Registered::new(server, Activity::new(-1)).unwrap(), lingers.clone()));
             client
         });
         assert_eq!(lingers.lingering.load(Ordering::Acquire), 1, "the stream lingers");

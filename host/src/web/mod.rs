@@ -13,6 +13,7 @@ mod close_reply;
 mod keepalive;
 mod linger;
 mod page_reader;
+mod registration;
 pub(crate) mod protocol;
 mod renderer_socket;
 mod security;
@@ -559,6 +560,15 @@ async fn accept_loop(listener: tokio::net::TcpListener, server: Arc<Server>, rou
         // find when bytes last arrived in its `Activity`.
         let activity = keepalive::Activity::new(std::os::fd::AsRawFd::as_raw_fd(&stream));
         // A connection the server is done with lingers for the peer's end (see `linger`).
+        // Registered with read interest only while a task of the server reads it (see
+        // `registration`).
+        let stream = match registration::Registered::new(stream, activity.clone()) {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!("web server: cannot register an accepted connection: {error}");
+                continue;
+            }
+        };
         let stream = keepalive::Heard::new(linger::Lingering::new(stream, lingers.clone()), activity.clone());
         let service = TowerToHyperService::new(router.clone().layer(Extension(activity)));
         let timeout = server.config.handshake_timeout;
