@@ -16,6 +16,7 @@ mod page_reader;
 mod registration;
 pub(crate) mod protocol;
 mod renderer_socket;
+mod run_writes;
 mod security;
 mod shell_socket;
 mod tokens;
@@ -42,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub(crate) use renderer_socket::PageConnection;
+pub(crate) use run_writes::{run_begins, run_ends};
 pub(crate) use shell_socket::ShellHandle;
 pub(crate) use tokens::Tokens;
 

@@ -128,7 +128,8 @@ impl PageReader {
     /// an epoll set; called by the read loop, which reads first what the stream already holds
     /// (bytes that came with the HELLO: no event would tell main's thread of them).
     pub(crate) fn claim_for_main(self: &Arc<Self>) -> Option<Ended> {
-        let drain = self.link.endpoint_of(extension_api::abi::PEER_MAIN).and_then(|main| main_drain::of(main.key))?;
+        let main = self.link.endpoint_of(extension_api::abi::PEER_MAIN)?;
+        let drain = main_drain::of(main.key)?;
         let stream = lock(&self.stream);
         let fd = self.activity.socket()?;
         stream.as_ref()?;
@@ -146,6 +147,7 @@ impl PageReader {
             self.activity.read_directly(false);
             return None;
         }
+        self.connection.read_by(main.key);
         drop(stream);
         // Main's thread may be inside a run begun before the claim: the read loop looks.
         drain.runs().arm();
@@ -167,6 +169,7 @@ impl PageReader {
             old.remove_socket(unsafe { BorrowedFd::borrow_raw(fd) }, self.id);
         }
         self.activity.read_directly(false);
+        self.connection.read_by(0);
         drop(stream);
         if let Some(old) = old {
             old.runs().wake_watchers();
@@ -256,6 +259,9 @@ impl PageReader {
             let (run, drains) = (*run, *drains);
             turn.tick = None;
             let (stuck, rested) = runs.after_tick(run);
+            if stuck {
+                self.connection.flush_if_deferred();
+            }
             if stuck && self.drains() == drains && self.bytes_waiting() {
                 // Read directly (claimed): an empty socket leaves no waker; the next tick looks.
                 let mut noop = Context::from_waker(Waker::noop());
