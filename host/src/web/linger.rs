@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use std::io::Read;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;

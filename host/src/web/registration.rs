@@ -23,6 +23,9 @@ use tokio::runtime::Handle;
 
 use super::keepalive::Activity;
 
+/// The most tasks noted as waiting on the registration ([`Registered::wait`]).
+const WAITING: usize = 8;
+
 /// One accepted TCP stream, registered with the server's driver as its activity asks.
 pub(crate) struct Registered {
     /// `None` only while the registration is being changed (or after that failed).
@@ -45,7 +48,7 @@ impl Registered {
         let runtime = Handle::try_current().map_err(io::Error::other)?;
         let stream = stream.into_std()?;
         let reading = !activity.reads_directly();
-        let fd = AsyncFd::with_interest(stream, interest(reading))?;
+        let fd = register(stream, reading)?;
         Ok(Registered { fd: Some(fd), reading, activity, runtime, waiting: Vec::new() })
     }
 
@@ -58,35 +61,58 @@ impl Registered {
         self.fd.as_ref().map(AsyncFd::get_ref)
     }
 
-    /// The registration, with read interest as the activity asks now.
-    fn registration(&mut self) -> io::Result<&AsyncFd<TcpStream>> {
+    /// The registration, with read interest as the activity asks now; whether it changed.
+    fn update(&mut self) -> io::Result<bool> {
         let reading = !self.activity.reads_directly();
-        if reading != self.reading
-            && let Some(fd) = self.fd.take()
-        {
-            let stream = fd.into_inner();
-            let _runtime = self.runtime.enter();
-            self.fd = Some(AsyncFd::with_interest(stream, interest(reading))?);
-            self.reading = reading;
-            for waiting in self.waiting.drain(..) {
-                waiting.wake();
-            }
+        if reading == self.reading {
+            return Ok(false);
         }
+        let Some(fd) = self.fd.take() else { return Err(io::Error::from(io::ErrorKind::NotConnected)) };
+        let stream = fd.into_inner();
+        let _runtime = self.runtime.enter();
+        self.fd = Some(register(stream, reading)?);
+        self.reading = reading;
+        for waiting in self.waiting.drain(..) {
+            waiting.wake();
+        }
+        Ok(true)
+    }
+
+    fn registration(&self) -> io::Result<&AsyncFd<TcpStream>> {
         self.fd.as_ref().ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
     }
 
+    /// Notes a task left waiting, to be woken when the registration changes. The stream's
+    /// pollers are few (its connection's task, then the WebSocket's two halves, whose wakers
+    /// tokio-tungstenite keeps the same from poll to poll): past [`WAITING`], the oldest is
+    /// dropped, once woken (a spurious wake is harmless, a lost one is not).
     fn wait(&mut self, waker: &Waker) {
-        if !self.waiting.iter().any(|waiting| waiting.will_wake(waker)) {
-            self.waiting.push(waker.clone());
+        if self.waiting.iter().any(|waiting| waiting.will_wake(waker)) {
+            return;
         }
+        if self.waiting.len() == WAITING {
+            self.waiting.remove(0).wake();
+        }
+        self.waiting.push(waker.clone());
     }
 
+    /// Does `io` (a write if `write`) when the socket is ready for it. A write is tried first
+    /// whatever the registration knows (main's thread writes in place with no waker to wait
+    /// with, and a registration just made knows nothing until the driver has polled), as is
+    /// a read just after the registration changed.
     fn poll_io<T>(
         &mut self,
         cx: &mut Context<'_>,
         write: bool,
         mut io: impl FnMut(&TcpStream) -> io::Result<T>,
     ) -> Poll<io::Result<T>> {
+        let changed = self.update()?;
+        if write || changed {
+            match io(self.registration()?.get_ref()) {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                done => return Poll::Ready(done),
+            }
+        }
         loop {
             let fd = self.registration()?;
             let polled = if write { fd.poll_write_ready(cx) } else { fd.poll_read_ready(cx) };
@@ -106,8 +132,14 @@ impl Registered {
     }
 }
 
-fn interest(reading: bool) -> Interest {
-    if reading { Interest::READABLE | Interest::WRITABLE } else { Interest::WRITABLE }
+/// Registers `stream` with the current runtime's driver: for writing, and for reading too if
+/// `reading`. (A failure drops the stream: the connection ends with the error.)
+fn register(stream: TcpStream, reading: bool) -> io::Result<AsyncFd<TcpStream>> {
+    let interest = if reading { Interest::READABLE | Interest::WRITABLE } else { Interest::WRITABLE };
+    // SAFETY: the `AsyncFd` owns the `TcpStream`, which owns its descriptor: it stays open and
+    // names the same socket until the `AsyncFd` is dropped or gives the stream back
+    // (`into_inner`), and `as_raw_fd` returns that descriptor every time.
+    unsafe { AsyncFd::register_with_interest(stream, interest) }.map_err(|error| error.into_parts().1)
 }
 
 impl AsyncRead for Registered {
@@ -116,7 +148,7 @@ impl AsyncRead for Registered {
             // Read by main's thread's drain (`keepalive::Heard` reads directly); this read is
             // the stream's own, through the registration, which reads only while the activity
             // does not: it waits for the registration's change (its waker is woken then).
-            let _ = self.registration()?;
+            self.update()?;
             self.wait(cx.waker());
             return Poll::Pending;
         }
@@ -150,5 +182,93 @@ impl AsyncWrite for Registered {
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let shut = self.get_ref().map_or(Ok(()), |stream| stream.shutdown(std::net::Shutdown::Write));
         Poll::Ready(shut)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{AsFd, AsRawFd};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
+
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    struct Counted(AtomicUsize);
+
+    impl Wake for Counted {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// The event masks of `fd`'s registrations in this process's epoll sets, as the kernel
+    /// lists them (`/proc/self/fdinfo`: a `tfd:` line per registered descriptor), one per
+    /// registration (a set open under two descriptors, as tokio's is, is listed twice).
+    fn registrations_of(fd: i32) -> Vec<u32> {
+        let mut registrations = std::collections::BTreeMap::new();
+        for entry in std::fs::read_dir("/proc/self/fdinfo").unwrap() {
+            let Ok(info) = std::fs::read_to_string(entry.unwrap().path()) else { continue };
+            for line in info.lines() {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                if let ["tfd:", tfd, "events:", events, "data:", data, ..] = words[..]
+                    && tfd.parse() == Ok(fd)
+                {
+                    registrations.insert(data.to_owned(), u32::from_str_radix(events, 16).unwrap());
+                }
+            }
+        }
+        registrations.into_values().collect()
+    }
+
+    const IN: u32 = libc::EPOLLIN as u32;
+    const OUT: u32 = libc::EPOLLOUT as u32;
+
+    /// While its activity reads directly (main's thread reads the page), the stream is in the
+    /// server's driver for writing alone: the page's bytes wake no worker. A task left waiting
+    /// on the old registration is woken when it changes, and the stream's own reads come back
+    /// with the read interest.
+    #[tokio::test(flavor = "current_thread")]
+    async fn read_directly_the_stream_is_registered_for_writing_alone() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let fd = server.as_raw_fd();
+        let activity = Activity::new(fd);
+        let mut stream = Registered::new(server, activity.clone()).unwrap();
+        let masks = registrations_of(fd);
+        assert!(masks.len() == 1 && masks[0] & IN != 0 && masks[0] & OUT != 0, "registered {masks:x?}");
+
+        // The stream's own reader waits for bytes.
+        let counted = Arc::new(Counted(AtomicUsize::new(0)));
+        let waker = Waker::from(counted.clone());
+        let mut context = Context::from_waker(&waker);
+        let mut bytes = [0u8; 16];
+        let mut buf = ReadBuf::new(&mut bytes);
+        assert!(Pin::new(&mut stream).poll_read(&mut context, &mut buf).is_pending());
+
+        // Main's thread reads it now: at the stream's next use, its registration changes.
+        activity.read_directly(true);
+        let written = Pin::new(&mut stream).poll_write(&mut Context::from_waker(Waker::noop()), b"reply");
+        assert!(matches!(written, Poll::Ready(Ok(5))), "{written:?}");
+        let masks = registrations_of(fd);
+        assert!(masks.len() == 1 && masks[0] & IN == 0 && masks[0] & OUT != 0, "registered {masks:x?}");
+        assert_eq!(counted.0.load(Ordering::SeqCst), 1, "the waiting reader was not woken");
+
+        // Bytes arrive while main reads: they are left on the socket for it.
+        client.write_all(b"page").await.unwrap();
+        assert!(crate::remote::recv::readable(stream.get_ref().unwrap().as_fd(), 10_000));
+        assert!(Pin::new(&mut stream).poll_read(&mut context, &mut buf).is_pending());
+
+        // Given back to its own reader: read interest again, and the bytes are read.
+        activity.read_directly(false);
+        let read = Pin::new(&mut stream).poll_read(&mut context, &mut buf);
+        assert!(matches!(read, Poll::Ready(Ok(()))), "{read:?}");
+        assert_eq!(buf.filled(), b"page");
+        let masks = registrations_of(fd);
+        assert!(masks.len() == 1 && masks[0] & IN != 0, "registered {masks:x?}");
     }
 }

@@ -694,7 +694,9 @@ pub(super) fn handle(
         Some(Ok(WsMessage::Binary(bytes))) => {
             receive(link, endpoint, frame, &bytes).err().map(|violation| Ended::Violation(1008, violation))
         }
-        Some(Ok(WsMessage::Text(_))) => Some(Ended::Violation(1008, "text messages are not part of the protocol".to_owned())),
+        Some(Ok(WsMessage::Text(_))) => {
+            Some(Ended::Violation(1008, "text messages are not part of the protocol".to_owned()))
+        }
         Some(Ok(_)) => None,
     }
 }
