@@ -6,11 +6,13 @@
 
 use std::future::Future;
 
+use futures_util::SinkExt;
+
 use extension_host::{Host, WebConfig};
 use probe_protocol::{BLOCK, ECHO_OPTIONAL, SEQ_EVENT, SEQ_INVOKE, SEQ_LOG, WithOptional};
 use rmpv::Value;
 
-use super::{PEER_ALL, msgpack, open_web_frame, payload_of, port, web_host};
+use super::{PEER_ALL, WsMessage, msgpack, open_web_frame, payload_of, port, web_host};
 use crate::support::{self, FAILSAFE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,6 +111,36 @@ async fn a_page_is_read_while_main_s_thread_is_blocked_and_its_requests_wait_in_
     assert_eq!(blocked.await, "unblocked");
     let reply = page.message_where(|m| m[1] == Value::from(3) && m[5].as_u64() == Some(7)).await;
     assert_eq!(reply[2], Value::from(0), "{reply}");
+    server.shutdown().await;
+    host.shutdown().await;
+}
+
+/// A page that breaks the protocol in the middle of a burst: what it sent before the violation
+/// reaches main, in order; nothing after it does, whoever read it (main's thread or the read
+/// loop), and the connection ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_a_page_sends_after_a_violation_reaches_main() {
+    let (host, server) = web_host(&["probe"], true, WebConfig::default()).await;
+    let (_shell, mut page) = open_web_frame(&host, port(&server), "probe").await;
+    for n in 0..2u32 {
+        page.message(1, 0, PEER_ALL, 0, SEQ_EVENT.name(), msgpack(&n)).await;
+    }
+    page.ws.send(WsMessage::text("not part of the protocol")).await.unwrap();
+    for n in 2..40u32 {
+        page.message(1, 0, PEER_ALL, 0, SEQ_EVENT.name(), msgpack(&n)).await;
+    }
+    // The host closes the connection (1008) for the text message.
+    let closed = loop {
+        match super::next(&mut page.ws).await {
+            Some(WsMessage::Close(frame)) => break frame,
+            Some(_) => {}
+            None => panic!("the connection ended without a close frame"),
+        }
+    };
+    assert_eq!(closed.map(|frame| u16::from(frame.code)), Some(1008));
+    // Main's log of what it got, asked after: its mailbox is in order.
+    let log: Vec<String> = host.invoke("probe", SEQ_LOG.name(), &(), FAILSAFE).await.unwrap();
+    assert_eq!(log, vec!["event:0".to_owned(), "event:1".to_owned()]);
     server.shutdown().await;
     host.shutdown().await;
 }

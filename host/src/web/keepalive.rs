@@ -11,9 +11,9 @@
 //! store per read, not per byte or message) in the connection's [`Activity`]; the timer is not
 //! reset per read but looked at when it fires (at most once an interval while bytes flow).
 //!
-//! [`Heard`] is also where a page's socket is read **directly** while main's thread reads it
-//! (`page_reader`): that thread is woken by its own epoll set, and tokio learns of the bytes
-//! only when its driver sees the socket's event, which may come after that thread's read.
+//! The activity also says whether a page's socket is read **directly**, while main's thread
+//! reads it (`page_reader`): that thread is woken by its own epoll set, and the stream is then
+//! in the server's driver for writing alone (`registration`, which reads it so).
 
 use std::io;
 use std::os::fd::RawFd;
@@ -63,8 +63,9 @@ impl Activity {
 
     /// Whether reads go to the socket itself first, and an empty one is `Pending` with no
     /// waker left with tokio: while a thread outside the server's runtime (main's, woken by its
-    /// own epoll set) reads the connection. (Tokio's driver still sees every arrival, so a
-    /// reader through tokio after this is unset finds the bytes.)
+    /// own epoll set) reads the connection. The stream's registration with the server's driver
+    /// follows (`registration`: no read interest while set), and a reader through tokio after
+    /// this is unset finds the bytes (a new registration reports what is there).
     pub(crate) fn read_directly(&self, direct: bool) {
         self.0.direct.store(direct, Ordering::SeqCst);
     }
@@ -78,6 +79,11 @@ impl Activity {
     /// not a lock held elsewhere).
     pub(crate) fn found_empty(&self) -> bool {
         self.0.found_empty.load(Ordering::Relaxed)
+    }
+
+    /// What a direct read found (`registration`): the socket empty, or not.
+    pub(crate) fn found_empty_now(&self, empty: bool) {
+        self.0.found_empty.store(empty, Ordering::Relaxed);
     }
 
     /// Before a read whose `Pending` [`Activity::found_empty`] is to explain.
@@ -110,48 +116,8 @@ impl<S> Heard<S> {
     }
 }
 
-/// One read of socket `fd` without blocking into `buf`'s unfilled part; how many bytes (0:
-/// the end).
-fn recv_into(fd: RawFd, buf: &mut ReadBuf<'_>) -> io::Result<usize> {
-    // SAFETY: `recv` only writes into this part, and only what it says it wrote is marked
-    // initialized and filled below.
-    let unfilled = unsafe { buf.unfilled_mut() };
-    // SAFETY: `unfilled` is writable for its length during the call, and `fd` is the socket of
-    // the `Heard` calling this (its `Activity`'s), open while that stream lives.
-    let read = unsafe { libc::recv(fd, unfilled.as_mut_ptr().cast(), unfilled.len(), libc::MSG_DONTWAIT) };
-    // A negative count is an error, in errno; any other fits a usize.
-    let read = usize::try_from(read).map_err(|_| io::Error::last_os_error())?;
-    // SAFETY: `recv` wrote `read` bytes at the start of the unfilled part.
-    unsafe { buf.assume_init(read) };
-    buf.advance(read);
-    Ok(read)
-}
-
 impl<S: AsyncRead + Unpin> AsyncRead for Heard<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if let Some(fd) = self.activity.socket()
-            && self.activity.0.direct.load(Ordering::SeqCst)
-            && buf.remaining() > 0
-        {
-            loop {
-                match recv_into(fd, buf) {
-                    Ok(read) => {
-                        self.activity.0.found_empty.store(false, Ordering::Relaxed);
-                        if read > 0 {
-                            self.activity.heard();
-                        }
-                        return Poll::Ready(Ok(()));
-                    }
-                    Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                    // Empty: main's epoll set says when it is not (no waker with tokio).
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                        self.activity.0.found_empty.store(true, Ordering::Relaxed);
-                        return Poll::Pending;
-                    }
-                    Err(error) => return Poll::Ready(Err(error)),
-                }
-            }
-        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {

@@ -76,7 +76,7 @@ impl Lingering {
 
 impl Drop for Lingering {
     fn drop(&mut self) {
-        let Some(stream) = self.stream.take().and_then(Registered::into_std) else { return };
+        let Some((stream, runtime)) = self.stream.take().and_then(Registered::into_parts) else { return };
         // A FIN after what was written: the peer reads the host's last frame, then the end.
         let _ = socket2::SockRef::from(&stream).shutdown(std::net::Shutdown::Write);
         // What is there already is read here (a few reads at most: this runs in a drop).
@@ -85,7 +85,8 @@ impl Drop for Lingering {
             return;
         }
         let lingers = self.lingers.clone();
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        // On the server's runtime, whichever thread drops the stream (main's, say, with the
+        // last reference to a page's connection).
         if lingers.shutdown.is_cancelled() {
             return;
         }

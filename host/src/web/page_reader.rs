@@ -10,7 +10,8 @@
 //! - **Claimed, main's thread reads** whenever its runtime sees the socket readable, without
 //!   blocking, at most [`DRAIN_MESSAGES`] a drain (then main's dispatcher runs). Reads go to
 //!   the socket directly (`keepalive::Heard`), and one that finds it empty leaves no waker with
-//!   tokio: nothing but main's epoll set is woken for the page's bytes.
+//!   tokio; the stream is in the server's driver for writing alone meanwhile
+//!   (`registration`): nothing but main's epoll set is woken for the page's bytes.
 //! - **The read loop is the reader of last resort**, as a renderer process's reader thread is
 //!   (`inbound::read_side`): it rests while main's thread is parked (its runtime wakes for the
 //!   socket itself) and, armed by that thread's runs, looks every [`WATCH_TICK`]: if the thread
@@ -82,6 +83,12 @@ pub(crate) struct PageReader {
     busy: AtomicU32,
     /// How the connection ended, if main's thread read its end.
     end: Mutex<Option<Ended>>,
+    /// A reader read the connection's end (set under `stream`'s lock): nothing past it is read.
+    over: AtomicBool,
+    /// A read while claimed stopped at the halves' shared lock, held elsewhere, or the socket
+    /// was just claimed: messages may wait in the stream's buffer with no event to bring main's
+    /// thread for them, so the read loop's next turn reads.
+    unsure: AtomicBool,
     /// The read loop's waker: woken when main's thread read the end, or gave the socket back.
     task: Mutex<Option<Waker>>,
 }
@@ -120,19 +127,24 @@ impl PageReader {
             leftover: AtomicBool::new(false),
             busy: AtomicU32::new(0),
             end: Mutex::new(None),
+            over: AtomicBool::new(false),
+            unsure: AtomicBool::new(false),
             task: Mutex::new(None),
         })
     }
 
     /// Gives the socket to the thread of the extension's main, if it runs in this process with
-    /// an epoll set; called by the read loop, which reads first what the stream already holds
-    /// (bytes that came with the HELLO: no event would tell main's thread of them).
-    pub(crate) fn claim_for_main(self: &Arc<Self>) -> Option<Ended> {
-        let main = self.link.endpoint_of(extension_api::abi::PEER_MAIN)?;
-        let drain = main_drain::of(main.key)?;
+    /// an epoll set; called by the read loop, whose first turn reads what the stream already
+    /// holds (bytes that came with the HELLO: no event would tell main's thread of them).
+    pub(crate) fn claim_for_main(self: &Arc<Self>) {
+        self.unsure.store(true, Ordering::SeqCst);
+        let Some(main) = self.link.endpoint_of(extension_api::abi::PEER_MAIN) else { return };
+        let Some(drain) = main_drain::of(main.key) else { return };
         let stream = lock(&self.stream);
-        let fd = self.activity.socket()?;
-        stream.as_ref()?;
+        let Some(fd) = self.activity.socket() else { return };
+        if stream.is_none() {
+            return;
+        }
         // Before the socket is in the set: main's first drain, which may come at once, reads,
         // and reads the socket itself.
         *lock(&self.drainer) = Some(drain.clone());
@@ -145,17 +157,12 @@ impl PageReader {
             lock(&self.drainer).take();
             self.claimed.store(false, Ordering::SeqCst);
             self.activity.read_directly(false);
-            return None;
+            return;
         }
         self.connection.read_by(main.key);
         drop(stream);
         // Main's thread may be inside a run begun before the claim: the read loop looks.
         drain.runs().arm();
-        let mut context = Context::from_waker(Waker::noop());
-        match self.read_for(&mut context, u32::MAX) {
-            Poll::Ready(ended) => ended,
-            Poll::Pending => None,
-        }
     }
 
     /// The read loop reads the socket alone again (the connection ends, or main's instance is
@@ -207,11 +214,17 @@ impl PageReader {
         let Some(socket) = stream.as_mut() else {
             return Poll::Ready(Some(Ended::Dropped("the connection's socket is gone".to_owned())));
         };
+        if self.over.load(Ordering::SeqCst) {
+            return Poll::Pending;
+        }
         for _ in 0..limit {
+            self.activity.clear_found_empty();
             match socket.poll_next_unpin(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(next) => {
                     if let Some(ended) = self.handle(next) {
+                        // Nothing past the end is read, by main's thread either.
+                        self.over.store(true, Ordering::SeqCst);
                         return Poll::Ready(Some(ended));
                     }
                 }
@@ -242,6 +255,23 @@ impl PageReader {
                 return self.read_for(cx, 1);
             }
         };
+        if self.unsure.swap(false, Ordering::SeqCst) {
+            // What the stream may hold with no event to say so (see `unsure`): read with this
+            // task's waker, which the halves' shared lock, if held, wakes when let go.
+            match self.read_for(cx, DRAIN_MESSAGES) {
+                Poll::Ready(Some(ended)) => return Poll::Ready(Some(ended)),
+                Poll::Ready(None) => {
+                    self.unsure.store(true, Ordering::SeqCst);
+                    cx.waker().wake_by_ref();
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => {
+                    if !self.activity.found_empty() {
+                        self.unsure.store(true, Ordering::SeqCst);
+                    }
+                }
+            }
+        }
         let runs = drain.runs();
         loop {
             let Some((tick, run, drains)) = &mut turn.tick else {
@@ -273,7 +303,15 @@ impl PageReader {
                         turn.tick = Some((Box::pin(tokio::time::sleep(Duration::ZERO)), run, drains));
                         return Poll::Ready(None);
                     }
-                    Poll::Pending => self.leftover.store(false, Ordering::SeqCst),
+                    Poll::Pending => {
+                        self.leftover.store(false, Ordering::SeqCst);
+                        if !self.activity.found_empty() {
+                            // The halves' shared lock was held: the next turn reads again.
+                            self.unsure.store(true, Ordering::SeqCst);
+                            cx.waker().wake_by_ref();
+                            return Poll::Pending;
+                        }
+                    }
                 }
             } else if rested {
                 runs.rest(run);
@@ -313,6 +351,14 @@ impl PageReader {
     }
 }
 
+impl Drop for PageReader {
+    /// Out of main's set however the read loop ended (unwound, or dropped unfinished): the
+    /// socket may stay open after (lingering, or its writing half still held).
+    fn drop(&mut self) {
+        self.unclaim();
+    }
+}
+
 impl Drained for PageReader {
     /// Main's thread reads what the page sent, without blocking; false if it stopped at
     /// [`DRAIN_MESSAGES`], or the stream was busy (the read loop reading for a stuck run, or
@@ -327,7 +373,7 @@ impl Drained for PageReader {
             Err(TryLockError::WouldBlock) => return self.busy(),
         };
         let Some(socket) = stream.as_mut() else { return true };
-        if lock(&self.end).is_some() {
+        if lock(&self.end).is_some() || self.over.load(Ordering::SeqCst) {
             return true;
         }
         self.drains.fetch_add(1, Ordering::SeqCst);
@@ -349,6 +395,7 @@ impl Drained for PageReader {
                 Poll::Ready(next) => {
                     self.connection.count_main_read();
                     if let Some(ended) = self.handle(next) {
+                        self.over.store(true, Ordering::SeqCst);
                         *lock(&self.end) = Some(ended);
                         drop(stream);
                         self.unclaim();

@@ -554,13 +554,10 @@ pub(crate) async fn serve(
         frame,
         connection: connection.clone(),
     });
-    let claimed_end = reader.claim_for_main();
+    reader.claim_for_main();
     let mut turn = Turn::default();
     let mut keepalive = Keepalive::new(server.config.ping_interval, server.config.ping_timeout, activity);
     let ended = loop {
-        if let Some(ended) = claimed_end {
-            break ended;
-        }
         tokio::select! {
             biased;
             _ = connection.closing.cancelled() => {
@@ -592,6 +589,10 @@ pub(crate) async fn serve(
             }
         }
     };
+    // Out of main's epoll set, and the stream back, at once: nothing of the page's is read or
+    // routed after the connection's end, by main's thread either (the clean-up below fails
+    // what is in flight, and a connection taking this one's place may start its half).
+    let stream = reader.finish();
 
     let violated = matches!(ended, Ended::Violation(..));
     let gone = match ended {
@@ -629,8 +630,6 @@ pub(crate) async fn serve(
     // A connection taking this one's place starts its half now (the host was told of this
     // one's end first), without waiting for this socket's close.
     connection.ended.cancel();
-    // Out of main's epoll set, and the stream back, before the socket closes.
-    let stream = reader.finish();
     drop(reader);
     let _ = writer.await;
     // (Not when the server shuts down: it does not wait for pages that do not answer.)
