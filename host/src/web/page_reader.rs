@@ -185,10 +185,12 @@ impl PageReader {
     }
 
     /// The connection's end: out of main's set, and the stream back to the read loop (for the
-    /// page's close reply).
-    pub(crate) fn finish(&self) -> Option<SplitStream<WebSocket>> {
+    /// page's close reply), with the end main's thread read, if the loop ended for another
+    /// reason before it took it.
+    pub(crate) fn finish(&self) -> (Option<SplitStream<WebSocket>>, Option<Ended>) {
         self.unclaim();
-        lock(&self.stream).take()
+        let stream = lock(&self.stream).take();
+        (stream, lock(&self.end).take())
     }
 
     fn register(&self, waker: &Waker) {
@@ -260,6 +262,8 @@ impl PageReader {
             // task's waker, which the halves' shared lock, if held, wakes when let go.
             match self.read_for(cx, DRAIN_MESSAGES) {
                 Poll::Ready(Some(ended)) => return Poll::Ready(Some(ended)),
+                // More may wait in the stream's buffer, which no event brings main's thread
+                // for: the next turn reads on, until the socket is found empty.
                 Poll::Ready(None) => {
                     self.unsure.store(true, Ordering::SeqCst);
                     cx.waker().wake_by_ref();
@@ -372,6 +376,10 @@ impl Drained for PageReader {
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             Err(TryLockError::WouldBlock) => return self.busy(),
         };
+        // Checked again holding the stream: `finish` unclaims, then takes the stream.
+        if !self.claimed.load(Ordering::SeqCst) {
+            return true;
+        }
         let Some(socket) = stream.as_mut() else { return true };
         if lock(&self.end).is_some() || self.over.load(Ordering::SeqCst) {
             return true;
@@ -382,13 +390,15 @@ impl Drained for PageReader {
             self.activity.clear_found_empty();
             match socket.poll_next_unpin(&mut context) {
                 Poll::Pending => {
-                    self.leftover.store(false, Ordering::SeqCst);
                     if self.activity.found_empty() {
+                        self.leftover.store(false, Ordering::SeqCst);
                         self.busy.store(0, Ordering::Relaxed);
                         return true;
                     }
                     // The halves' shared lock was held: the bytes still wait, and no event
-                    // will say so.
+                    // will say so. Main's thread comes back for them (`MORE`); should author
+                    // code keep it from coming, the read loop reads them at its next tick.
+                    self.unsure.store(true, Ordering::SeqCst);
                     drop(stream);
                     return self.busy();
                 }

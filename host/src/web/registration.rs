@@ -104,11 +104,7 @@ impl Registered {
             let _runtime = self.runtime.enter();
             register(stream, reading)
         };
-        // Woken either way: to wait on the new registration, or to find the failure.
-        for waiting in self.waiting.drain(..) {
-            waiting.wake();
-        }
-        match registered {
+        let outcome = match registered {
             Ok(fd) => {
                 self.socket = Some(Socket::Registered(fd));
                 self.reading = reading;
@@ -118,7 +114,13 @@ impl Registered {
                 self.socket = Some(Socket::Refused(stream));
                 Err(error)
             }
+        };
+        // Woken either way, the stream back in place first: to wait on the new registration,
+        // or to find the failure.
+        for waiting in std::mem::take(&mut self.waiting) {
+            waiting.wake();
         }
+        outcome
     }
 
     fn registration(&self) -> io::Result<&AsyncFd<TcpStream>> {

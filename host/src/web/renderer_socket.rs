@@ -592,7 +592,13 @@ pub(crate) async fn serve(
     // Out of main's epoll set, and the stream back, at once: nothing of the page's is read or
     // routed after the connection's end, by main's thread either (the clean-up below fails
     // what is in flight, and a connection taking this one's place may start its half).
-    let stream = reader.finish();
+    let (stream, read_by_main) = reader.finish();
+    // A violation main's thread read as the loop ended otherwise (lost, say) still bars the
+    // token. (Not when the host closed the half: that clean-up is the host's.)
+    let ended = match (ended, read_by_main) {
+        (Ended::Closed | Ended::Dropped(_), Some(violation @ Ended::Violation(..))) => violation,
+        (ended, _) => ended,
+    };
 
     let violated = matches!(ended, Ended::Violation(..));
     let gone = match ended {
