@@ -106,14 +106,12 @@ unsafe extern "C" fn host_batch_begin(_key: u64) {
     let _ = catch_unwind(|| {
         crate::remote::batch::begin();
         super::main_drain::run_begins();
-        crate::web::run_begins();
     });
 }
 
 unsafe extern "C" fn host_batch_end(_key: u64) {
     let _ = catch_unwind(|| {
         super::main_drain::run_ends();
-        crate::web::run_ends();
         crate::remote::batch::end();
     });
 }

@@ -395,11 +395,6 @@ pub(crate) fn drain(key: u64) -> u32 {
     drain.map_or(abi::drain::STOP, |drain| drain.drain())
 }
 
-/// The key of the instance whose thread this is, if it has a set.
-pub(crate) fn current_key() -> Option<u64> {
-    DRAINING.with(|draining| draining.borrow().as_ref().map(|(key, _)| *key))
-}
-
 /// A run of this thread begins (`batch_begin`): the readers of last resort watch it.
 pub(crate) fn run_begins() {
     DRAINING.with(|draining| {

@@ -16,7 +16,6 @@ mod page_reader;
 pub(crate) mod protocol;
 mod registration;
 mod renderer_socket;
-mod run_writes;
 mod security;
 mod shell_socket;
 mod tokens;
@@ -43,7 +42,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub(crate) use renderer_socket::PageConnection;
-pub(crate) use run_writes::{run_begins, run_ends};
 pub(crate) use shell_socket::ShellHandle;
 pub(crate) use tokens::Tokens;
 

@@ -159,7 +159,6 @@ impl PageReader {
             self.activity.read_directly(false);
             return;
         }
-        self.connection.read_by(main.key);
         drop(stream);
         // Main's thread may be inside a run begun before the claim: the read loop looks.
         drain.runs().arm();
@@ -176,7 +175,6 @@ impl PageReader {
             old.remove_socket(unsafe { BorrowedFd::borrow_raw(fd) }, self.id);
         }
         self.activity.read_directly(false);
-        self.connection.read_by(0);
         drop(stream);
         if let Some(old) = old {
             old.runs().wake_watchers();
@@ -293,9 +291,6 @@ impl PageReader {
             let (run, drains) = (*run, *drains);
             turn.tick = None;
             let (stuck, rested) = runs.after_tick(run);
-            if stuck {
-                self.connection.flush_if_deferred();
-            }
             if stuck && self.drains() == drains && self.bytes_waiting() {
                 // Read directly (claimed): an empty socket leaves no waker; the next tick looks.
                 let mut noop = Context::from_waker(Waker::noop());

@@ -13,7 +13,7 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -31,11 +31,9 @@ use super::close_reply::read_close_reply;
 use super::keepalive::{Activity, Due, Keepalive};
 use super::page_reader::{PageReader, PageReading, Turn};
 use super::protocol::{self, PageMessage};
-use super::run_writes;
 use super::{ConnectionSlot, Handshake, Server};
 use crate::core::lock;
 use crate::endpoint::Endpoint;
-use crate::inbound::main_drain;
 use crate::keys::next_key;
 use crate::link::Link;
 use crate::transport::{Transport, WebInstance};
@@ -70,9 +68,6 @@ struct Writing {
 enum InPlace {
     /// It is on the socket.
     Sent,
-    /// It is in the socket's buffer, to be flushed at the end of this thread's run
-    /// (`run_writes`).
-    Deferred,
     /// It is in the socket's buffer, or the write failed: the writer task is told to flush
     /// (and finds the failure there, and ends).
     Unflushed,
@@ -82,15 +77,6 @@ enum InPlace {
 
 /// The writing side of one page's socket, shared by its transport and its read loop.
 pub(crate) struct PageConnection {
-    /// Itself, for a run that leaves it unflushed (`run_writes`).
-    me: Weak<PageConnection>,
-    /// The key of the main whose thread reads this page (`page_reader`), 0 while none does:
-    /// that thread's writes after its run's first are flushed at its run's end.
-    reader_key: AtomicU64,
-    /// The run of the reading thread that last wrote in place here.
-    last_run: AtomicU64,
-    /// Bytes a run left unflushed, for its end (or the writer task) to flush.
-    deferred: AtomicBool,
     queue: mpsc::Sender<Vec<u8>>,
     queued_bytes: AtomicUsize,
     /// Messages queued and not yet handed to the socket (the writer decrements it once it has
@@ -157,26 +143,14 @@ impl PageConnection {
         if self.unwritten.load(Ordering::Acquire) != 0 {
             return Err(bytes);
         }
-        let defer = self.defers();
         let Ok(mut writing) = self.writing.try_lock() else { return Err(bytes) };
         // Checked again holding the socket: the writer decrements only holding it, after
-        // feeding its message in, so 0 here means every queued message is in the socket. What
-        // is unflushed is this run's, if it deferred: this write goes after it.
-        let unflushed_here = defer && self.deferred.load(Ordering::Acquire);
-        if (writing.unflushed && !unflushed_here) || self.unwritten.load(Ordering::Acquire) != 0 {
+        // feeding its message in, so 0 here means every queued message is in the socket.
+        if writing.unflushed || self.unwritten.load(Ordering::Acquire) != 0 {
             return Err(bytes);
         }
-        match poll_in_place(&mut writing.sink, bytes, !defer) {
+        match poll_in_place(&mut writing.sink, bytes) {
             InPlace::Sent => Ok(()),
-            InPlace::Deferred => {
-                writing.unflushed = true;
-                if !self.deferred.swap(true, Ordering::AcqRel)
-                    && let Some(me) = self.me.upgrade()
-                {
-                    run_writes::defer(me);
-                }
-                Ok(())
-            }
             InPlace::Unflushed => {
                 writing.unflushed = true;
                 drop(writing);
@@ -184,54 +158,6 @@ impl PageConnection {
                 Ok(())
             }
             InPlace::NotTaken(bytes) => Err(bytes),
-        }
-    }
-
-    /// Whether a write in place now goes unflushed until the end of this thread's run: on
-    /// the thread that reads the page, past its run's first write here.
-    fn defers(&self) -> bool {
-        let Some(run) = run_writes::current_run() else { return false };
-        let reader = self.reader_key.load(Ordering::Acquire);
-        if reader == 0 || main_drain::current_key() != Some(reader) {
-            return false;
-        }
-        self.last_run.swap(run, Ordering::AcqRel) == run
-    }
-
-    /// Main's thread reads this page (`page_reader`), or no longer does (0).
-    pub(super) fn read_by(&self, key: u64) {
-        self.reader_key.store(key, Ordering::Release);
-    }
-
-    /// The run that deferred writes here ends: they are flushed, from this thread if the
-    /// socket takes them now, else by the writer task.
-    pub(super) fn flush_deferred(&self) {
-        let Ok(mut writing) = self.writing.try_lock() else {
-            // Another holds the socket (the writer, or a sender that sees it unflushed and
-            // queues): the writer flushes.
-            self.flush.notify_one();
-            return;
-        };
-        if !self.deferred.swap(false, Ordering::AcqRel) {
-            return;
-        }
-        let mut context = Context::from_waker(Waker::noop());
-        match Pin::new(&mut writing.sink).poll_flush(&mut context) {
-            Poll::Ready(Ok(())) => writing.unflushed = false,
-            // The socket is full, or broken: the writer flushes with its own waker, or finds
-            // the failure and ends.
-            Poll::Ready(Err(_)) | Poll::Pending => {
-                drop(writing);
-                self.flush.notify_one();
-            }
-        }
-    }
-
-    /// The reading thread has been in one run for a whole tick (author code blocking it):
-    /// what that run left unflushed is the writer task's to flush.
-    pub(super) fn flush_if_deferred(&self) {
-        if self.deferred.load(Ordering::Acquire) {
-            self.flush.notify_one();
         }
     }
 
@@ -310,7 +236,7 @@ impl PageConnection {
 /// waker of the writer's left with the socket would be woken by the page's next message too:
 /// tokio-tungstenite wakes the writing side on a read, and the writer would take the socket
 /// for nothing just as main's reply to that message came, which then went the queue's way.)
-fn poll_in_place(sink: &mut SplitSink<WebSocket, WsMessage>, bytes: Vec<u8>, flush: bool) -> InPlace {
+fn poll_in_place(sink: &mut SplitSink<WebSocket, WsMessage>, bytes: Vec<u8>) -> InPlace {
     let mut context = Context::from_waker(Waker::noop());
     match Pin::new(&mut *sink).poll_ready(&mut context) {
         Poll::Ready(Ok(())) => {}
@@ -321,9 +247,6 @@ fn poll_in_place(sink: &mut SplitSink<WebSocket, WsMessage>, bytes: Vec<u8>, flu
     }
     if Pin::new(&mut *sink).start_send(WsMessage::Binary(bytes.into())).is_err() {
         return InPlace::Unflushed;
-    }
-    if !flush {
-        return InPlace::Deferred;
     }
     match Pin::new(&mut *sink).poll_flush(&mut context) {
         Poll::Ready(Ok(())) => InPlace::Sent,
@@ -374,11 +297,7 @@ pub(crate) async fn serve(
     drop(handshake);
     let (queue, mut outgoing) = mpsc::channel(QUEUE_MESSAGES);
     let (answers, mut answered) = mpsc::unbounded_channel();
-    let connection = Arc::new_cyclic(|me| PageConnection {
-        me: me.clone(),
-        reader_key: AtomicU64::new(0),
-        last_run: AtomicU64::new(0),
-        deferred: AtomicBool::new(false),
+    let connection = Arc::new(PageConnection {
         queue,
         queued_bytes: AtomicUsize::new(0),
         unwritten: AtomicUsize::new(0),
@@ -457,7 +376,6 @@ pub(crate) async fn serve(
                         let mut writing = writer_connection.writing.lock().await;
                         writing.sink.send(WsMessage::Ping(bytes::Bytes::new())).await?;
                         writing.unflushed = false;
-                        writer_connection.deferred.store(false, Ordering::Release);
                         Ok::<_, axum::Error>(())
                     };
                     tokio::select! {
@@ -477,7 +395,6 @@ pub(crate) async fn serve(
                         }
                         writing.sink.flush().await?;
                         writing.unflushed = false;
-                        writer_connection.deferred.store(false, Ordering::Release);
                         Ok::<_, axum::Error>(())
                     };
                     tokio::select! {
@@ -509,7 +426,6 @@ pub(crate) async fn serve(
                         }
                         writing.sink.flush().await?;
                         writing.unflushed = false;
-                        writer_connection.deferred.store(false, Ordering::Release);
                         Ok::<_, axum::Error>(())
                     };
                     // A page that stops reading must not hold the writer past the connection's end.
