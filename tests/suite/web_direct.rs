@@ -2,10 +2,8 @@
 //! taken in order, reconnection): each test failed before its fix.
 
 use extension_host::{Host, HostError, WebConfig, WebStartError};
-use probe_protocol::{ECHO_OPTIONAL, WithOptional};
-use rmpv::Value;
 
-use super::{msgpack, open_web_frame, port, web_host};
+use super::{echo_one_at_a_time, open_web_frame, port, web_host};
 use crate::support;
 
 /// `serve_web` outside a Tokio runtime says so (`WebStartError::NoRuntime`), as its docs
@@ -29,12 +27,7 @@ async fn a_pages_requests_answered_one_at_a_time_wake_no_flush_of_an_empty_socke
     let (_shell, mut page) = open_web_frame(&host, port(&server), "probe").await;
     let before = server.idle_flushes_for_testing("probe");
     const COUNT: u64 = 200;
-    for id in 1..=COUNT {
-        let value = WithOptional { id: u32::try_from(id).unwrap(), note: None };
-        page.message(2, 0, 0, id, ECHO_OPTIONAL.name(), msgpack(&value)).await;
-        let reply = page.message_where(|m| m[1] == Value::from(3)).await;
-        assert_eq!(reply[5].as_u64(), Some(id), "{reply}");
-    }
+    echo_one_at_a_time(&mut page, COUNT).await;
     let idle = server.idle_flushes_for_testing("probe") - before;
     assert_eq!(idle, 0, "the writer task was woken {idle} times for {COUNT} requests to flush nothing");
     server.shutdown().await;

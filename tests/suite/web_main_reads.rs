@@ -12,7 +12,7 @@ use extension_host::{Host, WebConfig};
 use probe_protocol::{BLOCK, ECHO_OPTIONAL, SEQ_EVENT, SEQ_INVOKE, SEQ_LOG, WithOptional};
 use rmpv::Value;
 
-use super::{PEER_ALL, WsMessage, msgpack, open_web_frame, payload_of, port, web_host};
+use super::{PEER_ALL, WsMessage, echo_one_at_a_time, msgpack, open_web_frame, payload_of, port, web_host};
 use crate::support::{self, FAILSAFE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -21,12 +21,7 @@ async fn main_s_thread_reads_a_pages_requests_itself() {
     let (_shell, mut page) = open_web_frame(&host, port(&server), "probe").await;
     let before = server.main_reads_for_testing("probe");
     const COUNT: u64 = 100;
-    for id in 1..=COUNT {
-        let value = WithOptional { id: u32::try_from(id).unwrap(), note: None };
-        page.message(2, 0, 0, id, ECHO_OPTIONAL.name(), msgpack(&value)).await;
-        let reply = page.message_where(|m| m[1] == Value::from(3)).await;
-        assert_eq!(reply[5].as_u64(), Some(id), "{reply}");
-    }
+    echo_one_at_a_time(&mut page, COUNT).await;
     // Each request arrives while main's thread is parked: its runtime wakes for the socket and
     // reads it. (The read loop reads one only if main's thread left it for 2 ms: not most.)
     let read = server.main_reads_for_testing("probe") - before;

@@ -292,6 +292,16 @@ async fn open_web_frame(host: &Host, port: u16, extension: &str) -> (Shell, Page
     (shell, page)
 }
 
+/// Asks main's `ECHO_OPTIONAL` `count` times, one request at a time, each reply checked.
+async fn echo_one_at_a_time(page: &mut Page, count: u64) {
+    for id in 1..=count {
+        let value = WithOptional { id: u32::try_from(id).unwrap(), note: None };
+        page.message(2, 0, 0, id, ECHO_OPTIONAL.name(), msgpack(&value)).await;
+        let reply = page.message_where(|m| m[1] == Value::from(3)).await;
+        assert_eq!(reply[5].as_u64(), Some(id), "{reply}");
+    }
+}
+
 fn payload_of(message: &Value) -> &[u8] {
     message[7].as_slice().expect("a binary payload")
 }

@@ -35,18 +35,18 @@ struct Clock {
     origin: Instant,
     /// Nanoseconds from `origin` to the last read that brought bytes.
     last: AtomicU64,
-    /// The connection's socket (-1: not known), for main's thread to watch (`page_reader`).
-    socket: RawFd,
-    /// Reads go to the socket first, not through tokio's readiness ([`Heard`]).
+    /// The connection's socket, if known, for main's thread to watch (`page_reader`).
+    socket: Option<RawFd>,
+    /// Reads go to the socket directly, not through tokio's readiness (`registration`).
     direct: AtomicBool,
-    /// The last direct read found the socket empty.
+    /// A direct read found the socket empty since the last [`Activity::clear_found_empty`].
     found_empty: AtomicBool,
 }
 
 impl Activity {
-    /// The activity of the connection on socket `socket` (-1: not known; then nothing but its
-    /// own task reads it).
-    pub(crate) fn new(socket: RawFd) -> Activity {
+    /// The activity of the connection on socket `socket` (`None`: not known; then nothing but
+    /// its own task reads it).
+    pub(crate) fn new(socket: Option<RawFd>) -> Activity {
         Activity(Arc::new(Clock {
             origin: Instant::now(),
             last: AtomicU64::new(0),
@@ -58,7 +58,7 @@ impl Activity {
 
     /// The connection's socket, if known. Open while the connection's stream is.
     pub(crate) fn socket(&self) -> Option<RawFd> {
-        (self.0.socket >= 0).then_some(self.0.socket)
+        self.0.socket
     }
 
     /// Whether reads go to the socket itself first, and an empty one is `Pending` with no
@@ -75,15 +75,15 @@ impl Activity {
         self.0.direct.load(Ordering::SeqCst)
     }
 
-    /// Whether the last direct read found the socket empty (so a `Pending` read meant that,
-    /// not a lock held elsewhere).
+    /// Whether a direct read found the socket empty since the last clear (so a `Pending` read
+    /// meant that, not a lock held elsewhere).
     pub(crate) fn found_empty(&self) -> bool {
         self.0.found_empty.load(Ordering::Relaxed)
     }
 
-    /// What a direct read found (`registration`): the socket empty, or not.
-    pub(crate) fn found_empty_now(&self, empty: bool) {
-        self.0.found_empty.store(empty, Ordering::Relaxed);
+    /// A direct read found the socket empty (`registration`).
+    pub(crate) fn note_found_empty(&self) {
+        self.0.found_empty.store(true, Ordering::Relaxed);
     }
 
     /// Before a read whose `Pending` [`Activity::found_empty`] is to explain.

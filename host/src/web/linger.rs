@@ -11,16 +11,14 @@
 //! that, or once the server shuts down, a stream closes at once. A lingering stream is one of
 //! the server's tasks: its shutdown returns once they have closed too.
 
-use std::io;
+use std::io::{self, Read};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use std::io::Read;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -85,8 +83,6 @@ impl Drop for Lingering {
             return;
         }
         let lingers = self.lingers.clone();
-        // On the server's runtime, whichever thread drops the stream (main's, say, with the
-        // last reference to a page's connection).
         if lingers.shutdown.is_cancelled() {
             return;
         }
@@ -107,6 +103,8 @@ impl Drop for Lingering {
                 () = lingers.shutdown.cancelled() => {}
             }
         };
+        // On the server's runtime, whichever thread drops the stream (main's, say, with the
+        // last reference to a page's connection).
         self.lingers.tracker.spawn_on(linger, &runtime);
     }
 }
@@ -208,7 +206,7 @@ mod tests {
         let tracker = TaskTracker::new();
         let lingers = Lingers::new(4, shutdown.clone(), tracker.clone());
         let (mut client, server) = pair().await;
-        drop(Lingering::new(Registered::new(server, Activity::new(-1)).unwrap(), lingers.clone()));
+        drop(Lingering::new(Registered::new(server, Activity::new(None)).unwrap(), lingers.clone()));
         // The FIN came: the client reads the end; it does not close its side.
         assert_eq!(client.read(&mut [0u8; 16]).await.unwrap(), 0);
         assert_eq!(lingers.lingering.load(Ordering::Acquire), 1, "the stream lingers");
@@ -226,7 +224,7 @@ mod tests {
         let lingers = Lingers::new(4, CancellationToken::new(), TaskTracker::new());
         let client = runtime.block_on(async {
             let (client, server) = pair().await;
-            drop(Lingering::new(Registered::new(server, Activity::new(-1)).unwrap(), lingers.clone()));
+            drop(Lingering::new(Registered::new(server, Activity::new(None)).unwrap(), lingers.clone()));
             client
         });
         assert_eq!(lingers.lingering.load(Ordering::Acquire), 1, "the stream lingers");

@@ -558,8 +558,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, server: Arc<Server>, rou
         }
         // Every byte read from the connection is a sign of life (see `keepalive`): its sockets
         // find when bytes last arrived in its `Activity`.
-        let activity = keepalive::Activity::new(std::os::fd::AsRawFd::as_raw_fd(&stream));
-        // A connection the server is done with lingers for the peer's end (see `linger`).
+        let activity = keepalive::Activity::new(Some(std::os::fd::AsRawFd::as_raw_fd(&stream)));
         // Registered with read interest only while a task of the server reads it (see
         // `registration`).
         let stream = match registration::Registered::new(stream, activity.clone()) {
@@ -569,6 +568,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, server: Arc<Server>, rou
                 continue;
             }
         };
+        // A connection the server is done with lingers for the peer's end (see `linger`).
         let stream = keepalive::Heard::new(linger::Lingering::new(stream, lingers.clone()), activity.clone());
         let service = TowerToHyperService::new(router.clone().layer(Extension(activity)));
         let timeout = server.config.handshake_timeout;

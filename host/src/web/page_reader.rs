@@ -9,9 +9,9 @@
 //!   handled in arrival order, exactly once, whoever reads.
 //! - **Claimed, main's thread reads** whenever its runtime sees the socket readable, without
 //!   blocking, at most [`DRAIN_MESSAGES`] a drain (then main's dispatcher runs). Reads go to
-//!   the socket directly (`keepalive::Heard`), and one that finds it empty leaves no waker with
-//!   tokio; the stream is in the server's driver for writing alone meanwhile
-//!   (`registration`): nothing but main's epoll set is woken for the page's bytes.
+//!   the socket directly, and one that finds it empty leaves no waker with tokio; the stream
+//!   is in the server's driver for writing alone meanwhile (`registration`): nothing but
+//!   main's epoll set is woken for the page's bytes.
 //! - **The read loop is the reader of last resort**, as a renderer process's reader thread is
 //!   (`inbound::read_side`): it rests while main's thread is parked (its runtime wakes for the
 //!   socket itself) and, armed by that thread's runs, looks every [`WATCH_TICK`]: if the thread

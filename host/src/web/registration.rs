@@ -149,20 +149,17 @@ impl Registered {
 
     /// A read for main's thread (the activity reads directly): what the socket has now, or
     /// `Pending` with no waker if it has nothing (main's epoll set says when it has).
-    fn read_directly(&mut self, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn read_for_main(&mut self, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let fd = match self.fd() {
             Ok(fd) => fd,
             Err(error) => return Poll::Ready(Err(error)),
         };
         loop {
             match recv_into(fd, buf) {
-                Ok(_) => {
-                    self.activity.found_empty_now(false);
-                    return Poll::Ready(Ok(()));
-                }
+                Ok(_) => return Poll::Ready(Ok(())),
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                    self.activity.found_empty_now(true);
+                    self.activity.note_found_empty();
                     return Poll::Pending;
                 }
                 Err(error) => return Poll::Ready(Err(error)),
@@ -242,7 +239,7 @@ impl AsyncRead for Registered {
         if self.activity.reads_directly() {
             // Out of the driver's reads first (a failure ends the connection).
             self.update()?;
-            return self.read_directly(buf);
+            return self.read_for_main(buf);
         }
         ready!(self.poll_io(cx, false, |stream| recv_into(stream.as_fd(), buf)))?;
         Poll::Ready(Ok(()))
@@ -329,7 +326,7 @@ mod tests {
         let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
         let fd = server.as_raw_fd();
-        let activity = Activity::new(fd);
+        let activity = Activity::new(Some(fd));
         let mut stream = Registered::new(server, activity.clone()).unwrap();
         let masks = registrations_of(fd);
         assert!(masks.len() == 1 && masks[0] & IN != 0 && masks[0] & OUT != 0, "registered {masks:x?}");
@@ -345,6 +342,7 @@ mod tests {
 
         // Main's thread reads it now: at its first read, the registration changes.
         activity.read_directly(true);
+        activity.clear_found_empty();
         assert!(Pin::new(&mut stream).poll_read(&mut noop, &mut buf).is_pending());
         assert!(activity.found_empty(), "the direct read did not say it found the socket empty");
         let masks = registrations_of(fd);
@@ -359,7 +357,6 @@ mod tests {
         let read = Pin::new(&mut stream).poll_read(&mut noop, &mut buf);
         assert!(matches!(read, Poll::Ready(Ok(()))), "{read:?}");
         assert_eq!(buf.filled(), b"page");
-        assert!(!activity.found_empty());
         buf.clear();
 
         // Given back to its own reader: read interest again, and the bytes are read.

@@ -296,7 +296,7 @@ mod tests {
             config,
         });
         let slot = ConnectionSlot { server: Arc::downgrade(&server) };
-        let served = serve_on(WritesFail, server, slot, Activity::new(-1));
+        let served = serve_on(WritesFail, server, slot, Activity::new(None));
         let ended = tokio::time::timeout(Duration::from_secs(10), served).await;
         assert!(ended.is_ok(), "the shell's connection went on after its writer failed");
         assert_eq!(*lock(&hooks.closed), vec![7]);

@@ -206,21 +206,21 @@ impl Tokens {
 
     /// The writer flushes of `extension`'s connected pages that found nothing to flush.
     pub(crate) fn idle_flushes(&self, extension: &str) -> u64 {
-        lock(&self.entries)
-            .iter()
-            .filter(|entry| entry.extension == extension)
-            .filter_map(Entry::socket)
-            .map(|socket| socket.idle_flushes())
-            .sum()
+        self.sum_over_pages(extension, PageConnection::idle_flushes)
     }
 
     /// The messages of `extension`'s connected pages that main's thread read itself.
     pub(crate) fn main_reads(&self, extension: &str) -> u64 {
+        self.sum_over_pages(extension, PageConnection::main_reads)
+    }
+
+    /// A count of `extension`'s connected pages', summed (for the suite).
+    fn sum_over_pages(&self, extension: &str, count: impl Fn(&PageConnection) -> u64) -> u64 {
         lock(&self.entries)
             .iter()
             .filter(|entry| entry.extension == extension)
             .filter_map(Entry::socket)
-            .map(|socket| socket.main_reads())
+            .map(|socket| count(&socket))
             .sum()
     }
 
